@@ -1,0 +1,291 @@
+"""Kuramoto-Sivashinsky ``u_t = -c u u_x - u_xx - u_xxxx`` on a periodic domain ``[0, L)``.
+
+Two host codes with the same closure hook:
+
+* ``KuramotoSivashinskySpectral``: real-FFT pseudo-spectral in space, ETDRK4 in time (Cox & Matthews
+  2002) with the coefficients computed once per ``dt`` by the contour integral of Kassam & Trefethen
+  2005, 2/3 dealiasing of the quadratic term. The closure joins the nonlinear term at every stage.
+* ``KuramotoSivashinskyFiniteDifference``: method of lines with periodic central differences of any
+  even order and an explicit integrator, whose linear stability limit is checked up front.
+
+``c`` is ``nonlinear_coefficient`` (1 for the standard equation; 0 leaves the nonlinear term to the
+closure).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Closure, ExplicitSolver, Solver
+from .integrators import REAL_AXIS_STABILITY_LIMIT
+
+__all__ = [
+    "KuramotoSivashinskySpectral",
+    "KuramotoSivashinskyFiniteDifference",
+    "etdrk4_coefficients",
+    "central_difference_weights",
+]
+
+
+def etdrk4_coefficients(linear_hat: np.ndarray, dt: float, contour_points: int = 64) -> dict[str, np.ndarray]:
+    """ETDRK4 coefficients for a diagonal linear operator.
+
+    Kassam & Trefethen 2005 (SIAM J. Sci. Comput. 26, eq. 2.5 and Sec. 5): the phi-functions are
+    averaged over a circle of radius 1 around each ``L dt`` in the complex plane, which avoids the
+    cancellation error of their closed forms near ``L dt = 0``.
+
+    Args:
+        linear_hat: (n_modes,) real eigenvalues of the linear operator.
+    Returns:
+        ``E = exp(L dt)``, ``E2 = exp(L dt/2)``, ``Q``, ``f1``, ``f2``, ``f3`` (Cox & Matthews 2002
+        names), each (n_modes,) float64.
+    """
+    lin = np.asarray(linear_hat, dtype=np.float64) * dt
+    roots = np.exp(1j * np.pi * (np.arange(1, contour_points + 1) - 0.5) / contour_points)
+    z = lin[:, None] + roots[None, :]  # (n_modes, contour_points) points on the contour
+    ez = np.exp(z)
+    ez2 = np.exp(z / 2)
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.real(values.mean(axis=1))
+
+    return {
+        "E": np.exp(lin),
+        "E2": np.exp(lin / 2),
+        "Q": dt * mean((ez2 - 1) / z),
+        "f1": dt * mean((-4 - z + ez * (4 - 3 * z + z**2)) / z**3),
+        "f2": dt * mean((2 + z + ez * (z - 2)) / z**3),
+        "f3": dt * mean((-4 - 3 * z - z**2 + ez * (4 - z)) / z**3),
+    }
+
+
+class KuramotoSivashinskySpectral(Solver):
+    """Pseudo-spectral Kuramoto-Sivashinsky with ETDRK4.
+
+    Args:
+        domain_length: period ``L`` (22 is chaotic with leading Lyapunov exponent ~0.043-0.048).
+        n_points: grid points ``N`` (even); ``x_j = j L / N``.
+        dt: default time step (0.25 is accurate for L = 22, N = 64).
+        dealiasing_fraction: keep modes ``m <= fraction * N/2`` in the quadratic term (2/3 rule);
+            1.0 switches dealiasing off.
+        nonlinear_coefficient: ``c`` in ``-c u u_x``.
+        contour_points: points on the Kassam-Trefethen contour (32 is plenty in float64).
+
+    States are physical-space fields ``u: (batch, n_points)``.
+    """
+
+    def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
+                 dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
+                 contour_points: int = 64, closure: Closure | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
+        super().__init__(dt=dt, closure=closure, device=device, dtype=dtype)
+        if n_points < 4 or n_points % 2:
+            raise ValueError(f"n_points={n_points} must be an even number >= 4")
+        if not domain_length > 0:
+            raise ValueError(f"domain_length={domain_length} must be positive")
+        if not 0 < dealiasing_fraction <= 1:
+            raise ValueError(f"dealiasing_fraction={dealiasing_fraction} must be in (0, 1]")
+        self.domain_length = float(domain_length)
+        self.n_points = int(n_points)
+        self.dealiasing_fraction = float(dealiasing_fraction)
+        self.nonlinear_coefficient = float(nonlinear_coefficient)
+        self.contour_points = int(contour_points)
+
+        modes = np.arange(self.n_points // 2 + 1)
+        wavenumber = 2 * np.pi / self.domain_length * modes
+        self._linear_hat_np = wavenumber**2 - wavenumber**4  # symbol of -d_xx - d_xxxx
+        derivative = 1j * wavenumber
+        derivative[-1] = 0.0  # odd derivative of the Nyquist mode is not representable on the grid
+        keep = modes <= self.dealiasing_fraction * (self.n_points // 2) + 1e-9
+        # symbol of -c/2 d_x (u^2) with the dealiasing mask folded in
+        nonlinear_hat = -0.5 * self.nonlinear_coefficient * derivative * keep
+
+        self.complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        as_complex = dict(dtype=self.complex_dtype, device=self.device)
+        self.wavenumber = torch.as_tensor(wavenumber, dtype=dtype, device=self.device)
+        self.linear_hat = torch.as_tensor(self._linear_hat_np, dtype=dtype, device=self.device)
+        self.nonlinear_hat = torch.as_tensor(nonlinear_hat, **as_complex)
+        self.derivative_hat = torch.as_tensor(derivative, **as_complex)
+        self._coefficients: dict[float, dict[str, Tensor]] = {}
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n_points,)
+
+    @property
+    def x(self) -> Tensor:
+        """(n_points,) grid coordinates."""
+        return torch.arange(self.n_points, dtype=self.dtype, device=self.device) * (self.domain_length / self.n_points)
+
+    # -- transforms -------------------------------------------------------------------------------
+    def to_fourier(self, u: Tensor) -> Tensor:
+        """``(batch, n) physical -> (batch, n // 2 + 1)`` real-FFT coefficients ``u_hat``."""
+        return torch.fft.rfft(u, dim=-1)
+
+    def to_physical(self, u_hat: Tensor) -> Tensor:
+        return torch.fft.irfft(u_hat, n=self.n_points, dim=-1)
+
+    # -- physics ----------------------------------------------------------------------------------
+    def known_rhs(self, t: Tensor, u: Tensor) -> Tensor:
+        u_hat = self.to_fourier(u)
+        return self.to_physical(self.linear_hat * u_hat + self.nonlinear_hat * self.to_fourier(u * u))
+
+    def jvp(self, t: Tensor | float, u: Tensor, v: Tensor) -> Tensor:
+        """Exact directional derivative of ``known_rhs`` at ``u`` along ``v``: ``-c (u v)_x - v_xx - v_xxxx``.
+
+        ``u, v: (batch, n)``; the quadratic term is dealiased as in ``known_rhs``.
+        """
+        return self.to_physical(self.linear_hat * self.to_fourier(v)
+                                + 2.0 * self.nonlinear_hat * self.to_fourier(u * v))
+
+    def nonlinear_hat_term(self, t: Tensor, u_hat: Tensor) -> Tensor:
+        """Fourier transform of everything but the linear part: quadratic term plus closure."""
+        u = self.to_physical(u_hat)
+        if self.closure is None:
+            return self.nonlinear_hat * self.to_fourier(u * u)
+        return self.nonlinear_hat * self.to_fourier(u * u) + self.to_fourier(self.closure(t, u))
+
+    # -- ETDRK4 -----------------------------------------------------------------------------------
+    def coefficients(self, dt: float) -> dict[str, Tensor]:
+        """ETDRK4 coefficients for ``dt``, computed once and cached on the solver's device."""
+        if dt not in self._coefficients:
+            raw = etdrk4_coefficients(self._linear_hat_np, dt, self.contour_points)
+            self._coefficients[dt] = {name: torch.as_tensor(value, dtype=self.dtype, device=self.device)
+                                      for name, value in raw.items()}
+        return self._coefficients[dt]
+
+    def step_fourier(self, t: Tensor | float, u_hat: Tensor, dt: float | None = None) -> Tensor:
+        """One ETDRK4 step on Fourier coefficients ``u_hat: (batch, n // 2 + 1)``.
+
+        Cox & Matthews 2002, eq. (26)-(29), in the form of Kassam & Trefethen 2005, Fig. 2.
+        """
+        dt = self.dt if dt is None else float(dt)
+        c = self.coefficients(dt)
+        t = self.as_time(t)
+        t_half = t + 0.5 * dt
+        n_u = self.nonlinear_hat_term(t, u_hat)
+        a = c["E2"] * u_hat + c["Q"] * n_u
+        n_a = self.nonlinear_hat_term(t_half, a)
+        b = c["E2"] * u_hat + c["Q"] * n_a
+        n_b = self.nonlinear_hat_term(t_half, b)
+        d = c["E2"] * a + c["Q"] * (2.0 * n_b - n_u)
+        n_d = self.nonlinear_hat_term(t + dt, d)
+        return c["E"] * u_hat + c["f1"] * n_u + 2.0 * c["f2"] * (n_a + n_b) + c["f3"] * n_d
+
+    def step(self, t: Tensor | float, u: Tensor, dt: float | None = None) -> Tensor:
+        return self.to_physical(self.step_fourier(t, self.to_fourier(u), dt))
+
+    def _to_internal(self, u: Tensor) -> Tensor:
+        return self.to_fourier(u)
+
+    def _to_physical(self, state: Tensor) -> Tensor:
+        return self.to_physical(state)
+
+    def _step_internal(self, t: float, state: Tensor, dt: float) -> Tensor:
+        return self.step_fourier(t, state, dt)
+
+
+@lru_cache(maxsize=None)
+def central_difference_weights(derivative: int, order: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Weights of the narrowest central difference for ``d^derivative/dx^derivative`` at accuracy ``order``.
+
+    Solves the Taylor-moment conditions ``sum_j w_j j^m = m! delta_{m, derivative}`` on the offsets
+    ``-p..p`` (Fornberg 1988 gives the same weights recursively). Returns ``(offsets, weights)`` for
+    unit spacing; divide by ``h**derivative``.
+    """
+    if order < 2 or order % 2:
+        raise ValueError(f"order={order}: central differences have an even order >= 2")
+    half_width = (derivative + 1) // 2 + order // 2 - 1
+    offsets = np.arange(-half_width, half_width + 1)
+    moments = np.vander(offsets.astype(np.float64), increasing=True).T  # moments[m, j] = j**m
+    rhs = np.zeros(len(offsets))
+    rhs[derivative] = math.factorial(derivative)
+    weights = np.linalg.solve(moments, rhs)
+    return tuple(int(o) for o in offsets), tuple(float(w) for w in weights)
+
+
+class KuramotoSivashinskyFiniteDifference(ExplicitSolver):
+    """Kuramoto-Sivashinsky by the method of lines with periodic central differences.
+
+    ``-c/2 (u^2)_x - u_xx - u_xxxx`` (conservative form: the mean of ``u`` is conserved exactly).
+
+    Args:
+        fd_order: accuracy order of the central differences (2, 4, 6, ...).
+        integrator: ``"rk4"`` or ``"euler"``; ``dt`` must respect the explicit stability limit of the
+            stiff linear part, checked here (``linear_stability_dt``): roughly ``2.79 h^4 / 16`` for RK4.
+    """
+
+    def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.002,
+                 fd_order: int = 4, integrator: str = "rk4", nonlinear_coefficient: float = 1.0,
+                 closure: Closure | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float64, check_stability: bool = True):
+        super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
+        if n_points < 8:
+            raise ValueError(f"n_points={n_points} must be at least 8")
+        self.domain_length = float(domain_length)
+        self.n_points = int(n_points)
+        self.fd_order = int(fd_order)
+        self.nonlinear_coefficient = float(nonlinear_coefficient)
+        h = self.domain_length / self.n_points
+
+        off1, w1 = central_difference_weights(1, self.fd_order)
+        off2, w2 = central_difference_weights(2, self.fd_order)
+        off4, w4 = central_difference_weights(4, self.fd_order)
+        half_width = max(len(off4), len(off2)) // 2
+        linear = np.zeros(2 * half_width + 1)  # stencil of -d_xx - d_xxxx
+        for offsets, weights, scale in ((off2, w2, -1 / h**2), (off4, w4, -1 / h**4)):
+            start = half_width - len(offsets) // 2
+            linear[start:start + len(offsets)] += scale * np.asarray(weights)
+        advection = -0.5 * self.nonlinear_coefficient * np.asarray(w1) / h  # stencil of -c/2 d_x
+        self._linear_stencil_np = linear
+        self._linear_kernel = torch.as_tensor(linear, dtype=dtype, device=self.device).view(1, 1, -1)
+        self._advection_kernel = torch.as_tensor(advection, dtype=dtype, device=self.device).view(1, 1, -1)
+        self._linear_pad = half_width
+        self._advection_pad = len(off1) // 2
+        if check_stability:
+            limit = self.linear_stability_dt()
+            if dt > limit:
+                raise ValueError(
+                    f"dt={dt} exceeds the {integrator} stability limit {limit:.4g} of the finite-difference "
+                    f"Kuramoto-Sivashinsky operator (order {fd_order}, N={n_points}, L={domain_length}); "
+                    f"use dt <= {limit:.4g}, fewer grid points, or the spectral solver")
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n_points,)
+
+    @property
+    def x(self) -> Tensor:
+        return torch.arange(self.n_points, dtype=self.dtype, device=self.device) * (self.domain_length / self.n_points)
+
+    def linear_symbol(self) -> np.ndarray:
+        """Eigenvalues of the discrete linear operator, one per Fourier mode ``m = 0..N/2``."""
+        half_width = self._linear_pad
+        theta = 2 * np.pi * np.arange(self.n_points // 2 + 1) / self.n_points
+        offsets = np.arange(-half_width, half_width + 1)
+        return np.real(np.exp(1j * np.outer(theta, offsets)) @ self._linear_stencil_np)
+
+    def linear_stability_dt(self) -> float:
+        most_negative = float(self.linear_symbol().min())
+        if most_negative >= 0:
+            return float("inf")
+        return REAL_AXIS_STABILITY_LIMIT[self.integrator] / -most_negative
+
+    def _apply(self, kernel: Tensor, pad: int, u: Tensor) -> Tensor:
+        batch_shape = u.shape[:-1]
+        flat = u.reshape(-1, 1, self.n_points)
+        padded = torch.nn.functional.pad(flat, (pad, pad), mode="circular")
+        return torch.nn.functional.conv1d(padded, kernel).reshape(*batch_shape, self.n_points)
+
+    def known_rhs(self, t: Tensor, u: Tensor) -> Tensor:
+        return (self._apply(self._linear_kernel, self._linear_pad, u)
+                + self._apply(self._advection_kernel, self._advection_pad, u * u))
+
+    def jvp(self, t: Tensor | float, u: Tensor, v: Tensor) -> Tensor:
+        """Exact directional derivative of the discrete ``known_rhs`` along ``v``."""
+        return (self._apply(self._linear_kernel, self._linear_pad, v)
+                + 2.0 * self._apply(self._advection_kernel, self._advection_pad, u * v))
