@@ -1,0 +1,60 @@
+"""The ``hybridnde`` command: simulate | train | rollout | evaluate | run | export.
+
+Exit status: 0 success, 2 bad input (usage, config, data), 1 failure at run time.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError
+from .io import DataError
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: verbs, each a module in ``hybridnde.commands`` with ``register(subparsers)``
+COMMANDS = ("simulate",)
+
+log = logging.getLogger("hybridnde")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybridnde", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hybridnde {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"hybridnde.commands.{name}").register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    configure_logging(arguments.verbose, arguments.quiet)
+    try:
+        return int(arguments.run(arguments) or 0)
+    except (ConfigError, DataError) as error:
+        # bad input: raised by validation before any work starts
+        print(f"hybridnde {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hybridnde {arguments.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a failure at run time
+        log.exception("hybridnde %s failed", arguments.command)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""``hybridnde simulate CASE.toml --out truth.nc``: reference trajectories of the true system."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..config import ConfigError
+from ..io import write_netcdf
+from ..simulate import simulate_case
+from .common import add_case_arguments, case_from_arguments
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("simulate", help="reference trajectories of the true system -> NetCDF",
+                                   description=__doc__)
+    add_case_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output NetCDF (default: <output.directory or runs/<case>>/truth.nc)")
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    case = case_from_arguments(arguments)
+    out = arguments.out or Path(case.output.directory or f"runs/{case.case.name}") / "truth.nc"
+    if out.suffix != ".nc":
+        raise ConfigError(f"--out {out}: give a .nc file name")
+    dataset = simulate_case(case, progress=arguments.progress)
+    write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
+    log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
+    return 0

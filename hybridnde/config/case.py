@@ -1,0 +1,210 @@
+"""A whole case file: TOML -> validated ``CaseConfig``, with ``--set`` and ``--quick`` overrides."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+import tomli_w
+
+from .ensemble import RolloutConfig
+from .evaluation import EvaluateConfig
+from .fields import ConfigError, from_mapping, to_mapping
+from .learning import ModelConfig, TrainingConfig
+from .physics import (ADAPTIVE_INTEGRATORS, CaseInfo, ComputeConfig, InitialConditionConfig,
+                      KuramotoSivashinskyConfig, OutputConfig, SystemConfig, TimeConfig, parse_system)
+
+__all__ = ["CaseConfig", "load_case", "parse_case", "parse_override", "SECTIONS"]
+
+# Section name -> dataclass (``system`` is typed by its name, see ``parse_system``).
+SECTIONS: dict[str, type] = {
+    "case": CaseInfo,
+    "time": TimeConfig,
+    "initial_condition": InitialConditionConfig,
+    "compute": ComputeConfig,
+    "output": OutputConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "rollout": RolloutConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+@dataclass(frozen=True)
+class CaseConfig:
+    """One experiment: the true system, its sampling, and how to learn and test a closure for it."""
+
+    system: SystemConfig
+    case: CaseInfo = CaseInfo()
+    time: TimeConfig = TimeConfig()
+    initial_condition: InitialConditionConfig = InitialConditionConfig()
+    compute: ComputeConfig = ComputeConfig()
+    output: OutputConfig = OutputConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    #: dotted overrides applied by ``--quick`` (kept so the file round-trips)
+    quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_mapping(self) -> dict[str, Any]:
+        out = {name: to_mapping(getattr(self, name)) for name in ("case", "system", *list(SECTIONS)[1:])}
+        if self.quick:
+            out["quick"] = dict(self.quick)
+        return out
+
+    def to_toml(self) -> str:
+        """The full configuration, defaults filled in, as TOML text (stored in every output file)."""
+        return tomli_w.dumps(self.to_mapping())
+
+    def checksum(self, sections: Iterable[str] | None = None) -> str:
+        """SHA-256 of the canonical TOML of ``sections`` (all by default): equal configs, equal sums."""
+        mapping = self.to_mapping()
+        mapping.pop("quick", None)
+        if sections is not None:
+            mapping = {name: mapping[name] for name in sections}
+        return hashlib.sha256(tomli_w.dumps(mapping).encode()).hexdigest()
+
+    def replace(self, **sections: Any) -> "CaseConfig":
+        return dataclasses.replace(self, **sections)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.epochs=20"`` -> ``(["training", "epochs"], 20)``; values are TOML literals, else strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: write section.key=value, e.g. --set training.epochs=20")
+    key, raw = text.split("=", 1)
+    path = [part.strip() for part in key.strip().split(".")]
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: the key needs a section, e.g. time.dt=0.1")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def _apply(raw: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
+    table = raw
+    for part in path[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: {'.'.join(path)} goes through a value that is not a table")
+    table[path[-1]] = value
+
+
+def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: bool = False,
+               source: str = "case") -> CaseConfig:
+    """Validate a case mapping (as read from TOML) into a ``CaseConfig``.
+
+    ``quick`` applies the case's ``[quick]`` table of dotted overrides; ``overrides`` are
+    ``section.key=value`` strings applied last. Raises ``ConfigError`` naming the field.
+    """
+    raw = copy.deepcopy(dict(raw))
+    quick_table = raw.pop("quick", {})
+    if not isinstance(quick_table, Mapping):
+        raise ConfigError(f"{source}: [quick] must be a table of dotted keys, e.g. \"training.epochs\" = 10")
+    if quick:
+        for dotted, value in quick_table.items():
+            _apply(raw, dotted.split("."), value, f"{source} [quick] {dotted}")
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply(raw, path, value, f"--set {text}")
+
+    known = {"system", "quick", *SECTIONS}
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(sorted(known))})")
+        if not isinstance(raw[name], Mapping):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+    if "system" not in raw:
+        raise ConfigError(f"{source}: missing [system] table with a name, e.g. name = \"lorenz63\"")
+    sections = {name: from_mapping(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}
+    system = parse_system(raw["system"])
+    if sections["time"].integrator == "auto":
+        spectral = isinstance(system, KuramotoSivashinskyConfig) and system.method == "spectral"
+        sections["time"] = dataclasses.replace(sections["time"], integrator="etdrk4" if spectral else "rk4")
+    if sections["initial_condition"].distribution == "auto":
+        default = {"kuramoto_sivashinsky": "random_fourier", "two_body": "two_body_orbit",
+                   "rigid_body": "rigid_body_circle"}.get(system.name)
+        if default is None:
+            raise ConfigError(f"initial_condition.distribution: {system.name} has no default; choose 'point', "
+                              "'gaussian', 'uniform_box' or 'file' and give its parameters")
+        sections["initial_condition"] = dataclasses.replace(sections["initial_condition"], distribution=default)
+    case = CaseConfig(system=system, quick=dict(quick_table), **sections)
+    _check_consistency(case)
+    return case
+
+
+def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = False) -> CaseConfig:
+    """Read and validate a case file; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/lorenz63.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    raw.setdefault("case", {}).setdefault("name", path.stem)
+    return parse_case(raw, overrides=overrides, quick=quick, source=str(path))
+
+
+def _check_consistency(case: CaseConfig) -> None:
+    """Rules that join several sections; all checked before any work starts."""
+    system, time = case.system, case.time
+    spectral = isinstance(system, KuramotoSivashinskyConfig) and system.method == "spectral"
+    if spectral and time.integrator != "etdrk4":
+        raise ConfigError(f"time.integrator = {time.integrator!r}: the spectral Kuramoto-Sivashinsky solver "
+                          f"steps with 'etdrk4'; set time.integrator = \"etdrk4\" or system.method = \"finite_difference\"")
+    if not spectral and time.integrator == "etdrk4":
+        raise ConfigError("time.integrator = 'etdrk4' needs the spectral Kuramoto-Sivashinsky solver; "
+                          "use 'rk4' (or 'euler', or an adaptive method) for this system")
+    if isinstance(system, KuramotoSivashinskyConfig) and time.integrator in ADAPTIVE_INTEGRATORS:
+        raise ConfigError(f"time.integrator = {time.integrator!r}: Kuramoto-Sivashinsky is stiff; use 'etdrk4' "
+                          "(spectral) or 'rk4' (finite_difference)")
+    if isinstance(system, KuramotoSivashinskyConfig) and system.method == "finite_difference":
+        from solvers import KuramotoSivashinskyFiniteDifference
+
+        probe = KuramotoSivashinskyFiniteDifference(
+            domain_length=system.domain_length, n_points=system.n_points, dt=time.dt, fd_order=system.fd_order,
+            integrator=time.integrator, check_stability=False)
+        limit = probe.linear_stability_dt()
+        if time.dt > limit:
+            raise ConfigError(f"time.dt = {time.dt} exceeds the {time.integrator} stability limit {limit:.4g} of "
+                              f"the order-{system.fd_order} finite-difference scheme at N = {system.n_points}; "
+                              f"set time.dt <= {limit:.4g} or use system.method = \"spectral\"")
+    ic = case.initial_condition
+    expected = _state_size(system)
+    for name in ("value", "low", "high"):
+        value = getattr(ic, name)
+        if value and expected is not None and len(value) != expected:
+            raise ConfigError(f"initial_condition.{name} has {len(value)} entries; {system.name} has {expected} "
+                              "state components")
+    if ic.std and expected is not None and len(ic.std) not in (1, expected):
+        raise ConfigError(f"initial_condition.std has {len(ic.std)} entries; give 1 or {expected}")
+    allowed = {"two_body_orbit": "two_body", "rigid_body_circle": "rigid_body",
+               "random_fourier": "kuramoto_sivashinsky"}
+    if ic.distribution in allowed and allowed[ic.distribution] != system.name:
+        raise ConfigError(f"initial_condition.distribution = {ic.distribution!r} is for {allowed[ic.distribution]}, "
+                          f"not {system.name}")
+    if isinstance(system, KuramotoSivashinskyConfig) and ic.distribution in ("point", "gaussian", "uniform_box"):
+        raise ConfigError(f"initial_condition.distribution = {ic.distribution!r} does not fit a field; use "
+                          "'random_fourier' or 'file' for Kuramoto-Sivashinsky")
+    if isinstance(system, KuramotoSivashinskyConfig) and ic.n_modes > system.n_points // 2:
+        raise ConfigError(f"initial_condition.n_modes = {ic.n_modes} exceeds N/2 = {system.n_points // 2}")
+
+
+def _state_size(system: SystemConfig) -> int | None:
+    from solvers import ODE_SYSTEMS
+
+    if system.name in ODE_SYSTEMS:
+        return len(ODE_SYSTEMS[system.name].component_names)
+    return None

@@ -1,0 +1,177 @@
+"""Declarative fields for frozen config dataclasses, and their validation from TOML mappings.
+
+A field is declared with ``option(default, "what it means", positive=True, choices=...)``; the
+constraints live in the field's metadata so that validation, ``--set`` overrides and the generated
+case-file reference all read the same table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Any, Mapping
+
+__all__ = ["ConfigError", "option", "from_mapping", "to_mapping", "field_docs"]
+
+
+class ConfigError(ValueError):
+    """A case file or override that cannot be used; the message names the field and the fix."""
+
+
+def option(default: Any = dataclasses.MISSING, doc: str = "", *, positive: bool = False,
+           nonnegative: bool = False, choices: tuple | None = None, minimum: float | None = None,
+           maximum: float | None = None, length: int | None = None, default_factory: Any = dataclasses.MISSING):
+    """A config field with its documentation and constraints."""
+    metadata = {"doc": doc, "positive": positive, "nonnegative": nonnegative, "choices": choices,
+                "minimum": minimum, "maximum": maximum, "length": length}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "nothing"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return {bool: "true/false", int: "integer", float: "number", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` or ``ConfigError`` naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option_type in typing.get_args(tp):
+            if option_type is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, option_type, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {_type_name(typing.get_args(tp)[0])}, got {value!r}")
+        item_type = typing.get_args(tp)[0]
+        return tuple(_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table of {tp.__name__} fields, got {value!r}")
+        return from_mapping(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} = {value!r} is not finite; give a finite number")
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_constraints(value: Any, metadata: Mapping[str, Any], where: str) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    if metadata.get("length") is not None and isinstance(value, tuple) and len(value) != metadata["length"]:
+        raise ConfigError(f"{where} has {len(value)} entries; it needs exactly {metadata['length']}")
+    for item in items:
+        if item is None or isinstance(item, (str, bool)) and not metadata.get("choices"):
+            continue
+        if metadata.get("choices") and item not in metadata["choices"]:
+            hint = difflib.get_close_matches(str(item), [str(c) for c in metadata["choices"]], n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{where} = {item!r} is not one of {list(metadata['choices'])}{suggestion}")
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        if metadata.get("positive") and not item > 0:
+            raise ConfigError(f"{where} = {item!r} must be positive")
+        if metadata.get("nonnegative") and not item >= 0:
+            raise ConfigError(f"{where} = {item!r} must be zero or positive")
+        if metadata.get("minimum") is not None and item < metadata["minimum"]:
+            raise ConfigError(f"{where} = {item!r} must be at least {metadata['minimum']}")
+        if metadata.get("maximum") is not None and item > metadata["maximum"]:
+            raise ConfigError(f"{where} = {item!r} must be at most {metadata['maximum']}")
+
+
+def from_mapping(cls: type, mapping: Mapping[str, Any], where: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a TOML table, rejecting unknown keys and bad values.
+
+    ``where`` is the table's dotted path (``"training"``), used in every error message.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in mapping:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            suggestion = f"; did you mean {where}.{close[0]}?" if close else ""
+            raise ConfigError(f"unknown key {where}.{key}{suggestion} (known keys: {', '.join(sorted(fields))})")
+    values = {}
+    for name, field in fields.items():
+        dotted = f"{where}.{name}"
+        if name in mapping:
+            value = _convert(mapping[name], hints[name], dotted)
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            raise ConfigError(f"missing key {dotted}: {field.metadata.get('doc', '')}".rstrip(": "))
+        _check_constraints(value, field.metadata, dotted)
+        values[name] = value
+    instance = cls(**values)
+    validate = getattr(instance, "validate", None)
+    if validate is not None:
+        validate(where)
+    return instance
+
+
+def to_mapping(instance: Any) -> dict[str, Any]:
+    """A dataclass as a TOML-ready mapping (tuples become lists, ``None`` values are dropped)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            value = to_mapping(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out
+
+
+def field_docs(cls: type) -> list[tuple[str, str, Any, str, dict]]:
+    """``(name, type, default, doc, constraints)`` per field, for the generated reference."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        constraints = {k: v for k, v in field.metadata.items() if k != "doc" and v not in (None, False)}
+        rows.append((field.name, _type_name(hints[field.name]), default, field.metadata.get("doc", ""), constraints))
+    return rows

@@ -1,0 +1,179 @@
+"""Case sections that describe the true system: what to solve, how to step it, from which states."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .fields import ConfigError, from_mapping, option
+
+__all__ = [
+    "KuramotoSivashinskyConfig", "TwoBodyConfig", "RigidBodyConfig", "LotkaVolterraConfig",
+    "Lorenz63Config", "DoublePendulumConfig", "SYSTEM_CONFIGS", "SystemConfig", "parse_system",
+    "TimeConfig", "InitialConditionConfig", "ComputeConfig", "OutputConfig", "CaseInfo",
+    "FIXED_STEP_INTEGRATORS", "ADAPTIVE_INTEGRATORS",
+]
+
+FIXED_STEP_INTEGRATORS = ("rk4", "euler")
+ADAPTIVE_INTEGRATORS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    name: str = option("case", "short identifier, used in file titles and default output folders")
+    description: str = option("", "one line on what the case shows")
+
+
+@dataclass(frozen=True)
+class KuramotoSivashinskyConfig:
+    name: str = option("kuramoto_sivashinsky", "system identifier", choices=("kuramoto_sivashinsky",))
+    method: str = option("spectral", "spatial discretisation: pseudo-spectral ETDRK4 or finite differences",
+                         choices=("spectral", "finite_difference"))
+    domain_length: float = option(22.0, "period L of the domain (22: chaotic, lambda_1 ~ 0.043-0.048)", positive=True)
+    n_points: int = option(64, "grid points N (even)", minimum=8)
+    dealiasing_fraction: float = option(2.0 / 3.0, "spectral only: keep modes m <= fraction * N/2 in u u_x (1 = off)",
+                                        positive=True, maximum=1.0)
+    fd_order: int = option(4, "finite_difference only: accuracy order of the central differences",
+                           choices=(2, 4, 6, 8))
+    nonlinear_coefficient: float = option(1.0, "c in -c u u_x (0 leaves the nonlinear term to a closure)")
+
+    def validate(self, where: str) -> None:
+        if self.n_points % 2:
+            raise ConfigError(f"{where}.n_points = {self.n_points} must be even")
+
+
+@dataclass(frozen=True)
+class TwoBodyConfig:
+    name: str = option("two_body", "system identifier", choices=("two_body",))
+    gravitational_parameter: float = option(1.0, "mu in x'' = -mu x / r^3", positive=True)
+
+
+@dataclass(frozen=True)
+class RigidBodyConfig:
+    name: str = option("rigid_body", "system identifier", choices=("rigid_body",))
+    moments_of_inertia: tuple[float, ...] = option((1.6, 1.0, 2.0 / 3.0), "principal moments I1, I2, I3",
+                                                   positive=True, length=3)
+
+
+@dataclass(frozen=True)
+class LotkaVolterraConfig:
+    name: str = option("lotka_volterra", "system identifier", choices=("lotka_volterra",))
+    a: float = option(1.3, "prey growth rate in x' = a x - b x y", positive=True)
+    b: float = option(0.9, "predation rate", positive=True)
+    c: float = option(0.8, "predator growth per prey in y' = c x y - d y", positive=True)
+    d: float = option(1.8, "predator death rate", positive=True)
+
+
+@dataclass(frozen=True)
+class Lorenz63Config:
+    name: str = option("lorenz63", "system identifier", choices=("lorenz63",))
+    sigma: float = option(10.0, "Prandtl number", positive=True)
+    rho: float = option(28.0, "Rayleigh number", positive=True)
+    beta: float = option(8.0 / 3.0, "geometric factor", positive=True)
+
+
+@dataclass(frozen=True)
+class DoublePendulumConfig:
+    name: str = option("double_pendulum", "system identifier", choices=("double_pendulum",))
+    mass1: float = option(1.0, "mass of the inner bob", positive=True)
+    mass2: float = option(1.0, "mass of the outer bob", positive=True)
+    length1: float = option(1.0, "length of the inner rod", positive=True)
+    length2: float = option(1.0, "length of the outer rod", positive=True)
+    gravity: float = option(9.81, "gravitational acceleration", positive=True)
+
+
+SYSTEM_CONFIGS: dict[str, type] = {
+    "kuramoto_sivashinsky": KuramotoSivashinskyConfig,
+    "two_body": TwoBodyConfig,
+    "rigid_body": RigidBodyConfig,
+    "lotka_volterra": LotkaVolterraConfig,
+    "lorenz63": Lorenz63Config,
+    "double_pendulum": DoublePendulumConfig,
+}
+SystemConfig = (KuramotoSivashinskyConfig | TwoBodyConfig | RigidBodyConfig | LotkaVolterraConfig
+                | Lorenz63Config | DoublePendulumConfig)
+
+
+def parse_system(mapping: Mapping[str, Any], where: str = "system") -> SystemConfig:
+    """The ``[system]`` table, typed by its ``name``."""
+    name = mapping.get("name")
+    if name not in SYSTEM_CONFIGS:
+        raise ConfigError(f"{where}.name = {name!r}: choose one of {sorted(SYSTEM_CONFIGS)}")
+    return from_mapping(SYSTEM_CONFIGS[name], mapping, where)
+
+
+@dataclass(frozen=True)
+class TimeConfig:
+    dt: float = option(0.01, "time step of the solver (and sampling interval before save_every)", positive=True)
+    n_steps: int = option(1000, "steps per trajectory after spin-up", positive=True)
+    save_every: int = option(1, "keep every k-th step in the output", positive=True)
+    spinup_steps: int = option(0, "steps run and discarded before saving (reach the attractor)", nonnegative=True)
+    integrator: str = option("auto", "time integrator: etdrk4 (spectral KS), rk4/euler, or an adaptive torchdiffeq "
+                             "method; auto = etdrk4 for spectral KS, rk4 otherwise",
+                             choices=("auto", "etdrk4") + FIXED_STEP_INTEGRATORS + ADAPTIVE_INTEGRATORS)
+    rtol: float = option(1e-7, "adaptive integrators: relative tolerance", positive=True)
+    atol: float = option(1e-9, "adaptive integrators: absolute tolerance", positive=True)
+
+    @property
+    def horizon(self) -> float:
+        return self.dt * self.n_steps
+
+    @property
+    def sample_interval(self) -> float:
+        return self.dt * self.save_every
+
+
+@dataclass(frozen=True)
+class InitialConditionConfig:
+    distribution: str = option(
+        "auto", "how members' initial states are drawn (auto: random_fourier for KS, two_body_orbit, "
+        "rigid_body_circle; other systems must name one)",
+        choices=("auto", "point", "gaussian", "uniform_box", "two_body_orbit", "rigid_body_circle", "random_fourier", "file"))
+    members: int = option(16, "number of trajectories (ensemble members)", positive=True)
+    seed: int = option(0, "seed; member i draws from the stream (seed, i) only", nonnegative=True)
+    value: tuple[float, ...] | None = option(None, "point: the state; gaussian: its mean")
+    std: tuple[float, ...] | None = option(None, "gaussian: standard deviation per component (or one for all)",
+                                           nonnegative=True)
+    low: tuple[float, ...] | None = option(None, "uniform_box: lower corner")
+    high: tuple[float, ...] | None = option(None, "uniform_box: upper corner")
+    eccentricity: tuple[float, ...] = option((0.5, 0.7), "two_body_orbit: e ~ U(low, high); state "
+                                             "(1-e, 0, 0, sqrt((1+e)/(1-e)))", nonnegative=True, length=2)
+    angle: tuple[float, ...] = option((0.5, 1.5), "rigid_body_circle: phi ~ U(low, high); state (cos phi, 0, sin phi)",
+                                      length=2)
+    amplitude: float = option(1.0, "random_fourier: standard deviation of the field", positive=True)
+    n_modes: int = option(4, "random_fourier: lowest Fourier modes 1..n_modes with random phases", positive=True)
+    file: str = option("", "file: NetCDF with u(member, x) or u(member, component) (or u(member, time, ...): "
+                       "the first time is used)")
+
+    def validate(self, where: str) -> None:
+        needs = {"point": ("value",), "gaussian": ("value", "std"), "uniform_box": ("low", "high"),
+                 "file": ("file",)}.get(self.distribution, ())
+        for name in needs:
+            if not getattr(self, name):
+                raise ConfigError(f"{where}.{name} is required when {where}.distribution = {self.distribution!r}")
+        if self.distribution == "uniform_box":
+            if len(self.low) != len(self.high) or any(lo > hi for lo, hi in zip(self.low, self.high)):
+                raise ConfigError(f"{where}.low and {where}.high must have equal lengths with low <= high")
+        for name in ("eccentricity", "angle"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ConfigError(f"{where}.{name} = [{lo}, {hi}]: give [low, high] with low <= high")
+        if self.eccentricity[1] >= 1.0:
+            raise ConfigError(f"{where}.eccentricity must stay below 1 (bound orbits)")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    device: str = option("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    dtype: str = option("float64", "floating-point precision of solvers and models", choices=("float64", "float32"))
+
+    def validate(self, where: str) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
+                                                              and self.device[5:].isdigit()):
+            raise ConfigError(f"{where}.device = {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    directory: str = option("", "where `hybridnde run` writes its files (default: runs/<case name>)")
+    compression_level: int = option(4, "zlib level of NetCDF variables (0 = off)", minimum=0, maximum=9)
+    time_chunk: int = option(64, "saved times per NetCDF chunk along time", positive=True)

@@ -1,0 +1,94 @@
+"""Initial states of ensemble members, drawn (seeded per member) or read from NetCDF.
+
+Member ``i`` draws from ``numpy.random.default_rng([seed, i])`` alone, so any split of the members
+over ranks or batches gives the same states.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from solvers import Solver
+
+from .config import InitialConditionConfig
+from .io import DataError
+
+__all__ = ["draw_initial_conditions", "read_initial_conditions", "member_rng"]
+
+
+def member_rng(seed: int, member: int) -> np.random.Generator:
+    """The random stream of one member: depends on ``(seed, member)`` only."""
+    return np.random.default_rng([int(seed), int(member)])
+
+
+def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solver) -> np.ndarray:
+    kind = ic.distribution
+    if kind == "point":
+        return np.asarray(ic.value, dtype=np.float64)
+    if kind == "gaussian":
+        std = np.broadcast_to(np.asarray(ic.std, dtype=np.float64), (len(ic.value),))
+        return np.asarray(ic.value) + std * rng.standard_normal(len(ic.value))
+    if kind == "uniform_box":
+        return rng.uniform(np.asarray(ic.low), np.asarray(ic.high))
+    if kind == "two_body_orbit":  # Janvier et al.: pericentre on the x axis, unit semi-major axis
+        e = rng.uniform(*ic.eccentricity)
+        return np.array([1.0 - e, 0.0, 0.0, math.sqrt((1.0 + e) / (1.0 - e))])
+    if kind == "rigid_body_circle":  # Janvier et al.: |m| = 1 in the (m1, m3) plane
+        phi = rng.uniform(*ic.angle)
+        return np.array([math.cos(phi), 0.0, math.sin(phi)])
+    if kind == "random_fourier":
+        x = solver.x.detach().cpu().numpy()
+        modes = np.arange(1, ic.n_modes + 1)
+        weights = rng.standard_normal(ic.n_modes)
+        phases = rng.uniform(0.0, 2.0 * np.pi, ic.n_modes)
+        field = (weights[:, None] * np.cos(2 * np.pi * modes[:, None] * x[None, :] / solver.domain_length
+                                           + phases[:, None])).sum(0)
+        return ic.amplitude * field / max(np.sqrt(np.mean(field**2)), 1e-12)
+    raise ValueError(f"initial_condition.distribution = {kind!r} cannot be drawn")
+
+
+def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[int]) -> np.ndarray:
+    """Members' states from a NetCDF file with ``u(member, x)``, ``u(member, component)`` or
+    ``u(member, time, ...)`` (first time). Returns ``(len(members), *state)``."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"initial_condition.file = {str(path)!r} does not exist")
+    with xr.open_dataset(path) as dataset:
+        if "u" not in dataset:
+            raise DataError(f"{path}: no variable 'u'; initial conditions need u(member, x) or u(member, component)")
+        u = dataset["u"]
+        if "time" in u.dims:
+            u = u.isel(time=0)
+        if u.dims[0] != "member" or u.ndim != 1 + len(solver.state_shape):
+            raise DataError(f"{path}: u has dims {u.dims}; expected (member, x) or (member, component)")
+        if tuple(u.shape[1:]) != tuple(solver.state_shape):
+            raise DataError(f"{path}: u has state shape {tuple(u.shape[1:])}; the case's solver needs "
+                            f"{tuple(solver.state_shape)}")
+        if max(members, default=-1) >= u.shape[0]:
+            raise DataError(f"{path}: holds {u.shape[0]} members; the case asks for {max(members) + 1}")
+        return np.asarray(u.values[list(members)], dtype=np.float64)
+
+
+def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members: Sequence[int], *,
+                            seed: int | None = None) -> torch.Tensor:
+    """Initial states ``(len(members), *state)`` on the solver's device and dtype.
+
+    ``members`` are global member indices; ``seed`` overrides ``ic.seed`` (rollouts use their own).
+    Non-finite states raise ``DataError`` before any work starts.
+    """
+    seed = ic.seed if seed is None else seed
+    if ic.distribution == "file":
+        states = read_initial_conditions(ic.file, solver, members)
+    else:
+        states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
+            np.zeros((0, *solver.state_shape))
+    bad = ~np.isfinite(states.reshape(len(states), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"initial conditions of members {[members[i] for i in np.flatnonzero(bad)][:10]} are not finite")
+    return torch.as_tensor(states, dtype=solver.dtype, device=solver.device)

@@ -1,0 +1,157 @@
+"""Trajectories <-> CF-style NetCDF through xarray, written atomically.
+
+Schema (docs/netcdf.md): ``u(member, time, x)`` for fields or ``u(member, time, component)`` for
+ODE states, ``status(member)`` with CF flags, ``blowup_time(member)``; global attributes carry the
+package version, the solver, the closure checksum and the full case as TOML text.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DataError", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf",
+    "open_trajectories", "atomic_path", "netcdf_encoding",
+]
+
+#: member status values (CF flag_values / flag_meanings)
+STATUS_FLAGS: dict[str, int] = {"ok": 0, "blew_up": 1, "nonfinite_input": 2}
+
+#: CF metadata of every variable and coordinate, in one table (pyqg style)
+VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
+    "u": {"long_name": "state", "units": "1"},
+    "time": {"long_name": "time", "units": "1", "axis": "T"},
+    "x": {"long_name": "position on the periodic domain", "units": "1", "axis": "X"},
+    "component": {"long_name": "state component"},
+    "member": {"long_name": "global ensemble member index"},
+    "status": {"long_name": "member status",
+               "flag_values": np.array(list(STATUS_FLAGS.values()), dtype=np.int8),
+               "flag_meanings": " ".join(STATUS_FLAGS)},
+    "blowup_time": {"long_name": "time at which the member blew up (NaN if it did not)", "units": "1"},
+}
+
+
+class DataError(ValueError):
+    """An input file (data, initial conditions, checkpoint) that cannot be used; names the file."""
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def trajectory_dataset(u: np.ndarray, times: Sequence[float], *, state_dim: str, state_coords: Any,
+                       members: Sequence[int] | None = None, status: np.ndarray | None = None,
+                       blowup_time: np.ndarray | None = None, title: str = "", solver: str = "",
+                       closure_checksum: str = "none", case_toml: str = "",
+                       extra_attrs: Mapping[str, Any] | None = None):
+    """An ``xarray.Dataset`` in the hybridnde schema.
+
+    Args:
+        u: (member, time, *state) trajectories.
+        state_dim: ``"x"`` (fields) or ``"component"`` (ODE states), with ``state_coords`` its values.
+        members: global member indices (default ``0..n-1``).
+    """
+    import xarray as xr
+
+    u = np.asarray(u)
+    n_members = u.shape[0]
+    members = np.arange(n_members) if members is None else np.asarray(members)
+    if status is None:
+        status = np.zeros(n_members, dtype=np.int8)
+    if blowup_time is None:
+        blowup_time = np.full(n_members, np.nan)
+    coords = {"member": ("member", members.astype(np.int64)), "time": ("time", np.asarray(times, dtype=np.float64)),
+              state_dim: (state_dim, np.asarray(state_coords) if state_dim == "x" else np.asarray(state_coords, dtype=str))}
+    dataset = xr.Dataset(
+        {"u": (("member", "time", state_dim), u),
+         "status": ("member", np.asarray(status, dtype=np.int8)),
+         "blowup_time": ("member", np.asarray(blowup_time, dtype=np.float64))},
+        coords=coords)
+    for name, attrs in VARIABLE_ATTRS.items():
+        if name in dataset.variables:
+            dataset[name].attrs.update(attrs)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    dataset.attrs.update({
+        "Conventions": "CF-1.10",
+        "title": title,
+        "source": f"hybridnde {_package_version()}; solver: {solver}; closure checksum: {closure_checksum}",
+        "history": f"{now} created by hybridnde {_package_version()}",
+        "closure_checksum": closure_checksum,
+        "case_toml": case_toml,
+    })
+    dataset.attrs.update(dict(extra_attrs or {}))
+    return dataset
+
+
+def netcdf_encoding(dataset, *, compression_level: int = 4, time_chunk: int = 64) -> dict[str, dict]:
+    """zlib compression and chunking along ``time`` (whole members' states per chunk)."""
+    encoding: dict[str, dict] = {}
+    for name, variable in dataset.data_vars.items():
+        spec: dict[str, Any] = {}
+        if compression_level > 0 and variable.dtype.kind in "fiu":
+            spec.update(zlib=True, complevel=compression_level, shuffle=True)
+        if variable.ndim and "time" in variable.dims:
+            spec["chunksizes"] = tuple(max(1, min(size, time_chunk if dim == "time" else (1 if dim == "member" else size)))
+                                       for dim, size in zip(variable.dims, variable.shape))
+        encoding[name] = spec
+    return encoding
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    Nothing partial is ever visible under ``path``; the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual mode
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_chunk: int = 64) -> Path:
+    """Write ``dataset`` to ``path`` (NetCDF-4, zlib) through a temporary file and a rename."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        dataset.to_netcdf(temporary, engine="netcdf4", format="NETCDF4",
+                          encoding=netcdf_encoding(dataset, compression_level=compression_level,
+                                                   time_chunk=time_chunk))
+    return path
+
+
+def open_trajectories(path: str | Path, *, load: bool = True):
+    """Open a hybridnde NetCDF file, checking the schema; ``DataError`` names what is missing."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; create it with `hybridnde simulate` or `hybridnde rollout`")
+    try:
+        dataset = xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
+    if "u" not in dataset or dataset["u"].dims[:2] != ("member", "time"):
+        dataset.close()
+        raise DataError(f"{path}: expected a variable u(member, time, x|component), the hybridnde schema")
+    if load:
+        dataset.load()
+        dataset.close()
+    return dataset

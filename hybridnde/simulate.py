@@ -1,0 +1,74 @@
+"""Reference trajectories of the true system, in the NetCDF schema (``hybridnde simulate``)."""
+from __future__ import annotations
+
+import logging
+import time as wallclock
+
+import numpy as np
+import torch
+
+from .config import CaseConfig
+from .config.physics import ADAPTIVE_INTEGRATORS
+from .initial_conditions import draw_initial_conditions
+from .io import STATUS_FLAGS, trajectory_dataset
+from .progress import progress_bar
+from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
+
+__all__ = ["simulate_case", "SIMULATION_SECTIONS"]
+
+log = logging.getLogger(__name__)
+
+#: the sections a truth file depends on (its checksum decides whether a rerun can reuse it)
+SIMULATION_SECTIONS = ("system", "time", "initial_condition", "compute")
+
+
+def simulate_case(case: CaseConfig, *, progress: bool | None = None):
+    """Integrate the case's true system for all members; returns an ``xarray.Dataset``.
+
+    Members are stepped together as one batch. Spin-up steps are run and dropped; then
+    ``time.n_steps`` steps are taken and every ``save_every``-th state is kept (the first saved
+    state, time 0, is the state after spin-up). A member that turns non-finite is marked
+    ``blew_up`` with its ``blowup_time``; the others are unaffected.
+    """
+    device = resolve_device(case.compute.device)
+    dtype = resolve_dtype(case.compute.dtype)
+    solver = build_solver(case.system, case.time, device=device, dtype=dtype)
+    members = range(case.initial_condition.members)
+    u = draw_initial_conditions(case.initial_condition, solver, members)
+    time = case.time
+    started = wallclock.perf_counter()
+    extra: dict[str, object] = {}
+    with torch.no_grad():
+        for _ in progress_bar(range(time.spinup_steps), description="spin-up", enabled=progress, unit="step"):
+            u = solver.step(0.0, u)
+        if time.integrator in ADAPTIVE_INTEGRATORS:
+            times = [i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
+            trajectory, nfe = solver.solve_adaptive(u, times, method=time.integrator, rtol=time.rtol, atol=time.atol)
+            trajectory = trajectory.cpu().numpy()
+            extra["nfe"] = nfe
+        else:
+            times = solver.times(time.n_steps, save_every=time.save_every)
+            trajectory = np.empty((len(members), len(times), *solver.state_shape))
+            steps = solver.trajectory(u, time.n_steps, save_every=time.save_every)
+            for index, (_, state) in enumerate(progress_bar(steps, total=len(times), description="simulate",
+                                                             enabled=progress, unit="save")):
+                trajectory[:, index] = state.cpu().numpy()
+    finite = np.isfinite(trajectory.reshape(len(members), len(times), -1)).all(axis=2)
+    blew_up = ~finite.all(axis=1)
+    status = np.where(blew_up, STATUS_FLAGS["blew_up"], STATUS_FLAGS["ok"]).astype(np.int8)
+    blowup_time = np.full(len(members), np.nan)
+    for member in np.flatnonzero(blew_up):
+        first = int(np.argmin(finite[member]))
+        blowup_time[member] = times[first]
+        trajectory[member, first:] = np.nan
+    if blew_up.any():
+        log.warning("%d of %d reference members blew up", int(blew_up.sum()), len(members))
+    seconds = wallclock.perf_counter() - started
+    log.info("simulated %d members x %d steps in %.2f s", len(members), time.n_steps, seconds)
+    state_dim, coords = state_coordinates(solver)
+    return trajectory_dataset(
+        trajectory, times, state_dim=state_dim, state_coords=coords, status=status, blowup_time=blowup_time,
+        title=f"{case.case.name}: reference trajectories of {case.system.name}", solver=repr(solver),
+        case_toml=case.to_toml(),
+        extra_attrs={"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),
+                     "dt": time.dt, "save_every": time.save_every, "wall_seconds": seconds, **extra})

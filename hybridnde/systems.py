@@ -1,0 +1,59 @@
+"""From a case's ``[system]``, ``[time]`` and ``[compute]`` tables to a host solver on a device."""
+from __future__ import annotations
+
+import torch
+
+from solvers import (ODE_SYSTEMS, Closure, KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral,
+                     Solver)
+
+from .config import ConfigError, KuramotoSivashinskyConfig, SystemConfig, TimeConfig, to_mapping
+
+__all__ = ["build_solver", "resolve_device", "resolve_dtype", "state_coordinates"]
+
+
+def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:(local_rank % device_count)`` when CUDA is there, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"compute.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    return {"float64": torch.float64, "float32": torch.float32}[name]
+
+
+def build_solver(system: SystemConfig, time: TimeConfig, *, closure: Closure | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Solver:
+    """The host solver a case describes, with ``closure`` in its hook.
+
+    Adaptive integrators are not a solver property: the solver is built with RK4 and callers use
+    ``solver.solve_adaptive(..., method=time.integrator)``.
+    """
+    common = dict(dt=time.dt, closure=closure, device=device, dtype=dtype)
+    if isinstance(system, KuramotoSivashinskyConfig):
+        if system.method == "spectral":
+            return KuramotoSivashinskySpectral(
+                domain_length=system.domain_length, n_points=system.n_points,
+                dealiasing_fraction=system.dealiasing_fraction,
+                nonlinear_coefficient=system.nonlinear_coefficient, **common)
+        return KuramotoSivashinskyFiniteDifference(
+            domain_length=system.domain_length, n_points=system.n_points, fd_order=system.fd_order,
+            integrator=time.integrator, nonlinear_coefficient=system.nonlinear_coefficient, **common)
+    parameters = {key: value for key, value in to_mapping(system).items() if key != "name"}
+    if "moments_of_inertia" in parameters:
+        parameters["moments_of_inertia"] = tuple(parameters["moments_of_inertia"])
+    integrator = time.integrator if time.integrator in ("rk4", "euler") else "rk4"
+    return ODE_SYSTEMS[system.name](integrator=integrator, **parameters, **common)
+
+
+def state_coordinates(solver: Solver) -> tuple[str, object]:
+    """The NetCDF dimension of one member's state and its coordinate values: ``("x", grid)`` for
+    fields, ``("component", names)`` for ODEs."""
+    if solver.component_names:
+        return "component", list(solver.component_names)
+    return "x", solver.x.detach().cpu().numpy()

@@ -1,0 +1,80 @@
+"""Case files are validated into typed objects before any work starts; errors name the field."""
+from pathlib import Path
+
+import pytest
+
+from hybridnde.config import (ConfigError, KuramotoSivashinskyConfig, TwoBodyConfig, load_case, parse_case,
+                              parse_override)
+
+CASES = sorted((Path(__file__).parents[1] / "cases").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_every_shipped_case_loads_and_round_trips(path):
+    case = load_case(path)
+    again = parse_case(__import__("tomllib").loads(case.to_toml()))
+    assert again == case
+    assert again.checksum() == case.checksum()
+    load_case(path, quick=True)
+
+
+def test_system_table_is_typed_by_name():
+    case = parse_case({"system": {"name": "kuramoto_sivashinsky", "n_points": 128}})
+    assert isinstance(case.system, KuramotoSivashinskyConfig) and case.system.n_points == 128
+    assert case.time.integrator == "etdrk4"  # auto resolves per system
+    assert isinstance(parse_case({"system": {"name": "two_body"}}).system, TwoBodyConfig)
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"system": {"name": "lorenz63", "sigmaa": 1.0}}, "system.sigmaa"),
+    ({"system": {"name": "lorenz63"}, "time": {"dt": -0.1}, "initial_condition": {"distribution": "point", "value": [1, 1, 1]}}, "time.dt"),
+    ({"system": {"name": "two_body"}, "time": {"n_steps": 0}}, "time.n_steps"),
+    ({"system": {"name": "two_body"}, "time": {"dt": "fast"}}, "time.dt"),
+    ({"system": {"name": "two_body"}, "time": {"dt": float("inf")}}, "time.dt"),
+    ({"system": {"name": "two_body"}, "time": {"n_steps": 1.5}}, "time.n_steps"),
+    ({"system": {"name": "two_body"}, "trainig": {}}, "[trainig]"),
+    ({"system": {"name": "two_body"}, "training": {"regularizer": "jvpp"}}, "training.regularizer"),
+    ({"system": {"name": "kuramoto_sivashinsky", "n_points": 63}}, "system.n_points"),
+    ({"system": {"name": "kuramoto_sivashinsky", "method": "finite_difference"}, "time": {"dt": 0.01}}, "time.dt"),
+    ({"system": {"name": "kuramoto_sivashinsky"}, "time": {"integrator": "rk4"}}, "time.integrator"),
+    ({"system": {"name": "lorenz63"}, "initial_condition": {"distribution": "point", "value": [1.0, 2.0]}}, "initial_condition.value"),
+    ({"system": {"name": "lorenz63"}, "initial_condition": {"distribution": "gaussian", "value": [1.0, 2.0, 3.0]}}, "initial_condition.std"),
+    ({"system": {"name": "rigid_body", "moments_of_inertia": [1.0, 2.0]}}, "system.moments_of_inertia"),
+    ({"system": {"name": "lorenz"}}, "system.name"),
+])
+def test_bad_values_are_rejected_naming_the_field(raw, field):
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_case(raw)
+
+
+def test_fd_stability_error_gives_the_limit():
+    with pytest.raises(ConfigError, match=r"stability limit 0\.001\d+"):
+        parse_case({"system": {"name": "kuramoto_sivashinsky", "method": "finite_difference"}, "time": {"dt": 0.002}})
+
+
+def test_overrides_parse_toml_literals_and_apply_last():
+    assert parse_override("training.epochs=20") == (["training", "epochs"], 20)
+    assert parse_override("initial_condition.value=[1, 2.5]") == (["initial_condition", "value"], [1, 2.5])
+    assert parse_override("compute.device=cpu") == (["compute", "device"], "cpu")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("epochs")
+    case = parse_case({"system": {"name": "two_body"}, "quick": {"time.n_steps": 10}},
+                      overrides=["time.n_steps=7"], quick=True)
+    assert case.time.n_steps == 7
+    assert parse_case({"system": {"name": "two_body"}, "quick": {"time.n_steps": 10}}, quick=True).time.n_steps == 10
+
+
+def test_checksum_tracks_sections():
+    a = parse_case({"system": {"name": "two_body"}})
+    b = parse_case({"system": {"name": "two_body"}, "training": {"epochs": 3}})
+    assert a.checksum() != b.checksum()
+    assert a.checksum(["system", "time"]) == b.checksum(["system", "time"])
+
+
+def test_missing_case_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_case(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[system\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_case(bad)
