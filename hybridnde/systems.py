@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from solvers import (ODE_SYSTEMS, Closure, KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral,
+from solvers import (ODE_SYSTEMS, Closure, ClosureOnly, KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral,
                      Solver)
 
-from .config import ConfigError, KuramotoSivashinskyConfig, SystemConfig, TimeConfig, to_mapping
+from .config import CaseConfig, ConfigError, KuramotoSivashinskyConfig, SystemConfig, TimeConfig, to_mapping
 
-__all__ = ["build_solver", "resolve_device", "resolve_dtype", "state_coordinates"]
+__all__ = ["build_solver", "build_host_solver", "resolve_device", "resolve_dtype", "state_coordinates"]
 
 
 def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
@@ -49,6 +49,18 @@ def build_solver(system: SystemConfig, time: TimeConfig, *, closure: Closure | N
         parameters["moments_of_inertia"] = tuple(parameters["moments_of_inertia"])
     integrator = time.integrator if time.integrator in ("rk4", "euler") else "rk4"
     return ODE_SYSTEMS[system.name](integrator=integrator, **parameters, **common)
+
+
+def build_host_solver(case: CaseConfig, *, closure: Closure | None = None, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float64) -> Solver:
+    """The solver a closure is trained and rolled out in (``[hybrid]``): the host system stepped at
+    ``case.host_time``, or the closure alone for ``setup = "neural_ode"``."""
+    host = build_solver(case.host_system, case.host_time, closure=closure, device=device, dtype=dtype)
+    if case.hybrid.setup == "neural_ode":
+        return ClosureOnly(state_shape=host.state_shape, dt=case.host_time.dt, integrator=case.host_time.integrator,
+                           component_names=host.component_names, domain_length=getattr(host, "domain_length", None),
+                           closure=closure, device=device, dtype=dtype)
+    return host
 
 
 def state_coordinates(solver: Solver) -> tuple[str, object]:

@@ -3,12 +3,13 @@
 Imports torch and numpy only (never ``hybridnde``), so any simulation code can vendor this package.
 """
 from .base import Closure, ExplicitSolver, Solver, SolverStateError
+from .closure_only import ClosureOnly
 from .integrators import FIXED_STEP_METHODS, odeint_adaptive
 from .kuramoto_sivashinsky import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral
 from .odes import ODE_SYSTEMS, DoublePendulum, Lorenz63, LotkaVolterra, RigidBody, TwoBody
 
 __all__ = [
-    "Closure", "Solver", "ExplicitSolver", "SolverStateError", "FIXED_STEP_METHODS", "odeint_adaptive",
+    "Closure", "Solver", "ExplicitSolver", "ClosureOnly", "SolverStateError", "FIXED_STEP_METHODS", "odeint_adaptive",
     "KuramotoSivashinskySpectral", "KuramotoSivashinskyFiniteDifference",
     "TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum", "ODE_SYSTEMS",
 ]

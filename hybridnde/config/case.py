@@ -18,6 +18,7 @@ import tomli_w
 from .ensemble import RolloutConfig
 from .evaluation import EvaluateConfig
 from .fields import ConfigError, from_mapping, to_mapping
+from .hybrid import HybridConfig
 from .learning import ModelConfig, TrainingConfig
 from .physics import (ADAPTIVE_INTEGRATORS, CaseInfo, ComputeConfig, InitialConditionConfig,
                       KuramotoSivashinskyConfig, OutputConfig, SystemConfig, TimeConfig, parse_system)
@@ -35,6 +36,7 @@ SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "rollout": RolloutConfig,
     "evaluate": EvaluateConfig,
+    "hybrid": HybridConfig,
 }
 
 
@@ -52,6 +54,7 @@ class CaseConfig:
     training: TrainingConfig = TrainingConfig()
     rollout: RolloutConfig = RolloutConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    hybrid: HybridConfig = HybridConfig()
     #: dotted overrides applied by ``--quick`` (kept so the file round-trips)
     quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -72,6 +75,22 @@ class CaseConfig:
         if sections is not None:
             mapping = {name: mapping[name] for name in sections}
         return hashlib.sha256(tomli_w.dumps(mapping).encode()).hexdigest()
+
+    @property
+    def host_system(self) -> SystemConfig:
+        """The system the host solver runs: ``[system]`` with ``[hybrid.system]`` overrides."""
+        return parse_system({**to_mapping(self.system), **dict(self.hybrid.system)}, "hybrid.system")
+
+    @property
+    def host_time(self) -> TimeConfig:
+        """The host solver's stepping: ``hybrid.substeps`` steps per data sample."""
+        integrator = self.hybrid.integrator
+        if integrator == "auto":
+            integrator = "rk4" if self.hybrid.setup == "neural_ode" else self.time.integrator
+            if integrator not in ("etdrk4", "rk4", "euler"):
+                integrator = "rk4"  # adaptive truth: the host trains with fixed RK4 steps
+        return dataclasses.replace(self.time, dt=self.time.sample_interval / self.hybrid.substeps,
+                                   save_every=1, spinup_steps=0, integrator=integrator)
 
     def replace(self, **sections: Any) -> "CaseConfig":
         return dataclasses.replace(self, **sections)
@@ -139,6 +158,9 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
             raise ConfigError(f"initial_condition.distribution: {system.name} has no default; choose 'point', "
                               "'gaussian', 'uniform_box' or 'file' and give its parameters")
         sections["initial_condition"] = dataclasses.replace(sections["initial_condition"], distribution=default)
+    if sections["model"].kind == "auto":
+        kind = "periodic_cnn" if isinstance(system, KuramotoSivashinskyConfig) else "mlp"
+        sections["model"] = dataclasses.replace(sections["model"], kind=kind)
     case = CaseConfig(system=system, quick=dict(quick_table), **sections)
     _check_consistency(case)
     return case
@@ -181,6 +203,22 @@ def _check_consistency(case: CaseConfig) -> None:
             raise ConfigError(f"time.dt = {time.dt} exceeds the {time.integrator} stability limit {limit:.4g} of "
                               f"the order-{system.fd_order} finite-difference scheme at N = {system.n_points}; "
                               f"set time.dt <= {limit:.4g} or use system.method = \"spectral\"")
+    if not isinstance(case.hybrid.system, Mapping):
+        raise ConfigError("hybrid.system must be a table of [system] overrides, e.g. {n_points = 32}")
+    if "name" in case.hybrid.system and case.hybrid.system["name"] != system.name:
+        raise ConfigError("hybrid.system.name: the host solves the same system as the truth; drop the key")
+    host = case.host_system  # validates the overrides, naming hybrid.system.<key>
+    host_time = case.host_time
+    host_spectral = isinstance(host, KuramotoSivashinskyConfig) and host.method == "spectral"
+    if case.hybrid.setup == "residual" and host_spectral != (host_time.integrator == "etdrk4"):
+        raise ConfigError(f"hybrid.integrator = {host_time.integrator!r} does not fit the host "
+                          f"({'spectral' if host_spectral else 'explicit'} solver); use 'auto'")
+    if isinstance(host, KuramotoSivashinskyConfig) and isinstance(system, KuramotoSivashinskyConfig):
+        if host.n_points > system.n_points or system.n_points % host.n_points:
+            raise ConfigError(f"hybrid.system.n_points = {host.n_points} must divide the truth's "
+                              f"system.n_points = {system.n_points} (the truth is filtered onto the host grid)")
+        if host.domain_length != system.domain_length:
+            raise ConfigError("hybrid.system.domain_length must equal system.domain_length")
     ic = case.initial_condition
     expected = _state_size(system)
     for name in ("value", "low", "high"):

@@ -1,0 +1,68 @@
+"""``closure.pt``: a trained closure with everything needed to rebuild and trust it.
+
+Contents: the model ``spec`` (architecture), its ``state_dict`` (weights and normalisation buffers),
+the dtype, the case TOML it was trained on, free-form training metadata, and a SHA-256 checksum of
+the weights that rollouts record in their NetCDF ``source`` attribute.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .io import DataError, atomic_path
+from .models import model_from_spec
+
+__all__ = ["FORMAT", "save_closure", "load_closure", "weights_checksum"]
+
+FORMAT = "hybridnde-closure/1"
+
+
+def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of every tensor, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_closure(path: str | Path, model: nn.Module, *, case_toml: str = "",
+                 metadata: Mapping[str, Any] | None = None) -> str:
+    """Write ``model`` to ``path`` atomically; returns the weights checksum."""
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    checksum = weights_checksum(state_dict)
+    dtype = next(iter(state_dict.values())).dtype
+    payload = {"format": FORMAT, "spec": dict(model.spec), "state_dict": state_dict, "dtype": str(dtype),
+               "case_toml": case_toml, "metadata": dict(metadata or {}), "checksum": checksum}
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+    return checksum
+
+
+def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved closure on ``device`` (in ``dtype``, default: as saved), weights verified.
+
+    Returns ``(model, payload)``; the model is in eval mode. ``DataError`` names the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"closure file {str(path)!r} does not exist; create it with `hybridnde train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip or version errors all mean: not our file
+        raise DataError(f"{path}: not a readable closure file ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DataError(f"{path}: not a {FORMAT} file (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    if weights_checksum(payload["state_dict"]) != payload["checksum"]:
+        raise DataError(f"{path}: weights do not match their checksum; the file is corrupt")
+    model = model_from_spec(payload["spec"])
+    model.load_state_dict(payload["state_dict"])
+    saved_dtype = getattr(torch, payload["dtype"].replace("torch.", ""))
+    model = model.to(device=device, dtype=dtype or saved_dtype).eval()
+    return model, payload

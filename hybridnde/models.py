@@ -1,0 +1,136 @@
+"""Neural closures: ``torch.nn.Module``s with ``forward(t, u) -> du_dt`` (the solvers' closure hook).
+
+* ``MLPClosure`` for ODE states ``u: (batch, n_components)``;
+* ``PeriodicCNNClosure`` for fields on a periodic grid ``u: (batch, n)``: circular padding keeps it
+  equivariant to translations of the grid, and scalar normalisation keeps that true.
+
+Input and output normalisation are buffers, saved with the weights. ``spec`` holds the constructor
+arguments, so a saved closure can be rebuilt without the code that trained it. Both are TorchScript
+compatible (``torch.jit.script``).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MLPClosure", "PeriodicCNNClosure", "ACTIVATIONS", "MODEL_KINDS", "build_model", "model_from_spec"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "softplus": nn.Softplus, "elu": nn.ELU,
+}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class _Normalized(nn.Module):
+    """Shared normalisation: ``out = output_scale * net((u - input_shift) / input_scale) + output_shift``."""
+
+    __jit_ignored_attributes__ = ["spec"]  # plain-Python metadata, not part of the scripted graph
+
+    def __init__(self, feature_shape: Sequence[int]):
+        super().__init__()
+        self.register_buffer("input_shift", torch.zeros(*feature_shape))
+        self.register_buffer("input_scale", torch.ones(*feature_shape))
+        self.register_buffer("output_shift", torch.zeros(*feature_shape))
+        self.register_buffer("output_scale", torch.ones(*feature_shape))
+
+    @torch.no_grad()
+    def set_normalization(self, *, input_shift: Tensor, input_scale: Tensor, output_shift: Tensor,
+                          output_scale: Tensor) -> None:
+        """Set the statistics (broadcastable to the buffers); scales are floored away from zero."""
+        for name, value in (("input_shift", input_shift), ("input_scale", input_scale),
+                            ("output_shift", output_shift), ("output_scale", output_scale)):
+            buffer = getattr(self, name)
+            value = torch.as_tensor(value, dtype=buffer.dtype, device=buffer.device).expand_as(buffer)
+            if name.endswith("scale"):
+                value = value.clamp_min(1e-8)
+            buffer.copy_(value)
+
+
+class MLPClosure(_Normalized):
+    """Fully connected closure for ODE states.
+
+    Args:
+        state_dim: number of state components ``n``.
+        width: hidden units per layer (Janvier et al. use 200).
+        depth: hidden layers.
+    Shapes: ``u: (batch, n) -> (batch, n)``. Autonomous: ``t`` is accepted and ignored.
+    """
+
+    def __init__(self, *, state_dim: int, width: int = 200, depth: int = 2, activation: str = "tanh"):
+        super().__init__((state_dim,))
+        self.spec = {"kind": "mlp", "state_dim": state_dim, "width": width, "depth": depth,
+                                     "activation": activation}
+        layers: list[nn.Module] = []
+        features = state_dim
+        for _ in range(depth):
+            layers += [nn.Linear(features, width), _activation(activation)]
+            features = width
+        layers.append(nn.Linear(features, state_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, t: Tensor, u: Tensor) -> Tensor:
+        z = (u - self.input_shift) / self.input_scale
+        return self.net(z) * self.output_scale + self.output_shift
+
+
+class PeriodicCNNClosure(_Normalized):
+    """Translation-equivariant closure for periodic 1-D fields: circularly padded convolutions.
+
+    Args:
+        channels: hidden channels per layer.
+        depth: hidden convolution layers (each followed by the activation).
+        kernel_size: odd width of every convolution; the receptive field is
+            ``(depth + 1) * (kernel_size - 1) + 1`` grid points.
+    Shapes: ``u: (batch, n) -> (batch, n)``; normalisation statistics are scalars.
+    """
+
+    def __init__(self, *, channels: int = 32, depth: int = 2, kernel_size: int = 5, activation: str = "tanh"):
+        super().__init__((1,))
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size={kernel_size} must be odd (centred stencils keep the grid aligned)")
+        self.spec = {"kind": "periodic_cnn", "channels": channels, "depth": depth, "kernel_size": kernel_size,
+                     "activation": activation}
+        layers: list[nn.Module] = []
+        features = 1
+        for _ in range(depth):
+            layers += [nn.Conv1d(features, channels, kernel_size, padding=kernel_size // 2, padding_mode="circular"),
+                       _activation(activation)]
+            features = channels
+        layers.append(nn.Conv1d(features, 1, kernel_size, padding=kernel_size // 2, padding_mode="circular"))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, t: Tensor, u: Tensor) -> Tensor:
+        z = (u - self.input_shift) / self.input_scale
+        return self.net(z.unsqueeze(-2)).squeeze(-2) * self.output_scale + self.output_shift
+
+
+MODEL_KINDS = {"mlp": MLPClosure, "periodic_cnn": PeriodicCNNClosure}
+
+
+def model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an (untrained) closure from its ``spec``."""
+    arguments = dict(spec)
+    kind = arguments.pop("kind")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown closure kind {kind!r}; known: {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**arguments)
+
+
+def build_model(config, *, state_shape: Sequence[int], device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float64) -> nn.Module:
+    """The closure a ``ModelConfig`` describes (``kind`` resolved by ``parse_case``), for states of
+    ``state_shape``."""
+    if config.kind == "mlp":
+        model = MLPClosure(state_dim=int(state_shape[-1]), width=config.width, depth=config.depth,
+                           activation=config.activation)
+    else:
+        model = PeriodicCNNClosure(channels=config.width, depth=config.depth, kernel_size=config.kernel_size,
+                                   activation=config.activation)
+    return model.to(device=device, dtype=dtype)
