@@ -102,6 +102,9 @@ def netcdf_encoding(dataset, *, compression_level: int = 4, time_chunk: int = 64
             spec["chunksizes"] = tuple(max(1, min(size, time_chunk if dim == "time" else (1 if dim == "member" else size)))
                                        for dim, size in zip(variable.dims, variable.shape))
         encoding[name] = spec
+    for name in dataset.coords:
+        if dataset[name].dtype.kind == "f":
+            encoding[name] = {"_FillValue": None}  # CF: coordinate variables have no missing values
     return encoding
 
 
