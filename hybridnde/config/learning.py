@@ -16,6 +16,9 @@ class ModelConfig:
     depth: int = option(2, "hidden layers", positive=True)
     activation: str = option("tanh", "nonlinearity", choices=("tanh", "gelu", "relu", "silu", "softplus", "elu"))
     kernel_size: int = option(5, "periodic_cnn: odd convolution width", positive=True)
+    normalize: bool = option(True, "fit input/output normalisation (stored with the weights) to the training data: "
+                             "inputs to the states' mean/std, outputs to the closure target's (data du/dt minus "
+                             "the host's known physics)")
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,38 @@ class TrainingConfig:
     regularizer: str = option("none", "directional-derivative Jacobian regularizer", choices=("none", "jvp", "fd"))
     regularizer_weight: float = option(1e-3, "lambda multiplying the regularizer", nonnegative=True)
     seed: int = option(0, "seed of weights, batches and probes", nonnegative=True)
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay (0 = Adam, as Janvier et al.)", nonnegative=True)
+    lr_schedule: str = option("cosine", "learning-rate schedule over the epochs: constant, cosine (to "
+                              "min_learning_rate) or step (times lr_gamma every lr_step_epochs)",
+                              choices=("constant", "cosine", "step"))
+    min_learning_rate: float = option(1e-5, "cosine: final learning rate", nonnegative=True)
+    lr_step_epochs: int = option(100, "step: epochs between learning-rate drops", positive=True)
+    lr_gamma: float = option(0.5, "step: factor of each drop", positive=True, maximum=1.0)
+    gradient_clip: float = option(1.0, "clip the gradient's global 2-norm to this (0 = off)", nonnegative=True)
+    validation_fraction: float = option(0.2, "share of members held out for validation (member-wise split: the "
+                                        "last members by index; at least one when there are two or more)",
+                                        nonnegative=True, maximum=0.9)
+    validation_rollout_steps: int = option(0, "steps of the validation rollouts that early stopping watches "
+                                           "(0 = rollout_steps)", nonnegative=True)
+    patience: int = option(0, "early stopping: epochs without a better validation loss before stopping "
+                           "(0 = never stop early); the best weights are kept either way", nonnegative=True)
+    checkpoint_every: int = option(10, "epochs between checkpoints (a sibling .checkpoint.pt file; 0 = none)",
+                                   nonnegative=True)
+    window_stride: int = option(1, "samples between the starts of consecutive training windows", positive=True)
+    probes: int = option(2, "jvp: random probe directions per data state (Hutchinson)", positive=True)
+    probe_distribution: str = option("gaussian", "jvp: probe law (gaussian as Janvier et al., or rademacher: "
+                                     "lower variance)", choices=("gaussian", "rademacher"))
+    normalize_probes: bool = option(False, "jvp: scale each probe to unit length (the penalty then estimates "
+                                    "||J_theta - J||_F^2 / n)")
+    fd_stencil: str = option("one_sided", "fd: one_sided (the paper's L_FD from x_t, x_t+1, x_t+2; first order) "
+                             "or centred (x_t-1, x_t, x_t+1; second order)", choices=("one_sided", "centred"))
+    fd_warn_threshold: float = option(0.1, "fd: warn when the data's estimated relative truncation error of the "
+                                      "stencil exceeds this (see hybridnde.regularizers.sampling_error)",
+                                      positive=True)
+    regularizer_warmup_epochs: int = option(0, "ramp the regularizer weight linearly from 0 over these epochs",
+                                            nonnegative=True)
+    integration: str = option("step", "how rollouts are differentiated: step (through the host solver's steps), "
+                              "odeint or odeint_adjoint (torchdiffeq adaptive_method; ODE hosts only)",
+                              choices=("step", "odeint", "odeint_adjoint"))
+    adaptive_method: str = option("dopri5", "odeint/odeint_adjoint: torchdiffeq method (tolerances: time.rtol, "
+                                  "time.atol)", choices=("dopri5", "dopri8", "bosh3", "adaptive_heun"))
