@@ -1,0 +1,41 @@
+"""``hybridnde train CASE.toml --data truth.nc --out closure.pt``: train the case's closure.
+
+Writes ``closure.pt`` (architecture, weights, normalisation, the case, training metadata and a
+``config_checksum``), ``closure.log.jsonl`` beside it (one JSON object per epoch) and, while training
+runs, ``closure.checkpoint.pt`` every ``training.checkpoint_every`` epochs (``--resume`` continues
+from it, giving the same closure as an uninterrupted run).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..training import train_case
+from .common import add_case_arguments, case_from_arguments
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a neural closure on a truth file -> closure.pt",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_arguments(parser)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="truth NetCDF from `hybridnde simulate` (default: <output.directory or runs/<case>>/truth.nc)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="closure file (default: <output.directory or runs/<case>>/closure.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out, if any")
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    case = case_from_arguments(arguments)
+    directory = Path(case.output.directory or f"runs/{case.case.name}")
+    out = arguments.out or directory / "closure.pt"
+    data = arguments.data or directory / "truth.nc"
+    _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
+    final = result.final
+    print(f"{out}: {result.epochs_run} epochs, loss {final.get('loss', float('nan')):.4g}, best validation loss "
+          f"{result.best_val_loss:.4g} (epoch {result.best_epoch})")
+    return 0

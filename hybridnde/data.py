@@ -1,0 +1,251 @@
+"""From a ``hybridnde simulate`` NetCDF file to training windows on the host grid.
+
+* ``load_training_data`` checks that the file fits the case (schema, system, grid, sampling) before
+  any work, restricts sub-grid truths onto the host grid (``grids.restrict_to_grid``) and splits the
+  members into training and validation sets (member-wise: the last members by index validate);
+* ``WindowSet`` indexes windows ``x_t, x_{t+1}, ..., x_{t+L-1}`` of consecutive samples lazily
+  (only ``(member, start)`` pairs are stored; a batch gathers its windows);
+* ``normalization_statistics`` gives the closure's input/output normalisation from training data.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import CaseConfig, KuramotoSivashinskyConfig, to_mapping
+from .grids import restrict_to_grid
+from .io import STATUS_FLAGS, DataError, open_trajectories
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum",
+           "split_members"]
+
+log = logging.getLogger(__name__)
+
+
+def file_checksum(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WindowSet:
+    """Windows of ``length`` consecutive samples from trajectories ``(member, time, *state)``.
+
+    ``starts: (n_windows, 2)`` rows of ``(row in trajectories, first time index)``; windows with a
+    non-finite value are left out when the set is built.
+    """
+
+    trajectories: Tensor
+    starts: Tensor
+    length: int
+
+    @classmethod
+    def build(cls, trajectories: Tensor, length: int, *, stride: int = 1) -> "WindowSet":
+        n_members, n_times = trajectories.shape[:2]
+        if n_times < length:
+            return cls(trajectories, torch.zeros(0, 2, dtype=torch.long, device=trajectories.device), length)
+        first = torch.arange(0, n_times - length + 1, stride, device=trajectories.device)
+        finite = torch.isfinite(trajectories.reshape(n_members, n_times, -1)).all(-1)  # (member, time)
+        # a window is usable when all its samples are finite: a sliding minimum over time
+        usable = finite.unfold(1, length, 1).all(-1)[:, first]  # (member, n_first)
+        rows, columns = torch.nonzero(usable, as_tuple=True)
+        starts = torch.stack([rows, first[columns]], dim=1)
+        return cls(trajectories, starts, length)
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    def gather(self, index: Tensor | None = None) -> Tensor:
+        """Windows ``index`` (default: all): ``(batch, length, *state)``."""
+        starts = self.starts if index is None else self.starts[index.to(self.starts.device)]
+        times = starts[:, 1:2] + torch.arange(self.length, device=starts.device)
+        return self.trajectories[starts[:, :1], times]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Host-grid trajectories of one truth file, split member-wise.
+
+    ``train``/``validation``: ``(members, time, *state)`` on the training device and dtype.
+    """
+
+    train: Tensor
+    validation: Tensor
+    train_members: tuple[int, ...]
+    validation_members: tuple[int, ...]
+    sample_interval: float
+    path: str
+    checksum: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def windows(self, split: str, length: int, *, stride: int = 1) -> WindowSet:
+        trajectories = {"train": self.train, "validation": self.validation}[split]
+        return WindowSet.build(trajectories, length, stride=stride)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description for closure metadata."""
+        return {"path": self.path, "sha256": self.checksum, "train_members": list(self.train_members),
+                "validation_members": list(self.validation_members), "sample_interval": self.sample_interval,
+                "times": int(self.train.shape[1]),
+                "config_checksum": str(self.attrs.get("config_checksum", "")),
+                "title": str(self.attrs.get("title", ""))}
+
+
+def split_members(members: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Member-wise split: the last ``round(fraction * n)`` members validate (at least one when
+    ``fraction > 0`` and there are two or more members); returns ``(train, validation)``."""
+    n = len(members)
+    count = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        count = min(max(count, 1), n - 1)
+    else:
+        count = 0
+    return members[: n - count], members[n - count:]
+
+
+def _check_system(dataset, case: CaseConfig, path: Path) -> None:
+    text = dataset.attrs.get("case_toml", "")
+    if not text:
+        return  # files from other tools: the grid and sampling checks below still apply
+    try:
+        data_system = tomllib.loads(text).get("system", {})
+    except tomllib.TOMLDecodeError:
+        raise DataError(f"{path}: the case_toml attribute is not valid TOML; regenerate the file") from None
+    case_system = to_mapping(case.system)
+    differing = []
+    for key, value in case_system.items():
+        other = data_system.get(key)
+        if isinstance(value, (int, float)) and isinstance(other, (int, float)):
+            same = math.isclose(float(value), float(other), rel_tol=1e-12, abs_tol=1e-15)
+        elif isinstance(value, (list, tuple)) and isinstance(other, (list, tuple)):
+            same = len(value) == len(other) and all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(value, other))
+        else:
+            same = value == other
+        if not same:
+            differing.append(f"system.{key}: data {other!r}, case {value!r}")
+    if differing:
+        raise DataError(f"{path} was simulated for another system ({'; '.join(differing)}); simulate the data "
+                        "with this case (`hybridnde simulate CASE.toml`) or fix the case's [system]")
+
+
+def _check_state(dataset, case: CaseConfig, path: Path) -> None:
+    from solvers import ODE_SYSTEMS
+
+    u = dataset["u"]
+    if isinstance(case.system, KuramotoSivashinskyConfig):
+        if u.dims != ("member", "time", "x"):
+            raise DataError(f"{path}: u has dims {u.dims}; a Kuramoto-Sivashinsky case needs u(member, time, x)")
+        if u.sizes["x"] != case.system.n_points:
+            raise DataError(f"{path}: the data have {u.sizes['x']} grid points; the case's system.n_points is "
+                            f"{case.system.n_points} (the truth grid; hybrid.system.n_points sets the host grid)")
+        return
+    names = tuple(ODE_SYSTEMS[case.system.name].component_names)
+    if u.dims != ("member", "time", "component"):
+        raise DataError(f"{path}: u has dims {u.dims}; the {case.system.name} case needs u(member, time, component)")
+    found = tuple(str(c) for c in dataset["component"].values)
+    if found != names:
+        raise DataError(f"{path}: components {found}; {case.system.name} has {names}")
+
+
+def _check_times(dataset, case: CaseConfig, path: Path, needed: int) -> float:
+    times = np.asarray(dataset["time"].values, dtype=np.float64)
+    if len(times) < needed:
+        raise DataError(f"{path}: {len(times)} samples per member; training windows need {needed} consecutive "
+                        "samples (lower training.rollout_steps / validation_rollout_steps or simulate longer)")
+    steps = np.diff(times)
+    expected = case.time.sample_interval
+    if not np.allclose(steps, expected, rtol=1e-6, atol=1e-12):
+        raise DataError(f"{path}: samples are {steps.min():.6g}..{steps.max():.6g} apart; the case's "
+                        f"time.dt * time.save_every = {expected:.6g}; they must agree (the host steps between samples)")
+    return float(expected)
+
+
+def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int,
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> TrainingData:
+    """Read, check and split a truth file for training the case's closure.
+
+    ``window_length`` is the longest window the trainer will cut (rollout steps + 1, at least 3 for
+    the finite-difference regularizer). ``DataError`` names the file and the mismatch.
+    """
+    path = Path(path)
+    dataset = open_trajectories(path)
+    _check_state(dataset, case, path)
+    _check_system(dataset, case, path)
+    sample_interval = _check_times(dataset, case, path, window_length)
+    members = np.asarray(dataset["member"].values)
+    u = np.asarray(dataset["u"].values, dtype=np.float64)
+    if "status" in dataset:
+        bad = np.asarray(dataset["status"].values) != STATUS_FLAGS["ok"]
+        if bad.any():
+            log.warning("%s: %d member(s) did not finish ok; their non-finite samples are left out",
+                        path, int(bad.sum()))
+    host = case.host_system
+    if isinstance(host, KuramotoSivashinskyConfig) and host.n_points != u.shape[-1]:
+        u = restrict_to_grid(u, host.n_points)  # sub-grid closure: the filtered truth is the target
+    train_rows, validation_rows = split_members(np.arange(len(members)), case.training.validation_fraction)
+    if len(train_rows) == 0:
+        raise DataError(f"{path}: no members to train on")
+    if len(validation_rows) == 0:
+        log.warning("%s: one member only; validation uses the training member", path)
+        validation_rows = train_rows
+    as_tensor = dict(device=device, dtype=dtype)
+    checksum = file_checksum(path)
+    return TrainingData(
+        train=torch.as_tensor(u[train_rows], **as_tensor), validation=torch.as_tensor(u[validation_rows], **as_tensor),
+        train_members=tuple(int(m) for m in members[train_rows]),
+        validation_members=tuple(int(m) for m in members[validation_rows]),
+        sample_interval=sample_interval, path=str(path), checksum=checksum, attrs=dict(dataset.attrs))
+
+
+@torch.no_grad()
+def normalization_statistics(trajectories: Tensor, known_rhs, sample_interval: float, *,
+                             per_component: bool, max_states: int = 100_000) -> dict[str, Tensor]:
+    """Input and output statistics for ``set_normalization`` of a closure.
+
+    Inputs: mean and standard deviation of the states. Outputs: those of the closure's target,
+    ``du/dt - F_known(u)``, with ``du/dt`` from second-order central differences of the samples
+    (``known_rhs(t, u)`` is the host's known physics; zero for a plain neural ODE).
+
+    ``trajectories: (member, time, *state)``; ``per_component``: statistics per state component
+    (MLP) or one scalar each (translation-equivariant CNN). At most ``max_states`` evenly spaced
+    states enter (the statistics only set scales).
+    """
+    if trajectories.shape[1] < 3:
+        raise ValueError("need at least 3 samples per member for central differences")
+    centre = trajectories[:, 1:-1].reshape(-1, *trajectories.shape[2:])
+    du_dt = ((trajectories[:, 2:] - trajectories[:, :-2]) / (2.0 * sample_interval)).reshape_as(centre)
+    finite = torch.isfinite(centre.reshape(len(centre), -1)).all(-1) & torch.isfinite(du_dt.reshape(len(centre), -1)).all(-1)
+    centre, du_dt = centre[finite], du_dt[finite]
+    if len(centre) > max_states:
+        keep = torch.linspace(0, len(centre) - 1, max_states, device=centre.device).long()
+        centre, du_dt = centre[keep], du_dt[keep]
+    time = torch.zeros((), dtype=centre.dtype, device=centre.device)
+    target = du_dt - known_rhs(time, centre)
+    dims = (0,) if per_component else tuple(range(centre.ndim))
+
+    def moments(x: Tensor) -> tuple[Tensor, Tensor]:
+        mean = x.mean(dim=dims)
+        return mean.reshape(-1), x.std(dim=dims).reshape(-1)
+
+    input_shift, input_scale = moments(centre)
+    output_shift, output_scale = moments(target)
+    return {"input_shift": input_shift, "input_scale": input_scale, "output_shift": output_shift,
+            "output_scale": output_scale}

@@ -1,0 +1,79 @@
+"""Random probe directions for Hutchinson-type estimates of Jacobian norms.
+
+For a matrix ``A`` and probes ``v`` with ``E[v v^T] = I`` (standard Gaussian or Rademacher entries),
+``E ||A v||^2 = ||A||_F^2`` (Hutchinson 1990). With ``B = A^T A`` the variance of one sample
+``v^T B v`` is ``2 (||B||_F^2 - sum_i B_ii^2)`` for Rademacher and ``2 ||B||_F^2`` for Gaussian
+probes (Avron & Toledo 2011), so Rademacher probes are never worse.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["PROBE_DISTRIBUTIONS", "ProbeSampler", "draw_probes"]
+
+PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
+
+
+def draw_probes(shape: Sequence[int], *, count: int, distribution: str = "gaussian",
+                normalize: bool = False, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
+    """``count`` probes for states of ``shape = (batch, *state)``: returns ``(count, batch, *state)``.
+
+    Each probe has i.i.d. entries, standard normal (``"gaussian"``) or +-1 (``"rademacher"``), so that
+    ``E[v v^T] = I`` over the state. With ``normalize`` every probe is scaled to unit 2-norm over the
+    state dimensions; then ``E[v v^T] = I / n`` exactly for Rademacher (their norm is ``sqrt(n)``)
+    and the estimates are of ``||A||_F^2 / n``.
+
+    ``generator`` must live on ``device`` (``torch.Generator(device=...)``); draws are then
+    reproducible on that device.
+    """
+    if distribution not in PROBE_DISTRIBUTIONS:
+        raise ValueError(f"distribution={distribution!r}; choose one of {PROBE_DISTRIBUTIONS}")
+    if count < 1:
+        raise ValueError(f"count={count} must be at least 1")
+    full_shape = (count, *shape)
+    if distribution == "gaussian":
+        probes = torch.randn(full_shape, generator=generator, device=device, dtype=dtype)
+    else:
+        bits = torch.randint(0, 2, full_shape, generator=generator, device=device, dtype=torch.int8)
+        probes = bits.to(dtype).mul_(2.0).sub_(1.0)
+    if normalize:
+        state_dims = tuple(range(2, probes.ndim))
+        probes = probes / probes.norm(dim=state_dims, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    return probes
+
+
+class ProbeSampler:
+    """Seeded probe source on a device: ``sampler(u) -> (count, *u.shape)`` probes like ``u``.
+
+    Its generator state is part of a training checkpoint (``state_dict``/``load_state_dict``), so a
+    resumed run draws the same probes as an uninterrupted one.
+    """
+
+    def __init__(self, *, count: int, distribution: str = "gaussian", normalize: bool = False, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        if distribution not in PROBE_DISTRIBUTIONS:
+            raise ValueError(f"distribution={distribution!r}; choose one of {PROBE_DISTRIBUTIONS}")
+        self.count = int(count)
+        self.distribution = distribution
+        self.normalize = bool(normalize)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    def __call__(self, u: Tensor) -> Tensor:
+        return draw_probes(u.shape, count=self.count, distribution=self.distribution, normalize=self.normalize,
+                           generator=self.generator, device=u.device, dtype=u.dtype)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return (f"ProbeSampler(count={self.count}, distribution={self.distribution!r}, "
+                f"normalize={self.normalize})")

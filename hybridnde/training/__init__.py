@@ -1,0 +1,20 @@
+"""Training closures: one loop (``Trainer``) over a sum of named loss terms.
+
+* ``terms``: the ``LossTerm`` protocol, the short-rollout trajectory loss (solver steps or torchdiffeq)
+  and the directional-derivative regularizer terms;
+* ``trainer``: AdamW, learning-rate schedule, clipping, early stopping, checkpoints, JSON-lines log;
+* ``checkpoint``: atomic checkpoints with a configuration/data fingerprint;
+* ``build``: ``train_case`` -- case + truth file -> saved closure (``hybridnde train``).
+"""
+from .build import TRAINING_SECTIONS, RolloutValidation, build_terms, reference_solver, train_case, window_lengths
+from .checkpoint import checkpoint_path, load_checkpoint, log_path, save_checkpoint
+from .terms import (AdaptiveRolloutLoss, Batch, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm,
+                    RolloutLoss, Weighted, ramp, rollout_mse)
+from .trainer import Trainer, TrainingResult, learning_rate_at
+
+__all__ = [
+    "Trainer", "TrainingResult", "learning_rate_at", "LossTerm", "Batch", "Weighted", "RolloutLoss",
+    "AdaptiveRolloutLoss", "DirectionalDerivativeTerm", "FiniteDifferenceTerm", "ramp", "rollout_mse",
+    "train_case", "build_terms", "reference_solver", "RolloutValidation", "window_lengths", "TRAINING_SECTIONS",
+    "checkpoint_path", "log_path", "save_checkpoint", "load_checkpoint",
+]

@@ -1,0 +1,180 @@
+"""From a case and a truth file to a trained closure: ``train_case`` (what ``hybridnde train`` runs).
+
+Everything is checked before the first epoch: the configuration (``ConfigError``) and the data
+(``DataError``). The loss terms are assembled here from ``[training]``; this is where further
+trajectory losses and penalties are selected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time as wallclock
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from solvers import ExplicitSolver, Solver
+
+from ..closure_file import save_closure
+from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
+from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
+from ..models import MLPClosure, build_model
+from ..regularizers import ProbeSampler, sampling_error
+from ..simulate import SIMULATION_SECTIONS
+from ..systems import build_host_solver, build_solver, resolve_device, resolve_dtype
+from .checkpoint import checkpoint_path, log_path
+from .terms import AdaptiveRolloutLoss, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm, RolloutLoss
+from .trainer import Trainer, TrainingResult
+
+__all__ = ["TRAINING_SECTIONS", "train_case", "build_terms", "reference_solver", "RolloutValidation",
+           "window_lengths", "check_training_config"]
+
+log = logging.getLogger(__name__)
+
+#: the sections a trained closure depends on (its ``config_checksum``)
+TRAINING_SECTIONS = (*SIMULATION_SECTIONS, "model", "training", "hybrid")
+
+
+def window_lengths(case: CaseConfig) -> tuple[int, int]:
+    """Samples per training window (rollout steps + 1; 3 at least for the FD regularizer) and per
+    validation window."""
+    training = case.training
+    train = training.rollout_steps + 1
+    if training.regularizer == "fd":
+        train = max(train, 3)
+    validation = (training.validation_rollout_steps or training.rollout_steps) + 1
+    return train, validation
+
+
+def reference_solver(case: CaseConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Solver:
+    """The true system on the host grid, whose exact ``jvp`` the ``jvp`` regularizer matches.
+
+    For a sub-grid set-up this is the resolved equations discretised on the coarse grid, an
+    approximation: the filtered dynamics has no closed-form Jacobian (prefer ``fd`` there).
+    """
+    system = case.system
+    if isinstance(system, KuramotoSivashinskyConfig):
+        system = dataclasses.replace(system, n_points=case.host_system.n_points)
+    return build_solver(system, case.host_time, device=device, dtype=dtype)
+
+
+def check_training_config(case: CaseConfig) -> None:
+    """Rules of ``[training]`` that need the other sections; ``ConfigError`` names the fix."""
+    training = case.training
+    host = build_host_solver(case)
+    if training.integration != "step" and not isinstance(host, ExplicitSolver):
+        raise ConfigError(f"training.integration = {training.integration!r} needs an explicit host (ODEs or "
+                          "finite-difference KS); the spectral host trains through its ETDRK4 steps: use 'step'")
+    if training.integration != "step" and case.hybrid.substeps != 1:
+        raise ConfigError("hybrid.substeps applies to training.integration = 'step' only; set it to 1")
+    if training.regularizer == "jvp":
+        for name, solver in (("the true system", reference_solver(case)), ("the host", host)):
+            if not callable(getattr(solver, "jvp", None)):
+                raise ConfigError(f"training.regularizer = 'jvp' needs the exact jvp of {name}, which "
+                                  f"{type(solver).__name__} lacks; use 'fd'")
+
+
+class RolloutValidation:
+    """Validation score: short-rollout MSE over all validation windows (``steps`` data intervals),
+    computed in batches without gradients."""
+
+    def __init__(self, loss: RolloutLoss, *, steps: int, batch_size: int):
+        self.loss, self.steps, self.batch_size = loss, int(steps), int(batch_size)
+
+    def __call__(self, model: nn.Module, solver: Solver, windows: WindowSet, sample_interval: float) -> float:
+        total, count = 0.0, 0
+        for first in range(0, len(windows), self.batch_size):
+            index = torch.arange(first, min(first + self.batch_size, len(windows)))
+            batch = windows.gather(index)
+            prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps)
+            error = (prediction[:, 1:] - batch[:, 1:]).pow(2).mean()
+            total += float(error) * len(index)
+            count += len(index)
+        return total / max(count, 1)
+
+
+def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: torch.dtype) -> list[LossTerm]:
+    """The loss terms ``[training]`` asks for: the trajectory loss, then the regularizer."""
+    training = case.training
+    if training.integration == "step":
+        trajectory: RolloutLoss = RolloutLoss(steps=training.rollout_steps, substeps=case.hybrid.substeps)
+    else:
+        trajectory = AdaptiveRolloutLoss(steps=training.rollout_steps, method=training.adaptive_method,
+                                         rtol=case.time.rtol, atol=case.time.atol,
+                                         adjoint=training.integration == "odeint_adjoint")
+    terms: list[LossTerm] = [trajectory]
+    if training.regularizer == "jvp":
+        reference = reference_solver(case, device=device, dtype=dtype)
+        known = None if case.hybrid.setup == "neural_ode" else host.jvp
+        probes = ProbeSampler(count=training.probes, distribution=training.probe_distribution,
+                              normalize=training.normalize_probes, seed=training.seed + 1, device=device)
+        terms.append(DirectionalDerivativeTerm(weight=training.regularizer_weight, reference_jvp=reference.jvp,
+                                               known_jvp=known, probes=probes,
+                                               warmup_epochs=training.regularizer_warmup_epochs))
+    elif training.regularizer == "fd":
+        terms.append(FiniteDifferenceTerm(weight=training.regularizer_weight, stencil=training.fd_stencil,
+                                          warmup_epochs=training.regularizer_warmup_epochs))
+    return terms
+
+
+def _fingerprint(case: CaseConfig, data: TrainingData) -> str:
+    return hashlib.sha256(f"{case.checksum(TRAINING_SECTIONS)}:{data.checksum}".encode()).hexdigest()
+
+
+def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
+               progress: bool | None = None) -> tuple[nn.Module, TrainingResult]:
+    """Train the case's closure on a truth file and save it to ``out`` (``closure_file`` format),
+    with ``<stem>.log.jsonl`` beside it and a ``<stem>.checkpoint.pt`` while training runs."""
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise ConfigError(f"--out {out}: give a .pt file name, e.g. runs/{case.case.name}/closure.pt")
+    check_training_config(case)
+    device, dtype = resolve_device(case.compute.device), resolve_dtype(case.compute.dtype)
+    train_length, validation_length = window_lengths(case)
+    data = load_training_data(data_path, case, window_length=max(train_length, validation_length),
+                              device=device, dtype=dtype)
+    train_windows = data.windows("train", train_length, stride=case.training.window_stride)
+    validation_windows = data.windows("validation", validation_length)
+    if len(train_windows) == 0 or len(validation_windows) == 0:
+        raise ConfigError(f"{data_path}: no finite windows of {train_length} samples to train on; check the data")
+    if case.training.regularizer == "fd":
+        error = sampling_error(data.train, stencil=case.training.fd_stencil)
+        if error > case.training.fd_warn_threshold:
+            log.warning("fd regularizer: the data's estimated relative truncation error is %.3g (> %.3g); the "
+                        "sampling interval %.4g is coarse against the dynamics for the %s stencil, so L_FD is "
+                        "unreliable (sample more often, try fd_stencil = 'centred', or use jvp)", error,
+                        case.training.fd_warn_threshold, data.sample_interval, case.training.fd_stencil)
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's stream
+        torch.manual_seed(case.training.seed)
+        known = build_host_solver(case, device=device, dtype=dtype)
+        model = build_model(case.model, state_shape=known.state_shape, device=device, dtype=dtype)
+    if case.model.normalize:
+        stats = normalization_statistics(data.train, known.known_rhs, data.sample_interval,
+                                         per_component=isinstance(model, MLPClosure))
+        model.set_normalization(**stats)
+    host = build_host_solver(case, closure=model, device=device, dtype=dtype)
+    terms = build_terms(case, host, device=device, dtype=dtype)
+    validation_steps = case.training.validation_rollout_steps or case.training.rollout_steps
+    validation = RolloutValidation(terms[0], steps=validation_steps, batch_size=max(case.training.batch_size, 1024))
+    trainer = Trainer(model, host, terms, validation, case.training, log_file=log_path(out),
+                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data), progress=progress)
+    started = wallclock.perf_counter()
+    result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
+    seconds = wallclock.perf_counter() - started
+    metadata: dict[str, Any] = {
+        "stage": "train", "config_checksum": case.checksum(TRAINING_SECTIONS), "training": dataclasses.asdict(case.training),
+        "data": data.summary(), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early, "final": result.final,
+        "train_windows": len(train_windows), "validation_windows": len(validation_windows), "wall_seconds": seconds,
+        "device": str(device)}
+    save_closure(out, model, case_toml=case.to_toml(), metadata=metadata)
+    checkpoint = checkpoint_path(out)
+    if checkpoint.is_file():
+        checkpoint.unlink()  # the run is complete; the closure file holds its result
+    log.info("trained %s: %d epochs, best validation loss %.4g at epoch %d (%.1f s)", out, result.epochs_run,
+             result.best_val_loss, result.best_epoch, seconds)
+    return model, result

@@ -1,0 +1,55 @@
+"""Training checkpoints: everything a resumed run needs to continue bit for bit.
+
+A checkpoint sits beside the closure file (``closure.pt`` -> ``closure.checkpoint.pt``) and the
+JSON-lines log (``closure.log.jsonl``); it is written atomically and tagged with a fingerprint of the
+configuration and data, so a run never resumes from a different set-up.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from ..io import DataError, atomic_path
+
+__all__ = ["FORMAT", "checkpoint_path", "log_path", "save_checkpoint", "load_checkpoint"]
+
+FORMAT = "hybridnde-checkpoint/1"
+
+
+def checkpoint_path(closure_path: str | Path) -> Path:
+    """``runs/closure.pt`` -> ``runs/closure.checkpoint.pt``."""
+    closure_path = Path(closure_path)
+    return closure_path.with_name(f"{closure_path.stem}.checkpoint.pt")
+
+
+def log_path(closure_path: str | Path) -> Path:
+    """``runs/closure.pt`` -> ``runs/closure.log.jsonl`` (DESIGN.md)."""
+    closure_path = Path(closure_path)
+    return closure_path.with_name(f"{closure_path.stem}.log.jsonl")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], *, fingerprint: str) -> None:
+    """Write ``state`` (tensors, state dicts, plain Python values) atomically."""
+    with atomic_path(path) as temporary:
+        torch.save({"format": FORMAT, "fingerprint": fingerprint, **state}, temporary)
+
+
+def load_checkpoint(path: str | Path, *, fingerprint: str) -> dict[str, Any]:
+    """Read a checkpoint written for the same configuration and data (``fingerprint``).
+
+    ``DataError`` when the file is unreadable, ``ConfigError`` when it belongs to another set-up.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip, pickle or version errors: not a usable checkpoint
+        raise DataError(f"{path}: not a readable training checkpoint ({error}); delete it to start afresh") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DataError(f"{path}: not a {FORMAT} file; delete it to start afresh")
+    if state["fingerprint"] != fingerprint:
+        raise ConfigError(f"{path} was written for another configuration or data file; --resume needs the same "
+                          "case, overrides and data (or delete the checkpoint to start afresh)")
+    return state

@@ -1,0 +1,156 @@
+"""The training loss as a sum of named, weighted terms.
+
+A term is any callable ``term(model, solver, batch, epoch) -> {name: Weighted(value, weight)}``
+(``LossTerm``); the trainer minimises ``sum(weight * value)`` and logs every ``value`` as
+``loss/<name>``. The first term is the trajectory loss (a swappable strategy: short rollouts through
+the host solver's steps here; homotopy or multiple shooting elsewhere); the Jacobian regularizers are
+further terms. Optional methods a term may have: ``state_dict``/``load_state_dict`` (random state
+saved in checkpoints) and ``epoch_log() -> dict`` (extra per-epoch log fields, e.g. NFE).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from solvers import Solver
+from solvers.integrators import odeint_adaptive
+
+from ..regularizers import ProbeSampler, directional_jacobian_penalty, finite_difference_directional_penalty
+
+__all__ = ["Batch", "Weighted", "LossTerm", "RolloutLoss", "AdaptiveRolloutLoss", "DirectionalDerivativeTerm",
+           "FiniteDifferenceTerm", "rollout_mse", "ramp"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Training windows: ``windows: (batch, length, *state)``, samples ``sample_interval`` apart.
+
+    ``starts: (batch, 2)`` are the windows' ``(member row, first time index)`` in the split's
+    trajectories (for terms that look data up, e.g. an interpolant of the same member).
+    """
+
+    windows: Tensor
+    sample_interval: float
+    starts: Tensor
+
+
+class Weighted(NamedTuple):
+    value: Tensor  # 0-dim, with gradients
+    weight: float
+
+
+@runtime_checkable
+class LossTerm(Protocol):
+    name: str
+
+    def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]: ...
+
+
+def ramp(weight: float, epoch: int, warmup_epochs: int) -> float:
+    """``weight`` reached linearly over ``warmup_epochs`` epochs (epoch 0 gets ``weight / warmup``)."""
+    if warmup_epochs <= 0:
+        return weight
+    return weight * min(1.0, (epoch + 1) / warmup_epochs)
+
+
+def rollout_mse(prediction: Tensor, windows: Tensor) -> Tensor:
+    """Mean squared error over batch, steps and state of ``prediction`` against ``windows[:, 1:]``;
+    both ``(batch, 1 + steps, *state)`` (the shared initial state is left out)."""
+    return (prediction[:, 1:] - windows[:, 1: prediction.shape[1]]).pow(2).mean()
+
+
+class RolloutLoss:
+    """Short-rollout loss: unroll ``steps`` data intervals of the host solver (``substeps`` solver
+    steps each) from the first state of every window and compare with the data.
+
+    Gradients flow through the solver's steps (``Solver.rollout``), closure in its hook.
+    """
+
+    name = "rollout"
+
+    def __init__(self, *, steps: int, substeps: int = 1, weight: float = 1.0):
+        self.steps, self.substeps, self.weight = int(steps), int(substeps), float(weight)
+
+    def predict(self, solver: Solver, windows: Tensor, sample_interval: float, steps: int | None = None) -> Tensor:
+        steps = self.steps if steps is None else steps
+        return solver.rollout(windows[:, 0], steps * self.substeps, save_every=self.substeps,
+                              dt=sample_interval / self.substeps)
+
+    def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
+        prediction = self.predict(solver, batch.windows, batch.sample_interval)
+        return {self.name: Weighted(rollout_mse(prediction, batch.windows), self.weight)}
+
+
+class AdaptiveRolloutLoss(RolloutLoss):
+    """Short-rollout loss through a torchdiffeq adaptive solver (``odeint`` or ``odeint_adjoint``).
+
+    Counts function evaluations: ``epoch_log()`` returns the epoch's ``nfe_forward`` and
+    ``nfe_backward`` (summed over batches) and resets them.
+    """
+
+    def __init__(self, *, steps: int, method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
+                 adjoint: bool = False, weight: float = 1.0):
+        super().__init__(steps=steps, substeps=1, weight=weight)
+        self.method, self.rtol, self.atol, self.adjoint = method, float(rtol), float(atol), bool(adjoint)
+        self._counters: list[tuple[Any, int]] = []
+
+    def predict(self, solver: Solver, windows: Tensor, sample_interval: float, steps: int | None = None) -> Tensor:
+        steps = self.steps if steps is None else steps
+        times = [i * sample_interval for i in range(steps + 1)]
+        params = list(solver.closure.parameters()) if isinstance(solver.closure, nn.Module) else None
+        prediction, counter = odeint_adaptive(solver.rhs, windows[:, 0], times, method=self.method, rtol=self.rtol,
+                                              atol=self.atol, adjoint=self.adjoint, adjoint_params=params)
+        if torch.is_grad_enabled():
+            self._counters.append((counter, counter.nfe))  # evaluations after this point are backward ones
+        return prediction
+
+    def epoch_log(self) -> dict[str, float]:
+        forward = sum(at_return for _, at_return in self._counters)
+        backward = sum(counter.nfe - at_return for counter, at_return in self._counters)
+        self._counters = []
+        return {"nfe_forward": float(forward), "nfe_backward": float(backward)}
+
+
+class DirectionalDerivativeTerm:
+    """Exact directional-derivative regularizer ``L_AD`` on the windows' first states.
+
+    ``reference_jvp`` is the true system's exact ``jvp`` on the host grid, ``known_jvp`` the host's
+    (``None`` for a plain neural ODE); probes come from a seeded ``ProbeSampler``.
+    """
+
+    name = "jvp"
+
+    def __init__(self, *, weight: float, reference_jvp: Callable, known_jvp: Callable | None, probes: ProbeSampler,
+                 warmup_epochs: int = 0, method: str = "auto"):
+        self.weight, self.warmup_epochs = float(weight), int(warmup_epochs)
+        self.reference_jvp, self.known_jvp, self.probes, self.method = reference_jvp, known_jvp, probes, method
+
+    def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
+        u = batch.windows[:, 0]
+        value = directional_jacobian_penalty(model, u, self.probes(u), reference_jvp=self.reference_jvp,
+                                             known_jvp=self.known_jvp, method=self.method)
+        return {self.name: Weighted(value, ramp(self.weight, epoch, self.warmup_epochs))}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.probes.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.probes.load_state_dict(state)
+
+
+class FiniteDifferenceTerm:
+    """Finite-difference directional-derivative regularizer ``L_FD`` on each window's first three
+    samples, through the hybrid right-hand side ``solver.rhs``."""
+
+    name = "fd"
+
+    def __init__(self, *, weight: float, stencil: str = "one_sided", warmup_epochs: int = 0):
+        self.weight, self.stencil, self.warmup_epochs = float(weight), stencil, int(warmup_epochs)
+
+    def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
+        value = finite_difference_directional_penalty(solver.rhs, batch.windows[:, :3], batch.sample_interval,
+                                                      stencil=self.stencil)
+        return {self.name: Weighted(value, ramp(self.weight, epoch, self.warmup_epochs))}

@@ -1,0 +1,209 @@
+"""The training loop: AdamW, a learning-rate schedule, gradient clipping, early stopping on validation
+rollouts, checkpoints with exact resume, and a JSON-lines log (one object per epoch).
+
+The loss is a sum of ``LossTerm``s (``terms.py``); the loop knows nothing about what they compute.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time as wallclock
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from solvers import Solver
+
+from ..config import TrainingConfig
+from ..data import WindowSet
+from ..progress import progress_bar
+from .checkpoint import load_checkpoint, save_checkpoint
+from .terms import Batch, LossTerm
+
+__all__ = ["Trainer", "TrainingResult", "learning_rate_at", "Validation"]
+
+log = logging.getLogger(__name__)
+
+#: ``validation(model, solver, windows, sample_interval) -> float``, lower is better
+Validation = Callable[[nn.Module, Solver, WindowSet, float], float]
+
+
+def learning_rate_at(epoch: int, config: TrainingConfig) -> float:
+    """The learning rate of ``epoch`` (0-based): constant, cosine from ``learning_rate`` to
+    ``min_learning_rate`` over ``epochs`` (Loshchilov & Hutter 2017, no restarts) or step decay."""
+    if config.lr_schedule == "cosine":
+        progress = epoch / max(config.epochs - 1, 1)
+        return config.min_learning_rate + 0.5 * (config.learning_rate - config.min_learning_rate) * (
+            1.0 + math.cos(math.pi * progress))
+    if config.lr_schedule == "step":
+        return config.learning_rate * config.lr_gamma ** (epoch // config.lr_step_epochs)
+    return config.learning_rate
+
+
+@dataclass
+class TrainingResult:
+    history: list[dict[str, Any]]
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    resumed_from: int = 0
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Minimise ``sum(weight * value)`` of ``terms`` over batches of training windows.
+
+    Args:
+        model: the closure (its parameters are optimised); already in ``solver``'s hook.
+        solver: the host solver the terms roll out.
+        terms: loss terms, the trajectory loss first.
+        validation: scores the model on validation windows (early stopping, best weights).
+        config: the case's ``[training]`` table.
+        log_file / checkpoint_file: JSON-lines log and checkpoint paths (``None``: none written).
+        fingerprint: identifies configuration and data; a checkpoint with another is refused.
+    """
+
+    def __init__(self, model: nn.Module, solver: Solver, terms: Sequence[LossTerm], validation: Validation,
+                 config: TrainingConfig, *, log_file: str | Path | None = None,
+                 checkpoint_file: str | Path | None = None, fingerprint: str = "", progress: bool | None = None):
+        self.model, self.solver, self.terms, self.validation, self.config = model, solver, list(terms), validation, config
+        self.log_file = Path(log_file) if log_file is not None else None
+        self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
+        self.fingerprint, self.progress = fingerprint, progress
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        # batches are drawn on the CPU so every device sees the same order
+        self.batch_generator = torch.Generator().manual_seed(config.seed)
+
+    # -- state ------------------------------------------------------------------------------------
+    def _state(self, epoch: int, best: dict[str, Any], bad_epochs: int, history: list[dict]) -> dict[str, Any]:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "batch_generator": self.batch_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "terms": {term.name: term.state_dict() for term in self.terms if hasattr(term, "state_dict")},
+                "best": best, "bad_epochs": bad_epochs, "history": history}
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, dict[str, Any], int, list[dict]]:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batch_generator.set_state(state["batch_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        for term in self.terms:
+            if term.name in state["terms"]:
+                term.load_state_dict(state["terms"][term.name])
+        return state["epoch"], state["best"], state["bad_epochs"], list(state["history"])
+
+    # -- one epoch --------------------------------------------------------------------------------
+    def _epoch(self, windows: WindowSet, sample_interval: float, epoch: int) -> dict[str, float]:
+        self.model.train()
+        order = torch.randperm(len(windows), generator=self.batch_generator)
+        sums: dict[str, Tensor] = {}
+        total_sum, counted, skipped = None, 0, 0
+        for first in range(0, len(windows), self.config.batch_size):
+            index = order[first: first + self.config.batch_size]
+            batch = Batch(windows.gather(index), sample_interval, windows.starts[index.to(windows.starts.device)])
+            values: dict[str, Tensor] = {}
+            total = None
+            for term in self.terms:
+                for name, (value, weight) in term(self.model, self.solver, batch, epoch).items():
+                    values[name] = value.detach()
+                    total = weight * value if total is None else total + weight * value
+            if not torch.isfinite(total):
+                skipped += 1  # a non-finite batch would poison AdamW's moments: skip it
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.config.gradient_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip)
+            self.optimizer.step()
+            size = len(index)
+            counted += size
+            total_sum = total.detach() * size if total_sum is None else total_sum + total.detach() * size
+            for name, value in values.items():
+                sums[name] = value * size if name not in sums else sums[name] + value * size
+        if counted == 0:
+            raise FloatingPointError(f"epoch {epoch}: every batch gave a non-finite loss; lower "
+                                     "training.learning_rate or the regularizer weight")
+        record = {"loss": float(total_sum) / counted, **{f"loss/{name}": float(s) / counted for name, s in sums.items()}}
+        if skipped:
+            record["skipped_batches"] = skipped
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self, train: WindowSet, validation: WindowSet, sample_interval: float, *,
+            resume: bool = False) -> TrainingResult:
+        """Train for ``config.epochs`` epochs (fewer when early stopping fires) and leave the best
+        weights (lowest validation loss) in the model."""
+        if len(train) == 0:
+            raise ValueError("no training windows")
+        config = self.config
+        start, best, bad_epochs, history = 0, {"val_loss": math.inf, "epoch": -1, "state": None}, 0, []
+        if resume and self.checkpoint_file is not None and self.checkpoint_file.is_file():
+            start, best, bad_epochs, history = self._restore(load_checkpoint(self.checkpoint_file,
+                                                                             fingerprint=self.fingerprint))
+            log.info("resuming from %s after epoch %d", self.checkpoint_file, start)
+        elif resume:
+            log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
+        log_handle = self._open_log(history)
+        stopped_early = False
+        bar = progress_bar(range(start, config.epochs), total=config.epochs - start, description="train",
+                           enabled=self.progress, unit="epoch")
+        try:
+            for epoch in bar:
+                started = wallclock.perf_counter()
+                rate = learning_rate_at(epoch, config)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = rate
+                record: dict[str, Any] = {"epoch": epoch + 1, **self._epoch(train, sample_interval, epoch)}
+                self.model.eval()
+                with torch.no_grad():
+                    record["val_loss"] = float(self.validation(self.model, self.solver, validation, sample_interval))
+                record["lr"] = rate
+                for term in self.terms:
+                    record.update(getattr(term, "epoch_log", dict)())
+                if record["val_loss"] < best["val_loss"]:
+                    best = {"val_loss": record["val_loss"], "epoch": epoch + 1,
+                            "state": copy.deepcopy(self.model.state_dict())}
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+                record["seconds"] = wallclock.perf_counter() - started
+                history.append(record)
+                if log_handle is not None:
+                    log_handle.write(json.dumps(record) + "\n")
+                    log_handle.flush()
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{record['loss']:.3g}", val=f"{record['val_loss']:.3g}")
+                done = epoch + 1
+                if self.checkpoint_file is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+                    save_checkpoint(self.checkpoint_file, self._state(done, best, bad_epochs, history),
+                                    fingerprint=self.fingerprint)
+                if config.patience and bad_epochs >= config.patience:
+                    stopped_early = True
+                    log.info("early stop after epoch %d: no better validation loss in %d epochs", done, bad_epochs)
+                    break
+        finally:
+            if log_handle is not None:
+                log_handle.close()
+        if best["state"] is not None:
+            self.model.load_state_dict(best["state"])
+        last = history[-1] if history else {}
+        return TrainingResult(history=history, epochs_run=len(history), best_epoch=best["epoch"],
+                              best_val_loss=best["val_loss"], stopped_early=stopped_early, resumed_from=start,
+                              final={key: value for key, value in last.items() if key != "seconds"})
+
+    def _open_log(self, history: list[dict]):
+        """Start the log afresh, or with the checkpoint's epochs when resuming (later lines dropped)."""
+        if self.log_file is None:
+            return None
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.log_file, "w")
+        for record in history:
+            handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        return handle
