@@ -1,0 +1,170 @@
+"""Pair a rollout file with its reference: common members, common times, one grid.
+
+The rules, in the order they are applied:
+
+* **State**: both files hold fields ``u(member, time, x)`` or both ODE states
+  ``u(member, time, component)``; components are matched by name (the reference is reordered).
+* **Grid**: fields on different grids are compared on the coarser one; the finer file is filtered
+  onto it with ``grids.restrict_to_grid`` (spectral truncation, the filter that defines a sub-grid
+  closure's target). The coarse point count must divide the fine one and the domain lengths agree.
+* **Members**: ``match_members="coordinate"`` (default) pairs rollout member ``i`` with the
+  reference member whose ``member`` coordinate (the global member index) is ``i``: every rollout
+  member must be in the reference. ``"index"`` pairs them by position (the k-th with the k-th), for
+  files whose member numbering differs on purpose.
+* **Times**: a rollout time is kept when a reference time lies within ``time_tolerance`` of it
+  (default: 1e-6 of the smaller sampling interval); at least two common times are needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .grids import restrict_to_grid
+from .io import DataError
+
+__all__ = ["AlignedPair", "align_trajectories", "MEMBER_MATCHING"]
+
+MEMBER_MATCHING = ("coordinate", "index")
+
+
+@dataclass(frozen=True)
+class AlignedPair:
+    """A rollout and its reference on common members, times and grid.
+
+    ``predicted``, ``truth``: (member, time, *state); ``times``: (time,) absolute; ``members``: the
+    rollout's global member indices and ``reference_members`` the ones paired with them;
+    ``status``, ``blowup_time``: the rollout's, per member; ``reference_initial``: the reference's
+    states at the first common time on its own grid, (member, *state_reference).
+    """
+
+    times: np.ndarray
+    predicted: np.ndarray
+    truth: np.ndarray
+    members: np.ndarray
+    reference_members: np.ndarray
+    status: np.ndarray
+    blowup_time: np.ndarray
+    state_dim: str
+    state_coords: np.ndarray
+    reference_initial: np.ndarray
+    time_units: str = "1"
+    domain_length: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _domain_length(x: np.ndarray) -> float | None:
+    return float(x.size * (x[1] - x[0])) if x.size > 1 else None
+
+
+def _common_times(rollout_times: np.ndarray, reference_times: np.ndarray, tolerance: float | None,
+                  names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(into rollout, into reference)`` of the times that agree within ``tolerance``."""
+    for times, name in zip((rollout_times, reference_times), names):
+        if times.size > 1 and not np.all(np.diff(times) > 0):
+            raise DataError(f"{name}: the time coordinate is not increasing")
+    if tolerance is None:
+        spacings = [np.min(np.diff(t)) for t in (rollout_times, reference_times) if t.size > 1]
+        tolerance = 1e-6 * min(spacings) if spacings else 1e-9 * max(1.0, float(np.abs(rollout_times).max()))
+    position = np.clip(np.searchsorted(reference_times, rollout_times), 1, max(reference_times.size - 1, 1))
+    candidates = np.stack([position - 1, np.minimum(position, reference_times.size - 1)])
+    distance = np.abs(reference_times[candidates] - rollout_times[None, :])
+    nearest = candidates[np.argmin(distance, axis=0), np.arange(rollout_times.size)]
+    keep = np.abs(reference_times[nearest] - rollout_times) <= tolerance
+    if keep.sum() < 2:
+        def describe(t: np.ndarray) -> str:
+            step = f", step {t[1] - t[0]:.6g}" if t.size > 1 else ""
+            return f"[{t[0]:.6g} .. {t[-1]:.6g}]{step}"
+        raise DataError(f"{names[0]} and {names[1]} share {int(keep.sum())} time(s) within {tolerance:.3g}; need at "
+                        f"least 2 (rollout times {describe(rollout_times)}, reference times "
+                        f"{describe(reference_times)}); simulate the reference over the rollout's times")
+    return np.flatnonzero(keep), nearest[keep]
+
+
+def _member_pairs(rollout_members: np.ndarray, reference_members: np.ndarray, match_members: str,
+                  names: tuple[str, str]) -> np.ndarray:
+    """Index into the reference of the member paired with each rollout member."""
+    if match_members == "index":
+        if reference_members.size < rollout_members.size:
+            raise DataError(f"{names[1]} has {reference_members.size} members, {names[0]} {rollout_members.size}; "
+                            "with member matching by index the reference needs at least as many")
+        return np.arange(rollout_members.size)
+    lookup = {int(member): index for index, member in enumerate(reference_members)}
+    missing = [int(m) for m in rollout_members if int(m) not in lookup]
+    if missing:
+        raise DataError(f"{names[1]} lacks members {missing[:8]}{' ...' if len(missing) > 8 else ''} of {names[0]} "
+                        f"(it has {reference_members.min()}..{reference_members.max()}); simulate them, or pair "
+                        "members by position with match_members='index' (--match-members index)")
+    return np.array([lookup[int(m)] for m in rollout_members], dtype=np.int64)
+
+
+def align_trajectories(rollout, reference, *, match_members: Literal["coordinate", "index"] = "coordinate",
+                       time_tolerance: float | None = None, names: tuple[str, str] = ("rollout", "reference"),
+                       ) -> AlignedPair:
+    """Pair two datasets in the hybridnde schema (module docstring); ``DataError`` names the mismatch.
+
+    Args:
+        rollout, reference: ``xarray.Dataset``s with ``u(member, time, x|component)``.
+        names: how the two appear in error messages (e.g. their file names).
+    """
+    if match_members not in MEMBER_MATCHING:
+        raise DataError(f"match_members={match_members!r}: choose one of {MEMBER_MATCHING}")
+    notes: list[str] = []
+    u_rollout, u_reference = rollout["u"], reference["u"]
+    if u_rollout.ndim != 3 or u_reference.ndim != 3 or u_rollout.dims[2] != u_reference.dims[2]:
+        raise DataError(f"{names[0]} has u{u_rollout.dims} and {names[1]} u{u_reference.dims}; both must be "
+                        "u(member, time, x) or both u(member, time, component)")
+    state_dim = u_rollout.dims[2]
+    member_index = _member_pairs(np.asarray(rollout["member"].values), np.asarray(reference["member"].values),
+                                 match_members, names)
+    rollout_times = np.asarray(rollout["time"].values, dtype=np.float64)
+    reference_times = np.asarray(reference["time"].values, dtype=np.float64)
+    rollout_index, reference_index = _common_times(rollout_times, reference_times, time_tolerance, names)
+    if rollout_index.size < rollout_times.size:
+        notes.append(f"{rollout_index.size} of the rollout's {rollout_times.size} times have a reference time")
+
+    state_coords = np.asarray(rollout[state_dim].values)
+    reference_coords = np.asarray(reference[state_dim].values)
+    selection = u_reference.isel(member=member_index)
+    reference_initial = np.asarray(selection.isel(time=int(reference_index[0])).values, dtype=np.float64)
+    truth = np.asarray(selection.isel(time=reference_index).values, dtype=np.float64)
+    predicted = np.asarray(u_rollout.isel(time=rollout_index).values, dtype=np.float64)
+    domain_length = None
+    if state_dim == "component":
+        rollout_names, reference_names = [str(c) for c in state_coords], [str(c) for c in reference_coords]
+        if sorted(rollout_names) != sorted(reference_names):
+            raise DataError(f"{names[0]} has components {rollout_names}, {names[1]} {reference_names}; "
+                            "they must name the same state variables")
+        order = [reference_names.index(name) for name in rollout_names]
+        truth, reference_initial = truth[..., order], reference_initial[..., order]
+    else:
+        domain_length = _domain_length(state_coords)
+        reference_length = _domain_length(reference_coords)
+        if domain_length and reference_length and abs(domain_length - reference_length) > 1e-6 * reference_length:
+            raise DataError(f"{names[0]} covers a domain of length {domain_length:.6g}, {names[1]} "
+                            f"{reference_length:.6g}; they must be the same domain")
+        n_rollout, n_reference = predicted.shape[-1], truth.shape[-1]
+        if n_rollout != n_reference:
+            coarse, fine = min(n_rollout, n_reference), max(n_rollout, n_reference)
+            if fine % coarse:
+                raise DataError(f"{names[0]} has {n_rollout} grid points and {names[1]} {n_reference}; one must "
+                                "divide the other to compare them on the coarser grid")
+            if n_rollout < n_reference:
+                truth = restrict_to_grid(truth, n_rollout)
+                notes.append(f"reference restricted spectrally from {n_reference} to the rollout's {n_rollout} points")
+            else:
+                predicted = restrict_to_grid(predicted, n_reference)
+                state_coords = reference_coords
+                notes.append(f"rollout restricted spectrally from {n_rollout} to the reference's {n_reference} points")
+    status = np.asarray(rollout["status"].values if "status" in rollout else np.zeros(predicted.shape[0]), dtype=np.int8)
+    blowup_time = np.asarray(rollout["blowup_time"].values if "blowup_time" in rollout
+                             else np.full(predicted.shape[0], np.nan), dtype=np.float64)
+    if "status" in reference and (np.asarray(reference["status"].values)[member_index] != 0).any():
+        notes.append("some reference members are not ok (status != 0); their errors are undefined after blow-up")
+    return AlignedPair(
+        times=rollout_times[rollout_index], predicted=predicted, truth=truth,
+        members=np.asarray(rollout["member"].values), reference_members=np.asarray(reference["member"].values)[member_index],
+        status=status, blowup_time=blowup_time, state_dim=state_dim, state_coords=state_coords,
+        reference_initial=reference_initial, time_units=str(rollout["time"].attrs.get("units", "1")),
+        domain_length=domain_length, notes=tuple(notes))

@@ -1,0 +1,334 @@
+"""Compare a rollout file with a reference file: metrics (a JSON-ready dict), figures, a summary.
+
+``evaluate_files(rollout.nc, truth.nc)`` pairs the two (``alignment``: common members, times and
+grid), then measures, per member and summarised by median and spread:
+
+* valid prediction time (VPT) at ``evaluate.vpt_threshold``, in time units and, when the case
+  gives ``evaluate.lyapunov_exponent``, in Lyapunov times; the fraction reaching the horizon;
+* error growth: percentiles over members of the normalised error at every time;
+* the fraction of members stable to the horizon (status ok, every state finite);
+* drift of the true system's invariants (two-body energy and angular momentum, rigid-body Casimir
+  and energy, ...), for the rollout and for the reference (the integrator's own drift);
+* for fields: the time-averaged energy spectrum of both and their distance;
+* KL divergence between 50-bin histograms of predicted and true states;
+* cost figures from the files' attributes (NFE, wall time);
+* optionally the leading Lyapunov exponent of the model and of the truth (``lyapunov_comparison``).
+
+Definitions are in ``hybridnde.metrics``; ``null`` in the JSON means undefined or infinite.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .alignment import AlignedPair, align_trajectories
+from .config import CaseConfig, ConfigError, parse_case
+from .io import DataError, open_trajectories
+from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
+                      invariant_drift, json_ready, normalised_error, reference_scale, relative_drift_curves,
+                      spectral_distance, stable_members, summarise, valid_prediction_time, wavenumbers)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
+           "lyapunov_comparison", "write_figures", "format_summary"]
+
+log = logging.getLogger(__name__)
+
+#: error-growth curves longer than this are subsampled evenly in the JSON (figures use every time)
+MAX_CURVE_POINTS = 1000
+#: an initial normalised error above this fraction of the threshold means the files start apart
+INITIAL_MISMATCH = 0.1
+
+
+def case_from_attributes(dataset, name: str) -> CaseConfig | None:
+    """The case stored in a file's ``case_toml`` attribute, or ``None`` (logged) if absent or unreadable."""
+    text = dataset.attrs.get("case_toml", "")
+    if not text:
+        return None
+    try:
+        return parse_case(tomllib.loads(text), source=f"{name} (case_toml attribute)")
+    except (tomllib.TOMLDecodeError, ConfigError) as error:
+        log.warning("%s: cannot use its stored case (%s); case-dependent metrics are skipped", name, error)
+        return None
+
+
+def invariants_function(case: CaseConfig | None) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
+    """``u (..., component) -> {name: (...)}`` from the true system's solver, or ``None`` when it
+    conserves nothing (or the case is unknown)."""
+    if case is None:
+        return None
+    import torch
+
+    from .systems import build_solver
+
+    solver = build_solver(case.system, case.time, device="cpu", dtype=torch.float64)
+    probe = getattr(solver, "invariants", None)
+    if probe is None or not probe(torch.zeros((1, *solver.state_shape), dtype=torch.float64) + 1.0):
+        return None
+
+    def invariants(u: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            values = solver.invariants(torch.as_tensor(np.asarray(u, dtype=np.float64)))
+        return {name: value.numpy() for name, value in values.items()}
+
+    return invariants
+
+
+def _subsample(count: int, limit: int = MAX_CURVE_POINTS) -> np.ndarray:
+    return np.unique(np.linspace(0, count - 1, min(count, limit)).round().astype(int))
+
+
+def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_exponent: float | None = None,
+                    invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
+                    spread: Sequence[float] = DEFAULT_SPREAD) -> dict[str, Any]:
+    """All metrics of ``pair`` that need no solver, as a dict (numpy values; see ``json_ready``)."""
+    spread = tuple(float(p) for p in spread)
+    times, start = pair.times, float(pair.times[0])
+    scale = reference_scale(pair.truth)
+    error = normalised_error(pair.predicted, pair.truth, scale=scale)
+    vpt, reached = valid_prediction_time(error, times, threshold=threshold, blowup_time=pair.blowup_time)
+    stable = stable_members(pair.predicted, status=pair.status, blowup_time=pair.blowup_time)
+    metrics: dict[str, Any] = {
+        "members": int(pair.members.size), "times": int(times.size), "start_time": start,
+        "horizon": float(times[-1] - start), "time_units": pair.time_units, "threshold": float(threshold),
+        "lyapunov_exponent": lyapunov_exponent, "error_scale": scale, "spread_percentiles": list(spread),
+        "initial_error": summarise(error[:, 0], spread=spread),
+        "valid_prediction_time": summarise(vpt, spread=spread, per_member=True),
+        "reached_horizon_fraction": float(reached.mean()),
+        "stable_fraction": float(stable.mean()), "stable_members": int(stable.sum()),
+        "notes": list(pair.notes),
+    }
+    metrics["valid_prediction_time"]["members"] = [int(m) for m in pair.members]
+    if lyapunov_exponent:
+        metrics["valid_prediction_time_lyapunov"] = summarise(vpt * lyapunov_exponent, spread=spread)
+    if np.nanmedian(error[:, 0]) > INITIAL_MISMATCH * threshold:
+        note = (f"the files start apart (median initial error {np.nanmedian(error[:, 0]):.3g}): are they from the "
+                "same initial conditions? (simulate the reference with the rollout's seed)")
+        metrics["notes"].append(note)
+        log.warning(note)
+    levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))
+    keep = _subsample(times.size)
+    metrics["error_growth"] = {"time": times[keep], f"p{spread[0]:g}": levels[0][keep], "median": levels[1][keep],
+                               f"p{spread[1]:g}": levels[2][keep]}
+    if invariants is not None and pair.state_dim == "component":
+        predicted_values, true_values = invariants(pair.predicted), invariants(pair.truth)
+        drift, reference_drift = invariant_drift(predicted_values), invariant_drift(true_values)
+        metrics["invariant_drift"] = {name: {"rollout": summarise(drift[name], spread=spread),
+                                             "reference": summarise(reference_drift[name], spread=spread)}
+                                      for name in drift}
+    if pair.state_dim == "x":
+        spectrum, reference_spectrum = energy_spectrum(pair.predicted), energy_spectrum(pair.truth)
+        length = pair.domain_length or 1.0
+        metrics["spectrum"] = {"wavenumber": wavenumbers(pair.truth.shape[-1], length),
+                               "rollout": spectrum, "reference": reference_spectrum,
+                               "distance": spectral_distance(spectrum, reference_spectrum)}
+        metrics["kl_divergence"] = {"value": histogram_kl_divergence(pair.predicted, pair.truth),
+                                    "per_component": {}}
+    else:
+        per_component = {str(name): histogram_kl_divergence(pair.predicted[..., i], pair.truth[..., i])
+                         for i, name in enumerate(pair.state_coords)}
+        values = [v for v in per_component.values() if np.isfinite(v)]
+        metrics["kl_divergence"] = {"value": float(np.mean(values)) if values else math.nan,
+                                    "per_component": per_component}
+    return metrics
+
+
+def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, members: int = 8,
+                        duration: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Leading Lyapunov exponents of the model (the host solver of ``[hybrid]`` with ``closure``;
+    the bare host solver when ``closure`` is None) and of the true system, from the first
+    ``members`` paired states at the first common time.
+
+    ``duration``: measured time per member; default 20 Lyapunov times of the case's exponent, else
+    the files' horizon. A tenth of it is run first as transient.
+    """
+    import torch
+
+    from .metrics.lyapunov import leading_lyapunov_exponent
+    from .systems import build_host_solver, build_solver
+
+    if duration is None:
+        exponent = case.evaluate.lyapunov_exponent
+        duration = 20.0 / exponent if exponent else float(pair.times[-1] - pair.times[0])
+    count = min(members, pair.members.size)
+    truth_solver = build_solver(case.system, case.time, device="cpu", dtype=torch.float64)
+    model_solver = build_host_solver(case, closure=closure, device="cpu", dtype=torch.float64)
+    results = {}
+    for name, solver, states in (("truth", truth_solver, pair.reference_initial[:count]),
+                                 ("model", model_solver, pair.predicted[:count, 0])):
+        states = torch.as_tensor(np.asarray(states, dtype=np.float64))
+        finite = torch.isfinite(states.reshape(count, -1)).all(dim=1)
+        estimate = leading_lyapunov_exponent(solver, states[finite], duration=duration, transient=0.1 * duration,
+                                             seed=seed)
+        results[name] = {**estimate.as_dict(), "solver": repr(solver)}
+    truth_value, model_value = results["truth"]["exponent"], results["model"]["exponent"]
+    results["relative_difference"] = (model_value - truth_value) / abs(truth_value) if truth_value else math.nan
+    results["closure"] = "none (bare host solver)" if closure is None else type(closure).__name__
+    return results
+
+
+def _representative_member(metrics: Mapping[str, Any]) -> int:
+    """Index of the member whose VPT is closest to the median (ties: the first)."""
+    vpt = np.asarray(metrics["valid_prediction_time"]["per_member"], dtype=np.float64)
+    return int(np.argmin(np.abs(vpt - metrics["valid_prediction_time"]["median"])))
+
+
+def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str | Path, *, title: str = "",
+                  invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None) -> list[Path]:
+    """PNG figures of ``pair`` into ``directory``: error growth; space-time diagrams and spectra for
+    fields; phase portraits and invariant drift for ODE states. Returns the paths written."""
+    from . import figures
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = f"{title}: " if title else ""
+    start, spread = float(pair.times[0]), metrics["spread_percentiles"]
+    vpt = metrics["valid_prediction_time"]
+    lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
+    error = normalised_error(pair.predicted, pair.truth, scale=metrics["error_scale"])
+    levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))
+    written = []
+    growth = figures.error_growth_figure(
+        pair.times, levels[1], levels[0], levels[2], threshold=metrics["threshold"],
+        valid_time=start + vpt["median"], valid_time_spread=(start + vpt[lo_key], start + vpt[hi_key]),
+        lyapunov_exponent=metrics.get("lyapunov_exponent"), time_units=pair.time_units,
+        spread_label=f"{spread[0]:g}-{spread[1]:g}th percentile over {pair.members.size} members",
+        title=f"{prefix}normalised error (VPT: median {vpt['median']:.3g}, "
+              f"{lo_key}-{hi_key} {vpt[lo_key]:.3g}-{vpt[hi_key]:.3g})")
+    written.append(figures.save_figure(growth, directory / "error_growth.png"))
+    member = _representative_member(metrics)
+    label = f"member {int(pair.members[member])}"
+    if pair.state_dim == "x":
+        diagram = figures.space_time_figure(
+            np.asarray(pair.state_coords, dtype=np.float64), pair.times, pair.truth[member], pair.predicted[member],
+            valid_time=start + vpt["per_member"][member], time_units=pair.time_units,
+            title=f"{prefix}{label} (VPT closest to the median)")
+        written.append(figures.save_figure(diagram, directory / "space_time.png"))
+        spectrum = metrics["spectrum"]
+        wavenumber = np.asarray(spectrum["wavenumber"])
+        plot = figures.spectrum_figure(wavenumber, np.asarray(spectrum["reference"]), wavenumber,
+                                       np.asarray(spectrum["rollout"]), distance=spectrum["distance"],
+                                       title=f"{prefix}energy spectrum, mean over members and time")
+        written.append(figures.save_figure(plot, directory / "spectrum.png"))
+    else:
+        names = [str(c) for c in pair.state_coords]
+        shown = sorted({member, *range(min(2, pair.members.size))})[:3]
+        portrait = figures.phase_portrait_figure(
+            pair.truth, pair.predicted, names, members=shown,
+            member_labels=[f"member {int(pair.members[m])}" for m in shown], title=f"{prefix}phase portraits (dot: start)")
+        written.append(figures.save_figure(portrait, directory / "phase_portrait.png"))
+        if invariants is not None:
+            curves = {name: relative_drift_curves(values) for name, values in invariants(pair.predicted).items()}
+            reference = {name: relative_drift_curves(values) for name, values in invariants(pair.truth).items()}
+            drift = figures.invariant_drift_figure(pair.times, curves, reference_drift=reference,
+                                                   time_units=pair.time_units,
+                                                   title=f"{prefix}drift of the true system's invariants")
+            written.append(figures.save_figure(drift, directory / "invariant_drift.png"))
+    return written
+
+
+def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case: CaseConfig | None = None,
+                   threshold: float | None = None, match_members: str = "coordinate",
+                   time_tolerance: float | None = None, spread: Sequence[float] = DEFAULT_SPREAD,
+                   figures_dir: str | Path | None = None, lyapunov: bool = False, closure_path: str | Path | None = None,
+                   ) -> dict[str, Any]:
+    """Metrics of a rollout file against a reference file, JSON-ready (NaN and inf become ``None``).
+
+    ``case`` defaults to the one stored in the reference (then the rollout); it supplies the VPT
+    threshold and Lyapunov exponent (``[evaluate]``) and the true system's invariants. ``threshold``
+    overrides the case's. With ``lyapunov`` (needs a case), the leading exponents of the model
+    (``closure_path`` in the host solver) and of the truth are estimated too. ``figures_dir``:
+    write PNG figures there. Raises ``DataError`` for missing or mismatched files.
+    """
+    rollout_path, reference_path = Path(rollout_path), Path(reference_path)
+    rollout, reference = open_trajectories(rollout_path), open_trajectories(reference_path)
+    pair = align_trajectories(rollout, reference, match_members=match_members, time_tolerance=time_tolerance,
+                              names=(str(rollout_path), str(reference_path)))
+    if case is None:
+        case = case_from_attributes(reference, str(reference_path)) or case_from_attributes(rollout, str(rollout_path))
+    threshold = threshold if threshold is not None else (case.evaluate.vpt_threshold if case else 0.5)
+    if not threshold > 0:
+        raise ConfigError(f"threshold = {threshold!r} must be positive")
+    exponent = case.evaluate.lyapunov_exponent if case else None
+    invariants = invariants_function(case) if pair.state_dim == "component" else None
+    closure = None
+    if lyapunov:
+        if case is None:
+            raise DataError("the Lyapunov estimate needs the case: pass --case CASE.toml (the files store none)")
+        closure = _closure_for(rollout, rollout_path, closure_path)
+    metrics = compute_metrics(pair, threshold=threshold, lyapunov_exponent=exponent, invariants=invariants,
+                              spread=spread)
+    metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
+               "case": case.case.name if case else None, **metrics,
+               "cost": {"rollout": cost_from_attributes(rollout.attrs), "reference": cost_from_attributes(reference.attrs)}}
+    if lyapunov:
+        metrics["lyapunov"] = lyapunov_comparison(case, pair, closure=closure)
+    if figures_dir is not None:
+        title = case.case.name if case else rollout_path.stem
+        metrics["figures"] = [str(p) for p in write_figures(pair, metrics, figures_dir, title=title, invariants=invariants)]
+    return json_ready(metrics)
+
+
+def _closure_for(rollout, rollout_path: Path, closure_path: str | Path | None):
+    """The closure the rollout was made with, checked against its recorded checksum."""
+    recorded = str(rollout.attrs.get("closure_checksum", "none"))
+    if closure_path is None:
+        if recorded not in ("", "none"):
+            raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...; pass it with --closure "
+                            "closure.pt to estimate the model's Lyapunov exponent")
+        return None
+    from .closure_file import load_closure
+
+    closure, payload = load_closure(closure_path)
+    if recorded not in ("", "none") and payload["checksum"] != recorded:
+        log.warning("%s: checksum %s... differs from the one %s records (%s...)", closure_path,
+                    payload["checksum"][:12], rollout_path, recorded[:12])
+    return closure
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """A plain-text table of the headline numbers of ``evaluate_files``' result."""
+    spread = metrics["spread_percentiles"]
+    lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
+
+    def number(value: Any) -> str:
+        return "inf/undefined" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    def median_spread(summary: Mapping[str, Any]) -> str:
+        return f"{number(summary['median'])}  [{number(summary[lo_key])}, {number(summary[hi_key])}]"
+
+    rows = [("members x times", f"{metrics['members']} x {metrics['times']} (horizon {number(metrics['horizon'])})"),
+            ("error threshold", number(metrics["threshold"])),
+            ("valid prediction time", median_spread(metrics["valid_prediction_time"]))]
+    if "valid_prediction_time_lyapunov" in metrics:
+        rows.append(("  in Lyapunov times", median_spread(metrics["valid_prediction_time_lyapunov"])))
+    rows += [("valid to the horizon", f"{100 * metrics['reached_horizon_fraction']:.0f}% of members"),
+             ("stable to the horizon", f"{100 * metrics['stable_fraction']:.0f}% of members"),
+             ("initial error", median_spread(metrics["initial_error"]))]
+    for name, drift in metrics.get("invariant_drift", {}).items():
+        rows.append((f"{name} drift", f"{median_spread(drift['rollout'])}  (reference {number(drift['reference']['median'])})"))
+    if "spectrum" in metrics:
+        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|)"))
+    rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats (50-bin histograms)"))
+    if "lyapunov" in metrics:
+        lyapunov = metrics["lyapunov"]
+        rows.append(("Lyapunov exponent", f"model {number(lyapunov['model']['exponent'])}, truth "
+                                          f"{number(lyapunov['truth']['exponent'])}"))
+    for source in ("rollout", "reference"):
+        for key, value in metrics.get("cost", {}).get(source, {}).items():
+            rows.append((f"{source} {key}", number(value)))
+    width = max(len(name) for name, _ in rows)
+    header = f"{metrics.get('case') or 'evaluation'}: {metrics['rollout']} against {metrics['reference']}"
+    lines = [header, f"(median [{lo_key}, {hi_key}] over members)"]
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    lines += [f"  note: {note}" for note in metrics.get("notes", [])]
+    return "\n".join(lines)

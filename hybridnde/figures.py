@@ -1,0 +1,249 @@
+"""Figures of a rollout against the truth, as PNG files (matplotlib's Agg canvas; numpy only).
+
+Each function takes plain arrays and returns a ``matplotlib.figure.Figure``; ``save_figure`` writes
+it atomically. No pyplot and no global backend switch: the package never changes a user's
+matplotlib state. Time axes are labelled with the file's time units (``"1"`` = nondimensional).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .io import atomic_path
+
+__all__ = ["space_time_figure", "phase_portrait_figure", "error_growth_figure", "spectrum_figure",
+           "invariant_drift_figure", "save_figure", "time_label"]
+
+_PREDICTED_STYLE = {"linestyle": "--"}
+#: spectra: modes below this fraction of the peak are round-off (or dealiased away) and not drawn
+_ENERGY_FLOOR = 1e-20
+
+
+def time_label(units: str = "1", symbol: str = "t") -> str:
+    """``"time t"`` with ``[units]`` unless the units are nondimensional."""
+    return f"time {symbol}" + ("" if units in ("", "1") else f" [{units}]")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _lyapunov_axis(axis, lyapunov_exponent: float | None, start: float = 0.0) -> None:
+    """A second time axis on top, in Lyapunov times ``lambda_1 (t - t_0)``."""
+    if lyapunov_exponent:
+        top = axis.secondary_xaxis("top", functions=(lambda t: (t - start) * lyapunov_exponent,
+                                                     lambda s: s / lyapunov_exponent + start))
+        top.set_xlabel(r"Lyapunov times $\lambda_1 (t - t_0)$")
+
+
+def space_time_figure(x: np.ndarray, times: np.ndarray, truth: np.ndarray, predicted: np.ndarray, *,
+                      title: str = "", time_units: str = "1", x_units: str = "1",
+                      valid_time: float | None = None, predicted_label: str = "hybrid") -> Figure:
+    """Truth, prediction and their difference as space-time diagrams of one member.
+
+    Args:
+        x: (n,) grid; times: (time,).
+        truth, predicted: (time, n), on the same grid. NaN (after a blow-up) shows in grey.
+        valid_time: absolute time at which the prediction stops being valid, marked on the
+            prediction and error panels.
+    """
+    figure = _new_figure(13.0, 4.6)
+    axes = figure.subplots(1, 3, sharex=True, sharey=True)
+    spacing = x[1] - x[0] if x.size > 1 else 1.0
+    extent = (x[0], x[-1] + spacing, times[0], times[-1])
+    # truth and prediction share one colour scale; the error gets its own so small errors show
+    difference = predicted - truth
+    panels = ((truth, "truth", _symmetric_limit(truth), "u"), (predicted, predicted_label, _symmetric_limit(truth), "u"),
+              (difference, f"error ({predicted_label} - truth)", _symmetric_limit(difference), "error"))
+    for index, (axis, (field, name, limit, quantity)) in enumerate(zip(axes, panels)):
+        image = axis.imshow(np.ma.masked_invalid(field), origin="lower", aspect="auto", extent=extent,
+                            cmap="RdBu_r" if index < 2 else "PuOr_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        image.cmap.set_bad("0.75")  # NaN after a blow-up: grey
+        axis.set_title(name)
+        axis.set_xlabel("position x" + ("" if x_units in ("", "1") else f" [{x_units}]"))
+        if valid_time is not None and index > 0 and valid_time < times[-1]:
+            axis.axhline(valid_time, color="k", linestyle=":", linewidth=1.5, label="valid prediction time")
+            axis.legend(loc="upper right", fontsize="small", framealpha=0.8)
+        if index > 0:
+            colorbar = figure.colorbar(image, ax=list(axes[:2]) if index == 1 else axis, shrink=0.9)
+            colorbar.set_label(quantity)
+    axes[0].set_ylabel(time_label(time_units))
+    figure.suptitle(title or "space-time diagram")
+    return figure
+
+
+def _symmetric_limit(field: np.ndarray) -> float:
+    finite = np.abs(field[np.isfinite(field)])
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+
+def _component_pairs(n_components: int) -> list[tuple[int, int]]:
+    """Which state components to plot against each other: (x, y) and (vx, vy) for two-body,
+    all three planes for three components, consecutive pairs otherwise (at most three panels)."""
+    if n_components == 3:
+        return [(0, 1), (0, 2), (1, 2)]
+    if n_components < 2:
+        return []
+    return [(i, i + 1) for i in range(0, n_components - 1, 2)][:3]
+
+
+def phase_portrait_figure(truth: np.ndarray, predicted: np.ndarray, component_names: Sequence[str], *,
+                          title: str = "", members: Sequence[int] = (0,), member_labels: Sequence[str] | None = None,
+                          predicted_label: str = "hybrid") -> Figure:
+    """Phase portraits of a few members: truth solid, prediction dashed, start marked by a dot.
+
+    Args:
+        truth, predicted: (member, time, component).
+        component_names: one name per component (axis labels).
+        members: indices (into the first axis) to draw, one colour each.
+    """
+    pairs = _component_pairs(truth.shape[-1])
+    if not pairs:
+        raise ValueError("a phase portrait needs at least two state components")
+    figure = _new_figure(4.3 * len(pairs) + 0.6, 4.4)
+    axes = np.atleast_1d(figure.subplots(1, len(pairs)))
+    colours = [f"C{i}" for i in range(10)]
+    labels = list(member_labels) if member_labels is not None else [f"member {m}" for m in members]
+    for axis, (first, second) in zip(axes, pairs):
+        for colour, member, label in zip(colours, members, labels):
+            axis.plot(truth[member, :, first], truth[member, :, second], color=colour, linewidth=1.2,
+                      label=f"truth, {label}")
+            axis.plot(predicted[member, :, first], predicted[member, :, second], color=colour, linewidth=1.2,
+                      label=f"{predicted_label}, {label}", **_PREDICTED_STYLE)
+            axis.plot(truth[member, 0, first], truth[member, 0, second], "o", color=colour, markersize=5)
+        axis.set_xlabel(component_names[first])
+        axis.set_ylabel(component_names[second])
+        axis.set_title(f"{component_names[second]} against {component_names[first]}")
+    axes[0].legend(fontsize="small", loc="best")
+    figure.suptitle(title or "phase portrait (dot: start)")
+    return figure
+
+
+def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray, upper: np.ndarray, *,
+                        threshold: float, valid_time: float | None = None,
+                        valid_time_spread: tuple[float, float] | None = None,
+                        lyapunov_exponent: float | None = None, spread_label: str = "16-84th percentile",
+                        title: str = "", time_units: str = "1") -> Figure:
+    """Normalised error over time: median over members, a percentile band, the threshold and the
+    valid prediction time (median, with its spread shaded).
+
+    Args:
+        times: (time,) absolute times; median, lower, upper: (time,) (``inf`` = diverged, drawn as a gap).
+        valid_time, valid_time_spread: absolute times (``t_0 + VPT``).
+    """
+    figure = _new_figure(7.5, 4.6)
+    axis = figure.subplots()
+
+    everything = np.concatenate([np.ravel(lower), np.ravel(median), np.ravel(upper)]).astype(np.float64)
+    logarithmic = bool((np.isfinite(everything) & (everything > 0)).any())
+
+    def shown(values: np.ndarray) -> np.ndarray:
+        """Gaps where the error is infinite (diverged) and, on a log axis, zero (exact)."""
+        values = np.asarray(values, dtype=np.float64)
+        return np.where(np.isfinite(values) & ((values > 0) | (not logarithmic)), values, np.nan)
+
+    axis.fill_between(times, shown(lower), shown(upper), color="C0", alpha=0.25, label=spread_label)
+    axis.plot(times, shown(median), color="C0", linewidth=1.8, label="median over members")
+    axis.axhline(threshold, color="C3", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}")
+    if valid_time is not None and np.isfinite(valid_time):
+        censored = " = horizon" if valid_time >= times[-1] else ""
+        axis.axvline(valid_time, color="k", linestyle=":", linewidth=1.5,
+                     label=f"valid prediction time {valid_time - times[0]:.3g}{censored} (median)")
+        if valid_time_spread is not None and all(np.isfinite(valid_time_spread)):
+            axis.axvspan(*valid_time_spread, color="k", alpha=0.08)
+    if logarithmic:
+        visible = shown(everything)
+        axis.set_yscale("log")
+        axis.set_ylim(min(np.nanmin(visible), threshold) / 3, max(np.nanmax(visible), threshold) * 3)
+    else:  # no positive finite error (identical files): a log axis would be empty
+        axis.set_ylim(-0.05 * threshold, 2 * threshold)
+    axis.set_xlim(times[0], times[-1])
+    axis.set_xlabel(time_label(time_units))
+    axis.set_ylabel(r"normalised error $\|u - u^*\| / \mathrm{rms}(u^*)$")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize="small", loc="lower right")
+    _lyapunov_axis(axis, lyapunov_exponent, start=float(times[0]))
+    axis.set_title(title or "error growth")
+    return figure
+
+
+def spectrum_figure(wavenumber: np.ndarray, reference: np.ndarray, predicted_wavenumber: np.ndarray,
+                    predicted: np.ndarray, *, title: str = "", distance: float | None = None,
+                    predicted_label: str = "hybrid") -> Figure:
+    """Time-averaged energy spectra ``E(k)`` of truth and prediction (the mean mode ``k = 0`` omitted).
+
+    Args:
+        wavenumber, reference: (modes,) of the truth; predicted_wavenumber, predicted: of the prediction.
+    """
+    figure = _new_figure(7.0, 4.6)
+    axis = figure.subplots()
+    def shown(energy: np.ndarray) -> np.ndarray:
+        """Modes with no energy (removed by dealiasing) are left out rather than drawn at a floor."""
+        energy = np.asarray(energy, dtype=np.float64)[1:]
+        return np.where(energy > _ENERGY_FLOOR * np.nanmax(energy), energy, np.nan)
+
+    axis.semilogy(wavenumber[1:], shown(reference), "o-", color="k", markersize=3, linewidth=1.2, label="truth")
+    axis.semilogy(predicted_wavenumber[1:], shown(predicted), "s--", color="C1",
+                  markersize=3, linewidth=1.2, label=predicted_label if distance is None
+                  else f"{predicted_label} (mean |log10 ratio| = {distance:.3g})")
+    axis.set_xlabel(r"wavenumber $k = 2\pi m / L$")
+    axis.set_ylabel(r"energy $E(k) = \langle |\hat u_k|^2 \rangle$ (one-sided)")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize="small")
+    axis.set_title(title or "energy spectrum, averaged over members and time")
+    return figure
+
+
+def invariant_drift_figure(times: np.ndarray, drift: Mapping[str, np.ndarray], *,
+                           reference_drift: Mapping[str, np.ndarray] | None = None, title: str = "",
+                           time_units: str = "1", percentiles: tuple[float, float] = (16.0, 84.0),
+                           predicted_label: str = "hybrid") -> Figure:
+    """Relative drift ``|I(t) - I(t_0)| / |I(t_0)|`` of each invariant: median over members and a
+    band; with ``reference_drift``, the truth file's own (integrator) drift dashed for comparison.
+
+    Args:
+        drift, reference_drift: name -> (member, time) curves, NaN after a member diverged (left out).
+    """
+    figure = _new_figure(7.5, 4.6)
+    axis = figure.subplots()
+
+    def positive(values: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(values) & (values > 0), values, np.nan)  # t_0 (exactly 0) is a gap
+
+    def median_and_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns once every member diverged
+            low, high = np.nanpercentile(curves, percentiles, axis=0)
+            return positive(np.nanmedian(curves, axis=0)), positive(low), positive(high)
+
+    for index, (name, curves) in enumerate(drift.items()):
+        colour = f"C{index}"
+        median, low, high = median_and_band(np.asarray(curves, dtype=np.float64))
+        axis.fill_between(times, low, high, color=colour, alpha=0.2)
+        axis.plot(times, median, color=colour, linewidth=1.6, label=f"{name}, {predicted_label} (median)")
+        if reference_drift is not None and name in reference_drift:
+            axis.plot(times, median_and_band(np.asarray(reference_drift[name], dtype=np.float64))[0], color=colour,
+                      linewidth=1.0, label=f"{name}, truth file (integrator drift)", **_PREDICTED_STYLE)
+    if np.isfinite([line.get_ydata() for line in axis.get_lines()]).any():
+        axis.set_yscale("log")
+    axis.set_xlabel(time_label(time_units))
+    axis.set_ylabel(r"relative drift $|I(t) - I(t_0)| / |I(t_0)|$")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize="small")
+    axis.set_title(title or f"drift of conserved quantities (band: {percentiles[0]:g}-{percentiles[1]:g}th percentile)")
+    return figure
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` as PNG to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    return path

@@ -1,0 +1,34 @@
+"""Metrics of a rollout against the truth, one concept per module.
+
+* ``errors``: normalised error, valid prediction time, error growth, stable members
+* ``invariants``: drift of conserved quantities
+* ``spectra``: energy spectra of periodic fields and their distance
+* ``statistics``: KL divergence between state histograms (attractor statistics)
+* ``lyapunov``: leading Lyapunov exponent of any solver, closure included (torch)
+* ``cost``: function evaluations and wall time from file attributes
+* ``summary``: median and spread over members, JSON-ready values
+
+All but ``lyapunov`` need numpy only.
+"""
+from .cost import cost_from_attributes
+from .errors import error_growth, normalised_error, reference_scale, stable_members, valid_prediction_time
+from .invariants import invariant_drift, relative_drift_curves
+from .spectra import energy_spectrum, spectral_distance, wavenumbers
+from .statistics import histogram_kl_divergence
+from .summary import DEFAULT_SPREAD, json_ready, quantiles, summarise
+
+__all__ = [
+    "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members",
+    "invariant_drift", "relative_drift_curves", "energy_spectrum", "wavenumbers", "spectral_distance",
+    "histogram_kl_divergence", "cost_from_attributes", "DEFAULT_SPREAD", "quantiles", "summarise", "json_ready",
+    "leading_lyapunov_exponent", "LyapunovEstimate",
+]
+
+
+def __getattr__(name: str):
+    # the Lyapunov estimate steps a solver (torch); import it only when asked for
+    if name in ("leading_lyapunov_exponent", "LyapunovEstimate"):
+        from . import lyapunov
+
+        return getattr(lyapunov, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,146 @@
+"""Forecast error against the truth: normalised error, valid prediction time, error growth, stability.
+
+Normalised error (Pathak et al. 2018, Phys. Rev. Lett. 120, 024102, their E(t)):
+
+    e_m(t) = || u_m(t) - u*_m(t) ||_2 / sqrt( < || u* ||_2^2 > )
+
+with ``u_m`` the predicted state of member ``m``, ``u*_m`` its true state, ``|| . ||_2`` the
+Euclidean norm over the whole state (all grid points or components) and ``< . >`` the mean over
+all members and all compared times of the truth. The denominator is one number per comparison, so
+errors of different members are on one scale; it is the truth's root-mean-square state norm (not
+its standard deviation: a state of all zeros has error 1). Fields on finer grids have larger norms
+but the same ratio.
+
+Valid prediction time (VPT): the first time ``e_m(t)`` exceeds a threshold (0.5 by default),
+measured from the first compared time.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members"]
+
+
+def _flatten_state(u: np.ndarray) -> np.ndarray:
+    """``(member, time, *state) -> (member, time, state_size)``."""
+    u = np.asarray(u, dtype=np.float64)
+    return u.reshape(u.shape[0], u.shape[1], -1)
+
+
+def reference_scale(truth: np.ndarray) -> float:
+    """``sqrt(< ||u*||^2 >)``: RMS over members and times of the truth's Euclidean state norm.
+
+    Args:
+        truth: (member, time, *state); samples with a non-finite entry are left out.
+    """
+    squared_norm = np.sum(_flatten_state(truth) ** 2, axis=-1)  # (member, time)
+    finite = np.isfinite(squared_norm)
+    if not finite.any():
+        raise ValueError("the reference has no finite state to normalise the error by")
+    scale = float(np.sqrt(squared_norm[finite].mean()))
+    if scale == 0.0:
+        raise ValueError("the reference states are all zero; the normalised error is undefined")
+    return scale
+
+
+def normalised_error(predicted: np.ndarray, truth: np.ndarray, *, scale: float | None = None) -> np.ndarray:
+    """``e_m(t)`` of the module docstring.
+
+    Args:
+        predicted, truth: (member, time, *state), the same shape.
+        scale: the denominator; default ``reference_scale(truth)``.
+    Returns:
+        (member, time): ``+inf`` where the prediction is non-finite (diverged), NaN where the truth
+        is (undefined).
+    """
+    predicted, truth = _flatten_state(predicted), _flatten_state(truth)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"predicted {predicted.shape} and truth {truth.shape} differ in shape")
+    scale = reference_scale(truth) if scale is None else float(scale)
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.sqrt(np.sum((predicted - truth) ** 2, axis=-1)) / scale
+    error[~np.isfinite(predicted).all(axis=-1)] = np.inf
+    error[~np.isfinite(truth).all(axis=-1)] = np.nan
+    return error
+
+
+def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: float = 0.5,
+                          blowup_time: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per member, the time from ``times[0]`` until ``error`` first exceeds ``threshold``.
+
+    The crossing is interpolated linearly in the error between the last sample at or below the
+    threshold and the first above it. When the first sample above is non-finite (the member
+    diverged between samples) the VPT is the last sample where it was still valid. A member that
+    never exceeds the threshold gets the whole horizon ``times[-1] - times[0]`` (a censored value:
+    see ``reached_horizon``). With ``blowup_time`` given, a member's VPT is at most
+    ``blowup_time - times[0]``. NaN errors (undefined truth) are skipped.
+
+    Args:
+        error: (member, time), e.g. from ``normalised_error``.
+        times: (time,) increasing.
+        blowup_time: (member,) with NaN where the member did not blow up.
+    Returns:
+        ``(vpt, reached_horizon)``, both (member,): VPT in the units of ``times``, and whether
+        the member stayed valid (and did not blow up) to the last time.
+    """
+    error = np.asarray(error, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    if error.ndim != 2 or error.shape[1] != times.shape[0]:
+        raise ValueError(f"error {error.shape} must be (member, time) with time = {times.shape[0]}")
+    if not threshold > 0:
+        raise ValueError(f"threshold={threshold!r} must be positive")
+    start, horizon = times[0], times[-1] - times[0]
+    exceeded = error > threshold  # inf counts, NaN does not
+    any_exceeded = exceeded.any(axis=1)
+    first = np.argmax(exceeded, axis=1)
+    vpt = np.full(error.shape[0], horizon)
+    for member in np.flatnonzero(any_exceeded):
+        k = first[member]
+        if k == 0:
+            vpt[member] = 0.0
+            continue
+        before, after = error[member, k - 1], error[member, k]
+        if np.isfinite(after) and np.isfinite(before):
+            fraction = (threshold - before) / (after - before)
+            vpt[member] = times[k - 1] + fraction * (times[k] - times[k - 1]) - start
+        elif np.isfinite(after):  # truth undefined just before: the first sample known to be over
+            vpt[member] = times[k] - start
+        else:  # diverged between two samples: valid until the last sample that was
+            vpt[member] = times[k - 1] - start
+    reached = ~any_exceeded
+    if blowup_time is not None:
+        blowup_time = np.asarray(blowup_time, dtype=np.float64)
+        blew_up = np.isfinite(blowup_time)
+        vpt = np.where(blew_up, np.minimum(vpt, np.maximum(blowup_time - start, 0.0)), vpt)
+        reached &= ~blew_up
+    return vpt, reached
+
+
+def error_growth(error: np.ndarray, *, percentiles=(16.0, 50.0, 84.0)) -> np.ndarray:
+    """Percentiles over members of the error at every time: ``(len(percentiles), time)``.
+
+    Non-finite errors (diverged members) rank as ``+inf``, so the median turns infinite once more
+    than half the members have diverged.
+    """
+    from .summary import quantiles
+
+    return quantiles(np.asarray(error, dtype=np.float64), percentiles, axis=0)
+
+
+def stable_members(predicted: np.ndarray, *, status: np.ndarray | None = None,
+                   blowup_time: np.ndarray | None = None) -> np.ndarray:
+    """Members stable to the horizon: status ok (0), every state finite, no blow-up time.
+
+    Args:
+        predicted: (member, time, *state).
+        status: (member,) CF flag values (0 = ok), optional.
+        blowup_time: (member,), NaN where none, optional.
+    Returns:
+        (member,) bool.
+    """
+    stable = np.isfinite(_flatten_state(predicted)).all(axis=(1, 2))
+    if status is not None:
+        stable &= np.asarray(status) == 0
+    if blowup_time is not None:
+        stable &= np.isnan(np.asarray(blowup_time, dtype=np.float64))
+    return stable

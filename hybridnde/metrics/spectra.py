@@ -1,0 +1,70 @@
+"""Energy spectra of periodic 1-D fields and a distance between two spectra.
+
+With ``u_hat_m = (1/N) sum_j u_j exp(-2 pi i m j / N)`` (numpy's ``rfft`` divided by ``N``) the
+one-sided energy spectrum is
+
+    E_m = c_m < |u_hat_m|^2 >,   c_0 = c_{N/2} = 1, c_m = 2 otherwise,
+
+averaged over members and times, so that by Parseval ``sum_m E_m = < mean_j u_j^2 >`` (the mean
+squared field). ``u = a cos(2 pi m x / L + phi)`` has ``E_m = a^2 / 2``. Wavenumbers are
+``k_m = 2 pi m / L``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["energy_spectrum", "wavenumbers", "spectral_distance"]
+
+
+def energy_spectrum(u: np.ndarray) -> np.ndarray:
+    """Time- and member-averaged one-sided energy spectrum ``E_m``, ``m = 0 .. N/2``.
+
+    Args:
+        u: (..., N) real periodic fields in physical space, e.g. (member, time, x). States with a
+            non-finite value are left out of the average (a diverged member after its blow-up).
+    Returns:
+        (N // 2 + 1,); NaN everywhere when no state is finite.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    n_points = u.shape[-1]
+    states = u.reshape(-1, n_points)
+    states = states[np.isfinite(states).all(axis=1)]
+    if not states.shape[0]:
+        return np.full(n_points // 2 + 1, np.nan)
+    power = np.abs(np.fft.rfft(states, axis=-1) / n_points) ** 2  # (state, mode)
+    weights = np.full(n_points // 2 + 1, 2.0)
+    weights[0] = 1.0
+    if n_points % 2 == 0:
+        weights[-1] = 1.0  # the Nyquist mode has no mirror image
+    return weights * power.mean(axis=0)
+
+
+def wavenumbers(n_points: int, domain_length: float) -> np.ndarray:
+    """``k_m = 2 pi m / L`` for ``m = 0 .. N/2``."""
+    return 2.0 * np.pi * np.arange(n_points // 2 + 1) / float(domain_length)
+
+
+def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_floor: float = 1e-10) -> float:
+    """Mean over resolved modes of ``|log10(E_m / E*_m)|``: 0 for equal spectra, 1 for a factor 10.
+
+    Resolved modes are ``1 <= m < min(N, N*) / 2`` (the mean and the Nyquist mode of the coarser
+    grid are left out; the shorter spectrum sets the range, so a coarse model is compared with the
+    truth on the modes it can represent) where the reference carries energy above
+    ``relative_floor * max(E*)`` (below it, dealiased or round-off modes would dominate the log).
+
+    Args:
+        spectrum, reference: one-sided spectra from ``energy_spectrum`` (lengths may differ).
+    Returns:
+        The distance; ``inf`` when the model has zero or non-finite energy in a resolved mode.
+    """
+    spectrum, reference = np.asarray(spectrum, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
+    modes = np.arange(1, last)
+    floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
+    modes = modes[reference[modes] > floor]
+    if not modes.size:
+        raise ValueError("no resolved mode with energy in the reference spectrum")
+    model = spectrum[modes]
+    if not (np.isfinite(model).all() and (model > 0).all()):
+        return float("inf")
+    return float(np.mean(np.abs(np.log10(model / reference[modes]))))
