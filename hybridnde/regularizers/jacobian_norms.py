@@ -1,0 +1,425 @@
+"""Penalties on the Jacobian ``J = dF/du`` of a learned right-hand side, evaluated at given states.
+
+Each penalty is a callable ``penalty(vector_field, t, u) -> Tensor`` (a 0-dim tensor, the mean over
+the batch) that carries gradients to the parameters of ``vector_field`` (and to ``u`` if it requires
+them). ``vector_field(t, u)`` is the solvers' closure convention, ``u: (batch, n)`` (any
+``(batch, *state)`` is flattened to ``n``); the Jacobian is per member, so the field must act on each
+row independently, as every closure in ``hybridnde.models`` does.
+
+* ``FrobeniusNorm``  ``||J||_F^2``: Hutchinson's estimator ``E_v ||J v||^2`` with a few probes
+  (Hutchinson 1990; Finlay et al. 2020, "How to train your neural ODE"), or exact from ``n`` JVPs when
+  ``n`` is no larger than the number of probes.
+* ``KineticEnergy``  ``||F||^2`` (RNODE, Finlay et al. 2020).
+* ``SpectralNorm``  ``sigma_max(J)`` by power iteration on ``J^T J`` (one JVP and one VJP per
+  iteration), warm-started from the previous call's singular vectors (Miyato et al. 2018 do the same
+  for weight matrices), or exactly by SVD.
+* ``ConditionNumber``  ``kappa = sigma_max / sigma_min`` (Josias & Brink 2022): exact SVD of the dense
+  Jacobian for small ``n``; for large ``n`` a Lanczos process on ``J^T J`` (see the class).
+
+Iterative estimates run without a graph; the value with gradients is then one differentiable
+evaluation at the converged vectors (``||J y||`` at a unit singular vector ``y``), whose gradient is
+exact at convergence because a singular value is stationary in its singular vector.
+"""
+from __future__ import annotations
+
+from typing import Callable, Hashable, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "VectorField", "JacobianPenalty", "JVP_METHODS", "jacobian_vector_product", "vector_jacobian_product", "dense_jacobian",
+    "FrobeniusNorm", "KineticEnergy", "SpectralNorm", "ConditionNumber", "JACOBIAN_PENALTIES",
+    "build_jacobian_penalty", "hutchinson_variance",
+]
+
+VectorField = Callable[[Tensor, Tensor], Tensor]
+
+
+class JacobianPenalty(Protocol):
+    """``penalty(vector_field, t, u) -> 0-dim tensor``, the batch mean of a Jacobian functional."""
+
+    name: str
+
+    def __call__(self, vector_field: VectorField, t: Tensor, u: Tensor) -> Tensor: ...
+
+
+# -- products with the Jacobian -------------------------------------------------------------------
+def _flat_field(vector_field: VectorField, t: Tensor, state_shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    """``u: (batch, n) -> du_dt: (batch, n)`` for a field on ``(batch, *state_shape)``."""
+    def field(u_flat: Tensor) -> Tensor:
+        return vector_field(t, u_flat.reshape(u_flat.shape[0], *state_shape)).reshape(u_flat.shape[0], -1)
+    return field
+
+
+def _as_time(t: Tensor | float, u: Tensor) -> Tensor:
+    return t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=u.dtype, device=u.device)
+
+
+JVP_METHODS = ("reverse", "forward")
+
+
+def _jvp_flat(field: Callable[[Tensor], Tensor], u: Tensor, v: Tensor, method: str) -> tuple[Tensor, Tensor]:
+    """``(field(u), J v)`` for flat ``u, v: (rows, n)``; differentiable when grad mode is on."""
+    if method == "forward":
+        return torch.func.jvp(field, (u,), (v,))
+    if method != "reverse":
+        raise ValueError(f"jvp method={method!r}; choose one of {JVP_METHODS}")
+    # Reverse over reverse ("double-backward trick"): J^T w is linear in w, so d/dw <J^T w, v> = J v.
+    # Two reverse passes beat torch.func's forward mode on small CPU networks (~4x in our timing).
+    differentiable = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x = u if u.requires_grad else u.detach().requires_grad_()
+        y = field(x)
+        w = torch.zeros_like(y, requires_grad=True)
+        (wj,) = torch.autograd.grad(y, x, w, create_graph=True, allow_unused=True)
+        if wj is None or not wj.requires_grad:  # the field does not depend on u: J = 0
+            jv = torch.zeros_like(y)
+        else:
+            (jv,) = torch.autograd.grad(wj, w, v, create_graph=differentiable, allow_unused=True)
+            jv = torch.zeros_like(y) if jv is None else jv
+    return (y, jv) if differentiable else (y.detach(), jv.detach())
+
+
+def jacobian_vector_product(vector_field: VectorField, t: Tensor | float, u: Tensor, v: Tensor, *,
+                            method: str = "reverse") -> tuple[Tensor, Tensor]:
+    """``(F(t, u), J(u) v)``, one per member; ``u, v: (batch, *state)``.
+
+    ``method``: ``"reverse"`` (two reverse passes, any twice-differentiable field) or ``"forward"``
+    (``torch.func.jvp``). Differentiable with respect to the field's parameters (and ``u``) when grad
+    mode is on.
+    """
+    field = _flat_field(vector_field, _as_time(t, u), tuple(u.shape[1:]))
+    du_dt, jv = _jvp_flat(field, u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1), method)
+    return du_dt.reshape(u.shape), jv.reshape(u.shape)
+
+
+def vector_jacobian_product(vector_field: VectorField, t: Tensor | float, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``(F(t, u), J(u)^T w)`` by reverse-mode AD, one per member; ``u, w: (batch, *state)``."""
+    field = _flat_field(vector_field, _as_time(t, u), tuple(u.shape[1:]))
+    differentiable = torch.is_grad_enabled()
+    with torch.enable_grad():
+        flat = u.reshape(u.shape[0], -1)
+        x = flat if flat.requires_grad else flat.detach().requires_grad_()
+        y = field(x)
+        (wj,) = torch.autograd.grad(y, x, w.reshape(w.shape[0], -1), create_graph=differentiable, allow_unused=True)
+        wj = torch.zeros_like(x) if wj is None else wj
+    if not differentiable:
+        y, wj = y.detach(), wj.detach()
+    return y.reshape(u.shape), wj.reshape(u.shape)
+
+
+def dense_jacobian(vector_field: VectorField, t: Tensor | float, u: Tensor, *, method: str = "reverse") -> Tensor:
+    """The per-member Jacobian ``(batch, n, n)``, column ``j`` from a JVP with the basis vector ``e_j``.
+
+    Costs one batched JVP over ``n * batch`` rows; meant for small ``n``. Differentiable with respect to
+    the field's parameters.
+    """
+    batch, n = u.shape[0], u[0].numel()
+    u_flat = u.reshape(batch, n)
+    field = _flat_field(vector_field, _as_time(t, u), tuple(u.shape[1:]))
+    # all n columns in one batched JVP: member b, column j is row j * batch + b
+    basis = torch.eye(n, dtype=u.dtype, device=u.device).repeat_interleave(batch, dim=0)  # (n * batch, n)
+    _, columns = _jvp_flat(field, u_flat.repeat(n, 1), basis, method)
+    return columns.reshape(n, batch, n).permute(1, 2, 0)  # (batch, row i, column j)
+
+
+def _normalize(v: Tensor) -> Tensor:
+    """Unit rows of ``v: (batch, n)`` (a zero row stays zero)."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def _random_directions(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None,
+                       distribution: str = "gaussian") -> Tensor:
+    """Probe vectors drawn on the CPU (same numbers on every device) and moved to ``like``'s device."""
+    if distribution == "rademacher":
+        draw = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64).to(like.dtype) * 2 - 1
+    else:
+        draw = torch.randn(shape, generator=generator, dtype=like.dtype)
+    return draw.to(like.device)
+
+
+# -- penalties -----------------------------------------------------------------------------------
+class FrobeniusNorm:
+    """``mean_b ||J_b||_F^2``.
+
+    Hutchinson: ``||J||_F^2 = E_v ||J v||^2`` for ``v`` with ``E[v v^T] = I``; the estimate averages
+    ``probes`` draws per member. For Gaussian ``v`` its variance per member is ``2 ||J^T J||_F^2 / probes``
+    (Rademacher: ``2 (||J^T J||_F^2 - sum_i (J^T J)_ii^2) / probes``, never larger). ``product="vjp"``
+    uses ``||v^T J||^2`` instead (same expectation; Finlay et al.'s choice).
+
+    Args:
+        probes: draws per member (2-10 is typical; the estimate is unbiased for any number).
+        estimator: ``"auto"`` (exact when ``n <= probes``: then exact costs no more), ``"exact"``
+            (``n`` JVPs) or ``"hutchinson"``.
+        generator: seeded CPU generator for the probes (reproducible runs).
+    """
+
+    name = "frobenius"
+
+    def __init__(self, *, probes: int = 4, estimator: str = "auto", distribution: str = "gaussian",
+                 product: str = "jvp", jvp_method: str = "reverse", generator: torch.Generator | None = None):
+        if probes < 1:
+            raise ValueError(f"probes={probes} must be at least 1")
+        if estimator not in ("auto", "exact", "hutchinson"):
+            raise ValueError(f"estimator={estimator!r}; choose 'auto', 'exact' or 'hutchinson'")
+        if distribution not in ("gaussian", "rademacher"):
+            raise ValueError(f"distribution={distribution!r}; choose 'gaussian' or 'rademacher'")
+        if product not in ("jvp", "vjp"):
+            raise ValueError(f"product={product!r}; choose 'jvp' or 'vjp'")
+        if jvp_method not in JVP_METHODS:
+            raise ValueError(f"jvp_method={jvp_method!r}; choose one of {JVP_METHODS}")
+        self.probes, self.estimator, self.distribution, self.product = probes, estimator, distribution, product
+        self.jvp_method, self.generator = jvp_method, generator
+
+    def uses_exact(self, n: int) -> bool:
+        return self.estimator == "exact" or (self.estimator == "auto" and n <= self.probes)
+
+    def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor) -> Tensor:
+        batch, n = u.shape[0], u[0].numel()
+        if self.uses_exact(n):
+            return dense_jacobian(vector_field, t, u, method=self.jvp_method).pow(2).sum(dim=(-2, -1)).mean()
+        probes = _random_directions((self.probes * batch, *u.shape[1:]), u, self.generator, self.distribution)
+        repeated = u.repeat(self.probes, *([1] * (u.ndim - 1)))  # probe p of member b is row p * batch + b
+        if self.product == "jvp":
+            _, projected = jacobian_vector_product(vector_field, t, repeated, probes, method=self.jvp_method)
+        else:
+            _, projected = vector_jacobian_product(vector_field, t, repeated, probes)
+        return projected.reshape(self.probes * batch, -1).pow(2).sum(-1).mean()
+
+    def __repr__(self) -> str:
+        return f"FrobeniusNorm(probes={self.probes}, estimator={self.estimator!r}, product={self.product!r})"
+
+
+class KineticEnergy:
+    """``mean_b ||F(t, u_b)||^2``, the kinetic-energy term of RNODE (Finlay et al. 2020)."""
+
+    name = "kinetic"
+
+    def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor) -> Tensor:
+        return vector_field(_as_time(t, u), u).reshape(u.shape[0], -1).pow(2).sum(-1).mean()
+
+    def __repr__(self) -> str:
+        return "KineticEnergy()"
+
+
+class _WarmStart:
+    """Vectors kept between calls, per state batch: keyed by the caller's ``key`` (e.g. the index of
+    the data batch) or, without one, by shape, dtype and device."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator
+        self._vectors: dict[Hashable, Tensor] = {}
+
+    def get(self, key: Hashable, shape: tuple[int, int], like: Tensor) -> Tensor | None:
+        stored = self._vectors.get(key)
+        if stored is None or stored.shape != shape:
+            return None
+        return stored.to(device=like.device, dtype=like.dtype)
+
+    def put(self, key: Hashable, vectors: Tensor) -> None:
+        self._vectors[key] = vectors.detach()
+
+    def random(self, shape: tuple[int, int], like: Tensor) -> Tensor:
+        return _normalize(_random_directions(shape, like, self.generator))
+
+    def clear(self) -> None:
+        self._vectors.clear()
+
+
+def _state_key(u: Tensor, key: Hashable | None) -> Hashable:
+    return key if key is not None else (tuple(u.shape), u.dtype, str(u.device))
+
+
+class SpectralNorm:
+    """``mean_b sigma_max(J_b)`` by power iteration on ``J^T J``, warm-started across calls.
+
+    Each iteration is ``x <- J^T (J x) / ||J^T (J x)||`` (one JVP and one VJP); the error in
+    ``sigma_max^2`` shrinks like ``(sigma_2 / sigma_1)^(2k)`` (Golub & Van Loan, Sec. 8.2.1). A cold
+    start runs ``initial_iterations``; a call with a stored vector for the same ``key`` runs only
+    ``iterations``, which is enough when the parameters and states change little between calls.
+
+    Args:
+        method: ``"power"`` or ``"exact"`` (SVD of the dense Jacobian; small ``n``).
+    """
+
+    name = "spectral"
+
+    def __init__(self, *, iterations: int = 2, initial_iterations: int = 30, method: str = "power",
+                 jvp_method: str = "reverse", generator: torch.Generator | None = None):
+        if iterations < 0 or initial_iterations < 1:
+            raise ValueError(f"need iterations >= 0 and initial_iterations >= 1, got {iterations}, {initial_iterations}")
+        if method not in ("power", "exact"):
+            raise ValueError(f"method={method!r}; choose 'power' or 'exact'")
+        self.iterations, self.initial_iterations, self.method = iterations, initial_iterations, method
+        self.jvp_method = jvp_method
+        self.state = _WarmStart(generator)
+
+    def singular_vectors(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                         key: Hashable | None = None) -> Tensor:
+        """Leading right singular vectors ``(batch, n)`` (unit rows, no graph)."""
+        batch, n = u.shape[0], u[0].numel()
+        key = _state_key(u, key)
+        x = self.state.get(key, (batch, n), u)
+        iterations = self.iterations
+        if x is None:
+            x, iterations = self.state.random((batch, n), u), self.initial_iterations
+        states = u.detach()
+        with torch.no_grad():
+            for _ in range(iterations):
+                _, jx = jacobian_vector_product(vector_field, t, states, x.reshape(u.shape), method=self.jvp_method)
+                _, jtjx = vector_jacobian_product(vector_field, t, states, jx)
+                x = _normalize(jtjx.reshape(batch, n))
+        self.state.put(key, x)
+        return x
+
+    def per_member(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                   key: Hashable | None = None) -> Tensor:
+        """``sigma_max(J_b)``, shape ``(batch,)``, differentiable."""
+        if self.method == "exact":
+            return torch.linalg.svdvals(dense_jacobian(vector_field, t, u, method=self.jvp_method))[:, 0]
+        x = self.singular_vectors(vector_field, t, u, key=key)
+        _, jx = jacobian_vector_product(vector_field, t, u, x.reshape(u.shape), method=self.jvp_method)
+        return jx.reshape(u.shape[0], -1).norm(dim=-1)
+
+    def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                 key: Hashable | None = None) -> Tensor:
+        return self.per_member(vector_field, t, u, key=key).mean()
+
+    def __repr__(self) -> str:
+        return f"SpectralNorm(method={self.method!r}, iterations={self.iterations})"
+
+
+class ConditionNumber:
+    """``mean_b kappa(J_b) = sigma_max / sigma_min`` (2-norm condition number; ``>= 1``, ``1`` is ideal).
+
+    ``method="exact"``: singular values of the dense Jacobian (``n`` JVPs, then ``torch.linalg.svdvals``,
+    whose gradient is exact while the extreme singular values are simple). ``"lanczos"``: ``steps``
+    Lanczos iterations on ``J^T J`` with full reorthogonalisation (Golub & Van Loan, Sec. 10.1), one JVP
+    and one VJP each; the extreme Ritz values converge first to ``sigma_max^2`` and ``sigma_min^2``.
+    Chosen over power iteration on the shifted ``sigma_max^2 I - J^T J`` because that converges with
+    the ratio of the two smallest gaps, often close to 1, while Lanczos converges at both ends at a
+    rate set by the square root of those ratios. With ``steps >= n`` Lanczos is exact; with fewer,
+    ``sigma_min`` is an over-estimate and ``kappa`` an under-estimate (Ritz values lie inside the
+    spectrum), so warm starts (the sum of the last extreme Ritz vectors, per ``key``) help.
+    ``"auto"``: exact for ``n <= exact_max_dim``, else Lanczos.
+    """
+
+    name = "condition"
+
+    def __init__(self, *, method: str = "auto", steps: int = 20, exact_max_dim: int = 32,
+                 jvp_method: str = "reverse", generator: torch.Generator | None = None):
+        if method not in ("auto", "exact", "lanczos"):
+            raise ValueError(f"method={method!r}; choose 'auto', 'exact' or 'lanczos'")
+        if steps < 2:
+            raise ValueError(f"steps={steps} must be at least 2")
+        self.method, self.steps, self.exact_max_dim = method, steps, exact_max_dim
+        self.jvp_method = jvp_method
+        self.state = _WarmStart(generator)
+
+    def uses_exact(self, n: int) -> bool:
+        return self.method == "exact" or (self.method == "auto" and n <= self.exact_max_dim)
+
+    def extreme_singular_vectors(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                                 key: Hashable | None = None) -> tuple[Tensor, Tensor]:
+        """Lanczos estimates of the right singular vectors of ``sigma_max`` and ``sigma_min``, each
+        ``(batch, n)`` with unit rows (no graph)."""
+        batch, n = u.shape[0], u[0].numel()
+        key = _state_key(u, key)
+        start = self.state.get(key, (batch, n), u)
+        if start is None:
+            start = self.state.random((batch, n), u)
+        steps = min(self.steps, n)
+        states = u.detach()
+        basis = torch.zeros(batch, steps, n, dtype=u.dtype, device=u.device)
+        alpha = torch.zeros(batch, steps, dtype=u.dtype, device=u.device)
+        beta = torch.zeros(batch, max(steps - 1, 0), dtype=u.dtype, device=u.device)
+        q = _normalize(start)
+        with torch.no_grad():
+            for j in range(steps):
+                basis[:, j] = q
+                _, jq = jacobian_vector_product(vector_field, t, states, q.reshape(u.shape), method=self.jvp_method)
+                _, w = vector_jacobian_product(vector_field, t, states, jq)
+                w = w.reshape(batch, n)
+                alpha[:, j] = (w * q).sum(-1)
+                # full reorthogonalisation against every basis vector so far (twice is enough:
+                # Giraud et al. 2005), which also removes the three-term recurrence's components
+                for _ in range(2):
+                    w = w - torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", basis[:, :j + 1], w),
+                                         basis[:, :j + 1])
+                if j == steps - 1:
+                    break
+                norm = w.norm(dim=-1)
+                scale = alpha[:, : j + 1].abs().amax(-1).clamp_min(torch.finfo(u.dtype).tiny)
+                broke_down = norm <= 1e3 * torch.finfo(u.dtype).eps * scale
+                beta[:, j] = torch.where(broke_down, torch.zeros_like(norm), norm)
+                if broke_down.any():
+                    # an invariant subspace was found: continue from a fresh direction orthogonal to
+                    # it, with a zero coupling (T stays block diagonal, its eigenvalues stay Ritz values)
+                    fresh = _random_directions((batch, n), u, self.state.generator)
+                    for _ in range(2):
+                        fresh = fresh - torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", basis[:, :j + 1], fresh),
+                                                     basis[:, :j + 1])
+                    w = torch.where(broke_down[:, None], fresh, w)
+                q = _normalize(w)
+            tridiagonal = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+            _, ritz = torch.linalg.eigh(tridiagonal)  # ascending eigenvalues
+            smallest = _normalize(torch.einsum("bkn,bk->bn", basis, ritz[:, :, 0]))
+            largest = _normalize(torch.einsum("bkn,bk->bn", basis, ritz[:, :, -1]))
+        self.state.put(key, smallest + largest)
+        return largest, smallest
+
+    def extreme_singular_values(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                                key: Hashable | None = None) -> tuple[Tensor, Tensor]:
+        """``(sigma_max, sigma_min)``, each ``(batch,)``, differentiable."""
+        batch, n = u.shape[0], u[0].numel()
+        if self.uses_exact(n):
+            singular_values = torch.linalg.svdvals(dense_jacobian(vector_field, t, u, method=self.jvp_method))
+            return singular_values[:, 0], singular_values[:, -1]
+        largest, smallest = self.extreme_singular_vectors(vector_field, t, u, key=key)
+        vectors = torch.cat([largest, smallest]).reshape(2 * batch, *u.shape[1:])
+        _, jv = jacobian_vector_product(vector_field, t, torch.cat([u, u]), vectors, method=self.jvp_method)
+        norms = jv.reshape(2 * batch, -1).norm(dim=-1)
+        return norms[:batch], norms[batch:]
+
+    def per_member(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                   key: Hashable | None = None) -> Tensor:
+        """``kappa(J_b)``, shape ``(batch,)``; ``inf`` where ``J_b`` is singular."""
+        sigma_max, sigma_min = self.extreme_singular_values(vector_field, t, u, key=key)
+        return sigma_max / sigma_min
+
+    def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
+                 key: Hashable | None = None) -> Tensor:
+        return self.per_member(vector_field, t, u, key=key).mean()
+
+    def __repr__(self) -> str:
+        return f"ConditionNumber(method={self.method!r}, steps={self.steps})"
+
+
+JACOBIAN_PENALTIES = ("none", "frobenius", "kinetic", "spectral", "condition")
+
+
+def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 2,
+                           generator: torch.Generator | None = None) -> JacobianPenalty | None:
+    """The penalty a case names (``training.jacobian_penalty``); ``None`` for ``"none"``."""
+    if name == "none":
+        return None
+    if name == "frobenius":
+        return FrobeniusNorm(probes=probes, generator=generator)
+    if name == "kinetic":
+        return KineticEnergy()
+    if name == "spectral":
+        return SpectralNorm(iterations=iterations, generator=generator)
+    if name == "condition":
+        return ConditionNumber(generator=generator)
+    raise ValueError(f"jacobian penalty {name!r}; choose one of {list(JACOBIAN_PENALTIES)}")
+
+
+def hutchinson_variance(jacobian: Tensor, *, probes: int, distribution: str = "gaussian") -> Tensor:
+    """Variance of ``FrobeniusNorm``'s batch-mean Hutchinson estimate for dense ``jacobian: (batch, n, n)``."""
+    gram = jacobian.transpose(-1, -2) @ jacobian
+    per_member = gram.pow(2).sum(dim=(-2, -1))
+    if distribution == "rademacher":
+        per_member = per_member - torch.diagonal(gram, dim1=-2, dim2=-1).pow(2).sum(-1)
+    return 2.0 * per_member.sum() / (probes * jacobian.shape[0] ** 2)
+

@@ -1,0 +1,218 @@
+"""Jacobian norm and conditioning penalties against dense ``torch.func.jacrev`` Jacobians.
+
+The penalties compute their products in forward mode (JVP) and reverse mode (VJP) through
+``torch.func``; the reference here is an independent reverse-mode dense Jacobian per member.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hybridnde.regularizers.jacobian_norms import (ConditionNumber, FrobeniusNorm, KineticEnergy, SpectralNorm,
+                                                   build_jacobian_penalty, dense_jacobian, hutchinson_variance,
+                                                   jacobian_vector_product, vector_jacobian_product)
+
+
+def _mlp(n: int, width: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(n, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                               torch.nn.Tanh(), torch.nn.Linear(width, n)).to(device=device, dtype=dtype)
+
+
+def _field(net):
+    return lambda t, u: net(u) * (1.0 + 0.1 * t)  # time enters, so t must be passed through
+
+
+def _reference_jacobian(net, t, u):
+    return torch.func.vmap(torch.func.jacrev(lambda x: _field(net)(t, x[None])[0]))(u)
+
+
+def _states(batch: int, n: int, dtype, device, seed: int = 1):
+    return torch.randn(batch, n, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+
+
+@pytest.mark.parametrize("method", ["reverse", "forward"])
+def test_products_and_dense_jacobian_match_jacrev(dtype, device, method):
+    net = _mlp(4, 24, dtype, device)
+    t = torch.tensor(0.3, dtype=dtype, device=device)
+    u, v = _states(5, 4, dtype, device), _states(5, 4, dtype, device, seed=2)
+    reference = _reference_jacobian(net, t, u)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(dense_jacobian(_field(net), t, u, method=method), reference, atol=tolerance,
+                               rtol=tolerance)
+    torch.testing.assert_close(jacobian_vector_product(_field(net), t, u, v, method=method)[1],
+                               torch.einsum("bij,bj->bi", reference, v), atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(vector_jacobian_product(_field(net), t, u, v)[1],
+                               torch.einsum("bij,bi->bj", reference, v), atol=tolerance, rtol=tolerance)
+
+
+def test_exact_frobenius_and_kinetic_match_their_definitions(dtype, device):
+    net = _mlp(3, 16, dtype, device)
+    t = torch.tensor(0.0, dtype=dtype, device=device)
+    u = _states(7, 3, dtype, device)
+    reference = _reference_jacobian(net, t, u)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(FrobeniusNorm(estimator="exact")(_field(net), t, u),
+                               reference.pow(2).sum(dim=(1, 2)).mean(), rtol=rtol, atol=0)
+    torch.testing.assert_close(KineticEnergy()(_field(net), t, u), net(u).pow(2).sum(-1).mean(), rtol=rtol, atol=0)
+    assert FrobeniusNorm(probes=4).uses_exact(3) and not FrobeniusNorm(probes=4).uses_exact(5)
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("product", ["jvp", "vjp"])
+def test_hutchinson_is_within_its_variance_bound(distribution, product):
+    """One estimate with 64 probes lies within 4 standard deviations of the exact value, and the
+    spread of 200 independent estimates matches the analytic variance 2 ||J^T J||_F^2 / probes."""
+    dtype, device = torch.float64, torch.device("cpu")
+    net = _mlp(10, 32, dtype, device)
+    t = torch.tensor(0.0, dtype=dtype)
+    u = _states(3, 10, dtype, device)
+    jacobian = _reference_jacobian(net, t, u)
+    exact = jacobian.pow(2).sum(dim=(1, 2)).mean()
+    generator = torch.Generator().manual_seed(7)
+    probes = 64
+    estimate = FrobeniusNorm(probes=probes, estimator="hutchinson", distribution=distribution, product=product,
+                             generator=generator)(_field(net), t, u)
+    std = hutchinson_variance(jacobian, probes=probes, distribution=distribution).sqrt()
+    assert abs(estimate - exact) < 4 * std
+    single = FrobeniusNorm(probes=1, estimator="hutchinson", distribution=distribution, product=product,
+                           generator=generator)
+    samples = torch.stack([single(_field(net), t, u).detach() for _ in range(200)])
+    predicted = hutchinson_variance(jacobian, probes=1, distribution=distribution)
+    assert abs(samples.mean() - exact) < 4 * (predicted / 200).sqrt()
+    # sample variance of 200 draws: relative standard error ~ sqrt(2/199) ~ 0.1 (more for heavy tails)
+    assert 0.6 < float(samples.var().detach() / predicted) < 1.6
+
+
+def test_spectral_norm_power_iteration_matches_svd_and_warm_starts(dtype, device):
+    net = _mlp(6, 32, dtype, device)
+    t = torch.tensor(0.0, dtype=dtype, device=device)
+    u = _states(4, 6, dtype, device)
+    sigma = torch.linalg.svdvals(_reference_jacobian(net, t, u))[:, 0]
+    rtol = 1e-8 if dtype == torch.float64 else 1e-4
+    generator = torch.Generator().manual_seed(3)
+    warm = SpectralNorm(iterations=1, initial_iterations=120, generator=generator)
+    torch.testing.assert_close(warm.per_member(_field(net), t, u), sigma, rtol=rtol, atol=0)
+    # a second call needs only one iteration from the stored vector; a cold single iteration is worse
+    torch.testing.assert_close(warm.per_member(_field(net), t, u), sigma, rtol=rtol, atol=0)
+    cold = SpectralNorm(iterations=1, initial_iterations=1, generator=torch.Generator().manual_seed(3))
+    cold_error = (cold.per_member(_field(net), t, u) - sigma).abs().max()
+    assert cold_error > 10 * (warm.per_member(_field(net), t, u) - sigma).abs().max()
+    # separate keys keep separate vectors
+    other = _states(4, 6, dtype, device, seed=9)
+    warm(_field(net), t, other, key="other")
+    assert set(warm.state._vectors) >= {"other"}
+    exact = SpectralNorm(method="exact")
+    torch.testing.assert_close(exact.per_member(_field(net), t, u), sigma, rtol=rtol, atol=0)
+
+
+def test_condition_number_exact_and_lanczos_match_svd(dtype, device):
+    net = _mlp(5, 32, dtype, device)
+    t = torch.tensor(0.0, dtype=dtype, device=device)
+    u = _states(4, 5, dtype, device)
+    singular_values = torch.linalg.svdvals(_reference_jacobian(net, t, u))
+    kappa = singular_values[:, 0] / singular_values[:, -1]
+    rtol = 1e-8 if dtype == torch.float64 else 1e-3
+    torch.testing.assert_close(ConditionNumber(method="exact").per_member(_field(net), t, u), kappa, rtol=rtol, atol=0)
+    # Lanczos with as many steps as dimensions spans the whole space: exact up to round-off
+    lanczos = ConditionNumber(method="lanczos", steps=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(lanczos.per_member(_field(net), t, u), kappa, rtol=100 * rtol, atol=0)
+    assert ConditionNumber(exact_max_dim=4).uses_exact(4) and not ConditionNumber(exact_max_dim=4).uses_exact(5)
+
+
+def test_truncated_lanczos_underestimates_kappa_and_converges_with_warm_starts():
+    """With fewer steps than dimensions the Ritz values lie inside the spectrum (kappa is a lower
+    bound); warm restarts from the last extreme Ritz vectors close the gap."""
+    dtype = torch.float64
+    net = _mlp(24, 64, dtype, torch.device("cpu"))
+    t = torch.tensor(0.0, dtype=dtype)
+    u = _states(3, 24, dtype, torch.device("cpu"))
+    singular_values = torch.linalg.svdvals(_reference_jacobian(net, t, u))
+    kappa = singular_values[:, 0] / singular_values[:, -1]
+    lanczos = ConditionNumber(method="lanczos", steps=12, generator=torch.Generator().manual_seed(0))
+    estimates = [lanczos.per_member(_field(net), t, u).detach() for _ in range(30)]
+    assert bool((estimates[0] <= kappa * (1 + 1e-10)).all())
+    assert bool((estimates[-1] <= kappa * (1 + 1e-10)).all())
+    assert float((estimates[-1] / kappa).min()) > 0.98
+    assert float((estimates[-1] / kappa).min()) > float((estimates[0] / kappa).min())
+
+
+def _gradients(net, value):
+    net.zero_grad()
+    value.backward()
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in net.parameters()])
+
+
+@pytest.mark.parametrize("name", ["frobenius", "kinetic", "spectral", "condition", "condition_lanczos"])
+def test_penalty_gradients_reach_the_parameters_and_match_the_dense_reference(name):
+    dtype, device = torch.float64, torch.device("cpu")
+    net = _mlp(4, 16, dtype, device)
+    t = torch.tensor(0.2, dtype=dtype)
+    u = _states(5, 4, dtype, device)
+
+    def reference():
+        jacobian = _reference_jacobian(net, t, u)
+        singular_values = torch.linalg.svdvals(jacobian)
+        return {"frobenius": jacobian.pow(2).sum(dim=(1, 2)).mean(),
+                "kinetic": _field(net)(t, u).pow(2).sum(-1).mean(),
+                "spectral": singular_values[:, 0].mean(),
+                "condition": (singular_values[:, 0] / singular_values[:, -1]).mean()}[name.split("_")[0]]
+
+    penalty = {"frobenius": FrobeniusNorm(probes=4), "kinetic": KineticEnergy(),
+               "spectral": SpectralNorm(initial_iterations=300),
+               "condition": ConditionNumber(method="exact"),
+               "condition_lanczos": ConditionNumber(method="lanczos", steps=4)}[name]
+    expected = _gradients(net, reference())
+    actual = _gradients(net, penalty(_field(net), t, u))
+    assert expected.abs().max() > 0
+    weights = [p for p in net.parameters() if p.ndim == 2]
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in weights)
+    torch.testing.assert_close(actual, expected, rtol=1e-8, atol=1e-10 * float(expected.abs().max()))
+
+
+def test_penalty_gradients_match_finite_differences():
+    """An independent check of the autograd path: d(penalty)/d(one weight) by central differences."""
+    dtype = torch.float64
+    net = _mlp(3, 8, dtype, torch.device("cpu"))
+    t = torch.tensor(0.0, dtype=dtype)
+    u = _states(2, 3, dtype, torch.device("cpu"))
+    weight = net[2].weight
+    for penalty in (FrobeniusNorm(estimator="exact"), ConditionNumber(method="exact")):
+        net.zero_grad()
+        penalty(_field(net), t, u).backward()
+        analytic = float(weight.grad[1, 2])
+        step = 1e-6
+        with torch.no_grad():
+            weight[1, 2] += step
+            up = float(penalty(_field(net), t, u))
+            weight[1, 2] -= 2 * step
+            down = float(penalty(_field(net), t, u))
+            weight[1, 2] += step
+        assert math.isclose(analytic, (up - down) / (2 * step), rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_build_penalty_by_name_and_bad_names():
+    assert build_jacobian_penalty("none") is None
+    for name, kind in (("frobenius", FrobeniusNorm), ("kinetic", KineticEnergy), ("spectral", SpectralNorm),
+                       ("condition", ConditionNumber)):
+        assert isinstance(build_jacobian_penalty(name), kind)
+    with pytest.raises(ValueError, match="choose one of"):
+        build_jacobian_penalty("nuclear")
+    with pytest.raises(ValueError, match="probes"):
+        FrobeniusNorm(probes=0)
+
+
+def test_fields_on_a_grid_are_flattened():
+    """States (batch, *state) with more than one state axis: the Jacobian is over the flattened state."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular").double()
+    field = lambda t, u: torch.tanh(conv(u))  # noqa: E731, u: (batch, 2, 6)
+    u = torch.randn(3, 2, 6, dtype=torch.float64)
+    t = torch.tensor(0.0, dtype=torch.float64)
+    reference = torch.func.vmap(torch.func.jacrev(lambda x: field(t, x[None])[0].reshape(-1)))(u).reshape(3, 12, 12)
+    torch.testing.assert_close(FrobeniusNorm(estimator="exact")(field, t, u), reference.pow(2).sum(dim=(1, 2)).mean())
+    torch.testing.assert_close(ConditionNumber(method="lanczos", steps=12)(field, t, u),
+                               (torch.linalg.svdvals(reference)[:, 0] / torch.linalg.svdvals(reference)[:, -1]).mean(),
+                               rtol=1e-6, atol=0)
