@@ -1,0 +1,157 @@
+"""Homotopy schedule, the data-coupled vector field, coupling-strength estimates, NFE counting and
+multiple shooting."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hybridnde.interpolation import natural_cubic_spline
+from hybridnde.training.homotopy import CoupledVectorField, HomotopySchedule, expansion_rates, homotopy_values
+from hybridnde.training.multiple_shooting import MultipleShooting, segment_bounds
+from solvers import LotkaVolterra
+from solvers.integrators import odeint_adaptive
+
+
+@pytest.mark.parametrize("n_stages", [2, 5, 7, 12])
+def test_schedule_starts_at_one_decreases_and_reaches_exactly_zero(n_stages):
+    values = homotopy_values(n_stages, ratio=0.6)
+    assert len(values) == n_stages and values[0] == 1.0 and values[-1] == 0.0
+    decrements = [a - b for a, b in zip(values, values[1:])]
+    assert all(d > 0 for d in decrements)
+    assert math.isclose(sum(decrements), 1.0, rel_tol=0, abs_tol=1e-15)
+    # each decrement is ratio times the previous (power law), up to the forced last value
+    for first, second in zip(decrements[:-2], decrements[1:-1]):
+        assert math.isclose(second / first, 0.6, rel_tol=1e-12)
+
+
+def test_schedule_over_epochs():
+    schedule = HomotopySchedule(n_stages=5, epochs_per_stage=100, ratio=0.6)
+    assert schedule.total_epochs == 500
+    assert schedule(0) == schedule(99) == 1.0
+    assert schedule(100) == pytest.approx(1.0 - 1.0 / sum(0.6**i for i in range(4)))
+    assert schedule(400) == schedule(499) == schedule(10_000) == 0.0
+    assert homotopy_values(1) == (0.0,)
+    with pytest.raises(ValueError):
+        HomotopySchedule(n_stages=0)
+
+
+def _lotka_volterra_data(dtype=torch.float64, device="cpu"):
+    system = LotkaVolterra(dt=0.01, dtype=dtype, device=device)
+    u = system.rollout(torch.tensor([[0.4425, 4.628]], dtype=dtype, device=device), 610, save_every=10)  # (1, 62, 2)
+    times = torch.arange(u.shape[1], dtype=dtype, device=device) * 0.1
+    return system, times, u
+
+
+def _random_field(dtype, device):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(dtype=dtype,
+                                                                                                device=device)
+
+
+def test_coupled_trajectory_tracks_the_data_for_large_coupling(dtype, device):
+    """With lam = 1 an untrained model follows the data to within ~|F - u_data'| / K."""
+    _, times, u = _lotka_volterra_data(dtype, device)
+    target = natural_cubic_spline(times, u.movedim(1, 0))  # u_data(t): (1, 2)
+    net = _random_field(dtype, device)
+    errors = {}
+    for coupling in (20.0, 80.0):
+        coupled = CoupledVectorField(lambda t, x: net(x), target, coupling, lam=1.0)
+        tolerance = 1e-7 if dtype == torch.float64 else 1e-5
+        with torch.no_grad():
+            trajectory, _ = odeint_adaptive(coupled, u[:, 0], times, rtol=tolerance, atol=tolerance)
+        errors[coupling] = float((trajectory - u).abs().max())
+    scale = float(u.abs().max())
+    assert errors[80.0] < 0.05 * scale
+    assert errors[80.0] < 0.35 * errors[20.0]  # ~1/K
+    # uncoupled, the random model drifts far from the data
+    free = CoupledVectorField(lambda t, x: net(x), target, 80.0, lam=0.0)
+    with torch.no_grad():
+        trajectory, _ = odeint_adaptive(free, u[:, 0], times, rtol=1e-5, atol=1e-5)
+    assert float((trajectory - u).abs().max()) > 10 * errors[80.0]
+
+
+def test_coupled_field_with_the_true_dynamics_leaves_the_truth_unchanged():
+    system, times, u = _lotka_volterra_data()
+    target = natural_cubic_spline(times, u.movedim(1, 0))
+    coupled = CoupledVectorField(system.known_rhs, target, torch.tensor([6.0, 3.0], dtype=torch.float64), lam=0.7)
+    trajectory, _ = odeint_adaptive(coupled, u[:, 0], times, rtol=1e-9, atol=1e-11)
+    # the only forcing left is the spline's interpolation error, small for data sampled every 0.1
+    assert float((trajectory - u).abs().max()) < 1e-3
+    with pytest.raises(ValueError, match="lam"):
+        coupled.lam = 1.5
+    with pytest.raises(ValueError, match="non-negative"):
+        CoupledVectorField(system.known_rhs, target, -1.0)
+
+
+def test_gradients_flow_through_the_coupled_solve():
+    _, times, u = _lotka_volterra_data()
+    target = natural_cubic_spline(times, u.movedim(1, 0))
+    net = _random_field(torch.float64, "cpu")
+    coupled = CoupledVectorField(lambda t, x: net(x), target, 6.0, lam=0.5)
+    trajectory, _ = odeint_adaptive(coupled, u[:, 0], times[:20], rtol=1e-6, atol=1e-8)
+    (trajectory - u[:, :20]).pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in net.parameters())
+
+
+def test_nfe_counters_increase_with_tighter_tolerances():
+    _, times, u = _lotka_volterra_data()
+    target = natural_cubic_spline(times, u.movedim(1, 0))
+    net = _random_field(torch.float64, "cpu")
+    coupled = CoupledVectorField(lambda t, x: net(x), target, 6.0, lam=0.5)
+    counts = []
+    for tolerance in (1e-3, 1e-6, 1e-9):
+        net.zero_grad()
+        trajectory, counter = odeint_adaptive(coupled, u[:, 0], times[:30], rtol=tolerance, atol=tolerance,
+                                              adjoint=True, adjoint_params=list(net.parameters()))
+        forward = counter.nfe
+        (trajectory - u[:, :30]).pow(2).mean().backward()
+        counts.append((forward, counter.nfe - forward))
+    forward_counts, backward_counts = zip(*counts)
+    assert forward_counts[0] < forward_counts[1] < forward_counts[2]
+    assert 0 < backward_counts[0] < backward_counts[1] < backward_counts[2]
+
+
+def test_expansion_rates_of_a_linear_system():
+    """du/dt = A u: the Lyapunov exponent is the largest real part of A's eigenvalues, the local
+    expansion rate the largest eigenvalue of (A + A^T) / 2."""
+    matrix = torch.tensor([[0.3, 2.0], [0.0, -1.0]], dtype=torch.float64)
+    times = torch.linspace(0.0, 20.0, 201, dtype=torch.float64)
+    u = torch.stack([torch.exp(0.3 * times), torch.zeros_like(times)], -1)[:, None]  # a solution, (time, 1, 2)
+    target = natural_cubic_spline(times, u)
+    rates = expansion_rates(lambda t, x: x @ matrix.T, target, 0.0, 20.0, steps=400)
+    assert rates.lyapunov_exponent == pytest.approx(0.3, abs=0.05)  # finite-time: transient ~ log(c)/T
+    symmetric = 0.5 * (matrix + matrix.T)
+    assert rates.max_expansion_rate == pytest.approx(float(torch.linalg.eigvalsh(symmetric)[-1]), rel=1e-12)
+
+
+def test_segment_bounds_cover_the_window_with_shared_ends():
+    bounds = segment_bounds(62, 5)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 61
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    lengths = [stop - start for start, stop in bounds]
+    assert max(lengths) - min(lengths) <= 1
+    with pytest.raises(ValueError, match="n_segments"):
+        segment_bounds(4, 5)
+
+
+@pytest.mark.parametrize("autonomous", [True, False])
+def test_multiple_shooting_is_exact_for_the_true_dynamics_and_trains_its_corrections(autonomous):
+    system, times, u = _lotka_volterra_data()
+
+    def integrate(field, u0, t):
+        return odeint_adaptive(field, u0, t, rtol=1e-9, atol=1e-11)[0]
+
+    shooting = MultipleShooting(u, times, n_segments=4, continuity_weight=1.0, autonomous=autonomous)
+    assert shooting.batched == autonomous
+    prediction, data_loss, continuity = shooting(system.known_rhs, integrate)
+    assert prediction.shape == u.shape
+    assert float(data_loss) < 1e-12 and float(continuity) < 1e-12
+    # noisy starts: the continuity penalty sees the jumps and its gradient reaches the corrections
+    noisy = u + 0.05 * torch.randn(u.shape, generator=torch.Generator().manual_seed(0), dtype=u.dtype)
+    shooting = MultipleShooting(noisy, times, n_segments=4, continuity_weight=10.0, autonomous=autonomous)
+    _, _, continuity = shooting(system.known_rhs, integrate)
+    assert float(continuity) > 1e-4
+    shooting.loss(system.known_rhs, integrate).backward()
+    assert shooting.corrections.grad.abs().max() > 0
