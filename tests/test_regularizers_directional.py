@@ -1,0 +1,227 @@
+"""Directional-derivative regularizers: Hutchinson against dense Jacobians, zero at the truth, the
+finite-difference estimate's order in the sampling interval, gradients, probes and tangents."""
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from hybridnde.models import MLPClosure, PeriodicCNNClosure
+from hybridnde.regularizers import (ProbeSampler, closure_jvp, directional_jacobian_penalty, draw_probes,
+                                    finite_difference_directional_penalty, finite_difference_mismatch,
+                                    sampling_error, supports_tangent)
+from solvers import KuramotoSivashinskySpectral, RigidBody, TwoBody
+
+from conftest import fitted_order
+
+
+def two_body_states(count=6, dtype=torch.float64):
+    """States along a two-body orbit (e = 0.6), away from the origin."""
+    u0 = torch.tensor([[0.4, 0.0, 0.0, (1.6 / 0.4) ** 0.5]], dtype=dtype)
+    return TwoBody(dt=0.05, dtype=dtype).rollout(u0, count - 1)[0]
+
+
+def mlp(state_dim=4, width=24, dtype=torch.float64, seed=0, activation="tanh"):
+    torch.manual_seed(seed)
+    return MLPClosure(state_dim=state_dim, width=width, depth=2, activation=activation).to(dtype)
+
+
+def dense_frobenius_distance(model, truth, u):
+    """mean over states of ||J_model(u) - J_F(u)||_F^2, both Jacobians dense (torch.func.jacrev)."""
+    def model_at(x):
+        return model(torch.zeros(()), x.unsqueeze(0))[0]
+
+    def truth_at(x):
+        return truth.known_rhs(torch.zeros(()), x.unsqueeze(0))[0]
+
+    difference = torch.func.vmap(torch.func.jacrev(model_at))(u) - torch.func.vmap(torch.func.jacrev(truth_at))(u)
+    return difference.pow(2).sum((1, 2)).mean()
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
+def test_hutchinson_estimate_matches_the_dense_frobenius_distance(distribution):
+    truth, model = TwoBody(), mlp()
+    u = two_body_states()
+    with torch.no_grad():
+        dense = float(dense_frobenius_distance(model, truth, u))
+        sampler = ProbeSampler(count=8, distribution=distribution, seed=3)
+        chunks = np.array([float(directional_jacobian_penalty(model, u, sampler(u), reference_jvp=truth.jvp))
+                           for _ in range(300)])
+    standard_error = chunks.std(ddof=1) / np.sqrt(len(chunks))
+    assert abs(chunks.mean() - dense) < 4 * standard_error, (chunks.mean(), dense, standard_error)
+    assert standard_error < 0.05 * dense  # the test is sharp: 2400 probes pin it to a few per cent
+
+
+def test_normalised_rademacher_probes_estimate_frobenius_over_n():
+    truth, model = RigidBody(), mlp(state_dim=3)
+    u = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dense = float(dense_frobenius_distance(model, truth, u))
+        # all 2^3 sign patterns: the Rademacher expectation exactly
+        signs = torch.tensor(np.array(np.meshgrid(*[[-1.0, 1.0]] * 3)).reshape(3, -1).T, dtype=torch.float64)
+        probes = (signs / np.sqrt(3.0))[:, None, :].expand(8, 5, 3)
+        exact_mean = float(directional_jacobian_penalty(model, u, probes, reference_jvp=truth.jvp))
+    assert exact_mean == pytest.approx(dense / 3, rel=1e-12)
+
+
+def test_penalty_is_zero_for_a_closure_equal_to_the_missing_physics():
+    """KS with the nonlinear term left to the closure: closure = true rhs - known rhs gives zero."""
+    truth = KuramotoSivashinskySpectral(n_points=32, dt=0.2)
+    host = KuramotoSivashinskySpectral(n_points=32, dt=0.2, nonlinear_coefficient=0.0)
+
+    def exact_closure(t, u):
+        return truth.known_rhs(t, u) - host.known_rhs(t, u)
+
+    u = torch.randn(4, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    probes = draw_probes(u.shape, count=3, generator=torch.Generator().manual_seed(1))
+    value = directional_jacobian_penalty(exact_closure, u, probes, reference_jvp=truth.jvp, known_jvp=host.jvp)
+    scale = directional_jacobian_penalty(lambda t, x: 0.0 * x, u, probes, reference_jvp=truth.jvp,
+                                         known_jvp=host.jvp)
+    assert scale > 1.0 and float(value) < 1e-24 * float(scale)
+    # and a neural ODE equal to the truth (no known physics)
+    ode = TwoBody()
+    u = two_body_states()
+    value = directional_jacobian_penalty(ode.known_rhs, u, draw_probes(u.shape, count=4), reference_jvp=ode.jvp)
+    assert float(value) < 1e-24
+
+
+@functools.lru_cache(maxsize=None)
+def fine_orbit(fine_dt=5e-4):
+    return TwoBody(dt=fine_dt).rollout(torch.tensor([[0.4, 0.0, 0.0, 2.0]], dtype=torch.float64), 1400)[0]
+
+
+def sampled_orbit(step_multiple, fine_dt=5e-4, starts=(0.1, 0.2, 0.3, 0.35)):
+    """Three consecutive two-body samples ``step_multiple * fine_dt`` apart, starting at fixed times."""
+    fine = fine_orbit(fine_dt)
+    first = [int(round(s / fine_dt)) for s in starts]
+    return torch.stack([fine[[i, i + step_multiple, i + 2 * step_multiple]] for i in first])
+
+
+def exact_directional_mismatch(rhs, truth, states, stencil):
+    """What the stencil approximates: ``(J_model - J_F)(x) v`` at the stencil's centre ``x`` along its
+    direction ``v``; returns ``(mismatch, v)``, both (batch, 4)."""
+    x = states[:, 0] if stencil == "one_sided" else states[:, 1]
+    v = states[:, 1] - states[:, 0] if stencil == "one_sided" else 0.5 * (states[:, 2] - states[:, 0])
+    return torch.func.jvp(lambda y: rhs(torch.zeros(()), y), (x,), (v,))[1] - truth.jvp(0.0, x, v), v
+
+
+@pytest.mark.parametrize("stencil, order", [("one_sided", 1), ("centred", 2)])
+def test_finite_difference_estimate_converges_to_the_exact_one_at_the_stencil_order(stencil, order):
+    truth, closure = TwoBody(), mlp(width=16, seed=2)
+
+    def rhs(t, u):  # a model near the truth with a different Jacobian
+        return truth.known_rhs(t, u) + torch.tanh(closure(t, u))
+
+    multiples = [32, 16, 8, 4]
+    vector_errors, penalty_errors, bounds = [], [], []
+    with torch.no_grad():
+        for multiple in multiples:
+            states, dt = sampled_orbit(multiple), multiple * 5e-4
+            fd_mismatch, direction = finite_difference_mismatch(rhs, states, dt, stencil=stencil)
+            exact, _ = exact_directional_mismatch(rhs, truth, states, stencil)
+            per_unit = direction.norm(dim=-1, keepdim=True)
+            error = ((fd_mismatch - exact) / per_unit).norm(dim=-1)
+            vector_errors.append(float(error.max()))
+            exact_penalty = float(((exact / per_unit).pow(2).sum(-1)).mean())
+            fd = float(finite_difference_directional_penalty(rhs, states, dt, stencil=stencil))
+            penalty_errors.append(abs(fd - exact_penalty))
+            exact_norm = (exact / per_unit).norm(dim=-1)
+            bounds.append(float((2 * exact_norm * error + error**2).mean()) + 1e-12)
+        # a model equal to the truth: L_FD is the squared truncation error, twice the order
+        truth_values = [float(finite_difference_directional_penalty(truth.known_rhs, sampled_orbit(m), m * 5e-4,
+                                                                      stencil=stencil)) for m in multiples]
+    dts = [m * 5e-4 for m in multiples]
+    # the mismatch per unit direction converges at the stencil's order ...
+    assert fitted_order(dts, vector_errors) == pytest.approx(order, abs=0.25)
+    # ... so the penalty converges to the exact one (within |a^2 - b^2| <= 2 |a| e + e^2) ...
+    assert all(error <= bound * (1 + 1e-6) for error, bound in zip(penalty_errors, bounds))
+    assert penalty_errors[-1] < 0.2 * penalty_errors[0]
+    # ... and vanishes at twice the order for the true vector field
+    assert fitted_order(dts, truth_values) == pytest.approx(2 * order, abs=0.4)
+
+
+@pytest.mark.parametrize("stencil, order", [("one_sided", 1), ("centred", 2)])
+def test_sampling_error_criterion_scales_with_the_sampling_interval(stencil, order):
+    fine = TwoBody(dt=1e-3).rollout(torch.tensor([[0.4, 0.0, 0.0, 2.0]], dtype=torch.float64), 2000)
+    multiples = [40, 20, 10, 5]
+    values = [sampling_error(fine[:, ::m], stencil=stencil) for m in multiples]
+    assert fitted_order(multiples, values) == pytest.approx(order, abs=0.3)
+    assert values[-1] < 0.02  # dt = 0.005 resolves the orbit
+    assert np.isnan(sampling_error(fine[:, :3], stencil=stencil))
+
+
+def test_gradients_reach_every_parameter_and_match_finite_differences():
+    truth = TwoBody()
+    u = two_body_states()
+    for regularizer in ("jvp", "fd"):
+        model = mlp(width=12, seed=4)
+
+        def penalty():
+            if regularizer == "jvp":
+                probes = draw_probes(u.shape, count=2, generator=torch.Generator().manual_seed(9))
+                return directional_jacobian_penalty(model, u, probes, reference_jvp=truth.jvp)
+            states = torch.stack([u[:-2], u[1:-1], u[2:]], dim=1)
+            return finite_difference_directional_penalty(lambda t, x: model(t, x), states, 0.05)
+
+        model.zero_grad()
+        penalty().backward()
+        output_bias = model.net[-1].bias  # a constant shift: no Jacobian depends on it
+        assert output_bias.grad is None or not output_bias.grad.any()
+        for name, parameter in model.named_parameters():
+            if parameter is output_bias:
+                continue
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+            assert parameter.grad.abs().max() > 0, f"{regularizer}: no gradient reaches {name}"
+        # one weight, central differences of the penalty
+        weight = model.net[2].weight
+        analytic = float(weight.grad[3, 5])
+        with torch.no_grad():
+            h = 1e-6
+            weight[3, 5] += h
+            up = float(penalty())
+            weight[3, 5] -= 2 * h
+            down = float(penalty())
+            weight[3, 5] += h
+        assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "relu", "silu", "softplus", "elu"])
+@pytest.mark.parametrize("kind", ["mlp", "periodic_cnn"])
+def test_tangent_propagation_equals_torch_func_jvp(kind, activation, dtype):
+    torch.manual_seed(0)
+    if kind == "mlp":
+        model, shape = MLPClosure(state_dim=4, width=20, activation=activation), (5, 4)
+    else:
+        model, shape = PeriodicCNNClosure(channels=6, depth=2, kernel_size=5, activation=activation), (5, 16)
+    model = model.to(dtype)
+    model.set_normalization(input_shift=torch.tensor(0.2), input_scale=torch.tensor(1.7),
+                            output_shift=torch.tensor(-0.1), output_scale=torch.tensor(0.4))
+    assert supports_tangent(model)
+    u = torch.randn(shape, dtype=dtype)
+    v = torch.randn(3, *shape, dtype=dtype)
+    t = torch.zeros((), dtype=dtype)
+    reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (probe,))[1] for probe in v])
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for method in ("tangent", "vmap", "stacked"):
+        torch.testing.assert_close(closure_jvp(model, t, u, v, method=method), reference, rtol=tolerance, atol=tolerance)
+
+
+def test_probes_are_seeded_and_have_the_advertised_law(device):
+    shape = (2000, 8)
+    a = ProbeSampler(count=3, distribution="rademacher", seed=5, device=device)(torch.zeros(shape, device=device))
+    b = ProbeSampler(count=3, distribution="rademacher", seed=5, device=device)(torch.zeros(shape, device=device))
+    assert a.shape == (3, *shape) and a.device.type == device.type
+    assert torch.equal(a, b) and set(a.unique().tolist()) == {-1.0, 1.0}
+    gaussian = draw_probes(shape, count=2, dtype=torch.float32, device=device,
+                           generator=torch.Generator(device=device).manual_seed(0))
+    assert gaussian.dtype == torch.float32
+    assert abs(float(gaussian.mean())) < 0.02 and abs(float(gaussian.std()) - 1) < 0.02
+    unit = draw_probes(shape, count=2, normalize=True, distribution="gaussian")
+    torch.testing.assert_close(unit.norm(dim=-1), torch.ones(2, shape[0], dtype=torch.float64))
+    sampler = ProbeSampler(count=1, seed=1)
+    state = sampler.state_dict()
+    first = sampler(torch.zeros(3, 2))
+    sampler.load_state_dict(state)
+    assert torch.equal(sampler(torch.zeros(3, 2)), first)
+    with pytest.raises(ValueError, match="distribution"):
+        draw_probes(shape, count=1, distribution="uniform")
