@@ -1,0 +1,156 @@
+"""Shared fixtures for the solver tests: dtypes, devices, analytic problems and an order fit.
+
+Analytic problems live here once (torchdiffeq style) and are looped over dtype and device; every
+convergence test fits the slope of log(error) against log(dt) with ``fitted_order``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_cpu_thread():
+    """Run on one intra-op thread: the tests step small tensors, where a second OpenMP thread gains
+    nothing, and on a busy 2-core machine its barrier waits made some tests 40x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    """A seeded CPU generator; draw on CPU and move, so every device sees the same numbers."""
+    return torch.Generator().manual_seed(20240601)
+
+
+def fitted_order(step_sizes: Sequence[float], errors: Sequence[float]) -> float:
+    """Least-squares slope of ``log(error)`` against ``log(step_size)``."""
+    errors = np.asarray(errors, dtype=np.float64)
+    assert np.all(np.isfinite(errors)) and np.all(errors > 0), f"errors must be positive: {errors}"
+    return float(np.polyfit(np.log(np.asarray(step_sizes, dtype=np.float64)), np.log(errors), 1)[0])
+
+
+def tolerance_for(dtype: torch.dtype, float64: float, float32: float) -> float:
+    return float64 if dtype == torch.float64 else float32
+
+
+@dataclass(frozen=True)
+class AnalyticProblem:
+    """``du/dt = f(t, u)`` with a closed-form solution ``exact(t, u0)``; ``u: (batch, n)``."""
+
+    name: str
+    f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    exact: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    u0: Callable[[torch.dtype, torch.device], torch.Tensor]
+
+
+def _forced_decay_f(t, u):
+    return -u + torch.sin(t)
+
+
+def _forced_decay_exact(t, u0):
+    # u' = -u + sin t  =>  u = (u0 + 1/2) e^{-t} + (sin t - cos t) / 2
+    t = torch.as_tensor(t, dtype=u0.dtype, device=u0.device)
+    return (u0 + 0.5) * torch.exp(-t) + 0.5 * (torch.sin(t) - torch.cos(t))
+
+
+_OMEGA = 1.7
+
+
+def _oscillator_f(t, u):
+    position, velocity = u.unbind(-1)
+    return torch.stack([velocity, -_OMEGA**2 * position], dim=-1)
+
+
+def _oscillator_exact(t, u0):
+    t = torch.as_tensor(t, dtype=u0.dtype, device=u0.device)
+    position, velocity = u0.unbind(-1)
+    c, s = torch.cos(_OMEGA * t), torch.sin(_OMEGA * t)
+    return torch.stack([position * c + velocity / _OMEGA * s,
+                        -position * _OMEGA * s + velocity * c], dim=-1)
+
+
+ANALYTIC_PROBLEMS = {
+    "forced_decay": AnalyticProblem(
+        "forced_decay", _forced_decay_f, _forced_decay_exact,
+        lambda dtype, device: torch.tensor([[1.0], [-0.3], [2.5]], dtype=dtype, device=device)),
+    "harmonic_oscillator": AnalyticProblem(
+        "harmonic_oscillator", _oscillator_f, _oscillator_exact,
+        lambda dtype, device: torch.tensor([[1.0, 0.0], [0.3, -1.2]], dtype=dtype, device=device)),
+}
+
+
+@pytest.fixture(params=sorted(ANALYTIC_PROBLEMS))
+def analytic_problem(request) -> AnalyticProblem:
+    return ANALYTIC_PROBLEMS[request.param]
+
+
+# -- Kuramoto-Sivashinsky ------------------------------------------------------------------------
+KS_DOMAIN_LENGTH = 22.0
+
+
+def periodic_smooth_field(x: np.ndarray, domain_length: float = KS_DOMAIN_LENGTH) -> np.ndarray:
+    """``cos(2 pi x / L) (1 + sin(2 pi x / L))``: smooth and exactly periodic on ``[0, L)``."""
+    phase = 2 * math.pi * np.asarray(x) / domain_length
+    return np.cos(phase) * (1 + np.sin(phase))
+
+
+def numpy_ks_reference(n_points: int, horizon: float, dt: float, *, domain_length: float = KS_DOMAIN_LENGTH,
+                       linear_shift: float = 0.0) -> np.ndarray:
+    """An independent KS solution: full complex FFT, no dealiasing, integrating-factor RK4.
+
+    Solves ``u_t = -u u_x - u_xx - u_xxxx + linear_shift * u`` from ``periodic_smooth_field`` and
+    returns ``u(horizon)`` on ``x_j = j L / n_points``. Lawson 1967 (integrating factor), classical RK4.
+    """
+    x = np.arange(n_points) * domain_length / n_points
+    wavenumber = 2 * np.pi / domain_length * np.fft.fftfreq(n_points, 1.0 / n_points)
+    linear = wavenumber**2 - wavenumber**4 + linear_shift
+    derivative = 1j * wavenumber
+    derivative[n_points // 2] = 0.0
+
+    def nonlinear(v_hat):
+        u = np.fft.ifft(v_hat).real
+        return -0.5 * derivative * np.fft.fft(u * u)
+
+    half = np.exp(linear * dt / 2)
+    full = half * half
+    v_hat = np.fft.fft(periodic_smooth_field(x, domain_length))
+    for _ in range(int(round(horizon / dt))):
+        k1 = nonlinear(v_hat)
+        k2 = nonlinear(half * (v_hat + 0.5 * dt * k1))
+        k3 = nonlinear(half * v_hat + 0.5 * dt * k2)
+        k4 = nonlinear(full * v_hat + dt * half * k3)
+        v_hat = full * v_hat + dt / 6 * (full * k1 + 2 * half * (k2 + k3) + k4)
+    return np.fft.ifft(v_hat).real
+
+
+def spectral_derivatives(u: np.ndarray, domain_length: float) -> dict[int, np.ndarray]:
+    """Derivatives of orders 1, 2, 4 of a periodic sample ``u`` by FFT (exact for resolved fields)."""
+    n_points = u.shape[-1]
+    wavenumber = 2 * np.pi / domain_length * np.fft.fftfreq(n_points, 1.0 / n_points)
+    u_hat = np.fft.fft(u)
+    first = 1j * wavenumber
+    first[n_points // 2] = 0.0
+    return {1: np.fft.ifft(first * u_hat).real,
+            2: np.fft.ifft(-(wavenumber**2) * u_hat).real,
+            4: np.fft.ifft(wavenumber**4 * u_hat).real}
