@@ -1,0 +1,57 @@
+"""``hybridnde rollout CASE.toml [--closure closure.pt] --out rollout.nc [--resume]``: ensemble rollouts.
+
+Runs ``rollout.members`` members of the case's host solver (``[hybrid]``) with the closure in its hook
+(none: the bare solver) for ``rollout.steps`` steps and streams every ``rollout.save_every``-th state
+to one CF NetCDF file. ``mpiexec -n R hybridnde rollout ...`` spreads the members over R ranks (one
+GPU each where there are GPUs) and writes the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..config import ConfigError
+from ..distributed import RankFailure, world
+from ..io import DataError
+from .common import add_case_arguments, case_from_arguments
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("rollout", help="ensemble rollouts of the hybrid model -> streamed NetCDF",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_arguments(parser)
+    parser.add_argument("--closure", type=Path, default=None, metavar="closure.pt",
+                        help="trained closure (from `hybridnde train`); omitted: the bare host solver")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output NetCDF (default: <output.directory or runs/<case>>/rollout.nc)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted rollout to the same --out from its last checkpoint")
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from ..rollout_job import run_rollout
+
+    comm = world()
+    if comm.rank != 0:
+        # only rank 0 logs; errors of any rank still show (a failing rank reports before aborting)
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        case = case_from_arguments(arguments)
+        out = arguments.out or Path(case.output.directory or f"runs/{case.case.name}") / "rollout.nc"
+        summary = run_rollout(case, out, closure_path=arguments.closure, resume=arguments.resume,
+                              progress=arguments.progress, comm=comm)
+    except (ConfigError, DataError, RankFailure) as error:
+        if comm.rank == 0:
+            raise
+        # every rank stops on the same bad input; rank 0 alone prints it
+        return 2 if isinstance(error, (ConfigError, DataError)) or error.bad_input else 1
+    if comm.rank == 0:
+        print(f"rollout: {summary.members} members ({summary.ok} ok, {summary.blew_up} blew up), "
+              f"{summary.member_steps} member-steps in {summary.seconds:.2f} s = "
+              f"{summary.member_steps_per_second:.4g} member-steps/s on {summary.ranks} rank(s), "
+              f"batch size {summary.batch_size}{', resumed' if summary.resumed else ''} -> {summary.path}")
+    return 0

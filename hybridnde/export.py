@@ -1,0 +1,70 @@
+"""TorchScript export of a trained closure, for C++/Fortran codes (libtorch ``torch::jit::load``, FTorch).
+
+The exported module keeps the closure signature ``forward(t, u) -> du_dt`` (``t``: 0-dim tensor,
+``u: (batch, *state)``) and carries its normalisation buffers; it needs neither Python nor
+hybridnde to run. Metadata (spec, weights checksum, dtype, probe shape) travel in the archive as
+``extra/hybridnde.json``. See docs/closure-hook.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from .closure_file import load_closure
+from .io import DataError, atomic_path
+
+__all__ = ["export_closure", "probe_shape", "EXTRA_FILE"]
+
+#: name of the metadata entry in the TorchScript archive (``_extra_files``)
+EXTRA_FILE = "hybridnde.json"
+
+
+def probe_shape(spec: dict, n_points: int = 32) -> tuple[int, ...]:
+    """A state shape the closure accepts: ``(2, state_dim)`` for MLPs, ``(2, n_points)`` for periodic CNNs."""
+    if spec.get("kind") == "mlp":
+        return (2, int(spec["state_dim"]))
+    return (2, n_points)
+
+
+def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
+                   device: torch.device | str = "cpu") -> dict:
+    """Script the closure in ``closure_path`` and save it to ``out`` (atomically).
+
+    The scripted module is checked against the Python one on a random probe before anything is
+    written: same output bit for bit, else ``RuntimeError``. Returns the metadata stored with it.
+    """
+    out = Path(out)
+    model, payload = load_closure(closure_path, device=device, dtype=dtype)
+    with _torchscript_allowed():
+        try:
+            scripted = torch.jit.script(model)
+        except Exception as error:  # a closure class TorchScript cannot compile
+            raise DataError(f"{closure_path}: the closure cannot be compiled to TorchScript ({error})") from None
+    parameter = next(iter(model.state_dict().values()))
+    shape = probe_shape(payload["spec"])
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(shape, generator=generator, dtype=parameter.dtype).to(parameter.device)
+    t = torch.zeros((), dtype=parameter.dtype, device=parameter.device)
+    with torch.inference_mode():
+        if not torch.equal(scripted(t, u), model(t, u)):
+            raise RuntimeError(f"{closure_path}: the TorchScript closure does not reproduce the Python one")
+    metadata = {"format": "hybridnde-torchscript-closure/1", "spec": payload["spec"],
+                "weights_checksum": payload["checksum"], "dtype": str(parameter.dtype).replace("torch.", ""),
+                "signature": "forward(t: Tensor[], u: Tensor[batch, *state]) -> Tensor[batch, *state]",
+                "probe_shape": list(shape), "case_toml": payload.get("case_toml", "")}
+    with atomic_path(out) as temporary, _torchscript_allowed():
+        torch.jit.save(scripted, str(temporary), _extra_files={EXTRA_FILE: json.dumps(metadata)})
+    return metadata
+
+
+@contextlib.contextmanager
+def _torchscript_allowed():
+    """Silence torch's deprecation of ``torch.jit``: recent torch prefers torch.export, but libtorch's
+    ``torch::jit::load`` and FTorch read TorchScript archives only, which is the point of the export."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        yield

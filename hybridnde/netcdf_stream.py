@@ -1,0 +1,179 @@
+"""Streaming a rollout into one CF NetCDF file, chunk by chunk, with restart checkpoints.
+
+The file has the schema of ``io.trajectory_dataset`` (docs/netcdf.md): its variable and global
+attributes are taken from a zero-length dataset built by that function, so both writers agree.
+``u(member, time, *state)`` is created at full size (the time axis is known in advance) with zlib
+and chunks of one member by ``output.time_chunk`` times; each write covers whole chunks, so HDF5
+compresses every chunk once and never reads one back.
+
+While running, the data go to ``.NAME.partial`` beside the output; a checkpoint is that file
+flushed to disk plus ``.NAME.checkpoint`` (written atomically) with what a restart needs. Only a
+complete file is renamed to ``NAME``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .io import DataError, atomic_path, trajectory_dataset
+
+__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
+           "remove_restart_files", "CHECKPOINT_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "hybridnde-rollout-checkpoint/1"
+
+#: HDF5 chunk cache of ``u`` while streaming
+CHUNK_CACHE_BYTES = 1 << 20
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where the file grows until it is complete: ``.NAME.partial`` beside ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The restart state that goes with ``partial_path(path)``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.checkpoint")
+
+
+class TrajectoryStreamWriter:
+    """Writes ``u(member, time, *state)`` of a rollout chunk by chunk (rank 0 only).
+
+    Args:
+        path: the final ``.nc`` file; it appears only on ``commit``.
+        members: (member,) global member indices; times: (time,) save times.
+        state_dim: ``"x"`` or ``"component"``, with ``state_coords`` its values.
+        dtype: numpy dtype of ``u``; attrs: global attributes (title, solver, checksums, case TOML, ...).
+        resume: reopen an existing partial file instead of creating it.
+    """
+
+    def __init__(self, path: str | Path, *, members: np.ndarray, times: np.ndarray, state_dim: str,
+                 state_coords: Any, state_shape: Sequence[int], dtype: np.dtype, title: str, solver: str,
+                 closure_checksum: str, case_toml: str, extra_attrs: Mapping[str, Any], compression_level: int,
+                 time_chunk: int, resume: bool = False):
+        import netCDF4
+
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.n_members, self.n_times = len(members), len(times)
+        if resume:
+            try:
+                self.dataset = netCDF4.Dataset(self.partial, "a")
+            except OSError as error:
+                raise DataError(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
+                                f"({error}); rerun without --resume") from None
+            self.u = self.dataset.variables["u"]
+            self._limit_chunk_cache()
+            if self.u.shape[:2] != (self.n_members, self.n_times):
+                raise DataError(f"{self.partial}: holds {self.u.shape[:2]} members x times, the case now asks for "
+                                f"{(self.n_members, self.n_times)}; rerun without --resume")
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        template = trajectory_dataset(np.zeros((len(members), 0, *state_shape), dtype=dtype), [], state_dim=state_dim,
+                                      state_coords=state_coords, members=members, title=title, solver=solver,
+                                      closure_checksum=closure_checksum, case_toml=case_toml, extra_attrs=extra_attrs)
+        dataset = netCDF4.Dataset(self.partial, "w", format="NETCDF4")
+        try:
+            self._create(dataset, template, np.asarray(times, dtype=np.float64), state_dim, state_shape,
+                         np.dtype(dtype), compression_level, time_chunk)
+        except BaseException:
+            dataset.close()
+            self.partial.unlink(missing_ok=True)
+            raise
+        self.dataset = dataset
+        self.u = dataset.variables["u"]
+        self._limit_chunk_cache()
+
+    def _limit_chunk_cache(self) -> None:
+        # every chunk is written once, whole: caching it buys nothing, and netCDF's default cache
+        # (64 MiB, 1000 chunks) would make memory grow with the number of chunks written
+        self.u.set_var_chunk_cache(size=CHUNK_CACHE_BYTES, nelems=127, preemption=1.0)
+
+    def _create(self, dataset, template, times, state_dim, state_shape, dtype, compression_level, time_chunk):
+        compression = dict(zlib=True, complevel=compression_level, shuffle=True) if compression_level > 0 else {}
+        dataset.createDimension("member", self.n_members)
+        dataset.createDimension("time", self.n_times)
+        dataset.createDimension(state_dim, int(state_shape[-1]))
+        # coordinates: no _FillValue (CF), contiguous, as io.write_netcdf leaves them
+        coordinates = {"member": template["member"].values, "time": times, state_dim: template[state_dim].values}
+        for name, values in coordinates.items():
+            kind = str if values.dtype.kind in "US" else values.dtype
+            variable = dataset.createVariable(name, kind, (name,), fill_value=False)
+            variable[:] = values.astype(object) if kind is str else values
+        time_chunk = max(1, min(time_chunk, self.n_times))
+        u = dataset.createVariable("u", dtype, ("member", "time", state_dim), fill_value=dtype.type(np.nan),
+                                   chunksizes=(1, time_chunk, int(state_shape[-1])), **compression)
+        status = dataset.createVariable("status", np.int8, ("member",), **compression)
+        blowup_time = dataset.createVariable("blowup_time", np.float64, ("member",), fill_value=np.nan, **compression)
+        status[:] = template["status"].values
+        blowup_time[:] = template["blowup_time"].values
+        for name in ("member", "time", state_dim, "u", "status", "blowup_time"):
+            attrs = {key: value for key, value in template[name].attrs.items() if key != "_FillValue"}
+            dataset.variables[name].setncatts(attrs)
+        dataset.setncatts(dict(template.attrs))
+
+    def write(self, member_start: int, time_start: int, values: np.ndarray) -> None:
+        """``values: (members, times, *state)`` into ``u[member_start:, time_start:]``."""
+        self.u[member_start:member_start + values.shape[0], time_start:time_start + values.shape[1]] = values
+
+    def write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
+        self.dataset.variables["status"][:] = np.asarray(status, dtype=np.int8)
+        self.dataset.variables["blowup_time"][:] = np.asarray(blowup_time, dtype=np.float64)
+
+    def sync(self) -> None:
+        """Flush data and metadata to disk (before a checkpoint names them)."""
+        self.dataset.sync()
+
+    def close(self) -> None:
+        """Close and keep the partial file (a checkpoint may refer to it)."""
+        if self.dataset.isopen():
+            self.dataset.close()
+
+    def commit(self, attrs: Mapping[str, Any]) -> Path:
+        """Add final global ``attrs``, close, and rename the complete file into place."""
+        self.dataset.setncatts(dict(attrs))
+        self.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Atomically write the restart state of the rollout whose output is ``path`` (tensors and plain data)."""
+    with atomic_path(checkpoint_path(path)) as temporary:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The restart state for output ``path``, or ``None`` if there is none (with its partial file)."""
+    state_file, partial = checkpoint_path(path), partial_path(path)
+    if not state_file.is_file():
+        return None
+    if not partial.is_file():
+        log.warning("%s has no partial file %s beside it; starting from the beginning", state_file, partial)
+        return None
+    try:
+        payload = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign file: both mean it cannot be trusted
+        raise DataError(f"{state_file}: not a readable rollout checkpoint ({error}); delete it or rerun without "
+                        "--resume") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file; delete it or rerun without --resume")
+    return payload
+
+
+def remove_restart_files(path: str | Path) -> None:
+    for leftover in (checkpoint_path(path), partial_path(path)):
+        leftover.unlink(missing_ok=True)

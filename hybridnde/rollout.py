@@ -1,0 +1,277 @@
+"""Batched ensemble rollouts of a host solver (closure in its hook) with per-member blow-up handling.
+
+The engine steps one batch of members at a time and hands back its saved states one output chunk
+(``output.time_chunk`` saved times) at a time, so memory never grows with the number of steps:
+
+* the hot loop only calls the solver's step and copies every ``save_every``-th state into a
+  preallocated device buffer; it never synchronises with the host;
+* at the end of a chunk the buffer comes to the host in one transfer, where blow-ups are found:
+  a member whose saved state is non-finite or has a component beyond ``blowup_threshold`` is marked
+  with the first such save, and saved as NaN from then on (frozen) while the others go on;
+* when half the rows still being stepped are dead, the batch is compacted to its live rows.
+
+Every step sees the same batch composition and the same ``t`` on any number of MPI ranks, so the
+saved values do not depend on how the batches are spread over ranks (``hybridnde.distributed``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from solvers import Solver
+
+__all__ = ["SaveSchedule", "BatchState", "OutputChunk", "BatchRunner", "auto_batch_size", "batch_bounds",
+           "first_blowup"]
+
+#: largest automatic batch per device type: past these, bigger batches stopped paying on our benchmarks
+#: (CPU: cache misses of the closure's activations; CUDA: the GPU is saturated)
+AUTO_BATCH_CAP = {"cpu": 1024, "cuda": 16384}
+
+#: working copies of one member's state an ETDRK4 / RK4 step holds at once (stages, their nonlinear
+#: terms, complex Fourier temporaries), with room to spare; used only to size automatic batches
+SOLVER_STATE_COPIES = 40
+
+
+@dataclass(frozen=True)
+class SaveSchedule:
+    """Which steps are saved and how saves are grouped into output chunks.
+
+    Save ``j`` is the state after ``j * save_every`` steps, at ``t0 + j * save_every * dt``; chunk
+    ``k`` holds saves ``[k * time_chunk, (k + 1) * time_chunk)`` (the NetCDF chunk along time).
+    """
+
+    steps: int
+    save_every: int
+    time_chunk: int
+    dt: float
+    t0: float = 0.0
+
+    @property
+    def n_saves(self) -> int:
+        return 1 + self.steps // self.save_every
+
+    @property
+    def steps_run(self) -> int:
+        """Steps actually taken: those after the last save would not be seen, so they are skipped."""
+        return (self.n_saves - 1) * self.save_every
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_saves / self.time_chunk)
+
+    def chunk_saves(self, chunk: int) -> range:
+        return range(chunk * self.time_chunk, min((chunk + 1) * self.time_chunk, self.n_saves))
+
+    def times(self) -> np.ndarray:
+        """(n_saves,) float64 save times, as ``Solver.times`` computes them."""
+        return np.array([self.t0 + j * self.save_every * self.dt for j in range(self.n_saves)], dtype=np.float64)
+
+    def step_time(self, step: int) -> float:
+        """Time at the start of 1-based step ``step`` (the ``t`` the closure sees, as in ``Solver.trajectory``)."""
+        return self.t0 + (step - 1) * self.dt
+
+
+@dataclass
+class BatchState:
+    """Where one batch of members stands; everything a restart needs.
+
+    ``start, stop``: the batch's positions in the output (0-based, contiguous); ``next_chunk``: chunks
+    done; ``rows``: batch-relative positions of the rows still stepped (compaction drops dead ones);
+    ``internal``: their states in the solver's internal representation, ``(len(rows), ...)`` (Fourier
+    coefficients for spectral solvers), so a restart continues bit for bit; ``first_bad_save``:
+    ``(stop - start,)`` save index at which each member blew up, ``-1`` if it has not;
+    ``initial``: the physical initial states until they are saved (save 0 is ``u0`` itself, not its
+    round trip through the internal representation).
+    """
+
+    start: int
+    stop: int
+    next_chunk: int
+    rows: np.ndarray
+    internal: Tensor
+    first_bad_save: np.ndarray
+    initial: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def to_host(self) -> dict:
+        """A checkpointable copy (CPU tensors and plain numbers only)."""
+        return {"start": self.start, "stop": self.stop, "next_chunk": self.next_chunk,
+                "rows": torch.as_tensor(self.rows, dtype=torch.int64),
+                "internal": self.internal.detach().to("cpu", copy=True),
+                "first_bad_save": torch.as_tensor(self.first_bad_save, dtype=torch.int64)}
+
+    @classmethod
+    def from_host(cls, payload: dict, device: torch.device) -> "BatchState":
+        return cls(start=int(payload["start"]), stop=int(payload["stop"]), next_chunk=int(payload["next_chunk"]),
+                   rows=payload["rows"].numpy().copy(), internal=payload["internal"].to(device),
+                   first_bad_save=payload["first_bad_save"].numpy().copy())
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Saved states of one batch over one output chunk, ready to write.
+
+    ``values: (stop - start, n_saves_in_chunk, *state)`` on the host, NaN for blown-up members from
+    their blow-up save on; ``first_bad_save: (stop - start,)`` as in ``BatchState``;
+    ``steps``: solver steps per member in this chunk.
+    """
+
+    start: int
+    stop: int
+    chunk: int
+    save_start: int
+    values: np.ndarray
+    first_bad_save: np.ndarray
+    steps: int
+    last: bool
+
+
+def first_blowup(values: np.ndarray, save_start: int, threshold: float) -> np.ndarray:
+    """First save index at which each member's state is non-finite or beyond ``threshold``, else -1.
+
+    ``values: (batch, n_saves, *state)``; returns ``(batch,)`` int64 (absolute save indices).
+    """
+    flat = np.abs(values.reshape(values.shape[0], values.shape[1], -1))
+    with np.errstate(invalid="ignore"):
+        # NaN propagates through max and fails the comparison, so one test covers both cases
+        bad = ~(flat.max(axis=2, initial=0.0) <= threshold) if flat.shape[2] else np.zeros(values.shape[:2], bool)
+    any_bad = bad.any(axis=1)
+    return np.where(any_bad, save_start + bad.argmax(axis=1), -1).astype(np.int64)
+
+
+class BatchRunner:
+    """Steps batches of members of ``solver`` through a ``SaveSchedule``.
+
+    Args:
+        solver: the host solver, closure already in its hook; its device and dtype are used.
+        schedule: saves and chunks.
+        blowup_threshold: bound on ``|u|`` of every component of a saved state.
+        capacity: the largest batch that will be run (sizes the preallocated buffer).
+    """
+
+    def __init__(self, solver: Solver, schedule: SaveSchedule, *, blowup_threshold: float, capacity: int):
+        self.solver = solver
+        self.schedule = schedule
+        self.blowup_threshold = float(blowup_threshold)
+        chunk_length = min(schedule.time_chunk, schedule.n_saves)
+        self.numpy_dtype = torch.empty(0, dtype=solver.dtype).numpy().dtype
+        # one device buffer for the saves of a chunk, reused by every chunk and batch
+        self._buffer = torch.empty((capacity, chunk_length, *solver.state_shape), dtype=solver.dtype,
+                                   device=solver.device)
+
+    def start(self, start: int, u0: Tensor) -> BatchState:
+        """A fresh batch at positions ``[start, start + len(u0))`` from ``u0: (batch, *state)`` physical."""
+        self.solver.check_state(u0)
+        with torch.inference_mode():
+            internal = self.solver._to_internal(u0)
+        size = u0.shape[0]
+        return BatchState(start=start, stop=start + size, next_chunk=0, rows=np.arange(size),
+                          internal=internal, first_bad_save=np.full(size, -1, dtype=np.int64), initial=u0)
+
+    def finished(self, state: BatchState) -> bool:
+        return state.next_chunk >= self.schedule.n_chunks
+
+    def advance(self, state: BatchState) -> OutputChunk:
+        """Run ``state`` through its next output chunk (updating it in place) and return the chunk."""
+        schedule, solver = self.schedule, self.solver
+        chunk = state.next_chunk
+        saves = schedule.chunk_saves(chunk)
+        n_rows, n_saves = len(state.rows), len(saves)
+        buffer = self._buffer[:n_rows, :n_saves]
+        first_step = max(saves.start - 1, 0) * schedule.save_every + 1
+        n_steps = (saves.stop - 1) * schedule.save_every - first_step + 1
+        if n_rows:
+            # all step times of the chunk in one transfer, rounded exactly as Solver.as_time(float) would
+            step_times = torch.tensor([schedule.step_time(first_step + i) for i in range(n_steps)],
+                                      dtype=solver.dtype, device=solver.device)
+            internal, step = state.internal, 0
+            with torch.inference_mode():
+                for column, save in enumerate(saves):
+                    if save == 0:
+                        buffer[:, column].copy_(state.initial)
+                        continue
+                    for _ in range(schedule.save_every):
+                        internal = solver._step_internal(step_times[step], internal, schedule.dt)
+                        step += 1
+                    buffer[:, column].copy_(solver._to_physical(internal))
+            state.internal, state.initial = internal, None
+            host = buffer.to("cpu").numpy()  # the chunk's single device-to-host transfer
+        values = np.full((state.size, n_saves, *solver.state_shape), np.nan, dtype=self.numpy_dtype)
+        if n_rows:
+            values[state.rows] = host
+        self._mark_blowups(state, values, saves.start)
+        state.next_chunk += 1
+        self._compact(state)
+        return OutputChunk(start=state.start, stop=state.stop, chunk=chunk, save_start=saves.start, values=values,
+                           first_bad_save=state.first_bad_save.copy(), steps=n_steps,
+                           last=self.finished(state))
+
+    def _mark_blowups(self, state: BatchState, values: np.ndarray, save_start: int) -> None:
+        alive = state.first_bad_save < 0
+        if alive.any():
+            found = first_blowup(values[alive], save_start, self.blowup_threshold)
+            state.first_bad_save[np.flatnonzero(alive)] = found
+        dead = state.first_bad_save >= 0
+        if dead.any():  # frozen: NaN from the blow-up save on
+            columns = np.arange(save_start, save_start + values.shape[1])
+            values[(columns[None, :] >= state.first_bad_save[:, None]) & dead[:, None]] = np.nan
+
+    def _compact(self, state: BatchState) -> None:
+        """Drop dead rows once they are half of those stepped: they cost work and give only NaN."""
+        live = state.first_bad_save[state.rows] < 0
+        if live.all() or 2 * int((~live).sum()) < len(state.rows):
+            return
+        keep = torch.as_tensor(np.flatnonzero(live), device=state.internal.device)
+        state.internal = state.internal.index_select(0, keep)
+        state.rows = state.rows[live]
+
+
+def batch_bounds(n_members: int, batch_size: int) -> list[tuple[int, int]]:
+    """Global batches ``[(start, stop), ...]`` of ``batch_size`` contiguous positions (the last may be short)."""
+    return [(start, min(start + batch_size, n_members)) for start in range(0, n_members, batch_size)]
+
+
+def _closure_activation_bytes(closure: Callable | None, solver: Solver) -> int:
+    """Bytes of module outputs one closure call produces per member (forward hooks on a 2-member probe)."""
+    if closure is None:
+        return 0
+    if not isinstance(closure, torch.nn.Module):
+        return 4 * math.prod(solver.state_shape) * solver.dtype.itemsize
+    total = [0]
+
+    def count(_module, _inputs, output):
+        if isinstance(output, Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in closure.modules() if not list(m.children())] or [closure]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.inference_mode():
+            probe = torch.zeros((2, *solver.state_shape), dtype=solver.dtype, device=solver.device)
+            closure(solver.as_time(0.0), probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0] // 2
+
+
+def auto_batch_size(solver: Solver, *, memory_budget_mb: float, time_chunk: int, n_saves: int) -> int:
+    """Members per batch that fit ``memory_budget_mb`` (an estimate, see ``SOLVER_STATE_COPIES``).
+
+    Independent of the number of ranks, so batches (and hence results) are the same on any number.
+    Per member: the solver's working copies, two closure calls' activations (RK4 and ETDRK4 call it
+    once per stage and free the activations in between) and the chunk of saves on device and host.
+    """
+    state_bytes = math.prod(solver.state_shape) * solver.dtype.itemsize
+    per_member = (SOLVER_STATE_COPIES * state_bytes + 2 * _closure_activation_bytes(solver.closure, solver)
+                  + 2 * min(time_chunk, n_saves) * state_bytes)
+    fitting = int(memory_budget_mb * 2**20 // per_member)
+    return max(1, min(AUTO_BATCH_CAP.get(solver.device.type, AUTO_BATCH_CAP["cpu"]), fitting))

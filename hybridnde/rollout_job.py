@@ -1,0 +1,419 @@
+"""The ``hybridnde rollout`` job: a case and a closure -> one streamed NetCDF file, on 1 or R ranks.
+
+Phases, on every rank:
+
+1. **Set-up** (nothing written yet): device, closure, host solver, this rank's initial states,
+   batches, and on rank 0 the output file or the checkpoint to resume. Any failure is shared with
+   every rank (``distributed.agree``), so bad input stops the whole job with exit 2 and no file.
+2. **Run**: each rank advances its batches one output chunk per round; rank 0 gathers the chunks,
+   writes them and, every ``rollout.checkpoint_every`` steps, a checkpoint. A rank that fails logs
+   its error and aborts the job (``MPI_Abort``), so no rank hangs.
+3. **Commit**: rank 0 writes the members' status and renames the complete file into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time as wallclock
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import tomli_w
+import torch
+
+from .closure_file import load_closure, weights_checksum
+from .config import CaseConfig, ConfigError
+from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
+from .distributed import Communicator, agree, rank_batches, rank_device, world
+from .grids import restrict_to_grid
+from .initial_conditions import draw_initial_conditions
+from .io import STATUS_FLAGS, DataError
+from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files,
+                            write_checkpoint)
+from .progress import progress_bar
+from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
+from .systems import build_host_solver, resolve_dtype, state_coordinates
+
+__all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "read_initial_states", "ROLLOUT_SECTIONS"]
+
+log = logging.getLogger(__name__)
+
+#: the case sections a rollout's values depend on (their checksum guards --resume)
+ROLLOUT_SECTIONS = ("system", "time", "initial_condition", "compute", "output", "hybrid", "rollout")
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """What a finished rollout reports (the same on every rank)."""
+
+    path: Path
+    members: int
+    ok: int
+    blew_up: int
+    member_steps: int
+    seconds: float
+    ranks: int
+    batch_size: int
+    resumed: bool
+
+    @property
+    def member_steps_per_second(self) -> float:
+        return self.member_steps / self.seconds if self.seconds > 0 else float("nan")
+
+
+def rollout_checksum(case: CaseConfig) -> str:
+    """SHA-256 of the sections that decide a rollout's values (run-only keys such as threads left out)."""
+    mapping = case.to_mapping()
+    chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
+    chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
+    return hashlib.sha256(tomli_w.dumps(chosen).encode()).hexdigest()
+
+
+def read_initial_states(path: str | Path, solver, n_members: int, positions: range) -> tuple[np.ndarray, float, np.ndarray]:
+    """Initial states from a NetCDF file with ``u(member, time, x|component)`` (a truth file).
+
+    Takes the first time and the first ``n_members`` members; fields are filtered onto the host grid
+    (``grids.restrict_to_grid``), ODE components are matched by name. Returns ``(member_ids (n_members,),
+    t0, u0 (len(positions), *state) float64)``; ``DataError`` names the file and the fix.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"rollout.initial_conditions = {str(path)!r} does not exist; give a truth file written by "
+                        "`hybridnde simulate` or \"draw\"")
+    try:
+        dataset = xr.open_dataset(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
+    with dataset:
+        if "u" not in dataset or dataset["u"].dims[0] != "member" or dataset["u"].ndim not in (2, 3):
+            raise DataError(f"{path}: initial conditions need a variable u(member, time, x|component)")
+        u = dataset["u"]
+        t0 = 0.0
+        if "time" in u.dims:
+            t0 = float(dataset["time"].values[0])
+            u = u.isel(time=0)
+        available = u.sizes["member"]
+        if available < n_members:
+            raise DataError(f"{path}: holds {available} members; rollout.members = {n_members}: set it to at most "
+                            f"{available}")
+        member_ids = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
+                      else np.arange(n_members, dtype=np.int64))
+        state_dim = u.dims[1]
+        values = np.asarray(u.isel(member=slice(positions.start, positions.stop)).values, dtype=np.float64)
+        if solver.component_names:
+            if state_dim != "component":
+                raise DataError(f"{path}: u holds a field over {state_dim!r}; the host solver has state components "
+                                f"{list(solver.component_names)}")
+            names = [str(name) for name in dataset["component"].values]
+            missing = [name for name in solver.component_names if name not in names]
+            if missing:
+                raise DataError(f"{path}: no components {missing}; it has {names}")
+            values = values[:, [names.index(name) for name in solver.component_names]]
+        else:
+            if state_dim != "x":
+                raise DataError(f"{path}: u has state dimension {state_dim!r}; the host solver needs a field u(..., x)")
+            n_host, n_file = solver.state_shape[-1], values.shape[-1]
+            if n_file < n_host or n_file % n_host:
+                raise DataError(f"{path}: {n_file} grid points cannot be filtered onto the host's {n_host}; the host's "
+                                "points must divide the file's")
+            domain_length = getattr(solver, "domain_length", None)
+            x = dataset["x"].values if "x" in dataset.coords else None
+            if domain_length and x is not None and len(x) > 1 and not math.isclose(
+                    len(x) * float(x[1] - x[0]), domain_length, rel_tol=1e-9):
+                raise DataError(f"{path}: its domain length {len(x) * float(x[1] - x[0]):g} differs from the host's "
+                                f"{domain_length:g}")
+            values = restrict_to_grid(values, n_host)
+    return member_ids, t0, values
+
+
+def _initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarray, float, torch.Tensor]:
+    """``(member_ids (members,), t0, u0 (len(positions), *state) on the solver's device)``; rejects
+    non-finite states with ``DataError`` before any step."""
+    rollout = case.rollout
+    if rollout.initial_conditions == "draw":
+        u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
+        return np.arange(rollout.members, dtype=np.int64), 0.0, u0
+    member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        members = [int(member_ids[positions.start + i]) for i in np.flatnonzero(bad)]
+        raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
+                        "choose other members or fix the file")
+    return member_ids, t0, torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
+
+
+@dataclass
+class _Setup:
+    solver: Any
+    closure_checksum: str
+    schedule: SaveSchedule
+    batch_size: int
+    batches: list[tuple[int, int]]
+    mine: list[tuple[int, int]]
+    member_ids: np.ndarray
+    u0: torch.Tensor
+    first_position: int
+    checkpoint: dict | None
+    writer: TrajectoryStreamWriter | None = None
+
+
+def _check_closure_fits(closure: Callable, solver, name) -> None:
+    """``DataError`` unless ``closure`` maps host states ``(batch, *state)`` to the same shape."""
+    probe = torch.zeros((2, *solver.state_shape), dtype=solver.dtype, device=solver.device)
+    try:
+        with torch.inference_mode():
+            result = closure(solver.as_time(0.0), probe)
+    except RuntimeError as error:  # shape errors inside the network
+        raise DataError(f"{name}: fails on host states of shape {tuple(probe.shape)} ({error}); it was trained for "
+                        "another system or grid") from None
+    if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(probe.shape):
+        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        raise DataError(f"{name}: returns {shape} for host states of shape {tuple(probe.shape)}; it was trained "
+                        "for another system or grid")
+
+
+def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
+             comm: Communicator) -> _Setup:
+    rollout = case.rollout
+    if out.suffix != ".nc":
+        raise ConfigError(f"--out {out}: give a .nc file name")
+    device = rank_device(case.compute.device, comm.local_rank)
+    dtype = resolve_dtype(case.compute.dtype)
+    closure_checksum = "none"
+    if closure_path is not None:
+        closure, payload = load_closure(closure_path, device=device, dtype=dtype)
+        closure_checksum = payload["checksum"]
+    elif isinstance(closure, torch.nn.Module):
+        closure_checksum = weights_checksum(closure.state_dict())
+    elif closure is not None:
+        closure_checksum = f"python callable {getattr(closure, '__qualname__', type(closure).__name__)}"
+    solver = build_host_solver(case, closure=closure, device=device, dtype=dtype)
+    if closure is not None:
+        _check_closure_fits(closure, solver, closure_path or "closure")
+    time_chunk = case.output.time_chunk
+    batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,
+                                                       time_chunk=time_chunk, n_saves=1 + rollout.steps // rollout.save_every)
+    batch_size = min(batch_size, rollout.members)
+    batches = batch_bounds(rollout.members, batch_size)
+    mine = rank_batches(batches, comm.size, comm.rank)
+    positions = range(mine[0][0], mine[-1][1]) if mine else range(0)
+    member_ids, t0, u0 = _initial_states(case, solver, positions)
+    schedule = SaveSchedule(steps=rollout.steps, save_every=rollout.save_every, time_chunk=time_chunk, dt=solver.dt,
+                            t0=t0)
+    setup = _Setup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
+                   batches=batches, mine=mine, member_ids=member_ids, u0=u0, first_position=positions.start,
+                   checkpoint=None)
+    if comm.rank == 0 and resume:
+        setup.checkpoint = _checked_checkpoint(case, out, setup)
+    return setup
+
+
+def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | None:
+    checkpoint = read_checkpoint(out)
+    if checkpoint is None:
+        log.info("no checkpoint for %s: starting from the beginning", out)
+        return None
+    expected = {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
+                "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves}
+    for key, value in expected.items():
+        if checkpoint.get(key) != value:
+            raise DataError(f"{checkpoint_path(out)}: was written with another {key.replace('_', ' ')} "
+                            f"({checkpoint.get(key)!r}, now {value!r}); rerun with the same case, closure and "
+                            "--set values, or without --resume")
+    return checkpoint
+
+
+def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, closure_path) -> TrajectoryStreamWriter:
+    solver = setup.solver
+    state_dim, coords = state_coordinates(solver)
+    closure_name = Path(closure_path).name if closure_path else "none"
+    return TrajectoryStreamWriter(
+        out, members=setup.member_ids, times=setup.schedule.times(), state_dim=state_dim, state_coords=coords,
+        state_shape=solver.state_shape, dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
+        title=f"{case.case.name}: ensemble rollout of {case.host_system.name} (closure: {closure_name})",
+        solver=repr(solver), closure_checksum=setup.closure_checksum, case_toml=case.to_toml(),
+        extra_attrs={"stage": "rollout", "config_checksum": rollout_checksum(case), "dt": solver.dt,
+                     "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
+                     "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
+                     "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or "")},
+        compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
+
+
+def _my_chunks(runner: BatchRunner, setup: _Setup, checkpoint: dict | None) -> Iterator[tuple[OutputChunk, BatchState]]:
+    """This rank's batches, chunk by chunk, skipping what the checkpoint has finished."""
+    done = set(checkpoint["done"]) if checkpoint else set()
+    in_flight = checkpoint["in_flight"] if checkpoint else {}
+    for start, stop in setup.mine:
+        if start in done:
+            continue
+        if start in in_flight:
+            state = BatchState.from_host(in_flight[start], setup.solver.device)
+        else:
+            offset = start - setup.first_position
+            state = runner.start(start, setup.u0[offset:offset + stop - start])
+        while not runner.finished(state):
+            yield runner.advance(state), state
+
+
+def _remaining_chunks(setup: _Setup, n_chunks: int, checkpoint: dict | None) -> int:
+    done = set(checkpoint["done"]) if checkpoint else set()
+    in_flight = checkpoint["in_flight"] if checkpoint else {}
+    return sum(0 if start in done else n_chunks - int(in_flight[start]["next_chunk"]) if start in in_flight
+               else n_chunks for start, _ in setup.mine)
+
+
+def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path | None = None,
+                closure: Callable | None = None, resume: bool = False, progress: bool | None = None,
+                comm: Communicator | None = None) -> RolloutSummary:
+    """Roll out ``case.rollout.members`` members of the case's host solver with ``closure`` (a
+    ``closure.pt`` path or a callable; neither: the bare solver) and stream them to ``out``.
+
+    Call on every rank of an MPI job (or in one process). Raises ``ConfigError``/``DataError`` on
+    bad input before anything is written; ``--resume`` semantics with ``resume=True``.
+    """
+    threads = torch.get_num_threads()
+    if case.rollout.threads:
+        torch.set_num_threads(case.rollout.threads)
+    try:
+        return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
+             progress: bool | None, comm: Communicator) -> RolloutSummary:
+    setup, error = None, None
+    try:
+        setup = _prepare(case, out, closure_path, closure, resume, comm)
+    except Exception as caught:  # shared below, so that every rank stops
+        error = caught
+    agree(comm, error)
+    error = None
+    if comm.rank == 0:
+        try:
+            setup.writer = _start_output(case, out, setup, closure_path=closure_path)
+        except Exception as caught:
+            error = caught
+    agree(comm, error)
+    checkpoint = comm.bcast(setup.checkpoint)
+    if comm.rank == 0 and comm.size > len(setup.batches):
+        log.warning("%d ranks but only %d batches of %d members: ranks %d-%d have nothing to do; set "
+                    "rollout.batch_size <= %d to use them all", comm.size, len(setup.batches), setup.batch_size,
+                    len(setup.batches), comm.size - 1, math.ceil(case.rollout.members / comm.size))
+    try:
+        return _run(case, out, setup, checkpoint, progress, comm)
+    except BaseException as failure:
+        if comm.size > 1:
+            log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__, failure,
+                         exc_info=not isinstance(failure, KeyboardInterrupt))
+            comm.abort(130 if isinstance(failure, KeyboardInterrupt) else 1)
+        if setup.writer is not None:
+            setup.writer.close()
+            if checkpoint_path(out).exists():
+                log.error("rollout stopped; `hybridnde rollout ... --resume` continues from the last checkpoint")
+            else:
+                setup.writer.discard()
+        raise
+
+
+def _start_output(case: CaseConfig, out: Path, setup: _Setup, *, closure_path) -> TrajectoryStreamWriter:
+    """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one."""
+    if setup.checkpoint is None:
+        if checkpoint_path(out).exists():
+            log.warning("discarding the checkpoint of an earlier interrupted rollout to %s (pass --resume to "
+                        "continue it instead)", out)
+        remove_restart_files(out)
+    return _open_writer(case, out, setup, resume=setup.checkpoint is not None, closure_path=closure_path)
+
+
+def _steps_before_chunk(schedule: SaveSchedule, chunk: int) -> int:
+    """Steps a member has taken when ``chunk`` chunks are done."""
+    return (min(chunk * schedule.time_chunk, schedule.n_saves) - 1) * schedule.save_every if chunk else 0
+
+
+def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, progress: bool | None,
+         comm: Communicator) -> RolloutSummary:
+    schedule, rollout = setup.schedule, case.rollout
+    runner = BatchRunner(setup.solver, schedule, blowup_threshold=rollout.blowup_threshold,
+                         capacity=setup.batch_size)
+    n_rounds = comm.allreduce_max(_remaining_chunks(setup, schedule.n_chunks, checkpoint))
+    steps_per_chunk = schedule.time_chunk * schedule.save_every
+    interval = max(1, math.ceil(rollout.checkpoint_every / steps_per_chunk)) if rollout.checkpoint_every else 1
+    # rank 0's record of the job: per member first bad save, finished batches, states of running ones
+    first_bad_save = np.full(rollout.members, -1, dtype=np.int64)
+    done: set[int] = set()
+    in_flight: dict[int, dict] = {}
+    resumed_steps = 0
+    if checkpoint:
+        first_bad_save[:] = checkpoint["first_bad_save"].numpy()
+        done, in_flight = set(checkpoint["done"]), dict(checkpoint["in_flight"])
+        sizes = dict(setup.batches)
+        resumed_steps = (sum((sizes[start] - start) * schedule.steps_run for start in done)
+                         + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
+                               for start, state in in_flight.items()))
+    chunks = _my_chunks(runner, setup, checkpoint)
+    member_steps = 0
+    bar = None
+    if comm.rank == 0:
+        bar = progress_bar(total=rollout.members * schedule.steps_run, description="rollout", enabled=progress,
+                           unit="member-step")
+        bar.update(resumed_steps)
+    comm.barrier()
+    started = wallclock.perf_counter()
+    for round_index in range(n_rounds):
+        chunk, state = next(chunks, (None, None))
+        checkpointing = (round_index + 1) % interval == 0 and round_index + 1 < n_rounds
+        keep = state.to_host() if checkpointing and chunk is not None and not chunk.last else None
+        received = comm.gather((chunk, keep))
+        if comm.rank != 0:
+            continue
+        for item, batch_state in received:
+            if item is None:
+                continue
+            setup.writer.write(item.start, item.save_start, item.values)
+            first_bad_save[item.start:item.stop] = item.first_bad_save
+            member_steps += (item.stop - item.start) * item.steps
+            bar.update((item.stop - item.start) * item.steps)
+            if item.last:
+                done.add(item.start)
+                in_flight.pop(item.start, None)
+            elif batch_state is not None:
+                in_flight[item.start] = batch_state
+        if checkpointing:
+            # data first, then the state that names them: a kill in between leaves the older checkpoint valid
+            setup.writer.write_status(*_status(first_bad_save, schedule))
+            setup.writer.sync()
+            write_checkpoint(out, {"config_checksum": rollout_checksum(case),
+                                   "closure_checksum": setup.closure_checksum, "batch_size": setup.batch_size,
+                                   "n_saves": schedule.n_saves, "done": sorted(done), "in_flight": in_flight,
+                                   "first_bad_save": torch.as_tensor(first_bad_save)})
+    seconds = wallclock.perf_counter() - started
+    summary = None
+    if comm.rank == 0:
+        bar.close()
+        status, blowup_time = _status(first_bad_save, schedule)
+        setup.writer.write_status(status, blowup_time)
+        blew_up = int((status == STATUS_FLAGS["blew_up"]).sum())
+        rate = member_steps / seconds if seconds > 0 else float("nan")
+        setup.writer.commit({"ranks": comm.size, "wall_seconds": seconds, "member_steps": member_steps,
+                             "member_steps_per_second": rate, "members_blew_up": blew_up})
+        remove_restart_files(out)
+        summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,
+                                 member_steps=member_steps, seconds=seconds, ranks=comm.size,
+                                 batch_size=setup.batch_size, resumed=bool(checkpoint))
+        log.info("wrote %s: %d members (%d ok, %d blew up), %.4g member-steps/s on %d rank(s)", out,
+                 rollout.members, summary.ok, blew_up, summary.member_steps_per_second, comm.size)
+    return comm.bcast(summary)
+
+
+def _status(first_bad_save: np.ndarray, schedule: SaveSchedule) -> tuple[np.ndarray, np.ndarray]:
+    """``status (member,)`` int8 flags and ``blowup_time (member,)`` (NaN when none) from first bad saves."""
+    blew_up = first_bad_save >= 0
+    status = np.where(blew_up, STATUS_FLAGS["blew_up"], STATUS_FLAGS["ok"]).astype(np.int8)
+    blowup_time = np.where(blew_up, schedule.times()[np.clip(first_bad_save, 0, None)], np.nan)
+    return status, blowup_time

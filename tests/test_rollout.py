@@ -1,0 +1,352 @@
+"""Ensemble rollouts (hybridnde.rollout, rollout_job, netcdf_stream): the streamed file holds exactly
+what the host solver computes, blow-ups are isolated, restarts are exact, memory stays flat."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from hybridnde.cli import main
+from hybridnde.closure_file import save_closure
+from hybridnde.config import ConfigError, load_case
+from hybridnde.distributed import rank_batches
+from hybridnde.grids import restrict_to_grid
+from hybridnde.initial_conditions import draw_initial_conditions
+from hybridnde.io import STATUS_FLAGS, trajectory_dataset, write_netcdf
+from hybridnde.models import MLPClosure, PeriodicCNNClosure
+from hybridnde.netcdf_stream import checkpoint_path, partial_path
+from hybridnde.rollout import auto_batch_size, batch_bounds, first_blowup
+from hybridnde.rollout_job import run_rollout
+from hybridnde.simulate import simulate_case
+from hybridnde.systems import build_host_solver, resolve_dtype
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CASES = REPOSITORY / "cases"
+DATA_VARIABLES = ("u", "status", "blowup_time")
+
+
+def ks_case(*overrides: str, **kwargs):
+    return load_case(CASES / "ks_l22.toml", overrides=["rollout.members=4", "rollout.steps=24", *overrides], **kwargs)
+
+
+def two_body_case(*overrides: str):
+    return load_case(CASES / "two_body.toml", overrides=["rollout.members=6", "rollout.steps=40", *overrides])
+
+
+def small_cnn(seed: int = 0) -> PeriodicCNNClosure:
+    torch.manual_seed(seed)
+    model = PeriodicCNNClosure(channels=4, depth=1, kernel_size=3).double()
+    with torch.no_grad():  # a weak closure keeps the hybrid close to KS over a short rollout
+        for parameter in model.parameters():
+            parameter.mul_(0.1)
+    return model.eval()
+
+
+def small_mlp(seed: int = 0, state_dim: int = 4) -> MLPClosure:
+    torch.manual_seed(seed)
+    model = MLPClosure(state_dim=state_dim, width=16, depth=1).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(0.01)
+    return model.eval()
+
+
+def read(path: Path) -> xr.Dataset:
+    with xr.open_dataset(path) as dataset:
+        return dataset.load()
+
+
+def assert_same_data(first: Path, second: Path) -> None:
+    a, b = read(first), read(second)
+    for name in DATA_VARIABLES + ("member", "time"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+        assert a[name].dtype == b[name].dtype
+
+
+def initial_condition_file(path: Path, u0: np.ndarray, x: np.ndarray, *, t0: float = 0.0, members=None) -> Path:
+    """A truth-like file u(member, time, x) with one time."""
+    dataset = trajectory_dataset(u0[:, None, :], [t0], state_dim="x", state_coords=x, members=members)
+    return write_netcdf(dataset, path)
+
+
+def reference_rollout(case, closure, members: range, batch_size: int) -> np.ndarray:
+    """``Solver.rollout`` over the same batches (same composition, so bit-for-bit comparable)."""
+    solver = build_host_solver(case, closure=closure, dtype=resolve_dtype(case.compute.dtype))
+    u0 = draw_initial_conditions(case.initial_condition, solver, members, seed=case.rollout.seed)
+    with torch.inference_mode():
+        parts = [solver.rollout(u0[start:stop], case.rollout.steps, save_every=case.rollout.save_every)
+                 for start, stop in batch_bounds(len(members), batch_size)]
+    return torch.cat(parts).numpy(), solver.times(case.rollout.steps, save_every=case.rollout.save_every)
+
+
+@pytest.mark.parametrize("system", ["ks", "two_body"])
+def test_streamed_file_equals_the_solvers_own_rollout(tmp_path, system):
+    # several batches (the last one short), several output chunks (the last one partial), save_every > 1
+    if system == "ks":
+        case, closure = ks_case("rollout.members=5", "rollout.batch_size=2", "rollout.steps=31",
+                                "rollout.save_every=3", "output.time_chunk=4"), small_cnn()
+    else:
+        case, closure = two_body_case("rollout.batch_size=4", "rollout.save_every=2", "output.time_chunk=3"), small_mlp()
+    summary = run_rollout(case, tmp_path / "rollout.nc", closure=closure, progress=False)
+    expected, times = reference_rollout(case, closure, range(case.rollout.members), case.rollout.batch_size)
+    dataset = read(tmp_path / "rollout.nc")
+    np.testing.assert_array_equal(dataset.u.values, expected)
+    np.testing.assert_array_equal(dataset.time.values, times)
+    np.testing.assert_array_equal(dataset.member.values, np.arange(case.rollout.members))
+    assert (dataset.status.values == STATUS_FLAGS["ok"]).all() and np.isnan(dataset.blowup_time.values).all()
+    assert summary.blew_up == 0 and summary.member_steps == case.rollout.members * (case.rollout.steps // case.rollout.save_every) * case.rollout.save_every
+    assert not partial_path(tmp_path / "rollout.nc").exists() and not checkpoint_path(tmp_path / "rollout.nc").exists()
+
+
+def test_file_has_the_schema_of_the_io_writer_and_reads_back(tmp_path):
+    import netCDF4
+
+    case = ks_case("output.time_chunk=8", "output.compression_level=2")
+    out = tmp_path / "rollout.nc"
+    assert main(["rollout", str(CASES / "ks_l22.toml"), "--out", str(out), "--set", "rollout.members=4",
+                 "--set", "rollout.steps=24", "--set", "output.time_chunk=8", "--set", "output.compression_level=2"]) == 0
+    streamed = read(out)
+    reference = tmp_path / "reference.nc"
+    write_netcdf(trajectory_dataset(streamed.u.values, streamed.time.values, state_dim="x", state_coords=streamed.x.values),
+                 reference, compression_level=2, time_chunk=8)
+    with netCDF4.Dataset(out) as ours, netCDF4.Dataset(reference) as theirs:
+        assert ours.dimensions.keys() == theirs.dimensions.keys()
+        for name, variable in theirs.variables.items():
+            mine = ours.variables[name]
+            assert mine.dimensions == variable.dimensions and mine.dtype == variable.dtype, name
+            assert mine.filters() == variable.filters(), name
+            assert mine.chunking() == variable.chunking(), name
+            assert sorted(mine.ncattrs()) == sorted(variable.ncattrs()), name
+        assert set(theirs.ncattrs()) <= set(ours.ncattrs())
+    assert streamed.attrs["Conventions"] == "CF-1.10" and streamed.attrs["closure_checksum"] == "none"
+    assert streamed.attrs["stage"] == "rollout" and streamed.attrs["member_steps"] == 4 * 24
+    # the stored configuration is the full case: it parses back to the same thing
+    assert tomllib.loads(streamed.attrs["case_toml"])["rollout"] == tomllib.loads(case.to_toml())["rollout"]
+    if shutil.which("ncdump"):
+        header = subprocess.run(["ncdump", "-h", str(out)], capture_output=True, text=True, check=True).stdout
+        assert "u(member, time, x)" in header and ":Conventions = \"CF-1.10\"" in header
+
+
+def test_closure_file_checksum_is_recorded(tmp_path):
+    checksum = save_closure(tmp_path / "closure.pt", small_mlp())
+    out = tmp_path / "rollout.nc"
+    assert main(["rollout", str(CASES / "two_body.toml"), "--closure", str(tmp_path / "closure.pt"), "--out", str(out),
+                 "--set", "rollout.members=3", "--set", "rollout.steps=10"]) == 0
+    attrs = read(out).attrs
+    assert attrs["closure_checksum"] == checksum and checksum in attrs["source"]
+
+
+def test_a_blowing_up_member_is_frozen_and_the_others_are_untouched(tmp_path):
+    case = ks_case("rollout.steps=40", "output.time_chunk=8")
+    solver = build_host_solver(case)
+    u0 = draw_initial_conditions(case.initial_condition, solver, range(4), seed=0).numpy()
+    x = solver.x.numpy()
+    calm = initial_condition_file(tmp_path / "calm.nc", u0, x)
+    prone = u0.copy()
+    prone[2] *= 10.0  # finite and below the bound at first; ETDRK4 at dt = 0.25 then diverges within a few steps
+    wild = initial_condition_file(tmp_path / "wild.nc", prone, x)
+    run_rollout(ks_case("rollout.steps=40", "output.time_chunk=8", f"rollout.initial_conditions='{calm}'"),
+                tmp_path / "calm_out.nc", progress=False)
+    run_rollout(ks_case("rollout.steps=40", "output.time_chunk=8", f"rollout.initial_conditions='{wild}'"),
+                tmp_path / "wild_out.nc", progress=False)
+    calm_out, wild_out = read(tmp_path / "calm_out.nc"), read(tmp_path / "wild_out.nc")
+    assert wild_out.status.values.tolist() == [0, 0, STATUS_FLAGS["blew_up"], 0]
+    blowup_time = wild_out.blowup_time.values[2]
+    assert 0 < blowup_time < 40 * 0.25 and np.isnan(np.delete(wild_out.blowup_time.values, 2)).all()
+    frozen = wild_out.u.values[2]
+    before = wild_out.time.values < blowup_time
+    assert np.isfinite(frozen[before]).all() and np.abs(frozen[before]).max() <= case.rollout.blowup_threshold
+    assert np.isnan(frozen[~before]).all()
+    keep = [0, 1, 3]
+    np.testing.assert_array_equal(wild_out.u.values[keep], calm_out.u.values[keep])
+
+
+def test_dead_rows_are_compacted_and_survivors_continue(tmp_path):
+    # three of four members blow up: the batch is compacted to the survivor after the first chunk
+    case = ks_case("rollout.steps=40", "output.time_chunk=4")
+    solver = build_host_solver(case)
+    u0 = draw_initial_conditions(case.initial_condition, solver, range(4), seed=0).numpy()
+    prone = u0.copy()
+    prone[[0, 1, 3]] *= 10.0
+    path = initial_condition_file(tmp_path / "wild.nc", prone, solver.x.numpy())
+    run_rollout(ks_case("rollout.steps=40", "output.time_chunk=4", f"rollout.initial_conditions='{path}'"),
+                tmp_path / "out.nc", progress=False)
+    out = read(tmp_path / "out.nc")
+    assert out.status.values.tolist() == [1, 1, 0, 1]
+    with torch.inference_mode():
+        alone = solver.rollout(torch.as_tensor(u0[2:3]), 40).numpy()[0]
+    # row-wise FFTs do not mix members; a smaller batch may change the last bit at most
+    np.testing.assert_allclose(out.u.values[2], alone, rtol=0, atol=1e-12)
+
+
+def test_non_finite_initial_conditions_are_rejected_before_any_work(tmp_path, capsys):
+    case = ks_case()
+    solver = build_host_solver(case)
+    u0 = draw_initial_conditions(case.initial_condition, solver, range(4), seed=0).numpy()
+    u0[1, 5] = np.nan
+    path = initial_condition_file(tmp_path / "bad.nc", u0, solver.x.numpy(), members=[10, 11, 12, 13])
+    out = tmp_path / "rollout.nc"
+    code = main(["rollout", str(CASES / "ks_l22.toml"), "--out", str(out), "--set", "rollout.members=4",
+                 "--set", f"rollout.initial_conditions='{path}'"])
+    assert code == 2
+    assert "members [11]" in capsys.readouterr().err
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_initial_conditions_from_a_truth_file_are_filtered_onto_the_host_grid(tmp_path):
+    truth_case = load_case(CASES / "ks_l22.toml", overrides=["initial_condition.members=3", "time.n_steps=8",
+                                                             "time.spinup_steps=0", "time.save_every=2"])
+    truth = simulate_case(truth_case, progress=False)
+    truth = truth.assign_coords(time=truth.time + 5.0)  # a truth that does not start at 0
+    truth_path = write_netcdf(truth, tmp_path / "truth.nc")
+    case = ks_case("hybrid.system={n_points = 32}", "rollout.members=2", "rollout.steps=6",
+                   f"rollout.initial_conditions='{truth_path}'")
+    run_rollout(case, tmp_path / "rollout.nc", progress=False)
+    out = read(tmp_path / "rollout.nc")
+    assert out.sizes["x"] == 32
+    np.testing.assert_array_equal(out.u.values[:, 0], restrict_to_grid(truth.u.values[:2, 0], 32))
+    np.testing.assert_array_equal(out.member.values, truth.member.values[:2])
+    assert out.time.values[0] == 5.0 and np.allclose(np.diff(out.time.values), 0.25)
+    too_many = main(["rollout", str(CASES / "ks_l22.toml"), "--out", str(tmp_path / "x.nc"),
+                     "--set", "rollout.members=5", "--set", f"rollout.initial_conditions='{truth_path}'"])
+    assert too_many == 2 and not (tmp_path / "x.nc").exists()
+
+
+def test_bad_settings_exit_2_naming_the_field(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="rollout.initial_conditions"):
+        ks_case("rollout.initial_conditions='somewhere'")
+    with pytest.raises(ConfigError, match="rollout.steps"):
+        ks_case("rollout.steps=2", "rollout.save_every=5")
+    save_closure(tmp_path / "closure.pt", small_mlp(state_dim=3))  # a Lorenz closure on a two-body host
+    code = main(["rollout", str(CASES / "two_body.toml"), "--closure", str(tmp_path / "closure.pt"),
+                 "--out", str(tmp_path / "rollout.nc"), "--set", "rollout.members=2"])
+    assert code == 2 and "closure" in capsys.readouterr().err
+    assert not (tmp_path / "rollout.nc").exists()
+
+
+def test_float32_rollouts_work(tmp_path):
+    case = two_body_case("compute.dtype='float32'", "rollout.batch_size=3")
+    closure = small_mlp().float()
+    run_rollout(case, tmp_path / "rollout.nc", closure=closure, progress=False)
+    out = read(tmp_path / "rollout.nc")
+    assert out.u.dtype == np.float32
+    expected, _ = reference_rollout(case, closure, range(6), 3)
+    np.testing.assert_array_equal(out.u.values, expected)
+
+
+def test_batches_are_global_and_whole_batches_go_to_ranks():
+    batches = batch_bounds(10, 3)
+    assert batches == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    for size in (1, 2, 3, 4, 5):
+        split = [rank_batches(batches, size, rank) for rank in range(size)]
+        assert [b for part in split for b in part] == batches  # contiguous, in rank order, nothing lost
+        counts = [len(part) for part in split]
+        assert max(counts) - min(counts) <= 1
+    case = ks_case()
+    bare, hybrid = build_host_solver(case), build_host_solver(case, closure=PeriodicCNNClosure(channels=64).double())
+    small = auto_batch_size(bare, memory_budget_mb=1.0, time_chunk=64, n_saves=1000)
+    assert 1 <= small < auto_batch_size(bare, memory_budget_mb=4.0, time_chunk=64, n_saves=1000)
+    # the closure's activations count: a wide CNN leaves room for fewer members
+    assert auto_batch_size(hybrid, memory_budget_mb=4.0, time_chunk=64, n_saves=1000) < \
+        auto_batch_size(bare, memory_budget_mb=4.0, time_chunk=64, n_saves=1000)
+
+
+def test_first_blowup_finds_nan_inf_and_the_bound():
+    values = np.zeros((4, 5, 3))
+    values[1, 3, 0] = np.nan
+    values[2, 1:, 2] = np.inf
+    values[3, 4, 1] = -11.0
+    assert first_blowup(values, 100, 10.0).tolist() == [-1, 103, 101, 104]
+
+
+def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
+    case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
+    model = small_mlp()
+    stop_time = 0.3
+
+    def interrupt(_module, inputs):  # Ctrl-C in the middle of a batch, after a few checkpoints
+        if float(inputs[0]) > stop_time:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, tmp_path / "resumed.nc", closure=model, progress=False)
+    handle.remove()
+    assert not (tmp_path / "resumed.nc").exists()
+    assert checkpoint_path(tmp_path / "resumed.nc").exists() and partial_path(tmp_path / "resumed.nc").exists()
+    with pytest.raises(Exception, match="another config checksum"):
+        run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=80", "output.time_chunk=5"),
+                    tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    summary = run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    assert summary.resumed and 0 < summary.member_steps < 6 * 60
+    run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
+    assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
+
+
+def test_resume_after_sigkill_gives_the_identical_file(tmp_path):
+    save_closure(tmp_path / "closure.pt", small_mlp())
+    arguments = ["rollout", str(CASES / "two_body.toml"), "--closure", str(tmp_path / "closure.pt"),
+                 "--set", "rollout.members=32", "--set", "rollout.steps=3000", "--set", "rollout.batch_size=16",
+                 "--set", "output.time_chunk=50", "--no-progress"]
+    command = [sys.executable, "-m", "hybridnde.cli", "-q"]
+    killed = tmp_path / "killed.nc"
+    process = subprocess.Popen(command + arguments + ["--out", str(killed)], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not checkpoint_path(killed).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # into the chunks after the first checkpoint
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the rollout ended before it could be killed: make it longer"
+    assert not killed.exists() and checkpoint_path(killed).exists()
+    resumed = subprocess.run(command + arguments + ["--out", str(killed), "--resume"], cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    assert main(arguments + ["--out", str(tmp_path / "straight.nc")]) == 0
+    assert_same_data(killed, tmp_path / "straight.nc")
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from hybridnde.config import load_case
+    from hybridnde.rollout_job import run_rollout
+
+    def status_mb(key):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+
+    def case(steps):
+        return load_case(sys.argv[1], overrides=["rollout.members=64", f"rollout.steps={steps}",
+                                                 "output.time_chunk=32", "output.compression_level=1"])
+
+    run_rollout(case(40), sys.argv[2] + "/warm.nc", progress=False)  # libraries, caches, first chunks
+    baseline = status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS (Linux >= 4.0)
+    run_rollout(case(int(sys.argv[3])), sys.argv[2] + "/long.nc", progress=False)
+    print(status_mb("VmHWM") - baseline)
+""")
+
+
+def test_memory_does_not_grow_with_the_number_of_steps(tmp_path):
+    def growth_mb(steps: int) -> float:
+        result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(CASES / "ks_l22.toml"), str(tmp_path),
+                                 str(steps)], capture_output=True, text=True, check=True)
+        return float(result.stdout.split()[-1])
+
+    short, long = growth_mb(200), growth_mb(2000)
+    trajectory_mb = 64 * 2001 * 64 * 8 / 2**20  # 62.5 MB: what holding the long rollout would cost
+    assert long < 0.3 * trajectory_mb, (short, long)
+    assert long < 2.0 * short + 10.0, (short, long)
