@@ -16,7 +16,7 @@ from .io import DataError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: verbs, each a module in ``hybridnde.commands`` with ``register(subparsers)``
-COMMANDS = ("simulate", "train", "evaluate")
+COMMANDS = ("simulate", "train", "evaluate", "rollout", "export")
 
 log = logging.getLogger("hybridnde")
 
