@@ -61,8 +61,9 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
         raise DataError(f"{path}: not a {FORMAT} file (format {payload.get('format') if isinstance(payload, dict) else None!r})")
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:
         raise DataError(f"{path}: weights do not match their checksum; the file is corrupt")
-    model = model_from_spec(payload["spec"])
-    model.load_state_dict(payload["state_dict"])
     saved_dtype = getattr(torch, payload["dtype"].replace("torch.", ""))
+    # in the saved dtype first: loading float64 weights into a default float32 module would round them
+    model = model_from_spec(payload["spec"]).to(dtype=saved_dtype)
+    model.load_state_dict(payload["state_dict"])
     model = model.to(device=device, dtype=dtype or saved_dtype).eval()
     return model, payload

@@ -1,0 +1,119 @@
+"""`hybridnde train`: a closure file that rebuilds the model, a log beside it; bad input exits 2 and
+leaves no file."""
+import json
+
+import pytest
+import torch
+
+from hybridnde.cli import main
+from hybridnde.closure_file import load_closure
+from hybridnde.config import load_case
+from hybridnde.training import TRAINING_SECTIONS
+
+TWO_BODY = """
+[case]
+name = "toy"
+[system]
+name = "two_body"
+[time]
+dt = 0.02
+n_steps = 30
+[initial_condition]
+members = 4
+[hybrid]
+setup = "neural_ode"
+[model]
+width = 12
+[training]
+epochs = 3
+batch_size = 32
+regularizer = "fd"
+regularizer_weight = 1e-3
+[compute]
+device = "cpu"
+"""
+
+LORENZ = """
+[system]
+name = "lorenz63"
+[time]
+dt = 0.02
+n_steps = 30
+[initial_condition]
+distribution = "point"
+value = [1.0, 1.0, 1.0]
+members = 2
+"""
+
+KS = """
+[system]
+name = "kuramoto_sivashinsky"
+n_points = 16
+[time]
+dt = 0.25
+n_steps = 12
+[initial_condition]
+members = 2
+[hybrid]
+system = {nonlinear_coefficient = 0.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli_train")
+    paths = {}
+    for name, text in (("two_body", TWO_BODY), ("lorenz", LORENZ), ("ks", KS)):
+        case = folder / f"{name}.toml"
+        case.write_text(text)
+        truth = folder / f"{name}.nc"
+        assert main(["simulate", str(case), "--out", str(truth)]) == 0
+        paths[name] = (case, truth)
+    return paths
+
+
+def test_train_writes_a_closure_that_rebuilds_the_model(tmp_path, files, capsys):
+    case, truth = files["two_body"]
+    out = tmp_path / "closure.pt"
+    assert main(["train", str(case), "--data", str(truth), "--out", str(out), "--set", "training.epochs=2"]) == 0
+    assert "2 epochs" in capsys.readouterr().out
+    model, payload = load_closure(out)
+    metadata = payload["metadata"]
+    expected = load_case(case, overrides=["training.epochs=2"]).checksum(TRAINING_SECTIONS)
+    assert metadata["config_checksum"] == expected and metadata["epochs_run"] == 2
+    assert metadata["data"]["sha256"] and metadata["data"]["train_members"] == [0, 1, 2]
+    assert set(metadata["final"]) >= {"loss", "val_loss", "loss/rollout", "loss/fd", "lr"}
+    assert "two_body" in payload["case_toml"]
+    records = [json.loads(line) for line in (tmp_path / "closure.log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in records] == [1, 2]
+    assert not (tmp_path / "closure.checkpoint.pt").exists()
+    u = torch.randn(5, 4, dtype=torch.float64)
+    assert model(torch.zeros(()), u).shape == (5, 4)
+
+
+@pytest.mark.parametrize("which, arguments, message", [
+    ("two_body", ["--data", "{missing}"], "no such file"),
+    ("two_body", ["--data", "{lorenz}"], "component"),
+    ("two_body", ["--set", "training.regularizer=jvpp"], "training.regularizer"),
+    ("two_body", ["--set", "time.dt=0.05"], "time.dt"),
+    ("two_body", ["--set", "system.gravitational_parameter=2.0"], "gravitational_parameter"),
+    ("two_body", ["--out", "{folder}/closure.nc"], ".pt"),
+    ("ks", ["--set", "training.integration=\"odeint\""], "training.integration"),
+])
+def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments, message, capsys):
+    case, truth = files[which]
+    values = {"missing": str(tmp_path / "missing.nc"), "lorenz": str(files["lorenz"][1]), "folder": str(tmp_path)}
+    arguments = [argument.format(**values) for argument in arguments]
+    command = ["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt"), *arguments]
+    assert main(command) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no closure, log, checkpoint or temporary file
+
+
+def test_ks_residual_closure_trains_through_the_spectral_host(tmp_path, files):
+    case, truth = files["ks"]
+    out = tmp_path / "closure.pt"
+    assert main(["train", str(case), "--data", str(truth), "--out", str(out), "--set", "training.epochs=1",
+                 "--set", "training.regularizer=\"jvp\"", "--set", "model.width=4"]) == 0
+    model, payload = load_closure(out)
+    assert payload["spec"]["kind"] == "periodic_cnn"

@@ -1,0 +1,126 @@
+"""Truth files -> training windows on the host grid: checks, member-wise split, sub-grid filtering,
+normalisation statistics."""
+import numpy as np
+import pytest
+import torch
+
+from hybridnde.config import parse_case
+from hybridnde.data import WindowSet, load_training_data, normalization_statistics, split_members
+from hybridnde.grids import restrict_to_grid
+from hybridnde.io import DataError, write_netcdf
+from hybridnde.simulate import simulate_case
+from hybridnde.systems import build_host_solver
+from solvers import TwoBody
+
+
+def two_body_case(**sections):
+    raw = {"system": {"name": "two_body"}, "time": {"dt": 0.01, "n_steps": 60},
+           "initial_condition": {"members": 5}, "hybrid": {"setup": "neural_ode"}}
+    for name, table in sections.items():
+        raw.setdefault(name, {}).update(table)
+    return parse_case(raw)
+
+
+def ks_case(**sections):
+    raw = {"system": {"name": "kuramoto_sivashinsky", "n_points": 32}, "time": {"dt": 0.25, "n_steps": 40},
+           "initial_condition": {"members": 4}}
+    for name, table in sections.items():
+        raw.setdefault(name, {}).update(table)
+    return parse_case(raw)
+
+
+@pytest.fixture(scope="module")
+def two_body_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "truth.nc"
+    write_netcdf(simulate_case(two_body_case(), progress=False), path)
+    return path
+
+
+def test_windows_are_consecutive_samples_and_skip_non_finite_ones():
+    trajectories = torch.arange(2 * 7 * 3, dtype=torch.float64).reshape(2, 7, 3)
+    trajectories[1, 4] = float("nan")
+    windows = WindowSet.build(trajectories, 3, stride=2)
+    # member 0: starts 0, 2, 4; member 1: start 0 only (2 and 4 touch the NaN at time 4)
+    assert windows.starts.tolist() == [[0, 0], [0, 2], [0, 4], [1, 0]]
+    gathered = windows.gather()
+    assert gathered.shape == (4, 3, 3)
+    assert torch.equal(gathered[1], trajectories[0, 2:5]) and torch.equal(gathered[3], trajectories[1, 0:3])
+    assert torch.equal(windows.gather(torch.tensor([2])), trajectories[0, 4:7].unsqueeze(0))
+    assert len(WindowSet.build(trajectories, 8)) == 0
+
+
+def test_member_split_holds_out_the_last_members():
+    train, validation = split_members(np.arange(10), 0.2)
+    assert train.tolist() == list(range(8)) and validation.tolist() == [8, 9]
+    assert split_members(np.arange(3), 0.1)[1].tolist() == [2]  # at least one validates
+    assert split_members(np.arange(1), 0.5)[1].tolist() == []
+    assert split_members(np.arange(4), 0.0)[1].tolist() == []
+
+
+def test_load_checks_and_splits_a_two_body_file(two_body_file):
+    case = two_body_case(training={"validation_fraction": 0.4})
+    data = load_training_data(two_body_file, case, window_length=3)
+    assert data.train.shape == (3, 61, 4) and data.validation.shape == (2, 61, 4)
+    assert data.train_members == (0, 1, 2) and data.validation_members == (3, 4)
+    assert data.sample_interval == pytest.approx(0.01)
+    assert len(data.checksum) == 64 and data.summary()["validation_members"] == [3, 4]
+    # the stored states are the solver's
+    reference = TwoBody(dt=0.01).rollout(data.train[:, 0], 60)
+    torch.testing.assert_close(data.train, reference, rtol=1e-12, atol=1e-12)
+    float32 = load_training_data(two_body_file, case, window_length=3, dtype=torch.float32)
+    assert float32.train.dtype == torch.float32
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"system": {"gravitational_parameter": 2.0}}, "system.gravitational_parameter"),
+    ({"time": {"dt": 0.02, "n_steps": 30}}, "time.dt"),
+])
+def test_data_from_another_set_up_is_refused(two_body_file, override, message):
+    with pytest.raises(DataError, match=message):
+        load_training_data(two_body_file, two_body_case(**override), window_length=3)
+
+
+def test_data_of_another_system_or_grid_is_refused(tmp_path, two_body_file):
+    with pytest.raises(DataError, match="needs u\\(member, time, x\\)"):
+        load_training_data(two_body_file, ks_case(), window_length=3)
+    with pytest.raises(DataError, match="window"):
+        load_training_data(two_body_file, two_body_case(), window_length=100)
+    ks_file = tmp_path / "ks.nc"
+    write_netcdf(simulate_case(ks_case(), progress=False), ks_file)
+    with pytest.raises(DataError, match="grid points"):
+        load_training_data(ks_file, ks_case(system={"n_points": 64}), window_length=3)
+    with pytest.raises(DataError, match="no such file"):
+        load_training_data(tmp_path / "missing.nc", two_body_case(), window_length=3)
+
+
+def test_sub_grid_case_trains_on_the_filtered_truth(tmp_path):
+    case = ks_case(hybrid={"system": {"n_points": 16}})
+    path = tmp_path / "ks.nc"
+    dataset = simulate_case(case, progress=False)
+    write_netcdf(dataset, path)
+    data = load_training_data(path, case, window_length=3)
+    assert data.train.shape[-1] == 16
+    expected = restrict_to_grid(dataset["u"].values[: len(data.train_members)], 16)
+    np.testing.assert_allclose(data.train.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_normalization_statistics_fit_the_closure_target():
+    truth = TwoBody(dt=1e-3)
+    u0 = torch.tensor([[0.4, 0.0, 0.0, 2.0], [0.3, 0.0, 0.0, 2.3]], dtype=torch.float64)
+    trajectories = truth.rollout(u0, 3000)
+    # neural ODE: the target is du/dt itself
+    stats = normalization_statistics(trajectories, lambda t, u: torch.zeros_like(u), 1e-3, per_component=True)
+    states = trajectories[:, 1:-1].reshape(-1, 4)
+    exact_target = truth.known_rhs(torch.zeros(()), states)
+    torch.testing.assert_close(stats["input_shift"], states.mean(0))
+    torch.testing.assert_close(stats["output_shift"], exact_target.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stats["output_scale"], exact_target.std(0), rtol=1e-4, atol=1e-4)
+    # all physics known: the residual target vanishes up to the difference quotient's error
+    residual = normalization_statistics(trajectories, truth.known_rhs, 1e-3, per_component=False)
+    assert residual["output_scale"].shape == (1,) and float(residual["output_scale"]) < 1e-3
+
+
+def test_host_of_a_residual_ks_case_is_the_coarse_solver():
+    case = ks_case(hybrid={"system": {"n_points": 16, "nonlinear_coefficient": 0.0}})
+    host = build_host_solver(case)
+    assert host.state_shape == (16,) and host.nonlinear_coefficient == 0.0

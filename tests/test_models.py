@@ -1,0 +1,75 @@
+"""Closures: shapes and dtypes, translation equivariance of the periodic CNN, normalisation saved
+with the weights, rebuilding from a closure file, TorchScript."""
+import warnings
+
+import pytest
+import torch
+
+from hybridnde.closure_file import load_closure, save_closure
+from hybridnde.config import ModelConfig
+from hybridnde.models import MLPClosure, PeriodicCNNClosure, build_model, model_from_spec
+
+
+def test_mlp_maps_states_to_tendencies(dtype):
+    model = MLPClosure(state_dim=3, width=10, depth=3).to(dtype)
+    u = torch.randn(7, 3, dtype=dtype)
+    out = model(torch.zeros((), dtype=dtype), u)
+    assert out.shape == (7, 3) and out.dtype == dtype
+    assert sum(isinstance(layer, torch.nn.Linear) for layer in model.net) == 4
+
+
+def test_periodic_cnn_is_translation_equivariant(dtype):
+    torch.manual_seed(0)
+    model = PeriodicCNNClosure(channels=6, depth=3, kernel_size=5, activation="gelu").to(dtype)
+    model.set_normalization(input_shift=torch.tensor(0.3), input_scale=torch.tensor(2.0),
+                            output_shift=torch.tensor(0.1), output_scale=torch.tensor(0.5))
+    u = torch.randn(4, 32, dtype=dtype)
+    t = torch.zeros((), dtype=dtype)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for shift in (1, 5, 31):
+        torch.testing.assert_close(model(t, torch.roll(u, shift, -1)), torch.roll(model(t, u), shift, -1),
+                                   rtol=tolerance, atol=tolerance)
+    with pytest.raises(ValueError, match="odd"):
+        PeriodicCNNClosure(kernel_size=4)
+
+
+def test_normalisation_is_applied_and_saved_with_the_weights(tmp_path):
+    torch.manual_seed(1)
+    model = MLPClosure(state_dim=2, width=8).double()
+    u = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.zeros((), dtype=torch.float64)
+    raw = model.net((u - torch.tensor([1.0, -2.0])) / torch.tensor([0.5, 3.0]))
+    model.set_normalization(input_shift=torch.tensor([1.0, -2.0]), input_scale=torch.tensor([0.5, 3.0]),
+                            output_shift=torch.tensor([0.25, 0.0]), output_scale=torch.tensor([2.0, 0.0]))
+    assert float(model.output_scale[1]) == pytest.approx(1e-8)  # scales are floored away from zero
+    expected = raw * torch.tensor([2.0, 1e-8], dtype=torch.float64) + torch.tensor([0.25, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(model(t, u), expected)
+    checksum = save_closure(tmp_path / "closure.pt", model, metadata={"note": "test"})
+    rebuilt, payload = load_closure(tmp_path / "closure.pt")
+    assert payload["checksum"] == checksum and payload["metadata"] == {"note": "test"}
+    torch.testing.assert_close(rebuilt(t, u), model(t, u), rtol=0, atol=0)
+    as_float32, _ = load_closure(tmp_path / "closure.pt", dtype=torch.float32)
+    assert as_float32.input_scale.dtype == torch.float32
+
+
+def test_build_model_follows_the_config():
+    mlp = build_model(ModelConfig(kind="mlp", width=7, depth=1), state_shape=(4,))
+    assert isinstance(mlp, MLPClosure) and mlp.spec["state_dim"] == 4 and mlp.net[0].out_features == 7
+    cnn = build_model(ModelConfig(kind="periodic_cnn", width=5, depth=2, kernel_size=3), state_shape=(16,),
+                      dtype=torch.float32)
+    assert isinstance(cnn, PeriodicCNNClosure) and next(cnn.parameters()).dtype == torch.float32
+    assert isinstance(model_from_spec(cnn.spec), PeriodicCNNClosure)
+    with pytest.raises(ValueError, match="activation"):
+        MLPClosure(state_dim=2, activation="sine")
+
+
+def test_closures_script_to_the_same_function():
+    torch.manual_seed(2)
+    for model, shape in ((MLPClosure(state_dim=3, width=6).double(), (4, 3)),
+                         (PeriodicCNNClosure(channels=4).double(), (4, 16))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates jit.script itself
+            scripted = torch.jit.script(model)
+        u = torch.randn(shape, dtype=torch.float64)
+        t = torch.zeros((), dtype=torch.float64)
+        torch.testing.assert_close(scripted(t, u), model(t, u), rtol=0, atol=0)

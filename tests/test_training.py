@@ -1,0 +1,173 @@
+"""The trainer: both loss terms go down, a resumed run equals an uninterrupted one bit for bit,
+early stopping keeps the best weights, schedules, adaptive integration with NFE counts, warnings."""
+import json
+import logging
+
+import pytest
+import torch
+
+from hybridnde.closure_file import load_closure
+from hybridnde.config import TrainingConfig, parse_case
+from hybridnde.data import WindowSet
+from hybridnde.io import write_netcdf
+from hybridnde.models import MLPClosure
+from hybridnde.simulate import simulate_case
+from hybridnde.training import (RolloutLoss, Trainer, checkpoint_path, learning_rate_at, log_path, train_case)
+from hybridnde.training import trainer as trainer_module
+from solvers import ClosureOnly
+
+TRAINING = {"epochs": 6, "batch_size": 32, "rollout_steps": 2, "learning_rate": 3e-3, "lr_schedule": "constant",
+            "checkpoint_every": 2, "seed": 3}
+
+
+def toy_case(training=None, **sections):
+    """A small neural-ODE two-body case: 5 members (4 train, 1 validate) x 41 samples."""
+    raw = {"case": {"name": "toy"}, "system": {"name": "two_body"}, "time": {"dt": 0.02, "n_steps": 40},
+           "initial_condition": {"members": 5}, "hybrid": {"setup": "neural_ode"},
+           "model": {"width": 16}, "training": {**TRAINING, **(training or {})}, "compute": {"device": "cpu"}}
+    for name, table in sections.items():
+        raw.setdefault(name, {}).update(table)
+    return parse_case(raw)
+
+
+@pytest.fixture(scope="module")
+def truth_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("truth") / "truth.nc"
+    write_netcdf(simulate_case(toy_case(), progress=False), path)
+    return path
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("regularizer, weight", [("jvp", 1e-4), ("fd", 1e-2)])
+def test_training_reduces_the_rollout_loss_and_the_regularizer(tmp_path, truth_file, regularizer, weight):
+    case = toy_case({"epochs": 25, "regularizer": regularizer, "regularizer_weight": weight, "probes": 4,
+                     "checkpoint_every": 0})
+    out = tmp_path / "closure.pt"
+    train_case(case, truth_file, out, progress=False)
+    history = read_log(log_path(out))
+    assert [record["epoch"] for record in history] == list(range(1, 26))
+    first, last = history[0], history[-1]
+    for key in ("loss", "val_loss", "lr", "seconds", "loss/rollout", f"loss/{regularizer}"):
+        assert key in first
+    assert last["loss/rollout"] < 0.5 * first["loss/rollout"]
+    assert last[f"loss/{regularizer}"] < 0.5 * first[f"loss/{regularizer}"]
+    assert last["loss"] == pytest.approx(last["loss/rollout"] + weight * last[f"loss/{regularizer}"], rel=1e-9)
+    model, payload = load_closure(out)
+    assert payload["metadata"]["epochs_run"] == 25 and payload["metadata"]["training"]["regularizer"] == regularizer
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeypatch):
+    case = toy_case({"regularizer": "jvp", "regularizer_weight": 1e-4, "patience": 4})
+    straight = tmp_path / "straight" / "closure.pt"
+    train_case(case, truth_file, straight, progress=False)
+    assert not checkpoint_path(straight).exists()  # removed once the closure is saved
+
+    interrupted = tmp_path / "interrupted" / "closure.pt"
+    original_epoch = trainer_module.Trainer._epoch
+
+    def crash_in_epoch_four(self, windows, sample_interval, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original_epoch(self, windows, sample_interval, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", crash_in_epoch_four)
+    with pytest.raises(KeyboardInterrupt):
+        train_case(case, truth_file, interrupted, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
+    assert not interrupted.exists() and checkpoint_path(interrupted).exists()
+    assert len(read_log(log_path(interrupted))) == 3  # epochs 1-3 ran; the checkpoint holds 1-2
+
+    _, result = train_case(case, truth_file, interrupted, resume=True, progress=False)
+    assert result.resumed_from == 2
+    a, payload_a = load_closure(straight)
+    b, payload_b = load_closure(interrupted)
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    assert payload_a["checksum"] == payload_b["checksum"]
+
+    def without_time(records):
+        return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+
+    assert without_time(read_log(log_path(straight))) == without_time(read_log(log_path(interrupted)))
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, truth_file, monkeypatch):
+    from hybridnde.config import ConfigError
+
+    out = tmp_path / "closure.pt"
+    original_epoch = trainer_module.Trainer._epoch
+
+    def crash(self, windows, sample_interval, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original_epoch(self, windows, sample_interval, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
+    with pytest.raises(ConfigError, match="another configuration"):
+        train_case(toy_case({"learning_rate": 1e-2}), truth_file, out, resume=True, progress=False)
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    torch.manual_seed(0)
+    model = MLPClosure(state_dim=2, width=8).double()
+    solver = ClosureOnly(state_shape=(2,), dt=0.1, closure=model)
+    trajectories = torch.randn(3, 12, 2, dtype=torch.float64)
+    windows = WindowSet.build(trajectories, 3)
+    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0, 6.0, 7.0, 8.0])
+    snapshots = []
+
+    def validation(model, solver, windows, sample_interval):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    config = TrainingConfig(epochs=8, batch_size=8, patience=3, checkpoint_every=0, lr_schedule="constant")
+    trainer = Trainer(model, solver, [RolloutLoss(steps=2)], validation, config, log_file=tmp_path / "log.jsonl")
+    result = trainer.fit(windows, windows, 0.1)
+    assert result.stopped_early and result.epochs_run == 6 and result.best_epoch == 3
+    assert result.best_val_loss == 1.0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, snapshots[2][name])
+    assert [record["val_loss"] for record in read_log(tmp_path / "log.jsonl")] == [5.0, 3.0, 1.0, 2.0, 4.0, 6.0]
+
+
+def test_learning_rate_schedules():
+    cosine = TrainingConfig(epochs=11, learning_rate=1e-2, min_learning_rate=1e-4, lr_schedule="cosine")
+    rates = [learning_rate_at(epoch, cosine) for epoch in range(11)]
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-4)
+    assert rates[5] == pytest.approx(0.5 * (1e-2 + 1e-4)) and all(a > b for a, b in zip(rates, rates[1:]))
+    step = TrainingConfig(epochs=10, learning_rate=1.0, lr_schedule="step", lr_step_epochs=3, lr_gamma=0.5)
+    assert [learning_rate_at(epoch, step) for epoch in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+    assert learning_rate_at(9, TrainingConfig(lr_schedule="constant", learning_rate=0.3)) == 0.3
+
+
+@pytest.mark.parametrize("integration", ["odeint", "odeint_adjoint"])
+def test_adaptive_integration_logs_function_evaluations(tmp_path, truth_file, integration):
+    case = toy_case({"epochs": 2, "integration": integration, "checkpoint_every": 0}, time={"rtol": 1e-5, "atol": 1e-7})
+    out = tmp_path / "closure.pt"
+    train_case(case, truth_file, out, progress=False)
+    for record in read_log(log_path(out)):
+        assert record["nfe_forward"] > 0
+        # plain odeint backpropagates through its stored steps; the adjoint integrates backwards
+        assert (record["nfe_backward"] > 0) == (integration == "odeint_adjoint")
+
+
+def test_float32_training_runs(tmp_path, truth_file):
+    case = toy_case({"epochs": 2, "checkpoint_every": 0, "regularizer": "jvp"}, compute={"dtype": "float32"})
+    model, result = train_case(case, truth_file, tmp_path / "closure.pt", progress=False)
+    assert next(model.parameters()).dtype == torch.float32 and result.final["loss"] == result.final["loss"]
+
+
+def test_coarse_sampling_warns_for_the_finite_difference_regularizer(tmp_path, caplog):
+    coarse = toy_case({"epochs": 1, "regularizer": "fd", "checkpoint_every": 0},
+                      time={"dt": 0.01, "n_steps": 1600, "save_every": 40})
+    path = tmp_path / "coarse.nc"
+    write_netcdf(simulate_case(coarse, progress=False), path)
+    with caplog.at_level(logging.WARNING, logger="hybridnde.training"):
+        train_case(coarse, path, tmp_path / "closure.pt", progress=False)
+    assert "truncation error" in caplog.text
