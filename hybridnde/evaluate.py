@@ -149,7 +149,8 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, me
     ``members`` paired states at the first common time.
 
     ``duration``: measured time per member; default 20 Lyapunov times of the case's exponent, else
-    the files' horizon. A tenth of it is run first as transient.
+    the files' horizon. Half as long again is run first as transient (the files' first states may
+    lie off the attractor, e.g. Lorenz-63 from near the origin, and the separation must align).
     """
     import torch
 
@@ -167,7 +168,7 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, me
                                  ("model", model_solver, pair.predicted[:count, 0])):
         states = torch.as_tensor(np.asarray(states, dtype=np.float64))
         finite = torch.isfinite(states.reshape(count, -1)).all(dim=1)
-        estimate = leading_lyapunov_exponent(solver, states[finite], duration=duration, transient=0.1 * duration,
+        estimate = leading_lyapunov_exponent(solver, states[finite], duration=duration, transient=0.5 * duration,
                                              seed=seed)
         results[name] = {**estimate.as_dict(), "solver": repr(solver)}
     truth_value, model_value = results["truth"]["exponent"], results["model"]["exponent"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -63,9 +64,9 @@ def space_time_figure(x: np.ndarray, times: np.ndarray, truth: np.ndarray, predi
     panels = ((truth, "truth", _symmetric_limit(truth), "u"), (predicted, predicted_label, _symmetric_limit(truth), "u"),
               (difference, f"error ({predicted_label} - truth)", _symmetric_limit(difference), "error"))
     for index, (axis, (field, name, limit, quantity)) in enumerate(zip(axes, panels)):
+        colours = colormaps["RdBu_r" if index < 2 else "PuOr_r"].with_extremes(bad="0.75")  # NaN (blown up): grey
         image = axis.imshow(np.ma.masked_invalid(field), origin="lower", aspect="auto", extent=extent,
-                            cmap="RdBu_r" if index < 2 else "PuOr_r", vmin=-limit, vmax=limit, interpolation="nearest")
-        image.cmap.set_bad("0.75")  # NaN after a blow-up: grey
+                            cmap=colours, vmin=-limit, vmax=limit, interpolation="nearest")
         axis.set_title(name)
         axis.set_xlabel("position x" + ("" if x_units in ("", "1") else f" [{x_units}]"))
         if valid_time is not None and index > 0 and valid_time < times[-1]:

@@ -64,7 +64,8 @@ def leading_lyapunov_exponent(solver: Solver, u0: Tensor, *, duration: float, tr
         renormalise_every: steps between renormalisations. Between two of them the separation
             must stay small (linear regime): keep ``renormalise_every * dt * lambda_1`` well below
             ``log(1 / relative_perturbation)``.
-        relative_perturbation: ``d_0 / |u0|`` per member; default ``sqrt(machine epsilon)`` of the
+        relative_perturbation: ``d_0 / |u|`` per member, reset at every renormalisation (``|u|``
+            the state's current Euclidean norm); default ``sqrt(machine epsilon)`` of the
             dtype (1.5e-8 in float64, 3.5e-4 in float32), small enough to stay linear and large
             enough that round-off in ``w - u`` stays negligible.
         seed: seed of the random initial separation directions (drawn on the CPU).
@@ -84,32 +85,37 @@ def leading_lyapunov_exponent(solver: Solver, u0: Tensor, *, duration: float, tr
     generator = torch.Generator().manual_seed(int(seed))
     direction = torch.randn((batch, *u0.shape[1:]), generator=generator, dtype=torch.float64)
     direction = direction.to(device=u0.device, dtype=u0.dtype)
-    size = relative_perturbation * torch.clamp(_norms(u0), min=1.0)  # d_0 per member: (batch,)
     shape = (batch,) + (1,) * (u0.ndim - 1)
 
-    def renormalised(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        separation = w - u
-        distance = _norms(separation)
-        scale = (size / distance).reshape(shape)
-        return u + separation * scale, distance
+    def separation_size(u: Tensor) -> Tensor:
+        """d_0 per member, relative to the current state: round-off in ``w - u`` scales with ``|u|``."""
+        return relative_perturbation * torch.clamp(_norms(u), min=1e-12)
 
-    state = torch.cat([u0, renormalised(u0, u0 + direction)[0]])  # (2 batch, *state): u then w
+    def companion(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``w`` pulled back to distance ``d_0`` from ``u``; returns it, the distance before, and ``d_0``."""
+        separation = w - u
+        distance, size = _norms(separation), separation_size(u)
+        return u + separation * (size / distance).reshape(shape), distance, size
+
+    w, _, size = companion(u0, u0 + direction)
+    start = (u0, w, size)
+    state = torch.cat([u0, w])  # (2 batch, *state): reference trajectories, then companions
     log_growth = torch.zeros(batch, dtype=torch.float64, device=u0.device)
     finite = torch.ones(batch, dtype=torch.bool, device=u0.device)
     for index in range(transient_steps + measured_steps):
         state = solver.step(t0 + index * dt, state)
         if (index + 1) % renormalise_every:
             continue
-        u, w = state[:batch], state[batch:]
-        w, distance = renormalised(u, w)
+        u = state[:batch]
+        w, distance, new_size = companion(u, state[batch:])
         # a diverged member stops counting; its states are reset so it cannot poison the batch
         ok = torch.isfinite(distance) & (distance > 0) & torch.isfinite(u.reshape(batch, -1)).all(dim=1)
         finite &= ok
         if index >= transient_steps:
             log_growth += torch.where(finite, torch.log(distance / size), torch.zeros_like(distance)).double()
         keep = finite.reshape(shape)
-        u = torch.where(keep, u, u0)
-        w = torch.where(keep, w, renormalised(u0, u0 + direction)[0])
+        u, w = torch.where(keep, u, start[0]), torch.where(keep, w, start[1])
+        size = torch.where(finite, new_size, start[2])
         state = torch.cat([u, w])
     measured_time = measured_steps * dt
     per_member = (log_growth / measured_time).cpu().numpy()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["energy_spectrum", "wavenumbers", "spectral_distance"]
+__all__ = ["energy_spectrum", "wavenumbers", "spectral_distance", "EMPTY_MODE"]
 
 
 def energy_spectrum(u: np.ndarray) -> np.ndarray:
@@ -44,27 +44,41 @@ def wavenumbers(n_points: int, domain_length: float) -> np.ndarray:
     return 2.0 * np.pi * np.arange(n_points // 2 + 1) / float(domain_length)
 
 
-def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_floor: float = 1e-10) -> float:
-    """Mean over resolved modes of ``|log10(E_m / E*_m)|``: 0 for equal spectra, 1 for a factor 10.
+#: a mode whose energy is below this fraction of the spectrum's peak is numerically empty
+EMPTY_MODE = 1e-20
 
-    Resolved modes are ``1 <= m < min(N, N*) / 2`` (the mean and the Nyquist mode of the coarser
+
+def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_floor: float = 1e-4) -> float:
+    """Mean over compared modes of ``|log10(E_m / E*_m)|``: 0 for equal spectra, 1 for a factor 10.
+
+    Compared modes are ``1 <= m < min(N, N*) / 2`` (the mean and the Nyquist mode of the coarser
     grid are left out; the shorter spectrum sets the range, so a coarse model is compared with the
-    truth on the modes it can represent) where the reference carries energy above
-    ``relative_floor * max(E*)`` (below it, dealiased or round-off modes would dominate the log).
+    truth on the modes it can represent) that are
+
+    * energetic: either spectrum exceeds ``relative_floor * max(E*)``. Modes far below (round-off,
+      strongly damped modes) would dominate a mean of logs without mattering to the dynamics; a
+      model that piles energy into such a mode still counts;
+    * carried by the model: its energy there is above ``EMPTY_MODE`` times its own peak. A mode
+      the model's grid removes by construction (dealiasing keeps ``m <= 2/3 N/2``) would add ~30
+      decades for every closure alike and say nothing about any of them.
 
     Args:
         spectrum, reference: one-sided spectra from ``energy_spectrum`` (lengths may differ).
     Returns:
-        The distance; ``inf`` when the model has zero or non-finite energy in a resolved mode.
+        The distance; ``inf`` when the model's spectrum is non-finite or empty, or the truth has no
+        energy in a counted mode.
     """
     spectrum, reference = np.asarray(spectrum, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if not np.isfinite(spectrum).all():
+        return float("inf")
     last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
     modes = np.arange(1, last)
     floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
-    modes = modes[reference[modes] > floor]
+    carried = spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0)
+    modes = modes[((reference[modes] > floor) | (spectrum[modes] > floor)) & carried]
     if not modes.size:
-        raise ValueError("no resolved mode with energy in the reference spectrum")
-    model = spectrum[modes]
-    if not (np.isfinite(model).all() and (model > 0).all()):
         return float("inf")
-    return float(np.mean(np.abs(np.log10(model / reference[modes]))))
+    model, truth = spectrum[modes], reference[modes]
+    if not (truth > 0).all():
+        return float("inf")
+    return float(np.mean(np.abs(np.log10(model / truth))))

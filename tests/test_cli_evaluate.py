@@ -1,0 +1,188 @@
+"""`hybridnde evaluate` end to end on files from `hybridnde simulate`; bad input exits 2."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from hybridnde.cli import main
+from hybridnde.io import trajectory_dataset, write_netcdf
+
+LORENZ = """
+[case]
+name = "lorenz_eval"
+[system]
+name = "lorenz63"
+[time]
+dt = 0.01
+n_steps = 2000
+save_every = 10
+[initial_condition]
+distribution = "gaussian"
+value = [1.2, 2.1, 1.7]
+std = [1.0]
+members = 3
+seed = 5
+[evaluate]
+lyapunov_exponent = 0.9056
+"""
+
+KS = """
+[case]
+name = "ks_eval"
+[system]
+name = "kuramoto_sivashinsky"
+n_points = 64
+[time]
+dt = 0.25
+n_steps = 80
+save_every = 2
+[initial_condition]
+members = 2
+seed = 3
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def simulate(tmp_path, name, text=LORENZ, *overrides):
+    case = tmp_path / f"{name}.toml"
+    case.write_text(text)
+    out = tmp_path / f"{name}.nc"
+    arguments = ["simulate", str(case), "--out", str(out)]
+    for override in overrides:
+        arguments += ["--set", override]
+    assert main(arguments) == 0
+    return out
+
+
+def evaluate_json(capsys, rollout, reference, *extra):
+    capsys.readouterr()
+    assert main(["evaluate", str(rollout), "--reference", str(reference), "--json", *map(str, extra)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def lorenz_truth(tmp_path):
+    return simulate(tmp_path, "truth")
+
+
+def test_truth_against_itself_is_valid_to_the_horizon_with_zero_error(tmp_path, lorenz_truth, capsys):
+    metrics = evaluate_json(capsys, lorenz_truth, lorenz_truth)
+    assert metrics["case"] == "lorenz_eval" and metrics["members"] == 3 and metrics["times"] == 201
+    vpt = metrics["valid_prediction_time"]
+    assert metrics["horizon"] == pytest.approx(20.0)
+    assert vpt["per_member"] == pytest.approx([20.0] * 3) and vpt["members"] == [0, 1, 2]
+    assert metrics["valid_prediction_time_lyapunov"]["median"] == pytest.approx(20.0 * 0.9056)
+    assert metrics["reached_horizon_fraction"] == 1.0 and metrics["stable_fraction"] == 1.0
+    assert metrics["initial_error"]["max"] == 0.0 and max(metrics["error_growth"]["median"]) == 0.0
+    assert metrics["kl_divergence"]["value"] == 0.0 and set(metrics["kl_divergence"]["per_component"]) == {"x", "y", "z"}
+    assert "invariant_drift" not in metrics  # Lorenz-63 conserves nothing
+    assert metrics["cost"]["reference"]["wall_seconds"] > 0
+    # the table names the headline numbers
+    assert main(["evaluate", str(lorenz_truth), "--reference", str(lorenz_truth)]) == 0
+    table = capsys.readouterr().out
+    assert "valid prediction time" in table and "Lyapunov times" in table and "100% of members" in table
+
+
+def test_perturbed_model_has_a_finite_vpt_figures_and_a_json_file(tmp_path, lorenz_truth, capsys):
+    rollout = simulate(tmp_path, "perturbed", LORENZ, "system.rho=28.3")  # same initial states, other dynamics
+    out, figures = tmp_path / "metrics.json", tmp_path / "figures"
+    metrics = evaluate_json(capsys, rollout, lorenz_truth, "--out", out, "--figures", figures)
+    vpt = np.array(metrics["valid_prediction_time"]["per_member"])
+    assert ((vpt > 1.0) & (vpt < 20.0)).all() and metrics["reached_horizon_fraction"] == 0.0
+    assert metrics["stable_fraction"] == 1.0 and metrics["initial_error"]["max"] == 0.0
+    growth = np.array(metrics["error_growth"]["median"])
+    assert growth[-1] > 0.5 > growth[1] > 0  # the median error crosses the threshold
+    assert json.loads(out.read_text()) == metrics
+    assert sorted(p.name for p in figures.iterdir()) == ["error_growth.png", "phase_portrait.png"]
+    # a lower threshold gives shorter valid times, member by member
+    lower = evaluate_json(capsys, rollout, lorenz_truth, "--threshold", 0.1)["valid_prediction_time"]["per_member"]
+    assert (np.array(lower) < vpt).all()
+
+
+def test_coarse_rollout_is_compared_on_its_grid(tmp_path, capsys):
+    truth = simulate(tmp_path, "ks_truth", KS)
+    coarse = simulate(tmp_path, "ks_coarse", KS, "system.n_points=32")
+    metrics = evaluate_json(capsys, coarse, truth, "--figures", tmp_path / "ks_figures")
+    assert any("restricted spectrally from 64" in note for note in metrics["notes"])
+    # random_fourier states with 4 modes are exact on both grids: the files start equal
+    assert metrics["initial_error"]["max"] < 1e-10
+    assert len(metrics["spectrum"]["rollout"]) == len(metrics["spectrum"]["reference"]) == 17
+    assert metrics["spectrum"]["distance"] < 0.5 and metrics["stable_fraction"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "ks_figures").iterdir()) == ["error_growth.png", "space_time.png",
+                                                                        "spectrum.png"]
+
+
+def test_blown_up_members_count_against_stability_and_vpt(tmp_path, lorenz_truth, capsys):
+    with xr.open_dataset(lorenz_truth) as truth:
+        u, times, attrs = truth.u.values.copy(), truth.time.values, dict(truth.attrs)
+    u[1, 31:] = np.nan  # member 1 blew up at t = 3.1
+    status = np.array([0, 1, 0], dtype=np.int8)
+    dataset = trajectory_dataset(u, times, state_dim="component", state_coords=["x", "y", "z"], status=status,
+                                 blowup_time=np.array([np.nan, 3.1, np.nan]), case_toml=attrs["case_toml"])
+    rollout = write_netcdf(dataset, tmp_path / "blown.nc")
+    metrics = evaluate_json(capsys, rollout, lorenz_truth)
+    assert metrics["stable_fraction"] == pytest.approx(2 / 3) and metrics["stable_members"] == 2
+    assert metrics["valid_prediction_time"]["per_member"] == pytest.approx([20.0, 3.0, 20.0])
+    assert metrics["reached_horizon_fraction"] == pytest.approx(2 / 3)
+
+
+def test_two_body_reports_invariant_drift(tmp_path, capsys):
+    two_body = '[case]\nname = "tb"\n[system]\nname = "two_body"\n[time]\ndt = 0.01\nn_steps = 300\n' \
+               '[initial_condition]\nmembers = 2\n'
+    truth = simulate(tmp_path, "tb_truth", two_body)
+    euler = simulate(tmp_path, "tb_euler", two_body, 'time.integrator="euler"')
+    drift = evaluate_json(capsys, euler, truth)["invariant_drift"]
+    assert set(drift) == {"energy", "angular_momentum"}
+    assert drift["energy"]["reference"]["max"] < 1e-6 < 1e-2 < drift["energy"]["rollout"]["min"]
+
+
+def test_lyapunov_of_the_bare_host_equals_the_truths(tmp_path, lorenz_truth, capsys):
+    case = tmp_path / "truth.toml"  # written by the fixture
+    # host dt = sample interval / substeps = 0.01: the bare host is the true system's solver
+    lyapunov = evaluate_json(capsys, lorenz_truth, lorenz_truth, "--lyapunov", "--case", case,
+                             "--set", "hybrid.substeps=10")["lyapunov"]
+    assert lyapunov["closure"].startswith("none") and lyapunov["relative_difference"] == 0.0
+    assert lyapunov["model"]["exponent"] == lyapunov["truth"]["exponent"]  # same solver, same states and probes
+    assert 0.75 < lyapunov["truth"]["exponent"] < 1.05  # 3 members x 22 time units of Lorenz-63 (0.9056)
+
+
+def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
+    ks = simulate(tmp_path, "ks", KS)
+    with xr.open_dataset(lorenz_truth) as truth:  # the same states, sampled half-way between the truth's times
+        shifted = trajectory_dataset(truth.u.values, truth.time.values + 0.05, state_dim="component",
+                                     state_coords=["x", "y", "z"])
+    other_times = write_netcdf(shifted, tmp_path / "other_times.nc")
+    fewer = simulate(tmp_path, "fewer", LORENZ, "initial_condition.members=2")
+    with xr.open_dataset(lorenz_truth) as truth:
+        foreign = trajectory_dataset(truth.u.values, truth.time.values, state_dim="component",
+                                     state_coords=["x", "y", "z"], closure_checksum="abc123")
+    foreign = write_netcdf(foreign, tmp_path / "foreign.nc")
+    cases = [
+        ([tmp_path / "missing.nc", "--reference", lorenz_truth], "no such file"),
+        ([lorenz_truth, "--reference", tmp_path / "missing.nc"], "no such file"),
+        ([ks, "--reference", lorenz_truth], "u(member, time, x)"),
+        ([other_times, "--reference", lorenz_truth], "share 0 time(s)"),
+        ([lorenz_truth, "--reference", fewer], "lacks members [2]"),
+        ([lorenz_truth, "--reference", fewer, "--match-members", "index"], "at least as many"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--out", tmp_path / "metrics.txt"], ".json"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--set", "evaluate.vpt_threshold=0.3"], "--case"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--threshold", "-1"], "positive"),
+        ([foreign, "--reference", lorenz_truth, "--lyapunov", "--case", tmp_path / "truth.toml"], "--closure"),
+    ]
+    for arguments, message in cases:
+        capsys.readouterr()
+        assert main(["evaluate", *map(str, arguments)]) == 2, arguments
+        error = capsys.readouterr().err
+        assert "hybridnde evaluate: error:" in error and message in error, (arguments, error)
+    assert not (tmp_path / "metrics.txt").exists()
+    # fewer reference members are fine the other way round, and by index
+    assert main(["evaluate", str(fewer), "--reference", str(lorenz_truth), "--match-members", "index"]) == 0
