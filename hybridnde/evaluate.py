@@ -27,11 +27,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .alignment import AlignedPair, align_trajectories
+from .evaluation_figures import write_figures
 from .config import CaseConfig, ConfigError, parse_case
 from .io import DataError, open_trajectories
 from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
-                      invariant_drift, json_ready, normalised_error, reference_scale, relative_drift_curves,
-                      spectral_distance, stable_members, summarise, valid_prediction_time, wavenumbers)
+                      invariant_drift, json_ready, normalised_error, reference_scale, spectral_distance,
+                      stable_members, summarise, valid_prediction_time, wavenumbers)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -175,66 +176,6 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, me
     results["relative_difference"] = (model_value - truth_value) / abs(truth_value) if truth_value else math.nan
     results["closure"] = "none (bare host solver)" if closure is None else type(closure).__name__
     return results
-
-
-def _representative_member(metrics: Mapping[str, Any]) -> int:
-    """Index of the member whose VPT is closest to the median (ties: the first)."""
-    vpt = np.asarray(metrics["valid_prediction_time"]["per_member"], dtype=np.float64)
-    return int(np.argmin(np.abs(vpt - metrics["valid_prediction_time"]["median"])))
-
-
-def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str | Path, *, title: str = "",
-                  invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None) -> list[Path]:
-    """PNG figures of ``pair`` into ``directory``: error growth; space-time diagrams and spectra for
-    fields; phase portraits and invariant drift for ODE states. Returns the paths written."""
-    from . import figures
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    prefix = f"{title}: " if title else ""
-    start, spread = float(pair.times[0]), metrics["spread_percentiles"]
-    vpt = metrics["valid_prediction_time"]
-    lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
-    error = normalised_error(pair.predicted, pair.truth, scale=metrics["error_scale"])
-    levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))
-    written = []
-    growth = figures.error_growth_figure(
-        pair.times, levels[1], levels[0], levels[2], threshold=metrics["threshold"],
-        valid_time=start + vpt["median"], valid_time_spread=(start + vpt[lo_key], start + vpt[hi_key]),
-        lyapunov_exponent=metrics.get("lyapunov_exponent"), time_units=pair.time_units,
-        spread_label=f"{spread[0]:g}-{spread[1]:g}th percentile over {pair.members.size} members",
-        title=f"{prefix}normalised error (VPT: median {vpt['median']:.3g}, "
-              f"{lo_key}-{hi_key} {vpt[lo_key]:.3g}-{vpt[hi_key]:.3g})")
-    written.append(figures.save_figure(growth, directory / "error_growth.png"))
-    member = _representative_member(metrics)
-    label = f"member {int(pair.members[member])}"
-    if pair.state_dim == "x":
-        diagram = figures.space_time_figure(
-            np.asarray(pair.state_coords, dtype=np.float64), pair.times, pair.truth[member], pair.predicted[member],
-            valid_time=start + vpt["per_member"][member], time_units=pair.time_units,
-            title=f"{prefix}{label} (VPT closest to the median)")
-        written.append(figures.save_figure(diagram, directory / "space_time.png"))
-        spectrum = metrics["spectrum"]
-        wavenumber = np.asarray(spectrum["wavenumber"])
-        plot = figures.spectrum_figure(wavenumber, np.asarray(spectrum["reference"]), wavenumber,
-                                       np.asarray(spectrum["rollout"]), distance=spectrum["distance"],
-                                       title=f"{prefix}energy spectrum, mean over members and time")
-        written.append(figures.save_figure(plot, directory / "spectrum.png"))
-    else:
-        names = [str(c) for c in pair.state_coords]
-        shown = sorted({member, *range(min(2, pair.members.size))})[:3]
-        portrait = figures.phase_portrait_figure(
-            pair.truth, pair.predicted, names, members=shown,
-            member_labels=[f"member {int(pair.members[m])}" for m in shown], title=f"{prefix}phase portraits (dot: start)")
-        written.append(figures.save_figure(portrait, directory / "phase_portrait.png"))
-        if invariants is not None:
-            curves = {name: relative_drift_curves(values) for name, values in invariants(pair.predicted).items()}
-            reference = {name: relative_drift_curves(values) for name, values in invariants(pair.truth).items()}
-            drift = figures.invariant_drift_figure(pair.times, curves, reference_drift=reference,
-                                                   time_units=pair.time_units,
-                                                   title=f"{prefix}drift of the true system's invariants")
-            written.append(figures.save_figure(drift, directory / "invariant_drift.png"))
-    return written
 
 
 def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case: CaseConfig | None = None,
