@@ -1,0 +1,159 @@
+"""Rollouts under a real ``mpiexec -n 2``: the same file as one process, bit for bit; a failing rank
+stops the whole job with its message and leaves no file; bad input on one rank is exit 2 everywhere."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from hybridnde.closure_file import save_closure
+from hybridnde.config import load_case
+from hybridnde.initial_conditions import draw_initial_conditions
+from hybridnde.io import STATUS_FLAGS, trajectory_dataset, write_netcdf
+from hybridnde.models import MLPClosure, PeriodicCNNClosure
+from hybridnde.netcdf_stream import partial_path
+from hybridnde.rollout_job import run_rollout
+from hybridnde.systems import build_host_solver
+
+pytestmark = [
+    pytest.mark.mpi,
+    pytest.mark.skipif(shutil.which("mpiexec") is None or importlib.util.find_spec("mpi4py") is None,
+                       reason="needs mpiexec and mpi4py (pip install 'hybridnde[mpi]')"),
+]
+
+# the tests' own cases (edits of the shipped cases/ cannot change them): true KS on L = 22, two-body
+CASE_FILES = {
+    "ks.toml": '[case]\nname = "ks"\n[system]\nname = "kuramoto_sivashinsky"\ndomain_length = 22.0\n'
+               'n_points = 64\n[time]\ndt = 0.25\n',
+    "two_body.toml": '[case]\nname = "two_body"\n[system]\nname = "two_body"\n[time]\ndt = 0.01\n',
+}
+TIMEOUT = 180  # seconds; a hang would otherwise stall CI
+
+
+@pytest.fixture
+def cases(tmp_path) -> Path:
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for name, text in CASE_FILES.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def mpiexec(ranks: int, *command: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                       OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1")
+    version = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True).stdout
+    extra = ["--oversubscribe"] if "Open MPI" in version else []  # CI runners may have fewer cores than ranks
+    return subprocess.run(["mpiexec", *extra, "-n", str(ranks), *command], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+#: case overrides of the two rollouts compared between 1 and 2 ranks
+TWO_BODY = ["rollout.members=10", "rollout.steps=60", "rollout.batch_size=3", "output.time_chunk=7"]
+
+
+def ks_overrides(initial_conditions: Path) -> list[str]:
+    return ["rollout.members=6", "rollout.steps=40", "rollout.batch_size=2", "rollout.save_every=2",
+            "output.time_chunk=4", f"rollout.initial_conditions='{initial_conditions}'"]
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    import torch
+    from hybridnde.config import load_case
+    from hybridnde.rollout_job import run_rollout
+
+    cases, work = sys.argv[1], sys.argv[2]
+    two_body = [{two_body}]
+    ks = [{ks}]
+    run_rollout(load_case(cases + "/two_body.toml", overrides=two_body), work + "/two_body_mpi.nc",
+                closure_path=work + "/mlp.pt", progress=False)
+    model = torch.load(work + "/cnn.pt", weights_only=False)
+    run_rollout(load_case(cases + "/ks.toml", overrides=ks), work + "/ks_mpi.nc", closure=model, progress=False)
+""")
+
+
+def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
+    torch.manual_seed(0)
+    mlp = MLPClosure(state_dim=4, width=50).double().eval()  # width 50: batch-dependent GEMM/tanh paths
+    save_closure(tmp_path / "mlp.pt", mlp)
+    cnn = PeriodicCNNClosure(channels=4, depth=1, kernel_size=3).double().eval()
+    with torch.no_grad():
+        for parameter in cnn.parameters():
+            parameter.mul_(0.1)
+    torch.save(cnn, tmp_path / "cnn.pt")
+    # KS from a file, with member 4 (on rank 1) blowing up after a few steps
+    case = load_case(cases / "ks.toml")
+    solver = build_host_solver(case)
+    u0 = draw_initial_conditions(case.initial_condition, solver, range(6), seed=3).numpy()
+    u0[4] *= 10.0
+    initial = write_netcdf(trajectory_dataset(u0[:, None], [0.0], state_dim="x", state_coords=solver.x.numpy()),
+                           tmp_path / "initial.nc")
+    ks = ks_overrides(initial)
+    driver = DRIVER.format(two_body=", ".join(map(repr, TWO_BODY)), ks=", ".join(map(repr, ks)))
+    result = mpiexec(2, sys.executable, "-c", driver, str(cases), str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_rollout(load_case(cases / "two_body.toml", overrides=TWO_BODY), tmp_path / "two_body_serial.nc",
+                closure_path=tmp_path / "mlp.pt", progress=False)
+    run_rollout(load_case(cases / "ks.toml", overrides=ks), tmp_path / "ks_serial.nc", closure=cnn, progress=False)
+    for name in ("two_body", "ks"):
+        with xr.open_dataset(tmp_path / f"{name}_mpi.nc") as parallel, \
+                xr.open_dataset(tmp_path / f"{name}_serial.nc") as serial:
+            assert parallel.attrs["ranks"] == 2 and serial.attrs["ranks"] == 1
+            for variable in ("u", "status", "blowup_time", "member", "time"):
+                np.testing.assert_array_equal(parallel[variable].values, serial[variable].values,
+                                              err_msg=f"{name}: {variable}")
+            if name == "ks":
+                assert parallel.status.values.tolist() == [0, 0, 0, 0, STATUS_FLAGS["blew_up"], 0]
+
+
+FAILING_DRIVER = textwrap.dedent("""
+    import os, sys
+    import torch
+    from hybridnde.config import load_case
+    from hybridnde.rollout_job import run_rollout
+
+    class FailsOnRankOne(torch.nn.Module):
+        def forward(self, t, u):
+            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == "1" and float(t) > 0.1:
+                raise RuntimeError("closure exploded on purpose")
+            return torch.zeros_like(u)
+
+    case = load_case(sys.argv[1], overrides=["rollout.members=8", "rollout.steps=4000", "rollout.batch_size=2",
+                                             "output.time_chunk=10"])
+    run_rollout(case, sys.argv[2], closure=FailsOnRankOne(), progress=False)
+""")
+
+
+def test_a_failing_rank_aborts_the_job_with_its_message_and_no_file(cases, tmp_path):
+    out = tmp_path / "rollout.nc"
+    result = mpiexec(2, sys.executable, "-c", FAILING_DRIVER, str(cases / "two_body.toml"), str(out), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "closure exploded on purpose" in result.stderr and "rank 1 of 2 failed" in result.stderr
+    assert not out.exists()
+
+
+def test_bad_input_on_one_rank_is_exit_2_on_all(cases, tmp_path):
+    case = load_case(cases / "ks.toml")
+    solver = build_host_solver(case)
+    u0 = draw_initial_conditions(case.initial_condition, solver, range(4), seed=0).numpy()
+    u0[3, 0] = np.inf  # member 3: in rank 1's batch only
+    initial = write_netcdf(trajectory_dataset(u0[:, None], [0.0], state_dim="x", state_coords=solver.x.numpy()),
+                           tmp_path / "initial.nc")
+    out = tmp_path / "rollout.nc"
+    result = mpiexec(2, sys.executable, "-m", "hybridnde.cli", "rollout", str(cases / "ks.toml"), "--out", str(out),
+                     "--set", "rollout.members=4", "--set", "rollout.batch_size=2",
+                     "--set", f"rollout.initial_conditions='{initial}'", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "rank 1: " in result.stderr and "members [3]" in result.stderr
+    assert result.stderr.count("members [3]") == 1  # rank 0 reports it once for the job
+    assert not out.exists() and not partial_path(out).exists()
