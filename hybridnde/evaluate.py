@@ -50,9 +50,10 @@ MAX_CURVE_POINTS = 1000
 INITIAL_MISMATCH = 0.1
 
 
-def case_from_attributes(dataset, name: str) -> CaseConfig | None:
-    """The case stored in a file's ``case_toml`` attribute, or ``None`` (logged) if absent or unreadable."""
-    text = dataset.attrs.get("case_toml", "")
+def case_from_attributes(attributes: Mapping[str, Any], name: str) -> CaseConfig | None:
+    """The case stored in a file's ``case_toml`` global attribute, or ``None`` (logged) if absent or
+    unreadable; ``attributes``: the file's global attributes (``dataset.attrs``)."""
+    text = attributes.get("case_toml", "")
     if not text:
         return None
     try:
@@ -192,11 +193,29 @@ def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case
     write PNG figures there. Raises ``DataError`` for missing or mismatched files.
     """
     rollout_path, reference_path = Path(rollout_path), Path(reference_path)
-    rollout, reference = open_trajectories(rollout_path), open_trajectories(reference_path)
-    pair = align_trajectories(rollout, reference, match_members=match_members, time_tolerance=time_tolerance,
-                              names=(str(rollout_path), str(reference_path)))
+    # lazily opened: only the paired members and times are read from disk
+    rollout = open_trajectories(rollout_path, load=False)
+    try:
+        reference = open_trajectories(reference_path, load=False)
+    except DataError:
+        rollout.close()
+        raise
+    with rollout, reference:
+        pair = align_trajectories(rollout, reference, match_members=match_members, time_tolerance=time_tolerance,
+                                  names=(str(rollout_path), str(reference_path)))
+        rollout_attrs, reference_attrs = dict(rollout.attrs), dict(reference.attrs)
+    return _evaluate_pair(pair, rollout_path, reference_path, rollout_attrs, reference_attrs, case=case,
+                          threshold=threshold, spread=spread, figures_dir=figures_dir, lyapunov=lyapunov,
+                          closure_path=closure_path)
+
+
+def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, rollout_attrs: Mapping[str, Any],
+                   reference_attrs: Mapping[str, Any], *, case: CaseConfig | None, threshold: float | None,
+                   spread: Sequence[float], figures_dir: str | Path | None, lyapunov: bool,
+                   closure_path: str | Path | None) -> dict[str, Any]:
     if case is None:
-        case = case_from_attributes(reference, str(reference_path)) or case_from_attributes(rollout, str(rollout_path))
+        case = (case_from_attributes(reference_attrs, str(reference_path))
+                or case_from_attributes(rollout_attrs, str(rollout_path)))
     threshold = threshold if threshold is not None else (case.evaluate.vpt_threshold if case else 0.5)
     if not threshold > 0:
         raise ConfigError(f"threshold = {threshold!r} must be positive")
@@ -206,12 +225,12 @@ def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case
     if lyapunov:
         if case is None:
             raise DataError("the Lyapunov estimate needs the case: pass --case CASE.toml (the files store none)")
-        closure = _closure_for(rollout, rollout_path, closure_path)
+        closure = _closure_for(rollout_attrs, rollout_path, closure_path)
     metrics = compute_metrics(pair, threshold=threshold, lyapunov_exponent=exponent, invariants=invariants,
                               spread=spread)
     metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
                "case": case.case.name if case else None, **metrics,
-               "cost": {"rollout": cost_from_attributes(rollout.attrs), "reference": cost_from_attributes(reference.attrs)}}
+               "cost": {"rollout": cost_from_attributes(rollout_attrs), "reference": cost_from_attributes(reference_attrs)}}
     if lyapunov:
         metrics["lyapunov"] = lyapunov_comparison(case, pair, closure=closure)
     if figures_dir is not None:
@@ -220,9 +239,9 @@ def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case
     return json_ready(metrics)
 
 
-def _closure_for(rollout, rollout_path: Path, closure_path: str | Path | None):
+def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_path: str | Path | None):
     """The closure the rollout was made with, checked against its recorded checksum."""
-    recorded = str(rollout.attrs.get("closure_checksum", "none"))
+    recorded = str(rollout_attrs.get("closure_checksum", "none"))
     if closure_path is None:
         if recorded not in ("", "none"):
             raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...; pass it with --closure "
