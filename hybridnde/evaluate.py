@@ -165,6 +165,9 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, me
     count = min(members, pair.members.size)
     truth_solver = build_solver(case.system, case.time, device="cpu", dtype=torch.float64)
     model_solver = build_host_solver(case, closure=closure, device="cpu", dtype=torch.float64)
+    if tuple(pair.predicted.shape[2:]) != tuple(model_solver.state_shape):
+        raise DataError(f"the rollout's states {tuple(pair.predicted.shape[2:])} do not fit the case's host solver "
+                        f"{tuple(model_solver.state_shape)}; pass the --case the rollout was made with")
     results = {}
     for name, solver, states in (("truth", truth_solver, pair.reference_initial[:count]),
                                  ("model", model_solver, pair.predicted[:count, 0])):
