@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import Closure, ExplicitSolver, Solver
+from .etdrk4_stepping import DenseStepper, ETDRK4Plan, StageCoefficients, dense_matrices, fourier_step
 from .integrators import REAL_AXIS_STABILITY_LIMIT
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "etdrk4_coefficients",
     "central_difference_weights",
 ]
+
+#: values of ``KuramotoSivashinskySpectral(implementation=...)``
+IMPLEMENTATIONS = ("auto", "fft", "dense")
 
 
 def etdrk4_coefficients(linear_hat: np.ndarray, dt: float, contour_points: int = 64) -> dict[str, np.ndarray]:
@@ -74,14 +78,25 @@ class KuramotoSivashinskySpectral(Solver):
             1.0 switches dealiasing off.
         nonlinear_coefficient: ``c`` in ``-c u u_x``.
         contour_points: points on the Kassam-Trefethen contour (32 is plenty in float64).
+        implementation: how steps without a closure and without gradients are computed (all give the
+            same ETDRK4 step up to rounding): ``"fft"`` (8 real FFTs and fused elementwise updates),
+            ``"dense"`` (physical space, one matrix product per stage: fastest for small ``N * batch``,
+            where per-operation overhead dominates), or ``"auto"`` (dense in float64 when
+            ``batch * N**2 <= dense_work_limit`` and ``N <= 128``, else fft). Steps with a closure or
+            with gradients always use the FFT path.
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
 
+    #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this (measured crossover on
+    #: one CPU core: about batch 4 at N = 64; see docs/performance.md)
+    dense_work_limit: int = 16384
+
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
                  contour_points: int = 64, closure: Closure | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float64,
+                 implementation: str = "auto"):
         super().__init__(dt=dt, closure=closure, device=device, dtype=dtype)
         if n_points < 4 or n_points % 2:
             raise ValueError(f"n_points={n_points} must be an even number >= 4")
@@ -89,11 +104,14 @@ class KuramotoSivashinskySpectral(Solver):
             raise ValueError(f"domain_length={domain_length} must be positive")
         if not 0 < dealiasing_fraction <= 1:
             raise ValueError(f"dealiasing_fraction={dealiasing_fraction} must be in (0, 1]")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation={implementation!r}; choose one of {IMPLEMENTATIONS}")
         self.domain_length = float(domain_length)
         self.n_points = int(n_points)
         self.dealiasing_fraction = float(dealiasing_fraction)
         self.nonlinear_coefficient = float(nonlinear_coefficient)
         self.contour_points = int(contour_points)
+        self.implementation = implementation
 
         modes = np.arange(self.n_points // 2 + 1)
         wavenumber = 2 * np.pi / self.domain_length * modes
@@ -111,6 +129,8 @@ class KuramotoSivashinskySpectral(Solver):
         self.nonlinear_hat = torch.as_tensor(nonlinear_hat, **as_complex)
         self.derivative_hat = torch.as_tensor(derivative, **as_complex)
         self._coefficients: dict[float, dict[str, Tensor]] = {}
+        self._plans: dict[float, ETDRK4Plan] = {}
+        self._dense: dict[tuple[float, int], DenseStepper] = {}
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -147,7 +167,7 @@ class KuramotoSivashinskySpectral(Solver):
         u = self.to_physical(u_hat)
         if self.closure is None:
             return self.nonlinear_hat * self.to_fourier(u * u)
-        return self.nonlinear_hat * self.to_fourier(u * u) + self.to_fourier(self.closure(t, u))
+        return torch.addcmul(self.to_fourier(self.closure(t, u)), self.nonlinear_hat, self.to_fourier(u * u))
 
     # -- ETDRK4 -----------------------------------------------------------------------------------
     def coefficients(self, dt: float) -> dict[str, Tensor]:
@@ -158,35 +178,98 @@ class KuramotoSivashinskySpectral(Solver):
                                       for name, value in raw.items()}
         return self._coefficients[dt]
 
+    def plan(self, dt: float) -> ETDRK4Plan:
+        """Precombined step coefficients for ``dt`` (complex, cached; see ``solvers.etdrk4_stepping``)."""
+        plan = self._plans.get(dt)
+        if plan is None:
+            # combine in float64, round once to the solver's dtype
+            raw = {name: torch.as_tensor(value, dtype=torch.complex128, device=self.device)
+                   for name, value in etdrk4_coefficients(self._linear_hat_np, dt, self.contour_points).items()}
+            symbol = self.nonlinear_hat.to(torch.complex128)
+
+            def cast(stage: StageCoefficients) -> StageCoefficients:
+                return StageCoefficients(**{name: getattr(stage, name).to(self.complex_dtype)
+                                            for name in StageCoefficients.__dataclass_fields__})
+
+            plan = ETDRK4Plan(dt=dt, E=raw["E"].to(self.complex_dtype), E2=raw["E2"].to(self.complex_dtype),
+                              folded=cast(StageCoefficients.from_coefficients(raw, symbol)),
+                              plain=cast(StageCoefficients.from_coefficients(raw, torch.ones_like(symbol))))
+            self._plans[dt] = plan
+        return plan
+
+    def _needs_graph(self, u: Tensor) -> bool:
+        """Whether autograd must see this step (then no in-place or dense shortcuts)."""
+        if not torch.is_grad_enabled():
+            return False
+        return u.requires_grad or self.closure is not None
+
+    def _use_dense(self, u: Tensor) -> bool:
+        if self.closure is not None or self._needs_graph(u) or self.implementation == "fft":
+            return False
+        if self.implementation == "dense":
+            return True
+        # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
+        # step), harmless in float64 but larger than the FFT path's in float32
+        return (self.dtype == torch.float64 and self.n_points <= 128
+                and u.shape[0] * self.n_points**2 <= self.dense_work_limit)
+
+    def _dense_stepper(self, u: Tensor, dt: float) -> DenseStepper:
+        key = (dt, u.shape[0])
+        stepper = self._dense.get(key)
+        if stepper is None:
+            matrices = dense_matrices(self.nonlinear_hat, self.coefficients(dt), self.n_points, self.dtype)
+            if len(self._dense) > 8:  # bounded: one entry per (dt, batch) in use
+                self._dense.clear()
+            stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device)
+            self._dense[key] = stepper
+        return stepper
+
     def step_fourier(self, t: Tensor | float, u_hat: Tensor, dt: float | None = None) -> Tensor:
         """One ETDRK4 step on Fourier coefficients ``u_hat: (batch, n // 2 + 1)``.
 
-        Cox & Matthews 2002, eq. (26)-(29), in the form of Kassam & Trefethen 2005, Fig. 2.
+        Cox & Matthews 2002, eq. (26)-(29), in the form of Kassam & Trefethen 2005, Fig. 2, with the
+        exact rearrangements of ``solvers.etdrk4_stepping``.
         """
         dt = self.dt if dt is None else float(dt)
-        c = self.coefficients(dt)
+        plan = self.plan(dt)
+        inplace = not self._needs_graph(u_hat)
+        n = self.n_points
+        irfft, rfft = torch.fft.irfft, torch.fft.rfft
+        if self.closure is None:
+            def squared_hat(stage: int, x_hat: Tensor) -> Tensor:
+                u = irfft(x_hat, n=n)
+                return rfft(u.mul_(u) if inplace else u * u)  # irfft's output is ours to overwrite
+
+            return fourier_step(u_hat, plan, plan.folded, squared_hat, inplace=inplace)
+
         t = self.as_time(t)
-        t_half = t + 0.5 * dt
-        n_u = self.nonlinear_hat_term(t, u_hat)
-        a = c["E2"] * u_hat + c["Q"] * n_u
-        n_a = self.nonlinear_hat_term(t_half, a)
-        b = c["E2"] * u_hat + c["Q"] * n_a
-        n_b = self.nonlinear_hat_term(t_half, b)
-        d = c["E2"] * a + c["Q"] * (2.0 * n_b - n_u)
-        n_d = self.nonlinear_hat_term(t + dt, d)
-        return c["E"] * u_hat + c["f1"] * n_u + 2.0 * c["f2"] * (n_a + n_b) + c["f3"] * n_d
+        stage_times = (t, t + 0.5 * dt, t + dt)
+        closure, symbol = self.closure, self.nonlinear_hat
+
+        def with_closure(stage: int, x_hat: Tensor) -> Tensor:
+            u = irfft(x_hat, n=n)
+            closure_hat = rfft(closure(stage_times[stage], u))
+            # u * u out of place: the closure may have kept a reference to u (or returned it)
+            return torch.addcmul(closure_hat, symbol, rfft(u * u))
+
+        return fourier_step(u_hat, plan, plan.plain, with_closure, inplace=inplace)
 
     def step(self, t: Tensor | float, u: Tensor, dt: float | None = None) -> Tensor:
+        dt = self.dt if dt is None else float(dt)
+        if self._use_dense(u):
+            return self._dense_stepper(u, dt).step(u)
         return self.to_physical(self.step_fourier(t, self.to_fourier(u), dt))
 
+    # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
+    # the physical field (real) on the dense path, which needs no transforms at all
     def _to_internal(self, u: Tensor) -> Tensor:
-        return self.to_fourier(u)
+        return u if self._use_dense(u) else self.to_fourier(u)
 
     def _to_physical(self, state: Tensor) -> Tensor:
-        return self.to_physical(state)
+        return self.to_physical(state) if state.is_complex() else state
 
-    def _step_internal(self, t: float, state: Tensor, dt: float) -> Tensor:
-        return self.step_fourier(t, state, dt)
+    def _step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        return self.step_fourier(t, state, dt) if state.is_complex() else self.step(t, state, dt)
 
 
 @lru_cache(maxsize=None)

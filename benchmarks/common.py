@@ -1,0 +1,179 @@
+"""Shared timing helpers for the benchmark scripts: threads, warm-up, interleaved repeats, medians,
+a plain-text table and JSON lines.
+
+Timing protocol (what every figure in docs/performance.md means):
+
+* every contender is warmed up (its first call compiles/plans), then timed for ``repeats`` rounds;
+* the rounds are **interleaved** (round-robin over the contenders), so a load spike on the shared
+  machine hits all of them alike and the *ratios* stay meaningful;
+* one timed call runs enough work to last about ``min_seconds`` (calibrated once after warm-up);
+* we record wall time and process CPU time (``time.process_time``, all threads of this process) and
+  report the **median** over the rounds. With one thread, CPU time is the fairer measure on a busy
+  machine (it does not count time the scheduler gave to other processes); with several threads wall
+  time is the one that matters. Both are printed and written to the JSON lines.
+
+Thread control must happen before numpy/torch/jax start their pools, so call ``configure_threads``
+before importing jax (XLA reads ``XLA_FLAGS`` once, at start-up).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+__all__ = [
+    "add_common_arguments", "configure_threads", "Timing", "calibrate", "time_interleaved",
+    "print_table", "emit_json", "machine_description", "peak_rss_bytes", "format_rate",
+]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tiny`` (CI smoke run), ``--threads``, ``--repeats``, ``--min-seconds``, ``--jsonl``."""
+    parser.add_argument("--tiny", action="store_true",
+                        help="smallest sizes and one short repeat: checks that the script runs (CI)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads for torch and XLA (default 1; 0 = all cores)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--min-seconds", type=float, default=0.2,
+                        help="each timed call runs for at least this long (calibrated)")
+    parser.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
+
+
+def configure_threads(threads: int) -> int:
+    """Pin torch, OpenMP/MKL and XLA to ``threads`` intra-op threads (0 = every core); returns the count.
+
+    XLA: ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` makes jax run its CPU
+    kernels (Eigen, and the DUCC FFT it calls) on one thread. Must run before ``import jax``.
+    """
+    cores = os.cpu_count() or 1
+    count = cores if threads <= 0 else threads
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(count)
+    if count == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    import torch
+
+    torch.set_num_threads(count)
+    return count
+
+
+@dataclass
+class Timing:
+    """Per-call seconds of one contender over the rounds; ``units`` per call (e.g. member-steps)."""
+
+    name: str
+    units_per_call: float
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    @property
+    def wall_median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    def rate(self, clock: str = "cpu") -> float:
+        """Units per second from the median time of ``clock`` (``"cpu"`` or ``"wall"``)."""
+        seconds = self.cpu_median if clock == "cpu" else self.wall_median
+        return self.units_per_call / max(seconds, 1e-12)
+
+
+def _timed(call: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def calibrate(call: Callable[[], object], min_seconds: float, *, max_calls: int = 1 << 16) -> int:
+    """How many back-to-back calls of ``call`` last about ``min_seconds`` (one warm-up call first)."""
+    call()
+    calls = 1
+    while calls < max_calls:
+        wall, _ = _timed(lambda: [call() for _ in range(calls)])
+        if wall >= min_seconds:
+            break
+        calls = min(max_calls, calls * 2 if wall < min_seconds / 8 else max(calls + 1, int(calls * min_seconds / wall * 1.1)))
+    return calls
+
+
+def time_interleaved(contenders: dict[str, tuple[Callable[[], object], float]], *, repeats: int,
+                     min_seconds: float) -> dict[str, Timing]:
+    """Time each ``name: (call, units_per_call)`` for ``repeats`` interleaved rounds.
+
+    Each contender's call is repeated (calibrated count) so a round lasts about ``min_seconds``;
+    the recorded times are per call.
+    """
+    counts = {name: calibrate(call, min_seconds) for name, (call, _) in contenders.items()}
+    timings = {name: Timing(name, units) for name, (_, units) in contenders.items()}
+    for _ in range(repeats):
+        for name, (call, _) in contenders.items():
+            count = counts[name]
+            wall, cpu = _timed(lambda: [call() for _ in range(count)])
+            timings[name].wall.append(wall / count)
+            timings[name].cpu.append(cpu / count)
+    return timings
+
+
+def format_rate(value: float) -> str:
+    """``1234567 -> '1.23M'``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def print_table(rows: Sequence[dict[str, object]], columns: Sequence[str], *, title: str | None = None,
+                stream=sys.stdout) -> None:
+    """A fixed-width text table of ``rows`` (dicts) restricted to ``columns``."""
+    cells = [[str(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    if title:
+        print(f"\n{title}", file=stream)
+    print("  ".join(column.rjust(width) for column, width in zip(columns, widths)), file=stream)
+    print("  ".join("-" * width for width in widths), file=stream)
+    for line in cells:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)), file=stream)
+    stream.flush()
+
+
+def emit_json(records: Iterable[dict[str, object]], jsonl_path: str | None = None, stream=sys.stdout) -> None:
+    """One JSON object per line on ``stream`` (and appended to ``jsonl_path`` when given)."""
+    lines = [json.dumps(record, sort_keys=True) for record in records]
+    for line in lines:
+        print(line, file=stream)
+    stream.flush()
+    if jsonl_path:
+        with open(jsonl_path, "a", encoding="utf-8") as handle:
+            handle.writelines(line + "\n" for line in lines)
+
+
+def machine_description(threads: int) -> dict[str, object]:
+    """What the figures were measured on (goes into every JSON line)."""
+    import torch
+
+    return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (``VmHWM``), bytes; falls back to ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

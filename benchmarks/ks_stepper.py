@@ -1,0 +1,302 @@
+"""Spectral Kuramoto-Sivashinsky ETDRK4: member-steps per second, side by side with its peers.
+
+    python benchmarks/ks_stepper.py                 # 1 thread, the four (N, batch) points of issue 9
+    python benchmarks/ks_stepper.py --threads 0     # every core (torch and XLA alike)
+    python benchmarks/ks_stepper.py --tiny          # CI smoke run (seconds)
+
+Equation (all contenders): ``u_t = -u u_x - u_xx - u_xxxx`` on ``[0, 22)``, float64, ``dt = 0.25``,
+ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see common.py):
+
+* ``hybridnde``: ``KuramotoSivashinskySpectral.trajectory`` (Fourier state kept between steps), under
+  ``torch.inference_mode``; ``hybridnde step()``: the public one-step call on physical states;
+* ``exponax``: ``exponax.stepper.KuramotoSivashinskyConservative(order=4)`` -- the conservative
+  ``-1/2 (u^2)_x`` form, which is our equation (the plain ``KuramotoSivashinsky`` stepper is the
+  combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
+  of a ``lax.fori_loop`` over the steps, ``block_until_ready``; once calling the stepper on physical
+  states (what ``exponax.rollout`` does) and once on its Fourier state (``step_fourier``);
+* ``numpy KT``: a plain batched numpy ETDRK4 in the style of Kassam & Trefethen 2005 (kursiv.m);
+* ``FFT floor``: only the 4 forward + 4 inverse batched real FFTs one ETDRK4 step needs, in torch.
+
+A correctness column gives each contender's max deviation from ours after 20 steps of a smooth
+state (they differ only in dealiasing details and contour points, so it is tiny).
+
+Also measures peak memory (RSS) of a streamed ``trajectory()`` against ``rollout()`` for growing
+lengths, each in a fresh subprocess (``--memory-only`` runs just that part).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (add_common_arguments, configure_threads, emit_json, format_rate,  # noqa: E402
+                    machine_description, peak_rss_bytes, print_table, time_interleaved)
+
+DOMAIN_LENGTH = 22.0
+DT = 0.25
+FULL_SIZES = [(64, 1), (64, 256), (256, 256), (1024, 64)]
+TINY_SIZES = [(32, 2)]
+CHECK_STEPS = 20
+
+
+def smooth_initial_state(n_points: int, batch: int):
+    """(batch, n) float64 smooth periodic fields with member-dependent phases (numpy)."""
+    import numpy as np
+
+    x = np.arange(n_points) * DOMAIN_LENGTH / n_points
+    phase = 2 * np.pi * np.arange(batch)[:, None] / max(batch, 1)
+    k = 2 * np.pi / DOMAIN_LENGTH
+    return (np.cos(k * x[None] + phase) * (1 + np.sin(k * x[None] / 2 + phase))
+            + 0.3 * np.sin(3 * k * x[None] - phase))
+
+
+# -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
+def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False):
+    import torch
+
+    from solvers import KuramotoSivashinskySpectral
+
+    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
+    state = torch.as_tensor(u0, dtype=torch.float64)
+
+    def advance(n: int):
+        with torch.inference_mode():
+            if public_step:
+                u = state
+                for i in range(n):
+                    u = solver.step(i * DT, u)
+                return u
+            final = None
+            for _, final in solver.trajectory(state, n, save_every=n):
+                pass
+            return final
+
+    return (lambda: advance(steps)), (lambda n: advance(n).numpy())
+
+
+def exponax_contenders(n_points: int, u0, steps: int):
+    """Two exponax variants (physical-state stepping and Fourier-state stepping)."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    import exponax
+
+    stepper = exponax.stepper.KuramotoSivashinskyConservative(
+        1, DOMAIN_LENGTH, n_points, DT, order=4, dealiasing_fraction=2.0 / 3.0)
+    state = jnp.asarray(u0[:, None, :])  # (batch, channel=1, n)
+    physical = jax.vmap(stepper)
+    fourier = jax.vmap(stepper.step_fourier)
+
+    def make(n: int, *, in_fourier: bool):
+        if in_fourier:
+            def rollout(u):
+                u_hat = jax.lax.fori_loop(0, n, lambda i, v: fourier(v), jnp.fft.rfft(u, axis=-1))
+                return jnp.fft.irfft(u_hat, n=n_points, axis=-1)
+        else:
+            def rollout(u):
+                return jax.lax.fori_loop(0, n, lambda i, v: physical(v), u)
+        return jax.jit(rollout)
+
+    contenders = {}
+    for label, in_fourier in (("exponax", False), ("exponax (Fourier state)", True)):
+        timed = make(steps, in_fourier=in_fourier)
+        contenders[label] = ((lambda timed=timed: timed(state).block_until_ready()),
+                             (lambda n, in_fourier=in_fourier: jax.device_get(make(n, in_fourier=in_fourier)(state))[:, 0]))
+    return contenders
+
+
+def numpy_kassam_trefethen(n_points: int, u0, steps: int):
+    """Batched numpy ETDRK4 after Kassam & Trefethen 2005 (their kursiv.m, real FFTs, 2/3 rule)."""
+    import numpy as np
+
+    modes = np.arange(n_points // 2 + 1)
+    k = 2 * np.pi / DOMAIN_LENGTH * modes
+    linear = k**2 - k**4
+    E, E2 = np.exp(DT * linear), np.exp(DT * linear / 2)
+    roots = np.exp(1j * np.pi * (np.arange(1, 33) - 0.5) / 32)
+    LR = DT * linear[:, None] + roots[None, :]
+    Q = DT * np.real(np.mean((np.exp(LR / 2) - 1) / LR, axis=1))
+    f1 = DT * np.real(np.mean((-4 - LR + np.exp(LR) * (4 - 3 * LR + LR**2)) / LR**3, axis=1))
+    f2 = DT * np.real(np.mean((2 + LR + np.exp(LR) * (LR - 2)) / LR**3, axis=1))
+    f3 = DT * np.real(np.mean((-4 - 3 * LR - LR**2 + np.exp(LR) * (4 - LR)) / LR**3, axis=1))
+    ik = 1j * k
+    ik[-1] = 0
+    g = -0.5 * ik * (modes <= (2 / 3) * (n_points // 2) + 1e-9)
+    v0 = np.fft.rfft(u0, axis=-1)
+
+    def nonlinear(v):
+        return g * np.fft.rfft(np.fft.irfft(v, n=n_points, axis=-1) ** 2, axis=-1)
+
+    def advance(n: int):
+        v = v0
+        for _ in range(n):
+            Nv = nonlinear(v)
+            a = E2 * v + Q * Nv
+            Na = nonlinear(a)
+            b = E2 * v + Q * Na
+            Nb = nonlinear(b)
+            c = E2 * a + Q * (2 * Nb - Nv)
+            Nc = nonlinear(c)
+            v = E * v + Nv * f1 + 2 * (Na + Nb) * f2 + Nc * f3
+        return np.fft.irfft(v, n=n_points, axis=-1)
+
+    return (lambda: advance(steps)), advance
+
+
+def fft_floor(n_points: int, u0, steps: int):
+    """The 4 rfft + 4 irfft of one step, ``steps`` times: what no FFT-based stepper can beat in torch."""
+    import torch
+
+    u = torch.as_tensor(u0, dtype=torch.float64)
+    u_hat = torch.fft.rfft(u)
+
+    def advance():
+        with torch.inference_mode():
+            for _ in range(steps):
+                for _ in range(4):
+                    torch.fft.rfft(u)
+                    torch.fft.irfft(u_hat, n=n_points)
+
+    return advance, None
+
+
+# -- the throughput table ------------------------------------------------------------------------
+def throughput(args, threads: int) -> list[dict[str, object]]:
+    import numpy as np
+
+    sizes = TINY_SIZES if args.tiny else FULL_SIZES
+    try:
+        import exponax  # noqa: F401
+        import jax  # noqa: F401
+        have_exponax = True
+    except ImportError:
+        have_exponax = False
+    records = []
+    for n_points, batch in sizes:
+        steps = 2 if args.tiny else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
+        u0 = smooth_initial_state(n_points, batch)
+        builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
+            "hybridnde": hybridnde_contender(n_points, u0, steps),
+            "hybridnde step()": hybridnde_contender(n_points, u0, steps, public_step=True),
+        }
+        if have_exponax:
+            builders.update(exponax_contenders(n_points, u0, steps))
+        builders["numpy KT"] = numpy_kassam_trefethen(n_points, u0, steps)
+        builders["FFT floor"] = fft_floor(n_points, u0, steps)
+
+        reference = builders["hybridnde"][1](CHECK_STEPS)
+        scale = float(np.abs(reference).max())
+        timings = time_interleaved({name: (run, batch * steps) for name, (run, _) in builders.items()},
+                                   repeats=1 if args.tiny else args.repeats,
+                                   min_seconds=0.01 if args.tiny else args.min_seconds)
+        ours = timings["hybridnde"]
+        for name, timing in timings.items():
+            final = builders[name][1]
+            deviation = (float(np.abs(np.asarray(final(CHECK_STEPS)) - reference).max()) / scale
+                         if final is not None else None)
+            records.append({
+                "benchmark": "ks_stepper", "n_points": n_points, "batch": batch, "contender": name,
+                "member_steps_per_s_cpu": timing.rate("cpu"), "member_steps_per_s_wall": timing.rate("wall"),
+                "ours_over_this_cpu": ours.rate("cpu") / timing.rate("cpu"),
+                "ours_over_this_wall": ours.rate("wall") / timing.rate("wall"),
+                "relative_deviation_after_20_steps": deviation, "steps_per_call": steps,
+                "repeats": len(timing.cpu), "dtype": "float64", "domain_length": DOMAIN_LENGTH, "dt": DT,
+                **machine_description(threads)})
+    return records
+
+
+def print_throughput(records: list[dict[str, object]], threads: int) -> None:
+    rows = [{
+        "N": r["n_points"], "batch": r["batch"], "contender": r["contender"],
+        "member-steps/s (cpu)": format_rate(r["member_steps_per_s_cpu"]),
+        "(wall)": format_rate(r["member_steps_per_s_wall"]),
+        "ours/this (cpu)": f"{r['ours_over_this_cpu']:.2f}", "(wall)#": f"{r['ours_over_this_wall']:.2f}",
+        "deviation": "-" if r["relative_deviation_after_20_steps"] is None
+        else f"{r['relative_deviation_after_20_steps']:.1e}",
+    } for r in records]
+    print_table(rows, ["N", "batch", "contender", "member-steps/s (cpu)", "(wall)", "ours/this (cpu)",
+                       "(wall)#", "deviation"],
+                title=f"KS ETDRK4 throughput, float64, L=22, dt=0.25, {threads} thread(s); medians")
+
+
+# -- memory: streamed trajectory vs stacked rollout -------------------------------------------------
+def memory_probe(mode: str, n_steps: int, n_points: int, batch: int) -> None:
+    """Child process: run one rollout and print the peak RSS growth over the warmed-up baseline."""
+    import json
+
+    import torch
+
+    from solvers import KuramotoSivashinskySpectral
+
+    torch.set_num_threads(1)
+    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
+    u0 = torch.as_tensor(smooth_initial_state(n_points, batch), dtype=torch.float64)
+    with torch.inference_mode():
+        for _ in solver.trajectory(u0, 8):  # warm up allocator, FFT plans, coefficients
+            pass
+        baseline = peak_rss_bytes()
+        if mode == "trajectory":
+            total = torch.zeros(n_points, dtype=torch.float64)
+            for _, u in solver.trajectory(u0, n_steps):  # streamed, as the NetCDF writer consumes it
+                total += u.sum(0)
+        else:
+            saved = solver.rollout(u0, n_steps)
+            total = saved.sum((0, 1))
+    print(json.dumps({"peak_rss_growth_bytes": peak_rss_bytes() - baseline, "checksum": float(total.sum())}))
+
+
+def memory(args, threads: int) -> list[dict[str, object]]:
+    import json
+
+    n_points, batch = (32, 4) if args.tiny else (64, 64)
+    lengths = [10, 40] if args.tiny else [500, 2000, 8000]
+    records = []
+    for mode in ("trajectory", "rollout"):
+        for n_steps in lengths:
+            output = subprocess.run(
+                [sys.executable, __file__, "--memory-probe", mode, str(n_steps), str(n_points), str(batch)],
+                check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+            growth = json.loads(output.strip().splitlines()[-1])["peak_rss_growth_bytes"]
+            records.append({"benchmark": "ks_rollout_memory", "mode": mode, "n_steps": n_steps,
+                            "n_points": n_points, "batch": batch, "peak_rss_growth_bytes": growth,
+                            "saved_states_bytes": (n_steps + 1) * n_points * batch * 8,
+                            **machine_description(threads)})
+    rows = [{"method": r["mode"], "steps": r["n_steps"], "N x batch": f"{r['n_points']} x {r['batch']}",
+             "peak RSS growth": f"{r['peak_rss_growth_bytes'] / 2**20:.1f} MiB",
+             "all states would be": f"{r['saved_states_bytes'] / 2**20:.1f} MiB"} for r in records]
+    print_table(rows, ["method", "steps", "N x batch", "peak RSS growth", "all states would be"],
+                title="Peak memory of a rollout vs its length (fresh process each, float64)")
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--memory-only", action="store_true", help="only the memory part")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
+    parser.add_argument("--memory-probe", nargs=4, metavar=("MODE", "STEPS", "N", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        mode, n_steps, n_points, batch = args.memory_probe
+        memory_probe(mode, int(n_steps), int(n_points), int(batch))
+        return 0
+    threads = configure_threads(args.threads)
+    records = []
+    if not args.memory_only:
+        records += throughput(args, threads)
+        print_throughput(records, threads)
+    if not args.no_memory:
+        records += memory(args, threads)
+    print()
+    emit_json(records, args.jsonl)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
