@@ -7,7 +7,7 @@ of ``dh/dt = f_theta(h)``, integrated over ``[0, end_time]`` with an adaptive to
 penalty (``hybridnde.regularizers.jacobian_norms``) is evaluated at the hidden states the solver
 returns at ``penalty_times`` equally spaced times along each trajectory.
 
-This is not a closure in a host solver, so it has its own small case file (``cases/two_moons.toml``)
+This is not a closure in a host solver, so it has its own small case file (``cases/classifier/two_moons.toml``)
 with the sections below, validated like every case section (``config.fields.from_mapping``):
 ``[case]``, ``[data]``, ``[model]``, ``[training]``. ``run_classifier(config, seed=...)`` trains one
 model and returns its metrics; benchmarks/experiments/two_moons.py loops over penalties and seeds.
@@ -126,7 +126,7 @@ def parse_classifier_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = 
 def load_classifier_case(path: str | Path, *, overrides: Iterable[str] = ()) -> ClassifierCase:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/two_moons.toml")
+        raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/classifier/two_moons.toml")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:

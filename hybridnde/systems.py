@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from solvers import (ODE_SYSTEMS, Closure, ClosureOnly, KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral,
-                     Solver)
+                     SecondOrderHost, Solver)
 
 from .config import CaseConfig, ConfigError, KuramotoSivashinskyConfig, SystemConfig, TimeConfig, to_mapping
 
@@ -54,8 +54,15 @@ def build_solver(system: SystemConfig, time: TimeConfig, *, closure: Closure | N
 def build_host_solver(case: CaseConfig, *, closure: Closure | None = None, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float64) -> Solver:
     """The solver a closure is trained and rolled out in (``[hybrid]``): the host system stepped at
-    ``case.host_time``, or the closure alone for ``setup = "neural_ode"``."""
+    ``case.host_time``, the closure alone for ``setup = "neural_ode"``, or the kinematics ``dq/dt = v``
+    with the closure's accelerations for ``setup = "second_order"``."""
     host = build_solver(case.host_system, case.host_time, closure=closure, device=device, dtype=dtype)
+    if case.hybrid.setup == "second_order":
+        if host.component_names is None or len(host.state_shape) != 1 or host.state_shape[0] % 2:
+            raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "
+                              f"{case.system.name} has state shape {host.state_shape}")
+        return SecondOrderHost(state_shape=host.state_shape, dt=case.host_time.dt, integrator=case.host_time.integrator,
+                               component_names=host.component_names, closure=closure, device=device, dtype=dtype)
     if case.hybrid.setup == "neural_ode":
         return ClosureOnly(state_shape=host.state_shape, dt=case.host_time.dt, integrator=case.host_time.integrator,
                            component_names=host.component_names, domain_length=getattr(host, "domain_length", None),

@@ -7,9 +7,10 @@ from .closure_only import ClosureOnly
 from .integrators import FIXED_STEP_METHODS, odeint_adaptive
 from .kuramoto_sivashinsky import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral
 from .odes import ODE_SYSTEMS, DoublePendulum, Lorenz63, LotkaVolterra, RigidBody, TwoBody
+from .second_order import SecondOrderHost
 
 __all__ = [
     "Closure", "Solver", "ExplicitSolver", "ClosureOnly", "SolverStateError", "FIXED_STEP_METHODS", "odeint_adaptive",
     "KuramotoSivashinskySpectral", "KuramotoSivashinskyFiniteDifference",
-    "TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum", "ODE_SYSTEMS",
+    "TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum", "ODE_SYSTEMS", "SecondOrderHost",
 ]

@@ -11,7 +11,7 @@ from hybridnde.classifier import (ClassifierCase, NeuralODEClassifier, load_clas
                                   parse_classifier_case, run_classifier, summarize)
 from hybridnde.config import ConfigError
 
-CASE = Path(__file__).resolve().parents[1] / "cases" / "two_moons.toml"
+CASE = Path(__file__).resolve().parents[1] / "cases" / "classifier" / "two_moons.toml"
 
 
 def test_moons_are_seeded_balanced_and_on_their_half_circles():

@@ -221,6 +221,9 @@ def _check_consistency(case: CaseConfig) -> None:
             raise ConfigError("hybrid.system.domain_length must equal system.domain_length")
     ic = case.initial_condition
     expected = _state_size(system)
+    if case.hybrid.setup == "second_order" and (expected is None or expected % 2):
+        raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "
+                          f"{system.name} is not such a system (use 'residual' or 'neural_ode')")
     for name in ("value", "low", "high"):
         value = getattr(ic, name)
         if value and expected is not None and len(value) != expected:

@@ -65,3 +65,30 @@ class TrainingConfig:
                               choices=("step", "odeint", "odeint_adjoint"))
     adaptive_method: str = option("dopri5", "odeint/odeint_adjoint: torchdiffeq method (tolerances: time.rtol, "
                                   "time.atol)", choices=("dopri5", "dopri8", "bosh3", "adaptive_heun"))
+    # -- trajectory-loss method and Jacobian penalties (Ko et al. 2023; Josias & Brink 2022) --------
+    method: str = option("vanilla", "trajectory loss: vanilla (rollouts of rollout_steps from each window start), "
+                         "homotopy (model coupled to a spline of the data, coupling lowered to 0 in stages) or "
+                         "multiple_shooting (segments with free starts + continuity penalty); the last two need "
+                         "integration = odeint or odeint_adjoint", choices=("vanilla", "homotopy", "multiple_shooting"))
+    homotopy_stages: int = option(5, "homotopy: stages of the lam schedule (the last one has lam = 0)", positive=True)
+    homotopy_epochs_per_stage: int = option(0, "homotopy: epochs per stage (0 = epochs // homotopy_stages; "
+                                            "epochs beyond the stages stay at lam = 0)", nonnegative=True)
+    homotopy_ratio: float = option(0.6, "homotopy: decrement of lam at stage i proportional to ratio^i", positive=True)
+    coupling: float = option(6.0, "homotopy: coupling K in du/dt = F - lam K (u - u_data(t)) (1/time; above the "
+                             "data's largest Lyapunov exponent, see hybridnde.training.homotopy)", nonnegative=True)
+    smoothing: float = option(0.0, "homotopy: smoothing lam of the cubic spline u_data(t), as scipy's "
+                              "make_smoothing_spline (0 = interpolate; ~1e-3 Lotka-Volterra, ~1e-4 Lorenz-63)",
+                              nonnegative=True)
+    shooting_segments: int = option(5, "multiple_shooting: segments per window", positive=True)
+    continuity_weight: float = option(1.0, "multiple_shooting: weight of the mean squared jump between segments",
+                                      nonnegative=True)
+    jacobian_penalty: str = option("none", "penalty on the Jacobian of the hybrid right-hand side at the window "
+                                   "states (adds to regularizer): frobenius ||J||_F^2 (Hutchinson, `probes`), "
+                                   "kinetic ||F||^2, spectral sigma_max, condition sigma_max/sigma_min",
+                                   choices=("none", "frobenius", "kinetic", "spectral", "condition"))
+    jacobian_penalty_weight: float = option(1e-3, "weight of jacobian_penalty", nonnegative=True)
+    observation_noise: float = option(0.0, "Gaussian noise added to the loaded data before training, seeded by "
+                                      "seed and member (0 = none)", nonnegative=True)
+    observation_noise_scale: str = option("absolute", "observation_noise is a standard deviation (absolute) or a "
+                                          "fraction of each member's mean |u| per component (mean, Ko et al.'s "
+                                          "'5% noise')", choices=("absolute", "mean"))

@@ -22,15 +22,20 @@ from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
 from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
 from ..models import MLPClosure, build_model
+from ..observation_noise import add_observation_noise
 from ..regularizers import ProbeSampler, sampling_error
+from ..regularizers.jacobian_norms import build_jacobian_penalty
 from ..simulate import SIMULATION_SECTIONS
 from ..systems import build_host_solver, build_solver, resolve_device, resolve_dtype
 from .checkpoint import checkpoint_path, log_path
+from .homotopy import HomotopyLoss, HomotopySchedule
+from .jacobian_terms import JacobianPenaltyTerm
+from .multiple_shooting import MultipleShootingLoss
 from .terms import AdaptiveRolloutLoss, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm, RolloutLoss
 from .trainer import Trainer, TrainingResult
 
 __all__ = ["TRAINING_SECTIONS", "train_case", "build_terms", "reference_solver", "RolloutValidation",
-           "window_lengths", "check_training_config"]
+           "window_lengths", "check_training_config", "homotopy_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +75,29 @@ def check_training_config(case: CaseConfig) -> None:
                           "finite-difference KS); the spectral host trains through its ETDRK4 steps: use 'step'")
     if training.integration != "step" and case.hybrid.substeps != 1:
         raise ConfigError("hybrid.substeps applies to training.integration = 'step' only; set it to 1")
+    if training.method != "vanilla" and training.integration == "step":
+        raise ConfigError(f"training.method = {training.method!r} integrates with torchdiffeq; set "
+                          "training.integration = 'odeint' (or 'odeint_adjoint')")
+    if training.method == "homotopy" and not (training.homotopy_epochs_per_stage
+                                              or training.epochs >= training.homotopy_stages):
+        raise ConfigError(f"training.epochs = {training.epochs} is fewer than training.homotopy_stages = "
+                          f"{training.homotopy_stages}; give at least one epoch per stage")
+    if training.method == "multiple_shooting" and training.shooting_segments > training.rollout_steps:
+        raise ConfigError(f"training.shooting_segments = {training.shooting_segments} exceeds the "
+                          f"{training.rollout_steps} intervals of a window (training.rollout_steps); use fewer segments")
     if training.regularizer == "jvp":
         for name, solver in (("the true system", reference_solver(case)), ("the host", host)):
             if not callable(getattr(solver, "jvp", None)):
                 raise ConfigError(f"training.regularizer = 'jvp' needs the exact jvp of {name}, which "
                                   f"{type(solver).__name__} lacks; use 'fd'")
+
+
+def homotopy_schedule(training) -> HomotopySchedule:
+    """The ``lam`` schedule ``[training]`` describes (``homotopy_epochs_per_stage = 0``: epochs // stages;
+    epochs beyond the stages stay at ``lam = 0``)."""
+    per_stage = training.homotopy_epochs_per_stage or training.epochs // training.homotopy_stages
+    return HomotopySchedule(n_stages=training.homotopy_stages, epochs_per_stage=per_stage,
+                            ratio=training.homotopy_ratio)
 
 
 class RolloutValidation:
@@ -96,11 +119,25 @@ class RolloutValidation:
         return total / max(count, 1)
 
 
-def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: torch.dtype) -> list[LossTerm]:
-    """The loss terms ``[training]`` asks for: the trajectory loss, then the regularizer."""
+def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: torch.dtype,
+                data: TrainingData | None = None) -> list[LossTerm]:
+    """The loss terms ``[training]`` asks for: the trajectory loss (``method``), then the regularizer and
+    the Jacobian penalty. ``data`` (the training split's shape) is needed by multiple shooting."""
     training = case.training
-    if training.integration == "step":
-        trajectory: RolloutLoss = RolloutLoss(steps=training.rollout_steps, substeps=case.hybrid.substeps)
+    adaptive = dict(method=training.adaptive_method, rtol=case.time.rtol, atol=case.time.atol,
+                    adjoint=training.integration == "odeint_adjoint")
+    if training.method == "homotopy":
+        trajectory: RolloutLoss = HomotopyLoss(steps=training.rollout_steps, schedule=homotopy_schedule(training),
+                                               coupling=training.coupling, smoothing=training.smoothing, **adaptive)
+    elif training.method == "multiple_shooting":
+        if data is None:
+            raise ValueError("multiple shooting needs the training data (build_terms(..., data=...))")
+        trajectory = MultipleShootingLoss(steps=training.rollout_steps, n_segments=training.shooting_segments,
+                                          continuity_weight=training.continuity_weight,
+                                          trajectory_shape=tuple(data.train.shape), device=device, dtype=dtype,
+                                          **adaptive)
+    elif training.integration == "step":
+        trajectory = RolloutLoss(steps=training.rollout_steps, substeps=case.hybrid.substeps)
     else:
         trajectory = AdaptiveRolloutLoss(steps=training.rollout_steps, method=training.adaptive_method,
                                          rtol=case.time.rtol, atol=case.time.atol,
@@ -117,6 +154,11 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
     elif training.regularizer == "fd":
         terms.append(FiniteDifferenceTerm(weight=training.regularizer_weight, stencil=training.fd_stencil,
                                           warmup_epochs=training.regularizer_warmup_epochs))
+    penalty = build_jacobian_penalty(training.jacobian_penalty, probes=training.probes,
+                                     generator=torch.Generator().manual_seed(training.seed + 2))
+    if penalty is not None:
+        terms.append(JacobianPenaltyTerm(penalty, weight=training.jacobian_penalty_weight,
+                                         warmup_epochs=training.regularizer_warmup_epochs))
     return terms
 
 
@@ -136,6 +178,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     train_length, validation_length = window_lengths(case)
     data = load_training_data(data_path, case, window_length=max(train_length, validation_length),
                               device=device, dtype=dtype)
+    data = add_observation_noise(data, level=case.training.observation_noise, scale=case.training.observation_noise_scale,
+                                 seed=case.training.seed)
     train_windows = data.windows("train", train_length, stride=case.training.window_stride)
     validation_windows = data.windows("validation", validation_length)
     if len(train_windows) == 0 or len(validation_windows) == 0:
@@ -157,7 +201,7 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                                          per_component=isinstance(model, MLPClosure))
         model.set_normalization(**stats)
     host = build_host_solver(case, closure=model, device=device, dtype=dtype)
-    terms = build_terms(case, host, device=device, dtype=dtype)
+    terms = build_terms(case, host, device=device, dtype=dtype, data=data)
     validation_steps = case.training.validation_rollout_steps or case.training.rollout_steps
     validation = RolloutValidation(terms[0], steps=validation_steps, batch_size=max(case.training.batch_size, 1024))
     trainer = Trainer(model, host, terms, validation, case.training, log_file=log_path(out),

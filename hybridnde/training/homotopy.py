@@ -35,9 +35,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..interpolation import CubicSpline
+from solvers import Solver
+from solvers.integrators import odeint_adaptive
 
-__all__ = ["homotopy_values", "HomotopySchedule", "CoupledVectorField", "ExpansionRates", "expansion_rates"]
+from ..interpolation import CubicSpline, smoothing_cubic_spline
+from .terms import AdaptiveRolloutLoss, Batch, Weighted, rollout_mse
+
+__all__ = ["homotopy_values", "HomotopySchedule", "CoupledVectorField", "ExpansionRates", "expansion_rates",
+           "HomotopyLoss"]
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -190,3 +195,57 @@ def expansion_rates(vector_field: VectorField, target: CubicSpline, t_start: flo
             log_growth += torch.log(norm)
             delta = delta / norm.reshape(-1, *(1,) * (delta.ndim - 1))
     return ExpansionRates(lyapunov_exponent=float((log_growth / (t_end - t_start)).max()), max_expansion_rate=worst)
+
+
+class HomotopyLoss(AdaptiveRolloutLoss):
+    """Trajectory loss of homotopy training, a ``LossTerm`` for the ``Trainer``.
+
+    Each batch window ``(batch, steps + 1, n)`` is smoothed by a cubic smoothing spline (``smoothing``
+    is scipy's ``lam``; the spline of a window is cached by its ``(member, start)``), the host's
+    right-hand side ``solver.rhs`` (closure in its hook) is coupled to it with strength ``coupling``
+    times the schedule's ``lam`` for the epoch, and the coupled trajectory from the window's first
+    sample is compared with the data (adaptive torchdiffeq solve, NFE counted as in
+    ``AdaptiveRolloutLoss``). ``predict`` -- what validation and rollouts use -- is the uncoupled model.
+    ``epoch_log`` adds ``lam`` to the NFE counts.
+    """
+
+    name = "homotopy"
+
+    def __init__(self, *, steps: int, schedule: HomotopySchedule, coupling: float, smoothing: float = 0.0,
+                 method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False,
+                 weight: float = 1.0):
+        super().__init__(steps=steps, method=method, rtol=rtol, atol=atol, adjoint=adjoint, weight=weight)
+        if coupling < 0 or smoothing < 0:
+            raise ValueError(f"coupling={coupling} and smoothing={smoothing} must be zero or positive")
+        self.schedule, self.coupling, self.smoothing = schedule, float(coupling), float(smoothing)
+        self._splines: dict[tuple, CubicSpline] = {}
+        self._lam = schedule(0)
+
+    def target(self, batch: Batch) -> CubicSpline:
+        """``u_data(t)`` of the batch's windows: ``t`` in ``[0, steps * sample_interval]`` -> ``(batch, *state)``."""
+        windows = batch.windows[:, : self.steps + 1]
+        key = (tuple(batch.starts.reshape(-1).tolist()), windows.shape[1], batch.sample_interval)
+        spline = self._splines.get(key)
+        if spline is None:
+            times = torch.arange(windows.shape[1], dtype=torch.float64) * batch.sample_interval
+            spline = smoothing_cubic_spline(times, windows.movedim(1, 0).detach(), self.smoothing,
+                                            device=windows.device, dtype=windows.dtype)
+            self._splines[key] = spline
+        return spline
+
+    def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
+        self._lam = self.schedule(epoch)
+        if self._lam == 0.0:
+            prediction = self.predict(solver, batch.windows, batch.sample_interval)
+        else:
+            coupled = CoupledVectorField(solver.rhs, self.target(batch), self.coupling, lam=self._lam)
+            times = [i * batch.sample_interval for i in range(self.steps + 1)]
+            params = list(solver.closure.parameters()) if isinstance(solver.closure, nn.Module) else None
+            prediction, counter = odeint_adaptive(coupled, batch.windows[:, 0], times, method=self.method,
+                                                  rtol=self.rtol, atol=self.atol, adjoint=self.adjoint,
+                                                  adjoint_params=params)
+            self._counters.append((counter, counter.nfe))
+        return {self.name: Weighted(rollout_mse(prediction, batch.windows), self.weight)}
+
+    def epoch_log(self) -> dict[str, float]:
+        return {"lam": self._lam, **super().epoch_log()}

@@ -14,12 +14,17 @@ with the prediction at a shared boundary sample taken from the later segment.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["segment_bounds", "MultipleShooting"]
+from solvers import Solver
+from solvers.integrators import odeint_adaptive
+
+from .terms import AdaptiveRolloutLoss, Batch, Weighted
+
+__all__ = ["segment_bounds", "shoot", "MultipleShooting", "MultipleShootingLoss"]
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 #: ``integrate(vector_field, u0: (batch, n), times: (k,)) -> (batch, k, n)``, the trainer's solver
@@ -40,6 +45,47 @@ def segment_bounds(n_samples: int, n_segments: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def shoot(vector_field: VectorField, observations: Tensor, times: Tensor, initial_states: Tensor,
+          bounds: list[tuple[int, int]], integrate: Integrate, *, batched: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Integrate every segment and join them.
+
+    Args:
+        observations: (batch, m, n) data at ``times: (m,)``.
+        initial_states: (n_segments, batch, n) starting state of each segment.
+        bounds: ``segment_bounds(m, n_segments)``.
+        batched: integrate all segments as one batch from relative times (autonomous field, equally
+            spaced samples); else one solve per segment at absolute times.
+    Returns ``(prediction, data_loss, continuity)``: the joined prediction ``(batch, m, n)`` (a shared
+    boundary sample taken from the later segment), its mean squared error against the observations,
+    and the mean squared jump at the joins (0 for one segment).
+    """
+    batch = observations.shape[0]
+    n_segments = len(bounds)
+    if batched:
+        longest = max(stop - start for start, stop in bounds) + 1
+        relative = times[:longest] - times[0]
+        flat = integrate(vector_field, initial_states.reshape(-1, initial_states.shape[-1]), relative)
+        stacked = flat.reshape(n_segments, batch, longest, -1)  # (segment, batch, time, n)
+        pieces = [stacked[k, :, : stop - start + 1] for k, (start, stop) in enumerate(bounds)]
+    else:
+        pieces = [integrate(vector_field, initial_states[k], times[start: stop + 1])
+                  for k, (start, stop) in enumerate(bounds)]
+    joined = torch.cat([piece[:, :-1] for piece in pieces[:-1]] + [pieces[-1]], dim=1)
+    data_loss = (joined - observations).pow(2).mean()
+    if n_segments > 1:
+        ends = torch.stack([piece[:, -1] for piece in pieces[:-1]])
+        starts = torch.stack([piece[:, 0] for piece in pieces[1:]])
+        continuity = (ends - starts).pow(2).mean()
+    else:
+        continuity = data_loss.new_zeros(())
+    return joined, data_loss, continuity
+
+
+def _uniform(times: Tensor) -> bool:
+    steps = times[1:] - times[:-1]
+    return bool(torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-9, atol=0.0)) if len(steps) else True
 
 
 class MultipleShooting(nn.Module):
@@ -71,9 +117,7 @@ class MultipleShooting(nn.Module):
         batch, _, n = observations.shape
         self.corrections = nn.Parameter(torch.zeros(max(n_segments - 1, 0), batch, n, dtype=observations.dtype,
                                                     device=observations.device))
-        steps = times[1:] - times[:-1]
-        uniform = bool(torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-9, atol=0.0)) if len(steps) else True
-        self.batched = autonomous and uniform
+        self.batched = autonomous and _uniform(times)
 
     @property
     def n_segments(self) -> int:
@@ -86,32 +130,71 @@ class MultipleShooting(nn.Module):
         later = self.observations[:, starts[1:]].movedim(1, 0) + self.corrections
         return torch.cat([first, later])
 
-    def segments(self, vector_field: VectorField, integrate: Integrate) -> list[Tensor]:
-        """Predicted states of every segment, each ``(batch, stop - start + 1, n)``."""
-        u0 = self.initial_states()
-        batch = self.observations.shape[0]
-        if self.batched:
-            longest = max(stop - start for start, stop in self.bounds) + 1
-            relative = self.times[:longest] - self.times[0]
-            flat = integrate(vector_field, u0.reshape(-1, u0.shape[-1]), relative)  # (segments * batch, longest, n)
-            stacked = flat.reshape(self.n_segments, batch, longest, -1)
-            return [stacked[k, :, : stop - start + 1] for k, (start, stop) in enumerate(self.bounds)]
-        return [integrate(vector_field, u0[k], self.times[start: stop + 1]) for k, (start, stop) in enumerate(self.bounds)]
-
     def forward(self, vector_field: VectorField, integrate: Integrate) -> tuple[Tensor, Tensor, Tensor]:
-        """``(prediction, data_loss, continuity)``: the joined prediction ``(batch, m, n)``, its mean
-        squared error against the observations, and the mean squared jump at the segment joins."""
-        pieces = self.segments(vector_field, integrate)
-        joined = torch.cat([piece[:, :-1] for piece in pieces[:-1]] + [pieces[-1]], dim=1)
-        data_loss = (joined - self.observations).pow(2).mean()
-        if len(pieces) > 1:
-            ends = torch.stack([piece[:, -1] for piece in pieces[:-1]])
-            starts = torch.stack([piece[:, 0] for piece in pieces[1:]])
-            continuity = (ends - starts).pow(2).mean()
-        else:
-            continuity = data_loss.new_zeros(())
-        return joined, data_loss, continuity
+        """``(prediction, data_loss, continuity)``, see ``shoot``."""
+        return shoot(vector_field, self.observations, self.times, self.initial_states(), self.bounds, integrate,
+                     batched=self.batched)
 
     def loss(self, vector_field: VectorField, integrate: Integrate) -> Tensor:
         _, data_loss, continuity = self(vector_field, integrate)
         return data_loss + self.continuity_weight * continuity
+
+
+class MultipleShootingLoss(AdaptiveRolloutLoss):
+    """Multiple shooting over each training window, a ``LossTerm`` for the ``Trainer``.
+
+    Every window ``(batch, steps + 1, n)`` is split into ``n_segments`` segments; segment ``k > 0`` starts
+    from the window's sample ``s_k`` plus a trainable correction stored per ``(member, sample)`` of
+    the training trajectories (``corrections: (members, times, *state)``, zero-initialised), so a window
+    seen again continues from its corrections. ``parameters()`` exposes them to the trainer's optimiser
+    and ``state_dict()`` to its checkpoints. Terms: ``multiple_shooting`` (data MSE, weight 1) and
+    ``continuity`` (mean squared jump, ``continuity_weight``). ``predict`` -- validation, rollouts --
+    is the plain model from the window's first sample. Adaptive torchdiffeq solves, NFE counted.
+    """
+
+    name = "multiple_shooting"
+
+    def __init__(self, *, steps: int, n_segments: int, continuity_weight: float, trajectory_shape: tuple[int, ...],
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64, method: str = "dopri5",
+                 rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False, autonomous: bool = True):
+        super().__init__(steps=steps, method=method, rtol=rtol, atol=atol, adjoint=adjoint)
+        self.bounds = segment_bounds(steps + 1, n_segments)
+        if continuity_weight < 0:
+            raise ValueError(f"continuity_weight={continuity_weight} must be zero or positive")
+        self.continuity_weight, self.autonomous = float(continuity_weight), bool(autonomous)
+        self.corrections = nn.Parameter(torch.zeros(*trajectory_shape, device=device, dtype=dtype))
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        yield self.corrections
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"corrections": self.corrections.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            self.corrections.copy_(state["corrections"])
+
+    def _integrate(self, solver: Solver) -> Integrate:
+        params = list(solver.closure.parameters()) if isinstance(solver.closure, nn.Module) else None
+
+        def integrate(field: VectorField, u0: Tensor, times: Tensor) -> Tensor:
+            prediction, counter = odeint_adaptive(field, u0, times, method=self.method, rtol=self.rtol, atol=self.atol,
+                                                  adjoint=self.adjoint, adjoint_params=params)
+            self._counters.append((counter, counter.nfe))
+            return prediction
+        return integrate
+
+    def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
+        windows = batch.windows[:, : self.steps + 1]
+        times = torch.arange(windows.shape[1], dtype=windows.dtype, device=windows.device) * batch.sample_interval
+        members, first = batch.starts[:, 0].to(self.corrections.device), batch.starts[:, 1].to(self.corrections.device)
+        later = [start for start, _ in self.bounds[1:]]
+        if later:
+            offsets = torch.as_tensor(later, device=first.device)
+            corrections = self.corrections[members[None, :], first[None, :] + offsets[:, None]]  # (segments-1, batch, n)
+            starts = torch.cat([windows[:, 0][None], windows[:, later].movedim(1, 0) + corrections])
+        else:
+            starts = windows[:, 0][None]
+        _, data_loss, continuity = shoot(solver.rhs, windows, times, starts, self.bounds, self._integrate(solver),
+                                         batched=self.autonomous)
+        return {self.name: Weighted(data_loss, 1.0), "continuity": Weighted(continuity, self.continuity_weight)}

@@ -76,8 +76,10 @@ class Trainer:
         self.log_file = Path(log_file) if log_file is not None else None
         self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
         self.fingerprint, self.progress = fingerprint, progress
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        # terms may own trainable parameters too (multiple shooting's segment starts): ``term.parameters()``
+        self.parameters = list(model.parameters()) + [p for term in self.terms
+                                                       for p in getattr(term, "parameters", tuple)()]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
         # batches are drawn on the CPU so every device sees the same order
         self.batch_generator = torch.Generator().manual_seed(config.seed)
 
@@ -119,7 +121,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if self.config.gradient_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip)
+                nn.utils.clip_grad_norm_(self.parameters, self.config.gradient_clip)
             self.optimizer.step()
             size = len(index)
             counted += size
