@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ CHECKPOINT_FORMAT = "hybridnde-rollout-checkpoint/1"
 #: HDF5 chunk cache of ``u`` while streaming
 CHUNK_CACHE_BYTES = 1 << 20
 
+#: writes and checkpoints that may wait for the writer thread (each holds one batch's chunk)
+QUEUE_DEPTH = 4
+
 
 def partial_path(path: str | Path) -> Path:
     """Where the file grows until it is complete: ``.NAME.partial`` beside ``path``."""
@@ -47,6 +52,12 @@ def checkpoint_path(path: str | Path) -> Path:
 
 class TrajectoryStreamWriter:
     """Writes ``u(member, time, *state)`` of a rollout chunk by chunk (rank 0 only).
+
+    Writes and checkpoints run in order on one background thread (netCDF4 releases the GIL in the
+    C library, where HDF5 compresses), so rank 0 steps its next chunk while the last one is being
+    compressed; at most ``QUEUE_DEPTH`` jobs wait, which bounds the memory they hold. Arrays handed
+    to ``write`` must not be changed afterwards. ``flush`` waits for the queue; a failure on the
+    thread is raised by the next call.
 
     Args:
         path: the final ``.nc`` file; it appears only on ``commit``.
@@ -74,8 +85,10 @@ class TrajectoryStreamWriter:
             self.u = self.dataset.variables["u"]
             self._limit_chunk_cache()
             if self.u.shape[:2] != (self.n_members, self.n_times):
+                self.dataset.close()
                 raise DataError(f"{self.partial}: holds {self.u.shape[:2]} members x times, the case now asks for "
                                 f"{(self.n_members, self.n_times)}; rerun without --resume")
+            self._start_thread()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         template = trajectory_dataset(np.zeros((len(members), 0, *state_shape), dtype=dtype), [], state_dim=state_dim,
@@ -92,6 +105,7 @@ class TrajectoryStreamWriter:
         self.dataset = dataset
         self.u = dataset.variables["u"]
         self._limit_chunk_cache()
+        self._start_thread()
 
     def _limit_chunk_cache(self) -> None:
         # every chunk is written once, whole: caching it buys nothing, and netCDF's default cache
@@ -121,27 +135,87 @@ class TrajectoryStreamWriter:
             dataset.variables[name].setncatts(attrs)
         dataset.setncatts(dict(template.attrs))
 
-    def write(self, member_start: int, time_start: int, values: np.ndarray) -> None:
-        """``values: (members, times, *state)`` into ``u[member_start:, time_start:]``."""
-        self.u[member_start:member_start + values.shape[0], time_start:time_start + values.shape[1]] = values
+    # -- the background thread ------------------------------------------------------------------
+    def _start_thread(self) -> None:
+        self._jobs: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="netcdf-writer", daemon=True)
+        self._thread.start()
 
-    def write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._failure is None:  # after a failure, later jobs would write on a broken state
+                    job()
+            except BaseException as failure:  # handed to the caller by _check
+                self._failure = failure
+            finally:
+                self._jobs.task_done()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"writing {self.partial} failed: {self._failure}") from self._failure
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        while True:
+            self._check()
+            try:
+                self._jobs.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def flush(self) -> None:
+        """Wait until every submitted write and checkpoint is done."""
+        self._jobs.join()
+        self._check()
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def write(self, member_start: int, time_start: int, values: np.ndarray) -> None:
+        """Queue ``values: (members, times, *state)`` for ``u[member_start:, time_start:]``."""
+        def job():
+            self.u[member_start:member_start + values.shape[0], time_start:time_start + values.shape[1]] = values
+        self._submit(job)
+
+    def _write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
         self.dataset.variables["status"][:] = np.asarray(status, dtype=np.int8)
         self.dataset.variables["blowup_time"][:] = np.asarray(blowup_time, dtype=np.float64)
 
-    def sync(self) -> None:
-        """Flush data and metadata to disk (before a checkpoint names them)."""
-        self.dataset.sync()
+    def checkpoint(self, status: np.ndarray, blowup_time: np.ndarray, payload: Mapping[str, Any]) -> None:
+        """Queue a checkpoint after the writes before it: status, flush to disk, then the restart state
+        (a kill in between leaves the previous checkpoint valid)."""
+        status, blowup_time = np.array(status), np.array(blowup_time)
+
+        def job():
+            self._write_status(status, blowup_time)
+            self.dataset.sync()
+            write_checkpoint(self.path, payload)
+        self._submit(job)
 
     def close(self) -> None:
-        """Close and keep the partial file (a checkpoint may refer to it)."""
+        """Finish the queued jobs, stop the thread, close, and keep the partial file (a checkpoint may
+        refer to it)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
         if self.dataset.isopen():
             self.dataset.close()
 
-    def commit(self, attrs: Mapping[str, Any]) -> Path:
-        """Add final global ``attrs``, close, and rename the complete file into place."""
-        self.dataset.setncatts(dict(attrs))
+    def commit(self, status: np.ndarray, blowup_time: np.ndarray, attrs: Mapping[str, Any]) -> Path:
+        """Write the final ``status``/``blowup_time`` and global ``attrs``, close, and rename the complete
+        file into place."""
+        self.flush()
         self.close()
+        self._check()
+        import netCDF4
+
+        with netCDF4.Dataset(self.partial, "a") as dataset:
+            dataset.variables["status"][:] = np.asarray(status, dtype=np.int8)
+            dataset.variables["blowup_time"][:] = np.asarray(blowup_time, dtype=np.float64)
+            dataset.setncatts(dict(attrs))
         os.replace(self.partial, self.path)
         return self.path
 

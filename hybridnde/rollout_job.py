@@ -31,8 +31,7 @@ from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .grids import restrict_to_grid
 from .initial_conditions import draw_initial_conditions
 from .io import STATUS_FLAGS, DataError
-from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files,
-                            write_checkpoint)
+from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files
 from .progress import progress_bar
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
 from .systems import build_host_solver, resolve_dtype, state_coordinates
@@ -385,23 +384,21 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
             elif batch_state is not None:
                 in_flight[item.start] = batch_state
         if checkpointing:
-            # data first, then the state that names them: a kill in between leaves the older checkpoint valid
-            setup.writer.write_status(*_status(first_bad_save, schedule))
-            setup.writer.sync()
-            write_checkpoint(out, {"config_checksum": rollout_checksum(case),
-                                   "closure_checksum": setup.closure_checksum, "batch_size": setup.batch_size,
-                                   "n_saves": schedule.n_saves, "done": sorted(done), "in_flight": in_flight,
-                                   "first_bad_save": torch.as_tensor(first_bad_save)})
-    seconds = wallclock.perf_counter() - started
+            setup.writer.checkpoint(*_status(first_bad_save, schedule), {
+                "config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
+                "batch_size": setup.batch_size, "n_saves": schedule.n_saves, "done": sorted(done),
+                "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None
     if comm.rank == 0:
+        setup.writer.flush()  # the run ends when its data are on disk
+        seconds = wallclock.perf_counter() - started
         bar.close()
         status, blowup_time = _status(first_bad_save, schedule)
-        setup.writer.write_status(status, blowup_time)
         blew_up = int((status == STATUS_FLAGS["blew_up"]).sum())
         rate = member_steps / seconds if seconds > 0 else float("nan")
-        setup.writer.commit({"ranks": comm.size, "wall_seconds": seconds, "member_steps": member_steps,
-                             "member_steps_per_second": rate, "members_blew_up": blew_up})
+        setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": seconds,
+                                                  "member_steps": member_steps, "member_steps_per_second": rate,
+                                                  "members_blew_up": blew_up})
         remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,
                                  member_steps=member_steps, seconds=seconds, ranks=comm.size,

@@ -25,7 +25,7 @@ from hybridnde.grids import restrict_to_grid
 from hybridnde.initial_conditions import draw_initial_conditions
 from hybridnde.io import STATUS_FLAGS, trajectory_dataset, write_netcdf
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
-from hybridnde.netcdf_stream import checkpoint_path, partial_path
+from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
 from hybridnde.rollout import auto_batch_size, batch_bounds, first_blowup
 from hybridnde.rollout_job import run_rollout
 from hybridnde.simulate import simulate_case
@@ -295,6 +295,18 @@ def test_batches_are_global_and_whole_batches_go_to_ranks():
     # the closure's activations count: a wide CNN leaves room for fewer members
     assert auto_batch_size(hybrid, memory_budget_mb=4.0, time_chunk=64, n_saves=1000) < \
         auto_batch_size(bare, memory_budget_mb=4.0, time_chunk=64, n_saves=1000)
+
+
+def test_a_failed_background_write_is_raised_not_lost(tmp_path):
+    writer = TrajectoryStreamWriter(
+        tmp_path / "out.nc", members=np.arange(2), times=np.arange(4.0), state_dim="component",
+        state_coords=["a", "b"], state_shape=(2,), dtype=np.float64, title="t", solver="s", closure_checksum="none",
+        case_toml="", extra_attrs={}, compression_level=1, time_chunk=2)
+    writer.write(0, 0, np.zeros((2, 2, 3)))  # three components where the file has two
+    with pytest.raises(RuntimeError, match="writing .* failed"):
+        writer.flush()
+    writer.discard()
+    assert not partial_path(tmp_path / "out.nc").exists() and not (tmp_path / "out.nc").exists()
 
 
 def test_first_blowup_finds_nan_inf_and_the_bound():

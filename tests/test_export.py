@@ -1,0 +1,93 @@
+"""TorchScript export (hybridnde.export, ``hybridnde export``): the archive runs with torch alone and
+reproduces the Python closure, so C++/Fortran time loops (libtorch, FTorch) can call it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from hybridnde.cli import main
+from hybridnde.closure_file import save_closure
+from hybridnde.models import MLPClosure, PeriodicCNNClosure
+
+# A process that imports torch and nothing of hybridnde, as a foreign code would: it loads each
+# archive, evaluates it on the given states and saves the result.
+FOREIGN_CALLER = textwrap.dedent("""
+    import sys, warnings
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import torch
+    torch.set_num_threads(int(sys.argv[1]))  # as the test process: threaded GEMMs may round differently
+    for archive, inputs, output in zip(*[iter(sys.argv[2:])] * 3):
+        closure = torch.jit.load(archive)
+        t, u = torch.load(inputs)
+        torch.save(closure(t, u), output)
+    assert "hybridnde" not in sys.modules and "solvers" not in sys.modules
+""")
+
+
+def trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights and non-trivial normalisation buffers (they must travel with the archive)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+        shape = model.input_shift.shape
+        model.set_normalization(input_shift=torch.randn(shape), input_scale=torch.rand(shape) + 0.5,
+                                output_shift=torch.randn(shape), output_scale=torch.rand(shape) + 0.5)
+    return model.eval()
+
+
+def test_exported_closures_reproduce_the_python_closures_without_hybridnde(tmp_path):
+    expected, arguments = {}, []
+    for kind in ("mlp", "periodic_cnn"):
+        for dtype in (torch.float64, torch.float32):
+            name = f"{kind}_{str(dtype).replace('torch.', '')}"
+            model = MLPClosure(state_dim=4, width=32) if kind == "mlp" else PeriodicCNNClosure(channels=8)
+            model = trained_like(model.to(dtype), seed=3)
+            save_closure(tmp_path / f"{name}.pt", model)
+            assert main(["export", str(tmp_path / f"{name}.pt"), "--out", str(tmp_path / f"{name}.ts")]) == 0
+            u = torch.randn((5, 4) if kind == "mlp" else (5, 48), dtype=dtype)  # a grid other than the probe's
+            t = torch.tensor(0.7, dtype=dtype)
+            torch.save((t, u), tmp_path / f"{name}.input.pt")
+            with torch.no_grad():
+                expected[name] = model(t, u)
+            arguments += [str(tmp_path / f"{name}.ts"), str(tmp_path / f"{name}.input.pt"),
+                          str(tmp_path / f"{name}.output.pt")]
+    subprocess.run([sys.executable, "-c", FOREIGN_CALLER, str(torch.get_num_threads()), *arguments], check=True,
+                   cwd=tmp_path)
+    for name, reference in expected.items():
+        exported = torch.load(tmp_path / f"{name}.output.pt")
+        assert exported.dtype == reference.dtype and exported.shape == reference.shape, name
+        torch.testing.assert_close(exported, reference, rtol=0, atol=0, msg=name)
+
+
+def test_export_records_metadata_and_can_change_precision(tmp_path):
+    model = trained_like(MLPClosure(state_dim=3, width=16).double(), seed=1)
+    checksum = save_closure(tmp_path / "closure.pt", model, case_toml="[system]\nname = \"lorenz63\"\n")
+    assert main(["export", str(tmp_path / "closure.pt"), "--dtype", "float32"]) == 0  # default --out: closure.ts
+    extra = {"hybridnde.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates torch.jit
+        scripted = torch.jit.load(str(tmp_path / "closure.ts"), _extra_files=extra)
+    metadata = json.loads(extra["hybridnde.json"])
+    assert metadata["weights_checksum"] == checksum and metadata["dtype"] == "float32"
+    assert metadata["spec"]["kind"] == "mlp" and "lorenz63" in metadata["case_toml"]
+    u = torch.randn(7, 3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(torch.tensor(0.0), u.float()), model(torch.tensor(0.0), u).float(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "c.ts")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a closure")
+    assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "c.ts")]) == 2
+    save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "closure.pt")]) == 2
+    assert not (tmp_path / "c.ts").exists()
