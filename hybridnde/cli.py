@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hybridnde {arguments.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not a failure
+        sys.stdout = open(os.devnull, "w")  # keep the interpreter's final flush quiet
+        return 0
     except Exception:  # a failure at run time
         log.exception("hybridnde %s failed", arguments.command)
         return 1
