@@ -24,19 +24,17 @@ import numpy as np
 import tomli_w
 import torch
 
-from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
-from .grids import restrict_to_grid
-from .initial_conditions import draw_initial_conditions
 from .io import STATUS_FLAGS, DataError
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files
 from .progress import progress_bar
+from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
 from .systems import build_host_solver, resolve_dtype, state_coordinates
 
-__all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "read_initial_states", "ROLLOUT_SECTIONS"]
+__all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -71,81 +69,6 @@ def rollout_checksum(case: CaseConfig) -> str:
     return hashlib.sha256(tomli_w.dumps(chosen).encode()).hexdigest()
 
 
-def read_initial_states(path: str | Path, solver, n_members: int, positions: range) -> tuple[np.ndarray, float, np.ndarray]:
-    """Initial states from a NetCDF file with ``u(member, time, x|component)`` (a truth file).
-
-    Takes the first time and the first ``n_members`` members; fields are filtered onto the host grid
-    (``grids.restrict_to_grid``), ODE components are matched by name. Returns ``(member_ids (n_members,),
-    t0, u0 (len(positions), *state) float64)``; ``DataError`` names the file and the fix.
-    """
-    import xarray as xr
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"rollout.initial_conditions = {str(path)!r} does not exist; give a truth file written by "
-                        "`hybridnde simulate` or \"draw\"")
-    try:
-        dataset = xr.open_dataset(path)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
-    with dataset:
-        if "u" not in dataset or dataset["u"].dims[0] != "member" or dataset["u"].ndim not in (2, 3):
-            raise DataError(f"{path}: initial conditions need a variable u(member, time, x|component)")
-        u = dataset["u"]
-        t0 = 0.0
-        if "time" in u.dims:
-            t0 = float(dataset["time"].values[0])
-            u = u.isel(time=0)
-        available = u.sizes["member"]
-        if available < n_members:
-            raise DataError(f"{path}: holds {available} members; rollout.members = {n_members}: set it to at most "
-                            f"{available}")
-        member_ids = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
-                      else np.arange(n_members, dtype=np.int64))
-        state_dim = u.dims[1]
-        values = np.asarray(u.isel(member=slice(positions.start, positions.stop)).values, dtype=np.float64)
-        if solver.component_names:
-            if state_dim != "component":
-                raise DataError(f"{path}: u holds a field over {state_dim!r}; the host solver has state components "
-                                f"{list(solver.component_names)}")
-            names = [str(name) for name in dataset["component"].values]
-            missing = [name for name in solver.component_names if name not in names]
-            if missing:
-                raise DataError(f"{path}: no components {missing}; it has {names}")
-            values = values[:, [names.index(name) for name in solver.component_names]]
-        else:
-            if state_dim != "x":
-                raise DataError(f"{path}: u has state dimension {state_dim!r}; the host solver needs a field u(..., x)")
-            n_host, n_file = solver.state_shape[-1], values.shape[-1]
-            if n_file < n_host or n_file % n_host:
-                raise DataError(f"{path}: {n_file} grid points cannot be filtered onto the host's {n_host}; the host's "
-                                "points must divide the file's")
-            domain_length = getattr(solver, "domain_length", None)
-            x = dataset["x"].values if "x" in dataset.coords else None
-            if domain_length and x is not None and len(x) > 1 and not math.isclose(
-                    len(x) * float(x[1] - x[0]), domain_length, rel_tol=1e-9):
-                raise DataError(f"{path}: its domain length {len(x) * float(x[1] - x[0]):g} differs from the host's "
-                                f"{domain_length:g}")
-            values = restrict_to_grid(values, n_host)
-    return member_ids, t0, values
-
-
-def _initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarray, float, torch.Tensor]:
-    """``(member_ids (members,), t0, u0 (len(positions), *state) on the solver's device)``; rejects
-    non-finite states with ``DataError`` before any step."""
-    rollout = case.rollout
-    if rollout.initial_conditions == "draw":
-        u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
-        return np.arange(rollout.members, dtype=np.int64), 0.0, u0
-    member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        members = [int(member_ids[positions.start + i]) for i in np.flatnonzero(bad)]
-        raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
-                        "choose other members or fix the file")
-    return member_ids, t0, torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
-
-
 @dataclass
 class _Setup:
     solver: Any
@@ -161,21 +84,6 @@ class _Setup:
     writer: TrajectoryStreamWriter | None = None
 
 
-def _check_closure_fits(closure: Callable, solver, name) -> None:
-    """``DataError`` unless ``closure`` maps host states ``(batch, *state)`` to the same shape."""
-    probe = torch.zeros((2, *solver.state_shape), dtype=solver.dtype, device=solver.device)
-    try:
-        with torch.inference_mode():
-            result = closure(solver.as_time(0.0), probe)
-    except RuntimeError as error:  # shape errors inside the network
-        raise DataError(f"{name}: fails on host states of shape {tuple(probe.shape)} ({error}); it was trained for "
-                        "another system or grid") from None
-    if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(probe.shape):
-        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-        raise DataError(f"{name}: returns {shape} for host states of shape {tuple(probe.shape)}; it was trained "
-                        "for another system or grid")
-
-
 def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
              comm: Communicator) -> _Setup:
     rollout = case.rollout
@@ -183,17 +91,10 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         raise ConfigError(f"--out {out}: give a .nc file name")
     device = rank_device(case.compute.device, comm.local_rank)
     dtype = resolve_dtype(case.compute.dtype)
-    closure_checksum = "none"
-    if closure_path is not None:
-        closure, payload = load_closure(closure_path, device=device, dtype=dtype)
-        closure_checksum = payload["checksum"]
-    elif isinstance(closure, torch.nn.Module):
-        closure_checksum = weights_checksum(closure.state_dict())
-    elif closure is not None:
-        closure_checksum = f"python callable {getattr(closure, '__qualname__', type(closure).__name__)}"
+    closure, closure_checksum = load_rollout_closure(closure_path, closure, device=device, dtype=dtype)
     solver = build_host_solver(case, closure=closure, device=device, dtype=dtype)
     if closure is not None:
-        _check_closure_fits(closure, solver, closure_path or "closure")
+        check_closure_fits(closure, solver, closure_path or "closure")
     time_chunk = case.output.time_chunk
     batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,
                                                        time_chunk=time_chunk, n_saves=1 + rollout.steps // rollout.save_every)
@@ -201,7 +102,7 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     batches = batch_bounds(rollout.members, batch_size)
     mine = rank_batches(batches, comm.size, comm.rank)
     positions = range(mine[0][0], mine[-1][1]) if mine else range(0)
-    member_ids, t0, u0 = _initial_states(case, solver, positions)
+    member_ids, t0, u0 = initial_states(case, solver, positions)
     schedule = SaveSchedule(steps=rollout.steps, save_every=rollout.save_every, time_chunk=time_chunk, dt=solver.dt,
                             t0=t0)
     setup = _Setup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,

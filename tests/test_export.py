@@ -8,7 +8,6 @@ import sys
 import textwrap
 import warnings
 
-import pytest
 import torch
 
 from hybridnde.cli import main

@@ -2,7 +2,6 @@
 what the host solver computes, blow-ups are isolated, restarts are exact, memory stays flat."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess

@@ -1,0 +1,128 @@
+"""What a rollout starts from, checked before any work: the closure and the members' initial states.
+
+* closure: a ``closure.pt`` file (``closure_file.load_closure``), a ``torch.nn.Module`` or any
+  callable ``closure(t, u) -> du_dt``; it must map host states ``(batch, *state)`` to that shape;
+* initial states: drawn from ``[initial_condition]`` with ``rollout.seed`` (member ``i`` from the
+  stream ``(seed, i)`` only), or the first time of a NetCDF file such as a truth file, filtered onto
+  the host grid; non-finite states are refused.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .closure_file import load_closure, weights_checksum
+from .config import CaseConfig
+from .grids import restrict_to_grid
+from .initial_conditions import draw_initial_conditions
+from .io import DataError
+
+__all__ = ["load_rollout_closure", "check_closure_fits", "read_initial_states", "initial_states"]
+
+
+def load_rollout_closure(closure_path: str | Path | None, closure: Callable | None, *, device: torch.device,
+                         dtype: torch.dtype) -> tuple[Callable | None, str]:
+    """``(closure, checksum)``: the file's model on ``device`` in ``dtype`` and its weights checksum, or
+    the given module (checksum of its weights) or callable (its name); ``(None, "none")`` for neither."""
+    if closure_path is not None:
+        model, payload = load_closure(closure_path, device=device, dtype=dtype)
+        return model, payload["checksum"]
+    if isinstance(closure, torch.nn.Module):
+        return closure, weights_checksum(closure.state_dict())
+    if closure is not None:
+        return closure, f"python callable {getattr(closure, '__qualname__', type(closure).__name__)}"
+    return None, "none"
+
+
+def check_closure_fits(closure: Callable, solver, name) -> None:
+    """``DataError`` unless ``closure`` maps host states ``(batch, *state)`` to the same shape."""
+    probe = torch.zeros((2, *solver.state_shape), dtype=solver.dtype, device=solver.device)
+    try:
+        with torch.inference_mode():
+            result = closure(solver.as_time(0.0), probe)
+    except RuntimeError as error:  # shape errors inside the network
+        raise DataError(f"{name}: fails on host states of shape {tuple(probe.shape)} ({error}); it was trained for "
+                        "another system or grid") from None
+    if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(probe.shape):
+        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        raise DataError(f"{name}: returns {shape} for host states of shape {tuple(probe.shape)}; it was trained "
+                        "for another system or grid")
+
+
+def read_initial_states(path: str | Path, solver, n_members: int, positions: range) -> tuple[np.ndarray, float, np.ndarray]:
+    """Initial states from a NetCDF file with ``u(member, time, x|component)`` (a truth file).
+
+    Takes the first time and the first ``n_members`` members; fields are filtered onto the host grid
+    (``grids.restrict_to_grid``), ODE components are matched by name. Returns ``(member_ids (n_members,),
+    t0, u0 (len(positions), *state) float64)``; ``DataError`` names the file and the fix.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"rollout.initial_conditions = {str(path)!r} does not exist; give a truth file written by "
+                        "`hybridnde simulate` or \"draw\"")
+    try:
+        dataset = xr.open_dataset(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
+    with dataset:
+        if "u" not in dataset or dataset["u"].dims[0] != "member" or dataset["u"].ndim not in (2, 3):
+            raise DataError(f"{path}: initial conditions need a variable u(member, time, x|component)")
+        u = dataset["u"]
+        t0 = 0.0
+        if "time" in u.dims:
+            t0 = float(dataset["time"].values[0])
+            u = u.isel(time=0)
+        available = u.sizes["member"]
+        if available < n_members:
+            raise DataError(f"{path}: holds {available} members; rollout.members = {n_members}: set it to at most "
+                            f"{available}")
+        member_ids = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
+                      else np.arange(n_members, dtype=np.int64))
+        state_dim = u.dims[1]
+        values = np.asarray(u.isel(member=slice(positions.start, positions.stop)).values, dtype=np.float64)
+        if solver.component_names:
+            if state_dim != "component":
+                raise DataError(f"{path}: u holds a field over {state_dim!r}; the host solver has state components "
+                                f"{list(solver.component_names)}")
+            names = [str(name) for name in dataset["component"].values]
+            missing = [name for name in solver.component_names if name not in names]
+            if missing:
+                raise DataError(f"{path}: no components {missing}; it has {names}")
+            values = values[:, [names.index(name) for name in solver.component_names]]
+        else:
+            if state_dim != "x":
+                raise DataError(f"{path}: u has state dimension {state_dim!r}; the host solver needs a field u(..., x)")
+            n_host, n_file = solver.state_shape[-1], values.shape[-1]
+            if n_file < n_host or n_file % n_host:
+                raise DataError(f"{path}: {n_file} grid points cannot be filtered onto the host's {n_host}; the host's "
+                                "points must divide the file's")
+            domain_length = getattr(solver, "domain_length", None)
+            x = dataset["x"].values if "x" in dataset.coords else None
+            if domain_length and x is not None and len(x) > 1 and not math.isclose(
+                    len(x) * float(x[1] - x[0]), domain_length, rel_tol=1e-9):
+                raise DataError(f"{path}: its domain length {len(x) * float(x[1] - x[0]):g} differs from the host's "
+                                f"{domain_length:g}")
+            values = restrict_to_grid(values, n_host)
+    return member_ids, t0, values
+
+
+def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarray, float, torch.Tensor]:
+    """``(member_ids (members,), t0, u0 (len(positions), *state) on the solver's device)``; rejects
+    non-finite states with ``DataError`` before any step."""
+    rollout = case.rollout
+    if rollout.initial_conditions == "draw":
+        u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
+        return np.arange(rollout.members, dtype=np.int64), 0.0, u0
+    member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        members = [int(member_ids[positions.start + i]) for i in np.flatnonzero(bad)]
+        raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
+                        "choose other members or fix the file")
+    return member_ids, t0, torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
