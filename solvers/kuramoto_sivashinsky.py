@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .base import Closure, ExplicitSolver, Solver
-from .etdrk4_stepping import DenseStepper, ETDRK4Plan, StageCoefficients, dense_matrices, fourier_step
+from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
+                              fourier_step, fourier_step_into)
 from .integrators import REAL_AXIS_STABILITY_LIMIT
 
 __all__ = [
@@ -82,15 +83,15 @@ class KuramotoSivashinskySpectral(Solver):
             same ETDRK4 step up to rounding): ``"fft"`` (8 real FFTs and fused elementwise updates),
             ``"dense"`` (physical space, one matrix product per stage: fastest for small ``N * batch``,
             where per-operation overhead dominates), or ``"auto"`` (dense in float64 when
-            ``batch * N**2 <= dense_work_limit`` and ``N <= 128``, else fft). Steps with a closure or
+            ``batch * N**2 <= dense_work_limit`` and ``N <= 64``, else fft). Steps with a closure or
             with gradients always use the FFT path.
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
 
-    #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this (measured crossover on
-    #: one CPU core: about batch 4 at N = 64; see docs/performance.md)
-    dense_work_limit: int = 16384
+    #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this and ``N <= 64``
+    #: (measured crossovers on one CPU core: batch ~12 at N = 64, > 32 at N = 32, 1 at N = 128)
+    dense_work_limit: int = 32768
 
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
@@ -131,6 +132,7 @@ class KuramotoSivashinskySpectral(Solver):
         self._coefficients: dict[float, dict[str, Tensor]] = {}
         self._plans: dict[float, ETDRK4Plan] = {}
         self._dense: dict[tuple[float, int], DenseStepper] = {}
+        self._workspaces: dict[int, FourierWorkspace] = {}
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -191,8 +193,11 @@ class KuramotoSivashinskySpectral(Solver):
                 return StageCoefficients(**{name: getattr(stage, name).to(self.complex_dtype)
                                             for name in StageCoefficients.__dataclass_fields__})
 
+            nonzero = torch.nonzero(symbol != 0)
+            kept_modes = int(nonzero.max()) + 1 if len(nonzero) else 1  # the dealiasing cut
+            folded = cast(StageCoefficients.from_coefficients(raw, symbol))
             plan = ETDRK4Plan(dt=dt, E=raw["E"].to(self.complex_dtype), E2=raw["E2"].to(self.complex_dtype),
-                              folded=cast(StageCoefficients.from_coefficients(raw, symbol)),
+                              folded=folded, folded_low=folded.truncated(kept_modes),
                               plain=cast(StageCoefficients.from_coefficients(raw, torch.ones_like(symbol))))
             self._plans[dt] = plan
         return plan
@@ -210,7 +215,7 @@ class KuramotoSivashinskySpectral(Solver):
             return True
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
         # step), harmless in float64 but larger than the FFT path's in float32
-        return (self.dtype == torch.float64 and self.n_points <= 128
+        return (self.dtype == torch.float64 and self.n_points <= 64
                 and u.shape[0] * self.n_points**2 <= self.dense_work_limit)
 
     def _dense_stepper(self, u: Tensor, dt: float) -> DenseStepper:
@@ -224,35 +229,62 @@ class KuramotoSivashinskySpectral(Solver):
             self._dense[key] = stepper
         return stepper
 
+    def _fourier_workspace(self, batch: int) -> FourierWorkspace:
+        workspace = self._workspaces.get(batch)
+        if workspace is None:
+            if len(self._workspaces) > 8:  # bounded: one per batch size in use
+                self._workspaces.clear()
+            workspace = FourierWorkspace(batch, self.n_points, complex_dtype=self.complex_dtype, device=self.device)
+            self._workspaces[batch] = workspace
+        return workspace
+
     def step_fourier(self, t: Tensor | float, u_hat: Tensor, dt: float | None = None) -> Tensor:
-        """One ETDRK4 step on Fourier coefficients ``u_hat: (batch, n // 2 + 1)``.
+        """One ETDRK4 step on Fourier coefficients ``u_hat: (batch, n // 2 + 1)``; returns a new tensor.
 
         Cox & Matthews 2002, eq. (26)-(29), in the form of Kassam & Trefethen 2005, Fig. 2, with the
         exact rearrangements of ``solvers.etdrk4_stepping``.
         """
-        dt = self.dt if dt is None else float(dt)
+        return self._fourier_step(t, u_hat, self.dt if dt is None else float(dt), in_place=False)
+
+    def _fourier_step(self, t: Tensor | float, u_hat: Tensor, dt: float, *, in_place: bool) -> Tensor:
+        """``in_place``: overwrite ``u_hat`` with the result when no gradient is needed (internal state)."""
         plan = self.plan(dt)
-        inplace = not self._needs_graph(u_hat)
-        n = self.n_points
+        if self._needs_graph(u_hat):
+            return fourier_step(u_hat, plan, *self._nonlinear_terms(t, dt))
+        workspace = self._fourier_workspace(u_hat.shape[0])
+        out = u_hat if in_place else torch.empty_like(u_hat)
+        coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
+        low = plan.folded_low if self.closure is None else plan.plain
+        return fourier_step_into(u_hat, out, plan, coefficients, low, nonlinear, workspace)
+
+    def _stage_times(self, t: Tensor | float, dt: float) -> tuple[Tensor, Tensor, Tensor]:
+        """What the closure sees at the stages: ``t``, ``t + dt/2``, ``t + dt`` (0-dim tensors)."""
+        t = self.as_time(t)
+        return t, t + 0.5 * dt, t + dt
+
+    def _nonlinear_terms(self, t: Tensor | float, dt: float, *, differentiable: bool = True):
+        """``(coefficients, nonlinear)`` for the step functions; ``nonlinear`` returns fresh tensors.
+
+        ``differentiable=False`` squares the inverse FFT's output in place.
+        """
+        plan, n = self.plan(dt), self.n_points
         irfft, rfft = torch.fft.irfft, torch.fft.rfft
         if self.closure is None:
+            if differentiable:
+                return plan.folded, lambda stage, x_hat: rfft(irfft(x_hat, n=n).square())
+
             def squared_hat(stage: int, x_hat: Tensor) -> Tensor:
                 u = irfft(x_hat, n=n)
-                return rfft(u.mul_(u) if inplace else u * u)  # irfft's output is ours to overwrite
+                return rfft(u.mul_(u))
 
-            return fourier_step(u_hat, plan, plan.folded, squared_hat, inplace=inplace)
-
-        t = self.as_time(t)
-        stage_times = (t, t + 0.5 * dt, t + dt)
-        closure, symbol = self.closure, self.nonlinear_hat
+            return plan.folded, squared_hat
+        stage_times, closure, symbol = self._stage_times(t, dt), self.closure, self.nonlinear_hat
 
         def with_closure(stage: int, x_hat: Tensor) -> Tensor:
-            u = irfft(x_hat, n=n)
-            closure_hat = rfft(closure(stage_times[stage], u))
-            # u * u out of place: the closure may have kept a reference to u (or returned it)
-            return torch.addcmul(closure_hat, symbol, rfft(u * u))
+            u = irfft(x_hat, n=n)  # never squared in place: the closure may keep it or return it
+            return torch.addcmul(rfft(closure(stage_times[stage], u)), symbol, rfft(u * u))
 
-        return fourier_step(u_hat, plan, plan.plain, with_closure, inplace=inplace)
+        return plan.plain, with_closure
 
     def step(self, t: Tensor | float, u: Tensor, dt: float | None = None) -> Tensor:
         dt = self.dt if dt is None else float(dt)
@@ -269,7 +301,8 @@ class KuramotoSivashinskySpectral(Solver):
         return self.to_physical(state) if state.is_complex() else state
 
     def _step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
-        return self.step_fourier(t, state, dt) if state.is_complex() else self.step(t, state, dt)
+        # the Fourier state is ours (made by _to_internal): update it in place
+        return self._fourier_step(t, state, dt, in_place=True) if state.is_complex() else self.step(t, state, dt)
 
 
 @lru_cache(maxsize=None)
