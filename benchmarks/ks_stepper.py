@@ -14,6 +14,7 @@ ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see co
   combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
   of a ``lax.fori_loop`` over the steps, ``block_until_ready``; once calling the stepper on physical
   states (what ``exponax.rollout`` does) and once on its Fourier state (``step_fourier``);
+* ``hybridnde torch.compile`` (``--compile`` only): inductor-compiled block of steps;
 * ``numpy KT``: a plain batched numpy ETDRK4 in the style of Kassam & Trefethen 2005 (kursiv.m);
 * ``FFT floor``: only the 4 forward + 4 inverse batched real FFTs one ETDRK4 step needs, in torch,
   written into reused buffers (``out=``, the faster way); ``(allocating)`` without ``out=``.
@@ -76,6 +77,43 @@ def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = Fa
             for _, final in solver.trajectory(state, n, save_every=n):
                 pass
             return final
+
+    return (lambda: advance(steps)), (lambda n: advance(n).numpy())
+
+
+def compiled_contender(n_points: int, u0, steps: int):
+    """``torch.compile`` of a block of ``steps`` differentiable-path steps (opt-in: ``--compile``).
+
+    Returns ``None`` when compilation fails (no compiler, unsupported op): it is an experiment, never
+    required. On CPU inductor emits no code for complex tensors and calls the FFTs as external
+    kernels, so expect no gain (docs/performance.md has the measured figures).
+    """
+    import torch
+
+    from solvers import KuramotoSivashinskySpectral
+
+    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
+    plan = solver.plan(DT)
+    coefficients, nonlinear = solver._nonlinear_terms(0.0, DT)
+    from solvers.etdrk4_stepping import fourier_step
+
+    def block(u_hat, n: int):
+        for _ in range(n):
+            u_hat = fourier_step(u_hat, plan, coefficients, nonlinear)
+        return u_hat
+
+    u_hat = torch.fft.rfft(torch.as_tensor(u0, dtype=torch.float64))
+    try:
+        compiled = torch.compile(block, dynamic=False)
+        with torch.inference_mode():
+            compiled(u_hat, steps)
+    except Exception as error:  # noqa: BLE001 -- any failure means "not available here"
+        print(f"torch.compile contender skipped: {type(error).__name__}: {error}"[:300], file=sys.stderr)
+        return None
+
+    def advance(n: int):
+        with torch.inference_mode():
+            return torch.fft.irfft(compiled(u_hat, n), n=n_points)
 
     return (lambda: advance(steps)), (lambda n: advance(n).numpy())
 
@@ -197,6 +235,10 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
         }
         if have_exponax:
             builders.update(exponax_contenders(n_points, u0, steps))
+        if args.compile:
+            compiled = compiled_contender(n_points, u0, steps)
+            if compiled is not None:
+                builders["hybridnde torch.compile"] = compiled
         builders["numpy KT"] = numpy_kassam_trefethen(n_points, u0, steps)
         builders["FFT floor"] = fft_floor(n_points, u0, steps)
         builders["FFT floor (allocating)"] = fft_floor(n_points, u0, steps, into_buffers=False)
@@ -290,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--memory-only", action="store_true", help="only the memory part")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of a block of steps (slow to compile; no gain on CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
     parser.add_argument("--memory-probe", nargs=4, metavar=("MODE", "STEPS", "N", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
