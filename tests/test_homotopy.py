@@ -58,7 +58,7 @@ def test_coupled_trajectory_tracks_the_data_for_large_coupling(dtype, device):
     errors = {}
     for coupling in (20.0, 80.0):
         coupled = CoupledVectorField(lambda t, x: net(x), target, coupling, lam=1.0)
-        tolerance = 1e-7 if dtype == torch.float64 else 1e-5
+        tolerance = 1e-6 if dtype == torch.float64 else 1e-5
         with torch.no_grad():
             trajectory, _ = odeint_adaptive(coupled, u[:, 0], times, rtol=tolerance, atol=tolerance)
         errors[coupling] = float((trajectory - u).abs().max())
@@ -101,7 +101,7 @@ def test_nfe_counters_increase_with_tighter_tolerances():
     net = _random_field(torch.float64, "cpu")
     coupled = CoupledVectorField(lambda t, x: net(x), target, 6.0, lam=0.5)
     counts = []
-    for tolerance in (1e-3, 1e-6, 1e-9):
+    for tolerance in (1e-3, 1e-5, 1e-7):
         net.zero_grad()
         trajectory, counter = odeint_adaptive(coupled, u[:, 0], times[:30], rtol=tolerance, atol=tolerance,
                                               adjoint=True, adjoint_params=list(net.parameters()))

@@ -56,7 +56,8 @@ def test_homotopy_logs_its_schedule_and_nfe(tmp_path, truth_file):
 
 def test_adjoint_solves_count_backward_evaluations(tmp_path, truth_file):
     out = tmp_path / "closure.pt"
-    train_case(lv_case(method="homotopy", integration="odeint_adjoint", epochs=3), truth_file, out, progress=False)
+    train_case(lv_case(method="homotopy", integration="odeint_adjoint", epochs=2, homotopy_stages=2), truth_file, out,
+               progress=False)
     assert all(record["nfe_backward"] > 0 for record in read_log(log_path(out)))
 
 
