@@ -22,10 +22,13 @@ exact at convergence because a singular value is stationary in its singular vect
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, Protocol
+from typing import Hashable, Protocol
 
 import torch
 from torch import Tensor
+
+from .jacobian_products import (JVP_METHODS, VectorField, dense_jacobian, jacobian_vector_product,
+                                vector_jacobian_product)
 
 __all__ = [
     "VectorField", "JacobianPenalty", "JVP_METHODS", "jacobian_vector_product", "vector_jacobian_product", "dense_jacobian",
@@ -33,95 +36,12 @@ __all__ = [
     "build_jacobian_penalty", "hutchinson_variance",
 ]
 
-VectorField = Callable[[Tensor, Tensor], Tensor]
-
-
 class JacobianPenalty(Protocol):
     """``penalty(vector_field, t, u) -> 0-dim tensor``, the batch mean of a Jacobian functional."""
 
     name: str
 
     def __call__(self, vector_field: VectorField, t: Tensor, u: Tensor) -> Tensor: ...
-
-
-# -- products with the Jacobian -------------------------------------------------------------------
-def _flat_field(vector_field: VectorField, t: Tensor, state_shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
-    """``u: (batch, n) -> du_dt: (batch, n)`` for a field on ``(batch, *state_shape)``."""
-    def field(u_flat: Tensor) -> Tensor:
-        return vector_field(t, u_flat.reshape(u_flat.shape[0], *state_shape)).reshape(u_flat.shape[0], -1)
-    return field
-
-
-def _as_time(t: Tensor | float, u: Tensor) -> Tensor:
-    return t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=u.dtype, device=u.device)
-
-
-JVP_METHODS = ("reverse", "forward")
-
-
-def _jvp_flat(field: Callable[[Tensor], Tensor], u: Tensor, v: Tensor, method: str) -> tuple[Tensor, Tensor]:
-    """``(field(u), J v)`` for flat ``u, v: (rows, n)``; differentiable when grad mode is on."""
-    if method == "forward":
-        return torch.func.jvp(field, (u,), (v,))
-    if method != "reverse":
-        raise ValueError(f"jvp method={method!r}; choose one of {JVP_METHODS}")
-    # Reverse over reverse ("double-backward trick"): J^T w is linear in w, so d/dw <J^T w, v> = J v.
-    # Two reverse passes beat torch.func's forward mode on small CPU networks (~4x in our timing).
-    differentiable = torch.is_grad_enabled()
-    with torch.enable_grad():
-        x = u if u.requires_grad else u.detach().requires_grad_()
-        y = field(x)
-        w = torch.zeros_like(y, requires_grad=True)
-        (wj,) = torch.autograd.grad(y, x, w, create_graph=True, allow_unused=True)
-        if wj is None or not wj.requires_grad:  # the field does not depend on u: J = 0
-            jv = torch.zeros_like(y)
-        else:
-            (jv,) = torch.autograd.grad(wj, w, v, create_graph=differentiable, allow_unused=True)
-            jv = torch.zeros_like(y) if jv is None else jv
-    return (y, jv) if differentiable else (y.detach(), jv.detach())
-
-
-def jacobian_vector_product(vector_field: VectorField, t: Tensor | float, u: Tensor, v: Tensor, *,
-                            method: str = "reverse") -> tuple[Tensor, Tensor]:
-    """``(F(t, u), J(u) v)``, one per member; ``u, v: (batch, *state)``.
-
-    ``method``: ``"reverse"`` (two reverse passes, any twice-differentiable field) or ``"forward"``
-    (``torch.func.jvp``). Differentiable with respect to the field's parameters (and ``u``) when grad
-    mode is on.
-    """
-    field = _flat_field(vector_field, _as_time(t, u), tuple(u.shape[1:]))
-    du_dt, jv = _jvp_flat(field, u.reshape(u.shape[0], -1), v.reshape(v.shape[0], -1), method)
-    return du_dt.reshape(u.shape), jv.reshape(u.shape)
-
-
-def vector_jacobian_product(vector_field: VectorField, t: Tensor | float, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """``(F(t, u), J(u)^T w)`` by reverse-mode AD, one per member; ``u, w: (batch, *state)``."""
-    field = _flat_field(vector_field, _as_time(t, u), tuple(u.shape[1:]))
-    differentiable = torch.is_grad_enabled()
-    with torch.enable_grad():
-        flat = u.reshape(u.shape[0], -1)
-        x = flat if flat.requires_grad else flat.detach().requires_grad_()
-        y = field(x)
-        (wj,) = torch.autograd.grad(y, x, w.reshape(w.shape[0], -1), create_graph=differentiable, allow_unused=True)
-        wj = torch.zeros_like(x) if wj is None else wj
-    if not differentiable:
-        y, wj = y.detach(), wj.detach()
-    return y.reshape(u.shape), wj.reshape(u.shape)
-
-
-def dense_jacobian(vector_field: VectorField, t: Tensor | float, u: Tensor, *, method: str = "reverse") -> Tensor:
-    """The per-member Jacobian ``(batch, n, n)``, column ``j`` from a JVP with the basis vector ``e_j``.
-
-    Costs one batched JVP over ``n * batch`` rows; meant for small ``n``. Differentiable with respect to
-    the field's parameters.
-    """
-    batch, n = u.shape[0], u[0].numel()
-    u_flat = u.reshape(batch, n)
-    field = _flat_field(vector_field, _as_time(t, u), tuple(u.shape[1:]))
-    # all n columns in one batched JVP: member b, column j is row j * batch + b
-    basis = torch.eye(n, dtype=u.dtype, device=u.device).repeat_interleave(batch, dim=0)  # (n * batch, n)
-    _, columns = _jvp_flat(field, u_flat.repeat(n, 1), basis, method)
-    return columns.reshape(n, batch, n).permute(1, 2, 0)  # (batch, row i, column j)
 
 
 def _normalize(v: Tensor) -> Tensor:
@@ -197,7 +117,8 @@ class KineticEnergy:
     name = "kinetic"
 
     def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor) -> Tensor:
-        return vector_field(_as_time(t, u), u).reshape(u.shape[0], -1).pow(2).sum(-1).mean()
+        time = t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=u.dtype, device=u.device)
+        return vector_field(time, u).reshape(u.shape[0], -1).pow(2).sum(-1).mean()
 
     def __repr__(self) -> str:
         return "KineticEnergy()"
