@@ -99,6 +99,9 @@ def test_train_writes_a_closure_that_rebuilds_the_model(tmp_path, files, capsys)
     ("two_body", ["--set", "system.gravitational_parameter=2.0"], "gravitational_parameter"),
     ("two_body", ["--out", "{folder}/closure.nc"], ".pt"),
     ("ks", ["--set", "training.integration=\"odeint\""], "training.integration"),
+    ("ks", ["--set", "system.method=\"finite_difference\"", "--set", "time.dt=0.001", "--set", "time.save_every=250",
+            "--set", "time.n_steps=3000", "--set", "time.integrator=\"rk4\"", "--set", "system.n_points=64"],
+     "hybrid.substeps"),
 ])
 def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments, message, capsys):
     case, truth = files[which]

@@ -171,3 +171,21 @@ def test_coarse_sampling_warns_for_the_finite_difference_regularizer(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="hybridnde.training"):
         train_case(coarse, path, tmp_path / "closure.pt", progress=False)
     assert "truncation error" in caplog.text
+
+
+def test_regularization_experiment_runs_end_to_end():
+    """benchmarks/experiments/jacobian_regularization.py --tiny: trains none/jvp/fd closures through
+    train_case, scores them and prints its table (no figure is asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "experiments" / "jacobian_regularization.py"
+    result = subprocess.run([sys.executable, str(script), "--tiny", "--cases", "two_body", "--seeds", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted({row["regularizer"] for row in rows}) == ["fd", "jvp", "none"] and len(rows) == 7
+    for row in rows:
+        assert 0 <= row["bounded"] <= 1 and row["vpt_median"] >= 0 and row["jac"] > 0
+    assert "VPT median" in result.stdout
