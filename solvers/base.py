@@ -92,9 +92,7 @@ class Solver(ABC):
         A generator, so long runs can stream to disk without holding the whole trajectory.
         ``u: (batch, *state)``.
         """
-        self.check_state(u0)
-        if n_steps < 0 or save_every < 1:
-            raise ValueError(f"need n_steps >= 0 and save_every >= 1, got {n_steps}, {save_every}")
+        self._check_rollout(u0, n_steps, save_every)
         dt = self.dt if dt is None else float(dt)
         yield t0, u0
         state = self._to_internal(u0)
@@ -108,10 +106,23 @@ class Solver(ABC):
         """Integrate ``n_steps`` steps and return the saved states.
 
         Returns ``(batch, 1 + n_steps // save_every, *state)``, the initial state first.
-        Gradients flow through every step.
+        Gradients flow through every step. Without gradients the saves are copied straight into the
+        result, so peak memory is the result itself (stacking a list would need twice that).
         """
-        return torch.stack([u for _, u in self.trajectory(u0, n_steps, save_every=save_every,
-                                                            dt=dt, t0=t0)], dim=1)
+        self._check_rollout(u0, n_steps, save_every)
+        states = self.trajectory(u0, n_steps, save_every=save_every, dt=dt, t0=t0)
+        if torch.is_grad_enabled():
+            return torch.stack([u for _, u in states], dim=1)
+        saved = torch.empty((u0.shape[0], 1 + n_steps // save_every, *u0.shape[1:]), dtype=u0.dtype,
+                            device=u0.device)
+        for index, (_, u) in enumerate(states):
+            saved[:, index] = u
+        return saved
+
+    def _check_rollout(self, u0: Tensor, n_steps: int, save_every: int) -> None:
+        self.check_state(u0)
+        if n_steps < 0 or save_every < 1:
+            raise ValueError(f"need n_steps >= 0 and save_every >= 1, got {n_steps}, {save_every}")
 
     def times(self, n_steps: int, *, save_every: int = 1, dt: float | None = None,
               t0: float = 0.0) -> list[float]:
