@@ -176,16 +176,16 @@ class DenseStepper:
 
     def step(self, u: Tensor) -> Tensor:
         """``u: (batch, n)`` physical -> a new ``(batch, n)`` tensor one step later (``u`` untouched)."""
-        stage = self.stage
+        stage, mm, mul = self.stage, torch.mm, torch.mul  # locals: this runs ~15 us, lookups count
         self.u.copy_(u)
-        torch.mul(u, u, out=self.w_u)
-        torch.mm(self.a_in, self.a_matrix, out=stage)
-        torch.mul(stage, stage, out=self.w_a)
-        torch.mm(self.b_in, self.b_matrix, out=stage)
-        torch.mul(stage, stage, out=self.w_b)
-        torch.mm(self.d_in, self.d_matrix, out=stage)
-        torch.mul(stage, stage, out=self.w_d)
-        return torch.mm(self.workspace, self.final_matrix)
+        mul(u, u, out=self.w_u)
+        mm(self.a_in, self.a_matrix, out=stage)
+        mul(stage, stage, out=self.w_a)
+        mm(self.b_in, self.b_matrix, out=stage)
+        mul(stage, stage, out=self.w_b)
+        mm(self.d_in, self.d_matrix, out=stage)
+        mul(stage, stage, out=self.w_d)
+        return mm(self.workspace, self.final_matrix)
 
 
 def dense_matrices(nonlinear_symbol: Tensor, coefficients: dict[str, Tensor], n_points: int,

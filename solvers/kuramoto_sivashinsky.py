@@ -301,8 +301,13 @@ class KuramotoSivashinskySpectral(Solver):
         return self.to_physical(state) if state.is_complex() else state
 
     def _step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
-        # the Fourier state is ours (made by _to_internal): update it in place
-        return self._fourier_step(t, state, dt, in_place=True) if state.is_complex() else self.step(t, state, dt)
+        if state.is_complex():  # the Fourier state is ours (made by _to_internal): update it in place
+            return self._fourier_step(t, state, dt, in_place=True)
+        # dense path: the per-step Python work matters at batch 1, so reuse the stepper directly
+        stepper = self._dense.get((dt, state.shape[0]))
+        if stepper is not None and self.closure is None and not (torch.is_grad_enabled() and state.requires_grad):
+            return stepper.step(state)
+        return self.step(t, state, dt)
 
 
 @lru_cache(maxsize=None)
