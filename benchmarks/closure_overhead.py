@@ -48,7 +48,8 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
     bare = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
     hooked = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, closure=closure)
     x = bare.x
-    u0 = (torch.cos(2 * torch.pi * x / DOMAIN_LENGTH)[None] * (1 + 0.1 * torch.arange(batch, dtype=torch.float64)[:, None]))
+    member_scale = 1 + 0.1 * torch.arange(batch, dtype=torch.float64)[:, None]
+    u0 = torch.cos(2 * torch.pi * x / DOMAIN_LENGTH)[None] * member_scale  # (batch, n)
     context = torch.inference_mode if grad_mode == "inference_mode" else torch.no_grad
 
     def run_solver(solver):

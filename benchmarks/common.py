@@ -101,7 +101,8 @@ def calibrate(call: Callable[[], object], min_seconds: float, *, max_calls: int 
         wall, _ = _timed(lambda: [call() for _ in range(calls)])
         if wall >= min_seconds:
             break
-        calls = min(max_calls, calls * 2 if wall < min_seconds / 8 else max(calls + 1, int(calls * min_seconds / wall * 1.1)))
+        grown = calls * 2 if wall < min_seconds / 8 else max(calls + 1, int(calls * min_seconds / wall * 1.1))
+        calls = min(max_calls, grown)
     return calls
 
 

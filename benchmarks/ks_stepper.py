@@ -142,11 +142,14 @@ def exponax_contenders(n_points: int, u0, steps: int):
                 return jax.lax.fori_loop(0, n, lambda i, v: physical(v), u)
         return jax.jit(rollout)
 
+    def final_state(n: int, in_fourier: bool):
+        return jax.device_get(make(n, in_fourier=in_fourier)(state))[:, 0]
+
     contenders = {}
     for label, in_fourier in (("exponax", False), ("exponax (Fourier state)", True)):
         timed = make(steps, in_fourier=in_fourier)
         contenders[label] = ((lambda timed=timed: timed(state).block_until_ready()),
-                             (lambda n, in_fourier=in_fourier: jax.device_get(make(n, in_fourier=in_fourier)(state))[:, 0]))
+                             (lambda n, in_fourier=in_fourier: final_state(n, in_fourier)))
     return contenders
 
 

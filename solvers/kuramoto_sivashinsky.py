@@ -5,6 +5,8 @@ Two host codes with the same closure hook:
 * ``KuramotoSivashinskySpectral``: real-FFT pseudo-spectral in space, ETDRK4 in time (Cox & Matthews
   2002) with the coefficients computed once per ``dt`` by the contour integral of Kassam & Trefethen
   2005, 2/3 dealiasing of the quadratic term. The closure joins the nonlinear term at every stage.
+  The step itself lives in ``solvers.etdrk4_stepping`` (fused, allocation-free without gradients;
+  a dense physical-space variant for tiny batches); docs/performance.md has the measurements.
 * ``KuramotoSivashinskyFiniteDifference``: method of lines with periodic central differences of any
   even order and an explicit integrator, whose linear stability limit is checked up front.
 
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from .base import Closure, ExplicitSolver, Solver
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
-                              fourier_step, fourier_step_into)
+                              etdrk4_coefficients, fourier_step, fourier_step_into)
 from .integrators import REAL_AXIS_STABILITY_LIMIT
 
 __all__ = [
@@ -34,38 +36,6 @@ __all__ = [
 
 #: values of ``KuramotoSivashinskySpectral(implementation=...)``
 IMPLEMENTATIONS = ("auto", "fft", "dense")
-
-
-def etdrk4_coefficients(linear_hat: np.ndarray, dt: float, contour_points: int = 64) -> dict[str, np.ndarray]:
-    """ETDRK4 coefficients for a diagonal linear operator.
-
-    Kassam & Trefethen 2005 (SIAM J. Sci. Comput. 26, eq. 2.5 and Sec. 5): the phi-functions are
-    averaged over a circle of radius 1 around each ``L dt`` in the complex plane, which avoids the
-    cancellation error of their closed forms near ``L dt = 0``.
-
-    Args:
-        linear_hat: (n_modes,) real eigenvalues of the linear operator.
-    Returns:
-        ``E = exp(L dt)``, ``E2 = exp(L dt/2)``, ``Q``, ``f1``, ``f2``, ``f3`` (Cox & Matthews 2002
-        names), each (n_modes,) float64.
-    """
-    lin = np.asarray(linear_hat, dtype=np.float64) * dt
-    roots = np.exp(1j * np.pi * (np.arange(1, contour_points + 1) - 0.5) / contour_points)
-    z = lin[:, None] + roots[None, :]  # (n_modes, contour_points) points on the contour
-    ez = np.exp(z)
-    ez2 = np.exp(z / 2)
-
-    def mean(values: np.ndarray) -> np.ndarray:
-        return np.real(values.mean(axis=1))
-
-    return {
-        "E": np.exp(lin),
-        "E2": np.exp(lin / 2),
-        "Q": dt * mean((ez2 - 1) / z),
-        "f1": dt * mean((-4 - z + ez * (4 - 3 * z + z**2)) / z**3),
-        "f2": dt * mean((2 + z + ez * (z - 2)) / z**3),
-        "f3": dt * mean((-4 - 3 * z - z**2 + ez * (4 - z)) / z**3),
-    }
 
 
 class KuramotoSivashinskySpectral(Solver):

@@ -156,9 +156,9 @@ def balancing_weight(case, model, data_path: Path, regularizer: str, rollout_los
     return rollout_loss / max(float(value), 1e-300)
 
 
-def run_case(name: str, seeds: int, tiny: bool, folder: Path, emit) -> list[dict]:
+def run_case(name: str, seeds: int, tiny: bool, folder: Path, emit, extra: list[str] = ()) -> list[dict]:
     spec = CASES[name]
-    train_overrides = list(spec["train"]) + (sorted(TINY) if tiny else [])
+    train_overrides = list(spec["train"]) + (sorted(TINY) if tiny else []) + list(extra)
     base = case_with(name, train_overrides + ["training.checkpoint_every=0"])
     data_path = folder / f"{name}_truth.nc"
     started = time.perf_counter()
@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke run: one epoch, tiny models, short horizon")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--timing", action="store_true", help="only time a training step per regularizer (ms)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="extra case override for every run, e.g. --set training.epochs=60")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hybridnde").setLevel(logging.WARNING)
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for name in arguments.cases:
-            rows += run_case(name, arguments.seeds, arguments.tiny, Path(folder), emit)
+            rows += run_case(name, arguments.seeds, arguments.tiny, Path(folder), emit, arguments.extra)
     print(table(rows))
     print(f"total {time.perf_counter() - started:.0f} s")
     if handle:
