@@ -1,5 +1,6 @@
-"""Rollouts under a real ``mpiexec -n 2``: the same file as one process, bit for bit; a failing rank
-stops the whole job with its message and leaves no file; bad input on one rank is exit 2 everywhere."""
+"""Rollouts under a real ``mpiexec -n 2``: the same file as one process, bit for bit (also when a run
+stopped on one process is resumed on two); a failing rank stops the whole job with its message and
+leaves no file; bad input on one rank is exit 2 everywhere."""
 from __future__ import annotations
 
 import importlib.util
@@ -79,7 +80,27 @@ DRIVER = textwrap.dedent("""
                 closure_path=work + "/mlp.pt", progress=False)
     model = torch.load(work + "/cnn.pt", weights_only=False)
     run_rollout(load_case(cases + "/ks.toml", overrides=ks), work + "/ks_mpi.nc", closure=model, progress=False)
+    # a rollout interrupted on one rank, resumed on two
+    run_rollout(load_case(cases + "/two_body.toml", overrides=two_body), work + "/resumed_mpi.nc",
+                closure_path=work + "/mlp.pt", resume=True, progress=False)
 """)
+
+
+def interrupted_run(case, out: Path, model: torch.nn.Module, after_calls: int) -> None:
+    """Start a rollout on one process and stop it with Ctrl-C after ``after_calls`` closure calls."""
+    calls = [0]
+
+    def count(_module, _inputs):
+        calls[0] += 1
+        if calls[0] > after_calls:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_rollout(case, out, closure=model, progress=False)
+    finally:
+        handle.remove()
 
 
 def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
@@ -99,6 +120,11 @@ def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
     initial = write_netcdf(trajectory_dataset(u0[:, None], [0.0], state_dim="x", state_coords=solver.x.numpy()),
                            tmp_path / "initial.nc")
     ks = ks_overrides(initial)
+    # batches of 3 members, 60 RK4 steps (4 closure calls each): stopped in the third batch, which
+    # belongs to rank 1 when resumed on two ranks
+    interrupted_run(load_case(cases / "two_body.toml", overrides=TWO_BODY), tmp_path / "resumed_mpi.nc", mlp,
+                    after_calls=2 * 60 * 4 + 100)
+    assert (tmp_path / ".resumed_mpi.nc.checkpoint").exists()
     driver = DRIVER.format(two_body=", ".join(map(repr, TWO_BODY)), ks=", ".join(map(repr, ks)))
     result = mpiexec(2, sys.executable, "-c", driver, str(cases), str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -114,6 +140,10 @@ def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
                                               err_msg=f"{name}: {variable}")
             if name == "ks":
                 assert parallel.status.values.tolist() == [0, 0, 0, 0, STATUS_FLAGS["blew_up"], 0]
+    with xr.open_dataset(tmp_path / "resumed_mpi.nc") as resumed, \
+            xr.open_dataset(tmp_path / "two_body_serial.nc") as serial:
+        for variable in ("u", "status", "blowup_time"):
+            np.testing.assert_array_equal(resumed[variable].values, serial[variable].values, err_msg=variable)
 
 
 FAILING_DRIVER = textwrap.dedent("""
