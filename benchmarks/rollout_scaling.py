@@ -10,7 +10,8 @@ members (weak scaling: ``rollout.batch_size`` = members per rank, so each rank r
 The figure is the rollout's own ``member_steps_per_second`` attribute: all members' steps divided
 by the wall time of the stepping loop on rank 0 (set-up, imports and the final rename excluded;
 gathering, writing and compressing every ``save_every``-th state included). Weak-scaling
-efficiency = rate(R) / (R * rate(1)). Median over ``--repeats`` runs.
+efficiency = rate(R) / (R * rate(1)), from the median over ``--repeats`` interleaved runs and from
+the best run (on a shared machine the best run is the one other processes disturbed least).
 
 For each case two set-ups: ``bare`` (the true system, no closure) and ``hybrid`` (the case's
 ``[hybrid]`` host with a closure of the case's ``[model]``, its last layer zeroed so that it costs
@@ -151,24 +152,29 @@ def main() -> None:
                             samples[ranks].append(rollout_rate(case_path, ranks, members, steps, arguments.save_every,
                                                                level, closure, folder, setup))
                     rates = {ranks: statistics.median(values) for ranks, values in samples.items()}
+                    best = {ranks: max(values) for ranks, values in samples.items()}  # the least disturbed run
                     base = arguments.ranks[0]
                     for ranks, rate in rates.items():
                         efficiency = rate / (ranks / base * rates[base])
+                        best_efficiency = best[ranks] / (ranks / base * best[base])
                         overhead = 1 - (rate / ranks) / solver_only
                         rows.append({"case": case_name, "setup": setup, "zlib": level, "ranks": ranks,
                                      "members": ranks * members, "steps": steps,
                                      "member-steps/s": format_rate(rate), "per rank": format_rate(rate / ranks),
                                      "solver only": format_rate(solver_only), "overhead": f"{overhead:.0%}",
-                                     "weak eff.": f"{efficiency:.0%}"})
+                                     "weak eff.": f"{efficiency:.0%}", "best": format_rate(best[ranks]),
+                                     "weak eff. (best)": f"{best_efficiency:.0%}"})
                         records.append({"benchmark": "rollout_scaling", "case": case_name, "setup": setup,
                                         "ranks": ranks, "members_per_rank": members, "steps": steps,
                                         "save_every": arguments.save_every, "compression_level": level,
                                         "member_steps_per_second": rate,
                                         "solver_only_member_steps_per_second": solver_only,
                                         "weak_scaling_efficiency": efficiency, "rollout_overhead": overhead,
+                                        "best_member_steps_per_second": best[ranks],
+                                        "best_weak_scaling_efficiency": best_efficiency,
                                         "samples": samples[ranks], "repeats": repeats, **machine_description(threads)})
     print_table(rows, ["case", "setup", "zlib", "ranks", "members", "steps", "member-steps/s", "per rank",
-                       "solver only", "overhead", "weak eff."],
+                       "solver only", "overhead", "weak eff.", "best", "weak eff. (best)"],
                 title=f"ensemble rollouts, weak scaling (save_every = {arguments.save_every}; one thread per rank; "
                       "wall time of the stepping loop until the data are on disk)")
     emit_json(records, arguments.jsonl)
