@@ -58,13 +58,21 @@ def smooth_initial_state(n_points: int, batch: int):
 
 
 # -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
-def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False):
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so a timed call covers it (no-op on CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu"):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
 
-    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
-    state = torch.as_tensor(u0, dtype=torch.float64)
+    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device)
+    state = torch.as_tensor(u0, dtype=torch.float64, device=device)
 
     def advance(n: int):
         with torch.inference_mode():
@@ -72,13 +80,13 @@ def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = Fa
                 u = state
                 for i in range(n):
                     u = solver.step(i * DT, u)
-                return u
-            final = None
-            for _, final in solver.trajectory(state, n, save_every=n):
-                pass
-            return final
+            else:
+                for _, u in solver.trajectory(state, n, save_every=n):
+                    pass
+        synchronize(device)
+        return u
 
-    return (lambda: advance(steps)), (lambda n: advance(n).numpy())
+    return (lambda: advance(steps)), (lambda n: advance(n).cpu().numpy())
 
 
 def compiled_contender(n_points: int, u0, steps: int):
@@ -191,7 +199,7 @@ def numpy_kassam_trefethen(n_points: int, u0, steps: int):
     return (lambda: advance(steps)), advance
 
 
-def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True):
+def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True, device: str = "cpu"):
     """The 4 rfft + 4 irfft of one step, ``steps`` times: what no FFT-based stepper can beat in torch.
 
     ``into_buffers``: write into reused outputs (``out=``), the fastest way to call them here;
@@ -199,7 +207,7 @@ def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True):
     """
     import torch
 
-    u = torch.as_tensor(u0, dtype=torch.float64)
+    u = torch.as_tensor(u0, dtype=torch.float64, device=device)
     u_hat = torch.fft.rfft(u)
     u_out, u_hat_out = torch.empty_like(u), torch.empty_like(u_hat)
 
@@ -213,6 +221,7 @@ def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True):
                     else:
                         torch.fft.rfft(u)
                         torch.fft.irfft(u_hat, n=n_points)
+        synchronize(device)
 
     return advance, None
 
@@ -232,9 +241,10 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
     for n_points, batch in sizes:
         steps = 2 if args.tiny else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
         u0 = smooth_initial_state(n_points, batch)
+        device = args.device
         builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
-            "hybridnde": hybridnde_contender(n_points, u0, steps),
-            "hybridnde step()": hybridnde_contender(n_points, u0, steps, public_step=True),
+            "hybridnde": hybridnde_contender(n_points, u0, steps, device=device),
+            "hybridnde step()": hybridnde_contender(n_points, u0, steps, public_step=True, device=device),
         }
         if have_exponax:
             builders.update(exponax_contenders(n_points, u0, steps))
@@ -243,8 +253,8 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
             if compiled is not None:
                 builders["hybridnde torch.compile"] = compiled
         builders["numpy KT"] = numpy_kassam_trefethen(n_points, u0, steps)
-        builders["FFT floor"] = fft_floor(n_points, u0, steps)
-        builders["FFT floor (allocating)"] = fft_floor(n_points, u0, steps, into_buffers=False)
+        builders["FFT floor"] = fft_floor(n_points, u0, steps, device=device)
+        builders["FFT floor (allocating)"] = fft_floor(n_points, u0, steps, into_buffers=False, device=device)
 
         reference = builders["hybridnde"][1](CHECK_STEPS)
         scale = float(np.abs(reference).max())
@@ -263,6 +273,7 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                 "ours_over_this_wall": ours.rate("wall") / timing.rate("wall"),
                 "relative_deviation_after_20_steps": deviation, "steps_per_call": steps,
                 "repeats": len(timing.cpu), "dtype": "float64", "domain_length": DOMAIN_LENGTH, "dt": DT,
+                "torch_device": device if name.startswith(("hybridnde", "FFT floor")) else "cpu",
                 **machine_description(threads)})
     return records
 
@@ -335,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--memory-only", action="store_true", help="only the memory part")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for our solver and the FFT floor (e.g. cuda; quote the wall clock "
+                             "there); exponax and numpy stay on the CPU")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of a block of steps (slow to compile; no gain on CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
