@@ -43,6 +43,8 @@ CASES = {"ks_l22": REPOSITORY / "cases" / "ks_l22.toml", "two_body": REPOSITORY 
 FULL = {("ks_l22", "bare"): dict(members=128, steps=4000), ("ks_l22", "hybrid"): dict(members=64, steps=500),
         ("two_body", "bare"): dict(members=512, steps=4000), ("two_body", "hybrid"): dict(members=256, steps=500)}
 TINY = {key: dict(members=4, steps=20) for key in FULL}
+#: overrides that make the host the true system (two_body.toml's host is a neural ODE, ks_l22.toml's lacks u u_x)
+BARE = ["hybrid.setup=residual", "hybrid.system={}"]
 
 
 def closure_file(case_path: Path, folder: Path) -> Path:
@@ -76,7 +78,7 @@ def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int,
                  f"rollout.steps={steps}", f"rollout.save_every={save_every}", "rollout.threads=1",
                  f"output.compression_level={compression_level}", "compute.device=cpu"]
     if setup == "bare":
-        overrides.append("hybrid.system={}")  # the true system as the host
+        overrides += BARE
     command = [sys.executable, "-m", "hybridnde.cli", "-q", "rollout", str(case_path), "--out", str(out),
                "--no-progress"] + [item for override in overrides for item in ("--set", override)]
     if closure is not None:
@@ -99,7 +101,7 @@ def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | 
     from hybridnde.initial_conditions import draw_initial_conditions
     from hybridnde.systems import build_host_solver
 
-    overrides = ["hybrid.system={}"] if setup == "bare" else []
+    overrides = BARE if setup == "bare" else []
     case = load_case(case_path, overrides=overrides)
     model = load_closure(closure)[0] if closure is not None else None
     solver = build_host_solver(case, closure=model)
