@@ -108,11 +108,11 @@ def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | 
     u0 = draw_initial_conditions(case.initial_condition, solver, range(members), seed=1)
     times = [torch.tensor(i * solver.dt, dtype=solver.dtype) for i in range(steps)]
     with torch.inference_mode():
-        state = solver._to_internal(u0)
-        state = solver._step_internal(times[0], state, solver.dt)  # warm-up (plans, caches)
+        state = solver.to_internal(u0)
+        state = solver.step_internal(times[0], state, solver.dt)  # warm-up (plans, caches)
         started = time.perf_counter()
         for t in times:
-            state = solver._step_internal(t, state, solver.dt)
+            state = solver.step_internal(t, state, solver.dt)
         seconds = time.perf_counter() - started
     return members * steps / seconds
 

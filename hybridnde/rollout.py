@@ -171,7 +171,7 @@ class BatchRunner:
         """A fresh batch at positions ``[start, start + len(u0))`` from ``u0: (batch, *state)`` physical."""
         self.solver.check_state(u0)
         with torch.inference_mode():
-            internal = self.solver._to_internal(u0)
+            internal = self.solver.to_internal(u0)
         size = u0.shape[0]
         return BatchState(start=start, stop=start + size, next_chunk=0, rows=np.arange(size),
                           internal=internal, first_bad_save=np.full(size, -1, dtype=np.int64), initial=u0)
@@ -199,9 +199,9 @@ class BatchRunner:
                         buffer[:, column].copy_(state.initial)
                         continue
                     for _ in range(schedule.save_every):
-                        internal = solver._step_internal(step_times[step], internal, schedule.dt)
+                        internal = solver.step_internal(step_times[step], internal, schedule.dt)
                         step += 1
-                    buffer[:, column].copy_(solver._to_physical(internal))
+                    buffer[:, column].copy_(solver.from_internal(internal))
             state.internal, state.initial = internal, None
             host = buffer.to("cpu").numpy()  # the chunk's single device-to-host transfer
         values = np.full((state.size, n_saves, *solver.state_shape), np.nan, dtype=self.numpy_dtype)

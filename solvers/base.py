@@ -95,11 +95,11 @@ class Solver(ABC):
         self._check_rollout(u0, n_steps, save_every)
         dt = self.dt if dt is None else float(dt)
         yield t0, u0
-        state = self._to_internal(u0)
+        state = self.to_internal(u0)
         for i in range(1, n_steps + 1):
-            state = self._step_internal(t0 + (i - 1) * dt, state, dt)
+            state = self.step_internal(t0 + (i - 1) * dt, state, dt)
             if i % save_every == 0:
-                yield t0 + i * dt, self._to_physical(state)
+                yield t0 + i * dt, self.from_internal(state)
 
     def rollout(self, u0: Tensor, n_steps: int, *, save_every: int = 1, dt: float | None = None,
                 t0: float = 0.0) -> Tensor:
@@ -130,14 +130,19 @@ class Solver(ABC):
         dt = self.dt if dt is None else float(dt)
         return [t0 + i * dt for i in range(0, n_steps + 1, save_every)]
 
-    # Internal representation hooks: spectral solvers keep Fourier coefficients between steps.
-    def _to_internal(self, u: Tensor) -> Tensor:
+    # The working representation between steps (spectral solvers keep Fourier coefficients), for
+    # loops that step many times and look at the physical state only now and then (rollouts).
+    def to_internal(self, u: Tensor) -> Tensor:
+        """``u: (batch, *state)`` physical -> the solver's working state (batch first)."""
         return u
 
-    def _to_physical(self, state: Tensor) -> Tensor:
+    def from_internal(self, state: Tensor) -> Tensor:
+        """Working state -> physical ``(batch, *state)``; a new tensor or a view the caller must copy."""
         return state
 
-    def _step_internal(self, t: float, state: Tensor, dt: float) -> Tensor:
+    def step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        """One step of the working state. May update ``state`` in place (without gradients): pass only
+        states made by ``to_internal`` and use the returned tensor."""
         return self.step(t, state, dt)
 
     def __repr__(self) -> str:

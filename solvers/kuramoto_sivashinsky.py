@@ -264,14 +264,14 @@ class KuramotoSivashinskySpectral(Solver):
 
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all
-    def _to_internal(self, u: Tensor) -> Tensor:
+    def to_internal(self, u: Tensor) -> Tensor:
         return u if self._use_dense(u) else self.to_fourier(u)
 
-    def _to_physical(self, state: Tensor) -> Tensor:
+    def from_internal(self, state: Tensor) -> Tensor:
         return self.to_physical(state) if state.is_complex() else state
 
-    def _step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
-        if state.is_complex():  # the Fourier state is ours (made by _to_internal): update it in place
+    def step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
             return self._fourier_step(t, state, dt, in_place=True)
         # dense path: the per-step Python work matters at batch 1, so reuse the stepper directly
         stepper = self._dense.get((dt, state.shape[0]))
