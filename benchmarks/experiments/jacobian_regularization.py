@@ -156,7 +156,7 @@ def balancing_weight(case, model, data_path: Path, regularizer: str, rollout_los
     return rollout_loss / max(float(value), 1e-300)
 
 
-def run_case(name: str, seeds: int, tiny: bool, folder: Path, emit, extra: list[str] = ()) -> list[dict]:
+def run_case(name: str, seeds: range, tiny: bool, folder: Path, emit, extra: list[str] = ()) -> list[dict]:
     spec = CASES[name]
     train_overrides = list(spec["train"]) + (sorted(TINY) if tiny else []) + list(extra)
     base = case_with(name, train_overrides + ["training.checkpoint_every=0"])
@@ -168,7 +168,7 @@ def run_case(name: str, seeds: int, tiny: bool, folder: Path, emit, extra: list[
     vpt_steps = None if tiny else spec.get("vpt_steps")
     logging.info("%s: data in %.1f s", name, time.perf_counter() - started)
     rows = []
-    for seed in range(seeds):
+    for seed in seeds:
         runs = [("none", 0.0)]
         for regularizer, multiplier, lam0 in _sweep(name, seed, base, data_path, folder, truth, times, vpt_steps,
                                                     rows, emit):
@@ -296,9 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from here: first-seed .. first-seed + seeds - 1")
     parser.add_argument("--tiny", action="store_true", help="smoke run: one epoch, tiny models, short horizon")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--timing", action="store_true", help="only time a training step per regularizer (ms)")
+    parser.add_argument("--table", nargs="+", type=Path, default=None, metavar="RESULTS.jsonl",
+                        help="only print the table of earlier runs' JSON lines (several files are merged)")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra case override for every run, e.g. --set training.epochs=60")
     arguments = parser.parse_args(argv)
@@ -317,11 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.timing:
         step_timing(arguments.tiny, emit)
         return 0
+    if arguments.table:
+        print(table([json.loads(line) for path in arguments.table for line in path.read_text().splitlines()
+                     if line.startswith("{")]))
+        return 0
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for name in arguments.cases:
-            rows += run_case(name, arguments.seeds, arguments.tiny, Path(folder), emit, arguments.extra)
+            seeds = range(arguments.first_seed, arguments.first_seed + arguments.seeds)
+            rows += run_case(name, seeds, arguments.tiny, Path(folder), emit, arguments.extra)
     print(table(rows))
     print(f"total {time.perf_counter() - started:.0f} s")
     if handle:
