@@ -17,7 +17,7 @@ from .io import DataError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: verbs, each a module in ``hybridnde.commands`` with ``register(subparsers)``
-COMMANDS = ("simulate", "train", "evaluate", "rollout", "export")
+COMMANDS = ("simulate", "train", "evaluate", "rollout", "run", "export")
 
 log = logging.getLogger("hybridnde")
 

@@ -1,0 +1,65 @@
+"""``hybridnde run CASE.toml [--quick] [--out DIR] [--set ...] [--compare key=v1,v2,...]``: the whole job.
+
+Simulates the training data and a held-out truth, trains the closure, rolls the hybrid model (and the
+bare host solver) out from the held-out initial states, evaluates, and writes DIR/report.md with
+figures. A rerun reuses every stage whose output matches the configuration, so after a crash or a
+changed training key it continues where it must. ``--compare`` trains and evaluates one variant per
+value (the product of several ``--compare``s) and writes DIR/compare.md and compare.json.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from pathlib import Path
+
+from ..pipeline import build_variants, run_pipeline
+from .common import add_case_arguments
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="the whole job: simulate, train, roll out, evaluate, report",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder for every file of the run (default: output.directory, else runs/<case>[-quick])")
+    parser.add_argument("--compare", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                        help="one variant per value, e.g. --compare training.regularizer=none,jvp,fd (repeatable: "
+                             "the variants are the product)")
+    parser.add_argument("--lyapunov", action="store_true",
+                        help="also estimate the leading Lyapunov exponent of the hybrid model and of the truth")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="torch CPU threads for simulation, training and evaluation (default 1: small closures "
+                             "train as fast, and busy cores slow multi-threaded torch down badly; 0: torch's "
+                             "default); rollouts use rollout.threads")
+    parser.set_defaults(run=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    variants = build_variants(arguments.case, quick=arguments.quick, overrides=arguments.overrides,
+                              compare=arguments.compare)
+    case = variants[0].case
+    directory = arguments.out or Path(case.output.directory or
+                                      f"runs/{case.case.name}{'-quick' if arguments.quick else ''}")
+    outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
+                           threads=arguments.threads, command=_command_line(arguments, directory))
+    from ..pipeline.report import summary_lines
+
+    print("\n".join(summary_lines(outcome)))
+    return 0
+
+
+def _command_line(arguments: argparse.Namespace, directory: Path) -> str:
+    """The command as a user would type it (``main`` may be called with an argument list)."""
+    words = ["hybridnde", "run", str(arguments.case)]
+    words += ["--quick"] if arguments.quick else []
+    words += ["--lyapunov"] if arguments.lyapunov else []
+    words += [f"--threads={arguments.threads}"] if arguments.threads != 1 else []
+    words += ["--out", str(directory)]
+    for text in arguments.overrides:
+        words += ["--set", text]
+    for text in arguments.compare:
+        words += ["--compare", text]
+    return " ".join(map(shlex.quote, words))

@@ -1,0 +1,107 @@
+"""The run's own figures: training curves and error growth of several rollouts on one plot.
+
+Drawn from what the stages wrote (``closure.log.jsonl``, the metrics' error-growth curves), with
+matplotlib's Agg canvas and no pyplot, like ``hybridnde.figures``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..figures import save_figure, time_label
+
+__all__ = ["read_training_log", "training_curves_figure", "error_growth_comparison_figure"]
+
+
+def read_training_log(path: Path) -> list[dict[str, Any]]:
+    """The epochs of a ``closure.log.jsonl`` (empty when it is missing); unreadable lines are skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _positive(values: Sequence[Any]) -> np.ndarray:
+    """Values as floats, with ``None``, non-finite and non-positive ones as gaps (log axes)."""
+    array = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.where(np.isfinite(array) & (array > 0), array, np.nan)
+
+
+def training_curves_figure(records: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") -> Path | None:
+    """Loss, validation loss and each loss term per epoch (log scale) -> PNG ``out``; ``None`` when
+    the log is empty."""
+    if not records:
+        return None
+    figure = _figure(7.0, 4.2)
+    axis = figure.subplots()
+    epochs = [record["epoch"] for record in records]
+    axis.plot(epochs, _positive([r.get("loss") for r in records]), color="C0", linewidth=1.8, label="training loss")
+    axis.plot(epochs, _positive([r.get("val_loss") for r in records]), color="C1", linewidth=1.8,
+              label="validation loss")
+    terms = sorted({key for record in records for key in record if key.startswith("loss/")})
+    if len(terms) > 1:  # with one term it is the training loss itself
+        for index, key in enumerate(terms):
+            axis.plot(epochs, _positive([r.get(key) for r in records]), color=f"C{index + 2}", linestyle="--",
+                      linewidth=1.0, label=key)
+    axis.set_yscale("log")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize="small")
+    axis.set_title(title or "training")
+    return save_figure(figure, out)
+
+
+def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]]], out: Path, *,
+                                   title: str = "") -> Path | None:
+    """Median normalised error (with its percentile band) of several rollouts against one truth.
+
+    ``curves``: ``(label, metrics)`` with ``metrics`` as ``evaluate_files`` returns them (their
+    ``error_growth``, ``threshold``, ``valid_prediction_time`` and ``lyapunov_exponent``).
+    """
+    curves = [(label, metrics) for label, metrics in curves if metrics and metrics.get("error_growth")]
+    if not curves:
+        return None
+    figure = _figure(7.5, 4.6)
+    axis = figure.subplots()
+    first = curves[0][1]
+    spread = first["spread_percentiles"]
+    low, high = f"p{spread[0]:g}", f"p{spread[1]:g}"
+    start = float(first["start_time"])
+    for index, (label, metrics) in enumerate(curves):
+        growth = metrics["error_growth"]
+        times = np.asarray(growth["time"], dtype=np.float64)
+        median = metrics["valid_prediction_time"]["median"]
+        shown = f"{label} (VPT {median:.3g})" if median is not None else label
+        axis.fill_between(times, _positive(growth[low]), _positive(growth[high]), color=f"C{index}", alpha=0.15)
+        axis.plot(times, _positive(growth["median"]), color=f"C{index}", linewidth=1.8, label=shown)
+        if median is not None:
+            axis.axvline(start + median, color=f"C{index}", linestyle=":", linewidth=1.2)
+    axis.axhline(first["threshold"], color="k", linestyle="--", linewidth=1.0, label=f"threshold {first['threshold']:g}")
+    axis.set_yscale("log")
+    axis.set_xlabel(time_label(first.get("time_units", "1")))
+    axis.set_ylabel(r"normalised error $\|u - u^*\| / \mathrm{rms}(u^*)$")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize="small", loc="lower right")
+    exponent = first.get("lyapunov_exponent")
+    if exponent:
+        top = axis.secondary_xaxis("top", functions=(lambda t: (t - start) * exponent, lambda s: s / exponent + start))
+        top.set_xlabel(r"Lyapunov times $\lambda_1 (t - t_0)$")
+    axis.set_title(title or f"error growth: median over members, band {spread[0]:g}-{spread[1]:g}th percentile")
+    return save_figure(figure, out)

@@ -1,0 +1,283 @@
+"""Run the stages of every variant into one directory, reusing what is up to date.
+
+``run_pipeline(variants, directory)`` checks every variant first (``ConfigError`` before anything is
+written), then for each variant runs simulate -> reference -> train -> rollout -> baseline ->
+evaluate and writes its report. A stage whose output records the expected checksum is reused; one
+that started with the same checksum and did not finish resumes from its checkpoint (training,
+rollouts); anything else is made afresh.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time as wallclock
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import CaseConfig, ConfigError
+from ..io import atomic_path
+from . import stages
+from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
+from .record import RunRecord
+from .variants import Variant
+
+__all__ = ["run_pipeline", "check_variants", "StageResult", "VariantResult", "RunResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage of one variant: ``action`` is ``ran``, ``reused`` (up to date from an earlier run) or
+    ``shared`` (made for an earlier variant of this run); ``seconds``: its wall time when it ran."""
+
+    stage: str
+    path: Path
+    action: str
+    seconds: float | None
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    directory: Path
+    stages: list[StageResult] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    closure_metadata: dict[str, Any] = field(default_factory=dict)
+    training_log: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def case(self) -> CaseConfig:
+        return self.variant.case
+
+
+@dataclass
+class RunResult:
+    directory: Path
+    variants: list[VariantResult]
+    comparison: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def check_variants(variants: Sequence[Variant], directory: Path) -> None:
+    """Everything the stages would refuse, checked before the first one starts (``ConfigError``)."""
+    from ..systems import build_solver
+    from ..training import window_lengths
+    from ..training.build import check_training_config
+
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--out {directory}: exists and is not a directory; give a folder for the run's files")
+    for variant in variants:
+        case = variant.case
+        try:
+            check_training_config(case)
+            try:
+                build_solver(case.system, case.time)
+            except ValueError as error:
+                raise ConfigError(f"[system]/[time]: the true system cannot be built ({error})") from None
+            samples = case.time.n_steps // case.time.save_every + 1
+            needed = max(window_lengths(case))
+            if samples < needed:
+                raise ConfigError(f"time.n_steps = {case.time.n_steps} gives {samples} samples per member; a training "
+                                  f"window needs {needed} (training.rollout_steps + 1): raise time.n_steps or lower "
+                                  "training.rollout_steps")
+            _check_common_times(case)
+            for key, path in (("initial_condition.file", case.initial_condition.file
+                               if case.initial_condition.distribution == "file" else ""),
+                              ("rollout.initial_conditions", case.rollout.initial_conditions
+                               if case.rollout.initial_conditions != "draw" else "")):
+                if path and not Path(path).is_file():
+                    raise ConfigError(f"{key} = {path!r} does not exist; give an existing NetCDF file")
+        except ConfigError as error:
+            raise ConfigError(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
+
+
+def _check_common_times(case: CaseConfig) -> None:
+    """The rollout saves every ``rollout.save_every`` host steps, the reference every ``substeps``:
+    they must share a time after the start, or there is nothing to compare."""
+    save_every, substeps = case.rollout.save_every, case.hybrid.substeps
+    first_common = save_every * substeps // math.gcd(save_every, substeps)
+    if first_common > case.rollout.steps:
+        raise ConfigError(f"rollout.save_every = {save_every} with hybrid.substeps = {substeps}: the rollout saves no "
+                          f"state at a data sample within rollout.steps = {case.rollout.steps}; make rollout.save_every "
+                          "a multiple of hybrid.substeps")
+
+
+class _Run:
+    """The state of one ``run_pipeline`` call (the record, what was made for earlier variants)."""
+
+    def __init__(self, directory: Path, *, progress: bool | None, lyapunov: bool, command: str):
+        self.directory, self.progress, self.lyapunov, self.command = directory, progress, lyapunov, command
+        self.record = RunRecord(directory)
+        self.made: dict[Path, StageResult] = {}
+
+    def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
+              label: str, payload: dict | None = None) -> StageResult:
+        path = Path(path)
+        if path in self.made:
+            return StageResult(name, path, "shared", self.made[path].seconds)
+        if found == expected:
+            seconds = self.record.seconds(path, expected)
+            if seconds is None:
+                seconds = stages.recorded_seconds(name, path, payload)
+            log.info("%s%s: %s is up to date (reused)", label, name, path)
+            result = StageResult(name, path, "reused", seconds)
+        else:
+            if found is not None:
+                log.info("%s%s: %s was made with another configuration; making it again", label, name, path)
+            resume = self.record.interrupted_with(path) == expected
+            self.record.started(path, name, expected)
+            log.info("%s%s -> %s%s", label, name, path, " (resuming)" if resume else "")
+            started = wallclock.perf_counter()
+            run(resume)
+            seconds = wallclock.perf_counter() - started
+            self.record.finished(path, name, expected, seconds)
+            log.info("%s%s done in %.1f s", label, name, seconds)
+            result = StageResult(name, path, "ran", seconds)
+        self.made[path] = result
+        return result
+
+    # -- one variant --------------------------------------------------------------------------------
+    def variant(self, variant: Variant, position: str) -> VariantResult:
+        from ..rollout_job import run_rollout
+        from ..training import checkpoint_path, log_path, train_case
+
+        case = variant.case
+        label = f"[{variant.label}] " if variant.label else ""
+        label = f"{position}{label}"
+        folder = variant.directory(self.directory)
+        where = {name: variant.directory(self.directory, sections) for name, sections in stages.STAGE_SECTIONS.items()}
+        truth = where["simulate"] / "truth.nc"
+        given_reference = case.rollout.initial_conditions != "draw"
+        reference = Path(case.rollout.initial_conditions) if given_reference else where["reference"] / "reference.nc"
+        closure = where["train"] / "closure.pt"
+        rollout, baseline = where["rollout"] / "rollout.nc", where["baseline"] / "baseline.nc"
+        expected = stages.expected_identities(case, reference)
+        rolled = stages.rollout_case(case, reference)
+        result = VariantResult(variant, folder)
+
+        result.stages.append(self.stage(
+            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=label,
+            run=lambda resume: stages.simulate(case, truth, progress=self.progress)))
+        if not given_reference:
+            result.stages.append(self.stage(
+                "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=label,
+                run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress)))
+        found, payload = stages.closure_identity(closure)
+        result.stages.append(self.stage(
+            "train", closure, expected["train"], found, label=label, payload=payload,
+            run=lambda resume: train_case(case, truth, closure, progress=self.progress,
+                                          resume=resume and checkpoint_path(closure).is_file())))
+        _, payload = stages.closure_identity(closure)
+        result.closure_metadata = dict(payload["metadata"])
+        result.training_log = read_training_log(log_path(closure))
+        rollout_expected = f"{expected['rollout']}:{payload['checksum']}"
+        result.stages.append(self.stage(
+            "rollout", rollout, rollout_expected, stages.netcdf_identity(rollout, with_closure=True), label=label,
+            run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
+                                           progress=self.progress)))
+        inputs = {"rollout": rollout_expected, "reference": _file_identity(reference)}
+        if stages.has_baseline(case):
+            baseline_expected = f"{expected['rollout']}:none"
+            result.stages.append(self.stage(
+                "baseline", baseline, baseline_expected, stages.netcdf_identity(baseline, with_closure=True),
+                label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress)))
+            inputs["baseline"] = baseline_expected
+        metrics_path, figures = folder / "metrics.json", folder / "figures"
+        checksum = stages.evaluation_checksum(case, inputs, lyapunov=self.lyapunov)
+        found = stages.json_identity(metrics_path)
+        if found == checksum and not _figures_present(metrics_path):
+            found = None
+        result.stages.append(self.stage(
+            "evaluate", metrics_path, checksum, found, label=label,
+            run=lambda resume: self.evaluate(result, rollout, reference, baseline, closure, figures,
+                                             {"checksum": checksum, "inputs": inputs})))
+        result.metrics = json.loads(metrics_path.read_text())
+        from .report import write_report
+
+        result.report = write_report(result, command=self.command)
+        return result
+
+    def evaluate(self, result: VariantResult, rollout: Path, reference: Path, baseline: Path, closure: Path,
+                 figures: Path, identity: dict[str, Any]) -> None:
+        from ..evaluate import evaluate_files
+
+        case = result.case
+        metrics = evaluate_files(rollout, reference, case=case, figures_dir=figures, lyapunov=self.lyapunov,
+                                 closure_path=closure if self.lyapunov else None)
+        name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
+        drawn = [training_curves_figure(result.training_log, figures / "training_loss.png",
+                                        title=f"{name}: training")]
+        if stages.has_baseline(case):
+            metrics["baseline"] = evaluate_files(baseline, reference, case=case)
+            drawn.append(error_growth_comparison_figure(
+                [("hybrid (trained closure)", metrics), ("bare host solver", metrics["baseline"])],
+                figures / "error_growth_vs_bare_host.png", title=f"{name}: hybrid vs bare host"))
+        metrics["figures"] = [*metrics.get("figures", []), *(str(path) for path in drawn if path is not None)]
+        metrics["pipeline"] = identity
+        with atomic_path(result.directory / "metrics.json") as temporary:
+            temporary.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+
+def _file_identity(path: Path) -> str:
+    """A reference's recorded checksum, or size and modification time for files made elsewhere."""
+    identity = stages.netcdf_identity(path)
+    if identity is not None:
+        return identity
+    status = path.stat()
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def _figures_present(metrics_path: Path) -> bool:
+    try:
+        paths = json.loads(metrics_path.read_text()).get("figures", [])
+    except (OSError, ValueError):
+        return False
+    return all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
+
+
+def run_pipeline(variants: Sequence[Variant], directory: str | Path, *, progress: bool | None = None,
+                 lyapunov: bool = False, threads: int = 1, command: str = "") -> RunResult:
+    """Run (or continue) the whole job of each variant in ``directory``; see the module docstring.
+
+    ``lyapunov``: also estimate the leading Lyapunov exponent of the hybrid model and the truth.
+    ``threads``: torch CPU threads while the stages run (0: torch's default; rollouts use
+    ``rollout.threads``). One by default: the closures of the cases train about as fast on one
+    thread, and a multi-threaded process on oversubscribed cores slows down by orders of magnitude
+    (measured: 2 threads next to one busy process on 2 cores, 60x slower per epoch than 1 thread).
+    Raises ``ConfigError``/``DataError`` before any file is written when the input is bad.
+    """
+    directory = Path(directory)
+    if threads < 0:
+        raise ConfigError(f"threads = {threads}: give 0 (torch's default) or a positive count")
+    check_variants(variants, directory)
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_all(variants, directory, progress=progress, lyapunov=lyapunov, command=command)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | None, lyapunov: bool,
+             command: str) -> RunResult:
+    started = wallclock.perf_counter()
+    run = _Run(directory, progress=progress, lyapunov=lyapunov, command=command)
+    results = []
+    for index, variant in enumerate(variants):
+        position = f"({index + 1}/{len(variants)}) " if len(variants) > 1 else ""
+        results.append(run.variant(variant, position))
+    outcome = RunResult(directory, results, seconds=wallclock.perf_counter() - started)
+    if len(variants) > 1:
+        from .report import write_comparison
+
+        outcome.comparison = write_comparison(outcome, command=command)
+    run.record.add_run({"command": command, "variants": [v.label for v in variants], "seconds": outcome.seconds,
+                        "stages": {f"{r.variant.label or '.'}/{s.stage}": s.action for r in results for s in r.stages}})
+    return outcome
