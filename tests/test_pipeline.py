@@ -1,0 +1,311 @@
+"""`hybridnde run` end to end on tiny cases: the files and their relations (the rollouts start where the
+held-out truth starts), reuse of finished stages, retraining on a changed key, resume after a crash,
+--compare, and bad input refused with exit 2 before anything is written."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from hybridnde.cli import main
+from hybridnde.closure_file import load_closure
+from hybridnde.config import ConfigError, load_case
+from hybridnde.grids import restrict_to_grid
+from hybridnde.pipeline import STAGE_SECTIONS, Variant, build_variants, reference_case
+from hybridnde.pipeline.runner import check_variants
+from hybridnde.pipeline.variants import parse_compare, split_values
+
+# The closure learns -u u_x of Kuramoto-Sivashinsky on a coarse grid; [quick] cuts the epochs to 3.
+KS = """
+[case]
+name = "ks_tiny"
+description = "tiny Kuramoto-Sivashinsky for the pipeline tests"
+[system]
+name = "kuramoto_sivashinsky"
+n_points = 32
+[time]
+dt = 0.25
+n_steps = 40
+spinup_steps = 80
+[initial_condition]
+members = 4
+seed = 0
+[evaluate]
+lyapunov_exponent = 0.045
+[hybrid]
+system = {nonlinear_coefficient = 0.0}
+[model]
+width = 4
+depth = 1
+kernel_size = 3
+[training]
+epochs = 200
+batch_size = 32
+learning_rate = 3e-3
+checkpoint_every = 1
+[rollout]
+members = 3
+steps = 24
+[quick]
+"training.epochs" = 3
+"""
+
+# A neural ODE (no known physics: no bare-host baseline) with conserved quantities.
+RIGID = """
+[case]
+name = "rigid_tiny"
+[system]
+name = "rigid_body"
+[time]
+dt = 0.05
+n_steps = 30
+[initial_condition]
+members = 3
+[hybrid]
+setup = "neural_ode"
+[model]
+width = 8
+depth = 1
+[training]
+epochs = 2
+batch_size = 32
+[rollout]
+members = 2
+steps = 30
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_case(tmp_path, text=KS, name="ks_tiny"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def run(case, out, *extra):
+    return main(["run", str(case), "--out", str(out), "--no-progress", *extra])
+
+
+def stage_actions(out):
+    """The actions of the last run, per stage: ``{"./train": "ran", ...}`` from run.json."""
+    return json.loads((out / "run.json").read_text())["runs"][-1]["stages"]
+
+
+def mtimes(out, *names):
+    return {name: (out / name).stat().st_mtime_ns for name in names}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One quick run of the KS case, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    case = write_case(folder)
+    out = folder / "run"
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        assert run(case, out, "--quick") == 0
+    return case, out
+
+
+def test_run_writes_every_file_and_the_rollouts_start_on_the_held_out_truth(finished_run):
+    case, out = finished_run
+    for name in ("truth.nc", "reference.nc", "closure.pt", "closure.log.jsonl", "rollout.nc", "baseline.nc",
+                 "metrics.json", "report.md", "run.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    config = load_case(case, quick=True)
+    with xr.open_dataset(out / "truth.nc") as truth, xr.open_dataset(out / "reference.nc") as reference, \
+            xr.open_dataset(out / "rollout.nc") as rollout, xr.open_dataset(out / "baseline.nc") as baseline:
+        # the reference: rollout.members members, drawn with rollout.seed, over the rollout's horizon
+        assert reference.sizes["member"] == config.rollout.members
+        assert reference["time"].values[-1] == pytest.approx(config.rollout.steps * config.host_time.dt)
+        assert not np.allclose(reference["u"].values[0, 0], truth["u"].values[0, 0])  # held out, not training data
+        start = reference["u"].values[:, 0]
+        for file in (rollout, baseline):
+            np.testing.assert_allclose(file["u"].values[:, 0], restrict_to_grid(start, file.sizes["x"]), atol=1e-12)
+            np.testing.assert_allclose(file["time"].values[[0, -1]], reference["time"].values[[0, -1]])
+        closure_checksum = load_closure(out / "closure.pt")[1]["checksum"]
+        assert rollout.attrs["closure_checksum"] == closure_checksum
+        assert baseline.attrs["closure_checksum"] == "none"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["initial_error"]["median"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["members"] == config.rollout.members
+    assert 0 < metrics["valid_prediction_time"]["median"] <= metrics["horizon"]
+    assert metrics["valid_prediction_time_lyapunov"]["median"] == pytest.approx(
+        0.045 * metrics["valid_prediction_time"]["median"])
+    assert metrics["baseline"]["members"] == config.rollout.members
+    log = [json.loads(line) for line in (out / "closure.log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]  # --quick: 3 epochs, not 200
+
+
+def test_report_states_the_measured_numbers_and_links_existing_figures(finished_run):
+    _, out = finished_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+    vpt = metrics["valid_prediction_time"]
+    assert f"{vpt['median']:.3g} [{vpt['p16']:.3g}, {vpt['p84']:.3g}]" in report
+    assert f"{metrics['baseline']['valid_prediction_time']['median']:.3g}" in report
+    assert f"{metrics['spectrum']['distance']:.3g}" in report
+    for stage in ("simulate", "reference", "train", "rollout", "baseline", "evaluate"):
+        assert f"| {stage} |" in report
+    linked = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert {"figures/error_growth.png", "figures/space_time.png", "figures/spectrum.png",
+            "figures/training_loss.png", "figures/error_growth_vs_bare_host.png"} <= set(linked)
+    for name in linked:
+        png = (out / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+
+
+def test_rerun_reuses_every_finished_stage(finished_run):
+    case, out = finished_run
+    names = ("truth.nc", "reference.nc", "closure.pt", "rollout.nc", "baseline.nc", "metrics.json")
+    before = mtimes(out, *names)
+    assert run(case, out, "--quick") == 0
+    assert set(stage_actions(out).values()) == {"reused"}
+    assert mtimes(out, *names) == before
+
+
+def test_changed_training_key_retrains_but_reuses_the_data(tmp_path):
+    case = write_case(tmp_path)
+    out = tmp_path / "run"
+    assert run(case, out, "--quick") == 0
+    kept = mtimes(out, "truth.nc", "reference.nc", "baseline.nc")
+    old_closure = load_closure(out / "closure.pt")[1]["checksum"]
+    assert run(case, out, "--quick", "--set", "training.seed=7") == 0
+    actions = stage_actions(out)
+    assert actions == {"./simulate": "reused", "./reference": "reused", "./train": "ran", "./rollout": "ran",
+                       "./baseline": "reused", "./evaluate": "ran"}
+    assert mtimes(out, "truth.nc", "reference.nc", "baseline.nc") == kept
+    assert load_closure(out / "closure.pt")[1]["checksum"] != old_closure
+    with xr.open_dataset(out / "rollout.nc") as rollout:
+        assert rollout.attrs["closure_checksum"] == load_closure(out / "closure.pt")[1]["checksum"]
+
+
+def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeypatch, capsys):
+    import hybridnde.training.trainer as trainer
+
+    case = write_case(tmp_path)
+    assert run(case, tmp_path / "straight", "--quick", "--set", "rollout.steps=4") == 0
+    original = trainer.learning_rate_at
+
+    def stop_at_third_epoch(epoch, config):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(epoch, config)
+
+    monkeypatch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
+    out = tmp_path / "stopped"
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+    assert not (out / "closure.pt").exists() and (out / "closure.checkpoint.pt").is_file()
+    monkeypatch.setattr(trainer, "learning_rate_at", original)
+    capsys.readouterr()
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    assert any("train -> " in line and line.endswith("(resuming)") for line in capsys.readouterr().err.splitlines())
+    assert stage_actions(out)["./simulate"] == "reused"
+    straight, resumed = (load_closure(folder / "closure.pt")[1]["checksum"] for folder in (tmp_path / "straight", out))
+    assert resumed == straight
+    epochs = [json.loads(line)["epoch"] for line in (out / "closure.log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_compare_shares_the_data_and_writes_one_table(tmp_path):
+    case = write_case(tmp_path)
+    out = tmp_path / "sweep"
+    assert run(case, out, "--quick", "--compare", "training.regularizer=none,fd") == 0
+    labels = ["regularizer=none", "regularizer=fd"]
+    for label in labels:
+        assert not (out / label / "truth.nc").exists() and (out / label / "closure.pt").is_file()
+    assert (out / "truth.nc").is_file() and (out / "reference.nc").is_file() and (out / "baseline.nc").is_file()
+    table = json.loads((out / "compare.json").read_text())
+    assert [row["label"] for row in table["variants"]] == labels
+    assert [row["settings"] for row in table["variants"]] == [{"training.regularizer": "none"},
+                                                              {"training.regularizer": "fd"}]
+    assert [row["label"] for row in table["baselines"]] == ["bare host"]
+    for row in table["variants"]:
+        metrics = json.loads((out / row["label"] / "metrics.json").read_text())
+        assert row["valid_prediction_time"]["median"] == metrics["valid_prediction_time"]["median"]
+        assert row["stable_fraction"] == metrics["stable_fraction"]
+    checksums = {load_closure(out / label / "closure.pt")[1]["checksum"] for label in labels}
+    assert len(checksums) == 2  # same seed, different loss: different weights
+    markdown = (out / "compare.md").read_text()
+    assert all(f"| {label} |" in markdown for label in labels) and "| bare host |" in markdown
+    assert (out / "figures" / "compare_error_growth.png").stat().st_size > 5000
+
+
+def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
+    case = write_case(tmp_path, RIGID, "rigid_tiny")
+    out = tmp_path / "rigid"
+    assert run(case, out) == 0
+    assert not (out / "baseline.nc").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "baseline" not in metrics and set(metrics["invariant_drift"]) >= {"energy"}
+    assert (out / "figures" / "phase_portrait.png").is_file() and (out / "figures" / "invariant_drift.png").is_file()
+    assert "energy drift" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra", [
+    ["--set", "training.epochs=0"],                                  # a bad value
+    ["--compare", "training.regularizer=none,bogus"],               # a bad value in one variant only
+    ["--set", "time.n_steps=1", "--set", "training.rollout_steps=2"],  # too short for one training window
+    ["--set", "rollout.initial_conditions=missing.nc"],             # a file that is not there
+    ["--compare", "training.regularizer"],                          # no values
+    ["--set", "training.seed=1", "--compare", "training.seed=1,2"],  # one key twice
+])
+def test_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, extra):
+    case = write_case(tmp_path)
+    out = tmp_path / "never"
+    assert run(case, out, "--quick", *extra) == 2
+    assert not out.exists()
+    assert "error" in capsys.readouterr().err
+
+
+def test_compare_values_split_outside_brackets_and_quotes():
+    assert split_values("none,jvp,fd") == ["none", "jvp", "fd"]
+    assert split_values('[1, 2],[3, 4]') == ["[1, 2]", "[3, 4]"]
+    assert split_values('"a,b",c') == ['"a,b"', "c"]
+    key, values = parse_compare("training.regularizer_weight=1e-4, 1e-3")
+    assert key == "training.regularizer_weight" and [v for _, v in values] == [1e-4, 1e-3]
+    with pytest.raises(ConfigError, match="repeated"):
+        parse_compare("training.seed=1,1")
+
+
+def test_stages_share_folders_unless_the_compared_key_changes_them(tmp_path):
+    case = write_case(tmp_path)
+    seeds = build_variants(case, quick=True, compare=["training.seed=0,1"])
+    members = build_variants(case, quick=True, compare=["rollout.members=2,3"])
+    root = tmp_path / "out"
+    for variant in seeds:
+        assert variant.directory(root, STAGE_SECTIONS["simulate"]) == root
+        assert variant.directory(root, STAGE_SECTIONS["reference"]) == root
+        assert variant.directory(root, STAGE_SECTIONS["baseline"]) == root
+        assert variant.directory(root, STAGE_SECTIONS["train"]) == root / variant.label
+    for variant in members:
+        assert variant.directory(root, STAGE_SECTIONS["simulate"]) == root
+        assert variant.directory(root, STAGE_SECTIONS["train"]) == root
+        assert variant.directory(root, STAGE_SECTIONS["reference"]) == root / variant.label
+    two_keys = build_variants(case, compare=["training.regularizer=none,fd", "training.seed=0,1,2"])
+    assert [v.label for v in two_keys][:2] == ["regularizer=none_seed=0", "regularizer=none_seed=1"]
+    assert len(two_keys) == 6
+
+
+def test_reference_covers_the_rollout_horizon_in_data_samples(tmp_path):
+    case = load_case(write_case(tmp_path), overrides=["time.save_every=2", "hybrid.substeps=4", "rollout.steps=10",
+                                                        "rollout.save_every=4", "rollout.seed=5"])
+    reference = reference_case(case)
+    horizon = case.rollout.steps * case.host_time.dt
+    samples = reference.time.n_steps // reference.time.save_every
+    assert samples * case.time.sample_interval >= horizon > (samples - 1) * case.time.sample_interval
+    assert math.isclose(case.host_time.dt * case.hybrid.substeps, case.time.sample_interval)
+    assert (reference.initial_condition.members, reference.initial_condition.seed) == (3, 5)
+    check_variants([Variant(case)], tmp_path / "out")  # saves at host steps 4, 8: step 8 is a sample
+    bad = load_case(write_case(tmp_path), overrides=["hybrid.substeps=4", "rollout.steps=10", "rollout.save_every=3"])
+    with pytest.raises(ConfigError, match="rollout.save_every"):
+        check_variants([Variant(bad)], tmp_path / "out")
