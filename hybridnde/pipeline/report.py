@@ -185,8 +185,12 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
               f"{_number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
               f"||u - u*|| / rms(u*) and a prediction is valid until it exceeds {_number(metrics['threshold'])}. "
               f"Median [{keys[0]}, {keys[1]}] over members.", "",
-              "| | hybrid (trained closure) | bare host solver |", "|---|---|---|"]
-    lines += [f"| {name} | {hybrid} | {bare} |" for name, hybrid, bare in _metric_rows(metrics)]
+              *(["| | hybrid (trained closure) | bare host solver |", "|---|---|---|"] if "baseline" in metrics
+                else ["| | hybrid (trained closure) |", "|---|---|"])]
+    lines += [f"| {name} | {hybrid} | {bare} |" if "baseline" in metrics else f"| {name} | {hybrid} |"
+              for name, hybrid, bare in _metric_rows(metrics)]
+    if "baseline" not in metrics:
+        lines += ["", "(No bare-host column: the host of a neural ODE knows no physics.)"]
     lines += [""] + [f"Note: {note}" for note in metrics.get("notes", [])]
     lines += ["", "## What was trained", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {text} |" for name, text in _training_rows(result)]
@@ -351,8 +355,11 @@ def summary_lines(outcome: RunResult) -> list[str]:
     metrics = result.metrics
     rows = _metric_rows(metrics)
     width = max(len(name) for name, _, _ in rows)
-    lines = [verdict(metrics), f"  {'':<{width}}  hybrid  |  bare host"]
-    lines += [f"  {name:<{width}}  {hybrid}  |  {bare}" for name, hybrid, bare in rows]
+    if "baseline" in metrics:
+        lines = [verdict(metrics), f"  {'':<{width}}  hybrid  |  bare host"]
+        lines += [f"  {name:<{width}}  {hybrid}  |  {bare}" for name, hybrid, bare in rows]
+    else:
+        lines = [verdict(metrics)] + [f"  {name:<{width}}  {hybrid}" for name, hybrid, _ in rows]
     ran = [s.stage for s in result.stages if s.action == "ran"]
     lines.append(f"report: {result.report} ({outcome.seconds:.1f} s; "
                  + (f"ran {', '.join(ran)}" if ran else "every stage was up to date") + ")")
