@@ -70,7 +70,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], out: Path, *, t
 
 def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]]], out: Path, *,
                                    title: str = "") -> Path | None:
-    """Median normalised error (with its percentile band) of several rollouts against one truth.
+    """Median normalised error (with its percentile band, up to 4 curves) of rollouts against one truth.
 
     ``curves``: ``(label, metrics)`` with ``metrics`` as ``evaluate_files`` returns them (their
     ``error_growth``, ``threshold``, ``valid_prediction_time`` and ``lyapunov_exponent``).
@@ -89,7 +89,8 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
         times = np.asarray(growth["time"], dtype=np.float64)
         median = metrics["valid_prediction_time"]["median"]
         shown = f"{label} (VPT {median:.3g})" if median is not None else label
-        axis.fill_between(times, _positive(growth[low]), _positive(growth[high]), color=f"C{index}", alpha=0.15)
+        if len(curves) <= 4:  # more bands would hide each other
+            axis.fill_between(times, _positive(growth[low]), _positive(growth[high]), color=f"C{index}", alpha=0.15)
         axis.plot(times, _positive(growth["median"]), color=f"C{index}", linewidth=1.8, label=shown)
         if median is not None:
             axis.axvline(start + median, color=f"C{index}", linestyle=":", linewidth=1.2)

@@ -262,13 +262,24 @@ def comparison_rows(outcome: RunResult) -> dict[str, Any]:
         for value in dict.fromkeys(repr(dict(r.variant.settings)[first]) for r in outcome.variants):
             members = [row for row, r in zip(variants, outcome.variants) if repr(dict(r.variant.settings)[first]) == value]
             groups.append({first: members[0]["settings"][first], "variants": len(members),
-                           **{name: _mean_std([getter(m) for m in members]) for name, getter in _GROUPED.items()}})
+                           **{name: _mean_std([_grouped_value(m, name) for m in members])
+                              for name in _grouped_names(variants)}})
     return {"keys": keys, "variants": variants, "baselines": baselines, "groups": groups}
 
 
-_GROUPED = {"valid_prediction_time_median": lambda row: row["valid_prediction_time"]["median"],
-            "stable_fraction": lambda row: row["stable_fraction"],
-            "reached_horizon_fraction": lambda row: row["reached_horizon_fraction"]}
+def _grouped_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-variant numbers a group summarises: VPT medians, fractions, distances, losses."""
+    names = ["valid_prediction_time"]
+    if any("valid_prediction_time_lyapunov" in row for row in rows):
+        names.append("valid_prediction_time_lyapunov")
+    names += ["stable_fraction", "reached_horizon_fraction"]
+    names += list(dict.fromkeys(k for row in rows for k in row if k == "spectrum_distance" or k.endswith("_drift")))
+    return names + ["best_val_loss"]
+
+
+def _grouped_value(row: Mapping[str, Any], name: str) -> Any:
+    value = row.get(name)
+    return value.get("median") if isinstance(value, Mapping) else value
 
 
 def _mean_std(values: Sequence[Any]) -> dict[str, float | None]:
@@ -321,13 +332,21 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
     lines += _table(data["variants"] + data["baselines"], keys, with_training=True)
     if data["groups"]:
         first_key = data["keys"][0]
-        lines += ["", f"Grouped by {first_key} (mean +- standard deviation over the other keys' values):", "",
-                  f"| {first_key} | variants | VPT median | stable | valid to horizon |", "|---|---|---|---|---|"]
+        names = [name for name in data["groups"][0] if name not in (first_key, "variants")]
+        titles = {"valid_prediction_time": "VPT median", "valid_prediction_time_lyapunov": "VPT (Lyapunov times)",
+                  "stable_fraction": "stable", "reached_horizon_fraction": "valid to horizon"}
+        lines += ["", f"Grouped by {first_key}: mean +- standard deviation over the other keys' values of each "
+                  "variant's number (VPT: its median over members).", "",
+                  "| " + " | ".join([first_key, "variants", *(titles.get(n, n.replace("_", " ")) for n in names)]) + " |",
+                  "|" + "---|" * (len(names) + 2)]
         for group in data["groups"]:
             cells = [str(group[first_key]), str(group["variants"])]
-            for name in ("valid_prediction_time_median", "stable_fraction", "reached_horizon_fraction"):
+            for name in names:
                 stats = group[name]
-                cells.append(f"{_number(stats['mean'])} +- {_number(stats['std'])}")
+                if name.endswith("_fraction") and stats["mean"] is not None:
+                    cells.append(f"{100 * stats['mean']:.0f}% +- {100 * stats['std']:.0f}%")
+                else:
+                    cells.append(f"{_number(stats['mean'])} +- {_number(stats['std'])}")
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Reports: " + ", ".join(f"[{row['label']}]({_relative(Path(row['report']), directory)})"
                                            for row in data["variants"])]
