@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .integrators import FIXED_STEP_METHODS, FixedStep, odeint_adaptive
 
-__all__ = ["Closure", "Solver", "ExplicitSolver", "SolverStateError"]
+__all__ = ["Closure", "Solver", "ExplicitSolver", "SolverStateError", "PeriodicGrid"]
 
 
 class Closure(Protocol):
@@ -148,6 +148,22 @@ class Solver(ABC):
     def __repr__(self) -> str:
         closure = "none" if self.closure is None else type(self.closure).__name__
         return f"{type(self).__name__}(state_shape={self.state_shape}, dt={self.dt}, closure={closure})"
+
+
+class PeriodicGrid:
+    """Mixin for fields on ``n_points`` equispaced points of a periodic domain ``[0, domain_length)``."""
+
+    domain_length: float
+    n_points: int
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (self.n_points,)
+
+    @property
+    def x(self) -> Tensor:
+        """(n_points,) grid coordinates ``x_j = j L / N``."""
+        return torch.arange(self.n_points, dtype=self.dtype, device=self.device) * (self.domain_length / self.n_points)
 
 
 class ExplicitSolver(Solver):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver, Solver
+from .base import Closure, ExplicitSolver, PeriodicGrid, Solver
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
 from .integrators import REAL_AXIS_STABILITY_LIMIT
@@ -38,7 +38,7 @@ __all__ = [
 IMPLEMENTATIONS = ("auto", "fft", "dense")
 
 
-class KuramotoSivashinskySpectral(Solver):
+class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     """Pseudo-spectral Kuramoto-Sivashinsky with ETDRK4.
 
     Args:
@@ -103,15 +103,6 @@ class KuramotoSivashinskySpectral(Solver):
         self._plans: dict[float, ETDRK4Plan] = {}
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
-
-    @property
-    def state_shape(self) -> tuple[int, ...]:
-        return (self.n_points,)
-
-    @property
-    def x(self) -> Tensor:
-        """(n_points,) grid coordinates."""
-        return torch.arange(self.n_points, dtype=self.dtype, device=self.device) * (self.domain_length / self.n_points)
 
     # -- transforms -------------------------------------------------------------------------------
     def to_fourier(self, u: Tensor) -> Tensor:
@@ -299,7 +290,7 @@ def central_difference_weights(derivative: int, order: int) -> tuple[tuple[int, 
     return tuple(int(o) for o in offsets), tuple(float(w) for w in weights)
 
 
-class KuramotoSivashinskyFiniteDifference(ExplicitSolver):
+class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
     """Kuramoto-Sivashinsky by the method of lines with periodic central differences.
 
     ``-c/2 (u^2)_x - u_xx - u_xxxx`` (conservative form: the mean of ``u`` is conserved exactly).
@@ -345,14 +336,6 @@ class KuramotoSivashinskyFiniteDifference(ExplicitSolver):
                     f"dt={dt} exceeds the {integrator} stability limit {limit:.4g} of the finite-difference "
                     f"Kuramoto-Sivashinsky operator (order {fd_order}, N={n_points}, L={domain_length}); "
                     f"use dt <= {limit:.4g}, fewer grid points, or the spectral solver")
-
-    @property
-    def state_shape(self) -> tuple[int, ...]:
-        return (self.n_points,)
-
-    @property
-    def x(self) -> Tensor:
-        return torch.arange(self.n_points, dtype=self.dtype, device=self.device) * (self.domain_length / self.n_points)
 
     def linear_symbol(self) -> np.ndarray:
         """Eigenvalues of the discrete linear operator, one per Fourier mode ``m = 0..N/2``."""
