@@ -275,7 +275,7 @@ def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | N
         results.append(run.variant(variant, position))
     outcome = RunResult(directory, results, seconds=wallclock.perf_counter() - started)
     if len(variants) > 1:
-        from .report import write_comparison
+        from .comparison import write_comparison
 
         outcome.comparison = write_comparison(outcome, command=command)
     run.record.add_run({"command": command, "variants": [v.label for v in variants], "seconds": outcome.seconds,

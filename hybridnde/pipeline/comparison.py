@@ -1,0 +1,158 @@
+"""A sweep's side-by-side table: ``compare.md``, ``compare.json`` and one error-growth figure."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .. import __version__
+from ..io import atomic_path
+from .formatting import median_spread, number, percent, relative_link, spread_keys
+from .plots import error_growth_comparison_figure
+from .runner import RunResult
+
+__all__ = ["comparison_rows", "write_comparison"]
+
+
+def _row(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    keys = spread_keys(metrics)
+    row = {"valid_prediction_time": {k: metrics["valid_prediction_time"].get(k) for k in ("median", *keys)},
+           "reached_horizon_fraction": metrics.get("reached_horizon_fraction"),
+           "stable_fraction": metrics.get("stable_fraction"), "members": metrics.get("members")}
+    if "valid_prediction_time_lyapunov" in metrics:
+        row["valid_prediction_time_lyapunov"] = {k: metrics["valid_prediction_time_lyapunov"].get(k)
+                                                 for k in ("median", *keys)}
+    if "spectrum" in metrics:
+        row["spectrum_distance"] = metrics["spectrum"]["distance"]
+    for name, drift in metrics.get("invariant_drift", {}).items():
+        row[f"{name}_drift"] = drift["rollout"]["median"]
+    return row
+
+
+def comparison_rows(outcome: RunResult) -> dict[str, Any]:
+    """The sweep as JSON-ready data: one row per variant, the bare-host rows, group means."""
+    variants = []
+    for result in outcome.variants:
+        meta = result.closure_metadata
+        train = next((s for s in result.stages if s.stage == "train"), None)
+        variants.append({"label": result.variant.label, "settings": dict(result.variant.settings),
+                         **_row(result.metrics), "best_val_loss": meta.get("best_val_loss"),
+                         "epochs_run": meta.get("epochs_run"), "train_seconds": meta.get("wall_seconds") or
+                         (train.seconds if train else None),
+                         "report": str(result.report), "metrics": str(result.directory / "metrics.json")})
+    baselines, seen = [], set()
+    for result in outcome.variants:
+        stage = next((s for s in result.stages if s.stage == "baseline"), None)
+        if stage is not None and stage.path not in seen and result.metrics.get("baseline"):
+            seen.add(stage.path)
+            baselines.append({"label": f"bare host ({result.variant.label})", **_row(result.metrics["baseline"]),
+                              "file": str(stage.path)})
+    if len(baselines) == 1:  # one bare-host rollout serves every variant
+        baselines[0]["label"] = "bare host"
+    keys = [key for key, _ in outcome.variants[0].variant.settings]
+    groups = []
+    if len(keys) > 1:
+        first = keys[0]
+        for value in dict.fromkeys(repr(dict(r.variant.settings)[first]) for r in outcome.variants):
+            members = [row for row, r in zip(variants, outcome.variants) if repr(dict(r.variant.settings)[first]) == value]
+            groups.append({first: members[0]["settings"][first], "variants": len(members),
+                           **{name: _mean_std([_grouped_value(m, name) for m in members])
+                              for name in _grouped_names(variants)}})
+    return {"keys": keys, "variants": variants, "baselines": baselines, "groups": groups}
+
+
+def _grouped_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-variant numbers a group summarises: VPT medians, fractions, distances, losses."""
+    names = ["valid_prediction_time"]
+    if any("valid_prediction_time_lyapunov" in row for row in rows):
+        names.append("valid_prediction_time_lyapunov")
+    names += ["stable_fraction", "reached_horizon_fraction"]
+    names += list(dict.fromkeys(k for row in rows for k in row if k == "spectrum_distance" or k.endswith("_drift")))
+    return names + ["best_val_loss"]
+
+
+def _grouped_value(row: Mapping[str, Any], name: str) -> Any:
+    value = row.get(name)
+    return value.get("median") if isinstance(value, Mapping) else value
+
+
+def _mean_std(values: Sequence[Any]) -> dict[str, float | None]:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return {"mean": None, "std": None, "count": 0}
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+    return {"mean": mean, "std": std, "count": len(finite)}
+
+
+def _table(rows: Sequence[Mapping[str, Any]], keys: tuple[str, str], *, with_training: bool) -> list[str]:
+    lyapunov = any("valid_prediction_time_lyapunov" in row for row in rows)
+    extra = [name for name in dict.fromkeys(k for row in rows for k in row if k == "spectrum_distance"
+                                            or k.endswith("_drift"))]
+    header = ["", f"VPT median [{keys[0]}, {keys[1]}]"] + (["VPT (Lyapunov times)"] if lyapunov else [])
+    header += ["valid to horizon", "stable"] + [name.replace("_", " ") for name in extra]
+    if with_training:
+        header += ["best val loss", "epochs", "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], median_spread(row["valid_prediction_time"], keys)]
+        if lyapunov:
+            cells.append(median_spread(row.get("valid_prediction_time_lyapunov"), keys))
+        cells += [percent(row["reached_horizon_fraction"]), percent(row["stable_fraction"])]
+        cells += [number(row.get(name)) for name in extra]
+        if with_training:
+            cells += [number(row.get("best_val_loss")), number(row.get("epochs_run")),
+                      number(row.get("train_seconds"), 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path]:
+    """``compare.md``, ``compare.json`` and ``figures/compare_error_growth.png`` in the run directory."""
+    data = comparison_rows(outcome)
+    first = outcome.variants[0].metrics
+    keys = spread_keys(first)
+    directory = outcome.directory
+    figure = error_growth_comparison_figure(
+        [(row["label"], r.metrics) for row, r in zip(data["variants"], outcome.variants)]
+        + ([("bare host", outcome.variants[0].metrics["baseline"])] if data["baselines"] else []),
+        directory / "figures" / "compare_error_growth.png",
+        title=f"{outcome.variants[0].case.case.name}: {', '.join(data['keys'])}")
+    lines = [f"# {outcome.variants[0].case.case.name}: {', '.join(data['keys'])} compared", "",
+             f"Made by `{command or 'hybridnde run --compare'}` (hybridnde {__version__}). Every variant is trained "
+             "on the same truth with the same seeds (unless a seed is compared) and rolled out from the same held-out "
+             f"initial states: {first['members']} members over {number(first['horizon'])} time units, error "
+             f"threshold {number(first['threshold'])}.", ""]
+    lines += _table(data["variants"] + data["baselines"], keys, with_training=True)
+    if data["groups"]:
+        first_key = data["keys"][0]
+        names = [name for name in data["groups"][0] if name not in (first_key, "variants")]
+        titles = {"valid_prediction_time": "VPT median", "valid_prediction_time_lyapunov": "VPT (Lyapunov times)",
+                  "stable_fraction": "stable", "reached_horizon_fraction": "valid to horizon"}
+        lines += ["", f"Grouped by {first_key}: mean +- standard deviation over the other keys' values of each "
+                  "variant's number (VPT: its median over members).", "",
+                  "| " + " | ".join([first_key, "variants", *(titles.get(n, n.replace("_", " ")) for n in names)]) + " |",
+                  "|" + "---|" * (len(names) + 2)]
+        for group in data["groups"]:
+            cells = [str(group[first_key]), str(group["variants"])]
+            for name in names:
+                stats = group[name]
+                if name.endswith("_fraction") and stats["mean"] is not None:
+                    cells.append(f"{100 * stats['mean']:.0f}% +- {100 * stats['std']:.0f}%")
+                else:
+                    cells.append(f"{number(stats['mean'])} +- {number(stats['std'])}")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Reports: " + ", ".join(f"[{row['label']}]({relative_link(Path(row['report']), directory)})"
+                                           for row in data["variants"])]
+    if figure is not None:
+        lines += ["", f"![error growth]({relative_link(figure, directory)})"]
+    markdown, json_path = directory / "compare.md", directory / "compare.json"
+    with atomic_path(markdown) as temporary:
+        temporary.write_text("\n".join(lines) + "\n")
+    with atomic_path(json_path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    paths = {"markdown": markdown, "json": json_path}
+    if figure is not None:
+        paths["figure"] = figure
+    return paths

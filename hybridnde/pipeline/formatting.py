@@ -1,0 +1,48 @@
+"""Number and text formatting shared by the run's reports (``report``, ``comparison``)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["number", "spread_keys", "median_spread", "percent", "relative_link"]
+
+
+def number(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def spread_keys(metrics: Mapping[str, Any]) -> tuple[str, str]:
+    low, high = metrics.get("spread_percentiles", (16.0, 84.0))
+    return f"p{low:g}", f"p{high:g}"
+
+
+def median_spread(summary: Mapping[str, Any] | None, keys: tuple[str, str]) -> str:
+    if not summary:
+        return "n/a"
+    return f"{number(summary.get('median'))} [{number(summary.get(keys[0]))}, {number(summary.get(keys[1]))}]"
+
+
+def percent(fraction: Any, count: int | None = None, total: int | None = None) -> str:
+    if fraction is None:
+        return "n/a"
+    text = f"{100 * float(fraction):.0f}%"
+    return f"{text} ({count}/{total})" if count is not None and total is not None else text
+
+
+def relative_link(path: Path | str, folder: Path) -> str:
+    path = Path(path)
+    try:
+        return str(path.relative_to(folder))
+    except ValueError:
+        try:
+            return str(Path("..") / path.relative_to(folder.parent))
+        except ValueError:
+            return str(path)
