@@ -267,6 +267,19 @@ def test_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, extra):
     assert "error" in capsys.readouterr().err
 
 
+def test_a_failure_at_run_time_exits_1_and_leaves_no_output(tmp_path, monkeypatch):
+    import hybridnde.pipeline.stages as stages
+
+    def broken(case, *, progress=None):
+        raise RuntimeError("solver failure")
+
+    monkeypatch.setattr(stages, "simulate_case", broken)
+    out = tmp_path / "failed"
+    assert run(write_case(tmp_path), out, "--quick") == 1
+    assert not (out / "truth.nc").exists()
+    assert json.loads((out / "run.json").read_text())["stages"]["truth.nc"]["started"]  # known as unfinished
+
+
 def test_compare_values_split_outside_brackets_and_quotes():
     assert split_values("none,jvp,fd") == ["none", "jvp", "fd"]
     assert split_values('[1, 2],[3, 4]') == ["[1, 2]", "[3, 4]"]
