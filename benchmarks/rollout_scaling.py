@@ -1,30 +1,44 @@
 """Ensemble rollouts: member-steps per second on 1 and 2 MPI ranks, and the weak-scaling efficiency.
 
     python benchmarks/rollout_scaling.py              # KS (cases/ks_l22.toml, N = 64) and two-body
+    python benchmarks/rollout_scaling.py --max-other-load 0.2   # wait for a quiet machine before each run
+    python benchmarks/rollout_scaling.py --codec-only # how fast the NetCDF writer compresses, per level
     python benchmarks/rollout_scaling.py --tiny       # CI smoke run: KS with its closure, 1 and 2 ranks
     python benchmarks/rollout_scaling.py --ranks 1 2 4 --members-per-rank 512
 
 What runs: ``mpiexec -n R python -m hybridnde.cli rollout CASE --out ...`` (R = 1 too, so both pay
 the same MPI start-up), each rank with one thread (``rollout.threads = 1``) and a fixed number of
 members (weak scaling: ``rollout.batch_size`` = members per rank, so each rank runs one batch).
-The figure is the rollout's own ``member_steps_per_second`` attribute: all members' steps divided
-by the wall time of the stepping loop on rank 0 (set-up, imports and the final rename excluded;
-gathering, writing and compressing every ``save_every``-th state included). Weak-scaling
-efficiency = rate(R) / (R * rate(1)), from the median over ``--repeats`` interleaved runs and from
-the best run (on a shared machine the best run is the one other processes disturbed least).
+Open MPI binds each rank to a core (its default for up to 2 ranks), so rank 0's writer thread
+shares rank 0's core. Two figures per run:
+
+* ``loop``: the rollout's own ``member_steps_per_second`` attribute: all members' steps divided by
+  the wall time of the stepping loop on rank 0 (set-up, imports and the final rename excluded;
+  gathering, writing and compressing every ``save_every``-th state included);
+* ``end to end``: all members' steps divided by the wall time of the whole ``mpiexec`` command
+  (start-up, imports, set-up and commit included).
+
+Weak-scaling efficiency = rate(R) / (R * rate(1)), from the medians over ``--repeats`` interleaved
+runs, and from the best run of each rank count. Each run also records the **CPU time other
+processes used while it ran** (``/proc/stat`` busy time minus this process tree's, in cores): on a
+shared 2-core machine a 2-rank run competes with everyone else, so that column says whether a
+figure measures the code or the neighbours. ``--max-other-load L`` waits (up to ``--max-wait``
+seconds) before each run until other processes use less than ``L`` cores over a 3 s probe.
 
 For each case two set-ups: ``bare`` (the true system, no closure) and ``hybrid`` (the case's
 ``[hybrid]`` host with a closure of the case's ``[model]``, its last layer zeroed so that it costs
 what a trained one costs but leaves the host's dynamics tame). A ``solver only`` column times the
 same batch stepped in a plain loop in this process, without saving anything: the rollout's
-overhead over the solver is ``1 - rollout per rank / solver only``. Every configuration runs with
-zlib at the default level 4 and without compression (``--compression-levels``), since compressing
-every saved state on rank 0 is the part of a rollout that does not scale with ranks.
+overhead over the solver is ``1 - loop rate per rank / solver only``. Every configuration runs at
+the ``--compression-levels`` given (default 4 = the default ``output.compression_level``, 1, and 0 =
+no zlib), since rank 0 compresses every rank's saved states. ``--codec`` adds a table of the
+writer's compression cost per level on these KS fields (``--codec-only``: just that table).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,10 +52,10 @@ from common import add_common_arguments, configure_threads, emit_json, format_ra
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CASES = {"ks_l22": REPOSITORY / "cases" / "ks_l22.toml", "two_body": REPOSITORY / "cases" / "two_body.toml"}
-#: members per rank and steps of the full runs: a few seconds per run on one core, several output chunks
-#: for the cheap bare solvers so that writing overlaps stepping as it does in long rollouts
-FULL = {("ks_l22", "bare"): dict(members=128, steps=4000), ("ks_l22", "hybrid"): dict(members=64, steps=500),
-        ("two_body", "bare"): dict(members=512, steps=4000), ("two_body", "hybrid"): dict(members=256, steps=500)}
+#: members per rank and steps of the full runs: 5-15 s of stepping per run on one core (start-up is
+#: 2-3 s), many output chunks, so writing overlaps stepping as it does in long rollouts
+FULL = {("ks_l22", "bare"): dict(members=128, steps=20000), ("ks_l22", "hybrid"): dict(members=64, steps=1000),
+        ("two_body", "bare"): dict(members=512, steps=40000), ("two_body", "hybrid"): dict(members=256, steps=2000)}
 TINY = {key: dict(members=4, steps=20) for key in FULL}
 #: overrides that make the host the true system (two_body.toml's host is a neural ODE, ks_l22.toml's lacks u u_x)
 BARE = ["hybrid.setup=residual", "hybrid.system={}"]
@@ -68,9 +82,63 @@ def closure_file(case_path: Path, folder: Path) -> Path:
     return path
 
 
+# -- what else runs on the machine ----------------------------------------------------------------
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes on this machine have computed since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the mpiexec trees we waited for)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class OtherLoad:
+    """Cores' worth of CPU time that processes other than ours used during a ``with`` block."""
+
+    def __enter__(self) -> "OtherLoad":
+        self.busy, self.own, self.wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        self.cores: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy = _busy_seconds()
+        if busy is None or self.busy is None:
+            return
+        wall = time.perf_counter() - self.wall
+        self.cores = max(0.0, (busy - self.busy) - (_own_seconds() - self.own)) / max(wall, 1e-9)
+
+
+def wait_for_quiet(max_other: float | None, max_wait: float) -> float | None:
+    """Sleep until other processes use less than ``max_other`` cores over a 3 s probe (at most
+    ``max_wait`` s); returns the last probe's figure."""
+    started = time.perf_counter()
+    while True:
+        with OtherLoad() as probe:
+            time.sleep(3.0)
+        if max_other is None or probe.cores is None or probe.cores < max_other:
+            return probe.cores
+        if time.perf_counter() - started > max_wait:
+            print(f"  (still {probe.cores:.2f} cores busy elsewhere after {max_wait:.0f} s: measuring anyway)",
+                  file=sys.stderr, flush=True)
+            return probe.cores
+        time.sleep(10.0)
+
+
+# -- one rollout -----------------------------------------------------------------------------------
 def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int, save_every: int,
-                 compression_level: int, closure: Path | None, folder: Path, setup: str) -> float:
-    """member-steps/s of one ``mpiexec -n ranks`` rollout, read back from its file."""
+                 compression_level: int, closure: Path | None, folder: Path, setup: str, *,
+                 max_other: float | None = None, max_wait: float = 0.0) -> dict:
+    """One ``mpiexec -n ranks`` rollout: its loop rate (from the file), end-to-end rate, and the load
+    other processes put on the machine meanwhile."""
     import xarray as xr
 
     out = folder / f"{case_path.stem}_{setup}_{ranks}.nc"
@@ -85,11 +153,20 @@ def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int,
         command += ["--closure", str(closure)]
     environment = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                        OMP_NUM_THREADS="1")
-    subprocess.run(["mpiexec", "-n", str(ranks), *command], check=True, env=environment, stdout=subprocess.DEVNULL)
+    quiet = wait_for_quiet(max_other, max_wait) if max_other is not None else None
+    load_before = round(os.getloadavg()[0], 2)
+    with OtherLoad() as others:
+        started = time.perf_counter()
+        subprocess.run(["mpiexec", "-n", str(ranks), *command], check=True, env=environment, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
     with xr.open_dataset(out) as dataset:
         rate = float(dataset.attrs["member_steps_per_second"])
+        member_steps = int(dataset.attrs["member_steps"])
+    size = out.stat().st_size
     out.unlink()
-    return rate
+    return {"rate": rate, "end_to_end_rate": member_steps / seconds, "end_to_end_seconds": seconds,
+            "other_cores": others.cores, "other_cores_before": quiet, "load_average_before": load_before,
+            "file_bytes": size}
 
 
 def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | None, setup: str) -> float:
@@ -117,6 +194,56 @@ def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | 
     return members * steps / seconds
 
 
+def codec_table(members: int, steps: int, save_every: int, levels: list[int], time_chunk: int = 64) -> list[dict]:
+    """CPU cost of writing bare-KS saves through ``TrajectoryStreamWriter`` at each zlib level (this
+    process, one thread: the writer thread runs beside an idle main thread)."""
+    import numpy as np
+    import torch
+
+    from hybridnde.config import load_case
+    from hybridnde.initial_conditions import draw_initial_conditions
+    from hybridnde.netcdf_stream import TrajectoryStreamWriter
+    from hybridnde.systems import build_host_solver
+
+    case = load_case(CASES["ks_l22"], overrides=BARE)
+    solver = build_host_solver(case)
+    with torch.inference_mode():
+        u0 = solver.rollout(draw_initial_conditions(case.initial_condition, solver, range(members), seed=1), 400)[:, -1]
+        started = time.process_time()
+        saves = solver.rollout(u0, steps, save_every=save_every).numpy()
+        stepping = time.process_time() - started
+    times = np.arange(saves.shape[1]) * save_every * solver.dt
+    records = []
+    with tempfile.TemporaryDirectory() as temporary:
+        for level in levels:
+            path = Path(temporary) / f"level{level}.nc"
+            writer = TrajectoryStreamWriter(
+                path, members=np.arange(members), times=times, state_dim="x", state_coords=solver.x.numpy(),
+                state_shape=solver.state_shape, dtype=saves.dtype, title="codec", solver=repr(solver),
+                closure_checksum="", case_toml="", extra_attrs={}, compression_level=level, time_chunk=time_chunk)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for first in range(0, saves.shape[1], time_chunk):
+                writer.write(0, first, np.ascontiguousarray(saves[:, first:first + time_chunk]))
+            writer.flush()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            writer.commit(np.zeros(members, np.int8), np.full(members, np.nan), {})
+            records.append({"benchmark": "rollout_codec", "compression_level": level, "members": members,
+                            "saves": saves.shape[1], "state_bytes": saves.nbytes, "write_cpu_seconds": cpu,
+                            "write_wall_seconds": wall, "megabytes_per_cpu_second": saves.nbytes / cpu / 1e6,
+                            "file_bytes": path.stat().st_size, "size_ratio": path.stat().st_size / saves.nbytes,
+                            "stepping_cpu_seconds": stepping, "write_over_stepping": cpu / stepping,
+                            "save_every": save_every})
+    print_table([{"zlib": r["compression_level"], "MB": f"{r['state_bytes'] / 1e6:.0f}",
+                  "MB/s (cpu)": f"{r['megabytes_per_cpu_second']:.0f}", "file / data": f"{r['size_ratio']:.3f}",
+                  "write / stepping (w)": f"{r['write_over_stepping']:.2f}",
+                  "(S+w)/(S+2w) bound": f"{(1 + r['write_over_stepping']) / (1 + 2 * r['write_over_stepping']):.0%}"}
+                 for r in records], ["zlib", "MB", "MB/s (cpu)", "file / data", "write / stepping (w)", "(S+w)/(S+2w) bound"],
+                title=f"NetCDF writer, bare KS N = 64, {members} members x {steps} steps, save_every = {save_every} "
+                      "(w: CPU time of writing / of stepping; the bound is the 2-rank efficiency when rank 0 "
+                      "writes every rank's saves on its own core)")
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
@@ -124,20 +251,34 @@ def main() -> None:
     parser.add_argument("--members-per-rank", type=int, default=None, help="override the per-case default")
     parser.add_argument("--steps", type=int, default=None, help="override the per-case default")
     parser.add_argument("--save-every", type=int, default=10, help="rollout.save_every (output volume)")
-    parser.add_argument("--compression-levels", type=int, nargs="+", default=[4, 0],
+    parser.add_argument("--compression-levels", type=int, nargs="+", default=[4, 1, 0],
                         help="output.compression_level values to run (4: the default; 0: no zlib)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--setups", nargs="+", default=["bare", "hybrid"], choices=["bare", "hybrid"])
+    parser.add_argument("--max-other-load", type=float, default=None,
+                        help="before each run, wait until other processes use fewer cores than this")
+    parser.add_argument("--max-wait", type=float, default=600.0, help="longest wait for a quiet machine (s)")
+    parser.add_argument("--codec", action="store_true", help="also time the writer's compression per level")
+    parser.add_argument("--codec-only", action="store_true", help="only the compression table")
     arguments = parser.parse_args()
+    threads = configure_threads(arguments.threads)
+    levels = arguments.compression_levels
+    records: list[dict] = []
+    if arguments.codec or arguments.codec_only:
+        codec_levels = sorted(set(levels) | {0, 1, 4}) if not arguments.tiny else [0, 1]
+        members, steps = (4, 40) if arguments.tiny else (128, 4000)
+        records += [dict(r, **machine_description(threads)) for r in
+                    codec_table(members, steps, arguments.save_every, codec_levels)]
+        if arguments.codec_only:
+            emit_json(records, arguments.jsonl)
+            return
     if shutil.which("mpiexec") is None:
         sys.exit("rollout_scaling: needs mpiexec (pip install 'hybridnde[mpi]')")
-    threads = configure_threads(arguments.threads)
-    repeats = 1 if arguments.tiny else max(1, min(arguments.repeats, 3))
+    repeats = 1 if arguments.tiny else max(1, arguments.repeats)
     sizes = TINY if arguments.tiny else FULL
-    levels = arguments.compression_levels
     if arguments.tiny:  # one case with its closure: every code path, two launches
         arguments.cases, arguments.setups, levels = arguments.cases[:1], ["hybrid"], levels[:1]
-    rows, records = [], []
+    rows = []
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         for case_name in arguments.cases:
@@ -148,37 +289,54 @@ def main() -> None:
                 closure = closure_file(case_path, folder) if setup == "hybrid" else None
                 solver_only = solver_only_rate(case_path, members, min(steps, 500), closure, setup)
                 for level in levels:
-                    samples: dict[int, list[float]] = {ranks: [] for ranks in arguments.ranks}
+                    runs: dict[int, list[dict]] = {ranks: [] for ranks in arguments.ranks}
                     for _ in range(repeats):  # interleaved, so that a load spike hits every rank count alike
                         for ranks in arguments.ranks:
-                            samples[ranks].append(rollout_rate(case_path, ranks, members, steps, arguments.save_every,
-                                                               level, closure, folder, setup))
-                    rates = {ranks: statistics.median(values) for ranks, values in samples.items()}
-                    best = {ranks: max(values) for ranks, values in samples.items()}  # the least disturbed run
+                            runs[ranks].append(rollout_rate(case_path, ranks, members, steps, arguments.save_every,
+                                                            level, closure, folder, setup,
+                                                            max_other=arguments.max_other_load,
+                                                            max_wait=arguments.max_wait))
                     base = arguments.ranks[0]
-                    for ranks, rate in rates.items():
-                        efficiency = rate / (ranks / base * rates[base])
-                        best_efficiency = best[ranks] / (ranks / base * best[base])
+
+                    def median(ranks, key):
+                        return statistics.median(run[key] for run in runs[ranks])
+
+                    for ranks in arguments.ranks:
+                        rate, e2e = median(ranks, "rate"), median(ranks, "end_to_end_rate")
+                        scale = ranks / base
+                        efficiency = rate / (scale * median(base, "rate"))
+                        e2e_efficiency = e2e / (scale * median(base, "end_to_end_rate"))
+                        best = max(run["rate"] for run in runs[ranks])
+                        best_efficiency = best / (scale * max(run["rate"] for run in runs[base]))
+                        others = [run["other_cores"] for run in runs[ranks] if run["other_cores"] is not None]
+                        other = statistics.median(others) if others else float("nan")
                         overhead = 1 - (rate / ranks) / solver_only
                         rows.append({"case": case_name, "setup": setup, "zlib": level, "ranks": ranks,
-                                     "members": ranks * members, "steps": steps,
-                                     "member-steps/s": format_rate(rate), "per rank": format_rate(rate / ranks),
-                                     "solver only": format_rate(solver_only), "overhead": f"{overhead:.0%}",
-                                     "weak eff.": f"{efficiency:.0%}", "best": format_rate(best[ranks]),
-                                     "weak eff. (best)": f"{best_efficiency:.0%}"})
+                                     "members": ranks * members, "steps": steps, "loop rate": format_rate(rate),
+                                     "per rank": format_rate(rate / ranks), "solver only": format_rate(solver_only),
+                                     "overhead": f"{overhead:.0%}", "weak eff.": f"{efficiency:.0%}",
+                                     "(best run)": f"{best_efficiency:.0%}",
+                                     "end to end": format_rate(e2e), "weak eff. (e2e)": f"{e2e_efficiency:.0%}",
+                                     "others (cores)": f"{other:.2f}",
+                                     "load": f"{statistics.median(r['load_average_before'] for r in runs[ranks]):.2f}"})
                         records.append({"benchmark": "rollout_scaling", "case": case_name, "setup": setup,
                                         "ranks": ranks, "members_per_rank": members, "steps": steps,
                                         "save_every": arguments.save_every, "compression_level": level,
-                                        "member_steps_per_second": rate,
+                                        "member_steps_per_second": rate, "end_to_end_member_steps_per_second": e2e,
                                         "solver_only_member_steps_per_second": solver_only,
-                                        "weak_scaling_efficiency": efficiency, "rollout_overhead": overhead,
-                                        "best_member_steps_per_second": best[ranks],
+                                        "weak_scaling_efficiency": efficiency,
+                                        "end_to_end_weak_scaling_efficiency": e2e_efficiency,
+                                        "rollout_overhead": overhead, "best_member_steps_per_second": best,
                                         "best_weak_scaling_efficiency": best_efficiency,
-                                        "samples": samples[ranks], "repeats": repeats, **machine_description(threads)})
-    print_table(rows, ["case", "setup", "zlib", "ranks", "members", "steps", "member-steps/s", "per rank",
-                       "solver only", "overhead", "weak eff.", "best", "weak eff. (best)"],
+                                        "other_processes_cores_median": other, "runs": runs[ranks],
+                                        "repeats": repeats, **machine_description(threads)})
+                    print(f"{case_name} {setup} zlib {level}: " + ", ".join(
+                        f"{ranks} rank(s) {format_rate(median(ranks, 'rate'))}" for ranks in arguments.ranks),
+                        file=sys.stderr, flush=True)
+    print_table(rows, ["case", "setup", "zlib", "ranks", "members", "steps", "loop rate", "per rank", "solver only",
+                       "overhead", "weak eff.", "(best run)", "end to end", "weak eff. (e2e)", "others (cores)", "load"],
                 title=f"ensemble rollouts, weak scaling (save_every = {arguments.save_every}; one thread per rank; "
-                      "wall time of the stepping loop until the data are on disk)")
+                      "medians of interleaved runs; 'others': cores other processes used meanwhile)")
     emit_json(records, arguments.jsonl)
 
 

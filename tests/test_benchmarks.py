@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,56 @@ def test_closure_overhead_runs():
         assert record[key] > 0
     assert math.isfinite(record["hook_overhead"]) and record["solver_share"] > 0
     assert "Closure in the hook" in stdout
+
+
+@pytest.fixture(scope="module")
+def training_step() -> tuple[str, list[dict]]:
+    return run_tiny("training_step.py")
+
+
+def test_training_step_times_every_variant(training_step):
+    stdout, records = training_step
+    steps = [r for r in records if r["benchmark"] == "training_step"]
+    variants = {"plain", "+ jvp tangent", "+ jvp vmap", "+ jvp stacked", "+ fd", "+ dense jacfwd", "+ dense jacrev"}
+    for n_points in (16, 32):
+        rows = {r["variant"]: r for r in steps if r["n_points"] == n_points}
+        assert set(rows) == variants
+        assert all(r["step_s_cpu"] > 0 and math.isfinite(r["ratio_to_plain_cpu"]) for r in rows.values())
+        assert rows["+ dense jacfwd"]["probes"] == n_points and rows["+ jvp tangent"]["probes"] == 2
+    assert "training step: forward + backward + AdamW" in stdout
+
+
+def test_training_step_regularizers_compared_are_exact_and_equal(training_step):
+    """The three exact J_C v methods give the same penalty and gradient, and the dense penalty equals
+    L_AD with the basis vectors as probes: the benchmark compares equal work."""
+    for record in (r for r in training_step[1] if r["benchmark"] == "training_step"):
+        assert record["jvp_methods_max_relative_gradient_difference"] < 1e-10
+        assert record["jvp_methods_max_relative_value_difference"] < 1e-10
+        for method in ("jacfwd", "jacrev"):
+            assert record[f"dense_{method}_vs_basis_probes_relative_difference"] < 1e-10
+
+
+def test_training_step_memory_grows_with_rollout_length_except_adjoint(training_step):
+    """Autograd keeps every solver step's tensors (twice the steps: about twice the bytes); the
+    adjoint keeps no graph of the forward solve."""
+    memory = {(r["setup"], r["rollout_steps"]): r for r in training_step[1] if r["benchmark"] == "training_step_memory"}
+    assert set(memory) == {(s, k) for s in ("ks_step", "ode_adjoint") for k in (1, 2)}
+    step_growth = memory["ks_step", 2]["saved_for_backward_bytes"] / memory["ks_step", 1]["saved_for_backward_bytes"]
+    assert 1.7 < step_growth < 2.3
+    adjoint = memory["ode_adjoint", 2]["saved_for_backward_bytes"] / memory["ode_adjoint", 1]["saved_for_backward_bytes"]
+    assert adjoint < 1.3
+    assert memory["ode_adjoint", 2]["nfe_backward"] > 0
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None or importlib.util.find_spec("mpi4py") is None,
+                    reason="needs mpiexec and mpi4py (pip install 'hybridnde[mpi]')")
+def test_rollout_scaling_runs_one_and_two_ranks():
+    stdout, records = run_tiny("rollout_scaling.py")
+    rows = {r["ranks"]: r for r in records if r["benchmark"] == "rollout_scaling"}
+    assert set(rows) == {1, 2}
+    for row in rows.values():
+        assert row["member_steps_per_second"] > 0 and row["end_to_end_member_steps_per_second"] > 0
+        assert math.isfinite(row["weak_scaling_efficiency"])
+    assert rows[1]["weak_scaling_efficiency"] == pytest.approx(1.0)
+    assert "weak scaling" in stdout
