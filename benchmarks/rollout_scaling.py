@@ -25,10 +25,13 @@ shared 2-core machine a 2-rank run competes with everyone else, so that column s
 figure measures the code or the neighbours. ``--max-other-load L`` waits (up to ``--max-wait``
 seconds) before each run until other processes use less than ``L`` cores over a 3 s probe.
 
-For each case two set-ups: ``bare`` (the true system, no closure) and ``hybrid`` (the case's
-``[hybrid]`` host with a closure of the case's ``[model]``, its last layer zeroed so that it costs
-what a trained one costs but leaves the host's dynamics tame). A ``solver only`` column times the
-same batch stepped in a plain loop in this process, without saving anything: the rollout's
+For each case two set-ups, both stepping the true system (``[hybrid]`` host overridden): ``bare``
+(no closure) and ``hybrid`` (plus a closure of the case's ``[model]`` with random weights and its
+output layer zeroed: it costs what a trained one costs, adds nothing, and the dynamics stay on the
+attractor -- the case's own hosts, linear KS or a neural ODE, would blow up or freeze with an
+untrained closure, and blown-up members are dropped from the batch, which would flatter the rate).
+Members that blow up anyway are counted in the JSON lines (``blew_up``). A ``solver only`` column
+times the same batch stepped in a plain loop in this process, without saving anything: the rollout's
 overhead over the solver is ``1 - loop rate per rank / solver only``. Every configuration runs at
 the ``--compression-levels`` given (default 4 = the default ``output.compression_level``, 1, and 0 =
 no zlib), since rank 0 compresses every rank's saved states. ``--codec`` adds a table of the
@@ -136,37 +139,58 @@ def wait_for_quiet(max_other: float | None, max_wait: float) -> float | None:
 # -- one rollout -----------------------------------------------------------------------------------
 def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int, save_every: int,
                  compression_level: int, closure: Path | None, folder: Path, setup: str, *,
-                 max_other: float | None = None, max_wait: float = 0.0) -> dict:
+                 max_other: float | None = None, max_wait: float = 0.0, independent: bool = False) -> dict:
     """One ``mpiexec -n ranks`` rollout: its loop rate (from the file), end-to-end rate, and the load
-    other processes put on the machine meanwhile."""
+    other processes put on the machine meanwhile.
+
+    ``independent``: the control instead -- ``ranks`` separate one-process rollouts of
+    ``members_per_rank`` members each at the same time, process ``i`` pinned to core ``i`` (as Open MPI
+    binds rank ``i``), without MPI: what the machine gives ``ranks`` concurrent rollouts that never
+    communicate and each write their own file. Rates are summed.
+    """
     import xarray as xr
 
-    out = folder / f"{case_path.stem}_{setup}_{ranks}.nc"
-    overrides = [f"rollout.members={ranks * members_per_rank}", f"rollout.batch_size={members_per_rank}",
+    copies = ranks if independent else 1
+    members = members_per_rank if independent else ranks * members_per_rank
+    outs = [folder / f"{case_path.stem}_{setup}_{ranks}_{copy}.nc" for copy in range(copies)]
+    overrides = [f"rollout.members={members}", f"rollout.batch_size={members_per_rank}",
                  f"rollout.steps={steps}", f"rollout.save_every={save_every}", "rollout.threads=1",
-                 f"output.compression_level={compression_level}", "compute.device=cpu"]
-    if setup == "bare":
-        overrides += BARE
-    command = [sys.executable, "-m", "hybridnde.cli", "-q", "rollout", str(case_path), "--out", str(out),
-               "--no-progress"] + [item for override in overrides for item in ("--set", override)]
-    if closure is not None:
-        command += ["--closure", str(closure)]
+                 f"output.compression_level={compression_level}", "compute.device=cpu", *BARE]
+
+    def command(out: Path) -> list[str]:
+        line = [sys.executable, "-m", "hybridnde.cli", "-q", "rollout", str(case_path), "--out", str(out),
+                "--no-progress"] + [item for override in overrides for item in ("--set", override)]
+        return line + (["--closure", str(closure)] if closure is not None else [])
+
     environment = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                        OMP_NUM_THREADS="1")
     quiet = wait_for_quiet(max_other, max_wait) if max_other is not None else None
     load_before = round(os.getloadavg()[0], 2)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     with OtherLoad() as others:
         started = time.perf_counter()
-        subprocess.run(["mpiexec", "-n", str(ranks), *command], check=True, env=environment, stdout=subprocess.DEVNULL)
+        if independent:
+            processes = [subprocess.Popen(command(out), env=environment, stdout=subprocess.DEVNULL,
+                                          preexec_fn=(lambda core=cores[copy % len(cores)]: os.sched_setaffinity(0, {core}))
+                                          if cores else None)
+                         for copy, out in enumerate(outs)]
+            if any(process.wait() != 0 for process in processes):
+                raise RuntimeError("an independent rollout failed")
+        else:
+            subprocess.run(["mpiexec", "-n", str(ranks), *command(outs[0])], check=True, env=environment,
+                           stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
-    with xr.open_dataset(out) as dataset:
-        rate = float(dataset.attrs["member_steps_per_second"])
-        member_steps = int(dataset.attrs["member_steps"])
-    size = out.stat().st_size
-    out.unlink()
+    rate, member_steps, blew_up, size = 0.0, 0, 0, 0
+    for out in outs:
+        with xr.open_dataset(out) as dataset:
+            rate += float(dataset.attrs["member_steps_per_second"])
+            member_steps += int(dataset.attrs["member_steps"])
+            blew_up += int(dataset.attrs["members_blew_up"])
+        size += out.stat().st_size
+        out.unlink()
     return {"rate": rate, "end_to_end_rate": member_steps / seconds, "end_to_end_seconds": seconds,
             "other_cores": others.cores, "other_cores_before": quiet, "load_average_before": load_before,
-            "file_bytes": size}
+            "file_bytes": size, "blew_up": blew_up}
 
 
 def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | None, setup: str) -> float:
@@ -178,7 +202,7 @@ def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | 
     from hybridnde.initial_conditions import draw_initial_conditions
     from hybridnde.systems import build_host_solver
 
-    overrides = BARE if setup == "bare" else []
+    overrides = BARE
     case = load_case(case_path, overrides=overrides)
     model = load_closure(closure)[0] if closure is not None else None
     solver = build_host_solver(case, closure=model)
@@ -258,6 +282,9 @@ def main() -> None:
     parser.add_argument("--max-other-load", type=float, default=None,
                         help="before each run, wait until other processes use fewer cores than this")
     parser.add_argument("--max-wait", type=float, default=600.0, help="longest wait for a quiet machine (s)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run R independent one-process rollouts at once (one per core, no MPI): the "
+                             "machine's own ceiling for R concurrent rollouts")
     parser.add_argument("--codec", action="store_true", help="also time the writer's compression per level")
     parser.add_argument("--codec-only", action="store_true", help="only the compression table")
     arguments = parser.parse_args()
@@ -289,38 +316,46 @@ def main() -> None:
                 closure = closure_file(case_path, folder) if setup == "hybrid" else None
                 solver_only = solver_only_rate(case_path, members, min(steps, 500), closure, setup)
                 for level in levels:
-                    runs: dict[int, list[dict]] = {ranks: [] for ranks in arguments.ranks}
+                    # keys: rank counts, and ("independent", R) for the control
+                    runs: dict = {ranks: [] for ranks in arguments.ranks}
+                    if arguments.control:
+                        runs.update({("independent", ranks): [] for ranks in arguments.ranks[1:]})
                     for _ in range(repeats):  # interleaved, so that a load spike hits every rank count alike
-                        for ranks in arguments.ranks:
-                            runs[ranks].append(rollout_rate(case_path, ranks, members, steps, arguments.save_every,
-                                                            level, closure, folder, setup,
-                                                            max_other=arguments.max_other_load,
-                                                            max_wait=arguments.max_wait))
+                        for key in runs:
+                            ranks = key[1] if isinstance(key, tuple) else key
+                            runs[key].append(rollout_rate(case_path, ranks, members, steps, arguments.save_every,
+                                                          level, closure, folder, setup,
+                                                          max_other=arguments.max_other_load,
+                                                          max_wait=arguments.max_wait,
+                                                          independent=isinstance(key, tuple)))
                     base = arguments.ranks[0]
 
-                    def median(ranks, key):
-                        return statistics.median(run[key] for run in runs[ranks])
+                    def median(key, field):
+                        return statistics.median(run[field] for run in runs[key])
 
-                    for ranks in arguments.ranks:
-                        rate, e2e = median(ranks, "rate"), median(ranks, "end_to_end_rate")
+                    for key in runs:
+                        ranks = key[1] if isinstance(key, tuple) else key
+                        label = f"{ranks} indep." if isinstance(key, tuple) else str(ranks)
+                        rate, e2e = median(key, "rate"), median(key, "end_to_end_rate")
                         scale = ranks / base
                         efficiency = rate / (scale * median(base, "rate"))
                         e2e_efficiency = e2e / (scale * median(base, "end_to_end_rate"))
-                        best = max(run["rate"] for run in runs[ranks])
+                        best = max(run["rate"] for run in runs[key])
                         best_efficiency = best / (scale * max(run["rate"] for run in runs[base]))
-                        others = [run["other_cores"] for run in runs[ranks] if run["other_cores"] is not None]
+                        others = [run["other_cores"] for run in runs[key] if run["other_cores"] is not None]
                         other = statistics.median(others) if others else float("nan")
                         overhead = 1 - (rate / ranks) / solver_only
-                        rows.append({"case": case_name, "setup": setup, "zlib": level, "ranks": ranks,
+                        rows.append({"case": case_name, "setup": setup, "zlib": level, "ranks": label,
                                      "members": ranks * members, "steps": steps, "loop rate": format_rate(rate),
                                      "per rank": format_rate(rate / ranks), "solver only": format_rate(solver_only),
                                      "overhead": f"{overhead:.0%}", "weak eff.": f"{efficiency:.0%}",
                                      "(best run)": f"{best_efficiency:.0%}",
                                      "end to end": format_rate(e2e), "weak eff. (e2e)": f"{e2e_efficiency:.0%}",
                                      "others (cores)": f"{other:.2f}",
-                                     "load": f"{statistics.median(r['load_average_before'] for r in runs[ranks]):.2f}"})
+                                     "load": f"{statistics.median(r['load_average_before'] for r in runs[key]):.2f}"})
                         records.append({"benchmark": "rollout_scaling", "case": case_name, "setup": setup,
-                                        "ranks": ranks, "members_per_rank": members, "steps": steps,
+                                        "ranks": ranks, "independent_processes": isinstance(key, tuple),
+                                        "members_per_rank": members, "steps": steps,
                                         "save_every": arguments.save_every, "compression_level": level,
                                         "member_steps_per_second": rate, "end_to_end_member_steps_per_second": e2e,
                                         "solver_only_member_steps_per_second": solver_only,
@@ -328,10 +363,12 @@ def main() -> None:
                                         "end_to_end_weak_scaling_efficiency": e2e_efficiency,
                                         "rollout_overhead": overhead, "best_member_steps_per_second": best,
                                         "best_weak_scaling_efficiency": best_efficiency,
-                                        "other_processes_cores_median": other, "runs": runs[ranks],
+                                        "other_processes_cores_median": other, "runs": runs[key],
                                         "repeats": repeats, **machine_description(threads)})
+                    blew_up = sum(run["blew_up"] for values in runs.values() for run in values)
                     print(f"{case_name} {setup} zlib {level}: " + ", ".join(
-                        f"{ranks} rank(s) {format_rate(median(ranks, 'rate'))}" for ranks in arguments.ranks),
+                        f"{key} {format_rate(median(key, 'rate'))}" for key in runs)
+                        + (f"; WARNING: {blew_up} member(s) blew up, the rates are flattered" if blew_up else ""),
                         file=sys.stderr, flush=True)
     print_table(rows, ["case", "setup", "zlib", "ranks", "members", "steps", "loop rate", "per rank", "solver only",
                        "overhead", "weak eff.", "(best run)", "end to end", "weak eff. (e2e)", "others (cores)", "load"],
