@@ -124,7 +124,7 @@ class TrajectoryStreamWriter:
             variable = dataset.createVariable(name, kind, (name,), fill_value=False)
             variable[:] = values.astype(object) if kind is str else values
         time_chunk = max(1, min(time_chunk, self.n_times))
-        u = dataset.createVariable("u", dtype, ("member", "time", state_dim), fill_value=dtype.type(np.nan),
+        dataset.createVariable("u", dtype, ("member", "time", state_dim), fill_value=dtype.type(np.nan),
                                    chunksizes=(1, time_chunk, int(state_shape[-1])), **compression)
         status = dataset.createVariable("status", np.int8, ("member",), **compression)
         blowup_time = dataset.createVariable("blowup_time", np.float64, ("member",), fill_value=np.nan, **compression)

@@ -7,7 +7,7 @@ A closure is any callable ``closure(t, u) -> du_dt`` (torchdiffeq's ``f(t, y)`` 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor

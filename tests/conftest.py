@@ -17,10 +17,11 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float64, torch.float32]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def single_cpu_thread():
-    """Run on one intra-op thread: the tests step small tensors, where a second OpenMP thread gains
-    nothing, and on a busy 2-core machine its barrier waits made some tests 40x slower."""
+    """Run every test on one intra-op thread: the tests step small tensors, where a second OpenMP
+    thread gains nothing, and on a busy 2-core machine its barrier waits made some tests 40x slower.
+    Per test, because in-process CLI calls (``rollout.threads``, ``run --threads``) may change it."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

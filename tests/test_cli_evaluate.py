@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from hybridnde.cli import main
@@ -42,14 +41,6 @@ save_every = 2
 members = 2
 seed = 3
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def simulate(tmp_path, name, text=LORENZ, *overrides):

@@ -12,15 +12,6 @@ from hybridnde.metrics import (cost_from_attributes, energy_spectrum, error_grow
 from solvers import ClosureOnly, KuramotoSivashinskySpectral, Lorenz63, RigidBody, TwoBody
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only contend with the other test processes on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- normalised error and valid prediction time ---------------------------------------------------
 def diverging_pair(rates, times, *, size=3):
     """Truth of constant norm 2 and a prediction whose normalised error is exactly 0.05 exp(r t)."""

@@ -77,14 +77,6 @@ steps = 30
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_case(tmp_path, text=KS, name="ks_tiny"):
     path = tmp_path / f"{name}.toml"
     path.write_text(text)

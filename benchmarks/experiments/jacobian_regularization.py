@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 import tempfile
 import time

@@ -139,7 +139,7 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     lines += [f"Made by `{command or 'hybridnde run'}` on {made} (hybridnde {__version__})"
               + (f"; variant: {result.variant.describe()}" if result.variant.label else "") + ".", "",
               f"**{verdict(metrics)}**", ""]
-    lines += [f"## Accuracy and stability", "",
+    lines += ["## Accuracy and stability", "",
               f"Against a held-out truth: {metrics['members']} members from states the closure never saw, over "
               f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
               f"||u - u*|| / rms(u*) and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
