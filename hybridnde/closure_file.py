@@ -56,7 +56,9 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip or version errors all mean: not our file
-        raise DataError(f"{path}: not a readable closure file ({error})") from None
+        # torch's own text suggests weights_only=False, which is not the fix: the file is not a closure
+        raise DataError(f"{path}: not a closure file ({type(error).__name__}); give a closure.pt written by "
+                        "`hybridnde train`") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file (format {payload.get('format') if isinstance(payload, dict) else None!r})")
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:

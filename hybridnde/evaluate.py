@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,16 +27,11 @@ import numpy as np
 
 from .alignment import AlignedPair, align_trajectories
 from .evaluation_figures import write_figures
-from .config import CaseConfig, ConfigError, parse_case
+from .config import CaseConfig, ConfigError, parse_case_text
 from .io import DataError, open_trajectories
 from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
                       invariant_drift, json_ready, normalised_error, reference_scale, spectral_distance,
                       stable_members, summarise, valid_prediction_time, wavenumbers)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
            "lyapunov_comparison", "write_figures", "format_summary"]
@@ -57,8 +51,8 @@ def case_from_attributes(attributes: Mapping[str, Any], name: str) -> CaseConfig
     if not text:
         return None
     try:
-        return parse_case(tomllib.loads(text), source=f"{name} (case_toml attribute)")
-    except (tomllib.TOMLDecodeError, ConfigError) as error:
+        return parse_case_text(text, source=f"{name} (case_toml attribute)")
+    except ConfigError as error:
         log.warning("%s: cannot use its stored case (%s); case-dependent metrics are skipped", name, error)
         return None
 
@@ -216,9 +210,13 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
                    reference_attrs: Mapping[str, Any], *, case: CaseConfig | None, threshold: float | None,
                    spread: Sequence[float], figures_dir: str | Path | None, lyapunov: bool,
                    closure_path: str | Path | None) -> dict[str, Any]:
+    stored = (case_from_attributes(reference_attrs, str(reference_path))
+              or case_from_attributes(rollout_attrs, str(rollout_path)))
     if case is None:
-        case = (case_from_attributes(reference_attrs, str(reference_path))
-                or case_from_attributes(rollout_attrs, str(rollout_path)))
+        case = stored
+    elif stored is not None and case.system.name != stored.system.name:
+        raise DataError(f"--case {case.case.name!r} is a {case.system.name} case but {reference_path} holds "
+                        f"{stored.system.name} (case {stored.case.name!r}); pass the case the files were made with")
     threshold = threshold if threshold is not None else (case.evaluate.vpt_threshold if case else 0.5)
     if not threshold > 0:
         raise ConfigError(f"threshold = {threshold!r} must be positive")
@@ -228,7 +226,7 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     if lyapunov:
         if case is None:
             raise DataError("the Lyapunov estimate needs the case: pass --case CASE.toml (the files store none)")
-        closure = _closure_for(rollout_attrs, rollout_path, closure_path)
+        closure = _closure_for(rollout_attrs, rollout_path, closure_path, case)
     metrics = compute_metrics(pair, threshold=threshold, lyapunov_exponent=exponent, invariants=invariants,
                               spread=spread)
     metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
@@ -242,8 +240,9 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     return json_ready(metrics)
 
 
-def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_path: str | Path | None):
-    """The closure the rollout was made with, checked against its recorded checksum."""
+def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_path: str | Path | None,
+                 case: CaseConfig):
+    """The closure the rollout was made with, checked against its recorded checksum and ``case``'s host."""
     recorded = str(rollout_attrs.get("closure_checksum", "none"))
     if closure_path is None:
         if recorded not in ("", "none"):
@@ -252,7 +251,15 @@ def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_p
         return None
     from .closure_file import load_closure
 
-    closure, payload = load_closure(closure_path)
+    import torch
+
+    from .rollout_inputs import check_closure_case, check_closure_fits
+    from .systems import build_host_solver
+
+    # float64 like the solvers lyapunov_comparison builds
+    closure, payload = load_closure(closure_path, dtype=torch.float64)
+    check_closure_case(payload, case, closure_path)
+    check_closure_fits(closure, build_host_solver(case, device="cpu", dtype=torch.float64), closure_path)
     if recorded not in ("", "none") and payload["checksum"] != recorded:
         log.warning("%s: checksum %s... differs from the one %s records (%s...)", closure_path,
                     payload["checksum"][:12], rollout_path, recorded[:12])

@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = [
     "DataError", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf",
-    "open_trajectories", "atomic_path", "netcdf_encoding",
+    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path",
 ]
 
 #: member status values (CF flag_values / flag_meanings)
@@ -128,6 +128,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def check_output_path(path: str | Path, option: str = "--out", *, folder: bool = False) -> Path:
+    """``DataError`` now, before any work, unless ``path`` can become an output file (``folder``: a folder).
+
+    The path may not exist yet (missing parent folders are created when it is written), but it must
+    not be a folder (a file), and its nearest existing ancestor must be a writable folder.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
+        raise DataError(f"{option} {path}: is {kind}; give {wanted}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DataError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DataError(f"{option} {path}: cannot write in {ancestor}; choose a folder you can write to")
+    return path
 
 
 def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_chunk: int = 64) -> Path:

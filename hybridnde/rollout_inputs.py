@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -16,20 +17,54 @@ import numpy as np
 import torch
 
 from .closure_file import load_closure, weights_checksum
-from .config import CaseConfig
+from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
 from .initial_conditions import draw_initial_conditions
 from .io import DataError
 
-__all__ = ["load_rollout_closure", "check_closure_fits", "read_initial_states", "initial_states"]
+__all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
+
+log = logging.getLogger(__name__)
+
+
+#: host-system settings a trained closure depends on: its weights saw states of this system and grid
+CLOSURE_SYSTEM_KEYS = ("name", "n_points", "domain_length")
+
+
+def check_closure_case(payload: dict, case: CaseConfig, name: str | Path) -> None:
+    """``DataError`` when a closure file was trained for another host system or grid than ``case``'s.
+
+    ``payload``: ``load_closure``'s second value; a file saved without its case (``case_toml`` empty,
+    the Python API) is left to ``check_closure_fits``. A periodic CNN runs on any grid, so the shape
+    check alone would let a KS closure step another system.
+    """
+    text = payload.get("case_toml") or ""
+    if not text:
+        return
+    try:
+        trained = parse_case_text(text, source=f"{name} (its case)")
+    except ConfigError as error:
+        log.warning("%s: cannot read the case it was trained for (%s); checking its shapes only", name, error)
+        return
+    wanted, found = case.host_system, trained.host_system
+    differences = [f"{key} {getattr(found, key, None)!r} (this case: {getattr(wanted, key, None)!r})"
+                   for key in CLOSURE_SYSTEM_KEYS if getattr(found, key, None) != getattr(wanted, key, None)]
+    if found.name != wanted.name:  # another system: its name says it all
+        differences = differences[:1]
+    if differences:
+        raise DataError(f"{name}: trained for case {trained.case.name!r} with host " + ", ".join(differences)
+                        + "; train a closure for this case (`hybridnde train`) or give the case it was trained for")
 
 
 def load_rollout_closure(closure_path: str | Path | None, closure: Callable | None, *, device: torch.device,
-                         dtype: torch.dtype) -> tuple[Callable | None, str]:
+                         dtype: torch.dtype, case: CaseConfig | None = None) -> tuple[Callable | None, str]:
     """``(closure, checksum)``: the file's model on ``device`` in ``dtype`` and its weights checksum, or
-    the given module (checksum of its weights) or callable (its name); ``(None, "none")`` for neither."""
+    the given module (checksum of its weights) or callable (its name); ``(None, "none")`` for neither.
+    With ``case``, a closure file must have been trained for its host system and grid."""
     if closure_path is not None:
         model, payload = load_closure(closure_path, device=device, dtype=dtype)
+        if case is not None:
+            check_closure_case(payload, case, closure_path)
         return model, payload["checksum"]
     if isinstance(closure, torch.nn.Module):
         return closure, weights_checksum(closure.state_dict())

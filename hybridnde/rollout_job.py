@@ -27,7 +27,7 @@ import torch
 from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
-from .io import STATUS_FLAGS, DataError
+from .io import STATUS_FLAGS, DataError, check_output_path
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files
 from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
@@ -89,9 +89,11 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     rollout = case.rollout
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
+    check_output_path(out)
     device = rank_device(case.compute.device, comm.local_rank)
     dtype = resolve_dtype(case.compute.dtype)
-    closure, closure_checksum = load_rollout_closure(closure_path, closure, device=device, dtype=dtype)
+    closure, closure_checksum = load_rollout_closure(closure_path, closure, device=device, dtype=dtype,
+                                                       case=case)
     solver = build_host_solver(case, closure=closure, device=device, dtype=dtype)
     if closure is not None:
         check_closure_fits(closure, solver, closure_path or "closure")

@@ -11,15 +11,19 @@ from .config import CaseConfig, ConfigError, KuramotoSivashinskyConfig, SystemCo
 __all__ = ["build_solver", "build_host_solver", "resolve_device", "resolve_dtype", "state_coordinates"]
 
 
-def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:(local_rank % device_count)`` when CUDA is there, else CPU."""
+def resolve_device(name: str = "auto", *, local_rank: int = 0, field: str = "compute.device") -> torch.device:
+    """``"auto"`` -> ``cuda:(local_rank % device_count)`` when CUDA is there, else CPU. ``field``
+    names the setting in errors."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{field} = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"compute.device = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+        raise ConfigError(f"{field} = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
     return device
 
 
@@ -75,4 +79,4 @@ def state_coordinates(solver: Solver) -> tuple[str, object]:
     fields, ``("component", names)`` for ODEs."""
     if solver.component_names:
         return "component", list(solver.component_names)
-    return "x", solver.x.detach().cpu().numpy()
+    return "x", solver.x.detach().cpu().numpy().astype("float64")  # the schema's x is float64 whatever u is

@@ -6,6 +6,9 @@ import pytest
 import xarray as xr
 
 from hybridnde.cli import main
+from hybridnde.closure_file import save_closure
+from hybridnde.config import load_case
+from hybridnde.models import PeriodicCNNClosure
 from hybridnde.io import trajectory_dataset, write_netcdf
 
 LORENZ = """
@@ -157,6 +160,9 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         foreign = trajectory_dataset(truth.u.values, truth.time.values, state_dim="component",
                                      state_coords=["x", "y", "z"], closure_checksum="abc123")
     foreign = write_netcdf(foreign, tmp_path / "foreign.nc")
+    ks_closure = tmp_path / "ks_closure.pt"  # a periodic CNN runs on 3 components too: only its case tells
+    save_closure(ks_closure, PeriodicCNNClosure(channels=2, depth=1, kernel_size=3).double(),
+                 case_toml=load_case(tmp_path / "ks.toml").to_toml())
     cases = [
         ([tmp_path / "missing.nc", "--reference", lorenz_truth], "no such file"),
         ([lorenz_truth, "--reference", tmp_path / "missing.nc"], "no such file"),
@@ -168,6 +174,12 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         ([lorenz_truth, "--reference", lorenz_truth, "--set", "evaluate.vpt_threshold=0.3"], "--case"),
         ([lorenz_truth, "--reference", lorenz_truth, "--threshold", "-1"], "positive"),
         ([foreign, "--reference", lorenz_truth, "--lyapunov", "--case", tmp_path / "truth.toml"], "--closure"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--case", tmp_path / "ks.toml"],
+         "is a kuramoto_sivashinsky case but"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--time-tolerance", "nan"], "--time-tolerance"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--figures", tmp_path / "truth.toml"], "--figures"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--lyapunov", "--case", tmp_path / "truth.toml",
+          "--closure", ks_closure], "trained for case 'ks_eval' with host name 'kuramoto_sivashinsky'"),
     ]
     for arguments, message in cases:
         capsys.readouterr()

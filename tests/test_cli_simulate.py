@@ -68,6 +68,22 @@ def test_bad_config_exits_2_and_leaves_no_file(tmp_path, override, capsys):
     assert override.split("=")[0].split(".")[-1][:6] in capsys.readouterr().err
 
 
+def test_an_output_path_that_cannot_be_written_exits_2_before_simulating(tmp_path, capsys, monkeypatch):
+    import hybridnde.commands.simulate as command
+
+    monkeypatch.setattr(command, "simulate_case", lambda *a, **k: pytest.fail("simulated before checking --out"))
+    case = write_case(tmp_path)
+    (tmp_path / "folder.nc").mkdir()
+    for out, message in [(tmp_path / "folder.nc", "is a folder; give a file name"),
+                         (case / "truth.nc", "is a file, not a folder")]:
+        assert main(["simulate", str(case), "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert f"--out {out}: " in error and message in error
+    assert main(["run", str(case), "--out", str(case)]) == 2  # the run's folder is a file
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["folder.nc", case.name])
+
+
 def test_initial_conditions_from_file(tmp_path):
     first = tmp_path / "first.nc"
     assert main(["simulate", str(write_case(tmp_path)), "--out", str(first)]) == 0

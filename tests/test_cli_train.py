@@ -98,6 +98,7 @@ def test_train_writes_a_closure_that_rebuilds_the_model(tmp_path, files, capsys)
     ("two_body", ["--set", "time.dt=0.05"], "time.dt"),
     ("two_body", ["--set", "system.gravitational_parameter=2.0"], "gravitational_parameter"),
     ("two_body", ["--out", "{folder}/closure.nc"], ".pt"),
+    ("two_body", ["--out", "{case}/closure.pt"], "is a file, not a folder"),
     ("ks", ["--set", "training.integration=\"odeint\""], "training.integration"),
     ("ks", ["--set", "system.method=\"finite_difference\"", "--set", "time.dt=0.001", "--set", "time.save_every=250",
             "--set", "time.n_steps=3000", "--set", "time.integrator=\"rk4\"", "--set", "system.n_points=64"],
@@ -105,7 +106,7 @@ def test_train_writes_a_closure_that_rebuilds_the_model(tmp_path, files, capsys)
 ])
 def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments, message, capsys):
     case, truth = files[which]
-    values = {"missing": str(tmp_path / "missing.nc"), "lorenz": str(files["lorenz"][1]), "folder": str(tmp_path)}
+    values = {"missing": str(tmp_path / "missing.nc"), "lorenz": str(files["lorenz"][1]), "folder": str(tmp_path), "case": str(case)}
     arguments = [argument.format(**values) for argument in arguments]
     command = ["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt"), *arguments]
     assert main(command) == 2

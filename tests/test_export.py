@@ -89,4 +89,11 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "c.ts")]) == 2
     save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "closure.pt")]) == 2
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "c.ts")]) == 2
+    assert "not a closure file" in capsys.readouterr().err  # not torch's advice to unpickle it anyway
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "c.ts"), "--device", "gpu"]) == 2
+    assert "--device = 'gpu' is not a device" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "junk.pt" / "c.ts")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "c.ts").exists()

@@ -270,12 +270,45 @@ def test_bad_settings_exit_2_naming_the_field(case_files, tmp_path, capsys):
     assert not (tmp_path / "rollout.nc").exists()
 
 
+def test_a_closure_trained_for_another_case_is_refused_before_any_work(case_files, tmp_path, capsys):
+    # a periodic CNN runs on any grid and any state length, so only the case stored with it can tell
+    save_closure(tmp_path / "ks.pt", small_cnn(), case_toml=ks_case().to_toml())
+    for case, overrides, expected in [
+            (case_files["two_body"], [], "host name 'kuramoto_sivashinsky' (this case: 'two_body')"),
+            (case_files["ks"], ["--set", "system.n_points=128"], "n_points 64 (this case: 128)"),
+            (case_files["ks"], ["--set", "system.domain_length=44.0"], "domain_length 22.0 (this case: 44.0)")]:
+        out = tmp_path / "rollout.nc"
+        assert main(["rollout", str(case), "--closure", str(tmp_path / "ks.pt"), "--out", str(out), *overrides]) == 2
+        error = capsys.readouterr().err
+        assert expected in error and "ks_rollout_test" in error and "hybridnde train" in error
+        assert not out.exists() and not partial_path(out).exists()
+    # the case it was trained with (and a closure saved without a case, checked by shape alone) run
+    assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "ks.pt"), "--out", str(tmp_path / "a.nc"),
+                 "--set", "rollout.steps=4"]) == 0
+    save_closure(tmp_path / "bare.pt", small_cnn())
+    assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "b.nc"),
+                 "--set", "rollout.steps=4", "--set", "system.n_points=128"]) == 0
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(case_files, tmp_path, capsys):
+    (tmp_path / "folder.nc").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, expected in [(tmp_path / "folder.nc", "is a folder"), (tmp_path / "file" / "r.nc", "is a file, not a folder")]:
+        assert main(["rollout", str(case_files["ks"]), "--out", str(out)]) == 2
+        assert expected in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "folder.nc"]
+    assert list((tmp_path / "folder.nc").iterdir()) == []
+
+
 def test_float32_rollouts_work(tmp_path):
     case = two_body_case("compute.dtype='float32'", "rollout.batch_size=3")
     closure = small_mlp().float()
     run_rollout(case, tmp_path / "rollout.nc", closure=closure, progress=False)
     out = read(tmp_path / "rollout.nc")
     assert out.u.dtype == np.float32
+    run_rollout(ks_case("compute.dtype='float32'", "rollout.steps=4"), tmp_path / "ks.nc", progress=False)
+    field = read(tmp_path / "ks.nc")
+    assert field.u.dtype == np.float32 and field.x.dtype == np.float64  # the schema's coordinates stay float64
     expected, _ = reference_rollout(case, closure, range(6), 3)
     np.testing.assert_array_equal(out.u.values, expected)
 

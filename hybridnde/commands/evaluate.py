@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
 from ..alignment import MEMBER_MATCHING
 from ..config import ConfigError, load_case
 from ..evaluate import evaluate_files, format_summary
-from ..io import atomic_path
+from ..io import atomic_path, check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ def run(arguments: argparse.Namespace) -> int:
         raise ConfigError("--set needs --case CASE.toml (it overrides values of that case)")
     if arguments.threshold is not None and not arguments.threshold > 0:
         raise ConfigError(f"--threshold {arguments.threshold}: give a positive number, e.g. 0.5")
+    if arguments.time_tolerance is not None and not (math.isfinite(arguments.time_tolerance)
+                                                     and arguments.time_tolerance >= 0):
+        raise ConfigError(f"--time-tolerance {arguments.time_tolerance}: give a finite number >= 0, e.g. 1e-6")
+    if arguments.out is not None:
+        check_output_path(arguments.out)
+    if arguments.figures is not None:
+        check_output_path(arguments.figures, "--figures", folder=True)
     case = load_case(arguments.case, overrides=arguments.overrides) if arguments.case is not None else None
     metrics = evaluate_files(arguments.rollout, arguments.reference, case=case, threshold=arguments.threshold,
                              match_members=arguments.match_members, time_tolerance=arguments.time_tolerance,

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from ..config import ConfigError
+from ..io import check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ def run(arguments: argparse.Namespace) -> int:
     out = arguments.out or arguments.closure.with_suffix(".ts")
     if out.resolve() == arguments.closure.resolve():
         raise ConfigError(f"--out {out}: would overwrite the closure file; give another name, e.g. closure.ts")
+    check_output_path(out)
+    device = resolve_device(arguments.device, field="--device")
     dtype = getattr(torch, arguments.dtype) if arguments.dtype else None
-    metadata = export_closure(arguments.closure, out, dtype=dtype, device=resolve_device(arguments.device))
+    metadata = export_closure(arguments.closure, out, dtype=dtype, device=device)
     print(f"export: {arguments.closure} -> {out} (TorchScript, {metadata['dtype']}, weights checksum "
           f"{metadata['weights_checksum'][:12]}...; forward(t, u) -> du_dt)")
     return 0

@@ -13,6 +13,7 @@ import logging
 import shlex
 from pathlib import Path
 
+from ..io import check_output_path
 from ..pipeline import build_variants, run_pipeline
 from .common import add_case_arguments
 
@@ -43,6 +44,7 @@ def run(arguments: argparse.Namespace) -> int:
     case = variants[0].case
     directory = arguments.out or Path(case.output.directory or
                                       f"runs/{case.case.name}{'-quick' if arguments.quick else ''}")
+    check_output_path(directory, folder=True)
     outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
                            threads=arguments.threads, command=_command_line(arguments, directory))
     from ..pipeline.report import summary_lines

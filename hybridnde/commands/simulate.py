@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..config import ConfigError
-from ..io import write_netcdf
+from ..io import check_output_path, write_netcdf
 from ..simulate import simulate_case
 from .common import add_case_arguments, case_from_arguments
 
@@ -27,6 +27,7 @@ def run(arguments: argparse.Namespace) -> int:
     out = arguments.out or Path(case.output.directory or f"runs/{case.case.name}") / "truth.nc"
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
+    check_output_path(out)
     dataset = simulate_case(case, progress=arguments.progress)
     write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
     log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])

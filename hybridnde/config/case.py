@@ -166,6 +166,15 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     return case
 
 
+def parse_case_text(text: str, *, source: str = "case") -> CaseConfig:
+    """A case from TOML text, e.g. the ``case_toml`` a file or closure stores; ``ConfigError`` if unreadable."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    return parse_case(raw, source=source)
+
+
 def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = False) -> CaseConfig:
     """Read and validate a case file; errors name the file and the field."""
     path = Path(path)

@@ -108,6 +108,13 @@ def _table(rows: Sequence[Mapping[str, Any]], keys: tuple[str, str], *, with_tra
     return lines
 
 
+def _spread_of(outcome: RunResult, key: str) -> str:
+    """A metric every variant shares (members, horizon, threshold): one value, or each variant's in turn
+    when the compared keys change it (e.g. ``hybrid.substeps`` or ``rollout.steps``)."""
+    values = [number(result.metrics[key]) for result in outcome.variants]
+    return values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
 def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path]:
     """``compare.md``, ``compare.json`` and ``figures/compare_error_growth.png`` in the run directory."""
     data = comparison_rows(outcome)
@@ -122,8 +129,8 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
     lines = [f"# {outcome.variants[0].case.case.name}: {', '.join(data['keys'])} compared", "",
              f"Made by `{command or 'hybridnde run --compare'}` (hybridnde {__version__}). Every variant is trained "
              "on the same truth with the same seeds (unless a seed is compared) and rolled out from the same held-out "
-             f"initial states: {first['members']} members over {number(first['horizon'])} time units, error "
-             f"threshold {number(first['threshold'])}.", ""]
+             f"initial states: {_spread_of(outcome, 'members')} members over {_spread_of(outcome, 'horizon')} time "
+             f"units, error threshold {_spread_of(outcome, 'threshold')}.", ""]
     lines += _table(data["variants"] + data["baselines"], keys, with_training=True)
     if data["groups"]:
         first_key = data["keys"][0]
