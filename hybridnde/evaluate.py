@@ -215,7 +215,7 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     if case is None:
         case = stored
     elif stored is not None and case.system.name != stored.system.name:
-        raise DataError(f"--case {case.case.name!r} is a {case.system.name} case but {reference_path} holds "
+        raise DataError(f"--case {case.case.name!r} is a {case.system.name} case but the files hold "
                         f"{stored.system.name} (case {stored.case.name!r}); pass the case the files were made with")
     threshold = threshold if threshold is not None else (case.evaluate.vpt_threshold if case else 0.5)
     if not threshold > 0:
