@@ -11,7 +11,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..io import check_output_path
 from ..training import train_case
 from .common import add_case_arguments, case_from_arguments
 
@@ -35,7 +34,6 @@ def run(arguments: argparse.Namespace) -> int:
     directory = Path(case.output.directory or f"runs/{case.case.name}")
     out = arguments.out or directory / "closure.pt"
     data = arguments.data or directory / "truth.nc"
-    check_output_path(out)
     _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
     final = result.final
     print(f"{out}: {result.epochs_run} epochs, loss {final.get('loss', float('nan')):.4g}, best validation loss "

@@ -21,6 +21,7 @@ from solvers import ExplicitSolver, Solver
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
 from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
+from ..io import check_output_path
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
 from ..regularizers import ProbeSampler, sampling_error
@@ -178,6 +179,7 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     out = Path(out)
     if out.suffix != ".pt":
         raise ConfigError(f"--out {out}: give a .pt file name, e.g. runs/{case.case.name}/closure.pt")
+    check_output_path(out)
     check_training_config(case)
     device, dtype = resolve_device(case.compute.device), resolve_dtype(case.compute.dtype)
     train_length, validation_length = window_lengths(case)
