@@ -2,9 +2,11 @@
 
 The file has the schema of ``io.trajectory_dataset`` (docs/netcdf.md): its variable and global
 attributes are taken from a zero-length dataset built by that function, so both writers agree.
-``u(member, time, *state)`` is created at full size (the time axis is known in advance) with zlib
-and chunks of one member by ``output.time_chunk`` times; each write covers whole chunks, so HDF5
-compresses every chunk once and never reads one back.
+``u(member, time, *state)`` is created at full size (the time axis is known in advance) by
+netCDF4, with chunks of one member by ``output.time_chunk`` times and HDF5's shuffle + zlib filters.
+While streaming, the file is open through h5py, and chunks arrive already encoded by the rank that
+computed them (``chunk_codec``): rank 0 stores their bytes as they are (``write_direct_chunk``), so
+compression is spread over the ranks instead of serialising them on rank 0.
 
 While running, the data go to ``.NAME.partial`` beside the output; a checkpoint is that file
 flushed to disk plus ``.NAME.checkpoint`` (written atomically) with what a restart needs. Only a
@@ -22,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, atomic_path, trajectory_dataset
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "hybridnde-rollout-checkpoint/1"
 
-#: HDF5 chunk cache of ``u`` while streaming
+#: HDF5 chunk cache while streaming: ``u``'s chunks bypass it, only the small variables use it
 CHUNK_CACHE_BYTES = 1 << 20
 
 #: writes and checkpoints that may wait for the writer thread (each holds one batch's chunk)
@@ -53,11 +56,12 @@ def checkpoint_path(path: str | Path) -> Path:
 class TrajectoryStreamWriter:
     """Writes ``u(member, time, *state)`` of a rollout chunk by chunk (rank 0 only).
 
-    Writes and checkpoints run in order on one background thread (netCDF4 releases the GIL in the
-    C library, where HDF5 compresses), so rank 0 steps its next chunk while the last one is being
-    compressed; at most ``QUEUE_DEPTH`` jobs wait, which bounds the memory they hold. Arrays handed
-    to ``write`` must not be changed afterwards. ``flush`` waits for the queue; a failure on the
-    thread is raised by the next call.
+    Writes and checkpoints run in order on one background thread, so rank 0 steps its next chunk
+    while the last ones are stored; at most ``QUEUE_DEPTH`` jobs wait, which bounds the memory they
+    hold. ``write_encoded`` takes chunks encoded elsewhere (``chunk_codec.encode_block`` on the rank
+    that computed them, with this writer's ``layout``); ``write`` encodes on the writer thread.
+    Arrays handed to ``write`` must not be changed afterwards. ``flush`` waits for the queue; a
+    failure on the thread is raised by the next call.
 
     Args:
         path: the final ``.nc`` file; it appears only on ``commit``.
@@ -71,49 +75,60 @@ class TrajectoryStreamWriter:
                  state_coords: Any, state_shape: Sequence[int], dtype: np.dtype, title: str, solver: str,
                  closure_checksum: str, case_toml: str, extra_attrs: Mapping[str, Any], compression_level: int,
                  time_chunk: int, resume: bool = False):
-        import netCDF4
-
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.n_members, self.n_times = len(members), len(times)
-        if resume:
+        self.layout = ChunkLayout.for_output(n_times=self.n_times, time_chunk=time_chunk,
+                                             state_size=int(np.prod(state_shape)), dtype=dtype,
+                                             compression_level=compression_level)
+        if not resume:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            template = trajectory_dataset(np.zeros((len(members), 0, *state_shape), dtype=dtype), [],
+                                          state_dim=state_dim, state_coords=state_coords, members=members,
+                                          title=title, solver=solver, closure_checksum=closure_checksum,
+                                          case_toml=case_toml, extra_attrs=extra_attrs)
+            import netCDF4
+
             try:
-                self.dataset = netCDF4.Dataset(self.partial, "a")
-            except OSError as error:
-                raise DataError(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
-                                f"({error}); rerun without --resume") from None
-            self.u = self.dataset.variables["u"]
-            self._limit_chunk_cache()
-            if self.u.shape[:2] != (self.n_members, self.n_times):
-                self.dataset.close()
-                raise DataError(f"{self.partial}: holds {self.u.shape[:2]} members x times, the case now asks for "
-                                f"{(self.n_members, self.n_times)}; rerun without --resume")
-            self._start_thread()
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        template = trajectory_dataset(np.zeros((len(members), 0, *state_shape), dtype=dtype), [], state_dim=state_dim,
-                                      state_coords=state_coords, members=members, title=title, solver=solver,
-                                      closure_checksum=closure_checksum, case_toml=case_toml, extra_attrs=extra_attrs)
-        dataset = netCDF4.Dataset(self.partial, "w", format="NETCDF4")
-        try:
-            self._create(dataset, template, np.asarray(times, dtype=np.float64), state_dim, state_shape,
-                         np.dtype(dtype), compression_level, time_chunk)
-        except BaseException:
-            dataset.close()
-            self.partial.unlink(missing_ok=True)
-            raise
-        self.dataset = dataset
-        self.u = dataset.variables["u"]
-        self._limit_chunk_cache()
+                with netCDF4.Dataset(self.partial, "w", format="NETCDF4") as dataset:
+                    self._create(dataset, template, np.asarray(times, dtype=np.float64), state_dim, state_shape,
+                                 np.dtype(dtype))
+            except BaseException:
+                self.partial.unlink(missing_ok=True)
+                raise
+        self.file = self._open_for_streaming(resume)
+        self.u = self.file["u"]
         self._start_thread()
 
-    def _limit_chunk_cache(self) -> None:
-        # every chunk is written once, whole: caching it buys nothing, and netCDF's default cache
-        # (64 MiB, 1000 chunks) would make memory grow with the number of chunks written
-        self.u.set_var_chunk_cache(size=CHUNK_CACHE_BYTES, nelems=127, preemption=1.0)
+    def _open_for_streaming(self, resume: bool):
+        import h5py
 
-    def _create(self, dataset, template, times, state_dim, state_shape, dtype, compression_level, time_chunk):
-        compression = dict(zlib=True, complevel=compression_level, shuffle=True) if compression_level > 0 else {}
+        try:
+            file = h5py.File(self.partial, "r+", rdcc_nbytes=CHUNK_CACHE_BYTES)
+        except OSError as error:
+            if not resume:
+                self.partial.unlink(missing_ok=True)
+                raise
+            raise DataError(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
+                            f"({error}); rerun without --resume") from None
+        u = file["u"]
+        plist = u.id.get_create_plist()
+        filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
+        found = (u.shape[:2], u.chunks, filters, u.dtype.newbyteorder("<"))
+        wanted = ((self.n_members, self.n_times), self.layout.chunk_shape, self.layout.filters, self.layout.dtype)
+        if found != wanted:
+            file.close()
+            if resume:
+                raise DataError(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
+                                f"the case now asks for {wanted}; rerun without --resume")
+            self.partial.unlink(missing_ok=True)
+            raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
+        return file
+
+    def _create(self, dataset, template, times, state_dim, state_shape, dtype):
+        layout = self.layout
+        compression = (dict(zlib=True, complevel=layout.compression_level, shuffle=True)
+                       if layout.compression_level > 0 else {})
         dataset.createDimension("member", self.n_members)
         dataset.createDimension("time", self.n_times)
         dataset.createDimension(state_dim, int(state_shape[-1]))
@@ -123,9 +138,9 @@ class TrajectoryStreamWriter:
             kind = str if values.dtype.kind in "US" else values.dtype
             variable = dataset.createVariable(name, kind, (name,), fill_value=False)
             variable[:] = values.astype(object) if kind is str else values
-        time_chunk = max(1, min(time_chunk, self.n_times))
-        dataset.createVariable("u", dtype, ("member", "time", state_dim), fill_value=dtype.type(np.nan),
-                                   chunksizes=(1, time_chunk, int(state_shape[-1])), **compression)
+        # the fill value is what chunk_codec pads edge chunks with
+        dataset.createVariable("u", layout.dtype, ("member", "time", state_dim), fill_value=dtype.type(np.nan),
+                               chunksizes=layout.chunk_shape, endian="little", **compression)
         status = dataset.createVariable("status", np.int8, ("member",), **compression)
         blowup_time = dataset.createVariable("blowup_time", np.float64, ("member",), fill_value=np.nan, **compression)
         status[:] = template["status"].values
@@ -175,14 +190,27 @@ class TrajectoryStreamWriter:
 
     # -- jobs -------------------------------------------------------------------------------------
     def write(self, member_start: int, time_start: int, values: np.ndarray) -> None:
-        """Queue ``values: (members, times, *state)`` for ``u[member_start:, time_start:]``."""
+        """Queue ``values: (members, times, *state)`` for ``u[member_start:, time_start:]`` (whole chunks
+        along time, or the last one), encoded on the writer thread."""
         def job():
-            self.u[member_start:member_start + values.shape[0], time_start:time_start + values.shape[1]] = values
+            flat = values.reshape(values.shape[0], values.shape[1], -1)
+            self._store(encode_block(flat, member_start, time_start, self.layout))
         self._submit(job)
 
+    def write_encoded(self, block: EncodedBlock) -> None:
+        """Queue chunks that ``chunk_codec.encode_block`` encoded with ``self.layout``."""
+        self._submit(lambda: self._store(block))
+
+    def _store(self, block: EncodedBlock) -> None:
+        if block.time_start >= self.n_times or block.member_start + len(block.chunks) > self.n_members:
+            raise ValueError(f"chunks at member {block.member_start}, save {block.time_start} lie outside u "
+                             f"{(self.n_members, self.n_times)}")
+        for offset, payload in block.offsets():
+            self.u.id.write_direct_chunk(offset, payload)
+
     def _write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
-        self.dataset.variables["status"][:] = np.asarray(status, dtype=np.int8)
-        self.dataset.variables["blowup_time"][:] = np.asarray(blowup_time, dtype=np.float64)
+        self.file["status"][:] = np.asarray(status, dtype=np.int8)
+        self.file["blowup_time"][:] = np.asarray(blowup_time, dtype=np.float64)
 
     def checkpoint(self, status: np.ndarray, blowup_time: np.ndarray, payload: Mapping[str, Any]) -> None:
         """Queue a checkpoint after the writes before it: status, flush to disk, then the restart state
@@ -191,7 +219,7 @@ class TrajectoryStreamWriter:
 
         def job():
             self._write_status(status, blowup_time)
-            self.dataset.sync()
+            self.file.flush()
             write_checkpoint(self.path, payload)
         self._submit(job)
 
@@ -201,8 +229,8 @@ class TrajectoryStreamWriter:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
-        if self.dataset.isopen():
-            self.dataset.close()
+        if self.file:  # an h5py File is false once closed
+            self.file.close()
 
     def commit(self, status: np.ndarray, blowup_time: np.ndarray, attrs: Mapping[str, Any]) -> Path:
         """Write the final ``status``/``blowup_time`` and global ``attrs``, close, and rename the complete

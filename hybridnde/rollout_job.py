@@ -5,9 +5,10 @@ Phases, on every rank:
 1. **Set-up** (nothing written yet): device, closure, host solver, this rank's initial states,
    batches, and on rank 0 the output file or the checkpoint to resume. Any failure is shared with
    every rank (``distributed.agree``), so bad input stops the whole job with exit 2 and no file.
-2. **Run**: each rank advances its batches one output chunk per round; rank 0 gathers the chunks,
-   writes them and, every ``rollout.checkpoint_every`` steps, a checkpoint. A rank that fails logs
-   its error and aborts the job (``MPI_Abort``), so no rank hangs.
+2. **Run**: each rank advances its batches one output chunk per round and compresses its chunks
+   (``chunk_codec``) while it steps the next round; rank 0 gathers the encoded chunks, stores them
+   and, every ``rollout.checkpoint_every`` steps, writes a checkpoint. A rank that fails logs its
+   error and aborts the job (``MPI_Abort``), so no rank hangs.
 3. **Commit**: rank 0 writes the members' status and renames the complete file into place.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import hashlib
 import logging
 import math
 import time as wallclock
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,6 +26,7 @@ import numpy as np
 import tomli_w
 import torch
 
+from .chunk_codec import ChunkLayout, encode_block
 from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
@@ -259,38 +262,58 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                          + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
                                for start, state in in_flight.items()))
     chunks = _my_chunks(runner, setup, checkpoint)
+    layout = _chunk_layout(case, setup)
+    if comm.rank == 0 and setup.writer.layout != layout:
+        raise RuntimeError(f"the file's chunk layout {setup.writer.layout} differs from the ranks' {layout}")
     member_steps = 0
     bar = None
     if comm.rank == 0:
         bar = progress_bar(total=rollout.members * schedule.steps_run, description="rollout", enabled=progress,
                            unit="member-step")
         bar.update(resumed_steps)
+
+    def checkpoint_after(round_index: int) -> bool:
+        return (round_index + 1) % interval == 0 and round_index + 1 < n_rounds
+
     comm.barrier()
     started = wallclock.perf_counter()
-    for round_index in range(n_rounds):
-        chunk, state = next(chunks, (None, None))
-        checkpointing = (round_index + 1) % interval == 0 and round_index + 1 < n_rounds
-        keep = state.to_host() if checkpointing and chunk is not None and not chunk.last else None
-        received = comm.gather((chunk, keep))
-        if comm.rank != 0:
-            continue
-        for item, batch_state in received:
-            if item is None:
+    # Each rank encodes (compresses) its own chunks on a thread while it steps the next round, and
+    # hands them over one round later, so rank 0 only stores bytes (see chunk_codec).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-encoder") as encoder:
+        encoding = None
+        for round_index in range(n_rounds + 1):
+            outgoing = None
+            if round_index < n_rounds:
+                chunk, state = next(chunks, (None, None))
+                keep = state.to_host() if checkpoint_after(round_index) and chunk is not None and not chunk.last \
+                    else None
+                if chunk is not None:
+                    outgoing = (encoder.submit(encode_block, chunk.values, chunk.start, chunk.save_start, layout),
+                                replace(chunk, values=None), keep)
+            # the previous round's chunk, encoded meanwhile
+            ready = None if encoding is None else (encoding[0].result(), *encoding[1:])
+            encoding = outgoing
+            received = comm.gather(ready)
+            if comm.rank != 0 or round_index == 0:
                 continue
-            setup.writer.write(item.start, item.save_start, item.values)
-            first_bad_save[item.start:item.stop] = item.first_bad_save
-            member_steps += (item.stop - item.start) * item.steps
-            bar.update((item.stop - item.start) * item.steps)
-            if item.last:
-                done.add(item.start)
-                in_flight.pop(item.start, None)
-            elif batch_state is not None:
-                in_flight[item.start] = batch_state
-        if checkpointing:
-            setup.writer.checkpoint(*_status(first_bad_save, schedule), {
-                "config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
-                "batch_size": setup.batch_size, "n_saves": schedule.n_saves, "done": sorted(done),
-                "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
+            for item in received:
+                if item is None:
+                    continue
+                block, meta, batch_state = item
+                setup.writer.write_encoded(block)
+                first_bad_save[meta.start:meta.stop] = meta.first_bad_save
+                member_steps += (meta.stop - meta.start) * meta.steps
+                bar.update((meta.stop - meta.start) * meta.steps)
+                if meta.last:
+                    done.add(meta.start)
+                    in_flight.pop(meta.start, None)
+                elif batch_state is not None:
+                    in_flight[meta.start] = batch_state
+            if checkpoint_after(round_index - 1):
+                setup.writer.checkpoint(*_status(first_bad_save, schedule), {
+                    "config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
+                    "batch_size": setup.batch_size, "n_saves": schedule.n_saves, "done": sorted(done),
+                    "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None
     if comm.rank == 0:
         setup.writer.flush()  # the run ends when its data are on disk
@@ -309,6 +332,15 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
         log.info("wrote %s: %d members (%d ok, %d blew up), %.4g member-steps/s on %d rank(s)", out,
                  rollout.members, summary.ok, blew_up, summary.member_steps_per_second, comm.size)
     return comm.bcast(summary)
+
+
+def _chunk_layout(case: CaseConfig, setup: _Setup) -> ChunkLayout:
+    """How every rank encodes ``u``'s chunks: the layout rank 0's writer creates the file with."""
+    solver = setup.solver
+    return ChunkLayout.for_output(n_times=setup.schedule.n_saves, time_chunk=case.output.time_chunk,
+                                  state_size=int(np.prod(solver.state_shape)),
+                                  dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
+                                  compression_level=case.output.compression_level)
 
 
 def _status(first_bad_save: np.ndarray, schedule: SaveSchedule) -> tuple[np.ndarray, np.ndarray]:
