@@ -114,7 +114,7 @@ class TrajectoryStreamWriter:
         u = file["u"]
         plist = u.id.get_create_plist()
         filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
-        found = (u.shape[:2], u.chunks, filters, u.dtype.newbyteorder("<"))
+        found = (u.shape[:2], u.chunks, filters, u.dtype)
         wanted = ((self.n_members, self.n_times), self.layout.chunk_shape, self.layout.filters, self.layout.dtype)
         if found != wanted:
             file.close()
