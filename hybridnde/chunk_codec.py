@@ -59,6 +59,11 @@ class ChunkLayout:
         return (1, self.time_chunk, self.state_size)
 
     @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one chunk before filtering."""
+        return self.time_chunk * self.state_size * self.dtype.itemsize
+
+    @property
     def filters(self) -> tuple[int, ...]:
         """HDF5 filter pipeline of ``u``, in order."""
         return (HDF5_SHUFFLE, HDF5_DEFLATE) if self.compression_level > 0 else ()
@@ -72,7 +77,6 @@ class EncodedBlock:
     member_start: int
     time_start: int
     chunks: tuple[bytes, ...]
-    raw_bytes: int
 
     def offsets(self):
         for i, payload in enumerate(self.chunks):
@@ -88,8 +92,7 @@ def encode_block(values: np.ndarray, member_start: int, time_start: int, layout:
     if time_start % layout.time_chunk or times > layout.time_chunk or time_start + times > layout.n_times:
         raise ValueError(f"saves [{time_start}, {time_start + times}) are not within one chunk of "
                          f"{layout.time_chunk} saves of the file's {layout.n_times}")
-    whole = min(layout.time_chunk, layout.n_times - time_start) == times == layout.time_chunk
-    if whole:
+    if times == layout.time_chunk:
         padded = np.ascontiguousarray(values, dtype=layout.dtype)
     else:  # an edge chunk is stored at full size; HDF5 would pad with the fill value
         padded = np.full((members, layout.time_chunk, layout.state_size), np.nan, dtype=layout.dtype)
@@ -100,8 +103,7 @@ def encode_block(values: np.ndarray, member_start: int, time_start: int, layout:
         itemsize = layout.dtype.itemsize
         shuffled = np.ascontiguousarray(padded.view(np.uint8).reshape(members, -1, itemsize).transpose(0, 2, 1))
         chunks = tuple(zlib.compress(row, layout.compression_level) for row in shuffled)
-    return EncodedBlock(member_start=int(member_start), time_start=int(time_start), chunks=chunks,
-                        raw_bytes=int(padded.nbytes))
+    return EncodedBlock(member_start=int(member_start), time_start=int(time_start), chunks=chunks)
 
 
 def decode_chunk(payload: bytes, layout: ChunkLayout) -> np.ndarray:
