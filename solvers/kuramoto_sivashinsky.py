@@ -16,6 +16,7 @@ closure).
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .base import Closure, ExplicitSolver, PeriodicGrid, Solver
+from .cuda_graphs import CapturedStep, GraphCache
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
 from .integrators import REAL_AXIS_STABILITY_LIMIT
@@ -55,6 +57,14 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             where per-operation overhead dominates), or ``"auto"`` (dense in float64 when
             ``batch * N**2 <= dense_work_limit`` and ``N <= 64``, else fft). Steps with a closure or
             with gradients always use the FFT path.
+        cuda_graphs: on a CUDA device, ``trajectory``/``rollout`` steps without a closure and without
+            gradients replay a CUDA graph of the whole step, captured once per state tensor
+            (``solvers.cuda_graphs``): one launch instead of ~25. No effect on the CPU.
+        capture_closure: let those graphs include the closure too. Only for a capturable closure: tensor
+            operations alone, no host synchronisation (``.item()``, printing) and no Python-side state
+            that changes between calls, since a graph replays the kernels it recorded; ``t`` reaches it
+            as a device tensor. A closure that fails to capture is stepped eagerly, with a warning.
+            Off by default; rollouts of trained closure files (``hybridnde rollout``) turn it on.
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
@@ -67,7 +77,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
                  contour_points: int = 64, closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64,
-                 implementation: str = "auto"):
+                 implementation: str = "auto", cuda_graphs: bool = True, capture_closure: bool = False):
         super().__init__(dt=dt, closure=closure, device=device, dtype=dtype)
         if n_points < 4 or n_points % 2:
             raise ValueError(f"n_points={n_points} must be an even number >= 4")
@@ -83,6 +93,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self.nonlinear_coefficient = float(nonlinear_coefficient)
         self.contour_points = int(contour_points)
         self.implementation = implementation
+        self.cuda_graphs = bool(cuda_graphs)
+        self.capture_closure = bool(capture_closure)
 
         modes = np.arange(self.n_points // 2 + 1)
         wavenumber = 2 * np.pi / self.domain_length * modes
@@ -103,6 +115,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self._plans: dict[float, ETDRK4Plan] = {}
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
+        self._captured = GraphCache()
 
     # -- transforms -------------------------------------------------------------------------------
     def to_fourier(self, u: Tensor) -> Tensor:
@@ -256,12 +269,21 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all
     def to_internal(self, u: Tensor) -> Tensor:
-        return u if self._use_dense(u) else self.to_fourier(u)
+        if not self._use_dense(u):
+            return self.to_fourier(u)
+        return u.clone() if self._replays(u) else u  # replayed steps update the state in place
 
     def from_internal(self, state: Tensor) -> Tensor:
-        return self.to_physical(state) if state.is_complex() else state
+        if state.is_complex():
+            return self.to_physical(state)
+        return state.clone() if self._replays(state) else state
 
     def step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        if self._replays(state):
+            captured = self._captured_step(state, dt)
+            if captured is not None:
+                captured.replay(t)
+                return state
         if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
             return self._fourier_step(t, state, dt, in_place=True)
         # dense path: the per-step Python work matters at batch 1, so reuse the stepper directly
@@ -269,6 +291,32 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         if stepper is not None and self.closure is None and not (torch.is_grad_enabled() and state.requires_grad):
             return stepper.step(state)
         return self.step(t, state, dt)
+
+    def _replays(self, state: Tensor) -> bool:
+        """Whether ``step_internal`` replays a CUDA graph for ``state``."""
+        return (self.cuda_graphs and state.device.type == "cuda" and (self.closure is None or self.capture_closure)
+                and not (torch.is_grad_enabled() and state.requires_grad))
+
+    def _captured_step(self, state: Tensor, dt: float) -> CapturedStep | None:
+        """The captured step for ``state``; ``None`` (and graphs off for this solver) when capture fails."""
+        def capture() -> CapturedStep:
+            if state.is_complex():
+                workspace = self._fourier_workspace(state.shape[0])
+                # the closure reads the stage times from this tensor; without one the step ignores t
+                time = None if self.closure is None else torch.zeros((), dtype=self.dtype, device=state.device)
+                return CapturedStep(lambda s: self._fourier_step(0.0 if time is None else time, s, dt, in_place=True),
+                                    state, keep_alive=(workspace, self.plan(dt), self.closure), time=time)
+            stepper = self._dense_stepper(state, dt)  # only without a closure (_use_dense)
+            return CapturedStep(lambda s: s.copy_(stepper.step(s)), state, keep_alive=(stepper,))
+
+        try:
+            return self._captured.get_or_capture(GraphCache.key(state, dt, id(self.closure)), capture)
+        except RuntimeError as error:  # a CUDA build or driver that cannot capture: step eagerly
+            warnings.warn(f"CUDA graph capture failed ({error}); stepping without graphs", RuntimeWarning,
+                          stacklevel=3)
+            self.cuda_graphs = False
+            self._captured.clear()
+            return None
 
 
 @lru_cache(maxsize=None)

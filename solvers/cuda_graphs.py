@@ -1,0 +1,86 @@
+"""Replaying one in-place time step as a CUDA graph.
+
+A small ETDRK4 step on a GPU is some 25 kernels of a few microseconds each; launched one by one from
+Python, the launches (not the arithmetic) set the pace. Captured once into a CUDA graph, the whole
+step is a single launch (NVIDIA, CUDA C++ Programming Guide, "CUDA Graphs"; ``torch.cuda.CUDAGraph``).
+
+A graph replays fixed memory addresses, so a captured step belongs to one state tensor (its address,
+shape and dtype) and updates it in place; every buffer the step reads or writes must outlive the
+graph, which is why ``CapturedStep`` keeps references to them. The step time is an input like the
+state: a 0-dim device tensor (``time``) that the step must read as a tensor, refilled before each replay
+(a Python float would be recorded as a constant).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["CapturedStep", "GraphCache"]
+
+
+class CapturedStep:
+    """``step_in_place(state)`` captured once on ``state``'s CUDA device; ``replay()`` runs it again.
+
+    ``keep_alive``: objects holding buffers the step uses (workspaces, matrices); referenced here so
+    they cannot be freed while the graph may still write into them. ``state`` itself is not kept:
+    the graph is looked up by its address (``GraphCache``), so it serves whichever tensor lives there.
+    ``time``: the 0-dim tensor ``step_in_place`` reads the step's start time from, or ``None`` when the
+    step does not depend on it.
+    """
+
+    def __init__(self, step_in_place: Callable[[Tensor], object], state: Tensor, *, keep_alive: tuple = (),
+                 time: Tensor | None = None):
+        if state.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA tensor; the state is on {state.device}")
+        self.keep_alive = keep_alive
+        self.time = time
+        # Warm up on a scratch copy and a side stream (PyTorch's recipe for capture): FFT plans,
+        # cuBLAS handles and the allocator's blocks are made before capture, and the state is untouched.
+        scratch = state.clone()
+        side = torch.cuda.Stream(device=state.device)
+        side.wait_stream(torch.cuda.current_stream(state.device))
+        with torch.cuda.stream(side):
+            step_in_place(scratch)
+        torch.cuda.current_stream(state.device).wait_stream(side)
+        del scratch
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads (a rank's output encoder) may use CUDA while this one captures
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            step_in_place(state)  # recorded, not run
+
+    def replay(self, t: Tensor | float = 0.0) -> None:
+        """Advance the state by one step from time ``t`` (read only when the step depends on it)."""
+        if self.time is not None:
+            if isinstance(t, Tensor):
+                self.time.copy_(t)
+            else:
+                self.time.fill_(t)
+        self.graph.replay()
+
+
+class GraphCache:
+    """Captured steps of one solver, keyed by what a graph depends on; bounded (oldest dropped)."""
+
+    def __init__(self, capacity: int = 16):
+        self.capacity = capacity
+        self._steps: dict[tuple, CapturedStep] = {}
+
+    @staticmethod
+    def key(state: Tensor, *extra) -> tuple:
+        return (state.data_ptr(), tuple(state.shape), tuple(state.stride()), state.dtype, state.device, *extra)
+
+    def get_or_capture(self, key: tuple, capture: Callable[[], CapturedStep]) -> CapturedStep:
+        step = self._steps.get(key)
+        if step is None:
+            if len(self._steps) >= self.capacity:
+                self._steps.pop(next(iter(self._steps)))
+            step = self._steps[key] = capture()
+        return step
+
+    def clear(self) -> None:
+        self._steps.clear()
+
+    def __len__(self) -> int:
+        return len(self._steps)
