@@ -65,6 +65,9 @@ class ProbeSampler:
         self.generator.manual_seed(int(seed))
 
     def __call__(self, u: Tensor) -> Tensor:
+        if u.device.type != self.device.type:
+            raise ValueError(f"ProbeSampler draws on {self.device} but u is on {u.device}; "
+                             f"build it with ProbeSampler(..., device=u.device)")
         return draw_probes(u.shape, count=self.count, distribution=self.distribution, normalize=self.normalize,
                            generator=self.generator, device=u.device, dtype=u.dtype)
 
