@@ -20,6 +20,10 @@ Reported, relative to the 4 closure forwards: ``hook overhead = (free - bare) / 
 difference of two large, noisy times (the CNN's cost swings by 20-50% on a busy machine), hence
 the free-closure decomposition.
 
+On a GPU (``--device cuda``) every contender runs as CUDA graphs -- the solvers with
+``cuda_graphs=True, capture_closure=True``, the forwards captured as one graph -- and the wall clock is
+used; ``--eager`` launches every kernel instead (then the launches, not the arithmetic, dominate).
+
 The closure is ``hybridnde.models.PeriodicCNNClosure(channels=16, depth=2, kernel_size=5)``: three
 circularly padded convolutions (1 -> 16 -> 16 -> 1) with tanh, the "small periodic CNN".
 """
@@ -30,25 +34,30 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_common_arguments, configure_threads, emit_json, machine_description,  # noqa: E402
-                    print_table, time_interleaved)
+from common import (add_common_arguments, clock_for, configure_threads, emit_json,  # noqa: E402
+                    machine_description, print_table, synchronize, time_interleaved)
 
 DOMAIN_LENGTH = 22.0
 DT = 0.25
 
 
-def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: int, min_seconds: float):
+def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: int, min_seconds: float,
+            device: str = "cpu", graphs: bool = True):
     import torch
 
     from hybridnde.models import PeriodicCNNClosure
     from solvers import KuramotoSivashinskySpectral
 
     torch.manual_seed(0)
-    closure = PeriodicCNNClosure(channels=16, depth=2, kernel_size=5).to(torch.float64).eval()
-    bare = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
-    hooked = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, closure=closure)
+    closure = PeriodicCNNClosure(channels=16, depth=2, kernel_size=5).to(torch.float64).to(device).eval()
+    # on a GPU every contender runs as CUDA graphs (graphs=True) or every one launches eagerly
+    graphs = graphs and torch.device(device).type == "cuda"
+    options = dict(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device, cuda_graphs=graphs,
+                   capture_closure=graphs)
+    bare = KuramotoSivashinskySpectral(**options)
+    hooked = KuramotoSivashinskySpectral(closure=closure, **options)
     x = bare.x
-    member_scale = 1 + 0.1 * torch.arange(batch, dtype=torch.float64)[:, None]
+    member_scale = 1 + 0.1 * torch.arange(batch, dtype=torch.float64, device=device)[:, None]
     u0 = torch.cos(2 * torch.pi * x / DOMAIN_LENGTH)[None] * member_scale  # (batch, n)
     context = torch.inference_mode if grad_mode == "inference_mode" else torch.no_grad
 
@@ -57,6 +66,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
             with context():
                 for _ in solver.trajectory(u0, steps, save_every=steps):
                     pass
+            synchronize(device)
         return advance
 
     # The closure's cost depends on the values it sees (its convolutions and tanh run measurably
@@ -68,7 +78,8 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
         recorded.append((t_stage.clone(), u_stage.clone()))
         return closure(t_stage, u_stage)
 
-    recorder = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, closure=recording)
+    recorder = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, closure=recording,
+                                           device=device, cuda_graphs=False)  # it keeps Python state
     with context():
         for _ in recorder.trajectory(u0, steps, save_every=steps):
             pass
@@ -78,16 +89,28 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
         with context():
             for t_stage, u_stage in recorded:
                 closure(t_stage, u_stage)
+        synchronize(device)
+
+    if graphs:  # the forwards as one graph too, as they run inside the replayed steps
+        forwards()
+        forwards_graph = torch.cuda.CUDAGraph()
+        with context(), torch.cuda.graph(forwards_graph):
+            for t_stage, u_stage in recorded:
+                closure(t_stage, u_stage)
+
+        def forwards():
+            forwards_graph.replay()
+            synchronize(device)
 
     tendency = torch.zeros_like(u0)
-    free = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT,
-                                       closure=lambda t_stage, u_stage: tendency)
+    free = KuramotoSivashinskySpectral(closure=lambda t_stage, u_stage: tendency, **options)
     timings = time_interleaved({"bare step": (run_solver(bare), steps),
                                 "step with free closure": (run_solver(free), steps),
                                 "4 closure forwards": (forwards, steps),
                                 "step with closure": (run_solver(hooked), steps)},
                                repeats=repeats, min_seconds=min_seconds)
-    seconds = {name: 1.0 / timing.rate("cpu") for name, timing in timings.items()}  # per step, cpu clock
+    clock = clock_for(device)
+    seconds = {name: 1.0 / timing.rate(clock) for name, timing in timings.items()}  # per step
     wall = {name: 1.0 / timing.rate("wall") for name, timing in timings.items()}
     closure_cost = seconds["4 closure forwards"]
     return {
@@ -98,7 +121,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
         "hook_overhead": (seconds["step with free closure"] - seconds["bare step"]) / closure_cost,
         "solver_share": seconds["step with free closure"] / closure_cost,
         "solver_share_direct": (seconds["step with closure"] - closure_cost) / closure_cost,
-        "repeats": repeats, "dtype": "float64",
+        "repeats": repeats, "dtype": "float64", "clock": clock, "cuda_graphs": graphs,
     }
 
 
@@ -109,6 +132,7 @@ KEYS = {"bare_step": "bare step", "step_with_free_closure": "step with free clos
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
+    parser.add_argument("--eager", action="store_true", help="on a GPU: no CUDA graphs (every kernel launched)")
     args = parser.parse_args(argv)
     threads = configure_threads(args.threads)
     sizes = [(32, 4)] if args.tiny else [(64, 64), (256, 64)]
@@ -118,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         for grad_mode in modes:
             record = measure(n_points, batch, 2 if args.tiny else 20, grad_mode=grad_mode,
                              repeats=1 if args.tiny else args.repeats,
-                             min_seconds=0.01 if args.tiny else args.min_seconds)
-            records.append({**record, **machine_description(threads)})
+                             min_seconds=0.01 if args.tiny else args.min_seconds, device=args.device,
+                             graphs=not args.eager)
+            records.append({**record, **machine_description(threads, args.device)})
 
     def micro(seconds: float) -> str:
         return f"{seconds * 1e6:.0f}"
 
-    rows = [{"N": r["n_points"], "batch": r["batch"], "mode": r["grad_mode"],
+    rows = [{"N": r["n_points"], "batch": r["batch"], "mode": r["grad_mode"] + (" graph" if r["cuda_graphs"] else ""),
              "bare step us": micro(r["bare_step_s"]), "free closure us": micro(r["step_with_free_closure_s"]),
              "4 closure fwd us": micro(r["four_closure_forwards_s"]),
              "step+closure us": micro(r["step_with_closure_s"]),
@@ -133,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in records]
     print_table(rows, ["N", "batch", "mode", "bare step us", "free closure us", "4 closure fwd us",
                        "step+closure us", "hook overhead", "solver share", "(direct)"],
-                title=f"Closure in the hook: per-step cost (cpu clock, medians), float64, {threads} thread(s)")
+                title=f"Closure in the hook: per-step cost ({clock_for(args.device)} clock, medians), float64, "
+                      f"{args.device}, {threads} thread(s)")
     print()
     emit_json(records, args.jsonl)
     return 0

@@ -29,12 +29,14 @@ from typing import Callable, Iterable, Sequence
 
 __all__ = [
     "add_common_arguments", "configure_threads", "Timing", "calibrate", "time_interleaved",
-    "print_table", "emit_json", "machine_description", "peak_rss_bytes", "format_rate",
+    "print_table", "emit_json", "machine_description", "peak_rss_bytes", "format_rate", "synchronize",
+    "clock_for",
 ]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tiny`` (CI smoke run), ``--threads``, ``--repeats``, ``--min-seconds``, ``--jsonl``."""
+def add_common_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """``--tiny`` (CI smoke run), ``--threads``, ``--repeats``, ``--min-seconds``, ``--jsonl`` and,
+    with ``device``, ``--device``."""
     parser.add_argument("--tiny", action="store_true",
                         help="smallest sizes and one short repeat: checks that the script runs (CI)")
     parser.add_argument("--threads", type=int, default=1,
@@ -43,6 +45,26 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-seconds", type=float, default=0.2,
                         help="each timed call runs for at least this long (calibrated)")
     parser.add_argument("--jsonl", default=None, help="also append the JSON lines to this file")
+    if device:
+        parser.add_argument("--device", default="cpu",
+                            help="torch device of our solver, closure and model (e.g. cuda); on a GPU the "
+                                 "ratios use the wall clock")
+
+
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so a timed call covers it (no-op on CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock_for(device) -> str:
+    """The clock ratios are quoted in: process CPU time on the CPU (fair on a busy machine), wall time
+    on a GPU (the host thread's CPU time is not the GPU's)."""
+    import torch
+
+    return "wall" if torch.device(device).type == "cuda" else "cpu"
 
 
 def configure_threads(threads: int) -> int:
@@ -157,13 +179,17 @@ def emit_json(records: Iterable[dict[str, object]], jsonl_path: str | None = Non
             handle.writelines(line + "\n" for line in lines)
 
 
-def machine_description(threads: int) -> dict[str, object]:
-    """What the figures were measured on (goes into every JSON line)."""
+def machine_description(threads: int, device: str = "cpu") -> dict[str, object]:
+    """What the figures were measured on (goes into every JSON line); names the GPU when there is one."""
     import torch
 
-    return {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    description = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                   "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+                   "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                   "device": str(device)}
+    if torch.device(device).type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return description
 
 
 def peak_rss_bytes() -> int:

@@ -3,16 +3,19 @@
     python benchmarks/ks_stepper.py                 # 1 thread, the four (N, batch) points of issue 9
     python benchmarks/ks_stepper.py --threads 0     # every core (torch and XLA alike)
     python benchmarks/ks_stepper.py --tiny          # CI smoke run (seconds)
+    python benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory   # on a GPU (wall clock)
 
 Equation (all contenders): ``u_t = -u u_x - u_xx - u_xxxx`` on ``[0, 22)``, float64, ``dt = 0.25``,
 ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see common.py):
 
 * ``hybridnde``: ``KuramotoSivashinskySpectral.trajectory`` (Fourier state kept between steps), under
-  ``torch.inference_mode``; ``hybridnde step()``: the public one-step call on physical states;
+  ``torch.inference_mode``; ``hybridnde step()``: the public one-step call on physical states; on a
+  GPU also ``hybridnde (no CUDA graph)``: the trajectory with ``cuda_graphs=False`` (eager launches);
 * ``exponax``: ``exponax.stepper.KuramotoSivashinskyConservative(order=4)`` -- the conservative
   ``-1/2 (u^2)_x`` form, which is our equation (the plain ``KuramotoSivashinsky`` stepper is the
   combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
-  of a ``lax.fori_loop`` over the steps, ``block_until_ready``; once calling the stepper on physical
+  of a ``lax.fori_loop`` over the steps, ``block_until_ready`` (on JAX's GPU with ``--device cuda``);
+  once calling the stepper on physical
   states (what ``exponax.rollout`` does) and once on its Fourier state (``step_fourier``);
 * ``hybridnde torch.compile`` (``--compile`` only): inductor-compiled block of steps;
 * ``numpy KT``: a plain batched numpy ETDRK4 in the style of Kassam & Trefethen 2005 (kursiv.m);
@@ -36,8 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_common_arguments, configure_threads, emit_json, format_rate,  # noqa: E402
-                    machine_description, peak_rss_bytes, print_table, time_interleaved)
+from common import (add_common_arguments, clock_for, configure_threads, emit_json, format_rate,  # noqa: E402
+                    machine_description, peak_rss_bytes, print_table, synchronize, time_interleaved)
 
 DOMAIN_LENGTH = 22.0
 DT = 0.25
@@ -58,20 +61,14 @@ def smooth_initial_state(n_points: int, batch: int):
 
 
 # -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
-def synchronize(device: str) -> None:
-    """Wait for queued GPU work, so a timed call covers it (no-op on CPU)."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu"):
+def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu",
+                        cuda_graphs: bool = True):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
 
-    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device)
+    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device,
+                                         cuda_graphs=cuda_graphs)
     state = torch.as_tensor(u0, dtype=torch.float64, device=device)
 
     def advance(n: int):
@@ -126,17 +123,21 @@ def compiled_contender(n_points: int, u0, steps: int):
     return (lambda: advance(steps)), (lambda n: advance(n).numpy())
 
 
-def exponax_contenders(n_points: int, u0, steps: int):
-    """Two exponax variants (physical-state stepping and Fourier-state stepping)."""
+def exponax_contenders(n_points: int, u0, steps: int, *, device: str = "cpu"):
+    """Two exponax variants (physical-state stepping and Fourier-state stepping), on the JAX device
+    of the same kind as ``device`` (its GPU for ``cuda``)."""
     import jax
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
     import exponax
+    import torch
+
+    platform = "gpu" if torch.device(device).type == "cuda" else "cpu"
 
     stepper = exponax.stepper.KuramotoSivashinskyConservative(
         1, DOMAIN_LENGTH, n_points, DT, order=4, dealiasing_fraction=2.0 / 3.0)
-    state = jnp.asarray(u0[:, None, :])  # (batch, channel=1, n)
+    state = jax.device_put(jnp.asarray(u0[:, None, :]), jax.devices(platform)[0])  # (batch, channel=1, n)
     physical = jax.vmap(stepper)
     fourier = jax.vmap(stepper.step_fourier)
 
@@ -199,11 +200,14 @@ def numpy_kassam_trefethen(n_points: int, u0, steps: int):
     return (lambda: advance(steps)), advance
 
 
-def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True, device: str = "cpu"):
+def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True, device: str = "cpu",
+              graph: bool = False):
     """The 4 rfft + 4 irfft of one step, ``steps`` times: what no FFT-based stepper can beat in torch.
 
     ``into_buffers``: write into reused outputs (``out=``), the fastest way to call them here;
-    otherwise every call allocates its result.
+    otherwise every call allocates its result. ``graph`` (CUDA only): the ``8 steps`` FFTs captured as
+    one CUDA graph -- the floor for a stepper that replays graphs, where eager launches would be the
+    floor only for eager steppers.
     """
     import torch
 
@@ -223,6 +227,19 @@ def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True, devic
                         torch.fft.irfft(u_hat, n=n_points)
         synchronize(device)
 
+    if graph:
+        advance()  # plans made before capture
+        captured = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(captured):
+            for _ in range(4 * steps):  # 4 pairs a step
+                torch.fft.rfft(u, out=u_hat_out)
+                torch.fft.irfft(u_hat, n=n_points, out=u_out)
+
+        def replay():
+            captured.replay()
+            synchronize(device)
+
+        return replay, None
     return advance, None
 
 
@@ -242,19 +259,30 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
         steps = 2 if args.tiny else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
         u0 = smooth_initial_state(n_points, batch)
         device = args.device
+        on_gpu = clock_for(device) == "wall"
         builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
             "hybridnde": hybridnde_contender(n_points, u0, steps, device=device),
             "hybridnde step()": hybridnde_contender(n_points, u0, steps, public_step=True, device=device),
         }
+        if on_gpu:
+            builders["hybridnde (no CUDA graph)"] = hybridnde_contender(n_points, u0, steps, device=device,
+                                                                        cuda_graphs=False)
         if have_exponax:
-            builders.update(exponax_contenders(n_points, u0, steps))
+            try:
+                builders.update(exponax_contenders(n_points, u0, steps, device=device))
+            except Exception as error:  # noqa: BLE001 -- a peer that cannot run here is reported, not fatal
+                print(f"exponax skipped at N={n_points}, batch={batch}: {type(error).__name__}: {error}"[:400],
+                      file=sys.stderr)
         if args.compile:
             compiled = compiled_contender(n_points, u0, steps)
             if compiled is not None:
                 builders["hybridnde torch.compile"] = compiled
-        builders["numpy KT"] = numpy_kassam_trefethen(n_points, u0, steps)
+        if not args.no_numpy:
+            builders["numpy KT"] = numpy_kassam_trefethen(n_points, u0, steps)
         builders["FFT floor"] = fft_floor(n_points, u0, steps, device=device)
         builders["FFT floor (allocating)"] = fft_floor(n_points, u0, steps, into_buffers=False, device=device)
+        if on_gpu:
+            builders["FFT floor (CUDA graph)"] = fft_floor(n_points, u0, steps, device=device, graph=True)
 
         reference = builders["hybridnde"][1](CHECK_STEPS)
         scale = float(np.abs(reference).max())
@@ -273,8 +301,9 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                 "ours_over_this_wall": ours.rate("wall") / timing.rate("wall"),
                 "relative_deviation_after_20_steps": deviation, "steps_per_call": steps,
                 "repeats": len(timing.cpu), "dtype": "float64", "domain_length": DOMAIN_LENGTH, "dt": DT,
-                "torch_device": device if name.startswith(("hybridnde", "FFT floor")) else "cpu",
-                **machine_description(threads)})
+                "contender_device": ("cpu" if name == "numpy KT" or (name.startswith("exponax") and not on_gpu)
+                                     else device),
+                **machine_description(threads, device)})
     return records
 
 
@@ -346,9 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--memory-only", action="store_true", help="only the memory part")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device for our solver and the FFT floor (e.g. cuda; quote the wall clock "
-                             "there); exponax and numpy stay on the CPU")
+    parser.add_argument("--no-numpy", action="store_true", help="leave out the numpy contender (always on the CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of a block of steps (slow to compile; no gain on CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")

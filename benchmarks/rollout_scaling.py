@@ -272,7 +272,7 @@ def codec_table(members: int, steps: int, save_every: int, levels: list[int], ti
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
+    add_common_arguments(parser, device=False)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts (the first is the base)")
     parser.add_argument("--members-per-rank", type=int, default=None, help="override the per-case default")
     parser.add_argument("--steps", type=int, default=None, help="override the per-case default")

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timing, add_common_arguments, configure_threads, emit_json, machine_description, print_table  # noqa: E402
+from common import (Timing, add_common_arguments, clock_for, configure_threads, emit_json,  # noqa: E402
+                    machine_description, print_table, synchronize)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 KS_CASE = REPOSITORY / "cases" / "ks_l22.toml"
@@ -68,7 +69,7 @@ def load_average() -> float:
 
 
 # -- the KS set-up ------------------------------------------------------------------------------
-def ks_setup(n_points: int, channels: int, batch: int, rollout_steps: int, *, seed: int = 0):
+def ks_setup(n_points: int, channels: int, batch: int, rollout_steps: int, *, seed: int = 0, device: str = "cpu"):
     """``(case, model, host, reference, windows)``: ks_l22 at ``n_points`` with a ``channels``-wide CNN;
     ``windows: (batch, max(rollout_steps, 2) + 1, n_points)`` on the attractor, 0.25 apart."""
     import torch
@@ -82,9 +83,9 @@ def ks_setup(n_points: int, channels: int, batch: int, rollout_steps: int, *, se
     case = load_case(KS_CASE, overrides=[f"system.n_points={n_points}", f"model.width={channels}",
                                          f"training.batch_size={batch}", f"training.rollout_steps={rollout_steps}"])
     torch.manual_seed(seed)
-    model = build_model(case.model, state_shape=(n_points,))
-    host = build_host_solver(case, closure=model)
-    reference = reference_solver(case)
+    model = build_model(case.model, state_shape=(n_points,), device=device)
+    host = build_host_solver(case, closure=model, device=device)
+    reference = reference_solver(case, device=device)
     with torch.no_grad():
         u0 = draw_initial_conditions(case.initial_condition, reference, range(batch))
         u = reference.rollout(u0, case.time.spinup_steps)[:, -1]
@@ -104,9 +105,9 @@ def dense_target(reference, host, u):
     import torch
 
     batch, n = u.shape
-    t = torch.zeros((), dtype=u.dtype)
+    t = torch.zeros((), dtype=u.dtype, device=u.device)
     with torch.no_grad():
-        basis = torch.eye(n, dtype=u.dtype).repeat(batch, 1)          # row b * n + j is e_j
+        basis = torch.eye(n, dtype=u.dtype, device=u.device).repeat(batch, 1)          # row b * n + j is e_j
         stacked = u.detach().repeat_interleave(n, dim=0)              # row b * n + j is u_b
         columns = reference.jvp(t, stacked, basis) - host.jvp(t, stacked, basis)
         return columns.reshape(batch, n, n).transpose(1, 2)           # [b, i, j] = (J e_j)_i
@@ -119,7 +120,7 @@ def dense_penalty(model, reference, host, u, method: str):
     """
     import torch
 
-    t = torch.zeros((), dtype=u.dtype)
+    t = torch.zeros((), dtype=u.dtype, device=u.device)
     transform = torch.func.jacfwd if method == "jacfwd" else torch.func.jacrev
 
     def member(x):
@@ -146,8 +147,9 @@ def step_variants(n_points: int, arguments, *, dense: bool) -> tuple[dict[str, C
     from hybridnde.regularizers import ProbeSampler, directional_jacobian_penalty
     from hybridnde.training import Batch, DirectionalDerivativeTerm, FiniteDifferenceTerm, RolloutLoss
 
+    device = arguments.device
     case, model, host, reference, windows = ks_setup(n_points, arguments.channels, arguments.batch,
-                                                     arguments.rollout_steps)
+                                                     arguments.rollout_steps, device=device)
     batch = Batch(windows, case.time.sample_interval, torch.zeros(len(windows), 2, dtype=torch.long))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)  # tiny steps: the weights stay typical
     rollout = RolloutLoss(steps=arguments.rollout_steps)
@@ -160,6 +162,7 @@ def step_variants(n_points: int, arguments, *, dense: bool) -> tuple[dict[str, C
             if extra is not None:
                 extra()
             optimizer.step()
+            synchronize(device)
         return step
 
     probes = arguments.probes
@@ -167,7 +170,7 @@ def step_variants(n_points: int, arguments, *, dense: bool) -> tuple[dict[str, C
     counts = {"plain": 0}
     for method in JVP_METHODS:
         term = DirectionalDerivativeTerm(weight=1.0, reference_jvp=reference.jvp, known_jvp=host.jvp,
-                                         probes=ProbeSampler(count=probes, seed=1), method=method)
+                                         probes=ProbeSampler(count=probes, seed=1, device=device), method=method)
         variants[f"+ jvp {method}"] = training_step([rollout, term])
         counts[f"+ jvp {method}"] = probes
     variants["+ fd"] = training_step([rollout, FiniteDifferenceTerm(weight=1.0)])
@@ -183,7 +186,7 @@ def step_variants(n_points: int, arguments, *, dense: bool) -> tuple[dict[str, C
     # exactness, at the initial weights: every exact method gives the same L_AD and gradient, and the
     # dense penalty equals L_AD with the N basis vectors as probes (times N: L_AD averages over probes)
     u = windows[:, 0]
-    fixed = ProbeSampler(count=probes, seed=1)(u)
+    fixed = ProbeSampler(count=probes, seed=1, device=device)(u)
     gradients = {}
     for method in JVP_METHODS:
         model.zero_grad(set_to_none=True)
@@ -199,7 +202,7 @@ def step_variants(n_points: int, arguments, *, dense: bool) -> tuple[dict[str, C
         "jvp_methods_max_relative_value_difference": max(abs(v - value0) / abs(value0) for v, _ in gradients.values())}
     if dense:  # on a few members: N basis probes through the tangent method hold N times the activations
         few = u[:4]
-        basis = torch.eye(n_points, dtype=u.dtype).unsqueeze(1).expand(n_points, *few.shape)
+        basis = torch.eye(n_points, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n_points, *few.shape)
         with torch.no_grad():
             ad_basis = float(directional_jacobian_penalty(model, few, basis, reference_jvp=reference.jvp,
                                                           known_jvp=host.jvp, method="tangent")) * n_points
@@ -235,17 +238,24 @@ def step_costs(arguments, threads: int) -> list[dict]:
         variants, counts, checks = step_variants(n_points, arguments, dense=dense)
         timings = time_variants(variants, arguments.repeats, arguments.dense_repeats)
         plain = timings["plain"]
+        clock = clock_for(arguments.device)
+
+        def median(timing: Timing) -> float:
+            return timing.cpu_median if clock == "cpu" else timing.wall_median
+
         for name, timing in timings.items():
-            ratio = timing.cpu_median / plain.cpu_median
+            ratio = median(timing) / median(plain)
             per_probe = (ratio - 1.0) / counts[name] if counts[name] else None
             records.append({"benchmark": "training_step", "n_points": n_points, "variant": name,
                             "channels": arguments.channels, "batch": arguments.batch, "probes": counts[name],
                             "rollout_steps": arguments.rollout_steps, "step_s_cpu": timing.cpu_median,
-                            "step_s_wall": timing.wall_median, "ratio_to_plain_cpu": ratio,
+                            "step_s_wall": timing.wall_median, "ratio_to_plain": ratio,
+                            "ratio_to_plain_cpu": timing.cpu_median / plain.cpu_median,
                             "ratio_to_plain_wall": timing.wall_median / plain.wall_median,
                             "extra_per_probe_over_plain": per_probe, "repeats": len(timing.cpu),
                             "samples_cpu": timing.cpu, "load_average_before": load_before,
-                            "load_average_after": load_average(), **checks, **machine_description(threads)})
+                            "load_average_after": load_average(), "clock": clock, **checks,
+                            **machine_description(threads, arguments.device)})
         print(f"N = {n_points}: load average {load_before} -> {load_average()}; checks {checks}", flush=True)
     records += dense_extrapolation(records, arguments)
     return records
@@ -261,14 +271,16 @@ def dense_extrapolation(records: list[dict], arguments) -> list[dict]:
         if len(measured) < 2:
             continue
         n1, n2 = sorted(measured)[-2:]
-        growth = math.log((measured[n2]["ratio_to_plain_cpu"] - 1) / (measured[n1]["ratio_to_plain_cpu"] - 1)) / math.log(n2 / n1)
+        growth = math.log((measured[n2]["ratio_to_plain"] - 1) / (measured[n1]["ratio_to_plain"] - 1)) / math.log(n2 / n1)
         for n_points in arguments.sizes:
             if n_points in measured or n_points not in plains:
                 continue
-            ratio = 1 + (measured[n2]["ratio_to_plain_cpu"] - 1) * (n_points / n2) ** growth
+            ratio = 1 + (measured[n2]["ratio_to_plain"] - 1) * (n_points / n2) ** growth
+            clock = measured[n2]["clock"]
             extra.append({"benchmark": "training_step", "n_points": n_points, "variant": f"+ dense {method}",
                           "extrapolated": True, "growth_exponent_of_extra_over_plain": growth,
-                          "ratio_to_plain_cpu": ratio, "step_s_cpu": ratio * plains[n_points]["step_s_cpu"],
+                          "ratio_to_plain": ratio, "clock": clock,
+                          f"step_s_{clock}": ratio * plains[n_points][f"step_s_{clock}"],
                           "extra_per_probe_over_plain": (ratio - 1) / n_points, "probes": n_points,
                           "fitted_on": [n1, n2], "channels": arguments.channels, "batch": arguments.batch})
     return extra
@@ -281,9 +293,9 @@ def print_step_tables(records: list[dict]) -> None:
             continue
         flag = " (extrapolated)" if r.get("extrapolated") else ""
         rows.append({"N": r["n_points"], "variant": r["variant"] + flag,
-                     "ms/step (cpu)": f"{r['step_s_cpu'] * 1e3:.1f}",
+                     "ms/step (cpu)": f"{r['step_s_cpu'] * 1e3:.1f}" if "step_s_cpu" in r else "-",
                      "(wall)": f"{r['step_s_wall'] * 1e3:.1f}" if "step_s_wall" in r else "-",
-                     "x plain": f"{r['ratio_to_plain_cpu']:.2f}",
+                     "x plain": f"{r['ratio_to_plain']:.2f} ({r['clock']})",
                      "probes": r["probes"] or "-",
                      "extra per probe / plain": "-" if r["extra_per_probe_over_plain"] is None
                      else f"{r['extra_per_probe_over_plain']:.3f}",

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The issue-9 benchmarks and the CUDA tests on a GPU machine, in one go (each part time-boxed, so one
+# hang cannot take the others with it). Output goes to stdout and, when OUT is set, to $OUT/*.log/jsonl.
+#
+#     bash benchmarks/gpu_suite.sh                  # every part; needs torch with CUDA, jax[cuda] + exponax
+#     bash benchmarks/gpu_suite.sh ks_stepper tests # only these parts (names below)
+#
+# Quote wall-clock ratios from it (benchmarks/common.py: on a GPU the host's CPU time is not the GPU's).
+set -u
+OUT=${OUT:-/tmp/hybridnde-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PARTS=" ${*:-environment tests ks_stepper closure_overhead closure_overhead_eager training_step pipeline rollout} "
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 seconds=$2; shift 2
+  [[ $PARTS == *" $name "* ]] || return 0
+  echo "=== $name ($(date +%T), limit ${seconds}s): $*"
+  local start=$SECONDS
+  timeout "$seconds" "$@" > >(tee "$OUT/$name.log") 2>&1
+  echo "=== $name: exit $? after $((SECONDS - start)) s"
+}
+part environment 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "
+import torch, numpy, sys; print(sys.version.split()[0], \"torch\", torch.__version__, torch.cuda.get_device_name(0))
+try:
+    import jax, exponax; print(\"jax\", jax.__version__, jax.devices(), \"exponax\", exponax.__version__)
+except Exception as error: print(\"no exponax peer:\", error)"'
+part tests 100 python3 -m pytest -q -p no:cacheprovider -k cuda tests
+part ks_stepper 170 python3 benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory --repeats 5 \
+  --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
+part closure_overhead 60 python3 benchmarks/closure_overhead.py --device cuda --repeats 5 --min-seconds 0.1 \
+  --jsonl "$OUT/bench.jsonl"
+part closure_overhead_eager 60 python3 benchmarks/closure_overhead.py --device cuda --eager --repeats 5 \
+  --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
+part training_step 110 python3 benchmarks/training_step.py --device cuda --no-memory --repeats 5 \
+  --jsonl "$OUT/bench.jsonl"
+# the whole job on the GPU (compute.device = "auto" picks it): simulate, train, roll out, evaluate
+part pipeline 110 python3 -m hybridnde.cli run cases/ks_l22.toml --quick --no-progress --out /tmp/hybridnde-gpu-run
+# an ensemble at scale with the trained closure inside CUDA graphs (run after pipeline: its closure file)
+part rollout 120 python3 -m hybridnde.cli rollout cases/ks_l22.toml --quick --no-progress \
+  --closure /tmp/hybridnde-gpu-run/closure.pt --out /tmp/hybridnde-gpu-run/ensemble.nc \
+  --set rollout.members=2048 --set rollout.steps=2000 --set rollout.save_every=20
