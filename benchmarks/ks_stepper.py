@@ -322,8 +322,9 @@ def print_throughput(records: list[dict[str, object]], threads: int) -> None:
 
 
 # -- memory: streamed trajectory vs stacked rollout -------------------------------------------------
-def memory_probe(mode: str, n_steps: int, n_points: int, batch: int) -> None:
-    """Child process: run one rollout and print the peak RSS growth over the warmed-up baseline."""
+def memory_probe(mode: str, n_steps: int, n_points: int, batch: int, device: str = "cpu") -> None:
+    """Child process: run one rollout and print the peak memory growth over the warmed-up baseline
+    (resident set on the CPU; the caching allocator's peak allocation on a GPU)."""
     import json
 
     import torch
@@ -331,20 +332,26 @@ def memory_probe(mode: str, n_steps: int, n_points: int, batch: int) -> None:
     from solvers import KuramotoSivashinskySpectral
 
     torch.set_num_threads(1)
-    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT)
-    u0 = torch.as_tensor(smooth_initial_state(n_points, batch), dtype=torch.float64)
+    on_gpu = torch.device(device).type == "cuda"
+    solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device)
+    u0 = torch.as_tensor(smooth_initial_state(n_points, batch), dtype=torch.float64, device=device)
     with torch.inference_mode():
         for _ in solver.trajectory(u0, 8):  # warm up allocator, FFT plans, coefficients
             pass
-        baseline = peak_rss_bytes()
+        if on_gpu:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device) if on_gpu else peak_rss_bytes()
         if mode == "trajectory":
-            total = torch.zeros(n_points, dtype=torch.float64)
+            total = torch.zeros(n_points, dtype=torch.float64, device=device)
             for _, u in solver.trajectory(u0, n_steps):  # streamed, as the NetCDF writer consumes it
                 total += u.sum(0)
         else:
             saved = solver.rollout(u0, n_steps)
             total = saved.sum((0, 1))
-    print(json.dumps({"peak_rss_growth_bytes": peak_rss_bytes() - baseline, "checksum": float(total.sum())}))
+        checksum = float(total.sum())
+    peak = torch.cuda.max_memory_allocated(device) if on_gpu else peak_rss_bytes()
+    print(json.dumps({"peak_rss_growth_bytes": peak - baseline, "checksum": checksum}))
 
 
 def memory(args, threads: int) -> list[dict[str, object]]:
@@ -356,18 +363,21 @@ def memory(args, threads: int) -> list[dict[str, object]]:
     for mode in ("trajectory", "rollout"):
         for n_steps in lengths:
             output = subprocess.run(
-                [sys.executable, __file__, "--memory-probe", mode, str(n_steps), str(n_points), str(batch)],
+                [sys.executable, __file__, "--memory-probe", mode, str(n_steps), str(n_points), str(batch),
+                 args.device],
                 check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
             growth = json.loads(output.strip().splitlines()[-1])["peak_rss_growth_bytes"]
             records.append({"benchmark": "ks_rollout_memory", "mode": mode, "n_steps": n_steps,
                             "n_points": n_points, "batch": batch, "peak_rss_growth_bytes": growth,
                             "saved_states_bytes": (n_steps + 1) * n_points * batch * 8,
-                            **machine_description(threads)})
+                            "memory": "cuda_allocated" if clock_for(args.device) == "wall" else "rss",
+                            **machine_description(threads, args.device)})
     rows = [{"method": r["mode"], "steps": r["n_steps"], "N x batch": f"{r['n_points']} x {r['batch']}",
-             "peak RSS growth": f"{r['peak_rss_growth_bytes'] / 2**20:.1f} MiB",
+             "peak growth": f"{r['peak_rss_growth_bytes'] / 2**20:.1f} MiB",
              "all states would be": f"{r['saved_states_bytes'] / 2**20:.1f} MiB"} for r in records]
-    print_table(rows, ["method", "steps", "N x batch", "peak RSS growth", "all states would be"],
-                title="Peak memory of a rollout vs its length (fresh process each, float64)")
+    kind = "GPU allocation" if clock_for(args.device) == "wall" else "resident set"
+    print_table(rows, ["method", "steps", "N x batch", "peak growth", "all states would be"],
+                title=f"Peak memory ({kind}) of a rollout vs its length (fresh process each, float64, {args.device})")
     return records
 
 
@@ -379,11 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of a block of steps (slow to compile; no gain on CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
-    parser.add_argument("--memory-probe", nargs=4, metavar=("MODE", "STEPS", "N", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", nargs=5, metavar=("MODE", "STEPS", "N", "BATCH", "DEVICE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
-        mode, n_steps, n_points, batch = args.memory_probe
-        memory_probe(mode, int(n_steps), int(n_points), int(batch))
+        mode, n_steps, n_points, batch, device = args.memory_probe
+        memory_probe(mode, int(n_steps), int(n_points), int(batch), device)
         return 0
     threads = configure_threads(args.threads)
     records = []

@@ -322,8 +322,11 @@ def _reset_peak() -> bool:
         return False
 
 
-def memory_child(setup: str, steps: int, tiny: bool) -> dict:
-    """One training step of ``setup`` at rollout length ``steps`` (run in a fresh process)."""
+def memory_child(setup: str, steps: int, tiny: bool, device: str = "cpu") -> dict:
+    """One training step of ``setup`` at rollout length ``steps`` (run in a fresh process).
+
+    On a GPU the peak is the caching allocator's (``torch.cuda.max_memory_allocated``) over what was
+    allocated before the step, the GPU's counterpart of the resident-set growth."""
     import gc
 
     import torch
@@ -341,17 +344,17 @@ def memory_child(setup: str, steps: int, tiny: bool) -> dict:
         integration = {"ode_step": "step", "ode_odeint": "odeint", "ode_adjoint": "odeint_adjoint"}[setup]
         return build_terms(load_case(ODE_CASE, overrides=[f"training.integration={integration}",
                                                           f"training.rollout_steps={k}"]),
-                           host, device=torch.device("cpu"), dtype=torch.float64)[:1]
+                           host, device=torch.device(device), dtype=torch.float64)[:1]
 
     if setup == "ks_step":
         case, model, host, _, windows = ks_setup(16 if tiny else 64, 4 if tiny else 32, 8 if tiny else 64,
-                                                 max(steps, 2))
+                                                 max(steps, 2), device=device)
     else:
         case = load_case(ODE_CASE, overrides=["model.width=16"] if tiny else [])
         torch.manual_seed(0)
-        model = build_model(case.model, state_shape=(4,))
-        host = build_host_solver(case, closure=model)
-        truth = build_solver(case.system, case.time)
+        model = build_model(case.model, state_shape=(4,), device=device)
+        host = build_host_solver(case, closure=model, device=device)
+        truth = build_solver(case.system, case.time, device=device)
         batch_size = 8 if tiny else case.training.batch_size
         with torch.no_grad():
             windows = truth.rollout(draw_initial_conditions(case.initial_condition, truth, range(batch_size)),
@@ -382,16 +385,25 @@ def memory_child(setup: str, steps: int, tiny: bool) -> dict:
 
     step(1, False)  # warm-up: imports, FFT plans, AdamW state
     gc.collect()
-    resident = _status_bytes("VmRSS")
-    reset = _reset_peak()
-    started = time.process_time()
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resident, reset = torch.cuda.memory_allocated(device), True
+    else:
+        resident, reset = _status_bytes("VmRSS"), _reset_peak()
+    started = time.perf_counter() if on_gpu else time.process_time()
     nfe = step(steps, False)
-    seconds = time.process_time() - started
-    peak = _status_bytes("VmHWM")
+    if on_gpu:
+        torch.cuda.synchronize(device)
+        seconds, peak = time.perf_counter() - started, torch.cuda.max_memory_allocated(device)
+    else:
+        seconds, peak = time.process_time() - started, _status_bytes("VmHWM")
     step(steps, True)  # saved-tensor count on its own step (the hook costs time and holds references)
     return {"benchmark": "training_step_memory", "setup": setup, "rollout_steps": steps,
             "peak_rss_growth_bytes": peak - resident if reset else None, "peak_rss_bytes": peak,
-            "saved_for_backward_bytes": saved["bytes"], "step_s_cpu": seconds, "batch": len(windows),
+            "saved_for_backward_bytes": saved["bytes"], "step_s": seconds, "batch": len(windows),
+            "memory": "cuda_allocated" if on_gpu else "rss", "device": device,
             **{key: int(value) for key, value in nfe.items()}}
 
 
@@ -403,10 +415,11 @@ def memory_table(arguments, threads: int) -> list[dict]:
     for setup in setups:
         for k in ks:
             environment = dict(os.environ, OMP_NUM_THREADS="1", **MALLOC_ENVIRONMENT)
-            command = [sys.executable, __file__, "--memory-child", setup, str(k)] + (["--tiny"] if arguments.tiny else [])
+            command = ([sys.executable, __file__, "--memory-child", setup, str(k), arguments.device]
+                       + (["--tiny"] if arguments.tiny else []))
             result = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
             record = json.loads(result.stdout.strip().splitlines()[-1])
-            record.update(load_average_before=load_before, **machine_description(threads))
+            record.update(load_average_before=load_before, **machine_description(threads, arguments.device))
             records.append(record)
     rows = []
     for k in ks:
@@ -420,14 +433,15 @@ def memory_table(arguments, threads: int) -> list[dict]:
                 row[f"{setup} nfe"] = f"{r['nfe_forward']}+{r['nfe_backward']}"
         rows.append(row)
     columns = ["k"] + [c for setup in setups for c in (setup, f"{setup} saved", f"{setup} nfe") if c in rows[0]]
-    print_table(rows, columns, title="training-step memory: peak RSS growth of one step / bytes saved for backward "
+    peak = "peak GPU allocation" if clock_for(arguments.device) == "wall" else "peak RSS growth"
+    print_table(rows, columns, title=f"training-step memory: {peak} of one step / bytes saved for backward "
                                      "(MiB), function evaluations forward+backward")
     return records
 
 
 def main() -> None:
-    if len(sys.argv) >= 4 and sys.argv[1] == "--memory-child":
-        print(json.dumps(memory_child(sys.argv[2], int(sys.argv[3]), "--tiny" in sys.argv[4:])))
+    if len(sys.argv) >= 5 and sys.argv[1] == "--memory-child":
+        print(json.dumps(memory_child(sys.argv[2], int(sys.argv[3]), "--tiny" in sys.argv[5:], sys.argv[4])))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)

@@ -225,3 +225,8 @@ def test_probes_are_seeded_and_have_the_advertised_law(device):
     assert torch.equal(sampler(torch.zeros(3, 2)), first)
     with pytest.raises(ValueError, match="distribution"):
         draw_probes(shape, count=1, distribution="uniform")
+
+
+def test_probe_sampler_on_another_device_than_the_state_names_the_fix():
+    with pytest.raises(ValueError, match=r"ProbeSampler\(\.\.\., device=u\.device\)"):
+        ProbeSampler(count=1, seed=0)(torch.zeros(2, 3, device="meta"))
