@@ -94,6 +94,8 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         raise ConfigError(f"--out {out}: give a .nc file name")
     check_output_path(out)
     device = rank_device(case.compute.device, comm.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this rank's GPU is the current one (streams, graphs, libraries)
     dtype = resolve_dtype(case.compute.dtype)
     closure, closure_checksum = load_rollout_closure(closure_path, closure, device=device, dtype=dtype,
                                                        case=case)

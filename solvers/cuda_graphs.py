@@ -36,22 +36,27 @@ class CapturedStep:
             raise ValueError(f"CUDA graphs need a CUDA tensor; the state is on {state.device}")
         self.keep_alive = keep_alive
         self.time = time
-        # Warm up on a scratch copy and a side stream (PyTorch's recipe for capture): FFT plans,
-        # cuBLAS handles and the allocator's blocks are made before capture, and the state is untouched.
-        scratch = state.clone()
-        side = torch.cuda.Stream(device=state.device)
-        side.wait_stream(torch.cuda.current_stream(state.device))
-        with torch.cuda.stream(side):
-            step_in_place(scratch)
-        torch.cuda.current_stream(state.device).wait_stream(side)
-        del scratch
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads (a rank's output encoder) may use CUDA while this one captures
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            step_in_place(state)  # recorded, not run
+        # The capture stream belongs to the current device: on cuda:1 with cuda:0 current, the step's
+        # kernels would run eagerly on cuda:1 and the graph would record nothing.
+        with torch.cuda.device(state.device):
+            # Warm up on a scratch copy and a side stream (PyTorch's recipe for capture): FFT plans,
+            # cuBLAS handles and the allocator's blocks are made before capture; the state is untouched.
+            scratch = state.clone()
+            side = torch.cuda.Stream(device=state.device)
+            side.wait_stream(torch.cuda.current_stream(state.device))
+            with torch.cuda.stream(side):
+                step_in_place(scratch)
+            torch.cuda.current_stream(state.device).wait_stream(side)
+            del scratch
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads (a rank's output encoder) may use CUDA while this one captures
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                step_in_place(state)  # recorded, not run
 
     def replay(self, t: Tensor | float = 0.0) -> None:
-        """Advance the state by one step from time ``t`` (read only when the step depends on it)."""
+        """Advance the state by one step from time ``t`` (read only when the step depends on it).
+
+        Launches on the current stream; the graph itself runs on the device it was captured on."""
         if self.time is not None:
             if isinstance(t, Tensor):
                 self.time.copy_(t)
