@@ -17,7 +17,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CapturedStep", "GraphCache"]
+__all__ = ["CapturedStep", "GraphCache", "GraphCaptureError", "module_tensor_addresses"]
+
+
+class GraphCaptureError(RuntimeError):
+    """The step ran eagerly but could not be recorded (it synchronises with the host, say)."""
 
 
 class CapturedStep:
@@ -28,6 +32,9 @@ class CapturedStep:
     the graph is looked up by its address (``GraphCache``), so it serves whichever tensor lives there.
     ``time``: the 0-dim tensor ``step_in_place`` reads the step's start time from, or ``None`` when the
     step does not depend on it.
+
+    Errors of the step itself (shapes, memory) surface from the warm-up run as they would eagerly;
+    only a failure to record raises ``GraphCaptureError``. Neither leaves ``state`` changed.
     """
 
     def __init__(self, step_in_place: Callable[[Tensor], object], state: Tensor, *, keep_alive: tuple = (),
@@ -36,22 +43,31 @@ class CapturedStep:
             raise ValueError(f"CUDA graphs need a CUDA tensor; the state is on {state.device}")
         self.keep_alive = keep_alive
         self.time = time
-        # The capture stream belongs to the current device: on cuda:1 with cuda:0 current, the step's
-        # kernels would run eagerly on cuda:1 and the graph would record nothing.
-        with torch.cuda.device(state.device):
-            # Warm up on a scratch copy and a side stream (PyTorch's recipe for capture): FFT plans,
-            # cuBLAS handles and the allocator's blocks are made before capture; the state is untouched.
+        device = state.device
+        caller_stream = torch.cuda.current_stream(device)
+        # Our own capture stream on the state's device: torch.cuda.graph's default stream is one per
+        # process, made on whichever device captured first; on another device the step's kernels
+        # would run eagerly during "capture" and the graph would record nothing.
+        side = torch.cuda.Stream(device=device)
+        with torch.cuda.device(device):
+            # Warm up on a scratch copy (PyTorch's recipe for capture): FFT plans, cuBLAS handles and
+            # the allocator's blocks are made before capture, and the state is untouched.
             scratch = state.clone()
-            side = torch.cuda.Stream(device=state.device)
-            side.wait_stream(torch.cuda.current_stream(state.device))
+            side.wait_stream(caller_stream)
             with torch.cuda.stream(side):
                 step_in_place(scratch)
-            torch.cuda.current_stream(state.device).wait_stream(side)
+            caller_stream.wait_stream(side)
             del scratch
             self.graph = torch.cuda.CUDAGraph()
-            # thread_local: other threads (a rank's output encoder) may use CUDA while this one captures
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                step_in_place(state)  # recorded, not run
+            try:
+                # thread_local: only this thread's CUDA calls may break the capture
+                with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                    step_in_place(state)  # recorded, not run
+            except RuntimeError as error:
+                raise GraphCaptureError(str(error)) from error
+            finally:
+                # a failed capture_end skips torch.cuda.graph's stream restore: restore it ourselves
+                torch.cuda.set_stream(caller_stream)
 
     def replay(self, t: Tensor | float = 0.0) -> None:
         """Advance the state by one step from time ``t`` (read only when the step depends on it).
@@ -74,6 +90,7 @@ class GraphCache:
 
     @staticmethod
     def key(state: Tensor, *extra) -> tuple:
+        """What a captured step of ``state`` depends on: its memory and layout, plus ``extra``."""
         return (state.data_ptr(), tuple(state.shape), tuple(state.stride()), state.dtype, state.device, *extra)
 
     def get_or_capture(self, key: tuple, capture: Callable[[], CapturedStep]) -> CapturedStep:
@@ -89,3 +106,12 @@ class GraphCache:
 
     def __len__(self) -> int:
         return len(self._steps)
+
+
+def module_tensor_addresses(module) -> tuple:
+    """Addresses of a ``torch.nn.Module``'s parameters and buffers (``()`` for other callables): a graph
+    reads a closure's weights from these, so a new set (``load_state_dict(assign=True)``, ``.to()``)
+    needs a new capture. In-place updates (optimiser steps, plain ``load_state_dict``) keep them."""
+    if not isinstance(module, torch.nn.Module):
+        return ()
+    return tuple(t.data_ptr() for t in (*module.parameters(), *module.buffers()))

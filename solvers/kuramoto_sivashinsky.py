@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .base import Closure, ExplicitSolver, PeriodicGrid, Solver
-from .cuda_graphs import CapturedStep, GraphCache
+from .cuda_graphs import CapturedStep, GraphCache, GraphCaptureError, module_tensor_addresses
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
 from .integrators import REAL_AXIS_STABILITY_LIMIT
@@ -64,7 +64,10 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             operations alone, no host synchronisation (``.item()``, printing) and no Python-side state
             that changes between calls, since a graph replays the kernels it recorded; ``t`` reaches it
             as a device tensor. A closure that fails to capture is stepped eagerly, with a warning.
-            Off by default; rollouts of trained closure files (``hybridnde rollout``) turn it on.
+            Graphs read the closure's weights where they lie: in-place updates are seen, new weight
+            tensors (``load_state_dict(assign=True)``, ``.to()``) from the next ``trajectory``/``rollout``
+            on (or after ``reset_cuda_graphs()``). Off by default; rollouts of trained closure files
+            (``hybridnde rollout``) turn it on.
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
@@ -116,6 +119,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
         self._captured = GraphCache()
+        self._capture_failed = False  # a capture failed once: step eagerly from then on
+        self._closure_addresses: tuple = ()  # of the closure's weights, refreshed by to_internal
 
     # -- transforms -------------------------------------------------------------------------------
     def to_fourier(self, u: Tensor) -> Tensor:
@@ -269,6 +274,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all
     def to_internal(self, u: Tensor) -> Tensor:
+        if self.closure is not None and self._replays(u):  # once per trajectory, not per step (~16 us)
+            self._closure_addresses = module_tensor_addresses(self.closure)
         if not self._use_dense(u):
             return self.to_fourier(u)
         return u.clone() if self._replays(u) else u  # replayed steps update the state in place
@@ -292,10 +299,16 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return stepper.step(state)
         return self.step(t, state, dt)
 
+    def reset_cuda_graphs(self) -> None:
+        """Drop every captured step (they are captured again when needed)."""
+        self._captured.clear()
+        self._capture_failed = False
+
     def _replays(self, state: Tensor) -> bool:
-        """Whether ``step_internal`` replays a CUDA graph for ``state``."""
-        return (self.cuda_graphs and state.device.type == "cuda" and (self.closure is None or self.capture_closure)
-                and not (torch.is_grad_enabled() and state.requires_grad))
+        """Whether ``step_internal`` replays a CUDA graph for ``state``: never where autograd must see
+        the step (its in-place path is the one that is captured)."""
+        return (self.cuda_graphs and not self._capture_failed and state.device.type == "cuda"
+                and (self.closure is None or self.capture_closure) and not self._needs_graph(state))
 
     def _captured_step(self, state: Tensor, dt: float) -> CapturedStep | None:
         """The captured step for ``state``; ``None`` (and graphs off for this solver) when capture fails."""
@@ -309,12 +322,13 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             stepper = self._dense_stepper(state, dt)  # only without a closure (_use_dense)
             return CapturedStep(lambda s: s.copy_(stepper.step(s)), state, keep_alive=(stepper,))
 
+        key = GraphCache.key(state, dt, id(self.closure), self._closure_addresses)
         try:
-            return self._captured.get_or_capture(GraphCache.key(state, dt, id(self.closure)), capture)
-        except RuntimeError as error:  # a CUDA build or driver that cannot capture: step eagerly
-            warnings.warn(f"CUDA graph capture failed ({error}); stepping without graphs", RuntimeWarning,
-                          stacklevel=3)
-            self.cuda_graphs = False
+            return self._captured.get_or_capture(key, capture)
+        except GraphCaptureError as error:  # e.g. a closure that synchronises with the host: step eagerly
+            warnings.warn(f"CUDA graph capture failed ({error}); {type(self).__name__} steps without graphs "
+                          "from now on", RuntimeWarning, stacklevel=2)
+            self._capture_failed = True
             self._captured.clear()
             return None
 

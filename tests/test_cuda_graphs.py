@@ -80,6 +80,18 @@ def test_gradients_and_closures_do_not_replay():
     u0 = smooth_state(64, 2, "cuda")
     saved_states(solver, u0)
     assert len(solver._captured) == 0
+    # a capturable closure under autograd: the differentiable path, not the captured in-place one
+    from hybridnde.models import PeriodicCNNClosure
+
+    torch.manual_seed(0)
+    network = PeriodicCNNClosure(channels=4, depth=1, kernel_size=3).to(torch.float64).to("cuda")
+    captured = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=network, capture_closure=True)
+    eager = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=network, cuda_graphs=False)
+    final = captured.rollout(u0, 10)[:, -1]
+    final.square().sum().backward()
+    assert len(captured._captured) == 0 and all(p.grad is not None for p in network.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(final, eager.rollout(u0, 10)[:, -1], rtol=0, atol=1e-12)
     plain = KuramotoSivashinskySpectral(n_points=64, device="cuda")
     u = u0.clone().requires_grad_(True)
     plain.rollout(u, 4)[:, -1].square().sum().backward()
@@ -124,6 +136,25 @@ def test_a_closure_that_cannot_be_captured_steps_eagerly():
     solver = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=synchronising, capture_closure=True)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         states = saved_states(solver, u0)
-    assert not solver.cuda_graphs and len(solver._captured) == 0
+    assert solver._capture_failed and len(solver._captured) == 0
+    # the failed capture handed the thread its stream back
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
     bare = KuramotoSivashinskySpectral(n_points=64, device="cuda", implementation="fft")
     torch.testing.assert_close(states[-1], saved_states(bare, u0)[-1], rtol=0, atol=1e-12)
+
+
+@needs_cuda
+def test_new_closure_weights_are_captured_again():
+    from hybridnde.models import PeriodicCNNClosure
+
+    torch.manual_seed(0)
+    network = PeriodicCNNClosure(channels=4, depth=1, kernel_size=3).to(torch.float64).to("cuda").eval()
+    solver = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=network, capture_closure=True)
+    u0 = smooth_state(64, 4, "cuda")
+    before = saved_states(solver, u0)[-1]
+    replacement = {name: 2.0 * value for name, value in network.state_dict().items()}
+    network.load_state_dict(replacement, assign=True)  # new tensors, new addresses
+    after = saved_states(solver, u0)[-1]
+    eager = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=network, cuda_graphs=False)
+    torch.testing.assert_close(after, saved_states(eager, u0)[-1], rtol=0, atol=1e-12)
+    assert not torch.allclose(before, after)
