@@ -72,6 +72,11 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     States are physical-space fields ``u: (batch, n_points)``.
     """
 
+    #: devices whose steps are replayed as captured graphs (``cuda_graphs``)
+    graph_device_types: tuple[str, ...] = ("cuda",)
+    #: what captures a step; a class attribute so tests can stand in for CUDA on the CPU
+    captured_step_type = CapturedStep
+
     #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this and ``N <= 64``
     #: (measured crossovers on one CPU core: batch ~12 at N = 64, > 32 at N = 32, 1 at N = 128)
     dense_work_limit: int = 32768
@@ -307,7 +312,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     def _replays(self, state: Tensor) -> bool:
         """Whether ``step_internal`` replays a CUDA graph for ``state``: never where autograd must see
         the step (its in-place path is the one that is captured)."""
-        return (self.cuda_graphs and not self._capture_failed and state.device.type == "cuda"
+        return (self.cuda_graphs and not self._capture_failed and state.device.type in self.graph_device_types
                 and (self.closure is None or self.capture_closure) and not self._needs_graph(state))
 
     def _captured_step(self, state: Tensor, dt: float) -> CapturedStep | None:
@@ -317,10 +322,11 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
                 workspace = self._fourier_workspace(state.shape[0])
                 # the closure reads the stage times from this tensor; without one the step ignores t
                 time = None if self.closure is None else torch.zeros((), dtype=self.dtype, device=state.device)
-                return CapturedStep(lambda s: self._fourier_step(0.0 if time is None else time, s, dt, in_place=True),
-                                    state, keep_alive=(workspace, self.plan(dt), self.closure), time=time)
+                return self.captured_step_type(
+                    lambda s: self._fourier_step(0.0 if time is None else time, s, dt, in_place=True), state,
+                    keep_alive=(workspace, self.plan(dt), self.closure), time=time)
             stepper = self._dense_stepper(state, dt)  # only without a closure (_use_dense)
-            return CapturedStep(lambda s: s.copy_(stepper.step(s)), state, keep_alive=(stepper,))
+            return self.captured_step_type(lambda s: s.copy_(stepper.step(s)), state, keep_alive=(stepper,))
 
         key = GraphCache.key(state, dt, id(self.closure), self._closure_addresses)
         try:

@@ -15,10 +15,43 @@ from solvers import KuramotoSivashinskySpectral
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+class ReplayOnCPU:
+    """Stands in for ``CapturedStep`` on the CPU: warms up on a scratch copy, then each replay reruns
+    the recorded in-place step on the tensor it was captured for, reading the time buffer as a graph
+    would. It checks the solver's side of replaying (which states are replayed, in place or not, the
+    time input, the cache) where CI has no GPU; the CUDA tests below check the graphs themselves."""
+
+    captures = 0
+
+    def __init__(self, step_in_place, state, *, keep_alive=(), time=None):
+        step_in_place(state.clone())
+        self.step_in_place, self.state, self.time = step_in_place, state, time
+        ReplayOnCPU.captures += 1
+
+    def replay(self, t=0.0):
+        if self.time is not None:
+            self.time.copy_(t) if isinstance(t, torch.Tensor) else self.time.fill_(t)
+        self.step_in_place(self.state)
+
+
+@pytest.fixture
+def replaying_on_cpu(monkeypatch):
+    """KuramotoSivashinskySpectral treats the CPU as a graph device, with ``ReplayOnCPU`` as its graphs."""
+    monkeypatch.setattr(KuramotoSivashinskySpectral, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(KuramotoSivashinskySpectral, "captured_step_type", ReplayOnCPU)
+    ReplayOnCPU.captures = 0
+    return ReplayOnCPU
+
+
 def smooth_state(n_points: int, batch: int, device) -> torch.Tensor:
     x = torch.arange(n_points, dtype=torch.float64, device=device) * 22.0 / n_points
     phase = 2 * math.pi * torch.arange(batch, dtype=torch.float64, device=device)[:, None] / batch
     return torch.cos(2 * math.pi * x / 22.0 + phase) + 0.3 * torch.sin(6 * math.pi * x / 22.0 - phase)
+
+
+def time_dependent_closure(t, u):
+    """Depends on the stage time: a graph that recorded t as a constant would get this wrong."""
+    return 0.1 * torch.sin(3.0 * t) * torch.cos(u)
 
 
 def saved_states(solver, u0, n_steps=40, save_every=10):
@@ -35,6 +68,58 @@ def test_graph_option_changes_nothing_on_cpu(n_points, batch):
     for a, b in zip(saved_states(with_graphs, u0), saved_states(without, u0)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert len(with_graphs._captured) == 0
+
+
+@pytest.mark.parametrize("n_points, batch", [(64, 1), (128, 32)])
+def test_replayed_steps_equal_eager_steps_with_a_cpu_stand_in(replaying_on_cpu, n_points, batch):
+    u0 = smooth_state(n_points, batch, "cpu")
+    original = u0.clone()
+    replayed = KuramotoSivashinskySpectral(n_points=n_points)
+    eager = KuramotoSivashinskySpectral(n_points=n_points, cuda_graphs=False)
+    states = saved_states(replayed, u0)
+    for a, b in zip(states, saved_states(eager, u0)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert replaying_on_cpu.captures == 1 and len(replayed._captured) == 1
+    torch.testing.assert_close(u0, original, rtol=0, atol=0)  # the caller's state is never stepped in place
+    assert len({s.data_ptr() for s in states}) == len(states)  # every yielded state is its own tensor
+    with torch.inference_mode():
+        rolled = replayed.rollout(u0, 40, save_every=10)
+    torch.testing.assert_close(rolled, torch.stack(states, dim=1), rtol=0, atol=0)
+
+
+def test_captured_closures_read_each_steps_time_with_a_cpu_stand_in(replaying_on_cpu):
+    u0 = smooth_state(64, 4, "cpu")
+    replayed = KuramotoSivashinskySpectral(closure=time_dependent_closure, capture_closure=True)
+    eager = KuramotoSivashinskySpectral(closure=time_dependent_closure, cuda_graphs=False)
+    for a, b in zip(saved_states(replayed, u0), saved_states(eager, u0)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(replayed._captured) == 1
+    # without capture_closure, or where autograd must see the step, nothing is captured
+    plain = KuramotoSivashinskySpectral(closure=time_dependent_closure)
+    saved_states(plain, u0)
+    graded = KuramotoSivashinskySpectral(closure=time_dependent_closure, capture_closure=True)
+    graded.rollout(u0.clone().requires_grad_(True), 3)[:, -1].sum().backward()
+    graded.rollout(u0, 3)  # grad mode on: the closure's parameters may need gradients
+    assert len(plain._captured) == 0 and len(graded._captured) == 0
+
+
+def test_new_closure_weights_are_captured_again_with_a_cpu_stand_in(replaying_on_cpu):
+    from hybridnde.models import PeriodicCNNClosure
+
+    torch.manual_seed(0)
+    network = PeriodicCNNClosure(channels=4, depth=1, kernel_size=3).to(torch.float64).eval()
+    replayed = KuramotoSivashinskySpectral(closure=network, capture_closure=True)
+    eager = KuramotoSivashinskySpectral(closure=network, cuda_graphs=False)
+    u0 = smooth_state(64, 4, "cpu")
+    with torch.inference_mode():
+        states = [replayed.to_internal(u0), eager.to_internal(u0)]
+        for i in range(6):
+            if i == 3:  # new weight tensors (new addresses); a new trajectory starting notices them
+                network.load_state_dict({k: 2.0 * v for k, v in network.state_dict().items()}, assign=True)
+                replayed.to_internal(u0)
+            states = [solver.step_internal(i * 0.25, state, 0.25) for solver, state in zip((replayed, eager), states)]
+    torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)
+    assert len(replayed._captured) == 2  # the same state tensor, captured again for the new weights
 
 
 @needs_cuda
@@ -98,10 +183,6 @@ def test_gradients_and_closures_do_not_replay():
     assert len(plain._captured) == 0 and torch.isfinite(u.grad).all()
 
 
-def time_dependent_closure(t, u):
-    """Depends on the stage time: a graph that recorded t as a constant would get this wrong."""
-    return 0.1 * torch.sin(3.0 * t) * torch.cos(u)
-
 
 @needs_cuda
 @pytest.mark.parametrize("implementation", ["fft", "auto"])
@@ -158,3 +239,31 @@ def test_new_closure_weights_are_captured_again():
     eager = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=network, cuda_graphs=False)
     torch.testing.assert_close(after, saved_states(eager, u0)[-1], rtol=0, atol=1e-12)
     assert not torch.allclose(before, after)
+
+
+def test_a_failed_capture_steps_eagerly_and_a_failing_step_raises_with_a_cpu_stand_in(monkeypatch):
+    from solvers.cuda_graphs import GraphCaptureError
+
+    class CannotCapture(ReplayOnCPU):
+        def __init__(self, step_in_place, state, **options):
+            raise GraphCaptureError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(KuramotoSivashinskySpectral, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(KuramotoSivashinskySpectral, "captured_step_type", CannotCapture)
+    u0 = smooth_state(64, 4, "cpu")
+    solver = KuramotoSivashinskySpectral(implementation="fft")
+    with pytest.warns(RuntimeWarning, match="steps without graphs"):
+        states = saved_states(solver, u0)
+    eager = KuramotoSivashinskySpectral(implementation="fft", cuda_graphs=False)
+    torch.testing.assert_close(states[-1], saved_states(eager, u0)[-1], rtol=0, atol=0)
+    assert solver._capture_failed and solver.cuda_graphs  # the user's option is left as given
+    solver.reset_cuda_graphs()
+    assert not solver._capture_failed
+    # an error of the step itself is no capture failure: it reaches the caller as it would eagerly
+    monkeypatch.setattr(KuramotoSivashinskySpectral, "captured_step_type", ReplayOnCPU)
+
+    def broken(t, u):
+        return u[:, :3]
+
+    with pytest.raises(RuntimeError):
+        saved_states(KuramotoSivashinskySpectral(closure=broken, capture_closure=True), u0)
