@@ -6,12 +6,14 @@ A closure is any callable ``closure(t, u) -> du_dt`` (torchdiffeq's ``f(t, y)`` 
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
+from .cuda_graphs import CapturedStep, GraphCache, GraphCaptureError, module_tensor_addresses
 from .integrators import FIXED_STEP_METHODS, FixedStep, odeint_adaptive
 
 __all__ = ["Closure", "Solver", "ExplicitSolver", "SolverStateError", "PeriodicGrid"]
@@ -30,10 +32,30 @@ class Solver(ABC):
 
     Subclasses give the known physics (``known_rhs``) and one time step; ``rollout`` and
     ``trajectory`` are shared. States are batched: ``u: (batch, *state_shape)``.
+
+    On a CUDA device, ``trajectory``, ``rollout`` and every loop over ``step_internal`` replay each
+    step as a CUDA graph (``solvers.cuda_graphs``) captured once per state tensor, where autograd need
+    not see the step: one launch a step instead of one per operation. Attributes:
+
+    * ``cuda_graphs`` (default ``True``): replay at all. No effect on the CPU.
+    * ``capture_closure`` (default ``False``): replay steps with a closure too. Only for a capturable
+      closure: tensor operations alone, no host synchronisation (``.item()``, printing) and no
+      Python-side state that changes between calls, since a graph replays the kernels it recorded;
+      ``t`` reaches it as a device tensor. Graphs read the closure's weights where they lie: in-place
+      updates are seen, new weight tensors (``load_state_dict(assign=True)``, ``.to()``) from the next
+      ``trajectory``/``rollout`` on (or after ``reset_cuda_graphs()``). ``hybridnde rollout`` turns it
+      on for closure files.
+
+    Every new graph is checked against one eager step before it is trusted; a graph that cannot be
+    captured or disagrees makes the solver step eagerly from then on, with a warning.
     """
 
     #: names of the state components for ODEs (``None`` for fields on a grid)
     component_names: tuple[str, ...] | None = None
+    #: devices whose steps are replayed as captured graphs (``cuda_graphs``)
+    graph_device_types: tuple[str, ...] = ("cuda",)
+    #: what captures a step; a class attribute so tests can stand in for CUDA on the CPU
+    captured_step_type = CapturedStep
 
     def __init__(self, *, dt: float, closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
@@ -43,6 +65,11 @@ class Solver(ABC):
         self.closure = closure
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
+        self.cuda_graphs = True
+        self.capture_closure = False
+        self._captured = GraphCache()
+        self._capture_failed = False  # a graph failed once: step eagerly from then on
+        self._closure_addresses: tuple = ()  # of the closure's weights, refreshed by to_internal
 
     # -- what a subclass provides ---------------------------------------------------------------
     @property
@@ -134,16 +161,88 @@ class Solver(ABC):
     # loops that step many times and look at the physical state only now and then (rollouts).
     def to_internal(self, u: Tensor) -> Tensor:
         """``u: (batch, *state)`` physical -> the solver's working state (batch first)."""
-        return u
+        self._note_closure_weights(u)
+        return u.clone() if self._replays(u) else u  # replayed steps update the state in place
 
     def from_internal(self, state: Tensor) -> Tensor:
         """Working state -> physical ``(batch, *state)``; a new tensor or a view the caller must copy."""
-        return state
+        return state.clone() if self._replays(state) else state
 
     def step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
         """One step of the working state. May update ``state`` in place (without gradients): pass only
         states made by ``to_internal`` and use the returned tensor."""
+        if self._replays(state) and self._replay(t, state, dt):
+            return state
+        return self._step_eagerly(t, state, dt)
+
+    # -- CUDA graphs (see the class docstring) ----------------------------------------------------
+    def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        """``step_internal`` without graphs; may update ``state`` in place and return it."""
         return self.step(t, state, dt)
+
+    def _step_reads_time(self) -> bool:
+        """Whether a step depends on ``t`` (then the graph gets it as an input)."""
+        return True
+
+    def _graph_buffers(self, state: Tensor, dt: float) -> tuple:
+        """Objects holding buffers that ``_step_eagerly`` reuses between calls (a graph writes into them)."""
+        return ()
+
+    def _needs_autograd(self, state: Tensor) -> bool:
+        """Whether autograd must see this step: gradients on, and the state or a closure can carry them."""
+        return torch.is_grad_enabled() and (state.requires_grad or self.closure is not None)
+
+    def _replays(self, state: Tensor) -> bool:
+        """Whether ``step_internal`` replays a CUDA graph for ``state``."""
+        return (self.cuda_graphs and not self._capture_failed and state.device.type in self.graph_device_types
+                and (self.closure is None or self.capture_closure) and not self._needs_autograd(state))
+
+    def _note_closure_weights(self, u: Tensor) -> None:
+        if self.closure is not None and self._replays(u):  # once per trajectory, not per step (~16 us)
+            self._closure_addresses = module_tensor_addresses(self.closure)
+
+    def reset_cuda_graphs(self) -> None:
+        """Drop every captured step (they are captured again when needed) and allow graphs again."""
+        self._captured.clear()
+        self._capture_failed = False
+
+    def _replay(self, t: Tensor | float, state: Tensor, dt: float) -> bool:
+        """Step ``state`` in place by replaying its graph (captured now if new); ``False``: step eagerly."""
+        key = GraphCache.key(state, dt, id(self.closure), self._closure_addresses)
+        captured = self._captured.get(key)
+        if captured is not None:
+            captured.replay(t)
+            return True
+        try:
+            captured = self._captured.put(key, self._capture(state, dt))
+        except GraphCaptureError as error:  # e.g. a closure that synchronises with the host
+            self._stop_graphs(f"capture failed ({error})")
+            return False
+        expected = self._step_eagerly(t, state.clone(), dt)  # the first replay is checked against this
+        captured.replay(t)
+        tolerance = 1e-10 if state.dtype in (torch.float64, torch.complex128) else 1e-4
+        scale = float(expected.abs().nan_to_num(posinf=0.0).max()) if expected.numel() else 0.0
+        if not torch.allclose(state, expected, rtol=tolerance, atol=tolerance * scale, equal_nan=True):
+            state.copy_(expected)
+            self._stop_graphs("a replayed step differs from the eager step")
+        return True
+
+    def _capture(self, state: Tensor, dt: float) -> CapturedStep:
+        time = torch.zeros((), dtype=self.dtype, device=state.device) if self._step_reads_time() else None
+
+        def step_in_place(s: Tensor) -> None:
+            stepped = self._step_eagerly(0.0 if time is None else time, s, dt)
+            if stepped is not s:
+                s.copy_(stepped)
+
+        return self.captured_step_type(step_in_place, state, time=time,
+                                       keep_alive=(*self._graph_buffers(state, dt), self.closure))
+
+    def _stop_graphs(self, reason: str) -> None:
+        warnings.warn(f"CUDA graphs: {reason}; {type(self).__name__} steps without graphs from now on "
+                      "(reset_cuda_graphs() tries again)", RuntimeWarning, stacklevel=4)
+        self._capture_failed = True
+        self._captured.clear()
 
     def __repr__(self) -> str:
         closure = "none" if self.closure is None else type(self.closure).__name__

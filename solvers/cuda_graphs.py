@@ -93,12 +93,13 @@ class GraphCache:
         """What a captured step of ``state`` depends on: its memory and layout, plus ``extra``."""
         return (state.data_ptr(), tuple(state.shape), tuple(state.stride()), state.dtype, state.device, *extra)
 
-    def get_or_capture(self, key: tuple, capture: Callable[[], CapturedStep]) -> CapturedStep:
-        step = self._steps.get(key)
-        if step is None:
-            if len(self._steps) >= self.capacity:
-                self._steps.pop(next(iter(self._steps)))
-            step = self._steps[key] = capture()
+    def get(self, key: tuple) -> CapturedStep | None:
+        return self._steps.get(key)
+
+    def put(self, key: tuple, step: CapturedStep) -> CapturedStep:
+        if len(self._steps) >= self.capacity:
+            self._steps.pop(next(iter(self._steps)))
+        self._steps[key] = step
         return step
 
     def clear(self) -> None:

@@ -16,7 +16,6 @@ closure).
 from __future__ import annotations
 
 import math
-import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -24,7 +23,6 @@ import torch
 from torch import Tensor
 
 from .base import Closure, ExplicitSolver, PeriodicGrid, Solver
-from .cuda_graphs import CapturedStep, GraphCache, GraphCaptureError, module_tensor_addresses
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
 from .integrators import REAL_AXIS_STABILITY_LIMIT
@@ -57,25 +55,11 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             where per-operation overhead dominates), or ``"auto"`` (dense in float64 when
             ``batch * N**2 <= dense_work_limit`` and ``N <= 64``, else fft). Steps with a closure or
             with gradients always use the FFT path.
-        cuda_graphs: on a CUDA device, ``trajectory``/``rollout`` steps without a closure and without
-            gradients replay a CUDA graph of the whole step, captured once per state tensor
-            (``solvers.cuda_graphs``): one launch instead of ~25. No effect on the CPU.
-        capture_closure: let those graphs include the closure too. Only for a capturable closure: tensor
-            operations alone, no host synchronisation (``.item()``, printing) and no Python-side state
-            that changes between calls, since a graph replays the kernels it recorded; ``t`` reaches it
-            as a device tensor. A closure that fails to capture is stepped eagerly, with a warning.
-            Graphs read the closure's weights where they lie: in-place updates are seen, new weight
-            tensors (``load_state_dict(assign=True)``, ``.to()``) from the next ``trajectory``/``rollout``
-            on (or after ``reset_cuda_graphs()``). Off by default; rollouts of trained closure files
-            (``hybridnde rollout``) turn it on.
+        cuda_graphs, capture_closure: CUDA-graph replay of the steps (see ``Solver``): one launch a step
+            instead of ~30 on a GPU; no effect on the CPU.
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
-
-    #: devices whose steps are replayed as captured graphs (``cuda_graphs``)
-    graph_device_types: tuple[str, ...] = ("cuda",)
-    #: what captures a step; a class attribute so tests can stand in for CUDA on the CPU
-    captured_step_type = CapturedStep
 
     #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this and ``N <= 64``
     #: (measured crossovers on one CPU core: batch ~12 at N = 64, > 32 at N = 32, 1 at N = 128)
@@ -123,9 +107,6 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self._plans: dict[float, ETDRK4Plan] = {}
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
-        self._captured = GraphCache()
-        self._capture_failed = False  # a capture failed once: step eagerly from then on
-        self._closure_addresses: tuple = ()  # of the closure's weights, refreshed by to_internal
 
     # -- transforms -------------------------------------------------------------------------------
     def to_fourier(self, u: Tensor) -> Tensor:
@@ -186,14 +167,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             self._plans[dt] = plan
         return plan
 
-    def _needs_graph(self, u: Tensor) -> bool:
-        """Whether autograd must see this step (then no in-place or dense shortcuts)."""
-        if not torch.is_grad_enabled():
-            return False
-        return u.requires_grad or self.closure is not None
-
     def _use_dense(self, u: Tensor) -> bool:
-        if self.closure is not None or self._needs_graph(u) or self.implementation == "fft":
+        if self.closure is not None or self._needs_autograd(u) or self.implementation == "fft":
             return False
         if self.implementation == "dense":
             return True
@@ -233,7 +208,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     def _fourier_step(self, t: Tensor | float, u_hat: Tensor, dt: float, *, in_place: bool) -> Tensor:
         """``in_place``: overwrite ``u_hat`` with the result when no gradient is needed (internal state)."""
         plan = self.plan(dt)
-        if self._needs_graph(u_hat):
+        if self._needs_autograd(u_hat):
             return fourier_step(u_hat, plan, *self._nonlinear_terms(t, dt))
         workspace = self._fourier_workspace(u_hat.shape[0])
         out = u_hat if in_place else torch.empty_like(u_hat)
@@ -279,8 +254,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all
     def to_internal(self, u: Tensor) -> Tensor:
-        if self.closure is not None and self._replays(u):  # once per trajectory, not per step (~16 us)
-            self._closure_addresses = module_tensor_addresses(self.closure)
+        self._note_closure_weights(u)
         if not self._use_dense(u):
             return self.to_fourier(u)
         return u.clone() if self._replays(u) else u  # replayed steps update the state in place
@@ -290,12 +264,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return self.to_physical(state)
         return state.clone() if self._replays(state) else state
 
-    def step_internal(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
-        if self._replays(state):
-            captured = self._captured_step(state, dt)
-            if captured is not None:
-                captured.replay(t)
-                return state
+    def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
         if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
             return self._fourier_step(t, state, dt, in_place=True)
         # dense path: the per-step Python work matters at batch 1, so reuse the stepper directly
@@ -304,39 +273,13 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return stepper.step(state)
         return self.step(t, state, dt)
 
-    def reset_cuda_graphs(self) -> None:
-        """Drop every captured step (they are captured again when needed)."""
-        self._captured.clear()
-        self._capture_failed = False
+    def _step_reads_time(self) -> bool:
+        return self.closure is not None  # the known physics is autonomous
 
-    def _replays(self, state: Tensor) -> bool:
-        """Whether ``step_internal`` replays a CUDA graph for ``state``: never where autograd must see
-        the step (its in-place path is the one that is captured)."""
-        return (self.cuda_graphs and not self._capture_failed and state.device.type in self.graph_device_types
-                and (self.closure is None or self.capture_closure) and not self._needs_graph(state))
-
-    def _captured_step(self, state: Tensor, dt: float) -> CapturedStep | None:
-        """The captured step for ``state``; ``None`` (and graphs off for this solver) when capture fails."""
-        def capture() -> CapturedStep:
-            if state.is_complex():
-                workspace = self._fourier_workspace(state.shape[0])
-                # the closure reads the stage times from this tensor; without one the step ignores t
-                time = None if self.closure is None else torch.zeros((), dtype=self.dtype, device=state.device)
-                return self.captured_step_type(
-                    lambda s: self._fourier_step(0.0 if time is None else time, s, dt, in_place=True), state,
-                    keep_alive=(workspace, self.plan(dt), self.closure), time=time)
-            stepper = self._dense_stepper(state, dt)  # only without a closure (_use_dense)
-            return self.captured_step_type(lambda s: s.copy_(stepper.step(s)), state, keep_alive=(stepper,))
-
-        key = GraphCache.key(state, dt, id(self.closure), self._closure_addresses)
-        try:
-            return self._captured.get_or_capture(key, capture)
-        except GraphCaptureError as error:  # e.g. a closure that synchronises with the host: step eagerly
-            warnings.warn(f"CUDA graph capture failed ({error}); {type(self).__name__} steps without graphs "
-                          "from now on", RuntimeWarning, stacklevel=2)
-            self._capture_failed = True
-            self._captured.clear()
-            return None
+    def _graph_buffers(self, state: Tensor, dt: float) -> tuple:
+        if state.is_complex():
+            return (self._fourier_workspace(state.shape[0]), self.plan(dt))
+        return (self._dense_stepper(state, dt),)  # only without a closure (_use_dense)
 
 
 @lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""Replayed CUDA-graph steps of the spectral KS solver give the eager steps' states.
+"""Replayed CUDA-graph steps give the eager steps' states (spectral KS, and every explicit solver).
 
 The CUDA cases run where a GPU is (the device fixture of conftest.py adds ``cuda``); on the CPU the
 option must change nothing and capture nothing.
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from solvers import KuramotoSivashinskySpectral
+from solvers import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral, Solver, TwoBody
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -36,9 +36,9 @@ class ReplayOnCPU:
 
 @pytest.fixture
 def replaying_on_cpu(monkeypatch):
-    """KuramotoSivashinskySpectral treats the CPU as a graph device, with ``ReplayOnCPU`` as its graphs."""
-    monkeypatch.setattr(KuramotoSivashinskySpectral, "graph_device_types", ("cuda", "cpu"))
-    monkeypatch.setattr(KuramotoSivashinskySpectral, "captured_step_type", ReplayOnCPU)
+    """Every solver treats the CPU as a graph device, with ``ReplayOnCPU`` as its graphs."""
+    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(Solver, "captured_step_type", ReplayOnCPU)
     ReplayOnCPU.captures = 0
     return ReplayOnCPU
 
@@ -248,8 +248,8 @@ def test_a_failed_capture_steps_eagerly_and_a_failing_step_raises_with_a_cpu_sta
         def __init__(self, step_in_place, state, **options):
             raise GraphCaptureError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(KuramotoSivashinskySpectral, "graph_device_types", ("cuda", "cpu"))
-    monkeypatch.setattr(KuramotoSivashinskySpectral, "captured_step_type", CannotCapture)
+    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(Solver, "captured_step_type", CannotCapture)
     u0 = smooth_state(64, 4, "cpu")
     solver = KuramotoSivashinskySpectral(implementation="fft")
     with pytest.warns(RuntimeWarning, match="steps without graphs"):
@@ -260,10 +260,58 @@ def test_a_failed_capture_steps_eagerly_and_a_failing_step_raises_with_a_cpu_sta
     solver.reset_cuda_graphs()
     assert not solver._capture_failed
     # an error of the step itself is no capture failure: it reaches the caller as it would eagerly
-    monkeypatch.setattr(KuramotoSivashinskySpectral, "captured_step_type", ReplayOnCPU)
+    monkeypatch.setattr(Solver, "captured_step_type", ReplayOnCPU)
 
     def broken(t, u):
         return u[:, :3]
 
     with pytest.raises(RuntimeError):
         saved_states(KuramotoSivashinskySpectral(closure=broken, capture_closure=True), u0)
+
+
+def two_body_states(batch: int, device) -> torch.Tensor:
+    angle = torch.linspace(0, 1, batch, dtype=torch.float64, device=device)[:, None]
+    return torch.cat([torch.cos(angle), torch.sin(angle), -0.9 * torch.sin(angle), 0.9 * torch.cos(angle)], dim=1)
+
+
+def ode_closure(t, u):
+    """Time-dependent, like a forcing: a graph that recorded t as a constant would get it wrong."""
+    return 0.01 * torch.sin(5.0 * t) * torch.tanh(u)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **options: TwoBody(dt=0.01, **options),
+    lambda **options: KuramotoSivashinskyFiniteDifference(n_points=32, dt=0.002, **options),
+], ids=["two-body", "ks-finite-difference"])
+def test_explicit_solvers_replay_like_eager_steps_with_a_cpu_stand_in(replaying_on_cpu, make):
+    probe = make()
+    u0 = two_body_states(6, "cpu") if probe.state_shape == (4,) else smooth_state(32, 3, "cpu")
+    original = u0.clone()
+    for closure in (None, ode_closure):
+        replayed, eager = make(closure=closure), make(closure=closure)
+        replayed.capture_closure = True
+        eager.cuda_graphs = False
+        states = saved_states(replayed, u0, n_steps=30, save_every=10)
+        for a, b in zip(states, saved_states(eager, u0, n_steps=30, save_every=10)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert len(replayed._captured) == 1
+        assert len({s.data_ptr() for s in states}) == len(states)
+    torch.testing.assert_close(u0, original, rtol=0, atol=0)
+
+
+def test_a_graph_that_disagrees_with_the_eager_step_is_dropped_with_a_cpu_stand_in(monkeypatch):
+    class RecordsNothing(ReplayOnCPU):  # what a capture on the wrong stream would give: an empty graph
+        def replay(self, t=0.0):
+            pass
+
+    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(Solver, "captured_step_type", RecordsNothing)
+    u0 = two_body_states(4, "cpu")
+    solver = TwoBody(dt=0.01)
+    with pytest.warns(RuntimeWarning, match="differs from the eager step"):
+        states = saved_states(solver, u0, n_steps=20, save_every=5)
+    eager = TwoBody(dt=0.01)
+    eager.cuda_graphs = False
+    for a, b in zip(states, saved_states(eager, u0, n_steps=20, save_every=5)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert solver._capture_failed and len(solver._captured) == 0
