@@ -315,3 +315,22 @@ def test_a_graph_that_disagrees_with_the_eager_step_is_dropped_with_a_cpu_stand_
     for a, b in zip(states, saved_states(eager, u0, n_steps=20, save_every=5)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert solver._capture_failed and len(solver._captured) == 0
+
+
+@needs_cuda
+@pytest.mark.parametrize("make", [
+    lambda **options: TwoBody(dt=0.01, device="cuda", **options),
+    lambda **options: KuramotoSivashinskyFiniteDifference(n_points=32, dt=0.002, device="cuda", **options),
+], ids=["two-body", "ks-finite-difference"])
+def test_explicit_solvers_replay_like_eager_steps_on_cuda(make, recwarn):
+    probe = make()
+    u0 = two_body_states(6, "cuda") if probe.state_shape == (4,) else smooth_state(32, 3, "cuda")
+    for closure in (None, ode_closure):
+        replayed, eager = make(closure=closure), make(closure=closure)
+        replayed.capture_closure = True
+        eager.cuda_graphs = False
+        for a, b in zip(saved_states(replayed, u0, n_steps=30, save_every=10),
+                        saved_states(eager, u0, n_steps=30, save_every=10)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert len(replayed._captured) == 1 and not replayed._capture_failed
+    assert not [w for w in recwarn if "CUDA graphs" in str(w.message)]
