@@ -102,7 +102,7 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     solver = build_host_solver(case, closure=closure, device=device, dtype=dtype)
     if closure is not None:
         check_closure_fits(closure, solver, closure_path or "closure")
-    if closure_path is not None and hasattr(solver, "capture_closure"):
+    if closure_path is not None:
         solver.capture_closure = True  # our own models are plain tensor code: safe inside a CUDA graph
     time_chunk = case.output.time_chunk
     batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,

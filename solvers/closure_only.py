@@ -20,6 +20,8 @@ class ClosureOnly(ExplicitSolver):
         domain_length: for fields, the period of the grid (gives ``x``).
     """
 
+    autonomous = True  # no known physics (subclasses: kinematics), only the closure sees t
+
     def __init__(self, *, state_shape: Sequence[int], dt: float, integrator: str = "rk4",
                  component_names: Sequence[str] | None = None, domain_length: float | None = None,
                  closure: Closure | None = None, device: torch.device | str | None = None,

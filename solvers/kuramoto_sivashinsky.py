@@ -61,6 +61,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     States are physical-space fields ``u: (batch, n_points)``.
     """
 
+    autonomous = True
+
     #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this and ``N <= 64``
     #: (measured crossovers on one CPU core: batch ~12 at N = 64, > 32 at N = 32, 1 at N = 128)
     dense_work_limit: int = 32768
@@ -273,9 +275,6 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return stepper.step(state)
         return self.step(t, state, dt)
 
-    def _step_reads_time(self) -> bool:
-        return self.closure is not None  # the known physics is autonomous
-
     def _graph_buffers(self, state: Tensor, dt: float) -> tuple:
         if state.is_complex():
             return (self._fourier_workspace(state.shape[0]), self.plan(dt))
@@ -312,6 +311,8 @@ class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
             stiff linear part, checked here (``linear_stability_dt``): roughly ``2.79 h^4 / 16`` for RK4
             at ``fd_order=2`` and ``2.79 * 3 h^4 / 80`` at ``fd_order=4`` (0.0015 for the defaults).
     """
+
+    autonomous = True
 
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.001,
                  fd_order: int = 4, integrator: str = "rk4", nonlinear_coefficient: float = 1.0,

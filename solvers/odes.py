@@ -17,6 +17,7 @@ __all__ = ["TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum"
 
 class _ODESystem(ExplicitSolver):
     component_names: tuple[str, ...] = ()
+    autonomous = True
 
     def __init__(self, *, dt: float, integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):

@@ -215,7 +215,7 @@ def test_a_closure_that_cannot_be_captured_steps_eagerly():
 
     u0 = smooth_state(64, 4, "cuda")
     solver = KuramotoSivashinskySpectral(n_points=64, device="cuda", closure=synchronising, capture_closure=True)
-    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+    with pytest.warns(RuntimeWarning, match="capture failed"):
         states = saved_states(solver, u0)
     assert solver._capture_failed and len(solver._captured) == 0
     # the failed capture handed the thread its stream back
@@ -299,22 +299,52 @@ def test_explicit_solvers_replay_like_eager_steps_with_a_cpu_stand_in(replaying_
     torch.testing.assert_close(u0, original, rtol=0, atol=0)
 
 
-def test_a_graph_that_disagrees_with_the_eager_step_is_dropped_with_a_cpu_stand_in(monkeypatch):
-    class RecordsNothing(ReplayOnCPU):  # what a capture on the wrong stream would give: an empty graph
-        def replay(self, t=0.0):
-            pass
+class RecordsNothing(ReplayOnCPU):
+    """What a capture on the wrong stream would give: an empty graph."""
 
+    def replay(self, t=0.0):
+        pass
+
+
+@pytest.mark.parametrize("make, u0", [
+    (lambda: TwoBody(dt=0.01), two_body_states(4, "cpu")),
+    # float32 and a small stable dt: one step's change is ~1e-4 of the state, inside a state tolerance
+    (lambda: KuramotoSivashinskyFiniteDifference(n_points=128, dt=8e-5, dtype=torch.float32),
+     smooth_state(128, 3, "cpu").float()),
+], ids=["two-body", "ks-fd-float32-small-dt"])
+def test_a_graph_that_disagrees_with_the_eager_step_is_dropped_with_a_cpu_stand_in(monkeypatch, make, u0):
     monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
     monkeypatch.setattr(Solver, "captured_step_type", RecordsNothing)
-    u0 = two_body_states(4, "cpu")
-    solver = TwoBody(dt=0.01)
+    solver = make()
     with pytest.warns(RuntimeWarning, match="differs from the eager step"):
         states = saved_states(solver, u0, n_steps=20, save_every=5)
-    eager = TwoBody(dt=0.01)
+    eager = make()
     eager.cuda_graphs = False
     for a, b in zip(states, saved_states(eager, u0, n_steps=20, save_every=5)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert solver._capture_failed and len(solver._captured) == 0
+
+
+def test_an_unchecked_graph_is_never_cached_with_a_cpu_stand_in(monkeypatch):
+    """If the check's eager step fails (out of memory, say), the new graph must not be kept."""
+    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(Solver, "captured_step_type", RecordsNothing)
+    calls = {"n": 0}
+
+    def fails_once_after_warm_up(t, u):
+        calls["n"] += 1
+        if calls["n"] == 5:  # RK4: calls 1-4 are the capture's warm-up step, 5 starts the check's eager step
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return 0.0 * u
+
+    solver = TwoBody(dt=0.01, closure=fails_once_after_warm_up)
+    solver.capture_closure = True
+    u0 = two_body_states(4, "cpu")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        saved_states(solver, u0)
+    assert len(solver._captured) == 0
+    with pytest.warns(RuntimeWarning, match="differs from the eager step"):
+        saved_states(solver, u0)  # captured and checked afresh: the empty graph is caught
 
 
 @needs_cuda
