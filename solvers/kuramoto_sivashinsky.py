@@ -1,38 +1,26 @@
-"""Kuramoto-Sivashinsky ``u_t = -c u u_x - u_xx - u_xxxx`` on a periodic domain ``[0, L)``.
+"""Kuramoto-Sivashinsky ``u_t = -c u u_x - u_xx - u_xxxx`` on a periodic domain ``[0, L)``, pseudo-spectral.
 
-Two host codes with the same closure hook:
-
-* ``KuramotoSivashinskySpectral``: real-FFT pseudo-spectral in space, ETDRK4 in time (Cox & Matthews
-  2002) with the coefficients computed once per ``dt`` by the contour integral of Kassam & Trefethen
-  2005, 2/3 dealiasing of the quadratic term. The closure joins the nonlinear term at every stage.
-  The step itself lives in ``solvers.etdrk4_stepping`` (fused, allocation-free without gradients;
-  a dense physical-space variant for tiny batches); docs/performance.md has the measurements.
-* ``KuramotoSivashinskyFiniteDifference``: method of lines with periodic central differences of any
-  even order and an explicit integrator, whose linear stability limit is checked up front.
+``KuramotoSivashinskySpectral``: real-FFT pseudo-spectral in space, ETDRK4 in time (Cox & Matthews
+2002) with the coefficients computed once per ``dt`` by the contour integral of Kassam & Trefethen
+2005, 2/3 dealiasing of the quadratic term. The closure joins the nonlinear term at every stage.
+The step itself lives in ``solvers.etdrk4_stepping`` (fused, allocation-free without gradients;
+a dense physical-space variant for tiny batches); docs/performance.md has the measurements. The
+finite-difference host code of the same equation is ``solvers.kuramoto_sivashinsky_fd``.
 
 ``c`` is ``nonlinear_coefficient`` (1 for the standard equation; 0 leaves the nonlinear term to the
 closure).
 """
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver, PeriodicGrid, Solver
+from .base import Closure, PeriodicGrid, Solver
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
-from .integrators import REAL_AXIS_STABILITY_LIMIT
 
-__all__ = [
-    "KuramotoSivashinskySpectral",
-    "KuramotoSivashinskyFiniteDifference",
-    "etdrk4_coefficients",
-    "central_difference_weights",
-]
+__all__ = ["KuramotoSivashinskySpectral", "etdrk4_coefficients"]
 
 #: values of ``KuramotoSivashinskySpectral(implementation=...)``
 IMPLEMENTATIONS = ("auto", "fft", "dense")
@@ -256,15 +244,13 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all
     def to_internal(self, u: Tensor) -> Tensor:
+        if self._use_dense(u):
+            return super().to_internal(u)
         self._note_closure_weights(u)
-        if not self._use_dense(u):
-            return self.to_fourier(u)
-        return u.clone() if self._replays(u) else u  # replayed steps update the state in place
+        return self.to_fourier(u)  # a new tensor: ours to update in place
 
     def from_internal(self, state: Tensor) -> Tensor:
-        if state.is_complex():
-            return self.to_physical(state)
-        return state.clone() if self._replays(state) else state
+        return self.to_physical(state) if state.is_complex() else super().from_internal(state)
 
     def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
         if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
@@ -279,100 +265,3 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         if state.is_complex():
             return (self._fourier_workspace(state.shape[0]), self.plan(dt))
         return (self._dense_stepper(state, dt),)  # only without a closure (_use_dense)
-
-
-@lru_cache(maxsize=None)
-def central_difference_weights(derivative: int, order: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Weights of the narrowest central difference for ``d^derivative/dx^derivative`` at accuracy ``order``.
-
-    Solves the Taylor-moment conditions ``sum_j w_j j^m = m! delta_{m, derivative}`` on the offsets
-    ``-p..p`` (Fornberg 1988 gives the same weights recursively). Returns ``(offsets, weights)`` for
-    unit spacing; divide by ``h**derivative``.
-    """
-    if order < 2 or order % 2:
-        raise ValueError(f"order={order}: central differences have an even order >= 2")
-    half_width = (derivative + 1) // 2 + order // 2 - 1
-    offsets = np.arange(-half_width, half_width + 1)
-    moments = np.vander(offsets.astype(np.float64), increasing=True).T  # moments[m, j] = j**m
-    rhs = np.zeros(len(offsets))
-    rhs[derivative] = math.factorial(derivative)
-    weights = np.linalg.solve(moments, rhs)
-    return tuple(int(o) for o in offsets), tuple(float(w) for w in weights)
-
-
-class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
-    """Kuramoto-Sivashinsky by the method of lines with periodic central differences.
-
-    ``-c/2 (u^2)_x - u_xx - u_xxxx`` (conservative form: the mean of ``u`` is conserved exactly).
-
-    Args:
-        fd_order: accuracy order of the central differences (2, 4, 6, ...).
-        integrator: ``"rk4"`` or ``"euler"``; ``dt`` must respect the explicit stability limit of the
-            stiff linear part, checked here (``linear_stability_dt``): roughly ``2.79 h^4 / 16`` for RK4
-            at ``fd_order=2`` and ``2.79 * 3 h^4 / 80`` at ``fd_order=4`` (0.0015 for the defaults).
-    """
-
-    autonomous = True
-
-    def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.001,
-                 fd_order: int = 4, integrator: str = "rk4", nonlinear_coefficient: float = 1.0,
-                 closure: Closure | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float64, check_stability: bool = True):
-        super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
-        if n_points < 8:
-            raise ValueError(f"n_points={n_points} must be at least 8")
-        self.domain_length = float(domain_length)
-        self.n_points = int(n_points)
-        self.fd_order = int(fd_order)
-        self.nonlinear_coefficient = float(nonlinear_coefficient)
-        h = self.domain_length / self.n_points
-
-        off1, w1 = central_difference_weights(1, self.fd_order)
-        off2, w2 = central_difference_weights(2, self.fd_order)
-        off4, w4 = central_difference_weights(4, self.fd_order)
-        half_width = max(len(off4), len(off2)) // 2
-        linear = np.zeros(2 * half_width + 1)  # stencil of -d_xx - d_xxxx
-        for offsets, weights, scale in ((off2, w2, -1 / h**2), (off4, w4, -1 / h**4)):
-            start = half_width - len(offsets) // 2
-            linear[start:start + len(offsets)] += scale * np.asarray(weights)
-        advection = -0.5 * self.nonlinear_coefficient * np.asarray(w1) / h  # stencil of -c/2 d_x
-        self._linear_stencil_np = linear
-        self._linear_kernel = torch.as_tensor(linear, dtype=dtype, device=self.device).view(1, 1, -1)
-        self._advection_kernel = torch.as_tensor(advection, dtype=dtype, device=self.device).view(1, 1, -1)
-        self._linear_pad = half_width
-        self._advection_pad = len(off1) // 2
-        if check_stability:
-            limit = self.linear_stability_dt()
-            if dt > limit:
-                raise ValueError(
-                    f"dt={dt} exceeds the {integrator} stability limit {limit:.4g} of the finite-difference "
-                    f"Kuramoto-Sivashinsky operator (order {fd_order}, N={n_points}, L={domain_length}); "
-                    f"use dt <= {limit:.4g}, fewer grid points, or the spectral solver")
-
-    def linear_symbol(self) -> np.ndarray:
-        """Eigenvalues of the discrete linear operator, one per Fourier mode ``m = 0..N/2``."""
-        half_width = self._linear_pad
-        theta = 2 * np.pi * np.arange(self.n_points // 2 + 1) / self.n_points
-        offsets = np.arange(-half_width, half_width + 1)
-        return np.real(np.exp(1j * np.outer(theta, offsets)) @ self._linear_stencil_np)
-
-    def linear_stability_dt(self) -> float:
-        most_negative = float(self.linear_symbol().min())
-        if most_negative >= 0:
-            return float("inf")
-        return REAL_AXIS_STABILITY_LIMIT[self.integrator] / -most_negative
-
-    def _apply(self, kernel: Tensor, pad: int, u: Tensor) -> Tensor:
-        batch_shape = u.shape[:-1]
-        flat = u.reshape(-1, 1, self.n_points)
-        padded = torch.nn.functional.pad(flat, (pad, pad), mode="circular")
-        return torch.nn.functional.conv1d(padded, kernel).reshape(*batch_shape, self.n_points)
-
-    def known_rhs(self, t: Tensor, u: Tensor) -> Tensor:
-        return (self._apply(self._linear_kernel, self._linear_pad, u)
-                + self._apply(self._advection_kernel, self._advection_pad, u * u))
-
-    def jvp(self, t: Tensor | float, u: Tensor, v: Tensor) -> Tensor:
-        """Exact directional derivative of the discrete ``known_rhs`` along ``v``."""
-        return (self._apply(self._linear_kernel, self._linear_pad, v)
-                + 2.0 * self._apply(self._advection_kernel, self._advection_pad, u * v))

@@ -9,11 +9,8 @@ import torch
 
 from conftest import KS_DOMAIN_LENGTH, fitted_order, periodic_smooth_field, spectral_derivatives, tolerance_for
 from solvers.integrators import REAL_AXIS_STABILITY_LIMIT, rk4_step
-from solvers.kuramoto_sivashinsky import (
-    KuramotoSivashinskyFiniteDifference,
-    KuramotoSivashinskySpectral,
-    central_difference_weights,
-)
+from solvers import KuramotoSivashinskySpectral
+from solvers.kuramoto_sivashinsky_fd import KuramotoSivashinskyFiniteDifference, central_difference_weights
 
 RK4_REAL_AXIS_LIMIT = 2.785293563405282  # root of |1 - x + x^2/2 - x^3/6 + x^4/24| = 1 (checked in test_integrators)
 
