@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_common_arguments, clock_for, configure_threads, emit_json,  # noqa: E402
-                    machine_description, print_table, synchronize, time_interleaved)
+                    machine_description, on_gpu, print_table, synchronize, time_interleaved)
 
 DOMAIN_LENGTH = 22.0
 DT = 0.25
@@ -51,7 +51,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
     torch.manual_seed(0)
     closure = PeriodicCNNClosure(channels=16, depth=2, kernel_size=5).to(torch.float64).to(device).eval()
     # on a GPU every contender runs as CUDA graphs (graphs=True) or every one launches eagerly
-    graphs = graphs and torch.device(device).type == "cuda"
+    graphs = graphs and on_gpu(device)
     options = dict(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device, cuda_graphs=graphs,
                    capture_closure=graphs)
     bare = KuramotoSivashinskySpectral(**options)

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 __all__ = [
     "add_common_arguments", "configure_threads", "Timing", "calibrate", "time_interleaved",
     "print_table", "emit_json", "machine_description", "peak_rss_bytes", "format_rate", "synchronize",
-    "clock_for",
+    "clock_for", "on_gpu",
 ]
 
 
@@ -51,20 +51,25 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, device: bool = True
                                  "ratios use the wall clock")
 
 
+def on_gpu(device) -> bool:
+    """Whether ``device`` (a name or ``torch.device``) is a CUDA device."""
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
 def synchronize(device) -> None:
     """Wait for queued GPU work, so a timed call covers it (no-op on CPU)."""
     import torch
 
-    if torch.device(device).type == "cuda":
+    if on_gpu(device):
         torch.cuda.synchronize(device)
 
 
 def clock_for(device) -> str:
     """The clock ratios are quoted in: process CPU time on the CPU (fair on a busy machine), wall time
     on a GPU (the host thread's CPU time is not the GPU's)."""
-    import torch
-
-    return "wall" if torch.device(device).type == "cuda" else "cpu"
+    return "wall" if on_gpu(device) else "cpu"
 
 
 def configure_threads(threads: int) -> int:
@@ -187,7 +192,7 @@ def machine_description(threads: int, device: str = "cpu") -> dict[str, object]:
                    "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
                    "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                    "device": str(device)}
-    if torch.device(device).type == "cuda":
+    if on_gpu(device):
         description["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return description
 

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_common_arguments, clock_for, configure_threads, emit_json, format_rate,  # noqa: E402
-                    machine_description, peak_rss_bytes, print_table, synchronize, time_interleaved)
+from common import (add_common_arguments, configure_threads, emit_json, format_rate,  # noqa: E402
+                    machine_description, on_gpu, peak_rss_bytes, print_table, synchronize,
+                    time_interleaved)
 
 DOMAIN_LENGTH = 22.0
 DT = 0.25
@@ -131,9 +132,8 @@ def exponax_contenders(n_points: int, u0, steps: int, *, device: str = "cpu"):
 
     jax.config.update("jax_enable_x64", True)
     import exponax
-    import torch
 
-    platform = "gpu" if torch.device(device).type == "cuda" else "cpu"
+    platform = "gpu" if on_gpu(device) else "cpu"
 
     stepper = exponax.stepper.KuramotoSivashinskyConservative(
         1, DOMAIN_LENGTH, n_points, DT, order=4, dealiasing_fraction=2.0 / 3.0)
@@ -262,12 +262,12 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
         steps = 2 if args.tiny else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
         u0 = smooth_initial_state(n_points, batch)
         device = args.device
-        on_gpu = clock_for(device) == "wall"
+        gpu = on_gpu(device)
         builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
             "hybridnde": hybridnde_contender(n_points, u0, steps, device=device),
             "hybridnde step()": hybridnde_contender(n_points, u0, steps, public_step=True, device=device),
         }
-        if on_gpu:
+        if gpu:
             builders["hybridnde (no CUDA graph)"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                         cuda_graphs=False)
         if have_exponax:
@@ -284,7 +284,7 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
             builders["numpy KT"] = numpy_kassam_trefethen(n_points, u0, steps)
         builders["FFT floor"] = fft_floor(n_points, u0, steps, device=device)
         builders["FFT floor (allocating)"] = fft_floor(n_points, u0, steps, into_buffers=False, device=device)
-        if on_gpu:
+        if gpu:
             builders["FFT floor (graph per step)"] = fft_floor(n_points, u0, steps, device=device, graph="per step")
             builders["FFT floor (one graph, all steps)"] = fft_floor(n_points, u0, steps, device=device,
                                                                     graph="all steps")
@@ -306,7 +306,7 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                 "ours_over_this_wall": ours.rate("wall") / timing.rate("wall"),
                 "relative_deviation_after_20_steps": deviation, "steps_per_call": steps,
                 "repeats": len(timing.cpu), "dtype": "float64", "domain_length": DOMAIN_LENGTH, "dt": DT,
-                "contender_device": ("cpu" if name == "numpy KT" or (name.startswith("exponax") and not on_gpu)
+                "contender_device": ("cpu" if name == "numpy KT" or (name.startswith("exponax") and not gpu)
                                      else device),
                 **machine_description(threads, device)})
     return records
@@ -337,16 +337,16 @@ def memory_probe(mode: str, n_steps: int, n_points: int, batch: int, device: str
     from solvers import KuramotoSivashinskySpectral
 
     torch.set_num_threads(1)
-    on_gpu = torch.device(device).type == "cuda"
+    gpu = on_gpu(device)
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device)
     u0 = torch.as_tensor(smooth_initial_state(n_points, batch), dtype=torch.float64, device=device)
     with torch.inference_mode():
         for _ in solver.trajectory(u0, 8):  # warm up allocator, FFT plans, coefficients
             pass
-        if on_gpu:
+        if gpu:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device) if on_gpu else peak_rss_bytes()
+        baseline = torch.cuda.memory_allocated(device) if gpu else peak_rss_bytes()
         if mode == "trajectory":
             total = torch.zeros(n_points, dtype=torch.float64, device=device)
             for _, u in solver.trajectory(u0, n_steps):  # streamed, as the NetCDF writer consumes it
@@ -355,7 +355,7 @@ def memory_probe(mode: str, n_steps: int, n_points: int, batch: int, device: str
             saved = solver.rollout(u0, n_steps)
             total = saved.sum((0, 1))
         checksum = float(total.sum())
-    peak = torch.cuda.max_memory_allocated(device) if on_gpu else peak_rss_bytes()
+    peak = torch.cuda.max_memory_allocated(device) if gpu else peak_rss_bytes()
     print(json.dumps({"peak_rss_growth_bytes": peak - baseline, "checksum": checksum}))
 
 
@@ -375,12 +375,12 @@ def memory(args, threads: int) -> list[dict[str, object]]:
             records.append({"benchmark": "ks_rollout_memory", "mode": mode, "n_steps": n_steps,
                             "n_points": n_points, "batch": batch, "peak_rss_growth_bytes": growth,
                             "saved_states_bytes": (n_steps + 1) * n_points * batch * 8,
-                            "memory": "cuda_allocated" if clock_for(args.device) == "wall" else "rss",
+                            "memory": "cuda_allocated" if on_gpu(args.device) else "rss",
                             **machine_description(threads, args.device)})
     rows = [{"method": r["mode"], "steps": r["n_steps"], "N x batch": f"{r['n_points']} x {r['batch']}",
              "peak growth": f"{r['peak_rss_growth_bytes'] / 2**20:.1f} MiB",
              "all states would be": f"{r['saved_states_bytes'] / 2**20:.1f} MiB"} for r in records]
-    kind = "GPU allocation" if clock_for(args.device) == "wall" else "resident set"
+    kind = "GPU allocation" if on_gpu(args.device) else "resident set"
     print_table(rows, ["method", "steps", "N x batch", "peak growth", "all states would be"],
                 title=f"Peak memory ({kind}) of a rollout vs its length (fresh process each, float64, {args.device})")
     return records

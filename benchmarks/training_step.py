@@ -51,7 +51,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (Timing, add_common_arguments, clock_for, configure_threads, emit_json,  # noqa: E402
-                    machine_description, print_table, synchronize)
+                    machine_description, on_gpu, print_table, synchronize)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 KS_CASE = REPOSITORY / "cases" / "ks_l22.toml"
@@ -385,16 +385,16 @@ def memory_child(setup: str, steps: int, tiny: bool, device: str = "cpu") -> dic
 
     step(1, False)  # warm-up: imports, FFT plans, AdamW state
     gc.collect()
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu:
+    gpu = on_gpu(device)
+    if gpu:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         resident, reset = torch.cuda.memory_allocated(device), True
     else:
         resident, reset = _status_bytes("VmRSS"), _reset_peak()
-    started = time.perf_counter() if on_gpu else time.process_time()
+    started = time.perf_counter() if gpu else time.process_time()
     nfe = step(steps, False)
-    if on_gpu:
+    if gpu:
         torch.cuda.synchronize(device)
         seconds, peak = time.perf_counter() - started, torch.cuda.max_memory_allocated(device)
     else:
@@ -403,7 +403,7 @@ def memory_child(setup: str, steps: int, tiny: bool, device: str = "cpu") -> dic
     return {"benchmark": "training_step_memory", "setup": setup, "rollout_steps": steps,
             "peak_rss_growth_bytes": peak - resident if reset else None, "peak_rss_bytes": peak,
             "saved_for_backward_bytes": saved["bytes"], "step_s": seconds, "batch": len(windows),
-            "memory": "cuda_allocated" if on_gpu else "rss", "device": device,
+            "memory": "cuda_allocated" if gpu else "rss", "device": device,
             **{key: int(value) for key, value in nfe.items()}}
 
 
@@ -433,7 +433,7 @@ def memory_table(arguments, threads: int) -> list[dict]:
                 row[f"{setup} nfe"] = f"{r['nfe_forward']}+{r['nfe_backward']}"
         rows.append(row)
     columns = ["k"] + [c for setup in setups for c in (setup, f"{setup} saved", f"{setup} nfe") if c in rows[0]]
-    peak = "peak GPU allocation" if clock_for(arguments.device) == "wall" else "peak RSS growth"
+    peak = "peak GPU allocation" if on_gpu(arguments.device) else "peak RSS growth"
     print_table(rows, columns, title=f"training-step memory: {peak} of one step / bytes saved for backward "
                                      "(MiB), function evaluations forward+backward")
     return records

@@ -96,11 +96,10 @@ class GraphCache:
     def get(self, key: tuple) -> CapturedStep | None:
         return self._steps.get(key)
 
-    def put(self, key: tuple, step: CapturedStep) -> CapturedStep:
+    def put(self, key: tuple, step: CapturedStep) -> None:
         if len(self._steps) >= self.capacity:
             self._steps.pop(next(iter(self._steps)))
         self._steps[key] = step
-        return step
 
     def clear(self) -> None:
         self._steps.clear()
