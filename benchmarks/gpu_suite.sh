@@ -26,7 +26,7 @@ try:
     import jax, exponax; print(\"jax\", jax.__version__, jax.devices(), \"exponax\", exponax.__version__)
 except Exception as error: print(\"no exponax peer:\", error)"'
 part tests 100 python3 -m pytest -q -p no:cacheprovider -k cuda tests
-part ks_stepper 170 python3 benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory --repeats 5 \
+part ks_stepper 260 python3 benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory --repeats 5 \
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part closure_overhead 60 python3 benchmarks/closure_overhead.py --device cuda --repeats 5 --min-seconds 0.1 \
   --jsonl "$OUT/bench.jsonl"

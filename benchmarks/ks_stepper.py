@@ -63,13 +63,13 @@ def smooth_initial_state(n_points: int, batch: int):
 
 # -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
 def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu",
-                        cuda_graphs: bool = True):
+                        cuda_graphs: bool = True, implementation: str = "auto"):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
 
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device,
-                                         cuda_graphs=cuda_graphs)
+                                         cuda_graphs=cuda_graphs, implementation=implementation)
     state = torch.as_tensor(u0, dtype=torch.float64, device=device)
 
     def advance(n: int):
@@ -270,6 +270,9 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
         if gpu:
             builders["hybridnde (no CUDA graph)"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                         cuda_graphs=False)
+            for implementation in ("fft", "dense"):
+                builders[f"hybridnde {implementation}"] = hybridnde_contender(n_points, u0, steps, device=device,
+                                                                              implementation=implementation)
         if have_exponax:
             try:
                 builders.update(exponax_contenders(n_points, u0, steps, device=device))
