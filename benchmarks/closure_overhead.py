@@ -42,7 +42,7 @@ DT = 0.25
 
 
 def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: int, min_seconds: float,
-            device: str = "cpu", graphs: bool = True):
+            device: str = "cpu", graphs: bool = True, implementation: str = "auto"):
     import torch
 
     from hybridnde.models import PeriodicCNNClosure
@@ -53,7 +53,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
     # on a GPU every contender runs as CUDA graphs (graphs=True) or every one launches eagerly
     graphs = graphs and on_gpu(device)
     options = dict(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device, cuda_graphs=graphs,
-                   capture_closure=graphs)
+                   capture_closure=graphs, implementation=implementation)
     bare = KuramotoSivashinskySpectral(**options)
     hooked = KuramotoSivashinskySpectral(closure=closure, **options)
     x = bare.x
@@ -109,6 +109,8 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
                                 "4 closure forwards": (forwards, steps),
                                 "step with closure": (run_solver(hooked), steps)},
                                repeats=repeats, min_seconds=min_seconds)
+    with torch.no_grad():
+        dense_path = hooked._use_dense(u0)  # which step "auto" took
     clock = clock_for(device)
     seconds = {name: 1.0 / timing.rate(clock) for name, timing in timings.items()}  # per step
     wall = {name: 1.0 / timing.rate("wall") for name, timing in timings.items()}
@@ -122,6 +124,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
         "solver_share": seconds["step with free closure"] / closure_cost,
         "solver_share_direct": (seconds["step with closure"] - closure_cost) / closure_cost,
         "repeats": repeats, "dtype": "float64", "clock": clock, "cuda_graphs": graphs,
+        "implementation": implementation, "dense_path": dense_path,
     }
 
 
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--eager", action="store_true", help="on a GPU: no CUDA graphs (every kernel launched)")
+    parser.add_argument("--implementation", default="auto", choices=["auto", "fft", "dense"],
+                        help="the KS solvers' step (see KuramotoSivashinskySpectral); auto picks per size")
     args = parser.parse_args(argv)
     threads = configure_threads(args.threads)
     sizes = [(32, 4)] if args.tiny else [(64, 64), (256, 64)]
@@ -143,13 +148,14 @@ def main(argv: list[str] | None = None) -> int:
             record = measure(n_points, batch, 2 if args.tiny else 20, grad_mode=grad_mode,
                              repeats=1 if args.tiny else args.repeats,
                              min_seconds=0.01 if args.tiny else args.min_seconds, device=args.device,
-                             graphs=not args.eager)
+                             graphs=not args.eager, implementation=args.implementation)
             records.append({**record, **machine_description(threads, args.device)})
 
     def micro(seconds: float) -> str:
         return f"{seconds * 1e6:.0f}"
 
-    rows = [{"N": r["n_points"], "batch": r["batch"], "mode": r["grad_mode"] + (" graph" if r["cuda_graphs"] else ""),
+    rows = [{"N": r["n_points"], "batch": r["batch"], "mode": r["grad_mode"] + (" graph" if r["cuda_graphs"] else "")
+             + (" dense" if r["dense_path"] else " fft"),
              "bare step us": micro(r["bare_step_s"]), "free closure us": micro(r["step_with_free_closure_s"]),
              "4 closure fwd us": micro(r["four_closure_forwards_s"]),
              "step+closure us": micro(r["step_with_closure_s"]),

@@ -239,15 +239,17 @@ class Solver(ABC):
         return True
 
     def _capture(self, state: Tensor, dt: float) -> CapturedStep:
-        time = torch.zeros((), dtype=self.dtype, device=state.device) if self._step_reads_time() else None
+        # always a device tensor: a float t would become a host-to-device copy inside the step
+        # (``as_time``), which a capture refuses; refilled before each replay only when read
+        time = torch.zeros((), dtype=self.dtype, device=state.device)
 
         def step_in_place(s: Tensor) -> None:
-            stepped = self._step_eagerly(0.0 if time is None else time, s, dt)
+            stepped = self._step_eagerly(time, s, dt)
             if stepped is not s:
                 s.copy_(stepped)
 
-        return self.captured_step_type(step_in_place, state, time=time,
-                                       keep_alive=(*self._graph_buffers(state, dt), self.closure))
+        return self.captured_step_type(step_in_place, state, time=time if self._step_reads_time() else None,
+                                       keep_alive=(*self._graph_buffers(state, dt), self.closure, time))
 
     def _stop_graphs(self, reason: str) -> None:
         warnings.warn(f"CUDA graphs: {reason}; {type(self).__name__} steps without graphs from now on "

@@ -192,22 +192,32 @@ def circulant_matrix(symbol: Tensor, n_points: int) -> Tensor:
 class DenseStepper:
     """ETDRK4 on physical states through precomputed (k n, n) matrices; for inference only.
 
-    Workspace layout, each slot ``(batch, n)``: ``[w_a | u | w_u | w_b | w_d]`` with ``w_x = x^2``, so
-    every stage reads one contiguous block: ``a`` from ``[u, w_u]``, ``b`` from ``[w_a, u]``, ``d`` from
-    ``[u, w_u, w_b]`` and ``u+`` from all five. The workspace lives only during ``step``, so one
+    Workspace layout, each slot ``(batch, n)``, ``w_x = x^2`` and ``c_x`` the closure at ``x`` (only
+    with ``with_closure``): ``[w_a (c_a) | u w_u (c_u) | w_b (c_b) | w_d (c_d)]``, so every stage reads
+    one contiguous block: ``a`` from the ``u`` group, ``b`` from the ``a`` group and ``u``, ``d`` from
+    the ``u`` and ``b`` groups and ``u+`` from all. The workspace lives only during a step, so one
     stepper serves any number of interleaved trajectories of the same batch size.
     """
 
     def __init__(self, matrices: tuple[Tensor, Tensor, Tensor, Tensor], batch: int, n_points: int,
-                 *, dtype: torch.dtype, device: torch.device):
+                 *, dtype: torch.dtype, device: torch.device, with_closure: bool = False):
         self.a_matrix, self.b_matrix, self.d_matrix, self.final_matrix = matrices
-        n = n_points
-        workspace = torch.empty(batch, 5 * n, dtype=dtype, device=device)
+        self.with_closure = with_closure
+        n, per_stage = n_points, 2 if with_closure else 1  # slots of one stage value: w_x (and c_x)
+        workspace = torch.empty(batch, (4 * per_stage + 1) * n, dtype=dtype, device=device)
         self.stage = torch.empty(batch, n, dtype=dtype, device=device)
         self.workspace = workspace
-        self.w_a, self.u, self.w_u = workspace[:, 0:n], workspace[:, n:2 * n], workspace[:, 2 * n:3 * n]
-        self.w_b, self.w_d = workspace[:, 3 * n:4 * n], workspace[:, 4 * n:5 * n]
-        self.a_in, self.b_in, self.d_in = workspace[:, n:3 * n], workspace[:, 0:2 * n], workspace[:, n:4 * n]
+
+        def slot(index: int) -> Tensor:
+            return workspace[:, index * n:(index + 1) * n]
+
+        a, u, b, d = 0, per_stage, 2 * per_stage + 1, 3 * per_stage + 1  # first slot of each group
+        self.w_a, self.u, self.w_u, self.w_b, self.w_d = slot(a), slot(u), slot(u + 1), slot(b), slot(d)
+        if with_closure:
+            self.c_a, self.c_u, self.c_b, self.c_d = slot(a + 1), slot(u + 2), slot(b + 1), slot(d + 1)
+        self.a_in = workspace[:, u * n:b * n]
+        self.b_in = workspace[:, 0:(u + 1) * n]
+        self.d_in = workspace[:, u * n:d * n]
 
     def step(self, u: Tensor) -> Tensor:
         """``u: (batch, n)`` physical -> a new ``(batch, n)`` tensor one step later (``u`` untouched)."""
@@ -222,20 +232,48 @@ class DenseStepper:
         mul(stage, stage, out=self.w_d)
         return mm(self.workspace, self.final_matrix)
 
+    def step_with_closure(self, u: Tensor, closure: Callable[[Tensor, Tensor], Tensor],
+                          times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``step`` with ``closure(t, x)`` added to the nonlinear term at the stage times ``(t, t + dt/2,
+        t + dt)``. The closure sees fresh tensors it may keep (``u`` itself first)."""
+        mm, mul = torch.mm, torch.mul
+        start, half, end = times
+        self.u.copy_(u)
+        mul(u, u, out=self.w_u)
+        self.c_u.copy_(closure(start, u))
+        a = mm(self.a_in, self.a_matrix)
+        mul(a, a, out=self.w_a)
+        self.c_a.copy_(closure(half, a))
+        b = mm(self.b_in, self.b_matrix)
+        mul(b, b, out=self.w_b)
+        self.c_b.copy_(closure(half, b))
+        d = mm(self.d_in, self.d_matrix)
+        mul(d, d, out=self.w_d)
+        self.c_d.copy_(closure(end, d))
+        return mm(self.workspace, self.final_matrix)
+
 
 def dense_matrices(nonlinear_symbol: Tensor, coefficients: dict[str, Tensor], n_points: int,
-                   dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The four stacked stage matrices of ``DenseStepper`` (built in float64, then cast)."""
+                   dtype: torch.dtype, *, with_closure: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four stacked stage matrices of ``DenseStepper`` (built in float64, then cast).
+
+    Rows follow the workspace slots: the quadratic slots ``w_x`` take the coefficients with the
+    nonlinear symbol folded in, the closure slots ``c_x`` the plain ones (``N = g W + rfft(C)``).
+    """
     double = {name: value.to(torch.float64) for name, value in coefficients.items()}
     g = nonlinear_symbol.to(torch.complex128)
     folded = StageCoefficients.from_coefficients(double, g)
+    plain = StageCoefficients.from_coefficients(double, torch.ones_like(g))
 
     def matrix(symbol: Tensor) -> Tensor:
         return circulant_matrix(symbol.to(torch.complex128), n_points)
 
-    e, e2, qg = matrix(double["E"]), matrix(double["E2"]), matrix(folded.q)
-    f_ab = matrix(folded.f_ab)
-    stacked = (torch.cat([e2, qg]), torch.cat([qg, e2]),
-               torch.cat([e, matrix(folded.d_u), matrix(folded.d_b)]),
-               torch.cat([f_ab, e, matrix(folded.f_u), f_ab, matrix(folded.f_d)]))
-    return tuple(m.to(dtype).contiguous() for m in stacked)
+    def value(name: str) -> list[Tensor]:
+        """The rows of one stage value: its quadratic slot (and its closure slot)."""
+        rows = [matrix(getattr(folded, name))]
+        return rows + [matrix(getattr(plain, name))] if with_closure else rows
+
+    e, e2 = matrix(double["E"]), matrix(double["E2"])
+    stacked = ([e2, *value("q")], [*value("q"), e2], [e, *value("d_u"), *value("d_b")],
+               [*value("f_ab"), e, *value("f_u"), *value("f_ab"), *value("f_d")])
+    return tuple(torch.cat(rows).to(dtype).contiguous() for rows in stacked)

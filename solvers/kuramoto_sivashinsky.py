@@ -37,12 +37,11 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             1.0 switches dealiasing off.
         nonlinear_coefficient: ``c`` in ``-c u u_x``.
         contour_points: points on the Kassam-Trefethen contour (32 is plenty in float64).
-        implementation: how steps without a closure and without gradients are computed (all give the
-            same ETDRK4 step up to rounding): ``"fft"`` (8 real FFTs and fused elementwise updates),
-            ``"dense"`` (physical space, one matrix product per stage: fastest for small ``N * batch``,
-            where per-operation overhead dominates), or ``"auto"`` (dense in float64 when
-            ``batch * N**2 <= dense_work_limit`` and ``N <= 64``, else fft). Steps with a closure or
-            with gradients always use the FFT path.
+        implementation: how steps without gradients are computed (all give the same ETDRK4 step up to
+            rounding): ``"fft"`` (8 real FFTs and fused elementwise updates), ``"dense"`` (physical
+            space, one matrix product per stage: fastest where per-operation costs outweigh its
+            ``O(N^2)`` arithmetic), or ``"auto"`` (dense in float64 within ``dense_limits`` of the
+            device, else fft). Steps with gradients always use the FFT path.
         cuda_graphs, capture_closure: CUDA-graph replay of the steps (see ``Solver``): one launch a step
             instead of ~30 on a GPU; no effect on the CPU.
 
@@ -51,9 +50,12 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
 
     autonomous = True
 
-    #: ``"auto"`` picks the dense path while ``batch * N**2`` is at most this and ``N <= 64``
-    #: (measured crossovers on one CPU core: batch ~12 at N = 64, > 32 at N = 32, 1 at N = 128)
-    dense_work_limit: int = 32768
+    #: ``"auto"`` picks the dense path in float64 while ``N <= max_points`` and the dense step's work,
+    #: ``batch * N**2`` (x 5/3 with a closure: 20 matrix blocks instead of 12), is at most ``work_limit``:
+    #: ``{device type: (max_points, work_limit)}``, measured with benchmarks/ks_dense_crossover.py
+    #: (docs/performance.md). CPU: one core, Python and dispatch costs decide up to batch ~8 at N = 64.
+    #: CUDA: with graphs and FP64 matrix units the dense step's 9 kernels beat the FFT step's ~30.
+    dense_limits: dict[str, tuple[int, int]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
 
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
@@ -158,25 +160,37 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         return plan
 
     def _use_dense(self, u: Tensor) -> bool:
-        if self.closure is not None or self._needs_autograd(u) or self.implementation == "fft":
+        if self._needs_autograd(u) or self.implementation == "fft":
             return False
         if self.implementation == "dense":
             return True
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
-        # step), harmless in float64 but larger than the FFT path's in float32
-        return (self.dtype == torch.float64 and self.n_points <= 64
-                and u.shape[0] * self.n_points**2 <= self.dense_work_limit)
+        # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)
+        limits = self.dense_limits.get(u.device.type)
+        if self.dtype != torch.float64 or limits is None:
+            return False
+        max_points, work_limit = limits
+        work = u.shape[0] * self.n_points**2 * (20 if self.closure is not None else 12) // 12
+        return self.n_points <= max_points and work <= work_limit
 
     def _dense_stepper(self, u: Tensor, dt: float) -> DenseStepper:
-        key = (dt, u.shape[0])
+        with_closure = self.closure is not None
+        key = (dt, u.shape[0], with_closure)
         stepper = self._dense.get(key)
         if stepper is None:
-            matrices = dense_matrices(self.nonlinear_hat, self.coefficients(dt), self.n_points, self.dtype)
-            if len(self._dense) > 8:  # bounded: one entry per (dt, batch) in use
+            matrices = dense_matrices(self.nonlinear_hat, self.coefficients(dt), self.n_points, self.dtype,
+                                      with_closure=with_closure)
+            if len(self._dense) > 8:  # bounded: one entry per (dt, batch, closure or not) in use
                 self._dense.clear()
-            stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device)
+            stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device,
+                                   with_closure=with_closure)
             self._dense[key] = stepper
         return stepper
+
+    def _dense_step(self, stepper: DenseStepper, t: Tensor | float, u: Tensor, dt: float) -> Tensor:
+        if stepper.with_closure:
+            return stepper.step_with_closure(u, self.closure, self._stage_times(t, dt))
+        return stepper.step(u)
 
     def _fourier_workspace(self, batch: int) -> FourierWorkspace:
         workspace = self._workspaces.get(batch)
@@ -238,7 +252,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     def step(self, t: Tensor | float, u: Tensor, dt: float | None = None) -> Tensor:
         dt = self.dt if dt is None else float(dt)
         if self._use_dense(u):
-            return self._dense_stepper(u, dt).step(u)
+            return self._dense_step(self._dense_stepper(u, dt), t, u, dt)
         return self.to_physical(self.step_fourier(t, self.to_fourier(u), dt))
 
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
@@ -256,12 +270,12 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
             return self._fourier_step(t, state, dt, in_place=True)
         # dense path: the per-step Python work matters at batch 1, so reuse the stepper directly
-        stepper = self._dense.get((dt, state.shape[0]))
-        if stepper is not None and self.closure is None and not (torch.is_grad_enabled() and state.requires_grad):
-            return stepper.step(state)
+        stepper = self._dense.get((dt, state.shape[0], self.closure is not None))
+        if stepper is not None and not self._needs_autograd(state):
+            return self._dense_step(stepper, t, state, dt)
         return self.step(t, state, dt)
 
     def _graph_buffers(self, state: Tensor, dt: float) -> tuple:
         if state.is_complex():
             return (self._fourier_workspace(state.shape[0]), self.plan(dt))
-        return (self._dense_stepper(state, dt),)  # only without a closure (_use_dense)
+        return (self._dense_stepper(state, dt),)

@@ -10,7 +10,10 @@ import math
 import pytest
 import torch
 
+from torch.overrides import TorchFunctionMode
+
 from solvers import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral, Solver, TwoBody
+from solvers.cuda_graphs import GraphCaptureError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -25,6 +28,8 @@ class ReplayOnCPU:
 
     def __init__(self, step_in_place, state, *, keep_alive=(), time=None):
         step_in_place(state.clone())
+        with NoHostData():  # what a real capture refuses, checked on another scratch copy
+            step_in_place(state.clone())
         self.step_in_place, self.state, self.time = step_in_place, state, time
         ReplayOnCPU.captures += 1
 
@@ -32,6 +37,17 @@ class ReplayOnCPU:
         if self.time is not None:
             self.time.copy_(t) if isinstance(t, torch.Tensor) else self.time.fill_(t)
         self.step_in_place(self.state)
+
+
+class NoHostData(TorchFunctionMode):
+    """A CUDA capture fails when the step copies host data to the device (``torch.as_tensor(0.5,
+    device="cuda")``: "Cannot copy between CPU and CUDA tensors during CUDA graph capture"); on the CPU
+    nothing copies, so the stand-in refuses tensors made from Python data while "capturing"."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.as_tensor, torch.tensor, torch.asarray) and not isinstance(args[0], torch.Tensor):
+            raise GraphCaptureError(f"{func.__name__}({args[0]!r}) would copy host data during capture")
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

@@ -91,14 +91,15 @@ def test_interleaved_trajectories_are_independent():
         torch.testing.assert_close(interleaved, alone[index], rtol=0, atol=0)
 
 
-def test_closure_path_without_gradients_matches_differentiable_path():
+@pytest.mark.parametrize("implementation", ["fft", "dense"])
+def test_closure_path_without_gradients_matches_differentiable_path(implementation):
     closure_calls = []
 
     def closure(t, u):
         closure_calls.append(u)
         return 0.1 * torch.sin(u) * torch.cos(t)
 
-    solver = make_solver(closure=closure, dt=0.2)
+    solver = make_solver(closure=closure, dt=0.2, implementation=implementation)
     u0 = smooth_fields(solver, 3)
     expected = reference_rollout(solver, u0, 15, dt=0.2)
     with torch.inference_mode():
@@ -108,14 +109,15 @@ def test_closure_path_without_gradients_matches_differentiable_path():
     assert all(torch.isfinite(u).all() for u in closure_calls)
 
 
-def test_closure_inputs_are_not_modified_after_the_call():
+@pytest.mark.parametrize("implementation", ["fft", "dense"])
+def test_closure_inputs_are_not_modified_after_the_call(implementation):
     kept = []
 
     def closure(t, u):
         kept.append((u, u.clone()))
-        return torch.zeros_like(u)
+        return u  # returning its input: the solver must copy it out before reusing any buffer
 
-    solver = make_solver(closure=closure)
+    solver = make_solver(closure=closure, implementation=implementation)
     with torch.no_grad():
         solver.rollout(smooth_fields(solver, 2), 3)
     assert len(kept) == 12
@@ -146,13 +148,20 @@ def test_full_dealiasing_fraction_uses_every_mode():
 
 
 def test_auto_picks_dense_only_for_small_float64_work():
-    solver = make_solver()
+    solver, with_closure = make_solver(), make_solver(closure=lambda t, u: u)
     small, large = torch.zeros(2, 64, dtype=torch.float64), torch.zeros(64, 64, dtype=torch.float64)
+    eight = torch.zeros(8, 64, dtype=torch.float64)  # at the CPU limit without a closure, over it with one
     with torch.no_grad():
         assert solver._use_dense(small) and not solver._use_dense(large)
         assert not make_solver(dtype=torch.float32)._use_dense(small.float())
-        assert not make_solver(closure=lambda t, u: u)._use_dense(small)
+        assert with_closure._use_dense(small) and solver._use_dense(eight) and not with_closure._use_dense(eight)
+        assert not make_solver(n_points=128)._use_dense(torch.zeros(1, 128, dtype=torch.float64))
+        solver.dense_limits = {"cpu": (128, 1 << 20)}  # the table decides, per device type
+        assert solver._use_dense(large)
+        solver.dense_limits = {"cuda": (128, 1 << 20)}
+        assert not solver._use_dense(small)
     assert not solver._use_dense(small.clone().requires_grad_(True))
+    assert not with_closure._use_dense(small)  # gradients on and a closure: autograd must see it
 
 
 def test_circulant_matrix_applies_the_symbol():
