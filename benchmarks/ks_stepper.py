@@ -237,11 +237,14 @@ def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True, devic
             torch.fft.rfft(u, out=u_hat_out)
             torch.fft.irfft(u_hat, n=n_points, out=u_out)
     replays = steps if graph == "per step" else 1
+    buffers = (u, u_hat, u_out, u_hat_out)  # the graph reads and writes these addresses: keep them alive
 
     def replay():
         for _ in range(replays):
             captured.replay()
         synchronize(device)
+
+    replay.buffers = buffers
 
     return replay, None
 

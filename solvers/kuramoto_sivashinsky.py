@@ -55,7 +55,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     #: ``{device type: (max_points, work_limit)}``, measured with benchmarks/ks_dense_crossover.py
     #: (docs/performance.md). CPU: one core, Python and dispatch costs decide up to batch ~8 at N = 64.
     #: CUDA: with graphs and FP64 matrix units the dense step's 9 kernels beat the FFT step's ~30.
-    dense_limits: dict[str, tuple[int, int]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
+    dense_limits: dict[str, tuple[int, int]] = {"cpu": (64, 32768), "cuda": (512, 1 << 27)}
 
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
