@@ -10,7 +10,9 @@ ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see co
 
 * ``hybridnde``: ``KuramotoSivashinskySpectral.trajectory`` (Fourier state kept between steps), under
   ``torch.inference_mode``; ``hybridnde step()``: the public one-step call on physical states; on a
-  GPU also ``hybridnde (no CUDA graph)``: the trajectory with ``cuda_graphs=False`` (eager launches);
+  GPU also ``hybridnde (no CUDA graph)``: the trajectory with ``cuda_graphs=False`` (eager launches),
+  ``hybridnde fft`` / ``dense``: each implementation forced (``auto`` picks one per size), and
+  ``hybridnde fft unfused``: the FFT path without the fused Triton updates (``fused_updates=False``);
 * ``exponax``: ``exponax.stepper.KuramotoSivashinskyConservative(order=4)`` -- the conservative
   ``-1/2 (u^2)_x`` form, which is our equation (the plain ``KuramotoSivashinsky`` stepper is the
   combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
@@ -63,13 +65,14 @@ def smooth_initial_state(n_points: int, batch: int):
 
 # -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
 def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu",
-                        cuda_graphs: bool = True, implementation: str = "auto"):
+                        cuda_graphs: bool = True, implementation: str = "auto", fused_updates: bool = True):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
 
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device,
                                          cuda_graphs=cuda_graphs, implementation=implementation)
+    solver.fused_updates = fused_updates
     state = torch.as_tensor(u0, dtype=torch.float64, device=device)
 
     def advance(n: int):
@@ -276,6 +279,8 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
             for implementation in ("fft", "dense"):
                 builders[f"hybridnde {implementation}"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                               implementation=implementation)
+            builders["hybridnde fft unfused"] = hybridnde_contender(n_points, u0, steps, device=device,
+                                                                    implementation="fft", fused_updates=False)
         if have_exponax:
             try:
                 builders.update(exponax_contenders(n_points, u0, steps, device=device))

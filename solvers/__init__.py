@@ -5,6 +5,7 @@ Imports torch and numpy only (never ``hybridnde``), so any simulation code can v
 from .base import Closure, ExplicitSolver, Solver, SolverStateError
 from .closure_only import ClosureOnly
 from .integrators import FIXED_STEP_METHODS, odeint_adaptive
+from . import fused_stages
 from .kuramoto_sivashinsky import KuramotoSivashinskySpectral
 from .kuramoto_sivashinsky_fd import KuramotoSivashinskyFiniteDifference
 from .odes import ODE_SYSTEMS, DoublePendulum, Lorenz63, LotkaVolterra, RigidBody, TwoBody

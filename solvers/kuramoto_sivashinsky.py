@@ -12,11 +12,14 @@ closure).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Closure, PeriodicGrid, Solver
+from . import fused_stages
+from .base import Closure, PeriodicGrid, Solver, same_increment
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
 
@@ -44,6 +47,11 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             device, else fft). Steps with gradients always use the FFT path.
         cuda_graphs, capture_closure: CUDA-graph replay of the steps (see ``Solver``): one launch a step
             instead of ~30 on a GPU; no effect on the CPU.
+
+    On a GPU with Triton (part of CUDA builds of PyTorch) the FFT path's elementwise updates run as
+    four fused kernels (``solvers.fused_stages``); attribute ``fused_updates`` (default ``True``)
+    turns that off. Their first step is checked against the unfused one (a failure or disagreement
+    means unfused steps from then on, with a warning).
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
@@ -79,6 +87,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self.implementation = implementation
         self.cuda_graphs = bool(cuda_graphs)
         self.capture_closure = bool(capture_closure)
+        self.fused_updates = True
+        self._fused_checked = False
 
         modes = np.arange(self.n_points // 2 + 1)
         wavenumber = 2 * np.pi / self.domain_length * modes
@@ -215,10 +225,36 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         if self._needs_autograd(u_hat):
             return fourier_step(u_hat, plan, *self._nonlinear_terms(t, dt))
         workspace = self._fourier_workspace(u_hat.shape[0])
-        out = u_hat if in_place else torch.empty_like(u_hat)
         coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
         low = plan.folded_low if self.closure is None else plan.plain
+        if in_place and self.fused_updates and fused_stages.available(u_hat):
+            if self._fused_checked:
+                return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace)
+            return self._first_fused_step(u_hat, plan, coefficients, low, nonlinear, workspace)
+        out = u_hat if in_place else torch.empty_like(u_hat)
         return fourier_step_into(u_hat, out, plan, coefficients, low, nonlinear, workspace)
+
+    def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,
+                          low: StageCoefficients, nonlinear, workspace: FourierWorkspace) -> Tensor:
+        """The fused kernels' first step, checked against the unfused one: a failure to compile or a
+        different increment means unfused steps from then on, with a warning."""
+        before = u_hat.clone()
+        expected = fourier_step_into(before.clone(), torch.empty_like(u_hat), plan, coefficients, low, nonlinear,
+                                     workspace)
+        try:
+            fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace)
+            agrees = same_increment(before, u_hat, expected)
+        except Exception as error:  # noqa: BLE001 -- any compiler or launch failure: keep the unfused path
+            agrees, reason = False, f"failed ({type(error).__name__}: {error})"
+        else:
+            reason = "differ from the unfused step"
+        if not agrees:
+            warnings.warn(f"fused ETDRK4 updates {reason}; {type(self).__name__} uses the unfused step from now on",
+                          RuntimeWarning, stacklevel=2)
+            self.fused_updates = False
+            u_hat.copy_(expected)
+        self._fused_checked = True
+        return u_hat
 
     def _stage_times(self, t: Tensor | float, dt: float) -> tuple[Tensor, Tensor, Tensor]:
         """What the closure sees at the stages: ``t``, ``t + dt/2``, ``t + dt`` (0-dim tensors)."""

@@ -84,6 +84,16 @@ def test_closure_overhead_runs():
     assert "Closure in the hook" in stdout
 
 
+def test_ks_dense_crossover_times_both_paths_and_reports_the_auto_choice():
+    stdout, records = run_tiny("ks_dense_crossover.py")
+    assert len(records) == 4  # N = 16, batch 1 and 2, without and with a closure
+    for record in records:
+        assert record["fft_step_s"] > 0 and record["dense_step_s"] > 0
+        assert record["auto_picks_dense"]  # tiny float64 work on the CPU: within the dense limits
+    assert {record["closure"] for record in records} == {False, True}
+    assert "Dense vs FFT" in stdout
+
+
 @pytest.fixture(scope="module")
 def training_step() -> tuple[str, list[dict]]:
     return run_tiny("training_step.py")

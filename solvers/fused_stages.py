@@ -1,0 +1,141 @@
+"""The ETDRK4 Fourier-state step with its elementwise updates fused into four Triton kernels.
+
+On a GPU a small step costs what its kernels cost to run one after another, not what they compute:
+``fourier_step_into`` is 8 FFTs, 4 squares and 10 elementwise updates, each a kernel of a few
+microseconds. The updates between two FFTs depend only on the FFTs' outputs, so each stretch is one
+kernel here (the same exact rearrangements as ``solvers.etdrk4_stepping``, its module docstring)::
+
+    a  = E2 v + q N(v)                                          (after N(v))
+    b  = E2 v + q N(a);        s = f_u N(v) + f_ab N(a)         (after N(a))
+    d  = E v + d_u N(v) + d_b N(b);   s += f_ab N(b)            (after N(b))
+    v+ = E v + s + f_d N(d)                                     (after N(d)), in place
+
+which leaves 8 FFTs, 4 squares and 4 fused kernels. Triton ships with CUDA builds of PyTorch; without
+it (or on the CPU) nothing here is used. Complex tensors are passed as their real views (re, im
+interleaved), since Triton has no complex type. ``TRITON_INTERPRET=1`` runs the kernels on the CPU
+(tests).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without it
+    triton = None
+
+__all__ = ["available", "fused_fourier_step_into"]
+
+BLOCK = 256
+
+
+def available(u_hat: Tensor) -> bool:
+    """Whether the fused kernels can step ``u_hat`` (Triton present, a CUDA tensor, or the interpreter)."""
+    if triton is None:
+        return False
+    return u_hat.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+    @triton.jit
+    def _load(pointer, index, mask):
+        """Complex entries ``index`` of an interleaved (re, im) array."""
+        return tl.load(pointer + 2 * index, mask=mask), tl.load(pointer + 2 * index + 1, mask=mask)
+
+    @triton.jit
+    def _store(pointer, index, mask, real, imag):
+        tl.store(pointer + 2 * index, real, mask=mask)
+        tl.store(pointer + 2 * index + 1, imag, mask=mask)
+
+    @triton.jit
+    def _mul_add(real, imag, c_pointer, x_pointer, index, mode, mask):
+        """``(real, imag) + c[mode] * x[index]``, complex."""
+        cr, ci = _load(c_pointer, mode, mask)
+        xr, xi = _load(x_pointer, index, mask)
+        return real + cr * xr - ci * xi, imag + cr * xi + ci * xr
+
+    @triton.jit
+    def _scaled(c_pointer, x_pointer, index, mode, mask):
+        """``c[mode] * x[index]``, complex."""
+        cr, ci = _load(c_pointer, mode, mask)
+        xr, xi = _load(x_pointer, index, mask)
+        return cr * xr - ci * xi, cr * xi + ci * xr
+
+    @triton.jit
+    def _stage_a(v, n_u, e2, q, a, total, modes, BLOCK: tl.constexpr):
+        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = index < total
+        mode = index % modes
+        real, imag = _scaled(e2, v, index, mode, mask)
+        real, imag = _mul_add(real, imag, q, n_u, index, mode, mask)
+        _store(a, index, mask, real, imag)
+
+    @triton.jit
+    def _stage_b(v, n_u, n_a, e2, q, f_u, f_ab, b, s, total, modes, BLOCK: tl.constexpr):
+        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = index < total
+        mode = index % modes
+        real, imag = _scaled(e2, v, index, mode, mask)
+        real, imag = _mul_add(real, imag, q, n_a, index, mode, mask)
+        _store(b, index, mask, real, imag)
+        real, imag = _scaled(f_u, n_u, index, mode, mask)
+        real, imag = _mul_add(real, imag, f_ab, n_a, index, mode, mask)
+        _store(s, index, mask, real, imag)
+
+    @triton.jit
+    def _stage_d(v, n_u, n_b, e, d_u, d_b, f_ab, d, s, total, modes, BLOCK: tl.constexpr):
+        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = index < total
+        mode = index % modes
+        real, imag = _scaled(e, v, index, mode, mask)
+        real, imag = _mul_add(real, imag, d_u, n_u, index, mode, mask)
+        real, imag = _mul_add(real, imag, d_b, n_b, index, mode, mask)
+        _store(d, index, mask, real, imag)
+        real, imag = _load(s, index, mask)
+        real, imag = _mul_add(real, imag, f_ab, n_b, index, mode, mask)
+        _store(s, index, mask, real, imag)
+
+    @triton.jit
+    def _stage_out(v, n_d, s, e, f_d, total, modes, BLOCK: tl.constexpr):
+        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = index < total
+        mode = index % modes
+        real, imag = _load(s, index, mask)
+        real, imag = _mul_add(real, imag, e, v, index, mode, mask)
+        real, imag = _mul_add(real, imag, f_d, n_d, index, mode, mask)
+        _store(v, index, mask, real, imag)
+
+
+def _real(x: Tensor) -> Tensor:
+    """The interleaved real view of a contiguous complex tensor (what the kernels index)."""
+    if not x.is_contiguous():
+        raise ValueError("the fused ETDRK4 kernels need contiguous tensors")
+    return torch.view_as_real(x)
+
+
+def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, workspace) -> Tensor:
+    """``fourier_step_into(u_hat, u_hat, ...)`` (in place, no gradients) with fused updates.
+
+    ``u_hat: (batch, n_modes)`` complex, contiguous; ``coefficients`` a ``StageCoefficients`` over all
+    modes; ``nonlinear(stage, x_hat)`` returns fresh contiguous tensors; ``workspace`` a
+    ``FourierWorkspace`` (its ``e2_u`` and ``stage`` buffers hold the partial sum and stage values).
+    """
+    c, w = coefficients, workspace
+    total, modes = u_hat.numel(), u_hat.shape[-1]
+    grid = (triton.cdiv(total, BLOCK),)
+    v, stage, s = _real(u_hat), _real(w.stage), _real(w.e2_u)
+    e, e2 = _real(plan.E), _real(plan.E2)
+    q, d_u, d_b, f_u, f_ab, f_d = (_real(x) for x in (c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d))
+    n_u = _real(nonlinear(0, u_hat))
+    _stage_a[grid](v, n_u, e2, q, stage, total, modes, BLOCK=BLOCK)
+    n_a = _real(nonlinear(1, w.stage))
+    _stage_b[grid](v, n_u, n_a, e2, q, f_u, f_ab, stage, s, total, modes, BLOCK=BLOCK)
+    n_b = _real(nonlinear(1, w.stage))
+    _stage_d[grid](v, n_u, n_b, e, d_u, d_b, f_ab, stage, s, total, modes, BLOCK=BLOCK)
+    n_d = _real(nonlinear(2, w.stage))
+    _stage_out[grid](v, n_d, s, e, f_d, total, modes, BLOCK=BLOCK)
+    return u_hat
