@@ -220,7 +220,11 @@ class DenseStepper:
         self.d_in = workspace[:, u * n:d * n]
 
     def step(self, u: Tensor) -> Tensor:
-        """``u: (batch, n)`` physical -> a new ``(batch, n)`` tensor one step later (``u`` untouched)."""
+        """``u: (batch, n)`` physical -> a new ``(batch, n)`` tensor one step later (``u`` untouched).
+
+        Only for a stepper without closure slots (``step_with_closure`` fills those)."""
+        if self.with_closure:
+            raise ValueError("this DenseStepper has closure slots: call step_with_closure(u, closure, times)")
         stage, mm, mul = self.stage, torch.mm, torch.mul  # locals: this runs ~15 us, lookups count
         self.u.copy_(u)
         mul(u, u, out=self.w_u)

@@ -17,6 +17,7 @@ interleaved), since Triton has no complex type. ``TRITON_INTERPRET=1`` runs the 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -33,9 +34,14 @@ __all__ = ["available", "fused_fourier_step_into"]
 BLOCK = 256
 
 
+#: the kernels index with 32-bit integers (``2 * index`` addresses the imaginary parts)
+MAX_ENTRIES = 2**30 - 1
+
+
 def available(u_hat: Tensor) -> bool:
-    """Whether the fused kernels can step ``u_hat`` (Triton present, a CUDA tensor, or the interpreter)."""
-    if triton is None:
+    """Whether the fused kernels can step ``u_hat`` (Triton present, a CUDA tensor or the interpreter,
+    and few enough entries for 32-bit indices)."""
+    if triton is None or u_hat.numel() > MAX_ENTRIES:
         return False
     return u_hat.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -130,12 +136,14 @@ def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, worksp
     v, stage, s = _real(u_hat), _real(w.stage), _real(w.e2_u)
     e, e2 = _real(plan.E), _real(plan.E2)
     q, d_u, d_b, f_u, f_ab, f_d = (_real(x) for x in (c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d))
-    n_u = _real(nonlinear(0, u_hat))
-    _stage_a[grid](v, n_u, e2, q, stage, total, modes, BLOCK=BLOCK)
-    n_a = _real(nonlinear(1, w.stage))
-    _stage_b[grid](v, n_u, n_a, e2, q, f_u, f_ab, stage, s, total, modes, BLOCK=BLOCK)
-    n_b = _real(nonlinear(1, w.stage))
-    _stage_d[grid](v, n_u, n_b, e, d_u, d_b, f_ab, stage, s, total, modes, BLOCK=BLOCK)
-    n_d = _real(nonlinear(2, w.stage))
-    _stage_out[grid](v, n_d, s, e, f_d, total, modes, BLOCK=BLOCK)
+    # Triton launches on the current device (and its stream), not the tensors' one
+    with torch.cuda.device(u_hat.device) if u_hat.is_cuda else contextlib.nullcontext():
+        n_u = _real(nonlinear(0, u_hat))
+        _stage_a[grid](v, n_u, e2, q, stage, total, modes, BLOCK=BLOCK)
+        n_a = _real(nonlinear(1, w.stage))
+        _stage_b[grid](v, n_u, n_a, e2, q, f_u, f_ab, stage, s, total, modes, BLOCK=BLOCK)
+        n_b = _real(nonlinear(1, w.stage))
+        _stage_d[grid](v, n_u, n_b, e, d_u, d_b, f_ab, stage, s, total, modes, BLOCK=BLOCK)
+        n_d = _real(nonlinear(2, w.stage))
+        _stage_out[grid](v, n_d, s, e, f_d, total, modes, BLOCK=BLOCK)
     return u_hat

@@ -41,6 +41,7 @@ def fused_and_unfused(n_points, batch, *, dtype=torch.float64, closure=None, dev
 
 INTERPRETED = """
 import json, torch
+from solvers import KuramotoSivashinskySpectral
 from tests.test_fused_stages import fused_and_unfused, time_dependent_closure
 results = []
 for dtype in (torch.float64, torch.float32):
@@ -51,7 +52,16 @@ for dtype in (torch.float64, torch.float32):
                             "checked": solver._fused_checked,
                             "error": float((fused - unfused).abs().max() / unfused.abs().max()),
                             "moved": float((unfused[:, -1] - unfused[:, 0]).abs().max())})
-print(json.dumps(results))
+# a member whose square overflows in the first step: the kernels and the unfused step turn different
+# modes into NaN, which must not fail the first check
+overflowing = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
+u = torch.cos(2 * torch.pi * overflowing.x / 22.0).repeat(2, 1)
+u[1] *= 1e160
+with torch.no_grad():
+    saved = overflowing.rollout(u, 2)
+overflow = {"used": overflowing.fused_updates, "checked": overflowing._fused_checked,
+            "first_finite": bool(torch.isfinite(saved[0]).all()), "second_finite": bool(torch.isfinite(saved[1, -1]).all())}
+print(json.dumps({"results": results, "overflow": overflow}))
 """
 
 
@@ -61,13 +71,16 @@ def test_fused_kernels_match_the_unfused_step_in_the_triton_interpreter():
     completed = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=environment,
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    printed = json.loads(completed.stdout.strip().splitlines()[-1])
+    results = printed["results"]
     assert len(results) == 8
     for result in results:
         assert result["used"] and result["checked"], result  # the kernels ran and passed their first check
         tolerance = 1e-13 if result["dtype"] == "torch.float64" else 1e-5
         assert result["error"] < tolerance, result
         assert result["moved"] > 0.1, result
+    overflow = printed["overflow"]
+    assert overflow == {"used": True, "checked": True, "first_finite": True, "second_finite": False}, overflow
 
 
 @pytest.mark.parametrize("broken", ["raises", "does nothing"])
@@ -86,6 +99,51 @@ def test_a_fused_kernel_that_fails_its_first_step_is_dropped(monkeypatch, broken
         solver, fused, unfused = fused_and_unfused(64, 3, closure=time_dependent_closure)
     assert not solver.fused_updates and len(calls) == 1  # tried once, then never again
     torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
+
+
+def stand_in_fused_step(u_hat, plan, coefficients, nonlinear, workspace):
+    """A correct stand-in for the kernels on the CPU: the unfused step over all modes, in place."""
+    from solvers.etdrk4_stepping import fourier_step_into
+    return fourier_step_into(u_hat, u_hat, plan, coefficients, coefficients, nonlinear, workspace)
+
+
+def test_the_first_check_calls_neither_the_closure_nor_looks_at_the_state(monkeypatch):
+    """The check runs on a smooth probe without the closure: the closure sees exactly 4 calls a step
+    (a stochastic or stateful one would otherwise fail the check or see extra calls), and members
+    blown up from the start do not fail it."""
+    calls = []
+
+    def noisy_closure(t, u):
+        calls.append(float(t))
+        return 0.01 * torch.randn_like(u)
+
+    monkeypatch.setattr(fused_stages, "available", lambda u_hat: True)
+    monkeypatch.setattr(fused_stages, "fused_fourier_step_into", stand_in_fused_step)
+    solver = KuramotoSivashinskySpectral(n_points=32, implementation="fft", closure=noisy_closure)
+    u = torch.cos(2 * torch.pi * solver.x / 22.0).repeat(3, 1)
+    u[1] = float("nan")
+    with torch.no_grad():
+        saved = solver.rollout(u, 2)
+    assert solver.fused_updates and solver._fused_checked
+    assert calls == [0.0, 0.125, 0.125, 0.25, 0.25, 0.375, 0.375, 0.5]  # 4 stage calls a step, dt = 0.25
+    assert torch.isfinite(saved[[0, 2]]).all() and torch.isnan(saved[1, -1]).all()
+
+
+def test_huge_states_do_not_take_the_fused_path(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # any device passes then; only the size decides
+    assert fused_stages.available(torch.empty(4, 33, dtype=torch.complex128, device="meta"))
+    too_many = torch.empty(2, fused_stages.MAX_ENTRIES // 2 + 1, dtype=torch.complex64, device="meta")
+    assert not fused_stages.available(too_many)
+
+
+def test_a_dense_stepper_with_closure_slots_refuses_the_plain_step():
+    solver = KuramotoSivashinskySpectral(n_points=16, closure=lambda t, u: u)
+    u = torch.ones(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        stepper = solver._dense_stepper(u, solver.dt)
+    with pytest.raises(ValueError, match="step_with_closure"):
+        stepper.step(u)
 
 
 def test_fused_updates_are_not_used_with_gradients_or_out_of_place(monkeypatch):
