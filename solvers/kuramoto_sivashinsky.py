@@ -50,8 +50,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
 
     On a GPU with Triton (part of CUDA builds of PyTorch) the FFT path's elementwise updates run as
     four fused kernels (``solvers.fused_stages``); attribute ``fused_updates`` (default ``True``)
-    turns that off. Their first step is checked against the unfused one (a failure or disagreement
-    means unfused steps from then on, with a warning).
+    turns that off. Before their first step they are checked against the unfused step on a smooth
+    probe state (a failure or disagreement means unfused steps from then on, with a warning).
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
