@@ -13,6 +13,7 @@ closure).
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     #: (docs/performance.md). CPU: one core, Python and dispatch costs decide up to batch ~8 at N = 64.
     #: CUDA (H100): with graphs and FP64 matrix units the dense step's 9 kernels beat the FFT step's 16
     #: (fused updates) by 1.2-1.9x up to N = 256 and ~1e7 work; from N = 512 and batch ~64 on, not.
-    dense_limits: dict[str, tuple[int, int]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
+    dense_limits: ClassVar[dict[str, tuple[int, int]]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
 
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-
 from torch.overrides import TorchFunctionMode
 
 from solvers import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral, Solver, TwoBody

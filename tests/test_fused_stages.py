@@ -69,7 +69,7 @@ def test_fused_kernels_match_the_unfused_step_in_the_triton_interpreter():
     pytest.importorskip("triton")
     environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     completed = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=environment,
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-2000:]
     printed = json.loads(completed.stdout.strip().splitlines()[-1])
     results = printed["results"]
