@@ -265,10 +265,14 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
         have_exponax = False
     records = []
     for n_points, batch in sizes:
-        steps = 2 if args.tiny else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
-        u0 = smooth_initial_state(n_points, batch)
         device = args.device
         gpu = on_gpu(device)
+        # steps per timed call: on the CPU sized to the work; on a GPU always 50, so that a call's
+        # fixed costs (a trajectory's set-up and final copy, the synchronisation: tens of us) weigh
+        # little against steps of 30-100 us (with 4 steps a call they cost the first contender of
+        # each round up to a third, docs/performance.md)
+        steps = 2 if args.tiny else 50 if gpu else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
+        u0 = smooth_initial_state(n_points, batch)
         builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
             "hybridnde": hybridnde_contender(n_points, u0, steps, device=device),
             "hybridnde step()": hybridnde_contender(n_points, u0, steps, public_step=True, device=device),
