@@ -269,8 +269,8 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
         gpu = on_gpu(device)
         # steps per timed call: on the CPU sized to the work; on a GPU always 50, so that a call's
         # fixed costs (a trajectory's set-up and final copy, the synchronisation: tens of us) weigh
-        # little against steps of 30-100 us (with 4 steps a call they cost the first contender of
-        # each round up to a third, docs/performance.md)
+        # little against steps of 30-100 us (with 4 steps a call, identical code came out up to 35%
+        # apart on the H100 depending on its place in the round, docs/performance.md)
         steps = 2 if args.tiny else 50 if gpu else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
         u0 = smooth_initial_state(n_points, batch)
         builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
