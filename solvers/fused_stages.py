@@ -36,6 +36,8 @@ BLOCK = 256
 
 #: the kernels index with 32-bit integers (``2 * index`` addresses the imaginary parts)
 MAX_ENTRIES = 2**30 - 1
+#: Triton's CPU interpreter runs the kernels on any device (read once: Triton reads it when kernels are defined)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def available(u_hat: Tensor) -> bool:
@@ -43,7 +45,7 @@ def available(u_hat: Tensor) -> bool:
     and few enough entries for 32-bit indices)."""
     if triton is None or u_hat.numel() > MAX_ENTRIES:
         return False
-    return u_hat.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return INTERPRETED or u_hat.device.type == "cuda"
 
 
 if triton is not None:
