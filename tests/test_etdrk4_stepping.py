@@ -136,6 +136,22 @@ def test_dense_path_in_float32_and_with_another_dt():
     torch.testing.assert_close(reference, reference_rollout(double, u0, 20, dt=0.1), rtol=0, atol=1e-12)
 
 
+def test_dense_path_with_a_closure_in_float32_and_with_another_dt():
+    def closure(t, u):
+        return 0.1 * torch.sin(u) * torch.cos(t)
+
+    double = make_solver(implementation="dense", closure=closure)
+    single = make_solver(implementation="dense", closure=closure, dtype=torch.float32)
+    u0 = smooth_fields(double, 2)
+    with torch.no_grad():
+        reference = double.rollout(u0, 20, dt=0.1)
+        got = single.rollout(u0.float(), 20, dt=0.1)
+    assert got.dtype == torch.float32
+    assert (got.double() - reference).abs().max().item() < 1e-4 * reference.abs().max().item()
+    torch.testing.assert_close(reference, reference_rollout(double, u0, 20, dt=0.1), rtol=0,
+                               atol=1e-12 * reference.abs().max().item())
+
+
 def test_full_dealiasing_fraction_uses_every_mode():
     """With dealiasing off every mode but the Nyquist one carries the nonlinear term."""
     solver = make_solver(dealiasing_fraction=1.0, implementation="fft", n_points=32, dt=0.05)
