@@ -18,16 +18,14 @@ interleaved), since Triton has no complex type. ``TRITON_INTERPRET=1`` runs the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 
 import torch
 from torch import Tensor
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU builds of torch come without it
-    triton = None
+#: Triton ships with CUDA builds of torch, not with CPU ones; imported only when a fused step runs
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = ["available", "fused_fourier_step_into"]
 
@@ -43,79 +41,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 def available(u_hat: Tensor) -> bool:
     """Whether the fused kernels can step ``u_hat`` (Triton present, a CUDA tensor or the interpreter,
     and few enough entries for 32-bit indices)."""
-    if triton is None or u_hat.numel() > MAX_ENTRIES:
+    if not HAVE_TRITON or u_hat.numel() > MAX_ENTRIES:
         return False
     return INTERPRETED or u_hat.device.type == "cuda"
-
-
-if triton is not None:
-    @triton.jit
-    def _load(pointer, index, mask):
-        """Complex entries ``index`` of an interleaved (re, im) array."""
-        return tl.load(pointer + 2 * index, mask=mask), tl.load(pointer + 2 * index + 1, mask=mask)
-
-    @triton.jit
-    def _store(pointer, index, mask, real, imag):
-        tl.store(pointer + 2 * index, real, mask=mask)
-        tl.store(pointer + 2 * index + 1, imag, mask=mask)
-
-    @triton.jit
-    def _mul_add(real, imag, c_pointer, x_pointer, index, mode, mask):
-        """``(real, imag) + c[mode] * x[index]``, complex."""
-        cr, ci = _load(c_pointer, mode, mask)
-        xr, xi = _load(x_pointer, index, mask)
-        return real + cr * xr - ci * xi, imag + cr * xi + ci * xr
-
-    @triton.jit
-    def _scaled(c_pointer, x_pointer, index, mode, mask):
-        """``c[mode] * x[index]``, complex."""
-        cr, ci = _load(c_pointer, mode, mask)
-        xr, xi = _load(x_pointer, index, mask)
-        return cr * xr - ci * xi, cr * xi + ci * xr
-
-    @triton.jit
-    def _stage_a(v, n_u, e2, q, a, total, modes, BLOCK: tl.constexpr):
-        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = index < total
-        mode = index % modes
-        real, imag = _scaled(e2, v, index, mode, mask)
-        real, imag = _mul_add(real, imag, q, n_u, index, mode, mask)
-        _store(a, index, mask, real, imag)
-
-    @triton.jit
-    def _stage_b(v, n_u, n_a, e2, q, f_u, f_ab, b, s, total, modes, BLOCK: tl.constexpr):
-        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = index < total
-        mode = index % modes
-        real, imag = _scaled(e2, v, index, mode, mask)
-        real, imag = _mul_add(real, imag, q, n_a, index, mode, mask)
-        _store(b, index, mask, real, imag)
-        real, imag = _scaled(f_u, n_u, index, mode, mask)
-        real, imag = _mul_add(real, imag, f_ab, n_a, index, mode, mask)
-        _store(s, index, mask, real, imag)
-
-    @triton.jit
-    def _stage_d(v, n_u, n_b, e, d_u, d_b, f_ab, d, s, total, modes, BLOCK: tl.constexpr):
-        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = index < total
-        mode = index % modes
-        real, imag = _scaled(e, v, index, mode, mask)
-        real, imag = _mul_add(real, imag, d_u, n_u, index, mode, mask)
-        real, imag = _mul_add(real, imag, d_b, n_b, index, mode, mask)
-        _store(d, index, mask, real, imag)
-        real, imag = _load(s, index, mask)
-        real, imag = _mul_add(real, imag, f_ab, n_b, index, mode, mask)
-        _store(s, index, mask, real, imag)
-
-    @triton.jit
-    def _stage_out(v, n_d, s, e, f_d, total, modes, BLOCK: tl.constexpr):
-        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = index < total
-        mode = index % modes
-        real, imag = _load(s, index, mask)
-        real, imag = _mul_add(real, imag, e, v, index, mode, mask)
-        real, imag = _mul_add(real, imag, f_d, n_d, index, mode, mask)
-        _store(v, index, mask, real, imag)
 
 
 def _real(x: Tensor) -> Tensor:
@@ -132,20 +60,22 @@ def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, worksp
     modes; ``nonlinear(stage, x_hat)`` returns fresh contiguous tensors; ``workspace`` a
     ``FourierWorkspace`` (its ``e2_u`` and ``stage`` buffers hold the partial sum and stage values).
     """
+    from . import _fused_kernels as kernels  # Triton, on first use
+
     c, w = coefficients, workspace
     total, modes = u_hat.numel(), u_hat.shape[-1]
-    grid = (triton.cdiv(total, BLOCK),)
+    grid = ((total + BLOCK - 1) // BLOCK,)
     v, stage, s = _real(u_hat), _real(w.stage), _real(w.e2_u)
     e, e2 = _real(plan.E), _real(plan.E2)
     q, d_u, d_b, f_u, f_ab, f_d = (_real(x) for x in (c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d))
     # Triton launches on the current device (and its stream), not the tensors' one
     with torch.cuda.device(u_hat.device) if u_hat.is_cuda else contextlib.nullcontext():
         n_u = _real(nonlinear(0, u_hat))
-        _stage_a[grid](v, n_u, e2, q, stage, total, modes, BLOCK=BLOCK)
+        kernels.stage_a[grid](v, n_u, e2, q, stage, total, modes, BLOCK=BLOCK)
         n_a = _real(nonlinear(1, w.stage))
-        _stage_b[grid](v, n_u, n_a, e2, q, f_u, f_ab, stage, s, total, modes, BLOCK=BLOCK)
+        kernels.stage_b[grid](v, n_u, n_a, e2, q, f_u, f_ab, stage, s, total, modes, BLOCK=BLOCK)
         n_b = _real(nonlinear(1, w.stage))
-        _stage_d[grid](v, n_u, n_b, e, d_u, d_b, f_ab, stage, s, total, modes, BLOCK=BLOCK)
+        kernels.stage_d[grid](v, n_u, n_b, e, d_u, d_b, f_ab, stage, s, total, modes, BLOCK=BLOCK)
         n_d = _real(nonlinear(2, w.stage))
-        _stage_out[grid](v, n_d, s, e, f_d, total, modes, BLOCK=BLOCK)
+        kernels.stage_out[grid](v, n_d, s, e, f_d, total, modes, BLOCK=BLOCK)
     return u_hat

@@ -18,7 +18,7 @@ import torch
 from solvers import KuramotoSivashinskySpectral, fused_stages
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_cuda_and_triton = pytest.mark.skipif(not (torch.cuda.is_available() and fused_stages.triton is not None),
+needs_cuda_and_triton = pytest.mark.skipif(not (torch.cuda.is_available() and fused_stages.HAVE_TRITON),
                                            reason="needs a CUDA device and Triton")
 
 
