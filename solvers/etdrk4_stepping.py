@@ -205,7 +205,8 @@ class DenseStepper:
         self.with_closure = with_closure
         n, per_stage = n_points, 2 if with_closure else 1  # slots of one stage value: w_x (and c_x)
         workspace = torch.empty(batch, (4 * per_stage + 1) * n, dtype=dtype, device=device)
-        self.stage = torch.empty(batch, n, dtype=dtype, device=device)
+        # step() reuses one stage buffer; step_with_closure hands the closure fresh stage tensors instead
+        self.stage = None if with_closure else torch.empty(batch, n, dtype=dtype, device=device)
         self.workspace = workspace
 
         def slot(index: int) -> Tensor:
