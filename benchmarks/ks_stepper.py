@@ -13,6 +13,7 @@ ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see co
   GPU also ``hybridnde (no CUDA graph)``: the trajectory with ``cuda_graphs=False`` (eager launches),
   ``hybridnde fft`` / ``dense``: each implementation forced (``auto`` picks one per size), and
   ``hybridnde fft unfused``: the FFT path without the fused Triton updates (``fused_updates=False``);
+  on the CPU ``hybridnde torch ops``: the step without the compiled C kernels (``fused_updates=False``);
 * ``exponax``: ``exponax.stepper.KuramotoSivashinskyConservative(order=4)`` -- the conservative
   ``-1/2 (u^2)_x`` form, which is our equation (the plain ``KuramotoSivashinsky`` stepper is the
   combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
@@ -256,7 +257,7 @@ def fft_floor(n_points: int, u0, steps: int, *, into_buffers: bool = True, devic
 def throughput(args, threads: int) -> list[dict[str, object]]:
     import numpy as np
 
-    sizes = TINY_SIZES if args.tiny else FULL_SIZES
+    sizes = TINY_SIZES if args.tiny else args.sizes or FULL_SIZES
     try:
         import exponax  # noqa: F401
         import jax  # noqa: F401
@@ -267,11 +268,11 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
     for n_points, batch in sizes:
         device = args.device
         gpu = on_gpu(device)
-        # steps per timed call: on the CPU sized to the work; on a GPU always 50, so that a call's
-        # fixed costs (a trajectory's set-up and final copy, the synchronisation: tens of us) weigh
-        # little against steps of 30-100 us (with 4 steps a call, identical code came out up to 35%
-        # apart on the H100 depending on its place in the round, docs/performance.md)
-        steps = 2 if args.tiny else 50 if gpu else max(4, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
+        # steps per timed call: 20-50 on the CPU (sized to the work), always 50 on a GPU, so that a
+        # call's fixed costs (a trajectory's set-up and final transforms: one FFT pair, i.e. 1/8 of a
+        # step on the CPU; the synchronisation on a GPU) weigh little, as in a long rollout (with 4
+        # steps a call, identical code came out up to 35% apart on the H100, docs/performance.md)
+        steps = 2 if args.tiny else 50 if gpu else max(20, min(50, int(2e5 // (n_points * batch * math.log2(n_points)))))
         u0 = smooth_initial_state(n_points, batch)
         builders: dict[str, tuple[Callable[[], object], Callable[[int], object] | None]] = {
             "hybridnde": hybridnde_contender(n_points, u0, steps, device=device),
@@ -285,6 +286,9 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                                                                               implementation=implementation)
             builders["hybridnde fft unfused"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                     implementation="fft", fused_updates=False)
+        else:  # what the compiled C kernels (solvers.c_kernels) buy: the same step in torch operations
+            builders["hybridnde torch ops"] = hybridnde_contender(n_points, u0, steps, device=device,
+                                                                  fused_updates=False)
         if have_exponax:
             try:
                 builders.update(exponax_contenders(n_points, u0, steps, device=device))
@@ -409,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of a block of steps (slow to compile; no gain on CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
+    parser.add_argument("--sizes", nargs="*", metavar="N,BATCH", help="(N, batch) points (default: issue 9's four)",
+                        type=lambda text: tuple(int(part) for part in text.split(",")))
     parser.add_argument("--memory-probe", nargs=5, metavar=("MODE", "STEPS", "N", "BATCH", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

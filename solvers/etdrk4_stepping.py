@@ -219,6 +219,9 @@ class DenseStepper:
         self.a_in = workspace[:, u * n:b * n]
         self.b_in = workspace[:, 0:(u + 1) * n]
         self.d_in = workspace[:, u * n:d * n]
+        #: the whole ``step`` as one compiled call (``solvers.c_kernels.DenseStep``), set by its owner
+        #: after checking it; used for the states it ``accepts``
+        self.compiled = None
 
     def step(self, u: Tensor) -> Tensor:
         """``u: (batch, n)`` physical -> a new ``(batch, n)`` tensor one step later (``u`` untouched).
@@ -226,6 +229,9 @@ class DenseStepper:
         Only for a stepper without closure slots (``step_with_closure`` fills those)."""
         if self.with_closure:
             raise ValueError("this DenseStepper has closure slots: call step_with_closure(u, closure, times)")
+        compiled = self.compiled
+        if compiled is not None and compiled.accepts(u):
+            return compiled(u)
         stage, mm, mul = self.stage, torch.mm, torch.mul  # locals: this runs ~15 us, lookups count
         self.u.copy_(u)
         mul(u, u, out=self.w_u)

@@ -1,4 +1,5 @@
-"""The ETDRK4 Fourier-state step with its elementwise updates fused into four Triton kernels.
+"""The ETDRK4 Fourier-state step with its elementwise updates fused into four kernels: Triton on a GPU,
+C on the CPU (``solvers.c_kernels``).
 
 On a GPU a small step costs what its kernels cost to run one after another, not what they compute:
 ``fourier_step_into`` is 8 FFTs, 4 squares and 10 elementwise updates, each a kernel of a few
@@ -11,9 +12,10 @@ kernel here (the same exact rearrangements as ``solvers.etdrk4_stepping``, its m
     v+ = E v + s + f_d N(d)                                     (after N(d)), in place
 
 which leaves 8 FFTs, 4 squares and 4 fused kernels. Triton ships with CUDA builds of PyTorch; without
-it (or on the CPU) nothing here is used. Complex tensors are passed as their real views (re, im
-interleaved), since Triton has no complex type. ``TRITON_INTERPRET=1`` runs the kernels on the CPU
-(tests).
+it nothing here is used on a GPU. Complex tensors are passed as their real views (re, im
+interleaved), since Triton has no complex type. ``TRITON_INTERPRET=1`` runs the Triton kernels on the
+CPU (tests); otherwise CPU tensors go to the same four stages compiled from C, where a compiler is
+found (``solvers.c_kernels``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import os
 
 import torch
 from torch import Tensor
+
+from . import c_kernels
 
 #: Triton ships with CUDA builds of torch, not with CPU ones; imported only when a fused step runs
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
@@ -38,12 +42,16 @@ MAX_ENTRIES = 2**30 - 1
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _triton(u_hat: Tensor) -> bool:
+    return HAVE_TRITON and (INTERPRETED or u_hat.device.type == "cuda")
+
+
 def available(u_hat: Tensor) -> bool:
-    """Whether the fused kernels can step ``u_hat`` (Triton present, a CUDA tensor or the interpreter,
-    and few enough entries for 32-bit indices)."""
-    if not HAVE_TRITON or u_hat.numel() > MAX_ENTRIES:
-        return False
-    return INTERPRETED or u_hat.device.type == "cuda"
+    """Whether fused kernels can step ``u_hat``: Triton for a CUDA tensor (or any, interpreted) with few
+    enough entries for 32-bit indices; the compiled C kernels for a CPU tensor (``c_kernels.available``)."""
+    if _triton(u_hat):
+        return u_hat.numel() <= MAX_ENTRIES
+    return c_kernels.available(u_hat)
 
 
 def _real(x: Tensor) -> Tensor:
@@ -53,13 +61,16 @@ def _real(x: Tensor) -> Tensor:
     return torch.view_as_real(x)
 
 
-def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, workspace) -> Tensor:
+def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, workspace, kept: int | None = None) -> Tensor:
     """``fourier_step_into(u_hat, u_hat, ...)`` (in place, no gradients) with fused updates.
 
     ``u_hat: (batch, n_modes)`` complex, contiguous; ``coefficients`` a ``StageCoefficients`` over all
     modes; ``nonlinear(stage, x_hat)`` returns fresh contiguous tensors; ``workspace`` a
-    ``FourierWorkspace`` (its ``e2_u`` and ``stage`` buffers hold the partial sum and stage values).
+    ``FourierWorkspace`` (its ``e2_u`` and ``stage`` buffers hold the partial sum and stage values);
+    ``kept``: the coefficients vanish from this mode on (a hint the C kernels use; ``None``: all modes).
     """
+    if not _triton(u_hat):
+        return c_kernels.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace, kept)
     from . import _fused_kernels as kernels  # Triton, on first use
 
     c, w = coefficients, workspace

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import fused_stages
+from . import c_kernels, fused_stages
 from .base import Closure, PeriodicGrid, Solver, same_increment
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
@@ -49,10 +49,12 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         cuda_graphs, capture_closure: CUDA-graph replay of the steps (see ``Solver``): one launch a step
             instead of ~30 on a GPU; no effect on the CPU.
 
-    On a GPU with Triton (part of CUDA builds of PyTorch) the FFT path's elementwise updates run as
-    four fused kernels (``solvers.fused_stages``); attribute ``fused_updates`` (default ``True``)
-    turns that off. Before their first step they are checked against the unfused step on a smooth
-    probe state (a failure or disagreement means unfused steps from then on, with a warning).
+    The FFT path's elementwise updates run as four fused kernels (``solvers.fused_stages``): Triton on
+    a GPU (part of CUDA builds of PyTorch), C on the CPU where a compiler is found
+    (``solvers.c_kernels``, which also compiles the whole dense step without a closure); attribute
+    ``fused_updates`` (default ``True``) turns that off. Before their first step they are checked
+    against the unfused step on a smooth probe state (a failure or disagreement means unfused steps
+    from then on, with a warning).
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
@@ -196,8 +198,17 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
                 self._dense.clear()
             stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device,
                                    with_closure=with_closure)
+            if not with_closure and self.fused_updates and c_kernels.available(stepper.workspace):
+                self._compile_dense_step(stepper)
             self._dense[key] = stepper
         return stepper
+
+    def _compile_dense_step(self, stepper: DenseStepper) -> None:
+        """Give ``stepper`` the compiled dense step once it made the torch step's increment on a probe."""
+        compiled = c_kernels.DenseStep(stepper)
+        probe = self.to_physical(self._fused_probe(stepper.workspace))
+        if self._fused_agrees(probe, stepper.step(probe), lambda: compiled(probe)):
+            stepper.compiled = compiled
 
     def _dense_step(self, stepper: DenseStepper, t: Tensor | float, u: Tensor, dt: float) -> Tensor:
         if stepper.with_closure:
@@ -231,7 +242,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         low = plan.folded_low if self.closure is None else plan.plain
         if in_place and self.fused_updates and fused_stages.available(u_hat):
             if self._fused_checked:
-                return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace)
+                return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace,
+                                                            kept=low.q.shape[-1])
             return self._first_fused_step(u_hat, plan, coefficients, low, nonlinear, workspace)
         out = u_hat if in_place else torch.empty_like(u_hat)
         return fourier_step_into(u_hat, out, plan, coefficients, low, nonlinear, workspace)
@@ -245,21 +257,27 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         probe = self._fused_probe(u_hat)
         expected = fourier_step_into(probe.clone(), torch.empty_like(probe), plan, coefficients, low,
                                      self._squared_hat, workspace)
+        kept = low.q.shape[-1]
+        self._fused_checked = True
+        if not self._fused_agrees(probe, expected, lambda: fused_stages.fused_fourier_step_into(
+                probe.clone(), plan, coefficients, self._squared_hat, workspace, kept=kept)):
+            return fourier_step_into(u_hat, u_hat, plan, coefficients, low, nonlinear, workspace)
+        return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace, kept=kept)
+
+    def _fused_agrees(self, probe: Tensor, expected: Tensor, fused_step) -> bool:
+        """Whether ``fused_step()`` (the fused kernels on ``probe``) made the unfused step's increment
+        ``expected``; if not (or if it fails), a warning and ``fused_updates = False`` for good."""
         try:
-            fused = fused_stages.fused_fourier_step_into(probe.clone(), plan, coefficients, self._squared_hat,
-                                                         workspace)
-            agrees = same_increment(probe, fused, expected)
+            agrees = same_increment(probe, fused_step(), expected)
         except Exception as error:  # noqa: BLE001 -- any compiler or launch failure: keep the unfused path
             agrees, reason = False, f"failed ({type(error).__name__}: {error})"
         else:
             reason = "differ from the unfused step"
-        self._fused_checked = True
         if not agrees:
             warnings.warn(f"fused ETDRK4 updates {reason}; {type(self).__name__} uses the unfused step from now on",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
             self.fused_updates = False
-            return fourier_step_into(u_hat, u_hat, plan, coefficients, low, nonlinear, workspace)
-        return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace)
+        return agrees
 
     def _fused_probe(self, like: Tensor) -> Tensor:
         """Fourier coefficients of smooth O(1) fields, one per member of ``like`` (its shape and device)."""

@@ -87,7 +87,7 @@ def test_fused_kernels_match_the_unfused_step_in_the_triton_interpreter():
 def test_a_fused_kernel_that_fails_its_first_step_is_dropped(monkeypatch, broken):
     calls = []
 
-    def fused_step(u_hat, *args):
+    def fused_step(u_hat, *args, **kwargs):
         calls.append(u_hat)
         if broken == "raises":
             raise RuntimeError("PTX compilation failed")
@@ -101,7 +101,7 @@ def test_a_fused_kernel_that_fails_its_first_step_is_dropped(monkeypatch, broken
     torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
 
 
-def stand_in_fused_step(u_hat, plan, coefficients, nonlinear, workspace):
+def stand_in_fused_step(u_hat, plan, coefficients, nonlinear, workspace, kept=None):
     """A correct stand-in for the kernels on the CPU: the unfused step over all modes, in place."""
     from solvers.etdrk4_stepping import fourier_step_into
     return fourier_step_into(u_hat, u_hat, plan, coefficients, coefficients, nonlinear, workspace)
@@ -148,7 +148,7 @@ def test_a_dense_stepper_with_closure_slots_refuses_the_plain_step():
 
 def test_fused_updates_are_not_used_with_gradients_or_out_of_place(monkeypatch):
     monkeypatch.setattr(fused_stages, "available", lambda u_hat: True)
-    monkeypatch.setattr(fused_stages, "fused_fourier_step_into", lambda *args: pytest.fail("fused step used"))
+    monkeypatch.setattr(fused_stages, "fused_fourier_step_into", lambda *args, **kwargs: pytest.fail("fused step used"))
     solver = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
     u = torch.cos(2 * torch.pi * solver.x / 22.0)[None].repeat(2, 1)
     solver.rollout(u.clone().requires_grad_(True), 3)  # autograd path

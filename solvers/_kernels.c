@@ -1,0 +1,143 @@
+/* CPU kernels of the Kuramoto-Sivashinsky ETDRK4 step (solvers/c_kernels.py compiles and loads them).
+ *
+ * The same exact rearrangements as solvers/etdrk4_stepping.py (its module docstring); each function
+ * does in one pass what the torch step does in several elementwise operations, which is what the
+ * step costs besides its FFTs (and, at batch 1, besides torch's per-operation overhead).
+ *
+ * Fourier stages: complex arrays are interleaved (re, im) reals; states (batch, modes) row-major,
+ * coefficients (modes,). The coefficients of the nonlinear terms vanish at modes >= kept (the
+ * dealiasing cut; kept = modes with a closure), so above it only the linear factors E, E2 act.
+ *
+ *     a  = E2 v + q N(v)                                      stage_a
+ *     b  = E2 v + q N(a);        s = f_u N(v) + f_ab N(a)     stage_b
+ *     d  = E v + d_u N(v) + d_b N(b);   s += f_ab N(b)        stage_d
+ *     v+ = E v + s + f_d N(d)      (in place)                 stage_out
+ *
+ * Dense step: physical states (batch, n); the workspace (batch, 5n) is [w_a | u | w_u | w_b | w_d]
+ * with w_x = x^2, and each stage is one product of a contiguous block with a stacked circulant matrix
+ * (DenseStepper in solvers/etdrk4_stepping.py has the layout).
+ */
+#define R restrict
+
+#define DEFINE_KERNELS(real, suffix)                                                                    \
+static inline void mul_##suffix(const real *c, const real *x, real *re, real *im) {                   \
+    *re = c[0] * x[0] - c[1] * x[1];                                                                   \
+    *im = c[0] * x[1] + c[1] * x[0];                                                                   \
+}                                                                                                      \
+static inline void mul_add_##suffix(const real *c, const real *x, real *re, real *im) {               \
+    *re += c[0] * x[0] - c[1] * x[1];                                                                  \
+    *im += c[0] * x[1] + c[1] * x[0];                                                                  \
+}                                                                                                      \
+void stage_a_##suffix(long batch, long modes, long kept, const real *R v, const real *R n_u,          \
+                      const real *R e2, const real *R q, real *R a) {                                  \
+    for (long row = 0; row < batch; row++) {                                                           \
+        long o = 2 * row * modes;                                                                      \
+        for (long m = 0; m < modes; m++) {                                                             \
+            long i = o + 2 * m;                                                                        \
+            real re, im;                                                                               \
+            mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
+            if (m < kept) mul_add_##suffix(q + 2 * m, n_u + i, &re, &im);                              \
+            a[i] = re; a[i + 1] = im;                                                                  \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+void stage_b_##suffix(long batch, long modes, long kept, const real *R v, const real *R n_u,          \
+                      const real *R n_a, const real *R e2, const real *R q, const real *R f_u,         \
+                      const real *R f_ab, real *R b, real *R s) {                                      \
+    for (long row = 0; row < batch; row++) {                                                           \
+        long o = 2 * row * modes;                                                                      \
+        for (long m = 0; m < kept; m++) {                                                              \
+            long i = o + 2 * m;                                                                        \
+            real re, im, s_re, s_im;                                                                   \
+            mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
+            mul_add_##suffix(q + 2 * m, n_a + i, &re, &im);                                            \
+            b[i] = re; b[i + 1] = im;                                                                  \
+            mul_##suffix(f_u + 2 * m, n_u + i, &s_re, &s_im);                                          \
+            mul_add_##suffix(f_ab + 2 * m, n_a + i, &s_re, &s_im);                                     \
+            s[i] = s_re; s[i + 1] = s_im;                                                              \
+        }                                                                                              \
+        for (long m = kept; m < modes; m++) {                                                          \
+            long i = o + 2 * m;                                                                        \
+            real re, im;                                                                               \
+            mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
+            b[i] = re; b[i + 1] = im;                                                                  \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+void stage_d_##suffix(long batch, long modes, long kept, const real *R v, const real *R n_u,          \
+                      const real *R n_b, const real *R e, const real *R d_u, const real *R d_b,        \
+                      const real *R f_ab, real *R d, real *R s) {                                      \
+    for (long row = 0; row < batch; row++) {                                                           \
+        long o = 2 * row * modes;                                                                      \
+        for (long m = 0; m < kept; m++) {                                                              \
+            long i = o + 2 * m;                                                                        \
+            real re, im, s_re = s[i], s_im = s[i + 1];                                                 \
+            mul_##suffix(e + 2 * m, v + i, &re, &im);                                                  \
+            mul_add_##suffix(d_u + 2 * m, n_u + i, &re, &im);                                          \
+            mul_add_##suffix(d_b + 2 * m, n_b + i, &re, &im);                                          \
+            d[i] = re; d[i + 1] = im;                                                                  \
+            mul_add_##suffix(f_ab + 2 * m, n_b + i, &s_re, &s_im);                                     \
+            s[i] = s_re; s[i + 1] = s_im;                                                              \
+        }                                                                                              \
+        for (long m = kept; m < modes; m++) {                                                          \
+            long i = o + 2 * m;                                                                        \
+            real re, im;                                                                               \
+            mul_##suffix(e + 2 * m, v + i, &re, &im);                                                  \
+            d[i] = re; d[i + 1] = im;                                                                  \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+void stage_out_##suffix(long batch, long modes, long kept, real *R v, const real *R n_d,              \
+                        const real *R s, const real *R e, const real *R f_d) {                         \
+    for (long row = 0; row < batch; row++) {                                                           \
+        long o = 2 * row * modes;                                                                      \
+        for (long m = 0; m < modes; m++) {                                                             \
+            long i = o + 2 * m;                                                                        \
+            real re, im;                                                                               \
+            mul_##suffix(e + 2 * m, v + i, &re, &im);                                                  \
+            if (m < kept) {                                                                            \
+                re += s[i]; im += s[i + 1];                                                            \
+                mul_add_##suffix(f_d + 2 * m, n_d + i, &re, &im);                                      \
+            }                                                                                          \
+            v[i] = re; v[i + 1] = im;                                                                  \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+/* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                 \
+static void row_products_##suffix(long batch, long k, long n, const real *R x, long ldx,              \
+                                  const real *R matrix, real *R out) {                                 \
+    for (long row = 0; row < batch; row++) {                                                           \
+        const real *R x_row = x + row * ldx;                                                           \
+        real *R o = out + row * n;                                                                     \
+        for (long j = 0; j < n; j++) o[j] = 0;                                                         \
+        for (long i = 0; i < k; i++) {                                                                 \
+            const real x_i = x_row[i], *R m_i = matrix + i * n;                                        \
+            for (long j = 0; j < n; j++) o[j] += x_i * m_i[j];                                         \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+static void squares_##suffix(long batch, long n, const real *R x, real *R out, long ldo) {            \
+    for (long row = 0; row < batch; row++)                                                             \
+        for (long j = 0; j < n; j++) out[row * ldo + j] = x[row * n + j] * x[row * n + j];             \
+}                                                                                                      \
+void dense_step_##suffix(long batch, long n, const real *R u, real *R workspace, real *R stage,      \
+                         const real *R a_matrix, const real *R b_matrix, const real *R d_matrix,      \
+                         const real *R final_matrix, real *R out) {                                    \
+    long ld = 5 * n;                                                                                   \
+    for (long row = 0; row < batch; row++)                                                             \
+        for (long j = 0; j < n; j++) {                                                                 \
+            real x = u[row * n + j];                                                                   \
+            workspace[row * ld + n + j] = x;                                                           \
+            workspace[row * ld + 2 * n + j] = x * x;                                                   \
+        }                                                                                              \
+    row_products_##suffix(batch, 2 * n, n, workspace + n, ld, a_matrix, stage);      /* a: u, w_u */   \
+    squares_##suffix(batch, n, stage, workspace, ld);                                                  \
+    row_products_##suffix(batch, 2 * n, n, workspace, ld, b_matrix, stage);          /* b: w_a, u */   \
+    squares_##suffix(batch, n, stage, workspace + 3 * n, ld);                                          \
+    row_products_##suffix(batch, 3 * n, n, workspace + n, ld, d_matrix, stage);  /* d: u, w_u, w_b */ \
+    squares_##suffix(batch, n, stage, workspace + 4 * n, ld);                                          \
+    row_products_##suffix(batch, 5 * n, n, workspace, ld, final_matrix, out);                          \
+}
+
+DEFINE_KERNELS(double, f64)
+DEFINE_KERNELS(float, f32)

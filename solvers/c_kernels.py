@@ -1,0 +1,219 @@
+"""The CPU kernels of ``solvers/_kernels.c``, compiled with the system C compiler at first use.
+
+On the CPU the ETDRK4 step costs its FFTs plus ~14 elementwise torch operations (each a pass over
+memory and ~1-2 us of dispatch), and at batch 1 the dense step's 9 operations are nearly all
+dispatch. The C functions do each stretch between two FFTs in one pass (``fused_fourier_step_into``)
+and the whole dense step in one call (``DenseStep``); docs/performance.md has the measurements.
+
+The library is built once per source, compiler and CPU (``-O3 -march=native``) into a cache
+directory -- ``$HYBRIDNDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/hybridnde`` or ``~/.cache/hybridnde``
+-- written to a temporary file and renamed, so concurrent processes (MPI ranks) never load a partial
+one. The compiler is ``$CC``, else ``cc``, ``gcc`` or ``clang`` from ``PATH``. Without one (or with
+``HYBRIDNDE_C_KERNELS=0``) ``library()`` is ``None`` and the solvers use their torch operations;
+a compiler that fails warns once.
+
+The kernels are single-threaded: they are used for float64/float32 CPU tensors when torch runs on
+one intra-op thread, or when the arrays are small enough that torch would not split them anyway.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["library", "available", "unavailable_reason", "fused_fourier_step_into", "DenseStep", "cache_directory"]
+
+SOURCE = Path(__file__).with_name("_kernels.c")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
+#: torch splits elementwise work over threads from this many entries on (ATen's GRAIN_SIZE)
+TORCH_GRAIN = 32768
+_SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
+
+_state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}
+
+
+def cache_directory() -> Path:
+    configured = os.environ.get("HYBRIDNDE_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hybridnde"
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate:
+            found = shutil.which(candidate)
+            if found:
+                return found
+    return None
+
+
+def _cpu_identity() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _library_path(compiler: str, source: bytes) -> Path:
+    stat = os.stat(compiler)
+    key = hashlib.sha256(b"\0".join([source, os.path.realpath(compiler).encode(), str(stat.st_size).encode(),
+                                     str(stat.st_mtime_ns).encode(), " ".join(FLAGS).encode(),
+                                     platform.machine().encode(), _cpu_identity().encode()])).hexdigest()[:16]
+    return cache_directory() / f"ks_kernels-{key}{'.dll' if os.name == 'nt' else '.so'}"
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile into a temporary file beside ``target``, then rename (atomic: never a partial library)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        completed = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE)], capture_output=True,
+                                   text=True, timeout=300, check=False)
+        if completed.returncode != 0:
+            raise RuntimeError(f"{Path(compiler).name} exited with {completed.returncode}: "
+                               f"{completed.stderr.strip()[-500:]}")
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Argument types, so that Python ints pass as C longs and pointers without per-call wrapping."""
+    pointer, integer = ctypes.c_void_p, ctypes.c_long
+    for suffix in ("f64", "f32"):
+        for name, pointers in (("stage_a", 5), ("stage_b", 9), ("stage_d", 9), ("stage_out", 5)):
+            function = getattr(lib, f"{name}_{suffix}")
+            function.argtypes = [integer] * 3 + [pointer] * pointers
+            function.restype = None
+        function = getattr(lib, f"dense_step_{suffix}")
+        function.argtypes = [integer] * 2 + [pointer] * 8
+        function.restype = None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on the first call; ``None`` if they cannot be had (the reason
+    is ``unavailable_reason()``)."""
+    if _state["tried"]:
+        return _state["library"]  # type: ignore[return-value]
+    _state["tried"] = True
+    if os.environ.get("HYBRIDNDE_C_KERNELS", "1") == "0":
+        _state["reason"] = "switched off by HYBRIDNDE_C_KERNELS=0"
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _state["reason"] = "no C compiler found ($CC, cc, gcc, clang)"
+        return None
+    try:
+        target = _library_path(compiler, SOURCE.read_bytes())
+        if not target.exists():
+            _build(compiler, target)
+        lib = ctypes.CDLL(str(target))
+        _declare(lib)
+    except Exception as error:  # noqa: BLE001 -- any build or load failure: the torch operations
+        _state["reason"] = f"building them failed ({type(error).__name__}: {error})"
+        warnings.warn(f"hybridnde's compiled CPU kernels are unavailable, {_state['reason']}; the solvers use "
+                      "torch operations (slower at small sizes). HYBRIDNDE_C_KERNELS=0 silences this.",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    _state["library"] = lib
+    return lib
+
+
+def unavailable_reason() -> str | None:
+    return None if _state["library"] is not None else str(_state["reason"])
+
+
+def available(x: Tensor) -> bool:
+    """Whether the kernels can take ``x`` (a CPU tensor of a supported dtype, work torch would not
+    spread over threads) -- building them on the first call."""
+    if x.device.type != "cpu" or x.dtype not in _SUFFIX:
+        return False
+    if x.numel() > TORCH_GRAIN and torch.get_num_threads() > 1:
+        return False
+    return library() is not None
+
+
+def _address(x: Tensor) -> int:
+    if not x.is_contiguous():
+        raise ValueError("the compiled ETDRK4 kernels need contiguous tensors")
+    return x.data_ptr()
+
+
+def _like(x: Tensor, state: Tensor) -> Tensor:
+    """A nonlinear term as the kernels read it: the state's dtype (a closure may return another
+    precision, which the torch step would promote), contiguous, the state's shape."""
+    if x.shape != state.shape:
+        raise ValueError(f"the nonlinear term has shape {tuple(x.shape)}, the state {tuple(state.shape)}")
+    return x.to(state.dtype).contiguous()
+
+
+def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, workspace, kept: int | None = None) -> Tensor:
+    """``fourier_step_into(u_hat, u_hat, ...)`` with one compiled pass between FFTs (in place).
+
+    Same arguments as ``solvers.fused_stages.fused_fourier_step_into``; ``kept``: the coefficients
+    vanish from this mode on (the dealiasing cut; all modes if ``None``).
+    """
+    lib = library()
+    suffix = _SUFFIX[u_hat.dtype]
+    stage_a, stage_b = getattr(lib, "stage_a_" + suffix), getattr(lib, "stage_b_" + suffix)
+    stage_d, stage_out = getattr(lib, "stage_d_" + suffix), getattr(lib, "stage_out_" + suffix)
+    c, w = coefficients, workspace
+    batch, modes = u_hat.shape
+    kept = modes if kept is None else kept
+    v, stage, s = _address(u_hat), _address(w.stage), _address(w.e2_u)
+    e, e2 = _address(plan.E), _address(plan.E2)
+    q, d_u, d_b, f_u, f_ab, f_d = (_address(x) for x in (c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d))
+    n_u = _like(nonlinear(0, u_hat), u_hat)
+    stage_a(batch, modes, kept, v, n_u.data_ptr(), e2, q, stage)
+    n_a = _like(nonlinear(1, w.stage), u_hat)
+    stage_b(batch, modes, kept, v, n_u.data_ptr(), n_a.data_ptr(), e2, q, f_u, f_ab, stage, s)
+    n_b = _like(nonlinear(1, w.stage), u_hat)
+    stage_d(batch, modes, kept, v, n_u.data_ptr(), n_b.data_ptr(), e, d_u, d_b, f_ab, stage, s)
+    n_d = _like(nonlinear(2, w.stage), u_hat)
+    stage_out(batch, modes, kept, v, n_d.data_ptr(), s, e, f_d)
+    return u_hat
+
+
+class DenseStep:
+    """``DenseStepper.step`` (no closure) as one compiled call: ``u: (batch, n)`` -> a new tensor.
+
+    Holds the stepper's workspace and matrices (their addresses are taken once); ``u`` must be a
+    contiguous CPU tensor of the stepper's dtype and batch size (``accepts``).
+    """
+
+    def __init__(self, stepper):
+        if stepper.with_closure:
+            raise ValueError("the compiled dense step has no closure slots")
+        self.batch, self.n_points = stepper.workspace.shape[0], stepper.stage.shape[-1]
+        self.dtype = stepper.workspace.dtype
+        self.shape = torch.Size((self.batch, self.n_points))
+        self._stepper = stepper  # keeps the buffers below alive
+        self._function = getattr(library(), "dense_step_" + _SUFFIX[self.dtype])
+        self._buffers = tuple(_address(x) for x in (stepper.workspace, stepper.stage, stepper.a_matrix,
+                                                    stepper.b_matrix, stepper.d_matrix, stepper.final_matrix))
+
+    def accepts(self, u: Tensor) -> bool:
+        return u.dtype is self.dtype and u.is_cpu and u.shape == self.shape and u.is_contiguous()
+
+    def __call__(self, u: Tensor) -> Tensor:
+        out = torch.empty_like(u)
+        self._function(self.batch, self.n_points, u.data_ptr(), *self._buffers, out.data_ptr())
+        return out

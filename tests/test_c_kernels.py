@@ -1,0 +1,209 @@
+"""The compiled CPU kernels (``solvers.c_kernels``) give the torch step, are built safely, or are not used.
+
+Where no C compiler is found the comparisons skip (the build/fallback tests still run); CI's machines
+have gcc.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+
+import pytest
+import torch
+
+from solvers import KuramotoSivashinskySpectral, c_kernels
+
+needs_kernels = pytest.mark.skipif(c_kernels.library() is None,
+                                   reason=f"compiled kernels unavailable: {c_kernels.unavailable_reason()}")
+
+
+def time_dependent_closure(t, u):
+    return 0.1 * torch.sin(u) * torch.cos(3.0 * t)
+
+
+def smooth_state(solver, batch, dtype=torch.float64):
+    phase = torch.arange(batch, dtype=dtype)[:, None] / batch
+    return torch.cos(2 * torch.pi * (solver.x / 22.0 + phase)) + 0.3 * torch.sin(6 * torch.pi * solver.x / 22.0)
+
+
+def compiled_and_torch(implementation, n_points, batch, *, dtype=torch.float64, closure=None, steps=40):
+    """(compiled solver, its rollout, the torch rollout) from the same smooth state."""
+    solvers = [KuramotoSivashinskySpectral(n_points=n_points, implementation=implementation, dtype=dtype,
+                                           closure=closure) for _ in range(2)]
+    solvers[1].fused_updates = False
+    u0 = smooth_state(solvers[0], batch, dtype)
+    with torch.no_grad():
+        compiled, plain = (solver.rollout(u0, steps, save_every=10) for solver in solvers)
+    assert (plain[:, -1] - plain[:, 0]).abs().max() > 0.1  # the comparison is over a real change
+    return solvers[0], compiled, plain
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts calls of the compiled Fourier-stage kernels and dense steps."""
+    calls = {"stages": 0, "dense": 0}
+    stages, dense = c_kernels.fused_fourier_step_into, c_kernels.DenseStep.__call__
+
+    def counted_stages(*args, **kwargs):
+        calls["stages"] += 1
+        return stages(*args, **kwargs)
+
+    def counted_dense(self, u):
+        calls["dense"] += 1
+        return dense(self, u)
+
+    monkeypatch.setattr(c_kernels, "fused_fourier_step_into", counted_stages)
+    monkeypatch.setattr(c_kernels.DenseStep, "__call__", counted_dense)
+    return calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("closure", [None, time_dependent_closure], ids=["bare", "closure"])
+def test_compiled_fourier_stages_match_the_torch_step(dtype, closure, spy, recwarn):
+    for n_points, batch in ((64, 5), (256, 7), (32, 1)):
+        solver, compiled, plain = compiled_and_torch("fft", n_points, batch, dtype=dtype, closure=closure)
+        assert solver.fused_updates and solver._fused_checked
+        tolerance = 1e-13 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance * plain.abs().max().item())
+    assert spy["stages"] == 3 * (40 + 1)  # every step (and each solver's first check) went through C
+    assert not [w for w in recwarn if "fused" in str(w.message) or "compiled" in str(w.message)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_dense_step_matches_the_torch_one(dtype, spy):
+    for n_points, batch in ((64, 1), (32, 3), (16, 8)):
+        solver, compiled, plain = compiled_and_torch("dense", n_points, batch, dtype=dtype)
+        assert all(stepper.compiled is not None for stepper in solver._dense.values())
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+        torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance * plain.abs().max().item())
+    assert spy["dense"] == 3 * (40 + 1)
+
+
+@needs_kernels
+def test_the_compiled_dense_step_takes_only_what_fits_its_buffers():
+    """A state of another shape, dtype or layout goes to the torch step (the C code would run past
+    its buffers); the public step is compiled too and leaves its input alone."""
+    solver = KuramotoSivashinskySpectral(n_points=32, implementation="dense")
+    u = smooth_state(solver, 2)
+    with torch.no_grad():
+        expected = solver.step(0.0, u)
+        stepper = solver._dense[(solver.dt, 2, False)]
+        compiled = stepper.compiled
+        assert compiled is not None and compiled.accepts(u)
+        for other in (u[:1], u.float(), u.t().contiguous().t(), torch.cat([u, u], 1)[:, ::2]):
+            assert not compiled.accepts(other)
+        torch.testing.assert_close(stepper.step(u.t().contiguous().t()), expected, rtol=0, atol=1e-13)
+    assert torch.equal(u, smooth_state(solver, 2))
+
+
+@needs_kernels
+def test_a_member_overflowing_in_its_first_step_does_not_switch_the_kernels_off():
+    solver = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
+    u = torch.cos(2 * torch.pi * solver.x / 22.0).repeat(2, 1)
+    u[1] *= 1e160
+    with torch.no_grad():
+        saved = solver.rollout(u, 2)
+    assert solver.fused_updates and solver._fused_checked
+    assert torch.isfinite(saved[0]).all() and not torch.isfinite(saved[1, -1]).all()
+
+
+@needs_kernels
+def test_a_compiled_dense_step_that_disagrees_is_dropped(monkeypatch):
+    monkeypatch.setattr(c_kernels.DenseStep, "__call__", lambda self, u: u.clone())  # a step that does nothing
+    solver = KuramotoSivashinskySpectral(n_points=32, implementation="dense")
+    u = smooth_state(solver, 1)
+    with pytest.warns(RuntimeWarning, match="differ from the unfused"), torch.no_grad():
+        result = solver.step(0.0, u)
+    assert not solver.fused_updates and solver._dense[(solver.dt, 1, False)].compiled is None
+    reference = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
+    with torch.no_grad():
+        torch.testing.assert_close(result, reference.step(0.0, u), rtol=0, atol=1e-12)
+
+
+@needs_kernels
+def test_many_threads_leave_large_arrays_to_torch():
+    threads = torch.get_num_threads()
+    small = torch.zeros(4, 33, dtype=torch.complex128)
+    large = torch.zeros(4, c_kernels.TORCH_GRAIN, dtype=torch.complex128)
+    try:
+        torch.set_num_threads(2)
+        assert c_kernels.available(small) and not c_kernels.available(large)
+        torch.set_num_threads(1)
+        assert c_kernels.available(large)
+    finally:
+        torch.set_num_threads(threads)
+    assert not c_kernels.available(torch.zeros(4, 33, dtype=torch.int64))
+    assert not c_kernels.available(torch.zeros(4, 33, dtype=torch.complex128, device="meta"))
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """``c_kernels`` as if never loaded in this process, building into ``tmp_path``."""
+    for key, value in (("tried", False), ("library", None), ("reason", "not built yet")):
+        monkeypatch.setitem(c_kernels._state, key, value)
+    monkeypatch.setenv("HYBRIDNDE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("HYBRIDNDE_C_KERNELS", raising=False)
+    return tmp_path
+
+
+def test_the_library_is_built_once_into_the_cache_and_renamed_into_place(fresh_build, monkeypatch):
+    if c_kernels._compiler() is None:
+        pytest.skip("no C compiler")
+    lib = c_kernels.library()
+    assert lib is not None and c_kernels.unavailable_reason() is None
+    built = sorted(fresh_build.iterdir())
+    assert len(built) == 1 and built[0].suffix in (".so", ".dll")  # no temporary file left behind
+    first = built[0].stat().st_mtime_ns
+    # another process (here: the state reset) finds it and does not compile again
+    monkeypatch.setitem(c_kernels._state, "tried", False)
+    monkeypatch.setattr(c_kernels, "_build", lambda *args: pytest.fail("rebuilt a cached library"))
+    assert c_kernels.library() is not None
+    assert built[0].stat().st_mtime_ns == first
+
+
+def test_a_failing_compiler_warns_once_and_leaves_torch_in_charge(fresh_build, monkeypatch):
+    failing = fresh_build / "failing-cc"
+    failing.write_text("#!/bin/sh\necho 'cc: fatal error: no input files' >&2\nexit 1\n")
+    failing.chmod(failing.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CC", str(failing))
+    with pytest.warns(RuntimeWarning, match="compiled CPU kernels are unavailable.*exited with 1.*no input files"):
+        assert c_kernels.library() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c_kernels.library() is None  # once
+        assert not c_kernels.available(torch.zeros(2, 17, dtype=torch.complex128))
+        solver = KuramotoSivashinskySpectral(n_points=32)
+        with torch.no_grad():
+            solver.rollout(smooth_state(solver, 2), 3)
+    assert [path.name for path in fresh_build.iterdir()] == ["failing-cc"]  # nothing partial left
+
+
+def test_switched_off_or_no_compiler_means_torch_silently(fresh_build, monkeypatch):
+    monkeypatch.setenv("HYBRIDNDE_C_KERNELS", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c_kernels.library() is None
+    assert "HYBRIDNDE_C_KERNELS=0" in c_kernels.unavailable_reason()
+    monkeypatch.setitem(c_kernels._state, "tried", False)
+    monkeypatch.delenv("HYBRIDNDE_C_KERNELS")
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setenv("PATH", os.fspath(fresh_build))  # nothing to find there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c_kernels.library() is None
+    assert "no C compiler" in c_kernels.unavailable_reason()
+
+
+@needs_kernels
+def test_a_closure_returning_another_precision_is_converted_not_misread():
+    """A float32 solver whose closure answers in float64: the torch step promotes, the kernels must
+    read the term in the state's precision (not reinterpret its bytes)."""
+    def double_closure(t, u):
+        return 0.1 * torch.sin(u.double())
+
+    solver, compiled, plain = compiled_and_torch("fft", 64, 3, dtype=torch.float32, closure=double_closure)
+    assert solver.fused_updates and compiled.dtype == torch.float32
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=2e-5 * plain.abs().max().item())
