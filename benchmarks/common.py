@@ -113,6 +113,15 @@ class Timing:
         seconds = self.cpu_median if clock == "cpu" else self.wall_median
         return self.units_per_call / max(seconds, 1e-12)
 
+    def paired_speedup(self, other: "Timing", clock: str = "cpu") -> float:
+        """How many times ``self``'s rate is ``other``'s: the median over rounds of the ratio within each
+        round. The contenders of a round run within a second or so of each other, so this cancels the
+        drifts of a shared machine (its speed moved by up to 2x within seconds here) that a ratio of two
+        medians keeps."""
+        mine, theirs = (self.cpu, other.cpu) if clock == "cpu" else (self.wall, other.wall)
+        return statistics.median((t / other.units_per_call) / max(m / self.units_per_call, 1e-15)
+                                 for m, t in zip(mine, theirs))
+
 
 def _timed(call: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()

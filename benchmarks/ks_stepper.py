@@ -323,6 +323,8 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                 "member_steps_per_s_cpu": timing.rate("cpu"), "member_steps_per_s_wall": timing.rate("wall"),
                 "ours_over_this_cpu": ours.rate("cpu") / timing.rate("cpu"),
                 "ours_over_this_wall": ours.rate("wall") / timing.rate("wall"),
+                "ours_over_this_cpu_paired": ours.paired_speedup(timing, "cpu"),
+                "ours_over_this_wall_paired": ours.paired_speedup(timing, "wall"),
                 "relative_deviation_after_20_steps": deviation, "steps_per_call": steps,
                 "repeats": len(timing.cpu), "dtype": "float64", "domain_length": DOMAIN_LENGTH, "dt": DT,
                 "contender_device": ("cpu" if name == "numpy KT" or (name.startswith("exponax") and not gpu)
@@ -337,12 +339,14 @@ def print_throughput(records: list[dict[str, object]], threads: int) -> None:
         "member-steps/s (cpu)": format_rate(r["member_steps_per_s_cpu"]),
         "(wall)": format_rate(r["member_steps_per_s_wall"]),
         "ours/this (cpu)": f"{r['ours_over_this_cpu']:.2f}", "(wall)#": f"{r['ours_over_this_wall']:.2f}",
+        "paired (cpu)": f"{r['ours_over_this_cpu_paired']:.2f}", "(wall)##": f"{r['ours_over_this_wall_paired']:.2f}",
         "deviation": "-" if r["relative_deviation_after_20_steps"] is None
         else f"{r['relative_deviation_after_20_steps']:.1e}",
     } for r in records]
     print_table(rows, ["N", "batch", "contender", "member-steps/s (cpu)", "(wall)", "ours/this (cpu)",
-                       "(wall)#", "deviation"],
-                title=f"KS ETDRK4 throughput, float64, L=22, dt=0.25, {threads} thread(s); medians")
+                       "(wall)#", "paired (cpu)", "(wall)##", "deviation"],
+                title=f"KS ETDRK4 throughput, float64, L=22, dt=0.25, {threads} thread(s); medians "
+                      "(paired: median over rounds of the ratio within a round)")
 
 
 # -- memory: streamed trajectory vs stacked rollout -------------------------------------------------

@@ -318,7 +318,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         dt = self.dt if dt is None else float(dt)
         if self._use_dense(u):
             return self._dense_step(self._dense_stepper(u, dt), t, u, dt)
-        return self.to_physical(self.step_fourier(t, self.to_fourier(u), dt))
+        # the transform is a new tensor, ours to update in place (fused kernels) when no gradient is needed
+        return self.to_physical(self._fourier_step(t, self.to_fourier(u), dt, in_place=True))
 
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all

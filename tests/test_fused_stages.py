@@ -146,14 +146,37 @@ def test_a_dense_stepper_with_closure_slots_refuses_the_plain_step():
         stepper.step(u)
 
 
-def test_fused_updates_are_not_used_with_gradients_or_out_of_place(monkeypatch):
+def test_fused_updates_are_not_used_with_gradients_or_on_the_callers_tensors(monkeypatch):
     monkeypatch.setattr(fused_stages, "available", lambda u_hat: True)
     monkeypatch.setattr(fused_stages, "fused_fourier_step_into", lambda *args, **kwargs: pytest.fail("fused step used"))
     solver = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
     u = torch.cos(2 * torch.pi * solver.x / 22.0)[None].repeat(2, 1)
     solver.rollout(u.clone().requires_grad_(True), 3)  # autograd path
+    u_hat = solver.to_fourier(u)
     with torch.no_grad():
-        solver.step(0.0, u)  # the public step leaves its input alone: not in place
+        solver.step_fourier(0.0, u_hat)  # the caller's Fourier state: never updated in place
+
+
+def test_the_public_step_fuses_on_its_own_transform_and_leaves_its_input_alone(monkeypatch):
+    calls = []
+
+    def fused_step(u_hat, *args, **kwargs):
+        calls.append(u_hat)
+        return stand_in_fused_step(u_hat, *args, **kwargs)
+
+    monkeypatch.setattr(fused_stages, "available", lambda u_hat: True)
+    monkeypatch.setattr(fused_stages, "fused_fourier_step_into", fused_step)
+    solver = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
+    reference = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
+    reference.fused_updates = False
+    u = torch.cos(2 * torch.pi * solver.x / 22.0)[None].repeat(2, 1)
+    before = u.clone()
+    with torch.no_grad():
+        stepped = solver.step(0.0, u)
+    assert len(calls) == 2  # the first check on a probe, then the step
+    assert torch.equal(u, before)
+    with torch.no_grad():
+        torch.testing.assert_close(stepped, reference.step(0.0, u), rtol=0, atol=1e-13)
 
 
 @needs_cuda_and_triton
