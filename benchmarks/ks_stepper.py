@@ -13,7 +13,8 @@ ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see co
   GPU also ``hybridnde (no CUDA graph)``: the trajectory with ``cuda_graphs=False`` (eager launches),
   ``hybridnde fft`` / ``dense``: each implementation forced (``auto`` picks one per size), and
   ``hybridnde fft unfused``: the FFT path without the fused Triton updates (``fused_updates=False``);
-  on the CPU ``hybridnde torch ops``: the step without the compiled C kernels (``fused_updates=False``);
+  on the CPU ``hybridnde torch FFT``: without DUCC's transforms (``ducc_fft=False``, ``torch.fft``
+  with the compiled C kernels) and ``hybridnde torch ops``: without either (``fused_updates=False``);
 * ``exponax``: ``exponax.stepper.KuramotoSivashinskyConservative(order=4)`` -- the conservative
   ``-1/2 (u^2)_x`` form, which is our equation (the plain ``KuramotoSivashinsky`` stepper is the
   combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
@@ -66,7 +67,8 @@ def smooth_initial_state(n_points: int, batch: int):
 
 # -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
 def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu",
-                        cuda_graphs: bool = True, implementation: str = "auto", fused_updates: bool = True):
+                        cuda_graphs: bool = True, implementation: str = "auto", fused_updates: bool = True,
+                        ducc_fft: bool = True):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
@@ -74,6 +76,7 @@ def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = Fa
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device,
                                          cuda_graphs=cuda_graphs, implementation=implementation)
     solver.fused_updates = fused_updates
+    solver.ducc_fft = solver.ducc_fft and ducc_fft
     state = torch.as_tensor(u0, dtype=torch.float64, device=device)
 
     def advance(n: int):
@@ -286,9 +289,10 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                                                                               implementation=implementation)
             builders["hybridnde fft unfused"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                     implementation="fft", fused_updates=False)
-        else:  # what the compiled C kernels (solvers.c_kernels) buy: the same step in torch operations
+        else:  # what DUCC's FFTs (solvers.cpu_fft) and the compiled C kernels (solvers.c_kernels) buy
+            builders["hybridnde torch FFT"] = hybridnde_contender(n_points, u0, steps, device=device, ducc_fft=False)
             builders["hybridnde torch ops"] = hybridnde_contender(n_points, u0, steps, device=device,
-                                                                  fused_updates=False)
+                                                                  fused_updates=False, ducc_fft=False)
         if have_exponax:
             try:
                 builders.update(exponax_contenders(n_points, u0, steps, device=device))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import c_kernels, fused_stages
+from . import c_kernels, cpu_fft, fused_stages
 from .base import Closure, PeriodicGrid, Solver, same_increment
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
@@ -52,9 +52,10 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
     The FFT path's elementwise updates run as four fused kernels (``solvers.fused_stages``): Triton on
     a GPU (part of CUDA builds of PyTorch), C on the CPU where a compiler is found
     (``solvers.c_kernels``, which also compiles the whole dense step without a closure); attribute
-    ``fused_updates`` (default ``True``) turns that off. Before their first step they are checked
-    against the unfused step on a smooth probe state (a failure or disagreement means unfused steps
-    from then on, with a warning).
+    ``fused_updates`` (default ``True``) turns that off. With the C kernels and ``ducc0`` installed
+    (the ``fast`` extra), the quadratic term's FFTs go through DUCC (``solvers.cpu_fft``; attribute
+    ``ducc_fft``). Before their first step they are checked against the unfused torch step on a
+    smooth probe state (a failure or disagreement means unfused steps from then on, with a warning).
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
@@ -93,6 +94,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self.capture_closure = bool(capture_closure)
         self.fused_updates = True
         self._fused_checked = False
+        self.ducc_fft = cpu_fft.HAVE_DUCC
+        self._ducc_squared: dict[int, cpu_fft.SquaredHat] = {}
 
         modes = np.arange(self.n_points // 2 + 1)
         wavenumber = 2 * np.pi / self.domain_length * modes
@@ -241,28 +244,44 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
         low = plan.folded_low if self.closure is None else plan.plain
         if in_place and self.fused_updates and fused_stages.available(u_hat):
+            fused_nonlinear = nonlinear if self.closure is not None else self._fused_squared_hat(u_hat)
             if self._fused_checked:
-                return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace,
+                return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace,
                                                             kept=low.q.shape[-1])
-            return self._first_fused_step(u_hat, plan, coefficients, low, nonlinear, workspace)
+            return self._first_fused_step(u_hat, plan, coefficients, low, nonlinear, fused_nonlinear, workspace)
         out = u_hat if in_place else torch.empty_like(u_hat)
         return fourier_step_into(u_hat, out, plan, coefficients, low, nonlinear, workspace)
 
     def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,
-                          low: StageCoefficients, nonlinear, workspace: FourierWorkspace) -> Tensor:
-        """The fused kernels' first step, after checking them against the unfused step on a smooth probe
-        state of the same shape (not the state itself, whose blown-up members would differ in where
-        they turn NaN, nor with the closure, which must see exactly 4 calls a step): a failure to
-        compile or a different increment means unfused steps from then on, with a warning."""
+                          low: StageCoefficients, nonlinear, fused_nonlinear, workspace: FourierWorkspace) -> Tensor:
+        """The fused kernels' first step, after checking them (and DUCC's transforms, where used) against
+        the unfused torch step on a smooth probe state of the same shape (not the state itself, whose
+        blown-up members would differ in where they turn NaN, nor with the closure, which must see
+        exactly 4 calls a step): a failure or a different increment means unfused steps from then on,
+        with a warning."""
         probe = self._fused_probe(u_hat)
         expected = fourier_step_into(probe.clone(), torch.empty_like(probe), plan, coefficients, low,
                                      self._squared_hat, workspace)
         kept = low.q.shape[-1]
+        probe_nonlinear = self._fused_squared_hat(u_hat)
         self._fused_checked = True
         if not self._fused_agrees(probe, expected, lambda: fused_stages.fused_fourier_step_into(
-                probe.clone(), plan, coefficients, self._squared_hat, workspace, kept=kept)):
+                probe.clone(), plan, coefficients, probe_nonlinear, workspace, kept=kept)):
             return fourier_step_into(u_hat, u_hat, plan, coefficients, low, nonlinear, workspace)
-        return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, nonlinear, workspace, kept=kept)
+        return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace, kept=kept)
+
+    def _fused_squared_hat(self, u_hat: Tensor):
+        """The quadratic term of fused steps: DUCC's transforms into reused buffers on the CPU where
+        ``ducc0`` is installed (``solvers.cpu_fft``; attribute ``ducc_fft``), else ``_squared_hat``."""
+        if not (self.ducc_fft and u_hat.is_cpu):
+            return self._squared_hat
+        squared = self._ducc_squared.get(u_hat.shape[0])
+        if squared is None:
+            if len(self._ducc_squared) > 8:  # bounded: one per batch size in use
+                self._ducc_squared.clear()
+            squared = cpu_fft.SquaredHat(u_hat.shape[0], self.n_points, self.complex_dtype)
+            self._ducc_squared[u_hat.shape[0]] = squared
+        return squared
 
     def _fused_agrees(self, probe: Tensor, expected: Tensor, fused_step) -> bool:
         """Whether ``fused_step()`` (the fused kernels on ``probe``) made the unfused step's increment

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from solvers import KuramotoSivashinskySpectral, c_kernels
+from solvers import KuramotoSivashinskySpectral, c_kernels, cpu_fft
 
 needs_kernels = pytest.mark.skipif(c_kernels.library() is None,
                                    reason=f"compiled kernels unavailable: {c_kernels.unavailable_reason()}")
@@ -207,3 +207,39 @@ def test_a_closure_returning_another_precision_is_converted_not_misread():
     solver, compiled, plain = compiled_and_torch("fft", 64, 3, dtype=torch.float32, closure=double_closure)
     assert solver.fused_updates and compiled.dtype == torch.float32
     torch.testing.assert_close(compiled, plain, rtol=0, atol=2e-5 * plain.abs().max().item())
+
+
+needs_ducc = pytest.mark.skipif(not cpu_fft.HAVE_DUCC, reason="ducc0 not installed (the fast extra)")
+
+
+@needs_ducc
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_ducc_squared_hat_is_the_torch_fft_pair_in_four_buffers(dtype):
+    generator = torch.Generator().manual_seed(3)
+    squared = cpu_fft.SquaredHat(5, 48, dtype)
+    results = []
+    for stage in range(6):
+        x_hat = torch.randn(5, 25, dtype=dtype, generator=generator)
+        expected = torch.fft.rfft(torch.fft.irfft(x_hat, n=48) ** 2)
+        result = squared(stage % 3, x_hat)
+        tolerance = 1e-13 if dtype == torch.complex128 else 1e-4
+        torch.testing.assert_close(result, expected, rtol=0, atol=tolerance * expected.abs().max().item())
+        results.append(result)
+    # four distinct buffers, reused in turn: the fifth result is the first one's buffer
+    assert len({result.data_ptr() for result in results[:4]}) == 4
+    assert results[4].data_ptr() == results[0].data_ptr() and results[5].data_ptr() == results[1].data_ptr()
+
+
+@needs_kernels
+@needs_ducc
+def test_fused_steps_use_ducc_and_a_wrong_transform_is_dropped(monkeypatch):
+    solver, compiled, plain = compiled_and_torch("fft", 64, 4)
+    assert solver.ducc_fft and list(solver._ducc_squared) == [4] and solver.fused_updates
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
+
+    original = cpu_fft.SquaredHat.__call__
+    monkeypatch.setattr(cpu_fft.SquaredHat, "__call__", lambda self, stage, x_hat: 1.05 * original(self, stage, x_hat))
+    with pytest.warns(RuntimeWarning, match="differ from the unfused"):
+        solver, compiled, plain = compiled_and_torch("fft", 64, 4)
+    assert not solver.fused_updates
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=0)

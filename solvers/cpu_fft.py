@@ -1,0 +1,56 @@
+"""The spectral KS step's quadratic term through DUCC (``ducc0``, the FFT library behind JAX on CPUs).
+
+On the CPU the 8 real FFTs are ~70% of an ETDRK4 step (docs/performance.md), and DUCC does the
+batched transforms of these sizes in 0.75-0.95x the time of torch's MKL-backed ``torch.fft``; its
+``out=`` arguments also let the step reuse its output buffers instead of allocating 8 arrays a step.
+Optional, as pyqg treats pyFFTW: ``pip install ducc0`` (the ``fast`` extra); without it the step
+uses ``torch.fft``. Used only where the compiled C kernels run (``solvers.c_kernels.available``: one
+intra-op thread or small arrays), so ``nthreads=1``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["HAVE_DUCC", "SquaredHat"]
+
+#: ``HYBRIDNDE_DUCC=0`` leaves the transforms to torch (solvers' attribute ``ducc_fft`` per solver)
+HAVE_DUCC = importlib.util.find_spec("ducc0") is not None and os.environ.get("HYBRIDNDE_DUCC", "1") != "0"
+
+
+class SquaredHat:
+    """``rfft(irfft(x_hat)^2)`` for ``x_hat: (batch, n // 2 + 1)`` on the CPU, into reused buffers.
+
+    The results cycle through four output buffers -- ``N(v), N(a), N(b), N(d)`` of one ETDRK4 step,
+    all alive until its last update -- so a result stays valid for the next three calls only.
+    """
+
+    def __init__(self, batch: int, n_points: int, complex_dtype: torch.dtype):
+        import ducc0  # ~10 ms, on first use
+
+        self._c2r, self._r2c = ducc0.fft.c2r, ducc0.fft.r2c
+        real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
+        self.n_points = n_points
+        self.shape = torch.Size((batch, n_points // 2 + 1))
+        self.dtype = complex_dtype
+        self._physical_tensor = torch.empty(batch, n_points, dtype=real_dtype)
+        self._physical = self._physical_tensor.numpy()
+        self._outputs = [torch.empty(self.shape, dtype=complex_dtype) for _ in range(4)]
+        self._output_arrays = [output.numpy() for output in self._outputs]
+        self._next = 0
+
+    def accepts(self, x_hat: Tensor) -> bool:
+        return x_hat.shape == self.shape and x_hat.dtype is self.dtype and x_hat.is_cpu
+
+    def __call__(self, stage: int, x_hat: Tensor) -> Tensor:
+        index = self._next
+        self._next = (index + 1) % 4
+        physical = self._physical
+        # inorm=2: divide by N on the way back, as irfft does
+        self._c2r(x_hat.numpy(), axes=(1,), lastsize=self.n_points, forward=False, inorm=2, out=physical)
+        self._physical_tensor.square_()  # torch's, not numpy's: a blown-up member overflows silently, as in torch's step
+        self._r2c(physical, axes=(1,), forward=True, inorm=0, out=self._output_arrays[index])
+        return self._outputs[index]
