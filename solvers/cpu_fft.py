@@ -35,15 +35,11 @@ class SquaredHat:
         real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
         self.n_points = n_points
         self.shape = torch.Size((batch, n_points // 2 + 1))
-        self.dtype = complex_dtype
         self._physical_tensor = torch.empty(batch, n_points, dtype=real_dtype)
         self._physical = self._physical_tensor.numpy()
         self._outputs = [torch.empty(self.shape, dtype=complex_dtype) for _ in range(4)]
         self._output_arrays = [output.numpy() for output in self._outputs]
         self._next = 0
-
-    def accepts(self, x_hat: Tensor) -> bool:
-        return x_hat.shape == self.shape and x_hat.dtype is self.dtype and x_hat.is_cpu
 
     def __call__(self, stage: int, x_hat: Tensor) -> Tensor:
         index = self._next

@@ -243,7 +243,8 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         workspace = self._fourier_workspace(u_hat.shape[0])
         coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
         low = plan.folded_low if self.closure is None else plan.plain
-        if in_place and self.fused_updates and fused_stages.available(u_hat):
+        # the kernels read the coefficients in the state's precision: only states of the solver's dtype
+        if in_place and self.fused_updates and u_hat.dtype == self.complex_dtype and fused_stages.available(u_hat):
             fused_nonlinear = nonlinear if self.closure is not None else self._fused_squared_hat(u_hat)
             if self._fused_checked:
                 return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace,

@@ -243,3 +243,17 @@ def test_fused_steps_use_ducc_and_a_wrong_transform_is_dropped(monkeypatch):
         solver, compiled, plain = compiled_and_torch("fft", 64, 4)
     assert not solver.fused_updates
     torch.testing.assert_close(compiled, plain, rtol=0, atol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("implementation", ["fft", "dense"])
+def test_the_public_step_on_another_precision_takes_the_torch_path(implementation):
+    """``step()`` does not check dtypes (``rollout`` does): a float32 state in a float64 solver must not
+    reach kernels that read the coefficients in the state's precision."""
+    solver = KuramotoSivashinskySpectral(n_points=64, implementation=implementation)
+    reference = KuramotoSivashinskySpectral(n_points=64, implementation=implementation)
+    reference.fused_updates = False
+    u = smooth_state(solver, 3)
+    with torch.no_grad():
+        solver.rollout(u, 2)  # kernels checked and in use
+        torch.testing.assert_close(solver.step(0.0, u.float()), reference.step(0.0, u.float()), rtol=0, atol=0)
