@@ -17,7 +17,11 @@
  * with w_x = x^2, and each stage is one product of a contiguous block with a stacked circulant matrix
  * (DenseStepper in solvers/etdrk4_stepping.py has the layout).
  */
+#include <stdint.h>
+
 #define R restrict
+/* 64-bit sizes and indices on every platform (index_t is 32 bits on Windows) */
+typedef int64_t index_t;
 
 #define DEFINE_KERNELS(real, suffix)                                                                    \
 static inline void mul_##suffix(const real *c, const real *x, real *re, real *im) {                   \
@@ -28,26 +32,36 @@ static inline void mul_add_##suffix(const real *c, const real *x, real *re, real
     *re += c[0] * x[0] - c[1] * x[1];                                                                  \
     *im += c[0] * x[1] + c[1] * x[0];                                                                  \
 }                                                                                                      \
-void stage_a_##suffix(long batch, long modes, long kept, const real *R v, const real *R n_u,          \
-                      const real *R e2, const real *R q, real *R a) {                                  \
-    for (long row = 0; row < batch; row++) {                                                           \
-        long o = 2 * row * modes;                                                                      \
-        for (long m = 0; m < modes; m++) {                                                             \
-            long i = o + 2 * m;                                                                        \
-            real re, im;                                                                               \
-            mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
-            if (m < kept) mul_add_##suffix(q + 2 * m, n_u + i, &re, &im);                              \
-            a[i] = re; a[i + 1] = im;                                                                  \
-        }                                                                                              \
+/* out = c v at the modes [kept, modes) of one row, where no nonlinear term reaches (out may be v) */ \
+static inline void linear_modes_##suffix(index_t kept, index_t modes, const real *c, const real *v,   \
+                                         real *out) {                                                 \
+    for (index_t m = kept; m < modes; m++) {                                                           \
+        real re, im;                                                                                   \
+        mul_##suffix(c + 2 * m, v + 2 * m, &re, &im);                                                  \
+        out[2 * m] = re; out[2 * m + 1] = im;                                                          \
     }                                                                                                  \
 }                                                                                                      \
-void stage_b_##suffix(long batch, long modes, long kept, const real *R v, const real *R n_u,          \
+void stage_a_##suffix(index_t batch, index_t modes, index_t kept, const real *R v, const real *R n_u, \
+                      const real *R e2, const real *R q, real *R a) {                                  \
+    for (index_t row = 0; row < batch; row++) {                                                        \
+        index_t o = 2 * row * modes;                                                                   \
+        for (index_t m = 0; m < kept; m++) {                                                           \
+            index_t i = o + 2 * m;                                                                     \
+            real re, im;                                                                               \
+            mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
+            mul_add_##suffix(q + 2 * m, n_u + i, &re, &im);                                            \
+            a[i] = re; a[i + 1] = im;                                                                  \
+        }                                                                                              \
+        linear_modes_##suffix(kept, modes, e2, v + o, a + o);                                          \
+    }                                                                                                  \
+}                                                                                                      \
+void stage_b_##suffix(index_t batch, index_t modes, index_t kept, const real *R v, const real *R n_u, \
                       const real *R n_a, const real *R e2, const real *R q, const real *R f_u,         \
                       const real *R f_ab, real *R b, real *R s) {                                      \
-    for (long row = 0; row < batch; row++) {                                                           \
-        long o = 2 * row * modes;                                                                      \
-        for (long m = 0; m < kept; m++) {                                                              \
-            long i = o + 2 * m;                                                                        \
+    for (index_t row = 0; row < batch; row++) {                                                        \
+        index_t o = 2 * row * modes;                                                                   \
+        for (index_t m = 0; m < kept; m++) {                                                           \
+            index_t i = o + 2 * m;                                                                     \
             real re, im, s_re, s_im;                                                                   \
             mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
             mul_add_##suffix(q + 2 * m, n_a + i, &re, &im);                                            \
@@ -56,21 +70,16 @@ void stage_b_##suffix(long batch, long modes, long kept, const real *R v, const 
             mul_add_##suffix(f_ab + 2 * m, n_a + i, &s_re, &s_im);                                     \
             s[i] = s_re; s[i + 1] = s_im;                                                              \
         }                                                                                              \
-        for (long m = kept; m < modes; m++) {                                                          \
-            long i = o + 2 * m;                                                                        \
-            real re, im;                                                                               \
-            mul_##suffix(e2 + 2 * m, v + i, &re, &im);                                                 \
-            b[i] = re; b[i + 1] = im;                                                                  \
-        }                                                                                              \
+        linear_modes_##suffix(kept, modes, e2, v + o, b + o);                                          \
     }                                                                                                  \
 }                                                                                                      \
-void stage_d_##suffix(long batch, long modes, long kept, const real *R v, const real *R n_u,          \
+void stage_d_##suffix(index_t batch, index_t modes, index_t kept, const real *R v, const real *R n_u, \
                       const real *R n_b, const real *R e, const real *R d_u, const real *R d_b,        \
                       const real *R f_ab, real *R d, real *R s) {                                      \
-    for (long row = 0; row < batch; row++) {                                                           \
-        long o = 2 * row * modes;                                                                      \
-        for (long m = 0; m < kept; m++) {                                                              \
-            long i = o + 2 * m;                                                                        \
+    for (index_t row = 0; row < batch; row++) {                                                        \
+        index_t o = 2 * row * modes;                                                                   \
+        for (index_t m = 0; m < kept; m++) {                                                           \
+            index_t i = o + 2 * m;                                                                     \
             real re, im, s_re = s[i], s_im = s[i + 1];                                                 \
             mul_##suffix(e + 2 * m, v + i, &re, &im);                                                  \
             mul_add_##suffix(d_u + 2 * m, n_u + i, &re, &im);                                          \
@@ -79,53 +88,46 @@ void stage_d_##suffix(long batch, long modes, long kept, const real *R v, const 
             mul_add_##suffix(f_ab + 2 * m, n_b + i, &s_re, &s_im);                                     \
             s[i] = s_re; s[i + 1] = s_im;                                                              \
         }                                                                                              \
-        for (long m = kept; m < modes; m++) {                                                          \
-            long i = o + 2 * m;                                                                        \
-            real re, im;                                                                               \
-            mul_##suffix(e + 2 * m, v + i, &re, &im);                                                  \
-            d[i] = re; d[i + 1] = im;                                                                  \
-        }                                                                                              \
+        linear_modes_##suffix(kept, modes, e, v + o, d + o);                                           \
     }                                                                                                  \
 }                                                                                                      \
-void stage_out_##suffix(long batch, long modes, long kept, real *R v, const real *R n_d,              \
+void stage_out_##suffix(index_t batch, index_t modes, index_t kept, real *R v, const real *R n_d,     \
                         const real *R s, const real *R e, const real *R f_d) {                         \
-    for (long row = 0; row < batch; row++) {                                                           \
-        long o = 2 * row * modes;                                                                      \
-        for (long m = 0; m < modes; m++) {                                                             \
-            long i = o + 2 * m;                                                                        \
-            real re, im;                                                                               \
-            mul_##suffix(e + 2 * m, v + i, &re, &im);                                                  \
-            if (m < kept) {                                                                            \
-                re += s[i]; im += s[i + 1];                                                            \
-                mul_add_##suffix(f_d + 2 * m, n_d + i, &re, &im);                                      \
-            }                                                                                          \
+    for (index_t row = 0; row < batch; row++) {                                                        \
+        index_t o = 2 * row * modes;                                                                   \
+        for (index_t m = 0; m < kept; m++) {                                                           \
+            index_t i = o + 2 * m;                                                                     \
+            real re = s[i], im = s[i + 1];                                                             \
+            mul_add_##suffix(e + 2 * m, v + i, &re, &im);                                              \
+            mul_add_##suffix(f_d + 2 * m, n_d + i, &re, &im);                                          \
             v[i] = re; v[i + 1] = im;                                                                  \
         }                                                                                              \
+        linear_modes_##suffix(kept, modes, e, v + o, v + o);                                           \
     }                                                                                                  \
 }                                                                                                      \
 /* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                 \
-static void row_products_##suffix(long batch, long k, long n, const real *R x, long ldx,              \
+static void row_products_##suffix(index_t batch, index_t k, index_t n, const real *R x, index_t ldx,              \
                                   const real *R matrix, real *R out) {                                 \
-    for (long row = 0; row < batch; row++) {                                                           \
+    for (index_t row = 0; row < batch; row++) {                                                           \
         const real *R x_row = x + row * ldx;                                                           \
         real *R o = out + row * n;                                                                     \
-        for (long j = 0; j < n; j++) o[j] = 0;                                                         \
-        for (long i = 0; i < k; i++) {                                                                 \
+        for (index_t j = 0; j < n; j++) o[j] = 0;                                                         \
+        for (index_t i = 0; i < k; i++) {                                                                 \
             const real x_i = x_row[i], *R m_i = matrix + i * n;                                        \
-            for (long j = 0; j < n; j++) o[j] += x_i * m_i[j];                                         \
+            for (index_t j = 0; j < n; j++) o[j] += x_i * m_i[j];                                         \
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-static void squares_##suffix(long batch, long n, const real *R x, real *R out, long ldo) {            \
-    for (long row = 0; row < batch; row++)                                                             \
-        for (long j = 0; j < n; j++) out[row * ldo + j] = x[row * n + j] * x[row * n + j];             \
+static void squares_##suffix(index_t batch, index_t n, const real *R x, real *R out, index_t ldo) {            \
+    for (index_t row = 0; row < batch; row++)                                                             \
+        for (index_t j = 0; j < n; j++) out[row * ldo + j] = x[row * n + j] * x[row * n + j];             \
 }                                                                                                      \
-void dense_step_##suffix(long batch, long n, const real *R u, real *R workspace, real *R stage,      \
+void dense_step_##suffix(index_t batch, index_t n, const real *R u, real *R workspace, real *R stage,      \
                          const real *R a_matrix, const real *R b_matrix, const real *R d_matrix,      \
                          const real *R final_matrix, real *R out) {                                    \
-    long ld = 5 * n;                                                                                   \
-    for (long row = 0; row < batch; row++)                                                             \
-        for (long j = 0; j < n; j++) {                                                                 \
+    index_t ld = 5 * n;                                                                                   \
+    for (index_t row = 0; row < batch; row++)                                                             \
+        for (index_t j = 0; j < n; j++) {                                                                 \
             real x = u[row * n + j];                                                                   \
             workspace[row * ld + n + j] = x;                                                           \
             workspace[row * ld + 2 * n + j] = x * x;                                                   \

@@ -76,6 +76,12 @@ class Solver(ABC):
         self._capture_failed = False  # a graph failed once: step eagerly from then on
         self._closure_addresses: tuple = ()  # of the closure's weights, refreshed by to_internal
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles start without captured CUDA graphs (they are captured again on use)."""
+        state = dict(self.__dict__)
+        state["_captured"] = GraphCache()
+        return state
+
     # -- what a subclass provides ---------------------------------------------------------------
     @property
     @abstractmethod

@@ -89,15 +89,25 @@ def _build(compiler: str, target: Path) -> None:
         if completed.returncode != 0:
             raise RuntimeError(f"{Path(compiler).name} exited with {completed.returncode}: "
                                f"{completed.stderr.strip()[-500:]}")
+        os.chmod(temporary, 0o755)  # mkstemp made it 0600; a shared cache directory needs it readable
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
 
 
+def _trusted(path: Path) -> bool:
+    """A cached library is loaded only if this user (or root) owns it and no one else may write it: the
+    cache directory may be shared, and loading a library runs its code."""
+    if not hasattr(os, "getuid"):
+        return True
+    status = path.stat()
+    return status.st_uid in (os.getuid(), 0) and not status.st_mode & 0o022
+
+
 def _declare(lib: ctypes.CDLL) -> None:
-    """Argument types, so that Python ints pass as C longs and pointers without per-call wrapping."""
-    pointer, integer = ctypes.c_void_p, ctypes.c_long
+    """Argument types, so that Python ints pass as 64-bit integers and pointers without per-call wrapping."""
+    pointer, integer = ctypes.c_void_p, ctypes.c_int64
     for suffix in ("f64", "f32"):
         for name, pointers in (("stage_a", 5), ("stage_b", 9), ("stage_d", 9), ("stage_out", 5)):
             function = getattr(lib, f"{name}_{suffix}")
@@ -123,7 +133,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         target = _library_path(compiler, SOURCE.read_bytes())
-        if not target.exists():
+        if not (target.exists() and _trusted(target)):
             _build(compiler, target)
         lib = ctypes.CDLL(str(target))
         _declare(lib)
@@ -189,6 +199,9 @@ def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, worksp
     stage_d(batch, modes, kept, v, n_u.data_ptr(), n_b.data_ptr(), e, d_u, d_b, f_ab, stage, s)
     n_d = _like(nonlinear(2, w.stage), u_hat)
     stage_out(batch, modes, kept, v, n_d.data_ptr(), s, e, f_d)
+    # written behind torch's back: bump the version counter as an in-place torch op would, so that a
+    # graph that saved u_hat refuses to backpropagate through the overwritten values
+    torch.autograd.graph.increment_version(u_hat)
     return u_hat
 
 
@@ -211,9 +224,20 @@ class DenseStep:
                                                     stepper.b_matrix, stepper.d_matrix, stepper.final_matrix))
 
     def accepts(self, u: Tensor) -> bool:
-        return u.dtype is self.dtype and u.is_cpu and u.shape == self.shape and u.is_contiguous()
+        return (u.dtype is self.dtype and u.is_cpu and u.shape == self.shape and u.is_contiguous()
+                and not u.requires_grad)
+
+    def __reduce__(self):
+        # copies and pickles of a stepper drop the compiled step (its raw addresses point into the
+        # original's buffers); they step with torch operations
+        return _no_compiled_step, ()
 
     def __call__(self, u: Tensor) -> Tensor:
         out = torch.empty_like(u)
         self._function(self.batch, self.n_points, u.data_ptr(), *self._buffers, out.data_ptr())
         return out
+
+
+def _no_compiled_step() -> None:
+    """What a copied or unpickled ``DenseStep`` becomes (see ``DenseStep.__reduce__``)."""
+    return None

@@ -41,6 +41,11 @@ class SquaredHat:
         self._output_arrays = [output.numpy() for output in self._outputs]
         self._next = 0
 
+    def __reduce__(self):
+        # scratch buffers only: a copy (deepcopy, pickle) gets its own, with the numpy views sharing
+        # their tensors' memory (copied separately they would not)
+        return SquaredHat, (self.shape[0], self.n_points, self._outputs[0].dtype)
+
     def __call__(self, stage: int, x_hat: Tensor) -> Tensor:
         index = self._next
         self._next = (index + 1) % 4

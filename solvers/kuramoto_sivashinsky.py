@@ -117,6 +117,13 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the step buffers behind (made again on first use): they are scratch,
+        and neither their views nor the compiled step's raw addresses survive being copied apart."""
+        state = super().__getstate__()
+        state.update(_dense={}, _workspaces={}, _ducc_squared={})
+        return state
+
     # -- transforms -------------------------------------------------------------------------------
     def to_fourier(self, u: Tensor) -> Tensor:
         """``(batch, n) physical -> (batch, n // 2 + 1)`` real-FFT coefficients ``u_hat``."""
@@ -243,8 +250,7 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
         workspace = self._fourier_workspace(u_hat.shape[0])
         coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
         low = plan.folded_low if self.closure is None else plan.plain
-        # the kernels read the coefficients in the state's precision: only states of the solver's dtype
-        if in_place and self.fused_updates and u_hat.dtype == self.complex_dtype and fused_stages.available(u_hat):
+        if in_place and self.fused_updates and self._fusable(u_hat) and fused_stages.available(u_hat):
             fused_nonlinear = nonlinear if self.closure is not None else self._fused_squared_hat(u_hat)
             if self._fused_checked:
                 return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace,
@@ -271,6 +277,13 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return fourier_step_into(u_hat, u_hat, plan, coefficients, low, nonlinear, workspace)
         return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace, kept=kept)
 
+    def _fusable(self, u_hat: Tensor) -> bool:
+        """Whether the fused kernels may read ``u_hat`` as raw memory next to the solver's coefficients and
+        buffers: its dtype and device type (``step()`` does not check states), dense, no lazy conjugate
+        or negation, and no autograd history to corrupt (the kernels write it in place)."""
+        return (u_hat.dtype == self.complex_dtype and u_hat.device.type == self.device.type
+                and u_hat.is_contiguous() and not u_hat.is_conj() and not u_hat.is_neg() and not u_hat.requires_grad)
+
     def _fused_squared_hat(self, u_hat: Tensor):
         """The quadratic term of fused steps: DUCC's transforms into reused buffers on the CPU where
         ``ducc0`` is installed (``solvers.cpu_fft``; attribute ``ducc_fft``), else ``_squared_hat``."""
@@ -278,9 +291,15 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return self._squared_hat
         squared = self._ducc_squared.get(u_hat.shape[0])
         if squared is None:
+            try:
+                squared = cpu_fft.SquaredHat(u_hat.shape[0], self.n_points, self.complex_dtype)
+            except Exception as error:  # noqa: BLE001 -- an installed but broken ducc0: torch's FFTs
+                warnings.warn(f"DUCC transforms unavailable ({type(error).__name__}: {error}); "
+                              f"{type(self).__name__} uses torch.fft", RuntimeWarning, stacklevel=3)
+                self.ducc_fft = False
+                return self._squared_hat
             if len(self._ducc_squared) > 8:  # bounded: one per batch size in use
                 self._ducc_squared.clear()
-            squared = cpu_fft.SquaredHat(u_hat.shape[0], self.n_points, self.complex_dtype)
             self._ducc_squared[u_hat.shape[0]] = squared
         return squared
 

@@ -5,7 +5,9 @@ have gcc.
 """
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import stat
 import warnings
 
@@ -83,20 +85,23 @@ def test_the_compiled_dense_step_matches_the_torch_one(dtype, spy):
 
 
 @needs_kernels
-def test_the_compiled_dense_step_takes_only_what_fits_its_buffers():
-    """A state of another shape, dtype or layout goes to the torch step (the C code would run past
-    its buffers); the public step is compiled too and leaves its input alone."""
+def test_the_compiled_dense_step_takes_only_what_fits_its_buffers(spy):
+    """A state of another shape, dtype or layout, or one with autograd history, goes to the torch step
+    (the C code would run past its buffers or detach the result); the public step is compiled too."""
     solver = KuramotoSivashinskySpectral(n_points=32, implementation="dense")
     u = smooth_state(solver, 2)
     with torch.no_grad():
         expected = solver.step(0.0, u)
-        stepper = solver._dense[(solver.dt, 2, False)]
-        compiled = stepper.compiled
-        assert compiled is not None and compiled.accepts(u)
-        for other in (u[:1], u.float(), u.t().contiguous().t(), torch.cat([u, u], 1)[:, ::2]):
-            assert not compiled.accepts(other)
+    assert spy["dense"] == 2  # the probe check, then the public step
+    stepper = solver._dense[(solver.dt, 2, False)]
+    compiled = stepper.compiled
+    assert compiled is not None and compiled.accepts(u)
+    for other in (u[:1], u.float(), u.t().contiguous().t(), torch.cat([u, u], 1)[:, ::2],
+                  u.clone().requires_grad_()):
+        assert not compiled.accepts(other)
+    with torch.no_grad():
         torch.testing.assert_close(stepper.step(u.t().contiguous().t()), expected, rtol=0, atol=1e-13)
-    assert torch.equal(u, smooth_state(solver, 2))
+    assert spy["dense"] == 2
 
 
 @needs_kernels
@@ -257,3 +262,93 @@ def test_the_public_step_on_another_precision_takes_the_torch_path(implementatio
     with torch.no_grad():
         solver.rollout(u, 2)  # kernels checked and in use
         torch.testing.assert_close(solver.step(0.0, u.float()), reference.step(0.0, u.float()), rtol=0, atol=0)
+
+
+@needs_kernels
+def test_a_state_with_autograd_history_is_not_overwritten_behind_autograds_back():
+    """The kernels write the state in place: a graph that saved it must refuse to backpropagate, as
+    after an in-place torch operation (not silently use the new values)."""
+    for requires_grad in (True, False):
+        solver = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
+        weight = torch.tensor(2.0, requires_grad=True)
+        u = smooth_state(solver, 2)
+        state = solver.to_internal(u.requires_grad_(requires_grad))
+        saved_it = (weight * state).abs().sum()  # the product saves state for weight's gradient
+        with torch.no_grad():
+            solver.step_internal(0.0, state, solver.dt)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved_it.backward()
+
+
+@needs_kernels
+def test_a_lazily_conjugated_state_is_stepped_as_the_torch_step_does():
+    results = []
+    for fused in (True, False):
+        solver = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
+        solver.fused_updates = fused
+        u = smooth_state(solver, 2)
+        with torch.no_grad():
+            solver.rollout(u, 1)  # kernels checked and in use
+            state = solver.to_internal(u).conj()  # contiguous, conjugate bit set
+            results.append(solver.from_internal(solver.step_internal(0.0, state, solver.dt)))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-13)
+
+
+@needs_kernels
+def test_a_broken_ducc0_falls_back_to_torch_fft_with_a_warning(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ImportError("ducc0.so: undefined symbol")
+
+    monkeypatch.setattr(cpu_fft, "SquaredHat", broken)
+    monkeypatch.setattr(cpu_fft, "HAVE_DUCC", True)
+    with pytest.warns(RuntimeWarning, match="DUCC transforms unavailable.*undefined symbol"):
+        solver, compiled, plain = compiled_and_torch("fft", 64, 3)
+    assert not solver.ducc_fft and solver.fused_updates
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
+
+
+@needs_kernels
+@pytest.mark.parametrize("implementation", ["fft", "dense"])
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda solver: pickle.loads(pickle.dumps(solver))],
+                         ids=["deepcopy", "pickle"])
+def test_copies_of_a_stepped_solver_step_correctly(implementation, duplicate):
+    """Copies carry no raw addresses into the original's buffers and no numpy views detached from
+    their tensors: the compiled dense step is dropped, DUCC buffers are made anew."""
+    solver = KuramotoSivashinskySpectral(n_points=64, implementation=implementation)
+    reference = KuramotoSivashinskySpectral(n_points=64, implementation=implementation)
+    reference.fused_updates = False
+    u = smooth_state(solver, 3)
+    with torch.no_grad():
+        solver.rollout(u, 2)  # kernels, DUCC buffers and dense steppers made
+        copied = duplicate(solver)
+        del solver
+        torch.testing.assert_close(copied.rollout(u, 20), reference.rollout(u, 20), rtol=0, atol=1e-12)
+
+
+@needs_kernels
+@needs_ducc
+def test_copies_of_the_buffers_themselves_are_safe():
+    solver = KuramotoSivashinskySpectral(n_points=32, implementation="dense")
+    with torch.no_grad():
+        solver.rollout(smooth_state(solver, 2), 1)
+    stepper = solver._dense[(solver.dt, 2, False)]
+    assert stepper.compiled is not None and copy.deepcopy(stepper).compiled is None
+    squared = copy.deepcopy(cpu_fft.SquaredHat(3, 32, torch.complex128))
+    x_hat = torch.fft.rfft(smooth_state(solver, 3))
+    torch.testing.assert_close(squared(0, x_hat), torch.fft.rfft(torch.fft.irfft(x_hat, n=32) ** 2),
+                               rtol=0, atol=1e-13)
+
+
+def test_a_cached_library_others_may_write_is_rebuilt_not_loaded(fresh_build, monkeypatch):
+    if c_kernels._compiler() is None or not hasattr(os, "getuid"):
+        pytest.skip("no C compiler, or no POSIX ownership")
+    assert c_kernels.library() is not None
+    (built,) = fresh_build.iterdir()
+    assert stat.S_IMODE(built.stat().st_mode) == 0o755  # readable by the users of a shared cache
+    built.chmod(0o777)
+    builds = []
+    build = c_kernels._build
+    monkeypatch.setattr(c_kernels, "_build", lambda *args: builds.append(args) or build(*args))
+    monkeypatch.setitem(c_kernels._state, "tried", False)
+    assert c_kernels.library() is not None and len(builds) == 1
+    assert stat.S_IMODE(built.stat().st_mode) == 0o755
