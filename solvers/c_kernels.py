@@ -10,7 +10,8 @@ directory -- ``$HYBRIDNDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/hybridnde`` or ``~
 -- written to a temporary file and renamed, so concurrent processes (MPI ranks) never load a partial
 one. The compiler is ``$CC``, else ``cc``, ``gcc`` or ``clang`` from ``PATH``. Without one (or with
 ``HYBRIDNDE_C_KERNELS=0``) ``library()`` is ``None`` and the solvers use their torch operations;
-a compiler that fails warns once.
+a compiler that rejects the source warns once per process, and the cache remembers it (a
+``.failed`` file beside where the library would be: delete it to try again).
 
 The kernels are single-threaded: they are used for float64/float32 CPU tensors when torch runs on
 one intra-op thread, or when the arrays are small enough that torch would not split them anyway.
@@ -87,13 +88,28 @@ def _build(compiler: str, target: Path) -> None:
         completed = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE)], capture_output=True,
                                    text=True, timeout=300, check=False)
         if completed.returncode != 0:
-            raise RuntimeError(f"{Path(compiler).name} exited with {completed.returncode}: "
-                               f"{completed.stderr.strip()[-500:]}")
+            message = f"{Path(compiler).name} exited with {completed.returncode}: {completed.stderr.strip()[-500:]}"
+            _remember_failure(_failure_path(target), message)
+            raise RuntimeError(message)
         os.chmod(temporary, 0o755)  # mkstemp made it 0600; a shared cache directory needs it readable
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _failure_path(target: Path) -> Path:
+    return target.with_name(target.name + ".failed")
+
+
+def _remember_failure(path: Path, message: str) -> None:
+    """A compiler that rejects the source does so again (same source, compiler and flags: same key), so
+    later processes -- every MPI rank -- read why instead of compiling again."""
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(message)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
 
 
 def _trusted(path: Path) -> bool:
@@ -133,6 +149,10 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         target = _library_path(compiler, SOURCE.read_bytes())
+        failure = _failure_path(target)
+        if failure.exists():
+            raise RuntimeError(f"{failure.read_text(encoding='utf-8', errors='replace')} "
+                               f"(remembered from an earlier build; delete {failure} to try again)")
         if not (target.exists() and _trusted(target)):
             _build(compiler, target)
         lib = ctypes.CDLL(str(target))
