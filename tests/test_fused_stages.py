@@ -61,7 +61,10 @@ with torch.no_grad():
     saved = overflowing.rollout(u, 2)
 overflow = {"used": overflowing.fused_updates, "checked": overflowing._fused_checked,
             "first_finite": bool(torch.isfinite(saved[0]).all()), "second_finite": bool(torch.isfinite(saved[1, -1]).all())}
-print(json.dumps({"results": results, "overflow": overflow}))
+# a float32 solver whose closure answers in float64: the kernels must read the term in float32
+solver, fused, unfused = fused_and_unfused(64, 3, dtype=torch.float32, closure=lambda t, u: 0.1 * torch.sin(u.double()))
+precision = {"used": solver.fused_updates, "error": float((fused - unfused).abs().max() / unfused.abs().max())}
+print(json.dumps({"results": results, "overflow": overflow, "precision": precision}))
 """
 
 
@@ -81,6 +84,7 @@ def test_fused_kernels_match_the_unfused_step_in_the_triton_interpreter():
         assert result["moved"] > 0.1, result
     overflow = printed["overflow"]
     assert overflow == {"used": True, "checked": True, "first_finite": True, "second_finite": False}, overflow
+    assert printed["precision"]["used"] and printed["precision"]["error"] < 1e-5, printed["precision"]
 
 
 @pytest.mark.parametrize("broken", ["raises", "does nothing"])
