@@ -1,7 +1,7 @@
 """The spectral KS step's quadratic term through DUCC (``ducc0``, the FFT library behind JAX on CPUs).
 
 On the CPU the 8 real FFTs are ~70% of an ETDRK4 step (docs/performance.md), and DUCC does the
-batched transforms of these sizes in 0.75-0.95x the time of torch's MKL-backed ``torch.fft``; its
+batched transforms of these sizes in 0.55-0.95x the time of torch's MKL-backed ``torch.fft``; its
 ``out=`` arguments also let the step reuse its output buffers instead of allocating 8 arrays a step.
 Optional, as pyqg treats pyFFTW: ``pip install ducc0`` (the ``fast`` extra); without it the step
 uses ``torch.fft``. Used only where the compiled C kernels run (``solvers.c_kernels.available``: one
