@@ -155,3 +155,30 @@ def spectral_derivatives(u: np.ndarray, domain_length: float) -> dict[int, np.nd
     return {1: np.fft.ifft(first * u_hat).real,
             2: np.fft.ifft(-(wavenumber**2) * u_hat).real,
             4: np.fft.ifft(wavenumber**4 * u_hat).real}
+
+
+# -- fused / compiled ETDRK4 paths against the plain torch step (test_fused_stages, test_c_kernels) --
+def time_dependent_closure(t, u):
+    return 0.1 * torch.sin(u) * torch.cos(3.0 * t)
+
+
+def smooth_state(solver, batch: int, dtype: torch.dtype = torch.float64, device="cpu"):
+    """(batch, n) smooth fields on ``solver``'s grid with member-dependent phases."""
+    x = solver.x
+    phase = torch.arange(batch, dtype=dtype, device=device)[:, None] / batch
+    return torch.cos(2 * torch.pi * (x / 22.0 + phase)) + 0.3 * torch.sin(6 * torch.pi * x / 22.0)
+
+
+def fused_and_unfused(n_points: int, batch: int, *, dtype=torch.float64, closure=None, device="cpu", steps: int = 30,
+                      implementation: str = "fft"):
+    """(fused solver, fused rollout, unfused rollout) from the same smooth state (``fused_updates``
+    on and off: Triton or C kernels, DUCC transforms, the compiled dense step)."""
+    from solvers import KuramotoSivashinskySpectral
+
+    solvers = [KuramotoSivashinskySpectral(n_points=n_points, implementation=implementation, dtype=dtype,
+                                           closure=closure, device=device, capture_closure=True) for _ in range(2)]
+    solvers[1].fused_updates = False
+    u0 = smooth_state(solvers[0], batch, dtype, device)
+    with torch.no_grad():
+        fused, unfused = (solver.rollout(u0, steps, save_every=10) for solver in solvers)
+    return solvers[0], fused, unfused

@@ -14,31 +14,19 @@ import warnings
 import pytest
 import torch
 
+from conftest import fused_and_unfused, smooth_state, time_dependent_closure
 from solvers import KuramotoSivashinskySpectral, c_kernels, cpu_fft
 
 needs_kernels = pytest.mark.skipif(c_kernels.library() is None,
                                    reason=f"compiled kernels unavailable: {c_kernels.unavailable_reason()}")
 
 
-def time_dependent_closure(t, u):
-    return 0.1 * torch.sin(u) * torch.cos(3.0 * t)
-
-
-def smooth_state(solver, batch, dtype=torch.float64):
-    phase = torch.arange(batch, dtype=dtype)[:, None] / batch
-    return torch.cos(2 * torch.pi * (solver.x / 22.0 + phase)) + 0.3 * torch.sin(6 * torch.pi * solver.x / 22.0)
-
-
 def compiled_and_torch(implementation, n_points, batch, *, dtype=torch.float64, closure=None, steps=40):
     """(compiled solver, its rollout, the torch rollout) from the same smooth state."""
-    solvers = [KuramotoSivashinskySpectral(n_points=n_points, implementation=implementation, dtype=dtype,
-                                           closure=closure) for _ in range(2)]
-    solvers[1].fused_updates = False
-    u0 = smooth_state(solvers[0], batch, dtype)
-    with torch.no_grad():
-        compiled, plain = (solver.rollout(u0, steps, save_every=10) for solver in solvers)
+    solver, compiled, plain = fused_and_unfused(n_points, batch, dtype=dtype, closure=closure, steps=steps,
+                                                implementation=implementation)
     assert (plain[:, -1] - plain[:, 0]).abs().max() > 0.1  # the comparison is over a real change
-    return solvers[0], compiled, plain
+    return solver, compiled, plain
 
 
 @pytest.fixture

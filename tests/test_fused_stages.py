@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fused_and_unfused, time_dependent_closure
 from solvers import KuramotoSivashinskySpectral, fused_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,27 +23,10 @@ needs_cuda_and_triton = pytest.mark.skipif(not (torch.cuda.is_available() and fu
                                            reason="needs a CUDA device and Triton")
 
 
-def time_dependent_closure(t, u):
-    return 0.1 * torch.sin(u) * torch.cos(3.0 * t)
-
-
-def fused_and_unfused(n_points, batch, *, dtype=torch.float64, closure=None, device="cpu", steps=30):
-    """(fused solver, fused rollout, unfused rollout) from the same smooth state."""
-    solvers = [KuramotoSivashinskySpectral(n_points=n_points, implementation="fft", dtype=dtype, closure=closure,
-                                           device=device, capture_closure=True) for _ in range(2)]
-    solvers[1].fused_updates = False
-    x = solvers[0].x
-    phase = torch.arange(batch, dtype=dtype, device=device)[:, None] / batch
-    u0 = torch.cos(2 * torch.pi * (x / 22.0 + phase)) + 0.3 * torch.sin(6 * torch.pi * x / 22.0)
-    with torch.no_grad():
-        fused, unfused = (solver.rollout(u0, steps, save_every=10) for solver in solvers)
-    return solvers[0], fused, unfused
-
-
 INTERPRETED = """
 import json, torch
 from solvers import KuramotoSivashinskySpectral
-from tests.test_fused_stages import fused_and_unfused, time_dependent_closure
+from tests.conftest import fused_and_unfused, time_dependent_closure
 results = []
 for dtype in (torch.float64, torch.float32):
     for n_points, batch in ((64, 5), (256, 7)):  # 165 and 903 modes: one partial block, several blocks
