@@ -12,7 +12,6 @@ closure).
 """
 from __future__ import annotations
 
-import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -20,9 +19,10 @@ import torch
 from torch import Tensor
 
 from . import c_kernels, cpu_fft, fused_stages
-from .base import Closure, PeriodicGrid, Solver, same_increment
+from .base import Closure, PeriodicGrid, Solver
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
+from .fused_checks import FusedKernelChecks
 
 __all__ = ["KuramotoSivashinskySpectral", "etdrk4_coefficients"]
 
@@ -30,7 +30,7 @@ __all__ = ["KuramotoSivashinskySpectral", "etdrk4_coefficients"]
 IMPLEMENTATIONS = ("auto", "fft", "dense")
 
 
-class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
+class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
     """Pseudo-spectral Kuramoto-Sivashinsky with ETDRK4.
 
     Args:
@@ -213,13 +213,6 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             self._dense[key] = stepper
         return stepper
 
-    def _compile_dense_step(self, stepper: DenseStepper) -> None:
-        """Give ``stepper`` the compiled dense step once it made the torch step's increment on a probe."""
-        compiled = c_kernels.DenseStep(stepper)
-        probe = self.to_physical(self._fused_probe(stepper.workspace))
-        if self._fused_agrees(probe, stepper.step(probe), lambda: compiled(probe)):
-            stepper.compiled = compiled
-
     def _dense_step(self, stepper: DenseStepper, t: Tensor | float, u: Tensor, dt: float) -> Tensor:
         if stepper.with_closure:
             return stepper.step_with_closure(u, self.closure, self._stage_times(t, dt))
@@ -258,71 +251,6 @@ class KuramotoSivashinskySpectral(PeriodicGrid, Solver):
             return self._first_fused_step(u_hat, plan, coefficients, low, nonlinear, fused_nonlinear, workspace)
         out = u_hat if in_place else torch.empty_like(u_hat)
         return fourier_step_into(u_hat, out, plan, coefficients, low, nonlinear, workspace)
-
-    def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,
-                          low: StageCoefficients, nonlinear, fused_nonlinear, workspace: FourierWorkspace) -> Tensor:
-        """The fused kernels' first step, after checking them (and DUCC's transforms, where used) against
-        the unfused torch step on a smooth probe state of the same shape (not the state itself, whose
-        blown-up members would differ in where they turn NaN, nor with the closure, which must see
-        exactly 4 calls a step): a failure or a different increment means unfused steps from then on,
-        with a warning."""
-        probe = self._fused_probe(u_hat)
-        expected = fourier_step_into(probe.clone(), torch.empty_like(probe), plan, coefficients, low,
-                                     self._squared_hat, workspace)
-        kept = low.q.shape[-1]
-        probe_nonlinear = self._fused_squared_hat(u_hat)
-        self._fused_checked = True
-        if not self._fused_agrees(probe, expected, lambda: fused_stages.fused_fourier_step_into(
-                probe.clone(), plan, coefficients, probe_nonlinear, workspace, kept=kept)):
-            return fourier_step_into(u_hat, u_hat, plan, coefficients, low, nonlinear, workspace)
-        return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace, kept=kept)
-
-    def _fusable(self, u_hat: Tensor) -> bool:
-        """Whether the fused kernels may read ``u_hat`` as raw memory next to the solver's coefficients and
-        buffers: its dtype and device type (``step()`` does not check states), dense, no lazy conjugate
-        or negation, and no autograd history to corrupt (the kernels write it in place)."""
-        return (u_hat.dtype == self.complex_dtype and u_hat.device.type == self.device.type
-                and u_hat.is_contiguous() and not u_hat.is_conj() and not u_hat.is_neg() and not u_hat.requires_grad)
-
-    def _fused_squared_hat(self, u_hat: Tensor):
-        """The quadratic term of fused steps: DUCC's transforms into reused buffers on the CPU where
-        ``ducc0`` is installed (``solvers.cpu_fft``; attribute ``ducc_fft``), else ``_squared_hat``."""
-        if not (self.ducc_fft and u_hat.is_cpu):
-            return self._squared_hat
-        squared = self._ducc_squared.get(u_hat.shape[0])
-        if squared is None:
-            try:
-                squared = cpu_fft.SquaredHat(u_hat.shape[0], self.n_points, self.complex_dtype)
-            except Exception as error:  # noqa: BLE001 -- an installed but broken ducc0: torch's FFTs
-                warnings.warn(f"DUCC transforms unavailable ({type(error).__name__}: {error}); "
-                              f"{type(self).__name__} uses torch.fft", RuntimeWarning, stacklevel=3)
-                self.ducc_fft = False
-                return self._squared_hat
-            if len(self._ducc_squared) > 8:  # bounded: one per batch size in use
-                self._ducc_squared.clear()
-            self._ducc_squared[u_hat.shape[0]] = squared
-        return squared
-
-    def _fused_agrees(self, probe: Tensor, expected: Tensor, fused_step) -> bool:
-        """Whether ``fused_step()`` (the fused kernels on ``probe``) made the unfused step's increment
-        ``expected``; if not (or if it fails), a warning and ``fused_updates = False`` for good."""
-        try:
-            agrees = same_increment(probe, fused_step(), expected)
-        except Exception as error:  # noqa: BLE001 -- any compiler or launch failure: keep the unfused path
-            agrees, reason = False, f"failed ({type(error).__name__}: {error})"
-        else:
-            reason = "differ from the unfused step"
-        if not agrees:
-            warnings.warn(f"fused ETDRK4 updates {reason}; {type(self).__name__} uses the unfused step from now on",
-                          RuntimeWarning, stacklevel=3)
-            self.fused_updates = False
-        return agrees
-
-    def _fused_probe(self, like: Tensor) -> Tensor:
-        """Fourier coefficients of smooth O(1) fields, one per member of ``like`` (its shape and device)."""
-        x = torch.arange(self.n_points, dtype=self.dtype, device=like.device) / self.n_points
-        phase = torch.arange(like.shape[0], dtype=self.dtype, device=like.device)[:, None] / max(like.shape[0], 1)
-        return self.to_fourier(torch.cos(2 * np.pi * (x + phase)) + 0.3 * torch.sin(6 * np.pi * x))
 
     def _squared_hat(self, stage: int, x_hat: Tensor) -> Tensor:
         """``rfft(irfft(x_hat)^2)``, squaring in place: the no-gradient quadratic term (symbol folded out)."""
