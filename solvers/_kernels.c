@@ -13,6 +13,11 @@
  *     d  = E v + d_u N(v) + d_b N(b);   s += f_ab N(b)        stage_d
  *     v+ = E v + s + f_d N(d)      (in place)                 stage_out
  *
+ * The stage functions take a thread count: with it above 1 (and the library built with OpenMP) their
+ * rows are shared among that many threads. Built with -fopenmp the library uses the OpenMP runtime
+ * already loaded in the process -- torch's libgomp on Linux -- so it adds no second thread pool.
+ * Every entry is computed by the same arithmetic whatever the thread count: results are bit-identical.
+ *
  * Dense step: physical states (batch, n); the workspace (batch, 5n) is [w_a | u | w_u | w_b | w_d]
  * with w_x = x^2, and each stage is one product of a contiguous block with a stacked circulant matrix
  * (DenseStepper in solvers/etdrk4_stepping.py has the layout).
@@ -22,6 +27,15 @@
 #define R restrict
 /* 64-bit sizes and indices on every platform (index_t is 32 bits on Windows) */
 typedef int64_t index_t;
+
+/* rows shared among `threads` threads (a plain loop when compiled without OpenMP) */
+#ifdef _OPENMP
+#define ROWS_IN_PARALLEL _Pragma("omp parallel for num_threads(threads) if (threads > 1) schedule(static)")
+int kernels_openmp(void) { return 1; }
+#else
+#define ROWS_IN_PARALLEL (void)threads;
+int kernels_openmp(void) { return 0; }
+#endif
 
 #define DEFINE_KERNELS(real, suffix)                                                                    \
 static inline void mul_##suffix(const real *c, const real *x, real *re, real *im) {                   \
@@ -41,8 +55,9 @@ static inline void linear_modes_##suffix(index_t kept, index_t modes, const real
         out[2 * m] = re; out[2 * m + 1] = im;                                                          \
     }                                                                                                  \
 }                                                                                                      \
-void stage_a_##suffix(index_t batch, index_t modes, index_t kept, const real *R v, const real *R n_u, \
-                      const real *R e2, const real *R q, real *R a) {                                  \
+void stage_a_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,    \
+                      const real *R n_u, const real *R e2, const real *R q, real *R a) {               \
+    ROWS_IN_PARALLEL                                                                                   \
     for (index_t row = 0; row < batch; row++) {                                                        \
         index_t o = 2 * row * modes;                                                                   \
         for (index_t m = 0; m < kept; m++) {                                                           \
@@ -55,9 +70,10 @@ void stage_a_##suffix(index_t batch, index_t modes, index_t kept, const real *R 
         linear_modes_##suffix(kept, modes, e2, v + o, a + o);                                          \
     }                                                                                                  \
 }                                                                                                      \
-void stage_b_##suffix(index_t batch, index_t modes, index_t kept, const real *R v, const real *R n_u, \
-                      const real *R n_a, const real *R e2, const real *R q, const real *R f_u,         \
-                      const real *R f_ab, real *R b, real *R s) {                                      \
+void stage_b_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,    \
+                      const real *R n_u, const real *R n_a, const real *R e2, const real *R q,         \
+                      const real *R f_u, const real *R f_ab, real *R b, real *R s) {                   \
+    ROWS_IN_PARALLEL                                                                                   \
     for (index_t row = 0; row < batch; row++) {                                                        \
         index_t o = 2 * row * modes;                                                                   \
         for (index_t m = 0; m < kept; m++) {                                                           \
@@ -73,9 +89,10 @@ void stage_b_##suffix(index_t batch, index_t modes, index_t kept, const real *R 
         linear_modes_##suffix(kept, modes, e2, v + o, b + o);                                          \
     }                                                                                                  \
 }                                                                                                      \
-void stage_d_##suffix(index_t batch, index_t modes, index_t kept, const real *R v, const real *R n_u, \
-                      const real *R n_b, const real *R e, const real *R d_u, const real *R d_b,        \
-                      const real *R f_ab, real *R d, real *R s) {                                      \
+void stage_d_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,    \
+                      const real *R n_u, const real *R n_b, const real *R e, const real *R d_u,        \
+                      const real *R d_b, const real *R f_ab, real *R d, real *R s) {                   \
+    ROWS_IN_PARALLEL                                                                                   \
     for (index_t row = 0; row < batch; row++) {                                                        \
         index_t o = 2 * row * modes;                                                                   \
         for (index_t m = 0; m < kept; m++) {                                                           \
@@ -91,8 +108,9 @@ void stage_d_##suffix(index_t batch, index_t modes, index_t kept, const real *R 
         linear_modes_##suffix(kept, modes, e, v + o, d + o);                                           \
     }                                                                                                  \
 }                                                                                                      \
-void stage_out_##suffix(index_t batch, index_t modes, index_t kept, real *R v, const real *R n_d,     \
-                        const real *R s, const real *R e, const real *R f_d) {                         \
+void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, real *R v,        \
+                        const real *R n_d, const real *R s, const real *R e, const real *R f_d) {      \
+    ROWS_IN_PARALLEL                                                                                   \
     for (index_t row = 0; row < batch; row++) {                                                        \
         index_t o = 2 * row * modes;                                                                   \
         for (index_t m = 0; m < kept; m++) {                                                           \

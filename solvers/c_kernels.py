@@ -13,8 +13,11 @@ one. The compiler is ``$CC``, else ``cc``, ``gcc`` or ``clang`` from ``PATH``. W
 a compiler that rejects the source warns once per process, and the cache remembers it (a
 ``.failed`` file beside where the library would be: delete it to try again).
 
-The kernels are single-threaded: they are used for float64/float32 CPU tensors when torch runs on
-one intra-op thread, or when the arrays are small enough that torch would not split them anyway.
+The Fourier-stage kernels share their rows among torch's intra-op threads
+(``torch.get_num_threads()``) once an array has more than ``PARALLEL_GRAIN`` entries. They are built
+with OpenMP where the compiler has it (``-fopenmp``; else without, single-threaded) and then run on
+the OpenMP runtime torch itself loaded (on Linux torch's libgomp: one thread pool, not two).
+Results do not depend on the thread count (each entry's arithmetic is the same).
 """
 from __future__ import annotations
 
@@ -31,12 +34,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["library", "available", "unavailable_reason", "fused_fourier_step_into", "DenseStep", "cache_directory"]
+__all__ = ["library", "available", "unavailable_reason", "openmp", "threads_for", "fused_fourier_step_into",
+           "DenseStep", "cache_directory"]
 
 SOURCE = Path(__file__).with_name("_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
-#: torch splits elementwise work over threads from this many entries on (ATen's GRAIN_SIZE)
-TORCH_GRAIN = 32768
+#: tried first; a compiler without OpenMP (Apple's clang) builds the kernels without it
+OPENMP_FLAG = "-fopenmp"
+#: the stage kernels share their rows among threads from this many complex entries on (2 threads:
+#: 1.3x at 4224 entries, 1.4x at 8448, 1.8x from 33792; docs/performance.md, "Threads")
+PARALLEL_GRAIN = 4096
 _SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
 
 _state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}
@@ -74,7 +81,7 @@ def _cpu_identity() -> str:
 def _library_path(compiler: str, source: bytes) -> Path:
     stat = os.stat(compiler)
     key = hashlib.sha256(b"\0".join([source, os.path.realpath(compiler).encode(), str(stat.st_size).encode(),
-                                     str(stat.st_mtime_ns).encode(), " ".join(FLAGS).encode(),
+                                     str(stat.st_mtime_ns).encode(), " ".join((*FLAGS, OPENMP_FLAG)).encode(),
                                      platform.machine().encode(), _cpu_identity().encode()])).hexdigest()[:16]
     return cache_directory() / f"ks_kernels-{key}{'.dll' if os.name == 'nt' else '.so'}"
 
@@ -85,8 +92,11 @@ def _build(compiler: str, target: Path) -> None:
     handle, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(handle)
     try:
-        completed = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE)], capture_output=True,
-                                   text=True, timeout=300, check=False)
+        for flags in ((*FLAGS, OPENMP_FLAG), FLAGS):
+            completed = subprocess.run([compiler, *flags, "-o", temporary, str(SOURCE)], capture_output=True,
+                                       text=True, timeout=300, check=False)
+            if completed.returncode == 0:
+                break
         if completed.returncode != 0:
             message = f"{Path(compiler).name} exited with {completed.returncode}: {completed.stderr.strip()[-500:]}"
             _remember_failure(_failure_path(target), message)
@@ -127,11 +137,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("f64", "f32"):
         for name, pointers in (("stage_a", 5), ("stage_b", 9), ("stage_d", 9), ("stage_out", 5)):
             function = getattr(lib, f"{name}_{suffix}")
-            function.argtypes = [integer] * 3 + [pointer] * pointers
+            function.argtypes = [integer] * 4 + [pointer] * pointers
             function.restype = None
         function = getattr(lib, f"dense_step_{suffix}")
         function.argtypes = [integer] * 2 + [pointer] * 8
         function.restype = None
+    lib.kernels_openmp.argtypes, lib.kernels_openmp.restype = [], ctypes.c_int
 
 
 def library() -> ctypes.CDLL | None:
@@ -172,13 +183,23 @@ def unavailable_reason() -> str | None:
 
 
 def available(x: Tensor) -> bool:
-    """Whether the kernels can take ``x`` (a CPU tensor of a supported dtype, work torch would not
-    spread over threads) -- building them on the first call."""
+    """Whether the kernels can take ``x`` (a CPU tensor of a supported dtype) -- building them on the
+    first call."""
     if x.device.type != "cpu" or x.dtype not in _SUFFIX:
         return False
-    if x.numel() > TORCH_GRAIN and torch.get_num_threads() > 1:
-        return False
     return library() is not None
+
+
+def openmp() -> bool:
+    """Whether the loaded kernels were built with OpenMP (share large arrays among threads)."""
+    lib = library()
+    return lib is not None and bool(lib.kernels_openmp())
+
+
+def threads_for(x: Tensor) -> int:
+    """How many threads the stage kernels give ``x``: torch's intra-op count for large arrays, else 1."""
+    return torch.get_num_threads() if x.numel() > PARALLEL_GRAIN else 1
+
 
 
 def _address(x: Tensor) -> int:
@@ -211,14 +232,15 @@ def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, worksp
     v, stage, s = _address(u_hat), _address(w.stage), _address(w.e2_u)
     e, e2 = _address(plan.E), _address(plan.E2)
     q, d_u, d_b, f_u, f_ab, f_d = (_address(x) for x in (c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d))
+    threads = threads_for(u_hat)
     n_u = _like(nonlinear(0, u_hat), u_hat)
-    stage_a(batch, modes, kept, v, n_u.data_ptr(), e2, q, stage)
+    stage_a(threads, batch, modes, kept, v, n_u.data_ptr(), e2, q, stage)
     n_a = _like(nonlinear(1, w.stage), u_hat)
-    stage_b(batch, modes, kept, v, n_u.data_ptr(), n_a.data_ptr(), e2, q, f_u, f_ab, stage, s)
+    stage_b(threads, batch, modes, kept, v, n_u.data_ptr(), n_a.data_ptr(), e2, q, f_u, f_ab, stage, s)
     n_b = _like(nonlinear(1, w.stage), u_hat)
-    stage_d(batch, modes, kept, v, n_u.data_ptr(), n_b.data_ptr(), e, d_u, d_b, f_ab, stage, s)
+    stage_d(threads, batch, modes, kept, v, n_u.data_ptr(), n_b.data_ptr(), e, d_u, d_b, f_ab, stage, s)
     n_d = _like(nonlinear(2, w.stage), u_hat)
-    stage_out(batch, modes, kept, v, n_d.data_ptr(), s, e, f_d)
+    stage_out(threads, batch, modes, kept, v, n_d.data_ptr(), s, e, f_d)
     # written behind torch's back: bump the version counter as an in-place torch op would, so that a
     # graph that saved u_hat refuses to backpropagate through the overwritten values
     torch.autograd.graph.increment_version(u_hat)

@@ -4,8 +4,9 @@ On the CPU the 8 real FFTs are ~70% of an ETDRK4 step (docs/performance.md), and
 batched transforms of these sizes in 0.55-0.95x the time of torch's MKL-backed ``torch.fft``; its
 ``out=`` arguments also let the step reuse its output buffers instead of allocating 8 arrays a step.
 Optional, as pyqg treats pyFFTW: ``pip install ducc0`` (the ``fast`` extra); without it the step
-uses ``torch.fft``. Used only where the compiled C kernels run (``solvers.c_kernels.available``: one
-intra-op thread or small arrays), so ``nthreads=1``.
+uses ``torch.fft``. Used with the compiled C kernels, single-threaded (``nthreads=1``): where the C
+stages run on several threads (``solvers.c_kernels.threads_for``) torch's FFTs are faster, as DUCC's
+``nthreads`` does not speed up these batched 1-d transforms (docs/performance.md, "Threads").
 """
 from __future__ import annotations
 

@@ -61,8 +61,12 @@ class FusedKernelChecks:
 
     def _fused_squared_hat(self, u_hat: Tensor):
         """The quadratic term of fused steps: DUCC's transforms into reused buffers on the CPU where
-        ``ducc0`` is installed (``solvers.cpu_fft``; attribute ``ducc_fft``), else ``_squared_hat``."""
-        if not (self.ducc_fft and u_hat.is_cpu):
+        ``ducc0`` is installed (``solvers.cpu_fft``; attribute ``ducc_fft``), else ``_squared_hat``.
+
+        Where the C stages run on several threads (``c_kernels.threads_for``) torch's FFTs, which
+        split their batch the same way, are faster than DUCC's (whose ``nthreads`` does not speed up
+        these batched 1-d transforms): docs/performance.md, "Threads"."""
+        if not (self.ducc_fft and u_hat.is_cpu) or c_kernels.threads_for(u_hat) > 1:
             return self._squared_hat
         squared = self._ducc_squared.get(u_hat.shape[0])
         if squared is None:

@@ -117,19 +117,49 @@ def test_a_compiled_dense_step_that_disagrees_is_dropped(monkeypatch):
 
 
 @needs_kernels
-def test_many_threads_leave_large_arrays_to_torch():
-    threads = torch.get_num_threads()
-    small = torch.zeros(4, 33, dtype=torch.complex128)
-    large = torch.zeros(4, c_kernels.TORCH_GRAIN, dtype=torch.complex128)
-    try:
-        torch.set_num_threads(2)
-        assert c_kernels.available(small) and not c_kernels.available(large)
-        torch.set_num_threads(1)
-        assert c_kernels.available(large)
-    finally:
-        torch.set_num_threads(threads)
+def test_threads_share_large_arrays(spy, monkeypatch):
+    """With several torch threads a large array's stages run on all of them (OpenMP, where built with
+    it), to the same last bit as on one, and its transforms are torch's threaded FFTs instead of
+    DUCC's single-threaded ones (whose last bits differ); small arrays keep one thread."""
     assert not c_kernels.available(torch.zeros(4, 33, dtype=torch.int64))
     assert not c_kernels.available(torch.zeros(4, 33, dtype=torch.complex128, device="meta"))
+    if c_kernels._compiler() and "gcc" in os.path.realpath(c_kernels._compiler()):
+        assert c_kernels.openmp()  # gcc has -fopenmp; CI's machines build the threaded kernels
+    ducc_calls = []
+    if cpu_fft.HAVE_DUCC:
+        call = cpu_fft.SquaredHat.__call__
+        monkeypatch.setattr(cpu_fft.SquaredHat, "__call__",
+                            lambda self, *args: ducc_calls.append(self.shape) or call(self, *args))
+    batch = c_kernels.PARALLEL_GRAIN // 33 + 3  # N = 64: 33 modes, just over the grain
+    large, small = (torch.zeros(rows, 33, dtype=torch.complex128) for rows in (batch, 4))
+    generator = torch.Generator().manual_seed(5)
+    state, *terms = (torch.randn(batch, 33, dtype=torch.complex128, generator=generator) for _ in range(5))
+
+    def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the four C stages with fixed nonlinear terms, a rollout) on ``threads`` threads"""
+        torch.set_num_threads(threads)
+        assert c_kernels.threads_for(large) == threads and c_kernels.threads_for(small) == 1
+        solver = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
+        plan, stepped = solver.plan(solver.dt), state.clone()
+        workspace = solver._fourier_workspace(batch)
+        c_kernels.fused_fourier_step_into(stepped, plan, plan.folded, lambda stage, x, given=iter(terms): next(given),
+                                          workspace, kept=plan.folded_low.q.shape[-1])
+        u0 = smooth_state(solver, batch) + 0.05 * torch.sin(torch.arange(batch, dtype=torch.float64))[:, None]
+        with torch.no_grad():
+            result = solver.rollout(u0, 12, save_every=4)
+        assert solver.fused_updates
+        return stepped, result
+
+    previous = torch.get_num_threads()
+    try:
+        (stages_one, one), (stages_two, two) = run(1), run(2)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(stages_one, stages_two)
+    assert (one[:, -1] - one[:, 0]).abs().max() > 0.1
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-12)
+    assert spy["stages"] == 2 * (1 + 13)
+    assert len(ducc_calls) == (4 * 13 if cpu_fft.HAVE_DUCC else 0)  # all on one thread
 
 
 @pytest.fixture
@@ -178,6 +208,28 @@ def test_a_failing_compiler_warns_once_and_leaves_torch_in_charge(fresh_build, m
     monkeypatch.setattr(c_kernels, "_build", lambda *args: pytest.fail("compiled again"))
     with pytest.warns(RuntimeWarning, match="no input files.*remembered from an earlier build; delete"):
         assert c_kernels.library() is None
+
+
+def test_a_compiler_without_openmp_builds_single_threaded_kernels(fresh_build, monkeypatch):
+    compiler = c_kernels._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    no_openmp = fresh_build / "cc-without-openmp"  # as Apple's clang answers -fopenmp
+    no_openmp.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && '
+                         f'{{ echo "unsupported option -fopenmp" >&2; exit 1; }}; done\nexec {compiler} "$@"\n')
+    no_openmp.chmod(no_openmp.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CC", str(no_openmp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c_kernels.library() is not None and not c_kernels.openmp()
+    assert not any(path.name.endswith(".failed") for path in fresh_build.iterdir())
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # asks for 2 threads; the plain loops take 1 and give the torch step
+        solver, compiled, plain = compiled_and_torch("fft", 64, c_kernels.PARALLEL_GRAIN // 33 + 1, steps=10)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
 
 
 def test_switched_off_or_no_compiler_means_torch_silently(fresh_build, monkeypatch):
