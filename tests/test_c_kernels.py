@@ -142,8 +142,9 @@ def test_threads_share_large_arrays(spy, monkeypatch):
         solver = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
         plan, stepped = solver.plan(solver.dt), state.clone()
         workspace = solver._fourier_workspace(batch)
-        c_kernels.fused_fourier_step_into(stepped, plan, plan.folded, lambda stage, x, given=iter(terms): next(given),
-                                          workspace, kept=plan.folded_low.q.shape[-1])
+        given = iter(terms)
+        c_kernels.fused_fourier_step_into(stepped, plan, plan.folded, lambda stage, x: next(given), workspace,
+                                          kept=plan.folded_low.q.shape[-1])
         u0 = smooth_state(solver, batch) + 0.05 * torch.sin(torch.arange(batch, dtype=torch.float64))[:, None]
         with torch.no_grad():
             result = solver.rollout(u0, 12, save_every=4)
@@ -226,7 +227,7 @@ def test_a_compiler_without_openmp_builds_single_threaded_kernels(fresh_build, m
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # asks for 2 threads; the plain loops take 1 and give the torch step
-        solver, compiled, plain = compiled_and_torch("fft", 64, c_kernels.PARALLEL_GRAIN // 33 + 1, steps=10)
+        _, compiled, plain = compiled_and_torch("fft", 64, c_kernels.PARALLEL_GRAIN // 33 + 1, steps=10)
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
