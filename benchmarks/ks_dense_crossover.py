@@ -11,7 +11,9 @@ a grid of (N, batch), float64, L = 22, ``dt = 0.25``, each through ``trajectory`
 work decides). The dense step does ``O(N^2)`` work a member against the FFT step's ``O(N log N)``,
 so it wins only where per-operation costs (CPU: Python and dispatch; GPU: kernel count, which CUDA
 graphs and FP64 matrix units make cheap) outweigh arithmetic. The ``auto`` column is what the
-solver picks there; ``dense/fft`` above 1 means dense is faster.
+solver picks there; ``dense/fft`` above 1 means dense is faster. On the CPU without a closure the FFT
+step of small batches is the compiled whole step (``solvers.c_kernels.FourierStep``, up to
+``WHOLE_STEP_LIMIT`` grid values), which ``auto`` prefers to any dense step.
 """
 from __future__ import annotations
 

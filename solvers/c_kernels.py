@@ -31,11 +31,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["library", "available", "unavailable_reason", "openmp", "threads_for", "fused_fourier_step_into",
-           "DenseStep", "cache_directory"]
+           "FourierStep", "DenseStep", "cache_directory"]
 
 SOURCE = Path(__file__).with_name("_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
@@ -44,6 +45,10 @@ OPENMP_FLAG = "-fopenmp"
 #: the stage kernels share their rows among threads from this many complex entries on (2 threads:
 #: 1.3x at 4224 entries, 1.4x at 8448, 1.8x from 33792; docs/performance.md, "Threads")
 PARALLEL_GRAIN = 4096
+#: the whole compiled Fourier step (``FourierStep``, its own radix-2 transforms) is used up to this
+#: many grid values a step (batch * n_points); above it DUCC's transforms, vectorised across
+#: members, win (docs/performance.md, "The whole step in one call")
+WHOLE_STEP_LIMIT = 4096
 _SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
 
 _state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}
@@ -141,6 +146,12 @@ def _declare(lib: ctypes.CDLL) -> None:
             function.restype = None
         function = getattr(lib, f"dense_step_{suffix}")
         function.argtypes = [integer] * 2 + [pointer] * 8
+        function.restype = None
+        function = getattr(lib, f"fourier_step_{suffix}")
+        function.argtypes = [integer] * 4 + [pointer] * 11
+        function.restype = None
+        function = getattr(lib, f"squared_hat_{suffix}")
+        function.argtypes = [integer] * 2 + [pointer] * 4
         function.restype = None
     lib.kernels_openmp.argtypes, lib.kernels_openmp.restype = [], ctypes.c_int
 
@@ -245,6 +256,57 @@ def fused_fourier_step_into(u_hat: Tensor, plan, coefficients, nonlinear, worksp
     # graph that saved u_hat refuses to backpropagate through the overwritten values
     torch.autograd.graph.increment_version(u_hat)
     return u_hat
+
+
+class FourierStep:
+    """The whole ETDRK4 Fourier step without a closure as one compiled call (``fourier_step`` in
+    ``_kernels.c``: the four stages of each member with its own radix-2 transforms, in cache):
+    ``u_hat: (batch, n // 2 + 1)``, a contiguous CPU tensor of ``complex_dtype``, stepped in place.
+
+    For small batches, where the FFT path's ~12 Python-level calls a step cost more than its
+    arithmetic; ``n_points`` a power of two (``supports``). The plan's addresses are taken once per
+    plan, so a step is one ctypes call plus a few attribute reads.
+    """
+
+    def __init__(self, n_points: int, complex_dtype: torch.dtype):
+        if not self.supports(n_points):
+            raise ValueError(f"the compiled Fourier step needs a power of two >= 4 points, not {n_points}")
+        self.n_points, self.complex_dtype = n_points, complex_dtype
+        half = n_points // 2
+        # twiddles in float64, rounded once to the step's precision
+        self.omega = torch.as_tensor(np.exp(-2j * np.pi * np.arange(half) / n_points), dtype=complex_dtype)
+        self._scratch_entries = 7 * half + 6  # per thread: 6 rows of modes + the transform's n reals
+        self._scratch = torch.empty(self._scratch_entries, dtype=complex_dtype)
+        self._function = getattr(library(), "fourier_step_" + _SUFFIX[complex_dtype])
+        self._plan, self._arguments = None, ()
+
+    @staticmethod
+    def supports(n_points: int) -> bool:
+        return n_points >= 4 and n_points & (n_points - 1) == 0
+
+    def __reduce__(self):
+        return FourierStep, (self.n_points, self.complex_dtype)
+
+    def _bind(self, plan) -> None:
+        """Take the addresses of ``plan``'s folded coefficients (no closure) and of the scratch."""
+        c = plan.folded
+        self._plan = plan  # keeps the tensors behind the addresses alive
+        self._arguments = (self.n_points // 2, plan.folded_low.q.shape[-1], *(
+            _address(x) for x in (plan.E, plan.E2, c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d, self.omega, self._scratch)))
+
+    def __call__(self, u_hat: Tensor, plan) -> Tensor:
+        """One step of ``u_hat`` in place with ``plan`` (an ``ETDRK4Plan`` of this grid and dtype)."""
+        batch = u_hat.shape[0]
+        threads = min(threads_for(u_hat), batch) or 1
+        if threads * self._scratch_entries > self._scratch.numel():
+            self._scratch = torch.empty(threads * self._scratch_entries, dtype=self.complex_dtype)
+            self._plan = None
+        if plan is not self._plan:
+            self._bind(plan)
+        arguments = self._arguments
+        self._function(threads, batch, arguments[0], arguments[1], u_hat.data_ptr(), *arguments[2:])
+        torch.autograd.graph.increment_version(u_hat)
+        return u_hat
 
 
 class DenseStep:

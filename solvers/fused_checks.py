@@ -1,7 +1,8 @@
 """How ``KuramotoSivashinskySpectral`` vets its fused kernels before trusting them.
 
 The fused paths -- Triton kernels on a GPU (``solvers.fused_stages``), compiled C kernels and DUCC
-transforms on the CPU (``solvers.c_kernels``, ``solvers.cpu_fft``), the compiled dense step -- each
+transforms on the CPU (``solvers.c_kernels``, ``solvers.cpu_fft``), the compiled whole Fourier step
+and the compiled dense step -- each
 replace torch operations of the ETDRK4 step. Each is run once on a smooth probe state next to the
 plain torch step; a failure or a different increment (``solvers.base.same_increment``) means the
 torch step from then on, with a warning. The states they may touch at all are those ``_fusable``
@@ -24,8 +25,8 @@ __all__ = ["FusedKernelChecks"]
 
 class FusedKernelChecks:
     """Mixin of ``KuramotoSivashinskySpectral`` (which provides the grid, dtypes, transforms,
-    ``_squared_hat`` and the attributes ``fused_updates``, ``_fused_checked``, ``ducc_fft`` and
-    ``_ducc_squared``)."""
+    ``_squared_hat`` and the attributes ``fused_updates``, ``_fused_checked``, ``ducc_fft``,
+    ``_ducc_squared``, ``whole_fourier_step`` and ``_whole_step``)."""
 
     def _compile_dense_step(self, stepper: DenseStepper) -> None:
         """Give ``stepper`` the compiled dense step once it made the torch step's increment on a probe."""
@@ -51,6 +52,27 @@ class FusedKernelChecks:
                 probe.clone(), plan, coefficients, probe_nonlinear, workspace, kept=kept)):
             return fourier_step_into(u_hat, u_hat, plan, coefficients, low, nonlinear, workspace)
         return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace, kept=kept)
+
+    def _whole_step_fits(self, batch: int) -> bool:
+        """Whether a step of ``batch`` members is one for the compiled whole step (power-of-two grid,
+        at most ``c_kernels.WHOLE_STEP_LIMIT`` grid values, no closure, kernels on)."""
+        return (self.closure is None and self.fused_updates and self.whole_fourier_step
+                and batch * self.n_points <= c_kernels.WHOLE_STEP_LIMIT and c_kernels.FourierStep.supports(self.n_points))
+
+    def _whole_fourier_step(self, u_hat: Tensor, plan: ETDRK4Plan):
+        """The compiled whole step (``c_kernels.FourierStep``) for ``u_hat`` where it applies, once it
+        made the torch step's increment on a probe state; else ``None``."""
+        if not (self._whole_step_fits(u_hat.shape[0]) and self._fusable(u_hat) and c_kernels.available(u_hat)):
+            return None
+        if self._whole_step is None:
+            whole = c_kernels.FourierStep(self.n_points, self.complex_dtype)
+            probe, low = self._fused_probe(u_hat), plan.folded_low
+            expected = fourier_step_into(probe.clone(), torch.empty_like(probe), plan, plan.folded, low,
+                                         self._squared_hat, self._fourier_workspace(probe.shape[0]))
+            if not self._fused_agrees(probe, expected, lambda: whole(probe.clone(), plan)):
+                return None
+            self._whole_step = whole
+        return self._whole_step
 
     def _fusable(self, u_hat: Tensor) -> bool:
         """Whether the fused kernels may read ``u_hat`` as raw memory next to the solver's coefficients and

@@ -96,6 +96,9 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         self._fused_checked = False
         self.ducc_fft = cpu_fft.HAVE_DUCC
         self._ducc_squared: dict[int, cpu_fft.SquaredHat] = {}
+        #: small batches without a closure: the compiled whole Fourier step (``c_kernels.FourierStep``)
+        self.whole_fourier_step = True
+        self._whole_step: c_kernels.FourierStep | None = None
 
         modes = np.arange(self.n_points // 2 + 1)
         wavenumber = 2 * np.pi / self.domain_length * modes
@@ -121,7 +124,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         """Copies and pickles leave the step buffers behind (made again on first use): they are scratch,
         and neither their views nor the compiled step's raw addresses survive being copied apart."""
         state = super().__getstate__()
-        state.update(_dense={}, _workspaces={}, _ducc_squared={})
+        state.update(_dense={}, _workspaces={}, _ducc_squared={}, _whole_step=None)
         return state
 
     # -- transforms -------------------------------------------------------------------------------
@@ -188,6 +191,8 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
             return False
         if self.implementation == "dense":
             return True
+        if self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u):
+            return False  # the compiled whole Fourier step is faster than any dense step (performance.md)
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
         # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)
         limits = self.dense_limits.get(u.device.type)
@@ -240,6 +245,10 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         plan = self.plan(dt)
         if self._needs_autograd(u_hat):
             return fourier_step(u_hat, plan, *self._nonlinear_terms(t, dt))
+        if in_place and self.closure is None:
+            whole = self._whole_fourier_step(u_hat, plan)
+            if whole is not None:  # small batches: the whole step in one compiled call
+                return whole(u_hat, plan)
         workspace = self._fourier_workspace(u_hat.shape[0])
         coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
         low = plan.folded_low if self.closure is None else plan.plain
@@ -301,6 +310,10 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
 
     def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
         if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
+            whole = self._whole_step
+            # small batches: the per-step Python work is what costs, so go straight to the compiled step
+            if whole is not None and self._whole_step_fits(state.shape[0]) and self._fusable(state):
+                return whole(state, self.plan(dt))
             return self._fourier_step(t, state, dt, in_place=True)
         # dense path: the per-step Python work matters at batch 1 (~16 us a step), so reuse the stepper
         # directly, with _needs_autograd inlined (one call layer less on that hot path)

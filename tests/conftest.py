@@ -28,6 +28,15 @@ def single_cpu_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def stage_kernels(monkeypatch):
+    """Small batches take the compiled stage kernels (and DUCC), not the compiled whole Fourier step
+    that would otherwise step them (``c_kernels.WHOLE_STEP_LIMIT``)."""
+    from solvers import c_kernels
+
+    monkeypatch.setattr(c_kernels, "WHOLE_STEP_LIMIT", 0)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)

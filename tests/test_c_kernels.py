@@ -51,7 +51,7 @@ def spy(monkeypatch):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("closure", [None, time_dependent_closure], ids=["bare", "closure"])
-def test_compiled_fourier_stages_match_the_torch_step(dtype, closure, spy, recwarn):
+def test_compiled_fourier_stages_match_the_torch_step(dtype, closure, spy, recwarn, stage_kernels):
     for n_points, batch in ((64, 5), (256, 7), (32, 1)):
         solver, compiled, plain = compiled_and_torch("fft", n_points, batch, dtype=dtype, closure=closure)
         assert solver.fused_updates and solver._fused_checked
@@ -93,7 +93,7 @@ def test_the_compiled_dense_step_takes_only_what_fits_its_buffers(spy):
 
 
 @needs_kernels
-def test_a_member_overflowing_in_its_first_step_does_not_switch_the_kernels_off():
+def test_a_member_overflowing_in_its_first_step_does_not_switch_the_kernels_off(stage_kernels):
     solver = KuramotoSivashinskySpectral(n_points=32, implementation="fft")
     u = torch.cos(2 * torch.pi * solver.x / 22.0).repeat(2, 1)
     u[1] *= 1e160
@@ -284,7 +284,7 @@ def test_ducc_squared_hat_is_the_torch_fft_pair_in_four_buffers(dtype):
 
 @needs_kernels
 @needs_ducc
-def test_fused_steps_use_ducc_and_a_wrong_transform_is_dropped(monkeypatch):
+def test_fused_steps_use_ducc_and_a_wrong_transform_is_dropped(monkeypatch, stage_kernels):
     solver, compiled, plain = compiled_and_torch("fft", 64, 4)
     assert solver.ducc_fft and list(solver._ducc_squared) == [4] and solver.fused_updates
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
@@ -342,7 +342,7 @@ def test_a_lazily_conjugated_state_is_stepped_as_the_torch_step_does():
 
 
 @needs_kernels
-def test_a_broken_ducc0_falls_back_to_torch_fft_with_a_warning(monkeypatch):
+def test_a_broken_ducc0_falls_back_to_torch_fft_with_a_warning(monkeypatch, stage_kernels):
     def broken(*args, **kwargs):
         raise ImportError("ducc0.so: undefined symbol")
 

@@ -153,7 +153,7 @@ def test_full_dealiasing_fraction_uses_every_mode():
     assert solver.plan(solver.dt).folded_low.q.shape[-1] == solver.n_points // 2  # Nyquist dropped
 
 
-def test_auto_picks_dense_only_for_small_float64_work():
+def test_auto_picks_dense_only_for_small_float64_work(stage_kernels):
     solver, with_closure = make_solver(), make_solver(closure=lambda t, u: u)
     small, large = torch.zeros(2, 64, dtype=torch.float64), torch.zeros(64, 64, dtype=torch.float64)
     eight = torch.zeros(8, 64, dtype=torch.float64)  # at the CPU limit without a closure, over it with one

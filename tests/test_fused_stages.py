@@ -25,7 +25,8 @@ needs_cuda_and_triton = pytest.mark.skipif(not (torch.cuda.is_available() and fu
 
 INTERPRETED = """
 import json, torch
-from solvers import KuramotoSivashinskySpectral
+from solvers import KuramotoSivashinskySpectral, c_kernels
+c_kernels.WHOLE_STEP_LIMIT = 0  # small batches through the stage kernels, not the compiled whole step
 from tests.conftest import fused_and_unfused, time_dependent_closure
 results = []
 for dtype in (torch.float64, torch.float32):
@@ -145,7 +146,7 @@ def test_fused_updates_are_not_used_with_gradients_or_on_the_callers_tensors(mon
         solver.step_fourier(0.0, u_hat)  # the caller's Fourier state: never updated in place
 
 
-def test_the_public_step_fuses_on_its_own_transform(monkeypatch):
+def test_the_public_step_fuses_on_its_own_transform(monkeypatch, stage_kernels):
     calls = []
 
     def fused_step(u_hat, *args, **kwargs):

@@ -1,0 +1,146 @@
+"""The compiled whole Fourier step (``c_kernels.FourierStep``: the ETDRK4 step of each member with its
+own radix-2 transforms, one call a step) gives the torch step, is used where it should be, or not.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import fused_and_unfused, smooth_state
+from solvers import KuramotoSivashinskySpectral, c_kernels
+
+needs_kernels = pytest.mark.skipif(c_kernels.library() is None,
+                                   reason=f"compiled kernels unavailable: {c_kernels.unavailable_reason()}")
+pytestmark = needs_kernels
+
+
+@pytest.fixture
+def whole_calls(monkeypatch):
+    """The batch sizes the compiled whole step was called with."""
+    calls = []
+    original = c_kernels.FourierStep.__call__
+
+    def counted(self, u_hat, *args):
+        calls.append(u_hat.shape[0])
+        return original(self, u_hat, *args)
+
+    monkeypatch.setattr(c_kernels.FourierStep, "__call__", counted)
+    return calls
+
+
+def twiddles(n_points: int, dtype) -> torch.Tensor:
+    return torch.as_tensor(np.exp(-2j * np.pi * np.arange(n_points // 2) / n_points), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_its_transform_pair_is_torchs_irfft_square_rfft(dtype):
+    """``squared_hat``: the radix-2 inverse (decimation in frequency), square and forward (decimation
+    in time) through the half-length complex FFT, against torch's real FFTs at every size up to 4096;
+    the imaginary parts of the mean and Nyquist modes are ignored, as ``irfft`` ignores them."""
+    lib, suffix = c_kernels.library(), "f64" if dtype == torch.complex128 else "f32"
+    generator = torch.Generator().manual_seed(11)
+    tolerance = 1e-14 if dtype == torch.complex128 else 2e-6
+    for n_points in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+        modes = n_points // 2 + 1
+        x_hat = torch.randn(3, modes, dtype=dtype, generator=generator) / (1 + torch.arange(modes)) ** 0.5
+        out = torch.full_like(x_hat, float("nan"))
+        scratch, omega = torch.empty(n_points, dtype=x_hat.real.dtype), twiddles(n_points, dtype)  # alive during the call
+        getattr(lib, f"squared_hat_{suffix}")(3, n_points // 2, x_hat.data_ptr(), out.data_ptr(), scratch.data_ptr(),
+                                              omega.data_ptr())
+        expected = torch.fft.rfft(torch.fft.irfft(x_hat, n=n_points) ** 2)
+        error = ((out - expected).abs().max() / expected.abs().max()).item()
+        assert error < tolerance * np.log2(n_points), (n_points, error)
+        assert out[:, 0].imag.eq(0).all() and out[:, -1].imag.eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_it_steps_small_batches_as_the_torch_step_does(dtype, whole_calls):
+    for n_points, batch in ((64, 1), (64, 7), (256, 3), (1024, 2), (16, 5)):
+        solver, compiled, plain = fused_and_unfused(n_points, batch, dtype=dtype, steps=40)
+        assert solver.fused_updates and solver._whole_step is not None and not solver._fused_checked
+        assert (plain[:, -1] - plain[:, 0]).abs().max() > 0.1
+        tolerance = 1e-13 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance * plain.abs().max().item())
+    assert whole_calls == [1] * 41 + [7] * 41 + [3] * 41 + [2] * 41 + [5] * 41  # each: the probe check, 40 steps
+
+
+def test_auto_takes_it_over_the_dense_step_without_a_closure_only(whole_calls):
+    bare = KuramotoSivashinskySpectral(n_points=64)
+    with_closure = KuramotoSivashinskySpectral(n_points=64, closure=lambda t, u: 0.01 * u)
+    u = smooth_state(bare, 2)
+    with torch.no_grad():
+        assert not bare._use_dense(u) and with_closure._use_dense(u)
+        bare.rollout(u, 3)
+        with_closure.rollout(u, 3)
+    assert whole_calls == [2] * 4 and not bare._dense and with_closure._dense
+
+
+def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
+    """A grid that is not a power of two, a batch over the limit, a closure, autograd: not used."""
+    limit = c_kernels.WHOLE_STEP_LIMIT
+    cases = [(48, 2, None), (64, limit // 64 + 1, None), (64, 2, lambda t, u: 0.01 * torch.tanh(u))]
+    for n_points, batch, closure in cases:
+        solver, compiled, plain = fused_and_unfused(n_points, batch, closure=closure, steps=20)
+        assert solver._whole_step is None
+        torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
+    solver = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
+    u = smooth_state(solver, 2).requires_grad_()
+    solver.rollout(u, 2).square().sum().backward()
+    assert u.grad is not None and whole_calls == []
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
+    monkeypatch.setattr(c_kernels.FourierStep, "__call__", lambda self, u_hat, *args: u_hat.mul_(1.001))
+    with pytest.warns(RuntimeWarning, match="differ from the unfused"):
+        solver, compiled, plain = fused_and_unfused(64, 2, steps=10)
+    assert not solver.fused_updates and solver._whole_step is None
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=0)
+
+
+def test_threads_split_the_batch_bit_for_bit(monkeypatch):
+    """With its rows shared among threads (forced here: the limit keeps its batches below the
+    kernels' grain), each block with its own scratch, the step is the same to the last bit."""
+    monkeypatch.setattr(c_kernels, "PARALLEL_GRAIN", 0)
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            solver = KuramotoSivashinskySpectral(n_points=128)
+            u0 = smooth_state(solver, 5) + 0.1 * torch.arange(5, dtype=torch.float64)[:, None]
+            with torch.no_grad():
+                results.append(solver.rollout(u0, 30, save_every=10))
+            assert solver._whole_step is not None
+            assert solver._whole_step._scratch.numel() >= threads * solver._whole_step._scratch_entries
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda solver: pickle.loads(pickle.dumps(solver))],
+                         ids=["deepcopy", "pickle"])
+def test_copies_of_a_solver_that_used_it_step_correctly(duplicate):
+    solver = KuramotoSivashinskySpectral(n_points=64)
+    u = smooth_state(solver, 3)
+    with torch.no_grad():
+        solver.rollout(u, 2)
+        assert solver._whole_step is not None
+        copied = duplicate(solver)
+        torch.testing.assert_close(copied.rollout(u, 5), solver.rollout(u, 5), rtol=0, atol=0)
+
+
+def test_a_state_with_autograd_history_is_left_to_autograd():
+    solver = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
+    u_hat = solver.to_fourier(smooth_state(solver, 2)).requires_grad_()
+    with torch.no_grad():
+        assert solver._whole_fourier_step(u_hat, solver.plan(solver.dt)) is None  # _fusable refuses it
+    state = solver.to_fourier(smooth_state(solver, 2))
+    version = state._version
+    with torch.no_grad():
+        solver._step_eagerly(0.0, state, solver.dt)
+    assert solver._whole_step is not None and state._version > version  # in place, as autograd must know
