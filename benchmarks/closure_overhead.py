@@ -110,7 +110,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
                                 "step with closure": (run_solver(hooked), steps)},
                                repeats=repeats, min_seconds=min_seconds)
     with torch.no_grad():
-        dense_path = hooked._use_dense(u0)  # which step "auto" took
+        dense_path = hooked._use_dense(u0, trajectory=True)  # which step "auto" took
     clock = clock_for(device)
     seconds = {name: 1.0 / timing.rate(clock) for name, timing in timings.items()}  # per step
     wall = {name: 1.0 / timing.rate("wall") for name, timing in timings.items()}

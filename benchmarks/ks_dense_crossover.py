@@ -65,7 +65,7 @@ def auto_picks_dense(n_points: int, batch: int, *, closure, device: str) -> bool
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device,
                                          closure=closure)
     with torch.inference_mode():
-        return solver._use_dense(torch.zeros(batch, n_points, dtype=torch.float64, device=device))
+        return solver._use_dense(torch.zeros(batch, n_points, dtype=torch.float64, device=device), trajectory=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,13 +186,16 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
             self._plans[dt] = plan
         return plan
 
-    def _use_dense(self, u: Tensor) -> bool:
+    def _use_dense(self, u: Tensor, *, trajectory: bool = False) -> bool:
+        """Whether ``u`` takes the dense step; ``trajectory``: for many steps of a kept Fourier state
+        (``to_internal``), where the compiled whole Fourier step beats any dense step. A single
+        ``step()`` also pays two transforms to and from Fourier space, so the dense limits decide."""
         if self._needs_autograd(u) or self.implementation == "fft":
             return False
         if self.implementation == "dense":
             return True
-        if self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u):
-            return False  # the compiled whole Fourier step is faster than any dense step (performance.md)
+        if trajectory and self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u):
+            return False
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
         # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)
         limits = self.dense_limits.get(u.device.type)
@@ -300,7 +303,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
     # trajectory() keeps its state between steps: Fourier coefficients (complex) on the FFT path,
     # the physical field (real) on the dense path, which needs no transforms at all
     def to_internal(self, u: Tensor) -> Tensor:
-        if self._use_dense(u):
+        if self._use_dense(u, trajectory=True):
             return super().to_internal(u)
         self._note_closure_weights(u)
         return self.to_fourier(u)  # a new tensor: ours to update in place

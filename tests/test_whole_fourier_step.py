@@ -68,15 +68,20 @@ def test_it_steps_small_batches_as_the_torch_step_does(dtype, whole_calls):
     assert whole_calls == [1] * 41 + [7] * 41 + [3] * 41 + [2] * 41 + [5] * 41  # each: the probe check, 40 steps
 
 
-def test_auto_takes_it_over_the_dense_step_without_a_closure_only(whole_calls):
+def test_auto_takes_it_over_the_dense_step_for_trajectories_without_a_closure(whole_calls):
+    """Trajectories keep their Fourier state, so the whole step wins; a single ``step()`` would also
+    transform to and from Fourier space, so there the dense step stays (within its limits)."""
     bare = KuramotoSivashinskySpectral(n_points=64)
     with_closure = KuramotoSivashinskySpectral(n_points=64, closure=lambda t, u: 0.01 * u)
     u = smooth_state(bare, 2)
     with torch.no_grad():
-        assert not bare._use_dense(u) and with_closure._use_dense(u)
+        assert not bare._use_dense(u, trajectory=True) and bare._use_dense(u)
+        assert with_closure._use_dense(u, trajectory=True)
         bare.rollout(u, 3)
         with_closure.rollout(u, 3)
-    assert whole_calls == [2] * 4 and not bare._dense and with_closure._dense
+        assert whole_calls == [2] * 4 and not bare._dense and with_closure._dense
+        bare.step(0.0, u)
+        assert whole_calls == [2] * 4 and bare._dense
 
 
 def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
