@@ -13,8 +13,10 @@ ETDRK4 with 2/3 dealiasing. Contenders, timed interleaved in one process (see co
   GPU also ``hybridnde (no CUDA graph)``: the trajectory with ``cuda_graphs=False`` (eager launches),
   ``hybridnde fft`` / ``dense``: each implementation forced (``auto`` picks one per size), and
   ``hybridnde fft unfused``: the FFT path without the fused Triton updates (``fused_updates=False``);
-  on the CPU ``hybridnde torch FFT``: without DUCC's transforms (``ducc_fft=False``, ``torch.fft``
-  with the compiled C kernels) and ``hybridnde torch ops``: without either (``fused_updates=False``);
+  on the CPU ``hybridnde stages``: without the compiled whole step of small batches
+  (``whole_fourier_step=False``: the C stage kernels between DUCC's transforms), ``hybridnde torch
+  FFT``: without that and without DUCC's transforms (``ducc_fft=False``, ``torch.fft`` with the C
+  stage kernels) and ``hybridnde torch ops``: without any compiled code (``fused_updates=False``);
 * ``exponax``: ``exponax.stepper.KuramotoSivashinskyConservative(order=4)`` -- the conservative
   ``-1/2 (u^2)_x`` form, which is our equation (the plain ``KuramotoSivashinsky`` stepper is the
   combustion form ``-1/2 u_x^2``, a different equation) -- ``jax.vmap`` over the batch, ``jax.jit``
@@ -68,7 +70,7 @@ def smooth_initial_state(n_points: int, batch: int):
 # -- contenders: each returns (run_steps(), final_state_after(n_steps) -> numpy) -------------------
 def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = False, device: str = "cpu",
                         cuda_graphs: bool = True, implementation: str = "auto", fused_updates: bool = True,
-                        ducc_fft: bool = True):
+                        ducc_fft: bool = True, whole_fourier_step: bool = True):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
@@ -77,6 +79,7 @@ def hybridnde_contender(n_points: int, u0, steps: int, *, public_step: bool = Fa
                                          cuda_graphs=cuda_graphs, implementation=implementation)
     solver.fused_updates = fused_updates
     solver.ducc_fft = solver.ducc_fft and ducc_fft
+    solver.whole_fourier_step = whole_fourier_step
     state = torch.as_tensor(u0, dtype=torch.float64, device=device)
 
     def advance(n: int):
@@ -289,8 +292,11 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                                                                               implementation=implementation)
             builders["hybridnde fft unfused"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                     implementation="fft", fused_updates=False)
-        else:  # what DUCC's FFTs (solvers.cpu_fft) and the compiled C kernels (solvers.c_kernels) buy
-            builders["hybridnde torch FFT"] = hybridnde_contender(n_points, u0, steps, device=device, ducc_fft=False)
+        else:  # what the compiled whole step, DUCC's FFTs (solvers.cpu_fft) and the C kernels (solvers.c_kernels) buy
+            builders["hybridnde stages"] = hybridnde_contender(n_points, u0, steps, device=device,
+                                                               whole_fourier_step=False)
+            builders["hybridnde torch FFT"] = hybridnde_contender(n_points, u0, steps, device=device, ducc_fft=False,
+                                                                  whole_fourier_step=False)
             builders["hybridnde torch ops"] = hybridnde_contender(n_points, u0, steps, device=device,
                                                                   fused_updates=False, ducc_fft=False)
         if have_exponax:
