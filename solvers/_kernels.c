@@ -19,9 +19,11 @@
  * call instead. A real transform of n = 2m points is a complex one of m points (x[2j] + i x[2j+1])
  * plus a split pass (the standard packing, e.g. Press et al., Numerical Recipes, 3rd ed., 12.3.2).
  * The inverse is radix-2 decimation in frequency (natural order in, bit-reversed out), the forward
- * decimation in time (bit-reversed in, natural out): the squaring between them is pointwise, so no
- * bit-reversal permutation is ever made. omega[k] = exp(-2 pi i k / n), k < m, holds every twiddle:
- * the m-point FFT's exp(-2 pi i j / len) is omega[j n / len].
+ * decimation in time (bit-reversed in, natural out), each with two stages fused into one pass over
+ * four points (three or four complex products instead of four, half the passes: 1.2-1.5x at n >= 64):
+ * the squaring between them is pointwise, so no bit-reversal permutation is ever made.
+ * omega[k] = exp(-2 pi i k / n), k < m, holds every twiddle: the m-point FFT's exp(-2 pi i j / len)
+ * is omega[j n / len].
  *
  * The batch functions take a thread count: with it above 1 (and the library built with OpenMP) their
  * rows are shared among that many threads. Built with -fopenmp the library uses the OpenMP runtime
@@ -47,239 +49,276 @@ int kernels_openmp(void) { return 1; }
 int kernels_openmp(void) { return 0; }
 #endif
 
-#define DEFINE_KERNELS(real, suffix)                                                                         \
-static inline void mul_##suffix(const real *c, const real *x, real *re, real *im) {                          \
-    *re = c[0] * x[0] - c[1] * x[1];                                                                         \
-    *im = c[0] * x[1] + c[1] * x[0];                                                                         \
-}                                                                                                            \
-static inline void mul_add_##suffix(const real *c, const real *x, real *re, real *im) {                      \
-    *re += c[0] * x[0] - c[1] * x[1];                                                                        \
-    *im += c[0] * x[1] + c[1] * x[0];                                                                        \
-}                                                                                                            \
-/* out = c v at the modes [kept, modes) of one row, where no nonlinear term reaches (out may be v) */        \
-static inline void linear_modes_##suffix(index_t kept, index_t modes, const real *c, const real *v,          \
-                                         real *out) {                                                        \
-    for (index_t m = kept; m < modes; m++) {                                                                 \
-        real re, im;                                                                                         \
-        mul_##suffix(c + 2 * m, v + 2 * m, &re, &im);                                                        \
-        out[2 * m] = re; out[2 * m + 1] = im;                                                                \
-    }                                                                                                        \
-}                                                                                                            \
-/* -- the four stages, one row (all arrays point at the row) -- */                                           \
-static inline void row_a_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,           \
-                                  const real *R e2, const real *R q, real *R a) {                            \
-    for (index_t m = 0; m < kept; m++) {                                                                     \
-        real re, im;                                                                                         \
-        mul_##suffix(e2 + 2 * m, v + 2 * m, &re, &im);                                                       \
-        mul_add_##suffix(q + 2 * m, n_u + 2 * m, &re, &im);                                                  \
-        a[2 * m] = re; a[2 * m + 1] = im;                                                                    \
-    }                                                                                                        \
-    linear_modes_##suffix(kept, modes, e2, v, a);                                                            \
-}                                                                                                            \
-static inline void row_b_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,           \
-                                  const real *R n_a, const real *R e2, const real *R q, const real *R f_u,   \
-                                  const real *R f_ab, real *R b, real *R s) {                                \
-    for (index_t m = 0; m < kept; m++) {                                                                     \
-        real re, im, s_re, s_im;                                                                             \
-        mul_##suffix(e2 + 2 * m, v + 2 * m, &re, &im);                                                       \
-        mul_add_##suffix(q + 2 * m, n_a + 2 * m, &re, &im);                                                  \
-        b[2 * m] = re; b[2 * m + 1] = im;                                                                    \
-        mul_##suffix(f_u + 2 * m, n_u + 2 * m, &s_re, &s_im);                                                \
-        mul_add_##suffix(f_ab + 2 * m, n_a + 2 * m, &s_re, &s_im);                                           \
-        s[2 * m] = s_re; s[2 * m + 1] = s_im;                                                                \
-    }                                                                                                        \
-    linear_modes_##suffix(kept, modes, e2, v, b);                                                            \
-}                                                                                                            \
-static inline void row_d_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,           \
-                                  const real *R n_b, const real *R e, const real *R d_u, const real *R d_b,  \
-                                  const real *R f_ab, real *R d, real *R s) {                                \
-    for (index_t m = 0; m < kept; m++) {                                                                     \
-        real re, im, s_re = s[2 * m], s_im = s[2 * m + 1];                                                   \
-        mul_##suffix(e + 2 * m, v + 2 * m, &re, &im);                                                        \
-        mul_add_##suffix(d_u + 2 * m, n_u + 2 * m, &re, &im);                                                \
-        mul_add_##suffix(d_b + 2 * m, n_b + 2 * m, &re, &im);                                                \
-        d[2 * m] = re; d[2 * m + 1] = im;                                                                    \
-        mul_add_##suffix(f_ab + 2 * m, n_b + 2 * m, &s_re, &s_im);                                           \
-        s[2 * m] = s_re; s[2 * m + 1] = s_im;                                                                \
-    }                                                                                                        \
-    linear_modes_##suffix(kept, modes, e, v, d);                                                             \
-}                                                                                                            \
-static inline void row_out_##suffix(index_t modes, index_t kept, real *R v, const real *R n_d,               \
-                                    const real *R s, const real *R e, const real *R f_d) {                   \
-    for (index_t m = 0; m < kept; m++) {                                                                     \
-        real re = s[2 * m], im = s[2 * m + 1];                                                               \
-        mul_add_##suffix(e + 2 * m, v + 2 * m, &re, &im);                                                    \
-        mul_add_##suffix(f_d + 2 * m, n_d + 2 * m, &re, &im);                                                \
-        v[2 * m] = re; v[2 * m + 1] = im;                                                                    \
-    }                                                                                                        \
-    linear_modes_##suffix(kept, modes, e, v, v);                                                             \
-}                                                                                                            \
-/* -- the stages over a batch (row offset o = 2 * row * modes reals) -- */                                   \
-void stage_a_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,          \
-                      const real *R n_u, const real *R e2, const real *R q, real *R a) {                     \
-    ROWS_IN_PARALLEL                                                                                         \
-    for (index_t row = 0; row < batch; row++) {                                                              \
-        index_t o = 2 * row * modes;                                                                         \
-        row_a_##suffix(modes, kept, v + o, n_u + o, e2, q, a + o);                                           \
-    }                                                                                                        \
-}                                                                                                            \
-void stage_b_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,          \
-                      const real *R n_u, const real *R n_a, const real *R e2, const real *R q,               \
-                      const real *R f_u, const real *R f_ab, real *R b, real *R s) {                         \
-    ROWS_IN_PARALLEL                                                                                         \
-    for (index_t row = 0; row < batch; row++) {                                                              \
-        index_t o = 2 * row * modes;                                                                         \
-        row_b_##suffix(modes, kept, v + o, n_u + o, n_a + o, e2, q, f_u, f_ab, b + o, s + o);                \
-    }                                                                                                        \
-}                                                                                                            \
-void stage_d_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,          \
-                      const real *R n_u, const real *R n_b, const real *R e, const real *R d_u,              \
-                      const real *R d_b, const real *R f_ab, real *R d, real *R s) {                         \
-    ROWS_IN_PARALLEL                                                                                         \
-    for (index_t row = 0; row < batch; row++) {                                                              \
-        index_t o = 2 * row * modes;                                                                         \
-        row_d_##suffix(modes, kept, v + o, n_u + o, n_b + o, e, d_u, d_b, f_ab, d + o, s + o);               \
-    }                                                                                                        \
-}                                                                                                            \
-void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, real *R v,              \
-                        const real *R n_d, const real *R s, const real *R e, const real *R f_d) {            \
-    ROWS_IN_PARALLEL                                                                                         \
-    for (index_t row = 0; row < batch; row++) {                                                              \
-        index_t o = 2 * row * modes;                                                                         \
-        row_out_##suffix(modes, kept, v + o, n_d + o, s + o, e, f_d);                                        \
-    }                                                                                                        \
-}                                                                                                            \
-/* -- transforms of one row: z holds m complex = n reals -- */                                               \
-/* unnormalised inverse complex FFT of m points, natural order in, bit-reversed out */                       \
-static void inverse_fft_##suffix(index_t m, real *R z, const real *R omega) {                                \
-    index_t n = 2 * m;                                                                                       \
-    for (index_t half = m / 2; half >= 1; half /= 2) {                                                       \
-        index_t stride = n / (2 * half);                                                                     \
-        for (index_t i = 0; i < m; i += 2 * half)                                                            \
-            for (index_t j = 0; j < half; j++) {                                                             \
-                real *p = z + 2 * (i + j), *q = p + 2 * half;                                                \
-                const real w_re = omega[2 * j * stride], w_im = -omega[2 * j * stride + 1];                  \
-                real d_re = p[0] - q[0], d_im = p[1] - q[1];                                                 \
-                p[0] += q[0]; p[1] += q[1];                                                                  \
-                q[0] = d_re * w_re - d_im * w_im; q[1] = d_re * w_im + d_im * w_re;                          \
-            }                                                                                                \
-    }                                                                                                        \
-}                                                                                                            \
-/* unnormalised forward complex FFT of m points, bit-reversed order in, natural out */                       \
-static void forward_fft_##suffix(index_t m, real *R z, const real *R omega) {                                \
-    index_t n = 2 * m;                                                                                       \
-    for (index_t half = 1; half < m; half *= 2) {                                                            \
-        index_t stride = n / (2 * half);                                                                     \
-        for (index_t i = 0; i < m; i += 2 * half)                                                            \
-            for (index_t j = 0; j < half; j++) {                                                             \
-                real *p = z + 2 * (i + j), *q = p + 2 * half;                                                \
-                const real w_re = omega[2 * j * stride], w_im = omega[2 * j * stride + 1];                   \
-                real t_re = q[0] * w_re - q[1] * w_im, t_im = q[0] * w_im + q[1] * w_re;                     \
-                q[0] = p[0] - t_re; q[1] = p[1] - t_im;                                                      \
-                p[0] += t_re; p[1] += t_im;                                                                  \
-            }                                                                                                \
-    }                                                                                                        \
-}                                                                                                            \
-/* out = rfft(irfft(x, n)^2) for one row x of m + 1 modes (irfft ignores the imaginary parts of the          \
- * mean and Nyquist modes, as torch's does); z: n reals of scratch */                                        \
-static void squared_hat_row_##suffix(index_t m, const real *R x, real *R out, real *R z,                     \
-                                     const real *R omega) {                                                  \
-    const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                      \
-    real x0 = x[0], xm = x[2 * m];                                                                           \
-    z[0] = (x0 + xm) * half; z[1] = (x0 - xm) * half;                                                        \
-    for (index_t k = 1; k < m; k++) {                                                                        \
-        /* E = (X_k + conj X_{m-k}) / 2, O = (X_k - conj X_{m-k}) conj(omega_k) / 2, Z_k = E + i O */        \
-        real a_re = x[2 * k], a_im = x[2 * k + 1], b_re = x[2 * (m - k)], b_im = -x[2 * (m - k) + 1];        \
-        real w_re = omega[2 * k], w_im = -omega[2 * k + 1];                                                  \
-        real d_re = a_re - b_re, d_im = a_im - b_im;                                                         \
-        real o_re = d_re * w_re - d_im * w_im, o_im = d_re * w_im + d_im * w_re;                             \
-        z[2 * k] = (a_re + b_re - o_im) * half; z[2 * k + 1] = (a_im + b_im + o_re) * half;                  \
-    }                                                                                                        \
-    inverse_fft_##suffix(m, z, omega);                                                                       \
-    for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                        \
-    forward_fft_##suffix(m, z, omega);                                                                       \
-    out[0] = z[0] + z[1]; out[1] = 0;                                                                        \
-    out[2 * m] = z[0] - z[1]; out[2 * m + 1] = 0;                                                            \
-    for (index_t k = 1; k < m; k++) {                                                                        \
-        /* E = (Z_k + conj Z_{m-k}) / 2, O = (Z_k - conj Z_{m-k}) / 2i, X_k = E + omega_k O */               \
-        real a_re = z[2 * k], a_im = z[2 * k + 1], b_re = z[2 * (m - k)], b_im = -z[2 * (m - k) + 1];        \
-        real e_re = (a_re + b_re) * (real)0.5, e_im = (a_im + b_im) * (real)0.5;                             \
-        real o_re = (a_im - b_im) * (real)0.5, o_im = (b_re - a_re) * (real)0.5;                             \
-        real w_re = omega[2 * k], w_im = omega[2 * k + 1];                                                   \
-        out[2 * k] = e_re + w_re * o_re - w_im * o_im; out[2 * k + 1] = e_im + w_re * o_im + w_im * o_re;    \
-    }                                                                                                        \
-}                                                                                                            \
-/* the whole step of rows [first, last) with one thread's scratch (6 (m + 1) + m complex) */                 \
-static void step_rows_##suffix(index_t first, index_t last, index_t m, index_t kept, real *R v,              \
-                               const real *R e, const real *R e2, const real *R q, const real *R d_u,        \
-                               const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,  \
-                               const real *R omega, real *R scratch) {                                       \
-    index_t modes = m + 1, size = 2 * modes;                                                                 \
-    real *n_v = scratch, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;                            \
-    real *stage = n_d + size, *s = stage + size, *z = s + size;                                              \
-    for (index_t row = first; row < last; row++) {                                                           \
-        real *x = v + row * size;                                                                            \
-        squared_hat_row_##suffix(m, x, n_v, z, omega);                                                       \
-        row_a_##suffix(modes, kept, x, n_v, e2, q, stage);                                                   \
-        squared_hat_row_##suffix(m, stage, n_a, z, omega);                                                   \
-        row_b_##suffix(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                                \
-        squared_hat_row_##suffix(m, stage, n_b, z, omega);                                                   \
-        row_d_##suffix(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                               \
-        squared_hat_row_##suffix(m, stage, n_d, z, omega);                                                   \
-        row_out_##suffix(modes, kept, x, n_d, s, e, f_d);                                                    \
-    }                                                                                                        \
-}                                                                                                            \
-/* v (batch, m + 1) stepped in place; rows in `threads` contiguous blocks, block c using the scratch         \
- * at c * (7 m + 6) complex entries */                                                                       \
-void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t kept, real *R v,               \
-                           const real *R e, const real *R e2, const real *R q, const real *R d_u,            \
-                           const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,      \
-                           const real *R omega, real *R scratch) {                                           \
-    ROWS_IN_PARALLEL                                                                                         \
-    for (index_t block = 0; block < threads; block++)                                                        \
-        step_rows_##suffix(block * batch / threads, (block + 1) * batch / threads, m, kept, v, e, e2, q,     \
-                           d_u, d_b, f_u, f_ab, f_d, omega, scratch + block * 2 * (7 * m + 6));              \
-}                                                                                                            \
-/* the squared-hat transform alone, rows of x into out (tested against torch's FFTs) */                      \
-void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R z,                 \
-                          const real *R omega) {                                                             \
-    for (index_t row = 0; row < batch; row++)                                                                \
-        squared_hat_row_##suffix(m, x + row * 2 * (m + 1), out + row * 2 * (m + 1), z, omega);               \
-}                                                                                                            \
-/* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                       \
-static void row_products_##suffix(index_t batch, index_t k, index_t n, const real *R x, index_t ldx,         \
-                                  const real *R matrix, real *R out) {                                       \
-    for (index_t row = 0; row < batch; row++) {                                                              \
-        const real *R x_row = x + row * ldx;                                                                 \
-        real *R o = out + row * n;                                                                           \
-        for (index_t j = 0; j < n; j++) o[j] = 0;                                                            \
-        for (index_t i = 0; i < k; i++) {                                                                    \
-            const real x_i = x_row[i], *R m_i = matrix + i * n;                                              \
-            for (index_t j = 0; j < n; j++) o[j] += x_i * m_i[j];                                            \
-        }                                                                                                    \
-    }                                                                                                        \
-}                                                                                                            \
-static void squares_##suffix(index_t batch, index_t n, const real *R x, real *R out, index_t ldo) {          \
-    for (index_t row = 0; row < batch; row++)                                                                \
-        for (index_t j = 0; j < n; j++) out[row * ldo + j] = x[row * n + j] * x[row * n + j];                \
-}                                                                                                            \
-void dense_step_##suffix(index_t batch, index_t n, const real *R u, real *R workspace, real *R stage,        \
-                         const real *R a_matrix, const real *R b_matrix, const real *R d_matrix,             \
-                         const real *R final_matrix, real *R out) {                                          \
-    index_t ld = 5 * n;                                                                                      \
-    for (index_t row = 0; row < batch; row++)                                                                \
-        for (index_t j = 0; j < n; j++) {                                                                    \
-            real x = u[row * n + j];                                                                         \
-            workspace[row * ld + n + j] = x;                                                                 \
-            workspace[row * ld + 2 * n + j] = x * x;                                                         \
-        }                                                                                                    \
-    row_products_##suffix(batch, 2 * n, n, workspace + n, ld, a_matrix, stage);      /* a: u, w_u */         \
-    squares_##suffix(batch, n, stage, workspace, ld);                                                        \
-    row_products_##suffix(batch, 2 * n, n, workspace, ld, b_matrix, stage);          /* b: w_a, u */         \
-    squares_##suffix(batch, n, stage, workspace + 3 * n, ld);                                                \
-    row_products_##suffix(batch, 3 * n, n, workspace + n, ld, d_matrix, stage);  /* d: u, w_u, w_b */        \
-    squares_##suffix(batch, n, stage, workspace + 4 * n, ld);                                                \
-    row_products_##suffix(batch, 5 * n, n, workspace, ld, final_matrix, out);                                \
+#define DEFINE_KERNELS(real, suffix)                                                                          \
+static inline void mul_##suffix(const real *c, const real *x, real *re, real *im) {                           \
+    *re = c[0] * x[0] - c[1] * x[1];                                                                          \
+    *im = c[0] * x[1] + c[1] * x[0];                                                                          \
+}                                                                                                             \
+static inline void mul_add_##suffix(const real *c, const real *x, real *re, real *im) {                       \
+    *re += c[0] * x[0] - c[1] * x[1];                                                                         \
+    *im += c[0] * x[1] + c[1] * x[0];                                                                         \
+}                                                                                                             \
+/* out = c v at the modes [kept, modes) of one row, where no nonlinear term reaches (out may be v) */         \
+static inline void linear_modes_##suffix(index_t kept, index_t modes, const real *c, const real *v,           \
+                                         real *out) {                                                         \
+    for (index_t m = kept; m < modes; m++) {                                                                  \
+        real re, im;                                                                                          \
+        mul_##suffix(c + 2 * m, v + 2 * m, &re, &im);                                                         \
+        out[2 * m] = re; out[2 * m + 1] = im;                                                                 \
+    }                                                                                                         \
+}                                                                                                             \
+/* -- the four stages, one row (all arrays point at the row) -- */                                            \
+static inline void row_a_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,            \
+                                  const real *R e2, const real *R q, real *R a) {                             \
+    for (index_t m = 0; m < kept; m++) {                                                                      \
+        real re, im;                                                                                          \
+        mul_##suffix(e2 + 2 * m, v + 2 * m, &re, &im);                                                        \
+        mul_add_##suffix(q + 2 * m, n_u + 2 * m, &re, &im);                                                   \
+        a[2 * m] = re; a[2 * m + 1] = im;                                                                     \
+    }                                                                                                         \
+    linear_modes_##suffix(kept, modes, e2, v, a);                                                             \
+}                                                                                                             \
+static inline void row_b_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,            \
+                                  const real *R n_a, const real *R e2, const real *R q, const real *R f_u,    \
+                                  const real *R f_ab, real *R b, real *R s) {                                 \
+    for (index_t m = 0; m < kept; m++) {                                                                      \
+        real re, im, s_re, s_im;                                                                              \
+        mul_##suffix(e2 + 2 * m, v + 2 * m, &re, &im);                                                        \
+        mul_add_##suffix(q + 2 * m, n_a + 2 * m, &re, &im);                                                   \
+        b[2 * m] = re; b[2 * m + 1] = im;                                                                     \
+        mul_##suffix(f_u + 2 * m, n_u + 2 * m, &s_re, &s_im);                                                 \
+        mul_add_##suffix(f_ab + 2 * m, n_a + 2 * m, &s_re, &s_im);                                            \
+        s[2 * m] = s_re; s[2 * m + 1] = s_im;                                                                 \
+    }                                                                                                         \
+    linear_modes_##suffix(kept, modes, e2, v, b);                                                             \
+}                                                                                                             \
+static inline void row_d_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,            \
+                                  const real *R n_b, const real *R e, const real *R d_u, const real *R d_b,   \
+                                  const real *R f_ab, real *R d, real *R s) {                                 \
+    for (index_t m = 0; m < kept; m++) {                                                                      \
+        real re, im, s_re = s[2 * m], s_im = s[2 * m + 1];                                                    \
+        mul_##suffix(e + 2 * m, v + 2 * m, &re, &im);                                                         \
+        mul_add_##suffix(d_u + 2 * m, n_u + 2 * m, &re, &im);                                                 \
+        mul_add_##suffix(d_b + 2 * m, n_b + 2 * m, &re, &im);                                                 \
+        d[2 * m] = re; d[2 * m + 1] = im;                                                                     \
+        mul_add_##suffix(f_ab + 2 * m, n_b + 2 * m, &s_re, &s_im);                                            \
+        s[2 * m] = s_re; s[2 * m + 1] = s_im;                                                                 \
+    }                                                                                                         \
+    linear_modes_##suffix(kept, modes, e, v, d);                                                              \
+}                                                                                                             \
+static inline void row_out_##suffix(index_t modes, index_t kept, real *R v, const real *R n_d,                \
+                                    const real *R s, const real *R e, const real *R f_d) {                    \
+    for (index_t m = 0; m < kept; m++) {                                                                      \
+        real re = s[2 * m], im = s[2 * m + 1];                                                                \
+        mul_add_##suffix(e + 2 * m, v + 2 * m, &re, &im);                                                     \
+        mul_add_##suffix(f_d + 2 * m, n_d + 2 * m, &re, &im);                                                 \
+        v[2 * m] = re; v[2 * m + 1] = im;                                                                     \
+    }                                                                                                         \
+    linear_modes_##suffix(kept, modes, e, v, v);                                                              \
+}                                                                                                             \
+/* -- the stages over a batch (row offset o = 2 * row * modes reals) -- */                                    \
+void stage_a_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,           \
+                      const real *R n_u, const real *R e2, const real *R q, real *R a) {                      \
+    ROWS_IN_PARALLEL                                                                                          \
+    for (index_t row = 0; row < batch; row++) {                                                               \
+        index_t o = 2 * row * modes;                                                                          \
+        row_a_##suffix(modes, kept, v + o, n_u + o, e2, q, a + o);                                            \
+    }                                                                                                         \
+}                                                                                                             \
+void stage_b_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,           \
+                      const real *R n_u, const real *R n_a, const real *R e2, const real *R q,                \
+                      const real *R f_u, const real *R f_ab, real *R b, real *R s) {                          \
+    ROWS_IN_PARALLEL                                                                                          \
+    for (index_t row = 0; row < batch; row++) {                                                               \
+        index_t o = 2 * row * modes;                                                                          \
+        row_b_##suffix(modes, kept, v + o, n_u + o, n_a + o, e2, q, f_u, f_ab, b + o, s + o);                 \
+    }                                                                                                         \
+}                                                                                                             \
+void stage_d_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,           \
+                      const real *R n_u, const real *R n_b, const real *R e, const real *R d_u,               \
+                      const real *R d_b, const real *R f_ab, real *R d, real *R s) {                          \
+    ROWS_IN_PARALLEL                                                                                          \
+    for (index_t row = 0; row < batch; row++) {                                                               \
+        index_t o = 2 * row * modes;                                                                          \
+        row_d_##suffix(modes, kept, v + o, n_u + o, n_b + o, e, d_u, d_b, f_ab, d + o, s + o);                \
+    }                                                                                                         \
+}                                                                                                             \
+void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, real *R v,               \
+                        const real *R n_d, const real *R s, const real *R e, const real *R f_d) {             \
+    ROWS_IN_PARALLEL                                                                                          \
+    for (index_t row = 0; row < batch; row++) {                                                               \
+        index_t o = 2 * row * modes;                                                                          \
+        row_out_##suffix(modes, kept, v + o, n_d + o, s + o, e, f_d);                                         \
+    }                                                                                                         \
+}                                                                                                             \
+/* -- transforms of one row: z holds m complex = n reals -- */                                                \
+/* complex (re, im) product c = a b, safe when c aliases a or b */                                            \
+static inline void cmul_##suffix(real a_re, real a_im, real b_re, real b_im, real *c_re, real *c_im) {        \
+    *c_re = a_re * b_re - a_im * b_im;                                                                        \
+    *c_im = a_re * b_im + a_im * b_re;                                                                        \
+}                                                                                                             \
+/* whether log2(m) is odd (m a power of two): then one radix-2 stage of half 1 is left over */                \
+static inline int odd_log2_##suffix(index_t m) { return (m & (index_t)0x5555555555555555LL) == 0; }           \
+/* radix-2 stage of half 1 (twiddle 1) */                                                                     \
+static inline void pairs_##suffix(index_t m, real *R z) {                                                     \
+    for (index_t i = 0; i < m; i += 2) {                                                                      \
+        real *p = z + 2 * i, *r = p + 2;                                                                      \
+        real d_re = p[0] - r[0], d_im = p[1] - r[1];                                                          \
+        p[0] += r[0]; p[1] += r[1]; r[0] = d_re; r[1] = d_im;                                                 \
+    }                                                                                                         \
+}                                                                                                             \
+/* unnormalised inverse complex FFT of m points, natural order in, bit-reversed out: radix-2                  \
+ * decimation in frequency with each two stages (halves 2q, q) fused into one pass over 4q points */          \
+static void inverse_fft_##suffix(index_t m, real *R z, const real *R omega) {                                 \
+    index_t n = 2 * m;                                                                                        \
+    for (index_t q = m / 4; q >= 1; q /= 4) {                                                                 \
+        index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
+        for (index_t i = 0; i < m; i += 4 * q)                                                                \
+            for (index_t j = 0; j < q; j++) {                                                                 \
+                real *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;             \
+                real wa_re = omega[2 * j * step_a], wa_im = -omega[2 * j * step_a + 1];                       \
+                real wb_re = omega[2 * j * step_b], wb_im = -omega[2 * j * step_b + 1];                       \
+                real t0_re = x0[0] + x2[0], t0_im = x0[1] + x2[1], u_re = x0[0] - x2[0], u_im = x0[1] - x2[1];\
+                real t1_re = x1[0] + x3[0], t1_im = x1[1] + x3[1];                                            \
+                real v_re = x3[1] - x1[1], v_im = x1[0] - x3[0];  /* (x1 - x3) i */                           \
+                real minus_re, minus_im;                                                                      \
+                x0[0] = t0_re + t1_re; x0[1] = t0_im + t1_im;                                                 \
+                cmul_##suffix(t0_re - t1_re, t0_im - t1_im, wb_re, wb_im, x1, x1 + 1);                        \
+                cmul_##suffix(u_re + v_re, u_im + v_im, wa_re, wa_im, x2, x2 + 1);                            \
+                cmul_##suffix(u_re - v_re, u_im - v_im, wa_re, wa_im, &minus_re, &minus_im);                  \
+                cmul_##suffix(minus_re, minus_im, wb_re, wb_im, x3, x3 + 1);                                  \
+            }                                                                                                 \
+    }                                                                                                         \
+    if (odd_log2_##suffix(m)) pairs_##suffix(m, z);                                                           \
+}                                                                                                             \
+/* unnormalised forward complex FFT of m points, bit-reversed order in, natural out: radix-2                  \
+ * decimation in time, two stages (halves q, 2q) fused likewise */                                            \
+static void forward_fft_##suffix(index_t m, real *R z, const real *R omega) {                                 \
+    index_t n = 2 * m, q = 1;                                                                                 \
+    if (odd_log2_##suffix(m)) {                                                                               \
+        pairs_##suffix(m, z);                                                                                 \
+        q = 2;                                                                                                \
+    }                                                                                                         \
+    for (; 4 * q <= m; q *= 4) {                                                                              \
+        index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
+        for (index_t i = 0; i < m; i += 4 * q)                                                                \
+            for (index_t j = 0; j < q; j++) {                                                                 \
+                real *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;             \
+                real wa_re = omega[2 * j * step_a], wa_im = omega[2 * j * step_a + 1];                        \
+                real wb_re = omega[2 * j * step_b], wb_im = omega[2 * j * step_b + 1];                        \
+                real c1_re, c1_im, c3_re, c3_im, e2_re, e2_im, e3_re, e3_im;                                  \
+                cmul_##suffix(x1[0], x1[1], wb_re, wb_im, &c1_re, &c1_im);                                    \
+                cmul_##suffix(x3[0], x3[1], wb_re, wb_im, &c3_re, &c3_im);                                    \
+                real b0_re = x0[0] + c1_re, b0_im = x0[1] + c1_im;                                            \
+                real b1_re = x0[0] - c1_re, b1_im = x0[1] - c1_im;                                            \
+                cmul_##suffix(x2[0] + c3_re, x2[1] + c3_im, wa_re, wa_im, &e2_re, &e2_im);                    \
+                cmul_##suffix(x2[0] - c3_re, x2[1] - c3_im, wa_re, wa_im, &e3_re, &e3_im);                    \
+                /* the second pair's twiddle is wa (-i): e3 (-i) = (e3_im, -e3_re) */                         \
+                x0[0] = b0_re + e2_re; x0[1] = b0_im + e2_im; x2[0] = b0_re - e2_re; x2[1] = b0_im - e2_im;   \
+                x1[0] = b1_re + e3_im; x1[1] = b1_im - e3_re; x3[0] = b1_re - e3_im; x3[1] = b1_im + e3_re;   \
+            }                                                                                                 \
+    }                                                                                                         \
+}                                                                                                             \
+/* out = rfft(irfft(x, n)^2) for one row x of m + 1 modes (irfft ignores the imaginary parts of the           \
+ * mean and Nyquist modes, as torch's does); z: n reals of scratch */                                         \
+static void squared_hat_row_##suffix(index_t m, const real *R x, real *R out, real *R z,                      \
+                                     const real *R omega) {                                                   \
+    const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                       \
+    real x0 = x[0], xm = x[2 * m];                                                                            \
+    z[0] = (x0 + xm) * half; z[1] = (x0 - xm) * half;                                                         \
+    for (index_t k = 1; k < m; k++) {                                                                         \
+        /* E = (X_k + conj X_{m-k}) / 2, O = (X_k - conj X_{m-k}) conj(omega_k) / 2, Z_k = E + i O */         \
+        real a_re = x[2 * k], a_im = x[2 * k + 1], b_re = x[2 * (m - k)], b_im = -x[2 * (m - k) + 1];         \
+        real w_re = omega[2 * k], w_im = -omega[2 * k + 1];                                                   \
+        real d_re = a_re - b_re, d_im = a_im - b_im;                                                          \
+        real o_re = d_re * w_re - d_im * w_im, o_im = d_re * w_im + d_im * w_re;                              \
+        z[2 * k] = (a_re + b_re - o_im) * half; z[2 * k + 1] = (a_im + b_im + o_re) * half;                   \
+    }                                                                                                         \
+    inverse_fft_##suffix(m, z, omega);                                                                        \
+    for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                         \
+    forward_fft_##suffix(m, z, omega);                                                                        \
+    out[0] = z[0] + z[1]; out[1] = 0;                                                                         \
+    out[2 * m] = z[0] - z[1]; out[2 * m + 1] = 0;                                                             \
+    for (index_t k = 1; k < m; k++) {                                                                         \
+        /* E = (Z_k + conj Z_{m-k}) / 2, O = (Z_k - conj Z_{m-k}) / 2i, X_k = E + omega_k O */                \
+        real a_re = z[2 * k], a_im = z[2 * k + 1], b_re = z[2 * (m - k)], b_im = -z[2 * (m - k) + 1];         \
+        real e_re = (a_re + b_re) * (real)0.5, e_im = (a_im + b_im) * (real)0.5;                              \
+        real o_re = (a_im - b_im) * (real)0.5, o_im = (b_re - a_re) * (real)0.5;                              \
+        real w_re = omega[2 * k], w_im = omega[2 * k + 1];                                                    \
+        out[2 * k] = e_re + w_re * o_re - w_im * o_im; out[2 * k + 1] = e_im + w_re * o_im + w_im * o_re;     \
+    }                                                                                                         \
+}                                                                                                             \
+/* the whole step of rows [first, last) with one thread's scratch (6 (m + 1) + m complex) */                  \
+static void step_rows_##suffix(index_t first, index_t last, index_t m, index_t kept, real *R v,               \
+                               const real *R e, const real *R e2, const real *R q, const real *R d_u,         \
+                               const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,   \
+                               const real *R omega, real *R scratch) {                                        \
+    index_t modes = m + 1, size = 2 * modes;                                                                  \
+    real *n_v = scratch, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;                             \
+    real *stage = n_d + size, *s = stage + size, *z = s + size;                                               \
+    for (index_t row = first; row < last; row++) {                                                            \
+        real *x = v + row * size;                                                                             \
+        squared_hat_row_##suffix(m, x, n_v, z, omega);                                                        \
+        row_a_##suffix(modes, kept, x, n_v, e2, q, stage);                                                    \
+        squared_hat_row_##suffix(m, stage, n_a, z, omega);                                                    \
+        row_b_##suffix(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                                 \
+        squared_hat_row_##suffix(m, stage, n_b, z, omega);                                                    \
+        row_d_##suffix(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                                \
+        squared_hat_row_##suffix(m, stage, n_d, z, omega);                                                    \
+        row_out_##suffix(modes, kept, x, n_d, s, e, f_d);                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+/* v (batch, m + 1) stepped in place; rows in `threads` contiguous blocks, block c using the scratch          \
+ * at c * (7 m + 6) complex entries */                                                                        \
+void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t kept, real *R v,                \
+                           const real *R e, const real *R e2, const real *R q, const real *R d_u,             \
+                           const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,       \
+                           const real *R omega, real *R scratch) {                                            \
+    ROWS_IN_PARALLEL                                                                                          \
+    for (index_t block = 0; block < threads; block++)                                                         \
+        step_rows_##suffix(block * batch / threads, (block + 1) * batch / threads, m, kept, v, e, e2, q,      \
+                           d_u, d_b, f_u, f_ab, f_d, omega, scratch + block * 2 * (7 * m + 6));               \
+}                                                                                                             \
+/* the squared-hat transform alone, rows of x into out (tested against torch's FFTs) */                       \
+void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R z,                  \
+                          const real *R omega) {                                                              \
+    for (index_t row = 0; row < batch; row++)                                                                 \
+        squared_hat_row_##suffix(m, x + row * 2 * (m + 1), out + row * 2 * (m + 1), z, omega);                \
+}                                                                                                             \
+/* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                        \
+static void row_products_##suffix(index_t batch, index_t k, index_t n, const real *R x, index_t ldx,          \
+                                  const real *R matrix, real *R out) {                                        \
+    for (index_t row = 0; row < batch; row++) {                                                               \
+        const real *R x_row = x + row * ldx;                                                                  \
+        real *R o = out + row * n;                                                                            \
+        for (index_t j = 0; j < n; j++) o[j] = 0;                                                             \
+        for (index_t i = 0; i < k; i++) {                                                                     \
+            const real x_i = x_row[i], *R m_i = matrix + i * n;                                               \
+            for (index_t j = 0; j < n; j++) o[j] += x_i * m_i[j];                                             \
+        }                                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+static void squares_##suffix(index_t batch, index_t n, const real *R x, real *R out, index_t ldo) {           \
+    for (index_t row = 0; row < batch; row++)                                                                 \
+        for (index_t j = 0; j < n; j++) out[row * ldo + j] = x[row * n + j] * x[row * n + j];                 \
+}                                                                                                             \
+void dense_step_##suffix(index_t batch, index_t n, const real *R u, real *R workspace, real *R stage,         \
+                         const real *R a_matrix, const real *R b_matrix, const real *R d_matrix,              \
+                         const real *R final_matrix, real *R out) {                                           \
+    index_t ld = 5 * n;                                                                                       \
+    for (index_t row = 0; row < batch; row++)                                                                 \
+        for (index_t j = 0; j < n; j++) {                                                                     \
+            real x = u[row * n + j];                                                                          \
+            workspace[row * ld + n + j] = x;                                                                  \
+            workspace[row * ld + 2 * n + j] = x * x;                                                          \
+        }                                                                                                     \
+    row_products_##suffix(batch, 2 * n, n, workspace + n, ld, a_matrix, stage);      /* a: u, w_u */          \
+    squares_##suffix(batch, n, stage, workspace, ld);                                                         \
+    row_products_##suffix(batch, 2 * n, n, workspace, ld, b_matrix, stage);          /* b: w_a, u */          \
+    squares_##suffix(batch, n, stage, workspace + 3 * n, ld);                                                 \
+    row_products_##suffix(batch, 3 * n, n, workspace + n, ld, d_matrix, stage);  /* d: u, w_u, w_b */         \
+    squares_##suffix(batch, n, stage, workspace + 4 * n, ld);                                                 \
+    row_products_##suffix(batch, 5 * n, n, workspace, ld, final_matrix, out);                                 \
 }
 
 DEFINE_KERNELS(double, f64)

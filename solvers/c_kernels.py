@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["library", "available", "unavailable_reason", "openmp", "threads_for", "fused_fourier_step_into",
-           "FourierStep", "DenseStep", "cache_directory"]
+__all__ = ["library", "available", "unavailable_reason", "openmp", "threads_for", "whole_step_fits",
+           "fused_fourier_step_into", "FourierStep", "DenseStep", "cache_directory"]
 
 SOURCE = Path(__file__).with_name("_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
@@ -45,10 +45,10 @@ OPENMP_FLAG = "-fopenmp"
 #: the stage kernels share their rows among threads from this many complex entries on (2 threads:
 #: 1.3x at 4224 entries, 1.4x at 8448, 1.8x from 33792; docs/performance.md, "Threads")
 PARALLEL_GRAIN = 4096
-#: the whole compiled Fourier step (``FourierStep``, its own radix-2 transforms) is used up to this
-#: many grid values a step (batch * n_points); above it DUCC's transforms, vectorised across
-#: members, win (docs/performance.md, "The whole step in one call")
-WHOLE_STEP_LIMIT = 4096
+#: on one thread the whole compiled Fourier step (``FourierStep``, its own transforms) is used up to
+#: this many grid values a step (batch * n_points); above it DUCC's transforms, vectorised across
+#: members, are as fast or faster (docs/performance.md, "The whole step in one call")
+WHOLE_STEP_LIMIT = 16384
 _SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
 
 _state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}
@@ -205,6 +205,15 @@ def openmp() -> bool:
     """Whether the loaded kernels were built with OpenMP (share large arrays among threads)."""
     lib = library()
     return lib is not None and bool(lib.kernels_openmp())
+
+
+def whole_step_fits(batch: int, n_points: int) -> bool:
+    """Whether ``FourierStep`` is the faster step for ``batch`` members of ``n_points``: up to
+    ``WHOLE_STEP_LIMIT`` grid values, and at any size where its members are shared among threads
+    (each thread steps whole members in its own cache: 1.3-3.6x the threaded stage kernels and FFTs
+    on 2 threads)."""
+    return (batch * n_points <= WHOLE_STEP_LIMIT
+            or (batch * (n_points // 2 + 1) > PARALLEL_GRAIN and torch.get_num_threads() > 1))
 
 
 def threads_for(x: Tensor) -> int:

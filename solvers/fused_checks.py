@@ -54,10 +54,10 @@ class FusedKernelChecks:
         return fused_stages.fused_fourier_step_into(u_hat, plan, coefficients, fused_nonlinear, workspace, kept=kept)
 
     def _whole_step_fits(self, batch: int) -> bool:
-        """Whether a step of ``batch`` members is one for the compiled whole step (power-of-two grid,
-        at most ``c_kernels.WHOLE_STEP_LIMIT`` grid values, no closure, kernels on)."""
+        """Whether a step of ``batch`` members is one for the compiled whole step (no closure, kernels on,
+        a power-of-two grid, a size ``c_kernels.whole_step_fits``)."""
         return (self.closure is None and self.fused_updates and self.whole_fourier_step
-                and batch * self.n_points <= c_kernels.WHOLE_STEP_LIMIT and c_kernels.FourierStep.supports(self.n_points))
+                and c_kernels.FourierStep.supports(self.n_points) and c_kernels.whole_step_fits(batch, self.n_points))
 
     def _whole_fourier_step(self, u_hat: Tensor, plan: ETDRK4Plan):
         """The compiled whole step (``c_kernels.FourierStep``) for ``u_hat`` where it applies, once it

@@ -30,11 +30,11 @@ def single_cpu_thread():
 
 @pytest.fixture
 def stage_kernels(monkeypatch):
-    """Small batches take the compiled stage kernels (and DUCC), not the compiled whole Fourier step
-    that would otherwise step them (``c_kernels.WHOLE_STEP_LIMIT``)."""
+    """Steps take the compiled stage kernels (and DUCC), not the compiled whole Fourier step that would
+    otherwise step small batches, and any batch on several threads (``c_kernels.whole_step_fits``)."""
     from solvers import c_kernels
 
-    monkeypatch.setattr(c_kernels, "WHOLE_STEP_LIMIT", 0)
+    monkeypatch.setattr(c_kernels, "whole_step_fits", lambda batch, n_points: False)
 
 
 @pytest.fixture(params=DEVICES)

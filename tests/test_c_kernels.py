@@ -117,7 +117,7 @@ def test_a_compiled_dense_step_that_disagrees_is_dropped(monkeypatch):
 
 
 @needs_kernels
-def test_threads_share_large_arrays(spy, monkeypatch):
+def test_threads_share_large_arrays(spy, monkeypatch, stage_kernels):
     """With several torch threads a large array's stages run on all of them (OpenMP, where built with
     it), to the same last bit as on one, and its transforms are torch's threaded FFTs instead of
     DUCC's single-threaded ones (whose last bits differ); small arrays keep one thread."""
@@ -211,7 +211,7 @@ def test_a_failing_compiler_warns_once_and_leaves_torch_in_charge(fresh_build, m
         assert c_kernels.library() is None
 
 
-def test_a_compiler_without_openmp_builds_single_threaded_kernels(fresh_build, monkeypatch):
+def test_a_compiler_without_openmp_builds_single_threaded_kernels(fresh_build, monkeypatch, stage_kernels):
     compiler = c_kernels._compiler()
     if compiler is None:
         pytest.skip("no C compiler")

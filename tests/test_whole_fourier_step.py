@@ -127,6 +127,22 @@ def test_threads_split_the_batch_bit_for_bit(monkeypatch):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+def test_on_several_threads_it_takes_large_batches_too(whole_calls):
+    """On one thread DUCC's vectorised transforms win above the limit; on several, members shared among
+    threads (each stepping whole members in its own cache) beat the threaded stages and FFTs."""
+    batch = c_kernels.WHOLE_STEP_LIMIT // 64 + 7
+    assert not c_kernels.whole_step_fits(batch, 64) and c_kernels.whole_step_fits(8, 64)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert c_kernels.whole_step_fits(batch, 64) and c_kernels.whole_step_fits(8, 64)
+        solver, compiled, plain = fused_and_unfused(64, batch, steps=20)
+    finally:
+        torch.set_num_threads(previous)
+    assert whole_calls == [batch] * 21 and solver._whole_step._scratch.numel() >= 2 * solver._whole_step._scratch_entries
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
+
+
 @pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda solver: pickle.loads(pickle.dumps(solver))],
                          ids=["deepcopy", "pickle"])
 def test_copies_of_a_solver_that_used_it_step_correctly(duplicate):
