@@ -48,7 +48,7 @@ PARALLEL_GRAIN = 4096
 #: on one thread the whole compiled Fourier step (``FourierStep``, its own transforms) is used up to
 #: this many grid values a step (batch * n_points); above it DUCC's transforms, vectorised across
 #: members, are as fast or faster (docs/performance.md, "The whole step in one call")
-WHOLE_STEP_LIMIT = 16384
+WHOLE_STEP_LIMIT = 8192
 _SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
 
 _state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}

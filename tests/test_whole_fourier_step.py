@@ -99,6 +99,21 @@ def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
     assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
 
 
+def test_a_member_that_blows_up_leaves_the_others_and_the_step_alone():
+    """Each member is stepped on its own (its own transforms), so an overflowing one turns only itself
+    into inf/NaN; the probe check, on a smooth state, keeps the step."""
+    solver = KuramotoSivashinskySpectral(n_points=64)
+    u = smooth_state(solver, 3)
+    u[1] *= 1e160
+    reference = KuramotoSivashinskySpectral(n_points=64, implementation="fft")
+    reference.fused_updates = False
+    with torch.no_grad():
+        saved, expected = solver.rollout(u, 3), reference.rollout(u[[0, 2]], 3)
+    assert solver._whole_step is not None and solver.fused_updates
+    assert not torch.isfinite(saved[1, -1]).all()
+    torch.testing.assert_close(saved[[0, 2]], expected, rtol=0, atol=1e-13)
+
+
 def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
     monkeypatch.setattr(c_kernels.FourierStep, "__call__", lambda self, u_hat, *args: u_hat.mul_(1.001))
     with pytest.warns(RuntimeWarning, match="differ from the unfused"):
