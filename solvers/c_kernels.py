@@ -203,17 +203,19 @@ def available(x: Tensor) -> bool:
 
 def openmp() -> bool:
     """Whether the loaded kernels were built with OpenMP (share large arrays among threads)."""
-    lib = library()
-    return lib is not None and bool(lib.kernels_openmp())
+    if "openmp" not in _state or _state.get("openmp_of") is not _state["library"]:
+        lib = library()
+        _state["openmp"], _state["openmp_of"] = lib is not None and bool(lib.kernels_openmp()), lib
+    return bool(_state["openmp"])
 
 
 def whole_step_fits(batch: int, n_points: int) -> bool:
     """Whether ``FourierStep`` is the faster step for ``batch`` members of ``n_points``: up to
     ``WHOLE_STEP_LIMIT`` grid values, and at any size where its members are shared among threads
     (each thread steps whole members in its own cache: 1.3-3.6x the threaded stage kernels and FFTs
-    on 2 threads)."""
+    on 2 threads) -- where the kernels were built with OpenMP."""
     return (batch * n_points <= WHOLE_STEP_LIMIT
-            or (batch * (n_points // 2 + 1) > PARALLEL_GRAIN and torch.get_num_threads() > 1))
+            or (batch * (n_points // 2 + 1) > PARALLEL_GRAIN and torch.get_num_threads() > 1 and openmp()))
 
 
 def threads_for(x: Tensor) -> int:

@@ -76,10 +76,12 @@ class FusedKernelChecks:
 
     def _fusable(self, u_hat: Tensor) -> bool:
         """Whether the fused kernels may read ``u_hat`` as raw memory next to the solver's coefficients and
-        buffers: its dtype and device type (``step()`` does not check states), dense, no lazy conjugate
-        or negation, and no autograd history to corrupt (the kernels write it in place)."""
-        return (u_hat.dtype == self.complex_dtype and u_hat.device.type == self.device.type
-                and u_hat.is_contiguous() and not u_hat.is_conj() and not u_hat.is_neg() and not u_hat.requires_grad)
+        buffers: its shape ``(batch, n // 2 + 1)``, dtype and device type (``step()`` does not check
+        states; the torch step raises on a wrong one), dense, no lazy conjugate or negation, and no
+        autograd history to corrupt (the kernels write it in place)."""
+        return (u_hat.dtype == self.complex_dtype and u_hat.device.type == self.device.type and u_hat.ndim == 2
+                and u_hat.shape[1] == self.n_points // 2 + 1 and u_hat.is_contiguous() and not u_hat.is_conj()
+                and not u_hat.is_neg() and not u_hat.requires_grad)
 
     def _fused_squared_hat(self, u_hat: Tensor):
         """The quadratic term of fused steps: DUCC's transforms into reused buffers on the CPU where

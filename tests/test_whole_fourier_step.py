@@ -114,6 +114,22 @@ def test_a_member_that_blows_up_leaves_the_others_and_the_step_alone():
     torch.testing.assert_close(saved[[0, 2]], expected, rtol=0, atol=1e-13)
 
 
+@pytest.mark.filterwarnings("ignore:An output with one or more elements was resized")  # the torch step, on (64,)
+@pytest.mark.parametrize("shape", [(64,), (2, 32), (2, 128), (2, 3, 64)])
+def test_a_state_of_the_wrong_shape_raises_and_is_never_read_as_raw_memory(shape):
+    """``step()`` does not check states; the kernels must not take one of another shape (they would
+    read and write past it), so it meets the torch step, which refuses it."""
+    solver = KuramotoSivashinskySpectral(n_points=64)
+    with torch.no_grad():
+        solver.rollout(smooth_state(solver, 2), 2)  # the whole step built and checked
+        assert solver._whole_step is not None
+        with pytest.raises((RuntimeError, ValueError, IndexError)):
+            solver.step(0.0, torch.randn(shape, dtype=torch.float64))
+        state = solver.to_fourier(torch.randn(shape, dtype=torch.float64))
+        if state.ndim == 2:
+            assert not solver._fusable(state)
+
+
 def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
     monkeypatch.setattr(c_kernels.FourierStep, "__call__", lambda self, u_hat, *args: u_hat.mul_(1.001))
     with pytest.warns(RuntimeWarning, match="differ from the unfused"):
@@ -142,7 +158,7 @@ def test_threads_split_the_batch_bit_for_bit(monkeypatch):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-def test_on_several_threads_it_takes_large_batches_too(whole_calls):
+def test_on_several_threads_it_takes_large_batches_too(whole_calls, monkeypatch):
     """On one thread DUCC's vectorised transforms win above the limit; on several, members shared among
     threads (each stepping whole members in its own cache) beat the threaded stages and FFTs."""
     batch = c_kernels.WHOLE_STEP_LIMIT // 64 + 7
@@ -150,7 +166,12 @@ def test_on_several_threads_it_takes_large_batches_too(whole_calls):
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert c_kernels.whole_step_fits(batch, 64) and c_kernels.whole_step_fits(8, 64)
+        with monkeypatch.context() as patch:  # kernels built without OpenMP: one thread, the limit holds
+            patch.setattr(c_kernels, "openmp", lambda: False)
+            assert not c_kernels.whole_step_fits(batch, 64)
+        assert c_kernels.whole_step_fits(batch, 64) == c_kernels.openmp() and c_kernels.whole_step_fits(8, 64)
+        if not c_kernels.openmp():
+            return
         solver, compiled, plain = fused_and_unfused(64, batch, steps=20)
     finally:
         torch.set_num_threads(previous)
