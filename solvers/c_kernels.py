@@ -235,6 +235,8 @@ def _like(x: Tensor, state: Tensor) -> Tensor:
     precision, which the torch step would promote), contiguous, the state's shape."""
     if x.shape != state.shape:
         raise ValueError(f"the nonlinear term has shape {tuple(x.shape)}, the state {tuple(state.shape)}")
+    if x.dtype is state.dtype and x.is_contiguous():  # the usual case: no conversion call (~1.5 us each)
+        return x
     return x.to(state.dtype).contiguous()
 
 
