@@ -2,8 +2,10 @@
 
 On the CPU the ETDRK4 step costs its FFTs plus ~14 elementwise torch operations (each a pass over
 memory and ~1-2 us of dispatch), and at batch 1 the dense step's 9 operations are nearly all
-dispatch. The C functions do each stretch between two FFTs in one pass (``fused_fourier_step_into``)
-and the whole dense step in one call (``DenseStep``); docs/performance.md has the measurements.
+dispatch. The C functions do each stretch between two FFTs in one pass (``fused_fourier_step_into``),
+the whole Fourier step of each member with its own transforms in one call (``FourierStep``, for
+small batches and for threads) and the whole dense step in one call (``DenseStep``);
+docs/performance.md has the measurements.
 
 The library is built once per source, compiler and CPU (``-O3 -march=native``) into a cache
 directory -- ``$HYBRIDNDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/hybridnde`` or ``~/.cache/hybridnde``
@@ -154,6 +156,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         function.argtypes = [integer] * 2 + [pointer] * 4
         function.restype = None
     lib.kernels_openmp.argtypes, lib.kernels_openmp.restype = [], ctypes.c_int
+    lib.built_with_openmp = bool(lib.kernels_openmp())  # read once: whole_step_fits asks every step
 
 
 def library() -> ctypes.CDLL | None:
@@ -203,10 +206,8 @@ def available(x: Tensor) -> bool:
 
 def openmp() -> bool:
     """Whether the loaded kernels were built with OpenMP (share large arrays among threads)."""
-    if "openmp" not in _state or _state.get("openmp_of") is not _state["library"]:
-        lib = library()
-        _state["openmp"], _state["openmp_of"] = lib is not None and bool(lib.kernels_openmp()), lib
-    return bool(_state["openmp"])
+    lib = library()
+    return lib is not None and lib.built_with_openmp
 
 
 def whole_step_fits(batch: int, n_points: int) -> bool:
@@ -221,7 +222,6 @@ def whole_step_fits(batch: int, n_points: int) -> bool:
 def threads_for(x: Tensor) -> int:
     """How many threads the stage kernels give ``x``: torch's intra-op count for large arrays, else 1."""
     return torch.get_num_threads() if x.numel() > PARALLEL_GRAIN else 1
-
 
 
 def _address(x: Tensor) -> int:

@@ -2,9 +2,8 @@
 
 The fused paths -- Triton kernels on a GPU (``solvers.fused_stages``), compiled C kernels and DUCC
 transforms on the CPU (``solvers.c_kernels``, ``solvers.cpu_fft``), the compiled whole Fourier step
-and the compiled dense step -- each
-replace torch operations of the ETDRK4 step. Each is run once on a smooth probe state next to the
-plain torch step; a failure or a different increment (``solvers.base.same_increment``) means the
+and the compiled dense step -- each replace torch operations of the ETDRK4 step. Each is run once on
+a smooth probe state next to the plain torch step; a failure or a different increment (``solvers.base.same_increment``) means the
 torch step from then on, with a warning. The states they may touch at all are those ``_fusable``
 admits: the kernels read raw memory and write the state in place.
 """
@@ -43,8 +42,7 @@ class FusedKernelChecks:
         exactly 4 calls a step): a failure or a different increment means unfused steps from then on,
         with a warning."""
         probe = self._fused_probe(u_hat)
-        expected = fourier_step_into(probe.clone(), torch.empty_like(probe), plan, coefficients, low,
-                                     self._squared_hat, workspace)
+        expected = self._unfused_probe_step(probe, plan, coefficients, low, workspace)
         kept = low.q.shape[-1]
         probe_nonlinear = self._fused_squared_hat(u_hat)
         self._fused_checked = True
@@ -66,9 +64,9 @@ class FusedKernelChecks:
             return None
         if self._whole_step is None:
             whole = c_kernels.FourierStep(self.n_points, self.complex_dtype)
-            probe, low = self._fused_probe(u_hat), plan.folded_low
-            expected = fourier_step_into(probe.clone(), torch.empty_like(probe), plan, plan.folded, low,
-                                         self._squared_hat, self._fourier_workspace(probe.shape[0]))
+            probe = self._fused_probe(u_hat)
+            expected = self._unfused_probe_step(probe, plan, plan.folded, plan.folded_low,
+                                                self._fourier_workspace(probe.shape[0]))
             if not self._fused_agrees(probe, expected, lambda: whole(probe.clone(), plan)):
                 return None
             self._whole_step = whole
@@ -120,6 +118,13 @@ class FusedKernelChecks:
                           RuntimeWarning, stacklevel=3)
             self.fused_updates = False
         return agrees
+
+    def _unfused_probe_step(self, probe: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,
+                            low: StageCoefficients, workspace: FourierWorkspace) -> Tensor:
+        """The plain torch step of ``probe`` (left alone), without a closure: what the fused Fourier
+        paths must reproduce."""
+        return fourier_step_into(probe.clone(), torch.empty_like(probe), plan, coefficients, low,
+                                 self._squared_hat, workspace)
 
     def _fused_probe(self, like: Tensor) -> Tensor:
         """Fourier coefficients of smooth O(1) fields, one per member of ``like`` (its shape and device)."""
