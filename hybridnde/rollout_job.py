@@ -36,6 +36,7 @@ from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
 from .systems import build_host_solver, resolve_dtype, state_coordinates
+from .threads import torch_threads
 
 __all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTIONS"]
 
@@ -185,13 +186,8 @@ def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path |
     Call on every rank of an MPI job (or in one process). Raises ``ConfigError``/``DataError`` on
     bad input before anything is written; ``--resume`` semantics with ``resume=True``.
     """
-    threads = torch.get_num_threads()
-    if case.rollout.threads:
-        torch.set_num_threads(case.rollout.threads)
-    try:
+    with torch_threads(case.rollout.threads, "rollout.threads"):
         return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world())
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,

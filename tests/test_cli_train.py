@@ -99,6 +99,7 @@ def test_train_writes_a_closure_that_rebuilds_the_model(tmp_path, files, capsys)
     ("two_body", ["--set", "system.gravitational_parameter=2.0"], "gravitational_parameter"),
     ("two_body", ["--out", "{folder}/closure.nc"], ".pt"),
     ("two_body", ["--out", "{case}/closure.pt"], "is a file, not a folder"),
+    ("two_body", ["--threads", "-1"], "--threads = -1"),
     ("ks", ["--set", "training.integration=\"odeint\""], "training.integration"),
     ("ks", ["--set", "system.method=\"finite_difference\"", "--set", "time.dt=0.001", "--set", "time.save_every=250",
             "--set", "time.n_steps=3000", "--set", "time.integrator=\"rk4\"", "--set", "system.n_points=64"],
@@ -112,6 +113,38 @@ def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments,
     assert main(command) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no closure, log, checkpoint or temporary file
+
+
+def test_the_verbs_work_on_the_threads_asked_for_one_by_default_and_restore_them(tmp_path, files, monkeypatch):
+    """One thread by default, as `run` trains (the same closure bit for bit; many threads on busy cores
+    are orders of magnitude slower), `--threads N` / 0 (torch's default) otherwise, in every verb that
+    runs torch outside a rollout."""
+    from hybridnde.commands import evaluate as evaluate_command
+    from hybridnde.commands import simulate as simulate_command
+    from hybridnde.commands import train as train_command
+
+    seen = []
+
+    def spying(module, name):
+        original = getattr(module, name)
+
+        def spy(*args, **kwargs):
+            seen.append((name, torch.get_num_threads()))
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
+
+    for module, name in ((train_command, "train_case"), (simulate_command, "simulate_case"),
+                         (evaluate_command, "evaluate_files")):
+        spying(module, name)
+    case, truth = files["two_body"]
+    torch.set_num_threads(2)  # "torch's default" here; the fixture resets it after the test
+    for extra, expected in (([], 1), (["--threads", "3"], 3), (["--threads", "0"], 2)):
+        seen.clear()
+        assert main(["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt"), *extra]) == 0
+        assert main(["simulate", str(case), "--out", str(tmp_path / "truth.nc"), *extra]) == 0
+        assert main(["evaluate", str(tmp_path / "truth.nc"), "--reference", str(truth), *extra]) == 0
+        assert seen == [("train_case", expected), ("simulate_case", expected), ("evaluate_files", expected)]
+        assert torch.get_num_threads() == 2  # given back
 
 
 def test_ks_residual_closure_trains_through_the_spectral_host(tmp_path, files):

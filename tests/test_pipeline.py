@@ -108,6 +108,14 @@ def finished_run(tmp_path_factory):
     return case, out
 
 
+def test_the_verbs_one_by_one_train_the_closure_run_trains(finished_run, tmp_path):
+    """`train` on run's truth file gives run's closure bit for bit (both on one thread by default)."""
+    case, out = finished_run
+    command = ["train", str(case), "--quick", "--data", str(out / "truth.nc"), "--out", str(tmp_path / "closure.pt")]
+    assert main([*command, "--no-progress"]) == 0
+    assert load_closure(tmp_path / "closure.pt")[1]["checksum"] == load_closure(out / "closure.pt")[1]["checksum"]
+
+
 def test_run_writes_every_file_and_the_rollouts_start_on_the_held_out_truth(finished_run):
     case, out = finished_run
     for name in ("truth.nc", "reference.nc", "closure.pt", "closure.log.jsonl", "rollout.nc", "baseline.nc",

@@ -17,6 +17,7 @@ from ..alignment import MEMBER_MATCHING
 from ..config import ConfigError, load_case
 from ..evaluate import evaluate_files, format_summary
 from ..io import atomic_path, check_output_path
+from ..threads import add_threads_argument, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def register(subparsers) -> None:
                         help="also estimate the leading Lyapunov exponent of the model and of the truth")
     parser.add_argument("--closure", type=Path, default=None, metavar="closure.pt",
                         help="the closure the rollout ran with (for --lyapunov)")
+    add_threads_argument(parser, "the metrics and --lyapunov")
     parser.set_defaults(run=run)
 
 
@@ -63,10 +65,11 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.figures is not None:
         check_output_path(arguments.figures, "--figures", folder=True)
     case = load_case(arguments.case, overrides=arguments.overrides) if arguments.case is not None else None
-    metrics = evaluate_files(arguments.rollout, arguments.reference, case=case, threshold=arguments.threshold,
-                             match_members=arguments.match_members, time_tolerance=arguments.time_tolerance,
-                             figures_dir=arguments.figures, lyapunov=arguments.lyapunov,
-                             closure_path=arguments.closure)
+    with torch_threads(arguments.threads, "--threads"):
+        metrics = evaluate_files(arguments.rollout, arguments.reference, case=case, threshold=arguments.threshold,
+                                 match_members=arguments.match_members, time_tolerance=arguments.time_tolerance,
+                                 figures_dir=arguments.figures, lyapunov=arguments.lyapunov,
+                                 closure_path=arguments.closure)
     text = json.dumps(metrics, indent=2, allow_nan=False)
     if arguments.out is not None:
         with atomic_path(arguments.out) as temporary:

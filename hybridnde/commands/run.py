@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..io import check_output_path
 from ..pipeline import build_variants, run_pipeline
+from ..threads import add_threads_argument
 from .common import add_case_arguments
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,7 @@ def register(subparsers) -> None:
                              "the variants are the product)")
     parser.add_argument("--lyapunov", action="store_true",
                         help="also estimate the leading Lyapunov exponent of the hybrid model and of the truth")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="torch CPU threads for simulation, training and evaluation (default 1: small closures "
-                             "train as fast, and busy cores slow multi-threaded torch down badly; 0: torch's "
-                             "default); rollouts use rollout.threads")
+    add_threads_argument(parser, "simulation, training and evaluation (rollouts: rollout.threads)")
     parser.set_defaults(run=run)
 
 

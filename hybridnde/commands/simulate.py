@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..io import check_output_path, write_netcdf
 from ..simulate import simulate_case
+from ..threads import add_threads_argument, torch_threads
 from .common import add_case_arguments, case_from_arguments
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def register(subparsers) -> None:
     add_case_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="output NetCDF (default: <output.directory or runs/<case>>/truth.nc)")
+    add_threads_argument(parser, "the simulation")
     parser.set_defaults(run=run)
 
 
@@ -28,7 +30,8 @@ def run(arguments: argparse.Namespace) -> int:
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
     check_output_path(out)
-    dataset = simulate_case(case, progress=arguments.progress)
+    with torch_threads(arguments.threads, "--threads"):
+        dataset = simulate_case(case, progress=arguments.progress)
     write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
     log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
     return 0

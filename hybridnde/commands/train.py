@@ -11,6 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..threads import add_threads_argument, torch_threads
 from ..training import train_case
 from .common import add_case_arguments, case_from_arguments
 
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="closure file (default: <output.directory or runs/<case>>/closure.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out, if any")
+    add_threads_argument(parser, "training")
     parser.set_defaults(run=run)
 
 
@@ -34,7 +36,8 @@ def run(arguments: argparse.Namespace) -> int:
     directory = Path(case.output.directory or f"runs/{case.case.name}")
     out = arguments.out or directory / "closure.pt"
     data = arguments.data or directory / "truth.nc"
-    _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
+    with torch_threads(arguments.threads, "--threads"):
+        _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
     final = result.final
     print(f"{out}: {result.epochs_run} epochs, loss {final.get('loss', float('nan')):.4g}, best validation loss "
           f"{result.best_val_loss:.4g} (epoch {result.best_epoch})")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import CaseConfig, ConfigError
 from ..io import atomic_path
+from ..threads import torch_threads
 from . import stages
 from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
 from .record import RunRecord
@@ -245,24 +246,13 @@ def run_pipeline(variants: Sequence[Variant], directory: str | Path, *, progress
 
     ``lyapunov``: also estimate the leading Lyapunov exponent of the hybrid model and the truth.
     ``threads``: torch CPU threads while the stages run (0: torch's default; rollouts use
-    ``rollout.threads``). One by default: the closures of the cases train about as fast on one
-    thread, and a multi-threaded process on oversubscribed cores slows down by orders of magnitude
-    (measured: 2 threads next to one busy process on 2 cores, 60x slower per epoch than 1 thread).
+    ``rollout.threads``); one by default (``hybridnde.threads``: why).
     Raises ``ConfigError``/``DataError`` before any file is written when the input is bad.
     """
     directory = Path(directory)
-    if threads < 0:
-        raise ConfigError(f"threads = {threads}: give 0 (torch's default) or a positive count")
     check_variants(variants, directory)
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run_all(variants, directory, progress=progress, lyapunov=lyapunov, command=command)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | None, lyapunov: bool,

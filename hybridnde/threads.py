@@ -1,0 +1,42 @@
+"""How many CPU threads torch uses while a command works.
+
+One by default (``run --threads``, ``simulate``/``train``/``evaluate --threads``, ``rollout.threads``):
+the cases' closures train about as fast on one thread, and a multi-threaded process on oversubscribed
+cores slows down by orders of magnitude (measured: 2 threads next to one busy process on 2 cores,
+60x slower per epoch than 1 thread; docs/run.md). Equal thread counts also keep results
+bit-identical between the verbs (threaded FFTs and matrix products split their work differently).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+
+from .config import ConfigError
+
+__all__ = ["add_threads_argument", "torch_threads"]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
+    """``torch.set_num_threads(count)`` inside the block (0: torch's default), the previous count after it.
+
+    Raises ``ConfigError`` naming ``name`` for a negative count."""
+    if count < 0:
+        raise ConfigError(f"{name} = {count}: give 0 (torch's default) or a positive count")
+    import torch
+
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, work: str) -> None:
+    """The ``--threads N`` option of a verb whose ``work`` (words for the help) runs in torch."""
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help=f"torch CPU threads for {work} (default 1: small closures train as fast, and busy "
+                             "cores slow multi-threaded torch down badly; 0: torch's default)")
