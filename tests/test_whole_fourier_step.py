@@ -114,20 +114,28 @@ def test_a_member_that_blows_up_leaves_the_others_and_the_step_alone():
     torch.testing.assert_close(saved[[0, 2]], expected, rtol=0, atol=1e-13)
 
 
-@pytest.mark.filterwarnings("ignore:An output with one or more elements was resized")  # the torch step, on (64,)
-@pytest.mark.parametrize("shape", [(64,), (2, 32), (2, 128), (2, 3, 64)])
-def test_a_state_of_the_wrong_shape_raises_and_is_never_read_as_raw_memory(shape):
-    """``step()`` does not check states; the kernels must not take one of another shape (they would
-    read and write past it), so it meets the torch step, which refuses it."""
-    solver = KuramotoSivashinskySpectral(n_points=64)
+@pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
+@pytest.mark.parametrize("n_points", [16, 64])
+def test_a_state_of_the_wrong_shape_is_refused_and_leaves_every_step_path_intact(n_points, implementation):
+    """``step()`` refuses a state not of shape ``(batch, N)`` naming the shape: the kernels would read
+    and write past it as raw memory, and the dense step broadcast an ``(N,)`` state as a batch of N
+    members, giving its reused buffers that shape, so later steps went wrong (found by fuzzing)."""
+    from solvers import SolverStateError
+
+    solver = KuramotoSivashinskySpectral(n_points=n_points, implementation=implementation)
+    reference = KuramotoSivashinskySpectral(n_points=n_points, implementation=implementation)
+    square = smooth_state(solver, n_points)  # a batch of N members: the stepper an (N,) state would take
     with torch.no_grad():
-        solver.rollout(smooth_state(solver, 2), 2)  # the whole step built and checked
-        assert solver._whole_step is not None
-        with pytest.raises((RuntimeError, ValueError, IndexError)):
-            solver.step(0.0, torch.randn(shape, dtype=torch.float64))
-        state = solver.to_fourier(torch.randn(shape, dtype=torch.float64))
-        if state.ndim == 2:
-            assert not solver._fusable(state)
+        solver.rollout(smooth_state(solver, 2), 2)  # every compiled path built and checked
+        solver.step(0.0, square)
+        for shape in [(n_points,), (2, n_points // 2), (2, 2 * n_points), (2, 3, n_points)]:
+            with pytest.raises(SolverStateError, match="expects"):
+                solver.step(0.0, torch.randn(shape, dtype=torch.float64))
+            state = solver.to_fourier(torch.randn(shape, dtype=torch.float64))
+            if state.ndim == 2:
+                assert not solver._fusable(state)
+        torch.testing.assert_close(solver.step(0.0, square), reference.step(0.0, square), rtol=0, atol=1e-13)
+        torch.testing.assert_close(solver.rollout(square, 3), reference.rollout(square, 3), rtol=0, atol=1e-13)
 
 
 def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
