@@ -17,7 +17,13 @@ from solvers import Solver
 from .config import InitialConditionConfig
 from .io import DataError
 
-__all__ = ["draw_initial_conditions", "read_initial_conditions", "member_rng"]
+__all__ = ["draw_initial_conditions", "read_initial_conditions", "member_rng", "nonfinite_members"]
+
+
+def nonfinite_members(states: np.ndarray) -> np.ndarray:
+    """Positions of the members of ``states: (members, *state)`` with a non-finite value (none for
+    zero members: a rank of an MPI rollout may get no batch)."""
+    return np.flatnonzero(~np.isfinite(states).all(axis=tuple(range(1, states.ndim))))
 
 
 def member_rng(seed: int, member: int) -> np.random.Generator:
@@ -88,7 +94,7 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
     else:
         states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
             np.zeros((0, *solver.state_shape))
-    bad = ~np.isfinite(states.reshape(len(states), -1)).all(axis=1)
-    if bad.any():
-        raise DataError(f"initial conditions of members {[members[i] for i in np.flatnonzero(bad)][:10]} are not finite")
+    bad = nonfinite_members(states)
+    if len(bad):
+        raise DataError(f"initial conditions of members {[members[i] for i in bad][:10]} are not finite")
     return torch.as_tensor(states, dtype=solver.dtype, device=solver.device)

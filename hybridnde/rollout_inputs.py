@@ -19,7 +19,7 @@ import torch
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
-from .initial_conditions import draw_initial_conditions
+from .initial_conditions import draw_initial_conditions, nonfinite_members
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
@@ -155,9 +155,9 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
         u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
         return np.arange(rollout.members, dtype=np.int64), 0.0, u0
     member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        members = [int(member_ids[positions.start + i]) for i in np.flatnonzero(bad)]
+    bad = nonfinite_members(values)
+    if len(bad):
+        members = [int(member_ids[positions.start + i]) for i in bad]
         raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
                         "choose other members or fix the file")
     return member_ids, t0, torch.as_tensor(values, dtype=solver.dtype, device=solver.device)

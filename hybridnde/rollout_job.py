@@ -207,9 +207,11 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     agree(comm, error)
     checkpoint = comm.bcast(setup.checkpoint)
     if comm.rank == 0 and comm.size > len(setup.batches):
-        log.warning("%d ranks but only %d batches of %d members: ranks %d-%d have nothing to do; set "
-                    "rollout.batch_size <= %d to use them all", comm.size, len(setup.batches), setup.batch_size,
-                    len(setup.batches), comm.size - 1, math.ceil(case.rollout.members / comm.size))
+        first, last = len(setup.batches), comm.size - 1
+        idle = f"rank {first} has" if first == last else f"ranks {first}-{last} have"
+        log.warning("%d ranks but only %d batch(es) of %d members: %s nothing to do; set rollout.batch_size <= %d "
+                    "to use them all", comm.size, len(setup.batches), setup.batch_size, idle,
+                    math.ceil(case.rollout.members / comm.size))
     try:
         return _run(case, out, setup, checkpoint, progress, comm)
     except BaseException as failure:

@@ -60,6 +60,8 @@ def mpiexec(ranks: int, *command: str, cwd: Path) -> subprocess.CompletedProcess
 
 #: case overrides of the two rollouts compared between 1 and 2 ranks
 TWO_BODY = ["rollout.members=10", "rollout.steps=60", "rollout.batch_size=3", "output.time_chunk=7"]
+#: the automatic batch size: every member in one batch, rank 1 idle (drawn states, and states from a file)
+IDLE_RANK = [["rollout.members=3", "rollout.steps=20"], ["rollout.batch_size=0"]]
 
 
 def ks_overrides(initial_conditions: Path) -> list[str]:
@@ -80,6 +82,10 @@ DRIVER = textwrap.dedent("""
                 closure_path=work + "/mlp.pt", progress=False)
     model = torch.load(work + "/cnn.pt", weights_only=False)
     run_rollout(load_case(cases + "/ks.toml", overrides=ks), work + "/ks_mpi.nc", closure=model, progress=False)
+    run_rollout(load_case(cases + "/two_body.toml", overrides={idle_drawn}), work + "/two_body_idle_mpi.nc",
+                closure_path=work + "/mlp.pt", progress=False)
+    run_rollout(load_case(cases + "/ks.toml", overrides=ks + {idle_file}), work + "/ks_idle_mpi.nc", closure=model,
+                progress=False)
     # a rollout interrupted on one rank, resumed on two
     run_rollout(load_case(cases + "/two_body.toml", overrides=two_body), work + "/resumed_mpi.nc",
                 closure_path=work + "/mlp.pt", resume=True, progress=False)
@@ -125,20 +131,25 @@ def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
     interrupted_run(load_case(cases / "two_body.toml", overrides=TWO_BODY), tmp_path / "resumed_mpi.nc", mlp,
                     after_calls=2 * 60 * 4 + 100)
     assert (tmp_path / ".resumed_mpi.nc.checkpoint").exists()
-    driver = DRIVER.format(two_body=", ".join(map(repr, TWO_BODY)), ks=", ".join(map(repr, ks)))
+    driver = DRIVER.format(two_body=", ".join(map(repr, TWO_BODY)), ks=", ".join(map(repr, ks)),
+                           idle_drawn=repr(IDLE_RANK[0]), idle_file=repr(IDLE_RANK[1]))
     result = mpiexec(2, sys.executable, "-c", driver, str(cases), str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_rollout(load_case(cases / "two_body.toml", overrides=TWO_BODY), tmp_path / "two_body_serial.nc",
                 closure_path=tmp_path / "mlp.pt", progress=False)
     run_rollout(load_case(cases / "ks.toml", overrides=ks), tmp_path / "ks_serial.nc", closure=cnn, progress=False)
-    for name in ("two_body", "ks"):
+    run_rollout(load_case(cases / "two_body.toml", overrides=IDLE_RANK[0]), tmp_path / "two_body_idle_serial.nc",
+                closure_path=tmp_path / "mlp.pt", progress=False)
+    run_rollout(load_case(cases / "ks.toml", overrides=ks + IDLE_RANK[1]), tmp_path / "ks_idle_serial.nc", closure=cnn,
+                progress=False)
+    for name in ("two_body", "ks", "two_body_idle", "ks_idle"):
         with xr.open_dataset(tmp_path / f"{name}_mpi.nc") as parallel, \
                 xr.open_dataset(tmp_path / f"{name}_serial.nc") as serial:
             assert parallel.attrs["ranks"] == 2 and serial.attrs["ranks"] == 1
             for variable in ("u", "status", "blowup_time", "member", "time"):
                 np.testing.assert_array_equal(parallel[variable].values, serial[variable].values,
                                               err_msg=f"{name}: {variable}")
-            if name == "ks":
+            if name.startswith("ks"):
                 assert parallel.status.values.tolist() == [0, 0, 0, 0, STATUS_FLAGS["blew_up"], 0]
     with xr.open_dataset(tmp_path / "resumed_mpi.nc") as resumed, \
             xr.open_dataset(tmp_path / "two_body_serial.nc") as serial:
