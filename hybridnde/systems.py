@@ -59,8 +59,14 @@ def build_host_solver(case: CaseConfig, *, closure: Closure | None = None, devic
                       dtype: torch.dtype = torch.float64) -> Solver:
     """The solver a closure is trained and rolled out in (``[hybrid]``): the host system stepped at
     ``case.host_time``, the closure alone for ``setup = "neural_ode"``, or the kinematics ``dq/dt = v``
-    with the closure's accelerations for ``setup = "second_order"``."""
-    host = build_solver(case.host_system, case.host_time, closure=closure, device=device, dtype=dtype)
+    with the closure's accelerations for ``setup = "second_order"``. ``ConfigError`` (naming the fix)
+    where the host cannot step the case's sampling interval."""
+    try:
+        host = build_solver(case.host_system, case.host_time, closure=closure, device=device, dtype=dtype)
+    except ValueError as error:  # e.g. an explicit host stepped beyond its stability limit
+        raise ConfigError(f"the host solver of [hybrid] cannot step the data's sampling interval "
+                          f"{case.time.sample_interval:g} in hybrid.substeps = {case.hybrid.substeps} step(s): "
+                          f"{error}; raise hybrid.substeps") from None
     if case.hybrid.setup == "second_order":
         if host.component_names is None or len(host.state_shape) != 1 or host.state_shape[0] % 2:
             raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "

@@ -41,6 +41,10 @@ def test_system_table_is_typed_by_name():
     ({"system": {"name": "lorenz63"}, "initial_condition": {"distribution": "gaussian", "value": [1.0, 2.0, 3.0]}}, "initial_condition.std"),
     ({"system": {"name": "rigid_body", "moments_of_inertia": [1.0, 2.0]}}, "system.moments_of_inertia"),
     ({"system": {"name": "lorenz"}}, "system.name"),
+    ({"system": {"name": "two_body"}, "hybrid": {"integrator": "etdrk4"}}, "hybrid.integrator"),
+    ({"system": {"name": "kuramoto_sivashinsky"}, "model": {"kernel_size": 4}}, "model.kernel_size"),
+    ({"system": {"name": "kuramoto_sivashinsky", "n_points": 32}, "hybrid": {"system": {"n_points": 16}},
+      "model": {"kernel_size": 35}}, "model.kernel_size"),
 ])
 def test_bad_values_are_rejected_naming_the_field(raw, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -50,6 +54,22 @@ def test_bad_values_are_rejected_naming_the_field(raw, field):
 def test_fd_stability_error_gives_the_limit():
     with pytest.raises(ConfigError, match=r"stability limit 0\.001\d+"):
         parse_case({"system": {"name": "kuramoto_sivashinsky", "method": "finite_difference"}, "time": {"dt": 0.002}})
+
+
+def test_the_automatic_host_integrator_fits_the_host():
+    """`hybrid.integrator = "auto"` takes the truth's integrator where the host can step with it, else
+    the host's own: ETDRK4 for the spectral KS host, RK4 for an explicit one (it answered the truth's
+    'etdrk4' for a finite-difference host, then refused it with "use 'auto'")."""
+    spectral_truth = {"system": {"name": "kuramoto_sivashinsky"}}
+    fd_truth = {"system": {"name": "kuramoto_sivashinsky", "method": "finite_difference"},
+                "time": {"dt": 0.001, "save_every": 250, "integrator": "euler"}}
+    assert parse_case(spectral_truth).host_time.integrator == "etdrk4"
+    assert parse_case({**spectral_truth, "hybrid": {"system": {"method": "finite_difference"}}}
+                      ).host_time.integrator == "rk4"
+    assert parse_case({**fd_truth, "hybrid": {"substeps": 250}}).host_time.integrator == "euler"
+    assert parse_case({**fd_truth, "hybrid": {"system": {"method": "spectral"}}}).host_time.integrator == "etdrk4"
+    assert parse_case({"system": {"name": "two_body"}, "time": {"integrator": "dopri5"}}).host_time.integrator == "rk4"
+    assert parse_case({**spectral_truth, "hybrid": {"setup": "neural_ode"}}).host_time.integrator == "rk4"
 
 
 def test_overrides_parse_toml_literals_and_apply_last():

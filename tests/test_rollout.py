@@ -268,6 +268,11 @@ def test_bad_settings_exit_2_naming_the_field(case_files, tmp_path, capsys):
                  "--out", str(tmp_path / "rollout.nc"), "--set", "rollout.members=2"])
     assert code == 2 and "closure" in capsys.readouterr().err
     assert not (tmp_path / "rollout.nc").exists()
+    # an explicit host beyond its stability limit (a traceback, exit 1, before)
+    code = main(["rollout", str(case_files["ks"]), "--out", str(tmp_path / "rollout.nc"),
+                 "--set", "hybrid.system={method=\"finite_difference\"}"])
+    assert code == 2 and "raise hybrid.substeps" in capsys.readouterr().err
+    assert not (tmp_path / "rollout.nc").exists()
 
 
 def test_a_closure_trained_for_another_case_is_refused_before_any_work(case_files, tmp_path, capsys):

@@ -82,13 +82,24 @@ class CaseConfig:
         return parse_system({**to_mapping(self.system), **dict(self.hybrid.system)}, "hybrid.system")
 
     @property
+    def host_steps_etdrk4(self) -> bool:
+        """Whether the host is the spectral Kuramoto-Sivashinsky solver (ETDRK4 steps; every other host
+        is explicit: RK4 or Euler)."""
+        host = self.host_system
+        return (self.hybrid.setup == "residual" and isinstance(host, KuramotoSivashinskyConfig)
+                and host.method == "spectral")
+
+    @property
     def host_time(self) -> TimeConfig:
         """The host solver's stepping: ``hybrid.substeps`` steps per data sample."""
         integrator = self.hybrid.integrator
-        if integrator == "auto":
-            integrator = "rk4" if self.hybrid.setup == "neural_ode" else self.time.integrator
-            if integrator not in ("etdrk4", "rk4", "euler"):
-                integrator = "rk4"  # adaptive truth: the host trains with fixed RK4 steps
+        if integrator == "auto":  # the truth's where it fits the host; adaptive truth: fixed RK4 steps
+            if self.host_steps_etdrk4:
+                integrator = "etdrk4"
+            elif self.hybrid.setup != "neural_ode" and self.time.integrator in ("rk4", "euler"):
+                integrator = self.time.integrator
+            else:
+                integrator = "rk4"
         return dataclasses.replace(self.time, dt=self.time.sample_interval / self.hybrid.substeps,
                                    save_every=1, spinup_steps=0, integrator=integrator)
 
@@ -218,10 +229,14 @@ def _check_consistency(case: CaseConfig) -> None:
         raise ConfigError("hybrid.system.name: the host solves the same system as the truth; drop the key")
     host = case.host_system  # validates the overrides, naming hybrid.system.<key>
     host_time = case.host_time
-    host_spectral = isinstance(host, KuramotoSivashinskyConfig) and host.method == "spectral"
-    if case.hybrid.setup == "residual" and host_spectral != (host_time.integrator == "etdrk4"):
+    if case.host_steps_etdrk4 != (host_time.integrator == "etdrk4"):
+        fitting = "'etdrk4'" if case.host_steps_etdrk4 else "'rk4' or 'euler'"
         raise ConfigError(f"hybrid.integrator = {host_time.integrator!r} does not fit the host "
-                          f"({'spectral' if host_spectral else 'explicit'} solver); use 'auto'")
+                          f"({'spectral' if case.host_steps_etdrk4 else 'explicit'} solver); use {fitting}, or 'auto'")
+    if isinstance(host, KuramotoSivashinskyConfig) and case.model.kind != "mlp" \
+            and case.model.kernel_size // 2 > host.n_points:  # circular padding wraps around at most once
+        raise ConfigError(f"model.kernel_size = {case.model.kernel_size} is wider than twice the host grid "
+                          f"(N = {host.n_points}); give at most {2 * host.n_points + 1}")
     if isinstance(host, KuramotoSivashinskyConfig) and isinstance(system, KuramotoSivashinskyConfig):
         if host.n_points > system.n_points or system.n_points % host.n_points:
             raise ConfigError(f"hybrid.system.n_points = {host.n_points} must divide the truth's "

@@ -172,6 +172,7 @@ def field_docs(cls: type) -> list[tuple[str, str, Any, str, dict]]:
             default = field.default_factory()
         else:
             default = dataclasses.MISSING
-        constraints = {k: v for k, v in field.metadata.items() if k != "doc" and v not in (None, False)}
+        # "is not": a bound of 0 is a constraint (0 == False)
+        constraints = {k: v for k, v in field.metadata.items() if k != "doc" and v is not None and v is not False}
         rows.append((field.name, _type_name(hints[field.name]), default, field.metadata.get("doc", ""), constraints))
     return rows

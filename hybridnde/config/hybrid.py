@@ -20,5 +20,7 @@ class HybridConfig:
                          "{nonlinear_coefficient = 0.0} (missing term) or {n_points = 32} (sub-grid closure)")
     substeps: int = option(1, "host solver steps per data sample (host dt = time.dt * time.save_every / substeps)",
                            positive=True)
-    integrator: str = option("auto", "host integrator: auto = as the truth (rk4 for neural_ode)",
+    integrator: str = option("auto", "host integrator: auto = the truth's where the host can step with it, else "
+                             "the host's own (etdrk4 for the spectral KS host, rk4 for an explicit one; rk4 for "
+                             "neural_ode)",
                              choices=("auto", "etdrk4", "rk4", "euler"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .fields import option
+from .fields import ConfigError, option
 
 __all__ = ["ModelConfig", "TrainingConfig"]
 
@@ -19,6 +19,11 @@ class ModelConfig:
     normalize: bool = option(True, "fit input/output normalisation (stored with the weights) to the training data: "
                              "inputs to the states' mean/std, outputs to the closure target's (data du/dt minus "
                              "the host's known physics)")
+
+    def validate(self, where: str) -> None:
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"{where}.kernel_size = {self.kernel_size}: give an odd width (the periodic "
+                              f"convolutions are centred on each grid point), e.g. {self.kernel_size + 1}")
 
 
 @dataclass(frozen=True)
