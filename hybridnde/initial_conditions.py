@@ -65,7 +65,11 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
     path = Path(path)
     if not path.is_file():
         raise DataError(f"initial_condition.file = {str(path)!r} does not exist")
-    with xr.open_dataset(path) as dataset:
+    try:
+        dataset = xr.open_dataset(path)
+    except (OSError, ValueError) as error:  # not NetCDF (xarray finds no engine for it), or damaged
+        raise DataError(f"initial_condition.file = {str(path)!r}: not a readable NetCDF file ({error})") from None
+    with dataset:
         if "u" not in dataset:
             raise DataError(f"{path}: no variable 'u'; initial conditions need u(member, x) or u(member, component)")
         u = dataset["u"]

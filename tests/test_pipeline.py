@@ -258,11 +258,24 @@ def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
     ["--set", "rollout.initial_conditions=missing.nc"],             # a file that is not there
     ["--compare", "training.regularizer"],                          # no values
     ["--set", "training.seed=1", "--compare", "training.seed=1,2"],  # one key twice
+    # files read as the stages read them (checked for existence only, stages ran first, before)
+    ["--set", "rollout.initial_conditions='{two_body}'"],           # states of another system
+    ["--set", "rollout.initial_conditions='{one_member}'"],         # too few members
+    ["--set", "rollout.initial_conditions='{junk}'"],               # not NetCDF
+    ["--set", "initial_condition.distribution='file'", "--set", "initial_condition.file='{junk}'"],
 ])
 def test_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, extra):
+    from hybridnde.io import trajectory_dataset, write_netcdf
+
     case = write_case(tmp_path)
+    files = {"two_body": tmp_path / "two_body.nc", "one_member": tmp_path / "one.nc", "junk": tmp_path / "junk.nc"}
+    write_netcdf(trajectory_dataset(np.ones((3, 1, 4)), [0.0], state_dim="component",
+                                    state_coords=["x", "y", "vx", "vy"]), files["two_body"])
+    x = np.arange(32) * 22.0 / 32
+    write_netcdf(trajectory_dataset(np.cos(x)[None, None], [0.0], state_dim="x", state_coords=x), files["one_member"])
+    files["junk"].write_text("not a NetCDF file")
     out = tmp_path / "never"
-    assert run(case, out, "--quick", *extra) == 2
+    assert run(case, out, "--quick", *(word.format(**files) for word in extra)) == 2
     assert not out.exists()
     assert "error" in capsys.readouterr().err
 

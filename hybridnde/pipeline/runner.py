@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import CaseConfig, ConfigError
-from ..io import atomic_path
+from ..io import DataError, atomic_path
 from ..threads import torch_threads
 from . import stages
 from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
@@ -64,8 +64,11 @@ class RunResult:
 
 
 def check_variants(variants: Sequence[Variant], directory: Path) -> None:
-    """Everything the stages would refuse, checked before the first one starts (``ConfigError``)."""
-    from ..systems import build_solver
+    """Everything the stages would refuse, checked before the first one starts (``ConfigError``,
+    ``DataError``), input files read as the stages read them."""
+    from ..initial_conditions import draw_initial_conditions
+    from ..rollout_inputs import initial_states
+    from ..systems import build_host_solver, build_solver
     from ..training import window_lengths
     from ..training.build import check_training_config
 
@@ -76,7 +79,7 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
         try:
             check_training_config(case)
             try:
-                build_solver(case.system, case.time)
+                truth_solver = build_solver(case.system, case.time)
             except ValueError as error:
                 raise ConfigError(f"[system]/[time]: the true system cannot be built ({error})") from None
             samples = case.time.n_steps // case.time.save_every + 1
@@ -92,8 +95,13 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
                                if case.rollout.initial_conditions != "draw" else "")):
                 if path and not Path(path).is_file():
                     raise ConfigError(f"{key} = {path!r} does not exist; give an existing NetCDF file")
-        except ConfigError as error:
-            raise ConfigError(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
+            ic = case.initial_condition
+            if ic.distribution == "file":  # its states: the system's, enough members, finite
+                draw_initial_conditions(ic, truth_solver, range(ic.members))
+            if case.rollout.initial_conditions != "draw":
+                initial_states(case, build_host_solver(case), range(case.rollout.members))
+        except (ConfigError, DataError) as error:
+            raise type(error)(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
 
 
 def _check_common_times(case: CaseConfig) -> None:
