@@ -130,13 +130,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             temporary.unlink()
 
 
-def check_output_path(path: str | Path, option: str = "--out", *, folder: bool = False) -> Path:
+def check_output_path(path: str | Path, option: str = "--out", *, folder: bool = False,
+                      inputs: dict[str, str | Path] | None = None) -> Path:
     """``DataError`` now, before any work, unless ``path`` can become an output file (``folder``: a folder).
 
     The path may not exist yet (missing parent folders are created when it is written), but it must
-    not be a folder (a file), and its nearest existing ancestor must be a writable folder.
+    not be a folder (a file), its nearest existing ancestor must be a writable folder, and it must
+    not be one of the command's ``inputs`` (``{key naming it: path}``), which it would replace.
     """
     path = Path(path)
+    for key, source in (inputs or {}).items():
+        if source and path.resolve() == Path(source).resolve():
+            raise DataError(f"{option} {path}: is the input file {key}, which the output would replace; "
+                            "give another name")
     if path.exists() and path.is_dir() != folder:
         kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
         raise DataError(f"{option} {path}: is {kind}; give {wanted}")

@@ -93,7 +93,8 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     rollout = case.rollout
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
-    check_output_path(out)
+    given = rollout.initial_conditions if rollout.initial_conditions != "draw" else None
+    check_output_path(out, inputs={"rollout.initial_conditions": given, "--closure": closure_path})
     device = rank_device(case.compute.device, comm.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # this rank's GPU is the current one (streams, graphs, libraries)

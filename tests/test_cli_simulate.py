@@ -95,6 +95,9 @@ def test_initial_conditions_from_file(tmp_path):
         np.testing.assert_array_equal(a.u.values[:2], b.u.values)
     assert main(["simulate", str(write_case(tmp_path, text)), "--out", str(tmp_path / "x.nc"),
                  "--set", "initial_condition.members=9"]) == 2
+    before = first.read_bytes()
+    assert main(["simulate", str(write_case(tmp_path, text)), "--out", str(first)]) == 2  # would replace its input
+    assert first.read_bytes() == before
 
 
 def test_nonfinite_initial_conditions_exit_2(tmp_path):

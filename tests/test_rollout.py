@@ -303,6 +303,14 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(case_f
         assert expected in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "folder.nc"]
     assert list((tmp_path / "folder.nc").iterdir()) == []
+    # its own input: a rollout from a truth file written over that file (it ran and replaced it, before)
+    truth = tmp_path / "truth.nc"
+    assert main(["simulate", str(case_files["ks"]), "--out", str(truth), "--set", "initial_condition.members=2"]) == 0
+    before = truth.read_bytes()
+    assert main(["rollout", str(case_files["ks"]), "--out", str(truth), "--set", "rollout.members=2",
+                 "--set", f"rollout.initial_conditions='{truth}'"]) == 2
+    assert "is the input file rollout.initial_conditions" in capsys.readouterr().err
+    assert truth.read_bytes() == before
 
 
 def test_float32_rollouts_work(tmp_path):

@@ -29,7 +29,8 @@ def run(arguments: argparse.Namespace) -> int:
     out = arguments.out or Path(case.output.directory or f"runs/{case.case.name}") / "truth.nc"
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
-    check_output_path(out)
+    ic = case.initial_condition
+    check_output_path(out, inputs={"initial_condition.file": ic.file if ic.distribution == "file" else None})
     with torch_threads(arguments.threads, "--threads"):
         dataset = simulate_case(case, progress=arguments.progress)
     write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
