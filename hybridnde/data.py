@@ -204,7 +204,9 @@ def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int
     if len(train_rows) == 0:
         raise DataError(f"{path}: no members to train on")
     if len(validation_rows) == 0:
-        log.warning("%s: one member only; validation uses the training member", path)
+        why = ("one member only" if len(members) == 1 else
+               f"training.validation_fraction = {case.training.validation_fraction:g} holds no member out")
+        log.warning("%s: %s; validation (and early stopping) uses the training members", path, why)
         validation_rows = train_rows
     as_tensor = dict(device=device, dtype=dtype)
     checksum = file_checksum(path)

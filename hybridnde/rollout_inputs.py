@@ -113,10 +113,6 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
         if "time" in u.dims:
             t0 = float(dataset["time"].values[0])
             u = u.isel(time=0)
-        available = u.sizes["member"]
-        if available < n_members:
-            raise DataError(f"{path}: holds {available} members; rollout.members = {n_members}: set it to at most "
-                            f"{available}")
         member_ids = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
                       else np.arange(n_members, dtype=np.int64))
         state_dim = u.dims[1]
@@ -144,6 +140,10 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
                 raise DataError(f"{path}: its domain length {len(x) * float(x[1] - x[0]):g} differs from the host's "
                                 f"{domain_length:g}")
             values = restrict_to_grid(values, n_host)
+        available = u.sizes["member"]  # after the state: another system's file says so first
+        if available < n_members:
+            raise DataError(f"{path}: holds {available} members; rollout.members = {n_members}: set it to at most "
+                            f"{available}")
     return member_ids, t0, values
 
 

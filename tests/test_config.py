@@ -42,6 +42,8 @@ def test_system_table_is_typed_by_name():
     ({"system": {"name": "rigid_body", "moments_of_inertia": [1.0, 2.0]}}, "system.moments_of_inertia"),
     ({"system": {"name": "lorenz"}}, "system.name"),
     ({"system": {"name": "two_body"}, "hybrid": {"integrator": "etdrk4"}}, "hybrid.integrator"),
+    ({"system": {"name": "two_body"}, "time": {"n_steps": 3, "save_every": 5}}, "time.save_every"),
+    ({"system": {"name": "two_body"}, "quick": {"training.epoch": 3}}, "[quick]: unknown key training.epoch"),
     ({"system": {"name": "kuramoto_sivashinsky"}, "model": {"kernel_size": 4}}, "model.kernel_size"),
     ({"system": {"name": "kuramoto_sivashinsky", "n_points": 32}, "hybrid": {"system": {"n_points": 16}},
       "model": {"kernel_size": 35}}, "model.kernel_size"),

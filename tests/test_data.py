@@ -71,6 +71,13 @@ def test_load_checks_and_splits_a_two_body_file(two_body_file):
     assert float32.train.dtype == torch.float32
 
 
+def test_no_held_out_member_validates_on_the_training_members_and_says_why(two_body_file, caplog):
+    with caplog.at_level("WARNING", logger="hybridnde"):
+        data = load_training_data(two_body_file, two_body_case(training={"validation_fraction": 0.0}), window_length=3)
+    assert data.validation_members == data.train_members == (0, 1, 2, 3, 4)
+    assert "training.validation_fraction = 0 holds no member out" in caplog.text
+
+
 @pytest.mark.parametrize("override, message", [
     ({"system": {"gravitational_parameter": 2.0}}, "system.gravitational_parameter"),
     ({"time": {"dt": 0.02, "n_steps": 30}}, "time.dt"),

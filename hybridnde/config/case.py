@@ -142,6 +142,14 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     quick_table = raw.pop("quick", {})
     if not isinstance(quick_table, Mapping):
         raise ConfigError(f"{source}: [quick] must be a table of dotted keys, e.g. \"training.epochs\" = 10")
+    if not quick and quick_table:  # a typo there must not wait for the first --quick run
+        trial = copy.deepcopy(raw)
+        for dotted, value in quick_table.items():
+            _apply(trial, dotted.split("."), value, f"{source} [quick] {dotted}")
+        try:
+            _typed_sections(trial, source)
+        except ConfigError as error:
+            raise ConfigError(f"{source} [quick]: {error}") from None
     if quick:
         for dotted, value in quick_table.items():
             _apply(raw, dotted.split("."), value, f"{source} [quick] {dotted}")
@@ -149,16 +157,7 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
         path, value = parse_override(text)
         _apply(raw, path, value, f"--set {text}")
 
-    known = {"system", "quick", *SECTIONS}
-    for name in raw:
-        if name not in known:
-            raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(sorted(known))})")
-        if not isinstance(raw[name], Mapping):
-            raise ConfigError(f"{source}: [{name}] must be a table")
-    if "system" not in raw:
-        raise ConfigError(f"{source}: missing [system] table with a name, e.g. name = \"lorenz63\"")
-    sections = {name: from_mapping(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}
-    system = parse_system(raw["system"])
+    sections, system = _typed_sections(raw, source)
     if sections["time"].integrator == "auto":
         spectral = isinstance(system, KuramotoSivashinskyConfig) and system.method == "spectral"
         sections["time"] = dataclasses.replace(sections["time"], integrator="etdrk4" if spectral else "rk4")
@@ -175,6 +174,19 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     case = CaseConfig(system=system, quick=dict(quick_table), **sections)
     _check_consistency(case)
     return case
+
+
+def _typed_sections(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], SystemConfig]:
+    """Each section of ``raw`` as its dataclass (unknown sections and keys, types and ranges checked)."""
+    known = {"system", "quick", *SECTIONS}
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(sorted(known))})")
+        if not isinstance(raw[name], Mapping):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+    if "system" not in raw:
+        raise ConfigError(f"{source}: missing [system] table with a name, e.g. name = \"lorenz63\"")
+    return {name: from_mapping(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}, parse_system(raw["system"])
 
 
 def parse_case_text(text: str, *, source: str = "case") -> CaseConfig:

@@ -113,6 +113,11 @@ class TimeConfig:
     rtol: float = option(1e-7, "adaptive integrators: relative tolerance", positive=True)
     atol: float = option(1e-9, "adaptive integrators: absolute tolerance", positive=True)
 
+    def validate(self, where: str) -> None:
+        if self.save_every > self.n_steps:
+            raise ConfigError(f"{where}.save_every = {self.save_every} exceeds {where}.n_steps = {self.n_steps}: "
+                              "nothing after the initial state would be saved")
+
     @property
     def horizon(self) -> float:
         return self.dt * self.n_steps
