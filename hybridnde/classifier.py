@@ -92,13 +92,13 @@ class ClassifierCase:
 
     def replace(self, **changes: Mapping[str, Any]) -> "ClassifierCase":
         """A copy with ``{"training": {"jacobian_penalty": "spectral"}, ...}`` applied and validated."""
-        mapping = {name: to_mapping(getattr(self, name)) for name in _SECTIONS}
+        mapping = {name: to_mapping(getattr(self, name)) for name in CLASSIFIER_SECTIONS}
         for section, values in changes.items():
             mapping.setdefault(section, {}).update(values)
         return parse_classifier_case(mapping)
 
 
-_SECTIONS = {"case": CaseInfo, "data": MoonsDataConfig, "model": ClassifierModelConfig,
+CLASSIFIER_SECTIONS = {"case": CaseInfo, "data": MoonsDataConfig, "model": ClassifierModelConfig,
              "training": ClassifierTrainingConfig}
 
 
@@ -111,11 +111,11 @@ def parse_classifier_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = 
             raise ConfigError(f"--set {text!r}: classifier keys are section.key, e.g. training.epochs=20")
         raw.setdefault(path[0], {})[path[1]] = value
     for name, table in raw.items():
-        if name not in _SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(_SECTIONS)})")
+        if name not in CLASSIFIER_SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(CLASSIFIER_SECTIONS)})")
         if not isinstance(table, Mapping):
             raise ConfigError(f"{source}: [{name}] must be a table")
-    sections = {name: from_mapping(cls, raw.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    sections = {name: from_mapping(cls, raw.get(name, {}), name) for name, cls in CLASSIFIER_SECTIONS.items()}
     if "case" not in raw:
         sections["case"] = CaseInfo(name="two_moons")
     if not sections["training"].seeds:

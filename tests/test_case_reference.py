@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 
+from hybridnde.classifier import CLASSIFIER_SECTIONS
 from hybridnde.config import SECTIONS, SYSTEM_CONFIGS, field_docs
 from hybridnde.config.reference import DEFAULT_PATH, main, render_case_reference
 
@@ -16,8 +17,11 @@ def test_committed_reference_equals_a_fresh_rendering():
 
 def test_every_section_key_default_and_doc_is_rendered():
     text = render_case_reference()
-    for name, cls in {**SECTIONS, **{f"system: {n}": c for n, c in SYSTEM_CONFIGS.items()}}.items():
-        heading = f"### {name}" if name.startswith("system") else f"## [{name}]"
+    tables = {**{f"## [{n}]": c for n, c in SECTIONS.items()},
+              **{f"### system: {n}": c for n, c in SYSTEM_CONFIGS.items()},
+              **{f"### classifier: [{n}]": c for n, c in CLASSIFIER_SECTIONS.items() if n != "case"}}
+    for heading, cls in tables.items():
+        name = heading.lstrip("# ")
         assert heading in text, heading
         section = text.split(heading, 1)[1].split("\n#", 1)[0]
         for key, _, default, doc, constraints in field_docs(cls):
@@ -36,6 +40,7 @@ def test_every_section_key_default_and_doc_is_rendered():
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     expected = sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
     expected += sum(len(dataclasses.fields(c)) - 1 for c in SYSTEM_CONFIGS.values())
+    expected += sum(len(dataclasses.fields(c)) for name, c in CLASSIFIER_SECTIONS.items() if name != "case")
     assert len(rows) == expected
 
 

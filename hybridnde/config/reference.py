@@ -130,7 +130,22 @@ def render_case_reference() -> str:
         for system, cls in SYSTEM_CONFIGS.items():
             lines += [f"### system: {system}", "", f'`name = "{system}"` and:', ""]
             lines += _table(cls, skip=("name",)) + [""]
+    lines += _classifier_sections()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _classifier_sections() -> list[str]:
+    """The two-moons classifier's own case file (``cases/classifier/``), read by ``load_classifier_case``."""
+    from ..classifier import CLASSIFIER_SECTIONS
+
+    lines = ["## The classifier case (`cases/classifier/`)", "",
+             "Not a closure case: `hybridnde.classifier.run_classifier` (the neural-ODE classifier of "
+             "[training-methods.md](training-methods.md#two-moons-classifier-josias--brink-2022)) reads these "
+             "tables instead; `[case]` as above.", ""]
+    for name, cls in CLASSIFIER_SECTIONS.items():
+        if name != "case":
+            lines += [f"### classifier: [{name}]", ""] + _table(cls) + [""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
