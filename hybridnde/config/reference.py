@@ -138,10 +138,10 @@ def _classifier_sections() -> list[str]:
     """The two-moons classifier's own case file (``cases/classifier/``), read by ``load_classifier_case``."""
     from ..classifier import CLASSIFIER_SECTIONS
 
-    lines = ["## The classifier case (`cases/classifier/`)", "",
-             "Not a closure case: `hybridnde.classifier.run_classifier` (the neural-ODE classifier of "
-             "[training-methods.md](training-methods.md#two-moons-classifier-josias--brink-2022)) reads these "
-             "tables instead; `[case]` as above.", ""]
+    introduction = ("Not a closure case: `hybridnde.classifier.run_classifier` (the neural-ODE classifier of "
+                    "[training-methods.md](training-methods.md#two-moons-classifier-josias--brink-2022)) reads these "
+                    "tables instead; `[case]` as above.")
+    lines = ["## The classifier case (`cases/classifier/`)", "", introduction, ""]
     for name, cls in CLASSIFIER_SECTIONS.items():
         if name != "case":
             lines += [f"### classifier: [{name}]", ""] + _table(cls) + [""]
