@@ -133,6 +133,10 @@ class Solver(ABC):
         self._check_rollout(u0, n_steps, save_every)
         dt = self.dt if dt is None else float(dt)
         yield t0, u0
+        if u0.shape[0] == 0:  # nothing to step (and MKL's FFTs refuse empty batches)
+            for i in range(save_every, n_steps + 1, save_every):
+                yield t0 + i * dt, u0
+            return
         state = self.to_internal(u0)
         # decided once: a state set up for eager steps (maybe the caller's u0 itself) must never be
         # replayed in place, should the consumer switch gradients off between iterations

@@ -223,6 +223,12 @@ class DenseStepper:
         #: after checking it; used for the states it ``accepts``
         self.compiled = None
 
+    def _check(self, u: Tensor) -> None:
+        """Refuse a state not of the workspace's shape: ``copy_`` would broadcast it and ``out=`` resize
+        the workspace's views to its shape, wrong for every later step."""
+        if u.shape != self.u.shape:
+            raise ValueError(f"this DenseStepper steps states of shape {tuple(self.u.shape)}, got {tuple(u.shape)}")
+
     def step(self, u: Tensor) -> Tensor:
         """``u: (batch, n)`` physical -> a new ``(batch, n)`` tensor one step later (``u`` untouched).
 
@@ -232,6 +238,7 @@ class DenseStepper:
         compiled = self.compiled
         if compiled is not None and compiled.accepts(u):
             return compiled(u)
+        self._check(u)
         stage, mm, mul = self.stage, torch.mm, torch.mul  # locals: this runs ~15 us, lookups count
         self.u.copy_(u)
         mul(u, u, out=self.w_u)
@@ -247,6 +254,7 @@ class DenseStepper:
                           times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """``step`` with ``closure(t, x)`` added to the nonlinear term at the stage times ``(t, t + dt/2,
         t + dt)``. The closure sees fresh tensors it may keep (``u`` itself first)."""
+        self._check(u)
         mm, mul = torch.mm, torch.mul
         start, half, end = times
         self.u.copy_(u)

@@ -297,6 +297,8 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         dt = self.dt if dt is None else float(dt)
         if u.ndim != 2 or u.shape[1] != self.n_points:  # the dense step would broadcast it, and its
             self.check_state(u)                           # reused buffers would take its shape: refuse
+        if u.shape[0] == 0:
+            return u.clone()  # nothing to step (and MKL's FFTs refuse empty batches)
         if self._use_dense(u):
             return self._dense_step(self._dense_stepper(u, dt), t, u, dt)
         # the transform is a new tensor, ours to update in place (fused kernels) when no gradient is needed

@@ -366,3 +366,14 @@ def test_rejects_bad_construction_and_states():
         solver.rollout(torch.zeros(2, 32, dtype=torch.float64), 1)
     with pytest.raises(SolverStateError):
         solver.rollout(torch.zeros(2, 64, dtype=torch.float32), 1)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
+def test_an_empty_batch_steps_to_an_empty_batch(implementation):
+    """Nothing to step: MKL's FFTs refuse empty batches, and the fused paths' first check ran one."""
+    solver = make_solver(implementation=implementation)
+    empty = torch.zeros(0, solver.n_points, dtype=torch.float64)
+    with torch.no_grad():
+        assert solver.rollout(empty, 4, save_every=2).shape == (0, 3, solver.n_points)
+        assert solver.step(0.0, empty).shape == (0, solver.n_points)
+    assert [t for t, _ in solver.trajectory(empty, 4, save_every=2)] == solver.times(4, save_every=2)

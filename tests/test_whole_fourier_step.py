@@ -134,6 +134,9 @@ def test_a_state_of_the_wrong_shape_is_refused_and_leaves_every_step_path_intact
             state = solver.to_fourier(torch.randn(shape, dtype=torch.float64))
             if state.ndim == 2:
                 assert not solver._fusable(state)
+            # step_internal takes only to_internal's states, but a wrong one must not corrupt the buffers
+            with pytest.raises((ValueError, RuntimeError, IndexError)):
+                solver.step_internal(0.0, torch.randn(shape, dtype=torch.float64), solver.dt)
         torch.testing.assert_close(solver.step(0.0, square), reference.step(0.0, square), rtol=0, atol=1e-13)
         torch.testing.assert_close(solver.rollout(square, 3), reference.rollout(square, 3), rtol=0, atol=1e-13)
 
