@@ -129,13 +129,42 @@ def _remember_failure(path: Path, message: str) -> None:
     os.replace(temporary, path)
 
 
-def _trusted(path: Path) -> bool:
+def _trusted(status: os.stat_result) -> bool:
     """A cached library is loaded only if this user (or root) owns it and no one else may write it: the
     cache directory may be shared, and loading a library runs its code."""
     if not hasattr(os, "getuid"):
         return True
-    status = path.stat()
     return status.st_uid in (os.getuid(), 0) and not status.st_mode & 0o022
+
+
+def _load_trusted(path: Path) -> ctypes.CDLL | None:
+    """The library at ``path`` if it is ``_trusted``, else ``None``. Loaded from the very file that was
+    checked, through its descriptor where ``/proc`` offers one: in a shared folder the name could be
+    pointed at another file between the check and the load. The descriptor stays open (``_LOADED_FROM``):
+    the dynamic loader knows a library by its name, and a closed descriptor's number, hence its
+    ``/proc`` name, would be given to the next file opened."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    checked = f"/proc/self/fd/{descriptor}"
+    if not _trusted(os.fstat(descriptor)):
+        os.close(descriptor)
+        return None
+    if not os.path.exists(checked):  # no /proc (macOS): the name, checked a moment ago
+        os.close(descriptor)
+        return ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(checked)
+    except OSError:
+        os.close(descriptor)
+        raise
+    _LOADED_FROM.append(descriptor)
+    return lib
+
+
+#: descriptors of the files the loaded libraries came from, open for the life of the process
+_LOADED_FROM: list[int] = []
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -178,9 +207,13 @@ def library() -> ctypes.CDLL | None:
         if failure.exists():
             raise RuntimeError(f"{failure.read_text(encoding='utf-8', errors='replace')} "
                                f"(remembered from an earlier build; delete {failure} to try again)")
-        if not (target.exists() and _trusted(target)):
+        lib = _load_trusted(target)
+        if lib is None:
             _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
+            lib = _load_trusted(target)
+            if lib is None:
+                raise RuntimeError(f"{target} was replaced by a file others may write right after it was "
+                                   f"built; check who else writes in {target.parent}")
         _declare(lib)
     except Exception as error:  # noqa: BLE001 -- any build or load failure: the torch operations
         _state["reason"] = f"building them failed ({type(error).__name__}: {error})"

@@ -211,6 +211,32 @@ def test_a_failing_compiler_warns_once_and_leaves_torch_in_charge(fresh_build, m
         assert c_kernels.library() is None
 
 
+def test_the_library_loaded_is_the_file_that_was_checked(fresh_build, monkeypatch):
+    """In a shared cache folder another user could point the name at their own file between the trust
+    check and the load; the load goes through the checked file's descriptor (Linux's /proc)."""
+    if c_kernels._compiler() is None or not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no C compiler, or no /proc")
+    assert c_kernels.library() is not None
+    (built,) = fresh_build.iterdir()
+    monkeypatch.setitem(c_kernels._state, "tried", False)
+    exists = os.path.exists
+
+    def swapping(path):  # called between the check and the load: the moment to swap the file
+        if str(path).startswith("/proc/self/fd/"):
+            impostor = fresh_build / "impostor"
+            impostor.write_bytes(b"not a library")
+            impostor.chmod(0o666)
+            os.replace(impostor, built)
+        return exists(path)
+
+    monkeypatch.setattr(os.path, "exists", swapping)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lib = c_kernels.library()
+    assert lib is not None and hasattr(lib, "fourier_step_f64")
+    assert built.read_bytes() == b"not a library"  # the name now names the impostor; it was not loaded
+
+
 def test_a_compiler_without_openmp_builds_single_threaded_kernels(fresh_build, monkeypatch, stage_kernels):
     compiler = c_kernels._compiler()
     if compiler is None:
