@@ -140,7 +140,8 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
     """
     path = Path(path)
     for key, source in (inputs or {}).items():
-        if source and path.resolve() == Path(source).resolve():
+        if source and (path.resolve() == Path(source).resolve()
+                       or path.exists() and Path(source).exists() and os.path.samefile(path, source)):
             raise DataError(f"{option} {path}: is the input file {key}, which the output would replace; "
                             "give another name")
     if path.exists() and path.is_dir() != folder:

@@ -19,7 +19,8 @@ __all__ = ["add_threads_argument", "torch_threads"]
 
 @contextlib.contextmanager
 def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
-    """``torch.set_num_threads(count)`` inside the block (0: torch's default), the previous count after it.
+    """``torch.set_num_threads(count)`` inside the block (0: leave the count as it is, torch's default
+    unless something set it), the previous count after it.
 
     Raises ``ConfigError`` naming ``name`` for a negative count."""
     if count < 0:
@@ -38,5 +39,6 @@ def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
 def add_threads_argument(parser: argparse.ArgumentParser, work: str) -> None:
     """The ``--threads N`` option of a verb whose ``work`` (words for the help) runs in torch."""
     parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help=f"torch CPU threads for {work} (default 1: small closures train as fast, and busy "
-                             "cores slow multi-threaded torch down badly; 0: torch's default)")
+                        help=f"torch CPU threads for {work} (default 1: the cases' closures are small, busy "
+                             "cores slow multi-threaded torch down badly, and equal counts give equal bits; "
+                             "0: leave torch's setting, its default unless set)")

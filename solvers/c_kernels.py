@@ -212,8 +212,13 @@ def library() -> ctypes.CDLL | None:
             _build(compiler, target)
             lib = _load_trusted(target)
             if lib is None:
-                raise RuntimeError(f"{target} was replaced by a file others may write right after it was "
-                                   f"built; check who else writes in {target.parent}")
+                status = target.stat()
+                if hasattr(os, "getuid") and status.st_uid == os.getuid():  # ours, yet writable by others
+                    raise RuntimeError(f"the file system of {target.parent} does not keep file modes (the "
+                                       "library just built is writable by others); set HYBRIDNDE_CACHE_DIR to a "
+                                       "folder on a local disk")
+                raise RuntimeError(f"{target} was replaced by another user's file right after it was built; "
+                                   f"check who else writes in {target.parent}")
         _declare(lib)
     except Exception as error:  # noqa: BLE001 -- any build or load failure: the torch operations
         _state["reason"] = f"building them failed ({type(error).__name__}: {error})"

@@ -6,7 +6,8 @@ import pytest
 from hybridnde.config import (ConfigError, KuramotoSivashinskyConfig, TwoBodyConfig, load_case, parse_case,
                               parse_override)
 
-CASES = sorted((Path(__file__).parents[1] / "cases").glob("*.toml"))
+CASES_DIR = Path(__file__).parents[1] / "cases"
+CASES = sorted(CASES_DIR.glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
@@ -69,9 +70,30 @@ def test_the_automatic_host_integrator_fits_the_host():
     assert parse_case({**spectral_truth, "hybrid": {"system": {"method": "finite_difference"}}}
                       ).host_time.integrator == "rk4"
     assert parse_case({**fd_truth, "hybrid": {"substeps": 250}}).host_time.integrator == "euler"
-    assert parse_case({**fd_truth, "hybrid": {"system": {"method": "spectral"}}}).host_time.integrator == "etdrk4"
+    spectral_host = parse_case({**fd_truth, "hybrid": {"system": {"method": "spectral"}},
+                                "training": {"regularizer": "jvp"}})
+    assert spectral_host.host_time.integrator == "etdrk4"
+    from hybridnde.training.build import check_training_config, reference_solver
+
+    check_training_config(spectral_host)  # the jvp reference: the FD truth stepped as the truth is
+    assert type(reference_solver(spectral_host)).__name__ == "KuramotoSivashinskyFiniteDifference"
     assert parse_case({"system": {"name": "two_body"}, "time": {"integrator": "dopri5"}}).host_time.integrator == "rk4"
     assert parse_case({**spectral_truth, "hybrid": {"setup": "neural_ode"}}).host_time.integrator == "rk4"
+
+
+def test_the_quick_table_is_checked_key_by_key_without_binding_the_run():
+    """[quick] keys and values are checked on every load, but rules joining keys bind only the variant
+    that runs: a --set may conflict with the quick variant, and a stored case (its overrides applied
+    without --quick) must read back, or closure files could no longer be checked against their case."""
+    from hybridnde.config import parse_case_text
+
+    case = load_case(CASES_DIR / "ks_l22.toml", overrides=["rollout.save_every=500"])  # [quick]: steps = 400
+    assert parse_case_text(case.to_toml()) == case
+    with_file = {"system": {"name": "lorenz63"}, "initial_condition": {"distribution": "file"},
+                 "quick": {"training.epochs": 2}}
+    assert parse_case(with_file, overrides=["initial_condition.file='ics.nc'"]).initial_condition.file == "ics.nc"
+    with pytest.raises(ConfigError, match=r"\[quick\]: training.epochs = -1 must be positive"):
+        parse_case({"system": {"name": "two_body"}, "quick": {"training.epochs": -1}})
 
 
 def test_overrides_parse_toml_literals_and_apply_last():

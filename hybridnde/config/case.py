@@ -132,29 +132,35 @@ def _apply(raw: dict[str, Any], path: list[str], value: Any, origin: str) -> Non
 
 
 def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: bool = False,
-               source: str = "case") -> CaseConfig:
+               source: str = "case", check_quick: bool = True) -> CaseConfig:
     """Validate a case mapping (as read from TOML) into a ``CaseConfig``.
 
     ``quick`` applies the case's ``[quick]`` table of dotted overrides; ``overrides`` are
     ``section.key=value`` strings applied last. Raises ``ConfigError`` naming the field.
+    ``check_quick``: also check the ``[quick]`` variant (with the same overrides) when it is not applied;
+    not for a case stored in a file, whose overrides were applied without it.
     """
     raw = copy.deepcopy(dict(raw))
     quick_table = raw.pop("quick", {})
     if not isinstance(quick_table, Mapping):
         raise ConfigError(f"{source}: [quick] must be a table of dotted keys, e.g. \"training.epochs\" = 10")
-    if not quick and quick_table:  # a typo there must not wait for the first --quick run
+    overrides = [(text, *parse_override(text)) for text in overrides]
+    if check_quick and not quick and quick_table:  # a typo there must not wait for the first --quick run
         trial = copy.deepcopy(raw)
         for dotted, value in quick_table.items():
             _apply(trial, dotted.split("."), value, f"{source} [quick] {dotted}")
-        try:
-            _typed_sections(trial, source)
+        for text, path, value in overrides:
+            _apply(trial, path, value, f"--set {text}")
+        try:  # each key's own rules only: those joining keys bind the variant that runs (a --set may
+              # conflict with the quick variant, e.g. rollout.save_every above its rollout.steps)
+            _typed_sections(trial, f"{source} [quick]", validate=False)
         except ConfigError as error:
-            raise ConfigError(f"{source} [quick]: {error}") from None
+            text = str(error)
+            raise ConfigError(text if text.startswith(source) else f"{source} [quick]: {text}") from None
     if quick:
         for dotted, value in quick_table.items():
             _apply(raw, dotted.split("."), value, f"{source} [quick] {dotted}")
-    for text in overrides:
-        path, value = parse_override(text)
+    for text, path, value in overrides:
         _apply(raw, path, value, f"--set {text}")
 
     sections, system = _typed_sections(raw, source)
@@ -176,8 +182,9 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     return case
 
 
-def _typed_sections(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], SystemConfig]:
-    """Each section of ``raw`` as its dataclass (unknown sections and keys, types and ranges checked)."""
+def _typed_sections(raw: Mapping[str, Any], source: str, *, validate: bool = True) -> tuple[dict[str, Any], SystemConfig]:
+    """Each section of ``raw`` as its dataclass (unknown sections and keys, types and ranges checked;
+    ``validate``: also each section's rules joining several keys)."""
     known = {"system", "quick", *SECTIONS}
     for name in raw:
         if name not in known:
@@ -186,7 +193,8 @@ def _typed_sections(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any]
             raise ConfigError(f"{source}: [{name}] must be a table")
     if "system" not in raw:
         raise ConfigError(f"{source}: missing [system] table with a name, e.g. name = \"lorenz63\"")
-    return {name: from_mapping(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}, parse_system(raw["system"])
+    sections = {name: from_mapping(cls, raw.get(name, {}), name, validate=validate) for name, cls in SECTIONS.items()}
+    return sections, parse_system(raw["system"], validate=validate)
 
 
 def parse_case_text(text: str, *, source: str = "case") -> CaseConfig:
@@ -195,7 +203,7 @@ def parse_case_text(text: str, *, source: str = "case") -> CaseConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML ({error})") from None
-    return parse_case(raw, source=source)
+    return parse_case(raw, source=source, check_quick=False)
 
 
 def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = False) -> CaseConfig:
@@ -245,6 +253,9 @@ def _check_consistency(case: CaseConfig) -> None:
         fitting = "'etdrk4'" if case.host_steps_etdrk4 else "'rk4' or 'euler'"
         raise ConfigError(f"hybrid.integrator = {host_time.integrator!r} does not fit the host "
                           f"({'spectral' if case.host_steps_etdrk4 else 'explicit'} solver); use {fitting}, or 'auto'")
+    if case.model.kind == "periodic_cnn" and case.model.kernel_size % 2 == 0:
+        raise ConfigError(f"model.kernel_size = {case.model.kernel_size}: give an odd width (the periodic "
+                          f"convolutions are centred on each grid point), e.g. {case.model.kernel_size + 1}")
     if isinstance(host, KuramotoSivashinskyConfig) and case.model.kind != "mlp" \
             and case.model.kernel_size // 2 > host.n_points:  # circular padding wraps around at most once
         raise ConfigError(f"model.kernel_size = {case.model.kernel_size} is wider than twice the host grid "

@@ -114,10 +114,11 @@ def _check_constraints(value: Any, metadata: Mapping[str, Any], where: str) -> N
             raise ConfigError(f"{where} = {item!r} must be at most {metadata['maximum']}")
 
 
-def from_mapping(cls: type, mapping: Mapping[str, Any], where: str) -> Any:
+def from_mapping(cls: type, mapping: Mapping[str, Any], where: str, *, validate: bool = True) -> Any:
     """Build the frozen dataclass ``cls`` from a TOML table, rejecting unknown keys and bad values.
 
-    ``where`` is the table's dotted path (``"training"``), used in every error message.
+    ``where`` is the table's dotted path (``"training"``), used in every error message. ``validate``:
+    also the rules joining several keys (the class's ``validate``), not only each key's own.
     """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
@@ -140,9 +141,8 @@ def from_mapping(cls: type, mapping: Mapping[str, Any], where: str) -> Any:
         _check_constraints(value, field.metadata, dotted)
         values[name] = value
     instance = cls(**values)
-    validate = getattr(instance, "validate", None)
-    if validate is not None:
-        validate(where)
+    if validate and hasattr(instance, "validate"):
+        instance.validate(where)
     return instance
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .fields import ConfigError, option
+from .fields import option
 
 __all__ = ["ModelConfig", "TrainingConfig"]
 
@@ -15,15 +15,10 @@ class ModelConfig:
     width: int = option(200, "hidden units (mlp) or channels (periodic_cnn)", positive=True)
     depth: int = option(2, "hidden layers", positive=True)
     activation: str = option("tanh", "nonlinearity", choices=("tanh", "gelu", "relu", "silu", "softplus", "elu"))
-    kernel_size: int = option(5, "periodic_cnn: odd convolution width", positive=True)
+    kernel_size: int = option(5, "periodic_cnn: odd convolution width, at most 2N + 1 of the host grid", positive=True)
     normalize: bool = option(True, "fit input/output normalisation (stored with the weights) to the training data: "
                              "inputs to the states' mean/std, outputs to the closure target's (data du/dt minus "
                              "the host's known physics)")
-
-    def validate(self, where: str) -> None:
-        if self.kernel_size % 2 == 0:
-            raise ConfigError(f"{where}.kernel_size = {self.kernel_size}: give an odd width (the periodic "
-                              f"convolutions are centred on each grid point), e.g. {self.kernel_size + 1}")
 
 
 @dataclass(frozen=True)

@@ -93,19 +93,19 @@ SystemConfig = (KuramotoSivashinskyConfig | TwoBodyConfig | RigidBodyConfig | Lo
                 | Lorenz63Config | DoublePendulumConfig)
 
 
-def parse_system(mapping: Mapping[str, Any], where: str = "system") -> SystemConfig:
-    """The ``[system]`` table, typed by its ``name``."""
+def parse_system(mapping: Mapping[str, Any], where: str = "system", *, validate: bool = True) -> SystemConfig:
+    """The ``[system]`` table, typed by its ``name`` (``validate``: as ``from_mapping``)."""
     name = mapping.get("name")
-    if name not in SYSTEM_CONFIGS:
+    if not isinstance(name, str) or name not in SYSTEM_CONFIGS:
         raise ConfigError(f"{where}.name = {name!r}: choose one of {sorted(SYSTEM_CONFIGS)}")
-    return from_mapping(SYSTEM_CONFIGS[name], mapping, where)
+    return from_mapping(SYSTEM_CONFIGS[name], mapping, where, validate=validate)
 
 
 @dataclass(frozen=True)
 class TimeConfig:
     dt: float = option(0.01, "time step of the solver (and sampling interval before save_every)", positive=True)
     n_steps: int = option(1000, "steps per trajectory after spin-up", positive=True)
-    save_every: int = option(1, "keep every k-th step in the output", positive=True)
+    save_every: int = option(1, "keep every k-th step in the output (at most n_steps)", positive=True)
     spinup_steps: int = option(0, "steps run and discarded before saving (reach the attractor)", nonnegative=True)
     integrator: str = option("auto", "time integrator: etdrk4 (spectral KS), rk4/euler, or an adaptive torchdiffeq "
                              "method; auto = etdrk4 for spectral KS, rk4 otherwise",
