@@ -111,8 +111,12 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
         u = dataset["u"]
         t0 = 0.0
         if "time" in u.dims:
+            if u.sizes["time"] == 0:
+                raise DataError(f"{path}: u has no time; initial conditions need at least one saved state")
             t0 = float(dataset["time"].values[0])
             u = u.isel(time=0)
+        if not np.issubdtype(u.dtype, np.number):
+            raise DataError(f"{path}: u holds {u.dtype} values; initial conditions need numbers")
         member_ids = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
                       else np.arange(n_members, dtype=np.int64))
         state_dim = u.dims[1]

@@ -265,18 +265,23 @@ def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
     ["--set", "rollout.initial_conditions='{two_body}'"],           # states of another system
     ["--set", "rollout.initial_conditions='{one_member}'"],         # too few members
     ["--set", "rollout.initial_conditions='{junk}'"],               # not NetCDF
+    ["--set", "rollout.initial_conditions='{no_time}'"],            # no saved state
+    ["--set", "rollout.initial_conditions='{text}'"],               # not numbers
     ["--set", "initial_condition.distribution='file'", "--set", "initial_condition.file='{junk}'"],
 ])
 def test_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, extra):
     from hybridnde.io import trajectory_dataset, write_netcdf
 
     case = write_case(tmp_path)
-    files = {"two_body": tmp_path / "two_body.nc", "one_member": tmp_path / "one.nc", "junk": tmp_path / "junk.nc"}
+    files = {name: tmp_path / f"{name}.nc" for name in ("two_body", "one_member", "junk", "no_time", "text")}
     write_netcdf(trajectory_dataset(np.ones((3, 1, 4)), [0.0], state_dim="component",
                                     state_coords=["x", "y", "vx", "vy"]), files["two_body"])
     x = np.arange(32) * 22.0 / 32
     write_netcdf(trajectory_dataset(np.cos(x)[None, None], [0.0], state_dim="x", state_coords=x), files["one_member"])
     files["junk"].write_text("not a NetCDF file")
+    dims = ("member", "time", "x")
+    xr.Dataset({"u": (dims, np.zeros((3, 0, 32)))}, coords={"time": np.zeros(0)}).to_netcdf(files["no_time"])
+    xr.Dataset({"u": (dims, np.full((3, 1, 32), "a"))}, coords={"time": [0.0]}).to_netcdf(files["text"])
     out = tmp_path / "never"
     assert run(case, out, "--quick", *(word.format(**files) for word in extra)) == 2
     assert not out.exists()
