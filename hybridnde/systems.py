@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from solvers import (ODE_SYSTEMS, Closure, ClosureOnly, KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral,
-                     SecondOrderHost, Solver)
+                     SecondOrderHost, Solver, StabilityLimitError)
 
 from .config import CaseConfig, ConfigError, KuramotoSivashinskyConfig, SystemConfig, TimeConfig, to_mapping
 
@@ -63,10 +63,12 @@ def build_host_solver(case: CaseConfig, *, closure: Closure | None = None, devic
     where the host cannot step the case's sampling interval."""
     try:
         host = build_solver(case.host_system, case.host_time, closure=closure, device=device, dtype=dtype)
-    except ValueError as error:  # e.g. an explicit host stepped beyond its stability limit
+    except StabilityLimitError as error:
         raise ConfigError(f"the host solver of [hybrid] cannot step the data's sampling interval "
                           f"{case.time.sample_interval:g} in hybrid.substeps = {case.hybrid.substeps} step(s): "
                           f"{error}; raise hybrid.substeps") from None
+    except ValueError as error:  # any other set-up the host's constructor refuses
+        raise ConfigError(f"[hybrid]: the host solver cannot be built ({error})") from None
     if case.hybrid.setup == "second_order":
         if host.component_names is None or len(host.state_shape) != 1 or host.state_shape[0] % 2:
             raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "

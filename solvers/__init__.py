@@ -2,7 +2,7 @@
 
 Imports torch and numpy only (never ``hybridnde``), so any simulation code can vendor this package.
 """
-from .base import Closure, ExplicitSolver, Solver, SolverStateError
+from .base import Closure, ExplicitSolver, Solver, SolverStateError, StabilityLimitError
 from .closure_only import ClosureOnly
 from .integrators import FIXED_STEP_METHODS, odeint_adaptive
 from . import fused_stages
@@ -12,7 +12,7 @@ from .odes import ODE_SYSTEMS, DoublePendulum, Lorenz63, LotkaVolterra, RigidBod
 from .second_order import SecondOrderHost
 
 __all__ = [
-    "Closure", "Solver", "ExplicitSolver", "ClosureOnly", "SolverStateError", "FIXED_STEP_METHODS", "odeint_adaptive",
+    "Closure", "Solver", "ExplicitSolver", "ClosureOnly", "SolverStateError", "StabilityLimitError", "FIXED_STEP_METHODS", "odeint_adaptive",
     "KuramotoSivashinskySpectral", "KuramotoSivashinskyFiniteDifference",
     "TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum", "ODE_SYSTEMS", "SecondOrderHost",
 ]

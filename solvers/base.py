@@ -16,7 +16,7 @@ from torch import Tensor
 from .cuda_graphs import CapturedStep, GraphCache, GraphCaptureError, module_tensor_addresses
 from .integrators import FIXED_STEP_METHODS, FixedStep, odeint_adaptive
 
-__all__ = ["Closure", "Solver", "ExplicitSolver", "SolverStateError", "PeriodicGrid"]
+__all__ = ["Closure", "Solver", "ExplicitSolver", "SolverStateError", "StabilityLimitError", "PeriodicGrid"]
 
 
 class Closure(Protocol):
@@ -25,6 +25,10 @@ class Closure(Protocol):
 
 class SolverStateError(ValueError):
     """A state whose shape, dtype or device does not fit the solver."""
+
+
+class StabilityLimitError(ValueError):
+    """A time step beyond an explicit scheme's stability limit (a smaller ``dt`` fixes it)."""
 
 
 class Solver(ABC):

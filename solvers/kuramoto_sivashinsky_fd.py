@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver, PeriodicGrid
+from .base import Closure, ExplicitSolver, PeriodicGrid, StabilityLimitError
 from .integrators import REAL_AXIS_STABILITY_LIMIT
 
 __all__ = ["KuramotoSivashinskyFiniteDifference", "central_difference_weights"]
@@ -82,7 +82,7 @@ class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
         if check_stability:
             limit = self.linear_stability_dt()
             if dt > limit:
-                raise ValueError(
+                raise StabilityLimitError(
                     f"dt={dt} exceeds the {integrator} stability limit {limit:.4g} of the finite-difference "
                     f"Kuramoto-Sivashinsky operator (order {fd_order}, N={n_points}, L={domain_length}); "
                     f"use dt <= {limit:.4g}, fewer grid points, or the spectral solver")
