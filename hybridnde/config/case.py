@@ -253,13 +253,15 @@ def _check_consistency(case: CaseConfig) -> None:
         fitting = "'etdrk4'" if case.host_steps_etdrk4 else "'rk4' or 'euler'"
         raise ConfigError(f"hybrid.integrator = {host_time.integrator!r} does not fit the host "
                           f"({'spectral' if case.host_steps_etdrk4 else 'explicit'} solver); use {fitting}, or 'auto'")
-    if case.model.kind == "periodic_cnn" and case.model.kernel_size % 2 == 0:
-        raise ConfigError(f"model.kernel_size = {case.model.kernel_size}: give an odd width (the periodic "
-                          f"convolutions are centred on each grid point), e.g. {case.model.kernel_size + 1}")
-    if isinstance(host, KuramotoSivashinskyConfig) and case.model.kind != "mlp" \
-            and case.model.kernel_size // 2 > host.n_points:  # circular padding wraps around at most once
-        raise ConfigError(f"model.kernel_size = {case.model.kernel_size} is wider than twice the host grid "
-                          f"(N = {host.n_points}); give at most {2 * host.n_points + 1}")
+    kernel_size = case.model.kernel_size
+    if case.model.kind == "periodic_cnn":
+        if kernel_size % 2 == 0:
+            raise ConfigError(f"model.kernel_size = {kernel_size}: give an odd width (the periodic convolutions "
+                              f"are centred on each grid point), e.g. {kernel_size + 1}")
+        # circular padding wraps around the grid at most once
+        if isinstance(host, KuramotoSivashinskyConfig) and kernel_size // 2 > host.n_points:
+            raise ConfigError(f"model.kernel_size = {kernel_size} is wider than twice the host grid "
+                              f"(N = {host.n_points}); give at most {2 * host.n_points + 1}")
     if isinstance(host, KuramotoSivashinskyConfig) and isinstance(system, KuramotoSivashinskyConfig):
         if host.n_points > system.n_points or system.n_points % host.n_points:
             raise ConfigError(f"hybrid.system.n_points = {host.n_points} must divide the truth's "

@@ -89,14 +89,8 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
                                   f"window needs {needed} (training.rollout_steps + 1): raise time.n_steps or lower "
                                   "training.rollout_steps")
             _check_common_times(case)
-            for key, path in (("initial_condition.file", case.initial_condition.file
-                               if case.initial_condition.distribution == "file" else ""),
-                              ("rollout.initial_conditions", case.rollout.initial_conditions
-                               if case.rollout.initial_conditions != "draw" else "")):
-                if path and not Path(path).is_file():
-                    raise ConfigError(f"{key} = {path!r} does not exist; give an existing NetCDF file")
-            ic = case.initial_condition
-            if ic.distribution == "file":  # its states: the system's, enough members, finite
+            ic = case.initial_condition  # files read as the stages read them: there, enough members, finite
+            if ic.distribution == "file":
                 draw_initial_conditions(ic, truth_solver, range(ic.members))
             if case.rollout.initial_conditions != "draw":
                 initial_states(case, build_host_solver(case), range(case.rollout.members))
