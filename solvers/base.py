@@ -106,7 +106,24 @@ class Solver(ABC):
         t = self.as_time(t)
         du_dt = self.known_rhs(t, u)
         if self.closure is not None:
-            du_dt = du_dt + self.closure(t, u)
+            du_dt = du_dt + self.closure_tendency(t, u)
+        return du_dt
+
+    def closure_contribution(self, du_dt: Tensor) -> Tensor:
+        """The part of a closure's output ``du_dt: (batch, *state)`` that this solver's right-hand side
+        adds: all of it here. A host that uses only part of it (``SecondOrderHost``: the accelerations)
+        overrides this with the linear projection it applies, so that regularizers acting on the
+        closure's own Jacobian (``J_C v``) see ``P J_C v``, the Jacobian the dynamics use."""
+        return du_dt
+
+    def closure_tendency(self, t: Tensor, u: Tensor) -> Tensor:
+        """``closure(t, u)``, refused (``SolverStateError``) unless it is a tensor of ``u``'s shape: a
+        ``(batch, 1)`` or ``(n,)`` result would broadcast into every member or point and run on wrong."""
+        du_dt = self.closure(t, u)
+        if not isinstance(du_dt, Tensor) or du_dt.shape != u.shape:
+            got = tuple(du_dt.shape) if isinstance(du_dt, Tensor) else type(du_dt).__name__
+            raise SolverStateError(f"the closure returned {got} for u of shape {tuple(u.shape)}; a closure "
+                                   f"must return du/dt of the same shape as u (one tendency per member and point)")
         return du_dt
 
     def as_time(self, t: Tensor | float) -> Tensor:

@@ -153,7 +153,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         u = self.to_physical(u_hat)
         if self.closure is None:
             return self.nonlinear_hat * self.to_fourier(u * u)
-        return torch.addcmul(self.to_fourier(self.closure(t, u)), self.nonlinear_hat, self.to_fourier(u * u))
+        return torch.addcmul(self.to_fourier(self.closure_tendency(t, u)), self.nonlinear_hat, self.to_fourier(u * u))
 
     # -- ETDRK4 -----------------------------------------------------------------------------------
     def coefficients(self, dt: float) -> dict[str, Tensor]:
@@ -223,7 +223,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
 
     def _dense_step(self, stepper: DenseStepper, t: Tensor | float, u: Tensor, dt: float) -> Tensor:
         if stepper.with_closure:
-            return stepper.step_with_closure(u, self.closure, self._stage_times(t, dt))
+            return stepper.step_with_closure(u, self.closure_tendency, self._stage_times(t, dt))
         return stepper.step(u)
 
     def _fourier_workspace(self, batch: int) -> FourierWorkspace:
@@ -285,7 +285,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
             if differentiable:
                 return plan.folded, lambda stage, x_hat: rfft(irfft(x_hat, n=n).square())
             return plan.folded, self._squared_hat
-        stage_times, closure, symbol = self._stage_times(t, dt), self.closure, self.nonlinear_hat
+        stage_times, closure, symbol = self._stage_times(t, dt), self.closure_tendency, self.nonlinear_hat
 
         def with_closure(stage: int, x_hat: Tensor) -> Tensor:
             u = irfft(x_hat, n=n)  # never squared in place: the closure may keep it or return it

@@ -42,10 +42,14 @@ class SecondOrderHost(ClosureOnly):
     def jvp(self, t: Tensor | float, u: Tensor, v: Tensor) -> Tensor:
         return torch.cat([v[..., self.half:], torch.zeros_like(v[..., self.half:])], dim=-1)
 
+    def closure_contribution(self, du_dt: Tensor) -> Tensor:
+        """``P du_dt``: the velocity block (accelerations) kept, the position block zeroed."""
+        return torch.cat([torch.zeros_like(du_dt[..., : self.half]), du_dt[..., self.half:]], dim=-1)
+
     def rhs(self, t: Tensor | float, u: Tensor) -> Tensor:
         t = self.as_time(t)
         du_dt = self.known_rhs(t, u)
         if self.closure is None:
             return du_dt
-        acceleration = self.closure(t, u)[..., self.half:]
+        acceleration = self.closure_tendency(t, u)[..., self.half:]
         return torch.cat([du_dt[..., : self.half], acceleration], dim=-1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from solvers import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral, Solver, TwoBody
+from solvers import KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral, Solver, SolverStateError, TwoBody
 from solvers.cuda_graphs import GraphCaptureError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -278,10 +278,12 @@ def test_a_failed_capture_steps_eagerly_and_a_failing_step_raises_with_a_cpu_sta
     monkeypatch.setattr(Solver, "captured_step_type", ReplayOnCPU)
 
     def broken(t, u):
-        return u[:, :3]
+        return u @ torch.ones(3, 3, dtype=u.dtype)  # (batch, 64) @ (3, 3): torch's RuntimeError
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
         saved_states(KuramotoSivashinskySpectral(closure=broken, capture_closure=True), u0)
+    with pytest.raises(SolverStateError, match="same shape as u"):  # the solver's own refusal, likewise
+        saved_states(KuramotoSivashinskySpectral(closure=lambda t, u: u[:, :3], capture_closure=True), u0)
 
 
 def two_body_states(batch: int, device) -> torch.Tensor:

@@ -369,6 +369,22 @@ def test_rejects_bad_construction_and_states():
 
 
 @pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
+def test_a_closure_of_the_wrong_shape_is_refused_not_broadcast(implementation):
+    """The dense step copies the closure into ``(batch, n)`` slots, the FFT step adds it: both broadcast."""
+    from solvers import SolverStateError
+
+    u0 = 0.1 * torch.randn(3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for wrong in [lambda t, u: torch.zeros(u.shape[0], 1, dtype=u.dtype), lambda t, u: torch.zeros(32, dtype=u.dtype)]:
+        solver = make_solver(n_points=32, implementation=implementation, closure=wrong)
+        for method, arguments in (("rhs", (0.0, u0)), ("step", (0.0, u0)), ("rollout", (u0, 2))):
+            with pytest.raises(SolverStateError, match="same shape as u"):
+                getattr(solver, method)(*arguments)
+    zero = make_solver(n_points=32, implementation=implementation, closure=lambda t, u: torch.zeros_like(u))
+    torch.testing.assert_close(zero.rollout(u0, 2), make_solver(n_points=32, implementation=implementation).rollout(u0, 2),
+                               rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
 def test_an_empty_batch_steps_to_an_empty_batch(implementation):
     """Nothing to step: MKL's FFTs refuse empty batches, and the fused paths' first check ran one."""
     solver = make_solver(implementation=implementation)

@@ -303,6 +303,21 @@ def test_check_state_rejects_bad_states(name):
     assert solver.state_shape == (n,) and len(set(solver.component_names)) == n
 
 
+@pytest.mark.parametrize("name", sorted(ODE_SYSTEMS))
+def test_a_closure_of_the_wrong_shape_is_refused_not_broadcast(name):
+    """``(batch, 1)`` or ``(n,)`` tendencies would broadcast into every member or component."""
+    n = len(ODE_SYSTEMS[name].component_names)
+    u0 = sample_states(name, 3, torch.Generator().manual_seed(0))
+    for wrong in [lambda t, u: torch.zeros(u.shape[0], 1, dtype=u.dtype), lambda t, u: torch.zeros(n, dtype=u.dtype),
+                  lambda t, u: u.sum().item()]:
+        solver = ODE_SYSTEMS[name](closure=wrong)
+        for method, arguments in (("rhs", (0.0, u0)), ("step", (0.0, u0)), ("rollout", (u0, 2))):
+            with pytest.raises(SolverStateError, match="same shape as u"):
+                getattr(solver, method)(*arguments)
+    solver = ODE_SYSTEMS[name](closure=lambda t, u: torch.zeros_like(u))
+    assert torch.equal(solver.rollout(u0, 2), ODE_SYSTEMS[name]().rollout(u0, 2))
+
+
 def test_constructor_errors_name_the_fix():
     with pytest.raises(ValueError, match="dt"):
         Lorenz63(dt=-0.1)

@@ -10,7 +10,7 @@ from hybridnde.models import MLPClosure, PeriodicCNNClosure
 from hybridnde.regularizers import (ProbeSampler, closure_jvp, directional_jacobian_penalty, draw_probes,
                                     finite_difference_directional_penalty, finite_difference_mismatch,
                                     sampling_error, supports_tangent)
-from solvers import KuramotoSivashinskySpectral, RigidBody, TwoBody
+from solvers import DoublePendulum, KuramotoSivashinskySpectral, RigidBody, SecondOrderHost, TwoBody
 
 from conftest import fitted_order
 
@@ -83,6 +83,42 @@ def test_penalty_is_zero_for_a_closure_equal_to_the_missing_physics():
     u = two_body_states()
     value = directional_jacobian_penalty(ode.known_rhs, u, draw_probes(u.shape, count=4), reference_jvp=ode.jvp)
     assert float(value) < 1e-24
+
+
+def test_a_second_order_host_is_penalised_for_the_jacobian_its_dynamics_use():
+    """``SecondOrderHost`` adds only the closure's accelerations: ``J_{F_theta} = J_known + P J_C``. The
+    position block the host drops must not count (it did: 290.01 against 289.98 here, and scaling the
+    dropped outputs moved it, while the dynamics stayed the same)."""
+    from types import SimpleNamespace
+
+    from hybridnde.training.terms import DirectionalDerivativeTerm
+
+    truth, model = DoublePendulum(), mlp(state_dim=4, seed=2)
+    u = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    host = SecondOrderHost(state_shape=(4,), dt=0.01, closure=model)
+    with torch.no_grad():
+        def host_at(x):
+            return host.rhs(torch.zeros(()), x.unsqueeze(0))[0]
+
+        def truth_at(x):
+            return truth.known_rhs(torch.zeros(()), x.unsqueeze(0))[0]
+
+        difference = torch.func.vmap(torch.func.jacrev(host_at))(u) - torch.func.vmap(torch.func.jacrev(truth_at))(u)
+        dense = float(difference.pow(2).sum((1, 2)).mean())
+        basis = torch.eye(4, dtype=torch.float64)[:, None, :].expand(4, 5, 4)  # E[v v^T] = I exactly, 4 probes
+        projected = float(directional_jacobian_penalty(model, u, basis, reference_jvp=truth.jvp, known_jvp=host.jvp,
+                                                       closure_contribution=host.closure_contribution))
+        unprojected = float(directional_jacobian_penalty(model, u, basis, reference_jvp=truth.jvp,
+                                                         known_jvp=host.jvp))
+    # the mean over the 4 basis probes of ||M e_i||^2 is ||M||_F^2 / 4
+    assert projected == pytest.approx(dense / 4, rel=1e-12) and unprojected > projected * (1 + 1e-6)
+    # the training term hands the host's projection over
+    term = DirectionalDerivativeTerm(weight=1.0, reference_jvp=truth.jvp, known_jvp=host.jvp,
+                                     probes=ProbeSampler(count=2, seed=5))
+    value = term(model, host, SimpleNamespace(windows=u[:, None]), epoch=0)["jvp"].value
+    expected = directional_jacobian_penalty(model, u, ProbeSampler(count=2, seed=5)(u), reference_jvp=truth.jvp,
+                                            known_jvp=host.jvp, closure_contribution=host.closure_contribution)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,8 +7,9 @@ match the true ``J_F`` along directions, never forming a dense Jacobian:
   ``L_AD = mean_{u, v} || J_{F_theta}(u) v - J_F(u) v ||^2`` over data states ``u`` and random
   probes ``v`` (``E[v v^T] = I``), whose expectation over ``v`` is ``|| J_{F_theta} - J_F ||_F^2``
   (Hutchinson). The known part's directional derivative ``J_{F_known} v`` is exact and free of
-  parameters, so the mismatch is ``J_C v - (J_F v - J_{F_known} v)``: one forward-mode product
-  through the closure (``tangent.closure_jvp``) against the solvers' exact ``jvp``s.
+  parameters, so the mismatch is ``P J_C v - (J_F v - J_{F_known} v)``: one forward-mode product
+  through the closure (``tangent.closure_jvp``) against the solvers' exact ``jvp``s, with ``P`` the
+  part of the closure's output the host adds (the identity but for ``SecondOrderHost``).
 * ``finite_difference_directional_penalty`` (data only): finite differences along the
   trajectory's own steps, the paper's ``L_FD`` by default (``stencil="one_sided"``), or a centred,
   second-order variant.
@@ -49,7 +50,8 @@ def _sum_over_state(x: Tensor, leading: int) -> Tensor:
 def directional_jacobian_penalty(closure: VectorField, u: Tensor, probes: Tensor, *,
                                  reference_jvp: JacobianVectorProduct,
                                  known_jvp: JacobianVectorProduct | None = None,
-                                 t: Tensor | float = 0.0, method: str = "auto") -> Tensor:
+                                 t: Tensor | float = 0.0, method: str = "auto",
+                                 closure_contribution: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Exact directional-derivative mismatch of the hybrid right-hand side, ``L_AD``.
 
     Args:
@@ -61,6 +63,10 @@ def directional_jacobian_penalty(closure: VectorField, u: Tensor, probes: Tensor
         known_jvp: ``(t, u, v) -> J_{F_known}(u) v`` of the host's known physics (``None``: no known
             physics, a plain neural ODE).
         method: how ``J_C v`` is computed, see ``tangent.closure_jvp``.
+        closure_contribution: the linear map ``P`` from the closure's output to what the host adds
+            (a solver's ``closure_contribution``; ``None``: all of it), so that ``J_{F_theta} v =
+            J_{F_known} v + P J_C v``. Without it a ``SecondOrderHost`` would be penalised for the
+            position block it discards.
 
     Returns:
         0-dim tensor ``mean_{batch, P} sum_state (J_{F_theta} v - J_F v)^2``; its expectation over
@@ -77,7 +83,10 @@ def directional_jacobian_penalty(closure: VectorField, u: Tensor, probes: Tensor
         if known_jvp is not None:
             target = target - known_jvp(t, stacked_u, stacked_v)
         target = target.reshape(count, *u.shape)
-    mismatch = closure_jvp(closure, t, u, probes, method=method) - target
+    closure_part = closure_jvp(closure, t, u, probes, method=method)
+    if closure_contribution is not None:
+        closure_part = closure_contribution(closure_part)
+    mismatch = closure_part - target
     return _sum_over_state(mismatch, 2).mean()
 
 

@@ -131,7 +131,8 @@ class DirectionalDerivativeTerm:
     def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
         u = batch.windows[:, 0]
         value = directional_jacobian_penalty(model, u, self.probes(u), reference_jvp=self.reference_jvp,
-                                             known_jvp=self.known_jvp, method=self.method)
+                                             known_jvp=self.known_jvp, method=self.method,
+                                             closure_contribution=solver.closure_contribution)
         return {self.name: Weighted(value, ramp(self.weight, epoch, self.warmup_epochs))}
 
     def state_dict(self) -> dict[str, Tensor]:
