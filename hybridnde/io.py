@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -17,7 +18,7 @@ import numpy as np
 
 __all__ = [
     "DataError", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf",
-    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path",
+    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description",
 ]
 
 #: member status values (CF flag_values / flag_meanings)
@@ -45,6 +46,20 @@ def _package_version() -> str:
     from . import __version__
 
     return __version__
+
+
+def platform_description(device: Any) -> str:
+    """What computed the values, for the ``platform`` attribute: the last bits of a trajectory depend on
+    the torch build, the device and the thread count (reductions and FFTs split work by threads)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = platform.processor() or platform.machine() or "unknown processor"
+    return (f"torch {torch.__version__} on {device} ({hardware}), {torch.get_num_threads()} torch thread(s); "
+            f"numpy {np.__version__}; Python {platform.python_version()}")
 
 
 def trajectory_dataset(u: np.ndarray, times: Sequence[float], *, state_dim: str, state_coords: Any,

@@ -30,7 +30,7 @@ from .chunk_codec import ChunkLayout, encode_block
 from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
-from .io import STATUS_FLAGS, DataError, check_output_path
+from .io import STATUS_FLAGS, DataError, check_output_path, platform_description
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files
 from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
@@ -327,7 +327,8 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
         rate = member_steps / seconds if seconds > 0 else float("nan")
         setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": seconds,
                                                   "member_steps": member_steps, "member_steps_per_second": rate,
-                                                  "members_blew_up": blew_up})
+                                                  "members_blew_up": blew_up,
+                                                  "platform": platform_description(setup.solver.device)})
         remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,
                                  member_steps=member_steps, seconds=seconds, ranks=comm.size,

@@ -10,7 +10,7 @@ import torch
 from .config import CaseConfig
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .initial_conditions import draw_initial_conditions
-from .io import STATUS_FLAGS, trajectory_dataset
+from .io import STATUS_FLAGS, platform_description, trajectory_dataset
 from .progress import progress_bar
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
@@ -71,4 +71,5 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
         title=f"{case.case.name}: reference trajectories of {case.system.name}", solver=repr(solver),
         case_toml=case.to_toml(),
         extra_attrs={"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),
-                     "dt": time.dt, "save_every": time.save_every, "wall_seconds": seconds, **extra})
+                     "dt": time.dt, "save_every": time.save_every, "wall_seconds": seconds,
+                     "platform": platform_description(device), **extra})

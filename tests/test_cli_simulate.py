@@ -43,6 +43,9 @@ def test_simulate_writes_cf_netcdf_matching_the_solver(tmp_path):
         assert ds.sizes == {"member": 3, "time": 21, "component": 3}
         assert ds.attrs["Conventions"] == "CF-1.10"
         assert "lorenz63" in ds.attrs["case_toml"] and "hybridnde" in ds.attrs["source"]
+        # what computed it: the last bits depend on the torch build, the device and the threads (--threads 1)
+        assert ds.attrs["platform"].startswith(f"torch {torch.__version__} on cpu (")
+        assert "), 1 torch thread(s); numpy" in ds.attrs["platform"]
         assert ds.status.attrs["flag_meanings"] == "ok blew_up nonfinite_input"
         assert (ds.status.values == 0).all() and np.isnan(ds.blowup_time.values).all()
         assert ds.u.encoding["zlib"] and ds.time.attrs["long_name"] == "time"

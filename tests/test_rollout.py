@@ -167,6 +167,8 @@ def test_file_has_the_schema_of_the_io_writer_and_reads_back(case_files, tmp_pat
         assert set(theirs.ncattrs()) <= set(ours.ncattrs())
     assert streamed.attrs["Conventions"] == "CF-1.10" and streamed.attrs["closure_checksum"] == "none"
     assert streamed.attrs["stage"] == "rollout" and streamed.attrs["member_steps"] == 4 * 24
+    assert streamed.attrs["platform"].startswith(f"torch {torch.__version__} on cpu (")
+    assert "), 1 torch thread(s); numpy" in streamed.attrs["platform"]  # rollout.threads = 1, the default
     # the stored configuration is the full case: it parses back to the same thing
     assert tomllib.loads(streamed.attrs["case_toml"])["rollout"] == tomllib.loads(case.to_toml())["rollout"]
     if shutil.which("ncdump"):
