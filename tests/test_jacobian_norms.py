@@ -108,6 +108,45 @@ def test_spectral_norm_power_iteration_matches_svd_and_warm_starts(dtype, device
     torch.testing.assert_close(exact.per_member(_field(net), t, u), sigma, rtol=rtol, atol=0)
 
 
+def test_warm_starts_per_state_survive_shuffled_batches_and_stay_bounded():
+    """Shuffled minibatches never repeat a batch, so vectors are kept per state (``row_ids``): a new
+    mix of seen states starts warm, and the store holds one vector per distinct state however many
+    batches were drawn (per batch, it grew by one block each call)."""
+    dtype, device = torch.float64, torch.device("cpu")
+    net = _mlp(6, 32, dtype, device)
+    t = torch.tensor(0.0, dtype=dtype)
+    u = _states(8, 6, dtype, device)
+    sigma = torch.linalg.svdvals(_reference_jacobian(net, t, u))[:, 0]
+    warm = SpectralNorm(iterations=1, initial_iterations=120, generator=torch.Generator().manual_seed(3))
+    ids = torch.arange(8) * 7 + 100  # any integers naming the states
+    for half in (slice(0, 4), slice(4, 8)):
+        warm.per_member(_field(net), t, u[half], row_ids=ids[half])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mix = torch.randperm(8, generator=generator)[:4]
+        torch.testing.assert_close(warm.per_member(_field(net), t, u[mix], row_ids=ids[mix]), sigma[mix],
+                                   rtol=1e-8, atol=0)  # one iteration from the stored vectors suffices
+    assert len(warm.state) == 8
+    cold = SpectralNorm(iterations=1, initial_iterations=1, generator=torch.Generator().manual_seed(3))
+    assert (cold.per_member(_field(net), t, u[:4]) - sigma[:4]).abs().max() > 1e-6 * sigma.max()
+    # a state seen twice in one batch (overlapping windows) is one state
+    warm.per_member(_field(net), t, u[[0, 0, 1]], row_ids=ids[[0, 0, 1]])
+    assert len(warm.state) == 8
+    with pytest.raises(ValueError, match="one id per state"):
+        warm.per_member(_field(net), t, u[:4], row_ids=ids[:3])
+    # whole-batch keys stay bounded too, least recently used out
+    keyed = ConditionNumber(method="lanczos", steps=3, generator=torch.Generator().manual_seed(1))
+    for key in range(3 * keyed.state.max_keys):
+        keyed.per_member(_field(net), t, u[:2], key=key)
+    assert len(keyed.state) == keyed.state.max_keys
+    # and the store round-trips through a checkpoint's state dict
+    restored = SpectralNorm(iterations=1, initial_iterations=120, generator=torch.Generator().manual_seed(99))
+    restored.load_state_dict(warm.state_dict())
+    mix = torch.tensor([5, 2, 7])
+    assert torch.equal(restored.per_member(_field(net), t, u[mix], row_ids=ids[mix]),
+                       warm.per_member(_field(net), t, u[mix], row_ids=ids[mix]))
+
+
 def test_condition_number_exact_and_lanczos_match_svd(dtype, device):
     net = _mlp(5, 32, dtype, device)
     t = torch.tensor(0.0, dtype=dtype, device=device)

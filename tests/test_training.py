@@ -59,8 +59,12 @@ def test_training_reduces_the_rollout_loss_and_the_regularizer(tmp_path, truth_f
     assert payload["metadata"]["epochs_run"] == 25 and payload["metadata"]["training"]["regularizer"] == regularizer
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeypatch):
-    case = toy_case({"regularizer": "jvp", "regularizer_weight": 1e-4, "patience": 4})
+@pytest.mark.parametrize("penalty", [{}, {"jacobian_penalty": "frobenius", "probes": 2},
+                                     {"jacobian_penalty": "spectral", "jacobian_penalty_weight": 1e-2}])
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeypatch, penalty):
+    """Also with the penalties' random state: Hutchinson probes (Frobenius, 2 probes for n = 4) and the
+    power iteration's warm-start vectors (spectral), which the checkpoint must carry."""
+    case = toy_case({"regularizer": "jvp", "regularizer_weight": 1e-4, "patience": 4, **penalty})
     straight = tmp_path / "straight" / "closure.pt"
     train_case(case, truth_file, straight, progress=False)
     assert not checkpoint_path(straight).exists()  # removed once the closure is saved

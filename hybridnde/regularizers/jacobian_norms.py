@@ -44,6 +44,16 @@ class JacobianPenalty(Protocol):
     def __call__(self, vector_field: VectorField, t: Tensor, u: Tensor) -> Tensor: ...
 
 
+def _generator_state(generator: torch.Generator | None) -> dict[str, Tensor]:
+    """A penalty's own random stream for checkpoints (``None``: torch's global one, which the trainer keeps)."""
+    return {} if generator is None else {"generator": generator.get_state()}
+
+
+def _load_generator_state(generator: torch.Generator | None, state: dict[str, Tensor]) -> None:
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
 def _normalize(v: Tensor) -> Tensor:
     """Unit rows of ``v: (batch, n)`` (a zero row stays zero)."""
     return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
@@ -107,6 +117,12 @@ class FrobeniusNorm:
             _, projected = vector_jacobian_product(vector_field, t, repeated, probes)
         return projected.reshape(self.probes * batch, -1).pow(2).sum(-1).mean()
 
+    def state_dict(self) -> dict[str, Tensor]:
+        return _generator_state(self.generator)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        _load_generator_state(self.generator, state)
+
     def __repr__(self) -> str:
         return f"FrobeniusNorm(probes={self.probes}, estimator={self.estimator!r}, product={self.product!r})"
 
@@ -125,27 +141,101 @@ class KineticEnergy:
 
 
 class _WarmStart:
-    """Vectors kept between calls, per state batch: keyed by the caller's ``key`` (e.g. the index of
-    the data batch) or, without one, by shape, dtype and device."""
+    """Vectors kept between calls, ``(batch, n)`` per call, found again in one of two ways.
 
-    def __init__(self, generator: torch.Generator | None):
-        self.generator = generator
-        self._vectors: dict[Hashable, Tensor] = {}
+    * ``row_ids`` (``(batch,)`` integers naming each state, e.g. a data sample's index): one vector per
+      state, so shuffled minibatches reuse what earlier batches found and the store is bounded by the
+      number of distinct states (the data's size) however many batch compositions training draws.
+    * otherwise ``key`` (e.g. a batch's name; ``None``: the shape, dtype and device): one ``(batch, n)``
+      block per key, the ``max_keys`` most recently used kept.
+    """
 
-    def get(self, key: Hashable, shape: tuple[int, int], like: Tensor) -> Tensor | None:
-        stored = self._vectors.get(key)
-        if stored is None or stored.shape != shape:
-            return None
-        return stored.to(device=like.device, dtype=like.dtype)
+    def __init__(self, generator: torch.Generator | None, *, max_keys: int = 16):
+        self.generator, self.max_keys = generator, max_keys
+        self._vectors: dict[Hashable, Tensor] = {}  # insertion order = least recently used first
+        self._slots: dict[int, int] = {}            # row id -> row of ``_rows``
+        self._rows: Tensor | None = None            # (capacity, n)
 
-    def put(self, key: Hashable, vectors: Tensor) -> None:
-        self._vectors[key] = vectors.detach()
+    def start(self, u: Tensor, shape: tuple[int, int], *, key: Hashable | None,
+              row_ids: Tensor | None) -> tuple[Tensor, bool]:
+        """Start vectors ``shape = (batch, n)`` (unit rows) and whether every row had a stored one
+        (rows without get random directions)."""
+        if row_ids is None:
+            stored = self._vectors.pop(_state_key(u, key), None)
+            if stored is not None and stored.shape == shape:
+                self._vectors[_state_key(u, key)] = stored  # most recently used
+                return stored.to(device=u.device, dtype=u.dtype), True
+            return self.random(shape, u), False
+        slots = self._row_slots(row_ids, shape)
+        found = slots >= 0
+        if self._rows is None or not bool(found.any()):
+            return self.random(shape, u), False
+        vectors = self._rows[slots.clamp_min(0).to(self._rows.device)].to(device=u.device, dtype=u.dtype)
+        if bool(found.all()):
+            return vectors, True
+        missing = (~found).to(u.device)[:, None]
+        return torch.where(missing, self.random(shape, u), vectors), False
+
+    def put(self, u: Tensor, vectors: Tensor, *, key: Hashable | None, row_ids: Tensor | None) -> None:
+        vectors = vectors.detach()
+        if row_ids is None:
+            name = _state_key(u, key)
+            self._vectors.pop(name, None)
+            self._vectors[name] = vectors
+            while len(self._vectors) > self.max_keys:
+                self._vectors.pop(next(iter(self._vectors)))
+            return
+        self._row_slots(row_ids, tuple(vectors.shape))  # checks the ids, resets a store of another n
+        last = {int(i): index for index, i in enumerate(row_ids.tolist())}  # one write per state
+        for i in last:
+            self._slots.setdefault(i, len(self._slots))
+        needed = len(self._slots)
+        if self._rows is None or self._rows.shape[0] < needed:  # grow by doubling
+            grown = torch.zeros(max(needed, 2 * (0 if self._rows is None else self._rows.shape[0])), vectors.shape[1],
+                                dtype=vectors.dtype, device=vectors.device)
+            if self._rows is not None:
+                grown[: self._rows.shape[0]] = self._rows.to(grown)
+            self._rows = grown
+        slots = torch.tensor([self._slots[i] for i in last], dtype=torch.long, device=self._rows.device)
+        rows = torch.tensor(list(last.values()), dtype=torch.long, device=vectors.device)
+        self._rows[slots] = vectors[rows].to(self._rows)
+
+    def _row_slots(self, row_ids: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """``(batch,)`` slots of ``row_ids`` in the store, ``-1`` where none; resets a store of another ``n``."""
+        if row_ids.shape != (shape[0],):
+            raise ValueError(f"row_ids have shape {tuple(row_ids.shape)}; expected ({shape[0]},): one id per state")
+        if self._rows is not None and self._rows.shape[1] != shape[1]:
+            self._slots.clear()
+            self._rows = None
+        return torch.tensor([self._slots.get(int(i), -1) for i in row_ids.tolist()], dtype=torch.long)
 
     def random(self, shape: tuple[int, int], like: Tensor) -> Tensor:
         return _normalize(_random_directions(shape, like, self.generator))
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The random stream and the per-state vectors (``row_ids``), for checkpoints; ``key``ed blocks
+        are left out (a resumed caller recomputes them from a cold start)."""
+        state = _generator_state(self.generator)
+        if self._rows is not None:
+            state["row_ids"] = torch.tensor(list(self._slots), dtype=torch.long)  # slots in insertion order
+            state["rows"] = self._rows[: len(self._slots)].cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        _load_generator_state(self.generator, state)
+        self.clear()
+        if "rows" in state:
+            self._slots = {int(i): slot for slot, i in enumerate(state["row_ids"].tolist())}
+            self._rows = state["rows"].clone()
+
     def clear(self) -> None:
         self._vectors.clear()
+        self._slots.clear()
+        self._rows = None
+
+    def __len__(self) -> int:
+        """Stored blocks (keys) plus stored rows."""
+        return len(self._vectors) + len(self._slots)
 
 
 def _state_key(u: Tensor, key: Hashable | None) -> Hashable:
@@ -177,35 +267,39 @@ class SpectralNorm:
         self.state = _WarmStart(generator)
 
     def singular_vectors(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                         key: Hashable | None = None) -> Tensor:
-        """Leading right singular vectors ``(batch, n)`` (unit rows, no graph)."""
+                         key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
+        """Leading right singular vectors ``(batch, n)`` (unit rows, no graph); warm starts are found by
+        ``row_ids`` (one id per state) or by ``key`` (see ``_WarmStart``)."""
         batch, n = u.shape[0], u[0].numel()
-        key = _state_key(u, key)
-        x = self.state.get(key, (batch, n), u)
-        iterations = self.iterations
-        if x is None:
-            x, iterations = self.state.random((batch, n), u), self.initial_iterations
+        x, warm = self.state.start(u, (batch, n), key=key, row_ids=row_ids)
+        iterations = self.iterations if warm else self.initial_iterations
         states = u.detach()
         with torch.no_grad():
             for _ in range(iterations):
                 _, jx = jacobian_vector_product(vector_field, t, states, x.reshape(u.shape), method=self.jvp_method)
                 _, jtjx = vector_jacobian_product(vector_field, t, states, jx)
                 x = _normalize(jtjx.reshape(batch, n))
-        self.state.put(key, x)
+        self.state.put(u, x, key=key, row_ids=row_ids)
         return x
 
     def per_member(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                   key: Hashable | None = None) -> Tensor:
+                   key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
         """``sigma_max(J_b)``, shape ``(batch,)``, differentiable."""
         if self.method == "exact":
             return torch.linalg.svdvals(dense_jacobian(vector_field, t, u, method=self.jvp_method))[:, 0]
-        x = self.singular_vectors(vector_field, t, u, key=key)
+        x = self.singular_vectors(vector_field, t, u, key=key, row_ids=row_ids)
         _, jx = jacobian_vector_product(vector_field, t, u, x.reshape(u.shape), method=self.jvp_method)
         return jx.reshape(u.shape[0], -1).norm(dim=-1)
 
     def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                 key: Hashable | None = None) -> Tensor:
-        return self.per_member(vector_field, t, u, key=key).mean()
+                 key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
+        return self.per_member(vector_field, t, u, key=key, row_ids=row_ids).mean()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.state.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"SpectralNorm(method={self.method!r}, iterations={self.iterations})"
@@ -242,14 +336,11 @@ class ConditionNumber:
         return self.method == "exact" or (self.method == "auto" and n <= self.exact_max_dim)
 
     def extreme_singular_vectors(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                                 key: Hashable | None = None) -> tuple[Tensor, Tensor]:
+                                 key: Hashable | None = None, row_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Lanczos estimates of the right singular vectors of ``sigma_max`` and ``sigma_min``, each
-        ``(batch, n)`` with unit rows (no graph)."""
+        ``(batch, n)`` with unit rows (no graph); warm starts by ``row_ids`` or ``key`` (``_WarmStart``)."""
         batch, n = u.shape[0], u[0].numel()
-        key = _state_key(u, key)
-        start = self.state.get(key, (batch, n), u)
-        if start is None:
-            start = self.state.random((batch, n), u)
+        start, _ = self.state.start(u, (batch, n), key=key, row_ids=row_ids)
         steps = min(self.steps, n)
         states = u.detach()
         basis = torch.zeros(batch, steps, n, dtype=u.dtype, device=u.device)
@@ -287,31 +378,37 @@ class ConditionNumber:
             _, ritz = torch.linalg.eigh(tridiagonal)  # ascending eigenvalues
             smallest = _normalize(torch.einsum("bkn,bk->bn", basis, ritz[:, :, 0]))
             largest = _normalize(torch.einsum("bkn,bk->bn", basis, ritz[:, :, -1]))
-        self.state.put(key, smallest + largest)
+        self.state.put(u, smallest + largest, key=key, row_ids=row_ids)
         return largest, smallest
 
     def extreme_singular_values(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                                key: Hashable | None = None) -> tuple[Tensor, Tensor]:
+                                key: Hashable | None = None, row_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(sigma_max, sigma_min)``, each ``(batch,)``, differentiable."""
         batch, n = u.shape[0], u[0].numel()
         if self.uses_exact(n):
             singular_values = torch.linalg.svdvals(dense_jacobian(vector_field, t, u, method=self.jvp_method))
             return singular_values[:, 0], singular_values[:, -1]
-        largest, smallest = self.extreme_singular_vectors(vector_field, t, u, key=key)
+        largest, smallest = self.extreme_singular_vectors(vector_field, t, u, key=key, row_ids=row_ids)
         vectors = torch.cat([largest, smallest]).reshape(2 * batch, *u.shape[1:])
         _, jv = jacobian_vector_product(vector_field, t, torch.cat([u, u]), vectors, method=self.jvp_method)
         norms = jv.reshape(2 * batch, -1).norm(dim=-1)
         return norms[:batch], norms[batch:]
 
     def per_member(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                   key: Hashable | None = None) -> Tensor:
+                   key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
         """``kappa(J_b)``, shape ``(batch,)``; ``inf`` where ``J_b`` is singular."""
-        sigma_max, sigma_min = self.extreme_singular_values(vector_field, t, u, key=key)
+        sigma_max, sigma_min = self.extreme_singular_values(vector_field, t, u, key=key, row_ids=row_ids)
         return sigma_max / sigma_min
 
     def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
-                 key: Hashable | None = None) -> Tensor:
-        return self.per_member(vector_field, t, u, key=key).mean()
+                 key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
+        return self.per_member(vector_field, t, u, key=key, row_ids=row_ids).mean()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.state.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"ConditionNumber(method={self.method!r}, steps={self.steps})"

@@ -9,14 +9,23 @@ The fields are autonomous here, so they are evaluated at ``t = 0``.
 """
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from solvers import Solver
 
 from ..regularizers.jacobian_norms import JacobianPenalty
 from .terms import Batch, Weighted, ramp
 
-__all__ = ["JacobianPenaltyTerm"]
+__all__ = ["JacobianPenaltyTerm", "sample_ids"]
+
+
+def sample_ids(starts: Tensor, length: int) -> Tensor:
+    """One integer per window sample, ``(batch * length,)`` in the windows' flattened order: windows
+    start at ``starts: (batch, 2)`` = ``(member row, time index)`` and run over ``length`` consecutive
+    samples, so overlapping windows name a shared sample alike."""
+    times = starts[:, 1:2].cpu() + torch.arange(length)
+    return (starts[:, :1].cpu() << 32 | times).reshape(-1)
 
 
 class JacobianPenaltyTerm:
@@ -26,8 +35,9 @@ class JacobianPenaltyTerm:
         penalty: a ``JacobianPenalty`` (``build_jacobian_penalty(name, ...)``); its ``name`` names the
             term in the log (``loss/frobenius``, ``loss/spectral``, ...).
         weight: its weight, reached linearly over ``warmup_epochs``.
-    Warm-started penalties (spectral, Lanczos condition number) keep their vectors per batch, keyed by
-    the windows' ``(member, start)`` pairs, so full-batch training reuses them every epoch.
+    Warm-started penalties (spectral, Lanczos condition number) keep one vector per data sample
+    (``row_ids`` from the windows' ``(member row, time index)``), so shuffled minibatches start from
+    what earlier epochs found, and the store never outgrows the data.
     """
 
     def __init__(self, penalty: JacobianPenalty, *, weight: float, warmup_epochs: int = 0):
@@ -38,8 +48,16 @@ class JacobianPenaltyTerm:
         windows = batch.windows
         states = windows.detach().reshape(-1, *windows.shape[2:])  # (batch * length, *state)
         time = solver.as_time(0.0)
-        if getattr(self.penalty, "state", None) is not None:  # warm-started: one key per batch composition
-            value = self.penalty(solver.rhs, time, states, key=tuple(batch.starts.reshape(-1).tolist()))
+        if getattr(self.penalty, "state", None) is not None:  # warm-started: one vector per data sample
+            value = self.penalty(solver.rhs, time, states, row_ids=sample_ids(batch.starts, windows.shape[1]))
         else:
             value = self.penalty(solver.rhs, time, states)
         return {self.name: Weighted(value, ramp(self.weight, epoch, self.warmup_epochs))}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The penalty's random stream and warm-start vectors: a resumed run continues bit for bit."""
+        return getattr(self.penalty, "state_dict", dict)()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if hasattr(self.penalty, "load_state_dict"):
+            self.penalty.load_state_dict(state)
