@@ -106,6 +106,14 @@ def test_invariants_are_invariant_under_the_exact_flow(generator):
             assert rate.abs().max().item() < 1e-12 * scale, (name, key)
 
 
+def test_the_lotka_volterra_first_integral_is_zero_at_the_equilibrium_and_positive_elsewhere(generator):
+    """Its additive constant is fixed so that relative drifts compare with the orbit's size."""
+    solver = LotkaVolterra()
+    equilibrium = torch.tensor([[solver.d / solver.c, solver.a / solver.b]], dtype=torch.float64)
+    assert abs(solver.invariants(equilibrium)["first_integral"].item()) < 1e-15
+    assert (solver.invariants(sample_states("lotka_volterra", 64, generator))["first_integral"] > 0).all()
+
+
 # -- the vector fields against independent formulas -------------------------------------------------------------
 def test_two_body_circular_orbit_returns_after_one_period():
     solver = TwoBody(dt=2 * math.pi / 400)
