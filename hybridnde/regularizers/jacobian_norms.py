@@ -242,7 +242,19 @@ def _state_key(u: Tensor, key: Hashable | None) -> Hashable:
     return key if key is not None else (tuple(u.shape), u.dtype, str(u.device))
 
 
-class SpectralNorm:
+class _WarmStarted:
+    """Checkpointing of a penalty's ``_WarmStart`` (``state``)."""
+
+    state: _WarmStart
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.state.load_state_dict(state)
+
+
+class SpectralNorm(_WarmStarted):
     """``mean_b sigma_max(J_b)`` by power iteration on ``J^T J``, warm-started across calls.
 
     Each iteration is ``x <- J^T (J x) / ||J^T (J x)||`` (one JVP and one VJP); the error in
@@ -295,17 +307,11 @@ class SpectralNorm:
                  key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
         return self.per_member(vector_field, t, u, key=key, row_ids=row_ids).mean()
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.state.load_state_dict(state)
-
     def __repr__(self) -> str:
         return f"SpectralNorm(method={self.method!r}, iterations={self.iterations})"
 
 
-class ConditionNumber:
+class ConditionNumber(_WarmStarted):
     """``mean_b kappa(J_b) = sigma_max / sigma_min`` (2-norm condition number; ``>= 1``, ``1`` is ideal).
 
     ``method="exact"``: singular values of the dense Jacobian (``n`` JVPs, then ``torch.linalg.svdvals``,
@@ -403,12 +409,6 @@ class ConditionNumber:
     def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
                  key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
         return self.per_member(vector_field, t, u, key=key, row_ids=row_ids).mean()
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.state.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"ConditionNumber(method={self.method!r}, steps={self.steps})"
