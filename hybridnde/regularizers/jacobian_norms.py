@@ -259,8 +259,8 @@ class SpectralNorm(_WarmStarted):
 
     Each iteration is ``x <- J^T (J x) / ||J^T (J x)||`` (one JVP and one VJP); the error in
     ``sigma_max^2`` shrinks like ``(sigma_2 / sigma_1)^(2k)`` (Golub & Van Loan, Sec. 8.2.1). A cold
-    start runs ``initial_iterations``; a call with a stored vector for the same ``key`` runs only
-    ``iterations``, which is enough when the parameters and states change little between calls.
+    start runs ``initial_iterations``; a call with a stored vector for every state (``row_ids`` or
+    ``key``) runs only ``iterations``, enough when the parameters and states change little between calls.
 
     Args:
         method: ``"power"`` or ``"exact"`` (SVD of the dense Jacobian; small ``n``).
@@ -322,7 +322,7 @@ class ConditionNumber(_WarmStarted):
     the ratio of the two smallest gaps, often close to 1, while Lanczos converges at both ends at a
     rate set by the square root of those ratios. With ``steps >= n`` Lanczos is exact; with fewer,
     ``sigma_min`` is an over-estimate and ``kappa`` an under-estimate (Ritz values lie inside the
-    spectrum), so warm starts (the sum of the last extreme Ritz vectors, per ``key``) help.
+    spectrum), so warm starts (the sum of the last extreme Ritz vectors, per state or ``key``) help.
     ``"auto"``: exact for ``n <= exact_max_dim``, else Lanczos.
     """
 
