@@ -121,6 +121,15 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         metrics["invariant_drift"] = {name: {"rollout": summarise(drift[name], spread=spread),
                                              "reference": summarise(reference_drift[name], spread=spread)}
                                       for name in drift}
+        finite = np.isfinite(pair.predicted.reshape(*pair.predicted.shape[:2], -1)).all(axis=(1, 2))
+        for name, values in drift.items():
+            undefined = int((np.isnan(values) & finite).sum())  # finite states, yet no invariant
+            if undefined:
+                note = (f"{name} drift: undefined for {undefined} of {len(values)} rollout members whose states stay "
+                        f"finite -- they leave the invariant's domain (e.g. a population below zero, where its "
+                        f"logarithm is undefined); the drift summarises the other members")
+                metrics["notes"].append(note)
+                log.warning(note)
     if pair.state_dim == "x":
         spectrum, reference_spectrum = energy_spectrum(pair.predicted), energy_spectrum(pair.truth)
         length = pair.domain_length or 1.0

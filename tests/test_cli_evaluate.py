@@ -139,6 +139,23 @@ def test_two_body_reports_invariant_drift(tmp_path, capsys):
     assert drift["energy"]["reference"]["max"] < 1e-6 < 1e-2 < drift["energy"]["rollout"]["min"]
 
 
+def test_an_invariant_undefined_along_a_finite_rollout_is_explained(tmp_path, capsys):
+    """A learned Lotka-Volterra model may drive a population below zero: its first integral (a
+    logarithm) is undefined there, and the report says why that member has no drift."""
+    lotka = '[case]\nname = "lv"\n[system]\nname = "lotka_volterra"\n[time]\ndt = 0.01\nn_steps = 200\n' \
+            '[initial_condition]\nmembers = 3\ndistribution = "uniform_box"\nlow = [0.5, 0.5]\nhigh = [2.0, 2.0]\n'
+    truth = simulate(tmp_path, "lv_truth", lotka)
+    with xr.open_dataset(truth) as ds:
+        u, times, attrs = ds.u.values.copy(), ds.time.values, dict(ds.attrs)
+    u[1, 10:, 0] = -0.5  # finite, but outside x > 0
+    rollout = write_netcdf(trajectory_dataset(u, times, state_dim="component", state_coords=["prey", "predator"],
+                                              case_toml=attrs["case_toml"]), tmp_path / "negative.nc")
+    metrics = evaluate_json(capsys, rollout, truth)
+    assert metrics["stable_fraction"] == 1.0 and metrics["invariant_drift"]["first_integral"]["rollout"]["count"] == 2
+    assert any("first_integral drift: undefined for 1 of 3" in note for note in metrics["notes"])
+    assert not any("undefined" in note for note in evaluate_json(capsys, truth, truth)["notes"])
+
+
 def test_lyapunov_of_the_bare_host_equals_the_truths(tmp_path, lorenz_truth, capsys):
     case = tmp_path / "truth.toml"  # written by the fixture
     # host dt = sample interval / substeps = 0.01: the bare host is the true system's solver
