@@ -9,11 +9,13 @@ import torch
 from hybridnde.closure_file import load_closure
 from hybridnde.config import TrainingConfig, parse_case
 from hybridnde.data import WindowSet
-from hybridnde.io import write_netcdf
+from hybridnde.io import DataError, write_netcdf
 from hybridnde.models import MLPClosure
+from hybridnde.output_lock import lock_path, output_lock
 from hybridnde.simulate import simulate_case
 from hybridnde.training import (RolloutLoss, Trainer, checkpoint_path, learning_rate_at, log_path, train_case)
 from hybridnde.training import trainer as trainer_module
+from hybridnde.training.checkpoint import partial_log_path
 from solvers import ClosureOnly
 
 TRAINING = {"epochs": 6, "batch_size": 32, "rollout_steps": 2, "learning_rate": 3e-3, "lr_schedule": "constant",
@@ -82,7 +84,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeyp
         train_case(case, truth_file, interrupted, progress=False)
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
     assert not interrupted.exists() and checkpoint_path(interrupted).exists()
-    assert len(read_log(log_path(interrupted))) == 3  # epochs 1-3 ran; the checkpoint holds 1-2
+    # epochs 1-3 ran (the checkpoint holds 1-2), logged beside the final name until the closure is saved
+    assert len(read_log(partial_log_path(interrupted))) == 3 and not log_path(interrupted).exists()
 
     _, result = train_case(case, truth_file, interrupted, resume=True, progress=False)
     assert result.resumed_from == 2
@@ -96,6 +99,34 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeyp
         return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
 
     assert without_time(read_log(log_path(straight))) == without_time(read_log(log_path(interrupted)))
+    assert not partial_log_path(interrupted).exists()
+
+
+def test_an_interrupted_run_leaves_the_finished_closures_log_alone(tmp_path, truth_file, monkeypatch):
+    """The log of a run grows under another name until its closure is saved: stopping a second run
+    into the same --out no longer replaced the first closure's log with the second's few epochs."""
+    out = tmp_path / "closure.pt"
+    train_case(toy_case(), truth_file, out, progress=False)
+    finished = log_path(out).read_text()
+    original_epoch = trainer_module.Trainer._epoch
+
+    def crash_in_epoch_two(self, windows, sample_interval, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original_epoch(self, windows, sample_interval, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case({"learning_rate": 1e-2}), truth_file, out, progress=False)
+    assert log_path(out).read_text() == finished and len(read_log(partial_log_path(out))) == 1
+    assert not lock_path(out).exists()  # released on the way out
+
+
+def test_a_second_run_into_the_same_closure_file_is_refused_while_the_first_runs(tmp_path, truth_file):
+    out = tmp_path / "closure.pt"
+    with output_lock(out), pytest.raises(DataError, match=r"process \d+ on .* is writing it"):  # as a running train
+        train_case(toy_case(), truth_file, out, progress=False)
+    assert not out.exists() and not checkpoint_path(out).exists()
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, truth_file, monkeypatch):
@@ -113,8 +144,15 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, truth_fi
     with pytest.raises(KeyboardInterrupt):
         train_case(toy_case(), truth_file, out, progress=False)
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
+    # the refusal names the key that changed (it said "another configuration or data file")
+    with pytest.raises(ConfigError, match=r"cannot resume, changed since the checkpoint: training.learning_rate \(0.003 -> 0.02\);"):
+        train_case(toy_case({"learning_rate": 2e-2}), truth_file, out, resume=True, progress=False)
+    # a checkpoint without an identity (older files) still meets the fingerprint check
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    del state["identity"]
+    torch.save(state, checkpoint_path(out))
     with pytest.raises(ConfigError, match="another configuration"):
-        train_case(toy_case({"learning_rate": 1e-2}), truth_file, out, resume=True, progress=False)
+        train_case(toy_case({"learning_rate": 2e-2}), truth_file, out, resume=True, progress=False)
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):

@@ -24,11 +24,12 @@ from ..data import TrainingData, WindowSet, load_training_data, normalization_st
 from ..io import check_output_path
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
+from ..output_lock import output_lock
 from ..regularizers import ProbeSampler, sampling_error
 from ..regularizers.jacobian_norms import build_jacobian_penalty
 from ..simulate import SIMULATION_SECTIONS
 from ..systems import build_host_solver, build_solver, resolve_device, resolve_dtype
-from .checkpoint import checkpoint_path, log_path
+from .checkpoint import checkpoint_path, log_path, partial_log_path, read_identity
 from .homotopy import HomotopyLoss, HomotopySchedule
 from .jacobian_terms import JacobianPenaltyTerm
 from .multiple_shooting import MultipleShootingLoss
@@ -209,21 +210,48 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     terms = build_terms(case, host, device=device, dtype=dtype, data=data)
     validation_steps = case.training.validation_rollout_steps or case.training.rollout_steps
     validation = RolloutValidation(terms[0], steps=validation_steps, batch_size=max(case.training.batch_size, 1024))
-    trainer = Trainer(model, host, terms, validation, case.training, log_file=log_path(out),
-                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data), progress=progress)
-    started = wallclock.perf_counter()
-    result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
-    seconds = wallclock.perf_counter() - started
+    trainer = Trainer(model, host, terms, validation, case.training, log_file=partial_log_path(out),
+                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data), progress=progress,
+                      identity={"case_toml": case.to_toml(), "data_checksum": data.checksum})
+    with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
+        if resume:
+            _check_resumable(case, data, checkpoint_path(out))
+        started = wallclock.perf_counter()
+        result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
+        seconds = wallclock.perf_counter() - started
+        _save_result(case, out, model, result, seconds, data=data, windows=(len(train_windows), len(validation_windows)),
+                     device=device)
+    log.info("trained %s: %d epochs, best validation loss %.4g at epoch %d (%.1f s)", out, result.epochs_run,
+             result.best_val_loss, result.best_epoch, seconds)
+    return model, result
+
+
+def _check_resumable(case: CaseConfig, data: TrainingData, checkpoint: Path) -> None:
+    """``ConfigError`` naming what differs from the checkpoint's case and data (the trainer's
+    fingerprint check stays the last word, for checkpoints written without an identity)."""
+    identity = read_identity(checkpoint) if checkpoint.is_file() else None
+    if identity is None:
+        return
+    changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS)
+    if identity.get("data_checksum") not in (None, data.checksum):
+        changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now {data.checksum[:12]}...)")
+    if changed:
+        raise ConfigError(f"{checkpoint}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "
+                          "with the same case, --set values and data, or without --resume")
+
+
+def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds: float, *, data: TrainingData,
+                 windows: tuple[int, int], device: torch.device) -> None:
+    """The closure file, then its log under its final name; the checkpoint goes."""
+    train_windows, validation_windows = windows
     metadata: dict[str, Any] = {
         "stage": "train", "config_checksum": case.checksum(TRAINING_SECTIONS), "training": dataclasses.asdict(case.training),
         "data": data.summary(), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early, "final": result.final,
-        "train_windows": len(train_windows), "validation_windows": len(validation_windows), "wall_seconds": seconds,
+        "train_windows": train_windows, "validation_windows": validation_windows, "wall_seconds": seconds,
         "device": str(device)}
     save_closure(out, model, case_toml=case.to_toml(), metadata=metadata)
+    partial_log_path(out).replace(log_path(out))
     checkpoint = checkpoint_path(out)
     if checkpoint.is_file():
         checkpoint.unlink()  # the run is complete; the closure file holds its result
-    log.info("trained %s: %d epochs, best validation loss %.4g at epoch %d (%.1f s)", out, result.epochs_run,
-             result.best_val_loss, result.best_epoch, seconds)
-    return model, result

@@ -1,7 +1,8 @@
 """Training checkpoints: everything a resumed run needs to continue bit for bit.
 
 A checkpoint sits beside the closure file (``closure.pt`` -> ``closure.checkpoint.pt``) and the
-JSON-lines log (``closure.log.jsonl``); it is written atomically and tagged with a fingerprint of the
+JSON-lines log of the run (``closure.log.jsonl.partial`` until the closure is saved, then
+``closure.log.jsonl``); it is written atomically and tagged with a fingerprint of the
 configuration and data, so a run never resumes from a different set-up.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from ..config import ConfigError
 from ..io import DataError, atomic_path
 
-__all__ = ["FORMAT", "checkpoint_path", "log_path", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint",
+           "read_identity"]
 
 FORMAT = "hybridnde-checkpoint/1"
 
@@ -31,10 +33,28 @@ def log_path(closure_path: str | Path) -> Path:
     return closure_path.with_name(f"{closure_path.stem}.log.jsonl")
 
 
+def partial_log_path(closure_path: str | Path) -> Path:
+    """``runs/closure.pt`` -> ``runs/closure.log.jsonl.partial``: the log while training runs, renamed to
+    ``log_path`` once the closure is saved, so that a finished closure's log is never replaced by an
+    unfinished run's."""
+    log = log_path(closure_path)
+    return log.with_name(f"{log.name}.partial")
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any], *, fingerprint: str) -> None:
     """Write ``state`` (tensors, state dicts, plain Python values) atomically."""
     with atomic_path(path) as temporary:
         torch.save({"format": FORMAT, "fingerprint": fingerprint, **state}, temporary)
+
+
+def read_identity(path: str | Path) -> dict[str, str] | None:
+    """The ``identity`` a checkpoint was written with (``Trainer(identity=...)``); ``None`` without one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: load_checkpoint says so
+        return None
+    identity = state.get("identity") if isinstance(state, dict) else None
+    return identity if isinstance(identity, dict) else None
 
 
 def load_checkpoint(path: str | Path, *, fingerprint: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import math
 import time as wallclock
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -67,15 +67,19 @@ class Trainer:
         config: the case's ``[training]`` table.
         log_file / checkpoint_file: JSON-lines log and checkpoint paths (``None``: none written).
         fingerprint: identifies configuration and data; a checkpoint with another is refused.
+        identity: what the fingerprint is made of, in words (``train_case``: the case TOML and the
+            data's SHA-256), stored in checkpoints so that a refusal can name what changed.
     """
 
     def __init__(self, model: nn.Module, solver: Solver, terms: Sequence[LossTerm], validation: Validation,
                  config: TrainingConfig, *, log_file: str | Path | None = None,
-                 checkpoint_file: str | Path | None = None, fingerprint: str = "", progress: bool | None = None):
+                 checkpoint_file: str | Path | None = None, fingerprint: str = "", progress: bool | None = None,
+                 identity: Mapping[str, str] | None = None):
         self.model, self.solver, self.terms, self.validation, self.config = model, solver, list(terms), validation, config
         self.log_file = Path(log_file) if log_file is not None else None
         self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
         self.fingerprint, self.progress = fingerprint, progress
+        self.identity = dict(identity or {})  # readable parts of the fingerprint, kept in checkpoints
         # terms may own trainable parameters too (multiple shooting's segment starts): ``term.parameters()``
         self.parameters = list(model.parameters()) + [p for term in self.terms
                                                        for p in getattr(term, "parameters", tuple)()]
@@ -88,7 +92,7 @@ class Trainer:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "batch_generator": self.batch_generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "terms": {term.name: term.state_dict() for term in self.terms if hasattr(term, "state_dict")},
-                "best": best, "bad_epochs": bad_epochs, "history": history}
+                "best": best, "bad_epochs": bad_epochs, "history": history, "identity": dict(self.identity)}
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, dict[str, Any], int, list[dict]]:
         self.model.load_state_dict(state["model"])

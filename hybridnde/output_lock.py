@@ -1,0 +1,66 @@
+"""One writer per output: an advisory lock beside it, ``.NAME.lock``, held while a run writes.
+
+Two runs given the same ``--out`` would otherwise remove each other's partial file and checkpoint
+and keep writing into what they believe is theirs; a later ``--resume`` then trusts a checkpoint that
+describes another file (members silently NaN). The lock is ``flock``-based: the kernel releases it
+when its holder dies (``kill -9`` included), so a stale lock file never blocks anyone, and a second
+run is refused at once, naming the holder.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Iterator
+
+from .io import DataError
+
+__all__ = ["lock_path", "output_lock"]
+
+
+def lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _acquire(path: Path) -> int:
+    """The locked file's descriptor; ``DataError`` naming the holder when another run has it."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(descriptor)
+            raise DataError(f"{path.with_name(path.name[1:-len('.lock')])}: {holder} is writing it; wait for that "
+                            "run to end (or stop it), or give another --out") from None
+        # the holder before us may have removed the file between our open and our lock: lock the file
+        # that is there now, or two runs would each hold a lock on a different inode
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
+    return descriptor
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[Path]:
+    """Hold ``.NAME.lock`` beside ``path`` for the block; raises ``DataError`` at once when another
+    run holds it. The lock file is removed on the way out."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = _acquire(lock)
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # while still locked: a newcomer then opens a fresh file (see _acquire)
+        os.close(descriptor)
