@@ -27,7 +27,7 @@ import torch
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, atomic_path, trajectory_dataset
 
-__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
+__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint", "read_partial_case",
            "remove_restart_files", "CHECKPOINT_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,18 @@ def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     """Atomically write the restart state of the rollout whose output is ``path`` (tensors and plain data)."""
     with atomic_path(checkpoint_path(path)) as temporary:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary)
+
+
+def read_partial_case(path: str | Path) -> str | None:
+    """The case TOML the partial file of ``path`` was started with; ``None`` when there is none to read."""
+    import h5py
+
+    try:
+        with h5py.File(partial_path(path), "r") as file:
+            value = file.attrs.get("case_toml")
+    except OSError:
+        return None
+    return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ Phases, on every rank:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -30,8 +31,11 @@ from .chunk_codec import ChunkLayout, encode_block
 from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
+from .data import file_checksum
 from .io import STATUS_FLAGS, DataError, check_output_path, platform_description
-from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, read_checkpoint, remove_restart_files
+from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, read_checkpoint, read_partial_case,
+                            remove_restart_files)
+from .output_lock import output_lock
 from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
@@ -85,11 +89,12 @@ class _Setup:
     u0: torch.Tensor
     first_position: int
     checkpoint: dict | None
+    initial_conditions_checksum: str = "draw"
     writer: TrajectoryStreamWriter | None = None
 
 
 def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
-             comm: Communicator) -> _Setup:
+             comm: Communicator, held: contextlib.ExitStack) -> _Setup:
     rollout = case.rollout
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
@@ -119,9 +124,22 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     setup = _Setup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
                    batches=batches, mine=mine, member_ids=member_ids, u0=u0, first_position=positions.start,
                    checkpoint=None)
-    if comm.rank == 0 and resume:
-        setup.checkpoint = _checked_checkpoint(case, out, setup)
+    if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
+        held.enter_context(output_lock(out))
+        if given is not None:
+            setup.initial_conditions_checksum = file_checksum(given)
+        if resume:
+            setup.checkpoint = _checked_checkpoint(case, out, setup)
     return setup
+
+
+def _resume_identity(case: CaseConfig, setup: _Setup) -> dict[str, Any]:
+    """What a checkpoint must share with the run resuming it: anything that changes the values."""
+    return {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
+            "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves,
+            "initial_conditions_checksum": setup.initial_conditions_checksum,
+            # threaded FFTs and reductions split the work by thread count: the bits change with it
+            "threads": torch.get_num_threads()}
 
 
 def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | None:
@@ -129,13 +147,23 @@ def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | No
     if checkpoint is None:
         log.info("no checkpoint for %s: starting from the beginning", out)
         return None
-    expected = {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
-                "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves}
-    for key, value in expected.items():
-        if checkpoint.get(key) != value:
-            raise DataError(f"{checkpoint_path(out)}: was written with another {key.replace('_', ' ')} "
-                            f"({checkpoint.get(key)!r}, now {value!r}); rerun with the same case, closure and "
-                            "--set values, or without --resume")
+    for key, value in _resume_identity(case, setup).items():
+        if checkpoint.get(key) == value:
+            continue
+        where = f"{checkpoint_path(out)}: cannot resume"
+        if key == "config_checksum":
+            changed = case.changed_keys(read_partial_case(out), ROLLOUT_SECTIONS,
+                                        skip=[("rollout", key) for key in ROLLOUT_RUN_ONLY_KEYS])
+            what = f"the case differs in {', '.join(changed)}" if changed else "the case differs"
+        elif key == "initial_conditions_checksum":
+            what = f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
+        elif key == "threads":
+            what = (f"it was written with {checkpoint.get(key)} torch thread(s) per rank, this run has {value}, and "
+                    f"the results' last bits depend on it (--set rollout.threads={checkpoint.get(key)})")
+        else:
+            what = f"it was written with another {key.replace('_', ' ')} ({checkpoint.get(key)!r}, now {value!r})"
+        raise DataError(f"{where}: {what}; rerun with the same case, closure, input files and --set values, or "
+                        "without --resume")
     return checkpoint
 
 
@@ -187,15 +215,15 @@ def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path |
     Call on every rank of an MPI job (or in one process). Raises ``ConfigError``/``DataError`` on
     bad input before anything is written; ``--resume`` semantics with ``resume=True``.
     """
-    with torch_threads(case.rollout.threads, "rollout.threads"):
-        return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world())
+    with torch_threads(case.rollout.threads, "rollout.threads"), contextlib.ExitStack() as held:
+        return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world(), held)
 
 
 def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
-             progress: bool | None, comm: Communicator) -> RolloutSummary:
+             progress: bool | None, comm: Communicator, held: contextlib.ExitStack) -> RolloutSummary:
     setup, error = None, None
     try:
-        setup = _prepare(case, out, closure_path, closure, resume, comm)
+        setup = _prepare(case, out, closure_path, closure, resume, comm, held)
     except Exception as caught:  # shared below, so that every rank stops
         error = caught
     agree(comm, error)
@@ -314,8 +342,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                     in_flight[meta.start] = batch_state
             if checkpoint_after(round_index - 1):
                 setup.writer.checkpoint(*_status(first_bad_save, schedule), {
-                    "config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
-                    "batch_size": setup.batch_size, "n_saves": schedule.n_saves, "done": sorted(done),
+                    **_resume_identity(case, setup), "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None
     if comm.rank == 0:

@@ -22,7 +22,7 @@ from hybridnde.config import ConfigError, parse_case
 from hybridnde.distributed import rank_batches
 from hybridnde.grids import restrict_to_grid
 from hybridnde.initial_conditions import draw_initial_conditions
-from hybridnde.io import STATUS_FLAGS, trajectory_dataset, write_netcdf
+from hybridnde.io import STATUS_FLAGS, DataError, trajectory_dataset, write_netcdf
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
 from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
 from hybridnde.rollout import auto_batch_size, batch_bounds, first_blowup
@@ -174,6 +174,22 @@ def test_file_has_the_schema_of_the_io_writer_and_reads_back(case_files, tmp_pat
     if shutil.which("ncdump"):
         header = subprocess.run(["ncdump", "-h", str(out)], capture_output=True, text=True, check=True).stdout
         assert "u(member, time, x)" in header and ":Conventions = \"CF-1.10\"" in header
+
+
+def test_a_second_rollout_into_the_same_output_is_refused_while_the_first_writes(case_files, tmp_path, capsys):
+    """It used to remove the first one's partial file and checkpoint and write beside it; a later
+    --resume then trusted a checkpoint of the other file and committed members of NaN as ok."""
+    from hybridnde.netcdf_stream import checkpoint_path, partial_path
+    from hybridnde.output_lock import lock_path, output_lock
+
+    out = tmp_path / "rollout.nc"
+    arguments = ["rollout", str(case_files["two_body"]), "--out", str(out), "--set", "rollout.members=3",
+                 "--set", "rollout.steps=10"]
+    with output_lock(out):  # what a running rollout holds
+        assert main(arguments) == 2
+        assert "is writing it" in capsys.readouterr().err
+        assert not out.exists() and not partial_path(out).exists() and not checkpoint_path(out).exists()
+    assert main(arguments) == 0 and out.exists() and not lock_path(out).exists()
 
 
 def test_closure_file_checksum_is_recorded(case_files, tmp_path):
@@ -380,13 +396,40 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     handle.remove()
     assert not (tmp_path / "resumed.nc").exists()
     assert checkpoint_path(tmp_path / "resumed.nc").exists() and partial_path(tmp_path / "resumed.nc").exists()
-    with pytest.raises(Exception, match="another config checksum"):
+    # refusals name what changed: a case key, or the thread count (the bits depend on it)
+    with pytest.raises(DataError, match=r"the case differs in rollout.steps \(60 -> 80\)"):
         run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=80", "output.time_chunk=5"),
                     tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    with pytest.raises(DataError, match=r"written with 1 torch thread\(s\) per rank, this run has 2.*rollout.threads=1"):
+        run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5",
+                                  "rollout.threads=2"), tmp_path / "resumed.nc", closure=model, resume=True,
+                    progress=False)
     summary = run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     assert summary.resumed and 0 < summary.member_steps < 6 * 60
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
+
+
+def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
+    """Only the path was checked: a resume mixed members from the old and the new file, exit 0."""
+    truth = simulate_case(ks_case("initial_condition.members=4", "time.n_steps=4"), progress=False)
+    states = tmp_path / "states.nc"
+    write_netcdf(truth, states)
+    case = ks_case("rollout.members=4", "rollout.batch_size=2", "rollout.steps=40", "output.time_chunk=4",
+                   f"rollout.initial_conditions='{states}'")
+    model, out = small_cnn(), tmp_path / "rollout.nc"
+
+    def interrupt(_module, inputs):
+        if float(inputs[0]) > 5.0:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, out, closure=model, progress=False)
+    handle.remove()
+    write_netcdf(truth.assign(u=truth.u * 1.01), states)  # same path, other states
+    with pytest.raises(DataError, match="rollout.initial_conditions, .*states.nc, has changed since"):
+        run_rollout(case, out, closure=model, resume=True, progress=False)
 
 
 def test_resume_after_sigkill_gives_the_identical_file(case_files, tmp_path):

@@ -76,6 +76,26 @@ class CaseConfig:
             mapping = {name: mapping[name] for name in sections}
         return hashlib.sha256(tomli_w.dumps(mapping).encode()).hexdigest()
 
+    def changed_keys(self, before: str | None, sections: Iterable[str], *,
+                     skip: Iterable[tuple[str, str]] = ()) -> list[str]:
+        """``section.key (old -> new)`` for each key of ``sections`` whose value differs from the case
+        TOML text ``before`` (e.g. the one an output or checkpoint was started with); ``[]`` when
+        ``before`` is missing or unreadable. ``skip``: ``(section, key)`` pairs left out."""
+        if not before:
+            return []
+        try:
+            old = tomllib.loads(before)
+        except tomllib.TOMLDecodeError:
+            return []
+        new, skip = tomllib.loads(self.to_toml()), set(skip)
+        changed = []
+        for section in sections:
+            was, now = old.get(section, {}), new.get(section, {})
+            for key in sorted(set(was) | set(now)):
+                if (section, key) not in skip and was.get(key) != now.get(key):
+                    changed.append(f"{section}.{key} ({was.get(key, 'unset')!r} -> {now.get(key, 'unset')!r})")
+        return changed
+
     @property
     def host_system(self) -> SystemConfig:
         """The system the host solver runs: ``[system]`` with ``[hybrid.system]`` overrides."""
