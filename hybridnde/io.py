@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import os
 import platform
+import shutil
+import signal
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -131,7 +136,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    owner = f"{socket.gethostname()}.{os.getpid()}"
+    _remove_orphans(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".part", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
     umask = os.umask(0)
@@ -172,13 +179,54 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
     return path
 
 
+def _remove_orphans(path: Path) -> None:
+    """Temporary files of ``path`` left by writers on this host that were killed (``kill -9`` gives
+    ``atomic_path`` no chance to clean up): their process is gone, so nothing will finish them."""
+    host = socket.gethostname()
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*.part"):
+        pid = orphan.name[len(f".{path.name}.{host}."):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                orphan.unlink()
+        except PermissionError:  # alive, another user's
+            pass
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``: raised inside the
+    NetCDF library's locked section it left xarray's lock taken, and the process hung at close."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
 def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_chunk: int = 64) -> Path:
-    """Write ``dataset`` to ``path`` (NetCDF-4, zlib) through a temporary file and a rename."""
+    """Write ``dataset`` to ``path`` (NetCDF-4, zlib) through a temporary file and a rename. A Ctrl-C
+    during the write stops the command once the library is out of it (the temporary file goes)."""
     path = Path(path)
-    with atomic_path(path) as temporary:
-        dataset.to_netcdf(temporary, engine="netcdf4", format="NETCDF4",
-                          encoding=netcdf_encoding(dataset, compression_level=compression_level,
-                                                   time_chunk=time_chunk))
+    with atomic_path(path) as temporary, interrupts_deferred():
+        try:
+            dataset.to_netcdf(temporary, engine="netcdf4", format="NETCDF4",
+                              encoding=netcdf_encoding(dataset, compression_level=compression_level,
+                                                       time_chunk=time_chunk))
+        except (OSError, RuntimeError) as error:  # the HDF5 library reports a full disk as "HDF error"
+            free = shutil.disk_usage(path.parent).free
+            raise DataError(f"{path}: writing failed ({error}); {free / 2**20:.0f} MiB are free on its file system "
+                            f"and the file needs about {dataset.nbytes / 2**20:.0f} MiB before compression: free "
+                            "some space or choose another --out") from error
     return path
 
 

@@ -1,0 +1,88 @@
+"""Writing outputs safely: atomic NetCDF writes under Ctrl-C, a full disk and killed writers, and the
+one-writer lock beside an output."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from hybridnde.io import DataError, trajectory_dataset, write_netcdf
+from hybridnde.output_lock import lock_path, output_lock
+
+
+def small_dataset():
+    u = np.random.default_rng(0).standard_normal((2, 5, 3))
+    return trajectory_dataset(u, np.arange(5) * 0.1, state_dim="component", state_coords=["a", "b", "c"])
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_ctrl_c_during_a_write_stops_after_it_and_leaves_nothing(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside the NetCDF library left xarray's lock taken: the process hung."""
+    original, finished = xr.Dataset.to_netcdf, []
+
+    def interrupted_write(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the library writes
+        result = original(self, *args, **kwargs)
+        finished.append(True)  # the library's section ran to its end: its locks are released
+        return result
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_netcdf(small_dataset(), tmp_path / "out.nc")
+    assert finished == [True] and leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_failing_write_names_the_file_and_the_free_space(tmp_path, monkeypatch):
+    def full_disk(self, *args, **kwargs):
+        raise RuntimeError("NetCDF: HDF error")  # what the library says when the disk fills
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", full_disk)
+    with pytest.raises(DataError, match=r"out.nc: writing failed \(NetCDF: HDF error\); \d+ MiB are free"):
+        write_netcdf(small_dataset(), tmp_path / "out.nc")
+    assert leftovers(tmp_path) == []
+
+
+def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    orphan = tmp_path / f".out.nc.{host}.{dead.pid}.x1y2.part"
+    alive = tmp_path / f".out.nc.{host}.{os.getpid()}.x3y4.part"  # a writer still running
+    elsewhere = tmp_path / f".out.nc.another-host.{dead.pid}.x5y6.part"  # cannot tell: kept
+    for path in (orphan, alive, elsewhere):
+        path.write_bytes(b"partial")
+    write_netcdf(small_dataset(), tmp_path / "out.nc")
+    assert leftovers(tmp_path) == sorted([alive.name, elsewhere.name, "out.nc"])
+
+
+def test_the_output_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
+    out = tmp_path / "rollout.nc"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from hybridnde.output_lock import output_lock
+        with output_lock({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataError, match=rf"rollout.nc: process {holder.pid} on .* is writing it"), output_lock(out):
+            pass
+    finally:
+        holder.kill()  # kill -9: no clean-up runs, the kernel drops the lock
+        holder.wait()
+    assert lock_path(out).exists()  # left behind by the killed holder, yet no obstacle
+    with output_lock(out):
+        assert "process" in lock_path(out).read_text()
+    assert not lock_path(out).exists()
