@@ -55,6 +55,8 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
         raise DataError(f"closure file {str(path)!r} does not exist; create it with `hybridnde train`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:  # the file is there but cannot be read: say so, it is not a format problem
+        raise DataError(f"{path}: cannot be read ({error.strerror or error}); check its permissions") from None
     except Exception as error:  # pickle, zip or version errors all mean: not our file
         # torch's own text suggests weights_only=False, which is not the fix: the file is not a closure
         raise DataError(f"{path}: not a closure file ({type(error).__name__}); give a closure.pt written by "

@@ -100,5 +100,8 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
             np.zeros((0, *solver.state_shape))
     bad = nonfinite_members(states)
     if len(bad):
-        raise DataError(f"initial conditions of members {[members[i] for i in bad][:10]} are not finite")
+        source = (f"initial_condition.file = {ic.file!r}" if ic.distribution == "file"
+                  else f"initial_condition.distribution = {ic.distribution!r}")
+        raise DataError(f"initial conditions of members {[members[i] for i in bad][:10]} are not finite "
+                        f"({source}); give finite states (or choose other members / another distribution)")
     return torch.as_tensor(states, dtype=solver.dtype, device=solver.device)

@@ -103,7 +103,7 @@ def test_initial_conditions_from_file(tmp_path):
     assert first.read_bytes() == before
 
 
-def test_nonfinite_initial_conditions_exit_2(tmp_path):
+def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.nc"
     xr.Dataset({"u": (("member", "component"), np.array([[1.0, np.nan, 0.0]]))}).to_netcdf(bad)
     text = LORENZ.replace('distribution = "gaussian"', f'distribution = "file"\nfile = "{bad}"')
@@ -111,6 +111,7 @@ def test_nonfinite_initial_conditions_exit_2(tmp_path):
     assert main(["simulate", str(write_case(tmp_path, text)), "--out", str(out),
                  "--set", "initial_condition.members=1"]) == 2
     assert not out.exists()
+    assert f"(initial_condition.file = '{bad}'); give finite states" in capsys.readouterr().err
 
 
 def test_console_script_usage_error_exits_2():

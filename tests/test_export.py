@@ -8,6 +8,7 @@ import sys
 import textwrap
 import warnings
 
+import pytest
 import torch
 
 from hybridnde.cli import main
@@ -97,3 +98,19 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "junk.pt" / "c.ts")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "c.ts").exists()
+
+
+def test_an_unreadable_closure_file_says_so(tmp_path, monkeypatch):
+    """Not "not a closure file; give one written by hybridnde train" (root reads through chmod 000, so the
+    denial is simulated where torch opens the file)."""
+    from hybridnde.closure_file import load_closure
+    from hybridnde.io import DataError
+
+    save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(DataError, match=r"closure.pt: cannot be read \(Permission denied\); check its permissions"):
+        load_closure(tmp_path / "closure.pt")
