@@ -27,7 +27,7 @@ import torch
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, atomic_path, trajectory_dataset
 
-__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint", "read_partial_case",
+__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint", "read_partial_attribute",
            "remove_restart_files", "CHECKPOINT_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -258,13 +258,14 @@ def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary)
 
 
-def read_partial_case(path: str | Path) -> str | None:
-    """The case TOML the partial file of ``path`` was started with; ``None`` when there is none to read."""
+def read_partial_attribute(path: str | Path, name: str) -> str | None:
+    """A text attribute of the partial file of ``path`` (e.g. ``case_toml``, the case it was started
+    with); ``None`` when there is no such file or attribute."""
     import h5py
 
     try:
         with h5py.File(partial_path(path), "r") as file:
-            value = file.attrs.get("case_toml")
+            value = file.attrs.get(name)
     except OSError:
         return None
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import logging
 import os
 import socket
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Iterator
 from .io import DataError
 
 __all__ = ["lock_path", "output_lock"]
+
+log = logging.getLogger(__name__)
 
 
 def lock_path(path: str | Path) -> Path:
@@ -37,6 +40,10 @@ def _acquire(path: Path) -> int:
             os.close(descriptor)
             raise DataError(f"{path.with_name(path.name[1:-len('.lock')])}: {holder} is writing it; wait for that "
                             "run to end (or stop it), or give another --out") from None
+        except OSError as error:  # a file system without locks (Lustre mounted without -o flock, some NFS)
+            log.warning("%s: cannot lock (%s) on this file system; nothing stops a second run from writing the same "
+                        "output, so give each run its own --out", path, error.strerror or error)
+            break
         # the holder before us may have removed the file between our open and our lock: lock the file
         # that is there now, or two runs would each hold a lock on a different inode
         try:

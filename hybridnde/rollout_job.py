@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import time as wallclock
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,8 +34,8 @@ from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
 from .io import STATUS_FLAGS, DataError, check_output_path, platform_description
-from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, read_checkpoint, read_partial_case,
-                            remove_restart_files)
+from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, partial_path, read_checkpoint,
+                            read_partial_attribute, remove_restart_files)
 from .output_lock import output_lock
 from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
@@ -90,6 +91,7 @@ class _Setup:
     first_position: int
     checkpoint: dict | None
     initial_conditions_checksum: str = "draw"
+    run_id: str = ""
     writer: TrajectoryStreamWriter | None = None
 
 
@@ -130,6 +132,8 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
             setup.initial_conditions_checksum = file_checksum(given)
         if resume:
             setup.checkpoint = _checked_checkpoint(case, out, setup)
+        # ties checkpoints to their partial file: both carry it, a resume checks they agree
+        setup.run_id = setup.checkpoint["run_id"] if setup.checkpoint else uuid.uuid4().hex
     return setup
 
 
@@ -152,7 +156,7 @@ def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | No
             continue
         where = f"{checkpoint_path(out)}: cannot resume"
         if key == "config_checksum":
-            changed = case.changed_keys(read_partial_case(out), ROLLOUT_SECTIONS,
+            changed = case.changed_keys(read_partial_attribute(out, "case_toml"), ROLLOUT_SECTIONS,
                                         skip=[("rollout", key) for key in ROLLOUT_RUN_ONLY_KEYS])
             what = f"the case differs in {', '.join(changed)}" if changed else "the case differs"
         elif key == "initial_conditions_checksum":
@@ -164,6 +168,9 @@ def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | No
             what = f"it was written with another {key.replace('_', ' ')} ({checkpoint.get(key)!r}, now {value!r})"
         raise DataError(f"{where}: {what}; rerun with the same case, closure, input files and --set values, or "
                         "without --resume")
+    if checkpoint.get("run_id") != read_partial_attribute(out, "run_id"):
+        raise DataError(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
+                        f"{partial_path(out)} (another run wrote into the same output); start afresh without --resume")
     return checkpoint
 
 
@@ -176,8 +183,8 @@ def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, cl
         state_shape=solver.state_shape, dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
         title=f"{case.case.name}: ensemble rollout of {case.host_system.name} (closure: {closure_name})",
         solver=repr(solver), closure_checksum=setup.closure_checksum, case_toml=case.to_toml(),
-        extra_attrs={"stage": "rollout", "config_checksum": rollout_checksum(case), "dt": solver.dt,
-                     "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
+        extra_attrs={"stage": "rollout", "config_checksum": rollout_checksum(case), "run_id": setup.run_id,
+                     "dt": solver.dt, "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
                      "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
                      "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or "")},
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
@@ -342,7 +349,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                     in_flight[meta.start] = batch_state
             if checkpoint_after(round_index - 1):
                 setup.writer.checkpoint(*_status(first_bad_save, schedule), {
-                    **_resume_identity(case, setup), "done": sorted(done),
+                    **_resume_identity(case, setup), "run_id": setup.run_id, "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None
     if comm.rank == 0:

@@ -86,3 +86,17 @@ def test_the_output_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_pa
     with output_lock(out):
         assert "process" in lock_path(out).read_text()
     assert not lock_path(out).exists()
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    """Lustre without -o flock answers ENOLCK or ENOSYS: the run must not fail for want of a lock."""
+    import errno
+    import fcntl
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with output_lock(tmp_path / "out.nc"):
+        pass
+    assert "cannot lock (No locks available)" in caplog.text and leftovers(tmp_path) == []

@@ -404,6 +404,16 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
         run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5",
                                   "rollout.threads=2"), tmp_path / "resumed.nc", closure=model, resume=True,
                     progress=False)
+    # a checkpoint is tied to its partial file (run_id in both): another partial under the name is refused
+    import h5py
+
+    with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
+        run_id = file.attrs["run_id"]
+        file.attrs["run_id"] = "another run"
+    with pytest.raises(DataError, match="does not describe the partial file"):
+        run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
+        file.attrs["run_id"] = run_id
     summary = run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     assert summary.resumed and 0 < summary.member_steps < 6 * 60
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
