@@ -312,6 +312,20 @@ def test_a_failure_at_run_time_exits_1_and_leaves_no_output(tmp_path, monkeypatc
     assert json.loads((out / "run.json").read_text())["stages"]["truth.nc"]["started"]  # known as unfinished
 
 
+def test_a_read_only_folder_of_an_earlier_run_is_refused_before_any_stage(tmp_path, monkeypatch, capsys):
+    """It failed with a traceback once the stages had run, writing the figures (root ignores modes, so
+    the denial is simulated)."""
+    import os
+
+    out = tmp_path / "run"
+    (out / "figures").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "figures" and real_access(path, mode))
+    assert run(write_case(tmp_path), out, "--quick") == 2
+    assert f"cannot write in {out / 'figures'}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["figures"]
+
+
 def test_compare_values_split_outside_brackets_and_quotes():
     assert split_values("none,jvp,fd") == ["none", "jvp", "fd"]
     assert split_values('[1, 2],[3, 4]') == ["[1, 2]", "[3, 4]"]

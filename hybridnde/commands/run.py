@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 from pathlib import Path
 
-from ..io import check_output_path
+from ..io import DataError, check_output_path
 from ..pipeline import build_variants, run_pipeline
 from ..threads import add_threads_argument
 from .common import add_case_arguments
@@ -43,12 +44,24 @@ def run(arguments: argparse.Namespace) -> int:
     directory = arguments.out or Path(case.output.directory or
                                       f"runs/{case.case.name}{'-quick' if arguments.quick else ''}")
     check_output_path(directory, folder=True)
+    _check_existing_folders(directory)
     outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
                            threads=arguments.threads, command=_command_line(arguments, directory))
     from ..pipeline.report import summary_lines
 
     print("\n".join(summary_lines(outcome)))
     return 0
+
+
+def _check_existing_folders(directory: Path) -> None:
+    """A rerun writes into the folders an earlier one made (``figures/``, one per variant): each must
+    be writable now, not found read-only after the stages have run."""
+    if not directory.is_dir():
+        return
+    for folder in sorted([directory, *(p for p in directory.rglob("*") if p.is_dir())]):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DataError(f"--out {directory}: cannot write in {folder}, which this run writes into; make it "
+                            "writable or choose another --out")
 
 
 def _command_line(arguments: argparse.Namespace, directory: Path) -> str:
