@@ -39,6 +39,18 @@ def truth_file(tmp_path_factory):
     return path
 
 
+def interrupted_in_epoch(epoch_index: int):
+    """A ``Trainer._epoch`` that raises ``KeyboardInterrupt`` (Ctrl-C) at 0-based epoch ``epoch_index``."""
+    original_epoch = trainer_module.Trainer._epoch
+
+    def epoch_or_interrupt(self, windows, sample_interval, epoch):
+        if epoch == epoch_index:
+            raise KeyboardInterrupt
+        return original_epoch(self, windows, sample_interval, epoch)
+
+    return epoch_or_interrupt
+
+
 def read_log(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -73,13 +85,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeyp
 
     interrupted = tmp_path / "interrupted" / "closure.pt"
     original_epoch = trainer_module.Trainer._epoch
-
-    def crash_in_epoch_four(self, windows, sample_interval, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original_epoch(self, windows, sample_interval, epoch)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", crash_in_epoch_four)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))  # in epoch four
     with pytest.raises(KeyboardInterrupt):
         train_case(case, truth_file, interrupted, progress=False)
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
@@ -108,14 +114,7 @@ def test_an_interrupted_run_leaves_the_finished_closures_log_alone(tmp_path, tru
     out = tmp_path / "closure.pt"
     train_case(toy_case(), truth_file, out, progress=False)
     finished = log_path(out).read_text()
-    original_epoch = trainer_module.Trainer._epoch
-
-    def crash_in_epoch_two(self, windows, sample_interval, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original_epoch(self, windows, sample_interval, epoch)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", crash_in_epoch_two)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(1))
     with pytest.raises(KeyboardInterrupt):
         train_case(toy_case({"learning_rate": 1e-2}), truth_file, out, progress=False)
     assert log_path(out).read_text() == finished and len(read_log(partial_log_path(out))) == 1
@@ -134,13 +133,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, truth_fi
 
     out = tmp_path / "closure.pt"
     original_epoch = trainer_module.Trainer._epoch
-
-    def crash(self, windows, sample_interval, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original_epoch(self, windows, sample_interval, epoch)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", crash)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(2))
     with pytest.raises(KeyboardInterrupt):
         train_case(toy_case(), truth_file, out, progress=False)
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
