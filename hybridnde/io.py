@@ -21,8 +21,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .config.fields import ConfigError
+
 __all__ = [
-    "DataError", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf",
+    "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description",
 ]
 
@@ -45,6 +47,11 @@ VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
 
 class DataError(ValueError):
     """An input file (data, initial conditions, checkpoint) that cannot be used; names the file."""
+
+
+class ResumeRefused(DataError, ConfigError):
+    """A checkpoint that the run asked to resume does not fit it (another case, input or run); names
+    what differs. ``hybridnde run`` starts such a stage afresh, a single command stops (exit 2)."""
 
 
 def _package_version() -> str:
@@ -136,7 +143,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    owner = f"{socket.gethostname()}.{os.getpid()}"
+    owner = f"{_host_tag()}.{os.getpid()}"
     _remove_orphans(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".part", dir=path.parent)
     os.close(handle)
@@ -179,10 +186,20 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
     return path
 
 
+def _host_tag() -> str:
+    """This host and PID namespace (containers sharing a host name have their own PIDs): where a PID
+    in a temporary file's name can be asked whether it still runs."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}-{namespace}"
+
+
 def _remove_orphans(path: Path) -> None:
     """Temporary files of ``path`` left by writers on this host that were killed (``kill -9`` gives
     ``atomic_path`` no chance to clean up): their process is gone, so nothing will finish them."""
-    host = socket.gethostname()
+    host = _host_tag()
     for orphan in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*.part"):
         pid = orphan.name[len(f".{path.name}.{host}."):].split(".", 1)[0]
         if not pid.isdigit():
@@ -200,8 +217,9 @@ def _remove_orphans(path: Path) -> None:
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``: raised inside the
     NetCDF library's locked section it left xarray's lock taken, and the process hung at close."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # SIGINT ignored, or handled by the host application: theirs to decide
         return
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))

@@ -3,8 +3,8 @@
 Two runs given the same ``--out`` would otherwise remove each other's partial file and checkpoint
 and keep writing into what they believe is theirs; a later ``--resume`` then trusts a checkpoint that
 describes another file (members silently NaN). The lock is ``flock``-based: the kernel releases it
-when its holder dies (``kill -9`` included), so a stale lock file never blocks anyone, and a second
-run is refused at once, naming the holder.
+when its holder dies (``kill -9`` included), so a stale lock file never blocks anyone (another user's
+is locked through a read-only descriptor), and a second run is refused at once, naming the holder.
 """
 from __future__ import annotations
 
@@ -32,7 +32,14 @@ def lock_path(path: str | Path) -> Path:
 def _acquire(path: Path) -> int:
     """The locked file's descriptor; ``DataError`` naming the holder when another run has it."""
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # 0o666 less the umask, as the outputs: everyone who may write the output may lock it
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: a read-only descriptor locks as well
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError as error:
+                raise DataError(f"{path}: cannot open this lock file ({error.strerror}); remove it if no run "
+                                "is writing the output, or give another --out") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,8 +60,9 @@ def _acquire(path: Path) -> int:
             pass
         os.close(descriptor)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
+    with contextlib.suppress(OSError):  # who holds it, for the next one's message (not on a read-only descriptor)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
     return descriptor
 
 
@@ -68,6 +76,6 @@ def output_lock(path: str | Path) -> Iterator[Path]:
     try:
         yield lock
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or another user's in a sticky folder: harmless
             os.unlink(lock)  # while still locked: a newcomer then opens a fresh file (see _acquire)
         os.close(descriptor)

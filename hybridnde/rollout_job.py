@@ -33,7 +33,7 @@ from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
-from .io import STATUS_FLAGS, DataError, check_output_path, platform_description
+from .io import STATUS_FLAGS, DataError, ResumeRefused, check_output_path, platform_description
 from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, partial_path, read_checkpoint,
                             read_partial_attribute, remove_restart_files)
 from .output_lock import output_lock
@@ -133,17 +133,21 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         if resume:
             setup.checkpoint = _checked_checkpoint(case, out, setup)
         # ties checkpoints to their partial file: both carry it, a resume checks they agree
-        setup.run_id = setup.checkpoint["run_id"] if setup.checkpoint else uuid.uuid4().hex
+        # an older checkpoint has none, and neither has its partial file: it goes on without one
+        setup.run_id = setup.checkpoint.get("run_id", "") if setup.checkpoint else uuid.uuid4().hex
     return setup
 
 
 def _resume_identity(case: CaseConfig, setup: _Setup) -> dict[str, Any]:
     """What a checkpoint must share with the run resuming it: anything that changes the values."""
-    return {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
-            "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves,
-            "initial_conditions_checksum": setup.initial_conditions_checksum,
-            # threaded FFTs and reductions split the work by thread count: the bits change with it
-            "threads": torch.get_num_threads()}
+    identity = {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
+                "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves,
+                "initial_conditions_checksum": setup.initial_conditions_checksum}
+    if setup.solver.device.type == "cpu" and case.rollout.threads:
+        # threaded FFTs and reductions split the work by thread count: the bits change with it (with
+        # threads = 0, torch's default, the count follows the machine and the launcher: not held to it)
+        identity["threads"] = torch.get_num_threads()
+    return identity
 
 
 def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | None:
@@ -152,7 +156,7 @@ def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | No
         log.info("no checkpoint for %s: starting from the beginning", out)
         return None
     for key, value in _resume_identity(case, setup).items():
-        if checkpoint.get(key) == value:
+        if key not in checkpoint or checkpoint[key] == value:  # absent: an older checkpoint, which did not record it
             continue
         where = f"{checkpoint_path(out)}: cannot resume"
         if key == "config_checksum":
@@ -166,10 +170,10 @@ def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | No
                     f"the results' last bits depend on it (--set rollout.threads={checkpoint.get(key)})")
         else:
             what = f"it was written with another {key.replace('_', ' ')} ({checkpoint.get(key)!r}, now {value!r})"
-        raise DataError(f"{where}: {what}; rerun with the same case, closure, input files and --set values, or "
-                        "without --resume")
-    if checkpoint.get("run_id") != read_partial_attribute(out, "run_id"):
-        raise DataError(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
+        raise ResumeRefused(f"{where}: {what}; rerun with the same case, closure, input files and --set values, or "
+                            "without --resume")
+    if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
                         f"{partial_path(out)} (another run wrote into the same output); start afresh without --resume")
     return checkpoint
 
@@ -349,7 +353,8 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                     in_flight[meta.start] = batch_state
             if checkpoint_after(round_index - 1):
                 setup.writer.checkpoint(*_status(first_bad_save, schedule), {
-                    **_resume_identity(case, setup), "run_id": setup.run_id, "done": sorted(done),
+                    **_resume_identity(case, setup), **({"run_id": setup.run_id} if setup.run_id else {}),
+                    "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None
     if comm.rank == 0:

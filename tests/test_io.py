@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hybridnde.io import DataError, trajectory_dataset, write_netcdf
+from hybridnde.io import DataError, _host_tag, trajectory_dataset, write_netcdf
 from hybridnde.output_lock import lock_path, output_lock
 
 
@@ -56,14 +56,33 @@ def test_a_failing_write_names_the_file_and_the_free_space(tmp_path, monkeypatch
 def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = socket.gethostname()
+    host = _host_tag()  # host name and PID namespace: containers sharing a host name have their own PIDs
     orphan = tmp_path / f".out.nc.{host}.{dead.pid}.x1y2.part"
     alive = tmp_path / f".out.nc.{host}.{os.getpid()}.x3y4.part"  # a writer still running
-    elsewhere = tmp_path / f".out.nc.another-host.{dead.pid}.x5y6.part"  # cannot tell: kept
+    elsewhere = tmp_path / f".out.nc.{socket.gethostname()}-1.{dead.pid}.x5y6.part"  # another namespace: kept
     for path in (orphan, alive, elsewhere):
         path.write_bytes(b"partial")
     write_netcdf(small_dataset(), tmp_path / "out.nc")
     assert leftovers(tmp_path) == sorted([alive.name, elsewhere.name, "out.nc"])
+
+
+@pytest.mark.parametrize("handler", ["ignored", "the application's"])
+def test_a_sigint_handler_of_the_application_is_left_alone(tmp_path, handler):
+    """Deferring replaced any handler: an ignored SIGINT (a background job) killed the write, and an
+    application's own graceful-stop handler was never called."""
+    calls = []
+    installed = signal.SIG_IGN if handler == "ignored" else (lambda number, frame: calls.append(number))
+    previous = signal.signal(signal.SIGINT, installed)
+    try:
+        original = xr.Dataset.to_netcdf
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(xr.Dataset, "to_netcdf",
+                          lambda self, *a, **k: (os.kill(os.getpid(), signal.SIGINT), original(self, *a, **k))[1])
+            write_netcdf(small_dataset(), tmp_path / "out.nc")
+        assert (tmp_path / "out.nc").is_file() and signal.getsignal(signal.SIGINT) is installed
+        assert calls == ([] if handler == "ignored" else [signal.SIGINT])
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_the_output_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
@@ -100,3 +119,20 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     with output_lock(tmp_path / "out.nc"):
         pass
     assert "cannot lock (No locks available)" in caplog.text and leftovers(tmp_path) == []
+
+
+def test_another_users_lock_file_is_locked_through_a_read_only_descriptor(tmp_path, monkeypatch):
+    """A stale lock file of another user (mode 0644 before) gave a PermissionError traceback."""
+    out = tmp_path / "out.nc"
+    lock_path(out).write_text("process 1 on elsewhere\n")
+    real_open = os.open
+
+    def as_another_user(path, flags, *mode):
+        if str(path) == str(lock_path(out)) and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(os, "open", as_another_user)
+    with output_lock(out):
+        pass
+    assert not lock_path(out).exists()

@@ -219,6 +219,37 @@ def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeyp
     assert epochs == [1, 2, 3]
 
 
+
+def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatch, capsys):
+    """`run` has no --resume to drop: a checkpoint that no longer fits (here: the training data's checksum
+    tampered with) used to stop every rerun with exit 2; the stage now starts over, with a warning."""
+    import torch
+
+    import hybridnde.training.trainer as trainer
+
+    case = write_case(tmp_path)
+    original = trainer.learning_rate_at
+
+    def stop_at_third_epoch(epoch, config):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(epoch, config)
+
+    monkeypatch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
+    out = tmp_path / "stopped"
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+    monkeypatch.setattr(trainer, "learning_rate_at", original)
+    checkpoint = out / "closure.checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["identity"]["data_checksum"] = "0" * 64
+    torch.save(state, checkpoint)
+    capsys.readouterr()
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    assert "train: not resuming (" in capsys.readouterr().err and (out / "closure.pt").is_file()
+    epochs = [json.loads(line)["epoch"] for line in (out / "closure.log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
 def test_compare_shares_the_data_and_writes_one_table(tmp_path):
     case = write_case(tmp_path)
     out = tmp_path / "sweep"

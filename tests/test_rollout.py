@@ -414,6 +414,13 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
         run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
         file.attrs["run_id"] = run_id
+    # a checkpoint from before these checks (no run_id, threads or input checksum) still resumes
+    state = torch.load(checkpoint_path(tmp_path / "resumed.nc"), weights_only=True)
+    for key in ("run_id", "threads", "initial_conditions_checksum"):
+        del state[key]
+    torch.save(state, checkpoint_path(tmp_path / "resumed.nc"))
+    with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
+        del file.attrs["run_id"]
     summary = run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     assert summary.resumed and 0 < summary.member_steps < 6 * 60
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)

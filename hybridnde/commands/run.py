@@ -44,7 +44,7 @@ def run(arguments: argparse.Namespace) -> int:
     directory = arguments.out or Path(case.output.directory or
                                       f"runs/{case.case.name}{'-quick' if arguments.quick else ''}")
     check_output_path(directory, folder=True)
-    _check_existing_folders(directory)
+    _check_existing_folders(directory, [variant.label for variant in variants if variant.label])
     outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
                            threads=arguments.threads, command=_command_line(arguments, directory))
     from ..pipeline.report import summary_lines
@@ -53,13 +53,15 @@ def run(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _check_existing_folders(directory: Path) -> None:
-    """A rerun writes into the folders an earlier one made (``figures/``, one per variant): each must
-    be writable now, not found read-only after the stages have run."""
-    if not directory.is_dir():
-        return
-    for folder in sorted([directory, *(p for p in directory.rglob("*") if p.is_dir())]):
-        if not os.access(folder, os.W_OK | os.X_OK):
+def _check_existing_folders(directory: Path, variant_labels: list[str]) -> None:
+    """A rerun writes into the folders an earlier one made (``figures/``, one per variant and its
+    ``figures/``): each that exists must be writable now, not found read-only after the stages ran.
+    Other folders under ``directory`` are not the run's business."""
+    folders = [directory, directory / "figures"]
+    for label in variant_labels:
+        folders += [directory / label, directory / label / "figures"]
+    for folder in folders:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise DataError(f"--out {directory}: cannot write in {folder}, which this run writes into; make it "
                             "writable or choose another --out")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import CaseConfig, ConfigError
-from ..io import DataError, atomic_path
+from ..io import DataError, ResumeRefused, atomic_path
 from ..threads import torch_threads
 from . import stages
 from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
@@ -135,7 +135,13 @@ class _Run:
             self.record.started(path, name, expected)
             log.info("%s%s -> %s%s", label, name, path, " (resuming)" if resume else "")
             started = wallclock.perf_counter()
-            run(resume)
+            try:
+                run(resume)
+            except ResumeRefused as refusal:  # e.g. an input file changed under it: the stage's own restart
+                if not resume:                # files cannot be trusted, and run has no --resume to drop
+                    raise
+                log.warning("%s%s: not resuming (%s); making it afresh", label, name, refusal)
+                run(False)
             seconds = wallclock.perf_counter() - started
             self.record.finished(path, name, expected, seconds)
             log.info("%s%s done in %.1f s", label, name, seconds)

@@ -218,7 +218,7 @@ class _WarmStart:
         state = _generator_state(self.generator)
         if self._rows is not None:
             state["row_ids"] = torch.tensor(list(self._slots), dtype=torch.long)  # slots in insertion order
-            state["rows"] = self._rows[: len(self._slots)].cpu()
+            state["rows"] = self._rows[: len(self._slots)].cpu().clone()  # a view would save the whole buffer
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:

@@ -21,7 +21,7 @@ from solvers import ExplicitSolver, Solver
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
 from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
-from ..io import check_output_path
+from ..io import ResumeRefused, check_output_path
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
 from ..output_lock import output_lock
@@ -236,8 +236,8 @@ def _check_resumable(case: CaseConfig, data: TrainingData, checkpoint: Path) -> 
     if identity.get("data_checksum") not in (None, data.checksum):
         changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now {data.checksum[:12]}...)")
     if changed:
-        raise ConfigError(f"{checkpoint}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "
-                          "with the same case, --set values and data, or without --resume")
+        raise ResumeRefused(f"{checkpoint}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "
+                            "with the same case, --set values and data, or without --resume")
 
 
 def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds: float, *, data: TrainingData,

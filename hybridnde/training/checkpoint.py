@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
-from ..io import DataError, atomic_path
+from ..io import DataError, ResumeRefused, atomic_path
 
 __all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint",
            "read_identity"]
@@ -60,7 +59,8 @@ def read_identity(path: str | Path) -> dict[str, str] | None:
 def load_checkpoint(path: str | Path, *, fingerprint: str) -> dict[str, Any]:
     """Read a checkpoint written for the same configuration and data (``fingerprint``).
 
-    ``DataError`` when the file is unreadable, ``ConfigError`` when it belongs to another set-up.
+    ``DataError`` when the file is unreadable, ``ResumeRefused`` (a ``ConfigError`` too) when it belongs to
+    another set-up.
     """
     path = Path(path)
     try:
@@ -70,6 +70,6 @@ def load_checkpoint(path: str | Path, *, fingerprint: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file; delete it to start afresh")
     if state["fingerprint"] != fingerprint:
-        raise ConfigError(f"{path} was written for another configuration or data file; --resume needs the same "
-                          "case, overrides and data (or delete the checkpoint to start afresh)")
+        raise ResumeRefused(f"{path} was written for another configuration or data file; --resume needs the same "
+                            "case, overrides and data (or delete the checkpoint to start afresh)")
     return state
