@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
-from .io import DataError, atomic_path, trajectory_dataset
+from .io import DataError, ResumeRefused, atomic_path, trajectory_dataset
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint", "read_partial_attribute",
            "remove_restart_files", "CHECKPOINT_FORMAT"]
@@ -109,8 +109,8 @@ class TrajectoryStreamWriter:
             if not resume:
                 self.partial.unlink(missing_ok=True)
                 raise
-            raise DataError(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
-                            f"({error}); rerun without --resume") from None
+            raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
+                                f"({error}); rerun without --resume") from None
         u = file["u"]
         plist = u.id.get_create_plist()
         filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
@@ -119,8 +119,8 @@ class TrajectoryStreamWriter:
         if found != wanted:
             file.close()
             if resume:
-                raise DataError(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
-                                f"the case now asks for {wanted}; rerun without --resume")
+                raise ResumeRefused(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
+                                    f"the case now asks for {wanted}; rerun without --resume")
             self.partial.unlink(missing_ok=True)
             raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
         return file
@@ -260,14 +260,15 @@ def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
 
 def read_partial_attribute(path: str | Path, name: str) -> str | None:
     """A text attribute of the partial file of ``path`` (e.g. ``case_toml``, the case it was started
-    with); ``None`` when there is no such file or attribute."""
+    with); ``None`` when it has no such attribute, ``ResumeRefused`` when the file cannot be read."""
     import h5py
 
     try:
         with h5py.File(partial_path(path), "r") as file:
             value = file.attrs.get(name)
-    except OSError:
-        return None
+    except OSError as error:
+        raise ResumeRefused(f"{partial_path(path)}: the partial file of the interrupted rollout cannot be read "
+                            f"({error}); rerun without --resume") from None
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
 
 

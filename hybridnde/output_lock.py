@@ -29,12 +29,24 @@ def lock_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
+def _removed(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError:  # another user's file in a sticky folder
+        return False
+    return True
+
+
 def _acquire(path: Path) -> int:
     """The locked file's descriptor; ``DataError`` naming the holder when another run has it."""
     while True:
+        writable = True
         try:  # 0o666 less the umask, as the outputs: everyone who may write the output may lock it
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:  # another user's lock file: a read-only descriptor locks as well
+            writable = False
             try:
                 descriptor = os.open(path, os.O_RDONLY)
             except OSError as error:
@@ -47,17 +59,28 @@ def _acquire(path: Path) -> int:
             os.close(descriptor)
             raise DataError(f"{path.with_name(path.name[1:-len('.lock')])}: {holder} is writing it; wait for that "
                             "run to end (or stop it), or give another --out") from None
-        except OSError as error:  # a file system without locks (Lustre mounted without -o flock, some NFS)
+        except OSError as error:
+            if not writable:  # NFS locks only files open for writing: replace another user's stale file
+                os.close(descriptor)
+                if _removed(path):
+                    continue
+                raise DataError(f"{path}: another user's lock file, which this file system cannot lock from here "
+                                f"({error.strerror or error}); remove it if no run is writing the output, or give "
+                                "another --out") from None
+            # a file system without locks (Lustre mounted without -o flock, some NFS)
             log.warning("%s: cannot lock (%s) on this file system; nothing stops a second run from writing the same "
                         "output, so give each run its own --out", path, error.strerror or error)
             break
         # the holder before us may have removed the file between our open and our lock: lock the file
         # that is there now, or two runs would each hold a lock on a different inode
         try:
-            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
-                break
+            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
         except FileNotFoundError:
-            pass
+            current = False
+        if current and not writable and _removed(path):
+            current = False  # another user's stale file, ours to replace: its text would name a dead holder
+        if current:
+            break
         os.close(descriptor)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with contextlib.suppress(OSError):  # who holds it, for the next one's message (not on a read-only descriptor)

@@ -33,7 +33,7 @@ from .config import CaseConfig, ConfigError
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
-from .io import STATUS_FLAGS, DataError, ResumeRefused, check_output_path, platform_description
+from .io import STATUS_FLAGS, ResumeRefused, check_output_path, platform_description
 from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, partial_path, read_checkpoint,
                             read_partial_attribute, remove_restart_files)
 from .output_lock import output_lock
@@ -140,14 +140,32 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
 
 def _resume_identity(case: CaseConfig, setup: _Setup) -> dict[str, Any]:
     """What a checkpoint must share with the run resuming it: anything that changes the values."""
-    identity = {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
-                "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves,
-                "initial_conditions_checksum": setup.initial_conditions_checksum}
-    if setup.solver.device.type == "cpu" and case.rollout.threads:
-        # threaded FFTs and reductions split the work by thread count: the bits change with it (with
-        # threads = 0, torch's default, the count follows the machine and the launcher: not held to it)
-        identity["threads"] = torch.get_num_threads()
-    return identity
+    return {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
+            "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves,
+            "initial_conditions_checksum": setup.initial_conditions_checksum}
+
+
+def _threads_record(case: CaseConfig, setup: _Setup) -> dict[str, Any]:
+    """The torch threads a CPU rollout runs on (effective count and the setting) for its checkpoints:
+    threaded FFTs and reductions split the work by thread count, so the bits change with it."""
+    if setup.solver.device.type != "cpu":
+        return {}
+    return {"threads": torch.get_num_threads(), "threads_setting": case.rollout.threads}
+
+
+def _threads_changed(checkpoint: dict, case: CaseConfig, setup: _Setup) -> str | None:
+    """Why the thread count refuses a resume, or ``None``: counts differ and at least one side chose it
+    (with ``threads = 0`` on both, torch's default follows the machine and the launcher: not held to)."""
+    now = _threads_record(case, setup)
+    if "threads" not in checkpoint or not now or checkpoint["threads"] == now["threads"]:
+        return None
+    if not checkpoint.get("threads_setting", 1) and not now["threads_setting"]:
+        log.warning("resuming on %d torch thread(s) per rank, written on %d: the file may differ in its last bits "
+                    "from an uninterrupted run (rollout.threads = 0 leaves the count to torch)", now["threads"],
+                    checkpoint["threads"])
+        return None
+    return (f"it was written with {checkpoint['threads']} torch thread(s) per rank, this run has {now['threads']}, "
+            f"and the results' last bits depend on it (--set rollout.threads={checkpoint['threads']})")
 
 
 def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | None:
@@ -165,13 +183,14 @@ def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | No
             what = f"the case differs in {', '.join(changed)}" if changed else "the case differs"
         elif key == "initial_conditions_checksum":
             what = f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
-        elif key == "threads":
-            what = (f"it was written with {checkpoint.get(key)} torch thread(s) per rank, this run has {value}, and "
-                    f"the results' last bits depend on it (--set rollout.threads={checkpoint.get(key)})")
         else:
             what = f"it was written with another {key.replace('_', ' ')} ({checkpoint.get(key)!r}, now {value!r})"
         raise ResumeRefused(f"{where}: {what}; rerun with the same case, closure, input files and --set values, or "
                             "without --resume")
+    threads = _threads_changed(checkpoint, case, setup)
+    if threads:
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {threads}; rerun with the same case, closure, "
+                            "input files and --set values, or without --resume")
     if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
         raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
                         f"{partial_path(out)} (another run wrote into the same output); start afresh without --resume")
@@ -272,8 +291,8 @@ def _start_output(case: CaseConfig, out: Path, setup: _Setup, *, closure_path) -
     """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one."""
     if setup.checkpoint is None:
         if checkpoint_path(out).exists():
-            log.warning("discarding the checkpoint of an earlier interrupted rollout to %s (pass --resume to "
-                        "continue it instead)", out)
+            log.warning("starting afresh: the checkpoint of an earlier interrupted rollout to %s is discarded "
+                        "(`hybridnde rollout ... --resume` continues one)", out)
         remove_restart_files(out)
     return _open_writer(case, out, setup, resume=setup.checkpoint is not None, closure_path=closure_path)
 
@@ -353,7 +372,8 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                     in_flight[meta.start] = batch_state
             if checkpoint_after(round_index - 1):
                 setup.writer.checkpoint(*_status(first_bad_save, schedule), {
-                    **_resume_identity(case, setup), **({"run_id": setup.run_id} if setup.run_id else {}),
+                    **_resume_identity(case, setup), **_threads_record(case, setup),
+                    **({"run_id": setup.run_id} if setup.run_id else {}),
                     "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None

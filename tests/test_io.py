@@ -121,18 +121,33 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     assert "cannot lock (No locks available)" in caplog.text and leftovers(tmp_path) == []
 
 
-def test_another_users_lock_file_is_locked_through_a_read_only_descriptor(tmp_path, monkeypatch):
-    """A stale lock file of another user (mode 0644 before) gave a PermissionError traceback."""
+@pytest.mark.parametrize("sticky", [False, True], ids=["own folder", "sticky folder"])
+def test_another_users_stale_lock_file_is_replaced_or_locked_read_only(tmp_path, monkeypatch, sticky):
+    """A stale lock file of another user (mode 0644 before) gave a PermissionError traceback; locked
+    read-only, its text then named the dead holder to the next run. It is replaced where the folder
+    allows; in a sticky folder it is locked through a read-only descriptor."""
     out = tmp_path / "out.nc"
     lock_path(out).write_text("process 1 on elsewhere\n")
-    real_open = os.open
+    theirs = os.stat(lock_path(out)).st_ino
+    real_open, real_unlink = os.open, os.unlink
 
-    def as_another_user(path, flags, *mode):
-        if str(path) == str(lock_path(out)) and flags & (os.O_RDWR | os.O_WRONLY):
+    def as_another_user(path, flags, *mode):  # their file: no write access to it
+        if str(path) == str(lock_path(out)) and flags & (os.O_RDWR | os.O_WRONLY) and \
+                os.path.exists(path) and os.stat(path).st_ino == theirs:
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *mode)
 
+    def sticky_unlink(path, *args, **kwargs):  # a sticky folder: their file cannot be removed
+        if sticky and str(path) == str(lock_path(out)) and os.stat(path).st_ino == theirs:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kwargs)
+
     monkeypatch.setattr(os, "open", as_another_user)
+    monkeypatch.setattr(os, "unlink", sticky_unlink)
     with output_lock(out):
-        pass
-    assert not lock_path(out).exists()
+        text = lock_path(out).read_text()
+        # the next run is told who writes: us where the file could be replaced
+        with pytest.raises(DataError, match="is writing it"), output_lock(out):
+            pass
+    assert (text == "process 1 on elsewhere\n") == sticky
+    assert lock_path(out).exists() == sticky

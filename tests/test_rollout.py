@@ -427,6 +427,27 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
 
 
+def test_a_thread_count_refuses_a_resume_when_either_side_chose_it():
+    """Counts differ: refused when the checkpoint's or this run's rollout.threads set it, a warning when
+    both left it to torch (0); checkpoints without a record (older ones, GPU rollouts) pass."""
+    from types import SimpleNamespace
+
+    from hybridnde.rollout_job import _threads_changed
+
+    setup = SimpleNamespace(solver=SimpleNamespace(device=torch.device("cpu")))
+    now = torch.get_num_threads()
+    other = {"threads": now + 1}
+    assert _threads_changed({**other, "threads_setting": 0}, two_body_case("rollout.threads=0"), setup) is None
+    for written, resuming in ((0, now), (now + 1, 0), (now + 1, now)):
+        refusal = _threads_changed({**other, "threads_setting": written},
+                                   two_body_case(f"rollout.threads={resuming}"), setup)
+        assert refusal and f"--set rollout.threads={now + 1}" in refusal
+    assert _threads_changed({"threads": now, "threads_setting": 0}, two_body_case("rollout.threads=0"), setup) is None
+    assert _threads_changed({}, two_body_case("rollout.threads=1"), setup) is None
+    gpu = SimpleNamespace(solver=SimpleNamespace(device=torch.device("cuda")))
+    assert _threads_changed({**other, "threads_setting": 1}, two_body_case("rollout.threads=1"), gpu) is None
+
+
 def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
     """Only the path was checked: a resume mixed members from the old and the new file, exit 0."""
     truth = simulate_case(ks_case("initial_condition.members=4", "time.n_steps=4"), progress=False)
@@ -446,6 +467,14 @@ def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
     handle.remove()
     write_netcdf(truth.assign(u=truth.u * 1.01), states)  # same path, other states
     with pytest.raises(DataError, match="rollout.initial_conditions, .*states.nc, has changed since"):
+        run_rollout(case, out, closure=model, resume=True, progress=False)
+    # a damaged partial file is a refusal too (ResumeRefused: `run` then starts the stage afresh)
+    from hybridnde.io import ResumeRefused
+
+    write_netcdf(truth, states)
+    partial = partial_path(out)
+    partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 3])
+    with pytest.raises(ResumeRefused, match="partial file of the interrupted rollout cannot be read"):
         run_rollout(case, out, closure=model, resume=True, progress=False)
 
 
