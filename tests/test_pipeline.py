@@ -192,11 +192,10 @@ def test_changed_training_key_retrains_but_reuses_the_data(tmp_path):
         assert rollout.attrs["closure_checksum"] == load_closure(out / "closure.pt")[1]["checksum"]
 
 
-def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeypatch, capsys):
+def run_stopped_in_training(case, out, monkeypatch):
+    """``run`` interrupted (Ctrl-C) in the third training epoch, after the checkpoint of the second."""
     import hybridnde.training.trainer as trainer
 
-    case = write_case(tmp_path)
-    assert run(case, tmp_path / "straight", "--quick", "--set", "rollout.steps=4") == 0
     original = trainer.learning_rate_at
 
     def stop_at_third_epoch(epoch, config):
@@ -204,11 +203,17 @@ def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeyp
             raise KeyboardInterrupt
         return original(epoch, config)
 
-    monkeypatch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
+        assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+
+
+def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeypatch, capsys):
+    case = write_case(tmp_path)
+    assert run(case, tmp_path / "straight", "--quick", "--set", "rollout.steps=4") == 0
     out = tmp_path / "stopped"
-    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+    run_stopped_in_training(case, out, monkeypatch)
     assert not (out / "closure.pt").exists() and (out / "closure.checkpoint.pt").is_file()
-    monkeypatch.setattr(trainer, "learning_rate_at", original)
     capsys.readouterr()
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
     assert any("train -> " in line and line.endswith("(resuming)") for line in capsys.readouterr().err.splitlines())
@@ -219,26 +224,14 @@ def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeyp
     assert epochs == [1, 2, 3]
 
 
-
 def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatch, capsys):
     """`run` has no --resume to drop: a checkpoint that no longer fits (here: the training data's checksum
     tampered with) used to stop every rerun with exit 2; the stage now starts over, with a warning."""
     import torch
 
-    import hybridnde.training.trainer as trainer
-
     case = write_case(tmp_path)
-    original = trainer.learning_rate_at
-
-    def stop_at_third_epoch(epoch, config):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(epoch, config)
-
-    monkeypatch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
     out = tmp_path / "stopped"
-    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
-    monkeypatch.setattr(trainer, "learning_rate_at", original)
+    run_stopped_in_training(case, out, monkeypatch)
     checkpoint = out / "closure.checkpoint.pt"
     state = torch.load(checkpoint, weights_only=True)
     state["identity"]["data_checksum"] = "0" * 64
