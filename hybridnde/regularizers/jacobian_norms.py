@@ -29,6 +29,8 @@ from torch import Tensor
 
 from .jacobian_products import (JVP_METHODS, VectorField, dense_jacobian, jacobian_vector_product,
                                 vector_jacobian_product)
+from .probes import generator_state, load_generator_state, random_directions, unit_rows
+from .warm_start import WarmStart, WarmStarted
 
 __all__ = [
     "VectorField", "JacobianPenalty", "JVP_METHODS", "jacobian_vector_product", "vector_jacobian_product", "dense_jacobian",
@@ -42,31 +44,6 @@ class JacobianPenalty(Protocol):
     name: str
 
     def __call__(self, vector_field: VectorField, t: Tensor, u: Tensor) -> Tensor: ...
-
-
-def _generator_state(generator: torch.Generator | None) -> dict[str, Tensor]:
-    """A penalty's own random stream for checkpoints (``None``: torch's global one, which the trainer keeps)."""
-    return {} if generator is None else {"generator": generator.get_state()}
-
-
-def _load_generator_state(generator: torch.Generator | None, state: dict[str, Tensor]) -> None:
-    if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
-
-
-def _normalize(v: Tensor) -> Tensor:
-    """Unit rows of ``v: (batch, n)`` (a zero row stays zero)."""
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-
-
-def _random_directions(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None,
-                       distribution: str = "gaussian") -> Tensor:
-    """Probe vectors drawn on the CPU (same numbers on every device) and moved to ``like``'s device."""
-    if distribution == "rademacher":
-        draw = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64).to(like.dtype) * 2 - 1
-    else:
-        draw = torch.randn(shape, generator=generator, dtype=like.dtype)
-    return draw.to(like.device)
 
 
 # -- penalties -----------------------------------------------------------------------------------
@@ -109,7 +86,7 @@ class FrobeniusNorm:
         batch, n = u.shape[0], u[0].numel()
         if self.uses_exact(n):
             return dense_jacobian(vector_field, t, u, method=self.jvp_method).pow(2).sum(dim=(-2, -1)).mean()
-        probes = _random_directions((self.probes * batch, *u.shape[1:]), u, self.generator, self.distribution)
+        probes = random_directions((self.probes * batch, *u.shape[1:]), u, self.generator, self.distribution)
         repeated = u.repeat(self.probes, *([1] * (u.ndim - 1)))  # probe p of member b is row p * batch + b
         if self.product == "jvp":
             _, projected = jacobian_vector_product(vector_field, t, repeated, probes, method=self.jvp_method)
@@ -118,10 +95,10 @@ class FrobeniusNorm:
         return projected.reshape(self.probes * batch, -1).pow(2).sum(-1).mean()
 
     def state_dict(self) -> dict[str, Tensor]:
-        return _generator_state(self.generator)
+        return generator_state(self.generator)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        _load_generator_state(self.generator, state)
+        load_generator_state(self.generator, state)
 
     def __repr__(self) -> str:
         return f"FrobeniusNorm(probes={self.probes}, estimator={self.estimator!r}, product={self.product!r})"
@@ -140,121 +117,7 @@ class KineticEnergy:
         return "KineticEnergy()"
 
 
-class _WarmStart:
-    """Vectors kept between calls, ``(batch, n)`` per call, found again in one of two ways.
-
-    * ``row_ids`` (``(batch,)`` integers naming each state, e.g. a data sample's index): one vector per
-      state, so shuffled minibatches reuse what earlier batches found and the store is bounded by the
-      number of distinct states (the data's size) however many batch compositions training draws.
-    * otherwise ``key`` (e.g. a batch's name; ``None``: the shape, dtype and device): one ``(batch, n)``
-      block per key, the ``max_keys`` most recently used kept.
-    """
-
-    def __init__(self, generator: torch.Generator | None, *, max_keys: int = 16):
-        self.generator, self.max_keys = generator, max_keys
-        self._vectors: dict[Hashable, Tensor] = {}  # insertion order = least recently used first
-        self._slots: dict[int, int] = {}            # row id -> row of ``_rows``
-        self._rows: Tensor | None = None            # (capacity, n)
-
-    def start(self, u: Tensor, shape: tuple[int, int], *, key: Hashable | None,
-              row_ids: Tensor | None) -> tuple[Tensor, bool]:
-        """Start vectors ``shape = (batch, n)`` (unit rows) and whether every row had a stored one
-        (rows without get random directions)."""
-        if row_ids is None:
-            stored = self._vectors.pop(_state_key(u, key), None)
-            if stored is not None and stored.shape == shape:
-                self._vectors[_state_key(u, key)] = stored  # most recently used
-                return stored.to(device=u.device, dtype=u.dtype), True
-            return self.random(shape, u), False
-        slots = self._row_slots(row_ids, shape)
-        found = slots >= 0
-        if self._rows is None or not bool(found.any()):
-            return self.random(shape, u), False
-        vectors = self._rows[slots.clamp_min(0).to(self._rows.device)].to(device=u.device, dtype=u.dtype)
-        if bool(found.all()):
-            return vectors, True
-        missing = (~found).to(u.device)[:, None]
-        return torch.where(missing, self.random(shape, u), vectors), False
-
-    def put(self, u: Tensor, vectors: Tensor, *, key: Hashable | None, row_ids: Tensor | None) -> None:
-        vectors = vectors.detach()
-        if row_ids is None:
-            name = _state_key(u, key)
-            self._vectors.pop(name, None)
-            self._vectors[name] = vectors
-            while len(self._vectors) > self.max_keys:
-                self._vectors.pop(next(iter(self._vectors)))
-            return
-        self._row_slots(row_ids, tuple(vectors.shape))  # checks the ids, resets a store of another n
-        last = {int(i): index for index, i in enumerate(row_ids.tolist())}  # one write per state
-        for i in last:
-            self._slots.setdefault(i, len(self._slots))
-        needed = len(self._slots)
-        if self._rows is None or self._rows.shape[0] < needed:  # grow by doubling
-            grown = torch.zeros(max(needed, 2 * (0 if self._rows is None else self._rows.shape[0])), vectors.shape[1],
-                                dtype=vectors.dtype, device=vectors.device)
-            if self._rows is not None:
-                grown[: self._rows.shape[0]] = self._rows.to(grown)
-            self._rows = grown
-        slots = torch.tensor([self._slots[i] for i in last], dtype=torch.long, device=self._rows.device)
-        rows = torch.tensor(list(last.values()), dtype=torch.long, device=vectors.device)
-        self._rows[slots] = vectors[rows].to(self._rows)
-
-    def _row_slots(self, row_ids: Tensor, shape: tuple[int, ...]) -> Tensor:
-        """``(batch,)`` slots of ``row_ids`` in the store, ``-1`` where none; resets a store of another ``n``."""
-        if row_ids.shape != (shape[0],):
-            raise ValueError(f"row_ids have shape {tuple(row_ids.shape)}; expected ({shape[0]},): one id per state")
-        if self._rows is not None and self._rows.shape[1] != shape[1]:
-            self._slots.clear()
-            self._rows = None
-        return torch.tensor([self._slots.get(int(i), -1) for i in row_ids.tolist()], dtype=torch.long)
-
-    def random(self, shape: tuple[int, int], like: Tensor) -> Tensor:
-        return _normalize(_random_directions(shape, like, self.generator))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The random stream and the per-state vectors (``row_ids``), for checkpoints; ``key``ed blocks
-        are left out (a resumed caller recomputes them from a cold start)."""
-        state = _generator_state(self.generator)
-        if self._rows is not None:
-            state["row_ids"] = torch.tensor(list(self._slots), dtype=torch.long)  # slots in insertion order
-            state["rows"] = self._rows[: len(self._slots)].cpu().clone()  # a view would save the whole buffer
-        return state
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        _load_generator_state(self.generator, state)
-        self.clear()
-        if "rows" in state:
-            self._slots = {int(i): slot for slot, i in enumerate(state["row_ids"].tolist())}
-            self._rows = state["rows"].clone()
-
-    def clear(self) -> None:
-        self._vectors.clear()
-        self._slots.clear()
-        self._rows = None
-
-    def __len__(self) -> int:
-        """Stored blocks (keys) plus stored rows."""
-        return len(self._vectors) + len(self._slots)
-
-
-def _state_key(u: Tensor, key: Hashable | None) -> Hashable:
-    return key if key is not None else (tuple(u.shape), u.dtype, str(u.device))
-
-
-class _WarmStarted:
-    """Checkpointing of a penalty's ``_WarmStart`` (``state``)."""
-
-    state: _WarmStart
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.state.load_state_dict(state)
-
-
-class SpectralNorm(_WarmStarted):
+class SpectralNorm(WarmStarted):
     """``mean_b sigma_max(J_b)`` by power iteration on ``J^T J``, warm-started across calls.
 
     Each iteration is ``x <- J^T (J x) / ||J^T (J x)||`` (one JVP and one VJP); the error in
@@ -276,12 +139,12 @@ class SpectralNorm(_WarmStarted):
             raise ValueError(f"method={method!r}; choose 'power' or 'exact'")
         self.iterations, self.initial_iterations, self.method = iterations, initial_iterations, method
         self.jvp_method = jvp_method
-        self.state = _WarmStart(generator)
+        self.state = WarmStart(generator)
 
     def singular_vectors(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
                          key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
         """Leading right singular vectors ``(batch, n)`` (unit rows, no graph); warm starts are found by
-        ``row_ids`` (one id per state) or by ``key`` (see ``_WarmStart``)."""
+        ``row_ids`` (one id per state) or by ``key`` (see ``warm_start.WarmStart``)."""
         batch, n = u.shape[0], u[0].numel()
         x, warm = self.state.start(u, (batch, n), key=key, row_ids=row_ids)
         iterations = self.iterations if warm else self.initial_iterations
@@ -290,7 +153,7 @@ class SpectralNorm(_WarmStarted):
             for _ in range(iterations):
                 _, jx = jacobian_vector_product(vector_field, t, states, x.reshape(u.shape), method=self.jvp_method)
                 _, jtjx = vector_jacobian_product(vector_field, t, states, jx)
-                x = _normalize(jtjx.reshape(batch, n))
+                x = unit_rows(jtjx.reshape(batch, n))
         self.state.put(u, x, key=key, row_ids=row_ids)
         return x
 
@@ -311,7 +174,7 @@ class SpectralNorm(_WarmStarted):
         return f"SpectralNorm(method={self.method!r}, iterations={self.iterations})"
 
 
-class ConditionNumber(_WarmStarted):
+class ConditionNumber(WarmStarted):
     """``mean_b kappa(J_b) = sigma_max / sigma_min`` (2-norm condition number; ``>= 1``, ``1`` is ideal).
 
     ``method="exact"``: singular values of the dense Jacobian (``n`` JVPs, then ``torch.linalg.svdvals``,
@@ -336,7 +199,7 @@ class ConditionNumber(_WarmStarted):
             raise ValueError(f"steps={steps} must be at least 2")
         self.method, self.steps, self.exact_max_dim = method, steps, exact_max_dim
         self.jvp_method = jvp_method
-        self.state = _WarmStart(generator)
+        self.state = WarmStart(generator)
 
     def uses_exact(self, n: int) -> bool:
         return self.method == "exact" or (self.method == "auto" and n <= self.exact_max_dim)
@@ -344,7 +207,7 @@ class ConditionNumber(_WarmStarted):
     def extreme_singular_vectors(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
                                  key: Hashable | None = None, row_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Lanczos estimates of the right singular vectors of ``sigma_max`` and ``sigma_min``, each
-        ``(batch, n)`` with unit rows (no graph); warm starts by ``row_ids`` or ``key`` (``_WarmStart``)."""
+        ``(batch, n)`` with unit rows (no graph); warm starts by ``row_ids`` or ``key`` (``warm_start.WarmStart``)."""
         batch, n = u.shape[0], u[0].numel()
         start, _ = self.state.start(u, (batch, n), key=key, row_ids=row_ids)
         steps = min(self.steps, n)
@@ -352,7 +215,7 @@ class ConditionNumber(_WarmStarted):
         basis = torch.zeros(batch, steps, n, dtype=u.dtype, device=u.device)
         alpha = torch.zeros(batch, steps, dtype=u.dtype, device=u.device)
         beta = torch.zeros(batch, max(steps - 1, 0), dtype=u.dtype, device=u.device)
-        q = _normalize(start)
+        q = unit_rows(start)
         with torch.no_grad():
             for j in range(steps):
                 basis[:, j] = q
@@ -374,16 +237,16 @@ class ConditionNumber(_WarmStarted):
                 if broke_down.any():
                     # an invariant subspace was found: continue from a fresh direction orthogonal to
                     # it, with a zero coupling (T stays block diagonal, its eigenvalues stay Ritz values)
-                    fresh = _random_directions((batch, n), u, self.state.generator)
+                    fresh = random_directions((batch, n), u, self.state.generator)
                     for _ in range(2):
                         fresh = fresh - torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", basis[:, :j + 1], fresh),
                                                      basis[:, :j + 1])
                     w = torch.where(broke_down[:, None], fresh, w)
-                q = _normalize(w)
+                q = unit_rows(w)
             tridiagonal = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
             _, ritz = torch.linalg.eigh(tridiagonal)  # ascending eigenvalues
-            smallest = _normalize(torch.einsum("bkn,bk->bn", basis, ritz[:, :, 0]))
-            largest = _normalize(torch.einsum("bkn,bk->bn", basis, ritz[:, :, -1]))
+            smallest = unit_rows(torch.einsum("bkn,bk->bn", basis, ritz[:, :, 0]))
+            largest = unit_rows(torch.einsum("bkn,bk->bn", basis, ritz[:, :, -1]))
         self.state.put(u, smallest + largest, key=key, row_ids=row_ids)
         return largest, smallest
 

@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PROBE_DISTRIBUTIONS", "ProbeSampler", "draw_probes"]
+__all__ = ["PROBE_DISTRIBUTIONS", "ProbeSampler", "draw_probes", "generator_state", "load_generator_state",
+           "random_directions", "unit_rows"]
 
 PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
 
@@ -80,3 +81,28 @@ class ProbeSampler:
     def __repr__(self) -> str:
         return (f"ProbeSampler(count={self.count}, distribution={self.distribution!r}, "
                 f"normalize={self.normalize})")
+
+
+def unit_rows(v: Tensor) -> Tensor:
+    """Unit rows of ``v: (batch, n)`` (a zero row stays zero)."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def random_directions(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None,
+                      distribution: str = "gaussian") -> Tensor:
+    """Probe vectors drawn on the CPU (same numbers on every device) and moved to ``like``'s device."""
+    if distribution == "rademacher":
+        draw = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64).to(like.dtype) * 2 - 1
+    else:
+        draw = torch.randn(shape, generator=generator, dtype=like.dtype)
+    return draw.to(like.device)
+
+
+def generator_state(generator: torch.Generator | None) -> dict[str, Tensor]:
+    """A random stream for checkpoints (``None``: torch's global one, which the trainer keeps itself)."""
+    return {} if generator is None else {"generator": generator.get_state()}
+
+
+def load_generator_state(generator: torch.Generator | None, state: dict[str, Tensor]) -> None:
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
