@@ -14,7 +14,6 @@ Phases, on every rank:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import time as wallclock
@@ -25,20 +24,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import tomli_w
 import torch
 
 from .chunk_codec import ChunkLayout, encode_block
 from .config import CaseConfig, ConfigError
-from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
-from .io import STATUS_FLAGS, ResumeRefused, check_output_path, platform_description
-from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, partial_path, read_checkpoint,
-                            read_partial_attribute, remove_restart_files)
+from .io import STATUS_FLAGS, check_output_path, platform_description
+from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
 from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
+from .rollout_resume import ROLLOUT_SECTIONS, checked_checkpoint, resume_identity, rollout_checksum
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
 from .systems import build_host_solver, resolve_dtype, state_coordinates
 from .threads import torch_threads
@@ -46,10 +43,6 @@ from .threads import torch_threads
 __all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTIONS"]
 
 log = logging.getLogger(__name__)
-
-#: the case sections a rollout's values depend on (their checksum guards --resume)
-ROLLOUT_SECTIONS = ("system", "time", "initial_condition", "compute", "output", "hybrid", "rollout")
-
 
 @dataclass(frozen=True)
 class RolloutSummary:
@@ -70,14 +63,6 @@ class RolloutSummary:
         return self.member_steps / self.seconds if self.seconds > 0 else float("nan")
 
 
-def rollout_checksum(case: CaseConfig) -> str:
-    """SHA-256 of the sections that decide a rollout's values (run-only keys such as threads left out)."""
-    mapping = case.to_mapping()
-    chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
-    chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
-    return hashlib.sha256(tomli_w.dumps(chosen).encode()).hexdigest()
-
-
 @dataclass
 class _Setup:
     solver: Any
@@ -90,7 +75,7 @@ class _Setup:
     u0: torch.Tensor
     first_position: int
     checkpoint: dict | None
-    initial_conditions_checksum: str = "draw"
+    identity: dict[str, Any] | None = None  # rank 0: what its checkpoints record (rollout_resume)
     run_id: str = ""
     writer: TrajectoryStreamWriter | None = None
 
@@ -128,73 +113,15 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
                    checkpoint=None)
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
         held.enter_context(output_lock(out))
-        if given is not None:
-            setup.initial_conditions_checksum = file_checksum(given)
+        setup.identity = resume_identity(case, closure_checksum=closure_checksum, batch_size=batch_size,
+                                         n_saves=schedule.n_saves, device=device,
+                                         initial_conditions_checksum="draw" if given is None else file_checksum(given))
         if resume:
-            setup.checkpoint = _checked_checkpoint(case, out, setup)
+            setup.checkpoint = checked_checkpoint(case, out, setup.identity)
         # ties checkpoints to their partial file: both carry it, a resume checks they agree
         # an older checkpoint has none, and neither has its partial file: it goes on without one
         setup.run_id = setup.checkpoint.get("run_id", "") if setup.checkpoint else uuid.uuid4().hex
     return setup
-
-
-def _resume_identity(case: CaseConfig, setup: _Setup) -> dict[str, Any]:
-    """What a checkpoint must share with the run resuming it: anything that changes the values."""
-    return {"config_checksum": rollout_checksum(case), "closure_checksum": setup.closure_checksum,
-            "batch_size": setup.batch_size, "n_saves": setup.schedule.n_saves,
-            "initial_conditions_checksum": setup.initial_conditions_checksum}
-
-
-def _threads_record(case: CaseConfig, setup: _Setup) -> dict[str, Any]:
-    """The torch threads a CPU rollout runs on (effective count and the setting) for its checkpoints:
-    threaded FFTs and reductions split the work by thread count, so the bits change with it."""
-    if setup.solver.device.type != "cpu":
-        return {}
-    return {"threads": torch.get_num_threads(), "threads_setting": case.rollout.threads}
-
-
-def _threads_changed(checkpoint: dict, case: CaseConfig, setup: _Setup) -> str | None:
-    """Why the thread count refuses a resume, or ``None``: counts differ and at least one side chose it
-    (with ``threads = 0`` on both, torch's default follows the machine and the launcher: not held to)."""
-    now = _threads_record(case, setup)
-    if "threads" not in checkpoint or not now or checkpoint["threads"] == now["threads"]:
-        return None
-    if not checkpoint.get("threads_setting", 1) and not now["threads_setting"]:
-        log.warning("resuming on %d torch thread(s) per rank, written on %d: the file may differ in its last bits "
-                    "from an uninterrupted run (rollout.threads = 0 leaves the count to torch)", now["threads"],
-                    checkpoint["threads"])
-        return None
-    return (f"it was written with {checkpoint['threads']} torch thread(s) per rank, this run has {now['threads']}, "
-            f"and the results' last bits depend on it (--set rollout.threads={checkpoint['threads']})")
-
-
-def _checked_checkpoint(case: CaseConfig, out: Path, setup: _Setup) -> dict | None:
-    checkpoint = read_checkpoint(out)
-    if checkpoint is None:
-        log.info("no checkpoint for %s: starting from the beginning", out)
-        return None
-    for key, value in _resume_identity(case, setup).items():
-        if key not in checkpoint or checkpoint[key] == value:  # absent: an older checkpoint, which did not record it
-            continue
-        where = f"{checkpoint_path(out)}: cannot resume"
-        if key == "config_checksum":
-            changed = case.changed_keys(read_partial_attribute(out, "case_toml"), ROLLOUT_SECTIONS,
-                                        skip=[("rollout", key) for key in ROLLOUT_RUN_ONLY_KEYS])
-            what = f"the case differs in {', '.join(changed)}" if changed else "the case differs"
-        elif key == "initial_conditions_checksum":
-            what = f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
-        else:
-            what = f"it was written with another {key.replace('_', ' ')} ({checkpoint.get(key)!r}, now {value!r})"
-        raise ResumeRefused(f"{where}: {what}; rerun with the same case, closure, input files and --set values, or "
-                            "without --resume")
-    threads = _threads_changed(checkpoint, case, setup)
-    if threads:
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {threads}; rerun with the same case, closure, "
-                            "input files and --set values, or without --resume")
-    if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
-                        f"{partial_path(out)} (another run wrote into the same output); start afresh without --resume")
-    return checkpoint
 
 
 def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, closure_path) -> TrajectoryStreamWriter:
@@ -206,7 +133,7 @@ def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, cl
         state_shape=solver.state_shape, dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
         title=f"{case.case.name}: ensemble rollout of {case.host_system.name} (closure: {closure_name})",
         solver=repr(solver), closure_checksum=setup.closure_checksum, case_toml=case.to_toml(),
-        extra_attrs={"stage": "rollout", "config_checksum": rollout_checksum(case), "run_id": setup.run_id,
+        extra_attrs={"stage": "rollout", "config_checksum": setup.identity["config_checksum"], "run_id": setup.run_id,
                      "dt": solver.dt, "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
                      "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
                      "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or "")},
@@ -372,8 +299,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                     in_flight[meta.start] = batch_state
             if checkpoint_after(round_index - 1):
                 setup.writer.checkpoint(*_status(first_bad_save, schedule), {
-                    **_resume_identity(case, setup), **_threads_record(case, setup),
-                    **({"run_id": setup.run_id} if setup.run_id else {}),
+                    **setup.identity, **({"run_id": setup.run_id} if setup.run_id else {}),
                     "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
     summary = None

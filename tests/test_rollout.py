@@ -432,7 +432,12 @@ def test_a_thread_count_refuses_a_resume_when_either_side_chose_it():
     both left it to torch (0); checkpoints without a record (older ones, GPU rollouts) pass."""
     from types import SimpleNamespace
 
-    from hybridnde.rollout_job import _threads_changed
+    from hybridnde.rollout_resume import resume_identity, threads_changed
+
+    def _threads_changed(checkpoint, case, setup):  # the identity this run's checkpoints would record
+        identity = resume_identity(case, closure_checksum="none", batch_size=1, n_saves=1,
+                                   initial_conditions_checksum="draw", device=setup.solver.device)
+        return threads_changed(checkpoint, identity)
 
     setup = SimpleNamespace(solver=SimpleNamespace(device=torch.device("cpu")))
     now = torch.get_num_threads()

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import CaseConfig
 from ..io import write_netcdf
-from ..rollout_job import ROLLOUT_SECTIONS, rollout_checksum
+from ..rollout_resume import ROLLOUT_SECTIONS, rollout_checksum
 from ..simulate import SIMULATION_SECTIONS, simulate_case
 from ..training import TRAINING_SECTIONS
 

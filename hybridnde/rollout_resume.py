@@ -1,0 +1,98 @@
+"""Which checkpoint a rollout may continue (``hybridnde rollout --resume``).
+
+A checkpoint records the rollout's identity: the checksum of the case sections that decide its
+values, the closure's checksum, the batch size, the number of saves, the contents of
+``rollout.initial_conditions`` and, on CPUs, the torch threads per rank (threaded FFTs and
+reductions split the work by thread count, so the last bits change with it). A resume with another
+identity is refused (``ResumeRefused``), naming what changed; keys an older checkpoint lacks are not
+checked. A ``run_id`` carried by both the checkpoint and the partial file ties the two together.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+
+from .config import CaseConfig
+from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
+from .io import ResumeRefused
+from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
+
+__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "resume_identity", "threads_changed", "checked_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+#: the case sections a rollout's values depend on (their checksum guards --resume)
+ROLLOUT_SECTIONS = ("system", "time", "initial_condition", "compute", "output", "hybrid", "rollout")
+#: identity keys compared as values; the thread keys have their own rule (``threads_changed``)
+VALUE_KEYS = ("config_checksum", "closure_checksum", "batch_size", "n_saves", "initial_conditions_checksum")
+
+
+def rollout_checksum(case: CaseConfig) -> str:
+    """SHA-256 of the sections that decide a rollout's values (run-only keys such as threads left out)."""
+    mapping = case.to_mapping()
+    chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
+    chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
+    return hashlib.sha256(tomli_w.dumps(chosen).encode()).hexdigest()
+
+
+def resume_identity(case: CaseConfig, *, closure_checksum: str, batch_size: int, n_saves: int,
+                    initial_conditions_checksum: str, device: torch.device) -> dict[str, Any]:
+    """What a checkpoint records and the run resuming it must share (see the module)."""
+    identity = {"config_checksum": rollout_checksum(case), "closure_checksum": closure_checksum,
+                "batch_size": batch_size, "n_saves": n_saves,
+                "initial_conditions_checksum": initial_conditions_checksum}
+    if device.type == "cpu":  # the effective count and the setting (0: torch's default)
+        identity.update(threads=torch.get_num_threads(), threads_setting=case.rollout.threads)
+    return identity
+
+
+def threads_changed(checkpoint: dict, identity: dict) -> str | None:
+    """Why the thread count refuses a resume, or ``None``: counts differ and at least one side chose it
+    (with ``threads = 0`` on both, torch's default follows the machine and the launcher: not held to)."""
+    if "threads" not in checkpoint or "threads" not in identity or checkpoint["threads"] == identity["threads"]:
+        return None
+    if not checkpoint.get("threads_setting", 1) and not identity["threads_setting"]:
+        log.warning("resuming on %d torch thread(s) per rank, written on %d: the file may differ in its last bits "
+                    "from an uninterrupted run (rollout.threads = 0 leaves the count to torch)", identity["threads"],
+                    checkpoint["threads"])
+        return None
+    return (f"it was written with {checkpoint['threads']} torch thread(s) per rank, this run has "
+            f"{identity['threads']}, and the results' last bits depend on it "
+            f"(--set rollout.threads={checkpoint['threads']})")
+
+
+def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -> str | None:
+    """What differs between the checkpoint and this run, in words; ``None`` when nothing does."""
+    for key in VALUE_KEYS:
+        if key not in checkpoint or checkpoint[key] == identity[key]:  # absent: an older checkpoint
+            continue
+        if key == "config_checksum":
+            changed = case.changed_keys(read_partial_attribute(out, "case_toml"), ROLLOUT_SECTIONS,
+                                        skip=[("rollout", name) for name in ROLLOUT_RUN_ONLY_KEYS])
+            return f"the case differs in {', '.join(changed)}" if changed else "the case differs"
+        if key == "initial_conditions_checksum":
+            return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
+        return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
+    return threads_changed(checkpoint, identity)
+
+
+def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | None:
+    """Rank 0: the checkpoint of ``out`` to resume (``None``: there is none), or ``ResumeRefused``."""
+    checkpoint = read_checkpoint(out)
+    if checkpoint is None:
+        log.info("no checkpoint for %s: starting from the beginning", out)
+        return None
+    what = _difference(checkpoint, identity, case, out)
+    if what:
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {what}; rerun with the same case, closure, "
+                            "input files and --set values, or without --resume")
+    if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
+                            f"{partial_path(out)} (another run wrote into the same output); start afresh without "
+                            "--resume")
+    return checkpoint
