@@ -234,7 +234,7 @@ def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatc
     run_stopped_in_training(case, out, monkeypatch)
     checkpoint = out / "closure.checkpoint.pt"
     state = torch.load(checkpoint, weights_only=True)
-    state["identity"]["data_checksum"] = "0" * 64
+    state["identity"]["data_checksum"] = state["fingerprint"] = "0" * 64  # as if written for other data
     torch.save(state, checkpoint)
     capsys.readouterr()
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time as wallclock
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from solvers import ExplicitSolver, Solver
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
 from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
-from ..io import ResumeRefused, check_output_path
+from ..io import check_output_path
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
 from ..output_lock import output_lock
@@ -29,7 +29,7 @@ from ..regularizers import ProbeSampler, sampling_error
 from ..regularizers.jacobian_norms import build_jacobian_penalty
 from ..simulate import SIMULATION_SECTIONS
 from ..systems import build_host_solver, build_solver, resolve_device, resolve_dtype
-from .checkpoint import checkpoint_path, log_path, partial_log_path, read_identity
+from .checkpoint import checkpoint_path, log_path, partial_log_path
 from .homotopy import HomotopyLoss, HomotopySchedule
 from .jacobian_terms import JacobianPenaltyTerm
 from .multiple_shooting import MultipleShootingLoss
@@ -212,10 +212,9 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     validation = RolloutValidation(terms[0], steps=validation_steps, batch_size=max(case.training.batch_size, 1024))
     trainer = Trainer(model, host, terms, validation, case.training, log_file=partial_log_path(out),
                       checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data), progress=progress,
-                      identity={"case_toml": case.to_toml(), "data_checksum": data.checksum})
+                      identity={"case_toml": case.to_toml(), "data_checksum": data.checksum},
+                      describe_change=lambda identity: _changes_since(identity, case, data))
     with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
-        if resume:
-            _check_resumable(case, data, checkpoint_path(out))
         started = wallclock.perf_counter()
         result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
         seconds = wallclock.perf_counter() - started
@@ -226,18 +225,12 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     return model, result
 
 
-def _check_resumable(case: CaseConfig, data: TrainingData, checkpoint: Path) -> None:
-    """``ConfigError`` naming what differs from the checkpoint's case and data (the trainer's
-    fingerprint check stays the last word, for checkpoints written without an identity)."""
-    identity = read_identity(checkpoint) if checkpoint.is_file() else None
-    if identity is None:
-        return
+def _changes_since(identity: Mapping[str, str], case: CaseConfig, data: TrainingData) -> list[str]:
+    """What differs from a checkpoint's ``identity`` (its case TOML and data checksum), in words."""
     changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS)
     if identity.get("data_checksum") not in (None, data.checksum):
         changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now {data.checksum[:12]}...)")
-    if changed:
-        raise ResumeRefused(f"{checkpoint}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "
-                            "with the same case, --set values and data, or without --resume")
+    return changed
 
 
 def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds: float, *, data: TrainingData,

@@ -8,14 +8,13 @@ configuration and data, so a run never resumes from a different set-up.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 
 from ..io import DataError, ResumeRefused, atomic_path
 
-__all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint",
-           "read_identity"]
+__all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "hybridnde-checkpoint/1"
 
@@ -46,21 +45,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], *, fingerprint: str
         torch.save({"format": FORMAT, "fingerprint": fingerprint, **state}, temporary)
 
 
-def read_identity(path: str | Path) -> dict[str, str] | None:
-    """The ``identity`` a checkpoint was written with (``Trainer(identity=...)``); ``None`` without one."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable: load_checkpoint says so
-        return None
-    identity = state.get("identity") if isinstance(state, dict) else None
-    return identity if isinstance(identity, dict) else None
-
-
-def load_checkpoint(path: str | Path, *, fingerprint: str) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, fingerprint: str,
+                    describe_change: Callable[[Mapping[str, str]], list[str]] | None = None) -> dict[str, Any]:
     """Read a checkpoint written for the same configuration and data (``fingerprint``).
 
     ``DataError`` when the file is unreadable, ``ResumeRefused`` (a ``ConfigError`` too) when it belongs to
-    another set-up.
+    another set-up; ``describe_change(identity)`` (the checkpoint's ``identity``, ``{}`` in an older
+    one) names what changed, for the message.
     """
     path = Path(path)
     try:
@@ -70,6 +61,10 @@ def load_checkpoint(path: str | Path, *, fingerprint: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file; delete it to start afresh")
     if state["fingerprint"] != fingerprint:
+        changed = describe_change(state.get("identity") or {}) if describe_change is not None else []
+        if changed:
+            raise ResumeRefused(f"{path}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "
+                                "with the same case, --set values and data, or without --resume")
         raise ResumeRefused(f"{path} was written for another configuration or data file; --resume needs the same "
                             "case, overrides and data (or delete the checkpoint to start afresh)")
     return state

@@ -68,18 +68,21 @@ class Trainer:
         log_file / checkpoint_file: JSON-lines log and checkpoint paths (``None``: none written).
         fingerprint: identifies configuration and data; a checkpoint with another is refused.
         identity: what the fingerprint is made of, in words (``train_case``: the case TOML and the
-            data's SHA-256), stored in checkpoints so that a refusal can name what changed.
+            data's SHA-256), stored in checkpoints; ``describe_change(their identity)`` names what
+            changed when a checkpoint's fingerprint differs (``load_checkpoint``).
     """
 
     def __init__(self, model: nn.Module, solver: Solver, terms: Sequence[LossTerm], validation: Validation,
                  config: TrainingConfig, *, log_file: str | Path | None = None,
                  checkpoint_file: str | Path | None = None, fingerprint: str = "", progress: bool | None = None,
-                 identity: Mapping[str, str] | None = None):
+                 identity: Mapping[str, str] | None = None,
+                 describe_change: Callable[[Mapping[str, str]], list[str]] | None = None):
         self.model, self.solver, self.terms, self.validation, self.config = model, solver, list(terms), validation, config
         self.log_file = Path(log_file) if log_file is not None else None
         self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
         self.fingerprint, self.progress = fingerprint, progress
         self.identity = dict(identity or {})  # readable parts of the fingerprint, kept in checkpoints
+        self.describe_change = describe_change
         # terms may own trainable parameters too (multiple shooting's segment starts): ``term.parameters()``
         self.parameters = list(model.parameters()) + [p for term in self.terms
                                                        for p in getattr(term, "parameters", tuple)()]
@@ -150,8 +153,8 @@ class Trainer:
         config = self.config
         start, best, bad_epochs, history = 0, {"val_loss": math.inf, "epoch": -1, "state": None}, 0, []
         if resume and self.checkpoint_file is not None and self.checkpoint_file.is_file():
-            start, best, bad_epochs, history = self._restore(load_checkpoint(self.checkpoint_file,
-                                                                             fingerprint=self.fingerprint))
+            start, best, bad_epochs, history = self._restore(load_checkpoint(
+                self.checkpoint_file, fingerprint=self.fingerprint, describe_change=self.describe_change))
             log.info("resuming from %s after epoch %d", self.checkpoint_file, start)
         elif resume:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
