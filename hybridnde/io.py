@@ -143,8 +143,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    owner = f"{_host_tag()}.{os.getpid()}"
-    _remove_orphans(path)
+    host = _host_tag()
+    _remove_orphans(path, host)
+    owner = f"{host}.{os.getpid()}"
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".part", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
@@ -196,10 +197,10 @@ def _host_tag() -> str:
     return f"{socket.gethostname()}-{namespace}"
 
 
-def _remove_orphans(path: Path) -> None:
-    """Temporary files of ``path`` left by writers on this host that were killed (``kill -9`` gives
-    ``atomic_path`` no chance to clean up): their process is gone, so nothing will finish them."""
-    host = _host_tag()
+def _remove_orphans(path: Path, host: str) -> None:
+    """Temporary files of ``path`` left by writers on this ``host`` (``_host_tag``) that were killed
+    (``kill -9`` gives ``atomic_path`` no chance to clean up): their process is gone, so nothing will
+    finish them."""
     for orphan in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*.part"):
         pid = orphan.name[len(f".{path.name}.{host}."):].split(".", 1)[0]
         if not pid.isdigit():

@@ -27,8 +27,8 @@ import torch
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, ResumeRefused, atomic_path, trajectory_dataset
 
-__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint", "read_partial_attribute",
-           "remove_restart_files", "CHECKPOINT_FORMAT"]
+__all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
+           "read_partial_attribute", "remove_restart_files", "CHECKPOINT_FORMAT"]
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,9 @@ def _removed(path: Path) -> bool:
     return True
 
 
-def _acquire(path: Path) -> int:
-    """The locked file's descriptor; ``DataError`` naming the holder when another run has it."""
+def _acquire(path: Path, output: Path) -> int:
+    """The locked file's descriptor (``path``, the lock of ``output``); ``DataError`` naming the
+    holder when another run has it."""
     while True:
         writable = True
         try:  # 0o666 less the umask, as the outputs: everyone who may write the output may lock it
@@ -57,8 +58,8 @@ def _acquire(path: Path) -> int:
         except BlockingIOError:
             holder = os.pread(descriptor, 512, 0).decode(errors="replace").strip() or "another process"
             os.close(descriptor)
-            raise DataError(f"{path.with_name(path.name[1:-len('.lock')])}: {holder} is writing it; wait for that "
-                            "run to end (or stop it), or give another --out") from None
+            raise DataError(f"{output}: {holder} is writing it; wait for that run to end (or stop it), or give "
+                            "another --out") from None
         except OSError as error:
             if not writable:  # NFS locks only files open for writing: replace another user's stale file
                 os.close(descriptor)
@@ -95,7 +96,7 @@ def output_lock(path: str | Path) -> Iterator[Path]:
     run holds it. The lock file is removed on the way out."""
     lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = _acquire(lock)
+    descriptor = _acquire(lock, Path(path))
     try:
         yield lock
     finally:
