@@ -12,7 +12,8 @@ from .odes import ODE_SYSTEMS, DoublePendulum, Lorenz63, LotkaVolterra, RigidBod
 from .second_order import SecondOrderHost
 
 __all__ = [
-    "Closure", "Solver", "ExplicitSolver", "ClosureOnly", "SolverStateError", "StabilityLimitError", "FIXED_STEP_METHODS", "odeint_adaptive",
+    "Closure", "Solver", "ExplicitSolver", "ClosureOnly", "SolverStateError", "StabilityLimitError",
+    "FIXED_STEP_METHODS", "odeint_adaptive",
     "KuramotoSivashinskySpectral", "KuramotoSivashinskyFiniteDifference",
     "TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum", "ODE_SYSTEMS", "SecondOrderHost",
 ]

@@ -233,7 +233,8 @@ def table(rows: list[dict]) -> str:
         bounded, bounded_sd = stat("bounded")
         jac, _ = stat("jac")
         val, _ = stat("val_loss")
-        paper = [np.median([m.get(key, np.nan) for m in members]) for key in ("mse", "kl", "jac_norm")]  # median: MSE may be inf
+        # the paper's metrics, median over seeds (MSE may be inf)
+        paper = [np.median([m.get(key, np.nan) for m in members]) for key in ("mse", "kl", "jac_norm")]
         weight = np.mean([m["weight"] for m in members])
         lines.append(f"{case:<11} {regularizer:<5} {multiplier:>9.3g} {weight:>13.3g} {len(members):>5} "
                      f"{vpt:>8.3g} ± {vpt_sd:<5.2g} {bounded:>6.2f} ± {bounded_sd:<4.2f} {jac:>13.3g} {val:>10.3g} "

@@ -202,7 +202,8 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     return case
 
 
-def _typed_sections(raw: Mapping[str, Any], source: str, *, validate: bool = True) -> tuple[dict[str, Any], SystemConfig]:
+def _typed_sections(raw: Mapping[str, Any], source: str, *,
+                    validate: bool = True) -> tuple[dict[str, Any], SystemConfig]:
     """Each section of ``raw`` as its dataclass (unknown sections and keys, types and ranges checked;
     ``validate``: also each section's rules joining several keys)."""
     known = {"system", "quick", *SECTIONS}

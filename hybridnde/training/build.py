@@ -218,8 +218,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
         started = wallclock.perf_counter()
         result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
         seconds = wallclock.perf_counter() - started
-        _save_result(case, out, model, result, seconds, data=data, windows=(len(train_windows), len(validation_windows)),
-                     device=device)
+        _save_result(case, out, model, result, seconds, data=data,
+                     windows=(len(train_windows), len(validation_windows)), device=device)
     log.info("trained %s: %d epochs, best validation loss %.4g at epoch %d (%.1f s)", out, result.epochs_run,
              result.best_val_loss, result.best_epoch, seconds)
     return model, result
@@ -229,7 +229,8 @@ def _changes_since(identity: Mapping[str, str], case: CaseConfig, data: Training
     """What differs from a checkpoint's ``identity`` (its case TOML and data checksum), in words."""
     changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS)
     if identity.get("data_checksum") not in (None, data.checksum):
-        changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now {data.checksum[:12]}...)")
+        changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now "
+                          f"{data.checksum[:12]}...)")
     return changed
 
 
