@@ -222,6 +222,9 @@ class DenseStepper:
         #: the whole ``step`` as one compiled call (``solvers.c_kernels.DenseStep``), set by its owner
         #: after checking it; used for the states it ``accepts``
         self.compiled = None
+        #: ``step`` and ``step_with_closure`` with one Triton kernel a stage (``solvers.fused_dense``), set
+        #: by its owner after checking it; used for the states it ``accepts``
+        self.fused = None
 
     def _check(self, u: Tensor) -> None:
         """Refuse a state not of the workspace's shape: ``copy_`` would broadcast it and ``out=`` resize
@@ -235,9 +238,11 @@ class DenseStepper:
         Only for a stepper without closure slots (``step_with_closure`` fills those)."""
         if self.with_closure:
             raise ValueError("this DenseStepper has closure slots: call step_with_closure(u, closure, times)")
-        compiled = self.compiled
+        compiled, fused = self.compiled, self.fused
         if compiled is not None and compiled.accepts(u):
             return compiled(u)
+        if fused is not None and fused.accepts(u):
+            return fused.step(u)
         self._check(u)
         stage, mm, mul = self.stage, torch.mm, torch.mul  # locals: this runs ~15 us, lookups count
         self.u.copy_(u)
@@ -254,6 +259,9 @@ class DenseStepper:
                           times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """``step`` with ``closure(t, x)`` added to the nonlinear term at the stage times ``(t, t + dt/2,
         t + dt)``. The closure sees fresh tensors it may keep (``u`` itself first)."""
+        fused = self.fused
+        if fused is not None and fused.accepts(u):
+            return fused.step_with_closure(u, closure, times)
         self._check(u)
         mm, mul = torch.mm, torch.mul
         start, half, end = times

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import c_kernels, cpu_fft, fused_stages
+from . import c_kernels, cpu_fft, fused_dense, fused_stages
 from .base import same_increment
 from .etdrk4_stepping import DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, fourier_step_into
 
@@ -33,6 +33,23 @@ class FusedKernelChecks:
         probe = self.to_physical(self._fused_probe(stepper.workspace))
         if self._fused_agrees(probe, stepper.step(probe), lambda: compiled(probe)):
             stepper.compiled = compiled
+
+    def _fuse_dense_step(self, stepper: DenseStepper) -> None:
+        """Give ``stepper`` the Triton stages (``fused_dense.FusedDenseStep``) once they made the torch
+        step's increment on a probe; a stepper with closure slots is checked with a stand-in closure
+        that depends on time and state (the solver's own closure must see exactly 4 calls a step)."""
+        fused = fused_dense.FusedDenseStep(stepper)
+        probe = self.to_physical(self._fused_probe(stepper.u))
+        times = tuple(torch.tensor(t, dtype=probe.dtype, device=probe.device) for t in (0.3, 0.4, 0.5))
+
+        def stand_in(t: Tensor, x: Tensor) -> Tensor:
+            return 0.1 * torch.sin(x) + t
+
+        def step(dense) -> Tensor:  # the stepper's torch step or the fused one
+            return dense.step_with_closure(probe, stand_in, times) if stepper.with_closure else dense.step(probe)
+
+        if self._fused_agrees(probe, step(stepper), lambda: step(fused)):
+            stepper.fused = fused
 
     def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,
                           low: StageCoefficients, nonlinear, fused_nonlinear, workspace: FourierWorkspace) -> Tensor:

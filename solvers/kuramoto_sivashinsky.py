@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import c_kernels, cpu_fft, fused_stages
+from . import c_kernels, cpu_fft, fused_dense, fused_stages
 from .base import Closure, PeriodicGrid, Solver
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
@@ -216,7 +216,9 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
                 self._dense.clear()
             stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device,
                                    with_closure=with_closure)
-            if not with_closure and self.fused_updates and c_kernels.available(stepper.workspace):
+            if self.fused_updates and fused_dense.available(stepper.u):  # Triton: a GPU (or interpreted)
+                self._fuse_dense_step(stepper)
+            elif not with_closure and self.fused_updates and c_kernels.available(stepper.workspace):
                 self._compile_dense_step(stepper)
             self._dense[key] = stepper
         return stepper
