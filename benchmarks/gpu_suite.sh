@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/hybridnde-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PARTS=" ${*:-environment tests ks_stepper crossover closure_overhead closure_overhead_eager training_step memory pipeline rollout} "
+PARTS=" ${*:-environment tests ks_stepper crossover dense_fused closure_overhead closure_overhead_eager training_step memory pipeline rollout} "
 part() {  # part NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
   [[ $PARTS == *" $name "* ]] || return 0
@@ -43,6 +43,9 @@ part pipeline 110 python3 -m hybridnde.cli run cases/ks_l22.toml --quick --no-pr
 part rollout 120 python3 -m hybridnde.cli rollout cases/ks_l22.toml --quick --no-progress \
   --closure /tmp/hybridnde-gpu-run/closure.pt --out /tmp/hybridnde-gpu-run/ensemble.nc \
   --set rollout.members=2048 --set rollout.steps=2000 --set rollout.save_every=20
+# the dense step's Triton stages against its torch step, per tile size and split (tile_sizes, splits)
+part dense_fused 200 python3 benchmarks/ks_dense_fused.py --device cuda --sweep --repeats 3 --min-seconds 0.05 \
+  --points 64 256 512 --batches 1 64 1024 --jsonl "$OUT/bench.jsonl"
 # where the dense step beats the FFT step on this GPU (the "auto" limits of the spectral KS solver)
 part crossover 150 python3 benchmarks/ks_dense_crossover.py --device cuda --repeats 3 --min-seconds 0.05 \
   --jsonl "$OUT/bench.jsonl"

@@ -86,6 +86,16 @@ def test_closure_overhead_runs():
     assert "Closure in the hook" in stdout
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton (its CPU interpreter) not installed")
+def test_ks_dense_fused_times_both_steps_and_they_agree():
+    stdout, records = run_tiny("ks_dense_fused.py")  # on the CPU: Triton's interpreter
+    assert {(r["contender"], r["closure"]) for r in records} == {(c, k) for c in ("torch", "fused") for k in (False, True)}
+    for record in records:
+        assert record["step_s"] > 0
+        assert record["relative_deviation_after_20_steps"] < 1e-13  # the same step, summed in another order
+    assert "fused Triton stages vs torch" in stdout
+
+
 def test_ks_dense_crossover_times_both_paths_and_reports_the_auto_choice():
     stdout, records = run_tiny("ks_dense_crossover.py")
     assert len(records) == 4  # N = 16, batch 1 and 2, without and with a closure
