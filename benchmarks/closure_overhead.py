@@ -10,9 +10,9 @@ step, float64, under ``torch.inference_mode`` (and once more under ``torch.no_gr
 * ``4 closure forwards``: the closure alone, called on the very ``(t, u)`` stage inputs the solver
   gives it (recorded from one run; 4 per step);
 * ``step with closure``: the solver with the closure in the hook;
-* ``step with free closure``: the solver with a closure that costs nothing (returns a stored
-  tensor): the step plus everything the hook itself adds (stage times, the closure term's FFT and
-  update, the un-fused squaring that leaves the closure's input intact).
+* ``step with free closure``: the solver with a closure that costs nothing (returns stored
+  tensors, ``common.FreeClosure``): the step plus everything the hook itself adds (stage times,
+  the closure term's FFT and update, the un-fused squaring that leaves the closure's input intact).
 
 Reported, relative to the 4 closure forwards: ``hook overhead = (free - bare) / forwards`` and
 ``solver share = free / forwards`` -- everything that is not the closure (issue 9 asks < 10%).
@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_common_arguments, clock_for, configure_threads, emit_json,  # noqa: E402
+from common import (FreeClosure, add_common_arguments, clock_for, configure_threads, emit_json,  # noqa: E402
                     machine_description, on_gpu, print_table, synchronize, time_interleaved)
 
 DOMAIN_LENGTH = 22.0
@@ -102,8 +102,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
             forwards_graph.replay()
             synchronize(device)
 
-    tendency = torch.zeros_like(u0)
-    free = KuramotoSivashinskySpectral(closure=lambda t_stage, u_stage: tendency, **options)
+    free = KuramotoSivashinskySpectral(closure=FreeClosure(u0), **options)
     timings = time_interleaved({"bare step": (run_solver(bare), steps),
                                 "step with free closure": (run_solver(free), steps),
                                 "4 closure forwards": (forwards, steps),

@@ -259,6 +259,8 @@ class DenseStepper:
                           times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """``step`` with ``closure(t, x)`` added to the nonlinear term at the stage times ``(t, t + dt/2,
         t + dt)``. The closure sees fresh tensors it may keep (``u`` itself first)."""
+        if not self.with_closure:
+            raise ValueError("this DenseStepper has no closure slots: make it with with_closure=True")
         fused = self.fused
         if fused is not None and fused.accepts(u):
             return fused.step_with_closure(u, closure, times)

@@ -49,6 +49,7 @@ class FusedKernelChecks:
             return dense.step_with_closure(probe, stand_in, times) if stepper.with_closure else dense.step(probe)
 
         if self._fused_agrees(probe, step(stepper), lambda: step(fused)):
+            fused.outputs_in_place = False  # learned from the solver's own closure, not the stand-in
             stepper.fused = fused
 
     def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,

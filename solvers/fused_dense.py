@@ -7,8 +7,10 @@ with a closure, copies of the closure's outputs -- 13 kernels a step with a clos
 each stage's product reads its operands where they are and squares them as it loads
 (``solvers._dense_kernels.dense_stage``)::
 
-    a  = [u | u^2 (| C(u))] @ A                       b  = [a^2 (| C(a)) | u] @ B
-    d  = [u | u^2 (| C(u)) | b^2 (| C(b))] @ D        u+ = [a^2 (| C(a)) | u | u^2 (| C(u)) | b^2 (| C(b)) | d^2 (| C(d))] @ F
+    a  = [u | u^2 (| C(u))] @ A
+    b  = [a^2 (| C(a)) | u] @ B
+    d  = [u | u^2 (| C(u)) | b^2 (| C(b))] @ D
+    u+ = [a^2 (| C(a)) | u | u^2 (| C(u)) | b^2 (| C(b)) | d^2 (| C(d))] @ F
 
 with the stepper's own stacked matrices (their row blocks follow the workspace's slots, which are
 these operands in this order): 4 kernels a step with or without a closure, the closure's outputs read
@@ -20,6 +22,7 @@ On the CPU the compiled C dense step (``solvers.c_kernels.DenseStep``) is used i
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -61,7 +64,7 @@ def splits(tiles: int, most_blocks: int, n: int, block_k: int, multiprocessors: 
     half the GPU's multiprocessors idle and each tile's serial sum is long (the largest stage's blocks
     times its ``k`` strides at least 8). Measured on an H100: at N = 64 the split pays with a closure
     (9 blocks; 22.9 against 24.7 us a step at batch 64), not without one (5 blocks; 18.3 against
-    15.1 us); at N = 256 and 512 it pays (26.7 against 34.5 us at batch 64)."""
+    15.1 us); at N = 256 it pays (26.7 against 34.5 us at batch 64; N = 512 was timed split only)."""
     return tiles < multiprocessors // 2 and most_blocks * -(-n // block_k) >= 8
 
 
@@ -91,10 +94,12 @@ class FusedDenseStep:
         most = 9 if stepper.with_closure else 5  # operand blocks of the final stage
         if split is None:
             split = splits(tiles_count, most, n, self.tiles[2], multiprocessors(like.device))
-        self.split = split
+        self.split = split and most * batch * n <= MAX_ENTRIES  # the partials, indexed with 32 bits too
         self.partials = like.new_empty((most, batch, n)) if self.split else like.new_empty(0)
         self.counters = torch.zeros(tiles_count if self.split else 1, dtype=torch.int32, device=like.device)
         self.stages = None if stepper.with_closure else tuple(torch.empty_like(like) for _ in range(3))
+        #: the closure's outputs are read in place (not copied): learned from the first step's (``_note_outputs``)
+        self.outputs_in_place = False
 
     def accepts(self, u: Tensor) -> bool:
         """Whether ``u`` is a state the kernel may read as raw memory: the stepper's shape, dtype and
@@ -129,23 +134,51 @@ class FusedDenseStep:
             self._stage(a, s.a_matrix, ((u, False), (u, True)))
             self._stage(b, s.b_matrix, ((a, True), (u, False)))
             self._stage(d, s.d_matrix, ((u, False), (u, True), (b, True)))
-            return self._stage(torch.empty_like(u), s.final_matrix, ((a, True), (u, False), (u, True), (b, True), (d, True)))
+            return self._stage(torch.empty_like(u), s.final_matrix,
+                               ((a, True), (u, False), (u, True), (b, True), (d, True)))
 
     def step_with_closure(self, u: Tensor, closure: Callable[[Tensor, Tensor], Tensor],
                           times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """``stepper.step_with_closure(u, closure, times)``; the closure sees fresh tensors (``u`` first)."""
+        """``stepper.step_with_closure(u, closure, times)``; the closure sees fresh tensors (``u`` first).
+
+        The kernels read the closure's outputs where they are, up to three closure calls later (``C(u)``
+        in the last stage). A closure that writes every output into one buffer of its own would have
+        overwritten them by then (the torch step copies each at once), so the first step copies them
+        too and looks: only if its 4 outputs are 4 different tensors are they read in place from then
+        on. A closure that starts sharing buffers later is caught after that step (``_note_outputs``)."""
         s, empty = self.stepper, torch.empty_like
         start, half, end = times
+        outputs: list[Tensor] = []
+        copy = not self.outputs_in_place
+
+        def term(t: Tensor, x: Tensor) -> Tensor:
+            output = closure(t, x)
+            outputs.append(output)
+            operand = self._operand(output, u)
+            return operand.clone() if copy and operand is output else operand
+
         with self._device(u):
-            c_u = self._operand(closure(start, u), u)
+            c_u = term(start, u)
             a = self._stage(empty(u), s.a_matrix, ((u, False), (u, True), (c_u, False)))
-            c_a = self._operand(closure(half, a), u)
+            c_a = term(half, a)
             b = self._stage(empty(u), s.b_matrix, ((a, True), (c_a, False), (u, False)))
-            c_b = self._operand(closure(half, b), u)
+            c_b = term(half, b)
             d = self._stage(empty(u), s.d_matrix, ((u, False), (u, True), (c_u, False), (b, True), (c_b, False)))
-            c_d = self._operand(closure(end, d), u)
-            return self._stage(empty(u), s.final_matrix, ((a, True), (c_a, False), (u, False), (u, True), (c_u, False),
-                                                          (b, True), (c_b, False), (d, True), (c_d, False)))
+            c_d = term(end, d)
+            stepped = self._stage(empty(u), s.final_matrix, ((a, True), (c_a, False), (u, False), (u, True),
+                                                             (c_u, False), (b, True), (c_b, False), (d, True),
+                                                             (c_d, False)))
+        self._note_outputs(outputs)
+        return stepped
+
+    def _note_outputs(self, outputs: list[Tensor]) -> None:
+        """Read the closure's outputs in place from the next step on only if these 4 share no memory."""
+        distinct = len({output.untyped_storage().data_ptr() for output in outputs}) == len(outputs)
+        if self.outputs_in_place and not distinct:
+            warnings.warn("the closure's outputs now share memory (a buffer reused between calls): the fused "
+                          "dense step read them in place, so this step may be wrong; it copies them from now on",
+                          RuntimeWarning, stacklevel=4)
+        self.outputs_in_place = distinct
 
     @staticmethod
     def _operand(term: Tensor, u: Tensor) -> Tensor:

@@ -89,7 +89,8 @@ def test_closure_overhead_runs():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton (its CPU interpreter) not installed")
 def test_ks_dense_fused_times_both_steps_and_they_agree():
     stdout, records = run_tiny("ks_dense_fused.py")  # on the CPU: Triton's interpreter
-    assert {(r["contender"], r["closure"]) for r in records} == {(c, k) for c in ("torch", "fused") for k in (False, True)}
+    expected = {(contender, closure) for contender in ("torch", "fused") for closure in (False, True)}
+    assert {(r["contender"], r["closure"]) for r in records} == expected
     for record in records:
         assert record["step_s"] > 0
         assert record["relative_deviation_after_20_steps"] < 1e-13  # the same step, summed in another order

@@ -67,7 +67,32 @@ def counting(t, u):
 solver = KuramotoSivashinskySpectral(n_points=16, implementation="dense", closure=counting)
 with torch.no_grad():
     solver.rollout(torch.cos(2 * torch.pi * solver.x / 22.0).repeat(2, 1), 2)
-print(json.dumps({"results": results, "calls": calls,
+# closures whose outputs share memory: written into one buffer of their own (read in place, the kernels
+# would see the last call's output for C(u), C(a), C(b)), or one constant tensor; and one that starts
+# reusing its buffer only after the first step (caught after that step, with a warning)
+class OneBuffer:
+    def __init__(self, after=0):
+        self.buffer, self.calls, self.after = None, 0, after
+    def __call__(self, t, u):
+        self.calls += 1
+        if self.calls <= self.after:
+            return 0.1 * torch.sin(u)
+        if self.buffer is None:
+            self.buffer = torch.empty_like(u)
+        return torch.mul(torch.sin(u), 0.1, out=self.buffer)
+constant = 0.05 * torch.ones(3, 16, dtype=torch.float64)
+sharing = {}
+import warnings
+for name, closure in {"one buffer": OneBuffer(), "constant": lambda t, u: constant,
+                      "fresh": lambda t, u: 0.1 * torch.sin(u), "one buffer later": OneBuffer(after=8)}.items():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        solver, fused, unfused = fused_and_unfused(16, 3, closure=closure, steps=10, implementation="dense")
+    step = next(iter(solver._dense.values())).fused
+    sharing[name] = {"fused": step is not None, "in_place": step is not None and step.outputs_in_place,
+                     "error": float((fused - unfused).abs().max() / unfused.abs().max()),
+                     "warned": any("share memory" in str(w.message) for w in caught)}
+print(json.dumps({"results": results, "calls": calls, "sharing": sharing,
                   "fused": next(iter(solver._dense.values())).fused is not None}))
 """
 
@@ -89,6 +114,14 @@ def test_fused_dense_stages_match_the_torch_dense_step_in_the_triton_interpreter
         assert result["error"] < tolerance, result
         assert result["moved"] > 0.1, result
     assert printed["fused"] and printed["calls"] == [0.0, 0.125, 0.125, 0.25, 0.25, 0.375, 0.375, 0.5]
+    sharing = printed["sharing"]
+    for name in ("one buffer", "constant", "fresh"):  # every step right; only fresh outputs read in place
+        result = sharing[name]
+        assert result["fused"] and result["error"] < 1e-13 and not result["warned"], (name, sharing)
+        assert sharing[name]["in_place"] == (name == "fresh"), (name, sharing)
+    # fresh outputs in the first two steps (read in place from the second), then one buffer: that step is
+    # said to be unreliable (caught after it), and the outputs are copied from then on
+    assert sharing["one buffer later"]["warned"] and not sharing["one buffer later"]["in_place"], sharing
 
 
 def stand_in(broken: str):
@@ -155,6 +188,27 @@ def test_a_correct_fused_dense_step_is_used_and_never_calls_the_closure_in_its_c
     assert torch.isfinite(saved[[0, 2]]).all() and torch.isnan(saved[1, -1]).all()
 
 
+def test_a_dense_stepper_without_closure_slots_refuses_a_closure():
+    solver = KuramotoSivashinskySpectral(n_points=16)
+    u = torch.ones(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        stepper = solver._dense_stepper(u, solver.dt)
+    times = (torch.zeros(()),) * 3
+    with pytest.raises(ValueError, match="no closure slots"):
+        stepper.step_with_closure(u, lambda t, x: x, times)
+
+
+def test_the_split_is_refused_where_its_partials_overflow_32_bit_indices():
+    from solvers.etdrk4_stepping import DenseStepper
+
+    n, batch = 16, 2**29 // 16 + 1  # the state fits 32-bit indices, its 5 partial blocks do not
+    matrices = tuple(torch.empty(k * n, n, device="meta") for k in (2, 3, 3, 5))
+    stepper = DenseStepper(matrices, batch, n, dtype=torch.float32, device=torch.device("meta"))
+    assert not fused_dense.FusedDenseStep(stepper, split=True).split
+    small = DenseStepper(matrices, 64, n, dtype=torch.float32, device=torch.device("meta"))
+    assert fused_dense.FusedDenseStep(small, split=True).split
+
+
 def test_fused_dense_is_not_used_for_states_it_cannot_read():
     pytest.importorskip("triton")
     assert not fused_dense.available(torch.empty(4, 16))  # a CPU tensor, not interpreted: the C kernels' turf
@@ -170,15 +224,15 @@ def test_fused_dense_is_not_used_for_states_it_cannot_read():
         fused_dense.INTERPRETED = original
 
 
-@pytest.mark.parametrize(("batch", "n", "tiles"), [(1, 64, (16, 32, 64)), (300, 16, (16, 16, 16)), (64, 48, (16, 32, 64)),
-                                                   (1024, 256, (32, 32, 64))])
+@pytest.mark.parametrize(("batch", "n", "tiles"), [(1, 64, (16, 32, 64)), (300, 16, (16, 16, 16)),
+                                                   (64, 48, (16, 32, 64)), (1024, 256, (32, 32, 64))])
 def test_tile_sizes_are_what_tl_dot_takes(batch, n, tiles):
     assert fused_dense.tile_sizes(batch, n) == tiles
 
 
 def test_the_split_is_chosen_as_measured_on_an_h100():
     """benchmarks/ks_dense_fused.py --sweep on an H100 (132 multiprocessors), batch 64: split with a
-    closure at N = 64 (9 blocks of one k stride), not without (5 blocks); split at N = 256 and 512;
+    closure at N = 64 (9 blocks of one k stride), not without (5 blocks); split at N = 256 (and 512, timed split only);
     not where the tiles alone fill half the GPU (N = 64, batch 1024: 128 tiles)."""
     def split(batch, n, blocks):
         block_m, block_n, block_k = fused_dense.tile_sizes(batch, n)
@@ -206,3 +260,28 @@ def test_fused_dense_stages_match_the_torch_dense_step_on_cuda(dtype, closure, r
     # the default choice (``splits``): 5 blocks of one k stride (N = 48, 64, bare) are not split
     assert splits == ([True, True, True, False] if closure else [False, True, False, False])
     assert not [w for w in recwarn if "fused" in str(w.message) or "CUDA graphs" in str(w.message)]
+
+
+@needs_cuda_and_triton
+def test_the_split_sum_has_the_same_bits_at_every_launch():
+    """The last program of a tile adds the partials in block order whichever program that is: a race
+    between the programs' stores and the reducer's loads (memory ordering) would show as other bits in
+    some launch, or as a different sum than the products' one."""
+    from conftest import smooth_state
+
+    solver = KuramotoSivashinskySpectral(n_points=256, implementation="dense", closure=time_dependent_closure,
+                                         device="cuda")
+    u = smooth_state(solver, 3, device="cuda")
+    with torch.no_grad():
+        stepper = solver._dense_stepper(u, solver.dt)
+        fused = stepper.fused
+        assert fused is not None and fused.split
+        operands = tuple((u * (1 + 0.1 * i), i % 2 == 1) for i in range(9))
+        first = fused._stage(torch.empty_like(u), stepper.final_matrix, operands)
+        reference = torch.cat([x * x if squared else x for x, squared in operands], dim=1) @ stepper.final_matrix
+        torch.testing.assert_close(first, reference, rtol=0, atol=1e-12 * reference.abs().max().item())
+        differing = torch.zeros((), dtype=torch.int64, device="cuda")
+        for _ in range(3000):
+            differing += (fused._stage(torch.empty_like(u), stepper.final_matrix, operands) != first).sum()
+        assert differing.item() == 0
+        assert int(fused.counters.abs().sum()) == 0  # every tile's counter back at zero
