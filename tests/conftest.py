@@ -171,6 +171,25 @@ def time_dependent_closure(t, u):
     return 0.1 * torch.sin(u) * torch.cos(3.0 * t)
 
 
+def run_in_triton_interpreter(script: str) -> dict:
+    """Run ``script`` (Python source printing one JSON object last) in a subprocess with Triton's CPU
+    interpreter (``TRITON_INTERPRET=1``, read when Triton defines its kernels, hence the subprocess);
+    return that object. Skips where Triton is not installed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    completed = subprocess.run([sys.executable, "-c", script], cwd=root, env=environment,
+                               capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def smooth_state(solver, batch: int, dtype: torch.dtype = torch.float64, device="cpu"):
     """(batch, n) smooth fields on ``solver``'s grid with member-dependent phases."""
     x = solver.x

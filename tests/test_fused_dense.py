@@ -7,19 +7,12 @@ or disagree on the first check are dropped) is checked everywhere with stand-ins
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import fused_and_unfused, time_dependent_closure
+from conftest import fused_and_unfused, run_in_triton_interpreter, time_dependent_closure
 from solvers import KuramotoSivashinskySpectral, fused_dense, fused_stages
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_cuda_and_triton = pytest.mark.skipif(not (torch.cuda.is_available() and fused_stages.HAVE_TRITON),
                                            reason="needs a CUDA device and Triton")
 
@@ -98,12 +91,7 @@ print(json.dumps({"results": results, "calls": calls, "sharing": sharing,
 
 
 def test_fused_dense_stages_match_the_torch_dense_step_in_the_triton_interpreter():
-    pytest.importorskip("triton")
-    environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    completed = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=environment,
-                               capture_output=True, text=True, timeout=300, check=False)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    printed = json.loads(completed.stdout.strip().splitlines()[-1])
+    printed = run_in_triton_interpreter(INTERPRETED)
     assert len(printed["results"]) == 12
     for result in printed["results"]:
         assert result["fused"], result  # the kernels passed their first check and ran

@@ -6,19 +6,12 @@ Triton reads ``TRITON_INTERPRET`` when the kernels are defined) and natively on 
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import fused_and_unfused, time_dependent_closure
+from conftest import fused_and_unfused, run_in_triton_interpreter, time_dependent_closure
 from solvers import KuramotoSivashinskySpectral, fused_stages
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_cuda_and_triton = pytest.mark.skipif(not (torch.cuda.is_available() and fused_stages.HAVE_TRITON),
                                            reason="needs a CUDA device and Triton")
 
@@ -54,12 +47,7 @@ print(json.dumps({"results": results, "overflow": overflow, "precision": precisi
 
 
 def test_fused_kernels_match_the_unfused_step_in_the_triton_interpreter():
-    pytest.importorskip("triton")
-    environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    completed = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=environment,
-                               capture_output=True, text=True, timeout=300, check=False)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    printed = json.loads(completed.stdout.strip().splitlines()[-1])
+    printed = run_in_triton_interpreter(INTERPRETED)
     results = printed["results"]
     assert len(results) == 8
     for result in results:
