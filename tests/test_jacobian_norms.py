@@ -243,6 +243,27 @@ def test_build_penalty_by_name_and_bad_names():
         FrobeniusNorm(probes=0)
 
 
+def test_a_case_sets_the_iterations_of_the_iterative_penalties():
+    """``training.jacobian_penalty_iterations``: power iterations (spectral) or Lanczos steps (condition);
+    0 keeps their defaults; a 1-step Lanczos process is refused before any work, naming the field."""
+    from hybridnde.config import ConfigError, parse_case
+    from hybridnde.systems import build_host_solver
+    from hybridnde.training.build import build_terms, check_training_config
+
+    def penalty(name: str, iterations: int):
+        case = parse_case({"system": {"name": "two_body"},
+                           "training": {"jacobian_penalty": name, "jacobian_penalty_iterations": iterations}})
+        check_training_config(case)
+        terms = build_terms(case, build_host_solver(case), device=torch.device("cpu"), dtype=torch.float64)
+        (term,) = [term for term in terms if hasattr(term, "penalty")]
+        return term.penalty
+
+    assert penalty("spectral", 0).iterations == 2 and penalty("spectral", 5).iterations == 5
+    assert penalty("condition", 0).steps == 20 and penalty("condition", 40).steps == 40
+    with pytest.raises(ConfigError, match="training.jacobian_penalty_iterations = 1"):
+        penalty("condition", 1)
+
+
 def test_fields_on_a_grid_are_flattened():
     """States (batch, *state) with more than one state axis: the Jacobian is over the flattened state."""
     torch.manual_seed(0)

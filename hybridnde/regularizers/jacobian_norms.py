@@ -280,9 +280,11 @@ class ConditionNumber(WarmStarted):
 JACOBIAN_PENALTIES = ("none", "frobenius", "kinetic", "spectral", "condition")
 
 
-def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 2,
+def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 0,
                            generator: torch.Generator | None = None) -> JacobianPenalty | None:
-    """The penalty a case names (``training.jacobian_penalty``); ``None`` for ``"none"``."""
+    """The penalty a case names (``training.jacobian_penalty``); ``None`` for ``"none"``. ``iterations``
+    (``training.jacobian_penalty_iterations``): spectral power iterations, condition Lanczos steps;
+    ``0``: their defaults (2, 20)."""
     if name == "none":
         return None
     if name == "frobenius":
@@ -290,9 +292,9 @@ def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 2,
     if name == "kinetic":
         return KineticEnergy()
     if name == "spectral":
-        return SpectralNorm(iterations=iterations, generator=generator)
+        return SpectralNorm(iterations=iterations or 2, generator=generator)
     if name == "condition":
-        return ConditionNumber(generator=generator)
+        return ConditionNumber(steps=iterations or 20, generator=generator)
     raise ValueError(f"jacobian penalty {name!r}; choose one of {list(JACOBIAN_PENALTIES)}")
 
 

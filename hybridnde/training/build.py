@@ -90,6 +90,9 @@ def check_training_config(case: CaseConfig) -> None:
     if training.method == "multiple_shooting" and training.shooting_segments > training.rollout_steps:
         raise ConfigError(f"training.shooting_segments = {training.shooting_segments} exceeds the "
                           f"{training.rollout_steps} intervals of a window (training.rollout_steps); use fewer segments")
+    if training.jacobian_penalty == "condition" and training.jacobian_penalty_iterations == 1:
+        raise ConfigError("training.jacobian_penalty_iterations = 1: the condition number's Lanczos process needs "
+                          "at least 2 steps (0 = the default 20)")
     if training.regularizer == "jvp":
         for name, solver in (("the true system", reference_solver(case)), ("the host", host)):
             if not callable(getattr(solver, "jvp", None)):
@@ -160,6 +163,7 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
         terms.append(FiniteDifferenceTerm(weight=training.regularizer_weight, stencil=training.fd_stencil,
                                           warmup_epochs=training.regularizer_warmup_epochs))
     penalty = build_jacobian_penalty(training.jacobian_penalty, probes=training.probes,
+                                     iterations=training.jacobian_penalty_iterations,
                                      generator=torch.Generator().manual_seed(training.seed + 2))
     if penalty is not None:
         terms.append(JacobianPenaltyTerm(penalty, weight=training.jacobian_penalty_weight,
