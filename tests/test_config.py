@@ -1,7 +1,10 @@
 """Case files are validated into typed objects before any work starts; errors name the field."""
+import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from hybridnde.config import (ConfigError, KuramotoSivashinskyConfig, TwoBodyConfig, load_case, parse_case,
                               parse_override)
@@ -122,3 +125,22 @@ def test_missing_case_file_is_a_config_error(tmp_path):
     bad.write_text("[system\nname=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_case(bad)
+
+
+def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
+    """Outputs, closure files and checkpoints store the checksum of the case they were made with: a key
+    added since (``ADDED_KEYS``) must not make every one of them look out of date while it is at its
+    default, nor be named as a change against a stored case that lacks it."""
+    from hybridnde.config.case import ADDED_KEYS
+    from hybridnde.training.build import TRAINING_SECTIONS
+
+    case = load_case(CASES_DIR / "ks_l22.toml")
+    # the training checksum of this case before training.jacobian_penalty_iterations existed (commit ff08746)
+    assert case.checksum(TRAINING_SECTIONS).startswith("d312fca04683")
+    for section, key in ADDED_KEYS:
+        changed = case.replace(**{section: dataclasses.replace(getattr(case, section), **{key: 3})})
+        assert changed.checksum() != case.checksum()
+        stored = tomllib.loads(case.to_toml())
+        del stored[section][key]
+        assert case.changed_keys(tomli_w.dumps(stored), [section]) == []
+        assert changed.changed_keys(tomli_w.dumps(stored), [section]) == [f"{section}.{key} (0 -> 3)"]

@@ -40,6 +40,16 @@ SECTIONS: dict[str, type] = {
 }
 
 
+#: ``(section, key)`` added after checksums of cases were first stored (in outputs, closure files and
+#: checkpoints): left out of checksums and ``changed_keys`` while at their default, so what was made
+#: before a key existed still matches a case that does not set it
+ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterations"),)
+
+
+def _default(section: str, key: str) -> Any:
+    return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+
+
 @dataclass(frozen=True)
 class CaseConfig:
     """One experiment: the true system, its sampling, and how to learn and test a closure for it."""
@@ -72,6 +82,9 @@ class CaseConfig:
         """SHA-256 of the canonical TOML of ``sections`` (all by default): equal configs, equal sums."""
         mapping = self.to_mapping()
         mapping.pop("quick", None)
+        for section, key in ADDED_KEYS:
+            if mapping[section].get(key) == _default(section, key):
+                del mapping[section][key]
         if sections is not None:
             mapping = {name: mapping[name] for name in sections}
         return hashlib.sha256(tomli_w.dumps(mapping).encode()).hexdigest()
@@ -90,7 +103,10 @@ class CaseConfig:
         new, skip = tomllib.loads(self.to_toml()), set(skip)
         changed = []
         for section in sections:
-            was, now = old.get(section, {}), new.get(section, {})
+            was, now = dict(old.get(section, {})), new.get(section, {})
+            for added_section, key in ADDED_KEYS:  # absent before the key existed: its default then
+                if added_section == section and key not in was:
+                    was[key] = _default(section, key)
             for key in sorted(set(was) | set(now)):
                 if (section, key) not in skip and was.get(key) != now.get(key):
                     changed.append(f"{section}.{key} ({was.get(key, 'unset')!r} -> {now.get(key, 'unset')!r})")

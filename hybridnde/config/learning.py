@@ -88,10 +88,11 @@ class TrainingConfig:
                                    choices=("none", "frobenius", "kinetic", "spectral", "condition"))
     jacobian_penalty_weight: float = option(1e-3, "weight of jacobian_penalty", nonnegative=True)
     jacobian_penalty_iterations: int = option(0, "iterations of the iterative estimates, warm-started per data "
-                                              "state: spectral power iterations per call (0 = 2); condition "
+                                              "state: spectral power iterations per call once a state has a "
+                                              "stored vector (0 = 2; a state's first call runs 30); condition "
                                               "Lanczos steps on J^T J for states of more than 32 values (0 = 20, "
                                               "at least 2; fewer under-estimate sigma_max/sigma_min)",
-                                              nonnegative=True)
+                                              nonnegative=True, maximum=1000)
     observation_noise: float = option(0.0, "Gaussian noise added to the loaded data before training, seeded by "
                                       "seed and member (0 = none)", nonnegative=True)
     observation_noise_scale: str = option("absolute", "observation_noise is a standard deviation (absolute) or a "
