@@ -256,14 +256,16 @@ class DenseStepper:
         return mm(self.workspace, self.final_matrix)
 
     def step_with_closure(self, u: Tensor, closure: Callable[[Tensor, Tensor], Tensor],
-                          times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+                          times: tuple[Tensor, Tensor, Tensor], *, closure_key: object = None) -> Tensor:
         """``step`` with ``closure(t, x)`` added to the nonlinear term at the stage times ``(t, t + dt/2,
-        t + dt)``. The closure sees fresh tensors it may keep (``u`` itself first)."""
+        t + dt)``. The closure sees fresh tensors it may keep (``u`` itself first). ``closure_key``: which
+        closure this is, where ``closure`` is a wrapper made anew for each call (the fused step learns
+        per closure whether it may read its outputs in place); default ``closure`` itself."""
         if not self.with_closure:
             raise ValueError("this DenseStepper has no closure slots: make it with with_closure=True")
         fused = self.fused
         if fused is not None and fused.accepts(u):
-            return fused.step_with_closure(u, closure, times)
+            return fused.step_with_closure(u, closure, times, closure_key=closure_key)
         self._check(u)
         mm, mul = torch.mm, torch.mul
         start, half, end = times

@@ -37,7 +37,8 @@ class FusedKernelChecks:
     def _fuse_dense_step(self, stepper: DenseStepper) -> None:
         """Give ``stepper`` the Triton stages (``fused_dense.FusedDenseStep``) once they made the torch
         step's increment on a probe; a stepper with closure slots is checked with a stand-in closure
-        that depends on time and state (the solver's own closure must see exactly 4 calls a step)."""
+        that depends on time and state (the solver's own closure must see exactly 4 calls a step; whether
+        its outputs may be read in place is learned from its own first step, ``closure_key``)."""
         fused = fused_dense.FusedDenseStep(stepper)
         probe = self.to_physical(self._fused_probe(stepper.u))
         times = tuple(torch.tensor(t, dtype=probe.dtype, device=probe.device) for t in (0.3, 0.4, 0.5))
@@ -49,7 +50,6 @@ class FusedKernelChecks:
             return dense.step_with_closure(probe, stand_in, times) if stepper.with_closure else dense.step(probe)
 
         if self._fused_agrees(probe, step(stepper), lambda: step(fused)):
-            fused.outputs_in_place = False  # learned from the solver's own closure, not the stand-in
             stepper.fused = fused
 
     def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,

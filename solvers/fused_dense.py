@@ -14,7 +14,8 @@ each stage's product reads its operands where they are and squares them as it lo
 
 with the stepper's own stacked matrices (their row blocks follow the workspace's slots, which are
 these operands in this order): 4 kernels a step with or without a closure, the closure's outputs read
-in place. Only the summation order of the products changes (tested against the torch step).
+in place where that is safe (``FusedDenseStep.step_with_closure``). Only the summation order of the
+products changes (tested against the torch step).
 
 Triton ships with CUDA builds of torch; ``TRITON_INTERPRET=1`` runs the kernel on the CPU (tests).
 On the CPU the compiled C dense step (``solvers.c_kernels.DenseStep``) is used instead.
@@ -100,6 +101,7 @@ class FusedDenseStep:
         self.stages = None if stepper.with_closure else tuple(torch.empty_like(like) for _ in range(3))
         #: the closure's outputs are read in place (not copied): learned from the first step's (``_note_outputs``)
         self.outputs_in_place = False
+        self.closure_key: object = None  # which closure ``outputs_in_place`` was learned from
 
     def accepts(self, u: Tensor) -> bool:
         """Whether ``u`` is a state the kernel may read as raw memory: the stepper's shape, dtype and
@@ -138,24 +140,31 @@ class FusedDenseStep:
                                ((a, True), (u, False), (u, True), (b, True), (d, True)))
 
     def step_with_closure(self, u: Tensor, closure: Callable[[Tensor, Tensor], Tensor],
-                          times: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+                          times: tuple[Tensor, Tensor, Tensor], *, closure_key: object = None) -> Tensor:
         """``stepper.step_with_closure(u, closure, times)``; the closure sees fresh tensors (``u`` first).
 
         The kernels read the closure's outputs where they are, up to three closure calls later (``C(u)``
         in the last stage). A closure that writes every output into one buffer of its own would have
-        overwritten them by then (the torch step copies each at once), so the first step copies them
-        too and looks: only if its 4 outputs are 4 different tensors are they read in place from then
-        on. A closure that starts sharing buffers later is caught after that step (``_note_outputs``)."""
+        overwritten them by then (the torch step copies each at once), so the first step of a closure
+        copies them too and looks: only if its 4 outputs are 4 different tensors are they read in place
+        from then on. ``closure_key`` (default: ``closure`` itself) says which closure this is: another
+        one is looked at afresh. A closure that starts sharing buffers later is caught after that step
+        (``_note_outputs``)."""
+        key = closure if closure_key is None else closure_key
+        if key is not self.closure_key:
+            self.closure_key, self.outputs_in_place = key, False
         s, empty = self.stepper, torch.empty_like
         start, half, end = times
-        outputs: list[Tensor] = []
+        outputs: list[Tensor] = []  # the closure's own tensors the kernels read (not converted copies)
         copy = not self.outputs_in_place
 
         def term(t: Tensor, x: Tensor) -> Tensor:
             output = closure(t, x)
-            outputs.append(output)
             operand = self._operand(output, u)
-            return operand.clone() if copy and operand is output else operand
+            if operand is not output:  # converted (another dtype or device): a fresh copy already
+                return operand
+            outputs.append(output)
+            return output.clone() if copy else output
 
         with self._device(u):
             c_u = term(start, u)
@@ -172,12 +181,13 @@ class FusedDenseStep:
         return stepped
 
     def _note_outputs(self, outputs: list[Tensor]) -> None:
-        """Read the closure's outputs in place from the next step on only if these 4 share no memory."""
+        """Read the closure's outputs in place from the next step on only if this step's share no memory."""
         distinct = len({output.untyped_storage().data_ptr() for output in outputs}) == len(outputs)
         if self.outputs_in_place and not distinct:
-            warnings.warn("the closure's outputs now share memory (a buffer reused between calls): the fused "
-                          "dense step read them in place, so this step may be wrong; it copies them from now on",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn("the closure's outputs of one step shared memory (one tensor returned twice, or a "
+                          "buffer reused between calls); the fused dense step had read them in place, which is "
+                          "wrong if the closure wrote into a tensor it had returned earlier in the step; it "
+                          "copies them from now on", RuntimeWarning, stacklevel=4)
         self.outputs_in_place = distinct
 
     @staticmethod

@@ -225,7 +225,8 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
 
     def _dense_step(self, stepper: DenseStepper, t: Tensor | float, u: Tensor, dt: float) -> Tensor:
         if stepper.with_closure:
-            return stepper.step_with_closure(u, self.closure_tendency, self._stage_times(t, dt))
+            return stepper.step_with_closure(u, self.closure_tendency, self._stage_times(t, dt),
+                                             closure_key=self.closure)
         return stepper.step(u)
 
     def _fourier_workspace(self, batch: int) -> FourierWorkspace:

@@ -84,7 +84,20 @@ for name, closure in {"one buffer": OneBuffer(), "constant": lambda t, u: consta
     step = next(iter(solver._dense.values())).fused
     sharing[name] = {"fused": step is not None, "in_place": step is not None and step.outputs_in_place,
                      "error": float((fused - unfused).abs().max() / unfused.abs().max()),
-                     "warned": any("share memory" in str(w.message) for w in caught)}
+                     "warned": any("shared memory" in str(w.message) for w in caught)}
+# another closure on the same solver (same stepper): looked at afresh, not read in place on trust
+solver, fused, unfused = fused_and_unfused(16, 3, closure=lambda t, u: 0.1 * torch.sin(u), steps=10,
+                                           implementation="dense")
+one_buffer = OneBuffer()
+solver.closure = one_buffer
+reference = KuramotoSivashinskySpectral(n_points=16, implementation="dense", closure=one_buffer)
+reference.fused_updates = False
+u0 = fused[:, -1].clone()
+with torch.no_grad():
+    swapped, expected = solver.rollout(u0, 10)[:, -1], reference.rollout(u0, 10)[:, -1]
+sharing["swapped"] = {"fused": next(iter(solver._dense.values())).fused is not None,
+                      "in_place": next(iter(solver._dense.values())).fused.outputs_in_place,
+                      "error": float((swapped - expected).abs().max() / expected.abs().max()), "warned": False}
 print(json.dumps({"results": results, "calls": calls, "sharing": sharing,
                   "fused": next(iter(solver._dense.values())).fused is not None}))
 """
@@ -103,7 +116,7 @@ def test_fused_dense_stages_match_the_torch_dense_step_in_the_triton_interpreter
         assert result["moved"] > 0.1, result
     assert printed["fused"] and printed["calls"] == [0.0, 0.125, 0.125, 0.25, 0.25, 0.375, 0.375, 0.5]
     sharing = printed["sharing"]
-    for name in ("one buffer", "constant", "fresh"):  # every step right; only fresh outputs read in place
+    for name in ("one buffer", "constant", "fresh", "swapped"):  # every step right; only fresh outputs in place
         result = sharing[name]
         assert result["fused"] and result["error"] < 1e-13 and not result["warned"], (name, sharing)
         assert sharing[name]["in_place"] == (name == "fresh"), (name, sharing)
@@ -124,7 +137,7 @@ def stand_in(broken: str):
         def step(self, u):
             return self._run(u, lambda: self.stepper.step(u))
 
-        def step_with_closure(self, u, closure, times):
+        def step_with_closure(self, u, closure, times, closure_key=None):
             return self._run(u, lambda: self.stepper.step_with_closure(u, closure, times))
 
         def _run(self, u, torch_step):
