@@ -120,6 +120,23 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
 
+    @property
+    def fused_updates(self) -> bool:
+        """Whether the fused paths run (Triton or C stage kernels, DUCC transforms, the compiled and fused
+        dense and whole steps). Turning it off holds from the next step on, also for dense steppers
+        that already have a compiled or fused step and for steps already captured as CUDA graphs."""
+        return self._fused_updates
+
+    @fused_updates.setter
+    def fused_updates(self, value: bool) -> None:
+        self._fused_updates = bool(value)
+        if not value:
+            for stepper in getattr(self, "_dense", {}).values():
+                stepper.compiled = stepper.fused = None
+            captured = getattr(self, "_captured", None)
+            if captured is not None:
+                captured.clear()  # graphs made with the fused paths (captured again, unfused, when next needed)
+
     def __getstate__(self) -> dict:
         """Copies and pickles leave the step buffers behind (made again on first use): they are scratch,
         and neither their views nor the compiled step's raw addresses survive being copied apart."""

@@ -425,3 +425,20 @@ def test_a_cached_library_others_may_write_is_rebuilt_not_loaded(fresh_build, mo
     monkeypatch.setitem(c_kernels._state, "tried", False)
     assert c_kernels.library() is not None and len(builds) == 1
     assert stat.S_IMODE(built.stat().st_mode) == 0o755
+
+
+@needs_kernels
+def test_turning_fused_updates_off_holds_for_a_dense_stepper_that_has_its_compiled_step():
+    """``fused_updates = False`` after the first steps: the dense stepper drops its compiled step, and
+    the steps from then on are the torch step's to the bit (before, it kept the compiled one)."""
+    solver = KuramotoSivashinskySpectral(n_points=32)
+    torch_only = KuramotoSivashinskySpectral(n_points=32)
+    torch_only.fused_updates = False
+    u = torch.cos(2 * torch.pi * solver.x / 22.0).repeat(4, 1)
+    with torch.no_grad():
+        u = solver.step(0.0, u)
+        stepper = next(iter(solver._dense.values()))
+        assert stepper.compiled is not None  # the compiled dense step took that step
+        solver.fused_updates = False
+        assert stepper.compiled is None and not solver.fused_updates
+        torch.testing.assert_close(solver.step(0.0, u), torch_only.step(0.0, u), rtol=0, atol=0)
