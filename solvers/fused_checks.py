@@ -1,8 +1,9 @@
 """How ``KuramotoSivashinskySpectral`` vets its fused kernels before trusting them.
 
-The fused paths -- Triton kernels on a GPU (``solvers.fused_stages``), compiled C kernels and DUCC
-transforms on the CPU (``solvers.c_kernels``, ``solvers.cpu_fft``), the compiled whole Fourier step
-and the compiled dense step -- each replace torch operations of the ETDRK4 step. Each is run once on
+The fused paths -- Triton kernels on a GPU (``solvers.fused_stages``, and the dense step's stages:
+``solvers.fused_dense``), compiled C kernels and DUCC transforms on the CPU (``solvers.c_kernels``,
+``solvers.cpu_fft``), the compiled whole Fourier step and the compiled dense step -- each replace torch
+operations of the ETDRK4 step; ``fused_updates`` switches them all off. Each is run once on
 a smooth probe state next to the plain torch step; a failure or a different increment (``solvers.base.same_increment``) means the
 torch step from then on, with a warning. The states they may touch at all are those ``_fusable``
 admits: the kernels read raw memory and write the state in place.
@@ -24,33 +25,52 @@ __all__ = ["FusedKernelChecks"]
 
 class FusedKernelChecks:
     """Mixin of ``KuramotoSivashinskySpectral`` (which provides the grid, dtypes, transforms,
-    ``_squared_hat`` and the attributes ``fused_updates``, ``_fused_checked``, ``ducc_fft``,
-    ``_ducc_squared``, ``whole_fourier_step`` and ``_whole_step``)."""
+    ``_squared_hat`` and the attributes ``_fused_checked``, ``ducc_fft``, ``_ducc_squared``, ``_dense``,
+    ``whole_fourier_step`` and ``_whole_step``); the switch ``fused_updates`` is its own."""
 
-    def _compile_dense_step(self, stepper: DenseStepper) -> None:
-        """Give ``stepper`` the compiled dense step once it made the torch step's increment on a probe."""
-        compiled = c_kernels.DenseStep(stepper)
-        probe = self.to_physical(self._fused_probe(stepper.workspace))
-        if self._fused_agrees(probe, stepper.step(probe), lambda: compiled(probe)):
-            stepper.compiled = compiled
+    @property
+    def fused_updates(self) -> bool:
+        """Whether the fused paths run (Triton or C stage kernels, DUCC transforms, the compiled and fused
+        dense and whole steps). Turning it off holds from the next step on, also for dense steppers
+        that already have a compiled or fused step and for steps already captured as CUDA graphs."""
+        return self._fused_updates
 
-    def _fuse_dense_step(self, stepper: DenseStepper) -> None:
-        """Give ``stepper`` the Triton stages (``fused_dense.FusedDenseStep``) once they made the torch
-        step's increment on a probe; a stepper with closure slots is checked with a stand-in closure
-        that depends on time and state (the solver's own closure must see exactly 4 calls a step; whether
-        its outputs may be read in place is learned from its own first step, ``closure_key``)."""
-        fused = fused_dense.FusedDenseStep(stepper)
+    @fused_updates.setter
+    def fused_updates(self, value: bool) -> None:
+        self._fused_updates = bool(value)
+        if not value:
+            for stepper in getattr(self, "_dense", {}).values():
+                stepper.compiled = stepper.fused = None
+            captured = getattr(self, "_captured", None)
+            if captured is not None:
+                captured.clear()  # graphs made with the fused paths (captured again, unfused, when next needed)
+
+    def _fuse_dense_stepper(self, stepper: DenseStepper) -> None:
+        """Give a new ``stepper`` its kernels, once they made its torch step's increment on a probe: the
+        Triton stages (``fused_dense.FusedDenseStep``) where Triton runs (a GPU, or interpreted), else the
+        compiled C step (``c_kernels.DenseStep``, CPU, no closure slots). The Triton stages of a stepper
+        with closure slots are checked with a stand-in closure that depends on time and state (the
+        solver's own closure must see exactly 4 calls a step; whether its outputs may be read in place
+        is learned from its own first step, ``closure_key``)."""
+        if not self.fused_updates:
+            return
         probe = self.to_physical(self._fused_probe(stepper.u))
-        times = tuple(torch.tensor(t, dtype=probe.dtype, device=probe.device) for t in (0.3, 0.4, 0.5))
+        if fused_dense.available(stepper.u):
+            fused = fused_dense.FusedDenseStep(stepper)
+            times = tuple(torch.tensor(t, dtype=probe.dtype, device=probe.device) for t in (0.3, 0.4, 0.5))
 
-        def stand_in(t: Tensor, x: Tensor) -> Tensor:
-            return 0.1 * torch.sin(x) + t
+            def stand_in(t: Tensor, x: Tensor) -> Tensor:
+                return 0.1 * torch.sin(x) + t
 
-        def step(dense) -> Tensor:  # the stepper's torch step or the fused one
-            return dense.step_with_closure(probe, stand_in, times) if stepper.with_closure else dense.step(probe)
+            def step(dense) -> Tensor:  # the stepper's torch step or the fused one
+                return dense.step_with_closure(probe, stand_in, times) if stepper.with_closure else dense.step(probe)
 
-        if self._fused_agrees(probe, step(stepper), lambda: step(fused)):
-            stepper.fused = fused
+            if self._fused_agrees(probe, step(stepper), lambda: step(fused)):
+                stepper.fused = fused
+        elif not stepper.with_closure and c_kernels.available(stepper.workspace):
+            compiled = c_kernels.DenseStep(stepper)
+            if self._fused_agrees(probe, stepper.step(probe), lambda: compiled(probe)):
+                stepper.compiled = compiled
 
     def _first_fused_step(self, u_hat: Tensor, plan: ETDRK4Plan, coefficients: StageCoefficients,
                           low: StageCoefficients, nonlinear, fused_nonlinear, workspace: FourierWorkspace) -> Tensor:

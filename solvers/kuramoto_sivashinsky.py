@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import c_kernels, cpu_fft, fused_dense, fused_stages
+from . import c_kernels, cpu_fft, fused_stages
 from .base import Closure, PeriodicGrid, Solver
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
                               etdrk4_coefficients, fourier_step, fourier_step_into)
@@ -51,8 +51,9 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
 
     The FFT path's elementwise updates run as four fused kernels (``solvers.fused_stages``): Triton on
     a GPU (part of CUDA builds of PyTorch), C on the CPU where a compiler is found
-    (``solvers.c_kernels``, which also compiles the whole dense step without a closure); attribute
-    ``fused_updates`` (default ``True``) turns that off. With the C kernels and ``ducc0`` installed
+    (``solvers.c_kernels``, which also compiles the whole dense step without a closure); on a GPU the
+    dense step is one Triton kernel a stage (``solvers.fused_dense``); attribute ``fused_updates``
+    (default ``True``) turns all of that off. With the C kernels and ``ducc0`` installed
     (the ``fast`` extra), the quadratic term's FFTs go through DUCC (``solvers.cpu_fft``; attribute
     ``ducc_fft``). Before their first step they are checked against the unfused torch step on a
     smooth probe state (a failure or disagreement means unfused steps from then on, with a warning).
@@ -119,23 +120,6 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         self._plans: dict[float, ETDRK4Plan] = {}
         self._dense: dict[tuple[float, int], DenseStepper] = {}
         self._workspaces: dict[int, FourierWorkspace] = {}
-
-    @property
-    def fused_updates(self) -> bool:
-        """Whether the fused paths run (Triton or C stage kernels, DUCC transforms, the compiled and fused
-        dense and whole steps). Turning it off holds from the next step on, also for dense steppers
-        that already have a compiled or fused step and for steps already captured as CUDA graphs."""
-        return self._fused_updates
-
-    @fused_updates.setter
-    def fused_updates(self, value: bool) -> None:
-        self._fused_updates = bool(value)
-        if not value:
-            for stepper in getattr(self, "_dense", {}).values():
-                stepper.compiled = stepper.fused = None
-            captured = getattr(self, "_captured", None)
-            if captured is not None:
-                captured.clear()  # graphs made with the fused paths (captured again, unfused, when next needed)
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the step buffers behind (made again on first use): they are scratch,
@@ -233,10 +217,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
                 self._dense.clear()
             stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device,
                                    with_closure=with_closure)
-            if self.fused_updates and fused_dense.available(stepper.u):  # Triton: a GPU (or interpreted)
-                self._fuse_dense_step(stepper)
-            elif not with_closure and self.fused_updates and c_kernels.available(stepper.workspace):
-                self._compile_dense_step(stepper)
+            self._fuse_dense_stepper(stepper)
             self._dense[key] = stepper
         return stepper
 
