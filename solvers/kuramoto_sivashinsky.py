@@ -12,16 +12,15 @@ closure).
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import c_kernels, cpu_fft, fused_stages
 from .base import Closure, PeriodicGrid, Solver
-from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, dense_matrices,
-                              etdrk4_coefficients, fourier_step, fourier_step_into)
+from .dense_path import DensePath
+from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, etdrk4_coefficients,
+                              fourier_step, fourier_step_into)
 from .fused_checks import FusedKernelChecks
 
 __all__ = ["KuramotoSivashinskySpectral", "etdrk4_coefficients"]
@@ -30,7 +29,7 @@ __all__ = ["KuramotoSivashinskySpectral", "etdrk4_coefficients"]
 IMPLEMENTATIONS = ("auto", "fft", "dense")
 
 
-class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
+class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, Solver):
     """Pseudo-spectral Kuramoto-Sivashinsky with ETDRK4.
 
     Args:
@@ -62,14 +61,6 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
     """
 
     autonomous = True
-
-    #: ``"auto"`` picks the dense path in float64 while ``N <= max_points`` and the dense step's work,
-    #: ``batch * N**2`` (x 5/3 with a closure: 20 matrix blocks instead of 12), is at most ``work_limit``:
-    #: ``{device type: (max_points, work_limit)}``, measured with benchmarks/ks_dense_crossover.py
-    #: (docs/performance.md). CPU: one core, Python and dispatch costs decide up to batch ~8 at N = 64.
-    #: CUDA (H100): with graphs and FP64 matrix units the dense step's 9 kernels beat the FFT step's 16
-    #: (fused updates) by 1.2-1.9x up to N = 256 and ~1e7 work; from N = 512 and batch ~64 on, not.
-    dense_limits: ClassVar[dict[str, tuple[int, int]]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
 
     def __init__(self, *, domain_length: float = 22.0, n_points: int = 64, dt: float = 0.25,
                  dealiasing_fraction: float = 2.0 / 3.0, nonlinear_coefficient: float = 1.0,
@@ -118,7 +109,7 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
         self.derivative_hat = torch.as_tensor(derivative, **as_complex)
         self._coefficients: dict[float, dict[str, Tensor]] = {}
         self._plans: dict[float, ETDRK4Plan] = {}
-        self._dense: dict[tuple[float, int], DenseStepper] = {}
+        self._dense: dict[tuple[float, int, bool], DenseStepper] = {}  # (dt, batch, closure or not)
         self._workspaces: dict[int, FourierWorkspace] = {}
 
     def __getstate__(self) -> dict:
@@ -186,46 +177,6 @@ class KuramotoSivashinskySpectral(FusedKernelChecks, PeriodicGrid, Solver):
                               plain=cast(StageCoefficients.from_coefficients(raw, torch.ones_like(symbol))))
             self._plans[dt] = plan
         return plan
-
-    def _use_dense(self, u: Tensor, *, trajectory: bool = False) -> bool:
-        """Whether ``u`` takes the dense step; ``trajectory``: for many steps of a kept Fourier state
-        (``to_internal``), where the compiled whole Fourier step beats any dense step. A single
-        ``step()`` also pays two transforms to and from Fourier space, so the dense limits decide."""
-        if self._needs_autograd(u) or self.implementation == "fft":
-            return False
-        if self.implementation == "dense":
-            return True
-        if trajectory and self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u):
-            return False
-        # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
-        # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)
-        limits = self.dense_limits.get(u.device.type)
-        if self.dtype != torch.float64 or limits is None:
-            return False
-        max_points, work_limit = limits
-        work = u.shape[0] * self.n_points**2 * (20 if self.closure is not None else 12) // 12
-        return self.n_points <= max_points and work <= work_limit
-
-    def _dense_stepper(self, u: Tensor, dt: float) -> DenseStepper:
-        with_closure = self.closure is not None
-        key = (dt, u.shape[0], with_closure)
-        stepper = self._dense.get(key)
-        if stepper is None:
-            matrices = dense_matrices(self.nonlinear_hat, self.coefficients(dt), self.n_points, self.dtype,
-                                      with_closure=with_closure)
-            if len(self._dense) > 8:  # bounded: one entry per (dt, batch, closure or not) in use
-                self._dense.clear()
-            stepper = DenseStepper(matrices, u.shape[0], self.n_points, dtype=self.dtype, device=self.device,
-                                   with_closure=with_closure)
-            self._fuse_dense_stepper(stepper)
-            self._dense[key] = stepper
-        return stepper
-
-    def _dense_step(self, stepper: DenseStepper, t: Tensor | float, u: Tensor, dt: float) -> Tensor:
-        if stepper.with_closure:
-            return stepper.step_with_closure(u, self.closure_tendency, self._stage_times(t, dt),
-                                             closure_key=self.closure)
-        return stepper.step(u)
 
     def _fourier_workspace(self, batch: int) -> FourierWorkspace:
         workspace = self._workspaces.get(batch)
