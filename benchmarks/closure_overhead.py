@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--implementation", default="auto", choices=["auto", "fft", "dense"],
                         help="the KS solvers' step (see KuramotoSivashinskySpectral); auto picks per size")
     args = parser.parse_args(argv)
-    threads = configure_threads(args.threads)
+    threads = configure_threads(args.threads, args.cores)
     sizes = [(32, 4)] if args.tiny else [(64, 64), (256, 64)]
     modes = ["inference_mode"] if args.tiny else ["inference_mode", "no_grad"]
     records = []

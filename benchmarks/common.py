@@ -28,19 +28,23 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 __all__ = [
-    "add_common_arguments", "configure_threads", "Timing", "calibrate", "time_interleaved",
+    "add_common_arguments", "configure_threads", "pin_to_cores", "Timing", "calibrate", "time_interleaved",
     "print_table", "emit_json", "machine_description", "peak_rss_bytes", "format_rate", "synchronize",
     "clock_for", "on_gpu",
 ]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
-    """``--tiny`` (CI smoke run), ``--threads``, ``--repeats``, ``--min-seconds``, ``--jsonl`` and,
+    """``--tiny`` (CI smoke run), ``--threads``, ``--cores``, ``--repeats``, ``--min-seconds``, ``--jsonl`` and,
     with ``device``, ``--device``."""
     parser.add_argument("--tiny", action="store_true",
                         help="smallest sizes and one short repeat: checks that the script runs (CI)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads for torch and XLA (default 1; 0 = all cores)")
+    parser.add_argument("--cores", default=None,
+                        help="run the whole process (every library's threads, XLA's runtime threads included) "
+                             "on these CPU cores, e.g. 0 or 0,1: with --threads 1 and one core, wall clock "
+                             "compares one core against one core (Linux only)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median reported)")
     parser.add_argument("--min-seconds", type=float, default=0.2,
                         help="each timed call runs for at least this long (calibrated)")
@@ -72,14 +76,38 @@ def clock_for(device) -> str:
     return "wall" if on_gpu(device) else "cpu"
 
 
-def configure_threads(threads: int) -> int:
+def pin_to_cores(cores: str) -> list[int]:
+    """Restrict every thread of this process, and the threads it starts later, to ``cores`` ("0", "0,1",
+    "0-3"); returns them. XLA keeps runtime threads beside its one compute thread (exponax's "one thread"
+    used 1.1-1.4 cores here): pinned to one core with the rest, they share it, and wall clock is fair."""
+    chosen: set[int] = set()
+    for part in cores.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise SystemExit(f"--cores {cores!r}: give core numbers, e.g. 0 or 0,1 or 0-3")
+        chosen.update(range(int(first), int(last or first) + 1))
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("--cores needs Linux (os.sched_setaffinity); leave it out here")
+    available = os.sched_getaffinity(0)
+    if not chosen <= available:
+        raise SystemExit(f"--cores {cores!r}: this process may only use cores {sorted(available)}")
+    for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
+        os.sched_setaffinity(int(task), chosen)  # threads already started (e.g. by an earlier import) too
+    return sorted(chosen)
+
+
+def configure_threads(threads: int, cores: str | None = None) -> int:
     """Pin torch, OpenMP/MKL and XLA to ``threads`` intra-op threads (0 = every core); returns the count.
 
     XLA: ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` makes jax run its CPU
     kernels (Eigen, and the DUCC FFT it calls) on one thread. Must run before ``import jax``.
+    ``cores``: also confine the whole process to those CPU cores (``pin_to_cores``); ``threads=0``
+    then means one thread per pinned core.
     """
-    cores = os.cpu_count() or 1
-    count = cores if threads <= 0 else threads
+    if cores is not None:
+        os.environ["HYBRIDNDE_BENCH_CORES"] = ",".join(map(str, pin_to_cores(cores)))
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = available if threads <= 0 else threads
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(count)
     if count == 1:
@@ -219,6 +247,8 @@ def machine_description(threads: int, device: str = "cpu") -> dict[str, object]:
                    "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
                    "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                    "device": str(device)}
+    if os.environ.get("HYBRIDNDE_BENCH_CORES"):
+        description["pinned_cores"] = os.environ["HYBRIDNDE_BENCH_CORES"]
     if on_gpu(device):
         description["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return description

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, nargs="*", help="grid sizes N (default: a grid per device)")
     parser.add_argument("--batches", type=int, nargs="*", help="batch sizes (default: a grid per device)")
     args = parser.parse_args(argv)
-    threads = configure_threads(args.threads)
+    threads = configure_threads(args.threads, args.cores)
     gpu = on_gpu(args.device)
     points, batches = TINY_GRID if args.tiny else GPU_GRID if gpu else CPU_GRID
     points, batches = args.points or points, args.batches or batches

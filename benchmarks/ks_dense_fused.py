@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = on_gpu(args.device)
     if not gpu:  # before Triton is imported: it reads the variable when kernels are defined
         os.environ["TRITON_INTERPRET"] = "1"
-    threads = configure_threads(args.threads)
+    threads = configure_threads(args.threads, args.cores)
     import torch
 
     points, batches = (TINY_GRID if args.tiny or not gpu else GPU_GRID)

@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         mode, n_steps, n_points, batch, device = args.memory_probe
         memory_probe(mode, int(n_steps), int(n_points), int(batch), device)
         return 0
-    threads = configure_threads(args.threads)
+    threads = configure_threads(args.threads, args.cores)
     # JAX takes 75% of a GPU's memory at start-up unless told otherwise; torch shares this GPU
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     records = []

@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--codec", action="store_true", help="also time the writer's compression per level")
     parser.add_argument("--codec-only", action="store_true", help="only the compression table")
     arguments = parser.parse_args()
-    threads = configure_threads(arguments.threads)
+    threads = configure_threads(arguments.threads, arguments.cores)
     levels = arguments.compression_levels
     records: list[dict] = []
     if arguments.codec or arguments.codec_only:

@@ -457,7 +457,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-only", action="store_true")
     arguments = parser.parse_args()
-    threads = configure_threads(arguments.threads)
+    threads = configure_threads(arguments.threads, arguments.cores)
     if arguments.tiny:
         arguments.sizes, arguments.channels, arguments.batch = [16, 32], 4, 8
         arguments.repeats, arguments.dense_repeats, arguments.dense_max_n = 2, 2, 32

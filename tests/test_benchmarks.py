@@ -160,3 +160,23 @@ def test_rollout_scaling_runs_one_and_two_ranks():
         assert math.isfinite(row["weak_scaling_efficiency"])
     assert rows[1]["weak_scaling_efficiency"] == pytest.approx(1.0)
     assert "weak scaling" in stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="core pinning is Linux-only")
+def test_cores_option_confines_every_thread_and_refuses_cores_not_available():
+    """``--cores 0`` puts the process's threads, those started before and after, on core 0 alone (the
+    one-core wall-clock comparison); a core the process may not use is refused by name."""
+    allowed = sorted(os.sched_getaffinity(0))
+    probe = ("import sys, threading, os; sys.path.insert(0, {where!r}); import common\n"
+             "done = threading.Event(); early = threading.Thread(target=done.wait, daemon=True); early.start()\n"
+             "common.configure_threads(1, {cores!r})\n"
+             "late = []; t = threading.Thread(target=lambda: late.append(os.sched_getaffinity(0))); t.start(); t.join()\n"
+             "print(sorted(os.sched_getaffinity(early.native_id)), sorted(late[0]), "
+             "common.machine_description(1)['pinned_cores']); done.set()")
+    result = subprocess.run([sys.executable, "-c", probe.format(where=str(BENCHMARKS), cores=str(allowed[0]))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [f"[{allowed[0]}]", f"[{allowed[0]}]", str(allowed[0])]
+    refused = subprocess.run([sys.executable, "-c", probe.format(where=str(BENCHMARKS), cores=str(max(allowed) + 1))],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "may only use cores" in refused.stderr
