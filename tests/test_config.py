@@ -99,6 +99,23 @@ def test_the_quick_table_is_checked_key_by_key_without_binding_the_run():
         parse_case({"system": {"name": "two_body"}, "quick": {"training.epochs": -1}})
 
 
+@pytest.mark.parametrize("raw, overrides, message", [
+    ({"time": {"dt": "0.25"}}, [], "time.dt"),
+    ({"time": {"dtt": 1}}, [], "unknown key time.dtt"),
+    ({"system": {"name": "kuramoto_sivashinsky", "n_points": 4}}, [], "system.n_points"),
+    ({}, ["time.dt=-1"], "time.dt = -1.0 must be positive"),
+])
+def test_an_error_of_the_case_itself_is_not_blamed_on_its_quick_table(raw, overrides, message):
+    """A case with a [quick] table, loaded without --quick: its own mistakes (and a --set's) are reported
+    as such; they were labelled "[quick]", sending the user to a table that holds none of those keys."""
+    case = {"system": {"name": "kuramoto_sivashinsky"}, "quick": {"training.epochs": 2}}
+    for section, values in raw.items():
+        case[section] = {**case.get(section, {}), **values}
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_case(case, overrides=overrides, source="case.toml")
+    assert "[quick]" not in str(caught.value)
+
+
 def test_overrides_parse_toml_literals_and_apply_last():
     assert parse_override("training.epochs=20") == (["training", "epochs"], 20)
     assert parse_override("initial_condition.value=[1, 2.5]") == (["initial_condition", "value"], [1, 2.5])

@@ -181,25 +181,25 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     if not isinstance(quick_table, Mapping):
         raise ConfigError(f"{source}: [quick] must be a table of dotted keys, e.g. \"training.epochs\" = 10")
     overrides = [(text, *parse_override(text)) for text in overrides]
-    if check_quick and not quick and quick_table:  # a typo there must not wait for the first --quick run
-        trial = copy.deepcopy(raw)
-        for dotted, value in quick_table.items():
-            _apply(trial, dotted.split("."), value, f"{source} [quick] {dotted}")
-        for text, path, value in overrides:
-            _apply(trial, path, value, f"--set {text}")
-        try:  # each key's own rules only: those joining keys bind the variant that runs (a --set may
-              # conflict with the quick variant, e.g. rollout.save_every above its rollout.steps)
-            _typed_sections(trial, f"{source} [quick]", validate=False)
-        except ConfigError as error:
-            text = str(error)
-            raise ConfigError(text if text.startswith(source) else f"{source} [quick]: {text}") from None
+    unquick = copy.deepcopy(raw) if check_quick and not quick and quick_table else None
     if quick:
         for dotted, value in quick_table.items():
             _apply(raw, dotted.split("."), value, f"{source} [quick] {dotted}")
     for text, path, value in overrides:
         _apply(raw, path, value, f"--set {text}")
 
-    sections, system = _typed_sections(raw, source)
+    sections, system = _typed_sections(raw, source)  # the case as given first: its errors are its own
+    if unquick is not None:  # a typo in [quick] must not wait for the first --quick run
+        for dotted, value in quick_table.items():
+            _apply(unquick, dotted.split("."), value, f"{source} [quick] {dotted}")
+        for text, path, value in overrides:
+            _apply(unquick, path, value, f"--set {text}")
+        try:  # each key's own rules only: those joining keys bind the variant that runs (a --set may
+              # conflict with the quick variant, e.g. rollout.save_every above its rollout.steps)
+            _typed_sections(unquick, f"{source} [quick]", validate=False)
+        except ConfigError as error:
+            text = str(error)
+            raise ConfigError(text if text.startswith(source) else f"{source} [quick]: {text}") from None
     if sections["time"].integrator == "auto":
         spectral = isinstance(system, KuramotoSivashinskyConfig) and system.method == "spectral"
         sections["time"] = dataclasses.replace(sections["time"], integrator="etdrk4" if spectral else "rk4")
