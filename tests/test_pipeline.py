@@ -1,6 +1,7 @@
 """`hybridnde run` end to end on tiny cases: the files and their relations (the rollouts start where the
 held-out truth starts), reuse of finished stages, retraining on a changed key, resume after a crash,
 --compare, and bad input refused with exit 2 before anything is written."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -392,3 +393,24 @@ def test_reference_covers_the_rollout_horizon_in_data_samples(tmp_path):
     bad = load_case(write_case(tmp_path), overrides=["hybrid.substeps=4", "rollout.steps=10", "rollout.save_every=3"])
     with pytest.raises(ConfigError, match="rollout.save_every"):
         check_variants([Variant(bad)], tmp_path / "out")
+
+
+def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
+    """With ``initial_condition.distribution = "point"`` every drawn member is the training trajectory's
+    own start: the reference and the rollouts use one member (64 copies of one deterministic trajectory
+    gave "median over 64 held-out members", [11, 11]), and the verdict says nothing is held out."""
+    from hybridnde.pipeline.report import verdict
+    from hybridnde.pipeline.stages import rollout_case
+
+    case = load_case(Path(__file__).resolve().parent.parent / "cases" / "lorenz63.toml")
+    assert case.rollout.members == 64
+    assert reference_case(case).initial_condition.members == 1
+    assert rollout_case(case, Path("reference.nc")).rollout.members == 1
+    given = case.replace(rollout=dataclasses.replace(case.rollout, initial_conditions="ics.nc"))
+    assert rollout_case(given, Path("ics.nc")).rollout.members == 64  # a file of the user's: its members
+    drawn = load_case(Path(__file__).resolve().parent.parent / "cases" / "lorenz63.toml",
+                      overrides=["initial_condition.distribution='gaussian'", "initial_condition.std=[0.1]"])
+    assert reference_case(drawn).initial_condition.members == 64
+    metrics = {"valid_prediction_time": {"median": 11.0}, "members": 1, "stable_members": 1, "horizon": 100.0}
+    assert "nothing held out" in verdict(metrics, held_out=False)
+    assert "held-out members" in verdict(metrics)

@@ -17,6 +17,7 @@ from ..config.fields import to_mapping
 from ..io import atomic_path
 from .formatting import median_spread, number, percent, relative_link, spread_keys
 from .runner import RunResult, VariantResult
+from .stages import repeats_training_start
 
 __all__ = ["write_report", "verdict", "summary_lines"]
 
@@ -29,15 +30,17 @@ def _ratio_phrase(hybrid: float | None, bare: float | None) -> str:
         f", below the bare host solver's {number(bare)}"
 
 
-def verdict(metrics: Mapping[str, Any]) -> str:
-    """One sentence: how long the hybrid model stays valid and stable, against the bare host."""
+def verdict(metrics: Mapping[str, Any], *, held_out: bool = True) -> str:
+    """One sentence: how long the hybrid model stays valid and stable, against the bare host.
+    ``held_out=False``: the reference is the training trajectory's own start (``stages.repeats_training_start``)."""
     vpt = metrics["valid_prediction_time"]
     baseline = metrics.get("baseline")
     units = "" if metrics.get("time_units", "1") in ("", "1") else f" {metrics['time_units']}"
     text = f"The hybrid model stays within the error threshold for {number(vpt['median'])}{units} time units"
     if "valid_prediction_time_lyapunov" in metrics:
         text += f" ({number(metrics['valid_prediction_time_lyapunov']['median'])} Lyapunov times)"
-    text += f", median over {metrics['members']} held-out members"
+    text += (f", median over {metrics['members']} held-out members" if held_out else
+             f", from the training trajectory's own start ({metrics['members']} member; nothing held out)")
     if baseline:
         text += _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
     text += f"; {metrics['stable_members']} of {metrics['members']} members stay stable to the horizon of " \
@@ -132,16 +135,20 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     case, metrics, folder = result.case, result.metrics, result.directory
     title = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
     keys = spread_keys(metrics)
+    held_out = not repeats_training_start(case)
     lines = [f"# {title}: hybrid model report", ""]
     if case.case.description:
         lines += [case.case.description + ".", ""]
     made = datetime.datetime.now().isoformat(timespec="seconds")
     lines += [f"Made by `{command or 'hybridnde run'}` on {made} (hybridnde {__version__})"
               + (f"; variant: {result.variant.describe()}" if result.variant.label else "") + ".", "",
-              f"**{verdict(metrics)}**", ""]
+              f"**{verdict(metrics, held_out=held_out)}**", ""]
     lines += ["## Accuracy and stability", "",
-              f"Against a held-out truth: {metrics['members']} members from states the closure never saw, over "
-              f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
+              (f"Against a held-out truth: {metrics['members']} members from states the closure never saw, over "
+               if held_out else "Against the truth from the training trajectory's own start "
+               "(`initial_condition.distribution = \"point\"`: every draw is that point, so one member and nothing "
+               "held out; an extrapolation test beyond the training window), over ")
+              + f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
               f"||u - u*|| / rms(u*) and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
               f"Median [{keys[0]}, {keys[1]}] over members.", "",
               *(["| | hybrid (trained closure) | bare host solver |", "|---|---|---|"] if "baseline" in metrics
@@ -189,11 +196,12 @@ def summary_lines(outcome: RunResult) -> list[str]:
     metrics = result.metrics
     rows = _metric_rows(metrics)
     width = max(len(name) for name, _, _ in rows)
+    said = verdict(metrics, held_out=not repeats_training_start(result.case))
     if "baseline" in metrics:
-        lines = [verdict(metrics), f"  {'':<{width}}  hybrid  |  bare host"]
+        lines = [said, f"  {'':<{width}}  hybrid  |  bare host"]
         lines += [f"  {name:<{width}}  {hybrid}  |  {bare}" for name, hybrid, bare in rows]
     else:
-        lines = [verdict(metrics)] + [f"  {name:<{width}}  {hybrid}" for name, hybrid, _ in rows]
+        lines = [said] + [f"  {name:<{width}}  {hybrid}" for name, hybrid, _ in rows]
     ran = [s.stage for s in result.stages if s.action == "ran"]
     lines.append(f"report: {result.report} ({outcome.seconds:.1f} s; "
                  + (f"ran {', '.join(ran)}" if ran else "every stage was up to date") + ")")

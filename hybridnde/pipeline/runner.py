@@ -167,6 +167,10 @@ class _Run:
         expected = stages.expected_identities(case, reference)
         rolled = stages.rollout_case(case, reference)
         result = VariantResult(variant, folder)
+        if stages.repeats_training_start(case) and case.rollout.members > 1:
+            log.info("%sinitial_condition.distribution = 'point': every member would start from the training "
+                     "trajectory's own start, so the reference and the rollouts use 1 member, not rollout.members "
+                     "= %d (an extrapolation test, nothing held out)", label, case.rollout.members)
 
         result.stages.append(self.stage(
             "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=label,

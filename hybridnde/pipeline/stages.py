@@ -13,7 +13,8 @@ The held-out reference is the truth over the rollout's horizon from the rollout'
 the case's true system, ``rollout.members`` members drawn with ``rollout.seed`` (other states than the
 training data's, same spin-up onto the attractor), ``ceil(rollout.steps / hybrid.substeps)`` samples.
 The rollouts then start from its first states (``rollout.initial_conditions`` = its path), so hybrid,
-bare host and truth start from the same states and are compared over the same times.
+bare host and truth start from the same states and are compared over the same times. With
+``initial_condition.distribution = "point"`` every draw is the training start: one member, not held out.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..rollout_resume import ROLLOUT_SECTIONS, rollout_checksum
 from ..simulate import SIMULATION_SECTIONS, simulate_case
 from ..training import TRAINING_SECTIONS
 
-__all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "has_baseline", "netcdf_identity",
+__all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "reference_members", "repeats_training_start", "has_baseline", "netcdf_identity",
            "closure_identity", "json_identity", "evaluation_checksum", "simulate", "recorded_seconds",
            "EVALUATION_VERSION"]
 
@@ -65,16 +66,31 @@ def reference_samples(case: CaseConfig) -> int:
     return math.ceil(case.rollout.steps / case.hybrid.substeps)
 
 
+def repeats_training_start(case: CaseConfig) -> bool:
+    """Whether the reference the pipeline draws is the training trajectory's own start: with
+    ``initial_condition.distribution = "point"`` every draw is that point, so there is no held-out state
+    and the score is an extrapolation test of the one trajectory."""
+    return case.rollout.initial_conditions == "draw" and case.initial_condition.distribution == "point"
+
+
+def reference_members(case: CaseConfig) -> int:
+    """Members of the drawn reference and of the rollouts from it: ``rollout.members``, or 1 where they
+    would all start from the one point (``repeats_training_start``): copies of one deterministic
+    trajectory would only repeat it, and a median over them would pass for an ensemble's."""
+    return 1 if repeats_training_start(case) else case.rollout.members
+
+
 def reference_case(case: CaseConfig) -> CaseConfig:
     """The case whose simulation is the held-out truth of the rollout (see the module docstring)."""
     time = dataclasses.replace(case.time, n_steps=reference_samples(case) * case.time.save_every)
-    initial = dataclasses.replace(case.initial_condition, members=case.rollout.members, seed=case.rollout.seed)
+    initial = dataclasses.replace(case.initial_condition, members=reference_members(case), seed=case.rollout.seed)
     return case.replace(time=time, initial_condition=initial)
 
 
 def rollout_case(case: CaseConfig, reference_path: Path) -> CaseConfig:
     """The case rolled out: its members start from the first states of ``reference_path``."""
-    return case.replace(rollout=dataclasses.replace(case.rollout, initial_conditions=str(reference_path)))
+    return case.replace(rollout=dataclasses.replace(case.rollout, initial_conditions=str(reference_path),
+                                                    members=reference_members(case)))
 
 
 def has_baseline(case: CaseConfig) -> bool:
