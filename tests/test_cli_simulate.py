@@ -117,3 +117,21 @@ def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
 def test_console_script_usage_error_exits_2():
     result = subprocess.run([sys.executable, "-m", "hybridnde.cli", "simulate"], capture_output=True, text=True)
     assert result.returncode == 2 and "CASE.toml" in result.stderr
+
+
+def test_verbs_without_out_write_a_quick_variant_beside_the_full_run_not_over_it(tmp_path, monkeypatch):
+    """`simulate --quick` (and train, rollout) without --out write to runs/<case>-quick, as `run --quick`
+    does: they wrote runs/<case>/, where a quick `train` replaced a full run's closure.pt."""
+    from hybridnde.commands.common import output_directory
+    from hybridnde.config import load_case
+
+    case_file = write_case(tmp_path, LORENZ + '[quick]\n"initial_condition.members" = 2\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", str(case_file), "--quick"]) == 0
+    assert main(["simulate", str(case_file)]) == 0
+    with xr.open_dataset(tmp_path / "runs" / "lorenz_test-quick" / "truth.nc") as quick, \
+            xr.open_dataset(tmp_path / "runs" / "lorenz_test" / "truth.nc") as full:
+        assert (quick.sizes["member"], full.sizes["member"]) == (2, 3)
+    elsewhere = load_case(case_file, overrides=["output.directory='out/l63'"])
+    assert output_directory(elsewhere, quick=True).as_posix() == "out/l63-quick"
+    assert output_directory(elsewhere, quick=False).as_posix() == "out/l63"

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import CaseConfig, load_case
 
-__all__ = ["add_case_arguments", "case_from_arguments"]
+__all__ = ["add_case_arguments", "case_from_arguments", "output_directory"]
+
+#: how the verbs' help names their default folder
+DEFAULT_FOLDER = "<output.directory or runs/<case>>[-quick]"
 
 
 def add_case_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,3 +23,11 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
 
 def case_from_arguments(arguments: argparse.Namespace) -> CaseConfig:
     return load_case(arguments.case, overrides=arguments.overrides, quick=arguments.quick)
+
+
+def output_directory(case: CaseConfig, *, quick: bool) -> Path:
+    """Where a verb writes when given no path: ``output.directory``, else ``runs/<case>``, with ``-quick``
+    appended under ``--quick`` so that a quick variant never overwrites the full run's files (the
+    verbs one by one find each other's files there, as ``run`` does)."""
+    directory = Path(case.output.directory or f"runs/{case.case.name}")
+    return directory.with_name(directory.name + "-quick") if quick else directory

@@ -14,7 +14,12 @@ from pathlib import Path
 from ..config import ConfigError
 from ..distributed import RankFailure, world
 from ..io import DataError
-from .common import add_case_arguments, case_from_arguments
+from .common import (
+    DEFAULT_FOLDER,
+    add_case_arguments,
+    case_from_arguments,
+    output_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--closure", type=Path, default=None, metavar="closure.pt",
                         help="trained closure (from `hybridnde train`); omitted: the bare host solver")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output NetCDF (default: <output.directory or runs/<case>>/rollout.nc)")
+                        help=f"output NetCDF (default: {DEFAULT_FOLDER}/rollout.nc)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted rollout to the same --out from its last checkpoint")
     parser.set_defaults(run=run)
@@ -41,7 +46,7 @@ def run(arguments: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.ERROR)
     try:
         case = case_from_arguments(arguments)
-        out = arguments.out or Path(case.output.directory or f"runs/{case.case.name}") / "rollout.nc"
+        out = arguments.out or output_directory(case, quick=arguments.quick) / "rollout.nc"
         summary = run_rollout(case, out, closure_path=arguments.closure, resume=arguments.resume,
                               progress=arguments.progress, comm=comm)
     except (ConfigError, DataError, RankFailure) as error:

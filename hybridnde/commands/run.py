@@ -17,7 +17,7 @@ from pathlib import Path
 from ..io import DataError, check_output_path
 from ..pipeline import build_variants, run_pipeline
 from ..threads import add_threads_argument
-from .common import add_case_arguments
+from .common import add_case_arguments, output_directory
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_case_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="folder for every file of the run (default: output.directory, else runs/<case>[-quick])")
+                        help="folder for every file of the run (default: output.directory, else runs/<case>; -quick appended with --quick)")
     parser.add_argument("--compare", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                         help="one variant per value, e.g. --compare training.regularizer=none,jvp,fd (repeatable: "
                              "the variants are the product)")
@@ -41,8 +41,7 @@ def run(arguments: argparse.Namespace) -> int:
     variants = build_variants(arguments.case, quick=arguments.quick, overrides=arguments.overrides,
                               compare=arguments.compare)
     case = variants[0].case
-    directory = arguments.out or Path(case.output.directory or
-                                      f"runs/{case.case.name}{'-quick' if arguments.quick else ''}")
+    directory = arguments.out or output_directory(case, quick=arguments.quick)
     check_output_path(directory, folder=True)
     _check_existing_folders(directory, [variant.label for variant in variants if variant.label])
     outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,

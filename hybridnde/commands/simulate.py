@@ -9,7 +9,12 @@ from ..config import ConfigError
 from ..io import check_output_path, write_netcdf
 from ..simulate import simulate_case
 from ..threads import add_threads_argument, torch_threads
-from .common import add_case_arguments, case_from_arguments
+from .common import (
+    DEFAULT_FOLDER,
+    add_case_arguments,
+    case_from_arguments,
+    output_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +24,14 @@ def register(subparsers) -> None:
                                    description=__doc__)
     add_case_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
-                        help="output NetCDF (default: <output.directory or runs/<case>>/truth.nc)")
+                        help=f"output NetCDF (default: {DEFAULT_FOLDER}/truth.nc)")
     add_threads_argument(parser, "the simulation")
     parser.set_defaults(run=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
     case = case_from_arguments(arguments)
-    out = arguments.out or Path(case.output.directory or f"runs/{case.case.name}") / "truth.nc"
+    out = arguments.out or output_directory(case, quick=arguments.quick) / "truth.nc"
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
     ic = case.initial_condition

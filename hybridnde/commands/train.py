@@ -13,7 +13,12 @@ from pathlib import Path
 
 from ..threads import add_threads_argument, torch_threads
 from ..training import train_case
-from .common import add_case_arguments, case_from_arguments
+from .common import (
+    DEFAULT_FOLDER,
+    add_case_arguments,
+    case_from_arguments,
+    output_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +28,9 @@ def register(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_case_arguments(parser)
     parser.add_argument("--data", type=Path, default=None,
-                        help="truth NetCDF from `hybridnde simulate` (default: <output.directory or runs/<case>>/truth.nc)")
+                        help=f"truth NetCDF from `hybridnde simulate` (default: {DEFAULT_FOLDER}/truth.nc)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="closure file (default: <output.directory or runs/<case>>/closure.pt)")
+                        help=f"closure file (default: {DEFAULT_FOLDER}/closure.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out, if any")
     add_threads_argument(parser, "training")
     parser.set_defaults(run=run)
@@ -33,7 +38,7 @@ def register(subparsers) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     case = case_from_arguments(arguments)
-    directory = Path(case.output.directory or f"runs/{case.case.name}")
+    directory = output_directory(case, quick=arguments.quick)
     out = arguments.out or directory / "closure.pt"
     data = arguments.data or directory / "truth.nc"
     with torch_threads(arguments.threads, "--threads"):

@@ -179,6 +179,6 @@ class ComputeConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    directory: str = option("", "where `hybridnde run` writes its files (default: runs/<case name>)")
+    directory: str = option("", "where `hybridnde run` and the other verbs write their files by default (default: runs/<case name>; `-quick` is appended to the folder name under --quick)")
     compression_level: int = option(4, "zlib level of NetCDF variables (0 = off)", minimum=0, maximum=9)
     time_chunk: int = option(64, "saved times per NetCDF chunk along time", positive=True)
