@@ -241,8 +241,10 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
     first_bad_save = np.full(rollout.members, -1, dtype=np.int64)
     done: set[int] = set()
     in_flight: dict[int, dict] = {}
-    resumed_steps = 0
+    resumed_steps, earlier_seconds, resumes = 0, 0.0, 0
     if checkpoint:
+        # the file describes the whole rollout: the runs before this one, up to the checkpoint resumed
+        earlier_seconds, resumes = float(checkpoint.get("elapsed_seconds", 0.0)), int(checkpoint.get("resumes", 0)) + 1
         first_bad_save[:] = checkpoint["first_bad_save"].numpy()
         done, in_flight = set(checkpoint["done"]), dict(checkpoint["in_flight"])
         sizes = dict(setup.batches)
@@ -301,7 +303,8 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                 setup.writer.checkpoint(*_status(first_bad_save, schedule), {
                     **setup.identity, **({"run_id": setup.run_id} if setup.run_id else {}),
                     "done": sorted(done),
-                    "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save)})
+                    "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save),
+                    "elapsed_seconds": earlier_seconds + wallclock.perf_counter() - started, "resumes": resumes})
     summary = None
     if comm.rank == 0:
         setup.writer.flush()  # the run ends when its data are on disk
@@ -309,10 +312,11 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
         bar.close()
         status, blowup_time = _status(first_bad_save, schedule)
         blew_up = int((status == STATUS_FLAGS["blew_up"]).sum())
-        rate = member_steps / seconds if seconds > 0 else float("nan")
-        setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": seconds,
-                                                  "member_steps": member_steps, "member_steps_per_second": rate,
-                                                  "members_blew_up": blew_up,
+        total_steps, total_seconds = resumed_steps + member_steps, earlier_seconds + seconds
+        rate = total_steps / total_seconds if total_seconds > 0 else float("nan")
+        setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": total_seconds,
+                                                  "member_steps": total_steps, "member_steps_per_second": rate,
+                                                  "resumed_runs": resumes, "members_blew_up": blew_up,
                                                   "platform": platform_description(setup.solver.device)})
         remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,

@@ -2,6 +2,7 @@
 what the host solver computes, blow-ups are isolated, restarts are exact, memory stays flat."""
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import subprocess
@@ -425,6 +426,13 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     assert summary.resumed and 0 < summary.member_steps < 6 * 60
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
+    # the file's cost attributes cover the whole rollout, not the last run's part (which they did)
+    with xr.open_dataset(tmp_path / "resumed.nc") as resumed, xr.open_dataset(tmp_path / "straight.nc") as straight:
+        assert resumed.attrs["member_steps"] == straight.attrs["member_steps"] == 6 * 60
+        assert (resumed.attrs["resumed_runs"], straight.attrs["resumed_runs"]) == (1, 0)
+        assert resumed.attrs["wall_seconds"] > summary.seconds
+        assert math.isclose(resumed.attrs["member_steps_per_second"],
+                            6 * 60 / resumed.attrs["wall_seconds"], rel_tol=1e-12)
 
 
 def test_a_thread_count_refuses_a_resume_when_either_side_chose_it():
