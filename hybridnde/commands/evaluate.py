@@ -55,6 +55,9 @@ def run(arguments: argparse.Namespace) -> int:
         raise ConfigError(f"--out {arguments.out}: give a .json file name")
     if arguments.overrides and arguments.case is None:
         raise ConfigError("--set needs --case CASE.toml (it overrides values of that case)")
+    if arguments.closure is not None and not arguments.lyapunov:
+        raise ConfigError(f"--closure {arguments.closure}: only --lyapunov uses it (the hybrid model's Lyapunov "
+                          "exponent); add --lyapunov or leave --closure out")
     if arguments.threshold is not None and not arguments.threshold > 0:
         raise ConfigError(f"--threshold {arguments.threshold}: give a positive number, e.g. 0.5")
     if arguments.time_tolerance is not None and not (math.isfinite(arguments.time_tolerance)
