@@ -7,6 +7,8 @@ the weights that rollouts record in their NetCDF ``source`` attribute.
 from __future__ import annotations
 
 import hashlib
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,8 +55,13 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
     path = Path(path)
     if not path.is_file():
         raise DataError(f"closure file {str(path)!r} does not exist; create it with `hybridnde train`")
+    if _is_torchscript(path):
+        raise DataError(f"{path}: an exported TorchScript closure (`hybridnde export`), for libtorch/FTorch time "
+                        "loops; give the closure.pt it was exported from (written by `hybridnde train`)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warning about TorchScript-like zips: answered above
+            warnings.filterwarnings("ignore", message=".*TorchScript.*")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as error:  # the file is there but cannot be read: say so, it is not a format problem
         raise DataError(f"{path}: cannot be read ({error.strerror or error}); check its permissions") from None
     except Exception as error:  # pickle, zip or version errors all mean: not our file
@@ -71,3 +78,12 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
     model.load_state_dict(payload["state_dict"])
     model = model.to(device=device, dtype=dtype or saved_dtype).eval()
     return model, payload
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.jit.save`` archive (a zip with the scripted ``code/``), not a pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

@@ -98,6 +98,13 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "junk.pt" / "c.ts")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "c.ts").exists()
+    # an exported file handed back where a closure.pt belongs: named for what it is, no torch warning
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "exported.pt")]) == 0
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["export", str(tmp_path / "exported.pt"), "--out", str(tmp_path / "again.ts")]) == 2
+    assert "an exported TorchScript closure" in capsys.readouterr().err
 
 
 def test_an_unreadable_closure_file_says_so(tmp_path, monkeypatch):
