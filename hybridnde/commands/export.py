@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=("float64", "float32"), default=None,
                         help="precision of the exported weights (default: as trained)")
     parser.add_argument("--device", default="cpu",
-                        help="device the archive's tensors live on ('cpu' or 'cuda'; C++ can still move it)")
+                        help="device the archive's tensors live on: 'cpu' (default), 'cuda', 'cuda:N' or 'auto' (C++ can still move it)")
     parser.set_defaults(run=run)
 
 
