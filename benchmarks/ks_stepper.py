@@ -3,6 +3,8 @@
     python benchmarks/ks_stepper.py                 # 1 thread, the four (N, batch) points of issue 9
     python benchmarks/ks_stepper.py --threads 0     # every core (torch and XLA alike)
     python benchmarks/ks_stepper.py --tiny          # CI smoke run (seconds)
+    python benchmarks/ks_stepper.py --threads 1 --cores 0             # one core against one core
+    python benchmarks/ks_stepper.py --threads 0 --peer-cores 0        # each at its best on this machine
     python benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory   # on a GPU (wall clock)
 
 Equation (all contenders): ``u_t = -u u_x - u_xx - u_xxxx`` on ``[0, 22)``, float64, ``dt = 0.25``,
@@ -45,9 +47,9 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_common_arguments, configure_threads, emit_json, format_rate,  # noqa: E402
-                    machine_description, on_gpu, peak_rss_bytes, print_table, synchronize,
-                    time_interleaved)
+from common import (ConfinedCalls, add_common_arguments, configure_threads, emit_json,  # noqa: E402
+                    format_rate, machine_description, on_gpu, parse_cores, peak_rss_bytes, print_table,
+                    synchronize, time_interleaved)
 
 DOMAIN_LENGTH = 22.0
 DT = 0.25
@@ -318,6 +320,11 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
             builders["FFT floor (one graph, all steps)"] = fft_floor(n_points, u0, steps, device=device,
                                                                     graph="all steps")
 
+        peers = [name for name in builders if name.startswith("exponax") or name == "numpy KT"]
+        if args.peer_cores and not gpu:  # the peers on the cores they run fastest on, ours on every core
+            confine = ConfinedCalls(parse_cores(args.peer_cores, "--peer-cores"))
+            builders.update({name: (confine(builders[name][0]), builders[name][1]) for name in peers})
+
         reference = builders["hybridnde"][1](CHECK_STEPS)
         scale = float(np.abs(reference).max())
         timings = time_interleaved({name: (run, batch * steps) for name, (run, _) in builders.items()},
@@ -339,11 +346,15 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                 "repeats": len(timing.cpu), "dtype": "float64", "domain_length": DOMAIN_LENGTH, "dt": DT,
                 "contender_device": ("cpu" if name == "numpy KT" or (name.startswith("exponax") and not gpu)
                                      else device),
+                "peer_cores": args.peer_cores if name in peers and not gpu else None,
                 **machine_description(threads, device)})
     return records
 
 
 def print_throughput(records: list[dict[str, object]], threads: int) -> None:
+    peer_cores = {r["peer_cores"] for r in records if r.get("peer_cores")}
+    confined = (f"; the peers confined to core(s) {', '.join(sorted(peer_cores))}, ours on every core: "
+                "compare the wall clock" if peer_cores else "")
     rows = [{
         "N": r["n_points"], "batch": r["batch"], "contender": r["contender"],
         "member-steps/s (cpu)": format_rate(r["member_steps_per_s_cpu"]),
@@ -356,7 +367,7 @@ def print_throughput(records: list[dict[str, object]], threads: int) -> None:
     print_table(rows, ["N", "batch", "contender", "member-steps/s (cpu)", "(wall)", "ours/this (cpu)",
                        "(wall)#", "paired (cpu)", "(wall)##", "deviation"],
                 title=f"KS ETDRK4 throughput, float64, L=22, dt=0.25, {threads} thread(s); medians "
-                      "(paired: median over rounds of the ratio within a round)")
+                      "(paired: median over rounds of the ratio within a round)" + confined)
 
 
 # -- memory: streamed trajectory vs stacked rollout -------------------------------------------------
@@ -429,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
     parser.add_argument("--sizes", nargs="*", metavar="N,BATCH", help="(N, batch) points (default: issue 9's four)",
                         type=lambda text: tuple(int(part) for part in text.split(",")))
+    parser.add_argument("--peer-cores", default=None, metavar="CORES",
+                        help="time the peers (exponax, numpy) with the whole process confined to these CPU cores "
+                             "(e.g. 0; one core also makes XLA single-threaded), ours on every core with --threads: "
+                             "each where it runs fastest (exponax ran 1.2-1.3x faster pinned to one core than "
+                             "unpinned, on one thread or two, on a 2-core VM)")
     parser.add_argument("--memory-probe", nargs=5, metavar=("MODE", "STEPS", "N", "BATCH", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -437,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         memory_probe(mode, int(n_steps), int(n_points), int(batch), device)
         return 0
     threads = configure_threads(args.threads, args.cores)
+    if args.peer_cores and len(parse_cores(args.peer_cores, "--peer-cores")) == 1 \
+            and "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()  # before jax is imported
     # JAX takes 75% of a GPU's memory at start-up unless told otherwise; torch shares this GPU
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     records = []

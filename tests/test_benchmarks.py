@@ -180,3 +180,18 @@ def test_cores_option_confines_every_thread_and_refuses_cores_not_available():
     refused = subprocess.run([sys.executable, "-c", probe.format(where=str(BENCHMARKS), cores=str(max(allowed) + 1))],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "may only use cores" in refused.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="core pinning is Linux-only")
+def test_ks_stepper_times_the_peers_on_their_own_cores_when_asked():
+    """``--peer-cores``: the peers (numpy, exponax) run confined to the given core, ours on every core, in
+    the same interleaved rounds; the records say which ran where."""
+    core = str(min(os.sched_getaffinity(0)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "ks_stepper.py"), "--tiny", "--no-memory",
+                             "--peer-cores", core], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = throughput([json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")])
+    assert rows["numpy KT"]["peer_cores"] == core and rows["hybridnde"]["peer_cores"] is None
+    assert all(row["peer_cores"] == core for name, row in rows.items() if name.startswith("exponax"))
+    assert "the peers confined to core(s)" in result.stdout
