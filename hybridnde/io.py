@@ -184,6 +184,12 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
         raise DataError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise DataError(f"{option} {path}: cannot write in {ancestor}; choose a folder you can write to")
+    try:  # permission bits do not tell everything (root, read-only or pseudo file systems): try it
+        with tempfile.TemporaryFile(dir=ancestor):  # unnamed where the OS allows: nothing is left behind
+            pass
+    except OSError as error:
+        raise DataError(f"{option} {path}: cannot write in {ancestor} ({error.strerror or error}); choose a "
+                        "folder you can write to") from None
     return path
 
 

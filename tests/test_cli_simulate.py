@@ -1,4 +1,5 @@
 """`hybridnde simulate` writes the NetCDF schema atomically; bad input exits 2 and leaves no file."""
+import os
 import subprocess
 import sys
 
@@ -82,6 +83,9 @@ def test_an_output_path_that_cannot_be_written_exits_2_before_simulating(tmp_pat
         assert main(["simulate", str(case), "--out", str(out)]) == 2
         error = capsys.readouterr().err
         assert f"--out {out}: " in error and message in error
+    if os.path.isdir("/proc/self"):  # permission bits say yes (to root) where writing fails: tried
+        assert main(["simulate", str(case), "--out", "/proc/no_such_folder/truth.nc"]) == 2
+        assert "cannot write in /proc" in capsys.readouterr().err
     assert main(["run", str(case), "--out", str(case)]) == 2  # the run's folder is a file
     assert "is a file; give a folder" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["folder.nc", case.name])
