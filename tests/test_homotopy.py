@@ -26,6 +26,19 @@ def test_schedule_starts_at_one_decreases_and_reaches_exactly_zero(n_stages):
         assert math.isclose(second / first, 0.6, rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("ratio", [1e-200, 1e-30, 0.6, 1.0, 2.0, 1e30, 1e200])
+def test_schedule_holds_for_any_positive_ratio(ratio):
+    """Extreme ratios: no OverflowError (1e200 raised one after the data were loaded) and no negative
+    lam (1e-200 gave -1e-200); ratios a float can raise give the plain power law's values."""
+    values = homotopy_values(7, ratio=ratio)
+    assert values[0] == 1.0 and values[-1] == 0.0 and all(0.0 <= v <= 1.0 for v in values)
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    if 1e-3 < ratio < 1e3:
+        plain = [ratio**i for i in range(6)]
+        expected = [1.0 - sum(plain[:k]) / sum(plain) for k in range(7)]
+        assert values[:-1] == pytest.approx(expected[:-1], rel=1e-12, abs=1e-15)
+
+
 def test_schedule_over_epochs():
     schedule = HomotopySchedule(n_stages=5, epochs_per_stage=100, ratio=0.6)
     assert schedule.total_epochs == 500

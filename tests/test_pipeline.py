@@ -177,6 +177,29 @@ def test_rerun_reuses_every_finished_stage(finished_run):
     assert mtimes(out, *names) == before
 
 
+def test_run_only_training_keys_leave_a_finished_closure_current(finished_run):
+    """training.checkpoint_every and fd_warn_threshold change how training runs, not the closure: a
+    finished run is reused whole (it was trained again), also with a closure that recorded the full
+    [training] checksum, as closures did before those keys were left out."""
+    from hybridnde.closure_file import save_closure
+    from hybridnde.training import TRAINING_SECTIONS
+
+    case, out = finished_run  # in place (the rollouts record the reference's path): restored at the end
+    original = (out / "closure.pt").read_bytes()
+    try:
+        assert run(case, out, "--quick", "--set", "training.checkpoint_every=3",
+                   "--set", "training.fd_warn_threshold=0.5") == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+        model, payload = load_closure(out / "closure.pt")
+        legacy = load_case(case, quick=True, overrides=["training.checkpoint_every=3"]).checksum(TRAINING_SECTIONS)
+        save_closure(out / "closure.pt", model, case_toml=payload["case_toml"],
+                     metadata={**payload["metadata"], "config_checksum": legacy})
+        assert run(case, out, "--quick", "--set", "training.checkpoint_every=3") == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+    finally:
+        (out / "closure.pt").write_bytes(original)
+
+
 def test_changed_training_key_retrains_but_reuses_the_data(tmp_path):
     case = write_case(tmp_path)
     out = tmp_path / "run"

@@ -2,6 +2,7 @@
 early stopping keeps the best weights, schedules, adaptive integration with NFE counts, warnings."""
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,6 +147,30 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, truth_fi
     torch.save(state, checkpoint_path(out))
     with pytest.raises(ConfigError, match="another configuration"):
         train_case(toy_case({"learning_rate": 2e-2}), truth_file, out, resume=True, progress=False)
+
+
+def test_run_only_keys_may_change_on_resume_and_give_the_same_closure(tmp_path, truth_file, monkeypatch):
+    """checkpoint_every and fd_warn_threshold do not change the closure: a resume may change them (it
+    was refused naming them), and the closure's config_checksum leaves them out -- equal, for cases at
+    their defaults, to the full checksum recorded before."""
+    from hybridnde.config import load_case
+    from hybridnde.training import TRAINING_SECTIONS, training_checksum
+
+    out, straight = tmp_path / "closure.pt", tmp_path / "straight.pt"
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    monkeypatch.undo()
+    _, result = train_case(toy_case({"checkpoint_every": 3, "fd_warn_threshold": 0.5}), truth_file, out,
+                           resume=True, progress=False)
+    assert result.resumed_from == 2
+    train_case(toy_case(), truth_file, straight, progress=False)
+    (a, payload_a), (b, payload_b) = load_closure(straight), load_closure(out)
+    assert payload_a["checksum"] == payload_b["checksum"]
+    assert payload_a["metadata"]["config_checksum"] == payload_b["metadata"]["config_checksum"]
+    assert training_checksum(toy_case({"learning_rate": 2e-2})) != training_checksum(toy_case())
+    ks = load_case(Path(__file__).resolve().parent.parent / "cases" / "ks_l22.toml")
+    assert training_checksum(ks) == ks.checksum(TRAINING_SECTIONS)
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):

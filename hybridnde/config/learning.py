@@ -39,7 +39,8 @@ class TrainingConfig:
     lr_gamma: float = option(0.5, "step: factor of each drop", positive=True, maximum=1.0)
     gradient_clip: float = option(1.0, "clip the gradient's global 2-norm to this (0 = off)", nonnegative=True)
     validation_fraction: float = option(0.2, "share of members held out for validation (member-wise split: the "
-                                        "last members by index; at least one when there are two or more)",
+                                        "last members by index; at least one when it is > 0 and there are two or more; 0: "
+                                        "none, validation runs on the training members)",
                                         nonnegative=True, maximum=0.9)
     validation_rollout_steps: int = option(0, "steps of the validation rollouts that early stopping watches "
                                            "(0 = rollout_steps)", nonnegative=True)

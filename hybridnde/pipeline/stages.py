@@ -4,7 +4,7 @@
 |-----------|-----------------|-------------------------------------------|------------------------------------------|
 | simulate  | truth.nc        | ``simulate_case`` (training data)         | ``case.checksum(SIMULATION_SECTIONS)``   |
 | reference | reference.nc    | ``simulate_case`` of ``reference_case``   | the reference case's simulation checksum |
-| train     | closure.pt      | ``train_case`` on truth.nc                | ``case.checksum(TRAINING_SECTIONS)``     |
+| train     | closure.pt      | ``train_case`` on truth.nc                | ``training_checksum(case)``              |
 | rollout   | rollout.nc      | ``run_rollout`` from reference.nc's start | ``rollout_checksum`` + closure checksum  |
 | baseline  | baseline.nc     | ``run_rollout`` of the bare host solver   | ``rollout_checksum`` + ``"none"``        |
 | evaluate  | metrics.json    | ``evaluate_files`` against reference.nc   | a checksum of ``[evaluate]`` and inputs  |
@@ -30,7 +30,7 @@ from ..config import CaseConfig
 from ..io import write_netcdf
 from ..rollout_resume import ROLLOUT_SECTIONS, rollout_checksum
 from ..simulate import SIMULATION_SECTIONS, simulate_case
-from ..training import TRAINING_SECTIONS
+from ..training import TRAINING_SECTIONS, training_checksum
 
 __all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "reference_members", "repeats_training_start", "has_baseline", "netcdf_identity",
            "closure_identity", "json_identity", "evaluation_checksum", "simulate", "recorded_seconds",
@@ -175,5 +175,5 @@ def expected_identities(case: CaseConfig, reference_path: Path) -> dict[str, str
     """The identities the simulate/reference/train outputs must record to be reused."""
     return {"simulate": case.checksum(SIMULATION_SECTIONS),
             "reference": reference_case(case).checksum(SIMULATION_SECTIONS),
-            "train": case.checksum(TRAINING_SECTIONS),
+            "train": training_checksum(case),
             "rollout": rollout_checksum(rollout_case(case, reference_path))}

@@ -6,7 +6,8 @@
 * ``checkpoint``: atomic checkpoints with a configuration/data fingerprint;
 * ``build``: ``train_case`` -- case + truth file -> saved closure (``hybridnde train``).
 """
-from .build import TRAINING_SECTIONS, RolloutValidation, build_terms, reference_solver, train_case, window_lengths
+from .build import (TRAINING_SECTIONS, RolloutValidation, build_terms, reference_solver, train_case, training_checksum,
+                    window_lengths)
 from .checkpoint import checkpoint_path, load_checkpoint, log_path, save_checkpoint
 from .terms import (AdaptiveRolloutLoss, Batch, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm,
                     RolloutLoss, Weighted, ramp, rollout_mse)
@@ -15,6 +16,6 @@ from .trainer import Trainer, TrainingResult, learning_rate_at
 __all__ = [
     "Trainer", "TrainingResult", "learning_rate_at", "LossTerm", "Batch", "Weighted", "RolloutLoss",
     "AdaptiveRolloutLoss", "DirectionalDerivativeTerm", "FiniteDifferenceTerm", "ramp", "rollout_mse",
-    "train_case", "build_terms", "reference_solver", "RolloutValidation", "window_lengths", "TRAINING_SECTIONS",
+    "train_case", "build_terms", "reference_solver", "RolloutValidation", "window_lengths", "TRAINING_SECTIONS", "training_checksum",
     "checkpoint_path", "log_path", "save_checkpoint", "load_checkpoint",
 ]

@@ -36,13 +36,25 @@ from .multiple_shooting import MultipleShootingLoss
 from .terms import AdaptiveRolloutLoss, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm, RolloutLoss
 from .trainer import Trainer, TrainingResult
 
-__all__ = ["TRAINING_SECTIONS", "train_case", "build_terms", "reference_solver", "RolloutValidation",
+__all__ = ["TRAINING_SECTIONS", "TRAINING_RUN_ONLY_KEYS", "training_checksum", "train_case", "build_terms", "reference_solver", "RolloutValidation",
            "window_lengths", "check_training_config", "homotopy_schedule"]
 
 log = logging.getLogger(__name__)
 
 #: the sections a trained closure depends on (its ``config_checksum``)
 TRAINING_SECTIONS = (*SIMULATION_SECTIONS, "model", "training", "hybrid")
+#: ``[training]`` keys that change how training runs but not the closure it makes: a resume may change
+#: them, and a closure made with other values is still up to date
+TRAINING_RUN_ONLY_KEYS = ("checkpoint_every", "fd_warn_threshold")
+
+
+def training_checksum(case: CaseConfig) -> str:
+    """``case.checksum(TRAINING_SECTIONS)`` with the run-only keys at their defaults: equal for cases that
+    train the same closure (and, for cases that leave those keys at their defaults, the checksum
+    closures and checkpoints recorded before the keys were left out)."""
+    defaults = {field.name: field.default for field in dataclasses.fields(case.training)
+                if field.name in TRAINING_RUN_ONLY_KEYS}
+    return case.replace(training=dataclasses.replace(case.training, **defaults)).checksum(TRAINING_SECTIONS)
 
 
 def window_lengths(case: CaseConfig) -> tuple[int, int]:
@@ -172,7 +184,7 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
 
 
 def _fingerprint(case: CaseConfig, data: TrainingData) -> str:
-    return hashlib.sha256(f"{case.checksum(TRAINING_SECTIONS)}:{data.checksum}".encode()).hexdigest()
+    return hashlib.sha256(f"{training_checksum(case)}:{data.checksum}".encode()).hexdigest()
 
 
 def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
@@ -231,7 +243,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
 
 def _changes_since(identity: Mapping[str, str], case: CaseConfig, data: TrainingData) -> list[str]:
     """What differs from a checkpoint's ``identity`` (its case TOML and data checksum), in words."""
-    changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS)
+    changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS,
+                                skip=[("training", key) for key in TRAINING_RUN_ONLY_KEYS])
     if identity.get("data_checksum") not in (None, data.checksum):
         changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now "
                           f"{data.checksum[:12]}...)")
@@ -243,7 +256,7 @@ def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds:
     """The closure file, then its log under its final name; the checkpoint goes."""
     train_windows, validation_windows = windows
     metadata: dict[str, Any] = {
-        "stage": "train", "config_checksum": case.checksum(TRAINING_SECTIONS), "training": dataclasses.asdict(case.training),
+        "stage": "train", "config_checksum": training_checksum(case), "training": dataclasses.asdict(case.training),
         "data": data.summary(), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early, "final": result.final,
         "train_windows": train_windows, "validation_windows": validation_windows, "wall_seconds": seconds,

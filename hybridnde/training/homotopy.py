@@ -59,11 +59,14 @@ def homotopy_values(n_stages: int, ratio: float = 0.6) -> tuple[float, ...]:
         raise ValueError(f"ratio={ratio} must be positive")
     if n_stages == 1:
         return (0.0,)
-    decrements = [ratio**i for i in range(n_stages - 1)]
+    last = n_stages - 2
+    # the same proportions scaled by the largest term, so that no power overflows (ratio = 1e200 raised
+    # OverflowError) and tiny ones underflow harmlessly to a zero decrement
+    decrements = [ratio**i if ratio <= 1 else (1.0 / ratio) ** (last - i) for i in range(last + 1)]
     total = sum(decrements)
     values = [1.0]
     for decrement in decrements:
-        values.append(values[-1] - decrement / total)
+        values.append(max(0.0, values[-1] - decrement / total))  # never below 0 by rounding
     values[-1] = 0.0  # exactly: rounding would leave a ~1e-16 coupling in the "plain" stage
     return tuple(values)
 
