@@ -165,7 +165,7 @@ def test_run_only_keys_may_change_on_resume_and_give_the_same_closure(tmp_path, 
                            resume=True, progress=False)
     assert result.resumed_from == 2
     train_case(toy_case(), truth_file, straight, progress=False)
-    (a, payload_a), (b, payload_b) = load_closure(straight), load_closure(out)
+    (_, payload_a), (_, payload_b) = load_closure(straight), load_closure(out)
     assert payload_a["checksum"] == payload_b["checksum"]
     assert payload_a["metadata"]["config_checksum"] == payload_b["metadata"]["config_checksum"]
     assert training_checksum(toy_case({"learning_rate": 2e-2})) != training_checksum(toy_case())
