@@ -442,3 +442,28 @@ def test_turning_fused_updates_off_holds_for_a_dense_stepper_that_has_its_compil
         solver.fused_updates = False
         assert stepper.compiled is None and not solver.fused_updates
         torch.testing.assert_close(solver.step(0.0, u), torch_only.step(0.0, u), rtol=0, atol=0)
+
+
+@needs_kernels
+def test_alternating_time_steps_and_states_keep_the_right_coefficients_and_inputs(stage_kernels):
+    """The stage kernels' fixed addresses (plan, coefficients, workspace) and DUCC's input views are
+    taken once and reused: alternating dt (two plans on one workspace), a second state of the same
+    shape and states changed in place between steps must each read what they should."""
+    fused, plain = (KuramotoSivashinskySpectral(n_points=64, implementation="fft") for _ in range(2))
+    plain.fused_updates = False
+    generator = torch.Generator().manual_seed(11)
+    states = [smooth_state(fused, 70) for _ in range(2)]
+    with torch.no_grad():
+        for solver in (fused, plain):
+            solver.whole_fourier_step = False  # the stage kernels at any batch
+        u_fused = [fused.to_internal(u) for u in states]
+        u_plain = [plain.to_internal(u) for u in states]
+        for step, dt in enumerate([0.25, 0.1, 0.25, 0.05, 0.1, 0.25]):
+            which = step % 2
+            u_fused[which] = fused.step_internal(0.0, u_fused[which], dt)
+            u_plain[which] = plain.step_internal(0.0, u_plain[which], dt)
+            kick = 1e-3 * torch.randn(u_plain[which].shape, dtype=torch.float64, generator=generator)
+            u_fused[which] += kick  # changed in place between steps (same address, new values)
+            u_plain[which] += kick
+    for a, b in zip(u_fused, u_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * b.abs().max().item())
