@@ -547,3 +547,16 @@ def test_memory_does_not_grow_with_the_number_of_steps(case_files, tmp_path):
     trajectory_mb = 64 * 2001 * 64 * 8 / 2**20  # 62.5 MB: what holding the long rollout would cost
     assert long < 0.3 * trajectory_mb, (short, long)
     assert long < 2.0 * short + 10.0, (short, long)
+
+
+@pytest.mark.parametrize("setup, known", [("neural_ode", "no known dynamics"), ("second_order", "only the kinematics")])
+def test_a_bare_rollout_of_a_host_without_physics_warns(tmp_path, caplog, setup, known):
+    """Without a closure a neural-ODE host stands still and a second-order host coasts: a rollout that
+    looks like the true system's (`--set 'hybrid.system={}'`) but is not says so; the residual host
+    (known physics) does not warn."""
+    for name, extra in ((setup, [f"hybrid.setup={setup}"]), ("residual", ["hybrid.setup=residual"])):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            run_rollout(two_body_case("rollout.steps=4", *extra), tmp_path / f"{name}.nc", progress=False)
+        warned = [r.getMessage() for r in caplog.records if "without a closure" in r.getMessage()]
+        assert (known in warned[0]) if name == setup else not warned
