@@ -84,6 +84,8 @@ def parse_cores(cores: str, option: str = "--cores") -> set[int]:
         first, _, last = part.strip().partition("-")
         if not first.isdigit() or (last and not last.isdigit()):
             raise SystemExit(f"{option} {cores!r}: give core numbers, e.g. 0 or 0,1 or 0-3")
+        if last and int(last) < int(first):
+            raise SystemExit(f"{option} {cores!r}: a range goes up, e.g. 1-3")
         chosen.update(range(int(first), int(last or first) + 1))
     if not hasattr(os, "sched_setaffinity"):
         raise SystemExit(f"{option} needs Linux (os.sched_setaffinity); leave it out here")

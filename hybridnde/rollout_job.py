@@ -94,12 +94,6 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     closure, closure_checksum = load_rollout_closure(closure_path, closure, device=device, dtype=dtype,
                                                        case=case)
     solver = build_host_solver(case, closure=closure, device=device, dtype=dtype)
-    if closure is None and case.hybrid.setup != "residual":
-        known = "no known dynamics (du/dt = 0): every member stays where it starts" \
-            if case.hybrid.setup == "neural_ode" else "only the kinematics (dq/dt = v, no forces)"
-        log.warning("hybrid.setup = %r without a closure: the host has %s; give --closure, or --set "
-                    "hybrid.setup=residual --set 'hybrid.system={}' to roll out the true system",
-                    case.hybrid.setup, known)
     if closure is not None:
         check_closure_fits(closure, solver, closure_path or "closure")
     if closure_path is not None:

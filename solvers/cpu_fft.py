@@ -57,8 +57,8 @@ class SquaredHat:
         address = x_hat.data_ptr()
         array = self._input_arrays.get(address)
         if array is None or array.shape != tuple(x_hat.shape):
-            if len(self._input_arrays) >= 4:  # bounded: a trajectory's state and the stage buffer in use
-                self._input_arrays.clear()
+            if len(self._input_arrays) >= 2:  # a trajectory's state and the stage buffer; step() brings a
+                self._input_arrays.clear()       # new state each call, so at most one old one is kept
             array = self._input_arrays[address] = x_hat.numpy()
         # inorm=2: divide by N on the way back, as irfft does
         self._c2r(array, axes=(1,), lastsize=self.n_points, forward=False, inorm=2, out=physical)

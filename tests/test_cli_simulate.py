@@ -139,3 +139,6 @@ def test_verbs_without_out_write_a_quick_variant_beside_the_full_run_not_over_it
     elsewhere = load_case(case_file, overrides=["output.directory='out/l63'"])
     assert output_directory(elsewhere, quick=True).as_posix() == "out/l63-quick"
     assert output_directory(elsewhere, quick=False).as_posix() == "out/l63"
+    for folder, quick in ((".", "quick"), ("..", "../quick"), ("/", "/quick")):  # no name to extend
+        named = load_case(case_file, overrides=[f"output.directory='{folder}'"])
+        assert output_directory(named, quick=True).as_posix() == quick

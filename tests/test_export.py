@@ -121,3 +121,20 @@ def test_an_unreadable_closure_file_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", denied)
     with pytest.raises(DataError, match=r"closure.pt: cannot be read \(Permission denied\); check its permissions"):
         load_closure(tmp_path / "closure.pt")
+
+
+def test_a_zip_the_torchscript_sniffer_cannot_read_is_left_to_torch_load(tmp_path, monkeypatch, capsys):
+    """Damaged zips make ``zipfile`` raise more than BadZipFile (UnicodeDecodeError, NotImplementedError):
+    the sniffing must not turn that into a traceback; torch.load judges the file as before."""
+    import zipfile
+
+    save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
+
+    def unreadable(*args, **kwargs):
+        raise NotImplementedError("zip file version 9.9")
+
+    monkeypatch.setattr(zipfile, "ZipFile", unreadable)
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "c.ts")]) == 0
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "d.ts")]) == 2
+    assert "not a closure file" in capsys.readouterr().err

@@ -4,6 +4,7 @@ held-out truth starts), reuse of finished stages, retraining on a changed key, r
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -177,15 +178,16 @@ def test_rerun_reuses_every_finished_stage(finished_run):
     assert mtimes(out, *names) == before
 
 
-def test_run_only_training_keys_leave_a_finished_closure_current(finished_run):
+def test_run_only_training_keys_leave_a_finished_closure_current(finished_run, tmp_path):
     """training.checkpoint_every and fd_warn_threshold change how training runs, not the closure: a
     finished run is reused whole (it was trained again), also with a closure that recorded the full
     [training] checksum, as closures did before those keys were left out."""
     from hybridnde.closure_file import save_closure
     from hybridnde.training import TRAINING_SECTIONS
 
-    case, out = finished_run  # in place (the rollouts record the reference's path): restored at the end
-    original = (out / "closure.pt").read_bytes()
+    case, out = finished_run  # in place (the rollouts record the reference's path), restored at the end:
+    backup = tmp_path / "backup"  # the other tests only read it
+    shutil.copytree(out, backup)
     try:
         assert run(case, out, "--quick", "--set", "training.checkpoint_every=3",
                    "--set", "training.fd_warn_threshold=0.5") == 0
@@ -197,7 +199,8 @@ def test_run_only_training_keys_leave_a_finished_closure_current(finished_run):
         assert run(case, out, "--quick", "--set", "training.checkpoint_every=3") == 0
         assert set(stage_actions(out).values()) == {"reused"}
     finally:
-        (out / "closure.pt").write_bytes(original)
+        shutil.rmtree(out)
+        shutil.copytree(backup, out)
 
 
 def test_changed_training_key_retrains_but_reuses_the_data(tmp_path):

@@ -1,5 +1,6 @@
 """The trainer: both loss terms go down, a resumed run equals an uninterrupted one bit for bit,
 early stopping keeps the best weights, schedules, adaptive integration with NFE counts, warnings."""
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -164,6 +165,18 @@ def test_run_only_keys_may_change_on_resume_and_give_the_same_closure(tmp_path, 
     _, result = train_case(toy_case({"checkpoint_every": 3, "fd_warn_threshold": 0.5}), truth_file, out,
                            resume=True, progress=False)
     assert result.resumed_from == 2
+    # a checkpoint as earlier versions fingerprinted it (the full [training] table) resumes the same case
+    legacy_out = tmp_path / "legacy.pt"
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, legacy_out, progress=False)
+    monkeypatch.undo()
+    state = torch.load(checkpoint_path(legacy_out), weights_only=True)
+    legacy = hashlib.sha256(f"{toy_case().checksum(TRAINING_SECTIONS)}:{state['identity']['data_checksum']}"
+                            .encode()).hexdigest()
+    assert state["fingerprint"] != legacy  # checkpoint_every = 2 is not the default: the two differ
+    torch.save({**state, "fingerprint": legacy}, checkpoint_path(legacy_out))
+    assert train_case(toy_case(), truth_file, legacy_out, resume=True, progress=False)[1].resumed_from == 2
     train_case(toy_case(), truth_file, straight, progress=False)
     (_, payload_a), (_, payload_b) = load_closure(straight), load_closure(out)
     assert payload_a["checksum"] == payload_b["checksum"]

@@ -27,7 +27,12 @@ def case_from_arguments(arguments: argparse.Namespace) -> CaseConfig:
 
 def output_directory(case: CaseConfig, *, quick: bool) -> Path:
     """Where a verb writes when given no path: ``output.directory``, else ``runs/<case>``, with ``-quick``
-    appended under ``--quick`` so that a quick variant never overwrites the full run's files (the
-    verbs one by one find each other's files there, as ``run`` does)."""
+    appended under ``--quick`` (a ``quick`` subfolder of ``.``, ``..`` or ``/``), so that a quick
+    variant never overwrites the full run's files (the verbs one by one find each other's files
+    there, as ``run`` does)."""
     directory = Path(case.output.directory or f"runs/{case.case.name}")
-    return directory.with_name(directory.name + "-quick") if quick else directory
+    if not quick:
+        return directory
+    if directory.name in ("", ".", ".."):  # ".", "..", "/": no name to extend, so a subfolder
+        return directory / "quick"
+    return directory.with_name(directory.name + "-quick")

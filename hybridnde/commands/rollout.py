@@ -47,6 +47,12 @@ def run(arguments: argparse.Namespace) -> int:
     try:
         case = case_from_arguments(arguments)
         out = arguments.out or output_directory(case, quick=arguments.quick) / "rollout.nc"
+        if arguments.closure is None and case.hybrid.setup != "residual":  # (run's baselines mean to)
+            known = "no known dynamics (du/dt = 0): every member stays where it starts" \
+                if case.hybrid.setup == "neural_ode" else "only the kinematics (dq/dt = v, no forces)"
+            log.warning("hybrid.setup = %r without --closure: the host has %s; give --closure, or --set "
+                        "hybrid.setup=residual --set 'hybrid.system={}' to roll out the true system",
+                        case.hybrid.setup, known)
         summary = run_rollout(case, out, closure_path=arguments.closure, resume=arguments.resume,
                               progress=arguments.progress, comm=comm)
     except (ConfigError, DataError, RankFailure) as error:

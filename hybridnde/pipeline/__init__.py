@@ -12,6 +12,7 @@ Layout of ``DIR`` (``--out``)::
 
     truth.nc            training data (the case's [initial_condition] members)
     reference.nc        held-out truth: rollout.members members drawn with rollout.seed, over the horizon
+                        (one member, the training start, for initial_condition.distribution = "point")
     closure.pt          trained closure, closure.log.jsonl beside it
     rollout.nc          the hybrid model from reference.nc's first states
     baseline.nc         the bare host solver from the same states (not for neural ODEs)

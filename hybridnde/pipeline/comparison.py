@@ -11,6 +11,7 @@ from ..io import atomic_path
 from .formatting import median_spread, number, percent, relative_link, spread_keys
 from .plots import error_growth_comparison_figure
 from .runner import RunResult
+from .stages import repeats_training_start
 
 __all__ = ["comparison_rows", "write_comparison"]
 
@@ -128,8 +129,10 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
         title=f"{outcome.variants[0].case.case.name}: {', '.join(data['keys'])}")
     lines = [f"# {outcome.variants[0].case.case.name}: {', '.join(data['keys'])} compared", "",
              f"Made by `{command or 'hybridnde run --compare'}` (hybridnde {__version__}). Every variant is trained "
-             "on the same truth with the same seeds (unless a seed is compared) and rolled out from the same held-out "
-             f"initial states: {_spread_of(outcome, 'members')} members over {_spread_of(outcome, 'horizon')} time "
+             "on the same truth with the same seeds (unless a seed is compared) and rolled out from the same "
+             + ("held-out initial states" if not repeats_training_start(outcome.variants[0].case) else
+                "initial state, the training start (initial_condition.distribution = 'point': nothing held out)")
+             + f": {_spread_of(outcome, 'members')} member(s) over {_spread_of(outcome, 'horizon')} time "
              f"units, error threshold {_spread_of(outcome, 'threshold')}.", ""]
     lines += _table(data["variants"] + data["baselines"], keys, with_training=True)
     if data["groups"]:

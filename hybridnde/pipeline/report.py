@@ -161,10 +161,16 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     lines += ["", "## What was trained", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {text} |" for name, text in _training_rows(result)]
     lines += ["", "## Stages", "", "| stage | output | | wall time |", "|---|---|---|---|"]
+
+    def meaning(stage: str) -> str:
+        if stage == "reference" and not held_out:
+            return "truth from the training start over the rollout horizon (nothing held out)"
+        return _STAGE_MEANING[stage]
+
     for stage in result.stages:
         action = {"ran": "ran now", "reused": "up to date, reused", "shared": "shared with other variants"}[stage.action]
         lines.append(f"| {stage.stage} | [{relative_link(stage.path, folder)}]({relative_link(stage.path, folder)}) "
-                     f"({_STAGE_MEANING[stage.stage]}) | {action} | {_seconds(stage.seconds)} |")
+                     f"({meaning(stage.stage)}) | {action} | {_seconds(stage.seconds)} |")
     cost = metrics.get("cost", {}).get("rollout", {})
     if "member_steps_per_second" in cost:
         lines += ["", f"Rollout throughput: {number(cost['member_steps_per_second'])} member-steps per second."]

@@ -183,8 +183,11 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
     return terms
 
 
-def _fingerprint(case: CaseConfig, data: TrainingData) -> str:
-    return hashlib.sha256(f"{training_checksum(case)}:{data.checksum}".encode()).hexdigest()
+def _fingerprint(case: CaseConfig, data: TrainingData, *, legacy: bool = False) -> str:
+    """Of the configuration and data a checkpoint belongs to; ``legacy``: as checkpoints written before
+    the run-only keys were left out (the full ``[training]`` table) recorded it."""
+    checksum = case.checksum(TRAINING_SECTIONS) if legacy else training_checksum(case)
+    return hashlib.sha256(f"{checksum}:{data.checksum}".encode()).hexdigest()
 
 
 def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
@@ -229,7 +232,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     trainer = Trainer(model, host, terms, validation, case.training, log_file=partial_log_path(out),
                       checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data), progress=progress,
                       identity={"case_toml": case.to_toml(), "data_checksum": data.checksum},
-                      describe_change=lambda identity: _changes_since(identity, case, data))
+                      describe_change=lambda identity: _changes_since(identity, case, data),
+                      accepted_fingerprints=(_fingerprint(case, data, legacy=True),))
     with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
         started = wallclock.perf_counter()
         result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)

@@ -8,7 +8,7 @@ configuration and data, so a run never resumes from a different set-up.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -46,8 +46,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], *, fingerprint: str
 
 
 def load_checkpoint(path: str | Path, *, fingerprint: str,
-                    describe_change: Callable[[Mapping[str, str]], list[str]] | None = None) -> dict[str, Any]:
-    """Read a checkpoint written for the same configuration and data (``fingerprint``).
+                    describe_change: Callable[[Mapping[str, str]], list[str]] | None = None,
+                    also_accepted: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a checkpoint written for the same configuration and data (``fingerprint``, or one of
+    ``also_accepted``: how earlier versions fingerprinted the same set-up).
 
     ``DataError`` when the file is unreadable, ``ResumeRefused`` (a ``ConfigError`` too) when it belongs to
     another set-up; ``describe_change(identity)`` (the checkpoint's ``identity``, ``{}`` in an older
@@ -60,7 +62,7 @@ def load_checkpoint(path: str | Path, *, fingerprint: str,
         raise DataError(f"{path}: not a readable training checkpoint ({error}); delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file; delete it to start afresh")
-    if state["fingerprint"] != fingerprint:
+    if state["fingerprint"] != fingerprint and state["fingerprint"] not in also_accepted:
         changed = describe_change(state.get("identity") or {}) if describe_change is not None else []
         if changed:
             raise ResumeRefused(f"{path}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "

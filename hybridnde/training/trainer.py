@@ -66,7 +66,8 @@ class Trainer:
         validation: scores the model on validation windows (early stopping, best weights).
         config: the case's ``[training]`` table.
         log_file / checkpoint_file: JSON-lines log and checkpoint paths (``None``: none written).
-        fingerprint: identifies configuration and data; a checkpoint with another is refused.
+        fingerprint: identifies configuration and data; a checkpoint with another is refused (unless it is
+            one of ``accepted_fingerprints``: an earlier version's fingerprint of the same set-up).
         identity: what the fingerprint is made of, in words (``train_case``: the case TOML and the
             data's SHA-256), stored in checkpoints; ``describe_change(their identity)`` names what
             changed when a checkpoint's fingerprint differs (``load_checkpoint``).
@@ -76,13 +77,14 @@ class Trainer:
                  config: TrainingConfig, *, log_file: str | Path | None = None,
                  checkpoint_file: str | Path | None = None, fingerprint: str = "", progress: bool | None = None,
                  identity: Mapping[str, str] | None = None,
-                 describe_change: Callable[[Mapping[str, str]], list[str]] | None = None):
+                 describe_change: Callable[[Mapping[str, str]], list[str]] | None = None,
+                 accepted_fingerprints: Sequence[str] = ()):
         self.model, self.solver, self.terms, self.validation, self.config = model, solver, list(terms), validation, config
         self.log_file = Path(log_file) if log_file is not None else None
         self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
         self.fingerprint, self.progress = fingerprint, progress
         self.identity = dict(identity or {})  # readable parts of the fingerprint, kept in checkpoints
-        self.describe_change = describe_change
+        self.describe_change, self.accepted_fingerprints = describe_change, tuple(accepted_fingerprints)
         # terms may own trainable parameters too (multiple shooting's segment starts): ``term.parameters()``
         self.parameters = list(model.parameters()) + [p for term in self.terms
                                                        for p in getattr(term, "parameters", tuple)()]
@@ -154,7 +156,8 @@ class Trainer:
         start, best, bad_epochs, history = 0, {"val_loss": math.inf, "epoch": -1, "state": None}, 0, []
         if resume and self.checkpoint_file is not None and self.checkpoint_file.is_file():
             start, best, bad_epochs, history = self._restore(load_checkpoint(
-                self.checkpoint_file, fingerprint=self.fingerprint, describe_change=self.describe_change))
+                self.checkpoint_file, fingerprint=self.fingerprint, describe_change=self.describe_change,
+                also_accepted=self.accepted_fingerprints))
             log.info("resuming from %s after epoch %d", self.checkpoint_file, start)
         elif resume:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
