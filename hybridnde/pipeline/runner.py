@@ -152,7 +152,7 @@ class _Run:
     # -- one variant --------------------------------------------------------------------------------
     def variant(self, variant: Variant, position: str) -> VariantResult:
         from ..rollout_job import run_rollout
-        from ..training import checkpoint_path, log_path, train_case
+        from ..training import checkpoint_path, log_path, train_case, training_checksum
 
         case = variant.case
         label = f"[{variant.label}] " if variant.label else ""
@@ -180,7 +180,7 @@ class _Run:
                 "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=label,
                 run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress)))
         found, payload = stages.closure_identity(closure)
-        if found is not None and found == case.checksum(stages.STAGE_SECTIONS["train"]):
+        if found is not None and found == training_checksum(case, legacy=True):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure
         result.stages.append(self.stage(
             "train", closure, expected["train"], found, label=label, payload=payload,

@@ -48,10 +48,13 @@ TRAINING_SECTIONS = (*SIMULATION_SECTIONS, "model", "training", "hybrid")
 TRAINING_RUN_ONLY_KEYS = ("checkpoint_every", "fd_warn_threshold")
 
 
-def training_checksum(case: CaseConfig) -> str:
+def training_checksum(case: CaseConfig, *, legacy: bool = False) -> str:
     """``case.checksum(TRAINING_SECTIONS)`` with the run-only keys at their defaults: equal for cases that
     train the same closure (and, for cases that leave those keys at their defaults, the checksum
-    closures and checkpoints recorded before the keys were left out)."""
+    closures and checkpoints recorded before the keys were left out). ``legacy``: that earlier
+    checksum itself (the full table), which older closures and checkpoints of this case carry."""
+    if legacy:
+        return case.checksum(TRAINING_SECTIONS)
     defaults = {field.name: field.default for field in dataclasses.fields(case.training)
                 if field.name in TRAINING_RUN_ONLY_KEYS}
     return case.replace(training=dataclasses.replace(case.training, **defaults)).checksum(TRAINING_SECTIONS)
@@ -185,9 +188,8 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
 
 def _fingerprint(case: CaseConfig, data: TrainingData, *, legacy: bool = False) -> str:
     """Of the configuration and data a checkpoint belongs to; ``legacy``: as checkpoints written before
-    the run-only keys were left out (the full ``[training]`` table) recorded it."""
-    checksum = case.checksum(TRAINING_SECTIONS) if legacy else training_checksum(case)
-    return hashlib.sha256(f"{checksum}:{data.checksum}".encode()).hexdigest()
+    the run-only keys were left out recorded it (``training_checksum``)."""
+    return hashlib.sha256(f"{training_checksum(case, legacy=legacy)}:{data.checksum}".encode()).hexdigest()
 
 
 def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
