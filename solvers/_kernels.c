@@ -13,15 +13,21 @@
  *     d  = E v + d_u N(v) + d_b N(b);   s += f_ab N(b)        stage_d
  *     v+ = E v + s + f_d N(d)      (in place)                 stage_out
  *
- * Whole Fourier step (fourier_step, no closure, n a power of two): the four stages of one member
- * row with its own transforms, N(x) = rfft(irfft(x)^2), in scratch that stays in cache. Its point is
- * small batches, where the step otherwise costs ~8 Python-level FFT calls and 4 kernel calls: one
- * call instead. A real transform of n = 2m points is a complex one of m points (x[2j] + i x[2j+1])
- * plus a split pass (the standard packing, e.g. Press et al., Numerical Recipes, 3rd ed., 12.3.2).
- * The inverse is radix-2 decimation in frequency (natural order in, bit-reversed out), the forward
- * decimation in time (bit-reversed in, natural out), each with two stages fused into one pass over
- * four points (three or four complex products instead of four, half the passes: 1.2-1.5x at n >= 64):
- * the squaring between them is pointwise, so no bit-reversal permutation is ever made.
+ * Whole Fourier step (fourier_step, no closure, n a power of two): the four stages with their own
+ * transforms, N(x) = rfft(irfft(x)^2), in scratch that stays in cache, one call a step instead of ~8
+ * Python-level FFT calls and 4 kernel calls. Members go through it LANES at a time, member l in lane
+ * l of every vector (GCC/clang vector extensions, one register of the widest unit -march=native
+ * enables): each butterfly is then a few vertical vector operations, and a member's arithmetic is
+ * the same operations in whichever lane and group it lands -- its bits do not depend on the batch,
+ * and lanes past the batch hold zeros. This is how FFT libraries vectorise batched 1-d transforms
+ * (DUCC's multi-row buffers, FFTW's SIMD codelets); doing it here keeps all eight transforms and the
+ * stages of a group in cache, which DUCC's separate calls cannot (~2x their step; docs/performance.md,
+ * "Members in vector lanes"). A real transform of n = 2m points is a complex one of m points
+ * (x[2j] + i x[2j+1]) plus a split pass (the standard packing, e.g. Press et al., Numerical Recipes,
+ * 3rd ed., 12.3.2). The inverse is radix-2 decimation in frequency (natural order in, bit-reversed
+ * out), the forward decimation in time (bit-reversed in, natural out), each with two stages fused into
+ * one pass over four points (three or four complex products instead of four, half the passes): the
+ * squaring between them is pointwise, so no bit-reversal permutation is ever made.
  * omega[k] = exp(-2 pi i k / n), k < m, holds every twiddle: the m-point FFT's exp(-2 pi i j / len)
  * is omega[j n / len].
  *
@@ -37,6 +43,13 @@
 #include <stdint.h>
 
 #define R restrict
+/* the whole step's vectors: one register of the widest vector unit -march=native enables */
+#if defined(__AVX512F__)
+#define VECTOR_BYTES 64
+#else
+#define VECTOR_BYTES 32
+#endif
+#define LANES(real) ((index_t)(VECTOR_BYTES / sizeof(real)))
 /* 64-bit sizes and indices on every platform (index_t is 32 bits on Windows) */
 typedef int64_t index_t;
 
@@ -49,73 +62,79 @@ int kernels_openmp(void) { return 1; }
 int kernels_openmp(void) { return 0; }
 #endif
 
-#define DEFINE_KERNELS(real, suffix)                                                                          \
-static inline void mul_##suffix(const real *c, const real *x, real *re, real *im) {                           \
-    *re = c[0] * x[0] - c[1] * x[1];                                                                          \
-    *im = c[0] * x[1] + c[1] * x[0];                                                                          \
+/* -- the four stages of one row: value is a real, or a vector whose lanes are members (the whole step);
+ * c[2k], c[2k + 1] are a coefficient's (re, im) at mode k, every array points at the row -- */
+#define DEFINE_STAGE_ROWS(value, real, tag)                                                                   \
+static inline void mul_##tag(const real *c, value x_re, value x_im, value *re, value *im) {                   \
+    *re = c[0] * x_re - c[1] * x_im;                                                                          \
+    *im = c[0] * x_im + c[1] * x_re;                                                                          \
 }                                                                                                             \
-static inline void mul_add_##suffix(const real *c, const real *x, real *re, real *im) {                       \
-    *re += c[0] * x[0] - c[1] * x[1];                                                                         \
-    *im += c[0] * x[1] + c[1] * x[0];                                                                         \
+static inline void mul_add_##tag(const real *c, value x_re, value x_im, value *re, value *im) {               \
+    *re += c[0] * x_re - c[1] * x_im;                                                                         \
+    *im += c[0] * x_im + c[1] * x_re;                                                                         \
 }                                                                                                             \
 /* out = c v at the modes [kept, modes) of one row, where no nonlinear term reaches (out may be v) */         \
-static inline void linear_modes_##suffix(index_t kept, index_t modes, const real *c, const real *v,           \
-                                         real *out) {                                                         \
-    for (index_t m = kept; m < modes; m++) {                                                                  \
-        real re, im;                                                                                          \
-        mul_##suffix(c + 2 * m, v + 2 * m, &re, &im);                                                         \
-        out[2 * m] = re; out[2 * m + 1] = im;                                                                 \
+static inline void linear_modes_##tag(index_t kept, index_t modes, const real *c, const value *v,              \
+                                      value *out) {                                                           \
+    for (index_t k = kept; k < modes; k++) {                                                                  \
+        value re, im;                                                                                         \
+        mul_##tag(c + 2 * k, v[2 * k], v[2 * k + 1], &re, &im);                                               \
+        out[2 * k] = re; out[2 * k + 1] = im;                                                                 \
     }                                                                                                         \
 }                                                                                                             \
-/* -- the four stages, one row (all arrays point at the row) -- */                                            \
-static inline void row_a_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,            \
-                                  const real *R e2, const real *R q, real *R a) {                             \
-    for (index_t m = 0; m < kept; m++) {                                                                      \
-        real re, im;                                                                                          \
-        mul_##suffix(e2 + 2 * m, v + 2 * m, &re, &im);                                                        \
-        mul_add_##suffix(q + 2 * m, n_u + 2 * m, &re, &im);                                                   \
-        a[2 * m] = re; a[2 * m + 1] = im;                                                                     \
+static inline void row_a_##tag(index_t modes, index_t kept, const value *R v, const value *R n_u,             \
+                               const real *R e2, const real *R q, value *R a) {                               \
+    for (index_t k = 0; k < kept; k++) {                                                                      \
+        value re, im;                                                                                         \
+        mul_##tag(e2 + 2 * k, v[2 * k], v[2 * k + 1], &re, &im);                                              \
+        mul_add_##tag(q + 2 * k, n_u[2 * k], n_u[2 * k + 1], &re, &im);                                       \
+        a[2 * k] = re; a[2 * k + 1] = im;                                                                     \
     }                                                                                                         \
-    linear_modes_##suffix(kept, modes, e2, v, a);                                                             \
+    linear_modes_##tag(kept, modes, e2, v, a);                                                                \
 }                                                                                                             \
-static inline void row_b_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,            \
-                                  const real *R n_a, const real *R e2, const real *R q, const real *R f_u,    \
-                                  const real *R f_ab, real *R b, real *R s) {                                 \
-    for (index_t m = 0; m < kept; m++) {                                                                      \
-        real re, im, s_re, s_im;                                                                              \
-        mul_##suffix(e2 + 2 * m, v + 2 * m, &re, &im);                                                        \
-        mul_add_##suffix(q + 2 * m, n_a + 2 * m, &re, &im);                                                   \
-        b[2 * m] = re; b[2 * m + 1] = im;                                                                     \
-        mul_##suffix(f_u + 2 * m, n_u + 2 * m, &s_re, &s_im);                                                 \
-        mul_add_##suffix(f_ab + 2 * m, n_a + 2 * m, &s_re, &s_im);                                            \
-        s[2 * m] = s_re; s[2 * m + 1] = s_im;                                                                 \
+static inline void row_b_##tag(index_t modes, index_t kept, const value *R v, const value *R n_u,             \
+                               const value *R n_a, const real *R e2, const real *R q, const real *R f_u,      \
+                               const real *R f_ab, value *R b, value *R s) {                                  \
+    for (index_t k = 0; k < kept; k++) {                                                                      \
+        value re, im, s_re, s_im;                                                                             \
+        mul_##tag(e2 + 2 * k, v[2 * k], v[2 * k + 1], &re, &im);                                              \
+        mul_add_##tag(q + 2 * k, n_a[2 * k], n_a[2 * k + 1], &re, &im);                                       \
+        b[2 * k] = re; b[2 * k + 1] = im;                                                                     \
+        mul_##tag(f_u + 2 * k, n_u[2 * k], n_u[2 * k + 1], &s_re, &s_im);                                     \
+        mul_add_##tag(f_ab + 2 * k, n_a[2 * k], n_a[2 * k + 1], &s_re, &s_im);                                \
+        s[2 * k] = s_re; s[2 * k + 1] = s_im;                                                                 \
     }                                                                                                         \
-    linear_modes_##suffix(kept, modes, e2, v, b);                                                             \
+    linear_modes_##tag(kept, modes, e2, v, b);                                                                \
 }                                                                                                             \
-static inline void row_d_##suffix(index_t modes, index_t kept, const real *R v, const real *R n_u,            \
-                                  const real *R n_b, const real *R e, const real *R d_u, const real *R d_b,   \
-                                  const real *R f_ab, real *R d, real *R s) {                                 \
-    for (index_t m = 0; m < kept; m++) {                                                                      \
-        real re, im, s_re = s[2 * m], s_im = s[2 * m + 1];                                                    \
-        mul_##suffix(e + 2 * m, v + 2 * m, &re, &im);                                                         \
-        mul_add_##suffix(d_u + 2 * m, n_u + 2 * m, &re, &im);                                                 \
-        mul_add_##suffix(d_b + 2 * m, n_b + 2 * m, &re, &im);                                                 \
-        d[2 * m] = re; d[2 * m + 1] = im;                                                                     \
-        mul_add_##suffix(f_ab + 2 * m, n_b + 2 * m, &s_re, &s_im);                                            \
-        s[2 * m] = s_re; s[2 * m + 1] = s_im;                                                                 \
+static inline void row_d_##tag(index_t modes, index_t kept, const value *R v, const value *R n_u,             \
+                               const value *R n_b, const real *R e, const real *R d_u, const real *R d_b,     \
+                               const real *R f_ab, value *R d, value *R s) {                                  \
+    for (index_t k = 0; k < kept; k++) {                                                                      \
+        value re, im, s_re = s[2 * k], s_im = s[2 * k + 1];                                                   \
+        mul_##tag(e + 2 * k, v[2 * k], v[2 * k + 1], &re, &im);                                               \
+        mul_add_##tag(d_u + 2 * k, n_u[2 * k], n_u[2 * k + 1], &re, &im);                                     \
+        mul_add_##tag(d_b + 2 * k, n_b[2 * k], n_b[2 * k + 1], &re, &im);                                     \
+        d[2 * k] = re; d[2 * k + 1] = im;                                                                     \
+        mul_add_##tag(f_ab + 2 * k, n_b[2 * k], n_b[2 * k + 1], &s_re, &s_im);                                \
+        s[2 * k] = s_re; s[2 * k + 1] = s_im;                                                                 \
     }                                                                                                         \
-    linear_modes_##suffix(kept, modes, e, v, d);                                                              \
+    linear_modes_##tag(kept, modes, e, v, d);                                                                 \
 }                                                                                                             \
-static inline void row_out_##suffix(index_t modes, index_t kept, real *R v, const real *R n_d,                \
-                                    const real *R s, const real *R e, const real *R f_d) {                    \
-    for (index_t m = 0; m < kept; m++) {                                                                      \
-        real re = s[2 * m], im = s[2 * m + 1];                                                                \
-        mul_add_##suffix(e + 2 * m, v + 2 * m, &re, &im);                                                     \
-        mul_add_##suffix(f_d + 2 * m, n_d + 2 * m, &re, &im);                                                 \
-        v[2 * m] = re; v[2 * m + 1] = im;                                                                     \
+static inline void row_out_##tag(index_t modes, index_t kept, value *R v, const value *R n_d,                 \
+                                 const value *R s, const real *R e, const real *R f_d) {                      \
+    for (index_t k = 0; k < kept; k++) {                                                                      \
+        value re = s[2 * k], im = s[2 * k + 1];                                                               \
+        mul_add_##tag(e + 2 * k, v[2 * k], v[2 * k + 1], &re, &im);                                           \
+        mul_add_##tag(f_d + 2 * k, n_d[2 * k], n_d[2 * k + 1], &re, &im);                                     \
+        v[2 * k] = re; v[2 * k + 1] = im;                                                                     \
     }                                                                                                         \
-    linear_modes_##suffix(kept, modes, e, v, v);                                                              \
-}                                                                                                             \
+    linear_modes_##tag(kept, modes, e, v, v);                                                                 \
+}
+
+#define DEFINE_KERNELS(real, suffix)                                                                          \
+typedef real vec_##suffix __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(real))));                  \
+DEFINE_STAGE_ROWS(real, real, suffix)                                                                         \
+DEFINE_STAGE_ROWS(vec_##suffix, real, lanes_##suffix)                                                         \
 /* -- the stages over a batch (row offset o = 2 * row * modes reals) -- */                                    \
 void stage_a_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,           \
                       const real *R n_u, const real *R e2, const real *R q, real *R a) {                      \
@@ -151,49 +170,48 @@ void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t k
         row_out_##suffix(modes, kept, v + o, n_d + o, s + o, e, f_d);                                         \
     }                                                                                                         \
 }                                                                                                             \
-/* -- transforms of one row: z holds m complex = n reals -- */                                                \
-/* complex (re, im) product c = a b, safe when c aliases a or b */                                            \
-static inline void cmul_##suffix(real a_re, real a_im, real b_re, real b_im, real *c_re, real *c_im) {        \
-    *c_re = a_re * b_re - a_im * b_im;                                                                        \
-    *c_im = a_re * b_im + a_im * b_re;                                                                        \
-}                                                                                                             \
+/* -- the whole Fourier step: lanes(real) members at once, member l in lane l of every vector, so the         \
+ * transforms' butterflies are plain vertical vector operations; z holds m complex vectors -- */              \
 /* whether log2(m) is odd (m a power of two): then one radix-2 stage of half 1 is left over */                \
 static inline int odd_log2_##suffix(index_t m) { return (m & (index_t)0x5555555555555555LL) == 0; }           \
 /* radix-2 stage of half 1 (twiddle 1) */                                                                     \
-static inline void pairs_##suffix(index_t m, real *R z) {                                                     \
+static inline void pairs_##suffix(index_t m, vec_##suffix *R z) {                                             \
     for (index_t i = 0; i < m; i += 2) {                                                                      \
-        real *p = z + 2 * i, *r = p + 2;                                                                      \
-        real d_re = p[0] - r[0], d_im = p[1] - r[1];                                                          \
+        vec_##suffix *p = z + 2 * i, *r = p + 2;                                                              \
+        vec_##suffix d_re = p[0] - r[0], d_im = p[1] - r[1];                                                  \
         p[0] += r[0]; p[1] += r[1]; r[0] = d_re; r[1] = d_im;                                                 \
     }                                                                                                         \
 }                                                                                                             \
 /* unnormalised inverse complex FFT of m points, natural order in, bit-reversed out: radix-2                  \
  * decimation in frequency with each two stages (halves 2q, q) fused into one pass over 4q points */          \
-static void inverse_fft_##suffix(index_t m, real *R z, const real *R omega) {                                 \
+static void inverse_fft_##suffix(index_t m, vec_##suffix *R z, const real *R omega) {                         \
     index_t n = 2 * m;                                                                                        \
     for (index_t q = m / 4; q >= 1; q /= 4) {                                                                 \
         index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
         for (index_t i = 0; i < m; i += 4 * q)                                                                \
             for (index_t j = 0; j < q; j++) {                                                                 \
-                real *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;             \
+                vec_##suffix *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;     \
                 real wa_re = omega[2 * j * step_a], wa_im = -omega[2 * j * step_a + 1];                       \
                 real wb_re = omega[2 * j * step_b], wb_im = -omega[2 * j * step_b + 1];                       \
-                real t0_re = x0[0] + x2[0], t0_im = x0[1] + x2[1], u_re = x0[0] - x2[0], u_im = x0[1] - x2[1];\
-                real t1_re = x1[0] + x3[0], t1_im = x1[1] + x3[1];                                            \
-                real v_re = x3[1] - x1[1], v_im = x1[0] - x3[0];  /* (x1 - x3) i */                           \
-                real minus_re, minus_im;                                                                      \
+                vec_##suffix t0_re = x0[0] + x2[0], t0_im = x0[1] + x2[1];                                    \
+                vec_##suffix u_re = x0[0] - x2[0], u_im = x0[1] - x2[1];                                      \
+                vec_##suffix t1_re = x1[0] + x3[0], t1_im = x1[1] + x3[1];                                    \
+                vec_##suffix v_re = x3[1] - x1[1], v_im = x1[0] - x3[0];  /* (x1 - x3) i */                   \
+                vec_##suffix re = t0_re - t1_re, im = t0_im - t1_im;                                          \
                 x0[0] = t0_re + t1_re; x0[1] = t0_im + t1_im;                                                 \
-                cmul_##suffix(t0_re - t1_re, t0_im - t1_im, wb_re, wb_im, x1, x1 + 1);                        \
-                cmul_##suffix(u_re + v_re, u_im + v_im, wa_re, wa_im, x2, x2 + 1);                            \
-                cmul_##suffix(u_re - v_re, u_im - v_im, wa_re, wa_im, &minus_re, &minus_im);                  \
-                cmul_##suffix(minus_re, minus_im, wb_re, wb_im, x3, x3 + 1);                                  \
+                x1[0] = re * wb_re - im * wb_im; x1[1] = re * wb_im + im * wb_re;                             \
+                re = u_re + v_re; im = u_im + v_im;                                                           \
+                x2[0] = re * wa_re - im * wa_im; x2[1] = re * wa_im + im * wa_re;                             \
+                re = u_re - v_re; im = u_im - v_im;                                                           \
+                vec_##suffix minus_re = re * wa_re - im * wa_im, minus_im = re * wa_im + im * wa_re;          \
+                x3[0] = minus_re * wb_re - minus_im * wb_im; x3[1] = minus_re * wb_im + minus_im * wb_re;     \
             }                                                                                                 \
     }                                                                                                         \
     if (odd_log2_##suffix(m)) pairs_##suffix(m, z);                                                           \
 }                                                                                                             \
 /* unnormalised forward complex FFT of m points, bit-reversed order in, natural out: radix-2                  \
  * decimation in time, two stages (halves q, 2q) fused likewise */                                            \
-static void forward_fft_##suffix(index_t m, real *R z, const real *R omega) {                                 \
+static void forward_fft_##suffix(index_t m, vec_##suffix *R z, const real *R omega) {                         \
     index_t n = 2 * m, q = 1;                                                                                 \
     if (odd_log2_##suffix(m)) {                                                                               \
         pairs_##suffix(m, z);                                                                                 \
@@ -203,87 +221,117 @@ static void forward_fft_##suffix(index_t m, real *R z, const real *R omega) {   
         index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
         for (index_t i = 0; i < m; i += 4 * q)                                                                \
             for (index_t j = 0; j < q; j++) {                                                                 \
-                real *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;             \
+                vec_##suffix *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;     \
                 real wa_re = omega[2 * j * step_a], wa_im = omega[2 * j * step_a + 1];                        \
                 real wb_re = omega[2 * j * step_b], wb_im = omega[2 * j * step_b + 1];                        \
-                real c1_re, c1_im, c3_re, c3_im, e2_re, e2_im, e3_re, e3_im;                                  \
-                cmul_##suffix(x1[0], x1[1], wb_re, wb_im, &c1_re, &c1_im);                                    \
-                cmul_##suffix(x3[0], x3[1], wb_re, wb_im, &c3_re, &c3_im);                                    \
-                real b0_re = x0[0] + c1_re, b0_im = x0[1] + c1_im;                                            \
-                real b1_re = x0[0] - c1_re, b1_im = x0[1] - c1_im;                                            \
-                cmul_##suffix(x2[0] + c3_re, x2[1] + c3_im, wa_re, wa_im, &e2_re, &e2_im);                    \
-                cmul_##suffix(x2[0] - c3_re, x2[1] - c3_im, wa_re, wa_im, &e3_re, &e3_im);                    \
+                vec_##suffix c1_re = x1[0] * wb_re - x1[1] * wb_im, c1_im = x1[0] * wb_im + x1[1] * wb_re;    \
+                vec_##suffix c3_re = x3[0] * wb_re - x3[1] * wb_im, c3_im = x3[0] * wb_im + x3[1] * wb_re;    \
+                vec_##suffix b0_re = x0[0] + c1_re, b0_im = x0[1] + c1_im;                                    \
+                vec_##suffix b1_re = x0[0] - c1_re, b1_im = x0[1] - c1_im;                                    \
+                vec_##suffix re = x2[0] + c3_re, im = x2[1] + c3_im;                                          \
+                vec_##suffix e2_re = re * wa_re - im * wa_im, e2_im = re * wa_im + im * wa_re;                \
+                re = x2[0] - c3_re; im = x2[1] - c3_im;                                                       \
+                vec_##suffix e3_re = re * wa_re - im * wa_im, e3_im = re * wa_im + im * wa_re;                \
                 /* the second pair's twiddle is wa (-i): e3 (-i) = (e3_im, -e3_re) */                         \
                 x0[0] = b0_re + e2_re; x0[1] = b0_im + e2_im; x2[0] = b0_re - e2_re; x2[1] = b0_im - e2_im;   \
                 x1[0] = b1_re + e3_im; x1[1] = b1_im - e3_re; x3[0] = b1_re - e3_im; x3[1] = b1_im + e3_re;   \
             }                                                                                                 \
     }                                                                                                         \
 }                                                                                                             \
-/* out = rfft(irfft(x, n)^2) for one row x of m + 1 modes (irfft ignores the imaginary parts of the           \
- * mean and Nyquist modes, as torch's does); z: n reals of scratch */                                         \
-static void squared_hat_row_##suffix(index_t m, const real *R x, real *R out, real *R z,                      \
-                                     const real *R omega) {                                                   \
+/* out = rfft(irfft(x, n)^2) for the rows in x's lanes, m + 1 modes (irfft ignores the imaginary parts        \
+ * of the mean and Nyquist modes, as torch's does); z: m complex vectors of scratch */                        \
+static void squared_hat_lanes_##suffix(index_t m, const vec_##suffix *R x, vec_##suffix *R out,              \
+                                       vec_##suffix *R z, const real *R omega) {                              \
     const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                       \
-    real x0 = x[0], xm = x[2 * m];                                                                            \
+    vec_##suffix x0 = x[0], xm = x[2 * m], zero = {0};                                                        \
     z[0] = (x0 + xm) * half; z[1] = (x0 - xm) * half;                                                         \
     for (index_t k = 1; k < m; k++) {                                                                         \
         /* E = (X_k + conj X_{m-k}) / 2, O = (X_k - conj X_{m-k}) conj(omega_k) / 2, Z_k = E + i O */         \
-        real a_re = x[2 * k], a_im = x[2 * k + 1], b_re = x[2 * (m - k)], b_im = -x[2 * (m - k) + 1];         \
+        vec_##suffix a_re = x[2 * k], a_im = x[2 * k + 1], b_re = x[2 * (m - k)], b_im = -x[2 * (m - k) + 1]; \
         real w_re = omega[2 * k], w_im = -omega[2 * k + 1];                                                   \
-        real d_re = a_re - b_re, d_im = a_im - b_im;                                                          \
-        real o_re = d_re * w_re - d_im * w_im, o_im = d_re * w_im + d_im * w_re;                              \
+        vec_##suffix d_re = a_re - b_re, d_im = a_im - b_im;                                                  \
+        vec_##suffix o_re = d_re * w_re - d_im * w_im, o_im = d_re * w_im + d_im * w_re;                      \
         z[2 * k] = (a_re + b_re - o_im) * half; z[2 * k + 1] = (a_im + b_im + o_re) * half;                   \
     }                                                                                                         \
     inverse_fft_##suffix(m, z, omega);                                                                        \
     for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                         \
     forward_fft_##suffix(m, z, omega);                                                                        \
-    out[0] = z[0] + z[1]; out[1] = 0;                                                                         \
-    out[2 * m] = z[0] - z[1]; out[2 * m + 1] = 0;                                                             \
+    out[0] = z[0] + z[1]; out[1] = zero;                                                                      \
+    out[2 * m] = z[0] - z[1]; out[2 * m + 1] = zero;                                                          \
     for (index_t k = 1; k < m; k++) {                                                                         \
         /* E = (Z_k + conj Z_{m-k}) / 2, O = (Z_k - conj Z_{m-k}) / 2i, X_k = E + omega_k O */                \
-        real a_re = z[2 * k], a_im = z[2 * k + 1], b_re = z[2 * (m - k)], b_im = -z[2 * (m - k) + 1];         \
-        real e_re = (a_re + b_re) * (real)0.5, e_im = (a_im + b_im) * (real)0.5;                              \
-        real o_re = (a_im - b_im) * (real)0.5, o_im = (b_re - a_re) * (real)0.5;                              \
+        vec_##suffix a_re = z[2 * k], a_im = z[2 * k + 1], b_re = z[2 * (m - k)], b_im = -z[2 * (m - k) + 1]; \
+        vec_##suffix e_re = (a_re + b_re) * (real)0.5, e_im = (a_im + b_im) * (real)0.5;                      \
+        vec_##suffix o_re = (a_im - b_im) * (real)0.5, o_im = (b_re - a_re) * (real)0.5;                      \
         real w_re = omega[2 * k], w_im = omega[2 * k + 1];                                                    \
         out[2 * k] = e_re + w_re * o_re - w_im * o_im; out[2 * k + 1] = e_im + w_re * o_im + w_im * o_re;     \
     }                                                                                                         \
 }                                                                                                             \
-/* the whole step of rows [first, last) with one thread's scratch (6 (m + 1) + m complex) */                  \
-static void step_rows_##suffix(index_t first, index_t last, index_t m, index_t kept, real *R v,               \
-                               const real *R e, const real *R e2, const real *R q, const real *R d_u,         \
-                               const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,   \
-                               const real *R omega, real *R scratch) {                                        \
-    index_t modes = m + 1, size = 2 * modes;                                                                  \
-    real *n_v = scratch, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;                             \
-    real *stage = n_d + size, *s = stage + size, *z = s + size;                                               \
-    for (index_t row = first; row < last; row++) {                                                            \
-        real *x = v + row * size;                                                                             \
-        squared_hat_row_##suffix(m, x, n_v, z, omega);                                                        \
-        row_a_##suffix(modes, kept, x, n_v, e2, q, stage);                                                    \
-        squared_hat_row_##suffix(m, stage, n_a, z, omega);                                                    \
-        row_b_##suffix(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                                 \
-        squared_hat_row_##suffix(m, stage, n_b, z, omega);                                                    \
-        row_d_##suffix(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                                \
-        squared_hat_row_##suffix(m, stage, n_d, z, omega);                                                    \
-        row_out_##suffix(modes, kept, x, n_d, s, e, f_d);                                                     \
+/* rows [0, count) of x (rows of `size` reals) into the lanes of `lanes` (size vectors), zeros in the         \
+ * lanes past count: a member's arithmetic never meets another's, nor garbage */                              \
+static void load_lanes_##suffix(index_t count, index_t size, const real *R x, vec_##suffix *R lanes) {        \
+    for (index_t k = 0; k < size; k++) {                                                                      \
+        vec_##suffix value = {0};                                                                             \
+        for (index_t l = 0; l < count; l++) value[l] = x[l * size + k];                                       \
+        lanes[k] = value;                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
-/* v (batch, m + 1) stepped in place; rows in `threads` contiguous blocks, block c using the scratch          \
- * at c * (7 m + 6) complex entries */                                                                        \
+static void store_lanes_##suffix(index_t count, index_t size, const vec_##suffix *R lanes, real *R x) {       \
+    for (index_t k = 0; k < size; k++) {                                                                      \
+        vec_##suffix value = lanes[k];                                                                        \
+        for (index_t l = 0; l < count; l++) x[l * size + k] = value[l];                                       \
+    }                                                                                                         \
+}                                                                                                             \
+/* the whole step of the count <= lanes rows at v, in one thread's scratch (16 m + 14 vectors) */             \
+static void step_lanes_##suffix(index_t count, index_t m, index_t kept, real *R v, const real *R e,           \
+                                const real *R e2, const real *R q, const real *R d_u, const real *R d_b,      \
+                                const real *R f_u, const real *R f_ab, const real *R f_d,                     \
+                                const real *R omega, vec_##suffix *R scratch) {                               \
+    index_t modes = m + 1, size = 2 * modes;                                                                  \
+    vec_##suffix *x = scratch, *n_v = x + size, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;      \
+    vec_##suffix *stage = n_d + size, *s = stage + size, *z = s + size;                                       \
+    load_lanes_##suffix(count, size, v, x);                                                                   \
+    squared_hat_lanes_##suffix(m, x, n_v, z, omega);                                                          \
+    row_a_lanes_##suffix(modes, kept, x, n_v, e2, q, stage);                                                  \
+    squared_hat_lanes_##suffix(m, stage, n_a, z, omega);                                                      \
+    row_b_lanes_##suffix(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                               \
+    squared_hat_lanes_##suffix(m, stage, n_b, z, omega);                                                      \
+    row_d_lanes_##suffix(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                              \
+    squared_hat_lanes_##suffix(m, stage, n_d, z, omega);                                                      \
+    row_out_lanes_##suffix(modes, kept, x, n_d, s, e, f_d);                                                   \
+    store_lanes_##suffix(count, size, x, v);                                                                  \
+}                                                                                                             \
+/* members per vector (the scratch is counted in vectors of this many reals) */                               \
+index_t whole_step_lanes_##suffix(void) { return LANES(real); }                                               \
+/* v (batch, m + 1) stepped in place, lanes(real) rows at a time; the groups of rows in `threads`             \
+ * contiguous blocks, block c using the scratch at c (16 m + 14) vectors */                                   \
 void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t kept, real *R v,                \
                            const real *R e, const real *R e2, const real *R q, const real *R d_u,             \
                            const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,       \
                            const real *R omega, real *R scratch) {                                            \
+    index_t lanes = LANES(real), groups = (batch + lanes - 1) / lanes;                                        \
     ROWS_IN_PARALLEL                                                                                          \
-    for (index_t block = 0; block < threads; block++)                                                         \
-        step_rows_##suffix(block * batch / threads, (block + 1) * batch / threads, m, kept, v, e, e2, q,      \
-                           d_u, d_b, f_u, f_ab, f_d, omega, scratch + block * 2 * (7 * m + 6));               \
+    for (index_t block = 0; block < threads; block++) {                                                       \
+        vec_##suffix *mine = (vec_##suffix *)scratch + block * (16 * m + 14);                                 \
+        for (index_t group = block * groups / threads; group < (block + 1) * groups / threads; group++) {     \
+            index_t first = group * lanes, count = batch - first < lanes ? batch - first : lanes;             \
+            step_lanes_##suffix(count, m, kept, v + first * 2 * (m + 1), e, e2, q, d_u, d_b, f_u, f_ab, f_d,  \
+                                omega, mine);                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
 }                                                                                                             \
-/* the squared-hat transform alone, rows of x into out (tested against torch's FFTs) */                       \
-void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R z,                  \
+/* the squared-hat transform alone, rows of x into out (tested against torch's FFTs); scratch: 6 m + 4        \
+ * vectors */                                                                                                 \
+void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R scratch,            \
                           const real *R omega) {                                                              \
-    for (index_t row = 0; row < batch; row++)                                                                 \
-        squared_hat_row_##suffix(m, x + row * 2 * (m + 1), out + row * 2 * (m + 1), z, omega);                \
+    index_t lanes = LANES(real), size = 2 * (m + 1);                                                          \
+    vec_##suffix *x_lanes = (vec_##suffix *)scratch, *out_lanes = x_lanes + size, *z = out_lanes + size;      \
+    for (index_t first = 0; first < batch; first += lanes) {                                                  \
+        index_t count = batch - first < lanes ? batch - first : lanes;                                        \
+        load_lanes_##suffix(count, size, x + first * size, x_lanes);                                          \
+        squared_hat_lanes_##suffix(m, x_lanes, out_lanes, z, omega);                                          \
+        store_lanes_##suffix(count, size, out_lanes, out + first * size);                                     \
+    }                                                                                                         \
 }                                                                                                             \
 /* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                        \
 static void row_products_##suffix(index_t batch, index_t k, index_t n, const real *R x, index_t ldx,          \

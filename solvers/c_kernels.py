@@ -3,8 +3,8 @@
 On the CPU the ETDRK4 step costs its FFTs plus ~14 elementwise torch operations (each a pass over
 memory and ~1-2 us of dispatch), and at batch 1 the dense step's 9 operations are nearly all
 dispatch. The C functions do each stretch between two FFTs in one pass (``fused_fourier_step_into``),
-the whole Fourier step of each member with its own transforms in one call (``FourierStep``, for
-small batches and for threads) and the whole dense step in one call (``DenseStep``);
+the whole Fourier step with its own transforms in one call, members in vector lanes (``FourierStep``:
+where it applies, the step without a closure at any batch) and the whole dense step in one call (``DenseStep``);
 docs/performance.md has the measurements.
 
 The library is built once per source, compiler and CPU (``-O3 -march=native``) into a cache
@@ -47,10 +47,6 @@ OPENMP_FLAG = "-fopenmp"
 #: the stage kernels share their rows among threads from this many complex entries on (2 threads:
 #: 1.3x at 4224 entries, 1.4x at 8448, 1.8x from 33792; docs/performance.md, "Threads")
 PARALLEL_GRAIN = 4096
-#: on one thread the whole compiled Fourier step (``FourierStep``, its own transforms) is used up to
-#: this many grid values a step (batch * n_points); above it DUCC's transforms, vectorised across
-#: members, are as fast or faster (docs/performance.md, "The whole step in one call")
-WHOLE_STEP_LIMIT = 8192
 _SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
 
 _state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}
@@ -181,6 +177,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         function = getattr(lib, f"fourier_step_{suffix}")
         function.argtypes = [integer] * 4 + [pointer] * 11
         function.restype = None
+        function = getattr(lib, f"whole_step_lanes_{suffix}")
+        function.argtypes, function.restype = [], integer
         function = getattr(lib, f"squared_hat_{suffix}")
         function.argtypes = [integer] * 2 + [pointer] * 4
         function.restype = None
@@ -249,12 +247,12 @@ def openmp() -> bool:
 
 
 def whole_step_fits(batch: int, n_points: int) -> bool:
-    """Whether ``FourierStep`` is the faster step for ``batch`` members of ``n_points``: up to
-    ``WHOLE_STEP_LIMIT`` grid values, and at any size where its members are shared among threads
-    (each thread steps whole members in its own cache: 1.3-3.6x the threaded stage kernels and FFTs
-    on 2 threads) -- where the kernels were built with OpenMP."""
-    return (batch * n_points <= WHOLE_STEP_LIMIT
-            or (batch * (n_points // 2 + 1) > PARALLEL_GRAIN and torch.get_num_threads() > 1 and openmp()))
+    """Whether ``FourierStep`` is the faster step for ``batch`` members of ``n_points``: at every size
+    measured, on one thread and on several (its members in vector lanes: 1.8-2.9x DUCC's transforms with
+    the stage kernels between them, from N = 64 to 4096 and batch 1 to 2048; docs/performance.md,
+    "Members in vector lanes"). The one place that chooses, so that tests can send a step to the stage
+    kernels instead (``tests/conftest.py``, ``stage_kernels``)."""
+    return True
 
 
 def threads_for(x: Tensor) -> int:
@@ -322,24 +320,30 @@ def _stage_arguments(plan, coefficients, workspace, suffix: str) -> tuple:
 
 class FourierStep:
     """The whole ETDRK4 Fourier step without a closure as one compiled call (``fourier_step`` in
-    ``_kernels.c``: the four stages of each member with its own radix-2 transforms, in cache):
-    ``u_hat: (batch, n // 2 + 1)``, a contiguous CPU tensor of ``complex_dtype``, stepped in place.
+    ``_kernels.c``: the four stages and eight real transforms of ``lanes`` members at once, one member
+    per vector lane, in cache): ``u_hat: (batch, n // 2 + 1)``, a contiguous CPU tensor of
+    ``complex_dtype``, stepped in place.
 
-    For small batches, where the FFT path's ~12 Python-level calls a step cost more than its
-    arithmetic; ``n_points`` a power of two (``supports``). The plan's addresses are taken once per
-    plan, so a step is one ctypes call plus a few attribute reads.
+    One ctypes call a step where the FFT path makes ~12 Python-level calls, and ~2x its arithmetic
+    speed (docs/performance.md, "Members in vector lanes"); ``n_points`` a power of two (``supports``).
+    The plan's addresses are taken once per plan, so a step is one ctypes call plus a few attribute reads.
     """
 
     def __init__(self, n_points: int, complex_dtype: torch.dtype):
         if not self.supports(n_points):
             raise ValueError(f"the compiled Fourier step needs a power of two >= 4 points, not {n_points}")
         self.n_points, self.complex_dtype = n_points, complex_dtype
-        half = n_points // 2
+        half, suffix = n_points // 2, _SUFFIX[complex_dtype]
         # twiddles in float64, rounded once to the step's precision
         self.omega = torch.as_tensor(np.exp(-2j * np.pi * np.arange(half) / n_points), dtype=complex_dtype)
-        self._scratch_entries = 7 * half + 6  # per thread: 6 rows of modes + the transform's n reals
-        self._scratch = torch.empty(self._scratch_entries, dtype=complex_dtype)
-        self._function = getattr(library(), "fourier_step_" + _SUFFIX[complex_dtype])
+        lib = library()
+        #: members a call steps together (one vector register's worth: 4 or 8 in float64)
+        self.lanes = int(getattr(lib, "whole_step_lanes_" + suffix)())
+        self._real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
+        # per thread: 7 rows of modes + the transform's m complex values, each entry a vector of lanes
+        self._scratch_entries = (16 * half + 14) * self.lanes
+        self._scratch = torch.empty(self._scratch_entries, dtype=self._real_dtype)
+        self._function = getattr(lib, "fourier_step_" + suffix)
         self._plan, self._arguments = None, ()
 
     @staticmethod
@@ -359,9 +363,10 @@ class FourierStep:
     def __call__(self, u_hat: Tensor, plan) -> Tensor:
         """One step of ``u_hat`` in place with ``plan`` (an ``ETDRK4Plan`` of this grid and dtype)."""
         batch = u_hat.shape[0]
-        threads = min(threads_for(u_hat), batch) or 1
+        groups = -(-batch // self.lanes)
+        threads = min(threads_for(u_hat), groups) or 1
         if threads * self._scratch_entries > self._scratch.numel():
-            self._scratch = torch.empty(threads * self._scratch_entries, dtype=self.complex_dtype)
+            self._scratch = torch.empty(threads * self._scratch_entries, dtype=self._real_dtype)
             self._plan = None
         if plan is not self._plan:
             self._bind(plan)

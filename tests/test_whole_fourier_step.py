@@ -1,5 +1,6 @@
-"""The compiled whole Fourier step (``c_kernels.FourierStep``: the ETDRK4 step of each member with its
-own radix-2 transforms, one call a step) gives the torch step, is used where it should be, or not.
+"""The compiled whole Fourier step (``c_kernels.FourierStep``: the ETDRK4 step with its own radix-2
+transforms, members in vector lanes, one call a step) gives the torch step, is used where it should be,
+or not.
 """
 from __future__ import annotations
 
@@ -40,17 +41,23 @@ def twiddles(n_points: int, dtype) -> torch.Tensor:
 def test_its_transform_pair_is_torchs_irfft_square_rfft(dtype):
     """``squared_hat``: the radix-2 inverse (decimation in frequency), square and forward (decimation
     in time) through the half-length complex FFT, against torch's real FFTs at every size up to 4096;
-    the imaginary parts of the mean and Nyquist modes are ignored, as ``irfft`` ignores them."""
+    the imaginary parts of the mean and Nyquist modes are ignored, as ``irfft`` ignores them. The batch
+    fills a group of lanes and part of another."""
     lib, suffix = c_kernels.library(), "f64" if dtype == torch.complex128 else "f32"
+    lanes = getattr(lib, f"whole_step_lanes_{suffix}")()
+    assert lanes >= 2 and lanes & (lanes - 1) == 0
+    batch = lanes + 3
     generator = torch.Generator().manual_seed(11)
     tolerance = 1e-14 if dtype == torch.complex128 else 2e-6
     for n_points in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
         modes = n_points // 2 + 1
-        x_hat = torch.randn(3, modes, dtype=dtype, generator=generator) / (1 + torch.arange(modes)) ** 0.5
+        x_hat = torch.randn(batch, modes, dtype=dtype, generator=generator) / (1 + torch.arange(modes)) ** 0.5
         out = torch.full_like(x_hat, float("nan"))
-        scratch, omega = torch.empty(n_points, dtype=x_hat.real.dtype), twiddles(n_points, dtype)  # alive during the call
-        getattr(lib, f"squared_hat_{suffix}")(3, n_points // 2, x_hat.data_ptr(), out.data_ptr(), scratch.data_ptr(),
-                                              omega.data_ptr())
+        # alive during the call: scratch of 6 m + 4 vectors (x, out, the transform), the twiddles
+        scratch = torch.empty((3 * n_points + 4) * lanes, dtype=x_hat.real.dtype)
+        omega = twiddles(n_points, dtype)
+        getattr(lib, f"squared_hat_{suffix}")(batch, n_points // 2, x_hat.data_ptr(), out.data_ptr(),
+                                              scratch.data_ptr(), omega.data_ptr())
         expected = torch.fft.rfft(torch.fft.irfft(x_hat, n=n_points) ** 2)
         error = ((out - expected).abs().max() / expected.abs().max()).item()
         assert error < tolerance * np.log2(n_points), (n_points, error)
@@ -58,14 +65,14 @@ def test_its_transform_pair_is_torchs_irfft_square_rfft(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_it_steps_small_batches_as_the_torch_step_does(dtype, whole_calls):
-    for n_points, batch in ((64, 1), (64, 7), (256, 3), (1024, 2), (16, 5)):
+def test_it_steps_as_the_torch_step_does(dtype, whole_calls):
+    for n_points, batch in ((64, 1), (64, 7), (256, 3), (1024, 2), (16, 5), (64, 19)):
         solver, compiled, plain = fused_and_unfused(n_points, batch, dtype=dtype, steps=40)
         assert solver.fused_updates and solver._whole_step is not None and not solver._fused_checked
         assert (plain[:, -1] - plain[:, 0]).abs().max() > 0.1
         tolerance = 1e-13 if dtype == torch.float64 else 2e-5
         torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance * plain.abs().max().item())
-    assert whole_calls == [1] * 41 + [7] * 41 + [3] * 41 + [2] * 41 + [5] * 41  # each: the probe check, 40 steps
+    assert whole_calls == [1] * 41 + [7] * 41 + [3] * 41 + [2] * 41 + [5] * 41 + [19] * 41  # each: the probe check, 40 steps
 
 
 def test_auto_takes_it_over_the_dense_step_for_trajectories_without_a_closure(whole_calls):
@@ -85,9 +92,8 @@ def test_auto_takes_it_over_the_dense_step_for_trajectories_without_a_closure(wh
 
 
 def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
-    """A grid that is not a power of two, a batch over the limit, a closure, autograd: not used."""
-    limit = c_kernels.WHOLE_STEP_LIMIT
-    cases = [(48, 2, None), (64, limit // 64 + 1, None), (64, 2, lambda t, u: 0.01 * torch.tanh(u))]
+    """A grid that is not a power of two, a closure, autograd: not used."""
+    cases = [(48, 2, None), (64, 2, lambda t, u: 0.01 * torch.tanh(u))]
     for n_points, batch, closure in cases:
         solver, compiled, plain = fused_and_unfused(n_points, batch, closure=closure, steps=20)
         assert solver._whole_step is None
@@ -100,8 +106,8 @@ def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
 
 
 def test_a_member_that_blows_up_leaves_the_others_and_the_step_alone():
-    """Each member is stepped on its own (its own transforms), so an overflowing one turns only itself
-    into inf/NaN; the probe check, on a smooth state, keeps the step."""
+    """Each member is stepped in its own vector lane, so an overflowing one turns only itself into
+    inf/NaN; the probe check, on a smooth state, keeps the step."""
     solver = KuramotoSivashinskySpectral(n_points=64)
     u = smooth_state(solver, 3)
     u[1] *= 1e160
@@ -150,43 +156,60 @@ def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
 
 
 def test_threads_split_the_batch_bit_for_bit(monkeypatch):
-    """With its rows shared among threads (forced here: the limit keeps its batches below the
-    kernels' grain), each block with its own scratch, the step is the same to the last bit."""
+    """With its groups of lanes shared among threads (forced here below the kernels' grain), each block
+    with its own scratch, the step is the same to the last bit."""
     monkeypatch.setattr(c_kernels, "PARALLEL_GRAIN", 0)
+    solver = KuramotoSivashinskySpectral(n_points=128)
+    plan, whole = solver.plan(solver.dt), c_kernels.FourierStep(128, torch.complex128)
+    members = 3 * whole.lanes + 1  # four groups
+    u_hat = solver.to_fourier(smooth_state(solver, members) + 0.1 * torch.arange(members, dtype=torch.float64)[:, None])
     results = []
     previous = torch.get_num_threads()
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            solver = KuramotoSivashinskySpectral(n_points=128)
-            u0 = smooth_state(solver, 5) + 0.1 * torch.arange(5, dtype=torch.float64)[:, None]
-            with torch.no_grad():
-                results.append(solver.rollout(u0, 30, save_every=10))
-            assert solver._whole_step is not None
-            assert solver._whole_step._scratch.numel() >= threads * solver._whole_step._scratch_entries
+            state = u_hat.clone()
+            for _ in range(30):
+                whole(state, plan)
+            results.append(state)
+            assert whole._scratch.numel() >= threads * whole._scratch_entries
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-def test_on_several_threads_it_takes_large_batches_too(whole_calls, monkeypatch):
-    """On one thread DUCC's vectorised transforms win above the limit; on several, members shared among
-    threads (each stepping whole members in its own cache) beat the threaded stages and FFTs."""
-    batch = c_kernels.WHOLE_STEP_LIMIT // 64 + 7
-    assert not c_kernels.whole_step_fits(batch, 64) and c_kernels.whole_step_fits(8, 64)
+def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
+    """Lanes are independent vertical arithmetic: a member stepped alone (its group padded with zeros),
+    in another lane, in a larger batch or in a second group steps to the same bits."""
+    solver = KuramotoSivashinskySpectral(n_points=64)
+    plan = solver.plan(solver.dt)
+    whole = c_kernels.FourierStep(64, torch.complex128)
+    members = 2 * whole.lanes + 3
+    u_hat = solver.to_fourier(smooth_state(solver, members) * (1 + 0.1 * torch.arange(members)[:, None]))
+
+    def stepped(rows):
+        state = u_hat[rows].clone()
+        for _ in range(25):
+            whole(state, plan)
+        return state
+
+    everyone = stepped(slice(None))
+    member = whole.lanes + 1  # the second group's second lane
+    for rows, position in ((slice(member, member + 1), 0), (slice(member - 1, None), 1), (slice(2, member + 2), member - 2)):
+        assert torch.equal(stepped(rows)[position], everyone[member]), rows
+    assert not torch.equal(everyone[member], everyone[member - 1])
+
+
+def test_on_several_threads_it_steps_every_batch(whole_calls):
+    batch = 300
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with monkeypatch.context() as patch:  # kernels built without OpenMP: one thread, the limit holds
-            patch.setattr(c_kernels, "openmp", lambda: False)
-            assert not c_kernels.whole_step_fits(batch, 64)
-        assert c_kernels.whole_step_fits(batch, 64) == c_kernels.openmp() and c_kernels.whole_step_fits(8, 64)
-        if not c_kernels.openmp():
-            return
         solver, compiled, plain = fused_and_unfused(64, batch, steps=20)
     finally:
         torch.set_num_threads(previous)
-    assert whole_calls == [batch] * 21 and solver._whole_step._scratch.numel() >= 2 * solver._whole_step._scratch_entries
+    threads = 2 if c_kernels.openmp() else 1
+    assert whole_calls == [batch] * 21 and solver._whole_step._scratch.numel() >= threads * solver._whole_step._scratch_entries
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
 
 
