@@ -17,9 +17,10 @@
  * transforms, N(x) = rfft(irfft(x)^2), in scratch that stays in cache, one call a step instead of ~8
  * Python-level FFT calls and 4 kernel calls. Members go through it LANES at a time, member l in lane
  * l of every vector (GCC/clang vector extensions, one register of the widest unit -march=native
- * enables): each butterfly is then a few vertical vector operations, and a member's arithmetic is
- * the same operations in whichever lane and group it lands -- its bits do not depend on the batch,
- * and lanes past the batch hold zeros. This is how FFT libraries vectorise batched 1-d transforms
+ * enables; a batch's last few members, at most LANES / 2, in vectors half as wide): each butterfly
+ * is then a few vertical vector operations, and a member's arithmetic is the same IEEE operations in
+ * whichever lane, width and group it lands -- its bits do not depend on the batch (no FMA
+ * contraction: ISO C mode) -- and lanes past the batch hold zeros. This is how FFT libraries vectorise batched 1-d transforms
  * (DUCC's multi-row buffers, FFTW's SIMD codelets); doing it here keeps all eight transforms and the
  * stages of a group in cache, which DUCC's separate calls cannot (~2x their step; docs/performance.md,
  * "Members in vector lanes"). A real transform of n = 2m points is a complex one of m points
@@ -61,6 +62,9 @@ int kernels_openmp(void) { return 1; }
 #define ROWS_IN_PARALLEL (void)threads;
 int kernels_openmp(void) { return 0; }
 #endif
+
+/* whether log2(m) is odd (m a power of two): then one radix-2 stage of half 1 is left over */
+static inline int odd_log2(index_t m) { return (m & (index_t)0x5555555555555555LL) == 0; }
 
 /* -- the four stages of one row: value is a real, or a vector whose lanes are members (the whole step);
  * c[2k], c[2k + 1] are a coefficient's (re, im) at mode k, every array points at the row -- */
@@ -131,10 +135,154 @@ static inline void row_out_##tag(index_t modes, index_t kept, value *R v, const 
     linear_modes_##tag(kept, modes, e, v, v);                                                                 \
 }
 
+/* -- the whole Fourier step of the members in the lanes of VEC vectors (member l in lane l of every
+ * vector, so the transforms' butterflies are plain vertical vector operations); z holds m complex
+ * vectors; the stage rows of the same tag come from DEFINE_STAGE_ROWS -- */
+#define DEFINE_LANES(real, VEC, tag)                                                                          \
+/* radix-2 stage of half 1 (twiddle 1) */                                                                     \
+static inline void pairs_##tag(index_t m, VEC *R z) {                                                         \
+    for (index_t i = 0; i < m; i += 2) {                                                                      \
+        VEC *p = z + 2 * i, *r = p + 2;                                                                       \
+        VEC d_re = p[0] - r[0], d_im = p[1] - r[1];                                                           \
+        p[0] += r[0]; p[1] += r[1]; r[0] = d_re; r[1] = d_im;                                                 \
+    }                                                                                                         \
+}                                                                                                             \
+/* unnormalised inverse complex FFT of m points, natural order in, bit-reversed out: radix-2                  \
+ * decimation in frequency with each two stages (halves 2q, q) fused into one pass over 4q points */          \
+static void inverse_fft_##tag(index_t m, VEC *R z, const real *R omega) {                                     \
+    index_t n = 2 * m;                                                                                        \
+    for (index_t q = m / 4; q >= 1; q /= 4) {                                                                 \
+        index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
+        for (index_t i = 0; i < m; i += 4 * q)                                                                \
+            for (index_t j = 0; j < q; j++) {                                                                 \
+                VEC *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;              \
+                real wa_re = omega[2 * j * step_a], wa_im = -omega[2 * j * step_a + 1];                       \
+                real wb_re = omega[2 * j * step_b], wb_im = -omega[2 * j * step_b + 1];                       \
+                VEC t0_re = x0[0] + x2[0], t0_im = x0[1] + x2[1], u_re = x0[0] - x2[0], u_im = x0[1] - x2[1]; \
+                VEC t1_re = x1[0] + x3[0], t1_im = x1[1] + x3[1];                                             \
+                VEC v_re = x3[1] - x1[1], v_im = x1[0] - x3[0];  /* (x1 - x3) i */                            \
+                VEC re = t0_re - t1_re, im = t0_im - t1_im;                                                   \
+                x0[0] = t0_re + t1_re; x0[1] = t0_im + t1_im;                                                 \
+                x1[0] = re * wb_re - im * wb_im; x1[1] = re * wb_im + im * wb_re;                             \
+                re = u_re + v_re; im = u_im + v_im;                                                           \
+                x2[0] = re * wa_re - im * wa_im; x2[1] = re * wa_im + im * wa_re;                             \
+                re = u_re - v_re; im = u_im - v_im;                                                           \
+                VEC minus_re = re * wa_re - im * wa_im, minus_im = re * wa_im + im * wa_re;                   \
+                x3[0] = minus_re * wb_re - minus_im * wb_im; x3[1] = minus_re * wb_im + minus_im * wb_re;     \
+            }                                                                                                 \
+    }                                                                                                         \
+    if (odd_log2(m)) pairs_##tag(m, z);                                                                       \
+}                                                                                                             \
+/* unnormalised forward complex FFT of m points, bit-reversed order in, natural out: radix-2                  \
+ * decimation in time, two stages (halves q, 2q) fused likewise */                                            \
+static void forward_fft_##tag(index_t m, VEC *R z, const real *R omega) {                                     \
+    index_t n = 2 * m, q = 1;                                                                                 \
+    if (odd_log2(m)) {                                                                                        \
+        pairs_##tag(m, z);                                                                                    \
+        q = 2;                                                                                                \
+    }                                                                                                         \
+    for (; 4 * q <= m; q *= 4) {                                                                              \
+        index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
+        for (index_t i = 0; i < m; i += 4 * q)                                                                \
+            for (index_t j = 0; j < q; j++) {                                                                 \
+                VEC *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;              \
+                real wa_re = omega[2 * j * step_a], wa_im = omega[2 * j * step_a + 1];                        \
+                real wb_re = omega[2 * j * step_b], wb_im = omega[2 * j * step_b + 1];                        \
+                VEC c1_re = x1[0] * wb_re - x1[1] * wb_im, c1_im = x1[0] * wb_im + x1[1] * wb_re;             \
+                VEC c3_re = x3[0] * wb_re - x3[1] * wb_im, c3_im = x3[0] * wb_im + x3[1] * wb_re;             \
+                VEC b0_re = x0[0] + c1_re, b0_im = x0[1] + c1_im;                                             \
+                VEC b1_re = x0[0] - c1_re, b1_im = x0[1] - c1_im;                                             \
+                VEC re = x2[0] + c3_re, im = x2[1] + c3_im;                                                   \
+                VEC e2_re = re * wa_re - im * wa_im, e2_im = re * wa_im + im * wa_re;                         \
+                re = x2[0] - c3_re; im = x2[1] - c3_im;                                                       \
+                VEC e3_re = re * wa_re - im * wa_im, e3_im = re * wa_im + im * wa_re;                         \
+                /* the second pair's twiddle is wa (-i): e3 (-i) = (e3_im, -e3_re) */                         \
+                x0[0] = b0_re + e2_re; x0[1] = b0_im + e2_im; x2[0] = b0_re - e2_re; x2[1] = b0_im - e2_im;   \
+                x1[0] = b1_re + e3_im; x1[1] = b1_im - e3_re; x3[0] = b1_re - e3_im; x3[1] = b1_im + e3_re;   \
+            }                                                                                                 \
+    }                                                                                                         \
+}                                                                                                             \
+/* out = rfft(irfft(x, n)^2) for the rows in x's lanes, m + 1 modes (irfft ignores the imaginary parts        \
+ * of the mean and Nyquist modes, as torch's does); z: m complex vectors of scratch */                        \
+static void squared_hat_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,                                \
+                                       const real *R omega) {                                                 \
+    const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                       \
+    VEC x0 = x[0], xm = x[2 * m], zero = {0};                                                                 \
+    z[0] = (x0 + xm) * half; z[1] = (x0 - xm) * half;                                                         \
+    for (index_t k = 1; k < m; k++) {                                                                         \
+        /* E = (X_k + conj X_{m-k}) / 2, O = (X_k - conj X_{m-k}) conj(omega_k) / 2, Z_k = E + i O */         \
+        VEC a_re = x[2 * k], a_im = x[2 * k + 1], b_re = x[2 * (m - k)], b_im = -x[2 * (m - k) + 1];          \
+        real w_re = omega[2 * k], w_im = -omega[2 * k + 1];                                                   \
+        VEC d_re = a_re - b_re, d_im = a_im - b_im;                                                           \
+        VEC o_re = d_re * w_re - d_im * w_im, o_im = d_re * w_im + d_im * w_re;                               \
+        z[2 * k] = (a_re + b_re - o_im) * half; z[2 * k + 1] = (a_im + b_im + o_re) * half;                   \
+    }                                                                                                         \
+    inverse_fft_##tag(m, z, omega);                                                                           \
+    for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                         \
+    forward_fft_##tag(m, z, omega);                                                                           \
+    out[0] = z[0] + z[1]; out[1] = zero;                                                                      \
+    out[2 * m] = z[0] - z[1]; out[2 * m + 1] = zero;                                                          \
+    for (index_t k = 1; k < m; k++) {                                                                         \
+        /* E = (Z_k + conj Z_{m-k}) / 2, O = (Z_k - conj Z_{m-k}) / 2i, X_k = E + omega_k O */                \
+        VEC a_re = z[2 * k], a_im = z[2 * k + 1], b_re = z[2 * (m - k)], b_im = -z[2 * (m - k) + 1];          \
+        VEC e_re = (a_re + b_re) * (real)0.5, e_im = (a_im + b_im) * (real)0.5;                               \
+        VEC o_re = (a_im - b_im) * (real)0.5, o_im = (b_re - a_re) * (real)0.5;                               \
+        real w_re = omega[2 * k], w_im = omega[2 * k + 1];                                                    \
+        out[2 * k] = e_re + w_re * o_re - w_im * o_im; out[2 * k + 1] = e_im + w_re * o_im + w_im * o_re;     \
+    }                                                                                                         \
+}                                                                                                             \
+/* rows [0, count) of x (rows of `size` reals) into the lanes of `lanes` (size vectors), zeros in the         \
+ * lanes past count: a member's arithmetic never meets another's, nor garbage */                              \
+static void load_##tag(index_t count, index_t size, const real *R x, VEC *R lanes) {                          \
+    for (index_t k = 0; k < size; k++) {                                                                      \
+        VEC value = {0};                                                                                      \
+        for (index_t l = 0; l < count; l++) value[l] = x[l * size + k];                                       \
+        lanes[k] = value;                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+static void store_##tag(index_t count, index_t size, const VEC *R lanes, real *R x) {                         \
+    for (index_t k = 0; k < size; k++) {                                                                      \
+        VEC value = lanes[k];                                                                                 \
+        for (index_t l = 0; l < count; l++) x[l * size + k] = value[l];                                       \
+    }                                                                                                         \
+}                                                                                                             \
+/* the whole step of the count <= lanes rows at v, in scratch of 16 m + 14 vectors */                         \
+static void step_##tag(index_t count, index_t m, index_t kept, real *R v, const real *R e,                    \
+                                const real *R e2, const real *R q, const real *R d_u, const real *R d_b,      \
+                                const real *R f_u, const real *R f_ab, const real *R f_d,                     \
+                                const real *R omega, VEC *R scratch) {                                        \
+    index_t modes = m + 1, size = 2 * modes;                                                                  \
+    VEC *x = scratch, *n_v = x + size, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;               \
+    VEC *stage = n_d + size, *s = stage + size, *z = s + size;                                                \
+    load_##tag(count, size, v, x);                                                                            \
+    squared_hat_##tag(m, x, n_v, z, omega);                                                                   \
+    row_a_##tag(modes, kept, x, n_v, e2, q, stage);                                                           \
+    squared_hat_##tag(m, stage, n_a, z, omega);                                                               \
+    row_b_##tag(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                                        \
+    squared_hat_##tag(m, stage, n_b, z, omega);                                                               \
+    row_d_##tag(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                                       \
+    squared_hat_##tag(m, stage, n_d, z, omega);                                                               \
+    row_out_##tag(modes, kept, x, n_d, s, e, f_d);                                                            \
+    store_##tag(count, size, x, v);                                                                           \
+}                                                                                                             \
+/* rows [0, count) of x through squared_hat into out (the tested entry point's group); scratch: 6 m + 4       \
+ * vectors */                                                                                                 \
+static void squared_hat_rows_##tag(index_t count, index_t m, const real *R x, real *R out, VEC *R scratch,    \
+                                   const real *R omega) {                                                     \
+    index_t size = 2 * (m + 1);                                                                               \
+    load_##tag(count, size, x, scratch);                                                                      \
+    squared_hat_##tag(m, scratch, scratch + size, scratch + 2 * size, omega);                                 \
+    store_##tag(count, size, scratch + size, out);                                                            \
+}
+
 #define DEFINE_KERNELS(real, suffix)                                                                          \
-typedef real vec_##suffix __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(real))));                  \
+typedef real wide_##suffix __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(real))));                 \
+typedef real narrow_##suffix __attribute__((vector_size(VECTOR_BYTES / 2), aligned(sizeof(real))));           \
 DEFINE_STAGE_ROWS(real, real, suffix)                                                                         \
-DEFINE_STAGE_ROWS(vec_##suffix, real, lanes_##suffix)                                                         \
+DEFINE_STAGE_ROWS(wide_##suffix, real, wide_##suffix)                                                         \
+DEFINE_STAGE_ROWS(narrow_##suffix, real, narrow_##suffix)                                                     \
+DEFINE_LANES(real, wide_##suffix, wide_##suffix)                                                              \
+DEFINE_LANES(real, narrow_##suffix, narrow_##suffix)                                                          \
 /* -- the stages over a batch (row offset o = 2 * row * modes reals) -- */                                    \
 void stage_a_##suffix(index_t threads, index_t batch, index_t modes, index_t kept, const real *R v,           \
                       const real *R n_u, const real *R e2, const real *R q, real *R a) {                      \
@@ -170,141 +318,23 @@ void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t k
         row_out_##suffix(modes, kept, v + o, n_d + o, s + o, e, f_d);                                         \
     }                                                                                                         \
 }                                                                                                             \
-/* -- the whole Fourier step: lanes(real) members at once, member l in lane l of every vector, so the         \
- * transforms' butterflies are plain vertical vector operations; z holds m complex vectors -- */              \
-/* whether log2(m) is odd (m a power of two): then one radix-2 stage of half 1 is left over */                \
-static inline int odd_log2_##suffix(index_t m) { return (m & (index_t)0x5555555555555555LL) == 0; }           \
-/* radix-2 stage of half 1 (twiddle 1) */                                                                     \
-static inline void pairs_##suffix(index_t m, vec_##suffix *R z) {                                             \
-    for (index_t i = 0; i < m; i += 2) {                                                                      \
-        vec_##suffix *p = z + 2 * i, *r = p + 2;                                                              \
-        vec_##suffix d_re = p[0] - r[0], d_im = p[1] - r[1];                                                  \
-        p[0] += r[0]; p[1] += r[1]; r[0] = d_re; r[1] = d_im;                                                 \
-    }                                                                                                         \
-}                                                                                                             \
-/* unnormalised inverse complex FFT of m points, natural order in, bit-reversed out: radix-2                  \
- * decimation in frequency with each two stages (halves 2q, q) fused into one pass over 4q points */          \
-static void inverse_fft_##suffix(index_t m, vec_##suffix *R z, const real *R omega) {                         \
-    index_t n = 2 * m;                                                                                        \
-    for (index_t q = m / 4; q >= 1; q /= 4) {                                                                 \
-        index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
-        for (index_t i = 0; i < m; i += 4 * q)                                                                \
-            for (index_t j = 0; j < q; j++) {                                                                 \
-                vec_##suffix *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;     \
-                real wa_re = omega[2 * j * step_a], wa_im = -omega[2 * j * step_a + 1];                       \
-                real wb_re = omega[2 * j * step_b], wb_im = -omega[2 * j * step_b + 1];                       \
-                vec_##suffix t0_re = x0[0] + x2[0], t0_im = x0[1] + x2[1];                                    \
-                vec_##suffix u_re = x0[0] - x2[0], u_im = x0[1] - x2[1];                                      \
-                vec_##suffix t1_re = x1[0] + x3[0], t1_im = x1[1] + x3[1];                                    \
-                vec_##suffix v_re = x3[1] - x1[1], v_im = x1[0] - x3[0];  /* (x1 - x3) i */                   \
-                vec_##suffix re = t0_re - t1_re, im = t0_im - t1_im;                                          \
-                x0[0] = t0_re + t1_re; x0[1] = t0_im + t1_im;                                                 \
-                x1[0] = re * wb_re - im * wb_im; x1[1] = re * wb_im + im * wb_re;                             \
-                re = u_re + v_re; im = u_im + v_im;                                                           \
-                x2[0] = re * wa_re - im * wa_im; x2[1] = re * wa_im + im * wa_re;                             \
-                re = u_re - v_re; im = u_im - v_im;                                                           \
-                vec_##suffix minus_re = re * wa_re - im * wa_im, minus_im = re * wa_im + im * wa_re;          \
-                x3[0] = minus_re * wb_re - minus_im * wb_im; x3[1] = minus_re * wb_im + minus_im * wb_re;     \
-            }                                                                                                 \
-    }                                                                                                         \
-    if (odd_log2_##suffix(m)) pairs_##suffix(m, z);                                                           \
-}                                                                                                             \
-/* unnormalised forward complex FFT of m points, bit-reversed order in, natural out: radix-2                  \
- * decimation in time, two stages (halves q, 2q) fused likewise */                                            \
-static void forward_fft_##suffix(index_t m, vec_##suffix *R z, const real *R omega) {                         \
-    index_t n = 2 * m, q = 1;                                                                                 \
-    if (odd_log2_##suffix(m)) {                                                                               \
-        pairs_##suffix(m, z);                                                                                 \
-        q = 2;                                                                                                \
-    }                                                                                                         \
-    for (; 4 * q <= m; q *= 4) {                                                                              \
-        index_t step_a = n / (4 * q), step_b = n / (2 * q);                                                   \
-        for (index_t i = 0; i < m; i += 4 * q)                                                                \
-            for (index_t j = 0; j < q; j++) {                                                                 \
-                vec_##suffix *x0 = z + 2 * (i + j), *x1 = x0 + 2 * q, *x2 = x1 + 2 * q, *x3 = x2 + 2 * q;     \
-                real wa_re = omega[2 * j * step_a], wa_im = omega[2 * j * step_a + 1];                        \
-                real wb_re = omega[2 * j * step_b], wb_im = omega[2 * j * step_b + 1];                        \
-                vec_##suffix c1_re = x1[0] * wb_re - x1[1] * wb_im, c1_im = x1[0] * wb_im + x1[1] * wb_re;    \
-                vec_##suffix c3_re = x3[0] * wb_re - x3[1] * wb_im, c3_im = x3[0] * wb_im + x3[1] * wb_re;    \
-                vec_##suffix b0_re = x0[0] + c1_re, b0_im = x0[1] + c1_im;                                    \
-                vec_##suffix b1_re = x0[0] - c1_re, b1_im = x0[1] - c1_im;                                    \
-                vec_##suffix re = x2[0] + c3_re, im = x2[1] + c3_im;                                          \
-                vec_##suffix e2_re = re * wa_re - im * wa_im, e2_im = re * wa_im + im * wa_re;                \
-                re = x2[0] - c3_re; im = x2[1] - c3_im;                                                       \
-                vec_##suffix e3_re = re * wa_re - im * wa_im, e3_im = re * wa_im + im * wa_re;                \
-                /* the second pair's twiddle is wa (-i): e3 (-i) = (e3_im, -e3_re) */                         \
-                x0[0] = b0_re + e2_re; x0[1] = b0_im + e2_im; x2[0] = b0_re - e2_re; x2[1] = b0_im - e2_im;   \
-                x1[0] = b1_re + e3_im; x1[1] = b1_im - e3_re; x3[0] = b1_re - e3_im; x3[1] = b1_im + e3_re;   \
-            }                                                                                                 \
-    }                                                                                                         \
-}                                                                                                             \
-/* out = rfft(irfft(x, n)^2) for the rows in x's lanes, m + 1 modes (irfft ignores the imaginary parts        \
- * of the mean and Nyquist modes, as torch's does); z: m complex vectors of scratch */                        \
-static void squared_hat_lanes_##suffix(index_t m, const vec_##suffix *R x, vec_##suffix *R out,              \
-                                       vec_##suffix *R z, const real *R omega) {                              \
-    const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                       \
-    vec_##suffix x0 = x[0], xm = x[2 * m], zero = {0};                                                        \
-    z[0] = (x0 + xm) * half; z[1] = (x0 - xm) * half;                                                         \
-    for (index_t k = 1; k < m; k++) {                                                                         \
-        /* E = (X_k + conj X_{m-k}) / 2, O = (X_k - conj X_{m-k}) conj(omega_k) / 2, Z_k = E + i O */         \
-        vec_##suffix a_re = x[2 * k], a_im = x[2 * k + 1], b_re = x[2 * (m - k)], b_im = -x[2 * (m - k) + 1]; \
-        real w_re = omega[2 * k], w_im = -omega[2 * k + 1];                                                   \
-        vec_##suffix d_re = a_re - b_re, d_im = a_im - b_im;                                                  \
-        vec_##suffix o_re = d_re * w_re - d_im * w_im, o_im = d_re * w_im + d_im * w_re;                      \
-        z[2 * k] = (a_re + b_re - o_im) * half; z[2 * k + 1] = (a_im + b_im + o_re) * half;                   \
-    }                                                                                                         \
-    inverse_fft_##suffix(m, z, omega);                                                                        \
-    for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                         \
-    forward_fft_##suffix(m, z, omega);                                                                        \
-    out[0] = z[0] + z[1]; out[1] = zero;                                                                      \
-    out[2 * m] = z[0] - z[1]; out[2 * m + 1] = zero;                                                          \
-    for (index_t k = 1; k < m; k++) {                                                                         \
-        /* E = (Z_k + conj Z_{m-k}) / 2, O = (Z_k - conj Z_{m-k}) / 2i, X_k = E + omega_k O */                \
-        vec_##suffix a_re = z[2 * k], a_im = z[2 * k + 1], b_re = z[2 * (m - k)], b_im = -z[2 * (m - k) + 1]; \
-        vec_##suffix e_re = (a_re + b_re) * (real)0.5, e_im = (a_im + b_im) * (real)0.5;                      \
-        vec_##suffix o_re = (a_im - b_im) * (real)0.5, o_im = (b_re - a_re) * (real)0.5;                      \
-        real w_re = omega[2 * k], w_im = omega[2 * k + 1];                                                    \
-        out[2 * k] = e_re + w_re * o_re - w_im * o_im; out[2 * k + 1] = e_im + w_re * o_im + w_im * o_re;     \
-    }                                                                                                         \
-}                                                                                                             \
-/* rows [0, count) of x (rows of `size` reals) into the lanes of `lanes` (size vectors), zeros in the         \
- * lanes past count: a member's arithmetic never meets another's, nor garbage */                              \
-static void load_lanes_##suffix(index_t count, index_t size, const real *R x, vec_##suffix *R lanes) {        \
-    for (index_t k = 0; k < size; k++) {                                                                      \
-        vec_##suffix value = {0};                                                                             \
-        for (index_t l = 0; l < count; l++) value[l] = x[l * size + k];                                       \
-        lanes[k] = value;                                                                                     \
-    }                                                                                                         \
-}                                                                                                             \
-static void store_lanes_##suffix(index_t count, index_t size, const vec_##suffix *R lanes, real *R x) {       \
-    for (index_t k = 0; k < size; k++) {                                                                      \
-        vec_##suffix value = lanes[k];                                                                        \
-        for (index_t l = 0; l < count; l++) x[l * size + k] = value[l];                                       \
-    }                                                                                                         \
-}                                                                                                             \
-/* the whole step of the count <= lanes rows at v, in one thread's scratch (16 m + 14 vectors) */             \
-static void step_lanes_##suffix(index_t count, index_t m, index_t kept, real *R v, const real *R e,           \
+/* members per wide vector (the scratch is counted in wide vectors of this many reals) */                     \
+index_t whole_step_lanes_##suffix(void) { return LANES(real); }                                               \
+/* the whole step of `count` rows at v: a narrow group where they fit (a batch's last few: about half         \
+ * the work of a wide one), else a wide one -- the same arithmetic per lane either way */                     \
+static void step_group_##suffix(index_t count, index_t m, index_t kept, real *R v, const real *R e,           \
                                 const real *R e2, const real *R q, const real *R d_u, const real *R d_b,      \
                                 const real *R f_u, const real *R f_ab, const real *R f_d,                     \
-                                const real *R omega, vec_##suffix *R scratch) {                               \
-    index_t modes = m + 1, size = 2 * modes;                                                                  \
-    vec_##suffix *x = scratch, *n_v = x + size, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;      \
-    vec_##suffix *stage = n_d + size, *s = stage + size, *z = s + size;                                       \
-    load_lanes_##suffix(count, size, v, x);                                                                   \
-    squared_hat_lanes_##suffix(m, x, n_v, z, omega);                                                          \
-    row_a_lanes_##suffix(modes, kept, x, n_v, e2, q, stage);                                                  \
-    squared_hat_lanes_##suffix(m, stage, n_a, z, omega);                                                      \
-    row_b_lanes_##suffix(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                               \
-    squared_hat_lanes_##suffix(m, stage, n_b, z, omega);                                                      \
-    row_d_lanes_##suffix(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                              \
-    squared_hat_lanes_##suffix(m, stage, n_d, z, omega);                                                      \
-    row_out_lanes_##suffix(modes, kept, x, n_d, s, e, f_d);                                                   \
-    store_lanes_##suffix(count, size, x, v);                                                                  \
+                                const real *R omega, real *R scratch) {                                       \
+    if (2 * count <= LANES(real))                                                                             \
+        step_narrow_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega,                    \
+                             (narrow_##suffix *)scratch);                                                     \
+    else                                                                                                      \
+        step_wide_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega,                      \
+                           (wide_##suffix *)scratch);                                                         \
 }                                                                                                             \
-/* members per vector (the scratch is counted in vectors of this many reals) */                               \
-index_t whole_step_lanes_##suffix(void) { return LANES(real); }                                               \
-/* v (batch, m + 1) stepped in place, lanes(real) rows at a time; the groups of rows in `threads`             \
- * contiguous blocks, block c using the scratch at c (16 m + 14) vectors */                                   \
+/* v (batch, m + 1) stepped in place, LANES(real) rows at a time; the groups of rows in `threads`             \
+ * contiguous blocks, block c using the scratch at c (16 m + 14) wide vectors */                              \
 void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t kept, real *R v,                \
                            const real *R e, const real *R e2, const real *R q, const real *R d_u,             \
                            const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,       \
@@ -312,25 +342,27 @@ void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t ke
     index_t lanes = LANES(real), groups = (batch + lanes - 1) / lanes;                                        \
     ROWS_IN_PARALLEL                                                                                          \
     for (index_t block = 0; block < threads; block++) {                                                       \
-        vec_##suffix *mine = (vec_##suffix *)scratch + block * (16 * m + 14);                                 \
+        real *mine = scratch + block * (16 * m + 14) * lanes;                                                 \
         for (index_t group = block * groups / threads; group < (block + 1) * groups / threads; group++) {     \
             index_t first = group * lanes, count = batch - first < lanes ? batch - first : lanes;             \
-            step_lanes_##suffix(count, m, kept, v + first * 2 * (m + 1), e, e2, q, d_u, d_b, f_u, f_ab, f_d,  \
+            step_group_##suffix(count, m, kept, v + first * 2 * (m + 1), e, e2, q, d_u, d_b, f_u, f_ab, f_d,  \
                                 omega, mine);                                                                 \
         }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
-/* the squared-hat transform alone, rows of x into out (tested against torch's FFTs); scratch: 6 m + 4        \
- * vectors */                                                                                                 \
+/* the squared-hat transform alone, rows of x into out, in wide and (the last few rows) narrow groups         \
+ * as the step takes them (tested against torch's FFTs); scratch: 6 m + 4 wide vectors */                     \
 void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R scratch,            \
                           const real *R omega) {                                                              \
     index_t lanes = LANES(real), size = 2 * (m + 1);                                                          \
-    vec_##suffix *x_lanes = (vec_##suffix *)scratch, *out_lanes = x_lanes + size, *z = out_lanes + size;      \
     for (index_t first = 0; first < batch; first += lanes) {                                                  \
         index_t count = batch - first < lanes ? batch - first : lanes;                                        \
-        load_lanes_##suffix(count, size, x + first * size, x_lanes);                                          \
-        squared_hat_lanes_##suffix(m, x_lanes, out_lanes, z, omega);                                          \
-        store_lanes_##suffix(count, size, out_lanes, out + first * size);                                     \
+        if (2 * count <= lanes)                                                                               \
+            squared_hat_rows_narrow_##suffix(count, m, x + first * size, out + first * size,                  \
+                                             (narrow_##suffix *)scratch, omega);                              \
+        else                                                                                                  \
+            squared_hat_rows_wide_##suffix(count, m, x + first * size, out + first * size,                    \
+                                           (wide_##suffix *)scratch, omega);                                  \
     }                                                                                                         \
 }                                                                                                             \
 /* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                        \

@@ -41,27 +41,27 @@ def twiddles(n_points: int, dtype) -> torch.Tensor:
 def test_its_transform_pair_is_torchs_irfft_square_rfft(dtype):
     """``squared_hat``: the radix-2 inverse (decimation in frequency), square and forward (decimation
     in time) through the half-length complex FFT, against torch's real FFTs at every size up to 4096;
-    the imaginary parts of the mean and Nyquist modes are ignored, as ``irfft`` ignores them. The batch
-    fills a group of lanes and part of another."""
+    the imaginary parts of the mean and Nyquist modes are ignored, as ``irfft`` ignores them. The
+    batches end in a part of a group of lanes that takes narrow vectors, and one that takes wide ones."""
     lib, suffix = c_kernels.library(), "f64" if dtype == torch.complex128 else "f32"
     lanes = getattr(lib, f"whole_step_lanes_{suffix}")()
-    assert lanes >= 2 and lanes & (lanes - 1) == 0
-    batch = lanes + 3
+    assert lanes >= 4 and lanes & (lanes - 1) == 0
     generator = torch.Generator().manual_seed(11)
     tolerance = 1e-14 if dtype == torch.complex128 else 2e-6
-    for n_points in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
-        modes = n_points // 2 + 1
-        x_hat = torch.randn(batch, modes, dtype=dtype, generator=generator) / (1 + torch.arange(modes)) ** 0.5
-        out = torch.full_like(x_hat, float("nan"))
-        # alive during the call: scratch of 6 m + 4 vectors (x, out, the transform), the twiddles
-        scratch = torch.empty((3 * n_points + 4) * lanes, dtype=x_hat.real.dtype)
-        omega = twiddles(n_points, dtype)
-        getattr(lib, f"squared_hat_{suffix}")(batch, n_points // 2, x_hat.data_ptr(), out.data_ptr(),
-                                              scratch.data_ptr(), omega.data_ptr())
-        expected = torch.fft.rfft(torch.fft.irfft(x_hat, n=n_points) ** 2)
-        error = ((out - expected).abs().max() / expected.abs().max()).item()
-        assert error < tolerance * np.log2(n_points), (n_points, error)
-        assert out[:, 0].imag.eq(0).all() and out[:, -1].imag.eq(0).all()
+    for batch in (lanes + 1, lanes + lanes // 2 + 1):
+        for n_points in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+            modes = n_points // 2 + 1
+            x_hat = torch.randn(batch, modes, dtype=dtype, generator=generator) / (1 + torch.arange(modes)) ** 0.5
+            out = torch.full_like(x_hat, float("nan"))
+            # alive during the call: scratch of 6 m + 4 vectors (x, out, the transform), the twiddles
+            scratch = torch.empty((3 * n_points + 4) * lanes, dtype=x_hat.real.dtype)
+            omega = twiddles(n_points, dtype)
+            getattr(lib, f"squared_hat_{suffix}")(batch, n_points // 2, x_hat.data_ptr(), out.data_ptr(),
+                                                  scratch.data_ptr(), omega.data_ptr())
+            expected = torch.fft.rfft(torch.fft.irfft(x_hat, n=n_points) ** 2)
+            error = ((out - expected).abs().max() / expected.abs().max()).item()
+            assert error < tolerance * np.log2(n_points), (batch, n_points, error)
+            assert out[:, 0].imag.eq(0).all() and out[:, -1].imag.eq(0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -179,8 +179,8 @@ def test_threads_split_the_batch_bit_for_bit(monkeypatch):
 
 
 def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
-    """Lanes are independent vertical arithmetic: a member stepped alone (its group padded with zeros),
-    in another lane, in a larger batch or in a second group steps to the same bits."""
+    """Lanes are independent vertical arithmetic: a member stepped alone (a narrow group padded with
+    zeros), in another lane, in a wide group, a larger batch or a second group steps to the same bits."""
     solver = KuramotoSivashinskySpectral(n_points=64)
     plan = solver.plan(solver.dt)
     whole = c_kernels.FourierStep(64, torch.complex128)
