@@ -18,17 +18,20 @@
  * Python-level FFT calls and 4 kernel calls. Members go through it LANES at a time, member l in lane
  * l of every vector (GCC/clang vector extensions, one register of the widest unit -march=native
  * enables; a batch's last few members, at most LANES / 2, in vectors half as wide): each butterfly
- * is then a few vertical vector operations, and a member's arithmetic is the same IEEE operations in
- * whichever lane, width and group it lands -- its bits do not depend on the batch (no FMA
- * contraction: ISO C mode) -- and lanes past the batch hold zeros. This is how FFT libraries vectorise batched 1-d transforms
- * (DUCC's multi-row buffers, FFTW's SIMD codelets); doing it here keeps all eight transforms and the
- * stages of a group in cache, which DUCC's separate calls cannot (~2x their step; docs/performance.md,
- * "Members in vector lanes"). A real transform of n = 2m points is a complex one of m points
- * (x[2j] + i x[2j+1]) plus a split pass (the standard packing, e.g. Press et al., Numerical Recipes,
- * 3rd ed., 12.3.2). The inverse is radix-2 decimation in frequency (natural order in, bit-reversed
- * out), the forward decimation in time (bit-reversed in, natural out), each with two stages fused into
- * one pass over four points (three or four complex products instead of four, half the passes): the
- * squaring between them is pointwise, so no bit-reversal permutation is ever made.
+ * is then a few vertical vector operations, the same IEEE operations in whichever lane, width and
+ * group a member lands (no FMA contraction: ISO C mode), so its bits do not depend on the batch;
+ * lanes past the batch hold zeros. A lone member (batch 1) runs the same source as scalar code,
+ * which the compiler vectorises over (re, im) pairs, contracting some products into FMAs: ~2x the
+ * narrow vectors at N >= 256, its last bits those of that code. Vectorising batched 1-d transforms
+ * across rows is what FFT libraries do (DUCC's multi-row buffers, FFTW's SIMD codelets); doing it
+ * here keeps all eight transforms and the stages of a group in cache, which DUCC's separate calls
+ * cannot (~2x their step; docs/performance.md, "Members in vector lanes").
+ * A real transform of n = 2m points is a complex one of m points (x[2j] + i x[2j+1]) plus a split
+ * pass (the standard packing, e.g. Press et al., Numerical Recipes, 3rd ed., 12.3.2). The inverse
+ * is radix-2 decimation in frequency (natural order in, bit-reversed out), the forward decimation in
+ * time (bit-reversed in, natural out), each with two stages fused into one pass over four points
+ * (three or four complex products instead of four, half the passes): the squaring between them is
+ * pointwise, so no bit-reversal permutation is ever made.
  * omega[k] = exp(-2 pi i k / n), k < m, holds every twiddle: the m-point FFT's exp(-2 pi i j / len)
  * is omega[j n / len].
  *
@@ -136,8 +139,9 @@ static inline void row_out_##tag(index_t modes, index_t kept, value *R v, const 
 }
 
 /* -- the whole Fourier step of the members in the lanes of VEC vectors (member l in lane l of every
- * vector, so the transforms' butterflies are plain vertical vector operations); z holds m complex
- * vectors; the stage rows of the same tag come from DEFINE_STAGE_ROWS -- */
+ * vector, so the transforms' butterflies are plain vertical vector operations; VEC = real: one member,
+ * plain scalar code); z holds m complex vectors; the stage rows of the same tag come from
+ * DEFINE_STAGE_ROWS -- */
 #define DEFINE_LANES(real, VEC, tag)                                                                          \
 /* radix-2 stage of half 1 (twiddle 1) */                                                                     \
 static inline void pairs_##tag(index_t m, VEC *R z) {                                                         \
@@ -204,7 +208,7 @@ static void forward_fft_##tag(index_t m, VEC *R z, const real *R omega) {       
 }                                                                                                             \
 /* out = rfft(irfft(x, n)^2) for the rows in x's lanes, m + 1 modes (irfft ignores the imaginary parts        \
  * of the mean and Nyquist modes, as torch's does); z: m complex vectors of scratch */                        \
-static void squared_hat_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,                                \
+static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,                                \
                                        const real *R omega) {                                                 \
     const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                       \
     VEC x0 = x[0], xm = x[2 * m], zero = {0};                                                                 \
@@ -236,14 +240,14 @@ static void squared_hat_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,  
 static void load_##tag(index_t count, index_t size, const real *R x, VEC *R lanes) {                          \
     for (index_t k = 0; k < size; k++) {                                                                      \
         VEC value = {0};                                                                                      \
-        for (index_t l = 0; l < count; l++) value[l] = x[l * size + k];                                       \
+        for (index_t l = 0; l < count; l++) ((real *)&value)[l] = x[l * size + k];                            \
         lanes[k] = value;                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
 static void store_##tag(index_t count, index_t size, const VEC *R lanes, real *R x) {                         \
     for (index_t k = 0; k < size; k++) {                                                                      \
         VEC value = lanes[k];                                                                                 \
-        for (index_t l = 0; l < count; l++) x[l * size + k] = value[l];                                       \
+        for (index_t l = 0; l < count; l++) x[l * size + k] = ((const real *)&value)[l];                      \
     }                                                                                                         \
 }                                                                                                             \
 /* the whole step of the count <= lanes rows at v, in scratch of 16 m + 14 vectors */                         \
@@ -255,23 +259,23 @@ static void step_##tag(index_t count, index_t m, index_t kept, real *R v, const 
     VEC *x = scratch, *n_v = x + size, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;               \
     VEC *stage = n_d + size, *s = stage + size, *z = s + size;                                                \
     load_##tag(count, size, v, x);                                                                            \
-    squared_hat_##tag(m, x, n_v, z, omega);                                                                   \
+    nonlinear_##tag(m, x, n_v, z, omega);                                                                   \
     row_a_##tag(modes, kept, x, n_v, e2, q, stage);                                                           \
-    squared_hat_##tag(m, stage, n_a, z, omega);                                                               \
+    nonlinear_##tag(m, stage, n_a, z, omega);                                                               \
     row_b_##tag(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                                        \
-    squared_hat_##tag(m, stage, n_b, z, omega);                                                               \
+    nonlinear_##tag(m, stage, n_b, z, omega);                                                               \
     row_d_##tag(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                                       \
-    squared_hat_##tag(m, stage, n_d, z, omega);                                                               \
+    nonlinear_##tag(m, stage, n_d, z, omega);                                                               \
     row_out_##tag(modes, kept, x, n_d, s, e, f_d);                                                            \
     store_##tag(count, size, x, v);                                                                           \
 }                                                                                                             \
 /* rows [0, count) of x through squared_hat into out (the tested entry point's group); scratch: 6 m + 4       \
  * vectors */                                                                                                 \
-static void squared_hat_rows_##tag(index_t count, index_t m, const real *R x, real *R out, VEC *R scratch,    \
+static void nonlinear_rows_##tag(index_t count, index_t m, const real *R x, real *R out, VEC *R scratch,    \
                                    const real *R omega) {                                                     \
     index_t size = 2 * (m + 1);                                                                               \
     load_##tag(count, size, x, scratch);                                                                      \
-    squared_hat_##tag(m, scratch, scratch + size, scratch + 2 * size, omega);                                 \
+    nonlinear_##tag(m, scratch, scratch + size, scratch + 2 * size, omega);                                 \
     store_##tag(count, size, scratch + size, out);                                                            \
 }
 
@@ -281,6 +285,7 @@ typedef real narrow_##suffix __attribute__((vector_size(VECTOR_BYTES / 2), align
 DEFINE_STAGE_ROWS(real, real, suffix)                                                                         \
 DEFINE_STAGE_ROWS(wide_##suffix, real, wide_##suffix)                                                         \
 DEFINE_STAGE_ROWS(narrow_##suffix, real, narrow_##suffix)                                                     \
+DEFINE_LANES(real, real, suffix)                                                                              \
 DEFINE_LANES(real, wide_##suffix, wide_##suffix)                                                              \
 DEFINE_LANES(real, narrow_##suffix, narrow_##suffix)                                                          \
 /* -- the stages over a batch (row offset o = 2 * row * modes reals) -- */                                    \
@@ -320,13 +325,16 @@ void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t k
 }                                                                                                             \
 /* members per wide vector (the scratch is counted in wide vectors of this many reals) */                     \
 index_t whole_step_lanes_##suffix(void) { return LANES(real); }                                               \
-/* the whole step of `count` rows at v: a narrow group where they fit (a batch's last few: about half         \
- * the work of a wide one), else a wide one -- the same arithmetic per lane either way */                     \
+/* the whole step of `count` rows at v: one member alone in scalar code (a lone trajectory: its               \
+ * (re, im) pairs are what the compiler vectorises, ~2x the narrow vectors at N >= 256), a batch's last       \
+ * few in a narrow group (half the work of a wide one), else a wide group */                                  \
 static void step_group_##suffix(index_t count, index_t m, index_t kept, real *R v, const real *R e,           \
                                 const real *R e2, const real *R q, const real *R d_u, const real *R d_b,      \
                                 const real *R f_u, const real *R f_ab, const real *R f_d,                     \
                                 const real *R omega, real *R scratch) {                                       \
-    if (2 * count <= LANES(real))                                                                             \
+    if (count == 1)                                                                                           \
+        step_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega, scratch);                 \
+    else if (2 * count <= LANES(real))                                                                        \
         step_narrow_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega,                    \
                              (narrow_##suffix *)scratch);                                                     \
     else                                                                                                      \
@@ -350,18 +358,20 @@ void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t ke
         }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
-/* the squared-hat transform alone, rows of x into out, in wide and (the last few rows) narrow groups         \
- * as the step takes them (tested against torch's FFTs); scratch: 6 m + 4 wide vectors */                     \
+/* the squared-hat transform alone, rows of x into out, grouped as the step groups them (a lone row,         \
+ * narrow, wide: tested against torch's FFTs); scratch: 6 m + 4 wide vectors */                               \
 void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R scratch,            \
                           const real *R omega) {                                                              \
     index_t lanes = LANES(real), size = 2 * (m + 1);                                                          \
     for (index_t first = 0; first < batch; first += lanes) {                                                  \
         index_t count = batch - first < lanes ? batch - first : lanes;                                        \
-        if (2 * count <= lanes)                                                                               \
-            squared_hat_rows_narrow_##suffix(count, m, x + first * size, out + first * size,                  \
+        if (count == 1)                                                                                       \
+            nonlinear_rows_##suffix(count, m, x + first * size, out + first * size, scratch, omega);          \
+        else if (2 * count <= lanes)                                                                          \
+            nonlinear_rows_narrow_##suffix(count, m, x + first * size, out + first * size,                  \
                                              (narrow_##suffix *)scratch, omega);                              \
         else                                                                                                  \
-            squared_hat_rows_wide_##suffix(count, m, x + first * size, out + first * size,                    \
+            nonlinear_rows_wide_##suffix(count, m, x + first * size, out + first * size,                    \
                                            (wide_##suffix *)scratch, omega);                                  \
     }                                                                                                         \
 }                                                                                                             \

@@ -42,13 +42,14 @@ def test_its_transform_pair_is_torchs_irfft_square_rfft(dtype):
     """``squared_hat``: the radix-2 inverse (decimation in frequency), square and forward (decimation
     in time) through the half-length complex FFT, against torch's real FFTs at every size up to 4096;
     the imaginary parts of the mean and Nyquist modes are ignored, as ``irfft`` ignores them. The
-    batches end in a part of a group of lanes that takes narrow vectors, and one that takes wide ones."""
+    batches end in a lone row (scalar code), a part of a group of lanes that takes narrow vectors, and
+    one that takes wide ones."""
     lib, suffix = c_kernels.library(), "f64" if dtype == torch.complex128 else "f32"
     lanes = getattr(lib, f"whole_step_lanes_{suffix}")()
     assert lanes >= 4 and lanes & (lanes - 1) == 0
     generator = torch.Generator().manual_seed(11)
     tolerance = 1e-14 if dtype == torch.complex128 else 2e-6
-    for batch in (lanes + 1, lanes + lanes // 2 + 1):
+    for batch in (lanes + 1, lanes + 2, lanes + lanes // 2 + 1):
         for n_points in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
             modes = n_points // 2 + 1
             x_hat = torch.randn(batch, modes, dtype=dtype, generator=generator) / (1 + torch.arange(modes)) ** 0.5
@@ -179,8 +180,9 @@ def test_threads_split_the_batch_bit_for_bit(monkeypatch):
 
 
 def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
-    """Lanes are independent vertical arithmetic: a member stepped alone (a narrow group padded with
-    zeros), in another lane, in a wide group, a larger batch or a second group steps to the same bits."""
+    """Lanes are independent vertical arithmetic: a member stepped in a narrow group, in another lane,
+    in a wide group, a larger batch or a second group steps to the same bits. Alone it takes scalar code
+    the compiler may contract into FMAs: the same step to rounding."""
     solver = KuramotoSivashinskySpectral(n_points=64)
     plan = solver.plan(solver.dt)
     whole = c_kernels.FourierStep(64, torch.complex128)
@@ -195,9 +197,13 @@ def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
 
     everyone = stepped(slice(None))
     member = whole.lanes + 1  # the second group's second lane
-    for rows, position in ((slice(member, member + 1), 0), (slice(member - 1, None), 1), (slice(2, member + 2), member - 2)):
+    # a narrow pair; a wide group then a narrow tail; a wide group then a lone row; lane 0 of a second group
+    for rows, position in ((slice(member, member + 2), 0), (slice(member - 1, None), 1),
+                           (slice(2, member + 2), member - 2), (slice(1, None), member - 1)):
         assert torch.equal(stepped(rows)[position], everyone[member]), rows
     assert not torch.equal(everyone[member], everyone[member - 1])
+    alone = stepped(slice(member, member + 1))[0]
+    torch.testing.assert_close(alone, everyone[member], rtol=0, atol=1e-13 * everyone[member].abs().max().item())
 
 
 def test_on_several_threads_it_steps_every_batch(whole_calls):
