@@ -236,18 +236,20 @@ static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,    
     }                                                                                                         \
 }                                                                                                             \
 /* rows [0, count) of x (rows of `size` reals) into the lanes of `lanes` (size vectors), zeros in the         \
- * lanes past count: a member's arithmetic never meets another's, nor garbage */                              \
+ * lanes past count: a member's arithmetic never meets another's, nor garbage; a union is C99's way to        \
+ * read and write a vector's lanes as reals (for plain reals too: VEC = real) */                              \
 static void load_##tag(index_t count, index_t size, const real *R x, VEC *R lanes) {                          \
     for (index_t k = 0; k < size; k++) {                                                                      \
-        VEC value = {0};                                                                                      \
-        for (index_t l = 0; l < count; l++) ((real *)&value)[l] = x[l * size + k];                            \
-        lanes[k] = value;                                                                                     \
+        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } value;                                   \
+        for (index_t l = 0; l < (index_t)(sizeof(VEC) / sizeof(real)); l++)                                   \
+            value.lane[l] = l < count ? x[l * size + k] : 0;                                                  \
+        lanes[k] = value.vector;                                                                              \
     }                                                                                                         \
 }                                                                                                             \
 static void store_##tag(index_t count, index_t size, const VEC *R lanes, real *R x) {                         \
     for (index_t k = 0; k < size; k++) {                                                                      \
-        VEC value = lanes[k];                                                                                 \
-        for (index_t l = 0; l < count; l++) x[l * size + k] = ((const real *)&value)[l];                      \
+        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } value = {lanes[k]};                      \
+        for (index_t l = 0; l < count; l++) x[l * size + k] = value.lane[l];                                  \
     }                                                                                                         \
 }                                                                                                             \
 /* the whole step of the count <= lanes rows at v, in scratch of 16 m + 14 vectors */                         \
