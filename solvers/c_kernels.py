@@ -177,6 +177,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         function = getattr(lib, f"fourier_step_{suffix}")
         function.argtypes = [integer] * 4 + [pointer] * 11
         function.restype = None
+        function = getattr(lib, f"fourier_step_packed_{suffix}")
+        function.argtypes = [integer] * 2 + [pointer] * 2
+        function.restype = None
         function = getattr(lib, f"whole_step_lanes_{suffix}")
         function.argtypes, function.restype = [], integer
         function = getattr(lib, f"squared_hat_{suffix}")
@@ -326,7 +329,8 @@ class FourierStep:
 
     One ctypes call a step where the FFT path makes ~12 Python-level calls, and ~2x its arithmetic
     speed (docs/performance.md, "Members in vector lanes"); ``n_points`` a power of two (``supports``).
-    The plan's addresses are taken once per plan, so a step is one ctypes call plus a few attribute reads.
+    The plan's addresses are packed once per plan, so a step is one ctypes call of four arguments plus
+    a few attribute reads.
     """
 
     def __init__(self, n_points: int, complex_dtype: torch.dtype):
@@ -343,8 +347,8 @@ class FourierStep:
         # per thread: 7 rows of modes + the transform's m complex values, each entry a vector of lanes
         self._scratch_entries = (16 * half + 14) * self.lanes
         self._scratch = torch.empty(self._scratch_entries, dtype=self._real_dtype)
-        self._function = getattr(lib, "fourier_step_" + suffix)
-        self._plan, self._arguments = None, ()
+        self._function = getattr(lib, "fourier_step_packed_" + suffix)
+        self._plan, self._arguments = None, None
 
     @staticmethod
     def supports(n_points: int) -> bool:
@@ -354,11 +358,13 @@ class FourierStep:
         return FourierStep, (self.n_points, self.complex_dtype)
 
     def _bind(self, plan) -> None:
-        """Take the addresses of ``plan``'s folded coefficients (no closure) and of the scratch."""
+        """Pack the grid sizes and the addresses of ``plan``'s folded coefficients (no closure) and of the
+        scratch into one int64 tensor, the kernel's one argument besides the state."""
         c = plan.folded
         self._plan = plan  # keeps the tensors behind the addresses alive
-        self._arguments = (self.n_points // 2, plan.folded_low.q.shape[-1], *(
-            _address(x) for x in (plan.E, plan.E2, c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d, self.omega, self._scratch)))
+        self._arguments = torch.tensor([self.n_points // 2, plan.folded_low.q.shape[-1], *(
+            _address(x) for x in (plan.E, plan.E2, c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d, self.omega, self._scratch))],
+            dtype=torch.int64)
 
     def __call__(self, u_hat: Tensor, plan) -> Tensor:
         """One step of ``u_hat`` in place with ``plan`` (an ``ETDRK4Plan`` of this grid and dtype)."""
@@ -370,8 +376,7 @@ class FourierStep:
             self._plan = None
         if plan is not self._plan:
             self._bind(plan)
-        arguments = self._arguments
-        self._function(threads, batch, arguments[0], arguments[1], u_hat.data_ptr(), *arguments[2:])
+        self._function(threads, batch, u_hat.data_ptr(), self._arguments.data_ptr())
         torch.autograd.graph.increment_version(u_hat)
         return u_hat
 
