@@ -16,16 +16,16 @@
  * Whole Fourier step (fourier_step, no closure, n a power of two): the four stages with their own
  * transforms, N(x) = rfft(irfft(x)^2), in scratch that stays in cache, one call a step instead of ~8
  * Python-level FFT calls and 4 kernel calls. Members go through it LANES at a time, member l in lane
- * l of every vector (GCC/clang vector extensions, one register of the widest unit -march=native
- * enables; a batch's last few members, at most LANES / 2, in vectors half as wide): each butterfly
- * is then a few vertical vector operations, the same IEEE operations in whichever lane, width and
- * group a member lands (no FMA contraction: ISO C mode), so its bits do not depend on the batch;
- * lanes past the batch hold zeros. A lone member (batch 1) runs the same source as scalar code,
- * which the compiler vectorises over (re, im) pairs, contracting some products into FMAs: ~2x the
- * narrow vectors at N >= 256, its last bits those of that code. Vectorising batched 1-d transforms
- * across rows is what FFT libraries do (DUCC's multi-row buffers, FFTW's SIMD codelets); doing it
- * here keeps all eight transforms and the stages of a group in cache, which DUCC's separate calls
- * cannot (~2x their step; docs/performance.md, "Members in vector lanes").
+ * l of every vector (GCC/clang vector extensions of 32 bytes, 64 with AVX-512; a batch's last few
+ * members, at most LANES / 2, in vectors half as wide): each butterfly is then a few vertical vector
+ * operations, the same IEEE operations in whichever lane, width and group a member lands (no FMA
+ * contraction: -ffp-contract=off), so its bits do not depend on the batch; lanes past the batch hold
+ * zeros. A lone member (batch 1) runs the same source as scalar code, which GCC's vectoriser turns
+ * into (re, im) pair operations, some of them fused multiply-adds (fmaddsub) that the flag does not
+ * stop: ~2x the narrow vectors at N >= 256, its last bits those of that code. Vectorising batched
+ * 1-d transforms across rows is what FFT libraries do (DUCC's multi-row buffers, FFTW's SIMD
+ * codelets); doing it here keeps all eight transforms and the stages of a group in cache, which DUCC's
+ * separate calls cannot (~2x their step; docs/performance.md, "Members in vector lanes").
  * A real transform of n = 2m points is a complex one of m points (x[2j] + i x[2j+1]) plus a split
  * pass (the standard packing, e.g. Press et al., Numerical Recipes, 3rd ed., 12.3.2). The inverse
  * is radix-2 decimation in frequency (natural order in, bit-reversed out), the forward decimation in
@@ -47,7 +47,7 @@
 #include <stdint.h>
 
 #define R restrict
-/* the whole step's vectors: one register of the widest vector unit -march=native enables */
+/* the whole step's vectors: 32 bytes, or 64 where -march=native enables AVX-512 */
 #if defined(__AVX512F__)
 #define VECTOR_BYTES 64
 #else

@@ -41,7 +41,9 @@ __all__ = ["library", "available", "unavailable_reason", "openmp", "threads_for"
            "fused_fourier_step_into", "FourierStep", "DenseStep", "cache_directory"]
 
 SOURCE = Path(__file__).with_name("_kernels.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99")
+#: ``-ffp-contract=off``: no FMA contraction of the vector-lane arithmetic, so a member's bits do not
+#: depend on its lane or the build's vector width; GCC's ISO C mode already does this, clang's does not
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99", "-ffp-contract=off")
 #: tried first; a compiler without OpenMP (Apple's clang) builds the kernels without it
 OPENMP_FLAG = "-fopenmp"
 #: the stage kernels share their rows among threads from this many complex entries on (2 threads:
@@ -186,7 +188,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         function.argtypes = [integer] * 2 + [pointer] * 4
         function.restype = None
     lib.kernels_openmp.argtypes, lib.kernels_openmp.restype = [], ctypes.c_int
-    lib.built_with_openmp = bool(lib.kernels_openmp())  # read once: whole_step_fits asks every step
+    lib.built_with_openmp = bool(lib.kernels_openmp())  # read once, a plain attribute after
 
 
 def library() -> ctypes.CDLL | None:
@@ -251,10 +253,10 @@ def openmp() -> bool:
 
 def whole_step_fits(batch: int, n_points: int) -> bool:
     """Whether ``FourierStep`` is the faster step for ``batch`` members of ``n_points``: at every size
-    measured, on one thread and on several (its members in vector lanes: 1.8-2.9x DUCC's transforms with
-    the stage kernels between them, from N = 64 to 4096 and batch 1 to 2048; docs/performance.md,
-    "Members in vector lanes"). The one place that chooses, so that tests can send a step to the stage
-    kernels instead (``tests/conftest.py``, ``stage_kernels``)."""
+    measured, on one thread and on several (its members in vector lanes: 1.6-1.9x the DUCC transforms
+    with the stage kernels between them at the issue's batched sizes, level with the per-member step it
+    replaced at batch 1; docs/performance.md, "Members in vector lanes"). The one place that chooses, so
+    that tests can send a step to the stage kernels instead (``tests/conftest.py``, ``stage_kernels``)."""
     return True
 
 
@@ -341,7 +343,7 @@ class FourierStep:
         # twiddles in float64, rounded once to the step's precision
         self.omega = torch.as_tensor(np.exp(-2j * np.pi * np.arange(half) / n_points), dtype=complex_dtype)
         lib = library()
-        #: members a call steps together (one vector register's worth: 4 or 8 in float64)
+        #: members a call steps together (32 bytes of them, 64 with AVX-512: 4 or 8 in float64)
         self.lanes = int(getattr(lib, "whole_step_lanes_" + suffix)())
         self._real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
         # per thread: 7 rows of modes + the transform's m complex values, each entry a vector of lanes

@@ -97,16 +97,19 @@ class FusedKernelChecks:
 
     def _whole_fourier_step(self, u_hat: Tensor, plan: ETDRK4Plan):
         """The compiled whole step (``c_kernels.FourierStep``) for ``u_hat`` where it applies, once it
-        made the torch step's increment on a probe state; else ``None``."""
+        made the torch step's increment on probe states through each of its code paths; else ``None``."""
         if not (self._whole_step_fits(u_hat.shape[0]) and self._fusable(u_hat) and c_kernels.available(u_hat)):
             return None
         if self._whole_step is None:
             whole = c_kernels.FourierStep(self.n_points, self.complex_dtype)
-            probe = self._fused_probe(u_hat)
-            expected = self._unfused_probe_step(probe, plan, plan.folded, plan.folded_low,
-                                                self._fourier_workspace(probe.shape[0]))
-            if not self._fused_agrees(probe, expected, lambda: whole(probe.clone(), plan)):
-                return None
+            # the step has three code paths (wide groups of lanes, a narrow group, a lone member): a probe
+            # of lanes + 1 members takes the first and last, one of 2 the narrow group
+            for batch in (whole.lanes + 1, 2):
+                probe = self._fused_probe(u_hat.new_empty((batch, u_hat.shape[1])))
+                expected = self._unfused_probe_step(probe, plan, plan.folded, plan.folded_low,
+                                                    self._fourier_workspace(batch))
+                if not self._fused_agrees(probe, expected, lambda probe=probe: whole(probe.clone(), plan)):
+                    return None
             self._whole_step = whole
         return self._whole_step
 

@@ -88,7 +88,7 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
         self._fused_checked = False
         self.ducc_fft = cpu_fft.HAVE_DUCC
         self._ducc_squared: dict[int, cpu_fft.SquaredHat] = {}
-        #: small batches without a closure: the compiled whole Fourier step (``c_kernels.FourierStep``)
+        #: steps without a closure: the compiled whole Fourier step (``c_kernels.FourierStep``)
         self.whole_fourier_step = True
         self._whole_step: c_kernels.FourierStep | None = None
 
@@ -202,7 +202,7 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
             return fourier_step(u_hat, plan, *self._nonlinear_terms(t, dt))
         if in_place and self.closure is None:
             whole = self._whole_fourier_step(u_hat, plan)
-            if whole is not None:  # small batches: the whole step in one compiled call
+            if whole is not None:  # no closure: the whole step in one compiled call
                 return whole(u_hat, plan)
         workspace = self._fourier_workspace(u_hat.shape[0])
         coefficients, nonlinear = self._nonlinear_terms(t, dt, differentiable=False)
@@ -270,7 +270,7 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
     def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
         if state.is_complex():  # the Fourier state is ours (made by to_internal): update it in place
             whole = self._whole_step
-            # small batches: the per-step Python work is what costs, so go straight to the compiled step
+            # no closure: straight to the compiled whole step (small batches: the Python work is what costs)
             if whole is not None and self._whole_step_fits(state.shape[0]) and self._fusable(state):
                 return whole(state, self.plan(dt))
             return self._fourier_step(t, state, dt, in_place=True)

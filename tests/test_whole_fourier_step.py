@@ -33,6 +33,12 @@ def whole_calls(monkeypatch):
     return calls
 
 
+def probe_batches(complex_dtype=torch.complex128) -> list[int]:
+    """The batches of the probe checks before first use: one through wide groups and a lone member,
+    one through a narrow group."""
+    return [c_kernels.FourierStep(64, complex_dtype).lanes + 1, 2]
+
+
 def twiddles(n_points: int, dtype) -> torch.Tensor:
     return torch.as_tensor(np.exp(-2j * np.pi * np.arange(n_points // 2) / n_points), dtype=dtype)
 
@@ -73,7 +79,9 @@ def test_it_steps_as_the_torch_step_does(dtype, whole_calls):
         assert (plain[:, -1] - plain[:, 0]).abs().max() > 0.1
         tolerance = 1e-13 if dtype == torch.float64 else 2e-5
         torch.testing.assert_close(compiled, plain, rtol=0, atol=tolerance * plain.abs().max().item())
-    assert whole_calls == [1] * 41 + [7] * 41 + [3] * 41 + [2] * 41 + [5] * 41 + [19] * 41  # each: the probe check, 40 steps
+    # each: the probe checks (wide groups + a lone member, a narrow group), then 40 steps
+    probes = probe_batches(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    assert whole_calls == [call for batch in (1, 7, 3, 2, 5, 19) for call in (*probes, *[batch] * 40)]
 
 
 def test_auto_takes_it_over_the_dense_step_for_trajectories_without_a_closure(whole_calls):
@@ -87,9 +95,9 @@ def test_auto_takes_it_over_the_dense_step_for_trajectories_without_a_closure(wh
         assert with_closure._use_dense(u, trajectory=True)
         bare.rollout(u, 3)
         with_closure.rollout(u, 3)
-        assert whole_calls == [2] * 4 and not bare._dense and with_closure._dense
+        assert whole_calls == [*probe_batches(), 2, 2, 2] and not bare._dense and with_closure._dense
         bare.step(0.0, u)
-        assert whole_calls == [2] * 4 and bare._dense
+        assert whole_calls == [*probe_batches(), 2, 2, 2] and bare._dense
 
 
 def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
@@ -156,6 +164,22 @@ def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
     torch.testing.assert_close(compiled, plain, rtol=0, atol=0)
 
 
+def test_each_code_path_is_checked_before_first_use(monkeypatch):
+    """A fault in one path only -- here the narrow group, batch 2 -- drops the step even when the first
+    trajectory (batch 1) would never take that path."""
+    original = c_kernels.FourierStep.__call__
+
+    def wrong_in_narrow_groups(self, u_hat, plan):
+        out = original(self, u_hat, plan)
+        return out.mul_(1.001) if u_hat.shape[0] == 2 else out
+
+    monkeypatch.setattr(c_kernels.FourierStep, "__call__", wrong_in_narrow_groups)
+    with pytest.warns(RuntimeWarning, match="differ from the unfused"):
+        solver, compiled, plain = fused_and_unfused(64, 1, steps=10)
+    assert not solver.fused_updates and solver._whole_step is None
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=0)
+
+
 def test_threads_split_the_batch_bit_for_bit(monkeypatch):
     """With its groups of lanes shared among threads (forced here below the kernels' grain), each block
     with its own scratch, the step is the same to the last bit."""
@@ -215,7 +239,7 @@ def test_on_several_threads_it_steps_every_batch(whole_calls):
     finally:
         torch.set_num_threads(previous)
     threads = 2 if c_kernels.openmp() else 1
-    assert whole_calls == [batch] * 21 and solver._whole_step._scratch.numel() >= threads * solver._whole_step._scratch_entries
+    assert whole_calls == [*probe_batches(), *[batch] * 20] and solver._whole_step._scratch.numel() >= threads * solver._whole_step._scratch_entries
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-13 * plain.abs().max().item())
 
 
