@@ -50,12 +50,14 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
 
     The FFT path's elementwise updates run as four fused kernels (``solvers.fused_stages``): Triton on
     a GPU (part of CUDA builds of PyTorch), C on the CPU where a compiler is found
-    (``solvers.c_kernels``, which also compiles the whole dense step without a closure); on a GPU the
-    dense step is one Triton kernel a stage (``solvers.fused_dense``); attribute ``fused_updates``
-    (default ``True``) turns all of that off. With the C kernels and ``ducc0`` installed
-    (the ``fast`` extra), the quadratic term's FFTs go through DUCC (``solvers.cpu_fft``; attribute
-    ``ducc_fft``). Before their first step they are checked against the unfused torch step on a
-    smooth probe state (a failure or disagreement means unfused steps from then on, with a warning).
+    (``solvers.c_kernels``, which also compiles the whole dense step without a closure, and on a
+    power-of-two grid without a closure the whole Fourier step, transforms included, 8 or 4 members at
+    once in vector lanes: attribute ``whole_fourier_step``); on a GPU the dense step is one Triton
+    kernel a stage (``solvers.fused_dense``); attribute ``fused_updates`` (default ``True``) turns all
+    of that off. With the C kernels and ``ducc0`` installed (the ``fast`` extra), the quadratic term's
+    FFTs of the other steps go through DUCC (``solvers.cpu_fft``; attribute ``ducc_fft``). Before their
+    first step they are checked against the unfused torch step on smooth probe states (a failure or
+    disagreement means unfused steps from then on, with a warning).
 
     States are physical-space fields ``u: (batch, n_points)``.
     """
