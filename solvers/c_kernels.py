@@ -49,6 +49,10 @@ OPENMP_FLAG = "-fopenmp"
 #: the stage kernels share their rows among threads from this many complex entries on (2 threads:
 #: 1.3x at 4224 entries, 1.4x at 8448, 1.8x from 33792; docs/performance.md, "Threads")
 PARALLEL_GRAIN = 4096
+#: the whole Fourier step shares its groups of lanes among threads from this many complex entries on
+#: (and two groups): it does more work per entry than a stage kernel (2 threads / 1, N = 64: 1.02x at
+#: 528 entries, 1.20x at 1056, 1.49x at 2112; N = 256, 2064 entries: 1.54x)
+WHOLE_STEP_GRAIN = 1024
 _SUFFIX = {torch.float64: "f64", torch.complex128: "f64", torch.float32: "f32", torch.complex64: "f32"}
 
 _state: dict[str, object] = {"tried": False, "library": None, "reason": "not built yet"}
@@ -260,9 +264,10 @@ def whole_step_fits(batch: int, n_points: int) -> bool:
     return True
 
 
-def threads_for(x: Tensor) -> int:
-    """How many threads the stage kernels give ``x``: torch's intra-op count for large arrays, else 1."""
-    return torch.get_num_threads() if x.numel() > PARALLEL_GRAIN else 1
+def threads_for(x: Tensor, grain: int | None = None) -> int:
+    """How many threads the stage kernels give ``x``: torch's intra-op count for arrays of more than
+    ``grain`` entries (``PARALLEL_GRAIN`` if ``None``), else 1."""
+    return torch.get_num_threads() if x.numel() > (PARALLEL_GRAIN if grain is None else grain) else 1
 
 
 def _address(x: Tensor) -> int:
@@ -372,7 +377,7 @@ class FourierStep:
         """One step of ``u_hat`` in place with ``plan`` (an ``ETDRK4Plan`` of this grid and dtype)."""
         batch = u_hat.shape[0]
         groups = -(-batch // self.lanes)
-        threads = min(threads_for(u_hat), groups) or 1
+        threads = min(threads_for(u_hat, WHOLE_STEP_GRAIN), groups) or 1
         if threads * self._scratch_entries > self._scratch.numel():
             self._scratch = torch.empty(threads * self._scratch_entries, dtype=self._real_dtype)
             self._plan = None

@@ -183,7 +183,7 @@ def test_each_code_path_is_checked_before_first_use(monkeypatch):
 def test_threads_split_the_batch_bit_for_bit(monkeypatch):
     """With its groups of lanes shared among threads (forced here below the kernels' grain), each block
     with its own scratch, the step is the same to the last bit."""
-    monkeypatch.setattr(c_kernels, "PARALLEL_GRAIN", 0)
+    monkeypatch.setattr(c_kernels, "WHOLE_STEP_GRAIN", 0)
     solver = KuramotoSivashinskySpectral(n_points=128)
     plan, whole = solver.plan(solver.dt), c_kernels.FourierStep(128, torch.complex128)
     members = 3 * whole.lanes + 1  # four groups
@@ -228,6 +228,23 @@ def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
     assert not torch.equal(everyone[member], everyone[member - 1])
     alone = stepped(slice(member, member + 1))[0]
     torch.testing.assert_close(alone, everyone[member], rtol=0, atol=1e-13 * everyone[member].abs().max().item())
+
+
+def test_groups_are_shared_among_threads_from_the_whole_step_grain():
+    """More than ``WHOLE_STEP_GRAIN`` complex entries and two groups of lanes: every torch thread."""
+    solver = KuramotoSivashinskySpectral(n_points=64)
+    plan, whole = solver.plan(solver.dt), c_kernels.FourierStep(64, torch.complex128)
+    seen, function = [], whole._function
+    whole._function = lambda threads, *arguments: (seen.append(threads), function(threads, *arguments))[1]
+    over = c_kernels.WHOLE_STEP_GRAIN // 33 + 1  # 33 modes a member
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for batch in (1, over - 1, over):
+            whole(solver.to_fourier(smooth_state(solver, batch)), plan)
+    finally:
+        torch.set_num_threads(previous)
+    assert over > whole.lanes and seen == [1, 1, 2]
 
 
 def test_on_several_threads_it_steps_every_batch(whole_calls):
