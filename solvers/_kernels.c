@@ -25,7 +25,10 @@
  * stop: ~2x the narrow vectors at N >= 256, its last bits those of that code. Vectorising batched
  * 1-d transforms across rows is what FFT libraries do (DUCC's multi-row buffers, FFTW's SIMD
  * codelets); doing it here keeps all eight transforms and the stages of a group in cache, which DUCC's
- * separate calls cannot (~2x their step; docs/performance.md, "Members in vector lanes").
+ * separate calls cannot (~2x their step; docs/performance.md, "Members in vector lanes"). Its
+ * physical entry point (physical_step_packed: the public step() of physical fields) also does the
+ * transforms to Fourier space and back in the same pass, loading and storing the fields through a
+ * bit-reversal table, as the transforms run bit-reversed in the middle.
  * A real transform of n = 2m points is a complex one of m points (x[2j] + i x[2j+1]) plus a split
  * pass (the standard packing, e.g. Press et al., Numerical Recipes, 3rd ed., 12.3.2). The inverse
  * is radix-2 decimation in frequency (natural order in, bit-reversed out), the forward decimation in
@@ -206,12 +209,11 @@ static void forward_fft_##tag(index_t m, VEC *R z, const real *R omega) {       
             }                                                                                                 \
     }                                                                                                         \
 }                                                                                                             \
-/* out = rfft(irfft(x, n)^2) for the rows in x's lanes, m + 1 modes (irfft ignores the imaginary parts        \
- * of the mean and Nyquist modes, as torch's does); z: m complex vectors of scratch */                        \
-static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,                                \
-                                       const real *R omega) {                                                 \
+/* z = irfft(x, n) for the rows in x's lanes, m + 1 modes, as m complex values (z_j = u_2j + i u_2j+1) in     \
+ * bit-reversed order (irfft ignores the imaginary parts of the mean and Nyquist modes, as torch's does) */   \
+static void to_physical_##tag(index_t m, const VEC *R x, VEC *R z, const real *R omega) {                     \
     const real half = (real)0.5 / (real)m;  /* the split's 1/2 and the inverse's 1/m */                       \
-    VEC x0 = x[0], xm = x[2 * m], zero = {0};                                                                 \
+    VEC x0 = x[0], xm = x[2 * m];                                                                             \
     z[0] = (x0 + xm) * half; z[1] = (x0 - xm) * half;                                                         \
     for (index_t k = 1; k < m; k++) {                                                                         \
         /* E = (X_k + conj X_{m-k}) / 2, O = (X_k - conj X_{m-k}) conj(omega_k) / 2, Z_k = E + i O */         \
@@ -222,7 +224,11 @@ static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,    
         z[2 * k] = (a_re + b_re - o_im) * half; z[2 * k + 1] = (a_im + b_im + o_re) * half;                   \
     }                                                                                                         \
     inverse_fft_##tag(m, z, omega);                                                                           \
-    for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                         \
+}                                                                                                             \
+/* out = rfft(u) (m + 1 modes) of the field in z, packed and bit-reversed as to_physical leaves it;           \
+ * z is overwritten */                                                                                        \
+static void to_fourier_##tag(index_t m, VEC *R z, VEC *R out, const real *R omega) {                          \
+    VEC zero = {0};                                                                                           \
     forward_fft_##tag(m, z, omega);                                                                           \
     out[0] = z[0] + z[1]; out[1] = zero;                                                                      \
     out[2 * m] = z[0] - z[1]; out[2 * m + 1] = zero;                                                          \
@@ -234,6 +240,12 @@ static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z,    
         real w_re = omega[2 * k], w_im = omega[2 * k + 1];                                                    \
         out[2 * k] = e_re + w_re * o_re - w_im * o_im; out[2 * k + 1] = e_im + w_re * o_im + w_im * o_re;     \
     }                                                                                                         \
+}                                                                                                             \
+/* out = rfft(irfft(x, n)^2), the quadratic term; z: m complex vectors of scratch */                          \
+static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z, const real *R omega) {           \
+    to_physical_##tag(m, x, z, omega);                                                                        \
+    for (index_t j = 0; j < 2 * m; j++) z[j] *= z[j];                                                         \
+    to_fourier_##tag(m, z, out, omega);                                                                       \
 }                                                                                                             \
 /* rows [0, count) of x (rows of `size` reals) into the lanes of `lanes` (size vectors), zeros in the         \
  * lanes past count: a member's arithmetic never meets another's, nor garbage; a union is C99's way to        \
@@ -252,24 +264,64 @@ static void store_##tag(index_t count, index_t size, const VEC *R lanes, real *R
         for (index_t l = 0; l < count; l++) x[l * size + k] = value.lane[l];                                  \
     }                                                                                                         \
 }                                                                                                             \
-/* the whole step of the count <= lanes rows at v, in scratch of 16 m + 14 vectors */                         \
-static void step_##tag(index_t count, index_t m, index_t kept, real *R v, const real *R e,                    \
-                                const real *R e2, const real *R q, const real *R d_u, const real *R d_b,      \
-                                const real *R f_u, const real *R f_ab, const real *R f_d,                     \
-                                const real *R omega, VEC *R scratch) {                                        \
-    index_t modes = m + 1, size = 2 * modes;                                                                  \
+/* rows [0, count) of physical fields u (n = 2m reals each) into z's lanes in the bit-reversed order          \
+ * to_fourier takes (complex sample j = u_2j + i u_2j+1 at position bitrev[j]), and back */                   \
+static void load_physical_##tag(index_t count, index_t m, const real *R u, const int64_t *R bitrev,           \
+                                VEC *R z) {                                                                   \
+    for (index_t j = 0; j < m; j++) {                                                                         \
+        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } re, im;                                  \
+        for (index_t l = 0; l < (index_t)(sizeof(VEC) / sizeof(real)); l++) {                                 \
+            re.lane[l] = l < count ? u[l * 2 * m + 2 * j] : 0;                                                \
+            im.lane[l] = l < count ? u[l * 2 * m + 2 * j + 1] : 0;                                            \
+        }                                                                                                     \
+        z[2 * bitrev[j]] = re.vector; z[2 * bitrev[j] + 1] = im.vector;                                       \
+    }                                                                                                         \
+}                                                                                                             \
+static void store_physical_##tag(index_t count, index_t m, const VEC *R z, const int64_t *R bitrev,           \
+                                 real *R u) {                                                                 \
+    for (index_t j = 0; j < m; j++) {                                                                         \
+        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } re = {z[2 * bitrev[j]]},                 \
+                                                                   im = {z[2 * bitrev[j] + 1]};               \
+        for (index_t l = 0; l < count; l++) {                                                                 \
+            u[l * 2 * m + 2 * j] = re.lane[l];                                                                \
+            u[l * 2 * m + 2 * j + 1] = im.lane[l];                                                            \
+        }                                                                                                     \
+    }                                                                                                         \
+}                                                                                                             \
+/* the whole step of the count <= lanes rows at `in` into `out` (which may be `in`), in scratch of            \
+ * 16 m + 14 vectors: Fourier rows (m + 1 modes), or with `physical` physical rows (n reals), taken to        \
+ * Fourier space and back in cache; a: the packed arguments (whole_step_##suffix) */                          \
+static void step_##tag(index_t count, const real *in, real *out, int physical, const int64_t *R a,            \
+                       VEC *R scratch) {                                                                      \
+    index_t m = a[0], kept = a[1], modes = m + 1, size = 2 * modes;                                           \
+    const real *e = (const real *)(intptr_t)a[2], *e2 = (const real *)(intptr_t)a[3];                         \
+    const real *q = (const real *)(intptr_t)a[4], *d_u = (const real *)(intptr_t)a[5];                        \
+    const real *d_b = (const real *)(intptr_t)a[6], *f_u = (const real *)(intptr_t)a[7];                      \
+    const real *f_ab = (const real *)(intptr_t)a[8], *f_d = (const real *)(intptr_t)a[9];                     \
+    const real *omega = (const real *)(intptr_t)a[10];                                                        \
+    const int64_t *bitrev = (const int64_t *)(intptr_t)a[12];                                                 \
     VEC *x = scratch, *n_v = x + size, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;               \
     VEC *stage = n_d + size, *s = stage + size, *z = s + size;                                                \
-    load_##tag(count, size, v, x);                                                                            \
-    nonlinear_##tag(m, x, n_v, z, omega);                                                                   \
+    if (physical) {                                                                                           \
+        load_physical_##tag(count, m, in, bitrev, z);                                                         \
+        to_fourier_##tag(m, z, x, omega);                                                                     \
+    } else {                                                                                                  \
+        load_##tag(count, size, in, x);                                                                       \
+    }                                                                                                         \
+    nonlinear_##tag(m, x, n_v, z, omega);                                                                     \
     row_a_##tag(modes, kept, x, n_v, e2, q, stage);                                                           \
-    nonlinear_##tag(m, stage, n_a, z, omega);                                                               \
+    nonlinear_##tag(m, stage, n_a, z, omega);                                                                 \
     row_b_##tag(modes, kept, x, n_v, n_a, e2, q, f_u, f_ab, stage, s);                                        \
-    nonlinear_##tag(m, stage, n_b, z, omega);                                                               \
+    nonlinear_##tag(m, stage, n_b, z, omega);                                                                 \
     row_d_##tag(modes, kept, x, n_v, n_b, e, d_u, d_b, f_ab, stage, s);                                       \
-    nonlinear_##tag(m, stage, n_d, z, omega);                                                               \
+    nonlinear_##tag(m, stage, n_d, z, omega);                                                                 \
     row_out_##tag(modes, kept, x, n_d, s, e, f_d);                                                            \
-    store_##tag(count, size, x, v);                                                                           \
+    if (physical) {                                                                                           \
+        to_physical_##tag(m, x, z, omega);                                                                    \
+        store_physical_##tag(count, m, z, bitrev, out);                                                       \
+    } else {                                                                                                  \
+        store_##tag(count, size, x, out);                                                                     \
+    }                                                                                                         \
 }                                                                                                             \
 /* rows [0, count) of x through squared_hat into out (the tested entry point's group); scratch: 6 m + 4       \
  * vectors */                                                                                                 \
@@ -327,48 +379,46 @@ void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t k
 }                                                                                                             \
 /* members per wide vector (the scratch is counted in wide vectors of this many reals) */                     \
 index_t whole_step_lanes_##suffix(void) { return LANES(real); }                                               \
-/* the whole step of `count` rows at v: one member alone in scalar code (a lone trajectory: its               \
- * (re, im) pairs are what the compiler vectorises, ~2x the narrow vectors at N >= 256), a batch's last       \
- * few in a narrow group (half the work of a wide one), else a wide group */                                  \
-static void step_group_##suffix(index_t count, index_t m, index_t kept, real *R v, const real *R e,           \
-                                const real *R e2, const real *R q, const real *R d_u, const real *R d_b,      \
-                                const real *R f_u, const real *R f_ab, const real *R f_d,                     \
-                                const real *R omega, real *R scratch) {                                       \
+/* the whole step of `count` rows: one member alone in scalar code (a lone trajectory: its (re, im)           \
+ * pairs are what the compiler vectorises, ~2x the narrow vectors at N >= 256), a batch's last few in a       \
+ * narrow group (half the work of a wide one), else a wide group */                                           \
+static void step_group_##suffix(index_t count, const real *in, real *out, int physical,                       \
+                                const int64_t *R arguments, real *R scratch) {                                \
     if (count == 1)                                                                                           \
-        step_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega, scratch);                 \
+        step_##suffix(count, in, out, physical, arguments, scratch);                                          \
     else if (2 * count <= LANES(real))                                                                        \
-        step_narrow_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega,                    \
-                             (narrow_##suffix *)scratch);                                                     \
+        step_narrow_##suffix(count, in, out, physical, arguments, (narrow_##suffix *)scratch);                \
     else                                                                                                      \
-        step_wide_##suffix(count, m, kept, v, e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega,                      \
-                           (wide_##suffix *)scratch);                                                         \
+        step_wide_##suffix(count, in, out, physical, arguments, (wide_##suffix *)scratch);                    \
 }                                                                                                             \
-/* v (batch, m + 1) stepped in place, LANES(real) rows at a time; the groups of rows in `threads`             \
- * contiguous blocks, block c using the scratch at c (16 m + 14) wide vectors */                              \
-void fourier_step_##suffix(index_t threads, index_t batch, index_t m, index_t kept, real *R v,                \
-                           const real *R e, const real *R e2, const real *R q, const real *R d_u,             \
-                           const real *R d_b, const real *R f_u, const real *R f_ab, const real *R f_d,       \
-                           const real *R omega, real *R scratch) {                                            \
-    index_t lanes = LANES(real), groups = (batch + lanes - 1) / lanes;                                        \
+/* `batch` rows of `in` stepped into `out`, LANES(real) rows at a time; the groups of rows in `threads`       \
+ * contiguous blocks, block c using the scratch at c (16 m + 14) wide vectors. arguments (int64, packed       \
+ * once per plan by FourierStep: one ctypes argument instead of thirteen, ~1.5 us a call): m, kept, then      \
+ * the addresses of e, e2, q, d_u, d_b, f_u, f_ab, f_d, omega, the scratch and the bit-reversal table         \
+ * (m entries) */                                                                                             \
+static void whole_step_##suffix(index_t threads, index_t batch, const real *in, real *out, int physical,      \
+                                const int64_t *R arguments) {                                                 \
+    index_t m = arguments[0], lanes = LANES(real), groups = (batch + lanes - 1) / lanes;                      \
+    index_t row = physical ? 2 * m : 2 * (m + 1);                                                             \
+    real *scratch = (real *)(intptr_t)arguments[11];                                                          \
     ROWS_IN_PARALLEL                                                                                          \
     for (index_t block = 0; block < threads; block++) {                                                       \
         real *mine = scratch + block * (16 * m + 14) * lanes;                                                 \
         for (index_t group = block * groups / threads; group < (block + 1) * groups / threads; group++) {     \
             index_t first = group * lanes, count = batch - first < lanes ? batch - first : lanes;             \
-            step_group_##suffix(count, m, kept, v + first * 2 * (m + 1), e, e2, q, d_u, d_b, f_u, f_ab, f_d,  \
-                                omega, mine);                                                                 \
+            step_group_##suffix(count, in + first * row, out + first * row, physical, arguments, mine);       \
         }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
-/* fourier_step with its fixed arguments packed: arguments = [m, kept, then the addresses of e, e2, q,        \
- * d_u, d_b, f_u, f_ab, f_d, omega, scratch] (one ctypes argument instead of eleven: ~1.5 us a call) */       \
+/* v (batch, m + 1), Fourier coefficients, stepped in place */                                                \
 void fourier_step_packed_##suffix(index_t threads, index_t batch, real *R v, const int64_t *R arguments) {    \
-    fourier_step_##suffix(threads, batch, arguments[0], arguments[1], v, (const real *)(intptr_t)arguments[2], \
-                          (const real *)(intptr_t)arguments[3], (const real *)(intptr_t)arguments[4],         \
-                          (const real *)(intptr_t)arguments[5], (const real *)(intptr_t)arguments[6],         \
-                          (const real *)(intptr_t)arguments[7], (const real *)(intptr_t)arguments[8],         \
-                          (const real *)(intptr_t)arguments[9], (const real *)(intptr_t)arguments[10],        \
-                          (real *)(intptr_t)arguments[11]);                                                   \
+    whole_step_##suffix(threads, batch, v, v, 0, arguments);                                                  \
+}                                                                                                             \
+/* u (batch, n), physical fields, stepped into out (batch, n): the transforms to Fourier space and back       \
+ * in the same cache-resident pass, instead of two torch FFT calls around the step */                         \
+void physical_step_packed_##suffix(index_t threads, index_t batch, const real *R u, real *R out,              \
+                                   const int64_t *R arguments) {                                              \
+    whole_step_##suffix(threads, batch, u, out, 1, arguments);                                                \
 }                                                                                                             \
 /* the squared-hat transform alone, rows of x into out, grouped as the step groups them (a lone row,         \
  * narrow, wide: tested against torch's FFTs); scratch: 6 m + 4 wide vectors */                               \

@@ -180,11 +180,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         function = getattr(lib, f"dense_step_{suffix}")
         function.argtypes = [integer] * 2 + [pointer] * 8
         function.restype = None
-        function = getattr(lib, f"fourier_step_{suffix}")
-        function.argtypes = [integer] * 4 + [pointer] * 11
-        function.restype = None
         function = getattr(lib, f"fourier_step_packed_{suffix}")
         function.argtypes = [integer] * 2 + [pointer] * 2
+        function.restype = None
+        function = getattr(lib, f"physical_step_packed_{suffix}")
+        function.argtypes = [integer] * 2 + [pointer] * 3
         function.restype = None
         function = getattr(lib, f"whole_step_lanes_{suffix}")
         function.argtypes, function.restype = [], integer
@@ -355,7 +355,14 @@ class FourierStep:
         self._scratch_entries = (16 * half + 14) * self.lanes
         self._scratch = torch.empty(self._scratch_entries, dtype=self._real_dtype)
         self._function = getattr(lib, "fourier_step_packed_" + suffix)
+        self._physical_function = getattr(lib, "physical_step_packed_" + suffix)
+        #: position of complex sample j in the transforms' bit-reversed order (log2(n / 2) bits)
+        bits = (half - 1).bit_length()
+        self._bit_reversal = torch.tensor([int(f"{j:0{bits}b}"[::-1], 2) if bits else 0 for j in range(half)],
+                                          dtype=torch.int64)
         self._plan, self._arguments = None, None
+        #: whether ``physical`` made the torch step on a probe (the solver checks before first use)
+        self.physical_checked = False
 
     @staticmethod
     def supports(n_points: int) -> bool:
@@ -365,27 +372,42 @@ class FourierStep:
         return FourierStep, (self.n_points, self.complex_dtype)
 
     def _bind(self, plan) -> None:
-        """Pack the grid sizes and the addresses of ``plan``'s folded coefficients (no closure) and of the
-        scratch into one int64 tensor, the kernel's one argument besides the state."""
+        """Pack the grid sizes and the addresses of ``plan``'s folded coefficients (no closure), the
+        scratch and the bit-reversal table into one int64 tensor, the kernel's one argument besides the
+        states."""
         c = plan.folded
         self._plan = plan  # keeps the tensors behind the addresses alive
         self._arguments = torch.tensor([self.n_points // 2, plan.folded_low.q.shape[-1], *(
-            _address(x) for x in (plan.E, plan.E2, c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d, self.omega, self._scratch))],
-            dtype=torch.int64)
+            _address(x) for x in (plan.E, plan.E2, c.q, c.d_u, c.d_b, c.f_u, c.f_ab, c.f_d, self.omega, self._scratch,
+                                  self._bit_reversal))], dtype=torch.int64)
 
-    def __call__(self, u_hat: Tensor, plan) -> Tensor:
-        """One step of ``u_hat`` in place with ``plan`` (an ``ETDRK4Plan`` of this grid and dtype)."""
-        batch = u_hat.shape[0]
-        groups = -(-batch // self.lanes)
-        threads = min(threads_for(u_hat, WHOLE_STEP_GRAIN), groups) or 1
+    def _threads(self, batch: int, entries: Tensor, plan) -> int:
+        """Threads for ``batch`` members (``entries``: the state, its size deciding), with the scratch
+        grown for them and the arguments packed for ``plan``."""
+        threads = min(threads_for(entries, WHOLE_STEP_GRAIN), -(-batch // self.lanes)) or 1
         if threads * self._scratch_entries > self._scratch.numel():
             self._scratch = torch.empty(threads * self._scratch_entries, dtype=self._real_dtype)
             self._plan = None
         if plan is not self._plan:
             self._bind(plan)
+        return threads
+
+    def __call__(self, u_hat: Tensor, plan) -> Tensor:
+        """One step of ``u_hat`` in place with ``plan`` (an ``ETDRK4Plan`` of this grid and dtype)."""
+        batch = u_hat.shape[0]
+        threads = self._threads(batch, u_hat, plan)
         self._function(threads, batch, u_hat.data_ptr(), self._arguments.data_ptr())
         torch.autograd.graph.increment_version(u_hat)
         return u_hat
+
+    def physical(self, u: Tensor, plan) -> Tensor:
+        """One step of physical fields ``u: (batch, n)`` (contiguous, CPU, the real dtype): a new tensor,
+        ``u`` left alone. The transforms to Fourier space and back run in the same call, in cache."""
+        batch = u.shape[0]
+        out = torch.empty_like(u)
+        threads = self._threads(batch, u, plan)
+        self._physical_function(threads, batch, u.data_ptr(), out.data_ptr(), self._arguments.data_ptr())
+        return out
 
 
 class DenseStep:

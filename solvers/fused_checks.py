@@ -113,6 +113,30 @@ class FusedKernelChecks:
             self._whole_step = whole
         return self._whole_step
 
+    def _whole_physical_step(self, u: Tensor, plan: ETDRK4Plan):
+        """The compiled whole step for a public ``step()`` of physical fields ``u: (batch, n)`` -- the
+        transforms to Fourier space and back in the same call -- where it applies, once its physical
+        entry point made the torch step on a probe (on top of ``_whole_fourier_step``'s probes); else
+        ``None``."""
+        if not (self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and u.is_cpu and u.is_contiguous()
+                and not u.requires_grad and c_kernels.available(u)):
+            return None
+        whole = self._whole_step
+        if whole is None:
+            whole = self._whole_fourier_step(self._fused_probe(u), plan)
+            if whole is None:
+                return None
+        if not whole.physical_checked:
+            probe_hat = self._fused_probe(u.new_empty((whole.lanes + 1, 1)))  # wide groups and a lone member
+            probe = self.to_physical(probe_hat)
+            expected = self.to_physical(self._unfused_probe_step(probe_hat, plan, plan.folded, plan.folded_low,
+                                                                 self._fourier_workspace(probe_hat.shape[0])))
+            if not self._fused_agrees(probe, expected, lambda: whole.physical(probe, plan)):
+                self._whole_step = None
+                return None
+            whole.physical_checked = True
+        return whole
+
     def _fusable(self, u_hat: Tensor) -> bool:
         """Whether the fused kernels may read ``u_hat`` as raw memory next to the solver's coefficients and
         buffers: its shape ``(batch, n // 2 + 1)``, dtype and device type (``step()`` does not check

@@ -255,6 +255,11 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
             return u.clone()  # nothing to step (and MKL's FFTs refuse empty batches)
         if self._use_dense(u):
             return self._dense_step(self._dense_stepper(u, dt), t, u, dt)
+        if self.closure is None:
+            plan = self.plan(dt)
+            whole = self._whole_physical_step(u, plan)
+            if whole is not None:  # the transforms and the step in one compiled call
+                return whole.physical(u, plan)
         # the transform is a new tensor, ours to update in place (fused kernels) when no gradient is needed
         return self.to_physical(self._fourier_step(t, self.to_fourier(u), dt, in_place=True))
 

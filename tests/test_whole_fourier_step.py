@@ -164,6 +164,42 @@ def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
     torch.testing.assert_close(compiled, plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_public_step_of_physical_fields_takes_it_transforms_included(dtype, monkeypatch):
+    """``step()`` outside the dense step's limits: ``FourierStep.physical`` (the transforms to Fourier
+    space and back in the same call) gives the torch step and leaves its input alone."""
+    calls = []
+    original = c_kernels.FourierStep.physical
+    monkeypatch.setattr(c_kernels.FourierStep, "physical",
+                        lambda self, u, plan: (calls.append(u.shape[0]), original(self, u, plan))[1])
+    tolerance = 1e-14 if dtype == torch.float64 else 2e-6
+    for n_points, batch in ((4, 3), (8, 1), (128, 1), (128, 19), (256, 2), (1024, 9)):
+        solver = KuramotoSivashinskySpectral(n_points=n_points, dtype=dtype, implementation="fft")
+        reference = KuramotoSivashinskySpectral(n_points=n_points, dtype=dtype, implementation="fft")
+        reference.fused_updates = False
+        u = smooth_state(solver, batch, dtype) * (1 + 0.1 * torch.arange(batch, dtype=dtype)[:, None])
+        before = u.clone()
+        stepped = solver.step(0.0, u)
+        expected = reference.step(0.0, u)
+        assert torch.equal(u, before) and solver._whole_step.physical_checked
+        error = ((stepped - expected).abs().max() / expected.abs().max()).item()
+        assert error < tolerance, (n_points, batch, error)
+        assert calls[-1] == batch
+    assert len(calls) == 6 + 6  # each: its probe, then the step
+
+
+def test_a_physical_entry_point_that_disagrees_is_dropped(monkeypatch):
+    monkeypatch.setattr(c_kernels.FourierStep, "physical", lambda self, u, plan: u * 1.001)
+    solver = KuramotoSivashinskySpectral(n_points=128)
+    reference = KuramotoSivashinskySpectral(n_points=128)
+    reference.fused_updates = False
+    u = smooth_state(solver, 3)
+    with pytest.warns(RuntimeWarning, match="differ from the unfused"):
+        stepped = solver.step(0.0, u)
+    assert not solver.fused_updates and solver._whole_step is None
+    torch.testing.assert_close(stepped, reference.step(0.0, u), rtol=0, atol=0)
+
+
 def test_each_code_path_is_checked_before_first_use(monkeypatch):
     """A fault in one path only -- here the narrow group, batch 2 -- drops the step even when the first
     trajectory (batch 1) would never take that path."""
