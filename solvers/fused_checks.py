@@ -118,22 +118,24 @@ class FusedKernelChecks:
         transforms to Fourier space and back in the same call -- where it applies, once its physical
         entry point made the torch step on a probe (on top of ``_whole_fourier_step``'s probes); else
         ``None``."""
-        if not (self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and u.is_cpu and u.is_contiguous()
-                and not u.requires_grad and c_kernels.available(u)):
+        if not (self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and u.is_cpu and self.device.type == "cpu"
+                and u.is_contiguous() and not u.is_neg() and not u.requires_grad and c_kernels.available(u)):
             return None
         whole = self._whole_step
-        if whole is None:
-            whole = self._whole_fourier_step(self._fused_probe(u), plan)
+        if whole is None:  # a template of the Fourier state's shape, dtype and device for its checks
+            template = u.new_empty((u.shape[0], self.n_points // 2 + 1), dtype=self.complex_dtype)
+            whole = self._whole_fourier_step(template, plan)
             if whole is None:
                 return None
         if not whole.physical_checked:
-            probe_hat = self._fused_probe(u.new_empty((whole.lanes + 1, 1)))  # wide groups and a lone member
-            probe = self.to_physical(probe_hat)
-            expected = self.to_physical(self._unfused_probe_step(probe_hat, plan, plan.folded, plan.folded_low,
-                                                                 self._fourier_workspace(probe_hat.shape[0])))
-            if not self._fused_agrees(probe, expected, lambda: whole.physical(probe, plan)):
-                self._whole_step = None
-                return None
+            for batch in (whole.lanes + 1, 2):  # wide groups and a lone member; a narrow group
+                probe_hat = self._fused_probe(u.new_empty((batch, 1)))
+                probe = self.to_physical(probe_hat)
+                expected = self.to_physical(self._unfused_probe_step(probe_hat, plan, plan.folded, plan.folded_low,
+                                                                     self._fourier_workspace(batch)))
+                if not self._fused_agrees(probe, expected, lambda probe=probe: whole.physical(probe, plan)):
+                    self._whole_step = None
+                    return None
             whole.physical_checked = True
         return whole
 

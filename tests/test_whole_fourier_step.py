@@ -185,7 +185,18 @@ def test_the_public_step_of_physical_fields_takes_it_transforms_included(dtype, 
         error = ((stepped - expected).abs().max() / expected.abs().max()).item()
         assert error < tolerance, (n_points, batch, error)
         assert calls[-1] == batch
-    assert len(calls) == 6 + 6  # each: its probe, then the step
+    assert len(calls) == 6 * 3  # each: its two probes (wide groups and a lone member; a narrow group), the step
+
+
+def test_a_lazily_negated_field_is_not_read_as_raw_memory():
+    """A negative view (``is_neg``: contiguous memory holding -u) takes the torch path."""
+    solver = KuramotoSivashinskySpectral(n_points=128)
+    reference = KuramotoSivashinskySpectral(n_points=128)
+    reference.fused_updates = False
+    u = smooth_state(solver, 3)
+    view = torch._neg_view(u)
+    assert view.is_neg() and view.is_contiguous()
+    torch.testing.assert_close(solver.step(0.0, view), reference.step(0.0, -u), rtol=0, atol=1e-13)
 
 
 def test_a_physical_entry_point_that_disagrees_is_dropped(monkeypatch):
