@@ -52,7 +52,8 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
     a GPU (part of CUDA builds of PyTorch), C on the CPU where a compiler is found
     (``solvers.c_kernels``, which also compiles the whole dense step without a closure, and on a
     power-of-two grid without a closure the whole Fourier step, transforms included, 8 or 4 members at
-    once in vector lanes: attribute ``whole_fourier_step``); on a GPU the dense step is one Triton
+    once in vector lanes -- for ``step()`` of physical fields the transforms to Fourier space and back
+    too: attribute ``whole_fourier_step``); on a GPU the dense step is one Triton
     kernel a stage (``solvers.fused_dense``); attribute ``fused_updates`` (default ``True``) turns all
     of that off. With the C kernels and ``ducc0`` installed (the ``fast`` extra), the quadratic term's
     FFTs of the other steps go through DUCC (``solvers.cpu_fft``; attribute ``ducc_fft``). Before their
