@@ -350,10 +350,12 @@ class FourierStep:
         lib = library()
         #: members a call steps together (32 bytes of them, 64 with AVX-512: 4 or 8 in float64)
         self.lanes = int(getattr(lib, "whole_step_lanes_" + suffix)())
-        self._real_dtype = torch.float64 if complex_dtype == torch.complex128 else torch.float32
+        #: batches whose probes take every code path: wide groups and a lone member (lanes + 1), a
+        #: narrow group (2); the solver checks each entry point on them before first use
+        self.probe_batches = (self.lanes + 1, 2)
         # per thread: 7 rows of modes + the transform's m complex values, each entry a vector of lanes
         self._scratch_entries = (16 * half + 14) * self.lanes
-        self._scratch = torch.empty(self._scratch_entries, dtype=self._real_dtype)
+        self._scratch = torch.empty(self._scratch_entries, dtype=self.omega.real.dtype)
         self._function = getattr(lib, "fourier_step_packed_" + suffix)
         self._physical_function = getattr(lib, "physical_step_packed_" + suffix)
         #: position of complex sample j in the transforms' bit-reversed order (log2(n / 2) bits)
@@ -361,7 +363,7 @@ class FourierStep:
         self._bit_reversal = torch.tensor([int(f"{j:0{bits}b}"[::-1], 2) if bits else 0 for j in range(half)],
                                           dtype=torch.int64)
         self._plan, self._arguments = None, None
-        #: whether ``physical`` made the torch step on a probe (the solver checks before first use)
+        #: whether ``physical`` made the torch step on the probes (the solver checks before first use)
         self.physical_checked = False
 
     @staticmethod
@@ -386,7 +388,7 @@ class FourierStep:
         grown for them and the arguments packed for ``plan``."""
         threads = min(threads_for(entries, WHOLE_STEP_GRAIN), -(-batch // self.lanes)) or 1
         if threads * self._scratch_entries > self._scratch.numel():
-            self._scratch = torch.empty(threads * self._scratch_entries, dtype=self._real_dtype)
+            self._scratch = torch.empty(threads * self._scratch_entries, dtype=self.omega.real.dtype)
             self._plan = None
         if plan is not self._plan:
             self._bind(plan)

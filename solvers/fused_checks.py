@@ -102,21 +102,31 @@ class FusedKernelChecks:
             return None
         if self._whole_step is None:
             whole = c_kernels.FourierStep(self.n_points, self.complex_dtype)
-            # the step has three code paths (wide groups of lanes, a narrow group, a lone member): a probe
-            # of lanes + 1 members takes the first and last, one of 2 the narrow group
-            for batch in (whole.lanes + 1, 2):
-                probe = self._fused_probe(u_hat.new_empty((batch, u_hat.shape[1])))
-                expected = self._unfused_probe_step(probe, plan, plan.folded, plan.folded_low,
-                                                    self._fourier_workspace(batch))
-                if not self._fused_agrees(probe, expected, lambda probe=probe: whole(probe.clone(), plan)):
-                    return None
+            if not self._whole_step_agrees(whole, plan, u_hat, physical=False):
+                return None
             self._whole_step = whole
         return self._whole_step
+
+    def _whole_step_agrees(self, whole, plan: ETDRK4Plan, like: Tensor, *, physical: bool) -> bool:
+        """Whether ``whole`` (a ``c_kernels.FourierStep``) made the torch step's increment on probes of
+        each batch in ``whole.probe_batches`` (every code path it has), through its Fourier entry point
+        or, ``physical``, its physical one; ``like``: a tensor on the device to probe on."""
+        for batch in whole.probe_batches:
+            probe = self._fused_probe(like.new_empty((batch, 1)))
+            expected = self._unfused_probe_step(probe, plan, plan.folded, plan.folded_low, self._fourier_workspace(batch))
+            if physical:
+                probe, expected = self.to_physical(probe), self.to_physical(expected)
+                step = lambda probe=probe: whole.physical(probe, plan)
+            else:
+                step = lambda probe=probe: whole(probe.clone(), plan)
+            if not self._fused_agrees(probe, expected, step):
+                return False
+        return True
 
     def _whole_physical_step(self, u: Tensor, plan: ETDRK4Plan):
         """The compiled whole step for a public ``step()`` of physical fields ``u: (batch, n)`` -- the
         transforms to Fourier space and back in the same call -- where it applies, once its physical
-        entry point made the torch step on a probe (on top of ``_whole_fourier_step``'s probes); else
+        entry point made the torch step on its own probes (on top of ``_whole_fourier_step``'s); else
         ``None``."""
         if not (self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and u.is_cpu and self.device.type == "cpu"
                 and u.is_contiguous() and not u.is_neg() and not u.requires_grad and c_kernels.available(u)):
@@ -128,14 +138,9 @@ class FusedKernelChecks:
             if whole is None:
                 return None
         if not whole.physical_checked:
-            for batch in (whole.lanes + 1, 2):  # wide groups and a lone member; a narrow group
-                probe_hat = self._fused_probe(u.new_empty((batch, 1)))
-                probe = self.to_physical(probe_hat)
-                expected = self.to_physical(self._unfused_probe_step(probe_hat, plan, plan.folded, plan.folded_low,
-                                                                     self._fourier_workspace(batch)))
-                if not self._fused_agrees(probe, expected, lambda probe=probe: whole.physical(probe, plan)):
-                    self._whole_step = None
-                    return None
+            if not self._whole_step_agrees(whole, plan, u, physical=True):
+                self._whole_step = None
+                return None
             whole.physical_checked = True
         return whole
 

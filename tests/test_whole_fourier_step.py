@@ -34,9 +34,11 @@ def whole_calls(monkeypatch):
 
 
 def probe_batches(complex_dtype=torch.complex128) -> list[int]:
-    """The batches of the probe checks before first use: one through wide groups and a lone member,
-    one through a narrow group."""
-    return [c_kernels.FourierStep(64, complex_dtype).lanes + 1, 2]
+    """The batches of the probe checks before first use (one through wide groups and a lone member,
+    one through a narrow group)."""
+    whole = c_kernels.FourierStep(64, complex_dtype)
+    assert whole.probe_batches == (whole.lanes + 1, 2)
+    return list(whole.probe_batches)
 
 
 def twiddles(n_points: int, dtype) -> torch.Tensor:
