@@ -12,7 +12,7 @@ work decides). The dense step does ``O(N^2)`` work a member against the FFT step
 so it wins only where per-operation costs (CPU: Python and dispatch; GPU: kernel count, which CUDA
 graphs and FP64 matrix units make cheap) outweigh arithmetic. The ``auto`` column is what the
 solver picks there; ``dense/fft`` above 1 means dense is faster. On the CPU without a closure the FFT
-step is the compiled whole step (``solvers.c_kernels.FourierStep``, members in vector lanes), which
+step is the compiled whole step (``solvers.compiled_steps.FourierStep``, members in vector lanes), which
 ``auto`` prefers to any dense step for trajectories.
 """
 from __future__ import annotations

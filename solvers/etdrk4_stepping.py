@@ -219,7 +219,7 @@ class DenseStepper:
         self.a_in = workspace[:, u * n:b * n]
         self.b_in = workspace[:, 0:(u + 1) * n]
         self.d_in = workspace[:, u * n:d * n]
-        #: the whole ``step`` as one compiled call (``solvers.c_kernels.DenseStep``), set by its owner
+        #: the whole ``step`` as one compiled call (``solvers.compiled_steps.DenseStep``), set by its owner
         #: after checking it; used for the states it ``accepts``
         self.compiled = None
         #: ``step`` and ``step_with_closure`` with one Triton kernel a stage (``solvers.fused_dense``), set

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import c_kernels, cpu_fft, fused_dense, fused_stages
+from . import c_kernels, compiled_steps, cpu_fft, fused_dense, fused_stages
 from .base import same_increment
 from .etdrk4_stepping import DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, fourier_step_into
 
@@ -48,7 +48,7 @@ class FusedKernelChecks:
     def _fuse_dense_stepper(self, stepper: DenseStepper) -> None:
         """Give a new ``stepper`` its kernels, once they made its torch step's increment on a probe: the
         Triton stages (``fused_dense.FusedDenseStep``) where Triton runs (a GPU, or interpreted), else the
-        compiled C step (``c_kernels.DenseStep``, CPU, no closure slots). The Triton stages of a stepper
+        compiled C step (``compiled_steps.DenseStep``, CPU, no closure slots). The Triton stages of a stepper
         with closure slots are checked with a stand-in closure that depends on time and state (the
         solver's own closure must see exactly 4 calls a step; whether its outputs may be read in place
         is learned from its own first step, ``closure_key``)."""
@@ -68,7 +68,7 @@ class FusedKernelChecks:
             if self._fused_agrees(probe, step(stepper), lambda: step(fused)):
                 stepper.fused = fused
         elif not stepper.with_closure and c_kernels.available(stepper.workspace):
-            compiled = c_kernels.DenseStep(stepper)
+            compiled = compiled_steps.DenseStep(stepper)
             if self._fused_agrees(probe, stepper.step(probe), lambda: compiled(probe)):
                 stepper.compiled = compiled
 
@@ -91,24 +91,24 @@ class FusedKernelChecks:
 
     def _whole_step_fits(self, batch: int) -> bool:
         """Whether a step of ``batch`` members is one for the compiled whole step (no closure, kernels on,
-        a power-of-two grid, a size ``c_kernels.whole_step_fits``)."""
+        a power-of-two grid, a size ``compiled_steps.whole_step_fits``)."""
         return (self.closure is None and self.fused_updates and self.whole_fourier_step
-                and c_kernels.FourierStep.supports(self.n_points) and c_kernels.whole_step_fits(batch, self.n_points))
+                and compiled_steps.FourierStep.supports(self.n_points) and compiled_steps.whole_step_fits(batch, self.n_points))
 
     def _whole_fourier_step(self, u_hat: Tensor, plan: ETDRK4Plan):
-        """The compiled whole step (``c_kernels.FourierStep``) for ``u_hat`` where it applies, once it
+        """The compiled whole step (``compiled_steps.FourierStep``) for ``u_hat`` where it applies, once it
         made the torch step's increment on probe states through each of its code paths; else ``None``."""
         if not (self._whole_step_fits(u_hat.shape[0]) and self._fusable(u_hat) and c_kernels.available(u_hat)):
             return None
         if self._whole_step is None:
-            whole = c_kernels.FourierStep(self.n_points, self.complex_dtype)
+            whole = compiled_steps.FourierStep(self.n_points, self.complex_dtype)
             if not self._whole_step_agrees(whole, plan, u_hat, physical=False):
                 return None
             self._whole_step = whole
         return self._whole_step
 
     def _whole_step_agrees(self, whole, plan: ETDRK4Plan, like: Tensor, *, physical: bool) -> bool:
-        """Whether ``whole`` (a ``c_kernels.FourierStep``) made the torch step's increment on probes of
+        """Whether ``whole`` (a ``compiled_steps.FourierStep``) made the torch step's increment on probes of
         each batch in ``whole.probe_batches`` (every code path it has), through its Fourier entry point
         or, ``physical``, its physical one; ``like``: a tensor on the device to probe on."""
         for batch in whole.probe_batches:

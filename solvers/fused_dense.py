@@ -18,7 +18,7 @@ in place where that is safe (``FusedDenseStep.step_with_closure``). Only the sum
 products changes (tested against the torch step).
 
 Triton ships with CUDA builds of torch; ``TRITON_INTERPRET=1`` runs the kernel on the CPU (tests).
-On the CPU the compiled C dense step (``solvers.c_kernels.DenseStep``) is used instead.
+On the CPU the compiled C dense step (``solvers.compiled_steps.DenseStep``) is used instead.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import c_kernels, cpu_fft, fused_stages
+from . import compiled_steps, cpu_fft, fused_stages
 from .base import Closure, PeriodicGrid, Solver
 from .dense_path import DensePath
 from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, etdrk4_coefficients,
@@ -50,10 +50,10 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
 
     The FFT path's elementwise updates run as four fused kernels (``solvers.fused_stages``): Triton on
     a GPU (part of CUDA builds of PyTorch), C on the CPU where a compiler is found
-    (``solvers.c_kernels``, which also compiles the whole dense step without a closure, and on a
-    power-of-two grid without a closure the whole Fourier step, transforms included, 8 or 4 members at
-    once in vector lanes -- for ``step()`` of physical fields the transforms to Fourier space and back
-    too: attribute ``whole_fourier_step``); on a GPU the dense step is one Triton
+    (``solvers.c_kernels``; ``solvers.compiled_steps`` makes whole steps of them: the dense step
+    without a closure, and on a power-of-two grid without a closure the whole Fourier step, transforms
+    included, 8 or 4 members at once in vector lanes -- for ``step()`` of physical fields the transforms
+    to Fourier space and back too: attribute ``whole_fourier_step``); on a GPU the dense step is one Triton
     kernel a stage (``solvers.fused_dense``); attribute ``fused_updates`` (default ``True``) turns all
     of that off. With the C kernels and ``ducc0`` installed (the ``fast`` extra), the quadratic term's
     FFTs of the other steps go through DUCC (``solvers.cpu_fft``; attribute ``ducc_fft``). Before their
@@ -91,9 +91,9 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
         self._fused_checked = False
         self.ducc_fft = cpu_fft.HAVE_DUCC
         self._ducc_squared: dict[int, cpu_fft.SquaredHat] = {}
-        #: steps without a closure: the compiled whole Fourier step (``c_kernels.FourierStep``)
+        #: steps without a closure: the compiled whole Fourier step (``compiled_steps.FourierStep``)
         self.whole_fourier_step = True
-        self._whole_step: c_kernels.FourierStep | None = None
+        self._whole_step: compiled_steps.FourierStep | None = None
 
         modes = np.arange(self.n_points // 2 + 1)
         wavenumber = 2 * np.pi / self.domain_length * modes

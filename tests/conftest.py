@@ -31,10 +31,10 @@ def single_cpu_thread():
 @pytest.fixture
 def stage_kernels(monkeypatch):
     """Steps take the compiled stage kernels (and DUCC), not the compiled whole Fourier step that would
-    otherwise step small batches, and any batch on several threads (``c_kernels.whole_step_fits``)."""
-    from solvers import c_kernels
+    otherwise take every step without a closure (``compiled_steps.whole_step_fits``)."""
+    from solvers import compiled_steps
 
-    monkeypatch.setattr(c_kernels, "whole_step_fits", lambda batch, n_points: False)
+    monkeypatch.setattr(compiled_steps, "whole_step_fits", lambda batch, n_points: False)
 
 
 @pytest.fixture(params=DEVICES)

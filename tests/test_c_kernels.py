@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import fused_and_unfused, smooth_state, time_dependent_closure
-from solvers import KuramotoSivashinskySpectral, c_kernels, cpu_fft
+from solvers import KuramotoSivashinskySpectral, c_kernels, compiled_steps, cpu_fft
 
 needs_kernels = pytest.mark.skipif(c_kernels.library() is None,
                                    reason=f"compiled kernels unavailable: {c_kernels.unavailable_reason()}")
@@ -33,7 +33,7 @@ def compiled_and_torch(implementation, n_points, batch, *, dtype=torch.float64, 
 def spy(monkeypatch):
     """Counts calls of the compiled Fourier-stage kernels and dense steps."""
     calls = {"stages": 0, "dense": 0}
-    stages, dense = c_kernels.fused_fourier_step_into, c_kernels.DenseStep.__call__
+    stages, dense = c_kernels.fused_fourier_step_into, compiled_steps.DenseStep.__call__
 
     def counted_stages(*args, **kwargs):
         calls["stages"] += 1
@@ -44,7 +44,7 @@ def spy(monkeypatch):
         return dense(self, u)
 
     monkeypatch.setattr(c_kernels, "fused_fourier_step_into", counted_stages)
-    monkeypatch.setattr(c_kernels.DenseStep, "__call__", counted_dense)
+    monkeypatch.setattr(compiled_steps.DenseStep, "__call__", counted_dense)
     return calls
 
 
@@ -105,7 +105,7 @@ def test_a_member_overflowing_in_its_first_step_does_not_switch_the_kernels_off(
 
 @needs_kernels
 def test_a_compiled_dense_step_that_disagrees_is_dropped(monkeypatch):
-    monkeypatch.setattr(c_kernels.DenseStep, "__call__", lambda self, u: u.clone())  # a step that does nothing
+    monkeypatch.setattr(compiled_steps.DenseStep, "__call__", lambda self, u: u.clone())  # a step that does nothing
     solver = KuramotoSivashinskySpectral(n_points=32, implementation="dense")
     u = smooth_state(solver, 1)
     with pytest.warns(RuntimeWarning, match="differ from the unfused"), torch.no_grad():

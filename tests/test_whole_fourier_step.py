@@ -1,4 +1,4 @@
-"""The compiled whole Fourier step (``c_kernels.FourierStep``: the ETDRK4 step with its own radix-2
+"""The compiled whole Fourier step (``compiled_steps.FourierStep``: the ETDRK4 step with its own radix-2
 transforms, members in vector lanes, one call a step) gives the torch step, is used where it should be,
 or not.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import fused_and_unfused, smooth_state
-from solvers import KuramotoSivashinskySpectral, c_kernels
+from solvers import KuramotoSivashinskySpectral, c_kernels, compiled_steps
 
 needs_kernels = pytest.mark.skipif(c_kernels.library() is None,
                                    reason=f"compiled kernels unavailable: {c_kernels.unavailable_reason()}")
@@ -23,20 +23,20 @@ pytestmark = needs_kernels
 def whole_calls(monkeypatch):
     """The batch sizes the compiled whole step was called with."""
     calls = []
-    original = c_kernels.FourierStep.__call__
+    original = compiled_steps.FourierStep.__call__
 
     def counted(self, u_hat, *args):
         calls.append(u_hat.shape[0])
         return original(self, u_hat, *args)
 
-    monkeypatch.setattr(c_kernels.FourierStep, "__call__", counted)
+    monkeypatch.setattr(compiled_steps.FourierStep, "__call__", counted)
     return calls
 
 
 def probe_batches(complex_dtype=torch.complex128) -> list[int]:
     """The batches of the probe checks before first use (one through wide groups and a lone member,
     one through a narrow group)."""
-    whole = c_kernels.FourierStep(64, complex_dtype)
+    whole = compiled_steps.FourierStep(64, complex_dtype)
     assert whole.probe_batches == (whole.lanes + 1, 2)
     return list(whole.probe_batches)
 
@@ -159,7 +159,7 @@ def test_a_state_of_the_wrong_shape_is_refused_and_leaves_every_step_path_intact
 
 
 def test_a_whole_step_that_disagrees_is_dropped(monkeypatch):
-    monkeypatch.setattr(c_kernels.FourierStep, "__call__", lambda self, u_hat, *args: u_hat.mul_(1.001))
+    monkeypatch.setattr(compiled_steps.FourierStep, "__call__", lambda self, u_hat, *args: u_hat.mul_(1.001))
     with pytest.warns(RuntimeWarning, match="differ from the unfused"):
         solver, compiled, plain = fused_and_unfused(64, 2, steps=10)
     assert not solver.fused_updates and solver._whole_step is None
@@ -171,8 +171,8 @@ def test_the_public_step_of_physical_fields_takes_it_transforms_included(dtype, 
     """``step()`` outside the dense step's limits: ``FourierStep.physical`` (the transforms to Fourier
     space and back in the same call) gives the torch step and leaves its input alone."""
     calls = []
-    original = c_kernels.FourierStep.physical
-    monkeypatch.setattr(c_kernels.FourierStep, "physical",
+    original = compiled_steps.FourierStep.physical
+    monkeypatch.setattr(compiled_steps.FourierStep, "physical",
                         lambda self, u, plan: (calls.append(u.shape[0]), original(self, u, plan))[1])
     tolerance = 1e-14 if dtype == torch.float64 else 2e-6
     for n_points, batch in ((4, 3), (8, 1), (128, 1), (128, 19), (256, 2), (1024, 9)):
@@ -202,7 +202,7 @@ def test_a_lazily_negated_field_is_not_read_as_raw_memory():
 
 
 def test_a_physical_entry_point_that_disagrees_is_dropped(monkeypatch):
-    monkeypatch.setattr(c_kernels.FourierStep, "physical", lambda self, u, plan: u * 1.001)
+    monkeypatch.setattr(compiled_steps.FourierStep, "physical", lambda self, u, plan: u * 1.001)
     solver = KuramotoSivashinskySpectral(n_points=128)
     reference = KuramotoSivashinskySpectral(n_points=128)
     reference.fused_updates = False
@@ -216,13 +216,13 @@ def test_a_physical_entry_point_that_disagrees_is_dropped(monkeypatch):
 def test_each_code_path_is_checked_before_first_use(monkeypatch):
     """A fault in one path only -- here the narrow group, batch 2 -- drops the step even when the first
     trajectory (batch 1) would never take that path."""
-    original = c_kernels.FourierStep.__call__
+    original = compiled_steps.FourierStep.__call__
 
     def wrong_in_narrow_groups(self, u_hat, plan):
         out = original(self, u_hat, plan)
         return out.mul_(1.001) if u_hat.shape[0] == 2 else out
 
-    monkeypatch.setattr(c_kernels.FourierStep, "__call__", wrong_in_narrow_groups)
+    monkeypatch.setattr(compiled_steps.FourierStep, "__call__", wrong_in_narrow_groups)
     with pytest.warns(RuntimeWarning, match="differ from the unfused"):
         solver, compiled, plain = fused_and_unfused(64, 1, steps=10)
     assert not solver.fused_updates and solver._whole_step is None
@@ -232,9 +232,9 @@ def test_each_code_path_is_checked_before_first_use(monkeypatch):
 def test_threads_split_the_batch_bit_for_bit(monkeypatch):
     """With its groups of lanes shared among threads (forced here below the kernels' grain), each block
     with its own scratch, the step is the same to the last bit."""
-    monkeypatch.setattr(c_kernels, "WHOLE_STEP_GRAIN", 0)
+    monkeypatch.setattr(compiled_steps, "WHOLE_STEP_GRAIN", 0)
     solver = KuramotoSivashinskySpectral(n_points=128)
-    plan, whole = solver.plan(solver.dt), c_kernels.FourierStep(128, torch.complex128)
+    plan, whole = solver.plan(solver.dt), compiled_steps.FourierStep(128, torch.complex128)
     members = 3 * whole.lanes + 1  # four groups
     u_hat = solver.to_fourier(smooth_state(solver, members) + 0.1 * torch.arange(members, dtype=torch.float64)[:, None])
     results = []
@@ -258,7 +258,7 @@ def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
     the compiler may contract into FMAs: the same step to rounding."""
     solver = KuramotoSivashinskySpectral(n_points=64)
     plan = solver.plan(solver.dt)
-    whole = c_kernels.FourierStep(64, torch.complex128)
+    whole = compiled_steps.FourierStep(64, torch.complex128)
     members = 2 * whole.lanes + 3
     u_hat = solver.to_fourier(smooth_state(solver, members) * (1 + 0.1 * torch.arange(members)[:, None]))
 
@@ -282,10 +282,10 @@ def test_a_members_bits_do_not_depend_on_its_batch_or_lane():
 def test_groups_are_shared_among_threads_from_the_whole_step_grain():
     """More than ``WHOLE_STEP_GRAIN`` complex entries and two groups of lanes: every torch thread."""
     solver = KuramotoSivashinskySpectral(n_points=64)
-    plan, whole = solver.plan(solver.dt), c_kernels.FourierStep(64, torch.complex128)
+    plan, whole = solver.plan(solver.dt), compiled_steps.FourierStep(64, torch.complex128)
     seen, function = [], whole._function
     whole._function = lambda threads, *arguments: (seen.append(threads), function(threads, *arguments))[1]
-    over = c_kernels.WHOLE_STEP_GRAIN // 33 + 1  # 33 modes a member
+    over = compiled_steps.WHOLE_STEP_GRAIN // 33 + 1  # 33 modes a member
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
