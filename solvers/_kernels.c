@@ -69,6 +69,8 @@ int kernels_openmp(void) { return 1; }
 int kernels_openmp(void) { return 0; }
 #endif
 
+/* the three codes of the whole step's groups of rows (group_code_* picks one) */
+enum { SCALAR_GROUP, NARROW_GROUP, WIDE_GROUP };
 /* whether log2(m) is odd (m a power of two): then one radix-2 stage of half 1 is left over */
 static inline int odd_log2(index_t m) { return (m & (index_t)0x5555555555555555LL) == 0; }
 
@@ -84,7 +86,7 @@ static inline void mul_add_##tag(const real *c, value x_re, value x_im, value *r
     *im += c[0] * x_im + c[1] * x_re;                                                                         \
 }                                                                                                             \
 /* out = c v at the modes [kept, modes) of one row, where no nonlinear term reaches (out may be v) */         \
-static inline void linear_modes_##tag(index_t kept, index_t modes, const real *c, const value *v,              \
+static inline void linear_modes_##tag(index_t kept, index_t modes, const real *c, const value *v,             \
                                       value *out) {                                                           \
     for (index_t k = kept; k < modes; k++) {                                                                  \
         value re, im;                                                                                         \
@@ -248,44 +250,28 @@ static void nonlinear_##tag(index_t m, const VEC *R x, VEC *R out, VEC *R z, con
     to_fourier_##tag(m, z, out, omega);                                                                       \
 }                                                                                                             \
 /* rows [0, count) of x (rows of `size` reals) into the lanes of `lanes` (size vectors), zeros in the         \
- * lanes past count: a member's arithmetic never meets another's, nor garbage; a union is C99's way to        \
- * read and write a vector's lanes as reals (for plain reals too: VEC = real) */                              \
-static void load_##tag(index_t count, index_t size, const real *R x, VEC *R lanes) {                          \
+ * lanes past count: a member's arithmetic never meets another's, nor garbage. With a bit-reversal table      \
+ * the rows are physical fields (size = n reals) and go in the order to_fourier takes (complex sample         \
+ * j = x_2j + i x_2j+1 at position bitrev[j]); without (NULL) Fourier rows, in order. A union is C99's        \
+ * way to read and write a vector's lanes as reals (for plain reals too: VEC = real) */                       \
+static inline index_t lane_position_##tag(index_t k, const int64_t *R bitrev) {                               \
+    return bitrev ? 2 * bitrev[k / 2] + k % 2 : k;                                                            \
+}                                                                                                             \
+static void load_##tag(index_t count, index_t size, const real *R x, const int64_t *R bitrev,                \
+                       VEC *R lanes) {                                                                        \
     for (index_t k = 0; k < size; k++) {                                                                      \
         union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } value;                                   \
         for (index_t l = 0; l < (index_t)(sizeof(VEC) / sizeof(real)); l++)                                   \
             value.lane[l] = l < count ? x[l * size + k] : 0;                                                  \
-        lanes[k] = value.vector;                                                                              \
+        lanes[lane_position_##tag(k, bitrev)] = value.vector;                                                 \
     }                                                                                                         \
 }                                                                                                             \
-static void store_##tag(index_t count, index_t size, const VEC *R lanes, real *R x) {                         \
+static void store_##tag(index_t count, index_t size, const VEC *R lanes, const int64_t *R bitrev,            \
+                        real *R x) {                                                                          \
     for (index_t k = 0; k < size; k++) {                                                                      \
-        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } value = {lanes[k]};                      \
+        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } value;                                   \
+        value.vector = lanes[lane_position_##tag(k, bitrev)];                                                 \
         for (index_t l = 0; l < count; l++) x[l * size + k] = value.lane[l];                                  \
-    }                                                                                                         \
-}                                                                                                             \
-/* rows [0, count) of physical fields u (n = 2m reals each) into z's lanes in the bit-reversed order          \
- * to_fourier takes (complex sample j = u_2j + i u_2j+1 at position bitrev[j]), and back */                   \
-static void load_physical_##tag(index_t count, index_t m, const real *R u, const int64_t *R bitrev,           \
-                                VEC *R z) {                                                                   \
-    for (index_t j = 0; j < m; j++) {                                                                         \
-        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } re, im;                                  \
-        for (index_t l = 0; l < (index_t)(sizeof(VEC) / sizeof(real)); l++) {                                 \
-            re.lane[l] = l < count ? u[l * 2 * m + 2 * j] : 0;                                                \
-            im.lane[l] = l < count ? u[l * 2 * m + 2 * j + 1] : 0;                                            \
-        }                                                                                                     \
-        z[2 * bitrev[j]] = re.vector; z[2 * bitrev[j] + 1] = im.vector;                                       \
-    }                                                                                                         \
-}                                                                                                             \
-static void store_physical_##tag(index_t count, index_t m, const VEC *R z, const int64_t *R bitrev,           \
-                                 real *R u) {                                                                 \
-    for (index_t j = 0; j < m; j++) {                                                                         \
-        union { VEC vector; real lane[sizeof(VEC) / sizeof(real)]; } re = {z[2 * bitrev[j]]},                 \
-                                                                   im = {z[2 * bitrev[j] + 1]};               \
-        for (index_t l = 0; l < count; l++) {                                                                 \
-            u[l * 2 * m + 2 * j] = re.lane[l];                                                                \
-            u[l * 2 * m + 2 * j + 1] = im.lane[l];                                                            \
-        }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
 /* the whole step of the count <= lanes rows at `in` into `out` (which may be `in`), in scratch of            \
@@ -303,10 +289,10 @@ static void step_##tag(index_t count, const real *in, real *out, int physical, c
     VEC *x = scratch, *n_v = x + size, *n_a = n_v + size, *n_b = n_a + size, *n_d = n_b + size;               \
     VEC *stage = n_d + size, *s = stage + size, *z = s + size;                                                \
     if (physical) {                                                                                           \
-        load_physical_##tag(count, m, in, bitrev, z);                                                         \
+        load_##tag(count, 2 * m, in, bitrev, z);                                                              \
         to_fourier_##tag(m, z, x, omega);                                                                     \
     } else {                                                                                                  \
-        load_##tag(count, size, in, x);                                                                       \
+        load_##tag(count, size, in, 0, x);                                                                    \
     }                                                                                                         \
     nonlinear_##tag(m, x, n_v, z, omega);                                                                     \
     row_a_##tag(modes, kept, x, n_v, e2, q, stage);                                                           \
@@ -318,19 +304,19 @@ static void step_##tag(index_t count, const real *in, real *out, int physical, c
     row_out_##tag(modes, kept, x, n_d, s, e, f_d);                                                            \
     if (physical) {                                                                                           \
         to_physical_##tag(m, x, z, omega);                                                                    \
-        store_physical_##tag(count, m, z, bitrev, out);                                                       \
+        store_##tag(count, 2 * m, z, bitrev, out);                                                            \
     } else {                                                                                                  \
-        store_##tag(count, size, x, out);                                                                     \
+        store_##tag(count, size, x, 0, out);                                                                  \
     }                                                                                                         \
 }                                                                                                             \
 /* rows [0, count) of x through squared_hat into out (the tested entry point's group); scratch: 6 m + 4       \
  * vectors */                                                                                                 \
-static void nonlinear_rows_##tag(index_t count, index_t m, const real *R x, real *R out, VEC *R scratch,    \
+static void nonlinear_rows_##tag(index_t count, index_t m, const real *R x, real *R out, VEC *R scratch,      \
                                    const real *R omega) {                                                     \
     index_t size = 2 * (m + 1);                                                                               \
-    load_##tag(count, size, x, scratch);                                                                      \
-    nonlinear_##tag(m, scratch, scratch + size, scratch + 2 * size, omega);                                 \
-    store_##tag(count, size, scratch + size, out);                                                            \
+    load_##tag(count, size, x, 0, scratch);                                                                   \
+    nonlinear_##tag(m, scratch, scratch + size, scratch + 2 * size, omega);                                   \
+    store_##tag(count, size, scratch + size, 0, out);                                                         \
 }
 
 #define DEFINE_KERNELS(real, suffix)                                                                          \
@@ -379,17 +365,22 @@ void stage_out_##suffix(index_t threads, index_t batch, index_t modes, index_t k
 }                                                                                                             \
 /* members per wide vector (the scratch is counted in wide vectors of this many reals) */                     \
 index_t whole_step_lanes_##suffix(void) { return LANES(real); }                                               \
-/* the whole step of `count` rows: one member alone in scalar code (a lone trajectory: its (re, im)           \
- * pairs are what the compiler vectorises, ~2x the narrow vectors at N >= 256), a batch's last few in a       \
- * narrow group (half the work of a wide one), else a wide group */                                           \
+/* the code a group of `count` rows takes: one member alone scalar code (a lone trajectory: its (re, im)      \
+ * pairs are what the compiler vectorises, ~2x the narrow vectors at N >= 256), a batch's last few            \
+ * narrow vectors (half the work of a wide group), else wide ones */                                          \
+static inline int group_code_##suffix(index_t count) {                                                        \
+    return count == 1 ? SCALAR_GROUP : 2 * count <= LANES(real) ? NARROW_GROUP : WIDE_GROUP;                  \
+}                                                                                                             \
+/* the whole step of `count` rows, in the code group_code picks */                                            \
 static void step_group_##suffix(index_t count, const real *in, real *out, int physical,                       \
                                 const int64_t *R arguments, real *R scratch) {                                \
-    if (count == 1)                                                                                           \
-        step_##suffix(count, in, out, physical, arguments, scratch);                                          \
-    else if (2 * count <= LANES(real))                                                                        \
+    switch (group_code_##suffix(count)) {                                                                     \
+    case SCALAR_GROUP: step_##suffix(count, in, out, physical, arguments, scratch); break;                    \
+    case NARROW_GROUP:                                                                                        \
         step_narrow_##suffix(count, in, out, physical, arguments, (narrow_##suffix *)scratch);                \
-    else                                                                                                      \
-        step_wide_##suffix(count, in, out, physical, arguments, (wide_##suffix *)scratch);                    \
+        break;                                                                                                \
+    default: step_wide_##suffix(count, in, out, physical, arguments, (wide_##suffix *)scratch);               \
+    }                                                                                                         \
 }                                                                                                             \
 /* `batch` rows of `in` stepped into `out`, LANES(real) rows at a time; the groups of rows in `threads`       \
  * contiguous blocks, block c using the scratch at c (16 m + 14) wide vectors. arguments (int64, packed       \
@@ -420,21 +411,22 @@ void physical_step_packed_##suffix(index_t threads, index_t batch, const real *R
                                    const int64_t *R arguments) {                                              \
     whole_step_##suffix(threads, batch, u, out, 1, arguments);                                                \
 }                                                                                                             \
-/* the squared-hat transform alone, rows of x into out, grouped as the step groups them (a lone row,         \
+/* the squared-hat transform alone, rows of x into out, grouped as the step groups them (a lone row,          \
  * narrow, wide: tested against torch's FFTs); scratch: 6 m + 4 wide vectors */                               \
 void squared_hat_##suffix(index_t batch, index_t m, const real *R x, real *R out, real *R scratch,            \
                           const real *R omega) {                                                              \
     index_t lanes = LANES(real), size = 2 * (m + 1);                                                          \
     for (index_t first = 0; first < batch; first += lanes) {                                                  \
         index_t count = batch - first < lanes ? batch - first : lanes;                                        \
-        if (count == 1)                                                                                       \
-            nonlinear_rows_##suffix(count, m, x + first * size, out + first * size, scratch, omega);          \
-        else if (2 * count <= lanes)                                                                          \
-            nonlinear_rows_narrow_##suffix(count, m, x + first * size, out + first * size,                  \
-                                             (narrow_##suffix *)scratch, omega);                              \
-        else                                                                                                  \
-            nonlinear_rows_wide_##suffix(count, m, x + first * size, out + first * size,                    \
-                                           (wide_##suffix *)scratch, omega);                                  \
+        const real *rows_in = x + first * size;                                                               \
+        real *rows_out = out + first * size;                                                                  \
+        switch (group_code_##suffix(count)) {                                                                 \
+        case SCALAR_GROUP: nonlinear_rows_##suffix(count, m, rows_in, rows_out, scratch, omega); break;       \
+        case NARROW_GROUP:                                                                                    \
+            nonlinear_rows_narrow_##suffix(count, m, rows_in, rows_out, (narrow_##suffix *)scratch, omega);   \
+            break;                                                                                            \
+        default: nonlinear_rows_wide_##suffix(count, m, rows_in, rows_out, (wide_##suffix *)scratch, omega);  \
+        }                                                                                                     \
     }                                                                                                         \
 }                                                                                                             \
 /* out[r, :n] = x[r, :k] @ matrix (k, n) for rows r < batch; x's rows are ldx apart */                        \
