@@ -242,9 +242,12 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
     done: set[int] = set()
     in_flight: dict[int, dict] = {}
     resumed_steps, earlier_seconds, resumes = 0, 0.0, 0
+    ranks_per_run: list[int] | None = [comm.size]
     if checkpoint:
         # the file describes the whole rollout: the runs before this one, up to the checkpoint resumed
         earlier_seconds, resumes = float(checkpoint.get("elapsed_seconds", 0.0)), int(checkpoint.get("resumes", 0)) + 1
+        earlier_ranks = checkpoint.get("ranks_per_run")  # absent in checkpoints of earlier versions: unknown
+        ranks_per_run = None if earlier_ranks is None else [*map(int, earlier_ranks), comm.size]
         first_bad_save[:] = checkpoint["first_bad_save"].numpy()
         done, in_flight = set(checkpoint["done"]), dict(checkpoint["in_flight"])
         sizes = dict(setup.batches)
@@ -304,7 +307,8 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                     **setup.identity, **({"run_id": setup.run_id} if setup.run_id else {}),
                     "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save),
-                    "elapsed_seconds": earlier_seconds + wallclock.perf_counter() - started, "resumes": resumes})
+                    "elapsed_seconds": earlier_seconds + wallclock.perf_counter() - started, "resumes": resumes,
+                    **({"ranks_per_run": ranks_per_run} if ranks_per_run is not None else {})})
     summary = None
     if comm.rank == 0:
         setup.writer.flush()  # the run ends when its data are on disk
@@ -317,6 +321,8 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
         setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": total_seconds,
                                                   "member_steps": total_steps, "member_steps_per_second": rate,
                                                   "resumed_runs": resumes, "members_blew_up": blew_up,
+                                                  **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int32)}
+                                                     if ranks_per_run is not None else {}),
                                                   "platform": platform_description(setup.solver.device)})
         remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,

@@ -430,6 +430,8 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     with xr.open_dataset(tmp_path / "resumed.nc") as resumed, xr.open_dataset(tmp_path / "straight.nc") as straight:
         assert resumed.attrs["member_steps"] == straight.attrs["member_steps"] == 6 * 60
         assert (resumed.attrs["resumed_runs"], straight.attrs["resumed_runs"]) == (1, 0)
+        assert np.atleast_1d(resumed.attrs["ranks_per_run"]).tolist() == [1, 1]  # one entry per run
+        assert np.atleast_1d(straight.attrs["ranks_per_run"]).tolist() == [1]
         assert resumed.attrs["wall_seconds"] > summary.seconds
         assert math.isclose(resumed.attrs["member_steps_per_second"],
                             6 * 60 / resumed.attrs["wall_seconds"], rel_tol=1e-12)

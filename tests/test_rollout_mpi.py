@@ -155,6 +155,8 @@ def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
             xr.open_dataset(tmp_path / "two_body_serial.nc") as serial:
         for variable in ("u", "status", "blowup_time"):
             np.testing.assert_array_equal(resumed[variable].values, serial[variable].values, err_msg=variable)
+        # started on one rank, finished on two: the file says so, run by run
+        assert resumed.attrs["ranks"] == 2 and resumed.attrs["ranks_per_run"].tolist() == [1, 2]
 
 
 FAILING_DRIVER = textwrap.dedent("""
