@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -27,16 +28,30 @@ __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "
 log = logging.getLogger(__name__)
 
 
-#: host-system settings a trained closure depends on: its weights saw states of this system and grid
-CLOSURE_SYSTEM_KEYS = ("name", "n_points", "domain_length")
+def _host_differences(trained: CaseConfig, case: CaseConfig) -> list[str]:
+    """What a closure trained in ``trained`` was fitted to that ``case`` changes: the set-up (what the
+    host leaves to the closure) and every host-system setting (the physics the closure complements)."""
+    differences = []
+    if trained.hybrid.setup != case.hybrid.setup:
+        differences.append(f"hybrid.setup {trained.hybrid.setup!r} (this case: {case.hybrid.setup!r})")
+    found, wanted = trained.host_system, case.host_system
+    if found.name != wanted.name:  # another system: its name says it all
+        return [*differences, f"host system {found.name!r} (this case: {wanted.name!r})"]
+    for field in dataclasses.fields(found):
+        was, now = getattr(found, field.name), getattr(wanted, field.name)
+        if was != now:
+            differences.append(f"host {field.name} {was!r} (this case: {now!r})")
+    return differences
 
 
 def check_closure_case(payload: dict, case: CaseConfig, name: str | Path) -> None:
-    """``DataError`` when a closure file was trained for another host system or grid than ``case``'s.
+    """``DataError`` when a closure file was trained for another set-up, host system or grid than ``case``'s.
 
     ``payload``: ``load_closure``'s second value; a file saved without its case (``case_toml`` empty,
     the Python API) is left to ``check_closure_fits``. A periodic CNN runs on any grid, so the shape
-    check alone would let a KS closure step another system.
+    check alone would let a KS closure step another system; and a closure that learned a missing term
+    (``hybrid.system``) or the whole vector field (``neural_ode``) would count physics twice, or miss
+    it, in a host that differs.
     """
     text = payload.get("case_toml") or ""
     if not text:
@@ -46,13 +61,9 @@ def check_closure_case(payload: dict, case: CaseConfig, name: str | Path) -> Non
     except ConfigError as error:
         log.warning("%s: cannot read the case it was trained for (%s); checking its shapes only", name, error)
         return
-    wanted, found = case.host_system, trained.host_system
-    differences = [f"{key} {getattr(found, key, None)!r} (this case: {getattr(wanted, key, None)!r})"
-                   for key in CLOSURE_SYSTEM_KEYS if getattr(found, key, None) != getattr(wanted, key, None)]
-    if found.name != wanted.name:  # another system: its name says it all
-        differences = differences[:1]
+    differences = _host_differences(trained, case)
     if differences:
-        raise DataError(f"{name}: trained for case {trained.case.name!r} with host " + ", ".join(differences)
+        raise DataError(f"{name}: trained for case {trained.case.name!r} with " + ", ".join(differences)
                         + "; train a closure for this case (`hybridnde train`) or give the case it was trained for")
 
 

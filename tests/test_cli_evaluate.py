@@ -197,7 +197,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         ([lorenz_truth, "--reference", lorenz_truth, "--closure", tmp_path / "nope.pt"], "only --lyapunov uses it"),
         ([lorenz_truth, "--reference", lorenz_truth, "--figures", tmp_path / "truth.toml"], "--figures"),
         ([lorenz_truth, "--reference", lorenz_truth, "--lyapunov", "--case", tmp_path / "truth.toml",
-          "--closure", ks_closure], "trained for case 'ks_eval' with host name 'kuramoto_sivashinsky'"),
+          "--closure", ks_closure], "trained for case 'ks_eval' with host system 'kuramoto_sivashinsky' (this case: 'lorenz63')"),
     ]
     for arguments, message in cases:
         capsys.readouterr()

@@ -298,9 +298,16 @@ def test_a_closure_trained_for_another_case_is_refused_before_any_work(case_file
     # a periodic CNN runs on any grid and any state length, so only the case stored with it can tell
     save_closure(tmp_path / "ks.pt", small_cnn(), case_toml=ks_case().to_toml())
     for case, overrides, expected in [
-            (case_files["two_body"], [], "host name 'kuramoto_sivashinsky' (this case: 'two_body')"),
-            (case_files["ks"], ["--set", "system.n_points=128"], "n_points 64 (this case: 128)"),
-            (case_files["ks"], ["--set", "system.domain_length=44.0"], "domain_length 22.0 (this case: 44.0)")]:
+            (case_files["two_body"], [], "host system 'kuramoto_sivashinsky' (this case: 'two_body')"),
+            (case_files["ks"], ["--set", "system.n_points=128"], "host n_points 64 (this case: 128)"),
+            (case_files["ks"], ["--set", "system.domain_length=44.0"], "host domain_length 22.0 (this case: 44.0)"),
+            # what the host leaves to the closure: a closure that complements the full KS host would
+            # count the whole vector field twice as a neural ODE's, or miss -u u_x in a host without it
+            (case_files["ks"], ["--set", 'hybrid.setup="neural_ode"'], "hybrid.setup 'residual' (this case: 'neural_ode')"),
+            (case_files["ks"], ["--set", "hybrid.system={nonlinear_coefficient=0.0}"],
+             "host nonlinear_coefficient 1.0 (this case: 0.0)"),
+            (case_files["ks"], ["--set", "system.dealiasing_fraction=1.0"],
+             "host dealiasing_fraction 0.6666666666666666 (this case: 1.0)")]:
         out = tmp_path / "rollout.nc"
         assert main(["rollout", str(case), "--closure", str(tmp_path / "ks.pt"), "--out", str(out), *overrides]) == 2
         error = capsys.readouterr().err
