@@ -172,7 +172,8 @@ class DoublePendulum(_ODESystem):
     """Planar double pendulum of point masses on massless rods, state ``(theta1, theta2, omega1, omega2)``.
 
     Angles from the downward vertical; equations of motion from the Lagrangian (e.g. Levien & Tan,
-    Am. J. Phys. 61, 1038 (1993)). Conserves the energy ``T + V``.
+    Am. J. Phys. 61, 1038 (1993)). Conserves the energy ``T + V``, with ``V`` measured from the
+    hanging rest state (``V >= 0``, so ``T + V = 0`` only there).
     """
 
     component_names = ("theta1", "theta2", "omega1", "omega2")
@@ -229,7 +230,9 @@ class DoublePendulum(_ODESystem):
         m1, m2, l1, l2, g = self.mass1, self.mass2, self.length1, self.length2, self.gravity
         kinetic = (0.5 * (m1 + m2) * l1**2 * w1**2 + 0.5 * m2 * l2**2 * w2**2
                    + m2 * l1 * l2 * w1 * w2 * torch.cos(th1 - th2))
-        potential = -(m1 + m2) * g * l1 * torch.cos(th1) - m2 * g * l2 * torch.cos(th2)
+        # from the rest state, not the pivot: the pivot's zero is arbitrary, and released from rest at
+        # theta1 = theta2 = pi/2 the energy would be 0 up to rounding, so its relative drift meaningless
+        potential = (m1 + m2) * g * l1 * (1.0 - torch.cos(th1)) + m2 * g * l2 * (1.0 - torch.cos(th2))
         return {"energy": kinetic + potential}
 
 

@@ -114,6 +114,19 @@ def test_the_lotka_volterra_first_integral_is_zero_at_the_equilibrium_and_positi
     assert (solver.invariants(sample_states("lotka_volterra", 64, generator))["first_integral"] > 0).all()
 
 
+def test_the_double_pendulum_energy_is_zero_hanging_at_rest_and_positive_elsewhere(generator):
+    """Measured from the rest state, so that a release from rest at theta = pi/2 (cases/double_pendulum.toml)
+    has the energy m g l of lifting the masses, (m1 + m2) g l1 + m2 g l2, not 0 up to rounding, which
+    made its relative drift ~1e17."""
+    solver = DoublePendulum(mass1=1.5, mass2=0.5, length1=2.0, length2=0.75, gravity=9.81)
+    rest = torch.zeros(1, 4, dtype=torch.float64)
+    assert solver.invariants(rest)["energy"].item() == 0.0
+    released = torch.tensor([[math.pi / 2, math.pi / 2, 0.0, 0.0]], dtype=torch.float64)
+    assert math.isclose(solver.invariants(released)["energy"].item(), (1.5 + 0.5) * 9.81 * 2.0 + 0.5 * 9.81 * 0.75,
+                        rel_tol=1e-14)
+    assert (solver.invariants(sample_states("double_pendulum", 64, generator))["energy"] > 0).all()
+
+
 # -- the vector fields against independent formulas -------------------------------------------------------------
 def test_two_body_circular_orbit_returns_after_one_period():
     solver = TwoBody(dt=2 * math.pi / 400)
