@@ -147,6 +147,7 @@ def test_run_writes_every_file_and_the_rollouts_start_on_the_held_out_truth(fini
     assert metrics["valid_prediction_time_lyapunov"]["median"] == pytest.approx(
         0.045 * metrics["valid_prediction_time"]["median"])
     assert metrics["baseline"]["members"] == config.rollout.members
+    assert metrics["members_from_training_states"] == 0  # looked up in truth.nc, bit for bit
     log = [json.loads(line) for line in (out / "closure.log.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in log] == [1, 2, 3]  # --quick: 3 epochs, not 200
 
@@ -421,6 +422,46 @@ def test_reference_covers_the_rollout_horizon_in_data_samples(tmp_path):
         check_variants([Variant(bad)], tmp_path / "out")
 
 
+def test_training_states_are_found_in_the_training_data_bit_for_bit(finished_run, tmp_path):
+    """members_from_training_states: the truth's own members (any time, a float32 copy too) are found;
+    the drawn reference's are not; files on other grids cannot be compared (0)."""
+    from hybridnde.pipeline.held_out import members_from_training_states
+
+    _, out = finished_run
+    truth = out / "truth.nc"
+    with xr.open_dataset(truth) as data:
+        members = data.sizes["member"]
+        later = data.isel(time=slice(3, None), member=[1, 0, 1]).load()
+        single = data.astype("float32").load()
+        other_grid = data.isel(x=slice(0, 16)).load()
+    later.to_netcdf(tmp_path / "later.nc")  # mid-trajectory starts are training states too
+    single.to_netcdf(tmp_path / "single.nc")
+    other_grid.to_netcdf(tmp_path / "other_grid.nc")
+    assert members_from_training_states(truth, truth) == members
+    assert members_from_training_states(tmp_path / "later.nc", truth) == 3
+    assert members_from_training_states(out / "reference.nc", truth) == 0
+    assert members_from_training_states(tmp_path / "other_grid.nc", truth) == 0
+    # float32 states widen exactly: found in a float32 truth, not in the float64 one they were rounded from
+    assert members_from_training_states(tmp_path / "single.nc", tmp_path / "single.nc") == members
+    assert members_from_training_states(tmp_path / "single.nc", truth) == 0
+
+
+def test_a_run_scored_against_its_training_data_says_so(finished_run, tmp_path):
+    """rollout.initial_conditions naming the training truth: the report said "median over 8 held-out
+    members ... from states the closure never saw"."""
+    case, out = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    assert run(case, copy, "--quick", "--set", f"rollout.initial_conditions='{copy / 'truth.nc'}'") == 0
+    metrics = json.loads((copy / "metrics.json").read_text())
+    members = metrics["members"]
+    assert metrics["members_from_training_states"] == members > 0
+    report = (copy / "report.md").read_text()
+    assert "held-out" not in report and "never saw" not in report
+    assert f"median over {members} members, all of them from states in the training data (not held out)" in report
+    assert "**not held out**" in report
+
+
 def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
     """With ``initial_condition.distribution = "point"`` every drawn member is the training trajectory's
     own start: the reference and the rollouts use one member (64 copies of one deterministic trajectory
@@ -440,3 +481,5 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
     metrics = {"valid_prediction_time": {"median": 11.0}, "members": 1, "stable_members": 1, "horizon": 100.0}
     assert "nothing held out" in verdict(metrics, held_out=False)
     assert "held-out members" in verdict(metrics)
+    assert "2 of them from states in the training data" in verdict({**metrics, "members": 3,
+                                                                     "members_from_training_states": 2})

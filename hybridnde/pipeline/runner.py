@@ -194,7 +194,8 @@ class _Run:
             "rollout", rollout, rollout_expected, stages.netcdf_identity(rollout, with_closure=True), label=label,
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
                                            progress=self.progress)))
-        inputs = {"rollout": rollout_expected, "reference": _file_identity(reference)}
+        # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
+        inputs = {"rollout": rollout_expected, "reference": _file_identity(reference), "truth": _file_identity(truth)}
         if stages.has_baseline(case):
             baseline_expected = f"{expected['rollout']}:none"
             result.stages.append(self.stage(
@@ -209,7 +210,7 @@ class _Run:
         result.stages.append(self.stage(
             "evaluate", metrics_path, checksum, found, label=label,
             run=lambda resume: self.evaluate(result, rollout, reference, baseline, closure, figures,
-                                             {"checksum": checksum, "inputs": inputs})))
+                                             {"checksum": checksum, "inputs": inputs}, truth=truth)))
         result.metrics = json.loads(metrics_path.read_text())
         from .report import write_report
 
@@ -217,12 +218,18 @@ class _Run:
         return result
 
     def evaluate(self, result: VariantResult, rollout: Path, reference: Path, baseline: Path, closure: Path,
-                 figures: Path, identity: dict[str, Any]) -> None:
+                 figures: Path, identity: dict[str, Any], *, truth: Path) -> None:
+        import xarray as xr
+
         from ..evaluate import evaluate_files
+        from .held_out import members_from_training_states
 
         case = result.case
         metrics = evaluate_files(rollout, reference, case=case, figures_dir=figures, lyapunov=self.lyapunov,
                                  closure_path=closure if self.lyapunov else None)
+        with xr.open_dataset(rollout) as rolled:
+            scored = rolled["member"].values
+        metrics["members_from_training_states"] = members_from_training_states(reference, truth, members=scored)
         name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
         drawn = [training_curves_figure(result.training_log, figures / "training_loss.png",
                                         title=f"{name}: training")]
