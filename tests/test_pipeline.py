@@ -295,6 +295,23 @@ def test_compare_shares_the_data_and_writes_one_table(tmp_path):
     assert (out / "figures" / "compare_error_growth.png").stat().st_size > 5000
 
 
+def test_compared_evaluate_keys_score_the_shared_bare_host_each_their_way(tmp_path):
+    """One baseline.nc serves both variants, but a compared [evaluate] key scores it differently: a row
+    each (the table showed one, the first variant's, beside both)."""
+    case = write_case(tmp_path)
+    out = tmp_path / "sweep"
+    assert run(case, out, "--quick", "--compare", "evaluate.vpt_threshold=0.05,2.0") == 0
+    table = json.loads((out / "compare.json").read_text())
+    assert len({row["file"] for row in table["baselines"]}) == 1
+    assert [row["label"] for row in table["baselines"]] == ["bare host (vpt_threshold=0.05)",
+                                                            "bare host (vpt_threshold=2.0)"]
+    for row, variant in zip(table["baselines"], table["variants"]):
+        metrics = json.loads(Path(variant["metrics"]).read_text())["baseline"]
+        assert row["valid_prediction_time"]["median"] == metrics["valid_prediction_time"]["median"]
+    assert table["baselines"][0]["valid_prediction_time"]["median"] < table["baselines"][1]["valid_prediction_time"]["median"]
+    assert "held-out initial states" in (out / "compare.md").read_text()
+
+
 def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
     case = write_case(tmp_path, RIGID, "rigid_tiny")
     out = tmp_path / "rigid"

@@ -45,10 +45,15 @@ def comparison_rows(outcome: RunResult) -> dict[str, Any]:
     baselines, seen = [], set()
     for result in outcome.variants:
         stage = next((s for s in result.stages if s.stage == "baseline"), None)
-        if stage is not None and stage.path not in seen and result.metrics.get("baseline"):
-            seen.add(stage.path)
-            baselines.append({"label": f"bare host ({result.variant.label})", **_row(result.metrics["baseline"]),
-                              "file": str(stage.path)})
+        if stage is None or not result.metrics.get("baseline"):
+            continue
+        row = _row(result.metrics["baseline"])
+        # one row per bare-host file *and* scoring: variants that share the file but compare [evaluate]
+        # keys (e.g. evaluate.vpt_threshold) score it differently
+        key = (stage.path, json.dumps(row, sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            baselines.append({"label": f"bare host ({result.variant.label})", **row, "file": str(stage.path)})
     if len(baselines) == 1:  # one bare-host rollout serves every variant
         baselines[0]["label"] = "bare host"
     keys = [key for key, _ in outcome.variants[0].variant.settings]
@@ -116,22 +121,35 @@ def _spread_of(outcome: RunResult, key: str) -> str:
     return values[0] if len(set(values)) == 1 else " / ".join(values)
 
 
+def _starts_phrase(outcome: RunResult) -> str:
+    if repeats_training_start(outcome.variants[0].case):
+        return "initial state, the training start (initial_condition.distribution = 'point': nothing held out)"
+    seen = max(int(r.metrics.get("members_from_training_states", 0)) for r in outcome.variants)
+    if seen:
+        return f"initial states, **not held out** ({seen} member(s) start from states of the training data)"
+    return "held-out initial states"
+
+
 def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path]:
     """``compare.md``, ``compare.json`` and ``figures/compare_error_growth.png`` in the run directory."""
     data = comparison_rows(outcome)
     first = outcome.variants[0].metrics
     keys = spread_keys(first)
     directory = outcome.directory
+    bare = {}  # each bare-host row's curve: the first variant that scored it so
+    for result in outcome.variants:
+        for row in data["baselines"]:
+            if (row["label"] not in bare and result.metrics.get("baseline")
+                    and _row(result.metrics["baseline"]) == {k: v for k, v in row.items() if k not in ("label", "file")}):
+                bare[row["label"]] = result.metrics["baseline"]
     figure = error_growth_comparison_figure(
-        [(row["label"], r.metrics) for row, r in zip(data["variants"], outcome.variants)]
-        + ([("bare host", outcome.variants[0].metrics["baseline"])] if data["baselines"] else []),
+        [(row["label"], r.metrics) for row, r in zip(data["variants"], outcome.variants)] + list(bare.items()),
         directory / "figures" / "compare_error_growth.png",
         title=f"{outcome.variants[0].case.case.name}: {', '.join(data['keys'])}")
     lines = [f"# {outcome.variants[0].case.case.name}: {', '.join(data['keys'])} compared", "",
              f"Made by `{command or 'hybridnde run --compare'}` (hybridnde {__version__}). Every variant is trained "
              "on the same truth with the same seeds (unless a seed is compared) and rolled out from the same "
-             + ("held-out initial states" if not repeats_training_start(outcome.variants[0].case) else
-                "initial state, the training start (initial_condition.distribution = 'point': nothing held out)")
+             + _starts_phrase(outcome)
              + f": {_spread_of(outcome, 'members')} member(s) over {_spread_of(outcome, 'horizon')} time "
              f"units, error threshold {_spread_of(outcome, 'threshold')}.", ""]
     lines += _table(data["variants"] + data["baselines"], keys, with_training=True)
