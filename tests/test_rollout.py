@@ -571,3 +571,23 @@ def test_a_bare_rollout_of_a_host_without_physics_warns(tmp_path, capsys, setup,
                      "--out", str(tmp_path / f"{name}.nc"), "--no-progress"]) == 0
         warned = [line for line in capsys.readouterr().err.splitlines() if "without --closure" in line]
         assert (known in warned[0]) if name == setup else not warned
+
+
+def test_without_closure_the_default_output_is_the_bare_hosts_and_a_trained_closure_is_pointed_out(
+        case_files, tmp_path, capsys):
+    """The verbs one by one: `train` leaves closure.pt in the case's folder; `rollout` without --closure
+    rolls out the bare host, so it writes baseline.nc (as `hybridnde run` names it) and says which
+    closure it is not using; with --closure, rollout.nc."""
+    folder = tmp_path / "runs"
+    common = ["--set", f"output.directory='{folder}'", "--set", "rollout.steps=4", "--no-progress"]
+    folder.mkdir()
+    save_closure(folder / "closure.pt", small_cnn(), case_toml=ks_case().to_toml())
+    assert main(["rollout", str(case_files["ks"]), *common]) == 0
+    assert "not used unless given: --closure" in capsys.readouterr().err
+    assert (folder / "baseline.nc").is_file() and not (folder / "rollout.nc").exists()
+    with xr.open_dataset(folder / "baseline.nc") as bare:
+        assert bare.attrs["closure_checksum"] == "none"
+    assert main(["rollout", str(case_files["ks"]), "--closure", str(folder / "closure.pt"), *common]) == 0
+    assert "not used" not in capsys.readouterr().err
+    with xr.open_dataset(folder / "rollout.nc") as hybrid:
+        assert hybrid.attrs["closure_checksum"] != "none"

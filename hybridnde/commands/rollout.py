@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--closure", type=Path, default=None, metavar="closure.pt",
                         help="trained closure (from `hybridnde train`); omitted: the bare host solver")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"output NetCDF (default: {DEFAULT_FOLDER}/rollout.nc)")
+                        help=f"output NetCDF (default: {DEFAULT_FOLDER}/rollout.nc, or baseline.nc without --closure, "
+                             "as `hybridnde run` names the bare host's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted rollout to the same --out from its last checkpoint")
     parser.set_defaults(run=run)
@@ -46,7 +47,12 @@ def run(arguments: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.ERROR)
     try:
         case = case_from_arguments(arguments)
-        out = arguments.out or output_directory(case, quick=arguments.quick) / "rollout.nc"
+        folder = output_directory(case, quick=arguments.quick)
+        # the bare host's file is baseline.nc, as in `hybridnde run`'s folder: rollout.nc is the hybrid model's
+        out = arguments.out or folder / ("rollout.nc" if arguments.closure else "baseline.nc")
+        if arguments.closure is None and (folder / "closure.pt").is_file():
+            log.warning("no --closure: rolling out the bare host solver; %s (from `hybridnde train`) is not used "
+                        "unless given: --closure %s", folder / "closure.pt", folder / "closure.pt")
         if arguments.closure is None and case.hybrid.setup != "residual":  # (run's baselines mean to)
             known = "no known dynamics (du/dt = 0): every member stays where it starts" \
                 if case.hybrid.setup == "neural_ode" else "only the kinematics (dq/dt = v, no forces)"
