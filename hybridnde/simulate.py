@@ -9,7 +9,7 @@ import torch
 
 from .config import CaseConfig
 from .config.physics import ADAPTIVE_INTEGRATORS
-from .initial_conditions import draw_initial_conditions
+from .initial_conditions import draw_initial_conditions, file_members_and_start
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
 from .progress import progress_bar
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
@@ -36,20 +36,24 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     members = range(case.initial_condition.members)
     u = draw_initial_conditions(case.initial_condition, solver, members)
     time = case.time
+    member_ids, t0 = None, 0.0
+    if case.initial_condition.distribution == "file":  # keep the file's member labels and clock
+        member_ids, t0 = file_members_and_start(case.initial_condition.file, len(members))
+    start = t0 + time.spinup_steps * time.dt  # the first saved state: after the spin-up
     started = wallclock.perf_counter()
     extra: dict[str, object] = {}
     with torch.no_grad():
-        for _ in progress_bar(range(time.spinup_steps), description="spin-up", enabled=progress, unit="step"):
-            u = solver.step(0.0, u)
+        for step in progress_bar(range(time.spinup_steps), description="spin-up", enabled=progress, unit="step"):
+            u = solver.step(t0 + step * time.dt, u)
         if time.integrator in ADAPTIVE_INTEGRATORS:
-            times = [i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
+            times = [start + i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
             trajectory, nfe = solver.solve_adaptive(u, times, method=time.integrator, rtol=time.rtol, atol=time.atol)
             trajectory = trajectory.cpu().numpy()
             extra["nfe"] = nfe
         else:
-            times = solver.times(time.n_steps, save_every=time.save_every)
+            times = solver.times(time.n_steps, save_every=time.save_every, t0=start)
             trajectory = np.empty((len(members), len(times), *solver.state_shape))
-            steps = solver.trajectory(u, time.n_steps, save_every=time.save_every)
+            steps = solver.trajectory(u, time.n_steps, save_every=time.save_every, t0=start)
             for index, (_, state) in enumerate(progress_bar(steps, total=len(times), description="simulate",
                                                              enabled=progress, unit="save")):
                 trajectory[:, index] = state.cpu().numpy()
@@ -67,7 +71,8 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     log.info("simulated %d members x %d steps in %.2f s", len(members), time.n_steps, seconds)
     state_dim, coords = state_coordinates(solver)
     return trajectory_dataset(
-        trajectory, times, state_dim=state_dim, state_coords=coords, status=status, blowup_time=blowup_time,
+        trajectory, times, state_dim=state_dim, state_coords=coords, members=member_ids, status=status,
+        blowup_time=blowup_time,
         title=f"{case.case.name}: reference trajectories of {case.system.name}", solver=repr(solver),
         case_toml=case.to_toml(),
         extra_attrs={"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),

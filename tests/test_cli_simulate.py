@@ -107,6 +107,28 @@ def test_initial_conditions_from_file(tmp_path):
     assert first.read_bytes() == before
 
 
+def test_a_simulation_from_a_file_keeps_its_member_labels_and_clock(tmp_path):
+    """As a rollout from the file does: started from a truth's later states (members 10, 11, 12 from
+    t = 0.5), the new trajectories pair with the file's in `evaluate` (same members, same times) and
+    continue them exactly; a spin-up moves the start on by its steps."""
+    first = tmp_path / "first.nc"
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(first)]) == 0
+    with xr.open_dataset(first) as data:
+        late = data.isel(time=slice(5, None)).assign_coords(member=data.member.values + 10)
+        late.to_netcdf(tmp_path / "late.nc")
+        original = data.load()
+    text = LORENZ.replace('distribution = "gaussian"', f'distribution = "file"\nfile = "{tmp_path / "late.nc"}"')
+    for spinup, start in ((0, 0.5), (10, 0.6)):
+        out = tmp_path / f"continued_{spinup}.nc"
+        assert main(["simulate", str(write_case(tmp_path, text)), "--out", str(out), "--set", "time.n_steps=50",
+                     "--set", f"time.spinup_steps={spinup}"]) == 0
+        with xr.open_dataset(out) as continued:
+            assert continued.member.values.tolist() == [10, 11, 12]
+            np.testing.assert_allclose(continued.time.values, start + 0.1 * np.arange(6), rtol=0, atol=1e-12)
+            if spinup == 0:  # the same steps as the first simulation took from t = 0.5
+                np.testing.assert_array_equal(continued.u.values, original.u.values[:, 5:11])
+
+
 def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.nc"
     xr.Dataset({"u": (("member", "component"), np.array([[1.0, np.nan, 0.0]]))}).to_netcdf(bad)
