@@ -133,8 +133,7 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
             ("closure", architecture),
             ("training", f"{training.method}, {training.rollout_steps}-step rollouts, regularizer {regularizer}{penalty}, "
                          f"lr {number(training.learning_rate)} ({training.lr_schedule}), seed {training.seed}"),
-            ("data", f"{len(data.get('train_members', []))} training + {len(data.get('validation_members', []))} "
-                     f"validation members x {data.get('times', 'n/a')} samples every "
+            ("data", f"{_members_split(data)} x {data.get('times', 'n/a')} samples every "
                      f"{number(data.get('sample_interval'))}; {meta.get('train_windows', 'n/a')} training windows")]
     final = meta.get("final", {})
     terms = ", ".join(f"{k[5:]} {number(v)}" for k, v in final.items() if k.startswith("loss/"))
@@ -143,6 +142,13 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
                            f"{meta.get('best_epoch', 'n/a')}; last training loss {number(final.get('loss'))}"
                            + (f" ({terms})" if terms else "")))
     return rows
+
+
+def _members_split(data: Mapping[str, Any]) -> str:
+    train, validation = data.get("train_members", []), data.get("validation_members", [])
+    if validation and list(validation) == list(train):  # nothing held out for validation (data.py warns)
+        return f"{len(train)} training member(s), also used for validation (none held out)"
+    return f"{len(train)} training + {len(validation)} validation members"
 
 
 _STAGE_MEANING = {"simulate": "training data from the true system", "reference": "held-out truth over the rollout "
