@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -159,6 +160,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _apply(raw: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
+    known = ("system", *SECTIONS)
+    if path[0] not in known:  # named here: the section check after would blame the case file
+        close = difflib.get_close_matches(path[0], known, n=1)
+        raise ConfigError(f"{origin}: unknown section [{path[0]}]"
+                          + (f"; did you mean {'.'.join([close[0], *path[1:]])}?" if close else
+                             f" (known sections: {', '.join(sorted(known))})"))
     table = raw
     for part in path[:-1]:
         table = table.setdefault(part, {})
