@@ -128,6 +128,25 @@ def test_overrides_parse_toml_literals_and_apply_last():
     assert parse_case({"system": {"name": "two_body"}, "quick": {"time.n_steps": 10}}, quick=True).time.n_steps == 10
 
 
+def test_a_misspelled_section_in_an_override_is_named_there_with_a_suggestion():
+    """It was reported as the case file's "unknown section [tim]", with no suggestion."""
+    with pytest.raises(ConfigError, match=r"^--set tim.dt=1: unknown section \[tim\]; did you mean time.dt\?$"):
+        parse_case({"system": {"name": "two_body"}}, overrides=["tim.dt=1"], source="case.toml")
+    with pytest.raises(ConfigError, match=r"^case.toml \[quick\] trainig.epochs: unknown section \[trainig\]; "
+                                          r"did you mean training.epochs\?$"):
+        parse_case({"system": {"name": "two_body"}, "quick": {"trainig.epochs": 1}}, quick=True, source="case.toml")
+    with pytest.raises(ConfigError, match=r"unknown section \[zzz\] \(known sections: case, compute,"):
+        parse_case({"system": {"name": "two_body"}}, overrides=["zzz.a=1"])
+
+
+@pytest.mark.parametrize("name", ["../../escape", "", "a b/c", "..", "runs/x"])
+def test_a_case_name_that_is_not_a_folder_name_is_refused(name):
+    """It names the default output folder runs/<name>: "../../escape" wrote outside runs/, "" to runs-quick/."""
+    with pytest.raises(ConfigError, match=r"case.name = .*: give a folder name of letters, digits"):
+        parse_case({"system": {"name": "two_body"}, "case": {"name": name}})
+    assert parse_case({"system": {"name": "two_body"}, "case": {"name": "ks_l22.v-2"}}).case.name == "ks_l22.v-2"
+
+
 def test_checksum_tracks_sections():
     a = parse_case({"system": {"name": "two_body"}})
     b = parse_case({"system": {"name": "two_body"}, "training": {"epochs": 3}})

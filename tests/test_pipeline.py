@@ -498,5 +498,10 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
     metrics = {"valid_prediction_time": {"median": 11.0}, "members": 1, "stable_members": 1, "horizon": 100.0}
     assert "nothing held out" in verdict(metrics, held_out=False)
     assert "held-out members" in verdict(metrics)
+    from hybridnde.pipeline.report import _members_split  # the one member also validates: said once, not twice
+
+    assert _members_split({"train_members": [0], "validation_members": [0]}) == \
+        "1 training member(s), also used for validation (none held out)"
+    assert _members_split({"train_members": [0, 2], "validation_members": [1]}) == "2 training + 1 validation members"
     assert "2 of them from states in the training data" in verdict({**metrics, "members": 3,
                                                                      "members_from_training_states": 2})
