@@ -147,6 +147,13 @@ def test_a_case_name_that_is_not_a_folder_name_is_refused(name):
     assert parse_case({"system": {"name": "two_body"}, "case": {"name": "ks_l22.v-2"}}).case.name == "ks_l22.v-2"
 
 
+def test_quick_on_a_case_without_a_quick_table_says_it_changes_nothing(caplog):
+    with caplog.at_level("WARNING", logger="hybridnde.config.case"):
+        parse_case({"system": {"name": "two_body"}}, quick=True, source="bare.toml")
+        parse_case({"system": {"name": "two_body"}, "quick": {"time.n_steps": 10}}, quick=True, source="small.toml")
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == ["bare.toml has no [quick] table"]
+
+
 def test_checksum_tracks_sections():
     a = parse_case({"system": {"name": "two_body"}})
     b = parse_case({"system": {"name": "two_body"}, "training": {"epochs": 3}})

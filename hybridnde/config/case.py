@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from .physics import (ADAPTIVE_INTEGRATORS, CaseInfo, ComputeConfig, InitialCond
                       KuramotoSivashinskyConfig, OutputConfig, SystemConfig, TimeConfig, parse_system)
 
 __all__ = ["CaseConfig", "load_case", "parse_case", "parse_override", "SECTIONS"]
+
+log = logging.getLogger(__name__)
 
 # Section name -> dataclass (``system`` is typed by its name, see ``parse_system``).
 SECTIONS: dict[str, type] = {
@@ -189,6 +192,8 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
         raise ConfigError(f"{source}: [quick] must be a table of dotted keys, e.g. \"training.epochs\" = 10")
     overrides = [(text, *parse_override(text)) for text in overrides]
     unquick = copy.deepcopy(raw) if check_quick and not quick and quick_table else None
+    if quick and not quick_table:
+        log.warning("%s has no [quick] table: --quick changes only the default output folder (<name>-quick)", source)
     if quick:
         for dotted, value in quick_table.items():
             _apply(raw, dotted.split("."), value, f"{source} [quick] {dotted}")
