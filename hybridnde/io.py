@@ -34,7 +34,9 @@ STATUS_FLAGS: dict[str, int] = {"ok": 0, "blew_up": 1, "nonfinite_input": 2}
 #: CF metadata of every variable and coordinate, in one table (pyqg style)
 VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
     "u": {"long_name": "state", "units": "1"},
-    "time": {"long_name": "time", "units": "1", "axis": "T"},
+    # no axis = "T": CF (4, 4.4) reads that as a time coordinate, whose units must be "<unit> since
+    # <date>"; these systems' time is nondimensional, so "1", a plain coordinate
+    "time": {"long_name": "time", "units": "1"},
     "x": {"long_name": "position on the periodic domain", "units": "1", "axis": "X"},
     "component": {"long_name": "state component"},
     "member": {"long_name": "global ensemble member index"},

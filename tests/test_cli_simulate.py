@@ -50,6 +50,8 @@ def test_simulate_writes_cf_netcdf_matching_the_solver(tmp_path):
         assert ds.status.attrs["flag_meanings"] == "ok blew_up nonfinite_input"
         assert (ds.status.values == 0).all() and np.isnan(ds.blowup_time.values).all()
         assert ds.u.encoding["zlib"] and ds.time.attrs["long_name"] == "time"
+        # nondimensional time: units "1" and no axis = "T", which CF reserves for "<unit> since <date>"
+        assert ds.time.attrs["units"] == "1" and "axis" not in ds.time.attrs
         np.testing.assert_allclose(ds.time.values, np.arange(21) * 0.1, atol=1e-12)
         u = ds.u.values
     # same states as calling the solver directly from the stored initial states
