@@ -36,10 +36,12 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     members = range(case.initial_condition.members)
     u = draw_initial_conditions(case.initial_condition, solver, members)
     time = case.time
-    member_ids, t0 = None, 0.0
-    if case.initial_condition.distribution == "file":  # keep the file's member labels and clock
+    # drawn states have no clock: time 0 is the first saved state, after the spin-up. A file's states
+    # keep their member labels and clock, which runs on through the spin-up.
+    member_ids, t0, start = None, 0.0, 0.0
+    if case.initial_condition.distribution == "file":
         member_ids, t0 = file_members_and_start(case.initial_condition.file, len(members))
-    start = t0 + time.spinup_steps * time.dt  # the first saved state: after the spin-up
+        start = t0 + time.spinup_steps * time.dt
     started = wallclock.perf_counter()
     extra: dict[str, object] = {}
     with torch.no_grad():

@@ -117,13 +117,21 @@ class Solver(ABC):
         return du_dt
 
     def closure_tendency(self, t: Tensor, u: Tensor) -> Tensor:
-        """``closure(t, u)``, refused (``SolverStateError``) unless it is a tensor of ``u``'s shape: a
-        ``(batch, 1)`` or ``(n,)`` result would broadcast into every member or point and run on wrong."""
+        """``closure(t, u)``, refused (``SolverStateError``) unless it is a tensor of ``u``'s shape, in ``u``'s
+        precision or finer: a ``(batch, 1)`` or ``(n,)`` result would broadcast into every member or point
+        and run on wrong, a coarser one would round every step."""
         du_dt = self.closure(t, u)
         if not isinstance(du_dt, Tensor) or du_dt.shape != u.shape:
             got = tuple(du_dt.shape) if isinstance(du_dt, Tensor) else type(du_dt).__name__
             raise SolverStateError(f"the closure returned {got} for u of shape {tuple(u.shape)}; a closure "
                                    f"must return du/dt of the same shape as u (one tendency per member and point)")
+        # a float32 network in a float64 solver would round every step silently (a more precise answer
+        # is harmless: the step rounds it to u's precision)
+        if du_dt.dtype != u.dtype and (not du_dt.is_floating_point()
+                                       or torch.finfo(du_dt.dtype).eps > torch.finfo(u.dtype).eps):
+            raise SolverStateError(f"the closure returned {du_dt.dtype} for u of dtype {u.dtype}; a closure must "
+                                   f"return du/dt in u's dtype: move it to the solver's (closure.to({u.dtype})) or "
+                                   f"build the solver in {du_dt.dtype}")
         return du_dt
 
     def as_time(self, t: Tensor | float) -> Tensor:

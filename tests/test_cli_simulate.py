@@ -129,6 +129,11 @@ def test_a_simulation_from_a_file_keeps_its_member_labels_and_clock(tmp_path):
             np.testing.assert_allclose(continued.time.values, start + 0.1 * np.arange(6), rtol=0, atol=1e-12)
             if spinup == 0:  # the same steps as the first simulation took from t = 0.5
                 np.testing.assert_array_equal(continued.u.values, original.u.values[:, 5:11])
+    # drawn states have no clock: time 0 is the first saved state, after the spin-up
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(tmp_path / "drawn.nc"),
+                 "--set", "time.spinup_steps=10"]) == 0
+    with xr.open_dataset(tmp_path / "drawn.nc") as drawn:
+        assert drawn.time.values[0] == 0.0 and drawn.member.values.tolist() == [0, 1, 2]
 
 
 def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):

@@ -379,6 +379,11 @@ def test_a_closure_of_the_wrong_shape_is_refused_not_broadcast(implementation):
         for method, arguments in (("rhs", (0.0, u0)), ("step", (0.0, u0)), ("rollout", (u0, 2))):
             with pytest.raises(SolverStateError, match="same shape as u"):
                 getattr(solver, method)(*arguments)
+    single = make_solver(n_points=32, implementation=implementation,  # rounded every step, silently
+                         closure=lambda t, u: torch.zeros_like(u, dtype=torch.float32))
+    for method, arguments in (("rhs", (0.0, u0)), ("step", (0.0, u0)), ("rollout", (u0, 2))):
+        with pytest.raises(SolverStateError, match=r"returned torch.float32 for u of dtype torch.float64"):
+            getattr(single, method)(*arguments)
     zero = make_solver(n_points=32, implementation=implementation, closure=lambda t, u: torch.zeros_like(u))
     torch.testing.assert_close(zero.rollout(u0, 2), make_solver(n_points=32, implementation=implementation).rollout(u0, 2),
                                rtol=0, atol=1e-13)

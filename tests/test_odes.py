@@ -335,6 +335,9 @@ def test_a_closure_of_the_wrong_shape_is_refused_not_broadcast(name):
         for method, arguments in (("rhs", (0.0, u0)), ("step", (0.0, u0)), ("rollout", (u0, 2))):
             with pytest.raises(SolverStateError, match="same shape as u"):
                 getattr(solver, method)(*arguments)
+    solver = ODE_SYSTEMS[name](closure=lambda t, u: torch.zeros_like(u, dtype=torch.float32))
+    with pytest.raises(SolverStateError, match=r"returned torch.float32 for u of dtype torch.float64"):
+        solver.rollout(u0, 2)
     solver = ODE_SYSTEMS[name](closure=lambda t, u: torch.zeros_like(u))
     assert torch.equal(solver.rollout(u0, 2), ODE_SYSTEMS[name]().rollout(u0, 2))
 
