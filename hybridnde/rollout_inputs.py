@@ -85,18 +85,23 @@ def load_rollout_closure(closure_path: str | Path | None, closure: Callable | No
 
 
 def check_closure_fits(closure: Callable, solver, name) -> None:
-    """``DataError`` unless ``closure`` maps host states ``(batch, *state)`` to the same shape."""
+    """``DataError`` unless ``closure`` maps host states ``(batch, *state)`` to the same shape, in their
+    precision or finer (``Solver.closure_tendency`` checks every call; this is before any work)."""
     probe = torch.zeros((2, *solver.state_shape), dtype=solver.dtype, device=solver.device)
     try:
         with torch.inference_mode():
             result = closure(solver.as_time(0.0), probe)
     except RuntimeError as error:  # shape errors inside the network
-        raise DataError(f"{name}: fails on host states of shape {tuple(probe.shape)} ({error}); it was trained for "
-                        "another system or grid") from None
+        raise DataError(f"{name}: fails on host states of shape {tuple(probe.shape)} in {probe.dtype} ({error}); it "
+                        "was trained for another system or grid, or is in another dtype") from None
     if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(probe.shape):
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
         raise DataError(f"{name}: returns {shape} for host states of shape {tuple(probe.shape)}; it was trained "
                         "for another system or grid")
+    if result.dtype != probe.dtype and (not result.is_floating_point()
+                                        or torch.finfo(result.dtype).eps > torch.finfo(probe.dtype).eps):
+        raise DataError(f"{name}: returns {result.dtype} for host states in {probe.dtype}; every step would round "
+                        f"to it: give a closure in {probe.dtype} or set compute.dtype to match")
 
 
 def read_initial_states(path: str | Path, solver, n_members: int, positions: range) -> tuple[np.ndarray, float, np.ndarray]:

@@ -573,6 +573,14 @@ def test_a_bare_rollout_of_a_host_without_physics_warns(tmp_path, capsys, setup,
         assert (known in warned[0]) if name == setup else not warned
 
 
+def test_a_closure_in_a_coarser_dtype_is_refused_before_any_work(tmp_path):
+    single = small_cnn().float()  # wrapped to take the host's float64 states and answer in float32
+    with pytest.raises(DataError, match=r"returns torch.float32 for host states in torch.float64; every step"):
+        run_rollout(ks_case("rollout.steps=4"), tmp_path / "single.nc", closure=lambda t, u: single(t.float(), u.float()),
+                    progress=False)
+    assert not (tmp_path / "single.nc").exists() and not partial_path(tmp_path / "single.nc").exists()
+
+
 def test_without_closure_the_default_output_is_the_bare_hosts_and_a_trained_closure_is_pointed_out(
         case_files, tmp_path, capsys):
     """The verbs one by one: `train` leaves closure.pt in the case's folder; `rollout` without --closure
