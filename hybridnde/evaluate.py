@@ -85,18 +85,20 @@ def _subsample(count: int, limit: int = MAX_CURVE_POINTS) -> np.ndarray:
 
 def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_exponent: float | None = None,
                     invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
-                    spread: Sequence[float] = DEFAULT_SPREAD) -> dict[str, Any]:
-    """All metrics of ``pair`` that need no solver, as a dict (numpy values; see ``json_ready``)."""
+                    spread: Sequence[float] = DEFAULT_SPREAD, error_scale: str = "rms") -> dict[str, Any]:
+    """All metrics of ``pair`` that need no solver, as a dict (numpy values; see ``json_ready``).
+    ``error_scale``: ``reference_scale``'s ``kind``."""
     spread = tuple(float(p) for p in spread)
     times, start = pair.times, float(pair.times[0])
-    scale = reference_scale(pair.truth)
+    scale = reference_scale(pair.truth, kind=error_scale)
     error = normalised_error(pair.predicted, pair.truth, scale=scale)
     vpt, reached = valid_prediction_time(error, times, threshold=threshold, blowup_time=pair.blowup_time)
     stable = stable_members(pair.predicted, status=pair.status, blowup_time=pair.blowup_time)
     metrics: dict[str, Any] = {
         "members": int(pair.members.size), "times": int(times.size), "start_time": start,
         "horizon": float(times[-1] - start), "time_units": pair.time_units, "threshold": float(threshold),
-        "lyapunov_exponent": lyapunov_exponent, "error_scale": scale, "spread_percentiles": list(spread),
+        "lyapunov_exponent": lyapunov_exponent, "error_scale": scale, "error_scale_kind": error_scale,
+        "spread_percentiles": list(spread),
         "initial_error": summarise(error[:, 0], spread=spread),
         "valid_prediction_time": summarise(vpt, spread=spread, per_member=True),
         "reached_horizon_fraction": float(reached.mean()),
@@ -237,7 +239,7 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
             raise DataError("the Lyapunov estimate needs the case: pass --case CASE.toml (the files store none)")
         closure = _closure_for(rollout_attrs, rollout_path, closure_path, case)
     metrics = compute_metrics(pair, threshold=threshold, lyapunov_exponent=exponent, invariants=invariants,
-                              spread=spread)
+                              spread=spread, error_scale=case.evaluate.error_scale if case else "rms")
     metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
                "case": case.case.name if case else None, **metrics,
                "cost": {"rollout": cost_from_attributes(rollout_attrs), "reference": cost_from_attributes(reference_attrs)}}
@@ -287,7 +289,9 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         return f"{number(summary['median'])}  [{number(summary[lo_key])}, {number(summary[hi_key])}]"
 
     rows = [("members x times", f"{metrics['members']} x {metrics['times']} (horizon {number(metrics['horizon'])})"),
-            ("error threshold", number(metrics["threshold"])),
+            ("error threshold", number(metrics["threshold"])
+             + (" (of the error over the truth's standard deviation: evaluate.error_scale = anomaly)"
+                if metrics.get("error_scale_kind") == "anomaly" else "")),
             ("valid prediction time", median_spread(metrics["valid_prediction_time"]))]
     if "valid_prediction_time_lyapunov" in metrics:
         rows.append(("  in Lyapunov times", median_spread(metrics["valid_prediction_time_lyapunov"])))

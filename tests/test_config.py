@@ -180,10 +180,14 @@ def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
     case = load_case(CASES_DIR / "ks_l22.toml")
     # the training checksum of this case before training.jacobian_penalty_iterations existed (commit ff08746)
     assert case.checksum(TRAINING_SECTIONS).startswith("d312fca04683")
+    another = {("training", "jacobian_penalty_iterations"): (0, 3), ("evaluate", "error_scale"): ("rms", "anomaly")}
+    assert set(another) == set(ADDED_KEYS)
     for section, key in ADDED_KEYS:
-        changed = case.replace(**{section: dataclasses.replace(getattr(case, section), **{key: 3})})
+        default, value = another[section, key]
+        assert getattr(getattr(case, section), key) == default
+        changed = case.replace(**{section: dataclasses.replace(getattr(case, section), **{key: value})})
         assert changed.checksum() != case.checksum()
         stored = tomllib.loads(case.to_toml())
         del stored[section][key]
         assert case.changed_keys(tomli_w.dumps(stored), [section]) == []
-        assert changed.changed_keys(tomli_w.dumps(stored), [section]) == [f"{section}.{key} (0 -> 3)"]
+        assert changed.changed_keys(tomli_w.dumps(stored), [section]) == [f"{section}.{key} ({default!r} -> {value!r})"]

@@ -30,6 +30,25 @@ def test_normalised_error_is_the_error_norm_over_the_truths_rms_norm():
     np.testing.assert_allclose(normalised_error(np.zeros_like(truth), truth), 1.0)  # predicting 0: error 1
 
 
+def test_the_anomaly_scale_is_the_states_standard_deviation_and_ignores_its_mean():
+    """evaluate.error_scale = "anomaly": sqrt of the summed variances of the state entries (numpy's), the
+    same for a shifted truth, where the rms scale grows with the shift; non-finite samples left out."""
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(4, 50, 3)) * np.array([1.0, 2.0, 0.5]) + np.array([0.0, 0.0, 24.0])
+    expected = math.sqrt(truth.reshape(-1, 3).var(axis=0).sum())
+    assert reference_scale(truth, kind="anomaly") == pytest.approx(expected, rel=1e-12)
+    assert reference_scale(truth + 100.0, kind="anomaly") == pytest.approx(expected, rel=1e-9)
+    assert reference_scale(truth) > 10 * expected  # the mean z = 24 dominates the plain norm
+    with_nan = truth.copy()
+    with_nan[0, 0, 1] = np.nan
+    assert reference_scale(with_nan, kind="anomaly") == pytest.approx(
+        math.sqrt(truth.reshape(-1, 3)[1:].var(axis=0).sum()), rel=1e-12)
+    with pytest.raises(ValueError, match="all equal"):
+        reference_scale(np.ones((2, 3, 3)), kind="anomaly")
+    with pytest.raises(ValueError, match="choose one of"):
+        reference_scale(truth, kind="std")
+
+
 def test_valid_prediction_time_at_a_known_crossing():
     times = np.arange(0, 1001) * 0.01  # t in [0, 10]
     rates = np.array([0.5, 0.8, 1.6, 0.1])

@@ -11,6 +11,13 @@ errors of different members are on one scale; it is the truth's root-mean-square
 its standard deviation: a state of all zeros has error 1). Fields on finer grids have larger norms
 but the same ratio.
 
+``kind="anomaly"`` (``evaluate.error_scale``) divides by the root-mean-square norm of the truth's
+departure from its mean state instead, ``sqrt(< || u* - <u*> ||_2^2 >)`` (the mean per state entry over
+members and times): the standard deviation of the state, as normalised errors of Lorenz-63 forecasts
+usually are (e.g. Vlachas et al. 2020, Neural Networks 126, 191). Where the mean state is far from 0
+(Lorenz-63: z ~ 24) the plain norm is dominated by it, and a model stuck at a fixed point near the
+attractor stays "valid" for many Lyapunov times.
+
 Valid prediction time (VPT): the first time ``e_m(t)`` exceeds a threshold (0.5 by default),
 measured from the first compared time.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members"]
+__all__ = ["ERROR_SCALES", "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members"]
 
 
 def _flatten_state(u: np.ndarray) -> np.ndarray:
@@ -27,19 +34,30 @@ def _flatten_state(u: np.ndarray) -> np.ndarray:
     return u.reshape(u.shape[0], u.shape[1], -1)
 
 
-def reference_scale(truth: np.ndarray) -> float:
-    """``sqrt(< ||u*||^2 >)``: RMS over members and times of the truth's Euclidean state norm.
+#: what ``reference_scale`` measures the truth's size by (``evaluate.error_scale``)
+ERROR_SCALES = ("rms", "anomaly")
+
+
+def reference_scale(truth: np.ndarray, *, kind: str = "rms") -> float:
+    """``sqrt(< ||u*||^2 >)``: RMS over members and times of the truth's Euclidean state norm, or with
+    ``kind="anomaly"`` that of ``u* - <u*>`` (the module docstring).
 
     Args:
         truth: (member, time, *state); samples with a non-finite entry are left out.
     """
-    squared_norm = np.sum(_flatten_state(truth) ** 2, axis=-1)  # (member, time)
-    finite = np.isfinite(squared_norm)
+    if kind not in ERROR_SCALES:
+        raise ValueError(f"kind={kind!r}; choose one of {ERROR_SCALES}")
+    flat = _flatten_state(truth)
+    finite = np.isfinite(flat).all(axis=-1)  # (member, time)
     if not finite.any():
         raise ValueError("the reference has no finite state to normalise the error by")
-    scale = float(np.sqrt(squared_norm[finite].mean()))
+    samples = flat[finite]  # (samples, state)
+    if kind == "anomaly":
+        samples = samples - samples.mean(axis=0)
+    scale = float(np.sqrt(np.sum(samples**2, axis=-1).mean()))
     if scale == 0.0:
-        raise ValueError("the reference states are all zero; the normalised error is undefined")
+        what = "all zero" if kind == "rms" else "all equal (no variability)"
+        raise ValueError(f"the reference states are {what}; the normalised error is undefined")
     return scale
 
 

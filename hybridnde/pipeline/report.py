@@ -176,7 +176,7 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
               f"**{verdict(metrics, held_out=held_out)}**", ""]
     lines += ["## Accuracy and stability", "",
               _truth_phrase(metrics, held_out) + f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
-              f"||u - u*|| / rms(u*) and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
+              f"||u - u*|| / {'rms(u* - mean u*)' if metrics.get('error_scale_kind') == 'anomaly' else 'rms(u*)'} and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
               f"Median [{keys[0]}, {keys[1]}] over members.", "",
               *(["| | hybrid (trained closure) | bare host solver |", "|---|---|---|"] if "baseline" in metrics
                 else ["| | hybrid (trained closure) |", "|---|---|"])]
