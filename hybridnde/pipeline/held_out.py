@@ -16,7 +16,7 @@ import xarray as xr
 __all__ = ["members_from_training_states"]
 
 #: training members read at a time (bounds memory for large truths)
-_MEMBERS_PER_READ = 64
+_MEMBERS_PER_READ = 16
 
 
 def _rows(values: np.ndarray) -> list[bytes]:
