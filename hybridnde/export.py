@@ -13,11 +13,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .closure_file import load_closure
 from .io import DataError, atomic_path
 
-__all__ = ["export_closure", "probe_shape", "EXTRA_FILE"]
+__all__ = ["export_closure", "probe_shape", "EXTRA_FILE", "AccelerationsOnly"]
 
 #: name of the metadata entry in the TorchScript archive (``_extra_files``)
 EXTRA_FILE = "hybridnde.json"
@@ -30,15 +31,52 @@ def probe_shape(spec: dict, n_points: int = 32) -> tuple[int, ...]:
     return (2, n_points)
 
 
+class AccelerationsOnly(nn.Module):
+    """A ``second_order`` closure as its host adds it: ``P C(t, u)``, the position block zeroed.
+
+    Its host (``solvers.SecondOrderHost``) keeps only the accelerations of the network's output;
+    exported bare, a time loop adding the whole output to ``(v, 0)`` would add the network's
+    untrained position block to ``dq/dt``. ``u: (batch, 2 m) -> (batch, 2 m)``.
+    """
+
+    def __init__(self, closure: nn.Module, half: int):
+        super().__init__()
+        self.closure = closure
+        self.half = half
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        du_dt = self.closure(t, u)
+        return torch.cat([torch.zeros_like(du_dt[..., : self.half]), du_dt[..., self.half:]], dim=-1)
+
+
+def _setup(payload: dict) -> str:
+    """The ``hybrid.setup`` the closure was trained in (``""`` for a file saved without its case)."""
+    text = payload.get("case_toml") or ""
+    if not text:
+        return ""
+    from .config import ConfigError, parse_case_text
+
+    try:
+        return parse_case_text(text, source="the closure's case").hybrid.setup
+    except ConfigError:
+        return ""
+
+
 def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
                    device: torch.device | str = "cpu") -> dict:
     """Script the closure in ``closure_path`` and save it to ``out`` (atomically).
 
-    The scripted module is checked against the Python one on a random probe before anything is
-    written: same output bit for bit, else ``RuntimeError``. Returns the metadata stored with it.
+    The archive returns what the host adds to its own tendency: for a ``second_order`` closure the
+    accelerations only (``AccelerationsOnly``). It is checked against the Python closure on a random
+    probe before anything is written: same output bit for bit, else ``RuntimeError``. Returns the
+    metadata stored with it.
     """
     out = Path(out)
-    model, payload = load_closure(closure_path, device=device, dtype=dtype)
+    network, payload = load_closure(closure_path, device=device, dtype=dtype)
+    setup = _setup(payload)
+    model = network
+    if setup == "second_order":
+        model = AccelerationsOnly(network, int(payload["spec"]["state_dim"]) // 2).eval()
     with _torchscript_allowed():
         try:
             scripted = torch.jit.script(model)
@@ -55,7 +93,10 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
     metadata = {"format": "hybridnde-torchscript-closure/1", "spec": payload["spec"],
                 "weights_checksum": payload["checksum"], "dtype": str(parameter.dtype).replace("torch.", ""),
                 "signature": "forward(t: Tensor[], u: Tensor[batch, *state]) -> Tensor[batch, *state]",
-                "probe_shape": list(shape), "case_toml": payload.get("case_toml", "")}
+                "probe_shape": list(shape), "case_toml": payload.get("case_toml", ""),
+                "hybrid_setup": setup,
+                "output": ("the accelerations: P C(t, u), the position block zeroed (add it to (v, 0))"
+                           if setup == "second_order" else "C(t, u): add it to the host's tendency")}
     with atomic_path(out) as temporary, _torchscript_allowed():
         torch.jit.save(scripted, str(temporary), _extra_files={EXTRA_FILE: json.dumps(metadata)})
     return metadata

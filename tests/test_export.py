@@ -83,6 +83,33 @@ def test_export_records_metadata_and_can_change_precision(tmp_path):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_a_second_order_closure_exports_what_its_host_adds(tmp_path):
+    """Its host keeps only the accelerations of the network's output (``P C``); the bare network's
+    position block is untrained, and a time loop adding the archive's output to (v, 0) as the docs say
+    would have added it to dq/dt."""
+    from solvers import SecondOrderHost
+
+    model = trained_like(MLPClosure(state_dim=4, width=16).double(), seed=2)
+    case = '[system]\nname = "double_pendulum"\n[initial_condition]\ndistribution = "point"\nvalue = [1, 1, 0, 0]\n' \
+           '[hybrid]\nsetup = "second_order"\n'
+    save_closure(tmp_path / "closure.pt", model, case_toml=case)
+    assert main(["export", str(tmp_path / "closure.pt")]) == 0
+    extra = {"hybridnde.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(tmp_path / "closure.ts"), _extra_files=extra)
+    metadata = json.loads(extra["hybridnde.json"])
+    assert metadata["hybrid_setup"] == "second_order" and "accelerations" in metadata["output"]
+    host = SecondOrderHost(state_shape=(4,), dt=0.01, closure=model)
+    u, t = torch.randn(6, 4, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    with torch.no_grad():
+        exported, network = scripted(t, u), model(t, u)
+        assert network[:, :2].abs().min() > 0  # the block the host drops
+        assert torch.equal(exported, host.closure_contribution(network)) and not exported[:, :2].any()
+        # the archive added to the host's own tendency is the host's right-hand side, bit for bit
+        assert torch.equal(host.known_rhs(t, u) + exported, host.rhs(t, u))
+
+
 def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "c.ts")]) == 2
     assert "does not exist" in capsys.readouterr().err
