@@ -245,6 +245,8 @@ def _closure_activation_bytes(closure: Callable | None, solver: Solver) -> int:
         return 0
     if not isinstance(closure, torch.nn.Module):
         return 4 * math.prod(solver.state_shape) * solver.dtype.itemsize
+    if isinstance(closure, torch.jit.ScriptModule):  # an exported archive: no forward hooks
+        return _scripted_activation_bytes(closure, solver)
     total = [0]
 
     def count(_module, _inputs, output):
@@ -261,6 +263,18 @@ def _closure_activation_bytes(closure: Callable | None, solver: Solver) -> int:
         for handle in handles:
             handle.remove()
     return total[0] // 2
+
+
+def _scripted_activation_bytes(closure: torch.jit.ScriptModule, solver: Solver) -> int:
+    """What the hooks would count, from the weights: each layer's output and its activation's (none
+    after the last layer), per member -- ``out`` values of a linear layer (weight ``(out, in)``),
+    ``out * n`` of a 1-d convolution over the ``n`` points (weight ``(out, in, k)``) -- at least the
+    plain callable's estimate."""
+    points = solver.state_shape[-1]
+    outputs = [weight.shape[0] * (points if weight.ndim == 3 else 1)
+               for name, weight in closure.named_parameters() if name.endswith("weight") and weight.ndim >= 2]
+    values = 2 * sum(outputs) - (outputs[-1] if outputs else 0)
+    return max(values, 4 * math.prod(solver.state_shape)) * solver.dtype.itemsize
 
 
 def auto_batch_size(solver: Solver, *, memory_budget_mb: float, time_chunk: int, n_saves: int) -> int:

@@ -127,7 +127,9 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
 def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, closure_path) -> TrajectoryStreamWriter:
     solver = setup.solver
     state_dim, coords = state_coordinates(solver)
-    closure_name = Path(closure_path).name if closure_path else "none"
+    closure = solver.closure  # a Python closure (run_rollout(closure=...)) has no file: its name
+    closure_name = (Path(closure_path).name if closure_path else "none" if closure is None
+                    else getattr(closure, "__name__", type(closure).__name__))
     return TrajectoryStreamWriter(
         out, members=setup.member_ids, times=setup.schedule.times(), state_dim=state_dim, state_coords=coords,
         state_shape=solver.state_shape, dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
