@@ -120,6 +120,11 @@ def test_method_rules_are_checked_before_training(tmp_path, truth_file):
     with pytest.raises(ConfigError, match="homotopy_stages"):
         train_case(lv_case(method="homotopy", epochs=2, homotopy_stages=3), truth_file, tmp_path / "c.pt",
                    progress=False)
+    # 4 epochs of 2-epoch stages: lam went 1, 1, 0.54, 0.54 and never reached 0 (the coupled model was saved)
+    with pytest.raises(ConfigError, match=r"training.epochs = 4 ends before the last homotopy stage \(lam = 0\) "
+                                          r"starts at epoch 9"):
+        train_case(lv_case(method="homotopy", epochs=4, homotopy_stages=5, homotopy_epochs_per_stage=2), truth_file,
+                   tmp_path / "c.pt", progress=False)
     with pytest.raises(ConfigError, match="shooting_segments"):
         train_case(lv_case(method="multiple_shooting", shooting_segments=30), truth_file, tmp_path / "c.pt",
                    progress=False)

@@ -73,7 +73,7 @@ class TrainingConfig:
                          "integration = odeint or odeint_adjoint", choices=("vanilla", "homotopy", "multiple_shooting"))
     homotopy_stages: int = option(5, "homotopy: stages of the lam schedule (the last one has lam = 0)", positive=True)
     homotopy_epochs_per_stage: int = option(0, "homotopy: epochs per stage (0 = epochs // homotopy_stages; "
-                                            "epochs beyond the stages stay at lam = 0)", nonnegative=True)
+                                            "epochs beyond the stages stay at lam = 0; training.epochs must reach the last stage)", nonnegative=True)
     homotopy_ratio: float = option(0.6, "homotopy: decrement of lam at stage i proportional to ratio^i", positive=True)
     coupling: float = option(6.0, "homotopy: coupling K in du/dt = F - lam K (u - u_data(t)) (1/time; above the "
                              "data's largest Lyapunov exponent, see hybridnde.training.homotopy)", nonnegative=True)
