@@ -168,3 +168,27 @@ def test_multiple_shooting_is_exact_for_the_true_dynamics_and_trains_its_correct
     assert float(continuity) > 1e-4
     shooting.loss(system.known_rhs, integrate).backward()
     assert shooting.corrections.grad.abs().max() > 0
+
+
+def test_the_data_splines_are_cached_per_window_and_equal_a_fresh_batch_spline():
+    """Shuffled batches meet each window once an epoch: a cache keyed by whole batches missed every
+    step and grew without bound. Per window, three epochs of shuffled batches leave one spline per
+    window, and every batch's spline is bit for bit the one of its windows computed together."""
+    from hybridnde.interpolation import smoothing_cubic_spline
+    from hybridnde.training.homotopy import HomotopyLoss
+    from hybridnde.training.terms import Batch
+
+    generator = torch.Generator().manual_seed(0)
+    trajectories = torch.randn(4, 30, 2, dtype=torch.float64, generator=generator)
+    starts = torch.tensor([(row, first) for row in range(4) for first in range(0, 24, 3)])  # 32 windows
+    loss = HomotopyLoss(steps=5, schedule=HomotopySchedule(n_stages=3, epochs_per_stage=1), coupling=6.0,
+                        smoothing=0.3)
+    for _ in range(3):
+        for chosen in torch.randperm(len(starts), generator=generator).split(6):
+            batch_starts = starts[chosen]
+            windows = trajectories[batch_starts[:, :1], batch_starts[:, 1:2] + torch.arange(6)]
+            spline = loss.target(Batch(windows=windows, sample_interval=0.1, starts=batch_starts))
+            fresh = smoothing_cubic_spline(torch.arange(6, dtype=torch.float64) * 0.1, windows.movedim(1, 0), 0.3)
+            assert torch.equal(spline.values, fresh.values) and torch.equal(spline.second_derivatives,
+                                                                               fresh.second_derivatives)
+    assert len(loss._splines) == len(starts)

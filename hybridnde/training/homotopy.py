@@ -221,20 +221,34 @@ class HomotopyLoss(AdaptiveRolloutLoss):
         if coupling < 0 or smoothing < 0:
             raise ValueError(f"coupling={coupling} and smoothing={smoothing} must be zero or positive")
         self.schedule, self.coupling, self.smoothing = schedule, float(coupling), float(smoothing)
-        self._splines: dict[tuple, CubicSpline] = {}
+        self._splines: dict[tuple, tuple[Tensor, Tensor]] = {}  # (row, start) -> (values, S'') (time first)
+        self._spline_layout: tuple | None = None
+        self._knots: Tensor | None = None
         self._lam = schedule(0)
 
     def target(self, batch: Batch) -> CubicSpline:
-        """``u_data(t)`` of the batch's windows: ``t`` in ``[0, steps * sample_interval]`` -> ``(batch, *state)``."""
+        """``u_data(t)`` of the batch's windows: ``t`` in ``[0, steps * sample_interval]`` -> ``(batch, *state)``.
+
+        Cached per window (its ``(member row, start)``): shuffled batches meet each window once an
+        epoch, and a batch's spline is its windows' side by side (the smoothing is per feature). A
+        cache keyed by whole batches missed every time and grew every step.
+        """
         windows = batch.windows[:, : self.steps + 1]
-        key = (tuple(batch.starts.reshape(-1).tolist()), windows.shape[1], batch.sample_interval)
-        spline = self._splines.get(key)
-        if spline is None:
+        keys = [tuple(row) for row in batch.starts.reshape(len(windows), -1).tolist()]
+        layout = (windows.shape[1], batch.sample_interval, windows.dtype, windows.device)
+        if layout != self._spline_layout:  # another window length or sampling: another set of splines
+            self._splines.clear()
+            self._spline_layout = layout
+        missing = [i for i, key in enumerate(keys) if key not in self._splines]
+        if missing:
             times = torch.arange(windows.shape[1], dtype=torch.float64) * batch.sample_interval
-            spline = smoothing_cubic_spline(times, windows.movedim(1, 0).detach(), self.smoothing,
-                                            device=windows.device, dtype=windows.dtype)
-            self._splines[key] = spline
-        return spline
+            fresh = smoothing_cubic_spline(times, windows[missing].movedim(1, 0).detach(), self.smoothing,
+                                           device=windows.device, dtype=windows.dtype)
+            self._knots = fresh.knots
+            for column, i in enumerate(missing):
+                self._splines[keys[i]] = (fresh.values[:, column], fresh.second_derivatives[:, column])
+        values, second_derivatives = zip(*(self._splines[key] for key in keys))
+        return CubicSpline(self._knots, torch.stack(values, dim=1), torch.stack(second_derivatives, dim=1))
 
     def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
         self._lam = self.schedule(epoch)
