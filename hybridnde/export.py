@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -49,17 +50,19 @@ class AccelerationsOnly(nn.Module):
         return torch.cat([torch.zeros_like(du_dt[..., : self.half]), du_dt[..., self.half:]], dim=-1)
 
 
-def _setup(payload: dict) -> str:
-    """The ``hybrid.setup`` the closure was trained in (``""`` for a file saved without its case)."""
+def _setup(payload: dict, closure_path: str | Path) -> str:
+    """The ``hybrid.setup`` the closure was trained in (``""`` for a file saved without its case).
+
+    Read from the TOML itself, not a validated case: a case an earlier version wrote may fail a rule
+    added since, and a ``second_order`` closure exported as the bare network would be wrong."""
     text = payload.get("case_toml") or ""
     if not text:
         return ""
-    from .config import ConfigError, parse_case_text
-
     try:
-        return parse_case_text(text, source="the closure's case").hybrid.setup
-    except ConfigError:
-        return ""
+        hybrid = tomllib.loads(text).get("hybrid", {})
+    except tomllib.TOMLDecodeError as error:
+        raise DataError(f"{closure_path}: its stored case is not readable TOML ({error})") from None
+    return str(hybrid.get("setup", "residual")) if isinstance(hybrid, dict) else "residual"
 
 
 def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
@@ -73,7 +76,7 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
     """
     out = Path(out)
     network, payload = load_closure(closure_path, device=device, dtype=dtype)
-    setup = _setup(payload)
+    setup = _setup(payload, closure_path)
     model = network
     if setup == "second_order":
         model = AccelerationsOnly(network, int(payload["spec"]["state_dim"]) // 2).eval()

@@ -140,11 +140,25 @@ def test_a_misspelled_section_in_an_override_is_named_there_with_a_suggestion():
 
 
 @pytest.mark.parametrize("name", ["../../escape", "", "a b/c", "..", "runs/x"])
-def test_a_case_name_that_is_not_a_folder_name_is_refused(name):
-    """It names the default output folder runs/<name>: "../../escape" wrote outside runs/, "" to runs-quick/."""
+def test_a_case_name_that_is_not_a_folder_name_is_refused_where_it_names_the_folder(name, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """It names the default output folder runs/<name>: "../../escape" wrote outside runs/, "" to
+    runs-quick/. Checked there only: a case stored in an earlier file keeps parsing (its closure's
+    setup and its evaluation settings are read from it)."""
+    from hybridnde.cli import main
+    from hybridnde.commands.common import check_folder_name
+
     with pytest.raises(ConfigError, match=r"case.name = .*: give a folder name of letters, digits"):
-        parse_case({"system": {"name": "two_body"}, "case": {"name": name}})
-    assert parse_case({"system": {"name": "two_body"}, "case": {"name": "ks_l22.v-2"}}).case.name == "ks_l22.v-2"
+        check_folder_name(name)
+    check_folder_name("ks_l22.v-2")
+    assert parse_case({"system": {"name": "two_body"}, "case": {"name": name}}).case.name == name
+    monkeypatch.chdir(tmp_path)
+    case = tmp_path / "case.toml"
+    case.write_text(f'[case]\nname = "{name}"\n[system]\nname = "lorenz63"\n[initial_condition]\n'
+                    'distribution = "point"\nvalue = [1.0, 1.0, 1.0]\n[time]\nn_steps = 2\n')
+    assert main(["simulate", str(case)]) == 2
+    assert "give a folder name" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["case.toml"]
+    assert main(["simulate", str(case), "--out", str(tmp_path / "t.nc")]) == 0  # a path given: the name names nothing
 
 
 def test_quick_on_a_case_without_a_quick_table_says_it_changes_nothing(caplog):

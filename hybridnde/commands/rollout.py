@@ -47,10 +47,10 @@ def run(arguments: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.ERROR)
     try:
         case = case_from_arguments(arguments)
-        folder = output_directory(case, quick=arguments.quick)
+        folder = output_directory(case, quick=arguments.quick) if arguments.out is None else None
         # the bare host's file is baseline.nc, as in `hybridnde run`'s folder: rollout.nc is the hybrid model's
         out = arguments.out or folder / ("rollout.nc" if arguments.closure else "baseline.nc")
-        if arguments.closure is None and (folder / "closure.pt").is_file():
+        if folder is not None and arguments.closure is None and (folder / "closure.pt").is_file():
             log.warning("no --closure: rolling out the bare host solver; %s (from `hybridnde train`) is not used "
                         "unless given: --closure %s", folder / "closure.pt", folder / "closure.pt")
         if arguments.closure is None and case.hybrid.setup != "residual":  # (run's baselines mean to)

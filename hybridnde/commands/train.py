@@ -38,9 +38,11 @@ def register(subparsers) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     case = case_from_arguments(arguments)
-    directory = output_directory(case, quick=arguments.quick)
-    out = arguments.out or directory / "closure.pt"
-    data = arguments.data or directory / "truth.nc"
+    def directory() -> Path:  # the case's folder, only where a default path needs it
+        return output_directory(case, quick=arguments.quick)
+
+    out = arguments.out or directory() / "closure.pt"
+    data = arguments.data or directory() / "truth.nc"
     with torch_threads(arguments.threads, "--threads"):
         _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
     final = result.final

@@ -1,7 +1,6 @@
 """Case sections that describe the true system: what to solve, how to step it, from which states."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,15 +20,8 @@ ADAPTIVE_INTEGRATORS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 @dataclass(frozen=True)
 class CaseInfo:
     name: str = option("case", "short identifier, used in file titles and default output folders (letters, "
-                       "digits, '_', '-', '.'; a folder name, not a path)")
+                       "digits, '_', '-', '.' where it names the folder: a folder name, not a path)")
     description: str = option("", "one line on what the case shows")
-
-    def validate(self, where: str) -> None:
-        # it names the default folder runs/<name>: a path in it would write elsewhere (or nest folders)
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name) or set(self.name) == {"."}:
-            suggestion = re.sub(r"[^A-Za-z0-9_.\-]+", "_", self.name).strip("._") or "my_case"
-            raise ConfigError(f"{where}.name = {self.name!r}: give a folder name of letters, digits, '_', '-' and "
-                              f"'.', e.g. {suggestion!r} (it names the default output folder runs/<name>)")
 
 
 @dataclass(frozen=True)
