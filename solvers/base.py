@@ -132,7 +132,8 @@ class Solver(ABC):
             raise SolverStateError(f"the closure returned {du_dt.dtype} for u of dtype {u.dtype}; a closure must "
                                    f"return du/dt in u's dtype: move it to the solver's (closure.to({u.dtype})) or "
                                    f"build the solver in {du_dt.dtype}")
-        return du_dt
+        # finer: rounded to u's precision here, or type promotion would carry the state into it
+        return du_dt if du_dt.dtype == u.dtype else du_dt.to(u.dtype)
 
     def as_time(self, t: Tensor | float) -> Tensor:
         """``t`` as a 0-dim tensor on the solver's device and dtype (what closures receive)."""

@@ -338,6 +338,9 @@ def test_a_closure_of_the_wrong_shape_is_refused_not_broadcast(name):
     solver = ODE_SYSTEMS[name](closure=lambda t, u: torch.zeros_like(u, dtype=torch.float32))
     with pytest.raises(SolverStateError, match=r"returned torch.float32 for u of dtype torch.float64"):
         solver.rollout(u0, 2)
+    # a finer answer is rounded to the state's precision: type promotion carried the state into float64
+    finer = ODE_SYSTEMS[name](closure=lambda t, u: 1e-3 * u.double(), dtype=torch.float32)
+    assert finer.step(0.0, u0.float()).dtype == finer.rollout(u0.float(), 2).dtype == torch.float32
     solver = ODE_SYSTEMS[name](closure=lambda t, u: torch.zeros_like(u))
     assert torch.equal(solver.rollout(u0, 2), ODE_SYSTEMS[name]().rollout(u0, 2))
 
