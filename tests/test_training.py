@@ -209,6 +209,26 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     assert [record["val_loss"] for record in read_log(tmp_path / "log.jsonl")] == [5.0, 3.0, 1.0, 2.0, 4.0, 6.0]
 
 
+def test_early_stopping_waits_for_a_terms_earliest_stop():
+    """Homotopy's terms must reach their lam = 0 stage before patience may end training: the same
+    scores that stop the run above after 6 epochs run to 7 when a term asks for 7."""
+    from hybridnde.training.homotopy import HomotopyLoss, HomotopySchedule
+
+    torch.manual_seed(0)
+    model = MLPClosure(state_dim=2, width=8).double()
+    solver = ClosureOnly(state_shape=(2,), dt=0.1, closure=model)
+    windows = WindowSet.build(torch.randn(3, 12, 2, dtype=torch.float64), 3)
+    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0, 6.0, 7.0, 8.0])
+    term = RolloutLoss(steps=2)
+    term.earliest_stop = 7
+    config = TrainingConfig(epochs=8, batch_size=8, patience=3, checkpoint_every=0, lr_schedule="constant")
+    result = Trainer(model, solver, [term], lambda *_: next(scores), config).fit(windows, windows, 0.1)
+    assert result.stopped_early and result.epochs_run == 7 and result.best_epoch == 3
+    homotopy = HomotopyLoss(steps=2, schedule=HomotopySchedule(n_stages=5, epochs_per_stage=4), coupling=6.0)
+    assert homotopy.earliest_stop == 17  # the first epoch of the last stage (lam = 0), 1-based
+    assert HomotopySchedule(n_stages=5, epochs_per_stage=4)(homotopy.earliest_stop - 1) == 0.0
+
+
 def test_learning_rate_schedules():
     cosine = TrainingConfig(epochs=11, learning_rate=1e-2, min_learning_rate=1e-4, lr_schedule="cosine")
     rates = [learning_rate_at(epoch, cosine) for epoch in range(11)]

@@ -221,6 +221,9 @@ class HomotopyLoss(AdaptiveRolloutLoss):
         if coupling < 0 or smoothing < 0:
             raise ValueError(f"coupling={coupling} and smoothing={smoothing} must be zero or positive")
         self.schedule, self.coupling, self.smoothing = schedule, float(coupling), float(smoothing)
+        #: epochs before early stopping may end training (the Trainer reads it): one at lam = 0 at least,
+        #: or the saved closure would never have been trained uncoupled
+        self.earliest_stop = (schedule.n_stages - 1) * schedule.epochs_per_stage + 1
         self._splines: dict[tuple, tuple[Tensor, Tensor]] = {}  # (row, start) -> (values, S'') (time first)
         self._spline_layout: tuple | None = None
         self._knots: Tensor | None = None

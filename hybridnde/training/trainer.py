@@ -163,6 +163,8 @@ class Trainer:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
         log_handle = self._open_log(history)
         stopped_early = False
+        # a term may need epochs before early stopping can end training (homotopy: its lam = 0 stage)
+        earliest_stop = max((int(getattr(term, "earliest_stop", 0)) for term in self.terms), default=0)
         bar = progress_bar(range(start, config.epochs), total=config.epochs - start, description="train",
                            enabled=self.progress, unit="epoch")
         try:
@@ -195,7 +197,7 @@ class Trainer:
                 if self.checkpoint_file is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
                     save_checkpoint(self.checkpoint_file, self._state(done, best, bad_epochs, history),
                                     fingerprint=self.fingerprint)
-                if config.patience and bad_epochs >= config.patience:
+                if config.patience and bad_epochs >= config.patience and done >= earliest_stop:
                     stopped_early = True
                     log.info("early stop after epoch %d: no better validation loss in %d epochs", done, bad_epochs)
                     break
