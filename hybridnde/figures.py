@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from .io import atomic_path
 
-__all__ = ["space_time_figure", "phase_portrait_figure", "error_growth_figure", "spectrum_figure",
+__all__ = ["error_label", "space_time_figure", "phase_portrait_figure", "error_growth_figure", "spectrum_figure",
            "invariant_drift_figure", "save_figure", "time_label"]
 
 _PREDICTED_STYLE = {"linestyle": "--"}
@@ -127,13 +127,21 @@ def phase_portrait_figure(truth: np.ndarray, predicted: np.ndarray, component_na
     return figure
 
 
+def error_label(error_scale: str = "rms") -> str:
+    """The y label of normalised-error plots for ``evaluate.error_scale``."""
+    if error_scale == "anomaly":
+        return r"normalised error $\|u - u^*\| / \mathrm{rms}(u^* - \langle u^* \rangle)$"
+    return r"normalised error $\|u - u^*\| / \mathrm{rms}(u^*)$"
+
+
 def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray, upper: np.ndarray, *,
                         threshold: float, valid_time: float | None = None,
                         valid_time_spread: tuple[float, float] | None = None,
                         lyapunov_exponent: float | None = None, spread_label: str = "16-84th percentile",
-                        title: str = "", time_units: str = "1") -> Figure:
+                        title: str = "", time_units: str = "1", error_scale: str = "rms") -> Figure:
     """Normalised error over time: median over members, a percentile band, the threshold and the
-    valid prediction time (median, with its spread shaded).
+    valid prediction time (median, with its spread shaded). ``error_scale``: what the error was
+    divided by (``evaluate.error_scale``), for the axis label.
 
     Args:
         times: (time,) absolute times; median, lower, upper: (time,) (``inf`` = diverged, drawn as a gap).
@@ -167,7 +175,7 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
         axis.set_ylim(-0.05 * threshold, 2 * threshold)
     axis.set_xlim(times[0], times[-1])
     axis.set_xlabel(time_label(time_units))
-    axis.set_ylabel(r"normalised error $\|u - u^*\| / \mathrm{rms}(u^*)$")
+    axis.set_ylabel(error_label(error_scale))
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(fontsize="small", loc="lower right")
     _lyapunov_axis(axis, lyapunov_exponent, start=float(times[0]))

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..figures import save_figure, time_label
+from ..figures import error_label, save_figure, time_label
 
 __all__ = ["read_training_log", "training_curves_figure", "error_growth_comparison_figure"]
 
@@ -97,7 +97,7 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
     axis.axhline(first["threshold"], color="k", linestyle="--", linewidth=1.0, label=f"threshold {first['threshold']:g}")
     axis.set_yscale("log")
     axis.set_xlabel(time_label(first.get("time_units", "1")))
-    axis.set_ylabel(r"normalised error $\|u - u^*\| / \mathrm{rms}(u^*)$")
+    axis.set_ylabel(error_label(first.get("error_scale_kind", "rms")))
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(fontsize="small", loc="lower right")
     exponent = first.get("lyapunov_exponent")
