@@ -52,7 +52,7 @@ def test_error_growth_and_spectrum_figures(tmp_path):
     check_png(figures.save_figure(figure, tmp_path / "error_growth.png"))
     zero = np.zeros_like(times)  # a file against itself: no positive error, linear axis
     assert figures.error_growth_figure(times, zero, zero, zero, threshold=0.5).axes[0].get_yscale() == "linear"
-    assert "rms(u^*)" in axis.get_ylabel()  # the label names what the error was divided by
+    assert axis.get_ylabel().endswith(r"\mathrm{rms}(u^*)$")  # the label names what the error was divided by
     anomaly = figures.error_growth_figure(times, median, median / 3, median * 3, threshold=0.5, error_scale="anomaly")
     assert "langle u^*" in anomaly.axes[0].get_ylabel()
     k = np.arange(33) * 2 * np.pi / 22.0
