@@ -624,6 +624,12 @@ def test_without_closure_the_default_output_is_the_bare_hosts_and_a_trained_clos
     assert (folder / "baseline.nc").is_file() and not (folder / "rollout.nc").exists()
     with xr.open_dataset(folder / "baseline.nc") as bare:
         assert bare.attrs["closure_checksum"] == "none"
+    # an interrupted bare rollout under the old default name is pointed out to --resume
+    checkpoint_path(folder / "rollout.nc").write_bytes(b"")
+    (folder / "baseline.nc").unlink()
+    assert main(["rollout", str(case_files["ks"]), "--resume", *common]) == 0
+    assert f"resume that one with --out {folder / 'rollout.nc'}" in capsys.readouterr().err
+    checkpoint_path(folder / "rollout.nc").unlink()
     assert main(["rollout", str(case_files["ks"]), "--closure", str(folder / "closure.pt"), *common]) == 0
     assert "not used" not in capsys.readouterr().err
     with xr.open_dataset(folder / "rollout.nc") as hybrid:
