@@ -39,9 +39,18 @@ def _host_differences(trained: CaseConfig, case: CaseConfig) -> list[str]:
         return [*differences, f"host system {found.name!r} (this case: {wanted.name!r})"]
     for field in dataclasses.fields(found):
         was, now = getattr(found, field.name), getattr(wanted, field.name)
-        if was != now:
+        if was != now and _used_by(field, found, wanted):
             differences.append(f"host {field.name} {was!r} (this case: {now!r})")
     return differences
+
+
+def _used_by(field: dataclasses.Field, *systems) -> bool:
+    """Whether either host uses ``field``: a setting documented as ``"<method> only: ..."`` (KS's
+    ``fd_order``, ``dealiasing_fraction``) means nothing to hosts of another method."""
+    method, marker, _ = field.metadata.get("doc", "").partition(" only:")
+    if not marker or " " in method:
+        return True
+    return any(getattr(system, "method", method) == method for system in systems)
 
 
 def check_closure_case(payload: dict, case: CaseConfig, name: str | Path) -> None:

@@ -313,6 +313,9 @@ def test_a_closure_trained_for_another_case_is_refused_before_any_work(case_file
         error = capsys.readouterr().err
         assert expected in error and "ks_rollout_test" in error and "hybridnde train" in error
         assert not out.exists() and not partial_path(out).exists()
+    # a setting the host's method does not use is no difference: a spectral host has no fd_order
+    assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "ks.pt"), "--out", str(tmp_path / "fd.nc"),
+                 "--set", "rollout.steps=4", "--set", "system.fd_order=2"]) == 0
     # the case it was trained with (and a closure saved without a case, checked by shape alone) run
     assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "ks.pt"), "--out", str(tmp_path / "a.nc"),
                  "--set", "rollout.steps=4"]) == 0
