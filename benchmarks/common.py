@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -291,14 +293,47 @@ def emit_json(records: Iterable[dict[str, object]], jsonl_path: str | None = Non
             handle.writelines(line + "\n" for line in lines)
 
 
+@functools.lru_cache(maxsize=1)
+def _static_description() -> dict[str, object]:
+    """What does not change within a run: the CPU, the code's commit, the fast paths our step can use."""
+    cpu_model, avx512 = platform.processor() or platform.machine(), None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            info = handle.read()
+        models = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+        cpu_model = models[0] if models else cpu_model
+        avx512 = " avx512f " in f" {info} "
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    fast = {}
+    try:  # without them (the fast extra, a C compiler) our step is the slower torch path
+        from solvers import c_kernels, cpu_fft
+
+        fast = {"c_kernels": bool(c_kernels.library() is not None), "ducc0": bool(cpu_fft.HAVE_DUCC)}
+    except Exception:  # noqa: BLE001 -- a description, never a failure
+        pass
+    return {"cpu_model": cpu_model, "avx512": avx512, "commit": commit, **fast}
+
+
 def machine_description(threads: int, device: str = "cpu") -> dict[str, object]:
-    """What the figures were measured on (goes into every JSON line); names the GPU when there is one."""
+    """What the figures were measured on (goes into every JSON line): CPU model and AVX-512, cores,
+    threads, versions (torch; jax and exponax when loaded), the commit, whether our compiled kernels
+    and DUCC were in use; names the GPU when there is one."""
     import torch
 
     description = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                    "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
                    "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-                   "device": str(device)}
+                   "device": str(device), **_static_description()}
+    for name in ("jax", "exponax"):
+        module = sys.modules.get(name)
+        if module is not None:
+            description[name] = getattr(module, "__version__", None)
     if os.environ.get("HYBRIDNDE_BENCH_CORES"):
         description["pinned_cores"] = os.environ["HYBRIDNDE_BENCH_CORES"]
     if on_gpu(device):

@@ -348,7 +348,10 @@ def throughput(args, threads: int) -> list[dict[str, object]]:
                 "contender_device": ("cpu" if name == "numpy KT" or (name.startswith("exponax") and not gpu)
                                      else device),
                 "peer_cores": args.peer_cores if name in peers and not gpu else None,
-                **machine_description(threads, device)})
+                **machine_description(threads, device),
+                # a peer confined to one core runs XLA on one thread whatever --threads says
+                **({"threads": len(parse_cores(args.peer_cores, "--peer-cores"))}
+                   if name in peers and args.peer_cores and not gpu else {})})
     return records
 
 
