@@ -441,7 +441,7 @@ def test_reference_covers_the_rollout_horizon_in_data_samples(tmp_path):
 
 def test_training_states_are_found_in_the_training_data_bit_for_bit(finished_run, tmp_path):
     """members_from_training_states: the truth's own members (any time, a float32 copy too) are found;
-    the drawn reference's are not; files on other grids cannot be compared (0)."""
+    the drawn reference's are not; files on other grids cannot be compared (None)."""
     from hybridnde.pipeline.held_out import members_from_training_states
 
     _, out = finished_run
@@ -457,7 +457,7 @@ def test_training_states_are_found_in_the_training_data_bit_for_bit(finished_run
     assert members_from_training_states(truth, truth) == members
     assert members_from_training_states(tmp_path / "later.nc", truth) == 3
     assert members_from_training_states(out / "reference.nc", truth) == 0
-    assert members_from_training_states(tmp_path / "other_grid.nc", truth) == 0
+    assert members_from_training_states(tmp_path / "other_grid.nc", truth) is None  # cannot tell
     # float32 states widen exactly: found in a float32 truth, not in the float64 one they were rounded from
     assert members_from_training_states(tmp_path / "single.nc", tmp_path / "single.nc") == members
     assert members_from_training_states(tmp_path / "single.nc", truth) == 0
@@ -505,3 +505,5 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
     assert _members_split({"train_members": [0, 2], "validation_members": [1]}) == "2 training + 1 validation members"
     assert "2 of them from states in the training data" in verdict({**metrics, "members": 3,
                                                                      "members_from_training_states": 2})
+    unchecked = verdict({**metrics, "members_from_training_states": None})
+    assert "not checked against the training data" in unchecked and "held-out" not in unchecked

@@ -16,7 +16,10 @@ departure from its mean state instead, ``sqrt(< || u* - <u*> ||_2^2 >)`` (the me
 members and times): the standard deviation of the state, as normalised errors of Lorenz-63 forecasts
 usually are (e.g. Vlachas et al. 2020, Neural Networks 126, 191). Where the mean state is far from 0
 (Lorenz-63: z ~ 24) the plain norm is dominated by it, and a model stuck at a fixed point near the
-attractor stays "valid" for many Lyapunov times.
+attractor stays "valid" for many Lyapunov times. Both scales come from the compared truth (its
+members and times): the anomaly scale is the attractor's standard deviation only when that covers the
+attractor -- a long horizon or many members. For one Lorenz-63 trajectory it is 8.9-14.3 over 3-60
+time units (the rms scale 28.0-29.8), so compare VPTs across runs of one horizon.
 
 Valid prediction time (VPT): the first time ``e_m(t)`` exceeds a threshold (0.5 by default),
 measured from the first compared time.

@@ -124,7 +124,7 @@ def _spread_of(outcome: RunResult, key: str) -> str:
 def _starts_phrase(outcome: RunResult) -> str:
     if repeats_training_start(outcome.variants[0].case):
         return "initial state, the training start (initial_condition.distribution = 'point': nothing held out)"
-    seen = max(int(r.metrics.get("members_from_training_states", 0)) for r in outcome.variants)
+    seen = max(int(r.metrics.get("members_from_training_states") or 0) for r in outcome.variants)
     if seen:
         return f"initial states, **not held out** ({seen} member(s) start from states of the training data)"
     return "held-out initial states"

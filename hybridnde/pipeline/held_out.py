@@ -25,9 +25,9 @@ def _rows(values: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in flat]
 
 
-def members_from_training_states(reference: str | Path, truth: str | Path, *, members=None) -> int:
+def members_from_training_states(reference: str | Path, truth: str | Path, *, members=None) -> int | None:
     """How many of ``reference``'s members start (``u`` at its first time) from a state that is in
-    ``truth``, the training data. ``0`` also where their states cannot be compared (other grids).
+    ``truth``, the training data; ``None`` where their states cannot be compared (other grids).
 
     Both files: ``u(member, time, *state)`` as the pipeline writes them. ``members``: the member
     labels to look at (a rollout's, which may use fewer than the reference has); default all.
@@ -38,7 +38,7 @@ def members_from_training_states(reference: str | Path, truth: str | Path, *, me
     with xr.open_dataset(truth) as dataset:
         u = dataset["u"]
         if tuple(u.shape[2:]) != tuple(first.shape[1:]):
-            return 0
+            return None
         wanted: dict[bytes, list[int]] = {}
         for member, key in enumerate(_rows(first)):
             wanted.setdefault(key, []).append(member)

@@ -40,12 +40,15 @@ def _truth_phrase(metrics: Mapping[str, Any], held_out: bool) -> str:
         return ("Against the truth from the training trajectory's own start (`initial_condition.distribution = "
                 "\"point\"`: every draw is that point, so one member and nothing held out; an extrapolation test "
                 "beyond the training window), over ")
-    seen = int(metrics.get("members_from_training_states", 0))
+    seen = metrics.get("members_from_training_states", 0)
     if seen:
         return (f"Against a truth that is **not held out**: {metrics['members']} members, "
-                f"{_members_seen(seen, metrics['members'])} starting from a state of the training data "
-                "(`rollout.initial_conditions` names training data, or `rollout.seed` repeats `initial_condition.seed`"
-                "; found bit for bit in truth.nc), over ")
+                f"{_members_seen(int(seen), metrics['members'])} starting from a state of the training data "
+                "(`rollout.initial_conditions` names training data, `rollout.seed` repeats `initial_condition.seed`, "
+                "or an `initial_condition.file` feeds both; found bit for bit in truth.nc), over ")
+    if seen is None:
+        return (f"Against a truth of {metrics['members']} members on another grid than the training data's, so "
+                "not checked against it for states the closure saw, over ")
     return f"Against a held-out truth: {metrics['members']} members from states the closure never saw, over "
 
 
@@ -58,12 +61,14 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True) -> str:
     text = f"The hybrid model stays within the error threshold for {number(vpt['median'])}{units} time units"
     if "valid_prediction_time_lyapunov" in metrics:
         text += f" ({number(metrics['valid_prediction_time_lyapunov']['median'])} Lyapunov times)"
-    seen = int(metrics.get("members_from_training_states", 0))
+    seen = metrics.get("members_from_training_states", 0)
     if not held_out:
         text += f", from the training trajectory's own start ({metrics['members']} member; nothing held out)"
     elif seen:
-        text += (f", median over {metrics['members']} members, {_members_seen(seen, metrics['members'])} from states "
-                 "in the training data (not held out)")
+        text += (f", median over {metrics['members']} members, {_members_seen(int(seen), metrics['members'])} from "
+                 "states in the training data (not held out)")
+    elif seen is None:
+        text += f", median over {metrics['members']} members (not checked against the training data: another grid)"
     else:
         text += f", median over {metrics['members']} held-out members"
     if baseline:
