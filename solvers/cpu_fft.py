@@ -16,10 +16,51 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["HAVE_DUCC", "SquaredHat"]
+__all__ = ["HAVE_DUCC", "SquaredHat", "rfft", "irfft"]
 
 #: ``HYBRIDNDE_DUCC=0`` leaves the transforms to torch (solvers' attribute ``ducc_fft`` per solver)
 HAVE_DUCC = importlib.util.find_spec("ducc0") is not None and os.environ.get("HYBRIDNDE_DUCC", "1") != "0"
+
+
+_COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
+_REAL = {complex_dtype: real for real, complex_dtype in _COMPLEX.items()}
+
+
+def rfft(u: Tensor) -> Tensor | None:
+    """``torch.fft.rfft(u, dim=-1)`` by DUCC on one thread, or ``None`` where DUCC cannot take ``u``
+    (not on the CPU, needing gradients, another dtype, a tensor numpy cannot see: under torch.func).
+
+    One thread on purpose: torch's batched real FFTs of N <= 64 round differently with 1 and 2 threads
+    (measured: torch 2.13, MKL), so a trajectory's states would depend on the thread count.
+    """
+    if not (HAVE_DUCC and u.is_cpu and u.dtype in _COMPLEX and not u.requires_grad):
+        return None
+    import ducc0
+
+    try:
+        source = u.resolve_neg().numpy()
+    except RuntimeError:
+        return None
+    out = torch.empty((*u.shape[:-1], u.shape[-1] // 2 + 1), dtype=_COMPLEX[u.dtype])
+    ducc0.fft.r2c(source, axes=(u.ndim - 1,), forward=True, inorm=0, out=out.numpy(), nthreads=1)
+    return out
+
+
+def irfft(u_hat: Tensor, n: int) -> Tensor | None:
+    """``torch.fft.irfft(u_hat, n=n, dim=-1)`` by DUCC on one thread, or ``None`` (as ``rfft``)."""
+    if not (HAVE_DUCC and u_hat.is_cpu and u_hat.dtype in _REAL and not u_hat.requires_grad
+            and u_hat.shape[-1] == n // 2 + 1):
+        return None
+    import ducc0
+
+    try:
+        source = u_hat.resolve_conj().resolve_neg().numpy()
+    except RuntimeError:
+        return None
+    out = torch.empty((*u_hat.shape[:-1], n), dtype=_REAL[u_hat.dtype])
+    # inorm=2: divide by n on the way back, as irfft does
+    ducc0.fft.c2r(source, axes=(u_hat.ndim - 1,), lastsize=n, forward=False, inorm=2, out=out.numpy(), nthreads=1)
+    return out
 
 
 class SquaredHat:

@@ -467,3 +467,37 @@ def test_alternating_time_steps_and_states_keep_the_right_coefficients_and_input
             u_plain[which] += kick
     for a, b in zip(u_fused, u_plain):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * b.abs().max().item())
+
+
+@needs_ducc
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_trajectory_without_closure_gives_the_same_bits_on_any_thread_count(dtype):
+    """torch's batched real FFTs of N <= 64 round differently with 1 and 2 threads (MKL), and a
+    trajectory's first and saved states went through them: truth files depended on --threads. DUCC on
+    one thread does them now; the whole step is thread-invariant already (test_whole_fourier_step)."""
+    generator = torch.Generator().manual_seed(1)
+    before = torch.get_num_threads()
+    try:
+        for n_points, batch in ((16, 8), (64, 64), (64, 3)):
+            u0 = 0.1 * torch.randn(batch, n_points, generator=generator, dtype=torch.float64).to(dtype)
+            runs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                solver = KuramotoSivashinskySpectral(domain_length=22.0, n_points=n_points, dt=0.25, dtype=dtype)
+                with torch.inference_mode():
+                    runs.append(solver.rollout(u0, n_steps=40, save_every=10))
+            assert torch.equal(runs[0], runs[1]), (n_points, batch)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_ducc
+def test_ducc_real_ffts_agree_with_torch_and_leave_gradients_to_it():
+    u = torch.randn(3, 5, 48, dtype=torch.float64)
+    torch.testing.assert_close(cpu_fft.rfft(u), torch.fft.rfft(u), rtol=0, atol=1e-13)
+    u_hat = torch.fft.rfft(u)
+    torch.testing.assert_close(cpu_fft.irfft(u_hat, 48), torch.fft.irfft(u_hat, n=48), rtol=0, atol=1e-15)
+    torch.testing.assert_close(cpu_fft.irfft(u_hat.conj().conj(), 48), torch.fft.irfft(u_hat, n=48), rtol=0, atol=1e-15)
+    torch.testing.assert_close(cpu_fft.rfft(torch._neg_view(u)), torch.fft.rfft(-u), rtol=0, atol=1e-13)
+    assert cpu_fft.rfft(u.float()).dtype == torch.complex64
+    assert cpu_fft.rfft(u.clone().requires_grad_()) is None and cpu_fft.irfft(u_hat, 47) is None
