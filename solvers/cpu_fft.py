@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,30 @@ HAVE_DUCC = importlib.util.find_spec("ducc0") is not None and os.environ.get("HY
 
 _COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
 _REAL = {complex_dtype: real for real, complex_dtype in _COMPLEX.items()}
+_NUMPY = {torch.float64: "complex128", torch.float32: "complex64", torch.complex128: "float64", torch.complex64: "float32"}
+_ducc_fft = None  # ducc0.fft, imported on first use (~10 ms)
+
+
+def _fft_module():
+    global _ducc_fft
+    if _ducc_fft is None:
+        import ducc0
+
+        _ducc_fft = ducc0.fft
+    return _ducc_fft
+
+
+def _as_array(x: Tensor):
+    """A numpy view of ``x`` (lazily conjugated or negated tensors resolved first), or ``None`` where numpy
+    cannot see it (a tensor under torch.func)."""
+    if x.is_conj():
+        x = x.resolve_conj()
+    if x.is_neg():
+        x = x.resolve_neg()
+    try:
+        return x.numpy()
+    except RuntimeError:
+        return None
 
 
 def rfft(u: Tensor) -> Tensor | None:
@@ -35,15 +60,12 @@ def rfft(u: Tensor) -> Tensor | None:
     """
     if not (HAVE_DUCC and u.is_cpu and u.dtype in _COMPLEX and not u.requires_grad):
         return None
-    import ducc0
-
-    try:
-        source = u.resolve_neg().numpy()
-    except RuntimeError:
+    source = _as_array(u)
+    if source is None:
         return None
-    out = torch.empty((*u.shape[:-1], u.shape[-1] // 2 + 1), dtype=_COMPLEX[u.dtype])
-    ducc0.fft.r2c(source, axes=(u.ndim - 1,), forward=True, inorm=0, out=out.numpy(), nthreads=1)
-    return out
+    out = np.empty((*u.shape[:-1], u.shape[-1] // 2 + 1), dtype=_NUMPY[u.dtype])
+    _fft_module().r2c(source, axes=(u.ndim - 1,), forward=True, inorm=0, out=out, nthreads=1)
+    return torch.from_numpy(out)
 
 
 def irfft(u_hat: Tensor, n: int) -> Tensor | None:
@@ -51,16 +73,13 @@ def irfft(u_hat: Tensor, n: int) -> Tensor | None:
     if not (HAVE_DUCC and u_hat.is_cpu and u_hat.dtype in _REAL and not u_hat.requires_grad
             and u_hat.shape[-1] == n // 2 + 1):
         return None
-    import ducc0
-
-    try:
-        source = u_hat.resolve_conj().resolve_neg().numpy()
-    except RuntimeError:
+    source = _as_array(u_hat)
+    if source is None:
         return None
-    out = torch.empty((*u_hat.shape[:-1], n), dtype=_REAL[u_hat.dtype])
+    out = np.empty((*u_hat.shape[:-1], n), dtype=_NUMPY[u_hat.dtype])
     # inorm=2: divide by n on the way back, as irfft does
-    ducc0.fft.c2r(source, axes=(u_hat.ndim - 1,), lastsize=n, forward=False, inorm=2, out=out.numpy(), nthreads=1)
-    return out
+    _fft_module().c2r(source, axes=(u_hat.ndim - 1,), lastsize=n, forward=False, inorm=2, out=out, nthreads=1)
+    return torch.from_numpy(out)
 
 
 class SquaredHat:
