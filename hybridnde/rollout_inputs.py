@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from solvers.base import coarser_than
+
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
@@ -107,8 +109,7 @@ def check_closure_fits(closure: Callable, solver, name) -> None:
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
         raise DataError(f"{name}: returns {shape} for host states of shape {tuple(probe.shape)}; it was trained "
                         "for another system or grid")
-    if result.dtype != probe.dtype and (not result.is_floating_point()
-                                        or torch.finfo(result.dtype).eps > torch.finfo(probe.dtype).eps):
+    if coarser_than(result.dtype, probe.dtype):  # the solver's own rule, before any work
         raise DataError(f"{name}: returns {result.dtype} for host states in {probe.dtype}; every step would round "
                         f"to it: give a closure in {probe.dtype} or set compute.dtype to match")
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from .cuda_graphs import CapturedStep, GraphCache, GraphCaptureError, module_tensor_addresses
 from .integrators import FIXED_STEP_METHODS, FixedStep, odeint_adaptive
 
-__all__ = ["Closure", "Solver", "ExplicitSolver", "SolverStateError", "StabilityLimitError", "PeriodicGrid"]
+__all__ = ["Closure", "coarser_than", "Solver", "ExplicitSolver", "SolverStateError", "StabilityLimitError", "PeriodicGrid"]
 
 
 class Closure(Protocol):
@@ -29,6 +29,13 @@ class SolverStateError(ValueError):
 
 class StabilityLimitError(ValueError):
     """A time step beyond an explicit scheme's stability limit (a smaller ``dt`` fixes it)."""
+
+
+def coarser_than(answer: torch.dtype, state: torch.dtype) -> bool:
+    """Whether a closure answering in ``answer`` would round a ``state`` solver's steps: a float32
+    network in a float64 solver would, silently, every step; a finer answer is harmless (the step
+    rounds it to the state's precision)."""
+    return answer != state and (not answer.is_floating_point or torch.finfo(answer).eps > torch.finfo(state).eps)
 
 
 class Solver(ABC):
@@ -125,10 +132,7 @@ class Solver(ABC):
             got = tuple(du_dt.shape) if isinstance(du_dt, Tensor) else type(du_dt).__name__
             raise SolverStateError(f"the closure returned {got} for u of shape {tuple(u.shape)}; a closure "
                                    f"must return du/dt of the same shape as u (one tendency per member and point)")
-        # a float32 network in a float64 solver would round every step silently (a more precise answer
-        # is harmless: the step rounds it to u's precision)
-        if du_dt.dtype != u.dtype and (not du_dt.is_floating_point()
-                                       or torch.finfo(du_dt.dtype).eps > torch.finfo(u.dtype).eps):
+        if coarser_than(du_dt.dtype, u.dtype):
             raise SolverStateError(f"the closure returned {du_dt.dtype} for u of dtype {u.dtype}; a closure must "
                                    f"return du/dt in u's dtype: move it to the solver's (closure.to({u.dtype})) or "
                                    f"build the solver in {du_dt.dtype}")
