@@ -103,10 +103,11 @@ def check_training_config(case: CaseConfig) -> None:
         raise ConfigError(f"training.epochs = {training.epochs} is fewer than training.homotopy_stages = "
                           f"{training.homotopy_stages}; give at least one epoch per stage")
     per_stage = training.homotopy_epochs_per_stage
-    if training.method == "homotopy" and per_stage and training.epochs <= (training.homotopy_stages - 1) * per_stage:
+    last_start = homotopy_schedule(training).last_stage_start if training.method == "homotopy" and per_stage else 0
+    if training.epochs <= last_start:
         # the last stage (lam = 0, plain training) would never start: the closure would be the coupled one
         raise ConfigError(f"training.epochs = {training.epochs} ends before the last homotopy stage (lam = 0) starts at "
-                          f"epoch {(training.homotopy_stages - 1) * per_stage + 1} (training.homotopy_stages = "
+                          f"epoch {last_start + 1} (training.homotopy_stages = "
                           f"{training.homotopy_stages} x training.homotopy_epochs_per_stage = {per_stage}); raise "
                           "training.epochs, lower homotopy_epochs_per_stage, or set it to 0 (epochs // stages)")
     if training.method == "multiple_shooting" and training.shooting_segments > training.rollout_steps:

@@ -92,6 +92,11 @@ class HomotopySchedule:
     def total_epochs(self) -> int:
         return self.n_stages * self.epochs_per_stage
 
+    @property
+    def last_stage_start(self) -> int:
+        """The epoch (0-based) the last stage, ``lam = 0``, starts at: training must run past it."""
+        return (self.n_stages - 1) * self.epochs_per_stage
+
     def stage(self, epoch: int) -> int:
         """Stage of ``epoch``; epochs past the end stay in the last (``lam = 0``) stage."""
         if epoch < 0:
@@ -223,7 +228,7 @@ class HomotopyLoss(AdaptiveRolloutLoss):
         self.schedule, self.coupling, self.smoothing = schedule, float(coupling), float(smoothing)
         #: epochs before early stopping may end training (the Trainer reads it): one at lam = 0 at least,
         #: or the saved closure would never have been trained uncoupled
-        self.earliest_stop = (schedule.n_stages - 1) * schedule.epochs_per_stage + 1
+        self.earliest_stop = schedule.last_stage_start + 1
         self._splines: dict[tuple, tuple[Tensor, Tensor]] = {}  # (row, start) -> (values, S'') (time first)
         self._spline_layout: tuple | None = None
         self._knots: Tensor | None = None
