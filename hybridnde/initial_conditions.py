@@ -17,7 +17,7 @@ from solvers import Solver
 from .config import InitialConditionConfig
 from .io import DataError
 
-__all__ = ["file_members_and_start", "draw_initial_conditions", "read_initial_conditions", "member_rng", "nonfinite_members"]
+__all__ = ["members_and_start", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions", "member_rng", "nonfinite_members"]
 
 
 def nonfinite_members(states: np.ndarray) -> np.ndarray:
@@ -85,18 +85,22 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
         return np.asarray(u.values[list(members)], dtype=np.float64)
 
 
+def members_and_start(dataset, n_members: int) -> tuple[np.ndarray, float]:
+    """``(member labels (n_members,), first time)`` of an open initial-condition dataset with ``u``:
+    a simulation and a rollout from it both keep them, so that their output pairs with the file's
+    trajectories. Files without them: ``0..n-1`` and 0."""
+    members = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
+               else np.arange(n_members, dtype=np.int64))
+    start = float(dataset["time"].values[0]) if "time" in dataset["u"].dims and "time" in dataset.coords else 0.0
+    return members, start
+
+
 def file_members_and_start(path: str | Path, n_members: int) -> tuple[np.ndarray, float]:
-    """``(member labels (n_members,), first time)`` of an initial-condition file: a simulation from it
-    keeps both, as a rollout from it does (``rollout_inputs.read_initial_states``), so that its output
-    pairs with the file's trajectories. Files without them: ``0..n-1`` and 0. Call after
-    ``read_initial_conditions`` has checked the file."""
+    """``members_and_start`` of the file at ``path``; call after ``read_initial_conditions`` has checked it."""
     import xarray as xr
 
     with xr.open_dataset(path) as dataset:
-        members = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
-                   else np.arange(n_members, dtype=np.int64))
-        start = float(dataset["time"].values[0]) if "time" in dataset["u"].dims and "time" in dataset.coords else 0.0
-    return members, start
+        return members_and_start(dataset, n_members)
 
 
 def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members: Sequence[int], *,

@@ -22,7 +22,7 @@ from solvers.base import coarser_than
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
-from .initial_conditions import draw_initial_conditions, nonfinite_members
+from .initial_conditions import draw_initial_conditions, members_and_start, nonfinite_members
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
@@ -135,16 +135,13 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
         if "u" not in dataset or dataset["u"].dims[0] != "member" or dataset["u"].ndim not in (2, 3):
             raise DataError(f"{path}: initial conditions need a variable u(member, time, x|component)")
         u = dataset["u"]
-        t0 = 0.0
         if "time" in u.dims:
             if u.sizes["time"] == 0:
                 raise DataError(f"{path}: u has no time; initial conditions need at least one saved state")
-            t0 = float(dataset["time"].values[0])
             u = u.isel(time=0)
         if not np.issubdtype(u.dtype, np.number):
             raise DataError(f"{path}: u holds {u.dtype} values; initial conditions need numbers")
-        member_ids = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
-                      else np.arange(n_members, dtype=np.int64))
+        member_ids, t0 = members_and_start(dataset, n_members)  # as a simulation from the file keeps them
         state_dim = u.dims[1]
         values = np.asarray(u.isel(member=slice(positions.start, positions.stop)).values, dtype=np.float64)
         if solver.component_names:
