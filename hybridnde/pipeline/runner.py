@@ -219,16 +219,13 @@ class _Run:
 
     def evaluate(self, result: VariantResult, rollout: Path, reference: Path, baseline: Path, closure: Path,
                  figures: Path, identity: dict[str, Any], *, truth: Path) -> None:
-        import xarray as xr
-
         from ..evaluate import evaluate_files
         from .held_out import members_from_training_states
 
         case = result.case
         metrics = evaluate_files(rollout, reference, case=case, figures_dir=figures, lyapunov=self.lyapunov,
                                  closure_path=closure if self.lyapunov else None)
-        with xr.open_dataset(rollout) as rolled:
-            scored = rolled["member"].values
+        scored = metrics["valid_prediction_time"]["members"]  # the members evaluate paired
         metrics["members_from_training_states"] = members_from_training_states(reference, truth, members=scored)
         name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
         drawn = [training_curves_figure(result.training_log, figures / "training_loss.png",
