@@ -31,6 +31,25 @@ def _row(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _bare_hosts(outcome: RunResult) -> list[tuple[str, Path, Mapping[str, Any]]]:
+    """``(label, baseline file, its metrics)`` per bare-host row: one per file *and* scoring, as variants
+    that share the file but compare ``[evaluate]`` keys (e.g. ``evaluate.vpt_threshold``) score it
+    differently; labelled "bare host" when one serves every variant."""
+    found, seen = [], set()
+    for result in outcome.variants:
+        stage = next((s for s in result.stages if s.stage == "baseline"), None)
+        metrics = result.metrics.get("baseline")
+        if stage is None or not metrics:
+            continue
+        key = (stage.path, json.dumps(_row(metrics), sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            found.append((f"bare host ({result.variant.label})", stage.path, metrics))
+    if len(found) == 1:
+        found[0] = ("bare host", *found[0][1:])
+    return found
+
+
 def comparison_rows(outcome: RunResult) -> dict[str, Any]:
     """The sweep as JSON-ready data: one row per variant, the bare-host rows, group means."""
     variants = []
@@ -42,20 +61,7 @@ def comparison_rows(outcome: RunResult) -> dict[str, Any]:
                          "epochs_run": meta.get("epochs_run"), "train_seconds": meta.get("wall_seconds") or
                          (train.seconds if train else None),
                          "report": str(result.report), "metrics": str(result.directory / "metrics.json")})
-    baselines, seen = [], set()
-    for result in outcome.variants:
-        stage = next((s for s in result.stages if s.stage == "baseline"), None)
-        if stage is None or not result.metrics.get("baseline"):
-            continue
-        row = _row(result.metrics["baseline"])
-        # one row per bare-host file *and* scoring: variants that share the file but compare [evaluate]
-        # keys (e.g. evaluate.vpt_threshold) score it differently
-        key = (stage.path, json.dumps(row, sort_keys=True, default=str))
-        if key not in seen:
-            seen.add(key)
-            baselines.append({"label": f"bare host ({result.variant.label})", **row, "file": str(stage.path)})
-    if len(baselines) == 1:  # one bare-host rollout serves every variant
-        baselines[0]["label"] = "bare host"
+    baselines = [{"label": label, **_row(metrics), "file": str(path)} for label, path, metrics in _bare_hosts(outcome)]
     keys = [key for key, _ in outcome.variants[0].variant.settings]
     groups = []
     if len(keys) > 1:
@@ -136,14 +142,9 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
     first = outcome.variants[0].metrics
     keys = spread_keys(first)
     directory = outcome.directory
-    bare = {}  # each bare-host row's curve: the first variant that scored it so
-    for result in outcome.variants:
-        for row in data["baselines"]:
-            if (row["label"] not in bare and result.metrics.get("baseline")
-                    and _row(result.metrics["baseline"]) == {k: v for k, v in row.items() if k not in ("label", "file")}):
-                bare[row["label"]] = result.metrics["baseline"]
     figure = error_growth_comparison_figure(
-        [(row["label"], r.metrics) for row, r in zip(data["variants"], outcome.variants)] + list(bare.items()),
+        [(row["label"], r.metrics) for row, r in zip(data["variants"], outcome.variants)]
+        + [(label, metrics) for label, _, metrics in _bare_hosts(outcome)],
         directory / "figures" / "compare_error_growth.png",
         title=f"{outcome.variants[0].case.case.name}: {', '.join(data['keys'])}")
     lines = [f"# {outcome.variants[0].case.case.name}: {', '.join(data['keys'])} compared", "",
