@@ -51,14 +51,14 @@ def run(arguments: argparse.Namespace) -> int:
         folder = output_directory(case, quick=arguments.quick) if arguments.out is None else None
         # the bare host's file is baseline.nc, as in `hybridnde run`'s folder: rollout.nc is the hybrid model's
         out = arguments.out or folder / ("rollout.nc" if arguments.closure else "baseline.nc")
-        if folder is not None and arguments.closure is None and arguments.resume:
+        if folder is not None and arguments.closure is None:
             earlier = folder / "rollout.nc"  # the bare host's default before it became baseline.nc
-            if checkpoint_path(earlier).is_file() and not checkpoint_path(out).is_file():
+            if arguments.resume and checkpoint_path(earlier).is_file() and not checkpoint_path(out).is_file():
                 log.warning("--resume: an interrupted rollout without --closure is at %s (its default name before "
                             "2026-11-27); this run writes %s: resume that one with --out %s", earlier, out, earlier)
-        if folder is not None and arguments.closure is None and (folder / "closure.pt").is_file():
-            log.warning("no --closure: rolling out the bare host solver; %s (from `hybridnde train`) is not used "
-                        "unless given: --closure %s", folder / "closure.pt", folder / "closure.pt")
+            if (folder / "closure.pt").is_file():
+                log.warning("no --closure: rolling out the bare host solver; %s (from `hybridnde train`) is not used "
+                            "unless given: --closure %s", folder / "closure.pt", folder / "closure.pt")
         if arguments.closure is None and case.hybrid.setup != "residual":  # (run's baselines mean to)
             known = "no known dynamics (du/dt = 0): every member stays where it starts" \
                 if case.hybrid.setup == "neural_ode" else "only the kinematics (dq/dt = v, no forces)"

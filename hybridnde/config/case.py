@@ -44,6 +44,9 @@ SECTIONS: dict[str, type] = {
 }
 
 
+#: the tables that hold values (``[quick]`` holds overrides of them)
+VALUE_SECTIONS = ("system", *SECTIONS)
+
 #: ``(section, key)`` added after checksums of cases were first stored (in outputs, closure files and
 #: checkpoints): left out of checksums and ``changed_keys`` while at their default, so what was made
 #: before a key existed still matches a case that does not set it
@@ -163,12 +166,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _apply(raw: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
-    known = ("system", *SECTIONS)
-    if path[0] not in known:  # named here: the section check after would blame the case file
-        close = difflib.get_close_matches(path[0], known, n=1)
+    if path[0] not in VALUE_SECTIONS:  # named here: the section check after would blame the case file
+        close = difflib.get_close_matches(path[0], VALUE_SECTIONS, n=1)
         raise ConfigError(f"{origin}: unknown section [{path[0]}]"
                           + (f"; did you mean {'.'.join([close[0], *path[1:]])}?" if close else
-                             f" (known sections: {', '.join(sorted(known))})"))
+                             f" (known sections: {', '.join(sorted(VALUE_SECTIONS))})"))
     table = raw
     for part in path[:-1]:
         table = table.setdefault(part, {})
@@ -234,7 +236,7 @@ def _typed_sections(raw: Mapping[str, Any], source: str, *,
                     validate: bool = True) -> tuple[dict[str, Any], SystemConfig]:
     """Each section of ``raw`` as its dataclass (unknown sections and keys, types and ranges checked;
     ``validate``: also each section's rules joining several keys)."""
-    known = {"system", "quick", *SECTIONS}
+    known = {"quick", *VALUE_SECTIONS}
     for name in raw:
         if name not in known:
             raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(sorted(known))})")
