@@ -283,14 +283,9 @@ def dense_extrapolation(records: list[dict], arguments) -> list[dict]:
                           f"step_s_{clock}": ratio * plains[n_points][f"step_s_{clock}"],
                           "extra_per_probe_over_plain": (ratio - 1) / n_points, "probes": n_points,
                           "fitted_on": [n1, n2], "channels": arguments.channels, "batch": arguments.batch,
-                          # the machine of the rows it is fitted on
-                          **{key: measured[n2][key] for key in MACHINE_KEYS if key in measured[n2]}})
+                          # the machine of the rows it is fitted on (this process, their threads and device)
+                          **machine_description(measured[n2]["threads"], measured[n2]["device"])})
     return extra
-
-
-#: the fields of ``machine_description`` an extrapolated row copies from the rows it is fitted on
-MACHINE_KEYS = ("machine", "cpu_model", "avx512", "cores", "threads", "torch", "python", "device", "gpu", "commit",
-                "c_kernels", "ducc0", "pinned_cores", "load_average_1min")
 
 
 def print_step_tables(records: list[dict]) -> None:

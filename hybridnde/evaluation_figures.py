@@ -37,7 +37,8 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
         pair.times, levels[1], levels[0], levels[2], threshold=metrics["threshold"],
         valid_time=start + vpt["median"], valid_time_spread=(start + vpt[lo_key], start + vpt[hi_key]),
         lyapunov_exponent=metrics.get("lyapunov_exponent"), time_units=pair.time_units,
-        error_scale=metrics.get("error_scale_kind", "rms"), spread_label=f"{spread[0]:g}-{spread[1]:g}th percentile over {pair.members.size} members",
+        error_scale=metrics.get("error_scale_kind", "rms"),
+        spread_label=f"{spread[0]:g}-{spread[1]:g}th percentile over {pair.members.size} members",
         title=f"{prefix}normalised error (VPT: median {vpt['median']:.3g}, "
               f"{lo_key}-{hi_key} {vpt[lo_key]:.3g}-{vpt[hi_key]:.3g})")
     written.append(figures.save_figure(growth, directory / "error_growth.png"))
