@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 
-from .grids import restrict_to_grid
 from .io import DataError
 
 __all__ = ["AlignedPair", "align_trajectories", "MEMBER_MATCHING"]
@@ -150,6 +149,9 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
             if fine % coarse:
                 raise DataError(f"{names[0]} has {n_rollout} grid points and {names[1]} {n_reference}; one must "
                                 "divide the other to compare them on the coarser grid")
+            # grids imports torch: imported where a grid is restricted, not when the CLI starts
+            from .grids import restrict_to_grid
+
             if n_rollout < n_reference:
                 truth = restrict_to_grid(truth, n_rollout)
                 notes.append(f"reference restricted spectrally from {n_reference} to the rollout's {n_rollout} points")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..alignment import MEMBER_MATCHING
 from ..config import ConfigError, load_case
-from ..evaluate import evaluate_files, format_summary
 from ..io import atomic_path, check_output_path
 from ..threads import add_threads_argument, torch_threads
 
@@ -51,6 +50,8 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_files, format_summary
+
     if arguments.out is not None and arguments.out.suffix != ".json":
         raise ConfigError(f"--out {arguments.out}: give a .json file name")
     if arguments.overrides and arguments.case is None:

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 from ..config import ConfigError
-from ..distributed import RankFailure, world
 from ..io import DataError
 from .common import (
     DEFAULT_FOLDER,
@@ -39,6 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from ..distributed import RankFailure, world
     from ..netcdf_stream import checkpoint_path
     from ..rollout_job import run_rollout
 

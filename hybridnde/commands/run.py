@@ -15,7 +15,6 @@ import shlex
 from pathlib import Path
 
 from ..io import DataError, check_output_path
-from ..pipeline import build_variants, run_pipeline
 from ..threads import add_threads_argument
 from .common import add_case_arguments, output_directory
 
@@ -38,6 +37,9 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from ..pipeline import build_variants, run_pipeline
+    from ..pipeline.report import summary_lines
+
     variants = build_variants(arguments.case, quick=arguments.quick, overrides=arguments.overrides,
                               compare=arguments.compare)
     case = variants[0].case
@@ -46,8 +48,6 @@ def run(arguments: argparse.Namespace) -> int:
     _check_existing_folders(directory, [variant.label for variant in variants if variant.label])
     outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
                            threads=arguments.threads, command=_command_line(arguments, directory))
-    from ..pipeline.report import summary_lines
-
     print("\n".join(summary_lines(outcome)))
     return 0
 

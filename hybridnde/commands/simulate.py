@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 from ..config import ConfigError
-from ..io import check_output_path, write_netcdf
-from ..simulate import simulate_case
+from ..io import check_output_path
 from ..threads import add_threads_argument, torch_threads
 from .common import (
     DEFAULT_FOLDER,
@@ -30,6 +29,9 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from ..io import write_netcdf
+    from ..simulate import simulate_case
+
     case = case_from_arguments(arguments)
     out = arguments.out or output_directory(case, quick=arguments.quick) / "truth.nc"
     if out.suffix != ".nc":

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 from ..threads import add_threads_argument, torch_threads
-from ..training import train_case
 from .common import (
     DEFAULT_FOLDER,
     add_case_arguments,
@@ -37,6 +36,8 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    from ..training import train_case
+
     case = case_from_arguments(arguments)
     def directory() -> Path:  # the case's folder, only where a default path needs it
         return output_directory(case, quick=arguments.quick)
