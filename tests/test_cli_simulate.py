@@ -47,7 +47,9 @@ def test_simulate_writes_cf_netcdf_matching_the_solver(tmp_path):
         # what computed it: the last bits depend on the torch build, the device and the threads (--threads 1)
         assert ds.attrs["platform"].startswith(f"torch {torch.__version__} on cpu (")
         assert "), 1 torch thread(s); numpy" in ds.attrs["platform"]
+        # the documented flags, pinned: files written earlier are read with these codes
         assert ds.status.attrs["flag_meanings"] == "ok blew_up nonfinite_input"
+        assert ds.status.attrs["flag_values"].tolist() == [0, 1, 2] and ds.status.dtype == np.int8
         assert (ds.status.values == 0).all() and np.isnan(ds.blowup_time.values).all()
         assert ds.u.encoding["zlib"] and ds.time.attrs["long_name"] == "time"
         # nondimensional time: units "1" and no axis = "T", which CF reserves for "<unit> since <date>"

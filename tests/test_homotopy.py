@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
+from conftest import fitted_order
 
 from hybridnde.interpolation import natural_cubic_spline
-from hybridnde.training.homotopy import CoupledVectorField, HomotopySchedule, expansion_rates, homotopy_values
+from hybridnde.training.homotopy import (
+    CoupledVectorField,
+    HomotopySchedule,
+    expansion_rates,
+    homotopy_values,
+)
 from hybridnde.training.multiple_shooting import MultipleShooting, segment_bounds
 from solvers import LotkaVolterra
 from solvers.integrators import odeint_adaptive
@@ -106,6 +114,22 @@ def test_gradients_flow_through_the_coupled_solve():
     trajectory, _ = odeint_adaptive(coupled, u[:, 0], times[:20], rtol=1e-6, atol=1e-8)
     (trajectory - u[:, :20]).pow(2).mean().backward()
     assert all(p.grad is not None and p.grad.abs().max() > 0 for p in net.parameters())
+    # the gradient through the coupled solve is the loss's: a central difference in one weight agrees
+    net.zero_grad()
+
+    def loss():
+        trajectory, _ = odeint_adaptive(coupled, u[:, 0], times[:20], rtol=1e-11, atol=1e-13)
+        return (trajectory - u[:, :20]).pow(2).mean()
+
+    loss().backward()
+    weight, h = net[0].weight, 1e-5
+    with torch.no_grad():
+        ends = []
+        for sign in (1, -1):
+            weight[3, 1] += sign * h
+            ends.append(loss().item())
+            weight[3, 1] -= sign * h
+    assert weight.grad[3, 1].item() == pytest.approx((ends[0] - ends[1]) / (2 * h), rel=1e-5)
 
 
 def test_nfe_counters_increase_with_tighter_tolerances():
@@ -135,6 +159,13 @@ def test_expansion_rates_of_a_linear_system():
     target = natural_cubic_spline(times, u)
     rates = expansion_rates(lambda t, x: x @ matrix.T, target, 0.0, 20.0, steps=400)
     assert rates.lyapunov_exponent == pytest.approx(0.3, abs=0.05)  # finite-time: transient ~ log(c)/T
+    # the finite-time rate itself, log|expm(A T) d0| / T for the seeded first tangent d0, at RK4's order
+    first = torch.randn((1, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)[0].numpy()
+    exact = math.log(np.linalg.norm(scipy.linalg.expm(20.0 * matrix.numpy()) @ first / np.linalg.norm(first))) / 20.0
+    assert rates.lyapunov_exponent == pytest.approx(exact, abs=1e-9)
+    errors = [abs(expansion_rates(lambda t, x: x @ matrix.T, target, 0.0, 20.0, steps=steps).lyapunov_exponent
+                  - exact) for steps in (25, 50, 100)]
+    assert fitted_order([20.0 / 25, 20.0 / 50, 20.0 / 100], errors) == pytest.approx(4.0, abs=0.3)
     symmetric = 0.5 * (matrix + matrix.T)
     assert rates.max_expansion_rate == pytest.approx(float(torch.linalg.eigvalsh(symmetric)[-1]), rel=1e-12)
 

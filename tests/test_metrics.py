@@ -83,6 +83,11 @@ def test_a_blown_up_member_is_valid_at_most_until_its_blowup():
     # the file's blow-up time caps the VPT even when the saved samples are sparse
     capped, _ = valid_prediction_time(error, times, blowup_time=np.array([2.5, np.nan, 1.0, np.nan]))
     assert capped[0] == pytest.approx(2.5) and capped[2] == pytest.approx(1.0)
+    # on a clock that starts at 7 (a rollout from a restart) the blow-up times are 7 later and the
+    # VPTs, measured from the first time, are the same
+    for blowups, expected in ((blowup_time, vpt), (np.array([2.5, np.nan, 1.0, np.nan]), capped)):
+        late, _ = valid_prediction_time(error, times + 7.0, blowup_time=blowups + 7.0)
+        np.testing.assert_allclose(late, expected, atol=1e-9)
     assert valid_prediction_time(np.full((1, 3), 0.9), np.arange(3.0))[0][0] == 0.0
 
 
@@ -208,6 +213,26 @@ def test_histogram_kl_divergence_zero_for_identical_and_gaussian_value_for_shift
     assert np.isnan(histogram_kl_divergence(np.full(3, np.nan), truth))
 
 
+def test_histogram_kl_divergence_is_truth_relative_to_prediction_as_scipy_computes_it():
+    """D_KL(truth || prediction), not the reverse: for unequal widths the two differ (analytically
+    0.807 nats for N(0, 1) || N(0, 0.5^2), 0.318 the other way); and the same number as scipy's
+    ``entropy(pk, qk)`` on the documented bins (50 over the truth's range, under/overflow, epsilon)."""
+    from scipy.stats import entropy
+
+    rng = np.random.default_rng(7)
+    truth, narrow = rng.standard_normal(400_000), 0.5 * rng.standard_normal(400_000)
+    value = histogram_kl_divergence(narrow, truth)
+    edges = np.linspace(truth.min(), truth.max(), 51)
+
+    def bins(sample):
+        inside = np.histogram(sample, bins=edges)[0]
+        return np.append(inside, [(sample < edges[0]).sum(), (sample > edges[-1]).sum()]) / sample.size + 1e-10
+
+    assert value == pytest.approx(entropy(bins(truth), bins(narrow)), rel=1e-12)
+    assert 0.75 < value < 1.1  # 0.807 plus the truth's tails in bins the narrow sample rarely visits
+    assert histogram_kl_divergence(truth, narrow) == pytest.approx(0.318, abs=0.05)  # the other direction
+
+
 # -- Lyapunov exponents ---------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 2e-3), (torch.float32, 1e-2)])
 def test_lyapunov_exponent_of_a_linear_closure_is_its_largest_eigenvalue(dtype, tolerance):
@@ -220,6 +245,23 @@ def test_lyapunov_exponent_of_a_linear_closure_is_its_largest_eigenvalue(dtype, 
     estimate = leading_lyapunov_exponent(solver, u0, duration=30.0, transient=10.0, renormalise_every=5)
     assert estimate.exponent == pytest.approx(0.3, abs=tolerance)
     assert estimate.diverged == 0 and estimate.per_member.shape == (6,)
+
+
+@pytest.mark.parametrize("renormalise_every", [1, 3])
+@pytest.mark.parametrize("transient", [0.0, 0.6])
+def test_lyapunov_exponent_counts_exactly_the_measured_steps(renormalise_every, transient):
+    """u' = 0.5 u: every RK4 step multiplies any separation by g = 1 + h + h^2/2 + h^3/6 + h^4/24
+    (h = 0.5 dt), so the estimate is log(g) / dt to rounding, whatever the transient and the
+    renormalisation interval -- one growth step counted too many or too few shifts it by 1/steps."""
+    dt = 0.1
+    solver = ClosureOnly(state_shape=(2,), dt=dt, closure=lambda t, u: 0.5 * u)
+    u0 = torch.tensor([[1.0, -2.0], [0.3, 0.4]], dtype=torch.float64)
+    estimate = leading_lyapunov_exponent(solver, u0, duration=1.2, transient=transient,
+                                         renormalise_every=renormalise_every)
+    h = 0.5 * dt
+    exact = math.log(1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24) / dt
+    assert estimate.duration == pytest.approx(1.2)
+    np.testing.assert_allclose(estimate.per_member, exact, rtol=1e-7)
 
 
 def test_lyapunov_exponent_of_lorenz63():
