@@ -194,7 +194,8 @@ def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
     case = load_case(CASES_DIR / "ks_l22.toml")
     # the training checksum of this case before training.jacobian_penalty_iterations existed (commit ff08746)
     assert case.checksum(TRAINING_SECTIONS).startswith("d312fca04683")
-    another = {("training", "jacobian_penalty_iterations"): (0, 3), ("evaluate", "error_scale"): ("rms", "anomaly")}
+    another = {("training", "jacobian_penalty_iterations"): (0, 3), ("evaluate", "error_scale"): ("rms", "anomaly"),
+               ("training", "jacobian_penalty_field"): ("auto", "rhs")}
     assert set(another) == set(ADDED_KEYS)
     for section, key in ADDED_KEYS:
         default, value = another[section, key]

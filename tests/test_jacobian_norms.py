@@ -264,6 +264,56 @@ def test_a_case_sets_the_iterations_of_the_iterative_penalties():
         penalty("condition", 1)
 
 
+def test_the_penalty_acts_on_the_closure_in_a_residual_host_and_on_the_whole_field_elsewhere():
+    """``training.jacobian_penalty_field``: ``auto`` penalises the closure's contribution where the host
+    runs known physics (residual), the whole right-hand side otherwise. On the KS host the whole
+    field's sigma_max is the known operator's (~6.9e3 at N = 64), the closure's ~0.25: penalising the
+    former teaches the closure to cancel -u_xx - u_xxxx."""
+    from pathlib import Path
+
+    from hybridnde.config import ConfigError, load_case
+    from hybridnde.models import build_model
+    from hybridnde.systems import build_host_solver
+    from hybridnde.training.build import build_terms, check_training_config, jacobian_penalty_field
+    from hybridnde.training.terms import Batch
+
+    cases = Path(__file__).resolve().parents[1] / "cases"
+    torch.manual_seed(0)
+
+    def term_value(penalty, field):
+        case = load_case(cases / "ks_l22.toml", overrides=[f"training.jacobian_penalty='{penalty}'",
+                                                          f"training.jacobian_penalty_field='{field}'"])
+        check_training_config(case)
+        model = build_model(case.model, state_shape=(case.system.n_points,))
+        host = build_host_solver(case, closure=model)
+        (term,) = [term for term in build_terms(case, host, device=torch.device("cpu"), dtype=torch.float64)
+                   if hasattr(term, "penalty")]
+        x = host.x
+        windows = torch.stack([torch.cos(2 * math.pi * k * x / 22) for k in (1, 2, 3, 4)]).reshape(2, 2, -1)
+        batch = Batch(windows=windows, sample_interval=1.0, starts=torch.tensor([[0, 0], [1, 0]]))
+        (weighted,) = term(model, host, batch, epoch=10**6).values()
+        states = windows.reshape(4, -1)
+        closure, whole = model(0.0, states), host.rhs(0.0, states)
+        return float(weighted.value), closure.pow(2).sum(-1).mean(), whole.pow(2).sum(-1).mean()
+
+    ks = load_case(cases / "ks_l22.toml")
+    assert ks.hybrid.setup == "residual" and jacobian_penalty_field(ks) == "closure"
+    value, closure, whole = term_value("kinetic", "auto")
+    assert value == pytest.approx(float(closure), rel=1e-12)
+    value, closure, whole = term_value("kinetic", "rhs")
+    assert value == pytest.approx(float(whole), rel=1e-12) and abs(whole - closure) > 0.1 * closure
+    assert term_value("spectral", "auto")[0] < 1.0 < 1e3 < term_value("spectral", "rhs")[0]
+    for setup, expected in (("neural_ode", "rhs"), ("second_order", "rhs")):
+        other = load_case(cases / "two_body.toml", overrides=[f"hybrid.setup='{setup}'"])
+        assert jacobian_penalty_field(other) == expected
+    # a second-order closure gives only accelerations: its Jacobian has zero rows, no condition number
+    second = load_case(cases / "two_body.toml", overrides=["hybrid.setup='second_order'",
+                                                          "training.jacobian_penalty='condition'",
+                                                          "training.jacobian_penalty_field='closure'"])
+    with pytest.raises(ConfigError, match="jacobian_penalty_field = 'closure' in a second_order host"):
+        check_training_config(second)
+
+
 def test_fields_on_a_grid_are_flattened():
     """States (batch, *state) with more than one state axis: the Jacobian is over the flattened state."""
     torch.manual_seed(0)

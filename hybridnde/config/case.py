@@ -50,7 +50,8 @@ VALUE_SECTIONS = ("system", *SECTIONS)
 #: ``(section, key)`` added after checksums of cases were first stored (in outputs, closure files and
 #: checkpoints): left out of checksums and ``changed_keys`` while at their default, so what was made
 #: before a key existed still matches a case that does not set it
-ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterations"), ("evaluate", "error_scale"))
+ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterations"), ("evaluate", "error_scale"),
+                                           ("training", "jacobian_penalty_field"))
 
 
 def _default(section: str, key: str) -> Any:

@@ -83,10 +83,16 @@ class TrainingConfig:
     shooting_segments: int = option(5, "multiple_shooting: segments per window", positive=True)
     continuity_weight: float = option(1.0, "multiple_shooting: weight of the mean squared jump between segments",
                                       nonnegative=True)
-    jacobian_penalty: str = option("none", "penalty on the Jacobian of the hybrid right-hand side at the window "
-                                   "states (adds to regularizer): frobenius ||J||_F^2 (Hutchinson, `probes`), "
-                                   "kinetic ||F||^2, spectral sigma_max, condition sigma_max/sigma_min",
+    jacobian_penalty: str = option("none", "penalty on the Jacobian of the field jacobian_penalty_field names, at "
+                                   "the window states (adds to regularizer): frobenius ||J||_F^2 (Hutchinson, "
+                                   "`probes`), kinetic ||F||^2, spectral sigma_max, condition sigma_max/sigma_min",
                                    choices=("none", "frobenius", "kinetic", "spectral", "condition"))
+    jacobian_penalty_field: str = option("auto", "the field jacobian_penalty acts on: closure = C_theta alone (the "
+                                         "part the host adds: what is learned), rhs = the hybrid right-hand side "
+                                         "F_known + C_theta (the field the solver integrates; in a residual host "
+                                         "its penalty pushes C_theta to cancel F_known's stiff terms); auto = "
+                                         "closure for hybrid.setup = residual, else rhs",
+                                         choices=("auto", "closure", "rhs"))
     jacobian_penalty_weight: float = option(1e-3, "weight of jacobian_penalty", nonnegative=True)
     jacobian_penalty_iterations: int = option(0, "iterations of the iterative estimates, warm-started per data "
                                               "state: spectral power iterations per call once a state has a "

@@ -15,6 +15,7 @@ from .. import __version__
 from ..config import KuramotoSivashinskyConfig
 from ..config.fields import to_mapping
 from ..io import atomic_path
+from ..training.build import jacobian_penalty_field
 from .formatting import median_spread, number, percent, relative_link, spread_keys
 from .runner import RunResult, VariantResult
 from .stages import repeats_training_start
@@ -131,7 +132,10 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
     regularizer = training.regularizer
     if regularizer != "none":
         regularizer += f" (lambda = {number(training.regularizer_weight)})"
-    penalty = f", Jacobian penalty {training.jacobian_penalty}" if training.jacobian_penalty != "none" else ""
+    penalty = ""
+    if training.jacobian_penalty != "none":
+        of = {"closure": "the closure", "rhs": "the hybrid right-hand side"}[jacobian_penalty_field(case)]
+        penalty = f", Jacobian penalty {training.jacobian_penalty} of {of}"
     data = meta.get("data", {})
     rows = [("true system", f"{system.name} {_inline(settings)}; {case.time.integrator}, dt = {number(case.time.dt)}"),
             ("host solver", f"{host_text[host.setup]}; {host_time.integrator}, dt = {number(host_time.dt)}"),

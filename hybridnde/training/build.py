@@ -113,6 +113,12 @@ def check_training_config(case: CaseConfig) -> None:
     if training.method == "multiple_shooting" and training.shooting_segments > training.rollout_steps:
         raise ConfigError(f"training.shooting_segments = {training.shooting_segments} exceeds the "
                           f"{training.rollout_steps} intervals of a window (training.rollout_steps); use fewer segments")
+    if (training.jacobian_penalty == "condition" and case.hybrid.setup == "second_order"
+            and jacobian_penalty_field(case) == "closure"):
+        raise ConfigError("training.jacobian_penalty = 'condition' with jacobian_penalty_field = 'closure' in a "
+                          "second_order host: the closure gives only the accelerations, so its Jacobian has zero "
+                          "rows (the positions') and no finite condition number; use jacobian_penalty_field = "
+                          "'rhs' (the whole field, dq/dt = v included) or another penalty")
     if training.jacobian_penalty == "condition" and training.jacobian_penalty_iterations == 1:
         raise ConfigError("training.jacobian_penalty_iterations = 1: the condition number's Lanczos process needs "
                           "at least 2 steps (0 = the default 20)")
@@ -190,8 +196,20 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
                                      generator=torch.Generator().manual_seed(training.seed + 2))
     if penalty is not None:
         terms.append(JacobianPenaltyTerm(penalty, weight=training.jacobian_penalty_weight,
-                                         warmup_epochs=training.regularizer_warmup_epochs))
+                                         warmup_epochs=training.regularizer_warmup_epochs,
+                                         field=jacobian_penalty_field(case)))
     return terms
+
+
+def jacobian_penalty_field(case: CaseConfig) -> str:
+    """``training.jacobian_penalty_field`` resolved: ``"auto"`` is the closure where the host runs known
+    physics (a residual set-up: the penalty of ``F_known + C_theta`` would push ``C_theta`` to cancel
+    ``F_known``'s stiff terms, e.g. KS's ``-u_xx - u_xxxx``, which the integrator handles itself), the
+    whole right-hand side otherwise (``neural_ode``: the same field; ``second_order``: with ``dq/dt = v``)."""
+    field = case.training.jacobian_penalty_field
+    if field == "auto":
+        return "closure" if case.hybrid.setup == "residual" else "rhs"
+    return field
 
 
 def _fingerprint(case: CaseConfig, data: TrainingData, *, legacy: bool = False) -> str:
