@@ -110,7 +110,8 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         metrics["valid_prediction_time_lyapunov"] = summarise(vpt * lyapunov_exponent, spread=spread)
     if np.nanmedian(error[:, 0]) > INITIAL_MISMATCH * threshold:
         note = (f"the files start apart (median initial error {np.nanmedian(error[:, 0]):.3g}): are they from the "
-                "same initial conditions? (simulate the reference with the rollout's seed)")
+                "same initial conditions? Roll out from the reference's states: --set "
+                "rollout.initial_conditions=REFERENCE.nc (as `hybridnde run` does)")
         metrics["notes"].append(note)
         log.warning(note)
     levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))

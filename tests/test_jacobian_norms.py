@@ -5,12 +5,13 @@ The penalties compute their products in forward mode (JVP) and reverse mode (VJP
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from hybridnde.regularizers.jacobian_norms import (ConditionNumber, FrobeniusNorm, KineticEnergy, SpectralNorm,
+from hybridnde.regularizers.jacobian_norms import (RNODE, ConditionNumber, FrobeniusNorm, KineticEnergy, SpectralNorm,
                                                    build_jacobian_penalty, dense_jacobian, hutchinson_variance,
                                                    jacobian_vector_product, vector_jacobian_product)
 
@@ -235,8 +236,25 @@ def test_penalty_gradients_match_finite_differences():
 def test_build_penalty_by_name_and_bad_names():
     assert build_jacobian_penalty("none") is None
     for name, kind in (("frobenius", FrobeniusNorm), ("kinetic", KineticEnergy), ("spectral", SpectralNorm),
-                       ("condition", ConditionNumber)):
+                       ("condition", ConditionNumber), ("rnode", RNODE)):
         assert isinstance(build_jacobian_penalty(name), kind)
+    # every penalty a case may name is built (the case's choices are kept apart from torch)
+    from hybridnde.config.learning import TrainingConfig
+    from hybridnde.regularizers.jacobian_norms import JACOBIAN_PENALTIES
+
+    choices = next(f for f in dataclasses.fields(TrainingConfig) if f.name == "jacobian_penalty").metadata
+    assert tuple(choices["choices"]) == JACOBIAN_PENALTIES
+
+
+def test_rnode_is_the_exact_frobenius_norm_plus_the_kinetic_energy():
+    """RNODE (Finlay et al. 2020; Josias & Brink's Frobenius setting): ||J||_F^2 + ||F||^2, its Jacobian
+    term exact from n JVPs when n <= probes, checked against a dense jacrev Jacobian."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    u, t = torch.randn(5, 3, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    jacobian = torch.func.vmap(torch.func.jacrev(net))(u)
+    expected = jacobian.pow(2).sum(dim=(1, 2)).mean() + net(u).pow(2).sum(-1).mean()
+    torch.testing.assert_close(RNODE(probes=3)(lambda t, x: net(x), t, u), expected)
     with pytest.raises(ValueError, match="choose one of"):
         build_jacobian_penalty("nuclear")
     with pytest.raises(ValueError, match="probes"):

@@ -93,7 +93,7 @@ def test_multiple_shooting_optimises_its_segment_starts_and_saves_them_with_chec
     torch.testing.assert_close(shooting.corrections.detach(), state["corrections"])
 
 
-@pytest.mark.parametrize("penalty", ["frobenius", "kinetic", "spectral", "condition"])
+@pytest.mark.parametrize("penalty", ["frobenius", "kinetic", "rnode", "spectral", "condition"])
 def test_jacobian_penalties_join_the_loss_and_combine_with_the_directional_regularizer(tmp_path, truth_file, penalty):
     case = lv_case(method="vanilla", epochs=3, jacobian_penalty=penalty, jacobian_penalty_weight=1e-3,
                    regularizer="jvp", regularizer_weight=1e-4)

@@ -4,7 +4,7 @@ The slides report, for four settings whose row assignment could not be recovered
 numbers kappa(J) of about 5.3 ± 3.5, 27.3 ± 34.1, 45.9 ± 70.6 and 6.1 ± 5.2, and that norm penalties
 cut NFE at some cost in accuracy while the condition-number penalty helps robustness to input noise.
 
-For each penalty (none, frobenius, spectral, condition; kinetic as an extra row) and seed of
+For each penalty (none, frobenius, spectral, condition; kinetic and rnode = frobenius + kinetic as extra rows) and seed of
 ``cases/classifier/two_moons.toml`` one classifier is trained (``hybridnde.classifier.run_classifier``)
 and we report mean ± standard deviation over seeds of: clean test accuracy, accuracy with Gaussian
 input noise added to the test points, NFE of one forward solve of the test set and per training step
@@ -12,7 +12,7 @@ input noise added to the test points, NFE of one forward solve of the test set a
 (exact SVD; the median is in the JSON lines). One weight for every penalty (the case's
 ``penalty_weight``, fixed before any run) -- their weights are unknown.
 
-    nice python benchmarks/experiments/two_moons.py [--penalties none frobenius spectral condition kinetic]
+    nice python benchmarks/experiments/two_moons.py [--penalties none frobenius spectral condition kinetic rnode]
         [--seeds 0 1 2 3 4] [--tiny] [--out results.jsonl]
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from hybridnde.classifier import load_classifier_case, run_classifier, summarize  # noqa: E402
 
-PENALTIES = ("none", "frobenius", "spectral", "condition", "kinetic")
+PENALTIES = ("none", "frobenius", "spectral", "condition", "kinetic", "rnode")
 SLIDES_KAPPA = ("5.3 ± 3.5", "27.3 ± 34.1", "45.9 ± 70.6", "6.1 ± 5.2")
 
 

@@ -85,8 +85,9 @@ class TrainingConfig:
                                       nonnegative=True)
     jacobian_penalty: str = option("none", "penalty on the Jacobian of the field jacobian_penalty_field names, at "
                                    "the window states (adds to regularizer): frobenius ||J||_F^2 (Hutchinson, "
-                                   "`probes`), kinetic ||F||^2, spectral sigma_max, condition sigma_max/sigma_min",
-                                   choices=("none", "frobenius", "kinetic", "spectral", "condition"))
+                                   "`probes`), kinetic ||F||^2, rnode both (Finlay et al. 2020), spectral "
+                                   "sigma_max, condition sigma_max/sigma_min",
+                                   choices=("none", "frobenius", "kinetic", "rnode", "spectral", "condition"))
     jacobian_penalty_field: str = option("auto", "the field jacobian_penalty acts on: closure = C_theta alone (the "
                                          "part the host adds: what is learned), rhs = the hybrid right-hand side "
                                          "F_known + C_theta (the field the solver integrates; in a residual host "

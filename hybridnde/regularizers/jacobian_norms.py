@@ -10,6 +10,8 @@ row independently, as every closure in ``hybridnde.models`` does.
   (Hutchinson 1990; Finlay et al. 2020, "How to train your neural ODE"), or exact from ``n`` JVPs when
   ``n`` is no larger than the number of probes.
 * ``KineticEnergy``  ``||F||^2`` (RNODE, Finlay et al. 2020).
+* ``RNODE``  ``||J||_F^2 + ||F||^2``: both of RNODE's terms at equal weight, as Josias & Brink's
+  Frobenius setting (NOTES.md, paper 003) uses them.
 * ``SpectralNorm``  ``sigma_max(J)`` by power iteration on ``J^T J`` (one JVP and one VJP per
   iteration), warm-started from the previous call's singular vectors (Miyato et al. 2018 do the same
   for weight matrices), or exactly by SVD.
@@ -34,7 +36,7 @@ from .warm_start import WarmStart, WarmStarted
 
 __all__ = [
     "VectorField", "JacobianPenalty", "JVP_METHODS", "jacobian_vector_product", "vector_jacobian_product", "dense_jacobian",
-    "FrobeniusNorm", "KineticEnergy", "SpectralNorm", "ConditionNumber", "JACOBIAN_PENALTIES",
+    "FrobeniusNorm", "KineticEnergy", "RNODE", "SpectralNorm", "ConditionNumber", "JACOBIAN_PENALTIES",
     "build_jacobian_penalty", "hutchinson_variance",
 ]
 
@@ -115,6 +117,29 @@ class KineticEnergy:
 
     def __repr__(self) -> str:
         return "KineticEnergy()"
+
+
+class RNODE:
+    """``mean_b (||J_b||_F^2 + ||F(t, u_b)||^2)``: RNODE's two regularizers at equal weight (Finlay et
+    al. 2020 weight them separately; their experiments mostly use equal weights), the Jacobian term
+    estimated as ``FrobeniusNorm`` does."""
+
+    name = "rnode"
+
+    def __init__(self, *, probes: int = 4, generator: torch.Generator | None = None):
+        self.frobenius, self.kinetic = FrobeniusNorm(probes=probes, generator=generator), KineticEnergy()
+
+    def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor) -> Tensor:
+        return self.frobenius(vector_field, t, u) + self.kinetic(vector_field, t, u)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.frobenius.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.frobenius.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"RNODE(probes={self.frobenius.probes})"
 
 
 class SpectralNorm(WarmStarted):
@@ -277,7 +302,7 @@ class ConditionNumber(WarmStarted):
         return f"ConditionNumber(method={self.method!r}, steps={self.steps})"
 
 
-JACOBIAN_PENALTIES = ("none", "frobenius", "kinetic", "spectral", "condition")
+JACOBIAN_PENALTIES = ("none", "frobenius", "kinetic", "rnode", "spectral", "condition")
 
 
 def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 0,
@@ -291,6 +316,8 @@ def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 0,
         return FrobeniusNorm(probes=probes, generator=generator)
     if name == "kinetic":
         return KineticEnergy()
+    if name == "rnode":
+        return RNODE(probes=probes, generator=generator)
     if name == "spectral":
         return SpectralNorm(iterations=iterations or 2, generator=generator)
     if name == "condition":
