@@ -5,6 +5,7 @@ Exit status: 0 success, 2 bad input (usage, config, data), 1 failure at run time
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -34,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reject_unknown(parser: argparse.ArgumentParser, command: str, extras: list[str]) -> None:
+    """Unknown arguments after a verb: that verb's usage and, for a misspelt option, the closest one
+    (argparse would print the top-level usage, which lists no option of the verb)."""
+    verbs = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    verb = verbs.choices[command]
+    options = [option for action in verb._actions for option in action.option_strings]
+    hints = []
+    for extra in extras:
+        if extra.startswith("--"):
+            close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1, cutoff=0.6)
+            hints += [f"{extra}: did you mean {close[0]}?"] if close else []
+    verb.error(f"unrecognized arguments: {' '.join(extras)}" + ("; " + "; ".join(hints) if hints else ""))
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
@@ -41,7 +56,9 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    arguments, extras = parser.parse_known_args(argv)
+    if extras:
+        _reject_unknown(parser, arguments.command, extras)
     configure_logging(arguments.verbose, arguments.quiet)
     try:
         return int(arguments.run(arguments) or 0)

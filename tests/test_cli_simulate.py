@@ -154,6 +154,21 @@ def test_console_script_usage_error_exits_2():
     assert result.returncode == 2 and "CASE.toml" in result.stderr
 
 
+def test_a_misspelt_option_gets_the_verbs_usage_and_the_closest_option(capsys):
+    """argparse reports unknown arguments of a verb with the top-level usage, which names none of the
+    verb's options: here the verb's usage, exit 2, and for a misspelt option the closest one."""
+    for argv, verb, hint in ((["simulate", "case.toml", "--quik"], "simulate", "--quik: did you mean --quick?"),
+                             (["evaluate", "r.nc", "--reference", "t.nc", "--treshold=0.3"], "evaluate",
+                              "--treshold=0.3: did you mean --threshold?"),
+                             (["run", "case.toml", "extra"], "run", None)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"usage: hybridnde {verb} ") and "unrecognized arguments" in error
+        assert (hint in error) if hint else "did you mean" not in error
+
+
 def test_help_and_usage_errors_do_not_import_torch():
     """`hybridnde --help`, each verb's help and a usage error answer without importing torch (or
     matplotlib), which took ~1.5 s of a 1.7 s `--help`: the verbs import their work when they run."""
