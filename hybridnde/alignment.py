@@ -81,6 +81,27 @@ def _common_times(rollout_times: np.ndarray, reference_times: np.ndarray, tolera
     return np.flatnonzero(keep), nearest[keep]
 
 
+def _check_same_states(state_dim: str, state_coords: np.ndarray, reference_coords: np.ndarray,
+                       names: tuple[str, str]) -> float | None:
+    """``DataError`` unless both files hold the same state variables (ODE components by name) or fields
+    on one domain whose point counts divide; returns the field's domain length (``None`` for ODEs)."""
+    if state_dim == "component":
+        rollout_names, reference_names = [str(c) for c in state_coords], [str(c) for c in reference_coords]
+        if sorted(rollout_names) != sorted(reference_names):
+            raise DataError(f"{names[0]} has components {rollout_names}, {names[1]} {reference_names}; "
+                            "they must name the same state variables")
+        return None
+    domain_length, reference_length = _domain_length(state_coords), _domain_length(reference_coords)
+    if domain_length and reference_length and abs(domain_length - reference_length) > 1e-6 * reference_length:
+        raise DataError(f"{names[0]} covers a domain of length {domain_length:.6g}, {names[1]} "
+                        f"{reference_length:.6g}; they must be the same domain")
+    n_rollout, n_reference = state_coords.size, reference_coords.size
+    if max(n_rollout, n_reference) % min(n_rollout, n_reference):
+        raise DataError(f"{names[0]} has {n_rollout} grid points and {names[1]} {n_reference}; one must "
+                        "divide the other to compare them on the coarser grid")
+    return domain_length
+
+
 def _member_pairs(rollout_members: np.ndarray, reference_members: np.ndarray, match_members: str,
                   names: tuple[str, str]) -> np.ndarray:
     """Index into the reference of the member paired with each rollout member."""
@@ -115,6 +136,10 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
         raise DataError(f"{names[0]} has u{u_rollout.dims} and {names[1]} u{u_reference.dims}; both must be "
                         "u(member, time, x) or both u(member, time, component)")
     state_dim = u_rollout.dims[2]
+    state_coords = np.asarray(rollout[state_dim].values)
+    reference_coords = np.asarray(reference[state_dim].values)
+    # what the states are is checked first: files of two systems differ there, not only in members
+    domain_length = _check_same_states(state_dim, state_coords, reference_coords, names)
     member_index = _member_pairs(np.asarray(rollout["member"].values), np.asarray(reference["member"].values),
                                  match_members, names)
     rollout_times = np.asarray(rollout["time"].values, dtype=np.float64)
@@ -123,32 +148,17 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
     if rollout_index.size < rollout_times.size:
         notes.append(f"{rollout_index.size} of the rollout's {rollout_times.size} times have a reference time")
 
-    state_coords = np.asarray(rollout[state_dim].values)
-    reference_coords = np.asarray(reference[state_dim].values)
     selection = u_reference.isel(member=member_index)
     reference_initial = np.asarray(selection.isel(time=int(reference_index[0])).values, dtype=np.float64)
     truth = np.asarray(selection.isel(time=reference_index).values, dtype=np.float64)
     predicted = np.asarray(u_rollout.isel(time=rollout_index).values, dtype=np.float64)
-    domain_length = None
     if state_dim == "component":
         rollout_names, reference_names = [str(c) for c in state_coords], [str(c) for c in reference_coords]
-        if sorted(rollout_names) != sorted(reference_names):
-            raise DataError(f"{names[0]} has components {rollout_names}, {names[1]} {reference_names}; "
-                            "they must name the same state variables")
         order = [reference_names.index(name) for name in rollout_names]
         truth, reference_initial = truth[..., order], reference_initial[..., order]
     else:
-        domain_length = _domain_length(state_coords)
-        reference_length = _domain_length(reference_coords)
-        if domain_length and reference_length and abs(domain_length - reference_length) > 1e-6 * reference_length:
-            raise DataError(f"{names[0]} covers a domain of length {domain_length:.6g}, {names[1]} "
-                            f"{reference_length:.6g}; they must be the same domain")
         n_rollout, n_reference = predicted.shape[-1], truth.shape[-1]
         if n_rollout != n_reference:
-            coarse, fine = min(n_rollout, n_reference), max(n_rollout, n_reference)
-            if fine % coarse:
-                raise DataError(f"{names[0]} has {n_rollout} grid points and {names[1]} {n_reference}; one must "
-                                "divide the other to compare them on the coarser grid")
             # grids imports torch: imported where a grid is restricted, not when the CLI starts
             from .grids import restrict_to_grid
 

@@ -177,6 +177,10 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         foreign = trajectory_dataset(truth.u.values, truth.time.values, state_dim="component",
                                      state_coords=["x", "y", "z"], closure_checksum="abc123")
     foreign = write_netcdf(foreign, tmp_path / "foreign.nc")
+    with xr.open_dataset(lorenz_truth) as truth:  # another system, with more members than the reference
+        planets = trajectory_dataset(np.ones((truth.sizes["member"] + 5, truth.sizes["time"], 4)), truth.time.values,
+                                     state_dim="component", state_coords=["x", "y", "vx", "vy"])
+    planets = write_netcdf(planets, tmp_path / "planets.nc")
     ks_closure = tmp_path / "ks_closure.pt"  # a periodic CNN runs on 3 components too: only its case tells
     save_closure(ks_closure, PeriodicCNNClosure(channels=2, depth=1, kernel_size=3).double(),
                  case_toml=load_case(tmp_path / "ks.toml").to_toml())
@@ -184,6 +188,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         ([tmp_path / "missing.nc", "--reference", lorenz_truth], "no such file"),
         ([lorenz_truth, "--reference", tmp_path / "missing.nc"], "no such file"),
         ([ks, "--reference", lorenz_truth], "u(member, time, x)"),
+        ([planets, "--reference", lorenz_truth], "must name the same state variables"),  # not "lacks members"
         ([other_times, "--reference", lorenz_truth], "share 0 time(s)"),
         ([lorenz_truth, "--reference", fewer], "lacks members [2]"),
         ([lorenz_truth, "--reference", fewer, "--match-members", "index"], "at least as many"),
