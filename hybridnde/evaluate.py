@@ -157,8 +157,8 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, me
     ``members`` paired states at the first common time.
 
     ``duration``: measured time per member; default 20 Lyapunov times of the case's exponent, else
-    the files' horizon. Half as long again is run first as transient (the files' first states may
-    lie off the attractor, e.g. Lorenz-63 from near the origin, and the separation must align).
+    the files' horizon. A transient half that long is run first (the files' first states may lie
+    off the attractor, e.g. Lorenz-63 from near the origin, and the separation must align).
     """
     import torch
 

@@ -25,8 +25,9 @@ def draw_probes(shape: Sequence[int], *, count: int, distribution: str = "gaussi
 
     Each probe has i.i.d. entries, standard normal (``"gaussian"``) or +-1 (``"rademacher"``), so that
     ``E[v v^T] = I`` over the state. With ``normalize`` every probe is scaled to unit 2-norm over the
-    state dimensions; then ``E[v v^T] = I / n`` exactly for Rademacher (their norm is ``sqrt(n)``)
-    and the estimates are of ``||A||_F^2 / n``.
+    state dimensions; then ``E[v v^T] = I / n`` exactly for both laws (Rademacher probes all have
+    norm ``sqrt(n)``; normalised Gaussian ones are uniform on the sphere) and the estimates are of
+    ``||A||_F^2 / n``.
 
     ``generator`` must live on ``device`` (``torch.Generator(device=...)``); draws are then
     reproducible on that device.
