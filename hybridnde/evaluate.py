@@ -256,11 +256,19 @@ def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_p
                  case: CaseConfig):
     """The closure the rollout was made with, checked against its recorded checksum and ``case``'s host."""
     recorded = str(rollout_attrs.get("closure_checksum", "none"))
+    discovered = closure_path is None
     if closure_path is None:
-        if recorded not in ("", "none"):
-            raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...; pass it with --closure "
-                            "closure.pt to estimate the model's Lyapunov exponent")
-        return None
+        if recorded in ("", "none"):
+            return None
+        named = str(rollout_attrs.get("closure_file", ""))  # as the rollout was given it
+        candidates = [Path(named), rollout_path.parent / Path(named).name] if named else []
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            where = f" (its closure_file attribute, {named!r}, is not there)" if named else ""
+            raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...{where}; pass it with "
+                            "--closure closure.pt to estimate the model's Lyapunov exponent")
+        log.info("--lyapunov: the closure is %s, the rollout's closure_file", found)
+        closure_path = found
     from .closure_file import load_closure
 
     import torch
@@ -272,6 +280,10 @@ def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_p
     closure, payload = load_closure(closure_path, dtype=torch.float64)
     check_closure_case(payload, case, closure_path)
     check_closure_fits(closure, build_host_solver(case, device="cpu", dtype=torch.float64), closure_path)
+    if discovered and payload["checksum"] != recorded:
+        raise DataError(f"{closure_path} (the rollout's closure_file) has checksum {payload['checksum'][:12]}..., "
+                        f"not the {recorded[:12]}... {rollout_path} was made with: it changed since; pass the "
+                        "rollout's closure with --closure")
     if recorded not in ("", "none") and payload["checksum"] != recorded:
         log.warning("%s: checksum %s... differs from the one %s records (%s...)", closure_path,
                     payload["checksum"][:12], rollout_path, recorded[:12])

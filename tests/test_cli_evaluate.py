@@ -166,6 +166,30 @@ def test_lyapunov_of_the_bare_host_equals_the_truths(tmp_path, lorenz_truth, cap
     assert 0.75 < lyapunov["truth"]["exponent"] < 1.05  # 3 members x 22 time units of Lorenz-63 (0.9056)
 
 
+def test_lyapunov_finds_the_rollouts_closure_from_its_closure_file_attribute(tmp_path, lorenz_truth, capsys):
+    """``--lyapunov`` without ``--closure`` uses the file the rollout records (``closure_file``) when it
+    is still there with the recorded checksum; a file changed since is refused, naming both."""
+    from hybridnde.models import MLPClosure
+
+    case = tmp_path / "truth.toml"
+    closure = tmp_path / "closure.pt"
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    save_closure(closure, MLPClosure(state_dim=3, width=4, depth=1, activation="tanh").double(),
+                 case_toml=load_case(case).to_toml())
+    rollout = tmp_path / "rollout.nc"
+    assert main(["rollout", str(case), "--closure", str(closure), "--out", str(rollout), "--no-progress",
+                 "--set", "rollout.initial_conditions='" + str(lorenz_truth) + "'", "--set", "rollout.steps=200",
+                 "--set", "rollout.members=3"]) == 0
+    given = evaluate_json(capsys, rollout, lorenz_truth, "--lyapunov", "--closure", closure)["lyapunov"]
+    found = evaluate_json(capsys, rollout, lorenz_truth, "--lyapunov")["lyapunov"]
+    assert found == given and found["model"]["exponent"] != found["truth"]["exponent"]
+    save_closure(closure, MLPClosure(state_dim=3, width=4, depth=1, activation="tanh").double(),
+                 case_toml=load_case(case).to_toml())
+    assert main(["evaluate", str(rollout), "--reference", str(lorenz_truth), "--lyapunov"]) == 2
+    assert "(the rollout's closure_file) has checksum" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
     ks = simulate(tmp_path, "ks", KS)
     with xr.open_dataset(lorenz_truth) as truth:  # the same states, sampled half-way between the truth's times

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--lyapunov", action="store_true",
                         help="also estimate the leading Lyapunov exponent of the model and of the truth")
     parser.add_argument("--closure", type=Path, default=None, metavar="closure.pt",
-                        help="the closure the rollout ran with (for --lyapunov)")
+                        help="the closure the rollout ran with (for --lyapunov; default: the file the rollout records, if unchanged)")
     add_threads_argument(parser, "the metrics and --lyapunov")
     parser.set_defaults(run=run)
 
