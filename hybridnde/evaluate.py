@@ -248,7 +248,11 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
         metrics["lyapunov"] = lyapunov_comparison(case, pair, closure=closure)
     if figures_dir is not None:
         title = case.case.name if case else rollout_path.stem
-        metrics["figures"] = [str(p) for p in write_figures(pair, metrics, figures_dir, title=title, invariants=invariants)]
+        # "hybrid" only for a rollout with a closure: a bare host's or a simulation's states are a prediction
+        recorded = str(rollout_attrs.get("closure_checksum", "none"))
+        label = "hybrid" if recorded not in ("", "none") else "prediction"
+        metrics["figures"] = [str(p) for p in write_figures(pair, metrics, figures_dir, title=title, invariants=invariants,
+                                                            predicted_label=label)]
     return json_ready(metrics)
 
 

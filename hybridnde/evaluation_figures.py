@@ -19,9 +19,11 @@ def _representative_member(metrics: Mapping[str, Any]) -> int:
 
 
 def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str | Path, *, title: str = "",
-                  invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None) -> list[Path]:
+                  invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
+                  predicted_label: str = "hybrid") -> list[Path]:
     """PNG figures of ``pair`` into ``directory``: error growth; space-time diagrams and spectra for
-    fields; phase portraits and invariant drift for ODE states. Returns the paths written."""
+    fields; phase portraits and invariant drift for ODE states; the rollout is ``predicted_label`` in
+    them. Returns the paths written."""
     from . import figures
 
     directory = Path(directory)
@@ -47,27 +49,28 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
     if pair.state_dim == "x":
         diagram = figures.space_time_figure(
             np.asarray(pair.state_coords, dtype=np.float64), pair.times, pair.truth[member], pair.predicted[member],
-            valid_time=start + vpt["per_member"][member], time_units=pair.time_units,
+            valid_time=start + vpt["per_member"][member], time_units=pair.time_units, predicted_label=predicted_label,
             title=f"{prefix}{label} (VPT closest to the median)")
         written.append(figures.save_figure(diagram, directory / "space_time.png"))
         spectrum = metrics["spectrum"]
         wavenumber = np.asarray(spectrum["wavenumber"])
         plot = figures.spectrum_figure(wavenumber, np.asarray(spectrum["reference"]), wavenumber,
                                        np.asarray(spectrum["rollout"]), distance=spectrum["distance"],
+                                       predicted_label=predicted_label,
                                        title=f"{prefix}energy spectrum, mean over members and time")
         written.append(figures.save_figure(plot, directory / "spectrum.png"))
     else:
         names = [str(c) for c in pair.state_coords]
         shown = sorted({member, *range(min(2, pair.members.size))})[:3]
         portrait = figures.phase_portrait_figure(
-            pair.truth, pair.predicted, names, members=shown,
+            pair.truth, pair.predicted, names, members=shown, predicted_label=predicted_label,
             member_labels=[f"member {int(pair.members[m])}" for m in shown], title=f"{prefix}phase portraits (dot: start)")
         written.append(figures.save_figure(portrait, directory / "phase_portrait.png"))
         if invariants is not None:
             curves = {name: relative_drift_curves(values) for name, values in invariants(pair.predicted).items()}
             reference = {name: relative_drift_curves(values) for name, values in invariants(pair.truth).items()}
             drift = figures.invariant_drift_figure(pair.times, curves, reference_drift=reference,
-                                                   time_units=pair.time_units,
+                                                   time_units=pair.time_units, predicted_label=predicted_label,
                                                    title=f"{prefix}drift of the true system's invariants")
             written.append(figures.save_figure(drift, directory / "invariant_drift.png"))
     return written

@@ -102,10 +102,18 @@ def test_perturbed_model_has_a_finite_vpt_figures_and_a_json_file(tmp_path, lore
     assert (np.array(lower) < vpt).all()
 
 
-def test_coarse_rollout_is_compared_on_its_grid(tmp_path, capsys):
+def test_coarse_rollout_is_compared_on_its_grid(tmp_path, capsys, monkeypatch):
+    import hybridnde.figures
+
+    labels = []
+    for name in ("space_time_figure", "spectrum_figure"):
+        original = getattr(hybridnde.figures, name)
+        monkeypatch.setattr(hybridnde.figures, name, lambda *a, _original=original, **k: (
+            labels.append(k["predicted_label"]), _original(*a, **k))[1])
     truth = simulate(tmp_path, "ks_truth", KS)
     coarse = simulate(tmp_path, "ks_coarse", KS, "system.n_points=32")
     metrics = evaluate_json(capsys, coarse, truth, "--figures", tmp_path / "ks_figures")
+    assert labels == ["prediction", "prediction"]  # no closure made it: not called "hybrid" in the figures
     assert any("restricted spectrally from 64" in note for note in metrics["notes"])
     # random_fourier states with 4 modes are exact on both grids: the files start equal
     assert metrics["initial_error"]["max"] < 1e-10
