@@ -128,9 +128,12 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         for name, values in drift.items():
             undefined = int((np.isnan(values) & finite).sum())  # finite states, yet no invariant
             if undefined:
+                defined = int(np.isfinite(values).sum())
+                rest = (f"the drift summarises the other {defined}" if defined else
+                        "no member has a drift to summarise")
                 note = (f"{name} drift: undefined for {undefined} of {len(values)} rollout members whose states stay "
                         f"finite -- they leave the invariant's domain (e.g. a population below zero, where its "
-                        f"logarithm is undefined); the drift summarises the other members")
+                        f"logarithm is undefined); {rest}")
                 metrics["notes"].append(note)
                 log.warning(note)
     if pair.state_dim == "x":

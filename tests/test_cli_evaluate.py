@@ -160,8 +160,14 @@ def test_an_invariant_undefined_along_a_finite_rollout_is_explained(tmp_path, ca
                                               case_toml=attrs["case_toml"]), tmp_path / "negative.nc")
     metrics = evaluate_json(capsys, rollout, truth)
     assert metrics["stable_fraction"] == 1.0 and metrics["invariant_drift"]["first_integral"]["rollout"]["count"] == 2
-    assert any("first_integral drift: undefined for 1 of 3" in note for note in metrics["notes"])
+    assert any("first_integral drift: undefined for 1 of 3" in note and "the other 2" in note
+               for note in metrics["notes"])
     assert not any("undefined" in note for note in evaluate_json(capsys, truth, truth)["notes"])
+    u[:, 10:, 0] = -0.5  # every member: nothing left to summarise, and the note says so
+    rollout = write_netcdf(trajectory_dataset(u, times, state_dim="component", state_coords=["prey", "predator"],
+                                              case_toml=attrs["case_toml"]), tmp_path / "all_negative.nc")
+    notes = evaluate_json(capsys, rollout, truth)["notes"]
+    assert any("undefined for 3 of 3" in note and "no member has a drift to summarise" in note for note in notes)
 
 
 def test_lyapunov_of_the_bare_host_equals_the_truths(tmp_path, lorenz_truth, capsys):
