@@ -293,6 +293,10 @@ def test_compare_shares_the_data_and_writes_one_table(tmp_path):
     markdown = (out / "compare.md").read_text()
     assert all(f"| {label} |" in markdown for label in labels) and "| bare host |" in markdown
     assert (out / "figures" / "compare_error_growth.png").stat().st_size > 5000
+    # one value is still a comparison (against the bare host): its table is written, the variant reused
+    assert run(case, out, "--quick", "--compare", "training.regularizer=fd") == 0
+    assert [row["label"] for row in json.loads((out / "compare.json").read_text())["variants"]] == ["regularizer=fd"]
+    assert "| regularizer=fd |" in (out / "compare.md").read_text()
 
 
 def test_compared_evaluate_keys_score_the_shared_bare_host_each_their_way(tmp_path):

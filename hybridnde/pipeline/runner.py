@@ -282,7 +282,7 @@ def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | N
         position = f"({index + 1}/{len(variants)}) " if len(variants) > 1 else ""
         results.append(run.variant(variant, position))
     outcome = RunResult(directory, results, seconds=wallclock.perf_counter() - started)
-    if len(variants) > 1:
+    if any(variant.label for variant in variants):  # --compare, even with one value: its table and figure
         from .comparison import write_comparison
 
         outcome.comparison = write_comparison(outcome, command=command)
