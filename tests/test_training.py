@@ -130,6 +130,24 @@ def test_a_second_run_into_the_same_closure_file_is_refused_while_the_first_runs
     assert not out.exists() and not checkpoint_path(out).exists()
 
 
+def test_resume_after_the_run_finished_does_nothing_unless_the_case_or_data_changed(tmp_path, truth_file,
+                                                                                    monkeypatch, caplog):
+    """The same ``train --resume`` line again after it finished: the closure is this case's, from this
+    data -- nothing to resume, the file untouched, the result its metadata records. A changed case
+    trains afresh, as without a checkpoint."""
+    out = tmp_path / "closure.pt"
+    _, first = train_case(toy_case(), truth_file, out, progress=False)
+    saved = out.read_bytes()
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda *a, **k: pytest.fail("trained again"))
+    _, again = train_case(toy_case(), truth_file, out, resume=True, progress=False)
+    assert out.read_bytes() == saved and "nothing to resume" in caplog.text
+    assert (again.epochs_run, again.best_epoch, again.best_val_loss, again.final) == \
+        (first.epochs_run, first.best_epoch, first.best_val_loss, first.final)
+    assert [record["epoch"] for record in again.history] == [record["epoch"] for record in first.history]
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        train_case(toy_case({"seed": 4}), truth_file, out, resume=True, progress=False)
+
+
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path, truth_file, monkeypatch):
     from hybridnde.config import ConfigError
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import time as wallclock
 from pathlib import Path
@@ -245,6 +246,11 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                         "unreliable (sample more often, try fd_stencil = 'centred', or use jvp)", error,
                         case.training.fd_warn_threshold, data.sample_interval, case.training.fd_stencil)
 
+    if resume and out.is_file() and not checkpoint_path(out).is_file():
+        finished = _finished_closure(case, out, data, device=device, dtype=dtype)
+        if finished is not None:  # the same command line again after it finished: nothing to resume
+            return finished
+
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's stream
         torch.manual_seed(case.training.seed)
         known = build_host_solver(case, device=device, dtype=dtype)
@@ -281,6 +287,36 @@ def _changes_since(identity: Mapping[str, str], case: CaseConfig, data: Training
         changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now "
                           f"{data.checksum[:12]}...)")
     return changed
+
+
+def _finished_closure(case: CaseConfig, out: Path, data: TrainingData, *, device: torch.device,
+                      dtype: torch.dtype) -> tuple[nn.Module, TrainingResult] | None:
+    """``out`` when it is this case's closure trained on ``data`` (the checksums ``hybridnde run``
+    reuses a closure by), with the result its metadata and log record; else ``None`` (with the reason
+    logged: ``--resume`` then trains afresh, as without a checkpoint)."""
+    from ..closure_file import load_closure
+    from ..io import DataError
+
+    try:
+        model, payload = load_closure(out, device=device, dtype=dtype)
+    except DataError as error:
+        log.warning("--resume: no checkpoint, and %s; training afresh", error)
+        return None
+    metadata = payload.get("metadata", {})
+    if (metadata.get("config_checksum") != training_checksum(case)
+            or metadata.get("data", {}).get("sha256") != data.checksum):
+        log.warning("--resume: no checkpoint beside %s, whose closure is from another case or data; training "
+                    "afresh (it is replaced when this run ends)", out)
+        return None
+    history = []
+    if log_path(out).is_file():
+        history = [json.loads(line) for line in log_path(out).read_text().splitlines() if line.strip()]
+    log.warning("--resume: %s is this case's finished closure, trained on this data; nothing to resume (without "
+                "--resume it is trained again)", out)
+    return model, TrainingResult(history=history, epochs_run=int(metadata["epochs_run"]),
+                                 best_epoch=int(metadata["best_epoch"]), best_val_loss=float(metadata["best_val_loss"]),
+                                 stopped_early=bool(metadata["stopped_early"]), resumed_from=int(metadata["epochs_run"]),
+                                 final=dict(metadata.get("final", {})))
 
 
 def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds: float, *, data: TrainingData,
