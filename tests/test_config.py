@@ -137,6 +137,9 @@ def test_a_misspelled_section_in_an_override_is_named_there_with_a_suggestion():
         parse_case({"system": {"name": "two_body"}, "quick": {"trainig.epochs": 1}}, quick=True, source="case.toml")
     with pytest.raises(ConfigError, match=r"unknown section \[zzz\] \(known sections: case, compute,"):
         parse_case({"system": {"name": "two_body"}}, overrides=["zzz.a=1"])
+    # a key abbreviated by its words' initials is found too (difflib finds nothing near "lr")
+    with pytest.raises(ConfigError, match=r"unknown key training.lr; did you mean training.learning_rate\?"):
+        parse_case({"system": {"name": "two_body"}}, overrides=["training.lr=0.1"])
 
 
 @pytest.mark.parametrize("name", ["../../escape", "", "a b/c", "..", "runs/x"])

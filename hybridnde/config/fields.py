@@ -114,6 +114,12 @@ def _check_constraints(value: Any, metadata: Mapping[str, Any], where: str) -> N
             raise ConfigError(f"{where} = {item!r} must be at most {metadata['maximum']}")
 
 
+def _abbreviated(key: str, names) -> list[str]:
+    """The one name whose words' initials spell ``key`` (``lr`` -> ``learning_rate``), if exactly one."""
+    matches = [name for name in names if "_" in name and "".join(word[0] for word in name.split("_")) == key]
+    return matches if len(matches) == 1 else []
+
+
 def from_mapping(cls: type, mapping: Mapping[str, Any], where: str, *, validate: bool = True) -> Any:
     """Build the frozen dataclass ``cls`` from a TOML table, rejecting unknown keys and bad values.
 
@@ -124,7 +130,7 @@ def from_mapping(cls: type, mapping: Mapping[str, Any], where: str, *, validate:
     hints = typing.get_type_hints(cls)
     for key in mapping:
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
+            close = difflib.get_close_matches(key, list(fields), n=1) or _abbreviated(key, fields)
             suggestion = f"; did you mean {where}.{close[0]}?" if close else ""
             raise ConfigError(f"unknown key {where}.{key}{suggestion} (known keys: {', '.join(sorted(fields))})")
     values = {}
