@@ -1,5 +1,5 @@
 """A neural-ODE classifier on the two-moons data set: the test bed of Josias & Brink (2022) for
-Jacobian norm and conditioning penalties (paper 003 in NOTES.md).
+Jacobian norm and conditioning penalties (Josias & Brink 2022).
 
 The input ``x in R^2`` (padded with ``augment_dim`` zeros, Dupont et al. 2019) is the initial state
 of ``dh/dt = f_theta(h)``, integrated over ``[0, end_time]`` with an adaptive torchdiffeq solver

@@ -22,7 +22,7 @@ second derivatives solve ``(R + lam Q^T W^-1 Q) gamma = Q^T y`` and the knot val
 ``g = y - lam W^-1 Q gamma``. The pentadiagonal system is solved by a banded Cholesky
 factorisation, ``O(m)``; the fit is done in float64 and the spline then stored in the requested dtype.
 
-Ko et al. (NOTES.md) smooth noisy observations with ``lam ~ 1e-3`` (Lotka-Volterra) and
+Ko et al. (2023) smooth noisy observations with ``lam ~ 1e-3`` (Lotka-Volterra) and
 ``~1e-4`` (Lorenz-63) for the homotopy target ``u_data(t)``.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Observation noise on training data: simulated truth made to look like measurements.
 
-Ko et al. (NOTES.md) train on noisy observations: 5% noise for Lotka-Volterra (a fraction of each
+Ko et al. (2023) train on noisy observations: 5% noise for Lotka-Volterra (a fraction of each
 state's mean over the trajectory) and noise 0.25 for Lorenz-63 (a standard deviation). The noise of a
 member depends only on ``(seed, member index)``, so a member gets the same noise in every split
 (a single-member case validates on its training member) and on every device.

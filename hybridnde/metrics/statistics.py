@@ -1,6 +1,7 @@
 """Attractor statistics: Kullback-Leibler divergence between histograms of predicted and true states.
 
-Janvier, Salomon & Meunier (paper 000, NOTES.md) compare 50-bin histograms of the states a model
+Janvier, Salomon & Meunier ("Jacobian Regularization Stabilizes Long-Term Integration of
+Neural Differential Equations") compare 50-bin histograms of the states a model
 visits with those of the truth; unlike pointwise errors this still means something after the
 trajectories have decorrelated. Here
 

@@ -1,4 +1,5 @@
-"""Directional-derivative Jacobian regularizers (Janvier, Salomon & Meunier; NOTES.md, paper 000).
+"""Directional-derivative Jacobian regularizers (Janvier, Salomon & Meunier,
+"Jacobian Regularization Stabilizes Long-Term Integration of Neural Differential Equations").
 
 The hybrid right-hand side is ``F_theta = F_known + C_theta``; the regularizers make its Jacobian
 match the true ``J_F`` along directions, never forming a dense Jacobian:
@@ -96,7 +97,7 @@ def finite_difference_mismatch(rhs: VectorField, states: Tensor, dt: float, *, s
 
     ``states: (batch, 3, *state)`` holds three consecutive samples ``dt`` apart.
 
-    * ``one_sided`` (Janvier et al., NOTES.md): direction ``v = x1 - x0``; model side
+    * ``one_sided`` (Janvier et al.): direction ``v = x1 - x0``; model side
       ``F(x1) - F(x0)``; data side ``(x2 - 2 x1 + x0) / dt``. Both approximate ``J v`` with an
       ``O(dt^2)`` error, so the mismatch per unit direction is first order in ``dt``.
     * ``centred``: direction ``v = (x2 - x0) / 2``; model side ``(F(x2) - F(x0)) / 2``; data side
@@ -125,7 +126,7 @@ def finite_difference_mismatch(rhs: VectorField, states: Tensor, dt: float, *, s
 
 def finite_difference_directional_penalty(rhs: VectorField, states: Tensor, dt: float, *,
                                           stencil: str = "one_sided", t: Tensor | float = 0.0) -> Tensor:
-    """``L_FD = mean_t || model side - data side ||^2 / (||v_t||^2 + 1e-8)`` (NOTES.md, paper 000).
+    """``L_FD = mean_t || model side - data side ||^2 / (||v_t||^2 + 1e-8)`` (Janvier et al.).
 
     No true Jacobian is needed: both sides are differences along the data's own step ``v_t``, the
     data spacing ``dt`` is the only step. See ``finite_difference_mismatch`` for the stencils.

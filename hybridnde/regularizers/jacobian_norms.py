@@ -11,7 +11,7 @@ row independently, as every closure in ``hybridnde.models`` does.
   ``n`` is no larger than the number of probes.
 * ``KineticEnergy``  ``||F||^2`` (RNODE, Finlay et al. 2020).
 * ``RNODE``  ``||J||_F^2 + ||F||^2``: both of RNODE's terms at equal weight, as Josias & Brink's
-  Frobenius setting (NOTES.md, paper 003) uses them.
+  Frobenius setting (Josias & Brink 2022) uses them.
 * ``SpectralNorm``  ``sigma_max(J)`` by power iteration on ``J^T J`` (one JVP and one VJP per
   iteration), warm-started from the previous call's singular vectors (Miyato et al. 2018 do the same
   for weight matrices), or exactly by SVD.

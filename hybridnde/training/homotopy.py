@@ -1,4 +1,5 @@
-"""Homotopy (synchronisation) training of neural ODEs (Ko et al. 2023, paper 001 in NOTES.md).
+"""Homotopy (synchronisation) training of neural ODEs (Ko, Koh, Park & Jhe 2023, "Homotopy-based
+training of NeuralODEs for accurate dynamics discovery").
 
 During training the model is coupled to a smooth interpolant ``u_data(t)`` of the observations,
 
