@@ -50,25 +50,34 @@ class WindowSet:
     """Windows of ``length`` consecutive samples from trajectories ``(member, time, *state)``.
 
     ``starts: (n_windows, 2)`` rows of ``(row in trajectories, first time index)``; windows with a
-    non-finite value are left out when the set is built.
+    non-finite value are left out when the set is built. ``start_time``: the time of the
+    trajectories' first sample (what a window's start index counts from).
     """
 
     trajectories: Tensor
     starts: Tensor
     length: int
+    start_time: float = 0.0
 
     @classmethod
-    def build(cls, trajectories: Tensor, length: int, *, stride: int = 1) -> "WindowSet":
+    def build(cls, trajectories: Tensor, length: int, *, stride: int = 1, start_time: float = 0.0) -> "WindowSet":
         n_members, n_times = trajectories.shape[:2]
         if n_times < length:
-            return cls(trajectories, torch.zeros(0, 2, dtype=torch.long, device=trajectories.device), length)
+            return cls(trajectories, torch.zeros(0, 2, dtype=torch.long, device=trajectories.device), length,
+                       float(start_time))
         first = torch.arange(0, n_times - length + 1, stride, device=trajectories.device)
         finite = torch.isfinite(trajectories.reshape(n_members, n_times, -1)).all(-1)  # (member, time)
         # a window is usable when all its samples are finite: a sliding minimum over time
         usable = finite.unfold(1, length, 1).all(-1)[:, first]  # (member, n_first)
         rows, columns = torch.nonzero(usable, as_tuple=True)
         starts = torch.stack([rows, first[columns]], dim=1)
-        return cls(trajectories, starts, length)
+        return cls(trajectories, starts, length, float(start_time))
+
+    def start_times(self, sample_interval: float, index: Tensor | None = None) -> Tensor:
+        """``(n,)`` float64 on the CPU: the times of windows ``index``' first samples (default: all),
+        for samples ``sample_interval`` apart."""
+        starts = self.starts if index is None else self.starts[index.to(self.starts.device)]
+        return self.start_time + starts[:, 1].cpu().double() * sample_interval
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
@@ -95,10 +104,11 @@ class TrainingData:
     path: str
     checksum: str
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    start_time: float = 0.0  # the time of the first sample
 
     def windows(self, split: str, length: int, *, stride: int = 1) -> WindowSet:
         trajectories = {"train": self.train, "validation": self.validation}[split]
-        return WindowSet.build(trajectories, length, stride=stride)
+        return WindowSet.build(trajectories, length, stride=stride, start_time=self.start_time)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description for closure metadata."""
@@ -214,7 +224,8 @@ def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int
         train=torch.as_tensor(u[train_rows], **as_tensor), validation=torch.as_tensor(u[validation_rows], **as_tensor),
         train_members=tuple(int(m) for m in members[train_rows]),
         validation_members=tuple(int(m) for m in members[validation_rows]),
-        sample_interval=sample_interval, path=str(path), checksum=checksum, attrs=dict(dataset.attrs))
+        sample_interval=sample_interval, path=str(path), checksum=checksum, attrs=dict(dataset.attrs),
+        start_time=float(dataset["time"].values[0]))
 
 
 @torch.no_grad()

@@ -300,3 +300,54 @@ def test_regularization_experiment_runs_end_to_end():
     for row in rows:
         assert 0 <= row["bounded"] <= 1 and row["vpt_median"] >= 0 and row["jac"] > 0
     assert "VPT median" in result.stdout
+
+
+class ForcedOscillator(ClosureOnly):
+    """x'' = -x + cos(2t), the forcing known; ``u = (x, v)``: a host whose field depends on t."""
+
+    autonomous = False
+
+    def __init__(self, **options):
+        super().__init__(state_shape=(2,), dt=0.01, **options)
+
+    def known_rhs(self, t, u):
+        return torch.stack([torch.zeros_like(u[:, 0]), torch.cos(2 * t) + torch.zeros_like(u[:, 0])], dim=-1)
+
+
+def test_windows_of_a_non_autonomous_host_start_at_their_own_times():
+    """A forced host sees the forcing's phase at each window's start: with the exact missing term
+    (dx/dt = v, dv/dt = -x) as the closure the rollout loss is ~0 only when every window is integrated
+    from its own start time (it was integrated from t = 0: 4.5e-3 for a forced Duffing oscillator).
+    Terms that evaluate fields at t = 0 only are refused for such a host, before any work."""
+    from hybridnde.regularizers import ProbeSampler
+    from hybridnde.training.build import RolloutValidation
+    from hybridnde.training.terms import Batch, DirectionalDerivativeTerm
+
+    exact = lambda t, u: torch.stack([u[:, 1], -u[:, 0]], dim=-1)  # noqa: E731
+    truth = ForcedOscillator(closure=exact)
+    u0 = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-0.3, 0.2]], dtype=torch.float64)
+    trajectories = truth.rollout(u0, 400, save_every=10, t0=2.0)  # (3, 41, 2), samples 0.1 apart from t = 2
+    windows = WindowSet.build(trajectories, 4, start_time=2.0)
+    batch = Batch(windows.gather(), 0.1, windows.starts, start_time=2.0)
+    loss = RolloutLoss(steps=3, substeps=10)
+    assert float(loss(None, truth, batch, 0)["rollout"].value) < 1e-28
+    from_zero = loss.predict(truth, batch.windows, 0.1)  # every window from t = 0: the old behaviour
+    assert float((from_zero[:, 1:] - batch.windows[:, 1:]).pow(2).mean()) > 1e-4
+    validation = RolloutValidation(loss, steps=3, batch_size=7)
+    assert validation(None, truth, windows, 0.1) < 1e-28
+    # an autonomous set-up keeps the one-batch path: the same numbers as from t = 0
+    free = ClosureOnly(state_shape=(2,), dt=0.01, closure=exact)
+    torch.testing.assert_close(loss.predict(free, batch.windows, 0.1, start_times=batch.window_times()),
+                               loss.predict(free, batch.windows, 0.1), rtol=0, atol=0)
+
+    model = torch.nn.Linear(2, 2, dtype=torch.float64)
+    host = ForcedOscillator(closure=lambda t, u: model(u))
+    config = TrainingConfig()
+    with pytest.raises(ValueError, match="not the closure in the solver's hook"):
+        Trainer(model, host, [loss], validation, config)
+    host = ForcedOscillator(closure=model)
+    probes = ProbeSampler(count=2)
+    jvp_term = DirectionalDerivativeTerm(weight=1.0, reference_jvp=truth.jvp, known_jvp=host.jvp, probes=probes)
+    with pytest.raises(ValueError, match="'jvp' term evaluates the field at t = 0"):
+        Trainer(model, host, [loss, jvp_term], validation, config)
+    Trainer(model, host, [loss], validation, config)  # the rollout loss alone is fine

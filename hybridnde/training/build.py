@@ -150,7 +150,8 @@ class RolloutValidation:
         for first in range(0, len(windows), self.batch_size):
             index = torch.arange(first, min(first + self.batch_size, len(windows)))
             batch = windows.gather(index)
-            prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps)
+            prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps,
+                                           start_times=windows.start_times(sample_interval, index))
             error = (prediction[:, 1:] - batch[:, 1:]).pow(2).mean()
             total += float(error) * len(index)
             count += len(index)

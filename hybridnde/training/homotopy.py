@@ -221,6 +221,7 @@ class HomotopyLoss(AdaptiveRolloutLoss):
     """
 
     name = "homotopy"
+    uses_window_times = False  # the coupled solve runs on the window's own clock from 0
 
     def __init__(self, *, steps: int, schedule: HomotopySchedule, coupling: float, smoothing: float = 0.0,
                  method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False,

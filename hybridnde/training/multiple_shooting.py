@@ -153,6 +153,7 @@ class MultipleShootingLoss(AdaptiveRolloutLoss):
     """
 
     name = "multiple_shooting"
+    uses_window_times = False  # segments run on the window's own clock from 0
 
     def __init__(self, *, steps: int, n_segments: int, continuity_weight: float, trajectory_shape: tuple[int, ...],
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64, method: str = "dopri5",

@@ -6,6 +6,13 @@ A term is any callable ``term(model, solver, batch, epoch) -> {name: Weighted(va
 the host solver's steps here; homotopy or multiple shooting elsewhere); the Jacobian regularizers are
 further terms. Optional methods a term may have: ``state_dict``/``load_state_dict`` (random state
 saved in checkpoints) and ``epoch_log() -> dict`` (extra per-epoch log fields, e.g. NFE).
+
+**Time.** Every shipped host is autonomous and the package's closures ignore ``t``: windows are then
+integrated from ``t = 0`` in one batch. Where time matters (``time_matters``: a host with
+``autonomous = False``, e.g. a forced system, or a closure that sets ``autonomous = False``) the
+rollout losses integrate each window from its own start time (windows grouped by start); the other
+terms evaluate fields at ``t = 0`` and are refused for such set-ups (``Trainer`` checks
+``uses_window_times``).
 """
 from __future__ import annotations
 
@@ -21,7 +28,14 @@ from solvers.integrators import odeint_adaptive
 from ..regularizers import ProbeSampler, directional_jacobian_penalty, finite_difference_directional_penalty
 
 __all__ = ["Batch", "Weighted", "LossTerm", "RolloutLoss", "AdaptiveRolloutLoss", "DirectionalDerivativeTerm",
-           "FiniteDifferenceTerm", "rollout_mse", "ramp"]
+           "FiniteDifferenceTerm", "rollout_mse", "ramp", "time_matters"]
+
+
+def time_matters(solver: Solver) -> bool:
+    """Whether the hybrid field depends on ``t``: a non-autonomous host (``solver.autonomous`` False)
+    or a closure that says so (``closure.autonomous = False``; closures are taken to ignore ``t``
+    unless they do)."""
+    return not getattr(solver, "autonomous", False) or getattr(solver.closure, "autonomous", True) is False
 
 
 @dataclass(frozen=True)
@@ -29,12 +43,18 @@ class Batch:
     """Training windows: ``windows: (batch, length, *state)``, samples ``sample_interval`` apart.
 
     ``starts: (batch, 2)`` are the windows' ``(member row, first time index)`` in the split's
-    trajectories (for terms that look data up, e.g. an interpolant of the same member).
+    trajectories (for terms that look data up, e.g. an interpolant of the same member);
+    ``start_time``: the time of the trajectories' first sample.
     """
 
     windows: Tensor
     sample_interval: float
     starts: Tensor
+    start_time: float = 0.0
+
+    def window_times(self) -> Tensor:
+        """``(batch,)`` float64 on the CPU: the time of each window's first sample."""
+        return self.start_time + self.starts[:, 1].cpu().double() * self.sample_interval
 
 
 class Weighted(NamedTuple):
@@ -66,22 +86,47 @@ class RolloutLoss:
     """Short-rollout loss: unroll ``steps`` data intervals of the host solver (``substeps`` solver
     steps each) from the first state of every window and compare with the data.
 
-    Gradients flow through the solver's steps (``Solver.rollout``), closure in its hook.
+    Gradients flow through the solver's steps (``Solver.rollout``), closure in its hook. Where time
+    matters (``time_matters``) each window starts at its own time (``start_times``).
     """
 
     name = "rollout"
+    uses_window_times = True
 
     def __init__(self, *, steps: int, substeps: int = 1, weight: float = 1.0):
         self.steps, self.substeps, self.weight = int(steps), int(substeps), float(weight)
 
-    def predict(self, solver: Solver, windows: Tensor, sample_interval: float, steps: int | None = None) -> Tensor:
+    def predict(self, solver: Solver, windows: Tensor, sample_interval: float, steps: int | None = None,
+                start_times: Tensor | None = None) -> Tensor:
+        """``(batch, 1 + steps, *state)`` from ``windows[:, 0]``; ``start_times: (batch,)`` (default:
+        all 0) is used only where time matters."""
         steps = self.steps if steps is None else steps
-        return solver.rollout(windows[:, 0], steps * self.substeps, save_every=self.substeps,
-                              dt=sample_interval / self.substeps)
+        if start_times is None or not time_matters(solver):
+            return self._rollout_from(solver, windows[:, 0], sample_interval, steps, 0.0)
+        return by_start_time(lambda rows, t0: self._rollout_from(solver, windows[rows, 0], sample_interval, steps, t0),
+                             start_times)
+
+    def _rollout_from(self, solver: Solver, u0: Tensor, sample_interval: float, steps: int, t0: float) -> Tensor:
+        return solver.rollout(u0, steps * self.substeps, save_every=self.substeps, dt=sample_interval / self.substeps,
+                              t0=t0)
 
     def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
-        prediction = self.predict(solver, batch.windows, batch.sample_interval)
+        prediction = self.predict(solver, batch.windows, batch.sample_interval, start_times=batch.window_times())
         return {self.name: Weighted(rollout_mse(prediction, batch.windows), self.weight)}
+
+
+def by_start_time(integrate: Callable[[Tensor, float], Tensor], start_times: Tensor) -> Tensor:
+    """``integrate(rows, t0)`` for each group of rows sharing a start time, reassembled in row order
+    (a solver steps one clock for its whole batch)."""
+    values, inverse = torch.unique(start_times, return_inverse=True)
+    parts, order = [], []
+    for group, t0 in enumerate(values.tolist()):
+        rows = torch.nonzero(inverse == group).flatten()
+        parts.append(integrate(rows, t0))
+        order.append(rows)
+    position = torch.empty(len(start_times), dtype=torch.long)
+    position[torch.cat(order)] = torch.arange(len(start_times))
+    return torch.cat(parts)[position.to(parts[0].device)]
 
 
 class AdaptiveRolloutLoss(RolloutLoss):
@@ -97,11 +142,10 @@ class AdaptiveRolloutLoss(RolloutLoss):
         self.method, self.rtol, self.atol, self.adjoint = method, float(rtol), float(atol), bool(adjoint)
         self._counters: list[tuple[Any, int]] = []
 
-    def predict(self, solver: Solver, windows: Tensor, sample_interval: float, steps: int | None = None) -> Tensor:
-        steps = self.steps if steps is None else steps
-        times = [i * sample_interval for i in range(steps + 1)]
+    def _rollout_from(self, solver: Solver, u0: Tensor, sample_interval: float, steps: int, t0: float) -> Tensor:
+        times = [t0 + i * sample_interval for i in range(steps + 1)]
         params = list(solver.closure.parameters()) if isinstance(solver.closure, nn.Module) else None
-        prediction, counter = odeint_adaptive(solver.rhs, windows[:, 0], times, method=self.method, rtol=self.rtol,
+        prediction, counter = odeint_adaptive(solver.rhs, u0, times, method=self.method, rtol=self.rtol,
                                               atol=self.atol, adjoint=self.adjoint, adjoint_params=params)
         if torch.is_grad_enabled():
             self._counters.append((counter, counter.nfe))  # evaluations after this point are backward ones

@@ -23,7 +23,7 @@ from ..config import TrainingConfig
 from ..data import WindowSet
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, save_checkpoint
-from .terms import Batch, LossTerm
+from .terms import Batch, LossTerm, time_matters
 
 __all__ = ["Trainer", "TrainingResult", "learning_rate_at", "Validation"]
 
@@ -56,6 +56,24 @@ class TrainingResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_setup(model: nn.Module, solver: Solver, terms: Sequence[LossTerm]) -> None:
+    """``ValueError`` before any work when the model is not what the solver's hook runs (training would
+    not move it), or when time matters and a term evaluates fields at ``t = 0`` only."""
+    hooked = solver.closure
+    hooked_parameters = {id(p) for p in hooked.parameters()} if isinstance(hooked, nn.Module) else set()
+    if hooked is None or not all(id(p) in hooked_parameters for p in model.parameters()):
+        raise ValueError(f"the model is not the closure in the solver's hook ({type(hooked).__name__}): build the "
+                         f"solver with closure=model, so that its rollouts -- and their gradients -- run the model")
+    if time_matters(solver):
+        for term in terms:
+            if not getattr(term, "uses_window_times", False):
+                raise ValueError(f"the {getattr(term, 'name', type(term).__name__)!r} term evaluates the field at "
+                                 f"t = 0 for every window, but time matters here ({type(solver).__name__}.autonomous "
+                                 f"= {solver.autonomous}, closure autonomous = "
+                                 f"{getattr(hooked, 'autonomous', True)}): train with the rollout loss alone "
+                                 f"(RolloutLoss / AdaptiveRolloutLoss integrate each window from its own start time)")
+
+
 class Trainer:
     """Minimise ``sum(weight * value)`` of ``terms`` over batches of training windows.
 
@@ -80,6 +98,7 @@ class Trainer:
                  describe_change: Callable[[Mapping[str, str]], list[str]] | None = None,
                  accepted_fingerprints: Sequence[str] = ()):
         self.model, self.solver, self.terms, self.validation, self.config = model, solver, list(terms), validation, config
+        _check_setup(model, solver, self.terms)
         self.log_file = Path(log_file) if log_file is not None else None
         self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
         self.fingerprint, self.progress = fingerprint, progress
@@ -117,7 +136,8 @@ class Trainer:
         total_sum, counted, skipped = None, 0, 0
         for first in range(0, len(windows), self.config.batch_size):
             index = order[first: first + self.config.batch_size]
-            batch = Batch(windows.gather(index), sample_interval, windows.starts[index.to(windows.starts.device)])
+            batch = Batch(windows.gather(index), sample_interval, windows.starts[index.to(windows.starts.device)],
+                          start_time=windows.start_time)
             values: dict[str, Tensor] = {}
             total = None
             for term in self.terms:
