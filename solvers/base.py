@@ -38,6 +38,13 @@ def coarser_than(answer: torch.dtype, state: torch.dtype) -> bool:
     return answer != state and (not answer.is_floating_point or torch.finfo(answer).eps > torch.finfo(state).eps)
 
 
+def _parameter_dtype_mismatch(closure, dtype: torch.dtype) -> torch.dtype | None:
+    """The floating dtype of ``closure``'s parameters when it is a module's other than ``dtype``."""
+    parameters = closure.parameters() if isinstance(closure, torch.nn.Module) else ()
+    found = next((p.dtype for p in parameters if p.is_floating_point()), None)
+    return found if found is not None and found != dtype else None
+
+
 class Solver(ABC):
     """A host simulation code with a closure hook.
 
@@ -127,7 +134,15 @@ class Solver(ABC):
         """``closure(t, u)``, refused (``SolverStateError``) unless it is a tensor of ``u``'s shape, in ``u``'s
         precision or finer: a ``(batch, 1)`` or ``(n,)`` result would broadcast into every member or point
         and run on wrong, a coarser one would round every step."""
-        du_dt = self.closure(t, u)
+        try:
+            du_dt = self.closure(t, u)
+        except RuntimeError as error:  # torch's own words for a module in another dtype ("... type (double) ...")
+            mismatch = _parameter_dtype_mismatch(self.closure, u.dtype)
+            if mismatch is None:
+                raise
+            raise SolverStateError(f"the closure's parameters are {mismatch} and u is {u.dtype}: move the closure to "
+                                   f"the solver's dtype (closure.to({u.dtype})) or build the solver in "
+                                   f"{mismatch}") from error
         if not isinstance(du_dt, Tensor) or du_dt.shape != u.shape:
             got = tuple(du_dt.shape) if isinstance(du_dt, Tensor) else type(du_dt).__name__
             raise SolverStateError(f"the closure returned {got} for u of shape {tuple(u.shape)}; a closure "

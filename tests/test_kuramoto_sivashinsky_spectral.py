@@ -413,6 +413,19 @@ def test_a_closure_of_the_wrong_shape_is_refused_not_broadcast(implementation):
     zero = make_solver(n_points=32, implementation=implementation, closure=lambda t, u: torch.zeros_like(u))
     torch.testing.assert_close(zero.rollout(u0, 2), make_solver(n_points=32, implementation=implementation).rollout(u0, 2),
                                rtol=0, atol=1e-13)
+    # a float32 network fails inside itself first ("Input type (double) and bias type (float)"): the same
+    # refusal, naming the fix, not torch's words
+    class Network(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 1, 3, padding=1)  # float32
+
+        def forward(self, t, u):
+            return self.conv(u[:, None])[:, 0]
+
+    float32 = make_solver(n_points=32, implementation=implementation, closure=Network())
+    with pytest.raises(SolverStateError, match=r"parameters are torch.float32 and u is torch.float64: .*closure.to"):
+        float32.rollout(u0, 2)
 
 
 @pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])

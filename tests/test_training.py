@@ -323,7 +323,7 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times():
     from hybridnde.training.build import RolloutValidation
     from hybridnde.training.terms import Batch, DirectionalDerivativeTerm
 
-    exact = lambda t, u: torch.stack([u[:, 1], -u[:, 0]], dim=-1)  # noqa: E731
+    exact = lambda t, u: torch.stack([u[:, 1], -u[:, 0]], dim=-1)
     truth = ForcedOscillator(closure=exact)
     u0 = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-0.3, 0.2]], dtype=torch.float64)
     trajectories = truth.rollout(u0, 400, save_every=10, t0=2.0)  # (3, 41, 2), samples 0.1 apart from t = 2
