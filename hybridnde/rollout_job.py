@@ -138,7 +138,10 @@ def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, cl
         extra_attrs={"stage": "rollout", "config_checksum": setup.identity["config_checksum"], "run_id": setup.run_id,
                      "dt": solver.dt, "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
                      "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
-                     "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or "")},
+                     "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or ""),
+                     # the file's bytes when it started from one: `hybridnde run` remakes a rollout whose file changed
+                     "initial_conditions_sha256": "" if case.rollout.initial_conditions == "draw"
+                     else setup.identity["initial_conditions_checksum"]},
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
 
 

@@ -220,6 +220,35 @@ def test_changed_training_key_retrains_but_reuses_the_data(tmp_path):
         assert rollout.attrs["closure_checksum"] == load_closure(out / "closure.pt")[1]["checksum"]
 
 
+def test_a_data_file_changed_under_its_outputs_remakes_them(finished_run, tmp_path, capsys):
+    """Outputs are reused by the configuration they record -- and by the bytes of the file they were made
+    from: truth.nc rewritten in place, attributes kept (so its own configuration checksum still fits),
+    retrains the closure; reference.nc rewritten remakes the rollouts; both rescore."""
+    import netCDF4
+
+    case, out = finished_run
+    backup = tmp_path / "backup"
+    shutil.copytree(out, backup)
+    try:
+        with netCDF4.Dataset(out / "truth.nc", "a") as truth:
+            truth["u"][:] = 1.5 * truth["u"][:] + 0.3
+        capsys.readouterr()
+        assert run(case, out, "--quick") == 0
+        assert stage_actions(out) == {"./simulate": "reused", "./reference": "reused", "./train": "ran",
+                                      "./rollout": "ran", "./baseline": "reused", "./evaluate": "ran"}
+        assert "truth.nc changed since" in capsys.readouterr().err
+        with netCDF4.Dataset(out / "reference.nc", "a") as reference:
+            reference["u"][:] = reference["u"][:] + 0.01
+        assert run(case, out, "--quick") == 0
+        assert stage_actions(out) == {"./simulate": "reused", "./reference": "reused", "./train": "reused",
+                                      "./rollout": "ran", "./baseline": "ran", "./evaluate": "ran"}
+        assert run(case, out, "--quick") == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+    finally:
+        shutil.rmtree(out)
+        shutil.copytree(backup, out)
+
+
 def run_stopped_in_training(case, out, monkeypatch):
     """``run`` interrupted (Ctrl-C) in the third training epoch, after the checkpoint of the second."""
     import hybridnde.training.trainer as trainer

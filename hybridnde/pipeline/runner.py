@@ -116,6 +116,28 @@ class _Run:
         self.directory, self.progress, self.lyapunov, self.command = directory, progress, lyapunov, command
         self.record = RunRecord(directory)
         self.made: dict[Path, StageResult] = {}
+        self._checksums: dict[tuple[Path, int, int], str] = {}
+
+    def checksum(self, path: Path) -> str:
+        """SHA-256 of a file's bytes, hashed once per run call (and again if the file changes)."""
+        from ..data import file_checksum
+
+        status = path.stat()
+        key = (path.resolve(), status.st_size, status.st_mtime_ns)
+        if key not in self._checksums:
+            self._checksums[key] = file_checksum(path)
+        return self._checksums[key]
+
+    def input_changed(self, found: str | None, expected: str, recorded: str | None, source: Path, *,
+                      label: str, name: str, output: Path) -> str | None:
+        """``found``, unless the output is up to date by its configuration but was made from another
+        ``source`` file than the one there now (``recorded``: the checksum the output keeps of it; not
+        checked when it keeps none): then ``None``, so the stage runs again."""
+        if found != expected or not recorded or not source.is_file() or recorded == self.checksum(source):
+            return found
+        log.warning("%s%s: %s changed since %s was made from it (checksum %s..., now %s...); making it again",
+                    label, name, source, output, recorded[:12], self.checksum(source)[:12])
+        return None
 
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
               label: str, payload: dict | None = None) -> StageResult:
@@ -182,6 +204,9 @@ class _Run:
         found, payload = stages.closure_identity(closure)
         if found is not None and found == training_checksum(case, legacy=True):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure
+        trained_on = (payload or {}).get("metadata", {}).get("data", {}).get("sha256")
+        found = self.input_changed(found, expected["train"], trained_on, truth, label=label, name="train",
+                                   output=closure)
         result.stages.append(self.stage(
             "train", closure, expected["train"], found, label=label, payload=payload,
             run=lambda resume: train_case(case, truth, closure, progress=self.progress,
@@ -190,16 +215,22 @@ class _Run:
         result.closure_metadata = dict(payload["metadata"])
         result.training_log = read_training_log(log_path(closure))
         rollout_expected = f"{expected['rollout']}:{payload['checksum']}"
+        found = self.input_changed(stages.netcdf_identity(rollout, with_closure=True), rollout_expected,
+                                   stages.recorded_input(rollout), reference, label=label, name="rollout",
+                                   output=rollout)
         result.stages.append(self.stage(
-            "rollout", rollout, rollout_expected, stages.netcdf_identity(rollout, with_closure=True), label=label,
+            "rollout", rollout, rollout_expected, found, label=label,
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
                                            progress=self.progress)))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
-        inputs = {"rollout": rollout_expected, "reference": _file_identity(reference), "truth": _file_identity(truth)}
+        inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
         if stages.has_baseline(case):
             baseline_expected = f"{expected['rollout']}:none"
+            found = self.input_changed(stages.netcdf_identity(baseline, with_closure=True), baseline_expected,
+                                       stages.recorded_input(baseline), reference, label=label, name="baseline",
+                                       output=baseline)
             result.stages.append(self.stage(
-                "baseline", baseline, baseline_expected, stages.netcdf_identity(baseline, with_closure=True),
+                "baseline", baseline, baseline_expected, found,
                 label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress)))
             inputs["baseline"] = baseline_expected
         metrics_path, figures = folder / "metrics.json", folder / "figures"
@@ -239,15 +270,6 @@ class _Run:
         metrics["pipeline"] = identity
         with atomic_path(result.directory / "metrics.json") as temporary:
             temporary.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-
-
-def _file_identity(path: Path) -> str:
-    """A reference's recorded checksum, or size and modification time for files made elsewhere."""
-    identity = stages.netcdf_identity(path)
-    if identity is not None:
-        return identity
-    status = path.stat()
-    return f"{status.st_size}:{status.st_mtime_ns}"
 
 
 def _figures_present(metrics_path: Path) -> bool:

@@ -32,7 +32,7 @@ from ..rollout_resume import ROLLOUT_SECTIONS, rollout_checksum
 from ..simulate import SIMULATION_SECTIONS, simulate_case
 from ..training import TRAINING_SECTIONS, training_checksum
 
-__all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "reference_members", "repeats_training_start", "has_baseline", "netcdf_identity",
+__all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "reference_members", "repeats_training_start", "has_baseline", "netcdf_identity", "recorded_input",
            "closure_identity", "json_identity", "evaluation_checksum", "simulate", "recorded_seconds",
            "EVALUATION_VERSION"]
 
@@ -123,6 +123,11 @@ def netcdf_identity(path: Path, *, with_closure: bool = False) -> str | None:
         return None
     identity = str(attributes["config_checksum"])
     return f"{identity}:{attributes.get('closure_checksum', '')}" if with_closure else identity
+
+
+def recorded_input(path: Path) -> str | None:
+    """The checksum a rollout file keeps of the initial-conditions file it started from, if any."""
+    return (_attributes(path) or {}).get("initial_conditions_sha256") or None
 
 
 def closure_identity(path: Path) -> tuple[str | None, dict[str, Any] | None]:
