@@ -90,7 +90,10 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
     ``error_scale``: ``reference_scale``'s ``kind``."""
     spread = tuple(float(p) for p in spread)
     times, start = pair.times, float(pair.times[0])
-    scale = reference_scale(pair.truth, kind=error_scale)
+    try:
+        scale = reference_scale(pair.truth, kind=error_scale)
+    except ValueError as error:  # a reference with nothing to measure against: bad input, not a crash
+        raise DataError(f"{error} (over the {pair.times.size} times the files share)") from None
     error = normalised_error(pair.predicted, pair.truth, scale=scale)
     vpt, reached = valid_prediction_time(error, times, threshold=threshold, blowup_time=pair.blowup_time)
     stable = stable_members(pair.predicted, status=pair.status, blowup_time=pair.blowup_time)

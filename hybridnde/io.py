@@ -39,7 +39,7 @@ VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
     "time": {"long_name": "time", "units": "1"},
     "x": {"long_name": "position on the periodic domain", "units": "1", "axis": "X"},
     "component": {"long_name": "state component"},
-    "member": {"long_name": "global ensemble member index"},
+    "member": {"long_name": "global ensemble member index", "units": "1"},  # (CF checkers ask every coordinate for units)
     "status": {"long_name": "member status",
                "flag_values": np.array(list(STATUS_FLAGS.values()), dtype=np.int8),
                "flag_meanings": " ".join(STATUS_FLAGS)},

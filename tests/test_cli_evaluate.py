@@ -219,6 +219,10 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         planets = trajectory_dataset(np.ones((truth.sizes["member"] + 5, truth.sizes["time"], 4)), truth.time.values,
                                      state_dim="component", state_coords=["x", "y", "vx", "vy"])
     planets = write_netcdf(planets, tmp_path / "planets.nc")
+    with xr.open_dataset(lorenz_truth) as truth:
+        zeros = trajectory_dataset(np.zeros(truth.u.shape), truth.time.values, state_dim="component",
+                                   state_coords=["x", "y", "z"])
+    zeros = write_netcdf(zeros, tmp_path / "zeros.nc")
     ks_closure = tmp_path / "ks_closure.pt"  # a periodic CNN runs on 3 components too: only its case tells
     save_closure(ks_closure, PeriodicCNNClosure(channels=2, depth=1, kernel_size=3).double(),
                  case_toml=load_case(tmp_path / "ks.toml").to_toml())
@@ -227,6 +231,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         ([lorenz_truth, "--reference", tmp_path / "missing.nc"], "no such file"),
         ([ks, "--reference", lorenz_truth], "u(member, time, x)"),
         ([planets, "--reference", lorenz_truth], "must name the same state variables"),  # not "lacks members"
+        ([lorenz_truth, "--reference", zeros], "the reference states are all zero"),  # was a traceback
         ([other_times, "--reference", lorenz_truth], "share 0 time(s)"),
         ([lorenz_truth, "--reference", fewer], "lacks members [2]"),
         ([lorenz_truth, "--reference", fewer, "--match-members", "index"], "at least as many"),
