@@ -28,7 +28,7 @@ import numpy as np
 from .alignment import AlignedPair, align_trajectories
 from .evaluation_figures import write_figures
 from .config import CaseConfig, ConfigError, parse_case_text
-from .io import DataError, open_trajectories
+from .io import DataError, open_trajectories, package_version, platform_description
 from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
                       invariant_drift, json_ready, normalised_error, reference_scale, spectral_distance,
                       stable_members, summarise, valid_prediction_time, wavenumbers)
@@ -249,6 +249,7 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
                               spread=spread, error_scale=case.evaluate.error_scale if case else "rms")
     metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
                "case": case.case.name if case else None, **metrics,
+               "software": f"hybridnde {package_version()}", "platform": platform_description("cpu"),
                "cost": {"rollout": cost_from_attributes(rollout_attrs), "reference": cost_from_attributes(reference_attrs)}}
     if lyapunov:
         metrics["lyapunov"] = lyapunov_comparison(case, pair, closure=closure)

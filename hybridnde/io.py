@@ -7,6 +7,7 @@ package version, the solver, the closure checksum and the full case as TOML text
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime
 import glob
 import os
@@ -14,6 +15,7 @@ import platform
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 from .config.fields import ConfigError
 
 __all__ = [
-    "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf",
+    "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description",
 ]
 
@@ -56,10 +58,22 @@ class ResumeRefused(DataError, ConfigError):
     what differs. ``hybridnde run`` starts such a stage afresh, a single command stops (exit 2)."""
 
 
-def _package_version() -> str:
+@functools.lru_cache(maxsize=1)
+def package_version() -> str:
+    """``"0.1.0"``, and where the package runs from a git checkout the commit it runs
+    (``"0.1.0 (git e1f64eb-dirty)"``; ``-dirty``: with uncommitted changes): outputs name the code
+    that made them, which the version alone does not while it is developed."""
     from . import __version__
 
-    return __version__
+    source = Path(__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return __version__
+    try:
+        described = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty", "--abbrev=12"],
+                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return f"{__version__} (git {described})" if described else __version__
 
 
 def platform_description(device: Any) -> str:
@@ -111,8 +125,8 @@ def trajectory_dataset(u: np.ndarray, times: Sequence[float], *, state_dim: str,
     dataset.attrs.update({
         "Conventions": "CF-1.10",
         "title": title,
-        "source": f"hybridnde {_package_version()}; solver: {solver}; closure checksum: {closure_checksum}",
-        "history": f"{now} created by hybridnde {_package_version()}",
+        "source": f"hybridnde {package_version()}; solver: {solver}; closure checksum: {closure_checksum}",
+        "history": f"{now} created by hybridnde {package_version()}",
         "closure_checksum": closure_checksum,
         "case_toml": case_toml,
     })

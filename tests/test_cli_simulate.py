@@ -1,7 +1,9 @@
 """`hybridnde simulate` writes the NetCDF schema atomically; bad input exits 2 and leaves no file."""
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +46,14 @@ def test_simulate_writes_cf_netcdf_matching_the_solver(tmp_path):
         assert ds.sizes == {"member": 3, "time": 21, "component": 3}
         assert ds.attrs["Conventions"] == "CF-1.10"
         assert "lorenz63" in ds.attrs["case_toml"] and "hybridnde" in ds.attrs["source"]
+        # the code that made it: the version, and in a git checkout the commit (-dirty: uncommitted changes)
+        from hybridnde import __version__
+        from hybridnde.io import package_version
+
+        assert ds.attrs["source"].startswith(f"hybridnde {package_version()};")
+        root = Path(__file__).resolve().parents[1]
+        if (root / ".git").exists() and shutil.which("git"):
+            assert package_version().startswith(f"{__version__} (git ") and package_version().endswith(")")
         # what computed it: the last bits depend on the torch build, the device and the threads (--threads 1)
         assert ds.attrs["platform"].startswith(f"torch {torch.__version__} on cpu (")
         assert "), 1 torch thread(s); numpy" in ds.attrs["platform"]

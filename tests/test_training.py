@@ -73,6 +73,9 @@ def test_training_reduces_the_rollout_loss_and_the_regularizer(tmp_path, truth_f
     assert last["loss"] == pytest.approx(last["loss/rollout"] + weight * last[f"loss/{regularizer}"], rel=1e-9)
     model, payload = load_closure(out)
     assert payload["metadata"]["epochs_run"] == 25 and payload["metadata"]["training"]["regularizer"] == regularizer
+    # what made the weights (their last bits depend on it): the code, torch, the device, the threads
+    assert payload["metadata"]["software"].startswith("hybridnde ")
+    assert payload["metadata"]["platform"].startswith(f"torch {torch.__version__} on cpu")
 
 
 @pytest.mark.parametrize("penalty", [{}, {"jacobian_penalty": "frobenius", "probes": 2},

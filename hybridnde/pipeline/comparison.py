@@ -6,8 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .. import __version__
-from ..io import atomic_path
+from ..io import atomic_path, package_version
 from .formatting import median_spread, number, percent, relative_link, spread_keys
 from .plots import error_growth_comparison_figure
 from .runner import RunResult
@@ -148,7 +147,7 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
         directory / "figures" / "compare_error_growth.png",
         title=f"{outcome.variants[0].case.case.name}: {', '.join(data['keys'])}")
     lines = [f"# {outcome.variants[0].case.case.name}: {', '.join(data['keys'])} compared", "",
-             f"Made by `{command or 'hybridnde run --compare'}` (hybridnde {__version__}). Every variant is trained "
+             f"Made by `{command or 'hybridnde run --compare'}` (hybridnde {package_version()}). Every variant is trained "
              "on the same truth with the same seeds (unless a seed is compared) and rolled out from the same "
              + _starts_phrase(outcome)
              + f": {_spread_of(outcome, 'members')} member(s) over {_spread_of(outcome, 'horizon')} time "

@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import __version__
 from ..config import KuramotoSivashinskyConfig
 from ..config.fields import to_mapping
-from ..io import atomic_path
+from ..io import atomic_path, package_version
 from ..training.build import jacobian_penalty_field
 from .formatting import median_spread, number, percent, relative_link, spread_keys
 from .runner import RunResult, VariantResult
@@ -180,7 +179,7 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     if case.case.description:
         lines += [case.case.description + ".", ""]
     made = datetime.datetime.now().isoformat(timespec="seconds")
-    lines += [f"Made by `{command or 'hybridnde run'}` on {made} (hybridnde {__version__})"
+    lines += [f"Made by `{command or 'hybridnde run'}` on {made} (hybridnde {package_version()})"
               + (f"; variant: {result.variant.describe()}" if result.variant.label else "") + ".", "",
               f"**{verdict(metrics, held_out=held_out)}**", ""]
     lines += ["## Accuracy and stability", "",

@@ -22,7 +22,7 @@ from solvers import ExplicitSolver, Solver
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
 from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
-from ..io import check_output_path
+from ..io import check_output_path, package_version, platform_description
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
 from ..output_lock import output_lock
@@ -329,7 +329,9 @@ def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds:
         "data": data.summary(), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early, "final": result.final,
         "train_windows": train_windows, "validation_windows": validation_windows, "wall_seconds": seconds,
-        "device": str(device)}
+        "device": str(device),
+        # what computed the weights: their last bits depend on the torch build, device and thread count
+        "software": f"hybridnde {package_version()}", "platform": platform_description(device)}
     save_closure(out, model, case_toml=case.to_toml(), metadata=metadata)
     partial_log_path(out).replace(log_path(out))
     checkpoint = checkpoint_path(out)
