@@ -249,6 +249,20 @@ def test_a_data_file_changed_under_its_outputs_remakes_them(finished_run, tmp_pa
         shutil.copytree(backup, out)
 
 
+def test_figures_of_an_earlier_set_up_do_not_stay_beside_the_new_report(finished_run, tmp_path):
+    """A rerun as a neural ODE has no bare host: the hybrid-vs-bare-host plot of the earlier run (another
+    closure's curve) is removed, not left in figures/ beside a report that no longer shows it."""
+    case, out = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stale = copy / "figures" / "error_growth_vs_bare_host.png"
+    assert stale.is_file()
+    (copy / "figures" / "notes.png").write_bytes(b"the user's")  # not a name the pipeline draws: kept
+    assert run(case, copy, "--quick", "--set", "hybrid.setup='neural_ode'", "--set", "training.epochs=1") == 0
+    assert not stale.exists() and (copy / "figures" / "notes.png").is_file()
+    assert "error_growth_vs_bare_host" not in (copy / "report.md").read_text()
+
+
 def run_stopped_in_training(case, out, monkeypatch):
     """``run`` interrupted (Ctrl-C) in the third training epoch, after the checkpoint of the second."""
     import hybridnde.training.trainer as trainer

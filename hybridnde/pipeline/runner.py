@@ -267,9 +267,27 @@ class _Run:
                 [("hybrid (trained closure)", metrics), ("bare host solver", metrics["baseline"])],
                 figures / "error_growth_vs_bare_host.png", title=f"{name}: hybrid vs bare host"))
         metrics["figures"] = [*metrics.get("figures", []), *(str(path) for path in drawn if path is not None)]
+        _remove_stale_figures(figures, metrics["figures"])
         metrics["pipeline"] = identity
         with atomic_path(result.directory / "metrics.json") as temporary:
             temporary.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+
+#: the figures an evaluation may draw (``figures/<name>.png``): which ones depends on the set-up
+PIPELINE_FIGURES = ("error_growth", "space_time", "spectrum", "phase_portrait", "invariant_drift", "training_loss",
+                    "error_growth_vs_bare_host")
+
+
+def _remove_stale_figures(folder: Path, written: list[str]) -> None:
+    """Figures an earlier evaluation drew that this one did not (a set-up without a bare host leaves no
+    hybrid-vs-bare-host plot): they showed another run's results beside this report. Only the
+    pipeline's own figure names are touched."""
+    kept = {Path(path).resolve() for path in written}
+    for name in PIPELINE_FIGURES:
+        path = folder / f"{name}.png"
+        if path.is_file() and path.resolve() not in kept:
+            log.info("removing %s: from an earlier evaluation, not drawn for this one", path)
+            path.unlink()
 
 
 def _figures_present(metrics_path: Path) -> bool:
