@@ -35,7 +35,13 @@ def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def save_closure(path: str | Path, model: nn.Module, *, case_toml: str = "",
                  metadata: Mapping[str, Any] | None = None) -> str:
-    """Write ``model`` to ``path`` atomically; returns the weights checksum."""
+    """Write ``model`` to ``path`` atomically; returns the weights checksum. ``model`` is one of the
+    package's closures (``hybridnde.models``: its ``spec`` rebuilds it); save any other module with
+    ``torch.save`` or export it with ``torch.jit.script``."""
+    if not isinstance(getattr(model, "spec", None), Mapping):
+        raise TypeError(f"save_closure writes the package's closures (MLPClosure, PeriodicCNNClosure: their spec "
+                        f"rebuilds them), not a {type(model).__name__}; save it with torch.save(model.state_dict(), "
+                        "...) and rebuild it yourself")
     state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     checksum = weights_checksum(state_dict)
     dtype = next(iter(state_dict.values())).dtype

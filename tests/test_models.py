@@ -73,3 +73,10 @@ def test_closures_script_to_the_same_function():
         u = torch.randn(shape, dtype=torch.float64)
         t = torch.zeros((), dtype=torch.float64)
         torch.testing.assert_close(scripted(t, u), model(t, u), rtol=0, atol=0)
+
+
+def test_save_closure_names_what_it_can_save(tmp_path):
+    """A module without the package's ``spec`` cannot be rebuilt from the file: refused, naming the way."""
+    with pytest.raises(TypeError, match="not a Linear; save it with torch.save"):
+        save_closure(tmp_path / "linear.pt", torch.nn.Linear(2, 2))
+    assert not (tmp_path / "linear.pt").exists()

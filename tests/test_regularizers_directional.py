@@ -83,6 +83,13 @@ def test_penalty_is_zero_for_a_closure_equal_to_the_missing_physics():
     u = two_body_states()
     value = directional_jacobian_penalty(ode.known_rhs, u, draw_probes(u.shape, count=4), reference_jvp=ode.jvp)
     assert float(value) < 1e-24
+    # products or closures of the wrong shape broadcast into a finite, wrong penalty: refused, named
+    probes = draw_probes(u.shape, count=2)
+    for closure, reference, what in ((ode.known_rhs, lambda t, x, v: ode.jvp(t, x, v).sum(-1, keepdim=True),
+                                      "reference_jvp"),
+                                     (lambda t, x: x[:, :1], ode.jvp, "the closure's J v")):
+        with pytest.raises(ValueError, match=f"{what} returned"):
+            directional_jacobian_penalty(closure, u, probes, reference_jvp=reference)
 
 
 def test_a_second_order_host_is_penalised_for_the_jacobian_its_dynamics_use():

@@ -354,3 +354,5 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times():
     with pytest.raises(ValueError, match="'jvp' term evaluates the field at t = 0"):
         Trainer(model, host, [loss, jvp_term], validation, config)
     Trainer(model, host, [loss], validation, config)  # the rollout loss alone is fine
+    with pytest.raises(ValueError, match="the training windows hold 4 samples, the rollout loss compares 6"):
+        Trainer(model, host, [RolloutLoss(steps=5)], validation, config).fit(windows, windows, 0.1)

@@ -48,6 +48,17 @@ def _sum_over_state(x: Tensor, leading: int) -> Tensor:
     return x.pow(2).sum(dim=tuple(range(leading, x.ndim)))
 
 
+def _same_shape(product: Tensor, direction: Tensor, what: str) -> Tensor:
+    """``product``, refused (``ValueError``) unless it has ``direction``'s shape: a ``(batch, 1)`` answer
+    would broadcast into a finite, wrong penalty (a closure or product must act on each member's whole
+    state, as solvers require of closures)."""
+    if not isinstance(product, Tensor) or product.shape != direction.shape:
+        got = tuple(product.shape) if isinstance(product, Tensor) else type(product).__name__
+        raise ValueError(f"{what} returned {got} for directions of shape {tuple(direction.shape)}; a Jacobian-vector "
+                         "product (and a closure) must return one value per state entry: the directions' shape")
+    return product
+
+
 def directional_jacobian_penalty(closure: VectorField, u: Tensor, probes: Tensor, *,
                                  reference_jvp: JacobianVectorProduct,
                                  known_jvp: JacobianVectorProduct | None = None,
@@ -80,11 +91,11 @@ def directional_jacobian_penalty(closure: VectorField, u: Tensor, probes: Tensor
     with torch.no_grad():
         stacked_u = u.detach().unsqueeze(0).expand_as(probes).reshape(-1, *u.shape[1:])
         stacked_v = probes.reshape(-1, *u.shape[1:])
-        target = reference_jvp(t, stacked_u, stacked_v)
+        target = _same_shape(reference_jvp(t, stacked_u, stacked_v), stacked_v, "reference_jvp")
         if known_jvp is not None:
-            target = target - known_jvp(t, stacked_u, stacked_v)
+            target = target - _same_shape(known_jvp(t, stacked_u, stacked_v), stacked_v, "known_jvp")
         target = target.reshape(count, *u.shape)
-    closure_part = closure_jvp(closure, t, u, probes, method=method)
+    closure_part = _same_shape(closure_jvp(closure, t, u, probes, method=method), probes, "the closure's J v")
     if closure_contribution is not None:
         closure_part = closure_contribution(closure_part)
     mismatch = closure_part - target

@@ -172,6 +172,10 @@ class Trainer:
         weights (lowest validation loss) in the model."""
         if len(train) == 0:
             raise ValueError("no training windows")
+        steps = getattr(self.terms[0], "steps", None)  # the trajectory loss compares steps + 1 samples
+        if steps is not None and train.length < steps + 1:
+            raise ValueError(f"the training windows hold {train.length} samples, the {self.terms[0].name} loss "
+                             f"compares {steps + 1} ({steps} steps): build windows of at least {steps + 1}")
         config = self.config
         start, best, bad_epochs, history = 0, {"val_loss": math.inf, "epoch": -1, "state": None}, 0, []
         if resume and self.checkpoint_file is not None and self.checkpoint_file.is_file():
