@@ -317,7 +317,7 @@ class ForcedOscillator(ClosureOnly):
         return torch.stack([torch.zeros_like(u[:, 0]), torch.cos(2 * t) + torch.zeros_like(u[:, 0])], dim=-1)
 
 
-def test_windows_of_a_non_autonomous_host_start_at_their_own_times():
+def test_windows_of_a_non_autonomous_host_start_at_their_own_times(caplog):
     """A forced host sees the forcing's phase at each window's start: with the exact missing term
     (dx/dt = v, dv/dt = -x) as the closure the rollout loss is ~0 only when every window is integrated
     from its own start time (it was integrated from t = 0: 4.5e-3 for a forced Duffing oscillator).
@@ -356,3 +356,15 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times():
     Trainer(model, host, [loss], validation, config)  # the rollout loss alone is fine
     with pytest.raises(ValueError, match="the training windows hold 4 samples, the rollout loss compares 6"):
         Trainer(model, host, [RolloutLoss(steps=5)], validation, config).fit(windows, windows, 0.1)
+    # a TrainingConfig built in Python meets the checks a case file's does; one naming a regularizer no
+    # term provides is warned about (the Trainer takes the terms it is given)
+    from hybridnde.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.batch_size = 0 must be positive"):
+        Trainer(model, host, [loss], validation, TrainingConfig(batch_size=0))
+    with pytest.raises(ConfigError, match="training.regularizer = 'jvpp' is not one of"):
+        Trainer(model, host, [loss], validation, TrainingConfig(regularizer="jvpp"))
+    free_model = torch.nn.Linear(2, 2, dtype=torch.float64)
+    free = ClosureOnly(state_shape=(2,), dt=0.01, closure=free_model)
+    Trainer(free_model, free, [loss], validation, TrainingConfig(regularizer="jvp"))
+    assert "config.regularizer = 'jvp', but no term of that name was given (terms: rollout)" in caplog.text

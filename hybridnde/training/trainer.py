@@ -6,6 +6,7 @@ The loss is a sum of ``LossTerm``s (``terms.py``); the loop knows nothing about 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from solvers import Solver
 
 from ..config import TrainingConfig
+from ..config.fields import from_mapping
 from ..data import WindowSet
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -56,9 +58,20 @@ class TrainingResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_setup(model: nn.Module, solver: Solver, terms: Sequence[LossTerm]) -> None:
+def _check_setup(model: nn.Module, solver: Solver, terms: Sequence[LossTerm], config: TrainingConfig) -> None:
     """``ValueError`` before any work when the model is not what the solver's hook runs (training would
-    not move it), or when time matters and a term evaluates fields at ``t = 0`` only."""
+    not move it), or when time matters and a term evaluates fields at ``t = 0`` only; ``ConfigError``
+    for a config value a case file would refuse (a ``TrainingConfig`` built in Python is not checked
+    on construction). A config naming a regularizer no term provides is warned about: the trainer
+    reads only its optimiser, schedule, batch and stopping keys (``build_terms`` makes the terms)."""
+    from_mapping(type(config), dataclasses.asdict(config), "training")
+    names = {getattr(term, "name", None) for term in terms}
+    for key in ("regularizer", "jacobian_penalty"):
+        wanted = getattr(config, key)
+        if wanted != "none" and wanted not in names:
+            log.warning("config.%s = %r, but no term of that name was given (terms: %s): the Trainer does not add "
+                        "terms from the config; pass them, or build them with build_terms(case, host)", key, wanted,
+                        ", ".join(sorted(str(name) for name in names)))
     hooked = solver.closure
     hooked_parameters = {id(p) for p in hooked.parameters()} if isinstance(hooked, nn.Module) else set()
     if hooked is None or not all(id(p) in hooked_parameters for p in model.parameters()):
@@ -98,7 +111,7 @@ class Trainer:
                  describe_change: Callable[[Mapping[str, str]], list[str]] | None = None,
                  accepted_fingerprints: Sequence[str] = ()):
         self.model, self.solver, self.terms, self.validation, self.config = model, solver, list(terms), validation, config
-        _check_setup(model, solver, self.terms)
+        _check_setup(model, solver, self.terms, config)
         self.log_file = Path(log_file) if log_file is not None else None
         self.checkpoint_file = Path(checkpoint_file) if checkpoint_file is not None else None
         self.fingerprint, self.progress = fingerprint, progress
