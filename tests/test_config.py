@@ -187,6 +187,36 @@ def test_missing_case_file_is_a_config_error(tmp_path):
         load_case(bad)
 
 
+def test_outputs_made_before_the_penalty_field_existed_match_only_cases_whose_penalty_acts_on_the_rhs():
+    """Before training.jacobian_penalty_field every Jacobian penalty acted on the whole right-hand side;
+    its default now penalises the closure in a residual host. A closure trained then must not count as
+    this case's under "auto" (it was trained differently), only under "rhs"; without a penalty the key
+    changes nothing."""
+    from hybridnde.training.build import TRAINING_SECTIONS
+
+    def case(*overrides):
+        return load_case(CASES_DIR / "ks_l22.toml", overrides=list(overrides))
+
+    def stored_before_the_key(config):  # what an output made before the key existed recorded
+        mapping = tomllib.loads(config.to_toml())
+        del mapping["training"]["jacobian_penalty_field"]
+        return tomli_w.dumps(mapping)
+
+    plain = case()
+    assert {case(f"training.jacobian_penalty_field='{f}'").checksum() for f in ("auto", "closure", "rhs")} == \
+        {plain.checksum()}
+    assert plain.changed_keys(stored_before_the_key(plain), ["training"]) == []
+    penalty = "training.jacobian_penalty='frobenius'"
+    old = stored_before_the_key(case(penalty))
+    on_rhs, auto = case(penalty, "training.jacobian_penalty_field='rhs'"), case(penalty)
+    assert on_rhs.changed_keys(old, ["training"]) == []
+    assert auto.changed_keys(old, ["training"]) == ["training.jacobian_penalty_field ('rhs' -> 'closure')"]
+    assert auto.checksum(TRAINING_SECTIONS) == case(penalty, "training.jacobian_penalty_field='closure'").checksum(
+        TRAINING_SECTIONS) != on_rhs.checksum(TRAINING_SECTIONS)
+    # what the code before the key existed (7d4369c) computed for this case with the penalty
+    assert on_rhs.checksum(TRAINING_SECTIONS).startswith("53146572851b")
+
+
 def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
     """Outputs, closure files and checkpoints store the checksum of the case they were made with: a key
     added since (``ADDED_KEYS``) must not make every one of them look out of date while it is at its
@@ -197,8 +227,7 @@ def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
     case = load_case(CASES_DIR / "ks_l22.toml")
     # the training checksum of this case before training.jacobian_penalty_iterations existed (commit ff08746)
     assert case.checksum(TRAINING_SECTIONS).startswith("d312fca04683")
-    another = {("training", "jacobian_penalty_iterations"): (0, 3), ("evaluate", "error_scale"): ("rms", "anomaly"),
-               ("training", "jacobian_penalty_field"): ("auto", "rhs")}
+    another = {("training", "jacobian_penalty_iterations"): (0, 3), ("evaluate", "error_scale"): ("rms", "anomaly")}
     assert set(another) == set(ADDED_KEYS)
     for section, key in ADDED_KEYS:
         default, value = another[section, key]

@@ -50,8 +50,25 @@ VALUE_SECTIONS = ("system", *SECTIONS)
 #: ``(section, key)`` added after checksums of cases were first stored (in outputs, closure files and
 #: checkpoints): left out of checksums and ``changed_keys`` while at their default, so what was made
 #: before a key existed still matches a case that does not set it
-ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterations"), ("evaluate", "error_scale"),
-                                           ("training", "jacobian_penalty_field"))
+ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterations"), ("evaluate", "error_scale"))
+
+
+def resolved_penalty_field(setup: str, field: str) -> str:
+    """``training.jacobian_penalty_field`` resolved for a ``hybrid.setup``: ``"auto"`` is ``"closure"``
+    where the host runs known physics (residual), ``"rhs"`` otherwise (see hybridnde.training.jacobian_terms)."""
+    if field == "auto":
+        return "closure" if setup == "residual" else "rhs"
+    return field
+
+
+def _penalty_field_as_before(training: dict[str, Any], setup: str, *, absent: str | None = None) -> None:
+    """``training.jacobian_penalty_field`` (added 2026-11-27) in a section mapping, as checksums and
+    change lists see it: the field the penalty acts on, resolved (``"auto"`` alone says nothing of it),
+    or no key where no penalty is set. ``absent``: the value a mapping without the key had -- every
+    penalty acted on the whole right-hand side before the key existed."""
+    field = training.pop("jacobian_penalty_field", absent)
+    if field is not None and training.get("jacobian_penalty", "none") != "none":
+        training["jacobian_penalty_field"] = resolved_penalty_field(setup, field)
 
 
 def _default(section: str, key: str) -> Any:
@@ -93,6 +110,11 @@ class CaseConfig:
         for section, key in ADDED_KEYS:
             if mapping[section].get(key) == _default(section, key):
                 del mapping[section][key]
+        # outputs made before the key existed penalised the whole right-hand side ("rhs"): they match
+        # exactly the cases whose penalty still acts on it
+        _penalty_field_as_before(mapping["training"], self.hybrid.setup)
+        if mapping["training"].get("jacobian_penalty_field") == "rhs":
+            del mapping["training"]["jacobian_penalty_field"]
         if sections is not None:
             mapping = {name: mapping[name] for name in sections}
         return hashlib.sha256(tomli_w.dumps(mapping).encode()).hexdigest()
@@ -111,10 +133,13 @@ class CaseConfig:
         new, skip = tomllib.loads(self.to_toml()), set(skip)
         changed = []
         for section in sections:
-            was, now = dict(old.get(section, {})), new.get(section, {})
+            was, now = dict(old.get(section, {})), dict(new.get(section, {}))
             for added_section, key in ADDED_KEYS:  # absent before the key existed: its default then
                 if added_section == section and key not in was:
                     was[key] = _default(section, key)
+            if section == "training":
+                _penalty_field_as_before(was, old.get("hybrid", {}).get("setup", "residual"), absent="rhs")
+                _penalty_field_as_before(now, new.get("hybrid", {}).get("setup", "residual"))
             for key in sorted(set(was) | set(now)):
                 if (section, key) not in skip and was.get(key) != now.get(key):
                     changed.append(f"{section}.{key} ({was.get(key, 'unset')!r} -> {now.get(key, 'unset')!r})")

@@ -21,6 +21,7 @@ from solvers import ExplicitSolver, Solver
 
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError, KuramotoSivashinskyConfig
+from ..config.case import resolved_penalty_field
 from ..data import TrainingData, WindowSet, load_training_data, normalization_statistics
 from ..io import check_output_path, package_version, platform_description
 from ..models import MLPClosure, build_model
@@ -34,7 +35,8 @@ from .checkpoint import checkpoint_path, log_path, partial_log_path
 from .homotopy import HomotopyLoss, HomotopySchedule
 from .jacobian_terms import JacobianPenaltyTerm
 from .multiple_shooting import MultipleShootingLoss
-from .terms import AdaptiveRolloutLoss, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm, RolloutLoss
+from .terms import (AdaptiveRolloutLoss, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm, RolloutLoss,
+                    time_matters)
 from .trainer import Trainer, TrainingResult
 
 __all__ = ["TRAINING_SECTIONS", "TRAINING_RUN_ONLY_KEYS", "training_checksum", "train_case", "build_terms", "reference_solver", "RolloutValidation",
@@ -150,8 +152,11 @@ class RolloutValidation:
         for first in range(0, len(windows), self.batch_size):
             index = torch.arange(first, min(first + self.batch_size, len(windows)))
             batch = windows.gather(index)
-            prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps,
-                                           start_times=windows.start_times(sample_interval, index))
+            if time_matters(solver):
+                prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps,
+                                               start_times=windows.start_times(sample_interval, index))
+            else:  # (the signature losses had before start times existed)
+                prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps)
             error = (prediction[:, 1:] - batch[:, 1:]).pow(2).mean()
             total += float(error) * len(index)
             count += len(index)
@@ -208,10 +213,7 @@ def jacobian_penalty_field(case: CaseConfig) -> str:
     physics (a residual set-up: the penalty of ``F_known + C_theta`` would push ``C_theta`` to cancel
     ``F_known``'s stiff terms, e.g. KS's ``-u_xx - u_xxxx``, which the integrator handles itself), the
     whole right-hand side otherwise (``neural_ode``: the same field; ``second_order``: with ``dq/dt = v``)."""
-    field = case.training.jacobian_penalty_field
-    if field == "auto":
-        return "closure" if case.hybrid.setup == "residual" else "rhs"
-    return field
+    return resolved_penalty_field(case.hybrid.setup, case.training.jacobian_penalty_field)
 
 
 def _fingerprint(case: CaseConfig, data: TrainingData, *, legacy: bool = False) -> str:
@@ -304,8 +306,8 @@ def _finished_closure(case: CaseConfig, out: Path, data: TrainingData, *, device
         log.warning("--resume: no checkpoint, and %s; training afresh", error)
         return None
     metadata = payload.get("metadata", {})
-    if (metadata.get("config_checksum") != training_checksum(case)
-            or metadata.get("data", {}).get("sha256") != data.checksum):
+    current = {training_checksum(case), training_checksum(case, legacy=True)}  # as `hybridnde run` accepts
+    if metadata.get("config_checksum") not in current or metadata.get("data", {}).get("sha256") != data.checksum:
         log.warning("--resume: no checkpoint beside %s, whose closure is from another case or data; training "
                     "afresh (it is replaced when this run ends)", out)
         return None

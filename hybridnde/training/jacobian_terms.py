@@ -52,13 +52,14 @@ class JacobianPenaltyTerm:
         penalty: a ``JacobianPenalty`` (``build_jacobian_penalty(name, ...)``); its ``name`` names the
             term in the log (``loss/frobenius``, ``loss/spectral``, ...).
         weight: its weight, reached linearly over ``warmup_epochs``.
-        field: ``"closure"`` (the closure's contribution ``P C_theta``) or ``"rhs"`` (``solver.rhs``).
+        field: ``"closure"`` (the closure's contribution ``P C_theta``) or ``"rhs"`` (``solver.rhs``,
+            the default here as before the choice existed; a case's ``"auto"`` is resolved by ``build_terms``).
     Warm-started penalties (spectral, Lanczos condition number) keep one vector per data sample
     (``row_ids`` from the windows' ``(member row, time index)``), so shuffled minibatches start from
     what earlier epochs found, and the store never outgrows the data.
     """
 
-    def __init__(self, penalty: JacobianPenalty, *, weight: float, warmup_epochs: int = 0, field: str = "closure"):
+    def __init__(self, penalty: JacobianPenalty, *, weight: float, warmup_epochs: int = 0, field: str = "rhs"):
         if field not in FIELDS:
             raise ValueError(f"field={field!r}; choose one of {FIELDS}")
         self.penalty, self.weight, self.warmup_epochs = penalty, float(weight), int(warmup_epochs)
