@@ -263,23 +263,37 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     return json_ready(metrics)
 
 
+def _weights_checksum(path: Path) -> str | None:
+    """The weights checksum a closure file records, or ``None`` when it is not one."""
+    from .closure_file import load_closure
+
+    try:
+        return str(load_closure(path)[1]["checksum"])
+    except DataError:
+        return None
+
+
 def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_path: str | Path | None,
                  case: CaseConfig):
     """The closure the rollout was made with, checked against its recorded checksum and ``case``'s host."""
     recorded = str(rollout_attrs.get("closure_checksum", "none"))
-    discovered = closure_path is None
     if closure_path is None:
         if recorded in ("", "none"):
             return None
         named = str(rollout_attrs.get("closure_file", ""))  # as the rollout was given it
-        candidates = [Path(named), rollout_path.parent / Path(named).name] if named else []
-        found = next((path for path in candidates if path.is_file()), None)
-        if found is None:
+        # beside the rollout first (where `hybridnde run` keeps it), then as named (relative: to here)
+        candidates = [rollout_path.parent / Path(named).name, Path(named)] if named else []
+        found = [path for path in dict.fromkeys(candidates) if path.is_file()]
+        matching = [path for path in found if _weights_checksum(path) == recorded]
+        if not matching:
+            if found:
+                raise DataError(f"{found[0]} (the rollout's closure_file) is not the closure {rollout_path} was made "
+                                f"with ({recorded[:12]}...): it changed since; pass the rollout's closure with --closure")
             where = f" (its closure_file attribute, {named!r}, is not there)" if named else ""
             raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...{where}; pass it with "
                             "--closure closure.pt to estimate the model's Lyapunov exponent")
-        log.info("--lyapunov: the closure is %s, the rollout's closure_file", found)
-        closure_path = found
+        log.info("--lyapunov: the closure is %s, the rollout's closure_file", matching[0])
+        closure_path = matching[0]
     from .closure_file import load_closure
 
     import torch
@@ -291,10 +305,6 @@ def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_p
     closure, payload = load_closure(closure_path, dtype=torch.float64)
     check_closure_case(payload, case, closure_path)
     check_closure_fits(closure, build_host_solver(case, device="cpu", dtype=torch.float64), closure_path)
-    if discovered and payload["checksum"] != recorded:
-        raise DataError(f"{closure_path} (the rollout's closure_file) has checksum {payload['checksum'][:12]}..., "
-                        f"not the {recorded[:12]}... {rollout_path} was made with: it changed since; pass the "
-                        "rollout's closure with --closure")
     if recorded not in ("", "none") and payload["checksum"] != recorded:
         log.warning("%s: checksum %s... differs from the one %s records (%s...)", closure_path,
                     payload["checksum"][:12], rollout_path, recorded[:12])

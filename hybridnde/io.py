@@ -61,19 +61,27 @@ class ResumeRefused(DataError, ConfigError):
 @functools.lru_cache(maxsize=1)
 def package_version() -> str:
     """``"0.1.0"``, and where the package runs from a git checkout the commit it runs
-    (``"0.1.0 (git e1f64eb-dirty)"``; ``-dirty``: with uncommitted changes): outputs name the code
+    (``"0.1.0 (git e1f64eb0c2a1-dirty)"``; ``-dirty``: tracked files changed): outputs name the code
     that made them, which the version alone does not while it is developed."""
     from . import __version__
 
     source = Path(__file__).resolve().parent.parent
     if not (source / ".git").exists():
         return __version__
+    # read-only: `git describe --dirty` refreshes the index (takes index.lock, racing a commit in the
+    # same checkout); status with optional locks off does not
+    environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-C", str(source), *arguments], capture_output=True, text=True, timeout=10,
+                              check=False, env=environment).stdout.strip()
+
     try:
-        described = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty", "--abbrev=12"],
-                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(commit) and bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        described = ""
-    return f"{__version__} (git {described})" if described else __version__
+        commit, dirty = "", False
+    return f"{__version__} (git {commit}{'-dirty' if dirty else ''})" if commit else __version__
 
 
 def platform_description(device: Any) -> str:

@@ -138,7 +138,7 @@ class Solver(ABC):
             du_dt = self.closure(t, u)
         except RuntimeError as error:  # torch's own words for a module in another dtype ("... type (double) ...")
             mismatch = _parameter_dtype_mismatch(self.closure, u.dtype)
-            if mismatch is None:
+            if mismatch is None or isinstance(error, torch.OutOfMemoryError) or "type" not in str(error).lower():
                 raise
             raise SolverStateError(f"the closure's parameters are {mismatch} and u is {u.dtype}: move the closure to "
                                    f"the solver's dtype (closure.to({u.dtype})) or build the solver in "

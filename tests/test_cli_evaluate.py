@@ -201,7 +201,7 @@ def test_lyapunov_finds_the_rollouts_closure_from_its_closure_file_attribute(tmp
     save_closure(closure, MLPClosure(state_dim=3, width=4, depth=1, activation="tanh").double(),
                  case_toml=load_case(case).to_toml())
     assert main(["evaluate", str(rollout), "--reference", str(lorenz_truth), "--lyapunov"]) == 2
-    assert "(the rollout's closure_file) has checksum" in capsys.readouterr().err
+    assert "(the rollout's closure_file) is not the closure" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):

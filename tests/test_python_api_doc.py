@@ -1,5 +1,6 @@
 """docs/python-api.md's example runs as written and learns what it says (a doc that drifts from the
 API fails here)."""
+import os
 import re
 import subprocess
 import sys
@@ -13,8 +14,10 @@ def test_the_own_solver_example_runs_and_learns_the_missing_damping(tmp_path):
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     script = tmp_path / "example.py"
     script.write_text("import torch\ntorch.set_num_threads(1)\n" + code)
+    root = str(DOC.parents[1])  # the checkout's packages, installed or not
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
-                            timeout=300, check=False)
+                            timeout=300, check=False, env=environment)
     assert result.returncode == 0, result.stderr
     error = float(re.search(r"relative error ([0-9.]+)", result.stdout).group(1))
     assert error < 0.05, result.stdout  # the closure is -0.3 v to a few per cent

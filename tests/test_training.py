@@ -18,7 +18,7 @@ from hybridnde.simulate import simulate_case
 from hybridnde.training import (RolloutLoss, Trainer, checkpoint_path, learning_rate_at, log_path, train_case)
 from hybridnde.training import trainer as trainer_module
 from hybridnde.training.checkpoint import partial_log_path
-from solvers import ClosureOnly
+from solvers import ClosureOnly, ExplicitSolver
 
 TRAINING = {"epochs": 6, "batch_size": 32, "rollout_steps": 2, "learning_rate": 3e-3, "lr_schedule": "constant",
             "checkpoint_every": 2, "seed": 3}
@@ -368,3 +368,16 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times(caplog):
     free = ClosureOnly(state_shape=(2,), dt=0.01, closure=free_model)
     Trainer(free_model, free, [loss], validation, TrainingConfig(regularizer="jvp"))
     assert "config.regularizer = 'jvp', but no term of that name was given (terms: rollout)" in caplog.text
+    # a host class that declares nothing (solvers.base's default) is taken as autonomous, with a warning
+
+    class Undeclared(ExplicitSolver):
+        state_shape = (2,)
+
+        def known_rhs(self, t, u):
+            return torch.zeros_like(u)
+
+    from hybridnde.training.terms import time_matters
+
+    assert not time_matters(Undeclared(dt=0.1, closure=free_model))
+    assert "Undeclared does not declare `autonomous`" in caplog.text
+    assert time_matters(ForcedOscillator(closure=free_model)) and not time_matters(free)

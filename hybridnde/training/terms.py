@@ -16,6 +16,7 @@ terms evaluate fields at ``t = 0`` and are refused for such set-ups (``Trainer``
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
@@ -30,12 +31,29 @@ from ..regularizers import ProbeSampler, directional_jacobian_penalty, finite_di
 __all__ = ["Batch", "Weighted", "LossTerm", "RolloutLoss", "AdaptiveRolloutLoss", "DirectionalDerivativeTerm",
            "FiniteDifferenceTerm", "rollout_mse", "ramp", "time_matters"]
 
+log = logging.getLogger(__name__)
+
 
 def time_matters(solver: Solver) -> bool:
-    """Whether the hybrid field depends on ``t``: a non-autonomous host (``solver.autonomous`` False)
-    or a closure that says so (``closure.autonomous = False``; closures are taken to ignore ``t``
-    unless they do)."""
-    return not getattr(solver, "autonomous", False) or getattr(solver.closure, "autonomous", True) is False
+    """Whether the hybrid field depends on ``t``: a host whose class declares ``autonomous = False``
+    (e.g. a forcing in ``known_rhs``) or a closure that does (``closure.autonomous = False``). A host
+    class that declares nothing (``solvers.base``'s default) is taken as autonomous, with a warning
+    once per class: training then integrates every window from ``t = 0``."""
+    if getattr(solver.closure, "autonomous", True) is False:
+        return True
+    declared = next((vars(kind)["autonomous"] for kind in type(solver).__mro__
+                     if "autonomous" in vars(kind) and kind.__module__ != "solvers.base"), None)
+    if declared is None:
+        if type(solver) not in _UNDECLARED_WARNED:
+            _UNDECLARED_WARNED.add(type(solver))
+            log.warning("%s does not declare `autonomous`: training integrates every window from t = 0, right only "
+                        "if known_rhs ignores t; declare autonomous = True (it does) or False (it does not: each "
+                        "window then starts at its own time)", type(solver).__name__)
+        return False
+    return not declared
+
+
+_UNDECLARED_WARNED: set[type] = set()
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,9 @@ class RolloutLoss:
                               t0=t0)
 
     def __call__(self, model: nn.Module, solver: Solver, batch: Batch, epoch: int) -> dict[str, Weighted]:
-        prediction = self.predict(solver, batch.windows, batch.sample_interval, start_times=batch.window_times())
+        # (the start times only where they are used: on a GPU reading them waits for the device)
+        start_times = batch.window_times() if time_matters(solver) else None
+        prediction = self.predict(solver, batch.windows, batch.sample_interval, start_times=start_times)
         return {self.name: Weighted(rollout_mse(prediction, batch.windows), self.weight)}
 
 
