@@ -554,3 +554,7 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
                                                                      "members_from_training_states": 2})
     unchecked = verdict({**metrics, "members_from_training_states": None})
     assert "not checked against the training data" in unchecked and "held-out" not in unchecked
+    # a long valid time beside far-off statistics (Lorenz-63's quick model: VPT 8.15, KL 16 nats) says both
+    assert "distributed unlike" not in verdict({**metrics, "kl_divergence": {"value": 0.0097}})
+    assert "distributed unlike the truth's over the horizon (KL divergence 16 nats" in \
+        verdict({**metrics, "kl_divergence": {"value": 16.0}})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,8 +53,15 @@ def _truth_phrase(metrics: Mapping[str, Any], held_out: bool) -> str:
     return f"Against a held-out truth: {metrics['members']} members from states the closure never saw, over "
 
 
+#: KL divergence (nats) of the state histograms above which the verdict says the statistics differ:
+#: N(0, 1) against N(0, 0.5^2) is 0.8, so above 1 the model visits other states than the truth
+STATISTICS_DIFFER_NATS = 1.0
+
+
 def verdict(metrics: Mapping[str, Any], *, held_out: bool = True) -> str:
-    """One sentence: how long the hybrid model stays valid and stable, against the bare host.
+    """One sentence: how long the hybrid model stays valid and stable, against the bare host, and
+    whether its long-run state statistics are far from the truth's (a long valid time can come from a
+    truth that lingers where the model settles, e.g. Lorenz-63 near a fixed point).
     ``held_out=False``: the reference is the training trajectory's own start (``stages.repeats_training_start``)."""
     vpt = metrics["valid_prediction_time"]
     baseline = metrics.get("baseline")
@@ -77,6 +85,10 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True) -> str:
             f"{number(metrics['horizon'])}"
     if baseline:
         text += f" (bare host: {baseline['stable_members']} of {baseline['members']})"
+    kl = (metrics.get("kl_divergence") or {}).get("value")
+    if kl is not None and math.isfinite(kl) and kl > STATISTICS_DIFFER_NATS:
+        text += (f"; but its states are distributed unlike the truth's over the horizon (KL divergence "
+                 f"{number(kl)} nats between their histograms)")
     return text + "."
 
 
