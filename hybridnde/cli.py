@@ -1,6 +1,8 @@
 """The ``hybridnde`` command: simulate | train | rollout | evaluate | run | export.
 
-Exit status: 0 success, 2 bad input (usage, config, data), 1 failure at run time.
+Exit status: 0 success, 2 bad input (usage, config, data), 1 failure at run time, 130 interrupted
+(Ctrl-C, or SIGTERM as a batch system's time limit sends: both stop the work as Ctrl-C does, leaving
+checkpoints that --resume continues).
 """
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import difflib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 from .config import ConfigError
@@ -54,20 +58,36 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments, extras = parser.parse_known_args(argv)
     if extras:
         _reject_unknown(parser, arguments.command, extras)
     configure_logging(arguments.verbose, arguments.quiet)
+    # SIGTERM (a scheduler's time limit, mpiexec passing one on) stops the work as Ctrl-C does: the
+    # checkpoint and partial file stay consistent and the exit says so; it killed the process before
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _run(arguments)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(arguments: argparse.Namespace) -> int:
     try:
         return int(arguments.run(arguments) or 0)
     except (ConfigError, DataError) as error:
         # bad input: raised by validation before any work starts
         print(f"hybridnde {arguments.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"hybridnde {arguments.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interruption:
+        by = f" by {interruption.args[0]}" if interruption.args else ""
+        print(f"hybridnde {arguments.command}: interrupted{by}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # keep the interpreter's final flush quiet

@@ -112,6 +112,14 @@ class TrajectoryStreamWriter:
             raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
                                 f"({error}); rerun without --resume") from None
         u = file["u"]
+        if resume:
+            try:
+                check_chunk_index(u.id, self.partial.stat().st_size)
+            except Exception as error:
+                file.close()
+                raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout is damaged ({error}): "
+                                    "it was stopped while writing (e.g. Ctrl-C under mpiexec, whose ranks abort "
+                                    "one another); rerun without --resume") from None
         plist = u.id.get_create_plist()
         filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
         found = (u.shape[:2], u.chunks, filters, u.dtype)
@@ -250,6 +258,27 @@ class TrajectoryStreamWriter:
     def discard(self) -> None:
         self.close()
         self.partial.unlink(missing_ok=True)
+
+
+def check_chunk_index(dataset_id, file_size: int) -> None:
+    """Raise unless every stored chunk of ``dataset_id`` (an h5py ``DatasetID``) lies inside the file:
+    a partial file interrupted while HDF5 wrote its metadata can index chunks past its end, and the
+    first write of a resume then fails ("addr overflow") -- again on every later attempt."""
+    outside = []
+
+    def visit(chunk) -> None:
+        if chunk.byte_offset is None or chunk.byte_offset + chunk.size > file_size:
+            outside.append(chunk)
+
+    if hasattr(dataset_id, "chunk_iter"):  # one pass over the index (get_chunk_info(i) walks it each call)
+        dataset_id.chunk_iter(visit)
+    else:
+        for index in range(dataset_id.get_num_chunks()):
+            visit(dataset_id.get_chunk_info(index))
+    if outside:
+        chunk = outside[0]
+        raise ValueError(f"{len(outside)} chunk(s) indexed past the file's {file_size} bytes, e.g. "
+                         f"{chunk.chunk_offset} at {chunk.byte_offset}+{chunk.size}")
 
 
 def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:

@@ -456,6 +456,22 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
         run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
         file.attrs["run_id"] = run_id
+    # a partial file whose chunk index points past its end (Ctrl-C under mpiexec: a rank aborted rank 0
+    # while HDF5 wrote metadata) is refused before writing, not failed on ("addr overflow") resume after resume
+    from hybridnde import netcdf_stream
+
+    with h5py.File(partial_path(tmp_path / "resumed.nc"), "r") as file:
+        size = partial_path(tmp_path / "resumed.nc").stat().st_size
+        netcdf_stream.check_chunk_index(file["u"].id, size)  # this one is whole
+        with pytest.raises(ValueError, match=r"chunk\(s\) indexed past the file's 100 bytes"):
+            netcdf_stream.check_chunk_index(file["u"].id, 100)
+    real_check = netcdf_stream.check_chunk_index
+    netcdf_stream.check_chunk_index = lambda dataset_id, size: real_check(dataset_id, 100)  # as if damaged
+    try:
+        with pytest.raises(DataError, match="partial file of the interrupted rollout is damaged .*rerun without --resume"):
+            run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    finally:
+        netcdf_stream.check_chunk_index = real_check
     # a checkpoint from before these checks (no run_id, threads or input checksum) still resumes
     state = torch.load(checkpoint_path(tmp_path / "resumed.nc"), weights_only=True)
     for key in ("run_id", "threads", "initial_conditions_checksum"):
@@ -534,20 +550,29 @@ def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
         run_rollout(case, out, closure=model, resume=True, progress=False)
 
 
-def test_resume_after_sigkill_gives_the_identical_file(case_files, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_resume_after_sigkill_or_sigterm_gives_the_identical_file(case_files, tmp_path, stop):
+    """Killed, or stopped by SIGTERM (a batch system's time limit): SIGTERM now stops the work as Ctrl-C
+    does -- exit 130, saying so, with the resume hint -- where it killed the process before."""
     save_closure(tmp_path / "closure.pt", small_mlp())
     arguments = ["rollout", str(case_files["two_body"]), "--closure", str(tmp_path / "closure.pt"),
                  "--set", "rollout.members=32", "--set", "rollout.steps=1200", "--set", "rollout.batch_size=16",
                  "--set", "output.time_chunk=25", "--no-progress"]
     command = [sys.executable, "-m", "hybridnde.cli", "-q"]
     killed = tmp_path / "killed.nc"
-    process = subprocess.Popen(command + arguments + ["--out", str(killed)], cwd=tmp_path)
+    process = subprocess.Popen(command + arguments + ["--out", str(killed)], cwd=tmp_path, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.monotonic() + 60
     while not checkpoint_path(killed).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.05)  # into the chunks after the first checkpoint
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the rollout ended before it could be killed: make it longer"
+    process.send_signal(stop)
+    _, stderr = process.communicate()
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, "the rollout ended before it could be killed: make it longer"
+    else:
+        assert process.returncode == 130, stderr
+        assert "interrupted by SIGTERM" in stderr and "--resume` continues from the last checkpoint" in stderr
     assert not killed.exists() and checkpoint_path(killed).exists()
     resumed = subprocess.run(command + arguments + ["--out", str(killed), "--resume"], cwd=tmp_path,
                              capture_output=True, text=True)
