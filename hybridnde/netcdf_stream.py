@@ -264,11 +264,13 @@ def check_chunk_index(dataset_id, file_size: int) -> None:
     """Raise unless every stored chunk of ``dataset_id`` (an h5py ``DatasetID``) lies inside the file:
     a partial file interrupted while HDF5 wrote its metadata can index chunks past its end, and the
     first write of a resume then fails ("addr overflow") -- again on every later attempt."""
-    outside = []
+    outside, furthest = [], []
 
     def visit(chunk) -> None:
         if chunk.byte_offset is None or chunk.byte_offset + chunk.size > file_size:
             outside.append(chunk)
+        elif not furthest or chunk.byte_offset + chunk.size > furthest[0].byte_offset + furthest[0].size:
+            furthest[:] = [chunk]
 
     if hasattr(dataset_id, "chunk_iter"):  # one pass over the index (get_chunk_info(i) walks it each call)
         dataset_id.chunk_iter(visit)
@@ -279,6 +281,8 @@ def check_chunk_index(dataset_id, file_size: int) -> None:
         chunk = outside[0]
         raise ValueError(f"{len(outside)} chunk(s) indexed past the file's {file_size} bytes, e.g. "
                          f"{chunk.chunk_offset} at {chunk.byte_offset}+{chunk.size}")
+    if furthest:  # inside the file, but HDF5 may have recorded a shorter end of allocation: read it
+        dataset_id.read_direct_chunk(furthest[0].chunk_offset)
 
 
 def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
