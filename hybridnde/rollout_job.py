@@ -189,6 +189,9 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     except Exception as caught:  # shared below, so that every rank stops
         error = caught
     agree(comm, error)
+    finished = comm.bcast(_finished_output(out, setup) if resume and comm.rank == 0 else None)
+    if finished is not None:  # the same command line again after it finished: nothing to resume
+        return finished
     error = None
     if comm.rank == 0:
         try:
@@ -217,6 +220,36 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
             else:
                 setup.writer.discard()
         raise
+
+
+def _finished_output(out: Path, setup: _Setup) -> RolloutSummary | None:
+    """Rank 0, ``--resume`` with no checkpoint: ``out`` itself when it is this rollout, finished (the
+    configuration, closure, initial-conditions file and batch size it records are this run's), as a
+    summary of what it records; else ``None`` (then the rollout starts from the beginning)."""
+    if setup.checkpoint is not None or not out.is_file():
+        return None
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(out) as dataset:
+            attrs = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
+            status = np.asarray(dataset.variables["status"][:])
+    except (OSError, KeyError):
+        return None
+    identity, given = setup.identity, setup.identity["initial_conditions_checksum"]
+    recorded = str(attrs.get("initial_conditions_sha256", ""))
+    if (str(attrs.get("config_checksum")) != identity["config_checksum"]
+            or str(attrs.get("closure_checksum")) != setup.closure_checksum
+            or int(attrs.get("batch_size", -1)) != setup.batch_size
+            or (recorded and given != "draw" and recorded != given)):
+        return None
+    log.warning("--resume: %s is this rollout, finished (same case, closure, initial conditions and batch size); "
+                "nothing to resume (without --resume it is made again)", out)
+    ranks = np.atleast_1d(attrs.get("ranks_per_run", 1))
+    return RolloutSummary(path=out, members=int(status.size), ok=int((status == STATUS_FLAGS["ok"]).sum()),
+                          blew_up=int((status == STATUS_FLAGS["blew_up"]).sum()),
+                          member_steps=int(attrs.get("member_steps", 0)), seconds=float(attrs.get("wall_seconds", 0.0)),
+                          ranks=int(ranks[-1]), batch_size=setup.batch_size, resumed=False)
 
 
 def _start_output(case: CaseConfig, out: Path, setup: _Setup, *, closure_path) -> TrajectoryStreamWriter:

@@ -494,6 +494,24 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
                             6 * 60 / resumed.attrs["wall_seconds"], rel_tol=1e-12)
 
 
+def test_resume_of_a_finished_rollout_does_nothing_unless_it_changed(tmp_path, caplog):
+    """A job script resubmitted after its rollout finished: `--resume` finds the file finished (same
+    case, closure, initial conditions and batch size) and leaves it; it was made again from the start."""
+    case = two_body_case("rollout.batch_size=2", "rollout.steps=20", "output.time_chunk=5")
+    model = small_mlp()
+    out = tmp_path / "done.nc"
+    first = run_rollout(case, out, closure=model, progress=False)
+    made = out.read_bytes()
+    again = run_rollout(case, out, closure=model, resume=True, progress=False)
+    assert out.read_bytes() == made and "nothing to resume" in caplog.text
+    assert (again.members, again.ok, again.blew_up, again.member_steps) == \
+        (first.members, first.ok, first.blew_up, first.member_steps)
+    other = two_body_case("rollout.batch_size=3", "rollout.steps=20", "output.time_chunk=5")
+    assert run_rollout(other, out, closure=model, resume=True, progress=False).batch_size == 3  # made again
+    with xr.open_dataset(out) as remade:
+        assert int(remade.attrs["batch_size"]) == 3
+
+
 def test_a_thread_count_refuses_a_resume_when_either_side_chose_it():
     """Counts differ: refused when the checkpoint's or this run's rollout.threads set it, a warning when
     both left it to torch (0); checkpoints without a record (older ones, GPU rollouts) pass."""
