@@ -32,6 +32,11 @@ __all__ = ["SaveSchedule", "BatchState", "OutputChunk", "BatchRunner", "auto_bat
 #: (CPU: cache misses of the closure's activations; CUDA: the GPU is saturated)
 AUTO_BATCH_CAP = {"cpu": 1024, "cuda": 16384}
 
+#: on a CPU, one closure call's activations per automatic batch at most: past the caches the closure
+#: slows per member (ks_l22's quick CNN, 33 kB a member, 1024 members x 64 steps, one thread:
+#: 10.1k member-steps/s at 128 and 256 members, 7.6k at 512, 3.9k at 1024)
+CPU_ACTIVATION_BUDGET_BYTES = 8 * 2**20
+
 #: working copies of one member's state an ETDRK4 / RK4 step holds at once (stages, their nonlinear
 #: terms, complex Fourier temporaries), with room to spare; used only to size automatic batches
 SOLVER_STATE_COPIES = 40
@@ -283,9 +288,13 @@ def auto_batch_size(solver: Solver, *, memory_budget_mb: float, time_chunk: int,
     Independent of the number of ranks, so batches (and hence results) are the same on any number.
     Per member: the solver's working copies, two closure calls' activations (RK4 and ETDRK4 call it
     once per stage and free the activations in between) and the chunk of saves on device and host.
+    On a CPU a closure's activations per call are also kept within ``CPU_ACTIVATION_BUDGET_BYTES``.
     """
     state_bytes = math.prod(solver.state_shape) * solver.dtype.itemsize
-    per_member = (SOLVER_STATE_COPIES * state_bytes + 2 * _closure_activation_bytes(solver.closure, solver)
-                  + 2 * min(time_chunk, n_saves) * state_bytes)
+    activations = _closure_activation_bytes(solver.closure, solver)
+    per_member = SOLVER_STATE_COPIES * state_bytes + 2 * activations + 2 * min(time_chunk, n_saves) * state_bytes
     fitting = int(memory_budget_mb * 2**20 // per_member)
-    return max(1, min(AUTO_BATCH_CAP.get(solver.device.type, AUTO_BATCH_CAP["cpu"]), fitting))
+    cap = AUTO_BATCH_CAP.get(solver.device.type, AUTO_BATCH_CAP["cpu"])
+    if solver.device.type == "cpu" and activations:
+        cap = min(cap, max(16, CPU_ACTIVATION_BUDGET_BYTES // activations))
+    return max(1, min(cap, fitting))

@@ -19,7 +19,8 @@ class RolloutConfig:
     save_every: int = option(1, "keep every k-th step in the output", positive=True)
     batch_size: int = option(0, "members stepped together; the members are cut into global batches of this size and "
                              "each MPI rank runs whole batches (0: sized to memory_budget_mb, at most 1024 members "
-                             "on CPU / 16384 on CUDA, independent of the number of ranks)", nonnegative=True)
+                             "on CPU -- fewer with a closure, whose activations per call are kept within 8 MiB -- "
+                             "/ 16384 on CUDA, independent of the number of ranks)", nonnegative=True)
     memory_budget_mb: float = option(1024.0, "batch_size = 0: working memory per rank for one batch (solver stages, "
                                      "closure activations, the saved states awaiting the next write)", positive=True)
     seed: int = option(1, "seed of drawn initial conditions; member i draws from the stream (seed, i) only",
