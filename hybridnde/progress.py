@@ -19,4 +19,5 @@ def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = Non
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=description, unit=unit, disable=not progress_enabled(enabled),
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=False,
+                unit_scale=bool(total and total >= 100_000))  # 10.9M/20.0M, 4.44M member-step/s; epochs 3/20
