@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 
 from .config import ConfigError
 
 __all__ = ["add_threads_argument", "torch_threads"]
+
+log = logging.getLogger(__name__)
+_TOLD: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -28,6 +33,11 @@ def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
     import torch
 
     previous = torch.get_num_threads()
+    environment = os.environ.get("OMP_NUM_THREADS", "")
+    if count and environment.strip().isdigit() and int(environment) != count and environment not in _TOLD:
+        _TOLD.add(environment)  # a cluster job script's usual knob: say once that this one rules
+        log.warning("OMP_NUM_THREADS=%s is set, but %s = %d decides torch's threads here (0 leaves torch's own "
+                    "choice, which follows OMP_NUM_THREADS)", environment, name, count)
     if count:
         torch.set_num_threads(count)
     try:

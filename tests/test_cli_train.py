@@ -154,3 +154,23 @@ def test_ks_residual_closure_trains_through_the_spectral_host(tmp_path, files):
                  "--set", "training.regularizer=\"jvp\"", "--set", "model.width=4"]) == 0
     model, payload = load_closure(out)
     assert payload["spec"]["kind"] == "periodic_cnn"
+
+
+def test_omp_num_threads_that_the_setting_overrides_is_named_once(monkeypatch, caplog):
+    """A job script's OMP_NUM_THREADS=4 is overridden by the verbs' own thread setting (1 by default):
+    said once, not silently; 0 (torch's own choice) follows the environment and says nothing."""
+    from hybridnde import threads
+
+    monkeypatch.setattr(threads, "_TOLD", set())
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    for _ in range(2):
+        with threads.torch_threads(1, "rollout.threads"):
+            assert torch.get_num_threads() == 1
+    assert caplog.text.count("OMP_NUM_THREADS=4 is set, but rollout.threads = 1 decides") == 1
+    caplog.clear()
+    with threads.torch_threads(0, "rollout.threads"):
+        pass
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with threads.torch_threads(1, "rollout.threads"):
+        pass
+    assert "OMP_NUM_THREADS" not in caplog.text
