@@ -1,12 +1,16 @@
 """Progress bars that show on a terminal and stay silent in logs, CI and non-zero MPI ranks."""
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from typing import Iterable, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["progress_bar", "progress_enabled"]
+__all__ = ["progress_bar", "progress_enabled", "ProgressLog"]
+
+log = logging.getLogger(__name__)
 
 
 def progress_enabled(enabled: bool | None = None) -> bool:
@@ -14,10 +18,43 @@ def progress_enabled(enabled: bool | None = None) -> bool:
     return sys.stderr.isatty() if enabled is None else enabled
 
 
+class ProgressLog:
+    """Where no bar shows (stderr is a file or a pipe: a batch job's log, ranks under ``mpiexec``): a
+    log line every ``every`` seconds -- done, rate, time left -- so a long job's log says how far it is."""
+
+    def __init__(self, total: int, description: str, unit: str, every: float, clock=time.monotonic):
+        self.total, self.description, self.unit, self.every, self.clock = total, description, unit, every, clock
+        self.done, self.started = 0, clock()
+        self.last = self.started
+        self.counted_from = None  # the count at the first update (a resume's earlier steps are not this run's)
+
+    def update(self, n: int) -> None:
+        if self.counted_from is None:  # the first update is what was done before (a resume's steps)
+            self.done += n
+            self.counted_from, self.started = self.done, self.clock()
+            return
+        self.done += n
+        now = self.clock()
+        if now - self.last < self.every or not self.total:
+            return
+        self.last = now
+        rate = (self.done - self.counted_from) / max(now - self.started, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        log.info("%s: %.0f%% (%.4g of %.4g %ss), %.4g %ss/s, about %.0f s left", self.description,
+                 100.0 * self.done / self.total, self.done, self.total, self.unit, rate, self.unit, left)
+
+    def close(self) -> None:
+        pass
+
+
 def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, description: str = "",
-                 enabled: bool | None = None, unit: str = "it"):
+                 enabled: bool | None = None, unit: str = "it", log_every: float | None = None):
+    """A tqdm bar on a terminal; with ``log_every`` (seconds) and no terminal, a ``ProgressLog``, whose
+    first ``update`` is the count already done (``enabled=False``, e.g. ``--no-progress``: neither)."""
     from tqdm.auto import tqdm
 
+    if log_every and enabled is None and not progress_enabled(None) and iterable is None and total:
+        return ProgressLog(total, description, unit, log_every)
     return tqdm(iterable, total=total, desc=description, unit=unit, disable=not progress_enabled(enabled),
                 dynamic_ncols=True, leave=False,
                 unit_scale=bool(total and total >= 100_000))  # 10.9M/20.0M, 4.44M member-step/s; epochs 3/20

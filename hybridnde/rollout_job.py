@@ -44,6 +44,9 @@ __all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTION
 
 log = logging.getLogger(__name__)
 
+#: without a terminal (a batch job's log, mpiexec's pipes) rank 0 logs the rollout's progress this often
+PROGRESS_LOG_SECONDS = 60.0
+
 @dataclass(frozen=True)
 class RolloutSummary:
     """What a finished rollout reports (the same on every rank)."""
@@ -300,7 +303,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
     bar = None
     if comm.rank == 0:
         bar = progress_bar(total=rollout.members * schedule.steps_run, description="rollout", enabled=progress,
-                           unit="member-step")
+                           unit="member-step", log_every=PROGRESS_LOG_SECONDS)
         bar.update(resumed_steps)
 
     def checkpoint_after(round_index: int) -> bool:

@@ -690,3 +690,25 @@ def test_without_closure_the_default_output_is_the_bare_hosts_and_a_trained_clos
     assert "not used" not in capsys.readouterr().err
     with xr.open_dataset(folder / "rollout.nc") as hybrid:
         assert hybrid.attrs["closure_checksum"] != "none"
+
+
+def test_without_a_terminal_the_rollout_logs_its_progress(caplog):
+    """A batch job's log or mpiexec's pipes show no bar: rank 0 logs how far it is every minute --
+    counted from this run's start (a resume's earlier steps are done, not this run's rate)."""
+    import logging
+
+    from hybridnde.progress import ProgressLog, progress_bar
+
+    clock = [0.0]
+    progress = ProgressLog(1000, "rollout", "member-step", 60.0, clock=lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="hybridnde.progress")
+    progress.update(200)  # resumed
+    clock[0] = 30.0
+    progress.update(100)
+    assert "rollout:" not in caplog.text  # not yet a minute
+    clock[0] = 60.0
+    progress.update(100)
+    assert "rollout: 40% (400 of 1000 member-steps), 3.333 member-steps/s, about 180 s left" in caplog.text
+    # pytest's stderr is no terminal: a bar with log_every becomes the log; --no-progress silences both
+    assert isinstance(progress_bar(total=10, enabled=None, log_every=60.0), ProgressLog)
+    assert not isinstance(progress_bar(total=10, enabled=False, log_every=60.0), ProgressLog)
