@@ -256,59 +256,67 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     if figures_dir is not None:
         title = case.case.name if case else rollout_path.stem
         # "hybrid" only for a rollout with a closure: a bare host's or a simulation's states are a prediction
-        recorded = str(rollout_attrs.get("closure_checksum", "none"))
-        label = "hybrid" if recorded not in ("", "none") else "prediction"
+        label = "hybrid" if _recorded_closure(rollout_attrs) else "prediction"
         metrics["figures"] = [str(p) for p in write_figures(pair, metrics, figures_dir, title=title, invariants=invariants,
                                                             predicted_label=label)]
     return json_ready(metrics)
 
 
-def _weights_checksum(path: Path) -> str | None:
-    """The weights checksum a closure file records, or ``None`` when it is not one."""
-    from .closure_file import load_closure
-
-    try:
-        return str(load_closure(path)[1]["checksum"])
-    except DataError:
-        return None
+def _recorded_closure(attrs: Mapping[str, Any]) -> str | None:
+    """The weights checksum of the closure a rollout file records, ``None`` for the bare solver's."""
+    recorded = str(attrs.get("closure_checksum", "none"))
+    return None if recorded in ("", "none") else recorded
 
 
 def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_path: str | Path | None,
                  case: CaseConfig):
     """The closure the rollout was made with, checked against its recorded checksum and ``case``'s host."""
-    recorded = str(rollout_attrs.get("closure_checksum", "none"))
-    if closure_path is None:
-        if recorded in ("", "none"):
-            return None
-        named = str(rollout_attrs.get("closure_file", ""))  # as the rollout was given it
-        # beside the rollout first (where `hybridnde run` keeps it), then as named (relative: to here)
-        candidates = [rollout_path.parent / Path(named).name, Path(named)] if named else []
-        found = [path for path in dict.fromkeys(candidates) if path.is_file()]
-        matching = [path for path in found if _weights_checksum(path) == recorded]
-        if not matching:
-            if found:
-                raise DataError(f"{found[0]} (the rollout's closure_file) is not the closure {rollout_path} was made "
-                                f"with ({recorded[:12]}...): it changed since; pass the rollout's closure with --closure")
-            where = f" (its closure_file attribute, {named!r}, is not there)" if named else ""
-            raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...{where}; pass it with "
-                            "--closure closure.pt to estimate the model's Lyapunov exponent")
-        log.info("--lyapunov: the closure is %s, the rollout's closure_file", matching[0])
-        closure_path = matching[0]
-    from .closure_file import load_closure
-
     import torch
 
+    from .closure_file import load_closure
     from .rollout_inputs import check_closure_case, check_closure_fits
     from .systems import build_host_solver
 
-    # float64 like the solvers lyapunov_comparison builds
-    closure, payload = load_closure(closure_path, dtype=torch.float64)
+    recorded = _recorded_closure(rollout_attrs)
+    if closure_path is None:
+        if recorded is None:
+            return None
+        closure_path, (closure, payload) = _recorded_closure_file(rollout_attrs, rollout_path, recorded)
+    else:
+        closure, payload = load_closure(closure_path, dtype=torch.float64)  # float64: lyapunov_comparison's solvers
     check_closure_case(payload, case, closure_path)
     check_closure_fits(closure, build_host_solver(case, device="cpu", dtype=torch.float64), closure_path)
-    if recorded not in ("", "none") and payload["checksum"] != recorded:
+    if recorded is not None and payload["checksum"] != recorded:
         log.warning("%s: checksum %s... differs from the one %s records (%s...)", closure_path,
                     payload["checksum"][:12], rollout_path, recorded[:12])
     return closure
+
+
+def _recorded_closure_file(rollout_attrs: Mapping[str, Any], rollout_path: Path, recorded: str):
+    """``(path, load_closure's (closure, payload) in float64)`` of the file the rollout records
+    (``closure_file``) whose weights are ``recorded``: beside the rollout first (where `hybridnde run`
+    keeps it), then as named (relative: to here); ``DataError`` when none is."""
+    import torch
+
+    from .closure_file import load_closure
+
+    named = str(rollout_attrs.get("closure_file", ""))  # as the rollout was given it
+    candidates = [rollout_path.parent / Path(named).name, Path(named)] if named else []
+    found = [path for path in dict.fromkeys(candidates) if path.is_file()]
+    for path in found:
+        try:
+            loaded = load_closure(path, dtype=torch.float64)
+        except DataError:
+            continue
+        if loaded[1]["checksum"] == recorded:
+            log.info("--lyapunov: the closure is %s, the rollout's closure_file", path)
+            return path, loaded
+    if found:
+        raise DataError(f"{found[0]} (the rollout's closure_file) is not the closure {rollout_path} was made "
+                        f"with ({recorded[:12]}...): it changed since; pass the rollout's closure with --closure")
+    where = f" (its closure_file attribute, {named!r}, is not there)" if named else ""
+    raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...{where}; pass it with "
+                    "--closure closure.pt to estimate the model's Lyapunov exponent")
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:
