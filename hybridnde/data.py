@@ -31,7 +31,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum",
-           "split_members"]
+           "split_members", "window_start_times"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,13 @@ class WindowSet:
         """``(n,)`` float64 on the CPU: the times of windows ``index``' first samples (default: all),
         for samples ``sample_interval`` apart."""
         starts = self.starts if index is None else self.starts[index.to(self.starts.device)]
-        return self.start_time + starts[:, 1].cpu().double() * sample_interval
+        return window_start_times(starts, self.start_time, sample_interval)
+
+
+def window_start_times(starts: Tensor, start_time: float, sample_interval: float) -> Tensor:
+    """``(n,)`` float64 on the CPU: the first-sample times of windows ``starts: (n, 2)`` (``(row,
+    first time index)``) of trajectories whose first sample is at ``start_time``."""
+    return start_time + starts[:, 1].cpu().double() * sample_interval
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])

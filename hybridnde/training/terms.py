@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from solvers import Solver
 from solvers.integrators import odeint_adaptive
 
+from ..data import window_start_times
 from ..regularizers import ProbeSampler, directional_jacobian_penalty, finite_difference_directional_penalty
 
 __all__ = ["Batch", "Weighted", "LossTerm", "RolloutLoss", "AdaptiveRolloutLoss", "DirectionalDerivativeTerm",
@@ -72,7 +73,7 @@ class Batch:
 
     def window_times(self) -> Tensor:
         """``(batch,)`` float64 on the CPU: the time of each window's first sample."""
-        return self.start_time + self.starts[:, 1].cpu().double() * self.sample_interval
+        return window_start_times(self.starts, self.start_time, self.sample_interval)
 
 
 class Weighted(NamedTuple):
