@@ -139,6 +139,12 @@ class _Run:
                     label, name, source, output, recorded[:12], self.checksum(source)[:12])
         return None
 
+    def rollout_identity(self, path: Path, expected: str, reference: Path, *, label: str, name: str) -> str | None:
+        """What a rollout file records of its making (configuration and closure), ``None`` where it was
+        made from another ``reference`` file than the one there now (``input_changed``)."""
+        return self.input_changed(stages.netcdf_identity(path, with_closure=True), expected,
+                                  stages.recorded_input(path), reference, label=label, name=name, output=path)
+
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
               label: str, payload: dict | None = None) -> StageResult:
         path = Path(path)
@@ -215,9 +221,7 @@ class _Run:
         result.closure_metadata = dict(payload["metadata"])
         result.training_log = read_training_log(log_path(closure))
         rollout_expected = f"{expected['rollout']}:{payload['checksum']}"
-        found = self.input_changed(stages.netcdf_identity(rollout, with_closure=True), rollout_expected,
-                                   stages.recorded_input(rollout), reference, label=label, name="rollout",
-                                   output=rollout)
+        found = self.rollout_identity(rollout, rollout_expected, reference, label=label, name="rollout")
         result.stages.append(self.stage(
             "rollout", rollout, rollout_expected, found, label=label,
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
@@ -226,9 +230,7 @@ class _Run:
         inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
         if stages.has_baseline(case):
             baseline_expected = f"{expected['rollout']}:none"
-            found = self.input_changed(stages.netcdf_identity(baseline, with_closure=True), baseline_expected,
-                                       stages.recorded_input(baseline), reference, label=label, name="baseline",
-                                       output=baseline)
+            found = self.rollout_identity(baseline, baseline_expected, reference, label=label, name="baseline")
             result.stages.append(self.stage(
                 "baseline", baseline, baseline_expected, found,
                 label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress)))
