@@ -79,12 +79,6 @@ class WindowSet:
         starts = self.starts if index is None else self.starts[index.to(self.starts.device)]
         return window_start_times(starts, self.start_time, sample_interval)
 
-
-def window_start_times(starts: Tensor, start_time: float, sample_interval: float) -> Tensor:
-    """``(n,)`` float64 on the CPU: the first-sample times of windows ``starts: (n, 2)`` (``(row,
-    first time index)``) of trajectories whose first sample is at ``start_time``."""
-    return start_time + starts[:, 1].cpu().double() * sample_interval
-
     def __len__(self) -> int:
         return int(self.starts.shape[0])
 
@@ -93,6 +87,12 @@ def window_start_times(starts: Tensor, start_time: float, sample_interval: float
         starts = self.starts if index is None else self.starts[index.to(self.starts.device)]
         times = starts[:, 1:2] + torch.arange(self.length, device=starts.device)
         return self.trajectories[starts[:, :1], times]
+
+
+def window_start_times(starts: Tensor, start_time: float, sample_interval: float) -> Tensor:
+    """``(n,)`` float64 on the CPU: the first-sample times of windows ``starts: (n, 2)`` (``(row,
+    first time index)``) of trajectories whose first sample is at ``start_time``."""
+    return start_time + starts[:, 1].cpu().double() * sample_interval
 
 
 @dataclass(frozen=True)
