@@ -27,6 +27,7 @@ import numpy as np
 
 from .alignment import AlignedPair, align_trajectories
 from .evaluation_figures import write_figures
+from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
 from .config import CaseConfig, ConfigError, parse_case_text
 from .io import DataError, open_trajectories, package_version, platform_description
 from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
@@ -156,44 +157,6 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
     return metrics
 
 
-def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, members: int = 8,
-                        duration: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Leading Lyapunov exponents of the model (the host solver of ``[hybrid]`` with ``closure``;
-    the bare host solver when ``closure`` is None) and of the true system, from the first
-    ``members`` paired states at the first common time.
-
-    ``duration``: measured time per member; default 20 Lyapunov times of the case's exponent, else
-    the files' horizon. A transient half that long is run first (the files' first states may lie
-    off the attractor, e.g. Lorenz-63 from near the origin, and the separation must align).
-    """
-    import torch
-
-    from .metrics.lyapunov import leading_lyapunov_exponent
-    from .systems import build_host_solver, build_solver
-
-    if duration is None:
-        exponent = case.evaluate.lyapunov_exponent
-        duration = 20.0 / exponent if exponent else float(pair.times[-1] - pair.times[0])
-    count = min(members, pair.members.size)
-    truth_solver = build_solver(case.system, case.time, device="cpu", dtype=torch.float64)
-    model_solver = build_host_solver(case, closure=closure, device="cpu", dtype=torch.float64)
-    if tuple(pair.predicted.shape[2:]) != tuple(model_solver.state_shape):
-        raise DataError(f"the rollout's states {tuple(pair.predicted.shape[2:])} do not fit the case's host solver "
-                        f"{tuple(model_solver.state_shape)}; pass the --case the rollout was made with")
-    results = {}
-    for name, solver, states in (("truth", truth_solver, pair.reference_initial[:count]),
-                                 ("model", model_solver, pair.predicted[:count, 0])):
-        states = torch.as_tensor(np.asarray(states, dtype=np.float64))
-        finite = torch.isfinite(states.reshape(count, -1)).all(dim=1)
-        estimate = leading_lyapunov_exponent(solver, states[finite], duration=duration, transient=0.5 * duration,
-                                             seed=seed)
-        results[name] = {**estimate.as_dict(), "solver": repr(solver)}
-    truth_value, model_value = results["truth"]["exponent"], results["model"]["exponent"]
-    results["relative_difference"] = (model_value - truth_value) / abs(truth_value) if truth_value else math.nan
-    results["closure"] = "none (bare host solver)" if closure is None else type(closure).__name__
-    return results
-
-
 def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case: CaseConfig | None = None,
                    threshold: float | None = None, match_members: str = "coordinate",
                    time_tolerance: float | None = None, spread: Sequence[float] = DEFAULT_SPREAD,
@@ -244,7 +207,7 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     if lyapunov:
         if case is None:
             raise DataError("the Lyapunov estimate needs the case: pass --case CASE.toml (the files store none)")
-        closure = _closure_for(rollout_attrs, rollout_path, closure_path, case)
+        closure = closure_for_lyapunov(rollout_attrs, rollout_path, closure_path, case)
     metrics = compute_metrics(pair, threshold=threshold, lyapunov_exponent=exponent, invariants=invariants,
                               spread=spread, error_scale=case.evaluate.error_scale if case else "rms")
     metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
@@ -256,67 +219,10 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     if figures_dir is not None:
         title = case.case.name if case else rollout_path.stem
         # "hybrid" only for a rollout with a closure: a bare host's or a simulation's states are a prediction
-        label = "hybrid" if _recorded_closure(rollout_attrs) else "prediction"
+        label = "hybrid" if recorded_closure(rollout_attrs) else "prediction"
         metrics["figures"] = [str(p) for p in write_figures(pair, metrics, figures_dir, title=title, invariants=invariants,
                                                             predicted_label=label)]
     return json_ready(metrics)
-
-
-def _recorded_closure(attrs: Mapping[str, Any]) -> str | None:
-    """The weights checksum of the closure a rollout file records, ``None`` for the bare solver's."""
-    recorded = str(attrs.get("closure_checksum", "none"))
-    return None if recorded in ("", "none") else recorded
-
-
-def _closure_for(rollout_attrs: Mapping[str, Any], rollout_path: Path, closure_path: str | Path | None,
-                 case: CaseConfig):
-    """The closure the rollout was made with, checked against its recorded checksum and ``case``'s host."""
-    import torch
-
-    from .closure_file import load_closure
-    from .rollout_inputs import check_closure_case, check_closure_fits
-    from .systems import build_host_solver
-
-    recorded = _recorded_closure(rollout_attrs)
-    if closure_path is None:
-        if recorded is None:
-            return None
-        closure_path, (closure, payload) = _recorded_closure_file(rollout_attrs, rollout_path, recorded)
-    else:
-        closure, payload = load_closure(closure_path, dtype=torch.float64)  # float64: lyapunov_comparison's solvers
-    check_closure_case(payload, case, closure_path)
-    check_closure_fits(closure, build_host_solver(case, device="cpu", dtype=torch.float64), closure_path)
-    if recorded is not None and payload["checksum"] != recorded:
-        log.warning("%s: checksum %s... differs from the one %s records (%s...)", closure_path,
-                    payload["checksum"][:12], rollout_path, recorded[:12])
-    return closure
-
-
-def _recorded_closure_file(rollout_attrs: Mapping[str, Any], rollout_path: Path, recorded: str):
-    """``(path, load_closure's (closure, payload) in float64)`` of the file the rollout records
-    (``closure_file``) whose weights are ``recorded``: beside the rollout first (where `hybridnde run`
-    keeps it), then as named (relative: to here); ``DataError`` when none is."""
-    import torch
-
-    from .closure_file import load_closure
-
-    named = str(rollout_attrs.get("closure_file", ""))  # as the rollout was given it
-    candidates = [rollout_path.parent / Path(named).name, Path(named)] if named else []
-    found = [path for path in dict.fromkeys(candidates) if path.is_file()]
-    for path in found:
-        try:
-            loaded = load_closure(path, dtype=torch.float64)
-        except DataError:
-            continue
-        if loaded[1]["checksum"] == recorded:
-            log.info("--lyapunov: the closure is %s, the rollout's closure_file", path)
-            return path, loaded
-    if found:
-        raise DataError(f"{found[0]} (the rollout's closure_file) is not the closure {rollout_path} was made "
-                        f"with ({recorded[:12]}...): it changed since; pass the rollout's closure with --closure")
-    where = f" (its closure_file attribute, {named!r}, is not there)" if named else ""
-    raise DataError(f"{rollout_path} was made with closure {recorded[:12]}...{where}; pass it with "
-                    "--closure closure.pt to estimate the model's Lyapunov exponent")
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:
