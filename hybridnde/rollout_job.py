@@ -9,7 +9,8 @@ Phases, on every rank:
    (``chunk_codec``) while it steps the next round; rank 0 gathers the encoded chunks, stores them
    and, every ``rollout.checkpoint_every`` steps, writes a checkpoint. A rank that fails logs its
    error and aborts the job (``MPI_Abort``), so no rank hangs.
-3. **Commit**: rank 0 writes the members' status and renames the complete file into place.
+3. **Commit**: rank 0 writes the members' status and renames the complete file into place
+   (the file itself: ``rollout_output``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .chunk_codec import ChunkLayout, encode_block
+from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
@@ -37,7 +38,8 @@ from .progress import progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
 from .rollout_resume import ROLLOUT_SECTIONS, checked_checkpoint, resume_identity, rollout_checksum
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
-from .systems import build_host_solver, resolve_dtype, state_coordinates
+from .rollout_output import RolloutSummary, chunk_layout, finished_output, member_status, start_output
+from .systems import build_host_solver, resolve_dtype
 from .threads import torch_threads
 
 __all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTIONS"]
@@ -47,27 +49,10 @@ log = logging.getLogger(__name__)
 #: without a terminal (a batch job's log, mpiexec's pipes) rank 0 logs the rollout's progress this often
 PROGRESS_LOG_SECONDS = 60.0
 
-@dataclass(frozen=True)
-class RolloutSummary:
-    """What a finished rollout reports (the same on every rank)."""
-
-    path: Path
-    members: int
-    ok: int
-    blew_up: int
-    member_steps: int
-    seconds: float
-    ranks: int
-    batch_size: int
-    resumed: bool
-
-    @property
-    def member_steps_per_second(self) -> float:
-        return self.member_steps / self.seconds if self.seconds > 0 else float("nan")
-
-
 @dataclass
-class _Setup:
+class RolloutSetup:
+    """One rank's rollout, set up before anything is written (``_prepare``)."""
+
     solver: Any
     closure_checksum: str
     schedule: SaveSchedule
@@ -84,7 +69,7 @@ class _Setup:
 
 
 def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
-             comm: Communicator, held: contextlib.ExitStack) -> _Setup:
+             comm: Communicator, held: contextlib.ExitStack) -> RolloutSetup:
     rollout = case.rollout
     if out.suffix != ".nc":
         raise ConfigError(f"--out {out}: give a .nc file name")
@@ -111,7 +96,7 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     member_ids, t0, u0 = initial_states(case, solver, positions)
     schedule = SaveSchedule(steps=rollout.steps, save_every=rollout.save_every, time_chunk=time_chunk, dt=solver.dt,
                             t0=t0)
-    setup = _Setup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
+    setup = RolloutSetup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
                    batches=batches, mine=mine, member_ids=member_ids, u0=u0, first_position=positions.start,
                    checkpoint=None)
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
@@ -127,28 +112,7 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     return setup
 
 
-def _open_writer(case: CaseConfig, out: Path, setup: _Setup, *, resume: bool, closure_path) -> TrajectoryStreamWriter:
-    solver = setup.solver
-    state_dim, coords = state_coordinates(solver)
-    closure = solver.closure  # a Python closure (run_rollout(closure=...)) has no file: its name
-    closure_name = (Path(closure_path).name if closure_path else "none" if closure is None
-                    else getattr(closure, "__name__", type(closure).__name__))
-    return TrajectoryStreamWriter(
-        out, members=setup.member_ids, times=setup.schedule.times(), state_dim=state_dim, state_coords=coords,
-        state_shape=solver.state_shape, dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
-        title=f"{case.case.name}: ensemble rollout of {case.host_system.name} (closure: {closure_name})",
-        solver=repr(solver), closure_checksum=setup.closure_checksum, case_toml=case.to_toml(),
-        extra_attrs={"stage": "rollout", "config_checksum": setup.identity["config_checksum"], "run_id": setup.run_id,
-                     "dt": solver.dt, "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
-                     "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
-                     "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or ""),
-                     # the file's bytes when it started from one: `hybridnde run` remakes a rollout whose file changed
-                     "initial_conditions_sha256": "" if case.rollout.initial_conditions == "draw"
-                     else setup.identity["initial_conditions_checksum"]},
-        compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
-
-
-def _my_chunks(runner: BatchRunner, setup: _Setup, checkpoint: dict | None) -> Iterator[tuple[OutputChunk, BatchState]]:
+def _my_chunks(runner: BatchRunner, setup: RolloutSetup, checkpoint: dict | None) -> Iterator[tuple[OutputChunk, BatchState]]:
     """This rank's batches, chunk by chunk, skipping what the checkpoint has finished."""
     done = set(checkpoint["done"]) if checkpoint else set()
     in_flight = checkpoint["in_flight"] if checkpoint else {}
@@ -164,7 +128,7 @@ def _my_chunks(runner: BatchRunner, setup: _Setup, checkpoint: dict | None) -> I
             yield runner.advance(state), state
 
 
-def _remaining_chunks(setup: _Setup, n_chunks: int, checkpoint: dict | None) -> int:
+def _remaining_chunks(setup: RolloutSetup, n_chunks: int, checkpoint: dict | None) -> int:
     done = set(checkpoint["done"]) if checkpoint else set()
     in_flight = checkpoint["in_flight"] if checkpoint else {}
     return sum(0 if start in done else n_chunks - int(in_flight[start]["next_chunk"]) if start in in_flight
@@ -192,13 +156,13 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     except Exception as caught:  # shared below, so that every rank stops
         error = caught
     agree(comm, error)
-    finished = comm.bcast(_finished_output(out, setup) if resume and comm.rank == 0 else None)
+    finished = comm.bcast(finished_output(out, setup) if resume and comm.rank == 0 else None)
     if finished is not None:  # the same command line again after it finished: nothing to resume
         return finished
     error = None
     if comm.rank == 0:
         try:
-            setup.writer = _start_output(case, out, setup, closure_path=closure_path)
+            setup.writer = start_output(case, out, setup, closure_path=closure_path)
         except Exception as caught:
             error = caught
     agree(comm, error)
@@ -225,52 +189,12 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         raise
 
 
-def _finished_output(out: Path, setup: _Setup) -> RolloutSummary | None:
-    """Rank 0, ``--resume`` with no checkpoint: ``out`` itself when it is this rollout, finished (the
-    configuration, closure, initial-conditions file and batch size it records are this run's), as a
-    summary of what it records; else ``None`` (then the rollout starts from the beginning)."""
-    if setup.checkpoint is not None or not out.is_file():
-        return None
-    import netCDF4
-
-    try:
-        with netCDF4.Dataset(out) as dataset:
-            attrs = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
-            status = np.asarray(dataset.variables["status"][:])
-    except (OSError, KeyError):
-        return None
-    identity, given = setup.identity, setup.identity["initial_conditions_checksum"]
-    recorded = str(attrs.get("initial_conditions_sha256", ""))
-    if (str(attrs.get("config_checksum")) != identity["config_checksum"]
-            or str(attrs.get("closure_checksum")) != setup.closure_checksum
-            or int(attrs.get("batch_size", -1)) != setup.batch_size
-            or (recorded and given != "draw" and recorded != given)):
-        return None
-    log.warning("--resume: %s is this rollout, finished (same case, closure, initial conditions and batch size); "
-                "nothing to resume (without --resume it is made again)", out)
-    ranks = np.atleast_1d(attrs.get("ranks_per_run", 1))
-    return RolloutSummary(path=out, members=int(status.size), ok=int((status == STATUS_FLAGS["ok"]).sum()),
-                          blew_up=int((status == STATUS_FLAGS["blew_up"]).sum()),
-                          member_steps=int(attrs.get("member_steps", 0)), seconds=float(attrs.get("wall_seconds", 0.0)),
-                          ranks=int(ranks[-1]), batch_size=setup.batch_size, resumed=False)
-
-
-def _start_output(case: CaseConfig, out: Path, setup: _Setup, *, closure_path) -> TrajectoryStreamWriter:
-    """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one."""
-    if setup.checkpoint is None:
-        if checkpoint_path(out).exists():
-            log.warning("starting afresh: the checkpoint of an earlier interrupted rollout to %s is discarded "
-                        "(`hybridnde rollout ... --resume` continues one)", out)
-        remove_restart_files(out)
-    return _open_writer(case, out, setup, resume=setup.checkpoint is not None, closure_path=closure_path)
-
-
 def _steps_before_chunk(schedule: SaveSchedule, chunk: int) -> int:
     """Steps a member has taken when ``chunk`` chunks are done."""
     return (min(chunk * schedule.time_chunk, schedule.n_saves) - 1) * schedule.save_every if chunk else 0
 
 
-def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, progress: bool | None,
+def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | None, progress: bool | None,
          comm: Communicator) -> RolloutSummary:
     schedule, rollout = setup.schedule, case.rollout
     runner = BatchRunner(setup.solver, schedule, blowup_threshold=rollout.blowup_threshold,
@@ -296,7 +220,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                          + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
                                for start, state in in_flight.items()))
     chunks = _my_chunks(runner, setup, checkpoint)
-    layout = _chunk_layout(case, setup)
+    layout = chunk_layout(case, setup)
     if comm.rank == 0 and setup.writer.layout != layout:
         raise RuntimeError(f"the file's chunk layout {setup.writer.layout} differs from the ranks' {layout}")
     member_steps = 0
@@ -344,7 +268,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
                 elif batch_state is not None:
                     in_flight[meta.start] = batch_state
             if checkpoint_after(round_index - 1):
-                setup.writer.checkpoint(*_status(first_bad_save, schedule), {
+                setup.writer.checkpoint(*member_status(first_bad_save, schedule), {
                     **setup.identity, **({"run_id": setup.run_id} if setup.run_id else {}),
                     "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save),
@@ -355,7 +279,7 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
         setup.writer.flush()  # the run ends when its data are on disk
         seconds = wallclock.perf_counter() - started
         bar.close()
-        status, blowup_time = _status(first_bad_save, schedule)
+        status, blowup_time = member_status(first_bad_save, schedule)
         blew_up = int((status == STATUS_FLAGS["blew_up"]).sum())
         total_steps, total_seconds = resumed_steps + member_steps, earlier_seconds + seconds
         rate = total_steps / total_seconds if total_seconds > 0 else float("nan")
@@ -374,18 +298,3 @@ def _run(case: CaseConfig, out: Path, setup: _Setup, checkpoint: dict | None, pr
     return comm.bcast(summary)
 
 
-def _chunk_layout(case: CaseConfig, setup: _Setup) -> ChunkLayout:
-    """How every rank encodes ``u``'s chunks: the layout rank 0's writer creates the file with."""
-    solver = setup.solver
-    return ChunkLayout.for_output(n_times=setup.schedule.n_saves, time_chunk=case.output.time_chunk,
-                                  state_size=int(np.prod(solver.state_shape)),
-                                  dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
-                                  compression_level=case.output.compression_level)
-
-
-def _status(first_bad_save: np.ndarray, schedule: SaveSchedule) -> tuple[np.ndarray, np.ndarray]:
-    """``status (member,)`` int8 flags and ``blowup_time (member,)`` (NaN when none) from first bad saves."""
-    blew_up = first_bad_save >= 0
-    status = np.where(blew_up, STATUS_FLAGS["blew_up"], STATUS_FLAGS["ok"]).astype(np.int8)
-    blowup_time = np.where(blew_up, schedule.times()[np.clip(first_bad_save, 0, None)], np.nan)
-    return status, blowup_time

@@ -1,0 +1,126 @@
+"""A rollout's output file (rank 0's side of ``hybridnde rollout``): start it or reopen the partial
+file being resumed, recognise a finished one, and the members' status it ends with.
+
+The job's set-up (``rollout_job``) says what to write; this module says how it lands in the file
+described in docs/netcdf.md.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .chunk_codec import ChunkLayout
+from .config import CaseConfig
+from .io import STATUS_FLAGS
+from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
+from .rollout import SaveSchedule
+from .systems import state_coordinates
+
+if TYPE_CHECKING:
+    from .rollout_job import RolloutSetup
+
+__all__ = ["RolloutSummary", "chunk_layout", "finished_output", "member_status", "start_output"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """What a finished rollout reports (the same on every rank)."""
+
+    path: Path
+    members: int
+    ok: int
+    blew_up: int
+    member_steps: int
+    seconds: float
+    ranks: int
+    batch_size: int
+    resumed: bool
+
+    @property
+    def member_steps_per_second(self) -> float:
+        return self.member_steps / self.seconds if self.seconds > 0 else float("nan")
+
+
+def start_output(case: CaseConfig, out: Path, setup: RolloutSetup, *, closure_path) -> TrajectoryStreamWriter:
+    """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one."""
+    if setup.checkpoint is None:
+        if checkpoint_path(out).exists():
+            log.warning("starting afresh: the checkpoint of an earlier interrupted rollout to %s is discarded "
+                        "(`hybridnde rollout ... --resume` continues one)", out)
+        remove_restart_files(out)
+    return _open_writer(case, out, setup, resume=setup.checkpoint is not None, closure_path=closure_path)
+
+
+def _open_writer(case: CaseConfig, out: Path, setup: RolloutSetup, *, resume: bool, closure_path) -> TrajectoryStreamWriter:
+    solver = setup.solver
+    state_dim, coords = state_coordinates(solver)
+    closure = solver.closure  # a Python closure (run_rollout(closure=...)) has no file: its name
+    closure_name = (Path(closure_path).name if closure_path else "none" if closure is None
+                    else getattr(closure, "__name__", type(closure).__name__))
+    return TrajectoryStreamWriter(
+        out, members=setup.member_ids, times=setup.schedule.times(), state_dim=state_dim, state_coords=coords,
+        state_shape=solver.state_shape, dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
+        title=f"{case.case.name}: ensemble rollout of {case.host_system.name} (closure: {closure_name})",
+        solver=repr(solver), closure_checksum=setup.closure_checksum, case_toml=case.to_toml(),
+        extra_attrs={"stage": "rollout", "config_checksum": setup.identity["config_checksum"], "run_id": setup.run_id,
+                     "dt": solver.dt, "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
+                     "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
+                     "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or ""),
+                     # the file's bytes when it started from one: `hybridnde run` remakes a rollout whose file changed
+                     "initial_conditions_sha256": "" if case.rollout.initial_conditions == "draw"
+                     else setup.identity["initial_conditions_checksum"]},
+        compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
+
+
+def finished_output(out: Path, setup: RolloutSetup) -> RolloutSummary | None:
+    """Rank 0, ``--resume`` with no checkpoint: ``out`` itself when it is this rollout, finished (the
+    configuration, closure, initial-conditions file and batch size it records are this run's), as a
+    summary of what it records; else ``None`` (then the rollout starts from the beginning)."""
+    if setup.checkpoint is not None or not out.is_file():
+        return None
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(out) as dataset:
+            attrs = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
+            status = np.asarray(dataset.variables["status"][:])
+    except (OSError, KeyError):
+        return None
+    identity, given = setup.identity, setup.identity["initial_conditions_checksum"]
+    recorded = str(attrs.get("initial_conditions_sha256", ""))
+    if (str(attrs.get("config_checksum")) != identity["config_checksum"]
+            or str(attrs.get("closure_checksum")) != setup.closure_checksum
+            or int(attrs.get("batch_size", -1)) != setup.batch_size
+            or (recorded and given != "draw" and recorded != given)):
+        return None
+    log.warning("--resume: %s is this rollout, finished (same case, closure, initial conditions and batch size); "
+                "nothing to resume (without --resume it is made again)", out)
+    ranks = np.atleast_1d(attrs.get("ranks_per_run", 1))
+    return RolloutSummary(path=out, members=int(status.size), ok=int((status == STATUS_FLAGS["ok"]).sum()),
+                          blew_up=int((status == STATUS_FLAGS["blew_up"]).sum()),
+                          member_steps=int(attrs.get("member_steps", 0)), seconds=float(attrs.get("wall_seconds", 0.0)),
+                          ranks=int(ranks[-1]), batch_size=setup.batch_size, resumed=False)
+
+
+def chunk_layout(case: CaseConfig, setup: RolloutSetup) -> ChunkLayout:
+    """How every rank encodes ``u``'s chunks: the layout rank 0's writer creates the file with."""
+    solver = setup.solver
+    return ChunkLayout.for_output(n_times=setup.schedule.n_saves, time_chunk=case.output.time_chunk,
+                                  state_size=int(np.prod(solver.state_shape)),
+                                  dtype=torch.empty(0, dtype=solver.dtype).numpy().dtype,
+                                  compression_level=case.output.compression_level)
+
+
+def member_status(first_bad_save: np.ndarray, schedule: SaveSchedule) -> tuple[np.ndarray, np.ndarray]:
+    """``status (member,)`` int8 flags and ``blowup_time (member,)`` (NaN when none) from first bad saves."""
+    blew_up = first_bad_save >= 0
+    status = np.where(blew_up, STATUS_FLAGS["blew_up"], STATUS_FLAGS["ok"]).astype(np.int8)
+    blowup_time = np.where(blew_up, schedule.times()[np.clip(first_bad_save, 0, None)], np.nan)
+    return status, blowup_time
