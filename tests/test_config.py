@@ -76,7 +76,7 @@ def test_the_automatic_host_integrator_fits_the_host():
     spectral_host = parse_case({**fd_truth, "hybrid": {"system": {"method": "spectral"}},
                                 "training": {"regularizer": "jvp"}})
     assert spectral_host.host_time.integrator == "etdrk4"
-    from hybridnde.training.build import check_training_config, reference_solver
+    from hybridnde.training.assembly import check_training_config, reference_solver
 
     check_training_config(spectral_host)  # the jvp reference: the FD truth stepped as the truth is
     assert type(reference_solver(spectral_host)).__name__ == "KuramotoSivashinskyFiniteDifference"

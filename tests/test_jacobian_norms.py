@@ -266,7 +266,7 @@ def test_a_case_sets_the_iterations_of_the_iterative_penalties():
     0 keeps their defaults; a 1-step Lanczos process is refused before any work, naming the field."""
     from hybridnde.config import ConfigError, parse_case
     from hybridnde.systems import build_host_solver
-    from hybridnde.training.build import build_terms, check_training_config
+    from hybridnde.training.assembly import build_terms, check_training_config
 
     def penalty(name: str, iterations: int):
         case = parse_case({"system": {"name": "two_body"},
@@ -292,7 +292,7 @@ def test_the_penalty_acts_on_the_closure_in_a_residual_host_and_on_the_whole_fie
     from hybridnde.config import ConfigError, load_case
     from hybridnde.models import build_model
     from hybridnde.systems import build_host_solver
-    from hybridnde.training.build import build_terms, check_training_config, jacobian_penalty_field
+    from hybridnde.training.assembly import build_terms, check_training_config, jacobian_penalty_field
     from hybridnde.training.terms import Batch
 
     cases = Path(__file__).resolve().parents[1] / "cases"

@@ -323,7 +323,7 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times(caplog):
     from its own start time (it was integrated from t = 0: 4.5e-3 for a forced Duffing oscillator).
     Terms that evaluate fields at t = 0 only are refused for such a host, before any work."""
     from hybridnde.regularizers import ProbeSampler
-    from hybridnde.training.build import RolloutValidation
+    from hybridnde.training.assembly import RolloutValidation
     from hybridnde.training.terms import Batch, DirectionalDerivativeTerm
 
     exact = lambda t, u: torch.stack([u[:, 1], -u[:, 0]], dim=-1)

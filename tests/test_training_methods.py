@@ -11,7 +11,7 @@ from hybridnde.config import ConfigError, parse_case
 from hybridnde.io import write_netcdf
 from hybridnde.simulate import simulate_case
 from hybridnde.training import checkpoint_path, log_path, train_case
-from hybridnde.training.build import homotopy_schedule
+from hybridnde.training.assembly import homotopy_schedule
 
 TRAINING = {"epochs": 6, "rollout_steps": 20, "validation_rollout_steps": 20, "window_stride": 1000,
             "validation_fraction": 0.0, "batch_size": 1, "learning_rate": 0.01, "lr_schedule": "constant",

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ..config import KuramotoSivashinskyConfig
 from ..config.fields import to_mapping
 from ..io import atomic_path, package_version
-from ..training.build import jacobian_penalty_field
+from ..training.assembly import jacobian_penalty_field
 from .formatting import median_spread, number, percent, relative_link, spread_keys
 from .runner import RunResult, VariantResult
 from .stages import repeats_training_start

@@ -70,7 +70,7 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
     from ..rollout_inputs import initial_states
     from ..systems import build_host_solver, build_solver
     from ..training import window_lengths
-    from ..training.build import check_training_config
+    from ..training.assembly import check_training_config
 
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"--out {directory}: exists and is not a directory; give a folder for the run's files")

@@ -4,10 +4,11 @@
   and the directional-derivative regularizer terms;
 * ``trainer``: AdamW, learning-rate schedule, clipping, early stopping, checkpoints, JSON-lines log;
 * ``checkpoint``: atomic checkpoints with a configuration/data fingerprint;
+* ``assembly``: what ``[training]`` asks for -- checks, window lengths, loss terms, validation score;
 * ``build``: ``train_case`` -- case + truth file -> saved closure (``hybridnde train``).
 """
-from .build import (TRAINING_SECTIONS, RolloutValidation, build_terms, reference_solver, train_case, training_checksum,
-                    window_lengths)
+from .assembly import RolloutValidation, build_terms, reference_solver, window_lengths
+from .build import TRAINING_SECTIONS, train_case, training_checksum
 from .checkpoint import checkpoint_path, load_checkpoint, log_path, save_checkpoint
 from .terms import (AdaptiveRolloutLoss, Batch, DirectionalDerivativeTerm, FiniteDifferenceTerm, LossTerm,
                     RolloutLoss, Weighted, ramp, rollout_mse)
