@@ -6,14 +6,14 @@ A closure is any callable ``closure(t, u) -> du_dt`` (torchdiffeq's ``f(t, y)`` 
 """
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
-from .cuda_graphs import CapturedStep, GraphCache, GraphCaptureError, module_tensor_addresses
+from .cuda_graphs import GraphCache
+from .graph_replay import GraphReplay
 from .integrators import FIXED_STEP_METHODS, FixedStep, odeint_adaptive
 
 __all__ = ["Closure", "coarser_than", "Solver", "ExplicitSolver", "SolverStateError", "StabilityLimitError", "PeriodicGrid"]
@@ -45,14 +45,14 @@ def _parameter_dtype_mismatch(closure, dtype: torch.dtype) -> torch.dtype | None
     return found if found is not None and found != dtype else None
 
 
-class Solver(ABC):
+class Solver(GraphReplay, ABC):
     """A host simulation code with a closure hook.
 
     Subclasses give the known physics (``known_rhs``) and one time step; ``rollout`` and
     ``trajectory`` are shared. States are batched: ``u: (batch, *state_shape)``.
 
     On a CUDA device, ``trajectory``, ``rollout`` and every loop over ``step_internal`` replay each
-    step as a CUDA graph (``solvers.cuda_graphs``) captured once per state tensor, where autograd need
+    step as a CUDA graph (``solvers.cuda_graphs``, ``solvers.graph_replay``) captured once per state tensor, where autograd need
     not see the step: one launch a step instead of one per operation. Attributes:
 
     * ``cuda_graphs`` (default ``True``): replay at all. No effect on the CPU.
@@ -73,10 +73,6 @@ class Solver(ABC):
 
     #: names of the state components for ODEs (``None`` for fields on a grid)
     component_names: tuple[str, ...] | None = None
-    #: devices whose steps are replayed as captured graphs (``cuda_graphs``)
-    graph_device_types: tuple[str, ...] = ("cuda",)
-    #: what captures a step; a class attribute so tests can stand in for CUDA on the CPU
-    captured_step_type = CapturedStep
     #: ``known_rhs`` ignores ``t``: a replayed step without a closure needs no time input
     autonomous: bool = False
 
@@ -88,11 +84,7 @@ class Solver(ABC):
         self.closure = closure
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
-        self.cuda_graphs = True
-        self.capture_closure = False
-        self._captured = GraphCache()
-        self._capture_failed = False  # a graph failed once: step eagerly from then on
-        self._closure_addresses: tuple = ()  # of the closure's weights, refreshed by to_internal
+        self._init_graphs()
 
     def __getstate__(self) -> dict:
         """Copies and pickles start without captured CUDA graphs (they are captured again on use)."""
@@ -242,104 +234,17 @@ class Solver(ABC):
             return state
         return self._step_eagerly(t, state, dt)
 
-    # -- CUDA graphs (see the class docstring) ----------------------------------------------------
     def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
         """``step_internal`` without graphs; may update ``state`` in place and return it."""
         return self.step(t, state, dt)
-
-    def _step_reads_time(self) -> bool:
-        """Whether a step depends on ``t`` (then the graph gets it as an input)."""
-        return self.closure is not None or not self.autonomous
-
-    def _graph_buffers(self, state: Tensor, dt: float) -> tuple:
-        """Objects holding buffers that ``_step_eagerly`` reuses between calls (a graph writes into them)."""
-        return ()
 
     def _needs_autograd(self, state: Tensor) -> bool:
         """Whether autograd must see this step: gradients on, and the state or a closure can carry them."""
         return torch.is_grad_enabled() and (state.requires_grad or self.closure is not None)
 
-    def _replays(self, state: Tensor) -> bool:
-        """Whether ``step_internal`` replays a CUDA graph for ``state``."""
-        return (self.cuda_graphs and not self._capture_failed and state.device.type in self.graph_device_types
-                and (self.closure is None or self.capture_closure) and not self._needs_autograd(state)
-                and state.numel() > 0)
-
-    def _note_closure_weights(self, u: Tensor) -> None:
-        if self.closure is not None and self._replays(u):  # once per trajectory, not per step (~16 us)
-            self._closure_addresses = module_tensor_addresses(self.closure)
-
-    def reset_cuda_graphs(self) -> None:
-        """Drop every captured step (they are captured again when needed) and allow graphs again."""
-        self._captured.clear()
-        self._capture_failed = False
-
-    def _replay(self, t: Tensor | float, state: Tensor, dt: float) -> bool:
-        """Step ``state`` in place by replaying its graph (captured now if new); ``False``: step eagerly."""
-        key = GraphCache.key(state, dt, id(self.closure), self._closure_addresses)
-        captured = self._captured.get(key)
-        if captured is not None:
-            captured.replay(t)
-            return True
-        try:
-            captured = self._capture(state, dt)
-        except GraphCaptureError as error:  # e.g. a closure that synchronises with the host
-            self._stop_graphs(f"capture failed ({error})")
-            return False
-        # trusted (and cached) only once its first replay has made the eager step's increment
-        before = state.clone()
-        expected = self._step_eagerly(t, before.clone(), dt)
-        captured.replay(t)
-        if not same_increment(before, state, expected):
-            state.copy_(expected)
-            self._stop_graphs("a replayed step differs from the eager step")
-            return True
-        self._captured.put(key, captured)
-        return True
-
-    def _capture(self, state: Tensor, dt: float) -> CapturedStep:
-        # always a device tensor: a float t would become a host-to-device copy inside the step
-        # (``as_time``), which a capture refuses; refilled before each replay only when read
-        time = torch.zeros((), dtype=self.dtype, device=state.device)
-
-        def step_in_place(s: Tensor) -> None:
-            stepped = self._step_eagerly(time, s, dt)
-            if stepped is not s:
-                s.copy_(stepped)
-
-        return self.captured_step_type(step_in_place, state, time=time if self._step_reads_time() else None,
-                                       keep_alive=(*self._graph_buffers(state, dt), self.closure, time))
-
-    def _stop_graphs(self, reason: str) -> None:
-        warnings.warn(f"CUDA graphs: {reason}; {type(self).__name__} steps without graphs from now on "
-                      "(reset_cuda_graphs() tries again)", RuntimeWarning, stacklevel=4)
-        self._capture_failed = True
-        self._captured.clear()
-
     def __repr__(self) -> str:
         closure = "none" if self.closure is None else type(self.closure).__name__
         return f"{type(self).__name__}(state_shape={self.state_shape}, dt={self.dt}, closure={closure})"
-
-
-def same_increment(before: Tensor, replayed: Tensor, expected: Tensor) -> bool:
-    """Whether a replayed step made the eager step's increment, member by member.
-
-    Increments, not states, are compared, so that a step too small to show against the state's size
-    (an empty graph in float32 with a small ``dt``) is still caught: per member, the increments may
-    differ by 1e-3 of the increment plus rounding (16 ulps of the state). Non-finite entries (blown-up
-    members) must coincide.
-    """
-    if not torch.equal(torch.isfinite(replayed), torch.isfinite(expected)):
-        return False
-
-    def finite(x: Tensor) -> Tensor:
-        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-
-    increment = finite(expected - before)
-    error = (finite(replayed - before) - increment).abs().flatten(1).amax(1)
-    size = finite(before).abs().flatten(1).amax(1)
-    bound = 1e-3 * increment.abs().flatten(1).amax(1) + 16 * torch.finfo(size.dtype).eps * size
-    return bool((error <= bound).all())
 
 
 class PeriodicGrid:

@@ -4,7 +4,7 @@ The fused paths -- Triton kernels on a GPU (``solvers.fused_stages``, and the de
 ``solvers.fused_dense``), compiled C kernels and DUCC transforms on the CPU (``solvers.c_kernels``,
 ``solvers.cpu_fft``), the compiled whole Fourier step and the compiled dense step -- each replace torch
 operations of the ETDRK4 step; ``fused_updates`` switches them all off. Each is run once on
-a smooth probe state next to the plain torch step; a failure or a different increment (``solvers.base.same_increment``) means the
+a smooth probe state next to the plain torch step; a failure or a different increment (``solvers.graph_replay.same_increment``) means the
 torch step from then on, with a warning. The states they may touch at all are those ``_fusable``
 admits: the kernels read raw memory and write the state in place.
 """
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import c_kernels, compiled_steps, cpu_fft, fused_dense, fused_stages
-from .base import same_increment
+from .graph_replay import same_increment
 from .etdrk4_stepping import DenseStepper, ETDRK4Plan, FourierWorkspace, StageCoefficients, fourier_step_into
 
 __all__ = ["FusedKernelChecks"]
