@@ -17,12 +17,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 import tomli_w
 
+from .consistency import check_consistency
 from .ensemble import RolloutConfig
 from .evaluation import EvaluateConfig
 from .fields import ConfigError, from_mapping, to_mapping
 from .hybrid import HybridConfig
 from .learning import ModelConfig, TrainingConfig
-from .physics import (ADAPTIVE_INTEGRATORS, CaseInfo, ComputeConfig, InitialConditionConfig,
+from .physics import (CaseInfo, ComputeConfig, InitialConditionConfig,
                       KuramotoSivashinskyConfig, OutputConfig, SystemConfig, TimeConfig, parse_system)
 
 __all__ = ["CaseConfig", "load_case", "parse_case", "parse_override", "SECTIONS"]
@@ -254,7 +255,7 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
         kind = "periodic_cnn" if isinstance(system, KuramotoSivashinskyConfig) else "mlp"
         sections["model"] = dataclasses.replace(sections["model"], kind=kind)
     case = CaseConfig(system=system, quick=dict(quick_table), **sections)
-    _check_consistency(case)
+    check_consistency(case)
     return case
 
 
@@ -294,84 +295,3 @@ def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = 
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     raw.setdefault("case", {}).setdefault("name", path.stem)
     return parse_case(raw, overrides=overrides, quick=quick, source=str(path))
-
-
-def _check_consistency(case: CaseConfig) -> None:
-    """Rules that join several sections; all checked before any work starts."""
-    system, time = case.system, case.time
-    spectral = isinstance(system, KuramotoSivashinskyConfig) and system.method == "spectral"
-    if spectral and time.integrator != "etdrk4":
-        raise ConfigError(f"time.integrator = {time.integrator!r}: the spectral Kuramoto-Sivashinsky solver "
-                          f"steps with 'etdrk4'; set time.integrator = \"etdrk4\" or system.method = \"finite_difference\"")
-    if not spectral and time.integrator == "etdrk4":
-        raise ConfigError("time.integrator = 'etdrk4' needs the spectral Kuramoto-Sivashinsky solver; "
-                          "use 'rk4' (or 'euler', or an adaptive method) for this system")
-    if isinstance(system, KuramotoSivashinskyConfig) and time.integrator in ADAPTIVE_INTEGRATORS:
-        raise ConfigError(f"time.integrator = {time.integrator!r}: Kuramoto-Sivashinsky is stiff; use 'etdrk4' "
-                          "(spectral) or 'rk4' (finite_difference)")
-    if isinstance(system, KuramotoSivashinskyConfig) and system.method == "finite_difference":
-        from solvers import KuramotoSivashinskyFiniteDifference
-
-        probe = KuramotoSivashinskyFiniteDifference(
-            domain_length=system.domain_length, n_points=system.n_points, dt=time.dt, fd_order=system.fd_order,
-            integrator=time.integrator, check_stability=False)
-        limit = probe.linear_stability_dt()
-        if time.dt > limit:
-            raise ConfigError(f"time.dt = {time.dt} exceeds the {time.integrator} stability limit {limit:.4g} of "
-                              f"the order-{system.fd_order} finite-difference scheme at N = {system.n_points}; "
-                              f"set time.dt <= {limit:.4g} or use system.method = \"spectral\"")
-    if not isinstance(case.hybrid.system, Mapping):
-        raise ConfigError("hybrid.system must be a table of [system] overrides, e.g. {n_points = 32}")
-    if "name" in case.hybrid.system and case.hybrid.system["name"] != system.name:
-        raise ConfigError("hybrid.system.name: the host solves the same system as the truth; drop the key")
-    host = case.host_system  # validates the overrides, naming hybrid.system.<key>
-    host_time = case.host_time
-    if case.host_steps_etdrk4 != (host_time.integrator == "etdrk4"):
-        fitting = "'etdrk4'" if case.host_steps_etdrk4 else "'rk4' or 'euler'"
-        raise ConfigError(f"hybrid.integrator = {host_time.integrator!r} does not fit the host "
-                          f"({'spectral' if case.host_steps_etdrk4 else 'explicit'} solver); use {fitting}, or 'auto'")
-    kernel_size = case.model.kernel_size
-    if case.model.kind == "periodic_cnn":
-        if kernel_size % 2 == 0:
-            raise ConfigError(f"model.kernel_size = {kernel_size}: give an odd width (the periodic convolutions "
-                              f"are centred on each grid point), e.g. {kernel_size + 1}")
-        # circular padding wraps around the grid at most once
-        if isinstance(host, KuramotoSivashinskyConfig) and kernel_size // 2 > host.n_points:
-            raise ConfigError(f"model.kernel_size = {kernel_size} is wider than twice the host grid "
-                              f"(N = {host.n_points}); give at most {2 * host.n_points + 1}")
-    if isinstance(host, KuramotoSivashinskyConfig) and isinstance(system, KuramotoSivashinskyConfig):
-        if host.n_points > system.n_points or system.n_points % host.n_points:
-            raise ConfigError(f"hybrid.system.n_points = {host.n_points} must divide the truth's "
-                              f"system.n_points = {system.n_points} (the truth is filtered onto the host grid)")
-        if host.domain_length != system.domain_length:
-            raise ConfigError("hybrid.system.domain_length must equal system.domain_length")
-    ic = case.initial_condition
-    expected = _state_size(system)
-    if case.hybrid.setup == "second_order" and (expected is None or expected % 2):
-        raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "
-                          f"{system.name} is not such a system (use 'residual' or 'neural_ode')")
-    for name in ("value", "low", "high"):
-        value = getattr(ic, name)
-        if value and expected is not None and len(value) != expected:
-            raise ConfigError(f"initial_condition.{name} has {len(value)} entries; {system.name} has {expected} "
-                              "state components")
-    if ic.std and expected is not None and len(ic.std) not in (1, expected):
-        raise ConfigError(f"initial_condition.std has {len(ic.std)} entries; give 1 or {expected}")
-    allowed = {"two_body_orbit": "two_body", "rigid_body_circle": "rigid_body",
-               "random_fourier": "kuramoto_sivashinsky"}
-    if ic.distribution in allowed and allowed[ic.distribution] != system.name:
-        raise ConfigError(f"initial_condition.distribution = {ic.distribution!r} is for {allowed[ic.distribution]}, "
-                          f"not {system.name}")
-    if isinstance(system, KuramotoSivashinskyConfig) and ic.distribution in ("point", "gaussian", "uniform_box"):
-        raise ConfigError(f"initial_condition.distribution = {ic.distribution!r} does not fit a field; use "
-                          "'random_fourier' or 'file' for Kuramoto-Sivashinsky")
-    if isinstance(system, KuramotoSivashinskyConfig) and ic.n_modes > system.n_points // 2:
-        raise ConfigError(f"initial_condition.n_modes = {ic.n_modes} exceeds N/2 = {system.n_points // 2}")
-
-
-def _state_size(system: SystemConfig) -> int | None:
-    from solvers import ODE_SYSTEMS
-
-    if system.name in ODE_SYSTEMS:
-        return len(ODE_SYSTEMS[system.name].component_names)
-    return None
