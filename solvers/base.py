@@ -6,6 +6,7 @@ A closure is any callable ``closure(t, u) -> du_dt`` (torchdiffeq's ``f(t, y)`` 
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Iterator, Protocol, Sequence
 
@@ -78,8 +79,9 @@ class Solver(GraphReplay, ABC):
 
     def __init__(self, *, dt: float, closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
-        if not dt > 0:
-            raise ValueError(f"dt={dt!r} must be positive")
+        self._check_dt(dt)
+        if dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"dtype={dtype}: solvers step in torch.float64 (the default) or torch.float32")
         self.dt = float(dt)
         self.closure = closure
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -152,6 +154,24 @@ class Solver(GraphReplay, ABC):
             return t
         return torch.as_tensor(t, dtype=self.dtype, device=self.device)
 
+    def resolve_dt(self, dt: float | None) -> float:
+        """The step size of a call: the solver's ``dt``, or an override checked as the constructor
+        checks its own (``ValueError``: not positive and finite; ``StabilityLimitError``: beyond an
+        explicit scheme's stability limit)."""
+        if dt is None or dt == self.dt:
+            return self.dt
+        dt = float(dt)
+        self._check_dt(dt)
+        return dt
+
+    def _check_dt(self, dt: float) -> None:
+        try:
+            valid = 0 < float(dt) < math.inf
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"dt={dt!r} must be a positive, finite number")
+
     def check_state(self, u: Tensor) -> None:
         """Raise ``SolverStateError`` naming the mismatch when ``u`` cannot be stepped."""
         if not isinstance(u, Tensor):
@@ -172,7 +192,7 @@ class Solver(GraphReplay, ABC):
         ``u: (batch, *state)``.
         """
         self._check_rollout(u0, n_steps, save_every)
-        dt = self.dt if dt is None else float(dt)
+        dt = self.resolve_dt(dt)
         yield t0, u0
         if u0.shape[0] == 0:  # nothing to step (and MKL's FFTs refuse empty batches)
             for i in range(save_every, n_steps + 1, save_every):
@@ -277,8 +297,35 @@ class ExplicitSolver(Solver):
         self.integrator = integrator
         self._step_method: FixedStep = FIXED_STEP_METHODS[integrator]
 
+    #: ``dt`` may not exceed ``linear_stability_dt()`` (set by solvers whose limit is finite)
+    check_stability: bool = False
+
     def step(self, t: Tensor | float, u: Tensor, dt: float | None = None) -> Tensor:
-        return self._step_method(self.rhs, self.as_time(t), u, self.dt if dt is None else float(dt))
+        self.check_state(u)
+        return self._step_method(self.rhs, self.as_time(t), u, self.resolve_dt(dt))
+
+    def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        # trajectories: the state and dt were checked once, before their first step
+        return self._step_method(self.rhs, self.as_time(t), state, dt)
+
+    def _check_dt(self, dt: float) -> None:
+        super()._check_dt(dt)
+        if self.check_stability:
+            self.check_stability_limit(dt)
+
+    def check_stability_limit(self, dt: float) -> None:
+        """``StabilityLimitError`` naming the limit when ``dt`` exceeds ``linear_stability_dt()``."""
+        limit = self.linear_stability_dt()
+        if dt > limit:
+            raise StabilityLimitError(f"dt={dt} exceeds the {self.integrator} stability limit {limit:.4g} of "
+                                      f"{self.stability_description()}; use dt <= {limit:.4g}{self.stability_remedy}")
+
+    #: other ways out of a stability limit, for its message (", ... or ...")
+    stability_remedy: str = ""
+
+    def stability_description(self) -> str:
+        """What the limit of ``check_stability_limit`` belongs to, for its message."""
+        return type(self).__name__
 
     def solve_adaptive(self, u0: Tensor, t: Sequence[float] | Tensor, *, method: str = "dopri5",
                        rtol: float = 1e-7, atol: float = 1e-9, adjoint: bool = False) -> tuple[Tensor, int]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver, PeriodicGrid, StabilityLimitError
+from .base import Closure, ExplicitSolver, PeriodicGrid
 from .integrators import REAL_AXIS_STABILITY_LIMIT
 
 __all__ = ["KuramotoSivashinskyFiniteDifference", "central_difference_weights"]
@@ -59,6 +59,8 @@ class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
         super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
         if n_points < 8:
             raise ValueError(f"n_points={n_points} must be at least 8")
+        if not 0 < domain_length < np.inf:
+            raise ValueError(f"domain_length={domain_length} must be a positive, finite number")
         self.domain_length = float(domain_length)
         self.n_points = int(n_points)
         self.fd_order = int(fd_order)
@@ -79,13 +81,10 @@ class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
         self._advection_kernel = torch.as_tensor(advection, dtype=dtype, device=self.device).view(1, 1, -1)
         self._linear_pad = half_width
         self._advection_pad = len(off1) // 2
+        self._stability_limit: float | None = None
+        self.check_stability = bool(check_stability)  # also for the dt a call overrides the solver's with
         if check_stability:
-            limit = self.linear_stability_dt()
-            if dt > limit:
-                raise StabilityLimitError(
-                    f"dt={dt} exceeds the {integrator} stability limit {limit:.4g} of the finite-difference "
-                    f"Kuramoto-Sivashinsky operator (order {fd_order}, N={n_points}, L={domain_length}); "
-                    f"use dt <= {limit:.4g}, fewer grid points, or the spectral solver")
+            self.check_stability_limit(self.dt)
 
     def linear_symbol(self) -> np.ndarray:
         """Eigenvalues of the discrete linear operator, one per Fourier mode ``m = 0..N/2``."""
@@ -95,10 +94,17 @@ class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
         return np.real(np.exp(1j * np.outer(theta, offsets)) @ self._linear_stencil_np)
 
     def linear_stability_dt(self) -> float:
-        most_negative = float(self.linear_symbol().min())
-        if most_negative >= 0:
-            return float("inf")
-        return REAL_AXIS_STABILITY_LIMIT[self.integrator] / -most_negative
+        if self._stability_limit is None:
+            most_negative = float(self.linear_symbol().min())
+            self._stability_limit = (float("inf") if most_negative >= 0
+                                     else REAL_AXIS_STABILITY_LIMIT[self.integrator] / -most_negative)
+        return self._stability_limit
+
+    stability_remedy = ", fewer grid points, or the spectral solver"
+
+    def stability_description(self) -> str:
+        return (f"the finite-difference Kuramoto-Sivashinsky operator (order {self.fd_order}, N={self.n_points}, "
+                f"L={self.domain_length:g})")
 
     def _apply(self, kernel: Tensor, pad: int, u: Tensor) -> Tensor:
         batch_shape = u.shape[:-1]

@@ -37,6 +37,14 @@ class _ODESystem(ExplicitSolver):
         """Conserved quantities of the exact flow, each ``(...)`` over the leading dims of ``u``."""
         return {}
 
+    @staticmethod
+    def _parameter(name: str, value: float, *, positive: bool = True) -> float:
+        """``value`` as a float; ``ValueError`` naming ``name`` unless finite (and positive)."""
+        value = float(value)
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise ValueError(f"{name}={value!r} must be a {'positive, ' if positive else ''}finite number")
+        return value
+
 
 class TwoBody(_ODESystem):
     """Planar Kepler problem ``x'' = -mu x / |x|^3``, state ``(x, y, vx, vy)``.
@@ -50,7 +58,7 @@ class TwoBody(_ODESystem):
                  integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
         super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
-        self.gravitational_parameter = float(gravitational_parameter)
+        self.gravitational_parameter = self._parameter("gravitational_parameter", gravitational_parameter)
 
     def known_rhs(self, t: Tensor, u: Tensor) -> Tensor:
         x, y, vx, vy = u.unbind(-1)
@@ -88,9 +96,9 @@ class RigidBody(_ODESystem):
                  integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
         super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
-        if len(moments_of_inertia) != 3 or min(moments_of_inertia) <= 0:
+        if len(moments_of_inertia) != 3:
             raise ValueError(f"moments_of_inertia={moments_of_inertia} must be three positive numbers")
-        self.moments_of_inertia = tuple(float(i) for i in moments_of_inertia)
+        self.moments_of_inertia = tuple(self._parameter("moments_of_inertia", i) for i in moments_of_inertia)
         i1, i2, i3 = self.moments_of_inertia
         self._coupling = (1 / i3 - 1 / i2, 1 / i1 - 1 / i3, 1 / i2 - 1 / i1)
 
@@ -123,7 +131,7 @@ class LotkaVolterra(_ODESystem):
                  integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
         super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
-        self.a, self.b, self.c, self.d = float(a), float(b), float(c), float(d)
+        self.a, self.b, self.c, self.d = (self._parameter(name, value) for name, value in zip("abcd", (a, b, c, d)))
 
     def known_rhs(self, t: Tensor, u: Tensor) -> Tensor:
         x, y = u.unbind(-1)
@@ -155,7 +163,8 @@ class Lorenz63(_ODESystem):
                  integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
         super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
-        self.sigma, self.rho, self.beta = float(sigma), float(rho), float(beta)
+        self.sigma, self.rho, self.beta = (self._parameter(name, value, positive=False) for name, value
+                                           in (("sigma", sigma), ("rho", rho), ("beta", beta)))
 
     def known_rhs(self, t: Tensor, u: Tensor) -> Tensor:
         x, y, z = u.unbind(-1)
@@ -183,8 +192,10 @@ class DoublePendulum(_ODESystem):
                  integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
         super().__init__(dt=dt, integrator=integrator, closure=closure, device=device, dtype=dtype)
-        self.mass1, self.mass2 = float(mass1), float(mass2)
-        self.length1, self.length2, self.gravity = float(length1), float(length2), float(gravity)
+        self.mass1, self.mass2, self.length1, self.length2 = (
+            self._parameter(name, value) for name, value in (("mass1", mass1), ("mass2", mass2), ("length1", length1),
+                                                             ("length2", length2)))
+        self.gravity = self._parameter("gravity", gravity, positive=False)
 
     def _accelerations(self, th1, th2, w1, w2, d_th1=None, d_th2=None, d_w1=None, d_w2=None):
         """Angular accelerations, and with tangents given, their directional derivatives."""

@@ -147,6 +147,30 @@ def test_limit_is_sharp_bounded_below_blows_up_above(fd_order, generator):
     assert not torch.isfinite(above).all() or above.abs().max() > 1e3
 
 
+@pytest.mark.parametrize("fd_order", [2, 4])
+def test_a_step_size_given_to_one_call_is_checked_against_the_limit_too(fd_order):
+    """The limit held for the constructor's dt only: rollout(..., dt=3 * limit) returned NaN silently."""
+    from solvers import StabilityLimitError
+
+    solver = make_solver(fd_order=fd_order)
+    limit = solver.linear_stability_dt()
+    u0 = torch.as_tensor(periodic_smooth_field(np.arange(64) * KS_DOMAIN_LENGTH / 64))[None]
+    for call in (lambda: solver.rollout(u0, 10, dt=3 * limit), lambda: solver.step(0.0, u0, dt=1.05 * limit),
+                 lambda: next(iter(list(solver.trajectory(u0, 2, dt=3 * limit))))):
+        with pytest.raises(StabilityLimitError, match=re.escape(f"use dt <= {limit:.4g}")):
+            call()
+    assert torch.isfinite(solver.rollout(u0, 10, dt=0.99 * limit)).all()  # below the limit: fine
+    unchecked = make_solver(fd_order=fd_order, check_stability=False)
+    assert unchecked.rollout(u0, 2, dt=3 * limit).shape == (1, 3, 64)  # switched off: the caller's call
+
+
+@pytest.mark.parametrize("length", [-22.0, 0.0, float("nan"), float("inf")])
+def test_a_domain_length_that_is_not_positive_and_finite_is_refused(length):
+    """-22 ran the mirrored equation, 0 raised ZeroDivisionError, NaN ran (the limit compared against NaN)."""
+    with pytest.raises(ValueError, match="domain_length"):
+        make_solver(domain_length=length)
+
+
 def test_default_construction_is_stable():
     """The documented defaults must construct (and respect their own stability check)."""
     solver = KuramotoSivashinskyFiniteDifference()

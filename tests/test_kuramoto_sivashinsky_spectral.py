@@ -92,6 +92,60 @@ def test_two_thirds_dealiasing_leaves_the_cut_modes_untouched(implementation, cl
     assert stepped_hat[:, 1].abs().max() > 5e-3  # the step did add the kept mode (~3 dt |nonlinear_hat[1]|)
 
 
+@pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
+def test_products_of_fields_band_limited_to_the_cut_are_alias_free(implementation, generator):
+    """The 2/3 rule's promise: for a field with modes 1..21 only (N = 64), the kept modes of the
+    quadratic term equal the exact product's, although the product's modes 22..42 wrap around the
+    grid (onto modes 22..32, which are cut): the exact nonlinear term here is computed on a grid 4x
+    finer, where nothing wraps. The test of dealiasing above has no wrapping modes (u^2 stays below N/2)."""
+    solver = make_solver(implementation=implementation)
+    cut, n = 21, solver.n_points
+    modes = torch.arange(1, cut + 1, dtype=torch.float64)
+    a, b = (torch.randn(2, cut, generator=generator, dtype=torch.float64) / modes for _ in range(2))
+    mode = 2 * math.pi / solver.domain_length
+
+    def field(points: int) -> torch.Tensor:
+        x = torch.arange(points, dtype=torch.float64) * solver.domain_length / points
+        phase = mode * modes[:, None] * x[None, :]
+        return a @ torch.cos(phase) + b @ torch.sin(phase)
+
+    u, fine = field(n), field(4 * n)
+    wavenumber = mode * torch.arange(n // 2 + 1, dtype=torch.float64)
+    exact = -0.5j * wavenumber * torch.fft.rfft(fine * fine)[:, :n // 2 + 1] / 4  # coefficients of -(u^2)_x / 2
+    exact[:, cut + 1:] = 0
+    got = torch.fft.rfft(solver.known_rhs(torch.tensor(0.0), u)) - solver.linear_hat * torch.fft.rfft(u)
+    assert (got - exact).abs().max() < 1e-11 * exact.abs().max()
+    # the grid's product does wrap: its modes above the cut differ from the exact ones (and are cut)
+    wrapped = torch.fft.rfft(u * u)[:, cut + 1:] - torch.fft.rfft(fine * fine)[:, cut + 1:n // 2 + 1] / 4
+    assert wrapped.abs().max() > 1e-3 * torch.fft.rfft(fine * fine)[:, 1:cut + 1].abs().max() / 4  # ~4e-3
+    with torch.no_grad():  # and every path's step keeps the field band-limited
+        stepped = solver.rollout(u, 4)[:, -1]
+    assert torch.fft.rfft(stepped)[:, cut + 1:].abs().max() < 1e-12 * n
+
+
+@pytest.mark.parametrize("options, name", [({"contour_points": 0}, "contour_points"),
+                                           ({"dtype": torch.int64}, "dtype"), ({"dtype": torch.float16}, "dtype"),
+                                           ({"domain_length": float("inf")}, "domain_length"),
+                                           ({"dt": float("inf")}, "dt")])
+def test_constructor_refuses_what_gave_nan_or_the_wrong_precision(options, name):
+    """contour_points = 0 gave NaN coefficients, int64 built a float32 solver, float16 failed in torch."""
+    with pytest.raises(ValueError, match=name):
+        make_solver(**options)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
+def test_a_step_refuses_a_state_of_another_dtype(implementation):
+    """A float32 field on a float64 solver came back float64 (auto, dense) or float32 (fft); int64 ran."""
+    from solvers import SolverStateError
+
+    solver = make_solver(implementation=implementation)
+    for dtype in (torch.float32, torch.int64):
+        with pytest.raises(SolverStateError, match="dtype"):
+            solver.step(0.0, initial_state(solver).to(dtype))
+    with pytest.raises(ValueError, match="dt"):
+        solver.step(0.0, initial_state(solver), dt=-0.25)
+
+
 def test_etdrk4_fourth_order_in_dt():
     """ETDRK4 converges at fourth order in dt (self-convergence at fixed N, horizon 10).
 

@@ -338,6 +338,8 @@ def test_check_state_rejects_bad_states(name):
             solver.check_state(u)
         with pytest.raises(SolverStateError):
             solver.rollout(u, 1)
+        with pytest.raises(SolverStateError):  # one step too (it took an unbatched or float32 state before)
+            solver.step(0.0, u)
     assert issubclass(SolverStateError, ValueError)
     assert solver.state_shape == (n,) and len(set(solver.component_names)) == n
 
@@ -372,6 +374,36 @@ def test_constructor_errors_name_the_fix():
         RigidBody(moments_of_inertia=(1.0, 0.0, 2.0))
     with pytest.raises(ValueError, match="n_steps"):
         next(Lorenz63().trajectory(torch.zeros(1, 3, dtype=torch.float64), -1))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: ODE_SYSTEMS["two_body"](gravitational_parameter=-1.0), "gravitational_parameter"),
+    (lambda: RigidBody(moments_of_inertia=(1.0, float("nan"), 2.0)), "moments_of_inertia"),
+    (lambda: ODE_SYSTEMS["lotka_volterra"](a=-1.0), "a="),
+    (lambda: ODE_SYSTEMS["lotka_volterra"](c=0.0), "c="),
+    (lambda: Lorenz63(rho=float("inf")), "rho"),
+    (lambda: ODE_SYSTEMS["double_pendulum"](mass1=0.0), "mass1"),
+    (lambda: ODE_SYSTEMS["double_pendulum"](length2=-1.0), "length2"),
+    (lambda: ODE_SYSTEMS["double_pendulum"](gravity=float("nan")), "gravity"),
+    (lambda: Lorenz63(dt=float("inf")), "dt"),
+    (lambda: Lorenz63(dtype=torch.int64), "dtype"),
+])
+def test_parameters_that_give_nan_or_fail_later_are_refused_at_construction(make, name):
+    """Before, each of these built a solver whose steps gave NaN or raised ZeroDivisionError or a math
+    domain error at run time (or ran a mirrored system)."""
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_a_step_size_given_to_one_call_is_checked_as_the_constructors():
+    solver, u0 = Lorenz63(), torch.ones(1, 3, dtype=torch.float64)
+    for dt in (0.0, -0.01, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="dt"):
+            solver.rollout(u0, 2, dt=dt)
+        with pytest.raises(ValueError, match="dt"):
+            solver.step(0.0, u0, dt=dt)
+    # any real number type is a step size (numpy's float32 is no Python float)
+    assert torch.allclose(solver.step(0.0, u0, dt=0.02), solver.step(0.0, u0, dt=np.float32(0.02)), rtol=1e-6)
 
 
 # -- package hygiene -----------------------------------------------------------------------------------------------------
