@@ -85,12 +85,19 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
         return np.asarray(u.values[list(members)], dtype=np.float64)
 
 
-def members_and_start(dataset, n_members: int) -> tuple[np.ndarray, float]:
+def members_and_start(dataset, n_members: int, source: str | Path = "initial conditions") -> tuple[np.ndarray, float]:
     """``(member labels (n_members,), first time)`` of an open initial-condition dataset with ``u``:
     a simulation and a rollout from it both keep them, so that their output pairs with the file's
-    trajectories. Files without them: ``0..n-1`` and 0."""
+    trajectories. Files without them: ``0..n-1`` and 0. ``DataError`` (naming ``source``) unless the
+    labels increase strictly: outputs are paired, selected and combined by them."""
     members = (np.asarray(dataset["member"].values[:n_members], dtype=np.int64) if "member" in dataset.coords
                else np.arange(n_members, dtype=np.int64))
+    if np.any(np.diff(members) <= 0):
+        unique = len(np.unique(members)) == len(members)
+        raise DataError(f"{source}: its member labels {_abbreviated(members)} are "
+                        f"{'not increasing' if unique else 'not unique'}; outputs pair members by label, so "
+                        "give a file whose members increase strictly (xarray: ds.sortby('member'), and drop "
+                        "repeated members)")
     start = float(dataset["time"].values[0]) if "time" in dataset["u"].dims and "time" in dataset.coords else 0.0
     return members, start
 
@@ -100,7 +107,12 @@ def file_members_and_start(path: str | Path, n_members: int) -> tuple[np.ndarray
     import xarray as xr
 
     with xr.open_dataset(path) as dataset:
-        return members_and_start(dataset, n_members)
+        return members_and_start(dataset, n_members, source=path)
+
+
+def _abbreviated(values: np.ndarray, shown: int = 6) -> str:
+    listed = ", ".join(str(v) for v in values[:shown])
+    return f"[{listed}{', ...' if len(values) > shown else ''}]"
 
 
 def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members: Sequence[int], *,

@@ -27,7 +27,7 @@ from .config.fields import ConfigError
 
 __all__ = [
     "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
-    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description",
+    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description", "utc_now",
 ]
 
 #: member status values (CF flag_values / flag_meanings)
@@ -41,12 +41,18 @@ VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
     "time": {"long_name": "time", "units": "1"},
     "x": {"long_name": "position on the periodic domain", "units": "1", "axis": "X"},
     "component": {"long_name": "state component"},
-    "member": {"long_name": "global ensemble member index", "units": "1"},  # (CF checkers ask every coordinate for units)
+    # (CF checkers ask every coordinate for units); "realization": CF's name for an ensemble axis
+    "member": {"long_name": "global ensemble member index", "units": "1", "standard_name": "realization"},
     "status": {"long_name": "member status",
                "flag_values": np.array(list(STATUS_FLAGS.values()), dtype=np.int8),
                "flag_meanings": " ".join(STATUS_FLAGS)},
     "blowup_time": {"long_name": "time at which the member blew up (NaN if it did not)", "units": "1"},
 }
+
+
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second (``history`` attributes)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class DataError(ValueError):
@@ -129,7 +135,7 @@ def trajectory_dataset(u: np.ndarray, times: Sequence[float], *, state_dim: str,
     for name, attrs in VARIABLE_ATTRS.items():
         if name in dataset.variables:
             dataset[name].attrs.update(attrs)
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = utc_now()
     dataset.attrs.update({
         "Conventions": "CF-1.10",
         "title": title,

@@ -47,6 +47,12 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+#: global attribute ``incomplete`` of a partial file (gone once it is complete): until then only the
+#: members of finished batches have their final ``u`` and ``status``
+INCOMPLETE = ("rollout in progress or interrupted: u and status are final only for the members of finished batches "
+              "(`hybridnde rollout ... --resume` continues it)")
+
+
 def checkpoint_path(path: str | Path) -> Path:
     """The restart state that goes with ``partial_path(path)``."""
     path = Path(path)
@@ -156,7 +162,7 @@ class TrajectoryStreamWriter:
         for name in ("member", "time", state_dim, "u", "status", "blowup_time"):
             attrs = {key: value for key, value in template[name].attrs.items() if key != "_FillValue"}
             dataset.variables[name].setncatts(attrs)
-        dataset.setncatts(dict(template.attrs))
+        dataset.setncatts({**template.attrs, "incomplete": INCOMPLETE})
 
     # -- the background thread ------------------------------------------------------------------
     def _start_thread(self) -> None:
@@ -240,9 +246,10 @@ class TrajectoryStreamWriter:
         if self.file:  # an h5py File is false once closed
             self.file.close()
 
-    def commit(self, status: np.ndarray, blowup_time: np.ndarray, attrs: Mapping[str, Any]) -> Path:
-        """Write the final ``status``/``blowup_time`` and global ``attrs``, close, and rename the complete
-        file into place."""
+    def commit(self, status: np.ndarray, blowup_time: np.ndarray, attrs: Mapping[str, Any], *,
+               history: str = "") -> Path:
+        """Write the final ``status``/``blowup_time`` and global ``attrs`` (``history``: a line added to
+        the file's), drop the ``incomplete`` mark, close, and rename the complete file into place."""
         self.flush()
         self.close()
         self._check()
@@ -252,6 +259,10 @@ class TrajectoryStreamWriter:
             dataset.variables["status"][:] = np.asarray(status, dtype=np.int8)
             dataset.variables["blowup_time"][:] = np.asarray(blowup_time, dtype=np.float64)
             dataset.setncatts(dict(attrs))
+            if history:
+                dataset.setncattr("history", f"{dataset.getncattr('history')}\n{history}")
+            if "incomplete" in dataset.ncattrs():  # (partial files of earlier versions have none)
+                dataset.delncattr("incomplete")
         os.replace(self.partial, self.path)
         return self.path
 

@@ -141,7 +141,7 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
             u = u.isel(time=0)
         if not np.issubdtype(u.dtype, np.number):
             raise DataError(f"{path}: u holds {u.dtype} values; initial conditions need numbers")
-        member_ids, t0 = members_and_start(dataset, n_members)  # as a simulation from the file keeps them
+        member_ids, t0 = members_and_start(dataset, n_members, source=path)  # as a simulation from it keeps them
         state_dim = u.dims[1]
         values = np.asarray(u.isel(member=slice(positions.start, positions.stop)).values, dtype=np.float64)
         if solver.component_names:

@@ -31,7 +31,7 @@ from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
-from .io import STATUS_FLAGS, check_output_path, platform_description
+from .io import STATUS_FLAGS, check_output_path, package_version, platform_description, utc_now
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
 from .progress import progress_bar
@@ -288,7 +288,9 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
                                                   "resumed_runs": resumes, "members_blew_up": blew_up,
                                                   **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int32)}
                                                      if ranks_per_run is not None else {}),
-                                                  "platform": platform_description(setup.solver.device)})
+                                                  "platform": platform_description(setup.solver.device)},
+                            history=f"{utc_now()} resumed {resumes} time(s), finished by hybridnde {package_version()}"
+                            if resumes else "")
         remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,
                                  member_steps=member_steps, seconds=seconds, ranks=comm.size,

@@ -50,7 +50,7 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
         if time.integrator in ADAPTIVE_INTEGRATORS:
             times = [start + i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
             trajectory, nfe = solver.solve_adaptive(u, times, method=time.integrator, rtol=time.rtol, atol=time.atol)
-            trajectory = trajectory.cpu().numpy()
+            trajectory = np.asarray(trajectory.cpu().numpy(), dtype=np.float64)  # u is float64 (docs/netcdf.md)
             extra["nfe"] = nfe
         else:
             times = solver.times(time.n_steps, save_every=time.save_every, t0=start)

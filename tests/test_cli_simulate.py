@@ -150,6 +150,33 @@ def test_a_simulation_from_a_file_keeps_its_member_labels_and_clock(tmp_path):
         assert drawn.time.values[0] == 0.0 and drawn.member.values.tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("labels, problem", [([7, 3, 5], "not increasing"), ([2, 2, 9], "not unique")])
+def test_initial_conditions_whose_member_labels_do_not_increase_exit_2(tmp_path, capsys, labels, problem):
+    """Outputs keep the file's labels; unsorted or repeated ones broke CF's monotonic coordinate,
+    xarray's .sel and combine_by_coords, and the member pairing of `evaluate` (exit 0 before)."""
+    source = tmp_path / "labels.nc"
+    xr.Dataset({"u": (("member", "component"), np.ones((3, 3)))}, coords={"member": labels}).to_netcdf(source)
+    text = LORENZ.replace('distribution = "gaussian"', f'distribution = "file"\nfile = "{source}"')
+    out = tmp_path / "out.nc"
+    assert main(["simulate", str(write_case(tmp_path, text)), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert problem in error and "ds.sortby('member')" in error and str(source) in error
+    assert not out.exists()
+    assert main(["rollout", str(write_case(tmp_path, LORENZ)), "--out", str(out), "--set", "rollout.members=3",
+                 "--set", f'rollout.initial_conditions="{source}"', "--set", "hybrid.setup=\"residual\""]) == 2
+    assert problem in capsys.readouterr().err and not out.exists()
+
+
+def test_an_adaptive_float32_simulation_writes_float64_as_a_fixed_step_one_does(tmp_path):
+    """docs/netcdf.md: u is float64 in simulations; dopri5 in float32 wrote float32 (rk4 float64)."""
+    for integrator in ("rk4", "dopri5"):
+        out = tmp_path / f"{integrator}.nc"
+        assert main(["simulate", str(write_case(tmp_path)), "--out", str(out), "--set", "compute.dtype=\"float32\"",
+                     "--set", f"time.integrator=\"{integrator}\""]) == 0
+        with xr.open_dataset(out) as data:
+            assert data.u.dtype == np.float64, integrator
+
+
 def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.nc"
     xr.Dataset({"u": (("member", "component"), np.array([[1.0, np.nan, 0.0]]))}).to_netcdf(bad)

@@ -23,7 +23,7 @@ from hybridnde.config import ConfigError, parse_case
 from hybridnde.distributed import rank_batches
 from hybridnde.grids import restrict_to_grid
 from hybridnde.initial_conditions import draw_initial_conditions
-from hybridnde.io import STATUS_FLAGS, DataError, trajectory_dataset, write_netcdf
+from hybridnde.io import STATUS_FLAGS, DataError, package_version, trajectory_dataset, write_netcdf
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
 from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
 from hybridnde.rollout import auto_batch_size, batch_bounds, first_blowup
@@ -169,6 +169,7 @@ def test_file_has_the_schema_of_the_io_writer_and_reads_back(case_files, tmp_pat
                 np.testing.assert_array_equal(mine.getncattr(key), variable.getncattr(key), err_msg=f"{name}.{key}")
         assert set(theirs.ncattrs()) <= set(ours.ncattrs())
     assert streamed.attrs["Conventions"] == "CF-1.10" and streamed.attrs["closure_checksum"] == "none"
+    assert streamed.member.attrs["standard_name"] == "realization"  # CF's ensemble axis (iris, cf-python)
     assert streamed.attrs["stage"] == "rollout" and streamed.attrs["member_steps"] == 4 * 24
     assert streamed.attrs["platform"].startswith(f"torch {torch.__version__} on cpu (")
     assert "), 1 torch thread(s); numpy" in streamed.attrs["platform"]  # rollout.threads = 1, the default
@@ -446,6 +447,8 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     handle.remove()
     assert not (tmp_path / "resumed.nc").exists()
     assert checkpoint_path(tmp_path / "resumed.nc").exists() and partial_path(tmp_path / "resumed.nc").exists()
+    with xr.open_dataset(partial_path(tmp_path / "resumed.nc"), engine="netcdf4") as partial:  # said so in the file
+        assert "final only for the members of finished batches" in partial.attrs["incomplete"]
     # refusals name what changed: a case key, or the thread count (the bits depend on it)
     with pytest.raises(DataError, match=r"the case differs in rollout.steps \(60 -> 80\)"):
         run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=80", "output.time_chunk=5"),
@@ -495,6 +498,12 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     with xr.open_dataset(tmp_path / "resumed.nc") as resumed, xr.open_dataset(tmp_path / "straight.nc") as straight:
         assert resumed.attrs["member_steps"] == straight.attrs["member_steps"] == 6 * 60
         assert (resumed.attrs["resumed_runs"], straight.attrs["resumed_runs"]) == (1, 0)
+        assert "incomplete" not in resumed.attrs and "incomplete" not in straight.attrs
+        # the code that finished a resumed file is named as well as the code that started it
+        created, finished = resumed.attrs["history"].splitlines()
+        assert created.endswith(f"created by hybridnde {package_version()}")
+        assert finished.endswith(f"resumed 1 time(s), finished by hybridnde {package_version()}")
+        assert "\n" not in straight.attrs["history"]
         assert np.atleast_1d(resumed.attrs["ranks_per_run"]).tolist() == [1, 1]  # one entry per run
         assert np.atleast_1d(straight.attrs["ranks_per_run"]).tolist() == [1]
         assert resumed.attrs["wall_seconds"] > summary.seconds
