@@ -255,3 +255,19 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
     assert not (tmp_path / "metrics.txt").exists()
     # fewer reference members are fine the other way round, and by index
     assert main(["evaluate", str(fewer), "--reference", str(lorenz_truth), "--match-members", "index"]) == 0
+
+
+def test_components_in_another_order_are_paired_by_name():
+    """A reference storing (z, x, y) and a rollout storing (x, y, z): a 3-cycle, since a swap is its
+    own inverse and would hide an inverted permutation. The rollout here is the reference reordered,
+    so every aligned value must agree."""
+    from hybridnde.alignment import align_trajectories
+
+    values = np.random.default_rng(0).standard_normal((2, 5, 3))  # (member, time, [z, x, y])
+    times = 0.1 * np.arange(5)
+    reference = trajectory_dataset(values, times, state_dim="component", state_coords=["z", "x", "y"])
+    rollout = trajectory_dataset(values[..., [1, 2, 0]], times, state_dim="component", state_coords=["x", "y", "z"])
+    pair = align_trajectories(rollout, reference)
+    np.testing.assert_array_equal(pair.predicted, pair.truth)
+    np.testing.assert_array_equal(pair.reference_initial, values[:, 0][:, [1, 2, 0]])
+    assert [str(name) for name in pair.state_coords] == ["x", "y", "z"]

@@ -131,3 +131,7 @@ def test_host_of_a_residual_ks_case_is_the_coarse_solver():
     case = ks_case(hybrid={"system": {"n_points": 16, "nonlinear_coefficient": 0.0}})
     host = build_host_solver(case)
     assert host.state_shape == (16,) and host.nonlinear_coefficient == 0.0
+
+
+def test_the_validation_share_rounds_to_the_nearest_member():
+    assert len(split_members(np.arange(10), 0.19)[1]) == 2  # 1.9 members -> 2 (int() gave 1)

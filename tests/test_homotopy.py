@@ -223,3 +223,74 @@ def test_the_data_splines_are_cached_per_window_and_equal_a_fresh_batch_spline()
             assert torch.equal(spline.values, fresh.values) and torch.equal(spline.second_derivatives,
                                                                                fresh.second_derivatives)
     assert len(loss._splines) == len(starts)
+
+
+# -- closed forms and index bookkeeping (a mutation audit found these slips unseen) ------------------------------------
+def test_segment_lengths_are_numpy_array_split_sizes():
+    """docs/training-methods.md: the longer segments come first, as numpy.array_split puts them."""
+    for samples, segments in [(62, 5), (21, 4), (10, 3)]:
+        lengths = [stop - start for start, stop in segment_bounds(samples, segments)]
+        assert lengths == [len(part) for part in np.array_split(np.arange(samples - 1), segments)]
+
+
+def _constant_solution(field, u0, t):  # du/dt = 0, solved exactly
+    return u0[:, None, :].expand(-1, len(t), -1)
+
+
+def test_continuity_is_the_mean_squared_jump_per_entry_and_joins_take_the_later_segment():
+    """With a zero field every segment stays at its start, so the jumps are the starts' differences."""
+    generator = torch.Generator().manual_seed(0)
+    observations = torch.randn(2, 9, 3, dtype=torch.float64, generator=generator)
+    shooting = MultipleShooting(observations, torch.arange(9, dtype=torch.float64) * 0.1, n_segments=4,
+                                continuity_weight=1.0)
+    with torch.no_grad():
+        shooting.corrections.copy_(torch.randn(shooting.corrections.shape, dtype=torch.float64, generator=generator))
+    starts = shooting.initial_states()
+    prediction, _, continuity = shooting(lambda t, u: torch.zeros_like(u), _constant_solution)
+    torch.testing.assert_close(continuity, (starts[:-1] - starts[1:]).pow(2).mean())  # a mean, not a sum over n
+    for k, (start, _) in enumerate(shooting.bounds[1:], start=1):
+        torch.testing.assert_close(prediction[:, start], starts[k])
+
+
+def test_shooting_corrections_are_those_of_each_windows_own_samples():
+    """The free start of segment k of a window from sample ``first`` of a member is that member's
+    sample ``first + s_k`` plus its correction; two windows of one member at different starts use
+    different corrections (the training test's windows all start at 0)."""
+    import types
+
+    from hybridnde.training.multiple_shooting import MultipleShootingLoss
+    from hybridnde.training.terms import Batch
+
+    generator = torch.Generator().manual_seed(1)
+    trajectories = torch.randn(2, 12, 2, dtype=torch.float64, generator=generator)
+    loss = MultipleShootingLoss(steps=4, n_segments=2, continuity_weight=1.0, trajectory_shape=(2, 12, 2),
+                                rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        loss.corrections.copy_(torch.randn(2, 12, 2, dtype=torch.float64, generator=generator))
+    starts = torch.tensor([[1, 0], [1, 3]])
+    windows = torch.stack([trajectories[1, 0:5], trajectories[1, 3:8]])
+    zero = types.SimpleNamespace(rhs=lambda t, u: torch.zeros_like(u), closure=None)
+    terms = loss(None, zero, Batch(windows, 0.1, starts), 0)
+    later = loss.bounds[1][0]  # segment 1 starts at sample 2 of the window
+    second = windows[:, later] + loss.corrections[1, starts[:, 1] + later]
+    torch.testing.assert_close(terms["continuity"].value, (windows[:, 0] - second).pow(2).mean())
+
+
+def test_the_coupled_error_of_linear_data_is_the_closed_form_of_lam_times_k():
+    """F = 0, data a + b t, coupling lam K (u_data - u): the error xi = u - u_data obeys
+    xi' = -b - lam K xi, so xi(t) = -(b / (lam K)) (1 - e^{-lam K t}); the loss is the mean of xi^2."""
+    import types
+
+    from hybridnde.training.homotopy import HomotopyLoss
+    from hybridnde.training.terms import Batch
+
+    coupling, a, b, dt, steps = 6.0, 1.0, 2.0, 0.1, 5
+    loss = HomotopyLoss(steps=steps, schedule=HomotopySchedule(n_stages=3, epochs_per_stage=1), coupling=coupling,
+                        rtol=1e-11, atol=1e-13)
+    lam = loss.schedule(1)
+    t = torch.arange(steps + 1, dtype=torch.float64) * dt
+    windows = (a + b * t)[None, :, None]
+    solver = types.SimpleNamespace(rhs=lambda s, u: torch.zeros_like(u), closure=torch.nn.Linear(1, 1))
+    value = loss(None, solver, Batch(windows, dt, torch.zeros(1, 2, dtype=torch.long)), 1)["homotopy"].value
+    xi = -(b / (lam * coupling)) * (1 - torch.exp(-lam * coupling * t[1:]))
+    assert float(value) == pytest.approx(float(xi.pow(2).mean()), rel=1e-6)

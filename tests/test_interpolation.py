@@ -125,3 +125,24 @@ def test_bad_inputs_are_rejected():
         natural_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(4))
     with pytest.raises(ValueError, match="lam"):
         smoothing_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), -1.0)
+
+
+def test_roughness_is_the_integral_of_the_squared_second_derivative():
+    """Against 3-point Gauss-Legendre quadrature of (S'')^2 per interval (exact: S'' is linear there)."""
+    t = torch.linspace(0, 2, 12, dtype=torch.float64)
+    y = torch.sin(3 * t)[:, None] + 0.1 * torch.randn(12, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    spline = smoothing_cubic_spline(t, y, 1e-3)
+    nodes, weights = np.polynomial.legendre.leggauss(3)
+    total = 0.0
+    for a, b in zip(t[:-1].tolist(), t[1:].tolist()):
+        points = torch.tensor(0.5 * (b - a) * nodes + 0.5 * (a + b))
+        total += float((0.5 * (b - a) * torch.tensor(weights) * spline.derivative(points, order=2)[:, 0] ** 2).sum())
+    assert float(spline.roughness()[0]) == pytest.approx(total, rel=1e-12)
+
+
+def test_the_third_derivative_is_the_slope_of_the_second():
+    t = torch.linspace(0, 2, 12, dtype=torch.float64)
+    spline = smoothing_cubic_spline(t, torch.sin(3 * t)[:, None], 0.0)
+    middle, h = 0.5 * (t[:-1] + t[1:]), 1e-4
+    slope = (spline.derivative(middle + h, order=2) - spline.derivative(middle - h, order=2)) / (2 * h)
+    torch.testing.assert_close(spline.derivative(middle, order=3), slope, rtol=1e-6, atol=1e-8)

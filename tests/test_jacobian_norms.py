@@ -344,3 +344,35 @@ def test_fields_on_a_grid_are_flattened():
     torch.testing.assert_close(ConditionNumber(method="lanczos", steps=12)(field, t, u),
                                (torch.linalg.svdvals(reference)[:, 0] / torch.linalg.svdvals(reference)[:, -1]).mean(),
                                rtol=1e-6, atol=0)
+
+
+def test_rademacher_hutchinson_is_exact_for_a_diagonal_jacobian():
+    """For a diagonal Jacobian a Rademacher probe gives v^T J^T J v = ||J||_F^2 exactly: zero variance,
+    so any bias (e.g. a p/(p - 1) factor) shows for every seed and probe count."""
+    diagonal = torch.tensor([0.5, -2.0, 3.0, 1.5, -0.25], dtype=torch.float64)
+    u = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for probes in (1, 2, 4):
+        estimate = FrobeniusNorm(probes=probes, estimator="hutchinson", distribution="rademacher",
+                                 generator=torch.Generator().manual_seed(probes))(lambda t, x: x * diagonal, 0.0, u)
+        assert float(estimate) == pytest.approx(float(diagonal.pow(2).sum()), rel=1e-12)
+
+
+def test_a_warm_started_call_costs_iterations_not_initial_iterations():
+    """The point of warm starts is cost: a cold call runs initial_iterations (JVP, VJP) pairs, a warm
+    one iterations pairs, plus the final JVP of per_member. Counted by calls of the vector field
+    (each product evaluates it once)."""
+    calls = []
+    matrix = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def field(t, x):
+        calls.append(1)
+        return x @ matrix.T
+
+    norm = SpectralNorm(iterations=2, initial_iterations=15, generator=torch.Generator().manual_seed(1))
+    u = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    norm.per_member(field, 0.0, u, key="batch")
+    cold = len(calls)
+    calls.clear()
+    norm.per_member(field, 0.0, u, key="batch")
+    warm = len(calls)
+    assert cold == 2 * 15 + 1 and warm == 2 * 2 + 1, (cold, warm)

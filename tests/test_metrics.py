@@ -297,3 +297,18 @@ def test_lyapunov_estimate_marks_diverging_members_without_failing():
     assert np.isfinite(estimate.per_member[1:]).all()
     # near u = 0 the flow is neutral: exponent ~ 3 u^2 ~ 0
     assert abs(estimate.per_member[1]) < 1e-3
+
+
+@pytest.mark.parametrize("n", [63, 64])
+def test_parseval_holds_for_odd_and_even_grids(n):
+    """The energy spectrum sums to the mean square; an odd grid has no Nyquist mode to halve."""
+    noise = np.random.default_rng(1).standard_normal((3, 4, n))
+    assert energy_spectrum(noise).sum() == pytest.approx(np.mean(noise**2), rel=1e-12)
+
+
+def test_the_nyquist_mode_is_left_out_of_the_spectral_distance():
+    """Spectra that differ only in the Nyquist mode (a grid artefact, not resolved physics) are equal."""
+    reference = np.ones(33)
+    model = reference.copy()
+    model[32] = 10.0
+    assert spectral_distance(model, reference) == 0.0

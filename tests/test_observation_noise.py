@@ -30,3 +30,29 @@ def test_non_finite_samples_stay_and_bad_arguments_are_rejected():
         noisy_trajectories(clean, [0], level=0.1, scale="relative")
     with pytest.raises(ValueError, match="member indices"):
         noisy_trajectories(clean, [0, 1], level=0.1)
+
+
+def test_the_mean_scale_is_the_mean_absolute_value():
+    """scale = "mean": sigma = level * mean |u|; for sin, mean |u| = 2 / pi."""
+    t = np.linspace(0, 200 * np.pi, 40000)
+    clean = torch.tensor(np.sin(t))[None, :, None]
+    noisy = noisy_trajectories(clean, [0], level=0.1, scale="mean", seed=3)
+    assert float((noisy - clean).std()) == pytest.approx(0.1 * 2 / np.pi, rel=0.03)
+
+
+def test_training_data_noise_follows_global_members_in_both_splits():
+    """Each member's noise is drawn from its own stream (its global index), so a member gets the same
+    noise whichever split holds it; validation rows are not renumbered from 0."""
+    import dataclasses as dc
+
+    from hybridnde.data import TrainingData
+    from hybridnde.observation_noise import add_observation_noise
+
+    clean = torch.sin(torch.linspace(0, 6, 30, dtype=torch.float64))[None, :, None].repeat(5, 1, 2)
+    data = TrainingData(train=clean[:4], validation=clean[4:], train_members=(0, 1, 2, 3), validation_members=(4,),
+                        sample_interval=0.2, path="memory", checksum="none")
+    noisy = add_observation_noise(data, level=0.05, seed=7)
+    torch.testing.assert_close(noisy.validation, noisy_trajectories(clean[4:], [4], level=0.05, seed=7))
+    torch.testing.assert_close(noisy.train, noisy_trajectories(clean[:4], [0, 1, 2, 3], level=0.05, seed=7))
+    assert not torch.equal(noisy.validation, noisy.train[:1])  # member 4 is not member 0
+    assert add_observation_noise(dc.replace(data), level=0.0) == data

@@ -273,3 +273,34 @@ def test_probes_are_seeded_and_have_the_advertised_law(device):
 def test_probe_sampler_on_another_device_than_the_state_names_the_fix():
     with pytest.raises(ValueError, match=r"ProbeSampler\(\.\.\., device=u\.device\)"):
         ProbeSampler(count=1, seed=0)(torch.zeros(2, 3, device="meta"))
+
+
+# -- closed forms (a mutation audit found these slips unseen) ----------------------------------------------------------
+def test_the_sampling_error_of_an_exponential_is_its_closed_form():
+    """x = e^{lam t}: the one-sided estimate's relative truncation error is e^{lam h} - 1, the centred
+    one's (e^{lam h} - 1)^2, exactly (D2 and D3 taken on consecutive samples)."""
+    lam, h = 0.7, 0.05
+    t = torch.arange(40, dtype=torch.float64) * h
+    trajectories = torch.exp(lam * t)[None, :, None] * torch.tensor([1.0, -2.0], dtype=torch.float64)
+    q = np.expm1(lam * h)
+    assert sampling_error(trajectories, stencil="one_sided") == pytest.approx(q, rel=1e-9)
+    assert sampling_error(trajectories, stencil="centred") == pytest.approx(q * q, rel=1e-9)
+
+
+def test_the_centred_direction_is_half_the_two_step_difference():
+    """The centred stencil's direction is (x2 - x0) / 2, checked against the states themselves (the
+    convergence test builds its reference from the direction the function returns)."""
+    generator = torch.Generator().manual_seed(4)
+    states = torch.randn(3, 3, 4, dtype=torch.float64, generator=generator)
+    matrix = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    _, direction = finite_difference_mismatch(lambda t, u: u @ matrix.T, states, 0.1, stencil="centred")
+    torch.testing.assert_close(direction, 0.5 * (states[:, 2] - states[:, 0]))
+
+
+def test_draw_probes_normalises_rademacher_probes_to_entries_of_one_over_root_n():
+    """The Frobenius-over-n test above builds its normalised probes by hand; this is draw_probes' own."""
+    probes = draw_probes((5, 3), count=8, distribution="rademacher", normalize=True,
+                         generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(probes.abs(), torch.full_like(probes, 3 ** -0.5))
+    gaussian = draw_probes((5, 3), count=8, normalize=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gaussian.pow(2).sum(-1), torch.ones(8, 5, dtype=torch.float64))
