@@ -7,6 +7,7 @@ checkpoints that --resume continues).
 from __future__ import annotations
 
 import argparse
+import errno
 import difflib
 import importlib
 import logging
@@ -92,9 +93,28 @@ def _run(arguments: argparse.Namespace) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # keep the interpreter's final flush quiet
         return 0
-    except Exception:  # a failure at run time
+    except Exception as failure:  # a failure at run time
+        full = _disk_full(failure)
+        if full is not None:  # not a bug: say what to do, without a traceback
+            print(f"hybridnde {arguments.command}: error: no space left on the device ({full}); free some space or "
+                  "choose another --out (what was checkpointed is kept: --resume continues from it)", file=sys.stderr)
+            return 1
         log.exception("hybridnde %s failed", arguments.command)
         return 1
+
+
+def _disk_full(failure: BaseException) -> str | None:
+    """The message of a full disk or an exceeded quota in ``failure`` or what caused it (the rollout's
+    writer thread and HDF5 wrap it), else ``None``."""
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+                "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return str(error)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

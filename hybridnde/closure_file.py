@@ -6,6 +6,7 @@ the weights that rollouts record in their NetCDF ``source`` attribute.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import warnings
 import zipfile
@@ -68,20 +69,35 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
         with warnings.catch_warnings():  # torch's own warning about TorchScript-like zips: answered above
             warnings.filterwarnings("ignore", message=".*TorchScript.*")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as error:  # the file is there but cannot be read: say so, it is not a format problem
-        raise DataError(f"{path}: cannot be read ({error.strerror or error}); check its permissions") from None
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EISDIR):  # there, but not ours to read
+            raise DataError(f"{path}: cannot be read ({error.strerror or error}); check its permissions") from None
+        # torch reports a truncated archive as EINVAL: the file is damaged, not locked
+        raise DataError(f"{path}: damaged or truncated ({error.strerror or error}); train it again or give "
+                        "another closure.pt") from None
     except Exception as error:  # pickle, zip or version errors all mean: not our file
         # torch's own text suggests weights_only=False, which is not the fix: the file is not a closure
         raise DataError(f"{path}: not a closure file ({type(error).__name__}); give a closure.pt written by "
                         "`hybridnde train`") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    missing = [key for key in ("state_dict", "checksum", "dtype", "spec") if key not in payload]
+    if missing:
+        raise DataError(f"{path}: a {FORMAT} file without {', '.join(missing)}; give a closure.pt written by "
+                        "`hybridnde train`")
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:
         raise DataError(f"{path}: weights do not match their checksum; the file is corrupt")
-    saved_dtype = getattr(torch, payload["dtype"].replace("torch.", ""))
-    # in the saved dtype first: loading float64 weights into a default float32 module would round them
-    model = model_from_spec(payload["spec"]).to(dtype=saved_dtype)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        saved_dtype = getattr(torch, str(payload["dtype"]).replace("torch.", ""))
+        # in the saved dtype first: loading float64 weights into a default float32 module would round them
+        model = model_from_spec(payload["spec"]).to(dtype=saved_dtype)
+        model.load_state_dict(payload["state_dict"])
+    except DataError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        # weights intact, description not: edited by hand, or written by another version
+        raise DataError(f"{path}: its model description cannot be rebuilt ({type(error).__name__}: {error}); give a "
+                        "closure.pt written by `hybridnde train` of this version") from None
     model = model.to(device=device, dtype=dtype or saved_dtype).eval()
     return model, payload
 

@@ -61,6 +61,19 @@ class WindowSet:
 
     @classmethod
     def build(cls, trajectories: Tensor, length: int, *, stride: int = 1, start_time: float = 0.0) -> "WindowSet":
+        """Every window of ``length`` samples starting every ``stride`` samples, of each member; none
+        where the trajectories are shorter than ``length``. ``ValueError`` names a wrong argument."""
+        if not isinstance(trajectories, Tensor):
+            raise TypeError(f"trajectories must be a torch.Tensor (member, time, *state), not "
+                            f"{type(trajectories).__name__}; convert with torch.as_tensor")
+        if trajectories.ndim < 3:
+            raise ValueError(f"trajectories have shape {tuple(trajectories.shape)}; windows need (member, time, "
+                             "*state): add a member axis (trajectories[None]) or a state axis (trajectories[..., None])")
+        if trajectories.shape[0] == 0:
+            raise ValueError("trajectories hold no members: nothing to cut windows from")
+        if length < 2 or stride < 1:
+            raise ValueError(f"length = {length}, stride = {stride}: a window needs at least 2 samples (a step) and "
+                             "a stride of at least 1")
         n_members, n_times = trajectories.shape[:2]
         if n_times < length:
             return cls(trajectories, torch.zeros(0, 2, dtype=torch.long, device=trajectories.device), length,

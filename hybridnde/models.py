@@ -64,6 +64,7 @@ class MLPClosure(_Normalized):
     """
 
     def __init__(self, *, state_dim: int, width: int = 200, depth: int = 2, activation: str = "tanh"):
+        _check_sizes(state_dim=state_dim, width=width, depth=depth)
         super().__init__((state_dim,))
         self.spec = {"kind": "mlp", "state_dim": state_dim, "width": width, "depth": depth,
                                      "activation": activation}
@@ -76,8 +77,24 @@ class MLPClosure(_Normalized):
         self.net = nn.Sequential(*layers)
 
     def forward(self, t: Tensor, u: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():  # (TorchScript skips this branch: exported closures keep torch's error)
+            _check_state_dim(u, self.input_shift.shape[-1])
         z = (u - self.input_shift) / self.input_scale
         return self.net(z) * self.output_scale + self.output_shift
+
+
+def _check_state_dim(u: Tensor, state_dim: int) -> None:
+    if u.shape[-1] != state_dim:  # else a broadcasting error deep in torch
+        raise ValueError(f"MLPClosure(state_dim={state_dim}) got u of shape {tuple(u.shape)}: build it with "
+                         f"state_dim={u.shape[-1]}")
+
+
+def _check_sizes(**sizes: int) -> None:
+    """``ValueError`` naming the first size that cannot build a network (depth may be 0: one layer)."""
+    for name, value in sizes.items():
+        least = 0 if name == "depth" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name}={value!r} must be an integer >= {least}")
 
 
 class PeriodicCNNClosure(_Normalized):
@@ -92,6 +109,7 @@ class PeriodicCNNClosure(_Normalized):
     """
 
     def __init__(self, *, channels: int = 32, depth: int = 2, kernel_size: int = 5, activation: str = "tanh"):
+        _check_sizes(channels=channels, depth=depth, kernel_size=kernel_size)
         super().__init__((1,))
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd (centred stencils keep the grid aligned)")

@@ -102,7 +102,7 @@ def check_closure_fits(closure: Callable, solver, name) -> None:
     try:
         with torch.inference_mode():
             result = closure(solver.as_time(0.0), probe)
-    except RuntimeError as error:  # shape errors inside the network
+    except (RuntimeError, ValueError) as error:  # shape errors inside the network (torch's, or our models')
         raise DataError(f"{name}: fails on host states of shape {tuple(probe.shape)} in {probe.dtype} ({error}); it "
                         "was trained for another system or grid, or is in another dtype") from None
     if not isinstance(result, torch.Tensor) or tuple(result.shape) != tuple(probe.shape):

@@ -7,19 +7,58 @@ import time as wallclock
 import numpy as np
 import torch
 
-from .config import CaseConfig
+from .config import CaseConfig, ConfigError
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .initial_conditions import draw_initial_conditions, file_members_and_start
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
 from .progress import progress_bar
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
-__all__ = ["simulate_case", "SIMULATION_SECTIONS"]
+__all__ = ["simulate_case", "SIMULATION_SECTIONS", "check_fits_in_memory", "trajectory_bytes"]
 
 log = logging.getLogger(__name__)
 
 #: the sections a truth file depends on (its checksum decides whether a rerun can reuse it)
 SIMULATION_SECTIONS = ("system", "time", "initial_condition", "compute")
+
+
+#: without a terminal the simulation logs its progress this often
+PROGRESS_LOG_SECONDS = 60.0
+
+
+def trajectory_bytes(case: CaseConfig) -> int:
+    """Bytes of the float64 trajectory ``simulate_case`` holds in memory: members x saves x state."""
+    system = case.system
+    state = getattr(system, "n_points", None)
+    if state is None:
+        from solvers import ODE_SYSTEMS
+
+        state = len(ODE_SYSTEMS[system.name].component_names)
+    saves = case.time.n_steps // case.time.save_every + 1
+    return case.initial_condition.members * saves * int(state) * 8
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (``MemAvailable``, Linux); ``None`` elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits_in_memory(case: CaseConfig) -> None:
+    """``ConfigError`` before any work when the trajectory cannot fit in the memory available (it was
+    a MemoryError after the spin-up, or minutes of swapping)."""
+    needed, available = trajectory_bytes(case), available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(f"the simulation holds its whole trajectory in memory: {needed / 2**30:.3g} GiB "
+                          f"(initial_condition.members x time.n_steps / time.save_every + 1 saves x state), more than "
+                          f"the {available / 2**30:.3g} GiB available; lower initial_condition.members or "
+                          "time.n_steps, or raise time.save_every (`hybridnde rollout` streams large ensembles to disk)")
 
 
 def simulate_case(case: CaseConfig, *, progress: bool | None = None):
@@ -32,6 +71,7 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     """
     device = resolve_device(case.compute.device)
     dtype = resolve_dtype(case.compute.dtype)
+    check_fits_in_memory(case)
     solver = build_solver(case.system, case.time, device=device, dtype=dtype)
     members = range(case.initial_condition.members)
     u = draw_initial_conditions(case.initial_condition, solver, members)
@@ -56,9 +96,13 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
             times = solver.times(time.n_steps, save_every=time.save_every, t0=start)
             trajectory = np.empty((len(members), len(times), *solver.state_shape))
             steps = solver.trajectory(u, time.n_steps, save_every=time.save_every, t0=start)
-            for index, (_, state) in enumerate(progress_bar(steps, total=len(times), description="simulate",
-                                                             enabled=progress, unit="save")):
+            # (without a terminal, e.g. a batch job's log, a line every PROGRESS_LOG_SECONDS)
+            bar = progress_bar(total=len(times), description="simulate", enabled=progress, unit="save",
+                               log_every=PROGRESS_LOG_SECONDS)
+            for index, (_, state) in enumerate(steps):
                 trajectory[:, index] = state.cpu().numpy()
+                bar.update(1)
+            bar.close()
     finite = np.isfinite(trajectory.reshape(len(members), len(times), -1)).all(axis=2)
     blew_up = ~finite.all(axis=1)
     status = np.where(blew_up, STATUS_FLAGS["blew_up"], STATUS_FLAGS["ok"]).astype(np.int8)

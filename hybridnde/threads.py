@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from .config import ConfigError
 
-__all__ = ["add_threads_argument", "torch_threads"]
+__all__ = ["add_threads_argument", "check_thread_count", "torch_threads"]
 
 log = logging.getLogger(__name__)
 _TOLD: set[str] = set()
@@ -27,9 +27,8 @@ def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
     """``torch.set_num_threads(count)`` inside the block (0: leave the count as it is, torch's default
     unless something set it), the previous count after it.
 
-    Raises ``ConfigError`` naming ``name`` for a negative count."""
-    if count < 0:
-        raise ConfigError(f"{name} = {count}: give 0 (torch's default) or a positive count")
+    Raises ``ConfigError`` naming ``name`` for a count ``check_thread_count`` refuses."""
+    check_thread_count(count, name)
     import torch
 
     previous = torch.get_num_threads()
@@ -44,6 +43,27 @@ def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def thread_limit() -> int:
+    """The most threads a count may ask for: 4 per CPU, at least 64 (more crashed torch's thread pool,
+    100 000 with a segmentation fault, or stalled it for minutes: 4 000)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def check_thread_count(count: int, name: str = "threads") -> None:
+    """``ConfigError`` naming ``name`` for a negative count or one beyond ``thread_limit()``; a warning
+    for more threads than CPUs (oversubscribed cores slow torch down by orders of magnitude)."""
+    if count < 0:
+        raise ConfigError(f"{name} = {count}: give 0 (torch's default) or a positive count")
+    cpus = os.cpu_count() or 1
+    if count > thread_limit():
+        raise ConfigError(f"{name} = {count}: far more threads than this machine's {cpus} CPUs; give at most {cpus} "
+                          "(or 0 for torch's default)")
+    if count > cpus and f"{name}>{cpus}" not in _TOLD:
+        _TOLD.add(f"{name}>{cpus}")
+        log.warning("%s = %d is more than this machine's %d CPUs: oversubscribed, torch slows down badly; give at "
+                    "most %d", name, count, cpus, cpus)
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, work: str) -> None:

@@ -7,6 +7,7 @@ A closure is any callable ``closure(t, u) -> du_dt`` (torchdiffeq's ``f(t, y)`` 
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from typing import Iterator, Protocol, Sequence
 
@@ -82,9 +83,14 @@ class Solver(GraphReplay, ABC):
         self._check_dt(dt)
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype={dtype}: solvers step in torch.float64 (the default) or torch.float32")
+        if closure is not None and not callable(closure):
+            raise ValueError(f"closure is a {type(closure).__name__}; give a callable closure(t, u) -> du_dt "
+                             "(a torch.nn.Module, a function) or None")
         self.dt = float(dt)
         self.closure = closure
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(self.device)!r}, but torch finds no CUDA device here; use 'cpu'")
         self.dtype = dtype
         self._init_graphs()
 
@@ -227,6 +233,11 @@ class Solver(GraphReplay, ABC):
 
     def _check_rollout(self, u0: Tensor, n_steps: int, save_every: int) -> None:
         self.check_state(u0)
+        try:  # any integer type (numpy's too); 2.0 steps is no count
+            operator.index(n_steps), operator.index(save_every)
+        except TypeError:
+            raise ValueError(f"n_steps and save_every are step counts (integers), got {n_steps!r}, {save_every!r}") \
+                from None
         if n_steps < 0 or save_every < 1:
             raise ValueError(f"need n_steps >= 0 and save_every >= 1, got {n_steps}, {save_every}")
 

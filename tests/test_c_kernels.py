@@ -325,16 +325,18 @@ def test_fused_steps_use_ducc_and_a_wrong_transform_is_dropped(monkeypatch, stag
 
 @needs_kernels
 @pytest.mark.parametrize("implementation", ["fft", "dense"])
-def test_the_public_step_on_another_precision_takes_the_torch_path(implementation):
-    """``step()`` does not check dtypes (``rollout`` does): a float32 state in a float64 solver must not
-    reach kernels that read the coefficients in the state's precision."""
+def test_the_public_step_on_another_precision_never_reaches_the_kernels(implementation):
+    """A float32 state in a float64 solver must not reach kernels that read the coefficients in the
+    state's precision: ``step()`` refuses it as ``rollout`` does (it took a torch path before, and
+    returned float64 on some paths, float32 on others)."""
+    from solvers import SolverStateError
+
     solver = KuramotoSivashinskySpectral(n_points=64, implementation=implementation)
-    reference = KuramotoSivashinskySpectral(n_points=64, implementation=implementation)
-    reference.fused_updates = False
     u = smooth_state(solver, 3)
     with torch.no_grad():
         solver.rollout(u, 2)  # kernels checked and in use
-        torch.testing.assert_close(solver.step(0.0, u.float()), reference.step(0.0, u.float()), rtol=0, atol=0)
+        with pytest.raises(SolverStateError, match="dtype torch.float32"):
+            solver.step(0.0, u.float())
 
 
 @needs_kernels

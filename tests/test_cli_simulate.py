@@ -237,3 +237,22 @@ def test_verbs_without_out_write_a_quick_variant_beside_the_full_run_not_over_it
     for folder, quick in ((".", "quick"), ("..", "../quick"), ("/", "/quick")):  # no name to extend
         named = load_case(case_file, overrides=[f"output.directory='{folder}'"])
         assert output_directory(named, quick=True).as_posix() == quick
+
+
+def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """The rollout's writer thread wraps the full disk in a RuntimeError (HDF5's own errors say
+    "No space left on device"): the command says what to do, without a traceback, and exits 1."""
+    import errno
+
+    from hybridnde import rollout_job
+
+    def full(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("writing .r.nc.partial failed") from error
+
+    monkeypatch.setattr(rollout_job, "run_rollout", full)
+    assert main(["rollout", str(write_case(tmp_path)), "--out", str(tmp_path / "r.nc")]) == 1
+    error = capsys.readouterr().err
+    assert "no space left on the device" in error and "--resume continues" in error and "Traceback" not in error

@@ -174,3 +174,24 @@ def test_omp_num_threads_that_the_setting_overrides_is_named_once(monkeypatch, c
     with threads.torch_threads(1, "rollout.threads"):
         pass
     assert "OMP_NUM_THREADS" not in caplog.text
+
+
+def test_thread_counts_beyond_the_machine_are_refused_or_warned_about(monkeypatch, caplog, tmp_path, files, capsys):
+    """100 000 threads crashed torch (segfault), 4 000 stalled it for minutes; above the CPU count
+    the cores are oversubscribed (a warning: a job may share them knowingly)."""
+    import os
+
+    from hybridnde import threads
+    from hybridnde.config import ConfigError
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "_TOLD", set())
+    with pytest.raises(ConfigError, match=r"rollout.threads = 100000: far more threads than this machine's 2 CPUs"):
+        threads.check_thread_count(100000, "rollout.threads")
+    assert threads.thread_limit() == 64
+    with threads.torch_threads(3, "--threads"):
+        assert torch.get_num_threads() == 3
+    assert "--threads = 3 is more than this machine's 2 CPUs" in caplog.text
+    case, truth = files["two_body"]
+    assert main(["train", str(case), "--data", str(truth), "--out", str(tmp_path / "c.pt"), "--threads", "4000"]) == 2
+    assert "--threads = 4000" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()

@@ -238,3 +238,15 @@ def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
         del stored[section][key]
         assert case.changed_keys(tomli_w.dumps(stored), [section]) == []
         assert changed.changed_keys(tomli_w.dumps(stored), [section]) == [f"{section}.{key} ({default!r} -> {value!r})"]
+
+
+def test_a_case_file_that_is_not_utf8_text_or_is_a_folder_says_so(tmp_path):
+    """Bytes that are not UTF-8 gave a UnicodeDecodeError traceback; a folder was "does not exist"."""
+    from hybridnde.config import load_case
+
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe[system]\n")
+    with pytest.raises(ConfigError, match="binary.toml: not UTF-8 text"):
+        load_case(tmp_path / "binary.toml")
+    (tmp_path / "folder.toml").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_case(tmp_path / "folder.toml")

@@ -135,3 +135,21 @@ def test_host_of_a_residual_ks_case_is_the_coarse_solver():
 
 def test_the_validation_share_rounds_to_the_nearest_member():
     assert len(split_members(np.arange(10), 0.19)[1]) == 2  # 1.9 members -> 2 (int() gave 1)
+
+
+def test_window_sets_refuse_arguments_that_gave_silent_nonsense():
+    """length 0 gave 72 windows, (time, state) data was read as members and gave none, numpy arrays
+    raised a bare TypeError, and an empty member axis failed later in a reshape."""
+    data = torch.randn(2, 10, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        WindowSet.build(data, 0)
+    with pytest.raises(ValueError, match="stride"):
+        WindowSet.build(data, 3, stride=0)
+    with pytest.raises(ValueError, match=r"shape \(10, 3\).*trajectories\[None\]"):
+        WindowSet.build(data[0], 3)
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        WindowSet.build(data.numpy(), 3)
+    with pytest.raises(ValueError, match="no members"):
+        WindowSet.build(data[:0], 3)
+    assert len(WindowSet.build(data, 11)) == 0  # longer than the data: none (the trainer says why)
+    assert len(WindowSet.build(data, 10)) == 2 and len(WindowSet.build(data, 3, stride=4)) == 2 * 2

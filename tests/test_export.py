@@ -165,3 +165,23 @@ def test_a_zip_the_torchscript_sniffer_cannot_read_is_left_to_torch_load(tmp_pat
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
     assert main(["export", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "d.ts")]) == 2
     assert "not a closure file" in capsys.readouterr().err
+
+
+def test_a_truncated_or_hand_edited_closure_file_is_named_damaged_not_locked(tmp_path, capsys):
+    """A truncated file was "cannot be read (Invalid argument); check its permissions"; a valid file with
+    a broken model description (edited, or from another version) was a KeyError/ValueError traceback."""
+    save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
+    whole = (tmp_path / "closure.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(whole[:len(whole) // 2])
+    assert main(["export", str(tmp_path / "truncated.pt"), "--out", str(tmp_path / "c.ts")]) == 2
+    error = capsys.readouterr().err
+    assert "permissions" not in error and ("damaged or truncated" in error or "not a closure file" in error)
+    payload = torch.load(tmp_path / "closure.pt", weights_only=True)
+    for name, spec in (("bogus", {**payload["spec"], "kind": "bogus"}), ("depth", {**payload["spec"], "depth": "x"}),
+                       ("nospec", None)):
+        edited = dict(payload, spec=spec) if spec is not None else {k: v for k, v in payload.items() if k != "spec"}
+        torch.save(edited, tmp_path / f"{name}.pt")
+        assert main(["export", str(tmp_path / f"{name}.pt"), "--out", str(tmp_path / "c.ts")]) == 2
+        error = capsys.readouterr().err
+        assert f"{name}.pt" in error and ("cannot be rebuilt" in error or "without spec" in error), error
+    assert not (tmp_path / "c.ts").exists()

@@ -80,3 +80,15 @@ def test_save_closure_names_what_it_can_save(tmp_path):
     with pytest.raises(TypeError, match="not a Linear; save it with torch.save"):
         save_closure(tmp_path / "linear.pt", torch.nn.Linear(2, 2))
     assert not (tmp_path / "linear.pt").exists()
+
+
+def test_models_name_a_wrong_size_instead_of_failing_deep_in_torch():
+    with pytest.raises(ValueError, match=r"MLPClosure\(state_dim=3\) got u of shape \(4, 2\): build it with state_dim=2"):
+        MLPClosure(state_dim=3, width=4).double()(torch.tensor(0.0), torch.zeros(4, 2, dtype=torch.float64))
+    for arguments, name in (({"state_dim": 2, "width": 0}, "width"), ({"state_dim": -1}, "state_dim"),
+                            ({"state_dim": 2, "depth": -1}, "depth")):
+        with pytest.raises(ValueError, match=name):
+            MLPClosure(**arguments)
+    with pytest.raises(ValueError, match="channels"):
+        PeriodicCNNClosure(channels=0)
+    assert len(MLPClosure(state_dim=2, depth=0).net) == 1  # depth 0: one linear map, allowed

@@ -435,3 +435,17 @@ def test_importing_solvers_loads_none_of_them():
     result = subprocess.run([sys.executable, "-c", code], cwd=SOLVERS_DIR.parent, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_solver_arguments_that_failed_later_are_refused_up_front():
+    """A closure that is not callable and a float step count raised bare TypeErrors at run time; a
+    CUDA device without CUDA built a solver that failed at its first step."""
+    with pytest.raises(ValueError, match="give a callable closure"):
+        Lorenz63(closure=3.0)
+    u0 = torch.ones(1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="step counts"):
+        Lorenz63().rollout(u0, 2.0)
+    assert Lorenz63().rollout(u0, np.int64(2)).shape == (1, 3, 3)  # numpy's integers are counts
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Lorenz63(device="cuda")

@@ -377,6 +377,9 @@ def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
     ["--set", "rollout.initial_conditions=missing.nc"],             # a file that is not there
     ["--compare", "training.regularizer"],                          # no values
     ["--set", "training.seed=1", "--compare", "training.seed=1,2"],  # one key twice
+    ["--threads", "100000"],                                        # crashed torch (segfault), run.json left
+    ["--set", "rollout.threads=100000"],                            # the same, in the rollout stage
+    ["--set", "initial_condition.members=10000000000"],             # a truth far beyond memory (MemoryError)
     # files read as the stages read them (checked for existence only, stages ran first, before)
     ["--set", "rollout.initial_conditions='{two_body}'"],           # states of another system
     ["--set", "rollout.initial_conditions='{one_member}'"],         # too few members
@@ -558,3 +561,25 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
     assert "distributed unlike" not in verdict({**metrics, "kl_divergence": {"value": 0.0097}})
     assert "distributed unlike the truth's over the horizon (KL divergence 16 nats" in \
         verdict({**metrics, "kl_divergence": {"value": 16.0}})
+
+
+def test_an_unavailable_device_is_refused_before_the_first_stage(tmp_path, capsys):
+    """It was refused only after the simulation had run and run.json recorded a started stage."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "never"
+    assert run(write_case(tmp_path), out, "--quick", "--set", "compute.device='cuda'") == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_output_folder_holding_another_cases_run_is_refused(finished_run, tmp_path, capsys):
+    """Its outputs would be replaced stage by stage, and those this case does not make (a baseline)
+    would stay beside them, listed in run.json."""
+    _, out = finished_run
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    before = sorted(path.name for path in foreign.iterdir())
+    assert run(write_case(tmp_path, RIGID, "rigid_tiny"), foreign, "--quick") == 2
+    error = capsys.readouterr().err
+    assert "holds the run of another case" in error and "'ks_tiny'" in error and "'rigid_tiny'" in error
+    assert sorted(path.name for path in foreign.iterdir()) == before

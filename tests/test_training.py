@@ -429,3 +429,17 @@ def test_a_warmup_ramp_starts_at_one_step_of_its_weight():
     from hybridnde.training import ramp
 
     assert [ramp(2.0, epoch, 4) for epoch in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+
+
+def test_the_trainer_names_non_finite_weights_and_empty_window_sets_before_training():
+    """NaN weights were blamed on the learning rate after the first epoch; a window set left empty by
+    NaN data said only "no training windows"."""
+    trainer, windows = _tiny_trainer(epochs=1)
+    empty = WindowSet.build(torch.full((2, 12, 2), float("nan"), dtype=torch.float64), 3)
+    with pytest.raises(ValueError, match="no validation windows.*non-finite value"):
+        trainer.fit(windows, empty, 0.1)
+    model = trainer.model
+    with torch.no_grad():
+        model.net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"weights net.0.weight hold NaN or inf before training"):
+        Trainer(model, trainer.solver, trainer.terms, lambda *_: 1.0, trainer.config)

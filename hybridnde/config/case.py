@@ -287,11 +287,19 @@ def parse_case_text(text: str, *, source: str = "case") -> CaseConfig:
 def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = False) -> CaseConfig:
     """Read and validate a case file; errors name the file and the field."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"case file {str(path)!r} is a folder; pass a TOML file such as cases/lorenz63.toml")
     if not path.is_file():
         raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/lorenz63.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8); give a case file such as "
+                          "cases/lorenz63.toml") from None
+    except OSError as error:
+        raise ConfigError(f"case file {str(path)!r} cannot be read ({error.strerror or error}); check its "
+                          "permissions") from None
     raw.setdefault("case", {}).setdefault("name", path.stem)
     return parse_case(raw, overrides=overrides, quick=quick, source=str(path))

@@ -72,11 +72,21 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
     from ..training import window_lengths
     from ..training.assembly import check_training_config
 
+    from ..simulate import check_fits_in_memory
+    from ..systems import resolve_device
+    from ..threads import check_thread_count
+    from .stages import reference_case
+
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"--out {directory}: exists and is not a directory; give a folder for the run's files")
+    _check_not_another_case(variants, directory)
     for variant in variants:
         case = variant.case
         try:
+            resolve_device(case.compute.device)  # a missing GPU is said before the first stage, not after it
+            check_thread_count(case.rollout.threads, "rollout.threads")
+            check_fits_in_memory(case)  # the truth and the reference are simulated in memory
+            check_fits_in_memory(reference_case(case))
             check_training_config(case)
             try:
                 truth_solver = build_solver(case.system, case.time)
@@ -96,6 +106,25 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
                 initial_states(case, build_host_solver(case), range(case.rollout.members))
         except (ConfigError, DataError) as error:
             raise type(error)(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
+
+
+def _check_not_another_case(variants: Sequence[Variant], directory: Path) -> None:
+    """``ConfigError`` when ``directory`` holds the truth of a case by another name: its outputs would be
+    replaced one stage at a time, and those this case does not make would stay beside them."""
+    names = {variant.case.case.name for variant in variants}
+    for truth in sorted(directory.glob("**/truth.nc"))[:16] if directory.is_dir() else ():
+        try:
+            import netCDF4
+
+            with netCDF4.Dataset(truth) as dataset:
+                title = str(dataset.getncattr("title")) if "title" in dataset.ncattrs() else ""
+        except OSError:
+            continue
+        found = title.split(":", 1)[0]
+        if title and found not in names:
+            raise ConfigError(f"--out {directory}: holds the run of another case ({truth} is of case {found!r}, this "
+                              f"is {sorted(names)[0]!r}); its outputs would be replaced: give another --out, or delete "
+                              "the folder")
 
 
 def _check_common_times(case: CaseConfig) -> None:
@@ -311,7 +340,7 @@ def run_pipeline(variants: Sequence[Variant], directory: str | Path, *, progress
     """
     directory = Path(directory)
     check_variants(variants, directory)
-    with torch_threads(threads):
+    with torch_threads(threads, "--threads"):
         return _run_all(variants, directory, progress=progress, lyapunov=lyapunov, command=command)
 
 

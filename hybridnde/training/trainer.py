@@ -77,6 +77,10 @@ def _check_setup(model: nn.Module, solver: Solver, terms: Sequence[LossTerm], co
     if hooked is None or not all(id(p) in hooked_parameters for p in model.parameters()):
         raise ValueError(f"the model is not the closure in the solver's hook ({type(hooked).__name__}): build the "
                          f"solver with closure=model, so that its rollouts -- and their gradients -- run the model")
+    broken = [name for name, parameter in model.named_parameters() if not torch.isfinite(parameter).all()]
+    if broken:  # (its first loss would be NaN, blamed on the learning rate)
+        raise ValueError(f"the model's weights {', '.join(broken[:4])} hold NaN or inf before training: initialise "
+                         "it afresh or load finite weights")
     if time_matters(solver):
         for term in terms:
             if not getattr(term, "uses_window_times", False):
@@ -183,8 +187,10 @@ class Trainer:
             resume: bool = False) -> TrainingResult:
         """Train for ``config.epochs`` epochs (fewer when early stopping fires) and leave the best
         weights (lowest validation loss) in the model."""
-        if len(train) == 0:
-            raise ValueError("no training windows")
+        for name, windows in (("training", train), ("validation", validation)):
+            if len(windows) == 0:
+                raise ValueError(f"no {name} windows: the trajectories are shorter than a window of {windows.length} "
+                                 "samples, or every window holds a non-finite value (such windows are left out)")
         steps = getattr(self.terms[0], "steps", None)  # the trajectory loss compares steps + 1 samples
         if steps is not None and train.length < steps + 1:
             raise ValueError(f"the training windows hold {train.length} samples, the {self.terms[0].name} loss "
