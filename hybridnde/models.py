@@ -10,6 +10,8 @@ compatible (``torch.jit.script``).
 """
 from __future__ import annotations
 
+import operator
+
 from typing import Any, Sequence
 
 import torch
@@ -64,7 +66,7 @@ class MLPClosure(_Normalized):
     """
 
     def __init__(self, *, state_dim: int, width: int = 200, depth: int = 2, activation: str = "tanh"):
-        _check_sizes(state_dim=state_dim, width=width, depth=depth)
+        state_dim, width, depth = _check_sizes(state_dim=state_dim, width=width, depth=depth).values()
         super().__init__((state_dim,))
         self.spec = {"kind": "mlp", "state_dim": state_dim, "width": width, "depth": depth,
                                      "activation": activation}
@@ -89,12 +91,19 @@ def _check_state_dim(u: Tensor, state_dim: int) -> None:
                          f"state_dim={u.shape[-1]}")
 
 
-def _check_sizes(**sizes: int) -> None:
-    """``ValueError`` naming the first size that cannot build a network (depth may be 0: one layer)."""
+def _check_sizes(**sizes: int) -> dict[str, int]:
+    """The sizes as Python ints (numpy's integers too); ``ValueError`` naming the first that cannot build
+    a network (depth may be 0: one layer)."""
+    checked = {}
     for name, value in sizes.items():
         least = 0 if name == "depth" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        try:
+            checked[name] = operator.index(value)
+        except TypeError:
+            checked[name] = None
+        if checked[name] is None or isinstance(value, bool) or checked[name] < least:
             raise ValueError(f"{name}={value!r} must be an integer >= {least}")
+    return checked
 
 
 class PeriodicCNNClosure(_Normalized):
@@ -109,7 +118,7 @@ class PeriodicCNNClosure(_Normalized):
     """
 
     def __init__(self, *, channels: int = 32, depth: int = 2, kernel_size: int = 5, activation: str = "tanh"):
-        _check_sizes(channels=channels, depth=depth, kernel_size=kernel_size)
+        channels, depth, kernel_size = _check_sizes(channels=channels, depth=depth, kernel_size=kernel_size).values()
         super().__init__((1,))
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd (centred stencils keep the grid aligned)")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RolloutSummary", "chunk_layout", "finished_output", "member_status", "start_output"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hybridnde.rollout_job")  # the job's messages, under the name they had before
 
 
 @dataclass(frozen=True)

@@ -50,15 +50,15 @@ def available_memory() -> int | None:
     return None
 
 
-def check_fits_in_memory(case: CaseConfig) -> None:
+def check_fits_in_memory(case: CaseConfig, *, what: str = "the simulation",
+                         fix: str = "lower initial_condition.members or time.n_steps, or raise time.save_every") -> None:
     """``ConfigError`` before any work when the trajectory cannot fit in the memory available (it was
-    a MemoryError after the spin-up, or minutes of swapping)."""
+    a MemoryError after the spin-up, or minutes of swapping); ``what`` and ``fix`` word the message."""
     needed, available = trajectory_bytes(case), available_memory()
     if available is not None and needed > available:
-        raise ConfigError(f"the simulation holds its whole trajectory in memory: {needed / 2**30:.3g} GiB "
-                          f"(initial_condition.members x time.n_steps / time.save_every + 1 saves x state), more than "
-                          f"the {available / 2**30:.3g} GiB available; lower initial_condition.members or "
-                          "time.n_steps, or raise time.save_every (`hybridnde rollout` streams large ensembles to disk)")
+        raise ConfigError(f"{what} holds its whole trajectory in memory: {needed / 2**30:.3g} GiB, more than the "
+                          f"{available / 2**30:.3g} GiB available; {fix} (`hybridnde rollout` streams large "
+                          "ensembles to disk)")
 
 
 def simulate_case(case: CaseConfig, *, progress: bool | None = None):

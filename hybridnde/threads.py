@@ -45,10 +45,19 @@ def torch_threads(count: int, name: str = "threads") -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity (a batch job's cpus-per-task, ``taskset``) where the
+    system says, else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def thread_limit() -> int:
     """The most threads a count may ask for: 4 per CPU, at least 64 (more crashed torch's thread pool,
     100 000 with a segmentation fault, or stalled it for minutes: 4 000)."""
-    return max(64, 4 * (os.cpu_count() or 1))
+    return max(64, 4 * available_cpus())
 
 
 def check_thread_count(count: int, name: str = "threads") -> None:
@@ -56,14 +65,14 @@ def check_thread_count(count: int, name: str = "threads") -> None:
     for more threads than CPUs (oversubscribed cores slow torch down by orders of magnitude)."""
     if count < 0:
         raise ConfigError(f"{name} = {count}: give 0 (torch's default) or a positive count")
-    cpus = os.cpu_count() or 1
+    cpus = available_cpus()
     if count > thread_limit():
-        raise ConfigError(f"{name} = {count}: far more threads than this machine's {cpus} CPUs; give at most {cpus} "
-                          "(or 0 for torch's default)")
+        raise ConfigError(f"{name} = {count}: far more threads than the {cpus} CPUs this process may use; give at "
+                          f"most {cpus} (or 0 for torch's default)")
     if count > cpus and f"{name}>{cpus}" not in _TOLD:
         _TOLD.add(f"{name}>{cpus}")
-        log.warning("%s = %d is more than this machine's %d CPUs: oversubscribed, torch slows down badly; give at "
-                    "most %d", name, count, cpus, cpus)
+        log.warning("%s = %d is more than the %d CPUs this process may use: oversubscribed, torch slows down "
+                    "badly; give at most %d", name, count, cpus, cpus)
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, work: str) -> None:

@@ -308,7 +308,9 @@ class ExplicitSolver(Solver):
         self.integrator = integrator
         self._step_method: FixedStep = FIXED_STEP_METHODS[integrator]
 
-    #: ``dt`` may not exceed ``linear_stability_dt()`` (set by solvers whose limit is finite)
+    #: ``dt`` may not exceed ``linear_stability_dt()``: set on the instance, after ``super().__init__``
+    #: (whose own dt check runs before the attributes the limit needs exist), by solvers with a finite
+    #: limit, which then check their constructor's dt themselves (``check_stability_limit``)
     check_stability: bool = False
 
     def step(self, t: Tensor | float, u: Tensor, dt: float | None = None) -> Tensor:
@@ -316,6 +318,8 @@ class ExplicitSolver(Solver):
         return self._step_method(self.rhs, self.as_time(t), u, self.resolve_dt(dt))
 
     def _step_eagerly(self, t: Tensor | float, state: Tensor, dt: float) -> Tensor:
+        if type(self).step is not ExplicitSolver.step:  # a subclass's own step: trajectories take it too
+            return self.step(t, state, dt)
         # trajectories: the state and dt were checked once, before their first step
         return self._step_method(self.rhs, self.as_time(t), state, dt)
 

@@ -184,14 +184,15 @@ def test_thread_counts_beyond_the_machine_are_refused_or_warned_about(monkeypatc
     from hybridnde import threads
     from hybridnde.config import ConfigError
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert 1 <= threads.available_cpus() <= (os.cpu_count() or 1)  # the affinity, within the machine
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
     monkeypatch.setattr(threads, "_TOLD", set())
-    with pytest.raises(ConfigError, match=r"rollout.threads = 100000: far more threads than this machine's 2 CPUs"):
+    with pytest.raises(ConfigError, match=r"rollout.threads = 100000: far more threads than the 2 CPUs this process"):
         threads.check_thread_count(100000, "rollout.threads")
     assert threads.thread_limit() == 64
     with threads.torch_threads(3, "--threads"):
         assert torch.get_num_threads() == 3
-    assert "--threads = 3 is more than this machine's 2 CPUs" in caplog.text
+    assert "--threads = 3 is more than the 2 CPUs this process may use" in caplog.text
     case, truth = files["two_body"]
     assert main(["train", str(case), "--data", str(truth), "--out", str(tmp_path / "c.pt"), "--threads", "4000"]) == 2
     assert "--threads = 4000" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()

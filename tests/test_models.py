@@ -92,3 +92,15 @@ def test_models_name_a_wrong_size_instead_of_failing_deep_in_torch():
     with pytest.raises(ValueError, match="channels"):
         PeriodicCNNClosure(channels=0)
     assert len(MLPClosure(state_dim=2, depth=0).net) == 1  # depth 0: one linear map, allowed
+
+
+def test_numpy_integer_sizes_build_a_model_whose_file_loads(tmp_path):
+    """numpy's integers are sizes (a config read through numpy, say); the spec stores Python ints, so
+    the closure file loads with weights_only=True."""
+    import numpy as np
+
+    model = MLPClosure(state_dim=np.int64(3), width=np.int32(4), depth=np.int64(1)).double()
+    assert all(type(value) is int for key, value in model.spec.items() if key != "kind" and key != "activation")
+    save_closure(tmp_path / "closure.pt", model)
+    rebuilt, _ = load_closure(tmp_path / "closure.pt")
+    assert rebuilt.spec == model.spec

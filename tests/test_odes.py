@@ -449,3 +449,16 @@ def test_solver_arguments_that_failed_later_are_refused_up_front():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             Lorenz63(device="cuda")
+
+
+def test_a_subclass_that_overrides_step_is_stepped_by_its_own_step_in_rollouts():
+    """Rollouts skip the public step's state check (done once per trajectory); a subclass's own step
+    must still be what they take."""
+    class Clamped(Lorenz63):
+        def step(self, t, u, dt=None):
+            return super().step(t, u, dt).clamp(-1.0, 1.0)
+
+    u0 = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        assert float(Clamped().rollout(u0, 50).abs().max()) == 1.0
+        assert float(Lorenz63().rollout(u0, 50).abs().max()) > 10.0

@@ -379,7 +379,6 @@ def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
     ["--set", "training.seed=1", "--compare", "training.seed=1,2"],  # one key twice
     ["--threads", "100000"],                                        # crashed torch (segfault), run.json left
     ["--set", "rollout.threads=100000"],                            # the same, in the rollout stage
-    ["--set", "initial_condition.members=10000000000"],             # a truth far beyond memory (MemoryError)
     # files read as the stages read them (checked for existence only, stages ran first, before)
     ["--set", "rollout.initial_conditions='{two_body}'"],           # states of another system
     ["--set", "rollout.initial_conditions='{one_member}'"],         # too few members
@@ -583,3 +582,36 @@ def test_an_output_folder_holding_another_cases_run_is_refused(finished_run, tmp
     error = capsys.readouterr().err
     assert "holds the run of another case" in error and "'ks_tiny'" in error and "'rigid_tiny'" in error
     assert sorted(path.name for path in foreign.iterdir()) == before
+
+
+def test_a_truth_or_reference_beyond_the_memory_available_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Simulations hold their trajectory in memory: a truth far beyond it was a MemoryError after the
+    spin-up (or minutes of swapping). The reference is checked only where one is simulated."""
+    from hybridnde import simulate
+
+    monkeypatch.setattr(simulate, "available_memory", lambda: 2**20)  # 1 MiB: deterministic on any machine
+    case, out = write_case(tmp_path), tmp_path / "never"
+    assert run(case, out, "--quick", "--set", "initial_condition.members=1000") == 2
+    assert "lower initial_condition.members" in capsys.readouterr().err and not out.exists()
+    assert run(case, out, "--quick", "--set", "rollout.members=1000") == 2
+    assert "the held-out reference" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(simulate, "available_memory", lambda: None)  # where the system does not say: no check
+    variants = build_variants(case, overrides=["rollout.members=1000"], quick=True)
+    check_variants(variants, out)
+
+
+def test_only_the_runs_own_folders_are_searched_for_another_cases_truth(finished_run, tmp_path):
+    """A project folder with runs/<other>/truth.nc below it is not another case's run folder; and a case
+    name holding ':' (the title's separator) still recognises its own folder."""
+    _, out = finished_run
+    project = tmp_path / "project"
+    shutil.copytree(out, project / "runs" / "ks_tiny")
+    rigid = build_variants(write_case(tmp_path, RIGID, "rigid_tiny"), quick=True)
+    check_variants(rigid, project)  # two levels below: not this run's
+    with pytest.raises(ConfigError, match="holds the run of another case"):
+        check_variants(rigid, project / "runs")  # a variant folder's truth: checked
+    colon = build_variants(write_case(tmp_path, KS.replace('name = "ks_tiny"', 'name = "ks:tiny"'), "colon"),
+                           quick=True)
+    assert run(write_case(tmp_path, KS.replace('name = "ks_tiny"', 'name = "ks:tiny"'), "colon"),
+               tmp_path / "colon", "--quick") == 0
+    check_variants(colon, tmp_path / "colon")  # its own folder, rerun

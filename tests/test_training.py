@@ -443,3 +443,12 @@ def test_the_trainer_names_non_finite_weights_and_empty_window_sets_before_train
         model.net[0].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"weights net.0.weight hold NaN or inf before training"):
         Trainer(model, trainer.solver, trainer.terms, lambda *_: 1.0, trainer.config)
+
+
+def test_the_names_training_build_exported_before_its_split_still_import():
+    from hybridnde.training import assembly
+    from hybridnde.training import build as build_module
+
+    for name in ("build_terms", "reference_solver", "RolloutValidation", "window_lengths", "check_training_config",
+                 "homotopy_schedule", "jacobian_penalty_field"):
+        assert getattr(build_module, name) is getattr(assembly, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time as wallclock
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,11 @@ from . import stages
 from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
 from .record import RunRecord
 from .variants import Variant
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 __all__ = ["run_pipeline", "check_variants", "StageResult", "VariantResult", "RunResult"]
 
@@ -86,7 +92,10 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
             resolve_device(case.compute.device)  # a missing GPU is said before the first stage, not after it
             check_thread_count(case.rollout.threads, "rollout.threads")
             check_fits_in_memory(case)  # the truth and the reference are simulated in memory
-            check_fits_in_memory(reference_case(case))
+            if case.rollout.initial_conditions == "draw":  # (a file given: no reference is simulated)
+                check_fits_in_memory(reference_case(case), what="the held-out reference (rollout.members x "
+                                     "rollout.steps / hybrid.substeps samples)", fix="lower rollout.members or "
+                                     "rollout.steps")
             check_training_config(case)
             try:
                 truth_solver = build_solver(case.system, case.time)
@@ -109,22 +118,32 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
 
 
 def _check_not_another_case(variants: Sequence[Variant], directory: Path) -> None:
-    """``ConfigError`` when ``directory`` holds the truth of a case by another name: its outputs would be
-    replaced one stage at a time, and those this case does not make would stay beside them."""
+    """``ConfigError`` when ``directory`` (or a variant's folder in it) holds the truth of a case by
+    another name: its outputs would be replaced one stage at a time, and those this case does not make
+    would stay beside them. Only the run's own folders are looked at, not the tree below them."""
+    if not directory.is_dir():
+        return
     names = {variant.case.case.name for variant in variants}
-    for truth in sorted(directory.glob("**/truth.nc"))[:16] if directory.is_dir() else ():
-        try:
-            import netCDF4
-
-            with netCDF4.Dataset(truth) as dataset:
-                title = str(dataset.getncattr("title")) if "title" in dataset.ncattrs() else ""
-        except OSError:
-            continue
-        found = title.split(":", 1)[0]
-        if title and found not in names:
+    for truth in [directory / "truth.nc", *sorted(directory.glob("*/truth.nc"))[:32]]:
+        found = _case_of(truth)
+        if found is not None and found not in names:
             raise ConfigError(f"--out {directory}: holds the run of another case ({truth} is of case {found!r}, this "
-                              f"is {sorted(names)[0]!r}); its outputs would be replaced: give another --out, or delete "
-                              "the folder")
+                              f"is {min(names)!r}); its outputs would be replaced: give another --out, or delete "
+                              f"{truth.parent}")
+
+
+def _case_of(truth: Path) -> str | None:
+    """``[case] name`` of the case a truth file records (``None``: no file, or it records none)."""
+    if not truth.is_file():
+        return None
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(truth) as dataset:
+            text = str(dataset.getncattr("case_toml")) if "case_toml" in dataset.ncattrs() else ""
+        return str(tomllib.loads(text)["case"]["name"]) if text else None
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return None
 
 
 def _check_common_times(case: CaseConfig) -> None:

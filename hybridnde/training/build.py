@@ -28,7 +28,8 @@ from ..output_lock import output_lock
 from ..regularizers import sampling_error
 from ..simulate import SIMULATION_SECTIONS
 from ..systems import build_host_solver, resolve_device, resolve_dtype
-from .assembly import RolloutValidation, build_terms, check_training_config, window_lengths
+from .assembly import (RolloutValidation, build_terms, check_training_config, homotopy_schedule,  # noqa: F401
+                       jacobian_penalty_field, reference_solver, window_lengths)  # (re-exported: their home before)
 from .checkpoint import checkpoint_path, log_path, partial_log_path
 from .trainer import Trainer, TrainingResult
 
