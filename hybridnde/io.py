@@ -10,6 +10,7 @@ import contextlib
 import functools
 import datetime
 import glob
+import logging
 import os
 import platform
 import shutil
@@ -28,7 +29,10 @@ from .config.fields import ConfigError
 __all__ = [
     "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description", "utc_now",
+    "warn_if_disk_short",
 ]
+
+log = logging.getLogger(__name__)
 
 #: member status values (CF flag_values / flag_meanings)
 STATUS_FLAGS: dict[str, int] = {"ok": 0, "blew_up": 1, "nonfinite_input": 2}
@@ -188,6 +192,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str) -> bool:
+    """Log a warning (and return ``True``) when the file system of ``path`` has less free space than
+    ``raw_bytes``, the size of what ``what`` writes before compression (zlib saves ~10 % on chaotic
+    states: measured 0.88-0.90 on the ks_l22 files), so that a full disk is not first met at the end."""
+    ancestor = Path(path).parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        free = shutil.disk_usage(ancestor).free
+    except OSError:
+        return False
+    if free >= raw_bytes:
+        return False
+    log.warning("%s writes up to %.3g GiB to %s (before compression, which saves ~10%% on chaotic states); only "
+                "%.3g GiB are free there: it may fail when the disk fills (free some space, or choose another --out)",
+                what, raw_bytes / 2**30, ancestor, free / 2**30)
+    return True
 
 
 def check_output_path(path: str | Path, option: str = "--out", *, folder: bool = False,

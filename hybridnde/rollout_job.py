@@ -31,7 +31,8 @@ from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
 from .distributed import Communicator, agree, rank_batches, rank_device, world
 from .data import file_checksum
-from .io import STATUS_FLAGS, check_output_path, package_version, platform_description, utc_now
+from .io import (STATUS_FLAGS, check_output_path, package_version, platform_description, utc_now,
+                 warn_if_disk_short)
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
 from .progress import progress_bar
@@ -101,6 +102,8 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
                    checkpoint=None)
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
         held.enter_context(output_lock(out))
+        size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize
+        warn_if_disk_short(out, size, "the rollout")
         setup.identity = resume_identity(case, closure_checksum=closure_checksum, batch_size=batch_size,
                                          n_saves=schedule.n_saves, device=device,
                                          initial_conditions_checksum="draw" if given is None else file_checksum(given))

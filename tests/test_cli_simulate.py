@@ -256,3 +256,21 @@ def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, 
     assert main(["rollout", str(write_case(tmp_path)), "--out", str(tmp_path / "r.nc")]) == 1
     error = capsys.readouterr().err
     assert "no space left on the device" in error and "--resume continues" in error and "Traceback" not in error
+
+
+def test_a_disk_too_small_for_the_output_is_warned_about_before_the_work(tmp_path, monkeypatch, capsys):
+    """A full disk was first met when the file was written, after the whole simulation (or rollout)."""
+    import collections
+    import shutil
+
+    from hybridnde import io
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(tmp_path / "t.nc")]) == 0  # (tmp is not full)
+    error = capsys.readouterr().err
+    assert "the simulation writes up to" in error and "only 9.31e-07 GiB are free" in error
+    assert not io.warn_if_disk_short(tmp_path / "t.nc", 999, "x") and io.warn_if_disk_short(tmp_path / "t.nc", 1001, "x")
+    assert main(["rollout", str(write_case(tmp_path)), "--out", str(tmp_path / "r.nc"), "--set",
+                 "hybrid.setup=\"residual\""]) == 0
+    assert "the rollout writes up to" in capsys.readouterr().err

@@ -29,8 +29,8 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..io import write_netcdf
-    from ..simulate import simulate_case
+    from ..io import warn_if_disk_short, write_netcdf
+    from ..simulate import simulate_case, trajectory_bytes
 
     case = case_from_arguments(arguments)
     out = arguments.out or output_directory(case, quick=arguments.quick) / "truth.nc"
@@ -38,6 +38,7 @@ def run(arguments: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: give a .nc file name")
     ic = case.initial_condition
     check_output_path(out, inputs={"initial_condition.file": ic.file if ic.distribution == "file" else None})
+    warn_if_disk_short(out, trajectory_bytes(case), "the simulation")
     with torch_threads(arguments.threads, "--threads"):
         dataset = simulate_case(case, progress=arguments.progress)
     write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import CaseConfig, ConfigError
-from ..io import DataError, ResumeRefused, atomic_path
+from ..io import DataError, ResumeRefused, atomic_path, warn_if_disk_short
 from ..threads import torch_threads
 from . import stages
 from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
@@ -115,6 +115,16 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
                 initial_states(case, build_host_solver(case), range(case.rollout.members))
         except (ConfigError, DataError) as error:
             raise type(error)(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
+    warn_if_disk_short(directory / "truth.nc", sum(_run_bytes(variant.case) for variant in variants), "the run")
+
+
+def _run_bytes(case: CaseConfig) -> int:
+    """What a variant's NetCDF files hold before compression: truth, reference, rollout and baseline
+    (each rollout as many samples as the reference's, at most)."""
+    from ..simulate import trajectory_bytes
+
+    reference = trajectory_bytes(stages.reference_case(case))
+    return trajectory_bytes(case) + reference * 3
 
 
 def _check_not_another_case(variants: Sequence[Variant], directory: Path) -> None:
