@@ -142,8 +142,9 @@ class ConfinedCalls:
 def configure_threads(threads: int, cores: str | None = None) -> int:
     """Pin torch, OpenMP/MKL and XLA to ``threads`` intra-op threads (0 = every core); returns the count.
 
-    XLA: ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` makes jax run its CPU
-    kernels (Eigen, and the DUCC FFT it calls) on one thread. Must run before ``import jax``.
+    XLA: ``--xla_cpu_multi_thread_eigen=false`` makes jax run its CPU kernels (Eigen, and the DUCC FFT
+    it calls) on one thread. Must run before ``import jax``. (``intra_op_parallelism_threads=1``, set
+    here until 2026-11-27, is no XLA flag: alone it aborts jax, after a flag it is ignored.)
     ``cores``: also confine the whole process to those CPU cores (``pin_to_cores``); ``threads=0``
     then means one thread per pinned core.
     """
@@ -154,8 +155,7 @@ def configure_threads(threads: int, cores: str | None = None) -> int:
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(count)
     if count == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     import torch
 
     torch.set_num_threads(count)
@@ -232,8 +232,13 @@ def time_interleaved(contenders: dict[str, tuple[Callable[[], object], float]], 
         with scope(name):
             counts[name] = calibrate(call, min_seconds)
     timings = {name: Timing(name, units) for name, (_, units) in contenders.items()}
-    for _ in range(repeats):
-        for name, (call, _) in contenders.items():
+    names = list(contenders)
+    for round_index in range(repeats):
+        # each round starts one contender later: no one always runs first (after the others' caches
+        # and clocks, or fresh from them)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = contenders[name][0]
             count = counts[name]
             with scope(name):
                 wall, cpu = _timed(lambda: [call() for _ in range(count)])
