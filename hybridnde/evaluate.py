@@ -32,7 +32,7 @@ from .config import CaseConfig, ConfigError, parse_case_text
 from .io import DataError, open_trajectories, package_version, platform_description
 from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
                       invariant_drift, json_ready, normalised_error, reference_scale, spectral_distance,
-                      stable_members, summarise, valid_prediction_time, wavenumbers)
+                      resting_members, stable_members, summarise, valid_prediction_time, wavenumbers)
 
 __all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
            "lyapunov_comparison", "write_figures", "format_summary"]
@@ -107,6 +107,8 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         "valid_prediction_time": summarise(vpt, spread=spread, per_member=True),
         "reached_horizon_fraction": float(reached.mean()),
         "stable_fraction": float(stable.mean()), "stable_members": int(stable.sum()),
+        # come to rest while the truth moves: a long VPT then measures how long the truth lingers there
+        "resting_members": int(resting_members(pair.predicted, pair.truth).sum()),
         "notes": list(pair.notes),
     }
     metrics["valid_prediction_time"]["members"] = [int(m) for m in pair.members]

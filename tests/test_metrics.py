@@ -312,3 +312,17 @@ def test_the_nyquist_mode_is_left_out_of_the_spectral_distance():
     model = reference.copy()
     model[32] = 10.0
     assert spectral_distance(model, reference) == 0.0
+
+
+def test_resting_members_are_those_that_stop_while_the_truth_moves():
+    from hybridnde.metrics import resting_members
+
+    t = np.linspace(0, 20, 201)
+    truth = np.stack([np.stack([np.cos(t + k), np.sin(t + k)], axis=-1) for k in range(3)])  # (3, 201, 2)
+    predicted = truth.copy()
+    predicted[0] = [0.3, -0.2]                                      # a fixed point: at rest
+    predicted[1, 150:] = predicted[1, 150] + 1e-6 * np.sin(t[150:])[:, None]  # creeps: at rest (1e-6 << 1e-3)
+    predicted[2, -1] = np.nan                                       # non-finite: not counted
+    assert resting_members(predicted, truth).tolist() == [True, True, False]
+    assert not resting_members(truth, truth).any()
+    assert not resting_members(predicted[:1], np.ones_like(truth[:1])).any()  # a resting truth: nothing to say

@@ -562,6 +562,28 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
         verdict({**metrics, "kl_divergence": {"value": 16.0}})
 
 
+
+def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
+    """Lorenz-63's quick model settles on a fixed point from t ~ 2 (spread 1e-13) while the truth
+    circles it slowly: 8.15 time units "valid", reported as 7.38 Lyapunov times of skill."""
+    from hybridnde.pipeline.report import verdict
+
+    metrics = {"valid_prediction_time": {"median": 8.15}, "valid_prediction_time_lyapunov": {"median": 7.38},
+               "members": 1, "stable_members": 1, "horizon": 100.0, "kl_divergence": {"value": 16.0}}
+    resting = verdict({**metrics, "resting_members": 1}, held_out=False)
+    assert resting.startswith("The hybrid model comes to rest in 1 of 1 members while the truth keeps moving")
+    assert "Lyapunov" not in resting and "and its states are distributed unlike" in resting
+    assert "7.38 Lyapunov times" in verdict(metrics, held_out=False)
+    some = verdict({**metrics, "members": 4, "stable_members": 4, "resting_members": 1})
+    assert some.startswith("The hybrid model stays") and "; 1 of 4 members come to rest" in some
+    drifting = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 34.7}}}})
+    assert "but its energy drifts by 34.7 (median relative drift): its states are not the system's" in drifting
+    assert "drifts" not in verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.49}}}})
+    baseline = {"valid_prediction_time": {"median": 0.245}, "stable_members": 1, "members": 1}
+    assert "no forces" in verdict({**metrics, "baseline": baseline}, setup="second_order")
+    assert "no forces" not in verdict({**metrics, "baseline": baseline}, setup="residual")
+
+
 def test_an_unavailable_device_is_refused_before_the_first_stage(tmp_path, capsys):
     """It was refused only after the simulation had run and run.json recorded a started stage."""
     if torch.cuda.is_available():

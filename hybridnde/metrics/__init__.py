@@ -1,6 +1,6 @@
 """Metrics of a rollout against the truth, one concept per module.
 
-* ``errors``: normalised error, valid prediction time, error growth, stable members
+* ``errors``: normalised error, valid prediction time, error growth, stable and resting members
 * ``invariants``: drift of conserved quantities
 * ``spectra``: energy spectra of periodic fields and their distance
 * ``statistics``: KL divergence between state histograms (attractor statistics)
@@ -11,14 +11,15 @@
 All but ``lyapunov`` need numpy only.
 """
 from .cost import cost_from_attributes
-from .errors import error_growth, normalised_error, reference_scale, stable_members, valid_prediction_time
+from .errors import (error_growth, normalised_error, reference_scale, resting_members, stable_members,
+                     valid_prediction_time)
 from .invariants import invariant_drift, relative_drift_curves
 from .spectra import energy_spectrum, spectral_distance, wavenumbers
 from .statistics import histogram_kl_divergence
 from .summary import DEFAULT_SPREAD, json_ready, quantiles, summarise
 
 __all__ = [
-    "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members",
+    "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members", "resting_members",
     "invariant_drift", "relative_drift_curves", "energy_spectrum", "wavenumbers", "spectral_distance",
     "histogram_kl_divergence", "cost_from_attributes", "DEFAULT_SPREAD", "quantiles", "summarise", "json_ready",
     "leading_lyapunov_exponent", "LyapunovEstimate",

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ERROR_SCALES", "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members"]
+__all__ = ["ERROR_SCALES", "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members",
+           "resting_members"]
 
 
 def _flatten_state(u: np.ndarray) -> np.ndarray:
@@ -165,3 +166,30 @@ def stable_members(predicted: np.ndarray, *, status: np.ndarray | None = None,
     if blowup_time is not None:
         stable &= np.isnan(np.asarray(blowup_time, dtype=np.float64))
     return stable
+
+
+#: ``resting_members``: a member is at rest when it moves less than this share of the truth's motion
+RESTING_MOTION_RATIO = 1e-3
+
+
+def resting_members(predicted: np.ndarray, truth: np.ndarray, *, last: float = 0.25,
+                    ratio: float = RESTING_MOTION_RATIO) -> np.ndarray:
+    """Members that come to rest while the truth keeps moving: over the last ``last`` share of the
+    saved times, the largest temporal standard deviation of any state entry is below ``ratio`` times the
+    truth's (same member, same times). A model settled on a fixed point near a slowly moving truth
+    (Lorenz-63 around one of its unstable foci) scores a long valid prediction time without any skill.
+
+    Args:
+        predicted, truth: (member, time, *state) on common times.
+    Returns:
+        (member,) bool; False for members with non-finite states there or a truth at rest itself.
+    """
+    predicted, truth = _flatten_state(predicted), _flatten_state(truth)
+    start = min(int(predicted.shape[1] * (1 - last)), predicted.shape[1] - 2)
+    start = max(start, 0)
+    window, true_window = predicted[:, start:], truth[:, start:]
+    with np.errstate(invalid="ignore"):
+        motion = window.std(axis=1).max(axis=1)
+        true_motion = true_window.std(axis=1).max(axis=1)
+    finite = np.isfinite(window).all(axis=(1, 2)) & np.isfinite(true_window).all(axis=(1, 2))
+    return finite & (true_motion > 0) & (motion < ratio * true_motion)

@@ -58,37 +58,64 @@ def _truth_phrase(metrics: Mapping[str, Any], held_out: bool) -> str:
 STATISTICS_DIFFER_NATS = 1.0
 
 
-def verdict(metrics: Mapping[str, Any], *, held_out: bool = True) -> str:
+#: what a bare host is where it is no real competitor (``hybrid.setup``): said beside the ratio to it
+TRIVIAL_BASELINES = {"second_order": "a bare second-order host has no forces: it keeps its initial velocities"}
+
+#: median relative drift of an invariant above which the verdict says the states are not physical
+INVARIANT_DRIFT_UNPHYSICAL = 1.0
+
+
+def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | None = None) -> str:
     """One sentence: how long the hybrid model stays valid and stable, against the bare host, and
-    whether its long-run state statistics are far from the truth's (a long valid time can come from a
-    truth that lingers where the model settles, e.g. Lorenz-63 near a fixed point).
-    ``held_out=False``: the reference is the training trajectory's own start (``stages.repeats_training_start``)."""
+    whether it comes to rest while the truth moves (then the valid time measures how long the truth
+    lingers near the resting state, e.g. Lorenz-63 near a fixed point: said first, without Lyapunov
+    times), whether its invariants drift beyond physical states, and whether its long-run state
+    statistics are far from the truth's. ``held_out=False``: the reference is the training
+    trajectory's own start (``stages.repeats_training_start``); ``setup``: ``hybrid.setup``, for
+    bare hosts that are no real competitor (``TRIVIAL_BASELINES``)."""
     vpt = metrics["valid_prediction_time"]
     baseline = metrics.get("baseline")
+    members = metrics["members"]
+    resting = int(metrics.get("resting_members") or 0)
+    at_rest = resting * 2 > members
     units = "" if metrics.get("time_units", "1") in ("", "1") else f" {metrics['time_units']}"
-    text = f"The hybrid model stays within the error threshold for {number(vpt['median'])}{units} time units"
-    if "valid_prediction_time_lyapunov" in metrics:
+    text = ""
+    if at_rest:
+        text = (f"The hybrid model comes to rest in {resting} of {members} members while the truth keeps moving, so "
+                "its valid time measures how long the truth lingers near that state, not skill: ")
+    text += f"{'it' if at_rest else 'The hybrid model'} stays within the error threshold for {number(vpt['median'])}" \
+            f"{units} time units"
+    if "valid_prediction_time_lyapunov" in metrics and not at_rest:
         text += f" ({number(metrics['valid_prediction_time_lyapunov']['median'])} Lyapunov times)"
     seen = metrics.get("members_from_training_states", 0)
     if not held_out:
-        text += f", from the training trajectory's own start ({metrics['members']} member; nothing held out)"
+        text += f", from the training trajectory's own start ({members} member; nothing held out)"
     elif seen:
-        text += (f", median over {metrics['members']} members, {_members_seen(int(seen), metrics['members'])} from "
+        text += (f", median over {members} members, {_members_seen(int(seen), members)} from "
                  "states in the training data (not held out)")
     elif seen is None:
-        text += f", median over {metrics['members']} members (not checked against the training data: another grid)"
+        text += f", median over {members} members (not checked against the training data: another grid)"
     else:
-        text += f", median over {metrics['members']} held-out members"
+        text += f", median over {members} held-out members"
     if baseline:
         text += _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
-    text += f"; {metrics['stable_members']} of {metrics['members']} members stay stable to the horizon of " \
+        if setup in TRIVIAL_BASELINES:
+            text += f" ({TRIVIAL_BASELINES[setup]})"
+    text += f"; {metrics['stable_members']} of {members} members stay stable to the horizon of " \
             f"{number(metrics['horizon'])}"
     if baseline:
         text += f" (bare host: {baseline['stable_members']} of {baseline['members']})"
+    if resting and not at_rest:
+        text += f"; {resting} of {members} members come to rest while the truth keeps moving"
+    for name, drift in (metrics.get("invariant_drift") or {}).items():
+        median = (drift.get("rollout") or {}).get("median")
+        if median is not None and math.isfinite(median) and median > INVARIANT_DRIFT_UNPHYSICAL:
+            text += (f"; but its {name} drifts by {number(median)} (median relative drift): its states are not the "
+                     "system's")
     kl = (metrics.get("kl_divergence") or {}).get("value")
     if kl is not None and math.isfinite(kl) and kl > STATISTICS_DIFFER_NATS:
-        text += (f"; but its states are distributed unlike the truth's over the horizon (KL divergence "
-                 f"{number(kl)} nats between their histograms)")
+        text += (f"; {'and' if at_rest else 'but'} its states are distributed unlike the truth's over the horizon (KL "
+                 f"divergence {number(kl)} nats between their histograms)")
     return text + "."
 
 
@@ -107,6 +134,9 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     rows.append(("valid to the horizon", *both(lambda m: percent(m.get("reached_horizon_fraction")))))
     rows.append(("stable to the horizon", *both(lambda m: percent(m.get("stable_fraction"), m.get("stable_members"),
                                                                     m.get("members")))))
+    if metrics.get("resting_members") or (baseline or {}).get("resting_members"):
+        rows.append(("at rest while the truth moves (last quarter)",
+                     *both(lambda m: f"{m.get('resting_members', 0)}/{m.get('members')}")))
     for name, drift in metrics.get("invariant_drift", {}).items():
         rows.append((f"{name} drift (max relative; truth's integrator: {number(drift['reference']['median'])})",
                      *both(lambda m: median_spread(m.get("invariant_drift", {}).get(name, {}).get("rollout"), keys))))
@@ -193,7 +223,7 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     made = datetime.datetime.now().isoformat(timespec="seconds")
     lines += [f"Made by `{command or 'hybridnde run'}` on {made} (hybridnde {package_version()})"
               + (f"; variant: {result.variant.describe()}" if result.variant.label else "") + ".", "",
-              f"**{verdict(metrics, held_out=held_out)}**", ""]
+              f"**{verdict(metrics, held_out=held_out, setup=case.hybrid.setup)}**", ""]
     lines += ["## Accuracy and stability", "",
               _truth_phrase(metrics, held_out) + f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
               f"||u - u*|| / {'rms(u* - mean u*)' if metrics.get('error_scale_kind') == 'anomaly' else 'rms(u*)'} and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
@@ -251,7 +281,7 @@ def summary_lines(outcome: RunResult) -> list[str]:
     metrics = result.metrics
     rows = _metric_rows(metrics)
     width = max(len(name) for name, _, _ in rows)
-    said = verdict(metrics, held_out=not repeats_training_start(result.case))
+    said = verdict(metrics, held_out=not repeats_training_start(result.case), setup=result.case.hybrid.setup)
     if "baseline" in metrics:
         lines = [said, f"  {'':<{width}}  hybrid  |  bare host"]
         lines += [f"  {name:<{width}}  {hybrid}  |  {bare}" for name, hybrid, bare in rows]
