@@ -424,8 +424,8 @@ def print_throughput(records: list[dict[str, object]], threads: int) -> None:
 
 
 def target_summary(records: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Issue 9's target 1 per (N, batch): ours over exponax, and ours as a share of the *fastest* FFT
-    floor (torch into buffers, torch allocating, DUCC), on each clock; one record per size."""
+    """Issue 9's target 1 per (N, batch): ours over exponax's faster variant, and ours as a share of the
+    *fastest* FFT floor (torch into buffers, torch allocating, DUCC), on each clock; one record per size."""
     summary = []
     for n_points, batch in dict.fromkeys((r["n_points"], r["batch"]) for r in records):
         rows = {r["contender"]: r for r in records if (r["n_points"], r["batch"]) == (n_points, batch)}
@@ -436,8 +436,11 @@ def target_summary(records: list[dict[str, object]]) -> list[dict[str, object]]:
             fastest = max(floors, key=floors.get)
             record[f"fastest_floor_{clock}"] = fastest
             record[f"share_of_fastest_floor_{clock}"] = ours[f"member_steps_per_s_{clock}"] / floors[fastest]
-            if "exponax" in rows:
-                record[f"over_exponax_{clock}"] = rows["exponax"][f"ours_over_this_{clock}_paired"]
+            exponax = {name: row for name, row in rows.items() if name.startswith("exponax")}
+            if exponax:  # against its faster variant (physical-state or Fourier-state stepping)
+                faster = max(exponax, key=lambda name: exponax[name][f"member_steps_per_s_{clock}"])
+                record[f"exponax_variant_{clock}"] = faster
+                record[f"over_exponax_{clock}"] = exponax[faster][f"ours_over_this_{clock}_paired"]
         record["all_agree"] = all(r.get("agrees") is not False for r in rows.values())
         summary.append(record)
     return summary
@@ -445,12 +448,13 @@ def target_summary(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 def print_targets(summary: list[dict[str, object]]) -> None:
     rows = [{"N": r["n_points"], "batch": r["batch"],
-             "ours/exponax (cpu, paired)": f"{r['over_exponax_cpu']:.2f}" if "over_exponax_cpu" in r else "-",
+             "ours/exponax, faster variant (cpu, paired)": f"{r['over_exponax_cpu']:.2f}" if "over_exponax_cpu" in r
+             else "-",
              "(wall)": f"{r['over_exponax_wall']:.2f}" if "over_exponax_wall" in r else "-",
              "ours/fastest floor (cpu)": f"{r['share_of_fastest_floor_cpu']:.0%} of {r['fastest_floor_cpu']}",
              "(wall)#": f"{r['share_of_fastest_floor_wall']:.0%} of {r['fastest_floor_wall']}",
              "same results": "yes" if r["all_agree"] else "NO"} for r in summary]
-    print_table(rows, ["N", "batch", "ours/exponax (cpu, paired)", "(wall)", "ours/fastest floor (cpu)", "(wall)#",
+    print_table(rows, ["N", "batch", "ours/exponax, faster variant (cpu, paired)", "(wall)", "ours/fastest floor (cpu)", "(wall)#",
                        "same results"],
                 title="Target 1 (issue 9): >= 1.5x exponax and >= 60% of the fastest FFT floor at batch >= 64, "
                       ">= 1x exponax at batch 1")
