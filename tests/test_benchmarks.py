@@ -99,6 +99,7 @@ def test_closure_overhead_runs():
     for key in ("bare_step_s", "step_with_free_closure_s", "four_closure_forwards_s", "step_with_closure_s"):
         assert record[key] > 0
     assert math.isfinite(record["hook_overhead"]) and record["solver_share"] > 0
+    assert math.isfinite(record["solver_share_direct_paired"]) and "(direct, paired)" in stdout
     assert "Closure in the hook" in stdout
 
 
