@@ -87,6 +87,10 @@ def load_rollout_closure(closure_path: str | Path | None, closure: Callable | No
         model, payload = load_closure(closure_path, device=device, dtype=dtype)
         if case is not None:
             check_closure_case(payload, case, closure_path)
+        saved = str(payload.get("dtype", "")).replace("torch.", "")
+        if saved and saved != str(dtype).replace("torch.", ""):  # (its checksum is of the saved weights)
+            log.info("%s: a closure trained in %s, run in %s (compute.dtype)", closure_path, saved,
+                     str(dtype).replace("torch.", ""))
         return model, payload["checksum"]
     if isinstance(closure, torch.nn.Module):
         return closure, weights_checksum(closure.state_dict())

@@ -162,6 +162,7 @@ def test_report_states_the_measured_numbers_and_links_existing_figures(finished_
     assert f"{metrics['spectrum']['distance']:.3g}" in report
     for stage in ("simulate", "reference", "train", "rollout", "baseline", "evaluate"):
         assert f"| {stage} |" in report
+    assert "| precision | float64 (the truth and reference simulations, training and rollouts) |" in report
     linked = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert {"figures/error_growth.png", "figures/space_time.png", "figures/spectrum.png",
             "figures/training_loss.png", "figures/error_growth_vs_bare_host.png"} <= set(linked)

@@ -171,7 +171,9 @@ class InitialConditionConfig:
 @dataclass(frozen=True)
 class ComputeConfig:
     device: str = option("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    dtype: str = option("float64", "floating-point precision of solvers and models", choices=("float64", "float32"))
+    dtype: str = option("float64", "floating-point precision of solvers and models: simulations (the truth too), "
+                               "training and rollouts; float32 for speed on GPUs, at the truth's accuracy too",
+                        choices=("float64", "float32"))
 
     def validate(self, where: str) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")

@@ -184,7 +184,8 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
             ("training", f"{training.method}, {training.rollout_steps}-step rollouts, regularizer {regularizer}{penalty}, "
                          f"lr {number(training.learning_rate)} ({training.lr_schedule}), seed {training.seed}"),
             ("data", f"{_members_split(data)} x {data.get('times', 'n/a')} samples every "
-                     f"{number(data.get('sample_interval'))}; {meta.get('train_windows', 'n/a')} training windows")]
+                     f"{number(data.get('sample_interval'))}; {meta.get('train_windows', 'n/a')} training windows"),
+            ("precision", f"{case.compute.dtype} (the truth and reference simulations, training and rollouts)")]
     final = meta.get("final", {})
     terms = ", ".join(f"{k[5:]} {number(v)}" for k, v in final.items() if k.startswith("loss/"))
     rows.append(("result", f"{meta.get('epochs_run', 'n/a')} epochs{' (stopped early)' if meta.get('stopped_early') else ''}; "
