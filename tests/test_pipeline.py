@@ -581,6 +581,12 @@ def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
     assert "but its energy drifts by 34.7 (median relative drift): its states are not the system's" in drifting
     assert "drifts" not in verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.49}}}})
     baseline = {"valid_prediction_time": {"median": 0.245}, "stable_members": 1, "members": 1}
+    # ks_fd quick: 19.4 [14, 23.8] against the coarse host's 12.6 [10.9, 18.8] is "1.54x", within the spread
+    spread = {**metrics, "valid_prediction_time": {"median": 19.4, "p16": 14.0, "p84": 23.8},
+              "baseline": {**baseline, "valid_prediction_time": {"median": 12.6, "p16": 10.9, "p84": 18.8}}}
+    assert "1.54x the bare host solver's 12.6 (their p16-p84 spreads over members overlap)" in verdict(spread)
+    apart = {**spread, "baseline": {**baseline, "valid_prediction_time": {"median": 1.42, "p16": 1.27, "p84": 2.1}}}
+    assert "overlap" not in verdict(apart)
     assert "no forces" in verdict({**metrics, "baseline": baseline}, setup="second_order")
     assert "no forces" not in verdict({**metrics, "baseline": baseline}, setup="residual")
 

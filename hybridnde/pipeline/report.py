@@ -58,6 +58,15 @@ def _truth_phrase(metrics: Mapping[str, Any], held_out: bool) -> str:
 STATISTICS_DIFFER_NATS = 1.0
 
 
+def _spreads_overlap(one: Mapping[str, Any], other: Mapping[str, Any], keys: tuple[str, str]) -> bool:
+    """Whether two summaries' percentile bands (e.g. p16-p84 of the VPT over members) overlap."""
+    bands = [(summary.get(keys[0]), summary.get(keys[1])) for summary in (one, other)]
+    if any(value is None or not math.isfinite(value) for band in bands for value in band):
+        return False
+    (low, high), (other_low, other_high) = bands
+    return low <= other_high and other_low <= high
+
+
 #: what a bare host is where it is no real competitor (``hybrid.setup``): said beside the ratio to it
 TRIVIAL_BASELINES = {"second_order": "a bare second-order host has no forces: it keeps its initial velocities"}
 
@@ -99,6 +108,9 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
         text += f", median over {members} held-out members"
     if baseline:
         text += _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
+        if _spreads_overlap(vpt, baseline["valid_prediction_time"], spread_keys(metrics)):
+            low, high = spread_keys(metrics)
+            text += f" (their {low}-{high} spreads over members overlap)"
         if setup in TRIVIAL_BASELINES:
             text += f" ({TRIVIAL_BASELINES[setup]})"
     text += f"; {metrics['stable_members']} of {members} members stay stable to the horizon of " \
