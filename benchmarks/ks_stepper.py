@@ -300,7 +300,8 @@ def ducc_fft_floor(n_points: int, u0, steps: int, *, threads: int = 1):
     return advance, None
 
 
-FLOORS = ("FFT floor", "FFT floor (allocating)", "FFT floor (DUCC)")
+FLOORS = ("FFT floor", "FFT floor (allocating)", "FFT floor (DUCC)", "FFT floor (graph per step)",
+          "FFT floor (one graph, all steps)")  # (the graph floors on a GPU)
 
 
 # -- the throughput table ------------------------------------------------------------------------
@@ -430,7 +431,8 @@ def target_summary(records: list[dict[str, object]]) -> list[dict[str, object]]:
     for n_points, batch in dict.fromkeys((r["n_points"], r["batch"]) for r in records):
         rows = {r["contender"]: r for r in records if (r["n_points"], r["batch"]) == (n_points, batch)}
         ours = rows["hybridnde"]
-        record = {"benchmark": "ks_stepper_targets", "n_points": n_points, "batch": batch}
+        record = {"benchmark": "ks_stepper_targets", "n_points": n_points, "batch": batch,
+                  **{key: ours[key] for key in ("commit", "device", "cpu_model", "threads") if key in ours}}
         for clock in ("cpu", "wall"):
             floors = {name: rows[name][f"member_steps_per_s_{clock}"] for name in FLOORS if name in rows}
             fastest = max(floors, key=floors.get)

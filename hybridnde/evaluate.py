@@ -107,8 +107,11 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         "valid_prediction_time": summarise(vpt, spread=spread, per_member=True),
         "reached_horizon_fraction": float(reached.mean()),
         "stable_fraction": float(stable.mean()), "stable_members": int(stable.sum()),
-        # come to rest while the truth moves: a long VPT then measures how long the truth lingers there
+        # at rest while the truth moves: at the horizon's end, and already before the valid time ended
+        # (then the VPT measures how long the truth lingered near the resting state, not skill)
         "resting_members": int(resting_members(pair.predicted, pair.truth).sum()),
+        "resting_while_valid": int(resting_members(pair.predicted, pair.truth,
+                                                   until=np.searchsorted(times, start + vpt, side="right")).sum()),
         "notes": list(pair.notes),
     }
     metrics["valid_prediction_time"]["members"] = [int(m) for m in pair.members]

@@ -87,10 +87,12 @@ def load_rollout_closure(closure_path: str | Path | None, closure: Callable | No
         model, payload = load_closure(closure_path, device=device, dtype=dtype)
         if case is not None:
             check_closure_case(payload, case, closure_path)
-        saved = str(payload.get("dtype", "")).replace("torch.", "")
-        if saved and saved != str(dtype).replace("torch.", ""):  # (its checksum is of the saved weights)
-            log.info("%s: a closure trained in %s, run in %s (compute.dtype)", closure_path, saved,
-                     str(dtype).replace("torch.", ""))
+        saved, run = str(payload.get("dtype", "")).replace("torch.", ""), str(dtype).replace("torch.", "")
+        if saved and saved != run:  # (its checksum is of the saved weights)
+            # widening float32 weights is exact; narrowing float64 ones rounds them
+            (log.warning if saved == "float64" else log.info)(
+                "%s: a closure trained in %s, run in %s (compute.dtype)%s", closure_path, saved, run,
+                ": its weights are rounded" if saved == "float64" else "")
         return model, payload["checksum"]
     if isinstance(closure, torch.nn.Module):
         return closure, weights_checksum(closure.state_dict())

@@ -125,8 +125,11 @@ class KuramotoSivashinskyFiniteDifference(PeriodicGrid, ExplicitSolver):
 def _stencil(padded: Tensor, kernel: Tensor) -> Tensor:
     """``conv1d(padded, kernel)``; in float32 on the CPU without oneDNN, whose one-channel convolutions
     of these sizes cost 3x torch's own (measured, torch 2.13: 464 against 163 us a step at N = 64,
-    batch 8, where float64 never takes oneDNN). The switch is process-wide for the call's duration:
-    another thread's convolution meanwhile runs without oneDNN too (slower at worst, never wrong)."""
+    batch 8, where float64 never takes oneDNN). The forward only: a backward pass picks its kernels
+    later, with oneDNN on (float32 training through these stencils keeps most of the cost). The
+    switch is process-wide for the call's duration: another thread's convolution meanwhile runs
+    without oneDNN too, and one entering ``torch.backends.mkldnn.flags`` just then would restore it
+    off (slower, never wrong)."""
     if padded.dtype != torch.float32 or not padded.is_cpu or not torch.backends.mkldnn.enabled:
         return torch.nn.functional.conv1d(padded, kernel)
     torch.backends.mkldnn.enabled = False

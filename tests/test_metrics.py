@@ -326,3 +326,9 @@ def test_resting_members_are_those_that_stop_while_the_truth_moves():
     assert resting_members(predicted, truth).tolist() == [True, True, False]
     assert not resting_members(truth, truth).any()
     assert not resting_members(predicted[:1], np.ones_like(truth[:1])).any()  # a resting truth: nothing to say
+    # before the valid time ended (index 120, t = 12): member 0 was at rest, member 1 still tracked
+    assert resting_members(predicted, truth, until=np.array([120, 120, 120])).tolist() == [True, False, False]
+    # a truth that itself settles (motion 1e-12 of its size) does not "keep moving"
+    settling = truth.copy()
+    settling[:, 150:] = settling[:, 150:150 + 1] + 1e-12 * np.sin(t[150:])[None, :, None]
+    assert not resting_members(predicted, settling).any()

@@ -162,7 +162,7 @@ def test_report_states_the_measured_numbers_and_links_existing_figures(finished_
     assert f"{metrics['spectrum']['distance']:.3g}" in report
     for stage in ("simulate", "reference", "train", "rollout", "baseline", "evaluate"):
         assert f"| {stage} |" in report
-    assert "| precision | float64 (the truth and reference simulations, training and rollouts) |" in report
+    assert "| precision | float64 (simulations, training and rollouts) |" in report
     linked = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert {"figures/error_growth.png", "figures/space_time.png", "figures/spectrum.png",
             "figures/training_loss.png", "figures/error_growth_vs_bare_host.png"} <= set(linked)
@@ -566,29 +566,39 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
 
 def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
     """Lorenz-63's quick model settles on a fixed point from t ~ 2 (spread 1e-13) while the truth
-    circles it slowly: 8.15 time units "valid", reported as 7.38 Lyapunov times of skill."""
+    circles it slowly: 8.15 time units "valid", reported as 7.38 Lyapunov times of skill. Only a model
+    at rest before its valid time ends loses the skill reading; one that tracked and then stopped is
+    said to come to rest."""
     from hybridnde.pipeline.report import verdict
 
     metrics = {"valid_prediction_time": {"median": 8.15}, "valid_prediction_time_lyapunov": {"median": 7.38},
                "members": 1, "stable_members": 1, "horizon": 100.0, "kl_divergence": {"value": 16.0}}
-    resting = verdict({**metrics, "resting_members": 1}, held_out=False)
-    assert resting.startswith("The hybrid model comes to rest in 1 of 1 members while the truth keeps moving")
-    assert "Lyapunov" not in resting and "and its states are distributed unlike" in resting
+    lingering = verdict({**metrics, "resting_members": 1, "resting_while_valid": 1}, held_out=False)
+    assert lingering.startswith("The hybrid model is at rest in 1 of 1 members while the truth keeps moving, before "
+                                "its valid time ends")
+    assert "Lyapunov" not in lingering and "; and its states are distributed unlike" in lingering
+    tracked = verdict({**metrics, "resting_members": 1, "resting_while_valid": 0}, held_out=False)
+    assert "7.38 Lyapunov times" in tracked and "1 of 1 members come to rest by the horizon" in tracked
     assert "7.38 Lyapunov times" in verdict(metrics, held_out=False)
-    some = verdict({**metrics, "members": 4, "stable_members": 4, "resting_members": 1})
-    assert some.startswith("The hybrid model stays") and "; 1 of 4 members come to rest" in some
-    drifting = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 34.7}}}})
-    assert "but its energy drifts by 34.7 (median relative drift): its states are not the system's" in drifting
-    assert "drifts" not in verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.49}}}})
+    drifting = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 34.7}},
+                                                       "casimir": {"rollout": {"median": 2.0}}}})
+    assert ("; but its energy by 34.7 and casimir by 2 drift (median over members of the largest relative drift): "
+            "its states are not the system's, and its states are distributed unlike") in drifting
+    assert drifting.count("; but ") == 1
+    assert "drift" not in verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.49}}}})
     baseline = {"valid_prediction_time": {"median": 0.245}, "stable_members": 1, "members": 1}
+    assert "(a bare second-order host has no forces" in verdict({**metrics, "baseline": baseline}, setup="second_order")
+    assert "no forces" not in verdict({**metrics, "baseline": baseline}, setup="residual")
+    frozen = {**baseline, "valid_prediction_time": {"median": 0.0}}  # no ratio: no note hanging off nothing
+    assert "no forces" not in verdict({**metrics, "baseline": frozen}, setup="second_order")
     # ks_fd quick: 19.4 [14, 23.8] against the coarse host's 12.6 [10.9, 18.8] is "1.54x", within the spread
     spread = {**metrics, "valid_prediction_time": {"median": 19.4, "p16": 14.0, "p84": 23.8},
               "baseline": {**baseline, "valid_prediction_time": {"median": 12.6, "p16": 10.9, "p84": 18.8}}}
     assert "1.54x the bare host solver's 12.6 (their p16-p84 spreads over members overlap)" in verdict(spread)
+    both = verdict(spread, setup="second_order")
+    assert "(their p16-p84 spreads over members overlap; a bare second-order host" in both
     apart = {**spread, "baseline": {**baseline, "valid_prediction_time": {"median": 1.42, "p16": 1.27, "p84": 2.1}}}
     assert "overlap" not in verdict(apart)
-    assert "no forces" in verdict({**metrics, "baseline": baseline}, setup="second_order")
-    assert "no forces" not in verdict({**metrics, "baseline": baseline}, setup="residual")
 
 
 def test_an_unavailable_device_is_refused_before_the_first_stage(tmp_path, capsys):

@@ -173,23 +173,34 @@ RESTING_MOTION_RATIO = 1e-3
 
 
 def resting_members(predicted: np.ndarray, truth: np.ndarray, *, last: float = 0.25,
-                    ratio: float = RESTING_MOTION_RATIO) -> np.ndarray:
-    """Members that come to rest while the truth keeps moving: over the last ``last`` share of the
-    saved times, the largest temporal standard deviation of any state entry is below ``ratio`` times the
-    truth's (same member, same times). A model settled on a fixed point near a slowly moving truth
-    (Lorenz-63 around one of its unstable foci) scores a long valid prediction time without any skill.
+                    ratio: float = RESTING_MOTION_RATIO, until: np.ndarray | None = None) -> np.ndarray:
+    """Members that are at rest while the truth keeps moving, over the last ``last`` share of the saved
+    times (``until``: per member, of the saved times before that index instead, e.g. the member's valid
+    time: then a long valid time is the truth lingering near a resting model, not skill; Lorenz-63 near
+    one of its unstable foci). At rest: the largest temporal standard deviation of any state entry is
+    below ``ratio`` times the truth's over the same times; the truth moves when its own exceeds 1e-6 of
+    its rms state size.
 
     Args:
         predicted, truth: (member, time, *state) on common times.
+        until: (member,) indices into time, or ``None`` (the whole horizon).
     Returns:
-        (member,) bool; False for members with non-finite states there or a truth at rest itself.
+        (member,) bool; False for members with non-finite states in the window, fewer than 2 saved times
+        in it, or a truth at rest itself.
     """
     predicted, truth = _flatten_state(predicted), _flatten_state(truth)
-    start = min(int(predicted.shape[1] * (1 - last)), predicted.shape[1] - 2)
-    start = max(start, 0)
-    window, true_window = predicted[:, start:], truth[:, start:]
+    members, n_times = predicted.shape[:2]
+    ends = np.full(members, n_times) if until is None else np.clip(np.asarray(until, dtype=np.int64), 0, n_times)
     with np.errstate(invalid="ignore"):
-        motion = window.std(axis=1).max(axis=1)
-        true_motion = true_window.std(axis=1).max(axis=1)
-    finite = np.isfinite(window).all(axis=(1, 2)) & np.isfinite(true_window).all(axis=(1, 2))
-    return finite & (true_motion > 0) & (motion < ratio * true_motion)
+        size = np.sqrt(np.nanmean(truth**2)) if np.isfinite(truth).any() else 0.0
+    resting = np.zeros(members, dtype=bool)
+    for member, end in enumerate(ends):
+        start = min(int(end * (1 - last)), int(end) - 2)
+        if start < 0:
+            continue
+        window, true_window = predicted[member, start:end], truth[member, start:end]
+        if not (np.isfinite(window).all() and np.isfinite(true_window).all()):
+            continue
+        motion, true_motion = window.std(axis=0).max(), true_window.std(axis=0).max()
+        resting[member] = true_motion > 1e-6 * size and motion < ratio * true_motion
+    return resting

@@ -76,22 +76,25 @@ INVARIANT_DRIFT_UNPHYSICAL = 1.0
 
 def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | None = None) -> str:
     """One sentence: how long the hybrid model stays valid and stable, against the bare host, and
-    whether it comes to rest while the truth moves (then the valid time measures how long the truth
-    lingers near the resting state, e.g. Lorenz-63 near a fixed point: said first, without Lyapunov
-    times), whether its invariants drift beyond physical states, and whether its long-run state
-    statistics are far from the truth's. ``held_out=False``: the reference is the training
-    trajectory's own start (``stages.repeats_training_start``); ``setup``: ``hybrid.setup``, for
-    bare hosts that are no real competitor (``TRIVIAL_BASELINES``)."""
+    whether it was at rest while the truth moved before its valid time ended (then the valid time
+    measures how long the truth lingered near the resting state, e.g. Lorenz-63 near a fixed point:
+    said first, without Lyapunov times), whether it comes to rest by the horizon, whether its
+    invariants drift beyond physical states, and whether its long-run state statistics are far from the
+    truth's. ``held_out=False``: the reference is the training trajectory's own start
+    (``stages.repeats_training_start``); ``setup``: ``hybrid.setup``, for bare hosts that are no real
+    competitor (``TRIVIAL_BASELINES``)."""
     vpt = metrics["valid_prediction_time"]
     baseline = metrics.get("baseline")
     members = metrics["members"]
     resting = int(metrics.get("resting_members") or 0)
-    at_rest = resting * 2 > members
+    lingering = int(metrics.get("resting_while_valid") or 0)
+    at_rest = lingering * 2 > members
     units = "" if metrics.get("time_units", "1") in ("", "1") else f" {metrics['time_units']}"
     text = ""
     if at_rest:
-        text = (f"The hybrid model comes to rest in {resting} of {members} members while the truth keeps moving, so "
-                "its valid time measures how long the truth lingers near that state, not skill: ")
+        text = (f"The hybrid model is at rest in {lingering} of {members} members while the truth keeps moving, before "
+                "its valid time ends, so that time measures how long the truth lingers near the resting state, not "
+                "skill: ")
     text += f"{'it' if at_rest else 'The hybrid model'} stays within the error threshold for {number(vpt['median'])}" \
             f"{units} time units"
     if "valid_prediction_time_lyapunov" in metrics and not at_rest:
@@ -107,27 +110,35 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     else:
         text += f", median over {members} held-out members"
     if baseline:
-        text += _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
-        if _spreads_overlap(vpt, baseline["valid_prediction_time"], spread_keys(metrics)):
+        ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
+        notes = []
+        if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], spread_keys(metrics)):
             low, high = spread_keys(metrics)
-            text += f" (their {low}-{high} spreads over members overlap)"
-        if setup in TRIVIAL_BASELINES:
-            text += f" ({TRIVIAL_BASELINES[setup]})"
+            notes.append(f"their {low}-{high} spreads over members overlap")
+        if ratio and setup in TRIVIAL_BASELINES:
+            notes.append(TRIVIAL_BASELINES[setup])
+        text += ratio + (f" ({'; '.join(notes)})" if notes else "")
     text += f"; {metrics['stable_members']} of {members} members stay stable to the horizon of " \
             f"{number(metrics['horizon'])}"
     if baseline:
         text += f" (bare host: {baseline['stable_members']} of {baseline['members']})"
     if resting and not at_rest:
-        text += f"; {resting} of {members} members come to rest while the truth keeps moving"
+        text += f"; {resting} of {members} members come to rest by the horizon while the truth keeps moving"
+    concerns = []
+    drifting = []
     for name, drift in (metrics.get("invariant_drift") or {}).items():
         median = (drift.get("rollout") or {}).get("median")
         if median is not None and math.isfinite(median) and median > INVARIANT_DRIFT_UNPHYSICAL:
-            text += (f"; but its {name} drifts by {number(median)} (median relative drift): its states are not the "
-                     "system's")
+            drifting.append(f"{name} by {number(median)}")
+    if drifting:
+        concerns.append(f"its {' and '.join(drifting)} drift (median over members of the largest relative drift): "
+                        "its states are not the system's")
     kl = (metrics.get("kl_divergence") or {}).get("value")
     if kl is not None and math.isfinite(kl) and kl > STATISTICS_DIFFER_NATS:
-        text += (f"; {'and' if at_rest else 'but'} its states are distributed unlike the truth's over the horizon (KL "
-                 f"divergence {number(kl)} nats between their histograms)")
+        concerns.append(f"its states are distributed unlike the truth's over the horizon (KL divergence {number(kl)} "
+                        "nats between their histograms)")
+    if concerns:
+        text += f"; {'and' if at_rest else 'but'} " + ", and ".join(concerns)
     return text + "."
 
 
@@ -147,8 +158,11 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     rows.append(("stable to the horizon", *both(lambda m: percent(m.get("stable_fraction"), m.get("stable_members"),
                                                                     m.get("members")))))
     if metrics.get("resting_members") or (baseline or {}).get("resting_members"):
-        rows.append(("at rest while the truth moves (last quarter)",
+        rows.append(("at rest while the truth moves (last quarter of the horizon)",
                      *both(lambda m: f"{m.get('resting_members', 0)}/{m.get('members')}")))
+    if metrics.get("resting_while_valid") or (baseline or {}).get("resting_while_valid"):
+        rows.append(("  ... already before its valid time ended",
+                     *both(lambda m: f"{m.get('resting_while_valid', 0)}/{m.get('members')}")))
     for name, drift in metrics.get("invariant_drift", {}).items():
         rows.append((f"{name} drift (max relative; truth's integrator: {number(drift['reference']['median'])})",
                      *both(lambda m: median_spread(m.get("invariant_drift", {}).get(name, {}).get("rollout"), keys))))
@@ -197,7 +211,7 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
                          f"lr {number(training.learning_rate)} ({training.lr_schedule}), seed {training.seed}"),
             ("data", f"{_members_split(data)} x {data.get('times', 'n/a')} samples every "
                      f"{number(data.get('sample_interval'))}; {meta.get('train_windows', 'n/a')} training windows"),
-            ("precision", f"{case.compute.dtype} (the truth and reference simulations, training and rollouts)")]
+            ("precision", f"{case.compute.dtype} (simulations, training and rollouts)")]
     final = meta.get("final", {})
     terms = ", ".join(f"{k[5:]} {number(v)}" for k, v in final.items() if k.startswith("loss/"))
     rows.append(("result", f"{meta.get('epochs_run', 'n/a')} epochs{' (stopped early)' if meta.get('stopped_early') else ''}; "

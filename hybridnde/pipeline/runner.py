@@ -115,16 +115,20 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
                 initial_states(case, build_host_solver(case), range(case.rollout.members))
         except (ConfigError, DataError) as error:
             raise type(error)(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
-    warn_if_disk_short(directory / "truth.nc", sum(_run_bytes(variant.case) for variant in variants), "the run")
+    warn_if_disk_short(directory / "truth.nc", _run_bytes([variant.case for variant in variants]), "the run")
 
 
-def _run_bytes(case: CaseConfig) -> int:
-    """What a variant's NetCDF files hold before compression: truth, reference, rollout and baseline
-    (each rollout as many samples as the reference's, at most)."""
-    from ..simulate import trajectory_bytes
+def _run_bytes(cases: Sequence[CaseConfig]) -> int:
+    """An upper bound of what a run's NetCDF files hold before compression: a truth and a reference per
+    distinct configuration (variants share them), a rollout and a baseline per variant (each as many
+    samples as its reference, in float64), whether or not they are up to date already."""
+    from ..simulate import SIMULATION_SECTIONS, trajectory_bytes
 
-    reference = trajectory_bytes(stages.reference_case(case))
-    return trajectory_bytes(case) + reference * 3
+    truths = {case.checksum(SIMULATION_SECTIONS): trajectory_bytes(case) for case in cases}
+    references = {case.checksum(stages.STAGE_SECTIONS["reference"]): trajectory_bytes(stages.reference_case(case))
+                  for case in cases}
+    rollouts = sum(2 * trajectory_bytes(stages.reference_case(case)) for case in cases)
+    return sum(truths.values()) + sum(references.values()) + rollouts
 
 
 def _check_not_another_case(variants: Sequence[Variant], directory: Path) -> None:

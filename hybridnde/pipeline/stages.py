@@ -57,7 +57,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...] | None] = {
 }
 
 #: bump when metrics.json's content changes meaning, so old files are recomputed
-EVALUATION_VERSION = 2  # 2: members_from_training_states
+EVALUATION_VERSION = 3  # 2: members_from_training_states; 3: resting_members, resting_while_valid
 
 
 def reference_samples(case: CaseConfig) -> int:
