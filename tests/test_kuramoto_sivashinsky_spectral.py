@@ -297,6 +297,20 @@ def test_jvp_matches_autodiff_and_finite_differences(device, generator):
     torch.testing.assert_close(solver.jvp(t, u, 2 * v), 2 * got, rtol=1e-14, atol=1e-14 * scale)
 
 
+
+def test_jvp_in_float32_matches_float64_to_its_precision(generator):
+    """The float32 solver's exact JVP (a float32 training's regularizer target) is the float64 one, rounded."""
+    double, single = make_solver(), make_solver(dtype=torch.float32)
+    u, v = random_smooth_fields(double, 4, generator), random_smooth_fields(double, 4, generator)
+    t = torch.tensor(0.0, dtype=torch.float64)
+    expected = double.jvp(t, u, v)
+    got = single.jvp(t.float(), u.float(), v.float())
+    assert got.dtype == torch.float32
+    # float32 rounding of the transforms, amplified by the k^4 of -v_xxxx at the high modes (k^4 ~ 7e3 at
+    # N = 64): 2e-4 of the largest value measured; an error of the scheme would be O(1)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-3 * expected.abs().max().item())
+
+
 # -- the closure hook --------------------------------------------------------------------------------------
 class LinearClosure(torch.nn.Module):
     def __init__(self, strength: float):
@@ -353,6 +367,32 @@ def test_time_dependent_forcing_is_integrated_at_fourth_order():
         expected_mean = u0.mean().item() + amplitude / frequency * math.sin(frequency * 4.0)
         errors.append(abs(final.mean().item() - expected_mean))
     assert abs(fitted_order(step_sizes, errors) - 4) < 0.3, errors
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fft", "dense"])
+def test_a_time_dependent_forcing_of_a_moving_mode_is_exact_at_fourth_order(implementation):
+    """The uniform forcing above reaches mode 0 only, where L = 0. Here, with the quadratic term off,
+    A cos(w t) cos(k_m x) on mode m = 3 (L = k^2 - k^4 != 0) has the exact solution
+    y(t) = e^{L t} (y0 - y_p(0)) + y_p(t), y_p = A (w sin(w t) - L cos(w t)) / (L^2 + w^2), so the stage
+    times and the phi-functions are checked together on every path."""
+    amplitude, frequency, mode, horizon = 0.8, 3.0, 3, 4.0
+    k = 2 * math.pi * mode / KS_DOMAIN_LENGTH
+    rate = k**2 - k**4
+
+    def particular(t):
+        return amplitude * (frequency * math.sin(frequency * t) - rate * math.cos(frequency * t)) / (rate**2 + frequency**2)
+
+    errors, step_sizes = [], [0.4, 0.2, 0.1]
+    for dt in step_sizes:
+        solver = make_solver(dt=dt, nonlinear_coefficient=0.0, implementation=implementation)
+        shape = torch.cos(k * solver.x)[None]  # (1, n)
+        solver.closure = lambda t, u: amplitude * torch.cos(frequency * t) * shape.expand_as(u)
+        with torch.no_grad():
+            final = final_state(solver, torch.zeros(2, solver.n_points, dtype=torch.float64), horizon, dt)
+        got = 2 * torch.fft.rfft(final)[:, mode].real / solver.n_points  # the cos(k_m x) amplitude
+        exact = math.exp(rate * horizon) * (0.0 - particular(0.0)) + particular(horizon)
+        errors.append(float((got - exact).abs().max()))
+    assert errors[-1] < 1e-6 and abs(fitted_order(step_sizes, errors) - 4) < 0.3, errors
 
 
 def test_gradients_flow_through_step_to_closure_parameters(device):
