@@ -19,7 +19,7 @@ from torch import nn
 from .closure_file import load_closure
 from .io import DataError, atomic_path
 
-__all__ = ["export_closure", "probe_shape", "EXTRA_FILE", "AccelerationsOnly"]
+__all__ = ["export_closure", "probe_shape", "EXTRA_FILE", "AccelerationsOnly", "DtypeChecked"]
 
 #: name of the metadata entry in the TorchScript archive (``_extra_files``)
 EXTRA_FILE = "hybridnde.json"
@@ -48,6 +48,23 @@ class AccelerationsOnly(nn.Module):
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         du_dt = self.closure(t, u)
         return torch.cat([torch.zeros_like(du_dt[..., : self.half]), du_dt[..., self.half:]], dim=-1)
+
+
+class DtypeChecked(nn.Module):
+    """``closure`` behind a check that ``u`` is in its weights' dtype: a C++ or Fortran host passing
+    another precision gets this message instead of torch's "Input type (double) and bias type (float)"
+    (or, for float32 input to float64 weights, a silent float64 answer)."""
+
+    def __init__(self, closure: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.closure = closure
+        self.register_buffer("dtype_of_weights", torch.zeros((), dtype=dtype))
+
+    def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if u.dtype != self.dtype_of_weights.dtype:
+            raise RuntimeError("hybridnde closure: u has another dtype than the closure's weights (see the archive's "
+                               "extra/hybridnde.json 'dtype'): convert u first, or export with --dtype")
+        return self.closure(t, u)
 
 
 def _setup(payload: dict, closure_path: str | Path) -> str:
@@ -80,6 +97,7 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
     model = network
     if setup == "second_order":
         model = AccelerationsOnly(network, int(payload["spec"]["state_dim"]) // 2).eval()
+    model = DtypeChecked(model, next(iter(network.state_dict().values())).dtype).eval()
     with _torchscript_allowed():
         try:
             scripted = torch.jit.script(model)

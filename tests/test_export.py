@@ -81,6 +81,10 @@ def test_export_records_metadata_and_can_change_precision(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(scripted(torch.tensor(0.0), u.float()), model(torch.tensor(0.0), u).float(),
                                    rtol=1e-5, atol=1e-6)
+        # another precision than the weights': said in hybridnde's words (it was torch's "Input type (double)
+        # and bias type (float)", or for float32 input to float64 weights a silent float64 answer)
+        with pytest.raises(Exception, match="u has another dtype than the closure's weights"):
+            scripted(torch.tensor(0.0), u)
 
 
 def test_a_second_order_closure_exports_what_its_host_adds(tmp_path):
