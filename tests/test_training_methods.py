@@ -143,3 +143,22 @@ def test_the_shipped_homotopy_cases_load():
         case = load_case(cases / f"{name}.toml")
         assert case.training.method == method and case.training.integration == "odeint"
     assert load_case(cases / "double_pendulum.toml").hybrid.setup == "second_order"
+
+
+def test_adaptive_training_with_substeps_refines_only_the_rollouts():
+    """hybrid.substeps was refused with training.integration = 'odeint'; the adaptive training does not
+    use the host's step, so substeps now refine the rollouts (RK4 at 0.1 is coarse for Lorenz-63)."""
+    from pathlib import Path as _Path
+
+    from hybridnde.config import load_case
+    from hybridnde.systems import build_host_solver
+    from hybridnde.training.assembly import build_terms, check_training_config
+    from hybridnde.training.terms import AdaptiveRolloutLoss
+
+    case = load_case(_Path(__file__).resolve().parent.parent / "cases" / "lotka_volterra.toml",
+                     overrides=["hybrid.substeps=4"])
+    check_training_config(case)
+    host = build_host_solver(case)
+    assert host.dt == pytest.approx(case.time.sample_interval / 4)
+    trajectory = build_terms(case, host, device=torch.device("cpu"), dtype=torch.float64)[0]
+    assert isinstance(trajectory, AdaptiveRolloutLoss)  # training integrates adaptively, whatever the host's dt

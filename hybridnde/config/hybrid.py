@@ -18,7 +18,8 @@ class HybridConfig:
         choices=("residual", "neural_ode", "second_order"))
     system: Any = option(default_factory=dict, doc="overrides of [system] for the host solver, e.g. "
                          "{nonlinear_coefficient = 0.0} (missing term) or {n_points = 32} (sub-grid closure)")
-    substeps: int = option(1, "host solver steps per data sample (host dt = time.dt * time.save_every / substeps)",
+    substeps: int = option(1, "host solver steps per data sample (host dt = time.dt * time.save_every / substeps); "
+                              "with adaptive training (training.integration = odeint...) it refines the rollouts only",
                            positive=True)
     integrator: str = option("auto", "host integrator: auto = the truth's where the host can step with it, else "
                              "the host's own (etdrk4 for the spectral KS host, rk4 for an explicit one; rk4 for "

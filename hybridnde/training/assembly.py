@@ -63,8 +63,6 @@ def check_training_config(case: CaseConfig) -> None:
     if training.integration != "step" and not isinstance(host, ExplicitSolver):
         raise ConfigError(f"training.integration = {training.integration!r} needs an explicit host (ODEs or "
                           "finite-difference KS); the spectral host trains through its ETDRK4 steps: use 'step'")
-    if training.integration != "step" and case.hybrid.substeps != 1:
-        raise ConfigError("hybrid.substeps applies to training.integration = 'step' only; set it to 1")
     if training.method != "vanilla" and training.integration == "step":
         raise ConfigError(f"training.method = {training.method!r} integrates with torchdiffeq; set "
                           "training.integration = 'odeint' (or 'odeint_adjoint')")
