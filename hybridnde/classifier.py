@@ -31,6 +31,7 @@ from .config.fields import ConfigError, from_mapping, option, to_mapping
 from .config.physics import CaseInfo
 from .models import ACTIVATIONS
 from .regularizers.jacobian_norms import JACOBIAN_PENALTIES, ConditionNumber, build_jacobian_penalty, dense_jacobian
+from .regularizers.warm_start import WarmStarted
 from solvers.integrators import ADAPTIVE_METHODS, odeint_adaptive
 
 if sys.version_info >= (3, 11):
@@ -235,7 +236,14 @@ def run_classifier(config: ClassifierCase, *, seed: int, dtype: torch.dtype = to
             if penalty is not None:
                 # penalty at the solver's states along each trajectory; detached: a penalty on the
                 # vector field where it is used, not a path through the ODE solution
-                value = penalty(model.dynamics, zero, states.detach().reshape(-1, model.state_dim))
+                flat = states.detach().reshape(-1, model.state_dim)  # (batch x times, state), sample-major
+                if isinstance(penalty, WarmStarted):  # each state warm-starts from its own last vectors: one
+                    # id per (training sample, penalty time), not the shuffled batch's shape
+                    times = states.shape[1]
+                    ids = (index[:, None] * times + torch.arange(times)).reshape(-1).to(flat.device)
+                    value = penalty(model.dynamics, zero, flat, row_ids=ids)
+                else:
+                    value = penalty(model.dynamics, zero, flat)
             total = loss + training.penalty_weight * value
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -79,6 +79,30 @@ def test_training_learns_and_a_penalty_lowers_its_own_quantity():
     assert run_classifier(_small_case("none", 0.0), seed=0)["accuracy"] == plain["accuracy"]
 
 
+def test_the_spectral_penalty_warm_starts_each_state_from_its_own_vectors_and_lowers_sigma_max(monkeypatch):
+    """One id per (training sample, penalty time): a shuffled batch started from the previous batch's
+    vectors before, and 1.8% of the states came out below 0.95 sigma_max (down to 0.11)."""
+    from hybridnde.regularizers.jacobian_norms import SpectralNorm
+
+    calls = []
+    real = SpectralNorm.__call__
+
+    def spy(self, vector_field, t, u, **kwargs):
+        calls.append((u.shape[0], kwargs.get("row_ids")))
+        return real(self, vector_field, t, u, **kwargs)
+
+    monkeypatch.setattr(SpectralNorm, "__call__", spy)
+    case = _small_case("spectral", 0.1)
+    penalised = run_classifier(case, seed=0)
+    ids = [row_ids for _, row_ids in calls]
+    assert all(row_ids is not None and len(row_ids) == size and len(set(row_ids.tolist())) == size
+               for size, row_ids in calls)
+    seen = torch.cat(ids)
+    assert int(seen.min()) >= 0 and int(seen.max()) < 128 * 3 and len(set(seen.tolist())) == 128 * 3
+    plain = run_classifier(_small_case("none", 0.0), seed=0)
+    assert penalised["spectral"] < plain["spectral"]
+
+
 def test_summarize_gives_mean_and_sample_std():
     stats = summarize([{"a": 1.0}, {"a": 3.0}], ["a"])
     assert stats["a"] == (2.0, pytest.approx(math.sqrt(2.0)))
