@@ -376,3 +376,32 @@ def test_a_warm_started_call_costs_iterations_not_initial_iterations():
     norm.per_member(field, 0.0, u, key="batch")
     warm = len(calls)
     assert cold == 2 * 15 + 1 and warm == 2 * 2 + 1, (cold, warm)
+
+
+def test_the_penalties_obey_their_exact_invariances():
+    """kappa(c Q) = 1 for orthogonal Q; kappa(c F) = kappa(F); ||c J||_F^2 = c^2 ||J||_F^2 and
+    sigma_max(c J) = |c| sigma_max(J) (same probes); a constant field has a zero Jacobian."""
+    generator = torch.Generator().manual_seed(5)
+    matrix = torch.randn(4, 4, dtype=torch.float64, generator=generator)
+    orthogonal, _ = torch.linalg.qr(matrix)
+    u = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+
+    def linear(a):
+        return lambda t, x: x @ a.T
+
+    def nonlinear(scale):
+        return lambda t, x: scale * torch.tanh(x @ matrix.T)
+
+    kappa = ConditionNumber(method="exact")
+    assert float(kappa(linear(3.0 * orthogonal), 0.0, u).detach()) == pytest.approx(1.0, rel=1e-12)
+    assert float(kappa(nonlinear(-2.5), 0.0, u).detach()) == pytest.approx(float(kappa(nonlinear(1.0), 0.0, u).detach()), rel=1e-10)
+
+    def frobenius(scale):
+        return float(FrobeniusNorm(probes=3, generator=torch.Generator().manual_seed(1))(nonlinear(scale), 0.0, u).detach())
+
+    assert frobenius(-3.0) == pytest.approx(9.0 * frobenius(1.0), rel=1e-12)
+    spectral = SpectralNorm(method="exact")
+    assert float(spectral(nonlinear(-3.0), 0.0, u).detach()) == pytest.approx(3.0 * float(spectral(nonlinear(1.0), 0.0, u).detach()),
+                                                                    rel=1e-12)
+    constant = torch.ones(4, dtype=torch.float64)
+    assert float(FrobeniusNorm(probes=2)(lambda t, x: constant + 0.0 * x, 0.0, u).detach()) == 0.0
