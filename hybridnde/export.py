@@ -97,13 +97,13 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
     model = network
     if setup == "second_order":
         model = AccelerationsOnly(network, int(payload["spec"]["state_dim"]) // 2).eval()
-    model = DtypeChecked(model, next(iter(network.state_dict().values())).dtype).eval()
+    parameter = next(iter(network.state_dict().values()))  # the weights' dtype and device
+    model = DtypeChecked(model, parameter.dtype).eval()
     with _torchscript_allowed():
         try:
             scripted = torch.jit.script(model)
         except Exception as error:  # a closure class TorchScript cannot compile
             raise DataError(f"{closure_path}: the closure cannot be compiled to TorchScript ({error})") from None
-    parameter = next(iter(model.state_dict().values()))
     shape = probe_shape(payload["spec"])
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(shape, generator=generator, dtype=parameter.dtype).to(parameter.device)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .config import CaseConfig, ConfigError
+from .config.consistency import ode_state_size
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .initial_conditions import draw_initial_conditions, file_members_and_start
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
@@ -28,12 +29,7 @@ PROGRESS_LOG_SECONDS = 60.0
 
 def trajectory_bytes(case: CaseConfig) -> int:
     """Bytes of the float64 trajectory ``simulate_case`` holds in memory: members x saves x state."""
-    system = case.system
-    state = getattr(system, "n_points", None)
-    if state is None:
-        from solvers import ODE_SYSTEMS
-
-        state = len(ODE_SYSTEMS[system.name].component_names)
+    state = getattr(case.system, "n_points", None) or ode_state_size(case.system)
     saves = case.time.n_steps // case.time.save_every + 1
     return case.initial_condition.members * saves * int(state) * 8
 

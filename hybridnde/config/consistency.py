@@ -14,7 +14,7 @@ from .physics import ADAPTIVE_INTEGRATORS, KuramotoSivashinskyConfig, SystemConf
 if TYPE_CHECKING:
     from .case import CaseConfig
 
-__all__ = ["check_consistency"]
+__all__ = ["check_consistency", "ode_state_size"]
 
 
 def check_consistency(case: CaseConfig) -> None:
@@ -67,7 +67,7 @@ def check_consistency(case: CaseConfig) -> None:
         if host.domain_length != system.domain_length:
             raise ConfigError("hybrid.system.domain_length must equal system.domain_length")
     ic = case.initial_condition
-    expected = _state_size(system)
+    expected = ode_state_size(system)
     if case.hybrid.setup == "second_order" and (expected is None or expected % 2):
         raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "
                           f"{system.name} is not such a system (use 'residual' or 'neural_ode')")
@@ -90,7 +90,8 @@ def check_consistency(case: CaseConfig) -> None:
         raise ConfigError(f"initial_condition.n_modes = {ic.n_modes} exceeds N/2 = {system.n_points // 2}")
 
 
-def _state_size(system: SystemConfig) -> int | None:
+def ode_state_size(system: SystemConfig) -> int | None:
+    """Components of an ODE system's state; ``None`` for a field (its size is ``n_points``)."""
     from solvers import ODE_SYSTEMS
 
     if system.name in ODE_SYSTEMS:
