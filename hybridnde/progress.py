@@ -8,7 +8,10 @@ from typing import Iterable, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["progress_bar", "progress_enabled", "ProgressLog"]
+__all__ = ["progress_bar", "progress_enabled", "ProgressLog", "PROGRESS_LOG_SECONDS"]
+
+#: without a terminal (a batch job's log, mpiexec's pipes) long work logs its progress this often
+PROGRESS_LOG_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
 

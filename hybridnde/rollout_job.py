@@ -35,7 +35,7 @@ from .io import (STATUS_FLAGS, check_output_path, package_version, platform_desc
                  warn_if_disk_short)
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
-from .progress import progress_bar
+from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
 from .rollout_resume import ROLLOUT_SECTIONS, checked_checkpoint, resume_identity, rollout_checksum
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
@@ -47,8 +47,6 @@ __all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTION
 
 log = logging.getLogger(__name__)
 
-#: without a terminal (a batch job's log, mpiexec's pipes) rank 0 logs the rollout's progress this often
-PROGRESS_LOG_SECONDS = 60.0
 
 @dataclass
 class RolloutSetup:

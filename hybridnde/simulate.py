@@ -12,7 +12,7 @@ from .config.consistency import ode_state_size
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .initial_conditions import draw_initial_conditions, file_members_and_start
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
-from .progress import progress_bar
+from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
 __all__ = ["simulate_case", "SIMULATION_SECTIONS", "check_fits_in_memory", "trajectory_bytes"]
@@ -21,10 +21,6 @@ log = logging.getLogger(__name__)
 
 #: the sections a truth file depends on (its checksum decides whether a rerun can reuse it)
 SIMULATION_SECTIONS = ("system", "time", "initial_condition", "compute")
-
-
-#: without a terminal the simulation logs its progress this often
-PROGRESS_LOG_SECONDS = 60.0
 
 
 def trajectory_bytes(case: CaseConfig) -> int:
