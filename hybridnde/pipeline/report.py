@@ -112,8 +112,8 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     if baseline:
         ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
         notes = []
-        if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], spread_keys(metrics)):
-            low, high = spread_keys(metrics)
+        low, high = keys = spread_keys(metrics)
+        if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], keys):
             notes.append(f"their {low}-{high} spreads over members overlap")
         if ratio and setup in TRIVIAL_BASELINES:
             notes.append(TRIVIAL_BASELINES[setup])
