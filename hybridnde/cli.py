@@ -17,6 +17,7 @@ import sys
 import threading
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .config import ConfigError
 from .io import DataError
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         _reject_unknown(parser, arguments.command, extras)
     configure_logging(arguments.verbose, arguments.quiet)
+    keep_freed_memory()  # before the work allocates: a step's temporaries then reuse warm pages (allocator.py)
     # SIGTERM (a scheduler's time limit, mpiexec passing one on) stops the work as Ctrl-C does: the
     # checkpoint and partial file stay consistent and the exit says so; it killed the process before
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
