@@ -23,6 +23,11 @@ median over rounds, which cancels what a round's two runs share. The solver shar
 add up; where the direct measures stay above it (the GPU: 11.5-13.7% against 9.0-9.6%), the step and
 the closure cost more together than apart, and the direct measure is the one the target is read by.
 
+``faults/step``: the minor page faults of a step with the closure. glibc's malloc keeps freed memory here,
+as in the ``hybridnde`` command (``hybridnde.allocator``); ``HYBRIDNDE_KEEP_FREED_MEMORY=0`` shows the
+default, where in about half the processes every step faulted its closure's temporaries in afresh
+(1,200-1,400 faults, the step 35-50% slower: the "unexplained outliers" of earlier runs).
+
 On a GPU (``--device cuda``) every contender runs as CUDA graphs -- the solvers with
 ``cuda_graphs=True, capture_closure=True``, the forwards captured as one graph -- and the wall clock is
 used; ``--eager`` launches every kernel instead (then the launches, not the arithmetic, dominate).
@@ -123,6 +128,8 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
         "closure": "PeriodicCNNClosure(channels=16, depth=2, kernel_size=5)", "steps_per_call": steps,
         **{f"{key}_s": seconds[name] for key, name in KEYS.items()},
         **{f"{key}_s_wall": wall[name] for key, name in KEYS.items()},
+        # glibc's page-fault lottery (hybridnde.allocator) shows here: thousands a step where it struck
+        **{f"{key}_faults_per_step": statistics.median(timings[name].faults) / steps for key, name in KEYS.items()},
         "hook_overhead": (seconds["step with free closure"] - seconds["bare step"]) / closure_cost,
         "solver_share": seconds["step with free closure"] / closure_cost,
         "solver_share_direct": (seconds["step with closure"] - closure_cost) / closure_cost,
@@ -169,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
              "step+closure us": micro(r["step_with_closure_s"]),
              "hook overhead": f"{100 * r['hook_overhead']:.1f}%", "solver share": f"{100 * r['solver_share']:.1f}%",
              "(direct)": f"{100 * r['solver_share_direct']:.1f}%",
-             "(direct, paired)": f"{100 * r['solver_share_direct_paired']:.1f}%"}
+             "(direct, paired)": f"{100 * r['solver_share_direct_paired']:.1f}%",
+             "faults/step": f"{r['step_with_closure_faults_per_step']:.0f}"}
             for r in records]
     print_table(rows, ["N", "batch", "mode", "bare step us", "free closure us", "4 closure fwd us",
-                       "step+closure us", "hook overhead", "solver share", "(direct)", "(direct, paired)"],
+                       "step+closure us", "hook overhead", "solver share", "(direct)", "(direct, paired)",
+                       "faults/step"],
                 title=f"Closure in the hook: per-step cost ({clock_for(args.device)} clock, medians), float64, "
                       f"{args.device}, {threads} thread(s)")
     print()

@@ -10,7 +10,11 @@ Timing protocol (what every figure in docs/performance.md means):
 * we record wall time and process CPU time (``time.process_time``, all threads of this process) and
   report the **median** over the rounds. With one thread, CPU time is the fairer measure on a busy
   machine (it does not count time the scheduler gave to other processes); with several threads wall
-  time is the one that matters. Both are printed and written to the JSON lines.
+  time is the one that matters. Both are printed and written to the JSON lines;
+* with them, the minor page faults per call (``Timing.faults``): a loop that faults its temporaries
+  in afresh every call is measuring the allocator, not the code;
+* glibc's malloc keeps freed memory, as the ``hybridnde`` command does (``configure_threads`` calls
+  ``hybridnde.allocator.keep_freed_memory``; ``HYBRIDNDE_KEEP_FREED_MEMORY=0`` measures without).
 
 Thread control must happen before numpy/torch/jax start their pools, so call ``configure_threads``
 before importing jax (XLA reads ``XLA_FLAGS`` once, at start-up).
@@ -23,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -158,6 +163,9 @@ def configure_threads(threads: int, cores: str | None = None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     import torch
 
+    from hybridnde.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the hybridnde command runs (common.py's docstring)
     torch.set_num_threads(count)
     return count
 
@@ -170,6 +178,7 @@ class Timing:
     units_per_call: float
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    faults: list[float] = field(default_factory=list)  # minor page faults per call
 
     @property
     def wall_median(self) -> float:
@@ -194,10 +203,19 @@ class Timing:
                                  for m, t in zip(mine, theirs))
 
 
-def _timed(call: Callable[[], object]) -> tuple[float, float]:
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed(call: Callable[[], object], faults: list[int] | None = None) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of ``call()``; appends its minor page faults to ``faults`` if given."""
+    before = _minor_faults() if faults is not None else 0
     wall, cpu = time.perf_counter(), time.process_time()
     call()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if faults is not None:
+        faults.append(_minor_faults() - before)
+    return wall, cpu
 
 
 def calibrate(call: Callable[[], object], min_seconds: float, *, max_calls: int = 1 << 16) -> int:
@@ -240,10 +258,12 @@ def time_interleaved(contenders: dict[str, tuple[Callable[[], object], float]], 
         for name in names[shift:] + names[:shift]:
             call = contenders[name][0]
             count = counts[name]
+            faults: list[int] = []
             with scope(name):
-                wall, cpu = _timed(lambda: [call() for _ in range(count)])
+                wall, cpu = _timed(lambda: [call() for _ in range(count)], faults)
             timings[name].wall.append(wall / count)
             timings[name].cpu.append(cpu / count)
+            timings[name].faults.append(faults[0] / count)
     return timings
 
 
@@ -339,6 +359,9 @@ def machine_description(threads: int, device: str = "cpu") -> dict[str, object]:
         module = sys.modules.get(name)
         if module is not None:
             description[name] = getattr(module, "__version__", None)
+    from hybridnde.allocator import keep_freed_memory
+
+    description["allocator"] = keep_freed_memory()  # what configure_threads did (a no-op now)
     if os.environ.get("HYBRIDNDE_BENCH_CORES"):
         description["pinned_cores"] = os.environ["HYBRIDNDE_BENCH_CORES"]
     if on_gpu(device):

@@ -102,6 +102,9 @@ def test_closure_overhead_runs():
     assert math.isfinite(record["hook_overhead"]) and record["solver_share"] > 0
     assert math.isfinite(record["solver_share_direct_paired"]) and "(direct, paired)" in stdout
     assert "Closure in the hook" in stdout
+    # faults counted per step (glibc's lottery shows there), and the allocator setting recorded
+    assert record["step_with_closure_faults_per_step"] >= 0 and "faults/step" in stdout
+    assert isinstance(record["allocator"], str) and record["allocator"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton (its CPU interpreter) not installed")
