@@ -470,8 +470,10 @@ def memory_probe(mode: str, n_steps: int, n_points: int, batch: int, device: str
 
     import torch
 
+    from hybridnde.allocator import keep_freed_memory
     from solvers import KuramotoSivashinskySpectral
 
+    keep_freed_memory()  # as a rollout under the hybridnde command runs
     torch.set_num_threads(1)
     gpu = on_gpu(device)
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device)

@@ -422,6 +422,7 @@ def memory_table(arguments, threads: int) -> list[dict]:
             result = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
             record = json.loads(result.stdout.strip().splitlines()[-1])
             record.update(load_average_before=load_before, **machine_description(threads, arguments.device))
+            record["allocator"] = " ".join(f"{key}={value}" for key, value in MALLOC_ENVIRONMENT.items())  # the child's
             records.append(record)
     rows = []
     for k in ks:
