@@ -109,6 +109,22 @@ def test_spectral_norm_power_iteration_matches_svd_and_warm_starts(dtype, device
     torch.testing.assert_close(exact.per_member(_field(net), t, u), sigma, rtol=rtol, atol=0)
 
 
+def test_without_a_key_another_batch_of_the_same_shape_starts_cold():
+    """``key=None`` keys by shape: the stored vectors belong to the states they came from, so another
+    batch of that shape must not start from them with the few warm iterations (it underestimated
+    sigma_max by up to 40%); the same batch again still starts warm."""
+    dtype, device = torch.float64, "cpu"
+    net = _mlp(6, 32, dtype, device)
+    t = torch.tensor(0.0, dtype=dtype, device=device)
+    first, second = _states(4, 6, dtype, device), _states(4, 6, dtype, device, seed=9)
+    sigma = torch.linalg.svdvals(_reference_jacobian(net, t, second))[:, 0]
+    penalty = SpectralNorm(iterations=1, initial_iterations=120, generator=torch.Generator().manual_seed(3))
+    penalty.per_member(_field(net), t, first)
+    torch.testing.assert_close(penalty.per_member(_field(net), t, second), sigma, rtol=1e-8, atol=0)
+    assert penalty.state.start(second, (4, 6), key=None, row_ids=None)[1], "the same states again: warm"
+    assert not penalty.state.start(first, (4, 6), key=None, row_ids=None)[1]
+
+
 def test_warm_starts_per_state_survive_shuffled_batches_and_stay_bounded():
     """Shuffled minibatches never repeat a batch, so vectors are kept per state (``row_ids``): a new
     mix of seen states starts warm, and the store holds one vector per distinct state however many

