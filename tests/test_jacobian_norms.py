@@ -178,6 +178,25 @@ def test_condition_number_exact_and_lanczos_match_svd(dtype, device):
     assert ConditionNumber(exact_max_dim=4).uses_exact(4) and not ConditionNumber(exact_max_dim=4).uses_exact(5)
 
 
+@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_a_zero_jacobian_has_infinite_condition_number_and_finite_gradients(method):
+    """A closure initialised to zero has J = 0: kappa is inf as for any singular matrix (numpy's
+    ``cond``), not 0/0 = nan, and the gradient stays finite (it was nan)."""
+    net = torch.nn.Linear(6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        net.weight.zero_()
+    u = _states(3, 6, torch.float64, "cpu")
+    penalty = ConditionNumber(method=method, steps=6, generator=torch.Generator().manual_seed(0))
+    value = penalty(lambda t, x: net(x), torch.tensor(0.0, dtype=torch.float64), u)
+    assert math.isinf(float(value))
+    value.backward()
+    assert torch.isfinite(net.weight.grad).all()  # (the bias does not enter J: no gradient)
+    # a regular Jacobian is unaffected: kappa of 2 I is 1
+    with torch.no_grad():
+        net.weight.copy_(2 * torch.eye(6, dtype=torch.float64))
+    assert float(penalty(lambda t, x: net(x), torch.tensor(0.0, dtype=torch.float64), u)) == pytest.approx(1.0)
+
+
 def test_truncated_lanczos_underestimates_kappa_and_converges_with_warm_starts():
     """With fewer steps than dimensions the Ritz values lie inside the spectrum (kappa is a lower
     bound); warm restarts from the last extreme Ritz vectors close the gap."""

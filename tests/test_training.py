@@ -445,6 +445,20 @@ def test_the_trainer_names_non_finite_weights_and_empty_window_sets_before_train
         Trainer(model, trainer.solver, trainer.terms, lambda *_: 1.0, trainer.config)
 
 
+def test_an_epoch_of_non_finite_batches_names_the_terms_that_were_not_finite():
+    """A condition-number penalty on a closure whose Jacobian is zero is inf in every batch; the error
+    said only "lower the learning rate", now it names the term."""
+    from hybridnde.regularizers.jacobian_norms import ConditionNumber
+    from hybridnde.training.jacobian_terms import JacobianPenaltyTerm
+
+    trainer, windows = _tiny_trainer(epochs=1)
+    with torch.no_grad():
+        trainer.model.net[-1].weight.zero_()  # the closure is constant: J = 0
+    trainer.terms.append(JacobianPenaltyTerm(ConditionNumber(method="exact"), weight=1.0, field="closure"))
+    with pytest.raises(FloatingPointError, match=r"non-finite terms: condition\)"):
+        trainer.fit(windows, windows, 0.1)
+
+
 def test_the_names_training_build_exported_before_its_split_still_import():
     from hybridnde.training import assembly
     from hybridnde.training import build as build_module

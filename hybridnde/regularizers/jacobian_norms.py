@@ -24,6 +24,7 @@ exact at convergence because a singular value is stationary in its singular vect
 """
 from __future__ import annotations
 
+import math
 from typing import Hashable, Protocol
 
 import torch
@@ -290,9 +291,13 @@ class ConditionNumber(WarmStarted):
 
     def per_member(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
                    key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
-        """``kappa(J_b)``, shape ``(batch,)``; ``inf`` where ``J_b`` is singular."""
+        """``kappa(J_b)``, shape ``(batch,)``; ``inf`` where ``J_b`` is singular, a zero Jacobian (a
+        closure initialised to zero) included, as ``numpy.linalg.cond`` has it -- not ``0 / 0 = nan``."""
         sigma_max, sigma_min = self.extreme_singular_values(vector_field, t, u, key=key, row_ids=row_ids)
-        return sigma_max / sigma_min
+        invertible = sigma_min > 0
+        # divide by 1 where singular: the unused branch's 0/0 would leak nan into the gradient
+        kappa = sigma_max / torch.where(invertible, sigma_min, torch.ones_like(sigma_min))
+        return torch.where(invertible, kappa, torch.full_like(kappa, math.inf))
 
     def __call__(self, vector_field: VectorField, t: Tensor | float, u: Tensor, *,
                  key: Hashable | None = None, row_ids: Tensor | None = None) -> Tensor:
@@ -326,7 +331,8 @@ def build_jacobian_penalty(name: str, *, probes: int = 4, iterations: int = 0,
 
 
 def hutchinson_variance(jacobian: Tensor, *, probes: int, distribution: str = "gaussian") -> Tensor:
-    """Variance of ``FrobeniusNorm``'s batch-mean Hutchinson estimate for dense ``jacobian: (batch, n, n)``."""
+    """Variance of ``FrobeniusNorm``'s batch-mean Hutchinson estimate for dense ``jacobian: (batch, n, n)``,
+    with JVP probes (``product="jvp"``, ``||J v||^2``); for VJP probes (``||v^T J||^2``) pass ``J^T``."""
     gram = jacobian.transpose(-1, -2) @ jacobian
     per_member = gram.pow(2).sum(dim=(-2, -1))
     if distribution == "rademacher":

@@ -151,6 +151,7 @@ class Trainer:
         order = torch.randperm(len(windows), generator=self.batch_generator)
         sums: dict[str, Tensor] = {}
         total_sum, counted, skipped = None, 0, 0
+        non_finite: set[str] = set()  # the terms of skipped batches that were not finite
         for first in range(0, len(windows), self.config.batch_size):
             index = order[first: first + self.config.batch_size]
             batch = Batch(windows.gather(index), sample_interval, windows.starts[index.to(windows.starts.device)],
@@ -163,6 +164,7 @@ class Trainer:
                     total = weight * value if total is None else total + weight * value
             if not torch.isfinite(total):
                 skipped += 1  # a non-finite batch would poison AdamW's moments: skip it
+                non_finite.update(name for name, value in values.items() if not torch.isfinite(value).all())
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -175,8 +177,10 @@ class Trainer:
             for name, value in values.items():
                 sums[name] = value * size if name not in sums else sums[name] + value * size
         if counted == 0:
-            raise FloatingPointError(f"epoch {epoch}: every batch gave a non-finite loss; lower "
-                                     "training.learning_rate or the regularizer weight")
+            raise FloatingPointError(f"epoch {epoch}: every batch gave a non-finite loss (non-finite terms: "
+                                     f"{', '.join(sorted(non_finite)) or 'their weighted sum'}); lower "
+                                     "training.learning_rate or the regularizer weight (a condition-number "
+                                     "penalty is infinite for a closure whose Jacobian is singular, e.g. zero)")
         record = {"loss": float(total_sum) / counted, **{f"loss/{name}": float(s) / counted for name, s in sums.items()}}
         if skipped:
             record["skipped_batches"] = skipped
