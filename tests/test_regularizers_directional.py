@@ -249,6 +249,23 @@ def test_tangent_propagation_equals_torch_func_jvp(kind, activation, dtype):
         torch.testing.assert_close(closure_jvp(model, t, u, v, method=method), reference, rtol=tolerance, atol=tolerance)
 
 
+def test_a_subclass_with_its_own_forward_gets_the_exact_jvp_not_the_layers_tangent():
+    """The tangent rule follows the layers only: for a subclass adding a term it missed exactly that
+    term (max |u v|), and "auto" took it."""
+    class WithSquare(MLPClosure):
+        def forward(self, t, u):
+            return super().forward(t, u) + 0.5 * u**2
+
+    torch.manual_seed(0)
+    model = WithSquare(state_dim=4, width=20).double()
+    u, v, t = torch.randn(5, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64), torch.zeros(())
+    assert not supports_tangent(model)
+    reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (probe,))[1] for probe in v])
+    torch.testing.assert_close(closure_jvp(model, t, u, v), reference, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="method='vmap'"):
+        closure_jvp(model, t, u, v, method="tangent")
+
+
 def test_probes_are_seeded_and_have_the_advertised_law(device):
     shape = (2000, 8)
     a = ProbeSampler(count=3, distribution="rademacher", seed=5, device=device)(torch.zeros(shape, device=device))

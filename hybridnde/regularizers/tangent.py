@@ -64,9 +64,12 @@ def _known_layer(layer: nn.Module) -> bool:
 
 
 def supports_tangent(closure: Callable) -> bool:
-    """Whether ``closure`` is a model whose layers the ``"tangent"`` method knows."""
-    return (isinstance(closure, (MLPClosure, PeriodicCNNClosure)) and isinstance(closure.net, nn.Sequential)
-            and all(_known_layer(layer) for layer in closure.net))
+    """Whether ``closure`` is a model whose layers the ``"tangent"`` method knows, computed by the
+    model's own ``forward`` (a subclass that overrides it -- an added term, a use of ``t`` -- is not:
+    the tangent would follow only the layers and silently miss the rest)."""
+    return (isinstance(closure, (MLPClosure, PeriodicCNNClosure))
+            and type(closure).forward in (MLPClosure.forward, PeriodicCNNClosure.forward)
+            and isinstance(closure.net, nn.Sequential) and all(_known_layer(layer) for layer in closure.net))
 
 
 def _conv_tangent(layer: nn.Conv1d, dh: Tensor) -> Tensor:
@@ -115,7 +118,7 @@ def closure_jvp(closure: Callable[[Tensor, Tensor], Tensor], t: Tensor, u: Tenso
         method = "tangent" if supports_tangent(closure) else "vmap"
     if method == "tangent":
         if not supports_tangent(closure):
-            raise TypeError(f"method='tangent' needs an MLPClosure or PeriodicCNNClosure with known layers, "
+            raise TypeError(f"method='tangent' needs an MLPClosure or PeriodicCNNClosure with known layers and its own forward, "
                             f"got {type(closure).__name__}; use method='vmap'")
         return _tangent_jvp(closure, u, v)[1]
 
