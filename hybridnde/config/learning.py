@@ -99,7 +99,10 @@ class TrainingConfig:
                                               "state: spectral power iterations per call once a state has a "
                                               "stored vector (0 = 2; a state's first call runs 30); condition "
                                               "Lanczos steps on J^T J for states of more than 32 values (0 = 20, "
-                                              "at least 2; fewer under-estimate sigma_max/sigma_min)",
+                                              "at least 2; fewer under-estimate sigma_max/sigma_min: a review "
+                                              "measured a state's first call at 20 steps 19% low on a periodic "
+                                              "CNN at N = 64, warm calls within 1% by the fourth; 40 steps "
+                                              "within 5e-4 by the second)",
                                               nonnegative=True, maximum=1000)
     observation_noise: float = option(0.0, "Gaussian noise added to the loaded data before training, seeded by "
                                       "seed and member (0 = none)", nonnegative=True)
