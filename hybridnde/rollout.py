@@ -107,11 +107,14 @@ class BatchState:
         return self.stop - self.start
 
     def to_host(self) -> dict:
-        """A checkpointable copy (CPU tensors and plain numbers only)."""
+        """A checkpointable copy (CPU tensors and plain numbers only). A copy, not views: the checkpoint
+        is written later, by the writer thread, while ``_mark_blowups`` updates ``first_bad_save`` in
+        place (a shared array let a later chunk's blow-ups into an earlier checkpoint, and a resume
+        from it differed from an uninterrupted run)."""
         return {"start": self.start, "stop": self.stop, "next_chunk": self.next_chunk,
-                "rows": torch.as_tensor(self.rows, dtype=torch.int64),
+                "rows": torch.tensor(self.rows, dtype=torch.int64),
                 "internal": self.internal.detach().to("cpu", copy=True),
-                "first_bad_save": torch.as_tensor(self.first_bad_save, dtype=torch.int64)}
+                "first_bad_save": torch.tensor(self.first_bad_save, dtype=torch.int64)}
 
     @classmethod
     def from_host(cls, payload: dict, device: torch.device) -> "BatchState":

@@ -511,6 +511,20 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
                             6 * 60 / resumed.attrs["wall_seconds"], rel_tol=1e-12)
 
 
+def test_a_checkpointed_batch_is_a_copy_that_later_blowups_do_not_reach():
+    """The writer thread saves the checkpoint later; the blow-up marks of the next chunks went into it
+    through a shared array, and a resume from it shrank the batch one chunk early (other values)."""
+    from hybridnde.rollout import BatchState
+
+    state = BatchState(start=0, stop=2, next_chunk=3, rows=np.arange(2), internal=torch.zeros(2, 4),
+                       first_bad_save=np.array([-1, -1]))
+    kept = state.to_host()
+    state.first_bad_save[1] = 250  # what _mark_blowups does in place
+    state.rows[0] = 1
+    assert kept["first_bad_save"].tolist() == [-1, -1] and kept["rows"].tolist() == [0, 1]
+    assert BatchState.from_host(kept, torch.device("cpu")).first_bad_save.tolist() == [-1, -1]
+
+
 def test_resume_of_a_finished_rollout_does_nothing_unless_it_changed(tmp_path, caplog):
     """A job script resubmitted after its rollout finished: `--resume` finds the file finished (same
     case, closure, initial conditions and batch size) and leaves it; it was made again from the start."""
