@@ -7,7 +7,6 @@ checkpoints that --resume continues).
 from __future__ import annotations
 
 import argparse
-import errno
 import difflib
 import importlib
 import logging
@@ -19,7 +18,7 @@ import threading
 from . import __version__
 from .allocator import keep_freed_memory
 from .config import ConfigError
-from .io import DataError
+from .io import DataError, disk_full_message
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -96,27 +95,13 @@ def _run(arguments: argparse.Namespace) -> int:
         sys.stdout = open(os.devnull, "w")  # keep the interpreter's final flush quiet
         return 0
     except Exception as failure:  # a failure at run time
-        full = _disk_full(failure)
+        full = disk_full_message(failure)
         if full is not None:  # not a bug: say what to do, without a traceback
             print(f"hybridnde {arguments.command}: error: no space left on the device ({full}); free some space or "
                   "choose another --out (what was checkpointed is kept: --resume continues from it)", file=sys.stderr)
             return 1
         log.exception("hybridnde %s failed", arguments.command)
         return 1
-
-
-def _disk_full(failure: BaseException) -> str | None:
-    """The message of a full disk or an exceeded quota in ``failure`` or what caused it (the rollout's
-    writer thread and HDF5 wrap it), else ``None``."""
-    seen: set[int] = set()
-    error: BaseException | None = failure
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
-                "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
-            return str(error)
-        error = error.__cause__ or error.__context__
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from .io import DataError
 from .systems import resolve_device
 
 __all__ = ["Communicator", "SerialCommunicator", "MPICommunicator", "world", "launched_by_mpi", "rank_device",
-           "rank_batches", "agree", "RankFailure"]
+           "rank_batches", "agree", "require_same", "RankFailure"]
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +191,24 @@ def agree(comm: Communicator, error: BaseException | None) -> None:
             replica = RankFailure(f"rank {rank}: {kind.__name__}: {message}", bad_input=bad_input)
         raise replica
     raise RankFailure(f"rank {rank} failed: {message}", bad_input=bad_input)
+
+
+def require_same(comm: Communicator, values: Mapping[str, Any], meaning: Mapping[str, str]) -> None:
+    """Collective check that every rank holds rank 0's ``values`` (checksums of what each rank read
+    itself: the case, the closure, the initial conditions). Each rank reads its inputs on its own, and
+    rank 0 alone records them in the file: a file rewritten while the job started, node-local copies
+    that differ, or another ``--set`` on one rank would otherwise give a file mixing two set-ups under
+    one description. Raises ``ConfigError`` on rank 0 (``RankFailure`` on the others) naming the first
+    rank that differs and ``meaning[key]`` for each key that does. Call it on all ranks, or none.
+    """
+    everyone = comm.allgather(dict(values))
+    reference = everyone[0]
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        differing = [key for key in reference if theirs.get(key) != reference[key]]
+        if differing:
+            message = (f"rank {rank} read another {' and another '.join(meaning.get(key, key) for key in differing)} "
+                       f"than rank 0: every rank must run the same case, --set options, closure and initial "
+                       f"conditions (files rewritten while the job started, or node-local copies that differ?)")
+            if comm.rank == 0:
+                raise ConfigError(message)
+            raise RankFailure(message, bad_input=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import datetime
+import errno
 import glob
 import logging
 import os
@@ -29,7 +30,7 @@ from .config.fields import ConfigError
 __all__ = [
     "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description", "utc_now",
-    "warn_if_disk_short",
+    "warn_if_disk_short", "disk_full_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,20 @@ def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str) -> bool:
                 "%.3g GiB are free there: it may fail when the disk fills (free some space, or choose another --out)",
                 what, raw_bytes / 2**30, ancestor, free / 2**30)
     return True
+
+
+def disk_full_message(failure: BaseException) -> str | None:
+    """The message of a full disk or an exceeded quota in ``failure`` or what caused it (the rollout's
+    writer thread and HDF5 wrap it), else ``None``."""
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+                "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return str(error)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def check_output_path(path: str | Path, option: str = "--out", *, folder: bool = False,

@@ -129,7 +129,8 @@ class OutputChunk:
 
     ``values: (stop - start, n_saves_in_chunk, *state)`` on the host, NaN for blown-up members from
     their blow-up save on; ``first_bad_save: (stop - start,)`` as in ``BatchState``;
-    ``steps``: solver steps per member in this chunk.
+    ``steps``: solver steps per member in this chunk; ``stepped``: members stepped through them (blown-up
+    members are dropped from the batch once they are half of it, ``BatchRunner._compact``).
     """
 
     start: int
@@ -140,6 +141,7 @@ class OutputChunk:
     first_bad_save: np.ndarray
     steps: int
     last: bool
+    stepped: int = 0
 
 
 def first_blowup(values: np.ndarray, save_start: int, threshold: float) -> np.ndarray:
@@ -220,7 +222,7 @@ class BatchRunner:
         self._compact(state)
         return OutputChunk(start=state.start, stop=state.stop, chunk=chunk, save_start=saves.start, values=values,
                            first_bad_save=state.first_bad_save.copy(), steps=n_steps,
-                           last=self.finished(state))
+                           last=self.finished(state), stepped=n_rows)
 
     def _mark_blowups(self, state: BatchState, values: np.ndarray, save_start: int) -> None:
         alive = state.first_bad_save < 0

@@ -29,10 +29,10 @@ import torch
 
 from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
-from .distributed import Communicator, agree, rank_batches, rank_device, world
+from .distributed import Communicator, agree, rank_batches, rank_device, require_same, world
 from .data import file_checksum
-from .io import (STATUS_FLAGS, check_output_path, package_version, platform_description, utc_now,
-                 warn_if_disk_short)
+from .io import (STATUS_FLAGS, check_output_path, disk_full_message, package_version, platform_description,
+                 utc_now, warn_if_disk_short)
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
@@ -62,9 +62,16 @@ class RolloutSetup:
     u0: torch.Tensor
     first_position: int
     checkpoint: dict | None
-    identity: dict[str, Any] | None = None  # rank 0: what its checkpoints record (rollout_resume)
+    identity: dict[str, Any] | None = None  # what rank 0's checkpoints record (rollout_resume); on every rank
     run_id: str = ""
     writer: TrajectoryStreamWriter | None = None
+
+
+#: what every rank of a job must have read alike (``resume_identity``'s keys but the thread count, which
+#: changes only last bits), and what each key stands for in the error
+RANK_IDENTITY = {"config_checksum": "case (after --set)", "closure_checksum": "closure",
+                 "initial_conditions_checksum": "initial conditions", "batch_size": "batch size",
+                 "n_saves": "number of saves"}
 
 
 def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
@@ -98,13 +105,14 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     setup = RolloutSetup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
                    batches=batches, mine=mine, member_ids=member_ids, u0=u0, first_position=positions.start,
                    checkpoint=None)
+    # on every rank: what they read must agree (``_rollout``, ``require_same``)
+    setup.identity = resume_identity(case, closure_checksum=closure_checksum, batch_size=batch_size,
+                                     n_saves=schedule.n_saves, device=device,
+                                     initial_conditions_checksum="draw" if given is None else file_checksum(given))
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
         held.enter_context(output_lock(out))
         size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize
         warn_if_disk_short(out, size, "the rollout")
-        setup.identity = resume_identity(case, closure_checksum=closure_checksum, batch_size=batch_size,
-                                         n_saves=schedule.n_saves, device=device,
-                                         initial_conditions_checksum="draw" if given is None else file_checksum(given))
         if resume:
             setup.checkpoint = checked_checkpoint(case, out, setup.identity)
         # ties checkpoints to their partial file: both carry it, a resume checks they agree
@@ -157,6 +165,8 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     except Exception as caught:  # shared below, so that every rank stops
         error = caught
     agree(comm, error)
+    if comm.size > 1:  # before anything is written: a mixed file would look valid
+        require_same(comm, {key: setup.identity[key] for key in RANK_IDENTITY}, RANK_IDENTITY)
     finished = comm.bcast(finished_output(out, setup) if resume and comm.rank == 0 else None)
     if finished is not None:  # the same command line again after it finished: nothing to resume
         return finished
@@ -171,15 +181,23 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     if comm.rank == 0 and comm.size > len(setup.batches):
         first, last = len(setup.batches), comm.size - 1
         idle = f"rank {first} has" if first == last else f"ranks {first}-{last} have"
-        log.warning("%d ranks but only %d batch(es) of %d members: %s nothing to do; set rollout.batch_size <= %d "
-                    "to use them all", comm.size, len(setup.batches), setup.batch_size, idle,
-                    math.ceil(case.rollout.members / comm.size))
+        if case.rollout.members < comm.size:  # no batch size helps: fewer members than ranks
+            advice = f"use at most {case.rollout.members} rank(s) for {case.rollout.members} member(s)"
+        else:
+            advice = f"set rollout.batch_size <= {math.ceil(case.rollout.members / comm.size)} to use them all"
+        log.warning("%d ranks but only %d batch(es) of %d members: %s nothing to do; %s", comm.size,
+                    len(setup.batches), setup.batch_size, idle, advice)
     try:
         return _run(case, out, setup, checkpoint, progress, comm)
     except BaseException as failure:
         if comm.size > 1:
-            log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__, failure,
-                         exc_info=not isinstance(failure, KeyboardInterrupt))
+            full = disk_full_message(failure)  # not a bug: the message without a traceback, as in one process
+            log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__,
+                         f"no space left on the device ({full}); free some space or choose another --out"
+                         if full else failure, exc_info=not (full or isinstance(failure, KeyboardInterrupt)))
+            if checkpoint_path(out).exists():
+                log.critical("rollout stopped; `mpiexec ... hybridnde rollout ... --resume` continues from the last "
+                             "checkpoint (on any number of ranks)")
             comm.abort(130 if isinstance(failure, KeyboardInterrupt) else 1)
         if setup.writer is not None:
             setup.writer.close()
@@ -261,7 +279,7 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
                 block, meta, batch_state = item
                 setup.writer.write_encoded(block)
                 first_bad_save[meta.start:meta.stop] = meta.first_bad_save
-                member_steps += (meta.stop - meta.start) * meta.steps
+                member_steps += meta.stepped * meta.steps  # the work done: not members dropped after blowing up
                 bar.update((meta.stop - meta.start) * meta.steps)
                 if meta.last:
                     done.add(meta.start)

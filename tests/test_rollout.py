@@ -238,10 +238,12 @@ def test_dead_rows_are_compacted_and_survivors_continue(tmp_path):
     prone = u0.copy()
     prone[[0, 1, 3]] *= 10.0
     path = initial_condition_file(tmp_path / "wild.nc", prone, solver.x.numpy())
-    run_rollout(ks_case("rollout.steps=40", "output.time_chunk=4", f"rollout.initial_conditions='{path}'"),
-                tmp_path / "out.nc", progress=False)
+    summary = run_rollout(ks_case("rollout.steps=40", "output.time_chunk=4", f"rollout.initial_conditions='{path}'"),
+                          tmp_path / "out.nc", progress=False)
     out = read(tmp_path / "out.nc")
     assert out.status.values.tolist() == [1, 1, 0, 1]
+    # the steps done: the survivor's 40 and the others' until they were dropped (all 4 x 40 were counted)
+    assert 40 < summary.member_steps < 4 * 40 and out.attrs["member_steps"] == summary.member_steps
     with torch.inference_mode():
         alone = solver.rollout(torch.as_tensor(u0[2:3]), 40).numpy()[0]
     # row-wise FFTs do not mix members; a smaller batch may change the last bit at most

@@ -200,3 +200,57 @@ def test_bad_input_on_one_rank_is_exit_2_on_all(cases, tmp_path):
     assert "rank 1: " in result.stderr and "members [3]" in result.stderr
     assert result.stderr.count("members [3]") == 1  # rank 0 reports it once for the job
     assert not out.exists() and not partial_path(out).exists()
+
+
+def test_ranks_that_read_different_set_ups_stop_with_exit_2_and_no_file(cases, tmp_path):
+    """Each rank reads the case, closure and initial conditions itself, and rank 0 alone describes the
+    file: a rank with another set-up wrote a mixed file (all-NaN saves marked ok) and exit 0."""
+    out = tmp_path / "rollout.nc"
+
+    def command(steps: int) -> list[str]:
+        return [sys.executable, "-m", "hybridnde.cli", "rollout", str(cases / "two_body.toml"), "--out", str(out),
+                "--set", "rollout.members=4", "--set", "rollout.batch_size=2", "--set", f"rollout.steps={steps}"]
+
+    result = mpiexec(1, *command(20), ":", "-n", "1", *command(30), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("rank 1 read another case (after --set) and another number of saves") == 1
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_more_ranks_than_members_gets_advice_it_can_follow(cases, tmp_path):
+    """It advised "set rollout.batch_size <= 1" when the batch size was already 1."""
+    out = tmp_path / "rollout.nc"
+    result = mpiexec(2, sys.executable, "-m", "hybridnde.cli", "rollout", str(cases / "two_body.toml"), "--out", str(out),
+                     "--set", "rollout.members=1", "--set", "rollout.batch_size=1", "--set", "rollout.steps=10",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 has nothing to do; use at most 1 rank(s) for 1 member(s)" in result.stderr
+    assert "rollout.batch_size <=" not in result.stderr and out.exists()
+
+
+DISK_FULL_DRIVER = textwrap.dedent("""
+    import errno, os, sys
+    import torch
+    from hybridnde.config import load_case
+    from hybridnde.rollout_job import run_rollout
+
+    class DiskFullOnRankOne(torch.nn.Module):  # stands in for the writer meeting a full disk
+        def forward(self, t, u):
+            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == "1" and float(t) > 2.0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return torch.zeros_like(u)
+
+    case = load_case(sys.argv[1], overrides=["rollout.members=4", "rollout.steps=4000", "rollout.batch_size=2",
+                                             "output.time_chunk=10", "rollout.checkpoint_every=10"])
+    run_rollout(case, sys.argv[2], closure=DiskFullOnRankOne(), progress=False)
+""")
+
+
+def test_a_full_disk_under_mpi_says_so_without_a_traceback_and_points_to_resume(cases, tmp_path):
+    """As in one process (docs/run.md): a message, not a traceback, and what was checkpointed is kept."""
+    out = tmp_path / "rollout.nc"
+    result = mpiexec(2, sys.executable, "-c", DISK_FULL_DRIVER, str(cases / "two_body.toml"), str(out), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "rank 1 of 2 failed" in result.stderr and "no space left on the device" in result.stderr
+    assert "Traceback" not in result.stderr and "--resume` continues from the last checkpoint" in result.stderr
+    assert not out.exists() and partial_path(out).exists()
