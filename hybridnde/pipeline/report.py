@@ -46,7 +46,7 @@ def _truth_phrase(metrics: Mapping[str, Any], held_out: bool) -> str:
         return (f"Against a truth that is **not held out**: {metrics['members']} members, "
                 f"{_members_seen(int(seen), metrics['members'])} starting from a state of the training data "
                 "(`rollout.initial_conditions` names training data, `rollout.seed` repeats `initial_condition.seed`, "
-                "or an `initial_condition.file` feeds both; found bit for bit in truth.nc), over ")
+                "or an `initial_condition.file` feeds both; found in truth.nc, equal up to rounding), over ")
     if seen is None:
         return (f"Against a truth of {metrics['members']} members on another grid than the training data's, so "
                 "not checked against it for states the closure saw, over ")

@@ -57,7 +57,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...] | None] = {
 }
 
 #: bump when metrics.json's content changes meaning, so old files are recomputed
-EVALUATION_VERSION = 3  # 2: members_from_training_states; 3: resting_members, resting_while_valid
+EVALUATION_VERSION = 4  # 2: members_from_training_states; 3: resting_members, resting_while_valid;
+# 4: training states found up to rounding, not bit for bit
 
 
 def reference_samples(case: CaseConfig) -> int:
