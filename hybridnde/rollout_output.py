@@ -92,6 +92,8 @@ def finished_output(out: Path, setup: RolloutSetup) -> RolloutSummary | None:
             attrs = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
             status = np.asarray(dataset.variables["status"][:])
     except (OSError, KeyError):
+        log.info("no checkpoint for %s, and the file there cannot be read as a rollout: starting from the "
+                 "beginning", out)
         return None
     identity, given = setup.identity, setup.identity["initial_conditions_checksum"]
     recorded = str(attrs.get("initial_conditions_sha256", ""))
@@ -99,6 +101,8 @@ def finished_output(out: Path, setup: RolloutSetup) -> RolloutSummary | None:
             or str(attrs.get("closure_checksum")) != setup.closure_checksum
             or int(attrs.get("batch_size", -1)) != setup.batch_size
             or (recorded and given != "draw" and recorded != given)):
+        log.info("no checkpoint for %s, and the file there is another rollout's (case, closure, initial conditions "
+                 "or batch size): starting from the beginning", out)
         return None
     log.warning("--resume: %s is this rollout, finished (same case, closure, initial conditions and batch size); "
                 "nothing to resume (without --resume it is made again)", out)

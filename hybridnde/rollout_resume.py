@@ -85,7 +85,8 @@ def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | No
     """Rank 0: the checkpoint of ``out`` to resume (``None``: there is none), or ``ResumeRefused``."""
     checkpoint = read_checkpoint(out)
     if checkpoint is None:
-        log.info("no checkpoint for %s: starting from the beginning", out)
+        if not out.is_file():  # else finished_output says whether it is this rollout, finished
+            log.info("no checkpoint for %s: starting from the beginning", out)
         return None
     what = _difference(checkpoint, identity, case, out)
     if what:

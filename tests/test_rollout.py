@@ -529,18 +529,23 @@ def test_a_checkpointed_batch_is_a_copy_that_later_blowups_do_not_reach():
 
 def test_resume_of_a_finished_rollout_does_nothing_unless_it_changed(tmp_path, caplog):
     """A job script resubmitted after its rollout finished: `--resume` finds the file finished (same
-    case, closure, initial conditions and batch size) and leaves it; it was made again from the start."""
+    case, closure, initial conditions and batch size) and leaves it; it was made again from the start.
+    The log said "starting from the beginning", then "nothing to resume"."""
     case = two_body_case("rollout.batch_size=2", "rollout.steps=20", "output.time_chunk=5")
     model = small_mlp()
     out = tmp_path / "done.nc"
     first = run_rollout(case, out, closure=model, progress=False)
     made = out.read_bytes()
+    caplog.set_level("INFO")
     again = run_rollout(case, out, closure=model, resume=True, progress=False)
     assert out.read_bytes() == made and "nothing to resume" in caplog.text
+    assert "starting from the beginning" not in caplog.text
     assert (again.members, again.ok, again.blew_up, again.member_steps) == \
         (first.members, first.ok, first.blew_up, first.member_steps)
     other = two_body_case("rollout.batch_size=3", "rollout.steps=20", "output.time_chunk=5")
     assert run_rollout(other, out, closure=model, resume=True, progress=False).batch_size == 3  # made again
+    assert "the file there is another rollout's (case, closure, initial conditions or batch size): starting" \
+        in caplog.text
     with xr.open_dataset(out) as remade:
         assert int(remade.attrs["batch_size"]) == 3
 
