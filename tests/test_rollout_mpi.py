@@ -160,26 +160,31 @@ def test_two_ranks_write_the_same_file_as_one(cases, tmp_path):
 
 
 FAILING_DRIVER = textwrap.dedent("""
-    import os, sys
+    import errno, os, sys
     import torch
     from hybridnde.config import load_case
     from hybridnde.rollout_job import run_rollout
 
+    failure, after = sys.argv[3], float(sys.argv[4])  # what rank 1's closure raises, past which time
+
     class FailsOnRankOne(torch.nn.Module):
         def forward(self, t, u):
-            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == "1" and float(t) > 0.1:
+            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == "1" and float(t) > after:
+                if failure == "disk_full":  # stands in for the writer meeting a full disk
+                    raise OSError(errno.ENOSPC, "No space left on device")
                 raise RuntimeError("closure exploded on purpose")
             return torch.zeros_like(u)
 
     case = load_case(sys.argv[1], overrides=["rollout.members=8", "rollout.steps=4000", "rollout.batch_size=2",
-                                             "output.time_chunk=10"])
+                                             "output.time_chunk=10", *sys.argv[5:]])
     run_rollout(case, sys.argv[2], closure=FailsOnRankOne(), progress=False)
 """)
 
 
 def test_a_failing_rank_aborts_the_job_with_its_message_and_no_file(cases, tmp_path):
     out = tmp_path / "rollout.nc"
-    result = mpiexec(2, sys.executable, "-c", FAILING_DRIVER, str(cases / "two_body.toml"), str(out), cwd=tmp_path)
+    result = mpiexec(2, sys.executable, "-c", FAILING_DRIVER, str(cases / "two_body.toml"), str(out), "runtime", "0.1",
+                     cwd=tmp_path)
     assert result.returncode != 0
     assert "closure exploded on purpose" in result.stderr and "rank 1 of 2 failed" in result.stderr
     assert not out.exists()
@@ -228,28 +233,11 @@ def test_more_ranks_than_members_gets_advice_it_can_follow(cases, tmp_path):
     assert "rollout.batch_size <=" not in result.stderr and out.exists()
 
 
-DISK_FULL_DRIVER = textwrap.dedent("""
-    import errno, os, sys
-    import torch
-    from hybridnde.config import load_case
-    from hybridnde.rollout_job import run_rollout
-
-    class DiskFullOnRankOne(torch.nn.Module):  # stands in for the writer meeting a full disk
-        def forward(self, t, u):
-            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == "1" and float(t) > 2.0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return torch.zeros_like(u)
-
-    case = load_case(sys.argv[1], overrides=["rollout.members=4", "rollout.steps=4000", "rollout.batch_size=2",
-                                             "output.time_chunk=10", "rollout.checkpoint_every=10"])
-    run_rollout(case, sys.argv[2], closure=DiskFullOnRankOne(), progress=False)
-""")
-
-
 def test_a_full_disk_under_mpi_says_so_without_a_traceback_and_points_to_resume(cases, tmp_path):
     """As in one process (docs/run.md): a message, not a traceback, and what was checkpointed is kept."""
     out = tmp_path / "rollout.nc"
-    result = mpiexec(2, sys.executable, "-c", DISK_FULL_DRIVER, str(cases / "two_body.toml"), str(out), cwd=tmp_path)
+    result = mpiexec(2, sys.executable, "-c", FAILING_DRIVER, str(cases / "two_body.toml"), str(out), "disk_full", "2.0",
+                     "rollout.checkpoint_every=10", cwd=tmp_path)
     assert result.returncode != 0
     assert "rank 1 of 2 failed" in result.stderr and "no space left on the device" in result.stderr
     assert "Traceback" not in result.stderr and "--resume` continues from the last checkpoint" in result.stderr
