@@ -23,7 +23,7 @@ from .io import DataError
 from .systems import resolve_device
 
 __all__ = ["Communicator", "SerialCommunicator", "MPICommunicator", "world", "launched_by_mpi", "rank_device",
-           "rank_batches", "agree", "require_same", "RankFailure"]
+           "rank_batches", "largest_batch_size_for", "agree", "require_same", "RankFailure"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,14 @@ def rank_batches(batches: Sequence[tuple[int, int]], size: int, rank: int) -> li
     return list(batches[first:first + per_rank + (rank < extra)])
 
 
+def largest_batch_size_for(members: int, ranks: int) -> int:
+    """The largest batch size that gives each of ``ranks`` ranks a batch of ``members``: the largest
+    ``b`` with ``ceil(members / b) >= ranks`` (needs ``members >= ranks >= 2``)."""
+    if not members >= ranks >= 2:
+        raise ValueError(f"members={members}, ranks={ranks}: needs members >= ranks >= 2")
+    return -(-members // (ranks - 1)) - 1
+
+
 def agree(comm: Communicator, error: BaseException | None) -> None:
     """Collective check after a phase that can fail on some ranks only (bad input, no device).
 
@@ -199,12 +207,14 @@ def require_same(comm: Communicator, values: Mapping[str, Any], meaning: Mapping
     rank 0 alone records them in the file: a file rewritten while the job started, node-local copies
     that differ, or another ``--set`` on one rank would otherwise give a file mixing two set-ups under
     one description. Raises ``ConfigError`` on rank 0 (``RankFailure`` on the others) naming the first
-    rank that differs and ``meaning[key]`` for each key that does. Call it on all ranks, or none.
+    rank that differs and ``meaning[key]`` for each key that does. A value ``None`` is not compared (a
+    rank that did not compute it). Call it on all ranks, or none.
     """
     everyone = comm.allgather(dict(values))
     reference = everyone[0]
     for rank, theirs in enumerate(everyone[1:], start=1):
-        differing = [key for key in reference if theirs.get(key) != reference[key]]
+        differing = [key for key, value in reference.items()
+                     if value is not None and theirs.get(key) is not None and theirs[key] != value]
         if differing:
             message = (f"rank {rank} read another {' and another '.join(meaning.get(key, key) for key in differing)} "
                        f"than rank 0: every rank must run the same case, --set options, closure and initial "

@@ -29,7 +29,8 @@ import torch
 
 from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
-from .distributed import Communicator, agree, rank_batches, rank_device, require_same, world
+from .distributed import (Communicator, agree, largest_batch_size_for, rank_batches, rank_device, require_same,
+                          world)
 from .data import file_checksum
 from .io import (STATUS_FLAGS, check_output_path, disk_full_message, package_version, platform_description,
                  utc_now, warn_if_disk_short)
@@ -71,7 +72,10 @@ class RolloutSetup:
 #: changes only last bits), and what each key stands for in the error
 RANK_IDENTITY = {"config_checksum": "case (after --set)", "closure_checksum": "closure",
                  "initial_conditions_checksum": "initial conditions", "batch_size": "batch size",
-                 "n_saves": "number of saves"}
+                 "n_saves": "number of saves",
+                 # not in the case checksum (a resume may change it), but each rank decides by it when
+                 # to hand rank 0 its batches' states for a checkpoint
+                 "checkpoint_every": "rollout.checkpoint_every"}
 
 
 def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
@@ -105,10 +109,14 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     setup = RolloutSetup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
                    batches=batches, mine=mine, member_ids=member_ids, u0=u0, first_position=positions.start,
                    checkpoint=None)
-    # on every rank: what they read must agree (``_rollout``, ``require_same``)
+    # on every rank: what they read must agree (``_rollout``, ``require_same``). The initial-conditions
+    # file is hashed whole by rank 0 and one rank per node only (node-local copies differ per node; the
+    # others would each read all of a file of which they need their members alone)
+    hashed = comm.rank == 0 or comm.local_rank == 0
     setup.identity = resume_identity(case, closure_checksum=closure_checksum, batch_size=batch_size,
                                      n_saves=schedule.n_saves, device=device,
-                                     initial_conditions_checksum="draw" if given is None else file_checksum(given))
+                                     initial_conditions_checksum="draw" if given is None
+                                     else file_checksum(given) if hashed else None)
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
         held.enter_context(output_lock(out))
         size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize
@@ -166,7 +174,8 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         error = caught
     agree(comm, error)
     if comm.size > 1:  # before anything is written: a mixed file would look valid
-        require_same(comm, {key: setup.identity[key] for key in RANK_IDENTITY}, RANK_IDENTITY)
+        read = {**setup.identity, "checkpoint_every": case.rollout.checkpoint_every}
+        require_same(comm, {key: read[key] for key in RANK_IDENTITY}, RANK_IDENTITY)
     finished = comm.bcast(finished_output(out, setup) if resume and comm.rank == 0 else None)
     if finished is not None:  # the same command line again after it finished: nothing to resume
         return finished
@@ -181,10 +190,11 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     if comm.rank == 0 and comm.size > len(setup.batches):
         first, last = len(setup.batches), comm.size - 1
         idle = f"rank {first} has" if first == last else f"ranks {first}-{last} have"
-        if case.rollout.members < comm.size:  # no batch size helps: fewer members than ranks
-            advice = f"use at most {case.rollout.members} rank(s) for {case.rollout.members} member(s)"
+        members = case.rollout.members
+        if members < comm.size:  # no batch size helps: fewer members than ranks
+            advice = f"use at most {members} rank(s) for {members} member(s)"
         else:
-            advice = f"set rollout.batch_size <= {math.ceil(case.rollout.members / comm.size)} to use them all"
+            advice = f"set rollout.batch_size <= {largest_batch_size_for(members, comm.size)} to use them all"
         log.warning("%d ranks but only %d batch(es) of %d members: %s nothing to do; %s", comm.size,
                     len(setup.batches), setup.batch_size, idle, advice)
     try:
@@ -234,10 +244,12 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
         ranks_per_run = None if earlier_ranks is None else [*map(int, earlier_ranks), comm.size]
         first_bad_save[:] = checkpoint["first_bad_save"].numpy()
         done, in_flight = set(checkpoint["done"]), dict(checkpoint["in_flight"])
-        sizes = dict(setup.batches)
-        resumed_steps = (sum((sizes[start] - start) * schedule.steps_run for start in done)
-                         + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
-                               for start, state in in_flight.items()))
+        resumed_steps = checkpoint.get("member_steps")  # the steps done, as counted below
+        if resumed_steps is None:  # a checkpoint of an earlier version: every member's steps, dropped ones too
+            sizes = dict(setup.batches)
+            resumed_steps = (sum((sizes[start] - start) * schedule.steps_run for start in done)
+                             + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
+                                   for start, state in in_flight.items()))
     chunks = _my_chunks(runner, setup, checkpoint)
     layout = chunk_layout(case, setup)
     if comm.rank == 0 and setup.writer.layout != layout:
@@ -292,6 +304,7 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
                     "done": sorted(done),
                     "in_flight": dict(in_flight), "first_bad_save": torch.tensor(first_bad_save),
                     "elapsed_seconds": earlier_seconds + wallclock.perf_counter() - started, "resumes": resumes,
+                    "member_steps": resumed_steps + member_steps,
                     **({"ranks_per_run": ranks_per_run} if ranks_per_run is not None else {})})
     summary = None
     if comm.rank == 0:

@@ -1,6 +1,7 @@
 """Directional-derivative regularizers: Hutchinson against dense Jacobians, zero at the truth, the
 finite-difference estimate's order in the sampling interval, gradients, probes and tangents."""
 import functools
+import types
 
 import numpy as np
 import pytest
@@ -264,6 +265,18 @@ def test_a_subclass_with_its_own_forward_gets_the_exact_jvp_not_the_layers_tange
     torch.testing.assert_close(closure_jvp(model, t, u, v), reference, rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="method='vmap'"):
         closure_jvp(model, t, u, v, method="tangent")
+
+
+def test_a_probe_sampler_checks_the_device_of_the_states():
+    sampler = ProbeSampler(count=2, device="cpu:0")  # a CPU with an index takes CPU tensors (index None)
+    assert sampler(torch.zeros(3, 4)).shape == (2, 3, 4)
+    on_gpu_one = ProbeSampler.__new__(ProbeSampler)  # a sampler for cuda:1 (needs no GPU to be refused)
+    on_gpu_one.device = torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="draws on cuda:1 but u is on cpu"):
+        on_gpu_one(torch.zeros(3, 4))
+    states_on_gpu_zero = types.SimpleNamespace(device=torch.device("cuda", 0))  # refused before any use
+    with pytest.raises(ValueError, match="draws on cuda:1 but u is on cuda:0"):
+        on_gpu_one(states_on_gpu_zero)
 
 
 def test_probes_are_seeded_and_have_the_advertised_law(device):

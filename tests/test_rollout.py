@@ -250,6 +250,37 @@ def test_dead_rows_are_compacted_and_survivors_continue(tmp_path):
     np.testing.assert_allclose(out.u.values[2], alone, rtol=0, atol=1e-12)
 
 
+def test_a_resumed_rollout_with_blowups_counts_the_steps_an_uninterrupted_one_does(tmp_path):
+    """member_steps counts the steps done (dropped blown-up members stop counting); the part restored
+    from a checkpoint counted every member for every step (109 against 49 in a review's run)."""
+    case = ks_case("rollout.steps=40", "output.time_chunk=4")
+    solver = build_host_solver(case)
+    prone = draw_initial_conditions(case.initial_condition, solver, range(4), seed=0).numpy()
+    prone[[0, 1, 3]] *= 10.0  # these blow up, and the batch is compacted to the survivor
+    path = initial_condition_file(tmp_path / "wild.nc", prone, solver.x.numpy())
+    case = ks_case("rollout.steps=40", "output.time_chunk=4", "rollout.checkpoint_every=4",
+                   f"rollout.initial_conditions='{path}'")
+    model = small_cnn()
+    with torch.no_grad():
+        model.net[-1].weight.zero_()  # no closure term: the bare dynamics, which blow up
+        model.net[-1].bias.zero_()
+    straight = run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
+    assert straight.blew_up == 3 and straight.member_steps < 4 * 40
+
+    def interrupt(_module, inputs):
+        if float(inputs[0]) > 7.5:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, tmp_path / "resumed.nc", closure=model, progress=False)
+    handle.remove()
+    run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
+    with xr.open_dataset(tmp_path / "resumed.nc") as resumed:
+        assert resumed.attrs["member_steps"] == straight.member_steps
+
+
 def test_non_finite_initial_conditions_are_rejected_before_any_work(case_files, tmp_path, capsys):
     case = ks_case()
     solver = build_host_solver(case)
@@ -385,6 +416,42 @@ def test_batches_are_global_and_whole_batches_go_to_ranks():
     assert auto_batch_size(bare, memory_budget_mb=4096.0, time_chunk=64, n_saves=1000) == 1024
 
 
+def test_ranks_must_hold_rank_0s_values_except_where_one_did_not_compute_them():
+    from hybridnde.distributed import RankFailure, require_same
+
+    class Gathered:  # allgather's answer, seen from rank ``rank``
+        def __init__(self, rank, everyone):
+            self.rank, self.everyone = rank, everyone
+
+        def allgather(self, item):
+            return self.everyone
+
+    meaning = {"closure": "closure", "ic": "initial conditions", "every": "rollout.checkpoint_every"}
+    agreeing = [{"closure": "a", "ic": "x", "every": 4}, {"closure": "a", "ic": None, "every": 4}]
+    require_same(Gathered(0, agreeing), agreeing[0], meaning)  # None: not hashed on that rank
+    differing = [*agreeing, {"closure": "b", "ic": "x", "every": 8}]
+    with pytest.raises(ConfigError, match="rank 2 read another closure and another rollout.checkpoint_every than"):
+        require_same(Gathered(0, differing), differing[0], meaning)
+    with pytest.raises(RankFailure) as raised:
+        require_same(Gathered(1, differing), differing[1], meaning)
+    assert raised.value.bad_input
+
+
+def test_the_idle_rank_advice_gives_every_rank_a_batch_and_no_larger_size_does():
+    """The warning advised batch_size <= ceil(members / ranks): 9 members on 4 ranks in batches of 3
+    left rank 3 idle."""
+    from hybridnde.distributed import largest_batch_size_for
+
+    assert largest_batch_size_for(9, 4) == 2
+    for members in range(2, 40):
+        for ranks in range(2, min(members, 9) + 1):
+            size = largest_batch_size_for(members, ranks)
+            assert all(rank_batches(batch_bounds(members, size), ranks, rank) for rank in range(ranks))
+            assert not rank_batches(batch_bounds(members, size + 1), ranks, ranks - 1)
+    with pytest.raises(ValueError, match="members >= ranks"):
+        largest_batch_size_for(3, 4)
+
+
 def test_an_exported_closure_rolls_out_with_the_automatic_batch_size(tmp_path):
     """A TorchScript archive (hybridnde export) is a ScriptModule, which takes no forward hooks: the
     batch size estimate failed on it (RuntimeError) unless rollout.batch_size was set. Its activations
@@ -487,7 +554,7 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
         netcdf_stream.check_chunk_index = real_check
     # a checkpoint from before these checks (no run_id, threads or input checksum) still resumes
     state = torch.load(checkpoint_path(tmp_path / "resumed.nc"), weights_only=True)
-    for key in ("run_id", "threads", "initial_conditions_checksum"):
+    for key in ("run_id", "threads", "initial_conditions_checksum", "member_steps"):
         del state[key]
     torch.save(state, checkpoint_path(tmp_path / "resumed.nc"))
     with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:

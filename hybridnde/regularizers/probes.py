@@ -67,7 +67,8 @@ class ProbeSampler:
         self.generator.manual_seed(int(seed))
 
     def __call__(self, u: Tensor) -> Tensor:
-        index = self.device.index  # "cuda" (no index) draws on the current device: any index matches
+        # a GPU's index must match ("cuda" without one draws on the current device); a CPU's never does
+        index = self.device.index if self.device.type == "cuda" else None
         if u.device.type != self.device.type or (index is not None and u.device.index != index):
             raise ValueError(f"ProbeSampler draws on {self.device} but u is on {u.device}; "
                              f"build it with ProbeSampler(..., device=u.device)")
