@@ -359,9 +359,9 @@ def machine_description(threads: int, device: str = "cpu") -> dict[str, object]:
         module = sys.modules.get(name)
         if module is not None:
             description[name] = getattr(module, "__version__", None)
-    from hybridnde.allocator import keep_freed_memory
+    from hybridnde.allocator import allocator_setting
 
-    description["allocator"] = keep_freed_memory()  # what configure_threads did (a no-op now)
+    description["allocator"] = allocator_setting()  # what configure_threads did
     if os.environ.get("HYBRIDNDE_BENCH_CORES"):
         description["pinned_cores"] = os.environ["HYBRIDNDE_BENCH_CORES"]
     if on_gpu(device):

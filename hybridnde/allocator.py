@@ -12,10 +12,11 @@ Setting only one threshold is worse than neither: it also freezes the other at i
 (measured: 8,300 faults a step with ``glibc.malloc.trim_threshold`` alone).
 
 Fixed thresholds keep what a job has freed, up to ``TRIM_THRESHOLD`` at the top of the heap, for its
-next step -- as tcmalloc and jemalloc do by design; the command line applies them when it starts,
+next step -- as tcmalloc and jemalloc do by design. A process never holds more than its own peak
+heap so; each MPI rank is a process of its own. The command line applies them when it starts,
 ``keep_freed_memory()`` does from Python. Left alone: other C libraries, an allocator in
-``LD_PRELOAD``, the user's own ``GLIBC_TUNABLES`` or ``MALLOC_*_`` settings, and
-``HYBRIDNDE_KEEP_FREED_MEMORY=0``.
+``LD_PRELOAD``, the user's own settings of these thresholds (``GLIBC_TUNABLES`` or ``MALLOC_*_``), and
+``HYBRIDNDE_KEEP_FREED_MEMORY=0`` (or ``false``, ``no``, ``off``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import logging
 import os
 import platform
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "allocator_setting", "keep_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2**30
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 _OPT_OUT = "HYBRIDNDE_KEEP_FREED_MEMORY"
+#: the user's own settings of what this module sets (glibc's tunables and their older variables)
+_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold", "glibc.malloc.top_pad",
+             "glibc.malloc.mmap_max")
+_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _state: str | None = None  # what the first call found; later calls change nothing
 
 
@@ -51,17 +56,23 @@ def keep_freed_memory() -> str:
     return _state
 
 
+def allocator_setting() -> str:
+    """What ``keep_freed_memory`` did in this process, without doing it (for a record of a run)."""
+    return _state if _state is not None else "unchanged (keep_freed_memory not called)"
+
+
 def _apply() -> str:
-    if os.environ.get(_OPT_OUT, "1").strip() == "0":
-        return f"unchanged ({_OPT_OUT}=0)"
+    choice = os.environ.get(_OPT_OUT, "1").strip().lower()
+    if choice in ("0", "false", "no", "off"):
+        return f"unchanged ({_OPT_OUT}={choice})"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "unchanged (not glibc)"
     preloaded = os.environ.get("LD_PRELOAD", "")
     if any(name in preloaded for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return "unchanged (an allocator in LD_PRELOAD)"
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(
-            name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")):
-        return "unchanged (the environment sets glibc's malloc tunables)"
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(name in tunables for name in _TUNABLES) or any(name in os.environ for name in _VARIABLES):
+        return "unchanged (the environment sets glibc's malloc thresholds)"
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

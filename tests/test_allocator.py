@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="glibc's malloc only")
 
 PROBE = """
@@ -41,6 +41,7 @@ def probe(**environment: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@GLIBC_ONLY
 def test_thresholds_keep_a_freed_block_in_the_heap():
     result = probe()
     assert result["state"].startswith("glibc malloc keeps freed memory"), result
@@ -48,15 +49,45 @@ def test_thresholds_keep_a_freed_block_in_the_heap():
     assert result["again"]
 
 
+@GLIBC_ONLY
 def test_opting_out_leaves_glibc_as_it_was():
     result = probe(HYBRIDNDE_KEEP_FREED_MEMORY="0")
     assert result["state"] == "unchanged (HYBRIDNDE_KEEP_FREED_MEMORY=0)"
     assert not result["in_heap"], "glibc's own start threshold (128 KiB) maps a 24 MiB block"
 
 
-def test_the_users_own_tunables_win_and_the_probe_sees_a_trimmed_heap():
+@GLIBC_ONLY
+def test_the_users_own_thresholds_win_and_the_probe_sees_a_trimmed_heap():
     # the mmap threshold alone (what the module docstring warns about): the block comes from the heap,
-    # and the trim threshold, frozen at its 128 KiB start, hands the freed top back -- the probe can fail
+    # and the trim threshold, frozen at its 128 KiB start, hands the freed top back: heap_kept is False
+    # here, so the probe does tell a trimmed heap from a kept one
     result = probe(GLIBC_TUNABLES=f"glibc.malloc.mmap_threshold={32 * 2**20}")
-    assert result["state"] == "unchanged (the environment sets glibc's malloc tunables)"
+    assert result["state"] == "unchanged (the environment sets glibc's malloc thresholds)"
     assert result["in_heap"] and not result["heap_kept"], result
+
+
+@GLIBC_ONLY
+def test_other_malloc_tunables_do_not_stop_it():
+    result = probe(GLIBC_TUNABLES="glibc.malloc.arena_max=2", MALLOC_ARENA_MAX="2")
+    assert result["state"].startswith("glibc malloc keeps freed memory") and result["heap_kept"], result
+
+
+@pytest.mark.parametrize(("environment", "platform_name", "libc", "expected"), [
+    ({"HYBRIDNDE_KEEP_FREED_MEMORY": "off"}, "Linux", "glibc", "unchanged (HYBRIDNDE_KEEP_FREED_MEMORY=off)"),
+    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "Linux", "glibc", "unchanged (an allocator in LD_PRELOAD)"),
+    ({"MALLOC_TOP_PAD_": "0"}, "Linux", "glibc", "unchanged (the environment sets glibc's malloc thresholds)"),
+    ({}, "Linux", "musl", "unchanged (not glibc)"),
+    ({}, "Darwin", "", "unchanged (not glibc)"),
+])
+def test_it_leaves_malloc_alone_where_it_should(monkeypatch, environment, platform_name, libc, expected):
+    from hybridnde import allocator
+
+    for name in ("GLIBC_TUNABLES", "LD_PRELOAD", "HYBRIDNDE_KEEP_FREED_MEMORY", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(allocator.platform, "system", lambda: platform_name)
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: (libc, "1.0"))
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setattr(allocator.ctypes, "CDLL", None)  # would fail loudly if it got as far as mallopt
+    assert allocator.keep_freed_memory() == expected == allocator.allocator_setting()
