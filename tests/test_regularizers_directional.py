@@ -265,6 +265,12 @@ def test_a_subclass_with_its_own_forward_gets_the_exact_jvp_not_the_layers_tange
     torch.testing.assert_close(closure_jvp(model, t, u, v), reference, rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="method='vmap'"):
         closure_jvp(model, t, u, v, method="tangent")
+    # a forward hook that changes the output: the same, for the base class
+    plain = MLPClosure(state_dim=4, width=20).double()
+    plain.register_forward_hook(lambda module, inputs, output: output + 0.5 * inputs[1] ** 2)
+    assert not supports_tangent(plain)
+    reference = torch.stack([torch.func.jvp(lambda x: plain(t, x), (u,), (probe,))[1] for probe in v])
+    torch.testing.assert_close(closure_jvp(plain, t, u, v), reference, rtol=1e-12, atol=1e-12)
 
 
 def test_a_probe_sampler_checks_the_device_of_the_states():

@@ -455,7 +455,17 @@ def test_an_epoch_of_non_finite_batches_names_the_terms_that_were_not_finite():
     with torch.no_grad():
         trainer.model.net[-1].weight.zero_()  # the closure is constant: J = 0
     trainer.terms.append(JacobianPenaltyTerm(ConditionNumber(method="exact"), weight=1.0, field="closure"))
-    with pytest.raises(FloatingPointError, match=r"non-finite terms: condition\)"):
+    with pytest.raises(FloatingPointError, match=r"non-finite terms: condition\);.*condition-number penalty is"):
+        trainer.fit(windows, windows, 0.1)
+    # finite terms whose weighted sum overflows: said so, and no word of a penalty that is not there
+    class Overweighted(RolloutLoss):  # a finite loss under a weight that overflows the sum
+        def __call__(self, *arguments):
+            return {f"{name}_{copy}": (value, 1e308 / float(value.detach())) for name, (value, _)
+                    in super().__call__(*arguments).items() for copy in range(2)}  # 1e308 each: 2e308 = inf
+
+    trainer, windows = _tiny_trainer(epochs=1)
+    trainer.terms = [Overweighted(steps=2)]
+    with pytest.raises(FloatingPointError, match=r"each term finite, their weighted sum overflowed\); lower [^(]*$"):
         trainer.fit(windows, windows, 0.1)
 
 

@@ -99,8 +99,8 @@ class TrainingConfig:
                                               "state: spectral power iterations per call once a state has a "
                                               "stored vector (0 = 2; a state's first call runs 30); condition "
                                               "Lanczos steps on J^T J for states of more than 32 values (0 = 20, "
-                                              "at least 2; fewer under-estimate sigma_max/sigma_min: a review "
-                                              "measured a state's first call at 20 steps 19% low on a periodic "
+                                              "at least 2; fewer under-estimate sigma_max/sigma_min: measured, "
+                                              "a state's first call at 20 steps 19% low on a periodic "
                                               "CNN at N = 64, warm calls within 1% by the fourth; 40 steps "
                                               "within 5e-4 by the second)",
                                               nonnegative=True, maximum=1000)

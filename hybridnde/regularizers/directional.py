@@ -41,7 +41,7 @@ FD_STENCILS = ("one_sided", "centred")
 #: order in the sampling interval of the normalised mismatch's error (see ``finite_difference_mismatch``)
 STENCIL_ORDER = {"one_sided": 1, "centred": 2}
 #: the paper's guard against a zero step in the normalisation ``||x_{t+1} - x_t||^2 + 1e-8``. Absolute,
-#: not relative to the step: where ``||v_t||^2`` nears 1e-8 it biases L_FD low (a review measured the
+#: not relative to the step: where ``||v_t||^2`` nears 1e-8 it biases L_FD low (measured: the
 #: centred variant's error against its exact limit growing from 1e-4 to 9e-4 as dt went 0.0025 ->
 #: 0.000625, where without the floor it fell at second order); at the paper cases' steps (two-body,
 #: dt = 0.01, ``||v||^2 ~ 1e-4``) the bias is ~1e-4 relative. Kept as published.

@@ -65,10 +65,12 @@ def _known_layer(layer: nn.Module) -> bool:
 
 def supports_tangent(closure: Callable) -> bool:
     """Whether ``closure`` is a model whose layers the ``"tangent"`` method knows, computed by the
-    model's own ``forward`` (a subclass that overrides it -- an added term, a use of ``t`` -- is not:
-    the tangent would follow only the layers and silently miss the rest)."""
+    model's own ``forward`` with no hooks (a subclass that overrides it -- an added term, a use of
+    ``t`` -- or a forward hook changing the output is not: the tangent would follow only the layers and
+    silently miss the rest)."""
     return (isinstance(closure, (MLPClosure, PeriodicCNNClosure))
             and type(closure).forward in (MLPClosure.forward, PeriodicCNNClosure.forward)
+            and not (closure._forward_hooks or closure._forward_pre_hooks)
             and isinstance(closure.net, nn.Sequential) and all(_known_layer(layer) for layer in closure.net))
 
 

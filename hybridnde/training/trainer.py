@@ -177,10 +177,12 @@ class Trainer:
             for name, value in values.items():
                 sums[name] = value * size if name not in sums else sums[name] + value * size
         if counted == 0:
-            raise FloatingPointError(f"epoch {epoch}: every batch gave a non-finite loss (non-finite terms: "
-                                     f"{', '.join(sorted(non_finite)) or 'their weighted sum'}); lower "
-                                     "training.learning_rate or the regularizer weight (a condition-number "
-                                     "penalty is infinite for a closure whose Jacobian is singular, e.g. zero)")
+            which = (f"non-finite terms: {', '.join(sorted(non_finite))}" if non_finite
+                     else "each term finite, their weighted sum overflowed")
+            singular = (" (a condition-number penalty is infinite where the closure's Jacobian is singular, "
+                        "e.g. zero)") if "condition" in non_finite else ""
+            raise FloatingPointError(f"epoch {epoch}: every batch gave a non-finite loss ({which}); lower "
+                                     f"training.learning_rate or the regularizer weight{singular}")
         record = {"loss": float(total_sum) / counted, **{f"loss/{name}": float(s) / counted for name, s in sums.items()}}
         if skipped:
             record["skipped_batches"] = skipped
