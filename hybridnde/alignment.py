@@ -12,7 +12,8 @@ The rules, in the order they are applied:
   member must be in the reference. ``"index"`` pairs them by position (the k-th with the k-th), for
   files whose member numbering differs on purpose.
 * **Times**: a rollout time is kept when a reference time lies within ``time_tolerance`` of it
-  (default: 1e-6 of the smaller sampling interval); at least two common times are needed.
+  (default: 1e-6 of the smaller sampling interval, or the time coordinates' own precision where that
+  is coarser -- a float32 coordinate rounds t = 100 by 4e-6); at least two common times are needed.
 """
 from __future__ import annotations
 
@@ -58,14 +59,18 @@ def _domain_length(x: np.ndarray) -> float | None:
 
 
 def _common_times(rollout_times: np.ndarray, reference_times: np.ndarray, tolerance: float | None,
-                  names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(into rollout, into reference)`` of the times that agree within ``tolerance``."""
+                  names: tuple[str, str], precision: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(into rollout, into reference)`` of the times that agree within ``tolerance``;
+    ``precision``: the coarser coordinate's rounding at the largest time (the default tolerance's floor)."""
     for times, name in zip((rollout_times, reference_times), names):
         if times.size > 1 and not np.all(np.diff(times) > 0):
             raise DataError(f"{name}: the time coordinate is not increasing")
     if tolerance is None:
         spacings = [np.min(np.diff(t)) for t in (rollout_times, reference_times) if t.size > 1]
         tolerance = 1e-6 * min(spacings) if spacings else 1e-9 * max(1.0, float(np.abs(rollout_times).max()))
+        # a float32 coordinate is off by up to half its spacing there, both files' errors adding up: 4 of
+        # them (1001 times 0.1 apart in float32 kept 249 at 1e-6 dt, a review found)
+        tolerance = max(tolerance, 4 * precision)
     position = np.clip(np.searchsorted(reference_times, rollout_times), 1, max(reference_times.size - 1, 1))
     candidates = np.stack([position - 1, np.minimum(position, reference_times.size - 1)])
     distance = np.abs(reference_times[candidates] - rollout_times[None, :])
@@ -144,7 +149,12 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
                                  match_members, names)
     rollout_times = np.asarray(rollout["time"].values, dtype=np.float64)
     reference_times = np.asarray(reference["time"].values, dtype=np.float64)
-    rollout_index, reference_index = _common_times(rollout_times, reference_times, time_tolerance, names)
+    largest = max(float(np.abs(rollout_times).max(initial=0.0)), float(np.abs(reference_times).max(initial=0.0)))
+    precision = max(float(np.spacing(np.asarray(largest, dtype=dataset["time"].dtype)))
+                    if np.issubdtype(dataset["time"].dtype, np.floating) else 0.0
+                    for dataset in (rollout, reference))
+    rollout_index, reference_index = _common_times(rollout_times, reference_times, time_tolerance, names,
+                                                   precision)
     if rollout_index.size < rollout_times.size:
         notes.append(f"{rollout_index.size} of the rollout's {rollout_times.size} times have a reference time")
 

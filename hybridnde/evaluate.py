@@ -43,6 +43,20 @@ log = logging.getLogger(__name__)
 MAX_CURVE_POINTS = 1000
 #: an initial normalised error above this fraction of the threshold means the files start apart
 INITIAL_MISMATCH = 0.1
+#: attractor statistics (spectrum, histograms) need the model's states: below this share of finite
+#: ones they are undefined. A model that blew up just after the start had its few first states -- still
+#: the truth's -- compared with the truth's whole horizon, and scored better than a stable closure.
+MIN_FINITE_SHARE = 0.5
+
+
+def _statistics_samples(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(predicted, truth, share)``: the truth left out (NaN) where the prediction's state is not
+    finite, so both statistics cover the same (member, time) samples; ``share``: the finite share."""
+    finite = np.isfinite(predicted.reshape(*predicted.shape[:2], -1)).all(axis=-1)  # (member, time)
+    share = float(finite.mean()) if finite.size else 0.0
+    if share < 1.0:
+        truth = np.where(finite.reshape(*finite.shape, *([1] * (truth.ndim - 2))), truth, np.nan)
+    return predicted, truth, share
 
 
 def case_from_attributes(attributes: Mapping[str, Any], name: str) -> CaseConfig | None:
@@ -145,16 +159,24 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
                         f"logarithm is undefined); {rest}")
                 metrics["notes"].append(note)
                 log.warning(note)
+    predicted, truth, share = _statistics_samples(pair.predicted, pair.truth)
+    metrics["statistics_finite_share"] = share
+    defined = share >= MIN_FINITE_SHARE
+    if not defined:
+        note = (f"spectrum and histogram statistics undefined: only {100 * share:.3g}% of the rollout's states "
+                f"(member x time) are finite (at least {100 * MIN_FINITE_SHARE:g}% needed)")
+        metrics["notes"].append(note)
+        log.info(note)
     if pair.state_dim == "x":
-        spectrum, reference_spectrum = energy_spectrum(pair.predicted), energy_spectrum(pair.truth)
+        spectrum, reference_spectrum = energy_spectrum(predicted), energy_spectrum(truth)
         length = pair.domain_length or 1.0
         metrics["spectrum"] = {"wavenumber": wavenumbers(pair.truth.shape[-1], length),
                                "rollout": spectrum, "reference": reference_spectrum,
-                               "distance": spectral_distance(spectrum, reference_spectrum)}
-        metrics["kl_divergence"] = {"value": histogram_kl_divergence(pair.predicted, pair.truth),
+                               "distance": spectral_distance(spectrum, reference_spectrum) if defined else math.nan}
+        metrics["kl_divergence"] = {"value": histogram_kl_divergence(predicted, truth) if defined else math.nan,
                                     "per_component": {}}
     else:
-        per_component = {str(name): histogram_kl_divergence(pair.predicted[..., i], pair.truth[..., i])
+        per_component = {str(name): histogram_kl_divergence(predicted[..., i], truth[..., i]) if defined else math.nan
                          for i, name in enumerate(pair.state_coords)}
         values = [v for v in per_component.values() if np.isfinite(v)]
         metrics["kl_divergence"] = {"value": float(np.mean(values)) if values else math.nan,

@@ -9,7 +9,7 @@ from hybridnde.cli import main
 from hybridnde.closure_file import save_closure
 from hybridnde.config import load_case
 from hybridnde.models import PeriodicCNNClosure
-from hybridnde.io import trajectory_dataset, write_netcdf
+from hybridnde.io import DataError, trajectory_dataset, write_netcdf
 
 LORENZ = """
 [case]
@@ -135,6 +135,25 @@ def test_blown_up_members_count_against_stability_and_vpt(tmp_path, lorenz_truth
     assert metrics["stable_fraction"] == pytest.approx(2 / 3) and metrics["stable_members"] == 2
     assert metrics["valid_prediction_time"]["per_member"] == pytest.approx([20.0, 3.0, 20.0])
     assert metrics["reached_horizon_fraction"] == pytest.approx(2 / 3)
+    # the truth itself with member 1 NaN from t = 3.1 on: its histograms cover the truth's same samples
+    assert metrics["kl_divergence"]["value"] == 0.0 and metrics["statistics_finite_share"] == pytest.approx(
+        (3 * 201 - 170) / (3 * 201))
+
+
+def test_a_model_that_blows_up_at_once_has_no_attractor_statistics(tmp_path, capsys):
+    """Equal to the truth at the start, NaN after: its few first states (the truth's) were compared with
+    the truth's whole horizon, and the spectrum distance and KL came out better than a stable closure's."""
+    truth = simulate(tmp_path, "ks_truth", KS)
+    with xr.open_dataset(truth) as data:
+        u, times, x, attrs = data.u.values.copy(), data.time.values, data.x.values, dict(data.attrs)
+    u[:, 2:] = np.nan
+    members = u.shape[0]
+    dataset = trajectory_dataset(u, times, state_dim="x", state_coords=x, status=np.ones(members, dtype=np.int8),
+                                 blowup_time=np.full(members, times[2]), case_toml=attrs["case_toml"])
+    metrics = evaluate_json(capsys, write_netcdf(dataset, tmp_path / "blown.nc"), truth)
+    assert metrics["spectrum"]["distance"] is None and metrics["kl_divergence"]["value"] is None
+    assert metrics["statistics_finite_share"] == pytest.approx(2 / times.size)
+    assert any("statistics undefined: only" in note for note in metrics["notes"])
 
 
 def test_two_body_reports_invariant_drift(tmp_path, capsys):
@@ -271,3 +290,20 @@ def test_components_in_another_order_are_paired_by_name():
     np.testing.assert_array_equal(pair.predicted, pair.truth)
     np.testing.assert_array_equal(pair.reference_initial, values[:, 0][:, [1, 2, 0]])
     assert [str(name) for name in pair.state_coords] == ["x", "y", "z"]
+
+
+def test_a_float32_time_coordinate_keeps_every_time():
+    """A rollout whose time is float32 (an external file): t = 100 rounds by up to 4e-6, above the
+    default 1e-6 x dt, and 752 of 1001 times were dropped with only a note."""
+    from hybridnde.alignment import align_trajectories
+
+    times = 0.1 * np.arange(1001)
+    values = np.random.default_rng(0).standard_normal((2, times.size, 3))
+    reference = trajectory_dataset(values, times, state_dim="component", state_coords=["x", "y", "z"])
+    rollout = reference.assign_coords(time=times.astype(np.float32))
+    pair = align_trajectories(rollout, reference)
+    assert pair.times.size == times.size and not pair.notes
+    # a time between two samples is still no common time
+    shifted = reference.assign_coords(time=times + 0.05)
+    with pytest.raises(DataError, match="share 0 time"):
+        align_trajectories(shifted, reference)

@@ -65,6 +65,18 @@ def test_valid_prediction_time_at_a_known_crossing():
     np.testing.assert_allclose(shifted, valid_prediction_time(error, times, threshold=0.5)[0], atol=1e-9)
 
 
+def test_where_the_truth_ends_the_valid_time_ends_too():
+    """A member whose truth is undefined (NaN) from t = 5 on got the whole horizon and counted as valid to
+    it; one with no defined truth at all got (horizon, True)."""
+    times = np.arange(0, 11) * 1.0
+    error = np.full((3, 11), 0.1)
+    error[0, 6:] = np.nan  # truth undefined after t = 5: censored there
+    error[1, :] = np.nan   # never defined
+    vpt, reached = valid_prediction_time(error, times, threshold=0.5)
+    assert vpt[0] == 5.0 and np.isnan(vpt[1]) and vpt[2] == 10.0
+    assert reached.tolist() == [False, False, True]
+
+
 def test_a_blown_up_member_is_valid_at_most_until_its_blowup():
     times = np.arange(0, 101) * 0.1
     predicted, truth, _ = diverging_pair([0.1, 0.1, 2.0, 2.0], times)
@@ -193,7 +205,14 @@ def test_spectral_distance_is_the_mean_log10_ratio_over_resolved_modes():
     # a mode the model does not carry at all (dealiased away on its grid) is left out ...
     dealiased = np.where(np.arange(33) >= 7, 1e-33, 10 * reference)
     assert spectral_distance(dealiased, reference) == pytest.approx(1.0)
-    # ... but a model with no energy at all, or non-finite energy, is infinitely far
+    # ... but a mode it empties inside its band is a failure, not dealiasing (it was excused: ~1e-17)
+    holed = 10 * reference.copy()
+    holed[3] = 0.0
+    assert spectral_distance(holed, reference) == math.inf
+    holed[3] = 1e-30 * reference[3]
+    # modes 1..12 counted (10 e^-m above the floor), 11 of them a decade off, mode 3 thirty
+    assert spectral_distance(holed, reference) == pytest.approx((11 * 1.0 + 30.0) / 12)
+    # ... and a model with no energy at all, or non-finite energy, is infinitely far
     assert spectral_distance(np.zeros(33), reference) == math.inf
     assert spectral_distance(np.where(np.arange(33) == 4, np.nan, reference), reference) == math.inf
 

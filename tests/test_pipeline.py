@@ -574,6 +574,22 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
 
 
 
+def test_a_median_valid_to_the_horizon_is_said_to_be_a_lower_bound():
+    """75% of members valid to the horizon: the verdict said "for 100 time units ... 70.5x the bare
+    host's", where both are lower bounds; and "100 s time units" where the files give units."""
+    from hybridnde.pipeline.report import verdict
+
+    metrics = {"valid_prediction_time": {"median": 100.0}, "members": 4, "stable_members": 4, "horizon": 100.0,
+               "reached_horizon_fraction": 0.75,
+               "baseline": {"valid_prediction_time": {"median": 1.42}, "stable_members": 0, "members": 4}}
+    text = verdict(metrics)
+    assert "for at least 100 time units (the horizon: 3 of 4 members are valid to it)" in text
+    assert "at least 70.4x the bare host solver's 1.42" in text
+    short = verdict({**metrics, "reached_horizon_fraction": 0.25, "valid_prediction_time": {"median": 18.3},
+                     "time_units": "s"})
+    assert "for 18.3 s, median" in short and "at least" not in short and "time units" not in short
+
+
 def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
     """Lorenz-63's quick model settles on a fixed point from t ~ 2 (spread 1e-13) while the truth
     circles it slowly: 8.15 time units "valid", reported as 7.38 Lyapunov times of skill. Only a model

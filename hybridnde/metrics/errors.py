@@ -95,7 +95,10 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
     diverged between samples) the VPT is the last sample where it was still valid. A member that
     never exceeds the threshold gets the whole horizon ``times[-1] - times[0]`` (a censored value:
     see ``reached_horizon``). With ``blowup_time`` given, a member's VPT is at most
-    ``blowup_time - times[0]``. NaN errors (undefined truth) are skipped.
+    ``blowup_time - times[0]``. NaN errors (undefined truth) are skipped; a member that never exceeds
+    the threshold while its truth is defined gets the last time it is defined (censored there, and
+    not counted as reaching the horizon: it was the horizon, valid where nothing was known), NaN when
+    its truth is defined nowhere.
 
     Args:
         error: (member, time), e.g. from ``normalised_error``.
@@ -115,7 +118,10 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
     exceeded = error > threshold  # inf counts, NaN does not
     any_exceeded = exceeded.any(axis=1)
     first = np.argmax(exceeded, axis=1)
-    vpt = np.full(error.shape[0], horizon)
+    defined = ~np.isnan(error)  # the truth known (a diverged prediction's inf is defined)
+    last_defined = error.shape[1] - 1 - np.argmax(defined[:, ::-1], axis=1)
+    vpt = np.where(defined.any(axis=1), times[last_defined] - start, np.nan)
+    vpt[defined[:, -1]] = horizon
     for member in np.flatnonzero(any_exceeded):
         k = first[member]
         if k == 0:
@@ -129,7 +135,7 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
             vpt[member] = times[k] - start
         else:  # diverged between two samples: valid until the last sample that was
             vpt[member] = times[k - 1] - start
-    reached = ~any_exceeded
+    reached = ~any_exceeded & defined[:, -1]
     if blowup_time is not None:
         blowup_time = np.asarray(blowup_time, dtype=np.float64)
         blew_up = np.isfinite(blowup_time)

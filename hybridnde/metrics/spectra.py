@@ -58,9 +58,15 @@ def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_f
     * energetic: either spectrum exceeds ``relative_floor * max(E*)``. Modes far below (round-off,
       strongly damped modes) would dominate a mean of logs without mattering to the dynamics; a
       model that piles energy into such a mode still counts;
-    * carried by the model: its energy there is above ``EMPTY_MODE`` times its own peak. A mode
-      the model's grid removes by construction (dealiasing keeps ``m <= 2/3 N/2``) would add ~30
-      decades for every closure alike and say nothing about any of them.
+    * carried by the model: at or below its highest mode with energy above ``EMPTY_MODE`` times its
+      own peak. A band the model's grid empties by construction (dealiasing keeps ``m <= 2/3 N/2``)
+      would add ~30 decades for every closure alike and say nothing about any of them; but a mode
+      *inside* the model's band that it empties is a failure, and counts (its distance is ``inf``:
+      the rule was the model's energy per mode, which excused a model for removing an energetic
+      mode). A model whose energy ends at some mode is compared up to that mode only: from the
+      spectra alone it cannot be told from a model dealiased there.
+    The mean (``m = 0``) is not compared: a constant offset does not change the distance (the
+    histograms' KL divergence sees it).
 
     Args:
         spectrum, reference: one-sided spectra from ``energy_spectrum`` (lengths may differ).
@@ -74,11 +80,12 @@ def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_f
     last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
     modes = np.arange(1, last)
     floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
-    carried = spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0)
+    occupied = np.flatnonzero(spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
+    carried = modes <= (modes[occupied[-1]] if occupied.size else 0)  # up to the band's top, gaps included
     modes = modes[((reference[modes] > floor) | (spectrum[modes] > floor)) & carried]
     if not modes.size:
         return float("inf")
     model, truth = spectrum[modes], reference[modes]
-    if not (truth > 0).all():
+    if not (truth > 0).all() or not (model > 0).all():
         return float("inf")
     return float(np.mean(np.abs(np.log10(model / truth))))

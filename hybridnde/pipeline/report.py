@@ -23,12 +23,13 @@ from .stages import repeats_training_start
 __all__ = ["write_report", "verdict", "summary_lines"]
 
 
-def _ratio_phrase(hybrid: float | None, bare: float | None) -> str:
+def _ratio_phrase(hybrid: float | None, bare: float | None, *, at_least: bool = False) -> str:
+    """``at_least``: ``hybrid`` is censored at the horizon, so the ratio is a lower bound."""
     if hybrid is None or bare is None or not bare > 0:
         return ""
     ratio = hybrid / bare
-    return f", {ratio:.3g}x the bare host solver's {number(bare)}" if ratio >= 1 else \
-        f", below the bare host solver's {number(bare)}"
+    return f", {'at least ' if at_least else ''}{ratio:.3g}x the bare host solver's {number(bare)}" if ratio >= 1 \
+        else f", below the bare host solver's {number(bare)}"
 
 
 def _members_seen(seen: int, members: int) -> str:
@@ -89,16 +90,21 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     resting = int(metrics.get("resting_members") or 0)
     lingering = int(metrics.get("resting_while_valid") or 0)
     at_rest = lingering * 2 > members
-    units = "" if metrics.get("time_units", "1") in ("", "1") else f" {metrics['time_units']}"
+    units = "time units" if metrics.get("time_units", "1") in ("", "1") else metrics["time_units"]
+    # a median member valid to the horizon: the median VPT is the horizon, a lower bound (censored)
+    censored = (metrics.get("reached_horizon_fraction") or 0.0) >= 0.5
     text = ""
     if at_rest:
         text = (f"The hybrid model is at rest in {lingering} of {members} members while the truth keeps moving, before "
                 "its valid time ends, so that time measures how long the truth lingers near the resting state, not "
                 "skill: ")
-    text += f"{'it' if at_rest else 'The hybrid model'} stays within the error threshold for {number(vpt['median'])}" \
-            f"{units} time units"
+    text += f"{'it' if at_rest else 'The hybrid model'} stays within the error threshold for " \
+            f"{'at least ' if censored else ''}{number(vpt['median'])} {units}"
     if "valid_prediction_time_lyapunov" in metrics and not at_rest:
         text += f" ({number(metrics['valid_prediction_time_lyapunov']['median'])} Lyapunov times)"
+    if censored:
+        reached = round(metrics["reached_horizon_fraction"] * members)
+        text += f" (the horizon: {reached} of {members} members are valid to it)"
     seen = metrics.get("members_from_training_states", 0)
     if not held_out:
         text += f", from the training trajectory's own start ({members} member; nothing held out)"
@@ -110,7 +116,7 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     else:
         text += f", median over {members} held-out members"
     if baseline:
-        ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"])
+        ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"], at_least=censored)
         notes = []
         low, high = keys = spread_keys(metrics)
         if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], keys):

@@ -57,8 +57,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...] | None] = {
 }
 
 #: bump when metrics.json's content changes meaning, so old files are recomputed
-EVALUATION_VERSION = 4  # 2: members_from_training_states; 3: resting_members, resting_while_valid;
-# 4: training states found up to rounding, not bit for bit
+EVALUATION_VERSION = 5  # 2: members_from_training_states; 3: resting_members, resting_while_valid;
+# 4: training states found up to rounding, not bit for bit; 5: statistics undefined below half finite
+# states and over the truth's same samples, VPT censored where the truth ends, spectrum gaps counted
 
 
 def reference_samples(case: CaseConfig) -> int:
