@@ -1,13 +1,17 @@
 """``closure.pt``: a trained closure with everything needed to rebuild and trust it.
 
 Contents: the model ``spec`` (architecture), its ``state_dict`` (weights and normalisation buffers),
-the dtype, the case TOML it was trained on, free-form training metadata, and a SHA-256 checksum of
-the weights that rollouts record in their NetCDF ``source`` attribute.
+the dtype, the case TOML it was trained on, free-form training metadata, a SHA-256 checksum of
+the weights that rollouts record in their NetCDF ``source`` attribute, and a second one over what
+rebuilds and places the model -- spec, dtype, case (``description_checksum``; the weights' checksum
+alone let an edited activation or case load without a word). Files written before it have none and
+are read as before.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,7 +23,7 @@ from torch import nn
 from .io import DataError, atomic_path
 from .models import model_from_spec
 
-__all__ = ["FORMAT", "save_closure", "load_closure", "weights_checksum"]
+__all__ = ["FORMAT", "save_closure", "load_closure", "weights_checksum", "description_checksum"]
 
 FORMAT = "hybridnde-closure/1"
 
@@ -32,6 +36,13 @@ def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def description_checksum(payload: Mapping[str, Any]) -> str:
+    """SHA-256 over the ``spec``, ``dtype`` and ``case_toml`` of a closure file's payload."""
+    description = json.dumps({"spec": payload["spec"], "dtype": str(payload["dtype"]),
+                              "case_toml": payload.get("case_toml", "")}, sort_keys=True, default=str)
+    return hashlib.sha256(description.encode()).hexdigest()
 
 
 def save_closure(path: str | Path, model: nn.Module, *, case_toml: str = "",
@@ -48,6 +59,7 @@ def save_closure(path: str | Path, model: nn.Module, *, case_toml: str = "",
     dtype = next(iter(state_dict.values())).dtype
     payload = {"format": FORMAT, "spec": dict(model.spec), "state_dict": state_dict, "dtype": str(dtype),
                "case_toml": case_toml, "metadata": dict(metadata or {}), "checksum": checksum}
+    payload["description_checksum"] = description_checksum(payload)
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
     return checksum
@@ -87,6 +99,13 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
                         "`hybridnde train`")
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:
         raise DataError(f"{path}: weights do not match their checksum; the file is corrupt")
+    if "description_checksum" in payload and description_checksum(payload) != payload["description_checksum"]:
+        raise DataError(f"{path}: its model description (spec, dtype or case) does not match its checksum; the file "
+                        "was edited or is corrupt -- give the closure.pt `hybridnde train` wrote")
+    weights_dtypes = {str(tensor.dtype) for tensor in payload["state_dict"].values() if tensor.is_floating_point()}
+    if weights_dtypes and weights_dtypes != {str(payload["dtype"])}:
+        raise DataError(f"{path}: says dtype {payload['dtype']} but holds {', '.join(sorted(weights_dtypes))} weights; "
+                        "the file is corrupt")
     try:
         saved_dtype = getattr(torch, str(payload["dtype"]).replace("torch.", ""))
         # in the saved dtype first: loading float64 weights into a default float32 module would round them
@@ -98,7 +117,11 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
         # weights intact, description not: edited by hand, or written by another version
         raise DataError(f"{path}: its model description cannot be rebuilt ({type(error).__name__}: {error}); give a "
                         "closure.pt written by `hybridnde train` of this version") from None
-    model = model.to(device=device, dtype=dtype or saved_dtype).eval()
+    try:
+        model = model.to(device=device, dtype=dtype or saved_dtype).eval()
+    except (AssertionError, RuntimeError) as error:  # torch says "not compiled with CUDA" by an assertion
+        raise DataError(f"{path}: cannot be placed on device {str(device)!r} ({error}); choose a device this "
+                        "machine has (e.g. 'cpu')") from None
     return model, payload
 
 

@@ -32,6 +32,20 @@ def probe_shape(spec: dict, n_points: int = 32) -> tuple[int, ...]:
     return (2, n_points)
 
 
+def _trained_state_shape(payload: dict) -> tuple[int, ...] | None:
+    """The state shape per member the closure was trained on, from its case; ``None`` where none is stored."""
+    if payload["spec"].get("kind") == "mlp":
+        return (int(payload["spec"]["state_dim"]),)
+    from .config import ConfigError, parse_case_text
+
+    try:
+        host = parse_case_text(payload.get("case_toml", ""), source="the closure's case").host_system
+    except (ConfigError, ValueError, KeyError):
+        return None
+    n_points = getattr(host, "n_points", None)
+    return None if n_points is None else (int(n_points),)
+
+
 class AccelerationsOnly(nn.Module):
     """A ``second_order`` closure as its host adds it: ``P C(t, u)``, the position block zeroed.
 
@@ -104,7 +118,8 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
             scripted = torch.jit.script(model)
         except Exception as error:  # a closure class TorchScript cannot compile
             raise DataError(f"{closure_path}: the closure cannot be compiled to TorchScript ({error})") from None
-    shape = probe_shape(payload["spec"])
+    state_shape = _trained_state_shape(payload)
+    shape = probe_shape(payload["spec"]) if state_shape is None else (2, *state_shape)  # on the trained grid
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(shape, generator=generator, dtype=parameter.dtype).to(parameter.device)
     t = torch.zeros((), dtype=parameter.dtype, device=parameter.device)
@@ -115,6 +130,8 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
                 "weights_checksum": payload["checksum"], "dtype": str(parameter.dtype).replace("torch.", ""),
                 "signature": "forward(t: Tensor[], u: Tensor[batch, *state]) -> Tensor[batch, *state]",
                 "probe_shape": list(shape), "case_toml": payload.get("case_toml", ""),
+                # per member, from the case (a periodic CNN runs on any grid, but learned this one); None unknown
+                "state_shape": None if state_shape is None else list(state_shape),
                 "hybrid_setup": setup,
                 "output": ("the accelerations: P C(t, u), the position block zeroed (add it to (v, 0))"
                            if setup == "second_order" else "C(t, u): add it to the host's tendency")}

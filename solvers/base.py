@@ -155,10 +155,16 @@ class Solver(GraphReplay, ABC):
         return du_dt if du_dt.dtype == u.dtype else du_dt.to(u.dtype)
 
     def as_time(self, t: Tensor | float) -> Tensor:
-        """``t`` as a 0-dim tensor on the solver's device and dtype (what closures receive)."""
-        if isinstance(t, Tensor) and t.dtype == self.dtype and t.device == self.device:
+        """``t`` as a 0-dim tensor on the solver's device and dtype (what closures receive); a one-element
+        ``t`` of another shape (``tensor([0.5])``) is reshaped, several times are refused."""
+        if isinstance(t, Tensor) and t.dtype == self.dtype and t.device == self.device and t.ndim == 0:
             return t
-        return torch.as_tensor(t, dtype=self.dtype, device=self.device)
+        t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
+        if t.ndim:
+            if t.numel() != 1:
+                raise ValueError(f"t has shape {tuple(t.shape)}; a step takes one time (a number or a 0-dim tensor)")
+            t = t.reshape(())
+        return t
 
     def resolve_dt(self, dt: float | None) -> float:
         """The step size of a call: the solver's ``dt``, or an override checked as the constructor

@@ -149,7 +149,9 @@ class FusedDenseStep:
         copies them too and looks: only if its 4 outputs are 4 different tensors are they read in place
         from then on. ``closure_key`` (default: ``closure`` itself) says which closure this is: another
         one is looked at afresh. A closure that starts sharing buffers later is caught after that step
-        (``_note_outputs``)."""
+        (``_note_outputs``). Not caught: a closure that changes, in place, a tensor it returned earlier in
+        the step; the hook's contract rules that out (docs/closure-hook.md), since copying every output
+        costs four kernels a step."""
         key = closure if closure_key is None else closure_key
         if key is not self.closure_key:
             self.closure_key, self.outputs_in_place = key, False

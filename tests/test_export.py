@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hybridnde.cli import main
-from hybridnde.closure_file import save_closure
+from hybridnde.closure_file import load_closure, save_closure
+from hybridnde.io import DataError
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
 
 # A process that imports torch and nothing of hybridnde, as a foreign code would: it loads each
@@ -77,6 +78,7 @@ def test_export_records_metadata_and_can_change_precision(tmp_path):
     metadata = json.loads(extra["hybridnde.json"])
     assert metadata["weights_checksum"] == checksum and metadata["dtype"] == "float32"
     assert metadata["spec"]["kind"] == "mlp" and "lorenz63" in metadata["case_toml"]
+    assert metadata["state_shape"] == [3]
     u = torch.randn(7, 3, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(torch.tensor(0.0), u.float()), model(torch.tensor(0.0), u).float(),
@@ -85,6 +87,26 @@ def test_export_records_metadata_and_can_change_precision(tmp_path):
         # and bias type (float)", or for float32 input to float64 weights a silent float64 answer)
         with pytest.raises(Exception, match="u has another dtype than the closure's weights"):
             scripted(torch.tensor(0.0), u)
+
+
+def test_a_periodic_cnns_export_names_and_probes_its_trained_grid(tmp_path):
+    """The metadata said probe_shape [2, 32] for a CNN trained on 64 points (the check ran on 32)."""
+    case = "[case]\nname = 'k'\n[system]\nname = 'kuramoto_sivashinsky'\nn_points = 64\n[time]\ndt = 0.25\n"
+    save_closure(tmp_path / "closure.pt", PeriodicCNNClosure(channels=4).double(), case_toml=case)
+    assert main(["export", str(tmp_path / "closure.pt")]) == 0
+    extra = {"hybridnde.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.load(str(tmp_path / "closure.ts"), _extra_files=extra)
+    metadata = json.loads(extra["hybridnde.json"])
+    assert metadata["state_shape"] == [64] and metadata["probe_shape"] == [2, 64]
+    save_closure(tmp_path / "bare.pt", PeriodicCNNClosure(channels=4).double())  # no case: not known
+    assert main(["export", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "bare.ts")]) == 0
+    extra = {"hybridnde.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.load(str(tmp_path / "bare.ts"), _extra_files=extra)
+    assert json.loads(extra["hybridnde.json"])["state_shape"] is None
 
 
 def test_a_second_order_closure_exports_what_its_host_adds(tmp_path):
@@ -181,11 +203,40 @@ def test_a_truncated_or_hand_edited_closure_file_is_named_damaged_not_locked(tmp
     error = capsys.readouterr().err
     assert "permissions" not in error and ("damaged or truncated" in error or "not a closure file" in error)
     payload = torch.load(tmp_path / "closure.pt", weights_only=True)
+    older = {key: value for key, value in payload.items() if key != "description_checksum"}  # before it existed
     for name, spec in (("bogus", {**payload["spec"], "kind": "bogus"}), ("depth", {**payload["spec"], "depth": "x"}),
                        ("nospec", None)):
-        edited = dict(payload, spec=spec) if spec is not None else {k: v for k, v in payload.items() if k != "spec"}
+        edited = dict(older, spec=spec) if spec is not None else {k: v for k, v in older.items() if k != "spec"}
         torch.save(edited, tmp_path / f"{name}.pt")
         assert main(["export", str(tmp_path / f"{name}.pt"), "--out", str(tmp_path / "c.ts")]) == 2
         error = capsys.readouterr().err
         assert f"{name}.pt" in error and ("cannot be rebuilt" in error or "without spec" in error), error
     assert not (tmp_path / "c.ts").exists()
+
+
+def test_an_edited_description_or_dtype_is_refused_even_where_it_would_rebuild(tmp_path):
+    """Only the weights were checksummed: an activation edited tanh -> relu loaded and gave outputs 9.7
+    off, another case_toml was trusted by the case check, and a dtype that disagrees with the weights
+    surfaced as torch's matmul error at the first call."""
+    save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double(), case_toml="[case]\nname = 'a'\n")
+    payload = torch.load(tmp_path / "closure.pt", weights_only=True)
+    assert load_closure(tmp_path / "closure.pt")[1]["description_checksum"] == payload["description_checksum"]
+    for name, edit in (("activation", {"spec": {**payload["spec"], "activation": "relu"}}),
+                       ("case", {"case_toml": "[case]\nname = 'b'\n"})):
+        torch.save(dict(payload, **edit), tmp_path / f"{name}.pt")
+        with pytest.raises(DataError, match="description .* does not match its checksum"):
+            load_closure(tmp_path / f"{name}.pt")
+    older = {key: value for key, value in payload.items() if key != "description_checksum"}
+    torch.save(dict(older, dtype="torch.float32"), tmp_path / "dtype.pt")
+    with pytest.raises(DataError, match="says dtype torch.float32 but holds torch.float64 weights"):
+        load_closure(tmp_path / "dtype.pt")
+    torch.save(older, tmp_path / "older.pt")  # a file from before the description checksum still loads
+    assert load_closure(tmp_path / "older.pt")[1]["checksum"] == payload["checksum"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_closure_asked_onto_a_missing_gpu_says_so(tmp_path):
+    """It was torch's bare AssertionError "Torch not compiled with CUDA enabled"."""
+    save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
+    with pytest.raises(DataError, match="cannot be placed on device 'cuda'.*choose a device this machine has"):
+        load_closure(tmp_path / "closure.pt", device="cuda")

@@ -255,6 +255,11 @@ def test_time_dependent_closure_and_gradients_to_its_parameters():
     solver.step(0.2, u0)
     assert [t.ndim for t in seen] == [0] * 4
     assert [t.item() for t in seen] == pytest.approx([0.2, 0.205, 0.205, 0.21], abs=1e-15)
+    seen.clear()  # a one-element t of another shape reaches the closure 0-dim too (it came as (1, 1))
+    solver.step(torch.tensor([[0.2]], dtype=torch.float64), u0)
+    assert [t.ndim for t in seen] == [0] * 4
+    with pytest.raises(ValueError, match=r"t has shape \(2,\); a step takes one time"):
+        solver.step(torch.tensor([0.2, 0.3]), u0)
 
     def loss():
         return solver.rollout(u0, 20)[:, -1].pow(2).sum()
