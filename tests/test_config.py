@@ -84,6 +84,19 @@ def test_the_automatic_host_integrator_fits_the_host():
     assert parse_case({**spectral_truth, "hybrid": {"setup": "neural_ode"}}).host_time.integrator == "rk4"
 
 
+def test_a_cosine_schedule_that_would_climb_is_refused_before_training():
+    """learning_rate = 1e-6 under the default min_learning_rate 1e-5: the cosine rose 10x over training."""
+    from hybridnde.training.assembly import check_training_config
+
+    climbing = parse_case({"system": {"name": "two_body"}, "training": {"learning_rate": 1e-6}})
+    with pytest.raises(ConfigError, match=r"training.min_learning_rate = 1e-05 exceeds training.learning_rate = 1e-06"):
+        check_training_config(climbing)
+    check_training_config(parse_case({"system": {"name": "two_body"},
+                                      "training": {"learning_rate": 1e-6, "min_learning_rate": 0.0}}))
+    check_training_config(parse_case({"system": {"name": "two_body"},
+                                      "training": {"learning_rate": 1e-6, "lr_schedule": "constant"}}))
+
+
 def test_the_quick_table_is_checked_key_by_key_without_binding_the_run():
     """[quick] keys and values are checked on every load, but rules joining keys bind only the variant
     that runs: a --set may conflict with the quick variant, and a stored case (its overrides applied

@@ -469,6 +469,15 @@ def test_an_epoch_of_non_finite_batches_names_the_terms_that_were_not_finite():
         trainer.fit(windows, windows, 0.1)
 
 
+def test_a_training_whose_validation_is_never_finite_saves_nothing():
+    """nan < inf is False: no epoch became the best, the last weights stayed, and train_case saved them
+    as "best validation loss inf (epoch -1)"."""
+    trainer, windows = _tiny_trainer(epochs=3)
+    trainer.validation = lambda *_: float("nan")
+    with pytest.raises(FloatingPointError, match="no epoch of 3 had a finite validation loss"):
+        trainer.fit(windows, windows, 0.1)
+
+
 def test_the_names_training_build_exported_before_its_split_still_import():
     from hybridnde.training import assembly
     from hybridnde.training import build as build_module

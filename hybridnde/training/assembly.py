@@ -59,6 +59,11 @@ def reference_solver(case: CaseConfig, *, device: torch.device | str = "cpu", dt
 def check_training_config(case: CaseConfig) -> None:
     """Rules of ``[training]`` that need the other sections; ``ConfigError`` names the fix."""
     training = case.training
+    if training.lr_schedule == "cosine" and training.min_learning_rate > training.learning_rate:
+        # the cosine would climb from learning_rate to min_learning_rate: a schedule meant to decay
+        raise ConfigError(f"training.min_learning_rate = {training.min_learning_rate:g} exceeds training.learning_rate "
+                          f"= {training.learning_rate:g}: the cosine schedule would raise the rate over training; lower "
+                          "min_learning_rate (e.g. to 0) or use lr_schedule = 'constant'")
     host = build_host_solver(case)  # ConfigError where it cannot step the sampling interval
     if training.integration != "step" and not isinstance(host, ExplicitSolver):
         raise ConfigError(f"training.integration = {training.integration!r} needs an explicit host (ODEs or "

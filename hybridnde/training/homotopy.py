@@ -231,7 +231,8 @@ class HomotopyLoss(AdaptiveRolloutLoss):
             raise ValueError(f"coupling={coupling} and smoothing={smoothing} must be zero or positive")
         self.schedule, self.coupling, self.smoothing = schedule, float(coupling), float(smoothing)
         #: epochs before early stopping may end training (the Trainer reads it): one at lam = 0 at least,
-        #: or the saved closure would never have been trained uncoupled
+        #: so that training always reaches the uncoupled stage. The closure kept is still the epoch of
+        #: lowest (uncoupled) validation loss, which may be a coupled one (docs/training-methods.md)
         self.earliest_stop = schedule.last_stage_start + 1
         self._splines: dict[tuple, tuple[Tensor, Tensor]] = {}  # (row, start) -> (values, S'') (time first)
         self._spline_layout: tuple | None = None

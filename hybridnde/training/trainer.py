@@ -212,7 +212,9 @@ class Trainer:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
         log_handle = self._open_log(history)
         stopped_early = False
-        # a term may need epochs before early stopping can end training (homotopy: its lam = 0 stage)
+        # a term may need epochs before early stopping can end training (homotopy: its lam = 0 stage). The
+        # closure kept is still the epoch of lowest validation loss over all epochs, a coupled one included
+        # (validation rolls out uncoupled): docs/training-methods.md
         earliest_stop = max((int(getattr(term, "earliest_stop", 0)) for term in self.terms), default=0)
         bar = progress_bar(range(start, config.epochs), total=config.epochs - start, description="train",
                            enabled=self.progress, unit="epoch")
@@ -255,6 +257,10 @@ class Trainer:
                 log_handle.close()
         if best["state"] is not None:
             self.model.load_state_dict(best["state"])
+        elif history and not stopped_early:  # nan < inf is False: no epoch was ever "best"
+            raise FloatingPointError(f"no epoch of {len(history)} had a finite validation loss (the closure's validation "
+                                     "rollouts blow up): nothing worth saving; lower training.learning_rate, add a "
+                                     "regularizer, or check the validation data")
         last = history[-1] if history else {}
         return TrainingResult(history=history, epochs_run=len(history), best_epoch=best["epoch"],
                               best_val_loss=best["val_loss"], stopped_early=stopped_early, resumed_from=start,
