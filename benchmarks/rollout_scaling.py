@@ -139,6 +139,12 @@ def wait_for_quiet(max_other: float | None, max_wait: float) -> float | None:
 
 
 # -- one rollout -----------------------------------------------------------------------------------
+#: Open MPI's launcher failing before any rank ran (a transient PMIx start failure seen once in ~100
+#: launches on a shared machine, exit 213): the launch is retried, up to this many times in all
+LAUNCHER_NOT_STARTED = "listener thread failed to start"
+LAUNCH_ATTEMPTS = 3
+
+
 def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int, save_every: int,
                  compression_level: int, closure: Path | None, folder: Path, setup: str, *,
                  max_other: float | None = None, max_wait: float = 0.0, independent: bool = False) -> dict:
@@ -179,8 +185,16 @@ def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int,
             if any(process.wait() != 0 for process in processes):
                 raise RuntimeError("an independent rollout failed")
         else:
-            subprocess.run(["mpiexec", "-n", str(ranks), *command(outs[0])], check=True, env=environment,
-                           stdout=subprocess.DEVNULL)
+            for attempt in range(LAUNCH_ATTEMPTS):
+                started = time.perf_counter()  # a launch that failed to start did no work: time the one that ran
+                finished = subprocess.run(["mpiexec", "-n", str(ranks), *command(outs[0])], env=environment,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if finished.returncode == 0:
+                    break
+                if LAUNCHER_NOT_STARTED not in finished.stderr or attempt == LAUNCH_ATTEMPTS - 1:
+                    print(finished.stderr, file=sys.stderr)
+                    raise subprocess.CalledProcessError(finished.returncode, finished.args)
+                time.sleep(1.0)
         seconds = time.perf_counter() - started
     rate, member_steps, blew_up, size = 0.0, 0, 0, 0
     for out in outs:

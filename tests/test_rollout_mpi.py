@@ -54,8 +54,12 @@ def mpiexec(ranks: int, *command: str, cwd: Path) -> subprocess.CompletedProcess
                        OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1")
     version = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True).stdout
     extra = ["--oversubscribe"] if "Open MPI" in version else []  # CI runners may have fewer cores than ranks
-    return subprocess.run(["mpiexec", *extra, "-n", str(ranks), *command], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    for _ in range(3):  # Open MPI's launcher failing to start (transient, before any rank ran): launch again
+        result = subprocess.run(["mpiexec", *extra, "-n", str(ranks), *command], cwd=cwd, env=environment,
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        if "listener thread failed to start" not in result.stderr + result.stdout:
+            break
+    return result
 
 
 #: case overrides of the two rollouts compared between 1 and 2 ranks
