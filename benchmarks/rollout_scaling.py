@@ -185,15 +185,17 @@ def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int,
             if any(process.wait() != 0 for process in processes):
                 raise RuntimeError("an independent rollout failed")
         else:
-            for attempt in range(LAUNCH_ATTEMPTS):
+            for attempts in range(1, LAUNCH_ATTEMPTS + 1):
                 started = time.perf_counter()  # a launch that failed to start did no work: time the one that ran
                 finished = subprocess.run(["mpiexec", "-n", str(ranks), *command(outs[0])], env=environment,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                sys.stderr.write(finished.stderr)  # shown as before (warnings of the run included)
                 if finished.returncode == 0:
                     break
-                if LAUNCHER_NOT_STARTED not in finished.stderr or attempt == LAUNCH_ATTEMPTS - 1:
-                    print(finished.stderr, file=sys.stderr)
+                if LAUNCHER_NOT_STARTED not in finished.stderr or attempts == LAUNCH_ATTEMPTS:
                     raise subprocess.CalledProcessError(finished.returncode, finished.args)
+                print(f"mpiexec did not start (attempt {attempts} of {LAUNCH_ATTEMPTS}); launching again",
+                      file=sys.stderr)
                 time.sleep(1.0)
         seconds = time.perf_counter() - started
     rate, member_steps, blew_up, size = 0.0, 0, 0, 0
@@ -206,7 +208,7 @@ def rollout_rate(case_path: Path, ranks: int, members_per_rank: int, steps: int,
         out.unlink()
     return {"rate": rate, "end_to_end_rate": member_steps / seconds, "end_to_end_seconds": seconds,
             "other_cores": others.cores, "other_cores_before": quiet, "load_average_before": load_before,
-            "file_bytes": size, "blew_up": blew_up}
+            "file_bytes": size, "blew_up": blew_up, "launch_attempts": 1 if independent else attempts}
 
 
 def solver_only_rate(case_path: Path, members: int, steps: int, closure: Path | None, setup: str) -> float:

@@ -39,9 +39,11 @@ def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def description_checksum(payload: Mapping[str, Any]) -> str:
-    """SHA-256 over the ``spec``, ``dtype`` and ``case_toml`` of a closure file's payload."""
+    """SHA-256 over the ``spec``, ``dtype`` and ``case_toml`` of a closure file's payload (JSON, keys
+    sorted; a value JSON lacks enters by its ``repr``). A file without this checksum -- older, or with
+    it removed -- is read without the check: it guards against accidents, not against forgery."""
     description = json.dumps({"spec": payload["spec"], "dtype": str(payload["dtype"]),
-                              "case_toml": payload.get("case_toml", "")}, sort_keys=True, default=str)
+                              "case_toml": payload.get("case_toml", "")}, sort_keys=True, default=repr)
     return hashlib.sha256(description.encode()).hexdigest()
 
 

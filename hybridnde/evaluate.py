@@ -50,12 +50,18 @@ MIN_FINITE_SHARE = 0.5
 
 
 def _statistics_samples(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(predicted, truth, share)``: the truth left out (NaN) where the prediction's state is not
-    finite, so both statistics cover the same (member, time) samples; ``share``: the finite share."""
-    finite = np.isfinite(predicted.reshape(*predicted.shape[:2], -1)).all(axis=-1)  # (member, time)
-    share = float(finite.mean()) if finite.size else 0.0
-    if share < 1.0:
-        truth = np.where(finite.reshape(*finite.shape, *([1] * (truth.ndim - 2))), truth, np.nan)
+    """``(predicted, truth, share)``: both left out (NaN) at every (member, time) sample where either
+    state is not wholly finite, so both statistics cover the same samples; ``share``: the share of the
+    samples with a defined truth at which the prediction is finite too."""
+    def finite(u: np.ndarray) -> np.ndarray:
+        return np.isfinite(u.reshape(*u.shape[:2], -1)).all(axis=-1)  # (member, time)
+
+    defined = finite(truth)
+    both = finite(predicted) & defined
+    share = float(both.sum() / defined.sum()) if defined.any() else 0.0
+    if not both.all():
+        mask = both.reshape(*both.shape, *([1] * (truth.ndim - 2)))
+        predicted, truth = np.where(mask, predicted, np.nan), np.where(mask, truth, np.nan)
     return predicted, truth, share
 
 
@@ -128,6 +134,11 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
                                                    until=np.searchsorted(times, start + vpt, side="right")).sum()),
         "notes": list(pair.notes),
     }
+    ended = int((np.isnan(error[:, -1]) & ~np.isnan(error).all(axis=1) & ~(error > threshold).any(axis=1)).sum())
+    if ended:  # valid as far as the truth goes: a lower bound, and not "valid to the horizon"
+        metrics["notes"].append(f"the truth is undefined before the horizon for {ended} member(s) that stay within "
+                                "the threshold while it is defined: their valid time ends where the truth does "
+                                "(a lower bound)")
     metrics["valid_prediction_time"]["members"] = [int(m) for m in pair.members]
     if lyapunov_exponent:
         metrics["valid_prediction_time_lyapunov"] = summarise(vpt * lyapunov_exponent, spread=spread)

@@ -75,7 +75,7 @@ class CapturedStep:
         Launches on the current stream; the graph itself runs on the device it was captured on."""
         if self.time is not None:
             if isinstance(t, Tensor):
-                self.time.copy_(t)
+                self.time.copy_(t.reshape(()) if t.ndim else t)  # one time of any shape, as Solver.as_time takes it
             else:
                 self.time.fill_(t)
         self.graph.replay()

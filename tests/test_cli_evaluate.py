@@ -135,9 +135,29 @@ def test_blown_up_members_count_against_stability_and_vpt(tmp_path, lorenz_truth
     assert metrics["stable_fraction"] == pytest.approx(2 / 3) and metrics["stable_members"] == 2
     assert metrics["valid_prediction_time"]["per_member"] == pytest.approx([20.0, 3.0, 20.0])
     assert metrics["reached_horizon_fraction"] == pytest.approx(2 / 3)
-    # the truth itself with member 1 NaN from t = 3.1 on: its histograms cover the truth's same samples
+    # the rollout is the truth with member 1 NaN from t = 3.1 on: its histograms cover the truth's same samples
     assert metrics["kl_divergence"]["value"] == 0.0 and metrics["statistics_finite_share"] == pytest.approx(
         (3 * 201 - 170) / (3 * 201))
+
+
+def test_where_the_truth_is_undefined_the_model_is_left_out_of_the_statistics_too(tmp_path, lorenz_truth, capsys):
+    """A truth NaN in its second half and a model off there: the model's off states were still counted
+    (KL 0.26 where the shared samples agree exactly)."""
+    with xr.open_dataset(lorenz_truth) as truth:
+        u, times, attrs = truth.u.values.copy(), truth.time.values, dict(truth.attrs)
+    undefined, off = u.copy(), u.copy()
+    undefined[:, 100:] = np.nan
+    undefined[0, 50, 1] = np.nan  # one component of one state: the whole state is left out of both
+    off[:, 100:] *= 3.0
+    off[0, 50, 1] = 1e3
+    files = {}
+    for name, values in (("undefined", undefined), ("off", off)):
+        files[name] = write_netcdf(trajectory_dataset(values, times, state_dim="component", state_coords=["x", "y", "z"],
+                                                      case_toml=attrs["case_toml"]), tmp_path / f"{name}.nc")
+    metrics = evaluate_json(capsys, files["off"], files["undefined"])
+    assert metrics["kl_divergence"]["value"] == 0.0 and metrics["statistics_finite_share"] == 1.0
+    # the undefined truth also ends the valid time: a lower bound, said so
+    assert any("undefined before the horizon for" in note and "(a lower bound)" in note for note in metrics["notes"])
 
 
 def test_a_model_that_blows_up_at_once_has_no_attractor_statistics(tmp_path, capsys):

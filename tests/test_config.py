@@ -95,6 +95,8 @@ def test_a_cosine_schedule_that_would_climb_is_refused_before_training():
                                       "training": {"learning_rate": 1e-6, "min_learning_rate": 0.0}}))
     check_training_config(parse_case({"system": {"name": "two_body"},
                                       "training": {"learning_rate": 1e-6, "lr_schedule": "constant"}}))
+    check_training_config(parse_case({"system": {"name": "two_body"},  # one epoch: the cosine never moves
+                                      "training": {"learning_rate": 1e-6, "epochs": 1}}))
 
 
 def test_the_quick_table_is_checked_key_by_key_without_binding_the_run():

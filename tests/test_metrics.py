@@ -75,6 +75,10 @@ def test_where_the_truth_ends_the_valid_time_ends_too():
     vpt, reached = valid_prediction_time(error, times, threshold=0.5)
     assert vpt[0] == 5.0 and np.isnan(vpt[1]) and vpt[2] == 10.0
     assert reached.tolist() == [False, False, True]
+    # diverged right after a sample whose truth was undefined: valid until the last one known (it was
+    # credited with the undefined one)
+    vpt, _ = valid_prediction_time(np.array([[0.1, np.nan, np.inf]]), np.array([0.0, 1.0, 2.0]), threshold=0.5)
+    assert vpt.tolist() == [0.0]
 
 
 def test_a_blown_up_member_is_valid_at_most_until_its_blowup():
@@ -202,10 +206,14 @@ def test_spectral_distance_is_the_mean_log10_ratio_over_resolved_modes():
     # counted: modes 1..10 (e^-m above 1e-4 e^-1) and the piled-up mode 25, 38 decades off
     assert spectral_distance(piled_up, reference) == pytest.approx(38.0 / 11)
     assert spectral_distance(piled_up, reference, relative_floor=1e-6) == pytest.approx(38.0 / 15)
-    # a mode the model does not carry at all (dealiased away on its grid) is left out ...
-    dealiased = np.where(np.arange(33) >= 7, 1e-33, 10 * reference)
-    assert spectral_distance(dealiased, reference) == pytest.approx(1.0)
-    # ... but a mode it empties inside its band is a failure, not dealiasing (it was excused: ~1e-17)
+    # modes above the model grid's 2/3 cut (m > 21 of 32) that it leaves empty (dealiased) are left out ...
+    slow = np.exp(-np.arange(33.0) / 10)  # energetic on every mode
+    dealiased = np.where(np.arange(33) > 21, 1e-33, 10 * slow)
+    assert spectral_distance(dealiased, slow) == pytest.approx(1.0)
+    # ... but modes below the cut that it empties are a failure, not dealiasing: at the top of its band
+    # (a model cut off at mode 5 scored a perfect 5e-17) ...
+    assert spectral_distance(np.where(np.arange(33) >= 5, 0.0, slow), slow) == math.inf
+    # ... and inside it (excused too: ~1e-17)
     holed = 10 * reference.copy()
     holed[3] = 0.0
     assert spectral_distance(holed, reference) == math.inf

@@ -575,7 +575,7 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
 
 
 def test_a_median_valid_to_the_horizon_is_said_to_be_a_lower_bound():
-    """75% of members valid to the horizon: the verdict said "for 100 time units ... 70.5x the bare
+    """75% of members valid to the horizon: the verdict said "for 100 time units ... 70.4x the bare
     host's", where both are lower bounds; and "100 s time units" where the files give units."""
     from hybridnde.pipeline.report import verdict
 
@@ -583,8 +583,13 @@ def test_a_median_valid_to_the_horizon_is_said_to_be_a_lower_bound():
                "reached_horizon_fraction": 0.75,
                "baseline": {"valid_prediction_time": {"median": 1.42}, "stable_members": 0, "members": 4}}
     text = verdict(metrics)
-    assert "for at least 100 time units (the horizon: 3 of 4 members are valid to it)" in text
+    assert "for at least 100 time units (3 of 4 members are valid to the horizon)" in text
     assert "at least 70.4x the bare host solver's 1.42" in text
+    half = verdict({**metrics, "reached_horizon_fraction": 0.5, "valid_prediction_time": {"median": 60.0}})
+    assert "for at least 60 time units (2 of 4 members are valid to the horizon)" in half  # a median of 2 values
+    both = verdict({**metrics, "baseline": {**metrics["baseline"], "valid_prediction_time": {"median": 100.0},
+                                            "reached_horizon_fraction": 1.0}})
+    assert "no ratio" in both and "1x" not in both
     short = verdict({**metrics, "reached_horizon_fraction": 0.25, "valid_prediction_time": {"median": 18.3},
                      "time_units": "s"})
     assert "for 18.3 s, median" in short and "at least" not in short and "time units" not in short

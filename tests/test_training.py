@@ -1,5 +1,6 @@
 """The trainer: both loss terms go down, a resumed run equals an uninterrupted one bit for bit,
 early stopping keeps the best weights, schedules, adaptive integration with NFE counts, warnings."""
+import dataclasses
 import hashlib
 import json
 import logging
@@ -475,6 +476,11 @@ def test_a_training_whose_validation_is_never_finite_saves_nothing():
     trainer, windows = _tiny_trainer(epochs=3)
     trainer.validation = lambda *_: float("nan")
     with pytest.raises(FloatingPointError, match="no epoch of 3 had a finite validation loss"):
+        trainer.fit(windows, windows, 0.1)
+    trainer, windows = _tiny_trainer(epochs=6)
+    trainer.config = dataclasses.replace(trainer.config, patience=2)  # stopped early by the non-finite losses
+    trainer.validation = lambda *_: float("nan")
+    with pytest.raises(FloatingPointError, match="no epoch of 2 had a finite validation loss"):
         trainer.fit(windows, windows, 0.1)
 
 

@@ -34,7 +34,8 @@ class TrainingConfig:
     lr_schedule: str = option("cosine", "learning-rate schedule over the epochs: constant, cosine (to "
                               "min_learning_rate) or step (times lr_gamma every lr_step_epochs)",
                               choices=("constant", "cosine", "step"))
-    min_learning_rate: float = option(1e-5, "cosine: final learning rate", nonnegative=True)
+    min_learning_rate: float = option(1e-5, "cosine: final learning rate (at most learning_rate: a climbing "
+                                      "cosine is refused)", nonnegative=True)
     lr_step_epochs: int = option(100, "step: epochs between learning-rate drops", positive=True)
     lr_gamma: float = option(0.5, "step: factor of each drop", positive=True, maximum=1.0)
     gradient_clip: float = option(1.0, "clip the gradient's global 2-norm to this (0 = off)", nonnegative=True)

@@ -133,8 +133,9 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
             vpt[member] = times[k - 1] + fraction * (times[k] - times[k - 1]) - start
         elif np.isfinite(after):  # truth undefined just before: the first sample known to be over
             vpt[member] = times[k] - start
-        else:  # diverged between two samples: valid until the last sample that was
-            vpt[member] = times[k - 1] - start
+        else:  # diverged between two samples: valid until the last sample known to be (truth defined)
+            known = np.flatnonzero(defined[member, :k])
+            vpt[member] = times[known[-1]] - start if known.size else 0.0
     reached = ~any_exceeded & defined[:, -1]
     if blowup_time is not None:
         blowup_time = np.asarray(blowup_time, dtype=np.float64)

@@ -58,13 +58,13 @@ def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_f
     * energetic: either spectrum exceeds ``relative_floor * max(E*)``. Modes far below (round-off,
       strongly damped modes) would dominate a mean of logs without mattering to the dynamics; a
       model that piles energy into such a mode still counts;
-    * carried by the model: at or below its highest mode with energy above ``EMPTY_MODE`` times its
-      own peak. A band the model's grid empties by construction (dealiasing keeps ``m <= 2/3 N/2``)
-      would add ~30 decades for every closure alike and say nothing about any of them; but a mode
-      *inside* the model's band that it empties is a failure, and counts (its distance is ``inf``:
-      the rule was the model's energy per mode, which excused a model for removing an energetic
-      mode). A model whose energy ends at some mode is compared up to that mode only: from the
-      spectra alone it cannot be told from a model dealiased there.
+    * carried by the model's grid: every mode ``m <= 2/3 N/2`` (what the 2/3 rule keeps on the model's
+      grid), and above that a mode where the model's energy exceeds ``EMPTY_MODE`` times its own
+      peak. A band a spectral model's dealiasing empties would add ~30 decades for every closure
+      alike and say nothing about any of them; a mode below the cut that the model empties is a
+      failure and counts (``inf``). (The rule was the model's energy per mode, then its highest
+      non-empty mode: either excused a model for emptying energetic modes, and the second made the
+      score depend on the file's precision, whose round-off fills empty modes.)
     The mean (``m = 0``) is not compared: a constant offset does not change the distance (the
     histograms' KL divergence sees it).
 
@@ -80,8 +80,8 @@ def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_f
     last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
     modes = np.arange(1, last)
     floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
-    occupied = np.flatnonzero(spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
-    carried = modes <= (modes[occupied[-1]] if occupied.size else 0)  # up to the band's top, gaps included
+    cut = 2.0 / 3.0 * (spectrum.size - 1) + 1e-9  # m <= 2/3 N/2 on the model's grid (N/2 = size - 1)
+    carried = (modes <= cut) | (spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
     modes = modes[((reference[modes] > floor) | (spectrum[modes] > floor)) & carried]
     if not modes.size:
         return float("inf")

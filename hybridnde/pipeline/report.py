@@ -104,7 +104,7 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
         text += f" ({number(metrics['valid_prediction_time_lyapunov']['median'])} Lyapunov times)"
     if censored:
         reached = round(metrics["reached_horizon_fraction"] * members)
-        text += f" (the horizon: {reached} of {members} members are valid to it)"
+        text += f" ({reached} of {members} members are valid to the horizon)"
     seen = metrics.get("members_from_training_states", 0)
     if not held_out:
         text += f", from the training trajectory's own start ({members} member; nothing held out)"
@@ -116,7 +116,10 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     else:
         text += f", median over {members} held-out members"
     if baseline:
-        ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"], at_least=censored)
+        if censored and (baseline.get("reached_horizon_fraction") or 0.0) >= 0.5:
+            ratio = ", as the bare host solver's (both valid to the horizon for most members: no ratio)"
+        else:
+            ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"], at_least=censored)
         notes = []
         low, high = keys = spread_keys(metrics)
         if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], keys):

@@ -59,7 +59,7 @@ def reference_solver(case: CaseConfig, *, device: torch.device | str = "cpu", dt
 def check_training_config(case: CaseConfig) -> None:
     """Rules of ``[training]`` that need the other sections; ``ConfigError`` names the fix."""
     training = case.training
-    if training.lr_schedule == "cosine" and training.min_learning_rate > training.learning_rate:
+    if training.lr_schedule == "cosine" and training.epochs > 1 and training.min_learning_rate > training.learning_rate:
         # the cosine would climb from learning_rate to min_learning_rate: a schedule meant to decay
         raise ConfigError(f"training.min_learning_rate = {training.min_learning_rate:g} exceeds training.learning_rate "
                           f"= {training.learning_rate:g}: the cosine schedule would raise the rate over training; lower "

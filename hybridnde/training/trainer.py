@@ -257,7 +257,7 @@ class Trainer:
                 log_handle.close()
         if best["state"] is not None:
             self.model.load_state_dict(best["state"])
-        elif history and not stopped_early:  # nan < inf is False: no epoch was ever "best"
+        elif history:  # nan < inf is False: no epoch was ever "best" (early-stopped or not)
             raise FloatingPointError(f"no epoch of {len(history)} had a finite validation loss (the closure's validation "
                                      "rollouts blow up): nothing worth saving; lower training.learning_rate, add a "
                                      "regularizer, or check the validation data")
