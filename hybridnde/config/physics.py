@@ -107,7 +107,9 @@ class TimeConfig:
     dt: float = option(0.01, "time step of the solver (and sampling interval before save_every)", positive=True)
     n_steps: int = option(1000, "steps per trajectory after spin-up", positive=True)
     save_every: int = option(1, "keep every k-th step in the output (at most n_steps)", positive=True)
-    spinup_steps: int = option(0, "steps run and discarded before saving (reach the attractor)", nonnegative=True)
+    spinup_steps: int = option(0, "steps run and discarded before saving (reach the attractor); with an adaptive "
+                                  "integrator they are fixed RK4 steps of dt (the saved part is adaptive)",
+                               nonnegative=True)
     integrator: str = option("auto", "time integrator: etdrk4 (spectral KS), rk4/euler, or an adaptive torchdiffeq "
                              "method; auto = etdrk4 for spectral KS, rk4 otherwise",
                              choices=("auto", "etdrk4") + FIXED_STEP_INTEGRATORS + ADAPTIVE_INTEGRATORS)
