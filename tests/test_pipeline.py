@@ -343,6 +343,24 @@ def test_compare_shares_the_data_and_writes_one_table(tmp_path):
     assert "| regularizer=fd |" in (out / "compare.md").read_text()
 
 
+def test_a_compared_variant_that_fails_leaves_the_others_and_a_new_table(tmp_path, capsys):
+    """A learning rate whose training goes non-finite aborted the sweep with a traceback: the variants
+    after it never ran, and compare.md stayed the previous sweep's table."""
+    case = write_case(tmp_path)
+    out = tmp_path / "sweep"
+    assert run(case, out, "--quick", "--compare", "training.seed=0,1") == 0
+    capsys.readouterr()
+    assert run(case, out, "--quick", "--set", "training.epochs=2",
+               "--compare", "training.learning_rate=1e-3,1e300,3e-3") == 1
+    assert "1 of 3 variants failed: learning_rate=1e300 (FloatingPointError" in capsys.readouterr().err
+    table = json.loads((out / "compare.json").read_text())
+    assert [row["label"] for row in table["variants"]] == ["learning_rate=1e-3", "learning_rate=3e-3"]
+    assert [row["label"] for row in table["failed"]] == ["learning_rate=1e300"]
+    markdown = (out / "compare.md").read_text()
+    assert "learning_rate compared" in markdown and "**Failed**" in markdown and "seed" not in markdown.split("\n")[0]
+    assert (out / "learning_rate=3e-3" / "metrics.json").is_file()
+
+
 def test_compared_evaluate_keys_score_the_shared_bare_host_each_their_way(tmp_path):
     """One baseline.nc serves both variants, but a compared [evaluate] key scores it differently: a row
     each (the table showed one, the first variant's, beside both)."""

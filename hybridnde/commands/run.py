@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import os
 import shlex
 from pathlib import Path
@@ -49,6 +50,10 @@ def run(arguments: argparse.Namespace) -> int:
     outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
                            threads=arguments.threads, command=_command_line(arguments, directory))
     print("\n".join(summary_lines(outcome)))
+    if outcome.failed:  # the others' results and the table are written; the run as a whole did not succeed
+        print(f"hybridnde run: {len(outcome.failed)} of {len(variants)} variants failed: "
+              + "; ".join(f"{label} ({error})" for label, error in outcome.failed), file=sys.stderr)
+        return 1
     return 0
 
 

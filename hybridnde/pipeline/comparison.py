@@ -70,7 +70,8 @@ def comparison_rows(outcome: RunResult) -> dict[str, Any]:
             groups.append({first: members[0]["settings"][first], "variants": len(members),
                            **{name: _mean_std([_grouped_value(m, name) for m in members])
                               for name in _grouped_names(variants)}})
-    return {"keys": keys, "variants": variants, "baselines": baselines, "groups": groups}
+    return {"keys": keys, "variants": variants, "baselines": baselines, "groups": groups,
+            "failed": [{"label": label, "error": error} for label, error in outcome.failed]}
 
 
 def _grouped_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -153,6 +154,9 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
              + f": {_spread_of(outcome, 'members')} member(s) over {_spread_of(outcome, 'horizon')} time "
              f"units, error threshold {_spread_of(outcome, 'threshold')}.", ""]
     lines += _table(data["variants"] + data["baselines"], keys, with_training=True)
+    if data["failed"]:  # a variant that failed at run time: said here, its folder holds what it got to
+        lines += ["", "**Failed** (no row above; the other variants ran):", ""]
+        lines += [f"* {row['label']}: {row['error']}" for row in data["failed"]]
     if data["groups"]:
         first_key = data["keys"][0]
         names = [name for name in data["groups"][0] if name not in (first_key, "variants")]

@@ -61,6 +61,8 @@ class RunResult:
     variants: list[VariantResult]
     comparison: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    #: ``--compare`` variants that failed at run time: ``(label, "ErrorType: message")``; the others ran
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _Run:
@@ -273,15 +275,25 @@ def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | N
              command: str) -> RunResult:
     started = wallclock.perf_counter()
     run = _Run(directory, progress=progress, lyapunov=lyapunov, command=command)
-    results = []
+    results, failed, first_failure = [], [], None
     for index, variant in enumerate(variants):
         position = f"({index + 1}/{len(variants)}) " if len(variants) > 1 else ""
-        results.append(run.variant(variant, position))
-    outcome = RunResult(directory, results, seconds=wallclock.perf_counter() - started)
+        try:
+            results.append(run.variant(variant, position))
+        except Exception as error:  # noqa: BLE001 -- a sweep goes on past one variant's failure (Ctrl-C stops it)
+            if len(variants) == 1:
+                raise
+            log.error("variant %s failed: %s: %s; going on with the others", variant.label, type(error).__name__, error)
+            failed.append((variant.label, f"{type(error).__name__}: {error}"))
+            first_failure = first_failure or error
+    if not results:  # nothing to compare: the first variant's failure is the run's
+        raise first_failure
+    outcome = RunResult(directory, results, seconds=wallclock.perf_counter() - started, failed=failed)
     if any(variant.label for variant in variants):  # --compare, even with one value: its table and figure
         from .comparison import write_comparison
 
         outcome.comparison = write_comparison(outcome, command=command)
     run.record.add_run({"command": command, "variants": [v.label for v in variants], "seconds": outcome.seconds,
+                        **({"failed": dict(failed)} if failed else {}),
                         "stages": {f"{r.variant.label or '.'}/{s.stage}": s.action for r in results for s in r.stages}})
     return outcome
