@@ -30,9 +30,10 @@ from .evaluation_figures import write_figures
 from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
 from .config import CaseConfig, ConfigError, parse_case_text
 from .io import DataError, open_trajectories, package_version, platform_description
-from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, histogram_kl_divergence,
-                      invariant_drift, json_ready, normalised_error, reference_scale, spectral_distance,
-                      resting_members, stable_members, summarise, valid_prediction_time, wavenumbers)
+from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, finite_states,
+                      histogram_kl_divergence, invariant_drift, json_ready, normalised_error, reference_scale,
+                      resting_members, spectral_distance, stable_members, summarise, valid_prediction_time,
+                      wavenumbers)
 
 __all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
            "lyapunov_comparison", "write_figures", "format_summary"]
@@ -53,11 +54,8 @@ def _statistics_samples(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.nd
     """``(predicted, truth, share)``: both left out (NaN) at every (member, time) sample where either
     state is not wholly finite, so both statistics cover the same samples; ``share``: the share of the
     samples with a defined truth at which the prediction is finite too."""
-    def finite(u: np.ndarray) -> np.ndarray:
-        return np.isfinite(u.reshape(*u.shape[:2], -1)).all(axis=-1)  # (member, time)
-
-    defined = finite(truth)
-    both = finite(predicted) & defined
+    defined = finite_states(truth)
+    both = finite_states(predicted) & defined
     share = float(both.sum() / defined.sum()) if defined.any() else 0.0
     if not both.all():
         mask = both.reshape(*both.shape, *([1] * (truth.ndim - 2)))
@@ -158,7 +156,7 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         metrics["invariant_drift"] = {name: {"rollout": summarise(drift[name], spread=spread),
                                              "reference": summarise(reference_drift[name], spread=spread)}
                                       for name in drift}
-        finite = np.isfinite(pair.predicted.reshape(*pair.predicted.shape[:2], -1)).all(axis=(1, 2))
+        finite = finite_states(pair.predicted).all(axis=1)
         for name, values in drift.items():
             undefined = int((np.isnan(values) & finite).sum())  # finite states, yet no invariant
             if undefined:

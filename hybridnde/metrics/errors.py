@@ -29,13 +29,18 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["ERROR_SCALES", "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members",
-           "resting_members"]
+           "resting_members", "finite_states"]
 
 
 def _flatten_state(u: np.ndarray) -> np.ndarray:
     """``(member, time, *state) -> (member, time, state_size)``."""
     u = np.asarray(u, dtype=np.float64)
     return u.reshape(u.shape[0], u.shape[1], -1)
+
+
+def finite_states(u: np.ndarray) -> np.ndarray:
+    """``(member, time)``: whether every value of each state of ``u: (member, time, *state)`` is finite."""
+    return np.isfinite(_flatten_state(u)).all(axis=-1)
 
 
 #: what ``reference_scale`` measures the truth's size by (``evaluate.error_scale``)
@@ -52,7 +57,7 @@ def reference_scale(truth: np.ndarray, *, kind: str = "rms") -> float:
     if kind not in ERROR_SCALES:
         raise ValueError(f"kind={kind!r}; choose one of {ERROR_SCALES}")
     flat = _flatten_state(truth)
-    finite = np.isfinite(flat).all(axis=-1)  # (member, time)
+    finite = finite_states(flat)
     if not finite.any():
         raise ValueError("the reference has no finite state to normalise the error by")
     samples = flat[finite]  # (samples, state)
@@ -81,8 +86,8 @@ def normalised_error(predicted: np.ndarray, truth: np.ndarray, *, scale: float |
     scale = reference_scale(truth) if scale is None else float(scale)
     with np.errstate(invalid="ignore", over="ignore"):
         error = np.sqrt(np.sum((predicted - truth) ** 2, axis=-1)) / scale
-    error[~np.isfinite(predicted).all(axis=-1)] = np.inf
-    error[~np.isfinite(truth).all(axis=-1)] = np.nan
+    error[~finite_states(predicted)] = np.inf
+    error[~finite_states(truth)] = np.nan
     return error
 
 
@@ -167,7 +172,7 @@ def stable_members(predicted: np.ndarray, *, status: np.ndarray | None = None,
     Returns:
         (member,) bool.
     """
-    stable = np.isfinite(_flatten_state(predicted)).all(axis=(1, 2))
+    stable = finite_states(predicted).all(axis=1)
     if status is not None:
         stable &= np.asarray(status) == 0
     if blowup_time is not None:
