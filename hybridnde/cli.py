@@ -97,8 +97,8 @@ def _run(arguments: argparse.Namespace) -> int:
     except Exception as failure:  # a failure at run time
         full = disk_full_message(failure)
         if full is not None:  # not a bug: say what to do, without a traceback
-            print(f"hybridnde {arguments.command}: error: no space left on the device ({full}); free some space or "
-                  "choose another --out (what was checkpointed is kept: --resume continues from it)", file=sys.stderr)
+            print(f"hybridnde {arguments.command}: error: {full} (what was checkpointed is kept: --resume continues "
+                  "from it)", file=sys.stderr)
             return 1
         log.exception("hybridnde %s failed", arguments.command)
         return 1

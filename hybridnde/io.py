@@ -215,15 +215,15 @@ def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str) -> bool:
 
 
 def disk_full_message(failure: BaseException) -> str | None:
-    """The message of a full disk or an exceeded quota in ``failure`` or what caused it (the rollout's
-    writer thread and HDF5 wrap it), else ``None``."""
+    """What to tell the user when ``failure`` or what caused it (the rollout's writer thread and HDF5
+    wrap it) is a full disk or an exceeded quota -- a message without a traceback -- else ``None``."""
     seen: set[int] = set()
     error: BaseException | None = failure
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
                 "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
-            return str(error)
+            return f"no space left on the device ({error}); free some space or choose another --out"
         error = error.__cause__ or error.__context__
     return None
 

@@ -48,6 +48,9 @@ __all__ = ["run_rollout", "RolloutSummary", "rollout_checksum", "ROLLOUT_SECTION
 
 log = logging.getLogger(__name__)
 
+#: said when a rollout stops with a checkpoint kept (launcher, and what it may change)
+RESUME_HINT = "rollout stopped; `%shybridnde rollout ... --resume` continues from the last checkpoint%s"
+
 
 @dataclass
 class RolloutSetup:
@@ -202,17 +205,15 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     except BaseException as failure:
         if comm.size > 1:
             full = disk_full_message(failure)  # not a bug: the message without a traceback, as in one process
-            log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__,
-                         f"no space left on the device ({full}); free some space or choose another --out"
-                         if full else failure, exc_info=not (full or isinstance(failure, KeyboardInterrupt)))
+            log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__, full or failure,
+                         exc_info=not (full or isinstance(failure, KeyboardInterrupt)))
             if checkpoint_path(out).exists():
-                log.critical("rollout stopped; `mpiexec ... hybridnde rollout ... --resume` continues from the last "
-                             "checkpoint (on any number of ranks)")
+                log.critical(RESUME_HINT, "mpiexec ... ", " (on any number of ranks)")
             comm.abort(130 if isinstance(failure, KeyboardInterrupt) else 1)
         if setup.writer is not None:
             setup.writer.close()
             if checkpoint_path(out).exists():
-                log.error("rollout stopped; `hybridnde rollout ... --resume` continues from the last checkpoint")
+                log.error(RESUME_HINT, "", "")
             else:
                 setup.writer.discard()
         raise

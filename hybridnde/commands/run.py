@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from ..io import DataError, check_output_path

@@ -275,7 +275,7 @@ def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | N
              command: str) -> RunResult:
     started = wallclock.perf_counter()
     run = _Run(directory, progress=progress, lyapunov=lyapunov, command=command)
-    results, failed, first_failure = [], [], None
+    results, failures = [], []
     for index, variant in enumerate(variants):
         position = f"({index + 1}/{len(variants)}) " if len(variants) > 1 else ""
         try:
@@ -284,10 +284,10 @@ def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | N
             if len(variants) == 1:
                 raise
             log.error("variant %s failed: %s: %s; going on with the others", variant.label, type(error).__name__, error)
-            failed.append((variant.label, f"{type(error).__name__}: {error}"))
-            first_failure = first_failure or error
+            failures.append((variant.label, error))
     if not results:  # nothing to compare: the first variant's failure is the run's
-        raise first_failure
+        raise failures[0][1]
+    failed = [(label, f"{type(error).__name__}: {error}") for label, error in failures]
     outcome = RunResult(directory, results, seconds=wallclock.perf_counter() - started, failed=failed)
     if any(variant.label for variant in variants):  # --compare, even with one value: its table and figure
         from .comparison import write_comparison
