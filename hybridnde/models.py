@@ -11,7 +11,6 @@ compatible (``torch.jit.script``).
 from __future__ import annotations
 
 import operator
-
 from typing import Any, Sequence
 
 import torch
