@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/hybridnde-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PARTS=" ${*:-environment tests ks_stepper crossover dense_fused closure_overhead closure_overhead_eager training_step memory pipeline rollout} "
+PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_overhead_eager training_step memory pipeline rollout} "
 part() {  # part NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
   [[ $PARTS == *" $name "* ]] || return 0
@@ -25,7 +25,12 @@ import torch, numpy, sys; print(sys.version.split()[0], \"torch\", torch.__versi
 try:
     import jax, exponax; print(\"jax\", jax.__version__, jax.devices(), \"exponax\", exponax.__version__)
 except Exception as error: print(\"no exponax peer:\", error)"'
-part tests 100 python3 -m pytest -q -p no:cacheprovider -k cuda tests
+# the GPU-only code (CUDA graphs, Triton kernels), then every device-parametrised test on cuda: the latter
+# step small states eagerly, one launch per operation, and did not finish in 100 s (27 passed, 2026-11-27)
+GPU_ONLY_TESTS="tests/test_cuda_graphs.py tests/test_fused_dense.py tests/test_fused_stages.py"
+part tests 240 python3 -m pytest -q -p no:cacheprovider -rfE --durations=10 -k cuda $GPU_ONLY_TESTS
+part device_tests 420 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 -k cuda tests \
+  $(for f in $GPU_ONLY_TESTS; do echo --ignore="$f"; done)
 part ks_stepper 260 python3 benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory --repeats 5 \
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part closure_overhead 60 python3 benchmarks/closure_overhead.py --device cuda --repeats 5 --min-seconds 0.1 \
@@ -35,7 +40,7 @@ part closure_overhead_eager 60 python3 benchmarks/closure_overhead.py --device c
 part training_step 110 python3 benchmarks/training_step.py --device cuda --no-memory --repeats 5 \
   --jsonl "$OUT/bench.jsonl"
 # item 5 on the GPU: peak allocation of a rollout vs its length, of a training step vs its rollout length
-part memory 200 bash -c "python3 benchmarks/ks_stepper.py --device cuda --memory-only --jsonl $OUT/bench.jsonl &&
+part memory 360 bash -c "python3 benchmarks/ks_stepper.py --device cuda --memory-only --jsonl $OUT/bench.jsonl &&
   python3 benchmarks/training_step.py --device cuda --memory-only --memory-steps 1 4 16 --jsonl $OUT/bench.jsonl"
 # the whole job on the GPU (compute.device = "auto" picks it): simulate, train, roll out, evaluate
 part pipeline 110 python3 -m hybridnde.cli run cases/ks_l22.toml --quick --no-progress --out /tmp/hybridnde-gpu-run
