@@ -30,7 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum",
+__all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum", "data_checksum",
+           "recorded_data_checksum",
            "split_members", "window_start_times"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,57 @@ def file_checksum(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: the global attributes that say what a file's numbers are; the others say when, where, how fast and
+#: by which version it was written (``history``, ``wall_seconds``, ``platform``, ``source``, ...)
+DATA_ATTRIBUTES = ("config_checksum", "closure_checksum")
+
+
+def data_checksum(path: str | Path, *, block_bytes: int = 1 << 26) -> str:
+    """SHA-256 of what a NetCDF file holds: each variable's name, dimensions, type and values (in
+    blocks of about ``block_bytes`` along the first dimension) and the attributes ``DATA_ATTRIBUTES``.
+    Not the bytes: a truth simulated again with the same numbers has a new ``history``, and maybe other
+    compression, but the same data checksum, so what was made from it stays valid."""
+    import netCDF4
+
+    digest = hashlib.sha256()
+    try:
+        dataset = netCDF4.Dataset(path)
+    except OSError as error:
+        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
+    with dataset:
+        for name in DATA_ATTRIBUTES:
+            if name in dataset.ncattrs():
+                digest.update(f"{name}={dataset.getncattr(name)}\n".encode())
+        for name in sorted(dataset.variables):
+            variable = dataset.variables[name]
+            variable.set_auto_maskandscale(False)  # the stored values, fill values included
+            digest.update(f"{name}{variable.dimensions}{variable.dtype}{variable.shape}\n".encode())
+            for values in _row_blocks(variable, block_bytes):
+                values = np.asarray(values)
+                if values.dtype.kind in "OUS":  # strings (component names): their text, each ended
+                    digest.update("".join(f"{item}\x1f" for item in values.ravel()).encode())
+                else:
+                    digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+def recorded_data_checksum(summary: Mapping[str, Any]) -> str | None:
+    """The checksum of its training data a closure's metadata ``data`` (``TrainingData.summary``) keeps:
+    of the data, or of the file's bytes in closures trained before data checksums."""
+    return summary.get("data_sha256") or summary.get("sha256") or None
+
+
+def _row_blocks(variable, block_bytes: int):
+    """A netCDF4 variable's values in blocks of whole rows (first dimension) of about ``block_bytes``."""
+    if variable.ndim == 0:
+        yield variable[...]
+        return
+    row_bytes = getattr(variable.dtype, "itemsize", 8) * math.prod(variable.shape[1:])  # vlen str: ~8
+    rows = max(1, block_bytes // max(1, row_bytes))
+    for start in range(0, variable.shape[0], rows):
+        yield variable[start:start + rows]
 
 
 @dataclass(frozen=True)
@@ -121,9 +173,14 @@ class TrainingData:
     validation_members: tuple[int, ...]
     sample_interval: float
     path: str
-    checksum: str
+    checksum: str  # of the file's data (``data_checksum``): what outputs made from it record
     attrs: Mapping[str, Any] = field(default_factory=dict)
     start_time: float = 0.0  # the time of the first sample
+    file_checksum: str = ""  # of its bytes: what closures and checkpoints recorded before data checksums
+
+    def made_from(self, recorded: str | None) -> bool:
+        """Whether ``recorded`` (a closure's or checkpoint's checksum of its data) is of these data."""
+        return recorded is not None and recorded in (self.checksum, self.file_checksum)
 
     def windows(self, split: str, length: int, *, stride: int = 1) -> WindowSet:
         trajectories = {"train": self.train, "validation": self.validation}[split]
@@ -131,7 +188,8 @@ class TrainingData:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description for closure metadata."""
-        return {"path": self.path, "sha256": self.checksum, "train_members": list(self.train_members),
+        return {"path": self.path, "sha256": self.file_checksum, "data_sha256": self.checksum,
+                "train_members": list(self.train_members),
                 "validation_members": list(self.validation_members), "sample_interval": self.sample_interval,
                 "times": int(self.train.shape[1]),
                 "config_checksum": str(self.attrs.get("config_checksum", "")),
@@ -238,13 +296,12 @@ def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int
         log.warning("%s: %s; validation (and early stopping) uses the training members", path, why)
         validation_rows = train_rows
     as_tensor = dict(device=device, dtype=dtype)
-    checksum = file_checksum(path)
     return TrainingData(
         train=torch.as_tensor(u[train_rows], **as_tensor), validation=torch.as_tensor(u[validation_rows], **as_tensor),
         train_members=tuple(int(m) for m in members[train_rows]),
         validation_members=tuple(int(m) for m in members[validation_rows]),
-        sample_interval=sample_interval, path=str(path), checksum=checksum, attrs=dict(dataset.attrs),
-        start_time=float(dataset["time"].values[0]))
+        sample_interval=sample_interval, path=str(path), checksum=data_checksum(path), attrs=dict(dataset.attrs),
+        start_time=float(dataset["time"].values[0]), file_checksum=file_checksum(path))
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
 from .distributed import (Communicator, agree, largest_batch_size_for, rank_batches, rank_device, require_same,
                           world)
-from .data import file_checksum
+from .data import data_checksum
 from .io import (STATUS_FLAGS, check_output_path, disk_full_message, package_version, platform_description,
                  utc_now, warn_if_disk_short)
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
@@ -119,7 +119,7 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     setup.identity = resume_identity(case, closure_checksum=closure_checksum, batch_size=batch_size,
                                      n_saves=schedule.n_saves, device=device,
                                      initial_conditions_checksum="draw" if given is None
-                                     else file_checksum(given) if hashed else None)
+                                     else data_checksum(given) if hashed else None)
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
         held.enter_context(output_lock(out))
         size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize

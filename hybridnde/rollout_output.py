@@ -73,7 +73,7 @@ def _open_writer(case: CaseConfig, out: Path, setup: RolloutSetup, *, resume: bo
                      "dt": solver.dt, "save_every": case.rollout.save_every, "steps": setup.schedule.steps_run,
                      "batch_size": setup.batch_size, "blowup_threshold": case.rollout.blowup_threshold,
                      "initial_conditions": case.rollout.initial_conditions, "closure_file": str(closure_path or ""),
-                     # the file's bytes when it started from one: `hybridnde run` remakes a rollout whose file changed
+                     # the file's data when it started from one: `hybridnde run` remakes a rollout whose file changed
                      "initial_conditions_sha256": "" if case.rollout.initial_conditions == "draw"
                      else setup.identity["initial_conditions_checksum"]},
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)

@@ -1,9 +1,10 @@
 """Which checkpoint a rollout may continue (``hybridnde rollout --resume``).
 
 A checkpoint records the rollout's identity: the checksum of the case sections that decide its
-values, the closure's checksum, the batch size, the number of saves, the contents of
-``rollout.initial_conditions`` and, on CPUs, the torch threads per rank (threaded FFTs and
-reductions split the work by thread count, so the last bits change with it). A resume with another
+values, the closure's checksum, the batch size, the number of saves, the data of
+``rollout.initial_conditions`` (``data.data_checksum``; older checkpoints: its bytes) and, on CPUs,
+the torch threads per rank (threaded FFTs and reductions split the work by thread count, so the last
+bits change with it). A resume with another
 identity is refused (``ResumeRefused``), naming what changed; keys an older checkpoint lacks are not
 checked. A ``run_id`` carried by both the checkpoint and the partial file ties the two together.
 """
@@ -19,6 +20,7 @@ import torch
 
 from .config import CaseConfig
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
+from .data import file_checksum
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 
@@ -76,6 +78,8 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
                                         skip=[("rollout", name) for name in ROLLOUT_RUN_ONLY_KEYS])
             return f"the case differs in {', '.join(changed)}" if changed else "the case differs"
         if key == "initial_conditions_checksum":
+            if checkpoint[key] == file_checksum(case.rollout.initial_conditions):
+                continue  # of the file's bytes, as checkpoints recorded before data checksums
             return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
         return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
     return threads_changed(checkpoint, identity)

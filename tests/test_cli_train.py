@@ -81,7 +81,10 @@ def test_train_writes_a_closure_that_rebuilds_the_model(tmp_path, files, capsys)
     metadata = payload["metadata"]
     expected = load_case(case, overrides=["training.epochs=2"]).checksum(TRAINING_SECTIONS)
     assert metadata["config_checksum"] == expected and metadata["epochs_run"] == 2
-    assert metadata["data"]["sha256"] and metadata["data"]["train_members"] == [0, 1, 2]
+    from hybridnde.data import data_checksum, file_checksum
+
+    assert metadata["data"]["sha256"] == file_checksum(truth) and metadata["data"]["train_members"] == [0, 1, 2]
+    assert metadata["data"]["data_sha256"] == data_checksum(truth)  # what `run` reuses the closure by
     assert set(metadata["final"]) >= {"loss", "val_loss", "loss/rollout", "loss/fd", "lr"}
     assert "two_body" in payload["case_toml"]
     records = [json.loads(line) for line in (tmp_path / "closure.log.jsonl").read_text().splitlines()]

@@ -153,3 +153,30 @@ def test_window_sets_refuse_arguments_that_gave_silent_nonsense():
         WindowSet.build(data[:0], 3)
     assert len(WindowSet.build(data, 11)) == 0  # longer than the data: none (the trainer says why)
     assert len(WindowSet.build(data, 10)) == 2 and len(WindowSet.build(data, 3, stride=4)) == 2 * 2
+
+
+def test_the_data_checksum_is_of_the_numbers_not_of_the_bytes(two_body_file, tmp_path):
+    """Written again with another history, compression and chunking: other bytes, the same data
+    checksum (any block size). One changed value, or another configuration checksum: another one."""
+    import xarray as xr
+
+    from hybridnde.data import data_checksum, file_checksum
+
+    with xr.open_dataset(two_body_file) as dataset:
+        dataset = dataset.load()
+    assert [str(c) for c in dataset["component"].values][:2] == ["x", "y"]  # strings are hashed too
+    again = tmp_path / "again.nc"
+    write_netcdf(dataset.assign_attrs(history="written again", wall_seconds=99.0), again,
+                 compression_level=9, time_chunk=7)
+    reference = data_checksum(two_body_file)
+    assert file_checksum(again) != file_checksum(two_body_file)
+    assert data_checksum(again) == reference == data_checksum(two_body_file, block_bytes=1)
+    for changed in (dataset.assign_attrs(config_checksum="another"),
+                    dataset.assign(u=dataset["u"].where(dataset["u"] != dataset["u"][2, 5, 1], 0.5)),
+                    dataset.assign_coords(component=["x", "y", "vx", "vz"]),
+                    dataset.isel(time=slice(0, -1))):
+        write_netcdf(changed, again)
+        assert data_checksum(again) != reference
+    (tmp_path / "text.nc").write_text("not NetCDF")
+    with pytest.raises(DataError, match="text.nc: not a readable NetCDF file"):
+        data_checksum(tmp_path / "text.nc")

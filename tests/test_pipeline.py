@@ -250,6 +250,47 @@ def test_a_data_file_changed_under_its_outputs_remakes_them(finished_run, tmp_pa
         shutil.copytree(backup, out)
 
 
+def test_data_simulated_again_with_the_same_numbers_keep_their_outputs(finished_run, tmp_path, monkeypatch):
+    """truth.nc and reference.nc simulated again (another `history`, so other bytes; the same numbers)
+    keep the closure, the rollouts and the metrics: outputs record their inputs' data, not their bytes.
+    Outputs of earlier versions, which recorded the bytes, are recognised too."""
+    from hybridnde import io
+    from hybridnde.closure_file import save_closure
+    from hybridnde.data import data_checksum, file_checksum
+    import netCDF4
+
+    case, out = finished_run
+    backup = tmp_path / "backup"
+    shutil.copytree(out, backup)
+    try:
+        before = {name: (file_checksum(out / name), data_checksum(out / name)) for name in ("truth.nc", "reference.nc")}
+        for name in before:
+            (out / name).unlink()
+        monkeypatch.setattr(io, "utc_now", lambda: "2031-01-01T00:00:00+00:00")
+        assert run(case, out, "--quick") == 0
+        assert stage_actions(out) == {"./simulate": "ran", "./reference": "ran", "./train": "reused",
+                                      "./rollout": "reused", "./baseline": "reused", "./evaluate": "reused"}
+        for name, (file_sum, data_sum) in before.items():
+            assert file_checksum(out / name) != file_sum and data_checksum(out / name) == data_sum, name
+        # as earlier versions recorded them: the truth's bytes in the closure, the reference's in the rollouts
+        model, payload = load_closure(out / "closure.pt")
+        data = {key: value for key, value in payload["metadata"]["data"].items() if key != "data_sha256"}
+        save_closure(out / "closure.pt", model, case_toml=payload["case_toml"],
+                     metadata={**payload["metadata"], "data": {**data, "sha256": file_checksum(out / "truth.nc")}})
+        for name in ("rollout.nc", "baseline.nc"):
+            with netCDF4.Dataset(out / name, "a") as rollout:
+                rollout.setncattr("initial_conditions_sha256", file_checksum(out / "reference.nc"))
+        assert run(case, out, "--quick") == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+        with netCDF4.Dataset(out / "truth.nc", "a") as truth:  # other numbers: retrained
+            truth["u"][0, 0, 0] = truth["u"][0, 0, 0] + 1e-9
+        assert run(case, out, "--quick") == 0
+        assert stage_actions(out)["./train"] == "ran"
+    finally:
+        shutil.rmtree(out)
+        shutil.copytree(backup, out)
+
+
 def test_figures_of_an_earlier_set_up_do_not_stay_beside_the_new_report(finished_run, tmp_path):
     """A rerun as a neural ODE has no bare host: the hybrid-vs-bare-host plot of the earlier run (another
     closure's curve) is removed, not left in figures/ beside a report that no longer shows it."""

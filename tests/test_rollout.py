@@ -673,6 +673,41 @@ def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
         run_rollout(case, out, closure=model, resume=True, progress=False)
 
 
+def test_resume_accepts_initial_conditions_written_again_with_the_same_states(tmp_path):
+    """The same states in other bytes (simulated again: a new history) are the same input, and a
+    checkpoint that recorded the file's bytes (before data checksums) resumes too: both resumes give the
+    uninterrupted rollout's file."""
+    from hybridnde.data import file_checksum
+
+    truth = simulate_case(ks_case("initial_condition.members=4", "time.n_steps=4"), progress=False)
+    states = tmp_path / "states.nc"
+    write_netcdf(truth, states)
+    case = ks_case("rollout.members=4", "rollout.batch_size=2", "rollout.steps=40", "output.time_chunk=4",
+                   f"rollout.initial_conditions='{states}'")
+    model, out = small_cnn(), tmp_path / "rollout.nc"
+    interrupt_after = [5.0]
+
+    def interrupt(_module, inputs):
+        if float(inputs[0]) > interrupt_after[0]:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, out, closure=model, progress=False)
+    before = file_checksum(states)
+    write_netcdf(truth.assign_attrs(history="simulated again"), states)
+    assert file_checksum(states) != before
+    interrupt_after[0] = 8.0
+    with pytest.raises(KeyboardInterrupt):  # resumed (not refused), and interrupted again
+        run_rollout(case, out, closure=model, resume=True, progress=False)
+    handle.remove()
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    torch.save({**state, "initial_conditions_checksum": file_checksum(states)}, checkpoint_path(out))
+    assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
+    run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
+    assert_same_data(out, tmp_path / "straight.nc")
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_resume_after_sigkill_or_sigterm_gives_the_identical_file(case_files, tmp_path, stop):
     """Killed, or stopped by SIGTERM (a batch system's time limit): SIGTERM now stops the work as Ctrl-C

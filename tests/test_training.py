@@ -200,6 +200,21 @@ def test_run_only_keys_may_change_on_resume_and_give_the_same_closure(tmp_path, 
     assert state["fingerprint"] != legacy  # checkpoint_every = 2 is not the default: the two differ
     torch.save({**state, "fingerprint": legacy}, checkpoint_path(legacy_out))
     assert train_case(toy_case(), truth_file, legacy_out, resume=True, progress=False)[1].resumed_from == 2
+    # ... and one that fingerprinted the data file's bytes, not its data (before data checksums)
+    from hybridnde.data import file_checksum
+
+    bytes_out = tmp_path / "bytes.pt"
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, bytes_out, progress=False)
+    monkeypatch.undo()
+    state = torch.load(checkpoint_path(bytes_out), weights_only=True)
+    old = file_checksum(truth_file)
+    assert state["identity"]["data_checksum"] != old
+    torch.save({**state, "identity": {**state["identity"], "data_checksum": old},
+                "fingerprint": hashlib.sha256(f"{training_checksum(toy_case())}:{old}".encode()).hexdigest()},
+               checkpoint_path(bytes_out))
+    assert train_case(toy_case(), truth_file, bytes_out, resume=True, progress=False)[1].resumed_from == 2
     train_case(toy_case(), truth_file, straight, progress=False)
     (_, payload_a), (_, payload_b) = load_closure(straight), load_closure(out)
     assert payload_a["checksum"] == payload_b["checksum"]

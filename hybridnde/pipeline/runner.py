@@ -72,24 +72,28 @@ class _Run:
         self.directory, self.progress, self.lyapunov, self.command = directory, progress, lyapunov, command
         self.record = RunRecord(directory)
         self.made: dict[Path, StageResult] = {}
-        self._checksums: dict[tuple[Path, int, int], str] = {}
+        self._checksums: dict[tuple[Path, int, int, bool], str] = {}
 
-    def checksum(self, path: Path) -> str:
-        """SHA-256 of a file's bytes, hashed once per run call (and again if the file changes)."""
-        from ..data import file_checksum
+    def checksum(self, path: Path, *, of_bytes: bool = False) -> str:
+        """SHA-256 of a NetCDF file's data (``data.data_checksum``), or of its bytes (``of_bytes``: what
+        outputs recorded before data checksums), each computed once per run call (and again if the file
+        changes)."""
+        from ..data import data_checksum, file_checksum
 
         status = path.stat()
-        key = (path.resolve(), status.st_size, status.st_mtime_ns)
+        key = (path.resolve(), status.st_size, status.st_mtime_ns, of_bytes)
         if key not in self._checksums:
-            self._checksums[key] = file_checksum(path)
+            self._checksums[key] = (file_checksum if of_bytes else data_checksum)(path)
         return self._checksums[key]
 
     def input_changed(self, found: str | None, expected: str, recorded: str | None, source: Path, *,
                       label: str, name: str, output: Path) -> str | None:
         """``found``, unless the output is up to date by its configuration but was made from another
-        ``source`` file than the one there now (``recorded``: the checksum the output keeps of it; not
-        checked when it keeps none): then ``None``, so the stage runs again."""
-        if found != expected or not recorded or not source.is_file() or recorded == self.checksum(source):
+        ``source`` file than the one there now (``recorded``: the checksum the output keeps of its data,
+        or of its bytes in older outputs; not checked when it keeps none): then ``None``, so the stage
+        runs again. A file written again with the same data is the same file."""
+        if (found != expected or not recorded or not source.is_file() or recorded == self.checksum(source)
+                or recorded == self.checksum(source, of_bytes=True)):
             return found
         log.warning("%s%s: %s changed since %s was made from it (checksum %s..., now %s...); making it again",
                     label, name, source, output, recorded[:12], self.checksum(source)[:12])
@@ -135,6 +139,7 @@ class _Run:
 
     # -- one variant --------------------------------------------------------------------------------
     def variant(self, variant: Variant, position: str) -> VariantResult:
+        from ..data import recorded_data_checksum
         from ..rollout_job import run_rollout
         from ..training import checkpoint_path, log_path, train_case, training_checksum
 
@@ -166,7 +171,7 @@ class _Run:
         found, payload = stages.closure_identity(closure)
         if found is not None and found == training_checksum(case, legacy=True):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure
-        trained_on = (payload or {}).get("metadata", {}).get("data", {}).get("sha256")
+        trained_on = recorded_data_checksum((payload or {}).get("metadata", {}).get("data", {}))
         found = self.input_changed(found, expected["train"], trained_on, truth, label=label, name="train",
                                    output=closure)
         result.stages.append(self.stage(

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError
-from ..data import TrainingData, load_training_data, normalization_statistics
+from ..data import TrainingData, load_training_data, normalization_statistics, recorded_data_checksum
 from ..io import check_output_path, package_version, platform_description
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
@@ -56,10 +56,19 @@ def training_checksum(case: CaseConfig, *, legacy: bool = False) -> str:
     return case.replace(training=dataclasses.replace(case.training, **defaults)).checksum(TRAINING_SECTIONS)
 
 
-def _fingerprint(case: CaseConfig, data: TrainingData, *, legacy: bool = False) -> str:
+def _fingerprint(case: CaseConfig, data_checksum: str, *, legacy: bool = False) -> str:
     """Of the configuration and data a checkpoint belongs to; ``legacy``: as checkpoints written before
     the run-only keys were left out recorded it (``training_checksum``)."""
-    return hashlib.sha256(f"{training_checksum(case, legacy=legacy)}:{data.checksum}".encode()).hexdigest()
+    return hashlib.sha256(f"{training_checksum(case, legacy=legacy)}:{data_checksum}".encode()).hexdigest()
+
+
+def _older_fingerprints(case: CaseConfig, data: TrainingData) -> tuple[str, ...]:
+    """What checkpoints of this case and data written by earlier versions carry: before the run-only
+    keys were left out, or of the data file's bytes rather than its data (``TrainingData.file_checksum``)."""
+    checksums = [data.checksum] + ([data.file_checksum] if data.file_checksum else [])
+    current = _fingerprint(case, data.checksum)
+    return tuple(fingerprint for checksum in checksums for legacy in (False, True)
+                 if (fingerprint := _fingerprint(case, checksum, legacy=legacy)) != current)
 
 
 def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
@@ -107,10 +116,10 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     validation_steps = case.training.validation_rollout_steps or case.training.rollout_steps
     validation = RolloutValidation(terms[0], steps=validation_steps, batch_size=max(case.training.batch_size, 1024))
     trainer = Trainer(model, host, terms, validation, case.training, log_file=partial_log_path(out),
-                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data), progress=progress,
+                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data.checksum), progress=progress,
                       identity={"case_toml": case.to_toml(), "data_checksum": data.checksum},
                       describe_change=lambda identity: _changes_since(identity, case, data),
-                      accepted_fingerprints=(_fingerprint(case, data, legacy=True),))
+                      accepted_fingerprints=_older_fingerprints(case, data))
     with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
         started = wallclock.perf_counter()
         result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
@@ -126,7 +135,7 @@ def _changes_since(identity: Mapping[str, str], case: CaseConfig, data: Training
     """What differs from a checkpoint's ``identity`` (its case TOML and data checksum), in words."""
     changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS,
                                 skip=[("training", key) for key in TRAINING_RUN_ONLY_KEYS])
-    if identity.get("data_checksum") not in (None, data.checksum):
+    if identity.get("data_checksum") is not None and not data.made_from(identity["data_checksum"]):
         changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now "
                           f"{data.checksum[:12]}...)")
     return changed
@@ -147,7 +156,7 @@ def _finished_closure(case: CaseConfig, out: Path, data: TrainingData, *, device
         return None
     metadata = payload.get("metadata", {})
     current = {training_checksum(case), training_checksum(case, legacy=True)}  # as `hybridnde run` accepts
-    if metadata.get("config_checksum") not in current or metadata.get("data", {}).get("sha256") != data.checksum:
+    if metadata.get("config_checksum") not in current or not data.made_from(recorded_data_checksum(metadata.get("data", {}))):
         log.warning("--resume: no checkpoint beside %s, whose closure is from another case or data; training "
                     "afresh (it is replaced when this run ends)", out)
         return None
