@@ -340,3 +340,30 @@ def test_draw_probes_normalises_rademacher_probes_to_entries_of_one_over_root_n(
     torch.testing.assert_close(probes.abs(), torch.full_like(probes, 3 ** -0.5))
     gaussian = draw_probes((5, 3), count=8, normalize=True, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(gaussian.pow(2).sum(-1), torch.ones(8, 5, dtype=torch.float64))
+
+
+def test_a_probe_stream_saved_on_another_kind_of_device_goes_on_from_a_seed(caplog):
+    """A CPU generator's state is 5056 bytes, a GPU's 16: a training checkpoint resumed on the other kind
+    stopped in set_state. Now the stream continues from a seed taken from the saved state (the same at
+    every such resume), with a warning; on the same kind it continues exactly."""
+    u = torch.zeros(3, 4, dtype=torch.float64)
+    sampler = ProbeSampler(count=2, seed=7)
+    sampler(u)
+    state = {key: value.clone() if isinstance(value, torch.Tensor) else value
+             for key, value in sampler.state_dict().items()}
+    assert state["device_type"] == "cpu"
+    expected = sampler(u)
+    same = ProbeSampler(count=2, seed=0)
+    same.load_state_dict(state)
+    assert torch.equal(same(u), expected) and not caplog.records
+    from_gpu = {"generator": torch.arange(16, dtype=torch.uint8), "device_type": "cuda"}
+    draws = []
+    for _ in range(2):
+        resumed = ProbeSampler(count=2, seed=0)
+        resumed.load_state_dict(from_gpu)
+        draws.append(resumed(u))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], ProbeSampler(count=2, seed=0)(u))
+    assert "saved on cuda and goes on on cpu" in caplog.text
+    older = ProbeSampler(count=2, seed=0)  # a checkpoint that did not record the device: its size tells
+    older.load_state_dict({"generator": torch.arange(16, dtype=torch.uint8)})
+    assert torch.equal(older(u), draws[0])

@@ -7,6 +7,8 @@ probes (Avron & Toledo 2011), so Rademacher probes are never worse.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 from typing import Sequence
 
 import torch
@@ -16,6 +18,8 @@ __all__ = ["PROBE_DISTRIBUTIONS", "ProbeSampler", "draw_probes", "generator_stat
            "random_directions", "unit_rows"]
 
 PROBE_DISTRIBUTIONS = ("gaussian", "rademacher")
+
+log = logging.getLogger(__name__)
 
 
 def draw_probes(shape: Sequence[int], *, count: int, distribution: str = "gaussian",
@@ -75,11 +79,23 @@ class ProbeSampler:
         return draw_probes(u.shape, count=self.count, distribution=self.distribution, normalize=self.normalize,
                            generator=self.generator, device=u.device, dtype=u.dtype)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, Tensor | str]:
+        return {"generator": self.generator.get_state(), "device_type": self.device.type}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+    def load_state_dict(self, state: dict[str, Tensor | str]) -> None:
+        """The stream where it was; a state from another kind of device (a CPU generator's 5056 bytes, a
+        GPU's 16: a training checkpoint resumed elsewhere) seeds the stream from its bytes instead, so
+        every such resume draws the same probes, though not the uninterrupted run's."""
+        saved = state["generator"]
+        written_on = state.get("device_type", self.device.type)  # older checkpoints: not recorded
+        if written_on == self.device.type and saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+            return
+        digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+        self.generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        log.warning("the probes' random stream was saved on %s and goes on on %s: it continues from a seed taken "
+                    "from the saved state, so the probes differ from an uninterrupted run's", written_on,
+                    self.device.type)
 
     def __repr__(self) -> str:
         return (f"ProbeSampler(count={self.count}, distribution={self.distribution!r}, "
