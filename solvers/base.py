@@ -159,6 +159,10 @@ class Solver(GraphReplay, ABC):
         ``t`` of another shape (``tensor([0.5])``) is reshaped, several times are refused."""
         if isinstance(t, Tensor) and t.dtype == self.dtype and t.device == self.device and t.ndim == 0:
             return t
+        if isinstance(t, (int, float)):
+            # a fill kernel, not a copy: copying a Python number to a GPU waits for its stream, once a
+            # step and stage in eager loops (on a CPU the fill is also 2x faster); the same rounding
+            return torch.full((), float(t), dtype=self.dtype, device=self.device)
         t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
         if t.ndim:
             if t.numel() != 1:

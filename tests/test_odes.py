@@ -467,3 +467,13 @@ def test_a_subclass_that_overrides_step_is_stepped_by_its_own_step_in_rollouts()
     with torch.no_grad():
         assert float(Clamped().rollout(u0, 50).abs().max()) == 1.0
         assert float(Lorenz63().rollout(u0, 50).abs().max()) > 10.0
+
+
+def test_a_python_number_becomes_the_time_as_torch_rounds_it(device, dtype):
+    """Python times are filled in on the device (a copy to a GPU would wait for its stream) and rounded as
+    ``torch.as_tensor`` rounds them."""
+    solver = Lorenz63(dt=0.01, dtype=dtype, device=device)
+    for t in (0.1, 3, 1e-9, 123456.789, -2.5e7 / 3):
+        got = solver.as_time(t)
+        assert got.ndim == 0 and got.dtype == dtype and got.device.type == device.type
+        assert got.item() == torch.as_tensor(t, dtype=dtype).item(), t
