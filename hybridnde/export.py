@@ -69,10 +69,11 @@ class DtypeChecked(nn.Module):
     another precision gets this message instead of torch's "Input type (double) and bias type (float)"
     (or, for float32 input to float64 weights, a silent float64 answer)."""
 
-    def __init__(self, closure: nn.Module, dtype: torch.dtype):
+    def __init__(self, closure: nn.Module, dtype: torch.dtype, device: torch.device | str = "cpu"):
         super().__init__()
         self.closure = closure
-        self.register_buffer("dtype_of_weights", torch.zeros((), dtype=dtype))
+        # on the weights' device: an archive whose tensors all live on one device loads where they do
+        self.register_buffer("dtype_of_weights", torch.zeros((), dtype=dtype, device=device))
 
     def forward(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         if u.dtype != self.dtype_of_weights.dtype:
@@ -112,7 +113,7 @@ def export_closure(closure_path: str | Path, out: str | Path, *, dtype: torch.dt
     if setup == "second_order":
         model = AccelerationsOnly(network, int(payload["spec"]["state_dim"]) // 2).eval()
     parameter = next(iter(network.state_dict().values()))  # the weights' dtype and device
-    model = DtypeChecked(model, parameter.dtype).eval()
+    model = DtypeChecked(model, parameter.dtype, parameter.device).eval()
     with _torchscript_allowed():
         try:
             scripted = torch.jit.script(model)

@@ -24,6 +24,9 @@ def resolve_device(name: str = "auto", *, local_rank: int = 0, field: str = "com
         raise ConfigError(f"{field} = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{field} = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise ConfigError(f"{field} = {name!r} but this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
+                          "use one of them, 'cuda' or 'auto'")
     return device
 
 

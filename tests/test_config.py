@@ -265,3 +265,17 @@ def test_a_case_file_that_is_not_utf8_text_or_is_a_folder_says_so(tmp_path):
     (tmp_path / "folder.toml").mkdir()
     with pytest.raises(ConfigError, match="is a folder"):
         load_case(tmp_path / "folder.toml")
+
+
+def test_a_gpu_index_beyond_the_machines_gpus_is_a_config_error(monkeypatch):
+    """cuda:3 on a one-GPU machine passed the checks and failed mid-stage with a raw CUDA error."""
+    import torch
+
+    from hybridnde.systems import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"compute.device = 'cuda:3' but this machine has 1 GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("auto", local_rank=5) == torch.device("cuda:0")

@@ -10,8 +10,10 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from hybridnde.cli import main
+from hybridnde.export import DtypeChecked
 from hybridnde.closure_file import load_closure, save_closure
 from hybridnde.io import DataError
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
@@ -79,6 +81,9 @@ def test_export_records_metadata_and_can_change_precision(tmp_path):
     assert metadata["weights_checksum"] == checksum and metadata["dtype"] == "float32"
     assert metadata["spec"]["kind"] == "mlp" and "lorenz63" in metadata["case_toml"]
     assert metadata["state_shape"] == [3]
+    assert {tensor.device.type for tensor in scripted.state_dict().values()} == {"cpu"}  # the dtype check's buffer too
+    checked = DtypeChecked(nn.Linear(2, 2).to("meta"), torch.float32, torch.device("meta"))  # as for cuda weights
+    assert {tensor.device.type for tensor in checked.state_dict().values()} == {"meta"}
     u = torch.randn(7, 3, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(torch.tensor(0.0), u.float()), model(torch.tensor(0.0), u).float(),
