@@ -7,6 +7,7 @@ kernels instead of ~16 -- ahead where per-operation costs decide (small ``N``, s
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import ClassVar
 
 import torch
@@ -15,7 +16,25 @@ from torch import Tensor
 from . import c_kernels
 from .etdrk4_stepping import DenseStepper, dense_matrices
 
-__all__ = ["DensePath"]
+__all__ = ["DensePath", "full_rate_fp64"]
+
+#: compute capabilities of the GPUs whose FP64 runs at half their FP32 rate or better: P100, V100, A100,
+#: H100/H200, B200/GB200 (NVIDIA's architecture whitepapers). The others (consumer and inference GPUs,
+#: 6.1, 7.5, 8.6, 8.9, 12.0, ..., and B300's 10.3) run it at 1/32 to 1/64 of FP32, ~1 TFLOP/s, where
+#: the dense step's 0.7 GFLOP a step (N = 256, batch 256) would take ~10x the FFT step (estimated).
+FULL_RATE_FP64_CAPABILITIES = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
+
+
+@lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def full_rate_fp64(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` has full-rate FP64 (``FULL_RATE_FP64_CAPABILITIES``): the dense step
+    is then worth its ``O(N^2)`` float64 arithmetic."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index) in FULL_RATE_FP64_CAPABILITIES
 
 
 class DensePath:
@@ -27,9 +46,10 @@ class DensePath:
     #: ``batch * N**2`` (x 5/3 with a closure: 20 matrix blocks instead of 12), is at most ``work_limit``:
     #: ``{device type: (max_points, work_limit)}``, measured with benchmarks/ks_dense_crossover.py
     #: (docs/performance.md). CPU: one core, Python and dispatch costs decide up to batch ~8 at N = 64.
-    #: CUDA (H100): with graphs and FP64 matrix units the dense step's 9 torch kernels beat the FFT
-    #: step's 16 (fused updates) by 1.2-1.9x up to N = 256 and ~1e7 work; from N = 512 and batch ~64 on,
-    #: not. Measured before the dense step became 4 Triton kernels (1.1-1.9x faster again): conservative.
+    #: CUDA (H100, run 13): with graphs and FP64 matrix units the dense step's 4 Triton kernels beat the
+    #: FFT step's 16 (fused updates) by 1.1-3.0x everywhere inside these limits, which leave to the FFT
+    #: step only N = 128 at batch 4096 of the dense step's wins (1.1x). GPUs without full-rate FP64
+    #: (``full_rate_fp64``) always take the FFT step.
     dense_limits: ClassVar[dict[str, tuple[int, int]]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
 
     def _use_dense(self, u: Tensor, *, trajectory: bool = False) -> bool:
@@ -45,7 +65,7 @@ class DensePath:
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
         # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)
         limits = self.dense_limits.get(u.device.type)
-        if self.dtype != torch.float64 or limits is None:
+        if self.dtype != torch.float64 or limits is None or (u.is_cuda and not full_rate_fp64(u.device)):
             return False
         max_points, work_limit = limits
         work = u.shape[0] * self.n_points**2 * (20 if self.closure is not None else 12) // 12

@@ -172,6 +172,19 @@ def test_auto_picks_dense_only_for_small_float64_work(stage_kernels):
     assert not with_closure._use_dense(small)  # gradients on and a closure: autograd must see it
 
 
+def test_only_gpus_with_full_rate_fp64_take_the_dense_step(monkeypatch):
+    """The dense step's O(N^2) float64 products pay on P100/V100/A100/H100/B200 (FP64 at half the FP32
+    rate or better); consumer and inference GPUs run FP64 at 1/32-1/64 and keep the FFT step."""
+    from solvers import dense_path
+
+    for capability, full_rate in (((9, 0), True), ((8, 0), True), ((10, 0), True), ((6, 0), True), ((8, 6), False),
+                                  ((8, 9), False), ((7, 5), False), ((12, 0), False), ((10, 3), False)):
+        dense_path._capability.cache_clear()
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index, answer=capability: answer)
+        assert dense_path.full_rate_fp64(torch.device("cuda", 0)) is full_rate, capability
+    dense_path._capability.cache_clear()
+
+
 def test_circulant_matrix_applies_the_symbol():
     n = 16
     generator = torch.Generator().manual_seed(0)
