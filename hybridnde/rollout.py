@@ -117,10 +117,30 @@ class BatchState:
                 "first_bad_save": torch.tensor(self.first_bad_save, dtype=torch.int64)}
 
     @classmethod
-    def from_host(cls, payload: dict, device: torch.device) -> "BatchState":
+    def from_host(cls, payload: dict, solver: Solver, *, written_elsewhere: bool = False) -> "BatchState":
+        """The batch a checkpoint holds, on ``solver``'s device; ``written_elsewhere``: by another kind of
+        device, so its states are put in the form ``solver`` keeps them (``in_working_form``)."""
+        internal = payload["internal"].to(solver.device)
+        if written_elsewhere:
+            internal = in_working_form(solver, internal)
         return cls(start=int(payload["start"]), stop=int(payload["stop"]), next_chunk=int(payload["next_chunk"]),
-                   rows=payload["rows"].numpy().copy(), internal=payload["internal"].to(device),
+                   rows=payload["rows"].numpy().copy(), internal=internal,
                    first_bad_save=payload["first_bad_save"].numpy().copy())
+
+
+def in_working_form(solver: Solver, internal: Tensor) -> Tensor:
+    """``internal`` as ``solver.to_internal`` would make it now: itself when it has that form, else
+    through physical space. A GPU's checkpoint holds dense physical states where a CPU keeps Fourier
+    coefficients, or the other way round; each form steps correctly anywhere, but a dense N = 512 step
+    on a CPU costs ~70x the FFT step (estimated). Only for checkpoints of another kind of device: on
+    the same one the kept form is the uninterrupted run's (its batch may since have shrunk to one for
+    which ``to_internal`` would choose otherwise)."""
+    if len(internal) == 0:
+        return internal
+    with torch.inference_mode():
+        physical = solver.from_internal(internal)
+        made = solver.to_internal(physical.clone())
+    return internal if (made.dtype, made.shape) == (internal.dtype, internal.shape) else made
 
 
 @dataclass(frozen=True)

@@ -136,11 +136,13 @@ def _my_chunks(runner: BatchRunner, setup: RolloutSetup, checkpoint: dict | None
     """This rank's batches, chunk by chunk, skipping what the checkpoint has finished."""
     done = set(checkpoint["done"]) if checkpoint else set()
     in_flight = checkpoint["in_flight"] if checkpoint else {}
+    here = setup.solver.device.type
+    written_elsewhere = bool(checkpoint) and checkpoint.get("device_type", here) != here
     for start, stop in setup.mine:
         if start in done:
             continue
         if start in in_flight:
-            state = BatchState.from_host(in_flight[start], setup.solver.device)
+            state = BatchState.from_host(in_flight[start], setup.solver, written_elsewhere=written_elsewhere)
         else:
             offset = start - setup.first_position
             state = runner.start(start, setup.u0[offset:offset + stop - start])

@@ -47,7 +47,7 @@ def resume_identity(case: CaseConfig, *, closure_checksum: str, batch_size: int,
     """What a checkpoint records and the run resuming it must share (see the module)."""
     identity = {"config_checksum": rollout_checksum(case), "closure_checksum": closure_checksum,
                 "batch_size": batch_size, "n_saves": n_saves,
-                "initial_conditions_checksum": initial_conditions_checksum}
+                "initial_conditions_checksum": initial_conditions_checksum, "device_type": device.type}
     if device.type == "cpu":  # the effective count and the setting (0: torch's default)
         identity.update(threads=torch.get_num_threads(), threads_setting=case.rollout.threads)
     return identity
@@ -82,6 +82,10 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
                 continue  # of the file's bytes, as checkpoints recorded before data checksums
             return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
         return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
+    if checkpoint.get("device_type", identity["device_type"]) != identity["device_type"]:
+        log.warning("resuming on %s a rollout written on %s: its states go on from where they were, but the file "
+                    "differs in its last bits from an uninterrupted run on either", identity["device_type"],
+                    checkpoint["device_type"])
     return threads_changed(checkpoint, identity)
 
 

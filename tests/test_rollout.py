@@ -11,6 +11,7 @@ import textwrap
 import time
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -591,7 +592,51 @@ def test_a_checkpointed_batch_is_a_copy_that_later_blowups_do_not_reach():
     state.first_bad_save[1] = 250  # what _mark_blowups does in place
     state.rows[0] = 1
     assert kept["first_bad_save"].tolist() == [-1, -1] and kept["rows"].tolist() == [0, 1]
-    assert BatchState.from_host(kept, torch.device("cpu")).first_bad_save.tolist() == [-1, -1]
+    on_cpu = SimpleNamespace(device=torch.device("cpu"))
+    assert BatchState.from_host(kept, on_cpu).first_bad_save.tolist() == [-1, -1]
+
+
+def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_form(tmp_path, caplog, monkeypatch):
+    """A GPU keeps KS states dense (physical), a CPU as Fourier coefficients at N = 128: a GPU checkpoint
+    resumed on a CPU goes on in the CPU's form (stepping the dense form there would cost ~70x at N = 512),
+    with a warning that the file is not bit for bit an uninterrupted run's; the numbers agree."""
+    from hybridnde.rollout import in_working_form
+
+    case = ks_case("system.n_points=128", "rollout.members=4", "rollout.batch_size=2", "rollout.steps=40",
+                   "output.time_chunk=4")
+    solver = build_host_solver(case)
+    u = torch.randn(2, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 0.1
+    fourier = solver.to_internal(u.clone())
+    assert fourier.is_complex() and in_working_form(solver, fourier) is fourier  # already this form: kept
+    converted = in_working_form(solver, u.clone())  # a GPU's dense form
+    assert converted.is_complex()
+    torch.testing.assert_close(solver.from_internal(converted), u, rtol=0, atol=1e-15)
+    model, out = small_cnn(), tmp_path / "rollout.nc"
+
+    def interrupt(_module, inputs):
+        if float(inputs[0]) > 5.0:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, out, closure=model, progress=False)
+    handle.remove()
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    assert state["device_type"] == "cpu" and state["in_flight"]
+    for batch in state["in_flight"].values():  # as a GPU would have written it
+        batch["internal"] = solver.from_internal(batch["internal"]).clone()
+    torch.save({**state, "device_type": "cuda"}, checkpoint_path(out))
+    from hybridnde import rollout
+
+    forms = []
+    real_form = rollout.in_working_form
+    monkeypatch.setattr(rollout, "in_working_form", lambda *args: forms.append(real_form(*args)) or forms[-1])
+    assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
+    assert forms and all(form.is_complex() for form in forms)
+    assert "resuming on cpu a rollout written on cuda" in caplog.text
+    run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
+    resumed, straight = read(out), read(tmp_path / "straight.nc")
+    np.testing.assert_allclose(resumed["u"].values, straight["u"].values, rtol=0, atol=1e-12)
 
 
 def test_resume_of_a_finished_rollout_does_nothing_unless_it_changed(tmp_path, caplog):
@@ -620,8 +665,6 @@ def test_resume_of_a_finished_rollout_does_nothing_unless_it_changed(tmp_path, c
 def test_a_thread_count_refuses_a_resume_when_either_side_chose_it():
     """Counts differ: refused when the checkpoint's or this run's rollout.threads set it, a warning when
     both left it to torch (0); checkpoints without a record (older ones, GPU rollouts) pass."""
-    from types import SimpleNamespace
-
     from hybridnde.rollout_resume import resume_identity, threads_changed
 
     def _threads_changed(checkpoint, case, setup):  # the identity this run's checkpoints would record
