@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/hybridnde-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_overhead_eager training_step memory pipeline rollout} "
+PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_overhead_eager training_step profile memory pipeline rollout} "
 part() {  # part NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
   [[ $PARTS == *" $name "* ]] || return 0
@@ -39,6 +39,8 @@ part closure_overhead_eager 60 python3 benchmarks/closure_overhead.py --device c
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part training_step 110 python3 benchmarks/training_step.py --device cuda --no-memory --repeats 5 \
   --jsonl "$OUT/bench.jsonl"
+# why a plain training step takes ~24 ms on an H100: launches, synchronisations, top kernels (printed only)
+part profile 90 python3 benchmarks/training_step.py --device cuda --profile --sizes 64
 # item 5 on the GPU: peak allocation of a rollout vs its length, of a training step vs its rollout length
 part memory 360 bash -c "python3 benchmarks/ks_stepper.py --device cuda --memory-only --jsonl $OUT/bench.jsonl &&
   python3 benchmarks/training_step.py --device cuda --memory-only --memory-steps 1 4 16 --jsonl $OUT/bench.jsonl"

@@ -442,6 +442,35 @@ def memory_table(arguments, threads: int) -> list[dict]:
     return records
 
 
+def profile_steps(arguments) -> None:
+    """The plain and the exact-regularized step at the first size under torch.profiler: per step, the
+    kernel launches, host synchronisations and copies (on a GPU, what makes a launch-bound step), then
+    the operators that cost the most. Printed only: a diagnosis, not a figure."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = arguments.device.startswith("cuda")
+    variants, _, _ = step_variants(arguments.sizes[0], arguments, dense=False)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    for name in ("plain", "+ jvp tangent"):
+        step, steps = variants[name], 3
+        step()
+        step()
+        with profile(activities=activities) as profiler:
+            for _ in range(steps):
+                step()
+        events = profiler.key_averages()
+
+        def per_step(*keys: str) -> float:
+            return sum(event.count for event in events if event.key in keys) / steps
+
+        print(f"N = {arguments.sizes[0]}, {name}, per step: {per_step('cudaLaunchKernel', 'cuLaunchKernel'):.0f} "
+              f"kernel launches, {per_step('cudaStreamSynchronize', 'cudaDeviceSynchronize'):.0f} "
+              f"synchronisations (one is the benchmark's own), {per_step('cudaMemcpyAsync'):.0f} copies, "
+              f"{per_step('aten::_local_scalar_dense'):.0f} scalar reads, {per_step('aten::copy_'):.0f} aten::copy_")
+        print(events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=15), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) >= 5 and sys.argv[1] == "--memory-child":
         print(json.dumps(memory_child(sys.argv[2], int(sys.argv[3]), "--tiny" in sys.argv[5:], sys.argv[4])))
@@ -459,11 +488,16 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="rollout lengths k")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile the plain and jvp steps at the first size (launches, syncs, top operators)")
     arguments = parser.parse_args()
     threads = configure_threads(arguments.threads, arguments.cores)
     if arguments.tiny:
         arguments.sizes, arguments.channels, arguments.batch = [16, 32], 4, 8
         arguments.repeats, arguments.dense_repeats, arguments.dense_max_n = 2, 2, 32
+    if arguments.profile:
+        profile_steps(arguments)
+        return
     print(f"load average at start: {os.getloadavg()}", flush=True)
     records = []
     if not arguments.memory_only:

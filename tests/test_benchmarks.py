@@ -216,3 +216,14 @@ def test_ks_stepper_times_the_peers_on_their_own_cores_when_asked():
     assert rows["numpy KT"]["peer_cores"] == core and rows["hybridnde"]["peer_cores"] is None
     assert all(row["peer_cores"] == core for name, row in rows.items() if name.startswith("exponax"))
     assert "the peers confined to core(s)" in result.stdout
+
+
+def test_training_step_profile_counts_launches_and_synchronisations():
+    """``--profile`` (the GPU suite's diagnosis of the launch-bound step) runs and reports per step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "training_step.py"), "--tiny", "--profile"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("plain", "+ jvp tangent"):
+        assert f"N = 16, {name}, per step: " in result.stdout and "synchronisations" in result.stdout
+    assert "aten::" in result.stdout  # the operator table
