@@ -10,8 +10,9 @@ __all__ = ["restrict_to_grid"]
 def restrict_to_grid(u, n_coarse: int):
     """Spectral truncation of periodic fields onto ``n_coarse`` points (a sharp low-pass filter).
 
-    Keeps Fourier modes ``|m| < n_coarse / 2`` (the coarse Nyquist mode is dropped, since a real
-    field cannot represent its sine part) and samples on the coarse grid ``x_j = j L / n_coarse``.
+    Keeps Fourier modes ``|m| < n_coarse / 2`` (on an even coarse grid its Nyquist mode is dropped,
+    since a real field cannot represent its sine part; an odd grid has none) and samples on the coarse
+    grid ``x_j = j L / n_coarse``. Fields already on ``n_coarse`` points are returned as they are.
     Works on numpy arrays and torch tensors, any leading shape; ``u: (..., n_fine)``.
     """
     n_fine = u.shape[-1]
@@ -19,8 +20,9 @@ def restrict_to_grid(u, n_coarse: int):
         return u
     if n_coarse > n_fine or n_fine % n_coarse:
         raise ValueError(f"cannot restrict {n_fine} points to {n_coarse}: n_coarse must divide n_fine")
+    kept = (n_coarse + 1) // 2  # modes 0 .. ceil(n_coarse / 2) - 1: an odd grid has no Nyquist mode to drop
     if isinstance(u, torch.Tensor):
-        u_hat = torch.fft.rfft(u, dim=-1)[..., : n_coarse // 2] * (n_coarse / n_fine)
+        u_hat = torch.fft.rfft(u, dim=-1)[..., :kept] * (n_coarse / n_fine)
         return torch.fft.irfft(u_hat, n=n_coarse, dim=-1)
-    u_hat = np.fft.rfft(u, axis=-1)[..., : n_coarse // 2] * (n_coarse / n_fine)
+    u_hat = np.fft.rfft(u, axis=-1)[..., :kept] * (n_coarse / n_fine)
     return np.fft.irfft(u_hat, n=n_coarse, axis=-1)
