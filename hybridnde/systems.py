@@ -73,7 +73,7 @@ def build_host_solver(case: CaseConfig, *, closure: Closure | None = None, devic
     except ValueError as error:  # any other set-up the host's constructor refuses
         raise ConfigError(f"[hybrid]: the host solver cannot be built ({error})") from None
     if case.hybrid.setup == "second_order":
-        if host.component_names is None or len(host.state_shape) != 1 or host.state_shape[0] % 2:
+        if not getattr(host, "positions_then_velocities", False):
             raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "
                               f"{case.system.name} has state shape {host.state_shape}")
         return SecondOrderHost(state_shape=host.state_shape, dt=case.host_time.dt, integrator=case.host_time.integrator,

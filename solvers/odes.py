@@ -20,6 +20,8 @@ __all__ = ["TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum"
 class _ODESystem(ExplicitSolver):
     component_names: tuple[str, ...] = ()
     autonomous = True
+    #: the state is positions, then the velocities of those positions (what a second-order host needs)
+    positions_then_velocities = False
 
     def __init__(self, *, dt: float, integrator: str = "rk4", closure: Closure | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float64):
@@ -53,6 +55,7 @@ class TwoBody(_ODESystem):
     """
 
     component_names = ("x", "y", "vx", "vy")
+    positions_then_velocities = True
 
     def __init__(self, *, gravitational_parameter: float = 1.0, dt: float = 0.01,
                  integrator: str = "rk4", closure: Closure | None = None,
@@ -186,6 +189,7 @@ class DoublePendulum(_ODESystem):
     """
 
     component_names = ("theta1", "theta2", "omega1", "omega2")
+    positions_then_velocities = True
 
     def __init__(self, *, mass1: float = 1.0, mass2: float = 1.0, length1: float = 1.0,
                  length2: float = 1.0, gravity: float = 9.81, dt: float = 0.01,

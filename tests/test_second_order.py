@@ -34,11 +34,17 @@ def test_second_order_host_with_the_true_accelerations_reproduces_the_system():
     torch.testing.assert_close(bare.jvp(0.0, u0, v), torch.func.jvp(lambda x: bare.known_rhs(0.0, x), (u0,), (v,))[1])
 
 
-def test_second_order_setup_builds_from_a_case_and_needs_an_even_ode_state():
+def test_second_order_setup_builds_from_a_case_and_needs_positions_then_velocities():
+    """Lotka-Volterra's even state (prey, predator) was accepted: the host then imposed d(prey)/dt =
+    predator, which no closure can correct. Only systems laid out as positions then velocities pass."""
     case = parse_case({"system": {"name": "double_pendulum"}, "hybrid": {"setup": "second_order"},
                        "initial_condition": {"distribution": "point", "value": [1.0, 1.0, 0.0, 0.0]}})
     assert isinstance(build_host_solver(case), SecondOrderHost)
-    with pytest.raises(ConfigError, match="second_order"):
-        parse_case({"system": {"name": "rigid_body"}, "hybrid": {"setup": "second_order"}})
+    assert isinstance(build_host_solver(parse_case({"system": {"name": "two_body"}, "hybrid": {"setup": "second_order"}})),
+                      SecondOrderHost)
+    for name, size in (("rigid_body", 3), ("lotka_volterra", 2), ("lorenz63", 3), ("kuramoto_sivashinsky", None)):
+        start = {"distribution": "point", "value": [1.0] * size} if size else {}
+        with pytest.raises(ConfigError, match=f"positions then velocities .*{name} is not such a system"):
+            parse_case({"system": {"name": name}, "hybrid": {"setup": "second_order"}, "initial_condition": start})
     with pytest.raises(ValueError, match="positions then velocities"):
         SecondOrderHost(state_shape=(3,), dt=0.1)

@@ -68,9 +68,10 @@ def check_consistency(case: CaseConfig) -> None:
             raise ConfigError("hybrid.system.domain_length must equal system.domain_length")
     ic = case.initial_condition
     expected = ode_state_size(system)
-    if case.hybrid.setup == "second_order" and (expected is None or expected % 2):
-        raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities; "
-                          f"{system.name} is not such a system (use 'residual' or 'neural_ode')")
+    if case.hybrid.setup == "second_order" and not positions_then_velocities(system):
+        raise ConfigError(f"hybrid.setup = 'second_order' needs an ODE state of positions then velocities "
+                          f"(two_body, double_pendulum); {system.name} is not such a system (use 'residual' or "
+                          f"'neural_ode')")
     for name in ("value", "low", "high"):
         value = getattr(ic, name)
         if value and expected is not None and len(value) != expected:
@@ -88,6 +89,13 @@ def check_consistency(case: CaseConfig) -> None:
                           "'random_fourier' or 'file' for Kuramoto-Sivashinsky")
     if isinstance(system, KuramotoSivashinskyConfig) and ic.n_modes > system.n_points // 2:
         raise ConfigError(f"initial_condition.n_modes = {ic.n_modes} exceeds N/2 = {system.n_points // 2}")
+
+
+def positions_then_velocities(system: SystemConfig) -> bool:
+    """Whether an ODE system's state is positions, then their velocities (``second_order`` needs it)."""
+    from solvers import ODE_SYSTEMS
+
+    return system.name in ODE_SYSTEMS and ODE_SYSTEMS[system.name].positions_then_velocities
 
 
 def ode_state_size(system: SystemConfig) -> int | None:
