@@ -14,7 +14,8 @@ class HybridConfig:
     setup: str = option(
         "residual", "residual: the host runs the [system] physics (changed by hybrid.system) and the closure adds "
         "what is missing; neural_ode: no known physics, the closure is the whole vector field; second_order: the "
-        "host knows only dq/dt = v (systems whose state is positions then velocities: two_body, double_pendulum) and the closure gives the accelerations",
+        "host knows only dq/dt = v (systems whose state is positions then velocities: two_body, double_pendulum) "
+        "and the closure gives the accelerations",
         choices=("residual", "neural_ode", "second_order"))
     system: Any = option(default_factory=dict, doc="overrides of [system] for the host solver, e.g. "
                          "{nonlinear_coefficient = 0.0} (missing term) or {n_points = 32} (sub-grid closure)")
