@@ -3,10 +3,12 @@
 The rules, in the order they are applied:
 
 * **State**: both files hold fields ``u(member, time, x)`` or both ODE states
-  ``u(member, time, component)``; components are matched by name (the reference is reordered).
+  ``u(member, time, component)``, dimensions in that order; components are matched by name (the
+  reference is reordered).
 * **Grid**: fields on different grids are compared on the coarser one; the finer file is filtered
   onto it with ``grids.restrict_to_grid`` (spectral truncation, the filter that defines a sub-grid
-  closure's target). The coarse point count must divide the fine one and the domain lengths agree.
+  closure's target). The coarse point count must divide the fine one, the domain lengths agree and
+  the coarse points are points of the fine grid (to 1e-3 of a cell).
 * **Members**: ``match_members="coordinate"`` (default) pairs rollout member ``i`` with the
   reference member whose ``member`` coordinate (the global member index) is ``i``: every rollout
   member must be in the reference. ``"index"`` pairs them by position (the k-th with the k-th), for
@@ -104,6 +106,17 @@ def _check_same_states(state_dim: str, state_coords: np.ndarray, reference_coord
     if max(n_rollout, n_reference) % min(n_rollout, n_reference):
         raise DataError(f"{names[0]} has {n_rollout} grid points and {names[1]} {n_reference}; one must "
                         "divide the other to compare them on the coarser grid")
+    # the coarse points must be every ratio-th fine point: a shifted grid (cell centres against cell
+    # edges, say) would compare fields displaced by a fraction of a cell
+    (coarse, coarse_name), (fine, fine_name) = sorted(((np.asarray(state_coords, dtype=np.float64), names[0]),
+                                                       (np.asarray(reference_coords, dtype=np.float64), names[1])),
+                                                      key=lambda pair: pair[0].size)
+    spacing = (domain_length or reference_length or 1.0) / coarse.size
+    offset = np.abs(fine[:: fine.size // coarse.size] - coarse).max(initial=0.0)
+    if offset > 1e-3 * spacing:  # float32 coordinates round by ~1e-7 of the domain
+        raise DataError(f"the grid points of {coarse_name} are not points of {fine_name}'s grid (x differs by up "
+                        f"to {offset:.3g}, {offset / spacing:.3g} of a cell): both must start at the same x; "
+                        "interpolate one file onto the other's grid first")
     return domain_length
 
 
@@ -137,9 +150,11 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
         raise DataError(f"match_members={match_members!r}: choose one of {MEMBER_MATCHING}")
     notes: list[str] = []
     u_rollout, u_reference = rollout["u"], reference["u"]
-    if u_rollout.ndim != 3 or u_reference.ndim != 3 or u_rollout.dims[2] != u_reference.dims[2]:
+    if (u_rollout.ndim != 3 or u_reference.ndim != 3 or u_rollout.dims[2] != u_reference.dims[2]
+            or u_rollout.dims[:2] != ("member", "time") or u_reference.dims[:2] != ("member", "time")):
         raise DataError(f"{names[0]} has u{u_rollout.dims} and {names[1]} u{u_reference.dims}; both must be "
-                        "u(member, time, x) or both u(member, time, component)")
+                        "u(member, time, x) or both u(member, time, component), in that order "
+                        "(dataset.transpose('member', 'time', ...) puts them so)")
     state_dim = u_rollout.dims[2]
     state_coords = np.asarray(rollout[state_dim].values)
     reference_coords = np.asarray(reference[state_dim].values)
