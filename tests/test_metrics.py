@@ -79,6 +79,16 @@ def test_where_the_truth_ends_the_valid_time_ends_too():
     # credited with the undefined one)
     vpt, _ = valid_prediction_time(np.array([[0.1, np.nan, np.inf]]), np.array([0.0, 1.0, 2.0]), threshold=0.5)
     assert vpt.tolist() == [0.0]
+    # crossing after an undefined sample: interpolated from the last defined one across the gap (it was
+    # the first sample known to be over, t = 2, crediting the gap), 0 with nothing known valid before
+    gap = np.array([[0.1, np.nan, 0.9], [np.nan, np.nan, 0.9]])
+    vpt, _ = valid_prediction_time(gap, np.array([0.0, 1.0, 2.0]), threshold=0.5)
+    assert vpt[0] == pytest.approx(1.0) and vpt[1] == 0.0
+    vpt, _ = valid_prediction_time(np.array([[0.1, np.nan, np.nan, 0.3, 0.7]]), np.arange(5.0), threshold=0.5)
+    assert vpt[0] == pytest.approx(3.5)  # k - 1 defined: the usual interpolation
+    # a blow-up before the first compared time: 0, not negative
+    vpt, _ = valid_prediction_time(np.full((1, 3), np.inf), np.arange(3.0) + 5.0, blowup_time=np.array([2.0]))
+    assert vpt.tolist() == [0.0]
 
 
 def test_a_blown_up_member_is_valid_at_most_until_its_blowup():

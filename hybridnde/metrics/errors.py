@@ -96,8 +96,9 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
     """Per member, the time from ``times[0]`` until ``error`` first exceeds ``threshold``.
 
     The crossing is interpolated linearly in the error between the last sample at or below the
-    threshold and the first above it. When the first sample above is non-finite (the member
-    diverged between samples) the VPT is the last sample where it was still valid. A member that
+    threshold and the first above it (samples where the truth is undefined skipped: the interpolation
+    spans them). When the first sample above is non-finite (the member diverged between samples) the
+    VPT is the last sample where it was still valid; with no valid sample before it, 0. A member that
     never exceeds the threshold gets the whole horizon ``times[-1] - times[0]`` (a censored value:
     see ``reached_horizon``). With ``blowup_time`` given, a member's VPT is at most
     ``blowup_time - times[0]``. NaN errors (undefined truth) are skipped; a member that never exceeds
@@ -132,15 +133,18 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
         if k == 0:
             vpt[member] = 0.0
             continue
-        before, after = error[member, k - 1], error[member, k]
-        if np.isfinite(after) and np.isfinite(before):
-            fraction = (threshold - before) / (after - before)
-            vpt[member] = times[k - 1] + fraction * (times[k] - times[k - 1]) - start
-        elif np.isfinite(after):  # truth undefined just before: the first sample known to be over
-            vpt[member] = times[k] - start
-        else:  # diverged between two samples: valid until the last sample known to be (truth defined)
-            known = np.flatnonzero(defined[member, :k])
-            vpt[member] = times[known[-1]] - start if known.size else 0.0
+        # the last sample before the crossing where the truth is defined (at or below the threshold,
+        # finite): usually k - 1; undefined truth samples in between are interpolated over, never credited
+        known = np.flatnonzero(defined[member, :k])
+        if not known.size:  # nothing known valid before the first sample known to be over
+            vpt[member] = 0.0
+            continue
+        j, after = known[-1], error[member, k]
+        if np.isfinite(after):
+            fraction = (threshold - error[member, j]) / (after - error[member, j])
+            vpt[member] = times[j] + fraction * (times[k] - times[j]) - start
+        else:  # diverged in between: valid until the last sample known to be
+            vpt[member] = times[j] - start
     reached = ~any_exceeded & defined[:, -1]
     if blowup_time is not None:
         blowup_time = np.asarray(blowup_time, dtype=np.float64)
