@@ -72,17 +72,26 @@ def test_other_malloc_tunables_do_not_stop_it():
     assert result["state"].startswith("glibc malloc keeps freed memory") and result["heap_kept"], result
 
 
+THRESHOLDS_SET = "unchanged (the environment sets glibc's malloc thresholds)"
+
+
 @pytest.mark.parametrize(("environment", "platform_name", "libc", "expected"), [
-    ({"HYBRIDNDE_KEEP_FREED_MEMORY": "off"}, "Linux", "glibc", "unchanged (HYBRIDNDE_KEEP_FREED_MEMORY=off)"),
-    ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "Linux", "glibc", "unchanged (an allocator in LD_PRELOAD)"),
-    ({"MALLOC_TOP_PAD_": "0"}, "Linux", "glibc", "unchanged (the environment sets glibc's malloc thresholds)"),
+    *[({"HYBRIDNDE_KEEP_FREED_MEMORY": value}, "Linux", "glibc",
+       f"unchanged (HYBRIDNDE_KEEP_FREED_MEMORY={value.strip().lower()})") for value in ("0", "false", "no", "off",
+                                                                                       "FALSE ")],
+    *[({"LD_PRELOAD": library}, "Linux", "glibc", "unchanged (an allocator in LD_PRELOAD)")
+      for library in ("/usr/lib/libjemalloc.so.2", "/usr/lib/libtcmalloc.so.4", "libmimalloc.so")],
+    *[({"GLIBC_TUNABLES": f"glibc.malloc.{tunable}=1"}, "Linux", "glibc", THRESHOLDS_SET)
+      for tunable in ("mmap_threshold", "trim_threshold", "top_pad", "mmap_max")],
+    ({"MALLOC_TOP_PAD_": "0"}, "Linux", "glibc", THRESHOLDS_SET),
+    ({"MALLOC_MMAP_MAX_": "0"}, "Linux", "glibc", THRESHOLDS_SET),
     ({}, "Linux", "musl", "unchanged (not glibc)"),
     ({}, "Darwin", "", "unchanged (not glibc)"),
 ])
 def test_it_leaves_malloc_alone_where_it_should(monkeypatch, environment, platform_name, libc, expected):
     from hybridnde import allocator
 
-    for name in ("GLIBC_TUNABLES", "LD_PRELOAD", "HYBRIDNDE_KEEP_FREED_MEMORY", "MALLOC_TOP_PAD_"):
+    for name in ("GLIBC_TUNABLES", "LD_PRELOAD", "HYBRIDNDE_KEEP_FREED_MEMORY", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
@@ -91,3 +100,16 @@ def test_it_leaves_malloc_alone_where_it_should(monkeypatch, environment, platfo
     monkeypatch.setattr(allocator, "_state", None)
     monkeypatch.setattr(allocator.ctypes, "CDLL", None)  # would fail loudly if it got as far as mallopt
     assert allocator.keep_freed_memory() == expected == allocator.allocator_setting()
+
+
+def test_the_first_call_decides_for_the_process(monkeypatch):
+    """The thresholds are set once: a later call (another command in the same process) changes nothing,
+    even after the opt-out appears, and says what the first one did."""
+    from hybridnde import allocator
+
+    monkeypatch.delenv("HYBRIDNDE_KEEP_FREED_MEMORY", raising=False)
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setattr(allocator.platform, "system", lambda: "Darwin")
+    first = allocator.keep_freed_memory()
+    monkeypatch.setenv("HYBRIDNDE_KEEP_FREED_MEMORY", "0")
+    assert allocator.keep_freed_memory() == first == allocator.allocator_setting() == "unchanged (not glibc)"

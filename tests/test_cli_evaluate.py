@@ -1,5 +1,6 @@
 """`hybridnde evaluate` end to end on files from `hybridnde simulate`; bad input exits 2."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -351,3 +352,45 @@ def test_grids_that_do_not_share_their_points_and_other_dimension_orders_are_ref
         align_trajectories(shifted, reference)
     with pytest.raises(DataError, match=r"in that order \(dataset.transpose"):
         align_trajectories(rollout, reference.transpose("time", "member", "x"))
+
+
+def component_pair(predicted: np.ndarray, truth: np.ndarray, times: np.ndarray):
+    from hybridnde.alignment import AlignedPair
+
+    members = predicted.shape[0]
+    return AlignedPair(times=times, predicted=predicted, truth=truth, members=np.arange(members),
+                       reference_members=np.arange(members), status=np.zeros(members, np.int8),
+                       blowup_time=np.full(members, np.nan), state_dim="component",
+                       state_coords=np.array(["x", "y", "z"]), reference_initial=truth[:, 0])
+
+
+def lorenz_like(members: int = 3, n_times: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    times = np.arange(n_times) * 0.1
+    phases = np.random.default_rng(0).random((members, 1, 3)) * 6
+    return times, (np.sin(times[None, :, None] * np.array([1.0, 1.3, 0.7]) + phases) * np.array([8.0, 9.0, 10.0])
+                   + np.array([0.0, 0.0, 24.0]))
+
+
+def test_statistics_of_component_states_follow_the_finite_share_rule():
+    """A component model that blows up at once has no statistics (the field case was tested, this branch
+    not); exactly half its samples finite is enough; the lower-bound note counts the members still within
+    the threshold where the truth ends, not those that left it before."""
+    from hybridnde.evaluate import compute_metrics
+
+    times, truth = lorenz_like()
+    blown = truth.copy()
+    blown[:, 2:] = np.nan
+    metrics = compute_metrics(component_pair(blown, truth, times))
+    assert math.isnan(metrics["kl_divergence"]["value"])
+    assert all(math.isnan(value) for value in metrics["kl_divergence"]["per_component"].values())
+    times2, truth2 = lorenz_like(members=2)
+    half = truth2.copy()
+    half[1] = np.nan
+    metrics = compute_metrics(component_pair(half, truth2, times2))
+    assert metrics["statistics_finite_share"] == 0.5 and metrics["kl_divergence"]["value"] == 0.0
+    ended = truth.copy()
+    ended[:, 100:] = np.nan
+    predicted = truth.copy()
+    predicted[0, 50:] += 100.0  # member 0 leaves the threshold before the truth ends
+    metrics = compute_metrics(component_pair(predicted, ended, times))
+    assert any("undefined before the horizon for 2 member(s)" in note for note in metrics["notes"]), metrics["notes"]

@@ -97,6 +97,8 @@ def test_a_cosine_schedule_that_would_climb_is_refused_before_training():
                                       "training": {"learning_rate": 1e-6, "lr_schedule": "constant"}}))
     check_training_config(parse_case({"system": {"name": "two_body"},  # one epoch: the cosine never moves
                                       "training": {"learning_rate": 1e-6, "epochs": 1}}))
+    check_training_config(parse_case({"system": {"name": "two_body"},  # equal ends: a constant cosine
+                                      "training": {"learning_rate": 1e-5, "min_learning_rate": 1e-5}}))
 
 
 def test_the_quick_table_is_checked_key_by_key_without_binding_the_run():

@@ -230,6 +230,12 @@ def test_spectral_distance_is_the_mean_log10_ratio_over_resolved_modes():
     holed[3] = 1e-30 * reference[3]
     # modes 1..12 counted (10 e^-m above the floor), 11 of them a decade off, mode 3 thirty
     assert spectral_distance(holed, reference) == pytest.approx((11 * 1.0 + 30.0) / 12)
+    # the cut is 2/3 of the model grid's Nyquist, not 1/2 (modes 18..21 of 32 emptied fail) nor the truth's
+    # (a 32-point model emptying its modes above 10 of 16 is dealiased, not failing)
+    assert spectral_distance(np.where(np.arange(33) >= 18, 0.0, slow), slow) == math.inf
+    coarse_dealiased = slow[:17].copy()
+    coarse_dealiased[11:] = 0.0
+    assert spectral_distance(coarse_dealiased, slow) == pytest.approx(0.0)
     # ... and a model with no energy at all, or non-finite energy, is infinitely far
     assert spectral_distance(np.zeros(33), reference) == math.inf
     assert spectral_distance(np.where(np.arange(33) == 4, np.nan, reference), reference) == math.inf

@@ -593,7 +593,32 @@ def test_a_checkpointed_batch_is_a_copy_that_later_blowups_do_not_reach():
     state.rows[0] = 1
     assert kept["first_bad_save"].tolist() == [-1, -1] and kept["rows"].tolist() == [0, 1]
     on_cpu = SimpleNamespace(device=torch.device("cpu"))
-    assert BatchState.from_host(kept, on_cpu).first_bad_save.tolist() == [-1, -1]
+    restored = BatchState.from_host(kept, on_cpu)
+    assert restored.first_bad_save.tolist() == [-1, -1]
+    restored.first_bad_save[1], restored.rows[0] = 250, 1  # the restored state is a copy too
+    assert kept["first_bad_save"].tolist() == [-1, -1] and kept["rows"].tolist() == [0, 1]
+
+
+def test_dead_rows_go_once_they_are_half_of_those_stepped():
+    """Compaction at exactly half dead (2 of 4): they cost work and give only NaN."""
+    from hybridnde.rollout import BatchRunner, BatchState
+
+    state = BatchState(start=0, stop=4, next_chunk=1, rows=np.arange(4), internal=torch.arange(12.0).reshape(4, 3),
+                       first_bad_save=np.array([-1, 3, -1, 2]))
+    BatchRunner._compact(None, state)
+    assert state.rows.tolist() == [0, 2] and state.internal[:, 0].tolist() == [0.0, 6.0]
+    state = BatchState(start=0, stop=4, next_chunk=1, rows=np.arange(4), internal=torch.zeros(4, 3),
+                       first_bad_save=np.array([-1, 3, -1, -1]))
+    BatchRunner._compact(None, state)  # 1 of 4: kept for now
+    assert state.rows.tolist() == [0, 1, 2, 3]
+
+
+def test_a_resume_with_another_batch_size_is_refused_naming_it():
+    """The automatic batch size follows the device and memory budget: a resume elsewhere may pick another."""
+    from hybridnde.rollout_resume import _difference
+
+    assert _difference({"batch_size": 4}, {"batch_size": 8, "device_type": "cpu"}, None, None) == (
+        "it was written with another batch size (4, now 8)")
 
 
 def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_form(tmp_path, caplog, monkeypatch):

@@ -211,19 +211,54 @@ def test_bad_input_on_one_rank_is_exit_2_on_all(cases, tmp_path):
     assert not out.exists() and not partial_path(out).exists()
 
 
-def test_ranks_that_read_different_set_ups_stop_with_exit_2_and_no_file(cases, tmp_path):
+@pytest.mark.parametrize("differing", ["steps", "closure", "checkpoint_every"])
+def test_ranks_that_read_different_set_ups_stop_with_exit_2_and_no_file(cases, tmp_path, differing):
     """Each rank reads the case, closure and initial conditions itself, and rank 0 alone describes the
-    file: a rank with another set-up wrote a mixed file (all-NaN saves marked ok) and exit 0."""
+    file: a rank with another set-up wrote a mixed file (all-NaN saves marked ok) and exit 0. Another
+    closure, or another checkpoint interval (each rank decides by it when to hand rank 0 its states), too."""
     out = tmp_path / "rollout.nc"
+    for name, seed in (("a.pt", 0), ("b.pt", 1)):
+        torch.manual_seed(seed)
+        save_closure(tmp_path / name, MLPClosure(state_dim=4, width=8).double())
 
-    def command(steps: int) -> list[str]:
+    def command(rank: int) -> list[str]:
+        settings = {"steps": ["--set", f"rollout.steps={20 + 10 * rank}"],
+                    "closure": ["--closure", str(tmp_path / ("a.pt", "b.pt")[rank])],
+                    "checkpoint_every": ["--set", f"rollout.checkpoint_every={5 + 5 * rank}"]}[differing]
         return [sys.executable, "-m", "hybridnde.cli", "rollout", str(cases / "two_body.toml"), "--out", str(out),
-                "--set", "rollout.members=4", "--set", "rollout.batch_size=2", "--set", f"rollout.steps={steps}"]
+                "--set", "rollout.members=4", "--set", "rollout.batch_size=2", *settings]
 
-    result = mpiexec(1, *command(20), ":", "-n", "1", *command(30), cwd=tmp_path)
+    result = mpiexec(1, *command(0), ":", "-n", "1", *command(1), cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.count("rank 1 read another case (after --set) and another number of saves") == 1
+    expected = {"steps": "rank 1 read another case (after --set) and another number of saves",
+                "closure": "rank 1 read another closure than rank 0",
+                "checkpoint_every": "rank 1 read another rollout.checkpoint_every than rank 0"}[differing]
+    assert result.stderr.count(expected) == 1, result.stderr[-3000:]
     assert not out.exists() and not partial_path(out).exists()
+
+
+def test_rank_0_and_the_first_rank_of_every_other_node_hash_the_initial_conditions(cases, tmp_path):
+    """Node-local copies of the file may differ per node: the first rank of each node hashes it, the
+    others (which need only their own members) trust their node's."""
+    import contextlib
+
+    from hybridnde import rollout_job
+    from hybridnde.data import data_checksum
+    from hybridnde.distributed import SerialCommunicator
+    from hybridnde.simulate import simulate_case
+
+    initial = tmp_path / "initial.nc"
+    write_netcdf(simulate_case(load_case(cases / "ks.toml", overrides=["time.n_steps=2"]), progress=False), initial)
+    case = load_case(cases / "ks.toml", overrides=["rollout.members=4", "rollout.batch_size=2",
+                                                   f"rollout.initial_conditions='{initial}'"])
+    for rank, local_rank, expected in ((1, 0, data_checksum(initial)), (1, 1, None)):
+        class Rank(SerialCommunicator):
+            pass
+
+        Rank.rank, Rank.size, Rank.local_rank, Rank.local_size = rank, 2, local_rank, 1 + local_rank
+        with contextlib.ExitStack() as held:
+            setup = rollout_job._prepare(case, tmp_path / "out.nc", None, None, False, Rank(), held)
+        assert setup.identity["initial_conditions_checksum"] == expected, (rank, local_rank)
 
 
 def test_more_ranks_than_members_gets_advice_it_can_follow(cases, tmp_path):

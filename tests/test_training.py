@@ -247,6 +247,18 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     assert [record["val_loss"] for record in read_log(tmp_path / "log.jsonl")] == [5.0, 3.0, 1.0, 2.0, 4.0, 6.0]
 
 
+def test_a_tie_in_validation_is_not_an_improvement():
+    """Equal scores keep the first best epoch and run out the patience (a tie counted as better moved the
+    best epoch on and reset it)."""
+    torch.manual_seed(0)
+    model = MLPClosure(state_dim=2, width=8).double()
+    solver = ClosureOnly(state_shape=(2,), dt=0.1, closure=model)
+    windows = WindowSet.build(torch.randn(3, 12, 2, dtype=torch.float64), 3)
+    config = TrainingConfig(epochs=6, batch_size=8, patience=2, checkpoint_every=0, lr_schedule="constant")
+    result = Trainer(model, solver, [RolloutLoss(steps=2)], lambda *_: 1.0, config).fit(windows, windows, 0.1)
+    assert result.best_epoch == 1 and result.stopped_early and result.epochs_run == 3
+
+
 def test_early_stopping_waits_for_a_terms_earliest_stop():
     """Homotopy's terms must reach their lam = 0 stage before patience may end training: the same
     scores that stop the run above after 6 epochs run to 7 when a term asks for 7."""
