@@ -163,6 +163,10 @@ def smoothing_cubic_spline(t: Tensor | Sequence[float], y: Tensor, lam: float, *
         lam: smoothing parameter ``>= 0`` (``0``: the natural interpolating spline).
         weights: (m,) positive weights ``w_i`` of the misfit (default 1).
         device, dtype: where and in what precision to keep the spline (default: those of ``y``).
+
+    The system is solved as assembled (unscaled): knot gaps spanning many decades lose accuracy, e.g.
+    one gap of 1e-7 among gaps of 0.15 gives knot values 4e-3 off at ``lam = 1`` (scipy: 5e-8); gaps
+    within 1e-3 of each other stay at ~1e-11. Training windows are uniform.
     """
     y = torch.as_tensor(y)
     device = torch.device(device) if device is not None else y.device
