@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -49,13 +50,17 @@ def file_checksum(path: str | Path) -> str:
 #: the global attributes that say what a file's numbers are; the others say when, where, how fast and
 #: by which version it was written (``history``, ``wall_seconds``, ``platform``, ``source``, ...)
 DATA_ATTRIBUTES = ("config_checksum", "closure_checksum")
+#: a variable's attributes that change the numbers its stored values decode to (CF packing, fill
+#: values, time units)
+DECODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
-def data_checksum(path: str | Path, *, block_bytes: int = 1 << 26) -> str:
-    """SHA-256 of what a NetCDF file holds: each variable's name, dimensions, type and values (in
-    blocks of about ``block_bytes`` along the first dimension) and the attributes ``DATA_ATTRIBUTES``.
-    Not the bytes: a truth simulated again with the same numbers has a new ``history``, and maybe other
-    compression, but the same data checksum, so what was made from it stays valid."""
+def data_checksum(path: str | Path, *, block_bytes: int = 1 << 23) -> str:
+    """SHA-256 of what a NetCDF file holds: each variable's name, dimensions, type (byte order aside),
+    shape, decoding attributes (``DECODING_ATTRIBUTES``) and stored values, read in blocks of about
+    ``block_bytes``, and the global ``DATA_ATTRIBUTES``. Not the bytes: a truth simulated again with the
+    same numbers has a new ``history``, and maybe other compression, but the same data checksum, so
+    what was made from it stays valid."""
     import netCDF4
 
     digest = hashlib.sha256()
@@ -69,32 +74,46 @@ def data_checksum(path: str | Path, *, block_bytes: int = 1 << 26) -> str:
                 digest.update(f"{name}={dataset.getncattr(name)}\n".encode())
         for name in sorted(dataset.variables):
             variable = dataset.variables[name]
-            variable.set_auto_maskandscale(False)  # the stored values, fill values included
-            digest.update(f"{name}{variable.dimensions}{variable.dtype}{variable.shape}\n".encode())
-            for values in _row_blocks(variable, block_bytes):
+            variable.set_auto_maskandscale(False)  # the stored values; their decoding is in the attributes
+            variable.set_var_chunk_cache(size=1 << 22)  # read once, in order: not netCDF's 64 MiB a variable
+            text = variable.dtype is str or np.dtype(variable.dtype).kind in "OUS"
+            kind = "str" if text else np.dtype(variable.dtype).newbyteorder("<").str
+            decoding = {key: np.asarray(variable.getncattr(key)).tolist() for key in DECODING_ATTRIBUTES
+                        if key in variable.ncattrs()}
+            digest.update(f"{name}{variable.dimensions}{kind}{variable.shape}{decoding}\n".encode())
+            for values in _blocks(variable, block_bytes):
                 values = np.asarray(values)
-                if values.dtype.kind in "OUS":  # strings (component names): their text, each ended
+                if text:  # strings (component names): their text, each ended
                     digest.update("".join(f"{item}\x1f" for item in values.ravel()).encode())
-                else:
-                    digest.update(np.ascontiguousarray(values).tobytes())
+                else:  # little-endian bytes whatever the file stores (a copy only for big-endian data)
+                    little = values.dtype.newbyteorder("<")
+                    digest.update(np.ascontiguousarray(values if values.dtype == little else values.astype(little)))
     return digest.hexdigest()
+
+
+def _blocks(variable, block_bytes: int):
+    """A netCDF4 variable's values in C order, in blocks of about ``block_bytes``: whole rows of its
+    first dimension, or parts of one row along the second where a row is larger."""
+    if variable.ndim == 0:
+        yield variable[...]
+        return
+    itemsize = getattr(variable.dtype, "itemsize", 8)  # vlen strings: ~8
+    row_bytes = itemsize * math.prod(variable.shape[1:])
+    if row_bytes <= block_bytes or variable.ndim == 1:
+        rows = max(1, block_bytes // max(1, row_bytes))
+        for start in range(0, variable.shape[0], rows):
+            yield variable[start:start + rows]
+        return
+    columns = max(1, block_bytes // max(1, itemsize * math.prod(variable.shape[2:])))
+    for row in range(variable.shape[0]):
+        for start in range(0, variable.shape[1], columns):
+            yield variable[row, start:start + columns]
 
 
 def recorded_data_checksum(summary: Mapping[str, Any]) -> str | None:
     """The checksum of its training data a closure's metadata ``data`` (``TrainingData.summary``) keeps:
     of the data, or of the file's bytes in closures trained before data checksums."""
     return summary.get("data_sha256") or summary.get("sha256") or None
-
-
-def _row_blocks(variable, block_bytes: int):
-    """A netCDF4 variable's values in blocks of whole rows (first dimension) of about ``block_bytes``."""
-    if variable.ndim == 0:
-        yield variable[...]
-        return
-    row_bytes = getattr(variable.dtype, "itemsize", 8) * math.prod(variable.shape[1:])  # vlen str: ~8
-    rows = max(1, block_bytes // max(1, row_bytes))
-    for start in range(0, variable.shape[0], rows):
-        yield variable[start:start + rows]
 
 
 @dataclass(frozen=True)
@@ -176,11 +195,16 @@ class TrainingData:
     checksum: str  # of the file's data (``data_checksum``): what outputs made from it record
     attrs: Mapping[str, Any] = field(default_factory=dict)
     start_time: float = 0.0  # the time of the first sample
-    file_checksum: str = ""  # of its bytes: what closures and checkpoints recorded before data checksums
+
+    @functools.cached_property
+    def file_checksum(self) -> str:
+        """Of the file's bytes (what closures and checkpoints recorded before data checksums), read
+        only where asked for; ``""`` without the file."""
+        return file_checksum(self.path) if Path(self.path).is_file() else ""
 
     def made_from(self, recorded: str | None) -> bool:
         """Whether ``recorded`` (a closure's or checkpoint's checksum of its data) is of these data."""
-        return recorded is not None and recorded in (self.checksum, self.file_checksum)
+        return bool(recorded) and (recorded == self.checksum or recorded == self.file_checksum)
 
     def windows(self, split: str, length: int, *, stride: int = 1) -> WindowSet:
         trajectories = {"train": self.train, "validation": self.validation}[split]
@@ -301,7 +325,7 @@ def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int
         train_members=tuple(int(m) for m in members[train_rows]),
         validation_members=tuple(int(m) for m in members[validation_rows]),
         sample_interval=sample_interval, path=str(path), checksum=data_checksum(path), attrs=dict(dataset.attrs),
-        start_time=float(dataset["time"].values[0]), file_checksum=file_checksum(path))
+        start_time=float(dataset["time"].values[0]))
 
 
 @torch.no_grad()

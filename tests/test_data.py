@@ -180,3 +180,25 @@ def test_the_data_checksum_is_of_the_numbers_not_of_the_bytes(two_body_file, tmp
     (tmp_path / "text.nc").write_text("not NetCDF")
     with pytest.raises(DataError, match="text.nc: not a readable NetCDF file"):
         data_checksum(tmp_path / "text.nc")
+
+
+def test_the_data_checksum_sees_packing_and_not_byte_order(tmp_path):
+    """Values packed with another scale_factor decode to other numbers (they hashed alike: only the stored
+    integers were read); the same numbers stored big-endian are the same data (they hashed apart)."""
+    import netCDF4
+
+    from hybridnde.data import data_checksum
+
+    def write(name: str, *, scale: float = 0.01, endian: str = "native", dtype: str = "i2") -> str:
+        path = tmp_path / name
+        with netCDF4.Dataset(path, "w") as dataset:
+            dataset.createDimension("member", 3)
+            variable = dataset.createVariable("u", dtype, ("member",), endian=endian)
+            if dtype == "i2":
+                variable.scale_factor = scale
+            variable.set_auto_maskandscale(False)
+            variable[:] = np.array([3, 4, 5], dtype=dtype)
+        return data_checksum(path)
+
+    assert write("a.nc") != write("b.nc", scale=0.02)
+    assert write("little.nc", dtype="f8", endian="little") == write("big.nc", dtype="f8", endian="big")

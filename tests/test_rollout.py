@@ -774,6 +774,14 @@ def test_resume_accepts_initial_conditions_written_again_with_the_same_states(tm
     assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert_same_data(out, tmp_path / "straight.nc")
+    # a finished rollout that recorded the file's bytes (before data checksums) is this rollout, finished
+    import netCDF4
+
+    with netCDF4.Dataset(out, "a") as finished:
+        finished.setncattr("initial_conditions_sha256", file_checksum(states))
+    made = out.read_bytes()
+    assert not run_rollout(case, out, closure=model, resume=True, progress=False).resumed
+    assert out.read_bytes() == made
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])

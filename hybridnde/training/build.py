@@ -119,7 +119,7 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                       checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data.checksum), progress=progress,
                       identity={"case_toml": case.to_toml(), "data_checksum": data.checksum},
                       describe_change=lambda identity: _changes_since(identity, case, data),
-                      accepted_fingerprints=_older_fingerprints(case, data))
+                      accepted_fingerprints=_older_fingerprints(case, data) if resume else ())
     with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
         started = wallclock.perf_counter()
         result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
