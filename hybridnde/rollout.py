@@ -131,10 +131,11 @@ class BatchState:
 def in_working_form(solver: Solver, internal: Tensor) -> Tensor:
     """``internal`` as ``solver.to_internal`` would make it now: itself when it has that form, else
     through physical space. A GPU's checkpoint holds dense physical states where a CPU keeps Fourier
-    coefficients, or the other way round; each form steps correctly anywhere, but a dense N = 512 step
-    on a CPU costs ~70x the FFT step (estimated). Only for checkpoints of another kind of device: on
-    the same one the kept form is the uninterrupted run's (its batch may since have shrunk to one for
-    which ``to_internal`` would choose otherwise)."""
+    coefficients, or the other way round; each form steps correctly anywhere, but the other form
+    costs two transforms a step more on a CPU (1.33x at N = 512) and the dense step's advantage on a
+    GPU (up to 2.5x, docs/performance.md). Only for checkpoints of another device: on the same one
+    the kept form is the uninterrupted run's (its batch may since have shrunk to one for which
+    ``to_internal`` would choose otherwise)."""
     if len(internal) == 0:
         return internal
     with torch.inference_mode():

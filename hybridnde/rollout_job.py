@@ -38,7 +38,7 @@ from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_resta
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
-from .rollout_resume import ROLLOUT_SECTIONS, checked_checkpoint, resume_identity, rollout_checksum
+from .rollout_resume import ROLLOUT_SECTIONS, checked_checkpoint, resume_identity, rollout_checksum, written_elsewhere
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
 from .rollout_output import RolloutSummary, chunk_layout, finished_output, member_status, start_output
 from .systems import build_host_solver, resolve_dtype
@@ -136,13 +136,12 @@ def _my_chunks(runner: BatchRunner, setup: RolloutSetup, checkpoint: dict | None
     """This rank's batches, chunk by chunk, skipping what the checkpoint has finished."""
     done = set(checkpoint["done"]) if checkpoint else set()
     in_flight = checkpoint["in_flight"] if checkpoint else {}
-    here = setup.solver.device.type
-    written_elsewhere = bool(checkpoint) and checkpoint.get("device_type", here) != here
+    moved = bool(checkpoint) and written_elsewhere(checkpoint, setup.identity)
     for start, stop in setup.mine:
         if start in done:
             continue
         if start in in_flight:
-            state = BatchState.from_host(in_flight[start], setup.solver, written_elsewhere=written_elsewhere)
+            state = BatchState.from_host(in_flight[start], setup.solver, written_elsewhere=moved)
         else:
             offset = start - setup.first_position
             state = runner.start(start, setup.u0[offset:offset + stop - start])

@@ -24,7 +24,8 @@ from .data import file_checksum
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 
-__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "resume_identity", "threads_changed", "checked_checkpoint"]
+__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "resume_identity", "threads_changed", "checked_checkpoint",
+           "device_name", "written_elsewhere"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def resume_identity(case: CaseConfig, *, closure_checksum: str, batch_size: int,
     """What a checkpoint records and the run resuming it must share (see the module)."""
     identity = {"config_checksum": rollout_checksum(case), "closure_checksum": closure_checksum,
                 "batch_size": batch_size, "n_saves": n_saves,
-                "initial_conditions_checksum": initial_conditions_checksum, "device_type": device.type}
+                "initial_conditions_checksum": initial_conditions_checksum, "device_type": device.type,
+                "device_name": device_name(device)}
     if device.type == "cpu":  # the effective count and the setting (0: torch's default)
         identity.update(threads=torch.get_num_threads(), threads_setting=case.rollout.threads)
     return identity
@@ -82,11 +84,27 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
                 continue  # of the file's bytes, as checkpoints recorded before data checksums
             return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
         return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
-    if checkpoint.get("device_type", identity["device_type"]) != identity["device_type"]:
+    if written_elsewhere(checkpoint, identity):
         log.warning("resuming on %s a rollout written on %s: its states go on from where they were, but the file "
-                    "differs in its last bits from an uninterrupted run on either", identity["device_type"],
-                    checkpoint["device_type"])
+                    "differs in its last bits from an uninterrupted run on either", identity["device_name"],
+                    checkpoint.get("device_name", checkpoint["device_type"]))
     return threads_changed(checkpoint, identity)
+
+
+def device_name(device: torch.device) -> str:
+    """``"cpu"``, or the GPU's model (``"cuda: NVIDIA H100 80GB HBM3"``): what decides a solver's working
+    form (``solvers.dense_path``)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def written_elsewhere(checkpoint: dict, identity: dict) -> bool:
+    """Whether the checkpoint was written on another kind of device or GPU model (older checkpoints
+    record neither: the same)."""
+    if "device_name" in checkpoint:
+        return checkpoint["device_name"] != identity["device_name"]
+    return checkpoint.get("device_type", identity["device_type"]) != identity["device_type"]
 
 
 def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | None:

@@ -7,6 +7,7 @@ kernels instead of ~16 -- ahead where per-operation costs decide (small ``N``, s
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import ClassVar
 
@@ -23,18 +24,21 @@ __all__ = ["DensePath", "full_rate_fp64"]
 #: 6.1, 7.5, 8.6, 8.9, 12.0, ..., and B300's 10.3) run it at 1/32 to 1/64 of FP32, ~1 TFLOP/s, where
 #: the dense step's 0.7 GFLOP a step (N = 256, batch 256) would take ~10x the FFT step (estimated).
 FULL_RATE_FP64_CAPABILITIES = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
+#: GPUs of those capabilities with their FP64 cut down (datasheets: ~1 TFLOP/s): H800, H20
+REDUCED_FP64 = re.compile(r"\b(H800|H20)\b")
 
 
 @lru_cache(maxsize=None)
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
+def _capability(index: int) -> tuple[tuple[int, int], str]:
+    return torch.cuda.get_device_capability(index), torch.cuda.get_device_name(index)
 
 
 def full_rate_fp64(device: torch.device) -> bool:
-    """Whether the CUDA ``device`` has full-rate FP64 (``FULL_RATE_FP64_CAPABILITIES``): the dense step
-    is then worth its ``O(N^2)`` float64 arithmetic."""
+    """Whether the CUDA ``device`` has full-rate FP64 (``FULL_RATE_FP64_CAPABILITIES``, not
+    ``REDUCED_FP64``): the dense step is then worth its ``O(N^2)`` float64 arithmetic."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return _capability(index) in FULL_RATE_FP64_CAPABILITIES
+    capability, name = _capability(index)
+    return capability in FULL_RATE_FP64_CAPABILITIES and not REDUCED_FP64.search(name)
 
 
 class DensePath:

@@ -8,6 +8,7 @@ test_kuramoto_sivashinsky_spectral.py.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -177,12 +178,27 @@ def test_only_gpus_with_full_rate_fp64_take_the_dense_step(monkeypatch):
     rate or better); consumer and inference GPUs run FP64 at 1/32-1/64 and keep the FFT step."""
     from solvers import dense_path
 
-    for capability, full_rate in (((9, 0), True), ((8, 0), True), ((10, 0), True), ((6, 0), True), ((8, 6), False),
-                                  ((8, 9), False), ((7, 5), False), ((12, 0), False), ((10, 3), False)):
+    for capability, name, full_rate in (((9, 0), "NVIDIA H100 80GB HBM3", True), ((9, 0), "NVIDIA H200", True),
+                                        ((8, 0), "NVIDIA A100-SXM4-80GB", True), ((10, 0), "NVIDIA B200", True),
+                                        ((6, 0), "Tesla P100-PCIE-16GB", True), ((9, 0), "NVIDIA H800", False),
+                                        ((9, 0), "NVIDIA H20", False), ((8, 6), "NVIDIA A10", False),
+                                        ((8, 9), "NVIDIA L40S", False), ((7, 5), "Tesla T4", False),
+                                        ((12, 0), "NVIDIA GeForce RTX 5090", False), ((10, 3), "NVIDIA B300", False)):
         dense_path._capability.cache_clear()
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index, answer=capability: answer)
-        assert dense_path.full_rate_fp64(torch.device("cuda", 0)) is full_rate, capability
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index, answer=name: answer)
+        assert dense_path.full_rate_fp64(torch.device("cuda", 0)) is full_rate, name
     dense_path._capability.cache_clear()
+    # and _use_dense asks it: a cuda state on such a GPU keeps the FFT step (a stand-in: no GPU here)
+    solver = make_solver()
+    cuda_state = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), shape=(2, 64), dtype=torch.float64,
+                                 requires_grad=False)
+    solver.dense_limits = {"cuda": (512, 1 << 25)}
+    monkeypatch.setattr(dense_path, "full_rate_fp64", lambda device: True)
+    with torch.no_grad():
+        assert solver._use_dense(cuda_state)
+        monkeypatch.setattr(dense_path, "full_rate_fp64", lambda device: False)
+        assert not solver._use_dense(cuda_state)
 
 
 def test_circulant_matrix_applies_the_symbol():

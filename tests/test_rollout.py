@@ -623,7 +623,7 @@ def test_a_resume_with_another_batch_size_is_refused_naming_it():
 
 def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_form(tmp_path, caplog, monkeypatch):
     """A GPU keeps KS states dense (physical), a CPU as Fourier coefficients at N = 128: a GPU checkpoint
-    resumed on a CPU goes on in the CPU's form (stepping the dense form there would cost ~70x at N = 512),
+    resumed on a CPU goes on in the CPU's form (the dense form costs two transforms a step more there),
     with a warning that the file is not bit for bit an uninterrupted run's; the numbers agree."""
     from hybridnde.rollout import in_working_form
 
@@ -650,7 +650,8 @@ def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_
     assert state["device_type"] == "cpu" and state["in_flight"]
     for batch in state["in_flight"].values():  # as a GPU would have written it
         batch["internal"] = solver.from_internal(batch["internal"]).clone()
-    torch.save({**state, "device_type": "cuda"}, checkpoint_path(out))
+    assert state["device_name"] == "cpu"
+    torch.save({**state, "device_type": "cuda", "device_name": "cuda: NVIDIA H100 80GB HBM3"}, checkpoint_path(out))
     from hybridnde import rollout
 
     forms = []
@@ -658,7 +659,7 @@ def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_
     monkeypatch.setattr(rollout, "in_working_form", lambda *args: forms.append(real_form(*args)) or forms[-1])
     assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
     assert forms and all(form.is_complex() for form in forms)
-    assert "resuming on cpu a rollout written on cuda" in caplog.text
+    assert "resuming on cpu a rollout written on cuda: NVIDIA H100 80GB HBM3" in caplog.text
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     resumed, straight = read(out), read(tmp_path / "straight.nc")
     np.testing.assert_allclose(resumed["u"].values, straight["u"].values, rtol=0, atol=1e-12)
