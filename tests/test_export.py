@@ -245,3 +245,21 @@ def test_a_closure_asked_onto_a_missing_gpu_says_so(tmp_path):
     save_closure(tmp_path / "closure.pt", MLPClosure(state_dim=2, width=4).double())
     with pytest.raises(DataError, match="cannot be placed on device 'cuda'.*choose a device this machine has"):
         load_closure(tmp_path / "closure.pt", device="cuda")
+
+
+def test_export_puts_the_dtype_check_on_the_weights_device(tmp_path, monkeypatch):
+    """An archive exported for cuda held one CPU tensor (the dtype check's buffer): export hands the
+    weights' device to it (seen through a spy here: this machine has one device)."""
+    from hybridnde import export
+
+    devices = []
+
+    class Spy(DtypeChecked):
+        def __init__(self, closure, dtype, device="unset"):
+            devices.append(device)
+            super().__init__(closure, dtype, "cpu" if device == "unset" else device)
+
+    monkeypatch.setattr(export, "DtypeChecked", Spy)
+    save_closure(tmp_path / "closure.pt", trained_like(MLPClosure(state_dim=3, width=8).double(), seed=2))
+    assert main(["export", str(tmp_path / "closure.pt")]) == 0
+    assert devices == [torch.device("cpu")]
