@@ -9,8 +9,9 @@ grid), then measures, per member and summarised by median and spread:
 * the fraction of members stable to the horizon (status ok, every state finite);
 * drift of the true system's invariants (two-body energy and angular momentum, rigid-body Casimir
   and energy, ...), for the rollout and for the reference (the integrator's own drift);
-* for fields: the time-averaged energy spectrum of both and their distance;
-* KL divergence between 50-bin histograms of predicted and true states;
+* for fields: the time-averaged energy spectrum of both, their distance and the modes it compares,
+  and the drift of the spatial mean (conserved by Kuramoto-Sivashinsky) over the truth's rms;
+* KL divergence between 50-bin histograms of predicted and true states (bins and epsilon recorded);
 * cost figures from the files' attributes (NFE, wall time);
 * optionally the leading Lyapunov exponent of the model and of the truth (``lyapunov_comparison``).
 
@@ -30,10 +31,10 @@ from .evaluation_figures import write_figures
 from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
 from .config import CaseConfig, ConfigError, parse_case_text
 from .io import DataError, open_trajectories, package_version, platform_description
-from .metrics import (DEFAULT_SPREAD, cost_from_attributes, energy_spectrum, error_growth, finite_states,
-                      histogram_kl_divergence, invariant_drift, json_ready, normalised_error, reference_scale,
-                      resting_members, spectral_distance, stable_members, summarise, valid_prediction_time,
-                      wavenumbers)
+from .metrics import (DEFAULT_SPREAD, KL_BINS, KL_EPSILON, compared_modes, cost_from_attributes, energy_spectrum,
+                      error_growth, finite_states, histogram_kl_divergence, invariant_drift, json_ready,
+                      normalised_error, reference_scale, resting_members, spectral_distance, stable_members, summarise,
+                      valid_prediction_time, wavenumbers)
 
 __all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
            "lyapunov_comparison", "write_figures", "format_summary"]
@@ -179,18 +180,38 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
     if pair.state_dim == "x":
         spectrum, reference_spectrum = energy_spectrum(predicted), energy_spectrum(truth)
         length = pair.domain_length or 1.0
+        distance = spectral_distance(spectrum, reference_spectrum) if defined else math.nan
+        modes = compared_modes(spectrum, reference_spectrum) if defined and np.isfinite(spectrum).all() else []
         metrics["spectrum"] = {"wavenumber": wavenumbers(pair.truth.shape[-1], length),
-                               "rollout": spectrum, "reference": reference_spectrum,
-                               "distance": spectral_distance(spectrum, reference_spectrum) if defined else math.nan}
+                               "rollout": spectrum, "reference": reference_spectrum, "distance": distance,
+                               "compared_modes": [int(m) for m in modes]}
+        if math.isinf(distance):
+            metrics["notes"].append("energy spectrum distance infinite (null in the JSON): the rollout's spectrum is "
+                                    "non-finite, or it leaves a mode it should carry empty")
         metrics["kl_divergence"] = {"value": histogram_kl_divergence(predicted, truth) if defined else math.nan,
                                     "per_component": {}}
+        # Kuramoto-Sivashinsky conserves the spatial mean (conservative form): its drift, over the truth's
+        # pointwise rms
+        pointwise = float(np.sqrt(np.nanmean(np.where(np.isfinite(pair.truth), pair.truth, np.nan) ** 2)))
+        metrics["mean_drift"] = {"rollout": summarise(_mean_drift(pair.predicted, pointwise), spread=spread),
+                                 "reference": summarise(_mean_drift(pair.truth, pointwise), spread=spread),
+                                 "scale": pointwise}
     else:
         per_component = {str(name): histogram_kl_divergence(predicted[..., i], truth[..., i]) if defined else math.nan
                          for i, name in enumerate(pair.state_coords)}
         values = [v for v in per_component.values() if np.isfinite(v)]
         metrics["kl_divergence"] = {"value": float(np.mean(values)) if values else math.nan,
                                     "per_component": per_component}
+    metrics["kl_divergence"].update(bins=KL_BINS, epsilon=KL_EPSILON)
     return metrics
+
+
+def _mean_drift(u: np.ndarray, scale: float) -> np.ndarray:
+    """``max_t |mean_x u(t) - mean_x u(t_0)| / scale`` per member of fields ``u: (member, time, x)``; NaN
+    for a member with a non-finite state."""
+    means = u.mean(axis=-1)
+    drift = np.abs(means - means[:, :1]).max(axis=1, initial=0.0) / scale
+    return np.where(np.isfinite(means).all(axis=1), drift, np.nan)
 
 
 def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case: CaseConfig | None = None,

@@ -14,14 +14,14 @@ from .cost import cost_from_attributes
 from .errors import (error_growth, finite_states, normalised_error, reference_scale, resting_members,
                      stable_members, valid_prediction_time)
 from .invariants import invariant_drift, relative_drift_curves
-from .spectra import energy_spectrum, spectral_distance, wavenumbers
-from .statistics import histogram_kl_divergence
+from .spectra import compared_modes, energy_spectrum, spectral_distance, wavenumbers
+from .statistics import KL_BINS, KL_EPSILON, histogram_kl_divergence
 from .summary import DEFAULT_SPREAD, json_ready, quantiles, summarise
 
 __all__ = [
     "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members", "resting_members",
-    "finite_states", "invariant_drift", "relative_drift_curves", "energy_spectrum", "wavenumbers", "spectral_distance",
-    "histogram_kl_divergence", "cost_from_attributes", "DEFAULT_SPREAD", "quantiles", "summarise", "json_ready",
+    "finite_states", "invariant_drift", "relative_drift_curves", "energy_spectrum", "wavenumbers", "spectral_distance", "compared_modes",
+    "histogram_kl_divergence", "KL_BINS", "KL_EPSILON", "cost_from_attributes", "DEFAULT_SPREAD", "quantiles", "summarise", "json_ready",
     "leading_lyapunov_exponent", "LyapunovEstimate",
 ]
 

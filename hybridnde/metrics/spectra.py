@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["energy_spectrum", "wavenumbers", "spectral_distance", "EMPTY_MODE"]
+__all__ = ["energy_spectrum", "wavenumbers", "spectral_distance", "compared_modes", "EMPTY_MODE"]
 
 
 def energy_spectrum(u: np.ndarray) -> np.ndarray:
@@ -77,15 +77,21 @@ def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_f
     spectrum, reference = np.asarray(spectrum, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     if not np.isfinite(spectrum).all():
         return float("inf")
-    last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
-    modes = np.arange(1, last)
-    floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
-    cut = 2.0 / 3.0 * (spectrum.size - 1) + 1e-9  # m <= 2/3 N/2 on the model's grid (N/2 = size - 1)
-    carried = (modes <= cut) | (spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
-    modes = modes[((reference[modes] > floor) | (spectrum[modes] > floor)) & carried]
+    modes = compared_modes(spectrum, reference, relative_floor=relative_floor)
     if not modes.size:
         return float("inf")
     model, truth = spectrum[modes], reference[modes]
     if not (truth > 0).all() or not (model > 0).all():
         return float("inf")
     return float(np.mean(np.abs(np.log10(model / truth))))
+
+
+def compared_modes(spectrum: np.ndarray, reference: np.ndarray, *, relative_floor: float = 1e-4) -> np.ndarray:
+    """The modes ``m`` that ``spectral_distance`` compares (its rules), increasing; ``spectrum`` finite."""
+    spectrum, reference = np.asarray(spectrum, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
+    modes = np.arange(1, max(last, 1))
+    floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
+    cut = 2.0 / 3.0 * (spectrum.size - 1) + 1e-9  # m <= 2/3 N/2 on the model's grid (N/2 = size - 1)
+    carried = (modes <= cut) | (spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
+    return modes[((reference[modes] > floor) | (spectrum[modes] > floor)) & carried]

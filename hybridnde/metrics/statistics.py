@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["histogram_kl_divergence"]
+__all__ = ["histogram_kl_divergence", "KL_BINS", "KL_EPSILON"]
 
 
-def histogram_kl_divergence(predicted: np.ndarray, truth: np.ndarray, *, bins: int = 50,
-                            epsilon: float = 1e-10) -> float:
+#: histogram bins over the truth's range, and the probability added to every bin: where the truth
+#: has mass p in bins the model never visits, the divergence is about p ln(p / KL_EPSILON), so it is
+#: recorded beside the value (metrics.json ``kl_divergence``)
+KL_BINS, KL_EPSILON = 50, 1e-10
+
+
+def histogram_kl_divergence(predicted: np.ndarray, truth: np.ndarray, *, bins: int = KL_BINS,
+                            epsilon: float = KL_EPSILON) -> float:
     """``D_KL(truth || predicted)`` between histograms of two samples of scalars.
 
     Args:

@@ -71,8 +71,10 @@ def _spreads_overlap(one: Mapping[str, Any], other: Mapping[str, Any], keys: tup
 #: what a bare host is where it is no real competitor (``hybrid.setup``): said beside the ratio to it
 TRIVIAL_BASELINES = {"second_order": "a bare second-order host has no forces: it keeps its initial velocities"}
 
-#: median relative drift of an invariant above which the verdict says the states are not physical
+#: median relative drift of an invariant above which the verdict says the states are not physical,
+#: and above which it says the invariant drifts
 INVARIANT_DRIFT_UNPHYSICAL = 1.0
+INVARIANT_DRIFT_NOTED = 0.1
 
 
 def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | None = None) -> str:
@@ -89,7 +91,7 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     members = metrics["members"]
     resting = int(metrics.get("resting_members") or 0)
     lingering = int(metrics.get("resting_while_valid") or 0)
-    at_rest = lingering * 2 > members
+    at_rest = _at_rest(metrics)
     units = "time units" if metrics.get("time_units", "1") in ("", "1") else metrics["time_units"]
     # a median member valid to the horizon: the median VPT is the horizon, a lower bound (censored)
     censored = (metrics.get("reached_horizon_fraction") or 0.0) >= 0.5
@@ -134,14 +136,21 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     if resting and not at_rest:
         text += f"; {resting} of {members} members come to rest by the horizon while the truth keeps moving"
     concerns = []
-    drifting = []
+    drifting, noted = [], []
     for name, drift in (metrics.get("invariant_drift") or {}).items():
         median = (drift.get("rollout") or {}).get("median")
-        if median is not None and math.isfinite(median) and median > INVARIANT_DRIFT_UNPHYSICAL:
-            drifting.append(f"{name} by {number(median)}")
+        if median is not None and math.isfinite(median) and median > INVARIANT_DRIFT_NOTED:
+            (drifting if median > INVARIANT_DRIFT_UNPHYSICAL else noted).append(f"{name} by {number(median)}")
     if drifting:
         concerns.append(f"its {' and '.join(drifting)} drift (median over members of the largest relative drift): "
                         "its states are not the system's")
+    if noted:
+        concerns.append(f"its {' and '.join(noted)} drift (median over members of the largest relative drift)")
+    mean = metrics.get("mean_drift") or {}
+    moved, kept = (mean.get("rollout") or {}).get("median"), (mean.get("reference") or {}).get("median")
+    if moved is not None and kept is not None and math.isfinite(moved) and moved > INVARIANT_DRIFT_NOTED > 100 * kept:
+        concerns.append(f"its spatial mean drifts by {number(moved)} of the field's rms (median over members; the "
+                        "truth conserves it)")
     kl = (metrics.get("kl_divergence") or {}).get("value")
     if kl is not None and math.isfinite(kl) and kl > STATISTICS_DIFFER_NATS:
         concerns.append(f"its states are distributed unlike the truth's over the horizon (KL divergence {number(kl)} "
@@ -151,6 +160,17 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     return text + "."
 
 
+def _at_rest(metrics: Mapping[str, Any]) -> bool:
+    """Most members at rest while the truth moved, before their valid time ended (``verdict``)."""
+    return int(metrics.get("resting_while_valid") or 0) * 2 > metrics["members"]
+
+
+def _over_finite(metrics: Mapping[str, Any], text: str) -> str:
+    """A statistic's cell, with the share of the rollout's states it is over where some blew up."""
+    share = metrics.get("statistics_finite_share")
+    return text if share is None or share >= 1.0 or text == "n/a" else f"{text} (over its {100 * share:.0f}% finite states)"
+
+
 def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     keys = spread_keys(metrics)
     baseline = metrics.get("baseline") or {}
@@ -158,11 +178,14 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     def both(getter) -> tuple[str, str]:
         return getter(metrics), getter(baseline) if baseline else "-"
 
-    rows = [("valid prediction time, median [%s, %s]" % keys,
-             *both(lambda m: median_spread(m.get("valid_prediction_time"), keys)))]
-    if "valid_prediction_time_lyapunov" in metrics:
-        rows.append((f"  in Lyapunov times (lambda_1 = {number(metrics['lyapunov_exponent'])})",
-                     *both(lambda m: median_spread(m.get("valid_prediction_time_lyapunov"), keys))))
+    def spread(summary: Mapping[str, Any] | None, members: int) -> str:  # one member: no spread to show
+        return number((summary or {}).get("median")) if members == 1 else median_spread(summary, keys)
+
+    rows = [("valid prediction time, median [%s, %s]" % keys if metrics["members"] > 1 else "valid prediction time",
+             *both(lambda m: spread(m.get("valid_prediction_time"), m["members"])))]
+    if "valid_prediction_time_lyapunov" in metrics and not _at_rest(metrics):
+        rows.append((f"  in Lyapunov times (lambda_1 = {number(metrics['lyapunov_exponent'])}, from the case)",
+                     *both(lambda m: spread(m.get("valid_prediction_time_lyapunov"), m["members"]))))
     rows.append(("valid to the horizon", *both(lambda m: percent(m.get("reached_horizon_fraction")))))
     rows.append(("stable to the horizon", *both(lambda m: percent(m.get("stable_fraction"), m.get("stable_members"),
                                                                     m.get("members")))))
@@ -174,12 +197,17 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                      *both(lambda m: f"{m.get('resting_while_valid', 0)}/{m.get('members')}")))
     for name, drift in metrics.get("invariant_drift", {}).items():
         rows.append((f"{name} drift (max relative; truth's integrator: {number(drift['reference']['median'])})",
-                     *both(lambda m: median_spread(m.get("invariant_drift", {}).get(name, {}).get("rollout"), keys))))
+                     *both(lambda m: spread(m.get("invariant_drift", {}).get(name, {}).get("rollout"), m["members"]))))
+    if "mean_drift" in metrics:
+        rows.append((f"spatial mean drift (max abs / rms u*; truth: {number(metrics['mean_drift']['reference']['median'])})",
+                     *both(lambda m: spread(m.get("mean_drift", {}).get("rollout"), m["members"]))))
     if "spectrum" in metrics:
-        rows.append(("energy spectrum distance (mean abs log10 E/E*)",
-                     *both(lambda m: number(m.get("spectrum", {}).get("distance")))))
+        modes = metrics["spectrum"].get("compared_modes") or []
+        over = f", modes {modes[0]}-{modes[-1]}" if modes else ""
+        rows.append((f"energy spectrum distance (mean abs log10 E/E*{over})",
+                     *both(lambda m: _over_finite(m, number(m.get("spectrum", {}).get("distance"))))))
     rows.append(("KL divergence of state histograms (nats)",
-                 *both(lambda m: number(m.get("kl_divergence", {}).get("value")))))
+                 *both(lambda m: _over_finite(m, number(m.get("kl_divergence", {}).get("value"))))))
     if "lyapunov" in metrics:
         lyapunov = metrics["lyapunov"]
         rows.append(("leading Lyapunov exponent (truth: %s)" % number(lyapunov["truth"]["exponent"]),
@@ -257,13 +285,18 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     if case.case.description:
         lines += [case.case.description + ".", ""]
     made = datetime.datetime.now().isoformat(timespec="seconds")
-    lines += [f"Made by `{command or 'hybridnde run'}` on {made} (hybridnde {package_version()})"
+    writing = f"hybridnde {package_version()}"
+    numbers = metrics.get("software") or writing  # what computed the metrics, maybe an earlier run
+    by = f"numbers by {numbers}" + ("" if numbers == writing else f", report by {writing}")
+    lines += [f"Made by `{command or 'hybridnde run'}` on {made} ({by})"
               + (f"; variant: {result.variant.describe()}" if result.variant.label else "") + ".", "",
               f"**{verdict(metrics, held_out=held_out, setup=case.hybrid.setup)}**", ""]
     lines += ["## Accuracy and stability", "",
               _truth_phrase(metrics, held_out) + f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
               f"||u - u*|| / {'rms(u* - mean u*)' if metrics.get('error_scale_kind') == 'anomaly' else 'rms(u*)'} and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
-              f"Median [{keys[0]}, {keys[1]}] over members.", "",
+              f"Median [{keys[0]}, {keys[1]}] over members (their initial states), of one trained closure "
+              f"(`training.seed = {case.training.seed}`): another seed trains another closure, and "
+              "`--compare training.seed=0,1,2` shows the spread over seeds.", "",
               *(["| | hybrid (trained closure) | bare host solver |", "|---|---|---|"] if "baseline" in metrics
                 else ["| | hybrid (trained closure) |", "|---|---|"])]
     lines += [f"| {name} | {hybrid} | {bare} |" if "baseline" in metrics else f"| {name} | {hybrid} |"
