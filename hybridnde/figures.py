@@ -98,7 +98,9 @@ def _component_pairs(n_components: int) -> list[tuple[int, int]]:
 def phase_portrait_figure(truth: np.ndarray, predicted: np.ndarray, component_names: Sequence[str], *,
                           title: str = "", members: Sequence[int] = (0,), member_labels: Sequence[str] | None = None,
                           predicted_label: str = "hybrid") -> Figure:
-    """Phase portraits of a few members: truth solid, prediction dashed, start marked by a dot.
+    """Phase portraits of a few members: truth solid and pale, prediction dashed and opaque on top (one
+    colour per member), start marked by a dot and the prediction's last finite state by a cross (a
+    model that settles on a fixed point shows as a cross where its line stops).
 
     Args:
         truth, predicted: (member, time, component).
@@ -114,16 +116,21 @@ def phase_portrait_figure(truth: np.ndarray, predicted: np.ndarray, component_na
     labels = list(member_labels) if member_labels is not None else [f"member {m}" for m in members]
     for axis, (first, second) in zip(axes, pairs):
         for colour, member, label in zip(colours, members, labels):
-            axis.plot(truth[member, :, first], truth[member, :, second], color=colour, linewidth=1.2,
-                      label=f"truth, {label}")
-            axis.plot(predicted[member, :, first], predicted[member, :, second], color=colour, linewidth=1.2,
-                      label=f"{predicted_label}, {label}", **_PREDICTED_STYLE)
-            axis.plot(truth[member, 0, first], truth[member, 0, second], "o", color=colour, markersize=5)
+            axis.plot(truth[member, :, first], truth[member, :, second], color=colour, linewidth=1.0, alpha=0.45,
+                      label=f"truth, {label}", zorder=1)
+            axis.plot(predicted[member, :, first], predicted[member, :, second], color=colour, linewidth=1.4,
+                      label=f"{predicted_label}, {label}", zorder=2, **_PREDICTED_STYLE)
+            axis.plot(truth[member, 0, first], truth[member, 0, second], "o", color=colour, markersize=5, zorder=3)
+            finite = np.flatnonzero(np.isfinite(predicted[member, :, [first, second]]).all(axis=0))
+            if finite.size:
+                last = finite[-1]
+                axis.plot(predicted[member, last, first], predicted[member, last, second], "X", color=colour,
+                          markeredgecolor="k", markersize=9, zorder=3, label=f"{predicted_label} at its last time, {label}")
         axis.set_xlabel(component_names[first])
         axis.set_ylabel(component_names[second])
         axis.set_title(f"{component_names[second]} against {component_names[first]}")
     axes[0].legend(fontsize="small", loc="best")
-    figure.suptitle(title or "phase portrait (dot: start)")
+    figure.suptitle(title or "phase portrait (dot: start; cross: the prediction's last state)")
     return figure
 
 

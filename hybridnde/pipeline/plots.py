@@ -43,9 +43,10 @@ def _positive(values: Sequence[Any]) -> np.ndarray:
     return np.where(np.isfinite(array) & (array > 0), array, np.nan)
 
 
-def training_curves_figure(records: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") -> Path | None:
-    """Loss, validation loss and each loss term per epoch (log scale) -> PNG ``out``; ``None`` when
-    the log is empty."""
+def training_curves_figure(records: Sequence[Mapping[str, Any]], out: Path, *, title: str = "",
+                           best_epoch: int | None = None) -> Path | None:
+    """Loss, validation loss and each loss term per epoch (log scale) -> PNG ``out``, the kept closure's
+    epoch (``best_epoch``) marked; ``None`` when the log is empty."""
     if not records:
         return None
     figure = _figure(7.0, 4.2)
@@ -59,6 +60,9 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], out: Path, *, t
         for index, key in enumerate(terms):
             axis.plot(epochs, _positive([r.get(key) for r in records]), color=f"C{index + 2}", linestyle="--",
                       linewidth=1.0, label=key)
+    if best_epoch is not None and best_epoch in epochs:
+        axis.axvline(best_epoch, color="k", linestyle=":", linewidth=1.2,
+                     label=f"kept closure: epoch {best_epoch} (lowest validation loss)")
     axis.set_yscale("log")
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
@@ -84,17 +88,28 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
     spread = first["spread_percentiles"]
     low, high = f"p{spread[0]:g}", f"p{spread[1]:g}"
     start = float(first["start_time"])
-    for index, (label, metrics) in enumerate(curves):
+    bands = len(curves) <= 4  # more bands would hide each other
+    colours = iter(f"C{index}" for index in range(10))
+    end = start
+    for label, metrics in curves:
+        # the bare host grey in every figure, so a colour means the same variant across figures
+        colour = "0.45" if label.startswith("bare host") else next(colours)
         growth = metrics["error_growth"]
         times = np.asarray(growth["time"], dtype=np.float64)
+        end = max(end, float(times[-1])) if times.size else end
         median = metrics["valid_prediction_time"]["median"]
         shown = f"{label} (VPT {median:.3g})" if median is not None else label
-        if len(curves) <= 4:  # more bands would hide each other
-            axis.fill_between(times, _positive(growth[low]), _positive(growth[high]), color=f"C{index}", alpha=0.15)
-        axis.plot(times, _positive(growth["median"]), color=f"C{index}", linewidth=1.8, label=shown)
+        if bands:
+            axis.fill_between(times, _positive(growth[low]), _positive(growth[high]), color=colour, alpha=0.15)
+        axis.plot(times, _positive(growth["median"]), color=colour, linewidth=1.8, label=shown)
         if median is not None:
-            axis.axvline(start + median, color=f"C{index}", linestyle=":", linewidth=1.2)
+            axis.axvline(start + median, color=colour, linestyle=":", linewidth=1.2)
     axis.axhline(first["threshold"], color="k", linestyle="--", linewidth=1.0, label=f"threshold {first['threshold']:g}")
+    axis.plot([], [], color="0.3", linestyle=":", linewidth=1.2, label="median valid prediction time (dotted)")
+    if bands:
+        axis.fill_between([], [], [], color="0.3", alpha=0.15, label=f"{spread[0]:g}-{spread[1]:g}th percentile band")
+    if end > start:
+        axis.set_xlim(start, end)
     axis.set_yscale("log")
     axis.set_xlabel(time_label(first.get("time_units", "1")))
     axis.set_ylabel(error_label(first.get("error_scale_kind", "rms")))

@@ -222,8 +222,8 @@ class _Run:
         scored = metrics["valid_prediction_time"]["members"]  # the members evaluate paired
         metrics["members_from_training_states"] = members_from_training_states(reference, truth, members=scored)
         name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
-        drawn = [training_curves_figure(result.training_log, figures / "training_loss.png",
-                                        title=f"{name}: training")]
+        drawn = [training_curves_figure(result.training_log, figures / "training_loss.png", title=f"{name}: training",
+                                        best_epoch=(result.closure_metadata or {}).get("best_epoch"))]
         if stages.has_baseline(case):
             metrics["baseline"] = evaluate_files(baseline, reference, case=case)
             drawn.append(error_growth_comparison_figure(
