@@ -402,6 +402,19 @@ def test_compare_shares_the_data_and_writes_one_table(tmp_path):
     assert "| regularizer=fd |" in (out / "compare.md").read_text()
 
 
+def test_a_groups_mean_says_what_it_is_over():
+    """Grouped means dropped undefined and infinite values (a failing variant's spectrum distance) without
+    a word, and a single value printed '+- 0'."""
+    from hybridnde.pipeline.comparison import _group_cell, _mean_std
+
+    assert _group_cell(_mean_std([1.0, 3.0]), fraction=False, variants=2) == "2 +- 1.41"
+    assert _group_cell(_mean_std([1.0, float("inf"), None]), fraction=False, variants=3) == \
+        "1 (over 1 of 3: the others n/a or inf)"
+    assert _group_cell(_mean_std([0.5, 1.0, None]), fraction=True, variants=3) == \
+        "75% +- 35% (over 2 of 3: the others n/a or inf)"
+    assert _group_cell(_mean_std([None]), fraction=False, variants=1) == "n/a"
+
+
 def test_a_compared_variant_that_fails_leaves_the_others_and_a_new_table(tmp_path, capsys):
     """A learning rate whose training goes non-finite aborted the sweep with a traceback: the variants
     after it never ran, and compare.md stayed the previous sweep's table."""

@@ -98,6 +98,21 @@ def _mean_std(values: Sequence[Any]) -> dict[str, float | None]:
     return {"mean": mean, "std": std, "count": len(finite)}
 
 
+def _group_cell(stats: Mapping[str, Any], *, fraction: bool, variants: int) -> str:
+    """``mean +- std`` of a group's finite values; one value without a spread, and how many values it
+    is over where undefined or infinite ones were left out."""
+    if stats["mean"] is None:
+        return "n/a"
+    if fraction:
+        mean, std = f"{100 * stats['mean']:.0f}%", f"{100 * stats['std']:.0f}%"
+    else:
+        mean, std = number(stats["mean"]), number(stats["std"])
+    cell = mean if stats["count"] == 1 else f"{mean} +- {std}"
+    if stats["count"] < variants:
+        cell += f" (over {stats['count']} of {variants}: the others n/a or inf)"
+    return cell
+
+
 def _table(rows: Sequence[Mapping[str, Any]], keys: tuple[str, str], *, with_training: bool) -> list[str]:
     lyapunov = any("valid_prediction_time_lyapunov" in row for row in rows)
     extra = [name for name in dict.fromkeys(k for row in rows for k in row if k == "spectrum_distance"
@@ -168,12 +183,8 @@ def write_comparison(outcome: RunResult, *, command: str = "") -> dict[str, Path
                   "|" + "---|" * (len(names) + 2)]
         for group in data["groups"]:
             cells = [str(group[first_key]), str(group["variants"])]
-            for name in names:
-                stats = group[name]
-                if name.endswith("_fraction") and stats["mean"] is not None:
-                    cells.append(f"{100 * stats['mean']:.0f}% +- {100 * stats['std']:.0f}%")
-                else:
-                    cells.append(f"{number(stats['mean'])} +- {number(stats['std'])}")
+            cells += [_group_cell(group[name], fraction=name.endswith("_fraction"), variants=group["variants"])
+                      for name in names]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Reports: " + ", ".join(f"[{row['label']}]({relative_link(Path(row['report']), directory)})"
                                            for row in data["variants"])]
