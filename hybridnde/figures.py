@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .io import atomic_path
+from .io import atomic_path, package_version
 
 __all__ = ["error_label", "space_time_figure", "phase_portrait_figure", "error_growth_figure", "spectrum_figure",
            "invariant_drift_figure", "save_figure", "time_label"]
@@ -258,8 +258,9 @@ def invariant_drift_figure(times: np.ndarray, drift: Mapping[str, np.ndarray], *
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write ``figure`` as PNG to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``figure`` as PNG to ``path`` atomically (a temporary file, then a rename), with the
+    software that drew it (version and git commit) in its ``Software`` text chunk."""
     path = Path(path)
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
+        figure.savefig(temporary, format="png", metadata={"Software": f"hybridnde {package_version()}"})
     return path

@@ -38,6 +38,12 @@ def test_space_time_figure(tmp_path, ks_like):
     assert figure.axes[0].get_ylabel() == "time t" and figure.axes[0].get_xlabel() == "position x"
     assert len(figure.axes) == 5  # three panels and two colourbars (fields; error)
     check_png(figures.save_figure(figure, tmp_path / "space_time.png"), min_width=1000)
+    from PIL import Image
+
+    from hybridnde.io import package_version
+
+    with Image.open(tmp_path / "space_time.png") as image:  # which code drew it travels with the figure
+        assert image.text["Software"] == f"hybridnde {package_version()}"
 
 
 def test_error_growth_and_spectrum_figures(tmp_path):
