@@ -149,8 +149,9 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         log.warning(note)
     levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))
     keep = _subsample(times.size)
+    # at most MAX_CURVE_POINTS of the times, evenly spread, first and last kept: "of_times" says how many
     metrics["error_growth"] = {"time": times[keep], f"p{spread[0]:g}": levels[0][keep], "median": levels[1][keep],
-                               f"p{spread[1]:g}": levels[2][keep]}
+                               f"p{spread[1]:g}": levels[2][keep], "of_times": int(times.size)}
     if invariants is not None and pair.state_dim == "component":
         predicted_values, true_values = invariants(pair.predicted), invariants(pair.truth)
         drift, reference_drift = invariant_drift(predicted_values), invariant_drift(true_values)

@@ -95,6 +95,7 @@ def test_perturbed_model_has_a_finite_vpt_figures_and_a_json_file(tmp_path, lore
     assert ((vpt > 1.0) & (vpt < 20.0)).all() and metrics["reached_horizon_fraction"] == 0.0
     assert metrics["stable_fraction"] == 1.0 and metrics["initial_error"]["max"] == 0.0
     growth = np.array(metrics["error_growth"]["median"])
+    assert metrics["error_growth"]["of_times"] == metrics["times"] >= len(growth)  # at most 1000 of them
     assert growth[-1] > 0.5 > growth[1] > 0  # the median error crosses the threshold
     assert json.loads(out.read_text()) == metrics
     assert sorted(p.name for p in figures.iterdir()) == ["error_growth.png", "phase_portrait.png"]
