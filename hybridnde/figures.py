@@ -170,10 +170,12 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
     axis.axhline(threshold, color="C3", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}")
     if valid_time is not None and np.isfinite(valid_time):
         censored = " = horizon" if valid_time >= times[-1] else ""
+        # the median of the members' own crossings: not where the median curve crosses the threshold
         axis.axvline(valid_time, color="k", linestyle=":", linewidth=1.5,
-                     label=f"valid prediction time {valid_time - times[0]:.3g}{censored} (median)")
+                     label=f"valid prediction time {valid_time - times[0]:.3g}{censored} (median of the members')")
         if valid_time_spread is not None and all(np.isfinite(valid_time_spread)):
-            axis.axvspan(*valid_time_spread, color="k", alpha=0.08)
+            axis.axvspan(*valid_time_spread, color="k", alpha=0.08,
+                         label=f"members' valid prediction times, {spread_label}")
     if logarithmic:
         visible = shown(everything)
         axis.set_yscale("log")
