@@ -395,3 +395,44 @@ def test_statistics_of_component_states_follow_the_finite_share_rule():
     predicted[0, 50:] += 100.0  # member 0 leaves the threshold before the truth ends
     metrics = compute_metrics(component_pair(predicted, ended, times))
     assert any("undefined before the horizon for 2 member(s)" in note for note in metrics["notes"]), metrics["notes"]
+
+
+def _sine_pair(n_fine, n_coarse, *, shift=0.0, coarse_dtype=np.float64):
+    from hybridnde.io import trajectory_dataset
+
+    length, times = 22.0, 0.1 * np.arange(4)
+    fine_x = np.arange(n_fine) * length / n_fine
+    coarse_x = np.arange(n_coarse) * length / n_coarse + shift * length / n_coarse
+
+    def sine(x):
+        return np.broadcast_to(np.sin(2 * np.pi * x / length), (2, times.size, x.size)).copy()
+
+    reference = trajectory_dataset(sine(fine_x), times, state_dim="x", state_coords=fine_x)
+    rollout = trajectory_dataset(sine(coarse_x), times, state_dim="x", state_coords=coarse_x.astype(coarse_dtype))
+    return rollout, reference
+
+
+def test_a_rollout_in_another_dimension_order_is_refused():
+    from hybridnde.alignment import align_trajectories
+    from hybridnde.io import DataError
+
+    rollout, reference = _sine_pair(64, 32)
+    with pytest.raises(DataError, match="in that order"):
+        align_trajectories(rollout.transpose("time", "member", "x"), reference)
+
+
+def test_a_grid_shifted_by_a_twentieth_of_a_cell_is_refused():
+    from hybridnde.alignment import align_trajectories
+    from hybridnde.io import DataError
+
+    rollout, reference = _sine_pair(64, 32, shift=0.05)
+    with pytest.raises(DataError, match="not points of"):
+        align_trajectories(rollout, reference)
+    align_trajectories(*_sine_pair(64, 32, shift=1e-4))  # within 1e-3 of a cell
+
+
+def test_float32_coordinates_of_a_very_fine_grid_pass():
+    from hybridnde.alignment import align_trajectories
+
+    rollout, reference = _sine_pair(100_000, 100_000, coarse_dtype=np.float32)  # x not dyadic: rounded
+    align_trajectories(rollout, reference)

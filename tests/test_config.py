@@ -281,3 +281,16 @@ def test_a_gpu_index_beyond_the_machines_gpus_is_a_config_error(monkeypatch):
         resolve_device("cuda:3")
     assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")
     assert resolve_device("auto", local_rank=5) == torch.device("cuda:0")
+
+
+def test_the_first_index_past_the_last_gpu_is_refused(monkeypatch):
+    from hybridnde.config import ConfigError
+    import torch
+
+    from hybridnde.systems import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="has 2 GPU"):
+        resolve_device("cuda:2")

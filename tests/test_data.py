@@ -202,3 +202,104 @@ def test_the_data_checksum_sees_packing_and_not_byte_order(tmp_path):
 
     assert write("a.nc") != write("b.nc", scale=0.02)
     assert write("little.nc", dtype="f8", endian="little") == write("big.nc", dtype="f8", endian="big")
+
+
+def _file(path, build):
+    """A NetCDF file ``build(dataset)`` fills."""
+    import netCDF4
+
+    with netCDF4.Dataset(path, "w") as dataset:
+        build(dataset)
+    return path
+
+
+def test_the_closure_checksum_attribute_is_part_of_the_data(tmp_path):
+    from hybridnde.data import data_checksum
+
+    def make(name, closure):
+        def build(dataset):
+            dataset.createDimension("member", 2)
+            dataset.createVariable("u", "f8", ("member",))[:] = [1.0, 2.0]
+            dataset.closure_checksum = closure
+        return data_checksum(_file(tmp_path / name, build))
+
+    assert make("a.nc", "aaaa") != make("b.nc", "bbbb")
+
+
+def test_packed_values_with_another_add_offset_are_other_data(tmp_path):
+    from hybridnde.data import data_checksum
+
+    def make(name, offset):
+        def build(dataset):
+            dataset.createDimension("member", 3)
+            variable = dataset.createVariable("u", "i2", ("member",))
+            variable.scale_factor, variable.add_offset = 0.01, offset
+            variable.set_auto_maskandscale(False)
+            variable[:] = np.array([3, 4, 5], dtype="i2")
+        return data_checksum(_file(tmp_path / name, build))
+
+    assert make("a.nc", 0.0) != make("b.nc", 1.0)
+
+
+def test_strings_are_hashed_with_their_ends(tmp_path):
+    from hybridnde.data import data_checksum
+
+    def make(name, names):
+        def build(dataset):
+            dataset.createDimension("component", 2)
+            variable = dataset.createVariable("component", str, ("component",))
+            variable[:] = np.array(names, dtype=object)
+        return data_checksum(_file(tmp_path / name, build))
+
+    assert make("a.nc", ["ab", "c"]) != make("b.nc", ["a", "bc"])
+
+
+def test_the_same_values_along_other_dimensions_are_other_data(tmp_path):
+    from hybridnde.data import data_checksum
+
+    def make(name, dims):
+        def build(dataset):
+            dataset.createDimension("member", 2)
+            dataset.createDimension("time", 2)
+            dataset.createVariable("u", "f8", dims)[:] = np.array([[1.0, 2.0], [3.0, 4.0]])
+        return data_checksum(_file(tmp_path / name, build))
+
+    assert make("a.nc", ("member", "time")) != make("b.nc", ("time", "member"))
+
+
+def test_scalar_variables_are_hashed(tmp_path):
+    from hybridnde.data import data_checksum
+
+    def make(name, value):
+        def build(dataset):
+            dataset.createVariable("dt", "f8", ())[...] = value
+        return data_checksum(_file(tmp_path / name, build))
+
+    assert make("a.nc", 0.1) != make("b.nc", 0.2)
+
+
+def test_every_block_size_reads_every_value(tmp_path):
+    """Blocks of several rows (not only one row, or the whole variable) are read whole."""
+    from hybridnde.data import data_checksum
+
+    def build(dataset):
+        dataset.createDimension("member", 5)
+        dataset.createDimension("time", 3)
+        dataset.createVariable("u", "f8", ("member", "time"))[:] = np.arange(15.0).reshape(5, 3)
+        dataset.createVariable("member", "i8", ("member",))[:] = np.arange(5)
+
+    path = _file(tmp_path / "a.nc", build)
+    whole = data_checksum(path)
+    assert {data_checksum(path, block_bytes=size) for size in (1, 16, 48, 100, 1 << 20)} == {whole}
+
+
+def test_training_data_are_made_from_a_checksum_of_their_files_bytes(tmp_path):
+    from hybridnde.data import TrainingData, file_checksum
+
+    path = tmp_path / "truth.nc"
+    path.write_bytes(b"some bytes")
+    empty = torch.zeros(0, 2, 1)
+    data = TrainingData(train=empty, validation=empty, train_members=(), validation_members=(), sample_interval=1.0,
+                        path=str(path), checksum="d" * 64)
+    assert data.made_from("d" * 64) and data.made_from(file_checksum(path))
+    assert not data.made_from("e" * 64) and not data.made_from("") and not data.made_from(None)

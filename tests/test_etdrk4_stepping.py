@@ -214,3 +214,17 @@ def test_circulant_matrix_applies_the_symbol():
 def test_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="implementation"):
         make_solver(implementation="cuda-graphs")
+
+
+def test_the_capability_asked_is_the_devices(monkeypatch):
+    from solvers import dense_path
+
+    capabilities = {0: ((9, 0), "NVIDIA H100 80GB HBM3"), 1: ((8, 6), "NVIDIA A10")}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index][0])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: capabilities[index][1])
+    dense_path._capability.cache_clear()
+    try:
+        assert dense_path.full_rate_fp64(torch.device("cuda", 0))
+        assert not dense_path.full_rate_fp64(torch.device("cuda", 1))
+    finally:
+        dense_path._capability.cache_clear()

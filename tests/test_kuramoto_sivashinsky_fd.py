@@ -287,3 +287,12 @@ def test_float32_tendency_keeps_float32_accuracy_on_every_device(fd_order, devic
         padded = torch.nn.functional.pad(u.unsqueeze(1), (pad, pad), mode="circular")
         torch.testing.assert_close(stencil_by_windows(padded, kernel), torch.nn.functional.conv1d(padded, kernel),
                                    rtol=1e-13, atol=1e-12 * kernel.abs().sum().item())
+
+
+def test_float32_stencils_off_the_cpu_never_take_a_convolution(monkeypatch):
+    """A GPU's float32 convolutions may run in TF32: off the CPU the stencil is a window sum."""
+    from solvers.kuramoto_sivashinsky_fd import _stencil
+
+    monkeypatch.setattr(torch.nn.functional, "conv1d", lambda *a, **k: pytest.fail("conv1d off the CPU"))
+    padded, kernel = torch.zeros(2, 1, 20, device="meta"), torch.zeros(1, 1, 5, device="meta")
+    assert _stencil(padded, kernel).shape == (2, 1, 16)

@@ -477,3 +477,11 @@ def test_a_python_number_becomes_the_time_as_torch_rounds_it(device, dtype):
         got = solver.as_time(t)
         assert got.ndim == 0 and got.dtype == dtype and got.device.type == device.type
         assert got.item() == torch.as_tensor(t, dtype=dtype).item(), t
+
+
+def test_a_python_time_is_made_on_the_solvers_device():
+    """On the meta device (no GPU here) a fill without device= lands on the CPU."""
+    from solvers import Lorenz63
+
+    solver = Lorenz63(dt=0.01, device="meta")
+    assert solver.as_time(0.5).device.type == "meta" and solver.as_time(3).device.type == "meta"

@@ -792,3 +792,27 @@ def test_only_the_runs_own_folders_are_searched_for_another_cases_truth(finished
     assert run(write_case(tmp_path, KS.replace('name = "ks_tiny"', 'name = "ks:tiny"'), "colon"),
                tmp_path / "colon", "--quick") == 0
     check_variants(colon, tmp_path / "colon")  # its own folder, rerun
+
+
+def test_a_file_changed_in_place_within_a_run_is_hashed_again(tmp_path):
+    """Same size, other numbers (written in place): the cached checksum must not be reused."""
+    import os
+
+    from hybridnde.pipeline.runner import _Run
+
+    def build(dataset):
+        dataset.createDimension("member", 4)
+        dataset.createVariable("u", "f8", ("member",))[:] = [1.0, 2.0, 3.0, 4.0]
+
+    import netCDF4
+
+    path = tmp_path / "truth.nc"
+    with netCDF4.Dataset(path, "w") as dataset:
+        build(dataset)
+    run = _Run(tmp_path, progress=False, lyapunov=False, command="test")
+    before, size, stat = run.checksum(path), path.stat().st_size, path.stat()
+    with netCDF4.Dataset(path, "a") as dataset:
+        dataset["u"][0] = 5.0
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a clock that ticks coarsely: still later
+    assert path.stat().st_size == size
+    assert run.checksum(path) != before

@@ -367,3 +367,28 @@ def test_a_probe_stream_saved_on_another_kind_of_device_goes_on_from_a_seed(capl
     older = ProbeSampler(count=2, seed=0)  # a checkpoint that did not record the device: its size tells
     older.load_state_dict({"generator": torch.arange(16, dtype=torch.uint8)})
     assert torch.equal(older(u), draws[0])
+
+
+def test_each_foreign_state_seeds_its_own_stream():
+    from hybridnde.regularizers.probes import ProbeSampler
+
+    u = torch.zeros(3, 4, dtype=torch.float64)
+    draws = []
+    for offset in (0, 1):
+        sampler = ProbeSampler(count=2, seed=0)
+        sampler.load_state_dict({"generator": torch.arange(16, dtype=torch.uint8) + offset, "device_type": "cuda"})
+        draws.append(sampler(u))
+    assert not torch.equal(draws[0], draws[1])
+
+
+def test_an_older_state_of_this_device_goes_on_exactly():
+    from hybridnde.regularizers.probes import ProbeSampler
+
+    u = torch.zeros(3, 4, dtype=torch.float64)
+    sampler = ProbeSampler(count=2, seed=7)
+    sampler(u)
+    saved = sampler.generator.get_state().clone()
+    expected = sampler(u)
+    older = ProbeSampler(count=2, seed=0)
+    older.load_state_dict({"generator": saved})  # no device_type: written before it was recorded
+    assert torch.equal(older(u), expected)

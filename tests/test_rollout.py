@@ -921,3 +921,60 @@ def test_without_a_terminal_the_rollout_logs_its_progress(caplog):
     # pytest's stderr is no terminal: a bar with log_every becomes the log; --no-progress silences both
     assert isinstance(progress_bar(total=10, enabled=None, log_every=60.0), ProgressLog)
     assert not isinstance(progress_bar(total=10, enabled=False, log_every=60.0), ProgressLog)
+
+
+def test_another_gpu_model_of_the_same_kind_is_elsewhere():
+    from hybridnde.rollout_resume import written_elsewhere
+
+    here = {"device_type": "cuda", "device_name": "cuda: NVIDIA A100-SXM4-80GB"}
+    assert written_elsewhere({"device_type": "cuda", "device_name": "cuda: NVIDIA GeForce RTX 4090"}, here)
+    assert not written_elsewhere(dict(here), here)
+    assert not written_elsewhere({"device_type": "cuda"}, here)  # older: the type only
+
+
+def test_a_gpus_device_name_is_its_model(monkeypatch):
+    from hybridnde.rollout_resume import device_name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert device_name(torch.device("cuda", 0)) == "cuda: NVIDIA H100 80GB HBM3"
+    assert device_name(torch.device("cpu")) == "cpu"
+
+
+def test_an_older_checkpoint_of_another_device_type_is_elsewhere():
+    """Checkpoints of eaa8d00..65e26b0 recorded the type but not the name."""
+    from hybridnde.rollout_resume import written_elsewhere
+
+    here = {"device_type": "cpu", "device_name": "cpu"}
+    assert written_elsewhere({"device_type": "cuda"}, here)
+    assert not written_elsewhere({"device_type": "cpu"}, here) and not written_elsewhere({}, here)
+
+
+def test_a_checkpoint_of_this_device_keeps_its_states_form(tmp_path, monkeypatch):
+    from hybridnde import rollout
+    from hybridnde.rollout_job import run_rollout
+
+    case = ks_case("system.n_points=128", "rollout.members=4", "rollout.batch_size=2", "rollout.steps=40",
+                   "output.time_chunk=4")
+    model, out = small_cnn(), tmp_path / "rollout.nc"
+
+    def interrupt(_module, inputs):
+        if float(inputs[0]) > 5.0:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, out, closure=model, progress=False)
+    handle.remove()
+    monkeypatch.setattr(rollout, "in_working_form", lambda *args: pytest.fail("converted on the same device"))
+    assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
+
+
+def test_an_empty_batch_keeps_its_form():
+    """A batch with no rows left: irfft of nothing fails in MKL, so it is returned as it is."""
+    from hybridnde.rollout import in_working_form
+    from hybridnde.systems import build_host_solver
+
+    solver = build_host_solver(ks_case("system.n_points=128"))
+    empty = solver.to_internal(torch.zeros(2, 128, dtype=torch.float64))[:0]
+    assert in_working_form(solver, empty) is empty

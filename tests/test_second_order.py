@@ -48,3 +48,16 @@ def test_second_order_setup_builds_from_a_case_and_needs_positions_then_velociti
             parse_case({"system": {"name": name}, "hybrid": {"setup": "second_order"}, "initial_condition": start})
     with pytest.raises(ValueError, match="positions then velocities"):
         SecondOrderHost(state_shape=(3,), dt=0.1)
+
+
+def test_the_host_refuses_second_order_for_a_system_without_positions_then_velocities():
+    """The case check can be bypassed by CaseConfig.replace: the host builder checks again."""
+    import dataclasses
+
+    from hybridnde.config import ConfigError, parse_case
+    from hybridnde.systems import build_host_solver
+
+    case = parse_case({"system": {"name": "lotka_volterra"},
+                       "initial_condition": {"distribution": "point", "value": [1.0, 1.0]}})
+    with pytest.raises(ConfigError, match="positions then velocities"):
+        build_host_solver(case.replace(hybrid=dataclasses.replace(case.hybrid, setup="second_order")))

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -518,3 +519,44 @@ def test_the_names_training_build_exported_before_its_split_still_import():
     for name in ("build_terms", "reference_solver", "RolloutValidation", "window_lengths", "check_training_config",
                  "homotopy_schedule", "jacobian_penalty_field"):
         assert getattr(build_module, name) is getattr(assembly, name)
+
+
+def _toy_case(**training):
+    from hybridnde.config import parse_case
+
+    return parse_case({"case": {"name": "toy"}, "system": {"name": "two_body"}, "time": {"dt": 0.02, "n_steps": 20},
+                       "initial_condition": {"members": 3}, "hybrid": {"setup": "neural_ode"}, "model": {"width": 8},
+                       "training": {"epochs": 1, "batch_size": 16, "rollout_steps": 2, "lr_schedule": "constant",
+                                    **training},
+                       "compute": {"device": "cpu"}})
+
+
+def _data(checksum, also=()):
+    return SimpleNamespace(checksum=checksum, made_from=lambda recorded: recorded in (checksum, *also))
+
+
+def test_a_refused_resume_names_the_data_only_when_they_changed():
+    from hybridnde.training.build import _changes_since
+
+    case = _toy_case()
+    other = _toy_case(learning_rate=0.5)
+    changed = _changes_since({"case_toml": case.to_toml(), "data_checksum": "b" * 64}, case, _data("a" * 64))
+    assert changed and changed[0].startswith("the training data (SHA-256 bbbbbbbbbbbb..., now aaaaaaaaaaaa...)")
+    # a checkpoint that recorded the file's bytes (made_from accepts them): only the case key is named
+    changed = _changes_since({"case_toml": case.to_toml(), "data_checksum": "f" * 64}, other,
+                             _data("a" * 64, also=("f" * 64,)))
+    assert changed and not any("training data" in item for item in changed)
+
+
+def test_a_finished_closure_of_other_data_is_trained_again(tmp_path):
+    from hybridnde.io import write_netcdf
+    from hybridnde.simulate import simulate_case
+    from hybridnde.training import train_case
+    from hybridnde.training.build import _finished_closure
+
+    case, truth, out = _toy_case(), tmp_path / "truth.nc", tmp_path / "closure.pt"
+    write_netcdf(simulate_case(case, progress=False), truth)
+    train_case(case, truth, out, progress=False)
+    kwargs = dict(device=torch.device("cpu"), dtype=torch.float64)
+    assert _finished_closure(case, out, SimpleNamespace(made_from=lambda recorded: True), **kwargs) is not None
+    assert _finished_closure(case, out, SimpleNamespace(made_from=lambda recorded: False), **kwargs) is None
