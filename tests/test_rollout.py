@@ -104,6 +104,20 @@ def read(path: Path) -> xr.Dataset:
         return dataset.load()
 
 
+def interrupted_rollout(case, out: Path, model, *, after: float, resume: bool = False) -> None:
+    """``run_rollout`` stopped as by Ctrl-C at the closure's first call past time ``after``."""
+    def interrupt(_module, inputs):
+        if float(inputs[0]) > after:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_rollout(case, out, closure=model, resume=resume, progress=False)
+    finally:
+        handle.remove()
+
+
 def assert_same_data(first: Path, second: Path) -> None:
     a, b = read(first), read(second)
     for name in DATA_VARIABLES + ("member", "time"):
@@ -268,14 +282,7 @@ def test_a_resumed_rollout_with_blowups_counts_the_steps_an_uninterrupted_one_do
     straight = run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert straight.blew_up == 3 and straight.member_steps < 4 * 40
 
-    def interrupt(_module, inputs):
-        if float(inputs[0]) > 7.5:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_pre_hook(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_rollout(case, tmp_path / "resumed.nc", closure=model, progress=False)
-    handle.remove()
+    interrupted_rollout(case, tmp_path / "resumed.nc", model, after=7.5)
     run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
     with xr.open_dataset(tmp_path / "resumed.nc") as resumed:
@@ -507,14 +514,8 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     model = small_mlp()
     stop_time = 0.3
 
-    def interrupt(_module, inputs):  # Ctrl-C in the middle of a batch, after a few checkpoints
-        if float(inputs[0]) > stop_time:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_pre_hook(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_rollout(case, tmp_path / "resumed.nc", closure=model, progress=False)
-    handle.remove()
+    # Ctrl-C in the middle of a batch, after a few checkpoints
+    interrupted_rollout(case, tmp_path / "resumed.nc", model, after=stop_time)
     assert not (tmp_path / "resumed.nc").exists()
     assert checkpoint_path(tmp_path / "resumed.nc").exists() and partial_path(tmp_path / "resumed.nc").exists()
     with xr.open_dataset(partial_path(tmp_path / "resumed.nc"), engine="netcdf4") as partial:  # said so in the file
@@ -638,14 +639,7 @@ def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_
     torch.testing.assert_close(solver.from_internal(converted), u, rtol=0, atol=1e-15)
     model, out = small_cnn(), tmp_path / "rollout.nc"
 
-    def interrupt(_module, inputs):
-        if float(inputs[0]) > 5.0:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_pre_hook(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_rollout(case, out, closure=model, progress=False)
-    handle.remove()
+    interrupted_rollout(case, out, model, after=5.0)
     state = torch.load(checkpoint_path(out), weights_only=True)
     assert state["device_type"] == "cpu" and state["in_flight"]
     for batch in state["in_flight"].values():  # as a GPU would have written it
@@ -721,14 +715,7 @@ def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
                    f"rollout.initial_conditions='{states}'")
     model, out = small_cnn(), tmp_path / "rollout.nc"
 
-    def interrupt(_module, inputs):
-        if float(inputs[0]) > 5.0:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_pre_hook(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_rollout(case, out, closure=model, progress=False)
-    handle.remove()
+    interrupted_rollout(case, out, model, after=5.0)
     write_netcdf(truth.assign(u=truth.u * 1.01), states)  # same path, other states
     with pytest.raises(DataError, match="rollout.initial_conditions, .*states.nc, has changed since"):
         run_rollout(case, out, closure=model, resume=True, progress=False)
@@ -754,22 +741,11 @@ def test_resume_accepts_initial_conditions_written_again_with_the_same_states(tm
     case = ks_case("rollout.members=4", "rollout.batch_size=2", "rollout.steps=40", "output.time_chunk=4",
                    f"rollout.initial_conditions='{states}'")
     model, out = small_cnn(), tmp_path / "rollout.nc"
-    interrupt_after = [5.0]
-
-    def interrupt(_module, inputs):
-        if float(inputs[0]) > interrupt_after[0]:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_pre_hook(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_rollout(case, out, closure=model, progress=False)
+    interrupted_rollout(case, out, model, after=5.0)
     before = file_checksum(states)
     write_netcdf(truth.assign_attrs(history="simulated again"), states)
     assert file_checksum(states) != before
-    interrupt_after[0] = 8.0
-    with pytest.raises(KeyboardInterrupt):  # resumed (not refused), and interrupted again
-        run_rollout(case, out, closure=model, resume=True, progress=False)
-    handle.remove()
+    interrupted_rollout(case, out, model, after=8.0, resume=True)  # resumed (not refused), and interrupted again
     state = torch.load(checkpoint_path(out), weights_only=True)
     torch.save({**state, "initial_conditions_checksum": file_checksum(states)}, checkpoint_path(out))
     assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
@@ -958,14 +934,7 @@ def test_a_checkpoint_of_this_device_keeps_its_states_form(tmp_path, monkeypatch
                    "output.time_chunk=4")
     model, out = small_cnn(), tmp_path / "rollout.nc"
 
-    def interrupt(_module, inputs):
-        if float(inputs[0]) > 5.0:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_pre_hook(interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_rollout(case, out, closure=model, progress=False)
-    handle.remove()
+    interrupted_rollout(case, out, model, after=5.0)
     monkeypatch.setattr(rollout, "in_working_form", lambda *args: pytest.fail("converted on the same device"))
     assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
 

@@ -190,12 +190,16 @@ def test_run_only_keys_may_change_on_resume_and_give_the_same_closure(tmp_path, 
                            resume=True, progress=False)
     assert result.resumed_from == 2
     # a checkpoint as earlier versions fingerprinted it (the full [training] table) resumes the same case
+    def interrupted(out: Path) -> dict:
+        """The checkpoint of a training stopped in its third epoch."""
+        monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+        with pytest.raises(KeyboardInterrupt):
+            train_case(toy_case(), truth_file, out, progress=False)
+        monkeypatch.undo()
+        return torch.load(checkpoint_path(out), weights_only=True)
+
     legacy_out = tmp_path / "legacy.pt"
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
-    with pytest.raises(KeyboardInterrupt):
-        train_case(toy_case(), truth_file, legacy_out, progress=False)
-    monkeypatch.undo()
-    state = torch.load(checkpoint_path(legacy_out), weights_only=True)
+    state = interrupted(legacy_out)
     legacy = hashlib.sha256(f"{toy_case().checksum(TRAINING_SECTIONS)}:{state['identity']['data_checksum']}"
                             .encode()).hexdigest()
     assert state["fingerprint"] != legacy  # checkpoint_every = 2 is not the default: the two differ
@@ -205,11 +209,7 @@ def test_run_only_keys_may_change_on_resume_and_give_the_same_closure(tmp_path, 
     from hybridnde.data import file_checksum
 
     bytes_out = tmp_path / "bytes.pt"
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
-    with pytest.raises(KeyboardInterrupt):
-        train_case(toy_case(), truth_file, bytes_out, progress=False)
-    monkeypatch.undo()
-    state = torch.load(checkpoint_path(bytes_out), weights_only=True)
+    state = interrupted(bytes_out)
     old = file_checksum(truth_file)
     assert state["identity"]["data_checksum"] != old
     torch.save({**state, "identity": {**state["identity"], "data_checksum": old},
