@@ -706,16 +706,22 @@ def test_a_thread_count_refuses_a_resume_when_either_side_chose_it():
     assert _threads_changed({**other, "threads_setting": 1}, two_body_case("rollout.threads=1"), gpu) is None
 
 
-def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
-    """Only the path was checked: a resume mixed members from the old and the new file, exit 0."""
+def interrupted_from_a_file(tmp_path: Path):
+    """A KS rollout of 4 members from ``states.nc`` (a 4-member truth) interrupted at t = 5: returns the
+    truth dataset, the file, the case, the closure and the output."""
     truth = simulate_case(ks_case("initial_condition.members=4", "time.n_steps=4"), progress=False)
     states = tmp_path / "states.nc"
     write_netcdf(truth, states)
     case = ks_case("rollout.members=4", "rollout.batch_size=2", "rollout.steps=40", "output.time_chunk=4",
                    f"rollout.initial_conditions='{states}'")
     model, out = small_cnn(), tmp_path / "rollout.nc"
-
     interrupted_rollout(case, out, model, after=5.0)
+    return truth, states, case, model, out
+
+
+def test_resume_refuses_an_initial_conditions_file_that_changed(tmp_path):
+    """Only the path was checked: a resume mixed members from the old and the new file, exit 0."""
+    truth, states, case, model, out = interrupted_from_a_file(tmp_path)
     write_netcdf(truth.assign(u=truth.u * 1.01), states)  # same path, other states
     with pytest.raises(DataError, match="rollout.initial_conditions, .*states.nc, has changed since"):
         run_rollout(case, out, closure=model, resume=True, progress=False)
@@ -735,13 +741,7 @@ def test_resume_accepts_initial_conditions_written_again_with_the_same_states(tm
     uninterrupted rollout's file."""
     from hybridnde.data import file_checksum
 
-    truth = simulate_case(ks_case("initial_condition.members=4", "time.n_steps=4"), progress=False)
-    states = tmp_path / "states.nc"
-    write_netcdf(truth, states)
-    case = ks_case("rollout.members=4", "rollout.batch_size=2", "rollout.steps=40", "output.time_chunk=4",
-                   f"rollout.initial_conditions='{states}'")
-    model, out = small_cnn(), tmp_path / "rollout.nc"
-    interrupted_rollout(case, out, model, after=5.0)
+    truth, states, case, model, out = interrupted_from_a_file(tmp_path)
     before = file_checksum(states)
     write_netcdf(truth.assign_attrs(history="simulated again"), states)
     assert file_checksum(states) != before
