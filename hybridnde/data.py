@@ -31,9 +31,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum", "data_checksum",
-           "recorded_data_checksum",
-           "split_members", "window_start_times"]
+__all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum",
+           "data_checksum", "recorded_data_checksum", "split_members", "window_start_times"]
 
 log = logging.getLogger(__name__)
 

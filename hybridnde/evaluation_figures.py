@@ -64,7 +64,8 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
         shown = sorted({member, *range(min(2, pair.members.size))})[:3]
         portrait = figures.phase_portrait_figure(
             pair.truth, pair.predicted, names, members=shown, predicted_label=predicted_label,
-            member_labels=[f"member {int(pair.members[m])}" for m in shown], title=f"{prefix}phase portraits (dot: start; cross: the prediction's last state)")
+            member_labels=[f"member {int(pair.members[m])}" for m in shown],
+            title=f"{prefix}phase portraits (dot: start; cross: the prediction's last state)")
         written.append(figures.save_figure(portrait, directory / "phase_portrait.png"))
         if invariants is not None:
             curves = {name: relative_drift_curves(values) for name, values in invariants(pair.predicted).items()}

@@ -125,7 +125,8 @@ def phase_portrait_figure(truth: np.ndarray, predicted: np.ndarray, component_na
             if finite.size:
                 last = finite[-1]
                 axis.plot(predicted[member, last, first], predicted[member, last, second], "X", color=colour,
-                          markeredgecolor="k", markersize=9, zorder=3, label=f"{predicted_label} at its last time, {label}")
+                          markeredgecolor="k", markersize=9, zorder=3,
+                          label=f"{predicted_label} at its last time, {label}")
         axis.set_xlabel(component_names[first])
         axis.set_ylabel(component_names[second])
         axis.set_title(f"{component_names[second]} against {component_names[first]}")

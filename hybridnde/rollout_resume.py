@@ -4,9 +4,10 @@ A checkpoint records the rollout's identity: the checksum of the case sections t
 values, the closure's checksum, the batch size, the number of saves, the data of
 ``rollout.initial_conditions`` (``data.data_checksum``; older checkpoints: its bytes) and, on CPUs,
 the torch threads per rank (threaded FFTs and reductions split the work by thread count, so the last
-bits change with it). A resume with another
-identity is refused (``ResumeRefused``), naming what changed; keys an older checkpoint lacks are not
-checked. A ``run_id`` carried by both the checkpoint and the partial file ties the two together.
+bits change with it). A resume with another identity is refused (``ResumeRefused``), naming what
+changed; keys an older checkpoint lacks are not checked. A checkpoint of another device (type or
+GPU model, ``written_elsewhere``) resumes with a warning, its states put in this device's working
+form. A ``run_id`` carried by both the checkpoint and the partial file ties the two together.
 """
 from __future__ import annotations
 

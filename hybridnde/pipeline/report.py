@@ -168,7 +168,9 @@ def _at_rest(metrics: Mapping[str, Any]) -> bool:
 def _over_finite(metrics: Mapping[str, Any], text: str) -> str:
     """A statistic's cell, with the share of the rollout's states it is over where some blew up."""
     share = metrics.get("statistics_finite_share")
-    return text if share is None or share >= 1.0 or text == "n/a" else f"{text} (over its {100 * share:.0f}% finite states)"
+    if share is None or share >= 1.0 or text == "n/a":
+        return text
+    return f"{text} (over its {100 * share:.0f}% finite states)"
 
 
 def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -199,7 +201,8 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         rows.append((f"{name} drift (max relative; truth's integrator: {number(drift['reference']['median'])})",
                      *both(lambda m: spread(m.get("invariant_drift", {}).get(name, {}).get("rollout"), m["members"]))))
     if "mean_drift" in metrics:
-        rows.append((f"spatial mean drift (max abs / rms u*; truth: {number(metrics['mean_drift']['reference']['median'])})",
+        truth_drift = number(metrics["mean_drift"]["reference"]["median"])
+        rows.append((f"spatial mean drift (max abs / rms u*; truth: {truth_drift})",
                      *both(lambda m: spread(m.get("mean_drift", {}).get("rollout"), m["members"]))))
     if "spectrum" in metrics:
         modes = metrics["spectrum"].get("compared_modes") or []

@@ -116,7 +116,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     validation_steps = case.training.validation_rollout_steps or case.training.rollout_steps
     validation = RolloutValidation(terms[0], steps=validation_steps, batch_size=max(case.training.batch_size, 1024))
     trainer = Trainer(model, host, terms, validation, case.training, log_file=partial_log_path(out),
-                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data.checksum), progress=progress,
+                      checkpoint_file=checkpoint_path(out), fingerprint=_fingerprint(case, data.checksum),
+                      progress=progress,
                       identity={"case_toml": case.to_toml(), "data_checksum": data.checksum},
                       describe_change=lambda identity: _changes_since(identity, case, data),
                       accepted_fingerprints=_older_fingerprints(case, data) if resume else ())
@@ -156,7 +157,8 @@ def _finished_closure(case: CaseConfig, out: Path, data: TrainingData, *, device
         return None
     metadata = payload.get("metadata", {})
     current = {training_checksum(case), training_checksum(case, legacy=True)}  # as `hybridnde run` accepts
-    if metadata.get("config_checksum") not in current or not data.made_from(recorded_data_checksum(metadata.get("data", {}))):
+    trained_on = recorded_data_checksum(metadata.get("data", {}))
+    if metadata.get("config_checksum") not in current or not data.made_from(trained_on):
         log.warning("--resume: no checkpoint beside %s, whose closure is from another case or data; training "
                     "afresh (it is replaced when this run ends)", out)
         return None
