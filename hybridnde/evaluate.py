@@ -208,11 +208,14 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
 
 
 def _mean_drift(u: np.ndarray, scale: float) -> np.ndarray:
-    """``max_t |mean_x u(t) - mean_x u(t_0)| / scale`` per member of fields ``u: (member, time, x)``; NaN
-    for a member with a non-finite state."""
-    means = u.mean(axis=-1)
-    drift = np.abs(means - means[:, :1]).max(axis=1, initial=0.0) / scale
-    return np.where(np.isfinite(means).all(axis=1), drift, np.nan)
+    """``max_t |mean_x u(t) - mean_x u(t_0)| / scale`` per member of fields ``u: (member, time, x)``, over
+    the times its state is finite (a member that blew up: until then); NaN without a finite start."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        means = u.mean(axis=-1)
+        change = np.abs(means - means[:, :1])
+    change[~np.isfinite(change)] = -np.inf  # a non-finite state: not a drift of the mean
+    drift = change.max(axis=1, initial=-np.inf) / scale
+    return np.where(np.isfinite(drift), drift, np.nan)
 
 
 def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case: CaseConfig | None = None,
@@ -306,8 +309,14 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
              ("initial error", median_spread(metrics["initial_error"]))]
     for name, drift in metrics.get("invariant_drift", {}).items():
         rows.append((f"{name} drift", f"{median_spread(drift['rollout'])}  (reference {number(drift['reference']['median'])})"))
+    if "mean_drift" in metrics:
+        drift = metrics["mean_drift"]
+        rows.append(("spatial mean drift", f"{median_spread(drift['rollout'])}  (of the truth's rms; reference "
+                                           f"{number(drift['reference']['median'])})"))
     if "spectrum" in metrics:
-        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|)"))
+        modes = metrics["spectrum"].get("compared_modes") or []
+        over = f", {len(modes)} modes in {modes[0]}-{modes[-1]}" if modes else ""
+        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|{over})"))
     rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats (50-bin histograms)"))
     if "lyapunov" in metrics:
         lyapunov = metrics["lyapunov"]

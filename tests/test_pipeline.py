@@ -301,7 +301,7 @@ def test_the_report_says_what_its_numbers_rest_on(finished_run):
     assert f"numbers by {metrics['software']}" in report
     assert "of one trained closure (`training.seed = 0`)" in report and "--compare training.seed=0,1,2" in report
     modes = metrics["spectrum"]["compared_modes"]
-    assert modes and modes == sorted(modes) and f"mean abs log10 E/E*, modes {modes[0]}-{modes[-1]})" in report
+    assert modes and modes == sorted(modes) and f", modes {modes[0]}-{modes[-1]} |" in report
     assert metrics["mean_drift"]["reference"]["median"] < 1e-12 and "spatial mean drift" in report
     assert metrics["kl_divergence"]["bins"] == 50 and metrics["kl_divergence"]["epsilon"] == 1e-10
     share = metrics["baseline"]["statistics_finite_share"]
@@ -400,6 +400,46 @@ def test_compare_shares_the_data_and_writes_one_table(tmp_path):
     assert run(case, out, "--quick", "--compare", "training.regularizer=fd") == 0
     assert [row["label"] for row in json.loads((out / "compare.json").read_text())["variants"]] == ["regularizer=fd"]
     assert "| regularizer=fd |" in (out / "compare.md").read_text()
+
+
+def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
+    """A share of finite states just under 1 is not printed as 100%; a spectrum compared over modes with
+    gaps says how many; an invariant the truth's own integrator drifts is not blamed on the model; the
+    spatial mean's drift of a member that blew up counts until it did (it was left out: 'median 0')."""
+    from hybridnde.evaluate import _mean_drift
+    from hybridnde.pipeline.report import _over_finite, _spectrum_cell, verdict
+
+    assert _over_finite({"statistics_finite_share": 0.9996}, "2.28") == "2.28 (over its 99.9% finite states)"
+    assert _over_finite({"statistics_finite_share": 1.0}, "2.28") == "2.28"
+    assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 3]}) == "0.1, modes 1-3"
+    assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 5]}) == "0.1, 3 modes in 1-5"
+    assert _spectrum_cell({"distance": None, "compared_modes": []}) == "n/a"
+    metrics = {"valid_prediction_time": {"median": 8.15}, "members": 4, "stable_members": 4, "horizon": 100.0}
+    own = {"energy": {"rollout": {"median": 0.3}, "reference": {"median": 0.05}}}
+    assert "drift" not in verdict({**metrics, "invariant_drift": own})
+    assert "energy by 0.3 drift" in verdict({**metrics, "invariant_drift": {"energy": {**own["energy"],
+                                                                                      "reference": {"median": 1e-8}}}})
+    u = np.zeros((3, 6, 4))
+    u[0] = (np.arange(6) * 0.5)[:, None]  # drifts by 2.5 ...
+    u[0, 5] = np.inf                      # ... and blows up at the last save: 2.0 until then
+    u[1, :, 0] = 1.0                      # a constant mean
+    u[2, 0, 0] = np.nan                   # no finite start
+    np.testing.assert_array_equal(_mean_drift(u, 1.0), [2.0, 0.0, np.nan])
+
+
+def test_the_comparison_figure_takes_many_variants_and_several_bare_hosts(tmp_path):
+    """The 11th variant raised StopIteration (ten colours, no wrap) and lost the sweep's table."""
+    from hybridnde.pipeline.plots import error_growth_comparison_figure
+
+    def curve(vpt: float) -> dict:
+        times = np.linspace(0.0, 10.0, 11)
+        return {"error_growth": {"time": times, "p16": 0.01 * np.exp(times), "median": 0.02 * np.exp(times),
+                                 "p84": 0.03 * np.exp(times)}, "threshold": 0.5, "spread_percentiles": [16.0, 84.0],
+                "start_time": 0.0, "valid_prediction_time": {"median": vpt}}
+
+    curves = [(f"seed={k}", curve(3.0)) for k in range(11)]
+    curves += [("bare host (seed=0)", curve(1.0)), ("bare host (seed=1)", curve(1.5))]
+    assert error_growth_comparison_figure(curves, tmp_path / "compare.png").stat().st_size > 5000
 
 
 def test_a_groups_mean_says_what_it_is_over():

@@ -89,11 +89,17 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
     low, high = f"p{spread[0]:g}", f"p{spread[1]:g}"
     start = float(first["start_time"])
     bands = len(curves) <= 4  # more bands would hide each other
-    colours = iter(f"C{index}" for index in range(10))
+    # one bare host grey in every figure, so a colour means the same variant across figures; the
+    # others cycle through matplotlib's colours without its grey (C7)
+    single_bare_host = sum(label.startswith("bare host") for label, _ in curves) == 1
+    palette = [f"C{index}" for index in range(10) if index != 7]
+    coloured = 0
     end = start
     for label, metrics in curves:
-        # the bare host grey in every figure, so a colour means the same variant across figures
-        colour = "0.45" if label.startswith("bare host") else next(colours)
+        if single_bare_host and label.startswith("bare host"):
+            colour = "0.45"
+        else:
+            colour, coloured = palette[coloured % len(palette)], coloured + 1
         growth = metrics["error_growth"]
         times = np.asarray(growth["time"], dtype=np.float64)
         end = max(end, float(times[-1])) if times.size else end
