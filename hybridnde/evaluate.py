@@ -313,11 +313,13 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         drift = metrics["mean_drift"]
         rows.append(("spatial mean drift", f"{median_spread(drift['rollout'])}  (of the truth's rms; reference "
                                            f"{number(drift['reference']['median'])})"))
+    share = metrics.get("statistics_finite_share")
+    finite = f"; over the {math.floor(1000 * share) / 10:g}% finite states" if share is not None and share < 1 else ""
     if "spectrum" in metrics:
         modes = metrics["spectrum"].get("compared_modes") or []
         over = f", {len(modes)} modes in {modes[0]}-{modes[-1]}" if modes else ""
-        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|{over})"))
-    rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats (50-bin histograms)"))
+        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|{over}{finite})"))
+    rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats (50-bin histograms{finite})"))
     if "lyapunov" in metrics:
         lyapunov = metrics["lyapunov"]
         rows.append(("Lyapunov exponent", f"model {number(lyapunov['model']['exponent'])}, truth "

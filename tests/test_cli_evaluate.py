@@ -436,3 +436,22 @@ def test_float32_coordinates_of_a_very_fine_grid_pass():
 
     rollout, reference = _sine_pair(100_000, 100_000, coarse_dtype=np.float32)  # x not dyadic: rounded
     align_trajectories(rollout, reference)
+
+
+def test_the_text_summary_shows_the_field_rows_and_the_finite_share():
+    """hybridnde evaluate's table: the spatial mean drift, the spectrum's compared modes, and for a model
+    that blew up the share of finite states its statistics are over (the report said it, the table not)."""
+    from hybridnde.evaluate import format_summary
+
+    summary = {"median": 0.17, "p16": 0.12, "p84": 0.28}
+    metrics = {"spread_percentiles": [16.0, 84.0], "members": 16, "times": 401, "horizon": 100.0, "threshold": 0.5,
+               "valid_prediction_time": summary, "reached_horizon_fraction": 0.0, "stable_fraction": 0.0,
+               "initial_error": summary, "mean_drift": {"rollout": summary, "reference": {"median": 4.5e-17}},
+               "spectrum": {"distance": 4.28, "compared_modes": [1, 2, 3, 4, 5, 6, 7, 8]},
+               "kl_divergence": {"value": 2.28}, "statistics_finite_share": 0.626, "rollout": "b.nc",
+               "reference": "r.nc"}
+    text = format_summary(metrics)
+    assert "spatial mean drift" in text and "(of the truth's rms; reference 4.5e-17)" in text
+    assert "4.28 (mean |log10 E/E*|, 8 modes in 1-8; over the 62.6% finite states)" in text
+    assert "2.28 nats (50-bin histograms; over the 62.6% finite states)" in text
+    assert "finite states" not in format_summary({**metrics, "statistics_finite_share": 1.0})

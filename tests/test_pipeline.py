@@ -304,9 +304,8 @@ def test_the_report_says_what_its_numbers_rest_on(finished_run):
     assert modes and modes == sorted(modes) and f", modes {modes[0]}-{modes[-1]} |" in report
     assert metrics["mean_drift"]["reference"]["median"] < 1e-12 and "spatial mean drift" in report
     assert metrics["kl_divergence"]["bins"] == 50 and metrics["kl_divergence"]["epsilon"] == 1e-10
-    share = metrics["baseline"]["statistics_finite_share"]
-    if share < 1.0:
-        assert f"(over its {100 * share:.0f}% finite states)" in report
+    assert metrics["baseline"]["statistics_finite_share"] == 1.0  # tiny case: cells bare (_over_finite tested alone)
+    assert "finite states)" not in report
 
 
 def test_figures_of_an_earlier_set_up_do_not_stay_beside_the_new_report(finished_run, tmp_path):
@@ -414,11 +413,16 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
     assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 3]}) == "0.1, modes 1-3"
     assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 5]}) == "0.1, 3 modes in 1-5"
     assert _spectrum_cell({"distance": None, "compared_modes": []}) == "n/a"
+    assert _spectrum_cell({"distance": 0.1, "compared_modes": [3]}) == "0.1, mode 3"
     metrics = {"valid_prediction_time": {"median": 8.15}, "members": 4, "stable_members": 4, "horizon": 100.0}
     own = {"energy": {"rollout": {"median": 0.3}, "reference": {"median": 0.05}}}
     assert "drift" not in verdict({**metrics, "invariant_drift": own})
     assert "energy by 0.3 drift" in verdict({**metrics, "invariant_drift": {"energy": {**own["energy"],
                                                                                       "reference": {"median": 1e-8}}}})
+    # above 1 the states are not the system's, whatever its integrator loses
+    unphysical = {"energy": {"rollout": {"median": 1.5}, "reference": {"median": 0.2}}}
+    assert "energy by 1.5 drift (median over members of the largest relative drift): its states are not the " \
+        "system's" in verdict({**metrics, "invariant_drift": unphysical})
     u = np.zeros((3, 6, 4))
     u[0] = (np.arange(6) * 0.5)[:, None]  # drifts by 2.5 ...
     u[0, 5] = np.inf                      # ... and blows up at the last save: 2.0 until then
@@ -427,7 +431,7 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
     np.testing.assert_array_equal(_mean_drift(u, 1.0), [2.0, 0.0, np.nan])
 
 
-def test_the_comparison_figure_takes_many_variants_and_several_bare_hosts(tmp_path):
+def test_the_comparison_figure_takes_many_variants_and_several_bare_hosts(tmp_path, monkeypatch):
     """The 11th variant raised StopIteration (ten colours, no wrap) and lost the sweep's table."""
     from hybridnde.pipeline.plots import error_growth_comparison_figure
 
@@ -437,9 +441,27 @@ def test_the_comparison_figure_takes_many_variants_and_several_bare_hosts(tmp_pa
                                  "p84": 0.03 * np.exp(times)}, "threshold": 0.5, "spread_percentiles": [16.0, 84.0],
                 "start_time": 0.0, "valid_prediction_time": {"median": vpt}}
 
+    from matplotlib.axes import Axes
+
+    drawn = []
+    plot = Axes.plot
+
+    def recording(self, *args, **kwargs):
+        if args and len(args[0]):  # the curves, not the legend's empty proxies
+            drawn.append((kwargs.get("label", ""), kwargs.get("color")))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
     curves = [(f"seed={k}", curve(3.0)) for k in range(11)]
-    curves += [("bare host (seed=0)", curve(1.0)), ("bare host (seed=1)", curve(1.5))]
-    assert error_growth_comparison_figure(curves, tmp_path / "compare.png").stat().st_size > 5000
+    several = curves + [("bare host (seed=0)", curve(1.0)), ("bare host (seed=1)", curve(1.5))]
+    assert error_growth_comparison_figure(several, tmp_path / "compare.png").stat().st_size > 5000
+    colours = dict(drawn)
+    assert "C7" not in colours.values() and "0.45" not in colours.values()  # no grey variant, two hosts apart
+    assert colours["seed=9 (VPT 3)"] == "C0"  # nine colours without grey: the tenth variant wraps
+    assert colours["bare host (seed=0) (VPT 1)"] != colours["bare host (seed=1) (VPT 1.5)"]
+    drawn.clear()
+    error_growth_comparison_figure(curves[:2] + [("bare host", curve(1.0))], tmp_path / "one.png")
+    assert dict(drawn) == {"seed=0 (VPT 3)": "C0", "seed=1 (VPT 3)": "C1", "bare host (VPT 1)": "0.45"}
 
 
 def test_a_groups_mean_says_what_it_is_over():

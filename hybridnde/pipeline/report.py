@@ -140,8 +140,12 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     for name, drift in (metrics.get("invariant_drift") or {}).items():
         median = (drift.get("rollout") or {}).get("median")
         own = (drift.get("reference") or {}).get("median") or 0.0  # the truth's integrator's drift
-        if median is not None and math.isfinite(median) and median > max(INVARIANT_DRIFT_NOTED, 10 * own):
-            (drifting if median > INVARIANT_DRIFT_UNPHYSICAL else noted).append(f"{name} by {number(median)}")
+        if median is None or not math.isfinite(median):
+            continue
+        if median > INVARIANT_DRIFT_UNPHYSICAL:  # whatever the integrator does, these are not its states
+            drifting.append(f"{name} by {number(median)}")
+        elif median > max(INVARIANT_DRIFT_NOTED, 10 * own):
+            noted.append(f"{name} by {number(median)}")
     if drifting:
         concerns.append(f"its {' and '.join(drifting)} drift (median over members of the largest relative drift): "
                         "its states are not the system's")
@@ -179,6 +183,8 @@ def _spectrum_cell(spectrum: Mapping[str, Any]) -> str:
     text, modes = number(spectrum.get("distance")), spectrum.get("compared_modes") or []
     if text == "n/a" or not modes:
         return text
+    if len(modes) == 1:
+        return f"{text}, mode {modes[0]}"
     if modes[-1] - modes[0] + 1 == len(modes):
         return f"{text}, modes {modes[0]}-{modes[-1]}"
     return f"{text}, {len(modes)} modes in {modes[0]}-{modes[-1]}"

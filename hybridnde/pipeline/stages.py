@@ -57,11 +57,12 @@ STAGE_SECTIONS: dict[str, tuple[str, ...] | None] = {
 }
 
 #: bump when metrics.json's content changes meaning, so old files are recomputed
-EVALUATION_VERSION = 7  # 2: members_from_training_states; 3: resting_members, resting_while_valid;
+EVALUATION_VERSION = 8  # 2: members_from_training_states; 3: resting_members, resting_while_valid;
 # 4: training states found up to rounding, not bit for bit; 5: statistics undefined below half finite
 # states and over the truth's same samples, VPT censored where the truth ends, spectrum gaps counted;
 # 6: a VPT crossing after undefined truth samples is interpolated from the last defined one;
-# 7: mean_drift (fields), spectrum.compared_modes, kl_divergence.bins and .epsilon
+# 7: mean_drift (fields), spectrum.compared_modes, kl_divergence.bins and .epsilon; 8: mean_drift over
+# each member's finite times (a member that blew up counted until it did)
 
 
 def reference_samples(case: CaseConfig) -> int:
