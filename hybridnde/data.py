@@ -256,6 +256,17 @@ def _check_system(dataset, case: CaseConfig, path: Path) -> None:
                         "with this case (`hybridnde simulate CASE.toml`) or fix the case's [system]")
 
 
+def _warn_other_simulation(dataset, case: CaseConfig, path: Path) -> None:
+    """A truth simulated with other ``[time]``, ``[initial_condition]`` or precision trains as it is (its
+    system and sampling are checked above), but say which settings differ: a forgotten ``--quick``, say,
+    or data from another case (``hybridnde run`` would simulate them again)."""
+    changed = case.changed_keys(dataset.attrs.get("case_toml", ""), ("time", "initial_condition", "compute"),
+                                skip=[("compute", "device")])  # where it ran does not change the data
+    if changed:
+        log.warning("%s was simulated with other settings than this case's: %s; training uses the file as it is",
+                    path, "; ".join(changed))
+
+
 def _check_state(dataset, case: CaseConfig, path: Path) -> None:
     from solvers import ODE_SYSTEMS
 
@@ -300,6 +311,7 @@ def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int
     _check_state(dataset, case, path)
     _check_system(dataset, case, path)
     sample_interval = _check_times(dataset, case, path, window_length)
+    _warn_other_simulation(dataset, case, path)
     members = np.asarray(dataset["member"].values)
     u = np.asarray(dataset["u"].values, dtype=np.float64)
     if "status" in dataset:

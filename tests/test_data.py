@@ -87,6 +87,20 @@ def test_data_from_another_set_up_is_refused(two_body_file, override, message):
         load_training_data(two_body_file, two_body_case(**override), window_length=3)
 
 
+def test_data_simulated_with_other_settings_train_with_a_warning_naming_them(two_body_file, caplog):
+    """A truth from other [time] or [initial_condition] settings (a forgotten --quick, another case's data)
+    trained without a word; its system and sampling still have to fit. Where it ran is not a difference."""
+    with caplog.at_level("WARNING", logger="hybridnde"):
+        load_training_data(two_body_file, two_body_case(), window_length=3)
+        load_training_data(two_body_file, two_body_case(compute={"device": "cpu"}), window_length=3)
+    assert "other settings" not in caplog.text
+    with caplog.at_level("WARNING", logger="hybridnde"):
+        load_training_data(two_body_file, two_body_case(time={"n_steps": 80}, initial_condition={"seed": 3}),
+                           window_length=3)
+    assert "was simulated with other settings than this case's: time.n_steps (60 -> 80); " \
+        "initial_condition.seed (0 -> 3); training uses the file as it is" in caplog.text
+
+
 def test_data_of_another_system_or_grid_is_refused(tmp_path, two_body_file):
     with pytest.raises(DataError, match="needs u\\(member, time, x\\)"):
         load_training_data(two_body_file, ks_case(), window_length=3)
