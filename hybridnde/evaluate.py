@@ -31,10 +31,11 @@ from .evaluation_figures import write_figures
 from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
 from .config import CaseConfig, ConfigError, parse_case_text
 from .io import DataError, open_trajectories, package_version, platform_description
-from .metrics import (DEFAULT_SPREAD, KL_BINS, KL_EPSILON, compared_modes, cost_from_attributes, energy_spectrum,
-                      error_growth, finite_states, histogram_kl_divergence, invariant_drift, json_ready,
-                      normalised_error, reference_scale, resting_members, spectral_distance, stable_members, summarise,
-                      valid_prediction_time, wavenumbers)
+from .evaluation_summary import format_summary
+from .metrics import (DEFAULT_SPREAD, KL_BINS, KL_EPSILON, common_finite_samples, compared_modes, cost_from_attributes,
+                      energy_spectrum, error_growth, finite_states, histogram_kl_divergence, invariant_drift, json_ready,
+                      mean_drift, normalised_error, reference_scale, resting_members, spectral_distance,
+                      stable_members, summarise, valid_prediction_time, wavenumbers)
 
 __all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
            "lyapunov_comparison", "write_figures", "format_summary"]
@@ -49,19 +50,6 @@ INITIAL_MISMATCH = 0.1
 #: ones they are undefined. A model that blew up just after the start had its few first states -- still
 #: the truth's -- compared with the truth's whole horizon, and scored better than a stable closure.
 MIN_FINITE_SHARE = 0.5
-
-
-def _statistics_samples(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(predicted, truth, share)``: both left out (NaN) at every (member, time) sample where either
-    state is not wholly finite, so both statistics cover the same samples; ``share``: the share of the
-    samples with a defined truth at which the prediction is finite too."""
-    defined = finite_states(truth)
-    both = finite_states(predicted) & defined
-    share = float(both.sum() / defined.sum()) if defined.any() else 0.0
-    if not both.all():
-        mask = both.reshape(*both.shape, *([1] * (truth.ndim - 2)))
-        predicted, truth = np.where(mask, predicted, np.nan), np.where(mask, truth, np.nan)
-    return predicted, truth, share
 
 
 def case_from_attributes(attributes: Mapping[str, Any], name: str) -> CaseConfig | None:
@@ -170,7 +158,7 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
                         f"logarithm is undefined); {rest}")
                 metrics["notes"].append(note)
                 log.warning(note)
-    predicted, truth, share = _statistics_samples(pair.predicted, pair.truth)
+    predicted, truth, share = common_finite_samples(pair.predicted, pair.truth)
     metrics["statistics_finite_share"] = share
     defined = share >= MIN_FINITE_SHARE
     if not defined:
@@ -194,8 +182,8 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
         # Kuramoto-Sivashinsky conserves the spatial mean (conservative form): its drift, over the truth's
         # pointwise rms
         pointwise = float(np.sqrt(np.nanmean(np.where(np.isfinite(pair.truth), pair.truth, np.nan) ** 2)))
-        metrics["mean_drift"] = {"rollout": summarise(_mean_drift(pair.predicted, pointwise), spread=spread),
-                                 "reference": summarise(_mean_drift(pair.truth, pointwise), spread=spread),
+        metrics["mean_drift"] = {"rollout": summarise(mean_drift(pair.predicted, pointwise), spread=spread),
+                                 "reference": summarise(mean_drift(pair.truth, pointwise), spread=spread),
                                  "scale": pointwise}
     else:
         per_component = {str(name): histogram_kl_divergence(predicted[..., i], truth[..., i]) if defined else math.nan
@@ -205,17 +193,6 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
                                     "per_component": per_component}
     metrics["kl_divergence"].update(bins=KL_BINS, epsilon=KL_EPSILON)
     return metrics
-
-
-def _mean_drift(u: np.ndarray, scale: float) -> np.ndarray:
-    """``max_t |mean_x u(t) - mean_x u(t_0)| / scale`` per member of fields ``u: (member, time, x)``, over
-    the times its state is finite (a member that blew up: until then); NaN without a finite start."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        means = u.mean(axis=-1)
-        change = np.abs(means - means[:, :1])
-    change[~np.isfinite(change)] = -np.inf  # a non-finite state: not a drift of the mean
-    drift = change.max(axis=1, initial=-np.inf) / scale
-    return np.where(np.isfinite(drift), drift, np.nan)
 
 
 def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case: CaseConfig | None = None,
@@ -284,52 +261,3 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
         metrics["figures"] = [str(p) for p in write_figures(pair, metrics, figures_dir, title=title, invariants=invariants,
                                                             predicted_label=label)]
     return json_ready(metrics)
-
-
-def format_summary(metrics: Mapping[str, Any]) -> str:
-    """A plain-text table of the headline numbers of ``evaluate_files``' result."""
-    spread = metrics["spread_percentiles"]
-    lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
-
-    def number(value: Any) -> str:
-        return "inf/undefined" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    def median_spread(summary: Mapping[str, Any]) -> str:
-        return f"{number(summary['median'])}  [{number(summary[lo_key])}, {number(summary[hi_key])}]"
-
-    rows = [("members x times", f"{metrics['members']} x {metrics['times']} (horizon {number(metrics['horizon'])})"),
-            ("error threshold", number(metrics["threshold"])
-             + (" (of the error over the truth's standard deviation: evaluate.error_scale = anomaly)"
-                if metrics.get("error_scale_kind") == "anomaly" else "")),
-            ("valid prediction time", median_spread(metrics["valid_prediction_time"]))]
-    if "valid_prediction_time_lyapunov" in metrics:
-        rows.append(("  in Lyapunov times", median_spread(metrics["valid_prediction_time_lyapunov"])))
-    rows += [("valid to the horizon", f"{100 * metrics['reached_horizon_fraction']:.0f}% of members"),
-             ("stable to the horizon", f"{100 * metrics['stable_fraction']:.0f}% of members"),
-             ("initial error", median_spread(metrics["initial_error"]))]
-    for name, drift in metrics.get("invariant_drift", {}).items():
-        rows.append((f"{name} drift", f"{median_spread(drift['rollout'])}  (reference {number(drift['reference']['median'])})"))
-    if "mean_drift" in metrics:
-        drift = metrics["mean_drift"]
-        rows.append(("spatial mean drift", f"{median_spread(drift['rollout'])}  (of the truth's rms; reference "
-                                           f"{number(drift['reference']['median'])})"))
-    share = metrics.get("statistics_finite_share")
-    finite = f"; over the {math.floor(1000 * share) / 10:g}% finite states" if share is not None and share < 1 else ""
-    if "spectrum" in metrics:
-        modes = metrics["spectrum"].get("compared_modes") or []
-        over = f", {len(modes)} modes in {modes[0]}-{modes[-1]}" if modes else ""
-        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|{over}{finite})"))
-    rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats (50-bin histograms{finite})"))
-    if "lyapunov" in metrics:
-        lyapunov = metrics["lyapunov"]
-        rows.append(("Lyapunov exponent", f"model {number(lyapunov['model']['exponent'])}, truth "
-                                          f"{number(lyapunov['truth']['exponent'])}"))
-    for source in ("rollout", "reference"):
-        for key, value in metrics.get("cost", {}).get(source, {}).items():
-            rows.append((f"{source} {key}", number(value)))
-    width = max(len(name) for name, _ in rows)
-    header = f"{metrics.get('case') or 'evaluation'}: {metrics['rollout']} against {metrics['reference']}"
-    lines = [header, f"(median [{lo_key}, {hi_key}] over members)"]
-    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
-    lines += [f"  note: {note}" for note in metrics.get("notes", [])]
-    return "\n".join(lines)

@@ -405,7 +405,7 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
     """A share of finite states just under 1 is not printed as 100%; a spectrum compared over modes with
     gaps says how many; an invariant the truth's own integrator drifts is not blamed on the model; the
     spatial mean's drift of a member that blew up counts until it did (it was left out: 'median 0')."""
-    from hybridnde.evaluate import _mean_drift
+    from hybridnde.metrics import mean_drift
     from hybridnde.pipeline.report import _over_finite, _spectrum_cell, verdict
 
     assert _over_finite({"statistics_finite_share": 0.9996}, "2.28") == "2.28 (over its 99.9% finite states)"
@@ -428,7 +428,7 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
     u[0, 5] = np.inf                      # ... and blows up at the last save: 2.0 until then
     u[1, :, 0] = 1.0                      # a constant mean
     u[2, 0, 0] = np.nan                   # no finite start
-    np.testing.assert_array_equal(_mean_drift(u, 1.0), [2.0, 0.0, np.nan])
+    np.testing.assert_array_equal(mean_drift(u, 1.0), [2.0, 0.0, np.nan])
 
 
 def test_the_comparison_figure_takes_many_variants_and_several_bare_hosts(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["relative_drift_curves", "invariant_drift"]
+__all__ = ["relative_drift_curves", "invariant_drift", "mean_drift"]
 
 
 def relative_drift_curves(invariant: np.ndarray) -> np.ndarray:
@@ -50,3 +50,16 @@ def invariant_drift(invariants: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
             drift[finite] = curves[finite].max(axis=1)
         out[name] = drift
     return out
+
+
+def mean_drift(u: np.ndarray, scale: float) -> np.ndarray:
+    """``max_t |mean_x u(t) - mean_x u(t_0)| / scale`` per member of fields ``u: (member, time, x)``, over
+    the times its state is finite (a member that blew up: until then); NaN without a finite start. The
+    spatial mean is conserved by Kuramoto-Sivashinsky (conservative form), so it drifts only by
+    round-off in the truth: ``evaluate`` divides by the truth's pointwise rms."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        means = u.mean(axis=-1)
+        change = np.abs(means - means[:, :1])
+    change[~np.isfinite(change)] = -np.inf  # a non-finite state: not a drift of the mean
+    drift = change.max(axis=1, initial=-np.inf) / scale
+    return np.where(np.isfinite(drift), drift, np.nan)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["histogram_kl_divergence", "KL_BINS", "KL_EPSILON"]
+from .errors import finite_states
+
+__all__ = ["histogram_kl_divergence", "common_finite_samples", "KL_BINS", "KL_EPSILON"]
 
 
 #: histogram bins over the truth's range, and the probability added to every bin: where the truth
@@ -56,3 +58,16 @@ def histogram_kl_divergence(predicted: np.ndarray, truth: np.ndarray, *, bins: i
     p_truth /= p_truth.sum()
     p_model /= p_model.sum()
     return float(np.sum(p_truth * np.log(p_truth / p_model)))
+
+
+def common_finite_samples(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(predicted, truth, share)``: both left out (NaN) at every (member, time) sample where either
+    state is not wholly finite, so both statistics cover the same samples; ``share``: the share of the
+    samples with a defined truth at which the prediction is finite too."""
+    defined = finite_states(truth)
+    both = finite_states(predicted) & defined
+    share = float(both.sum() / defined.sum()) if defined.any() else 0.0
+    if not both.all():
+        mask = both.reshape(*both.shape, *([1] * (truth.ndim - 2)))
+        predicted, truth = np.where(mask, predicted, np.nan), np.where(mask, truth, np.nan)
+    return predicted, truth, share

@@ -4,7 +4,8 @@
 * ``stages``: what each stage makes, the sections it depends on, how its output records that;
 * ``record``: ``run.json``, the directory's log of stages (wall times, interrupted stages);
 * ``runner``: ``run_pipeline`` -- checks, then runs or reuses every stage of every variant;
-* ``report``: ``report.md`` and the printed summary; ``comparison``: ``compare.md``/``compare.json``;
+* ``report``: ``report.md`` and the printed summary, opened by ``verdict``'s sentence; ``comparison``:
+  ``compare.md``/``compare.json``;
 * ``formatting``: numbers and links as the reports write them;
 * ``plots``: training curves and error growth of several rollouts in one figure.
 

@@ -1,0 +1,63 @@
+"""``hybridnde evaluate``'s plain-text table of the headline numbers of ``evaluate_files``' result."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from .metrics.statistics import KL_BINS
+
+__all__ = ["format_summary", "percent_down"]
+
+
+def percent_down(share: float) -> str:
+    """``share`` as a percentage rounded down to 0.1: a share just under 1 never reads "100%"."""
+    return f"{math.floor(1000 * share) / 10:g}%"
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """A plain-text table of the headline numbers of ``evaluate_files``' result."""
+    spread = metrics["spread_percentiles"]
+    lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
+
+    def number(value: Any) -> str:
+        return "inf/undefined" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    def median_spread(summary: Mapping[str, Any]) -> str:
+        return f"{number(summary['median'])}  [{number(summary[lo_key])}, {number(summary[hi_key])}]"
+
+    rows = [("members x times", f"{metrics['members']} x {metrics['times']} (horizon {number(metrics['horizon'])})"),
+            ("error threshold", number(metrics["threshold"])
+             + (" (of the error over the truth's standard deviation: evaluate.error_scale = anomaly)"
+                if metrics.get("error_scale_kind") == "anomaly" else "")),
+            ("valid prediction time", median_spread(metrics["valid_prediction_time"]))]
+    if "valid_prediction_time_lyapunov" in metrics:
+        rows.append(("  in Lyapunov times", median_spread(metrics["valid_prediction_time_lyapunov"])))
+    rows += [("valid to the horizon", f"{100 * metrics['reached_horizon_fraction']:.0f}% of members"),
+             ("stable to the horizon", f"{100 * metrics['stable_fraction']:.0f}% of members"),
+             ("initial error", median_spread(metrics["initial_error"]))]
+    for name, drift in metrics.get("invariant_drift", {}).items():
+        rows.append((f"{name} drift", f"{median_spread(drift['rollout'])}  (reference {number(drift['reference']['median'])})"))
+    if "mean_drift" in metrics:
+        drift = metrics["mean_drift"]
+        rows.append(("spatial mean drift", f"{median_spread(drift['rollout'])}  (of the truth's rms; reference "
+                                           f"{number(drift['reference']['median'])})"))
+    share = metrics.get("statistics_finite_share")
+    finite = f"; over the {percent_down(share)} finite states" if share is not None and share < 1 else ""
+    if "spectrum" in metrics:
+        modes = metrics["spectrum"].get("compared_modes") or []
+        over = f", {len(modes)} modes in {modes[0]}-{modes[-1]}" if modes else ""
+        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|{over}{finite})"))
+    rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats ({metrics['kl_divergence'].get('bins', KL_BINS)}-bin histograms{finite})"))
+    if "lyapunov" in metrics:
+        lyapunov = metrics["lyapunov"]
+        rows.append(("Lyapunov exponent", f"model {number(lyapunov['model']['exponent'])}, truth "
+                                          f"{number(lyapunov['truth']['exponent'])}"))
+    for source in ("rollout", "reference"):
+        for key, value in metrics.get("cost", {}).get(source, {}).items():
+            rows.append((f"{source} {key}", number(value)))
+    width = max(len(name) for name, _ in rows)
+    header = f"{metrics.get('case') or 'evaluation'}: {metrics['rollout']} against {metrics['reference']}"
+    lines = [header, f"(median [{lo_key}, {hi_key}] over members)"]
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    lines += [f"  note: {note}" for note in metrics.get("notes", [])]
+    return "\n".join(lines)
