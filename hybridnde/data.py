@@ -32,7 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["TrainingData", "WindowSet", "load_training_data", "normalization_statistics", "file_checksum",
-           "data_checksum", "recorded_data_checksum", "split_members", "window_start_times"]
+           "data_checksum", "records_data", "recorded_data_checksum", "split_members", "window_start_times"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,15 @@ def _blocks(variable, block_bytes: int):
     for row in range(variable.shape[0]):
         for start in range(0, variable.shape[1], columns):
             yield variable[row, start:start + columns]
+
+
+def records_data(recorded: str | None, path: str | Path, data_sum: str) -> bool:
+    """Whether ``recorded`` (what an output or checkpoint keeps of the file ``path``) is of the data there
+    now: their ``data_checksum`` ``data_sum``, or -- as earlier versions recorded -- the file's bytes
+    (hashed only then)."""
+    if not recorded:
+        return False
+    return recorded == data_sum or (Path(path).is_file() and recorded == file_checksum(path))
 
 
 def recorded_data_checksum(summary: Mapping[str, Any]) -> str | None:
@@ -203,7 +212,7 @@ class TrainingData:
 
     def made_from(self, recorded: str | None) -> bool:
         """Whether ``recorded`` (a closure's or checkpoint's checksum of its data) is of these data."""
-        return bool(recorded) and (recorded == self.checksum or recorded == self.file_checksum)
+        return records_data(recorded, self.path, self.checksum)
 
     def windows(self, split: str, length: int, *, stride: int = 1) -> WindowSet:
         trajectories = {"train": self.train, "validation": self.validation}[split]

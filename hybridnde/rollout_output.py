@@ -16,7 +16,7 @@ import torch
 
 from .chunk_codec import ChunkLayout
 from .config import CaseConfig
-from .data import file_checksum
+from .data import records_data
 from .io import STATUS_FLAGS
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .rollout import SaveSchedule
@@ -98,9 +98,8 @@ def finished_output(out: Path, setup: RolloutSetup) -> RolloutSummary | None:
         return None
     identity, given = setup.identity, setup.identity["initial_conditions_checksum"]
     recorded = str(attrs.get("initial_conditions_sha256", ""))
-    started_from = Path(str(attrs.get("initial_conditions", "")))
-    other_start = (recorded and given != "draw" and recorded != given  # older files: the file's bytes
-                   and not (started_from.is_file() and recorded == file_checksum(started_from)))
+    started_from = str(attrs.get("initial_conditions", ""))
+    other_start = recorded and given != "draw" and not records_data(recorded, started_from, given)
     if (str(attrs.get("config_checksum")) != identity["config_checksum"]
             or str(attrs.get("closure_checksum")) != setup.closure_checksum
             or int(attrs.get("batch_size", -1)) != setup.batch_size or other_start):

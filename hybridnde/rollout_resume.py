@@ -21,7 +21,7 @@ import torch
 
 from .config import CaseConfig
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
-from .data import file_checksum
+from .data import records_data
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 
@@ -81,7 +81,7 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
                                         skip=[("rollout", name) for name in ROLLOUT_RUN_ONLY_KEYS])
             return f"the case differs in {', '.join(changed)}" if changed else "the case differs"
         if key == "initial_conditions_checksum":
-            if checkpoint[key] == file_checksum(case.rollout.initial_conditions):
+            if records_data(checkpoint[key], case.rollout.initial_conditions, identity[key]):
                 continue  # of the file's bytes, as checkpoints recorded before data checksums
             return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
         return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
