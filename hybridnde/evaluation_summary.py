@@ -46,8 +46,10 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     if "spectrum" in metrics:
         modes = metrics["spectrum"].get("compared_modes") or []
         over = f", {len(modes)} modes in {modes[0]}-{modes[-1]}" if modes else ""
-        rows.append(("spectrum distance", f"{number(metrics['spectrum']['distance'])} (mean |log10 E/E*|{over}{finite})"))
-    rows.append(("KL divergence", f"{number(metrics['kl_divergence']['value'])} nats ({metrics['kl_divergence'].get('bins', KL_BINS)}-bin histograms{finite})"))
+        distance = number(metrics["spectrum"]["distance"])
+        rows.append(("spectrum distance", f"{distance} (mean |log10 E/E*|{over}{finite})"))
+    kl = metrics["kl_divergence"]
+    rows.append(("KL divergence", f"{number(kl['value'])} nats ({kl.get('bins', KL_BINS)}-bin histograms{finite})"))
     if "lyapunov" in metrics:
         lyapunov = metrics["lyapunov"]
         rows.append(("Lyapunov exponent", f"model {number(lyapunov['model']['exponent'])}, truth "

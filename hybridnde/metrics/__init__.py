@@ -21,9 +21,10 @@ from .summary import DEFAULT_SPREAD, json_ready, quantiles, summarise
 
 __all__ = [
     "reference_scale", "normalised_error", "valid_prediction_time", "error_growth", "stable_members", "resting_members",
-    "finite_states", "invariant_drift", "mean_drift", "relative_drift_curves", "energy_spectrum", "wavenumbers", "spectral_distance",
-    "compared_modes", "histogram_kl_divergence", "common_finite_samples", "KL_BINS", "KL_EPSILON", "cost_from_attributes", "DEFAULT_SPREAD",
-    "quantiles", "summarise", "json_ready", "leading_lyapunov_exponent", "LyapunovEstimate",
+    "finite_states", "invariant_drift", "mean_drift", "relative_drift_curves", "energy_spectrum", "wavenumbers",
+    "spectral_distance", "compared_modes", "histogram_kl_divergence", "common_finite_samples", "KL_BINS",
+    "KL_EPSILON", "cost_from_attributes", "DEFAULT_SPREAD", "quantiles", "summarise", "json_ready",
+    "leading_lyapunov_exponent", "LyapunovEstimate",
 ]
 
 

@@ -52,7 +52,8 @@ def _matches(wanted: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def members_from_training_states(reference: str | Path, truth: str | Path, *, members=None) -> int | None:
     """How many of ``reference``'s members start (``u`` at its first time) from a state that is in
-    ``truth``, the training data, up to rounding (module docstring); ``None`` where their states cannot be compared (other grids).
+    ``truth``, the training data, up to rounding (module docstring); ``None`` where their states cannot
+    be compared (other grids).
 
     Both files: ``u(member, time, *state)`` as the pipeline writes them. ``members``: the member
     labels to look at (a rollout's, which may use fewer than the reference has); default all.
