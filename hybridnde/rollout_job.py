@@ -180,7 +180,7 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     if comm.size > 1:  # before anything is written: a mixed file would look valid
         read = {**setup.identity, "checkpoint_every": case.rollout.checkpoint_every}
         require_same(comm, {key: read[key] for key in RANK_IDENTITY}, RANK_IDENTITY)
-    finished = comm.bcast(finished_output(out, setup) if resume and comm.rank == 0 else None)
+    finished = comm.bcast(finished_output(out, case, setup) if resume and comm.rank == 0 else None)
     if finished is not None:  # the same command line again after it finished: nothing to resume
         return finished
     error = None

@@ -20,6 +20,7 @@ from .data import records_data
 from .io import STATUS_FLAGS
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .rollout import SaveSchedule
+from .rollout_resume import same_rollout_case
 from .systems import state_coordinates
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def _open_writer(case: CaseConfig, out: Path, setup: RolloutSetup, *, resume: bo
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
 
 
-def finished_output(out: Path, setup: RolloutSetup) -> RolloutSummary | None:
+def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> RolloutSummary | None:
     """Rank 0, ``--resume`` with no checkpoint: ``out`` itself when it is this rollout, finished (the
     configuration, closure, initial-conditions file and batch size it records are this run's), as a
     summary of what it records; else ``None`` (then the rollout starts from the beginning)."""
@@ -96,11 +97,11 @@ def finished_output(out: Path, setup: RolloutSetup) -> RolloutSummary | None:
         log.info("no checkpoint for %s, and the file there cannot be read as a rollout: starting from the "
                  "beginning", out)
         return None
-    identity, given = setup.identity, setup.identity["initial_conditions_checksum"]
+    given = setup.identity["initial_conditions_checksum"]
     recorded = str(attrs.get("initial_conditions_sha256", ""))
     started_from = str(attrs.get("initial_conditions", ""))
     other_start = recorded and given != "draw" and not records_data(recorded, started_from, given)
-    if (str(attrs.get("config_checksum")) != identity["config_checksum"]
+    if (same_rollout_case(case, str(attrs.get("config_checksum")), attrs.get("case_toml")) is not None
             or str(attrs.get("closure_checksum")) != setup.closure_checksum
             or int(attrs.get("batch_size", -1)) != setup.batch_size or other_start):
         log.info("no checkpoint for %s, and the file there is another rollout's (case, closure, initial conditions "

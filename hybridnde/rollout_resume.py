@@ -1,7 +1,8 @@
 """Which checkpoint a rollout may continue (``hybridnde rollout --resume``).
 
 A checkpoint records the rollout's identity: the checksum of the case sections that decide its
-values, the closure's checksum, the batch size, the number of saves, the data of
+values (a case differing only in how the batch size is chosen, ``batch_size = 0`` against the size it
+resolves to, is the same: ``same_rollout_case``), the closure's checksum, the batch size, the number of saves, the data of
 ``rollout.initial_conditions`` (``data.data_checksum``; older checkpoints: its bytes) and, on CPUs,
 the torch threads per rank (threaded FFTs and reductions split the work by thread count, so the last
 bits change with it). A resume with another identity is refused (``ResumeRefused``), naming what
@@ -25,7 +26,7 @@ from .data import records_data
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 
-__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "resume_identity", "threads_changed", "checked_checkpoint",
+__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "same_rollout_case", "resume_identity", "threads_changed", "checked_checkpoint",
            "device_name", "written_elsewhere"]
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 ROLLOUT_SECTIONS = ("system", "time", "initial_condition", "compute", "output", "hybrid", "rollout")
 #: identity keys compared as values; the thread keys have their own rule (``threads_changed``)
 VALUE_KEYS = ("config_checksum", "closure_checksum", "batch_size", "n_saves", "initial_conditions_checksum")
+#: keys that only choose the batch size; the size they give is an identity key of its own (``batch_size``)
+BATCH_CHOICE_KEYS = ("batch_size", "memory_budget_mb")
 
 
 def rollout_checksum(case: CaseConfig) -> str:
@@ -42,6 +45,21 @@ def rollout_checksum(case: CaseConfig) -> str:
     chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
     chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
     return hashlib.sha256(tomli_w.dumps(chosen).encode()).hexdigest()
+
+
+def same_rollout_case(case: CaseConfig, checksum: str, case_toml: str | None) -> list[str] | None:
+    """``None`` when a rollout recorded with ``checksum`` and ``case_toml`` computes what ``case`` does: the
+    same checksum, or differing only in how the batch size was chosen (``batch_size = 0`` against the
+    explicit size it resolves to); else the keys that changed, ``section.key (old -> new)`` (``[]``: they
+    cannot be named)."""
+    if checksum == rollout_checksum(case):
+        return None
+    skip = [("rollout", name) for name in ROLLOUT_RUN_ONLY_KEYS]
+    changed = case.changed_keys(case_toml, ROLLOUT_SECTIONS, skip=skip)
+    if changed and not case.changed_keys(case_toml, ROLLOUT_SECTIONS,
+                                         skip=skip + [("rollout", name) for name in BATCH_CHOICE_KEYS]):
+        return None
+    return changed
 
 
 def resume_identity(case: CaseConfig, *, closure_checksum: str, batch_size: int, n_saves: int,
@@ -77,8 +95,9 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
         if key not in checkpoint or checkpoint[key] == identity[key]:  # absent: an older checkpoint
             continue
         if key == "config_checksum":
-            changed = case.changed_keys(read_partial_attribute(out, "case_toml"), ROLLOUT_SECTIONS,
-                                        skip=[("rollout", name) for name in ROLLOUT_RUN_ONLY_KEYS])
+            changed = same_rollout_case(case, checkpoint[key], read_partial_attribute(out, "case_toml"))
+            if changed is None:
+                continue
             return f"the case differs in {', '.join(changed)}" if changed else "the case differs"
         if key == "initial_conditions_checksum":
             if records_data(checkpoint[key], case.rollout.initial_conditions, identity[key]):

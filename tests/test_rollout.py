@@ -622,6 +622,27 @@ def test_a_resume_with_another_batch_size_is_refused_naming_it():
         "it was written with another batch size (4, now 8)")
 
 
+def test_a_resume_may_choose_the_same_batch_size_another_way(tmp_path, caplog):
+    """``batch_size = 0`` resolving to the size a checkpoint was written with (here all 6 members) is the
+    same rollout, for a checkpoint and for a finished file; another resolved size is refused by name."""
+    case = two_body_case("rollout.batch_size=6", "rollout.steps=60", "output.time_chunk=5")
+    automatic = two_body_case("rollout.batch_size=0", "rollout.memory_budget_mb=64", "rollout.steps=60",
+                              "output.time_chunk=5")
+    model, out = small_mlp(), tmp_path / "resumed.nc"
+    interrupted_rollout(case, out, model, after=0.3)
+    with pytest.raises(DataError, match=r"another batch size \(6, now 2\)"):
+        run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5"), out,
+                    closure=model, resume=True, progress=False)
+    resumed = run_rollout(automatic, out, closure=model, resume=True, progress=False)
+    assert resumed.resumed and resumed.batch_size == 6
+    run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
+    assert_same_data(out, tmp_path / "straight.nc")
+    caplog.set_level("INFO")
+    made = out.read_bytes()
+    assert not run_rollout(automatic, out, closure=model, resume=True, progress=False).resumed
+    assert out.read_bytes() == made and "nothing to resume" in caplog.text
+
+
 def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_form(tmp_path, caplog, monkeypatch):
     """A GPU keeps KS states dense (physical), a CPU as Fourier coefficients at N = 128: a GPU checkpoint
     resumed on a CPU goes on in the CPU's form (the dense form costs two transforms a step more there),
