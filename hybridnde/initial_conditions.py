@@ -17,7 +17,8 @@ from solvers import Solver
 from .config import InitialConditionConfig
 from .io import DataError
 
-__all__ = ["members_and_start", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions", "member_rng", "nonfinite_members"]
+__all__ = ["members_and_start", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
+           "component_order", "open_initial_conditions", "member_rng", "nonfinite_members"]
 
 
 def nonfinite_members(states: np.ndarray) -> np.ndarray:
@@ -57,19 +58,36 @@ def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solv
     raise ValueError(f"initial_condition.distribution = {kind!r} cannot be drawn")
 
 
-def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[int]) -> np.ndarray:
-    """Members' states from a NetCDF file with ``u(member, x)``, ``u(member, component)`` or
-    ``u(member, time, ...)`` (first time). Returns ``(len(members), *state)``."""
+def component_order(path: str | Path, names: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """Positions in a file's components ``names`` of the system's components ``wanted``, matched by
+    name (any order); ``DataError`` naming ``path`` when some are missing."""
+    names = [str(name) for name in names]
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise DataError(f"{path}: its components {names} lack {missing}; the system needs {list(wanted)} (in any "
+                        "order): give a file of this system's states")
+    return [names.index(name) for name in wanted]
+
+
+def open_initial_conditions(path: Path, key: str, fix: str = "a NetCDF file"):
+    """The open NetCDF dataset at ``path``, the value of ``key``; ``DataError`` for a missing file or
+    a folder (``fix``: what to give instead) and for a file that is not NetCDF."""
     import xarray as xr
 
-    path = Path(path)
     if not path.is_file():
-        raise DataError(f"initial_condition.file = {str(path)!r} does not exist")
+        raise DataError(f"{key} = {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}; give {fix}")
     try:
-        dataset = xr.open_dataset(path)
-    except (OSError, ValueError) as error:  # not NetCDF (xarray finds no engine for it), or damaged
-        raise DataError(f"initial_condition.file = {str(path)!r}: not a readable NetCDF file ({error})") from None
-    with dataset:
+        return xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError) as error:  # not NetCDF, or damaged
+        raise DataError(f"{key} = {str(path)!r}: not a readable NetCDF file ({error})") from None
+
+
+def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[int]) -> np.ndarray:
+    """Members' states from a NetCDF file with ``u(member, x)``, ``u(member, component)`` or
+    ``u(member, time, ...)`` (first time). Returns ``(len(members), *state)``; components labelled
+    in the file are matched to the system's by name."""
+    path = Path(path)
+    with open_initial_conditions(path, "initial_condition.file") as dataset:
         if "u" not in dataset:
             raise DataError(f"{path}: no variable 'u'; initial conditions need u(member, x) or u(member, component)")
         u = dataset["u"]
@@ -80,9 +98,13 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
         if tuple(u.shape[1:]) != tuple(solver.state_shape):
             raise DataError(f"{path}: u has state shape {tuple(u.shape[1:])}; the case's solver needs "
                             f"{tuple(solver.state_shape)}")
+        order = slice(None)
+        if solver.component_names and "component" in u.dims and "component" in u.coords:
+            order = component_order(path, u["component"].values, solver.component_names)
         if max(members, default=-1) >= u.shape[0]:
             raise DataError(f"{path}: holds {u.shape[0]} members; the case asks for {max(members) + 1}")
-        return np.asarray(u.values[list(members)], dtype=np.float64)
+        values = np.asarray(u.values[list(members)], dtype=np.float64)
+        return values[..., order]
 
 
 def members_and_start(dataset, n_members: int, source: str | Path = "initial conditions") -> tuple[np.ndarray, float]:
@@ -106,7 +128,7 @@ def file_members_and_start(path: str | Path, n_members: int) -> tuple[np.ndarray
     """``members_and_start`` of the file at ``path``; call after ``read_initial_conditions`` has checked it."""
     import xarray as xr
 
-    with xr.open_dataset(path) as dataset:
+    with xr.open_dataset(path, engine="netcdf4") as dataset:
         return members_and_start(dataset, n_members, source=path)
 
 

@@ -22,7 +22,8 @@ from solvers.base import coarser_than
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
-from .initial_conditions import draw_initial_conditions, members_and_start, nonfinite_members
+from .initial_conditions import (component_order, draw_initial_conditions, members_and_start, nonfinite_members,
+                                 open_initial_conditions)
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
@@ -127,17 +128,9 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
     (``grids.restrict_to_grid``), ODE components are matched by name. Returns ``(member_ids (n_members,),
     t0, u0 (len(positions), *state) float64)``; ``DataError`` names the file and the fix.
     """
-    import xarray as xr
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"rollout.initial_conditions = {str(path)!r} does not exist; give a truth file written by "
-                        "`hybridnde simulate` or \"draw\"")
-    try:
-        dataset = xr.open_dataset(path)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a readable NetCDF file ({error})") from None
-    with dataset:
+    with open_initial_conditions(path, "rollout.initial_conditions",
+                                 "a truth file written by `hybridnde simulate` or \"draw\"") as dataset:
         if "u" not in dataset or dataset["u"].dims[0] != "member" or dataset["u"].ndim not in (2, 3):
             raise DataError(f"{path}: initial conditions need a variable u(member, time, x|component)")
         u = dataset["u"]
@@ -154,11 +147,7 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
             if state_dim != "component":
                 raise DataError(f"{path}: u holds a field over {state_dim!r}; the host solver has state components "
                                 f"{list(solver.component_names)}")
-            names = [str(name) for name in dataset["component"].values]
-            missing = [name for name in solver.component_names if name not in names]
-            if missing:
-                raise DataError(f"{path}: no components {missing}; it has {names}")
-            values = values[:, [names.index(name) for name in solver.component_names]]
+            values = values[:, component_order(path, dataset["component"].values, solver.component_names)]
         else:
             if state_dim != "x":
                 raise DataError(f"{path}: u has state dimension {state_dim!r}; the host solver needs a field u(..., x)")

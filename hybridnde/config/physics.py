@@ -1,6 +1,7 @@
 """Case sections that describe the true system: what to solve, how to step it, from which states."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -149,7 +150,8 @@ class InitialConditionConfig:
                                       length=2)
     amplitude: float = option(1.0, "random_fourier: standard deviation of the field", positive=True)
     n_modes: int = option(4, "random_fourier: lowest Fourier modes 1..n_modes with random phases", positive=True)
-    file: str = option("", "file: NetCDF with u(member, x) or u(member, component) (or u(member, time, ...): "
+    file: str = option("", "file: NetCDF with u(member, x) or u(member, component), components matched by "
+                       "name (or u(member, time, ...): "
                        "the first time is used); the simulation keeps the file's member labels and starts its clock at "
                        "that time (plus the spin-up)")
 
@@ -159,6 +161,7 @@ class InitialConditionConfig:
         for name in needs:
             if not getattr(self, name):
                 raise ConfigError(f"{where}.{name} is required when {where}.distribution = {self.distribution!r}")
+        self._check_unused(where)
         if self.distribution == "uniform_box":
             if len(self.low) != len(self.high) or any(lo > hi for lo, hi in zip(self.low, self.high)):
                 raise ConfigError(f"{where}.low and {where}.high must have equal lengths with low <= high")
@@ -168,6 +171,32 @@ class InitialConditionConfig:
                 raise ConfigError(f"{where}.{name} = [{lo}, {hi}]: give [low, high] with low <= high")
         if self.eccentricity[1] >= 1.0:
             raise ConfigError(f"{where}.eccentricity must stay below 1 (bound orbits)")
+
+    def _check_unused(self, where: str) -> None:
+        """A key of another distribution set to other than its default would be ignored: refused (the
+        default itself cannot be told from an unset key). ``auto`` may become any of its defaults; a
+        file replaces the draw, and a case switched to one (``--set`` cannot remove keys) keeps it."""
+        if self.distribution == "file":
+            return
+        uses = {name: [kind for kind, keys in _DISTRIBUTION_KEYS.items() if name in keys]
+                for keys in _DISTRIBUTION_KEYS.values() for name in keys}
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        for name, kinds in uses.items():
+            if self.distribution in kinds or getattr(self, name) == defaults[name]:
+                continue
+            if self.distribution == "auto" and set(kinds) & set(_AUTO_DISTRIBUTIONS):
+                continue
+            named = " or ".join(repr(kind) for kind in kinds)
+            raise ConfigError(f"{where}.{name} is set but {where}.distribution = {self.distribution!r}, which does "
+                              f"not use it; set distribution = {named}{',' if len(kinds) > 1 else ''} or remove {name}")
+
+
+# The keys each distribution reads (members and seed: all of them); ``auto`` resolves to one of
+# _AUTO_DISTRIBUTIONS by the system (config.case).
+_DISTRIBUTION_KEYS = {"point": ("value",), "gaussian": ("value", "std"), "uniform_box": ("low", "high"),
+                      "two_body_orbit": ("eccentricity",), "rigid_body_circle": ("angle",),
+                      "random_fourier": ("amplitude", "n_modes"), "file": ("file",)}
+_AUTO_DISTRIBUTIONS = ("random_fourier", "two_body_orbit", "rigid_body_circle")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""`[initial_condition]` inputs checked before any work: a file's ODE components matched by name (not
+by position), folders and non-NetCDF files named as such, and keys the distribution does not use refused."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from hybridnde.cli import main
+from hybridnde.config import ConfigError, load_case, parse_case
+from hybridnde.initial_conditions import read_initial_conditions
+from hybridnde.io import DataError
+from hybridnde.rollout_inputs import read_initial_states
+from solvers import Lorenz63
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+
+LORENZ = """
+[case]
+name = "lorenz_ic"
+[system]
+name = "lorenz63"
+[time]
+dt = 0.01
+n_steps = 100
+save_every = 10
+[initial_condition]
+distribution = "gaussian"
+value = [1.2, 2.1, 1.7]
+std = [0.5]
+members = 3
+"""
+
+
+def write_case(tmp_path, text=LORENZ) -> Path:
+    path = tmp_path / "case.toml"
+    path.write_text(text)
+    return path
+
+
+def from_file(source: Path) -> str:
+    return LORENZ.replace('distribution = "gaussian"', f'distribution = "file"\nfile = "{source}"').replace(
+        "std = [0.5]\n", "").replace("value = [1.2, 2.1, 1.7]\n", "")
+
+
+def test_a_files_components_are_matched_by_name_not_position(tmp_path):
+    """A file listing the components as (z, y, x) starts the same trajectories as one listing them as
+    (x, y, z); positions assigned z's values to x (exit 0, wrong physics)."""
+    truth = tmp_path / "truth.nc"
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(truth)]) == 0
+    with xr.open_dataset(truth) as data:
+        data.isel(component=[2, 1, 0]).to_netcdf(tmp_path / "reversed.nc")
+        original = data.u.values[:, 0]
+    assert read_initial_conditions(tmp_path / "reversed.nc", Lorenz63(), range(3)).tolist() == original.tolist()
+    for name in ("truth", "reversed"):
+        source = tmp_path / f"{name}.nc"
+        assert main(["simulate", str(write_case(tmp_path, from_file(source))), "--out",
+                     str(tmp_path / f"from_{name}.nc")]) == 0
+    with xr.open_dataset(tmp_path / "from_truth.nc") as a, xr.open_dataset(tmp_path / "from_reversed.nc") as b:
+        assert list(b.component.values) == ["x", "y", "z"]
+        np.testing.assert_array_equal(b.u.values, a.u.values)
+        np.testing.assert_array_equal(b.u.values[:, 0], original)
+
+
+def test_a_file_with_other_components_exits_2_naming_them(tmp_path, capsys):
+    source = tmp_path / "abc.nc"
+    xr.Dataset({"u": (("member", "component"), np.ones((3, 3)))},
+               coords={"component": ["a", "b", "c"]}).to_netcdf(source)
+    out = tmp_path / "out.nc"
+    assert main(["simulate", str(write_case(tmp_path, from_file(source))), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert str(source) in error and "['a', 'b', 'c']" in error and "needs ['x', 'y', 'z']" in error
+    assert not out.exists()
+    xr.Dataset({"u": (("member", "component"), np.ones((3, 3)))},
+               coords={"component": ["x", "w", "z"]}).to_netcdf(tmp_path / "xwz.nc")
+    with pytest.raises(DataError, match=r"lack \['y'\]"):  # one missing, one extra: the same rule
+        read_initial_conditions(tmp_path / "xwz.nc", Lorenz63(), range(3))
+
+
+def test_unlabelled_components_and_fields_are_read_as_before(tmp_path):
+    """Without a component coordinate there are no names to match: by position, as before; KS fields
+    (u(member, x)) are unchanged."""
+    values = np.arange(6.0).reshape(2, 3)
+    xr.Dataset({"u": (("member", "component"), values)}).to_netcdf(tmp_path / "plain.nc")
+    assert read_initial_conditions(tmp_path / "plain.nc", Lorenz63(), [1]).tolist() == [values[1].tolist()]
+    from hybridnde.systems import build_solver
+
+    case = load_case(CASES / "ks_l22.toml", quick=True)
+    solver = build_solver(case.system, case.time)
+    field = np.random.default_rng(0).standard_normal((2, solver.state_shape[-1]))
+    xr.Dataset({"u": (("member", "x"), field)}, coords={"x": solver.x.numpy()}).to_netcdf(tmp_path / "ks.nc")
+    np.testing.assert_array_equal(read_initial_conditions(tmp_path / "ks.nc", solver, [0, 1]), field)
+
+
+@pytest.mark.parametrize("reader", ["simulate", "rollout"])
+def test_a_folder_or_a_file_that_is_not_netcdf_is_named_as_such(tmp_path, reader):
+    """A folder was "does not exist"; an empty or text file gave xarray's "installing additional IO
+    dependencies" advice, which does not help."""
+    def read(path):
+        if reader == "simulate":
+            return read_initial_conditions(path, Lorenz63(), range(1))
+        return read_initial_states(path, Lorenz63(), 1, range(1))
+
+    key = "initial_condition.file" if reader == "simulate" else "rollout.initial_conditions"
+    (tmp_path / "folder.nc").mkdir()
+    with pytest.raises(DataError, match=f"{key} = '.*folder.nc' is a folder; give a") as caught:
+        read(tmp_path / "folder.nc")
+    assert "does not exist" not in str(caught.value)
+    (tmp_path / "empty.nc").write_bytes(b"")
+    (tmp_path / "text.nc").write_text("not a NetCDF file")
+    for name in ("empty.nc", "text.nc"):
+        with pytest.raises(DataError, match="not a readable NetCDF file") as caught:
+            read(tmp_path / name)
+        assert "NetCDF: Unknown file format" in str(caught.value)
+        assert "IO dependencies" not in str(caught.value) and "backends" not in str(caught.value)
+
+
+LORENZ_POINT = {"system": {"name": "lorenz63"},
+                "initial_condition": {"distribution": "point", "value": [1.0, 2.0, 3.0]}}
+
+
+@pytest.mark.parametrize("override, key, fix", [
+    ("initial_condition.file='ics.nc'", "file", "set distribution = 'file' or remove file"),
+    ("initial_condition.std=[1.0]", "std", "set distribution = 'gaussian' or remove std"),
+    ("initial_condition.low=[0.0, 0.0, 0.0]", "low", "set distribution = 'uniform_box' or remove low"),
+    ("initial_condition.eccentricity=[0.1, 0.2]", "eccentricity", "set distribution = 'two_body_orbit' or remove"),
+    ("initial_condition.n_modes=8", "n_modes", "set distribution = 'random_fourier' or remove n_modes"),
+])
+def test_a_key_the_distribution_does_not_use_is_refused(override, key, fix):
+    """Such keys were ignored: a file with "point" ran from the point, std with "point" gave identical members."""
+    with pytest.raises(ConfigError) as caught:
+        parse_case(LORENZ_POINT, overrides=[override])
+    message = str(caught.value)
+    assert f"initial_condition.{key} is set but initial_condition.distribution = 'point'" in message
+    assert fix in message
+
+
+def test_value_is_refused_where_neither_point_nor_gaussian_reads_it():
+    with pytest.raises(ConfigError) as caught:
+        load_case(CASES / "ks_l22.toml", overrides=["initial_condition.value=[1.0]"])
+    assert "initial_condition.value is set but initial_condition.distribution = 'random_fourier'" in str(caught.value)
+    assert "set distribution = 'point' or 'gaussian', or remove value" in str(caught.value)
+
+
+def test_keys_the_distribution_uses_and_default_values_are_accepted():
+    gaussian = parse_case(LORENZ_POINT, overrides=["initial_condition.distribution='gaussian'",
+                                                   "initial_condition.std=[0.1]"])
+    assert gaussian.initial_condition.std == (0.1,)
+    # a default value cannot be told from an unset key (cases/two_body.toml spells its eccentricity out)
+    assert parse_case(LORENZ_POINT, overrides=["initial_condition.eccentricity=[0.5, 0.7]"])
+    # a case switched to a file keeps its draw (--set cannot remove keys): the file replaces it
+    switched = parse_case(LORENZ_POINT, overrides=["initial_condition.distribution='file'",
+                                                   "initial_condition.file='ics.nc'", "initial_condition.std=[0.1]"])
+    assert switched.initial_condition.file == "ics.nc"
+    # auto becomes random_fourier, two_body_orbit or rigid_body_circle by the system: their keys are its
+    ks = {"system": {"name": "kuramoto_sivashinsky"}, "initial_condition": {"n_modes": 6}}
+    assert parse_case(ks).initial_condition.distribution == "random_fourier"
+    with pytest.raises(ConfigError, match="initial_condition.file is set but initial_condition.distribution = 'auto'"):
+        parse_case({**ks, "initial_condition": {"file": "ics.nc"}})
+
+
+def test_every_shipped_case_still_loads():
+    for path in sorted(CASES.glob("*.toml")):
+        for quick in (False, True):
+            load_case(path, quick=quick)
+
+
+def test_simulate_with_an_unused_key_exits_2_before_writing(tmp_path, capsys):
+    point = LORENZ.replace('distribution = "gaussian"', 'distribution = "point"').replace("std = [0.5]\n", "")
+    out = tmp_path / "out.nc"
+    assert main(["simulate", str(write_case(tmp_path, point)), "--out", str(out)]) == 0
+    out.unlink()
+    assert main(["simulate", str(write_case(tmp_path, point)), "--out", str(out),
+                 "--set", "initial_condition.std=[1.0]"]) == 2
+    assert "initial_condition.std is set" in capsys.readouterr().err and not out.exists()
