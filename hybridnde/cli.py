@@ -94,6 +94,10 @@ def _run(arguments: argparse.Namespace) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # keep the interpreter's final flush quiet
         return 0
+    except FloatingPointError as failure:  # the numbers diverged (training, an adaptive solve): not a bug
+        print(f"hybridnde {arguments.command}: error: {failure}", file=sys.stderr)
+        log.debug("where it diverged", exc_info=True)
+        return 1
     except Exception as failure:  # a failure at run time
         full = disk_full_message(failure)
         if full is not None:  # not a bug: say what to do, without a traceback

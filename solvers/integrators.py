@@ -85,6 +85,9 @@ def odeint_adaptive(
     Returns:
         ``(u, counter)`` with ``u: (batch, n_times, *state)`` and ``counter.nfe`` the evaluations
         made so far; evaluations during a later ``backward()`` are added to the same counter.
+
+    Raises ``FloatingPointError`` when the step size underflows (a blow-up, or tolerances finer than
+    the dtype resolves) instead of torchdiffeq's bare ``AssertionError``.
     """
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"method={method!r} is not an adaptive method; choose one of {ADAPTIVE_METHODS}")
@@ -92,10 +95,17 @@ def odeint_adaptive(
 
     counter = FunctionCounter(f)
     t = torch.as_tensor(t, dtype=u0.dtype, device=u0.device)
-    if adjoint:
-        params = tuple(adjoint_params) if adjoint_params is not None else tuple(counter.parameters())
-        u = torchdiffeq.odeint_adjoint(counter, u0, t, method=method, rtol=rtol, atol=atol,
-                                       adjoint_params=params)
-    else:
-        u = torchdiffeq.odeint(counter, u0, t, method=method, rtol=rtol, atol=atol)
+    try:
+        if adjoint:
+            params = tuple(adjoint_params) if adjoint_params is not None else tuple(counter.parameters())
+            u = torchdiffeq.odeint_adjoint(counter, u0, t, method=method, rtol=rtol, atol=atol,
+                                           adjoint_params=params)
+        else:
+            u = torchdiffeq.odeint(counter, u0, t, method=method, rtol=rtol, atol=atol)
+    except AssertionError as error:  # torchdiffeq asserts when the accepted step shrinks to nothing
+        if "underflow in dt" not in str(error):
+            raise
+        raise FloatingPointError(
+            f"the adaptive {method} step size underflowed after {counter.nfe} evaluations: the state blew up, or "
+            f"rtol={rtol:g} / atol={atol:g} ask for more than {u0.dtype} can resolve") from error
     return u.movedim(0, 1), counter  # torchdiffeq puts time first

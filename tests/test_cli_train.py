@@ -118,6 +118,19 @@ def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments,
     assert list(tmp_path.iterdir()) == []  # no closure, log, checkpoint or temporary file
 
 
+def test_a_diverging_training_says_why_without_a_traceback_and_leaves_no_log(tmp_path, files, capsys):
+    """A learning rate of 1e30: the loss goes non-finite. The message was right but came as a traceback,
+    and the partial log stayed though no checkpoint could resume it. (An adaptive solve whose step
+    underflows is the same error: tests/test_training.py.)"""
+    case, truth = files["lorenz"]
+    command = ["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt"), "--set",
+               "training.learning_rate=1e30", "--set", "training.epochs=2", "--set", "training.checkpoint_every=0"]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "hybridnde train: error: epoch 1: every batch gave a non-finite loss" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_verbs_work_on_the_threads_asked_for_one_by_default_and_restore_them(tmp_path, files, monkeypatch):
     """One thread by default, as `run` trains (the same closure bit for bit; many threads on busy cores
     are orders of magnitude slower), `--threads N` / 0 (torch's default) otherwise, in every verb that

@@ -498,6 +498,34 @@ def test_an_epoch_of_non_finite_batches_names_the_terms_that_were_not_finite():
         trainer.fit(windows, windows, 0.1)
 
 
+def test_an_adaptive_solve_whose_step_underflows_is_a_non_finite_batch():
+    """du/dt = u^2 from 1 blows up at t = 1: torchdiffeq's step underflows with a bare AssertionError,
+    which ended training with a traceback. It is a FloatingPointError, a training batch it hits is
+    skipped (the term named) and a validation batch scores inf."""
+    from hybridnde.training.assembly import RolloutValidation
+    from solvers.integrators import odeint_adaptive
+
+    u0 = torch.ones(1, 1, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match=r"dopri5 step size underflowed after \d+ evaluations"):
+        odeint_adaptive(lambda t, u: u * u, u0, [0.0, 2.0])
+    u, _ = odeint_adaptive(lambda t, u: u * u, u0, [0.0, 0.5])  # before the blow-up: 1 / (1 - t)
+    assert abs(float(u[0, -1, 0]) - 2.0) < 1e-6
+
+    class Underflowing(RolloutLoss):
+        def __call__(self, *arguments):
+            raise FloatingPointError("the adaptive dopri5 step size underflowed")
+
+        def predict(self, *arguments, **keywords):
+            raise FloatingPointError("the adaptive dopri5 step size underflowed")
+
+    trainer, windows = _tiny_trainer(epochs=1)
+    trainer.terms = [Underflowing(steps=2)]
+    with pytest.raises(FloatingPointError, match=r"every batch gave a non-finite loss \(non-finite terms: rollout\)"):
+        trainer.fit(windows, windows, 0.1)
+    validation = RolloutValidation(Underflowing(steps=2), steps=2, batch_size=8)
+    assert validation(trainer.model, trainer.solver, windows, 0.1) == math.inf
+
+
 def test_a_training_whose_validation_is_never_finite_saves_nothing():
     """nan < inf is False: no epoch became the best, the last weights stayed, and train_case saved them
     as "best validation loss inf (epoch -1)"."""

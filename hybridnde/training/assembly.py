@@ -8,6 +8,7 @@ trajectory losses and penalties are selected.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -122,11 +123,14 @@ class RolloutValidation:
         for first in range(0, len(windows), self.batch_size):
             index = torch.arange(first, min(first + self.batch_size, len(windows)))
             batch = windows.gather(index)
-            if time_matters(solver):
-                prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps,
-                                               start_times=windows.start_times(sample_interval, index))
-            else:  # (the signature losses had before start times existed)
-                prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps)
+            try:
+                if time_matters(solver):
+                    prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps,
+                                                   start_times=windows.start_times(sample_interval, index))
+                else:  # (the signature losses had before start times existed)
+                    prediction = self.loss.predict(solver, batch, sample_interval, steps=self.steps)
+            except FloatingPointError:  # an adaptive solve whose step underflowed: the closure blows up
+                return math.inf
             error = (prediction[:, 1:] - batch[:, 1:]).pow(2).mean()
             total += float(error) * len(index)
             count += len(index)

@@ -123,7 +123,12 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                       accepted_fingerprints=_older_fingerprints(case, data) if resume else ())
     with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
         started = wallclock.perf_counter()
-        result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
+        try:
+            result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
+        except BaseException:  # the partial log goes with the run unless a checkpoint can resume it
+            if not checkpoint_path(out).is_file():
+                partial_log_path(out).unlink(missing_ok=True)
+            raise
         seconds = wallclock.perf_counter() - started
         _save_result(case, out, model, result, seconds, data=data,
                      windows=(len(train_windows), len(validation_windows)), device=device)

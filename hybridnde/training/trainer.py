@@ -25,7 +25,7 @@ from ..config.fields import from_mapping
 from ..data import WindowSet
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, save_checkpoint
-from .terms import Batch, LossTerm, time_matters
+from .terms import Batch, LossTerm, Weighted, time_matters
 
 __all__ = ["Trainer", "TrainingResult", "learning_rate_at", "Validation"]
 
@@ -159,7 +159,11 @@ class Trainer:
             values: dict[str, Tensor] = {}
             total = None
             for term in self.terms:
-                for name, (value, weight) in term(self.model, self.solver, batch, epoch).items():
+                try:
+                    weighted = term(self.model, self.solver, batch, epoch)
+                except FloatingPointError:  # an adaptive solve whose step underflowed: a blow-up
+                    weighted = {term.name: Weighted(torch.tensor(math.inf), 1.0)}
+                for name, (value, weight) in weighted.items():
                     values[name] = value.detach()
                     total = weight * value if total is None else total + weight * value
             if not torch.isfinite(total):
