@@ -5,6 +5,7 @@ over ranks or batches gives the same states.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,9 @@ from .io import DataError
 
 __all__ = ["members_and_start", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
            "component_order", "open_initial_conditions", "member_rng", "nonfinite_members"]
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # the unused-key warnings given in this process
 
 
 def nonfinite_members(states: np.ndarray) -> np.ndarray:
@@ -145,6 +149,10 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
     Non-finite states raise ``DataError`` before any work starts.
     """
     seed = ic.seed if seed is None else seed
+    for problem in ic.unused_keys():
+        if problem not in _warned:  # once per process: `run` draws for its checks, then to simulate
+            _warned.add(problem)
+            log.warning("%s (it is ignored)", problem)
     if ic.distribution == "file":
         states = read_initial_conditions(ic.file, solver, members)
     else:

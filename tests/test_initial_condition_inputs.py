@@ -8,9 +8,10 @@ import xarray as xr
 
 from hybridnde.cli import main
 from hybridnde.config import ConfigError, load_case, parse_case
-from hybridnde.initial_conditions import read_initial_conditions
+from hybridnde.initial_conditions import draw_initial_conditions, read_initial_conditions
 from hybridnde.io import DataError
 from hybridnde.rollout_inputs import read_initial_states
+from hybridnde.systems import build_solver
 from solvers import Lorenz63
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -120,26 +121,39 @@ LORENZ_POINT = {"system": {"name": "lorenz63"},
 
 
 @pytest.mark.parametrize("override, key, fix", [
-    ("initial_condition.file='ics.nc'", "file", "set distribution = 'file' or remove file"),
     ("initial_condition.std=[1.0]", "std", "set distribution = 'gaussian' or remove std"),
     ("initial_condition.low=[0.0, 0.0, 0.0]", "low", "set distribution = 'uniform_box' or remove low"),
     ("initial_condition.eccentricity=[0.1, 0.2]", "eccentricity", "set distribution = 'two_body_orbit' or remove"),
     ("initial_condition.n_modes=8", "n_modes", "set distribution = 'random_fourier' or remove n_modes"),
 ])
-def test_a_key_the_distribution_does_not_use_is_refused(override, key, fix):
-    """Such keys were ignored: a file with "point" ran from the point, std with "point" gave identical members."""
-    with pytest.raises(ConfigError) as caught:
-        parse_case(LORENZ_POINT, overrides=[override])
-    message = str(caught.value)
-    assert f"initial_condition.{key} is set but initial_condition.distribution = 'point'" in message
-    assert fix in message
+def test_a_key_the_distribution_does_not_use_is_warned_about_when_drawing(override, key, fix, caplog):
+    """Such keys were ignored silently: std with "point" gave identical members. A warning, not a refusal:
+    a case switched to another distribution by --set keeps its file's keys, which --set cannot remove."""
+    import hybridnde.initial_conditions as module
+
+    case = parse_case(LORENZ_POINT, overrides=[override])
+    message = f"initial_condition.{key} is set but initial_condition.distribution = 'point'"
+    assert any(message in problem and fix in problem for problem in case.initial_condition.unused_keys())
+    module._warned.clear()
+    solver = build_solver(case.system, case.time)
+    for _ in range(2):  # once per process
+        draw_initial_conditions(case.initial_condition, solver, range(2))
+    assert caplog.text.count(message) == 1 and "(it is ignored)" in caplog.text
 
 
-def test_value_is_refused_where_neither_point_nor_gaussian_reads_it():
+def test_a_file_the_distribution_does_not_use_is_refused():
+    """A file with "point" ran from the point: the file is what the user meant, so refused."""
     with pytest.raises(ConfigError) as caught:
-        load_case(CASES / "ks_l22.toml", overrides=["initial_condition.value=[1.0]"])
-    assert "initial_condition.value is set but initial_condition.distribution = 'random_fourier'" in str(caught.value)
-    assert "set distribution = 'point' or 'gaussian', or remove value" in str(caught.value)
+        parse_case(LORENZ_POINT, overrides=["initial_condition.file='ics.nc'"])
+    assert "initial_condition.file is set but initial_condition.distribution = 'point'" in str(caught.value)
+    assert "set distribution = 'file' or remove file" in str(caught.value)
+
+
+def test_value_is_named_where_neither_point_nor_gaussian_reads_it():
+    case = load_case(CASES / "ks_l22.toml", overrides=["initial_condition.value=[1.0]"])
+    problems = case.initial_condition.unused_keys()
+    assert any("initial_condition.value is set but initial_condition.distribution = 'random_fourier'" in p
+               and "set distribution = 'point' or 'gaussian', or remove value" in p for p in problems)
 
 
 def test_keys_the_distribution_uses_and_default_values_are_accepted():
@@ -165,11 +179,9 @@ def test_every_shipped_case_still_loads():
             load_case(path, quick=quick)
 
 
-def test_simulate_with_an_unused_key_exits_2_before_writing(tmp_path, capsys):
+def test_simulate_with_an_unused_file_exits_2_before_writing(tmp_path, capsys):
     point = LORENZ.replace('distribution = "gaussian"', 'distribution = "point"').replace("std = [0.5]\n", "")
     out = tmp_path / "out.nc"
-    assert main(["simulate", str(write_case(tmp_path, point)), "--out", str(out)]) == 0
-    out.unlink()
     assert main(["simulate", str(write_case(tmp_path, point)), "--out", str(out),
-                 "--set", "initial_condition.std=[1.0]"]) == 2
-    assert "initial_condition.std is set" in capsys.readouterr().err and not out.exists()
+                 "--set", "initial_condition.file='ics.nc'"]) == 2
+    assert "initial_condition.file is set" in capsys.readouterr().err and not out.exists()

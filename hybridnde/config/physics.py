@@ -172,23 +172,33 @@ class InitialConditionConfig:
         if self.eccentricity[1] >= 1.0:
             raise ConfigError(f"{where}.eccentricity must stay below 1 (bound orbits)")
 
-    def _check_unused(self, where: str) -> None:
-        """A key of another distribution set to other than its default would be ignored: refused (the
-        default itself cannot be told from an unset key). ``auto`` may become any of its defaults; a
-        file replaces the draw, and a case switched to one (``--set`` cannot remove keys) keeps it."""
+    def unused_keys(self, where: str = "initial_condition") -> list[str]:
+        """What a key of another distribution, set to other than its default (the default itself cannot
+        be told from an unset key), would be: ignored, in words. ``auto`` may become any of its
+        defaults; a file replaces the draw, and a case switched to one keeps its draw's keys."""
         if self.distribution == "file":
-            return
+            return []
         uses = {name: [kind for kind, keys in _DISTRIBUTION_KEYS.items() if name in keys]
                 for keys in _DISTRIBUTION_KEYS.values() for name in keys}
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        unused = []
         for name, kinds in uses.items():
             if self.distribution in kinds or getattr(self, name) == defaults[name]:
                 continue
             if self.distribution == "auto" and set(kinds) & set(_AUTO_DISTRIBUTIONS):
                 continue
             named = " or ".join(repr(kind) for kind in kinds)
-            raise ConfigError(f"{where}.{name} is set but {where}.distribution = {self.distribution!r}, which does "
-                              f"not use it; set distribution = {named}{',' if len(kinds) > 1 else ''} or remove {name}")
+            unused.append(f"{where}.{name} is set but {where}.distribution = {self.distribution!r}, which does "
+                          f"not use it; set distribution = {named}{',' if len(kinds) > 1 else ''} or remove {name}")
+        return unused
+
+    def _check_unused(self, where: str) -> None:
+        """A file set beside a draw is refused: it would be ignored. Other keys of another distribution
+        are warned about when the members are drawn (``unused_keys``): a case switched to another
+        distribution by ``--set`` keeps its file's keys, and ``--set`` cannot remove them."""
+        for problem in self.unused_keys(where):
+            if problem.startswith(f"{where}.file "):
+                raise ConfigError(problem)
 
 
 # The keys each distribution reads (members and seed: all of them); ``auto`` resolves to one of
