@@ -175,11 +175,19 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
     rollout = case.rollout
     if rollout.initial_conditions == "draw":
         u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
-        return np.arange(rollout.members, dtype=np.int64), 0.0, u0
-    member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
-    bad = nonfinite_members(values)
-    if len(bad):
-        members = [int(member_ids[positions.start + i]) for i in bad]
-        raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
-                        "choose other members or fix the file")
-    return member_ids, t0, torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
+        member_ids, t0 = np.arange(rollout.members, dtype=np.int64), 0.0
+    else:
+        member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
+        bad = nonfinite_members(values)
+        if len(bad):
+            members = [int(member_ids[positions.start + i]) for i in bad]
+            raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
+                            "choose other members or fix the file")
+        u0 = torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
+    beyond = (u0.abs().flatten(1).amax(dim=1) > rollout.blowup_threshold).nonzero().flatten().tolist() if len(u0) else []
+    if beyond:  # they would be marked blew_up at t0 and saved as NaN throughout
+        members = [int(member_ids[positions.start + i]) for i in beyond]
+        log.warning("members %s%s start beyond rollout.blowup_threshold = %g (largest |u| %.3g): they are marked "
+                    "blew_up at once; raise rollout.blowup_threshold above the states' size", members[:10],
+                    " ..." if len(members) > 10 else "", rollout.blowup_threshold, float(u0.abs().max()))
+    return member_ids, t0, u0

@@ -103,6 +103,10 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,
                                                        time_chunk=time_chunk, n_saves=1 + rollout.steps // rollout.save_every)
     batch_size = min(batch_size, rollout.members)
+    if comm.rank == 0:  # before the members are drawn: a mistyped member count is said at once
+        size = rollout.members * (1 + rollout.steps // rollout.save_every) * int(np.prod(solver.state_shape)) * \
+            solver.dtype.itemsize
+        warn_if_disk_short(out, size, "the rollout")
     batches = batch_bounds(rollout.members, batch_size)
     mine = rank_batches(batches, comm.size, comm.rank)
     positions = range(mine[0][0], mine[-1][1]) if mine else range(0)
@@ -122,8 +126,6 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
                                      else data_checksum(given) if hashed else None)
     if comm.rank == 0:  # one writer per output, held until this rollout ends (see output_lock)
         held.enter_context(output_lock(out))
-        size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize
-        warn_if_disk_short(out, size, "the rollout")
         if resume:
             setup.checkpoint = checked_checkpoint(case, out, setup.identity)
         # ties checkpoints to their partial file: both carry it, a resume checks they agree

@@ -622,6 +622,31 @@ def test_a_resume_with_another_batch_size_is_refused_naming_it():
         "it was written with another batch size (4, now 8)")
 
 
+def test_members_starting_beyond_the_blowup_threshold_are_named_before_they_run(tmp_path, caplog):
+    """A threshold below the initial states marked every member blew_up at t = 0, exit 0, no hint."""
+    case = two_body_case("rollout.blowup_threshold=1.0", "rollout.steps=4", "output.time_chunk=5")
+    summary = run_rollout(case, tmp_path / "r.nc", progress=False)
+    assert summary.blew_up == case.rollout.members
+    assert "start beyond rollout.blowup_threshold = 1" in caplog.text and "raise rollout.blowup_threshold" in caplog.text
+    caplog.clear()
+    run_rollout(two_body_case("rollout.steps=4", "output.time_chunk=5"), tmp_path / "ok.nc", progress=False)
+    assert "blowup_threshold" not in caplog.text
+
+
+def test_a_rollout_too_large_for_the_disk_says_so_before_drawing_its_members(tmp_path, caplog, monkeypatch):
+    """A mistyped member count (1e9) drew every member in a Python loop for minutes before the warning."""
+    from hybridnde import rollout_inputs
+
+    def drawn(*arguments, **keywords):
+        raise RuntimeError("members drawn")
+
+    monkeypatch.setattr(rollout_inputs, "draw_initial_conditions", drawn)
+    with pytest.raises(RuntimeError, match="members drawn"):
+        run_rollout(two_body_case(f"rollout.members={10**9}", "rollout.steps=100000"), tmp_path / "r.nc",
+                    progress=False)
+    assert "the rollout writes up to" in caplog.text
+
+
 def test_a_resume_may_choose_the_same_batch_size_another_way(tmp_path, caplog):
     """``batch_size = 0`` resolving to the size a checkpoint was written with (here all 6 members) is the
     same rollout, for a checkpoint and for a finished file; another resolved size is refused by name."""
