@@ -77,6 +77,12 @@ def check_closure_case(payload: dict, case: CaseConfig, name: str | Path) -> Non
     if differences:
         raise DataError(f"{name}: trained for case {trained.case.name!r} with " + ", ".join(differences)
                         + "; train a closure for this case (`hybridnde train`) or give the case it was trained for")
+    model = [f"{field.name} {getattr(trained.model, field.name)!r} (this case: {getattr(case.model, field.name)!r})"
+             for field in dataclasses.fields(trained.model)
+             if getattr(trained.model, field.name) != getattr(case.model, field.name)]
+    if model:  # the file's network runs; the output's case_toml records this case's [model]
+        log.warning("%s was trained with a [model] that differs from this case's in %s; the file's network is what "
+                    "runs", name, ", ".join(model))
 
 
 def load_rollout_closure(closure_path: str | Path | None, closure: Callable | None, *, device: torch.device,

@@ -363,6 +363,12 @@ def test_a_closure_trained_for_another_case_is_refused_before_any_work(case_file
     # the case it was trained with (and a closure saved without a case, checked by shape alone) run
     assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "ks.pt"), "--out", str(tmp_path / "a.nc"),
                  "--set", "rollout.steps=4"]) == 0
+    assert "[model]" not in capsys.readouterr().err
+    # another [model] in the case: the file's network runs, and the output records the case's: said so
+    assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "ks.pt"), "--out", str(tmp_path / "m.nc"),
+                 "--set", "rollout.steps=4", "--set", "model.width=7"]) == 0
+    assert "was trained with a [model] that differs from this case's in width 200 (this case: 7)" in \
+        capsys.readouterr().err
     save_closure(tmp_path / "bare.pt", small_cnn())
     assert main(["rollout", str(case_files["ks"]), "--closure", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "b.nc"),
                  "--set", "rollout.steps=4", "--set", "system.n_points=128"]) == 0
