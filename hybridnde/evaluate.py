@@ -65,6 +65,50 @@ def case_from_attributes(attributes: Mapping[str, Any], name: str) -> CaseConfig
         return None
 
 
+#: ``[system]`` keys of the spatial discretisation, not of the physics: a rollout on a coarser grid (or
+#: with another method) is scored against a finer truth, restricted to its grid (``alignment``)
+DISCRETISATION_KEYS = ("n_points", "method", "dealiasing_fraction", "fd_order")
+
+
+def system_differences(case: CaseConfig, other: CaseConfig) -> list[str]:
+    """``system.key (other's value -> case's value)`` for each physics parameter of ``[system]`` in
+    which the two cases differ (``DISCRETISATION_KEYS`` left out); ``[]`` for the same system."""
+    return case.changed_keys(other.to_toml(), ("system",), skip=[("system", key) for key in DISCRETISATION_KEYS])
+
+
+def _stored_case(attributes: Mapping[str, Any]) -> CaseConfig | None:
+    """``case_from_attributes`` without its warning (it is given where the case is used)."""
+    try:
+        return parse_case_text(attributes["case_toml"]) if attributes.get("case_toml") else None
+    except ConfigError:
+        return None
+
+
+def _check_same_system(rollout_attrs: Mapping[str, Any], reference_attrs: Mapping[str, Any], rollout_path: Path,
+                       reference_path: Path) -> str | None:
+    """Refuse a rollout made for another true system than the reference's (``DataError``): each file's
+    ``case_toml`` ``[system]`` is the true system (a hybrid's host differs from it only through
+    ``[hybrid.system]``). A prediction that is itself a simulation (``stage = "simulate"``), say with
+    perturbed parameters, is a model of its own system: scored, with a warning and the note returned. Files
+    without a stored case are not checked; systems of other names are left to the state check
+    (``align_trajectories``: their states differ)."""
+    rollout, reference = _stored_case(rollout_attrs), _stored_case(reference_attrs)
+    if rollout is None or reference is None or rollout.system.name != reference.system.name:
+        return None
+    differing = system_differences(reference, rollout)
+    if not differing:
+        return None
+    listed = f"{'; '.join(differing)} (rollout -> reference)"
+    if rollout_attrs.get("stage") == "simulate":
+        note = (f"{rollout_path} was simulated for another system than the reference: {listed}; scored as a model "
+                "of the reference's system")
+        log.warning(note)
+        return note
+    raise DataError(f"{rollout_path} is a rollout of another system than {reference_path} holds: {listed}; score it "
+                    f"against a reference simulated with the rollout's [system] (`hybridnde simulate CASE.toml`, "
+                    f"with the case the rollout was made with), or roll out the reference's case")
+
+
 def invariants_function(case: CaseConfig | None) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
     """``u (..., component) -> {name: (...)}`` from the true system's solver, or ``None`` when it
     conserves nothing (or the case is unknown)."""
@@ -217,12 +261,16 @@ def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case
         rollout.close()
         raise
     with rollout, reference:
+        note = _check_same_system(dict(rollout.attrs), dict(reference.attrs), rollout_path, reference_path)
         pair = align_trajectories(rollout, reference, match_members=match_members, time_tolerance=time_tolerance,
                                   names=(str(rollout_path), str(reference_path)))
         rollout_attrs, reference_attrs = dict(rollout.attrs), dict(reference.attrs)
-    return _evaluate_pair(pair, rollout_path, reference_path, rollout_attrs, reference_attrs, case=case,
-                          threshold=threshold, spread=spread, figures_dir=figures_dir, lyapunov=lyapunov,
-                          closure_path=closure_path)
+    metrics = _evaluate_pair(pair, rollout_path, reference_path, rollout_attrs, reference_attrs, case=case,
+                             threshold=threshold, spread=spread, figures_dir=figures_dir, lyapunov=lyapunov,
+                             closure_path=closure_path)
+    if note:
+        metrics["notes"].append(note)
+    return metrics
 
 
 def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, rollout_attrs: Mapping[str, Any],
@@ -236,6 +284,10 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     elif stored is not None and case.system.name != stored.system.name:
         raise DataError(f"--case {case.case.name!r} is a {case.system.name} case but the files hold "
                         f"{stored.system.name} (case {stored.case.name!r}); pass the case the files were made with")
+    elif stored is not None and (differing := system_differences(case, stored)):
+        raise DataError(f"--case {case.case.name!r} has another [system] than the files' (case {stored.case.name!r}): "
+                        f"{'; '.join(differing)} (files -> --case); pass the case the files were made with, or "
+                        "leave --case out to use the one they store")
     threshold = threshold if threshold is not None else (case.evaluate.vpt_threshold if case else 0.5)
     if not threshold > 0:
         raise ConfigError(f"threshold = {threshold!r} must be positive")

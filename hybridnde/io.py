@@ -328,6 +328,10 @@ def open_trajectories(path: str | Path, *, load: bool = True):
     import xarray as xr
 
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.nc"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise DataError(f"{path}: is a folder, not a NetCDF file; pass a file in it{hint}")
     if not path.is_file():
         raise DataError(f"{path}: no such file; create it with `hybridnde simulate` or `hybridnde rollout`")
     try:
@@ -337,7 +341,32 @@ def open_trajectories(path: str | Path, *, load: bool = True):
     if "u" not in dataset or dataset["u"].dims[:2] != ("member", "time"):
         dataset.close()
         raise DataError(f"{path}: expected a variable u(member, time, x|component), the hybridnde schema")
+    try:
+        _check_time_coordinate(dataset, path)
+    except DataError:
+        dataset.close()
+        raise
     if load:
         dataset.load()
         dataset.close()
     return dataset
+
+
+def _check_time_coordinate(dataset, path: Path) -> None:
+    """The samples' times: a ``time`` coordinate variable, finite and strictly increasing. Without one,
+    the samples would be paired and spaced by position (0, 1, 2, ...), whatever their real times."""
+    if "time" not in dataset.variables:
+        raise DataError(f"{path}: u has a time dimension but the file has no time coordinate variable (the "
+                        "samples' times); write the times as a coordinate time(time), as `hybridnde simulate` "
+                        "and `hybridnde rollout` do")
+    times = np.asarray(dataset["time"].values, dtype=np.float64)
+    if not np.isfinite(times).all():
+        raise DataError(f"{path}: the time coordinate holds {int((~np.isfinite(times)).sum())} non-finite "
+                        "value(s); every sample needs its time: regenerate the file")
+    steps = np.diff(times)
+    if (steps <= 0).any():
+        at = int(np.argmax(steps <= 0))
+        raise DataError(f"{path}: time must increase from sample to sample, but time[{at}] = {times[at]:.6g} is "
+                        f"followed by {times[at + 1]:.6g}; sort the file by time (xarray: dataset.sortby('time')) "
+                        "without repeated times, or regenerate it")
+

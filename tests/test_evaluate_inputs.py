@@ -1,0 +1,174 @@
+"""`hybridnde evaluate`'s input checks: the two files' true systems, the time coordinate, folders.
+
+Every refusal is exit 2 before any metric is computed, with a message naming the field and the fix.
+"""
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from hybridnde.cli import main
+from hybridnde.io import DataError, open_trajectories, trajectory_dataset, write_netcdf
+
+LORENZ = """
+[case]
+name = "l63_inputs"
+[system]
+name = "lorenz63"
+[time]
+dt = 0.01
+n_steps = 300
+save_every = 10
+[initial_condition]
+distribution = "gaussian"
+value = [1.2, 2.1, 1.7]
+std = [1.0]
+members = 3
+seed = 5
+"""
+
+KS = """
+[case]
+name = "ks_inputs"
+[system]
+name = "kuramoto_sivashinsky"
+n_points = 64
+[time]
+dt = 0.25
+n_steps = 80
+save_every = 2
+[initial_condition]
+members = 2
+seed = 3
+"""
+
+
+def run(tmp_path, command, name, text, *overrides, **extra):
+    case = tmp_path / f"{name}.toml"
+    case.write_text(text)
+    out = tmp_path / f"{name}.nc"
+    arguments = [command, str(case), "--out", str(out)]
+    for override in overrides:
+        arguments += ["--set", override]
+    if command == "rollout":
+        arguments.append("--no-progress")
+    assert main(arguments) == 0
+    return out
+
+
+def evaluate(capsys, rollout, reference, *extra):
+    """``(exit status, stdout, stderr)`` of ``hybridnde evaluate ROLLOUT --reference REFERENCE --json``."""
+    capsys.readouterr()
+    status = main(["evaluate", str(rollout), "--reference", str(reference), "--json", *map(str, extra)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture
+def lorenz(tmp_path):
+    """A Lorenz-63 truth (rho = 28) and a bare-host rollout of it from its own initial states."""
+    truth = run(tmp_path, "simulate", "truth", LORENZ)
+    rollout = run(tmp_path, "rollout", "rollout", LORENZ, f"rollout.initial_conditions={truth}",
+                  "rollout.members=3", "rollout.steps=300", "rollout.save_every=10")
+    return truth, rollout
+
+
+def test_a_rollout_scored_against_a_truth_of_another_system_is_refused(tmp_path, lorenz, capsys):
+    truth, rollout = lorenz
+    other = run(tmp_path, "simulate", "truth35", LORENZ, "system.rho=35.0")
+    status, out, err = evaluate(capsys, rollout, other)
+    assert status == 2 and out == ""  # no metrics table
+    assert "system.rho (28.0 -> 35.0) (rollout -> reference)" in err and "hybridnde simulate" in err, err
+    assert str(rollout) in err and str(other) in err
+    # the same files of the same system are scored
+    status, out, err = evaluate(capsys, rollout, truth)
+    assert status == 0 and json.loads(out)["valid_prediction_time"]["per_member"] == pytest.approx([3.0] * 3)
+
+
+def test_a_case_with_other_physics_than_the_files_is_refused(tmp_path, lorenz, capsys):
+    truth, rollout = lorenz
+    status, _, err = evaluate(capsys, rollout, truth, "--case", tmp_path / "truth.toml", "--set", "system.sigma=9.0")
+    assert status == 2 and "system.sigma (10.0 -> 9.0) (files -> --case)" in err, err
+    assert evaluate(capsys, rollout, truth, "--case", tmp_path / "truth.toml")[0] == 0
+
+
+def test_a_simulation_of_perturbed_physics_is_scored_as_a_model_with_a_note(tmp_path, lorenz, capsys):
+    truth, _ = lorenz
+    perturbed = run(tmp_path, "simulate", "perturbed", LORENZ, "system.rho=28.3")
+    status, out, _ = evaluate(capsys, perturbed, truth)
+    assert status == 0
+    notes = json.loads(out)["notes"]
+    assert any("system.rho (28.3 -> 28.0)" in note and "simulated for another system" in note for note in notes)
+
+
+def test_files_without_a_stored_case_are_not_compared(tmp_path, lorenz, capsys):
+    truth, rollout = lorenz
+    with xr.open_dataset(rollout) as opened:
+        bare = trajectory_dataset(opened.u.values, opened.time.values, state_dim="component",
+                                  state_coords=["x", "y", "z"])
+    bare = write_netcdf(bare, tmp_path / "bare.nc")
+    other = run(tmp_path, "simulate", "truth35", LORENZ, "system.rho=35.0")
+    assert evaluate(capsys, bare, other)[0] == 0
+
+
+def test_a_hybrid_host_on_a_coarser_grid_without_a_term_is_still_the_truths_system(tmp_path, capsys):
+    """[hybrid.system] changes the host, not the true system: a rollout on 32 points with half the
+    nonlinear term is scored against the 64-point truth; a truth with another domain is refused."""
+    truth = run(tmp_path, "simulate", "ks_truth", KS)
+    rollout = run(tmp_path, "rollout", "ks_rollout", KS, f"rollout.initial_conditions={truth}", "rollout.members=2",
+                  "rollout.steps=40", "hybrid.system.n_points=32", "hybrid.system.nonlinear_coefficient=0.5")
+    status, out, _ = evaluate(capsys, rollout, truth)
+    assert status == 0
+    assert any("restricted spectrally from 64" in note for note in json.loads(out)["notes"])
+    longer = run(tmp_path, "simulate", "ks_longer", KS, "system.domain_length=30.0")
+    status, _, err = evaluate(capsys, rollout, longer)
+    assert status == 2 and "system.domain_length (22.0 -> 30.0)" in err, err
+
+
+def without_time(source, path):
+    with xr.open_dataset(source) as opened:
+        opened.load().drop_vars("time").to_netcdf(path)
+    return path
+
+
+def test_a_file_without_time_values_is_refused_not_paired_by_position(tmp_path, lorenz, capsys):
+    truth, rollout = lorenz
+    notime = without_time(truth, tmp_path / "notime.nc")
+    with xr.open_dataset(notime) as opened:
+        assert "time" not in opened.variables and opened.sizes["time"] == 31  # the defect's input
+    for pair in ((rollout, notime), (notime, truth)):
+        status, out, err = evaluate(capsys, *pair)
+        assert status == 2 and out == "", err
+        assert f"{notime}: u has a time dimension but the file has no time coordinate variable" in err, err
+    # training data are refused the same way (it said "samples are 1..1 apart")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "truth.toml"), "--data", str(notime)]) == 2
+    assert "no time coordinate variable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("times, found", [(lambda t: t[::-1], "time[0] = 3 is followed by 2.9"),
+                                          (lambda t: np.r_[t[:5], t[4:-1]], "time[4] = 0.4 is followed by 0.4"),
+                                          (lambda t: np.r_[t[:-1], np.nan], "1 non-finite")])
+def test_a_time_coordinate_must_be_finite_and_increase(tmp_path, lorenz, capsys, times, found):
+    truth, rollout = lorenz
+    with xr.open_dataset(truth) as opened:
+        bad = trajectory_dataset(opened.u.values, times(opened.time.values), state_dim="component",
+                                 state_coords=["x", "y", "z"])
+    bad = write_netcdf(bad, tmp_path / "bad.nc")
+    with pytest.raises(DataError, match="time") as raised:
+        open_trajectories(bad, load=False)
+    assert found in str(raised.value)
+    if "non-finite" not in found:
+        assert "time must increase" in str(raised.value) and "sortby('time')" in str(raised.value)
+    status, _, err = evaluate(capsys, rollout, bad)
+    assert status == 2 and found in err, err
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path, lorenz, capsys):
+    truth, _ = lorenz
+    with pytest.raises(DataError, match="is a folder, not a NetCDF file; pass a file in it") as raised:
+        open_trajectories(tmp_path)
+    assert "rollout.nc" in str(raised.value) and "no such file" not in str(raised.value)
+    status, _, err = evaluate(capsys, tmp_path, truth)
+    assert status == 2 and f"{tmp_path}: is a folder" in err, err
