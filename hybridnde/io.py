@@ -369,4 +369,3 @@ def _check_time_coordinate(dataset, path: Path) -> None:
         raise DataError(f"{path}: time must increase from sample to sample, but time[{at}] = {times[at]:.6g} is "
                         f"followed by {times[at + 1]:.6g}; sort the file by time (xarray: dataset.sortby('time')) "
                         "without repeated times, or regenerate it")
-
