@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,8 +29,8 @@ from .config.fields import ConfigError
 
 __all__ = [
     "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
-    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "platform_description", "utc_now",
-    "warn_if_disk_short", "disk_full_message",
+    "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "check_not_folders",
+    "platform_description", "utc_now", "warn_if_disk_short", "disk_full_message", "load_error_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Nothing partial is ever visible under ``path``; the temporary file is removed on failure.
     """
     path = Path(path)
+    if path.is_dir():  # (commands check their outputs first; this is the last guard, before the work)
+        raise DataError(f"{path}: is a folder where a file is to be written; move it away or choose another output")
     path.parent.mkdir(parents=True, exist_ok=True)
     host = _host_tag()
     _remove_orphans(path, host)
@@ -212,6 +214,14 @@ def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str) -> bool:
                 "%.3g GiB are free there: it may fail when the disk fills (free some space, or choose another --out)",
                 what, raw_bytes / 2**30, ancestor, free / 2**30)
     return True
+
+
+def load_error_text(error: BaseException) -> str:
+    """A ``torch.load`` failure in a few words: the OS's reason, or the error's kind (torch's own text for
+    a foreign pickle suggests ``weights_only=False``, which is not the fix for a damaged file)."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return type(error).__name__
 
 
 def disk_full_message(failure: BaseException) -> str | None:
@@ -259,6 +269,15 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
         raise DataError(f"{option} {path}: cannot write in {ancestor} ({error.strerror or error}); choose a "
                         "folder you can write to") from None
     return path
+
+
+def check_not_folders(paths: Iterable[Path], out: str | Path, option: str = "--out") -> None:
+    """``DataError`` now, before any work, when a file the command writes beside or under its output
+    ``out`` (a log, a checkpoint, a report) is a folder: it failed at the end, the work done."""
+    for path in paths:
+        if path.is_dir():
+            raise DataError(f"{option} {out}: {path} is a folder where this command writes a file; move it away or "
+                            f"choose another {option}")
 
 
 def _host_tag() -> str:

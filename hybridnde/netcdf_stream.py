@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
-from .io import DataError, ResumeRefused, atomic_path, trajectory_dataset
+from .io import DataError, ResumeRefused, atomic_path, load_error_text, trajectory_dataset
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
            "read_partial_attribute", "remove_restart_files", "CHECKPOINT_FORMAT"]
@@ -327,8 +327,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
     try:
         payload = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or foreign file: both mean it cannot be trusted
-        raise DataError(f"{state_file}: not a readable rollout checkpoint ({error}); delete it or rerun without "
-                        "--resume") from None
+        raise DataError(f"{state_file}: not a readable rollout checkpoint ({load_error_text(error)}); delete it or "
+                        "rerun without --resume") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file; delete it or rerun without --resume")
     return payload

@@ -118,6 +118,15 @@ def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments,
     assert list(tmp_path.iterdir()) == []  # no closure, log, checkpoint or temporary file
 
 
+def test_a_folder_where_training_writes_its_log_is_refused_before_training(tmp_path, files, capsys):
+    """It trained, saved closure.pt, then failed renaming the log onto the folder (a traceback)."""
+    case, truth = files["two_body"]
+    (tmp_path / "closure.log.jsonl").mkdir()
+    assert main(["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt")]) == 2
+    assert "closure.log.jsonl is a folder where this command writes a file" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["closure.log.jsonl"]
+
+
 def test_a_diverging_training_says_why_without_a_traceback_and_leaves_no_log(tmp_path, files, capsys):
     """A learning rate of 1e30: the loss goes non-finite. The message was right but came as a traceback,
     and the partial log stayed though no checkpoint could resume it. (An adaptive solve whose step

@@ -151,3 +151,15 @@ def test_another_users_stale_lock_file_is_replaced_or_locked_read_only(tmp_path,
             pass
     assert (text == "process 1 on elsewhere\n") == sticky
     assert lock_path(out).exists() == sticky
+
+
+def test_atomic_path_onto_a_folder_is_a_data_error_before_the_block_runs(tmp_path):
+    """os.replace onto a folder was an IsADirectoryError traceback after the work was done."""
+    from hybridnde.io import atomic_path
+
+    (tmp_path / "report.md").mkdir()
+    ran = []
+    with pytest.raises(DataError, match="report.md: is a folder where a file is to be written"):
+        with atomic_path(tmp_path / "report.md"):
+            ran.append(True)
+    assert not ran and [path.name for path in tmp_path.iterdir()] == ["report.md"]

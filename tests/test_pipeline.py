@@ -126,6 +126,9 @@ def test_run_writes_every_file_and_the_rollouts_start_on_the_held_out_truth(fini
     for name in ("truth.nc", "reference.nc", "closure.pt", "closure.log.jsonl", "rollout.nc", "baseline.nc",
                  "metrics.json", "report.md", "run.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    from hybridnde.commands.run import RUN_FILES  # what `run` checks is no folder before it starts
+
+    assert {path.name for path in out.iterdir() if path.is_file()} <= set(RUN_FILES)
     config = load_case(case, quick=True)
     with xr.open_dataset(out / "truth.nc") as truth, xr.open_dataset(out / "reference.nc") as reference, \
             xr.open_dataset(out / "rollout.nc") as rollout, xr.open_dataset(out / "baseline.nc") as baseline:
@@ -595,6 +598,16 @@ def test_a_read_only_folder_of_an_earlier_run_is_refused_before_any_stage(tmp_pa
     assert run(write_case(tmp_path), out, "--quick") == 2
     assert f"cannot write in {out / 'figures'}" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["figures"]
+
+
+@pytest.mark.parametrize("name", ["report.md", "regularizer=fd/closure.log.jsonl"])
+def test_a_folder_where_the_run_writes_a_file_is_refused_before_any_stage(tmp_path, capsys, name):
+    """A folder named report.md failed the run with a traceback once every stage had run."""
+    out = tmp_path / "run"
+    (out / name).mkdir(parents=True)
+    assert run(write_case(tmp_path), out, "--quick", "--compare", "training.regularizer=none,fd") == 2
+    assert f"{out / name} is a folder where this command writes a file; move it away" in capsys.readouterr().err
+    assert not (out / "truth.nc").exists()
 
 
 def test_compare_values_split_outside_brackets_and_quotes():

@@ -526,6 +526,26 @@ def test_an_adaptive_solve_whose_step_underflows_is_a_non_finite_batch():
     assert validation(trainer.model, trainer.solver, windows, 0.1) == math.inf
 
 
+def test_a_damaged_checkpoint_is_named_in_a_few_words(tmp_path):
+    """torch's paragraph for a foreign pickle ("Re-running torch.load with weights_only set to False will
+    likely succeed...") came with the message: the fix is deleting the file, not trusting it."""
+    from hybridnde.netcdf_stream import checkpoint_path as rollout_checkpoint_path
+    from hybridnde.netcdf_stream import partial_path, read_checkpoint
+    from hybridnde.training.checkpoint import load_checkpoint
+
+    foreign = tmp_path / "closure.checkpoint.pt"
+    torch.save({"state": SimpleNamespace(epoch=3)}, foreign)  # not loadable with weights_only
+    with pytest.raises(DataError) as caught:
+        load_checkpoint(foreign, fingerprint="x")
+    assert str(caught.value) == f"{foreign}: not a readable training checkpoint (UnpicklingError); delete it to start afresh"
+    out = tmp_path / "r.nc"
+    partial_path(out).write_bytes(b"")
+    rollout_checkpoint_path(out).write_bytes(foreign.read_bytes())
+    with pytest.raises(DataError, match=r"not a readable rollout checkpoint \(UnpicklingError\); delete it") as caught:
+        read_checkpoint(out)
+    assert "weights_only" not in str(caught.value)
+
+
 def test_a_training_whose_validation_is_never_finite_saves_nothing():
     """nan < inf is False: no epoch became the best, the last weights stayed, and train_case saved them
     as "best validation loss inf (epoch -1)"."""

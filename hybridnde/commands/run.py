@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..io import DataError, check_output_path
+from ..io import DataError, check_not_folders, check_output_path
 from ..threads import add_threads_argument
 from .common import add_case_arguments, output_directory
 
@@ -57,10 +57,18 @@ def run(arguments: argparse.Namespace) -> int:
     return 0
 
 
+#: the files a run writes in its folder and each variant's (a folder under one of these names failed
+#: the run at its end)
+RUN_FILES = ("truth.nc", "reference.nc", "closure.pt", "closure.log.jsonl", "closure.log.jsonl.partial",
+             "closure.checkpoint.pt", "rollout.nc", "baseline.nc", "metrics.json", "report.md", "run.json",
+             "compare.md", "compare.json")
+
+
 def _check_existing_folders(directory: Path, variant_labels: list[str]) -> None:
     """A rerun writes into the folders an earlier one made (``figures/``, one per variant and its
-    ``figures/``): each that exists must be writable now, not found read-only after the stages ran.
-    Other folders under ``directory`` are not the run's business."""
+    ``figures/``): each that exists must be writable now, not found read-only after the stages ran;
+    and none of the files it writes there may be a folder. Other folders under ``directory`` are not
+    the run's business."""
     folders = [directory, directory / "figures"]
     for label in variant_labels:
         folders += [directory / label, directory / label / "figures"]
@@ -68,6 +76,8 @@ def _check_existing_folders(directory: Path, variant_labels: list[str]) -> None:
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise DataError(f"--out {directory}: cannot write in {folder}, which this run writes into; make it "
                             "writable or choose another --out")
+    check_not_folders([folder / name for folder in [directory, *(directory / label for label in variant_labels)]
+                       for name in RUN_FILES], directory)
 
 
 def _command_line(arguments: argparse.Namespace, directory: Path) -> str:

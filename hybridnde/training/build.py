@@ -21,7 +21,7 @@ from torch import nn
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError
 from ..data import TrainingData, load_training_data, normalization_statistics, recorded_data_checksum
-from ..io import check_output_path, package_version, platform_description
+from ..io import check_not_folders, check_output_path, package_version, platform_description
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
 from ..output_lock import output_lock
@@ -79,6 +79,7 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
     if out.suffix != ".pt":
         raise ConfigError(f"--out {out}: give a .pt file name, e.g. runs/{case.case.name}/closure.pt")
     check_output_path(out)
+    check_not_folders([log_path(out), partial_log_path(out), checkpoint_path(out)], out)
     check_training_config(case)
     device, dtype = resolve_device(case.compute.device), resolve_dtype(case.compute.dtype)
     train_length, validation_length = window_lengths(case)

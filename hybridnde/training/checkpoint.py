@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..io import DataError, ResumeRefused, atomic_path
+from ..io import DataError, ResumeRefused, atomic_path, load_error_text
 
 __all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint"]
 
@@ -59,7 +59,8 @@ def load_checkpoint(path: str | Path, *, fingerprint: str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip, pickle or version errors: not a usable checkpoint
-        raise DataError(f"{path}: not a readable training checkpoint ({error}); delete it to start afresh") from None
+        raise DataError(f"{path}: not a readable training checkpoint ({load_error_text(error)}); delete it to start "
+                        "afresh") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file; delete it to start afresh")
     if state["fingerprint"] != fingerprint and state["fingerprint"] not in also_accepted:
