@@ -197,10 +197,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             temporary.unlink()
 
 
-def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str) -> bool:
+#: zlib saves ~10 % on chaotic float states: an output this many times the free space cannot fit
+DISK_REFUSAL_FACTOR = 4.0
+
+
+def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str, *, fix: str | None = None,
+                       warn: bool = True) -> bool:
     """Log a warning (and return ``True``) when the file system of ``path`` has less free space than
     ``raw_bytes``, the size of what ``what`` writes before compression (zlib saves ~10 % on chaotic
-    states: measured 0.88-0.90 on the ks_l22 files), so that a full disk is not first met at the end."""
+    states: measured 0.88-0.90 on the ks_l22 files), so that a full disk is not first met at the end.
+    With ``fix`` (the keys to change, in words) ``DataError`` instead when the size is more than
+    ``DISK_REFUSAL_FACTOR`` times the free space; ``warn=False``: no warning (other MPI ranks)."""
     ancestor = Path(path).parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -210,9 +217,14 @@ def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str) -> bool:
         return False
     if free >= raw_bytes:
         return False
-    log.warning("%s writes up to %.3g GiB to %s (before compression, which saves ~10%% on chaotic states); only "
-                "%.3g GiB are free there: it may fail when the disk fills (free some space, or choose another --out)",
-                what, raw_bytes / 2**30, ancestor, free / 2**30)
+    if fix is not None and raw_bytes > DISK_REFUSAL_FACTOR * free:
+        raise DataError(f"{what} writes {raw_bytes / 2**30:.3g} GiB to {ancestor} before compression (which saves "
+                        f"~10% on chaotic states), more than {DISK_REFUSAL_FACTOR:g}x the {free / 2**30:.3g} GiB free "
+                        f"there; {fix}")
+    if warn:
+        log.warning("%s writes up to %.3g GiB to %s (before compression, which saves ~10%% on chaotic states); "
+                    "only %.3g GiB are free there: it may fail when the disk fills (free some space, or choose another "
+                    "--out)", what, raw_bytes / 2**30, ancestor, free / 2**30)
     return True
 
 

@@ -258,19 +258,34 @@ def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, 
     assert "no space left on the device" in error and "--resume continues" in error and "Traceback" not in error
 
 
-def test_a_disk_too_small_for_the_output_is_warned_about_before_the_work(tmp_path, monkeypatch, capsys):
-    """A full disk was first met when the file was written, after the whole simulation (or rollout)."""
+def test_a_disk_too_small_for_the_output_is_warned_about_or_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    """A full disk was first met when the file was written, after the whole simulation (or rollout).
+    Up to 4x the free space (compression might save the rest): a warning; beyond: refused naming the keys."""
     import collections
     import shutil
 
     from hybridnde import io
+    from hybridnde.config import load_case
+    from hybridnde.simulate import trajectory_bytes
 
+    case = load_case(write_case(tmp_path))
+    sizes = {"simulate": trajectory_bytes(case), "rollout": case.rollout.members * (1 + case.rollout.steps //
+                                                                                    case.rollout.save_every) * 3 * 8}
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    assert main(["simulate", str(write_case(tmp_path)), "--out", str(tmp_path / "t.nc")]) == 0  # (tmp is not full)
-    error = capsys.readouterr().err
-    assert "the simulation writes up to" in error and "only 9.31e-07 GiB are free" in error
-    assert not io.warn_if_disk_short(tmp_path / "t.nc", 999, "x") and io.warn_if_disk_short(tmp_path / "t.nc", 1001, "x")
-    assert main(["rollout", str(write_case(tmp_path)), "--out", str(tmp_path / "r.nc"), "--set",
-                 "hybrid.setup=\"residual\""]) == 0
-    assert "the rollout writes up to" in capsys.readouterr().err
+    for verb, what, keys in (("simulate", "the simulation", "lower initial_condition.members or time.n_steps"),
+                             ("rollout", "the rollout", "lower rollout.members or rollout.steps")):
+        out, host = tmp_path / f"{verb}.nc", ["--set", "hybrid.setup=\"residual\""] if verb == "rollout" else []
+        free = sizes[verb] // 2
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - free, free))
+        assert main([verb, str(write_case(tmp_path)), "--out", str(out), *host]) == 0  # (tmp is not full)
+        assert f"{what} writes up to" in capsys.readouterr().err
+        out.unlink()
+        free = sizes[verb] // 5
+        assert main([verb, str(write_case(tmp_path)), "--out", str(out), *host]) == 2
+        error = capsys.readouterr().err
+        assert f"{what} writes" in error and "more than 4x the" in error and keys in error and not out.exists()
+    free = 1000
+    assert not io.warn_if_disk_short(tmp_path / "t.nc", 999, "x", fix="f")
+    assert io.warn_if_disk_short(tmp_path / "t.nc", 4000, "x", fix="f")
+    with pytest.raises(io.DataError, match="more than 4x the"):
+        io.warn_if_disk_short(tmp_path / "t.nc", 4001, "x", fix="f")

@@ -38,7 +38,8 @@ def run(arguments: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: give a .nc file name")
     ic = case.initial_condition
     check_output_path(out, inputs={"initial_condition.file": ic.file if ic.distribution == "file" else None})
-    warn_if_disk_short(out, trajectory_bytes(case), "the simulation")
+    warn_if_disk_short(out, trajectory_bytes(case), "the simulation", fix="lower initial_condition.members or "
+                       "time.n_steps, raise time.save_every, or choose another --out")
     with torch_threads(arguments.threads, "--threads"):
         dataset = simulate_case(case, progress=arguments.progress)
     write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
