@@ -94,7 +94,9 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
         raise DataError(f"{path}: not a closure file ({type(error).__name__}); give a closure.pt written by "
                         "`hybridnde train`") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(f"{path}: not a {FORMAT} file (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise DataError(f"{path}: not a {FORMAT} file (format {found!r}); give a closure.pt written by "
+                        "`hybridnde train`")
     missing = [key for key in ("state_dict", "checksum", "dtype", "spec") if key not in payload]
     if missing:
         raise DataError(f"{path}: a {FORMAT} file without {', '.join(missing)}; give a closure.pt written by "

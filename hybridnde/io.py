@@ -374,6 +374,9 @@ def open_trajectories(path: str | Path, *, load: bool = True):
         raise DataError(f"{path}: expected a variable u(member, time, x|component), the hybridnde schema")
     try:
         _check_time_coordinate(dataset, path)
+        if "member" in dataset.coords and len(np.unique(dataset["member"].values)) < dataset.sizes["member"]:
+            raise DataError(f"{path}: member labels repeat; each member needs its own label (members pair files "
+                            "by label)")
     except DataError:
         dataset.close()
         raise

@@ -103,8 +103,9 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
         first = int(np.argmin(finite[member]))
         blowup_time[member] = times[first]
         trajectory[member, first:] = np.nan
-    if blew_up.any():
-        log.warning("%d of %d reference members blew up", int(blew_up.sum()), len(members))
+    if blew_up.any():  # the true system itself: the step, not the physics, is the likely cause
+        log.warning("%d of %d reference members blew up (the true system's own solver: lower time.dt, or check the "
+                    "initial conditions)", int(blew_up.sum()), len(members))
     seconds = wallclock.perf_counter() - started
     log.info("simulated %d members x %d steps in %.2f s", len(members), time.n_steps, seconds)
     state_dim, coords = state_coordinates(solver)

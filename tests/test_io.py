@@ -163,3 +163,17 @@ def test_atomic_path_onto_a_folder_is_a_data_error_before_the_block_runs(tmp_pat
         with atomic_path(tmp_path / "report.md"):
             ran.append(True)
     assert not ran and [path.name for path in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_a_trajectory_file_whose_member_labels_repeat_is_refused(tmp_path):
+    """Files pair by member label: a repeated label paired one member's truth with another's rollout."""
+    from hybridnde.io import open_trajectories
+
+    u = np.zeros((2, 3, 2))
+    path = write_netcdf(trajectory_dataset(u, [0.0, 0.1, 0.2], state_dim="x", state_coords=[0.0, 1.0],
+                                           members=[4, 4]), tmp_path / "twice.nc")
+    with pytest.raises(DataError, match="twice.nc: member labels repeat"):
+        open_trajectories(path)
+    fine = write_netcdf(trajectory_dataset(u, [0.0, 0.1, 0.2], state_dim="x", state_coords=[0.0, 1.0],
+                                           members=[4, 5]), tmp_path / "fine.nc")
+    assert open_trajectories(fine)["member"].values.tolist() == [4, 5]

@@ -126,8 +126,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
         started = wallclock.perf_counter()
         try:
             result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)
-        except BaseException:  # the partial log goes with the run unless a checkpoint can resume it
-            if not checkpoint_path(out).is_file():
+        except Exception:  # a failed run's partial log goes unless a checkpoint can resume it (an interrupted
+            if not checkpoint_path(out).is_file():  # one keeps the epochs done: tests/test_training.py)
                 partial_log_path(out).unlink(missing_ok=True)
             raise
         seconds = wallclock.perf_counter() - started
