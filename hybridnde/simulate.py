@@ -64,6 +64,11 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     device = resolve_device(case.compute.device)
     dtype = resolve_dtype(case.compute.dtype)
     check_fits_in_memory(case)
+    if case.time.n_steps % case.time.save_every:
+        last = case.time.n_steps - case.time.n_steps % case.time.save_every
+        log.warning("time.n_steps = %d is not a multiple of time.save_every = %d: the trajectory ends at step %d (set "
+                    "time.n_steps = %d for the next save)", case.time.n_steps, case.time.save_every, last,
+                    last + case.time.save_every)
     solver = build_solver(case.system, case.time, device=device, dtype=dtype)
     members = range(case.initial_condition.members)
     u = draw_initial_conditions(case.initial_condition, solver, members)

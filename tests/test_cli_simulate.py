@@ -289,3 +289,15 @@ def test_a_disk_too_small_for_the_output_is_warned_about_or_refused_before_the_w
     assert io.warn_if_disk_short(tmp_path / "t.nc", 4000, "x", fix="f")
     with pytest.raises(io.DataError, match="more than 4x the"):
         io.warn_if_disk_short(tmp_path / "t.nc", 4001, "x", fix="f")
+
+
+def test_steps_after_the_last_save_are_named(tmp_path, capsys):
+    """time.n_steps = 205 with save_every = 10 ended at step 200 without a word."""
+    out = tmp_path / "t.nc"
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(out), "--set", "time.n_steps=205"]) == 0
+    assert "time.n_steps = 205 is not a multiple of time.save_every = 10: the trajectory ends at step 200 (set " \
+           "time.n_steps = 210" in capsys.readouterr().err
+    with xr.open_dataset(out) as written:
+        assert written.sizes["time"] == 21
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(tmp_path / "u.nc")]) == 0
+    assert "not a multiple" not in capsys.readouterr().err
