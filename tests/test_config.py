@@ -141,6 +141,10 @@ def test_overrides_parse_toml_literals_and_apply_last():
     assert parse_override("compute.device=cpu") == (["compute", "device"], "cpu")
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("epochs")
+    # an unclosed list was taken for the string '[1, 2' and blamed on the key's type
+    for broken in ("initial_condition.value=[1, 2", 'case.name="run', "hybrid.system={n_points = 32"):
+        with pytest.raises(ConfigError, match=r"the value is not valid TOML .*close its brackets and quotes"):
+            parse_override(broken)
     case = parse_case({"system": {"name": "two_body"}, "quick": {"time.n_steps": 10}},
                       overrides=["time.n_steps=7"], quick=True)
     assert case.time.n_steps == 7

@@ -187,7 +187,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key needs a section, e.g. time.dt=0.1")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as error:
+        if raw.strip()[:1] in ("[", "{", '"', "'"):  # meant as a list, table or string, not as a bare word
+            raise ConfigError(f"--set {text!r}: the value is not valid TOML ({error}); close its brackets and "
+                              "quotes, e.g. --set 'initial_condition.value=[1.0, 2.0, 3.0]'") from None
         value = raw.strip()
     return path, value
 
