@@ -12,6 +12,7 @@ form. A ``run_id`` carried by both the checkpoint and the partial file ties the 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -39,11 +40,17 @@ VALUE_KEYS = ("config_checksum", "closure_checksum", "batch_size", "n_saves", "i
 BATCH_CHOICE_KEYS = ("batch_size", "memory_budget_mb")
 
 
-def rollout_checksum(case: CaseConfig) -> str:
-    """SHA-256 of the sections that decide a rollout's values (run-only keys such as threads left out)."""
+def rollout_checksum(case: CaseConfig, *, legacy: bool = False) -> str:
+    """SHA-256 of the sections that decide a rollout's values (run-only keys such as threads left out),
+    with the keys that only choose the batch size at their defaults (the size they give is compared on
+    its own): equal for ``batch_size = 0`` and the size it resolves to, and, for cases that leave them at
+    their defaults, the checksum recorded before. ``legacy``: that earlier checksum, with those keys."""
     mapping = case.to_mapping()
     chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
     chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
+    if not legacy:
+        defaults = {field.name: field.default for field in dataclasses.fields(case.rollout)}
+        chosen["rollout"].update({name: defaults[name] for name in BATCH_CHOICE_KEYS})
     return hashlib.sha256(tomli_w.dumps(chosen).encode()).hexdigest()
 
 
@@ -52,7 +59,7 @@ def same_rollout_case(case: CaseConfig, checksum: str, case_toml: str | None) ->
     same checksum, or differing only in how the batch size was chosen (``batch_size = 0`` against the
     explicit size it resolves to); else the keys that changed, ``section.key (old -> new)`` (``[]``: they
     cannot be named)."""
-    if checksum == rollout_checksum(case):
+    if checksum in (rollout_checksum(case), rollout_checksum(case, legacy=True)):
         return None
     skip = [("rollout", name) for name in ROLLOUT_RUN_ONLY_KEYS]
     changed = case.changed_keys(case_toml, ROLLOUT_SECTIONS, skip=skip)

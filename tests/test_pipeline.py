@@ -208,6 +208,38 @@ def test_run_only_training_keys_leave_a_finished_closure_current(finished_run, t
         shutil.copytree(backup, out)
 
 
+def test_the_batch_size_a_rollout_resolved_to_is_the_same_rollout(finished_run, tmp_path):
+    """batch_size = 0 and the size it resolves to compute the same rollout: `run` made it again; a file
+    that recorded the checksum of before (batch keys included) is current too."""
+    import netCDF4
+
+    from hybridnde.pipeline.stages import rollout_case
+    from hybridnde.rollout_resume import rollout_checksum
+
+    case, out = finished_run
+    backup = tmp_path / "backup"
+    shutil.copytree(out, backup)
+    try:
+        with xr.open_dataset(out / "rollout.nc") as rollout:
+            resolved = int(rollout.attrs["batch_size"])
+        explicit = f"rollout.batch_size={resolved}"
+        assert run(case, out, "--quick", "--set", explicit) == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+        legacy = rollout_checksum(rollout_case(load_case(case, quick=True, overrides=[explicit]),
+                                               out / "reference.nc"), legacy=True)
+        assert legacy != rollout_checksum(load_case(case, quick=True))
+        for name in ("rollout.nc", "baseline.nc"):  # as written before, with an explicit batch size
+            with netCDF4.Dataset(out / name, "r+") as dataset:
+                dataset.setncattr("config_checksum", legacy)
+        assert run(case, out, "--quick", "--set", explicit) == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+        assert run(case, out, "--quick", "--set", f"rollout.batch_size={resolved - 1}") == 0  # another size
+        assert stage_actions(out)["./rollout"] == "ran"
+    finally:
+        shutil.rmtree(out)
+        shutil.copytree(backup, out)
+
+
 def test_changed_training_key_retrains_but_reuses_the_data(tmp_path):
     case = write_case(tmp_path)
     out = tmp_path / "run"

@@ -99,11 +99,15 @@ class _Run:
                     label, name, source, output, recorded[:12], self.checksum(source)[:12])
         return None
 
-    def rollout_identity(self, path: Path, expected: str, reference: Path, *, label: str, name: str) -> str | None:
+    def rollout_identity(self, path: Path, expected: str, reference: Path, *, label: str, name: str,
+                         legacy: str) -> str | None:
         """What a rollout file records of its making (configuration and closure), ``None`` where it was
-        made from another ``reference`` file than the one there now (``input_changed``)."""
-        return self.input_changed(stages.netcdf_identity(path, with_closure=True), expected,
-                                  stages.recorded_input(path), reference, label=label, name=name, output=path)
+        made from another ``reference`` file than the one there now (``input_changed``); ``legacy``: the
+        same identity as recorded before the batch-size keys were left out (``rollout_checksum``)."""
+        found = stages.netcdf_identity(path, with_closure=True)
+        found = expected if found == legacy else found
+        return self.input_changed(found, expected, stages.recorded_input(path), reference, label=label, name=name,
+                                  output=path)
 
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
               label: str, payload: dict | None = None) -> StageResult:
@@ -182,7 +186,9 @@ class _Run:
         result.closure_metadata = dict(payload["metadata"])
         result.training_log = read_training_log(log_path(closure))
         rollout_expected = f"{expected['rollout']}:{payload['checksum']}"
-        found = self.rollout_identity(rollout, rollout_expected, reference, label=label, name="rollout")
+        legacy = stages.rollout_checksum(rolled, legacy=True)
+        found = self.rollout_identity(rollout, rollout_expected, reference, label=label, name="rollout",
+                                      legacy=f"{legacy}:{payload['checksum']}")
         result.stages.append(self.stage(
             "rollout", rollout, rollout_expected, found, label=label,
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
@@ -191,7 +197,8 @@ class _Run:
         inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
         if stages.has_baseline(case):
             baseline_expected = f"{expected['rollout']}:none"
-            found = self.rollout_identity(baseline, baseline_expected, reference, label=label, name="baseline")
+            found = self.rollout_identity(baseline, baseline_expected, reference, label=label, name="baseline",
+                                          legacy=f"{legacy}:none")
             result.stages.append(self.stage(
                 "baseline", baseline, baseline_expected, found,
                 label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress)))
