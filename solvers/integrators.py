@@ -21,6 +21,7 @@ __all__ = [
     "euler_step",
     "rk4_step",
     "odeint_adaptive",
+    "is_step_underflow",
 ]
 
 
@@ -64,6 +65,13 @@ class FunctionCounter(torch.nn.Module):
         return self.f(t, u)
 
 
+def is_step_underflow(error: BaseException) -> bool:
+    """Whether ``error`` is torchdiffeq's assertion that the adaptive step shrank to nothing (raised in a
+    forward solve, which ``odeint_adaptive`` turns into ``FloatingPointError``, or in an adjoint solve
+    during ``backward()``)."""
+    return isinstance(error, AssertionError) and "underflow in dt" in str(error)
+
+
 def odeint_adaptive(
     f: VectorField,
     u0: Tensor,
@@ -87,7 +95,8 @@ def odeint_adaptive(
         made so far; evaluations during a later ``backward()`` are added to the same counter.
 
     Raises ``FloatingPointError`` when the step size underflows (a blow-up, or tolerances finer than
-    the dtype resolves) instead of torchdiffeq's bare ``AssertionError``.
+    the dtype resolves) instead of torchdiffeq's bare ``AssertionError``; with ``adjoint`` the backward
+    solve runs in ``backward()``, where the assertion stays (``is_step_underflow`` tells it).
     """
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"method={method!r} is not an adaptive method; choose one of {ADAPTIVE_METHODS}")
@@ -103,7 +112,7 @@ def odeint_adaptive(
         else:
             u = torchdiffeq.odeint(counter, u0, t, method=method, rtol=rtol, atol=atol)
     except AssertionError as error:  # torchdiffeq asserts when the accepted step shrinks to nothing
-        if "underflow in dt" not in str(error):
+        if not is_step_underflow(error):
             raise
         raise FloatingPointError(
             f"the adaptive {method} step size underflowed after {counter.nfe} evaluations: the state blew up, or "

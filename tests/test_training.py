@@ -526,6 +526,41 @@ def test_an_adaptive_solve_whose_step_underflows_is_a_non_finite_batch():
     assert validation(trainer.model, trainer.solver, windows, 0.1) == math.inf
 
 
+def test_an_adjoint_solve_whose_step_underflows_in_backward_is_a_non_finite_batch():
+    """With odeint_adjoint the backward solve runs inside backward(): close to the blow-up of
+    du/dt = k u^2 the forward solve succeeds and the adjoint's step underflows (a bare AssertionError,
+    a traceback that ended training)."""
+    from solvers.integrators import is_step_underflow, odeint_adaptive
+
+    rate = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+    u, _ = odeint_adaptive(lambda t, u: rate * u * u, torch.ones(1, 1, dtype=torch.float64), [0.0, 0.99999999],
+                           adjoint=True, adjoint_params=[rate])
+    with pytest.raises(AssertionError) as caught:
+        u[:, -1].sum().backward()
+    assert is_step_underflow(caught.value)
+
+    class UnderflowsInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(context, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(context, gradient):
+            raise AssertionError("underflow in dt 0.0")
+
+    class AdjointLike(RolloutLoss):
+        def __call__(self, *arguments):
+            return {name: (UnderflowsInBackward.apply(value), weight)
+                    for name, (value, weight) in super().__call__(*arguments).items()}
+
+    trainer, windows = _tiny_trainer(epochs=1)
+    trainer.terms = [AdjointLike(steps=2)]
+    before = [parameter.detach().clone() for parameter in trainer.model.parameters()]
+    with pytest.raises(FloatingPointError, match=r"non-finite terms: adjoint backward"):
+        trainer.fit(windows, windows, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # no step taken
+
+
 def test_a_damaged_checkpoint_is_named_in_a_few_words(tmp_path):
     """torch's paragraph for a foreign pickle ("Re-running torch.load with weights_only set to False will
     likely succeed...") came with the message: the fix is deleting the file, not trusting it."""

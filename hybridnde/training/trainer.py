@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from solvers import Solver
+from solvers.integrators import is_step_underflow
 
 from ..config import TrainingConfig
 from ..config.fields import from_mapping
@@ -171,7 +172,15 @@ class Trainer:
                 non_finite.update(name for name, value in values.items() if not torch.isfinite(value).all())
                 continue
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            try:
+                total.backward()
+            except AssertionError as error:  # the adjoint solve's step underflowed: as a non-finite batch
+                if not is_step_underflow(error):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                non_finite.add("adjoint backward")
+                continue
             if self.config.gradient_clip > 0:
                 nn.utils.clip_grad_norm_(self.parameters, self.config.gradient_clip)
             self.optimizer.step()
