@@ -64,8 +64,11 @@ def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solv
 
 def component_order(path: str | Path, names: Sequence[str], wanted: Sequence[str]) -> list[int]:
     """Positions in a file's components ``names`` of the system's components ``wanted``, matched by
-    name (any order); ``DataError`` naming ``path`` when some are missing."""
+    name (any order); unlabelled components (``0 .. n-1``, what xarray gives a dimension without a
+    coordinate) by position. ``DataError`` naming ``path`` when some are missing."""
     names = [str(name) for name in names]
+    if names == [str(index) for index in range(len(wanted))]:
+        return list(range(len(wanted)))
     missing = [name for name in wanted if name not in names]
     if missing:
         raise DataError(f"{path}: its components {names} lack {missing}; the system needs {list(wanted)} (in any "
@@ -103,7 +106,7 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
             raise DataError(f"{path}: u has state shape {tuple(u.shape[1:])}; the case's solver needs "
                             f"{tuple(solver.state_shape)}")
         order = slice(None)
-        if solver.component_names and "component" in u.dims and "component" in u.coords:
+        if solver.component_names and "component" in u.dims:
             order = component_order(path, u["component"].values, solver.component_names)
         if max(members, default=-1) >= u.shape[0]:
             raise DataError(f"{path}: holds {u.shape[0]} members; the case asks for {max(members) + 1}")

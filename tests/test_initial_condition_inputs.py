@@ -1,5 +1,6 @@
 """`[initial_condition]` inputs checked before any work: a file's ODE components matched by name (not
-by position), folders and non-NetCDF files named as such, and keys the distribution does not use refused."""
+by position), folders and non-NetCDF files named as such, a file the distribution does not use refused
+and its other unused keys warned about."""
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,19 @@ def test_unlabelled_components_and_fields_are_read_as_before(tmp_path):
     np.testing.assert_array_equal(read_initial_conditions(tmp_path / "ks.nc", solver, [0, 1]), field)
 
 
+@pytest.mark.parametrize("labels", [None, [0, 1, 2]])
+def test_both_readers_take_unlabelled_components_by_position(tmp_path, labels):
+    """initial_condition.file read them by position, rollout.initial_conditions refused them (as
+    components ['0', '1', '2']): one rule for both, by position when the labels are only positions."""
+    values = np.arange(12.0).reshape(2, 2, 3)  # (member, time, component)
+    coords = {"member": [0, 1], "time": [0.0, 0.1], **({"component": labels} if labels is not None else {})}
+    xr.Dataset({"u": (("member", "time", "component"), values)}, coords=coords).to_netcdf(tmp_path / "plain.nc")
+    simulated = read_initial_conditions(tmp_path / "plain.nc", Lorenz63(), [0, 1])
+    _, _, rolled = read_initial_states(tmp_path / "plain.nc", Lorenz63(), 2, range(2))
+    np.testing.assert_array_equal(simulated, values[:, 0])
+    np.testing.assert_array_equal(rolled, values[:, 0])
+
+
 @pytest.mark.parametrize("reader", ["simulate", "rollout"])
 def test_a_folder_or_a_file_that_is_not_netcdf_is_named_as_such(tmp_path, reader):
     """A folder was "does not exist"; an empty or text file gave xarray's "installing additional IO
@@ -146,7 +160,12 @@ def test_a_file_the_distribution_does_not_use_is_refused():
     with pytest.raises(ConfigError) as caught:
         parse_case(LORENZ_POINT, overrides=["initial_condition.file='ics.nc'"])
     assert "initial_condition.file is set but initial_condition.distribution = 'point'" in str(caught.value)
-    assert "set distribution = 'file' or remove file" in str(caught.value)
+    assert "set distribution = 'file' or remove file (--set initial_condition.file='' removes it)" in str(caught.value)
+    # a case that reads a file, switched to a draw by --set, as the message says
+    switched = parse_case({**LORENZ_POINT, "initial_condition": {"distribution": "file", "file": "ics.nc"}},
+                          overrides=["initial_condition.distribution='point'", "initial_condition.value=[1, 2, 3]",
+                                     "initial_condition.file=''"])
+    assert switched.initial_condition.distribution == "point"
 
 
 def test_value_is_named_where_neither_point_nor_gaussian_reads_it():

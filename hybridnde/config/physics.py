@@ -197,8 +197,8 @@ class InitialConditionConfig:
         are warned about when the members are drawn (``unused_keys``): a case switched to another
         distribution by ``--set`` keeps its file's keys, and ``--set`` cannot remove them."""
         for problem in self.unused_keys(where):
-            if problem.startswith(f"{where}.file "):
-                raise ConfigError(problem)
+            if problem.startswith(f"{where}.file "):  # (its default, "", is how --set removes it)
+                raise ConfigError(f"{problem} (--set {where}.file='' removes it)")
 
 
 # The keys each distribution reads (members and seed: all of them); ``auto`` resolves to one of
