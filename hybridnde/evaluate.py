@@ -52,16 +52,17 @@ INITIAL_MISMATCH = 0.1
 MIN_FINITE_SHARE = 0.5
 
 
-def case_from_attributes(attributes: Mapping[str, Any], name: str) -> CaseConfig | None:
-    """The case stored in a file's ``case_toml`` global attribute, or ``None`` (logged) if absent or
-    unreadable; ``attributes``: the file's global attributes (``dataset.attrs``)."""
+def case_from_attributes(attributes: Mapping[str, Any], name: str, *, quiet: bool = False) -> CaseConfig | None:
+    """The case stored in a file's ``case_toml`` global attribute, or ``None`` (logged unless ``quiet``)
+    if absent or unreadable; ``attributes``: the file's global attributes (``dataset.attrs``)."""
     text = attributes.get("case_toml", "")
     if not text:
         return None
     try:
         return parse_case_text(text, source=f"{name} (case_toml attribute)")
     except ConfigError as error:
-        log.warning("%s: cannot use its stored case (%s); case-dependent metrics are skipped", name, error)
+        if not quiet:
+            log.warning("%s: cannot use its stored case (%s); case-dependent metrics are skipped", name, error)
         return None
 
 
@@ -76,14 +77,6 @@ def system_differences(case: CaseConfig, other: CaseConfig) -> list[str]:
     return case.changed_keys(other.to_toml(), ("system",), skip=[("system", key) for key in DISCRETISATION_KEYS])
 
 
-def _stored_case(attributes: Mapping[str, Any]) -> CaseConfig | None:
-    """``case_from_attributes`` without its warning (it is given where the case is used)."""
-    try:
-        return parse_case_text(attributes["case_toml"]) if attributes.get("case_toml") else None
-    except ConfigError:
-        return None
-
-
 def _check_same_system(rollout_attrs: Mapping[str, Any], reference_attrs: Mapping[str, Any], rollout_path: Path,
                        reference_path: Path) -> str | None:
     """Refuse a rollout made for another true system than the reference's (``DataError``): each file's
@@ -92,7 +85,8 @@ def _check_same_system(rollout_attrs: Mapping[str, Any], reference_attrs: Mappin
     perturbed parameters, is a model of its own system: scored, with a warning and the note returned. Files
     without a stored case are not checked; systems of other names are left to the state check
     (``align_trajectories``: their states differ)."""
-    rollout, reference = _stored_case(rollout_attrs), _stored_case(reference_attrs)
+    rollout = case_from_attributes(rollout_attrs, str(rollout_path), quiet=True)  # (warned where it is used)
+    reference = case_from_attributes(reference_attrs, str(reference_path), quiet=True)
     if rollout is None or reference is None or rollout.system.name != reference.system.name:
         return None
     differing = system_differences(reference, rollout)

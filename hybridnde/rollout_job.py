@@ -103,11 +103,12 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,
                                                        time_chunk=time_chunk, n_saves=1 + rollout.steps // rollout.save_every)
     batch_size = min(batch_size, rollout.members)
-    # before the members are drawn, on every rank (each would draw its own): a mistyped count is said at once
+    # before the members are drawn, on every rank (each would draw its own): a mistyped count is said at once.
+    # A resume only warns: part of the file (or all of it, finished) is already on the disk
     size = rollout.members * (1 + rollout.steps // rollout.save_every) * int(np.prod(solver.state_shape)) * \
         solver.dtype.itemsize
-    warn_if_disk_short(out, size, "the rollout", warn=comm.rank == 0,
-                       fix="lower rollout.members or rollout.steps, raise rollout.save_every, or choose another --out")
+    warn_if_disk_short(out, size, "the rollout", warn=comm.rank == 0, fix=None if resume else
+                       "lower rollout.members or rollout.steps, raise rollout.save_every, or choose another --out")
     batches = batch_bounds(rollout.members, batch_size)
     mine = rank_batches(batches, comm.size, comm.rank)
     positions = range(mine[0][0], mine[-1][1]) if mine else range(0)

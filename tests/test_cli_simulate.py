@@ -284,6 +284,12 @@ def test_a_disk_too_small_for_the_output_is_warned_about_or_refused_before_the_w
         assert main([verb, str(write_case(tmp_path)), "--out", str(out), *host]) == 2
         error = capsys.readouterr().err
         assert f"{what} writes" in error and "more than 4x the" in error and keys in error and not out.exists()
+    # a resume only warns: the file it continues (here: finished) is on the disk already
+    free = sizes["rollout"] * 10
+    assert main(["rollout", str(write_case(tmp_path)), "--out", str(out), *host]) == 0
+    free = sizes["rollout"] // 5
+    assert main(["rollout", str(write_case(tmp_path)), "--out", str(out), *host, "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
     free = 1000
     assert not io.warn_if_disk_short(tmp_path / "t.nc", 999, "x", fix="f")
     assert io.warn_if_disk_short(tmp_path / "t.nc", 4000, "x", fix="f")

@@ -574,12 +574,15 @@ def test_neural_ode_case_has_no_baseline_and_reports_invariant_drift(tmp_path):
     ["--set", "rollout.initial_conditions='{no_time}'"],            # no saved state
     ["--set", "rollout.initial_conditions='{text}'"],               # not numbers
     ["--set", "initial_condition.distribution='file'", "--set", "initial_condition.file='{junk}'"],
+    # the reference the rollouts are scored against, of another system: refused by evaluate, at the end
+    ["--set", "rollout.initial_conditions='{other_physics}'"],
 ])
 def test_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, extra):
     from hybridnde.io import trajectory_dataset, write_netcdf
 
     case = write_case(tmp_path)
-    files = {name: tmp_path / f"{name}.nc" for name in ("two_body", "one_member", "junk", "no_time", "text")}
+    files = {name: tmp_path / f"{name}.nc" for name in ("two_body", "one_member", "junk", "no_time", "text",
+                                                         "other_physics")}
     write_netcdf(trajectory_dataset(np.ones((3, 1, 4)), [0.0], state_dim="component",
                                     state_coords=["x", "y", "vx", "vy"]), files["two_body"])
     x = np.arange(32) * 22.0 / 32
@@ -588,6 +591,9 @@ def test_bad_input_exits_2_before_anything_is_written(tmp_path, capsys, extra):
     dims = ("member", "time", "x")
     xr.Dataset({"u": (dims, np.zeros((3, 0, 32)))}, coords={"time": np.zeros(0)}).to_netcdf(files["no_time"])
     xr.Dataset({"u": (dims, np.full((3, 1, 32), "a"))}, coords={"time": [0.0]}).to_netcdf(files["text"])
+    other = load_case(case, overrides=["system.nonlinear_coefficient=0.5"]).to_toml()
+    write_netcdf(trajectory_dataset(np.cos(x)[None, None].repeat(3, 0), [0.0], state_dim="x", state_coords=x,
+                                    case_toml=other), files["other_physics"])
     out = tmp_path / "never"
     assert run(case, out, "--quick", *(word.format(**files) for word in extra)) == 2
     assert not out.exists()

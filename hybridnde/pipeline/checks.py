@@ -63,9 +63,28 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
                 draw_initial_conditions(ic, truth_solver, range(ic.members))
             if case.rollout.initial_conditions != "draw":
                 initial_states(case, build_host_solver(case), range(case.rollout.members))
+                _check_reference_system(case, Path(case.rollout.initial_conditions))
         except (ConfigError, DataError) as error:
             raise type(error)(f"variant {variant.label}: {error}" if variant.label else str(error)) from None
     warn_if_disk_short(directory / "truth.nc", _run_bytes([variant.case for variant in variants]), "the run")
+
+
+def _check_reference_system(case: CaseConfig, reference: Path) -> None:
+    """A given ``rollout.initial_conditions`` is also the reference the rollouts are scored against:
+    one simulated for another true system is refused now, as the evaluate stage would at the end."""
+    import netCDF4
+
+    from ..evaluate import case_from_attributes, system_differences
+
+    with netCDF4.Dataset(reference) as dataset:
+        attributes = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
+    stored = case_from_attributes(attributes, str(reference), quiet=True)
+    if stored is not None and stored.system.name == case.system.name:
+        differing = system_differences(case, stored)
+        if differing:
+            raise DataError(f"rollout.initial_conditions = {str(reference)!r} was simulated for another system, "
+                            f"and it is the reference the rollouts are scored against: {'; '.join(differing)} "
+                            "(file -> case); give a truth of this case's [system]")
 
 
 def _run_bytes(cases: Sequence[CaseConfig]) -> int:
