@@ -29,6 +29,7 @@ from .io import DataError
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()  # the initial-state warnings given in this process
 
 
 def _host_differences(trained: CaseConfig, case: CaseConfig) -> list[str]:
@@ -190,10 +191,14 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
             raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
                             "choose other members or fix the file")
         u0 = torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
-    beyond = (u0.abs().flatten(1).amax(dim=1) > rollout.blowup_threshold).nonzero().flatten().tolist() if len(u0) else []
+    beyond = (u0.abs().flatten(1).amax(dim=1) > rollout.blowup_threshold).nonzero().flatten().tolist() \
+        if len(u0) else []
     if beyond:  # they would be marked blew_up at t0 and saved as NaN throughout
         members = [int(member_ids[positions.start + i]) for i in beyond]
-        log.warning("members %s%s start beyond rollout.blowup_threshold = %g (largest |u| %.3g): they are marked "
-                    "blew_up at once; raise rollout.blowup_threshold above the states' size", members[:10],
-                    " ..." if len(members) > 10 else "", rollout.blowup_threshold, float(u0.abs().max()))
+        message = (f"members {members[:10]}{' ...' if len(members) > 10 else ''} start beyond "
+                   f"rollout.blowup_threshold = {rollout.blowup_threshold:g} (largest |u| {float(u0.abs().max()):.3g}): "
+                   "they are marked blew_up at once; raise rollout.blowup_threshold above the states' size")
+        if message not in _warned:  # once per process: `run` reads them for its checks, the rollout, the baseline
+            _warned.add(message)
+            log.warning(message)
     return member_ids, t0, u0

@@ -2,8 +2,8 @@
 
 A checkpoint records the rollout's identity: the checksum of the case sections that decide its
 values (a case differing only in how the batch size is chosen, ``batch_size = 0`` against the size it
-resolves to, is the same: ``same_rollout_case``), the closure's checksum, the batch size, the number of saves, the data of
-``rollout.initial_conditions`` (``data.data_checksum``; older checkpoints: its bytes) and, on CPUs,
+resolves to, is the same: ``same_rollout_case``), the closure's checksum, the batch size, the number
+of saves, the data of ``rollout.initial_conditions`` (``data.data_checksum``; older checkpoints: its bytes) and, on CPUs,
 the torch threads per rank (threaded FFTs and reductions split the work by thread count, so the last
 bits change with it). A resume with another identity is refused (``ResumeRefused``), naming what
 changed; keys an older checkpoint lacks are not checked. A checkpoint of another device (type or
@@ -27,8 +27,8 @@ from .data import records_data
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 
-__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "same_rollout_case", "resume_identity", "threads_changed", "checked_checkpoint",
-           "device_name", "written_elsewhere"]
+__all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "same_rollout_case", "resume_identity", "threads_changed",
+           "checked_checkpoint", "device_name", "written_elsewhere"]
 
 log = logging.getLogger(__name__)
 

@@ -572,7 +572,8 @@ def test_a_damaged_checkpoint_is_named_in_a_few_words(tmp_path):
     torch.save({"state": SimpleNamespace(epoch=3)}, foreign)  # not loadable with weights_only
     with pytest.raises(DataError) as caught:
         load_checkpoint(foreign, fingerprint="x")
-    assert str(caught.value) == f"{foreign}: not a readable training checkpoint (UnpicklingError); delete it to start afresh"
+    assert str(caught.value) == \
+        f"{foreign}: not a readable training checkpoint (UnpicklingError); delete it to start afresh"
     out = tmp_path / "r.nc"
     partial_path(out).write_bytes(b"")
     rollout_checkpoint_path(out).write_bytes(foreign.read_bytes())
