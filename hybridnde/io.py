@@ -255,10 +255,32 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
     """``DataError`` now, before any work, unless ``path`` can become an output file (``folder``: a folder).
 
     The path may not exist yet (missing parent folders are created when it is written), but it must
-    not be a folder (a file), its nearest existing ancestor must be a writable folder, and it must
-    not be one of the command's ``inputs`` (``{key naming it: path}``), which it would replace.
+    not be a folder (a file), its nearest existing ancestor (a folder's own self) must be a writable
+    folder, and it must not be one of the command's ``inputs`` (``{key naming it: path}``), which it
+    would replace. Its name must leave room for the temporary file beside it (``atomic_path``), and it
+    must be UTF-8 (NetCDF and HDF5 store names as UTF-8).
     """
     path = Path(path)
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeError:
+        raise DataError(f"{option} {str(path)!r}: not a UTF-8 path, which NetCDF and HDF5 need; choose a name in "
+                        "UTF-8") from None
+    try:
+        return _check_output_path(path, option, folder=folder, inputs=inputs)
+    except OSError as error:  # a name or path too long for the file system, say
+        raise DataError(f"{option} {path}: cannot be used ({error.strerror or error}); choose a shorter path") \
+            from None
+
+
+def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[str, str | Path] | None) -> Path:
+    if not folder:  # atomic_path writes ".NAME.<host>.<pid>.<random>.part" beside it first
+        temporary = len(os.fsencode(f".{path.name}.{_host_tag()}.{os.getpid()}.")) + len("12345678.part")
+        limit = _name_max(path)
+        if temporary > limit:
+            raise DataError(f"{option} {path}: the name is too long; the temporary file written beside it needs "
+                            f"{temporary} of the file system's {limit} characters: shorten it by "
+                            f"{temporary - limit}")
     for key, source in (inputs or {}).items():
         if source and (path.resolve() == Path(source).resolve()
                        or path.exists() and Path(source).exists() and os.path.samefile(path, source)):
@@ -267,7 +289,7 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
     if path.exists() and path.is_dir() != folder:
         kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
         raise DataError(f"{option} {path}: is {kind}; give {wanted}")
-    ancestor = path.parent
+    ancestor = path if folder and path.is_dir() else path.parent  # an existing folder: written into itself
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -283,11 +305,27 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
     return path
 
 
+def _name_max(path: Path) -> int:
+    """The longest file name the file system at ``path`` takes (255 where it does not say)."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        return int(os.pathconf(ancestor, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
 def check_not_folders(paths: Iterable[Path], out: str | Path, option: str = "--out") -> None:
     """``DataError`` now, before any work, when a file the command writes beside or under its output
     ``out`` (a log, a checkpoint, a report) is a folder: it failed at the end, the work done."""
     for path in paths:
-        if path.is_dir():
+        try:
+            is_folder = path.is_dir()
+        except OSError as error:  # a name too long for the file system, say
+            raise DataError(f"{option} {out}: {path.name} beside it cannot be used ({error.strerror or error}); "
+                            f"choose a shorter {option}") from None
+        if is_folder:
             raise DataError(f"{option} {out}: {path} is a folder where this command writes a file; move it away or "
                             f"choose another {option}")
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,25 @@ def test_a_trajectory_file_whose_member_labels_repeat_is_refused(tmp_path):
     fine = write_netcdf(trajectory_dataset(u, [0.0, 0.1, 0.2], state_dim="x", state_coords=[0.0, 1.0],
                                            members=[4, 5]), tmp_path / "fine.nc")
     assert open_trajectories(fine)["member"].values.tolist() == [4, 5]
+
+
+def test_output_paths_the_file_system_or_netcdf_cannot_take_are_refused_before_the_work(tmp_path, monkeypatch):
+    """A name whose temporary sibling is too long failed after the work (Errno 36), a longer one and a
+    non-UTF-8 one (netCDF4's UnicodeEncodeError) with tracebacks; an existing read-only --figures folder
+    was tested through its parent and failed writing the first figure."""
+    from hybridnde.io import check_output_path
+
+    fits = tmp_path / ("a" * 200 + ".nc")
+    assert check_output_path(fits) == fits
+    with pytest.raises(DataError, match=r"the name is too long; the temporary file written beside it needs \d+ of"):
+        check_output_path(tmp_path / ("a" * 240 + ".nc"))
+    with pytest.raises(DataError, match=r"cannot be used \(File name too long\); choose a shorter path"):
+        check_output_path(tmp_path / ("a" * 300) / "t.nc")
+    with pytest.raises(DataError, match="not a UTF-8 path"):
+        check_output_path(tmp_path / os.fsdecode(b"bad\xffname") / "t.nc")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != figures and real_access(path, mode))
+    with pytest.raises(DataError, match="--figures .*figures: cannot write in .*figures;"):
+        check_output_path(figures, "--figures", folder=True)
