@@ -287,6 +287,15 @@ def test_a_gpu_index_beyond_the_machines_gpus_is_a_config_error(monkeypatch):
     assert resolve_device("auto", local_rank=5) == torch.device("cuda:0")
 
 
+@pytest.mark.parametrize("name", ["meta", "mps", "cpu:5", "gpu"])
+def test_devices_torch_knows_but_the_package_is_not_made_for_are_refused(name):
+    """`export --device meta` passed resolve_device and failed with NotImplementedError (a traceback)."""
+    from hybridnde.systems import resolve_device
+
+    with pytest.raises(ConfigError, match=rf"--device = '{name}' is not a device; use 'auto', 'cpu', 'cuda'"):
+        resolve_device(name, field="--device")
+
+
 def test_the_first_index_past_the_last_gpu_is_refused(monkeypatch):
     from hybridnde.config import ConfigError
     import torch
