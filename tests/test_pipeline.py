@@ -389,6 +389,26 @@ def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeyp
     assert epochs == [1, 2, 3]
 
 
+def test_a_stage_without_checkpoints_is_not_said_to_resume(tmp_path, monkeypatch, capsys):
+    """A simulation stopped by Ctrl-C starts again: the rerun said "(resuming)" and did not."""
+    import hybridnde.pipeline.stages as stages
+
+    real = stages.simulate_case
+
+    def interrupted(case, *, progress=None):
+        raise KeyboardInterrupt
+
+    case = write_case(tmp_path)
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(stages, "simulate_case", interrupted)
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+    monkeypatch.setattr(stages, "simulate_case", real)
+    capsys.readouterr()
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "simulate -> " in line]
+    assert lines and not any("(resuming)" in line for line in lines)
+
+
 def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatch, capsys):
     """`run` has no --resume to drop: a checkpoint that no longer fits (here: the training data's checksum
     tampered with) used to stop every rerun with exit 2; the stage now starts over, with a warning."""

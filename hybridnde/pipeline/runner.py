@@ -110,7 +110,9 @@ class _Run:
                                   output=path)
 
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
-              label: str, payload: dict | None = None) -> StageResult:
+              label: str, payload: dict | None = None, can_resume: bool = True) -> StageResult:
+        """Reuse ``path`` when ``found`` (its recorded identity) is ``expected``, else ``run(resume)`` it:
+        ``resume`` when the record says it was interrupted and ``can_resume`` (it has a checkpoint)."""
         path = Path(path)
         if path in self.made:
             return StageResult(name, path, "shared", self.made[path].seconds)
@@ -123,7 +125,7 @@ class _Run:
         else:
             if found is not None:
                 log.info("%s%s: %s was made with another configuration; making it again", label, name, path)
-            resume = self.record.interrupted_with(path) == expected
+            resume = can_resume and self.record.interrupted_with(path) == expected
             self.record.started(path, name, expected)
             log.info("%s%s -> %s%s", label, name, path, " (resuming)" if resume else "")
             started = wallclock.perf_counter()
@@ -165,12 +167,13 @@ class _Run:
                      "trajectory's own start, so the reference and the rollouts use 1 member, not rollout.members "
                      "= %d (an extrapolation test, nothing held out)", label, case.rollout.members)
 
-        result.stages.append(self.stage(
-            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=label,
+        result.stages.append(self.stage(  # (a simulation has no checkpoints: it starts again)
+            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=label, can_resume=False,
             run=lambda resume: stages.simulate(case, truth, progress=self.progress)))
         if not given_reference:
             result.stages.append(self.stage(
                 "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=label,
+                can_resume=False,
                 run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress)))
         found, payload = stages.closure_identity(closure)
         if found is not None and found == training_checksum(case, legacy=True):
@@ -180,8 +183,8 @@ class _Run:
                                    output=closure)
         result.stages.append(self.stage(
             "train", closure, expected["train"], found, label=label, payload=payload,
-            run=lambda resume: train_case(case, truth, closure, progress=self.progress,
-                                          resume=resume and checkpoint_path(closure).is_file())))
+            can_resume=checkpoint_path(closure).is_file(),
+            run=lambda resume: train_case(case, truth, closure, progress=self.progress, resume=resume)))
         _, payload = stages.closure_identity(closure)
         result.closure_metadata = dict(payload["metadata"])
         result.training_log = read_training_log(log_path(closure))
