@@ -118,6 +118,31 @@ def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments,
     assert list(tmp_path.iterdir()) == []  # no closure, log, checkpoint or temporary file
 
 
+@pytest.mark.parametrize("every, hint", [(1, "with --resume continues from it"), (0, "a rerun starts afresh")])
+def test_an_interrupted_training_says_what_a_rerun_can_do(tmp_path, files, monkeypatch, capsys, every, hint):
+    """Ctrl-C said only "interrupted"; a rerun without --resume replaced the checkpoint without a word."""
+    from hybridnde.training import trainer as trainer_module
+
+    real = trainer_module.Trainer._epoch
+
+    def stop_in_the_second_epoch(self, windows, sample_interval, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, windows, sample_interval, epoch)
+
+    case, truth = files["two_body"]
+    command = ["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt"), "--set",
+               f"training.checkpoint_every={every}"]
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module.Trainer, "_epoch", stop_in_the_second_epoch)
+        assert main(command) == 130
+    assert hint in capsys.readouterr().err
+    if every:
+        assert main(command) == 0
+        assert "an interrupted run's checkpoint is there; this run starts afresh and replaces it" in \
+            capsys.readouterr().err
+
+
 def test_a_folder_where_training_writes_its_log_is_refused_before_training(tmp_path, files, capsys):
     """It trained, saved closure.pt, then failed renaming the log onto the folder (a traceback)."""
     case, truth = files["two_body"]

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..training import train_case
+    from ..training import checkpoint_path, train_case
 
     case = case_from_arguments(arguments)
     def directory() -> Path:  # the case's folder, only where a default path needs it
@@ -44,8 +44,17 @@ def run(arguments: argparse.Namespace) -> int:
 
     out = arguments.out or directory() / "closure.pt"
     data = arguments.data or directory() / "truth.nc"
-    with torch_threads(arguments.threads, "--threads"):
-        _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
+    try:
+        with torch_threads(arguments.threads, "--threads"):
+            _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
+    except KeyboardInterrupt:  # what a rerun can do with what is there
+        if checkpoint_path(out).is_file():
+            log.warning("%s holds the last checkpoint: the same command with --resume continues from it",
+                        checkpoint_path(out))
+        else:
+            log.warning("no checkpoint was written (training.checkpoint_every = %d): a rerun starts afresh",
+                        case.training.checkpoint_every)
+        raise
     final = result.final
     print(f"{out}: {result.epochs_run} epochs, loss {final.get('loss', float('nan')):.4g}, best validation loss "
           f"{result.best_val_loss:.4g} (epoch {result.best_epoch})")

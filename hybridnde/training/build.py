@@ -99,6 +99,9 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                         "unreliable (sample more often, try fd_stencil = 'centred', or use jvp)", error,
                         case.training.fd_warn_threshold, data.sample_interval, case.training.fd_stencil)
 
+    if not resume and checkpoint_path(out).is_file():
+        log.warning("%s: an interrupted run's checkpoint is there; this run starts afresh and replaces it (with "
+                    "--resume it continues from it)", checkpoint_path(out))
     if resume and out.is_file() and not checkpoint_path(out).is_file():
         finished = _finished_closure(case, out, data, device=device, dtype=dtype)
         if finished is not None:  # the same command line again after it finished: nothing to resume
