@@ -9,6 +9,7 @@ truth, the held-out reference), and into the variant's own folder otherwise.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -17,6 +18,10 @@ from ..config import CaseConfig, ConfigError, load_case
 from ..config.case import parse_override
 
 __all__ = ["Variant", "parse_compare", "build_variants", "split_values"]
+
+log = logging.getLogger(__name__)
+#: more variants than this are warned about (each one trains and rolls out in turn)
+MANY_VARIANTS = 64
 
 
 @dataclass(frozen=True)
@@ -127,4 +132,13 @@ def build_variants(case_path: str | Path, *, quick: bool = False, overrides: Seq
     if len({v.label for v in variants}) != len(variants):
         raise ConfigError("--compare: two values give the same folder name; use values that differ in letters or "
                           "digits")
+    seen: dict[str, str] = {}
+    for variant in variants:  # values that read the same once typed (7 and 7.0 for an integer key)
+        first = seen.setdefault(variant.case.checksum(), variant.label)
+        if first != variant.label:
+            raise ConfigError(f"--compare: variants {first} and {variant.label} are the same case once their values "
+                              "are read; give values that differ")
+    if len(variants) > MANY_VARIANTS:
+        log.warning("--compare: %d variants, each trained and rolled out in turn; fewer values make a shorter run",
+                    len(variants))
     return variants
