@@ -75,7 +75,9 @@ def load_closure(path: str | Path, *, device: torch.device | str = "cpu",
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"closure file {str(path)!r} does not exist; create it with `hybridnde train`")
+        what = "is a folder; give the closure.pt in it" if path.is_dir() else "does not exist; create it with " \
+            "`hybridnde train`"
+        raise DataError(f"closure file {str(path)!r} {what}")
     if _is_torchscript(path):
         raise DataError(f"{path}: an exported TorchScript closure (`hybridnde export`), for libtorch/FTorch time "
                         "loops; give the closure.pt it was exported from (written by `hybridnde train`)")

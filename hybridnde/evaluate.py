@@ -167,8 +167,9 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
     metrics["valid_prediction_time"]["members"] = [int(m) for m in pair.members]
     if lyapunov_exponent:
         metrics["valid_prediction_time_lyapunov"] = summarise(vpt * lyapunov_exponent, spread=spread)
-    if np.nanmedian(error[:, 0]) > INITIAL_MISMATCH * threshold:
-        note = (f"the files start apart (median initial error {np.nanmedian(error[:, 0]):.3g}): are they from the "
+    initial = error[:, 0][np.isfinite(error[:, 0])]  # (members that blew up at once: said by their status)
+    if initial.size and np.median(initial) > INITIAL_MISMATCH * threshold:
+        note = (f"the files start apart (median initial error {np.median(initial):.3g}): are they from the "
                 "same initial conditions? Roll out from the reference's states: --set "
                 "rollout.initial_conditions=REFERENCE.nc (as `hybridnde run` does)")
         metrics["notes"].append(note)

@@ -190,7 +190,7 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     error = None
     if comm.rank == 0:
         try:
-            setup.writer = start_output(case, out, setup, closure_path=closure_path)
+            setup.writer = start_output(case, out, setup, closure_path=closure_path, resume=resume)
         except Exception as caught:
             error = caught
     agree(comm, error)

@@ -50,10 +50,12 @@ class RolloutSummary:
         return self.member_steps / self.seconds if self.seconds > 0 else float("nan")
 
 
-def start_output(case: CaseConfig, out: Path, setup: RolloutSetup, *, closure_path) -> TrajectoryStreamWriter:
-    """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one."""
+def start_output(case: CaseConfig, out: Path, setup: RolloutSetup, *, closure_path,
+                 resume: bool) -> TrajectoryStreamWriter:
+    """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one (``resume``:
+    asked for; a checkpoint it could not use was said where it was read)."""
     if setup.checkpoint is None:
-        if checkpoint_path(out).exists():
+        if checkpoint_path(out).exists() and not resume:
             log.warning("starting afresh: the checkpoint of an earlier interrupted rollout to %s is discarded "
                         "(`hybridnde rollout ... --resume` continues one)", out)
         remove_restart_files(out)

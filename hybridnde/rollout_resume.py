@@ -138,7 +138,8 @@ def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | No
     """Rank 0: the checkpoint of ``out`` to resume (``None``: there is none), or ``ResumeRefused``."""
     checkpoint = read_checkpoint(out)
     if checkpoint is None:
-        if not out.is_file():  # else finished_output says whether it is this rollout, finished
+        # (a checkpoint without its partial file was said by read_checkpoint; a finished file there is
+        if not out.is_file() and not checkpoint_path(out).is_file():  # for finished_output to judge)
             log.info("no checkpoint for %s: starting from the beginning", out)
         return None
     what = _difference(checkpoint, identity, case, out)

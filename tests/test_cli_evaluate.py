@@ -279,6 +279,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         ([lorenz_truth, "--reference", lorenz_truth, "--out", tmp_path / "metrics.txt"], ".json"),
         ([lorenz_truth, "--reference", lorenz_truth, "--set", "evaluate.vpt_threshold=0.3"], "--case"),
         ([lorenz_truth, "--reference", lorenz_truth, "--threshold", "-1"], "positive"),
+        ([lorenz_truth, "--reference", lorenz_truth, "--threshold", "inf"], "finite positive"),
         ([foreign, "--reference", lorenz_truth, "--lyapunov", "--case", tmp_path / "truth.toml"], "--closure"),
         ([lorenz_truth, "--reference", lorenz_truth, "--case", tmp_path / "ks.toml"],
          "is a kuramoto_sivashinsky case but"),
@@ -455,3 +456,18 @@ def test_the_text_summary_shows_the_field_rows_and_the_finite_share():
     assert "4.28 (mean |log10 E/E*|, 8 modes in 1-8; over the 62.6% finite states)" in text
     assert "2.28 nats (50-bin histograms; over the 62.6% finite states)" in text
     assert "finite states" not in format_summary({**metrics, "statistics_finite_share": 1.0})
+
+
+def test_a_rollout_whose_members_all_start_blown_up_is_not_said_to_start_apart(tmp_path, lorenz_truth, capsys):
+    """Every member non-finite from the first time: the note asked whether the files share their initial
+    conditions (median initial error inf), not a word of the blow-ups, which the status says."""
+    with xr.open_dataset(lorenz_truth) as ds:
+        u, times, attrs = ds.u.values.copy(), ds.time.values, dict(ds.attrs)
+    u[:] = np.nan
+    status = np.full(u.shape[0], 1, dtype=np.int8)
+    rollout = write_netcdf(trajectory_dataset(u, times, state_dim="component", state_coords=["x", "y", "z"],
+                                              case_toml=attrs["case_toml"], status=status,
+                                              blowup_time=np.zeros(u.shape[0])), tmp_path / "blown.nc")
+    metrics = evaluate_json(capsys, rollout, lorenz_truth)
+    assert metrics["stable_fraction"] == 0.0
+    assert not any("start apart" in note for note in metrics["notes"])

@@ -658,6 +658,24 @@ def test_a_rollout_too_large_for_the_disk_is_refused_before_drawing_its_members(
                     progress=False)
 
 
+def test_a_checkpoint_without_its_partial_file_is_said_once_on_resume(tmp_path, caplog):
+    """Three lines contradicted each other: "no partial file ... starting from the beginning", "no
+    checkpoint", and "the checkpoint is discarded (--resume continues one)" though --resume was given."""
+    case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
+    model, out = small_mlp(), tmp_path / "r.nc"
+    interrupted_rollout(case, out, model, after=0.3)
+    partial_path(out).unlink()
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert not run_rollout(case, out, closure=model, resume=True, progress=False).resumed
+    assert "has no partial file" in caplog.text and "starting from the beginning" in caplog.text
+    assert "no checkpoint for" not in caplog.text and "is discarded" not in caplog.text
+    from hybridnde.closure_file import load_closure
+
+    with pytest.raises(DataError, match="closure file .* is a folder; give the closure.pt in it"):
+        load_closure(tmp_path)
+
+
 def test_a_resume_may_choose_the_same_batch_size_another_way(tmp_path, caplog):
     """``batch_size = 0`` resolving to the size a checkpoint was written with (here all 6 members) is the
     same rollout, for a checkpoint and for a finished file; another resolved size is refused by name."""

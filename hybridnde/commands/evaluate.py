@@ -59,8 +59,8 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.closure is not None and not arguments.lyapunov:
         raise ConfigError(f"--closure {arguments.closure}: only --lyapunov uses it (the hybrid model's Lyapunov "
                           "exponent); add --lyapunov or leave --closure out")
-    if arguments.threshold is not None and not arguments.threshold > 0:
-        raise ConfigError(f"--threshold {arguments.threshold}: give a positive number, e.g. 0.5")
+    if arguments.threshold is not None and not (math.isfinite(arguments.threshold) and arguments.threshold > 0):
+        raise ConfigError(f"--threshold {arguments.threshold}: give a finite positive number, e.g. 0.5")
     if arguments.time_tolerance is not None and not (math.isfinite(arguments.time_tolerance)
                                                      and arguments.time_tolerance >= 0):
         raise ConfigError(f"--time-tolerance {arguments.time_tolerance}: give a finite number >= 0, e.g. 1e-6")
