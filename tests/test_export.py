@@ -155,6 +155,12 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert "--device = 'gpu' is not a device" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "junk.pt" / "c.ts")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "truth.nc").write_bytes(b"data")  # a typo in --out replaced it with an archive
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "truth.nc")]) == 2
+    assert "give a TorchScript file name ending in .ts" in capsys.readouterr().err
+    assert (tmp_path / "truth.nc").read_bytes() == b"data"
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "meta.ts"), "--device", "meta"]) == 2
+    assert "--device = 'meta' is not a device" in capsys.readouterr().err
     assert not (tmp_path / "c.ts").exists()
     # an exported file handed back where a closure.pt belongs: named for what it is, no torch warning
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "exported.pt")]) == 0
