@@ -208,9 +208,7 @@ def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str, *, fix: str 
     states: measured 0.88-0.90 on the ks_l22 files), so that a full disk is not first met at the end.
     With ``fix`` (the keys to change, in words) ``DataError`` instead when the size is more than
     ``DISK_REFUSAL_FACTOR`` times the free space; ``warn=False``: no warning (other MPI ranks)."""
-    ancestor = Path(path).parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = _existing_ancestor(Path(path).parent)
     try:
         free = shutil.disk_usage(ancestor).free
     except OSError:
@@ -289,9 +287,7 @@ def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[st
     if path.exists() and path.is_dir() != folder:
         kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
         raise DataError(f"{option} {path}: is {kind}; give {wanted}")
-    ancestor = path if folder and path.is_dir() else path.parent  # an existing folder: written into itself
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = _existing_ancestor(path if folder else path.parent)  # an existing folder: written into itself
     if not ancestor.is_dir():
         raise DataError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -305,13 +301,17 @@ def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[st
     return path
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (where a missing folder would be made)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _name_max(path: Path) -> int:
     """The longest file name the file system at ``path`` takes (255 where it does not say)."""
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
     try:
-        return int(os.pathconf(ancestor, "PC_NAME_MAX"))
+        return int(os.pathconf(_existing_ancestor(path.parent), "PC_NAME_MAX"))
     except (OSError, ValueError):
         return 255
 
