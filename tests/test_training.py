@@ -116,6 +116,25 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, truth_file, monkeyp
     assert not partial_log_path(interrupted).exists()
 
 
+@pytest.mark.parametrize("method", [{"method": "homotopy", "homotopy_stages": 3},
+                                    {"method": "multiple_shooting", "shooting_segments": 2}])
+def test_homotopy_and_multiple_shooting_resume_to_the_same_closure(tmp_path, truth_file, monkeypatch, method):
+    """Their terms carry state (the homotopy's stage, the segments' trainable corrections) that the
+    checkpoint must hold; the Ko et al. cases ship with checkpoints on that rely on it."""
+    case = toy_case({"integration": "odeint", "epochs": 6, "checkpoint_every": 1, "rollout_steps": 4, **method})
+    straight = tmp_path / "straight" / "closure.pt"
+    train_case(case, truth_file, straight, progress=False)
+    interrupted = tmp_path / "interrupted" / "closure.pt"
+    original_epoch = trainer_module.Trainer._epoch
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(case, truth_file, interrupted, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original_epoch)
+    _, result = train_case(case, truth_file, interrupted, resume=True, progress=False)
+    assert result.resumed_from == 3
+    assert load_closure(straight)[1]["checksum"] == load_closure(interrupted)[1]["checksum"]
+
+
 def test_an_interrupted_run_leaves_the_finished_closures_log_alone(tmp_path, truth_file, monkeypatch):
     """The log of a run grows under another name until its closure is saved: stopping a second run
     into the same --out no longer replaced the first closure's log with the second's few epochs."""
