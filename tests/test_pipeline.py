@@ -203,6 +203,18 @@ def test_run_only_training_keys_leave_a_finished_closure_current(finished_run, t
                      metadata={**payload["metadata"], "config_checksum": legacy})
         assert run(case, out, "--quick", "--set", "training.checkpoint_every=3") == 0
         assert set(stage_actions(out).values()) == {"reused"}
+        # ... and one recorded so with other run-only values than the case's now (a case switching its
+        # checkpoints on): its stored case tells, differing in run-only keys alone
+        before = load_case(case, quick=True, overrides=["training.checkpoint_every=7"])
+        save_closure(out / "closure.pt", model, case_toml=before.to_toml(),
+                     metadata={**payload["metadata"], "config_checksum": before.checksum(TRAINING_SECTIONS)})
+        assert run(case, out, "--quick", "--set", "training.checkpoint_every=3") == 0
+        assert set(stage_actions(out).values()) == {"reused"}
+        other = load_case(case, quick=True, overrides=["training.learning_rate=0.5"])  # another closure: not
+        save_closure(out / "closure.pt", model, case_toml=other.to_toml(),
+                     metadata={**payload["metadata"], "config_checksum": other.checksum(TRAINING_SECTIONS)})
+        assert run(case, out, "--quick", "--set", "training.checkpoint_every=3") == 0
+        assert stage_actions(out)["./train"] == "ran"
     finally:
         shutil.rmtree(out)
         shutil.copytree(backup, out)

@@ -147,7 +147,8 @@ class _Run:
     def variant(self, variant: Variant, position: str) -> VariantResult:
         from ..data import recorded_data_checksum
         from ..rollout_job import run_rollout
-        from ..training import checkpoint_path, log_path, train_case, training_checksum
+        from ..training import checkpoint_path, log_path, train_case
+        from ..training.build import trained_for
 
         case = variant.case
         label = f"[{variant.label}] " if variant.label else ""
@@ -176,7 +177,7 @@ class _Run:
                 can_resume=False,
                 run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress)))
         found, payload = stages.closure_identity(closure)
-        if found is not None and found == training_checksum(case, legacy=True):
+        if found != expected["train"] and trained_for(case, found, (payload or {}).get("case_toml")):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure
         trained_on = recorded_data_checksum((payload or {}).get("metadata", {}).get("data", {}))
         found = self.input_changed(found, expected["train"], trained_on, truth, label=label, name="train",

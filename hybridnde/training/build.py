@@ -56,6 +56,32 @@ def training_checksum(case: CaseConfig, *, legacy: bool = False) -> str:
     return case.replace(training=dataclasses.replace(case.training, **defaults)).checksum(TRAINING_SECTIONS)
 
 
+def trained_for(case: CaseConfig, checksum: str | None, case_toml: str | None) -> bool:
+    """Whether a closure that recorded ``checksum`` (its ``config_checksum``) and ``case_toml`` trains
+    as ``case`` does: the checksum now or as recorded before the run-only keys were left out, or -- for a
+    closure recorded with other run-only values than the case's now (checkpoints switched on) -- a stored
+    case differing from ``case`` in those keys only."""
+    if checksum is None:
+        return False
+    if checksum in (training_checksum(case), training_checksum(case, legacy=True)):
+        return True
+    if not case_toml or checksum != _recorded_training_checksum(case_toml):
+        return False  # (the stored case must be the one its checksum was made from)
+    return not case.changed_keys(case_toml, TRAINING_SECTIONS,
+                                 skip=[("training", key) for key in TRAINING_RUN_ONLY_KEYS])
+
+
+def _recorded_training_checksum(case_toml: str) -> str | None:
+    """The full-table training checksum of a stored case (what closures recorded before the run-only
+    keys were left out); ``None`` when it cannot be read."""
+    from ..config.case import parse_case_text
+
+    try:
+        return training_checksum(parse_case_text(case_toml), legacy=True)
+    except ConfigError:
+        return None
+
+
 def _fingerprint(case: CaseConfig, data_checksum: str, *, legacy: bool = False) -> str:
     """Of the configuration and data a checkpoint belongs to; ``legacy``: as checkpoints written before
     the run-only keys were left out recorded it (``training_checksum``)."""
@@ -165,9 +191,9 @@ def _finished_closure(case: CaseConfig, out: Path, data: TrainingData, *, device
         log.warning("--resume: no checkpoint, and %s; training afresh", error)
         return None
     metadata = payload.get("metadata", {})
-    current = {training_checksum(case), training_checksum(case, legacy=True)}  # as `hybridnde run` accepts
-    trained_on = recorded_data_checksum(metadata.get("data", {}))
-    if metadata.get("config_checksum") not in current or not data.made_from(trained_on):
+    trained_on = recorded_data_checksum(metadata.get("data", {}))  # (as `hybridnde run` accepts it)
+    if not trained_for(case, metadata.get("config_checksum"), payload.get("case_toml")) or \
+            not data.made_from(trained_on):
         log.warning("--resume: no checkpoint beside %s, whose closure is from another case or data; training "
                     "afresh (it is replaced when this run ends)", out)
         return None
