@@ -272,12 +272,13 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
 
 
 def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[str, str | Path] | None) -> Path:
-    if not folder:  # atomic_path writes ".NAME.<host>.<pid>.<random>.part" beside it first
-        temporary = len(os.fsencode(f".{path.name}.{_host_tag()}.{os.getpid()}.")) + len("12345678.part")
+    if not folder:  # atomic_path writes ".NAME.<host>.<pid>.<random>.part" beside it first, and beside it
+        # its siblings' (".NAME.checkpoint", "<stem>.checkpoint.pt", ...: up to 16 more) from any rank's pid
+        temporary = len(os.fsencode(f".{path.name}.{_host_tag()}.")) + len("1234567.12345678.part") + 16
         limit = _name_max(path)
         if temporary > limit:
-            raise DataError(f"{option} {path}: the name is too long; the temporary file written beside it needs "
-                            f"{temporary} of the file system's {limit} characters: shorten it by "
+            raise DataError(f"{option} {path}: the name is too long; the temporary files written beside it need "
+                            f"up to {temporary} of the file system's {limit} characters: shorten it by "
                             f"{temporary - limit}")
     for key, source in (inputs or {}).items():
         if source and (path.resolve() == Path(source).resolve()
@@ -312,7 +313,7 @@ def _name_max(path: Path) -> int:
     """The longest file name the file system at ``path`` takes (255 where it does not say)."""
     try:
         return int(os.pathconf(_existing_ancestor(path.parent), "PC_NAME_MAX"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # (no pathconf on Windows)
         return 255
 
 

@@ -23,7 +23,7 @@ def resolve_device(name: str = "auto", *, local_rank: int = 0, field: str = "com
     except RuntimeError:
         device = None
     # (torch takes meta, mps, cpu:5, ...: devices the solvers and files are not made for)
-    if device is None or device.type not in ("cpu", "cuda") or device.type == "cpu" and device.index is not None:
+    if device is None or device.type not in ("cpu", "cuda") or device.type == "cpu" and device.index not in (None, 0):
         raise ConfigError(f"{field} = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{field} = {name!r} but CUDA is not available here; use 'auto' or 'cpu'")

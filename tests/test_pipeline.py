@@ -690,12 +690,15 @@ def test_compare_values_split_outside_brackets_and_quotes():
         parse_compare("training.seed=1,1")
 
 
-def test_compared_values_that_read_the_same_are_refused_and_many_variants_warned_about(tmp_path, caplog):
-    """7 and 7.0 for an integer key passed the repeated-value check and ran twice; 3600 variants started
-    without a word."""
+def test_compared_values_that_read_the_same_run_once_and_many_variants_are_warned_about(tmp_path, caplog):
+    """7 and 7.0 for an integer key passed the repeated-value check and ran twice (a factorial sweep may
+    hold such variants: a penalty field where the penalty is off); 3600 variants started without a word."""
     case = write_case(tmp_path)
-    with pytest.raises(ConfigError, match=r"variants epochs=7 and epochs=7.0 are the same case once their values"):
-        build_variants(case, compare=["training.epochs=7,7.0"])
+    assert [v.label for v in build_variants(case, compare=["training.epochs=7,7.0"])] == ["epochs=7"]
+    assert "variant epochs=7.0 is the same case as epochs=7 once its values are read; it is left out" in caplog.text
+    sweep = build_variants(case, compare=["training.jacobian_penalty=none,frobenius",
+                                          "training.jacobian_penalty_field=closure,rhs"])
+    assert len(sweep) == 3  # the field means nothing without a penalty
     seeds = ",".join(str(seed) for seed in range(9))
     assert len(build_variants(case, compare=[f"training.seed={seeds}", "rollout.seed=1,2,3,4,5,6,7,8"])) == 72
     assert "--compare: 72 variants, each trained and rolled out in turn" in caplog.text

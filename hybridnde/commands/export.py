@@ -36,8 +36,9 @@ def run(arguments: argparse.Namespace) -> int:
     out = arguments.out or arguments.closure.with_suffix(".ts")
     if out.resolve() == arguments.closure.resolve():
         raise ConfigError(f"--out {out}: would overwrite the closure file; give another name, e.g. closure.ts")
-    if out.suffix not in (".ts", ".pt"):  # a typo would replace a truth.nc or a report with an archive
-        raise ConfigError(f"--out {out}: give a TorchScript file name ending in .ts (or .pt), e.g. closure.ts")
+    if out.suffix.lower() not in (".ts", ".pt", ".pth"):  # a typo would replace a truth.nc with an archive
+        raise ConfigError(f"--out {out}: give a TorchScript file name ending in .ts (or .pt, .pth), e.g. "
+                          "closure.ts")
     check_output_path(out)
     device = resolve_device(arguments.device, field="--device")
     dtype = getattr(torch, arguments.dtype) if arguments.dtype else None

@@ -110,7 +110,7 @@ class _Run:
                                   output=path)
 
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
-              label: str, payload: dict | None = None, can_resume: bool = True) -> StageResult:
+              label: str, payload: dict | None = None, can_resume: bool) -> StageResult:
         """Reuse ``path`` when ``found`` (its recorded identity) is ``expected``, else ``run(resume)`` it:
         ``resume`` when the record says it was interrupted and ``can_resume`` (it has a checkpoint)."""
         path = Path(path)
@@ -148,6 +148,7 @@ class _Run:
         from ..data import recorded_data_checksum
         from ..rollout_job import run_rollout
         from ..training import checkpoint_path, log_path, train_case
+        from ..netcdf_stream import checkpoint_path as rollout_checkpoint
         from ..training.build import trained_for
 
         case = variant.case
@@ -194,7 +195,7 @@ class _Run:
         found = self.rollout_identity(rollout, rollout_expected, reference, label=label, name="rollout",
                                       legacy=f"{legacy}:{payload['checksum']}")
         result.stages.append(self.stage(
-            "rollout", rollout, rollout_expected, found, label=label,
+            "rollout", rollout, rollout_expected, found, label=label, can_resume=rollout_checkpoint(rollout).is_file(),
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
                                            progress=self.progress)))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
@@ -204,7 +205,7 @@ class _Run:
             found = self.rollout_identity(baseline, baseline_expected, reference, label=label, name="baseline",
                                           legacy=f"{legacy}:none")
             result.stages.append(self.stage(
-                "baseline", baseline, baseline_expected, found,
+                "baseline", baseline, baseline_expected, found, can_resume=rollout_checkpoint(baseline).is_file(),
                 label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress)))
             inputs["baseline"] = baseline_expected
         metrics_path, figures = folder / "metrics.json", folder / "figures"
@@ -213,7 +214,7 @@ class _Run:
         if found == checksum and not _figures_present(metrics_path):
             found = None
         result.stages.append(self.stage(
-            "evaluate", metrics_path, checksum, found, label=label,
+            "evaluate", metrics_path, checksum, found, label=label, can_resume=False,
             run=lambda resume: self.evaluate(result, rollout, reference, baseline, closure, figures,
                                              {"checksum": checksum, "inputs": inputs}, truth=truth)))
         result.metrics = json.loads(metrics_path.read_text())

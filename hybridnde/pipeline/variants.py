@@ -133,11 +133,15 @@ def build_variants(case_path: str | Path, *, quick: bool = False, overrides: Seq
         raise ConfigError("--compare: two values give the same folder name; use values that differ in letters or "
                           "digits")
     seen: dict[str, str] = {}
-    for variant in variants:  # values that read the same once typed (7 and 7.0 for an integer key)
-        first = seen.setdefault(variant.case.checksum(), variant.label)
-        if first != variant.label:
-            raise ConfigError(f"--compare: variants {first} and {variant.label} are the same case once their values "
-                              "are read; give values that differ")
+    distinct = []
+    for variant in variants:  # values that read the same once typed (7 and 7.0 for an integer key), or a
+        first = seen.setdefault(variant.case.checksum(), variant.label)  # key that another one switches off
+        if first == variant.label:
+            distinct.append(variant)
+        else:
+            log.warning("--compare: variant %s is the same case as %s once its values are read; it is left out",
+                        variant.label, first)
+    variants = distinct
     if len(variants) > MANY_VARIANTS:
         log.warning("--compare: %d variants, each trained and rolled out in turn; fewer values make a shorter run",
                     len(variants))
