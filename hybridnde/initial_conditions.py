@@ -22,7 +22,15 @@ __all__ = ["members_and_start", "file_members_and_start", "draw_initial_conditio
            "component_order", "open_initial_conditions", "member_rng", "nonfinite_members"]
 
 log = logging.getLogger(__name__)
-_warned: set[str] = set()  # the unused-key warnings given in this process
+_warned: set[str] = set()  # the warnings about initial states given in this process
+
+
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning once per process: `hybridnde run` reads the initial states for its
+    checks, then again to simulate, roll out and make the baseline."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def nonfinite_members(states: np.ndarray) -> np.ndarray:
@@ -153,9 +161,7 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
     """
     seed = ic.seed if seed is None else seed
     for problem in ic.unused_keys():
-        if problem not in _warned:  # once per process: `run` draws for its checks, then to simulate
-            _warned.add(problem)
-            log.warning("%s (it is ignored)", problem)
+        warn_once(f"{problem} (it is ignored)")
     if ic.distribution == "file":
         states = read_initial_conditions(ic.file, solver, members)
     else:

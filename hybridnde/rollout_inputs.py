@@ -23,13 +23,12 @@ from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
 from .initial_conditions import (component_order, draw_initial_conditions, members_and_start, nonfinite_members,
-                                 open_initial_conditions)
+                                 open_initial_conditions, warn_once)
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
 
 log = logging.getLogger(__name__)
-_warned: set[str] = set()  # the initial-state warnings given in this process
 
 
 def _host_differences(trained: CaseConfig, case: CaseConfig) -> list[str]:
@@ -198,7 +197,5 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
         message = (f"members {members[:10]}{' ...' if len(members) > 10 else ''} start beyond "
                    f"rollout.blowup_threshold = {rollout.blowup_threshold:g} (largest |u| {float(u0.abs().max()):.3g}): "
                    "they are marked blew_up at once; raise rollout.blowup_threshold above the states' size")
-        if message not in _warned:  # once per process: `run` reads them for its checks, the rollout, the baseline
-            _warned.add(message)
-            log.warning(message)
+        warn_once(message)
     return member_ids, t0, u0
