@@ -161,6 +161,14 @@ def test_a_misspelled_section_in_an_override_is_named_there_with_a_suggestion():
     # a key abbreviated by its words' initials is found too (difflib finds nothing near "lr")
     with pytest.raises(ConfigError, match=r"unknown key training.lr; did you mean training.learning_rate\?"):
         parse_case({"system": {"name": "two_body"}}, overrides=["training.lr=0.1"])
+    # an unknown key is said where it was written: the file, a --set, or the applied [quick] table
+    for raw, overrides, quick, origin in [
+            ({"system": {"name": "two_body", "mu": 1.0}}, [], False, "case.toml"),
+            ({"system": {"name": "two_body"}}, ["training.lr=0.1"], False, "--set training.lr=0.1"),
+            ({"system": {"name": "two_body"}, "quick": {"training.lr": 0.1}}, [], True, "case.toml [quick] training.lr")]:
+        with pytest.raises(ConfigError) as caught:
+            parse_case(raw, overrides=overrides, quick=quick, source="case.toml")
+        assert str(caught.value).startswith(f"{origin}: unknown key ")
 
 
 @pytest.mark.parametrize("name", ["../../escape", "", "a b/c", "..", "runs/x"])

@@ -195,6 +195,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _unknown_key_origin(message: str, given: Mapping[str, str], source: str) -> str:
+    """``message``, when it is of an unknown key, prefixed by where the key was written: the ``--set`` or
+    ``[quick]`` entry that ``given`` maps it to, else the case ``source``."""
+    if not message.startswith("unknown key "):
+        return message
+    key = message[len("unknown key "):].split(";")[0].split(" ")[0]
+    return f"{given.get(key, source)}: {message}"
+
+
 def _apply(raw: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
     if path[0] not in VALUE_SECTIONS:  # named here: the section check after would blame the case file
         close = difflib.get_close_matches(path[0], VALUE_SECTIONS, n=1)
@@ -232,7 +241,13 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     for text, path, value in overrides:
         _apply(raw, path, value, f"--set {text}")
 
-    sections, system = _typed_sections(raw, source)  # the case as given first: its errors are its own
+    try:
+        sections, system = _typed_sections(raw, source)  # the case as given first: its errors are its own
+    except ConfigError as error:  # an unknown key: said where it was written
+        given = {".".join(path): f"--set {text}" for text, path, _ in overrides}
+        if quick:
+            given = {**{dotted: f"{source} [quick] {dotted}" for dotted in quick_table}, **given}
+        raise ConfigError(_unknown_key_origin(str(error), given, source)) from None
     if unquick is not None:  # a typo in [quick] must not wait for the first --quick run
         for dotted, value in quick_table.items():
             _apply(unquick, dotted.split("."), value, f"{source} [quick] {dotted}")
