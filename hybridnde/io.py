@@ -1,4 +1,4 @@
-"""Trajectories <-> CF-style NetCDF through xarray, written atomically.
+"""Trajectories <-> CF-style NetCDF through xarray, written atomically (``output_paths``).
 
 Schema (docs/netcdf.md): ``u(member, time, x)`` for fields or ``u(member, time, component)`` for
 ODE states, ``status(member)`` with CF flags, ``blowup_time(member)``; global attributes carry the
@@ -9,23 +9,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import datetime
-import errno
-import glob
 import logging
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .config.fields import ConfigError
+from .errors import DataError, ResumeRefused
+from .output_paths import (atomic_path, check_not_folders, check_output_path, disk_full_message,
+                           warn_if_disk_short)
 
 __all__ = [
     "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
@@ -58,15 +56,6 @@ VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
 def utc_now() -> str:
     """The time now, UTC, ISO 8601 to the second (``history`` attributes)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class DataError(ValueError):
-    """An input file (data, initial conditions, checkpoint) that cannot be used; names the file."""
-
-
-class ResumeRefused(DataError, ConfigError):
-    """A checkpoint that the run asked to resume does not fit it (another case, input or run); names
-    what differs. ``hybridnde run`` starts such a stage afresh, a single command stops (exit 2)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,194 +158,12 @@ def netcdf_encoding(dataset, *, compression_level: int = 4, time_chunk: int = 64
             encoding[name] = {"_FillValue": None}  # CF: coordinate variables have no missing values
     return encoding
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
-
-    Nothing partial is ever visible under ``path``; the temporary file is removed on failure.
-    """
-    path = Path(path)
-    if path.is_dir():  # (commands check their outputs first; this is the last guard, before the work)
-        raise DataError(f"{path}: is a folder where a file is to be written; move it away or choose another output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    host = _host_tag()
-    _remove_orphans(path, host)
-    owner = f"{host}.{os.getpid()}"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual mode
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
-#: zlib saves ~10 % on chaotic float states: an output this many times the free space cannot fit
-DISK_REFUSAL_FACTOR = 4.0
-
-
-def warn_if_disk_short(path: str | Path, raw_bytes: int, what: str, *, fix: str | None = None,
-                       warn: bool = True) -> bool:
-    """Log a warning (and return ``True``) when the file system of ``path`` has less free space than
-    ``raw_bytes``, the size of what ``what`` writes before compression (zlib saves ~10 % on chaotic
-    states: measured 0.88-0.90 on the ks_l22 files), so that a full disk is not first met at the end.
-    With ``fix`` (the keys to change, in words) ``DataError`` instead when the size is more than
-    ``DISK_REFUSAL_FACTOR`` times the free space; ``warn=False``: no warning (other MPI ranks)."""
-    ancestor = _existing_ancestor(Path(path).parent)
-    try:
-        free = shutil.disk_usage(ancestor).free
-    except OSError:
-        return False
-    if free >= raw_bytes:
-        return False
-    if fix is not None and raw_bytes > DISK_REFUSAL_FACTOR * free:
-        raise DataError(f"{what} writes {raw_bytes / 2**30:.3g} GiB to {ancestor} before compression (which saves "
-                        f"~10% on chaotic states), more than {DISK_REFUSAL_FACTOR:g}x the {free / 2**30:.3g} GiB free "
-                        f"there; {fix}")
-    if warn:
-        log.warning("%s writes up to %.3g GiB to %s (before compression, which saves ~10%% on chaotic states); "
-                    "only %.3g GiB are free there: it may fail when the disk fills (free some space, or choose another "
-                    "--out)", what, raw_bytes / 2**30, ancestor, free / 2**30)
-    return True
-
-
 def load_error_text(error: BaseException) -> str:
     """A ``torch.load`` failure in a few words: the OS's reason, or the error's kind (torch's own text for
     a foreign pickle suggests ``weights_only=False``, which is not the fix for a damaged file)."""
     if isinstance(error, OSError):
         return error.strerror or str(error)
     return type(error).__name__
-
-
-def disk_full_message(failure: BaseException) -> str | None:
-    """What to tell the user when ``failure`` or what caused it (the rollout's writer thread and HDF5
-    wrap it) is a full disk or an exceeded quota -- a message without a traceback -- else ``None``."""
-    seen: set[int] = set()
-    error: BaseException | None = failure
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
-                "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
-            return f"no space left on the device ({error}); free some space or choose another --out"
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def check_output_path(path: str | Path, option: str = "--out", *, folder: bool = False,
-                      inputs: dict[str, str | Path] | None = None) -> Path:
-    """``DataError`` now, before any work, unless ``path`` can become an output file (``folder``: a folder).
-
-    The path may not exist yet (missing parent folders are created when it is written), but it must
-    not be a folder (a file), its nearest existing ancestor (a folder's own self) must be a writable
-    folder, and it must not be one of the command's ``inputs`` (``{key naming it: path}``), which it
-    would replace. Its name must leave room for the temporary file beside it (``atomic_path``), and it
-    must be UTF-8 (NetCDF and HDF5 store names as UTF-8).
-    """
-    path = Path(path)
-    try:
-        os.fsencode(path).decode("utf-8")
-    except UnicodeError:
-        raise DataError(f"{option} {str(path)!r}: not a UTF-8 path, which NetCDF and HDF5 need; choose a name in "
-                        "UTF-8") from None
-    try:
-        return _check_output_path(path, option, folder=folder, inputs=inputs)
-    except OSError as error:  # a name or path too long for the file system, say
-        raise DataError(f"{option} {path}: cannot be used ({error.strerror or error}); choose a shorter path") \
-            from None
-
-
-def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[str, str | Path] | None) -> Path:
-    if not folder:  # atomic_path writes ".NAME.<host>.<pid>.<random>.part" beside it first, and beside it
-        # its siblings' (".NAME.checkpoint", "<stem>.checkpoint.pt", ...: up to 16 more) from any rank's pid
-        temporary = len(os.fsencode(f".{path.name}.{_host_tag()}.")) + len("1234567.12345678.part") + 16
-        limit = _name_max(path)
-        if temporary > limit:
-            raise DataError(f"{option} {path}: the name is too long; the temporary files written beside it need "
-                            f"up to {temporary} of the file system's {limit} characters: shorten it by "
-                            f"{temporary - limit}")
-    for key, source in (inputs or {}).items():
-        if source and (path.resolve() == Path(source).resolve()
-                       or path.exists() and Path(source).exists() and os.path.samefile(path, source)):
-            raise DataError(f"{option} {path}: is the input file {key}, which the output would replace; "
-                            "give another name")
-    if path.exists() and path.is_dir() != folder:
-        kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
-        raise DataError(f"{option} {path}: is {kind}; give {wanted}")
-    ancestor = _existing_ancestor(path if folder else path.parent)  # an existing folder: written into itself
-    if not ancestor.is_dir():
-        raise DataError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise DataError(f"{option} {path}: cannot write in {ancestor}; choose a folder you can write to")
-    try:  # permission bits do not tell everything (root, read-only or pseudo file systems): try it
-        with tempfile.TemporaryFile(dir=ancestor):  # unnamed where the OS allows: nothing is left behind
-            pass
-    except OSError as error:
-        raise DataError(f"{option} {path}: cannot write in {ancestor} ({error.strerror or error}); choose a "
-                        "folder you can write to") from None
-    return path
-
-
-def _existing_ancestor(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists (where a missing folder would be made)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _name_max(path: Path) -> int:
-    """The longest file name the file system at ``path`` takes (255 where it does not say)."""
-    try:
-        return int(os.pathconf(_existing_ancestor(path.parent), "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):  # (no pathconf on Windows)
-        return 255
-
-
-def check_not_folders(paths: Iterable[Path], out: str | Path, option: str = "--out") -> None:
-    """``DataError`` now, before any work, when a file the command writes beside or under its output
-    ``out`` (a log, a checkpoint, a report) is a folder: it failed at the end, the work done."""
-    for path in paths:
-        try:
-            is_folder = path.is_dir()
-        except OSError as error:  # a name too long for the file system, say
-            raise DataError(f"{option} {out}: {path.name} beside it cannot be used ({error.strerror or error}); "
-                            f"choose a shorter {option}") from None
-        if is_folder:
-            raise DataError(f"{option} {out}: {path} is a folder where this command writes a file; move it away or "
-                            f"choose another {option}")
-
-
-def _host_tag() -> str:
-    """This host and PID namespace (containers sharing a host name have their own PIDs): where a PID
-    in a temporary file's name can be asked whether it still runs."""
-    try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        namespace = 0
-    return f"{socket.gethostname()}-{namespace}"
-
-
-def _remove_orphans(path: Path, host: str) -> None:
-    """Temporary files of ``path`` left by writers on this ``host`` (``_host_tag``) that were killed
-    (``kill -9`` gives ``atomic_path`` no chance to clean up): their process is gone, so nothing will
-    finish them."""
-    for orphan in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*.part"):
-        pid = orphan.name[len(f".{path.name}.{host}."):].split(".", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):
-                orphan.unlink()
-        except PermissionError:  # alive, another user's
-            pass
-
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:

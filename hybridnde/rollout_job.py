@@ -31,7 +31,7 @@ from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
 from .distributed import (Communicator, agree, largest_batch_size_for, rank_batches, rank_device, require_same,
                           world)
-from .data import data_checksum
+from .checksums import data_checksum
 from .io import (STATUS_FLAGS, check_output_path, disk_full_message, package_version, platform_description,
                  utc_now, warn_if_disk_short)
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files

@@ -16,7 +16,7 @@ import torch
 
 from .chunk_codec import ChunkLayout
 from .config import CaseConfig
-from .data import records_data
+from .checksums import records_data
 from .io import STATUS_FLAGS
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .rollout import SaveSchedule

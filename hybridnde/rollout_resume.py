@@ -23,7 +23,7 @@ import torch
 
 from .config import CaseConfig
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
-from .data import records_data
+from .checksums import records_data
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 

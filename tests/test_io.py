@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hybridnde.io import DataError, _host_tag, trajectory_dataset, write_netcdf
+from hybridnde.io import DataError, trajectory_dataset, write_netcdf
+from hybridnde.output_paths import _host_tag
 from hybridnde.output_lock import lock_path, output_lock
 
 

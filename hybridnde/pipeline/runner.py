@@ -78,7 +78,7 @@ class _Run:
         """SHA-256 of a NetCDF file's data (``data.data_checksum``), or of its bytes (``of_bytes``: what
         outputs recorded before data checksums), each computed once per run call (and again if the file
         changes)."""
-        from ..data import data_checksum, file_checksum
+        from ..checksums import data_checksum, file_checksum
 
         status = path.stat()
         key = (path.resolve(), status.st_size, status.st_mtime_ns, of_bytes)
@@ -145,7 +145,7 @@ class _Run:
 
     # -- one variant --------------------------------------------------------------------------------
     def variant(self, variant: Variant, position: str) -> VariantResult:
-        from ..data import recorded_data_checksum
+        from ..checksums import recorded_data_checksum
         from ..rollout_job import run_rollout
         from ..training import checkpoint_path, log_path, train_case
         from ..netcdf_stream import checkpoint_path as rollout_checkpoint

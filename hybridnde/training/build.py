@@ -20,7 +20,8 @@ from torch import nn
 
 from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError
-from ..data import TrainingData, load_training_data, normalization_statistics, recorded_data_checksum
+from ..checksums import recorded_data_checksum
+from ..data import TrainingData, load_training_data, normalization_statistics
 from ..io import check_not_folders, check_output_path, package_version, platform_description
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise

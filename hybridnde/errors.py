@@ -1,0 +1,16 @@
+"""The errors that name a bad input file or a checkpoint that does not fit; the CLI turns both, and
+``ConfigError``, into exit 2 with the message and no traceback."""
+from __future__ import annotations
+
+from .config.fields import ConfigError
+
+__all__ = ["DataError", "ResumeRefused"]
+
+
+class DataError(ValueError):
+    """An input file (data, initial conditions, checkpoint) that cannot be used; names the file."""
+
+
+class ResumeRefused(DataError, ConfigError):
+    """A checkpoint that the run asked to resume does not fit it (another case, input or run); names
+    what differs. ``hybridnde run`` starts such a stage afresh, a single command stops (exit 2)."""
