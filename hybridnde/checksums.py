@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .errors import DataError
 
-__all__ = ["file_checksum", "data_checksum", "records_data", "recorded_data_checksum", "DATA_ATTRIBUTES",
+__all__ = ["file_checksum", "present_file_checksum", "data_checksum", "records_data", "recorded_data_checksum", "DATA_ATTRIBUTES",
            "DECODING_ATTRIBUTES"]
 
 
@@ -90,13 +90,19 @@ def _blocks(variable, block_bytes: int):
             yield variable[row, start:start + columns]
 
 
-def records_data(recorded: str | None, path: str | Path, data_sum: str) -> bool:
+def present_file_checksum(path: str | Path) -> str:
+    """``file_checksum`` of ``path``, or ``""`` where there is no file."""
+    return file_checksum(path) if Path(path).is_file() else ""
+
+
+def records_data(recorded: str | None, path: str | Path, data_sum: str, *,
+                 bytes_sum: Callable[[], str] | None = None) -> bool:
     """Whether ``recorded`` (what an output or checkpoint keeps of the file ``path``) is of the data there
-    now: their ``data_checksum`` ``data_sum``, or -- as earlier versions recorded -- the file's bytes
-    (hashed only then)."""
+    now: their ``data_checksum`` ``data_sum``, or -- as earlier versions recorded -- the file's bytes,
+    hashed only then (``bytes_sum``: where the caller keeps that checksum already)."""
     if not recorded:
         return False
-    return recorded == data_sum or (Path(path).is_file() and recorded == file_checksum(path))
+    return recorded == data_sum or recorded == (bytes_sum or (lambda: present_file_checksum(path)))()
 
 
 def recorded_data_checksum(summary: Mapping[str, Any]) -> str | None:

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .config import CaseConfig, KuramotoSivashinskyConfig, to_mapping
 from .grids import restrict_to_grid
-from .checksums import data_checksum, file_checksum, records_data, recorded_data_checksum  # (re-exported)
+from .checksums import (data_checksum, file_checksum, present_file_checksum, records_data,  # (some re-exported)
+                        recorded_data_checksum)
 from .io import STATUS_FLAGS, DataError, open_trajectories
 
 if sys.version_info >= (3, 11):
@@ -121,12 +122,12 @@ class TrainingData:
     def file_checksum(self) -> str:
         """Of the file's bytes (what closures and checkpoints recorded before data checksums), read
         only where asked for; ``""`` without the file."""
-        return file_checksum(self.path) if Path(self.path).is_file() else ""
+        return present_file_checksum(self.path)
 
     def made_from(self, recorded: str | None) -> bool:
-        """Whether ``recorded`` (a closure's or checkpoint's checksum of its data) is of these data:
-        ``records_data``, with the file's bytes hashed once however often it is asked."""
-        return bool(recorded) and recorded in (self.checksum, self.file_checksum)
+        """Whether ``recorded`` (a closure's or checkpoint's checksum of its data) is of these data
+        (``records_data``; the file's bytes hashed once however often it is asked)."""
+        return records_data(recorded, self.path, self.checksum, bytes_sum=lambda: self.file_checksum)
 
     def windows(self, split: str, length: int, *, stride: int = 1) -> WindowSet:
         trajectories = {"train": self.train, "validation": self.validation}[split]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..checksums import records_data
 from ..config import CaseConfig
 from ..io import ResumeRefused, atomic_path
 from ..threads import torch_threads
@@ -92,8 +93,9 @@ class _Run:
         ``source`` file than the one there now (``recorded``: the checksum the output keeps of its data,
         or of its bytes in older outputs; not checked when it keeps none): then ``None``, so the stage
         runs again. A file written again with the same data is the same file."""
-        if (found != expected or not recorded or not source.is_file() or recorded == self.checksum(source)
-                or recorded == self.checksum(source, of_bytes=True)):
+        if (found != expected or not recorded or not source.is_file()
+                or records_data(recorded, source, self.checksum(source),
+                                bytes_sum=lambda: self.checksum(source, of_bytes=True))):
             return found
         log.warning("%s%s: %s changed since %s was made from it (checksum %s..., now %s...); making it again",
                     label, name, source, output, recorded[:12], self.checksum(source)[:12])
