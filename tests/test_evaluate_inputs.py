@@ -10,6 +10,7 @@ import xarray as xr
 
 from hybridnde.cli import main
 from hybridnde.io import DataError, open_trajectories, trajectory_dataset, write_netcdf
+from test_cli_evaluate import KS  # the same small KS case
 
 LORENZ = """
 [case]
@@ -28,20 +29,6 @@ members = 3
 seed = 5
 """
 
-KS = """
-[case]
-name = "ks_inputs"
-[system]
-name = "kuramoto_sivashinsky"
-n_points = 64
-[time]
-dt = 0.25
-n_steps = 80
-save_every = 2
-[initial_condition]
-members = 2
-seed = 3
-"""
 
 
 def run(tmp_path, command, name, text, *overrides, **extra):
