@@ -100,21 +100,21 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     if closure_path is not None:
         solver.capture_closure = True  # our own models are plain tensor code: safe inside a CUDA graph
     time_chunk = case.output.time_chunk
+    # (its clock, t0, comes with the initial states below)
+    schedule = SaveSchedule(steps=rollout.steps, save_every=rollout.save_every, time_chunk=time_chunk, dt=solver.dt)
     batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,
-                                                       time_chunk=time_chunk, n_saves=1 + rollout.steps // rollout.save_every)
+                                                       time_chunk=time_chunk, n_saves=schedule.n_saves)
     batch_size = min(batch_size, rollout.members)
     # before the members are drawn, on every rank (each would draw its own): a mistyped count is said at once.
     # A resume only warns: part of the file (or all of it, finished) is already on the disk
-    size = rollout.members * (1 + rollout.steps // rollout.save_every) * int(np.prod(solver.state_shape)) * \
-        solver.dtype.itemsize
+    size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize
     warn_if_disk_short(out, size, "the rollout", warn=comm.rank == 0, fix=None if resume else
                        "lower rollout.members or rollout.steps, raise rollout.save_every, or choose another --out")
     batches = batch_bounds(rollout.members, batch_size)
     mine = rank_batches(batches, comm.size, comm.rank)
     positions = range(mine[0][0], mine[-1][1]) if mine else range(0)
     member_ids, t0, u0 = initial_states(case, solver, positions)
-    schedule = SaveSchedule(steps=rollout.steps, save_every=rollout.save_every, time_chunk=time_chunk, dt=solver.dt,
-                            t0=t0)
+    schedule = replace(schedule, t0=t0)
     setup = RolloutSetup(solver=solver, closure_checksum=closure_checksum, schedule=schedule, batch_size=batch_size,
                    batches=batches, mine=mine, member_ids=member_ids, u0=u0, first_position=positions.start,
                    checkpoint=None)
