@@ -110,8 +110,8 @@ def check_output_path(path: str | Path, option: str = "--out", *, folder: bool =
                         "UTF-8") from None
     try:
         return _check_output_path(path, option, folder=folder, inputs=inputs)
-    except OSError as error:  # a name or path too long for the file system, say
-        raise DataError(f"{option} {path}: cannot be used ({error.strerror or error}); choose a shorter path") \
+    except OSError as error:  # a name too long for the file system, a folder on the way one cannot search, ...
+        raise DataError(f"{option} {path}: cannot be used ({error.strerror or error}); {_remedy(error, 'path')}") \
             from None
 
 
@@ -134,7 +134,8 @@ def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[st
         raise DataError(f"{option} {path}: is {kind}; give {wanted}")
     ancestor = _existing_ancestor(path if folder else path.parent)  # an existing folder: written into itself
     if not ancestor.is_dir():
-        raise DataError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
+        what = "a symbolic link to nothing (or a loop)" if ancestor.is_symlink() else "a file, not a folder"
+        raise DataError(f"{option} {path}: {ancestor} is {what}; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise DataError(f"{option} {path}: cannot write in {ancestor}; choose a folder you can write to")
     try:  # permission bits do not tell everything (root, read-only or pseudo file systems): try it
@@ -146,9 +147,19 @@ def _check_output_path(path: Path, option: str, *, folder: bool, inputs: dict[st
     return path
 
 
+def _remedy(error: OSError, what: str) -> str:
+    """The fix for an ``OSError`` met checking an output path: only a too-long name is fixed by a shorter one."""
+    if error.errno == errno.ENAMETOOLONG:
+        return f"choose a shorter {what}"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"choose a {what} in folders you can open"
+    return f"choose another {what}"
+
+
 def _existing_ancestor(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists (where a missing folder would be made)."""
-    while not path.exists() and path != path.parent:
+    """``path`` or its nearest ancestor that exists (where a missing folder would be made); a broken
+    symbolic link exists here (a folder cannot be made in its place)."""
+    while not os.path.lexists(path) and path != path.parent:
         path = path.parent
     return path
 
@@ -169,7 +180,7 @@ def check_not_folders(paths: Iterable[Path], out: str | Path, option: str = "--o
             is_folder = path.is_dir()
         except OSError as error:  # a name too long for the file system, say
             raise DataError(f"{option} {out}: {path.name} beside it cannot be used ({error.strerror or error}); "
-                            f"choose a shorter {option}") from None
+                            f"{_remedy(error, option)}") from None
         if is_folder:
             raise DataError(f"{option} {out}: {path} is a folder where this command writes a file; move it away or "
                             f"choose another {option}")

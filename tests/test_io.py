@@ -2,6 +2,7 @@
 one-writer lock beside an output."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -179,6 +180,32 @@ def test_a_trajectory_file_whose_member_labels_repeat_is_refused(tmp_path):
     fine = write_netcdf(trajectory_dataset(u, [0.0, 0.1, 0.2], state_dim="x", state_coords=[0.0, 1.0],
                                            members=[4, 5]), tmp_path / "fine.nc")
     assert open_trajectories(fine)["member"].values.tolist() == [4, 5]
+
+
+def test_an_output_path_refused_for_another_reason_than_length_is_not_told_to_be_shorter(tmp_path, monkeypatch):
+    """Every OSError met checking a path was answered "choose a shorter path"; a folder on the way one
+    cannot search, or a broken symbolic link where a folder is to be made, needs another path."""
+    from hybridnde.io import check_output_path
+
+    locked = tmp_path / "locked"
+    real_exists = Path.exists
+
+    def exists(self, *args, **kwargs):
+        if locked in (self, *self.parents):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    with pytest.raises(DataError, match=r"cannot be used \(Permission denied\); choose a path in folders you can open"):
+        check_output_path(locked / "t.nc")
+    monkeypatch.undo()
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for broken in ("loop_a", "dangling"):  # passed the check, then failed making the folder after the work
+        with pytest.raises(DataError, match=f"{broken} is a symbolic link to nothing \\(or a loop\\); choose another"):
+            check_output_path(tmp_path / broken / "deeper" / "t.nc")
+    assert check_output_path(tmp_path / "dangling") == tmp_path / "dangling"  # the link itself is replaced
 
 
 def test_output_paths_the_file_system_or_netcdf_cannot_take_are_refused_before_the_work(tmp_path, monkeypatch):
