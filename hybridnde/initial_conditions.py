@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -90,7 +91,10 @@ def open_initial_conditions(path: Path, key: str, fix: str = "a NetCDF file"):
     import xarray as xr
 
     if not path.is_file():
-        raise DataError(f"{key} = {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}; give {fix}")
+        where = "" if path.is_absolute() or path.exists() else \
+            f" (a relative path is read from the working directory, {os.getcwd()}, not from the case file's folder)"
+        raise DataError(f"{key} = {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}{where}; "
+                        f"give {fix}")
     try:
         return xr.open_dataset(path, engine="netcdf4")
     except (OSError, ValueError) as error:  # not NetCDF, or damaged

@@ -130,6 +130,24 @@ def test_a_folder_or_a_file_that_is_not_netcdf_is_named_as_such(tmp_path, reader
         assert "IO dependencies" not in str(caught.value) and "backends" not in str(caught.value)
 
 
+@pytest.mark.parametrize("reader", ["simulate", "rollout"])
+def test_a_missing_relative_file_says_where_it_was_looked_for(tmp_path, monkeypatch, reader):
+    """A file named beside the case file but run from another folder was "does not exist": paths are
+    read from the working directory, which the message now names (an absolute path needs no such words)."""
+    def read(path):
+        if reader == "simulate":
+            return read_initial_conditions(path, Lorenz63(), range(1))
+        return read_initial_states(path, Lorenz63(), 1, range(1))
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"'ic.nc' does not exist \\(a relative path is read from the working "
+                                        f"directory, {tmp_path}, not from the case file's folder\\); give"):
+        read(Path("ic.nc"))
+    with pytest.raises(DataError, match="ic.nc' does not exist; give") as caught:
+        read(tmp_path / "ic.nc")
+    assert "working directory" not in str(caught.value)
+
+
 LORENZ_POINT = {"system": {"name": "lorenz63"},
                 "initial_condition": {"distribution": "point", "value": [1.0, 2.0, 3.0]}}
 

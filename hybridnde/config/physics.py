@@ -150,8 +150,8 @@ class InitialConditionConfig:
                                       length=2)
     amplitude: float = option(1.0, "random_fourier: standard deviation of the field", positive=True)
     n_modes: int = option(4, "random_fourier: lowest Fourier modes 1..n_modes with random phases", positive=True)
-    file: str = option("", "file: NetCDF with u(member, x) or u(member, component), components matched by "
-                       "name (or u(member, time, ...): "
+    file: str = option("", "file: NetCDF path (relative to the working directory) with u(member, x) or "
+                       "u(member, component), components matched by name (or u(member, time, ...): "
                        "the first time is used); the simulation keeps the file's member labels and starts its clock at "
                        "that time (plus the spin-up)")
 
