@@ -163,6 +163,10 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
     domain_length = _check_same_states(state_dim, state_coords, reference_coords, names)
     member_index = _member_pairs(np.asarray(rollout["member"].values), np.asarray(reference["member"].values),
                                  match_members, names)
+    unlabelled = [name for name, dataset in zip(names, (rollout, reference)) if "member" not in dataset.coords]
+    if unlabelled and match_members == "coordinate":  # xarray numbers them 0, 1, ...: a pairing by position
+        notes.append(f"{' and '.join(unlabelled)} without a member coordinate: members taken as 0, 1, ... (paired by "
+                     "position)")
     rollout_times = np.asarray(rollout["time"].values, dtype=np.float64)
     reference_times = np.asarray(reference["time"].values, dtype=np.float64)
     largest = max(float(np.abs(rollout_times).max(initial=0.0)), float(np.abs(reference_times).max(initial=0.0)))

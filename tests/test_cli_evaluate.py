@@ -315,6 +315,24 @@ def test_components_in_another_order_are_paired_by_name():
     assert [str(name) for name in pair.state_coords] == ["x", "y", "z"]
 
 
+def test_a_file_without_member_coordinate_is_said_to_be_paired_by_position():
+    """xarray numbers the members of a file without a member coordinate 0, 1, ...: the pairing by label
+    was then a pairing by position, silently. It is noted; with labels on both sides nothing is."""
+    from hybridnde.alignment import align_trajectories
+
+    values = np.random.default_rng(0).standard_normal((2, 3, 3))
+    times = 0.1 * np.arange(3)
+    reference = trajectory_dataset(values, times, state_dim="component", state_coords=["x", "y", "z"])
+    assert not align_trajectories(reference, reference).notes
+    unlabelled = reference.drop_vars("member")
+    pair = align_trajectories(unlabelled, reference, names=("run.nc", "truth.nc"))
+    assert pair.notes == ("run.nc without a member coordinate: members taken as 0, 1, ... (paired by position)",)
+    np.testing.assert_array_equal(pair.predicted, pair.truth)
+    both = align_trajectories(unlabelled, unlabelled, names=("run.nc", "truth.nc"))
+    assert "run.nc and truth.nc without a member coordinate" in both.notes[0]
+    assert not align_trajectories(unlabelled, reference, match_members="index").notes
+
+
 def test_a_float32_time_coordinate_keeps_every_time():
     """A rollout whose time is float32 (an external file): t = 100 rounds by up to 4e-6, above the
     default 1e-6 x dt, and 752 of 1001 times were dropped with only a note."""
