@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from .errors import DataError
 
-__all__ = ["atomic_path", "check_output_path", "check_not_folders", "warn_if_disk_short", "disk_full_message",
+__all__ = ["atomic_path", "check_output_path", "check_not_folders", "check_name_fits", "warn_if_disk_short", "disk_full_message",
            "DISK_REFUSAL_FACTOR"]
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,16 @@ def _existing_ancestor(path: Path) -> Path:
     while not os.path.lexists(path) and path != path.parent:
         path = path.parent
     return path
+
+
+def check_name_fits(name: str, folder: Path, what: str, *, fix: str) -> None:
+    """``DataError`` now, before any work, when the file system at ``folder`` cannot take ``name`` (a
+    file or folder name the command makes up, e.g. from values given); ``what`` names it, ``fix`` says
+    what to change."""
+    length, limit = len(os.fsencode(name)), _name_max(folder / name)
+    if length > limit:
+        raise DataError(f"{what} {name[:40]}...: {length} characters, more than the {limit} the file system takes "
+                        f"for a name; {fix}")
 
 
 def _name_max(path: Path) -> int:

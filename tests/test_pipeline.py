@@ -421,6 +421,62 @@ def test_a_stage_without_checkpoints_is_not_said_to_resume(tmp_path, monkeypatch
     assert lines and not any("(resuming)" in line for line in lines)
 
 
+def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """The bare-host baseline checkpoints as the closure's rollout does; a rerun goes on from there."""
+    import hybridnde.rollout_job as rollout_job
+    from hybridnde.netcdf_stream import checkpoint_path as rollout_checkpoint
+
+    settings = ["--quick", "--set", "rollout.steps=24", "--set", "rollout.checkpoint_every=4", "--set",
+                "output.time_chunk=2"]
+    real_run, real_encode = rollout_job.run_rollout, rollout_job.encode_block
+    encoded = []
+
+    def stopping_encode(*arguments, **keywords):
+        encoded.append(1)
+        if len(encoded) == 6:
+            raise KeyboardInterrupt
+        return real_encode(*arguments, **keywords)
+
+    def run_rollout(case, out, **keywords):
+        if Path(out).name == "baseline.nc":
+            monkeypatch.setattr(rollout_job, "encode_block", stopping_encode)
+        try:
+            return real_run(case, out, **keywords)
+        finally:
+            monkeypatch.setattr(rollout_job, "encode_block", real_encode)
+
+    case, out = write_case(tmp_path), tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(rollout_job, "run_rollout", run_rollout)
+        assert run(case, out, *settings) == 130
+    assert rollout_checkpoint(out / "baseline.nc").is_file() and not (out / "baseline.nc").exists()
+    capsys.readouterr()
+    assert run(case, out, *settings) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "baseline -> " in line]
+    assert lines and lines[0].endswith("(resuming)"), lines
+
+
+def test_a_training_stopped_before_its_first_checkpoint_is_not_said_to_resume(tmp_path, monkeypatch, capsys):
+    import hybridnde.training.trainer as trainer
+
+    original = trainer.learning_rate_at
+
+    def stop_in_first_epoch(epoch, config):
+        if epoch == 0:
+            raise KeyboardInterrupt
+        return original(epoch, config)
+
+    case, out = write_case(tmp_path), tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "learning_rate_at", stop_in_first_epoch)
+        assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+    assert not (out / "closure.checkpoint.pt").exists()
+    capsys.readouterr()
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "train -> " in line]
+    assert lines and not any("(resuming)" in line for line in lines), lines
+
+
 def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatch, capsys):
     """`run` has no --resume to drop: a checkpoint that no longer fits (here: the training data's checksum
     tampered with) used to stop every rerun with exit 2; the stage now starts over, with a warning."""
@@ -678,6 +734,19 @@ def test_a_folder_where_the_run_writes_a_file_is_refused_before_any_stage(tmp_pa
     assert run(write_case(tmp_path), out, "--quick", "--compare", "training.regularizer=none,fd") == 2
     assert f"{out / name} is a folder where this command writes a file; move it away" in capsys.readouterr().err
     assert not (out / "truth.nc").exists()
+
+
+def test_a_variant_folder_name_too_long_for_the_file_system_is_refused_before_any_stage(tmp_path, capsys):
+    """A long --compare value made a folder name over 255 characters: that variant failed with Errno 36
+    after the simulation, and a rerun into the same --out crashed with a traceback."""
+    out = tmp_path / "run"
+    long_value = "0.001" + "0" * 300 + "1"
+    for attempt in range(2):
+        assert run(write_case(tmp_path), out, "--quick", "--compare", f"training.learning_rate={long_value},0.002") == 2
+        error = capsys.readouterr().err
+        assert "--compare: the variant folder learning_rate=0.00100" in error and "more than the 255" in error
+        assert "compare fewer keys at once, or values written shorter" in error and "Traceback" not in error
+        assert not (out / "truth.nc").exists()
 
 
 def test_compare_values_split_outside_brackets_and_quotes():

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..io import DataError, check_not_folders, check_output_path
+from ..output_paths import check_name_fits
 from ..threads import add_threads_argument
 from .common import add_case_arguments, output_directory
 
@@ -69,6 +70,9 @@ def _check_existing_folders(directory: Path, variant_labels: list[str]) -> None:
     ``figures/``): each that exists must be writable now, not found read-only after the stages ran;
     and none of the files it writes there may be a folder. Other folders under ``directory`` are not
     the run's business."""
+    for label in variant_labels:  # (a long one failed its variant's first file, after the simulation)
+        check_name_fits(label, directory, "--compare: the variant folder", fix="compare fewer keys at once, or "
+                        "values written shorter")
     folders = [directory, directory / "figures"]
     for label in variant_labels:
         folders += [directory / label, directory / label / "figures"]
