@@ -113,6 +113,24 @@ def test_a_hybrid_host_on_a_coarser_grid_without_a_term_is_still_the_truths_syst
     assert status == 2 and "system.domain_length (22.0 -> 30.0)" in err, err
 
 
+def test_a_rollout_on_a_coarser_grid_of_the_same_system_is_scored_not_refused(tmp_path, capsys):
+    """system.n_points is how the system is discretised, not which system it is: a 32-point rollout or
+    simulation of the 64-point truth's system is scored (restricted spectrally), without a note calling
+    it another system, and a --case on 32 points is the files' system too."""
+    truth = run(tmp_path, "simulate", "ks_truth", KS)
+    coarse = run(tmp_path, "rollout", "ks_coarse", KS, f"rollout.initial_conditions={truth}", "rollout.members=2",
+                 "rollout.steps=40", "system.n_points=32")
+    status, out, err = evaluate(capsys, coarse, truth)
+    assert status == 0, err
+    assert any("restricted spectrally from 64" in note for note in json.loads(out)["notes"])
+    coarse_simulation = run(tmp_path, "simulate", "ks_coarse_simulation", KS, "system.n_points=32")
+    status, out, err = evaluate(capsys, coarse_simulation, truth)
+    assert status == 0, err
+    assert not any("simulated for another system" in note for note in json.loads(out)["notes"])
+    status, _, err = evaluate(capsys, coarse, truth, "--case", tmp_path / "ks_truth.toml", "--set", "system.n_points=32")
+    assert status == 0, err
+
+
 def without_time(source, path):
     with xr.open_dataset(source) as opened:
         opened.load().drop_vars("time").to_netcdf(path)

@@ -159,6 +159,7 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "truth.nc")]) == 2
     assert "give a TorchScript file name ending in .ts" in capsys.readouterr().err
     assert (tmp_path / "truth.nc").read_bytes() == b"data"
+    assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "upper.TS")]) == 0  # any case
     assert main(["export", str(tmp_path / "closure.pt"), "--out", str(tmp_path / "meta.ts"), "--device", "meta"]) == 2
     assert "--device = 'meta' is not a device" in capsys.readouterr().err
     assert not (tmp_path / "c.ts").exists()

@@ -203,6 +203,7 @@ def test_keys_the_distribution_uses_and_default_values_are_accepted():
     switched = parse_case(LORENZ_POINT, overrides=["initial_condition.distribution='file'",
                                                    "initial_condition.file='ics.nc'", "initial_condition.std=[0.1]"])
     assert switched.initial_condition.file == "ics.nc"
+    assert switched.initial_condition.unused_keys() == []  # (no warning that std is ignored: the file is used)
     # auto becomes random_fourier, two_body_orbit or rigid_body_circle by the system: their keys are its
     ks = {"system": {"name": "kuramoto_sivashinsky"}, "initial_condition": {"n_modes": 6}}
     assert parse_case(ks).initial_condition.distribution == "random_fourier"

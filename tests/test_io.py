@@ -182,6 +182,31 @@ def test_a_trajectory_file_whose_member_labels_repeat_is_refused(tmp_path):
     assert open_trajectories(fine)["member"].values.tolist() == [4, 5]
 
 
+def test_the_longest_accepted_output_name_leaves_room_for_its_siblings_temporary_files(tmp_path):
+    """An output name is accepted only if the files written beside it (each through a temporary file
+    named after it) fit the file system too: without that margin, the longest accepted name failed with
+    Errno 36 at the first rollout checkpoint."""
+    from hybridnde.io import atomic_path, check_output_path
+    from hybridnde.netcdf_stream import checkpoint_path, partial_path
+    from hybridnde.training import checkpoint_path as training_checkpoint_path
+    from hybridnde.training.checkpoint import partial_log_path
+
+    def accepted(length):
+        try:
+            check_output_path(tmp_path / ("a" * (length - 3) + ".nc"))
+            return True
+        except DataError:
+            return False
+
+    longest = max(length for length in range(100, 256) if accepted(length))
+    out, closure = tmp_path / ("a" * (longest - 3) + ".nc"), tmp_path / ("a" * (longest - 3) + ".pt")
+    for sibling in (out, checkpoint_path(out), partial_path(out), training_checkpoint_path(closure),
+                    partial_log_path(closure)):
+        with atomic_path(sibling) as temporary:
+            temporary.write_bytes(b"x")
+        assert sibling.is_file()
+
+
 def test_an_output_path_refused_for_another_reason_than_length_is_not_told_to_be_shorter(tmp_path, monkeypatch):
     """Every OSError met checking a path was answered "choose a shorter path"; a folder on the way one
     cannot search, or a broken symbolic link where a folder is to be made, needs another path."""

@@ -697,6 +697,35 @@ def test_a_resume_may_choose_the_same_batch_size_another_way(tmp_path, caplog):
     assert out.read_bytes() == made and "nothing to resume" in caplog.text
 
 
+def test_a_rollout_recorded_with_the_earlier_checksum_resumes_and_is_found_finished(tmp_path, caplog):
+    """Checkpoints and files written before the batch-choice keys were left out of the checksum carry the
+    full table's: such a checkpoint resumes, and such a finished file is found finished (by the case
+    given and by one choosing the same batch size automatically) instead of being rolled out again."""
+    import netCDF4
+
+    from hybridnde.rollout_resume import rollout_checksum
+
+    case = two_body_case("rollout.batch_size=6", "rollout.steps=60", "output.time_chunk=5")
+    automatic = two_body_case("rollout.batch_size=0", "rollout.memory_budget_mb=64", "rollout.steps=60",
+                              "output.time_chunk=5")
+    legacy = rollout_checksum(case, legacy=True)
+    assert legacy != rollout_checksum(case)
+    model, out = small_mlp(), tmp_path / "r.nc"
+    interrupted_rollout(case, out, model, after=0.3)
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    assert state["config_checksum"] == rollout_checksum(case)
+    torch.save({**state, "config_checksum": legacy}, checkpoint_path(out))
+    assert run_rollout(case, out, closure=model, resume=True, progress=False).resumed
+    with netCDF4.Dataset(out, "a") as dataset:
+        dataset.setncattr("config_checksum", legacy)
+    made = out.read_bytes()
+    caplog.set_level("INFO")
+    for same in (case, automatic):
+        caplog.clear()
+        assert not run_rollout(same, out, closure=model, resume=True, progress=False).resumed
+        assert out.read_bytes() == made and "nothing to resume" in caplog.text
+
+
 def test_a_checkpoint_of_another_kind_of_device_resumes_in_this_devices_working_form(tmp_path, caplog, monkeypatch):
     """A GPU keeps KS states dense (physical), a CPU as Fourier coefficients at N = 128: a GPU checkpoint
     resumed on a CPU goes on in the CPU's form (the dense form costs two transforms a step more there),

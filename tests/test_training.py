@@ -580,6 +580,107 @@ def test_an_adjoint_solve_whose_step_underflows_in_backward_is_a_non_finite_batc
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # no step taken
 
 
+def test_a_run_failing_after_a_checkpoint_keeps_its_partial_log_for_the_resume(tmp_path, truth_file, monkeypatch):
+    """A failed run's partial log goes only when no checkpoint can resume it; here one can, and the
+    resumed log is the uninterrupted run's."""
+    case = toy_case()
+    straight = tmp_path / "straight" / "closure.pt"
+    train_case(case, truth_file, straight, progress=False)
+    out, original = tmp_path / "failed" / "closure.pt", trainer_module.Trainer._epoch
+
+    def fail_in_fourth_epoch(self, windows, sample_interval, epoch):
+        if epoch == 3:
+            raise RuntimeError("the disk went away")
+        return original(self, windows, sample_interval, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", fail_in_fourth_epoch)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        train_case(case, truth_file, out, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    assert checkpoint_path(out).is_file() and len(read_log(partial_log_path(out))) == 3
+    assert train_case(case, truth_file, out, resume=True, progress=False)[1].resumed_from == 2
+    assert [r["epoch"] for r in read_log(log_path(out))] == [r["epoch"] for r in read_log(log_path(straight))]
+
+
+def test_resume_finds_a_finished_closure_recorded_with_other_run_only_keys(tmp_path, truth_file, monkeypatch, caplog):
+    """`train --resume` on a closure finished with another checkpoint_every (a run-only key) and the
+    full-table checksum earlier versions recorded: nothing to resume, as `hybridnde run` reuses it; a
+    checksum its stored case does not give is not taken on trust."""
+    from hybridnde.closure_file import save_closure
+    from hybridnde.training import TRAINING_SECTIONS
+    from hybridnde.training.build import trained_for
+
+    out = tmp_path / "closure.pt"
+    train_case(toy_case(), truth_file, out, progress=False)
+    model, payload = load_closure(out)
+    before = toy_case({"checkpoint_every": 7})
+    save_closure(out, model, case_toml=before.to_toml(),
+                 metadata={**payload["metadata"], "config_checksum": before.checksum(TRAINING_SECTIONS)})
+    saved = out.read_bytes()
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda *a, **k: pytest.fail("trained again"))
+    caplog.set_level("INFO")
+    train_case(toy_case(), truth_file, out, resume=True, progress=False)
+    assert out.read_bytes() == saved and "nothing to resume" in caplog.text
+    assert not trained_for(toy_case(), "0" * 64, toy_case().to_toml())
+
+
+def test_a_resume_is_not_told_that_it_starts_afresh(tmp_path, truth_file, monkeypatch, caplog):
+    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    caplog.clear()
+    assert train_case(toy_case(), truth_file, out, resume=True, progress=False)[1].resumed_from == 2
+    assert "starts afresh" not in caplog.text
+
+
+def _failing_once_in_backward(message: str) -> RolloutLoss:
+    """A rollout loss whose first backward() raises ``AssertionError(message)``, the others pass."""
+    calls = []
+
+    class FailingOnce(torch.autograd.Function):
+        @staticmethod
+        def forward(context, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(context, gradient):
+            calls.append(1)
+            if len(calls) == 1:
+                raise AssertionError(message)
+            return gradient
+
+    class Loss(RolloutLoss):
+        def __call__(self, *arguments):
+            return {name: (FailingOnce.apply(value), weight)
+                    for name, (value, weight) in super().__call__(*arguments).items()}
+
+    return Loss(steps=2)
+
+
+def test_only_the_step_underflow_is_a_non_finite_batch_and_it_is_counted():
+    """Only torchdiffeq's "underflow in dt" assertion is a blow-up: any other AssertionError (a bug) must
+    surface as itself, not as a skipped batch or an "underflowed" message; a skipped batch is counted."""
+    from solvers.integrators import is_step_underflow, odeint_adaptive
+
+    assert is_step_underflow(AssertionError("underflow in dt 1e-300"))
+    assert not is_step_underflow(AssertionError("a bug")) and not is_step_underflow(RuntimeError("underflow in dt"))
+
+    def broken(t, u):
+        raise AssertionError("a bug in the vector field")
+
+    with pytest.raises(AssertionError, match="a bug in the vector field"):
+        odeint_adaptive(broken, torch.ones(1, 1, dtype=torch.float64), [0.0, 1.0])
+    trainer, windows = _tiny_trainer(epochs=1)
+    trainer.terms = [_failing_once_in_backward("a bug in backward")]
+    with pytest.raises(AssertionError, match="a bug in backward"):
+        trainer.fit(windows, windows, 0.1)
+    trainer, windows = _tiny_trainer(epochs=1)
+    trainer.terms = [_failing_once_in_backward("underflow in dt 0.0")]
+    assert trainer.fit(windows, windows, 0.1).history[0]["skipped_batches"] == 1
+
+
 def test_a_damaged_checkpoint_is_named_in_a_few_words(tmp_path):
     """torch's paragraph for a foreign pickle ("Re-running torch.load with weights_only set to False will
     likely succeed...") came with the message: the fix is deleting the file, not trusting it."""
