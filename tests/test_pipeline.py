@@ -369,19 +369,20 @@ def test_figures_of_an_earlier_set_up_do_not_stay_beside_the_new_report(finished
     assert "error_growth_vs_bare_host" not in (copy / "report.md").read_text()
 
 
-def run_stopped_in_training(case, out, monkeypatch):
-    """``run`` interrupted (Ctrl-C) in the third training epoch, after the checkpoint of the second."""
+def run_stopped_in_training(case, out, monkeypatch, *, epoch: int = 2):
+    """``run`` interrupted (Ctrl-C) in 0-based training epoch ``epoch`` (the third: after the checkpoint
+    of the second)."""
     import hybridnde.training.trainer as trainer
 
     original = trainer.learning_rate_at
 
-    def stop_at_third_epoch(epoch, config):
-        if epoch == 2:
+    def stop_at_epoch(at, config):
+        if at == epoch:
             raise KeyboardInterrupt
-        return original(epoch, config)
+        return original(at, config)
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
+        patch.setattr(trainer, "learning_rate_at", stop_at_epoch)
         assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
 
 
@@ -457,19 +458,8 @@ def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, 
 
 
 def test_a_training_stopped_before_its_first_checkpoint_is_not_said_to_resume(tmp_path, monkeypatch, capsys):
-    import hybridnde.training.trainer as trainer
-
-    original = trainer.learning_rate_at
-
-    def stop_in_first_epoch(epoch, config):
-        if epoch == 0:
-            raise KeyboardInterrupt
-        return original(epoch, config)
-
     case, out = write_case(tmp_path), tmp_path / "stopped"
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer, "learning_rate_at", stop_in_first_epoch)
-        assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+    run_stopped_in_training(case, out, monkeypatch, epoch=0)
     assert not (out / "closure.checkpoint.pt").exists()
     capsys.readouterr()
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0

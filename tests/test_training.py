@@ -545,6 +545,31 @@ def test_an_adaptive_solve_whose_step_underflows_is_a_non_finite_batch():
     assert validation(trainer.model, trainer.solver, windows, 0.1) == math.inf
 
 
+def _failing_in_backward(message: str, *, failing_calls: float = 1) -> RolloutLoss:
+    """A rollout loss whose first ``failing_calls`` backward() calls raise ``AssertionError(message)``
+    (as torchdiffeq's adjoint solve does when its step underflows), the others pass."""
+    calls = []
+
+    class Failing(torch.autograd.Function):
+        @staticmethod
+        def forward(context, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(context, gradient):
+            calls.append(1)
+            if len(calls) <= failing_calls:
+                raise AssertionError(message)
+            return gradient
+
+    class Loss(RolloutLoss):
+        def __call__(self, *arguments):
+            return {name: (Failing.apply(value), weight)
+                    for name, (value, weight) in super().__call__(*arguments).items()}
+
+    return Loss(steps=2)
+
+
 def test_an_adjoint_solve_whose_step_underflows_in_backward_is_a_non_finite_batch():
     """With odeint_adjoint the backward solve runs inside backward(): close to the blow-up of
     du/dt = k u^2 the forward solve succeeds and the adjoint's step underflows (a bare AssertionError,
@@ -558,22 +583,8 @@ def test_an_adjoint_solve_whose_step_underflows_in_backward_is_a_non_finite_batc
         u[:, -1].sum().backward()
     assert is_step_underflow(caught.value)
 
-    class UnderflowsInBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(context, value):
-            return value.clone()
-
-        @staticmethod
-        def backward(context, gradient):
-            raise AssertionError("underflow in dt 0.0")
-
-    class AdjointLike(RolloutLoss):
-        def __call__(self, *arguments):
-            return {name: (UnderflowsInBackward.apply(value), weight)
-                    for name, (value, weight) in super().__call__(*arguments).items()}
-
     trainer, windows = _tiny_trainer(epochs=1)
-    trainer.terms = [AdjointLike(steps=2)]
+    trainer.terms = [_failing_in_backward("underflow in dt 0.0", failing_calls=math.inf)]
     before = [parameter.detach().clone() for parameter in trainer.model.parameters()]
     with pytest.raises(FloatingPointError, match=r"non-finite terms: adjoint backward"):
         trainer.fit(windows, windows, 0.1)
@@ -635,30 +646,6 @@ def test_a_resume_is_not_told_that_it_starts_afresh(tmp_path, truth_file, monkey
     assert "starts afresh" not in caplog.text
 
 
-def _failing_once_in_backward(message: str) -> RolloutLoss:
-    """A rollout loss whose first backward() raises ``AssertionError(message)``, the others pass."""
-    calls = []
-
-    class FailingOnce(torch.autograd.Function):
-        @staticmethod
-        def forward(context, value):
-            return value.clone()
-
-        @staticmethod
-        def backward(context, gradient):
-            calls.append(1)
-            if len(calls) == 1:
-                raise AssertionError(message)
-            return gradient
-
-    class Loss(RolloutLoss):
-        def __call__(self, *arguments):
-            return {name: (FailingOnce.apply(value), weight)
-                    for name, (value, weight) in super().__call__(*arguments).items()}
-
-    return Loss(steps=2)
-
-
 def test_only_the_step_underflow_is_a_non_finite_batch_and_it_is_counted():
     """Only torchdiffeq's "underflow in dt" assertion is a blow-up: any other AssertionError (a bug) must
     surface as itself, not as a skipped batch or an "underflowed" message; a skipped batch is counted."""
@@ -673,11 +660,11 @@ def test_only_the_step_underflow_is_a_non_finite_batch_and_it_is_counted():
     with pytest.raises(AssertionError, match="a bug in the vector field"):
         odeint_adaptive(broken, torch.ones(1, 1, dtype=torch.float64), [0.0, 1.0])
     trainer, windows = _tiny_trainer(epochs=1)
-    trainer.terms = [_failing_once_in_backward("a bug in backward")]
+    trainer.terms = [_failing_in_backward("a bug in backward")]
     with pytest.raises(AssertionError, match="a bug in backward"):
         trainer.fit(windows, windows, 0.1)
     trainer, windows = _tiny_trainer(epochs=1)
-    trainer.terms = [_failing_once_in_backward("underflow in dt 0.0")]
+    trainer.terms = [_failing_in_backward("underflow in dt 0.0")]
     assert trainer.fit(windows, windows, 0.1).history[0]["skipped_batches"] == 1
 
 
