@@ -31,7 +31,8 @@ class ProgressLog:
         self.last = self.started
         self.counted_from = None  # the count at the first update (a resume's earlier steps are not this run's)
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, detail: str = "") -> None:
+        """``n`` more done; ``detail`` (e.g. the latest loss) ends the line when one is due."""
         if self.counted_from is None:  # the first update is what was done before (a resume's steps)
             self.done += n
             self.counted_from, self.started = self.done, self.clock()
@@ -43,8 +44,9 @@ class ProgressLog:
         self.last = now
         rate = (self.done - self.counted_from) / max(now - self.started, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
-        log.info("%s: %.0f%% (%.4g of %.4g %ss), %.4g %ss/s, about %.0f s left", self.description,
-                 100.0 * self.done / self.total, self.done, self.total, self.unit, rate, self.unit, left)
+        log.info("%s: %.0f%% (%.4g of %.4g %ss), %.4g %ss/s, about %.0f s left%s", self.description,
+                 100.0 * self.done / self.total, self.done, self.total, self.unit, rate, self.unit, left,
+                 f"; {detail}" if detail else "")
 
     def close(self) -> None:
         pass

@@ -118,7 +118,8 @@ def test_bad_input_exits_2_and_leaves_no_file(tmp_path, files, which, arguments,
     assert list(tmp_path.iterdir()) == []  # no closure, log, checkpoint or temporary file
 
 
-@pytest.mark.parametrize("every, hint", [(1, "with --resume continues from it"), (0, "a rerun starts afresh")])
+@pytest.mark.parametrize("every, hint", [(1, "holds the last checkpoint (after epoch 1 of 3): the same command with "
+                                              "--resume continues from it"), (0, "a rerun starts afresh")])
 def test_an_interrupted_training_says_what_a_rerun_can_do(tmp_path, files, monkeypatch, capsys, every, hint):
     """Ctrl-C said only "interrupted"; a rerun without --resume replaced the checkpoint without a word."""
     from hybridnde.training import trainer as trainer_module

@@ -635,6 +635,34 @@ def test_resume_finds_a_finished_closure_recorded_with_other_run_only_keys(tmp_p
     assert not trained_for(toy_case(), "0" * 64, toy_case().to_toml())
 
 
+def test_without_a_terminal_training_logs_its_progress_and_its_last_checkpoint(tmp_path, truth_file, monkeypatch,
+                                                                              caplog):
+    """A batch job's log said nothing for the whole of a long training (rollouts log a line a minute):
+    now a line every PROGRESS_LOG_SECONDS with the epoch, the losses and the last checkpoint, counted on
+    from the checkpoint when resuming; with --no-progress (progress=False) none."""
+    monkeypatch.setattr(trainer_module, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(trainer_module, "progress_enabled", lambda enabled: False)  # stderr is not a terminal
+    caplog.set_level("INFO", logger="hybridnde.progress")
+    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out)
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("train: ")]
+    assert [line.split(" (")[1].split(")")[0] for line in lines] == ["1 of 6 epochs", "2 of 6 epochs", "3 of 6 epochs"]
+    assert "checkpoint after epoch" not in lines[0] and lines[2].endswith(", checkpoint after epoch 2")
+    assert "; loss " in lines[0] and ", validation " in lines[0] and "(best " in lines[0]
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    caplog.clear()  # (resumed without further checkpoints: the one it started from is the last)
+    train_case(toy_case({"checkpoint_every": 0}), truth_file, out, resume=True)
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("train: ")]
+    assert [line.split(" (")[1].split(")")[0] for line in lines] == ["3 of 6 epochs", "4 of 6 epochs", "5 of 6 epochs",
+                                                                     "6 of 6 epochs"]
+    assert all(line.endswith(", checkpoint after epoch 2") for line in lines)
+    caplog.clear()
+    train_case(toy_case(), truth_file, tmp_path / "quiet.pt", progress=False)
+    assert not any(record.getMessage().startswith("train: ") for record in caplog.records)
+
+
 def test_a_resume_is_not_told_that_it_starts_afresh(tmp_path, truth_file, monkeypatch, caplog):
     out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))

@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from ..training import checkpoint_path, train_case
+    from ..training.checkpoint import checkpoint_epoch
 
     case = case_from_arguments(arguments)
     def directory() -> Path:  # the case's folder, only where a default path needs it
@@ -49,8 +50,10 @@ def run(arguments: argparse.Namespace) -> int:
             _, result = train_case(case, data, out, resume=arguments.resume, progress=arguments.progress)
     except KeyboardInterrupt:  # what a rerun can do with what is there
         if checkpoint_path(out).is_file():
-            log.warning("%s holds the last checkpoint: the same command with --resume continues from it",
-                        checkpoint_path(out))
+            epoch = checkpoint_epoch(checkpoint_path(out))
+            log.warning("%s holds the last checkpoint%s: the same command with --resume continues from it",
+                        checkpoint_path(out), "" if epoch is None else
+                        f" (after epoch {epoch} of {case.training.epochs})")
         else:
             log.warning("no checkpoint was written (training.checkpoint_every = %d): a rerun starts afresh",
                         case.training.checkpoint_every)

@@ -14,7 +14,8 @@ import torch
 
 from ..io import DataError, ResumeRefused, atomic_path, load_error_text
 
-__all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT", "checkpoint_path", "log_path", "partial_log_path", "save_checkpoint", "load_checkpoint",
+           "checkpoint_epoch"]
 
 FORMAT = "hybridnde-checkpoint/1"
 
@@ -43,6 +44,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], *, fingerprint: str
     """Write ``state`` (tensors, state dicts, plain Python values) atomically."""
     with atomic_path(path) as temporary:
         torch.save({"format": FORMAT, "fingerprint": fingerprint, **state}, temporary)
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epochs a readable checkpoint holds (for messages); ``None`` when it cannot be read."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # (a message is not the place to diagnose it: a resume does)
+        return None
 
 
 def load_checkpoint(path: str | Path, *, fingerprint: str,

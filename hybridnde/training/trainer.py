@@ -24,7 +24,7 @@ from solvers.integrators import is_step_underflow
 from ..config import TrainingConfig
 from ..config.fields import from_mapping
 from ..data import WindowSet
-from ..progress import progress_bar
+from ..progress import PROGRESS_LOG_SECONDS, ProgressLog, progress_bar, progress_enabled
 from .checkpoint import load_checkpoint, save_checkpoint
 from .terms import Batch, LossTerm, Weighted, time_matters
 
@@ -224,13 +224,18 @@ class Trainer:
         elif resume:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
         log_handle = self._open_log(history)
-        stopped_early = False
+        stopped_early, checkpointed = False, start if resume else 0
         # a term may need epochs before early stopping can end training (homotopy: its lam = 0 stage). The
         # closure kept is still the epoch of lowest validation loss over all epochs, a coupled one included
         # (validation rolls out uncoupled): docs/training-methods.md
         earliest_stop = max((int(getattr(term, "earliest_stop", 0)) for term in self.terms), default=0)
         bar = progress_bar(range(start, config.epochs), total=config.epochs - start, description="train",
                            enabled=self.progress, unit="epoch")
+        # without a terminal (a batch job's log) a line every PROGRESS_LOG_SECONDS, as rollouts give
+        lines = None
+        if self.progress is None and not progress_enabled(None):
+            lines = ProgressLog(config.epochs, "train", "epoch", PROGRESS_LOG_SECONDS)
+            lines.update(start)  # (the epochs a resume starts after)
         try:
             for epoch in bar:
                 started = wallclock.perf_counter()
@@ -261,6 +266,11 @@ class Trainer:
                 if self.checkpoint_file is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
                     save_checkpoint(self.checkpoint_file, self._state(done, best, bad_epochs, history),
                                     fingerprint=self.fingerprint)
+                    checkpointed = done
+                if lines is not None:
+                    lines.update(1, f"loss {record['loss']:.4g}, validation {record['val_loss']:.4g} (best "
+                                    f"{best['val_loss']:.4g}, epoch {best['epoch']})"
+                                    + (f", checkpoint after epoch {checkpointed}" if checkpointed else ""))
                 if config.patience and bad_epochs >= config.patience and done >= earliest_stop:
                     stopped_early = True
                     log.info("early stop after epoch %d: no better validation loss in %d epochs", done, bad_epochs)
