@@ -663,6 +663,30 @@ def test_without_a_terminal_training_logs_its_progress_and_its_last_checkpoint(t
     assert not any(record.getMessage().startswith("train: ") for record in caplog.records)
 
 
+def test_a_resumed_trainings_wall_time_counts_the_earlier_runs_epochs(tmp_path, truth_file, monkeypatch):
+    """closure.pt's wall_seconds (report.md's and compare.md's training time) was the last run's only."""
+    import time
+
+    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
+
+    def slow_then_interrupted(self, windows, sample_interval, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        time.sleep(0.3)
+        return original(self, windows, sample_interval, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", slow_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    started = time.perf_counter()
+    train_case(toy_case(), truth_file, out, resume=True, progress=False)
+    this_run = time.perf_counter() - started
+    epochs = [record["seconds"] for record in read_log(log_path(out))]
+    wall = load_closure(out)[1]["metadata"]["wall_seconds"]
+    assert sum(epochs[:2]) >= 0.6 and sum(epochs) <= wall <= this_run + sum(epochs[:2])
+
+
 def test_a_resume_is_not_told_that_it_starts_afresh(tmp_path, truth_file, monkeypatch, caplog):
     out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))

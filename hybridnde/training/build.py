@@ -160,7 +160,9 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
             if not checkpoint_path(out).is_file():  # one keeps the epochs done: tests/test_training.py)
                 partial_log_path(out).unlink(missing_ok=True)
             raise
-        seconds = wallclock.perf_counter() - started
+        # a resumed run adds the earlier runs' epochs (their set-up, seconds each, is not counted)
+        seconds = wallclock.perf_counter() - started + sum(record.get("seconds", 0.0)
+                                                           for record in result.history[:result.resumed_from])
         _save_result(case, out, model, result, seconds, data=data,
                      windows=(len(train_windows), len(validation_windows)), device=device)
     log.info("trained %s: %d epochs, best validation loss %.4g at epoch %d (%.1f s)", out, result.epochs_run,
