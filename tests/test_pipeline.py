@@ -369,7 +369,7 @@ def test_figures_of_an_earlier_set_up_do_not_stay_beside_the_new_report(finished
     assert "error_growth_vs_bare_host" not in (copy / "report.md").read_text()
 
 
-def run_stopped_in_training(case, out, monkeypatch, *, epoch: int = 2):
+def run_stopped_in_training(case, out, monkeypatch, *extra, epoch: int = 2):
     """``run`` interrupted (Ctrl-C) in 0-based training epoch ``epoch`` (the third: after the checkpoint
     of the second)."""
     import hybridnde.training.trainer as trainer
@@ -383,7 +383,7 @@ def run_stopped_in_training(case, out, monkeypatch, *, epoch: int = 2):
 
     with monkeypatch.context() as patch:
         patch.setattr(trainer, "learning_rate_at", stop_at_epoch)
-        assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
+        assert run(case, out, "--quick", "--set", "rollout.steps=4", *extra) == 130
 
 
 def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeypatch, capsys):
@@ -400,6 +400,23 @@ def test_a_run_stopped_in_training_resumes_to_the_same_closure(tmp_path, monkeyp
     assert resumed == straight
     epochs = [json.loads(line)["epoch"] for line in (out / "closure.log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_a_rerun_stopped_while_remaking_a_stage_leaves_no_summary_of_the_earlier_results(tmp_path, monkeypatch):
+    """A rerun with another training.seed stopped in training left the earlier report.md (and a sweep's
+    compare.md) beside the new checkpoint, to be read as this run's; they go when a stage is remade."""
+    case = write_case(tmp_path)
+    out = tmp_path / "run"
+    assert run(case, out, "--quick", "--set", "rollout.steps=4", "--set", "training.seed=5") == 0
+    assert (out / "report.md").is_file()
+    run_stopped_in_training(case, out, monkeypatch)
+    assert not (out / "report.md").exists() and (out / "truth.nc").is_file()
+    sweep = tmp_path / "sweep"
+    assert run(case, sweep, "--quick", "--set", "rollout.steps=4", "--compare", "training.seed=5,6") == 0
+    assert (sweep / "compare.md").is_file() and (sweep / "seed=6" / "report.md").is_file()
+    run_stopped_in_training(case, sweep, monkeypatch, "--compare", "training.seed=5,7")
+    assert (sweep / "seed=5" / "report.md").is_file()  # (reused: still this sweep's)
+    assert not (sweep / "compare.md").exists() and not (sweep / "compare.json").exists()
 
 
 def test_a_stage_without_checkpoints_is_not_said_to_resume(tmp_path, monkeypatch, capsys):

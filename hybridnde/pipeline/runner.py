@@ -74,6 +74,9 @@ class _Run:
         self.record = RunRecord(directory)
         self.made: dict[Path, StageResult] = {}
         self._checksums: dict[tuple[Path, int, int, bool], str] = {}
+        #: the summaries a person reads that the stage about to run makes out of date (written again at
+        #: the end): removed first, so that an interrupted run does not leave them beside newer results
+        self.summaries: list[Path] = []
 
     def checksum(self, path: Path, *, of_bytes: bool = False) -> str:
         """SHA-256 of a NetCDF file's data (``data.data_checksum``), or of its bytes (``of_bytes``: what
@@ -128,6 +131,7 @@ class _Run:
             if found is not None:
                 log.info("%s%s: %s was made with another configuration; making it again", label, name, path)
             resume = can_resume and self.record.interrupted_with(path) == expected
+            self.remove_summaries()
             self.record.started(path, name, expected)
             log.info("%s%s -> %s%s", label, name, path, " (resuming)" if resume else "")
             started = wallclock.perf_counter()
@@ -144,6 +148,13 @@ class _Run:
             result = StageResult(name, path, "ran", seconds)
         self.made[path] = result
         return result
+
+    def remove_summaries(self) -> None:
+        for summary in self.summaries:
+            if summary.is_file():
+                log.info("removing %s: the results it summarises are being made again", summary)
+                summary.unlink()
+        self.summaries = []
 
     # -- one variant --------------------------------------------------------------------------------
     def variant(self, variant: Variant, position: str) -> VariantResult:
@@ -166,6 +177,9 @@ class _Run:
         expected = stages.expected_identities(case, reference)
         rolled = stages.rollout_case(case, reference)
         result = VariantResult(variant, folder)
+        self.summaries = [folder / "report.md"]
+        if variant.label:  # (the sweep's table is written again once every variant has run)
+            self.summaries += [self.directory / "compare.md", self.directory / "compare.json"]
         if stages.repeats_training_start(case) and case.rollout.members > 1:
             log.info("%sinitial_condition.distribution = 'point': every member would start from the training "
                      "trajectory's own start, so the reference and the rollouts use 1 member, not rollout.members "
