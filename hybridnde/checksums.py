@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .errors import DataError
+from .interrupts import interrupts_deferred
 
 __all__ = ["file_checksum", "present_file_checksum", "data_checksum", "records_data", "recorded_data_checksum", "DATA_ATTRIBUTES",
            "DECODING_ATTRIBUTES"]
@@ -73,21 +74,26 @@ def data_checksum(path: str | Path, *, block_bytes: int = 1 << 23) -> str:
 
 def _blocks(variable, block_bytes: int):
     """A netCDF4 variable's values in C order, in blocks of about ``block_bytes``: whole rows of its
-    first dimension, or parts of one row along the second where a row is larger."""
+    first dimension, or parts of one row along the second where a row is larger. (A Ctrl-C is held
+    while a block is read: the library would swallow it, ``interrupts``.)"""
+    def read(key):
+        with interrupts_deferred():
+            return variable[key]
+
     if variable.ndim == 0:
-        yield variable[...]
+        yield read(...)
         return
     itemsize = getattr(variable.dtype, "itemsize", 8)  # vlen strings: ~8
     row_bytes = itemsize * math.prod(variable.shape[1:])
     if row_bytes <= block_bytes or variable.ndim == 1:
         rows = max(1, block_bytes // max(1, row_bytes))
         for start in range(0, variable.shape[0], rows):
-            yield variable[start:start + rows]
+            yield read(slice(start, start + rows))
         return
     columns = max(1, block_bytes // max(1, itemsize * math.prod(variable.shape[2:])))
     for row in range(variable.shape[0]):
         for start in range(0, variable.shape[1], columns):
-            yield variable[row, start:start + columns]
+            yield read((row, slice(start, start + columns)))
 
 
 def present_file_checksum(path: str | Path) -> str:

@@ -18,6 +18,7 @@ import threading
 from . import __version__
 from .allocator import keep_freed_memory
 from .config import ConfigError
+from .interrupts import interrupt_on_signal
 from .io import DataError, disk_full_message
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -59,10 +60,6 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments, extras = parser.parse_known_args(argv)
@@ -72,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # before the work allocates: a step's temporaries then reuse warm pages (allocator.py)
     # SIGTERM (a scheduler's time limit, mpiexec passing one on) stops the work as Ctrl-C does: the
     # checkpoint and partial file stay consistent and the exit says so; it killed the process before
-    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    previous = (signal.signal(signal.SIGTERM, interrupt_on_signal) if threading.current_thread() is threading.main_thread()
+                else None)
     try:
         return _run(arguments)
     finally:

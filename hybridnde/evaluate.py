@@ -30,6 +30,7 @@ from .alignment import AlignedPair, align_trajectories
 from .evaluation_figures import write_figures
 from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
 from .config import CaseConfig, ConfigError, parse_case_text
+from .interrupts import interrupts_deferred
 from .io import DataError, open_trajectories, package_version, platform_description
 from .evaluation_summary import format_summary
 from .metrics import (DEFAULT_SPREAD, KL_BINS, KL_EPSILON, common_finite_samples, compared_modes, cost_from_attributes,
@@ -255,7 +256,7 @@ def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case
     except DataError:
         rollout.close()
         raise
-    with rollout, reference:
+    with rollout, reference, interrupts_deferred():  # (the reads: a Ctrl-C inside the library is swallowed)
         note = _check_same_system(dict(rollout.attrs), dict(reference.attrs), rollout_path, reference_path)
         pair = align_trajectories(rollout, reference, match_members=match_members, time_tolerance=time_tolerance,
                                   names=(str(rollout_path), str(reference_path)))

@@ -6,22 +6,20 @@ package version, the solver, the closure checksum and the full case as TOML text
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import datetime
 import logging
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .errors import DataError, ResumeRefused
+from .interrupts import interrupts_deferred
 from .output_paths import (atomic_path, check_not_folders, check_output_path, disk_full_message,
                            warn_if_disk_short)
 
@@ -165,24 +163,6 @@ def load_error_text(error: BaseException) -> str:
         return error.strerror or str(error)
     return type(error).__name__
 
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``: raised inside the
-    NetCDF library's locked section it left xarray's lock taken, and the process hung at close."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # SIGINT ignored, or handled by the host application: theirs to decide
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
-
-
 def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_chunk: int = 64) -> Path:
     """Write ``dataset`` to ``path`` (NetCDF-4, zlib) through a temporary file and a rename. A Ctrl-C
     during the write stops the command once the library is out of it (the temporary file goes)."""
@@ -200,6 +180,7 @@ def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_
     return path
 
 
+@interrupts_deferred()  # (a Ctrl-C raised inside the library's read was swallowed: interrupts.py)
 def open_trajectories(path: str | Path, *, load: bool = True):
     """Open a hybridnde NetCDF file, checking the schema; ``DataError`` names what is missing."""
     import xarray as xr

@@ -46,6 +46,41 @@ def test_ctrl_c_during_a_write_stops_after_it_and_leaves_nothing(tmp_path, monke
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+@pytest.fixture(scope="module")
+def a_file_read_for_a_while(tmp_path_factory):
+    """~20 MB of zlib-compressed values: ~0.1 s to read."""
+    values = np.random.default_rng(0).standard_normal((48, 200, 256))
+    dataset = trajectory_dataset(values, np.arange(200) * 0.1, state_dim="x", state_coords=np.arange(256) * 0.1)
+    return write_netcdf(dataset, tmp_path_factory.mktemp("read") / "big.nc", compression_level=1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("reader", ["open_trajectories", "data_checksum"])
+def test_an_interruption_during_a_netcdf_read_is_not_lost(a_file_read_for_a_while, signum, reader):
+    """The NetCDF library swallowed a KeyboardInterrupt raised inside a read: Ctrl-C (or the SIGTERM the
+    command turns into one) while the truth was loaded or hashed was lost, and the work went on."""
+    import threading
+    import time
+
+    from hybridnde.checksums import data_checksum
+    from hybridnde.interrupts import interrupt_on_signal
+    from hybridnde.io import open_trajectories
+
+    read = {"open_trajectories": open_trajectories, "data_checksum": data_checksum}[reader]
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)  # as the hybridnde command does
+    try:
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt) as caught:
+            read(a_file_read_for_a_while)
+            time.sleep(3)  # (a signal that was swallowed never comes)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught.value.args == (() if signum == signal.SIGINT else ("SIGTERM",))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_failing_write_names_the_file_and_the_free_space(tmp_path, monkeypatch):
     def full_disk(self, *args, **kwargs):
         raise RuntimeError("NetCDF: HDF error")  # what the library says when the disk fills
