@@ -53,13 +53,16 @@ class ProgressLog:
 
 
 def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, description: str = "",
-                 enabled: bool | None = None, unit: str = "it", log_every: float | None = None):
-    """A tqdm bar on a terminal; with ``log_every`` (seconds) and no terminal, a ``ProgressLog``, whose
-    first ``update`` is the count already done (``enabled=False``, e.g. ``--no-progress``: neither)."""
+                 enabled: bool | None = None, unit: str = "it", log_every: float | None = None, initial: int = 0):
+    """A tqdm bar on a terminal; with ``log_every`` (seconds) and no terminal, a ``ProgressLog``
+    (``enabled=False``, e.g. ``--no-progress``: neither). ``initial``: the count already done (a resume's:
+    shown, but not counted in the rate or the time left)."""
     from tqdm.auto import tqdm
 
     if log_every and enabled is None and not progress_enabled(None) and iterable is None and total:
-        return ProgressLog(total, description, unit, log_every)
+        lines = ProgressLog(total, description, unit, log_every)
+        lines.update(initial)
+        return lines
     return tqdm(iterable, total=total, desc=description, unit=unit, disable=not progress_enabled(enabled),
-                dynamic_ncols=True, leave=False,
+                dynamic_ncols=True, leave=False, initial=initial,
                 unit_scale=bool(total and total >= 100_000))  # 10.9M/20.0M, 4.44M member-step/s; epochs 3/20

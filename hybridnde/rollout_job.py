@@ -264,8 +264,7 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
     bar = None
     if comm.rank == 0:
         bar = progress_bar(total=rollout.members * schedule.steps_run, description="rollout", enabled=progress,
-                           unit="member-step", log_every=PROGRESS_LOG_SECONDS)
-        bar.update(resumed_steps)
+                           unit="member-step", log_every=PROGRESS_LOG_SECONDS, initial=resumed_steps)
 
     def checkpoint_after(round_index: int) -> bool:
         return (round_index + 1) % interval == 0 and round_index + 1 < n_rounds

@@ -229,8 +229,8 @@ class Trainer:
         # closure kept is still the epoch of lowest validation loss over all epochs, a coupled one included
         # (validation rolls out uncoupled): docs/training-methods.md
         earliest_stop = max((int(getattr(term, "earliest_stop", 0)) for term in self.terms), default=0)
-        bar = progress_bar(range(start, config.epochs), total=config.epochs - start, description="train",
-                           enabled=self.progress, unit="epoch")
+        bar = progress_bar(range(start, config.epochs), total=config.epochs, description="train",
+                           enabled=self.progress, unit="epoch", initial=start)
         # without a terminal (a batch job's log) a line every PROGRESS_LOG_SECONDS, as rollouts give
         lines = None
         if self.progress is None and not progress_enabled(None):
