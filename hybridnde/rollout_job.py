@@ -162,19 +162,22 @@ def _remaining_chunks(setup: RolloutSetup, n_chunks: int, checkpoint: dict | Non
 
 def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path | None = None,
                 closure: Callable | None = None, resume: bool = False, progress: bool | None = None,
-                comm: Communicator | None = None) -> RolloutSummary:
+                comm: Communicator | None = None, resume_hint: str | None = None) -> RolloutSummary:
     """Roll out ``case.rollout.members`` members of the case's host solver with ``closure`` (a
     ``closure.pt`` path or a callable; neither: the bare solver) and stream them to ``out``.
 
     Call on every rank of an MPI job (or in one process). Raises ``ConfigError``/``DataError`` on
     bad input before anything is written; ``--resume`` semantics with ``resume=True``.
+    ``resume_hint``: what to say when a stopped run keeps its checkpoint (``None``: how ``hybridnde
+    rollout`` continues it; ``""``: nothing, the caller says it).
     """
     with torch_threads(case.rollout.threads, "rollout.threads"), contextlib.ExitStack() as held:
-        return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world(), held)
+        return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world(), held, resume_hint)
 
 
 def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
-             progress: bool | None, comm: Communicator, held: contextlib.ExitStack) -> RolloutSummary:
+             progress: bool | None, comm: Communicator, held: contextlib.ExitStack,
+             resume_hint: str | None) -> RolloutSummary:
     setup, error = None, None
     try:
         setup = _prepare(case, out, closure_path, closure, resume, comm, held)
@@ -218,7 +221,10 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         if setup.writer is not None:
             setup.writer.close()
             if checkpoint_path(out).exists():
-                log.error(RESUME_HINT, "", "")
+                if resume_hint is None:
+                    log.error(RESUME_HINT, "", "")
+                elif resume_hint:
+                    log.error("%s", resume_hint)
             else:
                 setup.writer.discard()
         raise

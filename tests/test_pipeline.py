@@ -468,10 +468,40 @@ def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, 
         patch.setattr(rollout_job, "run_rollout", run_rollout)
         assert run(case, out, *settings) == 130
     assert rollout_checkpoint(out / "baseline.nc").is_file() and not (out / "baseline.nc").exists()
-    capsys.readouterr()
+    stopped = capsys.readouterr().err
+    assert "the same command continues: finished stages are reused" in stopped
+    assert "hybridnde rollout ... --resume" not in stopped  # (run has no --resume)
     assert run(case, out, *settings) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "baseline -> " in line]
     assert lines and lines[0].endswith("(resuming)"), lines
+
+
+def test_a_checkpoint_hybridnde_train_left_in_the_folder_is_resumed_by_run(tmp_path, monkeypatch, capsys):
+    """`hybridnde train` stopped in the run's folder left a checkpoint of the same set-up; `run` knew
+    nothing of it from its record, trained from the start and said to use --resume, which it lacks."""
+    import hybridnde.training.trainer as trainer
+
+    case, out = write_case(tmp_path), tmp_path / "run"
+    assert main(["simulate", str(case), "--quick", "--out", str(out / "truth.nc")]) == 0
+    original = trainer.learning_rate_at
+
+    def stop_at_third_epoch(epoch, config):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(epoch, config)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "learning_rate_at", stop_at_third_epoch)
+        assert main(["train", str(case), "--quick", "--data", str(out / "truth.nc"), "--out", str(out / "closure.pt"),
+                     "--no-progress"]) == 130
+    assert (out / "closure.checkpoint.pt").is_file()
+    capsys.readouterr()
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    err = capsys.readouterr().err
+    assert any("train -> " in line and line.endswith("(resuming)") for line in err.splitlines()), err
+    assert "starts afresh" not in err and stage_actions(out)["./simulate"] == "reused"
+    epochs = [json.loads(line)["epoch"] for line in (out / "closure.log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
 
 
 def test_a_training_stopped_before_its_first_checkpoint_is_not_said_to_resume(tmp_path, monkeypatch, capsys):

@@ -48,8 +48,13 @@ def run(arguments: argparse.Namespace) -> int:
     directory = arguments.out or output_directory(case, quick=arguments.quick)
     check_output_path(directory, folder=True)
     _check_existing_folders(directory, [variant.label for variant in variants if variant.label])
-    outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
-                           threads=arguments.threads, command=_command_line(arguments, directory))
+    try:
+        outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
+                               threads=arguments.threads, command=_command_line(arguments, directory))
+    except KeyboardInterrupt:
+        log.warning("the same command continues: finished stages are reused, and training and rollouts go on from "
+                    "their last checkpoints (`hybridnde run` needs no --resume)")
+        raise
     print("\n".join(summary_lines(outcome)))
     if outcome.failed:  # the others' results and the table are written; the run as a whole did not succeed
         print(f"hybridnde run: {len(outcome.failed)} of {len(variants)} variants failed: "

@@ -130,7 +130,9 @@ class _Run:
         else:
             if found is not None:
                 log.info("%s%s: %s was made with another configuration; making it again", label, name, path)
-            resume = can_resume and self.record.interrupted_with(path) == expected
+            # a checkpoint this record knows nothing of (written by `hybridnde train` or `rollout` into the
+            # folder) is tried too: the stage refuses one of another set-up, and it is then made afresh
+            resume = can_resume and self.record.interrupted_with(path) in (expected, None)
             self.remove_summaries()
             self.record.started(path, name, expected)
             log.info("%s%s -> %s%s", label, name, path, " (resuming)" if resume else "")
@@ -213,7 +215,7 @@ class _Run:
         result.stages.append(self.stage(
             "rollout", rollout, rollout_expected, found, label=label, can_resume=rollout_checkpoint(rollout).is_file(),
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
-                                           progress=self.progress)))
+                                           progress=self.progress, resume_hint="")))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
         inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
         if stages.has_baseline(case):
@@ -222,7 +224,8 @@ class _Run:
                                           legacy=f"{legacy}:none")
             result.stages.append(self.stage(
                 "baseline", baseline, baseline_expected, found, can_resume=rollout_checkpoint(baseline).is_file(),
-                label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress)))
+                label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress,
+                                                resume_hint="")))
             inputs["baseline"] = baseline_expected
         metrics_path, figures = folder / "metrics.json", folder / "figures"
         checksum = stages.evaluation_checksum(case, inputs, lyapunov=self.lyapunov)
