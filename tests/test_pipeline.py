@@ -504,6 +504,16 @@ def test_a_checkpoint_hybridnde_train_left_in_the_folder_is_resumed_by_run(tmp_p
     assert epochs == [1, 2, 3]
 
 
+def test_an_unreadable_checkpoint_in_the_folder_is_set_aside_by_run(tmp_path, capsys):
+    """Tried as a resume (a checkpoint the record knows nothing of), a damaged one stopped the run with
+    "delete it or rerun without --resume", an option run lacks; the stage is made afresh instead."""
+    case, out = write_case(tmp_path), tmp_path / "run"
+    out.mkdir()
+    (out / "closure.checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    assert "train: not resuming (" in capsys.readouterr().err and not (out / "closure.checkpoint.pt").exists()
+
+
 def test_a_training_stopped_before_its_first_checkpoint_is_not_said_to_resume(tmp_path, monkeypatch, capsys):
     case, out = write_case(tmp_path), tmp_path / "stopped"
     run_stopped_in_training(case, out, monkeypatch, epoch=0)

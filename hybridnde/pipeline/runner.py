@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from ..checksums import records_data
 from ..config import CaseConfig
-from ..io import ResumeRefused, atomic_path
+from ..io import DataError, atomic_path
 from ..threads import torch_threads
 from . import stages
 from .checks import check_variants
@@ -139,9 +139,9 @@ class _Run:
             started = wallclock.perf_counter()
             try:
                 run(resume)
-            except ResumeRefused as refusal:  # e.g. an input file changed under it: the stage's own restart
-                if not resume:                # files cannot be trusted, and run has no --resume to drop
-                    raise
+            except DataError as refusal:  # the checkpoint does not fit (ResumeRefused: e.g. an input file changed
+                if not resume:            # under it) or is unreadable: the stage's own restart files cannot be
+                    raise                 # trusted, and run has no --resume to drop
                 log.warning("%s%s: not resuming (%s); making it afresh", label, name, refusal)
                 run(False)
             seconds = wallclock.perf_counter() - started
