@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 
 from .errors import DataError
 
-__all__ = ["atomic_path", "check_output_path", "check_not_folders", "check_name_fits", "warn_if_disk_short", "disk_full_message",
-           "DISK_REFUSAL_FACTOR"]
+__all__ = ["atomic_path", "check_output_path", "check_not_folders", "check_name_fits", "warn_if_disk_short",
+           "disk_full_message", "DISK_REFUSAL_FACTOR"]
 
 log = logging.getLogger(__name__)
 
