@@ -514,6 +514,19 @@ def test_an_unreadable_checkpoint_in_the_folder_is_set_aside_by_run(tmp_path, ca
     assert "train: not resuming (" in capsys.readouterr().err and not (out / "closure.checkpoint.pt").exists()
 
 
+def test_a_second_run_into_a_folder_being_run_is_refused_before_any_stage(tmp_path, capsys):
+    """It re-simulated truth.nc under the first run and was refused only at the train stage; the first
+    run then finished with a closure trained on a truth no longer in the folder."""
+    from hybridnde.output_lock import output_lock
+
+    case, out = write_case(tmp_path), tmp_path / "run"
+    with output_lock(out / "run.json"):  # as the first run holds it
+        assert run(case, out, "--quick", "--set", "rollout.steps=4") == 2
+    assert "run.json: process " in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == []
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0 and not (out / ".run.json.lock").exists()
+
+
 def test_a_training_stopped_before_its_first_checkpoint_is_not_said_to_resume(tmp_path, monkeypatch, capsys):
     case, out = write_case(tmp_path), tmp_path / "stopped"
     run_stopped_in_training(case, out, monkeypatch, epoch=0)

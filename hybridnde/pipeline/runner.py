@@ -301,9 +301,13 @@ def run_pipeline(variants: Sequence[Variant], directory: str | Path, *, progress
     ``rollout.threads``); one by default (``hybridnde.threads``: why).
     Raises ``ConfigError``/``DataError`` before any file is written when the input is bad.
     """
+    from ..output_lock import output_lock
+
     directory = Path(directory)
     check_variants(variants, directory)
-    with torch_threads(threads, "--threads"):
+    # one run per folder: a second one re-simulated truth.nc under the first, whose closure was then
+    # trained on data no longer there (the stages' own locks refused it only at the train stage)
+    with torch_threads(threads, "--threads"), output_lock(directory / "run.json"):
         return _run_all(variants, directory, progress=progress, lyapunov=lyapunov, command=command)
 
 
