@@ -269,7 +269,11 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
     member_steps = 0
     bar = None
     if comm.rank == 0:
-        bar = progress_bar(total=rollout.members * schedule.steps_run, description="rollout", enabled=progress,
+        total = rollout.members * schedule.steps_run
+        if checkpoint:  # (a batch job's log: where this run starts)
+            log.info("resuming %s from its checkpoint: %d of %d member-steps done (%.0f%%), %d of %d batches finished",
+                     out, resumed_steps, total, 100.0 * resumed_steps / max(total, 1), len(done), len(setup.batches))
+        bar = progress_bar(total=total, description="rollout", enabled=progress,
                            unit="member-step", log_every=PROGRESS_LOG_SECONDS, initial=resumed_steps)
 
     def checkpoint_after(round_index: int) -> bool:

@@ -515,7 +515,7 @@ def test_first_blowup_finds_nan_inf_and_the_bound():
     assert first_blowup(values, 100, 10.0).tolist() == [-1, 103, 101, 104]
 
 
-def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
+def test_resume_after_an_interruption_gives_the_identical_file(tmp_path, caplog):
     case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
     model = small_mlp()
     stop_time = 0.3
@@ -567,8 +567,11 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path):
     torch.save(state, checkpoint_path(tmp_path / "resumed.nc"))
     with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
         del file.attrs["run_id"]
+    caplog.set_level("INFO", logger="hybridnde.rollout_job")
     summary = run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     assert summary.resumed and 0 < summary.member_steps < 6 * 60
+    done = 6 * 60 - summary.member_steps  # said where it starts (a batch job's log said nothing)
+    assert f"resumed.nc from its checkpoint: {done} of 360 member-steps done ({100 * done / 360:.0f}%), " in caplog.text
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
     # the file's cost attributes cover the whole rollout, not the last run's part (which they did)
