@@ -38,7 +38,8 @@ from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_resta
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
-from .rollout_resume import ROLLOUT_SECTIONS, checked_checkpoint, resume_identity, rollout_checksum, written_elsewhere
+from .rollout_resume import (ROLLOUT_SECTIONS, JobRecord, checked_checkpoint, resume_identity, rollout_checksum,
+                             written_elsewhere)
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
 from .rollout_output import RolloutSummary, chunk_layout, finished_output, member_status, start_output
 from .systems import build_host_solver, resolve_dtype
@@ -162,14 +163,14 @@ def _remaining_chunks(setup: RolloutSetup, n_chunks: int, checkpoint: dict | Non
 
 def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path | None = None,
                 closure: Callable | None = None, resume: bool = False, progress: bool | None = None,
-                comm: Communicator | None = None, resume_hint: str | None = None) -> RolloutSummary:
+                comm: Communicator | None = None, resume_hint: bool = True) -> RolloutSummary:
     """Roll out ``case.rollout.members`` members of the case's host solver with ``closure`` (a
     ``closure.pt`` path or a callable; neither: the bare solver) and stream them to ``out``.
 
     Call on every rank of an MPI job (or in one process). Raises ``ConfigError``/``DataError`` on
     bad input before anything is written; ``--resume`` semantics with ``resume=True``.
-    ``resume_hint``: what to say when a stopped run keeps its checkpoint (``None``: how ``hybridnde
-    rollout`` continues it; ``""``: nothing, the caller says it).
+    ``resume_hint``: say how ``hybridnde rollout --resume`` continues a stopped run that kept its
+    checkpoint (``False``: the caller, e.g. ``hybridnde run``, says how it continues).
     """
     with torch_threads(case.rollout.threads, "rollout.threads"), contextlib.ExitStack() as held:
         return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world(), held, resume_hint)
@@ -177,7 +178,7 @@ def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path |
 
 def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closure: Callable | None, resume: bool,
              progress: bool | None, comm: Communicator, held: contextlib.ExitStack,
-             resume_hint: str | None) -> RolloutSummary:
+             resume_hint: bool) -> RolloutSummary:
     setup, error = None, None
     try:
         setup = _prepare(case, out, closure_path, closure, resume, comm, held)
@@ -221,18 +222,11 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
         if setup.writer is not None:
             setup.writer.close()
             if checkpoint_path(out).exists():
-                if resume_hint is None:
+                if resume_hint:
                     log.error(RESUME_HINT, "", "")
-                elif resume_hint:
-                    log.error("%s", resume_hint)
             else:
                 setup.writer.discard()
         raise
-
-
-def _steps_before_chunk(schedule: SaveSchedule, chunk: int) -> int:
-    """Steps a member has taken when ``chunk`` chunks are done."""
-    return (min(chunk * schedule.time_chunk, schedule.n_saves) - 1) * schedule.save_every if chunk else 0
 
 
 def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | None, progress: bool | None,
@@ -244,24 +238,11 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
     steps_per_chunk = schedule.time_chunk * schedule.save_every
     interval = max(1, math.ceil(rollout.checkpoint_every / steps_per_chunk)) if rollout.checkpoint_every else 1
     # rank 0's record of the job: per member first bad save, finished batches, states of running ones
-    first_bad_save = np.full(rollout.members, -1, dtype=np.int64)
-    done: set[int] = set()
-    in_flight: dict[int, dict] = {}
-    resumed_steps, earlier_seconds, resumes = 0, 0.0, 0
-    ranks_per_run: list[int] | None = [comm.size]
-    if checkpoint:
-        # the file describes the whole rollout: the runs before this one, up to the checkpoint resumed
-        earlier_seconds, resumes = float(checkpoint.get("elapsed_seconds", 0.0)), int(checkpoint.get("resumes", 0)) + 1
-        earlier_ranks = checkpoint.get("ranks_per_run")  # absent in checkpoints of earlier versions: unknown
-        ranks_per_run = None if earlier_ranks is None else [*map(int, earlier_ranks), comm.size]
-        first_bad_save[:] = checkpoint["first_bad_save"].numpy()
-        done, in_flight = set(checkpoint["done"]), dict(checkpoint["in_flight"])
-        resumed_steps = checkpoint.get("member_steps")  # the steps done, as counted below
-        if resumed_steps is None:  # a checkpoint of an earlier version: every member's steps, dropped ones too
-            sizes = dict(setup.batches)
-            resumed_steps = (sum((sizes[start] - start) * schedule.steps_run for start in done)
-                             + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
-                                   for start, state in in_flight.items()))
+    record = JobRecord.restored(checkpoint, members=rollout.members, batches=setup.batches, schedule=schedule,
+                                ranks=comm.size)
+    first_bad_save, done, in_flight = record.first_bad_save, record.done, record.in_flight
+    resumed_steps, earlier_seconds = record.member_steps, record.elapsed_seconds
+    resumes, ranks_per_run = record.resumes, record.ranks_per_run
     chunks = _my_chunks(runner, setup, checkpoint)
     layout = chunk_layout(case, setup)
     if comm.rank == 0 and setup.writer.layout != layout:

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 import torch
 
@@ -26,9 +27,10 @@ from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .checksums import records_data
 from .io import ResumeRefused
 from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
+from .rollout import SaveSchedule
 
 __all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "same_rollout_case", "resume_identity", "threads_changed",
-           "checked_checkpoint", "device_name", "written_elsewhere"]
+           "checked_checkpoint", "device_name", "written_elsewhere", "JobRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +153,47 @@ def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | No
                             f"{partial_path(out)} (another run wrote into the same output); start afresh without "
                             "--resume")
     return checkpoint
+
+
+@dataclasses.dataclass
+class JobRecord:
+    """Rank 0's record of a rollout job, as checkpoints carry it: per member the first bad save (-1:
+    none), the finished batches (by first member), the states of running ones, and what the file says
+    of the whole rollout -- the member-steps, seconds and runs before this one, and each run's ranks
+    (``None``: unknown, a checkpoint of an earlier version)."""
+
+    first_bad_save: np.ndarray
+    done: set[int]
+    in_flight: dict[int, dict]
+    member_steps: int
+    elapsed_seconds: float
+    resumes: int
+    ranks_per_run: list[int] | None
+
+    @classmethod
+    def restored(cls, checkpoint: dict | None, *, members: int, batches: list[tuple[int, int]], schedule: SaveSchedule,
+                 ranks: int) -> "JobRecord":
+        """A fresh record (``checkpoint`` ``None``), or the one a checkpoint resumed carries on, this
+        run (on ``ranks`` ranks) counted."""
+        if not checkpoint:
+            return cls(np.full(members, -1, dtype=np.int64), set(), {}, 0, 0.0, 0, [ranks])
+        done, in_flight = set(checkpoint["done"]), dict(checkpoint["in_flight"])
+        member_steps = checkpoint.get("member_steps")  # the steps done, as the job counts them
+        if member_steps is None:  # a checkpoint of an earlier version: every member's steps, dropped ones too
+            sizes = dict(batches)
+            member_steps = (sum((sizes[start] - start) * schedule.steps_run for start in done)
+                            + sum((sizes[start] - start) * _steps_before_chunk(schedule, int(state["next_chunk"]))
+                                  for start, state in in_flight.items()))
+        earlier_ranks = checkpoint.get("ranks_per_run")  # absent in checkpoints of earlier versions: unknown
+        first_bad_save = np.full(members, -1, dtype=np.int64)
+        first_bad_save[:] = checkpoint["first_bad_save"].numpy()
+        return cls(first_bad_save=first_bad_save, done=done,
+                   in_flight=in_flight, member_steps=member_steps,
+                   elapsed_seconds=float(checkpoint.get("elapsed_seconds", 0.0)),
+                   resumes=int(checkpoint.get("resumes", 0)) + 1,
+                   ranks_per_run=None if earlier_ranks is None else [*map(int, earlier_ranks), ranks])
+
+
+def _steps_before_chunk(schedule: SaveSchedule, chunk: int) -> int:
+    """Steps a member has taken when ``chunk`` chunks of ``schedule`` are done."""
+    return (min(chunk * schedule.time_chunk, schedule.n_saves) - 1) * schedule.save_every if chunk else 0

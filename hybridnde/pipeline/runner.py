@@ -117,7 +117,8 @@ class _Run:
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
               label: str, payload: dict | None = None, can_resume: bool) -> StageResult:
         """Reuse ``path`` when ``found`` (its recorded identity) is ``expected``, else ``run(resume)`` it:
-        ``resume`` when the record says it was interrupted and ``can_resume`` (it has a checkpoint)."""
+        ``resume`` when ``can_resume`` (it has a checkpoint) and the record says it was interrupted with
+        this identity, or knows nothing of it (one a separate command left)."""
         path = Path(path)
         if path in self.made:
             return StageResult(name, path, "shared", self.made[path].seconds)
@@ -215,7 +216,7 @@ class _Run:
         result.stages.append(self.stage(
             "rollout", rollout, rollout_expected, found, label=label, can_resume=rollout_checkpoint(rollout).is_file(),
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
-                                           progress=self.progress, resume_hint="")))
+                                           progress=self.progress, resume_hint=False)))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
         inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
         if stages.has_baseline(case):
@@ -225,7 +226,7 @@ class _Run:
             result.stages.append(self.stage(
                 "baseline", baseline, baseline_expected, found, can_resume=rollout_checkpoint(baseline).is_file(),
                 label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress,
-                                                resume_hint="")))
+                                                resume_hint=False)))
             inputs["baseline"] = baseline_expected
         metrics_path, figures = folder / "metrics.json", folder / "figures"
         checksum = stages.evaluation_checksum(case, inputs, lyapunov=self.lyapunov)
