@@ -8,7 +8,7 @@ from typing import Iterable, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["progress_bar", "progress_enabled", "ProgressLog", "PROGRESS_LOG_SECONDS"]
+__all__ = ["progress_bar", "progress_log", "progress_enabled", "ProgressLog", "PROGRESS_LOG_SECONDS"]
 
 #: without a terminal (a batch job's log, mpiexec's pipes) long work logs its progress this often
 PROGRESS_LOG_SECONDS = 60.0
@@ -52,6 +52,17 @@ class ProgressLog:
         pass
 
 
+def progress_log(total: int | None, description: str, unit: str, *, enabled: bool | None, every: float,
+                 initial: int = 0) -> ProgressLog | None:
+    """A ``ProgressLog`` where no bar shows and none was asked against (``enabled`` ``None`` and stderr
+    not a terminal), counting on from ``initial``; else ``None``."""
+    if enabled is not None or progress_enabled(None) or not total:
+        return None
+    lines = ProgressLog(total, description, unit, every)
+    lines.update(initial)
+    return lines
+
+
 def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, description: str = "",
                  enabled: bool | None = None, unit: str = "it", log_every: float | None = None, initial: int = 0):
     """A tqdm bar on a terminal; with ``log_every`` (seconds) and no terminal, a ``ProgressLog``
@@ -59,9 +70,8 @@ def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = Non
     shown, but not counted in the rate or the time left)."""
     from tqdm.auto import tqdm
 
-    if log_every and enabled is None and not progress_enabled(None) and iterable is None and total:
-        lines = ProgressLog(total, description, unit, log_every)
-        lines.update(initial)
+    if log_every and iterable is None and (lines := progress_log(total, description, unit, enabled=enabled,
+                                                                 every=log_every, initial=initial)):
         return lines
     return tqdm(iterable, total=total, desc=description, unit=unit, disable=not progress_enabled(enabled),
                 dynamic_ncols=True, leave=False, initial=initial,

@@ -641,7 +641,9 @@ def test_without_a_terminal_training_logs_its_progress_and_its_last_checkpoint(t
     now a line every PROGRESS_LOG_SECONDS with the epoch, the losses and the last checkpoint, counted on
     from the checkpoint when resuming; with --no-progress (progress=False) none."""
     monkeypatch.setattr(trainer_module, "PROGRESS_LOG_SECONDS", 0.0)
-    monkeypatch.setattr(trainer_module, "progress_enabled", lambda enabled: False)  # stderr is not a terminal
+    import hybridnde.progress
+
+    monkeypatch.setattr(hybridnde.progress, "progress_enabled", lambda enabled: False)  # stderr is not a terminal
     caplog.set_level("INFO", logger="hybridnde.progress")
     out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))

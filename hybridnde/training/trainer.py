@@ -24,7 +24,7 @@ from solvers.integrators import is_step_underflow
 from ..config import TrainingConfig
 from ..config.fields import from_mapping
 from ..data import WindowSet
-from ..progress import PROGRESS_LOG_SECONDS, ProgressLog, progress_bar, progress_enabled
+from ..progress import PROGRESS_LOG_SECONDS, progress_bar, progress_log
 from .checkpoint import load_checkpoint, save_checkpoint
 from .terms import Batch, LossTerm, Weighted, time_matters
 
@@ -224,7 +224,7 @@ class Trainer:
         elif resume:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
         log_handle = self._open_log(history)
-        stopped_early, checkpointed = False, start if resume else 0
+        stopped_early, checkpointed = False, start  # (start: the epochs of the checkpoint resumed, else 0)
         # a term may need epochs before early stopping can end training (homotopy: its lam = 0 stage). The
         # closure kept is still the epoch of lowest validation loss over all epochs, a coupled one included
         # (validation rolls out uncoupled): docs/training-methods.md
@@ -232,10 +232,8 @@ class Trainer:
         bar = progress_bar(range(start, config.epochs), total=config.epochs, description="train",
                            enabled=self.progress, unit="epoch", initial=start)
         # without a terminal (a batch job's log) a line every PROGRESS_LOG_SECONDS, as rollouts give
-        lines = None
-        if self.progress is None and not progress_enabled(None):
-            lines = ProgressLog(config.epochs, "train", "epoch", PROGRESS_LOG_SECONDS)
-            lines.update(start)  # (the epochs a resume starts after)
+        lines = progress_log(config.epochs, "train", "epoch", enabled=self.progress, every=PROGRESS_LOG_SECONDS,
+                             initial=start)
         try:
             for epoch in bar:
                 started = wallclock.perf_counter()
