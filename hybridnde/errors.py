@@ -8,7 +8,14 @@ __all__ = ["DataError", "ResumeRefused"]
 
 
 class DataError(ValueError):
-    """An input file (data, initial conditions, checkpoint) that cannot be used; names the file."""
+    """An input file (data, initial conditions, checkpoint) that cannot be used; names the file.
+
+    ``problem`` is what is wrong, ``fix`` what the user of the command can do (the message is both): a
+    caller that does the fix itself, as ``hybridnde run`` starting a stage afresh, says ``problem`` alone."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
 
 
 class ResumeRefused(DataError, ConfigError):

@@ -116,7 +116,7 @@ class TrajectoryStreamWriter:
                 self.partial.unlink(missing_ok=True)
                 raise
             raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
-                                f"({error}); rerun without --resume") from None
+                                f"({error})", "rerun without --resume") from None
         u = file["u"]
         if resume:
             try:
@@ -125,7 +125,7 @@ class TrajectoryStreamWriter:
                 file.close()
                 raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout is damaged ({error}): "
                                     "it was stopped while writing (e.g. Ctrl-C under mpiexec, whose ranks abort "
-                                    "one another); rerun without --resume") from None
+                                    "one another)", "rerun without --resume") from None
         plist = u.id.get_create_plist()
         filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
         found = (u.shape[:2], u.chunks, filters, u.dtype)
@@ -134,7 +134,7 @@ class TrajectoryStreamWriter:
             file.close()
             if resume:
                 raise ResumeRefused(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
-                                    f"the case now asks for {wanted}; rerun without --resume")
+                                    f"the case now asks for {wanted}", "rerun without --resume")
             self.partial.unlink(missing_ok=True)
             raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
         return file
@@ -312,7 +312,7 @@ def read_partial_attribute(path: str | Path, name: str) -> str | None:
             value = file.attrs.get(name)
     except OSError as error:
         raise ResumeRefused(f"{partial_path(path)}: the partial file of the interrupted rollout cannot be read "
-                            f"({error}); rerun without --resume") from None
+                            f"({error})", "rerun without --resume") from None
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
 
 
@@ -327,10 +327,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
     try:
         payload = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or foreign file: both mean it cannot be trusted
-        raise DataError(f"{state_file}: not a readable rollout checkpoint ({load_error_text(error)}); delete it or "
-                        "rerun without --resume") from None
+        raise DataError(f"{state_file}: not a readable rollout checkpoint ({load_error_text(error)})",
+                        "delete it or rerun without --resume") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file; delete it or rerun without --resume")
+        raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file", "delete it or rerun without --resume")
     return payload
 
 

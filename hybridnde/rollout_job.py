@@ -169,8 +169,8 @@ def run_rollout(case: CaseConfig, out: str | Path, *, closure_path: str | Path |
 
     Call on every rank of an MPI job (or in one process). Raises ``ConfigError``/``DataError`` on
     bad input before anything is written; ``--resume`` semantics with ``resume=True``.
-    ``resume_hint``: say how ``hybridnde rollout --resume`` continues a stopped run that kept its
-    checkpoint (``False``: the caller, e.g. ``hybridnde run``, says how it continues).
+    ``resume_hint``: name ``hybridnde rollout --resume`` where a stopped run keeps its checkpoint or this
+    run discards one (``False``: the caller, e.g. ``hybridnde run``, says how it continues).
     """
     with torch_threads(case.rollout.threads, "rollout.threads"), contextlib.ExitStack() as held:
         return _rollout(case, Path(out), closure_path, closure, resume, progress, comm or world(), held, resume_hint)
@@ -194,7 +194,8 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     error = None
     if comm.rank == 0:
         try:
-            setup.writer = start_output(case, out, setup, closure_path=closure_path, resume=resume)
+            setup.writer = start_output(case, out, setup, closure_path=closure_path, resume=resume,
+                                         resume_hint=resume_hint)
         except Exception as caught:
             error = caught
     agree(comm, error)

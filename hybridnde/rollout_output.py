@@ -50,14 +50,15 @@ class RolloutSummary:
         return self.member_steps / self.seconds if self.seconds > 0 else float("nan")
 
 
-def start_output(case: CaseConfig, out: Path, setup: RolloutSetup, *, closure_path,
-                 resume: bool) -> TrajectoryStreamWriter:
+def start_output(case: CaseConfig, out: Path, setup: RolloutSetup, *, closure_path, resume: bool,
+                 resume_hint: bool = True) -> TrajectoryStreamWriter:
     """Rank 0: reopen the partial file of the checkpoint being resumed, or start a new one (``resume``:
-    asked for; a checkpoint it could not use was said where it was read)."""
+    asked for; a checkpoint it could not use was said where it was read; ``resume_hint``: as
+    ``run_rollout``'s)."""
     if setup.checkpoint is None:
         if checkpoint_path(out).exists() and not resume:
-            log.warning("starting afresh: the checkpoint of an earlier interrupted rollout to %s is discarded "
-                        "(`hybridnde rollout ... --resume` continues one)", out)
+            log.warning("starting afresh: the checkpoint of an earlier interrupted rollout to %s is discarded%s", out,
+                        " (`hybridnde rollout ... --resume` continues one)" if resume_hint else "")
         remove_restart_files(out)
     return _open_writer(case, out, setup, resume=setup.checkpoint is not None, closure_path=closure_path)
 

@@ -146,12 +146,12 @@ def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | No
         return None
     what = _difference(checkpoint, identity, case, out)
     if what:
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {what}; rerun with the same case, closure, "
-                            "input files and --set values, or without --resume")
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {what}",
+                            "rerun with the same case, closure, input files and --set values, or without --resume")
     if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
         raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
-                            f"{partial_path(out)} (another run wrote into the same output); start afresh without "
-                            "--resume")
+                            f"{partial_path(out)} (another run wrote into the same output)",
+                            "start afresh without --resume")
     return checkpoint
 
 

@@ -439,13 +439,15 @@ def test_a_stage_without_checkpoints_is_not_said_to_resume(tmp_path, monkeypatch
     assert lines and not any("(resuming)" in line for line in lines)
 
 
-def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, monkeypatch, capsys):
-    """The bare-host baseline checkpoints as the closure's rollout does; a rerun goes on from there."""
+BASELINE_CHECKPOINTS = ["--quick", "--set", "rollout.steps=24", "--set", "rollout.checkpoint_every=4", "--set",
+                        "output.time_chunk=2"]
+
+
+def run_stopped_in_baseline(case, out, monkeypatch):
+    """``run`` stopped by a Ctrl-C in the middle of its bare-host rollout, which keeps a checkpoint."""
     import hybridnde.rollout_job as rollout_job
     from hybridnde.netcdf_stream import checkpoint_path as rollout_checkpoint
 
-    settings = ["--quick", "--set", "rollout.steps=24", "--set", "rollout.checkpoint_every=4", "--set",
-                "output.time_chunk=2"]
     real_run, real_encode = rollout_job.run_rollout, rollout_job.encode_block
     encoded = []
 
@@ -463,17 +465,38 @@ def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, 
         finally:
             monkeypatch.setattr(rollout_job, "encode_block", real_encode)
 
-    case, out = write_case(tmp_path), tmp_path / "stopped"
     with monkeypatch.context() as patch:
         patch.setattr(rollout_job, "run_rollout", run_rollout)
-        assert run(case, out, *settings) == 130
+        assert run(case, out, *BASELINE_CHECKPOINTS) == 130
     assert rollout_checkpoint(out / "baseline.nc").is_file() and not (out / "baseline.nc").exists()
+    return rollout_checkpoint(out / "baseline.nc")
+
+
+def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """The bare-host baseline checkpoints as the closure's rollout does; a rerun goes on from there."""
+    case, out = write_case(tmp_path), tmp_path / "stopped"
+    run_stopped_in_baseline(case, out, monkeypatch)
     stopped = capsys.readouterr().err
     assert "the same command continues: finished stages are reused" in stopped
     assert "hybridnde rollout ... --resume" not in stopped  # (run has no --resume)
-    assert run(case, out, *settings) == 0
+    assert run(case, out, *BASELINE_CHECKPOINTS) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "baseline -> " in line]
     assert lines and lines[0].endswith("(resuming)"), lines
+
+
+def test_a_damaged_rollout_checkpoint_is_set_aside_without_the_rollout_commands_remedies(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """The baseline's checkpoint damaged after a stop: run makes the stage afresh, and its log said "delete
+    it or rerun without --resume" and "`hybridnde rollout ... --resume` continues one", options of another
+    command."""
+    case, out = write_case(tmp_path), tmp_path / "stopped"
+    run_stopped_in_baseline(case, out, monkeypatch).write_bytes(b"damaged")
+    capsys.readouterr()
+    assert run(case, out, *BASELINE_CHECKPOINTS) == 0
+    err = capsys.readouterr().err
+    assert "baseline: not resuming (" in err and "not a readable rollout checkpoint" in err
+    assert "is discarded" in err and "--resume" not in err and "delete it" not in err, err
+    assert (out / "baseline.nc").is_file()
 
 
 def test_a_checkpoint_hybridnde_train_left_in_the_folder_is_resumed_by_run(tmp_path, monkeypatch, capsys):
@@ -511,7 +534,9 @@ def test_an_unreadable_checkpoint_in_the_folder_is_set_aside_by_run(tmp_path, ca
     out.mkdir()
     (out / "closure.checkpoint.pt").write_bytes(b"not a checkpoint")
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
-    assert "train: not resuming (" in capsys.readouterr().err and not (out / "closure.checkpoint.pt").exists()
+    err = capsys.readouterr().err
+    assert "train: not resuming (" in err and not (out / "closure.checkpoint.pt").exists()
+    assert "--resume" not in err and "delete it" not in err, err  # remedies of the single commands
 
 
 def test_a_second_run_into_a_folder_being_run_is_refused_before_any_stage(tmp_path, capsys):
@@ -551,7 +576,9 @@ def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatc
     torch.save(state, checkpoint)
     capsys.readouterr()
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
-    assert "train: not resuming (" in capsys.readouterr().err and (out / "closure.pt").is_file()
+    err = capsys.readouterr().err
+    assert "train: not resuming (" in err and "changed since the checkpoint: the training data" in err
+    assert "--resume" not in err and (out / "closure.pt").is_file(), err  # the train command's remedies
     epochs = [json.loads(line)["epoch"] for line in (out / "closure.log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
 

@@ -143,7 +143,7 @@ class _Run:
             except DataError as refusal:  # the checkpoint does not fit (ResumeRefused: e.g. an input file changed
                 if not resume:            # under it) or is unreadable: the stage's own restart files cannot be
                     raise                 # trusted, and run has no --resume to drop
-                log.warning("%s%s: not resuming (%s); making it afresh", label, name, refusal)
+                log.warning("%s%s: not resuming (%s); making it afresh", label, name, refusal.problem)
                 run(False)
             seconds = wallclock.perf_counter() - started
             self.record.finished(path, name, expected, seconds)
@@ -205,7 +205,8 @@ class _Run:
         result.stages.append(self.stage(
             "train", closure, expected["train"], found, label=label, payload=payload,
             can_resume=checkpoint_path(closure).is_file(),
-            run=lambda resume: train_case(case, truth, closure, progress=self.progress, resume=resume)))
+            run=lambda resume: train_case(case, truth, closure, progress=self.progress, resume=resume,
+                                           resume_hint=False)))
         _, payload = stages.closure_identity(closure)
         result.closure_metadata = dict(payload["metadata"])
         result.training_log = read_training_log(log_path(closure))

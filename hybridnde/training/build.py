@@ -99,9 +99,11 @@ def _older_fingerprints(case: CaseConfig, data: TrainingData) -> tuple[str, ...]
 
 
 def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
-               progress: bool | None = None) -> tuple[nn.Module, TrainingResult]:
+               progress: bool | None = None, resume_hint: bool = True) -> tuple[nn.Module, TrainingResult]:
     """Train the case's closure on a truth file and save it to ``out`` (``closure_file`` format),
-    with ``<stem>.log.jsonl`` beside it and a ``<stem>.checkpoint.pt`` while training runs."""
+    with ``<stem>.log.jsonl`` beside it and a ``<stem>.checkpoint.pt`` while training runs.
+    ``resume_hint``: say that ``--resume`` continues a checkpoint this run replaces (``hybridnde run``
+    has no such flag: it resumes what it can by itself)."""
     out = Path(out)
     if out.suffix != ".pt":
         raise ConfigError(f"--out {out}: give a .pt file name, e.g. runs/{case.case.name}/closure.pt")
@@ -127,8 +129,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                         case.training.fd_warn_threshold, data.sample_interval, case.training.fd_stencil)
 
     if not resume and checkpoint_path(out).is_file():
-        log.warning("%s: an interrupted run's checkpoint is there; this run starts afresh and replaces it (with "
-                    "--resume it continues from it)", checkpoint_path(out))
+        log.warning("%s: an interrupted run's checkpoint is there; this run starts afresh and replaces it%s",
+                    checkpoint_path(out), " (with --resume it continues from it)" if resume_hint else "")
     if resume and out.is_file() and not checkpoint_path(out).is_file():
         finished = _finished_closure(case, out, data, device=device, dtype=dtype)
         if finished is not None:  # the same command line again after it finished: nothing to resume

@@ -68,15 +68,16 @@ def load_checkpoint(path: str | Path, *, fingerprint: str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip, pickle or version errors: not a usable checkpoint
-        raise DataError(f"{path}: not a readable training checkpoint ({load_error_text(error)}); delete it to start "
-                        "afresh") from None
+        raise DataError(f"{path}: not a readable training checkpoint ({load_error_text(error)})",
+                        "delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise DataError(f"{path}: not a {FORMAT} file; delete it to start afresh")
+        raise DataError(f"{path}: not a {FORMAT} file", "delete it to start afresh")
     if state["fingerprint"] != fingerprint and state["fingerprint"] not in also_accepted:
         changed = describe_change(state.get("identity") or {}) if describe_change is not None else []
         if changed:
-            raise ResumeRefused(f"{path}: cannot resume, changed since the checkpoint: {', '.join(changed)}; rerun "
-                                "with the same case, --set values and data, or without --resume")
-        raise ResumeRefused(f"{path} was written for another configuration or data file; --resume needs the same "
-                            "case, overrides and data (or delete the checkpoint to start afresh)")
+            raise ResumeRefused(f"{path}: cannot resume, changed since the checkpoint: {', '.join(changed)}",
+                                "rerun with the same case, --set values and data, or without --resume")
+        raise ResumeRefused(f"{path} was written for another configuration or data file",
+                            "--resume needs the same case, overrides and data (or delete the checkpoint to start "
+                            "afresh)")
     return state
