@@ -1,15 +1,42 @@
-"""The figures ``hybridnde evaluate --figures DIR`` writes for a rollout paired with its reference."""
+"""The figures ``hybridnde evaluate --figures DIR`` writes for a rollout paired with its reference, and
+how a set of them replaces an earlier evaluation's (``publish_figures``)."""
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from .alignment import AlignedPair
 from .metrics import error_growth, normalised_error, relative_drift_curves
 
-__all__ = ["write_figures"]
+__all__ = ["write_figures", "publish_figures", "EVALUATION_FIGURES"]
+
+log = logging.getLogger(__name__)
+
+#: the figures ``write_figures`` may draw (``<name>.png``): which ones depends on the states
+EVALUATION_FIGURES = ("error_growth", "space_time", "spectrum", "phase_portrait", "invariant_drift")
+
+
+def publish_figures(drawn: Iterable[str | Path], folder: Path, names: Iterable[str]) -> list[str]:
+    """Move the figures ``drawn`` (into a ``staging_folder``) to ``folder``, and remove the figures of
+    ``names`` (``<name>.png``) an earlier evaluation drew there that this one did not (a set-up without
+    a bare host has no hybrid-vs-bare-host plot): the folder shows one evaluation, not parts of two.
+    Returns the new paths. Call it with interrupts deferred, together with writing the results the
+    figures belong to."""
+    published = []
+    for path in drawn:
+        target = folder / Path(path).name
+        os.replace(path, target)
+        published.append(str(target))
+    for name in names:
+        stale = folder / f"{name}.png"
+        if str(stale) not in published and stale.is_file():
+            log.info("removing %s: from an earlier evaluation, not drawn for this one", stale)
+            stale.unlink()
+    return published
 
 
 def _representative_member(metrics: Mapping[str, Any]) -> int:

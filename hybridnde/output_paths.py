@@ -1,6 +1,6 @@
 """Output files written safely: checked before the work (``check_output_path``, ``check_not_folders``,
-``warn_if_disk_short``), written through a temporary sibling and a rename (``atomic_path``), and a
-full disk said in words (``disk_full_message``).
+``warn_if_disk_short``), written through a temporary sibling and a rename (``atomic_path``; a set of
+files: ``staging_folder``), and a full disk said in words (``disk_full_message``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from .errors import DataError
 
-__all__ = ["atomic_path", "check_output_path", "check_not_folders", "check_name_fits", "warn_if_disk_short",
+__all__ = ["atomic_path", "staging_folder", "check_output_path", "check_not_folders", "check_name_fits", "warn_if_disk_short",
            "disk_full_message", "DISK_REFUSAL_FACTOR"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+@contextlib.contextmanager
+def staging_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``path`` to write a set of files into, removed with what is left
+    in it when the block ends: files renamed out of it (same file system) replace others together, not
+    one by one over the writing. One a killed writer left goes as ``atomic_path``'s files do."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host = _host_tag()
+    _remove_orphans(path, host)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{host}.{os.getpid()}.", suffix=".part", dir=path.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 #: zlib saves ~10 % on chaotic float states: an output this many times the free space cannot fit
@@ -207,9 +223,9 @@ def _host_tag() -> str:
 
 
 def _remove_orphans(path: Path, host: str) -> None:
-    """Temporary files of ``path`` left by writers on this ``host`` (``_host_tag``) that were killed
-    (``kill -9`` gives ``atomic_path`` no chance to clean up): their process is gone, so nothing will
-    finish them."""
+    """Temporary files (or staging folders) of ``path`` left by writers on this ``host`` (``_host_tag``)
+    that were killed (``kill -9`` gives ``atomic_path`` no chance to clean up): their process is gone, so
+    nothing will finish them."""
     for orphan in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*.part"):
         pid = orphan.name[len(f".{path.name}.{host}."):].split(".", 1)[0]
         if not pid.isdigit():
@@ -217,7 +233,10 @@ def _remove_orphans(path: Path, host: str) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):
-                orphan.unlink()
+            if orphan.is_dir() and not orphan.is_symlink():
+                shutil.rmtree(orphan, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    orphan.unlink()
         except PermissionError:  # alive, another user's
             pass

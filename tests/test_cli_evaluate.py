@@ -104,6 +104,37 @@ def test_perturbed_model_has_a_finite_vpt_figures_and_a_json_file(tmp_path, lore
     assert (np.array(lower) < vpt).all()
 
 
+
+def test_a_stop_while_drawing_leaves_the_earlier_evaluation_whole(tmp_path, lorenz_truth, monkeypatch, capsys):
+    """Stopped after its first figure, evaluate into a folder of an earlier evaluation left a new
+    error_growth.png beside the old phase portrait and the old --out JSON: a set no evaluation made."""
+    import hybridnde.figures
+
+    rollout = simulate(tmp_path, "perturbed", LORENZ, "system.rho=28.3")
+    out, figures = tmp_path / "metrics.json", tmp_path / "figures"
+    evaluate_json(capsys, lorenz_truth, lorenz_truth, "--out", out, "--figures", figures)
+    (figures / "space_time.png").write_bytes(b"a KS evaluation's")  # a figure these states do not draw
+    (figures / "notes.png").write_bytes(b"the user's own")
+    earlier = {path.name: path.read_bytes() for path in [out, *figures.iterdir()]}
+    original, saved = hybridnde.figures.save_figure, []
+
+    def stop_at_the_second(figure, path):
+        saved.append(path)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        return original(figure, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hybridnde.figures, "save_figure", stop_at_the_second)
+        assert main(["evaluate", str(rollout), "--reference", str(lorenz_truth), "--out", str(out), "--figures",
+                     str(figures)]) == 130
+    assert len(saved) == 2 and {path.name: path.read_bytes() for path in [out, *figures.iterdir()]} == earlier
+    metrics = evaluate_json(capsys, rollout, lorenz_truth, "--out", out, "--figures", figures)
+    assert sorted(p.name for p in figures.iterdir()) == ["error_growth.png", "notes.png", "phase_portrait.png"]
+    assert metrics["figures"] == [str(figures / "error_growth.png"), str(figures / "phase_portrait.png")]
+    assert json.loads(out.read_text()) == metrics and (figures / "error_growth.png").read_bytes() != \
+        earlier["error_growth.png"]
+
 def test_coarse_rollout_is_compared_on_its_grid(tmp_path, capsys, monkeypatch):
     import hybridnde.figures
 

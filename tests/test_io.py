@@ -104,6 +104,21 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_pat
     assert leftovers(tmp_path) == sorted([alive.name, elsewhere.name, "out.nc"])
 
 
+def test_a_staging_folder_goes_when_its_block_ends_and_a_killed_writers_with_the_next(tmp_path):
+    from hybridnde.output_paths import staging_folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".figures.{_host_tag()}.{dead.pid}.x1y2.part"  # as a killed evaluate leaves it
+    (orphan / "sub").mkdir(parents=True)
+    (orphan / "sub" / "error_growth.png").write_bytes(b"drawn")
+    with pytest.raises(KeyboardInterrupt), staging_folder(tmp_path / "figures") as staging:
+        assert staging.parent == tmp_path and staging.is_dir() and not orphan.exists()
+        (staging / "spectrum.png").write_bytes(b"half drawn")
+        raise KeyboardInterrupt
+    assert leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("handler", ["ignored", "the application's"])
 def test_a_sigint_handler_of_the_application_is_left_alone(tmp_path, handler):
     """Deferring replaced any handler: an ignored SIGINT (a background job) killed the write, and an

@@ -8,6 +8,7 @@ mismatched files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from ..alignment import MEMBER_MATCHING
 from ..config import ConfigError, load_case
+from ..interrupts import interrupts_deferred
 from ..io import atomic_path, check_output_path
+from ..output_paths import staging_folder
 from ..threads import add_threads_argument, torch_threads
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ def register(subparsers) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from ..evaluate import evaluate_files, format_summary
+    from ..evaluation_figures import EVALUATION_FIGURES, publish_figures
 
     if arguments.out is not None and arguments.out.suffix != ".json":
         raise ConfigError(f"--out {arguments.out}: give a .json file name")
@@ -69,15 +73,21 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.figures is not None:
         check_output_path(arguments.figures, "--figures", folder=True)
     case = load_case(arguments.case, overrides=arguments.overrides) if arguments.case is not None else None
-    with torch_threads(arguments.threads, "--threads"):
+    # the figures are drawn aside, then replace an earlier evaluation's together with --out: a stop
+    # while they are drawn leaves the earlier set whole, not mixed with this one's
+    with torch_threads(arguments.threads, "--threads"), (staging_folder(arguments.figures / "figures")
+                                                         if arguments.figures is not None else contextlib.nullcontext()) as staging:
         metrics = evaluate_files(arguments.rollout, arguments.reference, case=case, threshold=arguments.threshold,
                                  match_members=arguments.match_members, time_tolerance=arguments.time_tolerance,
-                                 figures_dir=arguments.figures, lyapunov=arguments.lyapunov,
-                                 closure_path=arguments.closure)
-    text = json.dumps(metrics, indent=2, allow_nan=False)
+                                 figures_dir=staging, lyapunov=arguments.lyapunov, closure_path=arguments.closure)
+        with interrupts_deferred():
+            if staging is not None:
+                metrics["figures"] = publish_figures(metrics["figures"], arguments.figures, EVALUATION_FIGURES)
+            text = json.dumps(metrics, indent=2, allow_nan=False)
+            if arguments.out is not None:
+                with atomic_path(arguments.out) as temporary:
+                    temporary.write_text(text + "\n")
     if arguments.out is not None:
-        with atomic_path(arguments.out) as temporary:
-            temporary.write_text(text + "\n")
         log.info("wrote %s", arguments.out)
     print(text if arguments.json else format_summary(metrics))
     for path in metrics.get("figures", []):

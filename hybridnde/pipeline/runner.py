@@ -17,7 +17,10 @@ from typing import Any, Callable, Sequence
 
 from ..checksums import records_data
 from ..config import CaseConfig
+from ..evaluation_figures import EVALUATION_FIGURES, publish_figures
+from ..interrupts import interrupts_deferred
 from ..io import DataError, atomic_path
+from ..output_paths import staging_folder
 from ..threads import torch_threads
 from . import stages
 from .checks import check_variants
@@ -250,40 +253,30 @@ class _Run:
         from .held_out import members_from_training_states
 
         case = result.case
-        metrics = evaluate_files(rollout, reference, case=case, figures_dir=figures, lyapunov=self.lyapunov,
-                                 closure_path=closure if self.lyapunov else None)
-        scored = metrics["valid_prediction_time"]["members"]  # the members evaluate paired
-        metrics["members_from_training_states"] = members_from_training_states(reference, truth, members=scored)
-        name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
-        drawn = [training_curves_figure(result.training_log, figures / "training_loss.png", title=f"{name}: training",
-                                        best_epoch=(result.closure_metadata or {}).get("best_epoch"))]
-        if stages.has_baseline(case):
-            metrics["baseline"] = evaluate_files(baseline, reference, case=case)
-            drawn.append(error_growth_comparison_figure(
-                [("hybrid (trained closure)", metrics), ("bare host solver", metrics["baseline"])],
-                figures / "error_growth_vs_bare_host.png", title=f"{name}: hybrid vs bare host"))
-        metrics["figures"] = [*metrics.get("figures", []), *(str(path) for path in drawn if path is not None)]
-        _remove_stale_figures(figures, metrics["figures"])
-        metrics["pipeline"] = identity
-        with atomic_path(result.directory / "metrics.json") as temporary:
-            temporary.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        with staging_folder(figures / "figures") as staging:  # replaced as a set with metrics.json (evaluate's)
+            metrics = evaluate_files(rollout, reference, case=case, figures_dir=staging, lyapunov=self.lyapunov,
+                                     closure_path=closure if self.lyapunov else None)
+            scored = metrics["valid_prediction_time"]["members"]  # the members evaluate paired
+            metrics["members_from_training_states"] = members_from_training_states(reference, truth, members=scored)
+            name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
+            drawn = [training_curves_figure(result.training_log, staging / "training_loss.png",
+                                            title=f"{name}: training",
+                                            best_epoch=(result.closure_metadata or {}).get("best_epoch"))]
+            if stages.has_baseline(case):
+                metrics["baseline"] = evaluate_files(baseline, reference, case=case)
+                drawn.append(error_growth_comparison_figure(
+                    [("hybrid (trained closure)", metrics), ("bare host solver", metrics["baseline"])],
+                    staging / "error_growth_vs_bare_host.png", title=f"{name}: hybrid vs bare host"))
+            metrics["pipeline"] = identity
+            with interrupts_deferred():
+                metrics["figures"] = publish_figures([*metrics.get("figures", []), *(p for p in drawn if p is not None)],
+                                                     figures, PIPELINE_FIGURES)
+                with atomic_path(result.directory / "metrics.json") as temporary:
+                    temporary.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
 
 
 #: the figures an evaluation may draw (``figures/<name>.png``): which ones depends on the set-up
-PIPELINE_FIGURES = ("error_growth", "space_time", "spectrum", "phase_portrait", "invariant_drift", "training_loss",
-                    "error_growth_vs_bare_host")
-
-
-def _remove_stale_figures(folder: Path, written: list[str]) -> None:
-    """Figures an earlier evaluation drew that this one did not (a set-up without a bare host leaves no
-    hybrid-vs-bare-host plot): they showed another run's results beside this report. Only the
-    pipeline's own figure names are touched."""
-    kept = {Path(path).resolve() for path in written}
-    for name in PIPELINE_FIGURES:
-        path = folder / f"{name}.png"
-        if path.is_file() and path.resolve() not in kept:
-            log.info("removing %s: from an earlier evaluation, not drawn for this one", path)
-            path.unlink()
+PIPELINE_FIGURES = (*EVALUATION_FIGURES, "training_loss", "error_growth_vs_bare_host")
 
 
 def _figures_present(metrics_path: Path) -> bool:
