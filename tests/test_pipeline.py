@@ -851,7 +851,7 @@ def test_compared_values_that_read_the_same_run_once_and_many_variants_are_warne
     hold such variants: a penalty field where the penalty is off); 3600 variants started without a word."""
     case = write_case(tmp_path)
     assert [v.label for v in build_variants(case, compare=["training.epochs=7,7.0"])] == ["epochs=7"]
-    assert "variant epochs=7.0 is the same case as epochs=7 once its values are read; it is left out" in caplog.text
+    assert "variant epochs=7.0 is the same run as epochs=7 (their values read the same); it is left out" in caplog.text
     sweep = build_variants(case, compare=["training.jacobian_penalty=none,frobenius",
                                           "training.jacobian_penalty_field=closure,rhs"])
     assert len(sweep) == 3  # the field means nothing without a penalty

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import tomli_w
+
 from ..config import CaseConfig, ConfigError, load_case
 from ..config.case import parse_override
+from ..config.effect import effective_mapping, keys_without_effect
 
 __all__ = ["Variant", "parse_compare", "build_variants", "split_values"]
 
@@ -132,17 +135,28 @@ def build_variants(case_path: str | Path, *, quick: bool = False, overrides: Seq
     if len({v.label for v in variants}) != len(variants):
         raise ConfigError("--compare: two values give the same folder name; use values that differ in letters or "
                           "digits")
-    seen: dict[str, str] = {}
-    distinct = []
-    for variant in variants:  # values that read the same once typed (7 and 7.0 for an integer key), or a
-        first = seen.setdefault(variant.case.checksum(), variant.label)  # key that another one switches off
-        if first == variant.label:
-            distinct.append(variant)
-        else:
-            log.warning("--compare: variant %s is the same case as %s once its values are read; it is left out",
-                        variant.label, first)
-    variants = distinct
+    variants = _distinct(variants)
     if len(variants) > MANY_VARIANTS:
         log.warning("--compare: %d variants, each trained and rolled out in turn; fewer values make a shorter run",
                     len(variants))
     return variants
+
+
+def _distinct(variants: list[Variant]) -> list[Variant]:
+    """The variants that differ in a key with an effect: values that read the same once typed (7 and 7.0
+    for an integer key) or a key another one switches off (``config.effect``) make the same run, left
+    out with a warning that says why."""
+    seen: dict[str, Variant] = {}
+    distinct = []
+    for variant in variants:
+        same = seen.setdefault(tomli_w.dumps(effective_mapping(variant.case)), variant)
+        if same is variant:
+            distinct.append(variant)
+            continue
+        switched_off = {**keys_without_effect(same.case), **keys_without_effect(variant.case)}
+        differing = [key for key, value in variant.settings if value != dict(same.settings).get(key)]
+        reasons = [f"{name} has no effect with {why}" for name, why in switched_off.items()
+                   if any(name == key or name.startswith(f"{key}.") for key in differing)]
+        log.warning("--compare: variant %s is the same run as %s (%s); it is left out", variant.label, same.label,
+                    "; ".join(reasons) or "their values read the same")
+    return distinct

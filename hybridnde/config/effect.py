@@ -1,0 +1,72 @@
+"""Keys a case may set that have no effect given its other keys (``training.fd_stencil`` with
+``training.regularizer = "jvp"``): ``hybridnde run --compare`` runs such variants once, and ``train``
+says when one of them is set.
+
+Each rule names the keys and the condition under which the code reads them (training/assembly.py,
+training/trainer.py, training/build.py, models.py, systems.py); outside it the key changes nothing,
+not even the cost. Keys that change only the cost or the files (batch sizes, threads, checkpoints)
+are not here: comparing them is comparing speed.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .case import CaseConfig
+
+__all__ = ["keys_without_effect", "effective_mapping"]
+
+#: the [system] keys a neural_ode host reads: its grid (its physics is the closure)
+NEURAL_ODE_HOST_KEYS = ("n_points", "domain_length")
+
+
+def keys_without_effect(case: CaseConfig) -> dict[str, str]:
+    """``{"section.key": why}`` for each key that this case's other keys switch off, whatever its value;
+    ``hybrid.system.<key>`` for overrides a neural_ode host does not read."""
+    t = case.training
+    penalty, regularizer = t.jacobian_penalty, t.regularizer
+    rules = [
+        (("regularizer_weight",), regularizer != "none", "training.regularizer = 'none'"),
+        (("probe_distribution", "normalize_probes"), regularizer == "jvp",
+         f"training.regularizer = {regularizer!r} (they shape jvp's probes)"),
+        (("probes",), regularizer == "jvp" or penalty in ("frobenius", "rnode"),
+         f"training.regularizer = {regularizer!r} and training.jacobian_penalty = {penalty!r}"),
+        (("fd_stencil",), regularizer == "fd", f"training.regularizer = {regularizer!r}"),
+        (("regularizer_warmup_epochs",), regularizer != "none" or penalty != "none",
+         "training.regularizer and training.jacobian_penalty = 'none'"),
+        (("jacobian_penalty_weight", "jacobian_penalty_field"), penalty != "none", "training.jacobian_penalty = 'none'"),
+        (("jacobian_penalty_iterations",), penalty in ("spectral", "condition"),
+         f"training.jacobian_penalty = {penalty!r} (spectral and condition iterate)"),
+        (("min_learning_rate",), t.lr_schedule == "cosine", f"training.lr_schedule = {t.lr_schedule!r}"),
+        (("lr_step_epochs", "lr_gamma"), t.lr_schedule == "step", f"training.lr_schedule = {t.lr_schedule!r}"),
+        (("adaptive_method",), t.integration != "step", "training.integration = 'step'"),
+        (("homotopy_stages", "homotopy_epochs_per_stage", "homotopy_ratio", "coupling", "smoothing"),
+         t.method == "homotopy", f"training.method = {t.method!r}"),
+        (("shooting_segments", "continuity_weight"), t.method == "multiple_shooting", f"training.method = {t.method!r}"),
+        (("observation_noise_scale",), t.observation_noise > 0, "training.observation_noise = 0"),
+    ]
+    unused = {f"training.{key}": why for keys, read, why in rules if not read for key in keys}
+    if case.model.kind != "periodic_cnn":
+        unused["model.kernel_size"] = f"model.kind = {case.model.kind!r}"
+    if case.hybrid.setup == "neural_ode":
+        for key in case.hybrid.system:
+            if key not in NEURAL_ODE_HOST_KEYS:
+                unused[f"hybrid.system.{key}"] = "hybrid.setup = 'neural_ode' (its host has no physics)"
+    return unused
+
+
+def effective_mapping(case: CaseConfig) -> dict[str, Any]:
+    """``case.to_mapping()`` with the keys without effect at their defaults (a neural_ode host's unread
+    overrides dropped): two cases with equal effective mappings give the same results."""
+    mapping = copy.deepcopy(case.to_mapping())
+    mapping.pop("quick", None)
+    for name in keys_without_effect(case):
+        section, key = name.split(".", 1)
+        if section == "hybrid":
+            mapping["hybrid"]["system"].pop(key.split(".", 1)[1], None)
+            continue
+        default = next(field for field in dataclasses.fields(getattr(case, section)) if field.name == key)
+        mapping[section][key] = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+    return mapping
