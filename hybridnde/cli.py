@@ -11,6 +11,7 @@ import difflib
 import importlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .config import ConfigError
 from .interrupts import interrupt_on_signal
-from .io import DataError, disk_full_message
+from .io import COMMAND_LINE, DataError, disk_full_message
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -71,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     # checkpoint and partial file stay consistent and the exit says so; it killed the process before
     previous = (signal.signal(signal.SIGTERM, interrupt_on_signal) if threading.current_thread() is threading.main_thread()
                 else None)
+    command = COMMAND_LINE.set(shlex.join(["hybridnde", *(sys.argv[1:] if argv is None else map(str, argv))]))
     try:
         return _run(arguments)
     finally:
+        COMMAND_LINE.reset(command)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

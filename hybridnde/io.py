@@ -6,6 +6,7 @@ package version, the solver, the closure checksum and the full case as TOML text
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import datetime
 import logging
@@ -26,7 +27,8 @@ from .output_paths import (atomic_path, check_not_folders, check_output_path, di
 __all__ = [
     "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "check_not_folders",
-    "platform_description", "utc_now", "warn_if_disk_short", "disk_full_message", "load_error_text",
+    "platform_description", "utc_now", "warn_if_disk_short", "disk_full_message", "load_error_text", "COMMAND_LINE",
+    "history_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,21 @@ VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
 }
 
 
+#: the command whose work runs, as ``hybridnde.cli.main`` sets it (``hybridnde simulate case.toml ...``):
+#: ``history`` records it, as CF (2.6.2) recommends; ``None`` when the package is called from Python
+COMMAND_LINE: contextvars.ContextVar[str | None] = contextvars.ContextVar("hybridnde_command_line", default=None)
+
+
 def utc_now() -> str:
     """The time now, UTC, ISO 8601 to the second (``history`` attributes)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def history_line(what: str) -> str:
+    """A line of a file's ``history``: ``"<UTC time> <what> by hybridnde <version>: <command line>"``
+    (the command where ``COMMAND_LINE`` has one)."""
+    command = COMMAND_LINE.get()
+    return f"{utc_now()} {what} by hybridnde {package_version()}" + (f": {command}" if command else "")
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,12 +141,11 @@ def trajectory_dataset(u: np.ndarray, times: Sequence[float], *, state_dim: str,
     for name, attrs in VARIABLE_ATTRS.items():
         if name in dataset.variables:
             dataset[name].attrs.update(attrs)
-    now = utc_now()
     dataset.attrs.update({
         "Conventions": "CF-1.10",
         "title": title,
         "source": f"hybridnde {package_version()}; solver: {solver}; closure checksum: {closure_checksum}",
-        "history": f"{now} created by hybridnde {package_version()}",
+        "history": history_line("created"),
         "closure_checksum": closure_checksum,
         "case_toml": case_toml,
     })

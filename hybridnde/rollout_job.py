@@ -32,8 +32,8 @@ from .config import CaseConfig, ConfigError
 from .distributed import (Communicator, agree, largest_batch_size_for, rank_batches, rank_device, require_same,
                           world)
 from .checksums import data_checksum
-from .io import (STATUS_FLAGS, check_output_path, disk_full_message, package_version, platform_description,
-                 utc_now, warn_if_disk_short)
+from .io import (STATUS_FLAGS, check_output_path, disk_full_message, history_line, platform_description,
+                 warn_if_disk_short)
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
@@ -315,11 +315,10 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
         setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": total_seconds,
                                                   "member_steps": total_steps, "member_steps_per_second": rate,
                                                   "resumed_runs": resumes, "members_blew_up": blew_up,
-                                                  **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int32)}
+                                                  **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int64)}
                                                      if ranks_per_run is not None else {}),
                                                   "platform": platform_description(setup.solver.device)},
-                            history=f"{utc_now()} resumed {resumes} time(s), finished by hybridnde {package_version()}"
-                            if resumes else "")
+                            history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
         remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,
                                  member_steps=member_steps, seconds=seconds, ranks=comm.size,

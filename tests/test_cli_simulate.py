@@ -1,5 +1,6 @@
 """`hybridnde simulate` writes the NetCDF schema atomically; bad input exits 2 and leaves no file."""
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import torch
 import xarray as xr
 
 from hybridnde.cli import main
+from hybridnde.io import package_version
 from solvers import Lorenz63
 
 LORENZ = """
@@ -41,6 +43,9 @@ def test_simulate_writes_cf_netcdf_matching_the_solver(tmp_path):
     out = tmp_path / "truth.nc"
     assert main(["simulate", str(write_case(tmp_path)), "--out", str(out)]) == 0
     with xr.open_dataset(out) as ds:
+        # CF 2.6.2: the command that made it (a shell-quoted line the user can run again)
+        assert ds.attrs["history"].endswith(f"created by hybridnde {package_version()}: hybridnde simulate "
+                                            f"{shlex.quote(str(write_case(tmp_path)))} --out {shlex.quote(str(out))}")
         assert ds.u.dims == ("member", "time", "component")
         assert list(ds.component.values) == ["x", "y", "z"]
         assert ds.sizes == {"member": 3, "time": 21, "component": 3}
@@ -48,7 +53,6 @@ def test_simulate_writes_cf_netcdf_matching_the_solver(tmp_path):
         assert "lorenz63" in ds.attrs["case_toml"] and "hybridnde" in ds.attrs["source"]
         # the code that made it: the version, and in a git checkout the commit (-dirty: uncommitted changes)
         from hybridnde import __version__
-        from hybridnde.io import package_version
 
         assert ds.attrs["source"].startswith(f"hybridnde {package_version()};")
         root = Path(__file__).resolve().parents[1]
@@ -189,8 +193,9 @@ def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
 
 
 def test_console_script_usage_error_exits_2():
-    result = subprocess.run([sys.executable, "-m", "hybridnde.cli", "simulate"], capture_output=True, text=True)
-    assert result.returncode == 2 and "CASE.toml" in result.stderr
+    for module in ("hybridnde.cli", "hybridnde"):  # `python -m hybridnde` where the script is not on the PATH
+        result = subprocess.run([sys.executable, "-m", module, "simulate"], capture_output=True, text=True)
+        assert result.returncode == 2 and "usage: hybridnde simulate" in result.stderr and "CASE.toml" in result.stderr
 
 
 def test_a_misspelt_option_gets_the_verbs_usage_and_the_closest_option(capsys):

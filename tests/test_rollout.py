@@ -3,6 +3,7 @@ what the host solver computes, blow-ups are isolated, restarts are exact, memory
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 import signal
 import subprocess
@@ -898,6 +899,11 @@ def test_resume_after_sigkill_or_sigterm_gives_the_identical_file(case_files, tm
     assert "resumed" in resumed.stdout
     assert main(arguments + ["--out", str(tmp_path / "straight.nc")]) == 0
     assert_same_data(killed, tmp_path / "straight.nc")
+    with xr.open_dataset(killed) as finished:  # CF 2.6.2: each command that wrote it
+        created, finished = finished.attrs["history"].splitlines()
+    typed = shlex.join(["hybridnde", "-q", *arguments, "--out", str(killed)])
+    assert created.endswith(f"created by hybridnde {package_version()}: {typed}")
+    assert finished.endswith(f"resumed 1 time(s), finished by hybridnde {package_version()}: {typed} --resume")
 
 
 MEMORY_PROBE = textwrap.dedent("""
