@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     # checkpoint and partial file stay consistent and the exit says so; it killed the process before
     previous = (signal.signal(signal.SIGTERM, interrupt_on_signal) if threading.current_thread() is threading.main_thread()
                 else None)
-    command = COMMAND_LINE.set(shlex.join(["hybridnde", *(sys.argv[1:] if argv is None else map(str, argv))]))
+    typed = shlex.join(["hybridnde", *(sys.argv[1:] if argv is None else map(str, argv))])
+    # (an argument that is not UTF-8 arrives with surrogates, which a NetCDF attribute cannot hold)
+    command = COMMAND_LINE.set(typed.encode("utf-8", "backslashreplace").decode("utf-8"))
     try:
         return _run(arguments)
     finally:

@@ -192,6 +192,20 @@ def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
     assert f"(initial_condition.file = '{bad}'); give finite states" in capsys.readouterr().err
 
 
+def test_a_case_path_that_is_not_utf8_is_recorded_in_the_history_escaped(tmp_path):
+    """The command line went into `history` as typed, and netCDF4 cannot store its surrogates: the
+    simulation ran and then failed with a UnicodeEncodeError traceback (exit 1)."""
+    case = os.fsencode(tmp_path) + b"/ca\xffse.toml"
+    with open(case, "w") as handle:
+        handle.write(write_case(tmp_path).read_text())
+    out = tmp_path / "truth.nc"
+    result = subprocess.run([sys.executable, "-m", "hybridnde", "simulate", case, "--out", out, "--no-progress"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with xr.open_dataset(out) as ds:
+        assert "ca\\udcffse.toml --out" in ds.attrs["history"]
+
+
 def test_console_script_usage_error_exits_2():
     for module in ("hybridnde.cli", "hybridnde"):  # `python -m hybridnde` where the script is not on the PATH
         result = subprocess.run([sys.executable, "-m", module, "simulate"], capture_output=True, text=True)
