@@ -203,7 +203,7 @@ def test_a_case_path_that_is_not_utf8_is_recorded_in_the_history_escaped(tmp_pat
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     with xr.open_dataset(out) as ds:
-        assert "ca\\udcffse.toml --out" in ds.attrs["history"]
+        assert "ca\\udcffse.toml' --out" in ds.attrs["history"]
 
 
 def test_console_script_usage_error_exits_2():
