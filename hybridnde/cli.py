@@ -61,6 +61,12 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
+#: how a command stopped by a full disk goes on once there is room (the others start again)
+CONTINUES = {"train": " (what was checkpointed is kept: --resume continues from it)",
+             "rollout": " (what was checkpointed is kept: --resume continues from it)",
+             "run": " (finished stages and checkpoints are kept: the same command continues)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments, extras = parser.parse_known_args(argv)
@@ -104,8 +110,7 @@ def _run(arguments: argparse.Namespace) -> int:
     except Exception as failure:  # a failure at run time
         full = disk_full_message(failure)
         if full is not None:  # not a bug: say what to do, without a traceback
-            print(f"hybridnde {arguments.command}: error: {full} (what was checkpointed is kept: --resume continues "
-                  "from it)", file=sys.stderr)
+            print(f"hybridnde {arguments.command}: error: {full}{CONTINUES.get(arguments.command, '')}", file=sys.stderr)
             return 1
         log.exception("hybridnde %s failed", arguments.command)
         return 1

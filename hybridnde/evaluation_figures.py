@@ -1,7 +1,9 @@
 """The figures ``hybridnde evaluate --figures DIR`` writes for a rollout paired with its reference, and
-how a set of them replaces an earlier evaluation's (``publish_figures``)."""
+how a set of them and the metrics replace an earlier evaluation's (``publish_evaluation``)."""
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,9 +12,11 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from .alignment import AlignedPair
+from .interrupts import interrupts_deferred
 from .metrics import error_growth, normalised_error, relative_drift_curves
+from .output_paths import atomic_path
 
-__all__ = ["write_figures", "publish_figures", "EVALUATION_FIGURES"]
+__all__ = ["write_figures", "publish_evaluation", "EVALUATION_FIGURES"]
 
 log = logging.getLogger(__name__)
 
@@ -20,23 +24,35 @@ log = logging.getLogger(__name__)
 EVALUATION_FIGURES = ("error_growth", "space_time", "spectrum", "phase_portrait", "invariant_drift")
 
 
-def publish_figures(drawn: Iterable[str | Path], folder: Path, names: Iterable[str]) -> list[str]:
-    """Move the figures ``drawn`` (into a ``staging_folder``) to ``folder``, and remove the figures of
-    ``names`` (``<name>.png``) an earlier evaluation drew there that this one did not (a set-up without
-    a bare host has no hybrid-vs-bare-host plot): the folder shows one evaluation, not parts of two.
-    Returns the new paths. Call it with interrupts deferred, together with writing the results the
-    figures belong to."""
-    published = []
+def publish_evaluation(metrics: dict[str, Any], out: Path | None, *, drawn: Iterable[str | Path] = (),
+                       folder: Path | None = None, names: Iterable[str] = ()) -> str:
+    """Put an evaluation in place as one, interrupts held: ``metrics["figures"]`` becomes the places in
+    ``folder`` of the figures ``drawn`` into a ``staging_folder``; the JSON goes to a temporary file beside
+    ``out`` (if any), then the figures replace the earlier ones, and the JSON is renamed last. The
+    figures of ``names`` (``<name>.png``) an earlier evaluation drew that this one did not are removed
+    (a set-up without a bare host has no hybrid-vs-bare-host plot): the folder shows one evaluation,
+    not parts of two. Returns the JSON text."""
+    drawn = [Path(path) for path in drawn]
+    with interrupts_deferred():
+        if folder is not None:
+            metrics["figures"] = [str(folder / path.name) for path in drawn]
+        text = json.dumps(metrics, indent=2, allow_nan=False)
+        with atomic_path(out) if out is not None else contextlib.nullcontext() as temporary:
+            if temporary is not None:  # (a full disk fails here, before any figure is replaced)
+                temporary.write_text(text + "\n")
+            if folder is not None:
+                _replace_figures(drawn, folder, names)
+    return text
+
+
+def _replace_figures(drawn: list[Path], folder: Path, names: Iterable[str]) -> None:
     for path in drawn:
-        target = folder / Path(path).name
-        os.replace(path, target)
-        published.append(str(target))
+        os.replace(path, folder / path.name)
     for name in names:
         stale = folder / f"{name}.png"
-        if str(stale) not in published and stale.is_file():
+        if stale.name not in {path.name for path in drawn} and stale.is_file():
             log.info("removing %s: from an earlier evaluation, not drawn for this one", stale)
             stale.unlink()
-    return published
 
 
 def _representative_member(metrics: Mapping[str, Any]) -> int:

@@ -54,16 +54,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def staging_folder(path: str | Path) -> Iterator[Path]:
     """Yield a new hidden folder beside ``path`` to write a set of files into, removed with what is left
     in it when the block ends: files renamed out of it (same file system) replace others together, not
-    one by one over the writing. One a killed writer left goes as ``atomic_path``'s files do."""
+    one by one over the writing. One a killed writer left goes as ``atomic_path``'s files do; the
+    folders made for it go too if nothing was put in them (a refused command leaves no folder behind)."""
     path = Path(path)
+    made = []  # innermost first
+    for folder in (path.parent, *path.parent.parents):
+        if os.path.lexists(folder):
+            break
+        made.append(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     host = _host_tag()
     _remove_orphans(path, host)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{host}.{os.getpid()}.", suffix=".part", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{host}.{os.getpid()}.", suffix=".part", dir=path.parent))
     try:
-        yield folder
+        yield staging
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: it holds what was written
+                break
 
 
 #: zlib saves ~10 % on chaotic float states: an output this many times the free space cannot fit

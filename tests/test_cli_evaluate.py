@@ -87,6 +87,31 @@ def test_truth_against_itself_is_valid_to_the_horizon_with_zero_error(tmp_path, 
     assert "valid prediction time" in table and "Lyapunov times" in table and "100% of members" in table
 
 
+def test_a_full_disk_at_the_json_leaves_the_earlier_evaluation_whole(tmp_path, lorenz_truth, monkeypatch, capsys):
+    """The figures were moved into place before --out was written: a full disk there left the new
+    figures beside the earlier JSON, and the message said "--resume continues", an option evaluate lacks."""
+    import errno
+    from pathlib import Path
+
+    rollout = simulate(tmp_path, "perturbed", LORENZ, "system.rho=28.3")
+    out, figures = tmp_path / "metrics.json", tmp_path / "figures"
+    evaluate_json(capsys, lorenz_truth, lorenz_truth, "--out", out, "--figures", figures)
+    earlier = {path.name: path.read_bytes() for path in [out, *figures.iterdir()]}
+    original = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name.startswith(".metrics.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    assert main(["evaluate", str(rollout), "--reference", str(lorenz_truth), "--out", str(out), "--figures",
+                 str(figures)]) == 1
+    error = capsys.readouterr().err
+    assert "no space left on the device" in error and "--resume" not in error and "Traceback" not in error
+    assert {path.name: path.read_bytes() for path in [out, *figures.iterdir()]} == earlier
+
+
 def test_perturbed_model_has_a_finite_vpt_figures_and_a_json_file(tmp_path, lorenz_truth, capsys):
     rollout = simulate(tmp_path, "perturbed", LORENZ, "system.rho=28.3")  # same initial states, other dynamics
     out, figures = tmp_path / "metrics.json", tmp_path / "figures"
@@ -299,7 +324,8 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
     save_closure(ks_closure, PeriodicCNNClosure(channels=2, depth=1, kernel_size=3).double(),
                  case_toml=load_case(tmp_path / "ks.toml").to_toml())
     cases = [
-        ([tmp_path / "missing.nc", "--reference", lorenz_truth], "no such file"),
+        ([tmp_path / "missing.nc", "--reference", lorenz_truth, "--figures", tmp_path / "new" / "figures"],
+         "no such file"),  # (and no figures folder left behind)
         ([lorenz_truth, "--reference", tmp_path / "missing.nc"], "no such file"),
         ([ks, "--reference", lorenz_truth], "u(member, time, x)"),
         ([planets, "--reference", lorenz_truth], "must name the same state variables"),  # not "lacks members"
@@ -325,7 +351,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         assert main(["evaluate", *map(str, arguments)]) == 2, arguments
         error = capsys.readouterr().err
         assert "hybridnde evaluate: error:" in error and message in error, (arguments, error)
-    assert not (tmp_path / "metrics.txt").exists()
+    assert not (tmp_path / "metrics.txt").exists() and not (tmp_path / "new").exists()
     # fewer reference members are fine the other way round, and by index
     assert main(["evaluate", str(fewer), "--reference", str(lorenz_truth), "--match-members", "index"]) == 0
 
@@ -520,3 +546,15 @@ def test_a_rollout_whose_members_all_start_blown_up_is_not_said_to_start_apart(t
     metrics = evaluate_json(capsys, rollout, lorenz_truth)
     assert metrics["stable_fraction"] == 0.0
     assert not any("start apart" in note for note in metrics["notes"])
+
+
+def test_every_figure_evaluate_draws_is_one_a_later_evaluation_replaces():
+    """A figure added to write_figures but not to EVALUATION_FIGURES would stay beside a later
+    evaluation that does not draw it (publish_evaluation removes only the names it knows)."""
+    import inspect
+    import re
+
+    from hybridnde.evaluation_figures import EVALUATION_FIGURES, write_figures
+
+    drawn = re.findall(r'directory / "(\w+)\.png"', inspect.getsource(write_figures))
+    assert len(drawn) >= 5 and set(drawn) == set(EVALUATION_FIGURES)

@@ -117,6 +117,13 @@ def test_a_staging_folder_goes_when_its_block_ends_and_a_killed_writers_with_the
         (staging / "spectrum.png").write_bytes(b"half drawn")
         raise KeyboardInterrupt
     assert leftovers(tmp_path) == []
+    # the folders it made go too when nothing was put in them; one that holds a file stays
+    with pytest.raises(KeyboardInterrupt), staging_folder(tmp_path / "new" / "figures" / "figures"):
+        raise KeyboardInterrupt
+    with staging_folder(tmp_path / "made" / "figures" / "figures") as staging:
+        (staging / "error_growth.png").write_bytes(b"drawn")
+        (staging / "error_growth.png").replace(tmp_path / "made" / "figures" / "error_growth.png")
+    assert leftovers(tmp_path) == ["made"] and leftovers(tmp_path / "made" / "figures") == ["error_growth.png"]
 
 
 @pytest.mark.parametrize("handler", ["ignored", "the application's"])

@@ -855,6 +855,8 @@ def test_compared_values_that_read_the_same_run_once_and_many_variants_are_warne
     sweep = build_variants(case, compare=["training.jacobian_penalty=none,frobenius",
                                           "training.jacobian_penalty_field=closure,rhs"])
     assert len(sweep) == 3  # the field means nothing without a penalty
+    assert len(build_variants(case, compare=["training.jacobian_penalty=frobenius",  # auto means closure here
+                                             "training.jacobian_penalty_field=auto,closure"])) == 1
     seeds = ",".join(str(seed) for seed in range(9))
     assert len(build_variants(case, compare=[f"training.seed={seeds}", "rollout.seed=1,2,3,4,5,6,7,8"])) == 72
     assert "--compare: 72 variants, each trained and rolled out in turn" in caplog.text

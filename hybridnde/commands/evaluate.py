@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 from pathlib import Path
 
 from ..alignment import MEMBER_MATCHING
 from ..config import ConfigError, load_case
-from ..interrupts import interrupts_deferred
-from ..io import atomic_path, check_output_path
+from ..io import check_output_path
 from ..output_paths import staging_folder
 from ..threads import add_threads_argument, torch_threads
 
@@ -54,7 +52,7 @@ def register(subparsers) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from ..evaluate import evaluate_files, format_summary
-    from ..evaluation_figures import EVALUATION_FIGURES, publish_figures
+    from ..evaluation_figures import EVALUATION_FIGURES, publish_evaluation
 
     if arguments.out is not None and arguments.out.suffix != ".json":
         raise ConfigError(f"--out {arguments.out}: give a .json file name")
@@ -80,13 +78,8 @@ def run(arguments: argparse.Namespace) -> int:
         metrics = evaluate_files(arguments.rollout, arguments.reference, case=case, threshold=arguments.threshold,
                                  match_members=arguments.match_members, time_tolerance=arguments.time_tolerance,
                                  figures_dir=staging, lyapunov=arguments.lyapunov, closure_path=arguments.closure)
-        with interrupts_deferred():
-            if staging is not None:
-                metrics["figures"] = publish_figures(metrics["figures"], arguments.figures, EVALUATION_FIGURES)
-            text = json.dumps(metrics, indent=2, allow_nan=False)
-            if arguments.out is not None:
-                with atomic_path(arguments.out) as temporary:
-                    temporary.write_text(text + "\n")
+        text = publish_evaluation(metrics, arguments.out, drawn=metrics.get("figures", []), folder=arguments.figures,
+                                  names=EVALUATION_FIGURES)
     if arguments.out is not None:
         log.info("wrote %s", arguments.out)
     print(text if arguments.json else format_summary(metrics))

@@ -1,6 +1,7 @@
 """Keys a case may set that have no effect given its other keys (``training.fd_stencil`` with
-``training.regularizer = "jvp"``): ``hybridnde run --compare`` runs such variants once, and ``train``
-says when one of them is set.
+``training.regularizer = "jvp"``): ``hybridnde run --compare`` runs variants that differ only in such
+keys once. (The shipped cases set ``regularizer_weight`` beside ``regularizer = "none"``, for a
+``--compare`` of the regularizer, so such keys are not warned about on their own.)
 
 Each rule names the keys and the condition under which the code reads them (training/assembly.py,
 training/trainer.py, training/build.py, models.py, systems.py); outside it the key changes nothing,
@@ -9,14 +10,13 @@ are not here: comparing them is comparing speed.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .case import CaseConfig
 
-__all__ = ["keys_without_effect", "effective_mapping"]
+__all__ = ["keys_without_effect", "effective_case"]
 
 #: the [system] keys a neural_ode host reads: its grid (its physics is the closure)
 NEURAL_ODE_HOST_KEYS = ("n_points", "domain_length")
@@ -57,16 +57,15 @@ def keys_without_effect(case: CaseConfig) -> dict[str, str]:
     return unused
 
 
-def effective_mapping(case: CaseConfig) -> dict[str, Any]:
-    """``case.to_mapping()`` with the keys without effect at their defaults (a neural_ode host's unread
-    overrides dropped): two cases with equal effective mappings give the same results."""
-    mapping = copy.deepcopy(case.to_mapping())
-    mapping.pop("quick", None)
-    for name in keys_without_effect(case):
-        section, key = name.split(".", 1)
-        if section == "hybrid":
-            mapping["hybrid"]["system"].pop(key.split(".", 1)[1], None)
-            continue
-        default = next(field for field in dataclasses.fields(getattr(case, section)) if field.name == key)
-        mapping[section][key] = default.default if default.default is not dataclasses.MISSING else default.default_factory()
-    return mapping
+def effective_case(case: CaseConfig) -> CaseConfig:
+    """``case`` with its keys without effect at their defaults (a neural_ode host's unread overrides
+    dropped): two cases whose effective cases have equal checksums give the same results."""
+    unused = keys_without_effect(case)
+    sections: dict[str, Any] = {}
+    for name in ("training", "model"):
+        config = getattr(case, name)
+        defaults = {key.split(".", 1)[1]: field.default for key in unused if key.startswith(f"{name}.")
+                    for field in dataclasses.fields(config) if field.name == key.split(".", 1)[1]}
+        sections[name] = dataclasses.replace(config, **defaults)
+    overrides = {key: value for key, value in case.hybrid.system.items() if f"hybrid.system.{key}" not in unused}
+    return case.replace(**sections, hybrid=dataclasses.replace(case.hybrid, system=overrides))

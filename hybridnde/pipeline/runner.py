@@ -17,9 +17,8 @@ from typing import Any, Callable, Sequence
 
 from ..checksums import records_data
 from ..config import CaseConfig
-from ..evaluation_figures import EVALUATION_FIGURES, publish_figures
-from ..interrupts import interrupts_deferred
-from ..io import DataError, atomic_path
+from ..evaluation_figures import EVALUATION_FIGURES, publish_evaluation
+from ..io import DataError
 from ..output_paths import staging_folder
 from ..threads import torch_threads
 from . import stages
@@ -268,11 +267,8 @@ class _Run:
                     [("hybrid (trained closure)", metrics), ("bare host solver", metrics["baseline"])],
                     staging / "error_growth_vs_bare_host.png", title=f"{name}: hybrid vs bare host"))
             metrics["pipeline"] = identity
-            with interrupts_deferred():
-                metrics["figures"] = publish_figures([*metrics.get("figures", []), *(p for p in drawn if p is not None)],
-                                                     figures, PIPELINE_FIGURES)
-                with atomic_path(result.directory / "metrics.json") as temporary:
-                    temporary.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+            publish_evaluation(metrics, result.directory / "metrics.json", folder=figures, names=PIPELINE_FIGURES,
+                               drawn=[*metrics.get("figures", []), *(path for path in drawn if path is not None)])
 
 
 #: the figures an evaluation may draw (``figures/<name>.png``): which ones depends on the set-up

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import tomli_w
-
 from ..config import CaseConfig, ConfigError, load_case
 from ..config.case import parse_override
-from ..config.effect import effective_mapping, keys_without_effect
+from ..config.effect import effective_case, keys_without_effect
 
 __all__ = ["Variant", "parse_compare", "build_variants", "split_values"]
 
@@ -149,7 +147,7 @@ def _distinct(variants: list[Variant]) -> list[Variant]:
     seen: dict[str, Variant] = {}
     distinct = []
     for variant in variants:
-        same = seen.setdefault(tomli_w.dumps(effective_mapping(variant.case)), variant)
+        same = seen.setdefault(effective_case(variant.case).checksum(), variant)
         if same is variant:
             distinct.append(variant)
             continue
