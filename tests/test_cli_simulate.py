@@ -275,6 +275,10 @@ def test_a_full_disk_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, 
     assert main(["rollout", str(write_case(tmp_path)), "--out", str(tmp_path / "r.nc")]) == 1
     error = capsys.readouterr().err
     assert "no space left on the device" in error and "--resume continues" in error and "Traceback" not in error
+    # run has no --resume: it says the same command goes on
+    assert main(["run", str(write_case(tmp_path)), "--out", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert "no space left on the device" in error and "the same command continues" in error and "--resume" not in error
 
 
 def test_a_disk_too_small_for_the_output_is_warned_about_or_refused_before_the_work(tmp_path, monkeypatch, capsys):
