@@ -28,7 +28,7 @@ from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, ResumeRefused, atomic_path, load_error_text, trajectory_dataset
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
-           "read_partial_attribute", "remove_restart_files", "CHECKPOINT_FORMAT"]
+           "read_partial_attribute", "remove_restart_files", "has_restart_files", "CHECKPOINT_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file", "delete it or rerun without --resume")
     return payload
+
+
+def has_restart_files(path: str | Path) -> bool:
+    """Whether a stopped rollout to ``path`` left what ``--resume`` continues: its checkpoint and the
+    partial file beside it (a checkpoint alone starts from the beginning)."""
+    return checkpoint_path(path).is_file() and partial_path(path).is_file()
 
 
 def remove_restart_files(path: str | Path) -> None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,18 +130,25 @@ def test_a_staging_folder_goes_when_its_block_ends_and_a_killed_writers_with_the
 @pytest.mark.parametrize("handler", ["ignored", "the application's"])
 def test_a_sigint_handler_of_the_application_is_left_alone(tmp_path, handler):
     """Deferring replaced any handler: an ignored SIGINT (a background job) killed the write, and an
-    application's own graceful-stop handler was never called."""
-    calls = []
-    installed = signal.SIG_IGN if handler == "ignored" else (lambda number, frame: calls.append(number))
+    application's own graceful-stop handler was never called. It is called when the signal comes, while
+    the library writes, not held until the write is done (it is the application's to decide)."""
+    calls, written = [], []
+    installed = signal.SIG_IGN if handler == "ignored" else (lambda number, frame: calls.append((number, written[:])))
     previous = signal.signal(signal.SIGINT, installed)
     try:
         original = xr.Dataset.to_netcdf
+
+        def interrupted_write(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            result = original(self, *args, **kwargs)
+            written.append(True)
+            return result
+
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(xr.Dataset, "to_netcdf",
-                          lambda self, *a, **k: (os.kill(os.getpid(), signal.SIGINT), original(self, *a, **k))[1])
+            patch.setattr(xr.Dataset, "to_netcdf", interrupted_write)
             write_netcdf(small_dataset(), tmp_path / "out.nc")
         assert (tmp_path / "out.nc").is_file() and signal.getsignal(signal.SIGINT) is installed
-        assert calls == ([] if handler == "ignored" else [signal.SIGINT])
+        assert calls == ([] if handler == "ignored" else [(signal.SIGINT, [])])
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -310,3 +318,83 @@ def test_output_paths_the_file_system_or_netcdf_cannot_take_are_refused_before_t
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != figures and real_access(path, mode))
     with pytest.raises(DataError, match="--figures .*figures: cannot write in .*figures;"):
         check_output_path(figures, "--figures", folder=True)
+
+
+# kills EV1 (evaluate.py:259, interrupts_deferred() dropped from evaluate_files' read block)
+def test_a_ctrl_c_while_evaluate_reads_the_files_stops_once_the_reads_are_done(tmp_path, monkeypatch):
+    """evaluate_files reads the paired members inside the NetCDF library, which swallowed a Ctrl-C."""
+    import hybridnde.evaluate as evaluate
+
+    rollout = write_netcdf(small_dataset(), tmp_path / "rollout.nc")
+    reference = write_netcdf(small_dataset(), tmp_path / "reference.nc")
+    real, finished = evaluate.align_trajectories, []
+
+    def interrupted_read(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the files are read
+        result = real(*args, **kwargs)
+        finished.append(True)  # the reads ran to their end: the interrupt was held, not raised inside
+        return result
+
+    monkeypatch.setattr(evaluate, "align_trajectories", interrupted_read)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate_files(rollout, reference)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+# kills I9 (interrupts.py:29-31, the not-the-main-thread branch dropped: signal.signal raises there)
+def test_files_are_read_written_and_hashed_outside_the_main_thread(tmp_path):
+    """A library user's worker thread (no signal handler runs there) may read, hash and write files."""
+    from hybridnde.checksums import data_checksum
+    from hybridnde.io import open_trajectories
+
+    path = write_netcdf(small_dataset(), tmp_path / "t.nc")
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append((open_trajectories(path)["u"].shape, data_checksum(path),
+                            write_netcdf(small_dataset(), tmp_path / "again.nc").name))
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors == [] and results == [((2, 5, 3), data_checksum(path), "again.nc")]
+
+
+# kills O3 (output_paths.py:154, EPERM not answered as a permission error), O4 (output_paths.py:156,
+# the fallback "choose a shorter") and O11 (output_paths.py:193, check_not_folders back to "choose a shorter")
+@pytest.mark.parametrize("number, remedy", [(errno.ENAMETOOLONG, "choose a shorter --out"),
+                                            (errno.EACCES, "choose a --out in folders you can open"),
+                                            (errno.EPERM, "choose a --out in folders you can open"),
+                                            (errno.ELOOP, "choose another --out")])
+def test_a_file_beside_the_output_that_cannot_be_checked_is_answered_by_the_cause(tmp_path, monkeypatch, number,
+                                                                                 remedy):
+    """Every OSError was answered "choose a shorter --out"; only a too-long name is fixed by that."""
+    from hybridnde.output_paths import check_not_folders
+
+    def failing_is_dir(self):
+        raise OSError(number, os.strerror(number), str(self))
+
+    with monkeypatch.context() as patch, pytest.raises(DataError, match=f"beside it cannot be used .*; {remedy}$"):
+        patch.setattr(Path, "is_dir", failing_is_dir)
+        check_not_folders([tmp_path / "out.log"], tmp_path / "out.nc")
+
+
+# kills O7 (output_paths.py:172, > -> >=), O8 (> limit + 1) and O9 (output_paths.py:171, characters
+# counted instead of UTF-8 bytes)
+def test_a_made_up_name_fits_up_to_the_file_systems_limit_counted_in_bytes(tmp_path):
+    from hybridnde.output_paths import _name_max, check_name_fits
+
+    limit = _name_max(tmp_path / "x")
+    check_name_fits("a" * limit, tmp_path, "the variant folder", fix="shorten it")  # the longest name: taken
+    (tmp_path / ("a" * limit)).mkdir()  # as the file system does
+    with pytest.raises(DataError, match=f"{limit + 1} characters, more than the {limit} .*; shorten it"):
+        check_name_fits("a" * (limit + 1), tmp_path, "the variant folder", fix="shorten it")
+    wide = "é" * (limit // 2 + 1)  # fewer characters than the limit, more bytes
+    with pytest.raises(OSError):
+        (tmp_path / wide).mkdir()
+    with pytest.raises(DataError, match=f"{2 * len(wide)} characters, more than the {limit}"):
+        check_name_fits(wide, tmp_path, "the variant folder", fix="shorten it")

@@ -443,8 +443,9 @@ BASELINE_CHECKPOINTS = ["--quick", "--set", "rollout.steps=24", "--set", "rollou
                         "output.time_chunk=2"]
 
 
-def run_stopped_in_baseline(case, out, monkeypatch):
-    """``run`` stopped by a Ctrl-C in the middle of its bare-host rollout, which keeps a checkpoint."""
+def run_stopped_in_a_rollout(case, out, monkeypatch, stage: str = "baseline.nc"):
+    """``run`` stopped by a Ctrl-C in the middle of the rollout to ``stage`` (the bare host's
+    ``baseline.nc`` or the closure's ``rollout.nc``), which keeps a checkpoint."""
     import hybridnde.rollout_job as rollout_job
     from hybridnde.netcdf_stream import checkpoint_path as rollout_checkpoint
 
@@ -458,7 +459,7 @@ def run_stopped_in_baseline(case, out, monkeypatch):
         return real_encode(*arguments, **keywords)
 
     def run_rollout(case, out, **keywords):
-        if Path(out).name == "baseline.nc":
+        if Path(out).name == stage:
             monkeypatch.setattr(rollout_job, "encode_block", stopping_encode)
         try:
             return real_run(case, out, **keywords)
@@ -468,19 +469,21 @@ def run_stopped_in_baseline(case, out, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(rollout_job, "run_rollout", run_rollout)
         assert run(case, out, *BASELINE_CHECKPOINTS) == 130
-    assert rollout_checkpoint(out / "baseline.nc").is_file() and not (out / "baseline.nc").exists()
-    return rollout_checkpoint(out / "baseline.nc")
+    assert rollout_checkpoint(out / stage).is_file() and not (out / stage).exists()
+    return rollout_checkpoint(out / stage)
 
 
-def test_a_run_stopped_in_the_baseline_resumes_it_from_its_checkpoint(tmp_path, monkeypatch, capsys):
-    """The bare-host baseline checkpoints as the closure's rollout does; a rerun goes on from there."""
+@pytest.mark.parametrize("stage", ["baseline", "rollout"])
+def test_a_run_stopped_in_a_rollout_resumes_it_from_its_checkpoint(tmp_path, monkeypatch, capsys, stage):
+    """The bare-host baseline checkpoints as the closure's rollout does; a rerun goes on from there, and
+    neither stop names `hybridnde rollout --resume` (an option run lacks)."""
     case, out = write_case(tmp_path), tmp_path / "stopped"
-    run_stopped_in_baseline(case, out, monkeypatch)
+    run_stopped_in_a_rollout(case, out, monkeypatch, stage=f"{stage}.nc")
     stopped = capsys.readouterr().err
     assert "the same command continues: finished stages are reused" in stopped
     assert "hybridnde rollout ... --resume" not in stopped  # (run has no --resume)
     assert run(case, out, *BASELINE_CHECKPOINTS) == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "baseline -> " in line]
+    lines = [line for line in capsys.readouterr().err.splitlines() if f"{stage} -> " in line]
     assert lines and lines[0].endswith("(resuming)"), lines
 
 
@@ -490,7 +493,7 @@ def test_a_damaged_rollout_checkpoint_is_set_aside_without_the_rollout_commands_
     it or rerun without --resume" and "`hybridnde rollout ... --resume` continues one", options of another
     command."""
     case, out = write_case(tmp_path), tmp_path / "stopped"
-    run_stopped_in_baseline(case, out, monkeypatch).write_bytes(b"damaged")
+    run_stopped_in_a_rollout(case, out, monkeypatch).write_bytes(b"damaged")
     capsys.readouterr()
     assert run(case, out, *BASELINE_CHECKPOINTS) == 0
     err = capsys.readouterr().err
@@ -537,6 +540,17 @@ def test_an_unreadable_checkpoint_in_the_folder_is_set_aside_by_run(tmp_path, ca
     err = capsys.readouterr().err
     assert "train: not resuming (" in err and not (out / "closure.checkpoint.pt").exists()
     assert "--resume" not in err and "delete it" not in err, err  # remedies of the single commands
+
+
+def test_a_rollout_checkpoint_without_its_partial_file_is_not_said_to_resume(tmp_path, capsys):
+    """A `.rollout.nc.checkpoint` alone in the folder was announced "rollout -> ... (resuming)", and the
+    rollout then started from the beginning (nothing to continue without the partial file)."""
+    case, out = write_case(tmp_path), tmp_path / "run"
+    out.mkdir()
+    (out / ".rollout.nc.checkpoint").write_bytes(b"left alone")
+    assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "rollout -> " in line]
+    assert lines and not lines[0].endswith("(resuming)"), lines
 
 
 def test_a_second_run_into_a_folder_being_run_is_refused_before_any_stage(tmp_path, capsys):
@@ -1133,3 +1147,22 @@ def test_a_file_changed_in_place_within_a_run_is_hashed_again(tmp_path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a clock that ticks coarsely: still later
     assert path.stat().st_size == size
     assert run.checksum(path) != before
+
+
+# kills PR6 (runner.py:144, a DataError of a stage that did not resume also retried "afresh")
+def test_a_stage_failing_without_a_checkpoint_is_not_made_again(tmp_path, monkeypatch, capsys):
+    """Only a resume is retried afresh: a stage that fails from the start fails once, not twice with
+    'not resuming' said of a stage that never resumed."""
+    import hybridnde.pipeline.stages as stages
+    from hybridnde.io import DataError
+
+    calls = []
+
+    def failing(case, *, progress=None):
+        calls.append(1)
+        raise DataError("the truth cannot be made")
+
+    monkeypatch.setattr(stages, "simulate_case", failing)
+    assert run(write_case(tmp_path), tmp_path / "run", "--quick", "--set", "rollout.steps=4") != 0
+    err = capsys.readouterr().err
+    assert calls == [1] and "not resuming" not in err and "the truth cannot be made" in err

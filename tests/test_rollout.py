@@ -1079,3 +1079,58 @@ def test_an_empty_batch_keeps_its_form():
     solver = build_host_solver(ks_case("system.n_points=128"))
     empty = solver.to_internal(torch.zeros(2, 128, dtype=torch.float64))[:0]
     assert in_working_form(solver, empty) is empty
+
+
+# kills P1 (progress.py:59, enabled is not None -> enabled is False) and P2 (progress.py:59, the terminal
+# test progress_enabled(None) dropped)
+def test_the_progress_log_replaces_only_a_bar_that_would_not_show(monkeypatch):
+    """A bar asked for (enabled=True, e.g. train_case(progress=True)) stays a bar; on a terminal no log."""
+    import hybridnde.progress as progress
+    from hybridnde.progress import ProgressLog, progress_bar, progress_log
+
+    assert isinstance(progress_log(10, "train", "epoch", enabled=None, every=60.0), ProgressLog)  # pytest: no tty
+    assert progress_log(10, "train", "epoch", enabled=True, every=60.0) is None
+    bar = progress_bar(total=10, enabled=True, log_every=60.0)
+    assert not isinstance(bar, ProgressLog)
+    bar.close()
+    monkeypatch.setattr(progress, "progress_enabled", lambda enabled=None: True if enabled is None else enabled)
+    assert progress_log(10, "train", "epoch", enabled=None, every=60.0) is None  # a terminal: its bar shows
+
+
+# kills RJ4 (rollout_job.py:256, batches finished counted from in_flight), RJ5 (rollout_job.py:258,
+# the bar's initial= dropped) and RJ8 (rollout_job.py:257, the bar's total less the steps done)
+def test_a_resumed_rollout_says_and_shows_where_it_starts(tmp_path, caplog, monkeypatch):
+    import hybridnde.rollout_job as rollout_job
+
+    case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
+    model, out = small_mlp(), tmp_path / "resumed.nc"
+    interrupted_rollout(case, out, model, after=0.3)
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    done, finished = int(state["member_steps"]), len(state["done"])
+    assert 0 < done < 360 and finished != len(state["in_flight"])
+    bars, real = [], rollout_job.progress_bar
+    monkeypatch.setattr(rollout_job, "progress_bar", lambda **keywords: bars.append(keywords) or real(**keywords))
+    caplog.set_level("INFO", logger="hybridnde.rollout_job")
+    run_rollout(case, out, closure=model, resume=True, progress=False)
+    assert (f"{done} of 360 member-steps done ({100 * done / 360:.0f}%), {finished} of 3 batches finished"
+            in caplog.text)
+    assert (bars[0]["total"], bars[0]["initial"]) == (360, done)  # 'done' shown as done, not counted again
+
+
+# kills J5 (rollout_resume.py:194, unknown earlier ranks recorded as this run's only) and J10
+# (rollout_resume.py:189, the checkpoint's first bad saves not restored: finished batches' blow-ups lost)
+def test_a_restored_job_record_keeps_the_blowups_and_what_is_unknown_of_earlier_runs():
+    from hybridnde.rollout_resume import JobRecord
+
+    checkpoint = {"done": [0], "in_flight": {2: {"next_chunk": 1}}, "first_bad_save": torch.tensor([3, -1, -1, -1]),
+                  "member_steps": 50, "elapsed_seconds": 7.5, "resumes": 1}
+    batches = [(0, 2), (2, 4)]
+    record = JobRecord.restored(checkpoint, members=4, batches=batches, schedule=None, ranks=2)
+    assert record.first_bad_save.tolist() == [3, -1, -1, -1] and record.done == {0} and set(record.in_flight) == {2}
+    assert (record.member_steps, record.elapsed_seconds, record.resumes) == (50, 7.5, 2)
+    assert record.ranks_per_run is None  # an older checkpoint: the earlier runs' ranks are unknown, not [2]
+    with_ranks = JobRecord.restored({**checkpoint, "ranks_per_run": [1]}, members=4, batches=batches, schedule=None,
+                                    ranks=2)
+    assert with_ranks.ranks_per_run == [1, 2]
+    fresh = JobRecord.restored(None, members=4, batches=batches, schedule=None, ranks=3)
+    assert fresh.first_bad_save.tolist() == [-1] * 4 and fresh.ranks_per_run == [3] and fresh.resumes == 0

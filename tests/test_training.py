@@ -805,3 +805,78 @@ def test_a_finished_closure_of_other_data_is_trained_again(tmp_path):
     kwargs = dict(device=torch.device("cpu"), dtype=torch.float64)
     assert _finished_closure(case, out, SimpleNamespace(made_from=lambda recorded: True), **kwargs) is not None
     assert _finished_closure(case, out, SimpleNamespace(made_from=lambda recorded: False), **kwargs) is None
+
+
+# kills T3 (trainer.py:232, total=config.epochs - start) and T4 (trainer.py:233, initial=start dropped)
+def test_a_resumed_trainings_bar_starts_at_the_checkpoints_epoch_of_all_epochs(tmp_path, truth_file, monkeypatch):
+    """A train bar resumed after epoch 12 of 20 read 0/8."""
+    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    bars, real = [], trainer_module.progress_bar
+    monkeypatch.setattr(trainer_module, "progress_bar", lambda *a, **k: bars.append(real(*a, **k)) or bars[-1])
+    train_case(toy_case(), truth_file, out, resume=True, progress=False)
+    assert [(bar.total, bar.n) for bar in bars] == [(6, 2)]  # starts at 2/6, not 0/4 (disabled: n stays initial)
+
+
+# kills T7 (trainer.py:270, the line's "best" taken from the epoch's own validation loss)
+def test_the_progress_line_names_the_best_validation_loss_so_far(tmp_path, truth_file, monkeypatch, caplog):
+    import hybridnde.progress
+
+    monkeypatch.setattr(trainer_module, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(hybridnde.progress, "progress_enabled", lambda enabled: False)  # no terminal
+    original = trainer_module.Trainer._epoch
+
+    def spoiled_in_the_second_epoch(self, windows, sample_interval, epoch):
+        result = original(self, windows, sample_interval, epoch)
+        if epoch == 1:  # a worse closure: its validation loss is not the best
+            with torch.no_grad():
+                for parameter in self.model.parameters():
+                    parameter.mul_(50.0)
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", spoiled_in_the_second_epoch)
+    caplog.set_level("INFO", logger="hybridnde.progress")
+    out = tmp_path / "closure.pt"
+    train_case(toy_case({"epochs": 3, "patience": 0}), truth_file, out)
+    history = read_log(log_path(out))
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("train: ")]
+    assert len(lines) == 3 and history[1]["val_loss"] > history[0]["val_loss"]
+    for count, line in enumerate(lines, start=1):
+        best = min(history[:count], key=lambda record: record["val_loss"])
+        assert f"(best {best['val_loss']:.4g}, epoch {best['epoch']})" in line, line
+
+
+# kills C2 (checkpoint.py:53, except Exception -> except KeyError) and C3 (checkpoint.py:54, None -> 0)
+def test_the_epoch_of_an_unreadable_checkpoint_is_not_made_up(tmp_path):
+    """An interrupted train names the checkpoint's epoch; a damaged one must not turn the message into
+    a traceback (nor into 'after epoch 0')."""
+    from hybridnde.training.checkpoint import checkpoint_epoch
+
+    damaged = tmp_path / "closure.checkpoint.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    assert checkpoint_epoch(damaged) is None and checkpoint_epoch(tmp_path / "other.pt") is None
+    assert checkpoint_epoch(tmp_path / "missing.pt") is None
+
+
+# kills B1 (build.py:165, history[:resumed_from + 1]: the first resumed epoch counted twice)
+def test_a_resumed_trainings_wall_time_adds_exactly_the_checkpointed_epochs(tmp_path, truth_file, monkeypatch):
+    import hybridnde.training.build as build
+
+    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    assert [record["epoch"] for record in state["history"]] == [1, 2]
+    for record, seconds in zip(state["history"], (100.0, 200.0)):  # the earlier run's epochs, as recorded
+        record["seconds"] = seconds
+    torch.save(state, checkpoint_path(out))
+    clock = iter([1000.0, 1010.0])  # this run: 10 s
+    monkeypatch.setattr(build, "wallclock", SimpleNamespace(perf_counter=lambda: next(clock)))
+    train_case(toy_case(), truth_file, out, resume=True, progress=False)
+    assert load_closure(out)[1]["metadata"]["wall_seconds"] == 310.0

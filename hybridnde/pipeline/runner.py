@@ -166,7 +166,7 @@ class _Run:
         from ..checksums import recorded_data_checksum
         from ..rollout_job import run_rollout
         from ..training import checkpoint_path, log_path, train_case
-        from ..netcdf_stream import checkpoint_path as rollout_checkpoint
+        from ..netcdf_stream import has_restart_files
         from ..training.build import trained_for
 
         case = variant.case
@@ -217,7 +217,7 @@ class _Run:
         found = self.rollout_identity(rollout, rollout_expected, reference, label=label, name="rollout",
                                       legacy=f"{legacy}:{payload['checksum']}")
         result.stages.append(self.stage(
-            "rollout", rollout, rollout_expected, found, label=label, can_resume=rollout_checkpoint(rollout).is_file(),
+            "rollout", rollout, rollout_expected, found, label=label, can_resume=has_restart_files(rollout),
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
                                            progress=self.progress, resume_hint=False)))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
@@ -227,7 +227,7 @@ class _Run:
             found = self.rollout_identity(baseline, baseline_expected, reference, label=label, name="baseline",
                                           legacy=f"{legacy}:none")
             result.stages.append(self.stage(
-                "baseline", baseline, baseline_expected, found, can_resume=rollout_checkpoint(baseline).is_file(),
+                "baseline", baseline, baseline_expected, found, can_resume=has_restart_files(baseline),
                 label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress,
                                                 resume_hint=False)))
             inputs["baseline"] = baseline_expected
