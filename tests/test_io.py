@@ -320,7 +320,6 @@ def test_output_paths_the_file_system_or_netcdf_cannot_take_are_refused_before_t
         check_output_path(figures, "--figures", folder=True)
 
 
-# kills EV1 (evaluate.py:259, interrupts_deferred() dropped from evaluate_files' read block)
 def test_a_ctrl_c_while_evaluate_reads_the_files_stops_once_the_reads_are_done(tmp_path, monkeypatch):
     """evaluate_files reads the paired members inside the NetCDF library, which swallowed a Ctrl-C."""
     import hybridnde.evaluate as evaluate
@@ -342,7 +341,6 @@ def test_a_ctrl_c_while_evaluate_reads_the_files_stops_once_the_reads_are_done(t
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
-# kills I9 (interrupts.py:29-31, the not-the-main-thread branch dropped: signal.signal raises there)
 def test_files_are_read_written_and_hashed_outside_the_main_thread(tmp_path):
     """A library user's worker thread (no signal handler runs there) may read, hash and write files."""
     from hybridnde.checksums import data_checksum
@@ -364,8 +362,6 @@ def test_files_are_read_written_and_hashed_outside_the_main_thread(tmp_path):
     assert errors == [] and results == [((2, 5, 3), data_checksum(path), "again.nc")]
 
 
-# kills O3 (output_paths.py:154, EPERM not answered as a permission error), O4 (output_paths.py:156,
-# the fallback "choose a shorter") and O11 (output_paths.py:193, check_not_folders back to "choose a shorter")
 @pytest.mark.parametrize("number, remedy", [(errno.ENAMETOOLONG, "choose a shorter --out"),
                                             (errno.EACCES, "choose a --out in folders you can open"),
                                             (errno.EPERM, "choose a --out in folders you can open"),
@@ -383,9 +379,9 @@ def test_a_file_beside_the_output_that_cannot_be_checked_is_answered_by_the_caus
         check_not_folders([tmp_path / "out.log"], tmp_path / "out.nc")
 
 
-# kills O7 (output_paths.py:172, > -> >=), O8 (> limit + 1) and O9 (output_paths.py:171, characters
-# counted instead of UTF-8 bytes)
 def test_a_made_up_name_fits_up_to_the_file_systems_limit_counted_in_bytes(tmp_path):
+    """The longest name the file system takes is taken; one byte more is refused, and the limit is
+    in UTF-8 bytes, not characters (an accented variant label is two bytes a letter)."""
     from hybridnde.output_paths import _name_max, check_name_fits
 
     limit = _name_max(tmp_path / "x")

@@ -1149,7 +1149,6 @@ def test_a_file_changed_in_place_within_a_run_is_hashed_again(tmp_path):
     assert run.checksum(path) != before
 
 
-# kills PR6 (runner.py:144, a DataError of a stage that did not resume also retried "afresh")
 def test_a_stage_failing_without_a_checkpoint_is_not_made_again(tmp_path, monkeypatch, capsys):
     """Only a resume is retried afresh: a stage that fails from the start fails once, not twice with
     'not resuming' said of a stage that never resumed."""

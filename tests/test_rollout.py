@@ -1081,8 +1081,6 @@ def test_an_empty_batch_keeps_its_form():
     assert in_working_form(solver, empty) is empty
 
 
-# kills P1 (progress.py:59, enabled is not None -> enabled is False) and P2 (progress.py:59, the terminal
-# test progress_enabled(None) dropped)
 def test_the_progress_log_replaces_only_a_bar_that_would_not_show(monkeypatch):
     """A bar asked for (enabled=True, e.g. train_case(progress=True)) stays a bar; on a terminal no log."""
     import hybridnde.progress as progress
@@ -1097,9 +1095,9 @@ def test_the_progress_log_replaces_only_a_bar_that_would_not_show(monkeypatch):
     assert progress_log(10, "train", "epoch", enabled=None, every=60.0) is None  # a terminal: its bar shows
 
 
-# kills RJ4 (rollout_job.py:256, batches finished counted from in_flight), RJ5 (rollout_job.py:258,
-# the bar's initial= dropped) and RJ8 (rollout_job.py:257, the bar's total less the steps done)
 def test_a_resumed_rollout_says_and_shows_where_it_starts(tmp_path, caplog, monkeypatch):
+    """The log line counts the finished batches (not those in flight), and the bar starts at the
+    member-steps done of all of them."""
     import hybridnde.rollout_job as rollout_job
 
     case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
@@ -1117,9 +1115,9 @@ def test_a_resumed_rollout_says_and_shows_where_it_starts(tmp_path, caplog, monk
     assert (bars[0]["total"], bars[0]["initial"]) == (360, done)  # 'done' shown as done, not counted again
 
 
-# kills J5 (rollout_resume.py:194, unknown earlier ranks recorded as this run's only) and J10
-# (rollout_resume.py:189, the checkpoint's first bad saves not restored: finished batches' blow-ups lost)
 def test_a_restored_job_record_keeps_the_blowups_and_what_is_unknown_of_earlier_runs():
+    """Blow-ups of batches finished before the stop are kept, and an older checkpoint's unknown rank
+    counts are not made up."""
     from hybridnde.rollout_resume import JobRecord
 
     checkpoint = {"done": [0], "in_flight": {2: {"next_chunk": 1}}, "first_bad_save": torch.tensor([3, -1, -1, -1]),

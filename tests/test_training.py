@@ -807,22 +807,28 @@ def test_a_finished_closure_of_other_data_is_trained_again(tmp_path):
     assert _finished_closure(case, out, SimpleNamespace(made_from=lambda recorded: False), **kwargs) is None
 
 
-# kills T3 (trainer.py:232, total=config.epochs - start) and T4 (trainer.py:233, initial=start dropped)
+def stopped_in_the_third_epoch(tmp_path, truth_file, monkeypatch) -> Path:
+    """``closure.pt`` of ``toy_case`` stopped by a Ctrl-C in its third epoch (checkpoint after the second)."""
+    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
+        with pytest.raises(KeyboardInterrupt):
+            train_case(toy_case(), truth_file, out, progress=False)
+    assert trainer_module.Trainer._epoch is original
+    return out
+
+
 def test_a_resumed_trainings_bar_starts_at_the_checkpoints_epoch_of_all_epochs(tmp_path, truth_file, monkeypatch):
     """A train bar resumed after epoch 12 of 20 read 0/8."""
-    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
-    with pytest.raises(KeyboardInterrupt):
-        train_case(toy_case(), truth_file, out, progress=False)
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    out = stopped_in_the_third_epoch(tmp_path, truth_file, monkeypatch)
     bars, real = [], trainer_module.progress_bar
     monkeypatch.setattr(trainer_module, "progress_bar", lambda *a, **k: bars.append(real(*a, **k)) or bars[-1])
     train_case(toy_case(), truth_file, out, resume=True, progress=False)
     assert [(bar.total, bar.n) for bar in bars] == [(6, 2)]  # starts at 2/6, not 0/4 (disabled: n stays initial)
 
 
-# kills T7 (trainer.py:270, the line's "best" taken from the epoch's own validation loss)
 def test_the_progress_line_names_the_best_validation_loss_so_far(tmp_path, truth_file, monkeypatch, caplog):
+    """After a worse epoch the line still names the best loss so far and its epoch."""
     import hybridnde.progress
 
     monkeypatch.setattr(trainer_module, "PROGRESS_LOG_SECONDS", 0.0)
@@ -849,7 +855,6 @@ def test_the_progress_line_names_the_best_validation_loss_so_far(tmp_path, truth
         assert f"(best {best['val_loss']:.4g}, epoch {best['epoch']})" in line, line
 
 
-# kills C2 (checkpoint.py:53, except Exception -> except KeyError) and C3 (checkpoint.py:54, None -> 0)
 def test_the_epoch_of_an_unreadable_checkpoint_is_not_made_up(tmp_path):
     """An interrupted train names the checkpoint's epoch; a damaged one must not turn the message into
     a traceback (nor into 'after epoch 0')."""
@@ -862,15 +867,11 @@ def test_the_epoch_of_an_unreadable_checkpoint_is_not_made_up(tmp_path):
     assert checkpoint_epoch(tmp_path / "missing.pt") is None
 
 
-# kills B1 (build.py:165, history[:resumed_from + 1]: the first resumed epoch counted twice)
 def test_a_resumed_trainings_wall_time_adds_exactly_the_checkpointed_epochs(tmp_path, truth_file, monkeypatch):
+    """The earlier run's epochs up to the checkpoint count once each (none of the resumed ones twice)."""
     import hybridnde.training.build as build
 
-    out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
-    with pytest.raises(KeyboardInterrupt):
-        train_case(toy_case(), truth_file, out, progress=False)
-    monkeypatch.setattr(trainer_module.Trainer, "_epoch", original)
+    out = stopped_in_the_third_epoch(tmp_path, truth_file, monkeypatch)
     state = torch.load(checkpoint_path(out), weights_only=True)
     assert [record["epoch"] for record in state["history"]] == [1, 2]
     for record, seconds in zip(state["history"], (100.0, 200.0)):  # the earlier run's epochs, as recorded
