@@ -112,7 +112,8 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
         log.warning("%d of %d reference members blew up (the true system's own solver: lower time.dt, or check the "
                     "initial conditions)", int(blew_up.sum()), len(members))
     seconds = wallclock.perf_counter() - started
-    log.info("simulated %d members x %d steps in %.2f s", len(members), time.n_steps, seconds)
+    log.info("simulated %d members x %d steps%s in %.2f s", len(members), time.n_steps,
+             f" (after {time.spinup_steps} spin-up steps)" if time.spinup_steps else "", seconds)
     state_dim, coords = state_coordinates(solver)
     return trajectory_dataset(
         trajectory, times, state_dim=state_dim, state_coords=coords, members=member_ids, status=status,

@@ -174,6 +174,19 @@ def test_report_states_the_measured_numbers_and_links_existing_figures(finished_
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
 
 
+def test_the_report_gives_the_bare_hosts_notes_too(finished_run, tmp_path):
+    """Its spectrum and KL read "n/a" with no reason in report.md (the reason, fewer than half of its
+    states finite, was only in metrics.json's baseline notes)."""
+    from hybridnde.pipeline.report import write_report
+    from hybridnde.pipeline.runner import VariantResult
+
+    case, out = finished_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["baseline"]["notes"] = ["spectrum and histogram statistics undefined: only 24.9% of the rollout's states"]
+    written = write_report(VariantResult(Variant(load_case(case, quick=True)), tmp_path, metrics=metrics))
+    assert "Note (bare host solver): spectrum and histogram statistics undefined: only 24.9%" in written.read_text()
+
+
 def test_rerun_reuses_every_finished_stage(finished_run):
     case, out = finished_run
     names = ("truth.nc", "reference.nc", "closure.pt", "rollout.nc", "baseline.nc", "metrics.json")
@@ -597,10 +610,13 @@ def test_a_stage_whose_checkpoint_is_refused_is_made_afresh(tmp_path, monkeypatc
     assert epochs == [1, 2, 3]
 
 
-def test_compare_shares_the_data_and_writes_one_table(tmp_path):
+def test_compare_shares_the_data_and_writes_one_table(tmp_path, capsys):
     case = write_case(tmp_path)
     out = tmp_path / "sweep"
     assert run(case, out, "--quick", "--compare", "training.regularizer=none,fd") == 0
+    log = capsys.readouterr().err  # a shared stage is not labelled as the first variant's
+    assert f"(1/2) simulate -> {out / 'truth.nc'}" in log and f"(1/2) baseline -> {out / 'baseline.nc'}" in log
+    assert "(1/2) [regularizer=none] train -> " in log and "(2/2) [regularizer=fd] train -> " in log
     labels = ["regularizer=none", "regularizer=fd"]
     for label in labels:
         assert not (out / label / "truth.nc").exists() and (out / label / "closure.pt").is_file()
@@ -653,6 +669,24 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
     u[1, :, 0] = 1.0                      # a constant mean
     u[2, 0, 0] = np.nan                   # no finite start
     np.testing.assert_array_equal(mean_drift(u, 1.0), [2.0, 0.0, np.nan])
+
+
+def test_the_report_says_when_training_stopped_while_still_improving():
+    """The full default case's best epoch was its last, its validation loss 5% lower than 10 epochs
+    before: the report gave the best epoch alone, which does not tell a converged closure from one
+    limited by training.epochs."""
+    from hybridnde.pipeline.report import _still_improving
+
+    def log(losses):
+        return [{"epoch": epoch, "val_loss": loss} for epoch, loss in enumerate(losses, start=1)]
+
+    falling = [1.0 / epoch for epoch in range(1, 21)]  # over the last 2 of 20 epochs: 1/18 -> 1/20, 10% lower
+    assert _still_improving(log(falling)) == ("; still improving: the validation loss fell 10% over the last 2 "
+                                              "epoch(s), so more epochs (`training.epochs`) may train a better closure")
+    flat = [*falling[:18], falling[17] * 0.998, falling[17] * 0.996]  # 0.4%: as good as converged
+    assert _still_improving(log(flat)) == ""
+    assert _still_improving(log([*falling[:-1], 1.0])) == ""  # the last epoch is not the best
+    assert _still_improving(log([1.0])) == "" and _still_improving(log([2.0, None])) == ""
 
 
 def test_the_comparison_figure_takes_many_variants_and_several_bare_hosts(tmp_path, monkeypatch):

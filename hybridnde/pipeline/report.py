@@ -7,6 +7,7 @@ log, ``run.json``); nothing is recomputed here.
 from __future__ import annotations
 
 import datetime
+import math
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -144,8 +145,27 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
     rows.append(("result", f"{meta.get('epochs_run', 'n/a')} epochs{' (stopped early)' if meta.get('stopped_early') else ''}; "
                            f"best validation loss {number(meta.get('best_val_loss'))} at epoch "
                            f"{meta.get('best_epoch', 'n/a')}; last training loss {number(final.get('loss'))}"
-                           + (f" ({terms})" if terms else "")))
+                           + (f" ({terms})" if terms else "") + _still_improving(result.training_log)))
     return rows
+
+
+#: a validation loss that fell at least this share over the last tenth of the epochs is still improving
+STILL_IMPROVING = 0.01
+
+
+def _still_improving(log: list[dict[str, Any]]) -> str:
+    """A clause when the last epoch was the best and the validation loss still fell by ``STILL_IMPROVING``
+    or more over the last tenth of the epochs: the closure is limited by the training budget."""
+    losses = [record.get("val_loss") for record in log]
+    if len(losses) < 2 or not all(isinstance(loss, float) and math.isfinite(loss) for loss in losses) \
+            or losses[-1] > min(losses):
+        return ""
+    span = max(1, len(losses) // 10)
+    fall = 1.0 - losses[-1] / losses[-1 - span] if losses[-1 - span] > 0 else 0.0
+    if fall < STILL_IMPROVING:
+        return ""
+    return (f"; still improving: the validation loss fell {100 * fall:.2g}% over the last {span} epoch(s), so more "
+            "epochs (`training.epochs`) may train a better closure")
 
 
 def _members_split(data: Mapping[str, Any]) -> str:
@@ -194,6 +214,7 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
     if "baseline" not in metrics:
         lines += ["", "(No bare-host column: the host of a neural ODE knows no physics.)"]
     lines += [""] + [f"Note: {note}" for note in metrics.get("notes", [])]
+    lines += [f"Note (bare host solver): {note}" for note in metrics.get("baseline", {}).get("notes", [])]
     lines += ["", "## What was trained", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {text} |" for name, text in _training_rows(result)]
     lines += ["", "## Stages", "", "| stage | output | | wall time |", "|---|---|---|---|"]

@@ -174,6 +174,8 @@ class _Run:
         label = f"{position}{label}"
         folder = variant.directory(self.directory)
         where = {name: variant.directory(self.directory, sections) for name, sections in stages.STAGE_SECTIONS.items()}
+        # a stage the variants share is not labelled as the first one's
+        shown = {name: label if where[name] != self.directory else position for name in where}
         truth = where["simulate"] / "truth.nc"
         given_reference = case.rollout.initial_conditions != "draw"
         reference = Path(case.rollout.initial_conditions) if given_reference else where["reference"] / "reference.nc"
@@ -191,21 +193,21 @@ class _Run:
                      "= %d (an extrapolation test, nothing held out)", label, case.rollout.members)
 
         result.stages.append(self.stage(  # (a simulation has no checkpoints: it starts again)
-            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=label, can_resume=False,
+            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=shown["simulate"], can_resume=False,
             run=lambda resume: stages.simulate(case, truth, progress=self.progress)))
         if not given_reference:
             result.stages.append(self.stage(
-                "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=label,
+                "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=shown["reference"],
                 can_resume=False,
                 run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress)))
         found, payload = stages.closure_identity(closure)
         if found != expected["train"] and trained_for(case, found, (payload or {}).get("case_toml")):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure
         trained_on = recorded_data_checksum((payload or {}).get("metadata", {}).get("data", {}))
-        found = self.input_changed(found, expected["train"], trained_on, truth, label=label, name="train",
+        found = self.input_changed(found, expected["train"], trained_on, truth, label=shown["train"], name="train",
                                    output=closure)
         result.stages.append(self.stage(
-            "train", closure, expected["train"], found, label=label, payload=payload,
+            "train", closure, expected["train"], found, label=shown["train"], payload=payload,
             can_resume=checkpoint_path(closure).is_file(),
             run=lambda resume: train_case(case, truth, closure, progress=self.progress, resume=resume,
                                            resume_hint=False)))
@@ -214,22 +216,22 @@ class _Run:
         result.training_log = read_training_log(log_path(closure))
         rollout_expected = f"{expected['rollout']}:{payload['checksum']}"
         legacy = stages.rollout_checksum(rolled, legacy=True)
-        found = self.rollout_identity(rollout, rollout_expected, reference, label=label, name="rollout",
+        found = self.rollout_identity(rollout, rollout_expected, reference, label=shown["rollout"], name="rollout",
                                       legacy=f"{legacy}:{payload['checksum']}")
         result.stages.append(self.stage(
-            "rollout", rollout, rollout_expected, found, label=label, can_resume=has_restart_files(rollout),
+            "rollout", rollout, rollout_expected, found, label=shown["rollout"], can_resume=has_restart_files(rollout),
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
                                            progress=self.progress, resume_hint=False)))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
         inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
         if stages.has_baseline(case):
             baseline_expected = f"{expected['rollout']}:none"
-            found = self.rollout_identity(baseline, baseline_expected, reference, label=label, name="baseline",
+            found = self.rollout_identity(baseline, baseline_expected, reference, label=shown["baseline"], name="baseline",
                                           legacy=f"{legacy}:none")
             result.stages.append(self.stage(
                 "baseline", baseline, baseline_expected, found, can_resume=has_restart_files(baseline),
-                label=label, run=lambda resume: run_rollout(rolled, baseline, resume=resume, progress=self.progress,
-                                                resume_hint=False)))
+                label=shown["baseline"], run=lambda resume: run_rollout(
+                    rolled, baseline, resume=resume, progress=self.progress, resume_hint=False)))
             inputs["baseline"] = baseline_expected
         metrics_path, figures = folder / "metrics.json", folder / "figures"
         checksum = stages.evaluation_checksum(case, inputs, lyapunov=self.lyapunov)
