@@ -558,3 +558,32 @@ def test_every_figure_evaluate_draws_is_one_a_later_evaluation_replaces():
 
     drawn = re.findall(r'directory / "(\w+)\.png"', inspect.getsource(write_figures))
     assert len(drawn) >= 5 and set(drawn) == set(EVALUATION_FIGURES)
+
+
+def test_a_ctrl_c_while_the_figures_are_put_in_place_is_held_until_the_set_is_whole(tmp_path, monkeypatch):
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import hybridnde.evaluation_figures as evaluation_figures
+
+    folder, staging, out = tmp_path / "figures", tmp_path / "staging", tmp_path / "metrics.json"
+    folder.mkdir()
+    staging.mkdir()
+    for name in ("error_growth", "phase_portrait"):
+        (folder / f"{name}.png").write_bytes(b"earlier")
+        (staging / f"{name}.png").write_bytes(b"new")
+    out.write_text("{}\n")
+
+    def replace_then_ctrl_c(source, target):
+        os.replace(source, target)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first figure is in place
+
+    monkeypatch.setattr(evaluation_figures, "os", SimpleNamespace(replace=replace_then_ctrl_c))
+    with pytest.raises(KeyboardInterrupt):
+        evaluation_figures.publish_evaluation({"stable_fraction": 1.0}, out, drawn=sorted(staging.iterdir()),
+                                              folder=folder, names=evaluation_figures.EVALUATION_FIGURES)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == {"error_growth.png": b"new",
+                                                                           "phase_portrait.png": b"new"}
+    assert json.loads(out.read_text()) == {"stable_fraction": 1.0, "figures": [str(folder / "error_growth.png"),
+                                                                              str(folder / "phase_portrait.png")]}

@@ -213,10 +213,13 @@ def test_the_time_said_covers_the_spin_up_it_includes(tmp_path, capsys):
     assert "simulated 3 members x 200 steps (after 300 spin-up steps) in " in capsys.readouterr().err
 
 
-def test_console_script_usage_error_exits_2():
+def test_console_script_usage_error_exits_2(tmp_path):
     for module in ("hybridnde.cli", "hybridnde"):  # `python -m hybridnde` where the script is not on the PATH
         result = subprocess.run([sys.executable, "-m", module, "simulate"], capture_output=True, text=True)
         assert result.returncode == 2 and "usage: hybridnde simulate" in result.stderr and "CASE.toml" in result.stderr
+        result = subprocess.run([sys.executable, "-m", module, "simulate", str(tmp_path / "missing.toml")],
+                                capture_output=True, text=True)  # new: a refusal at run time, not argparse's
+        assert result.returncode == 2 and "does not exist" in result.stderr, (module, result.stderr)
 
 
 def test_a_misspelt_option_gets_the_verbs_usage_and_the_closest_option(capsys):
@@ -337,3 +340,27 @@ def test_steps_after_the_last_save_are_named(tmp_path, capsys):
         assert written.sizes["time"] == 21
     assert main(["simulate", str(write_case(tmp_path)), "--out", str(tmp_path / "u.nc")]) == 0
     assert "not a multiple" not in capsys.readouterr().err
+
+
+def test_the_command_line_is_recorded_only_while_the_command_runs(tmp_path):
+    from hybridnde.io import COMMAND_LINE, history_line
+
+    assert main(["simulate", str(write_case(tmp_path)), "--out", str(tmp_path / "truth.nc")]) == 0
+    assert main(["simulate", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "other.nc")]) == 2
+    assert COMMAND_LINE.get() is None
+    assert history_line("created").endswith(f"created by hybridnde {package_version()}")  # the Python API's
+
+
+def test_a_full_disk_in_train_says_that_resume_continues(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import hybridnde.training
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hybridnde.training, "train_case", full)
+    assert main(["train", str(write_case(tmp_path)), "--data", str(tmp_path / "truth.nc"), "--out",
+                 str(tmp_path / "closure.pt")]) == 1
+    error = capsys.readouterr().err
+    assert "no space left on the device" in error and "--resume continues from it" in error and "Traceback" not in error

@@ -140,8 +140,8 @@ def test_an_interrupted_training_says_what_a_rerun_can_do(tmp_path, files, monke
     assert hint in capsys.readouterr().err
     if every:
         assert main(command) == 0
-        assert "an interrupted run's checkpoint is there; this run starts afresh and replaces it" in \
-            capsys.readouterr().err
+        assert ("an interrupted run's checkpoint is there; this run starts afresh and replaces it (with --resume it "
+                "continues from it)") in capsys.readouterr().err  # new: the hint `run` drops, train keeps
 
 
 def test_a_folder_where_training_writes_its_log_is_refused_before_training(tmp_path, files, capsys):

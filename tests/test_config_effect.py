@@ -102,8 +102,106 @@ def test_compare_runs_variants_differing_in_a_key_without_effect_once(tmp_path, 
     assert [v.label for v in variants] == ["fd_stencil=one_sided_probes=2", "fd_stencil=one_sided_probes=4"]
     assert ("variant fd_stencil=centred_probes=2 is the same run as fd_stencil=one_sided_probes=2 "
             "(training.fd_stencil has no effect with training.regularizer = 'jvp'); it is left out") in caplog.text
+    assert caplog.text.count("is the same run as") == 2  # new: the two left out, not the two kept
     raw["hybrid"]["system"] = {}
     path.write_text(tomli_w.dumps(raw))
-    variants = build_variants(path, compare=["hybrid.system={gravitational_parameter = 2.0},{}"])
-    assert len(variants) == 1 and ("(hybrid.system.gravitational_parameter has no effect with hybrid.setup = "
-                                   "'neural_ode' (its host has no physics))") in caplog.text
+    for values in ("{gravitational_parameter = 2.0},{}", "{},{gravitational_parameter = 2.0}"):  # new: both orders
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            variants = build_variants(path, compare=[f"hybrid.system={values}"])
+        assert len(variants) == 1 and ("(hybrid.system.gravitational_parameter has no effect with hybrid.setup = "
+                                       "'neural_ode' (its host has no physics))") in caplog.text, values
+    raw["training"]["regularizer"] = "none"  # new: two keys without effect, both named
+    path.write_text(tomli_w.dumps(raw))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        variants = build_variants(path, compare=["training.fd_stencil=one_sided,centred",
+                                                 "training.probe_distribution=gaussian,rademacher"])
+    assert len(variants) == 1
+    assert ("variant fd_stencil=centred_probe_distribution=rademacher is the same run as "
+            "fd_stencil=one_sided_probe_distribution=gaussian (training.probe_distribution has no effect with "
+            "training.regularizer = 'none' (they shape jvp's probes); training.fd_stencil has no effect with "
+            "training.regularizer = 'none'); it is left out") in caplog.text
+
+
+READ_BY = {  # key -> training keys under which it is read (its value changes the closure)
+    "training.regularizer_weight": [{"regularizer": "fd"}, {"regularizer": "jvp"}],
+    "training.probe_distribution": [{"regularizer": "jvp"}],
+    "training.normalize_probes": [{"regularizer": "jvp"}],
+    "training.probes": [{"regularizer": "jvp"}, {"jacobian_penalty": "frobenius"}, {"jacobian_penalty": "rnode"}],
+    "training.fd_stencil": [{"regularizer": "fd"}],
+    "training.regularizer_warmup_epochs": [{"regularizer": "fd"}, {"jacobian_penalty": "kinetic"}],
+    "training.jacobian_penalty_weight": [{"jacobian_penalty": "kinetic"}],
+    "training.jacobian_penalty_iterations": [{"jacobian_penalty": "spectral"}, {"jacobian_penalty": "condition"}],
+    "training.min_learning_rate": [{"lr_schedule": "cosine"}],
+    "training.lr_step_epochs": [{"lr_schedule": "step"}],
+    "training.lr_gamma": [{"lr_schedule": "step"}],
+    "training.adaptive_method": [{"integration": "odeint"}, {"integration": "odeint_adjoint"}],
+    "training.homotopy_ratio": [{"method": "homotopy", "integration": "odeint"}],
+    "training.coupling": [{"method": "homotopy", "integration": "odeint"}],
+    "training.shooting_segments": [{"method": "multiple_shooting", "integration": "odeint"}],
+    "training.continuity_weight": [{"method": "multiple_shooting", "integration": "odeint"}],
+    "training.observation_noise_scale": [{"observation_noise": 0.01}],
+}
+UNREAD_BY = {  # key -> training keys under which it is not read (switched off)
+    "training.regularizer_weight": [{}],
+    "training.probe_distribution": [{"regularizer": "fd"}],
+    "training.normalize_probes": [{"regularizer": "fd"}],
+    "training.probes": [{"regularizer": "fd", "jacobian_penalty": "kinetic"}, {"jacobian_penalty": "spectral"}],
+    "training.fd_stencil": [{"regularizer": "jvp"}],
+    "training.regularizer_warmup_epochs": [{}],
+    "training.jacobian_penalty_weight": [{}],
+    "training.jacobian_penalty_iterations": [{"jacobian_penalty": "frobenius"}, {"jacobian_penalty": "kinetic"}],
+    "training.min_learning_rate": [{"lr_schedule": "step"}],
+    "training.lr_step_epochs": [{"lr_schedule": "cosine"}],
+    "training.lr_gamma": [{"lr_schedule": "constant"}],
+    "training.adaptive_method": [{}],
+    "training.homotopy_ratio": [{"method": "multiple_shooting", "integration": "odeint"}],
+    "training.coupling": [{"integration": "odeint"}],
+    "training.shooting_segments": [{"method": "homotopy", "integration": "odeint"}],
+    "training.continuity_weight": [{"integration": "odeint"}],
+    "training.observation_noise_scale": [{}],
+}
+OTHER_THAN_DEFAULT = {**OTHER_VALUES, "training.shooting_segments": 1}  # (the default 5 exceeds rollout_steps)
+
+
+@pytest.mark.parametrize("key", READ_BY)
+def test_each_rule_switches_its_key_off_exactly_where_the_training_does_not_read_it(key):
+    for training in READ_BY[key]:
+        case = case_of(training)
+        changed = case_of(training, {key: OTHER_THAN_DEFAULT[key]})
+        assert key not in keys_without_effect(case), (key, training)
+        assert effective_case(changed).checksum() != effective_case(case).checksum(), (key, training)
+    for training in UNREAD_BY[key]:
+        case = case_of(training)
+        assert key in keys_without_effect(case), (key, training)
+        assert effective_case(case_of(training, {key: OTHER_THAN_DEFAULT[key]})).checksum() == \
+            effective_case(case).checksum(), (key, training)
+
+
+def test_the_model_and_host_rules_switch_off_only_what_the_set_up_does_not_read():
+    """kernel_size is read by the periodic CNN alone; a neural_ode host reads its grid (n_points) from
+    [hybrid.system] and nothing else; a second_order host reads all its physics."""
+    ks = {"case": {"name": "ks"}, "system": {"name": "kuramoto_sivashinsky", "n_points": 64},
+          "time": {"dt": 0.25, "n_steps": 10}, "model": {"kind": "periodic_cnn"}, "compute": {"device": "cpu"}}
+
+    def ks_case(**changes):
+        return parse_case({**ks, **changes})
+
+    def apart(first, second):
+        return effective_case(first).checksum() != effective_case(second).checksum()
+
+    cnn = ks_case()
+    assert "model.kernel_size" not in keys_without_effect(cnn)
+    assert apart(cnn, ks_case(model={"kind": "periodic_cnn", "kernel_size": 3}))
+    assert "model.kernel_size" in keys_without_effect(case_of({}))  # the two-body MLP
+    host = {"setup": "neural_ode", "system": {"n_points": 32, "nonlinear_coefficient": 0.0}}
+    coarse = ks_case(hybrid=host)
+    assert set(key for key in keys_without_effect(coarse) if key.startswith("hybrid.")) == \
+        {"hybrid.system.nonlinear_coefficient"}
+    assert apart(coarse, ks_case(hybrid={"setup": "neural_ode", "system": {}}))  # another host grid
+    raw = {name: dict(table) for name, table in BASE.items()}
+    second_order = [parse_case({**raw, "hybrid": {"setup": "second_order", "system": system}})
+                    for system in ({}, {"gravitational_parameter": 2.0})]
+    assert not [key for key in keys_without_effect(second_order[1]) if key.startswith("hybrid.")]
+    assert apart(*second_order)

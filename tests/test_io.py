@@ -394,3 +394,19 @@ def test_a_made_up_name_fits_up_to_the_file_systems_limit_counted_in_bytes(tmp_p
         (tmp_path / wide).mkdir()
     with pytest.raises(DataError, match=f"{2 * len(wide)} characters, more than the {limit}"):
         check_name_fits(wide, tmp_path, "the variant folder", fix="shorten it")
+
+
+def test_the_staging_folder_of_a_killed_writer_goes_with_the_next(tmp_path):
+    from hybridnde.output_paths import staging_folder
+
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        from hybridnde.output_paths import staging_folder
+        block = staging_folder({str(tmp_path / "figures" / "figures")!r})
+        (block.__enter__() / "error_growth.png").write_bytes(b"half drawn")
+        os._exit(9)  # as kill -9: no clean-up
+        """)], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert killed.returncode == 9 and len(leftovers(tmp_path / "figures")) == 1
+    with staging_folder(tmp_path / "figures" / "figures"):
+        pass
+    assert leftovers(tmp_path / "figures") == []

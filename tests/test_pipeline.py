@@ -500,18 +500,43 @@ def test_a_run_stopped_in_a_rollout_resumes_it_from_its_checkpoint(tmp_path, mon
     assert lines and lines[0].endswith("(resuming)"), lines
 
 
+@pytest.mark.parametrize("damage", ["checkpoint bytes", "checkpoint format", "partial file", "another closure",
+                                    "another run's partial file", "partial chunk index"])
 def test_a_damaged_rollout_checkpoint_is_set_aside_without_the_rollout_commands_remedies(tmp_path, monkeypatch,
-                                                                                           capsys):
+                                                                                           capsys, damage):
     """The baseline's checkpoint damaged after a stop: run makes the stage afresh, and its log said "delete
     it or rerun without --resume" and "`hybridnde rollout ... --resume` continues one", options of another
     command."""
+    from hybridnde.netcdf_stream import partial_path
+
     case, out = write_case(tmp_path), tmp_path / "stopped"
-    run_stopped_in_a_rollout(case, out, monkeypatch).write_bytes(b"damaged")
+    checkpoint = run_stopped_in_a_rollout(case, out, monkeypatch)
+    if damage == "checkpoint bytes":
+        checkpoint.write_bytes(b"damaged")
+    elif damage == "checkpoint format":  # new
+        torch.save({"format": "something else"}, checkpoint)
+    elif damage == "partial file":  # new: the partial file cut short
+        partial = partial_path(out / "baseline.nc")
+        partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 3])
+    elif damage == "another closure":  # new
+        state = torch.load(checkpoint, weights_only=True)
+        torch.save({**state, "closure_checksum": "of another closure"}, checkpoint)
+    elif damage == "another run's partial file":  # new
+        import h5py
+
+        with h5py.File(partial_path(out / "baseline.nc"), "r+") as file:
+            file.attrs["run_id"] = "another run"
+    else:  # new: its chunk index points past the file's end (as Ctrl-C under mpiexec can leave it)
+        import hybridnde.netcdf_stream as netcdf_stream
+
+        real = netcdf_stream.check_chunk_index
+        monkeypatch.setattr(netcdf_stream, "check_chunk_index", lambda dataset_id, size: real(dataset_id, 100))
     capsys.readouterr()
     assert run(case, out, *BASELINE_CHECKPOINTS) == 0
     err = capsys.readouterr().err
-    assert "baseline: not resuming (" in err and "not a readable rollout checkpoint" in err
-    assert "is discarded" in err and "--resume" not in err and "delete it" not in err, err
+    assert "baseline: not resuming (" in err and "is discarded" in err
+    assert damage != "checkpoint bytes" or "not a readable rollout checkpoint" in err
+    assert "--resume" not in err and "delete it" not in err, err
     assert (out / "baseline.nc").is_file()
 
 
@@ -543,26 +568,36 @@ def test_a_checkpoint_hybridnde_train_left_in_the_folder_is_resumed_by_run(tmp_p
     assert epochs == [1, 2, 3]
 
 
-def test_an_unreadable_checkpoint_in_the_folder_is_set_aside_by_run(tmp_path, capsys):
+@pytest.mark.parametrize("content", ["bytes", "another format", "another set-up"])
+def test_an_unreadable_checkpoint_in_the_folder_is_set_aside_by_run(tmp_path, capsys, content):
     """Tried as a resume (a checkpoint the record knows nothing of), a damaged one stopped the run with
     "delete it or rerun without --resume", an option run lacks; the stage is made afresh instead."""
     case, out = write_case(tmp_path), tmp_path / "run"
     out.mkdir()
-    (out / "closure.checkpoint.pt").write_bytes(b"not a checkpoint")
+    if content == "bytes":
+        (out / "closure.checkpoint.pt").write_bytes(b"not a checkpoint")
+    elif content == "another format":  # new
+        torch.save({"format": "something else"}, out / "closure.checkpoint.pt")
+    else:  # new: as an older version wrote it (no identity: the change cannot be named)
+        from hybridnde.training.checkpoint import FORMAT
+
+        torch.save({"format": FORMAT, "fingerprint": "of another set-up"}, out / "closure.checkpoint.pt")
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
     err = capsys.readouterr().err
     assert "train: not resuming (" in err and not (out / "closure.checkpoint.pt").exists()
     assert "--resume" not in err and "delete it" not in err, err  # remedies of the single commands
 
 
-def test_a_rollout_checkpoint_without_its_partial_file_is_not_said_to_resume(tmp_path, capsys):
+@pytest.mark.parametrize("leftover", [".rollout.nc.checkpoint", ".rollout.nc.partial", ".baseline.nc.checkpoint"])
+def test_a_rollout_checkpoint_without_its_partial_file_is_not_said_to_resume(tmp_path, capsys, leftover):
     """A `.rollout.nc.checkpoint` alone in the folder was announced "rollout -> ... (resuming)", and the
     rollout then started from the beginning (nothing to continue without the partial file)."""
     case, out = write_case(tmp_path), tmp_path / "run"
     out.mkdir()
-    (out / ".rollout.nc.checkpoint").write_bytes(b"left alone")
+    (out / leftover).write_bytes(b"left alone")
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "rollout -> " in line]
+    stage = leftover.split(".")[1]
+    lines = [line for line in capsys.readouterr().err.splitlines() if f"{stage} -> " in line]
     assert lines and not lines[0].endswith("(resuming)"), lines
 
 
@@ -1199,3 +1234,31 @@ def test_a_stage_failing_without_a_checkpoint_is_not_made_again(tmp_path, monkey
     assert run(write_case(tmp_path), tmp_path / "run", "--quick", "--set", "rollout.steps=4") != 0
     err = capsys.readouterr().err
     assert calls == [1] and "not resuming" not in err and "the truth cannot be made" in err
+
+
+def test_a_rerun_stopped_while_drawing_leaves_the_earlier_evaluation_whole(finished_run, tmp_path, monkeypatch):
+    import hybridnde.pipeline.runner as runner
+
+    case, out = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for figure in (copy / "figures").iterdir():  # marked: any figure drawn into place changes them
+        figure.write_bytes(b"earlier " + figure.name.encode())
+    earlier = {path.name: path.read_bytes() for path in [copy / "metrics.json", *(copy / "figures").iterdir()]}
+
+    def stopped(*args, **kwargs):  # the last figure run draws: the others are drawn by then
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "error_growth_comparison_figure", stopped)
+    assert run(case, copy, "--quick", "--set", "evaluate.vpt_threshold=0.4") == 130  # only evaluate is remade
+    assert {path.name: path.read_bytes() for path in [copy / "metrics.json", *(copy / "figures").iterdir()]} == earlier
+
+
+def test_a_training_loss_figure_not_drawn_again_does_not_stay(finished_run, tmp_path):
+    case, out = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert (copy / "figures" / "training_loss.png").is_file()
+    (copy / "closure.log.jsonl").unlink()  # nothing to draw the curves from
+    assert run(case, copy, "--quick", "--set", "evaluate.vpt_threshold=0.4") == 0
+    assert not (copy / "figures" / "training_loss.png").exists()

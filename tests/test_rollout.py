@@ -1132,3 +1132,31 @@ def test_a_restored_job_record_keeps_the_blowups_and_what_is_unknown_of_earlier_
     assert with_ranks.ranks_per_run == [1, 2]
     fresh = JobRecord.restored(None, members=4, batches=batches, schedule=None, ranks=3)
     assert fresh.first_bad_save.tolist() == [-1] * 4 and fresh.ranks_per_run == [3] and fresh.resumes == 0
+
+
+def test_a_rerun_without_resume_says_that_resume_would_have_continued(tmp_path, caplog):
+    case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
+    model, out = small_mlp(), tmp_path / "r.nc"
+    interrupted_rollout(case, out, model, after=0.3)
+    caplog.clear()
+    caplog.set_level("WARNING")
+    run_rollout(case, out, closure=model, progress=False)
+    assert (f"the checkpoint of an earlier interrupted rollout to {out} is discarded (`hybridnde rollout ... "
+            "--resume` continues one)") in caplog.text
+
+
+def test_a_refused_resume_says_how_to_go_on(tmp_path):
+    case = two_body_case("rollout.batch_size=2", "rollout.steps=60", "output.time_chunk=5")
+    model, out = small_mlp(), tmp_path / "r.nc"
+    interrupted_rollout(case, out, model, after=0.3)
+    with pytest.raises(DataError, match=r"cannot resume: the case differs in rollout.steps \(60 -> 80\); rerun with "
+                                        r"the same case, closure, input files and --set values, or without --resume$"):
+        run_rollout(two_body_case("rollout.batch_size=2", "rollout.steps=80", "output.time_chunk=5"), out,
+                    closure=model, resume=True, progress=False)
+
+
+def test_ranks_per_run_is_stored_as_int64_like_the_other_counts(tmp_path):
+    out = tmp_path / "r.nc"
+    run_rollout(two_body_case("rollout.steps=4", "output.time_chunk=5"), out, closure=small_mlp(), progress=False)
+    with xr.open_dataset(out) as finished:
+        assert np.asarray(finished.attrs["ranks_per_run"]).dtype == np.asarray(finished.attrs["ranks"]).dtype == np.int64
