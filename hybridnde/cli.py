@@ -11,6 +11,7 @@ import difflib
 import importlib
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = (signal.signal(signal.SIGTERM, interrupt_on_signal) if threading.current_thread() is threading.main_thread()
                 else None)
     typed = shlex.join(["hybridnde", *(sys.argv[1:] if argv is None else map(str, argv))])
-    # (an argument that is not UTF-8 arrives with surrogates, which a NetCDF attribute cannot hold)
+    # one line of history: control characters (a newline in a path) escaped; an argument that is not
+    # UTF-8 arrives with surrogates, which a NetCDF attribute cannot hold
+    typed = re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], typed)
     command = COMMAND_LINE.set(typed.encode("utf-8", "backslashreplace").decode("utf-8"))
     try:
         return _run(arguments)

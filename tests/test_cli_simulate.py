@@ -93,9 +93,12 @@ def test_bad_config_exits_2_and_leaves_no_file(tmp_path, override, capsys):
 
 
 def test_an_output_path_that_cannot_be_written_exits_2_before_simulating(tmp_path, capsys, monkeypatch):
+    import hybridnde.pipeline.stages as stages  # (imported first: it binds simulate_case when imported)
     import hybridnde.simulate
 
-    monkeypatch.setattr(hybridnde.simulate, "simulate_case", lambda *a, **k: pytest.fail("simulated before checking --out"))
+    never = lambda *a, **k: pytest.fail("simulated before checking --out")  # noqa: E731
+    monkeypatch.setattr(hybridnde.simulate, "simulate_case", never)
+    monkeypatch.setattr(stages, "simulate_case", never)
     case = write_case(tmp_path)
     (tmp_path / "folder.nc").mkdir()
     for out, message in [(tmp_path / "folder.nc", "is a folder; give a file name"),
@@ -204,6 +207,12 @@ def test_a_case_path_that_is_not_utf8_is_recorded_in_the_history_escaped(tmp_pat
     assert result.returncode == 0, result.stderr
     with xr.open_dataset(out) as ds:
         assert "ca\\udcffse.toml' --out" in ds.attrs["history"]
+    # a newline in a path stays one line of history (a resumed rollout's lines are one per command)
+    lined = tmp_path / "my\ncase.toml"
+    lined.write_text(write_case(tmp_path).read_text())
+    assert main(["simulate", str(lined), "--out", str(out)]) == 0
+    with xr.open_dataset(out) as ds:
+        assert len(ds.attrs["history"].splitlines()) == 1 and "my\\ncase.toml" in ds.attrs["history"]
 
 
 def test_the_time_said_covers_the_spin_up_it_includes(tmp_path, capsys):
