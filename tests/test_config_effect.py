@@ -181,7 +181,7 @@ def test_each_rule_switches_its_key_off_exactly_where_the_training_does_not_read
 
 def test_the_model_and_host_rules_switch_off_only_what_the_set_up_does_not_read():
     """kernel_size is read by the periodic CNN alone; a neural_ode host reads its grid (n_points) from
-    [hybrid.system] and nothing else; a second_order host reads all its physics."""
+    [hybrid.system] and nothing else; a second_order host (dq/dt = v) reads none of its physics."""
     ks = {"case": {"name": "ks"}, "system": {"name": "kuramoto_sivashinsky", "n_points": 64},
           "time": {"dt": 0.25, "n_steps": 10}, "model": {"kind": "periodic_cnn"}, "compute": {"device": "cpu"}}
 
@@ -203,5 +203,18 @@ def test_the_model_and_host_rules_switch_off_only_what_the_set_up_does_not_read(
     raw = {name: dict(table) for name, table in BASE.items()}
     second_order = [parse_case({**raw, "hybrid": {"setup": "second_order", "system": system}})
                     for system in ({}, {"gravitational_parameter": 2.0})]
-    assert not [key for key in keys_without_effect(second_order[1]) if key.startswith("hybrid.")]
-    assert apart(*second_order)
+    assert [key for key in keys_without_effect(second_order[1]) if key.startswith("hybrid.")] == \
+        ["hybrid.system.gravitational_parameter"]
+    assert not apart(*second_order)
+
+
+def test_a_second_order_host_trains_the_same_closure_whatever_its_physics(tmp_path, truth):
+    """The host knows dq/dt = v only: an override of the gravitational parameter changes nothing."""
+    closures = []
+    for system in ({}, {"gravitational_parameter": 2.0}):
+        raw = {name: dict(table) for name, table in BASE.items()}
+        case = parse_case({**raw, "hybrid": {"setup": "second_order", "system": system}})
+        model, result = train_case(case, truth, tmp_path / f"closure{len(closures)}.pt", progress=False)
+        closures.append((model.state_dict(), result.best_val_loss))
+    (first, first_loss), (second, second_loss) = closures
+    assert first_loss == second_loss and all(torch.equal(first[name], second[name]) for name in first)

@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 
 __all__ = ["keys_without_effect", "effective_case"]
 
-#: the [system] keys a neural_ode host reads: its grid (its physics is the closure)
-NEURAL_ODE_HOST_KEYS = ("n_points", "domain_length")
+#: the [system] keys a host without physics (neural_ode, second_order) reads: its grid
+GRID_KEYS = ("n_points", "domain_length")
+#: why such a host's other overrides change nothing
+NO_PHYSICS = {"neural_ode": "its host has no physics", "second_order": "its host knows only dq/dt = v"}
 
 
 def keys_without_effect(case: CaseConfig) -> dict[str, str]:
     """``{"section.key": why}`` for each key that this case's other keys switch off, whatever its value;
-    ``hybrid.system.<key>`` for overrides a neural_ode host does not read."""
+    ``hybrid.system.<key>`` for overrides a host without physics does not read."""
     t = case.training
     penalty, regularizer = t.jacobian_penalty, t.regularizer
     rules = [
@@ -50,16 +52,16 @@ def keys_without_effect(case: CaseConfig) -> dict[str, str]:
     unused = {f"training.{key}": why for keys, read, why in rules if not read for key in keys}
     if case.model.kind != "periodic_cnn":
         unused["model.kernel_size"] = f"model.kind = {case.model.kind!r}"
-    if case.hybrid.setup == "neural_ode":
+    if case.hybrid.setup in NO_PHYSICS:  # (systems.build_host_solver keeps the host's shape and grid alone)
         for key in case.hybrid.system:
-            if key not in NEURAL_ODE_HOST_KEYS:
-                unused[f"hybrid.system.{key}"] = "hybrid.setup = 'neural_ode' (its host has no physics)"
+            if key not in GRID_KEYS:
+                unused[f"hybrid.system.{key}"] = f"hybrid.setup = {case.hybrid.setup!r} ({NO_PHYSICS[case.hybrid.setup]})"
     return unused
 
 
 def effective_case(case: CaseConfig) -> CaseConfig:
-    """``case`` with its keys without effect at their defaults (a neural_ode host's unread overrides
-    dropped): two cases whose effective cases have equal checksums give the same results."""
+    """``case`` with its keys without effect at their defaults (the unread overrides of a host without
+    physics dropped): two cases whose effective cases have equal checksums give the same results."""
     unused = keys_without_effect(case)
     sections: dict[str, Any] = {}
     for name in ("training", "model"):
