@@ -29,7 +29,8 @@ import numpy as np
 from .alignment import AlignedPair, align_trajectories
 from .evaluation_figures import write_figures
 from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
-from .config import CaseConfig, ConfigError, parse_case_text
+from .config import CaseConfig, ConfigError
+from .evaluation_case import case_from_attributes, check_same_system, system_differences
 from .interrupts import interrupts_deferred
 from .io import DataError, open_trajectories, package_version, platform_description
 from .evaluation_summary import format_summary
@@ -51,57 +52,6 @@ INITIAL_MISMATCH = 0.1
 #: ones they are undefined. A model that blew up just after the start had its few first states -- still
 #: the truth's -- compared with the truth's whole horizon, and scored better than a stable closure.
 MIN_FINITE_SHARE = 0.5
-
-
-def case_from_attributes(attributes: Mapping[str, Any], name: str, *, quiet: bool = False) -> CaseConfig | None:
-    """The case stored in a file's ``case_toml`` global attribute, or ``None`` (logged unless ``quiet``)
-    if absent or unreadable; ``attributes``: the file's global attributes (``dataset.attrs``)."""
-    text = attributes.get("case_toml", "")
-    if not text:
-        return None
-    try:
-        return parse_case_text(text, source=f"{name} (case_toml attribute)")
-    except ConfigError as error:
-        if not quiet:
-            log.warning("%s: cannot use its stored case (%s); case-dependent metrics are skipped", name, error)
-        return None
-
-
-#: ``[system]`` keys of the spatial discretisation, not of the physics: a rollout on a coarser grid (or
-#: with another method) is scored against a finer truth, restricted to its grid (``alignment``)
-DISCRETISATION_KEYS = ("n_points", "method", "dealiasing_fraction", "fd_order")
-
-
-def system_differences(case: CaseConfig, other: CaseConfig) -> list[str]:
-    """``system.key (other's value -> case's value)`` for each physics parameter of ``[system]`` in
-    which the two cases differ (``DISCRETISATION_KEYS`` left out); ``[]`` for the same system."""
-    return case.changed_keys(other.to_toml(), ("system",), skip=[("system", key) for key in DISCRETISATION_KEYS])
-
-
-def _check_same_system(rollout_attrs: Mapping[str, Any], reference_attrs: Mapping[str, Any], rollout_path: Path,
-                       reference_path: Path) -> str | None:
-    """Refuse a rollout made for another true system than the reference's (``DataError``): each file's
-    ``case_toml`` ``[system]`` is the true system (a hybrid's host differs from it only through
-    ``[hybrid.system]``). A prediction that is itself a simulation (``stage = "simulate"``), say with
-    perturbed parameters, is a model of its own system: scored, with a warning and the note returned. Files
-    without a stored case are not checked; systems of other names are left to the state check
-    (``align_trajectories``: their states differ)."""
-    rollout = case_from_attributes(rollout_attrs, str(rollout_path), quiet=True)  # (warned where it is used)
-    reference = case_from_attributes(reference_attrs, str(reference_path), quiet=True)
-    if rollout is None or reference is None or rollout.system.name != reference.system.name:
-        return None
-    differing = system_differences(reference, rollout)
-    if not differing:
-        return None
-    listed = f"{'; '.join(differing)} (rollout -> reference)"
-    if rollout_attrs.get("stage") == "simulate":
-        note = (f"{rollout_path} was simulated for another system than the reference: {listed}; scored as a model "
-                "of the reference's system")
-        log.warning(note)
-        return note
-    raise DataError(f"{rollout_path} is a rollout of another system than {reference_path} holds: {listed}; score it "
-                    f"against a reference simulated with the rollout's [system] (`hybridnde simulate CASE.toml`, "
-                    f"with the case the rollout was made with), or roll out the reference's case")
 
 
 def invariants_function(case: CaseConfig | None) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
@@ -257,7 +207,7 @@ def evaluate_files(rollout_path: str | Path, reference_path: str | Path, *, case
         rollout.close()
         raise
     with rollout, reference, interrupts_deferred():  # (the reads: a Ctrl-C inside the library is swallowed)
-        note = _check_same_system(dict(rollout.attrs), dict(reference.attrs), rollout_path, reference_path)
+        note = check_same_system(dict(rollout.attrs), dict(reference.attrs), rollout_path, reference_path)
         pair = align_trajectories(rollout, reference, match_members=match_members, time_tolerance=time_tolerance,
                                   names=(str(rollout_path), str(reference_path)))
         rollout_attrs, reference_attrs = dict(rollout.attrs), dict(reference.attrs)

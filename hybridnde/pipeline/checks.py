@@ -74,7 +74,7 @@ def _check_reference_system(case: CaseConfig, reference: Path) -> None:
     one simulated for another true system is refused now, as the evaluate stage would at the end."""
     import netCDF4
 
-    from ..evaluate import case_from_attributes, system_differences
+    from ..evaluation_case import case_from_attributes, system_differences
 
     with netCDF4.Dataset(reference) as dataset:
         attributes = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
