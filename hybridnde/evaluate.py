@@ -152,7 +152,7 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
     metrics["statistics_finite_share"] = share
     defined = share >= MIN_FINITE_SHARE
     if not defined:
-        note = (f"spectrum and histogram statistics undefined: only {100 * share:.3g}% of the rollout's states "
+        note = (f"spectrum and histogram statistics undefined: only {100 * share:.3g}% of the predicted states "
                 f"(member x time) are finite (at least {100 * MIN_FINITE_SHARE:g}% needed)")
         metrics["notes"].append(note)
         log.info(note)

@@ -231,7 +231,7 @@ def test_a_model_that_blows_up_at_once_has_no_attractor_statistics(tmp_path, cap
     metrics = evaluate_json(capsys, write_netcdf(dataset, tmp_path / "blown.nc"), truth)
     assert metrics["spectrum"]["distance"] is None and metrics["kl_divergence"]["value"] is None
     assert metrics["statistics_finite_share"] == pytest.approx(2 / times.size)
-    assert any("statistics undefined: only" in note for note in metrics["notes"])
+    assert any("statistics undefined: only" in note and "of the predicted states" in note for note in metrics["notes"])
 
 
 def test_two_body_reports_invariant_drift(tmp_path, capsys):

@@ -182,7 +182,7 @@ def test_the_report_gives_the_bare_hosts_notes_too(finished_run, tmp_path):
 
     case, out = finished_run
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics["baseline"]["notes"] = ["spectrum and histogram statistics undefined: only 24.9% of the rollout's states"]
+    metrics["baseline"]["notes"] = ["spectrum and histogram statistics undefined: only 24.9% of the predicted states"]
     written = write_report(VariantResult(Variant(load_case(case, quick=True)), tmp_path, metrics=metrics))
     assert "Note (bare host solver): spectrum and histogram statistics undefined: only 24.9%" in written.read_text()
 
