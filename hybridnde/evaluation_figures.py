@@ -48,9 +48,10 @@ def publish_evaluation(metrics: dict[str, Any], out: Path | None, *, drawn: Iter
 def _replace_figures(drawn: list[Path], folder: Path, names: Iterable[str]) -> None:
     for path in drawn:
         os.replace(path, folder / path.name)
+    replaced = {path.name for path in drawn}
     for name in names:
         stale = folder / f"{name}.png"
-        if stale.name not in {path.name for path in drawn} and stale.is_file():
+        if stale.name not in replaced and stale.is_file():
             log.info("removing %s: from an earlier evaluation, not drawn for this one", stale)
             stale.unlink()
 

@@ -33,10 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     if path.is_dir():  # (commands check their outputs first; this is the last guard, before the work)
         raise DataError(f"{path}: is a folder where a file is to be written; move it away or choose another output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    host = _host_tag()
-    _remove_orphans(path, host)
-    owner = f"{host}.{os.getpid()}"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".part", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".part", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
     umask = os.umask(0)
@@ -63,9 +60,7 @@ def staging_folder(path: str | Path) -> Iterator[Path]:
             break
         made.append(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    host = _host_tag()
-    _remove_orphans(path, host)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{host}.{os.getpid()}.", suffix=".part", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".part", dir=path.parent))
     try:
         yield staging
     finally:
@@ -231,6 +226,14 @@ def _host_tag() -> str:
     except OSError:
         namespace = 0
     return f"{socket.gethostname()}-{namespace}"
+
+
+def _temporary_prefix(path: Path) -> str:
+    """The name prefix of this process's temporary files (and staging folders) of ``path``, ending in
+    ``.part``: ``.NAME.HOST.PID.`` -- what ``_remove_orphans`` looks for, which it runs first."""
+    host = _host_tag()
+    _remove_orphans(path, host)
+    return f".{path.name}.{host}.{os.getpid()}."
 
 
 def _remove_orphans(path: Path, host: str) -> None:

@@ -7,8 +7,8 @@ log, ``run.json``); nothing is recomputed here.
 from __future__ import annotations
 
 import datetime
-import math
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
