@@ -75,12 +75,13 @@ class TrajectoryStreamWriter:
         state_dim: ``"x"`` or ``"component"``, with ``state_coords`` its values.
         dtype: numpy dtype of ``u``; attrs: global attributes (title, solver, checksums, case TOML, ...).
         resume: reopen an existing partial file instead of creating it.
+        incomplete: the partial file's ``incomplete`` attribute (what it is and how it continues).
     """
 
     def __init__(self, path: str | Path, *, members: np.ndarray, times: np.ndarray, state_dim: str,
                  state_coords: Any, state_shape: Sequence[int], dtype: np.dtype, title: str, solver: str,
                  closure_checksum: str, case_toml: str, extra_attrs: Mapping[str, Any], compression_level: int,
-                 time_chunk: int, resume: bool = False):
+                 time_chunk: int, resume: bool = False, incomplete: str = INCOMPLETE):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.n_members, self.n_times = len(members), len(times)
@@ -98,7 +99,7 @@ class TrajectoryStreamWriter:
             try:
                 with netCDF4.Dataset(self.partial, "w", format="NETCDF4") as dataset:
                     self._create(dataset, template, np.asarray(times, dtype=np.float64), state_dim, state_shape,
-                                 np.dtype(dtype))
+                                 np.dtype(dtype), incomplete)
             except BaseException:
                 self.partial.unlink(missing_ok=True)
                 raise
@@ -139,7 +140,7 @@ class TrajectoryStreamWriter:
             raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
         return file
 
-    def _create(self, dataset, template, times, state_dim, state_shape, dtype):
+    def _create(self, dataset, template, times, state_dim, state_shape, dtype, incomplete):
         layout = self.layout
         compression = (dict(zlib=True, complevel=layout.compression_level, shuffle=True)
                        if layout.compression_level > 0 else {})
@@ -162,7 +163,7 @@ class TrajectoryStreamWriter:
         for name in ("member", "time", state_dim, "u", "status", "blowup_time"):
             attrs = {key: value for key, value in template[name].attrs.items() if key != "_FillValue"}
             dataset.variables[name].setncatts(attrs)
-        dataset.setncatts({**template.attrs, "incomplete": INCOMPLETE})
+        dataset.setncatts({**template.attrs, "incomplete": incomplete})
 
     # -- the background thread ------------------------------------------------------------------
     def _start_thread(self) -> None:

@@ -83,19 +83,20 @@ def resume_identity(case: CaseConfig, *, closure_checksum: str, batch_size: int,
     return identity
 
 
-def threads_changed(checkpoint: dict, identity: dict) -> str | None:
+def threads_changed(checkpoint: dict, identity: dict, *, fix: str | None = None) -> str | None:
     """Why the thread count refuses a resume, or ``None``: counts differ and at least one side chose it
-    (with ``threads = 0`` on both, torch's default follows the machine and the launcher: not held to)."""
+    (with ``threads = 0`` on both, torch's default follows the machine and the launcher: not held to).
+    ``fix``: the setting that gives the checkpoint's count (default: ``--set rollout.threads=N``)."""
     if "threads" not in checkpoint or "threads" not in identity or checkpoint["threads"] == identity["threads"]:
         return None
     if not checkpoint.get("threads_setting", 1) and not identity["threads_setting"]:
         log.warning("resuming on %d torch thread(s) per rank, written on %d: the file may differ in its last bits "
-                    "from an uninterrupted run (rollout.threads = 0 leaves the count to torch)", identity["threads"],
+                    "from an uninterrupted run (a thread setting of 0 leaves the count to torch)", identity["threads"],
                     checkpoint["threads"])
         return None
-    return (f"it was written with {checkpoint['threads']} torch thread(s) per rank, this run has "
-            f"{identity['threads']}, and the results' last bits depend on it "
-            f"(--set rollout.threads={checkpoint['threads']})")
+    written = checkpoint["threads"]
+    return (f"it was written with {written} torch thread(s) per rank, this run has {identity['threads']}, and the "
+            f"results' last bits depend on it ({fix or f'--set rollout.threads={written}'})")
 
 
 def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -> str | None:
@@ -139,6 +140,9 @@ def written_elsewhere(checkpoint: dict, identity: dict) -> bool:
 def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | None:
     """Rank 0: the checkpoint of ``out`` to resume (``None``: there is none), or ``ResumeRefused``."""
     checkpoint = read_checkpoint(out)
+    if checkpoint is not None and checkpoint.get("stage") == "simulate":
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it is a simulation's checkpoint, not a "
+                            "rollout's", "choose another --out, or rerun without --resume")
     if checkpoint is None:
         # (a checkpoint without its partial file was said by read_checkpoint; a finished file there is
         if not out.is_file() and not checkpoint_path(out).is_file():  # for finished_output to judge)

@@ -64,26 +64,13 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     device = resolve_device(case.compute.device)
     dtype = resolve_dtype(case.compute.dtype)
     check_fits_in_memory(case)
-    if case.time.n_steps % case.time.save_every:
-        last = case.time.n_steps - case.time.n_steps % case.time.save_every
-        log.warning("time.n_steps = %d is not a multiple of time.save_every = %d: the trajectory ends at step %d (set "
-                    "time.n_steps = %d for the next save)", case.time.n_steps, case.time.save_every, last,
-                    last + case.time.save_every)
+    warn_unsaved_steps(case)
     solver = build_solver(case.system, case.time, device=device, dtype=dtype)
-    members = range(case.initial_condition.members)
-    u = draw_initial_conditions(case.initial_condition, solver, members)
     time = case.time
-    # drawn states have no clock: time 0 is the first saved state, after the spin-up. A file's states
-    # keep their member labels and clock, which runs on through the spin-up.
-    member_ids, t0, start = None, 0.0, 0.0
-    if case.initial_condition.distribution == "file":
-        member_ids, t0 = file_members_and_start(case.initial_condition.file, len(members))
-        start = t0 + time.spinup_steps * time.dt
     started = wallclock.perf_counter()
     extra: dict[str, object] = {}
     with torch.no_grad():
-        for step in progress_bar(range(time.spinup_steps), description="spin-up", enabled=progress, unit="step"):
-            u = solver.step(t0 + step * time.dt, u)
+        u, member_ids, start = spun_up_states(case, solver, progress=progress)
         if time.integrator in ADAPTIVE_INTEGRATORS:
             times = [start + i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
             trajectory, nfe = solver.solve_adaptive(u, times, method=time.integrator, rtol=time.rtol, atol=time.atol)
@@ -91,7 +78,7 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
             extra["nfe"] = nfe
         else:
             times = solver.times(time.n_steps, save_every=time.save_every, t0=start)
-            trajectory = np.empty((len(members), len(times), *solver.state_shape))
+            trajectory = np.empty((len(u), len(times), *solver.state_shape))
             steps = solver.trajectory(u, time.n_steps, save_every=time.save_every, t0=start)
             # (without a terminal, e.g. a batch job's log, a line every PROGRESS_LOG_SECONDS)
             bar = progress_bar(total=len(times), description="simulate", enabled=progress, unit="save",
@@ -100,26 +87,67 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
                 trajectory[:, index] = state.cpu().numpy()
                 bar.update(1)
             bar.close()
-    finite = np.isfinite(trajectory.reshape(len(members), len(times), -1)).all(axis=2)
+    members = len(trajectory)
+    finite = np.isfinite(trajectory.reshape(members, len(times), -1)).all(axis=2)
     blew_up = ~finite.all(axis=1)
     status = np.where(blew_up, STATUS_FLAGS["blew_up"], STATUS_FLAGS["ok"]).astype(np.int8)
-    blowup_time = np.full(len(members), np.nan)
+    blowup_time = np.full(members, np.nan)
     for member in np.flatnonzero(blew_up):
         first = int(np.argmin(finite[member]))
         blowup_time[member] = times[first]
         trajectory[member, first:] = np.nan
-    if blew_up.any():  # the true system itself: the step, not the physics, is the likely cause
-        log.warning("%d of %d reference members blew up (the true system's own solver: lower time.dt, or check the "
-                    "initial conditions)", int(blew_up.sum()), len(members))
+    warn_blowups(int(blew_up.sum()), members)
     seconds = wallclock.perf_counter() - started
-    log.info("simulated %d members x %d steps%s in %.2f s", len(members), time.n_steps,
-             f" (after {time.spinup_steps} spin-up steps)" if time.spinup_steps else "", seconds)
+    log_simulated(case, members, seconds)
     state_dim, coords = state_coordinates(solver)
     return trajectory_dataset(
         trajectory, times, state_dim=state_dim, state_coords=coords, members=member_ids, status=status,
-        blowup_time=blowup_time,
-        title=f"{case.case.name}: reference trajectories of {case.system.name}", solver=repr(solver),
-        case_toml=case.to_toml(),
-        extra_attrs={"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),
-                     "dt": time.dt, "save_every": time.save_every, "wall_seconds": seconds,
-                     "platform": platform_description(device), **extra})
+        blowup_time=blowup_time, title=simulation_title(case), solver=repr(solver), case_toml=case.to_toml(),
+        extra_attrs={**simulation_attrs(case, solver), "wall_seconds": seconds, **extra})
+
+
+def warn_unsaved_steps(case: CaseConfig) -> None:
+    time = case.time
+    if time.n_steps % time.save_every:
+        last = time.n_steps - time.n_steps % time.save_every
+        log.warning("time.n_steps = %d is not a multiple of time.save_every = %d: the trajectory ends at step %d (set "
+                    "time.n_steps = %d for the next save)", time.n_steps, time.save_every, last,
+                    last + time.save_every)
+
+
+def spun_up_states(case: CaseConfig, solver, *, progress: bool | None) -> tuple[torch.Tensor, np.ndarray | None, float]:
+    """``(u (members, *state), member labels or None, start time)``: the members' initial states after
+    the spin-up, which is run and dropped. Drawn states have no clock: time 0 is the first saved state,
+    after the spin-up. A file's states keep their member labels and clock, which runs on through the
+    spin-up. Call without gradients."""
+    time = case.time
+    u = draw_initial_conditions(case.initial_condition, solver, range(case.initial_condition.members))
+    member_ids, t0, start = None, 0.0, 0.0
+    if case.initial_condition.distribution == "file":
+        member_ids, t0 = file_members_and_start(case.initial_condition.file, len(u))
+        start = t0 + time.spinup_steps * time.dt
+    for step in progress_bar(range(time.spinup_steps), description="spin-up", enabled=progress, unit="step"):
+        u = solver.step(t0 + step * time.dt, u)
+    return u, member_ids, start
+
+
+def warn_blowups(blew_up: int, members: int) -> None:
+    if blew_up:  # the true system itself: the step, not the physics, is the likely cause
+        log.warning("%d of %d reference members blew up (the true system's own solver: lower time.dt, or check the "
+                    "initial conditions)", blew_up, members)
+
+
+def log_simulated(case: CaseConfig, members: int, seconds: float) -> None:
+    time = case.time
+    log.info("simulated %d members x %d steps%s in %.2f s", members, time.n_steps,
+             f" (after {time.spinup_steps} spin-up steps)" if time.spinup_steps else "", seconds)
+
+
+def simulation_title(case: CaseConfig) -> str:
+    return f"{case.case.name}: reference trajectories of {case.system.name}"
+
+
+def simulation_attrs(case: CaseConfig, solver) -> dict[str, object]:
+    """The global attributes of a truth file besides the schema's (docs/netcdf.md)."""
+    return {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS), "dt": case.time.dt,
+            "save_every": case.time.save_every, "platform": platform_description(solver.device)}

@@ -93,12 +93,12 @@ def test_bad_config_exits_2_and_leaves_no_file(tmp_path, override, capsys):
 
 
 def test_an_output_path_that_cannot_be_written_exits_2_before_simulating(tmp_path, capsys, monkeypatch):
-    import hybridnde.pipeline.stages as stages  # (imported first: it binds simulate_case when imported)
     import hybridnde.simulate
+    import hybridnde.simulation_job
 
     never = lambda *a, **k: pytest.fail("simulated before checking --out")  # noqa: E731
     monkeypatch.setattr(hybridnde.simulate, "simulate_case", never)
-    monkeypatch.setattr(stages, "simulate_case", never)
+    monkeypatch.setattr(hybridnde.simulation_job, "run_simulation", never)
     case = write_case(tmp_path)
     (tmp_path / "folder.nc").mkdir()
     for out, message in [(tmp_path / "folder.nc", "is a folder; give a file name"),

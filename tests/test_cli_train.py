@@ -184,7 +184,9 @@ def test_the_verbs_work_on_the_threads_asked_for_one_by_default_and_restore_them
             return original(*args, **kwargs)
         monkeypatch.setattr(module, name, spy)
 
-    for module, name in ((hybridnde.training, "train_case"), (hybridnde.simulate, "simulate_case"),
+    import hybridnde.simulation_job
+
+    for module, name in ((hybridnde.training, "train_case"), (hybridnde.simulation_job, "run_simulation"),
                          (hybridnde.evaluate, "evaluate_files")):
         spying(module, name)
     case, truth = files["two_body"]
@@ -194,7 +196,7 @@ def test_the_verbs_work_on_the_threads_asked_for_one_by_default_and_restore_them
         assert main(["train", str(case), "--data", str(truth), "--out", str(tmp_path / "closure.pt"), *extra]) == 0
         assert main(["simulate", str(case), "--out", str(tmp_path / "truth.nc"), *extra]) == 0
         assert main(["evaluate", str(tmp_path / "truth.nc"), "--reference", str(truth), *extra]) == 0
-        assert seen == [("train_case", expected), ("simulate_case", expected), ("evaluate_files", expected)]
+        assert seen == [("train_case", expected), ("run_simulation", expected), ("evaluate_files", expected)]
         assert torch.get_num_threads() == 2  # given back
 
 

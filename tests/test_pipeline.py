@@ -433,23 +433,54 @@ def test_a_rerun_stopped_while_remaking_a_stage_leaves_no_summary_of_the_earlier
 
 
 def test_a_stage_without_checkpoints_is_not_said_to_resume(tmp_path, monkeypatch, capsys):
-    """A simulation stopped by Ctrl-C starts again: the rerun said "(resuming)" and did not."""
-    import hybridnde.pipeline.stages as stages
+    """A simulation stopped by Ctrl-C before its first checkpoint starts again: the rerun said
+    "(resuming)" and did not."""
+    import hybridnde.simulation_job as simulation_job
 
-    real = stages.simulate_case
+    real = simulation_job.run_simulation
 
-    def interrupted(case, *, progress=None):
+    def interrupted(case, out, **kwargs):
         raise KeyboardInterrupt
 
     case = write_case(tmp_path)
     out = tmp_path / "stopped"
-    monkeypatch.setattr(stages, "simulate_case", interrupted)
+    monkeypatch.setattr(simulation_job, "run_simulation", interrupted)
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 130
-    monkeypatch.setattr(stages, "simulate_case", real)
+    monkeypatch.setattr(simulation_job, "run_simulation", real)
     capsys.readouterr()
     assert run(case, out, "--quick", "--set", "rollout.steps=4") == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "simulate -> " in line]
     assert lines and not any("(resuming)" in line for line in lines)
+
+
+def test_a_simulation_stopped_after_a_checkpoint_is_resumed_by_run(tmp_path, monkeypatch, capsys):
+    """The truth streams with checkpoints (simulation_job): a stopped run continues it, and the truth is
+    the one `hybridnde simulate` makes uninterrupted."""
+    import hybridnde.simulation_job as simulation_job
+    from hybridnde.netcdf_stream import has_restart_files
+    from hybridnde.rollout import BatchRunner
+
+    case, out = write_case(tmp_path), tmp_path / "stopped"
+    sets = ["--quick", "--set", "rollout.steps=4", "--set", "output.time_chunk=2"]
+    monkeypatch.setattr(simulation_job, "CHECKPOINT_SECONDS", 0.0)
+    real, calls = BatchRunner.advance, []
+
+    def advance(self, state):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, state)
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchRunner, "advance", advance)
+        assert run(case, out, *sets) == 130
+    assert has_restart_files(out / "truth.nc") and not (out / "truth.nc").exists()
+    capsys.readouterr()
+    assert run(case, out, *sets) == 0
+    assert any("simulate -> " in line and "(resuming)" in line for line in capsys.readouterr().err.splitlines())
+    assert main(["simulate", str(case), "--quick", "--out", str(tmp_path / "whole.nc")]) == 0
+    with xr.open_dataset(out / "truth.nc") as resumed, xr.open_dataset(tmp_path / "whole.nc") as whole:
+        np.testing.assert_array_equal(resumed.u.values, whole.u.values)
+        assert resumed.attrs["resumed_runs"] == 1
 
 
 BASELINE_CHECKPOINTS = ["--quick", "--set", "rollout.steps=24", "--set", "rollout.checkpoint_every=4", "--set",
@@ -870,12 +901,12 @@ def test_every_shipped_case_passes_runs_checks(path, quick, tmp_path):
 
 
 def test_a_failure_at_run_time_exits_1_and_leaves_no_output(tmp_path, monkeypatch):
-    import hybridnde.pipeline.stages as stages
+    import hybridnde.simulation_job as simulation_job
 
-    def broken(case, *, progress=None):
+    def broken(case, out, **kwargs):
         raise RuntimeError("solver failure")
 
-    monkeypatch.setattr(stages, "simulate_case", broken)
+    monkeypatch.setattr(simulation_job, "run_simulation", broken)
     out = tmp_path / "failed"
     assert run(write_case(tmp_path), out, "--quick") == 1
     assert not (out / "truth.nc").exists()
@@ -1221,16 +1252,16 @@ def test_a_file_changed_in_place_within_a_run_is_hashed_again(tmp_path):
 def test_a_stage_failing_without_a_checkpoint_is_not_made_again(tmp_path, monkeypatch, capsys):
     """Only a resume is retried afresh: a stage that fails from the start fails once, not twice with
     'not resuming' said of a stage that never resumed."""
-    import hybridnde.pipeline.stages as stages
+    import hybridnde.simulation_job as simulation_job
     from hybridnde.io import DataError
 
     calls = []
 
-    def failing(case, *, progress=None):
+    def failing(case, out, **kwargs):
         calls.append(1)
         raise DataError("the truth cannot be made")
 
-    monkeypatch.setattr(stages, "simulate_case", failing)
+    monkeypatch.setattr(simulation_job, "run_simulation", failing)
     assert run(write_case(tmp_path), tmp_path / "run", "--quick", "--set", "rollout.steps=4") != 0
     err = capsys.readouterr().err
     assert calls == [1] and "not resuming" not in err and "the truth cannot be made" in err

@@ -41,7 +41,7 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
         try:
             resolve_device(case.compute.device)  # a missing GPU is said before the first stage, not after it
             check_thread_count(case.rollout.threads, "rollout.threads")
-            check_fits_in_memory(case)  # the truth and the reference are simulated in memory
+            check_fits_in_memory(case)  # (streamed, but training holds the truth; evaluation the reference)
             if case.rollout.initial_conditions == "draw":  # (a file given: no reference is simulated)
                 check_fits_in_memory(stages.reference_case(case), what="the held-out reference (rollout.members x "
                                      "rollout.steps / hybrid.substeps samples)", fix="lower rollout.members or "

@@ -192,14 +192,16 @@ class _Run:
                      "trajectory's own start, so the reference and the rollouts use 1 member, not rollout.members "
                      "= %d (an extrapolation test, nothing held out)", label, case.rollout.members)
 
-        result.stages.append(self.stage(  # (a simulation has no checkpoints: it starts again)
-            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=shown["simulate"], can_resume=False,
-            run=lambda resume: stages.simulate(case, truth, progress=self.progress)))
+        result.stages.append(self.stage(
+            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=shown["simulate"],
+            can_resume=has_restart_files(truth),
+            run=lambda resume: stages.simulate(case, truth, progress=self.progress, resume=resume)))
         if not given_reference:
             result.stages.append(self.stage(
                 "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=shown["reference"],
-                can_resume=False,
-                run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress)))
+                can_resume=has_restart_files(reference),
+                run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress,
+                                                   resume=resume)))
         found, payload = stages.closure_identity(closure)
         if found != expected["train"] and trained_for(case, found, (payload or {}).get("case_toml")):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure

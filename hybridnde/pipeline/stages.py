@@ -2,8 +2,8 @@
 
 | stage     | output          | made by                                   | up to date when its metadata records     |
 |-----------|-----------------|-------------------------------------------|------------------------------------------|
-| simulate  | truth.nc        | ``simulate_case`` (training data)         | ``case.checksum(SIMULATION_SECTIONS)``   |
-| reference | reference.nc    | ``simulate_case`` of ``reference_case``   | the reference case's simulation checksum |
+| simulate  | truth.nc        | ``simulate_to_file`` (training data)      | ``case.checksum(SIMULATION_SECTIONS)``   |
+| reference | reference.nc    | the same, of ``reference_case``           | the reference case's simulation checksum |
 | train     | closure.pt      | ``train_case`` on truth.nc                | ``training_checksum(case)``              |
 | rollout   | rollout.nc      | ``run_rollout`` from reference.nc's start | ``rollout_checksum`` + closure checksum  |
 | baseline  | baseline.nc     | ``run_rollout`` of the bare host solver   | ``rollout_checksum`` + ``"none"``        |
@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CaseConfig
-from ..io import write_netcdf
 from ..rollout_resume import ROLLOUT_SECTIONS, rollout_checksum
-from ..simulate import SIMULATION_SECTIONS, simulate_case
+from ..simulate import SIMULATION_SECTIONS
 from ..training import TRAINING_SECTIONS, training_checksum
 
 __all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "reference_members", "repeats_training_start", "has_baseline", "netcdf_identity", "recorded_input",
@@ -103,9 +102,10 @@ def has_baseline(case: CaseConfig) -> bool:
     return case.hybrid.setup != "neural_ode"
 
 
-def simulate(case: CaseConfig, out: Path, *, progress: bool | None) -> None:
-    dataset = simulate_case(case, progress=progress)
-    write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
+def simulate(case: CaseConfig, out: Path, *, progress: bool | None, resume: bool = False) -> None:
+    from ..simulation_job import simulate_to_file
+
+    simulate_to_file(case, out, resume=resume, progress=progress, resume_hint=False)
 
 
 def _attributes(path: Path) -> dict[str, Any] | None:

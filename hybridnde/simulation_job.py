@@ -1,0 +1,250 @@
+"""``hybridnde simulate`` streamed to its file, with checkpoints (fixed-step integrators).
+
+The members are stepped as one batch, as ``simulate.simulate_case`` steps them, but through the
+rollout engine (``rollout.BatchRunner``): one output chunk of ``output.time_chunk`` saves at a
+time, each written to ``.NAME.partial`` as it comes (``netcdf_stream``), so memory does not grow
+with the trajectory. At most every ``checkpoint_seconds`` of wall time (between chunks) the partial
+file is flushed and ``.NAME.checkpoint`` records the batch's state; ``--resume`` continues from it
+bit for bit, without redoing the spin-up. A finished file is renamed into place, as a rollout's.
+
+Adaptive integrators solve all save times in one call and have no state between saves to keep:
+they run in memory (``simulate_case``) and start again.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time as wallclock
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import CaseConfig
+from .config.physics import ADAPTIVE_INTEGRATORS
+from .io import ResumeRefused, history_line
+from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, partial_path, read_checkpoint,
+                            read_partial_attribute, remove_restart_files)
+from .output_lock import output_lock
+from .progress import PROGRESS_LOG_SECONDS, progress_bar
+from .rollout import BatchRunner, BatchState, SaveSchedule
+from .rollout_output import member_status
+from .rollout_resume import device_name, threads_changed, written_elsewhere
+from .simulate import (SIMULATION_SECTIONS, log_simulated, simulation_attrs, simulation_title, spun_up_states,
+                       warn_blowups, warn_unsaved_steps)
+from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
+
+__all__ = ["simulate_to_file", "run_simulation", "streams", "CHECKPOINT_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+#: wall time between checkpoints: a checkpoint costs a flush and one state, not worth taking per chunk
+CHECKPOINT_SECONDS = 60.0
+
+#: what a stopped simulation's partial file says of itself
+INCOMPLETE = ("simulation in progress or interrupted: u holds the saves written so far "
+              "(`hybridnde simulate ... --resume` continues it)")
+
+#: said when a simulation stops with a checkpoint kept
+RESUME_HINT = "simulation stopped; `hybridnde simulate ... --resume` continues from the last checkpoint"
+
+def streams(case: CaseConfig) -> bool:
+    """Whether ``run_simulation`` streams this case (fixed-step integrators) or it runs in memory."""
+    return case.time.integrator not in ADAPTIVE_INTEGRATORS
+
+
+def _identity(case: CaseConfig, device: torch.device, threads_setting: int) -> dict[str, Any]:
+    """What a checkpoint records and the run resuming it must share: the case's simulation sections, the
+    initial-conditions file's data, and on CPUs the thread count (``rollout_resume``: why)."""
+    from .checksums import data_checksum
+
+    ic = case.initial_condition
+    identity = {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),
+                "device_type": device.type, "device_name": device_name(device),
+                # a file's members: its data, not only its name, decide the states
+                "initial_conditions": data_checksum(ic.file) if ic.distribution == "file" else "draw"}
+    if device.type == "cpu":
+        identity.update(threads=torch.get_num_threads(), threads_setting=threads_setting)
+    return identity
+
+
+def _checked_checkpoint(case: CaseConfig, out: Path, identity: dict[str, Any]) -> dict | None:
+    """The checkpoint of ``out`` to resume, ``None`` (none there), or ``ResumeRefused`` naming what changed."""
+    checkpoint = read_checkpoint(out)
+    if checkpoint is None:
+        return None
+    fix = "rerun with the same case and --set values, or without --resume"
+    if checkpoint.get("stage") != "simulate":
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it is a rollout's checkpoint, not a "
+                            "simulation's", "choose another --out, or rerun without --resume")
+    if checkpoint["config_checksum"] != identity["config_checksum"]:
+        changed = case.changed_keys(read_partial_attribute(out, "case_toml"), SIMULATION_SECTIONS)
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: the case differs"
+                            + (f" in {', '.join(changed)}" if changed else ""), fix)
+    if checkpoint["initial_conditions"] != identity["initial_conditions"]:
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: initial_condition.file, "
+                            f"{case.initial_condition.file}, has changed since", fix)
+    threads = threads_changed(checkpoint, identity, fix=f"--threads {checkpoint.get('threads')}")
+    if threads:
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {threads}", fix)
+    if checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
+        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
+                            f"{partial_path(out)} (another run wrote into the same output)", "start afresh without --resume")
+    if written_elsewhere(checkpoint, identity):
+        log.warning("resuming on %s a simulation written on %s: it goes on from where it was, but the file differs "
+                    "in its last bits from an uninterrupted run on either", identity["device_name"],
+                    checkpoint["device_name"])
+    return checkpoint
+
+
+def finished_simulation(out: Path, case: CaseConfig) -> bool:
+    """Whether ``out`` is this case's finished truth file (``--resume`` then has nothing to do)."""
+    import netCDF4
+
+    if not out.is_file():
+        return False
+    try:
+        with netCDF4.Dataset(out) as dataset:
+            attrs = {name: dataset.getncattr(name) for name in ("stage", "config_checksum") if name in dataset.ncattrs()}
+    except OSError:
+        return False
+    return attrs == {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS)}
+
+
+def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False, progress: bool | None = None,
+                     threads_setting: int = 1, resume_hint: bool = True) -> Path:
+    """``hybridnde simulate``: ``run_simulation`` for fixed-step integrators; adaptive ones are solved in
+    memory (``simulate_case``) and written through a temporary file, ``--resume`` only skipping a
+    finished file."""
+    from .io import write_netcdf
+    from .simulate import simulate_case
+
+    out = Path(out)
+    if streams(case):
+        run_simulation(case, out, resume=resume, progress=progress, threads_setting=threads_setting,
+                       resume_hint=resume_hint)
+    else:
+        if resume and finished_simulation(out, case):
+            log.warning("--resume: %s is this case's simulation, finished; nothing to resume", out)
+            return out
+        if resume:
+            log.warning("--resume: time.integrator = %r solves all save times in one call and keeps no "
+                        "checkpoints: the simulation starts again", case.time.integrator)
+        dataset = simulate_case(case, progress=progress)
+        write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
+        log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
+    return out
+
+
+def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, progress: bool | None = None,
+                   threads_setting: int = 1, checkpoint_seconds: float | None = None,
+                   resume_hint: bool = True) -> Path:
+    """Simulate the case's true system into ``out`` (a ``.nc`` file), streamed and checkpointed.
+
+    ``resume``: continue from the checkpoint beside ``out`` (refused, ``ResumeRefused``, when the case,
+    member count, initial-conditions data or thread count differ), or do nothing when ``out`` is
+    already this case's finished file. ``checkpoint_seconds``: wall time between checkpoints (default
+    ``CHECKPOINT_SECONDS``). ``threads_setting``: the ``--threads`` the caller set (0: torch's
+    default, whose count may then differ on resume). ``resume_hint``: name ``--resume`` when a stopped
+    run keeps its checkpoint (``False``: the caller says how it continues). The file is the one
+    ``simulate_case`` + ``io.write_netcdf`` would write, ``u`` in float64 whatever ``compute.dtype``.
+    """
+    out = Path(out)
+    if not streams(case):
+        raise ValueError(f"time.integrator = {case.time.integrator!r} runs in memory (simulate_case)")
+    with output_lock(out):
+        if resume and not checkpoint_path(out).is_file() and finished_simulation(out, case):
+            log.warning("--resume: %s is this case's simulation, finished; nothing to resume (without --resume it is "
+                        "made again)", out)
+            return out
+        device = resolve_device(case.compute.device)
+        solver = build_solver(case.system, case.time, device=device, dtype=resolve_dtype(case.compute.dtype))
+        schedule = SaveSchedule(steps=case.time.n_steps, save_every=case.time.save_every,
+                                time_chunk=case.output.time_chunk, dt=solver.dt)
+        identity = _identity(case, device, threads_setting)
+        checkpoint = _checked_checkpoint(case, out, identity) if resume else None
+        if checkpoint is None and checkpoint_path(out).exists():
+            log.warning("starting afresh: the checkpoint of an earlier interrupted simulation to %s is discarded%s",
+                        out, " (`hybridnde simulate ... --resume` continues one)" if resume_hint else "")
+        if checkpoint is None:
+            remove_restart_files(out)
+        warn_unsaved_steps(case)
+        return _simulate(case, out, solver, schedule, identity, checkpoint, progress,
+                         CHECKPOINT_SECONDS if checkpoint_seconds is None else checkpoint_seconds, resume_hint)
+
+
+def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, identity: dict, checkpoint: dict | None,
+              progress: bool | None, checkpoint_seconds: float, resume_hint: bool) -> Path:
+    started = wallclock.perf_counter()
+    with torch.inference_mode():
+        if checkpoint is None:
+            u, member_ids, start = spun_up_states(case, solver, progress=progress)
+            member_ids = np.arange(len(u)) if member_ids is None else member_ids
+            run_id, earlier_seconds, resumes = uuid.uuid4().hex, 0.0, 0
+        else:
+            member_ids, run_id, start = checkpoint["member_ids"].numpy(), checkpoint["run_id"], float(checkpoint["t0"])
+            earlier_seconds, resumes = float(checkpoint["elapsed_seconds"]), int(checkpoint["resumes"]) + 1
+    schedule = replace(schedule, t0=start)
+    # a truth member is marked only when it turns non-finite: the largest finite value of its dtype is
+    # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass)
+    runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max, capacity=len(member_ids))
+    if checkpoint is None:
+        state = runner.start(0, u)
+    else:
+        state = BatchState.from_host(checkpoint["batch"], solver,
+                                     written_elsewhere=written_elsewhere(checkpoint, identity))
+        log.info("resuming %s from its checkpoint: %d of %d saves done", out,
+                 min(state.next_chunk * schedule.time_chunk, schedule.n_saves), schedule.n_saves)
+    state_dim, coords = state_coordinates(solver)
+    writer = TrajectoryStreamWriter(
+        out, members=member_ids, times=schedule.times(), state_dim=state_dim, state_coords=coords,
+        state_shape=solver.state_shape, dtype=np.dtype(np.float64), title=simulation_title(case), solver=repr(solver),
+        closure_checksum="none", case_toml=case.to_toml(), extra_attrs={**simulation_attrs(case, solver), "run_id": run_id},
+        compression_level=case.output.compression_level, time_chunk=case.output.time_chunk,
+        resume=checkpoint is not None, incomplete=INCOMPLETE)
+    try:
+        _stream(writer, runner, state, schedule, progress, checkpoint_seconds, {
+            **identity, "run_id": run_id, "t0": schedule.t0, "member_ids": torch.tensor(np.asarray(member_ids)),
+            "resumes": resumes}, earlier_seconds - started)
+    except BaseException:
+        writer.close()
+        if checkpoint_path(out).exists():
+            if resume_hint:
+                log.error(RESUME_HINT)
+        else:
+            writer.discard()
+        raise
+    seconds = earlier_seconds + wallclock.perf_counter() - started
+    status, blowup_time = member_status(state.first_bad_save, schedule)
+    writer.commit(status, blowup_time, {"wall_seconds": seconds, **({"resumed_runs": resumes} if resumes else {})},
+                  history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
+    remove_restart_files(out)
+    warn_blowups(int((state.first_bad_save >= 0).sum()), state.size)
+    log_simulated(case, state.size, seconds)
+    log.info("wrote %s (%d members, %d times)", out, state.size, schedule.n_saves)
+    return out
+
+
+def _stream(writer: TrajectoryStreamWriter, runner: BatchRunner, state: BatchState, schedule: SaveSchedule,
+            progress: bool | None, checkpoint_seconds: float, record: dict[str, Any], clock_offset: float) -> None:
+    """Step ``state`` chunk by chunk into ``writer``, checkpointing at most every ``checkpoint_seconds``;
+    ``clock_offset + perf_counter()`` is the simulation's wall time so far."""
+    done = min(state.next_chunk * schedule.time_chunk, schedule.n_saves)
+    bar = progress_bar(total=schedule.n_saves, description="simulate", enabled=progress, unit="save",
+                       log_every=PROGRESS_LOG_SECONDS, initial=done)
+    last_checkpoint = wallclock.perf_counter()
+    with contextlib.closing(bar):
+        while not runner.finished(state):
+            with torch.inference_mode():
+                chunk = runner.advance(state)
+            writer.write(0, chunk.save_start, chunk.values.astype(np.float64, copy=False))
+            bar.update(chunk.values.shape[1])
+            if not chunk.last and wallclock.perf_counter() - last_checkpoint >= checkpoint_seconds:
+                writer.checkpoint(*member_status(state.first_bad_save, schedule), {
+                    **record, "batch": state.to_host(),
+                    "elapsed_seconds": clock_offset + wallclock.perf_counter()})
+                last_checkpoint = wallclock.perf_counter()
+        writer.flush()  # the run ends when its data are on disk

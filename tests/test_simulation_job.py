@@ -1,0 +1,204 @@
+"""`hybridnde simulate` streamed with checkpoints: the file is the in-memory simulation's, bit for bit,
+and a stopped simulation resumed from its checkpoint ends with the uninterrupted run's file."""
+import errno
+import os
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from hybridnde import simulation_job
+from hybridnde.cli import main
+from hybridnde.config import load_case
+from hybridnde.io import ResumeRefused, write_netcdf
+from hybridnde.netcdf_stream import checkpoint_path, has_restart_files, partial_path
+from hybridnde.rollout import BatchRunner
+from hybridnde.simulate import simulate_case
+from hybridnde.simulation_job import run_simulation
+
+CASES = os.path.join(os.path.dirname(__file__), "..", "cases")
+
+#: small, several output chunks, a spin-up (KS) or a file's clock (below)
+SMALL = {"ks_l22": ["time.n_steps=30", "time.spinup_steps=8", "initial_condition.members=3", "output.time_chunk=4"],
+         "ks_fd": ["time.n_steps=24", "time.save_every=2", "initial_condition.members=2", "output.time_chunk=5"],
+         "lorenz63": ["time.n_steps=90", "time.save_every=10", "initial_condition.members=3", "output.time_chunk=2"]}
+
+
+def small_case(name: str, *extra: str):
+    return load_case(os.path.join(CASES, f"{name}.toml"), overrides=[*SMALL[name], *extra])
+
+
+def in_memory_file(case, path):
+    write_netcdf(simulate_case(case, progress=False), path, compression_level=case.output.compression_level,
+                 time_chunk=case.output.time_chunk)
+    return path
+
+
+#: attributes that differ between two runs of the same simulation
+PER_RUN = {"history", "wall_seconds", "run_id", "resumed_runs"}
+
+
+def plain(attrs):
+    return {key: np.asarray(value).tolist() for key, value in attrs.items()}
+
+
+def assert_same_file(first, second):
+    with xr.open_dataset(first) as a, xr.open_dataset(second) as b:
+        for name in ("u", "status", "blowup_time", "time", "member"):
+            np.testing.assert_array_equal(a[name].values, b[name].values)
+            assert a[name].dtype == b[name].dtype and plain(a[name].attrs) == plain(b[name].attrs)
+        assert a.u.encoding["chunksizes"] == b.u.encoding["chunksizes"]
+        shared = set(a.attrs) - PER_RUN
+        assert shared <= set(b.attrs) and {key: str(a.attrs[key]) for key in shared} == \
+            {key: str(b.attrs[key]) for key in shared}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_the_streamed_file_is_the_in_memory_simulations(tmp_path, name):
+    case = small_case(name)
+    run_simulation(case, tmp_path / "streamed.nc", progress=False, checkpoint_seconds=0.0)
+    assert_same_file(in_memory_file(case, tmp_path / "memory.nc"), tmp_path / "streamed.nc")
+    assert not has_restart_files(tmp_path / "streamed.nc") and not partial_path(tmp_path / "streamed.nc").exists()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # (a float64 bound overflowed against float32 states)
+def test_float32_states_are_written_as_float64_and_a_blowup_is_marked_as_in_memory(tmp_path):
+    """u is float64 in every truth file (docs/netcdf.md); RK4 far past its stability limit blows up,
+    and the member is NaN from its first non-finite save, with its time, as in memory."""
+    case = small_case("lorenz63", "compute.dtype=\"float32\"", "time.dt=0.4")
+    run_simulation(case, tmp_path / "streamed.nc", progress=False)
+    with xr.open_dataset(tmp_path / "streamed.nc") as streamed:
+        assert streamed.u.dtype == np.float64 and (streamed.status.values == 1).all()
+        assert np.isfinite(streamed.blowup_time.values).all()
+    assert_same_file(in_memory_file(case, tmp_path / "memory.nc"), tmp_path / "streamed.nc")
+
+
+def stop_after(monkeypatch, chunks: int):
+    """Ctrl-C in the ``chunks + 1``-th chunk's stepping."""
+    real, calls = BatchRunner.advance, []
+
+    def advance(self, state):
+        calls.append(1)
+        if len(calls) > chunks:
+            raise KeyboardInterrupt
+        return real(self, state)
+    monkeypatch.setattr(BatchRunner, "advance", advance)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["ks_l22", "lorenz63"])
+def test_a_stopped_simulation_resumes_to_the_uninterrupted_file_without_its_spin_up(tmp_path, monkeypatch, name):
+    case = small_case(name)
+    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
+    out = tmp_path / "truth.nc"
+    stop_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    assert has_restart_files(out) and not out.exists()
+    with xr.open_dataset(partial_path(out)) as partial:
+        assert "simulate ... --resume" in partial.attrs["incomplete"]
+    monkeypatch.undo()
+    spun_up = []
+    real_spin_up = simulation_job.spun_up_states
+    monkeypatch.setattr(simulation_job, "spun_up_states", lambda *a, **k: spun_up.append(1) or real_spin_up(*a, **k))
+    run_simulation(case, out, resume=True, progress=False, checkpoint_seconds=0.0)
+    assert spun_up == [] and not has_restart_files(out)
+    assert_same_file(whole, out)
+    with xr.open_dataset(out) as resumed:
+        assert resumed.attrs["resumed_runs"] == 1 and "resumed 1 time(s), finished" in resumed.attrs["history"]
+        assert "incomplete" not in resumed.attrs
+
+
+def test_a_stop_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "truth.nc"
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(small_case("lorenz63"), out, progress=False)  # (a minute between checkpoints)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_resume_of_another_case_or_thread_count_or_a_rollouts_checkpoint_is_refused(tmp_path, monkeypatch):
+    case = small_case("lorenz63")
+    out = tmp_path / "truth.nc"
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    monkeypatch.undo()
+    for other, says in ((small_case("lorenz63", "initial_condition.seed=11"), r"initial_condition.seed \(0 -> 11\)"),
+                        (small_case("lorenz63", "time.n_steps=100"), r"time.n_steps \(90 -> 100\)")):
+        with pytest.raises(ResumeRefused, match=f"cannot resume: the case differs in {says}"):
+            run_simulation(other, out, resume=True, progress=False)
+    torch.set_num_threads(2)  # (the fixture gives back one thread after the test)
+    with pytest.raises(ResumeRefused, match=r"written with 1 torch thread\(s\).*\(--threads 1\)"):
+        run_simulation(case, out, resume=True, progress=False)
+    torch.set_num_threads(1)
+    assert has_restart_files(out)  # a refusal leaves them for the right command
+    # a rollout refuses a simulation's checkpoint, and a simulation a rollout's
+    from hybridnde.rollout_resume import checked_checkpoint
+
+    with pytest.raises(ResumeRefused, match="a simulation's checkpoint, not a rollout's"):
+        checked_checkpoint(case, out, {})
+    payload = torch.load(checkpoint_path(out), weights_only=True)
+    del payload["stage"]
+    torch.save(payload, checkpoint_path(out))
+    with pytest.raises(ResumeRefused, match="a rollout's checkpoint, not a simulation's"):
+        run_simulation(case, out, resume=True, progress=False)
+    # without --resume: afresh, the checkpoint discarded
+    run_simulation(case, out, progress=False)
+    assert not has_restart_files(out) and out.is_file()
+
+
+def test_simulate_resume_on_the_command_line(tmp_path, monkeypatch, capsys):
+    case_file = os.path.join(CASES, "lorenz63.toml")
+    sets = [argument for key in SMALL["lorenz63"] for argument in ("--set", key)]
+    out = tmp_path / "truth.nc"
+    assert main(["simulate", case_file, "--out", str(tmp_path / "whole.nc"), *sets]) == 0
+    monkeypatch.setattr(simulation_job, "CHECKPOINT_SECONDS", 0.0)
+    with monkeypatch.context() as patch:
+        stop_after(patch, 4)
+        assert main(["simulate", case_file, "--out", str(out), *sets]) == 130
+    assert "`hybridnde simulate ... --resume` continues" in capsys.readouterr().err
+    assert main(["simulate", case_file, "--out", str(out), *sets, "--resume"]) == 0
+    assert_same_file(tmp_path / "whole.nc", out)
+    modified = out.stat().st_mtime_ns
+    assert main(["simulate", case_file, "--out", str(out), *sets, "--resume"]) == 0  # finished: nothing to do
+    assert "nothing to resume" in capsys.readouterr().err and out.stat().st_mtime_ns == modified
+
+
+def test_a_streamed_simulation_is_not_held_in_memory(tmp_path, monkeypatch, capsys):
+    """The in-memory simulation is refused when its trajectory exceeds the memory available; streamed,
+    only a chunk is held, and it runs (adaptive integrators still run in memory, and are refused)."""
+    from hybridnde import simulate
+
+    monkeypatch.setattr(simulate, "available_memory", lambda: 100)
+    case = small_case("lorenz63")
+    with pytest.raises(Exception, match="holds its whole trajectory in memory"):
+        simulate_case(case, progress=False)
+    assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(tmp_path / "truth.nc"),
+                 *[argument for key in SMALL["lorenz63"] for argument in ("--set", key)]]) == 0
+    capsys.readouterr()
+    assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(tmp_path / "adaptive.nc"),
+                 "--set", "time.integrator=\"dopri5\"",
+                 *[argument for key in SMALL["lorenz63"] for argument in ("--set", key)]]) == 2
+    assert "holds its whole trajectory in memory" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_streaming_keeps_the_checkpoint_and_says_resume(tmp_path, monkeypatch, capsys):
+    from hybridnde.netcdf_stream import TrajectoryStreamWriter
+
+    real, calls = TrajectoryStreamWriter._store, []
+
+    def store(self, block):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, block)
+    monkeypatch.setattr(TrajectoryStreamWriter, "_store", store)
+    monkeypatch.setattr(simulation_job, "CHECKPOINT_SECONDS", 0.0)
+    out = tmp_path / "truth.nc"
+    assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(out),
+                 *[argument for key in SMALL["lorenz63"] for argument in ("--set", key)]]) == 1
+    error = capsys.readouterr().err
+    assert "no space left on the device" in error and "--resume continues from it" in error
+    assert "Traceback" not in error and has_restart_files(out) and not out.exists()
