@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time as wallclock
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     started = wallclock.perf_counter()
     extra: dict[str, object] = {}
     with torch.no_grad():
-        u, member_ids, start = spun_up_states(case, solver, progress=progress)
+        u, member_ids, t0, start = initial_states(case, solver)
+        u = spin_up(case, solver, u, t0, progress=progress)
         if time.integrator in ADAPTIVE_INTEGRATORS:
             times = [start + i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
             trajectory, nfe = solver.solve_adaptive(u, times, method=time.integrator, rtol=time.rtol, atol=time.atol)
@@ -115,20 +117,32 @@ def warn_unsaved_steps(case: CaseConfig) -> None:
                     last + time.save_every)
 
 
-def spun_up_states(case: CaseConfig, solver, *, progress: bool | None) -> tuple[torch.Tensor, np.ndarray | None, float]:
-    """``(u (members, *state), member labels or None, start time)``: the members' initial states after
-    the spin-up, which is run and dropped. Drawn states have no clock: time 0 is the first saved state,
-    after the spin-up. A file's states keep their member labels and clock, which runs on through the
-    spin-up. Call without gradients."""
+def initial_states(case: CaseConfig, solver) -> tuple[torch.Tensor, np.ndarray | None, float, float]:
+    """``(u (members, *state), member labels or None, t0, start)``: the members' initial states before
+    the spin-up, the time ``t0`` they are at, and ``start``, the time of the first saved state. Drawn
+    states have no clock: time 0 is the first saved state, after the spin-up. A file's states keep their
+    member labels and clock, which runs on through the spin-up."""
     time = case.time
     u = draw_initial_conditions(case.initial_condition, solver, range(case.initial_condition.members))
     member_ids, t0, start = None, 0.0, 0.0
     if case.initial_condition.distribution == "file":
         member_ids, t0 = file_members_and_start(case.initial_condition.file, len(u))
         start = t0 + time.spinup_steps * time.dt
-    for step in progress_bar(range(time.spinup_steps), description="spin-up", enabled=progress, unit="step"):
+    return u, member_ids, t0, start
+
+
+def spin_up(case: CaseConfig, solver, u: torch.Tensor, t0: float, *, progress: bool | None, first: int = 0,
+            between: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """``u`` after the spin-up steps ``first, first + 1, ...`` (run and dropped), from time ``t0`` at step 0;
+    ``between(steps_done, u)`` is called after each step but the last (a checkpoint's chance). Call
+    without gradients."""
+    time = case.time
+    for step in progress_bar(range(first, time.spinup_steps), description="spin-up", enabled=progress, unit="step",
+                             initial=first, total=time.spinup_steps):
         u = solver.step(t0 + step * time.dt, u)
-    return u, member_ids, start
+        if between is not None and step + 1 < time.spinup_steps:
+            between(step + 1, u)
+    return u
 
 
 def warn_blowups(blew_up: int, members: int) -> None:

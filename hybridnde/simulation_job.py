@@ -3,9 +3,10 @@
 The members are stepped as one batch, as ``simulate.simulate_case`` steps them, but through the
 rollout engine (``rollout.BatchRunner``): one output chunk of ``output.time_chunk`` saves at a
 time, each written to ``.NAME.partial`` as it comes (``netcdf_stream``), so memory does not grow
-with the trajectory. At most every ``checkpoint_seconds`` of wall time (between chunks) the partial
-file is flushed and ``.NAME.checkpoint`` records the batch's state; ``--resume`` continues from it
-bit for bit, without redoing the spin-up. A finished file is renamed into place, as a rollout's.
+with the trajectory. At most every ``checkpoint_seconds`` of wall time (between chunks, or between
+spin-up steps) the partial file is flushed and ``.NAME.checkpoint`` records the batch's state (or
+the spin-up's); ``--resume`` continues from it bit for bit. A finished file is renamed into place,
+as a rollout's.
 
 Adaptive integrators solve all save times in one call and have no state between saves to keep:
 they run in memory (``simulate_case``) and start again.
@@ -18,7 +19,7 @@ import time as wallclock
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule
 from .rollout_output import member_status
 from .rollout_resume import device_name, threads_changed, written_elsewhere
-from .simulate import (SIMULATION_SECTIONS, log_simulated, simulation_attrs, simulation_title, spun_up_states,
-                       warn_blowups, warn_unsaved_steps)
+from .simulate import (SIMULATION_SECTIONS, initial_states, log_simulated, simulation_attrs, simulation_title,
+                       spin_up, warn_blowups, warn_unsaved_steps)
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
 __all__ = ["simulate_to_file", "run_simulation", "streams", "CHECKPOINT_SECONDS"]
@@ -176,28 +177,43 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
                          CHECKPOINT_SECONDS if checkpoint_seconds is None else checkpoint_seconds, resume_hint)
 
 
+class _Checkpoints:
+    """A run's checkpoints, at most one every ``seconds`` of wall time: the status so far, flushed to the
+    partial file, then ``record`` plus where to go on from (``netcdf_stream``'s order)."""
+
+    def __init__(self, writer: TrajectoryStreamWriter, schedule: SaveSchedule, seconds: float, record: dict[str, Any],
+                 earlier_seconds: float):
+        self.writer, self.schedule, self.seconds, self.record = writer, schedule, seconds, record
+        self.started = self.last = wallclock.perf_counter()
+        self.earlier_seconds = earlier_seconds
+
+    def elapsed(self) -> float:
+        """The simulation's wall time so far, over every run."""
+        return self.earlier_seconds + wallclock.perf_counter() - self.started
+
+    def __call__(self, first_bad_save: np.ndarray, resume_from: Callable[[], dict[str, Any]]) -> None:
+        if wallclock.perf_counter() - self.last < self.seconds:
+            return
+        self.writer.checkpoint(*member_status(first_bad_save, self.schedule),
+                               {**self.record, **resume_from(), "elapsed_seconds": self.elapsed()})
+        self.last = wallclock.perf_counter()
+
+
 def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, identity: dict, checkpoint: dict | None,
               progress: bool | None, checkpoint_seconds: float, resume_hint: bool) -> Path:
-    started = wallclock.perf_counter()
+    spin = None  # (steps done, states) of a spin-up to go on with
     with torch.inference_mode():
         if checkpoint is None:
-            u, member_ids, start = spun_up_states(case, solver, progress=progress)
+            u, member_ids, t0, start = initial_states(case, solver)
             member_ids = np.arange(len(u)) if member_ids is None else member_ids
-            run_id, earlier_seconds, resumes = uuid.uuid4().hex, 0.0, 0
+            run_id, earlier_seconds, resumes, spin = uuid.uuid4().hex, 0.0, 0, (0, u)
         else:
-            member_ids, run_id, start = checkpoint["member_ids"].numpy(), checkpoint["run_id"], float(checkpoint["t0"])
+            member_ids, run_id = checkpoint["member_ids"].numpy(), checkpoint["run_id"]
+            t0, start = float(checkpoint["spinup_t0"]), float(checkpoint["t0"])
             earlier_seconds, resumes = float(checkpoint["elapsed_seconds"]), int(checkpoint["resumes"]) + 1
+            if "spinup_step" in checkpoint:
+                spin = (int(checkpoint["spinup_step"]), checkpoint["spinup_state"].to(solver.device))
     schedule = replace(schedule, t0=start)
-    # a truth member is marked only when it turns non-finite: the largest finite value of its dtype is
-    # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass)
-    runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max, capacity=len(member_ids))
-    if checkpoint is None:
-        state = runner.start(0, u)
-    else:
-        state = BatchState.from_host(checkpoint["batch"], solver,
-                                     written_elsewhere=written_elsewhere(checkpoint, identity))
-        log.info("resuming %s from its checkpoint: %d of %d saves done", out,
-                 min(state.next_chunk * schedule.time_chunk, schedule.n_saves), schedule.n_saves)
     state_dim, coords = state_coordinates(solver)
     writer = TrajectoryStreamWriter(
         out, members=member_ids, times=schedule.times(), state_dim=state_dim, state_coords=coords,
@@ -205,10 +221,28 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
         closure_checksum="none", case_toml=case.to_toml(), extra_attrs={**simulation_attrs(case, solver), "run_id": run_id},
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk,
         resume=checkpoint is not None, incomplete=INCOMPLETE)
+    checkpoints = _Checkpoints(writer, schedule, checkpoint_seconds, {
+        **identity, "run_id": run_id, "t0": start, "spinup_t0": t0, "member_ids": torch.tensor(np.asarray(member_ids)),
+        "resumes": resumes}, earlier_seconds)
+    # a truth member is marked only when it turns non-finite: the largest finite value of its dtype is
+    # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass)
+    runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max, capacity=len(member_ids))
     try:
-        _stream(writer, runner, state, schedule, progress, checkpoint_seconds, {
-            **identity, "run_id": run_id, "t0": schedule.t0, "member_ids": torch.tensor(np.asarray(member_ids)),
-            "resumes": resumes}, earlier_seconds - started)
+        if spin is not None:
+            if checkpoint is not None:
+                log.info("resuming %s from its checkpoint: %d of %d spin-up steps done", out, spin[0],
+                         case.time.spinup_steps)
+            none_bad = np.full(len(member_ids), -1, dtype=np.int64)
+            with torch.inference_mode():
+                u = spin_up(case, solver, spin[1], t0, progress=progress, first=spin[0], between=lambda done, u: (
+                    checkpoints(none_bad, lambda: {"spinup_step": done, "spinup_state": u.to("cpu", copy=True)})))
+                state = runner.start(0, u)
+        else:
+            state = BatchState.from_host(checkpoint["batch"], solver,
+                                         written_elsewhere=written_elsewhere(checkpoint, identity))
+            log.info("resuming %s from its checkpoint: %d of %d saves done", out,
+                     min(state.next_chunk * schedule.time_chunk, schedule.n_saves), schedule.n_saves)
+        _stream(writer, runner, state, schedule, progress, checkpoints)
     except BaseException:
         writer.close()
         if checkpoint_path(out).exists():
@@ -217,7 +251,7 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
         else:
             writer.discard()
         raise
-    seconds = earlier_seconds + wallclock.perf_counter() - started
+    seconds = checkpoints.elapsed()
     status, blowup_time = member_status(state.first_bad_save, schedule)
     writer.commit(status, blowup_time, {"wall_seconds": seconds, **({"resumed_runs": resumes} if resumes else {})},
                   history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
@@ -229,22 +263,17 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
 
 
 def _stream(writer: TrajectoryStreamWriter, runner: BatchRunner, state: BatchState, schedule: SaveSchedule,
-            progress: bool | None, checkpoint_seconds: float, record: dict[str, Any], clock_offset: float) -> None:
-    """Step ``state`` chunk by chunk into ``writer``, checkpointing at most every ``checkpoint_seconds``;
-    ``clock_offset + perf_counter()`` is the simulation's wall time so far."""
+            progress: bool | None, checkpoints: _Checkpoints) -> None:
+    """Step ``state`` chunk by chunk into ``writer``, with ``checkpoints`` between chunks."""
     done = min(state.next_chunk * schedule.time_chunk, schedule.n_saves)
     bar = progress_bar(total=schedule.n_saves, description="simulate", enabled=progress, unit="save",
                        log_every=PROGRESS_LOG_SECONDS, initial=done)
-    last_checkpoint = wallclock.perf_counter()
     with contextlib.closing(bar):
         while not runner.finished(state):
             with torch.inference_mode():
                 chunk = runner.advance(state)
             writer.write(0, chunk.save_start, chunk.values.astype(np.float64, copy=False))
             bar.update(chunk.values.shape[1])
-            if not chunk.last and wallclock.perf_counter() - last_checkpoint >= checkpoint_seconds:
-                writer.checkpoint(*member_status(state.first_bad_save, schedule), {
-                    **record, "batch": state.to_host(),
-                    "elapsed_seconds": clock_offset + wallclock.perf_counter()})
-                last_checkpoint = wallclock.perf_counter()
+            if not chunk.last:
+                checkpoints(state.first_bad_save, lambda: {"batch": state.to_host()})
         writer.flush()  # the run ends when its data are on disk

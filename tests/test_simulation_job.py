@@ -21,7 +21,7 @@ CASES = os.path.join(os.path.dirname(__file__), "..", "cases")
 
 #: small, several output chunks, a spin-up (KS) or a file's clock (below)
 SMALL = {"ks_l22": ["time.n_steps=30", "time.spinup_steps=8", "initial_condition.members=3", "output.time_chunk=4"],
-         "ks_fd": ["time.n_steps=24", "time.save_every=2", "initial_condition.members=2", "output.time_chunk=5"],
+         "ks_fd": ["time.n_steps=24", "time.save_every=2", "time.spinup_steps=20", "initial_condition.members=2", "output.time_chunk=5"],
          "lorenz63": ["time.n_steps=90", "time.save_every=10", "initial_condition.members=3", "output.time_chunk=2"]}
 
 
@@ -100,14 +100,43 @@ def test_a_stopped_simulation_resumes_to_the_uninterrupted_file_without_its_spin
         assert "simulate ... --resume" in partial.attrs["incomplete"]
     monkeypatch.undo()
     spun_up = []
-    real_spin_up = simulation_job.spun_up_states
-    monkeypatch.setattr(simulation_job, "spun_up_states", lambda *a, **k: spun_up.append(1) or real_spin_up(*a, **k))
+    real_spin_up = simulation_job.spin_up
+    monkeypatch.setattr(simulation_job, "spin_up", lambda *a, **k: spun_up.append(1) or real_spin_up(*a, **k))
     run_simulation(case, out, resume=True, progress=False, checkpoint_seconds=0.0)
     assert spun_up == [] and not has_restart_files(out)
     assert_same_file(whole, out)
     with xr.open_dataset(out) as resumed:
         assert resumed.attrs["resumed_runs"] == 1 and "resumed 1 time(s), finished" in resumed.attrs["history"]
         assert "incomplete" not in resumed.attrs
+
+
+def test_a_simulation_stopped_in_its_spin_up_resumes_from_the_spin_up_step(tmp_path, monkeypatch):
+    """The spin-up can be most of the work (ks_fd: 40000 of 60000 steps): it is checkpointed too."""
+    from hybridnde.systems import build_solver
+
+    case = small_case("ks_l22")  # 8 spin-up steps
+    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
+    solver_class, calls = type(build_solver(case.system, case.time)), []
+    real_step = solver_class.step
+
+    def step(self, t, u, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(self, t, u, *args, **kwargs)
+    out = tmp_path / "truth.nc"
+    with monkeypatch.context() as patch:
+        patch.setattr(solver_class, "step", step)
+        with pytest.raises(KeyboardInterrupt):
+            run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    assert torch.load(checkpoint_path(out), weights_only=True)["spinup_step"] == 5
+    first_steps = []
+    real_spin_up = simulation_job.spin_up
+    monkeypatch.setattr(simulation_job, "spin_up",
+                        lambda *a, first=0, **k: first_steps.append(first) or real_spin_up(*a, first=first, **k))
+    run_simulation(case, out, resume=True, progress=False)
+    assert first_steps == [5]
+    assert_same_file(whole, out)
 
 
 def test_a_stop_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
