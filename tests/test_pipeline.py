@@ -716,18 +716,18 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
 
     assert _over_finite({"statistics_finite_share": 0.9996}, "2.28") == "2.28 (over its 99.9% finite states)"
     assert _over_finite({"statistics_finite_share": 1.0}, "2.28") == "2.28"
-    assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 3]}) == "0.1, modes 1-3"
-    assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 5]}) == "0.1, 3 modes in 1-5"
+    assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 3]}) == "0.100, modes 1-3"
+    assert _spectrum_cell({"distance": 0.1, "compared_modes": [1, 2, 5]}) == "0.100, 3 modes in 1-5"
     assert _spectrum_cell({"distance": None, "compared_modes": []}) == "n/a"
-    assert _spectrum_cell({"distance": 0.1, "compared_modes": [3]}) == "0.1, mode 3"
+    assert _spectrum_cell({"distance": 0.1, "compared_modes": [3]}) == "0.100, mode 3"
     metrics = {"valid_prediction_time": {"median": 8.15}, "members": 4, "stable_members": 4, "horizon": 100.0}
     own = {"energy": {"rollout": {"median": 0.3}, "reference": {"median": 0.05}}}
     assert "drift" not in verdict({**metrics, "invariant_drift": own})
-    assert "energy by 0.3 drift" in verdict({**metrics, "invariant_drift": {"energy": {**own["energy"],
+    assert "energy by 0.300 drift" in verdict({**metrics, "invariant_drift": {"energy": {**own["energy"],
                                                                                       "reference": {"median": 1e-8}}}})
     # above 1 the states are not the system's, whatever its integrator loses
     unphysical = {"energy": {"rollout": {"median": 1.5}, "reference": {"median": 0.2}}}
-    assert "energy by 1.5 drift (median over members of the largest relative drift): its states are not the " \
+    assert "energy by 1.50 drift (median over members of the largest relative drift): its states are not the " \
         "system's" in verdict({**metrics, "invariant_drift": unphysical})
     u = np.zeros((3, 6, 4))
     u[0] = (np.arange(6) * 0.5)[:, None]  # drifts by 2.5 ...
@@ -793,9 +793,9 @@ def test_a_groups_mean_says_what_it_is_over():
     a word, and a single value printed '+- 0'."""
     from hybridnde.pipeline.comparison import _group_cell, _mean_std
 
-    assert _group_cell(_mean_std([1.0, 3.0]), fraction=False, variants=2) == "2 +- 1.41"
+    assert _group_cell(_mean_std([1.0, 3.0]), fraction=False, variants=2) == "2.00 +- 1.41"
     assert _group_cell(_mean_std([1.0, float("inf"), None]), fraction=False, variants=3) == \
-        "1 (over 1 of 3: the others n/a or inf)"
+        "1.00 (over 1 of 3: the others n/a or inf)"
     assert _group_cell(_mean_std([0.5, 1.0, None]), fraction=True, variants=3) == \
         "75% +- 35% (over 2 of 3: the others n/a or inf)"
     assert _group_cell(_mean_std([None]), fraction=False, variants=1) == "n/a"
@@ -1090,7 +1090,7 @@ def test_a_point_start_is_not_scored_as_a_held_out_ensemble():
     assert "not checked against the training data" in unchecked and "held-out" not in unchecked
     # a long valid time beside far-off statistics (Lorenz-63's quick model: VPT 8.15, KL 16 nats) says both
     assert "distributed unlike" not in verdict({**metrics, "kl_divergence": {"value": 0.0097}})
-    assert "distributed unlike the truth's over the horizon (KL divergence 16 nats" in \
+    assert "distributed unlike the truth's over the horizon (KL divergence 16.0 nats" in \
         verdict({**metrics, "kl_divergence": {"value": 16.0}})
 
 
@@ -1107,7 +1107,7 @@ def test_a_median_valid_to_the_horizon_is_said_to_be_a_lower_bound():
     assert "for at least 100 time units (3 of 4 members are valid to the horizon)" in text
     assert "at least 70.4x the bare host solver's 1.42" in text
     half = verdict({**metrics, "reached_horizon_fraction": 0.5, "valid_prediction_time": {"median": 60.0}})
-    assert "for at least 60 time units (2 of 4 members are valid to the horizon)" in half  # a median of 2 values
+    assert "for at least 60.0 time units (2 of 4 members are valid to the horizon)" in half  # a median of 2 values
     both = verdict({**metrics, "baseline": {**metrics["baseline"], "valid_prediction_time": {"median": 100.0},
                                             "reached_horizon_fraction": 1.0}})
     assert "no ratio" in both and "1x" not in both
@@ -1134,12 +1134,12 @@ def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
     assert "7.38 Lyapunov times" in verdict(metrics, held_out=False)
     drifting = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 34.7}},
                                                        "casimir": {"rollout": {"median": 2.0}}}})
-    assert ("; but its energy by 34.7 and casimir by 2 drift (median over members of the largest relative drift): "
+    assert ("; but its energy by 34.7 and casimir by 2.00 drift (median over members of the largest relative drift): "
             "its states are not the system's, and its states are distributed unlike") in drifting
     assert drifting.count("; but ") == 1
     # a drift above 10% is said (two-body quick: energy 0.485 passed without a word), not as unphysical
     mild = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.49}}}})
-    assert "; but its energy by 0.49 drift (median over members of the largest relative drift), and" in mild
+    assert "; but its energy by 0.490 drift (median over members of the largest relative drift), and" in mild
     assert "not the system's" not in mild
     assert "drift" not in verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.09}}}})
     # a field whose spatial mean the truth conserves and the model does not (ks_l22 quick: 0.17 of the rms)

@@ -9,6 +9,8 @@ __all__ = ["number", "spread_keys", "median_spread", "percent", "relative_link"]
 
 
 def number(value: Any, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, trailing zeros kept (2.00, not 2: a measured 2.0
+    read as a round count); integers as they are; ``None`` and non-finite values ``n/a``."""
     if value is None:
         return "n/a"
     if isinstance(value, bool) or isinstance(value, int):
@@ -16,7 +18,7 @@ def number(value: Any, digits: int = 3) -> str:
     value = float(value)
     if not math.isfinite(value):
         return "n/a"
-    return f"{value:.{digits}g}"
+    return f"{value:#.{digits}g}".replace(".e", "e").rstrip(".")
 
 
 def spread_keys(metrics: Mapping[str, Any]) -> tuple[str, str]:
