@@ -93,7 +93,24 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _single_process_under_ranks(command: str) -> bool:
+    """Whether ``command``, which runs in one process, was started on several MPI ranks: each would make
+    the same files, and all but one were then refused by the output lock (or raced for the name). Said
+    once, by rank 0; every rank exits 2. Only ``rollout`` spreads its members over ranks."""
+    from .distributed import launched_by_mpi, world
+
+    if command == "rollout" or not launched_by_mpi() or (comm := world()).size == 1:
+        return False
+    if comm.rank == 0:
+        print(f"hybridnde {command}: error: runs in one process, and mpiexec started {comm.size}: each would make "
+              f"the same files; run it without mpiexec (`hybridnde rollout` spreads its members over ranks)",
+              file=sys.stderr)
+    return True
+
+
 def _run(arguments: argparse.Namespace) -> int:
+    if _single_process_under_ranks(arguments.command):
+        return 2
     try:
         return int(arguments.run(arguments) or 0)
     except (ConfigError, DataError) as error:

@@ -211,6 +211,20 @@ def test_bad_input_on_one_rank_is_exit_2_on_all(cases, tmp_path):
     assert not out.exists() and not partial_path(out).exists()
 
 
+def test_a_single_process_verb_on_several_ranks_is_refused_once_before_any_work(cases, tmp_path):
+    """Each rank ran the whole command into the same files: all but one were refused by the output lock
+    (exit 2, a message per rank about another process) after the first had started."""
+    for verb, out in (("simulate", tmp_path / "truth.nc"), ("run", tmp_path / "run")):
+        result = mpiexec(2, sys.executable, "-m", "hybridnde", verb, str(cases / "two_body.toml"), "--out", str(out),
+                         "--quick", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.count(f"hybridnde {verb}: error: runs in one process, and mpiexec started 2") == 1
+        assert not out.exists()
+    one = mpiexec(1, sys.executable, "-m", "hybridnde", "simulate", str(cases / "two_body.toml"), "--out",
+                  str(tmp_path / "truth.nc"), "--quick", cwd=tmp_path)  # one rank is one process
+    assert one.returncode == 0, one.stderr[-3000:]
+
+
 @pytest.mark.parametrize("differing", ["steps", "closure", "checkpoint_every"])
 def test_ranks_that_read_different_set_ups_stop_with_exit_2_and_no_file(cases, tmp_path, differing):
     """Each rank reads the case, closure and initial conditions itself, and rank 0 alone describes the
