@@ -1,4 +1,4 @@
-"""Streaming a rollout into one CF NetCDF file, chunk by chunk, with restart checkpoints.
+"""Streaming a rollout (or a simulation) into one CF NetCDF file, chunk by chunk, with restart checkpoints.
 
 The file has the schema of ``io.trajectory_dataset`` (docs/netcdf.md): its variable and global
 attributes are taken from a zero-length dataset built by that function, so both writers agree.
@@ -53,6 +53,11 @@ INCOMPLETE = ("rollout in progress or interrupted: u and status are final only f
               "(`hybridnde rollout ... --resume` continues it)")
 
 
+#: how a partial file is most likely damaged, per kind of run (a resume refusing it says so)
+DAMAGE_CAUSE = {"rollout": "e.g. Ctrl-C under mpiexec, whose ranks abort one another",
+                "simulation": "e.g. killed (SIGKILL) while HDF5 wrote to it"}
+
+
 def checkpoint_path(path: str | Path) -> Path:
     """The restart state that goes with ``partial_path(path)``."""
     path = Path(path)
@@ -76,13 +81,14 @@ class TrajectoryStreamWriter:
         dtype: numpy dtype of ``u``; attrs: global attributes (title, solver, checksums, case TOML, ...).
         resume: reopen an existing partial file instead of creating it.
         incomplete: the partial file's ``incomplete`` attribute (what it is and how it continues).
+        what: the kind of run, in messages (``"rollout"`` or ``"simulation"``).
     """
 
     def __init__(self, path: str | Path, *, members: np.ndarray, times: np.ndarray, state_dim: str,
                  state_coords: Any, state_shape: Sequence[int], dtype: np.dtype, title: str, solver: str,
                  closure_checksum: str, case_toml: str, extra_attrs: Mapping[str, Any], compression_level: int,
-                 time_chunk: int, resume: bool = False, incomplete: str = INCOMPLETE):
-        self.path = Path(path)
+                 time_chunk: int, resume: bool = False, incomplete: str = INCOMPLETE, what: str = "rollout"):
+        self.path, self.what = Path(path), what
         self.partial = partial_path(self.path)
         self.n_members, self.n_times = len(members), len(times)
         self.layout = ChunkLayout.for_output(n_times=self.n_times, time_chunk=time_chunk,
@@ -116,7 +122,7 @@ class TrajectoryStreamWriter:
             if not resume:
                 self.partial.unlink(missing_ok=True)
                 raise
-            raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout cannot be reopened "
+            raise ResumeRefused(f"{self.partial}: the partial file of the interrupted {self.what} cannot be reopened "
                                 f"({error})", "rerun without --resume") from None
         u = file["u"]
         if resume:
@@ -124,9 +130,9 @@ class TrajectoryStreamWriter:
                 check_chunk_index(u.id, self.partial.stat().st_size)
             except Exception as error:
                 file.close()
-                raise ResumeRefused(f"{self.partial}: the partial file of the interrupted rollout is damaged ({error}): "
-                                    "it was stopped while writing (e.g. Ctrl-C under mpiexec, whose ranks abort "
-                                    "one another)", "rerun without --resume") from None
+                raise ResumeRefused(f"{self.partial}: the partial file of the interrupted {self.what} is damaged "
+                                    f"({error}): it was stopped while writing ({DAMAGE_CAUSE[self.what]})",
+                                    "rerun without --resume") from None
         plist = u.id.get_create_plist()
         filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
         found = (u.shape[:2], u.chunks, filters, u.dtype)
@@ -135,7 +141,9 @@ class TrajectoryStreamWriter:
             file.close()
             if resume:
                 raise ResumeRefused(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
-                                    f"the case now asks for {wanted}", "rerun without --resume")
+                                    f"the case now asks for {wanted} (output.time_chunk, output.compression_level "
+                                    "or compute.dtype changed)", "rerun with the settings it was started with, or "
+                                    "without --resume")
             self.partial.unlink(missing_ok=True)
             raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
         return file
@@ -303,22 +311,24 @@ def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary)
 
 
-def read_partial_attribute(path: str | Path, name: str) -> str | None:
+def read_partial_attribute(path: str | Path, name: str, *, what: str = "rollout") -> str | None:
     """A text attribute of the partial file of ``path`` (e.g. ``case_toml``, the case it was started
-    with); ``None`` when it has no such attribute, ``ResumeRefused`` when the file cannot be read."""
+    with); ``None`` when it has no such attribute, ``ResumeRefused`` when the file cannot be read
+    (``what``: the kind of run, in the message)."""
     import h5py
 
     try:
         with h5py.File(partial_path(path), "r") as file:
             value = file.attrs.get(name)
     except OSError as error:
-        raise ResumeRefused(f"{partial_path(path)}: the partial file of the interrupted rollout cannot be read "
+        raise ResumeRefused(f"{partial_path(path)}: the partial file of the interrupted {what} cannot be read "
                             f"({error})", "rerun without --resume") from None
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
-    """The restart state for output ``path``, or ``None`` if there is none (with its partial file)."""
+def read_checkpoint(path: str | Path, *, what: str = "rollout") -> dict[str, Any] | None:
+    """The restart state for output ``path``, or ``None`` if there is none (with its partial file);
+    ``what``: the kind of run, in messages."""
     state_file, partial = checkpoint_path(path), partial_path(path)
     if not state_file.is_file():
         return None
@@ -328,7 +338,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
     try:
         payload = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or foreign file: both mean it cannot be trusted
-        raise DataError(f"{state_file}: not a readable rollout checkpoint ({load_error_text(error)})",
+        raise DataError(f"{state_file}: not a readable {what} checkpoint ({load_error_text(error)})",
                         "delete it or rerun without --resume") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file", "delete it or rerun without --resume")

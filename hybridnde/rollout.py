@@ -186,12 +186,16 @@ class BatchRunner:
         schedule: saves and chunks.
         blowup_threshold: bound on ``|u|`` of every component of a saved state.
         capacity: the largest batch that will be run (sizes the preallocated buffer).
+        compact: drop blown-up members from the batch once they are half of it (saves their work, but
+            the survivors' last bits then depend on which others blew up: a truth keeps its batch).
     """
 
-    def __init__(self, solver: Solver, schedule: SaveSchedule, *, blowup_threshold: float, capacity: int):
+    def __init__(self, solver: Solver, schedule: SaveSchedule, *, blowup_threshold: float, capacity: int,
+                 compact: bool = True):
         self.solver = solver
         self.schedule = schedule
         self.blowup_threshold = float(blowup_threshold)
+        self.compact = compact
         chunk_length = min(schedule.time_chunk, schedule.n_saves)
         self.numpy_dtype = torch.empty(0, dtype=solver.dtype).numpy().dtype
         # one device buffer for the saves of a chunk, reused by every chunk and batch
@@ -240,7 +244,8 @@ class BatchRunner:
             values[state.rows] = host
         self._mark_blowups(state, values, saves.start)
         state.next_chunk += 1
-        self._compact(state)
+        if self.compact:
+            self._compact(state)
         return OutputChunk(start=state.start, stop=state.stop, chunk=chunk, save_start=saves.start, values=values,
                            first_bad_save=state.first_bad_save.copy(), steps=n_steps,
                            last=self.finished(state), stepped=n_rows)

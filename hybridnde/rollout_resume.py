@@ -30,7 +30,8 @@ from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_
 from .rollout import SaveSchedule
 
 __all__ = ["ROLLOUT_SECTIONS", "rollout_checksum", "same_rollout_case", "resume_identity", "threads_changed",
-           "checked_checkpoint", "device_name", "written_elsewhere", "JobRecord"]
+           "checked_checkpoint", "device_name", "written_elsewhere", "warn_if_written_elsewhere",
+           "refuse_another_runs_partial", "JobRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,15 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
                 continue  # of the file's bytes, as checkpoints recorded before data checksums
             return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
         return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
-    if written_elsewhere(checkpoint, identity):
-        log.warning("resuming on %s a rollout written on %s: its states go on from where they were, but the file "
-                    "differs in its last bits from an uninterrupted run on either", identity["device_name"],
-                    checkpoint.get("device_name", checkpoint["device_type"]))
+    warn_if_written_elsewhere(checkpoint, identity)
     return threads_changed(checkpoint, identity)
+
+
+def warn_if_written_elsewhere(checkpoint: dict, identity: dict, *, what: str = "rollout") -> None:
+    if written_elsewhere(checkpoint, identity):
+        log.warning("resuming on %s a %s written on %s: its states go on from where they were, but the file "
+                    "differs in its last bits from an uninterrupted run on either", identity["device_name"], what,
+                    checkpoint.get("device_name", checkpoint["device_type"]))
 
 
 def device_name(device: torch.device) -> str:
@@ -152,11 +157,17 @@ def checked_checkpoint(case: CaseConfig, out: Path, identity: dict) -> dict | No
     if what:
         raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {what}",
                             "rerun with the same case, closure, input files and --set values, or without --resume")
-    if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
+    refuse_another_runs_partial(checkpoint, out)
+    return checkpoint
+
+
+def refuse_another_runs_partial(checkpoint: dict, out: Path, *, what: str = "rollout") -> None:
+    """``ResumeRefused`` unless the checkpoint and the partial file beside it carry the same ``run_id``
+    (or the checkpoint none: an earlier version's)."""
+    if "run_id" in checkpoint and checkpoint["run_id"] != read_partial_attribute(out, "run_id", what=what):
         raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
                             f"{partial_path(out)} (another run wrote into the same output)",
                             "start afresh without --resume")
-    return checkpoint
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
 """Reference trajectories of the true system, in the NetCDF schema (``hybridnde simulate``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time as wallclock
 from typing import Callable
@@ -44,14 +45,14 @@ def available_memory() -> int | None:
 
 
 def check_fits_in_memory(case: CaseConfig, *, what: str = "the simulation",
-                         fix: str = "lower initial_condition.members or time.n_steps, or raise time.save_every") -> None:
+                         fix: str = "lower initial_condition.members or time.n_steps, raise time.save_every, or use a "
+                                    "fixed-step time.integrator (`hybridnde simulate` streams those to disk)") -> None:
     """``ConfigError`` before any work when the trajectory cannot fit in the memory available (it was
     a MemoryError after the spin-up, or minutes of swapping); ``what`` and ``fix`` word the message."""
     needed, available = trajectory_bytes(case), available_memory()
     if available is not None and needed > available:
-        raise ConfigError(f"{what} holds its whole trajectory in memory: {needed / 2**30:.3g} GiB, more than the "
-                          f"{available / 2**30:.3g} GiB available; {fix} (`hybridnde rollout` streams large "
-                          "ensembles to disk)")
+        raise ConfigError(f"{what} holds the whole trajectory in memory: {needed / 2**30:.3g} GiB, more than the "
+                          f"{available / 2**30:.3g} GiB available; {fix}")
 
 
 def simulate_case(case: CaseConfig, *, progress: bool | None = None):
@@ -105,7 +106,8 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     return trajectory_dataset(
         trajectory, times, state_dim=state_dim, state_coords=coords, members=member_ids, status=status,
         blowup_time=blowup_time, title=simulation_title(case), solver=repr(solver), case_toml=case.to_toml(),
-        extra_attrs={**simulation_attrs(case, solver), "wall_seconds": seconds, **extra})
+        extra_attrs={**simulation_attrs(case, solver, initial_conditions_checksum(case)), "wall_seconds": seconds,
+                     **extra})
 
 
 def warn_unsaved_steps(case: CaseConfig) -> None:
@@ -137,11 +139,15 @@ def spin_up(case: CaseConfig, solver, u: torch.Tensor, t0: float, *, progress: b
     ``between(steps_done, u)`` is called after each step but the last (a checkpoint's chance). Call
     without gradients."""
     time = case.time
-    for step in progress_bar(range(first, time.spinup_steps), description="spin-up", enabled=progress, unit="step",
-                             initial=first, total=time.spinup_steps):
-        u = solver.step(t0 + step * time.dt, u)
-        if between is not None and step + 1 < time.spinup_steps:
-            between(step + 1, u)
+    # (without a terminal, e.g. a batch job's log, a line every PROGRESS_LOG_SECONDS: ks_fd's is 40000 steps)
+    bar = progress_bar(total=time.spinup_steps, description="spin-up", enabled=progress, unit="step",
+                       log_every=PROGRESS_LOG_SECONDS, initial=first)
+    with contextlib.closing(bar):
+        for step in range(first, time.spinup_steps):
+            u = solver.step(t0 + step * time.dt, u)
+            bar.update(1)
+            if between is not None and step + 1 < time.spinup_steps:
+                between(step + 1, u)
     return u
 
 
@@ -161,7 +167,16 @@ def simulation_title(case: CaseConfig) -> str:
     return f"{case.case.name}: reference trajectories of {case.system.name}"
 
 
-def simulation_attrs(case: CaseConfig, solver) -> dict[str, object]:
+def initial_conditions_checksum(case: CaseConfig) -> str:
+    """SHA-256 of the data of ``initial_condition.file`` (``checksums.data_checksum``); ``""`` for drawn states."""
+    from .checksums import data_checksum
+
+    ic = case.initial_condition
+    return data_checksum(ic.file) if ic.distribution == "file" else ""
+
+
+def simulation_attrs(case: CaseConfig, solver, initial_conditions_sha256: str) -> dict[str, object]:
     """The global attributes of a truth file besides the schema's (docs/netcdf.md)."""
     return {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS), "dt": case.time.dt,
-            "save_every": case.time.save_every, "platform": platform_description(solver.device)}
+            "save_every": case.time.save_every, "initial_conditions_sha256": initial_conditions_sha256,
+            "platform": platform_description(solver.device)}

@@ -26,16 +26,16 @@ import torch
 
 from .config import CaseConfig
 from .config.physics import ADAPTIVE_INTEGRATORS
-from .io import ResumeRefused, history_line
-from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, partial_path, read_checkpoint,
-                            read_partial_attribute, remove_restart_files)
+from .io import history_line
+from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, remove_restart_files)
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule
 from .rollout_output import member_status
-from .rollout_resume import device_name, threads_changed, written_elsewhere
-from .simulate import (SIMULATION_SECTIONS, initial_states, log_simulated, simulation_attrs, simulation_title,
-                       spin_up, warn_blowups, warn_unsaved_steps)
+from .rollout_resume import written_elsewhere
+from .simulate import (initial_states, log_simulated, simulation_attrs, simulation_title, spin_up, warn_blowups,
+                       warn_unsaved_steps)
+from .simulation_resume import checked_simulation_checkpoint, finished_simulation, simulation_identity
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
 __all__ = ["simulate_to_file", "run_simulation", "streams", "CHECKPOINT_SECONDS"]
@@ -52,82 +52,25 @@ INCOMPLETE = ("simulation in progress or interrupted: u holds the saves written 
 #: said when a simulation stops with a checkpoint kept
 RESUME_HINT = "simulation stopped; `hybridnde simulate ... --resume` continues from the last checkpoint"
 
+
 def streams(case: CaseConfig) -> bool:
     """Whether ``run_simulation`` streams this case (fixed-step integrators) or it runs in memory."""
     return case.time.integrator not in ADAPTIVE_INTEGRATORS
-
-
-def _identity(case: CaseConfig, device: torch.device, threads_setting: int) -> dict[str, Any]:
-    """What a checkpoint records and the run resuming it must share: the case's simulation sections, the
-    initial-conditions file's data, and on CPUs the thread count (``rollout_resume``: why)."""
-    from .checksums import data_checksum
-
-    ic = case.initial_condition
-    identity = {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),
-                "device_type": device.type, "device_name": device_name(device),
-                # a file's members: its data, not only its name, decide the states
-                "initial_conditions": data_checksum(ic.file) if ic.distribution == "file" else "draw"}
-    if device.type == "cpu":
-        identity.update(threads=torch.get_num_threads(), threads_setting=threads_setting)
-    return identity
-
-
-def _checked_checkpoint(case: CaseConfig, out: Path, identity: dict[str, Any]) -> dict | None:
-    """The checkpoint of ``out`` to resume, ``None`` (none there), or ``ResumeRefused`` naming what changed."""
-    checkpoint = read_checkpoint(out)
-    if checkpoint is None:
-        return None
-    fix = "rerun with the same case and --set values, or without --resume"
-    if checkpoint.get("stage") != "simulate":
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it is a rollout's checkpoint, not a "
-                            "simulation's", "choose another --out, or rerun without --resume")
-    if checkpoint["config_checksum"] != identity["config_checksum"]:
-        changed = case.changed_keys(read_partial_attribute(out, "case_toml"), SIMULATION_SECTIONS)
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: the case differs"
-                            + (f" in {', '.join(changed)}" if changed else ""), fix)
-    if checkpoint["initial_conditions"] != identity["initial_conditions"]:
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: initial_condition.file, "
-                            f"{case.initial_condition.file}, has changed since", fix)
-    threads = threads_changed(checkpoint, identity, fix=f"--threads {checkpoint.get('threads')}")
-    if threads:
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: {threads}", fix)
-    if checkpoint["run_id"] != read_partial_attribute(out, "run_id"):
-        raise ResumeRefused(f"{checkpoint_path(out)}: cannot resume: it does not describe the partial file "
-                            f"{partial_path(out)} (another run wrote into the same output)", "start afresh without --resume")
-    if written_elsewhere(checkpoint, identity):
-        log.warning("resuming on %s a simulation written on %s: it goes on from where it was, but the file differs "
-                    "in its last bits from an uninterrupted run on either", identity["device_name"],
-                    checkpoint["device_name"])
-    return checkpoint
-
-
-def finished_simulation(out: Path, case: CaseConfig) -> bool:
-    """Whether ``out`` is this case's finished truth file (``--resume`` then has nothing to do)."""
-    import netCDF4
-
-    if not out.is_file():
-        return False
-    try:
-        with netCDF4.Dataset(out) as dataset:
-            attrs = {name: dataset.getncattr(name) for name in ("stage", "config_checksum") if name in dataset.ncattrs()}
-    except OSError:
-        return False
-    return attrs == {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS)}
 
 
 def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False, progress: bool | None = None,
                      threads_setting: int = 1, resume_hint: bool = True) -> Path:
     """``hybridnde simulate``: ``run_simulation`` for fixed-step integrators; adaptive ones are solved in
     memory (``simulate_case``) and written through a temporary file, ``--resume`` only skipping a
-    finished file."""
+    finished file (``run_simulation``'s arguments)."""
+    out = Path(out)
+    if streams(case):
+        return run_simulation(case, out, resume=resume, progress=progress, threads_setting=threads_setting,
+                              resume_hint=resume_hint)
     from .io import write_netcdf
     from .simulate import simulate_case
 
-    out = Path(out)
-    if streams(case):
-        run_simulation(case, out, resume=resume, progress=progress, threads_setting=threads_setting,
-                       resume_hint=resume_hint)
-    else:
+    with output_lock(out):
         if resume and finished_simulation(out, case):
             log.warning("--resume: %s is this case's simulation, finished; nothing to resume", out)
             return out
@@ -136,7 +79,8 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
                         "checkpoints: the simulation starts again", case.time.integrator)
         dataset = simulate_case(case, progress=progress)
         write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
-        log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
+        remove_restart_files(out)  # (of a fixed-step simulation to the same file, stopped)
+    log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
     return out
 
 
@@ -146,12 +90,13 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
     """Simulate the case's true system into ``out`` (a ``.nc`` file), streamed and checkpointed.
 
     ``resume``: continue from the checkpoint beside ``out`` (refused, ``ResumeRefused``, when the case,
-    member count, initial-conditions data or thread count differ), or do nothing when ``out`` is
-    already this case's finished file. ``checkpoint_seconds``: wall time between checkpoints (default
-    ``CHECKPOINT_SECONDS``). ``threads_setting``: the ``--threads`` the caller set (0: torch's
-    default, whose count may then differ on resume). ``resume_hint``: name ``--resume`` when a stopped
-    run keeps its checkpoint (``False``: the caller says how it continues). The file is the one
-    ``simulate_case`` + ``io.write_netcdf`` would write, ``u`` in float64 whatever ``compute.dtype``.
+    initial-conditions data or thread count differ: ``simulation_resume``), or do nothing when ``out``
+    is already this case's finished file. ``checkpoint_seconds``: wall time between checkpoints
+    (default ``CHECKPOINT_SECONDS``). ``threads_setting``: the ``--threads`` the caller set (0:
+    torch's default, whose count may then differ on resume). ``resume_hint``: name ``--resume`` when
+    a stopped run keeps its checkpoint or this run discards one (``False``: the caller says how it
+    continues). The file is the one ``simulate_case`` + ``io.write_netcdf`` would write, ``u`` in
+    float64 whatever ``compute.dtype``.
     """
     out = Path(out)
     if not streams(case):
@@ -165,12 +110,12 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
         solver = build_solver(case.system, case.time, device=device, dtype=resolve_dtype(case.compute.dtype))
         schedule = SaveSchedule(steps=case.time.n_steps, save_every=case.time.save_every,
                                 time_chunk=case.output.time_chunk, dt=solver.dt)
-        identity = _identity(case, device, threads_setting)
-        checkpoint = _checked_checkpoint(case, out, identity) if resume else None
-        if checkpoint is None and checkpoint_path(out).exists():
-            log.warning("starting afresh: the checkpoint of an earlier interrupted simulation to %s is discarded%s",
-                        out, " (`hybridnde simulate ... --resume` continues one)" if resume_hint else "")
+        identity = simulation_identity(case, device, threads_setting, resume=resume)
+        checkpoint = checked_simulation_checkpoint(case, out, identity) if resume else None
         if checkpoint is None:
+            if checkpoint_path(out).exists() and not resume:
+                log.warning("starting afresh: the checkpoint of an earlier interrupted simulation to %s is discarded%s",
+                            out, " (`hybridnde simulate ... --resume` continues one)" if resume_hint else "")
             remove_restart_files(out)
         warn_unsaved_steps(case)
         return _simulate(case, out, solver, schedule, identity, checkpoint, progress,
@@ -179,7 +124,13 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
 
 class _Checkpoints:
     """A run's checkpoints, at most one every ``seconds`` of wall time: the status so far, flushed to the
-    partial file, then ``record`` plus where to go on from (``netcdf_stream``'s order)."""
+    partial file, then ``record`` plus where to go on from (``netcdf_stream``'s order).
+
+    A checkpoint holds ``simulation_identity``'s keys, ``run_id``, ``member_ids: (members,)`` int64,
+    ``spinup_t0`` (the time at spin-up step 0), ``t0`` (the first save's time), ``resumes`` (runs
+    before this one), ``elapsed_seconds`` (over every run) and where to go on: ``spinup_step`` (steps
+    done) with ``spinup_state: (members, *state)`` physical, or ``batch`` (``BatchState.to_host``).
+    """
 
     def __init__(self, writer: TrajectoryStreamWriter, schedule: SaveSchedule, seconds: float, record: dict[str, Any],
                  earlier_seconds: float):
@@ -218,15 +169,19 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
     writer = TrajectoryStreamWriter(
         out, members=member_ids, times=schedule.times(), state_dim=state_dim, state_coords=coords,
         state_shape=solver.state_shape, dtype=np.dtype(np.float64), title=simulation_title(case), solver=repr(solver),
-        closure_checksum="none", case_toml=case.to_toml(), extra_attrs={**simulation_attrs(case, solver), "run_id": run_id},
+        closure_checksum="none", case_toml=case.to_toml(),
+        extra_attrs={**simulation_attrs(case, solver, identity["initial_conditions"]), "run_id": run_id},
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk,
-        resume=checkpoint is not None, incomplete=INCOMPLETE)
+        # a checkpoint in the spin-up needs no saves: its partial file is started anew (simulation_resume)
+        resume=checkpoint is not None and spin is None, incomplete=INCOMPLETE, what="simulation")
     checkpoints = _Checkpoints(writer, schedule, checkpoint_seconds, {
         **identity, "run_id": run_id, "t0": start, "spinup_t0": t0, "member_ids": torch.tensor(np.asarray(member_ids)),
         "resumes": resumes}, earlier_seconds)
     # a truth member is marked only when it turns non-finite: the largest finite value of its dtype is
-    # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass)
-    runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max, capacity=len(member_ids))
+    # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass).
+    # The batch stays whole, as in memory: the survivors' bits do not depend on which members blew up
+    runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max, capacity=len(member_ids),
+                         compact=False)
     try:
         if spin is not None:
             if checkpoint is not None:

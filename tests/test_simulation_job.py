@@ -110,25 +110,30 @@ def test_a_stopped_simulation_resumes_to_the_uninterrupted_file_without_its_spin
         assert "incomplete" not in resumed.attrs
 
 
-def test_a_simulation_stopped_in_its_spin_up_resumes_from_the_spin_up_step(tmp_path, monkeypatch):
-    """The spin-up can be most of the work (ks_fd: 40000 of 60000 steps): it is checkpointed too."""
+def stop_in_spin_up(monkeypatch, case, out, *, steps: int):
+    """Ctrl-C in spin-up step ``steps`` (1-based), with a checkpoint after every step before it."""
     from hybridnde.systems import build_solver
 
-    case = small_case("ks_l22")  # 8 spin-up steps
-    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
     solver_class, calls = type(build_solver(case.system, case.time)), []
     real_step = solver_class.step
 
     def step(self, t, u, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 6:
+        if len(calls) == steps:
             raise KeyboardInterrupt
         return real_step(self, t, u, *args, **kwargs)
-    out = tmp_path / "truth.nc"
     with monkeypatch.context() as patch:
         patch.setattr(solver_class, "step", step)
         with pytest.raises(KeyboardInterrupt):
             run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+
+
+def test_a_simulation_stopped_in_its_spin_up_resumes_from_the_spin_up_step(tmp_path, monkeypatch):
+    """The spin-up can be most of the work (ks_fd: 40000 of 60000 steps): it is checkpointed too."""
+    case = small_case("ks_l22")  # 8 spin-up steps
+    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
+    out = tmp_path / "truth.nc"
+    stop_in_spin_up(monkeypatch, case, out, steps=6)
     assert torch.load(checkpoint_path(out), weights_only=True)["spinup_step"] == 5
     first_steps = []
     real_spin_up = simulation_job.spin_up
@@ -202,7 +207,7 @@ def test_a_streamed_simulation_is_not_held_in_memory(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(simulate, "available_memory", lambda: 100)
     case = small_case("lorenz63")
-    with pytest.raises(Exception, match="holds its whole trajectory in memory"):
+    with pytest.raises(Exception, match="holds the whole trajectory in memory"):
         simulate_case(case, progress=False)
     assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(tmp_path / "truth.nc"),
                  *[argument for key in SMALL["lorenz63"] for argument in ("--set", key)]]) == 0
@@ -210,7 +215,7 @@ def test_a_streamed_simulation_is_not_held_in_memory(tmp_path, monkeypatch, caps
     assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(tmp_path / "adaptive.nc"),
                  "--set", "time.integrator=\"dopri5\"",
                  *[argument for key in SMALL["lorenz63"] for argument in ("--set", key)]]) == 2
-    assert "holds its whole trajectory in memory" in capsys.readouterr().err
+    assert "holds the whole trajectory in memory" in capsys.readouterr().err
 
 
 def test_a_full_disk_while_streaming_keeps_the_checkpoint_and_says_resume(tmp_path, monkeypatch, capsys):
@@ -231,3 +236,74 @@ def test_a_full_disk_while_streaming_keeps_the_checkpoint_and_says_resume(tmp_pa
     error = capsys.readouterr().err
     assert "no space left on the device" in error and "--resume continues from it" in error
     assert "Traceback" not in error and has_restart_files(out) and not out.exists()
+
+
+def test_blown_up_members_keep_their_batch_as_in_memory(tmp_path):
+    """The rollout engine drops blown-up members once they are half the batch; the survivors' last
+    bits then depended on which others blew up (1e-15, growing in a chaotic system), unlike in memory."""
+    case = load_case(os.path.join(CASES, "ks_l22.toml"), overrides=[
+        "initial_condition.members=16", "time.dt=1.0", "time.n_steps=40", "time.spinup_steps=0",
+        "output.time_chunk=3", "initial_condition.amplitude=5.0", "initial_condition.n_modes=12"])
+    run_simulation(case, tmp_path / "streamed.nc", progress=False)
+    with xr.open_dataset(tmp_path / "streamed.nc") as streamed:
+        assert 8 <= int((streamed.status.values == 1).sum()) < 16  # half or more, not all
+    assert_same_file(in_memory_file(case, tmp_path / "memory.nc"), tmp_path / "streamed.nc")
+
+
+def file_case(tmp_path, *extra):
+    """lorenz63 from the first states of another simulation, with a spin-up (its clock runs on)."""
+    source = run_simulation(small_case("lorenz63", "initial_condition.seed=3"), tmp_path / "ic.nc", progress=False)
+    return small_case("lorenz63", "initial_condition.distribution=\"file\"", f"initial_condition.file=\"{source}\"",
+                      "time.spinup_steps=30", *extra), source
+
+
+def test_a_finished_file_is_kept_on_resume_only_while_its_initial_conditions_hold_the_same_states(tmp_path, capsys):
+    case, source = file_case(tmp_path)
+    out = run_simulation(case, tmp_path / "truth.nc", progress=False)
+    modified = out.stat().st_mtime_ns
+    run_simulation(case, out, resume=True, progress=False)
+    assert out.stat().st_mtime_ns == modified
+    # other states in the same file name: the finished truth is not this case's any more
+    run_simulation(small_case("lorenz63", "initial_condition.seed=4"), source, progress=False)
+    run_simulation(case, out, resume=True, progress=False)
+    assert out.stat().st_mtime_ns != modified
+    assert_same_file(in_memory_file(case, tmp_path / "memory.nc"), out)
+    source.unlink()  # a resume checks the file: it says why it needs it
+    stop_after_checkpoint = pytest.MonkeyPatch()
+    with stop_after_checkpoint.context() as patch:
+        stop_after(patch, 2)
+        with pytest.raises(Exception):
+            run_simulation(case, tmp_path / "other.nc", progress=False, checkpoint_seconds=0.0)
+    with pytest.raises(Exception, match="a resumed simulation checks that initial_condition.file still holds the "
+                                        "states it started from; restore the file, or rerun without --resume"):
+        run_simulation(case, tmp_path / "other.nc", resume=True, progress=False)
+
+
+def test_an_adaptive_simulation_holds_the_lock_and_clears_a_stopped_fixed_step_ones_files(tmp_path, monkeypatch):
+    from hybridnde.io import DataError
+    from hybridnde.output_lock import output_lock
+
+    out = tmp_path / "truth.nc"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_simulation(small_case("lorenz63"), out, progress=False, checkpoint_seconds=0.0)
+    assert has_restart_files(out)
+    adaptive = small_case("lorenz63", "time.integrator=\"dopri5\"")
+    with output_lock(out), pytest.raises(DataError, match="is writing it; wait for that run to end"):
+        simulation_job.simulate_to_file(adaptive, out, progress=False)
+    simulation_job.simulate_to_file(adaptive, out, progress=False)
+    assert out.is_file() and not has_restart_files(out) and not checkpoint_path(out).exists()
+
+
+def test_a_spin_up_checkpoint_resumes_though_its_partial_file_is_damaged(tmp_path, monkeypatch):
+    """A SIGKILL while HDF5 writes can leave the partial file unreadable; before the first save it holds
+    nothing the checkpoint needs, so the spin-up goes on in a new one."""
+    case = small_case("ks_l22")
+    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
+    out = tmp_path / "truth.nc"
+    stop_in_spin_up(monkeypatch, case, out, steps=3)
+    assert torch.load(checkpoint_path(out), weights_only=True)["spinup_step"] == 2
+    partial_path(out).write_bytes(partial_path(out).read_bytes()[:1000])  # truncated mid-write
+    run_simulation(case, out, resume=True, progress=False)
+    assert_same_file(whole, out)

@@ -52,8 +52,8 @@ def run(arguments: argparse.Namespace) -> int:
         outcome = run_pipeline(variants, directory, progress=arguments.progress, lyapunov=arguments.lyapunov,
                                threads=arguments.threads, command=_command_line(arguments, directory))
     except KeyboardInterrupt:
-        log.warning("the same command continues: finished stages are reused, and training and rollouts go on from "
-                    "their last checkpoints (`hybridnde run` needs no --resume)")
+        log.warning("the same command continues: finished stages are reused, and the simulations, training and "
+                    "rollouts go on from their last checkpoints (`hybridnde run` needs no --resume)")
         raise
     print("\n".join(summary_lines(outcome)))
     if outcome.failed:  # the others' results and the table are written; the run as a whole did not succeed

@@ -41,11 +41,13 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
         try:
             resolve_device(case.compute.device)  # a missing GPU is said before the first stage, not after it
             check_thread_count(case.rollout.threads, "rollout.threads")
-            check_fits_in_memory(case)  # (streamed, but training holds the truth; evaluation the reference)
+            # the simulations stream to their files, but training holds the truth, the evaluation the reference
+            check_fits_in_memory(case, what="training", fix="lower initial_condition.members or time.n_steps, or raise "
+                                 "time.save_every")
             if case.rollout.initial_conditions == "draw":  # (a file given: no reference is simulated)
-                check_fits_in_memory(stages.reference_case(case), what="the held-out reference (rollout.members x "
-                                     "rollout.steps / hybrid.substeps samples)", fix="lower rollout.members or "
-                                     "rollout.steps")
+                check_fits_in_memory(stages.reference_case(case), what="the evaluation against the held-out reference "
+                                     "(rollout.members x rollout.steps / hybrid.substeps samples)",
+                                     fix="lower rollout.members or rollout.steps")
             check_training_config(case)
             try:
                 truth_solver = build_solver(case.system, case.time)

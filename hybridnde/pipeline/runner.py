@@ -71,8 +71,9 @@ class RunResult:
 class _Run:
     """The state of one ``run_pipeline`` call (the record, what was made for earlier variants)."""
 
-    def __init__(self, directory: Path, *, progress: bool | None, lyapunov: bool, command: str):
+    def __init__(self, directory: Path, *, progress: bool | None, lyapunov: bool, command: str, threads: int):
         self.directory, self.progress, self.lyapunov, self.command = directory, progress, lyapunov, command
+        self.threads = threads
         self.record = RunRecord(directory)
         self.made: dict[Path, StageResult] = {}
         self._checksums: dict[tuple[Path, int, int, bool], str] = {}
@@ -195,13 +196,14 @@ class _Run:
         result.stages.append(self.stage(
             "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=shown["simulate"],
             can_resume=has_restart_files(truth),
-            run=lambda resume: stages.simulate(case, truth, progress=self.progress, resume=resume)))
+            run=lambda resume: stages.simulate(case, truth, progress=self.progress, resume=resume,
+                                               threads=self.threads)))
         if not given_reference:
             result.stages.append(self.stage(
                 "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=shown["reference"],
                 can_resume=has_restart_files(reference),
                 run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress,
-                                                   resume=resume)))
+                                                   resume=resume, threads=self.threads)))
         found, payload = stages.closure_identity(closure)
         if found != expected["train"] and trained_for(case, found, (payload or {}).get("case_toml")):
             found = expected["train"]  # recorded before run-only training keys were left out: same closure
@@ -303,13 +305,13 @@ def run_pipeline(variants: Sequence[Variant], directory: str | Path, *, progress
     # one run per folder: a second one re-simulated truth.nc under the first, whose closure was then
     # trained on data no longer there (the stages' own locks refused it only at the train stage)
     with torch_threads(threads, "--threads"), output_lock(directory / "run.json"):
-        return _run_all(variants, directory, progress=progress, lyapunov=lyapunov, command=command)
+        return _run_all(variants, directory, progress=progress, lyapunov=lyapunov, command=command, threads=threads)
 
 
 def _run_all(variants: Sequence[Variant], directory: Path, *, progress: bool | None, lyapunov: bool,
-             command: str) -> RunResult:
+             command: str, threads: int) -> RunResult:
     started = wallclock.perf_counter()
-    run = _Run(directory, progress=progress, lyapunov=lyapunov, command=command)
+    run = _Run(directory, progress=progress, lyapunov=lyapunov, command=command, threads=threads)
     results, failures = [], []
     for index, variant in enumerate(variants):
         position = f"({index + 1}/{len(variants)}) " if len(variants) > 1 else ""

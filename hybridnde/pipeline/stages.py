@@ -102,10 +102,10 @@ def has_baseline(case: CaseConfig) -> bool:
     return case.hybrid.setup != "neural_ode"
 
 
-def simulate(case: CaseConfig, out: Path, *, progress: bool | None, resume: bool = False) -> None:
+def simulate(case: CaseConfig, out: Path, *, progress: bool | None, resume: bool = False, threads: int = 1) -> None:
     from ..simulation_job import simulate_to_file
 
-    simulate_to_file(case, out, resume=resume, progress=progress, resume_hint=False)
+    simulate_to_file(case, out, resume=resume, progress=progress, threads_setting=threads, resume_hint=False)
 
 
 def _attributes(path: Path) -> dict[str, Any] | None:
