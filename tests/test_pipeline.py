@@ -483,6 +483,22 @@ def test_a_simulation_stopped_after_a_checkpoint_is_resumed_by_run(tmp_path, mon
         assert resumed.attrs["resumed_runs"] == 1
 
 
+def test_run_passes_its_thread_setting_to_its_simulations(tmp_path, monkeypatch):
+    """With --threads 0 a resumed simulation may run on another count (a warning); it was refused as if
+    the count had been chosen, and the stage made afresh."""
+    import hybridnde.simulation_job as simulation_job
+
+    seen = []
+
+    def spy(case, out, **kwargs):
+        seen.append(kwargs["threads_setting"])
+        raise RuntimeError("stop after the first stage")
+    monkeypatch.setattr(simulation_job, "simulate_to_file", spy)
+    for threads in ("0", "2"):
+        assert run(write_case(tmp_path), tmp_path / f"run{threads}", "--quick", "--threads", threads) == 1
+    assert seen == [0, 2]
+
+
 BASELINE_CHECKPOINTS = ["--quick", "--set", "rollout.steps=24", "--set", "rollout.checkpoint_every=4", "--set",
                         "output.time_chunk=2"]
 
