@@ -71,7 +71,7 @@ class RunResult:
 class _Run:
     """The state of one ``run_pipeline`` call (the record, what was made for earlier variants)."""
 
-    def __init__(self, directory: Path, *, progress: bool | None, lyapunov: bool, command: str, threads: int):
+    def __init__(self, directory: Path, *, progress: bool | None, lyapunov: bool, command: str, threads: int = 1):
         self.directory, self.progress, self.lyapunov, self.command = directory, progress, lyapunov, command
         self.threads = threads
         self.record = RunRecord(directory)
