@@ -326,13 +326,13 @@ def read_partial_attribute(path: str | Path, name: str, *, what: str = "rollout"
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
 
 
-def read_checkpoint(path: str | Path, *, what: str = "rollout") -> dict[str, Any] | None:
-    """The restart state for output ``path``, or ``None`` if there is none (with its partial file);
-    ``what``: the kind of run, in messages."""
+def read_checkpoint(path: str | Path, *, what: str = "rollout", without_partial: bool = False) -> dict[str, Any] | None:
+    """The restart state for output ``path``, or ``None`` if there is none (with its partial file, unless
+    ``without_partial``: the caller judges); ``what``: the kind of run, in messages."""
     state_file, partial = checkpoint_path(path), partial_path(path)
     if not state_file.is_file():
         return None
-    if not partial.is_file():
+    if not partial.is_file() and not without_partial:
         log.warning("%s has no partial file %s beside it; starting from the beginning", state_file, partial)
         return None
     try:

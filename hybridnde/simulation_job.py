@@ -27,7 +27,8 @@ import torch
 from .config import CaseConfig
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .io import history_line
-from .netcdf_stream import (TrajectoryStreamWriter, checkpoint_path, remove_restart_files)
+from .interrupts import interrupts_deferred
+from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, has_restart_files, remove_restart_files
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule
@@ -102,15 +103,16 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
     if not streams(case):
         raise ValueError(f"time.integrator = {case.time.integrator!r} runs in memory (simulate_case)")
     with output_lock(out):
-        if resume and not checkpoint_path(out).is_file() and finished_simulation(out, case):
+        if resume and not has_restart_files(out) and finished_simulation(out, case):
             log.warning("--resume: %s is this case's simulation, finished; nothing to resume (without --resume it is "
                         "made again)", out)
+            checkpoint_path(out).unlink(missing_ok=True)  # (one left beside it by a stop after the rename)
             return out
         device = resolve_device(case.compute.device)
         solver = build_solver(case.system, case.time, device=device, dtype=resolve_dtype(case.compute.dtype))
         schedule = SaveSchedule(steps=case.time.n_steps, save_every=case.time.save_every,
                                 time_chunk=case.output.time_chunk, dt=solver.dt)
-        identity = simulation_identity(case, device, threads_setting, resume=resume)
+        identity = simulation_identity(case, device, threads_setting, resuming=resume and checkpoint_path(out).is_file())
         checkpoint = checked_simulation_checkpoint(case, out, identity) if resume else None
         if checkpoint is None:
             if checkpoint_path(out).exists() and not resume:
@@ -198,6 +200,12 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
             log.info("resuming %s from its checkpoint: %d of %d saves done", out,
                      min(state.next_chunk * schedule.time_chunk, schedule.n_saves), schedule.n_saves)
         _stream(writer, runner, state, schedule, progress, checkpoints)
+        seconds = checkpoints.elapsed()
+        status, blowup_time = member_status(state.first_bad_save, schedule)
+        with interrupts_deferred():  # the complete file and no restart files, or the partial one and them
+            writer.commit(status, blowup_time, {"wall_seconds": seconds, **({"resumed_runs": resumes} if resumes else {})},
+                          history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
+            remove_restart_files(out)
     except BaseException:
         writer.close()
         if checkpoint_path(out).exists():
@@ -206,11 +214,6 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
         else:
             writer.discard()
         raise
-    seconds = checkpoints.elapsed()
-    status, blowup_time = member_status(state.first_bad_save, schedule)
-    writer.commit(status, blowup_time, {"wall_seconds": seconds, **({"resumed_runs": resumes} if resumes else {})},
-                  history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
-    remove_restart_files(out)
     warn_blowups(int((state.first_bad_save >= 0).sum()), state.size)
     log_simulated(case, state.size, seconds)
     log.info("wrote %s (%d members, %d times)", out, state.size, schedule.n_saves)

@@ -17,7 +17,7 @@ import torch
 
 from .config import CaseConfig
 from .io import DataError, ResumeRefused
-from .netcdf_stream import checkpoint_path, read_checkpoint, read_partial_attribute
+from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
 from .rollout_resume import device_name, refuse_another_runs_partial, threads_changed, warn_if_written_elsewhere
 from .simulate import SIMULATION_SECTIONS, initial_conditions_checksum
 
@@ -30,15 +30,17 @@ SAME_RUN = "rerun with the same case, initial-conditions file, --set values and 
 
 
 def simulation_identity(case: CaseConfig, device: torch.device, threads_setting: int, *,
-                        resume: bool) -> dict[str, Any]:
-    """What a checkpoint records and the run resuming it must share (see the module)."""
+                        resuming: bool) -> dict[str, Any]:
+    """What a checkpoint records and the run resuming it must share (see the module); ``resuming``: a
+    checkpoint is there to resume (an unreadable initial-conditions file is then said to be needed for
+    the check, not for its states)."""
     try:
         initial = initial_conditions_checksum(case)
     except DataError as error:
-        if not resume:
+        if not resuming:
             raise
         raise DataError(f"{error.problem}: a resumed simulation checks that initial_condition.file still holds the "
-                        "states it started from", "restore the file, or rerun without --resume") from None
+                        "states it started from", "restore the file, or point initial_condition.file at it") from None
     identity = {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS),
                 "initial_conditions": initial, "device_type": device.type, "device_name": device_name(device)}
     if device.type == "cpu":
@@ -51,11 +53,15 @@ def checked_simulation_checkpoint(case: CaseConfig, out: Path, identity: dict[st
 
     A checkpoint taken in the spin-up needs nothing of the partial file (no save is written yet): the
     resume starts a new one, so one that cannot be read, e.g. after a SIGKILL while HDF5 wrote to it,
-    is no reason to refuse."""
-    checkpoint = read_checkpoint(out, what="simulation")
+    or is missing, is no reason to refuse."""
+    checkpoint = read_checkpoint(out, what="simulation", without_partial=True)
+    if checkpoint is not None and not partial_path(out).is_file() and "spinup_step" not in checkpoint:
+        log.warning("%s has no partial file %s beside it; starting from the beginning", checkpoint_path(out),
+                    partial_path(out))
+        return None
     if checkpoint is None:
-        if not out.is_file():
-            log.info("no checkpoint for %s: starting from the beginning", out)
+        log.info("no checkpoint for %s: starting from the beginning%s", out,
+                 " (the file there is another simulation's: it is made again)" if out.is_file() else "")
         return None
     where = f"{checkpoint_path(out)}: cannot resume"
     if checkpoint.get("stage") != "simulate":

@@ -11,7 +11,7 @@ import xarray as xr
 from hybridnde import simulation_job
 from hybridnde.cli import main
 from hybridnde.config import load_case
-from hybridnde.io import ResumeRefused, write_netcdf
+from hybridnde.io import DataError, ResumeRefused, write_netcdf
 from hybridnde.netcdf_stream import checkpoint_path, has_restart_files, partial_path
 from hybridnde.rollout import BatchRunner
 from hybridnde.simulate import simulate_case
@@ -268,15 +268,23 @@ def test_a_finished_file_is_kept_on_resume_only_while_its_initial_conditions_hol
     run_simulation(case, out, resume=True, progress=False)
     assert out.stat().st_mtime_ns != modified
     assert_same_file(in_memory_file(case, tmp_path / "memory.nc"), out)
-    source.unlink()  # a resume checks the file: it says why it needs it
-    stop_after_checkpoint = pytest.MonkeyPatch()
-    with stop_after_checkpoint.context() as patch:
+    # a stop after the rename, before the checkpoint went: the finished file is kept, the checkpoint removed
+    checkpoint_path(out).write_bytes(b"left by a stop")
+    modified = out.stat().st_mtime_ns
+    run_simulation(case, out, resume=True, progress=False)
+    assert out.stat().st_mtime_ns == modified and not checkpoint_path(out).exists()
+    # a resume checks the initial-conditions file: without it, it says why it needs it
+    with pytest.MonkeyPatch.context() as patch:
         stop_after(patch, 2)
-        with pytest.raises(Exception):
+        with pytest.raises(KeyboardInterrupt):
             run_simulation(case, tmp_path / "other.nc", progress=False, checkpoint_seconds=0.0)
-    with pytest.raises(Exception, match="a resumed simulation checks that initial_condition.file still holds the "
-                                        "states it started from; restore the file, or rerun without --resume"):
+    source.unlink()
+    with pytest.raises(DataError, match="a resumed simulation checks that initial_condition.file still holds the "
+                                        "states it started from; restore the file, or point initial_condition.file"):
         run_simulation(case, tmp_path / "other.nc", resume=True, progress=False)
+    with pytest.raises(DataError, match="not a readable NetCDF file") as caught:  # nothing to resume: the plain error
+        run_simulation(case, tmp_path / "third.nc", resume=True, progress=False)
+    assert "resumed" not in str(caught.value)
 
 
 def test_an_adaptive_simulation_holds_the_lock_and_clears_a_stopped_fixed_step_ones_files(tmp_path, monkeypatch):
@@ -306,4 +314,15 @@ def test_a_spin_up_checkpoint_resumes_though_its_partial_file_is_damaged(tmp_pat
     assert torch.load(checkpoint_path(out), weights_only=True)["spinup_step"] == 2
     partial_path(out).write_bytes(partial_path(out).read_bytes()[:1000])  # truncated mid-write
     run_simulation(case, out, resume=True, progress=False)
+    assert_same_file(whole, out)
+    # or missing (a stop while the resume started its new one)
+    out.unlink()  # (a finished file of the same case is kept: the resume would make the same)
+    stop_in_spin_up(monkeypatch, case, out, steps=3)
+    partial_path(out).unlink()
+    first_steps = []
+    real_spin_up = simulation_job.spin_up
+    monkeypatch.setattr(simulation_job, "spin_up",
+                        lambda *a, first=0, **k: first_steps.append(first) or real_spin_up(*a, first=first, **k))
+    run_simulation(case, out, resume=True, progress=False)
+    assert first_steps == [2]  # (not started again)
     assert_same_file(whole, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..io import atomic_path, package_version
-from .formatting import median_spread, number, percent, relative_link, spread_keys
+from .formatting import given, median_spread, number, percent, relative_link, spread_keys
 from .plots import error_growth_comparison_figure
 from .runner import RunResult
 from .stages import repeats_training_start
@@ -138,7 +138,8 @@ def _table(rows: Sequence[Mapping[str, Any]], keys: tuple[str, str], *, with_tra
 def _spread_of(outcome: RunResult, key: str) -> str:
     """A metric every variant shares (members, horizon, threshold): one value, or each variant's in turn
     when the compared keys change it (e.g. ``hybrid.substeps`` or ``rollout.steps``)."""
-    values = [number(result.metrics[key]) for result in outcome.variants]
+    shown = given if key in ("horizon", "threshold") else number  # (as the case sets them)
+    values = [shown(result.metrics[key]) for result in outcome.variants]
     return values[0] if len(set(values)) == 1 else " / ".join(values)
 
 

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["number", "spread_keys", "median_spread", "percent", "relative_link"]
+__all__ = ["number", "given", "spread_keys", "median_spread", "percent", "relative_link"]
 
 
 def number(value: Any, digits: int = 3) -> str:
@@ -19,6 +19,15 @@ def number(value: Any, digits: int = 3) -> str:
     if not math.isfinite(value):
         return "n/a"
     return f"{value:#.{digits}g}".replace(".e", "e").rstrip(".")
+
+
+def given(value: Any) -> str:
+    """A value the case sets (or one made of such: a horizon, a sampling interval) as one writes it:
+    0.01, 8 (``number`` would say 0.0100 and 8.00, a measured look)."""
+    if value is None:
+        return "n/a"
+    value = float(value)
+    return f"{value:g}" if math.isfinite(value) else "n/a"
 
 
 def spread_keys(metrics: Mapping[str, Any]) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from ..config.fields import to_mapping
 from ..evaluation_summary import percent_down
 from ..io import atomic_path, package_version
 from ..training.assembly import jacobian_penalty_field
-from .formatting import median_spread, number, percent, relative_link, spread_keys
+from .formatting import given, median_spread, number, percent, relative_link, spread_keys
 from .runner import RunResult, VariantResult
 from .stages import repeats_training_start
 from .verdict import at_rest_while_valid, members_seen, verdict
@@ -126,19 +126,19 @@ def _training_rows(result: VariantResult) -> list[tuple[str, str]]:
         architecture += f", kernel {model.kernel_size}"
     regularizer = training.regularizer
     if regularizer != "none":
-        regularizer += f" (lambda = {number(training.regularizer_weight)})"
+        regularizer += f" (lambda = {given(training.regularizer_weight)})"
     penalty = ""
     if training.jacobian_penalty != "none":
         of = {"closure": "the closure", "rhs": "the hybrid right-hand side"}[jacobian_penalty_field(case)]
         penalty = f", Jacobian penalty {training.jacobian_penalty} of {of}"
     data = meta.get("data", {})
-    rows = [("true system", f"{system.name} {_inline(settings)}; {case.time.integrator}, dt = {number(case.time.dt)}"),
-            ("host solver", f"{host_text[host.setup]}; {host_time.integrator}, dt = {number(host_time.dt)}"),
+    rows = [("true system", f"{system.name} {_inline(settings)}; {case.time.integrator}, dt = {given(case.time.dt)}"),
+            ("host solver", f"{host_text[host.setup]}; {host_time.integrator}, dt = {given(host_time.dt)}"),
             ("closure", architecture),
             ("training", f"{training.method}, {training.rollout_steps}-step rollouts, regularizer {regularizer}{penalty}, "
-                         f"lr {number(training.learning_rate)} ({training.lr_schedule}), seed {training.seed}"),
+                         f"lr {given(training.learning_rate)} ({training.lr_schedule}), seed {training.seed}"),
             ("data", f"{_members_split(data)} x {data.get('times', 'n/a')} samples every "
-                     f"{number(data.get('sample_interval'))}; {meta.get('train_windows', 'n/a')} training windows"),
+                     f"{given(data.get('sample_interval'))}; {meta.get('train_windows', 'n/a')} training windows"),
             ("precision", f"{case.compute.dtype} (simulations, training and rollouts)")]
     final = meta.get("final", {})
     terms = ", ".join(f"{k[5:]} {number(v)}" for k, v in final.items() if k.startswith("loss/"))
@@ -202,8 +202,8 @@ def write_report(result: VariantResult, *, command: str = "") -> Path:
               + (f"; variant: {result.variant.describe()}" if result.variant.label else "") + ".", "",
               f"**{verdict(metrics, held_out=held_out, setup=case.hybrid.setup)}**", ""]
     lines += ["## Accuracy and stability", "",
-              _truth_phrase(metrics, held_out) + f"{number(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
-              f"||u - u*|| / {'rms(u* - mean u*)' if metrics.get('error_scale_kind') == 'anomaly' else 'rms(u*)'} and a prediction is valid until it exceeds {number(metrics['threshold'])}. "
+              _truth_phrase(metrics, held_out) + f"{given(metrics['horizon'])} time units ({metrics['times']} saved times); the error is "
+              f"||u - u*|| / {'rms(u* - mean u*)' if metrics.get('error_scale_kind') == 'anomaly' else 'rms(u*)'} and a prediction is valid until it exceeds {given(metrics['threshold'])}. "
               f"Median [{keys[0]}, {keys[1]}] over members (their initial states), of one trained closure "
               f"(`training.seed = {case.training.seed}`): another seed trains another closure, and "
               "`--compare training.seed=0,1,2` shows the spread over seeds.", "",

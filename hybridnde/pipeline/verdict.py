@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from .formatting import number, spread_keys
+from .formatting import given, number, spread_keys
 
 __all__ = ["verdict", "at_rest_while_valid", "members_seen", "STATISTICS_DIFFER_NATS", "INVARIANT_DRIFT_UNPHYSICAL",
            "INVARIANT_DRIFT_NOTED", "TRIVIAL_BASELINES"]
@@ -20,7 +20,7 @@ def _ratio_phrase(hybrid: float | None, bare: float | None, *, at_least: bool = 
     if hybrid is None or bare is None or not bare > 0:
         return ""
     ratio = hybrid / bare
-    return f", {'at least ' if at_least else ''}{ratio:.3g}x the bare host solver's {number(bare)}" if ratio >= 1 \
+    return f", {'at least ' if at_least else ''}{number(ratio)}x the bare host solver's {number(bare)}" if ratio >= 1 \
         else f", below the bare host solver's {number(bare)}"
 
 
@@ -104,7 +104,7 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
             notes.append(TRIVIAL_BASELINES[setup])
         text += ratio + (f" ({'; '.join(notes)})" if notes else "")
     text += f"; {metrics['stable_members']} of {members} members stay stable to the horizon of " \
-            f"{number(metrics['horizon'])}"
+            f"{given(metrics['horizon'])}"
     if baseline:
         text += f" (bare host: {baseline['stable_members']} of {baseline['members']})"
     if resting and not at_rest:
