@@ -72,7 +72,7 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     started = wallclock.perf_counter()
     extra: dict[str, object] = {}
     with torch.no_grad():
-        u, member_ids, t0, start = initial_states(case, solver)
+        u, member_ids, t0, start = initial_states_and_clock(case, solver)
         u = spin_up(case, solver, u, t0, progress=progress)
         if time.integrator in ADAPTIVE_INTEGRATORS:
             times = [start + i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
@@ -119,7 +119,7 @@ def warn_unsaved_steps(case: CaseConfig) -> None:
                     last + time.save_every)
 
 
-def initial_states(case: CaseConfig, solver) -> tuple[torch.Tensor, np.ndarray | None, float, float]:
+def initial_states_and_clock(case: CaseConfig, solver) -> tuple[torch.Tensor, np.ndarray | None, float, float]:
     """``(u (members, *state), member labels or None, t0, start)``: the members' initial states before
     the spin-up, the time ``t0`` they are at, and ``start``, the time of the first saved state. Drawn
     states have no clock: time 0 is the first saved state, after the spin-up. A file's states keep their

@@ -34,8 +34,8 @@ from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule
 from .rollout_output import member_status
 from .rollout_resume import written_elsewhere
-from .simulate import (initial_states, log_simulated, simulation_attrs, simulation_title, spin_up, warn_blowups,
-                       warn_unsaved_steps)
+from .simulate import (initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
+                       warn_blowups, warn_unsaved_steps)
 from .simulation_resume import checked_simulation_checkpoint, finished_simulation, simulation_identity
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
@@ -157,7 +157,7 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
     spin = None  # (steps done, states) of a spin-up to go on with
     with torch.inference_mode():
         if checkpoint is None:
-            u, member_ids, t0, start = initial_states(case, solver)
+            u, member_ids, t0, start = initial_states_and_clock(case, solver)
             member_ids = np.arange(len(u)) if member_ids is None else member_ids
             run_id, earlier_seconds, resumes, spin = uuid.uuid4().hex, 0.0, 0, (0, u)
         else:
