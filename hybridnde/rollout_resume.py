@@ -84,19 +84,20 @@ def resume_identity(case: CaseConfig, *, closure_checksum: str, batch_size: int,
     return identity
 
 
-def threads_changed(checkpoint: dict, identity: dict, *, fix: str | None = None) -> str | None:
+def threads_changed(checkpoint: dict, identity: dict, *, fix: str | None = None, per: str = " per rank") -> str | None:
     """Why the thread count refuses a resume, or ``None``: counts differ and at least one side chose it
     (with ``threads = 0`` on both, torch's default follows the machine and the launcher: not held to).
-    ``fix``: the setting that gives the checkpoint's count (default: ``--set rollout.threads=N``)."""
+    ``fix``: the setting that gives the checkpoint's count (default: ``--set rollout.threads=N``);
+    ``per``: what the count is of, in the words (a simulation: ``""``, it is one process)."""
     if "threads" not in checkpoint or "threads" not in identity or checkpoint["threads"] == identity["threads"]:
         return None
     if not checkpoint.get("threads_setting", 1) and not identity["threads_setting"]:
-        log.warning("resuming on %d torch thread(s) per rank, written on %d: the file may differ in its last bits "
-                    "from an uninterrupted run (a thread setting of 0 leaves the count to torch)", identity["threads"],
+        log.warning("resuming on %d torch thread(s)%s, written on %d: the file may differ in its last bits from an "
+                    "uninterrupted run (a thread setting of 0 leaves the count to torch)", identity["threads"], per,
                     checkpoint["threads"])
         return None
     written = checkpoint["threads"]
-    return (f"it was written with {written} torch thread(s) per rank, this run has {identity['threads']}, and the "
+    return (f"it was written with {written} torch thread(s){per}, this run has {identity['threads']}, and the "
             f"results' last bits depend on it ({fix or f'--set rollout.threads={written}'})")
 
 

@@ -77,7 +77,7 @@ def checked_simulation_checkpoint(case: CaseConfig, out: Path, identity: dict[st
     if checkpoint["initial_conditions"] != identity["initial_conditions"]:
         raise ResumeRefused(f"{where}: initial_condition.file, {case.initial_condition.file}, has changed since",
                             SAME_RUN)
-    threads = threads_changed(checkpoint, identity, fix=f"--threads {checkpoint.get('threads')}")
+    threads = threads_changed(checkpoint, identity, fix=f"--threads {checkpoint.get('threads')}", per="")
     if threads:
         raise ResumeRefused(f"{where}: {threads}", SAME_RUN)
     if "spinup_step" not in checkpoint:  # (one in the spin-up starts a new partial file)

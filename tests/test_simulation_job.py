@@ -168,7 +168,7 @@ def test_a_resume_of_another_case_or_thread_count_or_a_rollouts_checkpoint_is_re
         with pytest.raises(ResumeRefused, match=f"cannot resume: the case differs in {says}"):
             run_simulation(other, out, resume=True, progress=False)
     torch.set_num_threads(2)  # (the fixture gives back one thread after the test)
-    with pytest.raises(ResumeRefused, match=r"written with 1 torch thread\(s\).*\(--threads 1\)"):
+    with pytest.raises(ResumeRefused, match=r"written with 1 torch thread\(s\), this run has 2.*\(--threads 1\)"):
         run_simulation(case, out, resume=True, progress=False)
     torch.set_num_threads(1)
     assert has_restart_files(out)  # a refusal leaves them for the right command
