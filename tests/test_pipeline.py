@@ -483,6 +483,31 @@ def test_a_simulation_stopped_after_a_checkpoint_is_resumed_by_run(tmp_path, mon
         assert resumed.attrs["resumed_runs"] == 1
 
 
+def test_a_reference_simulation_stopped_after_a_checkpoint_is_resumed_by_run(tmp_path, monkeypatch, capsys):
+    import hybridnde.simulation_job as simulation_job
+    from hybridnde.netcdf_stream import TrajectoryStreamWriter, has_restart_files
+
+    case, out = write_case(tmp_path), tmp_path / "stopped"
+    sets = ["--quick", "--set", "rollout.steps=4", "--set", "output.time_chunk=2"]
+    monkeypatch.setattr(simulation_job, "CHECKPOINT_SECONDS", 0.0)
+    real, writes = TrajectoryStreamWriter.write, []
+
+    def write(self, *args):
+        writes.append(self.path.name)
+        if writes.count("reference.nc") == 2:  # after the first chunk's checkpoint
+            raise KeyboardInterrupt
+        return real(self, *args)
+    with monkeypatch.context() as patch:
+        patch.setattr(TrajectoryStreamWriter, "write", write)
+        assert run(case, out, *sets) == 130
+    assert (out / "truth.nc").is_file() and has_restart_files(out / "reference.nc")
+    capsys.readouterr()
+    assert run(case, out, *sets) == 0
+    assert any("reference -> " in line and "(resuming)" in line for line in capsys.readouterr().err.splitlines())
+    with xr.open_dataset(out / "reference.nc") as reference:
+        assert reference.attrs["resumed_runs"] == 1
+
+
 def test_run_passes_its_thread_setting_to_its_simulations(tmp_path, monkeypatch):
     """With --threads 0 a resumed simulation may run on another count (a warning); it was refused as if
     the count had been chosen, and the stage made afresh."""
@@ -497,6 +522,17 @@ def test_run_passes_its_thread_setting_to_its_simulations(tmp_path, monkeypatch)
     for threads in ("0", "2"):
         assert run(write_case(tmp_path), tmp_path / f"run{threads}", "--quick", "--threads", threads) == 1
     assert seen == [0, 2]
+    # the reference too (the truth made for real, then the spy again)
+    monkeypatch.undo()
+    real, seen = simulation_job.simulate_to_file, []
+
+    def reference_spy(case, out, **kwargs):
+        if Path(out).name == "truth.nc":
+            return real(case, out, **kwargs)
+        return spy(case, out, **kwargs)
+    monkeypatch.setattr(simulation_job, "simulate_to_file", reference_spy)
+    assert run(write_case(tmp_path), tmp_path / "reference_run", "--quick", "--threads", "0") == 1
+    assert seen == [0]
 
 
 BASELINE_CHECKPOINTS = ["--quick", "--set", "rollout.steps=24", "--set", "rollout.checkpoint_every=4", "--set",
@@ -716,11 +752,31 @@ def test_compare_shares_the_data_and_writes_one_table(tmp_path, capsys):
     assert len(checksums) == 2  # same seed, different loss: different weights
     markdown = (out / "compare.md").read_text()
     assert all(f"| {label} |" in markdown for label in labels) and "| bare host |" in markdown
+    assert "over 6 time units, error threshold 0.5." in markdown  # (the case's values as set: not 6.00, 0.500)
     assert (out / "figures" / "compare_error_growth.png").stat().st_size > 5000
     # one value is still a comparison (against the bare host): its table is written, the variant reused
     assert run(case, out, "--quick", "--compare", "training.regularizer=fd") == 0
     assert [row["label"] for row in json.loads((out / "compare.json").read_text())["variants"]] == ["regularizer=fd"]
     assert "| regularizer=fd |" in (out / "compare.md").read_text()
+
+
+def test_reports_give_the_cases_own_values_as_set_and_measured_ones_to_3_digits(finished_run):
+    """A measured 2.0 printed as "2" read as a round count; a dt of 0.01 printed as "0.0100" as a
+    measurement (both in reports before)."""
+    from hybridnde.pipeline.formatting import given, number
+    from hybridnde.pipeline.report import verdict
+
+    assert [number(v) for v in (2.0, 123.0, 0.1, 12345.0, 1e-5, None, float("nan"), 7)] == \
+        ["2.00", "123", "0.100", "1.23e+04", "1.00e-05", "n/a", "n/a", "7"]
+    assert [given(v) for v in (0.01, 8.0, 3e-3, None)] == ["0.01", "8", "0.003", "n/a"]
+    metrics = {"valid_prediction_time": {"median": 2.0}, "members": 4, "stable_members": 4, "horizon": 8.0,
+               "baseline": {"valid_prediction_time": {"median": 1.0}, "members": 4, "stable_members": 4}}
+    text = verdict(metrics)
+    assert "for 2.00 time units" in text and "2.00x the bare host solver's 1.00" in text and "horizon of 8" in text
+    _, out = finished_run
+    report = (out / "report.md").read_text()
+    assert report.count("dt = 0.25 |") == 2 and "lr 0.003 " in report and "horizon of 6" in report
+    assert "over 6 time units" in report and "exceeds 0.5." in report and "6.00" not in report
 
 
 def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():

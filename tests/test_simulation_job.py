@@ -242,12 +242,17 @@ def test_a_full_disk_while_streaming_keeps_the_checkpoint_and_says_resume(tmp_pa
     assert "Traceback" not in error and has_restart_files(out) and not out.exists()
 
 
+def blowing_up_case():
+    """ks_l22 at 4x its time step from large states: 9 of 16 members blow up."""
+    return load_case(os.path.join(CASES, "ks_l22.toml"), overrides=[
+        "initial_condition.members=16", "time.dt=1.0", "time.n_steps=40", "time.spinup_steps=0",
+        "output.time_chunk=3", "initial_condition.amplitude=5.0", "initial_condition.n_modes=12"])
+
+
 def test_blown_up_members_keep_their_batch_as_in_memory(tmp_path):
     """The rollout engine drops blown-up members once they are half the batch; the survivors' last
     bits then depended on which others blew up (1e-15, growing in a chaotic system), unlike in memory."""
-    case = load_case(os.path.join(CASES, "ks_l22.toml"), overrides=[
-        "initial_condition.members=16", "time.dt=1.0", "time.n_steps=40", "time.spinup_steps=0",
-        "output.time_chunk=3", "initial_condition.amplitude=5.0", "initial_condition.n_modes=12"])
+    case = blowing_up_case()
     run_simulation(case, tmp_path / "streamed.nc", progress=False)
     with xr.open_dataset(tmp_path / "streamed.nc") as streamed:
         assert 8 <= int((streamed.status.values == 1).sum()) < 16  # half or more, not all
@@ -330,3 +335,219 @@ def test_a_spin_up_checkpoint_resumes_though_its_partial_file_is_damaged(tmp_pat
     run_simulation(case, out, resume=True, progress=False)
     assert first_steps == [2]  # (not started again)
     assert_same_file(whole, out)
+
+
+def test_a_files_clock_survives_a_spin_up_resume(tmp_path, monkeypatch):
+    case, _ = file_case(tmp_path)
+    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
+    out = tmp_path / "truth.nc"
+    stop_in_spin_up(monkeypatch, case, out, steps=5)
+    run_simulation(case, out, resume=True, progress=False)
+    assert_same_file(whole, out)
+
+
+def test_changed_initial_conditions_refuse_a_resume(tmp_path, monkeypatch):
+    case, source = file_case(tmp_path, "time.spinup_steps=0")
+    out = tmp_path / "truth.nc"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    run_simulation(small_case("lorenz63", "initial_condition.seed=4"), source, progress=False)
+    with pytest.raises(ResumeRefused, match="initial_condition.file, .* has changed since"):
+        run_simulation(case, out, resume=True, progress=False)
+
+
+def test_another_runs_partial_refuses_a_resume(tmp_path, monkeypatch):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    monkeypatch.undo()
+    payload = torch.load(checkpoint_path(out), weights_only=True)
+    payload["run_id"] = "another"
+    torch.save(payload, checkpoint_path(out))
+    with pytest.raises(ResumeRefused, match="another run wrote into the same output"):
+        run_simulation(case, out, resume=True, progress=False)
+
+
+def test_threads_0_on_both_sides_resumes_with_a_warning(tmp_path, monkeypatch, caplog):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0, threads_setting=0)
+    monkeypatch.undo()
+    torch.set_num_threads(2)
+    run_simulation(case, out, resume=True, progress=False, threads_setting=0)
+    assert "a thread setting of 0 leaves the count to torch" in caplog.text
+    assert out.is_file()
+
+
+def test_a_fresh_run_stopped_early_leaves_no_stale_checkpoint(tmp_path, monkeypatch):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    assert has_restart_files(out)
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_simulation(case, out, progress=False)  # afresh, stopped before its first checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_finished_run_leaves_no_restart_file(tmp_path):
+    run_simulation(small_case("lorenz63"), tmp_path / "truth.nc", progress=False, checkpoint_seconds=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["truth.nc"]
+
+
+def test_an_unreadable_out_is_made_again_on_resume(tmp_path):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    out.write_bytes(b"not netcdf")
+    run_simulation(case, out, resume=True, progress=False)
+    assert_same_file(in_memory_file(case, tmp_path / "memory.nc"), out)
+
+
+def test_an_adaptive_simulation_without_resume_remakes_a_finished_file(tmp_path):
+    case = small_case("lorenz63", "time.integrator=\"dopri5\"")
+    out = simulation_job.simulate_to_file(case, tmp_path / "truth.nc", progress=False)
+    modified = out.stat().st_mtime_ns
+    simulation_job.simulate_to_file(case, out, progress=False)
+    assert out.stat().st_mtime_ns != modified
+
+
+def test_wall_seconds_add_up_over_runs_and_a_fresh_file_says_no_resume(tmp_path, monkeypatch):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    fresh = run_simulation(case, tmp_path / "fresh.nc", progress=False)
+    with xr.open_dataset(fresh) as f:
+        assert "resumed_runs" not in f.attrs and "resumed" not in f.attrs["history"]
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    monkeypatch.undo()
+    payload = torch.load(checkpoint_path(out), weights_only=True)
+    payload["elapsed_seconds"] = 1000.0
+    torch.save(payload, checkpoint_path(out))
+    run_simulation(case, out, resume=True, progress=False)
+    with xr.open_dataset(out) as f:
+        assert f.attrs["wall_seconds"] >= 1000.0
+
+
+def test_checkpoints_are_spaced_in_wall_time(tmp_path, monkeypatch):
+    clock = iter(np.arange(0.0, 1e6, 1.0))  # each perf_counter call: +1 s
+    monkeypatch.setattr(simulation_job.wallclock, "perf_counter", lambda: next(clock))
+    writes = []
+    real = simulation_job.TrajectoryStreamWriter.checkpoint
+    monkeypatch.setattr(simulation_job.TrajectoryStreamWriter, "checkpoint",
+                        lambda self, *a: writes.append(1) or real(self, *a))
+    run_simulation(small_case("lorenz63", "time.n_steps=400", "output.time_chunk=2"), tmp_path / "t.nc",
+                   progress=False, checkpoint_seconds=5.0)
+    assert 0 < len(writes) <= 8  # 20 chunks, ~2 clock reads per chunk: one checkpoint per >= 5 s
+
+
+def test_run_does_not_advise_simulate_resume(tmp_path, monkeypatch, caplog):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    stop_after(monkeypatch, 2)
+    from hybridnde.pipeline import stages
+    monkeypatch.setattr(simulation_job, "CHECKPOINT_SECONDS", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        stages.simulate(case, out, progress=False)
+    assert "--resume" not in caplog.text
+
+
+def test_the_blowup_warning_counts_members(tmp_path, caplog):
+    run_simulation(blowing_up_case(), tmp_path / "t.nc", progress=False)
+    with xr.open_dataset(tmp_path / "t.nc") as truth:
+        blew_up = int((truth.status.values == 1).sum())
+    assert blew_up < 16 and f"{blew_up} of 16 reference members blew up" in caplog.text
+
+
+def test_a_checkpoint_of_another_device_warns(tmp_path, monkeypatch, caplog):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    stop_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    monkeypatch.undo()
+    payload = torch.load(checkpoint_path(out), weights_only=True)
+    payload["device_name"] = "cuda: Some GPU"
+    torch.save(payload, checkpoint_path(out))
+    import hybridnde.rollout as rollout
+
+    put_in_form, real = [], rollout.in_working_form
+    monkeypatch.setattr(rollout, "in_working_form", lambda *a: put_in_form.append(1) or real(*a))
+    run_simulation(case, out, resume=True, progress=False)
+    assert "a simulation written on cuda: Some GPU" in caplog.text
+    assert put_in_form  # its states are put in this device's working form
+
+
+def test_the_memory_check_refuses_one_byte_over(monkeypatch):
+    from hybridnde import simulate
+    case = small_case("lorenz63")
+    monkeypatch.setattr(simulate, "available_memory", lambda: simulate.trajectory_bytes(case) - 1)
+    with pytest.raises(Exception, match="holds the whole trajectory in memory.*fixed-step time.integrator"):
+        simulate.check_fits_in_memory(case)
+
+
+def test_a_fresh_start_over_a_checkpoint_says_it_discards_it(tmp_path, monkeypatch, caplog):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    for hint in (True, False):  # (run, which continues by itself, gives no --resume hint)
+        with monkeypatch.context() as patch:
+            stop_after(patch, 2)
+            with pytest.raises(KeyboardInterrupt):
+                run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+        caplog.clear()
+        run_simulation(case, out, progress=False, resume_hint=hint)
+        assert "checkpoint of an earlier interrupted simulation" in caplog.text and "is discarded" in caplog.text
+        assert ("`hybridnde simulate ... --resume` continues one" in caplog.text) is hint
+
+
+def test_a_damaged_partial_file_after_the_spin_up_is_refused_naming_the_simulation(tmp_path, monkeypatch):
+    case, out = small_case("lorenz63"), tmp_path / "truth.nc"
+    stop_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    monkeypatch.undo()
+    partial_path(out).write_bytes(partial_path(out).read_bytes()[:2000])
+    with pytest.raises(ResumeRefused, match="partial file of the interrupted simulation (cannot be|is damaged)"):
+        run_simulation(case, out, resume=True, progress=False)
+    with pytest.raises(ResumeRefused, match=r"output.time_chunk, output.compression_level or compute.dtype changed"):
+        stop_after(monkeypatch, 3)
+        try:
+            run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        run_simulation(small_case("lorenz63", "output.time_chunk=3"), out, resume=True, progress=False)
+
+
+def test_a_resume_on_a_short_disk_warns_without_refusing(tmp_path, monkeypatch, capsys):
+    """A resume continues a file already (mostly) on the disk: the free space is no reason to refuse."""
+    import collections
+    import shutil
+
+    case_file, out = os.path.join(CASES, "lorenz63.toml"), tmp_path / "truth.nc"
+    sets = [argument for key in SMALL["lorenz63"] for argument in ("--set", key)]
+    monkeypatch.setattr(simulation_job, "CHECKPOINT_SECONDS", 0.0)
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        assert main(["simulate", case_file, "--out", str(out), *sets]) == 130
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10, 10))
+    capsys.readouterr()
+    assert main(["simulate", case_file, "--out", str(out), *sets, "--resume"]) == 0
+    assert "the simulation writes up to" in capsys.readouterr().err and out.is_file()
+    assert main(["simulate", case_file, "--out", str(tmp_path / "new.nc"), *sets]) == 2  # not resuming: refused
+
+
+def test_the_writer_names_the_kind_of_run_it_cannot_reopen(tmp_path):
+    from hybridnde.netcdf_stream import TrajectoryStreamWriter
+
+    out = tmp_path / "truth.nc"
+    partial_path(out).write_bytes(b"not hdf5")
+    for what in ("simulation", "rollout"):
+        with pytest.raises(ResumeRefused, match=f"partial file of the interrupted {what} cannot be reopened"):
+            TrajectoryStreamWriter(out, members=np.arange(2), times=np.arange(3.0), state_dim="component",
+                                   state_coords=["x"], state_shape=(1,), dtype=np.dtype(np.float64), title="t",
+                                   solver="s", closure_checksum="none", case_toml="", extra_attrs={},
+                                   compression_level=0, time_chunk=2, resume=True, what=what)
