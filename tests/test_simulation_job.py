@@ -551,3 +551,12 @@ def test_the_writer_names_the_kind_of_run_it_cannot_reopen(tmp_path):
                                    state_coords=["x"], state_shape=(1,), dtype=np.dtype(np.float64), title="t",
                                    solver="s", closure_checksum="none", case_toml="", extra_attrs={},
                                    compression_level=0, time_chunk=2, resume=True, what=what)
+
+
+def test_simulate_passes_its_thread_setting(tmp_path, monkeypatch):
+    """--threads 0 (torch's default) lets a resume run on another count with a warning; 1, the default, refuses."""
+    seen = []
+    monkeypatch.setattr(simulation_job, "run_simulation", lambda case, out, **kwargs: seen.append(kwargs["threads_setting"]))
+    for extra, expected in (([], 1), (["--threads", "0"], 0), (["--threads", "2"], 2)):
+        assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(tmp_path / "t.nc"), *extra]) == 0
+        assert seen.pop() == expected
