@@ -91,6 +91,20 @@ def stop_after(monkeypatch, chunks: int):
     return calls
 
 
+def stopped_with_a_checkpoint(case, out, *, chunks: int = 2, **kwargs):
+    """``run_simulation`` stopped by Ctrl-C in chunk ``chunks + 1``, with a checkpoint after every chunk
+    before it (``kwargs``: more of its arguments)."""
+    with pytest.MonkeyPatch.context() as patch:
+        stop_after(patch, chunks)
+        with pytest.raises(KeyboardInterrupt):
+            run_simulation(case, out, progress=False, checkpoint_seconds=0.0, **kwargs)
+
+
+def edit_checkpoint(out, **changes):
+    payload = torch.load(checkpoint_path(out), weights_only=True)
+    torch.save({**payload, **changes}, checkpoint_path(out))
+
+
 @pytest.mark.parametrize("name", ["ks_l22", "lorenz63"])
 def test_a_stopped_simulation_resumes_to_the_uninterrupted_file_without_its_spin_up(tmp_path, monkeypatch, name):
     case = small_case(name)
@@ -159,10 +173,7 @@ def test_a_stop_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatch
 def test_a_resume_of_another_case_or_thread_count_or_a_rollouts_checkpoint_is_refused(tmp_path, monkeypatch):
     case = small_case("lorenz63")
     out = tmp_path / "truth.nc"
-    stop_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
-    monkeypatch.undo()
+    stopped_with_a_checkpoint(case, out)
     for other, says in ((small_case("lorenz63", "initial_condition.seed=11"), r"initial_condition.seed \(0 -> 11\)"),
                         (small_case("lorenz63", "time.n_steps=100"), r"time.n_steps \(90 -> 100\)")):
         with pytest.raises(ResumeRefused, match=f"cannot resume: the case differs in {says}"):
@@ -349,10 +360,7 @@ def test_a_files_clock_survives_a_spin_up_resume(tmp_path, monkeypatch):
 def test_changed_initial_conditions_refuse_a_resume(tmp_path, monkeypatch):
     case, source = file_case(tmp_path, "time.spinup_steps=0")
     out = tmp_path / "truth.nc"
-    with monkeypatch.context() as patch:
-        stop_after(patch, 2)
-        with pytest.raises(KeyboardInterrupt):
-            run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    stopped_with_a_checkpoint(case, out)
     run_simulation(small_case("lorenz63", "initial_condition.seed=4"), source, progress=False)
     with pytest.raises(ResumeRefused, match="initial_condition.file, .* has changed since"):
         run_simulation(case, out, resume=True, progress=False)
@@ -360,23 +368,15 @@ def test_changed_initial_conditions_refuse_a_resume(tmp_path, monkeypatch):
 
 def test_another_runs_partial_refuses_a_resume(tmp_path, monkeypatch):
     case, out = small_case("lorenz63"), tmp_path / "truth.nc"
-    stop_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
-    monkeypatch.undo()
-    payload = torch.load(checkpoint_path(out), weights_only=True)
-    payload["run_id"] = "another"
-    torch.save(payload, checkpoint_path(out))
+    stopped_with_a_checkpoint(case, out)
+    edit_checkpoint(out, run_id="another")
     with pytest.raises(ResumeRefused, match="another run wrote into the same output"):
         run_simulation(case, out, resume=True, progress=False)
 
 
 def test_threads_0_on_both_sides_resumes_with_a_warning(tmp_path, monkeypatch, caplog):
     case, out = small_case("lorenz63"), tmp_path / "truth.nc"
-    stop_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(case, out, progress=False, checkpoint_seconds=0.0, threads_setting=0)
-    monkeypatch.undo()
+    stopped_with_a_checkpoint(case, out, threads_setting=0)
     torch.set_num_threads(2)
     run_simulation(case, out, resume=True, progress=False, threads_setting=0)
     assert "a thread setting of 0 leaves the count to torch" in caplog.text
@@ -385,10 +385,7 @@ def test_threads_0_on_both_sides_resumes_with_a_warning(tmp_path, monkeypatch, c
 
 def test_a_fresh_run_stopped_early_leaves_no_stale_checkpoint(tmp_path, monkeypatch):
     case, out = small_case("lorenz63"), tmp_path / "truth.nc"
-    with monkeypatch.context() as patch:
-        stop_after(patch, 2)
-        with pytest.raises(KeyboardInterrupt):
-            run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
+    stopped_with_a_checkpoint(case, out)
     assert has_restart_files(out)
     with monkeypatch.context() as patch:
         stop_after(patch, 2)
@@ -422,13 +419,8 @@ def test_wall_seconds_add_up_over_runs_and_a_fresh_file_says_no_resume(tmp_path,
     fresh = run_simulation(case, tmp_path / "fresh.nc", progress=False)
     with xr.open_dataset(fresh) as f:
         assert "resumed_runs" not in f.attrs and "resumed" not in f.attrs["history"]
-    stop_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
-    monkeypatch.undo()
-    payload = torch.load(checkpoint_path(out), weights_only=True)
-    payload["elapsed_seconds"] = 1000.0
-    torch.save(payload, checkpoint_path(out))
+    stopped_with_a_checkpoint(case, out)
+    edit_checkpoint(out, elapsed_seconds=1000.0)
     run_simulation(case, out, resume=True, progress=False)
     with xr.open_dataset(out) as f:
         assert f.attrs["wall_seconds"] >= 1000.0
@@ -465,13 +457,8 @@ def test_the_blowup_warning_counts_members(tmp_path, caplog):
 
 def test_a_checkpoint_of_another_device_warns(tmp_path, monkeypatch, caplog):
     case, out = small_case("lorenz63"), tmp_path / "truth.nc"
-    stop_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
-    monkeypatch.undo()
-    payload = torch.load(checkpoint_path(out), weights_only=True)
-    payload["device_name"] = "cuda: Some GPU"
-    torch.save(payload, checkpoint_path(out))
+    stopped_with_a_checkpoint(case, out)
+    edit_checkpoint(out, device_name="cuda: Some GPU")
     import hybridnde.rollout as rollout
 
     put_in_form, real = [], rollout.in_working_form
@@ -504,10 +491,7 @@ def test_a_fresh_start_over_a_checkpoint_says_it_discards_it(tmp_path, monkeypat
 
 def test_a_damaged_partial_file_after_the_spin_up_is_refused_naming_the_simulation(tmp_path, monkeypatch):
     case, out = small_case("lorenz63"), tmp_path / "truth.nc"
-    stop_after(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(case, out, progress=False, checkpoint_seconds=0.0)
-    monkeypatch.undo()
+    stopped_with_a_checkpoint(case, out, chunks=3)
     partial_path(out).write_bytes(partial_path(out).read_bytes()[:2000])
     with pytest.raises(ResumeRefused, match="partial file of the interrupted simulation (cannot be|is damaged)"):
         run_simulation(case, out, resume=True, progress=False)
