@@ -227,3 +227,15 @@ def test_training_step_profile_counts_launches_and_synchronisations():
     for name in ("plain", "+ jvp tangent"):
         assert f"N = 16, {name}, per step: " in result.stdout and "synchronisations" in result.stdout
     assert "aten::" in result.stdout  # the operator table
+
+
+def test_simulate_streaming_times_both_simulations_and_finds_them_equal():
+    stdout, records = run_tiny("simulate_streaming.py")
+    timed = [r for r in records if r["benchmark"] == "simulate_streaming"]
+    assert {r["case"] for r in timed} == {"ks_l22", "lorenz63"}
+    for record in timed:
+        assert record["identical"] and math.isfinite(record["ratio_cpu"]) and record["ratio_cpu"] > 0
+        assert set(record["seconds_cpu"]) == {"in memory", "streamed"}
+    (memory,) = [r for r in records if r["benchmark"] == "simulate_streaming_memory"]
+    assert set(memory["peak_rss_growth_bytes"]) == {"in memory", "streamed"} and memory["trajectory_bytes"] > 0
+    assert "streamed against in memory" in stdout
