@@ -326,15 +326,20 @@ def read_partial_attribute(path: str | Path, name: str, *, what: str = "rollout"
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
 
 
-def read_checkpoint(path: str | Path, *, what: str = "rollout", without_partial: bool = False) -> dict[str, Any] | None:
-    """The restart state for output ``path``, or ``None`` if there is none (with its partial file, unless
-    ``without_partial``: the caller judges); ``what``: the kind of run, in messages."""
+def read_checkpoint(path: str | Path, *, what: str = "rollout",
+                    needs_partial: Callable[[Mapping[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+    """The restart state for output ``path``, or ``None`` if there is none, or its partial file is gone
+    and it needs it (``needs_partial(payload)``; default: every checkpoint does); ``what``: the kind of
+    run, in messages."""
     state_file, partial = checkpoint_path(path), partial_path(path)
     if not state_file.is_file():
         return None
-    if not partial.is_file() and not without_partial:
+
+    def without_partial() -> None:
         log.warning("%s has no partial file %s beside it; starting from the beginning", state_file, partial)
-        return None
+
+    if not partial.is_file() and needs_partial is None:  # (said before reading a checkpoint it cannot use)
+        return without_partial()
     try:
         payload = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or foreign file: both mean it cannot be trusted
@@ -342,6 +347,8 @@ def read_checkpoint(path: str | Path, *, what: str = "rollout", without_partial:
                         "delete it or rerun without --resume") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{state_file}: not a {CHECKPOINT_FORMAT} file", "delete it or rerun without --resume")
+    if not partial.is_file() and needs_partial(payload):
+        return without_partial()
     return payload
 
 

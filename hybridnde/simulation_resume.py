@@ -17,7 +17,7 @@ import torch
 
 from .config import CaseConfig
 from .io import DataError, ResumeRefused
-from .netcdf_stream import checkpoint_path, partial_path, read_checkpoint, read_partial_attribute
+from .netcdf_stream import checkpoint_path, read_checkpoint, read_partial_attribute
 from .rollout_resume import device_name, refuse_another_runs_partial, threads_changed, warn_if_written_elsewhere
 from .simulate import SIMULATION_SECTIONS, initial_conditions_checksum
 
@@ -48,17 +48,19 @@ def simulation_identity(case: CaseConfig, device: torch.device, threads_setting:
     return identity
 
 
+def _needs_partial(checkpoint: dict[str, Any]) -> bool:
+    """One taken after the spin-up: the saves it goes on from are in the partial file (one in the spin-up
+    starts a new one)."""
+    return "spinup_step" not in checkpoint
+
+
 def checked_simulation_checkpoint(case: CaseConfig, out: Path, identity: dict[str, Any]) -> dict | None:
     """The checkpoint of ``out`` to resume, ``None`` (there is none), or ``ResumeRefused`` naming what changed.
 
     A checkpoint taken in the spin-up needs nothing of the partial file (no save is written yet): the
     resume starts a new one, so one that cannot be read, e.g. after a SIGKILL while HDF5 wrote to it,
     or is missing, is no reason to refuse."""
-    checkpoint = read_checkpoint(out, what="simulation", without_partial=True)
-    if checkpoint is not None and not partial_path(out).is_file() and "spinup_step" not in checkpoint:
-        log.warning("%s has no partial file %s beside it; starting from the beginning", checkpoint_path(out),
-                    partial_path(out))
-        return None
+    checkpoint = read_checkpoint(out, what="simulation", needs_partial=_needs_partial)
     if checkpoint is None:
         log.info("no checkpoint for %s: starting from the beginning%s", out,
                  " (the file there is another simulation's: it is made again)" if out.is_file() else "")
@@ -80,7 +82,7 @@ def checked_simulation_checkpoint(case: CaseConfig, out: Path, identity: dict[st
     threads = threads_changed(checkpoint, identity, fix=f"--threads {checkpoint.get('threads')}", per="")
     if threads:
         raise ResumeRefused(f"{where}: {threads}", SAME_RUN)
-    if "spinup_step" not in checkpoint:  # (one in the spin-up starts a new partial file)
+    if _needs_partial(checkpoint):
         refuse_another_runs_partial(checkpoint, out, what="simulation")
     warn_if_written_elsewhere(checkpoint, identity, what="simulation")
     return checkpoint
