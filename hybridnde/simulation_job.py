@@ -72,8 +72,7 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
     from .simulate import simulate_case
 
     with output_lock(out):
-        if resume and finished_simulation(out, case):
-            log.warning("--resume: %s is this case's simulation, finished; nothing to resume", out)
+        if resume and _finished_already(case, out):
             return out
         if resume:
             log.warning("--resume: time.integrator = %r solves all save times in one call and keeps no "
@@ -83,6 +82,17 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
         remove_restart_files(out)  # (of a fixed-step simulation to the same file, stopped)
     log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
     return out
+
+
+def _finished_already(case: CaseConfig, out: Path) -> bool:
+    """``--resume`` with nothing to resume: ``out`` is this case's finished truth and no stopped run's
+    restart files are beside it (a checkpoint alone, left by a stop after the rename, is removed)."""
+    if has_restart_files(out) or not finished_simulation(out, case):
+        return False
+    log.warning("--resume: %s is this case's simulation, finished; nothing to resume (without --resume it is made "
+                "again)", out)
+    checkpoint_path(out).unlink(missing_ok=True)
+    return True
 
 
 def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, progress: bool | None = None,
@@ -103,10 +113,7 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
     if not streams(case):
         raise ValueError(f"time.integrator = {case.time.integrator!r} runs in memory (simulate_case)")
     with output_lock(out):
-        if resume and not has_restart_files(out) and finished_simulation(out, case):
-            log.warning("--resume: %s is this case's simulation, finished; nothing to resume (without --resume it is "
-                        "made again)", out)
-            checkpoint_path(out).unlink(missing_ok=True)  # (one left beside it by a stop after the rename)
+        if resume and _finished_already(case, out):
             return out
         device = resolve_device(case.compute.device)
         solver = build_solver(case.system, case.time, device=device, dtype=resolve_dtype(case.compute.dtype))
