@@ -76,7 +76,7 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     rows = [("valid prediction time, median [%s, %s]" % keys if metrics["members"] > 1 else "valid prediction time",
              *both(lambda m: spread(m.get("valid_prediction_time"), m["members"])))]
     if "valid_prediction_time_lyapunov" in metrics and not at_rest_while_valid(metrics):
-        rows.append((f"  in Lyapunov times (lambda_1 = {metrics['lyapunov_exponent']:g}, from the case)",
+        rows.append((f"  in Lyapunov times (lambda_1 = {given(metrics['lyapunov_exponent'])}, from the case)",
                      *both(lambda m: spread(m.get("valid_prediction_time_lyapunov"), m["members"]))))
     rows.append(("valid to the horizon", *both(lambda m: percent(m.get("reached_horizon_fraction")))))
     rows.append(("stable to the horizon", *both(lambda m: percent(m.get("stable_fraction"), m.get("stable_members"),
