@@ -50,8 +50,10 @@ DOMAIN_LENGTH = 22.0
 DT = 0.25
 
 
-def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: int, min_seconds: float,
-            device: str = "cpu", graphs: bool = True, implementation: str = "auto"):
+def contenders(n_points: int, batch: int, steps: int, *, grad_mode: str, device: str = "cpu", graphs: bool = True,
+               implementation: str = "auto"):
+    """The four timed runs, each a callable advancing ``steps`` steps: {name: (callable, steps)}; also the
+    hooked solver and the initial state (batch, n)."""
     import torch
 
     from hybridnde.models import PeriodicCNNClosure
@@ -112,11 +114,18 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
             synchronize(device)
 
     free = KuramotoSivashinskySpectral(closure=FreeClosure(u0), **options)
-    timings = time_interleaved({"bare step": (run_solver(bare), steps),
-                                "step with free closure": (run_solver(free), steps),
-                                "4 closure forwards": (forwards, steps),
-                                "step with closure": (run_solver(hooked), steps)},
-                               repeats=repeats, min_seconds=min_seconds)
+    return {"bare step": (run_solver(bare), steps), "step with free closure": (run_solver(free), steps),
+            "4 closure forwards": (forwards, steps), "step with closure": (run_solver(hooked), steps)}, hooked, u0
+
+
+def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: int, min_seconds: float,
+            device: str = "cpu", graphs: bool = True, implementation: str = "auto"):
+    import torch
+
+    runs, hooked, u0 = contenders(n_points, batch, steps, grad_mode=grad_mode, device=device, graphs=graphs,
+                                  implementation=implementation)
+    graphs = graphs and on_gpu(device)
+    timings = time_interleaved(runs, repeats=repeats, min_seconds=min_seconds)
     with torch.no_grad():
         dense_path = hooked._use_dense(u0, trajectory=True)  # which step "auto" took
     clock = clock_for(device)
@@ -143,6 +152,57 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
     }
 
 
+def trace(n_points: int, batch: int, steps: int, *, device: str, graphs: bool, implementation: str,
+          calls: int = 5) -> None:
+    """Where a step's time goes, by kernel (on a GPU; on a CPU by leaf operator), for each contender under
+    torch.profiler: per step, how many kernels, their summed time, the time some kernel was running
+    (the union of their intervals) and the span from the first start to the last end; then the closure's
+    kernels alone against the same kernels inside the step with the closure. Printed only: a diagnosis
+    of the direct difference (a step with the closure costing more than the free step plus the
+    forwards), not a figure."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    runs, _, _ = contenders(n_points, batch, steps, grad_mode="inference_mode", device=device, graphs=graphs,
+                            implementation=implementation)
+    gpu = on_gpu(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    per_kernel: dict[str, dict[str, float]] = {}
+    print(f"Trace, N = {n_points}, batch {batch}, {device}{', CUDA graphs' if graphs and gpu else ''}: "
+          f"per step, {calls} calls of {steps} steps after a warm-up")
+    for name, (run, run_steps) in runs.items():
+        run()
+        with profile(activities=activities) as profiler:
+            for _ in range(calls):
+                run()
+        events = [event for event in profiler.events()
+                  if (event.device_type == DeviceType.CUDA if gpu else
+                      event.device_type == DeviceType.CPU and not event.cpu_children)]
+        total_steps = calls * run_steps
+        intervals = sorted((event.time_range.start, event.time_range.end) for event in events)
+        busy, reach = 0.0, float("-inf")
+        for start, end in intervals:  # the union of the kernels' intervals
+            busy += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        span = (intervals[-1][1] - intervals[0][0]) if intervals else 0.0
+        kernels: dict[str, list[float]] = {}
+        for event in events:
+            entry = kernels.setdefault(event.name, [0.0, 0.0])
+            entry[0] += event.time_range.elapsed_us() / total_steps
+            entry[1] += 1 / total_steps
+        per_kernel[name] = {kernel: time for kernel, (time, _) in kernels.items()}
+        print(f"  {name}: {len(events) / total_steps:.1f} kernels, {sum(per_kernel[name].values()):.1f} us of "
+              f"kernels, busy {busy / total_steps:.1f} us, span {span / total_steps:.1f} us (calls' gaps included)")
+        for kernel, (time, count) in sorted(kernels.items(), key=lambda item: -item[1][0])[:8]:
+            print(f"      {time:8.2f} us  x{count:4.1f}  {kernel[:110]}")
+    alone, inside = per_kernel["4 closure forwards"], per_kernel["step with closure"]
+    print("  the closure's kernels, alone -> inside the step with the closure (us per step):")
+    for kernel in sorted(alone, key=lambda key: -alone[key]):
+        print(f"      {alone[kernel]:8.2f} -> {inside.get(kernel, 0.0):8.2f}  {kernel[:100]}")
+    print(f"      {sum(alone.values()):8.2f} -> {sum(inside.get(kernel, 0.0) for kernel in alone):8.2f}  (together)",
+          flush=True)
+
+
 KEYS = {"bare_step": "bare step", "step_with_free_closure": "step with free closure",
         "four_closure_forwards": "4 closure forwards", "step_with_closure": "step with closure"}
 
@@ -153,9 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eager", action="store_true", help="on a GPU: no CUDA graphs (every kernel launched)")
     parser.add_argument("--implementation", default="auto", choices=["auto", "fft", "dense"],
                         help="the KS solvers' step (see KuramotoSivashinskySpectral); auto picks per size")
+    parser.add_argument("--trace", action="store_true",
+                        help="only trace each contender by kernel under torch.profiler (printed, not timed)")
     args = parser.parse_args(argv)
     threads = configure_threads(args.threads, args.cores)
     sizes = [(32, 4)] if args.tiny else [(64, 64), (256, 64)]
+    if args.trace:
+        for n_points, batch in sizes:
+            trace(n_points, batch, 2 if args.tiny else 20, device=args.device, graphs=not args.eager,
+                  implementation=args.implementation)
+        return 0
     modes = ["inference_mode"] if args.tiny else ["inference_mode", "no_grad"]
     records = []
     for n_points, batch in sizes:

@@ -11,7 +11,10 @@ OUT=${OUT:-/tmp/hybridnde-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_overhead_eager training_step profile memory pipeline rollout} "
+# PYTEST_WORKERS=N spreads the test parts over N pytest-xdist processes sharing the GPU (the eager
+# device-parametrised tests are bound by Python's launches, not by the GPU)
+WORKERS=${PYTEST_WORKERS:+-n $PYTEST_WORKERS}
+PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_trace closure_overhead_eager training_step profile memory pipeline rollout} "
 part() {  # part NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
   [[ $PARTS == *" $name "* ]] || return 0
@@ -28,13 +31,15 @@ except Exception as error: print(\"no exponax peer:\", error)"'
 # the GPU-only code (CUDA graphs, Triton kernels), then every device-parametrised test on cuda: the latter
 # step small states eagerly, one launch per operation, and did not finish in 100 s (27 passed, 2026-11-27)
 GPU_ONLY_TESTS="tests/test_cuda_graphs.py tests/test_fused_dense.py tests/test_fused_stages.py"
-part tests 240 python3 -m pytest -q -p no:cacheprovider -rfE --durations=10 -k cuda $GPU_ONLY_TESTS
-part device_tests 420 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 -k cuda tests \
+part tests 240 python3 -m pytest -q -p no:cacheprovider -rfE --durations=10 $WORKERS -k cuda $GPU_ONLY_TESTS
+part device_tests 420 python3 -m pytest -q -p no:cacheprovider -rfE --durations=15 $WORKERS -k cuda tests \
   $(for f in $GPU_ONLY_TESTS; do echo --ignore="$f"; done)
 part ks_stepper 260 python3 benchmarks/ks_stepper.py --device cuda --no-numpy --no-memory --repeats 5 \
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part closure_overhead 60 python3 benchmarks/closure_overhead.py --device cuda --repeats 5 --min-seconds 0.1 \
   --jsonl "$OUT/bench.jsonl"
+# where the step-with-closure's extra microseconds go: each contender's kernels under torch.profiler
+part closure_trace 90 python3 benchmarks/closure_overhead.py --device cuda --trace
 part closure_overhead_eager 60 python3 benchmarks/closure_overhead.py --device cuda --eager --repeats 5 \
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part training_step 110 python3 benchmarks/training_step.py --device cuda --no-memory --repeats 5 \

@@ -107,6 +107,21 @@ def test_closure_overhead_runs():
     assert isinstance(record["allocator"], str) and record["allocator"]
 
 
+def test_closure_overhead_trace_counts_each_contenders_operations():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "closure_overhead.py"), "--tiny", "--trace"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = {}
+    for line in result.stdout.splitlines():
+        name, _, rest = line.strip().partition(": ")
+        if rest.endswith("(calls' gaps included)"):
+            counts[name] = float(rest.split(" kernels")[0])
+    assert set(counts) == {"bare step", "step with free closure", "4 closure forwards", "step with closure"}
+    # the step with the closure runs the solver's operations and the closure's: more than either alone
+    assert counts["step with closure"] > max(counts["4 closure forwards"], counts["bare step"])
+    assert "(together)" in result.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton (its CPU interpreter) not installed")
 def test_ks_dense_fused_times_both_steps_and_they_agree():
     stdout, records = run_tiny("ks_dense_fused.py")  # on the CPU: Triton's interpreter
