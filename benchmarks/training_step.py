@@ -446,7 +446,6 @@ def profile_steps(arguments) -> None:
     """The plain and the exact-regularized step at the first size under torch.profiler: per step, the
     kernel launches, host synchronisations and copies (on a GPU, what makes a launch-bound step), then
     the operators that cost the most. Printed only: a diagnosis, not a figure."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     cuda = arguments.device.startswith("cuda")
