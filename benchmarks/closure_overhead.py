@@ -33,7 +33,7 @@ On a GPU (``--device cuda``) every contender runs as CUDA graphs -- the solvers 
 used; ``--eager`` launches every kernel instead (then the launches, not the arithmetic, dominate).
 
 The closure is ``hybridnde.models.PeriodicCNNClosure(channels=16, depth=2, kernel_size=5)``: three
-circularly padded convolutions (1 -> 16 -> 16 -> 1) with tanh, the "small periodic CNN".
+periodic convolutions (1 -> 16 -> 16 -> 1) with tanh, the "small periodic CNN".
 """
 from __future__ import annotations
 

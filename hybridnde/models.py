@@ -1,8 +1,8 @@
 """Neural closures: ``torch.nn.Module``s with ``forward(t, u) -> du_dt`` (the solvers' closure hook).
 
 * ``MLPClosure`` for ODE states ``u: (batch, n_components)``;
-* ``PeriodicCNNClosure`` for fields on a periodic grid ``u: (batch, n)``: circular padding keeps it
-  equivariant to translations of the grid, and scalar normalisation keeps that true.
+* ``PeriodicCNNClosure`` for fields on a periodic grid ``u: (batch, n)``: periodic convolutions keep
+  it equivariant to translations of the grid, and scalar normalisation keeps that true.
 
 Input and output normalisation are buffers, saved with the weights. ``spec`` holds the constructor
 arguments, so a saved closure can be rebuilt without the code that trained it. Both are TorchScript
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLPClosure", "PeriodicCNNClosure", "ACTIVATIONS", "MODEL_KINDS", "build_model", "model_from_spec"]
+__all__ = ["MLPClosure", "PeriodicCNNClosure", "periodic_halo", "ACTIVATIONS", "MODEL_KINDS", "build_model", "model_from_spec"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "softplus": nn.Softplus, "elu": nn.ELU,
@@ -106,7 +106,13 @@ def _check_sizes(**sizes: int) -> dict[str, int]:
 
 
 class PeriodicCNNClosure(_Normalized):
-    """Translation-equivariant closure for periodic 1-D fields: circularly padded convolutions.
+    """Translation-equivariant closure for periodic 1-D fields: periodic convolutions.
+
+    The input is wrapped around once by the whole receptive field's half-width (``halo`` points each
+    side) and every convolution then runs unpadded, each shrinking the field by ``kernel_size - 1``:
+    the same function as circularly padding every layer, with one copy a forward instead of one per
+    layer (circular padding copies the hidden channels at each layer): forward + backward 13-26%
+    cheaper on a CPU, a forward 1-22% (channels 16-32, N = 64-256; benchmarks/periodic_cnn_halo.py).
 
     Args:
         channels: hidden channels per layer.
@@ -123,18 +129,28 @@ class PeriodicCNNClosure(_Normalized):
             raise ValueError(f"kernel_size={kernel_size} must be odd (centred stencils keep the grid aligned)")
         self.spec = {"kind": "periodic_cnn", "channels": channels, "depth": depth, "kernel_size": kernel_size,
                      "activation": activation}
+        self.halo = (depth + 1) * (kernel_size // 2)
         layers: list[nn.Module] = []
         features = 1
         for _ in range(depth):
-            layers += [nn.Conv1d(features, channels, kernel_size, padding=kernel_size // 2, padding_mode="circular"),
-                       _activation(activation)]
+            layers += [nn.Conv1d(features, channels, kernel_size), _activation(activation)]
             features = channels
-        layers.append(nn.Conv1d(features, 1, kernel_size, padding=kernel_size // 2, padding_mode="circular"))
+        layers.append(nn.Conv1d(features, 1, kernel_size))
         self.net = nn.Sequential(*layers)
 
     def forward(self, t: Tensor, u: Tensor) -> Tensor:
-        z = (u - self.input_shift) / self.input_scale
+        z = periodic_halo((u - self.input_shift) / self.input_scale, self.halo)
         return self.net(z.unsqueeze(-2)).squeeze(-2) * self.output_scale + self.output_shift
+
+
+def periodic_halo(z: Tensor, width: int) -> Tensor:
+    """``z: (..., n) -> (..., n + 2 width)``: the periodic field with ``width`` points of its other end
+    on each side (``width`` may exceed ``n``: the field then wraps more than once)."""
+    n = z.shape[-1]
+    if width <= n:  # one concatenation: a single copy kernel
+        return torch.cat([z[..., n - width:], z, z[..., :width]], dim=-1)
+    index = torch.remainder(torch.arange(-width, n + width, device=z.device), n)
+    return z.index_select(-1, index)
 
 
 MODEL_KINDS = {"mlp": MLPClosure, "periodic_cnn": PeriodicCNNClosure}

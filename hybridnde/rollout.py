@@ -304,11 +304,15 @@ def _closure_activation_bytes(closure: Callable | None, solver: Solver) -> int:
 def _scripted_activation_bytes(closure: torch.jit.ScriptModule, solver: Solver) -> int:
     """What the hooks would count, from the weights: each layer's output and its activation's (none
     after the last layer), per member -- ``out`` values of a linear layer (weight ``(out, in)``),
-    ``out * n`` of a 1-d convolution over the ``n`` points (weight ``(out, in, k)``) -- at least the
-    plain callable's estimate."""
+    ``out * (n + 2 halo)`` of a 1-d convolution over the ``n`` points (weight ``(out, in, k)``), where
+    ``halo`` sums ``k // 2`` over the convolutions after it (``PeriodicCNNClosure`` wraps its input
+    once and its unpadded convolutions shrink it to ``n``) -- at least the plain callable's estimate."""
     points = solver.state_shape[-1]
-    outputs = [weight.shape[0] * (points if weight.ndim == 3 else 1)
-               for name, weight in closure.named_parameters() if name.endswith("weight") and weight.ndim >= 2]
+    weights = [weight for name, weight in closure.named_parameters() if name.endswith("weight") and weight.ndim >= 2]
+    outputs = []
+    for index, weight in enumerate(weights):
+        halo = sum(later.shape[-1] // 2 for later in weights[index + 1:] if later.ndim == 3)
+        outputs.append(weight.shape[0] * (points + 2 * halo if weight.ndim == 3 else 1))
     values = 2 * sum(outputs) - (outputs[-1] if outputs else 0)
     return max(values, 4 * math.prod(solver.state_shape)) * solver.dtype.itemsize
 

@@ -107,6 +107,15 @@ def test_closure_overhead_runs():
     assert isinstance(record["allocator"], str) and record["allocator"]
 
 
+def test_periodic_cnn_halo_times_both_forms_and_they_agree():
+    stdout, records = run_tiny("periodic_cnn_halo.py")
+    (record,) = records
+    assert record["max_abs_difference"] < 1e-12  # the same closure both ways
+    for key in ("forward_wrap_s", "forward_padded_s", "training_wrap_s", "training_padded_s"):
+        assert record[key] > 0
+    assert record["forward_ratio"] > 0 and record["training_ratio"] > 0 and "fwd+bwd ratio" in stdout
+
+
 def test_closure_overhead_trace_counts_each_contenders_operations():
     result = subprocess.run([sys.executable, str(BENCHMARKS / "closure_overhead.py"), "--tiny", "--trace"],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -33,6 +33,38 @@ def test_periodic_cnn_is_translation_equivariant(dtype):
         PeriodicCNNClosure(kernel_size=4)
 
 
+def _circularly_padded_reference(model: PeriodicCNNClosure, u: torch.Tensor) -> torch.Tensor:
+    """The closure as torch's circularly padded Conv1d layers compute it, with the model's weights: on
+    the field tiled 5 times (itself periodic), so any receptive field fits, then the middle period."""
+    n, pad = u.shape[-1], model.spec["kernel_size"] // 2
+    x = ((u - model.input_shift) / model.input_scale).repeat(1, 5).unsqueeze(-2)
+    for layer in model.net:
+        if isinstance(layer, torch.nn.Conv1d):
+            x = torch.nn.functional.conv1d(torch.nn.functional.pad(x, (pad, pad), mode="circular"),
+                                           layer.weight, layer.bias)
+        else:
+            x = layer(x)
+    return x.squeeze(-2)[..., 2 * n:3 * n] * model.output_scale + model.output_shift
+
+
+@pytest.mark.parametrize("n", [32, 9, 4])  # a halo of 6 = 2/3 of the grid, and wider than the grid
+def test_periodic_cnn_equals_circularly_padded_convolutions_and_their_gradients(n):
+    torch.manual_seed(3)
+    model = PeriodicCNNClosure(channels=5, depth=2, kernel_size=5).double()
+    model.set_normalization(input_shift=torch.tensor(0.3), input_scale=torch.tensor(2.0),
+                            output_shift=torch.tensor(-0.1), output_scale=torch.tensor(0.7))
+    assert model.halo == 6
+    u = torch.randn(3, n, dtype=torch.float64)
+    out, reference = model(torch.tensor(0.0), u), _circularly_padded_reference(model, u)
+    assert out.shape == u.shape
+    torch.testing.assert_close(out, reference, rtol=1e-13, atol=1e-14)
+    weights = list(model.parameters())
+    grads = torch.autograd.grad(out.square().sum(), weights)
+    reference_grads = torch.autograd.grad(_circularly_padded_reference(model, u).square().sum(), weights)
+    for grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-13)
+
+
 def test_normalisation_is_applied_and_saved_with_the_weights(tmp_path):
     torch.manual_seed(1)
     model = MLPClosure(state_dim=2, width=8).double()

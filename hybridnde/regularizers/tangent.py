@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
 
-from ..models import MLPClosure, PeriodicCNNClosure
+from ..models import MLPClosure, PeriodicCNNClosure, periodic_halo
 
 __all__ = ["closure_jvp", "JVP_METHODS", "supports_tangent"]
 
@@ -55,9 +55,8 @@ _ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.SiLU, nn.Softplus, nn.ELU)
 def _known_layer(layer: nn.Module) -> bool:
     if isinstance(layer, nn.Linear):
         return True
-    if isinstance(layer, nn.Conv1d):
-        return (layer.padding_mode == "circular" and layer.stride == (1,) and layer.groups == 1
-                and isinstance(layer.padding, tuple))
+    if isinstance(layer, nn.Conv1d):  # unpadded: PeriodicCNNClosure wraps its input once (models.periodic_halo)
+        return layer.padding == (0,) and layer.stride == (1,) and layer.groups == 1
     if isinstance(layer, nn.GELU):
         return layer.approximate == "none"
     return isinstance(layer, _ACTIVATIONS)
@@ -77,10 +76,7 @@ def supports_tangent(closure: Callable) -> bool:
 def _conv_tangent(layer: nn.Conv1d, dh: Tensor) -> Tensor:
     """The convolution without its bias on tangents ``dh: (P, batch, channels, n)``."""
     leading = dh.shape[:2]
-    flat = dh.reshape(-1, *dh.shape[2:])
-    pad = layer.padding[0]
-    flat = functional.conv1d(functional.pad(flat, (pad, pad), mode="circular"), layer.weight,
-                             dilation=layer.dilation)
+    flat = functional.conv1d(dh.reshape(-1, *dh.shape[2:]), layer.weight, dilation=layer.dilation)
     return flat.reshape(*leading, *flat.shape[1:])
 
 
@@ -89,8 +85,8 @@ def _tangent_jvp(closure: MLPClosure | PeriodicCNNClosure, u: Tensor, v: Tensor)
     field = isinstance(closure, PeriodicCNNClosure)
     h = (u - closure.input_shift) / closure.input_scale
     dh = v / closure.input_scale
-    if field:  # (batch, n) -> (batch, 1, n): one input channel
-        h, dh = h.unsqueeze(-2), dh.unsqueeze(-2)
+    if field:  # (batch, n) -> (batch, 1, n + 2 halo): one input channel, wrapped as the forward does
+        h, dh = periodic_halo(h, closure.halo).unsqueeze(-2), periodic_halo(dh, closure.halo).unsqueeze(-2)
     for layer in closure.net:
         if isinstance(layer, nn.Linear):
             h, dh = layer(h), functional.linear(dh, layer.weight)
