@@ -154,7 +154,7 @@ def measure(n_points: int, batch: int, steps: int, *, grad_mode: str, repeats: i
 
 def trace(n_points: int, batch: int, steps: int, *, device: str, graphs: bool, implementation: str,
           calls: int = 5) -> None:
-    """Where a step's time goes, by kernel (on a GPU; on a CPU by leaf operator), for each contender under
+    """Where a step's time goes, by kernel (on a GPU; on a CPU by operator, self time), for each contender under
     torch.profiler: per step, how many kernels, their summed time, the time some kernel was running
     (the union of their intervals) and the span from the first start to the last end; then the closure's
     kernels alone against the same kernels inside the step with the closure. Printed only: a diagnosis
@@ -175,11 +175,12 @@ def trace(n_points: int, batch: int, steps: int, *, device: str, graphs: bool, i
         with profile(activities=activities) as profiler:
             for _ in range(calls):
                 run()
+        # on a GPU its kernels; on a CPU every operator by its self time, the busy intervals its top-level ones
         events = [event for event in profiler.events()
-                  if (event.device_type == DeviceType.CUDA if gpu else
-                      event.device_type == DeviceType.CPU and not event.cpu_children)]
+                  if event.device_type == (DeviceType.CUDA if gpu else DeviceType.CPU)]
         total_steps = calls * run_steps
-        intervals = sorted((event.time_range.start, event.time_range.end) for event in events)
+        intervals = sorted((event.time_range.start, event.time_range.end) for event in events
+                           if gpu or event.cpu_parent is None)
         busy, reach = 0.0, float("-inf")
         for start, end in intervals:  # the union of the kernels' intervals
             busy += max(0.0, end - max(start, reach))
@@ -188,7 +189,7 @@ def trace(n_points: int, batch: int, steps: int, *, device: str, graphs: bool, i
         kernels: dict[str, list[float]] = {}
         for event in events:
             entry = kernels.setdefault(event.name, [0.0, 0.0])
-            entry[0] += event.time_range.elapsed_us() / total_steps
+            entry[0] += (event.time_range.elapsed_us() if gpu else event.self_cpu_time_total) / total_steps
             entry[1] += 1 / total_steps
         per_kernel[name] = {kernel: time for kernel, (time, _) in kernels.items()}
         print(f"  {name}: {len(events) / total_steps:.1f} kernels, {sum(per_kernel[name].values()):.1f} us of "
