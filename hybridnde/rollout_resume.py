@@ -115,6 +115,9 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
             if records_data(checkpoint[key], case.rollout.initial_conditions, identity[key]):
                 continue  # of the file's bytes, as checkpoints recorded before data checksums
             return f"rollout.initial_conditions, {case.rollout.initial_conditions}, has changed since"
+        if key == "batch_size" and not case.rollout.batch_size:  # an estimate, which a new version may change
+            return (f"it was written with batch size {checkpoint[key]}, and this run chose {identity[key]} "
+                    f"automatically (--set rollout.batch_size={checkpoint[key]} resumes it)")
         return f"it was written with another {key.replace('_', ' ')} ({checkpoint[key]!r}, now {identity[key]!r})"
     warn_if_written_elsewhere(checkpoint, identity)
     return threads_changed(checkpoint, identity)

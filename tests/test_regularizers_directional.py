@@ -250,6 +250,28 @@ def test_tangent_propagation_equals_torch_func_jvp(kind, activation, dtype):
         torch.testing.assert_close(closure_jvp(model, t, u, v, method=method), reference, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("n", [3, 6, 9])  # the CNN's halo, 6, wider than the grid, equal to it, 2/3 of it
+def test_tangent_propagation_wraps_small_grids_as_the_forward_does(n):
+    torch.manual_seed(1)
+    model = PeriodicCNNClosure(channels=4, depth=2, kernel_size=5).double()
+    u, v, t = torch.randn(2, n, dtype=torch.float64), torch.randn(3, 2, n, dtype=torch.float64), torch.zeros(())
+    reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (probe,))[1] for probe in v])
+    torch.testing.assert_close(closure_jvp(model, t, u, v, method="tangent"), reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("changed", [dict(padding=2), dict(padding=2, padding_mode="circular"), dict(dilation=2)])
+def test_a_cnn_whose_convolution_is_not_the_shipped_one_gets_the_exact_jvp(changed):
+    """The layers' tangent assumes unpadded, undilated convolutions after one wrap of the input: a
+    padded or dilated layer swapped in must not take it (it would silently follow other geometry)."""
+    torch.manual_seed(0)
+    model = PeriodicCNNClosure(channels=4, depth=1, kernel_size=5).double()
+    model.net[0] = torch.nn.Conv1d(1, 4, 5, **changed).double()
+    assert not supports_tangent(model)
+    u, v, t = torch.randn(2, 24, dtype=torch.float64), torch.randn(2, 2, 24, dtype=torch.float64), torch.zeros(())
+    with pytest.raises(TypeError, match="method='vmap'"):
+        closure_jvp(model, t, u, v, method="tangent")
+
+
 def test_a_subclass_with_its_own_forward_gets_the_exact_jvp_not_the_layers_tangent():
     """The tangent rule follows the layers only: for a subclass adding a term it missed exactly that
     term (max |u v|), and "auto" took it."""

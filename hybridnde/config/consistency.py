@@ -56,7 +56,8 @@ def check_consistency(case: CaseConfig) -> None:
         if kernel_size % 2 == 0:
             raise ConfigError(f"model.kernel_size = {kernel_size}: give an odd width (the periodic convolutions "
                               f"are centred on each grid point), e.g. {kernel_size + 1}")
-        # a stencil more than twice the grid's width would read the same points again
+        # not a limit of the model (models.periodic_halo wraps any number of times): a sanity guard, since a
+        # stencil wider than twice the grid can only be a mistake
         if isinstance(host, KuramotoSivashinskyConfig) and kernel_size // 2 > host.n_points:
             raise ConfigError(f"model.kernel_size = {kernel_size} is wider than twice the host grid "
                               f"(N = {host.n_points}); give at most {2 * host.n_points + 1}")

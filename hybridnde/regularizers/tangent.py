@@ -56,7 +56,7 @@ def _known_layer(layer: nn.Module) -> bool:
     if isinstance(layer, nn.Linear):
         return True
     if isinstance(layer, nn.Conv1d):  # unpadded: PeriodicCNNClosure wraps its input once (models.periodic_halo)
-        return layer.padding == (0,) and layer.stride == (1,) and layer.groups == 1
+        return layer.padding == (0,) and layer.stride == (1,) and layer.dilation == (1,) and layer.groups == 1
     if isinstance(layer, nn.GELU):
         return layer.approximate == "none"
     return isinstance(layer, _ACTIVATIONS)
