@@ -111,7 +111,7 @@ class PeriodicCNNClosure(_Normalized):
     The input is wrapped around once by the whole receptive field's half-width (``halo`` points each
     side) and every convolution then runs unpadded, each shrinking the field by ``kernel_size - 1``:
     the same function as circularly padding every layer, with one copy a forward instead of one per
-    layer (circular padding copies the hidden channels at each layer): forward + backward 13-26%
+    layer (circular padding copies each layer's input, mostly hidden channels): forward + backward 13-26%
     cheaper on a CPU, a forward 1-22% (channels 16-32, N = 64-256; benchmarks/periodic_cnn_halo.py).
 
     Args:
