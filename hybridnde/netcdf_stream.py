@@ -9,8 +9,9 @@ computed them (``chunk_codec``): rank 0 stores their bytes as they are (``write_
 compression is spread over the ranks instead of serialising them on rank 0.
 
 While running, the data go to ``.NAME.partial`` beside the output; a checkpoint is that file
-flushed to disk plus ``.NAME.checkpoint`` (written atomically) with what a restart needs. Only a
-complete file is renamed to ``NAME``.
+flushed to disk plus ``.NAME.checkpoint`` (written atomically) with what a restart needs and a
+journal of the chunks flushed, ``.NAME.chunks`` (``partial_repair``: a resume rebuilds a partial
+file a kill left damaged from it). Only a complete file is renamed to ``NAME``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import torch
 
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, ResumeRefused, atomic_path, load_error_text, trajectory_dataset
+from .partial_repair import (RECORD_KEY, ChunkJournal, ChunkLocator, journal_path, partial_damage,
+                             rebuild_partial)
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
            "read_partial_attribute", "remove_restart_files", "has_restart_files", "CHECKPOINT_FORMAT"]
@@ -51,11 +54,6 @@ def partial_path(path: str | Path) -> Path:
 #: members of finished batches have their final ``u`` and ``status``
 INCOMPLETE = ("rollout in progress or interrupted: u and status are final only for the members of finished batches "
               "(`hybridnde rollout ... --resume` continues it)")
-
-
-#: how a partial file is most likely damaged, per kind of run (a resume refusing it says so)
-DAMAGE_CAUSE = {"rollout": "e.g. Ctrl-C under mpiexec, whose ranks abort one another",
-                "simulation": "e.g. killed (SIGKILL) while HDF5 wrote to it"}
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -87,66 +85,90 @@ class TrajectoryStreamWriter:
     def __init__(self, path: str | Path, *, members: np.ndarray, times: np.ndarray, state_dim: str,
                  state_coords: Any, state_shape: Sequence[int], dtype: np.dtype, title: str, solver: str,
                  closure_checksum: str, case_toml: str, extra_attrs: Mapping[str, Any], compression_level: int,
-                 time_chunk: int, resume: bool = False, incomplete: str = INCOMPLETE, what: str = "rollout"):
+                 time_chunk: int, resume: bool = False, incomplete: str = INCOMPLETE, what: str = "rollout",
+                 record: Mapping[str, Any] | None = None):
         self.path, self.what = Path(path), what
         self.partial = partial_path(self.path)
         self.n_members, self.n_times = len(members), len(times)
         self.layout = ChunkLayout.for_output(n_times=self.n_times, time_chunk=time_chunk,
                                              state_size=int(np.prod(state_shape)), dtype=dtype,
                                              compression_level=compression_level)
-        if not resume:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def create(target: Path) -> None:
             template = trajectory_dataset(np.zeros((len(members), 0, *state_shape), dtype=dtype), [],
                                           state_dim=state_dim, state_coords=state_coords, members=members,
                                           title=title, solver=solver, closure_checksum=closure_checksum,
                                           case_toml=case_toml, extra_attrs=extra_attrs)
             import netCDF4
 
+            with netCDF4.Dataset(target, "w", format="NETCDF4") as dataset:
+                self._create(dataset, template, np.asarray(times, dtype=np.float64), state_dim, state_shape,
+                             np.dtype(dtype), incomplete)
+        if not resume:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with netCDF4.Dataset(self.partial, "w", format="NETCDF4") as dataset:
-                    self._create(dataset, template, np.asarray(times, dtype=np.float64), state_dim, state_shape,
-                                 np.dtype(dtype), incomplete)
+                create(self.partial)
             except BaseException:
                 self.partial.unlink(missing_ok=True)
                 raise
-        self.file = self._open_for_streaming(resume)
+        # where each chunk lands; a resume whose checkpoint has no journal (an earlier version's, or the
+        # journal lost) cannot vouch for the chunks before it, and keeps none
+        self._journal = ChunkJournal.resumed(journal_path(self.path), record) if resume else None
+        self.file = self._open_for_streaming(resume, record, create)
+        if not resume:
+            self._journal = ChunkJournal(journal_path(self.path))
         self.u = self.file["u"]
         self._start_thread()
 
-    def _open_for_streaming(self, resume: bool):
+    def _open_for_streaming(self, resume: bool, record: Mapping[str, Any] | None, create: Callable[[Path], None]):
         import h5py
 
+        table = self._journal.table() if resume and self._journal else None
+        damage = partial_damage(self.partial, table, what=self.what) if resume else None
+        if damage:
+            if table is None:
+                raise ResumeRefused(f"{self.partial}: the partial file of the interrupted {self.what} {damage}" + (
+                    f"; its chunk journal {journal_path(self.path)} is missing or not its checkpoint's" if record else
+                    ""), "rerun without --resume")
+            self._check_layout(tuple(record["layout"]), resume=True)
+            rebuild_partial(self.partial, table, record, create, what=self.what)
+            log.warning("%s: the partial file of the interrupted %s %s; rebuilt from the %d chunk(s) its journal "
+                        "recorded", self.partial, self.what, damage, len(table))
         try:
             file = h5py.File(self.partial, "r+", rdcc_nbytes=CHUNK_CACHE_BYTES)
-        except OSError as error:
+        except OSError:
             if not resume:
                 self.partial.unlink(missing_ok=True)
-                raise
-            raise ResumeRefused(f"{self.partial}: the partial file of the interrupted {self.what} cannot be reopened "
-                                f"({error})", "rerun without --resume") from None
+            raise
         u = file["u"]
-        if resume:
-            try:
-                check_chunk_index(u.id, self.partial.stat().st_size)
-            except Exception as error:
-                file.close()
-                raise ResumeRefused(f"{self.partial}: the partial file of the interrupted {self.what} is damaged "
-                                    f"({error}): it was stopped while writing ({DAMAGE_CAUSE[self.what]})",
-                                    "rerun without --resume") from None
         plist = u.id.get_create_plist()
         filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
-        found = (u.shape[:2], u.chunks, filters, u.dtype)
-        wanted = ((self.n_members, self.n_times), self.layout.chunk_shape, self.layout.filters, self.layout.dtype)
-        if found != wanted:
+        try:
+            self._check_layout((u.shape[:2], u.chunks, filters, u.dtype.str), resume=resume)
+        except BaseException:
             file.close()
-            if resume:
-                raise ResumeRefused(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
-                                    f"the case now asks for {wanted} (output.time_chunk, output.compression_level "
-                                    "or compute.dtype changed)", "rerun with the settings it was started with, or "
-                                    "without --resume")
-            self.partial.unlink(missing_ok=True)
-            raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
+            if not resume:
+                self.partial.unlink(missing_ok=True)
+            raise
+        self._locator = ChunkLocator(self.partial, file.id)
         return file
+
+    def _layout(self) -> list:
+        """What ``u`` must be: (members, times), chunk shape, filters, dtype (as a checkpoint records it)."""
+        return [[self.n_members, self.n_times], list(self.layout.chunk_shape), list(self.layout.filters),
+                self.layout.dtype.str]
+
+    def _check_layout(self, found: tuple, *, resume: bool) -> None:
+        found = [list(part) if isinstance(part, (list, tuple)) else part for part in found]
+        wanted = self._layout()
+        if found == wanted:
+            return
+        if not resume:
+            raise RuntimeError(f"{self.partial}: netCDF4 created u as {found}, not {wanted}")
+        raise ResumeRefused(f"{self.partial}: holds u with (members x times, chunks, filters, dtype) {found}, "
+                            f"the case now asks for {wanted} (output.time_chunk, output.compression_level "
+                            "or compute.dtype changed)", "rerun with the settings it was started with, or "
+                            "without --resume")
 
     def _create(self, dataset, template, times, state_dim, state_shape, dtype, incomplete):
         layout = self.layout
@@ -230,6 +252,8 @@ class TrajectoryStreamWriter:
                              f"{(self.n_members, self.n_times)}")
         for offset, payload in block.offsets():
             self.u.id.write_direct_chunk(offset, payload)
+            if self._journal:
+                self._journal.note(offset[0], offset[1], self._locator.after(payload), payload)
 
     def _write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
         self.file["status"][:] = np.asarray(status, dtype=np.int8)
@@ -243,7 +267,9 @@ class TrajectoryStreamWriter:
         def job():
             self._write_status(status, blowup_time)
             self.file.flush()
-            write_checkpoint(self.path, payload)
+            record = self._journal and self._journal.checkpoint(self.u, status=status, blowup_time=blowup_time,
+                                                                layout=self._layout())
+            write_checkpoint(self.path, payload if record is None else {**payload, RECORD_KEY: record})
         self._submit(job)
 
     def close(self) -> None:
@@ -254,6 +280,7 @@ class TrajectoryStreamWriter:
             self._thread.join()
         if self.file:  # an h5py File is false once closed
             self.file.close()
+            self._locator.close()
 
     def commit(self, status: np.ndarray, blowup_time: np.ndarray, attrs: Mapping[str, Any], *,
                history: str = "") -> Path:
@@ -277,32 +304,8 @@ class TrajectoryStreamWriter:
 
     def discard(self) -> None:
         self.close()
-        self.partial.unlink(missing_ok=True)
-
-
-def check_chunk_index(dataset_id, file_size: int) -> None:
-    """Raise unless every stored chunk of ``dataset_id`` (an h5py ``DatasetID``) lies inside the file:
-    a partial file interrupted while HDF5 wrote its metadata can index chunks past its end, and the
-    first write of a resume then fails ("addr overflow") -- again on every later attempt."""
-    outside, furthest = [], []
-
-    def visit(chunk) -> None:
-        if chunk.byte_offset is None or chunk.byte_offset + chunk.size > file_size:
-            outside.append(chunk)
-        elif not furthest or chunk.byte_offset + chunk.size > furthest[0].byte_offset + furthest[0].size:
-            furthest[:] = [chunk]
-
-    if hasattr(dataset_id, "chunk_iter"):  # one pass over the index (get_chunk_info(i) walks it each call)
-        dataset_id.chunk_iter(visit)
-    else:
-        for index in range(dataset_id.get_num_chunks()):
-            visit(dataset_id.get_chunk_info(index))
-    if outside:
-        chunk = outside[0]
-        raise ValueError(f"{len(outside)} chunk(s) indexed past the file's {file_size} bytes, e.g. "
-                         f"{chunk.chunk_offset} at {chunk.byte_offset}+{chunk.size}")
-    if furthest:  # inside the file, but HDF5 may have recorded a shorter end of allocation: read it
-        dataset_id.read_direct_chunk(furthest[0].chunk_offset)
+        for leftover in (self.partial, journal_path(self.path)):
+            leftover.unlink(missing_ok=True)
 
 
 def write_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
@@ -359,5 +362,5 @@ def has_restart_files(path: str | Path) -> bool:
 
 
 def remove_restart_files(path: str | Path) -> None:
-    for leftover in (checkpoint_path(path), partial_path(path)):
+    for leftover in (checkpoint_path(path), partial_path(path), journal_path(path)):
         leftover.unlink(missing_ok=True)

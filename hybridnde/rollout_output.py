@@ -19,6 +19,7 @@ from .config import CaseConfig
 from .checksums import records_data
 from .io import STATUS_FLAGS
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
+from .partial_repair import RECORD_KEY
 from .rollout import SaveSchedule
 from .rollout_resume import same_rollout_case
 from .systems import state_coordinates
@@ -81,7 +82,8 @@ def _open_writer(case: CaseConfig, out: Path, setup: RolloutSetup, *, resume: bo
                      # the file's data when it started from one: `hybridnde run` remakes a rollout whose file changed
                      "initial_conditions_sha256": "" if case.rollout.initial_conditions == "draw"
                      else setup.identity["initial_conditions_checksum"]},
-        compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume)
+        compression_level=case.output.compression_level, time_chunk=case.output.time_chunk, resume=resume,
+        record=setup.checkpoint.get(RECORD_KEY) if resume else None)
 
 
 def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> RolloutSummary | None:

@@ -30,6 +30,7 @@ from .io import history_line
 from .interrupts import interrupts_deferred
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, has_restart_files, remove_restart_files
 from .output_lock import output_lock
+from .partial_repair import RECORD_KEY
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule
 from .rollout_output import member_status
@@ -91,7 +92,7 @@ def _finished_already(case: CaseConfig, out: Path) -> bool:
         return False
     log.warning("--resume: %s is this case's simulation, finished; nothing to resume (without --resume it is made "
                 "again)", out)
-    checkpoint_path(out).unlink(missing_ok=True)
+    remove_restart_files(out)  # (the checkpoint and chunk journal: the partial file is gone)
     return True
 
 
@@ -182,7 +183,8 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
         extra_attrs={**simulation_attrs(case, solver, identity["initial_conditions"]), "run_id": run_id},
         compression_level=case.output.compression_level, time_chunk=case.output.time_chunk,
         # a checkpoint in the spin-up needs no saves: its partial file is started anew (simulation_resume)
-        resume=checkpoint is not None and spin is None, incomplete=INCOMPLETE, what="simulation")
+        resume=checkpoint is not None and spin is None, incomplete=INCOMPLETE, what="simulation",
+        record=checkpoint.get(RECORD_KEY) if checkpoint is not None and spin is None else None)
     checkpoints = _Checkpoints(writer, schedule, checkpoint_seconds, {
         **identity, "run_id": run_id, "t0": start, "spinup_t0": t0, "member_ids": torch.tensor(np.asarray(member_ids)),
         "resumes": resumes}, earlier_seconds)

@@ -210,3 +210,18 @@ def fused_and_unfused(n_points: int, batch: int, *, dtype=torch.float64, closure
     with torch.no_grad():
         fused, unfused = (solver.rollout(u0, steps, save_every=10) for solver in solvers)
     return solvers[0], fused, unfused
+
+
+def break_chunk_index(partial) -> int:
+    """Overwrite the signatures of a partial file's version-1 B-tree nodes of chunk type (``u``'s chunk
+    index; HDF5 file format, "Version 1 B-trees"), as a kill between a split's writes can leave them
+    unreadable; returns how many."""
+    from pathlib import Path
+
+    partial = Path(partial)
+    damaged = bytearray(partial.read_bytes())
+    nodes = [at for at in range(len(damaged) - 4) if damaged.startswith(b"TREE\x01", at)]
+    for at in nodes:
+        damaged[at:at + 4] = b"XXXX"
+    partial.write_bytes(bytes(damaged))
+    return len(nodes)

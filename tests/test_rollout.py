@@ -19,6 +19,7 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import break_chunk_index
 from hybridnde.cli import main
 from hybridnde.closure_file import save_closure
 from hybridnde.config import ConfigError, parse_case
@@ -28,6 +29,7 @@ from hybridnde.initial_conditions import draw_initial_conditions
 from hybridnde.io import STATUS_FLAGS, DataError, package_version, trajectory_dataset, write_netcdf
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
 from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
+from hybridnde.partial_repair import journal_path
 from hybridnde.rollout import auto_batch_size, batch_bounds, first_blowup
 from hybridnde.rollout_job import run_rollout
 from hybridnde.simulate import simulate_case
@@ -550,22 +552,18 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path, caplog)
         run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
     with h5py.File(partial_path(tmp_path / "resumed.nc"), "r+") as file:
         file.attrs["run_id"] = run_id
-    # a partial file whose chunk index points past its end (Ctrl-C under mpiexec: a rank aborted rank 0
-    # while HDF5 wrote metadata) is refused before writing, not failed on ("addr overflow") resume after resume
-    from hybridnde import netcdf_stream
+    # a partial file whose chunk index is broken (Ctrl-C under mpiexec: a rank aborted rank 0 while HDF5
+    # wrote metadata) is rebuilt from the checkpoint's record (tests/test_partial_repair.py), on a copy
+    import shutil
 
-    with h5py.File(partial_path(tmp_path / "resumed.nc"), "r") as file:
-        size = partial_path(tmp_path / "resumed.nc").stat().st_size
-        netcdf_stream.check_chunk_index(file["u"].id, size)  # this one is whole
-        with pytest.raises(ValueError, match=r"chunk\(s\) indexed past the file's 100 bytes"):
-            netcdf_stream.check_chunk_index(file["u"].id, 100)
-    real_check = netcdf_stream.check_chunk_index
-    netcdf_stream.check_chunk_index = lambda dataset_id, size: real_check(dataset_id, 100)  # as if damaged
-    try:
-        with pytest.raises(DataError, match="partial file of the interrupted rollout is damaged .*rerun without --resume"):
-            run_rollout(case, tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
-    finally:
-        netcdf_stream.check_chunk_index = real_check
+    copy = tmp_path / "copy" / "resumed.nc"
+    copy.parent.mkdir()
+    for path in (partial_path, checkpoint_path, journal_path):
+        shutil.copy(path(tmp_path / "resumed.nc"), path(copy))
+    assert break_chunk_index(partial_path(copy))
+    caplog.clear()
+    run_rollout(case, copy, closure=model, resume=True, progress=False)
+    assert "is damaged (" in caplog.text and "rebuilt from the " in caplog.text
     # a checkpoint from before these checks (no run_id, threads or input checksum) still resumes
     state = torch.load(checkpoint_path(tmp_path / "resumed.nc"), weights_only=True)
     for key in ("run_id", "threads", "initial_conditions_checksum", "member_steps"):
@@ -580,6 +578,13 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path, caplog)
     assert f"resumed.nc from its checkpoint: {done} of 360 member-steps done ({100 * done / 360:.0f}%), " in caplog.text
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
+    assert_same_data(copy, tmp_path / "straight.nc")
+    with xr.open_dataset(copy) as rebuilt, xr.open_dataset(tmp_path / "resumed.nc") as resumed:  # the same header
+        per_run = {"history", "wall_seconds", "member_steps_per_second", "run_id"}  # (resumed.nc: none, below)
+        assert {k: str(v) for k, v in rebuilt.attrs.items() if k not in per_run} == {
+            k: str(v) for k, v in resumed.attrs.items() if k not in per_run}
+        for name in rebuilt.variables:
+            assert rebuilt[name].attrs.keys() == resumed[name].attrs.keys(), name
     # the file's cost attributes cover the whole rollout, not the last run's part (which they did)
     with xr.open_dataset(tmp_path / "resumed.nc") as resumed, xr.open_dataset(tmp_path / "straight.nc") as straight:
         assert resumed.attrs["member_steps"] == straight.attrs["member_steps"] == 6 * 60

@@ -8,6 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import break_chunk_index
 from hybridnde import simulation_job
 from hybridnde.cli import main
 from hybridnde.config import load_case
@@ -345,6 +346,22 @@ def test_a_spin_up_checkpoint_resumes_though_its_partial_file_is_damaged(tmp_pat
                         lambda *a, first=0, **k: first_steps.append(first) or real_spin_up(*a, first=first, **k))
     run_simulation(case, out, resume=True, progress=False)
     assert first_steps == [2]  # (not started again)
+    assert_same_file(whole, out)
+
+
+def test_a_partial_file_with_a_broken_chunk_index_is_rebuilt_and_resumes_to_the_same_file(tmp_path, caplog):
+    """A kill while HDF5 split u's chunk index (tests/test_partial_repair.py replays every such moment):
+    the chunks the checkpoint recorded are copied into a new partial file, and the resume goes on."""
+    case = small_case("lorenz63")
+    whole = run_simulation(case, tmp_path / "whole.nc", progress=False)
+    out = tmp_path / "truth.nc"
+    stopped_with_a_checkpoint(case, out, chunks=3)
+    recorded = torch.load(checkpoint_path(out), weights_only=True)["partial_file"]["journal_rows"]
+    assert recorded == case.initial_condition.members * 3  # each member's 3 chunks
+    assert break_chunk_index(partial_path(out))
+    run_simulation(case, out, resume=True, progress=False)
+    assert "partial file of the interrupted simulation is damaged (" in caplog.text
+    assert f"rebuilt from the {recorded} chunk(s) its journal recorded" in caplog.text
     assert_same_file(whole, out)
 
 

@@ -1,0 +1,233 @@
+"""A partial file that a kill left damaged, told from a whole one and rebuilt from its chunk journal.
+
+A process stopped while HDF5 writes the partial file's metadata (SIGKILL; ``MPI_Abort`` from another
+rank) can leave ``u``'s chunk index half-updated -- a B-tree split whose new node is not yet on disk
+-- or newer than the superblock's end of allocation, so that the first read or write past it fails
+("addr overflow") and a new chunk would be allocated over an old one. The chunks a checkpoint
+covers are intact either way: HDF5 writes a chunk where it allocated it and moves it only when it is
+written again, and a resume writes again only what came after its checkpoint.
+
+So the writer notes where each chunk it stores lands (``ChunkLocator``: read back where HDF5
+allocates) and, at each checkpoint, appends those chunks to ``.NAME.chunks`` (``ChunkJournal``):
+rows of member, first save, byte offset, size and CRC-32 of the stored bytes, 5 little-endian int64
+each. The checkpoint records how many rows it covers and their CRC (``RECORD_KEY``), so a checkpoint
+costs O(new chunks) however long the run. Like HDF5's flush, the journal is not synced to the disk: it
+survives the process, not the machine. A resume checks the index against the journal (``partial_damage``) and, if the file
+is damaged, ``rebuild_partial`` makes a new one with the same header and copies the journal's chunks
+across, each checked against its CRC.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .io import ResumeRefused
+from .output_paths import atomic_path
+
+__all__ = ["RECORD_KEY", "ChunkLocator", "ChunkJournal", "journal_path", "check_chunk_index", "partial_damage",
+           "rebuild_partial"]
+
+#: where a checkpoint keeps what it knows of its partial file (checkpoints of earlier versions: nothing)
+RECORD_KEY = "partial_file"
+
+#: how a partial file is most likely damaged, per kind of run (said with the damage)
+DAMAGE_CAUSE = {"rollout": "e.g. Ctrl-C under mpiexec, whose ranks abort one another",
+                "simulation": "e.g. killed (SIGKILL) while HDF5 wrote to it"}
+
+_ROW = np.dtype("<i8")  # a journal row: 5 of these
+
+
+def journal_path(path: str | Path) -> Path:
+    """The chunk journal of the partial file of output ``path``: ``.NAME.chunks`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.chunks")
+
+
+class ChunkLocator:
+    """Where HDF5 put the chunk it was just handed (``after`` each direct chunk write; ``file_id``: the
+    h5py ``FileID``), found by reading the partial file back where HDF5 allocates: at the end of the
+    file, or (under 2 KiB) in its block for small raw data, just past the previous chunk; when it
+    starts a new block, the rest of the old one becomes free space, which later small chunks (a
+    blown-up member's NaNs: a few dozen bytes) fill from its start. Only space that was free after
+    the previous chunk is searched, so a chunk is not taken for an earlier one with the same bytes
+    (a rebuild checks each chunk's CRC all the same); ``None``: not found (the index is asked)."""
+
+    SEARCH_BYTES = 1 << 20
+    SMALL_BLOCK = 2048  # HDF5's default small-data block size
+    LEFTOVERS = 1024  # the most recent kept
+
+    def __init__(self, partial: Path, file_id):
+        self._fd, self._file_id = os.open(partial, os.O_RDONLY), file_id
+        self._end: int | None = None  # of the previous chunk found in order
+        self._file_size = file_id.get_filesize()
+        self._leftovers: list[int] = []  # where a small-data block was left: free space from there
+
+    def after(self, stored: bytes) -> int | None:
+        size, file_size = len(stored), self._file_id.get_filesize()  # (the end of allocation, or past it)
+        grown, self._file_size = self._file_size, file_size
+        if self._end is not None and os.pread(self._fd, size, self._end) == stored:
+            return self._in_order(self._end, size)
+        # a new block, or a chunk at the end (a flush gives back the block's rest: the end may be lower)
+        low = max(file_size - self.SEARCH_BYTES, min(grown, grown if self._end is None else self._end))
+        found = os.pread(self._fd, max(0, file_size - low), low).find(stored)
+        if found >= 0:
+            return self._in_order(low + found, size)
+        for index in range(len(self._leftovers) - 1, -1, -1):  # (the newest first)
+            start = self._leftovers[index]
+            found = os.pread(self._fd, self.SMALL_BLOCK, start).find(stored)
+            if found >= 0:
+                self._leftovers[index] = start + found + size
+                return start + found
+        return None
+
+    def _in_order(self, offset: int, size: int) -> int:
+        if self._end is not None and offset != self._end:
+            self._leftovers = self._leftovers[-self.LEFTOVERS + 1:] + [self._end]
+        self._end = offset + size
+        return offset
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class ChunkJournal:
+    """The chunks of ``u`` stored so far and where, in ``journal_path(path)``; ``note`` each one,
+    ``checkpoint`` appends those noted since the last and returns what the checkpoint records."""
+
+    def __init__(self, path: Path, rows: int = 0, crc: int = 0):
+        self.path, self.rows, self.crc = path, rows, crc
+        self._pending: list[tuple[int, int, int | None, int, int]] = []
+        with open(path, "r+b" if rows else "wb") as journal:
+            journal.truncate(rows * 5 * _ROW.itemsize)  # (rows past the checkpoint: a run after it wrote them)
+
+    @classmethod
+    def resumed(cls, path: Path, record: Mapping[str, Any] | None) -> "ChunkJournal | None":
+        """The journal as the checkpoint ``record`` left it, or ``None`` if it is missing or not that."""
+        if record is None or "journal_rows" not in record:
+            return None
+        rows, crc = int(record["journal_rows"]), int(record["journal_crc"])
+        try:
+            with open(path, "rb") as journal:
+                head = journal.read(rows * 5 * _ROW.itemsize)
+        except OSError:
+            return None
+        if len(head) != rows * 5 * _ROW.itemsize or zlib.crc32(head) != crc:
+            return None
+        return cls(path, rows, crc)
+
+    def table(self) -> np.ndarray:
+        """``(rows, 5)`` int64: member, first save, byte offset, size, CRC-32; a chunk stored twice
+        appears once, where it was last stored."""
+        with open(self.path, "rb") as journal:
+            table = np.frombuffer(journal.read(self.rows * 5 * _ROW.itemsize), dtype=_ROW).reshape(-1, 5)
+        if not len(table):
+            return table.astype(np.int64)
+        _, last = np.unique(table[::-1, :2], axis=0, return_index=True)  # (first in reverse: last stored)
+        return table[np.sort(len(table) - 1 - last)].astype(np.int64)
+
+    def note(self, member: int, save: int, offset: int | None, stored: bytes) -> None:
+        self._pending.append((member, save, offset, len(stored), zlib.crc32(stored)))
+
+    def checkpoint(self, u, *, status: np.ndarray, blowup_time: np.ndarray, layout: list) -> dict[str, Any]:
+        """Append the chunks noted since the last checkpoint (``u``: the h5py dataset, just flushed,
+        asked where a chunk is only when the locator did not find it) and return the checkpoint's record."""
+        rows = np.array([(m, s, offset if offset is not None else _stored_offset(u, m, s), size, crc)
+                         for m, s, offset, size, crc in self._pending], dtype=_ROW).reshape(-1, 5)
+        with open(self.path, "ab") as journal:
+            journal.write(rows.tobytes())
+        self.rows, self.crc, self._pending = self.rows + len(rows), zlib.crc32(rows.tobytes(), self.crc), []
+        return {"journal_rows": self.rows, "journal_crc": self.crc, "layout": layout,
+                "status": torch.from_numpy(np.array(status, dtype=np.int8)),
+                "blowup_time": torch.from_numpy(np.array(blowup_time, dtype=np.float64))}
+
+
+def _stored_offset(u, member: int, save: int) -> int:
+    info = u.id.get_chunk_info_by_coord((member, save, 0))  # (walks the index: only for writes not seen)
+    if info.byte_offset is None:
+        raise RuntimeError(f"{u.file.filename}: u's chunk at member {member}, save {save} is missing from its index")
+    return int(info.byte_offset)
+
+
+def _each_chunk(dataset_id, visit: Callable[[Any], None]) -> None:
+    if hasattr(dataset_id, "chunk_iter"):  # one pass over the index (get_chunk_info(i) walks it each call)
+        dataset_id.chunk_iter(visit)
+    else:
+        for index in range(dataset_id.get_num_chunks()):
+            visit(dataset_id.get_chunk_info(index))
+
+
+def check_chunk_index(dataset_id, file_size: int) -> None:
+    """Raise unless every stored chunk of ``dataset_id`` (an h5py ``DatasetID``) lies inside the file:
+    a partial file interrupted while HDF5 wrote its metadata can index chunks past its end, and the
+    first write of a resume then fails ("addr overflow") -- again on every later attempt."""
+    outside, furthest = [], []
+
+    def visit(chunk) -> None:
+        if chunk.byte_offset is None or chunk.byte_offset + chunk.size > file_size:
+            outside.append(chunk)
+        elif not furthest or chunk.byte_offset + chunk.size > furthest[0].byte_offset + furthest[0].size:
+            furthest[:] = [chunk]
+
+    _each_chunk(dataset_id, visit)
+    if outside:
+        chunk = outside[0]
+        raise ValueError(f"{len(outside)} chunk(s) indexed past the file's {file_size} bytes, e.g. "
+                         f"{chunk.chunk_offset} at {chunk.byte_offset}+{chunk.size}")
+    if furthest:  # inside the file, but HDF5 may have recorded a shorter end of allocation: read it
+        dataset_id.read_direct_chunk(furthest[0].chunk_offset)
+
+
+def partial_damage(partial: Path, table: np.ndarray | None, *, what: str) -> str | None:
+    """What is wrong with ``partial``, the partial file of an interrupted ``what`` (``None``: nothing): its
+    chunk index must lie inside the file and its end of allocation, and hold each chunk of ``table``
+    (``ChunkJournal.table``) where it says. Read-only: HDF5 closing a damaged file opened for writing
+    cuts it to its stale end."""
+    import h5py
+
+    try:
+        file = h5py.File(partial, "r")
+    except OSError as error:
+        return f"cannot be reopened ({error})"
+    indexed: dict[tuple[int, int], tuple[int, int]] = {}
+    try:
+        with file:
+            u = file["u"]
+            check_chunk_index(u.id, partial.stat().st_size)
+            if table is not None:
+                _each_chunk(u.id, lambda chunk: indexed.__setitem__(chunk.chunk_offset[:2],
+                                                                    (chunk.byte_offset, chunk.size)))
+    except Exception as error:  # (h5py raises several kinds for a broken B-tree)
+        return f"is damaged ({error}): it was stopped while writing ({DAMAGE_CAUSE[what]})"
+    moved = [row for row in (table.tolist() if table is not None else ())
+             if indexed.get((row[0], row[1])) != (row[2], row[3])]
+    if moved:
+        return (f"is damaged ({len(moved)} chunk(s) of its checkpoint are not indexed where its journal says, e.g. "
+                f"member {moved[0][0]}, save {moved[0][1]})")
+    return None
+
+
+def rebuild_partial(partial: Path, table: np.ndarray, record: Mapping[str, Any], create: Callable[[Path], None], *,
+                    what: str) -> None:
+    """Replace the damaged ``partial`` by a new file (``create(path)`` makes its header) holding the
+    chunks of ``table``, copied byte for byte, and the ``record``'s status. ``ResumeRefused``
+    (``partial`` left as it was) if a chunk is not intact."""
+    with atomic_path(partial) as temporary:
+        create(temporary)
+        import h5py
+
+        with open(partial, "rb") as source, h5py.File(temporary, "r+") as target:
+            u = target["u"]
+            for member, save, offset, size, crc in table.tolist():
+                stored = os.pread(source.fileno(), size, offset)
+                if len(stored) != size or zlib.crc32(stored) != crc:
+                    raise ResumeRefused(f"{partial}: the partial file of the interrupted {what} is damaged beyond its "
+                                        f"chunk journal (u's chunk at member {member}, save {save} is not intact)",
+                                        "rerun without --resume")
+                u.id.write_direct_chunk((member, save, 0), stored)
+            target["status"][:] = record["status"].numpy()
+            target["blowup_time"][:] = record["blowup_time"].numpy()

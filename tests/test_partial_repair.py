@@ -1,0 +1,221 @@
+"""A partial file left damaged by a kill is rebuilt from its chunk journal, never resumed wrong.
+
+The kills are replayed, not raced: the writer's file goes through h5py's ``fileobj`` driver, which
+logs every write HDF5 makes, and a SIGKILL after the k-th write leaves exactly the first k on disk
+(the page cache keeps what the process wrote; the kill cuts only what it had yet to write). So every
+moment a kill can land between two checkpoints is one prefix of the log.
+"""
+from __future__ import annotations
+
+import io
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from hybridnde.io import ResumeRefused
+from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
+from hybridnde.partial_repair import RECORD_KEY, check_chunk_index, journal_path, partial_damage
+
+SAVES, TIME_CHUNK, N, BATCH = 60, 10, 32, 3
+
+
+class _LoggedFile(io.FileIO):
+    """A file whose writes and truncations are appended to ``log`` as (offset, bytes or None, size)."""
+
+    def __init__(self, path, log):
+        super().__init__(path, "r+")
+        self.log = log
+
+    def write(self, data):
+        self.log.append((self.tell(), bytes(data), None))
+        return super().write(data)
+
+    def truncate(self, size=None):
+        self.log.append((self.tell() if size is None else size, None, size))
+        return super().truncate(size)
+
+
+def _writer(out, members, **kwargs):
+    return TrajectoryStreamWriter(
+        out, members=np.arange(members), times=np.arange(SAVES) * 0.1, state_dim="x", state_coords=np.arange(N) * 0.5,
+        state_shape=(N,), dtype=np.dtype("float64"), title="t", solver="s", closure_checksum="none", case_toml="",
+        extra_attrs={}, compression_level=4, time_chunk=TIME_CHUNK, **kwargs)
+
+
+def _units(members):
+    """(first member, first save) of each batch-by-chunk block, in the order a rollout writes them."""
+    return [(batch, chunk) for batch in range(0, members, BATCH) for chunk in range(0, SAVES, TIME_CHUNK)]
+
+
+def _write_unit(writer, data, unit, index):
+    member, save = unit
+    writer.write(member, save, data[member:member + BATCH, save:save + TIME_CHUNK])
+    writer.checkpoint(np.zeros(len(data), np.int8), np.full(len(data), np.nan), {"done": index})
+    writer.flush()
+
+
+def logged_history(out, data, monkeypatch):
+    """Write every unit of ``data: (members, saves, N)``, a checkpoint after each, through a logging file.
+    Returns the file's bytes when streaming starts, the log, and per checkpoint (log length after it,
+    the checkpoint's bytes, the chunk journal's bytes)."""
+    log, checkpoints = [], []
+    real_file = h5py.File
+
+    def logged(name, mode="r", **options):  # the writer's own open, after netCDF4 made the file
+        if mode != "r+":
+            return real_file(name, mode, **options)
+        return real_file(_LoggedFile(name, log), mode, driver="fileobj", **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(h5py, "File", logged)
+        writer = _writer(out, len(data))
+        start = partial_path(out).read_bytes()  # (HDF5 wrote nothing on opening it)
+        del log[:]
+        for index, unit in enumerate(_units(len(data))):
+            _write_unit(writer, data, unit, index)
+            checkpoints.append((len(log), checkpoint_path(out).read_bytes(), journal_path(out).read_bytes()))
+        writer.close()
+    return start, log, checkpoints
+
+
+def killed_after(out, start, log, writes, checkpoint):
+    """Leave at ``out`` what a kill after the first ``writes`` of ``log`` leaves, with ``checkpoint``
+    (its bytes and its journal's; the journal as the next checkpoint appended to it: a kill before the
+    checkpoint's rename leaves those rows, which the resume drops)."""
+    with open(partial_path(out), "wb") as file:
+        file.write(start)
+        for offset, data, size in log[:writes]:
+            file.seek(offset)
+            file.write(data) if data is not None else file.truncate(size)
+    checkpoint_path(out).write_bytes(checkpoint[0])
+    journal_path(out).write_bytes(checkpoint[1])
+
+
+def resume_one_more_unit(out, data, index):
+    """Resume after checkpoint ``index``, write the next unit, and say whether every unit up to it holds
+    its data (the file otherwise as the writer left it)."""
+    record = torch.load(checkpoint_path(out), weights_only=True).get(RECORD_KEY)
+    writer = _writer(out, len(data), resume=True, record=record)
+    units = _units(len(data))[:index + 2]
+    _write_unit(writer, data, units[-1], index + 1)
+    writer.close()
+    with h5py.File(partial_path(out), "r") as file:
+        u = file["u"][...]
+    return all(np.array_equal(u[m:m + BATCH, s:s + TIME_CHUNK], data[m:m + BATCH, s:s + TIME_CHUNK]) for m, s in units)
+
+
+def test_every_kill_between_two_checkpoints_resumes_to_the_same_data(tmp_path, monkeypatch, caplog):
+    """Before the journal, a kill inside a checkpoint's flush left the index newer than the superblock's
+    end of allocation (1 write in 8) or, at a B-tree split, pointing at a node not yet written (3 in
+    10): the resume refused the file. Now each such file is rebuilt, and all resume to the same data."""
+    members = 72  # 432 chunks: the chunk index's B-tree splits several times
+    data = np.random.default_rng(0).standard_normal((members, SAVES, N))
+    out = tmp_path / "r.nc"
+    start, log, checkpoints = logged_history(out, data, monkeypatch)
+    sizes = np.diff([0] + [end for end, _, _ in checkpoints])
+    # the checkpoint after a split writes more index nodes; replay those, and two ordinary ones
+    stops = sorted({0, 1, *np.argsort(sizes[1:-1])[-3:] + 1})
+    assert max(sizes[1:]) > min(sizes[1:]), "no B-tree split to replay"
+    rebuilt = 0
+    for index in stops[:-1] if stops[-1] == len(checkpoints) - 1 else stops:
+        begin, end = checkpoints[index][0], checkpoints[index + 1][0]
+        # (after the flush's last write, the journal may have the next checkpoint's rows already)
+        kills = [(writes, checkpoints[index][2]) for writes in range(begin, end + 1)] + [(end, checkpoints[index + 1][2])]
+        for writes, journal in kills:
+            killed_after(out, start, log, writes, (checkpoints[index][1], journal))
+            caplog.clear()
+            assert resume_one_more_unit(out, data, index), (index, writes - begin)
+            rebuilt += "rebuilt from the" in caplog.text
+    assert rebuilt >= 2  # the damage this test is about did happen (one window per split, one per flush)
+
+
+def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_changed(tmp_path, monkeypatch):
+    members = 6
+    data = np.random.default_rng(1).standard_normal((members, SAVES, N))
+    out = tmp_path / "r.nc"
+    start, log, checkpoints = logged_history(out, data, monkeypatch)
+    index = 4
+    # the kill inside the flush: the index written, the superblock (the flush's last write) not yet
+    killed_after(out, start, log, checkpoints[index + 1][0] - 2, checkpoints[index][1:])
+    damage = partial_damage(partial_path(out), None, what="rollout")
+    assert damage and "addr overflow" in damage
+    damaged = partial_path(out).read_bytes()
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    journal = journal_path(out).read_bytes()
+    # a checkpoint of an earlier version (no record) cannot vouch for the chunks: refused as before
+    with pytest.raises(ResumeRefused, match="partial file of the interrupted rollout is damaged .*addr overflow"):
+        _writer(out, members, resume=True, record=None)
+    # ... nor one whose journal is gone or is not the one it recorded
+    for lost in (b"", journal[:-40], journal[:40] + bytes(40) + journal[80:]):
+        journal_path(out).write_bytes(lost)
+        with pytest.raises(ResumeRefused, match="addr overflow.*chunk journal .* is missing or not its checkpoint's"):
+            _writer(out, members, resume=True, record=state[RECORD_KEY])
+    journal_path(out).write_bytes(journal)
+    # a recorded chunk whose bytes are not what the journal recorded: refused, the file untouched
+    member, save, offset, size, _ = np.frombuffer(journal, dtype="<i8").reshape(-1, 5)[3].tolist()
+    tampered = bytearray(damaged)
+    tampered[offset + size // 2] ^= 0xFF
+    partial_path(out).write_bytes(bytes(tampered))
+    with pytest.raises(ResumeRefused, match=rf"member {member}, save {save} is not intact"):
+        _writer(out, members, resume=True, record=state[RECORD_KEY])
+    assert partial_path(out).read_bytes() == bytes(tampered)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [partial_path(out).name, checkpoint_path(out).name, journal_path(out).name])
+    # ... and another layout than the record's (a changed output.time_chunk) is refused, not rebuilt
+    partial_path(out).write_bytes(damaged)
+    with pytest.raises(ResumeRefused, match="output.time_chunk, output.compression_level or compute.dtype changed"):
+        TrajectoryStreamWriter(
+            out, members=np.arange(members), times=np.arange(SAVES) * 0.1, state_dim="x", state_coords=np.arange(N) * 0.5,
+            state_shape=(N,), dtype=np.dtype("float64"), title="t", solver="s", closure_checksum="none",
+            case_toml="", extra_attrs={}, compression_level=4, time_chunk=5, resume=True, record=state[RECORD_KEY])
+    assert partial_path(out).read_bytes() == damaged
+    # with its record, the same file is rebuilt and resumes to the same data
+    assert resume_one_more_unit(out, data, index)
+
+
+def test_check_chunk_index_finds_chunks_past_the_end(tmp_path):
+    out = tmp_path / "r.nc"
+    writer = _writer(out, 3)
+    _write_unit(writer, np.ones((3, SAVES, N)), (0, 0), 0)
+    writer.close()
+    with h5py.File(partial_path(out), "r") as file:
+        check_chunk_index(file["u"].id, partial_path(out).stat().st_size)  # whole
+        with pytest.raises(ValueError, match=r"3 chunk\(s\) indexed past the file's 100 bytes"):
+            check_chunk_index(file["u"].id, 100)
+
+
+@pytest.mark.parametrize("state_size, level", [(32, 4), (3, 4), (64, 0), (3, 9)])
+def test_the_journal_finds_every_chunk_where_the_index_has_it_without_asking_the_index(tmp_path, monkeypatch,
+                                                                                     state_size, level):
+    """Chunks above and below HDF5's 2 KiB block for small raw data, uncompressed ones, members whose
+    saves are all NaN (chunks of a few dozen bytes, alike), and the status rewritten between: each is
+    located by reading the file back, and the journal agrees with the index."""
+    from hybridnde import partial_repair
+
+    asked, real = [], partial_repair._stored_offset
+    monkeypatch.setattr(partial_repair, "_stored_offset", lambda u, m, s: asked.append((m, s)) or real(u, m, s))
+    members, saves, time_chunk = 20, 50, 7
+    writer = TrajectoryStreamWriter(
+        tmp_path / "r.nc", members=np.arange(members), times=np.arange(saves) * 0.1, state_dim="x",
+        state_coords=np.arange(state_size) * 1.0, state_shape=(state_size,), dtype=np.dtype("float64"), title="t",
+        solver="s", closure_checksum="none", case_toml="", extra_attrs={}, compression_level=level,
+        time_chunk=time_chunk)
+    rng = np.random.default_rng(2)
+    status = np.zeros(members, np.int8)
+    for member in range(0, members, 4):
+        for save in range(0, saves, time_chunk):
+            values = np.cumsum(rng.standard_normal((4, min(time_chunk, saves - save), state_size)), axis=1)
+            values[: member % 3] = np.nan
+            writer.write(member, save, values)
+            status[member] = member % 3
+            writer.checkpoint(status, np.where(status > 0, 1.0, np.nan), {})
+    writer.flush()
+    indexed = {}
+    writer.u.id.chunk_iter(lambda chunk: indexed.__setitem__(chunk.chunk_offset[:2], [chunk.byte_offset, chunk.size]))
+    journal = writer._journal.table()
+    writer.close()
+    assert asked == []
+    assert len(journal) == len(indexed) == members * -(-saves // time_chunk)
+    assert {(m, s): [offset, size] for m, s, offset, size, _ in journal.tolist()} == indexed
