@@ -263,3 +263,12 @@ def test_simulate_streaming_times_both_simulations_and_finds_them_equal():
     (memory,) = [r for r in records if r["benchmark"] == "simulate_streaming_memory"]
     assert set(memory["peak_rss_growth_bytes"]) == {"in memory", "streamed"} and memory["trajectory_bytes"] > 0
     assert "streamed against in memory" in stdout
+
+
+def test_chunk_journal_times_rollouts_with_and_without_it_and_finds_them_equal():
+    stdout, records = run_tiny("chunk_journal.py")
+    assert {r["case"] for r in records} == {"lorenz63", "ks_fd"}
+    for record in records:
+        assert record["identical"] and record["chunks"] > 0 and math.isfinite(record["ratio_cpu"])
+        assert set(record["seconds_cpu"]) == {"journal", "no journal"}
+    assert "with and without the chunk journal" in stdout
