@@ -27,8 +27,7 @@ import torch
 
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, ResumeRefused, atomic_path, load_error_text, trajectory_dataset
-from .partial_repair import (RECORD_KEY, ChunkJournal, ChunkLocator, journal_path, partial_damage,
-                             rebuild_partial)
+from .partial_repair import RECORD_KEY, ChunkJournal, ChunkLocator, journal_path, repair_for_resume
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
            "read_partial_attribute", "remove_restart_files", "has_restart_files", "CHECKPOINT_FORMAT"]
@@ -123,17 +122,15 @@ class TrajectoryStreamWriter:
     def _open_for_streaming(self, resume: bool, record: Mapping[str, Any] | None, create: Callable[[Path], None]):
         import h5py
 
-        table = self._journal.table() if resume and self._journal else None
-        damage = partial_damage(self.partial, table, what=self.what) if resume else None
-        if damage:
-            if table is None:
-                raise ResumeRefused(f"{self.partial}: the partial file of the interrupted {self.what} {damage}" + (
-                    f"; its chunk journal {journal_path(self.path)} is missing or not its checkpoint's" if record else
-                    ""), "rerun without --resume")
-            self._check_layout(tuple(record["layout"]), resume=True)
-            rebuild_partial(self.partial, table, record, create, what=self.what)
-            log.warning("%s: the partial file of the interrupted %s %s; rebuilt from the %d chunk(s) its journal "
-                        "recorded", self.partial, self.what, damage, len(table))
+        in_place: dict = {}
+        if resume:
+            self._journal, in_place, moved = repair_for_resume(
+                self.partial, self._journal, record, create, what=self.what,
+                check_layout=lambda layout: self._check_layout(tuple(layout), resume=True))
+            if moved:  # (the journal says where the chunks are now: so must its checkpoint)
+                state = torch.load(checkpoint_path(self.path), weights_only=True)
+                write_checkpoint(self.path, {**{key: value for key, value in state.items() if key != "format"},
+                                             RECORD_KEY: {**record, **self._journal.record()}})
         try:
             file = h5py.File(self.partial, "r+", rdcc_nbytes=CHUNK_CACHE_BYTES)
         except OSError:
@@ -150,7 +147,7 @@ class TrajectoryStreamWriter:
             if not resume:
                 self.partial.unlink(missing_ok=True)
             raise
-        self._locator = ChunkLocator(self.partial, file.id)
+        self._locator = ChunkLocator(self.partial, file.id, in_place)
         return file
 
     def _layout(self) -> list:
@@ -253,7 +250,7 @@ class TrajectoryStreamWriter:
         for offset, payload in block.offsets():
             self.u.id.write_direct_chunk(offset, payload)
             if self._journal:
-                self._journal.note(offset[0], offset[1], self._locator.after(payload), payload)
+                self._journal.note(offset[0], offset[1], self._locator.after(payload, offset[:2]), payload)
 
     def _write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
         self.file["status"][:] = np.asarray(status, dtype=np.int8)

@@ -18,6 +18,7 @@ across, each checked against its CRC.
 """
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from pathlib import Path
@@ -29,8 +30,10 @@ import torch
 from .io import ResumeRefused
 from .output_paths import atomic_path
 
-__all__ = ["RECORD_KEY", "ChunkLocator", "ChunkJournal", "journal_path", "check_chunk_index", "partial_damage",
-           "rebuild_partial"]
+__all__ = ["RECORD_KEY", "ChunkLocator", "ChunkJournal", "journal_path", "check_chunk_index", "inspect_partial",
+           "rebuild_partial", "repair_for_resume"]
+
+log = logging.getLogger(__name__)
 
 #: where a checkpoint keeps what it knows of its partial file (checkpoints of earlier versions: nothing)
 RECORD_KEY = "partial_file"
@@ -48,32 +51,43 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.chunks")
 
 
+def journal_path_of(partial: Path) -> Path:
+    """``.NAME.partial`` -> ``.NAME.chunks``."""
+    return partial.with_name(partial.name.removesuffix(".partial") + ".chunks")
+
+
 class ChunkLocator:
     """Where HDF5 put the chunk it was just handed (``after`` each direct chunk write; ``file_id``: the
     h5py ``FileID``), found by reading the partial file back where HDF5 allocates: at the end of the
     file, or (under 2 KiB) in its block for small raw data, just past the previous chunk; when it
     starts a new block, the rest of the old one becomes free space, which later small chunks (a
-    blown-up member's NaNs: a few dozen bytes) fill from its start. Only space that was free after
-    the previous chunk is searched, so a chunk is not taken for an earlier one with the same bytes
-    (a rebuild checks each chunk's CRC all the same); ``None``: not found (the index is asked)."""
+    blown-up member's NaNs: a few dozen bytes) fill from its start; a chunk a resume writes again
+    (``in_place``: where the interrupted run had it) stays where it was if its size is the same.
+    Space that was free after the previous chunk is searched first; a chunk with the bytes of
+    another can still be taken for it (harmless: a resume accepts a journal row whose bytes are
+    intact where the index has them); ``None``: not found (the index is asked)."""
 
     SEARCH_BYTES = 1 << 20
     SMALL_BLOCK = 2048  # HDF5's default small-data block size
     LEFTOVERS = 1024  # the most recent kept
 
-    def __init__(self, partial: Path, file_id):
+    def __init__(self, partial: Path, file_id, in_place: Mapping[tuple[int, int], int] | None = None):
         self._fd, self._file_id = os.open(partial, os.O_RDONLY), file_id
+        self._in_place = dict(in_place or {})  # (member, save) -> offset of chunks a resume writes again
         self._end: int | None = None  # of the previous chunk found in order
         self._file_size = file_id.get_filesize()
         self._leftovers: list[int] = []  # where a small-data block was left: free space from there
 
-    def after(self, stored: bytes) -> int | None:
+    def after(self, stored: bytes, key: tuple[int, int]) -> int | None:
         size, file_size = len(stored), self._file_id.get_filesize()  # (the end of allocation, or past it)
         grown, self._file_size = self._file_size, file_size
+        again = self._in_place.pop(key, None)  # (of the same size, HDF5 writes it where it was)
+        if again is not None and os.pread(self._fd, size, again) == stored:
+            return again
         if self._end is not None and os.pread(self._fd, size, self._end) == stored:
             return self._in_order(self._end, size)
         # a new block, or a chunk at the end (a flush gives back the block's rest: the end may be lower)
-        low = max(file_size - self.SEARCH_BYTES, min(grown, grown if self._end is None else self._end))
+        low = max(file_size - size - self.SEARCH_BYTES, min(grown, grown if self._end is None else self._end))
         found = os.pread(self._fd, max(0, file_size - low), low).find(stored)
         if found >= 0:
             return self._in_order(low + found, size)
@@ -120,6 +134,18 @@ class ChunkJournal:
             return None
         return cls(path, rows, crc)
 
+    @classmethod
+    def rewritten(cls, path: Path, table: np.ndarray) -> "ChunkJournal":
+        """A journal of ``table``'s rows only (after a rebuild moved the chunks), replacing ``path`` whole."""
+        rows = np.ascontiguousarray(table, dtype=_ROW).tobytes()
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(rows)
+        return cls(path, len(table), zlib.crc32(rows))
+
+    def record(self) -> dict[str, int]:
+        """What a checkpoint records of the journal: its rows so far and their CRC-32."""
+        return {"journal_rows": self.rows, "journal_crc": self.crc}
+
     def table(self) -> np.ndarray:
         """``(rows, 5)`` int64: member, first save, byte offset, size, CRC-32; a chunk stored twice
         appears once, where it was last stored."""
@@ -141,7 +167,7 @@ class ChunkJournal:
         with open(self.path, "ab") as journal:
             journal.write(rows.tobytes())
         self.rows, self.crc, self._pending = self.rows + len(rows), zlib.crc32(rows.tobytes(), self.crc), []
-        return {"journal_rows": self.rows, "journal_crc": self.crc, "layout": layout,
+        return {**self.record(), "layout": layout,
                 "status": torch.from_numpy(np.array(status, dtype=np.int8)),
                 "blowup_time": torch.from_numpy(np.array(blowup_time, dtype=np.float64))}
 
@@ -182,40 +208,62 @@ def check_chunk_index(dataset_id, file_size: int) -> None:
         dataset_id.read_direct_chunk(furthest[0].chunk_offset)
 
 
-def partial_damage(partial: Path, table: np.ndarray | None, *, what: str) -> str | None:
-    """What is wrong with ``partial``, the partial file of an interrupted ``what`` (``None``: nothing): its
-    chunk index must lie inside the file and its end of allocation, and hold each chunk of ``table``
-    (``ChunkJournal.table``) where it says. Read-only: HDF5 closing a damaged file opened for writing
-    cuts it to its stale end."""
+def _intact(fd: int, offset: int, size: int, crc: int) -> bool:
+    stored = os.pread(fd, size, offset)
+    return len(stored) == size and zlib.crc32(stored) == crc
+
+
+def _readable_index(u) -> dict[tuple[int, int], tuple[int, int]]:
+    """(member, first save) -> (byte offset, size) of ``u``'s chunks, as far as its index can be read."""
+    indexed: dict[tuple[int, int], tuple[int, int]] = {}
+    try:
+        _each_chunk(u.id, lambda chunk: indexed.__setitem__(chunk.chunk_offset[:2], (chunk.byte_offset, chunk.size)))
+    except Exception:  # (a broken B-tree: what was read before it)
+        pass
+    return indexed
+
+
+def inspect_partial(partial: Path, table: np.ndarray | None, *, what: str) -> tuple[str | None, dict]:
+    """What is wrong with ``partial``, the partial file of an interrupted ``what`` (``None``: nothing), and
+    its index as far as it can be read. Every chunked variable's index must lie inside the file and its
+    end of allocation (``status`` and ``blowup_time`` too: HDF5 would allocate ``u``'s next chunks over
+    theirs and their next write overwrite them), and each chunk of ``table`` (``ChunkJournal.table``) be
+    where the index says, or at least intact there (the journal may name an identical copy). Read-only:
+    HDF5 closing a damaged file opened for writing cuts it to its stale end of allocation."""
     import h5py
 
     try:
         file = h5py.File(partial, "r")
     except OSError as error:
-        return f"cannot be reopened ({error})"
-    indexed: dict[tuple[int, int], tuple[int, int]] = {}
-    try:
-        with file:
-            u = file["u"]
-            check_chunk_index(u.id, partial.stat().st_size)
-            if table is not None:
-                _each_chunk(u.id, lambda chunk: indexed.__setitem__(chunk.chunk_offset[:2],
-                                                                    (chunk.byte_offset, chunk.size)))
-    except Exception as error:  # (h5py raises several kinds for a broken B-tree)
-        return f"is damaged ({error}): it was stopped while writing ({DAMAGE_CAUSE[what]})"
-    moved = [row for row in (table.tolist() if table is not None else ())
-             if indexed.get((row[0], row[1])) != (row[2], row[3])]
-    if moved:
-        return (f"is damaged ({len(moved)} chunk(s) of its checkpoint are not indexed where its journal says, e.g. "
-                f"member {moved[0][0]}, save {moved[0][1]})")
-    return None
+        return f"cannot be reopened ({error})", {}
+    with file:
+        indexed = _readable_index(file["u"])
+        try:
+            for name, variable in file.items():
+                if variable.chunks:
+                    check_chunk_index(variable.id, partial.stat().st_size)
+                if name != "u":
+                    variable[...]
+        except Exception as error:  # (h5py raises several kinds for a broken B-tree)
+            return f"is damaged ({error}): it was stopped while writing ({DAMAGE_CAUSE[what]})", indexed
+    misplaced = [row for row in (table.tolist() if table is not None else ())
+                 if indexed.get((row[0], row[1])) != (row[2], row[3])]
+    if misplaced:
+        with open(partial, "rb") as source:
+            lost = [(m, s) for m, s, _, size, crc in misplaced
+                    if indexed.get((m, s), (0, -1))[1] != size or not _intact(source.fileno(), indexed[m, s][0], size, crc)]
+        if lost:
+            return (f"is damaged ({len(lost)} chunk(s) of its checkpoint are not in its index as its journal recorded "
+                    f"them, e.g. member {lost[0][0]}, save {lost[0][1]})"), indexed
+    return None, indexed
 
 
-def rebuild_partial(partial: Path, table: np.ndarray, record: Mapping[str, Any], create: Callable[[Path], None], *,
-                    what: str) -> None:
+def rebuild_partial(partial: Path, table: np.ndarray, indexed: Mapping[tuple[int, int], tuple[int, int]],
+                    record: Mapping[str, Any], create: Callable[[Path], None], *, what: str) -> np.ndarray:
     """Replace the damaged ``partial`` by a new file (``create(path)`` makes its header) holding the
-    chunks of ``table``, copied byte for byte, and the ``record``'s status. ``ResumeRefused``
-    (``partial`` left as it was) if a chunk is not intact."""
+    chunks of ``table``, copied byte for byte from where the journal or else the readable ``indexed``
+    (``inspect_partial``) has them intact, and the ``record``'s status. Returns the new file's journal
+    table; ``ResumeRefused`` (``partial`` left as it was) if a chunk is not intact in either place."""
     with atomic_path(partial) as temporary:
         create(temporary)
         import h5py
@@ -223,11 +271,46 @@ def rebuild_partial(partial: Path, table: np.ndarray, record: Mapping[str, Any],
         with open(partial, "rb") as source, h5py.File(temporary, "r+") as target:
             u = target["u"]
             for member, save, offset, size, crc in table.tolist():
-                stored = os.pread(source.fileno(), size, offset)
-                if len(stored) != size or zlib.crc32(stored) != crc:
+                for where in (offset, indexed.get((member, save), (offset, 0))[0]):
+                    if _intact(source.fileno(), where, size, crc):
+                        u.id.write_direct_chunk((member, save, 0), os.pread(source.fileno(), size, where))
+                        break
+                else:
                     raise ResumeRefused(f"{partial}: the partial file of the interrupted {what} is damaged beyond its "
                                         f"chunk journal (u's chunk at member {member}, save {save} is not intact)",
                                         "rerun without --resume")
-                u.id.write_direct_chunk((member, save, 0), stored)
             target["status"][:] = record["status"].numpy()
             target["blowup_time"][:] = record["blowup_time"].numpy()
+            target.flush()
+            rebuilt = _readable_index(u)
+    return np.array([(m, s, *rebuilt[m, s], crc) for m, s, _, _, crc in table.tolist()], dtype=np.int64).reshape(-1, 5)
+
+
+def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mapping[str, Any] | None,
+                      create: Callable[[Path], None], *, what: str, check_layout: Callable[[list], None]
+                      ) -> tuple[ChunkJournal | None, dict[tuple[int, int], int], bool]:
+    """Make the partial file of an interrupted ``what`` fit to go on: check it against ``journal`` (``None``:
+    a checkpoint without one) and rebuild it if it is damaged (``record``: the checkpoint's; ``create``:
+    makes a new file's header; ``check_layout(record["layout"])`` raises if the case now wants another
+    ``u``). Returns the journal to go on with, where the chunks past the checkpoint are (a resume writes
+    them again: ``ChunkLocator``'s ``in_place``), and whether the journal was rewritten because chunks
+    are elsewhere than it said (the checkpoint's record must then be rewritten too)."""
+    table = journal.table() if journal else None
+    damage, indexed = inspect_partial(partial, table, what=what)
+    if damage:
+        if table is None:
+            raise ResumeRefused(f"{partial}: the partial file of the interrupted {what} {damage}" + (
+                f"; its chunk journal {journal_path_of(partial)} is missing or not its checkpoint's" if record else ""),
+                "rerun without --resume")
+        check_layout(record["layout"])
+        table = rebuild_partial(partial, table, indexed, record, create, what=what)
+        log.warning("%s: the partial file of the interrupted %s %s; rebuilt from the %d chunk(s) its journal recorded",
+                    partial, what, damage, len(table))
+        return ChunkJournal.rewritten(journal.path, table), {}, True  # (the new file holds the journal's only)
+    journaled = set() if table is None else {(m, s) for m, s, *_ in table.tolist()}
+    in_place = {key: offset for key, (offset, _) in indexed.items() if key not in journaled}
+    if table is None or all(indexed[m, s] == (offset, size) for m, s, offset, size, _ in table.tolist()):
+        return journal, in_place, False
+    # rows that named an identical copy (inspect_partial found each intact where the index has it)
+    table[:, 2:4] = [indexed[m, s] for m, s in table[:, :2].tolist()]
+    return ChunkJournal.rewritten(journal.path, table), in_place, True

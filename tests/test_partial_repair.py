@@ -16,7 +16,8 @@ import torch
 
 from hybridnde.io import ResumeRefused
 from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
-from hybridnde.partial_repair import RECORD_KEY, check_chunk_index, journal_path, partial_damage
+from conftest import break_chunk_index
+from hybridnde.partial_repair import RECORD_KEY, ChunkJournal, check_chunk_index, inspect_partial, journal_path
 
 SAVES, TIME_CHUNK, N, BATCH = 60, 10, 32, 3
 
@@ -49,10 +50,28 @@ def _units(members):
     return [(batch, chunk) for batch in range(0, members, BATCH) for chunk in range(0, SAVES, TIME_CHUNK)]
 
 
+def blowing_up(members, seed):
+    """``(members, SAVES, N)`` values, every 4th member all NaN (blown up: tiny chunks, alike)."""
+    data = np.random.default_rng(seed).standard_normal((members, SAVES, N))
+    data[::4] = np.nan
+    return data
+
+
+def _status(data, index):
+    """status and blowup_time after unit ``index``: a NaN member is marked once a unit of it is written,
+    so both change from checkpoint to checkpoint (and their compressed chunks move)."""
+    status, blowup_time = np.zeros(len(data), np.int8), np.full(len(data), np.nan)
+    for member, save in _units(len(data))[:index + 1]:
+        for m in range(member, member + BATCH):
+            if np.isnan(data[m]).all() and status[m] == 0:
+                status[m], blowup_time[m] = 1, 0.1 * save
+    return status, blowup_time
+
+
 def _write_unit(writer, data, unit, index):
     member, save = unit
     writer.write(member, save, data[member:member + BATCH, save:save + TIME_CHUNK])
-    writer.checkpoint(np.zeros(len(data), np.int8), np.full(len(data), np.nan), {"done": index})
+    writer.checkpoint(*_status(data, index), {"done": index})
     writer.flush()
 
 
@@ -102,24 +121,31 @@ def resume_one_more_unit(out, data, index):
     _write_unit(writer, data, units[-1], index + 1)
     writer.close()
     with h5py.File(partial_path(out), "r") as file:
-        u = file["u"][...]
-    return all(np.array_equal(u[m:m + BATCH, s:s + TIME_CHUNK], data[m:m + BATCH, s:s + TIME_CHUNK]) for m, s in units)
+        u, status, blowup_time = file["u"][...], file["status"][...], file["blowup_time"][...]
+    expected = _status(data, index + 1)
+    return (all(np.array_equal(u[m:m + BATCH, s:s + TIME_CHUNK], data[m:m + BATCH, s:s + TIME_CHUNK], equal_nan=True)
+                for m, s in units)
+            and np.array_equal(status, expected[0]) and np.array_equal(blowup_time, expected[1], equal_nan=True))
 
 
-def test_every_kill_between_two_checkpoints_resumes_to_the_same_data(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("members, every_checkpoint", [(72, False), (12, True)])
+def test_every_kill_between_two_checkpoints_resumes_to_the_same_data(tmp_path, monkeypatch, caplog, members,
+                                                                       every_checkpoint):
     """Before the journal, a kill inside a checkpoint's flush left the index newer than the superblock's
     end of allocation (1 write in 8) or, at a B-tree split, pointing at a node not yet written (3 in
-    10): the resume refused the file. Now each such file is rebuilt, and all resume to the same data."""
-    members = 72  # 432 chunks: the chunk index's B-tree splits several times
-    data = np.random.default_rng(0).standard_normal((members, SAVES, N))
+    10): the resume refused the file. Now each such file is rebuilt, and all resume to the same data.
+    72 members: 432 chunks, the index splits several times (those checkpoints are replayed); 12: every
+    checkpoint, with the status moving (a kill could leave its index past the end of allocation, and
+    the resume then put u's chunks where the status is next written: wrong data, or a crash in HDF5)."""
+    data = blowing_up(members, 0)
     out = tmp_path / "r.nc"
     start, log, checkpoints = logged_history(out, data, monkeypatch)
     sizes = np.diff([0] + [end for end, _, _ in checkpoints])
     # the checkpoint after a split writes more index nodes; replay those, and two ordinary ones
-    stops = sorted({0, 1, *np.argsort(sizes[1:-1])[-3:] + 1})
-    assert max(sizes[1:]) > min(sizes[1:]), "no B-tree split to replay"
+    stops = range(len(checkpoints)) if every_checkpoint else sorted({0, 1, *np.argsort(sizes[1:-1])[-3:] + 1})
+    assert every_checkpoint or max(sizes[1:]) > min(sizes[1:]), "no B-tree split to replay"
     rebuilt = 0
-    for index in stops[:-1] if stops[-1] == len(checkpoints) - 1 else stops:
+    for index in [stop for stop in stops if stop < len(checkpoints) - 1]:
         begin, end = checkpoints[index][0], checkpoints[index + 1][0]
         # (after the flush's last write, the journal may have the next checkpoint's rows already)
         kills = [(writes, checkpoints[index][2]) for writes in range(begin, end + 1)] + [(end, checkpoints[index + 1][2])]
@@ -133,13 +159,13 @@ def test_every_kill_between_two_checkpoints_resumes_to_the_same_data(tmp_path, m
 
 def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_changed(tmp_path, monkeypatch):
     members = 6
-    data = np.random.default_rng(1).standard_normal((members, SAVES, N))
+    data = blowing_up(members, 1)
     out = tmp_path / "r.nc"
     start, log, checkpoints = logged_history(out, data, monkeypatch)
     index = 4
     # the kill inside the flush: the index written, the superblock (the flush's last write) not yet
     killed_after(out, start, log, checkpoints[index + 1][0] - 2, checkpoints[index][1:])
-    damage = partial_damage(partial_path(out), None, what="rollout")
+    damage, _ = inspect_partial(partial_path(out), None, what="rollout")
     assert damage and "addr overflow" in damage
     damaged = partial_path(out).read_bytes()
     state = torch.load(checkpoint_path(out), weights_only=True)
@@ -173,6 +199,18 @@ def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_ch
     assert partial_path(out).read_bytes() == damaged
     # with its record, the same file is rebuilt and resumes to the same data
     assert resume_one_more_unit(out, data, index)
+    # ... and the journal and the checkpoint's record say where the rebuild put the chunks: a later
+    # damage is rebuilt again (before, the rebuilt file's chunks were elsewhere than the journal said,
+    # and the next resume refused it for good)
+    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
+    journal = ChunkJournal.resumed(journal_path(out), record)
+    assert journal is not None and inspect_partial(partial_path(out), journal.table(), what="rollout")[0] is None
+    with h5py.File(partial_path(out), "r") as file:
+        indexed = {}
+        file["u"].id.chunk_iter(lambda chunk: indexed.__setitem__(chunk.chunk_offset[:2], (chunk.byte_offset, chunk.size)))
+    assert {(m, s): (offset, size) for m, s, offset, size, _ in journal.table().tolist()} == indexed
+    assert break_chunk_index(partial_path(out))
+    assert resume_one_more_unit(out, data, index + 1)
 
 
 def test_check_chunk_index_finds_chunks_past_the_end(tmp_path):
@@ -219,3 +257,30 @@ def test_the_journal_finds_every_chunk_where_the_index_has_it_without_asking_the
     assert asked == []
     assert len(journal) == len(indexed) == members * -(-saves // time_chunk)
     assert {(m, s): [offset, size] for m, s, offset, size, _ in journal.tolist()} == indexed
+
+
+def test_a_journal_row_naming_an_identical_copy_is_corrected_not_taken_for_damage(tmp_path, caplog):
+    """Blown-up members' chunks are byte for byte alike; the locator can take one for another (the
+    review found 3 of 300 members so). A resume found the file "damaged", rebuilt it and then, the
+    journal being stale, refused every later resume. Now such a row is accepted where its bytes are
+    intact and the journal is rewritten with the index's offsets."""
+    out, data = tmp_path / "r.nc", blowing_up(12, 3)
+    writer = _writer(out, len(data))
+    for index, unit in enumerate(_units(len(data))[:12]):
+        _write_unit(writer, data, unit, index)
+    writer.close()
+    table = np.frombuffer(journal_path(out).read_bytes(), dtype="<i8").reshape(-1, 5).copy()
+    first, second = [i for i in range(len(table)) if table[i, 0] % 4 == 0][:2]  # two NaN chunks, alike
+    assert tuple(table[first, 3:]) == tuple(table[second, 3:]) and table[first, 2] != table[second, 2]
+    table[[first, second], 2] = table[[second, first], 2]
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    state[RECORD_KEY].update(ChunkJournal.rewritten(journal_path(out), table).record())
+    torch.save(state, checkpoint_path(out))
+    caplog.clear()
+    assert resume_one_more_unit(out, data, 11)
+    assert "damaged" not in caplog.text and "rebuilt" not in caplog.text
+    journal = ChunkJournal.resumed(journal_path(out), torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY])
+    assert journal is not None
+    rows = {(m, s): offset for m, s, offset, _, _ in journal.table().tolist()}
+    with h5py.File(partial_path(out), "r") as file:
+        assert all(rows[key] == file["u"].id.get_chunk_info_by_coord((*key, 0)).byte_offset for key in rows)
