@@ -87,7 +87,7 @@ class ChunkLocator:
         if self._end is not None and os.pread(self._fd, size, self._end) == stored:
             return self._in_order(self._end, size)
         # a new block, or a chunk at the end (a flush gives back the block's rest: the end may be lower)
-        low = max(file_size - size - self.SEARCH_BYTES, min(grown, grown if self._end is None else self._end))
+        low = max(file_size - size - self.SEARCH_BYTES, grown if self._end is None else min(grown, self._end))
         found = os.pread(self._fd, max(0, file_size - low), low).find(stored)
         if found >= 0:
             return self._in_order(low + found, size)

@@ -8,6 +8,7 @@ moment a kill can land between two checkpoints is one prefix of the log.
 from __future__ import annotations
 
 import io
+import os
 
 import h5py
 import numpy as np
@@ -128,7 +129,12 @@ def resume_one_more_unit(out, data, index):
             and np.array_equal(status, expected[0]) and np.array_equal(blowup_time, expected[1], equal_nan=True))
 
 
-@pytest.mark.parametrize("members, every_checkpoint", [(72, False), (12, True)])
+#: a longer replay on demand: every checkpoint of a file this many members (120: ~1 minute, 2,493 moments)
+LONG_REPLAY_MEMBERS = int(os.environ.get("HYBRIDNDE_KILL_REPLAY_MEMBERS", "0"))
+
+
+@pytest.mark.parametrize("members, every_checkpoint",
+                         [(72, False), (12, True)] + ([(LONG_REPLAY_MEMBERS, True)] if LONG_REPLAY_MEMBERS else []))
 def test_every_kill_between_two_checkpoints_resumes_to_the_same_data(tmp_path, monkeypatch, caplog, members,
                                                                        every_checkpoint):
     """Before the journal, a kill inside a checkpoint's flush left the index newer than the superblock's
@@ -144,17 +150,20 @@ def test_every_kill_between_two_checkpoints_resumes_to_the_same_data(tmp_path, m
     # the checkpoint after a split writes more index nodes; replay those, and two ordinary ones
     stops = range(len(checkpoints)) if every_checkpoint else sorted({0, 1, *np.argsort(sizes[1:-1])[-3:] + 1})
     assert every_checkpoint or max(sizes[1:]) > min(sizes[1:]), "no B-tree split to replay"
-    rebuilt = 0
+    rebuilt = replayed = 0
     for index in [stop for stop in stops if stop < len(checkpoints) - 1]:
         begin, end = checkpoints[index][0], checkpoints[index + 1][0]
         # (after the flush's last write, the journal may have the next checkpoint's rows already)
         kills = [(writes, checkpoints[index][2]) for writes in range(begin, end + 1)] + [(end, checkpoints[index + 1][2])]
+        replayed += len(kills)
         for writes, journal in kills:
             killed_after(out, start, log, writes, (checkpoints[index][1], journal))
             caplog.clear()
             assert resume_one_more_unit(out, data, index), (index, writes - begin)
             rebuilt += "rebuilt from the" in caplog.text
     assert rebuilt >= 2  # the damage this test is about did happen (one window per split, one per flush)
+    if LONG_REPLAY_MEMBERS:  # (said with -s)
+        print(f"\n{members} members: {len(checkpoints)} checkpoints, {replayed} kill moments, {rebuilt} rebuilt")
 
 
 def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_changed(tmp_path, monkeypatch):
