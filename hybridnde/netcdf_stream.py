@@ -27,6 +27,7 @@ import torch
 
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
 from .io import DataError, ResumeRefused, atomic_path, load_error_text, trajectory_dataset
+from .output_paths import remove_orphans
 from .partial_repair import RECORD_KEY, ChunkJournal, ChunkLocator, journal_path, repair_for_resume
 
 __all__ = ["TrajectoryStreamWriter", "partial_path", "checkpoint_path", "write_checkpoint", "read_checkpoint",
@@ -361,3 +362,4 @@ def has_restart_files(path: str | Path) -> bool:
 def remove_restart_files(path: str | Path) -> None:
     for leftover in (checkpoint_path(path), partial_path(path), journal_path(path)):
         leftover.unlink(missing_ok=True)
+    remove_orphans(partial_path(path))  # (a rebuild's new partial file, its writer killed)

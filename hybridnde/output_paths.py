@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 from .errors import DataError
 
 __all__ = ["atomic_path", "staging_folder", "check_output_path", "check_not_folders", "check_name_fits", "warn_if_disk_short",
-           "disk_full_message", "DISK_REFUSAL_FACTOR"]
+           "disk_full_message", "DISK_REFUSAL_FACTOR", "remove_orphans"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,11 @@ def _temporary_prefix(path: Path) -> str:
     host = _host_tag()
     _remove_orphans(path, host)
     return f".{path.name}.{host}.{os.getpid()}."
+
+
+def remove_orphans(path: str | Path) -> None:
+    """Remove the temporary files of ``path`` that killed writers on this host left (``_remove_orphans``)."""
+    _remove_orphans(Path(path), _host_tag())
 
 
 def _remove_orphans(path: Path, host: str) -> None:

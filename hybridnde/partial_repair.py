@@ -134,13 +134,15 @@ class ChunkJournal:
             return None
         return cls(path, rows, crc)
 
-    @classmethod
-    def rewritten(cls, path: Path, table: np.ndarray) -> "ChunkJournal":
-        """A journal of ``table``'s rows only (after a rebuild moved the chunks), replacing ``path`` whole."""
+    def amend(self, table: np.ndarray) -> "ChunkJournal":
+        """Append ``table``'s rows: where chunks already in the journal are now (a chunk's last row counts).
+        Appended, not rewritten: the checkpoint's record still vouches for the rows before them until it
+        is rewritten, so a kill in between leaves a journal the resume can use."""
         rows = np.ascontiguousarray(table, dtype=_ROW).tobytes()
-        with atomic_path(path) as temporary:
-            temporary.write_bytes(rows)
-        return cls(path, len(table), zlib.crc32(rows))
+        with open(self.path, "ab") as journal:
+            journal.write(rows)
+        self.rows, self.crc = self.rows + len(table), zlib.crc32(rows, self.crc)
+        return self
 
     def record(self) -> dict[str, int]:
         """What a checkpoint records of the journal: its rows so far and their CRC-32."""
@@ -293,8 +295,8 @@ def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mappi
     a checkpoint without one) and rebuild it if it is damaged (``record``: the checkpoint's; ``create``:
     makes a new file's header; ``check_layout(record["layout"])`` raises if the case now wants another
     ``u``). Returns the journal to go on with, where the chunks past the checkpoint are (a resume writes
-    them again: ``ChunkLocator``'s ``in_place``), and whether the journal was rewritten because chunks
-    are elsewhere than it said (the checkpoint's record must then be rewritten too)."""
+    them again: ``ChunkLocator``'s ``in_place``), and whether rows were appended to the journal because
+    chunks are elsewhere than it said (the checkpoint's record must then be rewritten too)."""
     table = journal.table() if journal else None
     damage, indexed = inspect_partial(partial, table, what=what)
     if damage:
@@ -306,11 +308,16 @@ def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mappi
         table = rebuild_partial(partial, table, indexed, record, create, what=what)
         log.warning("%s: the partial file of the interrupted %s %s; rebuilt from the %d chunk(s) its journal recorded",
                     partial, what, damage, len(table))
-        return ChunkJournal.rewritten(journal.path, table), {}, True  # (the new file holds the journal's only)
+        return journal.amend(table), {}, True  # (the new file holds the journal's chunks only)
+    if journal is None and record is not None and "journal_rows" in record:
+        log.warning("%s: its chunk journal %s is missing or not its checkpoint's: the resume goes on without one, "
+                    "so a partial file that a later kill damages cannot be rebuilt", partial, journal_path_of(partial))
     journaled = set() if table is None else {(m, s) for m, s, *_ in table.tolist()}
     in_place = {key: offset for key, (offset, _) in indexed.items() if key not in journaled}
     if table is None or all(indexed[m, s] == (offset, size) for m, s, offset, size, _ in table.tolist()):
         return journal, in_place, False
-    # rows that named an identical copy (inspect_partial found each intact where the index has it)
+    # rows that named an identical copy, or a rebuild's chunks before its record was rewritten (a kill):
+    # inspect_partial found each intact where the index has it
+    moved = np.array([indexed[m, s] != (offset, size) for m, s, offset, size, _ in table.tolist()])
     table[:, 2:4] = [indexed[m, s] for m, s in table[:, :2].tolist()]
-    return ChunkJournal.rewritten(journal.path, table), in_place, True
+    return journal.amend(table[moved]), in_place, True

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
+from hybridnde import netcdf_stream
 from hybridnde.io import ResumeRefused
 from hybridnde.netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path
 from conftest import break_chunk_index
@@ -272,7 +274,7 @@ def test_a_journal_row_naming_an_identical_copy_is_corrected_not_taken_for_damag
     """Blown-up members' chunks are byte for byte alike; the locator can take one for another (the
     review found 3 of 300 members so). A resume found the file "damaged", rebuilt it and then, the
     journal being stale, refused every later resume. Now such a row is accepted where its bytes are
-    intact and the journal is rewritten with the index's offsets."""
+    intact and the index's offsets are appended to the journal."""
     out, data = tmp_path / "r.nc", blowing_up(12, 3)
     writer = _writer(out, len(data))
     for index, unit in enumerate(_units(len(data))[:12]):
@@ -283,7 +285,8 @@ def test_a_journal_row_naming_an_identical_copy_is_corrected_not_taken_for_damag
     assert tuple(table[first, 3:]) == tuple(table[second, 3:]) and table[first, 2] != table[second, 2]
     table[[first, second], 2] = table[[second, first], 2]
     state = torch.load(checkpoint_path(out), weights_only=True)
-    state[RECORD_KEY].update(ChunkJournal.rewritten(journal_path(out), table).record())
+    journal_path(out).write_bytes(table.tobytes())
+    state[RECORD_KEY].update(journal_rows=len(table), journal_crc=zlib.crc32(table.tobytes()))
     torch.save(state, checkpoint_path(out))
     caplog.clear()
     assert resume_one_more_unit(out, data, 11)
@@ -293,3 +296,39 @@ def test_a_journal_row_naming_an_identical_copy_is_corrected_not_taken_for_damag
     rows = {(m, s): offset for m, s, offset, _, _ in journal.table().tolist()}
     with h5py.File(partial_path(out), "r") as file:
         assert all(rows[key] == file["u"].id.get_chunk_info_by_coord((*key, 0)).byte_offset for key in rows)
+
+
+def test_a_kill_between_the_rebuild_and_its_checkpoint_keeps_the_journal_usable(tmp_path, monkeypatch, caplog):
+    """The rebuild's chunks are appended to the journal and then the checkpoint's record is rewritten. A
+    kill in between (here: the rewrite fails) once left a journal replaced whole that the checkpoint no
+    longer vouched for: later resumes went on without one, and a later damage was refused for good."""
+    data = blowing_up(12, 4)
+    out = tmp_path / "r.nc"
+    start, log, checkpoints = logged_history(out, data, monkeypatch)
+    index = 5
+    killed_after(out, start, log, checkpoints[index + 1][0] - 2, checkpoints[index][1:])  # in the flush
+    with monkeypatch.context() as patch:
+        patch.setattr(netcdf_stream, "write_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            resume_one_more_unit(out, data, index)
+    caplog.clear()
+    assert resume_one_more_unit(out, data, index)  # the rebuilt file, its rows appended: no refusal
+    assert "without one" not in caplog.text and "rebuilt" not in caplog.text
+    assert break_chunk_index(partial_path(out))  # and a later damage is rebuilt again
+    assert resume_one_more_unit(out, data, index + 1) and "rebuilt from the" in caplog.text
+
+
+def test_a_fresh_start_removes_a_killed_rebuilds_temporary_file(tmp_path):
+    """A rebuild killed before its rename leaves its new partial file under a temporary name; a run
+    started afresh (not --resume) removed the restart files but not that, which is as large as the data."""
+    from hybridnde.netcdf_stream import remove_restart_files
+    from hybridnde.output_paths import _host_tag
+
+    out = tmp_path / "r.nc"
+    dead = 2 ** 22 + 12345  # (above Linux's default pid_max: no such process)
+    orphan = tmp_path / f".{partial_path(out).name}.{_host_tag()}.{dead}.abc123.part"  # (atomic_path's name)
+    orphan.write_bytes(b"a killed rebuild's file")
+    keep = tmp_path / f".{partial_path(out).name}.{_host_tag()}.{os.getpid()}.abc123.part"  # a live writer's
+    keep.write_bytes(b"")
+    remove_restart_files(out)
+    assert not orphan.exists() and keep.exists()
