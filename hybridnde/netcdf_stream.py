@@ -77,7 +77,9 @@ class TrajectoryStreamWriter:
         members: (member,) global member indices; times: (time,) save times.
         state_dim: ``"x"`` or ``"component"``, with ``state_coords`` its values.
         dtype: numpy dtype of ``u``; attrs: global attributes (title, solver, checksums, case TOML, ...).
-        resume: reopen an existing partial file instead of creating it.
+        resume: reopen an existing partial file instead of creating it (checked against its chunk
+            journal and rebuilt if a kill damaged it: ``partial_repair``).
+        record: the resumed checkpoint's ``partial_repair.RECORD_KEY`` entry (``None``: it has none).
         incomplete: the partial file's ``incomplete`` attribute (what it is and how it continues).
         what: the kind of run, in messages (``"rollout"`` or ``"simulation"``).
     """
