@@ -127,13 +127,13 @@ class TrajectoryStreamWriter:
 
         in_place: dict = {}
         if resume:
-            self._journal, in_place, moved = repair_for_resume(
-                self.partial, self._journal, record, create, what=self.what,
+            self._journal, in_place, new_record = repair_for_resume(
+                self.partial, self._journal, record, create, what=self.what, layout=self._layout(),
                 check_layout=lambda layout: self._check_layout(tuple(layout), resume=True))
-            if moved:  # (the journal says where the chunks are now: so must its checkpoint)
+            if new_record:  # (the journal says where the chunks are now: so must its checkpoint)
                 state = torch.load(checkpoint_path(self.path), weights_only=True)
                 write_checkpoint(self.path, {**{key: value for key, value in state.items() if key != "format"},
-                                             RECORD_KEY: {**record, **self._journal.record()}})
+                                             RECORD_KEY: new_record})
         try:
             file = h5py.File(self.partial, "r+", rdcc_nbytes=CHUNK_CACHE_BYTES)
         except OSError:

@@ -289,14 +289,14 @@ def rebuild_partial(partial: Path, table: np.ndarray, indexed: Mapping[tuple[int
 
 
 def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mapping[str, Any] | None,
-                      create: Callable[[Path], None], *, what: str, check_layout: Callable[[list], None]
-                      ) -> tuple[ChunkJournal | None, dict[tuple[int, int], int], bool]:
+                      create: Callable[[Path], None], *, what: str, layout: list, check_layout: Callable[[list], None]
+                      ) -> tuple[ChunkJournal | None, dict[tuple[int, int], int], dict[str, Any] | None]:
     """Make the partial file of an interrupted ``what`` fit to go on: check it against ``journal`` (``None``:
-    a checkpoint without one) and rebuild it if it is damaged (``record``: the checkpoint's; ``create``:
-    makes a new file's header; ``check_layout(record["layout"])`` raises if the case now wants another
-    ``u``). Returns the journal to go on with, where the chunks past the checkpoint are (a resume writes
-    them again: ``ChunkLocator``'s ``in_place``), and whether rows were appended to the journal because
-    chunks are elsewhere than it said (the checkpoint's record must then be rewritten too)."""
+    none usable) and rebuild it if it is damaged (``record``: the checkpoint's; ``create``: makes a new
+    file's header; ``check_layout(record["layout"])`` raises if the case now wants another ``u``, which
+    is ``layout``). Returns the journal to go on with, where ``u``'s chunks are (a resume writes those
+    past the checkpoint again: ``ChunkLocator``'s ``in_place``), and, when rows were added to the
+    journal, the record its checkpoint must now hold (else ``None``)."""
     table = journal.table() if journal else None
     damage, indexed = inspect_partial(partial, table, what=what)
     if damage:
@@ -308,16 +308,27 @@ def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mappi
         table = rebuild_partial(partial, table, indexed, record, create, what=what)
         log.warning("%s: the partial file of the interrupted %s %s; rebuilt from the %d chunk(s) its journal recorded",
                     partial, what, damage, len(table))
-        return journal.amend(table), {}, True  # (the new file holds the journal's chunks only)
-    if journal is None and record is not None and "journal_rows" in record:
-        log.warning("%s: its chunk journal %s is missing or not its checkpoint's: the resume goes on without one, "
-                    "so a partial file that a later kill damages cannot be rebuilt", partial, journal_path_of(partial))
-    journaled = set() if table is None else {(m, s) for m, s, *_ in table.tolist()}
-    in_place = {key: offset for key, (offset, _) in indexed.items() if key not in journaled}
-    if table is None or all(indexed[m, s] == (offset, size) for m, s, offset, size, _ in table.tolist()):
-        return journal, in_place, False
+        return journal.amend(table), {}, {**record, **journal.record()}  # (the new file: the journal's chunks)
+    in_place = {key: offset for key, (offset, _) in indexed.items()}
+    if table is None:  # a whole file without a usable journal (lost, or a checkpoint of an earlier version):
+        # a new one from its index, each chunk read once for its CRC
+        journal = ChunkJournal(journal_path_of(partial))
+        with open(partial, "rb") as source:
+            journal.amend(np.array([(m, s, offset, size, zlib.crc32(os.pread(source.fileno(), size, offset)))
+                                    for (m, s), (offset, size) in sorted(indexed.items())],
+                                   dtype=np.int64).reshape(-1, 5))
+        import h5py
+
+        with h5py.File(partial, "r") as file:
+            status, blowup_time = file["status"][...], file["blowup_time"][...]
+        log.info("%s: a new chunk journal, from its index (%d chunks)", partial, journal.rows)
+        return journal, in_place, {"layout": layout, "status": torch.from_numpy(np.array(status, dtype=np.int8)),
+                                   "blowup_time": torch.from_numpy(np.array(blowup_time, dtype=np.float64)),
+                                   **journal.record()}
+    if all(indexed[m, s] == (offset, size) for m, s, offset, size, _ in table.tolist()):
+        return journal, in_place, None
     # rows that named an identical copy, or a rebuild's chunks before its record was rewritten (a kill):
     # inspect_partial found each intact where the index has it
     moved = np.array([indexed[m, s] != (offset, size) for m, s, offset, size, _ in table.tolist()])
     table[:, 2:4] = [indexed[m, s] for m, s in table[:, :2].tolist()]
-    return journal.amend(table[moved]), in_place, True
+    return journal.amend(table[moved]), in_place, {**record, **journal.record()}

@@ -332,3 +332,29 @@ def test_a_fresh_start_removes_a_killed_rebuilds_temporary_file(tmp_path):
     keep.write_bytes(b"")
     remove_restart_files(out)
     assert not orphan.exists() and keep.exists()
+
+
+@pytest.mark.parametrize("lost", ["the journal", "the checkpoint's record"])
+def test_a_whole_file_without_a_usable_journal_gets_a_new_one_from_its_index(tmp_path, monkeypatch, caplog, lost):
+    """A journal deleted, or a checkpoint of a version before journals: the file is whole, so the resume
+    makes a new journal from its index (each chunk read once for its CRC) instead of going on without
+    one, and a later damage is rebuilt."""
+    data = blowing_up(12, 5)
+    out = tmp_path / "r.nc"
+    start, log, checkpoints = logged_history(out, data, monkeypatch)
+    index = 7
+    killed_after(out, start, log, checkpoints[index + 1][0] - 6, checkpoints[index][1:])  # before the flush
+    if lost == "the journal":
+        journal_path(out).unlink()
+    else:
+        state = torch.load(checkpoint_path(out), weights_only=True)
+        del state[RECORD_KEY]
+        torch.save(state, checkpoint_path(out))
+    caplog.set_level("INFO")
+    assert resume_one_more_unit(out, data, index)
+    assert "a new chunk journal, from its index" in caplog.text
+    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
+    assert ChunkJournal.resumed(journal_path(out), record) is not None and record["layout"]
+    assert break_chunk_index(partial_path(out))
+    caplog.clear()
+    assert resume_one_more_unit(out, data, index + 1) and "rebuilt from the" in caplog.text
