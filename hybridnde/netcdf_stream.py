@@ -113,11 +113,8 @@ class TrajectoryStreamWriter:
             except BaseException:
                 self.partial.unlink(missing_ok=True)
                 raise
-        # where each chunk lands; a resume whose checkpoint has no journal (an earlier version's, or the
-        # journal lost) cannot vouch for the chunks before it, and keeps none
-        self._journal = ChunkJournal.resumed(journal_path(self.path), record) if resume else None
-        self.file = self._open_for_streaming(resume, record, create)
-        if not resume:
+        self.file = self._open_for_streaming(resume, record, create)  # (and, resuming, self._journal)
+        if not resume:  # where each chunk lands (partial_repair)
             self._journal = ChunkJournal(journal_path(self.path))
         self.u = self.file["u"]
         self._start_thread()
@@ -128,7 +125,7 @@ class TrajectoryStreamWriter:
         in_place: dict = {}
         if resume:
             self._journal, in_place, new_record = repair_for_resume(
-                self.partial, self._journal, record, create, what=self.what, layout=self._layout(),
+                self.partial, journal_path(self.path), record, create, what=self.what, layout=self._layout(),
                 check_layout=lambda layout: self._check_layout(tuple(layout), resume=True))
             if new_record:  # (the journal says where the chunks are now: so must its checkpoint)
                 state = torch.load(checkpoint_path(self.path), weights_only=True)
@@ -252,8 +249,7 @@ class TrajectoryStreamWriter:
                              f"{(self.n_members, self.n_times)}")
         for offset, payload in block.offsets():
             self.u.id.write_direct_chunk(offset, payload)
-            if self._journal:
-                self._journal.note(offset[0], offset[1], self._locator.after(payload, offset[:2]), payload)
+            self._journal.note(offset[0], offset[1], self._locator.after(payload, offset[:2]), payload)
 
     def _write_status(self, status: np.ndarray, blowup_time: np.ndarray) -> None:
         self.file["status"][:] = np.asarray(status, dtype=np.int8)
@@ -267,9 +263,8 @@ class TrajectoryStreamWriter:
         def job():
             self._write_status(status, blowup_time)
             self.file.flush()
-            record = self._journal and self._journal.checkpoint(self.u, status=status, blowup_time=blowup_time,
-                                                                layout=self._layout())
-            write_checkpoint(self.path, payload if record is None else {**payload, RECORD_KEY: record})
+            record = self._journal.checkpoint(self.u, status=status, blowup_time=blowup_time, layout=self._layout())
+            write_checkpoint(self.path, {**payload, RECORD_KEY: record})
         self._submit(job)
 
     def close(self) -> None:

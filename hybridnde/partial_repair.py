@@ -51,10 +51,6 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.chunks")
 
 
-def journal_path_of(partial: Path) -> Path:
-    """``.NAME.partial`` -> ``.NAME.chunks``."""
-    return partial.with_name(partial.name.removesuffix(".partial") + ".chunks")
-
 
 class ChunkLocator:
     """Where HDF5 put the chunk it was just handed (``after`` each direct chunk write; ``file_id``: the
@@ -210,9 +206,10 @@ def check_chunk_index(dataset_id, file_size: int) -> None:
         dataset_id.read_direct_chunk(furthest[0].chunk_offset)
 
 
-def _intact(fd: int, offset: int, size: int, crc: int) -> bool:
+def _intact(fd: int, offset: int, size: int, crc: int) -> bytes | None:
+    """The ``size`` bytes at ``offset`` if their CRC-32 is ``crc``, else ``None``."""
     stored = os.pread(fd, size, offset)
-    return len(stored) == size and zlib.crc32(stored) == crc
+    return stored if len(stored) == size and zlib.crc32(stored) == crc else None
 
 
 def _readable_index(u) -> dict[tuple[int, int], tuple[int, int]]:
@@ -253,7 +250,7 @@ def inspect_partial(partial: Path, table: np.ndarray | None, *, what: str) -> tu
     if misplaced:
         with open(partial, "rb") as source:
             lost = [(m, s) for m, s, _, size, crc in misplaced
-                    if indexed.get((m, s), (0, -1))[1] != size or not _intact(source.fileno(), indexed[m, s][0], size, crc)]
+                    if indexed.get((m, s), (0, -1))[1] != size or _intact(source.fileno(), indexed[m, s][0], size, crc) is None]
         if lost:
             return (f"is damaged ({len(lost)} chunk(s) of its checkpoint are not in its index as its journal recorded "
                     f"them, e.g. member {lost[0][0]}, save {lost[0][1]})"), indexed
@@ -274,8 +271,9 @@ def rebuild_partial(partial: Path, table: np.ndarray, indexed: Mapping[tuple[int
             u = target["u"]
             for member, save, offset, size, crc in table.tolist():
                 for where in (offset, indexed.get((member, save), (offset, 0))[0]):
-                    if _intact(source.fileno(), where, size, crc):
-                        u.id.write_direct_chunk((member, save, 0), os.pread(source.fileno(), size, where))
+                    stored = _intact(source.fileno(), where, size, crc)
+                    if stored is not None:
+                        u.id.write_direct_chunk((member, save, 0), stored)
                         break
                 else:
                     raise ResumeRefused(f"{partial}: the partial file of the interrupted {what} is damaged beyond its "
@@ -288,21 +286,22 @@ def rebuild_partial(partial: Path, table: np.ndarray, indexed: Mapping[tuple[int
     return np.array([(m, s, *rebuilt[m, s], crc) for m, s, _, _, crc in table.tolist()], dtype=np.int64).reshape(-1, 5)
 
 
-def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mapping[str, Any] | None,
+def repair_for_resume(partial: Path, journal_file: Path, record: Mapping[str, Any] | None,
                       create: Callable[[Path], None], *, what: str, layout: list, check_layout: Callable[[list], None]
-                      ) -> tuple[ChunkJournal | None, dict[tuple[int, int], int], dict[str, Any] | None]:
-    """Make the partial file of an interrupted ``what`` fit to go on: check it against ``journal`` (``None``:
-    none usable) and rebuild it if it is damaged (``record``: the checkpoint's; ``create``: makes a new
+                      ) -> tuple[ChunkJournal, dict[tuple[int, int], int], dict[str, Any] | None]:
+    """Make the partial file of an interrupted ``what`` fit to go on: check it against its journal
+    (``journal_file``, if it is the one ``record`` vouches for) and rebuild it if it is damaged (``record``: the checkpoint's; ``create``: makes a new
     file's header; ``check_layout(record["layout"])`` raises if the case now wants another ``u``, which
     is ``layout``). Returns the journal to go on with, where ``u``'s chunks are (a resume writes those
     past the checkpoint again: ``ChunkLocator``'s ``in_place``), and, when rows were added to the
     journal, the record its checkpoint must now hold (else ``None``)."""
+    journal = ChunkJournal.resumed(journal_file, record)
     table = journal.table() if journal else None
     damage, indexed = inspect_partial(partial, table, what=what)
     if damage:
         if table is None:
             raise ResumeRefused(f"{partial}: the partial file of the interrupted {what} {damage}" + (
-                f"; its chunk journal {journal_path_of(partial)} is missing or not its checkpoint's" if record else ""),
+                f"; its chunk journal {journal_file} is missing or not its checkpoint's" if record else ""),
                 "rerun without --resume")
         check_layout(record["layout"])
         table = rebuild_partial(partial, table, indexed, record, create, what=what)
@@ -312,7 +311,7 @@ def repair_for_resume(partial: Path, journal: ChunkJournal | None, record: Mappi
     in_place = {key: offset for key, (offset, _) in indexed.items()}
     if table is None:  # a whole file without a usable journal (lost, or a checkpoint of an earlier version):
         # a new one from its index, each chunk read once for its CRC
-        journal = ChunkJournal(journal_path_of(partial))
+        journal = ChunkJournal(journal_file)
         with open(partial, "rb") as source:
             journal.amend(np.array([(m, s, offset, size, zlib.crc32(os.pread(source.fileno(), size, offset)))
                                     for (m, s), (offset, size) in sorted(indexed.items())],

@@ -41,11 +41,11 @@ class _LoggedFile(io.FileIO):
         return super().truncate(size)
 
 
-def _writer(out, members, **kwargs):
+def _writer(out, members, *, time_chunk=TIME_CHUNK, **kwargs):
     return TrajectoryStreamWriter(
         out, members=np.arange(members), times=np.arange(SAVES) * 0.1, state_dim="x", state_coords=np.arange(N) * 0.5,
         state_shape=(N,), dtype=np.dtype("float64"), title="t", solver="s", closure_checksum="none", case_toml="",
-        extra_attrs={}, compression_level=4, time_chunk=TIME_CHUNK, **kwargs)
+        extra_attrs={}, compression_level=4, time_chunk=time_chunk, **kwargs)
 
 
 def _units(members):
@@ -203,10 +203,7 @@ def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_ch
     # ... and another layout than the record's (a changed output.time_chunk) is refused, not rebuilt
     partial_path(out).write_bytes(damaged)
     with pytest.raises(ResumeRefused, match="output.time_chunk, output.compression_level or compute.dtype changed"):
-        TrajectoryStreamWriter(
-            out, members=np.arange(members), times=np.arange(SAVES) * 0.1, state_dim="x", state_coords=np.arange(N) * 0.5,
-            state_shape=(N,), dtype=np.dtype("float64"), title="t", solver="s", closure_checksum="none",
-            case_toml="", extra_attrs={}, compression_level=4, time_chunk=5, resume=True, record=state[RECORD_KEY])
+        _writer(out, members, time_chunk=5, resume=True, record=state[RECORD_KEY])
     assert partial_path(out).read_bytes() == damaged
     # with its record, the same file is rebuilt and resumes to the same data
     assert resume_one_more_unit(out, data, index)
