@@ -105,6 +105,11 @@ def _check_sizes(**sizes: int) -> dict[str, int]:
     return checked
 
 
+#: the size of the unfolded input (torch's im2col buffer) a float64 CPU convolution gets per block of
+#: members; 2-4 MiB measured alike, on a 2-core AMD EPYC (1 MiB L2 a core; benchmarks/periodic_cnn_blocks.py)
+UNFOLD_BLOCK_BYTES = 4 * 2**20
+
+
 class PeriodicCNNClosure(_Normalized):
     """Translation-equivariant closure for periodic 1-D fields: periodic convolutions.
 
@@ -113,6 +118,13 @@ class PeriodicCNNClosure(_Normalized):
     the same function as circularly padding every layer, with one copy a forward instead of one per
     layer (circular padding copies each layer's input, mostly hidden channels): forward + backward 13-26%
     cheaper on a CPU, a forward 1-22% (channels 16-32, N = 64-256; benchmarks/periodic_cnn_halo.py).
+
+    Float64 on a CPU runs the members in blocks (``members_at_once``): torch's float64 convolutions
+    there unfold their whole input at once (im2col; oneDNN takes float32, not float64), and for a
+    large batch that buffer streams through memory. Blocks of a few MiB: a forward 1.2-1.8x faster,
+    forward + backward 1.1-1.4x, the exact regulariser's tangents + backward 1.3-2.9x, for unfolded
+    inputs of 10-84 MiB (benchmarks/periodic_cnn_blocks.py), with the same values (each member is
+    computed on its own either way; only an activation's vector loop can split a member differently).
 
     Args:
         channels: hidden channels per layer.
@@ -137,10 +149,28 @@ class PeriodicCNNClosure(_Normalized):
             features = channels
         layers.append(nn.Conv1d(features, 1, kernel_size))
         self.net = nn.Sequential(*layers)
+        self.unfolded_rows = (channels if depth else 1) * kernel_size  # the widest layer's im2col rows
+        self.unfold_block_bytes = UNFOLD_BLOCK_BYTES  # an attribute: TorchScript reads no module globals
+
+    def members_at_once(self, u: Tensor, copies: int = 1) -> int:
+        """How many members of ``u: (batch, n)`` one pass through the layers takes, with ``copies``
+        fields a member (the tangent method pushes one a probe): all of them, except for float64 on a
+        CPU, where equal blocks keep the widest layer's unfolded input near ``unfold_block_bytes``."""
+        members = u.shape[0]
+        if u.dim() != 2 or u.dtype != torch.float64 or u.device.type != "cpu":
+            return members
+        member_bytes = self.unfolded_rows * (u.shape[-1] + 2 * self.halo) * u.element_size() * copies
+        blocks = -(-members // max(1, self.unfold_block_bytes // member_bytes))
+        return -(-members // blocks)
 
     def forward(self, t: Tensor, u: Tensor) -> Tensor:
-        z = periodic_halo((u - self.input_shift) / self.input_scale, self.halo)
-        return self.net(z.unsqueeze(-2)).squeeze(-2) * self.output_scale + self.output_shift
+        z = periodic_halo((u - self.input_shift) / self.input_scale, self.halo).unsqueeze(-2)
+        block = self.members_at_once(u)
+        if block < z.shape[0]:
+            y = torch.cat([self.net(part) for part in z.split(block)])
+        else:
+            y = self.net(z)
+        return y.squeeze(-2) * self.output_scale + self.output_shift
 
 
 def periodic_halo(z: Tensor, width: int) -> Tensor:

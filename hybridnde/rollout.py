@@ -32,9 +32,11 @@ __all__ = ["SaveSchedule", "BatchState", "OutputChunk", "BatchRunner", "auto_bat
 #: (CPU: cache misses of the closure's activations; CUDA: the GPU is saturated)
 AUTO_BATCH_CAP = {"cpu": 1024, "cuda": 16384}
 
-#: on a CPU, one closure call's activations per automatic batch at most: past the caches the closure
-#: slows per member (ks_l22's quick CNN, 33 kB a member, 1024 members x 64 steps, one thread:
-#: 10.1k member-steps/s at 128 and 256 members, 7.6k at 512, 3.9k at 1024)
+#: on a CPU, one closure call's activations per automatic batch at most: past the caches a closure can
+#: slow per member (ks_l22's quick CNN, 33 kB a member, 1024 members x 64 steps, one thread: 10.1k
+#: member-steps/s at 128 and 256 members, 7.6k at 512, 3.9k at 1024). That was its float64 im2col
+#: buffer, which now comes in blocks (PeriodicCNNClosure.members_at_once): 10.3-10.6k at 128-1024, so
+#: the cap no longer buys it speed; it is kept so that automatic batches (and resumes) stay as they were
 CPU_ACTIVATION_BUDGET_BYTES = 8 * 2**20
 
 #: working copies of one member's state an ETDRK4 / RK4 step holds at once (stages, their nonlinear

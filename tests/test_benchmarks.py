@@ -116,6 +116,15 @@ def test_periodic_cnn_halo_times_both_forms_and_they_agree():
     assert record["forward_ratio"] > 0 and record["training_ratio"] > 0 and "fwd+bwd ratio" in stdout
 
 
+def test_periodic_cnn_blocks_times_both_forms_and_they_agree():
+    stdout, records = run_tiny("periodic_cnn_blocks.py")
+    (record,) = records
+    assert record["max_abs_difference"] < 1e-12 and record["members_per_block"] == 3  # 12 members in blocks
+    for key in ("forward", "training", "tangents"):
+        assert record[f"{key}_blocks_s"] > 0 and record[f"{key}_whole_s"] > 0 and record[f"{key}_ratio"] > 0
+    assert "jvp+bwd ratio" in stdout
+
+
 def test_closure_overhead_trace_counts_each_contenders_operations():
     result = subprocess.run([sys.executable, str(BENCHMARKS / "closure_overhead.py"), "--tiny", "--trace"],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

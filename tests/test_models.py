@@ -1,5 +1,6 @@
 """Closures: shapes and dtypes, translation equivariance of the periodic CNN, normalisation saved
 with the weights, rebuilding from a closure file, TorchScript."""
+import copy
 import warnings
 
 import pytest
@@ -63,6 +64,35 @@ def test_periodic_cnn_equals_circularly_padded_convolutions_and_their_gradients(
     reference_grads = torch.autograd.grad(_circularly_padded_reference(model, u).square().sum(), weights)
     for grad, reference_grad in zip(grads, reference_grads):
         torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-13)
+
+
+def test_periodic_cnn_runs_float64_cpu_members_in_blocks_with_the_whole_batchs_values_and_gradients():
+    torch.manual_seed(4)
+    model = PeriodicCNNClosure(channels=6, depth=2, kernel_size=5).double()
+    model.set_normalization(input_shift=torch.tensor(0.3), input_scale=torch.tensor(2.0),
+                            output_shift=torch.tensor(-0.1), output_scale=torch.tensor(0.7))
+    model.unfold_block_bytes = 64 * 1024  # a member unfolds to 30 rows x 52 points x 8 bytes: 5 a block
+    u, t = torch.randn(23, 40, dtype=torch.float64), torch.tensor(0.0)
+    seen = []
+    counting = model.net.register_forward_pre_hook(lambda net, inputs: seen.append(inputs[0].shape[0]))
+    out = model(t, u)
+    assert seen == [5, 5, 5, 5, 3]
+    assert model.members_at_once(u.float()) == 23 and model.members_at_once(u[0]) == 40  # oneDNN's; unbatched
+    whole = copy.deepcopy(model)
+    whole.unfold_block_bytes = 2**62
+    reference = whole(t, u)
+    assert seen[-1] == 23
+    counting.remove()
+    torch.testing.assert_close(out, reference, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(out, _circularly_padded_reference(model, u), rtol=1e-13, atol=1e-14)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    reference_grads = torch.autograd.grad(reference.square().sum(), list(whole.parameters()))
+    for grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-12, atol=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(t, u), out, rtol=0, atol=0)
 
 
 def test_normalisation_is_applied_and_saved_with_the_weights(tmp_path):

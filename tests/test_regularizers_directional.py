@@ -259,6 +259,16 @@ def test_tangent_propagation_wraps_small_grids_as_the_forward_does(n):
     torch.testing.assert_close(closure_jvp(model, t, u, v, method="tangent"), reference, rtol=1e-12, atol=1e-12)
 
 
+def test_tangent_propagation_in_member_blocks_equals_torch_func_jvp():
+    torch.manual_seed(2)
+    model = PeriodicCNNClosure(channels=4, depth=2, kernel_size=5).double()
+    model.unfold_block_bytes = 20 * 1024  # a member: 20 rows x 30 points x 8 bytes; 3 probes: 1 a block
+    u, v, t = torch.randn(7, 18, dtype=torch.float64), torch.randn(3, 7, 18, dtype=torch.float64), torch.zeros(())
+    assert model.members_at_once(u, copies=3) == 1 and model.members_at_once(u) == 4  # 7 in blocks of 4 and 3
+    reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (probe,))[1] for probe in v])
+    torch.testing.assert_close(closure_jvp(model, t, u, v, method="tangent"), reference, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("changed", [dict(padding=2), dict(padding=2, padding_mode="circular"), dict(dilation=2)])
 def test_a_cnn_whose_convolution_is_not_the_shipped_one_gets_the_exact_jvp(changed):
     """The layers' tangent assumes unpadded, undilated convolutions after one wrap of the input: a

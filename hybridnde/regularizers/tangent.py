@@ -118,7 +118,12 @@ def closure_jvp(closure: Callable[[Tensor, Tensor], Tensor], t: Tensor, u: Tenso
         if not supports_tangent(closure):
             raise TypeError(f"method='tangent' needs an MLPClosure or PeriodicCNNClosure with known layers and its own forward, "
                             f"got {type(closure).__name__}; use method='vmap'")
-        return _tangent_jvp(closure, u, v)[1]
+        block = closure.members_at_once(u, copies=v.shape[0]) if isinstance(closure, PeriodicCNNClosure) else u.shape[0]
+        if block >= u.shape[0]:
+            return _tangent_jvp(closure, u, v)[1]
+        # float64 on a CPU: members in blocks, as the closure's own forward (PeriodicCNNClosure.members_at_once)
+        return torch.cat([_tangent_jvp(closure, part, probes)[1]
+                          for part, probes in zip(u.split(block), v.split(block, dim=1))], dim=1)
 
     def along(x: Tensor) -> Tensor:
         return closure(t, x)
