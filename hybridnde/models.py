@@ -123,8 +123,9 @@ class PeriodicCNNClosure(_Normalized):
     there unfold their whole input at once (im2col; oneDNN takes float32, not float64), and for a
     large batch that buffer streams through memory. Blocks of a few MiB: a forward 1.2-1.8x faster,
     forward + backward 1.1-1.4x, the exact regulariser's tangents + backward 1.3-2.9x, for unfolded
-    inputs of 10-84 MiB (benchmarks/periodic_cnn_blocks.py), with the same values (each member is
-    computed on its own either way; only an activation's vector loop can split a member differently).
+    inputs of 10-84 MiB (benchmarks/periodic_cnn_blocks.py). The values are the whole batch's: bit for
+    bit at even grid sizes; at odd ones a member's last bits depend on where it sits in memory (in the
+    convolution and the activations' vector loops), in a block as they did in the whole batch.
 
     Args:
         channels: hidden channels per layer.
@@ -157,9 +158,9 @@ class PeriodicCNNClosure(_Normalized):
         fields a member (the tangent method pushes one a probe): all of them, except for float64 on a
         CPU, where equal blocks keep the widest layer's unfolded input near ``unfold_block_bytes``."""
         members = u.shape[0]
-        if u.dim() != 2 or u.dtype != torch.float64 or u.device.type != "cpu":
-            return members
-        member_bytes = self.unfolded_rows * (u.shape[-1] + 2 * self.halo) * u.element_size() * copies
+        if members == 0 or u.dim() != 2 or u.dtype != torch.float64 or u.device.type != "cpu":
+            return members  # an empty batch too: an MPI rank may get none
+        member_bytes = max(1, self.unfolded_rows * (u.shape[-1] + 2 * self.halo) * u.element_size() * copies)
         blocks = -(-members // max(1, self.unfold_block_bytes // member_bytes))
         return -(-members // blocks)
 

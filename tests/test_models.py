@@ -93,6 +93,8 @@ def test_periodic_cnn_runs_float64_cpu_members_in_blocks_with_the_whole_batchs_v
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(model)
     torch.testing.assert_close(scripted(t, u), out, rtol=0, atol=0)
+    empty = torch.zeros(0, 40, dtype=torch.float64)  # an MPI rank may get no members
+    assert model(t, empty).shape == (0, 40) and scripted(t, empty).shape == (0, 40)
 
 
 def test_normalisation_is_applied_and_saved_with_the_weights(tmp_path):

@@ -267,6 +267,8 @@ def test_tangent_propagation_in_member_blocks_equals_torch_func_jvp():
     assert model.members_at_once(u, copies=3) == 1 and model.members_at_once(u) == 4  # 7 in blocks of 4 and 3
     reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (probe,))[1] for probe in v])
     torch.testing.assert_close(closure_jvp(model, t, u, v, method="tangent"), reference, rtol=1e-12, atol=1e-12)
+    assert closure_jvp(model, t, u, v[:0], method="tangent").shape == (0, 7, 18)  # no probes
+    assert closure_jvp(model, t, u[:0], v[:, :0], method="tangent").shape == (3, 0, 18)  # no members
 
 
 @pytest.mark.parametrize("changed", [dict(padding=2), dict(padding=2, padding_mode="circular"), dict(dilation=2)])
