@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import zlib
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -187,7 +188,8 @@ def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_ch
     # ... nor one whose journal is gone or is not the one it recorded
     for lost in (b"", journal[:-40], journal[:40] + bytes(40) + journal[80:]):
         journal_path(out).write_bytes(lost)
-        with pytest.raises(ResumeRefused, match="addr overflow.*chunk journal .* is missing or not its checkpoint's"):
+        with pytest.raises(ResumeRefused, match="addr overflow.*chunk journal .* is missing or not its checkpoint's; "
+                                                "rerun without --resume$"):
             _writer(out, members, resume=True, record=state[RECORD_KEY])
     journal_path(out).write_bytes(journal)
     # a recorded chunk whose bytes are not what the journal recorded: refused, the file untouched
@@ -195,7 +197,7 @@ def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_ch
     tampered = bytearray(damaged)
     tampered[offset + size // 2] ^= 0xFF
     partial_path(out).write_bytes(bytes(tampered))
-    with pytest.raises(ResumeRefused, match=rf"member {member}, save {save} is not intact"):
+    with pytest.raises(ResumeRefused, match=rf"member {member}, save {save} is not intact\); rerun without --resume$"):
         _writer(out, members, resume=True, record=state[RECORD_KEY])
     assert partial_path(out).read_bytes() == bytes(tampered)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -355,3 +357,92 @@ def test_a_whole_file_without_a_usable_journal_gets_a_new_one_from_its_index(tmp
     assert break_chunk_index(partial_path(out))
     caplog.clear()
     assert resume_one_more_unit(out, data, index + 1) and "rebuilt from the" in caplog.text
+
+
+def test_the_journal_is_hidden_beside_its_output_and_keeps_each_chunks_last_row(tmp_path):
+    """A chunk a rebuild or a resume stored again is appended; the table keeps its last row, in the order
+    the rows were stored (a wrong pick would leave a chunk out of a rebuild, as NaN fill, or in twice)."""
+    assert journal_path(tmp_path / "r.nc") == tmp_path / ".r.nc.chunks"  # hidden (docs/netcdf.md)
+    journal = ChunkJournal(journal_path(tmp_path / "r.nc"))
+    journal.amend(np.array([[0, 0, 100, 10, 1], [0, 10, 200, 10, 2], [3, 0, 300, 10, 3]]))
+    journal.amend(np.array([[0, 10, 900, 10, 2]]))
+    assert journal.table().tolist() == [[0, 0, 100, 10, 1], [3, 0, 300, 10, 3], [0, 10, 900, 10, 2]]
+    assert ChunkJournal.resumed(journal.path, journal.record()).table().tolist() == journal.table().tolist()
+
+
+def test_a_writer_leaves_no_descriptor_and_a_discarded_one_no_file(tmp_path):
+    descriptors = Path("/proc/self/fd")
+    before = len(list(descriptors.iterdir())) if descriptors.is_dir() else None
+    for _ in range(3):
+        writer = _writer(tmp_path / "r.nc", 3)
+        _write_unit(writer, np.ones((3, SAVES, N)), (0, 0), 0)
+        writer.discard()  # (a run failing before it finishes: its partial file and journal go)
+        assert list(tmp_path.iterdir()) == [checkpoint_path(tmp_path / "r.nc")]  # (removed by the caller)
+    if before is not None:
+        assert len(list(descriptors.iterdir())) == before
+
+
+def test_the_damage_message_names_a_lost_chunk_by_member_and_save(tmp_path):
+    out, data = tmp_path / "r.nc", blowing_up(6, 7)
+    writer = _writer(out, len(data))
+    for index, unit in enumerate(_units(len(data))[:8]):
+        _write_unit(writer, data, unit, index)
+    writer.close()
+    table = ChunkJournal.resumed(journal_path(out), torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]).table()
+    assert inspect_partial(partial_path(out), table, what="rollout")[0] is None
+    never = np.array([[5, 50, 10**6, 100, 0]])  # a row for a chunk the index does not have
+    damage, _ = inspect_partial(partial_path(out), np.vstack([table, never]), what="rollout")
+    assert damage.startswith("is damaged (1 chunk(s)") and damage.endswith("e.g. member 5, save 50)")
+    changed = table.copy()
+    row = [i for i, (m, s) in enumerate(changed[:, :2].tolist()) if (m, s) == (1, 10)][0]
+    changed[row, 2:5] += (1, 0, 1)  # elsewhere, and its bytes not what the index has there
+    damage, _ = inspect_partial(partial_path(out), changed, what="rollout")
+    assert damage.endswith("e.g. member 1, save 10)")
+
+
+@pytest.mark.parametrize("what", ["rollout", "simulation"])
+def test_a_partial_file_hdf5_cannot_open_is_rebuilt_from_its_journal(tmp_path, monkeypatch, what):
+    """Its superblock overwritten: h5py cannot open it at all; the chunks are intact where the journal
+    has them. The cause said with a damage is the one each kind of run meets."""
+    data = blowing_up(12, 8)
+    out = tmp_path / "r.nc"
+    start, log, checkpoints = logged_history(out, data, monkeypatch)
+    index = 6
+    killed_after(out, start, log, checkpoints[index + 1][0] - 2, checkpoints[index][1:])
+    assert "addr overflow" in inspect_partial(partial_path(out), None, what=what)[0]
+    assert {"rollout": "Ctrl-C under mpiexec", "simulation": "SIGKILL"}[what] in inspect_partial(
+        partial_path(out), None, what=what)[0]
+    with open(partial_path(out), "r+b") as file:
+        file.write(bytes(512))
+    assert inspect_partial(partial_path(out), None, what=what)[0].startswith("cannot be reopened (")
+    assert resume_one_more_unit(out, data, index)
+
+
+@pytest.mark.parametrize("case", ["rebuilt", "journal lost"])
+def test_a_resume_killed_before_its_first_checkpoint_leaves_a_record_that_holds(tmp_path, monkeypatch, case):
+    """Opening a resume rewrites the checkpoint's record when it rebuilt the file or made a new journal:
+    a kill before the resumed run's own first checkpoint must leave a record that vouches for the file
+    (its journal, its layout, its status), so that a damage then is rebuilt, not refused."""
+    data = blowing_up(12, 6)
+    out = tmp_path / "r.nc"
+    start, log, checkpoints = logged_history(out, data, monkeypatch)
+    index = 5
+    if case == "rebuilt":
+        killed_after(out, start, log, checkpoints[index + 1][0] - 2, checkpoints[index][1:])  # in the flush
+    else:
+        killed_after(out, start, log, checkpoints[index][0], checkpoints[index][1:])  # right after it: whole
+        journal_path(out).unlink()
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    _writer(out, len(data), resume=True, record=state[RECORD_KEY]).close()  # and killed: no checkpoint of its own
+    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
+    assert record["layout"] == state[RECORD_KEY]["layout"]
+    journal = ChunkJournal.resumed(journal_path(out), record)
+    assert journal is not None and inspect_partial(partial_path(out), journal.table(), what="rollout")[0] is None
+    with h5py.File(partial_path(out), "r") as file:  # a rebuild puts the checkpoint's status in
+        status, blowup_time = file["status"][...], file["blowup_time"][...]
+    assert status.any() and np.array_equal(record["status"].numpy(), status)
+    assert np.array_equal(record["blowup_time"].numpy(), blowup_time, equal_nan=True)
+    if case == "rebuilt":
+        assert np.array_equal(status, _status(data, index)[0])
+    assert break_chunk_index(partial_path(out))
+    assert resume_one_more_unit(out, data, index)

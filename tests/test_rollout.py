@@ -579,6 +579,9 @@ def test_resume_after_an_interruption_gives_the_identical_file(tmp_path, caplog)
     run_rollout(case, tmp_path / "straight.nc", closure=model, progress=False)
     assert_same_data(tmp_path / "resumed.nc", tmp_path / "straight.nc")
     assert_same_data(copy, tmp_path / "straight.nc")
+    # finished, resumed or rebuilt, a rollout leaves its output alone (no checkpoint, partial file or journal)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "resumed.nc", "straight.nc"]
+    assert [p.name for p in copy.parent.iterdir()] == ["resumed.nc"]
     with xr.open_dataset(copy) as rebuilt, xr.open_dataset(tmp_path / "resumed.nc") as resumed:  # the same header
         per_run = {"history", "wall_seconds", "member_steps_per_second", "run_id"}  # (resumed.nc: none, below)
         assert {k: str(v) for k, v in rebuilt.attrs.items() if k not in per_run} == {
