@@ -51,7 +51,6 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.chunks")
 
 
-
 class ChunkLocator:
     """Where HDF5 put the chunk it was just handed (``after`` each direct chunk write; ``file_id``: the
     h5py ``FileID``), found by reading the partial file back where HDF5 allocates: at the end of the
