@@ -317,3 +317,35 @@ def test_training_data_are_made_from_a_checksum_of_their_files_bytes(tmp_path):
                         path=str(path), checksum="d" * 64)
     assert data.made_from("d" * 64) and data.made_from(file_checksum(path))
     assert not data.made_from("e" * 64) and not data.made_from("") and not data.made_from(None)
+
+
+@pytest.mark.parametrize("first, second", [
+    (dict(name="u"), dict(name="v")),  # the same values under another name (u and v swapped)
+    (dict(fill_value=-1), dict(fill_value=-2)),  # decode to other masked values
+    (dict(missing_value=4), dict(missing_value=5)),
+    (dict(units="days since 2000-01-01"), dict(units="hours since 2000-01-01")),
+    (dict(calendar="standard"), dict(calendar="noleap")),
+    (dict(shape=(2, 3)), dict(shape=(3, 2))),
+    (dict(kind="i4"), dict(kind="f4")),  # the same bytes, other numbers
+])
+def test_the_data_checksum_tells_apart_what_decodes_to_other_data(tmp_path, first, second):
+    """A stage's output is reused only while its input's data checksum is unchanged: each of these is
+    other data (mutation audit, helper-98)."""
+    from hybridnde.data import data_checksum
+
+    def make(file_name, **spec):
+        def build(dataset):
+            shape, kind = spec.get("shape", (2, 3)), spec.get("kind", "i2")
+            dataset.createDimension("member", shape[0])
+            dataset.createDimension("time", shape[1])
+            variable = dataset.createVariable(spec.get("name", "u"), kind, ("member", "time"),
+                                              fill_value=spec.get("fill_value"))
+            for key in ("missing_value", "units", "calendar"):
+                if key in spec:
+                    variable.setncattr(key, spec[key])
+            variable.set_auto_maskandscale(False)
+            values = np.arange(6).reshape(shape)
+            variable[:] = values.astype(np.int32).view(np.float32) if kind == "f4" else values  # (i4's bytes)
+        return _file(tmp_path / file_name, build)
+
+    assert data_checksum(make("a.nc", **first)) != data_checksum(make("b.nc", **second))

@@ -410,3 +410,45 @@ def test_the_staging_folder_of_a_killed_writer_goes_with_the_next(tmp_path):
     with staging_folder(tmp_path / "figures" / "figures"):
         pass
     assert leftovers(tmp_path / "figures") == []
+
+
+def test_atomic_path_writes_beside_its_target_with_the_usual_mode_into_new_folders(tmp_path):
+    """Beside the output (a rename across file systems fails after all the work; orphans elsewhere are
+    never swept), named so the next writer's sweep finds it, and with the mode umask gives (not
+    mkstemp's 0600: colleagues in a shared folder read the outputs)."""
+    import stat
+
+    from hybridnde.output_paths import atomic_path
+
+    target = tmp_path / "new" / "sub" / "o.nc"
+    with atomic_path(target) as temporary:
+        assert temporary.parent == target.parent and temporary.name.startswith(".o.nc.")
+        assert temporary.name.endswith(".part")
+        temporary.write_bytes(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_bytes() == b"x" and stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert write_netcdf(small_dataset(), tmp_path / "another" / "o.nc").is_file()
+
+
+def test_a_full_disk_is_told_without_a_traceback_however_the_error_is_wrapped():
+    from hybridnde.output_paths import disk_full_message
+
+    assert disk_full_message(RuntimeError("HDF error: No space left on device")).endswith(
+        "; free some space or choose another --out")  # (HDF5's errors carry no errno)
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError:
+            raise RuntimeError("the writer thread failed")  # chained implicitly: __context__ only
+    except RuntimeError as wrapped:
+        assert disk_full_message(wrapped).startswith("no space left on the device ([Errno 28] full)")
+    assert disk_full_message(RuntimeError("something else")) is None
+
+
+def test_outputs_that_share_a_stem_have_their_own_locks(tmp_path):
+    with output_lock(tmp_path / "a.nc"), output_lock(tmp_path / "a.pt"):
+        assert lock_path(tmp_path / "a.nc") != lock_path(tmp_path / "a.pt")
+        with pytest.raises(DataError, match=r"is writing it; wait .*, or give another --out"):
+            with output_lock(tmp_path / "a.nc"):
+                pass
