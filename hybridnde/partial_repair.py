@@ -164,8 +164,11 @@ class ChunkJournal:
         with open(self.path, "ab") as journal:
             journal.write(rows.tobytes())
         self.rows, self.crc, self._pending = self.rows + len(rows), zlib.crc32(rows.tobytes(), self.crc), []
-        return {**self.record(), "layout": layout,
-                "status": torch.from_numpy(np.array(status, dtype=np.int8)),
+        return self.full_record(status=status, blowup_time=blowup_time, layout=layout)
+
+    def full_record(self, *, status: np.ndarray, blowup_time: np.ndarray, layout: list) -> dict[str, Any]:
+        """A checkpoint's whole record: the journal's, ``u``'s layout and the status a rebuild puts back."""
+        return {**self.record(), "layout": layout, "status": torch.from_numpy(np.array(status, dtype=np.int8)),
                 "blowup_time": torch.from_numpy(np.array(blowup_time, dtype=np.float64))}
 
 
@@ -320,9 +323,7 @@ def repair_for_resume(partial: Path, journal_file: Path, record: Mapping[str, An
         with h5py.File(partial, "r") as file:
             status, blowup_time = file["status"][...], file["blowup_time"][...]
         log.info("%s: a new chunk journal, from its index (%d chunks)", partial, journal.rows)
-        return journal, in_place, {"layout": layout, "status": torch.from_numpy(np.array(status, dtype=np.int8)),
-                                   "blowup_time": torch.from_numpy(np.array(blowup_time, dtype=np.float64)),
-                                   **journal.record()}
+        return journal, in_place, journal.full_record(status=status, blowup_time=blowup_time, layout=layout)
     if all(indexed[m, s] == (offset, size) for m, s, offset, size, _ in table.tolist()):
         return journal, in_place, None
     # rows that named an identical copy, or a rebuild's chunks before its record was rewritten (a kill):

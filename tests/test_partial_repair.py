@@ -116,6 +116,12 @@ def killed_after(out, start, log, writes, checkpoint):
     journal_path(out).write_bytes(checkpoint[1])
 
 
+def recorded_journal(out):
+    """The checkpoint's record at ``out`` and the journal it vouches for (``None``: not that journal)."""
+    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
+    return record, ChunkJournal.resumed(journal_path(out), record)
+
+
 def resume_one_more_unit(out, data, index):
     """Resume after checkpoint ``index``, write the next unit, and say whether every unit up to it holds
     its data (the file otherwise as the writer left it)."""
@@ -212,8 +218,7 @@ def test_a_damaged_file_is_refused_without_a_record_and_when_a_recorded_chunk_ch
     # ... and the journal and the checkpoint's record say where the rebuild put the chunks: a later
     # damage is rebuilt again (before, the rebuilt file's chunks were elsewhere than the journal said,
     # and the next resume refused it for good)
-    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
-    journal = ChunkJournal.resumed(journal_path(out), record)
+    _, journal = recorded_journal(out)
     assert journal is not None and inspect_partial(partial_path(out), journal.table(), what="rollout")[0] is None
     with h5py.File(partial_path(out), "r") as file:
         indexed = {}
@@ -290,7 +295,7 @@ def test_a_journal_row_naming_an_identical_copy_is_corrected_not_taken_for_damag
     caplog.clear()
     assert resume_one_more_unit(out, data, 11)
     assert "damaged" not in caplog.text and "rebuilt" not in caplog.text
-    journal = ChunkJournal.resumed(journal_path(out), torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY])
+    _, journal = recorded_journal(out)
     assert journal is not None
     rows = {(m, s): offset for m, s, offset, _, _ in journal.table().tolist()}
     with h5py.File(partial_path(out), "r") as file:
@@ -352,8 +357,8 @@ def test_a_whole_file_without_a_usable_journal_gets_a_new_one_from_its_index(tmp
     caplog.set_level("INFO")
     assert resume_one_more_unit(out, data, index)
     assert "a new chunk journal, from its index" in caplog.text
-    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
-    assert ChunkJournal.resumed(journal_path(out), record) is not None and record["layout"]
+    record, journal = recorded_journal(out)
+    assert journal is not None and record["layout"]
     assert break_chunk_index(partial_path(out))
     caplog.clear()
     assert resume_one_more_unit(out, data, index + 1) and "rebuilt from the" in caplog.text
@@ -388,7 +393,7 @@ def test_the_damage_message_names_a_lost_chunk_by_member_and_save(tmp_path):
     for index, unit in enumerate(_units(len(data))[:8]):
         _write_unit(writer, data, unit, index)
     writer.close()
-    table = ChunkJournal.resumed(journal_path(out), torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]).table()
+    table = recorded_journal(out)[1].table()
     assert inspect_partial(partial_path(out), table, what="rollout")[0] is None
     never = np.array([[5, 50, 10**6, 100, 0]])  # a row for a chunk the index does not have
     damage, _ = inspect_partial(partial_path(out), np.vstack([table, never]), what="rollout")
@@ -434,9 +439,8 @@ def test_a_resume_killed_before_its_first_checkpoint_leaves_a_record_that_holds(
         journal_path(out).unlink()
     state = torch.load(checkpoint_path(out), weights_only=True)
     _writer(out, len(data), resume=True, record=state[RECORD_KEY]).close()  # and killed: no checkpoint of its own
-    record = torch.load(checkpoint_path(out), weights_only=True)[RECORD_KEY]
+    record, journal = recorded_journal(out)
     assert record["layout"] == state[RECORD_KEY]["layout"]
-    journal = ChunkJournal.resumed(journal_path(out), record)
     assert journal is not None and inspect_partial(partial_path(out), journal.table(), what="rollout")[0] is None
     with h5py.File(partial_path(out), "r") as file:  # a rebuild puts the checkpoint's status in
         status, blowup_time = file["status"][...], file["blowup_time"][...]
