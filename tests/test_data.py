@@ -292,6 +292,33 @@ def test_scalar_variables_are_hashed(tmp_path):
     assert make("a.nc", 0.1) != make("b.nc", 0.2)
 
 
+def test_the_data_checksum_format_stays_the_same_across_versions(tmp_path):
+    """Outputs, closures and checkpoints record the data checksum of their inputs, and ``run`` reuses a
+    stage only while it matches: a silent change of what is hashed (the attributes' text, strings' text,
+    masking or unpacking on read, byte order) would remake every user's stages after an upgrade. Its
+    value for a file of every kind of variable is fixed here; change it only deliberately, saying so."""
+
+    from hybridnde.data import data_checksum
+
+    def build(dataset):
+        dataset.config_checksum, dataset.history = "0123abcd", "not hashed"
+        for name, size in (("member", 2), ("time", 3), ("component", 2), ("chars", 2)):
+            dataset.createDimension(name, size)
+        time = dataset.createVariable("time", "f8", ("time",))
+        time.units, time.calendar = "days since 2000-01-01", "proleptic_gregorian"
+        time[:] = [0.0, 0.5, 1.0]
+        packed = dataset.createVariable("u", ">i2", ("member", "time"), fill_value=np.int16(-32767), endian="big")
+        packed.scale_factor, packed.add_offset, packed.missing_value = 0.01, 1.5, np.int16(-32000)
+        packed.set_auto_maskandscale(False)  # a fill and a missing value among the stored integers
+        packed[:] = np.array([[1, -2, 3], [-32767, 5, -32000]], dtype="i2")
+        dataset.createVariable("component", str, ("component",))[:] = np.array(["x", "vx"], dtype=object)
+        dataset.createVariable("label", "S1", ("component", "chars"))[:] = np.array([[b"a", b"b"], [b"c", b""]])
+        dataset.createVariable("dt", "f4", ())[...] = 0.25
+
+    assert data_checksum(_file(tmp_path / "every_kind.nc", build)) == \
+        "fb6e2295aa72d57cd16e02dfaf49f9ab6d3d8fbf1ab9997212c2498518bda3d0"
+
+
 def test_every_block_size_reads_every_value(tmp_path):
     """Blocks of several rows (not only one row, or the whole variable) are read whole."""
     from hybridnde.data import data_checksum

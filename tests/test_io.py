@@ -18,7 +18,6 @@ import xarray as xr
 
 from hybridnde.io import DataError, trajectory_dataset, write_netcdf
 from hybridnde.output_paths import _host_tag
-from hybridnde.output_lock import lock_path, output_lock
 
 
 def small_dataset():
@@ -151,74 +150,6 @@ def test_a_sigint_handler_of_the_application_is_left_alone(tmp_path, handler):
         assert calls == ([] if handler == "ignored" else [(signal.SIGINT, [])])
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def test_the_output_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
-    out = tmp_path / "rollout.nc"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from hybridnde.output_lock import output_lock
-        with output_lock({str(out)!r}):
-            print("locked", flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(DataError, match=rf"rollout.nc: process {holder.pid} on .* is writing it"), output_lock(out):
-            pass
-    finally:
-        holder.kill()  # kill -9: no clean-up runs, the kernel drops the lock
-        holder.wait()
-    assert lock_path(out).exists()  # left behind by the killed holder, yet no obstacle
-    with output_lock(out):
-        assert "process" in lock_path(out).read_text()
-    assert not lock_path(out).exists()
-
-
-def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
-    """Lustre without -o flock answers ENOLCK or ENOSYS: the run must not fail for want of a lock."""
-    import errno
-    import fcntl
-
-    def no_locks(descriptor, operation):
-        raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    with output_lock(tmp_path / "out.nc"):
-        pass
-    assert "cannot lock (No locks available)" in caplog.text and leftovers(tmp_path) == []
-
-
-@pytest.mark.parametrize("sticky", [False, True], ids=["own folder", "sticky folder"])
-def test_another_users_stale_lock_file_is_replaced_or_locked_read_only(tmp_path, monkeypatch, sticky):
-    """A stale lock file of another user (mode 0644 before) gave a PermissionError traceback; locked
-    read-only, its text then named the dead holder to the next run. It is replaced where the folder
-    allows; in a sticky folder it is locked through a read-only descriptor."""
-    out = tmp_path / "out.nc"
-    lock_path(out).write_text("process 1 on elsewhere\n")
-    theirs = os.stat(lock_path(out)).st_ino
-    real_open, real_unlink = os.open, os.unlink
-
-    def as_another_user(path, flags, *mode):  # their file: no write access to it
-        if str(path) == str(lock_path(out)) and flags & (os.O_RDWR | os.O_WRONLY) and \
-                os.path.exists(path) and os.stat(path).st_ino == theirs:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, flags, *mode)
-
-    def sticky_unlink(path, *args, **kwargs):  # a sticky folder: their file cannot be removed
-        if sticky and str(path) == str(lock_path(out)) and os.stat(path).st_ino == theirs:
-            raise PermissionError(1, "Operation not permitted", str(path))
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", as_another_user)
-    monkeypatch.setattr(os, "unlink", sticky_unlink)
-    with output_lock(out):
-        text = lock_path(out).read_text()
-        # the next run is told who writes: us where the file could be replaced
-        with pytest.raises(DataError, match="is writing it"), output_lock(out):
-            pass
-    assert (text == "process 1 on elsewhere\n") == sticky
-    assert lock_path(out).exists() == sticky
 
 
 def test_atomic_path_onto_a_folder_is_a_data_error_before_the_block_runs(tmp_path):
@@ -444,11 +375,3 @@ def test_a_full_disk_is_told_without_a_traceback_however_the_error_is_wrapped():
     except RuntimeError as wrapped:
         assert disk_full_message(wrapped).startswith("no space left on the device ([Errno 28] full)")
     assert disk_full_message(RuntimeError("something else")) is None
-
-
-def test_outputs_that_share_a_stem_have_their_own_locks(tmp_path):
-    with output_lock(tmp_path / "a.nc"), output_lock(tmp_path / "a.pt"):
-        assert lock_path(tmp_path / "a.nc") != lock_path(tmp_path / "a.pt")
-        with pytest.raises(DataError, match=r"is writing it; wait .*, or give another --out"):
-            with output_lock(tmp_path / "a.nc"):
-                pass
