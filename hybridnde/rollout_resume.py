@@ -23,6 +23,7 @@ import tomli_w
 import torch
 
 from .config import CaseConfig
+from .config.case import without_descriptive_keys
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .checksums import records_data
 from .io import ResumeRefused
@@ -48,7 +49,7 @@ def rollout_checksum(case: CaseConfig, *, legacy: bool = False) -> str:
     with the keys that only choose the batch size at their defaults (the size they give is compared on
     its own): equal for ``batch_size = 0`` and the size it resolves to, and, for cases that leave them at
     their defaults, the checksum recorded before. ``legacy``: that earlier checksum, with those keys."""
-    mapping = case.to_mapping()
+    mapping = without_descriptive_keys(case.to_mapping())
     chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
     chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
     if not legacy:

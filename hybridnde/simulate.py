@@ -177,6 +177,7 @@ def initial_conditions_checksum(case: CaseConfig) -> str:
 
 def simulation_attrs(case: CaseConfig, solver, initial_conditions_sha256: str) -> dict[str, object]:
     """The global attributes of a truth file besides the schema's (docs/netcdf.md)."""
-    return {"stage": "simulate", "config_checksum": case.checksum(SIMULATION_SECTIONS), "dt": case.time.dt,
+    return {**case.output.descriptive_attributes(), "stage": "simulate",
+            "config_checksum": case.checksum(SIMULATION_SECTIONS), "dt": case.time.dt,
             "save_every": case.time.save_every, "initial_conditions_sha256": initial_conditions_sha256,
             "platform": platform_description(solver.device)}

@@ -1,4 +1,5 @@
 """`hybridnde simulate` writes the NetCDF schema atomically; bad input exits 2 and leaves no file."""
+import json
 import os
 import shlex
 import shutil
@@ -172,6 +173,27 @@ def test_initial_conditions_whose_member_labels_do_not_increase_exit_2(tmp_path,
     assert main(["rollout", str(write_case(tmp_path, LORENZ)), "--out", str(out), "--set", "rollout.members=3",
                  "--set", f'rollout.initial_conditions="{source}"', "--set", "hybrid.setup=\"residual\""]) == 2
     assert problem in capsys.readouterr().err and not out.exists()
+
+
+def test_the_cf_descriptive_attributes_given_are_in_every_file_and_absent_otherwise(tmp_path):
+    """CF 2.6.2's ``institution``, ``references`` and ``comment`` (``[output]``): in truths simulated with
+    fixed steps (streamed) or adaptive ones (in memory) and in rollouts; no empty attributes where unset.
+    They change no checksum: a file is not remade for them."""
+    given = {"institution": "Lab of Closures, Somewhere", "references": "doi:10.1016/j.jcp.2024.0001",
+             "comment": "made for a test; 'quoted' \"text\""}
+    settings = [f"--set=output.{key}={json.dumps(value)}" for key, value in given.items()]  # TOML strings
+    case = write_case(tmp_path)
+    runs = {"rk4.nc": ["simulate", "--set", "time.integrator='rk4'"],
+            "dopri5.nc": ["simulate", "--set", "time.integrator='dopri5'"],
+            "rollout.nc": ["rollout", "--set", "rollout.members=2", "--set", "hybrid.setup='residual'"]}
+    for name, (verb, *options) in runs.items():
+        assert main([verb, str(case), "--out", str(tmp_path / name), *options, *settings]) == 0
+        with xr.open_dataset(tmp_path / name) as ds:
+            assert {key: ds.attrs.get(key) for key in given} == given, name
+        assert main([verb, str(case), "--out", str(tmp_path / f"plain-{name}"), *options]) == 0
+        with xr.open_dataset(tmp_path / f"plain-{name}") as plain, xr.open_dataset(tmp_path / name) as ds:
+            assert not set(given) & set(plain.attrs), name
+            assert plain.attrs["config_checksum"] == ds.attrs["config_checksum"], name
 
 
 def test_an_adaptive_float32_simulation_writes_float64_as_a_fixed_step_one_does(tmp_path):

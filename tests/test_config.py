@@ -246,6 +246,22 @@ def test_outputs_made_before_the_penalty_field_existed_match_only_cases_whose_pe
     assert on_rhs.checksum(TRAINING_SECTIONS).startswith("53146572851b")
 
 
+def test_the_descriptive_attributes_change_no_checksum_and_no_list_of_changes():
+    """``[output]``'s institution, references and comment only describe the files: giving them must not
+    remake a truth, closure or rollout, nor refuse a resume."""
+    from hybridnde.config.case import DESCRIPTIVE_KEYS
+    from hybridnde.rollout_resume import rollout_checksum
+
+    case = load_case(CASES_DIR / "ks_l22.toml")
+    described = load_case(CASES_DIR / "ks_l22.toml", overrides=[f"{section}.{key}='given'"
+                                                                 for section, key in DESCRIPTIVE_KEYS])
+    assert [getattr(described.output, key) for _, key in DESCRIPTIVE_KEYS] == ["given"] * 3
+    assert described.checksum() == case.checksum() and rollout_checksum(described) == rollout_checksum(case)
+    assert described.changed_keys(case.to_toml(), ["output"]) == []
+    compressed = load_case(CASES_DIR / "ks_l22.toml", overrides=["output.compression_level=9"])
+    assert rollout_checksum(compressed) != rollout_checksum(case)  # the other [output] keys still count
+
+
 def test_keys_added_later_leave_checksums_of_cases_that_do_not_set_them_alone():
     """Outputs, closure files and checkpoints store the checksum of the case they were made with: a key
     added since (``ADDED_KEYS``) must not make every one of them look out of date while it is at its

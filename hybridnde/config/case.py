@@ -26,7 +26,7 @@ from .learning import ModelConfig, TrainingConfig
 from .physics import (CaseInfo, ComputeConfig, InitialConditionConfig,
                       KuramotoSivashinskyConfig, OutputConfig, SystemConfig, TimeConfig, parse_system)
 
-__all__ = ["CaseConfig", "load_case", "parse_case", "parse_override", "SECTIONS"]
+__all__ = ["CaseConfig", "load_case", "parse_case", "parse_override", "SECTIONS", "DESCRIPTIVE_KEYS", "without_descriptive_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ VALUE_SECTIONS = ("system", *SECTIONS)
 #: checkpoints): left out of checksums and ``changed_keys`` while at their default, so what was made
 #: before a key existed still matches a case that does not set it
 ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterations"), ("evaluate", "error_scale"))
+#: ``(section, key)`` that only describe the files a run writes (CF's descriptive attributes): in no
+#: checksum and no list of changes, so giving or changing them remakes nothing (a file made before,
+#: reused or resumed keeps its own)
+DESCRIPTIVE_KEYS: tuple[tuple[str, str], ...] = (("output", "institution"), ("output", "references"),
+                                                 ("output", "comment"))
+
+
+def without_descriptive_keys(mapping: dict[str, Any]) -> dict[str, Any]:
+    """``mapping`` (a case's sections, as ``CaseConfig.to_mapping`` gives them) less ``DESCRIPTIVE_KEYS``."""
+    for section, key in DESCRIPTIVE_KEYS:
+        mapping.get(section, {}).pop(key, None)
+    return mapping
 
 
 def resolved_penalty_field(setup: str, field: str) -> str:
@@ -106,7 +118,7 @@ class CaseConfig:
 
     def checksum(self, sections: Iterable[str] | None = None) -> str:
         """SHA-256 of the canonical TOML of ``sections`` (all by default): equal configs, equal sums."""
-        mapping = self.to_mapping()
+        mapping = without_descriptive_keys(self.to_mapping())
         mapping.pop("quick", None)
         for section, key in ADDED_KEYS:
             if mapping[section].get(key) == _default(section, key):
@@ -131,7 +143,7 @@ class CaseConfig:
             old = tomllib.loads(before)
         except tomllib.TOMLDecodeError:
             return []
-        new, skip = tomllib.loads(self.to_toml()), set(skip)
+        new, skip = tomllib.loads(self.to_toml()), {*skip, *DESCRIPTIVE_KEYS}
         changed = []
         for section in sections:
             was, now = dict(old.get(section, {})), dict(new.get(section, {}))

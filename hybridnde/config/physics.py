@@ -227,3 +227,15 @@ class OutputConfig:
     directory: str = option("", "where `hybridnde run` and the other verbs write their files by default (default: runs/<case name>; `-quick` is appended to the folder name under --quick)")
     compression_level: int = option(4, "zlib level of NetCDF variables (0 = off)", minimum=0, maximum=9)
     time_chunk: int = option(64, "saved times per NetCDF chunk along time", positive=True)
+    # CF 2.6.2's optional descriptive attributes: who made the files, what to cite, anything else
+    institution: str = option("", "the NetCDF files' global `institution` attribute (CF): where they were made; "
+                                  "\"\": none")
+    references: str = option("", "the NetCDF files' global `references` attribute (CF): published or web-based "
+                                 "references describing the data or the methods; \"\": none")
+    comment: str = option("", "the NetCDF files' global `comment` attribute (CF): anything else about the data; "
+                              "\"\": none")
+
+    def descriptive_attributes(self) -> dict[str, str]:
+        """The CF descriptive attributes given (``institution``, ``references``, ``comment``), for the
+        global attributes of every NetCDF file a run writes."""
+        return {name: getattr(self, name) for name in ("institution", "references", "comment") if getattr(self, name)}
