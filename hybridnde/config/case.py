@@ -55,8 +55,7 @@ ADDED_KEYS: tuple[tuple[str, str], ...] = (("training", "jacobian_penalty_iterat
 #: ``(section, key)`` that only describe the files a run writes (CF's descriptive attributes): in no
 #: checksum and no list of changes, so giving or changing them remakes nothing (a file made before,
 #: reused or resumed keeps its own)
-DESCRIPTIVE_KEYS: tuple[tuple[str, str], ...] = (("output", "institution"), ("output", "references"),
-                                                 ("output", "comment"))
+DESCRIPTIVE_KEYS: tuple[tuple[str, str], ...] = tuple(("output", key) for key in OutputConfig.DESCRIPTIVE)
 
 
 def without_descriptive_keys(mapping: dict[str, Any]) -> dict[str, Any]:

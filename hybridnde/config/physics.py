@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from .fields import ConfigError, from_mapping, option
 
@@ -235,7 +235,9 @@ class OutputConfig:
     comment: str = option("", "the NetCDF files' global `comment` attribute (CF): anything else about the data; "
                               "\"\": none")
 
+    #: the keys above that only describe the files (in no checksum: ``config.case.DESCRIPTIVE_KEYS``)
+    DESCRIPTIVE: ClassVar[tuple[str, ...]] = ("institution", "references", "comment")
+
     def descriptive_attributes(self) -> dict[str, str]:
-        """The CF descriptive attributes given (``institution``, ``references``, ``comment``), for the
-        global attributes of every NetCDF file a run writes."""
-        return {name: getattr(self, name) for name in ("institution", "references", "comment") if getattr(self, name)}
+        """The CF descriptive attributes given, for the global attributes of every NetCDF file a run writes."""
+        return {name: getattr(self, name) for name in self.DESCRIPTIVE if getattr(self, name)}
