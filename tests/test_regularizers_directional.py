@@ -307,6 +307,27 @@ def test_a_subclass_with_its_own_forward_gets_the_exact_jvp_not_the_layers_tange
     torch.testing.assert_close(closure_jvp(plain, t, u, v), reference, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer", [torch.nn.Softplus(beta=2.0, threshold=3.0), torch.nn.ELU(alpha=0.5)])
+def test_the_tangent_of_a_parametrised_activation_is_exact(layer):
+    torch.manual_seed(0)
+    model = MLPClosure(state_dim=4, width=16, activation="tanh").double()
+    model.net[1] = layer  # a hand-built activation with non-default parameters
+    assert supports_tangent(model)
+    u, v, t = 2 * torch.randn(6, 4, dtype=torch.float64), torch.randn(3, 6, 4, dtype=torch.float64), torch.zeros(())
+    reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (p,))[1] for p in v])
+    torch.testing.assert_close(closure_jvp(model, t, u, v, method="tangent"), reference, rtol=1e-12, atol=1e-12)
+
+
+def test_a_forward_pre_hook_keeps_the_closure_off_the_layers_tangent():
+    torch.manual_seed(0)
+    model = MLPClosure(state_dim=4, width=16).double()
+    model.register_forward_pre_hook(lambda module, args: (args[0], args[1] ** 2))
+    assert not supports_tangent(model)
+    u, v, t = torch.randn(5, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64), torch.zeros(())
+    reference = torch.stack([torch.func.jvp(lambda x: model(t, x), (u,), (p,))[1] for p in v])
+    torch.testing.assert_close(closure_jvp(model, t, u, v), reference, rtol=1e-12, atol=1e-12)
+
+
 def test_a_probe_sampler_checks_the_device_of_the_states():
     sampler = ProbeSampler(count=2, device="cpu:0")  # a CPU with an index takes CPU tensors (index None)
     assert sampler(torch.zeros(3, 4)).shape == (2, 3, 4)
