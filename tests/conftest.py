@@ -6,6 +6,7 @@ convergence test fits the slope of log(error) against log(dt) with ``fitted_orde
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,6 +27,16 @@ def single_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_raises_keyboard_interrupt():
+    """Python's own SIGINT handler for the session. A suite started in the background (``nohup``, ``&``
+    in a script) inherits SIGINT ignored, and Python then installs no handler: the tests that press
+    Ctrl-C on themselves (os.kill) saw nothing and failed, 7 of them."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture
