@@ -73,8 +73,8 @@ def smooth_initial_state(n_points: int, batch: int):
 
 
 def kept_modes(n_points: int) -> int:
-    """The highest mode our 2/3 rule keeps in the quadratic term (``m <= (2/3) N/2``)."""
-    return int(2.0 / 3.0 * (n_points // 2) + 1e-9)
+    """The highest mode our 2/3 rule keeps in the quadratic term (``m < (2/3) N/2``, i.e. ``3 m < N``)."""
+    return (n_points - 1) // 3
 
 
 #: the contenders must compute the same steps: deviation after CHECK_STEPS steps, relative to the state
@@ -205,7 +205,7 @@ def numpy_kassam_trefethen(n_points: int, u0, steps: int):
     f3 = DT * np.real(np.mean((-4 - 3 * LR - LR**2 + np.exp(LR) * (4 - LR)) / LR**3, axis=1))
     ik = 1j * k
     ik[-1] = 0
-    g = -0.5 * ik * (modes <= (2 / 3) * (n_points // 2) + 1e-9)
+    g = -0.5 * ik * (modes < (2 / 3) * (n_points // 2) - 1e-9)
     v0 = np.fft.rfft(u0, axis=-1)
 
     def nonlinear(v):

@@ -36,9 +36,11 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
         domain_length: period ``L`` (22 is chaotic with leading Lyapunov exponent ~0.043-0.048).
         n_points: grid points ``N`` (even); ``x_j = j L / N``.
         dt: default time step (0.25 is accurate for L = 22, N = 64).
-        dealiasing_fraction: keep modes ``m <= fraction * N/2`` in the quadratic term (2/3 rule);
+        dealiasing_fraction: keep modes ``m < fraction * N/2`` in the quadratic term (2/3 rule);
             1.0 switches dealiasing off. The cut is applied to the product: the kept modes are free
-            of aliasing for fields band-limited to the cut (Orszag 1971), which a step without a closure
+            of aliasing for fields band-limited to the cut (Orszag 1971: a product's mode ``p + q``
+            wraps onto ``p + q - N``, above every kept mode when ``3 m < N``; so the cut is strict, or
+            mode N/3 would take an aliased term at N divisible by 3), which a step without a closure
             keeps so (modes above the cut evolve linearly). Content above the cut -- an initial field
             with modes beyond ``fraction * N/2``, or a closure's tendency there, which is added
             unfiltered -- aliases into the kept modes of the next products; KS's linear term damps those
@@ -108,7 +110,7 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
         self._linear_hat_np = wavenumber**2 - wavenumber**4  # symbol of -d_xx - d_xxxx
         derivative = 1j * wavenumber
         derivative[-1] = 0.0  # odd derivative of the Nyquist mode is not representable on the grid
-        keep = modes <= self.dealiasing_fraction * (self.n_points // 2) + 1e-9
+        keep = modes < self.dealiasing_fraction * (self.n_points // 2) - 1e-9  # (the Nyquist mode is 0 anyway)
         # symbol of -c/2 d_x (u^2) with the dealiasing mask folded in
         nonlinear_hat = -0.5 * self.nonlinear_coefficient * derivative * keep
 

@@ -56,11 +56,12 @@ def test_a_time_dependent_closure_is_stepped_at_the_right_times():
         np.testing.assert_allclose(estimate.per_member, t0 + 0.5, atol=1e-8)
 
 
-def test_the_dealiasing_cut_includes_two_thirds_of_nyquist_exactly():
-    """N = 96: N/2 = 48, the 2/3 cut is mode 32 itself; a model emptying modes >= 32 fails, >= 33 is dealiased."""
+def test_the_dealiasing_cut_is_below_two_thirds_of_nyquist():
+    """N = 96: N/2 = 48, the spectral solver keeps modes m < 32 (3 m < N); a model emptying modes >= 32
+    is dealiased, one emptying modes >= 31 fails."""
     slow = np.exp(-np.arange(49.0) / 10)
-    assert spectral_distance(np.where(np.arange(49) >= 33, 0.0, slow), slow) == 0.0
-    assert spectral_distance(np.where(np.arange(49) >= 32, 0.0, slow), slow) == math.inf
+    assert spectral_distance(np.where(np.arange(49) >= 32, 0.0, slow), slow) == 0.0
+    assert spectral_distance(np.where(np.arange(49) >= 31, 0.0, slow), slow) == math.inf
 
 
 def test_the_median_is_finite_when_only_members_above_it_diverged():

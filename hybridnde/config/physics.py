@@ -32,7 +32,7 @@ class KuramotoSivashinskyConfig:
                          choices=("spectral", "finite_difference"))
     domain_length: float = option(22.0, "period L of the domain (22: chaotic, lambda_1 ~ 0.043-0.048)", positive=True)
     n_points: int = option(64, "grid points N (even)", minimum=8)
-    dealiasing_fraction: float = option(2.0 / 3.0, "spectral only: keep modes m <= fraction * N/2 in u u_x (1 = off)",
+    dealiasing_fraction: float = option(2.0 / 3.0, "spectral only: keep modes m < fraction * N/2 in u u_x (1 = off)",
                                         positive=True, maximum=1.0)
     fd_order: int = option(4, "finite_difference only: accuracy order of the central differences",
                            choices=(2, 4, 6, 8))
