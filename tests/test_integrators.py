@@ -163,3 +163,25 @@ def test_adaptive_rejects_fixed_step_methods():
     with pytest.raises(ValueError, match="dopri5"):
         odeint_adaptive(lambda t, u: u, torch.ones(1, 1), [0.0, 1.0], method="rk4")
     assert "dopri5" in ADAPTIVE_METHODS
+
+
+def test_adaptive_output_times_keep_the_states_precision():
+    """u' = u from u0 = 1 at times not representable in float32: exp(t) to ~1e-11, which a float32
+    copy of the output times (0.1 -> 0.10000000149) misses by ~1e-9."""
+    from solvers.integrators import odeint_adaptive
+
+    times = [0.0, 0.1, 0.7, 1.3]
+    u, _ = odeint_adaptive(lambda t, u: u, torch.ones(1, 1, dtype=torch.float64), times, rtol=1e-13, atol=1e-14)
+    exact = torch.tensor([math.exp(t) for t in times], dtype=torch.float64)
+    assert (u[0, :, 0] - exact).abs().max().item() < 5e-11
+
+
+def test_adaptive_time_dependent_field_sees_float64_times():
+    """u' = cos(t) integrates to sin(t): a time grid rounded to float32 shows at ~1e-9."""
+    from solvers.integrators import odeint_adaptive
+
+    times = [0.0, 0.3, 1.1, 2.9]
+    u, _ = odeint_adaptive(lambda t, u: torch.cos(t) * torch.ones_like(u), torch.zeros(1, 1, dtype=torch.float64),
+                           times, rtol=1e-13, atol=1e-14)
+    exact = torch.tensor([math.sin(t) for t in times], dtype=torch.float64)
+    assert (u[0, :, 0] - exact).abs().max().item() < 5e-11
