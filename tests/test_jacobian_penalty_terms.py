@@ -71,3 +71,45 @@ def test_a_jacobian_penalty_term_ramps_its_weight_over_the_warmup():
     for epoch, expected in ((0, 0.5), (1, 1.0), (3, 2.0), (10, 2.0)):
         weighted, *_ = _second_order_term_value("rhs", weight=2.0, warmup_epochs=4, epoch=epoch)
         assert weighted.weight == pytest.approx(expected, rel=1e-15), epoch
+
+
+def _net(n, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(n, 16), torch.nn.Tanh(), torch.nn.Linear(16, n)).double()
+
+
+def _dense(net, u):
+    return torch.func.vmap(torch.func.jacrev(lambda x: net(x[None])[0]))(u)
+
+
+def test_a_case_rnode_penalty_uses_the_cases_probe_count():
+    """training.probes reaches RNODE's Frobenius term: with probes >= n the term is exact, so the
+    penalty equals the dense ||J||_F^2 + ||F||^2."""
+    from hybridnde.regularizers.jacobian_norms import build_jacobian_penalty
+
+    net = _net(3)
+    u = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    field = lambda t, x: net(x)
+    penalty = build_jacobian_penalty("rnode", probes=5, generator=torch.Generator().manual_seed(2))
+    expected = _dense(net, u).pow(2).sum(dim=(1, 2)).mean() + net(u).pow(2).sum(-1).mean()
+    torch.testing.assert_close(penalty(field, 0.0, u), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("product", ["jvp", "vjp"])
+def test_hutchinson_estimate_is_the_mean_of_its_own_probes_products(product):
+    """With the probe draws replayed from the same seed, the estimate is exactly
+    mean_r ||J v_r||^2 (jvp) or mean_r ||v_r^T J||^2 (vjp), probe r belonging to member r % batch."""
+    from hybridnde.regularizers.jacobian_norms import FrobeniusNorm
+
+    net = _net(5)
+    batch, probes = 3, 4
+    u = torch.randn(batch, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    estimate = FrobeniusNorm(probes=probes, estimator="hutchinson", product=product,
+                             generator=torch.Generator().manual_seed(9))(lambda t, x: net(x), 0.0, u)
+    v = torch.randn((probes * batch, 5), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    jacobian = _dense(net, u)
+    rows = []
+    for r in range(probes * batch):
+        matrix = jacobian[r % batch]
+        rows.append((matrix @ v[r] if product == "jvp" else v[r] @ matrix).pow(2).sum())
+    torch.testing.assert_close(estimate, torch.stack(rows).mean(), rtol=1e-12, atol=0)
