@@ -1,6 +1,7 @@
 """The Jacobian penalty as a training term (hybridnde.training.jacobian_terms): its weight's warm-up,
 the field it acts on for a second-order host, the sample ids its warm starts are keyed by, and the
-parameter gradients of the vector-Jacobian products it may use."""
+parameter gradients of the vector-Jacobian products it may use; RNODE given a case's probe count, and
+Hutchinson's estimate as the mean of its own probes' products."""
 import pytest
 import torch
 
