@@ -238,18 +238,22 @@ def _constant_solution(field, u0, t):  # du/dt = 0, solved exactly
 
 
 def test_continuity_is_the_mean_squared_jump_per_entry_and_joins_take_the_later_segment():
-    """With a zero field every segment stays at its start, so the jumps are the starts' differences."""
+    """With a zero field every segment stays at its start, so the jumps are the starts' differences; the
+    loss is the data error per entry plus ``continuity_weight`` times their mean square."""
     generator = torch.Generator().manual_seed(0)
     observations = torch.randn(2, 9, 3, dtype=torch.float64, generator=generator)
     shooting = MultipleShooting(observations, torch.arange(9, dtype=torch.float64) * 0.1, n_segments=4,
-                                continuity_weight=1.0)
+                                continuity_weight=7.5)
     with torch.no_grad():
         shooting.corrections.copy_(torch.randn(shooting.corrections.shape, dtype=torch.float64, generator=generator))
     starts = shooting.initial_states()
-    prediction, _, continuity = shooting(lambda t, u: torch.zeros_like(u), _constant_solution)
+    zero = lambda t, u: torch.zeros_like(u)  # noqa: E731
+    prediction, data_loss, continuity = shooting(zero, _constant_solution)
     torch.testing.assert_close(continuity, (starts[:-1] - starts[1:]).pow(2).mean())  # a mean, not a sum over n
     for k, (start, _) in enumerate(shooting.bounds[1:], start=1):
         torch.testing.assert_close(prediction[:, start], starts[k])
+    torch.testing.assert_close(data_loss, (prediction - observations).pow(2).mean())  # per entry too
+    torch.testing.assert_close(shooting.loss(zero, _constant_solution), data_loss + 7.5 * continuity)
 
 
 def test_shooting_corrections_are_those_of_each_windows_own_samples():

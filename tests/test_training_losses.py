@@ -73,31 +73,6 @@ def test_the_trajectory_losses_keep_the_weight_they_are_given():
     assert homotopy(None, zero, batch, 0)["homotopy"].weight == 0.3
 
 
-def test_shooting_data_loss_is_the_mean_squared_error_per_entry():
-    """docstring: mean_i ||u_pred(t_i) - u_data(t_i)||^2 / n. A zero field keeps each segment at its start."""
-    generator = torch.Generator().manual_seed(0)
-    observations = torch.randn(2, 9, 3, dtype=torch.float64, generator=generator)
-    shooting = MultipleShooting(observations, torch.arange(9, dtype=torch.float64) * 0.1, n_segments=4)
-    constant = lambda field, u0, t: u0[:, None, :].expand(-1, len(t), -1)
-    prediction, data_loss, _ = shooting(lambda t, u: torch.zeros_like(u), constant)
-    expected = sum(float((prediction[b, i] - observations[b, i]).detach().pow(2).sum()) for b in range(2) for i in range(9))
-    assert float(data_loss.detach()) == pytest.approx(expected / (2 * 9 * 3), rel=1e-12)
-
-
-def test_shooting_loss_weighs_the_continuity_penalty():
-    generator = torch.Generator().manual_seed(0)
-    observations = torch.randn(2, 9, 3, dtype=torch.float64, generator=generator)
-    shooting = MultipleShooting(observations, torch.arange(9, dtype=torch.float64) * 0.1, n_segments=4,
-                                continuity_weight=7.5)
-    with torch.no_grad():
-        shooting.corrections.copy_(torch.randn(shooting.corrections.shape, dtype=torch.float64, generator=generator))
-    constant = lambda field, u0, t: u0[:, None, :].expand(-1, len(t), -1)
-    _, data_loss, continuity = shooting(lambda t, u: torch.zeros_like(u), constant)
-    assert float(continuity) > 0
-    assert float(shooting.loss(lambda t, u: torch.zeros_like(u), constant)) == pytest.approx(
-        float(data_loss + 7.5 * continuity), rel=1e-12)
-
-
 def test_non_autonomous_segments_start_at_their_own_times():
     """du/dt = cos(t): u(t) = sin(t) is exact; every segment must be integrated from t_{s_k}."""
     times = torch.linspace(0.5, 3.5, 13, dtype=torch.float64)
