@@ -159,7 +159,7 @@ def exponax_contenders(n_points: int, u0, steps: int, *, device: str = "cpu"):
 
     platform = "gpu" if on_gpu(device) else "cpu"
 
-    # exponax keeps modes m <= fraction * N/2 - 1 (its nonlin_fun), ours m <= (2/3) N/2: the same cut needs
+    # exponax keeps modes m <= fraction * N/2 - 1 (its nonlin_fun), ours m < (2/3) N/2: the same cut needs
     # fraction (kept + 1.5) / (N/2) (its 2/3 keeps one mode fewer, e.g. m <= 20 against 21 at N = 64)
     fraction = (kept_modes(n_points) + 1.5) / (n_points // 2)
     stepper = exponax.stepper.KuramotoSivashinskyConservative(

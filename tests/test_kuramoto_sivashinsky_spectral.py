@@ -69,7 +69,7 @@ def test_known_rhs_matches_analytic_derivatives(device):
 @pytest.mark.parametrize("implementation", ["auto", "dense", "fft"])
 @pytest.mark.parametrize("closure", [False, True])
 def test_two_thirds_dealiasing_leaves_the_cut_modes_untouched(implementation, closure):
-    """Orszag's 2/3 rule: the nonlinear term keeps modes k <= (2/3)(N/2) only. u = cos(11) + cos(12)
+    """Orszag's 2/3 rule: the nonlinear term keeps modes k < (2/3)(N/2) only. u = cos(11) + cos(12)
     (mode numbers) makes u^2 modes 1 and 22-24, all cut at N = 64 (k <= 21) but for mode 1: so the
     known tendency is exactly the linear one above k = 21, and a step from u leaves modes 22-24 at
     0 in every path (the compiled whole step, the dense step, the FFT stages; with and without a

@@ -58,7 +58,7 @@ def spectral_distance(spectrum: np.ndarray, reference: np.ndarray, *, relative_f
     * energetic: either spectrum exceeds ``relative_floor * max(E*)``. Modes far below (round-off,
       strongly damped modes) would dominate a mean of logs without mattering to the dynamics; a
       model that piles energy into such a mode still counts;
-    * carried by the model's grid: every mode ``m <= 2/3 N/2`` (what the 2/3 rule keeps on the model's
+    * carried by the model's grid: every mode ``m < 2/3 N/2`` (what the 2/3 rule keeps on the model's
       grid), and above that a mode where the model's energy exceeds ``EMPTY_MODE`` times its own
       peak. A band a spectral model's dealiasing empties would add ~30 decades for every closure
       alike and say nothing about any of them; a mode below the cut that the model empties is a
