@@ -258,6 +258,9 @@ def test_the_descriptive_attributes_change_no_checksum_and_no_list_of_changes():
     assert [getattr(described.output, key) for _, key in DESCRIPTIVE_KEYS] == ["given"] * 3
     assert described.checksum() == case.checksum() and rollout_checksum(described) == rollout_checksum(case)
     assert described.changed_keys(case.to_toml(), ["output"]) == []
+    with pytest.raises(ConfigError, match=r"output.comment: contains a NUL character, which a NetCDF attribute "
+                                          r"cannot hold; remove it"):
+        load_case(CASES_DIR / "ks_l22.toml", overrides=['output.comment="before\\u0000after"'])
     compressed = load_case(CASES_DIR / "ks_l22.toml", overrides=["output.compression_level=9"])
     assert rollout_checksum(compressed) != rollout_checksum(case)  # the other [output] keys still count
 

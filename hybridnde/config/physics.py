@@ -238,6 +238,12 @@ class OutputConfig:
     #: the keys above that only describe the files (in no checksum: ``config.case.DESCRIPTIVE_KEYS``)
     DESCRIPTIVE: ClassVar[tuple[str, ...]] = ("institution", "references", "comment")
 
+    def validate(self, where: str) -> None:
+        for name in self.DESCRIPTIVE:  # netCDF-C ends an attribute's text at a NUL: the rest would be lost
+            if "\0" in getattr(self, name):
+                raise ConfigError(f"{where}.{name}: contains a NUL character, which a NetCDF attribute cannot "
+                                  "hold; remove it")
+
     def descriptive_attributes(self) -> dict[str, str]:
         """The CF descriptive attributes given, for the global attributes of every NetCDF file a run writes."""
         return {name: getattr(self, name) for name in self.DESCRIPTIVE if getattr(self, name)}
