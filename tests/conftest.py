@@ -223,6 +223,21 @@ def fused_and_unfused(n_points: int, batch: int, *, dtype=torch.float64, closure
     return solvers[0], fused, unfused
 
 
+def leftovers(folder) -> list[str]:
+    """The names in ``folder``, sorted: what a write or a lock left there."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def a_dead_pid() -> int:
+    """The PID of a process that has ended (a killed writer's, for the orphan sweeps)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
 def break_chunk_index(partial) -> int:
     """Overwrite the signatures of a partial file's version-1 B-tree nodes of chunk type (``u``'s chunk
     index; HDF5 file format, "Version 1 B-trees"), as a kill between a split's writes can leave them

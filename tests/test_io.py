@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from conftest import a_dead_pid, leftovers
 from hybridnde.io import DataError, trajectory_dataset, write_netcdf
 from hybridnde.output_paths import _host_tag
 
@@ -23,10 +24,6 @@ from hybridnde.output_paths import _host_tag
 def small_dataset():
     u = np.random.default_rng(0).standard_normal((2, 5, 3))
     return trajectory_dataset(u, np.arange(5) * 0.1, state_dim="component", state_coords=["a", "b", "c"])
-
-
-def leftovers(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 def test_ctrl_c_during_a_write_stops_after_it_and_leaves_nothing(tmp_path, monkeypatch):
@@ -92,12 +89,11 @@ def test_a_failing_write_names_the_file_and_the_free_space(tmp_path, monkeypatch
 
 
 def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    dead = a_dead_pid()
     host = _host_tag()  # host name and PID namespace: containers sharing a host name have their own PIDs
-    orphan = tmp_path / f".out.nc.{host}.{dead.pid}.x1y2.part"
+    orphan = tmp_path / f".out.nc.{host}.{dead}.x1y2.part"
     alive = tmp_path / f".out.nc.{host}.{os.getpid()}.x3y4.part"  # a writer still running
-    elsewhere = tmp_path / f".out.nc.{socket.gethostname()}-1.{dead.pid}.x5y6.part"  # another namespace: kept
+    elsewhere = tmp_path / f".out.nc.{socket.gethostname()}-1.{dead}.x5y6.part"  # another namespace: kept
     for path in (orphan, alive, elsewhere):
         path.write_bytes(b"partial")
     write_netcdf(small_dataset(), tmp_path / "out.nc")
@@ -107,9 +103,7 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_pat
 def test_a_staging_folder_goes_when_its_block_ends_and_a_killed_writers_with_the_next(tmp_path):
     from hybridnde.output_paths import staging_folder
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    orphan = tmp_path / f".figures.{_host_tag()}.{dead.pid}.x1y2.part"  # as a killed evaluate leaves it
+    orphan = tmp_path / f".figures.{_host_tag()}.{a_dead_pid()}.x1y2.part"  # as a killed evaluate leaves it
     (orphan / "sub").mkdir(parents=True)
     (orphan / "sub" / "error_growth.png").write_bytes(b"drawn")
     with pytest.raises(KeyboardInterrupt), staging_folder(tmp_path / "figures") as staging:

@@ -11,12 +11,9 @@ import textwrap
 
 import pytest
 
+from conftest import leftovers
 from hybridnde.io import DataError
 from hybridnde.output_lock import lock_path, output_lock
-
-
-def leftovers(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 def owned_by_another_user(monkeypatch, lock, *, removable: bool) -> None:

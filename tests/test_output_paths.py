@@ -5,19 +5,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import pytest
 
+from conftest import a_dead_pid
 from hybridnde.io import DataError
 from hybridnde.output_paths import _host_tag, check_output_path, remove_orphans
-
-
-def a_dead_pid() -> int:
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    return dead.pid
 
 
 def test_an_output_that_is_an_input_under_another_name_is_refused(tmp_path):
