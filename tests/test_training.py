@@ -382,7 +382,7 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times(caplog):
     Terms that evaluate fields at t = 0 only are refused for such a host, before any work."""
     from hybridnde.regularizers import ProbeSampler
     from hybridnde.training.assembly import RolloutValidation
-    from hybridnde.training.terms import Batch, DirectionalDerivativeTerm
+    from hybridnde.training.terms import AdaptiveRolloutLoss, Batch, DirectionalDerivativeTerm
 
     exact = lambda t, u: torch.stack([u[:, 1], -u[:, 0]], dim=-1)
     truth = ForcedOscillator(closure=exact)
@@ -392,6 +392,8 @@ def test_windows_of_a_non_autonomous_host_start_at_their_own_times(caplog):
     batch = Batch(windows.gather(), 0.1, windows.starts, start_time=2.0)
     loss = RolloutLoss(steps=3, substeps=10)
     assert float(loss(None, truth, batch, 0)["rollout"].value) < 1e-28
+    adaptive = AdaptiveRolloutLoss(steps=3, rtol=1e-10, atol=1e-12)  # training.integration = "odeint" as well
+    assert float(adaptive(None, truth, batch, 0)["rollout"].value) < 1e-14
     from_zero = loss.predict(truth, batch.windows, 0.1)  # every window from t = 0: the old behaviour
     assert float((from_zero[:, 1:] - batch.windows[:, 1:]).pow(2).mean()) > 1e-4
     validation = RolloutValidation(loss, steps=3, batch_size=7)

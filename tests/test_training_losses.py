@@ -1,5 +1,5 @@
 """The training losses against their definitions (hybridnde.training.terms, multiple_shooting, homotopy):
-the short-rollout error as a mean over every entry, windows of a forced host at their own times,
+the short-rollout error as a mean over every entry (odeint windows of a forced host: test_training.py),
 multiple shooting in time units, per entry, weighed and at each segment's own times, and the weights
 and warm-ups the terms are given. Closed forms and explicit loops as references (helper-102's audit)."""
 from __future__ import annotations
@@ -9,9 +9,8 @@ import types
 import pytest
 import torch
 
-from hybridnde.data import WindowSet
 from hybridnde.training.multiple_shooting import MultipleShooting, MultipleShootingLoss
-from hybridnde.training.terms import AdaptiveRolloutLoss, Batch, RolloutLoss, rollout_mse
+from hybridnde.training.terms import Batch, RolloutLoss, rollout_mse
 from solvers import ClosureOnly
 from solvers.integrators import odeint_adaptive
 
@@ -34,31 +33,6 @@ def test_rollout_mse_is_the_mean_over_batch_steps_and_every_state_entry():
                 total += float(prediction[b, s, i] - windows[b, s, i]) ** 2
                 count += 1
     assert float(rollout_mse(prediction, windows)) == pytest.approx(total / count, rel=1e-12)
-
-
-class _ForcedOscillator(ClosureOnly):
-    """x'' = -x + cos(2t): u = (x, v), the forcing known, the restoring force the closure."""
-
-    autonomous = False
-
-    def __init__(self, **options):
-        super().__init__(state_shape=(2,), dt=0.01, **options)
-
-    def known_rhs(self, t, u):
-        return torch.stack([torch.zeros_like(u[:, 0]), torch.cos(2 * t) + torch.zeros_like(u[:, 0])], dim=-1)
-
-
-def test_adaptive_rollout_windows_of_a_forced_host_start_at_their_own_times():
-    """AdaptiveRolloutLoss (training.integration = 'odeint') must integrate each window from its own
-    start time on a non-autonomous host, like the stepped RolloutLoss does."""
-    exact = lambda t, u: torch.stack([u[:, 1], -u[:, 0]], dim=-1)
-    truth = _ForcedOscillator(closure=exact)
-    u0 = torch.tensor([[1.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
-    trajectories = truth.rollout(u0, 300, save_every=10, t0=2.0)  # RK4 at dt 0.01, samples 0.1 apart from t = 2
-    windows = WindowSet.build(trajectories, 4, stride=5, start_time=2.0)
-    batch = Batch(windows.gather(), 0.1, windows.starts, start_time=2.0)
-    loss = AdaptiveRolloutLoss(steps=3, rtol=1e-10, atol=1e-12)
-    assert float(loss(None, truth, batch, 0)["rollout"].value) < 1e-14
 
 
 def test_the_trajectory_losses_keep_the_weight_they_are_given():
