@@ -166,9 +166,12 @@ def test_double_pendulum_matches_lagrangian_mass_matrix(generator):
                                    rtol=1e-12, atol=1e-12)
 
 
-def test_lorenz_matches_scipy_dop853():
-    """RK4 at dt = 1e-3 against DOP853 (rtol = atol = 1e-12) over t in [0, 2], u0 = (1.2, 2.1, 1.7)."""
-    sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
+@pytest.mark.parametrize("parameters", [{}, {"sigma": 12.0, "rho": 21.0, "beta": 1.3}], ids=["defaults", "given"])
+def test_lorenz_matches_scipy_dop853(parameters):
+    """RK4 at dt = 1e-3 against DOP853 (rtol = atol = 1e-12) over t in [0, 2], u0 = (1.2, 2.1, 1.7), at
+    the default parameters and with each given away from its default (each must reach the field)."""
+    sigma, rho, beta = (parameters.get(name, default) for name, default in
+                        (("sigma", 10.0), ("rho", 28.0), ("beta", 8.0 / 3.0)))
 
     def lorenz(t, u):
         x, y, z = u
@@ -178,7 +181,7 @@ def test_lorenz_matches_scipy_dop853():
     times = np.linspace(0.0, 2.0, 2001)
     reference = scipy.integrate.solve_ivp(lorenz, (0.0, 2.0), u0, method="DOP853", rtol=1e-12, atol=1e-12,
                                           t_eval=times).y.T
-    solver = Lorenz63(dt=1e-3)
+    solver = Lorenz63(dt=1e-3, **parameters)
     with torch.no_grad():
         got = solver.rollout(torch.tensor([u0], dtype=torch.float64), 2000)[0].numpy()
     scale = np.abs(reference).max()
