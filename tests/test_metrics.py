@@ -115,6 +115,9 @@ def test_a_blown_up_member_is_valid_at_most_until_its_blowup():
         late, _ = valid_prediction_time(error, times + 7.0, blowup_time=blowups + 7.0)
         np.testing.assert_allclose(late, expected, atol=1e-9)
     assert valid_prediction_time(np.full((1, 3), 0.9), np.arange(3.0))[0][0] == 0.0
+    # the file's blow-up flag also clears ``reached`` where the saved errors stayed low
+    vpt, reached = valid_prediction_time(np.full((1, 5), 0.1), np.arange(5.0), blowup_time=np.array([4.0]))
+    assert vpt.tolist() == [4.0] and reached.tolist() == [False]
 
 
 def test_error_growth_percentiles_match_numpy_and_rank_divergence_last():

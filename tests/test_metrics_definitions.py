@@ -105,12 +105,6 @@ def test_a_resting_member_is_found_when_one_state_entry_of_the_truth_is_constant
     assert resting_members(predicted, truth).tolist() == [True]
 
 
-def test_a_member_that_blew_up_never_reaches_the_horizon():
-    """The rollout's blow-up flag caps the VPT and clears ``reached`` even when the saved errors stayed low."""
-    vpt, reached = valid_prediction_time(np.full((1, 5), 0.1), np.arange(5.0), blowup_time=np.array([4.0]))
-    assert vpt.tolist() == [4.0] and reached.tolist() == [False]
-
-
 def test_the_measured_window_starts_after_the_rounded_transient():
     """u' = t u, dt = 0.1, renormalising every 3 steps: transient 0.5 rounds to 6 steps, so the measured 12
     steps span [0.6, 1.8] and the exponent is their mid-time 1.2 (a window starting at 0.3 gives 0.9)."""
