@@ -344,17 +344,23 @@ def test_a_graph_that_disagrees_with_the_eager_step_is_dropped_with_a_cpu_stand_
 
 def test_an_unchecked_graph_is_never_cached_with_a_cpu_stand_in(monkeypatch):
     """If the check's eager step fails (out of memory, say), the new graph must not be kept."""
-    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
-    monkeypatch.setattr(Solver, "captured_step_type", RecordsNothing)
-    calls = {"n": 0}
+    progress = {"captured": False, "failed": False}
 
-    def fails_once_after_warm_up(t, u):
-        calls["n"] += 1
-        if calls["n"] == 5:  # RK4: calls 1-4 are the capture's warm-up step, 5 starts the check's eager step
+    class CapturesNothing(RecordsNothing):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)  # its warm-up steps call the closure
+            progress["captured"] = True
+
+    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
+    monkeypatch.setattr(Solver, "captured_step_type", CapturesNothing)
+
+    def fails_once_after_capture(t, u):
+        if progress["captured"] and not progress["failed"]:  # the first call of the check's eager steps
+            progress["failed"] = True
             raise RuntimeError("CUDA out of memory (simulated)")
         return 0.0 * u
 
-    solver = TwoBody(dt=0.01, closure=fails_once_after_warm_up)
+    solver = TwoBody(dt=0.01, closure=fails_once_after_capture)
     solver.capture_closure = True
     u0 = two_body_states(4, "cpu")
     with pytest.raises(RuntimeError, match="out of memory"):
