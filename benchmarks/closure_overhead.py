@@ -23,6 +23,10 @@ median over rounds, which cancels what a round's two runs share. The solver shar
 add up; where the direct measures stay above it (the GPU: 11.5-13.7% against 9.0-9.6%), the step and
 the closure cost more together than apart, and the direct measure is the one the target is read by.
 
+Each timed call is one ``trajectory`` of ``--steps`` steps (default 20), synchronised at its end, so the
+call's set-up counts once per call: on an H200's host ~160 us, during which the GPU waits (~8 us a
+step at 20 steps; docs/performance.md, run 15). ``--steps 200`` spreads it thinner.
+
 ``faults/step``: the minor page faults of a step with the closure. glibc's malloc keeps freed memory here,
 as in the ``hybridnde`` command (``hybridnde.allocator``); ``HYBRIDNDE_KEEP_FREED_MEMORY=0`` shows the
 default, where in about half the processes every step faulted its closure's temporaries in afresh
@@ -214,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eager", action="store_true", help="on a GPU: no CUDA graphs (every kernel launched)")
     parser.add_argument("--implementation", default="auto", choices=["auto", "fft", "dense"],
                         help="the KS solvers' step (see KuramotoSivashinskySpectral); auto picks per size")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="steps per timed call (each call is a trajectory: its set-up, then the steps)")
     parser.add_argument("--trace", action="store_true",
                         help="only trace each contender by kernel under torch.profiler (printed, not timed)")
     args = parser.parse_args(argv)
@@ -221,14 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [(32, 4)] if args.tiny else [(64, 64), (256, 64)]
     if args.trace:
         for n_points, batch in sizes:
-            trace(n_points, batch, 2 if args.tiny else 20, device=args.device, graphs=not args.eager,
+            trace(n_points, batch, 2 if args.tiny else args.steps, device=args.device, graphs=not args.eager,
                   implementation=args.implementation)
         return 0
     modes = ["inference_mode"] if args.tiny else ["inference_mode", "no_grad"]
     records = []
     for n_points, batch in sizes:
         for grad_mode in modes:
-            record = measure(n_points, batch, 2 if args.tiny else 20, grad_mode=grad_mode,
+            record = measure(n_points, batch, 2 if args.tiny else args.steps, grad_mode=grad_mode,
                              repeats=1 if args.tiny else args.repeats,
                              min_seconds=0.01 if args.tiny else args.min_seconds, device=args.device,
                              graphs=not args.eager, implementation=args.implementation)
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, ["N", "batch", "mode", "bare step us", "free closure us", "4 closure fwd us",
                        "step+closure us", "hook overhead", "solver share", "(direct)", "(direct, paired)",
                        "faults/step"],
-                title=f"Closure in the hook: per-step cost ({clock_for(args.device)} clock, medians), float64, "
+                title=f"Closure in the hook: per-step cost ({clock_for(args.device)} clock, medians, "
+                      f"{2 if args.tiny else args.steps} steps a call), float64, "
                       f"{args.device}, {threads} thread(s)")
     print()
     emit_json(records, args.jsonl)

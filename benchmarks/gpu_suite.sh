@@ -14,7 +14,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # PYTEST_WORKERS=N spreads the test parts over N pytest-xdist processes sharing the GPU (the eager
 # device-parametrised tests are bound by Python's launches, not by the GPU)
 WORKERS=${PYTEST_WORKERS:+-n $PYTEST_WORKERS}
-PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_trace cnn_halo closure_overhead_eager training_step profile memory pipeline rollout} "
+PARTS=" ${*:-environment tests device_tests ks_stepper crossover dense_fused closure_overhead closure_overhead_long closure_trace closure_trace_long cnn_halo closure_overhead_eager training_step profile memory pipeline rollout} "
 part() {  # part NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
   [[ $PARTS == *" $name "* ]] || return 0
@@ -38,11 +38,17 @@ part ks_stepper 260 python3 benchmarks/ks_stepper.py --device cuda --no-numpy --
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part closure_overhead 60 python3 benchmarks/closure_overhead.py --device cuda --repeats 5 --min-seconds 0.1 \
   --jsonl "$OUT/bench.jsonl"
+# the same with 200 steps a call: each call's trajectory set-up (~160 us on an H200's host, the GPU idle
+# after the previous call's synchronise) spread over 10x the steps
+part closure_overhead_long 90 python3 benchmarks/closure_overhead.py --device cuda --steps 200 --repeats 5 \
+  --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 # the periodic CNN's one wrap against circular padding at every layer (same weights), on the GPU
 part cnn_halo 60 python3 benchmarks/periodic_cnn_halo.py --device cuda --repeats 5 --min-seconds 0.1 \
   --jsonl "$OUT/bench.jsonl"
 # where the step-with-closure's extra microseconds go: each contender's kernels under torch.profiler
 part closure_trace 90 python3 benchmarks/closure_overhead.py --device cuda --trace
+# the same at 200 steps a call: are the closure's kernels slower on developed fields, alone and inside the step?
+part closure_trace_long 120 python3 benchmarks/closure_overhead.py --device cuda --trace --steps 200
 part closure_overhead_eager 60 python3 benchmarks/closure_overhead.py --device cuda --eager --repeats 5 \
   --min-seconds 0.1 --jsonl "$OUT/bench.jsonl"
 part training_step 110 python3 benchmarks/training_step.py --device cuda --no-memory --repeats 5 \
