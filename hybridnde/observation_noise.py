@@ -30,8 +30,8 @@ def noisy_trajectories(trajectories: Tensor, members: tuple[int, ...] | list[int
     """
     if scale not in NOISE_SCALES:
         raise ValueError(f"scale={scale!r}; choose one of {NOISE_SCALES}")
-    if level < 0:
-        raise ValueError(f"level={level} must be zero or positive")
+    if not 0 <= level < float("inf"):  # NaN too: it would turn every sample into NaN
+        raise ValueError(f"level={level} must be a finite number, zero or positive")
     if len(members) != trajectories.shape[0]:
         raise ValueError(f"{len(members)} member indices for {trajectories.shape[0]} trajectories")
     values = trajectories.detach().cpu().numpy().astype(np.float64)
