@@ -125,6 +125,25 @@ def test_bad_inputs_are_rejected():
         natural_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(4))
     with pytest.raises(ValueError, match="lam"):
         smoothing_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), -1.0)
+    with pytest.raises(ValueError, match="lam=nan"):
+        smoothing_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), float("nan"))
+    # two samples need no system to solve: the knot check alone stands between them and a 0/0 spline
+    with pytest.raises(ValueError, match="strictly increasing"):
+        natural_cubic_spline(torch.tensor([1.0, 1.0]), torch.zeros(2))
+    # a zero weight divides by zero and a negative one makes the objective unbounded: both refused
+    for bad in ([1.0, 0.0, 1.0, 1.0], [1.0, 1.0, -0.5, 1.0]):
+        with pytest.raises(ValueError, match="weights must be 4 positive numbers"):
+            smoothing_cubic_spline(torch.arange(4.0), torch.zeros(4), 1e-2, weights=torch.tensor(bad))
+
+
+def test_a_spline_needs_two_knots_and_one_value_and_curvature_per_knot():
+    knots = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="at least 2 times"):
+        CubicSpline(knots[:1], torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ValueError, match="must both be"):
+        CubicSpline(knots, torch.zeros(4), torch.zeros(4))
+    with pytest.raises(ValueError, match="must both be"):
+        CubicSpline(knots, torch.zeros(3), torch.zeros(3, 1))
 
 
 def test_roughness_is_the_integral_of_the_squared_second_derivative():
