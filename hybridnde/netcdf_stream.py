@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .chunk_codec import ChunkLayout, EncodedBlock, encode_block
+from .interrupts import interrupts_deferred
 from .io import DataError, ResumeRefused, atomic_path, load_error_text, trajectory_dataset
 from .output_paths import remove_orphans
 from .partial_repair import RECORD_KEY, ChunkJournal, ChunkLocator, journal_path, repair_for_resume
@@ -220,10 +221,18 @@ class TrajectoryStreamWriter:
         while True:
             self._check()
             try:
-                self._jobs.put(job, timeout=0.1)
+                self._put(job, timeout=0.1)
                 return
             except queue.Full:
                 continue
+
+    def _put(self, job: Callable[[], None] | None, **options) -> None:
+        # Ctrl-C or SIGTERM held while queueing: a KeyboardInterrupt raised inside the queue's notify()
+        # (after it released the writer's waiter, before it removed it) left a stale waiter, the next
+        # notify woke that one instead, and close() hung in join() (CPython's gh-92530 fix covers only
+        # an unlocked stale waiter; the writer had re-taken this one's lock)
+        with interrupts_deferred():
+            self._jobs.put(job, **options)
 
     def flush(self) -> None:
         """Wait until every submitted write and checkpoint is done."""
@@ -271,7 +280,7 @@ class TrajectoryStreamWriter:
         """Finish the queued jobs, stop the thread, close, and keep the partial file (a checkpoint may
         refer to it)."""
         if self._thread.is_alive():
-            self._jobs.put(None)
+            self._put(None)
             self._thread.join()
         if self.file:  # an h5py File is false once closed
             self.file.close()
