@@ -120,6 +120,21 @@ def test_a_staging_folder_goes_when_its_block_ends_and_a_killed_writers_with_the
     assert leftovers(tmp_path) == ["made"] and leftovers(tmp_path / "made" / "figures") == ["error_growth.png"]
 
 
+def test_of_two_held_signals_the_first_one_is_raised():
+    """SIGTERM (a scheduler's time limit) then Ctrl-C while the library works: the interrupt raised once it
+    is done is the SIGTERM's, the one received first."""
+    from hybridnde.interrupts import interrupt_on_signal, interrupts_deferred
+
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught, interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught.value.args == ("SIGTERM",)
+
+
 @pytest.mark.parametrize("handler", ["ignored", "the application's"])
 def test_a_sigint_handler_of_the_application_is_left_alone(tmp_path, handler):
     """Deferring replaced any handler: an ignored SIGINT (a background job) killed the write, and an
