@@ -181,8 +181,8 @@ def smoothing_cubic_spline(t: Tensor | Sequence[float], y: Tensor, lam: float, *
     h = t64[1:] - t64[:-1]
     if not bool((h > 0).all()):
         raise ValueError("sample times t must be strictly increasing")
-    if not lam >= 0:
-        raise ValueError(f"lam={lam!r} must be zero or positive")
+    if not 0 <= lam < float("inf"):  # (lam -> inf is the straight line; inf itself breaks the system)
+        raise ValueError(f"lam={lam!r} must be a finite number, zero or positive")
     w = torch.ones(m, dtype=torch.float64, device=device) if weights is None else \
         torch.as_tensor(weights, dtype=torch.float64, device=device).reshape(-1)
     if w.shape[0] != m or not bool((w > 0).all()):

@@ -125,8 +125,9 @@ def test_bad_inputs_are_rejected():
         natural_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(4))
     with pytest.raises(ValueError, match="lam"):
         smoothing_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), -1.0)
-    with pytest.raises(ValueError, match="lam=nan"):
-        smoothing_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), float("nan"))
+    for lam in (float("nan"), float("inf")):  # inf was refused as "not positive definite ... knots"
+        with pytest.raises(ValueError, match=f"lam={lam} must be a finite number, zero or positive"):
+            smoothing_cubic_spline(torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3), lam)
     # two samples need no system to solve: the knot check alone stands between them and a 0/0 spline
     with pytest.raises(ValueError, match="strictly increasing"):
         natural_cubic_spline(torch.tensor([1.0, 1.0]), torch.zeros(2))
