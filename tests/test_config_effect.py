@@ -152,7 +152,7 @@ UNREAD_BY = {  # key -> training keys under which it is not read (switched off)
     "training.regularizer_warmup_epochs": [{}],
     "training.jacobian_penalty_weight": [{}],
     "training.jacobian_penalty_iterations": [{"jacobian_penalty": "frobenius"}, {"jacobian_penalty": "kinetic"}],
-    "training.min_learning_rate": [{"lr_schedule": "step"}],
+    "training.min_learning_rate": [{"lr_schedule": "step"}, {"lr_schedule": "constant"}],
     "training.lr_step_epochs": [{"lr_schedule": "cosine"}],
     "training.lr_gamma": [{"lr_schedule": "constant"}],
     "training.adaptive_method": [{}],
