@@ -32,8 +32,9 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
             ("valid prediction time", median_spread(metrics["valid_prediction_time"]))]
     if "valid_prediction_time_lyapunov" in metrics:
         rows.append(("  in Lyapunov times", median_spread(metrics["valid_prediction_time_lyapunov"])))
-    rows += [("valid to the horizon", f"{100 * metrics['reached_horizon_fraction']:.0f}% of members"),
-             ("stable to the horizon", f"{100 * metrics['stable_fraction']:.0f}% of members"),
+    # rounded down: 999 stable members of 1000 read 99.9%, not 100% (helper-107's audit)
+    rows += [("valid to the horizon", f"{percent_down(metrics['reached_horizon_fraction'])} of members"),
+             ("stable to the horizon", f"{percent_down(metrics['stable_fraction'])} of members"),
              ("initial error", median_spread(metrics["initial_error"]))]
     for name, drift in metrics.get("invariant_drift", {}).items():
         rows.append((f"{name} drift", f"{median_spread(drift['rollout'])}  (reference {number(drift['reference']['median'])})"))

@@ -58,9 +58,13 @@ def test_each_row_shows_its_own_median_and_percentiles_low_then_high():
 
 
 def test_the_fractions_are_percentages_of_members_each_of_its_own_count():
+    """Rounded down to 0.1%: 2 / 7 = 28.57% reads 28.5%, and 999 stable members of 1000 never read 100%."""
     rows = _rows(format_summary(_metrics()))
-    assert rows["valid to the horizon"] == f"{round(100 * 2 / 7)}% of members" == "29% of members"
-    assert rows["stable to the horizon"] == f"{round(100 * 5 / 7)}% of members" == "71% of members"
+    assert rows["valid to the horizon"] == "28.5% of members"
+    assert rows["stable to the horizon"] == "71.4% of members"
+    nearly_all = _rows(format_summary(_metrics(stable_fraction=0.999, reached_horizon_fraction=1.0)))
+    assert nearly_all["stable to the horizon"] == "99.9% of members"
+    assert nearly_all["valid to the horizon"] == "100% of members"
 
 
 def test_an_undefined_value_reads_inf_not_a_number():
