@@ -148,23 +148,27 @@ def _pair(members=5, times=(2.0, 3.0, 6.5)):
                        state_coords=np.arange(3), reference_initial=truth[:, 0] + 100.0)
 
 
-@pytest.fixture
-def recorded_calls(monkeypatch):
+def _stub_lyapunov(monkeypatch, truth: float, model: float) -> list[dict]:
     """``leading_lyapunov_exponent`` replaced: each call's states and settings are recorded, and the
-    exponent returned is 0.5 for the truth's solver (its first call) and 0.75 for the model's."""
+    exponent returned is ``truth`` for the truth's solver (its first call) and ``model`` for the model's."""
     import hybridnde.metrics.lyapunov as lyapunov_module
 
     calls = []
 
     def fake(solver, u0, *, duration, transient=0.0, seed=0, **_):
         calls.append({"states": u0.numpy().copy(), "duration": duration, "transient": transient})
-        value = 0.5 if len(calls) == 1 else 0.75
+        value = truth if len(calls) == 1 else model
         return lyapunov_module.LyapunovEstimate(exponent=value, standard_error=0.0,
                                                 per_member=np.full(u0.shape[0], value), duration=duration,
                                                 diverged=0)
 
     monkeypatch.setattr(lyapunov_module, "leading_lyapunov_exponent", fake)
     return calls
+
+
+@pytest.fixture
+def recorded_calls(monkeypatch):
+    return _stub_lyapunov(monkeypatch, truth=0.5, model=0.75)
 
 
 def test_lyapunov_runs_twenty_lyapunov_times_after_a_transient_of_ten(recorded_calls):
@@ -203,18 +207,11 @@ def test_lyapunov_starts_from_the_first_paired_finite_states_of_each(recorded_ca
     np.testing.assert_array_equal(model_call["states"], pair.predicted[[0, 2, 3], 0])
 
 
-def test_lyapunov_relative_difference_is_over_the_truths_magnitude(recorded_calls, monkeypatch):
-    import hybridnde.metrics.lyapunov as lyapunov_module
+def test_lyapunov_relative_difference_is_over_the_truths_magnitude(monkeypatch):
     from hybridnde.config import parse_case_text
     from hybridnde.evaluation_lyapunov import lyapunov_comparison
 
-    values = iter([-0.25, 0.5])  # truth then model
-
-    def fake(solver, u0, *, duration, transient=0.0, seed=0, **_):
-        value = next(values)
-        return lyapunov_module.LyapunovEstimate(value, 0.0, np.full(u0.shape[0], value), duration, 0)
-
-    monkeypatch.setattr(lyapunov_module, "leading_lyapunov_exponent", fake)
+    _stub_lyapunov(monkeypatch, truth=-0.25, model=0.5)
     result = lyapunov_comparison(parse_case_text(LORENZ), _pair(), members=2)
     assert result["relative_difference"] == pytest.approx((0.5 - -0.25) / 0.25)
 

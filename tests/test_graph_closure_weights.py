@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cuda_graphs import ReplayOnCPU, needs_cuda, smooth_state
+from test_cuda_graphs import needs_cuda, replaying_on_cpu, smooth_state  # noqa: F401 (replaying_on_cpu: a fixture)
 
-from solvers import KuramotoSivashinskySpectral, Solver
+from solvers import KuramotoSivashinskySpectral
 from solvers.cuda_graphs import module_tensor_addresses
 
 
@@ -48,10 +48,9 @@ def test_addresses_are_the_parameters_and_buffers_and_follow_new_tensors_only():
     assert module_tensor_addresses(closure) != addresses
 
 
+@pytest.mark.usefixtures("replaying_on_cpu")
 @pytest.mark.parametrize("replace", ["buffer", "parameter"])
-def test_a_new_buffer_or_parameter_is_captured_again_with_a_cpu_stand_in(monkeypatch, replace):
-    monkeypatch.setattr(Solver, "graph_device_types", ("cuda", "cpu"))
-    monkeypatch.setattr(Solver, "captured_step_type", ReplayOnCPU)
+def test_a_new_buffer_or_parameter_is_captured_again_with_a_cpu_stand_in(replace):
     torch.manual_seed(0)
     closure = ScaledTanh().eval()
     replayed = KuramotoSivashinskySpectral(closure=closure, capture_closure=True)
