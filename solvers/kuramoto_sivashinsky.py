@@ -23,10 +23,15 @@ from .etdrk4_stepping import (DenseStepper, ETDRK4Plan, FourierWorkspace, StageC
                               fourier_step, fourier_step_into)
 from .fused_checks import FusedKernelChecks
 
-__all__ = ["KuramotoSivashinskySpectral", "etdrk4_coefficients"]
+__all__ = ["KuramotoSivashinskySpectral", "dealiasing_mask", "etdrk4_coefficients"]
 
 #: values of ``KuramotoSivashinskySpectral(implementation=...)``
 IMPLEMENTATIONS = ("auto", "fft", "dense")
+
+
+def dealiasing_mask(half: int, fraction: float = 2.0 / 3.0) -> np.ndarray:
+    """Modes ``m = 0 .. N/2`` the quadratic term keeps (``half = N/2``): ``m < fraction * N/2``, strictly."""
+    return np.arange(half + 1) < fraction * half - 1e-9
 
 
 class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, Solver):
@@ -110,7 +115,7 @@ class KuramotoSivashinskySpectral(DensePath, FusedKernelChecks, PeriodicGrid, So
         self._linear_hat_np = wavenumber**2 - wavenumber**4  # symbol of -d_xx - d_xxxx
         derivative = 1j * wavenumber
         derivative[-1] = 0.0  # odd derivative of the Nyquist mode is not representable on the grid
-        keep = modes < self.dealiasing_fraction * (self.n_points // 2) - 1e-9  # (the Nyquist mode is 0 anyway)
+        keep = dealiasing_mask(self.n_points // 2, self.dealiasing_fraction)  # (the Nyquist mode is 0 anyway)
         # symbol of -c/2 d_x (u^2) with the dealiasing mask folded in
         nonlinear_hat = -0.5 * self.nonlinear_coefficient * derivative * keep
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from solvers.kuramoto_sivashinsky import dealiasing_mask
+
 __all__ = ["energy_spectrum", "wavenumbers", "spectral_distance", "compared_modes", "EMPTY_MODE"]
 
 
@@ -92,6 +94,6 @@ def compared_modes(spectrum: np.ndarray, reference: np.ndarray, *, relative_floo
     last = min(spectrum.size, reference.size) - 1  # index of the coarser grid's Nyquist mode
     modes = np.arange(1, max(last, 1))
     floor = relative_floor * np.nanmax(reference[1:]) if reference.size > 1 else 0.0
-    cut = 2.0 / 3.0 * (spectrum.size - 1) - 1e-9  # m < 2/3 N/2 on the model's grid (N/2 = size - 1)
-    carried = (modes < cut) | (spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
+    kept = dealiasing_mask(spectrum.size - 1)  # the 2/3 rule on the model's grid (N/2 = size - 1)
+    carried = kept[modes] | (spectrum[modes] > EMPTY_MODE * np.max(spectrum[1:], initial=0.0))
     return modes[((reference[modes] > floor) | (spectrum[modes] > floor)) & carried]
