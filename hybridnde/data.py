@@ -189,6 +189,24 @@ def _warn_other_simulation(dataset, case: CaseConfig, path: Path) -> None:
     if changed:
         log.warning("%s was simulated with other settings than this case's: %s; training uses the file as it is",
                     path, "; ".join(changed))
+    earlier = _earlier_numerics(dataset)
+    if earlier:
+        log.warning("%s was simulated by an earlier hybridnde, which differs in %s; training uses the file as it "
+                    "is (`hybridnde simulate` makes it again)", path, "; ".join(earlier))
+
+
+def _earlier_numerics(dataset) -> list[str]:
+    """``CaseConfig.changed_numerics`` of the case a truth file stores, when the file's recorded checksum
+    is the one an earlier hybridnde gave that case (``[]`` otherwise, and for files that store none)."""
+    from .config import ConfigError, parse_case_text
+    from .simulate import SIMULATION_SECTIONS
+
+    try:
+        stored = parse_case_text(str(dataset.attrs.get("case_toml", "")), source="the file's case_toml")
+    except ConfigError:
+        return []
+    recorded = str(dataset.attrs.get("config_checksum", ""))
+    return stored.changed_numerics() if recorded and recorded != stored.checksum(SIMULATION_SECTIONS) else []
 
 
 def _check_state(dataset, case: CaseConfig, path: Path) -> None:

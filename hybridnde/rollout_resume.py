@@ -23,7 +23,6 @@ import tomli_w
 import torch
 
 from .config import CaseConfig
-from .config.case import without_descriptive_keys
 from .config.ensemble import ROLLOUT_RUN_ONLY_KEYS
 from .checksums import records_data
 from .io import ResumeRefused
@@ -49,7 +48,7 @@ def rollout_checksum(case: CaseConfig, *, legacy: bool = False) -> str:
     with the keys that only choose the batch size at their defaults (the size they give is compared on
     its own): equal for ``batch_size = 0`` and the size it resolves to, and, for cases that leave them at
     their defaults, the checksum recorded before. ``legacy``: that earlier checksum, with those keys."""
-    mapping = without_descriptive_keys(case.to_mapping())
+    mapping = case.identity_mapping()
     chosen = {name: mapping[name] for name in ROLLOUT_SECTIONS}
     chosen["rollout"] = {k: v for k, v in chosen["rollout"].items() if k not in ROLLOUT_RUN_ONLY_KEYS}
     if not legacy:
@@ -111,6 +110,7 @@ def _difference(checkpoint: dict, identity: dict, case: CaseConfig, out: Path) -
             changed = same_rollout_case(case, checkpoint[key], read_partial_attribute(out, "case_toml"))
             if changed is None:
                 continue
+            changed = changed or case.changed_numerics()
             return f"the case differs in {', '.join(changed)}" if changed else "the case differs"
         if key == "initial_conditions_checksum":
             if records_data(checkpoint[key], case.rollout.initial_conditions, identity[key]):

@@ -74,7 +74,7 @@ def checked_simulation_checkpoint(case: CaseConfig, out: Path, identity: dict[st
             started_with = read_partial_attribute(out, "case_toml", what="simulation")
         except ResumeRefused:
             started_with = None
-        changed = case.changed_keys(started_with, SIMULATION_SECTIONS)
+        changed = case.changed_keys(started_with, SIMULATION_SECTIONS) or case.changed_numerics()
         raise ResumeRefused(f"{where}: the case differs" + (f" in {', '.join(changed)}" if changed else ""), SAME_RUN)
     if checkpoint["initial_conditions"] != identity["initial_conditions"]:
         raise ResumeRefused(f"{where}: initial_condition.file, {case.initial_condition.file}, has changed since",

@@ -117,8 +117,7 @@ class CaseConfig:
 
     def checksum(self, sections: Iterable[str] | None = None) -> str:
         """SHA-256 of the canonical TOML of ``sections`` (all by default): equal configs, equal sums."""
-        mapping = without_descriptive_keys(self.to_mapping())
-        mapping.pop("quick", None)
+        mapping = self.identity_mapping()
         for section, key in ADDED_KEYS:
             if mapping[section].get(key) == _default(section, key):
                 del mapping[section][key]
@@ -130,6 +129,26 @@ class CaseConfig:
         if sections is not None:
             mapping = {name: mapping[name] for name in sections}
         return hashlib.sha256(tomli_w.dumps(mapping).encode()).hexdigest()
+
+    def identity_mapping(self) -> dict[str, Any]:
+        """``to_mapping`` as checksums see it: no descriptive keys, no ``[quick]``, and a mark where an
+        earlier hybridnde computed this case otherwise (``changed_numerics``), so that what it made is not
+        reused or resumed; every other case keeps the checksums its outputs recorded."""
+        mapping = without_descriptive_keys(self.to_mapping())
+        mapping.pop("quick", None)
+        if self.changed_numerics():
+            mapping["system"]["dealiasing_cut"] = "strict"
+        return mapping
+
+    def changed_numerics(self) -> list[str]:
+        """What an earlier hybridnde computed otherwise for this very case, in words (``[]``: nothing):
+        its outputs' checksums differ from this case's though no key does."""
+        system = self.system
+        if isinstance(system, KuramotoSivashinskyConfig) and system.strict_cut_moved():
+            mode = round(system.dealiasing_fraction * (system.n_points // 2))
+            return [f"the spectral step's 2/3 cut (strict since 2026-11-28: mode {mode} of N = {system.n_points} "
+                    "took an aliased term before and is no longer kept)"]
+        return []
 
     def changed_keys(self, before: str | None, sections: Iterable[str], *,
                      skip: Iterable[tuple[str, str]] = ()) -> list[str]:

@@ -42,6 +42,14 @@ class KuramotoSivashinskyConfig:
         if self.n_points % 2:
             raise ConfigError(f"{where}.n_points = {self.n_points} must be even")
 
+    def strict_cut_moved(self) -> bool:
+        """Whether the spectral step keeps one mode fewer than before the 2/3 cut became strict
+        (2026-11-28: ``m < fraction N/2``, before ``m <= fraction N/2``, which kept an aliased mode N/3
+        at N divisible by 3): ``fraction N/2`` a whole number below N/2, e.g. N = 48 or 96 at 2/3."""
+        half = self.n_points // 2
+        cut = self.dealiasing_fraction * half
+        return self.method == "spectral" and abs(cut - round(cut)) <= 1e-9 and round(cut) < half
+
 
 @dataclass(frozen=True)
 class TwoBodyConfig:

@@ -175,7 +175,7 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
 def _changes_since(identity: Mapping[str, str], case: CaseConfig, data: TrainingData) -> list[str]:
     """What differs from a checkpoint's ``identity`` (its case TOML and data checksum), in words."""
     changed = case.changed_keys(identity.get("case_toml"), TRAINING_SECTIONS,
-                                skip=[("training", key) for key in TRAINING_RUN_ONLY_KEYS])
+                                skip=[("training", key) for key in TRAINING_RUN_ONLY_KEYS]) or case.changed_numerics()
     if identity.get("data_checksum") is not None and not data.made_from(identity["data_checksum"]):
         changed.insert(0, f"the training data (SHA-256 {identity['data_checksum'][:12]}..., now "
                           f"{data.checksum[:12]}...)")
