@@ -52,6 +52,20 @@ def test_the_value_at_the_edge_of_a_bound_is_accepted(section, key, value):
 def test_an_integral_number_for_an_integer_key_becomes_an_integer():
     n_steps = parse_case(case_with(TWO_BODY, time={"n_steps": 3.0})).time.n_steps
     assert n_steps == 3 and type(n_steps) is int
+    assert parse_case(case_with(TWO_BODY, time={"n_steps": float(2 ** 53)})).time.n_steps == 2 ** 53
+
+
+@pytest.mark.parametrize("value, message", [
+    # 1e20 steps with save_every = 1e20 ran, then failed writing the attribute in a netCDF4 traceback
+    (1e20, r"^time\.n_steps = 1e\+20 is beyond the integers a float holds exactly \(2\*\*53\); write it as an integer$"),
+    (2.0 ** 53 + 2, r"beyond the integers a float holds exactly"),
+    (2 ** 63, r"^time\.n_steps = 9223372036854775808 does not fit a 64-bit integer; give a smaller number$"),
+    (-2 ** 63 - 1, r"does not fit a 64-bit integer"),
+])
+def test_an_integer_key_refuses_what_no_64_bit_integer_holds(value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_case(case_with(TWO_BODY, time={"n_steps": value}))
+    assert parse_case(case_with(TWO_BODY, time={"n_steps": 2 ** 63 - 1})).time.n_steps == 2 ** 63 - 1
 
 
 def fd_stability_limit():

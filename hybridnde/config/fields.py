@@ -73,10 +73,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            if abs(value) > 2 ** 53:
+                raise ConfigError(f"{where} = {value!r} is beyond the integers a float holds exactly (2**53); "
+                                  "write it as an integer")
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -2 ** 63 <= value < 2 ** 63:  # NetCDF attributes and tensor indices are 64-bit
+                raise ConfigError(f"{where} = {value} does not fit a 64-bit integer; give a smaller number")
+            return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
