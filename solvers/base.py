@@ -218,7 +218,7 @@ class Solver(GraphReplay, ABC):
         # decided once: a state set up for eager steps (maybe the caller's u0 itself) must never be
         # replayed in place, should the consumer switch gradients off between iterations
         step = self.step_internal if self._replays(u0) else self._step_eagerly
-        for i in range(1, n_steps + 1):
+        for i in range(1, n_steps - n_steps % save_every + 1):  # steps past the last save would be lost work
             state = step(t0 + (i - 1) * dt, state, dt)
             if i % save_every == 0:
                 yield t0 + i * dt, self.from_internal(state)

@@ -472,6 +472,24 @@ def test_a_subclass_that_overrides_step_is_stepped_by_its_own_step_in_rollouts()
         assert float(Lorenz63().rollout(u0, 50).abs().max()) > 10.0
 
 
+def test_a_trajectory_takes_no_step_past_its_last_save():
+    """10 steps saved every 3: the saves after 3, 6 and 9 steps, as a whole-trajectory call gives them;
+    the tenth step would be computed and thrown away."""
+    class Counted(Lorenz63):
+        steps = 0
+
+        def step(self, t, u, dt=None):
+            Counted.steps += 1
+            return super().step(t, u, dt)
+
+    u0 = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        saves = list(Counted().trajectory(u0, 10, save_every=3, dt=0.01))
+        assert Counted.steps == 9 and [t for t, _ in saves] == pytest.approx([0.0, 0.03, 0.06, 0.09])
+        torch.testing.assert_close(saves[-1][1], Lorenz63().rollout(u0, 9, save_every=9, dt=0.01)[:, -1],
+                                   rtol=0, atol=0)
+
+
 def test_a_python_number_becomes_the_time_as_torch_rounds_it(device, dtype):
     """Python times are filled in on the device (a copy to a GPU would wait for its stream) and rounded as
     ``torch.as_tensor`` rounds them."""
