@@ -10,8 +10,9 @@ __all__ = ["format_summary", "percent_down"]
 
 
 def percent_down(share: float) -> str:
-    """``share`` as a percentage rounded down to 0.1: a share just under 1 never reads "100%"."""
-    return f"{math.floor(1000 * share) / 10:g}%"
+    """``share`` as a percentage rounded down to 0.1: a share just under 1 never reads "100%", nor one just
+    over 0 "0%" (it reads "<0.1%")."""
+    return "<0.1%" if 0 < share < 0.001 else f"{math.floor(1000 * share) / 10:g}%"
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:

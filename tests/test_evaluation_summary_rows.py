@@ -109,12 +109,18 @@ def test_the_finite_share_is_named_below_one_only():
     assert whole == "0.875 nats (40-bin histograms)"
 
 
-@pytest.mark.parametrize("share", [0.0, 0.0004, 0.1234, 0.5, 0.62649, 0.999, 0.9996, 0.99999, 1.0])
+@pytest.mark.parametrize("share", [0.0, 0.001, 0.1234, 0.5, 0.62649, 0.999, 0.9996, 0.99999, 1.0])
 def test_percent_down_rounds_down_to_a_tenth_of_a_percent(share):
     shown = float(percent_down(share).rstrip("%"))
     assert shown <= 100 * share + 1e-9 < shown + 0.1 + 1e-9  # the largest tenth not above the share
     if share < 1:
         assert percent_down(share) != "100%"
+
+
+@pytest.mark.parametrize("share", [1e-6, 0.0004, 0.000999])
+def test_a_share_just_over_zero_does_not_read_zero(share):
+    """4 stable members of 10,000 read "0% of members", as if none were."""
+    assert percent_down(share) == "<0.1%"
 
 
 # -- the Lyapunov comparison's settings ------------------------------------------------------------------
