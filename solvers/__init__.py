@@ -2,7 +2,8 @@
 
 Imports torch and numpy only (never ``hybridnde``), so any simulation code can vendor this package.
 """
-from .base import Closure, ExplicitSolver, Solver, SolverStateError, StabilityLimitError
+from .base import Closure, Solver, SolverStateError, StabilityLimitError
+from .explicit import ExplicitSolver
 from .closure_only import ClosureOnly
 from .integrators import FIXED_STEP_METHODS, odeint_adaptive
 from . import fused_stages

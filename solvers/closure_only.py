@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver
+from .base import Closure
+from .explicit import ExplicitSolver
 
 __all__ = ["ClosureOnly"]
 

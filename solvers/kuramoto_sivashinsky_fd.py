@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver, PeriodicGrid
+from .base import Closure, PeriodicGrid
+from .explicit import ExplicitSolver
 from .integrators import REAL_AXIS_STABILITY_LIMIT
 
 __all__ = ["KuramotoSivashinskyFiniteDifference", "central_difference_weights"]

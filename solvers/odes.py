@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Closure, ExplicitSolver, stack_components
+from .base import Closure
+from .explicit import ExplicitSolver, stack_components
 
 __all__ = ["TwoBody", "RigidBody", "LotkaVolterra", "Lorenz63", "DoublePendulum", "ODE_SYSTEMS"]
 
