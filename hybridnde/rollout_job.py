@@ -41,7 +41,8 @@ from .rollout_inputs import check_closure_fits, initial_states, load_rollout_clo
 from .rollout_resume import (ROLLOUT_SECTIONS, JobRecord, checked_checkpoint, resume_identity, rollout_checksum,
                              written_elsewhere)
 from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
-from .rollout_output import RolloutSummary, chunk_layout, finished_output, member_status, start_output
+from .rollout_output import (RolloutSummary, chunk_layout, finished_output, leave_only_what_resumes, member_status,
+                             start_output)
 from .systems import build_host_solver, resolve_dtype
 from .threads import torch_threads
 
@@ -188,7 +189,14 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     if comm.size > 1:  # before anything is written: a mixed file would look valid
         read = {**setup.identity, "checkpoint_every": case.rollout.checkpoint_every}
         require_same(comm, {key: read[key] for key in RANK_IDENTITY}, RANK_IDENTITY)
-    finished = comm.bcast(finished_output(out, case, setup) if resume and comm.rank == 0 else None)
+    finished, error = None, None
+    if resume and comm.rank == 0:
+        try:  # the other ranks wait in the broadcast: a failure here must reach them
+            finished = finished_output(out, case, setup)
+        except Exception as caught:
+            error = caught
+    agree(comm, error)
+    finished = comm.bcast(finished)
     if finished is not None:  # the same command line again after it finished: nothing to resume
         return finished
     error = None
@@ -217,16 +225,14 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
             full = disk_full_message(failure)  # not a bug: the message without a traceback, as in one process
             log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__, full or failure,
                          exc_info=not (full or isinstance(failure, KeyboardInterrupt)))
+        leave_only_what_resumes(out, setup.writer, other_rank=comm.rank > 0)  # before an abort ends the job
+        if comm.size > 1:
             if checkpoint_path(out).exists():
                 log.critical(RESUME_HINT, "mpiexec ... ", " (on any number of ranks)")
+            held.close()  # the lock file too: an abort skips every exit handler
             comm.abort(130 if isinstance(failure, KeyboardInterrupt) else 1)
-        if setup.writer is not None:
-            setup.writer.close()
-            if checkpoint_path(out).exists():
-                if resume_hint:
-                    log.error(RESUME_HINT, "", "")
-            else:
-                setup.writer.discard()
+        if resume_hint and setup.writer is not None and checkpoint_path(out).exists():
+            log.error(RESUME_HINT, "", "")
         raise
 
 

@@ -27,7 +27,8 @@ from .systems import state_coordinates
 if TYPE_CHECKING:
     from .rollout_job import RolloutSetup
 
-__all__ = ["RolloutSummary", "chunk_layout", "finished_output", "member_status", "start_output"]
+__all__ = ["RolloutSummary", "chunk_layout", "finished_output", "leave_only_what_resumes", "member_status",
+           "start_output"]
 
 log = logging.getLogger("hybridnde.rollout_job")  # the job's messages, under the name they had before
 
@@ -99,9 +100,9 @@ def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> Rollout
         with netCDF4.Dataset(out) as dataset:
             attrs = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
             status = np.asarray(dataset.variables["status"][:])
-    except (OSError, KeyError):
-        log.info("no checkpoint for %s, and the file there cannot be read as a rollout: starting from the "
-                 "beginning", out)
+    except (OSError, KeyError, RuntimeError) as error:  # netCDF4's HDF errors are RuntimeErrors
+        log.info("no checkpoint for %s, and the file there cannot be read as a rollout (%s): starting from the "
+                 "beginning", out, error)
         return None
     given = setup.identity["initial_conditions_checksum"]
     recorded = str(attrs.get("initial_conditions_sha256", ""))
@@ -120,6 +121,21 @@ def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> Rollout
                           blew_up=int((status == STATUS_FLAGS["blew_up"]).sum()),
                           member_steps=int(attrs.get("member_steps", 0)), seconds=float(attrs.get("wall_seconds", 0.0)),
                           ranks=int(ranks[-1]), batch_size=setup.batch_size, resumed=False)
+
+
+def leave_only_what_resumes(out: Path, writer: TrajectoryStreamWriter | None, *, other_rank: bool) -> None:
+    """After a failure: rank 0 (``writer``) closes its writer, and the partial file and chunk journal go
+    unless a checkpoint can resume them. Under MPI the failing rank's abort then ends the job, killing
+    rank 0 wherever it waits (in a collective, where no signal handler of it runs), so a failing
+    ``other_rank`` removes them itself (beside ``out``, where rank 0 writes them)."""
+    if writer is not None:
+        writer.close()
+    if checkpoint_path(out).exists():
+        return
+    if writer is not None:
+        writer.discard()
+    elif other_rank:
+        remove_restart_files(out)
 
 
 def chunk_layout(case: CaseConfig, setup: RolloutSetup) -> ChunkLayout:

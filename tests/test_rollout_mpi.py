@@ -16,12 +16,14 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import break_chunk_index
 from hybridnde.closure_file import save_closure
 from hybridnde.config import load_case
 from hybridnde.initial_conditions import draw_initial_conditions
 from hybridnde.io import STATUS_FLAGS, trajectory_dataset, write_netcdf
 from hybridnde.models import MLPClosure, PeriodicCNNClosure
 from hybridnde.netcdf_stream import partial_path
+from hybridnde.partial_repair import journal_path
 from hybridnde.rollout_job import run_rollout
 from hybridnde.systems import build_host_solver
 
@@ -173,7 +175,8 @@ FAILING_DRIVER = textwrap.dedent("""
 
     class FailsOnRankOne(torch.nn.Module):
         def forward(self, t, u):
-            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == "1" and float(t) > after:
+            failing = os.environ.get("FAILING_RANK", "1")
+            if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == failing and float(t) > after:
                 if failure == "disk_full":  # stands in for the writer meeting a full disk
                     raise OSError(errno.ENOSPC, "No space left on device")
                 raise RuntimeError("closure exploded on purpose")
@@ -185,13 +188,17 @@ FAILING_DRIVER = textwrap.dedent("""
 """)
 
 
-def test_a_failing_rank_aborts_the_job_with_its_message_and_no_file(cases, tmp_path):
+@pytest.mark.parametrize("failing", ["0", "1"])
+def test_a_failing_rank_aborts_the_job_with_its_message_and_no_file(cases, tmp_path, monkeypatch, failing):
+    """Nor the partial file and chunk journal, which no checkpoint resumes: the abort kills rank 0 (the
+    writer) wherever it waits, so they were left behind in either case."""
     out = tmp_path / "rollout.nc"
+    monkeypatch.setenv("FAILING_RANK", failing)
     result = mpiexec(2, sys.executable, "-c", FAILING_DRIVER, str(cases / "two_body.toml"), str(out), "runtime", "0.1",
                      cwd=tmp_path)
     assert result.returncode != 0
-    assert "closure exploded on purpose" in result.stderr and "rank 1 of 2 failed" in result.stderr
-    assert not out.exists()
+    assert "closure exploded on purpose" in result.stderr and f"rank {failing} of 2 failed" in result.stderr
+    assert not out.exists() and not partial_path(out).exists() and not journal_path(out).exists()
 
 
 def test_bad_input_on_one_rank_is_exit_2_on_all(cases, tmp_path):
@@ -295,3 +302,18 @@ def test_a_full_disk_under_mpi_says_so_without_a_traceback_and_points_to_resume(
     assert "rank 1 of 2 failed" in result.stderr and "no space left on the device" in result.stderr
     assert "Traceback" not in result.stderr and "--resume` continues from the last checkpoint" in result.stderr
     assert not out.exists() and partial_path(out).exists()
+
+
+def test_a_resume_over_a_finished_file_that_cannot_be_read_starts_afresh_on_every_rank(cases, tmp_path):
+    """Its header opens, its data do not (netCDF4's RuntimeError): rank 0 died in the check while rank 1
+    waited in the broadcast for its answer, and the job hung; in one process it was a traceback."""
+    out, common = tmp_path / "rollout.nc", ["--set", "rollout.members=4", "--set", "rollout.steps=40",
+                                             "--set", "rollout.batch_size=2", "--no-progress", "--out"]
+    command = [sys.executable, "-m", "hybridnde", "rollout", str(cases / "two_body.toml"), *common, str(out)]
+    assert subprocess.run(command, capture_output=True, timeout=TIMEOUT).returncode == 0
+    assert break_chunk_index(out)
+    result = mpiexec(2, *command, "--resume", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cannot be read as a rollout" in result.stderr
+    with xr.open_dataset(out) as dataset:
+        assert dataset.attrs["ranks"] == 2 and (dataset.status.values == STATUS_FLAGS["ok"]).all()
