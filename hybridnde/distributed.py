@@ -23,7 +23,7 @@ from .io import DataError
 from .systems import resolve_device
 
 __all__ = ["Communicator", "SerialCommunicator", "MPICommunicator", "world", "launched_by_mpi", "rank_device",
-           "rank_batches", "largest_batch_size_for", "agree", "require_same", "RankFailure"]
+           "rank_batches", "largest_batch_size_for", "idle_ranks_warning", "agree", "require_same", "RankFailure"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,17 @@ def largest_batch_size_for(members: int, ranks: int) -> int:
     if not members >= ranks >= 2:
         raise ValueError(f"members={members}, ranks={ranks}: needs members >= ranks >= 2")
     return -(-members // (ranks - 1)) - 1
+
+
+def idle_ranks_warning(members: int, batches: int, batch_size: int, ranks: int) -> str:
+    """What to say when ``ranks`` ranks share fewer ``batches`` (of ``batch_size`` of ``members``): which
+    ranks idle, and the batch size (or rank count) that would use them all."""
+    idle = f"rank {batches} has" if batches == ranks - 1 else f"ranks {batches}-{ranks - 1} have"
+    if members < ranks:  # no batch size helps: fewer members than ranks
+        advice = f"use at most {members} rank(s) for {members} member(s)"
+    else:
+        advice = f"set rollout.batch_size <= {largest_batch_size_for(members, ranks)} to use them all"
+    return f"{ranks} ranks but only {batches} batch(es) of {batch_size} members: {idle} nothing to do; {advice}"
 
 
 def agree(comm: Communicator, error: BaseException | None) -> None:

@@ -29,11 +29,12 @@ import torch
 
 from .chunk_codec import encode_block
 from .config import CaseConfig, ConfigError
-from .distributed import (Communicator, agree, largest_batch_size_for, rank_batches, rank_device, require_same,
+from .distributed import (Communicator, agree, idle_ranks_warning, rank_batches, rank_device, require_same,
                           world)
 from .checksums import data_checksum
 from .io import (STATUS_FLAGS, check_output_path, disk_full_message, history_line, platform_description,
                  warn_if_disk_short)
+from .interrupts import interrupts_deferred
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
 from .output_lock import output_lock
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
@@ -209,15 +210,7 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     agree(comm, error)
     checkpoint = comm.bcast(setup.checkpoint)
     if comm.rank == 0 and comm.size > len(setup.batches):
-        first, last = len(setup.batches), comm.size - 1
-        idle = f"rank {first} has" if first == last else f"ranks {first}-{last} have"
-        members = case.rollout.members
-        if members < comm.size:  # no batch size helps: fewer members than ranks
-            advice = f"use at most {members} rank(s) for {members} member(s)"
-        else:
-            advice = f"set rollout.batch_size <= {largest_batch_size_for(members, comm.size)} to use them all"
-        log.warning("%d ranks but only %d batch(es) of %d members: %s nothing to do; %s", comm.size,
-                    len(setup.batches), setup.batch_size, idle, advice)
+        log.warning(idle_ranks_warning(case.rollout.members, len(setup.batches), setup.batch_size, comm.size))
     try:
         return _run(case, out, setup, checkpoint, progress, comm)
     except BaseException as failure:
@@ -318,14 +311,14 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
         blew_up = int((status == STATUS_FLAGS["blew_up"]).sum())
         total_steps, total_seconds = resumed_steps + member_steps, earlier_seconds + seconds
         rate = total_steps / total_seconds if total_seconds > 0 else float("nan")
-        setup.writer.commit(status, blowup_time, {"ranks": comm.size, "wall_seconds": total_seconds,
-                                                  "member_steps": total_steps, "member_steps_per_second": rate,
-                                                  "resumed_runs": resumes, "members_blew_up": blew_up,
-                                                  **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int64)}
-                                                     if ranks_per_run is not None else {}),
-                                                  "platform": platform_description(setup.solver.device)},
-                            history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
-        remove_restart_files(out)
+        attrs = {"ranks": comm.size, "wall_seconds": total_seconds, "member_steps": total_steps,
+                 "member_steps_per_second": rate, "resumed_runs": resumes, "members_blew_up": blew_up,
+                 **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int64)} if ranks_per_run is not None else {}),
+                 "platform": platform_description(setup.solver.device)}
+        with interrupts_deferred():  # the complete file and no restart files, or the partial one and them
+            setup.writer.commit(status, blowup_time, attrs,
+                                history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
+            remove_restart_files(out)
         summary = RolloutSummary(path=out, members=rollout.members, ok=rollout.members - blew_up, blew_up=blew_up,
                                  member_steps=member_steps, seconds=seconds, ranks=comm.size,
                                  batch_size=setup.batch_size, resumed=bool(checkpoint))

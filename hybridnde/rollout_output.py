@@ -18,7 +18,7 @@ from .chunk_codec import ChunkLayout
 from .config import CaseConfig
 from .checksums import records_data
 from .io import STATUS_FLAGS
-from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, remove_restart_files
+from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path, remove_restart_files
 from .partial_repair import RECORD_KEY
 from .rollout import SaveSchedule
 from .rollout_resume import same_rollout_case
@@ -116,6 +116,8 @@ def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> Rollout
         return None
     log.warning("--resume: %s is this rollout, finished (same case, closure, initial conditions and batch size); "
                 "nothing to resume (without --resume it is made again)", out)
+    if not partial_path(out).exists():  # a checkpoint left by a stop between the final rename and its removal
+        remove_restart_files(out)
     ranks = np.atleast_1d(attrs.get("ranks_per_run", 1))
     return RolloutSummary(path=out, members=int(status.size), ok=int((status == STATUS_FLAGS["ok"]).sum()),
                           blew_up=int((status == STATUS_FLAGS["blew_up"]).sum()),

@@ -108,3 +108,38 @@ def test_a_finished_simulation_whose_initial_conditions_file_is_gone_is_not_take
     assert finished_simulation(out, case)
     source.unlink()
     assert not finished_simulation(out, case)
+
+
+def test_a_ctrl_c_between_the_final_rename_and_the_clean_up_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """The rename and the removal of the restart files go together (as in ``simulate``): a Ctrl-C between
+    them left a checkpoint and chunk journal beside the finished file, which every later ``--resume``
+    kept. One left so by an earlier version goes once ``--resume`` finds the file finished."""
+    import os
+    import signal
+
+    from hybridnde import rollout_job
+    from hybridnde.netcdf_stream import checkpoint_path
+    from hybridnde.partial_repair import journal_path
+
+    case, model, out = two_body_case("rollout.batch_size=2", "rollout.steps=40", "output.time_chunk=5"), small_mlp(), \
+        tmp_path / "r.nc"
+    clean_up = rollout_job.remove_restart_files
+
+    def interrupted_clean_up(path):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just after the rename
+        clean_up(path)
+    monkeypatch.setattr(rollout_job, "remove_restart_files", interrupted_clean_up)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, out, closure=model, progress=False)
+    leftovers = [checkpoint_path(out), journal_path(out), partial_path(out)]
+    assert out.is_file() and not any(path.exists() for path in leftovers)
+
+    def earlier_versions_clean_up(path):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rollout_job, "remove_restart_files", earlier_versions_clean_up)
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(case, out, closure=model, progress=False)
+    assert checkpoint_path(out).exists() and journal_path(out).exists()
+    monkeypatch.setattr(rollout_job, "remove_restart_files", clean_up)
+    summary = run_rollout(case, out, closure=model, resume=True, progress=False)
+    assert not summary.resumed and out.is_file() and not any(path.exists() for path in leftovers)
