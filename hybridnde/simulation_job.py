@@ -35,7 +35,7 @@ from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule
 from .rollout_output import member_status
 from .rollout_resume import written_elsewhere
-from .simulate import (initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
+from .simulate import (check_chunk_fits_in_memory, initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
                        warn_blowups, warn_unsaved_steps)
 from .simulation_resume import checked_simulation_checkpoint, finished_simulation, simulation_identity
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
@@ -113,6 +113,7 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
     out = Path(out)
     if not streams(case):
         raise ValueError(f"time.integrator = {case.time.integrator!r} runs in memory (simulate_case)")
+    check_chunk_fits_in_memory(case)
     with output_lock(out):
         if resume and _finished_already(case, out):
             return out
@@ -185,15 +186,15 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
         # a checkpoint in the spin-up needs no saves: its partial file is started anew (simulation_resume)
         resume=checkpoint is not None and spin is None, incomplete=INCOMPLETE, what="simulation",
         record=checkpoint.get(RECORD_KEY) if checkpoint is not None and spin is None else None)
-    checkpoints = _Checkpoints(writer, schedule, checkpoint_seconds, {
-        **identity, "run_id": run_id, "t0": start, "spinup_t0": t0, "member_ids": torch.tensor(np.asarray(member_ids)),
-        "resumes": resumes}, earlier_seconds)
-    # a truth member is marked only when it turns non-finite: the largest finite value of its dtype is
-    # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass).
-    # The batch stays whole, as in memory: the survivors' bits do not depend on which members blew up
-    runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max, capacity=len(member_ids),
-                         compact=False)
-    try:
+    try:  # from here on the writer's thread and files are closed, and removed unless a checkpoint resumes them
+        checkpoints = _Checkpoints(writer, schedule, checkpoint_seconds, {
+            **identity, "run_id": run_id, "t0": start, "spinup_t0": t0,
+            "member_ids": torch.tensor(np.asarray(member_ids)), "resumes": resumes}, earlier_seconds)
+        # a truth member is marked only when it turns non-finite: the largest finite value of its dtype is
+        # no physical bound (the float64 one overflowed to inf against float32 states, and let inf pass).
+        # The batch stays whole, as in memory: the survivors' bits do not depend on which members blew up
+        runner = BatchRunner(solver, schedule, blowup_threshold=torch.finfo(solver.dtype).max,
+                             capacity=len(member_ids), compact=False)  # (its chunk buffer may not fit)
         if spin is not None:
             if checkpoint is not None:
                 log.info("resuming %s from its checkpoint: %d of %d spin-up steps done", out, spin[0],

@@ -221,7 +221,7 @@ def test_a_streamed_simulation_is_not_held_in_memory(tmp_path, monkeypatch, caps
     only a chunk is held, and it runs (adaptive integrators still run in memory, and are refused)."""
     from hybridnde import simulate
 
-    monkeypatch.setattr(simulate, "available_memory", lambda: 100)
+    monkeypatch.setattr(simulate, "available_memory", lambda: 150)  # the trajectory, 720 bytes, does not fit; a chunk of every member, 144, does
     case = small_case("lorenz63")
     with pytest.raises(Exception, match="holds the whole trajectory in memory"):
         simulate_case(case, progress=False)
@@ -561,3 +561,32 @@ def test_simulate_passes_its_thread_setting(tmp_path, monkeypatch):
     for extra, expected in (([], 1), (["--threads", "0"], 0), (["--threads", "2"], 2)):
         assert main(["simulate", os.path.join(CASES, "lorenz63.toml"), "--out", str(tmp_path / "t.nc"), *extra]) == 0
         assert seen.pop() == expected
+
+
+def test_a_chunk_buffer_that_cannot_be_allocated_leaves_no_file_and_no_writer_thread(tmp_path, monkeypatch):
+    """The writer was started before the clean-up's ``try``: a failure building the batch (its buffer of
+    one output chunk of every member) left the partial file, the chunk journal and the writer's thread."""
+    import threading
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(simulation_job, "BatchRunner", no_memory)
+    out = tmp_path / "truth.nc"
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        run_simulation(small_case("ks_l22"), out, progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    assert not any(thread.name == "netcdf-writer" for thread in threading.enumerate())
+
+
+def test_a_chunk_buffer_larger_than_the_memory_is_refused_before_any_work(tmp_path, monkeypatch):
+    from hybridnde import simulate
+    from hybridnde.config import ConfigError
+
+    case = small_case("ks_l22")  # 3 members x 4 saves a chunk x 64 points x 8 bytes = 6144 bytes
+    monkeypatch.setattr(simulate, "available_memory", lambda: 6143)
+    with pytest.raises(ConfigError, match=r"one output chunk of every member in memory: .*; lower output.time_chunk "
+                                          r"or initial_condition.members"):
+        run_simulation(case, tmp_path / "truth.nc", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(simulate, "available_memory", lambda: 6144)
+    assert run_simulation(case, tmp_path / "truth.nc", progress=False).is_file()
