@@ -21,6 +21,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .config import ConfigError
 from .interrupts import interrupt_on_signal
+from .errors import WriteFailed
 from .io import COMMAND_LINE, DataError, disk_full_message
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -124,9 +125,9 @@ def _run(arguments: argparse.Namespace) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # keep the interpreter's final flush quiet
         return 0
-    except FloatingPointError as failure:  # the numbers diverged (training, an adaptive solve): not a bug
+    except (FloatingPointError, WriteFailed) as failure:  # the numbers diverged, an output could not be written: not bugs
         print(f"hybridnde {arguments.command}: error: {failure}", file=sys.stderr)
-        log.debug("where it diverged", exc_info=True)
+        log.debug("where it failed", exc_info=True)
         return 1
     except Exception as failure:  # a failure at run time
         full = disk_full_message(failure)

@@ -1,10 +1,11 @@
-"""The errors that name a bad input file or a checkpoint that does not fit; the CLI turns both, and
-``ConfigError``, into exit 2 with the message and no traceback."""
+"""The errors that name a bad input file or a checkpoint that does not fit -- the CLI turns both, and
+``ConfigError``, into exit 2 with the message and no traceback -- and an output that could not be
+written (exit 1, a run-time failure, also without a traceback)."""
 from __future__ import annotations
 
 from .config.fields import ConfigError
 
-__all__ = ["DataError", "ResumeRefused"]
+__all__ = ["DataError", "ResumeRefused", "WriteFailed"]
 
 
 class DataError(ValueError):
@@ -21,3 +22,8 @@ class DataError(ValueError):
 class ResumeRefused(DataError, ConfigError):
     """A checkpoint that the run asked to resume does not fit it (another case, input or run); names
     what differs. ``hybridnde run`` starts such a stage afresh, a single command stops (exit 2)."""
+
+
+class WriteFailed(RuntimeError):
+    """An output file the library could not write (a full disk, a quota, a file system error); names the
+    file, the free space and what to do. Not bad input: the same command can succeed elsewhere."""

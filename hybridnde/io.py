@@ -19,13 +19,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DataError, ResumeRefused
+from .errors import DataError, ResumeRefused, WriteFailed
 from .interrupts import interrupts_deferred
 from .output_paths import (atomic_path, check_not_folders, check_output_path, disk_full_message,
                            warn_if_disk_short)
 
 __all__ = [
-    "DataError", "ResumeRefused", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
+    "DataError", "ResumeRefused", "WriteFailed", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "check_not_folders",
     "platform_description", "utc_now", "warn_if_disk_short", "disk_full_message", "load_error_text", "COMMAND_LINE",
     "history_line",
@@ -187,9 +187,9 @@ def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_
                                                        time_chunk=time_chunk))
         except (OSError, RuntimeError) as error:  # the HDF5 library reports a full disk as "HDF error"
             free = shutil.disk_usage(path.parent).free
-            raise DataError(f"{path}: writing failed ({error}); {free / 2**20:.0f} MiB are free on its file system "
-                            f"and the file needs about {dataset.nbytes / 2**20:.0f} MiB before compression: free "
-                            "some space or choose another --out") from error
+            raise WriteFailed(f"{path}: writing failed ({error}); {free / 2**20:.0f} MiB are free on its file system "
+                              f"and the file needs about {dataset.nbytes / 2**20:.0f} MiB before compression: free "
+                              "some space or choose another --out") from error
     return path
 
 
@@ -221,8 +221,12 @@ def open_trajectories(path: str | Path, *, load: bool = True):
         dataset.close()
         raise
     if load:
-        dataset.load()
-        dataset.close()
+        try:
+            dataset.load()
+        except (OSError, RuntimeError) as error:  # the header read, the data do not (netCDF4: "HDF error")
+            raise DataError(f"{path}: its data cannot be read ({error})", "make or copy the file again") from None
+        finally:
+            dataset.close()
     return dataset
 
 

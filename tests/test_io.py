@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import a_dead_pid, leftovers
-from hybridnde.io import DataError, trajectory_dataset, write_netcdf
+from conftest import a_dead_pid, break_chunk_index, leftovers
+from hybridnde.io import DataError, WriteFailed, open_trajectories, trajectory_dataset, write_netcdf
 from hybridnde.output_paths import _host_tag
+
+CASES = Path(__file__).resolve().parents[1] / "cases"
 
 
 def small_dataset():
@@ -83,9 +85,33 @@ def test_a_failing_write_names_the_file_and_the_free_space(tmp_path, monkeypatch
         raise RuntimeError("NetCDF: HDF error")  # what the library says when the disk fills
 
     monkeypatch.setattr(xr.Dataset, "to_netcdf", full_disk)
-    with pytest.raises(DataError, match=r"out.nc: writing failed \(NetCDF: HDF error\); \d+ MiB are free"):
+    with pytest.raises(WriteFailed, match=r"out.nc: writing failed \(NetCDF: HDF error\); \d+ MiB are free"):
         write_netcdf(small_dataset(), tmp_path / "out.nc")
     assert leftovers(tmp_path) == []
+
+
+def test_a_failing_write_is_a_run_time_failure_not_bad_input(tmp_path, monkeypatch, capsys):
+    """Exit 1 with the message and no traceback, as a full disk while streaming is: it was DataError,
+    exit 2, which says the input is wrong (and made ``hybridnde run`` retry the stage afresh)."""
+    from hybridnde.cli import main
+
+    def full_disk(self, *args, **kwargs):
+        raise RuntimeError("NetCDF: HDF error")
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", full_disk)
+    out = tmp_path / "truth.nc"
+    assert main(["simulate", str(CASES / "lorenz63.toml"), "--out", str(out), "--set", "time.integrator=\"dopri5\"",
+                 "--set", "time.n_steps=20", "--set", "initial_condition.members=2"]) == 1
+    err = capsys.readouterr().err
+    assert "truth.nc: writing failed (NetCDF: HDF error)" in err and "Traceback" not in err
+    assert leftovers(tmp_path) == []
+
+
+def test_a_file_whose_data_cannot_be_read_is_named_as_bad_input(tmp_path):
+    """Its header opens but its chunk index is damaged: netCDF4's bare RuntimeError, a traceback at exit 1."""
+    out = write_netcdf(small_dataset(), tmp_path / "data.nc", time_chunk=1)
+    assert break_chunk_index(out)
+    with pytest.raises(DataError, match=r"data.nc: its data cannot be read \(NetCDF: HDF error\); make or copy "):
+        open_trajectories(out)
 
 
 def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
