@@ -110,7 +110,10 @@ def parse_classifier_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = 
         path, value = parse_override(text)
         if len(path) != 2:
             raise ConfigError(f"--set {text!r}: classifier keys are section.key, e.g. training.epochs=20")
-        raw.setdefault(path[0], {})[path[1]] = value
+        table = raw.setdefault(path[0], {})
+        if not isinstance(table, Mapping):  # (``training = 5`` in the file, then --set training.epochs=3)
+            raise ConfigError(f"{source}: [{path[0]}] must be a table")
+        table[path[1]] = value
     for name, table in raw.items():
         if name not in CLASSIFIER_SECTIONS:
             raise ConfigError(f"{source}: unknown section [{name}] (known sections: {', '.join(CLASSIFIER_SECTIONS)})")

@@ -44,6 +44,9 @@ def test_case_file_loads_and_bad_values_name_the_field():
         parse_classifier_case({"model": {"widht": 3}})
     with pytest.raises(ConfigError, match="unknown section"):
         parse_classifier_case({"system": {}})
+    for overrides in ([], ["training.epochs=3"]):  # with an override into it: a bare TypeError
+        with pytest.raises(ConfigError, match=r"^case: \[training\] must be a table$"):
+            parse_classifier_case({"training": 5}, overrides=overrides)
     assert case.replace(training={"jacobian_penalty": "spectral"}).training.jacobian_penalty == "spectral"
 
 
