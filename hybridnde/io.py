@@ -237,6 +237,10 @@ def _check_time_coordinate(dataset, path: Path) -> None:
         raise DataError(f"{path}: u has a time dimension but the file has no time coordinate variable (the "
                         "samples' times); write the times as a coordinate time(time), as `hybridnde simulate` "
                         "and `hybridnde rollout` do")
+    if dataset["time"].dtype.kind in "mM":  # CF units "days since ...", "seconds": nanoseconds as numbers
+        raise DataError(f"{path}: time is decoded as {'dates' if dataset['time'].dtype.kind == 'M' else 'durations'} "
+                        f"(units {dataset['time'].encoding.get('units', '?')!r}), but these systems' time is "
+                        "nondimensional: write the times as plain numbers with units \"1\", as hybridnde's own files do")
     times = np.asarray(dataset["time"].values, dtype=np.float64)
     if not np.isfinite(times).all():
         raise DataError(f"{path}: the time coordinate holds {int((~np.isfinite(times)).sum())} non-finite "

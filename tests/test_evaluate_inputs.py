@@ -170,6 +170,21 @@ def test_a_time_coordinate_must_be_finite_and_increase(tmp_path, lorenz, capsys,
     assert status == 2 and found in err, err
 
 
+@pytest.mark.parametrize("units, decoded", [("days since 2000-01-01", "dates"), ("hours", "durations")])
+def test_a_time_coordinate_of_dates_or_durations_is_refused(tmp_path, units, decoded):
+    """xarray decodes CF date units to datetime64 (and may decode durations to timedelta64): as numbers
+    those are nanoseconds, so a file starting on 2000-01-01 would start at t = 9.5e17."""
+    dataset = trajectory_dataset(np.zeros((2, 3, 3)), [0.0, 0.5, 1.0], state_dim="component", state_coords=["x", "y", "z"])
+    dataset["time"].attrs["units"] = units
+    write_netcdf(dataset, tmp_path / "dated.nc")
+    with xr.open_dataset(tmp_path / "dated.nc", decode_timedelta=True) as opened, \
+            pytest.MonkeyPatch.context() as patch:  # (whichever way this xarray decodes durations)
+        patch.setattr(xr, "open_dataset", lambda *args, **kwargs: opened.copy())
+        with pytest.raises(DataError, match=rf"dated.nc: time is decoded as {decoded} \(units '{units}'\), but these "
+                                            r"systems' time is nondimensional: write the times as plain numbers"):
+            open_trajectories(tmp_path / "dated.nc")
+
+
 def test_a_folder_is_named_as_a_folder(tmp_path, lorenz, capsys):
     truth, _ = lorenz
     with pytest.raises(DataError, match="is a folder, not a NetCDF file; pass a file in it") as raised:
