@@ -56,6 +56,13 @@ class MoonsDataConfig:
     input_noise_levels: tuple[float, ...] = option((0.1, 0.2, 0.3), "robustness test: standard deviations of "
                                                    "extra Gaussian noise added to the test inputs", nonnegative=True)
 
+    def validate(self, where: str) -> None:
+        names = [f"{sigma:g}" for sigma in self.input_noise_levels]  # the results' keys, accuracy_noise_<sigma>
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{where}.input_noise_levels gives {', '.join(repeated)} more than once (to 6 "
+                              "significant digits, as the results name them); give each level once")
+
 
 @dataclass(frozen=True)
 class ClassifierModelConfig:

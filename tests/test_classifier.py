@@ -44,6 +44,8 @@ def test_case_file_loads_and_bad_values_name_the_field():
         parse_classifier_case({"model": {"widht": 3}})
     with pytest.raises(ConfigError, match="unknown section"):
         parse_classifier_case({"system": {}})
+    with pytest.raises(ConfigError, match=r"data.input_noise_levels gives 0.1 more than once"):
+        parse_classifier_case({"data": {"input_noise_levels": [0.1, 0.2, 0.1000001]}})  # one result key
     for overrides in ([], ["training.epochs=3"]):  # with an override into it: a bare TypeError
         with pytest.raises(ConfigError, match=r"^case: \[training\] must be a table$"):
             parse_classifier_case({"training": 5}, overrides=overrides)
