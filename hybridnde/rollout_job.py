@@ -41,7 +41,8 @@ from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout_inputs import check_closure_fits, initial_states, load_rollout_closure
 from .rollout_resume import (ROLLOUT_SECTIONS, JobRecord, checked_checkpoint, resume_identity, rollout_checksum,
                              written_elsewhere)
-from .rollout import BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds
+from .rollout import (BatchRunner, BatchState, OutputChunk, SaveSchedule, auto_batch_size, batch_bounds,
+                      check_chunk_memory)
 from .rollout_output import (RolloutSummary, chunk_layout, finished_output, leave_only_what_resumes, member_status,
                              start_output)
 from .systems import build_host_solver, resolve_dtype
@@ -108,6 +109,8 @@ def _prepare(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     batch_size = rollout.batch_size or auto_batch_size(solver, memory_budget_mb=rollout.memory_budget_mb,
                                                        time_chunk=time_chunk, n_saves=schedule.n_saves)
     batch_size = min(batch_size, rollout.members)
+    check_chunk_memory(solver, batch_size, schedule, fix="lower rollout.batch_size or output.time_chunk (rollout.batch_size = "
+                       "0 sizes batches to rollout.memory_budget_mb)")
     # before the members are drawn, on every rank (each would draw its own): a mistyped count is said at once.
     # A resume only warns: part of the file (or all of it, finished) is already on the disk
     size = rollout.members * schedule.n_saves * int(np.prod(solver.state_shape)) * solver.dtype.itemsize

@@ -17,8 +17,7 @@ from .io import STATUS_FLAGS, platform_description, trajectory_dataset
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
-__all__ = ["simulate_case", "SIMULATION_SECTIONS", "check_fits_in_memory", "check_chunk_fits_in_memory",
-           "trajectory_bytes"]
+__all__ = ["simulate_case", "SIMULATION_SECTIONS", "check_fits_in_memory", "trajectory_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +53,6 @@ def check_fits_in_memory(case: CaseConfig, *, what: str = "the simulation",
     if available is not None and needed > available:
         raise ConfigError(f"{what} holds the whole trajectory in memory: {needed / 2**30:.3g} GiB, more than the "
                           f"{available / 2**30:.3g} GiB available; {fix}")
-
-
-def check_chunk_fits_in_memory(case: CaseConfig) -> None:
-    """``ConfigError`` before any work when the streamed simulation's buffer, one output chunk of every
-    member, cannot fit in the memory available (it failed to allocate once the writer had started)."""
-    saves = case.time.n_steps // case.time.save_every + 1
-    needed, available = trajectory_bytes(case) // saves * min(case.output.time_chunk, saves), available_memory()
-    if available is not None and needed > available:
-        raise ConfigError(f"the simulation holds one output chunk of every member in memory: {needed / 2**30:.3g} GiB "
-                          f"(initial_condition.members x output.time_chunk saves x state), more than the "
-                          f"{available / 2**30:.3g} GiB available; lower output.time_chunk or initial_condition.members")
 
 
 def simulate_case(case: CaseConfig, *, progress: bool | None = None):

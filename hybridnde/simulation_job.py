@@ -32,10 +32,10 @@ from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, has_restart_
 from .output_lock import output_lock
 from .partial_repair import RECORD_KEY
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
-from .rollout import BatchRunner, BatchState, SaveSchedule
+from .rollout import BatchRunner, BatchState, SaveSchedule, check_chunk_memory
 from .rollout_output import member_status
 from .rollout_resume import written_elsewhere
-from .simulate import (check_chunk_fits_in_memory, initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
+from .simulate import (initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
                        warn_blowups, warn_unsaved_steps)
 from .simulation_resume import checked_simulation_checkpoint, finished_simulation, simulation_identity
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
@@ -113,7 +113,6 @@ def run_simulation(case: CaseConfig, out: str | Path, *, resume: bool = False, p
     out = Path(out)
     if not streams(case):
         raise ValueError(f"time.integrator = {case.time.integrator!r} runs in memory (simulate_case)")
-    check_chunk_fits_in_memory(case)
     with output_lock(out):
         if resume and _finished_already(case, out):
             return out
@@ -176,6 +175,7 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
             if "spinup_step" in checkpoint:
                 spin = (int(checkpoint["spinup_step"]), checkpoint["spinup_state"].to(solver.device))
     schedule = replace(schedule, t0=start)
+    check_chunk_memory(solver, len(member_ids), schedule, fix="lower output.time_chunk or initial_condition.members")
     state_dim, coords = state_coordinates(solver)
     writer = TrajectoryStreamWriter(
         out, members=member_ids, times=schedule.times(), state_dim=state_dim, state_coords=coords,

@@ -516,11 +516,19 @@ def test_a_failed_background_write_is_raised_not_lost(tmp_path):
 
 
 def test_first_blowup_finds_nan_inf_and_the_bound():
-    values = np.zeros((4, 5, 3))
+    values = np.zeros((6, 5, 3))
+    values[0, 2, :2] = [10.0, -10.0]  # on the bound: not past it
     values[1, 3, 0] = np.nan
     values[2, 1:, 2] = np.inf
     values[3, 4, 1] = -11.0
-    assert first_blowup(values, 100, 10.0).tolist() == [-1, 103, 101, 104]
+    values[4, 2, 0], values[5, 0, 2] = -np.inf, 11.0
+    assert first_blowup(values, 100, 10.0).tolist() == [-1, 103, 101, 104, 102, 100]
+    rng = np.random.default_rng(0)  # against the plain definition: the first save with any |u| past the bound
+    values = rng.standard_normal((50, 7, 2, 3)) * 3
+    values[rng.random(values.shape) < 0.01] = np.nan
+    past = ~(np.abs(values) <= 9.0).reshape(50, 7, -1).all(axis=2)
+    expected = np.where(past.any(axis=1), 20 + past.argmax(axis=1), -1)
+    np.testing.assert_array_equal(first_blowup(values, 20, 9.0), expected)
 
 
 def test_resume_after_an_interruption_gives_the_identical_file(tmp_path, caplog):
@@ -1178,3 +1186,20 @@ def test_ranks_per_run_is_stored_as_int64_like_the_other_counts(tmp_path):
     run_rollout(two_body_case("rollout.steps=4", "output.time_chunk=5"), out, closure=small_mlp(), progress=False)
     with xr.open_dataset(out) as finished:
         assert np.asarray(finished.attrs["ranks_per_run"]).dtype == np.asarray(finished.attrs["ranks"]).dtype == np.int64
+
+
+def test_a_batch_whose_chunks_exceed_the_memory_is_refused_before_any_file(tmp_path, monkeypatch):
+    """An explicit batch size with long chunks: 20,000 KS members in one batch with 1,000-save chunks
+    held 24 GB at its peak and the OOM killer ended the run, its partial file left behind."""
+    from hybridnde import simulate
+    from hybridnde.config import ConfigError
+
+    case = two_body_case("rollout.members=6", "rollout.batch_size=4", "rollout.steps=40", "output.time_chunk=10")
+    chunk = 4 * 10 * 4 * 8  # members x saves x state x bytes
+    monkeypatch.setattr(simulate, "available_memory", lambda: 3 * chunk - 1)
+    with pytest.raises(ConfigError, match=r"a batch of 4 members holds its chunk of 10 saves \(output.time_chunk\) 3 times "
+                                          r"over while it streams: .*; lower rollout.batch_size or output.time_chunk"):
+        run_rollout(case, tmp_path / "r.nc", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(simulate, "available_memory", lambda: 3 * chunk)
+    assert run_rollout(case, tmp_path / "r.nc", progress=False).members == 6
