@@ -14,6 +14,7 @@ with the prediction at a shared boundary sample taken from the later segment.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -146,8 +147,10 @@ class MultipleShootingLoss(AdaptiveRolloutLoss):
     Every window ``(batch, steps + 1, n)`` is split into ``n_segments`` segments; segment ``k > 0`` starts
     from the window's sample ``s_k`` plus a trainable correction stored per ``(member, sample)`` of
     the training trajectories (``corrections: (members, times, *state)``, zero-initialised), so a window
-    seen again continues from its corrections. ``parameters()`` exposes them to the trainer's optimiser
-    and ``state_dict()`` to its checkpoints. Terms: ``multiple_shooting`` (data MSE, weight 1) and
+    seen again continues from its corrections. They are gathered as rows of a table with sparse
+    gradients, and ``sparse_parameters()`` gives the table to the trainer's lazy Adam: a batch moves
+    only the corrections of its own windows (AdamW's moments and decay moved every one, every step, by
+    up to ~10x one step's move); ``state_dict()`` gives them to its checkpoints. Terms: ``multiple_shooting`` (data MSE, weight 1) and
     ``continuity`` (mean squared jump, ``continuity_weight``). ``predict`` -- validation, rollouts --
     is the plain model from the window's first sample. Adaptive torchdiffeq solves, NFE counted.
     """
@@ -163,10 +166,18 @@ class MultipleShootingLoss(AdaptiveRolloutLoss):
         if continuity_weight < 0:
             raise ValueError(f"continuity_weight={continuity_weight} must be zero or positive")
         self.continuity_weight, self.autonomous = float(continuity_weight), bool(autonomous)
-        self.corrections = nn.Parameter(torch.zeros(*trajectory_shape, device=device, dtype=dtype))
+        self.trajectory_shape = tuple(trajectory_shape)
+        members_times, state = self.trajectory_shape[:2], self.trajectory_shape[2:]
+        self.table = nn.Parameter(torch.zeros(members_times[0] * members_times[1], max(1, math.prod(state)),
+                                              device=device, dtype=dtype))
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        yield self.corrections
+    @property
+    def corrections(self) -> Tensor:
+        """``(members, times, *state)``: a view of the table (writes through it)."""
+        return self.table.view(self.trajectory_shape)
+
+    def sparse_parameters(self) -> Iterator[nn.Parameter]:
+        yield self.table
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"corrections": self.corrections.detach().clone()}
@@ -192,8 +203,10 @@ class MultipleShootingLoss(AdaptiveRolloutLoss):
         later = [start for start, _ in self.bounds[1:]]
         if later:
             offsets = torch.as_tensor(later, device=first.device)
-            corrections = self.corrections[members[None, :], first[None, :] + offsets[:, None]]  # (segments-1, batch, n)
-            starts = torch.cat([windows[:, 0][None], windows[:, later].movedim(1, 0) + corrections])
+            rows = members[None, :] * self.trajectory_shape[1] + first[None, :] + offsets[:, None]
+            corrections = nn.functional.embedding(rows, self.table, sparse=True)  # (segments-1, batch, n)
+            starts = torch.cat([windows[:, 0][None], windows[:, later].movedim(1, 0) + corrections.view_as(
+                windows[:, later].movedim(1, 0))])
         else:
             starts = windows[:, 0][None]
         _, data_loss, continuity = shoot(solver.rhs, windows, times, starts, self.bounds, self._integrate(solver),

@@ -26,6 +26,7 @@ from ..config.fields import from_mapping
 from ..data import WindowSet
 from ..progress import PROGRESS_LOG_SECONDS, progress_bar, progress_log
 from .checkpoint import load_checkpoint, save_checkpoint
+from .optimizers import ParameterSteps
 from .terms import Batch, LossTerm, Weighted, time_matters
 
 __all__ = ["Trainer", "TrainingResult", "learning_rate_at", "Validation"]
@@ -122,23 +123,22 @@ class Trainer:
         self.fingerprint, self.progress = fingerprint, progress
         self.identity = dict(identity or {})  # readable parts of the fingerprint, kept in checkpoints
         self.describe_change, self.accepted_fingerprints = describe_change, tuple(accepted_fingerprints)
-        # terms may own trainable parameters too (multiple shooting's segment starts): ``term.parameters()``
-        self.parameters = list(model.parameters()) + [p for term in self.terms
-                                                       for p in getattr(term, "parameters", tuple)()]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # the model's and the terms' parameters (multiple shooting's segment starts): see ParameterSteps
+        self.steps = ParameterSteps(model, self.terms, config)
+        self.parameters, self.optimizer = self.steps.all, self.steps.adamw
         # batches are drawn on the CPU so every device sees the same order
         self.batch_generator = torch.Generator().manual_seed(config.seed)
 
     # -- state ------------------------------------------------------------------------------------
     def _state(self, epoch: int, best: dict[str, Any], bad_epochs: int, history: list[dict]) -> dict[str, Any]:
-        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"epoch": epoch, "model": self.model.state_dict(), **self.steps.state_dict(),
                 "batch_generator": self.batch_generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "terms": {term.name: term.state_dict() for term in self.terms if hasattr(term, "state_dict")},
                 "best": best, "bad_epochs": bad_epochs, "history": history, "identity": dict(self.identity)}
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, dict[str, Any], int, list[dict]]:
+        self.steps.load_state_dict(state, self.checkpoint_file)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.batch_generator.set_state(state["batch_generator"])
         torch.set_rng_state(state["torch_rng"])
         for term in self.terms:
@@ -171,19 +171,22 @@ class Trainer:
                 skipped += 1  # a non-finite batch would poison AdamW's moments: skip it
                 non_finite.update(name for name, value in values.items() if not torch.isfinite(value).all())
                 continue
-            self.optimizer.zero_grad(set_to_none=True)
+            self.steps.zero_grad()
             try:
                 total.backward()
             except AssertionError as error:  # the adjoint solve's step underflowed: as a non-finite batch
                 if not is_step_underflow(error):
                     raise
-                self.optimizer.zero_grad(set_to_none=True)
+                self.steps.zero_grad()
                 skipped += 1
                 non_finite.add("adjoint backward")
                 continue
-            if self.config.gradient_clip > 0:
-                nn.utils.clip_grad_norm_(self.parameters, self.config.gradient_clip)
-            self.optimizer.step()
+            if not self.steps.finite_gradient():  # (a finite loss can overflow backward)
+                self.steps.zero_grad()
+                skipped += 1
+                non_finite.add("the gradient")
+                continue
+            self.steps.step()
             size = len(index)
             counted += size
             total_sum = total.detach() * size if total_sum is None else total_sum + total.detach() * size
@@ -224,12 +227,15 @@ class Trainer:
         elif resume:
             log.warning("--resume: no checkpoint at %s; starting afresh", self.checkpoint_file)
         log_handle = self._open_log(history)
-        stopped_early, checkpointed = False, start  # (start: the epochs of the checkpoint resumed, else 0)
+        checkpointed = start  # (the epochs of the checkpoint resumed, else 0)
         # a term may need epochs before early stopping can end training (homotopy: its lam = 0 stage). The
         # closure kept is still the epoch of lowest validation loss over all epochs, a coupled one included
         # (validation rolls out uncoupled): docs/training-methods.md
         earliest_stop = max((int(getattr(term, "earliest_stop", 0)) for term in self.terms), default=0)
-        bar = progress_bar(range(start, config.epochs), total=config.epochs, description="train",
+        # a checkpoint of the epoch that stopped early (the run then failed saving the closure) stops here
+        # too: another epoch could find a better validation loss and train on, as the run did not
+        stopped_early = bool(start and config.patience and bad_epochs >= config.patience and start >= earliest_stop)
+        bar = progress_bar(range(start, start if stopped_early else config.epochs), total=config.epochs, description="train",
                            enabled=self.progress, unit="epoch", initial=start)
         # without a terminal (a batch job's log) a line every PROGRESS_LOG_SECONDS, as rollouts give
         lines = progress_log(config.epochs, "train", "epoch", enabled=self.progress, every=PROGRESS_LOG_SECONDS,
@@ -238,8 +244,7 @@ class Trainer:
             for epoch in bar:
                 started = wallclock.perf_counter()
                 rate = learning_rate_at(epoch, config)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = rate
+                self.steps.set_learning_rate(rate)
                 record: dict[str, Any] = {"epoch": epoch + 1, **self._epoch(train, sample_interval, epoch)}
                 self.model.eval()
                 with torch.no_grad():
