@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import DataError, ResumeRefused, WriteFailed
 from .interrupts import interrupts_deferred
+from . import memory
 from .output_paths import (atomic_path, check_not_folders, check_output_path, disk_full_message,
                            warn_if_disk_short)
 
@@ -221,6 +222,11 @@ def open_trajectories(path: str | Path, *, load: bool = True):
         dataset.close()
         raise
     if load:
+        needed, available = dataset.nbytes, memory.available_memory()  # (from the shapes: nothing is read yet)
+        if available is not None and needed > available:
+            dataset.close()
+            raise DataError(f"{path}: its data, {needed / 2**30:.3g} GiB, do not fit in the {available / 2**30:.3g} GiB "
+                            "of memory available", "use a machine with more memory, or a file with fewer members or saves")
         try:
             dataset.load()
         except (OSError, RuntimeError) as error:  # the header read, the data do not (netCDF4: "HDF error")

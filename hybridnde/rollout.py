@@ -25,6 +25,7 @@ from torch import Tensor
 
 from solvers import Solver
 
+from . import memory
 from .config import ConfigError
 
 __all__ = ["SaveSchedule", "BatchState", "OutputChunk", "BatchRunner", "auto_batch_size", "check_chunk_memory", "batch_bounds",
@@ -332,12 +333,10 @@ def check_chunk_memory(solver: Solver, batch_size: int, schedule: SaveSchedule, 
     """``ConfigError`` before any work when a batch's chunks of saves alone (``CHUNK_COPIES``, a lower
     bound) exceed the memory available: Linux lets the allocations pass and its OOM killer then ends
     the run (20,000 KS members with 1,000-save chunks: 24 GB, killed), its files left behind."""
-    from .simulate import available_memory
-
     chunk = batch_size * min(schedule.time_chunk, schedule.n_saves) * math.prod(solver.state_shape) \
         * solver.dtype.itemsize
     needed = chunk * (CHUNK_COPIES if solver.device.type == "cpu" else CHUNK_COPIES - 1)
-    available = available_memory()
+    available = memory.available_memory()
     if available is not None and needed > available:
         saves = min(schedule.time_chunk, schedule.n_saves)
         raise ConfigError(f"a batch of {batch_size} members holds its chunk of {saves} saves (output.time_chunk) "

@@ -14,6 +14,7 @@ from .config.consistency import ode_state_size
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .initial_conditions import draw_initial_conditions, file_members_and_start
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
+from . import memory
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
@@ -32,24 +33,12 @@ def trajectory_bytes(case: CaseConfig) -> int:
     return case.initial_condition.members * saves * int(state) * 8
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says a new allocation can get (``MemAvailable``, Linux); ``None`` elsewhere."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_fits_in_memory(case: CaseConfig, *, what: str = "the simulation",
                          fix: str = "lower initial_condition.members or time.n_steps, raise time.save_every, or use a "
                                     "fixed-step time.integrator (`hybridnde simulate` streams those to disk)") -> None:
     """``ConfigError`` before any work when the trajectory cannot fit in the memory available (it was
     a MemoryError after the spin-up, or minutes of swapping); ``what`` and ``fix`` word the message."""
-    needed, available = trajectory_bytes(case), available_memory()
+    needed, available = trajectory_bytes(case), memory.available_memory()
     if available is not None and needed > available:
         raise ConfigError(f"{what} holds the whole trajectory in memory: {needed / 2**30:.3g} GiB, more than the "
                           f"{available / 2**30:.3g} GiB available; {fix}")

@@ -106,6 +106,22 @@ def test_a_failing_write_is_a_run_time_failure_not_bad_input(tmp_path, monkeypat
     assert leftovers(tmp_path) == []
 
 
+def test_a_file_larger_than_the_memory_available_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """Reading it all (training, evaluation) would have the OOM killer end the command without a word."""
+    from hybridnde import memory
+
+    out = write_netcdf(small_dataset(), tmp_path / "data.nc")
+    with open_trajectories(out, load=False) as lazy:
+        size = lazy.nbytes
+    assert size >= small_dataset()["u"].nbytes
+    monkeypatch.setattr(memory, "available_memory", lambda: size - 1)
+    with pytest.raises(DataError, match=r"data.nc: its data, .* GiB, do not fit in the .* GiB of memory available; "
+                                        r"use a machine with more memory, or a file with fewer members or saves"):
+        open_trajectories(out)
+    monkeypatch.setattr(memory, "available_memory", lambda: size)
+    assert open_trajectories(out)["u"].shape == (2, 5, 3)
+
+
 def test_a_file_whose_data_cannot_be_read_is_named_as_bad_input(tmp_path):
     """Its header opens but its chunk index is damaged: netCDF4's bare RuntimeError, a traceback at exit 1."""
     out = write_netcdf(small_dataset(), tmp_path / "data.nc", time_chunk=1)

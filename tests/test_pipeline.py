@@ -1271,15 +1271,15 @@ def test_an_output_folder_holding_another_cases_run_is_refused(finished_run, tmp
 def test_a_truth_or_reference_beyond_the_memory_available_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     """Simulations hold their trajectory in memory: a truth far beyond it was a MemoryError after the
     spin-up (or minutes of swapping). The reference is checked only where one is simulated."""
-    from hybridnde import simulate
+    from hybridnde import memory
 
-    monkeypatch.setattr(simulate, "available_memory", lambda: 2**20)  # 1 MiB: deterministic on any machine
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**20)  # 1 MiB: deterministic on any machine
     case, out = write_case(tmp_path), tmp_path / "never"
     assert run(case, out, "--quick", "--set", "initial_condition.members=1000") == 2
     assert "lower initial_condition.members" in capsys.readouterr().err and not out.exists()
     assert run(case, out, "--quick", "--set", "rollout.members=1000") == 2
     assert "the held-out reference" in capsys.readouterr().err and not out.exists()
-    monkeypatch.setattr(simulate, "available_memory", lambda: None)  # where the system does not say: no check
+    monkeypatch.setattr(memory, "available_memory", lambda: None)  # where the system does not say: no check
     variants = build_variants(case, overrides=["rollout.members=1000"], quick=True)
     check_variants(variants, out)
 

@@ -1191,15 +1191,15 @@ def test_ranks_per_run_is_stored_as_int64_like_the_other_counts(tmp_path):
 def test_a_batch_whose_chunks_exceed_the_memory_is_refused_before_any_file(tmp_path, monkeypatch):
     """An explicit batch size with long chunks: 20,000 KS members in one batch with 1,000-save chunks
     held 24 GB at its peak and the OOM killer ended the run, its partial file left behind."""
-    from hybridnde import simulate
+    from hybridnde import memory
     from hybridnde.config import ConfigError
 
     case = two_body_case("rollout.members=6", "rollout.batch_size=4", "rollout.steps=40", "output.time_chunk=10")
     chunk = 4 * 10 * 4 * 8  # members x saves x state x bytes
-    monkeypatch.setattr(simulate, "available_memory", lambda: 3 * chunk - 1)
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * chunk - 1)
     with pytest.raises(ConfigError, match=r"a batch of 4 members holds its chunk of 10 saves \(output.time_chunk\) 3 times "
                                           r"over while it streams: .*; lower rollout.batch_size or output.time_chunk"):
         run_rollout(case, tmp_path / "r.nc", progress=False)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(simulate, "available_memory", lambda: 3 * chunk)
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * chunk)
     assert run_rollout(case, tmp_path / "r.nc", progress=False).members == 6

@@ -219,9 +219,9 @@ def test_simulate_resume_on_the_command_line(tmp_path, monkeypatch, capsys):
 def test_a_streamed_simulation_is_not_held_in_memory(tmp_path, monkeypatch, capsys):
     """The in-memory simulation is refused when its trajectory exceeds the memory available; streamed,
     only a chunk is held, and it runs (adaptive integrators still run in memory, and are refused)."""
-    from hybridnde import simulate
+    from hybridnde import memory
 
-    monkeypatch.setattr(simulate, "available_memory", lambda: 450)  # the trajectory, 720 bytes, does not fit; a chunk of every member, 144 thrice, does
+    monkeypatch.setattr(memory, "available_memory", lambda: 450)  # the trajectory, 720 bytes, does not fit; a chunk of every member, 144 thrice, does
     case = small_case("lorenz63")
     with pytest.raises(Exception, match="holds the whole trajectory in memory"):
         simulate_case(case, progress=False)
@@ -486,9 +486,9 @@ def test_a_checkpoint_of_another_device_warns(tmp_path, monkeypatch, caplog):
 
 
 def test_the_memory_check_refuses_one_byte_over(monkeypatch):
-    from hybridnde import simulate
+    from hybridnde import memory, simulate
     case = small_case("lorenz63")
-    monkeypatch.setattr(simulate, "available_memory", lambda: simulate.trajectory_bytes(case) - 1)
+    monkeypatch.setattr(memory, "available_memory", lambda: simulate.trajectory_bytes(case) - 1)
     with pytest.raises(Exception, match="holds the whole trajectory in memory.*fixed-step time.integrator"):
         simulate.check_fits_in_memory(case)
 
@@ -580,15 +580,15 @@ def test_a_chunk_buffer_that_cannot_be_allocated_leaves_no_file_and_no_writer_th
 
 def test_a_chunk_buffer_larger_than_the_memory_is_refused_before_any_work(tmp_path, monkeypatch):
     """Linux lets the buffers be allocated and its OOM killer then ends the run, files left behind."""
-    from hybridnde import simulate
+    from hybridnde import memory
     from hybridnde.config import ConfigError
 
     case = small_case("ks_l22")  # 3 members x 4 saves a chunk x 64 points x 8 bytes = 6144 bytes, 3 times
-    monkeypatch.setattr(simulate, "available_memory", lambda: 3 * 6144 - 1)
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * 6144 - 1)
     with pytest.raises(ConfigError, match=r"a batch of 3 members holds its chunk of 4 saves \(output.time_chunk\) 3 "
                                           r"times over while it streams: .*; lower output.time_chunk or "
                                           r"initial_condition.members"):
         run_simulation(case, tmp_path / "truth.nc", progress=False)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(simulate, "available_memory", lambda: 3 * 6144)
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * 6144)
     assert run_simulation(case, tmp_path / "truth.nc", progress=False).is_file()
