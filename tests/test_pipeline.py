@@ -1369,3 +1369,33 @@ def test_a_training_loss_figure_not_drawn_again_does_not_stay(finished_run, tmp_
     (copy / "closure.log.jsonl").unlink()  # nothing to draw the curves from
     assert run(case, copy, "--quick", "--set", "evaluate.vpt_threshold=0.4") == 0
     assert not (copy / "figures" / "training_loss.png").exists()
+
+
+def test_an_initial_conditions_file_changed_under_the_truth_remakes_every_stage(tmp_path, capsys):
+    """The truth and reference record the configuration and the checksum of initial_condition.file, but
+    only the configuration was compared: the file given new states at the same path left the old truth,
+    and with it the closure, rollouts and scores, all reused."""
+    initial = tmp_path / "initial.nc"
+
+    def write_initial(angles, tilt):
+        states = [[np.cos(angle), tilt, np.sin(angle)] for angle in angles]
+        xr.Dataset({"u": (("member", "component"), np.array(states))},
+                   coords={"member": [0, 1, 2], "component": ["m1", "m2", "m3"]}).to_netcdf(initial)
+    write_initial([0.6, 1.0, 1.4], 0.0)
+    case = tmp_path / "case.toml"
+    case.write_text(f'[case]\nname = "rigid"\n[system]\nname = "rigid_body"\n[time]\ndt = 0.05\nn_steps = 30\n'
+                    f'[initial_condition]\ndistribution = "file"\nfile = "{initial}"\nmembers = 3\n[hybrid]\n'
+                    'setup = "neural_ode"\n[model]\nwidth = 8\ndepth = 1\n[training]\nepochs = 2\nbatch_size = 32\n'
+                    '[rollout]\nmembers = 2\nsteps = 30\n')
+    out = tmp_path / "run"
+    assert run(case, out) == 0
+    with xr.open_dataset(out / "truth.nc") as truth:
+        before = truth.u.values[:, 0].copy()
+    assert run(case, out) == 0 and set(stage_actions(out).values()) == {"reused"}
+    write_initial([0.7, 1.1, 1.3], 0.1)
+    capsys.readouterr()
+    assert run(case, out) == 0
+    assert set(stage_actions(out).values()) == {"ran"}
+    assert f"simulate: {initial} changed since" in capsys.readouterr().err
+    with xr.open_dataset(out / "truth.nc") as truth:
+        assert not np.allclose(truth.u.values[:, 0], before) and truth.u.values[0, 0, 1] == pytest.approx(0.1)

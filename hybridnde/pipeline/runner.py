@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..checksums import records_data
 from ..config import CaseConfig
 from ..evaluation_figures import EVALUATION_FIGURES, publish_evaluation
 from ..io import DataError
@@ -23,6 +22,7 @@ from ..output_paths import staging_folder
 from ..threads import torch_threads
 from . import stages
 from .checks import check_variants
+from .inputs import InputChecks
 from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
 from .record import RunRecord
 from .variants import Variant
@@ -68,54 +68,18 @@ class RunResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _Run:
+class _Run(InputChecks):
     """The state of one ``run_pipeline`` call (the record, what was made for earlier variants)."""
 
     def __init__(self, directory: Path, *, progress: bool | None, lyapunov: bool, command: str, threads: int = 1):
+        super().__init__()
         self.directory, self.progress, self.lyapunov, self.command = directory, progress, lyapunov, command
         self.threads = threads
         self.record = RunRecord(directory)
         self.made: dict[Path, StageResult] = {}
-        self._checksums: dict[tuple[Path, int, int, bool], str] = {}
         #: the summaries a person reads that the stage about to run makes out of date (written again at
         #: the end): removed first, so that an interrupted run does not leave them beside newer results
         self.summaries: list[Path] = []
-
-    def checksum(self, path: Path, *, of_bytes: bool = False) -> str:
-        """SHA-256 of a NetCDF file's data (``data.data_checksum``), or of its bytes (``of_bytes``: what
-        outputs recorded before data checksums), each computed once per run call (and again if the file
-        changes)."""
-        from ..checksums import data_checksum, file_checksum
-
-        status = path.stat()
-        key = (path.resolve(), status.st_size, status.st_mtime_ns, of_bytes)
-        if key not in self._checksums:
-            self._checksums[key] = (file_checksum if of_bytes else data_checksum)(path)
-        return self._checksums[key]
-
-    def input_changed(self, found: str | None, expected: str, recorded: str | None, source: Path, *,
-                      label: str, name: str, output: Path) -> str | None:
-        """``found``, unless the output is up to date by its configuration but was made from another
-        ``source`` file than the one there now (``recorded``: the checksum the output keeps of its data,
-        or of its bytes in older outputs; not checked when it keeps none): then ``None``, so the stage
-        runs again. A file written again with the same data is the same file."""
-        if (found != expected or not recorded or not source.is_file()
-                or records_data(recorded, source, self.checksum(source),
-                                bytes_sum=lambda: self.checksum(source, of_bytes=True))):
-            return found
-        log.warning("%s%s: %s changed since %s was made from it (checksum %s..., now %s...); making it again",
-                    label, name, source, output, recorded[:12], self.checksum(source)[:12])
-        return None
-
-    def rollout_identity(self, path: Path, expected: str, reference: Path, *, label: str, name: str,
-                         legacy: str) -> str | None:
-        """What a rollout file records of its making (configuration and closure), ``None`` where it was
-        made from another ``reference`` file than the one there now (``input_changed``); ``legacy``: the
-        same identity as recorded before the batch-size keys were left out (``rollout_checksum``)."""
-        found = stages.netcdf_identity(path, with_closure=True)
-        found = expected if found == legacy else found
-        return self.input_changed(found, expected, stages.recorded_input(path), reference, label=label, name=name,
-                                  output=path)
 
     def stage(self, name: str, path: Path, expected: str, found: str | None, run: Callable[[bool], Any], *,
               label: str, payload: dict | None = None, can_resume: bool) -> StageResult:
@@ -193,14 +157,16 @@ class _Run:
                      "trajectory's own start, so the reference and the rollouts use 1 member, not rollout.members "
                      "= %d (an extrapolation test, nothing held out)", label, case.rollout.members)
 
+        found = self.simulation_identity(truth, expected["simulate"], case, label=shown["simulate"], name="simulate")
         result.stages.append(self.stage(
-            "simulate", truth, expected["simulate"], stages.netcdf_identity(truth), label=shown["simulate"],
-            can_resume=has_restart_files(truth),
+            "simulate", truth, expected["simulate"], found, label=shown["simulate"], can_resume=has_restart_files(truth),
             run=lambda resume: stages.simulate(case, truth, progress=self.progress, resume=resume,
                                                threads=self.threads)))
         if not given_reference:
+            found = self.simulation_identity(reference, expected["reference"], stages.reference_case(case),
+                                             label=shown["reference"], name="reference")
             result.stages.append(self.stage(
-                "reference", reference, expected["reference"], stages.netcdf_identity(reference), label=shown["reference"],
+                "reference", reference, expected["reference"], found, label=shown["reference"],
                 can_resume=has_restart_files(reference),
                 run=lambda resume: stages.simulate(stages.reference_case(case), reference, progress=self.progress,
                                                    resume=resume, threads=self.threads)))
