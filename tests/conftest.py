@@ -219,7 +219,7 @@ def fused_and_unfused(n_points: int, batch: int, *, dtype=torch.float64, closure
     solvers[1].fused_updates = False
     u0 = smooth_state(solvers[0], batch, dtype, device)
     with torch.no_grad():
-        fused, unfused = (solver.rollout(u0, steps, save_every=10) for solver in solvers)
+        fused, unfused = (solver.rollout(u0, steps, save_every=min(10, steps)) for solver in solvers)
     return solvers[0], fused, unfused
 
 
