@@ -32,7 +32,7 @@ from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, reco
 from .config import CaseConfig, ConfigError
 from .evaluation_case import case_from_attributes, check_same_system, system_differences
 from .interrupts import interrupts_deferred
-from .io import DataError, open_trajectories, package_version, platform_description
+from .io import STATUS_FLAGS, DataError, open_trajectories, package_version, platform_description
 from .evaluation_summary import format_summary
 from .metrics import (DEFAULT_SPREAD, KL_BINS, KL_EPSILON, common_finite_samples, compared_modes, cost_from_attributes,
                       energy_spectrum, error_growth, finite_states, histogram_kl_divergence, invariant_drift, json_ready,
@@ -80,6 +80,20 @@ def _subsample(count: int, limit: int = MAX_CURVE_POINTS) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(count, limit)).round().astype(int))
 
 
+def _blowups_compared(pair: AlignedPair) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """``(blowup_time, status, later)`` as the scores see them: a blow-up after the last time compared
+    (a reference shorter than the rollout) is outside the horizon -- its member was valid and stable
+    over every time scored -- and ``later`` counts such members."""
+    if pair.blowup_time is None:
+        return None, pair.status, 0
+    blowup_time = np.asarray(pair.blowup_time, dtype=np.float64)
+    later = blowup_time > pair.times[-1]
+    status = pair.status
+    if status is not None:
+        status = np.where(later & (np.asarray(status) == STATUS_FLAGS["blew_up"]), STATUS_FLAGS["ok"], status)
+    return np.where(later, np.nan, blowup_time), status, int(later.sum())
+
+
 def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_exponent: float | None = None,
                     invariants: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
                     spread: Sequence[float] = DEFAULT_SPREAD, error_scale: str = "rms") -> dict[str, Any]:
@@ -92,8 +106,9 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
     except ValueError as error:  # a reference with nothing to measure against: bad input, not a crash
         raise DataError(f"{error} (over the {pair.times.size} times the files share)") from None
     error = normalised_error(pair.predicted, pair.truth, scale=scale)
-    vpt, reached = valid_prediction_time(error, times, threshold=threshold, blowup_time=pair.blowup_time)
-    stable = stable_members(pair.predicted, status=pair.status, blowup_time=pair.blowup_time)
+    blowup_time, status, later = _blowups_compared(pair)
+    vpt, reached = valid_prediction_time(error, times, threshold=threshold, blowup_time=blowup_time)
+    stable = stable_members(pair.predicted, status=status, blowup_time=blowup_time)
     metrics: dict[str, Any] = {
         "members": int(pair.members.size), "times": int(times.size), "start_time": start,
         "horizon": float(times[-1] - start), "time_units": pair.time_units, "threshold": float(threshold),
@@ -110,6 +125,9 @@ def compute_metrics(pair: AlignedPair, *, threshold: float = 0.5, lyapunov_expon
                                                    until=np.searchsorted(times, start + vpt, side="right")).sum()),
         "notes": list(pair.notes),
     }
+    if later:
+        metrics["notes"].append(f"{later} member(s) blew up after the last time compared ({times[-1]:.6g}): within "
+                                "the horizon they count as stable")
     ended = int((np.isnan(error[:, -1]) & ~np.isnan(error).all(axis=1) & ~(error > threshold).any(axis=1)).sum())
     if ended:  # valid as far as the truth goes: a lower bound, and not "valid to the horizon"
         metrics["notes"].append(f"the truth is undefined before the horizon for {ended} member(s) that stay within "

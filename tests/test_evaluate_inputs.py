@@ -192,3 +192,42 @@ def test_a_folder_is_named_as_a_folder(tmp_path, lorenz, capsys):
     assert "rollout.nc" in str(raised.value) and "no such file" not in str(raised.value)
     status, _, err = evaluate(capsys, tmp_path, truth)
     assert status == 2 and f"{tmp_path}: is a folder" in err, err
+
+
+def _scored_pair(tmp_path, reference_times, rollout_times, *, blown=None, status=None):
+    """Two members on a circle, the rollout equal to the reference where both are given; ``blown``:
+    (member, time) from which the rollout is NaN, with that blow-up time and status recorded."""
+    def circle(times, member):
+        return np.stack([np.cos(times + member), np.sin(times + member)], -1) + 3.0
+
+    reference = np.stack([circle(reference_times, m) for m in range(2)])
+    predicted = np.stack([circle(rollout_times, m) for m in range(2)])
+    blowup_time, flags = np.full(2, np.nan), np.zeros(2, np.int8)
+    if blown is not None:
+        member, time = blown
+        predicted[member, rollout_times >= time] = np.nan
+        blowup_time[member], flags[member] = time, 1
+    paths = []
+    for name, times, u, extra in (("reference", reference_times, reference, {}),
+                                  ("rollout", rollout_times, predicted, {"status": flags, "blowup_time": blowup_time})):
+        dataset = trajectory_dataset(u, times, state_dim="component", state_coords=["x", "y"])
+        for key, values in extra.items():
+            dataset[key] = ("member", values)
+        paths.append(write_netcdf(dataset, tmp_path / f"{name}.nc"))
+    return paths
+
+
+def test_a_blow_up_after_the_last_time_compared_is_outside_the_horizon(tmp_path):
+    """A rollout to t = 20 scored against a reference to t = 10: the member that blew up at 15.5 was
+    valid to the horizon and stable over every time scored, but counted as neither."""
+    from hybridnde.evaluate import evaluate_files
+
+    rollout, reference = _scored_pair(tmp_path, np.arange(11.0), np.arange(21.0), blown=(1, 15.5))[::-1]
+    metrics = evaluate_files(rollout, reference)
+    assert metrics["horizon"] == 10.0 and metrics["valid_prediction_time"]["per_member"] == [10.0, 10.0]
+    assert (metrics["reached_horizon_fraction"], metrics["stable_fraction"], metrics["stable_members"]) == (1.0, 1.0, 2)
+    assert any("1 member(s) blew up after the last time compared (10)" in note for note in metrics["notes"])
+    rollout, reference = _scored_pair(tmp_path, np.arange(11.0), np.arange(21.0), blown=(1, 5.5))[::-1]
+    metrics = evaluate_files(rollout, reference)  # within the horizon: failed as before
+    assert (metrics["reached_horizon_fraction"], metrics["stable_members"]) == (0.5, 1)
+    assert metrics["valid_prediction_time"]["per_member"][1] == pytest.approx(5.0)
