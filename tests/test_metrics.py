@@ -131,6 +131,23 @@ def test_error_growth_percentiles_match_numpy_and_rank_divergence_last():
     assert np.isinf(quantiles(np.array([1.0, np.inf, np.inf]), [50, 84])).all()
 
 
+def test_error_growth_leaves_out_members_whose_truth_is_undefined():
+    """NaN (the reference member blew up) is no diverged prediction: ranked as +inf, it made the median
+    infinite with every prediction finite. Left out per time, against numpy over the defined members."""
+    rng = np.random.default_rng(1)
+    error = rng.lognormal(size=(9, 20))
+    error[:5, 12:] = np.nan  # five of nine truths undefined from time 12
+    error[6, 15:] = np.inf   # one prediction diverged
+    error[:, 19] = np.nan    # no truth at all at the last time
+    growth = error_growth(error)
+    for time in range(19):
+        column = error[:, time]
+        np.testing.assert_allclose(growth[:, time], quantiles(column[~np.isnan(column)], [16, 50, 84]), rtol=1e-12)
+    np.testing.assert_allclose(growth[:, :12], np.percentile(error[:, :12], [16, 50, 84], axis=0), rtol=1e-12)
+    assert np.isfinite(growth[1, 12:15]).all() and np.isnan(growth[:, 19]).all()
+    assert np.isinf(growth[2, 15:19]).all()  # the diverged one of four defined members tops the 84th percentile
+
+
 def test_stable_members_need_status_ok_finite_states_and_no_blowup():
     u = np.ones((4, 5, 2))
     u[1, 3] = np.nan

@@ -157,12 +157,18 @@ def valid_prediction_time(error: np.ndarray, times: np.ndarray, *, threshold: fl
 def error_growth(error: np.ndarray, *, percentiles=(16.0, 50.0, 84.0)) -> np.ndarray:
     """Percentiles over members of the error at every time: ``(len(percentiles), time)``.
 
-    Non-finite errors (diverged members) rank as ``+inf``, so the median turns infinite once more
-    than half the members have diverged.
+    Diverged members (``+inf``) rank as ``+inf``, so the median turns infinite once more than half
+    the members have diverged; where the truth is undefined (NaN: a reference member that blew up)
+    the member is left out of that time's percentiles (NaN at a time with none left) -- it was ranked
+    as diverged, and the curves went infinite with no prediction diverged.
     """
     from .summary import quantiles
 
-    return quantiles(np.asarray(error, dtype=np.float64), percentiles, axis=0)
+    error = np.asarray(error, dtype=np.float64)
+    undefined = np.isnan(error)
+    if not undefined.any():
+        return quantiles(error, percentiles, axis=0)
+    return np.stack([quantiles(column[~gap], percentiles) for column, gap in zip(error.T, undefined.T)], axis=-1)
 
 
 def stable_members(predicted: np.ndarray, *, status: np.ndarray | None = None,
