@@ -875,6 +875,15 @@ def test_a_groups_mean_says_what_it_is_over():
     assert _group_cell(_mean_std([0.5, 1.0, None]), fraction=True, variants=3) == \
         "75% +- 35% (over 2 of 3: the others n/a or inf)"
     assert _group_cell(_mean_std([None]), fraction=False, variants=1) == "n/a"
+    # shares round down, as `hybridnde evaluate` says them: 998 stable of 1000 read "100% +- 0%"
+    assert _group_cell(_mean_std([0.998, 0.998]), fraction=True, variants=2) == "99.8% +- 0%"
+
+
+def test_the_reports_shares_of_members_round_down_as_evaluates_do():
+    from hybridnde.pipeline.formatting import percent
+
+    assert (percent(0.999), percent(0.004), percent(0.0004), percent(1.0, 10, 10)) == ("99.9%", "0.4%", "<0.1%",
+                                                                                        "100% (10/10)")
 
 
 def test_a_compared_variant_that_fails_leaves_the_others_and_a_new_table(tmp_path, capsys):
@@ -1399,3 +1408,21 @@ def test_an_initial_conditions_file_changed_under_the_truth_remakes_every_stage(
     assert f"simulate: {initial} changed since" in capsys.readouterr().err
     with xr.open_dataset(out / "truth.nc") as truth:
         assert not np.allclose(truth.u.values[:, 0], before) and truth.u.values[0, 0, 1] == pytest.approx(0.1)
+
+
+def test_compare_md_says_initial_states_were_not_checked_where_they_were_not():
+    """A reference on another grid than the truth's is not checked against the training data (None): the
+    table said "held-out initial states", where each variant's report says it was not checked."""
+    import types
+
+    from hybridnde.pipeline.comparison import _starts_phrase
+
+    case = load_case(Path(__file__).resolve().parent.parent / "cases" / "ks_l22.toml")
+
+    def outcome(*counts):
+        return types.SimpleNamespace(variants=[types.SimpleNamespace(case=case, metrics={} if count == "absent" else
+                                                                     {"members_from_training_states": count})
+                                               for count in counts])
+    assert _starts_phrase(outcome(0, 0)) == _starts_phrase(outcome("absent")) == "held-out initial states"
+    assert _starts_phrase(outcome(0, None)) == "initial states not checked against the training data (another grid)"
+    assert "**not held out** (2 member(s)" in _starts_phrase(outcome(None, 2))

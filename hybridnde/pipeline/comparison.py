@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..evaluation_summary import percent_down
 from ..io import atomic_path, package_version
 from .formatting import given, median_spread, number, percent, relative_link, spread_keys
 from .plots import error_growth_comparison_figure
@@ -104,7 +105,7 @@ def _group_cell(stats: Mapping[str, Any], *, fraction: bool, variants: int) -> s
     if stats["mean"] is None:
         return "n/a"
     if fraction:
-        mean, std = f"{100 * stats['mean']:.0f}%", f"{100 * stats['std']:.0f}%"
+        mean, std = percent_down(stats["mean"]), f"{100 * stats['std']:.2g}%"
     else:
         mean, std = number(stats["mean"]), number(stats["std"])
     cell = mean if stats["count"] == 1 else f"{mean} +- {std}"
@@ -146,9 +147,12 @@ def _spread_of(outcome: RunResult, key: str) -> str:
 def _starts_phrase(outcome: RunResult) -> str:
     if repeats_training_start(outcome.variants[0].case):
         return "initial state, the training start (initial_condition.distribution = 'point': nothing held out)"
-    seen = max(int(r.metrics.get("members_from_training_states") or 0) for r in outcome.variants)
+    found = [r.metrics.get("members_from_training_states", 0) for r in outcome.variants]  # (None: not checked)
+    seen = max(int(count or 0) for count in found)
     if seen:
         return f"initial states, **not held out** ({seen} member(s) start from states of the training data)"
+    if any(count is None for count in found):  # (a reference on another grid than the training data's)
+        return "initial states not checked against the training data (another grid)"
     return "held-out initial states"
 
 

@@ -5,6 +5,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..evaluation_summary import percent_down
+
 __all__ = ["number", "given", "spread_keys", "median_spread", "percent", "relative_link"]
 
 
@@ -44,7 +46,7 @@ def median_spread(summary: Mapping[str, Any] | None, keys: tuple[str, str]) -> s
 def percent(fraction: Any, count: int | None = None, total: int | None = None) -> str:
     if fraction is None:
         return "n/a"
-    text = f"{100 * float(fraction):.0f}%"
+    text = percent_down(float(fraction))  # as `hybridnde evaluate` says it: 999 of 1000 is not "100%"
     return f"{text} ({count}/{total})" if count is not None and total is not None else text
 
 
