@@ -57,9 +57,12 @@ def _replace_figures(drawn: list[Path], folder: Path, names: Iterable[str]) -> N
 
 
 def _representative_member(metrics: Mapping[str, Any]) -> int:
-    """Index of the member whose VPT is closest to the median (ties: the first)."""
+    """Index of the member whose VPT is closest to the median (ties: the first; members without a VPT,
+    their truth undefined throughout, are passed over: argmin took NaN as the closest)."""
     vpt = np.asarray(metrics["valid_prediction_time"]["per_member"], dtype=np.float64)
-    return int(np.argmin(np.abs(vpt - metrics["valid_prediction_time"]["median"])))
+    median = metrics["valid_prediction_time"]["median"]
+    distance = np.abs(vpt - (np.nan if median is None else median))
+    return int(np.nanargmin(distance)) if np.isfinite(distance).any() else 0
 
 
 def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str | Path, *, title: str = "",

@@ -371,3 +371,15 @@ def test_a_recorded_closure_that_cannot_be_found_is_refused_not_replaced_by_the_
     found = closure_for_lyapunov({"closure_checksum": _checksum(changed), "closure_file": "elsewhere/c.pt"},
                                  tmp_path / "r.nc", None, case)  # beside the rollout, as `run` keeps it
     assert found is not None
+
+
+def test_the_figures_representative_member_is_never_one_without_a_valid_time():
+    """np.argmin takes NaN as the smallest distance: a member whose truth was undefined throughout (no
+    VPT) was drawn as the "median" member."""
+    from hybridnde.evaluation_figures import _representative_member
+
+    def metrics(per_member, median):
+        return {"valid_prediction_time": {"per_member": per_member, "median": median}}
+    assert _representative_member(metrics([float("nan"), 1.0, 3.0, 2.2], 2.0)) == 3
+    assert _representative_member(metrics([None, 5.0, 1.0], 3.0)) == 1  # a tie: the first
+    assert _representative_member(metrics([None, None], None)) == 0
