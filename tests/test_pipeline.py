@@ -1426,3 +1426,20 @@ def test_compare_md_says_initial_states_were_not_checked_where_they_were_not():
     assert _starts_phrase(outcome(0, 0)) == _starts_phrase(outcome("absent")) == "held-out initial states"
     assert _starts_phrase(outcome(0, None)) == "initial states not checked against the training data (another grid)"
     assert "**not held out** (2 member(s)" in _starts_phrase(outcome(None, 2))
+
+
+def test_the_comparison_figure_draws_each_variants_threshold(tmp_path, monkeypatch):
+    """With --compare evaluate.vpt_threshold=... only the first variant's threshold was drawn."""
+    from matplotlib.axes import Axes
+
+    from hybridnde.pipeline.plots import error_growth_comparison_figure
+
+    def curve(threshold: float) -> dict:
+        times = np.linspace(0.0, 10.0, 11)
+        return {"error_growth": {"time": times, "p16": 0.01 * np.exp(times), "median": 0.02 * np.exp(times),
+                                 "p84": 0.03 * np.exp(times)}, "threshold": threshold,
+                "spread_percentiles": [16.0, 84.0], "start_time": 0.0, "valid_prediction_time": {"median": 3.0}}
+    lines, horizontal = [], Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y, **kwargs: (lines.append(y), horizontal(self, y, **kwargs))[1])
+    error_growth_comparison_figure([("a", curve(0.05)), ("b", curve(2.0)), ("c", curve(2.0))], tmp_path / "c.png")
+    assert lines == [0.05, 2.0]

@@ -110,7 +110,8 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
         axis.plot(times, _positive(growth["median"]), color=colour, linewidth=1.8, label=shown)
         if median is not None:
             axis.axvline(start + median, color=colour, linestyle=":", linewidth=1.2)
-    axis.axhline(first["threshold"], color="k", linestyle="--", linewidth=1.0, label=f"threshold {first['threshold']:g}")
+    for threshold in dict.fromkeys(metrics["threshold"] for _, metrics in curves):  # (--compare evaluate.vpt_threshold)
+        axis.axhline(threshold, color="k", linestyle="--", linewidth=1.0, label=f"threshold {threshold:g}")
     axis.plot([], [], color="0.3", linestyle=":", linewidth=1.2, label="median valid prediction time (dotted)")
     if bands:
         axis.fill_between([], [], [], color="0.3", alpha=0.15, label=f"{spread[0]:g}-{spread[1]:g}th percentile band")
