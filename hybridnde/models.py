@@ -23,10 +23,16 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def _activation(name: str) -> nn.Module:
+def _checked_activation(name: str) -> str:
+    """``name``, or ``ValueError`` naming the choices (also where no layer takes it: ``depth = 0``, whose
+    spec would store a name no later model could be built with)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"activation={name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return name
+
+
+def _activation(name: str) -> nn.Module:
+    return ACTIVATIONS[_checked_activation(name)]()
 
 
 class _Normalized(nn.Module):
@@ -66,6 +72,7 @@ class MLPClosure(_Normalized):
 
     def __init__(self, *, state_dim: int, width: int = 200, depth: int = 2, activation: str = "tanh"):
         state_dim, width, depth = _check_sizes(state_dim=state_dim, width=width, depth=depth).values()
+        activation = _checked_activation(activation)
         super().__init__((state_dim,))
         self.spec = {"kind": "mlp", "state_dim": state_dim, "width": width, "depth": depth,
                                      "activation": activation}
@@ -137,6 +144,7 @@ class PeriodicCNNClosure(_Normalized):
 
     def __init__(self, *, channels: int = 32, depth: int = 2, kernel_size: int = 5, activation: str = "tanh"):
         channels, depth, kernel_size = _check_sizes(channels=channels, depth=depth, kernel_size=kernel_size).values()
+        activation = _checked_activation(activation)
         super().__init__((1,))
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd (centred stencils keep the grid aligned)")

@@ -119,3 +119,11 @@ def test_members_at_once_blocks_only_float64_on_a_cpu():
     model.unfold_block_bytes = 64 * 1024
     assert model.members_at_once(torch.empty(23, 40, dtype=torch.float64)) == 5
     assert model.members_at_once(torch.empty(23, 40, dtype=torch.float64, device="meta")) == 23
+
+
+@pytest.mark.parametrize("make", [lambda: MLPClosure(state_dim=2, depth=0, activation="sine"),
+                                  lambda: PeriodicCNNClosure(depth=0, activation="sine")])
+def test_an_unknown_activation_is_refused_where_no_layer_takes_it(make):
+    """depth = 0 built without complaint and stored "sine" in its spec, which no model could be built from."""
+    with pytest.raises(ValueError, match=r"activation='sine'; choose one of"):
+        make()
