@@ -217,10 +217,13 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
     try:
         return _run(case, out, setup, checkpoint, progress, comm)
     except BaseException as failure:
-        if comm.size > 1:
+        if comm.size > 1 and isinstance(failure, KeyboardInterrupt):  # (a scheduler's SIGTERM reaches every rank)
+            log.critical("rank %d of %d interrupted%s", comm.rank, comm.size,
+                         f" by {failure.args[0]}" if failure.args else "")
+        elif comm.size > 1:
             full = disk_full_message(failure)  # not a bug: the message without a traceback, as in one process
             log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__, full or failure,
-                         exc_info=not (full or isinstance(failure, KeyboardInterrupt)))
+                         exc_info=not full)
         leave_only_what_resumes(out, setup.writer, other_rank=comm.rank > 0)  # before an abort ends the job
         if comm.size > 1:
             if checkpoint_path(out).exists():

@@ -179,6 +179,8 @@ FAILING_DRIVER = textwrap.dedent("""
             if os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK")) == failing and float(t) > after:
                 if failure == "disk_full":  # stands in for the writer meeting a full disk
                     raise OSError(errno.ENOSPC, "No space left on device")
+                if failure == "sigterm":  # as the signal handler raises it
+                    raise KeyboardInterrupt("SIGTERM")
                 raise RuntimeError("closure exploded on purpose")
             return torch.zeros_like(u)
 
@@ -317,3 +319,14 @@ def test_a_resume_over_a_finished_file_that_cannot_be_read_starts_afresh_on_ever
     assert "cannot be read as a rollout" in result.stderr
     with xr.open_dataset(out) as dataset:
         assert dataset.attrs["ranks"] == 2 and (dataset.status.values == STATUS_FLAGS["ok"]).all()
+
+
+def test_a_rank_stopped_by_sigterm_says_so_and_keeps_the_checkpoint(cases, tmp_path):
+    """It read "rank 1 of 2 failed: KeyboardInterrupt: SIGTERM", as a failure; exit 130, as in one process."""
+    out = tmp_path / "rollout.nc"
+    result = mpiexec(2, sys.executable, "-c", FAILING_DRIVER, str(cases / "two_body.toml"), str(out), "sigterm", "2.0",
+                     "rollout.checkpoint_every=10", cwd=tmp_path)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "rank 1 of 2 interrupted by SIGTERM" in result.stderr and "failed" not in result.stderr
+    assert "Traceback" not in result.stderr and "--resume` continues from the last checkpoint" in result.stderr
+    assert not out.exists() and partial_path(out).exists()
