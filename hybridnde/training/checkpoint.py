@@ -49,7 +49,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], *, fingerprint: str
 def checkpoint_epoch(path: str | Path) -> int | None:
     """The epochs a readable checkpoint holds (for messages); ``None`` when it cannot be read."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])  # (no tensor read)
     except Exception:  # (a message is not the place to diagnose it: a resume does)
         return None
 
