@@ -20,7 +20,7 @@ import threading
 from . import __version__
 from .allocator import keep_freed_memory
 from .config import ConfigError
-from .interrupts import interrupt_on_signal
+from .interrupts import interrupt_on_signal, interrupts_deferred
 from .errors import WriteFailed
 from .io import COMMAND_LINE, DataError, disk_full_message
 
@@ -110,9 +110,13 @@ def _single_process_under_ranks(command: str) -> bool:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    if _single_process_under_ranks(arguments.command):
-        return 2
     try:
+        # an interrupt inside torch's C++ start-up aborted the process (pybind11: std::terminate) or left a
+        # traceback: held until torch is loaded, then said as any other
+        with interrupts_deferred():
+            import torch  # noqa: F401
+        if _single_process_under_ranks(arguments.command):
+            return 2
         return int(arguments.run(arguments) or 0)
     except (ConfigError, DataError) as error:
         # bad input: raised by validation before any work starts

@@ -395,3 +395,34 @@ def test_a_full_disk_in_train_says_that_resume_continues(tmp_path, monkeypatch, 
                  str(tmp_path / "closure.pt")]) == 1
     error = capsys.readouterr().err
     assert "no space left on the device" in error and "--resume continues from it" in error and "Traceback" not in error
+
+
+INTERRUPTED_WHILE_TORCH_LOADS = """
+import importlib.abc, os, signal, sys
+
+
+class SignalOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":  # as a scheduler's SIGTERM lands in the second torch takes to load
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        return None
+
+
+sys.meta_path.insert(0, SignalOnImport())
+from hybridnde.cli import main
+assert "torch" not in sys.modules
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_an_interrupt_while_torch_loads_is_said_as_any_other(tmp_path, signal_name):
+    """It came before the command's handling: a traceback, and now and then a C++ abort (pybind11's
+    std::terminate on a KeyboardInterrupt inside torch's start-up), where exit 130 and one line belong."""
+    out = tmp_path / "truth.nc"
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_TORCH_LOADS, signal_name, "simulate",
+                             str(write_case(tmp_path)), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "hybridnde simulate: interrupted" in result.stderr
+    assert not out.exists()
