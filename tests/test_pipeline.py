@@ -1012,6 +1012,18 @@ def test_a_read_only_folder_of_an_earlier_run_is_refused_before_any_stage(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["figures"]
 
 
+@pytest.mark.parametrize("name, compare", [("figures", []), ("epochs=2", ["--compare", "training.epochs=2,3"])])
+def test_a_file_where_the_run_makes_a_folder_is_refused_before_any_stage(tmp_path, capsys, name, compare):
+    """figures/ as a file failed with a traceback once every stage had run; a variant's folder as a file
+    was refused once the shared simulations had run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text("a file")
+    assert run(write_case(tmp_path), out, "--quick", *compare) == 2
+    assert f"{out / name} is a file where this run makes a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [name]
+
+
 @pytest.mark.parametrize("name", ["report.md", "regularizer=fd/closure.log.jsonl"])
 def test_a_folder_where_the_run_writes_a_file_is_refused_before_any_stage(tmp_path, capsys, name):
     """A folder named report.md failed the run with a traceback once every stage had run."""

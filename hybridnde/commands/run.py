@@ -82,6 +82,9 @@ def _check_existing_folders(directory: Path, variant_labels: list[str]) -> None:
     for label in variant_labels:
         folders += [directory / label, directory / label / "figures"]
     for folder in folders:
+        if folder.exists() and not folder.is_dir():  # (found after every stage had run: a traceback)
+            raise DataError(f"--out {directory}: {folder} is a file where this run makes a folder; move it away or "
+                            "choose another --out")
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise DataError(f"--out {directory}: cannot write in {folder}, which this run writes into; make it "
                             "writable or choose another --out")
