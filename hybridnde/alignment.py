@@ -132,9 +132,10 @@ def _member_pairs(rollout_members: np.ndarray, reference_members: np.ndarray, ma
     lookup = {int(member): index for index, member in enumerate(reference_members)}
     missing = [int(m) for m in rollout_members if int(m) not in lookup]
     if missing:
+        by_position = (", or pair members by position with match_members='index' (--match-members index)"
+                       if reference_members.size >= rollout_members.size else "")  # (which needs as many)
         raise DataError(f"{names[1]} lacks members {missing[:8]}{' ...' if len(missing) > 8 else ''} of {names[0]} "
-                        f"(it has {reference_members.min()}..{reference_members.max()}); simulate them, or pair "
-                        "members by position with match_members='index' (--match-members index)")
+                        f"(it has {reference_members.min()}..{reference_members.max()}); simulate them{by_position}")
     return np.array([lookup[int(m)] for m in rollout_members], dtype=np.int64)
 
 

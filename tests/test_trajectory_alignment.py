@@ -155,3 +155,16 @@ def test_a_finer_rollout_is_restricted_and_described_on_the_reference_grid():
     np.testing.assert_allclose(pair.state_coords, reference["x"].values)
     np.testing.assert_allclose(pair.predicted, pair.truth, atol=1e-12)
     assert pair.domain_length == pytest.approx(22.0, rel=1e-12)
+
+
+def test_pairing_by_position_is_offered_only_where_it_could_work():
+    """A reference with fewer members than the rollout was told to pair by position, which then refused
+    it for having fewer members; one with as many, under other labels, is told so still."""
+    def dataset(members):
+        return trajectory_dataset(np.ones((len(members), 3, 2)), [0.0, 0.1, 0.2], state_dim="component",
+                                  state_coords=["a", "b"], members=np.array(members))
+    with pytest.raises(DataError, match=r"lacks members \[2, 3\] of rollout \(it has 0..1\); simulate them$"):
+        align_trajectories(dataset([0, 1, 2, 3]), dataset([0, 1]))
+    with pytest.raises(DataError, match=r"simulate them, or pair members by position .*--match-members index"):
+        align_trajectories(dataset([0, 1, 2, 3]), dataset([0, 1, 7, 8]))
+    assert align_trajectories(dataset([0, 1, 2, 3]), dataset([0, 1, 7, 8]), match_members="index").members.size == 4
