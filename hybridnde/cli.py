@@ -64,9 +64,10 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 #: how a command stopped by a full disk goes on once there is room (the others start again)
-CONTINUES = {"simulate": " (a fixed-step time.integrator's checkpoint is kept: --resume continues from it)",
-             "train": " (what was checkpointed is kept: --resume continues from it)",
-             "rollout": " (what was checkpointed is kept: --resume continues from it)",
+CONTINUES = {"simulate": " (a fixed-step time.integrator's checkpoint, if one was written, is kept: --resume continues "
+                         "from it)",
+             "train": " (a checkpoint, if one was written, is kept: --resume continues from it)",
+             "rollout": " (a checkpoint, if one was written, is kept: --resume continues from it)",
              "run": " (finished stages and checkpoints are kept: the same command continues)"}
 
 

@@ -110,7 +110,10 @@ def disk_full_message(failure: BaseException) -> str | None:
         seen.add(id(error))
         if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
                 "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
-            return f"no space left on the device ({error}); free some space or choose another --out"
+            # one line: HDF5's report spans several, with the time, buffer addresses and offsets
+            said = str(error) if isinstance(error, OSError) else next(
+                words for words in ("No space left on device", "Disk quota exceeded") if words in str(error))
+            return f"no space left on the device ({' '.join(said.split())}); free some space or choose another --out"
         error = error.__cause__ or error.__context__
     return None
 

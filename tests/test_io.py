@@ -418,6 +418,11 @@ def test_a_full_disk_is_told_without_a_traceback_however_the_error_is_wrapped():
 
     assert disk_full_message(RuntimeError("HDF error: No space left on device")).endswith(
         "; free some space or choose another --out")  # (HDF5's errors carry no errno)
+    hdf5 = RuntimeError("Can't synchronously write data (file write failed: time = Sat Nov 28 20:01:02 2026\n"
+                        ", filename = 't.nc', buf = 0x7f00, total write size = 4096, errno = 28, error message = "
+                        "'No space left on device')")  # one line, not HDF5's several with addresses
+    assert disk_full_message(hdf5) == "no space left on the device (No space left on device); free some space or " \
+                                      "choose another --out"
     try:
         try:
             raise OSError(errno.ENOSPC, "full")
