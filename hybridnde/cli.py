@@ -52,7 +52,9 @@ def _reject_unknown(parser: argparse.ArgumentParser, command: str, extras: list[
     options = [option for action in verb._actions for option in action.option_strings]
     hints = []
     for extra in extras:
-        if extra.startswith("--"):
+        if command == "run" and extra == "--resume":  # (every other long verb takes it)
+            hints.append("--resume: `hybridnde run` needs none, the same command continues where it stopped")
+        elif extra.startswith("--"):
             close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1, cutoff=0.6)
             hints += [f"{extra}: did you mean {close[0]}?"] if close else []
     verb.error(f"unrecognized arguments: {' '.join(extras)}" + ("; " + "; ".join(hints) if hints else ""))

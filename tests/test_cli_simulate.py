@@ -259,7 +259,9 @@ def test_a_misspelt_option_gets_the_verbs_usage_and_the_closest_option(capsys):
     for argv, verb, hint in ((["simulate", "case.toml", "--quik"], "simulate", "--quik: did you mean --quick?"),
                              (["evaluate", "r.nc", "--reference", "t.nc", "--treshold=0.3"], "evaluate",
                               "--treshold=0.3: did you mean --threshold?"),
-                             (["run", "case.toml", "extra"], "run", None)):
+                             (["run", "case.toml", "extra"], "run", None),
+                             # "did you mean --set?": run takes no --resume, the same command continues
+                             (["run", "case.toml", "--resume"], "run", "--resume: `hybridnde run` needs none")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
