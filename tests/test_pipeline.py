@@ -799,11 +799,11 @@ def test_report_cells_for_blown_up_models_gapped_spectra_and_drifting_truths():
     metrics = {"valid_prediction_time": {"median": 8.15}, "members": 4, "stable_members": 4, "horizon": 100.0}
     own = {"energy": {"rollout": {"median": 0.3}, "reference": {"median": 0.05}}}
     assert "drift" not in verdict({**metrics, "invariant_drift": own})
-    assert "energy by 0.300 drift" in verdict({**metrics, "invariant_drift": {"energy": {**own["energy"],
+    assert "its energy drifts by 0.300 (median" in verdict({**metrics, "invariant_drift": {"energy": {**own["energy"],
                                                                                       "reference": {"median": 1e-8}}}})
     # above 1 the states are not the system's, whatever its integrator loses
     unphysical = {"energy": {"rollout": {"median": 1.5}, "reference": {"median": 0.2}}}
-    assert "energy by 1.50 drift (median over members of the largest relative drift): its states are not the " \
+    assert "energy drifts by 1.50 (median over members of the largest relative drift): its states are not the " \
         "system's" in verdict({**metrics, "invariant_drift": unphysical})
     u = np.zeros((3, 6, 4))
     u[0] = (np.arange(6) * 0.5)[:, None]  # drifts by 2.5 ...
@@ -1231,12 +1231,12 @@ def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
     assert "7.38 Lyapunov times" in verdict(metrics, held_out=False)
     drifting = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 34.7}},
                                                        "casimir": {"rollout": {"median": 2.0}}}})
-    assert ("; but its energy by 34.7 and casimir by 2.00 drift (median over members of the largest relative drift): "
+    assert ("; but its energy drifts by 34.7 and casimir drifts by 2.00 (median over members of the largest relative drift): "
             "its states are not the system's, and its states are distributed unlike") in drifting
     assert drifting.count("; but ") == 1
     # a drift above 10% is said (two-body quick: energy 0.485 passed without a word), not as unphysical
     mild = verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.49}}}})
-    assert "; but its energy by 0.490 drift (median over members of the largest relative drift), and" in mild
+    assert "; but its energy drifts by 0.490 (median over members of the largest relative drift), and" in mild
     assert "not the system's" not in mild
     assert "drift" not in verdict({**metrics, "invariant_drift": {"energy": {"rollout": {"median": 0.09}}}})
     # a field whose spatial mean the truth conserves and the model does not (ks_l22 quick: 0.17 of the rms)

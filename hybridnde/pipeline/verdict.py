@@ -117,14 +117,15 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
         if median is None or not math.isfinite(median):
             continue
         if median > INVARIANT_DRIFT_UNPHYSICAL:  # whatever the integrator does, these are not its states
-            drifting.append(f"{name} by {number(median)}")
+            drifting.append(f"{name} drifts by {number(median)}")
         elif median > max(INVARIANT_DRIFT_NOTED, 10 * own):
-            noted.append(f"{name} by {number(median)}")
+            noted.append(f"{name} drifts by {number(median)}")
+    # "its energy drifts by 2.17" (it read "its energy by 2.17 drift")
     if drifting:
-        concerns.append(f"its {' and '.join(drifting)} drift (median over members of the largest relative drift): "
+        concerns.append(f"its {' and '.join(drifting)} (median over members of the largest relative drift): "
                         "its states are not the system's")
     if noted:
-        concerns.append(f"its {' and '.join(noted)} drift (median over members of the largest relative drift)")
+        concerns.append(f"its {' and '.join(noted)} (median over members of the largest relative drift)")
     mean = metrics.get("mean_drift") or {}
     moved, kept = (mean.get("rollout") or {}).get("median"), (mean.get("reference") or {}).get("median")
     if moved is not None and kept is not None and math.isfinite(moved) and moved > INVARIANT_DRIFT_NOTED > 100 * kept:
