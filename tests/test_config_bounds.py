@@ -127,3 +127,23 @@ def test_the_largest_values_the_joining_rules_allow_are_accepted():
     assert modes.initial_condition.n_modes == 8  # N/2
     assert len(parse_case({"system": {"name": "lorenz63"}, "initial_condition": {
         "distribution": "gaussian", "value": [1, 1, 1], "std": [1]}}).initial_condition.std) == 1
+
+
+def test_a_set_that_changes_the_system_is_named_when_the_files_keys_then_do_not_fit(tmp_path):
+    """It blamed the case file alone for a key of the system it gives ("unknown key system.method")."""
+    from hybridnde.config import load_case
+
+    case = tmp_path / "ks.toml"
+    case.write_text('[system]\nname = "kuramoto_sivashinsky"\nmethod = "spectral"\n')
+    with pytest.raises(ConfigError, match=r"ks.toml: unknown key system.method .*; --set system.name=\"lorenz63\" chose "
+                                          r"another system, which has no such key: start from a case file of that"):
+        load_case(case, overrides=['system.name="lorenz63"'])
+
+
+def test_a_case_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Some editors write one; it was "not valid TOML (Invalid statement (at line 1, column 1))"."""
+    from hybridnde.config import load_case
+
+    case = tmp_path / "bom.toml"
+    case.write_bytes(b"\xef\xbb\xbf" + b'[system]\nname = "two_body"\n')
+    assert load_case(case).system.name == "two_body"

@@ -277,7 +277,11 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
         given = {".".join(path): f"--set {text}" for text, path, _ in overrides}
         if quick:
             given = {**{dotted: f"{source} [quick] {dotted}" for dotted in quick_table}, **given}
-        raise ConfigError(_unknown_key_origin(str(error), given, source)) from None
+        message = _unknown_key_origin(str(error), given, source)
+        if "system.name" in given and str(error).startswith("unknown key system."):  # (the file's key, another system)
+            message += (f"; {given['system.name']} chose another system, which has no such key: start from a case "
+                        "file of that system instead")
+        raise ConfigError(message) from None
     if unquick is not None:  # a typo in [quick] must not wait for the first --quick run
         for dotted, value in quick_table.items():
             _apply(unquick, dotted.split("."), value, f"{source} [quick] {dotted}")
@@ -340,7 +344,7 @@ def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = 
     if not path.is_file():
         raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/lorenz63.toml")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as some editors write)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     except UnicodeDecodeError:
