@@ -1057,6 +1057,14 @@ def test_compare_values_split_outside_brackets_and_quotes():
         parse_compare("training.seed=1,1")
 
 
+def test_a_misspelt_compared_key_is_named_as_compared(tmp_path):
+    """The error named a --set the user never typed: "--set training.epoch=3: unknown key"."""
+    case = write_case(tmp_path)
+    with pytest.raises(ConfigError, match=r"^variant epoch=3: --compare training.epoch=3: unknown key training.epoch; "
+                                          r"did you mean training.epochs\?"):
+        build_variants(case, compare=["training.epoch=3,4"])
+
+
 def test_compared_values_that_read_the_same_run_once_and_many_variants_are_warned_about(tmp_path, caplog):
     """7 and 7.0 for an integer key passed the repeated-value check and ran twice (a factorial sweep may
     hold such variants: a penalty field where the penalty is off); 3600 variants started without a word."""

@@ -128,7 +128,10 @@ def build_variants(case_path: str | Path, *, quick: bool = False, overrides: Seq
         try:
             case = load_case(case_path, overrides=[*overrides, *extra], quick=quick)
         except ConfigError as error:
-            raise ConfigError(f"variant {label}: {error}") from None
+            text = str(error)
+            for given in extra:  # given by --compare, not by a --set the user never typed
+                text = text.replace(f"--set {given}:", f"--compare {given}:")
+            raise ConfigError(f"variant {label}: {text}") from None
         variants.append(Variant(case, settings, label))
     if len({v.label for v in variants}) != len(variants):
         raise ConfigError("--compare: two values give the same folder name; use values that differ in letters or "
