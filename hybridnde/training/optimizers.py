@@ -47,7 +47,8 @@ class ParameterSteps:
             norm = nn.utils.clip_grad_norm_(self.dense, self.gradient_clip)
         else:
             grads = [p.grad for p in self.dense if p.grad is not None]
-            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = (torch.stack([g.detach().norm().to(torch.float64) for g in grads]).norm() if grads
+                    else torch.zeros(()))  # (nn.utils.get_total_norm: torch >= 2.6 only)
         finite = torch.isfinite(norm)
         for p in self.sparse:
             if p.grad is not None:
