@@ -323,8 +323,8 @@ def _scripted_activation_bytes(closure: torch.jit.ScriptModule, solver: Solver) 
     return max(values, 4 * math.prod(solver.state_shape)) * solver.dtype.itemsize
 
 
-#: copies of a batch's chunk of saves in host memory while it streams: the stepping buffer (on a CPU),
-#: the chunk being encoded, the next one being filled (peak RSS measured: 3.2 with the compressed bytes,
+#: copies of a batch's chunk of saves in host memory while it streams: the stepping buffer (on a CPU;
+#: on a GPU its transfer), the chunk being encoded, the next one being filled (peak RSS measured: 3.2 with the compressed bytes,
 #: 2,000 KS members x 1,000 saves; 4.2 before ``first_blowup`` stopped copying the chunk twice)
 CHUNK_COPIES = 3
 
@@ -335,7 +335,7 @@ def check_chunk_memory(solver: Solver, batch_size: int, schedule: SaveSchedule, 
     the run (20,000 KS members with 1,000-save chunks: 24 GB, killed), its files left behind."""
     chunk = batch_size * min(schedule.time_chunk, schedule.n_saves) * math.prod(solver.state_shape) \
         * solver.dtype.itemsize
-    needed = chunk * (CHUNK_COPIES if solver.device.type == "cpu" else CHUNK_COPIES - 1)
+    needed = chunk * CHUNK_COPIES  # (host memory on a GPU too: its transfer, then the two chunks)
     available = memory.available_memory()
     if available is not None and needed > available:
         saves = min(schedule.time_chunk, schedule.n_saves)
