@@ -14,9 +14,9 @@ model and returns its metrics; benchmarks/experiments/two_moons.py loops over pe
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import math
-import sys
 import time as wallclock
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config.case import parse_override
+from .config.case import parse_override, read_case_file
 from .config.fields import ConfigError, from_mapping, option, to_mapping
 from .config.physics import CaseInfo
 from .models import ACTIVATIONS
 from .regularizers.jacobian_norms import JACOBIAN_PENALTIES, ConditionNumber, build_jacobian_penalty, dense_jacobian
 from .regularizers.warm_start import WarmStarted
 from solvers.integrators import ADAPTIVE_METHODS, odeint_adaptive
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["MoonsDataConfig", "ClassifierModelConfig", "ClassifierTrainingConfig", "ClassifierCase",
            "make_moons", "NeuralODEClassifier", "load_classifier_case", "parse_classifier_case", "run_classifier",
@@ -117,6 +112,10 @@ def parse_classifier_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = 
         path, value = parse_override(text)
         if len(path) != 2:
             raise ConfigError(f"--set {text!r}: classifier keys are section.key, e.g. training.epochs=20")
+        if path[0] not in CLASSIFIER_SECTIONS:  # (the file's unknown sections are said below, as the file's)
+            close = difflib.get_close_matches(path[0], list(CLASSIFIER_SECTIONS), n=1)
+            raise ConfigError(f"--set {text}: unknown section [{path[0]}]" + (f"; did you mean {close[0]}?" if close else
+                              f" (known sections: {', '.join(CLASSIFIER_SECTIONS)})"))
         table = raw.setdefault(path[0], {})
         if not isinstance(table, Mapping):  # (``training = 5`` in the file, then --set training.epochs=3)
             raise ConfigError(f"{source}: [{path[0]}] must be a table")
@@ -136,12 +135,7 @@ def parse_classifier_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = 
 
 def load_classifier_case(path: str | Path, *, overrides: Iterable[str] = ()) -> ClassifierCase:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/classifier/two_moons.toml")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    raw = read_case_file(path, example="cases/classifier/two_moons.toml")
     return parse_classifier_case(raw, overrides=overrides, source=str(path))
 
 

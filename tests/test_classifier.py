@@ -111,3 +111,16 @@ def test_the_spectral_penalty_warm_starts_each_state_from_its_own_vectors_and_lo
 def test_summarize_gives_mean_and_sample_std():
     stats = summarize([{"a": 1.0}, {"a": 3.0}], ["a"])
     assert stats["a"] == (2.0, pytest.approx(math.sqrt(2.0)))
+
+
+def test_a_classifier_case_file_that_cannot_be_read_is_named_as_the_main_cases_are(tmp_path):
+    """Non-UTF-8 bytes were a bare UnicodeDecodeError, a folder "does not exist", and a misspelt section
+    in --set was blamed on the case file without a suggestion (helper-113's audit)."""
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe[training]\n")
+    with pytest.raises(ConfigError, match="binary.toml: not UTF-8 text"):
+        load_classifier_case(tmp_path / "binary.toml")
+    (tmp_path / "folder.toml").mkdir()
+    with pytest.raises(ConfigError, match="is a folder; pass a TOML file such as cases/classifier/two_moons.toml"):
+        load_classifier_case(tmp_path / "folder.toml")
+    with pytest.raises(ConfigError, match=r"^--set trainig.epochs=3: unknown section \[trainig\]; did you mean training\?"):
+        parse_classifier_case({}, overrides=["trainig.epochs=3"], source="two_moons.toml")

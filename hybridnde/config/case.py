@@ -336,22 +336,27 @@ def parse_case_text(text: str, *, source: str = "case") -> CaseConfig:
     return parse_case(raw, source=source, check_quick=False)
 
 
-def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = False) -> CaseConfig:
-    """Read and validate a case file; errors name the file and the field."""
-    path = Path(path)
+def read_case_file(path: Path, *, example: str = "cases/lorenz63.toml") -> dict[str, Any]:
+    """The TOML table of a case file; ``ConfigError`` naming the file and the fix (``example``: a case
+    file of its kind) when it is missing, a folder, not UTF-8 text, or not TOML."""
     if path.is_dir():
-        raise ConfigError(f"case file {str(path)!r} is a folder; pass a TOML file such as cases/lorenz63.toml")
+        raise ConfigError(f"case file {str(path)!r} is a folder; pass a TOML file such as {example}")
     if not path.is_file():
-        raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as cases/lorenz63.toml")
+        raise ConfigError(f"case file {str(path)!r} does not exist; pass a path such as {example}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as some editors write)
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as some editors write)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8); give a case file such as "
-                          "cases/lorenz63.toml") from None
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8); give a case file such as {example}") from None
     except OSError as error:
         raise ConfigError(f"case file {str(path)!r} cannot be read ({error.strerror or error}); check its "
                           "permissions") from None
+
+
+def load_case(path: str | Path, *, overrides: Iterable[str] = (), quick: bool = False) -> CaseConfig:
+    """Read and validate a case file; errors name the file and the field."""
+    path = Path(path)
+    raw = read_case_file(path)
     raw.setdefault("case", {}).setdefault("name", path.stem)
     return parse_case(raw, overrides=overrides, quick=quick, source=str(path))
