@@ -301,7 +301,10 @@ def normalization_statistics(trajectories: Tensor, known_rhs, sample_interval: f
     finite = torch.isfinite(centre.reshape(len(centre), -1)).all(-1) & torch.isfinite(du_dt.reshape(len(centre), -1)).all(-1)
     centre, du_dt = centre[finite], du_dt[finite]
     if len(centre) > max_states:
-        keep = torch.linspace(0, len(centre) - 1, max_states, device=centre.device).long()
+        # float32 rounds the last index past the end from 2**24 states on; below, its picks are kept (they
+        # set the normalisation of every closure trained so far)
+        exact = torch.float64 if len(centre) >= 2 ** 24 else torch.float32
+        keep = torch.linspace(0, len(centre) - 1, max_states, dtype=exact, device=centre.device).long()
         centre, du_dt = centre[keep], du_dt[keep]
     time = torch.zeros((), dtype=centre.dtype, device=centre.device)
     target = du_dt - known_rhs(time, centre)
@@ -309,7 +312,9 @@ def normalization_statistics(trajectories: Tensor, known_rhs, sample_interval: f
 
     def moments(x: Tensor) -> tuple[Tensor, Tensor]:
         mean = x.mean(dim=dims)
-        return mean.reshape(-1), x.std(dim=dims).reshape(-1)
+        # one state has no spread (std: NaN, and every closure output NaN): scale 1 there
+        scale = x.std(dim=dims) if x.shape[0] > 1 else torch.ones_like(mean)
+        return mean.reshape(-1), scale.reshape(-1)
 
     input_shift, input_scale = moments(centre)
     output_shift, output_scale = moments(target)

@@ -376,3 +376,14 @@ def test_the_data_checksum_tells_apart_what_decodes_to_other_data(tmp_path, firs
         return _file(tmp_path / file_name, build)
 
     assert data_checksum(make("a.nc", **first)) != data_checksum(make("b.nc", **second))
+
+
+def test_normalization_of_a_single_state_has_scale_one_not_nan():
+    """One member, three samples: one central difference. Its std was NaN, every closure output NaN, and
+    training stopped with advice to lower the learning rate (helper-114's review)."""
+    trajectories = torch.arange(9, dtype=torch.float64).reshape(1, 3, 3)
+    stats = normalization_statistics(trajectories, lambda t, u: torch.zeros_like(u), 0.1, per_component=True)
+    assert all(torch.isfinite(value).all() for value in stats.values())
+    torch.testing.assert_close(stats["input_scale"], torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(stats["input_shift"], torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(stats["output_shift"], torch.full((3,), 30.0, dtype=torch.float64))  # (6 - 0) / 0.2
