@@ -19,7 +19,7 @@ from solvers import Solver
 from .config import InitialConditionConfig
 from .io import DataError
 
-__all__ = ["members_and_start", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
+__all__ = ["members_and_start", "finite_in", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
            "component_order", "open_initial_conditions", "member_rng", "nonfinite_members"]
 
 log = logging.getLogger(__name__)
@@ -177,4 +177,14 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
                   else f"initial_condition.distribution = {ic.distribution!r}")
         raise DataError(f"initial conditions of members {[members[i] for i in bad][:10]} are not finite "
                         f"({source}); give finite states (or choose other members / another distribution)")
-    return torch.as_tensor(states, dtype=solver.dtype, device=solver.device)
+    return finite_in(states, solver, source="the initial conditions")
+
+
+def finite_in(states: np.ndarray, solver, *, source: str) -> torch.Tensor:
+    """``states`` in the solver's dtype and device; ``DataError`` where one overflows there (1e39 is finite
+    in float64 and inf in float32: it was accepted and only warned about as beyond the blow-up bound)."""
+    converted = torch.as_tensor(states, dtype=solver.dtype, device=solver.device)
+    if converted.numel() and not torch.isfinite(converted).all():
+        raise DataError(f"{source} overflow {solver.dtype} (compute.dtype): give states within its range, or "
+                        "compute in float64")
+    return converted

@@ -22,8 +22,8 @@ from solvers.base import coarser_than
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
 from .grids import restrict_to_grid
-from .initial_conditions import (component_order, draw_initial_conditions, members_and_start, nonfinite_members,
-                                 open_initial_conditions, warn_once)
+from .initial_conditions import (component_order, draw_initial_conditions, finite_in, members_and_start,
+                                 nonfinite_members, open_initial_conditions, warn_once)
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
@@ -180,6 +180,11 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
     non-finite states with ``DataError`` before any step."""
     rollout = case.rollout
     if rollout.initial_conditions == "draw":
+        ic, points = case.initial_condition, getattr(solver, "n_points", None)
+        if ic.distribution == "random_fourier" and points is not None and ic.n_modes > points // 2:
+            raise ConfigError(f"initial_condition.n_modes = {ic.n_modes}: the host's grid of {points} points holds "
+                              f"modes up to {points // 2}, so the drawn states would alias; lower it, or roll out "
+                              "from the truth's states (rollout.initial_conditions = \"truth.nc\")")
         u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
         member_ids, t0 = np.arange(rollout.members, dtype=np.int64), 0.0
     else:
@@ -189,7 +194,7 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
             members = [int(member_ids[positions.start + i]) for i in bad]
             raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
                             "choose other members or fix the file")
-        u0 = torch.as_tensor(values, dtype=solver.dtype, device=solver.device)
+        u0 = finite_in(values, solver, source=f"{rollout.initial_conditions}: the initial states")
     beyond = (u0.abs().flatten(1).amax(dim=1) > rollout.blowup_threshold).nonzero().flatten().tolist() \
         if len(u0) else []
     if beyond:  # they would be marked blew_up at t0 and saved as NaN throughout
