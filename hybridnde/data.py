@@ -219,6 +219,11 @@ def _check_state(dataset, case: CaseConfig, path: Path) -> None:
         if u.sizes["x"] != case.system.n_points:
             raise DataError(f"{path}: the data have {u.sizes['x']} grid points; the case's system.n_points is "
                             f"{case.system.n_points} (the truth grid; hybrid.system.n_points sets the host grid)")
+        x = np.asarray(dataset["x"].values, dtype=np.float64) if "x" in dataset.coords else None
+        if x is not None and len(x) > 1 and not math.isclose(len(x) * (x[1] - x[0]), case.system.domain_length,
+                                                             rel_tol=1e-9):  # (as a rollout's initial states are)
+            raise DataError(f"{path}: its domain length {len(x) * (x[1] - x[0]):g} differs from the case's "
+                            f"system.domain_length = {case.system.domain_length:g}")
         return
     names = tuple(ODE_SYSTEMS[case.system.name].component_names)
     if u.dims != ("member", "time", "component"):

@@ -387,3 +387,17 @@ def test_normalization_of_a_single_state_has_scale_one_not_nan():
     torch.testing.assert_close(stats["input_scale"], torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(stats["input_shift"], torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64))
     torch.testing.assert_close(stats["output_shift"], torch.full((3,), 30.0, dtype=torch.float64))  # (6 - 0) / 0.2
+
+
+def test_a_field_on_another_domain_length_is_refused_as_a_rollouts_states_are(tmp_path):
+    """A file of another tool (no stored case) with the case's points but twice its domain trained
+    silently; the rollout refused the same file (helper-114's review)."""
+    case = ks_case()
+    dataset = simulate_case(case, progress=False)
+    dataset.attrs.pop("case_toml", None)
+    write_netcdf(dataset.assign_coords(x=dataset["x"] * 2.0), tmp_path / "longer.nc")
+    with pytest.raises(DataError, match=r"longer.nc: its domain length 44 differs from the case's system.domain_length "
+                                        r"= 22"):
+        load_training_data(tmp_path / "longer.nc", case, window_length=3)
+    write_netcdf(dataset, tmp_path / "same.nc")
+    assert load_training_data(tmp_path / "same.nc", case, window_length=3).train.shape[-1] == 32
