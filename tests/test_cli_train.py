@@ -249,3 +249,28 @@ def test_thread_counts_beyond_the_machine_are_refused_or_warned_about(monkeypatc
     case, truth = files["two_body"]
     assert main(["train", str(case), "--data", str(truth), "--out", str(tmp_path / "c.pt"), "--threads", "4000"]) == 2
     assert "--threads = 4000" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()
+
+
+def test_a_validation_split_without_a_finite_window_is_named_as_such(tmp_path, capsys):
+    """The training members were fine, the one validation member blew up early: the refusal spoke of
+    "no finite windows ... to train on" and gave no fix (helper-114's review)."""
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+
+    case = Path(__file__).resolve().parents[1] / "cases" / "lorenz63.toml"
+    sets = [argument for setting in ('initial_condition.distribution="gaussian"', "initial_condition.std=[1.0]",
+                                     "initial_condition.members=3", "training.validation_fraction=0.34",
+                                     "training.rollout_steps=5", "training.validation_rollout_steps=5",
+                                     "training.epochs=1", 'training.method="vanilla"', "time.n_steps=400")
+            for argument in ("--set", setting)]
+    assert main(["simulate", str(case), "--out", str(tmp_path / "truth.nc"), *sets]) == 0
+    with xr.load_dataset(tmp_path / "truth.nc") as truth:
+        truth["u"][2, 3:] = np.nan  # the validation member (the last) blows up at its fourth sample
+        truth["status"][2] = 1
+        truth.to_netcdf(tmp_path / "blown.nc")
+    capsys.readouterr()
+    assert main(["train", str(case), "--data", str(tmp_path / "blown.nc"), "--out", str(tmp_path / "c.pt"), *sets]) == 2
+    assert ("blown.nc: the validation members [2] hold no finite window of 6 samples (they blow up or end first); "
+            "lower training.validation_rollout_steps, or change training.validation_fraction") in capsys.readouterr().err

@@ -118,8 +118,12 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                                  seed=case.training.seed)
     train_windows = data.windows("train", train_length, stride=case.training.window_stride)
     validation_windows = data.windows("validation", validation_length)
-    if len(train_windows) == 0 or len(validation_windows) == 0:
+    if len(train_windows) == 0:
         raise ConfigError(f"{data_path}: no finite windows of {train_length} samples to train on; check the data")
+    if len(validation_windows) == 0:  # (the training members may be fine: said of the right split)
+        raise ConfigError(f"{data_path}: the validation members {list(data.validation_members)} hold no finite window "
+                          f"of {validation_length} samples (they blow up or end first); lower "
+                          "training.validation_rollout_steps, or change training.validation_fraction")
     if case.training.regularizer == "fd":
         error = sampling_error(data.train, stencil=case.training.fd_stencil)
         if error > case.training.fd_warn_threshold:
