@@ -224,7 +224,7 @@ def _rollout(case: CaseConfig, out: Path, closure_path: str | Path | None, closu
             full = disk_full_message(failure)  # not a bug: the message without a traceback, as in one process
             log.critical("rank %d of %d failed: %s: %s", comm.rank, comm.size, type(failure).__name__, full or failure,
                          exc_info=not full)
-        leave_only_what_resumes(out, setup.writer, other_rank=comm.rank > 0)  # before an abort ends the job
+        leave_only_what_resumes(out, setup.writer, other_rank=comm.rank > 0, under_mpi=comm.size > 1)  # before the abort
         if comm.size > 1:
             if checkpoint_path(out).exists():
                 log.critical(RESUME_HINT, "mpiexec ... ", " (on any number of ranks)")

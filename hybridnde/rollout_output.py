@@ -125,19 +125,27 @@ def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> Rollout
                           ranks=int(ranks[-1]), batch_size=setup.batch_size, resumed=False)
 
 
-def leave_only_what_resumes(out: Path, writer: TrajectoryStreamWriter | None, *, other_rank: bool) -> None:
+def leave_only_what_resumes(out: Path, writer: TrajectoryStreamWriter | None, *, other_rank: bool,
+                            under_mpi: bool = False) -> None:
     """After a failure: rank 0 (``writer``) closes its writer, and the partial file and chunk journal go
     unless a checkpoint can resume them. Under MPI the failing rank's abort then ends the job, killing
     rank 0 wherever it waits (in a collective, where no signal handler of it runs), so a failing
-    ``other_rank`` removes them itself (beside ``out``, where rank 0 writes them)."""
-    if writer is not None:
-        writer.close()
-    if checkpoint_path(out).exists():
-        return
-    if writer is not None:
-        writer.discard()
-    elif other_rank:
-        remove_restart_files(out)
+    ``other_rank`` removes them itself (beside ``out``, where rank 0 writes them). ``under_mpi``: a
+    failure of the clean-up itself (a full disk fails the close too) is logged, not raised -- the abort
+    after it must come, or the other ranks wait for ever."""
+    try:
+        if writer is not None:
+            writer.close()
+        if checkpoint_path(out).exists():
+            return
+        if writer is not None:
+            writer.discard()
+        elif other_rank:
+            remove_restart_files(out)
+    except Exception as failure:
+        if not under_mpi:
+            raise
+        log.error("cleaning up %s after the failure failed too: %s: %s", out, type(failure).__name__, failure)
 
 
 def chunk_layout(case: CaseConfig, setup: RolloutSetup) -> ChunkLayout:

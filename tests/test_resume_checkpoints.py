@@ -143,3 +143,19 @@ def test_a_ctrl_c_between_the_final_rename_and_the_clean_up_leaves_no_checkpoint
     monkeypatch.setattr(rollout_job, "remove_restart_files", clean_up)
     summary = run_rollout(case, out, closure=model, resume=True, progress=False)
     assert not summary.resumed and out.is_file() and not any(path.exists() for path in leftovers)
+
+
+def test_a_failing_clean_up_under_mpi_is_logged_so_that_the_abort_still_comes(tmp_path, caplog):
+    """A full disk fails the writer's close too: raised under MPI, it skipped the abort after it and the
+    other ranks waited for ever in their next collective."""
+    from hybridnde.rollout_output import leave_only_what_resumes
+
+    class FullDisk:
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    with caplog.at_level("ERROR", logger="hybridnde"):
+        leave_only_what_resumes(tmp_path / "r.nc", FullDisk(), other_rank=False, under_mpi=True)
+    assert "cleaning up" in caplog.text and "OSError: [Errno 28] No space left on device" in caplog.text
+    with pytest.raises(OSError, match="No space left"):  # one process: raised, as before
+        leave_only_what_resumes(tmp_path / "r.nc", FullDisk(), other_rank=False)
