@@ -187,6 +187,21 @@ def test_the_report_gives_the_bare_hosts_notes_too(finished_run, tmp_path):
     assert "Note (bare host solver): spectrum and histogram statistics undefined: only 24.9%" in written.read_text()
 
 
+def test_a_drift_over_the_surviving_members_says_how_many_they_are(finished_run, tmp_path):
+    """A median over 1 survivor of 16 read like the ensemble's (the drift of a blown-up member is undefined)."""
+    from hybridnde.pipeline.report import write_report
+    from hybridnde.pipeline.runner import VariantResult
+
+    case, out = finished_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    members = metrics["members"]
+    metrics["mean_drift"]["rollout"]["count"] = 1
+    text = write_report(VariantResult(Variant(load_case(case, quick=True)), tmp_path, metrics=metrics)).read_text()
+    drift_row = next(line for line in text.splitlines() if line.startswith("| spatial mean drift"))
+    assert f"(over 1 of {members} members)" in drift_row.split("|")[2]
+    assert "members)" not in next(line for line in text.splitlines() if line.startswith("| valid prediction"))
+
+
 def test_rerun_reuses_every_finished_stage(finished_run):
     case, out = finished_run
     names = ("truth.nc", "reference.nc", "closure.pt", "rollout.nc", "baseline.nc", "metrics.json")

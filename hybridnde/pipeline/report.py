@@ -71,7 +71,11 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         return getter(metrics), getter(baseline) if baseline else "-"
 
     def spread(summary: Mapping[str, Any] | None, members: int) -> str:  # one member: no spread to show
-        return number((summary or {}).get("median")) if members == 1 else median_spread(summary, keys)
+        text = number((summary or {}).get("median")) if members == 1 else median_spread(summary, keys)
+        count = (summary or {}).get("count")
+        if count is not None and 0 < count < members:  # (a drift of the survivors only read as the ensemble's)
+            text += f" (over {count} of {members} members)"
+        return text
 
     rows = [("valid prediction time, median [%s, %s]" % keys if metrics["members"] > 1 else "valid prediction time",
              *both(lambda m: spread(m.get("valid_prediction_time"), m["members"])))]
