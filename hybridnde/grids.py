@@ -1,10 +1,21 @@
 """Moving periodic fields between grids: the filter that defines a sub-grid closure's target."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-__all__ = ["restrict_to_grid"]
+__all__ = ["restrict_to_grid", "other_domain_length"]
+
+
+def other_domain_length(x, domain_length: float) -> float | None:
+    """The period ``L = N (x_1 - x_0)`` of a file's grid ``x: (N,)`` (``x_j = j L / N``) where it is not
+    ``domain_length``; ``None`` where it is, or where fewer than two points or no ``x`` say."""
+    if x is None or len(x) < 2:
+        return None
+    found = len(x) * float(x[1] - x[0])
+    return None if math.isclose(found, domain_length, rel_tol=1e-9) else found
 
 
 def restrict_to_grid(u, n_coarse: int):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ from solvers.base import coarser_than
 
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
-from .grids import restrict_to_grid
+from .grids import other_domain_length, restrict_to_grid
 from .initial_conditions import (component_order, draw_initial_conditions, finite_in, members_and_start,
                                  nonfinite_members, open_initial_conditions, warn_once)
 from .io import DataError
@@ -163,10 +162,9 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
                                 "points must divide the file's")
             domain_length = getattr(solver, "domain_length", None)
             x = dataset["x"].values if "x" in dataset.coords else None
-            if domain_length and x is not None and len(x) > 1 and not math.isclose(
-                    len(x) * float(x[1] - x[0]), domain_length, rel_tol=1e-9):
-                raise DataError(f"{path}: its domain length {len(x) * float(x[1] - x[0]):g} differs from the host's "
-                                f"{domain_length:g}")
+            found = other_domain_length(x, domain_length) if domain_length else None
+            if found is not None:
+                raise DataError(f"{path}: its domain length {found:g} differs from the host's {domain_length:g}")
             values = restrict_to_grid(values, n_host)
         available = u.sizes["member"]  # after the state: another system's file says so first
         if available < n_members:
