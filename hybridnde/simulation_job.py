@@ -33,7 +33,7 @@ from .output_lock import output_lock
 from .partial_repair import RECORD_KEY
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
 from .rollout import BatchRunner, BatchState, SaveSchedule, check_chunk_memory
-from .rollout_output import member_status
+from .rollout_output import leave_only_what_resumes, member_status
 from .rollout_resume import written_elsewhere
 from .simulate import (initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
                        warn_blowups, warn_unsaved_steps)
@@ -217,12 +217,9 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
                           history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
             remove_restart_files(out)
     except BaseException:
-        writer.close()
-        if checkpoint_path(out).exists():
-            if resume_hint:
-                log.error(RESUME_HINT)
-        else:
-            writer.discard()
+        leave_only_what_resumes(out, writer, other_rank=False)
+        if resume_hint and checkpoint_path(out).exists():
+            log.error(RESUME_HINT)
         raise
     warn_blowups(int((state.first_bad_save >= 0).sum()), state.size)
     log_simulated(case, state.size, seconds)
