@@ -324,8 +324,9 @@ def _scripted_activation_bytes(closure: torch.jit.ScriptModule, solver: Solver) 
 
 
 #: copies of a batch's chunk of saves in host memory while it streams: the stepping buffer (on a CPU;
-#: on a GPU its transfer), the chunk being encoded, the next one being filled (peak RSS measured: 3.2 with the compressed bytes,
-#: 2,000 KS members x 1,000 saves; 4.2 before ``first_blowup`` stopped copying the chunk twice)
+#: on a GPU its transfer), the chunk being encoded, the next one being filled (peak RSS measured: 3.2
+#: with the compressed bytes, 2,000 KS members x 1,000 saves; 4.2 before ``first_blowup`` stopped
+#: copying the chunk twice)
 CHUNK_COPIES = 3
 
 
@@ -333,14 +334,13 @@ def check_chunk_memory(solver: Solver, batch_size: int, schedule: SaveSchedule, 
     """``ConfigError`` before any work when a batch's chunks of saves alone (``CHUNK_COPIES``, a lower
     bound) exceed the memory available: Linux lets the allocations pass and its OOM killer then ends
     the run (20,000 KS members with 1,000-save chunks: 24 GB, killed), its files left behind."""
-    chunk = batch_size * min(schedule.time_chunk, schedule.n_saves) * math.prod(solver.state_shape) \
-        * solver.dtype.itemsize
-    needed = chunk * CHUNK_COPIES  # (host memory on a GPU too: its transfer, then the two chunks)
+    saves = min(schedule.time_chunk, schedule.n_saves)
+    # host memory on a GPU too: its transfer, then the chunk being encoded and the next
+    needed = CHUNK_COPIES * batch_size * saves * math.prod(solver.state_shape) * solver.dtype.itemsize
     available = memory.available_memory()
     if available is not None and needed > available:
-        saves = min(schedule.time_chunk, schedule.n_saves)
         raise ConfigError(f"a batch of {batch_size} members holds its chunk of {saves} saves (output.time_chunk) "
-                          f"{needed // chunk} times over while it streams: {needed / 2**30:.3g} GiB, more than the "
+                          f"{CHUNK_COPIES} times over while it streams: {needed / 2**30:.3g} GiB, more than the "
                           f"{available / 2**30:.3g} GiB available; {fix}")
 
 

@@ -167,9 +167,8 @@ class MultipleShootingLoss(AdaptiveRolloutLoss):
             raise ValueError(f"continuity_weight={continuity_weight} must be zero or positive")
         self.continuity_weight, self.autonomous = float(continuity_weight), bool(autonomous)
         self.trajectory_shape = tuple(trajectory_shape)
-        members_times, state = self.trajectory_shape[:2], self.trajectory_shape[2:]
-        self.table = nn.Parameter(torch.zeros(members_times[0] * members_times[1], max(1, math.prod(state)),
-                                              device=device, dtype=dtype))
+        (members, times), state = self.trajectory_shape[:2], self.trajectory_shape[2:]
+        self.table = nn.Parameter(torch.zeros(members * times, max(1, math.prod(state)), device=device, dtype=dtype))
 
     @property
     def corrections(self) -> Tensor:
@@ -204,9 +203,9 @@ class MultipleShootingLoss(AdaptiveRolloutLoss):
         if later:
             offsets = torch.as_tensor(later, device=first.device)
             rows = members[None, :] * self.trajectory_shape[1] + first[None, :] + offsets[:, None]
-            corrections = nn.functional.embedding(rows, self.table, sparse=True)  # (segments-1, batch, n)
-            starts = torch.cat([windows[:, 0][None], windows[:, later].movedim(1, 0) + corrections.view_as(
-                windows[:, later].movedim(1, 0))])
+            observed = windows[:, later].movedim(1, 0)  # (segments-1, batch, *state)
+            corrections = nn.functional.embedding(rows, self.table, sparse=True).view_as(observed)
+            starts = torch.cat([windows[:, 0][None], observed + corrections])
         else:
             starts = windows[:, 0][None]
         _, data_loss, continuity = shoot(solver.rhs, windows, times, starts, self.bounds, self._integrate(solver),
