@@ -3,7 +3,10 @@
 Ko et al. (2023) train on noisy observations: 5% noise for Lotka-Volterra (a fraction of each
 state's mean over the trajectory) and noise 0.25 for Lorenz-63 (a standard deviation). The noise of a
 member depends only on ``(seed, member index)``, so a member gets the same noise in every split
-(a single-member case validates on its training member) and on every device.
+(a single-member case validates on its training member) and on every device. Its stream is tagged
+apart from the member's initial-condition stream (``initial_conditions.member_rng``, which draws from
+``[seed, member]``): with the default seeds (both 0) they would otherwise be one stream, and the
+first sample's noise would be a multiple of a random initial state's deviation from its mean.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .data import TrainingData
 __all__ = ["NOISE_SCALES", "noisy_trajectories", "add_observation_noise"]
 
 NOISE_SCALES = ("absolute", "mean")
+NOISE_STREAM = 1  # the third seed word: no initial-condition stream has one
 
 
 def noisy_trajectories(trajectories: Tensor, members: tuple[int, ...] | list[int], *, level: float,
@@ -37,7 +41,7 @@ def noisy_trajectories(trajectories: Tensor, members: tuple[int, ...] | list[int
     values = trajectories.detach().cpu().numpy().astype(np.float64)
     out = values.copy()
     for row, member in enumerate(members):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(member)]))
+        rng = np.random.default_rng([int(seed), int(member), NOISE_STREAM])
         draw = rng.standard_normal(values[row].shape)
         if scale == "mean":
             finite = np.where(np.isfinite(values[row]), np.abs(values[row]), np.nan)
