@@ -52,7 +52,8 @@ class ParameterSteps:
         finite = torch.isfinite(norm)
         for p in self.sparse:
             if p.grad is not None:
-                finite = finite & torch.isfinite(p.grad.coalesce().values()).all()
+                p.grad = p.grad.coalesce()  # once: the decay's rows and SparseAdam take it as it is
+                finite = finite & torch.isfinite(p.grad.values()).all()
         return bool(finite)
 
     def step(self) -> None:
@@ -63,7 +64,7 @@ class ParameterSteps:
         with torch.no_grad():  # AdamW's decoupled decay, on the rows the batch gathered (SparseAdam has none)
             for p in self.sparse:
                 if p.grad is not None and self.weight_decay:
-                    p[p.grad.coalesce().indices()[0]] *= 1.0 - rate * self.weight_decay
+                    p[p.grad.coalesce().indices()[0]] *= 1.0 - rate * self.weight_decay  # (a no-op coalesce after finite_gradient)
         self.lazy.step()
 
     def state_dict(self) -> dict[str, Any]:
