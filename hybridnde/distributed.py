@@ -145,8 +145,12 @@ def world() -> Communicator:
             try:
                 _WORLD = MPICommunicator()
             except ImportError:
-                log.warning("started by an MPI launcher but mpi4py is not installed (pip install 'hybridnde[mpi]'); "
-                            "every rank will run the whole job alone")
+                # each rank would be rank 0 of 1 and make the same files: refused (exit 2) on every rank
+                sizes = {os.environ.get(name) for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")} - {None}
+                if sizes != {"1"}:
+                    raise ConfigError("an MPI launcher started this process but mpi4py is not installed, so the "
+                                      "ranks cannot share the work: pip install 'hybridnde[mpi]', or run without "
+                                      "mpiexec") from None
                 _WORLD = SerialCommunicator()
         else:
             _WORLD = SerialCommunicator()
@@ -182,7 +186,8 @@ def idle_ranks_warning(members: int, batches: int, batch_size: int, ranks: int) 
     ranks idle, and the batch size (or rank count) that would use them all."""
     idle = f"rank {batches} has" if batches == ranks - 1 else f"ranks {batches}-{ranks - 1} have"
     if members < ranks:  # no batch size helps: fewer members than ranks
-        advice = f"use at most {members} rank(s) for {members} member(s)"
+        advice = f"for {members} member(s) use at most {batches} rank(s)" + (
+            f", or {members} with rollout.batch_size = 1" if batches < members else "")
     else:
         advice = f"set rollout.batch_size <= {largest_batch_size_for(members, ranks)} to use them all"
     return f"{ranks} ranks but only {batches} batch(es) of {batch_size} members: {idle} nothing to do; {advice}"

@@ -15,7 +15,8 @@ def other_domain_length(x, domain_length: float) -> float | None:
     if x is None or len(x) < 2:
         return None
     found = len(x) * float(x[1] - x[0])
-    return None if math.isclose(found, domain_length, rel_tol=1e-9) else found
+    # 1e-6, as alignment's grid check: a float32 grid (files from other tools) holds x to ~6e-8
+    return None if math.isclose(found, domain_length, rel_tol=1e-6) else found
 
 
 def restrict_to_grid(u, n_coarse: int):

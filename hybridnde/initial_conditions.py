@@ -17,7 +17,8 @@ import torch
 from solvers import Solver
 
 from .config import InitialConditionConfig
-from .io import DataError
+from .grids import other_domain_length
+from .io import DataError, check_time_coordinate
 
 __all__ = ["members_and_start", "finite_in", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
            "component_order", "open_initial_conditions", "member_rng", "nonfinite_members"]
@@ -111,12 +112,20 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
             raise DataError(f"{path}: no variable 'u'; initial conditions need u(member, x) or u(member, component)")
         u = dataset["u"]
         if "time" in u.dims:
+            if u.sizes["time"] == 0:
+                raise DataError(f"{path}: u has no time; initial conditions need at least one saved state")
             u = u.isel(time=0)
         if u.dims[0] != "member" or u.ndim != 1 + len(solver.state_shape):
             raise DataError(f"{path}: u has dims {u.dims}; expected (member, x) or (member, component)")
         if tuple(u.shape[1:]) != tuple(solver.state_shape):
             raise DataError(f"{path}: u has state shape {tuple(u.shape[1:])}; the case's solver needs "
                             f"{tuple(solver.state_shape)}")
+        domain_length = getattr(solver, "domain_length", None)
+        found = other_domain_length(dataset["x"].values if "x" in dataset.coords else None,
+                                    domain_length) if domain_length else None
+        if found is not None:  # (as training data and a rollout's initial states are)
+            raise DataError(f"{path}: its domain length {found:g} differs from the case's system.domain_length = "
+                            f"{domain_length:g}")
         order = slice(None)
         if solver.component_names and "component" in u.dims:
             order = component_order(path, u["component"].values, solver.component_names)
@@ -139,8 +148,10 @@ def members_and_start(dataset, n_members: int, source: str | Path = "initial con
                         f"{'not increasing' if unique else 'not unique'}; outputs pair members by label, so "
                         "give a file whose members increase strictly (xarray: ds.sortby('member'), and drop "
                         "repeated members)")
-    start = float(dataset["time"].values[0]) if "time" in dataset["u"].dims and "time" in dataset.coords else 0.0
-    return members, start
+    if "time" not in dataset["u"].dims or "time" not in dataset.coords:
+        return members, 0.0
+    check_time_coordinate(dataset, Path(source))  # dates (nanoseconds) or NaN would be taken as the clock
+    return members, float(dataset["time"].values[0])
 
 
 def file_members_and_start(path: str | Path, n_members: int) -> tuple[np.ndarray, float]:
@@ -172,10 +183,15 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
         states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
             np.zeros((0, *solver.state_shape))
     bad = nonfinite_members(states)
+    if len(bad) and ic.distribution == "file":  # named by the file's member labels
+        labels = file_members_and_start(ic.file, max(members) + 1)[0]
+        bad = [int(labels[members[i]]) for i in bad]
+    elif len(bad):
+        bad = [members[i] for i in bad]
     if len(bad):
         source = (f"initial_condition.file = {ic.file!r}" if ic.distribution == "file"
                   else f"initial_condition.distribution = {ic.distribution!r}")
-        raise DataError(f"initial conditions of members {[members[i] for i in bad][:10]} are not finite "
+        raise DataError(f"initial conditions of members {bad[:10]} are not finite "
                         f"({source}); give finite states (or choose other members / another distribution)")
     return finite_in(states, solver, source="the initial conditions")
 

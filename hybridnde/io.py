@@ -214,7 +214,7 @@ def open_trajectories(path: str | Path, *, load: bool = True):
         dataset.close()
         raise DataError(f"{path}: expected a variable u(member, time, x|component), the hybridnde schema")
     try:
-        _check_time_coordinate(dataset, path)
+        check_time_coordinate(dataset, path)
         if "member" in dataset.coords and len(np.unique(dataset["member"].values)) < dataset.sizes["member"]:
             raise DataError(f"{path}: member labels repeat; each member needs its own label (members pair files "
                             "by label)")
@@ -236,7 +236,7 @@ def open_trajectories(path: str | Path, *, load: bool = True):
     return dataset
 
 
-def _check_time_coordinate(dataset, path: Path) -> None:
+def check_time_coordinate(dataset, path: Path) -> None:
     """The samples' times: a ``time`` coordinate variable, finite and strictly increasing. Without one,
     the samples would be paired and spaced by position (0, 1, 2, ...), whatever their real times."""
     if "time" not in dataset.variables:

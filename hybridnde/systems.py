@@ -1,6 +1,7 @@
 """From a case's ``[system]``, ``[time]`` and ``[compute]`` tables to a host solver on a device."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from solvers import (ODE_SYSTEMS, Closure, ClosureOnly, KuramotoSivashinskyFiniteDifference, KuramotoSivashinskySpectral,
@@ -93,4 +94,7 @@ def state_coordinates(solver: Solver) -> tuple[str, object]:
     fields, ``("component", names)`` for ODEs."""
     if solver.component_names:
         return "component", list(solver.component_names)
-    return "x", solver.x.detach().cpu().numpy().astype("float64")  # the schema's x is float64 whatever u is
+    # the schema's x is float64 whatever u is, computed in float64: a float32 solver's grid widened
+    # afterwards gives N dx = L only to ~1e-7, and its own files read back as another period
+    n = solver.state_shape[-1]
+    return "x", np.arange(n, dtype=np.float64) * (float(solver.domain_length) / n)

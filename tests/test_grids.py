@@ -42,3 +42,22 @@ def test_a_resolved_field_restricts_to_its_samples_and_a_field_on_the_grid_is_ke
     assert restrict_to_grid(u, 15) is u
     with pytest.raises(ValueError, match="cannot restrict 15 points to 4"):
         restrict_to_grid(u, 4)
+
+
+@pytest.mark.parametrize("domain_length, n", [(22.0, 48), (32 * np.pi, 128), (100.0, 96)])
+def test_a_float32_solvers_files_keep_its_domain_length(domain_length, n):
+    """compute.dtype = "float32": x was the solver's float32 grid widened, N dx = L only to ~1e-7, and
+    `train` and `rollout` refused the case's own truth file as another domain."""
+    import torch
+
+    from hybridnde.grids import other_domain_length
+    from hybridnde.systems import state_coordinates
+    from solvers import KuramotoSivashinskySpectral
+
+    solver = KuramotoSivashinskySpectral(domain_length=domain_length, n_points=n, dt=0.05, dtype=torch.float32)
+    dim, x = state_coordinates(solver)
+    assert dim == "x" and x.dtype == np.float64
+    np.testing.assert_allclose(x, np.arange(n) * (domain_length / n), rtol=0, atol=1e-12)
+    assert other_domain_length(x, domain_length) is None
+    assert other_domain_length(x.astype(np.float32), domain_length) is None  # another tool's float32 grid
+    assert other_domain_length(x, domain_length * 1.001) == pytest.approx(domain_length)

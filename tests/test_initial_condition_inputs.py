@@ -223,3 +223,65 @@ def test_simulate_with_an_unused_file_exits_2_before_writing(tmp_path, capsys):
     assert main(["simulate", str(write_case(tmp_path, point)), "--out", str(out),
                  "--set", "initial_condition.file='ics.nc'"]) == 2
     assert "initial_condition.file is set" in capsys.readouterr().err and not out.exists()
+
+
+# -- the initial-condition file is checked as training data and a rollout's initial states are (helper-118) --
+
+def _ks_file(path, domain_length, *, times=None, time_attrs=None, members=(0, 1), n=64):
+    x = np.arange(n) * domain_length / n
+    fields = np.stack([np.cos(2 * np.pi * (k + 1) * x / domain_length) for k in range(len(members))])
+    if times is None:
+        data, coords = (("member", "x"), fields), {"member": list(members), "x": x}
+    else:
+        data = (("member", "time", "x"), np.repeat(fields[:, None], len(times), axis=1))
+        coords = {"member": list(members), "x": x, "time": xr.Variable("time", times, attrs=time_attrs or {})}
+    xr.Dataset({"u": data}, coords=coords).to_netcdf(path)
+    return path
+
+
+def _ks_file_case(path, domain_length=22.0):
+    from hybridnde.config import InitialConditionConfig
+    from solvers import KuramotoSivashinskySpectral
+
+    return (InitialConditionConfig(distribution="file", file=str(path), members=2),
+            KuramotoSivashinskySpectral(domain_length=domain_length, n_points=64, dt=0.25))
+
+
+def test_a_file_of_another_domain_length_is_refused_as_initial_conditions(tmp_path):
+    """States of an L = 30 field were simulated as L = 22, silently."""
+    ic, solver = _ks_file_case(_ks_file(tmp_path / "ic.nc", 30.0))
+    with pytest.raises(DataError, match="its domain length 30 differs from the case's system.domain_length = 22"):
+        draw_initial_conditions(ic, solver, range(2))
+    ic, solver = _ks_file_case(_ks_file(tmp_path / "same.nc", 22.0))
+    np.testing.assert_allclose(draw_initial_conditions(ic, solver, range(2))[0, 0].item(), 1.0)
+
+
+def test_a_file_with_no_saved_time_is_refused_naming_it(tmp_path):
+    ic, solver = _ks_file_case(_ks_file(tmp_path / "ic.nc", 22.0, times=np.zeros(0)))
+    with pytest.raises(DataError, match="u has no time; initial conditions need at least one saved state"):
+        draw_initial_conditions(ic, solver, range(2))
+
+
+@pytest.mark.parametrize("times, attrs, message", [
+    ([2.5, 2.6], {"units": "days since 2000-01-01"}, "time is decoded as dates"),  # t0 was 9.47e17 (nanoseconds)
+    ([np.nan, 2.6], {}, "the time coordinate holds 1 non-finite value"),
+])
+def test_the_clock_of_an_initial_condition_file_is_checked(tmp_path, times, attrs, message):
+    from hybridnde.initial_conditions import file_members_and_start
+
+    path = _ks_file(tmp_path / "ic.nc", 22.0, times=np.array(times), time_attrs=attrs)
+    with pytest.raises(DataError, match=message):
+        file_members_and_start(path, 2)
+    good = _ks_file(tmp_path / "good.nc", 22.0, times=np.array([2.5, 2.6]))
+    assert file_members_and_start(good, 2)[1] == 2.5
+
+
+def test_a_non_finite_state_of_a_file_is_named_by_the_files_member_label(tmp_path):
+    path = _ks_file(tmp_path / "ic.nc", 22.0, members=(10, 20))
+    with xr.open_dataset(path) as dataset:
+        broken = dataset.load()
+    broken["u"][1, 3] = np.nan
+    broken.to_netcdf(tmp_path / "nan.nc")
+    ic, solver = _ks_file_case(tmp_path / "nan.nc")
+    with pytest.raises(DataError, match=r"initial conditions of members \[20\] are not finite"):
+        draw_initial_conditions(ic, solver, range(2))

@@ -469,6 +469,34 @@ def test_the_idle_rank_advice_gives_every_rank_a_batch_and_no_larger_size_does()
         largest_batch_size_for(3, 4)
 
 
+def test_the_advice_for_fewer_members_than_ranks_leaves_no_rank_idle():
+    """3 members in batches of 2 on 4 ranks: "use at most 3 ranks" still left rank 2 idle."""
+    from hybridnde.distributed import idle_ranks_warning
+
+    message = idle_ranks_warning(members=3, batches=2, batch_size=2, ranks=4)
+    assert message.endswith("for 3 member(s) use at most 2 rank(s), or 3 with rollout.batch_size = 1")
+    assert all(rank_batches(batch_bounds(3, 2), 2, rank) for rank in range(2))
+    assert all(rank_batches(batch_bounds(3, 1), 3, rank) for rank in range(3))
+    assert idle_ranks_warning(members=1, batches=1, batch_size=1, ranks=2).endswith("use at most 1 rank(s)")
+
+
+@pytest.mark.parametrize("size_variable", ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])
+def test_ranks_started_without_mpi4py_are_refused_not_run_alone(monkeypatch, size_variable):
+    """Each rank ran as rank 0 of 1 and wrote the same file: the second failed on the output lock and the
+    launcher killed the first (no file, an error about a lock). One rank without mpi4py runs alone."""
+    from hybridnde import distributed
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py raises ImportError
+    for name in distributed.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(size_variable, "2")
+    monkeypatch.setattr(distributed, "_WORLD", None)
+    with pytest.raises(ConfigError, match=r"mpi4py is not installed.*pip install 'hybridnde\[mpi\]'"):
+        distributed.world()
+    monkeypatch.setenv(size_variable, "1")
+    assert distributed.world().size == 1
+
+
 def test_an_exported_closure_rolls_out_with_the_automatic_batch_size(tmp_path):
     """A TorchScript archive (hybridnde export) is a ScriptModule, which takes no forward hooks: the
     batch size estimate failed on it (RuntimeError) unless rollout.batch_size was set. Its activations

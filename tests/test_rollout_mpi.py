@@ -291,7 +291,7 @@ def test_more_ranks_than_members_gets_advice_it_can_follow(cases, tmp_path):
                      "--set", "rollout.members=1", "--set", "rollout.batch_size=1", "--set", "rollout.steps=10",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 1 has nothing to do; use at most 1 rank(s) for 1 member(s)" in result.stderr
+    assert "rank 1 has nothing to do; for 1 member(s) use at most 1 rank(s)" in result.stderr
     assert "rollout.batch_size <=" not in result.stderr and out.exists()
 
 
