@@ -38,6 +38,7 @@ from .metrics import (DEFAULT_SPREAD, KL_BINS, KL_EPSILON, common_finite_samples
                       energy_spectrum, error_growth, finite_states, histogram_kl_divergence, invariant_drift, json_ready,
                       mean_drift, normalised_error, reference_scale, resting_members, spectral_distance,
                       stable_members, summarise, valid_prediction_time, wavenumbers)
+from .metrics.statistics import MIN_FINITE_SHARE
 
 __all__ = ["evaluate_files", "compute_metrics", "case_from_attributes", "invariants_function",
            "lyapunov_comparison", "write_figures", "format_summary"]
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 MAX_CURVE_POINTS = 1000
 #: an initial normalised error above this fraction of the threshold means the files start apart
 INITIAL_MISMATCH = 0.1
-#: attractor statistics (spectrum, histograms) need the model's states: below this share of finite
-#: ones they are undefined. A model that blew up just after the start had its few first states -- still
-#: the truth's -- compared with the truth's whole horizon, and scored better than a stable closure.
-MIN_FINITE_SHARE = 0.5
 
 
 def invariants_function(case: CaseConfig | None) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:

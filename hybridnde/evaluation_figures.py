@@ -14,6 +14,7 @@ import numpy as np
 from .alignment import AlignedPair
 from .interrupts import interrupts_deferred
 from .metrics import error_growth, normalised_error, relative_drift_curves
+from .metrics.statistics import MIN_FINITE_SHARE
 from .output_paths import atomic_path
 
 __all__ = ["write_figures", "publish_evaluation", "EVALUATION_FIGURES"]
@@ -81,12 +82,14 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
     lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
     error = normalised_error(pair.predicted, pair.truth, scale=metrics["error_scale"])
     levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))
+    diverged = int(np.isposinf(error).any(axis=1).sum())
     written = []
     growth = figures.error_growth_figure(
         pair.times, levels[1], levels[0], levels[2], threshold=metrics["threshold"],
         valid_time=start + vpt["median"], valid_time_spread=(start + vpt[lo_key], start + vpt[hi_key]),
         lyapunov_exponent=metrics.get("lyapunov_exponent"), time_units=pair.time_units,
         error_scale=metrics.get("error_scale_kind", "rms"),
+        note=f"{diverged} of {pair.members.size} members diverged (error infinite)" if diverged else "",
         spread_label=f"{spread[0]:g}-{spread[1]:g}th percentile over {pair.members.size} members",
         title=f"{prefix}normalised error (VPT: median {vpt['median']:.3g}, "
               f"{lo_key}-{hi_key} {vpt[lo_key]:.3g}-{vpt[hi_key]:.3g})")
@@ -99,12 +102,13 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
             valid_time=start + vpt["per_member"][member], time_units=pair.time_units, predicted_label=predicted_label,
             title=f"{prefix}{label} (VPT closest to the median)")
         written.append(figures.save_figure(diagram, directory / "space_time.png"))
-        spectrum = metrics["spectrum"]
+        spectrum, share = metrics["spectrum"], metrics["statistics_finite_share"]
         wavenumber = np.asarray(spectrum["wavenumber"])
+        over = "" if share >= 1 else f" (over the {100 * share:.3g}% finite states)"
         plot = figures.spectrum_figure(wavenumber, np.asarray(spectrum["reference"]), wavenumber,
                                        np.asarray(spectrum["rollout"]), distance=spectrum["distance"],
-                                       predicted_label=predicted_label,
-                                       title=f"{prefix}energy spectrum, mean over members and time")
+                                       predicted_label=predicted_label, undefined=share < MIN_FINITE_SHARE,
+                                       title=f"{prefix}energy spectrum, mean over members and time{over}")
         written.append(figures.save_figure(plot, directory / "spectrum.png"))
     else:
         names = [str(c) for c in pair.state_coords]
@@ -115,10 +119,13 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
             title=f"{prefix}phase portraits (dot: start; cross: the prediction's last state)")
         written.append(figures.save_figure(portrait, directory / "phase_portrait.png"))
         if invariants is not None:
-            curves = {name: relative_drift_curves(values) for name, values in invariants(pair.predicted).items()}
+            diverged = ~np.isfinite(pair.predicted).all(axis=-1)  # (member, time): ranked above any drift
+            curves = {name: np.where(diverged, np.inf, relative_drift_curves(values))
+                      for name, values in invariants(pair.predicted).items()}
             reference = {name: relative_drift_curves(values) for name, values in invariants(pair.truth).items()}
             drift = figures.invariant_drift_figure(pair.times, curves, reference_drift=reference,
                                                    time_units=pair.time_units, predicted_label=predicted_label,
+                                                   percentiles=(float(spread[0]), float(spread[1])),
                                                    title=f"{prefix}drift of the true system's invariants")
             written.append(figures.save_figure(drift, directory / "invariant_drift.png"))
     return written

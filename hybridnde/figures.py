@@ -6,7 +6,6 @@ matplotlib state. Time axes are labelled with the file's time units (``"1"`` = n
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -58,11 +57,16 @@ def space_time_figure(x: np.ndarray, times: np.ndarray, truth: np.ndarray, predi
     figure = _new_figure(13.0, 4.6)
     axes = figure.subplots(1, 3, sharex=True, sharey=True)
     spacing = x[1] - x[0] if x.size > 1 else 1.0
-    extent = (x[0], x[-1] + spacing, times[0], times[-1])
-    # truth and prediction share one colour scale; the error gets its own so small errors show
+    interval = (times[-1] - times[0]) / (times.size - 1) if times.size > 1 else 1.0
+    # each cell centred on its sample: a row spanned (T / n), not dt, and sat off its time
+    extent = (x[0] - spacing / 2, x[-1] + spacing / 2, times[0] - interval / 2, times[-1] + interval / 2)
+    # truth and prediction share one colour scale; the error gets its own so small errors show, capped at
+    # the fields' (a blown-up member's 1e6 made everything before it white)
     difference = predicted - truth
-    panels = ((truth, "truth", _symmetric_limit(truth), "u"), (predicted, predicted_label, _symmetric_limit(truth), "u"),
-              (difference, f"error ({predicted_label} - truth)", _symmetric_limit(difference), "error"))
+    field_limit = _symmetric_limit(truth)
+    panels = ((truth, "truth", field_limit, "u"), (predicted, predicted_label, field_limit, "u"),
+              (difference, f"error ({predicted_label} - truth)", min(_symmetric_limit(difference), field_limit),
+               "error"))
     for index, (axis, (field, name, limit, quantity)) in enumerate(zip(axes, panels)):
         colours = colormaps["RdBu_r" if index < 2 else "PuOr_r"].with_extremes(bad="0.75")  # NaN (blown up): grey
         image = axis.imshow(np.ma.masked_invalid(field), origin="lower", aspect="auto", extent=extent,
@@ -73,9 +77,12 @@ def space_time_figure(x: np.ndarray, times: np.ndarray, truth: np.ndarray, predi
             axis.axhline(valid_time, color="k", linestyle=":", linewidth=1.5, label="valid prediction time")
             axis.legend(loc="upper right", fontsize="small", framealpha=0.8)
         if index > 0:
-            colorbar = figure.colorbar(image, ax=list(axes[:2]) if index == 1 else axis, shrink=0.9)
+            colorbar = figure.colorbar(image, ax=list(axes[:2]) if index == 1 else axis, shrink=0.9,
+                                       extend="neither" if np.abs(np.nan_to_num(field)).max() <= limit else "both")
             colorbar.set_label(quantity)
     axes[0].set_ylabel(time_label(time_units))
+    if not np.isfinite(predicted).all():
+        axes[1].text(0.02, 0.98, "grey: blown up", transform=axes[1].transAxes, va="top", fontsize="small")
     figure.suptitle(title or "space-time diagram")
     return figure
 
@@ -146,14 +153,17 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
                         threshold: float, valid_time: float | None = None,
                         valid_time_spread: tuple[float, float] | None = None,
                         lyapunov_exponent: float | None = None, spread_label: str = "16-84th percentile",
-                        title: str = "", time_units: str = "1", error_scale: str = "rms") -> Figure:
+                        title: str = "", time_units: str = "1", error_scale: str = "rms",
+                        note: str = "") -> Figure:
     """Normalised error over time: median over members, a percentile band, the threshold and the
     valid prediction time (median, with its spread shaded). ``error_scale``: what the error was
     divided by (``evaluate.error_scale``), for the axis label.
 
     Args:
-        times: (time,) absolute times; median, lower, upper: (time,) (``inf`` = diverged, drawn as a gap).
+        times: (time,) absolute times; median, lower, upper: (time,) (``inf`` = diverged: a gap in the
+            median, a band edge at the top of the axis).
         valid_time, valid_time_spread: absolute times (``t_0 + VPT``).
+        note: written in the axis' upper left (e.g. how many members diverged).
     """
     figure = _new_figure(7.5, 4.6)
     axis = figure.subplots()
@@ -166,7 +176,13 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
         values = np.asarray(values, dtype=np.float64)
         return np.where(np.isfinite(values) & ((values > 0) | (not logarithmic)), values, np.nan)
 
-    axis.fill_between(times, shown(lower), shown(upper), color="C0", alpha=0.25, label=spread_label)
+    visible = shown(everything)
+    if logarithmic:
+        limits = (min(np.nanmin(visible), threshold) / 3, max(np.nanmax(visible), threshold) * 3)
+    else:  # no positive finite error (identical files): a log axis would be empty
+        limits = (-0.05 * threshold, 2 * threshold)
+    low_edge, high_edge = (np.where(np.isposinf(edge), limits[1], shown(edge)) for edge in (lower, upper))
+    axis.fill_between(times, low_edge, high_edge, color="C0", alpha=0.25, label=spread_label)
     axis.plot(times, shown(median), color="C0", linewidth=1.8, label="median over members")
     axis.axhline(threshold, color="C3", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}")
     if valid_time is not None and np.isfinite(valid_time):
@@ -178,11 +194,10 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
             axis.axvspan(*valid_time_spread, color="k", alpha=0.08,
                          label=f"members' valid prediction times, {spread_label}")
     if logarithmic:
-        visible = shown(everything)
         axis.set_yscale("log")
-        axis.set_ylim(min(np.nanmin(visible), threshold) / 3, max(np.nanmax(visible), threshold) * 3)
-    else:  # no positive finite error (identical files): a log axis would be empty
-        axis.set_ylim(-0.05 * threshold, 2 * threshold)
+    axis.set_ylim(*limits)
+    if note:
+        axis.text(0.02, 0.97, note, transform=axis.transAxes, va="top", fontsize="small")
     axis.set_xlim(times[0], times[-1])
     axis.set_xlabel(time_label(time_units))
     axis.set_ylabel(error_label(error_scale))
@@ -195,8 +210,10 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
 
 def spectrum_figure(wavenumber: np.ndarray, reference: np.ndarray, predicted_wavenumber: np.ndarray,
                     predicted: np.ndarray, *, title: str = "", distance: float | None = None,
-                    predicted_label: str = "hybrid") -> Figure:
+                    predicted_label: str = "hybrid", undefined: bool = False) -> Figure:
     """Time-averaged energy spectra ``E(k)`` of truth and prediction (the mean mode ``k = 0`` omitted).
+    ``undefined``: too few of the prediction's states are finite for a spectrum (the metrics say so):
+    its curve, drawn from the few before a blow-up, would look like a match; a note instead.
 
     Args:
         wavenumber, reference: (modes,) of the truth; predicted_wavenumber, predicted: of the prediction.
@@ -209,9 +226,13 @@ def spectrum_figure(wavenumber: np.ndarray, reference: np.ndarray, predicted_wav
         return np.where(energy > _ENERGY_FLOOR * np.nanmax(energy), energy, np.nan)
 
     axis.semilogy(wavenumber[1:], shown(reference), "o-", color="k", markersize=3, linewidth=1.2, label="truth")
-    axis.semilogy(predicted_wavenumber[1:], shown(predicted), "s--", color="C1",
-                  markersize=3, linewidth=1.2, label=predicted_label if distance is None
-                  else f"{predicted_label} (mean |log10 ratio| = {distance:.3g})")
+    if undefined:
+        axis.text(0.5, 0.5, f"{predicted_label}: undefined (too few finite states)", transform=axis.transAxes,
+                  ha="center", color="C1")
+    else:
+        axis.semilogy(predicted_wavenumber[1:], shown(predicted), "s--", color="C1",
+                      markersize=3, linewidth=1.2, label=predicted_label if distance is None
+                      else f"{predicted_label} (mean |log10 ratio| = {distance:.3g})")
     axis.set_xlabel(r"wavenumber $k = 2\pi m / L$")
     axis.set_ylabel(r"energy $E(k) = \langle |\hat u_k|^2 \rangle$ (one-sided)")
     axis.grid(True, which="major", alpha=0.3)
@@ -228,8 +249,11 @@ def invariant_drift_figure(times: np.ndarray, drift: Mapping[str, np.ndarray], *
     band; with ``reference_drift``, the truth file's own (integrator) drift dashed for comparison.
 
     Args:
-        drift, reference_drift: name -> (member, time) curves, NaN after a member diverged (left out).
+        drift, reference_drift: name -> (member, time) curves: ``+inf`` after a member diverged (ranked
+            above every finite drift, as in error growth: the median of the survivors hid them), NaN where
+            the drift is undefined (left out).
     """
+    from .metrics.errors import error_growth
     figure = _new_figure(7.5, 4.6)
     axis = figure.subplots()
 
@@ -237,21 +261,27 @@ def invariant_drift_figure(times: np.ndarray, drift: Mapping[str, np.ndarray], *
         return np.where(np.isfinite(values) & (values > 0), values, np.nan)  # t_0 (exactly 0) is a gap
 
     def median_and_band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns once every member diverged
-            low, high = np.nanpercentile(curves, percentiles, axis=0)
-            return positive(np.nanmedian(curves, axis=0)), positive(low), positive(high)
+        low, median, high = error_growth(curves, percentiles=(percentiles[0], 50.0, percentiles[1]))
+        return median, low, high
 
-    for index, (name, curves) in enumerate(drift.items()):
+    levels = {name: median_and_band(np.asarray(curves, dtype=np.float64)) for name, curves in drift.items()}
+    references = {name: median_and_band(np.asarray(reference_drift[name], dtype=np.float64))[0]
+                  for name in drift if reference_drift is not None and name in reference_drift}
+    finite = np.concatenate([np.ravel(level) for level in [*levels.values(), *references.values()]] + [np.zeros(0)])
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    top = 3 * finite.max() if finite.size else 1.0  # where a band edge of diverged members is drawn
+    for index, (name, (median, low, high)) in enumerate(levels.items()):
         colour = f"C{index}"
-        median, low, high = median_and_band(np.asarray(curves, dtype=np.float64))
-        axis.fill_between(times, low, high, color=colour, alpha=0.2)
-        axis.plot(times, median, color=colour, linewidth=1.6, label=f"{name}, {predicted_label} (median)")
-        if reference_drift is not None and name in reference_drift:
-            axis.plot(times, median_and_band(np.asarray(reference_drift[name], dtype=np.float64))[0], color=colour,
-                      linewidth=1.0, label=f"{name}, truth file (integrator drift)", **_PREDICTED_STYLE)
-    if np.isfinite([line.get_ydata() for line in axis.get_lines()]).any():
+        low, high = (np.where(np.isposinf(edge), top, positive(edge)) for edge in (low, high))
+        axis.fill_between(times, low, high, color=colour, alpha=0.2,
+                          label=f"{name}, {percentiles[0]:g}-{percentiles[1]:g}th percentile")
+        axis.plot(times, positive(median), color=colour, linewidth=1.6, label=f"{name}, {predicted_label} (median)")
+        if name in references:
+            axis.plot(times, positive(references[name]), color=colour, linewidth=1.0,
+                      label=f"{name}, truth file (integrator drift)", **_PREDICTED_STYLE)
+    if finite.size:
         axis.set_yscale("log")
+        axis.set_ylim(top=top)
     axis.set_xlabel(time_label(time_units))
     axis.set_ylabel(r"relative drift $|I(t) - I(t_0)| / |I(t_0)|$")
     axis.grid(True, which="major", alpha=0.3)

@@ -19,7 +19,12 @@ import numpy as np
 
 from .errors import finite_states
 
-__all__ = ["histogram_kl_divergence", "common_finite_samples", "KL_BINS", "KL_EPSILON"]
+__all__ = ["histogram_kl_divergence", "common_finite_samples", "KL_BINS", "KL_EPSILON", "MIN_FINITE_SHARE"]
+
+#: attractor statistics (spectrum, histograms) need the model's states: below this share of finite
+#: ones they are undefined. A model that blew up just after the start had its few first states -- still
+#: the truth's -- compared with the truth's whole horizon, and scored better than a stable closure.
+MIN_FINITE_SHARE = 0.5
 
 
 #: histogram bins over the truth's range, and the probability added to every bin: where the truth

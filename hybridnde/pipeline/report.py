@@ -18,6 +18,7 @@ from ..evaluation_summary import percent_down
 from ..io import atomic_path, package_version
 from ..training.assembly import jacobian_penalty_field
 from .formatting import given, median_spread, number, percent, relative_link, spread_keys
+from .plots import held_out_validation
 from .runner import RunResult, VariantResult
 from .stages import repeats_training_start
 from .verdict import at_rest_while_valid, members_seen, verdict
@@ -174,7 +175,7 @@ def _still_improving(log: list[dict[str, Any]]) -> str:
 
 def _members_split(data: Mapping[str, Any]) -> str:
     train, validation = data.get("train_members", []), data.get("validation_members", [])
-    if validation and list(validation) == list(train):  # nothing held out for validation (data.py warns)
+    if not held_out_validation({"data": data}):  # (data.py warns)
         return f"{len(train)} training member(s), also used for validation (none held out)"
     return f"{len(train)} training + {len(validation)} validation members"
 

@@ -23,7 +23,7 @@ from ..threads import torch_threads
 from . import stages
 from .checks import check_variants
 from .inputs import InputChecks
-from .plots import error_growth_comparison_figure, read_training_log, training_curves_figure
+from .plots import error_growth_comparison_figure, held_out_validation, read_training_log, training_curves_figure
 from .record import RunRecord
 from .variants import Variant
 
@@ -232,7 +232,8 @@ class _Run(InputChecks):
             name = case.case.name + (f" [{result.variant.label}]" if result.variant.label else "")
             drawn = [training_curves_figure(result.training_log, staging / "training_loss.png",
                                             title=f"{name}: training",
-                                            best_epoch=(result.closure_metadata or {}).get("best_epoch"))]
+                                            best_epoch=(result.closure_metadata or {}).get("best_epoch"),
+                                            held_out=held_out_validation(result.closure_metadata))]
             if stages.has_baseline(case):
                 metrics["baseline"] = evaluate_files(baseline, reference, case=case)
                 drawn.append(error_growth_comparison_figure(
