@@ -104,3 +104,43 @@ def test_the_training_figure_says_when_validation_held_nothing_out(tmp_path, mon
     assert plots.held_out_validation({"data": {"train_members": [0], "validation_members": [0]}}) is False
     assert plots.held_out_validation({"data": {"train_members": [0, 1], "validation_members": [2]}}) is True
     assert plots.held_out_validation(None) is True
+
+
+def test_write_figures_marks_diverged_members_and_an_undefined_spectrum(tmp_path, monkeypatch):
+    """The evaluation's figures get +inf drift after a member's states stop being finite, a note of the
+    diverged members, and no hybrid spectrum when too few states are finite."""
+    from hybridnde.alignment import AlignedPair
+    from hybridnde.evaluate import compute_metrics
+    from hybridnde.evaluation_figures import write_figures
+
+    seen = {}
+    for name in ("invariant_drift_figure", "error_growth_figure", "spectrum_figure"):
+        real = getattr(figures, name)
+        monkeypatch.setattr(figures, name, lambda *args, _real=real, _name=name, **kwargs: (
+            seen.__setitem__(_name, (args, kwargs)), _real(*args, **kwargs))[1])
+
+    def pair(states, truth, state_dim, coords, **extra):
+        members, times = states.shape[:2]
+        return AlignedPair(times=np.arange(times) * 0.25, predicted=states, truth=truth, members=np.arange(members),
+                           reference_members=np.arange(members), status=np.zeros(members, np.int8),
+                           blowup_time=np.full(members, np.nan), state_dim=state_dim, state_coords=coords,
+                           reference_initial=truth[:, 0], **extra)
+
+    t = np.arange(40) * 0.25
+    truth = np.stack([np.stack([np.cos(t + m), np.sin(t + m)], axis=-1) for m in range(4)])
+    predicted = truth * 1.01
+    predicted[:3, 20:] = np.nan  # 3 of 4 members diverge
+    ode = pair(predicted, truth, "component", ["x", "y"])
+    write_figures(ode, compute_metrics(ode), tmp_path / "ode", invariants=lambda u: {"r2": (u ** 2).sum(-1)})
+    curves = seen["invariant_drift_figure"][0][1]["r2"]
+    assert np.isposinf(curves[:3, 20:]).all() and np.isfinite(curves[3]).all()
+    assert seen["error_growth_figure"][1]["note"] == "3 of 4 members diverged (error infinite)"
+
+    x = np.arange(16) * 22.0 / 16
+    field = np.stack([np.stack([np.cos(2 * np.pi * x / 22.0 + 0.1 * k + m) for k in range(40)]) for m in range(2)])
+    blown = field.copy()
+    blown[:, 5:] = np.nan  # 10 of 80 states finite: the metrics call the spectrum undefined
+    ks = pair(blown, field, "x", x, domain_length=22.0)
+    write_figures(ks, compute_metrics(ks), tmp_path / "ks")
+    assert seen["spectrum_figure"][1]["undefined"] is True
+    assert "(over the 12.5% finite states)" in seen["spectrum_figure"][1]["title"]
