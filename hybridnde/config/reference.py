@@ -49,7 +49,8 @@ A case is one TOML file (see `cases/`) with the tables below. Every key is optio
 `[system] name`; a missing key takes its default. Unknown tables or keys, wrong types and values
 outside their constraints are rejected with an error naming the key, before any work starts.
 
-* `--set section.key=value` on any command overrides one value (a TOML literal: `--set time.dt=0.1`,
+* `--set section.key=value` on every command that reads a case (`simulate`, `train`, `rollout`, `run`; `evaluate`
+  with `--case`) overrides one value (a TOML literal: `--set time.dt=0.1`,
   `--set training.regularizer="jvp"`, `--set 'initial_condition.value=[1.0, 2.0, 3.0]'`: quote values with spaces for the shell); repeatable.
 * A `[quick]` table maps dotted keys to values that `--quick` applies, e.g.
   `"time.n_steps" = 200`: the small, fast variant of the case. Its keys and values are checked on
