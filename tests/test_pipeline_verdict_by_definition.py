@@ -290,3 +290,15 @@ def test_a_refused_variant_is_named_in_the_error(tmp_path):
                               compare=["time.n_steps=8,6"])
     with pytest.raises(ConfigError, match=r"^variant n_steps=6: time.n_steps = 6 gives 4 samples"):
         check_variants(variants, tmp_path / "out")
+
+
+def test_models_both_valid_to_the_horizon_get_one_parenthesis_and_no_note_on_overlapping_spreads():
+    """It read "(both valid to the horizon ...: no ratio) (their p16-p84 spreads over members overlap)":
+    a note qualifying a ratio that is not given."""
+    spread = {"median": 100.0, "p16": 100.0, "p84": 100.0}
+    metrics = {**PLAIN, "horizon": 100.0, "valid_prediction_time": spread, "reached_horizon_fraction": 1.0,
+               "baseline": {"valid_prediction_time": spread, "members": 4, "stable_members": 4,
+                            "reached_horizon_fraction": 1.0}}
+    text = verdict(metrics)
+    assert ", as the bare host solver's (both valid to the horizon for most members: no ratio);" in text
+    assert "overlap" not in text

@@ -92,14 +92,16 @@ def verdict(metrics: Mapping[str, Any], *, held_out: bool = True, setup: str | N
     else:
         text += f", median over {members} held-out members"
     if baseline:
-        if censored and (baseline.get("reached_horizon_fraction") or 0.0) >= 0.5:
-            ratio = ", as the bare host solver's (both valid to the horizon for most members: no ratio)"
-        else:
-            ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"], at_least=censored)
         notes = []
         low, high = keys = spread_keys(metrics)
-        if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], keys):
-            notes.append(f"their {low}-{high} spreads over members overlap")
+        if censored and (baseline.get("reached_horizon_fraction") or 0.0) >= 0.5:
+            # (no ratio, so no note on the spreads that would qualify one)
+            ratio = ", as the bare host solver's"
+            notes.append("both valid to the horizon for most members: no ratio")
+        else:
+            ratio = _ratio_phrase(vpt["median"], baseline["valid_prediction_time"]["median"], at_least=censored)
+            if ratio and _spreads_overlap(vpt, baseline["valid_prediction_time"], keys):
+                notes.append(f"their {low}-{high} spreads over members overlap")
         if ratio and setup in TRIVIAL_BASELINES:
             notes.append(TRIVIAL_BASELINES[setup])
         text += ratio + (f" ({'; '.join(notes)})" if notes else "")
