@@ -116,7 +116,7 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
     exponents = set(metrics.get("lyapunov_exponent") for _, metrics in curves)
     values = [value for _, metrics in curves for key in (low, "median", high)
               for value in _positive(metrics["error_growth"][key]) if np.isfinite(value)]
-    top = 3 * max(values + [metrics["threshold"] for _, metrics in curves])
+    ceiling = 3 * max(values + [metrics["threshold"] for _, metrics in curves])  # where diverged bands end
     for label, metrics in curves:
         if single_bare_host and label.startswith("bare host"):
             colour = "0.45"
@@ -130,7 +130,7 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
         if len(scales) > 1:
             shown += f", error / {metrics.get('error_scale_kind', 'rms')} scale"
         if bands:
-            axis.fill_between(times, _positive(growth[low]), _upper_edge(growth[high], growth[low], top), color=colour,
+            axis.fill_between(times, _positive(growth[low]), _upper_edge(growth[high], growth[low], ceiling), color=colour,
                               alpha=0.15)
         axis.plot(times, _positive(growth["median"]), color=colour, linewidth=1.8, label=shown)
         if median is not None:
@@ -143,7 +143,7 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
     if end > start:
         axis.set_xlim(start, end)
     axis.set_yscale("log")
-    axis.set_ylim(top=top)
+    axis.set_ylim(top=ceiling)
     axis.set_xlabel(time_label(first.get("time_units", "1")))
     axis.set_ylabel(error_label(scales[0]) if len(scales) == 1 else "normalised error (each curve's scale: legend)")
     axis.grid(True, which="major", alpha=0.3)
