@@ -130,8 +130,8 @@ def error_growth_comparison_figure(curves: Sequence[tuple[str, Mapping[str, Any]
         if len(scales) > 1:
             shown += f", error / {metrics.get('error_scale_kind', 'rms')} scale"
         if bands:
-            axis.fill_between(times, _positive(growth[low]), _upper_edge(growth[high], growth[low], ceiling), color=colour,
-                              alpha=0.15)
+            axis.fill_between(times, _positive(growth[low]), _upper_edge(growth[high], growth[low], ceiling),
+                              color=colour, alpha=0.15)
         axis.plot(times, _positive(growth["median"]), color=colour, linewidth=1.8, label=shown)
         if median is not None:
             axis.axvline(start + median, color=colour, linestyle=":", linewidth=1.2)
