@@ -129,13 +129,19 @@ def test_a_partial_file_reads_nan_and_ok_for_unfinished_members_and_says_it_is_i
         assert ds.status.values.tolist() == [0] * MEMBERS and np.isnan(ds.blowup_time.values).all()
 
 
-def test_commit_writes_the_final_status_and_history_and_drops_the_incomplete_mark(tmp_path):
-    """The complete file has commit's status/blowup_time (not the last checkpoint's), both history lines, no `incomplete`."""
-    out, values = tmp_path / "r.nc", field()
+def every_chunk_checkpointed(out, values):
+    """A writer of ``out`` that has written every chunk of ``values`` and checkpointed them."""
     writer = stream_writer(out)
     for start in range(0, SAVES, TIME_CHUNK):
         writer.write(0, start, values[:, start:start + TIME_CHUNK])
     writer.checkpoint(np.zeros(MEMBERS, np.int8), np.full(MEMBERS, np.nan), {"done": 0})
+    return writer
+
+
+def test_commit_writes_the_final_status_and_history_and_drops_the_incomplete_mark(tmp_path):
+    """The complete file has commit's status/blowup_time (not the last checkpoint's), both history lines, no `incomplete`."""
+    out, values = tmp_path / "r.nc", field()
+    writer = every_chunk_checkpointed(out, values)
     writer.commit(np.array([0, 1, 0], np.int8), np.array([np.nan, 0.5, np.nan]), {"wall_seconds": 2.5},
                   history="resumed 1 time(s), finished")
     assert not partial_path(out).exists()
@@ -162,10 +168,7 @@ def test_a_checkpoint_puts_status_and_blowup_time_in_the_partial_file(tmp_path):
 def test_a_checkpoint_is_on_disk_when_it_is_written(tmp_path):
     """A copy of the partial file taken right after a checkpoint (what a kill leaves) reads back the checkpointed chunks."""
     out, values = tmp_path / "r.nc", field()
-    writer = stream_writer(out)
-    for start in range(0, SAVES, TIME_CHUNK):
-        writer.write(0, start, values[:, start:start + TIME_CHUNK])
-    writer.checkpoint(np.zeros(MEMBERS, np.int8), np.full(MEMBERS, np.nan), {"done": 0})
+    writer = every_chunk_checkpointed(out, values)
     writer.flush()
     killed = tmp_path / "killed.nc"
     killed.write_bytes(partial_path(out).read_bytes())  # (the writer still holds its file open)
