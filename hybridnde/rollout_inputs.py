@@ -179,10 +179,12 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
     rollout = case.rollout
     if rollout.initial_conditions == "draw":
         ic, points = case.initial_condition, getattr(solver, "n_points", None)
-        if ic.distribution == "random_fourier" and points is not None and ic.n_modes > points // 2:
+        # below N/2, as the training data filtered onto this grid (grids.restrict_to_grid): higher modes alias
+        # onto lower ones, and an even grid's Nyquist mode has no sine part
+        if ic.distribution == "random_fourier" and points is not None and ic.n_modes > (points - 1) // 2:
             raise ConfigError(f"initial_condition.n_modes = {ic.n_modes}: the host's grid of {points} points holds "
-                              f"modes up to {points // 2}, so the drawn states would alias; lower it, or roll out "
-                              "from the truth's states (rollout.initial_conditions = \"truth.nc\")")
+                              f"modes up to {(points - 1) // 2} (below N/2), so the drawn states would alias; lower "
+                              "it, or roll out from the truth's states (rollout.initial_conditions = \"truth.nc\")")
         u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
         member_ids, t0 = np.arange(rollout.members, dtype=np.int64), 0.0
     else:

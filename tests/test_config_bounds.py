@@ -112,7 +112,9 @@ def test_a_finite_difference_step_just_past_the_stability_limit_is_refused_and_o
     (case_with(KS, initial_condition={"distribution": "uniform_box", "low": [0], "high": [1]}),
      r"^initial_condition\.distribution = 'uniform_box' does not fit a field; use 'random_fourier' or 'file'"),
     ({"system": {"name": "kuramoto_sivashinsky", "n_points": 16}, "initial_condition": {"n_modes": 9}},
-     r"^initial_condition\.n_modes = 9 exceeds N/2 = 8$"),
+     r"^initial_condition\.n_modes = 9: a grid of 16 points holds modes with random phases up to 7 \(below N/2\)"),
+    ({"system": {"name": "kuramoto_sivashinsky", "n_points": 16}, "initial_condition": {"n_modes": 8}},
+     r"^initial_condition\.n_modes = 8: a grid of 16 points holds .* up to 7"),  # the Nyquist mode: no sine part
 ])
 def test_a_rule_joining_sections_is_refused_naming_the_field_and_the_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -123,8 +125,8 @@ def test_the_largest_values_the_joining_rules_allow_are_accepted():
     widest = parse_case({"system": {"name": "kuramoto_sivashinsky", "n_points": 32},
                          "hybrid": {"system": {"n_points": 16}}, "model": {"kind": "periodic_cnn", "kernel_size": 33}})
     assert widest.model.kernel_size == 33  # 2N + 1, as the error message promises
-    modes = parse_case({"system": {"name": "kuramoto_sivashinsky", "n_points": 16}, "initial_condition": {"n_modes": 8}})
-    assert modes.initial_condition.n_modes == 8  # N/2
+    modes = parse_case({"system": {"name": "kuramoto_sivashinsky", "n_points": 16}, "initial_condition": {"n_modes": 7}})
+    assert modes.initial_condition.n_modes == 7  # (N - 1) // 2: below the Nyquist mode
     assert len(parse_case({"system": {"name": "lorenz63"}, "initial_condition": {
         "distribution": "gaussian", "value": [1, 1, 1], "std": [1]}}).initial_condition.std) == 1
 

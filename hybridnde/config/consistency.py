@@ -88,8 +88,11 @@ def check_consistency(case: CaseConfig) -> None:
     if isinstance(system, KuramotoSivashinskyConfig) and ic.distribution in ("point", "gaussian", "uniform_box"):
         raise ConfigError(f"initial_condition.distribution = {ic.distribution!r} does not fit a field; use "
                           "'random_fourier' or 'file' for Kuramoto-Sivashinsky")
-    if isinstance(system, KuramotoSivashinskyConfig) and ic.n_modes > system.n_points // 2:
-        raise ConfigError(f"initial_condition.n_modes = {ic.n_modes} exceeds N/2 = {system.n_points // 2}")
+    # an even grid's Nyquist mode has no sine part: a random phase would not be honoured (and the host's
+    # training data, grids.restrict_to_grid, drop that mode)
+    if isinstance(system, KuramotoSivashinskyConfig) and ic.n_modes > (system.n_points - 1) // 2:
+        raise ConfigError(f"initial_condition.n_modes = {ic.n_modes}: a grid of {system.n_points} points holds modes "
+                          f"with random phases up to {(system.n_points - 1) // 2} (below N/2); lower it")
 
 
 def positions_then_velocities(system: SystemConfig) -> bool:

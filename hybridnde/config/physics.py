@@ -157,7 +157,8 @@ class InitialConditionConfig:
     angle: tuple[float, ...] = option((0.5, 1.5), "rigid_body_circle: phi ~ U(low, high); state (cos phi, 0, sin phi)",
                                       length=2)
     amplitude: float = option(1.0, "random_fourier: standard deviation of the field", positive=True)
-    n_modes: int = option(4, "random_fourier: lowest Fourier modes 1..n_modes with random phases", positive=True)
+    n_modes: int = option(4, "random_fourier: lowest Fourier modes 1..n_modes with random phases (below N/2: at "
+                          "most (N - 1) // 2 of the truth's and the host's grids)", positive=True)
     file: str = option("", "file: NetCDF path (relative to the working directory) with u(member, x) or "
                        "u(member, component), components matched by name (or u(member, time, ...): "
                        "the first time is used); the simulation keeps the file's member labels and starts its clock at "
