@@ -4,7 +4,6 @@ streams and the readers of a rollout's initial states (helper-U's mutation audit
 initial_conditions, grids and rollout_inputs). Expected values are worked out by hand."""
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest
