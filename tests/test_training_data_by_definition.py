@@ -1,9 +1,8 @@
 """Training data, initial states and grids by their documented definitions: window times, the member
 split and its labels, the file checks' boundaries, normalisation statistics, the per-member random
-streams and the readers of a rollout's initial states (helper-U's mutation audit of data,
+streams and the readers of a rollout's initial states (helper-121's mutation audit of data,
 initial_conditions, grids and rollout_inputs). Expected values are worked out by hand."""
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
