@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .config import CaseConfig, KuramotoSivashinskyConfig, to_mapping
-from .grids import other_domain_length, restrict_to_grid
+from .grids import check_domain_length, restrict_to_grid
 from .checksums import (data_checksum, file_checksum, present_file_checksum, records_data,  # (some re-exported)
                         recorded_data_checksum)
 from .io import STATUS_FLAGS, DataError, open_trajectories
@@ -219,11 +219,7 @@ def _check_state(dataset, case: CaseConfig, path: Path) -> None:
         if u.sizes["x"] != case.system.n_points:
             raise DataError(f"{path}: the data have {u.sizes['x']} grid points; the case's system.n_points is "
                             f"{case.system.n_points} (the truth grid; hybrid.system.n_points sets the host grid)")
-        found = other_domain_length(dataset["x"].values if "x" in dataset.coords else None,
-                                    case.system.domain_length)  # (as a rollout's initial states are)
-        if found is not None:
-            raise DataError(f"{path}: its domain length {found:g} differs from the case's system.domain_length = "
-                            f"{case.system.domain_length:g}")
+        check_domain_length(dataset, case.system.domain_length, path, "the case's system.domain_length =")
         return
     names = tuple(ODE_SYSTEMS[case.system.name].component_names)
     if u.dims != ("member", "time", "component"):

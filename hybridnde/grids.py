@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["restrict_to_grid", "other_domain_length"]
+__all__ = ["restrict_to_grid", "other_domain_length", "check_domain_length"]
 
 
 def other_domain_length(x, domain_length: float) -> float | None:
@@ -17,6 +17,17 @@ def other_domain_length(x, domain_length: float) -> float | None:
     found = len(x) * float(x[1] - x[0])
     # 1e-6, as alignment's grid check: a float32 grid (files from other tools) holds x to ~6e-8
     return None if math.isclose(found, domain_length, rel_tol=1e-6) else found
+
+
+def check_domain_length(dataset, domain_length: float | None, path, expected: str) -> None:
+    """``DataError`` naming ``path`` where the grid ``x`` of an open dataset gives another period than
+    ``domain_length`` (``expected`` says whose: "the host's"); nothing without a length or an ``x``."""
+    from .errors import DataError
+
+    x = dataset["x"].values if "x" in dataset.coords else None
+    found = other_domain_length(x, domain_length) if domain_length else None
+    if found is not None:
+        raise DataError(f"{path}: its domain length {found:g} differs from {expected} {domain_length:g}")
 
 
 def restrict_to_grid(u, n_coarse: int):

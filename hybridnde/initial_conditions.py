@@ -17,7 +17,7 @@ import torch
 from solvers import Solver
 
 from .config import InitialConditionConfig
-from .grids import other_domain_length
+from .grids import check_domain_length
 from .io import DataError, check_time_coordinate
 
 __all__ = ["members_and_start", "finite_in", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
@@ -120,12 +120,7 @@ def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[
         if tuple(u.shape[1:]) != tuple(solver.state_shape):
             raise DataError(f"{path}: u has state shape {tuple(u.shape[1:])}; the case's solver needs "
                             f"{tuple(solver.state_shape)}")
-        domain_length = getattr(solver, "domain_length", None)
-        found = other_domain_length(dataset["x"].values if "x" in dataset.coords else None,
-                                    domain_length) if domain_length else None
-        if found is not None:  # (as training data and a rollout's initial states are)
-            raise DataError(f"{path}: its domain length {found:g} differs from the case's system.domain_length = "
-                            f"{domain_length:g}")
+        check_domain_length(dataset, getattr(solver, "domain_length", None), path, "the case's system.domain_length =")
         order = slice(None)
         if solver.component_names and "component" in u.dims:
             order = component_order(path, u["component"].values, solver.component_names)

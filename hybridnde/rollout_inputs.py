@@ -20,7 +20,7 @@ from solvers.base import coarser_than
 
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
-from .grids import other_domain_length, restrict_to_grid
+from .grids import check_domain_length, restrict_to_grid
 from .initial_conditions import (component_order, draw_initial_conditions, finite_in, members_and_start,
                                  nonfinite_members, open_initial_conditions, warn_once)
 from .io import DataError
@@ -160,11 +160,7 @@ def read_initial_states(path: str | Path, solver, n_members: int, positions: ran
             if n_file < n_host or n_file % n_host:
                 raise DataError(f"{path}: {n_file} grid points cannot be filtered onto the host's {n_host}; the host's "
                                 "points must divide the file's")
-            domain_length = getattr(solver, "domain_length", None)
-            x = dataset["x"].values if "x" in dataset.coords else None
-            found = other_domain_length(x, domain_length) if domain_length else None
-            if found is not None:
-                raise DataError(f"{path}: its domain length {found:g} differs from the host's {domain_length:g}")
+            check_domain_length(dataset, getattr(solver, "domain_length", None), path, "the host's")
             values = restrict_to_grid(values, n_host)
         available = u.sizes["member"]  # after the state: another system's file says so first
         if available < n_members:
