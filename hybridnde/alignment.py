@@ -38,7 +38,8 @@ class AlignedPair:
     ``predicted``, ``truth``: (member, time, *state); ``times``: (time,) absolute; ``members``: the
     rollout's global member indices and ``reference_members`` the ones paired with them;
     ``status``, ``blowup_time``: the rollout's, per member; ``reference_initial``: the reference's
-    states at the first common time on its own grid, (member, *state_reference).
+    states at the first common time on its own grid, (member, *state_reference); ``precision``: the
+    coarser machine epsilon of the two files' ``u`` (float32 files: their round-off is not a signal).
     """
 
     times: np.ndarray
@@ -54,6 +55,7 @@ class AlignedPair:
     time_units: str = "1"
     domain_length: float | None = None
     notes: tuple[str, ...] = ()
+    precision: float = float(np.finfo(np.float64).eps)
 
 
 def _domain_length(x: np.ndarray) -> float | None:
@@ -210,4 +212,6 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
         members=np.asarray(rollout["member"].values), reference_members=np.asarray(reference["member"].values)[member_index],
         status=status, blowup_time=blowup_time, state_dim=state_dim, state_coords=state_coords,
         reference_initial=reference_initial, time_units=str(rollout["time"].attrs.get("units", "1")),
-        domain_length=domain_length, notes=tuple(notes))
+        domain_length=domain_length, notes=tuple(notes),
+        precision=max(float(np.finfo(u.dtype).eps) if np.issubdtype(u.dtype, np.floating) else 0.0
+                      for u in (u_rollout, u_reference)))

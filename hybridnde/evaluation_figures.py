@@ -108,6 +108,7 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
         plot = figures.spectrum_figure(wavenumber, np.asarray(spectrum["reference"]), wavenumber,
                                        np.asarray(spectrum["rollout"]), distance=spectrum["distance"],
                                        predicted_label=predicted_label, undefined=share < MIN_FINITE_SHARE,
+                                       floor=figures.energy_floor(pair.precision),
                                        title=f"{prefix}energy spectrum, mean over members and time{over}")
         written.append(figures.save_figure(plot, directory / "spectrum.png"))
     else:

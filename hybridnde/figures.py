@@ -16,12 +16,19 @@ from matplotlib.figure import Figure
 
 from .io import atomic_path, package_version
 
-__all__ = ["error_label", "space_time_figure", "phase_portrait_figure", "error_growth_figure", "spectrum_figure",
+__all__ = ["error_label", "energy_floor", "space_time_figure", "phase_portrait_figure", "error_growth_figure", "spectrum_figure",
            "invariant_drift_figure", "save_figure", "time_label"]
 
 _PREDICTED_STYLE = {"linestyle": "--"}
-#: spectra: modes below this fraction of the peak are round-off (or dealiased away) and not drawn
+#: spectra: modes below this fraction of the peak are round-off (or dealiased away) and not drawn; a
+#: float32 file's round-off lies higher: ``spectrum_figure``'s ``floor`` (see ``energy_floor``)
 _ENERGY_FLOOR = 1e-20
+
+
+def energy_floor(precision: float) -> float:
+    """The fraction of a spectrum's peak below which its modes are round-off, for states held to machine
+    epsilon ``precision`` (float32: ~1e-12, where its dealiased modes sit near 1e-17..1e-14)."""
+    return max(_ENERGY_FLOOR, (10.0 * precision) ** 2)
 
 
 def time_label(units: str = "1", symbol: str = "t") -> str:
@@ -210,10 +217,12 @@ def error_growth_figure(times: np.ndarray, median: np.ndarray, lower: np.ndarray
 
 def spectrum_figure(wavenumber: np.ndarray, reference: np.ndarray, predicted_wavenumber: np.ndarray,
                     predicted: np.ndarray, *, title: str = "", distance: float | None = None,
-                    predicted_label: str = "hybrid", undefined: bool = False) -> Figure:
+                    predicted_label: str = "hybrid", undefined: bool = False,
+                    floor: float = _ENERGY_FLOOR) -> Figure:
     """Time-averaged energy spectra ``E(k)`` of truth and prediction (the mean mode ``k = 0`` omitted).
     ``undefined``: too few of the prediction's states are finite for a spectrum (the metrics say so):
-    its curve, drawn from the few before a blow-up, would look like a match; a note instead.
+    its curve, drawn from the few before a blow-up, would look like a match; a note instead. ``floor``:
+    modes below this fraction of a curve's peak are not drawn (``energy_floor`` of the states' precision).
 
     Args:
         wavenumber, reference: (modes,) of the truth; predicted_wavenumber, predicted: of the prediction.
@@ -223,7 +232,7 @@ def spectrum_figure(wavenumber: np.ndarray, reference: np.ndarray, predicted_wav
     def shown(energy: np.ndarray) -> np.ndarray:
         """Modes with no energy (removed by dealiasing) are left out rather than drawn at a floor."""
         energy = np.asarray(energy, dtype=np.float64)[1:]
-        return np.where(energy > _ENERGY_FLOOR * np.nanmax(energy), energy, np.nan)
+        return np.where(energy > floor * np.nanmax(energy), energy, np.nan)
 
     axis.semilogy(wavenumber[1:], shown(reference), "o-", color="k", markersize=3, linewidth=1.2, label="truth")
     if undefined:

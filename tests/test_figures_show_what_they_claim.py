@@ -144,3 +144,24 @@ def test_write_figures_marks_diverged_members_and_an_undefined_spectrum(tmp_path
     write_figures(ks, compute_metrics(ks), tmp_path / "ks")
     assert seen["spectrum_figure"][1]["undefined"] is True
     assert "(over the 12.5% finite states)" in seen["spectrum_figure"][1]["title"]
+
+
+def test_a_float32_files_round_off_is_not_drawn_as_spectral_energy():
+    """The spectrum's floor (1e-20 of the peak) suits float64: a float32 file's dealiased modes hold
+    round-off near 1e-16 of the peak and were drawn as a flat plateau of the truth's energy."""
+    from hybridnde.alignment import align_trajectories
+    from hybridnde.io import trajectory_dataset
+
+    x = np.arange(16) * 22.0 / 16
+    u = np.broadcast_to(np.sin(2 * np.pi * x / 22.0), (2, 3, 16)).copy()
+    double = trajectory_dataset(u, np.arange(3.0), state_dim="x", state_coords=x)
+    single = trajectory_dataset(u.astype(np.float32), np.arange(3.0), state_dim="x", state_coords=x)
+    assert align_trajectories(double, double).precision == np.finfo(np.float64).eps
+    precision = align_trajectories(single, double).precision
+    assert precision == np.finfo(np.float32).eps
+    assert figures.energy_floor(np.finfo(np.float64).eps) == 1e-20
+    k = np.arange(9) * 2 * np.pi / 22.0
+    energy = np.array([0.0, 1.0, 1e-3, 1e-6, 4.5e-17, 4.5e-17, 1e-17, 0.0, 0.0])  # float32 round-off from mode 4
+    for floor, drawn in ((1e-20, 6), (figures.energy_floor(precision), 3)):
+        line = figures.spectrum_figure(k, energy, k, energy, floor=floor).axes[0].get_lines()[0]
+        assert int(np.isfinite(line.get_ydata()).sum()) == drawn
