@@ -176,6 +176,10 @@ def first_blowup(values: np.ndarray, save_start: int, threshold: float) -> np.nd
     ``values: (batch, n_saves, *state)``; returns ``(batch,)`` int64 (absolute save indices).
     """
     flat = values.reshape(values.shape[0], values.shape[1], -1)
+    if np.issubdtype(flat.dtype, np.floating):  # the largest value of the dtype not above the bound: NumPy
+        with np.errstate(over="ignore"):        # rounds a Python float to the array's dtype, maybe up
+            bound = flat.dtype.type(threshold)  # (or to inf, past float32's range)
+        threshold = np.nextafter(bound, flat.dtype.type(-np.inf)) if float(bound) > threshold else bound
     if not flat.shape[2]:
         bad = np.zeros(values.shape[:2], bool)
     else:  # |u| <= threshold as max and min: no temporary as large as the chunk (np.abs made one)

@@ -149,3 +149,16 @@ def test_the_device_buffer_holds_no_more_saves_than_the_run_has():
     schedule = SaveSchedule(steps=10, save_every=1, time_chunk=1000, dt=1.0)
     runner = BatchRunner(doubling_host(), schedule, blowup_threshold=1e6, capacity=3)
     assert tuple(runner._buffer.shape) == (3, 11, 2)
+
+
+def test_a_float32_state_just_past_the_bound_is_marked():
+    """NumPy rounds the Python float threshold to float32 for the comparison, here up (1e6 + 0.04 to
+    1e6 + 0.0625): a float32 state of 1e6 + 0.0625, past the bound, was not marked."""
+    from hybridnde.rollout import first_blowup
+
+    def marked(value, threshold):
+        return first_blowup(np.full((1, 2, 1), value), 0, threshold).tolist() == [0]
+
+    assert marked(np.float32(1000000.0625), 1000000.04) and marked(np.float32(-1000000.0625), 1000000.04)
+    assert not marked(np.float32(1000000.0), 1000000.04) and not marked(np.float32(1e6), 1e6)
+    assert marked(np.float32(np.inf), 1e39) and not marked(np.float32(3e38), 1e39)  # a bound past float32's range
