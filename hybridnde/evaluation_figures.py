@@ -82,14 +82,14 @@ def write_figures(pair: AlignedPair, metrics: Mapping[str, Any], directory: str 
     lo_key, hi_key = f"p{spread[0]:g}", f"p{spread[1]:g}"
     error = normalised_error(pair.predicted, pair.truth, scale=metrics["error_scale"])
     levels = error_growth(error, percentiles=(spread[0], 50.0, spread[1]))
-    diverged = int(np.isposinf(error).any(axis=1).sum())
+    diverged_members = int(np.isposinf(error).any(axis=1).sum())
     written = []
     growth = figures.error_growth_figure(
         pair.times, levels[1], levels[0], levels[2], threshold=metrics["threshold"],
         valid_time=start + vpt["median"], valid_time_spread=(start + vpt[lo_key], start + vpt[hi_key]),
         lyapunov_exponent=metrics.get("lyapunov_exponent"), time_units=pair.time_units,
         error_scale=metrics.get("error_scale_kind", "rms"),
-        note=f"{diverged} of {pair.members.size} members diverged (error infinite)" if diverged else "",
+        note=f"{diverged_members} of {pair.members.size} members diverged (error infinite)" if diverged_members else "",
         spread_label=f"{spread[0]:g}-{spread[1]:g}th percentile over {pair.members.size} members",
         title=f"{prefix}normalised error (VPT: median {vpt['median']:.3g}, "
               f"{lo_key}-{hi_key} {vpt[lo_key]:.3g}-{vpt[hi_key]:.3g})")

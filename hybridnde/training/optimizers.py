@@ -62,9 +62,9 @@ class ParameterSteps:
             return
         rate = self.lazy.param_groups[0]["lr"]
         with torch.no_grad():  # AdamW's decoupled decay, on the rows the batch gathered (SparseAdam has none)
-            for p in self.sparse:
+            for p in self.sparse:  # (coalesce: a no-op after finite_gradient, which the trainer calls first)
                 if p.grad is not None and self.weight_decay:
-                    p[p.grad.coalesce().indices()[0]] *= 1.0 - rate * self.weight_decay  # (a no-op coalesce after finite_gradient)
+                    p[p.grad.coalesce().indices()[0]] *= 1.0 - rate * self.weight_decay
         self.lazy.step()
 
     def state_dict(self) -> dict[str, Any]:
