@@ -17,11 +17,11 @@ import torch
 from solvers import Solver
 
 from .config import InitialConditionConfig
-from .grids import check_domain_length
+from .grids import check_domain_length, restrict_to_grid
 from .io import DataError, check_time_coordinate
 
-__all__ = ["members_and_start", "finite_in", "file_members_and_start", "draw_initial_conditions", "read_initial_conditions",
-           "component_order", "open_initial_conditions", "member_rng", "nonfinite_members"]
+__all__ = ["members_and_start", "finite_in", "draw_initial_conditions", "read_member_states", "component_order",
+           "open_initial_conditions", "member_rng", "nonfinite_members", "warn_unused_keys"]
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # the warnings about initial states given in this process
@@ -33,6 +33,11 @@ def warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         log.warning(message)
+
+
+def warn_unused_keys(ic: InitialConditionConfig) -> None:
+    for problem in ic.unused_keys():
+        warn_once(f"{problem} (it is ignored)")
 
 
 def nonfinite_members(states: np.ndarray) -> np.ndarray:
@@ -102,32 +107,60 @@ def open_initial_conditions(path: Path, key: str, fix: str = "a NetCDF file"):
         raise DataError(f"{key} = {str(path)!r}: not a readable NetCDF file ({error})") from None
 
 
-def read_initial_conditions(path: str | Path, solver: Solver, members: Sequence[int]) -> np.ndarray:
-    """Members' states from a NetCDF file with ``u(member, x)``, ``u(member, component)`` or
-    ``u(member, time, ...)`` (first time). Returns ``(len(members), *state)``; components labelled
-    in the file are matched to the system's by name."""
-    path = Path(path)
-    with open_initial_conditions(path, "initial_condition.file") as dataset:
-        if "u" not in dataset:
-            raise DataError(f"{path}: no variable 'u'; initial conditions need u(member, x) or u(member, component)")
-        u = dataset["u"]
+def read_member_states(path: str | Path, solver: Solver, rows: Sequence[int], *, key: str, count_key: str,
+                       n_members: int | None = None, fix: str = "a NetCDF file", whose: str = "the case's"
+                       ) -> tuple[np.ndarray, float, np.ndarray]:
+    """Members' states from a NetCDF file with ``u(member, x|component)`` or ``u(member, time, x|component)``
+    (the first time): the one reader of ``initial_condition.file`` (simulate) and
+    ``rollout.initial_conditions`` (rollouts).
+
+    ``rows``: the positions (in the file's member order) to read; ``n_members`` (default ``max(rows) + 1``)
+    must exist, and the labels of that many are returned. Fields on a finer grid of the same domain are
+    filtered onto the solver's (``grids.restrict_to_grid``); components are matched by name.
+    ``key``/``count_key`` name the settings in the messages, ``whose`` the solver ("the host's"). Returns
+    ``(member labels (n_members,), t0, states (len(rows), *state) float64)``; ``DataError`` names the
+    file and the fix, also for a non-finite member (by its label).
+    """
+    path, rows = Path(path), list(rows)
+    n_members = max(rows, default=-1) + 1 if n_members is None else n_members
+    state_dim = "component" if solver.component_names else "x"
+    with open_initial_conditions(path, key, fix) as dataset:
+        u = dataset.get("u")
+        if u is None or u.dims[0] != "member" or u.dims[-1] != state_dim or u.ndim != 2 + ("time" in u.dims):
+            found = "no variable 'u'" if u is None else f"u has dims {u.dims}"
+            raise DataError(f"{path}: {found}; {whose} solver needs u(member, {state_dim}) or "
+                            f"u(member, time, {state_dim})")
         if "time" in u.dims:
             if u.sizes["time"] == 0:
                 raise DataError(f"{path}: u has no time; initial conditions need at least one saved state")
             u = u.isel(time=0)
-        if u.dims[0] != "member" or u.ndim != 1 + len(solver.state_shape):
-            raise DataError(f"{path}: u has dims {u.dims}; expected (member, x) or (member, component)")
-        if tuple(u.shape[1:]) != tuple(solver.state_shape):
-            raise DataError(f"{path}: u has state shape {tuple(u.shape[1:])}; the case's solver needs "
-                            f"{tuple(solver.state_shape)}")
-        check_domain_length(dataset, getattr(solver, "domain_length", None), path, "the case's system.domain_length =")
-        order = slice(None)
-        if solver.component_names and "component" in u.dims:
-            order = component_order(path, u["component"].values, solver.component_names)
-        if max(members, default=-1) >= u.shape[0]:
-            raise DataError(f"{path}: holds {u.shape[0]} members; the case asks for {max(members) + 1}")
-        values = np.asarray(u.values[list(members)], dtype=np.float64)
-        return values[..., order]
+        if not np.issubdtype(u.dtype, np.number):
+            raise DataError(f"{path}: u holds {u.dtype} values; initial conditions need numbers")
+        available = u.sizes["member"]
+        if n_members > available:
+            raise DataError(f"{path}: holds {available} members; {count_key} = {n_members}: set it to at most "
+                            f"{available}")
+        labels, t0 = members_and_start(dataset, n_members, source=path)
+        values = np.asarray(u.isel(member=rows).values, dtype=np.float64)
+        if solver.component_names:
+            if u.sizes["component"] != len(solver.component_names):
+                raise DataError(f"{path}: u has {u.sizes['component']} components; {whose} solver has "
+                                f"{list(solver.component_names)}: give a file of this system's states")
+            values = values[:, component_order(path, dataset["component"].values if "component" in dataset.coords
+                                               else range(values.shape[1]), solver.component_names)]
+        else:
+            n_solver, n_file = solver.state_shape[-1], values.shape[-1]
+            if n_file < n_solver or n_file % n_solver:
+                raise DataError(f"{path}: {n_file} grid points cannot be filtered onto {whose} {n_solver} points; "
+                                f"{whose} points must divide the file's")
+            check_domain_length(dataset, getattr(solver, "domain_length", None), path,
+                                f"{whose} system.domain_length =")
+            values = restrict_to_grid(values, n_solver)
+    bad = nonfinite_members(values)
+    if len(bad):
+        raise DataError(f"{key} = {str(path)!r}: initial states of members {[int(labels[rows[i]]) for i in bad][:10]} "
+                        "are not finite; give finite states, choose other members or fix the file")
+    return labels, t0, values
 
 
 def members_and_start(dataset, n_members: int, source: str | Path = "initial conditions") -> tuple[np.ndarray, float]:
@@ -149,45 +182,31 @@ def members_and_start(dataset, n_members: int, source: str | Path = "initial con
     return members, float(dataset["time"].values[0])
 
 
-def file_members_and_start(path: str | Path, n_members: int) -> tuple[np.ndarray, float]:
-    """``members_and_start`` of the file at ``path``; call after ``read_initial_conditions`` has checked it."""
-    import xarray as xr
-
-    with xr.open_dataset(path, engine="netcdf4") as dataset:
-        return members_and_start(dataset, n_members, source=path)
-
-
 def _abbreviated(values: np.ndarray, shown: int = 6) -> str:
     listed = ", ".join(str(v) for v in values[:shown])
     return f"[{listed}{', ...' if len(values) > shown else ''}]"
 
 
 def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members: Sequence[int], *,
-                            seed: int | None = None) -> torch.Tensor:
+                            seed: int | None = None, count_key: str = "initial_condition.members") -> torch.Tensor:
     """Initial states ``(len(members), *state)`` on the solver's device and dtype.
 
-    ``members`` are global member indices; ``seed`` overrides ``ic.seed`` (rollouts use their own).
+    ``members`` are global member indices; ``seed`` overrides ``ic.seed`` (rollouts use their own);
+    ``count_key`` names the member count in the message for a file with too few members.
     Non-finite states raise ``DataError`` before any work starts.
     """
     seed = ic.seed if seed is None else seed
-    for problem in ic.unused_keys():
-        warn_once(f"{problem} (it is ignored)")
+    warn_unused_keys(ic)
     if ic.distribution == "file":
-        states = read_initial_conditions(ic.file, solver, members)
+        states = read_member_states(ic.file, solver, members, key="initial_condition.file", count_key=count_key)[2]
     else:
         states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
             np.zeros((0, *solver.state_shape))
     bad = nonfinite_members(states)
-    if len(bad) and ic.distribution == "file":  # named by the file's member labels
-        labels = file_members_and_start(ic.file, max(members) + 1)[0]
-        bad = [int(labels[members[i]]) for i in bad]
-    elif len(bad):
-        bad = [members[i] for i in bad]
     if len(bad):
-        source = (f"initial_condition.file = {ic.file!r}" if ic.distribution == "file"
-                  else f"initial_condition.distribution = {ic.distribution!r}")
-        raise DataError(f"initial conditions of members {bad[:10]} are not finite "
-                        f"({source}); give finite states (or choose other members / another distribution)")
+        raise DataError(f"initial states of members {[members[i] for i in bad][:10]} are not finite "
+                        f"(initial_condition.distribution = {ic.distribution!r}); give finite states (or choose "
+                        "other members / another distribution)")
     return finite_in(states, solver, source="the initial conditions")
 
 

@@ -20,9 +20,7 @@ from solvers.base import coarser_than
 
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
-from .grids import check_domain_length, restrict_to_grid
-from .initial_conditions import (component_order, draw_initial_conditions, finite_in, members_and_start,
-                                 nonfinite_members, open_initial_conditions, warn_once)
+from .initial_conditions import draw_initial_conditions, finite_in, read_member_states, warn_once
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
@@ -127,46 +125,12 @@ def check_closure_fits(closure: Callable, solver, name) -> None:
 
 
 def read_initial_states(path: str | Path, solver, n_members: int, positions: range) -> tuple[np.ndarray, float, np.ndarray]:
-    """Initial states from a NetCDF file with ``u(member, time, x|component)`` (a truth file).
-
-    Takes the first time and the first ``n_members`` members; fields are filtered onto the host grid
-    (``grids.restrict_to_grid``), ODE components are matched by name. Returns ``(member_ids (n_members,),
-    t0, u0 (len(positions), *state) float64)``; ``DataError`` names the file and the fix.
-    """
-    path = Path(path)
-    with open_initial_conditions(path, "rollout.initial_conditions",
-                                 "a truth file written by `hybridnde simulate` or \"draw\"") as dataset:
-        if "u" not in dataset or dataset["u"].dims[0] != "member" or dataset["u"].ndim not in (2, 3):
-            raise DataError(f"{path}: initial conditions need a variable u(member, time, x|component)")
-        u = dataset["u"]
-        if "time" in u.dims:
-            if u.sizes["time"] == 0:
-                raise DataError(f"{path}: u has no time; initial conditions need at least one saved state")
-            u = u.isel(time=0)
-        if not np.issubdtype(u.dtype, np.number):
-            raise DataError(f"{path}: u holds {u.dtype} values; initial conditions need numbers")
-        member_ids, t0 = members_and_start(dataset, n_members, source=path)  # as a simulation from it keeps them
-        state_dim = u.dims[1]
-        values = np.asarray(u.isel(member=slice(positions.start, positions.stop)).values, dtype=np.float64)
-        if solver.component_names:
-            if state_dim != "component":
-                raise DataError(f"{path}: u holds a field over {state_dim!r}; the host solver has state components "
-                                f"{list(solver.component_names)}")
-            values = values[:, component_order(path, dataset["component"].values, solver.component_names)]
-        else:
-            if state_dim != "x":
-                raise DataError(f"{path}: u has state dimension {state_dim!r}; the host solver needs a field u(..., x)")
-            n_host, n_file = solver.state_shape[-1], values.shape[-1]
-            if n_file < n_host or n_file % n_host:
-                raise DataError(f"{path}: {n_file} grid points cannot be filtered onto the host's {n_host}; the host's "
-                                "points must divide the file's")
-            check_domain_length(dataset, getattr(solver, "domain_length", None), path, "the host's")
-            values = restrict_to_grid(values, n_host)
-        available = u.sizes["member"]  # after the state: another system's file says so first
-        if available < n_members:
-            raise DataError(f"{path}: holds {available} members; rollout.members = {n_members}: set it to at most "
-                            f"{available}")
-    return member_ids, t0, values
+    """``(member labels (n_members,), t0, u0 (len(positions), *state) float64)``: the first time of the first
+    ``n_members`` members of ``rollout.initial_conditions`` (a truth file), fields filtered onto the host
+    grid; ``initial_conditions.read_member_states`` (simulate's reader too) with a rollout's names."""
+    return read_member_states(path, solver, positions, n_members=n_members, key="rollout.initial_conditions",
+                              count_key="rollout.members", whose="the host's",
+                              fix="a truth file written by `hybridnde simulate` or \"draw\"")
 
 
 def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarray, float, torch.Tensor]:
@@ -181,15 +145,11 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
             raise ConfigError(f"initial_condition.n_modes = {ic.n_modes}: the host's grid of {points} points holds "
                               f"modes up to {(points - 1) // 2} (below N/2), so the drawn states would alias; lower "
                               "it, or roll out from the truth's states (rollout.initial_conditions = \"truth.nc\")")
-        u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed)
+        u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed,
+                                    count_key="rollout.members")
         member_ids, t0 = np.arange(rollout.members, dtype=np.int64), 0.0
     else:
         member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)
-        bad = nonfinite_members(values)
-        if len(bad):
-            members = [int(member_ids[positions.start + i]) for i in bad]
-            raise DataError(f"{rollout.initial_conditions}: initial states of members {members[:10]} are not finite; "
-                            "choose other members or fix the file")
         u0 = finite_in(values, solver, source=f"{rollout.initial_conditions}: the initial states")
     beyond = (u0.abs().flatten(1).amax(dim=1) > rollout.blowup_threshold).nonzero().flatten().tolist() \
         if len(u0) else []

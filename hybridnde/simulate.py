@@ -12,7 +12,7 @@ import torch
 from .config import CaseConfig, ConfigError
 from .config.consistency import ode_state_size
 from .config.physics import ADAPTIVE_INTEGRATORS
-from .initial_conditions import draw_initial_conditions, file_members_and_start
+from .initial_conditions import draw_initial_conditions, finite_in, read_member_states, warn_unused_keys
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
 from . import memory
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
@@ -113,13 +113,14 @@ def initial_states_and_clock(case: CaseConfig, solver) -> tuple[torch.Tensor, np
     the spin-up, the time ``t0`` they are at, and ``start``, the time of the first saved state. Drawn
     states have no clock: time 0 is the first saved state, after the spin-up. A file's states keep their
     member labels and clock, which runs on through the spin-up."""
-    time = case.time
-    u = draw_initial_conditions(case.initial_condition, solver, range(case.initial_condition.members))
-    member_ids, t0, start = None, 0.0, 0.0
-    if case.initial_condition.distribution == "file":
-        member_ids, t0 = file_members_and_start(case.initial_condition.file, len(u))
-        start = t0 + time.spinup_steps * time.dt
-    return u, member_ids, t0, start
+    ic = case.initial_condition
+    if ic.distribution != "file":
+        return draw_initial_conditions(ic, solver, range(ic.members)), None, 0.0, 0.0
+    warn_unused_keys(ic)
+    member_ids, t0, states = read_member_states(ic.file, solver, range(ic.members), key="initial_condition.file",
+                                                count_key="initial_condition.members")
+    u = finite_in(states, solver, source="the initial conditions")
+    return u, member_ids, t0, t0 + case.time.spinup_steps * case.time.dt
 
 
 def spin_up(case: CaseConfig, solver, u: torch.Tensor, t0: float, *, progress: bool | None, first: int = 0,

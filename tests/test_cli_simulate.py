@@ -214,7 +214,8 @@ def test_nonfinite_initial_conditions_exit_2(tmp_path, capsys):
     assert main(["simulate", str(write_case(tmp_path, text)), "--out", str(out),
                  "--set", "initial_condition.members=1"]) == 2
     assert not out.exists()
-    assert f"(initial_condition.file = '{bad}'); give finite states" in capsys.readouterr().err
+    assert f"initial_condition.file = '{bad}': initial states of members [0] are not finite; give finite states" \
+        in capsys.readouterr().err
 
 
 def test_a_case_path_that_is_not_utf8_is_recorded_in_the_history_escaped(tmp_path):

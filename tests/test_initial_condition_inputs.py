@@ -8,8 +8,8 @@ import pytest
 import xarray as xr
 
 from hybridnde.cli import main
-from hybridnde.config import ConfigError, load_case, parse_case
-from hybridnde.initial_conditions import draw_initial_conditions, read_initial_conditions
+from hybridnde.config import ConfigError, InitialConditionConfig, load_case, parse_case
+from hybridnde.initial_conditions import draw_initial_conditions
 from hybridnde.io import DataError
 from hybridnde.rollout_inputs import read_initial_states
 from hybridnde.systems import build_solver
@@ -34,6 +34,11 @@ members = 3
 """
 
 
+def read_as_simulate(path, solver, members):
+    """States as `simulate` reads ``initial_condition.file`` (float64 solvers: exactly the file's)."""
+    return draw_initial_conditions(InitialConditionConfig(distribution="file", file=str(path)), solver, members).numpy()
+
+
 def write_case(tmp_path, text=LORENZ) -> Path:
     path = tmp_path / "case.toml"
     path.write_text(text)
@@ -53,7 +58,7 @@ def test_a_files_components_are_matched_by_name_not_position(tmp_path):
     with xr.open_dataset(truth) as data:
         data.isel(component=[2, 1, 0]).to_netcdf(tmp_path / "reversed.nc")
         original = data.u.values[:, 0]
-    assert read_initial_conditions(tmp_path / "reversed.nc", Lorenz63(), range(3)).tolist() == original.tolist()
+    assert read_as_simulate(tmp_path / "reversed.nc", Lorenz63(), range(3)).tolist() == original.tolist()
     for name in ("truth", "reversed"):
         source = tmp_path / f"{name}.nc"
         assert main(["simulate", str(write_case(tmp_path, from_file(source))), "--out",
@@ -76,7 +81,7 @@ def test_a_file_with_other_components_exits_2_naming_them(tmp_path, capsys):
     xr.Dataset({"u": (("member", "component"), np.ones((3, 3)))},
                coords={"component": ["x", "w", "z"]}).to_netcdf(tmp_path / "xwz.nc")
     with pytest.raises(DataError, match=r"lack \['y'\]"):  # one missing, one extra: the same rule
-        read_initial_conditions(tmp_path / "xwz.nc", Lorenz63(), range(3))
+        read_as_simulate(tmp_path / "xwz.nc", Lorenz63(), range(3))
 
 
 def test_unlabelled_components_and_fields_are_read_as_before(tmp_path):
@@ -84,14 +89,14 @@ def test_unlabelled_components_and_fields_are_read_as_before(tmp_path):
     (u(member, x)) are unchanged."""
     values = np.arange(6.0).reshape(2, 3)
     xr.Dataset({"u": (("member", "component"), values)}).to_netcdf(tmp_path / "plain.nc")
-    assert read_initial_conditions(tmp_path / "plain.nc", Lorenz63(), [1]).tolist() == [values[1].tolist()]
+    assert read_as_simulate(tmp_path / "plain.nc", Lorenz63(), [1]).tolist() == [values[1].tolist()]
     from hybridnde.systems import build_solver
 
     case = load_case(CASES / "ks_l22.toml", quick=True)
     solver = build_solver(case.system, case.time)
     field = np.random.default_rng(0).standard_normal((2, solver.state_shape[-1]))
     xr.Dataset({"u": (("member", "x"), field)}, coords={"x": solver.x.numpy()}).to_netcdf(tmp_path / "ks.nc")
-    np.testing.assert_array_equal(read_initial_conditions(tmp_path / "ks.nc", solver, [0, 1]), field)
+    np.testing.assert_array_equal(read_as_simulate(tmp_path / "ks.nc", solver, [0, 1]), field)
 
 
 @pytest.mark.parametrize("labels", [None, [0, 1, 2]])
@@ -101,7 +106,7 @@ def test_both_readers_take_unlabelled_components_by_position(tmp_path, labels):
     values = np.arange(12.0).reshape(2, 2, 3)  # (member, time, component)
     coords = {"member": [0, 1], "time": [0.0, 0.1], **({"component": labels} if labels is not None else {})}
     xr.Dataset({"u": (("member", "time", "component"), values)}, coords=coords).to_netcdf(tmp_path / "plain.nc")
-    simulated = read_initial_conditions(tmp_path / "plain.nc", Lorenz63(), [0, 1])
+    simulated = read_as_simulate(tmp_path / "plain.nc", Lorenz63(), [0, 1])
     _, _, rolled = read_initial_states(tmp_path / "plain.nc", Lorenz63(), 2, range(2))
     np.testing.assert_array_equal(simulated, values[:, 0])
     np.testing.assert_array_equal(rolled, values[:, 0])
@@ -113,7 +118,7 @@ def test_a_folder_or_a_file_that_is_not_netcdf_is_named_as_such(tmp_path, reader
     dependencies" advice, which does not help."""
     def read(path):
         if reader == "simulate":
-            return read_initial_conditions(path, Lorenz63(), range(1))
+            return read_as_simulate(path, Lorenz63(), range(1))
         return read_initial_states(path, Lorenz63(), 1, range(1))
 
     key = "initial_condition.file" if reader == "simulate" else "rollout.initial_conditions"
@@ -136,7 +141,7 @@ def test_a_missing_relative_file_says_where_it_was_looked_for(tmp_path, monkeypa
     read from the working directory, which the message now names (an absolute path needs no such words)."""
     def read(path):
         if reader == "simulate":
-            return read_initial_conditions(path, Lorenz63(), range(1))
+            return read_as_simulate(path, Lorenz63(), range(1))
         return read_initial_states(path, Lorenz63(), 1, range(1))
 
     monkeypatch.chdir(tmp_path)
@@ -267,13 +272,13 @@ def test_a_file_with_no_saved_time_is_refused_naming_it(tmp_path):
     ([np.nan, 2.6], {}, "the time coordinate holds 1 non-finite value"),
 ])
 def test_the_clock_of_an_initial_condition_file_is_checked(tmp_path, times, attrs, message):
-    from hybridnde.initial_conditions import file_members_and_start
+    from hybridnde.initial_conditions import read_member_states
 
-    path = _ks_file(tmp_path / "ic.nc", 22.0, times=np.array(times), time_attrs=attrs)
+    ic, solver = _ks_file_case(_ks_file(tmp_path / "ic.nc", 22.0, times=np.array(times), time_attrs=attrs))
     with pytest.raises(DataError, match=message):
-        file_members_and_start(path, 2)
+        draw_initial_conditions(ic, solver, range(2))
     good = _ks_file(tmp_path / "good.nc", 22.0, times=np.array([2.5, 2.6]))
-    assert file_members_and_start(good, 2)[1] == 2.5
+    assert read_member_states(good, solver, range(2), key="initial_condition.file", count_key="members")[1] == 2.5
 
 
 def test_a_non_finite_state_of_a_file_is_named_by_the_files_member_label(tmp_path):
@@ -283,5 +288,38 @@ def test_a_non_finite_state_of_a_file_is_named_by_the_files_member_label(tmp_pat
     broken["u"][1, 3] = np.nan
     broken.to_netcdf(tmp_path / "nan.nc")
     ic, solver = _ks_file_case(tmp_path / "nan.nc")
-    with pytest.raises(DataError, match=r"initial conditions of members \[20\] are not finite"):
+    with pytest.raises(DataError, match=r"initial states of members \[20\] are not finite"):
         draw_initial_conditions(ic, solver, range(2))
+
+
+def test_simulate_filters_a_finer_field_file_onto_its_grid_as_a_rollout_does(tmp_path):
+    """One reader for both: a 128-point file of the same domain starts a 64-point simulation from its
+    filtered fields (simulate refused it, a rollout filtered it). Mode 40 is beyond the 64-point grid's
+    31 and goes; sampling every other point would have folded it onto mode 24."""
+    from solvers import KuramotoSivashinskySpectral
+
+    solver = KuramotoSivashinskySpectral(domain_length=22.0, n_points=64, dt=0.25)
+    x = np.arange(128) * 22.0 / 128
+    fields = np.stack([np.cos(2 * np.pi * x / 22.0) + np.sin(2 * np.pi * 40 * x / 22.0)] * 2)
+    xr.Dataset({"u": (("member", "x"), fields)}, coords={"x": x}).to_netcdf(tmp_path / "fine.nc")
+    simulated = read_as_simulate(tmp_path / "fine.nc", solver, range(2))
+    np.testing.assert_allclose(simulated, np.cos(2 * np.pi * np.arange(64) / 64)[None].repeat(2, 0), atol=1e-12)
+    np.testing.assert_array_equal(read_initial_states(tmp_path / "fine.nc", solver, 2, range(2))[2], simulated)
+
+
+@pytest.mark.parametrize("reader", ["simulate", "rollout"])
+def test_a_file_with_other_components_or_no_numbers_is_refused_by_both(tmp_path, reader):
+    """(x, y, z, w) states were rolled out as Lorenz-63's (x, y, z), w dropped (simulate refused them);
+    text values were a bare ValueError in simulate (a rollout named them)."""
+    def read(path):
+        return read_as_simulate(path, Lorenz63(), range(2)) if reader == "simulate" else \
+            read_initial_states(path, Lorenz63(), 2, range(2))
+
+    xr.Dataset({"u": (("member", "component"), np.ones((2, 4)))},
+               coords={"component": ["x", "y", "z", "w"]}).to_netcdf(tmp_path / "four.nc")
+    with pytest.raises(DataError, match=r"u has 4 components; the (case|host)'s solver has \['x', 'y', 'z'\]"):
+        read(tmp_path / "four.nc")
+    xr.Dataset({"u": (("member", "component"), np.array([["1", "2", "3"]] * 2))},
+               coords={"component": ["x", "y", "z"]}).to_netcdf(tmp_path / "text.nc")
+    with pytest.raises(DataError, match="initial conditions need numbers"):
+        read(tmp_path / "text.nc")

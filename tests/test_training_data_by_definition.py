@@ -12,7 +12,7 @@ import xarray as xr
 from hybridnde.config import InitialConditionConfig, parse_case
 from hybridnde.data import WindowSet, load_training_data, normalization_statistics, split_members
 from hybridnde.grids import other_domain_length
-from hybridnde.initial_conditions import draw_initial_conditions, members_and_start, read_initial_conditions
+from hybridnde.initial_conditions import draw_initial_conditions, members_and_start
 from hybridnde.io import DataError, write_netcdf
 from hybridnde.rollout_inputs import check_closure_fits, initial_states, read_initial_states
 from hybridnde.simulate import simulate_case
@@ -64,6 +64,11 @@ def field_file(path, fields, domain_length):
                coords={"member": np.arange(len(fields)), "time": [0.0],
                        "x": np.arange(n) * domain_length / n}).to_netcdf(path)
     return path
+
+def read_as_simulate(path, solver, members):
+    """States as `simulate` reads ``initial_condition.file`` (float64 solvers: exactly the file's)."""
+    return draw_initial_conditions(InitialConditionConfig(distribution="file", file=str(path)), solver, members).numpy()
+
 
 
 # -- windows ---------------------------------------------------------------------------------------
@@ -261,14 +266,14 @@ def test_rigid_body_states_lie_on_the_unit_circle_of_the_m1_m3_plane():
 
 def test_asking_for_more_members_than_the_file_holds_names_the_count(tmp_path):
     path = component_file(tmp_path / "ic.nc", np.ones((2, 1, 3)), [0, 1])
-    with pytest.raises(DataError, match="holds 2 members; the case asks for 3"):
-        read_initial_conditions(path, Lorenz63(), range(3))
+    with pytest.raises(DataError, match="holds 2 members; initial_condition.members = 3: set it to at most 2"):
+        read_as_simulate(path, Lorenz63(), range(3))
 
 
 def test_a_field_of_another_length_is_refused_as_initial_conditions(tmp_path):
     """48 points for a 64-point solver: named before any step (the file's domain itself fits)."""
     ic = InitialConditionConfig(distribution="file", file=str(field_file(tmp_path / "ic.nc", np.zeros((2, 48)), 22.0)))
-    with pytest.raises(DataError, match=r"u has state shape \(48,\); the case's solver needs \(64,\)"):
+    with pytest.raises(DataError, match="48 grid points cannot be filtered onto the case's 64 points"):
         draw_initial_conditions(ic, KuramotoSivashinskySpectral(domain_length=22.0, n_points=64, dt=0.25), range(2))
 
 
@@ -283,7 +288,7 @@ def test_a_non_finite_state_of_a_later_member_is_named_by_its_label(tmp_path):
     values = np.ones((2, 1, 3))
     values[1, 0, 2] = np.nan
     ic = InitialConditionConfig(distribution="file", file=str(component_file(tmp_path / "nan.nc", values, [10, 20])))
-    with pytest.raises(DataError, match=r"initial conditions of members \[20\] are not finite"):
+    with pytest.raises(DataError, match=r"initial states of members \[20\] are not finite"):
         draw_initial_conditions(ic, Lorenz63(), [1])
 
 
@@ -310,7 +315,7 @@ def test_a_rollout_asking_for_more_members_than_the_file_holds_is_refused(tmp_pa
 
 def test_a_field_file_for_an_ode_host_is_refused_naming_its_dimension(tmp_path):
     path = field_file(tmp_path / "ks.nc", np.zeros((2, 8)), 22.0)
-    with pytest.raises(DataError, match=r"u holds a field over 'x'; the host solver has state components \['x', 'y', 'z'\]"):
+    with pytest.raises(DataError, match=r"u has dims \('member', 'time', 'x'\); the host's solver needs u\(member, component\)"):
         read_initial_states(path, Lorenz63(), 2, range(2))
 
 
@@ -323,7 +328,7 @@ def test_a_rollouts_field_states_are_filtered_onto_the_host_grid_of_the_same_dom
     host = KuramotoSivashinskySpectral(domain_length=22.0, n_points=16, dt=0.25)
     _, _, states = read_initial_states(field_file(tmp_path / "fine.nc", fields, 22.0), host, 2, range(2))
     np.testing.assert_allclose(states, np.cos(2 * np.pi * np.arange(16) / 16)[None].repeat(2, 0), atol=1e-12)
-    with pytest.raises(DataError, match="its domain length 30 differs from the host's 22"):
+    with pytest.raises(DataError, match="its domain length 30 differs from the host's system.domain_length = 22"):
         read_initial_states(field_file(tmp_path / "long.nc", fields, 30.0), host, 2, range(2))
     with pytest.raises(DataError, match="48 grid points cannot be filtered onto the host's 32"):
         read_initial_states(field_file(tmp_path / "odd.nc", np.zeros((2, 48)), 22.0),

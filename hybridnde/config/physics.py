@@ -161,7 +161,8 @@ class InitialConditionConfig:
                           "most (N - 1) // 2 of the truth's and the host's grids)", positive=True)
     file: str = option("", "file: NetCDF path (relative to the working directory) with u(member, x) or "
                        "u(member, component), components matched by name (or u(member, time, ...): "
-                       "the first time is used); the simulation keeps the file's member labels and starts its clock at "
+                       "the first time is used), fields on a finer grid of the same domain filtered onto the case's "
+                       "(as rollout.initial_conditions); the simulation keeps the file's member labels and starts its clock at "
                        "that time (plus the spin-up)")
 
     def validate(self, where: str) -> None:
