@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from .io import DataError
+from .errors import DataError, reading_data_of
 
 __all__ = ["AlignedPair", "align_trajectories", "MEMBER_MATCHING"]
 
@@ -160,6 +160,10 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
                         "u(member, time, x) or both u(member, time, component), in that order "
                         "(dataset.transpose('member', 'time', ...) puts them so)")
     state_dim = u_rollout.dims[2]
+    for name, dataset in zip(names, (rollout, reference)):
+        if state_dim == "x" and "x" not in dataset.coords:  # (xarray would number the points 0, 1, ...)
+            raise DataError(f"{name}: u(member, time, x) without an x coordinate, the grid points; add it "
+                            "(xarray: ds.assign_coords(x=np.arange(N) * L / N))")
     state_coords = np.asarray(rollout[state_dim].values)
     reference_coords = np.asarray(reference[state_dim].values)
     # what the states are is checked first: files of two systems differ there, not only in members
@@ -181,10 +185,18 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
     if rollout_index.size < rollout_times.size:
         notes.append(f"{rollout_index.size} of the rollout's {rollout_times.size} times have a reference time")
 
-    selection = u_reference.isel(member=member_index)
-    reference_initial = np.asarray(selection.isel(time=int(reference_index[0])).values, dtype=np.float64)
-    truth = np.asarray(selection.isel(time=reference_index).values, dtype=np.float64)
-    predicted = np.asarray(u_rollout.isel(time=rollout_index).values, dtype=np.float64)
+    with reading_data_of(names[1]):  # (files are opened lazily: only what is paired is read, here)
+        selection = u_reference.isel(member=member_index)
+        reference_initial = np.asarray(selection.isel(time=int(reference_index[0])).values, dtype=np.float64)
+        truth = np.asarray(selection.isel(time=reference_index).values, dtype=np.float64)
+        reference_ok = (np.asarray(reference["status"].values)[member_index] == 0).all() if "status" in reference \
+            else True
+    with reading_data_of(names[0]):
+        predicted = np.asarray(u_rollout.isel(time=rollout_index).values, dtype=np.float64)
+        status = np.asarray(rollout["status"].values if "status" in rollout else np.zeros(predicted.shape[0]),
+                            dtype=np.int8)
+        blowup_time = np.asarray(rollout["blowup_time"].values if "blowup_time" in rollout
+                                 else np.full(predicted.shape[0], np.nan), dtype=np.float64)
     if state_dim == "component":
         rollout_names, reference_names = [str(c) for c in state_coords], [str(c) for c in reference_coords]
         order = [reference_names.index(name) for name in rollout_names]
@@ -202,10 +214,7 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
                 predicted = restrict_to_grid(predicted, n_reference)
                 state_coords = reference_coords
                 notes.append(f"rollout restricted spectrally from {n_rollout} to the reference's {n_reference} points")
-    status = np.asarray(rollout["status"].values if "status" in rollout else np.zeros(predicted.shape[0]), dtype=np.int8)
-    blowup_time = np.asarray(rollout["blowup_time"].values if "blowup_time" in rollout
-                             else np.full(predicted.shape[0], np.nan), dtype=np.float64)
-    if "status" in reference and (np.asarray(reference["status"].values)[member_index] != 0).any():
+    if not reference_ok:
         notes.append("some reference members are not ok (status != 0); their errors are undefined after blow-up")
     return AlignedPair(
         times=rollout_times[rollout_index], predicted=predicted, truth=truth,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, reading_data_of
 from .interrupts import interrupts_deferred
 
 __all__ = ["file_checksum", "present_file_checksum", "data_checksum", "records_data", "recorded_data_checksum", "DATA_ATTRIBUTES",
@@ -62,7 +62,7 @@ def data_checksum(path: str | Path, *, block_bytes: int = 1 << 23) -> str:
             decoding = {key: np.asarray(variable.getncattr(key)).tolist() for key in DECODING_ATTRIBUTES
                         if key in variable.ncattrs()}
             digest.update(f"{name}{variable.dimensions}{kind}{variable.shape}{decoding}\n".encode())
-            for values in _blocks(variable, block_bytes):
+            for values in _blocks(variable, block_bytes, path):
                 values = np.asarray(values)
                 if text:  # strings (component names): their text, each ended
                     digest.update("".join(f"{item}\x1f" for item in values.ravel()).encode())
@@ -72,12 +72,12 @@ def data_checksum(path: str | Path, *, block_bytes: int = 1 << 23) -> str:
     return digest.hexdigest()
 
 
-def _blocks(variable, block_bytes: int):
+def _blocks(variable, block_bytes: int, path: str | Path):
     """A netCDF4 variable's values in C order, in blocks of about ``block_bytes``: whole rows of its
     first dimension, or parts of one row along the second where a row is larger. (A Ctrl-C is held
     while a block is read: the library would swallow it, ``interrupts``.)"""
     def read(key):
-        with interrupts_deferred():
+        with interrupts_deferred(), reading_data_of(path):
             return variable[key]
 
     if variable.ndim == 0:

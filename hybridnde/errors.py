@@ -3,9 +3,12 @@
 written (exit 1, a run-time failure, also without a traceback)."""
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from .config.fields import ConfigError
 
-__all__ = ["DataError", "ResumeRefused", "WriteFailed"]
+__all__ = ["DataError", "ResumeRefused", "WriteFailed", "reading_data_of"]
 
 
 class DataError(ValueError):
@@ -27,3 +30,14 @@ class ResumeRefused(DataError, ConfigError):
 class WriteFailed(RuntimeError):
     """An output file the library could not write (a full disk, a quota, a file system error); names the
     file, the free space and what to do. Not bad input: the same command can succeed elsewhere."""
+
+
+@contextlib.contextmanager
+def reading_data_of(path: str | Path):
+    """Turn a failed read of a file's data into ``DataError`` naming ``path``: a file whose header opens
+    but whose data do not (a damaged chunk: netCDF4 raises ``RuntimeError: NetCDF: HDF error``) is bad
+    input, not a crash."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        raise DataError(f"{path}: its data cannot be read ({error})", "make or copy the file again") from None

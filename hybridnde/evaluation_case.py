@@ -45,12 +45,15 @@ def check_same_system(rollout_attrs: Mapping[str, Any], reference_attrs: Mapping
     ``case_toml`` ``[system]`` is the true system (a hybrid's host differs from it only through
     ``[hybrid.system]``). A prediction that is itself a simulation (``stage = "simulate"``), say with
     perturbed parameters, is a model of its own system: scored, with a warning and the note returned. Files
-    without a stored case are not checked; systems of other names are left to the state check
-    (``align_trajectories``: their states differ)."""
+    without a stored case are not checked."""
     rollout = case_from_attributes(rollout_attrs, str(rollout_path), quiet=True)  # (warned where it is used)
     reference = case_from_attributes(reference_attrs, str(reference_path), quiet=True)
-    if rollout is None or reference is None or rollout.system.name != reference.system.name:
+    if rollout is None or reference is None:
         return None
+    if rollout.system.name != reference.system.name:  # (their states' dimensions differ too: say why)
+        raise DataError(f"{rollout_path} holds {rollout.system.name} states (case {rollout.case.name!r}) and "
+                        f"{reference_path} {reference.system.name} states (case {reference.case.name!r}); score a "
+                        "prediction against a reference of its own system")
     differing = system_differences(reference, rollout)
     if not differing:
         return None

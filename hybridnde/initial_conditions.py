@@ -18,6 +18,7 @@ from solvers import Solver
 
 from .config import InitialConditionConfig
 from .grids import check_domain_length, restrict_to_grid
+from .errors import reading_data_of
 from .io import DataError, check_time_coordinate
 
 __all__ = ["members_and_start", "finite_in", "draw_initial_conditions", "read_member_states", "component_order",
@@ -141,7 +142,8 @@ def read_member_states(path: str | Path, solver: Solver, rows: Sequence[int], *,
             raise DataError(f"{path}: holds {available} members; {count_key} = {n_members}: set it to at most "
                             f"{available}")
         labels, t0 = members_and_start(dataset, n_members, source=path)
-        values = np.asarray(u.isel(member=rows).values, dtype=np.float64)
+        with reading_data_of(path):
+            values = np.asarray(u.isel(member=rows).values, dtype=np.float64)
         if solver.component_names:
             if u.sizes["component"] != len(solver.component_names):
                 raise DataError(f"{path}: u has {u.sizes['component']} components; {whose} solver has "

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DataError, ResumeRefused, WriteFailed
+from .errors import DataError, ResumeRefused, WriteFailed, reading_data_of
 from .interrupts import interrupts_deferred
 from . import memory
 from .output_paths import (atomic_path, check_not_folders, check_output_path, disk_full_message,
@@ -213,6 +213,9 @@ def open_trajectories(path: str | Path, *, load: bool = True):
     if "u" not in dataset or dataset["u"].dims[:2] != ("member", "time"):
         dataset.close()
         raise DataError(f"{path}: expected a variable u(member, time, x|component), the hybridnde schema")
+    if dataset.sizes["member"] == 0:
+        dataset.close()
+        raise DataError(f"{path}: holds no members; give a file with at least one")
     try:
         check_time_coordinate(dataset, path)
         if "member" in dataset.coords and len(np.unique(dataset["member"].values)) < dataset.sizes["member"]:
@@ -228,9 +231,8 @@ def open_trajectories(path: str | Path, *, load: bool = True):
             raise DataError(f"{path}: its data, {needed / 2**30:.3g} GiB, do not fit in the {available / 2**30:.3g} GiB "
                             "of memory available", "use a machine with more memory, or a file with fewer members or saves")
         try:
-            dataset.load()
-        except (OSError, RuntimeError) as error:  # the header read, the data do not (netCDF4: "HDF error")
-            raise DataError(f"{path}: its data cannot be read ({error})", "make or copy the file again") from None
+            with reading_data_of(path):
+                dataset.load()
         finally:
             dataset.close()
     return dataset

@@ -327,7 +327,7 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, lorenz_truth, capsys):
         ([tmp_path / "missing.nc", "--reference", lorenz_truth, "--figures", tmp_path / "new" / "figures"],
          "no such file"),  # (and no figures folder left behind)
         ([lorenz_truth, "--reference", tmp_path / "missing.nc"], "no such file"),
-        ([ks, "--reference", lorenz_truth], "u(member, time, x)"),
+        ([ks, "--reference", lorenz_truth], "holds kuramoto_sivashinsky states (case 'ks_eval') and"),  # not the dims
         ([planets, "--reference", lorenz_truth], "must name the same state variables"),  # not "lacks members"
         ([lorenz_truth, "--reference", zeros], "the reference states are all zero"),  # was a traceback
         ([other_times, "--reference", lorenz_truth], "share 0 time(s)"),

@@ -231,3 +231,48 @@ def test_a_blow_up_after_the_last_time_compared_is_outside_the_horizon(tmp_path)
     metrics = evaluate_files(rollout, reference)  # within the horizon: failed as before
     assert (metrics["reached_horizon_fraction"], metrics["stable_members"]) == (0.5, 1)
     assert metrics["valid_prediction_time"]["per_member"][1] == pytest.approx(5.0)
+
+
+def _damaged_copy(source, path):
+    """``source`` with the middle fifth of its bytes overwritten: the header (start of the file) opens, a
+    compressed chunk of u does not decode (netCDF4: "RuntimeError: NetCDF: HDF error")."""
+    data = bytearray(source.read_bytes())
+    start, stop = 2 * len(data) // 5, 3 * len(data) // 5
+    data[start:stop] = b"\xff" * (stop - start)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_file_whose_data_cannot_be_read_is_bad_input_for_evaluate_and_simulate(tmp_path, capsys):
+    """The header opens, a chunk does not: a RuntimeError traceback and exit 1 (evaluate reads lazily,
+    simulate's checksum of initial_condition.file read it too), now exit 2 naming the file."""
+    truth = run(tmp_path, "simulate", "truth", KS, "initial_condition.members=8", "time.n_steps=400")
+    damaged = _damaged_copy(truth, tmp_path / "damaged.nc")
+    for rollout, reference in ((truth, damaged), (damaged, truth)):
+        status, _, error = evaluate(capsys, rollout, reference)
+        assert status == 2 and f"{damaged}: its data cannot be read (NetCDF: HDF error); make or copy the file again" \
+            in error, error
+    case = tmp_path / "from_file.toml"
+    case.write_text(KS.replace("members = 2", f'members = 2\ndistribution = "file"\nfile = "{damaged}"'))
+    assert main(["simulate", str(case), "--out", str(tmp_path / "again.nc")]) == 2
+    assert f"{damaged}: its data cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "again.nc").exists()
+
+
+def test_a_file_without_members_or_without_grid_points_is_named(tmp_path, lorenz, capsys):
+    """No members: a ValueError traceback (a zero-size minimum) as the reference, numpy's reshape message
+    as the prediction. A field without an x coordinate: "covers a domain of length 64" (xarray's 0..63)."""
+    truth, _ = lorenz
+    with xr.open_dataset(truth) as data:
+        empty = data.load().isel(member=[])  # (as ds.where(ds.status == 0, drop=True) of a run that all blew up)
+    for variable in empty.variables.values():
+        variable.encoding = {}  # (the source's chunk sizes do not fit an empty dimension)
+    empty.to_netcdf(tmp_path / "empty.nc")
+    for rollout, reference in ((truth, tmp_path / "empty.nc"), (tmp_path / "empty.nc", truth)):
+        status, _, error = evaluate(capsys, rollout, reference)
+        assert status == 2 and "empty.nc: holds no members; give a file with at least one" in error, error
+    ks = run(tmp_path, "simulate", "ks", KS)
+    with xr.open_dataset(ks) as data:
+        data.drop_vars("x").to_netcdf(tmp_path / "gridless.nc")
+    status, _, error = evaluate(capsys, tmp_path / "gridless.nc", ks)
+    assert status == 2 and "gridless.nc: u(member, time, x) without an x coordinate, the grid points" in error, error

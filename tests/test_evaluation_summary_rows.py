@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from hybridnde.errors import DataError
 from hybridnde.evaluation_summary import format_summary, percent_down
 
 
@@ -298,10 +299,13 @@ def test_another_discretisation_of_the_same_system_is_not_another_system(tmp_pat
     assert check_same_system(_attrs(other, stage="rollout"), _attrs(base), tmp_path / "r.nc", tmp_path / "t.nc") is None
 
 
-def test_files_of_differently_named_systems_or_without_a_case_are_left_to_the_state_check(tmp_path):
+def test_files_of_differently_named_systems_are_refused_naming_both_and_files_without_a_case_left_alone(tmp_path):
+    """A Lorenz file against a KS truth was refused by the state check, whose advice (transpose the
+    dimensions) could not help: the stored cases name the two systems."""
     from hybridnde.evaluation_case import check_same_system
 
-    assert check_same_system(_attrs(LORENZ, stage="rollout"), _attrs(KS), tmp_path / "r.nc", tmp_path / "t.nc") is None
+    with pytest.raises(DataError, match=r"r.nc holds lorenz63 states \(case '.*'\) and .*t.nc kuramoto_sivashinsky"):
+        check_same_system(_attrs(LORENZ, stage="rollout"), _attrs(KS), tmp_path / "r.nc", tmp_path / "t.nc")
     assert check_same_system({}, _attrs(KS), tmp_path / "r.nc", tmp_path / "t.nc") is None
 
 
