@@ -51,9 +51,11 @@ MAX_CURVE_POINTS = 1000
 INITIAL_MISMATCH = 0.1
 
 
-def invariants_function(case: CaseConfig | None) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
+def invariants_function(case: CaseConfig | None, components: Sequence[str] | None = None
+                        ) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
     """``u (..., component) -> {name: (...)}`` from the true system's solver, or ``None`` when it
-    conserves nothing (or the case is unknown)."""
+    conserves nothing (or the case is unknown). ``components``: the names of ``u``'s columns (a file's
+    order, matched to the solver's by name); default the solver's own order."""
     if case is None:
         return None
     import torch
@@ -65,9 +67,15 @@ def invariants_function(case: CaseConfig | None) -> Callable[[np.ndarray], dict[
     if probe is None or not probe(torch.zeros((1, *solver.state_shape), dtype=torch.float64) + 1.0):
         return None
 
+    columns = slice(None)
+    if components is not None and solver.component_names:
+        from .initial_conditions import component_order
+
+        columns = component_order("the files", components, solver.component_names)
+
     def invariants(u: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            values = solver.invariants(torch.as_tensor(np.asarray(u, dtype=np.float64)))
+            values = solver.invariants(torch.as_tensor(np.asarray(u, dtype=np.float64)[..., columns]))
         return {name: value.numpy() for name, value in values.items()}
 
     return invariants
@@ -238,8 +246,9 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
                    reference_attrs: Mapping[str, Any], *, case: CaseConfig | None, threshold: float | None,
                    spread: Sequence[float], figures_dir: str | Path | None, lyapunov: bool,
                    closure_path: str | Path | None) -> dict[str, Any]:
-    stored = (case_from_attributes(reference_attrs, str(reference_path))
-              or case_from_attributes(rollout_attrs, str(rollout_path)))
+    stored_reference = case_from_attributes(reference_attrs, str(reference_path))
+    stored_rollout = case_from_attributes(rollout_attrs, str(rollout_path))
+    stored, given = stored_reference or stored_rollout, case
     if case is None:
         case = stored
     elif stored is not None and case.system.name != stored.system.name:
@@ -253,12 +262,18 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
     if not threshold > 0:
         raise ConfigError(f"threshold = {threshold!r} must be positive")
     exponent = case.evaluate.lyapunov_exponent if case else None
-    invariants = invariants_function(case) if pair.state_dim == "component" else None
+    invariants = invariants_function(case, pair.state_coords) if pair.state_dim == "component" else None
     closure = None
     if lyapunov:
         if case is None:
             raise DataError("the Lyapunov estimate needs the case: pass --case CASE.toml (the files store none)")
-        closure = closure_for_lyapunov(rollout_attrs, rollout_path, closure_path, case)
+        # the model is what made the prediction: the --case given for it, else the case it stores (a
+        # simulation's own system, unless a --closure says which hybrid to measure); the truth runs the
+        # reference's states with the reference's own case (its grid)
+        model_case = given or stored_rollout or case
+        simulated = rollout_attrs.get("stage") == "simulate" and closure_path is None
+        if not simulated:
+            closure = closure_for_lyapunov(rollout_attrs, rollout_path, closure_path, model_case)
     metrics = compute_metrics(pair, threshold=threshold, lyapunov_exponent=exponent, invariants=invariants,
                               spread=spread, error_scale=case.evaluate.error_scale if case else "rms")
     metrics = {"rollout": str(rollout_path), "reference": str(reference_path),
@@ -266,7 +281,10 @@ def _evaluate_pair(pair: AlignedPair, rollout_path: Path, reference_path: Path, 
                "software": f"hybridnde {package_version()}", "platform": platform_description("cpu"),
                "cost": {"rollout": cost_from_attributes(rollout_attrs), "reference": cost_from_attributes(reference_attrs)}}
     if lyapunov:
-        metrics["lyapunov"] = lyapunov_comparison(case, pair, closure=closure)
+        metrics["lyapunov"] = lyapunov_comparison(case, pair, closure=closure, truth_case=stored_reference,
+                                                  model_case=model_case, simulated=simulated)
+        metrics["notes"] += [f"Lyapunov {name}: {result['note']}" for name, result in metrics["lyapunov"].items()
+                             if isinstance(result, dict) and "note" in result]
     if figures_dir is not None:
         title = case.case.name if case else rollout_path.stem
         # "hybrid" only for a rollout with a closure: a bare host's or a simulation's states are a prediction

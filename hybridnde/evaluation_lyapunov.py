@@ -21,13 +21,19 @@ __all__ = ["lyapunov_comparison", "closure_for_lyapunov", "recorded_closure"]
 log = logging.getLogger("hybridnde.evaluate")  # its messages read as evaluate's, as before the split
 
 
-def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, members: int = 8,
+def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, truth_case: CaseConfig | None = None,
+                        model_case: CaseConfig | None = None, simulated: bool = False, members: int = 8,
                         duration: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Leading Lyapunov exponents of the model (the host solver of ``[hybrid]`` with ``closure``;
-    the bare host solver when ``closure`` is None) and of the true system, from the first
-    ``members`` paired states at the first common time.
+    """Leading Lyapunov exponents of the model and of the true system, from the first ``members`` paired
+    states at the first common time.
 
-    ``duration``: measured time per member; default 20 Lyapunov times of the case's exponent, else
+    ``case``: the evaluation's; ``truth_case`` (default ``case``): the reference's, whose true solver runs
+    the reference's states on its own grid; ``model_case`` (default ``case``): the prediction's, whose host
+    solver of ``[hybrid]`` runs it with ``closure`` (the bare host when None), or, with ``simulated`` (a
+    prediction made by `simulate`), its own true system. ODE states are handed to each solver in its
+    component order, whatever the files' column order.
+
+    ``duration``: measured time per member; default 20 Lyapunov times of ``case``'s exponent, else
     the files' horizon. A transient half that long is run first (the files' first states may lie
     off the attractor, e.g. Lorenz-63 from near the origin, and the separation must align).
     """
@@ -36,27 +42,46 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, me
     from .metrics.lyapunov import leading_lyapunov_exponent
     from .systems import build_host_solver, build_solver
 
+    truth_case, model_case = truth_case or case, model_case or case
     if duration is None:
         exponent = case.evaluate.lyapunov_exponent
         duration = 20.0 / exponent if exponent else float(pair.times[-1] - pair.times[0])
     count = min(members, pair.members.size)
-    truth_solver = build_solver(case.system, case.time, device="cpu", dtype=torch.float64)
-    model_solver = build_host_solver(case, closure=closure, device="cpu", dtype=torch.float64)
-    if tuple(pair.predicted.shape[2:]) != tuple(model_solver.state_shape):
-        raise DataError(f"the rollout's states {tuple(pair.predicted.shape[2:])} do not fit the case's host solver "
-                        f"{tuple(model_solver.state_shape)}; pass the --case the rollout was made with")
+    truth_solver = build_solver(truth_case.system, truth_case.time, device="cpu", dtype=torch.float64)
+    model_solver = (build_solver(model_case.system, model_case.time, device="cpu", dtype=torch.float64) if simulated
+                    else build_host_solver(model_case, closure=closure, device="cpu", dtype=torch.float64))
+    runs = (("truth", truth_solver, pair.reference_initial[:count], "reference"),
+            ("model", model_solver, pair.predicted[:count, 0], "rollout"))
+    for name, solver, states, whose in runs:  # (both before either estimate runs)
+        if tuple(states.shape[1:]) != tuple(solver.state_shape):
+            raise DataError(f"the {whose}'s states {tuple(states.shape[1:])} do not fit the {name} solver "
+                            f"{tuple(solver.state_shape)}; pass the --case the rollout was made with")
     results = {}
-    for name, solver, states in (("truth", truth_solver, pair.reference_initial[:count]),
-                                 ("model", model_solver, pair.predicted[:count, 0])):
-        states = torch.as_tensor(np.asarray(states, dtype=np.float64))
+    for name, solver, states, whose in runs:
+        states = torch.as_tensor(np.asarray(states[..., _columns(pair, solver)], dtype=np.float64))
         finite = torch.isfinite(states.reshape(count, -1)).all(dim=1)
+        if not finite.any():  # (every member blew up before the first common time, say)
+            results[name] = {"exponent": math.nan, "standard_error": math.nan, "duration": duration, "members": 0,
+                             "diverged": 0, "per_member": [], "solver": repr(solver),
+                             "note": f"no finite state of the {whose} at the first common time to start from"}
+            continue
         estimate = leading_lyapunov_exponent(solver, states[finite], duration=duration, transient=0.5 * duration,
                                              seed=seed)
         results[name] = {**estimate.as_dict(), "solver": repr(solver)}
     truth_value, model_value = results["truth"]["exponent"], results["model"]["exponent"]
     results["relative_difference"] = (model_value - truth_value) / abs(truth_value) if truth_value else math.nan
-    results["closure"] = "none (bare host solver)" if closure is None else type(closure).__name__
+    results["closure"] = ("none (a simulation: its own system)" if simulated else
+                          "none (bare host solver)" if closure is None else type(closure).__name__)
     return results
+
+
+def _columns(pair: AlignedPair, solver) -> list[int] | slice:
+    """The columns of ``pair``'s ODE states in ``solver``'s component order (fields: all)."""
+    if pair.state_dim != "component" or not solver.component_names:
+        return slice(None)
+    from .initial_conditions import component_order
+
+    return component_order("the files", pair.state_coords, solver.component_names)
 
 
 def recorded_closure(attrs: Mapping[str, Any]) -> str | None:

@@ -163,7 +163,7 @@ def _stub_lyapunov(monkeypatch, truth: float, model: float) -> list[dict]:
     calls = []
 
     def fake(solver, u0, *, duration, transient=0.0, seed=0, **_):
-        calls.append({"states": u0.numpy().copy(), "duration": duration, "transient": transient})
+        calls.append({"states": u0.numpy().copy(), "duration": duration, "transient": transient, "solver": solver})
         value = truth if len(calls) == 1 else model
         return lyapunov_module.LyapunovEstimate(exponent=value, standard_error=0.0,
                                                 per_member=np.full(u0.shape[0], value), duration=duration,
@@ -234,9 +234,71 @@ def test_lyapunov_refuses_states_that_do_not_fit_the_cases_host(recorded_calls):
     pair = AlignedPair(times=np.arange(3.0), predicted=states, truth=states, members=np.arange(2),
                        reference_members=np.arange(2), status=np.zeros(2, dtype=int), blowup_time=np.full(2, np.nan),
                        state_dim="x", state_coords=np.arange(32.0), reference_initial=np.zeros((2, 64)))
-    with pytest.raises(DataError, match=r"\(32,\) do not fit the case's host solver \(64,\)"):
+    with pytest.raises(DataError, match=r"the rollout's states \(32,\) do not fit the model solver \(64,\)"):
         lyapunov_comparison(parse_case_text(KS), pair, members=2)
     assert not recorded_calls
+
+
+def test_lyapunov_runs_the_reference_on_its_grid_and_the_model_on_the_predictions(recorded_calls):
+    """A 32-point rollout of a 64-point truth (getting started's coarse example): the truth's solver is the
+    reference's case's (64 points), the model's the rollout's (32): given the rollout's case, the truth's
+    64-point states went into a 32-point solver (SolverStateError traceback)."""
+    from hybridnde.alignment import AlignedPair
+    from hybridnde.config import parse_case_text
+    from hybridnde.evaluation_lyapunov import lyapunov_comparison
+    from hybridnde.io import DataError
+
+    states = np.ones((2, 3, 32))
+    pair = AlignedPair(times=np.arange(3.0), predicted=states, truth=states, members=np.arange(2),
+                       reference_members=np.arange(2), status=np.zeros(2, dtype=int), blowup_time=np.full(2, np.nan),
+                       state_dim="x", state_coords=np.arange(32.0) * 22 / 32, reference_initial=np.ones((2, 64)))
+    coarse, fine = parse_case_text(KS.replace("n_points = 64", "n_points = 32")), parse_case_text(KS)
+    lyapunov_comparison(coarse, pair, truth_case=fine, model_case=coarse, members=2)
+    assert [call["solver"].state_shape for call in recorded_calls] == [(64,), (32,)]
+    with pytest.raises(DataError, match=r"the reference's states \(64,\) do not fit the truth solver \(32,\)"):
+        lyapunov_comparison(coarse, pair, members=2)
+
+
+def test_lyapunov_of_a_simulated_prediction_is_its_own_systems(recorded_calls):
+    """A prediction made by `simulate` (a perturbed truth, say) ran its own [system]: its model is that, not
+    the case's bare hybrid host (for ks_l22: the equation without its nonlinear term, 5x the exponent)."""
+    from hybridnde.config import parse_case_text
+    from hybridnde.evaluation_lyapunov import lyapunov_comparison
+
+    case = parse_case_text(LORENZ + "[hybrid.system]\nrho = 20.0\n")
+    perturbed = parse_case_text(LORENZ.replace("[system]\n", "[system]\nrho = 30.0\n"))
+    result = lyapunov_comparison(case, _pair(), model_case=perturbed, simulated=True, members=2)
+    assert [call["solver"].rho for call in recorded_calls] == [28.0, 30.0]
+    assert result["closure"] == "none (a simulation: its own system)"
+    lyapunov_comparison(case, _pair(), members=2)
+    assert recorded_calls[-1]["solver"].rho == 20.0  # a rollout's model: the host of [hybrid]
+
+
+def test_lyapunov_hands_ode_states_to_the_solvers_in_their_component_order(recorded_calls):
+    """Files with columns (z, x, y): the states went to the Lorenz solver as (x, y, z) positions."""
+    import dataclasses
+
+    from hybridnde.config import parse_case_text
+    from hybridnde.evaluation_lyapunov import lyapunov_comparison
+
+    pair = _pair(members=2)
+    shuffled = dataclasses.replace(pair, state_coords=np.array(["z", "x", "y"]))
+    lyapunov_comparison(parse_case_text(LORENZ), shuffled, members=2)
+    np.testing.assert_array_equal(recorded_calls[0]["states"], pair.reference_initial[:, [1, 2, 0]])
+    np.testing.assert_array_equal(recorded_calls[1]["states"], pair.predicted[:, 0][:, [1, 2, 0]])
+
+
+def test_lyapunov_without_a_finite_first_state_is_undefined_with_a_note(recorded_calls):
+    """Every member blew up before the first common time: a torch reshape traceback (exit 1)."""
+    from hybridnde.config import parse_case_text
+    from hybridnde.evaluation_lyapunov import lyapunov_comparison
+
+    pair = _pair(members=2)
+    pair.predicted[:, 0] = np.nan
+    result = lyapunov_comparison(parse_case_text(LORENZ), pair, members=2)
+    assert len(recorded_calls) == 1  # the truth's only
+    assert math.isnan(result["model"]["exponent"]) and math.isnan(result["relative_difference"])
+    assert result["model"]["note"] == "no finite state of the rollout at the first common time to start from"
 
 
 def test_a_rollout_recording_no_closure_has_none():
