@@ -216,6 +216,10 @@ def open_trajectories(path: str | Path, *, load: bool = True):
     if dataset.sizes["member"] == 0:
         dataset.close()
         raise DataError(f"{path}: holds no members; give a file with at least one")
+    if "incomplete" in dataset.attrs:  # a stopped run's .NAME.partial: unwritten saves would read as blow-ups
+        dataset.close()
+        raise DataError(f"{path}: an unfinished file ({dataset.attrs['incomplete']})",
+                        "finish it, then use the file it becomes")
     try:
         check_time_coordinate(dataset, path)
         if "member" in dataset.coords and len(np.unique(dataset["member"].values)) < dataset.sizes["member"]:

@@ -307,3 +307,19 @@ def test_ode_columns_reach_the_solver_metrics_by_name_and_a_simulation_is_its_ow
         assert status == 0, error
         drifts[name] = json.loads(out)["invariant_drift"]["energy"]
     assert drifts["reversed"] == drifts["same"] and drifts["same"]["rollout"]["median"] < 1e-5
+
+
+def test_a_stopped_runs_partial_file_is_refused_as_either_file(tmp_path, lorenz, capsys):
+    """A `.NAME.partial` (attribute ``incomplete``) was scored without a word: its unwritten saves read NaN,
+    so as the prediction it "blew up" where writing stopped, as the reference it cut every valid time there."""
+    from hybridnde.netcdf_stream import INCOMPLETE
+
+    truth, _ = lorenz
+    with xr.open_dataset(truth) as data:
+        partial = data.load()
+    partial.attrs["incomplete"] = INCOMPLETE
+    partial.to_netcdf(tmp_path / ".stopped.nc.partial")
+    for rollout, reference in ((tmp_path / ".stopped.nc.partial", truth), (truth, tmp_path / ".stopped.nc.partial")):
+        status, _, error = evaluate(capsys, rollout, reference)
+        assert status == 2 and ".stopped.nc.partial: an unfinished file (rollout in progress or interrupted" in error
+        assert "--resume` continues it)); finish it, then use the file it becomes" in error
