@@ -35,8 +35,15 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         rows.append(("  in Lyapunov times", median_spread(metrics["valid_prediction_time_lyapunov"])))
     # rounded down: 999 stable members of 1000 read 99.9%, not 100% (helper-107's audit)
     rows += [("valid to the horizon", f"{percent_down(metrics['reached_horizon_fraction'])} of members"),
-             ("stable to the horizon", f"{percent_down(metrics['stable_fraction'])} of members"),
-             ("initial error", median_spread(metrics["initial_error"]))]
+             ("stable to the horizon", f"{percent_down(metrics['stable_fraction'])} of members")]
+    # as report.md: a model at rest while the truth moves, and one at rest already while "valid" (its valid
+    # time then measures how long the truth lingered near rest, not skill)
+    if metrics.get("resting_members"):
+        rows.append(("at rest at the end", f"{metrics['resting_members']} of {metrics['members']} members, while the "
+                                           "truth moves (last quarter of the horizon)"))
+    if metrics.get("resting_while_valid"):
+        rows.append(("  before valid ended", f"{metrics['resting_while_valid']} of {metrics['members']} members"))
+    rows.append(("initial error", median_spread(metrics["initial_error"])))
     for name, drift in metrics.get("invariant_drift", {}).items():
         rows.append((f"{name} drift", f"{median_spread(drift['rollout'])}  (reference {number(drift['reference']['median'])})"))
     if "mean_drift" in metrics:

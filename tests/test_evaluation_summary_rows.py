@@ -44,6 +44,15 @@ def _rows(text):
     return rows
 
 
+def test_members_at_rest_are_shown_as_in_the_report_and_nothing_when_none_rest():
+    """The JSON said 4 members at rest, 2 already while valid; the printed table said nothing (report.md did)."""
+    rows = _rows(format_summary(_metrics(resting_members=4, resting_while_valid=2)))
+    assert rows["at rest at the end"] == "4 of 7 members, while the truth moves (last quarter of the horizon)"
+    assert rows["before valid ended"] == "2 of 7 members"
+    rows = _rows(format_summary(_metrics(resting_members=0, resting_while_valid=0)))
+    assert "at rest at the end" not in rows and "before valid ended" not in rows
+
+
 def test_each_row_shows_its_own_median_and_percentiles_low_then_high():
     text = format_summary(_metrics())
     lines = text.splitlines()
