@@ -318,6 +318,7 @@ def _run(case: CaseConfig, out: Path, setup: RolloutSetup, checkpoint: dict | No
         total_steps, total_seconds = resumed_steps + member_steps, earlier_seconds + seconds
         rate = total_steps / total_seconds if total_seconds > 0 else float("nan")
         attrs = {"ranks": comm.size, "wall_seconds": total_seconds, "member_steps": total_steps,
+                 "case_toml": case.to_toml(),  # (a resume may change [evaluate])
                  "member_steps_per_second": rate, "resumed_runs": resumes, "members_blew_up": blew_up,
                  **({"ranks_per_run": np.asarray(ranks_per_run, dtype=np.int64)} if ranks_per_run is not None else {}),
                  "platform": platform_description(setup.solver.device)}

@@ -26,6 +26,7 @@ import torch
 
 from .config import CaseConfig
 from .config.physics import ADAPTIVE_INTEGRATORS
+from .errors import ResumeRefused
 from .io import history_line
 from .interrupts import interrupts_deferred
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, has_restart_files, remove_restart_files
@@ -75,6 +76,11 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
     with output_lock(out):
         if resume and _finished_already(case, out):
             return out
+        if resume and has_restart_files(out):  # a stopped fixed-step run's: this case cannot continue it
+            raise ResumeRefused(f"{out}: its stopped simulation was made with a fixed-step integrator; time.integrator "
+                                f"= {case.time.integrator!r} solves in memory and cannot continue it",
+                                "resume with the case it was made with, or run without --resume to start again "
+                                "(replacing its restart files)")
         if resume:
             log.warning("--resume: time.integrator = %r solves all save times in one call and keeps no "
                         "checkpoints: the simulation starts again", case.time.integrator)
@@ -213,7 +219,10 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
         seconds = checkpoints.elapsed()
         status, blowup_time = member_status(state.first_bad_save, schedule)
         with interrupts_deferred():  # the complete file and no restart files, or the partial one and them
-            writer.commit(status, blowup_time, {"wall_seconds": seconds, **({"resumed_runs": resumes} if resumes else {})},
+            # case_toml of the case that finished it: a resume may change keys outside the simulation's
+            # sections ([evaluate]'s threshold, say), which evaluate reads from the file
+            writer.commit(status, blowup_time, {"wall_seconds": seconds, "case_toml": case.to_toml(),
+                                                **({"resumed_runs": resumes} if resumes else {})},
                           history=history_line(f"resumed {resumes} time(s), finished") if resumes else "")
             remove_restart_files(out)
     except BaseException:

@@ -292,6 +292,21 @@ def test_a_resumed_rollout_with_blowups_counts_the_steps_an_uninterrupted_one_do
         assert resumed.attrs["member_steps"] == straight.member_steps
 
 
+def test_a_resumed_rollout_records_the_case_that_finished_it(tmp_path):
+    """A resume may change keys outside the rollout's sections ([evaluate], which evaluate reads from the
+    file): the file kept the stopped run's case_toml."""
+    from hybridnde.config import parse_case_text
+
+    case = ks_case("rollout.steps=40", "output.time_chunk=4", "rollout.checkpoint_every=4", "rollout.members=2")
+    model = small_cnn()
+    interrupted_rollout(case, tmp_path / "resumed.nc", model, after=7.5)
+    run_rollout(ks_case("rollout.steps=40", "output.time_chunk=4", "rollout.checkpoint_every=4", "rollout.members=2",
+                        "evaluate.vpt_threshold=0.3"), tmp_path / "resumed.nc", closure=model, resume=True, progress=False)
+    with xr.open_dataset(tmp_path / "resumed.nc") as resumed:
+        assert resumed.attrs["resumed_runs"] == 1
+        assert parse_case_text(resumed.attrs["case_toml"]).evaluate.vpt_threshold == 0.3
+
+
 def test_non_finite_initial_conditions_are_rejected_before_any_work(case_files, tmp_path, capsys):
     case = ks_case()
     solver = build_host_solver(case)

@@ -308,7 +308,7 @@ def test_a_finished_file_is_kept_on_resume_only_while_its_initial_conditions_hol
     assert "resumed" not in str(caught.value)
 
 
-def test_an_adaptive_simulation_holds_the_lock_and_clears_a_stopped_fixed_step_ones_files(tmp_path, monkeypatch):
+def test_an_adaptive_simulation_holds_the_lock_and_replaces_a_stopped_fixed_step_ones_files_unless_resuming(tmp_path, monkeypatch):
     from hybridnde.io import DataError
     from hybridnde.output_lock import output_lock
 
@@ -321,8 +321,24 @@ def test_an_adaptive_simulation_holds_the_lock_and_clears_a_stopped_fixed_step_o
     adaptive = small_case("lorenz63", "time.integrator=\"dopri5\"")
     with output_lock(out), pytest.raises(DataError, match="is writing it; wait for that run to end"):
         simulation_job.simulate_to_file(adaptive, out, progress=False)
+    with pytest.raises(ResumeRefused, match="made with a fixed-step integrator; time.integrator = 'dopri5' solves in "
+                                             "memory and cannot continue it"):  # (they were deleted, rc 0)
+        simulation_job.simulate_to_file(adaptive, out, resume=True, progress=False)
+    assert has_restart_files(out) and not out.exists()
     simulation_job.simulate_to_file(adaptive, out, progress=False)
     assert out.is_file() and not has_restart_files(out) and not checkpoint_path(out).exists()
+
+
+def test_a_resumed_file_records_the_case_that_finished_it(tmp_path):
+    """A resume may change keys outside the simulation's sections; the file kept the first run's case_toml
+    (vpt_threshold 0.5 where the finishing case said 0.3), which evaluate then read."""
+    from hybridnde.config import parse_case_text
+
+    out = tmp_path / "truth.nc"
+    stopped_with_a_checkpoint(small_case("lorenz63"), out)
+    run_simulation(small_case("lorenz63", "evaluate.vpt_threshold=0.3"), out, resume=True, progress=False)
+    with xr.open_dataset(out) as data:
+        assert parse_case_text(data.attrs["case_toml"]).evaluate.vpt_threshold == 0.3
 
 
 def test_a_spin_up_checkpoint_resumes_though_its_partial_file_is_damaged(tmp_path, monkeypatch):
