@@ -44,6 +44,41 @@ def check_fits_in_memory(case: CaseConfig, *, what: str = "the simulation",
                           f"{available / 2**30:.3g} GiB available; {fix}")
 
 
+def solve_adaptive_members(solver, u: torch.Tensor, times: list[float], time) -> tuple[np.ndarray, int]:
+    """``(trajectory (members, len(times), *state) float64, NFE)`` of an adaptive solve from ``u`` at
+    ``times[0]``, all members in one call (one step size: a member's bits depend on its batch, at the
+    tolerances' level). A member that blows up shrinks that step to nothing (``FloatingPointError``):
+    then each member is solved alone, and one that fails alone is solved save by save to the last save
+    it reaches, NaN after it (marked ``blew_up`` by the caller), so the others still get their
+    trajectories. ``time``: the case's ``[time]`` (method and tolerances); NFE of completed solves."""
+    def solve(states, at):
+        solved, nfe = solver.solve_adaptive(states, at, method=time.integrator, rtol=time.rtol, atol=time.atol)
+        return np.asarray(solved.cpu().numpy(), dtype=np.float64), nfe  # (u is float64: docs/netcdf.md)
+
+    try:
+        return solve(u, times)
+    except FloatingPointError:
+        log.warning("the adaptive solve of all %d members together failed (its step size underflowed, as when a "
+                    "member blows up): solving each member alone", len(u))
+    trajectory, total = np.full((len(u), len(times), *solver.state_shape), np.nan), 0
+    for member in range(len(u)):
+        state, trajectory[member, 0] = u[member:member + 1], u[member].cpu().numpy()
+        try:
+            values, nfe = solve(state, times)
+            trajectory[member], total = values[0], total + nfe
+            continue
+        except FloatingPointError:
+            pass
+        for index in range(1, len(times)):
+            try:
+                values, nfe = solve(state, times[index - 1:index + 1])
+            except FloatingPointError:
+                break
+            trajectory[member, index], total = values[0, -1], total + nfe
+            state = torch.as_tensor(values[:, -1], dtype=u.dtype, device=u.device)
+    return trajectory, total
+
+
 def simulate_case(case: CaseConfig, *, progress: bool | None = None):
     """Integrate the case's true system for all members; returns an ``xarray.Dataset``.
 
@@ -65,9 +100,7 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
         u = spin_up(case, solver, u, t0, progress=progress)
         if time.integrator in ADAPTIVE_INTEGRATORS:
             times = [start + i * time.sample_interval for i in range(time.n_steps // time.save_every + 1)]
-            trajectory, nfe = solver.solve_adaptive(u, times, method=time.integrator, rtol=time.rtol, atol=time.atol)
-            trajectory = np.asarray(trajectory.cpu().numpy(), dtype=np.float64)  # u is float64 (docs/netcdf.md)
-            extra["nfe"] = nfe
+            trajectory, extra["nfe"] = solve_adaptive_members(solver, u, times, time)
         else:
             times = solver.times(time.n_steps, save_every=time.save_every, t0=start)
             trajectory = np.empty((len(u), len(times), *solver.state_shape))

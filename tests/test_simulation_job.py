@@ -608,3 +608,26 @@ def test_a_chunk_buffer_larger_than_the_memory_is_refused_before_any_work(tmp_pa
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(memory, "available_memory", lambda: 3 * 6144)
     assert run_simulation(case, tmp_path / "truth.nc", progress=False).is_file()
+
+
+def test_an_adaptive_simulation_marks_a_member_that_blows_up_and_solves_the_others(tmp_path):
+    """A member at 1e150 underflows the step all members share: the whole simulation failed (rk4 marked the
+    member and went on). Now the members are solved one by one: the others as alone, that one blown up at
+    the first save it does not reach."""
+    import xarray as xr
+
+    from hybridnde.systems import build_solver
+
+    states = np.array([[1.0, 1.0, 1.0], [1e150, 1.0, 1.0], [-2.0, 0.5, 3.0]])
+    source = tmp_path / "ic.nc"
+    xr.Dataset({"u": (("member", "component"), states)}, coords={"component": ["x", "y", "z"]}).to_netcdf(source)
+    case = small_case("lorenz63", "time.integrator=\"dopri5\"", "initial_condition.distribution=\"file\"",
+                      f"initial_condition.file=\"{source}\"")
+    data = simulate_case(case, progress=False)
+    assert data.status.values.tolist() == [0, 1, 0]
+    assert data.blowup_time.values[1] == data.time.values[1] and np.isnan(data.u.values[1, 1:]).all()
+    solver = build_solver(case.system, case.time, dtype=torch.float64)
+    for member in (0, 2):
+        alone, _ = solver.solve_adaptive(torch.tensor(states[member:member + 1]), data.time.values.tolist(), method="dopri5",
+                                         rtol=case.time.rtol, atol=case.time.atol)
+        np.testing.assert_array_equal(data.u.values[member], alone[0].numpy())
