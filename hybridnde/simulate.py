@@ -55,6 +55,8 @@ def solve_adaptive_members(solver, u: torch.Tensor, times: list[float], time) ->
         solved, nfe = solver.solve_adaptive(states, at, method=time.integrator, rtol=time.rtol, atol=time.atol)
         return np.asarray(solved.cpu().numpy(), dtype=np.float64), nfe  # (u is float64: docs/netcdf.md)
 
+    log.info("%s: %d members over %d saves in one call (no progress is shown until it returns)", time.integrator,
+             len(u), len(times))
     try:
         return solve(u, times)
     except FloatingPointError:
