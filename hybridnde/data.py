@@ -156,6 +156,11 @@ def split_members(members: np.ndarray, fraction: float) -> tuple[np.ndarray, np.
 
 
 def _check_system(dataset, case: CaseConfig, path: Path) -> None:
+    if dataset.attrs.get("stage") == "rollout":  # its case_toml names the true [system], not what made the data
+        closure = str(dataset.attrs.get("closure_checksum", "none"))
+        made = "the bare host solver" if closure in ("", "none") else f"closure {closure[:12]}..."
+        raise DataError(f"{path} is a rollout (of {made}), not the true system's trajectories; train on a truth "
+                        "written by `hybridnde simulate CASE.toml`")
     text = dataset.attrs.get("case_toml", "")
     if not text:
         return  # files from other tools: the grid and sampling checks below still apply

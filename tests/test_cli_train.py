@@ -139,9 +139,19 @@ def test_an_interrupted_training_says_what_a_rerun_can_do(tmp_path, files, monke
         assert main(command) == 130
     assert hint in capsys.readouterr().err
     if every:
+        # a fresh run of another configuration stopped before its own first checkpoint: the earlier run's was
+        # kept, and the stop advised --resume, which then refused it (another learning rate)
+        def stop_in_the_first_epoch(self, windows, sample_interval, epoch):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(trainer_module.Trainer, "_epoch", stop_in_the_first_epoch)
+            assert main([*command, "--set", "training.learning_rate=0.01"]) == 130
+        err = capsys.readouterr().err
+        assert "an interrupted run's checkpoint is there; this run starts afresh (no --resume) and removes it" in err
+        assert "no checkpoint was written" in err and "--resume continues" not in err
+        assert not (tmp_path / "closure.checkpoint.pt").exists()
         assert main(command) == 0
-        assert ("an interrupted run's checkpoint is there; this run starts afresh and replaces it (with --resume it "
-                "continues from it)") in capsys.readouterr().err  # new: the hint `run` drops, train keeps
 
 
 def test_a_folder_where_training_writes_its_log_is_refused_before_training(tmp_path, files, capsys):
@@ -162,7 +172,9 @@ def test_a_diverging_training_says_why_without_a_traceback_and_leaves_no_log(tmp
                "training.learning_rate=1e30", "--set", "training.epochs=2", "--set", "training.checkpoint_every=0"]
     assert main(command) == 1
     err = capsys.readouterr().err
-    assert "hybridnde train: error: epoch 1: every batch gave a non-finite loss" in err and "Traceback" not in err
+    # epochs count from 1, as in the log: its epoch 1 skipped the batches after the first step, epoch 2 had none
+    # left (the message said "epoch 1", the log's second)
+    assert "hybridnde train: error: epoch 2: every batch gave a non-finite loss" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -274,3 +286,17 @@ def test_a_validation_split_without_a_finite_window_is_named_as_such(tmp_path, c
     assert main(["train", str(case), "--data", str(tmp_path / "blown.nc"), "--out", str(tmp_path / "c.pt"), *sets]) == 2
     assert ("blown.nc: the validation members [2] hold no finite window of 6 samples (they blow up or end first); "
             "lower training.validation_rollout_steps, or change training.validation_fraction") in capsys.readouterr().err
+
+
+def test_a_rollout_file_is_refused_as_training_data_naming_what_made_it(tmp_path, files, capsys):
+    """A bare-host rollout trained silently (its case_toml names the true [system], so the system check
+    passed): for ks_l22's host without the nonlinear term the closure learnt ~0 and nothing said why."""
+    case, truth = files["two_body"]
+    rollout = tmp_path / "rollout.nc"
+    assert main(["rollout", str(case), "--out", str(rollout), "--no-progress", "--set", "rollout.members=2",
+                 "--set", "rollout.steps=20"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(case), "--data", str(rollout), "--out", str(tmp_path / "closure.pt")]) == 2
+    assert (f"{rollout} is a rollout (of the bare host solver), not the true system's trajectories; train on a truth "
+            "written by `hybridnde simulate CASE.toml`") in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rollout.nc"]

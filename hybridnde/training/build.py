@@ -133,8 +133,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                         case.training.fd_warn_threshold, data.sample_interval, case.training.fd_stencil)
 
     if not resume and checkpoint_path(out).is_file():
-        log.warning("%s: an interrupted run's checkpoint is there; this run starts afresh and replaces it%s",
-                    checkpoint_path(out), " (with --resume it continues from it)" if resume_hint else "")
+        log.warning("%s: an interrupted run's checkpoint is there; this run starts afresh%s and removes it",
+                    checkpoint_path(out), " (no --resume)" if resume_hint else "")
     if resume and out.is_file() and not checkpoint_path(out).is_file():
         finished = _finished_closure(case, out, data, device=device, dtype=dtype)
         if finished is not None:  # the same command line again after it finished: nothing to resume
@@ -159,6 +159,8 @@ def train_case(case: CaseConfig, data_path: str | Path, out: str | Path, *, resu
                       describe_change=lambda identity: _changes_since(identity, case, data),
                       accepted_fingerprints=_older_fingerprints(case, data) if resume else ())
     with output_lock(out):  # one run per closure file: checkpoints and logs are not shared
+        if not resume:  # (kept until this run's first checkpoint, a stop before it advised --resume of another run)
+            checkpoint_path(out).unlink(missing_ok=True)
         started = wallclock.perf_counter()
         try:
             result = trainer.fit(train_windows, validation_windows, data.sample_interval, resume=resume)

@@ -197,7 +197,7 @@ class Trainer:
                      else "each term finite, their weighted sum overflowed")
             singular = (" (a condition-number penalty is infinite where the closure's Jacobian is singular, "
                         "e.g. zero)") if "condition" in non_finite else ""
-            raise FloatingPointError(f"epoch {epoch}: every batch gave a non-finite loss ({which}); lower "
+            raise FloatingPointError(f"epoch {epoch + 1}: every batch gave a non-finite loss ({which}); lower "
                                      f"training.learning_rate or the regularizer weight{singular}")
         record = {"loss": float(total_sum) / counted, **{f"loss/{name}": float(s) / counted for name, s in sums.items()}}
         if skipped:
