@@ -28,7 +28,7 @@ import numpy as np
 
 from .alignment import AlignedPair, align_trajectories
 from .evaluation_figures import write_figures
-from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure
+from .evaluation_lyapunov import closure_for_lyapunov, lyapunov_comparison, recorded_closure, solver_columns
 from .config import CaseConfig, ConfigError
 from .evaluation_case import case_from_attributes, check_same_system, system_differences
 from .interrupts import interrupts_deferred
@@ -67,11 +67,7 @@ def invariants_function(case: CaseConfig | None, components: Sequence[str] | Non
     if probe is None or not probe(torch.zeros((1, *solver.state_shape), dtype=torch.float64) + 1.0):
         return None
 
-    columns = slice(None)
-    if components is not None and solver.component_names:
-        from .initial_conditions import component_order
-
-        columns = component_order("the files", components, solver.component_names)
+    columns = solver_columns(components, solver)
 
     def invariants(u: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():

@@ -16,7 +16,7 @@ from .alignment import AlignedPair
 from .config import CaseConfig
 from .io import DataError
 
-__all__ = ["lyapunov_comparison", "closure_for_lyapunov", "recorded_closure"]
+__all__ = ["lyapunov_comparison", "closure_for_lyapunov", "recorded_closure", "solver_columns"]
 
 log = logging.getLogger("hybridnde.evaluate")  # its messages read as evaluate's, as before the split
 
@@ -58,7 +58,8 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, tr
                             f"{tuple(solver.state_shape)}; pass the --case the rollout was made with")
     results = {}
     for name, solver, states, whose in runs:
-        states = torch.as_tensor(np.asarray(states[..., _columns(pair, solver)], dtype=np.float64))
+        columns = solver_columns(pair.state_coords if pair.state_dim == "component" else None, solver)
+        states = torch.as_tensor(np.asarray(states[..., columns], dtype=np.float64))
         finite = torch.isfinite(states.reshape(count, -1)).all(dim=1)
         if not finite.any():  # (every member blew up before the first common time, say)
             results[name] = {"exponent": math.nan, "standard_error": math.nan, "duration": duration, "members": 0,
@@ -75,13 +76,14 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, tr
     return results
 
 
-def _columns(pair: AlignedPair, solver) -> list[int] | slice:
-    """The columns of ``pair``'s ODE states in ``solver``'s component order (fields: all)."""
-    if pair.state_dim != "component" or not solver.component_names:
+def solver_columns(components, solver) -> list[int] | slice:
+    """The columns, in ``solver``'s component order, of ODE states whose columns are named ``components``
+    (a file's order; ``None``, or a field: all, as they are)."""
+    if components is None or not solver.component_names:
         return slice(None)
     from .initial_conditions import component_order
 
-    return component_order("the files", pair.state_coords, solver.component_names)
+    return component_order("the files", components, solver.component_names)
 
 
 def recorded_closure(attrs: Mapping[str, Any]) -> str | None:
