@@ -13,7 +13,8 @@ The rules, in the order they are applied:
   reference member whose ``member`` coordinate (the global member index) is ``i``: every rollout
   member must be in the reference. ``"index"`` pairs them by position (the k-th with the k-th), for
   files whose member numbering differs on purpose.
-* **Times**: a rollout time is kept when a reference time lies within ``time_tolerance`` of it
+* **Times**: in the same units (where both files name them); a rollout time is kept when a reference
+  time lies within ``time_tolerance`` of it
   (default: 1e-6 of the smaller sampling interval, or the time coordinates' own precision where that
   is coarser -- a float32 coordinate rounds t = 100 by 4e-6); at least two common times are needed.
 """
@@ -174,6 +175,11 @@ def align_trajectories(rollout, reference, *, match_members: Literal["coordinate
     if unlabelled and match_members == "coordinate":  # xarray numbers them 0, 1, ...: a pairing by position
         notes.append(f"{' and '.join(unlabelled)} without a member coordinate: members taken as 0, 1, ... (paired by "
                      "position)")
+    units = [str(dataset["time"].attrs["units"]) if "units" in dataset["time"].attrs else None
+             for dataset in (rollout, reference)]
+    if None not in units and units[0] != units[1]:  # (times in "s" paired with times in "ms" would mis-pair)
+        raise DataError(f"{names[0]} has its time in {units[0]!r}, {names[1]} in {units[1]!r}; give both files the "
+                        "same time units")
     rollout_times = np.asarray(rollout["time"].values, dtype=np.float64)
     reference_times = np.asarray(reference["time"].values, dtype=np.float64)
     largest = max(float(np.abs(rollout_times).max(initial=0.0)), float(np.abs(reference_times).max(initial=0.0)))

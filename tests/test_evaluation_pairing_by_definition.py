@@ -526,3 +526,20 @@ def test_a_finite_difference_rollout_of_a_spectral_truths_system_is_the_same_sys
     assert system_differences(parse_case_text(spectral), parse_case_text(fd)) == []
     assert check_same_system({"case_toml": fd, "stage": "rollout"}, {"case_toml": spectral},
                              tmp_path / "r.nc", tmp_path / "t.nc") is None
+
+
+def test_files_whose_times_are_in_other_units_are_refused():
+    """Times in "s" against times in "ms" were paired as numbers, reported in the rollout's units."""
+    import xarray as xr
+
+    from hybridnde.errors import DataError
+
+    def dataset(units):
+        time = xr.Variable("time", np.arange(3.0), attrs={"units": units} if units else {})
+        return xr.Dataset({"u": (("member", "time", "component"), np.ones((1, 3, 2)))},
+                          coords={"member": [0], "time": time, "component": ["a", "b"]})
+
+    with pytest.raises(DataError, match="r.nc has its time in 's', t.nc in 'ms'; give both files the same time units"):
+        align_trajectories(dataset("s"), dataset("ms"), names=("r.nc", "t.nc"))
+    assert align_trajectories(dataset("s"), dataset(None), names=("r.nc", "t.nc")).time_units == "s"
+    assert align_trajectories(dataset("1"), dataset("1")).time_units == "1"
