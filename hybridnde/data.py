@@ -262,11 +262,15 @@ def load_training_data(path: str | Path, case: CaseConfig, *, window_length: int
     _warn_other_simulation(dataset, case, path)
     members = np.asarray(dataset["member"].values)
     u = np.asarray(dataset["u"].values, dtype=np.float64)
-    if "status" in dataset:
-        bad = np.asarray(dataset["status"].values) != STATUS_FLAGS["ok"]
-        if bad.any():
-            log.warning("%s: %d member(s) did not finish ok; their non-finite samples are left out",
-                        path, int(bad.sum()))
+    bad = np.asarray(dataset["status"].values) != STATUS_FLAGS["ok"] if "status" in dataset else \
+        np.zeros(len(members), dtype=bool)
+    if bad.any():
+        log.warning("%s: %d member(s) did not finish ok; their non-finite samples are left out",
+                    path, int(bad.sum()))
+    unmarked = ~bad & ~np.isfinite(u.reshape(len(members), -1)).all(axis=1)
+    if unmarked.any():  # (another tool's file, or a status edited): said as for the marked ones
+        log.warning("%s: member(s) %s hold non-finite samples though marked ok (or unmarked); those samples are "
+                    "left out", path, [int(m) for m in members[unmarked]][:10])
     host = case.host_system
     if isinstance(host, KuramotoSivashinskyConfig) and host.n_points != u.shape[-1]:
         u = restrict_to_grid(u, host.n_points)  # sub-grid closure: the filtered truth is the target

@@ -157,6 +157,19 @@ def test_members_that_did_not_finish_are_counted_in_the_warning(two_body_truth, 
         load_training_data(written(two_body_truth.assign(status=("member", status, two_body_truth["status"].attrs)),
                                    tmp_path / "one_failed.nc"), two_body_case(), window_length=3)
     assert "1 member(s) did not finish ok" in caplog.text
+    assert "marked ok" not in caplog.text  # (the marked member's samples are said once)
+
+
+def test_non_finite_samples_of_a_member_marked_ok_are_named_not_dropped_silently(two_body_truth, tmp_path, caplog):
+    """inf in a member whose status says ok (another tool's file): its samples were left out without a word."""
+    u = two_body_truth["u"].values.copy()
+    u[2, 3, 0] = np.inf
+    path = written(two_body_truth.assign(u=(two_body_truth["u"].dims, u, two_body_truth["u"].attrs)), tmp_path / "inf.nc")
+    with caplog.at_level("WARNING", logger="hybridnde"):
+        load_training_data(path, two_body_case(), window_length=3)
+    member = int(two_body_truth["member"].values[2])
+    assert f"member(s) [{member}] hold non-finite samples though marked ok (or unmarked)" in caplog.text
+    assert "did not finish ok" not in caplog.text
 
 
 # -- normalisation statistics ----------------------------------------------------------------------
