@@ -22,7 +22,7 @@ from .errors import reading_data_of
 from .io import DataError, check_time_coordinate
 
 __all__ = ["members_and_start", "finite_in", "draw_initial_conditions", "read_member_states", "component_order",
-           "open_initial_conditions", "member_rng", "nonfinite_members", "warn_unused_keys"]
+           "open_initial_conditions", "member_rng", "nonfinite_members", "file_initial_states"]
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # the warnings about initial states given in this process
@@ -197,19 +197,28 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
     ``count_key`` names the member count in the message for a file with too few members.
     Non-finite states raise ``DataError`` before any work starts.
     """
+    if ic.distribution == "file":
+        return file_initial_states(ic, solver, members, count_key=count_key)[0]
     seed = ic.seed if seed is None else seed
     warn_unused_keys(ic)
-    if ic.distribution == "file":
-        states = read_member_states(ic.file, solver, members, key="initial_condition.file", count_key=count_key)[2]
-    else:
-        states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
-            np.zeros((0, *solver.state_shape))
+    states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
+        np.zeros((0, *solver.state_shape))
     bad = nonfinite_members(states)
     if len(bad):
         raise DataError(f"initial states of members {[members[i] for i in bad][:10]} are not finite "
                         f"(initial_condition.distribution = {ic.distribution!r}); give finite states (or choose "
                         "other members / another distribution)")
     return finite_in(states, solver, source="the initial conditions")
+
+
+def file_initial_states(ic: InitialConditionConfig, solver: Solver, members: Sequence[int], *,
+                        count_key: str = "initial_condition.members") -> tuple[torch.Tensor, np.ndarray, float]:
+    """``(states (len(members), *state) on the solver's device and dtype, the file's member labels, t0)``
+    of ``initial_condition.file``: ``read_member_states`` with its names."""
+    warn_unused_keys(ic)
+    labels, t0, states = read_member_states(ic.file, solver, members, key="initial_condition.file",
+                                            count_key=count_key)
+    return finite_in(states, solver, source="the initial conditions"), labels, t0
 
 
 def finite_in(states: np.ndarray, solver, *, source: str) -> torch.Tensor:

@@ -213,14 +213,12 @@ def open_trajectories(path: str | Path, *, load: bool = True):
     if "u" not in dataset or dataset["u"].dims[:2] != ("member", "time"):
         dataset.close()
         raise DataError(f"{path}: expected a variable u(member, time, x|component), the hybridnde schema")
-    if dataset.sizes["member"] == 0:
-        dataset.close()
-        raise DataError(f"{path}: holds no members; give a file with at least one")
-    if "incomplete" in dataset.attrs:  # a stopped run's .NAME.partial: unwritten saves would read as blow-ups
-        dataset.close()
-        raise DataError(f"{path}: an unfinished file ({dataset.attrs['incomplete']})",
-                        "finish it, then use the file it becomes")
     try:
+        if dataset.sizes["member"] == 0:
+            raise DataError(f"{path}: holds no members; give a file with at least one")
+        if "incomplete" in dataset.attrs:  # a stopped run's .NAME.partial: unwritten saves would read as blow-ups
+            raise DataError(f"{path}: an unfinished file ({dataset.attrs['incomplete']})",
+                            "finish it, then use the file it becomes")
         check_time_coordinate(dataset, path)
         if "member" in dataset.coords and len(np.unique(dataset["member"].values)) < dataset.sizes["member"]:
             raise DataError(f"{path}: member labels repeat; each member needs its own label (members pair files "

@@ -12,7 +12,7 @@ import torch
 from .config import CaseConfig, ConfigError
 from .config.consistency import ode_state_size
 from .config.physics import ADAPTIVE_INTEGRATORS
-from .initial_conditions import draw_initial_conditions, finite_in, read_member_states, warn_unused_keys
+from .initial_conditions import draw_initial_conditions, file_initial_states
 from .io import STATUS_FLAGS, platform_description, trajectory_dataset
 from . import memory
 from .progress import PROGRESS_LOG_SECONDS, progress_bar
@@ -151,10 +151,7 @@ def initial_states_and_clock(case: CaseConfig, solver) -> tuple[torch.Tensor, np
     ic = case.initial_condition
     if ic.distribution != "file":
         return draw_initial_conditions(ic, solver, range(ic.members)), None, 0.0, 0.0
-    warn_unused_keys(ic)
-    member_ids, t0, states = read_member_states(ic.file, solver, range(ic.members), key="initial_condition.file",
-                                                count_key="initial_condition.members")
-    u = finite_in(states, solver, source="the initial conditions")
+    u, member_ids, t0 = file_initial_states(ic, solver, range(ic.members))
     return u, member_ids, t0, t0 + case.time.spinup_steps * case.time.dt
 
 
