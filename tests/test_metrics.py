@@ -49,6 +49,28 @@ def test_the_anomaly_scale_is_the_states_standard_deviation_and_ignores_its_mean
         reference_scale(truth, kind="std")
 
 
+def test_scales_and_spectra_of_huge_finite_states_neither_overflow_nor_warn():
+    """A truth of size 1e200 has a representable scale (its squares are not): both scales are 1e200
+    times those of the truth divided by 1e200, with no overflow warning; a norm beyond the float range
+    is refused, not an infinite scale that makes every error 0. A finite member of size 1e200 has an
+    infinite energy spectrum, which the spectral distance calls a failure."""
+    import warnings
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(3, 20, 4)) + np.array([0.0, 0.0, 0.0, 5.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kind in ("rms", "anomaly"):
+            assert reference_scale(1e200 * truth, kind=kind) == pytest.approx(
+                1e200 * reference_scale(truth, kind=kind), rel=1e-14)
+        huge_member = rng.normal(size=(2, 5, 16))
+        huge_member[1] *= 1e200
+        spectrum = energy_spectrum(huge_member)
+        assert np.isinf(spectrum[1:]).all()
+        assert spectral_distance(spectrum, energy_spectrum(huge_member[:1])) == math.inf
+    with pytest.raises(ValueError, match="exceeds the float range"):
+        reference_scale(np.full((1, 2, 4), 1e308))
+
+
 def test_valid_prediction_time_at_a_known_crossing():
     times = np.arange(0, 1001) * 0.01  # t in [0, 10]
     rates = np.array([0.5, 0.8, 1.6, 0.1])

@@ -61,9 +61,19 @@ def reference_scale(truth: np.ndarray, *, kind: str = "rms") -> float:
     if not finite.any():
         raise ValueError("the reference has no finite state to normalise the error by")
     samples = flat[finite]  # (samples, state)
-    if kind == "anomaly":
-        samples = samples - samples.mean(axis=0)
-    scale = float(np.sqrt(np.sum(samples**2, axis=-1).mean()))
+    # In units of the largest magnitude: the squares (and an anomaly's mean) of a huge but finite
+    # truth would overflow to an infinite scale, every error 0, where the scale is representable.
+    largest = float(np.abs(samples).max())
+    if largest == 0.0:
+        scale = 0.0
+    else:
+        samples = samples / largest
+        if kind == "anomaly":
+            samples = samples - samples.mean(axis=0)
+        scale = largest * float(np.sqrt(np.sum(samples**2, axis=-1).mean()))
+    if not np.isfinite(scale):
+        raise ValueError(f"the reference states' RMS norm exceeds the float range (largest value "
+                         f"{largest:.3g}); the normalised error is undefined")
     if scale == 0.0:
         what = "all zero" if kind == "rms" else "all equal (no variability)"
         raise ValueError(f"the reference states are {what}; the normalised error is undefined")

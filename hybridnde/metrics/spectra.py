@@ -25,7 +25,8 @@ def energy_spectrum(u: np.ndarray) -> np.ndarray:
         u: (..., N) real periodic fields in physical space, e.g. (member, time, x). States with a
             non-finite value are left out of the average (a diverged member after its blow-up).
     Returns:
-        (N // 2 + 1,); NaN everywhere when no state is finite.
+        (N // 2 + 1,); NaN everywhere when no state is finite; ``inf`` in a mode whose energy
+        exceeds the float range (a finite member on its way to a blow-up).
     """
     u = np.asarray(u, dtype=np.float64)
     n_points = u.shape[-1]
@@ -33,7 +34,8 @@ def energy_spectrum(u: np.ndarray) -> np.ndarray:
     states = states[np.isfinite(states).all(axis=1)]
     if not states.shape[0]:
         return np.full(n_points // 2 + 1, np.nan)
-    power = np.abs(np.fft.rfft(states, axis=-1) / n_points) ** 2  # (state, mode)
+    with np.errstate(over="ignore"):  # a huge but finite member's energy beyond the float range is inf
+        power = np.abs(np.fft.rfft(states, axis=-1) / n_points) ** 2  # (state, mode)
     weights = np.full(n_points // 2 + 1, 2.0)
     weights[0] = 1.0
     if n_points % 2 == 0:
