@@ -691,6 +691,27 @@ def test_a_resumed_trainings_wall_time_counts_the_earlier_runs_epochs(tmp_path, 
     assert sum(epochs[:2]) >= 0.6 and sum(epochs) <= wall <= this_run + sum(epochs[:2])
 
 
+def test_a_ctrl_c_while_the_closure_is_saved_waits_for_its_log_and_checkpoint(tmp_path, truth_file, monkeypatch):
+    """Interrupted between writing closure.pt and renaming its log, a run left the finished closure
+    beside a .partial log and a checkpoint. The signal is held: all three are done, then it is raised."""
+    import os
+    import signal
+
+    from hybridnde.training import build as build_module
+
+    out, save = tmp_path / "closure.pt", build_module.save_closure
+
+    def save_then_interrupted(*args, **kwargs):
+        save(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(build_module, "save_closure", save_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_case(toy_case(), truth_file, out, progress=False)
+    assert out.is_file() and log_path(out).is_file()
+    assert not partial_log_path(out).exists() and not checkpoint_path(out).exists()
+
+
 def test_a_resume_is_not_told_that_it_starts_afresh(tmp_path, truth_file, monkeypatch, caplog):
     out, original = tmp_path / "closure.pt", trainer_module.Trainer._epoch
     monkeypatch.setattr(trainer_module.Trainer, "_epoch", interrupted_in_epoch(3))
@@ -757,6 +778,23 @@ def test_a_training_whose_validation_is_never_finite_saves_nothing():
     trainer.validation = lambda *_: float("nan")
     with pytest.raises(FloatingPointError, match="no epoch of 2 had a finite validation loss"):
         trainer.fit(windows, windows, 0.1)
+
+
+def test_the_training_log_is_strict_json_with_null_for_a_blown_up_validation(tmp_path):
+    """Python's json wrote NaN/Infinity, which jq and JavaScript refuse: the log has null there, the
+    in-memory history keeps the float, and the epoch that blew up is not the kept one."""
+    trainer, windows = _tiny_trainer(epochs=3)
+    losses = iter([2.0, math.inf, 1.0])
+    trainer.validation = lambda *_: next(losses)
+    trainer.log_file = tmp_path / "closure.log.jsonl"
+
+    def strict(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    result = trainer.fit(windows, windows, 0.1)
+    records = [json.loads(line, parse_constant=strict) for line in trainer.log_file.read_text().splitlines()]
+    assert [record["val_loss"] for record in records] == [2.0, None, 1.0]
+    assert result.history[1]["val_loss"] == math.inf and result.best_epoch == 3
 
 
 def test_the_names_training_build_exported_before_its_split_still_import():

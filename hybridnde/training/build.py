@@ -22,6 +22,7 @@ from ..closure_file import save_closure
 from ..config import CaseConfig, ConfigError
 from ..checksums import recorded_data_checksum
 from ..data import TrainingData, load_training_data, normalization_statistics
+from ..interrupts import interrupts_deferred
 from ..io import check_not_folders, check_output_path, package_version, platform_description
 from ..models import MLPClosure, build_model
 from ..observation_noise import add_observation_noise
@@ -231,8 +232,7 @@ def _save_result(case: CaseConfig, out: Path, model: nn.Module, result, seconds:
         "device": str(device),
         # what computed the weights: their last bits depend on the torch build, device and thread count
         "software": f"hybridnde {package_version()}", "platform": platform_description(device)}
-    save_closure(out, model, case_toml=case.to_toml(), metadata=metadata)
-    partial_log_path(out).replace(log_path(out))
-    checkpoint = checkpoint_path(out)
-    if checkpoint.is_file():
-        checkpoint.unlink()  # the run is complete; the closure file holds its result
+    with interrupts_deferred():  # the closure, its log and no checkpoint; or the checkpoint and partial log
+        save_closure(out, model, case_toml=case.to_toml(), metadata=metadata)
+        partial_log_path(out).replace(log_path(out))
+        checkpoint_path(out).unlink(missing_ok=True)  # the run is complete; the closure file holds its result

@@ -24,6 +24,7 @@ from solvers.integrators import is_step_underflow
 from ..config import TrainingConfig
 from ..config.fields import from_mapping
 from ..data import WindowSet
+from ..metrics.summary import json_ready
 from ..progress import PROGRESS_LOG_SECONDS, progress_bar, progress_log
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optimizers import ParameterSteps
@@ -48,6 +49,12 @@ def learning_rate_at(epoch: int, config: TrainingConfig) -> float:
         return config.learning_rate * config.lr_gamma ** (epoch // config.lr_step_epochs)
     return config.learning_rate
 
+
+
+def log_line(record: Mapping[str, Any]) -> str:
+    """One epoch of the log as strict JSON: a non-finite value (a validation rollout that blew up) is
+    ``null``, which every JSON reader accepts, not Python's ``NaN``/``Infinity``, which strict ones refuse."""
+    return json.dumps(json_ready(dict(record)), allow_nan=False) + "\n"
 
 @dataclass
 class TrainingResult:
@@ -261,7 +268,7 @@ class Trainer:
                 record["seconds"] = wallclock.perf_counter() - started
                 history.append(record)
                 if log_handle is not None:
-                    log_handle.write(json.dumps(record) + "\n")
+                    log_handle.write(log_line(record))
                     log_handle.flush()
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{record['loss']:.3g}", val=f"{record['val_loss']:.3g}")
@@ -299,6 +306,6 @@ class Trainer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.log_file, "w")
         for record in history:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(log_line(record))
         handle.flush()
         return handle
