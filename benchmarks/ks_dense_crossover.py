@@ -3,6 +3,7 @@
     python benchmarks/ks_dense_crossover.py                 # CPU, 1 thread
     python benchmarks/ks_dense_crossover.py --device cuda   # GPU (CUDA graphs, wall clock)
     python benchmarks/ks_dense_crossover.py --tiny          # CI smoke run
+    python benchmarks/ks_dense_crossover.py --public-step   # a loop of step() on physical fields instead
 
 ``KuramotoSivashinskySpectral(implementation="fft")`` (8 real FFTs and fused updates a step) against
 ``implementation="dense"`` (one matrix product a stage, ``solvers.etdrk4_stepping.DenseStepper``) over
@@ -13,7 +14,9 @@ so it wins only where per-operation costs (CPU: Python and dispatch; GPU: kernel
 graphs and FP64 matrix units make cheap) outweigh arithmetic. The ``auto`` column is what the
 solver picks there; ``dense/fft`` above 1 means dense is faster. On the CPU without a closure the FFT
 step is the compiled whole step (``solvers.compiled_steps.FourierStep``, members in vector lanes), which
-``auto`` prefers to any dense step for trajectories.
+``auto`` prefers to any dense step for trajectories. ``--public-step`` times a Python loop of the
+public ``step()`` on physical fields (a spin-up's), which transforms in and out every step: there the
+compiled whole step (``_whole_physical_step``) still beats the dense step above a tiny size.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ def light_closure(t, u):
     return 0.01 * u
 
 
-def contender(implementation: str, n_points: int, batch: int, steps: int, *, closure, device: str):
+def contender(implementation: str, n_points: int, batch: int, steps: int, *, closure, device: str,
+              public_step: bool = False):
     import torch
 
     from solvers import KuramotoSivashinskySpectral
@@ -50,14 +54,19 @@ def contender(implementation: str, n_points: int, batch: int, steps: int, *, clo
 
     def advance():
         with torch.inference_mode():
-            for _ in solver.trajectory(u0, steps, save_every=steps):
-                pass
+            if public_step:
+                u = u0
+                for _ in range(steps):
+                    u = solver.step(0.0, u)
+            else:
+                for _ in solver.trajectory(u0, steps, save_every=steps):
+                    pass
         synchronize(device)
 
     return advance
 
 
-def auto_picks_dense(n_points: int, batch: int, *, closure, device: str) -> bool:
+def auto_picks_dense(n_points: int, batch: int, *, closure, device: str, public_step: bool = False) -> bool:
     import torch
 
     from solvers import KuramotoSivashinskySpectral
@@ -65,7 +74,8 @@ def auto_picks_dense(n_points: int, batch: int, *, closure, device: str) -> bool
     solver = KuramotoSivashinskySpectral(domain_length=DOMAIN_LENGTH, n_points=n_points, dt=DT, device=device,
                                          closure=closure)
     with torch.inference_mode():
-        return solver._use_dense(torch.zeros(batch, n_points, dtype=torch.float64, device=device), trajectory=True)
+        state = torch.zeros(batch, n_points, dtype=torch.float64, device=device)
+        return solver._use_dense(state, trajectory=not public_step)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--points", type=int, nargs="*", help="grid sizes N (default: a grid per device)")
     parser.add_argument("--batches", type=int, nargs="*", help="batch sizes (default: a grid per device)")
+    parser.add_argument("--public-step", action="store_true", help="time a loop of step() on physical fields")
     args = parser.parse_args(argv)
     threads = configure_threads(args.threads, args.cores)
     gpu = on_gpu(args.device)
@@ -84,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             steps = 2 if args.tiny else 20
             for closure in (None, light_closure):
-                runs = {name: contender(name, n_points, batch, steps, closure=closure, device=args.device)
-                        for name in ("fft", "dense")}
+                runs = {name: contender(name, n_points, batch, steps, closure=closure, device=args.device,
+                                        public_step=args.public_step) for name in ("fft", "dense")}
                 timings = time_interleaved({name: (run, steps) for name, run in runs.items()},
                                            repeats=1 if args.tiny else args.repeats,
                                            min_seconds=0.01 if args.tiny else args.min_seconds)
@@ -93,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 records.append({
                     "benchmark": "ks_dense_crossover", "n_points": n_points, "batch": batch,
                     "closure": closure is not None, "fft_step_s": step_s["fft"], "dense_step_s": step_s["dense"],
-                    "dense_speedup": step_s["fft"] / step_s["dense"], "auto_picks_dense": auto_picks_dense(n_points, batch, closure=closure, device=args.device),
+                    "dense_speedup": step_s["fft"] / step_s["dense"],
+                    "auto_picks_dense": auto_picks_dense(n_points, batch, closure=closure, device=args.device,
+                                                         public_step=args.public_step),
+                    "stepping": "step()" if args.public_step else "trajectory",
                     "clock": clock, "repeats": len(timings["fft"].wall), "dtype": "float64",
                     **machine_description(threads, args.device)})
     rows = [{"N": r["n_points"], "batch": r["batch"], "closure": "yes" if r["closure"] else "no",
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
              "dense/fft speed": f"{r['dense_speedup']:.2f}", "auto": "dense" if r["auto_picks_dense"] else "fft"}
             for r in records]
     print_table(rows, ["N", "batch", "closure", "fft us/step", "dense us/step", "dense/fft speed", "auto"],
-                title=f"Dense vs FFT ETDRK4 step, float64, {args.device}, {threads} thread(s), {clock} clock, medians")
+                title=f"Dense vs FFT ETDRK4 step{' (public step())' if args.public_step else ''}, float64, {args.device}, {threads} thread(s), {clock} clock, medians")
     print()
     emit_json(records, args.jsonl)
     return 0

@@ -55,16 +55,23 @@ class DensePath:
     #: step only N = 128 at batch 4096 of the dense step's wins (1.1x). GPUs without full-rate FP64
     #: (``full_rate_fp64``) always take the FFT step.
     dense_limits: ClassVar[dict[str, tuple[int, int]]] = {"cpu": (64, 32768), "cuda": (512, 1 << 25)}
+    #: a public ``step()`` without a closure that the compiled whole step takes (CPU, transforms in and out
+    #: included: ``_whole_physical_step``) stays dense only up to this ``batch * N**2``: beyond it the whole
+    #: step is faster (``ks_dense_crossover.py --public-step``: dense/fft speed 1.13-1.34x at N = 32, batch
+    #: 1-2; 0.82-0.43x at batch 4-16, 0.86-0.26x at N = 64, batch 1-8, where the limits above chose dense)
+    whole_step_dense_work: ClassVar[int] = 2048
 
     def _use_dense(self, u: Tensor, *, trajectory: bool = False) -> bool:
         """Whether ``u`` takes the dense step; ``trajectory``: for many steps of a kept Fourier state
         (``to_internal``), where the compiled whole Fourier step beats any dense step. A single
-        ``step()`` also pays two transforms to and from Fourier space, so the dense limits decide."""
+        ``step()`` also pays two transforms to and from Fourier space, so the dense step keeps the
+        smallest sizes (``whole_step_dense_work``), and the dense limits decide where no whole step runs."""
         if self._needs_autograd(u) or self.implementation == "fft":
             return False
         if self.implementation == "dense":
             return True
-        if trajectory and self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u):
+        if self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u) and (
+                trajectory or (u.is_contiguous() and u.shape[0] * self.n_points**2 > self.whole_step_dense_work)):
             return False
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
         # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)

@@ -86,20 +86,26 @@ def test_it_steps_as_the_torch_step_does(dtype, whole_calls):
     assert whole_calls == [call for batch in (1, 7, 3, 2, 5, 19) for call in (*probes, *[batch] * 40)]
 
 
-def test_auto_takes_it_over_the_dense_step_for_trajectories_without_a_closure(whole_calls):
-    """Trajectories keep their Fourier state, so the whole step wins; a single ``step()`` would also
-    transform to and from Fourier space, so there the dense step stays (within its limits)."""
-    bare = KuramotoSivashinskySpectral(n_points=64)
+def test_auto_takes_it_over_the_dense_step_for_trajectories_and_all_but_the_smallest_steps(whole_calls):
+    """Trajectories keep their Fourier state, so the whole step wins; a single ``step()`` also transforms
+    to and from Fourier space, and the whole step still wins there above ``whole_step_dense_work``
+    (N = 64 at any batch: a spin-up's steps were the dense step's, up to 4x slower); the smallest steps
+    and a closure's stay dense."""
+    bare, small_grid = KuramotoSivashinskySpectral(n_points=64), KuramotoSivashinskySpectral(n_points=32)
     with_closure = KuramotoSivashinskySpectral(n_points=64, closure=lambda t, u: 0.01 * u)
-    u = smooth_state(bare, 2)
+    u, small = smooth_state(bare, 2), smooth_state(small_grid, 2)
     with torch.no_grad():
-        assert not bare._use_dense(u, trajectory=True) and bare._use_dense(u)
-        assert with_closure._use_dense(u, trajectory=True)
+        assert not bare._use_dense(u, trajectory=True) and not bare._use_dense(u)
+        assert small_grid._use_dense(small) and not small_grid._use_dense(small, trajectory=True)
+        assert not small_grid._use_dense(smooth_state(small_grid, 4))  # 4 * 32**2 > whole_step_dense_work
+        assert with_closure._use_dense(u, trajectory=True) and with_closure._use_dense(u)
         bare.rollout(u, 3)
         with_closure.rollout(u, 3)
         assert whole_calls == [*probe_batches(), 2, 2, 2] and not bare._dense and with_closure._dense
-        bare.step(0.0, u)
-        assert whole_calls == [*probe_batches(), 2, 2, 2] and bare._dense
+        torch.testing.assert_close(bare.step(0.0, u), bare.rollout(u, 1)[:, 1], rtol=0, atol=1e-13)
+        assert not bare._dense  # the whole step took the public step() too
+        small_grid.step(0.0, small)
+        assert small_grid._dense
 
 
 def test_where_it_does_not_apply_the_other_paths_step(whole_calls, recwarn):
