@@ -24,11 +24,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HAVE_EXPONAX = all(importlib.util.find_spec(name) is not None for name in ("jax", "exponax"))
 
 
-def run_tiny(script: str) -> tuple[str, list[dict]]:
+def run_tiny(script: str, *arguments: str) -> tuple[str, list[dict]]:
     """Run ``benchmarks/<script> --tiny``; return its stdout and the JSON records it printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--tiny"], capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--tiny", *arguments], capture_output=True,
+                            text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert records, result.stdout[-2000:]
@@ -161,6 +161,12 @@ def test_ks_dense_crossover_times_both_paths_and_reports_the_auto_choice():
         assert record["auto_picks_dense"] == (record["closure"] or c_kernels.library() is None)
     assert {record["closure"] for record in records} == {False, True}
     assert "Dense vs FFT" in stdout
+    stdout, records = run_tiny("ks_dense_crossover.py", "--points", "32", "--batches", "2", "4", "--public-step")
+    # a loop of step(): the smallest work (32**2 * 2 <= whole_step_dense_work) stays dense without a closure
+    assert [(r["batch"], r["closure"], r["auto_picks_dense"], r["stepping"]) for r in records] == [
+        (2, False, True, "step()"), (2, True, True, "step()"),
+        (4, False, c_kernels.library() is None, "step()"), (4, True, True, "step()")]
+    assert "(public step())" in stdout
 
 
 @pytest.fixture(scope="module")
