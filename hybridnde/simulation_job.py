@@ -52,6 +52,9 @@ CHECKPOINT_SECONDS = 60.0
 INCOMPLETE = ("simulation in progress or interrupted: u holds the saves written so far "
               "(`hybridnde simulate ... --resume` continues it)")
 
+#: the same for an adaptive solve's file while it is written (it has no checkpoint: a rerun makes it again)
+IN_MEMORY_INCOMPLETE = "simulation being written (an adaptive solve's, which a rerun makes again)"
+
 #: said when a simulation stops with a checkpoint kept
 RESUME_HINT = "simulation stopped; `hybridnde simulate ... --resume` continues from the last checkpoint"
 
@@ -70,7 +73,6 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
     if streams(case):
         return run_simulation(case, out, resume=resume, progress=progress, threads_setting=threads_setting,
                               resume_hint=resume_hint)
-    from .io import write_netcdf
     from .simulate import simulate_case
 
     with output_lock(out):
@@ -85,10 +87,32 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
             log.warning("--resume: time.integrator = %r solves all save times in one call and keeps no "
                         "checkpoints: the simulation starts again", case.time.integrator)
         dataset = simulate_case(case, progress=progress)
-        write_netcdf(dataset, out, compression_level=case.output.compression_level, time_chunk=case.output.time_chunk)
-        remove_restart_files(out)  # (of a fixed-step simulation to the same file, stopped)
+        _write_in_chunks(dataset, out, case)
     log.info("wrote %s (%d members, %d times)", out, dataset.sizes["member"], dataset.sizes["time"])
     return out
+
+
+def _write_in_chunks(dataset, out: Path, case: CaseConfig) -> None:
+    """An in-memory simulation (``simulate_case``'s dataset) to ``out`` through the streaming writer, one
+    time chunk at a time: xarray's ``to_netcdf`` held ~4x its ``u`` again while encoding it (+380 MB for a
+    92 MiB trajectory); the writer holds a few chunks. The file is the streamed simulation's."""
+    u, time_chunk = dataset["u"].values, case.output.time_chunk
+    state_dim = dataset["u"].dims[2]
+    writer = TrajectoryStreamWriter(
+        out, members=dataset["member"].values, times=dataset["time"].values, state_dim=state_dim,
+        state_coords=dataset[state_dim].values, state_shape=u.shape[2:], dtype=np.dtype(np.float64),
+        title="", solver="", closure_checksum="none", case_toml="", extra_attrs=dict(dataset.attrs),  # (all of them)
+        compression_level=case.output.compression_level, time_chunk=time_chunk, incomplete=IN_MEMORY_INCOMPLETE,
+        what="simulation")
+    try:
+        for start in range(0, u.shape[1], time_chunk):
+            writer.write(0, start, np.ascontiguousarray(u[:, start:start + time_chunk]))
+        with interrupts_deferred():  # the complete file and no restart files (of a stopped fixed-step run too)
+            writer.commit(dataset["status"].values, dataset["blowup_time"].values, {})
+            remove_restart_files(out)
+    except BaseException:
+        writer.discard()
+        raise
 
 
 def _finished_already(case: CaseConfig, out: Path) -> bool:
