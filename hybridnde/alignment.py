@@ -76,6 +76,10 @@ def _common_times(rollout_times: np.ndarray, reference_times: np.ndarray, tolera
         # a float32 coordinate is off by up to half its spacing there, both files' errors adding up: 4 of
         # them (1001 times 0.1 apart in float32 kept 249 at 1e-6 dt, a review found)
         tolerance = max(tolerance, 4 * precision)
+        if spacings and tolerance >= 0.5 * min(spacings):  # then a time half a sample off would pair too
+            raise DataError(f"{names[0]} and {names[1]}: a time coordinate rounds by up to {precision:.3g} at the "
+                            f"largest time, too coarse to pair samples {min(spacings):.3g} apart",
+                            "store time in float64 (or offset it to start near 0), or pass --time-tolerance")
     position = np.clip(np.searchsorted(reference_times, rollout_times), 1, max(reference_times.size - 1, 1))
     candidates = np.stack([position - 1, np.minimum(position, reference_times.size - 1)])
     distance = np.abs(reference_times[candidates] - rollout_times[None, :])

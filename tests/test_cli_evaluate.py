@@ -405,6 +405,14 @@ def test_a_float32_time_coordinate_keeps_every_time():
     shifted = reference.assign_coords(time=times + 0.05)
     with pytest.raises(DataError, match="share 0 time"):
         align_trajectories(shifted, reference)
+    # at t = 1e6 float32 rounds by 0.06: the tolerance that absorbs it paired a reference half a sample
+    # off with every time (101 of 101, no note); now refused
+    late = 1e6 + times[:101]
+    late_rollout = trajectory_dataset(values[:, :101], late, state_dim="component", state_coords=["x", "y", "z"])
+    late_rollout = late_rollout.assign_coords(time=late.astype(np.float32))
+    half_off = trajectory_dataset(values[:, :101], late + 0.05, state_dim="component", state_coords=["x", "y", "z"])
+    with pytest.raises(DataError, match="too coarse to pair samples .* store time in float64"):
+        align_trajectories(late_rollout, half_off)
 
 
 def test_grids_that_do_not_share_their_points_and_other_dimension_orders_are_refused():
