@@ -52,7 +52,7 @@ def member_rng(seed: int, member: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(member)])
 
 
-def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solver) -> np.ndarray:
+def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solver, system) -> np.ndarray:
     kind = ic.distribution
     if kind == "point":
         return np.asarray(ic.value, dtype=np.float64)
@@ -62,8 +62,8 @@ def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solv
     if kind == "uniform_box":
         return rng.uniform(np.asarray(ic.low), np.asarray(ic.high))
     if kind == "two_body_orbit":  # Janvier et al.: pericentre on the x axis, unit semi-major axis
-        e = rng.uniform(*ic.eccentricity)
-        return np.array([1.0 - e, 0.0, 0.0, math.sqrt((1.0 + e) / (1.0 - e))])
+        e, mu = rng.uniform(*ic.eccentricity), float(getattr(system, "gravitational_parameter", 1.0))
+        return np.array([1.0 - e, 0.0, 0.0, math.sqrt(mu * (1.0 + e) / (1.0 - e))])  # vis-viva at r = a (1 - e)
     if kind == "rigid_body_circle":  # Janvier et al.: |m| = 1 in the (m1, m3) plane
         phi = rng.uniform(*ic.angle)
         return np.array([math.cos(phi), 0.0, math.sin(phi)])
@@ -190,18 +190,21 @@ def _abbreviated(values: np.ndarray, shown: int = 6) -> str:
 
 
 def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members: Sequence[int], *,
-                            seed: int | None = None, count_key: str = "initial_condition.members") -> torch.Tensor:
+                            seed: int | None = None, count_key: str = "initial_condition.members",
+                            system=None) -> torch.Tensor:
     """Initial states ``(len(members), *state)`` on the solver's device and dtype.
 
     ``members`` are global member indices; ``seed`` overrides ``ic.seed`` (rollouts use their own);
-    ``count_key`` names the member count in the message for a file with too few members.
+    ``count_key`` names the member count in the message for a file with too few members; ``system``:
+    the true system's ``[system]`` (two_body_orbit's orbits are of its ``gravitational_parameter``, 1
+    without it; a rollout's solver is the host, which may have none).
     Non-finite states raise ``DataError`` before any work starts.
     """
     if ic.distribution == "file":
         return file_initial_states(ic, solver, members, count_key=count_key)[0]
     seed = ic.seed if seed is None else seed
     warn_unused_keys(ic)
-    states = np.stack([_draw_one(ic, member_rng(seed, m), solver) for m in members]) if len(members) else \
+    states = np.stack([_draw_one(ic, member_rng(seed, m), solver, system) for m in members]) if len(members) else \
         np.zeros((0, *solver.state_shape))
     bad = nonfinite_members(states)
     if len(bad):

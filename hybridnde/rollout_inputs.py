@@ -146,7 +146,7 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
                               f"modes up to {(points - 1) // 2} (below N/2), so the drawn states would alias; lower "
                               "it, or roll out from the truth's states (rollout.initial_conditions = \"truth.nc\")")
         u0 = draw_initial_conditions(case.initial_condition, solver, positions, seed=rollout.seed,
-                                    count_key="rollout.members")
+                                    count_key="rollout.members", system=case.system)
         member_ids, t0 = np.arange(rollout.members, dtype=np.int64), 0.0
     else:
         member_ids, t0, values = read_initial_states(rollout.initial_conditions, solver, rollout.members, positions)

@@ -159,7 +159,7 @@ def initial_states_and_clock(case: CaseConfig, solver) -> tuple[torch.Tensor, np
     member labels and clock, which runs on through the spin-up."""
     ic = case.initial_condition
     if ic.distribution != "file":
-        return draw_initial_conditions(ic, solver, range(ic.members)), None, 0.0, 0.0
+        return draw_initial_conditions(ic, solver, range(ic.members), system=case.system), None, 0.0, 0.0
     u, member_ids, t0 = file_initial_states(ic, solver, range(ic.members))
     return u, member_ids, t0, t0 + case.time.spinup_steps * case.time.dt
 

@@ -153,7 +153,7 @@ class InitialConditionConfig:
     low: tuple[float, ...] | None = option(None, "uniform_box: lower corner")
     high: tuple[float, ...] | None = option(None, "uniform_box: upper corner")
     eccentricity: tuple[float, ...] = option((0.5, 0.7), "two_body_orbit: e ~ U(low, high); state "
-                                             "(1-e, 0, 0, sqrt((1+e)/(1-e)))", nonnegative=True, length=2)
+                                             "(1-e, 0, 0, sqrt(mu (1+e)/(1-e)))", nonnegative=True, length=2)
     angle: tuple[float, ...] = option((0.5, 1.5), "rigid_body_circle: phi ~ U(low, high); state (cos phi, 0, sin phi)",
                                       length=2)
     amplitude: float = option(1.0, "random_fourier: standard deviation of the field", positive=True)
