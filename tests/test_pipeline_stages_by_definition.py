@@ -19,6 +19,7 @@ does not need them:
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +311,7 @@ class FakeStages:
         with xr.open_dataset(start) as reference:
             first = reference["u"].isel(time=slice(0, 1)).values[:case.rollout.members]
         self.write_netcdf(Path(out), first, config_checksum=rollout_checksum(case), closure_checksum=closure,
-                          initial_conditions_sha256=data_checksum(start))
+                          initial_conditions_sha256=data_checksum(start), run_id=uuid.uuid4().hex)
         self.calls.append({"stage": "rollout", "out": Path(out), "start": start, "closure": closure_path,
                            "members": case.rollout.members, "resume": resume})
 
@@ -394,6 +395,19 @@ def test_a_changed_setting_remakes_exactly_the_stages_that_depend_on_it(case_pat
     assert record["runs"][-1]["stages"] == {f"./{stage}": "ran" if stage in remade else "reused"
                                             for stage in stages.STAGES}
     assert len(record["runs"]) == 2
+
+
+@pytest.mark.parametrize("removed", ["rollout", "baseline"])
+def test_a_rollout_made_again_is_evaluated_again(case_path, tmp_path, monkeypatch, removed):
+    """metrics.json was reused by the rollouts' identities (configuration and closure), so a rollout made
+    again (deleted, damaged; on another device, other bits) kept the old file's metrics."""
+    FakeStages(monkeypatch)
+    out = tmp_path / "run"
+    run_variants(case_path, out)
+    (out / f"{removed}.nc").unlink()
+    assert {stage: action for stage, action in actions(run_variants(case_path, out)).items() if action == "ran"} == {
+        f"./{removed}": "ran", "./evaluate": "ran"}
+    assert set(actions(run_variants(case_path, out)).values()) == {"reused"}
 
 
 def test_lyapunov_remakes_the_evaluation_alone(case_path, tmp_path, monkeypatch):

@@ -193,7 +193,9 @@ class _Run(InputChecks):
             run=lambda resume: run_rollout(rolled, rollout, closure_path=closure, resume=resume,
                                            progress=self.progress, resume_hint=False)))
         # truth.nc too: whether the reference is held out is looked up in it (held_out.py)
-        inputs = {"rollout": rollout_expected, "reference": self.checksum(reference), "truth": self.checksum(truth)}
+        # the rollouts by their identity and run (their data checksums would read them whole on every run)
+        inputs = {"rollout": f"{rollout_expected}:{stages.recorded_run(rollout)}", "reference": self.checksum(reference),
+                  "truth": self.checksum(truth)}
         if stages.has_baseline(case):
             baseline_expected = f"{expected['rollout']}:none"
             found = self.rollout_identity(baseline, baseline_expected, reference, label=shown["baseline"], name="baseline",
@@ -202,7 +204,7 @@ class _Run(InputChecks):
                 "baseline", baseline, baseline_expected, found, can_resume=has_restart_files(baseline),
                 label=shown["baseline"], run=lambda resume: run_rollout(
                     rolled, baseline, resume=resume, progress=self.progress, resume_hint=False)))
-            inputs["baseline"] = baseline_expected
+            inputs["baseline"] = f"{baseline_expected}:{stages.recorded_run(baseline)}"
         metrics_path, figures = folder / "metrics.json", folder / "figures"
         checksum = stages.evaluation_checksum(case, inputs, lyapunov=self.lyapunov)
         found = stages.json_identity(metrics_path)

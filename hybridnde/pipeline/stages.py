@@ -32,7 +32,7 @@ from ..simulate import SIMULATION_SECTIONS
 from ..training import TRAINING_SECTIONS, training_checksum
 
 __all__ = ["STAGE_SECTIONS", "STAGES", "reference_case", "rollout_case", "reference_members", "repeats_training_start", "has_baseline", "netcdf_identity", "recorded_input",
-           "closure_identity", "json_identity", "evaluation_checksum", "simulate", "recorded_seconds",
+           "closure_identity", "json_identity", "recorded_run", "evaluation_checksum", "simulate", "recorded_seconds",
            "EVALUATION_VERSION"]
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,12 @@ def netcdf_identity(path: Path, *, with_closure: bool = False) -> str | None:
         return None
     identity = str(attributes["config_checksum"])
     return f"{identity}:{attributes.get('closure_checksum', '')}" if with_closure else identity
+
+
+def recorded_run(path: Path) -> str:
+    """The ``run_id`` a rollout file records of the run that made it (kept by a resume; ``""`` if none):
+    a rollout made again with the same identity is another file, whose metrics are computed again."""
+    return str((_attributes(path) or {}).get("run_id", ""))
 
 
 def recorded_input(path: Path) -> str | None:
