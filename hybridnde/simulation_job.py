@@ -37,7 +37,7 @@ from .rollout import BatchRunner, BatchState, SaveSchedule, check_chunk_memory
 from .rollout_output import leave_only_what_resumes, member_status
 from .rollout_resume import written_elsewhere
 from .simulate import (initial_states_and_clock, log_simulated, simulation_attrs, simulation_title, spin_up,
-                       warn_blowups, warn_unsaved_steps)
+                       warn_blowups, warn_invariant_drift, warn_unsaved_steps)
 from .simulation_resume import checked_simulation_checkpoint, finished_simulation, simulation_identity
 from .systems import build_solver, resolve_device, resolve_dtype, state_coordinates
 
@@ -255,6 +255,12 @@ def _simulate(case: CaseConfig, out: Path, solver, schedule: SaveSchedule, ident
             log.error(RESUME_HINT)
         raise
     warn_blowups(int((state.first_bad_save >= 0).sum()), state.size)
+    if getattr(solver, "invariants", None) is not None:  # the first and last saves, as written
+        import netCDF4
+
+        with netCDF4.Dataset(out) as written:
+            first, last = (np.ma.filled(written["u"][:, index], np.nan) for index in (0, -1))
+        warn_invariant_drift(solver, first, last, (schedule.t0, schedule.times()[-1]))
     log_simulated(case, state.size, seconds)
     log.info("wrote %s (%d members, %d times)", out, state.size, schedule.n_saves)
     return out
