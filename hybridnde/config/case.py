@@ -19,7 +19,7 @@ import tomli_w
 
 from .consistency import check_consistency
 from .ensemble import RolloutConfig
-from .evaluation import EvaluateConfig
+from .evaluation import EvaluateConfig, warn_stale_lyapunov_exponent
 from .fields import ConfigError, from_mapping, to_mapping
 from .hybrid import HybridConfig
 from .learning import ModelConfig, TrainingConfig
@@ -257,7 +257,7 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     ``check_quick``: also check the ``[quick]`` variant (with the same overrides) when it is not applied;
     not for a case stored in a file, whose overrides were applied without it.
     """
-    raw = copy.deepcopy(dict(raw))
+    given, raw = raw, copy.deepcopy(dict(raw))
     quick_table = raw.pop("quick", {})
     if not isinstance(quick_table, Mapping):
         raise ConfigError(f"{source}: [quick] must be a table of dotted keys, e.g. \"training.epochs\" = 10")
@@ -308,6 +308,8 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
         sections["model"] = dataclasses.replace(sections["model"], kind=kind)
     case = CaseConfig(system=system, quick=dict(quick_table), **sections)
     check_consistency(case)
+    if overrides or quick:
+        warn_stale_lyapunov_exponent(given, case, source)
     return case
 
 

@@ -1,11 +1,19 @@
 """Case section for evaluating a rollout against the truth."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
+from typing import Any, Mapping
 
-from .fields import option
+from .fields import ConfigError, option
 
-__all__ = ["EvaluateConfig"]
+__all__ = ["EvaluateConfig", "warn_stale_lyapunov_exponent"]
+
+log = logging.getLogger(__name__)
+
+#: ``[system]`` keys that choose the discretisation, not the dynamics whose exponent a case states
+NUMERICAL_SYSTEM_KEYS = frozenset({"method", "n_points", "fd_order", "dealiasing_fraction"})
 
 
 @dataclass(frozen=True)
@@ -17,3 +25,25 @@ class EvaluateConfig:
                               choices=("rms", "anomaly"))
     lyapunov_exponent: float | None = option(None, "leading Lyapunov exponent of the truth, to report times in Lyapunov times",
                                              positive=True)
+
+
+def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: str) -> None:
+    """Warn when ``--set`` (or ``[quick]``) changed the dynamics of the case file ``given`` (a key of its
+    ``[system]`` other than ``NUMERICAL_SYSTEM_KEYS``) but left its ``evaluate.lyapunov_exponent``: the
+    times reported in Lyapunov times would be the file's system's."""
+    from .physics import parse_system
+
+    evaluate, system = given.get("evaluate"), given.get("system")
+    stated = evaluate.get("lyapunov_exponent") if isinstance(evaluate, Mapping) else None
+    if stated is None or case.evaluate.lyapunov_exponent != stated or not isinstance(system, Mapping):
+        return
+    try:
+        before = dataclasses.asdict(parse_system(system, validate=False))
+    except ConfigError:
+        return
+    now = dataclasses.asdict(case.system)
+    changed = sorted(key for key in now if key not in NUMERICAL_SYSTEM_KEYS and now[key] != before.get(key))
+    if changed:
+        log.warning("%s: evaluate.lyapunov_exponent = %g is for its own [system], but %s changed; times in Lyapunov "
+                    "times would use the old exponent: set evaluate.lyapunov_exponent for this system (run "
+                    "--lyapunov measures it)", source, stated, ", ".join(f"system.{key}" for key in changed))
