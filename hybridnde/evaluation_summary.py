@@ -6,13 +6,28 @@ from typing import Any, Mapping
 
 from .metrics.statistics import KL_BINS
 
-__all__ = ["format_summary", "percent_down"]
+__all__ = ["format_summary", "percent_down", "lyapunov_estimate"]
 
 
 def percent_down(share: float) -> str:
     """``share`` as a percentage rounded down to 0.1: a share just under 1 never reads "100%", nor one just
     over 0 "0%" (it reads "<0.1%")."""
     return "<0.1%" if 0 < share < 0.001 else f"{math.floor(1000 * share) / 10:g}%"
+
+
+def lyapunov_estimate(estimate: Mapping[str, Any]) -> str:
+    """An exponent of ``evaluate --lyapunov`` with its standard error and what it was measured on,
+    e.g. "0.905 +- 0.012 (8 members x 22.1 time units)"; one member has no error bar, and says so (a
+    lone Lorenz-63 member over 20 Lyapunov times reads 0.81 against the attractor's 0.906)."""
+    exponent, error = estimate.get("exponent"), estimate.get("standard_error")
+    members, duration = int(estimate.get("members") or 0), estimate.get("duration")
+    if exponent is None or not math.isfinite(exponent):
+        return "n/a"
+    text = f"{exponent:.4g}" + (f" +- {error:.2g}" if error is not None and math.isfinite(error) else "")
+    if not members or duration is None:
+        return text
+    return f"{text} ({members} member{'s' if members > 1 else ''} x {duration:.3g} time units" + \
+        ("; one member: no error bar)" if members == 1 else ")")
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:
@@ -61,8 +76,8 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     rows.append(("KL divergence", f"{number(kl['value'])} nats ({kl.get('bins', KL_BINS)}-bin histograms{finite})"))
     if "lyapunov" in metrics:
         lyapunov = metrics["lyapunov"]
-        rows.append(("Lyapunov exponent", f"model {number(lyapunov['model']['exponent'])}, truth "
-                                          f"{number(lyapunov['truth']['exponent'])}"))
+        rows.append(("Lyapunov exponent", f"model {lyapunov_estimate(lyapunov['model'])}, truth "
+                                          f"{lyapunov_estimate(lyapunov['truth'])}"))
     for source in ("rollout", "reference"):
         for key, value in metrics.get("cost", {}).get(source, {}).items():
             rows.append((f"{source} {key}", number(value)))

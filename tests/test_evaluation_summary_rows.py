@@ -100,6 +100,13 @@ def test_the_lyapunov_exponents_the_kl_bins_the_costs_and_every_note_are_shown()
     text = format_summary(_metrics())
     rows = _rows(text)
     assert rows["Lyapunov exponent"] == "model 1.125, truth 0.9056"
+    # with what they were measured on: a lone member's estimate has no error bar and says so
+    measured = _metrics()
+    measured["lyapunov"] = {"model": {"exponent": 0.9051, "standard_error": 0.0123, "members": 8, "duration": 22.08},
+                            "truth": {"exponent": 0.8113, "standard_error": math.nan, "members": 1, "duration": 22.08}}
+    assert _rows(format_summary(measured))["Lyapunov exponent"] == (
+        "model 0.9051 +- 0.012 (8 members x 22.1 time units), truth 0.8113 (1 member x 22.1 time units; one member: "
+        "no error bar)")
     assert rows["KL divergence"] == "0.875 nats (40-bin histograms)"
     assert rows["rollout seconds"] == "2.5" and rows["reference seconds"] == "9.75"
     assert text.splitlines()[-2:] == ["  note: first note", "  note: second note"]

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from ..config import KuramotoSivashinskyConfig
 from ..config.fields import to_mapping
-from ..evaluation_summary import percent_down
+from ..evaluation_summary import lyapunov_estimate, percent_down
 from ..io import atomic_path, package_version
 from ..training.assembly import jacobian_penalty_field
 from .formatting import given, median_spread, number, percent, relative_link, spread_keys
@@ -106,8 +106,8 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                  *both(lambda m: _over_finite(m, number(m.get("kl_divergence", {}).get("value"))))))
     if "lyapunov" in metrics:
         lyapunov = metrics["lyapunov"]
-        rows.append(("leading Lyapunov exponent (truth: %s)" % number(lyapunov["truth"]["exponent"]),
-                     number(lyapunov["model"]["exponent"]), "-"))
+        rows.append((f"leading Lyapunov exponent (truth: {lyapunov_estimate(lyapunov['truth'])})",
+                     lyapunov_estimate(lyapunov["model"]), "-"))
     return rows
 
 
