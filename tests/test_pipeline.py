@@ -1277,7 +1277,8 @@ def test_a_model_at_rest_is_said_first_and_without_lyapunov_times():
     assert rows["  in Lyapunov times (lambda_1 = 0.9, from the case)"] == "7.38"
     estimates = {"model": {"exponent": 0.95, "standard_error": 0.02, "members": 4, "duration": 22.0},
                  "truth": {"exponent": 0.81, "standard_error": math.nan, "members": 1, "duration": 22.0}}
-    rows = {name: hybrid for name, hybrid, _ in _metric_rows({**metrics, "lyapunov": estimates})}
+    rows = {name: hybrid for name, hybrid, _ in _metric_rows({**metrics, "lyapunov_exponent": 0.9,
+                                                               "lyapunov": estimates})}
     assert rows["leading Lyapunov exponent (truth: 0.81 (1 member x 22 time units; one member: no error bar))"] == \
         "0.95 +- 0.02 (4 members x 22 time units)"
     baseline = {"valid_prediction_time": {"median": 0.245}, "stable_members": 1, "members": 1}
