@@ -67,7 +67,7 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, tr
                              "note": f"no finite state of the {whose} at the first common time to start from"}
             continue
         estimate = leading_lyapunov_exponent(solver, states[finite], duration=duration, transient=0.5 * duration,
-                                             seed=seed)
+                                             seed=seed, blowup_threshold=case.rollout.blowup_threshold)
         results[name] = {**estimate.as_dict(), "solver": repr(solver)}
     truth_value, model_value = results["truth"]["exponent"], results["model"]["exponent"]
     results["relative_difference"] = (model_value - truth_value) / abs(truth_value) if truth_value else math.nan

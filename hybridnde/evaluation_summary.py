@@ -21,13 +21,15 @@ def lyapunov_estimate(estimate: Mapping[str, Any]) -> str:
     lone Lorenz-63 member over 20 Lyapunov times reads 0.81 against the attractor's 0.906)."""
     exponent, error = estimate.get("exponent"), estimate.get("standard_error")
     members, duration = int(estimate.get("members") or 0), estimate.get("duration")
+    diverged = int(estimate.get("diverged") or 0)
     if exponent is None or not math.isfinite(exponent):
-        return "n/a"
+        return f"n/a ({diverged} of {members} members diverged)" if diverged else "n/a"
     text = f"{exponent:.4g}" + (f" +- {error:.2g}" if error is not None and math.isfinite(error) else "")
     if not members or duration is None:
         return text
-    return f"{text} ({members} member{'s' if members > 1 else ''} x {duration:.3g} time units" + \
-        ("; one member: no error bar)" if members == 1 else ")")
+    counted = members - diverged
+    return f"{text} ({counted} member{'s' if counted > 1 else ''} x {duration:.3g} time units" + \
+        (f", {diverged} more diverged" if diverged else "") + ("; one member: no error bar)" if counted == 1 else ")")
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:

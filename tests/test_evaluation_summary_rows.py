@@ -107,6 +107,12 @@ def test_the_lyapunov_exponents_the_kl_bins_the_costs_and_every_note_are_shown()
     assert _rows(format_summary(measured))["Lyapunov exponent"] == (
         "model 0.9051 +- 0.012 (8 members x 22.1 time units), truth 0.8113 (1 member x 22.1 time units; one member: "
         "no error bar)")
+    measured["lyapunov"]["model"] = {"exponent": 0.2, "standard_error": 0.01, "members": 4, "duration": 9.0,
+                                     "diverged": 2}
+    measured["lyapunov"]["truth"] = {"exponent": math.nan, "standard_error": math.nan, "members": 3, "duration": 9.0,
+                                     "diverged": 3}
+    assert _rows(format_summary(measured))["Lyapunov exponent"] == (
+        "model 0.2 +- 0.01 (2 members x 9 time units, 2 more diverged), truth n/a (3 of 3 members diverged)")
     assert rows["KL divergence"] == "0.875 nats (40-bin histograms)"
     assert rows["rollout seconds"] == "2.5" and rows["reference seconds"] == "9.75"
     assert text.splitlines()[-2:] == ["  note: first note", "  note: second note"]
@@ -178,8 +184,9 @@ def _stub_lyapunov(monkeypatch, truth: float, model: float) -> list[dict]:
 
     calls = []
 
-    def fake(solver, u0, *, duration, transient=0.0, seed=0, **_):
-        calls.append({"states": u0.numpy().copy(), "duration": duration, "transient": transient, "solver": solver})
+    def fake(solver, u0, *, duration, transient=0.0, seed=0, blowup_threshold=math.inf, **_):
+        calls.append({"states": u0.numpy().copy(), "duration": duration, "transient": transient, "solver": solver,
+                      "blowup_threshold": blowup_threshold})
         value = truth if len(calls) == 1 else model
         return lyapunov_module.LyapunovEstimate(exponent=value, standard_error=0.0,
                                                 per_member=np.full(u0.shape[0], value), duration=duration,
@@ -203,6 +210,7 @@ def test_lyapunov_runs_twenty_lyapunov_times_after_a_transient_of_ten(recorded_c
     for call in recorded_calls:
         assert call["duration"] == pytest.approx(20 * lyapunov_time)
         assert call["transient"] == pytest.approx(10 * lyapunov_time)
+        assert call["blowup_threshold"] == 1e6  # the rollout's bound: unbounded growth is divergence
     assert result["relative_difference"] == pytest.approx((0.75 - 0.5) / 0.5)
     assert result["closure"] == "none (bare host solver)"
 

@@ -384,6 +384,21 @@ def test_lyapunov_estimate_marks_diverging_members_without_failing():
     assert abs(estimate.per_member[1]) < 1e-3
 
 
+def test_lyapunov_estimate_counts_members_beyond_the_blowup_bound_as_diverged():
+    """u' = 0.5 u grows without bound: its "exponent" 0.5 is a growth rate, not an attractor's. Bounded by
+    rollout.blowup_threshold (as a rollout marks members), a member that crosses it has diverged (the bare
+    KS host's linear growth read 0.22, 0 diverged, at |u| = 2e63); one that stays below counts."""
+    solver = ClosureOnly(state_shape=(2,), dt=0.1, closure=lambda t, u: 0.5 * u)
+    u0 = torch.tensor([[1.0, -2.0], [1e-9, 1e-9]], dtype=torch.float64)  # |u| reaches ~1.3e5 and ~1e-4
+    unbounded = leading_lyapunov_exponent(solver, u0, duration=20.0)
+    assert unbounded.diverged == 0 and unbounded.exponent == pytest.approx(0.5, rel=1e-3)
+    bounded = leading_lyapunov_exponent(solver, u0, duration=20.0, blowup_threshold=1e3)
+    assert bounded.diverged == 1 and np.isnan(bounded.per_member[0])
+    assert bounded.per_member[1] == pytest.approx(0.5, rel=1e-3)
+    everything = leading_lyapunov_exponent(solver, u0[:1], duration=20.0, blowup_threshold=1e3)
+    assert everything.diverged == 1 and math.isnan(everything.exponent)
+
+
 @pytest.mark.parametrize("n", [63, 64])
 def test_parseval_holds_for_odd_and_even_grids(n):
     """The energy spectrum sums to the mean square; an odd grid has no Nyquist mode to halve."""

@@ -52,7 +52,7 @@ def _norms(difference: Tensor) -> Tensor:
 @torch.no_grad()
 def leading_lyapunov_exponent(solver: Solver, u0: Tensor, *, duration: float, transient: float = 0.0,
                               renormalise_every: int = 1, relative_perturbation: float | None = None,
-                              seed: int = 0, t0: float = 0.0) -> LyapunovEstimate:
+                              seed: int = 0, t0: float = 0.0, blowup_threshold: float = math.inf) -> LyapunovEstimate:
     """Estimate the leading Lyapunov exponent of ``solver``'s dynamics (closure included).
 
     Args:
@@ -69,6 +69,9 @@ def leading_lyapunov_exponent(solver: Solver, u0: Tensor, *, duration: float, tr
             dtype (1.5e-8 in float64, 3.5e-4 in float32), small enough to stay linear and large
             enough that round-off in ``w - u`` stays negligible.
         seed: seed of the random initial separation directions (drawn on the CPU).
+        blowup_threshold: a member whose state has a component beyond it has diverged, as a rollout
+            marks it (``rollout.blowup_threshold``): an unbounded growth is no Lyapunov exponent (the
+            bare KS host's linear growth read 0.22, "0 diverged", at |u| = 2e63).
     Returns:
         A ``LyapunovEstimate`` in inverse time units of the solver.
     """
@@ -109,7 +112,8 @@ def leading_lyapunov_exponent(solver: Solver, u0: Tensor, *, duration: float, tr
         u = state[:batch]
         w, distance, new_size = companion(u, state[batch:])
         # a diverged member stops counting; its states are reset so it cannot poison the batch
-        ok = torch.isfinite(distance) & (distance > 0) & torch.isfinite(u.reshape(batch, -1)).all(dim=1)
+        largest = u.reshape(batch, -1).abs().amax(dim=1)  # (NaN where any entry is)
+        ok = torch.isfinite(distance) & (distance > 0) & torch.isfinite(largest) & (largest <= blowup_threshold)
         finite &= ok
         if index >= transient_steps:
             log_growth += torch.where(finite, torch.log(distance / size), torch.zeros_like(distance)).double()
