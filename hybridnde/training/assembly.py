@@ -8,6 +8,7 @@ trajectory losses and penalties are selected.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -28,7 +29,9 @@ from .terms import (AdaptiveRolloutLoss, DirectionalDerivativeTerm, FiniteDiffer
                     time_matters)
 
 __all__ = ["RolloutValidation", "build_terms", "check_training_config", "homotopy_schedule", "jacobian_penalty_field",
-           "reference_solver", "window_lengths"]
+           "reference_solver", "reference_system", "window_lengths"]
+
+log = logging.getLogger(__name__)
 
 
 def window_lengths(case: CaseConfig) -> tuple[int, int]:
@@ -42,15 +45,21 @@ def window_lengths(case: CaseConfig) -> tuple[int, int]:
     return train, validation
 
 
+def reference_system(case: CaseConfig):
+    """``[system]`` on the host's grid: the equations ``reference_solver`` discretises."""
+    system = case.system
+    if isinstance(system, KuramotoSivashinskyConfig):
+        system = dataclasses.replace(system, n_points=case.host_system.n_points)
+    return system
+
+
 def reference_solver(case: CaseConfig, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Solver:
     """The true system on the host grid, whose exact ``jvp`` the ``jvp`` regularizer matches.
 
     For a sub-grid set-up this is the resolved equations discretised on the coarse grid, an
     approximation: the filtered dynamics has no closed-form Jacobian (prefer ``fd`` there).
     """
-    system = case.system
-    if isinstance(system, KuramotoSivashinskyConfig):
-        system = dataclasses.replace(system, n_points=case.host_system.n_points)
+    system = reference_system(case)
     # only its vector field counts: stepped as the truth is (the host's stepping may not fit the
     # truth's scheme, e.g. etdrk4 for a finite-difference truth under a spectral host); a coarser
     # grid only relaxes an explicit scheme's stability limit
@@ -164,6 +173,12 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
     if training.regularizer == "jvp":
         reference = reference_solver(case, device=device, dtype=dtype)
         known = None if case.hybrid.setup == "neural_ode" else host.jvp
+        if known is not None and reference_system(case) == case.host_system:
+            log.warning("training.regularizer = 'jvp': the true system on the host's grid is the host itself (%s, "
+                        "%s), so the target J_F v - J_host v is zero and the term only penalises the closure's "
+                        "Jacobian; 'fd' matches the data's directional derivatives instead (a sub-grid closure)",
+                        case.system.name, f"{case.host_system.n_points} points"
+                        if isinstance(case.system, KuramotoSivashinskyConfig) else "the same parameters")
         probes = ProbeSampler(count=training.probes, distribution=training.probe_distribution,
                               normalize=training.normalize_probes, seed=training.seed + 1, device=device)
         terms.append(DirectionalDerivativeTerm(weight=training.regularizer_weight, reference_jvp=reference.jvp,
