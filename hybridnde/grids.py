@@ -21,13 +21,23 @@ def other_domain_length(x, domain_length: float) -> float | None:
 
 def check_domain_length(dataset, domain_length: float | None, path, expected: str) -> None:
     """``DataError`` naming ``path`` where the grid ``x`` of an open dataset gives another period than
-    ``domain_length`` (``expected`` says whose: "the host's"); nothing without a length or an ``x``."""
+    ``domain_length`` (``expected`` says whose: "the host's") or other points than ``x_j = j L / N``;
+    nothing without a length or an ``x``."""
     from .errors import DataError
 
     x = dataset["x"].values if "x" in dataset.coords else None
     found = other_domain_length(x, domain_length) if domain_length else None
     if found is not None:
         raise DataError(f"{path}: its domain length {found:g} differs from {expected} {domain_length:g}")
+    if domain_length and x is not None and len(x):
+        # the fields are taken as samples at x_j = j L / N: a grid shifted from it (cell centres) would be
+        # moved by the shift without a word (alignment refuses the same in a pair of files)
+        spacing = domain_length / len(x)
+        offset = float(np.abs(np.asarray(x, dtype=np.float64) - spacing * np.arange(len(x))).max())
+        if offset > max(1e-3 * spacing, 8 * float(np.spacing(np.float32(domain_length)))):
+            raise DataError(f"{path}: its grid points are not x_j = j L / N (x differs by up to {offset:.3g}, "
+                            f"{offset / spacing:.3g} of a cell, from {len(x)} points from 0 over {domain_length:g}); "
+                            "interpolate the fields onto that grid first")
 
 
 def restrict_to_grid(u, n_coarse: int):

@@ -261,6 +261,27 @@ def test_a_file_of_another_domain_length_is_refused_as_initial_conditions(tmp_pa
     np.testing.assert_allclose(draw_initial_conditions(ic, solver, range(2))[0, 0].item(), 1.0)
 
 
+def test_a_file_whose_grid_is_shifted_from_the_solvers_is_refused(tmp_path):
+    """A cell-centred 128-point file (x_j = (j + 1/2) dx) was read as if at x_j = j dx: the initial field
+    came out moved by half a fine cell (0.049 off a unit cosine at the same x). A float32 grid of the
+    right points is accepted; so is the same field on the right grid."""
+    ic, solver = _ks_file_case(_ks_file(tmp_path / "edges.nc", 22.0, n=128))
+    np.testing.assert_allclose(draw_initial_conditions(ic, solver, range(2))[0].numpy(),
+                               np.cos(2 * np.pi * solver.x.numpy() / 22.0), atol=1e-12)
+    path = _ks_file(tmp_path / "centres.nc", 22.0, n=128)
+    with xr.open_dataset(path) as opened:
+        shifted = opened.load().assign_coords(x=opened["x"].values + 0.5 * 22.0 / 128)
+    shifted.to_netcdf(path)
+    ic, solver = _ks_file_case(path)
+    with pytest.raises(DataError, match=r"its grid points are not x_j = j L / N .* 0.5 of a cell"):
+        draw_initial_conditions(ic, solver, range(2))
+    with xr.open_dataset(tmp_path / "edges.nc") as opened:
+        single = opened.load().assign_coords(x=opened["x"].values.astype(np.float32))
+    single.to_netcdf(tmp_path / "float32.nc")
+    ic, solver = _ks_file_case(tmp_path / "float32.nc")
+    assert draw_initial_conditions(ic, solver, range(2)).shape == (2, 64)
+
+
 def test_a_file_with_no_saved_time_is_refused_naming_it(tmp_path):
     ic, solver = _ks_file_case(_ks_file(tmp_path / "ic.nc", 22.0, times=np.zeros(0)))
     with pytest.raises(DataError, match="u has no time; initial conditions need at least one saved state"):
