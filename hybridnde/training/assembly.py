@@ -173,7 +173,8 @@ def build_terms(case: CaseConfig, host: Solver, *, device: torch.device, dtype: 
     if training.regularizer == "jvp":
         reference = reference_solver(case, device=device, dtype=dtype)
         known = None if case.hybrid.setup == "neural_ode" else host.jvp
-        if known is not None and reference_system(case) == case.host_system:
+        if case.hybrid.setup == "residual" and reference_system(case) == case.host_system:  # (a second-order
+            # host is the kinematics alone, whatever its [system])
             log.warning("training.regularizer = 'jvp': the true system on the host's grid is the host itself (%s, "
                         "%s), so the target J_F v - J_host v is zero and the term only penalises the closure's "
                         "Jacobian; 'fd' matches the data's directional derivatives instead (a sub-grid closure)",
