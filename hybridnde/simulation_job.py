@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time as wallclock
 import uuid
 from dataclasses import replace
@@ -95,11 +96,13 @@ def simulate_to_file(case: CaseConfig, out: str | Path, *, resume: bool = False,
 def _write_in_chunks(dataset, out: Path, case: CaseConfig) -> None:
     """An in-memory simulation (``simulate_case``'s dataset) to ``out`` through the streaming writer, one
     time chunk at a time: xarray's ``to_netcdf`` held ~4x its ``u`` again while encoding it (+380 MB for a
-    92 MiB trajectory); the writer holds a few chunks. The file is the streamed simulation's."""
+    92 MiB trajectory); the writer holds a few chunks. The file is the streamed simulation's. It grows
+    under its own name (``.NAME.solved``'s partial file): a stopped fixed-step run's restart files beside
+    ``out`` stay until the new file is complete, as before."""
     u, time_chunk = dataset["u"].values, case.output.time_chunk
-    state_dim = dataset["u"].dims[2]
+    state_dim, staging = dataset["u"].dims[2], out.with_name(f".{out.name}.solved")
     writer = TrajectoryStreamWriter(
-        out, members=dataset["member"].values, times=dataset["time"].values, state_dim=state_dim,
+        staging, members=dataset["member"].values, times=dataset["time"].values, state_dim=state_dim,
         state_coords=dataset[state_dim].values, state_shape=u.shape[2:], dtype=np.dtype(np.float64),
         title="", solver="", closure_checksum="none", case_toml="", extra_attrs=dict(dataset.attrs),  # (all of them)
         compression_level=case.output.compression_level, time_chunk=time_chunk, incomplete=IN_MEMORY_INCOMPLETE,
@@ -108,8 +111,9 @@ def _write_in_chunks(dataset, out: Path, case: CaseConfig) -> None:
         for start in range(0, u.shape[1], time_chunk):
             writer.write(0, start, np.ascontiguousarray(u[:, start:start + time_chunk]))
         with interrupts_deferred():  # the complete file and no restart files (of a stopped fixed-step run too)
-            writer.commit(dataset["status"].values, dataset["blowup_time"].values, {})
-            remove_restart_files(out)
+            os.replace(writer.commit(dataset["status"].values, dataset["blowup_time"].values, {}), out)
+            for path in (staging, out):  # (the writer's chunk journal; a stopped fixed-step run's files)
+                remove_restart_files(path)
     except BaseException:
         writer.discard()
         raise

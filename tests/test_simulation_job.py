@@ -469,12 +469,18 @@ def test_an_adaptive_simulation_is_written_in_chunks_as_xarray_would_write_it(tm
             raise KeyboardInterrupt
         write(self, member_start, time_start, values)
 
+    # over a stopped fixed-step simulation's restart files, which stay until the new file is complete
+    stopped = tmp_path / "stopped.nc"
+    stopped_with_a_checkpoint(small_case("lorenz63"), stopped)
+    restart = {path: path.read_bytes() for path in (partial_path(stopped), checkpoint_path(stopped),
+                                                    journal_path(stopped))}
     monkeypatch.setattr(TrajectoryStreamWriter, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        simulation_job.simulate_to_file(case, tmp_path / "stopped.nc", progress=False)
+        simulation_job.simulate_to_file(case, stopped, progress=False)
     assert written == [(0, 0, (3, 2, 3)), (0, 2, (3, 2, 3)), (0, 4, (3, 2, 3))]  # output.time_chunk = 2
-    assert not any(path.exists() for path in (tmp_path / "stopped.nc", partial_path(tmp_path / "stopped.nc"),
-                                              journal_path(tmp_path / "stopped.nc")))
+    assert {path: path.read_bytes() for path in restart} == restart and has_restart_files(stopped)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["memory.nc", "truth.nc", *(path.name for path in restart)])  # nothing of the stopped write
     size = simulate.trajectory_bytes(case)
     monkeypatch.setattr(memory, "available_memory", lambda: simulate.IN_MEMORY_COPIES * size - 1)
     with pytest.raises(Exception, match=rf"in memory: .* \({simulate.IN_MEMORY_COPIES}x its"):
