@@ -337,21 +337,25 @@ def test_the_first_index_past_the_last_gpu_is_refused(monkeypatch):
         resolve_device("cuda:2")
 
 
-def test_a_changed_system_with_the_case_files_lyapunov_exponent_is_warned_about(caplog):
+def test_a_changed_system_with_the_case_files_lyapunov_exponent_is_warned_about(caplog, monkeypatch):
     """--set system.rho=35 kept the file's evaluate.lyapunov_exponent (rho = 28's 0.9056), so its times in
     Lyapunov times were another system's, without a word. Discretisation keys and a restated exponent
-    are no reason; neither is a case without one."""
+    (even the same value) are no reason; neither is a case without one. Said once per process (each
+    --compare variant is parsed)."""
+    from hybridnde.config import evaluation
     point = {"distribution": "point", "value": [1.0, 1.0, 1.0]}
     raw = {"system": {"name": "lorenz63"}, "evaluate": {"lyapunov_exponent": 0.9056}, "initial_condition": point}
     ks = {"system": {"name": "kuramoto_sivashinsky"}, "evaluate": {"lyapunov_exponent": 0.045}}
     cases = [(raw, ["system.rho=35"], "system.rho changed"),
              (raw, ["system.rho=35", "system.sigma=9"], "system.rho, system.sigma changed"),
              (raw, ["system.rho=35", "evaluate.lyapunov_exponent=1.2"], None),
+             (raw, ["system.rho=35", "evaluate.lyapunov_exponent=0.9056"], None),
              (raw, ["system.rho=28"], None), (raw, ["training.epochs=3"], None),
              ({"system": {"name": "lorenz63"}, "initial_condition": point}, ["system.rho=35"], None),
              (ks, ["system.n_points=32", "system.method=\"finite_difference\"", "time.integrator=\"rk4\""], None),
              (ks, ["system.domain_length=44"], "system.domain_length changed")]
     for table, overrides, said in cases:
+        monkeypatch.setattr(evaluation, "_SAID", set())
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             parse_case(table, overrides=overrides, source="case.toml")
@@ -359,3 +363,7 @@ def test_a_changed_system_with_the_case_files_lyapunov_exponent_is_warned_about(
         assert warnings == ([] if said is None else [warnings[0]]), (overrides, warnings)
         if said:
             assert said in warnings[0] and warnings[0].startswith("case.toml: evaluate.lyapunov_exponent = ")
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                parse_case(table, overrides=overrides, source="case.toml")  # another variant, the same words
+            assert not any("lyapunov_exponent" in record.getMessage() for record in caplog.records)

@@ -309,7 +309,8 @@ def parse_case(raw: Mapping[str, Any], *, overrides: Iterable[str] = (), quick: 
     case = CaseConfig(system=system, quick=dict(quick_table), **sections)
     check_consistency(case)
     if overrides or quick:
-        warn_stale_lyapunov_exponent(given, case, source)
+        warn_stale_lyapunov_exponent(given, case, source, [*(".".join(path) for _, path, _ in overrides),
+                                                           *(quick_table if quick else ())])
     return case
 
 

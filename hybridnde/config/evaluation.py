@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .fields import ConfigError, option
 
@@ -27,15 +27,16 @@ class EvaluateConfig:
                                              positive=True)
 
 
-def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: str) -> None:
-    """Warn when ``--set`` (or ``[quick]``) changed the dynamics of the case file ``given`` (a key of its
-    ``[system]`` other than ``NUMERICAL_SYSTEM_KEYS``) but left its ``evaluate.lyapunov_exponent``: the
-    times reported in Lyapunov times would be the file's system's."""
+def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: str, overridden: Iterable[str]) -> None:
+    """Warn (once per process and message: every ``--compare`` variant is parsed) when ``--set`` (or
+    ``[quick]``) changed the dynamics of the case file ``given`` (a key of its ``[system]`` other than
+    ``NUMERICAL_SYSTEM_KEYS``) but did not set its ``evaluate.lyapunov_exponent`` (``overridden``: the
+    dotted keys they set): the times reported in Lyapunov times would be the file's system's."""
     from .physics import parse_system
 
     evaluate, system = given.get("evaluate"), given.get("system")
     stated = evaluate.get("lyapunov_exponent") if isinstance(evaluate, Mapping) else None
-    if stated is None or case.evaluate.lyapunov_exponent != stated or not isinstance(system, Mapping):
+    if stated is None or "evaluate.lyapunov_exponent" in set(overridden) or not isinstance(system, Mapping):
         return
     try:
         before = dataclasses.asdict(parse_system(system, validate=False))
@@ -43,7 +44,12 @@ def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: st
         return
     now = dataclasses.asdict(case.system)
     changed = sorted(key for key in now if key not in NUMERICAL_SYSTEM_KEYS and now[key] != before.get(key))
-    if changed:
-        log.warning("%s: evaluate.lyapunov_exponent = %g is for its own [system], but %s changed; times in Lyapunov "
-                    "times would use the old exponent: set evaluate.lyapunov_exponent for this system (run "
-                    "--lyapunov measures it)", source, stated, ", ".join(f"system.{key}" for key in changed))
+    message = (f"{source}: evaluate.lyapunov_exponent = {stated:g} is for its own [system], but "
+               f"{', '.join(f'system.{key}' for key in changed)} changed; times in Lyapunov times would use the old "
+               "exponent: set evaluate.lyapunov_exponent for this system (run --lyapunov measures it)")
+    if changed and message not in _SAID:
+        _SAID.add(message)
+        log.warning("%s", message)
+
+
+_SAID: set[str] = set()
