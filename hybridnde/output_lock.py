@@ -19,7 +19,7 @@ from typing import Iterator
 
 from .io import DataError
 
-__all__ = ["lock_path", "output_lock"]
+__all__ = ["lock_path", "output_lock", "remove_held_lock_file"]
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +103,11 @@ def output_lock(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):  # gone already, or another user's in a sticky folder: harmless
             os.unlink(lock)  # while still locked: a newcomer then opens a fresh file (see _acquire)
         os.close(descriptor)
+
+
+def remove_held_lock_file(path: str | Path) -> None:
+    """Remove the lock file of ``path`` that another process of this job holds and cannot remove itself:
+    under MPI the output lock is rank 0's, and a rank that fails aborts the job, killing rank 0 inside a
+    collective before its exit handlers run (its lock file was left behind)."""
+    with contextlib.suppress(OSError):
+        os.unlink(lock_path(path))

@@ -19,6 +19,7 @@ from .config import CaseConfig
 from .checksums import records_data
 from .io import STATUS_FLAGS
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, partial_path, remove_restart_files
+from .output_lock import remove_held_lock_file
 from .partial_repair import RECORD_KEY
 from .rollout import SaveSchedule
 from .rollout_resume import same_rollout_case
@@ -118,11 +119,11 @@ def finished_output(out: Path, case: CaseConfig, setup: RolloutSetup) -> Rollout
                 "nothing to resume (without --resume it is made again)", out)
     if not partial_path(out).exists():  # a checkpoint left by a stop between the final rename and its removal
         remove_restart_files(out)
-    ranks = np.atleast_1d(attrs.get("ranks_per_run", 1))
+    ranks = attrs.get("ranks", np.atleast_1d(attrs.get("ranks_per_run", 1))[-1])  # (the run that finished it)
     return RolloutSummary(path=out, members=int(status.size), ok=int((status == STATUS_FLAGS["ok"]).sum()),
                           blew_up=int((status == STATUS_FLAGS["blew_up"]).sum()),
                           member_steps=int(attrs.get("member_steps", 0)), seconds=float(attrs.get("wall_seconds", 0.0)),
-                          ranks=int(ranks[-1]), batch_size=setup.batch_size, resumed=False)
+                          ranks=int(ranks), batch_size=setup.batch_size, resumed=False)
 
 
 def leave_only_what_resumes(out: Path, writer: TrajectoryStreamWriter | None, *, other_rank: bool,
@@ -130,9 +131,11 @@ def leave_only_what_resumes(out: Path, writer: TrajectoryStreamWriter | None, *,
     """After a failure: rank 0 (``writer``) closes its writer, and the partial file and chunk journal go
     unless a checkpoint can resume them. Under MPI the failing rank's abort then ends the job, killing
     rank 0 wherever it waits (in a collective, where no signal handler of it runs), so a failing
-    ``other_rank`` removes them itself (beside ``out``, where rank 0 writes them). ``under_mpi``: a
-    failure of the clean-up itself (a full disk fails the close too) is logged, not raised -- the abort
-    after it must come, or the other ranks wait for ever."""
+    ``other_rank`` removes them itself (beside ``out``, where rank 0 writes them), and rank 0's output
+    lock file too. ``under_mpi``: a failure of the clean-up itself (a full disk fails the close too) is
+    logged, not raised -- the abort after it must come, or the other ranks wait for ever."""
+    if other_rank and under_mpi:
+        remove_held_lock_file(out)
     try:
         if writer is not None:
             writer.close()
