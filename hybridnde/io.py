@@ -29,7 +29,7 @@ __all__ = [
     "DataError", "ResumeRefused", "WriteFailed", "STATUS_FLAGS", "VARIABLE_ATTRS", "trajectory_dataset", "write_netcdf", "package_version",
     "open_trajectories", "atomic_path", "netcdf_encoding", "check_output_path", "check_not_folders",
     "platform_description", "utc_now", "warn_if_disk_short", "disk_full_message", "load_error_text", "COMMAND_LINE",
-    "history_line",
+    "history_line", "write_failure",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,17 @@ def write_netcdf(dataset, path: str | Path, *, compression_level: int = 4, time_
                               encoding=netcdf_encoding(dataset, compression_level=compression_level,
                                                        time_chunk=time_chunk))
         except (OSError, RuntimeError) as error:  # the HDF5 library reports a full disk as "HDF error"
-            free = shutil.disk_usage(path.parent).free
-            raise WriteFailed(f"{path}: writing failed ({error}); {free / 2**20:.0f} MiB are free on its file system "
-                              f"and the file needs about {dataset.nbytes / 2**20:.0f} MiB before compression: free "
-                              "some space or choose another --out") from error
+            raise write_failure(path, error, dataset.nbytes) from error
     return path
+
+
+def write_failure(path: Path, error: BaseException, nbytes: int) -> WriteFailed:
+    """The ``WriteFailed`` of an output ``path`` of ``nbytes`` (before compression) whose write raised
+    ``error``: the free space of its file system and what to do."""
+    free = shutil.disk_usage(path.parent).free
+    return WriteFailed(f"{path}: writing failed ({error}); {free / 2**20:.0f} MiB are free on its file system and "
+                       f"the file needs about {nbytes / 2**20:.0f} MiB before compression: free some space or choose "
+                       "another --out")
 
 
 @interrupts_deferred()  # (a Ctrl-C raised inside the library's read was swallowed: interrupts.py)

@@ -28,7 +28,7 @@ import torch
 from .config import CaseConfig
 from .config.physics import ADAPTIVE_INTEGRATORS
 from .errors import ResumeRefused
-from .io import history_line
+from .io import history_line, write_failure
 from .interrupts import interrupts_deferred
 from .netcdf_stream import TrajectoryStreamWriter, checkpoint_path, has_restart_files, remove_restart_files
 from .output_lock import output_lock
@@ -114,6 +114,9 @@ def _write_in_chunks(dataset, out: Path, case: CaseConfig) -> None:
             os.replace(writer.commit(dataset["status"].values, dataset["blowup_time"].values, {}), out)
             for path in (staging, out):  # (the writer's chunk journal; a stopped fixed-step run's files)
                 remove_restart_files(path)
+    except (OSError, RuntimeError) as error:  # the HDF5 library reports a full disk as "HDF error"
+        writer.discard()
+        raise write_failure(out, error, u.nbytes) from error
     except BaseException:
         writer.discard()
         raise

@@ -95,9 +95,11 @@ def test_a_failing_write_is_a_run_time_failure_not_bad_input(tmp_path, monkeypat
     exit 2, which says the input is wrong (and made ``hybridnde run`` retry the stage afresh)."""
     from hybridnde.cli import main
 
+    from hybridnde.netcdf_stream import TrajectoryStreamWriter
+
     def full_disk(self, *args, **kwargs):
         raise RuntimeError("NetCDF: HDF error")
-    monkeypatch.setattr(xr.Dataset, "to_netcdf", full_disk)
+    monkeypatch.setattr(TrajectoryStreamWriter, "commit", full_disk)  # (an adaptive solve's file: written in chunks)
     out = tmp_path / "truth.nc"
     assert main(["simulate", str(CASES / "lorenz63.toml"), "--out", str(out), "--set", "time.integrator=\"dopri5\"",
                  "--set", "time.n_steps=20", "--set", "initial_condition.members=2"]) == 1
