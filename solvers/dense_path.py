@@ -70,8 +70,9 @@ class DensePath:
             return False
         if self.implementation == "dense":
             return True
-        if self._whole_step_fits(u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u) and (
-                trajectory or (u.is_contiguous() and u.shape[0] * self.n_points**2 > self.whole_step_dense_work)):
+        # (the cheap test first: a batch-1 step() at N = 32, which stays dense, pays for every check here)
+        if (trajectory or u.shape[0] * self.n_points**2 > self.whole_step_dense_work) and self._whole_step_fits(
+                u.shape[0]) and u.dtype == self.dtype and c_kernels.available(u) and (trajectory or u.is_contiguous()):
             return False
         # float64 only: the dense products do not keep the mean exactly (rounding drift ~eps per
         # step), harmless in float64 but larger than the FFT path's in float32 (or TF32 on a GPU)
