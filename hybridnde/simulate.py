@@ -133,7 +133,8 @@ def simulate_case(case: CaseConfig, *, progress: bool | None = None):
         blowup_time[member] = times[first]
         trajectory[member, first:] = np.nan
     warn_blowups(int(blew_up.sum()), members)
-    warn_invariant_drift(solver, trajectory[:, 0], trajectory[:, -1], (times[0], times[-1]))
+    warn_invariant_drift(solver, trajectory[:, 0], trajectory[:, -1], (times[0], times[-1]),
+                         adaptive=time.integrator in ADAPTIVE_INTEGRATORS)
     seconds = wallclock.perf_counter() - started
     log_simulated(case, members, seconds)
     state_dim, coords = state_coordinates(solver)
@@ -195,10 +196,12 @@ def warn_blowups(blew_up: int, members: int) -> None:
 TRUTH_DRIFT_WARNING = 1e-3
 
 
-def warn_invariant_drift(solver, first: np.ndarray, last: np.ndarray, span: tuple[float, float]) -> None:
+def warn_invariant_drift(solver, first: np.ndarray, last: np.ndarray, span: tuple[float, float], *,
+                         adaptive: bool = False) -> None:
     """Warn when a conserved quantity of the true system (``solver.invariants``) changes by more than
     ``TRUTH_DRIFT_WARNING`` from the first to the last saved state ``(members, *state)`` of a member
-    (non-finite ones left out): a truth the solver's step cannot resolve looks like any other."""
+    (non-finite ones left out): a truth the solver's step cannot resolve looks like any other.
+    ``adaptive``: solved by an adaptive integrator (too loose a tolerance, not too coarse a step)."""
     invariants = getattr(solver, "invariants", None)
     if invariants is None or not len(first):
         return
@@ -209,10 +212,11 @@ def warn_invariant_drift(solver, first: np.ndarray, last: np.ndarray, span: tupl
         if np.nan_to_num(drift, nan=0.0).max(initial=0.0) > TRUTH_DRIFT_WARNING:
             worst = int(np.nanargmax(drift))
             log.warning("the truth's %s changes by up to %.2g (relative, member %d; %d of %d members over %g) from "
-                        "t = %g to %g, though the true system conserves it: its solver's step is too coarse for these "
-                        "states; lower time.dt or use an adaptive time.integrator", name.replace("_", " "),
-                        drift[worst], worst, int((drift > TRUTH_DRIFT_WARNING).sum()), len(drift),
-                        TRUTH_DRIFT_WARNING, *span)
+                        "t = %g to %g, though the true system conserves it: %s", name.replace("_", " "), drift[worst],
+                        worst, int((drift > TRUTH_DRIFT_WARNING).sum()), len(drift), TRUTH_DRIFT_WARNING, *span,
+                        "its solver's tolerances are too loose for these states; lower time.rtol and time.atol"
+                        if adaptive else "its solver's step is too coarse for these states; lower time.dt or use an "
+                        "adaptive time.integrator")
 
 
 def log_simulated(case: CaseConfig, members: int, seconds: float) -> None:
