@@ -62,7 +62,8 @@ def _draw_one(ic: InitialConditionConfig, rng: np.random.Generator, solver: Solv
     if kind == "uniform_box":
         return rng.uniform(np.asarray(ic.low), np.asarray(ic.high))
     if kind == "two_body_orbit":  # Janvier et al.: pericentre on the x axis, unit semi-major axis
-        e, mu = rng.uniform(*ic.eccentricity), float(getattr(system, "gravitational_parameter", 1.0))
+        e, mu = rng.uniform(*ic.eccentricity), float(getattr(solver if system is None else system,
+                                                            "gravitational_parameter", 1.0))
         return np.array([1.0 - e, 0.0, 0.0, math.sqrt(mu * (1.0 + e) / (1.0 - e))])  # vis-viva at r = a (1 - e)
     if kind == "rigid_body_circle":  # Janvier et al.: |m| = 1 in the (m1, m3) plane
         phi = rng.uniform(*ic.angle)
@@ -196,8 +197,8 @@ def draw_initial_conditions(ic: InitialConditionConfig, solver: Solver, members:
 
     ``members`` are global member indices; ``seed`` overrides ``ic.seed`` (rollouts use their own);
     ``count_key`` names the member count in the message for a file with too few members; ``system``:
-    the true system's ``[system]`` (two_body_orbit's orbits are of its ``gravitational_parameter``, 1
-    without it; a rollout's solver is the host, which may have none).
+    the true system's ``[system]`` (two_body_orbit's orbits are of its ``gravitational_parameter``;
+    without it the solver's, else 1: a rollout's solver is the host, which may have none).
     Non-finite states raise ``DataError`` before any work starts.
     """
     if ic.distribution == "file":
