@@ -210,7 +210,8 @@ def test_lyapunov_runs_twenty_lyapunov_times_after_a_transient_of_ten(recorded_c
     for call in recorded_calls:
         assert call["duration"] == pytest.approx(20 * lyapunov_time)
         assert call["transient"] == pytest.approx(10 * lyapunov_time)
-        assert call["blowup_threshold"] == 1e6  # the rollout's bound: unbounded growth is divergence
+        # the rollout's bound: unbounded growth is divergence
+        assert call["blowup_threshold"] == parse_case_text(LORENZ).rollout.blowup_threshold
     assert result["relative_difference"] == pytest.approx((0.75 - 0.5) / 0.5)
     assert result["closure"] == "none (bare host solver)"
 
