@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import DataError, reading_data_of
+from .grids import point_tolerance
 
 __all__ = ["AlignedPair", "align_trajectories", "MEMBER_MATCHING"]
 
@@ -120,8 +121,7 @@ def _check_same_states(state_dim: str, state_coords: np.ndarray, reference_coord
                                                       key=lambda pair: pair[0].size)
     spacing = (domain_length or reference_length or 1.0) / coarse.size
     offset = np.abs(fine[:: fine.size // coarse.size] - coarse).max(initial=0.0)
-    # float32 coordinates round by ~6e-8 of the domain: at most 1e-3 of a cell up to N ~ 16000
-    if offset > max(1e-3 * spacing, 8 * float(np.spacing(np.float32(spacing * coarse.size)))):
+    if offset > point_tolerance(coarse.size, spacing * coarse.size):
         raise DataError(f"the grid points of {coarse_name} are not points of {fine_name}'s grid (x differs by up "
                         f"to {offset:.3g}, {offset / spacing:.3g} of a cell): both must start at the same x; "
                         "interpolate one file onto the other's grid first")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import CaseConfig, ConfigError, parse_case_text
+from .config.physics import DISCRETISATION_KEYS
 from .io import DataError
 
 __all__ = ["case_from_attributes", "system_differences", "check_same_system", "DISCRETISATION_KEYS"]
@@ -27,10 +28,6 @@ def case_from_attributes(attributes: Mapping[str, Any], name: str, *, quiet: boo
             log.warning("%s: cannot use its stored case (%s); case-dependent metrics are skipped", name, error)
         return None
 
-
-#: ``[system]`` keys of the spatial discretisation, not of the physics: a rollout on a coarser grid (or
-#: with another method) is scored against a finer truth, restricted to its grid (``alignment``)
-DISCRETISATION_KEYS = ("n_points", "method", "dealiasing_fraction", "fd_order")
 
 
 def system_differences(case: CaseConfig, other: CaseConfig) -> list[str]:

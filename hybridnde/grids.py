@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["restrict_to_grid", "other_domain_length", "check_domain_length"]
+__all__ = ["restrict_to_grid", "other_domain_length", "check_domain_length", "point_tolerance"]
 
 
 def other_domain_length(x, domain_length: float) -> float | None:
@@ -17,6 +17,12 @@ def other_domain_length(x, domain_length: float) -> float | None:
     found = len(x) * float(x[1] - x[0])
     # 1e-6, as alignment's grid check: a float32 grid (files from other tools) holds x to ~6e-8
     return None if math.isclose(found, domain_length, rel_tol=1e-6) else found
+
+
+def point_tolerance(n_points: int, domain_length: float) -> float:
+    """How far a file's grid point may lie from ``x_j = j L / N`` and still be it: 1e-3 of a cell, or a
+    float32 coordinate's rounding (~6e-8 of the domain), whichever is larger (N up to ~16000)."""
+    return max(1e-3 * domain_length / n_points, 8 * float(np.spacing(np.float32(domain_length))))
 
 
 def check_domain_length(dataset, domain_length: float | None, path, expected: str) -> None:
@@ -34,7 +40,7 @@ def check_domain_length(dataset, domain_length: float | None, path, expected: st
         # moved by the shift without a word (alignment refuses the same in a pair of files)
         spacing = domain_length / len(x)
         offset = float(np.abs(np.asarray(x, dtype=np.float64) - spacing * np.arange(len(x))).max())
-        if offset > max(1e-3 * spacing, 8 * float(np.spacing(np.float32(domain_length)))):
+        if offset > point_tolerance(len(x), domain_length):
             raise DataError(f"{path}: its grid points are not x_j = j L / N (x differs by up to {offset:.3g}, "
                             f"{offset / spacing:.3g} of a cell, from {len(x)} points from 0 over {domain_length:g}); "
                             "interpolate the fields onto that grid first")

@@ -12,9 +12,6 @@ __all__ = ["EvaluateConfig", "warn_stale_lyapunov_exponent"]
 
 log = logging.getLogger(__name__)
 
-#: ``[system]`` keys that choose the discretisation, not the dynamics whose exponent a case states
-NUMERICAL_SYSTEM_KEYS = frozenset({"method", "n_points", "fd_order", "dealiasing_fraction"})
-
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -30,9 +27,9 @@ class EvaluateConfig:
 def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: str, overridden: Iterable[str]) -> None:
     """Warn (once per process and message: every ``--compare`` variant is parsed) when ``--set`` (or
     ``[quick]``) changed the dynamics of the case file ``given`` (a key of its ``[system]`` other than
-    ``NUMERICAL_SYSTEM_KEYS``) but did not set its ``evaluate.lyapunov_exponent`` (``overridden``: the
+    ``physics.DISCRETISATION_KEYS``) but did not set its ``evaluate.lyapunov_exponent`` (``overridden``: the
     dotted keys they set): the times reported in Lyapunov times would be the file's system's."""
-    from .physics import parse_system
+    from .physics import DISCRETISATION_KEYS, parse_system
 
     evaluate, system = given.get("evaluate"), given.get("system")
     stated = evaluate.get("lyapunov_exponent") if isinstance(evaluate, Mapping) else None
@@ -43,7 +40,7 @@ def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: st
     except ConfigError:
         return
     now = dataclasses.asdict(case.system)
-    changed = sorted(key for key in now if key not in NUMERICAL_SYSTEM_KEYS and now[key] != before.get(key))
+    changed = sorted(key for key in now if key not in DISCRETISATION_KEYS and now[key] != before.get(key))
     message = (f"{source}: evaluate.lyapunov_exponent = {stated:g} is for its own [system], but "
                f"{', '.join(f'system.{key}' for key in changed)} changed; times in Lyapunov times would use the old "
                "exponent: set evaluate.lyapunov_exponent for this system (run --lyapunov measures it)")

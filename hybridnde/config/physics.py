@@ -11,11 +11,16 @@ __all__ = [
     "KuramotoSivashinskyConfig", "TwoBodyConfig", "RigidBodyConfig", "LotkaVolterraConfig",
     "Lorenz63Config", "DoublePendulumConfig", "SYSTEM_CONFIGS", "SystemConfig", "parse_system",
     "TimeConfig", "InitialConditionConfig", "ComputeConfig", "OutputConfig", "CaseInfo",
-    "FIXED_STEP_INTEGRATORS", "ADAPTIVE_INTEGRATORS",
+    "FIXED_STEP_INTEGRATORS", "ADAPTIVE_INTEGRATORS", "DISCRETISATION_KEYS",
 ]
 
 FIXED_STEP_INTEGRATORS = ("rk4", "euler")
 ADAPTIVE_INTEGRATORS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+
+#: ``[system]`` keys of the spatial discretisation, not of the physics: a rollout on a coarser grid (or
+#: with another method) is scored against a finer truth, restricted to its grid (``alignment``), and
+#: has the same Lyapunov exponent
+DISCRETISATION_KEYS = ("n_points", "method", "dealiasing_fraction", "fd_order")
 
 
 @dataclass(frozen=True)
