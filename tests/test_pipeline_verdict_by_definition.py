@@ -280,6 +280,24 @@ def test_the_disk_estimate_counts_a_shared_truth_once_and_a_rollout_and_baseline
     assert _run_bytes([one, other]) == truth + reference + 2 * 2 * reference
 
 
+def test_an_adaptive_truth_is_checked_for_the_memory_its_solve_holds(tmp_path, monkeypatch):
+    """A fixed-step truth streams to its file (training holds one trajectory); an adaptive one is solved in
+    memory, IN_MEMORY_COPIES trajectories: `run` refused it only at its simulate stage."""
+    from hybridnde import memory
+    from hybridnde.pipeline.checks import check_variants
+    from hybridnde.pipeline.stages import reference_case
+    from hybridnde.pipeline.variants import Variant
+    from hybridnde.simulate import IN_MEMORY_COPIES, trajectory_bytes
+
+    fixed = load_case(CASES / "lorenz63.toml", quick=True)
+    adaptive = load_case(CASES / "lorenz63.toml", quick=True, overrides=["time.integrator=\"dopri5\""])
+    largest = max(trajectory_bytes(fixed), trajectory_bytes(reference_case(fixed)))
+    monkeypatch.setattr(memory, "available_memory", lambda: IN_MEMORY_COPIES * largest - 1)
+    check_variants([Variant(fixed)], tmp_path / "out")
+    with pytest.raises(ConfigError, match=rf"holds the whole trajectory in memory: .* \({IN_MEMORY_COPIES}x its"):
+        check_variants([Variant(adaptive)], tmp_path / "out")
+
+
 def test_a_refused_variant_is_named_in_the_error(tmp_path):
     """In a sweep the error says which variant's configuration is refused."""
     from hybridnde.pipeline import build_variants

@@ -27,7 +27,8 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
     ``DataError``), input files read as the stages read them."""
     from ..initial_conditions import draw_initial_conditions
     from ..rollout_inputs import initial_states
-    from ..simulate import check_fits_in_memory
+    from ..config.physics import ADAPTIVE_INTEGRATORS
+    from ..simulate import IN_MEMORY_COPIES, check_fits_in_memory
     from ..systems import build_host_solver, build_solver, resolve_device
     from ..threads import check_thread_count
     from ..training import window_lengths
@@ -41,12 +42,16 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
         try:
             resolve_device(case.compute.device)  # a missing GPU is said before the first stage, not after it
             check_thread_count(case.rollout.threads, "rollout.threads")
-            # the simulations stream to their files, but training holds the truth, the evaluation the reference
-            check_fits_in_memory(case, what="training", fix="lower initial_condition.members or time.n_steps, or raise "
-                                 "time.save_every")
+            # fixed-step simulations stream to their files (adaptive ones solve in memory: IN_MEMORY_COPIES
+            # trajectories), but training holds the truth, the evaluation the reference
+            adaptive = case.time.integrator in ADAPTIVE_INTEGRATORS
+            check_fits_in_memory(case, what="the simulation" if adaptive else "training",
+                                 copies=IN_MEMORY_COPIES if adaptive else 1, fix="lower initial_condition.members or "
+                                 "time.n_steps, or raise time.save_every")
             if case.rollout.initial_conditions == "draw":  # (a file given: no reference is simulated)
                 check_fits_in_memory(stages.reference_case(case), what="the evaluation against the held-out reference "
                                      "(rollout.members x rollout.steps / hybrid.substeps samples)",
+                                     copies=IN_MEMORY_COPIES if adaptive else 1,
                                      fix="lower rollout.members or rollout.steps")
             check_training_config(case)
             try:
