@@ -26,7 +26,6 @@ from typing import Literal
 import numpy as np
 
 from .errors import DataError, reading_data_of
-from .grids import point_tolerance
 
 __all__ = ["AlignedPair", "align_trajectories", "MEMBER_MATCHING"]
 
@@ -100,6 +99,8 @@ def _check_same_states(state_dim: str, state_coords: np.ndarray, reference_coord
                        names: tuple[str, str]) -> float | None:
     """``DataError`` unless both files hold the same state variables (ODE components by name) or fields
     on one domain whose point counts divide; returns the field's domain length (``None`` for ODEs)."""
+    from .grids import point_tolerance  # (grids imports torch, which `hybridnde --help` must not)
+
     if state_dim == "component":
         rollout_names, reference_names = [str(c) for c in state_coords], [str(c) for c in reference_coords]
         if sorted(rollout_names) != sorted(reference_names):
