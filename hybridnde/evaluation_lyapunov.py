@@ -22,7 +22,7 @@ log = logging.getLogger("hybridnde.evaluate")  # its messages read as evaluate's
 
 
 def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, truth_case: CaseConfig | None = None,
-                        model_case: CaseConfig | None = None, simulated: bool = False, members: int = 8,
+                        model_case: CaseConfig | None = None, simulated: bool = False, members: int | None = None,
                         duration: float | None = None, seed: int = 0) -> dict[str, Any]:
     """Leading Lyapunov exponents of the model and of the true system, from the first ``members`` paired
     states at the first common time.
@@ -33,9 +33,10 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, tr
     prediction made by `simulate`), its own true system. ODE states are handed to each solver in its
     component order, whatever the files' column order.
 
-    ``duration``: measured time per member; default 20 Lyapunov times of ``case``'s exponent, else
-    the files' horizon. A transient half that long is run first (the files' first states may lie
-    off the attractor, e.g. Lorenz-63 from near the origin, and the separation must align).
+    ``members``: default ``evaluate.lyapunov_members``; ``duration``: measured time per member, default
+    ``evaluate.lyapunov_times`` Lyapunov times of ``case``'s exponent, else the files' horizon. A
+    transient half that long is run first (the files' first states may lie off the attractor, e.g.
+    Lorenz-63 from near the origin, and the separation must align).
     """
     import torch
 
@@ -45,8 +46,8 @@ def lyapunov_comparison(case: CaseConfig, pair: AlignedPair, *, closure=None, tr
     truth_case, model_case = truth_case or case, model_case or case
     if duration is None:
         exponent = case.evaluate.lyapunov_exponent
-        duration = 20.0 / exponent if exponent else float(pair.times[-1] - pair.times[0])
-    count = min(members, pair.members.size)
+        duration = case.evaluate.lyapunov_times / exponent if exponent else float(pair.times[-1] - pair.times[0])
+    count = min(case.evaluate.lyapunov_members if members is None else members, pair.members.size)
     truth_solver = build_solver(truth_case.system, truth_case.time, device="cpu", dtype=torch.float64)
     model_solver = (build_solver(model_case.system, model_case.time, device="cpu", dtype=torch.float64) if simulated
                     else build_host_solver(model_case, closure=closure, device="cpu", dtype=torch.float64))

@@ -216,6 +216,23 @@ def test_lyapunov_runs_twenty_lyapunov_times_after_a_transient_of_ten(recorded_c
     assert result["closure"] == "none (bare host solver)"
 
 
+def test_lyapunov_measures_the_members_and_lyapunov_times_the_case_asks_for(recorded_calls):
+    """evaluate.lyapunov_members and evaluate.lyapunov_times (a quick case's shorter measurement: ks_fd's 20
+    Lyapunov times took 229 of a quick run's 253 s)."""
+    from hybridnde.config import parse_case_text
+    from hybridnde.evaluation_lyapunov import lyapunov_comparison
+
+    text = LORENZ.replace("lyapunov_exponent = 0.8", "lyapunov_exponent = 0.8\nlyapunov_members = 2\nlyapunov_times = 4")
+    lyapunov_comparison(parse_case_text(text), _pair(members=5))
+    for call in recorded_calls:
+        assert call["states"].shape[0] == 2
+        assert call["duration"] == pytest.approx(4 / 0.8) and call["transient"] == pytest.approx(2 / 0.8)
+    recorded_calls.clear()
+    lyapunov_comparison(parse_case_text(LORENZ), _pair(members=10))  # the defaults: 8 members, 20 Lyapunov times
+    assert [call["states"].shape[0] for call in recorded_calls] == [8, 8]
+    assert recorded_calls[0]["duration"] == pytest.approx(20 / 0.8)
+
+
 def test_lyapunov_without_an_exponent_measures_over_the_files_span(recorded_calls):
     from hybridnde.config import parse_case_text
     from hybridnde.evaluation_lyapunov import lyapunov_comparison

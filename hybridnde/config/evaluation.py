@@ -22,6 +22,10 @@ class EvaluateConfig:
                               choices=("rms", "anomaly"))
     lyapunov_exponent: float | None = option(None, "leading Lyapunov exponent of the truth, to report times in Lyapunov times",
                                              positive=True)
+    lyapunov_members: int = option(8, "--lyapunov: members measured (the first paired ones), for the model and the truth",
+                                   positive=True)
+    lyapunov_times: float = option(20.0, "--lyapunov: Lyapunov times measured per member (of lyapunov_exponent), after a "
+                                   "transient half as long; without lyapunov_exponent the files' span", positive=True)
 
 
 def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: str, overridden: Iterable[str]) -> None:
