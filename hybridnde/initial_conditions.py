@@ -17,6 +17,7 @@ import torch
 from solvers import Solver
 
 from .config import InitialConditionConfig
+from .config.fields import warn_once
 from .grids import check_domain_length, restrict_to_grid
 from .errors import reading_data_of
 from .io import DataError, check_time_coordinate
@@ -25,20 +26,11 @@ __all__ = ["members_and_start", "finite_in", "draw_initial_conditions", "read_me
            "open_initial_conditions", "member_rng", "nonfinite_members", "file_initial_states"]
 
 log = logging.getLogger(__name__)
-_warned: set[str] = set()  # the warnings about initial states given in this process
-
-
-def warn_once(message: str) -> None:
-    """Log ``message`` as a warning once per process: `hybridnde run` reads the initial states for its
-    checks, then again to simulate, roll out and make the baseline."""
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)
 
 
 def warn_unused_keys(ic: InitialConditionConfig) -> None:
     for problem in ic.unused_keys():
-        warn_once(f"{problem} (it is ignored)")
+        warn_once(log, f"{problem} (it is ignored)")
 
 
 def nonfinite_members(states: np.ndarray) -> np.ndarray:

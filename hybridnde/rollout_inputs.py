@@ -20,7 +20,8 @@ from solvers.base import coarser_than
 
 from .closure_file import load_closure, weights_checksum
 from .config import CaseConfig, ConfigError, parse_case_text
-from .initial_conditions import draw_initial_conditions, finite_in, read_member_states, warn_once
+from .config.fields import warn_once
+from .initial_conditions import draw_initial_conditions, finite_in, read_member_states
 from .io import DataError
 
 __all__ = ["load_rollout_closure", "check_closure_case", "check_closure_fits", "read_initial_states", "initial_states"]
@@ -158,5 +159,5 @@ def initial_states(case: CaseConfig, solver, positions: range) -> tuple[np.ndarr
         message = (f"members {members[:10]}{' ...' if len(members) > 10 else ''} start beyond "
                    f"rollout.blowup_threshold = {rollout.blowup_threshold:g} (largest |u| {float(u0.abs().max()):.3g}): "
                    "they are marked blew_up at once; raise rollout.blowup_threshold above the states' size")
-        warn_once(message)
+        warn_once(log, message)
     return member_ids, t0, u0

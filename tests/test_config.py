@@ -342,7 +342,7 @@ def test_a_changed_system_with_the_case_files_lyapunov_exponent_is_warned_about(
     Lyapunov times were another system's, without a word. Discretisation keys and a restated exponent
     (even the same value) are no reason; neither is a case without one. Said once per process (each
     --compare variant is parsed)."""
-    from hybridnde.config import evaluation
+    from hybridnde.config import fields
     point = {"distribution": "point", "value": [1.0, 1.0, 1.0]}
     raw = {"system": {"name": "lorenz63"}, "evaluate": {"lyapunov_exponent": 0.9056}, "initial_condition": point}
     ks = {"system": {"name": "kuramoto_sivashinsky"}, "evaluate": {"lyapunov_exponent": 0.045}}
@@ -355,7 +355,7 @@ def test_a_changed_system_with_the_case_files_lyapunov_exponent_is_warned_about(
              (ks, ["system.n_points=32", "system.method=\"finite_difference\"", "time.integrator=\"rk4\""], None),
              (ks, ["system.domain_length=44"], "system.domain_length changed")]
     for table, overrides, said in cases:
-        monkeypatch.setattr(evaluation, "_SAID", set())
+        monkeypatch.setattr(fields, "_warned", set())
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             parse_case(table, overrides=overrides, source="case.toml")

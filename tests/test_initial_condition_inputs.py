@@ -166,12 +166,12 @@ LORENZ_POINT = {"system": {"name": "lorenz63"},
 def test_a_key_the_distribution_does_not_use_is_warned_about_when_drawing(override, key, fix, caplog):
     """Such keys were ignored silently: std with "point" gave identical members. A warning, not a refusal:
     a case switched to another distribution by --set keeps its file's keys, which --set cannot remove."""
-    import hybridnde.initial_conditions as module
+    from hybridnde.config import fields
 
     case = parse_case(LORENZ_POINT, overrides=[override])
     message = f"initial_condition.{key} is set but initial_condition.distribution = 'point'"
     assert any(message in problem and fix in problem for problem in case.initial_condition.unused_keys())
-    module._warned.clear()
+    fields._warned.clear()
     solver = build_solver(case.system, case.time)
     for _ in range(2):  # once per process
         draw_initial_conditions(case.initial_condition, solver, range(2))

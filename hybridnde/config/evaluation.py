@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .fields import ConfigError, option
+from .fields import ConfigError, option, warn_once
 
 __all__ = ["EvaluateConfig", "warn_stale_lyapunov_exponent"]
 
@@ -48,9 +48,5 @@ def warn_stale_lyapunov_exponent(given: Mapping[str, Any], case: Any, source: st
     message = (f"{source}: evaluate.lyapunov_exponent = {stated:g} is for its own [system], but "
                f"{', '.join(f'system.{key}' for key in changed)} changed; times in Lyapunov times would use the old "
                "exponent: set evaluate.lyapunov_exponent for this system (run --lyapunov measures it)")
-    if changed and message not in _SAID:
-        _SAID.add(message)
-        log.warning("%s", message)
-
-
-_SAID: set[str] = set()
+    if changed:
+        warn_once(log, message)

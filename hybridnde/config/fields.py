@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
 from typing import Any, Mapping
 
-__all__ = ["ConfigError", "option", "from_mapping", "to_mapping", "field_docs"]
+__all__ = ["ConfigError", "option", "from_mapping", "to_mapping", "field_docs", "warn_once"]
 
 
 class ConfigError(ValueError):
@@ -187,3 +188,14 @@ def field_docs(cls: type) -> list[tuple[str, str, Any, str, dict]]:
         constraints = {k: v for k, v in field.metadata.items() if k != "doc" and v is not None and v is not False}
         rows.append((field.name, _type_name(hints[field.name]), default, field.metadata.get("doc", ""), constraints))
     return rows
+
+
+_warned: set[str] = set()  # the warnings given in this process
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """Log ``message`` as a warning once per process: `hybridnde run` parses its case and reads its inputs
+    for its checks, then again for each stage (and parses each ``--compare`` variant)."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning("%s", message)
