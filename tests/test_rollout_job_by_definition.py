@@ -55,6 +55,17 @@ TIMEOUT = 60  # seconds a rank waits in a collective before the test fails (a mu
 SET_UP_ONE_AT_A_TIME = threading.Lock()
 
 
+class StopsAfter(torch.nn.Module):
+    """A closure with no term that counts its calls and raises Ctrl-C past ``after`` of them."""
+    calls, after = 0, None
+
+    def forward(self, t, u):
+        self.calls += 1
+        if self.after is not None and self.calls > self.after:
+            raise KeyboardInterrupt
+        return torch.zeros_like(u)
+
+
 def ks_case(*overrides: str):
     return parse_case(tomllib.loads(KS_TOML), overrides=overrides)
 
@@ -214,16 +225,6 @@ def test_a_run_resumed_on_more_ranks_redoes_no_work_and_writes_the_uninterrupted
     the stop continues it (the member-steps of the whole job are the uninterrupted run's)."""
     case = ks_case("rollout.checkpoint_every=4", "rollout.members=6")
     straight = run_rollout(case, tmp_path / "straight.nc", progress=False)
-
-    class StopsAfter(torch.nn.Module):  # no closure term; counts its calls, Ctrl-C past ``after`` calls
-        calls, after = 0, None
-
-        def forward(self, t, u):
-            self.calls += 1
-            if self.after is not None and self.calls > self.after:
-                raise KeyboardInterrupt
-            return torch.zeros_like(u)
-
     stopper = StopsAfter()
     bare = run_rollout(case, tmp_path / "bare.nc", closure=stopper, progress=False)
     assert bare.member_steps == straight.member_steps
@@ -471,17 +472,7 @@ def test_a_fresh_start_discards_an_earlier_runs_checkpoint_so_a_later_resume_is_
     """The warning says the earlier checkpoint is discarded: left beside this run's partial file it
     described another run's, and this run stopped before its own first checkpoint could not resume."""
     case = ks_case("rollout.members=2", "rollout.checkpoint_every=4")
-
-    class Stops(torch.nn.Module):  # no closure term; Ctrl-C past ``after`` calls
-        calls, after = 0, None
-
-        def forward(self, t, u):
-            self.calls += 1
-            if self.after is not None and self.calls > self.after:
-                raise KeyboardInterrupt
-            return torch.zeros_like(u)
-
-    closure = Stops()
+    closure = StopsAfter()
     run_rollout(case, tmp_path / "straight.nc", closure=closure, progress=False)
     out, whole = tmp_path / "out.nc", closure.calls
     closure.calls, closure.after = 0, whole // 2  # the earlier run: stopped half-way, past checkpoints
