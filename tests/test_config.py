@@ -367,3 +367,23 @@ def test_a_changed_system_with_the_case_files_lyapunov_exponent_is_warned_about(
             with caplog.at_level(logging.WARNING):
                 parse_case(table, overrides=overrides, source="case.toml")  # another variant, the same words
             assert not any("lyapunov_exponent" in record.getMessage() for record in caplog.records)
+
+
+def test_a_key_of_the_method_neither_the_truth_nor_the_host_uses_is_warned_about(caplog, monkeypatch):
+    """dealiasing_fraction on a finite-difference truth and host, fd_order on a spectral one, were ignored
+    without a word; a spectral host of a finite-difference truth does use the truth's dealiasing_fraction."""
+    from hybridnde.config import fields
+
+    cases = [("ks_l22.toml", ["system.fd_order=6"], "system.fd_order = 6 is for method = 'finite_difference'"),
+             ("ks_fd.toml", ["system.dealiasing_fraction=1.0"], "system.dealiasing_fraction = 1 is for method = "
+                                                                  "'spectral'"),
+             ("ks_fd.toml", ["system.dealiasing_fraction=1.0", "hybrid.system.method=\"spectral\""], None),
+             ("ks_l22.toml", ["system.dealiasing_fraction=1.0"], None), ("ks_fd.toml", ["system.fd_order=6"], None)]
+    for name, overrides, said in cases:
+        monkeypatch.setattr(fields, "_warned", set())
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            load_case(CASES_DIR / name, overrides=overrides)
+        warnings = [record.getMessage() for record in caplog.records if "neither the truth nor the host" in
+                    record.getMessage()]
+        assert [said in warning for warning in warnings] == ([] if said is None else [True]), (name, overrides)

@@ -5,16 +5,20 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .fields import ConfigError
+from .fields import ConfigError, warn_once
 from .physics import ADAPTIVE_INTEGRATORS, KuramotoSivashinskyConfig, SystemConfig
 
 if TYPE_CHECKING:
     from .case import CaseConfig
 
 __all__ = ["check_consistency", "ode_state_size"]
+
+log = logging.getLogger(__name__)
 
 
 def check_consistency(case: CaseConfig) -> None:
@@ -67,6 +71,7 @@ def check_consistency(case: CaseConfig) -> None:
                               f"system.n_points = {system.n_points} (the truth is filtered onto the host grid)")
         if host.domain_length != system.domain_length:
             raise ConfigError("hybrid.system.domain_length must equal system.domain_length")
+        _warn_other_methods_keys(system, host)
     ic = case.initial_condition
     expected = ode_state_size(system)
     if case.hybrid.setup == "second_order" and not positions_then_velocities(system):
@@ -93,6 +98,16 @@ def check_consistency(case: CaseConfig) -> None:
     if isinstance(system, KuramotoSivashinskyConfig) and ic.n_modes > (system.n_points - 1) // 2:
         raise ConfigError(f"initial_condition.n_modes = {ic.n_modes}: a grid of {system.n_points} points holds modes "
                           f"with random phases up to {(system.n_points - 1) // 2} (below N/2); lower it")
+
+
+def _warn_other_methods_keys(system: KuramotoSivashinskyConfig, host: KuramotoSivashinskyConfig) -> None:
+    """A key of the method neither the truth nor the host uses (``dealiasing_fraction`` of the spectral
+    solver, ``fd_order`` of finite differences), set to other than its default, is ignored: said once."""
+    defaults = {field.name: field.default for field in dataclasses.fields(KuramotoSivashinskyConfig)}
+    for key, method in (("dealiasing_fraction", "spectral"), ("fd_order", "finite_difference")):
+        if method not in (system.method, host.method) and getattr(system, key) != defaults[key]:
+            warn_once(log, f"system.{key} = {getattr(system, key):g} is for method = {method!r}, which neither the "
+                           f"truth nor the host uses (it is ignored); remove it or set system.method = {method!r}")
 
 
 def positions_then_velocities(system: SystemConfig) -> bool:
