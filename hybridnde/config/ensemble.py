@@ -31,7 +31,8 @@ class RolloutConfig:
                                    "chunks (output.time_chunk saved times); 0: after every output chunk",
                                    nonnegative=True)
     initial_conditions: str = option(
-        "draw", "'draw': from [initial_condition] with rollout.seed; or a NetCDF path (relative to the working "
+        "draw", "'draw': from [initial_condition] with rollout.seed, without time.spinup_steps (states off the attractor "
+        "for a case that spins up: roll out from a truth file to start on it); or a NetCDF path (relative to the working "
         "directory) with u(member, time, ...) (e.g. a truth file): the first time of its first `members` "
         "members, filtered onto the host grid; the rollout keeps the file's member indices and starts at its first time")
     threads: int = option(1, "CPU threads per rank; results are bit-identical across rank counts only with equal "
