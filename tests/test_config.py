@@ -387,3 +387,29 @@ def test_a_key_of_the_method_neither_the_truth_nor_the_host_uses_is_warned_about
         warnings = [record.getMessage() for record in caplog.records if "neither the truth nor the host" in
                     record.getMessage()]
         assert [said in warning for warning in warnings] == ([] if said is None else [True]), (name, overrides)
+
+
+def test_a_host_can_drop_a_term_by_a_zero_parameter():
+    """[hybrid.system] = {rho = 0} is the Lorenz host without the rho x term, {gravity = 0} the double
+    pendulum without gravity (0 was refused: "must be positive"): the truth's right-hand side less the
+    host's is the dropped term alone. A negative value is still refused."""
+    import torch
+
+    from hybridnde.systems import build_host_solver, build_solver
+
+    generator = torch.Generator().manual_seed(0)
+    lorenz = load_case(CASES_DIR / "lorenz63.toml",
+                       overrides=["hybrid.setup=\"residual\"", "hybrid.system={rho = 0.0}"])
+    u = torch.randn(5, 3, dtype=torch.float64, generator=generator)
+    missing = build_solver(lorenz.system, lorenz.time).known_rhs(0.0, u) - build_host_solver(lorenz).known_rhs(0.0, u)
+    expected = torch.zeros_like(u)
+    expected[:, 1] = lorenz.system.rho * u[:, 0]
+    torch.testing.assert_close(missing, expected, rtol=1e-15, atol=1e-13)
+    pendulum = load_case(CASES_DIR / "double_pendulum.toml",
+                         overrides=["hybrid.setup=\"residual\"", "hybrid.system={gravity = 0.0}"])
+    at_rest = torch.cat([torch.randn(5, 2, dtype=torch.float64, generator=generator), torch.zeros(5, 2)], dim=1)
+    host = build_host_solver(pendulum).known_rhs(0.0, at_rest)
+    assert host.abs().max().item() == 0.0  # no gravity, no motion: nothing moves it
+    assert build_solver(pendulum.system, pendulum.time).known_rhs(0.0, at_rest)[:, 2:].abs().min().item() > 0
+    with pytest.raises(ConfigError, match="rho"):
+        load_case(CASES_DIR / "lorenz63.toml", overrides=["system.rho=-1.0"])

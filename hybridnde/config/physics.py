@@ -81,9 +81,11 @@ class LotkaVolterraConfig:
 @dataclass(frozen=True)
 class Lorenz63Config:
     name: str = option("lorenz63", "system identifier", choices=("lorenz63",))
-    sigma: float = option(10.0, "Prandtl number", positive=True)
-    rho: float = option(28.0, "Rayleigh number", positive=True)
-    beta: float = option(8.0 / 3.0, "geometric factor", positive=True)
+    sigma: float = option(10.0, "Prandtl number (0 in [hybrid.system]: a host without the x equation's coupling)",
+                          nonnegative=True)
+    rho: float = option(28.0, "Rayleigh number (0 in [hybrid.system]: a host without the rho x term)", nonnegative=True)
+    beta: float = option(8.0 / 3.0, "geometric factor (0 in [hybrid.system]: a host without the -beta z term)",
+                         nonnegative=True)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class DoublePendulumConfig:
     mass2: float = option(1.0, "mass of the outer bob", positive=True)
     length1: float = option(1.0, "length of the inner rod", positive=True)
     length2: float = option(1.0, "length of the outer rod", positive=True)
-    gravity: float = option(9.81, "gravitational acceleration", positive=True)
+    gravity: float = option(9.81, "gravitational acceleration (0 in [hybrid.system]: a host without gravity)",
+                            nonnegative=True)
 
 
 SYSTEM_CONFIGS: dict[str, type] = {
