@@ -45,13 +45,12 @@ def check_variants(variants: Sequence[Variant], directory: Path) -> None:
             # fixed-step simulations stream to their files (adaptive ones solve in memory: IN_MEMORY_COPIES
             # trajectories), but training holds the truth, the evaluation the reference
             adaptive = case.time.integrator in ADAPTIVE_INTEGRATORS
-            check_fits_in_memory(case, what="the simulation" if adaptive else "training",
-                                 copies=IN_MEMORY_COPIES if adaptive else 1, fix="lower initial_condition.members or "
-                                 "time.n_steps, or raise time.save_every")
+            copies = IN_MEMORY_COPIES if adaptive else 1
+            check_fits_in_memory(case, what="the simulation" if adaptive else "training", copies=copies,
+                                 fix="lower initial_condition.members or time.n_steps, or raise time.save_every")
             if case.rollout.initial_conditions == "draw":  # (a file given: no reference is simulated)
                 check_fits_in_memory(stages.reference_case(case), what="the evaluation against the held-out reference "
-                                     "(rollout.members x rollout.steps / hybrid.substeps samples)",
-                                     copies=IN_MEMORY_COPIES if adaptive else 1,
+                                     "(rollout.members x rollout.steps / hybrid.substeps samples)", copies=copies,
                                      fix="lower rollout.members or rollout.steps")
             check_training_config(case)
             try:

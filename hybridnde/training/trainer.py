@@ -50,11 +50,11 @@ def learning_rate_at(epoch: int, config: TrainingConfig) -> float:
     return config.learning_rate
 
 
-
 def log_line(record: Mapping[str, Any]) -> str:
     """One epoch of the log as strict JSON: a non-finite value (a validation rollout that blew up) is
     ``null``, which every JSON reader accepts, not Python's ``NaN``/``Infinity``, which strict ones refuse."""
     return json.dumps(json_ready(dict(record)), allow_nan=False) + "\n"
+
 
 @dataclass
 class TrainingResult:
